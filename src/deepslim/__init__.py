@@ -1,0 +1,43 @@
+"""deepslim: make trained PyTorch models smaller, faster and cheaper to run — and prove it by measurement.
+
+This module is the whole public API; everything else is reachable from it.
+"""
+
+from deepslim.analysis import (
+    CostEstimate,
+    DeviceProfile,
+    EnergyTable,
+    LayerCost,
+    LayerProfile,
+    Profile,
+    estimate_cost,
+    get_device,
+    list_devices,
+    profile,
+    register_device,
+)
+from deepslim.data import DataBundle, list_datasets, load_data, register_dataset
+from deepslim.errors import (
+    ArchiveError,
+    ConfigError,
+    DataError,
+    DeepSlimError,
+    ExportError,
+    InputShapeError,
+    ModelLoadError,
+    UnknownNameError,
+    UnsupportedModelError,
+    UnsupportedOpError,
+)
+from deepslim.models import create_model, example_input, list_models, load_model, register_model, save_model
+from deepslim.train import EvalResult, FitResult, evaluate, fit
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ArchiveError", "ConfigError", "CostEstimate", "DataBundle", "DataError", "DeepSlimError", "DeviceProfile",
+    "EnergyTable", "EvalResult", "ExportError", "FitResult", "InputShapeError", "LayerCost", "LayerProfile",
+    "ModelLoadError", "Profile", "UnknownNameError", "UnsupportedModelError", "UnsupportedOpError", "create_model",
+    "estimate_cost", "evaluate", "example_input", "fit", "get_device", "list_datasets", "list_devices", "list_models",
+    "load_data", "load_model", "profile", "register_dataset", "register_device", "register_model", "save_model",
+]  # fmt: skip

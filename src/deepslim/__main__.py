@@ -1,0 +1,5 @@
+import sys
+
+from deepslim.cli import main
+
+sys.exit(main())

@@ -1,0 +1,19 @@
+"""Measuring what a model costs: the profiler, device profiles and the roofline/energy cost model."""
+
+from deepslim.analysis.cost import CostEstimate, LayerCost, estimate_cost
+from deepslim.analysis.devices import DeviceProfile, EnergyTable, get_device, list_devices, register_device
+from deepslim.analysis.profile import LayerProfile, Profile, profile
+
+__all__ = [
+    "CostEstimate",
+    "DeviceProfile",
+    "EnergyTable",
+    "LayerCost",
+    "LayerProfile",
+    "Profile",
+    "estimate_cost",
+    "get_device",
+    "list_devices",
+    "profile",
+    "register_device",
+]

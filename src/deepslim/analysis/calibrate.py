@@ -1,0 +1,113 @@
+"""Calibrating the ``host`` device: measure this machine's GEMM rates and memory bandwidth.
+
+A few hundred milliseconds of micro-benchmarks: fp32 and int8 matrix products through PyTorch's kernels (the best of
+several runs, at PyTorch's thread count), a large tensor copy for memory bandwidth, and the last-level cache size
+from the operating system. Results are cached for the life of the process.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from deepslim.analysis.devices import DeviceProfile
+
+log = logging.getLogger(__name__)
+
+
+def _best_seconds(fn: Callable[[], object], *, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def measure_gemm_rate(dtype: torch.dtype, n: int = 512, repeats: int = 5) -> float:
+    """MAC/s of an n×n×n matrix product in ``dtype`` (int8 accumulates in int32 via ``torch._int_mm``)."""
+    if dtype == torch.int8:
+        a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
+        fn: Callable[[], object] = lambda: torch._int_mm(a, b)  # noqa: E731
+    else:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        fn = lambda: torch.mm(a, b)  # noqa: E731
+    return n**3 / _best_seconds(fn, repeats=repeats)
+
+
+def measure_bandwidth(nbytes: int = 128 * 1024 * 1024, repeats: int = 3) -> float:
+    """Bytes/s of a large copy, counting the read and the write."""
+    src = torch.empty(nbytes // 4, dtype=torch.float32).fill_(1.0)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / _best_seconds(lambda: dst.copy_(src), repeats=repeats, warmup=1)
+
+
+def measure_op_overhead(repeats: int = 200) -> float:
+    """Seconds of fixed cost per operator call, from a tiny elementwise op."""
+    x = torch.ones(8)
+    start = time.perf_counter()
+    for _ in range(repeats):
+        torch.relu(x)
+    return (time.perf_counter() - start) / repeats
+
+
+def last_level_cache_bytes() -> int:
+    """Size of the largest CPU cache the OS reports (Linux sysfs), or 8 MB if it reports none."""
+    sizes = []
+    for entry in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*/size"):
+        text = entry.read_text().strip().upper()
+        mult = {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1:], 1)
+        try:
+            sizes.append(int(text.rstrip("KMG")) * mult)
+        except ValueError:
+            continue
+    return max(sizes) if sizes else 8 * 1024 * 1024
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+@functools.cache
+def host_device() -> DeviceProfile:
+    """This machine as a device profile, from measurements taken now."""
+    threads = torch.get_num_threads()
+    fp32 = measure_gemm_rate(torch.float32)
+    int8 = measure_gemm_rate(torch.int8)
+    bandwidth = measure_bandwidth()
+    overhead = measure_op_overhead()
+    cache = last_level_cache_bytes()
+    how = f"measured by deepslim.analysis.calibrate with {threads} torch threads"
+    log.info("host calibrated: fp32 %.1f GMAC/s, int8 %.1f GMAC/s, %.1f GB/s", fp32 / 1e9, int8 / 1e9, bandwidth / 1e9)
+    return DeviceProfile(
+        name="host",
+        description=f"this machine: {_cpu_name()}, {os.cpu_count()} logical CPUs, {threads} torch threads",
+        peak_macs_per_s={"fp32": fp32, "int8": int8},
+        mem_bandwidth_bytes_per_s=bandwidth,
+        onchip_bytes=cache,
+        op_overhead_s=overhead,
+        sources={
+            "fp32": f"512x512x512 torch.mm, best of 5, {how}",
+            "int8": f"512x512x512 torch._int_mm (int8 x int8 -> int32), best of 5, {how}",
+            "bandwidth": f"128 MB tensor copy (read + write), best of 3, {how}",
+            "onchip": "largest cache in /sys/devices/system/cpu/cpu0/cache",
+            "op_overhead": f"mean time of a tiny torch.relu call, {how}",
+        },
+        calibrated=True,
+    )

@@ -1,0 +1,155 @@
+"""Profiling an ``.onnx`` file: the same Profile, computed from the graph with ONNX shape inference.
+
+Each node is a layer. MACs follow the PyTorch profiler's conventions (:mod:`deepslim.analysis._ops`): Conv,
+ConvTranspose, Gemm and MatMul and their integer forms (QLinearConv, ConvInteger, QLinearMatMul, MatMulInteger) carry
+MACs; every other standard operator carries none. Operators that carry MACs the profiler cannot count yet (recurrent
+layers, Einsum, fused attention) and operators from custom domains are refused unless ``strict=False``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from deepslim.analysis._liveness import Step, peak_live_bytes
+from deepslim.analysis.profile import LayerProfile, Profile
+from deepslim.errors import ConfigError, ModelLoadError, UnsupportedOpError
+
+# op type -> index of the weight input, for convolution-like and matrix-product nodes
+_CONV = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "ConvTranspose": 1}
+_MATMUL = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3), "Gemm": (0, 1)}
+_UNCOUNTED_MAC_OPS = {"Einsum", "LSTM", "GRU", "RNN", "Attention", "MultiHeadAttention", "DeformConv"}
+_SHAPE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Shape", "Size", "Constant", "Identity", "Transpose",
+              "Slice", "Gather", "Split", "Concat", "Expand", "ConstantOfShape", "Range", "Cast", "CastLike",
+              "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Tile", "Pad", "GatherElements",
+              "GatherND", "ScatterND", "Where", "NonZero", "Dropout"}  # fmt: skip
+_ITEMSIZE = {1: 4, 2: 1, 3: 1, 4: 2, 5: 2, 6: 4, 7: 8, 9: 1, 10: 2, 11: 8, 12: 4, 13: 8, 16: 2}
+_DTYPE = {1: "fp32", 2: "int8", 3: "int8", 10: "fp16", 16: "bf16", 11: "fp64"}
+
+
+def profile_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, ...] | None = None,
+                 strict: bool = True) -> Profile:  # fmt: skip
+    """Profile the graph in ``path``; ``input_shape`` fixes the first input's shape when it has symbolic dims."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ModelLoadError(f"ONNX file {str(path)!r} does not exist")
+    try:
+        model = onnx.load(str(path))
+    except Exception as exc:
+        raise ModelLoadError(f"{path} is not a readable ONNX model: {exc}") from exc
+    graph = model.graph
+    inits = {t.name: t for t in graph.initializer}
+    inputs = [i for i in graph.input if i.name not in inits]
+    _fix_input_shapes(inputs, input_shape, path)
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: ONNX shape inference failed: {exc}") from exc
+    info = _value_infos(inferred.graph)
+    for t in inits.values():
+        info[t.name] = (tuple(t.dims), t.data_type)
+
+    def nbytes(name: str) -> int:
+        shape, dtype = info.get(name, ((), 1))
+        return math.prod(shape) * _ITEMSIZE.get(dtype, 4) if all(isinstance(d, int) for d in shape) else 0
+
+    layers, steps, unknown, seen_weights = [], [], {}, set()
+    for idx, node in enumerate(inferred.graph.node):
+        name = node.name or f"{node.op_type}_{idx}"
+        macs = _node_macs(node, info)
+        if macs is None:
+            unknown.setdefault(f"{node.domain + '.' if node.domain else ''}{node.op_type}", name)
+            macs = 0
+        weights = [i for i in node.input if i in inits and i not in seen_weights]
+        seen_weights.update(weights)
+        acts_in = [i for i in node.input if i and i not in inits]
+        out_shape = info.get(node.output[0], ((), 1))[0] if node.output else ()
+        free = node.op_type in _SHAPE_OPS and node.op_type not in ("Concat", "Pad", "Tile", "Gather")
+        other = 0 if macs or node.op_type in _SHAPE_OPS else max([_numel(info, o) for o in node.output] + [0])
+        weight_dtypes = [info[w][1] for w in weights]
+        layers.append(LayerProfile(
+            name=name, type=node.op_type, calls=1,
+            params=sum(math.prod(inits[w].dims) for w in weights if inits[w].data_type != 7),
+            weight_bytes=sum(nbytes(w) for w in weights), macs=macs, other_ops=other,
+            input_bytes=0 if free else sum(nbytes(i) for i in acts_in),
+            output_bytes=0 if free else sum(nbytes(o) for o in node.output if o),
+            output_shape=tuple(out_shape) if all(isinstance(d, int) for d in out_shape) else None,
+            dtype=_DTYPE.get(weight_dtypes[0], "fp32") if weight_dtypes else "fp32",
+        ))  # fmt: skip
+        steps.append(Step(reads=set(acts_in), writes={o: nbytes(o) for o in node.output if o}))
+    warnings: tuple[str, ...] = ()
+    if unknown:
+        listed = ", ".join(f"{op} (node {n})" for op, n in unknown.items())
+        if strict:
+            raise UnsupportedOpError(f"cannot count ONNX operator {listed}; pass strict=False "
+                                     "(CLI: --allow-unknown-ops) to count it as zero MACs")  # fmt: skip
+        warnings = (f"counted as zero MACs: {listed}",)
+    in_sizes = {i.name: nbytes(i.name) for i in inputs}
+    return Profile(
+        model=path.name,
+        input_shapes=tuple(tuple(info[i.name][0]) for i in inputs),
+        layers=tuple(layers),
+        params=sum(lp.params for lp in layers),
+        weight_bytes=sum(lp.weight_bytes for lp in layers),
+        macs=sum(lp.macs for lp in layers),
+        other_ops=sum(lp.other_ops for lp in layers),
+        activation_bytes=sum(lp.output_bytes for lp in layers),
+        peak_activation_bytes=peak_live_bytes(steps, in_sizes, [o.name for o in inferred.graph.output]),
+        source="onnx",
+        warnings=warnings,
+    )
+
+
+def _fix_input_shapes(inputs: list[Any], input_shape: tuple[int, ...] | None, path: Path) -> None:
+    for k, value in enumerate(inputs):
+        dims = value.type.tensor_type.shape.dim
+        if k == 0 and input_shape is not None:
+            if len(input_shape) != len(dims):
+                raise ConfigError(f"{path}: input {value.name!r} has {len(dims)} dimensions; "
+                                  f"--input-shape gave {len(input_shape)}")  # fmt: skip
+            for d, size in zip(dims, input_shape, strict=True):
+                d.ClearField("dim_param")
+                d.dim_value = int(size)
+        symbolic = [d.dim_param or "?" for d in dims if not d.dim_value]
+        if symbolic:
+            raise ConfigError(f"{path}: input {value.name!r} has symbolic dimensions ({', '.join(symbolic)}); "
+                              "give its shape with input_shape (CLI: --input-shape)")  # fmt: skip
+
+
+def _value_infos(graph: Any) -> dict[str, tuple[tuple[int | str, ...], int]]:
+    out = {}
+    for v in (*graph.input, *graph.value_info, *graph.output):
+        t = v.type.tensor_type
+        out[v.name] = (tuple(d.dim_value if d.dim_value else (d.dim_param or "?") for d in t.shape.dim), t.elem_type)
+    return out
+
+
+def _numel(info: dict[str, Any], name: str) -> int:
+    shape = info.get(name, ((), 1))[0]
+    return math.prod(shape) if all(isinstance(d, int) for d in shape) else 0
+
+
+def _node_macs(node: Any, info: dict[str, Any]) -> int | None:
+    """MACs of one node, 0 for operators without MACs, None for ones that have MACs the profiler cannot count."""
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx", "com.microsoft") or op in _UNCOUNTED_MAC_OPS:
+        return None
+    if op in _CONV:
+        w_shape = info[node.input[_CONV[op]]][0]
+        kernel = math.prod(w_shape[2:])
+        if op == "ConvTranspose":
+            return _numel(info, node.input[0]) * w_shape[1] * kernel
+        return _numel(info, node.output[0]) * w_shape[1] * kernel
+    if op in _MATMUL:
+        a_idx, b_idx = _MATMUL[op]
+        a_shape, b_shape = info[node.input[a_idx]][0], info[node.input[b_idx]][0]
+        if op == "Gemm":
+            trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
+            k = a_shape[0] if trans_a else a_shape[1]
+            return _numel(info, node.output[0]) * k
+        return _numel(info, node.output[0]) * a_shape[-1]
+    return 0

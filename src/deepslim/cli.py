@@ -1,0 +1,217 @@
+"""The command line: parse, call the public API, render. No logic lives here.
+
+Exit status: 0 success, 2 bad input (one line on stderr; a traceback only with --debug), 1 internal failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from deepslim.errors import ConfigError, DeepSlimError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def parse_shape(text: str) -> tuple[int, ...]:
+    try:
+        shape = tuple(int(part) for part in text.replace("x", ",").split(","))
+    except ValueError:
+        raise ConfigError(f"--input-shape must be integers separated by commas (e.g. 1,3,224,224), got {text!r}")
+    if not shape or min(shape) < 1:
+        raise ConfigError(f"--input-shape dimensions must be positive, got {text!r}")
+    return shape
+
+
+def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
+    import yaml
+
+    options = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--option expects KEY=VALUE, got {pair!r}")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from deepslim.models import load_model
+
+    return load_model(args.model, weights=args.weights, arch=args.arch, **parse_options(args.option))
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from deepslim.analysis import profile
+    from deepslim.analysis._format import profile_rows, summary_lines
+
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    if args.model.endswith(".onnx"):
+        prof = profile(args.model, device=args.device, strict=not args.allow_unknown_ops, input_shape=shape)
+    else:
+        model = _load(args)
+        prof = profile(model, device=args.device, strict=not args.allow_unknown_ops, input_shape=shape,
+                       name=args.model)  # fmt: skip
+    if args.json:
+        print(json.dumps(prof.to_dict(), indent=2))
+        return 0
+    header, rows = profile_rows(prof)
+    table = Table(*header, title=f"profile of {prof.model}", show_lines=False)
+    for col in table.columns[3:]:
+        col.justify = "right"
+    for row in rows:
+        table.add_row(*row)
+    if not args.quiet:
+        out.print(table)
+    for line in summary_lines(prof):
+        out.print(line)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from deepslim.models import get_model_entry, list_models
+
+    names = list_models(args.pattern)
+    if args.json:
+        print(json.dumps([{"name": n, "task": get_model_entry(n).task, "paper": get_model_entry(n).paper}
+                          for n in names], indent=2))  # fmt: skip
+        return 0
+    table = Table("model", "task", "paper")
+    for n in names:
+        entry = get_model_entry(n)
+        table.add_row(n, entry.task, entry.paper)
+    out.print(table)
+    return 0
+
+
+def cmd_devices(args: argparse.Namespace) -> int:
+    from deepslim.analysis import get_device, list_devices
+
+    names = [n for n in list_devices() if args.host or n != "host"]
+    devices = [get_device(n) for n in names]
+    if args.json:
+        print(json.dumps([d.to_dict() for d in devices], indent=2))
+        return 0
+    table = Table("device", "fp32 GMAC/s", "int8 GMAC/s", "GB/s", "on-chip", "description")
+    for d in devices:
+        table.add_row(d.name, f"{d.peak_for('fp32') / 1e9:.3g}", f"{d.peak_for('int8') / 1e9:.3g}",
+                      f"{d.mem_bandwidth_bytes_per_s / 1e9:.3g}", f"{d.onchip_bytes / 2**20:.3g} MiB", d.description)  # fmt: skip
+    out.print(table)
+    if not args.host:
+        out.print("(add --host to calibrate and show this machine; sources: deepslim devices --json)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from rich.progress import Progress
+
+    from deepslim.analysis._format import human
+    from deepslim.demo import run_demo
+
+    with Progress(console=err, transient=True, disable=args.quiet) as bar:
+        task = bar.add_task("training LeNet-5 on digits", total=args.epochs)
+
+        def on_epoch(m: dict[str, float]) -> None:
+            bar.update(task, advance=1, description=f"training LeNet-5 on digits (val acc {m['val_accuracy']:.3f})")
+
+        result = run_demo(epochs=args.epochs, seed=args.seed, device=args.device, on_epoch=on_epoch)
+    p, c = result.profile, result.profile.cost
+    assert c is not None
+    out.print(f"[bold]deepslim demo[/bold]: LeNet-5 on the scikit-learn digits ({result.data})")
+    out.print(f"trained {args.epochs} epochs in {result.training.seconds:.1f} s "
+              f"(best validation accuracy {result.training.best_val_accuracy:.3f} at epoch {result.training.best_epoch})")  # fmt: skip
+    table = Table("measure", "value", title="LeNet-5 after training")
+    rows = [
+        ("test accuracy", f"{100 * result.test.accuracy:.2f} % of {result.test.samples} held-out digits"),
+        ("parameters", f"{p.params:,}"),
+        ("weights (fp32)", human(p.weight_bytes, "B")),
+        ("MACs per image", f"{p.macs:,}"),
+        ("peak activation memory", human(p.peak_activation_bytes, "B")),
+        (f"latency on {c.device.name} (roofline estimate)", f"{c.latency_ms:.3f} ms"),
+        (f"energy on {c.device.name} (Horowitz 45 nm)", f"{c.energy_uj:.1f} uJ "
+         f"({100 * c.energy_offchip_uj / c.energy_uj:.0f}% off-chip memory)"),
+        ("fits on chip", f"weights {'yes' if c.weights_fit_on_chip else 'no'}, "
+         f"activations {'yes' if c.activations_fit_on_chip else 'no'}"),
+    ]  # fmt: skip
+    for name, value in rows:
+        table.add_row(name, value)
+    out.print(table)
+    if not args.quiet:
+        out.print(str(p))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="deepslim", description="Make PyTorch models smaller, faster and cheaper "
+                                     "to run, and prove it by measurement.")  # fmt: skip
+    parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
+    parser.add_argument("-q", "--quiet", action="store_true", help="print only results")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("model", help="zoo name, file.py:factory, checkpoint (.pt), torch.export program (.pt2)"
+                       " or .onnx (profile only)")  # fmt: skip
+        p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
+                       help="model option, e.g. -O num_classes=10 -O small_input=true")  # fmt: skip
+        p.add_argument("--arch", help="zoo architecture of a plain state-dict file")
+        p.add_argument("--weights", help="state dict to load into the model")
+
+    p = sub.add_parser("profile", help="per-layer params, MACs, bytes, memory; latency and energy on a device")
+    model_args(p)
+    p.add_argument("--input-shape", help="input shape, e.g. 1,3,224,224 (default: the zoo model's own)")
+    p.add_argument("--device", help="estimate latency and energy on this device (see `deepslim devices`)")
+    p.add_argument("--json", action="store_true", help="print the profile as JSON")
+    p.add_argument("--allow-unknown-ops", action="store_true", help="count unknown operators as zero MACs")
+    p.set_defaults(func=cmd_profile)
+
+    p = sub.add_parser("models", help="list the model zoo")
+    p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'resnet*'")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("devices", help="list device profiles for the cost model")
+    p.add_argument("--host", action="store_true", help="also calibrate and show this machine")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_devices)
+
+    p = sub.add_parser("demo", help="train LeNet-5 on digits and show what it costs")
+    p.add_argument("--epochs", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cortex-m7")
+    p.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING if not args.quiet else logging.ERROR,
+                        format="deepslim: %(levelname)s: %(message)s")  # fmt: skip
+    try:
+        return args.func(args)
+    except DeepSlimError as exc:
+        if args.debug:
+            raise
+        err.print(f"deepslim: error: {exc}", markup=False)
+        return 2
+    except KeyboardInterrupt:
+        err.print("deepslim: interrupted")
+        return 130
+    except Exception as exc:  # a bug in deepslim, not bad input
+        if args.debug:
+            raise
+        err.print(f"deepslim: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
+                  markup=False)  # fmt: skip
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

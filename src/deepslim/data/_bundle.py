@@ -1,0 +1,84 @@
+"""DataBundle: what every dataset loader returns, and the shared split/normalize/loader helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from deepslim.errors import DataError
+
+
+@dataclass(frozen=True)
+class DataBundle:
+    """Train/val/test loaders, a calibration loader (a small slice of training data) and an example input."""
+
+    name: str
+    train: DataLoader
+    val: DataLoader
+    test: DataLoader
+    calib: DataLoader
+    example_input: torch.Tensor  # one batch of size 1, as the model sees it
+    num_classes: int
+    class_names: tuple[str, ...] = ()
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.example_input.shape[1:])
+
+    def __str__(self) -> str:
+        sizes = ", ".join(f"{k} {len(getattr(self, k).dataset)}" for k in ("train", "val", "test", "calib"))
+        return f"{self.name}: {sizes}; input {tuple(self.input_shape)}; {self.num_classes} classes"
+
+
+def stratified_split(y: np.ndarray, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
+    """Indices (train, val, test) with each class spread in proportion; ``fractions`` = (val, test)."""
+    rng = np.random.default_rng(seed)
+    parts: tuple[list[np.ndarray], ...] = ([], [], [])
+    for cls in np.unique(y):
+        idx = rng.permutation(np.flatnonzero(y == cls))
+        n_val, n_test = round(len(idx) * fractions[0]), round(len(idx) * fractions[1])
+        parts[2].append(idx[:n_test])
+        parts[1].append(idx[n_test : n_test + n_val])
+        parts[0].append(idx[n_test + n_val :])
+    return tuple(np.sort(np.concatenate(p)) for p in parts)
+
+
+def make_bundle(name: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
+                x_test: np.ndarray, y_test: np.ndarray, *, batch_size: int, calib_size: int, seed: int,
+                class_names: tuple[str, ...] = (), normalize: bool = True, num_classes: int | None = None,
+                info: dict[str, Any] | None = None) -> DataBundle:  # fmt: skip
+    """Normalize with the training set's per-channel statistics and wrap the arrays in loaders."""
+    if batch_size < 1:
+        raise DataError(f"batch_size must be at least 1, got {batch_size}")
+    if len(x_train) == 0 or len(x_test) == 0:
+        raise DataError(f"{name}: the training and test sets must not be empty")
+    x_train, x_val, x_test = (np.asarray(a, dtype=np.float32) for a in (x_train, x_val, x_test))
+    if normalize:
+        axes = (0, *range(2, x_train.ndim)) if x_train.ndim > 2 else (0, 1)
+        mean = x_train.mean(axis=axes, keepdims=True)
+        std = x_train.std(axis=axes, keepdims=True) + 1e-6
+        x_train, x_val, x_test = ((a - mean) / std for a in (x_train, x_val, x_test))
+    n_cls = num_classes or int(max(y_train.max(), y_test.max(), y_val.max() if len(y_val) else 0)) + 1
+    gen = torch.Generator().manual_seed(seed)
+
+    def loader(x: np.ndarray, y: np.ndarray, shuffle: bool) -> DataLoader:
+        ds = TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)))
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen if shuffle else None)
+
+    calib_idx = np.random.default_rng(seed).permutation(len(x_train))[: min(calib_size, len(x_train))]
+    return DataBundle(
+        name=name,
+        train=loader(x_train, y_train, True),
+        val=loader(x_val, y_val, False),
+        test=loader(x_test, y_test, False),
+        calib=loader(x_train[calib_idx], y_train[calib_idx], False),
+        example_input=torch.from_numpy(np.ascontiguousarray(x_test[:1])),
+        num_classes=n_cls,
+        class_names=class_names,
+        info=info or {},
+    )

@@ -1,0 +1,175 @@
+"""Turning a model spec into an ``nn.Module``, and saving one so it can be turned back.
+
+A spec is a zoo name (``"resnet18"``), a Python factory (``"path/to/file.py:factory"``), a checkpoint written by
+:func:`save_model` or a plain state dict (with ``arch=``), or a ``torch.export`` program (``.pt2``). Checkpoints are
+read with ``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickled objects.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import os
+import pickle
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepslim._io import atomic_path
+from deepslim.errors import ConfigError, ModelLoadError, UnknownNameError
+from deepslim.models._registry import ARCH_ATTR, create_model, list_models
+
+CHECKPOINT_FORMAT = "deepslim-checkpoint"
+CHECKPOINT_VERSION = 1
+_STATE_KEYS = ("state_dict", "model_state_dict", "model")
+
+
+def load_model(spec: str | os.PathLike[str] | nn.Module, *, weights: str | os.PathLike[str] | None = None,
+               arch: str | None = None, **options: Any) -> nn.Module:  # fmt: skip
+    """Build or load a model from ``spec``; ``options`` go to the zoo factory or the ``file.py:factory``.
+
+    ``weights`` loads a state dict into the built model. ``arch`` names the zoo architecture of a plain
+    state-dict file (checkpoints written by :func:`save_model` carry their architecture).
+    """
+    if isinstance(spec, nn.Module):
+        return spec
+    text = os.fspath(spec)
+    factory_path, sep, factory_name = text.rpartition(":")
+    if sep and factory_path.endswith(".py"):
+        model = _from_factory(Path(factory_path), factory_name, options)
+    elif text.endswith(".onnx"):
+        raise ModelLoadError(
+            f"{text}: an ONNX file cannot become a PyTorch module; deepslim can profile and benchmark it directly"
+        )
+    elif text.endswith(".pt2"):
+        model = _from_exported(Path(text), options)
+    elif Path(text).is_file():
+        model = _from_checkpoint(Path(text), arch, options)
+    elif os.sep in text or Path(text).suffix in (".pt", ".pth", ".ckpt", ".bin", ".py"):
+        raise ModelLoadError(f"model file {text!r} does not exist")
+    else:
+        model = create_model(text, **options)
+    if weights is not None:
+        load_state_into(model, _read_state(Path(weights))[0], source=str(weights))
+    return model
+
+
+def save_model(model: nn.Module, path: str | os.PathLike[str]) -> Path:
+    """Write ``model``'s weights and architecture to a checkpoint that :func:`load_model` reads back (atomically)."""
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": CHECKPOINT_VERSION,
+        "arch": getattr(model, ARCH_ATTR, None),
+        "state_dict": model.state_dict(),
+    }
+    dest = Path(path)
+    with atomic_path(dest) as tmp:
+        torch.save(payload, tmp)
+    return dest
+
+
+def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """Load ``state`` strictly, turning key and shape mismatches into one readable ``ModelLoadError``."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+             if k in state and tuple(state[k].shape) != tuple(own[k].shape)]  # fmt: skip
+    problems = []
+    if missing:
+        problems.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if wrong:
+        problems.append(f"{len(wrong)} of a different shape (e.g. {wrong[0]})")
+    if problems:
+        raise ModelLoadError(f"{source} does not match the architecture: tensors {'; '.join(problems)}")
+    model.load_state_dict(state)
+
+
+def _from_factory(path: Path, name: str, options: dict[str, Any]) -> nn.Module:
+    if not path.is_file():
+        raise ModelLoadError(f"model file {str(path)!r} does not exist")
+    mod_name = f"_deepslim_user_{abs(hash(path.resolve()))}"
+    spec = importlib.util.spec_from_file_location(mod_name, path)
+    if spec is None or spec.loader is None:
+        raise ModelLoadError(f"{path} cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[mod_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except Exception as exc:
+        raise ModelLoadError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    factory = getattr(module, name, None)
+    if not callable(factory):
+        found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
+        raise ModelLoadError(f"{path} has no callable {name!r}; it defines: {', '.join(sorted(found)) or 'nothing'}")
+    try:
+        inspect.signature(factory).bind(**options)
+    except TypeError as exc:
+        raise ConfigError(f"{path}:{name} does not take these options: {exc}") from exc
+    model = factory(**options)
+    if not isinstance(model, nn.Module):
+        raise ModelLoadError(f"{path}:{name} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def _from_exported(path: Path, options: dict[str, Any]) -> nn.Module:
+    if options:
+        raise ConfigError(f"a .pt2 program takes no model options (got {', '.join(options)})")
+    if not path.is_file():
+        raise ModelLoadError(f"model file {str(path)!r} does not exist")
+    try:
+        program = torch.export.load(path)
+    except Exception as exc:
+        raise ModelLoadError(f"{path} is not a readable torch.export program: {exc}") from exc
+    return program.module()
+
+
+def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
+    """(state dict, architecture or None) from a checkpoint file, refusing anything but tensors and containers."""
+    if not path.is_file():
+        raise ModelLoadError(f"weights file {str(path)!r} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise ModelLoadError(
+            f"{path} holds Python objects other than tensors; deepslim only loads weights (weights_only=True). "
+            "Save model.state_dict() or use deepslim.save_model"
+        ) from exc
+    except Exception as exc:
+        raise ModelLoadError(f"{path} is not a PyTorch checkpoint: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint")
+    if obj.get("format") == CHECKPOINT_FORMAT:
+        if obj.get("version") != CHECKPOINT_VERSION:
+            raise ModelLoadError(f"{path}: checkpoint version {obj.get('version')} is not supported")
+        return obj["state_dict"], obj.get("arch")
+    if all(isinstance(v, torch.Tensor) for v in obj.values()):
+        return obj, None
+    for key in _STATE_KEYS:
+        if isinstance(obj.get(key), dict):
+            return obj[key], None
+    raise ModelLoadError(f"{path} has no state dict (keys: {', '.join(map(str, list(obj)[:8]))})")
+
+
+def _from_checkpoint(path: Path, arch: str | None, options: dict[str, Any]) -> nn.Module:
+    state, stored = _read_state(path)
+    if arch is not None:
+        name, arch_options = arch, {}
+    elif stored is not None:
+        name, arch_options = stored["name"], dict(stored.get("options", {}))
+    else:
+        raise ModelLoadError(
+            f"{path} is a plain state dict with no architecture; pass arch=NAME (CLI: --arch NAME), "
+            f"one of: {', '.join(list_models())}"
+        )
+    try:
+        model = create_model(name, **{**arch_options, **options})
+    except UnknownNameError as exc:
+        raise ModelLoadError(f"{path}: {exc}") from exc
+    load_state_into(model, state, source=str(path))
+    return model

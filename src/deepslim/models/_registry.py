@@ -1,0 +1,101 @@
+"""The model registry: a decorator registers a factory, ``list_models`` lists them by glob, and a test iterates it.
+
+Each entry knows how to build the example input its model expects, so profiling, tracing and export work from a
+name alone. Options are checked against the factory's signature, so a misspelled option is a one-line
+``ConfigError`` naming the accepted ones instead of a ``TypeError`` from deep inside a constructor.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import inspect
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepslim.errors import ConfigError, UnknownNameError
+
+ARCH_ATTR = "_deepslim_arch"  # set on every model built from the registry: {"name": ..., "options": {...}}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    name: str
+    factory: Callable[..., nn.Module]
+    example: Callable[..., torch.Tensor]  # (batch_size, **resolved options) -> example input
+    paper: str
+    task: str  # "image" | "vector" | "text"
+
+    def defaults(self) -> dict[str, Any]:
+        sig = inspect.signature(self.factory)
+        return {k: p.default for k, p in sig.parameters.items() if p.default is not inspect.Parameter.empty}
+
+    def resolve(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The factory's defaults overlaid with ``options``, after checking every option is accepted."""
+        known = self.defaults()
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"model {self.name!r} has no option {', '.join(map(repr, unknown))}; "
+                f"its options are: {', '.join(sorted(known)) or '(none)'}"
+            )
+        return {**known, **options}
+
+
+_REGISTRY: dict[str, ModelEntry] = {}
+
+
+def image_input(batch_size: int = 1, *, in_channels: int = 3, input_size: int = 224, **_: Any) -> torch.Tensor:
+    return torch.randn(batch_size, in_channels, input_size, input_size)
+
+
+def register_model(
+    name: str | None = None,
+    *,
+    paper: str,
+    task: str = "image",
+    example: Callable[..., torch.Tensor] = image_input,
+) -> Callable[[Callable[..., nn.Module]], Callable[..., nn.Module]]:
+    """Register ``factory`` under ``name`` (default: the function's name)."""
+
+    def wrap(factory: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
+        key = name or factory.__name__
+        if key in _REGISTRY:
+            raise RuntimeError(f"model {key!r} registered twice")
+        _REGISTRY[key] = ModelEntry(key, factory, example, paper, task)
+        return factory
+
+    return wrap
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    """Registered model names matching a glob pattern, sorted."""
+    return sorted(n for n in _REGISTRY if fnmatch.fnmatchcase(n, pattern))
+
+
+def get_model_entry(name: str) -> ModelEntry:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise UnknownNameError("model", name, _REGISTRY) from None
+
+
+def create_model(name: str, **options: Any) -> nn.Module:
+    """Build a registered architecture with fresh weights."""
+    entry = get_model_entry(name)
+    resolved = entry.resolve(options)
+    try:
+        model = entry.factory(**resolved)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"model {name!r}: {exc}") from exc
+    setattr(model, ARCH_ATTR, {"name": name, "options": dict(options)})
+    return model
+
+
+def example_input(name: str, batch_size: int = 1, **options: Any) -> torch.Tensor:
+    """An input of the shape and dtype the registered model ``name`` (built with ``options``) expects."""
+    entry = get_model_entry(name)
+    return entry.example(batch_size, **entry.resolve(options))
