@@ -25,7 +25,7 @@ def parse_shape(text: str) -> tuple[int, ...]:
     try:
         shape = tuple(int(part) for part in text.replace("x", ",").split(","))
     except ValueError:
-        raise ConfigError(f"--input-shape must be integers separated by commas (e.g. 1,3,224,224), got {text!r}")
+        raise ConfigError(f"--input-shape must be comma-separated integers (e.g. 1,3,224,224), got {text!r}") from None
     if not shape or min(shape) < 1:
         raise ConfigError(f"--input-shape dimensions must be positive, got {text!r}")
     return shape
@@ -62,6 +62,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
                        name=args.model)  # fmt: skip
     if args.json:
         print(json.dumps(prof.to_dict(), indent=2))
+        return 0
+    if not out.is_terminal:  # piped or redirected: the plain table, never truncated to a terminal width
+        print(prof if not args.quiet else "\n".join(summary_lines(prof)))
         return 0
     header, rows = profile_rows(prof)
     table = Table(*header, title=f"profile of {prof.model}", show_lines=False)
@@ -102,8 +105,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
         return 0
     table = Table("device", "fp32 GMAC/s", "int8 GMAC/s", "GB/s", "on-chip", "description")
     for d in devices:
-        table.add_row(d.name, f"{d.peak_for('fp32') / 1e9:.3g}", f"{d.peak_for('int8') / 1e9:.3g}",
-                      f"{d.mem_bandwidth_bytes_per_s / 1e9:.3g}", f"{d.onchip_bytes / 2**20:.3g} MiB", d.description)  # fmt: skip
+        rates = (d.peak_for("fp32") / 1e9, d.peak_for("int8") / 1e9, d.mem_bandwidth_bytes_per_s / 1e9)
+        table.add_row(d.name, *(f"{r:.3g}" for r in rates), f"{d.onchip_bytes / 2**20:.3g} MiB", d.description)
     out.print(table)
     if not args.host:
         out.print("(add --host to calibrate and show this machine; sources: deepslim devices --json)")
@@ -126,8 +129,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     p, c = result.profile, result.profile.cost
     assert c is not None
     out.print(f"[bold]deepslim demo[/bold]: LeNet-5 on the scikit-learn digits ({result.data})")
-    out.print(f"trained {args.epochs} epochs in {result.training.seconds:.1f} s "
-              f"(best validation accuracy {result.training.best_val_accuracy:.3f} at epoch {result.training.best_epoch})")  # fmt: skip
+    fit = result.training
+    out.print(f"trained {args.epochs} epochs in {fit.seconds:.1f} s "
+              f"(best validation accuracy {fit.best_val_accuracy:.3f} at epoch {fit.best_epoch})")  # fmt: skip
     table = Table("measure", "value", title="LeNet-5 after training")
     rows = [
         ("test accuracy", f"{100 * result.test.accuracy:.2f} % of {result.test.samples} held-out digits"),
@@ -145,7 +149,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         table.add_row(name, value)
     out.print(table)
     if not args.quiet:
-        out.print(str(p))
+        print(p)
     return 0
 
 

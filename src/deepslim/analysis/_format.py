@@ -72,7 +72,8 @@ def format_profile(profile: Profile) -> str:
     left = {0, 1, 2}
 
     def fmt(r: list[str]) -> str:
-        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+        cells = zip(r, widths, strict=True)
+        return "  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(cells))
 
     body = [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)]
     return "\n".join(body + [""] + summary_lines(profile))

@@ -19,7 +19,7 @@ from deepslim.errors import ConfigError, ModelLoadError, UnsupportedOpError
 
 # op type -> index of the weight input, for convolution-like and matrix-product nodes
 _CONV = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "ConvTranspose": 1}
-_MATMUL = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3), "Gemm": (0, 1)}
+_MATMUL = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3), "Gemm": (0, 1)}  # (A, B) inputs
 _UNCOUNTED_MAC_OPS = {"Einsum", "LSTM", "GRU", "RNN", "Attention", "MultiHeadAttention", "DeformConv"}
 _SHAPE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Shape", "Size", "Constant", "Identity", "Transpose",
               "Slice", "Gather", "Split", "Concat", "Expand", "ConstantOfShape", "Range", "Cast", "CastLike",
@@ -145,8 +145,7 @@ def _node_macs(node: Any, info: dict[str, Any]) -> int | None:
             return _numel(info, node.input[0]) * w_shape[1] * kernel
         return _numel(info, node.output[0]) * w_shape[1] * kernel
     if op in _MATMUL:
-        a_idx, b_idx = _MATMUL[op]
-        a_shape, b_shape = info[node.input[a_idx]][0], info[node.input[b_idx]][0]
+        a_shape = info[node.input[_MATMUL[op][0]]][0]
         if op == "Gemm":
             trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
             k = a_shape[0] if trans_a else a_shape[1]

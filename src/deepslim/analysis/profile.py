@@ -8,6 +8,7 @@ conventions are in :mod:`deepslim.analysis._ops`. Models on the ``meta`` device 
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from collections.abc import Hashable, Mapping
@@ -267,7 +268,8 @@ def _trace(model: nn.Module, example: Example, *, strict: bool, name: str) -> Pr
     types: dict[str, str] = {}
     for mod_name, mod in model.named_modules():
         types[mod_name] = type(mod).__name__
-        own_params[mod_name] = [p for p in mod.parameters(recurse=False) if owner.setdefault(id(p), mod_name) == mod_name]
+        own = mod.parameters(recurse=False)
+        own_params[mod_name] = [p for p in own if owner.setdefault(id(p), mod_name) == mod_name]
     weight_keys = {_storage_key(t) for t in (*model.parameters(), *model.buffers())}
     tracer = _Tracer(weight_keys)
     tracer.types = types
@@ -276,7 +278,7 @@ def _trace(model: nn.Module, example: Example, *, strict: bool, name: str) -> Pr
         handles.append(mod.register_forward_pre_hook(lambda m, a, n=mod_name: _enter(tracer, n)))
         handles.append(mod.register_forward_hook(lambda m, a, o, n=mod_name: _leave(tracer, n, o)))
     was_training = {m: m.training for m in model.modules()}
-    model.eval()
+    _set_mode(model, training=False)
     try:
         with torch.no_grad(), tracer:
             output = model(*args, **kwargs)
@@ -288,7 +290,7 @@ def _trace(model: nn.Module, example: Example, *, strict: bool, name: str) -> Pr
         for h in handles:
             h.remove()
         for m, flag in was_training.items():
-            m.train(flag)
+            m.training = flag
     warnings = []
     if tracer.unknown:
         listed = ", ".join(f"{op} (in {layer or '(model)'})" for op, layer in tracer.unknown.items())
@@ -298,6 +300,12 @@ def _trace(model: nn.Module, example: Example, *, strict: bool, name: str) -> Pr
         warnings.append(f"counted as zero MACs: {listed}")
         log.warning("profile: %s", warnings[-1])
     return _assemble(model, name, tracer, own_params, inputs, output, tuple(warnings))
+
+
+def _set_mode(model: nn.Module, *, training: bool) -> None:
+    """``model.train(training)``; programs from ``torch.export`` refuse it (their mode was fixed at export)."""
+    with contextlib.suppress(NotImplementedError):
+        model.train(training)
 
 
 def _enter(tracer: _Tracer, name: str) -> None:

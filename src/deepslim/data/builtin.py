@@ -47,7 +47,8 @@ def load_shapes(*, n_train: int = 5000, n_val: int = 1000, n_test: int = 1000, i
     """Procedurally generated RGB images of ten geometric shapes: a CIFAR-like task that trains on a CPU.
 
     Each image has a random background colour with a gradient and noise, and one shape of random colour, size,
-    position and a rotation within ±15° (so a square stays distinct from a diamond and + from x), anti-aliased by 4× supersampling. The same seed gives the same images.
+    position and a rotation within ±15° (so a square stays distinct from a diamond and + from x), anti-aliased by
+    4× supersampling. The same seed gives the same images.
     """
     if min(n_train, n_test) < 1 or n_val < 0 or image_size < 8:
         raise DataError("shapes needs n_train, n_test >= 1, n_val >= 0 and image_size >= 8")

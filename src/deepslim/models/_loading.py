@@ -136,10 +136,14 @@ def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | N
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        raise ModelLoadError(
-            f"{path} holds Python objects other than tensors; deepslim only loads weights (weights_only=True). "
-            "Save model.state_dict() or use deepslim.save_model"
-        ) from exc
+        detail = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
+        if "Unsupported global" in detail:
+            raise ModelLoadError(
+                f"{path} holds Python objects other than tensors ({detail.split(':')[1].split(' was')[0].strip()}); "
+                "deepslim only loads weights (weights_only=True). Save model.state_dict() or use deepslim.save_model"
+            ) from exc
+        raise ModelLoadError(f"{path} is not a PyTorch checkpoint that loads with weights_only=True "
+                             f"({detail})") from exc
     except Exception as exc:
         raise ModelLoadError(f"{path} is not a PyTorch checkpoint: {exc}") from exc
     if not isinstance(obj, dict):

@@ -85,13 +85,17 @@ def fit(model: nn.Module, data: DataBundle, *, epochs: int, lr: float = 1e-3, op
         raise ConfigError(f"lr must be positive, got {lr}")
     kind = Optimizer(optimizer) if isinstance(optimizer, str) else optimizer
     torch.manual_seed(seed)
+    if data.train.generator is not None:  # the shuffle order, too, depends only on the seed
+        data.train.generator.manual_seed(seed)
     params = [p for p in model.parameters() if p.requires_grad]
     if kind is Optimizer.ADAM:
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     else:
         opt = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=momentum > 0)
     steps = max(1, epochs * len(data.train))
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)) if cosine else 1.0)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / steps)) if cosine else 1.0
+    )
     history: list[dict[str, float]] = []
     best_acc, best_epoch, best_state = -1.0, 0, None
     start = time.perf_counter()

@@ -1,0 +1,83 @@
+import pickle
+
+import pytest
+import torch
+
+import deepslim as ds
+
+
+def _same_weights(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_save_load_round_trip_is_bit_exact(tmp_path):
+    model = ds.create_model("resnet20", num_classes=7)
+    path = ds.save_model(model, tmp_path / "m.pt")
+    back = ds.load_model(path)
+    assert _same_weights(model, back)
+    assert back.fc.out_features == 7  # the architecture options travel with the checkpoint
+    assert [p.name for p in tmp_path.iterdir()] == ["m.pt"]  # no temp files left behind
+
+
+def test_plain_state_dict_needs_arch(tmp_path):
+    model = ds.create_model("lenet300", in_features=64)
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(ds.ModelLoadError, match="pass arch=NAME"):
+        ds.load_model(tmp_path / "sd.pt")
+    back = ds.load_model(tmp_path / "sd.pt", arch="lenet300", in_features=64)
+    assert _same_weights(model, back)
+
+
+def test_weights_option_and_shape_mismatch(tmp_path):
+    model = ds.create_model("lenet300", in_features=64)
+    torch.save({"state_dict": model.state_dict(), "epoch": 3}, tmp_path / "ckpt.pt")
+    assert _same_weights(model, ds.load_model("lenet300", in_features=64, weights=tmp_path / "ckpt.pt"))
+    with pytest.raises(ds.ModelLoadError, match="different shape.*fc1.weight"):
+        ds.load_model("lenet300", weights=tmp_path / "ckpt.pt")  # default in_features=784
+
+
+class Evil:
+    def __reduce__(self):
+        return (print, ("pwned",))
+
+
+def test_arbitrary_pickle_is_refused(tmp_path):
+    path = tmp_path / "evil.pt"
+    with open(path, "wb") as fh:
+        pickle.dump({"state_dict": Evil()}, fh, protocol=2)
+    with pytest.raises(ds.ModelLoadError, match="GLOBAL print.*weights_only=True"):
+        ds.load_model(path)
+
+
+def test_garbage_and_missing_files(tmp_path):
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(ds.ModelLoadError, match="not a PyTorch checkpoint"):
+        ds.load_model(tmp_path / "junk.pt")
+    with pytest.raises(ds.ModelLoadError, match="does not exist"):
+        ds.load_model(tmp_path / "missing.pt")
+    with pytest.raises(ds.ModelLoadError, match="cannot become a PyTorch module"):
+        ds.load_model("model.onnx")
+
+
+def test_python_factory(tmp_path):
+    src = tmp_path / "net.py"
+    src.write_text("import torch\n\ndef make(width=4):\n    return torch.nn.Linear(3, width)\n\nNOT_A_MODEL = 3\n")
+    model = ds.load_model(f"{src}:make", width=6)
+    assert isinstance(model, torch.nn.Linear) and model.out_features == 6
+    with pytest.raises(ds.ModelLoadError, match="no callable 'other'.*make"):
+        ds.load_model(f"{src}:other")
+    with pytest.raises(ds.ConfigError, match="does not take"):
+        ds.load_model(f"{src}:make", depth=2)
+    (tmp_path / "bad.py").write_text("def make():\n    return 42\n")
+    with pytest.raises(ds.ModelLoadError, match="not a torch.nn.Module"):
+        ds.load_model(f"{tmp_path / 'bad.py'}:make")
+
+
+def test_exported_program_round_trip(tmp_path):
+    model = ds.create_model("lenet5", input_size=8).eval()
+    x = torch.randn(2, 1, 8, 8)
+    torch.export.save(torch.export.export(model, (x,)), tmp_path / "m.pt2")
+    loaded = ds.load_model(tmp_path / "m.pt2")
+    torch.testing.assert_close(loaded(x), model(x))
+    assert ds.profile(loaded, x).macs == ds.profile(model, x).macs
