@@ -24,6 +24,10 @@ $(VENV)/.test: pyproject.toml $(VENV)/.base
 	$(BIN)/python -m pip install -q -e '.[test]'
 	touch $@
 
+$(VENV)/.bench: pyproject.toml $(VENV)/.test
+	$(BIN)/python -m pip install -q -e '.[test,bench]'
+	touch $@
+
 install: $(VENV)/.base
 install-test: $(VENV)/.test
 
@@ -33,7 +37,7 @@ demo: install
 test: install-test
 	$(BIN)/python -m pytest -q
 
-bench: install-test
+bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/run_all.py
 
 lint: install-test

@@ -17,7 +17,8 @@ from rich.table import Table
 
 from deepslim.errors import ConfigError, DeepSlimError
 
-out = Console(highlight=False, soft_wrap=True)
+# Piped output is not cut to a terminal's 80 columns: scripts and logs get whole tables.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 200)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
@@ -106,7 +107,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
     table = Table("device", "fp32 GMAC/s", "int8 GMAC/s", "GB/s", "on-chip", "description")
     for d in devices:
         rates = (d.peak_for("fp32") / 1e9, d.peak_for("int8") / 1e9, d.mem_bandwidth_bytes_per_s / 1e9)
-        table.add_row(d.name, *(f"{r:.3g}" for r in rates), f"{d.onchip_bytes / 2**20:.3g} MiB", d.description)
+        table.add_row(d.name, *(f"{r:,.0f}" if r >= 100 else f"{r:.3g}" for r in rates),
+                      f"{d.onchip_bytes / 2**20:.3g} MiB", d.description)  # fmt: skip
     out.print(table)
     if not args.host:
         out.print("(add --host to calibrate and show this machine; sources: deepslim devices --json)")
