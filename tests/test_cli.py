@@ -8,10 +8,11 @@ import pytest
 
 from deepslim.cli import main
 
-PROFILE_KEYS = {"model", "source", "input_shapes", "params", "weight_bytes", "macs", "other_ops", "activation_bytes",
-                "peak_activation_bytes", "bytes_moved", "arithmetic_intensity", "warnings", "layers", "cost"}
-LAYER_KEYS = {"name", "type", "calls", "params", "weight_bytes", "macs", "other_ops", "input_bytes", "output_bytes",
-              "output_shape", "dtype", "bytes_moved", "arithmetic_intensity"}  # fmt: skip
+PROFILE_KEYS = {"model", "source", "input_shapes", "params", "nonzero_params", "weight_bytes", "macs", "other_ops",
+                "activation_bytes", "peak_activation_bytes", "bytes_moved", "arithmetic_intensity", "warnings",
+                "layers", "cost"}
+LAYER_KEYS = {"name", "type", "calls", "params", "nonzero_params", "weight_bytes", "macs", "other_ops", "input_bytes",
+              "output_bytes", "output_shape", "dtype", "bytes_moved", "arithmetic_intensity"}
 
 
 def run(capsys, *argv):

@@ -16,6 +16,19 @@ from deepslim.analysis import (
     profile,
     register_device,
 )
+from deepslim.compress.lowrank import FactorizeResult, SVDConfig, TuckerConfig, factorize_
+from deepslim.compress.prune import (
+    ChannelPruneConfig,
+    GradualPruner,
+    Importance,
+    MagnitudePruneConfig,
+    NMPruneConfig,
+    Scope,
+    bake_masks_,
+    dependency_groups,
+    plan_channel_pruning,
+    prune_,
+)
 from deepslim.data import DataBundle, list_datasets, load_data, register_dataset
 from deepslim.errors import (
     ArchiveError,
@@ -30,11 +43,15 @@ from deepslim.errors import (
     UnsupportedOpError,
 )
 from deepslim.models import create_model, example_input, list_models, load_model, register_model, save_model
+from deepslim.search import Sensitivity, sensitivity
 from deepslim.train import EvalResult, FitResult, evaluate, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChannelPruneConfig", "FactorizeResult", "GradualPruner", "Importance", "MagnitudePruneConfig", "NMPruneConfig",
+    "SVDConfig", "Scope", "Sensitivity", "TuckerConfig", "bake_masks_", "dependency_groups", "factorize_",
+    "plan_channel_pruning", "prune_", "sensitivity",
     "ArchiveError", "ConfigError", "CostEstimate", "DataBundle", "DataError", "DeepSlimError", "DeviceProfile",
     "EnergyTable", "EvalResult", "ExportError", "FitResult", "InputShapeError", "LayerCost", "LayerProfile",
     "ModelLoadError", "Profile", "UnknownNameError", "UnsupportedModelError", "UnsupportedOpError", "create_model",

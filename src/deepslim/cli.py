@@ -178,6 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unknown-ops", action="store_true", help="count unknown operators as zero MACs")
     p.set_defaults(func=cmd_profile)
 
+    from deepslim import _cli_prune
+
+    _cli_prune.add_parser(sub, model_args)
+    sub.choices["prune"].set_defaults(func=lambda a: _cli_prune.run(a, _load, parse_shape, out))
+
     p = sub.add_parser("models", help="list the model zoo")
     p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'resnet*'")
     p.add_argument("--json", action="store_true")

@@ -7,7 +7,7 @@ from deepslim.analysis.profile import LayerProfile, Profile
 
 
 def _profile(*layers):
-    return Profile(model="t", input_shapes=((1,),), layers=tuple(layers), params=0,
+    return Profile(model="t", input_shapes=((1,),), layers=tuple(layers), params=0, nonzero_params=0,
                    weight_bytes=sum(lp.weight_bytes for lp in layers), macs=sum(lp.macs for lp in layers),
                    other_ops=0, activation_bytes=0, peak_activation_bytes=1000)  # fmt: skip
 

@@ -73,7 +73,8 @@ def profile_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, ...] |
         weight_dtypes = [info[w][1] for w in weights]
         layers.append(LayerProfile(
             name=name, type=node.op_type, calls=1,
-            params=sum(math.prod(inits[w].dims) for w in weights if inits[w].data_type != 7),
+            params=(n_params := sum(math.prod(inits[w].dims) for w in weights if inits[w].data_type != 7)),
+            nonzero_params=n_params,
             weight_bytes=sum(nbytes(w) for w in weights), macs=macs, other_ops=other,
             input_bytes=0 if free else sum(nbytes(i) for i in acts_in),
             output_bytes=0 if free else sum(nbytes(o) for o in node.output if o),
@@ -94,6 +95,7 @@ def profile_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, ...] |
         input_shapes=tuple(tuple(info[i.name][0]) for i in inputs),
         layers=tuple(layers),
         params=sum(lp.params for lp in layers),
+        nonzero_params=sum(lp.nonzero_params for lp in layers),
         weight_bytes=sum(lp.weight_bytes for lp in layers),
         macs=sum(lp.macs for lp in layers),
         other_ops=sum(lp.other_ops for lp in layers),

@@ -43,6 +43,7 @@ class LayerProfile:
     type: str
     calls: int = 0
     params: int = 0
+    nonzero_params: int = 0  # parameters that are not exactly zero (after any pruning mask)
     weight_bytes: int = 0
     macs: int = 0
     other_ops: int = 0
@@ -75,6 +76,7 @@ class Profile:
     input_shapes: tuple[tuple[int, ...], ...]
     layers: tuple[LayerProfile, ...]
     params: int
+    nonzero_params: int
     weight_bytes: int
     macs: int
     other_ops: int
@@ -110,6 +112,7 @@ class Profile:
             "source": self.source,
             "input_shapes": [list(s) for s in self.input_shapes],
             "params": self.params,
+            "nonzero_params": self.nonzero_params,
             "weight_bytes": self.weight_bytes,
             "macs": self.macs,
             "other_ops": self.other_ops,
@@ -139,6 +142,22 @@ def module_weight_bytes(module: nn.Module, params: list[torch.Tensor]) -> int:
         return int(custom())
     own_buffers = [b for n, b in module.named_buffers(recurse=False) if n not in module._non_persistent_buffers_set]
     return sum(t.numel() * t.element_size() for t in (*params, *own_buffers))
+
+
+def owner_name(name: str) -> str:
+    """The layer a module belongs to: a parametrization (e.g. a pruning mask) belongs to the layer it modifies."""
+    return name.split(".parametrizations.")[0] if ".parametrizations." in name else name
+
+
+def _nonzeros(module: nn.Module, params: list[torch.Tensor]) -> int:
+    """Nonzero weights as the layer computes with them (masks applied); on the meta device, all of them."""
+    tensors = list(params)
+    if hasattr(module, "parametrizations"):
+        tensors = [getattr(module, name) for name in module.parametrizations] + [
+            p for n, p in module.named_parameters(recurse=False)]  # fmt: skip
+    if any(t.is_meta for t in tensors):
+        return sum(t.numel() for t in tensors)
+    return sum(int(torch.count_nonzero(t)) for t in tensors)
 
 
 def _storage_key(t: torch.Tensor) -> Hashable:
@@ -267,14 +286,17 @@ def _trace(model: nn.Module, example: Example, *, strict: bool, name: str) -> Pr
     own_params: dict[str, list[torch.Tensor]] = {}
     types: dict[str, str] = {}
     for mod_name, mod in model.named_modules():
-        types[mod_name] = type(mod).__name__
-        own = mod.parameters(recurse=False)
-        own_params[mod_name] = [p for p in own if owner.setdefault(id(p), mod_name) == mod_name]
+        layer = owner_name(mod_name)
+        types.setdefault(layer, type(mod).__name__)
+        own = [p for p in mod.parameters(recurse=False) if owner.setdefault(id(p), layer) == layer]
+        own_params.setdefault(layer, []).extend(own)
     weight_keys = {_storage_key(t) for t in (*model.parameters(), *model.buffers())}
     tracer = _Tracer(weight_keys)
     tracer.types = types
     handles = []
     for mod_name, mod in model.named_modules():
+        if owner_name(mod_name) != mod_name:
+            continue  # a parametrization's operators belong to its layer
         handles.append(mod.register_forward_pre_hook(lambda m, a, n=mod_name: _enter(tracer, n)))
         handles.append(mod.register_forward_hook(lambda m, a, o, n=mod_name: _leave(tracer, n, o)))
     was_training = {m: m.training for m in model.modules()}
@@ -325,7 +347,7 @@ def _assemble(model: nn.Module, name: str, tracer: _Tracer, own_params: dict[str
               inputs: list[torch.Tensor], output: Any, warnings: tuple[str, ...]) -> Profile:  # fmt: skip
     modules = dict(model.named_modules())
     layers = []
-    names = list(tracer.rows) + [n for n in modules if n not in tracer.rows]
+    names = list(tracer.rows) + [n for n in modules if n not in tracer.rows and owner_name(n) == n]
     for row_name in names:
         row = tracer.rows.get(row_name) or _Row(row_name, type(modules[row_name]).__name__)
         params = own_params.get(row_name, [])
@@ -337,6 +359,7 @@ def _assemble(model: nn.Module, name: str, tracer: _Tracer, own_params: dict[str
             dtype = dtype_label(params[0].dtype) if params else "fp32"
         layers.append(LayerProfile(
             name=row_name, type=row.type, calls=row.calls, params=sum(p.numel() for p in params),
+            nonzero_params=_nonzeros(modules[row_name], params) if row_name in modules else 0,
             weight_bytes=wbytes, macs=row.macs, other_ops=row.other_ops, input_bytes=row.input_bytes,
             output_bytes=row.output_bytes, output_shape=row.output_shape, dtype=dtype,
         ))  # fmt: skip
@@ -347,6 +370,7 @@ def _assemble(model: nn.Module, name: str, tracer: _Tracer, own_params: dict[str
         input_shapes=tuple(tuple(t.shape) for t in inputs),
         layers=tuple(layers),
         params=sum(lp.params for lp in layers),
+        nonzero_params=sum(lp.nonzero_params for lp in layers),
         weight_bytes=sum(lp.weight_bytes for lp in layers),
         macs=sum(lp.macs for lp in layers),
         other_ops=sum(lp.other_ops for lp in layers),

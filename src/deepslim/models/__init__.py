@@ -11,6 +11,7 @@ from deepslim.models._registry import (
     example_input,
     get_model_entry,
     list_models,
+    options_for_data,
     register_model,
 )
 
@@ -22,6 +23,7 @@ __all__ = [
     "list_models",
     "load_model",
     "load_state_into",
+    "options_for_data",
     "register_model",
     "save_model",
 ]

@@ -57,18 +57,81 @@ def load_model(spec: str | os.PathLike[str] | nn.Module, *, weights: str | os.Pa
     return model
 
 
-def save_model(model: nn.Module, path: str | os.PathLike[str]) -> Path:
-    """Write ``model``'s weights and architecture to a checkpoint that :func:`load_model` reads back (atomically)."""
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "arch": getattr(model, ARCH_ATTR, None),
-        "state_dict": model.state_dict(),
-    }
+def save_model(model: nn.Module, path: str | os.PathLike[str], *, example_input: Any = None) -> Path:
+    """Write ``model`` so that :func:`load_model` reads it back, atomically.
+
+    A ``.pt`` checkpoint holds the weights and the zoo architecture; a model whose layers were resized (structured
+    pruning) records that, and loads back at its new size. A model whose layer tree changed (factorized layers,
+    custom modules) is saved as a ``torch.export`` program: give a ``.pt2`` path and ``example_input``.
+    """
     dest = Path(path)
+    if dest.suffix == ".pt2":
+        if example_input is None:
+            raise ConfigError("saving a .pt2 program needs example_input")
+        was = model.training
+        model.eval()
+        try:
+            args = example_input if isinstance(example_input, tuple) else (example_input,)
+            program = torch.export.export(model, args)
+        except Exception as exc:
+            raise ModelLoadError(f"torch.export cannot capture the model: {str(exc).splitlines()[0]}") from exc
+        finally:
+            model.train(was)
+        with atomic_path(dest) as tmp:
+            torch.export.save(program, tmp)
+        return dest
+    arch = getattr(model, ARCH_ATTR, None)
+    state = model.state_dict()
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": arch, "state_dict": state,
+               "resized": arch is not None and _check_structure(arch, state)}  # fmt: skip
     with atomic_path(dest) as tmp:
         torch.save(payload, tmp)
     return dest
+
+
+def _check_structure(arch: dict[str, Any], state: dict[str, torch.Tensor]) -> bool:
+    """Whether ``state`` has the architecture's tensors at other sizes; an error if its tensors differ."""
+    with torch.device("meta"):
+        fresh = create_model(arch["name"], **arch.get("options", {})).state_dict()
+    if fresh.keys() != state.keys():
+        extra = sorted(set(state) ^ set(fresh))[:3]
+        raise ConfigError(f"the model's layers no longer match its architecture {arch['name']!r} (e.g. "
+                          f"{', '.join(extra)}): save it as a .pt2 program (a .pt2 path, with example_input)")
+    return any(tuple(fresh[k].shape) != tuple(v.shape) for k, v in state.items())
+
+
+def resize_like_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Give every layer the sizes its tensors have in ``state`` (the inverse of structured pruning's surgery)."""
+    from deepslim.models.transformer import SelfAttention
+
+    for name, m in model.named_modules():
+        prefix = f"{name}." if name else ""
+        tensors = [(k, t) for k, t in (*m.named_parameters(recurse=False), *m.named_buffers(recurse=False))]
+        for key, t in tensors:
+            new = state.get(prefix + key)
+            if new is None or new.shape == t.shape:
+                continue
+            fresh = torch.empty(new.shape, dtype=t.dtype, device=t.device)
+            setattr(m, key, nn.Parameter(fresh, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter)
+                    else fresh)  # fmt: skip
+        if isinstance(m, (nn.Conv1d, nn.Conv2d)):
+            depthwise = m.groups > 1 and m.groups == m.in_channels == m.out_channels
+            m.out_channels = m.weight.shape[0]
+            if depthwise:
+                m.in_channels = m.groups = m.out_channels
+            else:
+                m.in_channels = m.weight.shape[1] * m.groups
+        elif isinstance(m, nn.Linear):
+            m.out_features, m.in_features = m.weight.shape
+        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.num_features = m.weight.shape[0] if m.weight is not None else m.running_mean.shape[0]
+        elif isinstance(m, nn.LayerNorm) and m.weight is not None:
+            m.normalized_shape = (m.weight.shape[0],)
+        elif isinstance(m, nn.Embedding):
+            m.num_embeddings, m.embedding_dim = m.weight.shape
+    for m in model.modules():
+        if isinstance(m, SelfAttention):
+            m.num_heads = m.proj.in_features // m.head_dim
 
 
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
@@ -130,7 +193,10 @@ def _from_exported(path: Path, options: dict[str, Any]) -> nn.Module:
 
 
 def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """(state dict, architecture or None) from a checkpoint file, refusing anything but tensors and containers."""
+    """(state dict, architecture or None) from a checkpoint file, refusing anything but tensors and containers.
+
+    The architecture carries ``resized: True`` when the checkpoint's layers were resized by structured pruning.
+    """
     if not path.is_file():
         raise ModelLoadError(f"weights file {str(path)!r} does not exist")
     try:
@@ -151,7 +217,8 @@ def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | N
     if obj.get("format") == CHECKPOINT_FORMAT:
         if obj.get("version") != CHECKPOINT_VERSION:
             raise ModelLoadError(f"{path}: checkpoint version {obj.get('version')} is not supported")
-        return obj["state_dict"], obj.get("arch")
+        arch = obj.get("arch")
+        return obj["state_dict"], ({**arch, "resized": bool(obj.get("resized"))} if arch else None)
     if all(isinstance(v, torch.Tensor) for v in obj.values()):
         return obj, None
     for key in _STATE_KEYS:
@@ -162,9 +229,11 @@ def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | N
 
 def _from_checkpoint(path: Path, arch: str | None, options: dict[str, Any]) -> nn.Module:
     state, stored = _read_state(path)
+    resized = False
     if arch is not None:
         name, arch_options = arch, {}
     elif stored is not None:
+        resized = stored.get("resized", False)
         name, arch_options = stored["name"], dict(stored.get("options", {}))
     else:
         raise ModelLoadError(
@@ -175,5 +244,7 @@ def _from_checkpoint(path: Path, arch: str | None, options: dict[str, Any]) -> n
         model = create_model(name, **{**arch_options, **options})
     except UnknownNameError as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
+    if resized:
+        resize_like_(model, state)
     load_state_into(model, state, source=str(path))
     return model

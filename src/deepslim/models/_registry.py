@@ -95,6 +95,23 @@ def create_model(name: str, **options: Any) -> nn.Module:
     return model
 
 
+def options_for_data(name: str, input_shape: tuple[int, ...], num_classes: int,
+                     options: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    """``options`` completed so that model ``name`` fits data of ``input_shape`` (no batch) and ``num_classes``.
+
+    Options the user gave win; only options the factory accepts are filled in.
+    """
+    accepted = get_model_entry(name).defaults()
+    filled = {"num_classes": num_classes}
+    if len(input_shape) == 3:
+        filled |= {"in_channels": input_shape[0], "input_size": input_shape[-1]}
+        if input_shape[-1] <= 64 and "small_input" in accepted:
+            filled["small_input"] = True
+    elif len(input_shape) == 1:
+        filled["in_features"] = input_shape[0]
+    return {**{k: v for k, v in filled.items() if k in accepted}, **options}
+
+
 def example_input(name: str, batch_size: int = 1, **options: Any) -> torch.Tensor:
     """An input of the shape and dtype the registered model ``name`` (built with ``options``) expects."""
     entry = get_model_entry(name)

@@ -17,8 +17,8 @@ _WIDTHS = {0.5: [24, 48, 96, 192, 1024], 1.0: [24, 116, 232, 464, 1024], 1.5: [2
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
-    b, c, h, w = x.shape
-    return x.view(b, groups, c // groups, h, w).transpose(1, 2).reshape(b, c, h, w)
+    # (B, C, H, W) -> (B, g, C/g, H, W) -> swap -> (B, C, H, W); written without reading x.shape, so torch.fx traces it
+    return x.unflatten(1, (groups, -1)).transpose(1, 2).flatten(1, 2)
 
 
 class ShuffleBlock(nn.Module):

@@ -33,16 +33,16 @@ class SelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, n, _ = x.shape  # (B, N, C)
+        # x: (B, N, C)
         inner = self.num_heads * self.head_dim
         if hasattr(self, "qkv"):
             q, k, v = self.qkv(x).split(inner, dim=-1)
         else:
             q, k, v = self.query(x), self.key(x), self.value(x)
-        q, k, v = (t.view(b, n, self.num_heads, self.head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, N, D)
+        q, k, v = (t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for t in (q, k, v))  # (B, H, N, D)
         drop = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=drop)
-        return self.proj(out.transpose(1, 2).reshape(b, n, inner))
+        return self.proj(out.transpose(1, 2).flatten(2))  # (B, N, H*D)
 
 
 class MLP(nn.Sequential):
@@ -82,7 +82,7 @@ class VisionTransformer(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, C)
-        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1) + self.pos_embed
         x = self.norm(self.blocks(x))
         return self.head(x[:, 0])
 
@@ -133,10 +133,8 @@ class BertEncoder(nn.Module):
         self.classifier = nn.Linear(dim, num_classes) if num_classes else None
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        b, n = input_ids.shape  # (B, N) token ids
-        if n > self.position_embeddings.num_embeddings:
-            raise ValueError(f"sequence length {n} exceeds max_positions {self.position_embeddings.num_embeddings}")
-        pos = torch.arange(n, device=input_ids.device)
+        # input_ids: (B, N) token ids, N <= max_positions (the position table's size)
+        pos = torch.arange(input_ids.size(1), device=input_ids.device)
         x = self.word_embeddings(input_ids) + self.position_embeddings(pos) + self.token_type_embeddings.weight[0]
         x = self.dropout(self.embed_norm(x))  # (B, N, C)
         mask = None

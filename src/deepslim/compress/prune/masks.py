@@ -1,0 +1,178 @@
+"""Unstructured and N:M sparsity with persistent masks.
+
+Magnitude pruning: Han et al., "Learning both Weights and Connections for Efficient Neural Networks", NeurIPS 2015.
+N:M semi-structured sparsity: Mishra et al., "Accelerating Sparse Deep Neural Networks" (NVIDIA Ampere 2:4), 2021.
+
+A mask is a parametrization (``torch.nn.utils.parametrize``): the layer's effective weight is ``original * mask`` at
+every forward, so the gradient of a masked weight is zero and no optimizer step can bring it back. ``bake_masks_``
+writes the masked weights into plain parameters and removes the parametrization.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from deepslim.config import freeze_overrides, lookup, unmatched
+from deepslim.errors import ConfigError
+
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class Scope(Enum):
+    LAYER = "layer"  # every layer loses the same fraction of its weights
+    GLOBAL = "global"  # one magnitude threshold for the whole model
+
+
+@dataclass(frozen=True, kw_only=True)
+class MagnitudePruneConfig:
+    """Zero the ``sparsity`` fraction of smallest-magnitude weights (per layer, or under one global threshold).
+
+    ``overrides`` maps layer names or ``re:`` patterns to their own sparsity, or None to leave the layer dense.
+    """
+
+    sparsity: float
+    scope: Scope = Scope.LAYER
+    overrides: Any = ()
+
+    def __post_init__(self) -> None:
+        _check_fraction("sparsity", self.sparsity)
+        if isinstance(self.scope, str):
+            try:
+                object.__setattr__(self, "scope", Scope(self.scope))
+            except ValueError:
+                raise ConfigError(f"scope must be 'layer' or 'global', got {self.scope!r}") from None
+        overrides = freeze_overrides(self.overrides)
+        for pattern, value in overrides:
+            if value is not None:
+                _check_fraction(f"override {pattern!r}", value)
+        object.__setattr__(self, "overrides", overrides)
+
+
+@dataclass(frozen=True, kw_only=True)
+class NMPruneConfig:
+    """Keep the ``n`` largest of every ``m`` consecutive weights along the input (reduction) dimension."""
+
+    n: int = 2
+    m: int = 4
+    overrides: Any = ()  # layer -> None skips it
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.n, int) and isinstance(self.m, int) and 0 < self.n < self.m):
+            raise ConfigError(f"N:M sparsity needs integers 0 < n < m, got {self.n}:{self.m}")
+        overrides = freeze_overrides(self.overrides)
+        if any(v is not None for _, v in overrides):
+            raise ConfigError("NMPruneConfig overrides may only map layers to None (skip)")
+        object.__setattr__(self, "overrides", overrides)
+
+
+def _check_fraction(what: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{what} must be in [0, 1), got {value}")
+
+
+class WeightMask(nn.Module):
+    """Parametrization ``weight -> weight * mask``; the mask is a buffer, so it is saved and moved with the model."""
+
+    def __init__(self, mask: torch.Tensor):
+        super().__init__()
+        self.register_buffer("mask", mask.to(torch.bool))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight * self.mask
+
+
+def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
+    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
+
+
+def current_mask(m: nn.Module) -> WeightMask | None:
+    if parametrize.is_parametrized(m, "weight"):
+        return next((p for p in m.parametrizations.weight if isinstance(p, WeightMask)), None)
+    return None
+
+
+def set_mask_(m: nn.Module, mask: torch.Tensor) -> None:
+    """Install or tighten the layer's mask (an existing mask is intersected: pruned weights stay pruned)."""
+    existing = current_mask(m)
+    if existing is not None:
+        existing.mask &= mask.to(existing.mask.device)
+    else:
+        parametrize.register_parametrization(m, "weight", WeightMask(mask.to(m.weight.device)))
+
+
+def magnitude_masks(model: nn.Module, config: MagnitudePruneConfig) -> dict[str, torch.Tensor]:
+    layers = prunable_layers(model)
+    _check_overrides(config.overrides, layers)
+    targets = {n: lookup(config.overrides, n, default=...) for n in layers}
+    masks: dict[str, torch.Tensor] = {}
+    pooled = [n for n, t in targets.items() if t is ...]
+    if config.scope is Scope.GLOBAL and pooled and config.sparsity > 0:
+        magnitudes = torch.cat([layers[n].weight.detach().abs().flatten().float().cpu() for n in pooled])
+        k = int(round(config.sparsity * magnitudes.numel()))
+        threshold = torch.kthvalue(magnitudes, k).values.item() if k > 0 else -1.0
+        for n in pooled:
+            w = layers[n].weight.detach()
+            masks[n] = w.abs() > threshold
+    else:
+        targets.update(dict.fromkeys(pooled, config.sparsity))
+    for n, sparsity in targets.items():
+        if n in masks or sparsity is None or sparsity is ...:
+            continue
+        masks[n] = _layer_mask(layers[n].weight.detach(), sparsity)
+    return masks
+
+
+def _layer_mask(w: torch.Tensor, sparsity: float) -> torch.Tensor:
+    k = int(round(sparsity * w.numel()))
+    if k == 0:
+        return torch.ones_like(w, dtype=torch.bool)
+    order = w.abs().flatten().argsort()  # ties broken by position: exactly k weights go
+    mask = torch.ones(w.numel(), dtype=torch.bool, device=w.device)
+    mask[order[:k]] = False
+    return mask.view_as(w)
+
+
+def nm_masks(model: nn.Module, config: NMPruneConfig) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Masks for every layer whose reduction dimension divides by m; the others are listed as skipped."""
+    layers = prunable_layers(model)
+    _check_overrides(config.overrides, layers)
+    masks, skipped = {}, []
+    for name, m in layers.items():
+        if lookup(config.overrides, name, default=...) is None:
+            continue
+        w = m.weight.detach()
+        # reduction dimension last: (out, in) for Linear; (out, k…, in) for convolutions (channels-last, as kernels use)
+        wl = w if w.ndim == 2 else w.movedim(1, -1)
+        if wl.shape[-1] % config.m:
+            skipped.append(f"{name} ({wl.shape[-1]} inputs not divisible by {config.m})")
+            continue
+        blocks = wl.abs().reshape(-1, config.m)
+        keep = torch.zeros_like(blocks, dtype=torch.bool).scatter_(1, blocks.topk(config.n, dim=1).indices, True)
+        keep = keep.view_as(wl)
+        masks[name] = keep if w.ndim == 2 else keep.movedim(-1, 1)
+    return masks, skipped
+
+
+def _check_overrides(overrides: tuple[tuple[str, Any], ...], layers: dict[str, nn.Module]) -> None:
+    bad = unmatched(overrides, layers)
+    if bad:
+        raise ConfigError(f"no prunable layer matches {', '.join(map(repr, bad))}; prunable: {', '.join(layers)}")
+
+
+def bake_masks_(model: nn.Module) -> nn.Module:
+    """Make masked weights plain parameters (zeros included) and drop the masks."""
+    for m in model.modules():
+        if current_mask(m) is not None:
+            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+    return model
+
+
+def sparsity(model: nn.Module) -> dict[str, float]:
+    """Fraction of exactly-zero weights in each prunable layer (masked or baked)."""
+    return {n: 1.0 - float(torch.count_nonzero(m.weight)) / m.weight.numel() for n, m in prunable_layers(model).items()}

@@ -1,0 +1,73 @@
+"""Pruning during training: one-shot, iterative prune–retrain, and gradual polynomial schedules.
+
+Iterative: Han et al., NeurIPS 2015 — prune, retrain, prune further. Gradual: Zhu & Gupta, "To prune, or not to prune",
+ICLR-W 2018 — sparsity rises from s_i to s_f along s_t = s_f + (s_i − s_f)(1 − (t − t0)/(n·Δt))³, pruning every Δt
+steps. Both work with the masks of :mod:`.masks`, so weights pruned early stay pruned.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from torch import nn
+
+from deepslim.compress.prune.masks import MagnitudePruneConfig, magnitude_masks, set_mask_
+from deepslim.errors import ConfigError
+
+
+def polynomial_sparsity(step: int, *, final: float, initial: float = 0.0, start: int = 0, end: int) -> float:
+    """Zhu & Gupta's cubic schedule: ``initial`` at ``start``, ``final`` from ``end`` on."""
+    if step <= start:
+        return initial
+    if step >= end:
+        return final
+    return final + (initial - final) * (1.0 - (step - start) / (end - start)) ** 3
+
+
+def iterative_sparsities(final: float, rounds: int) -> list[float]:
+    """Sparsity after each of ``rounds`` prune–retrain rounds, removing the same fraction of survivors each time."""
+    if rounds < 1:
+        raise ConfigError(f"rounds must be >= 1, got {rounds}")
+    keep = (1.0 - final) ** (1.0 / rounds)
+    return [1.0 - keep ** (r + 1) for r in range(rounds)]
+
+
+@dataclass
+class GradualPruner:
+    """A training-loop hook (``fit(..., hooks=[pruner])``) that raises magnitude sparsity along the cubic schedule.
+
+    ``config.sparsity`` is the final sparsity; the masks are updated every ``every`` optimizer steps between
+    ``start`` and ``end``.
+    """
+
+    config: MagnitudePruneConfig
+    end: int
+    start: int = 0
+    every: int = 10
+    initial: float = 0.0
+    step: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start < self.end or self.every < 1:
+            raise ConfigError(f"gradual pruning needs 0 <= start < end and every >= 1 (got {self.start}, "
+                              f"{self.end}, {self.every})")  # fmt: skip
+
+    def current(self) -> float:
+        return polynomial_sparsity(self.step, final=self.config.sparsity, initial=self.initial, start=self.start,
+                                   end=self.end)  # fmt: skip
+
+    def after_step(self, model: nn.Module) -> None:
+        self.step += 1
+        if self.step < self.start or (self.step - self.start) % self.every and self.step != self.end:
+            return
+        if self.step > self.end:
+            return
+        scaled = _scale(self.config, self.current() / self.config.sparsity if self.config.sparsity else 0.0)
+        for name, mask in magnitude_masks(model, scaled).items():
+            set_mask_(model.get_submodule(name), mask)
+
+
+def _scale(config: MagnitudePruneConfig, fraction: float) -> MagnitudePruneConfig:
+    """The config with every sparsity (default and overrides) scaled by ``fraction`` of the way to its target."""
+    overrides = tuple((p, None if v is None else v * fraction) for p, v in config.overrides)
+    return replace(config, sparsity=config.sparsity * fraction, overrides=overrides)

@@ -1,0 +1,49 @@
+"""Shared config machinery: per-layer overrides keyed by layer name or ``re:``-prefixed regular expression."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, TypeVar
+
+from deepslim.errors import ConfigError
+
+V = TypeVar("V")
+_UNSET: Any = object()
+
+
+def freeze_overrides(overrides: Mapping[str, V] | Iterable[tuple[str, V]] | None) -> tuple[tuple[str, V], ...]:
+    """Overrides as an ordered tuple of (pattern, value) pairs, with every ``re:`` pattern checked to compile."""
+    if overrides is None:
+        return ()
+    pairs = tuple(overrides.items()) if isinstance(overrides, Mapping) else tuple(overrides)
+    for pattern, _ in pairs:
+        if not isinstance(pattern, str):
+            raise ConfigError(f"override keys must be layer names or 're:' patterns, got {pattern!r}")
+        if pattern.startswith("re:"):
+            try:
+                re.compile(pattern[3:])
+            except re.error as exc:
+                raise ConfigError(f"override pattern {pattern!r} is not a valid regular expression: {exc}") from None
+    return pairs
+
+
+def matches(pattern: str, name: str) -> bool:
+    """``re:REGEX`` matches the whole layer name; anything else is an exact name."""
+    if pattern.startswith("re:"):
+        return re.fullmatch(pattern[3:], name) is not None
+    return pattern == name
+
+
+def lookup(overrides: tuple[tuple[str, V], ...], name: str, default: V) -> V:
+    """The value of the first override matching ``name`` (which may be None: skip the layer), else ``default``."""
+    for pattern, value in overrides:
+        if matches(pattern, name):
+            return value
+    return default
+
+
+def unmatched(overrides: tuple[tuple[str, Any], ...], names: Iterable[str]) -> list[str]:
+    """Override patterns that match none of ``names`` (almost always a typo worth reporting)."""
+    names = list(names)
+    return [p for p, _ in overrides if not any(matches(p, n) for n in names)]
