@@ -74,3 +74,29 @@ def test_module_entry_point_and_usage_errors():
     assert proc.returncode == 0 and "profile" in proc.stdout
     proc = subprocess.run([sys.executable, "-m", "deepslim", "frobnicate"], capture_output=True, text=True)
     assert proc.returncode == 2 and "invalid choice" in proc.stderr
+
+
+def test_prune_json_and_saved_model(capsys, tmp_path):
+    out_path = tmp_path / "p.pt"
+    code, out, _ = run(capsys, "prune", "resnet20", "--ratio", "0.5", "--no-latency", "--json", "-o", str(out_path))
+    assert code == 0
+    data = json.loads(out)
+    assert data["after"]["macs"] < 0.6 * data["before"]["macs"] and data["warnings"] == []
+    code, out, _ = run(capsys, "profile", str(out_path), "--json")
+    assert code == 0 and json.loads(out)["macs"] == data["after"]["macs"]  # the saved file is the pruned model
+
+
+def test_prune_magnitude_warns_that_masks_do_not_speed_up(capsys):
+    code, out, _ = run(capsys, "prune", "lenet300", "--method", "magnitude", "--sparsity", "0.9", "--no-latency")
+    assert code == 0 and "mask-only sparsity" in out and "nonzero parameters" in out
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["prune", "resnet20", "--ratio", "1.5"], "ratio must be in [0, 1)"),
+    (["prune", "resnet20", "--method", "nm", "--nm", "2-4"], "--nm expects N:M"),
+    (["prune", "resnet20", "--ignore", "layer9"], "no layer matches 'layer9'"),
+    (["prune", "resnet20", "--data", "nodata"], "unknown dataset 'nodata'"),
+])  # fmt: skip
+def test_prune_bad_input(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1

@@ -42,6 +42,7 @@ from deepslim.errors import (
     UnsupportedModelError,
     UnsupportedOpError,
 )
+from deepslim.export import BenchResult, ExportResult, benchmark, export_onnx
 from deepslim.models import create_model, example_input, list_models, load_model, register_model, save_model
 from deepslim.search import Sensitivity, sensitivity
 from deepslim.train import EvalResult, FitResult, evaluate, fit
@@ -51,7 +52,7 @@ __version__ = "0.1.0"
 __all__ = [
     "ChannelPruneConfig", "FactorizeResult", "GradualPruner", "Importance", "MagnitudePruneConfig", "NMPruneConfig",
     "SVDConfig", "Scope", "Sensitivity", "TuckerConfig", "bake_masks_", "dependency_groups", "factorize_",
-    "plan_channel_pruning", "prune_", "sensitivity",
+    "plan_channel_pruning", "prune_", "sensitivity", "BenchResult", "ExportResult", "benchmark", "export_onnx",
     "ArchiveError", "ConfigError", "CostEstimate", "DataBundle", "DataError", "DeepSlimError", "DeviceProfile",
     "EnergyTable", "EvalResult", "ExportError", "FitResult", "InputShapeError", "LayerCost", "LayerProfile",
     "ModelLoadError", "Profile", "UnknownNameError", "UnsupportedModelError", "UnsupportedOpError", "create_model",

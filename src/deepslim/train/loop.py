@@ -76,9 +76,11 @@ def fit(model: nn.Module, data: DataBundle, *, epochs: int, lr: float = 1e-3, op
         on_epoch: Callable[[dict[str, float]], None] | None = None) -> FitResult:  # fmt: skip
     """Train ``model`` on ``data.train`` for ``epochs``, validating on ``data.val`` after each epoch.
 
-    ``restore_best`` keeps the weights of the epoch with the best validation accuracy. ``hooks`` run after every
-    optimizer step. ``on_epoch`` receives each epoch's metrics (for progress display).
+    ``restore_best`` keeps the weights of the epoch with the best validation accuracy — unless ``hooks`` are given:
+    hooks (pruning schedules, say) change the model as training goes, so only the last epoch is the model they
+    built. ``hooks`` run after every optimizer step. ``on_epoch`` receives each epoch's metrics (for progress).
     """
+    restore_best = restore_best and not hooks
     if epochs < 0:
         raise ConfigError(f"epochs must be >= 0, got {epochs}")
     if not lr > 0:

@@ -207,11 +207,20 @@ class _Builder:
             self.block(layout, why)
         return self.fresh(node, why)
 
+    def at_dim(self, arg: fx.Node, src: Layout, dim: int) -> Layout:
+        """``src`` read with channels in ``dim``: a tensor whose spaces are all blocked can be read along any dim."""
+        dim %= src.ndim
+        if src.dim == dim or not all(self.graph.spaces[sid].find().blocked for sid, _ in src.segments):
+            return src
+        return self.fresh(arg, "model input", dim=dim) or src
+
     def module(self, node: fx.Node, m: nn.Module) -> Layout | None:
         name = str(node.target)
         src = self.layouts.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
         if src is None:
             return self.opaque(node, f"{name} ({type(m).__name__}) has no traced tensor input")
+        last = isinstance(m, (nn.Linear, nn.LayerNorm, SelfAttention))
+        src = self.at_dim(node.args[0], src, -1 if last else 1)
         if isinstance(m, (nn.Conv1d, nn.Conv2d)) and src.dim == 1 and src.unit == 1:
             if m.groups == 1:
                 self.graph.consumers.append((name, src))

@@ -130,11 +130,11 @@ def _plan(model: nn.Module, config: ChannelPruneConfig, example_input: torch.Ten
         owners = _owners(graph, root)
         if not owners:
             continue
-        ratio = _group_ratio(config, owners)
-        if root.blocked or ratio is None:
-            blocked.append(f"{graph.describe(root)}" + ("" if root.blocked else " (ignored)"))
+        if root.blocked:
+            blocked.append(graph.describe(root))
             continue
-        n_keep = _keep_count(root, ratio, config.round_to)
+        ratio = _group_ratio(config, owners)
+        n_keep = root.width if ratio is None else _keep_count(root, ratio, config.round_to)
         kept = tuple(range(root.width))
         if n_keep < root.width:
             keep[root.id] = _select(_scores(graph, root, modules, config.importance), n_keep, root.groups)
