@@ -81,7 +81,11 @@ def test_prune_json_and_saved_model(capsys, tmp_path):
     code, out, _ = run(capsys, "prune", "resnet20", "--ratio", "0.5", "--no-latency", "--json", "-o", str(out_path))
     assert code == 0
     data = json.loads(out)
-    assert data["after"]["macs"] < 0.6 * data["before"]["macs"] and data["warnings"] == []
+    assert data["after"]["macs"] < 0.6 * data["before"]["macs"] and data["warnings"] == []  # 16 -> 8 channels: aligned
+    code, out, _ = run(capsys, "prune", "resnet20", "--ratio", "0.3", "--no-latency", "--json")
+    assert "not multiples of 8" in json.loads(out)["warnings"][0]
+    code, out, _ = run(capsys, "prune", "resnet20", "--ratio", "0.3", "--round-to", "8", "--no-latency", "--json")
+    assert json.loads(out)["warnings"] == []
     code, out, _ = run(capsys, "profile", str(out_path), "--json")
     assert code == 0 and json.loads(out)["macs"] == data["after"]["macs"]  # the saved file is the pruned model
 

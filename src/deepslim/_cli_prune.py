@@ -113,12 +113,20 @@ def run(args: argparse.Namespace, load: Any, parse_shape: Any, out: Any) -> int:
     before = _snapshot(model, x, data, latency)
     if isinstance(config, ChannelPruneConfig) and args.show_groups and not args.json:
         out.print(str(plan_channel_pruning(model, config, x, data.calib if data else None)), markup=False)
+    from deepslim.compress.prune.channel import misaligned_layers
+
+    aligned_before = set(misaligned_layers(model))
     prune_(model, config, example_input=x, calib_data=data.calib if data is not None else None)
+    newly_misaligned = [n for n in misaligned_layers(model) if n not in aligned_before]
     if data is not None and args.finetune_epochs:
         fit(model, data, epochs=args.finetune_epochs, lr=args.lr)
     bake_masks_(model)
     after = _snapshot(model, x, data, latency)
     warnings = [] if isinstance(config, ChannelPruneConfig) else [MASK_ONLY_WARNING]
+    if newly_misaligned:
+        warnings.append(f"{len(newly_misaligned)} layer(s) now have channel counts that are not multiples of 8 "
+                        f"(e.g. {', '.join(newly_misaligned[:3])}): CPU kernels run them on slow paths, up to 3x "
+                        "slower at the same MACs; try --round-to 16")  # fmt: skip
     if args.output:
         save_model(model, args.output, example_input=x)
     if args.json:
