@@ -208,6 +208,23 @@ def test_zoo_model_channel_pruned(name, tmp_path):
     assert torch.equal(back(x), model(x))
 
 
+class WithGRU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed, self.gru, self.head = nn.Linear(4, 8), nn.GRU(8, 8, batch_first=True), nn.Linear(8, 2)
+
+    def forward(self, x):
+        return self.head(self.gru(self.embed(x))[0][:, -1])
+
+
+def test_unknown_layer_is_named_and_ignore_resolves_it():
+    model, x = WithGRU(), torch.randn(2, 5, 4)
+    with pytest.raises(ds.UnsupportedModelError, match=r"cannot follow layer gru \(GRU\); add it to ignore=\('gru',\)"):
+        ds.prune_(model, ds.ChannelPruneConfig(ratio=0.5), example_input=x)
+    ds.prune_(model, ds.ChannelPruneConfig(ratio=0.5, ignore=("gru",)), example_input=x)
+    assert model.embed.out_features == 8 and model(x).shape == (2, 2)  # coupled to the GRU: kept whole
+
+
 def test_bad_input():
     with pytest.raises(ds.ConfigError, match=r"ratio must be in \[0, 1\)"):
         ds.ChannelPruneConfig(ratio=1.0)

@@ -89,6 +89,7 @@ class DependencyGraph:
     consumers: list[tuple[str, Layout]] = field(default_factory=list)  # modules whose input channels follow a layout
     norms: list[tuple[str, Layout]] = field(default_factory=list)  # batch/layer norms along a layout
     producer_space: dict[str, int] = field(default_factory=dict)
+    unknown_layers: list[str] = field(default_factory=list)  # layers with weights the graph cannot follow
 
     def groups(self) -> Iterator[Space]:
         """Representatives of every group, in the order the model first produces them."""
@@ -260,6 +261,8 @@ class _Builder:
             return src
         if isinstance(m, nn.Flatten):
             return self._flatten(node, src, m.start_dim, m.end_dim)
+        if any(True for _ in m.parameters()):
+            self.graph.unknown_layers.append(f"{name} ({type(m).__name__})")
         return self.opaque(node, f"{name} ({type(m).__name__}) is not understood by the dependency graph")
 
     def _produce(self, name: str, width: int, ndim: int, dim: int) -> Layout:

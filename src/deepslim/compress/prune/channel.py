@@ -136,6 +136,13 @@ def _plan(model: nn.Module, config: ChannelPruneConfig, example_input: torch.Ten
     bad = unmatched(config.overrides, modules) + unmatched(tuple((p, None) for p in config.ignore), modules)
     if bad:
         raise ConfigError(f"no layer matches {', '.join(map(repr, bad))}")
+    unhandled = [u for u in graph.unknown_layers if not any(matches(p, u.split(" (")[0]) for p in config.ignore)]
+    if unhandled:
+        names = ", ".join(repr(u.split(" (")[0]) for u in unhandled)
+        raise UnsupportedModelError(
+            f"channel pruning cannot follow layer {', '.join(unhandled)}; add it to ignore=({names},) "
+            "(CLI: --ignore) to keep its channels and those of the layers coupled to it"
+        )
     if config.importance is Importance.TAYLOR:
         _accumulate_gradients(model, calib_data)
     keep: dict[int, torch.Tensor] = {}
