@@ -29,6 +29,19 @@ from deepslim.compress.prune import (
     plan_channel_pruning,
     prune_,
 )
+from deepslim.compress.quantize import (
+    BinaryConfig,
+    Calibration,
+    Float16Config,
+    KMeansConfig,
+    LinearQuantConfig,
+    PowerOfTwoConfig,
+    TernaryConfig,
+    cluster_,
+    fold_batchnorm_,
+    quantization_report,
+    quantize_,
+)
 from deepslim.data import DataBundle, list_datasets, load_data, register_dataset
 from deepslim.errors import (
     ArchiveError,
@@ -53,6 +66,8 @@ __all__ = [
     "ChannelPruneConfig", "FactorizeResult", "GradualPruner", "Importance", "MagnitudePruneConfig", "NMPruneConfig",
     "SVDConfig", "Scope", "Sensitivity", "TuckerConfig", "bake_masks_", "dependency_groups", "factorize_",
     "plan_channel_pruning", "prune_", "sensitivity", "BenchResult", "ExportResult", "benchmark", "export_onnx",
+    "BinaryConfig", "Calibration", "Float16Config", "KMeansConfig", "LinearQuantConfig", "PowerOfTwoConfig",
+    "TernaryConfig", "cluster_", "fold_batchnorm_", "quantization_report", "quantize_",
     "ArchiveError", "ConfigError", "CostEstimate", "DataBundle", "DataError", "DeepSlimError", "DeviceProfile",
     "EnergyTable", "EvalResult", "ExportError", "FitResult", "InputShapeError", "LayerCost", "LayerProfile",
     "ModelLoadError", "Profile", "UnknownNameError", "UnsupportedModelError", "UnsupportedOpError", "create_model",

@@ -141,7 +141,15 @@ def module_weight_bytes(module: nn.Module, params: list[torch.Tensor]) -> int:
     if callable(custom):
         return int(custom())
     own_buffers = [b for n, b in module.named_buffers(recurse=False) if n not in module._non_persistent_buffers_set]
-    return sum(t.numel() * t.element_size() for t in (*params, *own_buffers))
+    total = sum(t.numel() * t.element_size() for t in (*params, *own_buffers))
+    for name, chain in getattr(module, "parametrizations", {}).items():
+        # a parametrization that encodes its tensor (codebook + indices, ±α signs, …) reports the true storage
+        reporter = next((p for p in chain if callable(getattr(p, "deepslim_storage_bytes", None))), None)
+        if reporter is not None:
+            original = chain.original
+            stored = original.numel() * original.element_size()
+            total += reporter.deepslim_storage_bytes(original, getattr(module, name)) - stored
+    return total
 
 
 def owner_name(name: str) -> str:
