@@ -90,18 +90,27 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     seeds = [0] if args.quick else [0, 1, 2]
+    results: dict = {}
+
+    def save(key: str, value: object) -> None:  # written after every experiment: a long run never loses it all
+        results[key] = value
+        print(f"done: {key}", flush=True)
+        if args.json:
+            meta = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
+                    "torch": torch.__version__, "quick": args.quick}  # fmt: skip
+            Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+
     digits = ds.load_data("digits")
-    results: dict = {"digits_lenet5": [experiment("lenet5", digits, {"input_size": 8}, [0.3, 0.5, 0.7], s,
-                                                  30, 10, 2e-3) for s in seeds]}  # fmt: skip
+    save("digits_lenet5", [experiment("lenet5", digits, {"input_size": 8}, [0.3, 0.5, 0.7], s, 30, 10, 2e-3)
+                           for s in seeds])  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
-        results["digits_lenet5_unstructured_90"] = unstructured(digits, 0, Path(tmp))
+        save("digits_lenet5_unstructured_90", unstructured(digits, 0, Path(tmp)))
     shapes = ds.load_data("shapes")
     small = {"num_classes": 10, "small_input": True, "input_size": 32, "width_mult": 0.5}
     epochs = (3, 1) if args.quick else (15, 5)
-    results["shapes_resnet20"] = [experiment("resnet20", shapes, {}, [0.5], 0, *epochs, 2e-3)]
-    results["shapes_resnet20_shortcut_b"] = [experiment("resnet20", shapes, {"shortcut": "B"}, [0.5], 0, *epochs,
-                                                        2e-3)]  # fmt: skip
-    results["shapes_mobilenet_v2"] = [experiment("mobilenet_v2", shapes, small, [0.5], 0, *epochs, 2e-3)]
+    save("shapes_resnet20", [experiment("resnet20", shapes, {}, [0.5], 0, *epochs, 2e-3)])
+    save("shapes_resnet20_shortcut_b", [experiment("resnet20", shapes, {"shortcut": "B"}, [0.5], 0, *epochs, 2e-3)])
+    save("shapes_mobilenet_v2", [experiment("mobilenet_v2", shapes, small, [0.5], 0, *epochs, 2e-3)])
     for key, runs in results.items():
         if not isinstance(runs, list):
             print(key, json.dumps(runs, indent=1))
@@ -116,10 +125,6 @@ def main() -> None:
                 cut = runs[0]["dense_macs"] / rows[0][f"{tool}_macs"]
                 acc = statistics.mean(r[f"{tool}_accuracy"] for r in rows)
                 print(f"  ratio {ratio}: {tool}: MAC cut {cut:.2f}x, accuracy after fine-tuning {100 * acc:.2f}%")
-    if args.json:
-        meta = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
-                "torch": torch.__version__, "quick": args.quick}  # fmt: skip
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
 
 
 if __name__ == "__main__":

@@ -104,3 +104,24 @@ def test_prune_magnitude_warns_that_masks_do_not_speed_up(capsys):
 def test_prune_bad_input(capsys, argv, message):
     code, _, err = run(capsys, *argv)
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_quantize_json(capsys):
+    code, out, _ = run(capsys, "quantize", "lenet5", "--data", "digits", "--json")
+    assert code == 0
+    data = json.loads(out)
+    assert data["after"]["weight_bytes"] < data["before"]["weight_bytes"] / 3.5
+    assert data["after"]["params"] == data["before"]["params"] == 131_080
+    assert [n for n, _ in data["quantized"]] == ["features.0", "features.2", "classifier.1", "classifier.3"]
+    code, out, _ = run(capsys, "quantize", "lenet5", "--data", "digits", "--method", "kmeans", "--bits", "4", "--json")
+    assert code == 0 and json.loads(out)["after"]["params"] == 131_080
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["quantize", "lenet5", "--bits", "12", "--data", "digits"], "bits must be an integer from 2 to 8"),
+    (["quantize", "lenet5"], "needs calibration data: give --data"),
+    (["quantize", "lenet5", "--data", "digits", "--skip", "fc9"], "no quantizable layer matches 'fc9'"),
+])  # fmt: skip
+def test_quantize_bad_input(capsys, argv, message):
+    code, _, err = run(capsys, *argv)
+    assert code == 2 and message in err and err.count("\n") == 1

@@ -20,6 +20,7 @@ MASK_ONLY_WARNING = ("mask-only sparsity: dense runtimes (PyTorch, ONNX Runtime 
 class Snapshot:
     params: int
     nonzero_params: int
+    weight_bytes: int
     macs: int
     latency_ms: float | None
     accuracy: float | None
@@ -65,7 +66,7 @@ def _config(args: argparse.Namespace) -> Any:
     return NMPruneConfig(n=n, m=m, overrides=ignore)
 
 
-def _snapshot(model: nn.Module, x: torch.Tensor, data: Any, latency: bool) -> Snapshot:
+def snapshot(model: nn.Module, x: torch.Tensor, data: Any, latency: bool) -> Snapshot:
     from deepslim.analysis import profile
     from deepslim.export import benchmark
     from deepslim.train import evaluate
@@ -81,21 +82,18 @@ def _snapshot(model: nn.Module, x: torch.Tensor, data: Any, latency: bool) -> Sn
 
             logging.getLogger(__name__).warning("latency not measured: %s", exc)
     acc = evaluate(model, data.test).accuracy if data is not None else None
-    return Snapshot(prof.params, prof.nonzero_params, prof.macs, ms, acc)
+    return Snapshot(prof.params, prof.nonzero_params, prof.weight_bytes, prof.macs, ms, acc)
 
 
-def run(args: argparse.Namespace, load: Any, parse_shape: Any, out: Any) -> int:
-    from deepslim.compress.prune import ChannelPruneConfig, bake_masks_, plan_channel_pruning, prune_
+def prepare(args: argparse.Namespace, load: Any, parse_shape: Any) -> tuple[nn.Module, torch.Tensor, Any]:
+    """The model (sized for the data when it is a zoo name), its example input, and the data (or None)."""
+    from deepslim.cli import parse_options
     from deepslim.data import load_data
-    from deepslim.models import example_input, load_model, options_for_data, save_model
+    from deepslim.models import example_input, load_model, options_for_data
     from deepslim.models._registry import ARCH_ATTR
-    from deepslim.train import fit
 
-    config = _config(args)
     data = load_data(args.data) if args.data else None
     if data is not None and ":" not in args.model and not args.model.endswith((".pt", ".pt2", ".pth")):
-        from deepslim.cli import parse_options
-
         opts = options_for_data(args.model, data.input_shape, data.num_classes, parse_options(args.option))
         model = load_model(args.model, weights=args.weights, **opts)
     else:
@@ -109,8 +107,18 @@ def run(args: argparse.Namespace, load: Any, parse_shape: Any, out: Any) -> int:
         x = example_input(arch["name"], **arch["options"])
     else:
         raise ConfigError("give --input-shape (or --data) for a model that is not from the zoo")
+    return model, x, data
+
+
+def run(args: argparse.Namespace, load: Any, parse_shape: Any, out: Any) -> int:
+    from deepslim.compress.prune import ChannelPruneConfig, bake_masks_, plan_channel_pruning, prune_
+    from deepslim.models import save_model
+    from deepslim.train import fit
+
+    config = _config(args)
+    model, x, data = prepare(args, load, parse_shape)
     latency = not args.no_latency
-    before = _snapshot(model, x, data, latency)
+    before = snapshot(model, x, data, latency)
     if isinstance(config, ChannelPruneConfig) and args.show_groups and not args.json:
         out.print(str(plan_channel_pruning(model, config, x, data.calib if data else None)), markup=False)
     from deepslim.compress.prune.channel import misaligned_layers
@@ -121,7 +129,7 @@ def run(args: argparse.Namespace, load: Any, parse_shape: Any, out: Any) -> int:
     if data is not None and args.finetune_epochs:
         fit(model, data, epochs=args.finetune_epochs, lr=args.lr)
     bake_masks_(model)
-    after = _snapshot(model, x, data, latency)
+    after = snapshot(model, x, data, latency)
     warnings = [] if isinstance(config, ChannelPruneConfig) else [MASK_ONLY_WARNING]
     if newly_misaligned:
         warnings.append(f"{len(newly_misaligned)} layer(s) now have channel counts that are not multiples of 8 "
@@ -133,26 +141,31 @@ def run(args: argparse.Namespace, load: Any, parse_shape: Any, out: Any) -> int:
         print(json.dumps({"before": before.to_dict(), "after": after.to_dict(), "warnings": warnings,
                           "output": args.output}, indent=2))  # fmt: skip
         return 0
-    _render(out, args, before, after, warnings)
+    render(out, f"{args.method} pruning of {args.model}", before, after, warnings, args)
     return 0
 
 
-def _render(out: Any, args: argparse.Namespace, before: Snapshot, after: Snapshot, warnings: list[str]) -> None:
+def render(out: Any, title: str, before: Snapshot, after: Snapshot, warnings: list[str],
+           args: argparse.Namespace) -> None:  # fmt: skip
     from rich.table import Table
+
+    from deepslim.analysis._format import human
 
     def ratio(a: float | None, b: float | None) -> str:
         return f"{a / b:.2f}x" if a and b else "-"
 
-    table = Table("", "before", "after", "before / after", title=f"{args.method} pruning of {args.model}")
+    table = Table("", "before", "after", "before / after", title=title)
     table.add_row("parameters", f"{before.params:,}", f"{after.params:,}", ratio(before.params, after.params))
     table.add_row("nonzero parameters", f"{before.nonzero_params:,}", f"{after.nonzero_params:,}",
                   ratio(before.nonzero_params, after.nonzero_params))  # fmt: skip
+    table.add_row("weight bytes", human(before.weight_bytes, "B"), human(after.weight_bytes, "B"),
+                  ratio(before.weight_bytes, after.weight_bytes))  # fmt: skip
     table.add_row("MACs", f"{before.macs:,}", f"{after.macs:,}", ratio(before.macs, after.macs))
     if before.latency_ms is not None and after.latency_ms is not None:
         table.add_row("latency, ONNX Runtime (ms)", f"{before.latency_ms:.3f}", f"{after.latency_ms:.3f}",
                       ratio(before.latency_ms, after.latency_ms))  # fmt: skip
     if before.accuracy is not None:
-        label = f"test accuracy{' (after fine-tuning)' if args.finetune_epochs else ''}"
+        label = f"test accuracy{' (after fine-tuning)' if getattr(args, 'finetune_epochs', 0) else ''}"
         table.add_row(label, f"{100 * before.accuracy:.2f} %", f"{100 * after.accuracy:.2f} %",
                       f"{100 * (after.accuracy - before.accuracy):+.2f} pp")  # fmt: skip
     out.print(table)

@@ -178,10 +178,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unknown-ops", action="store_true", help="count unknown operators as zero MACs")
     p.set_defaults(func=cmd_profile)
 
-    from deepslim import _cli_prune
+    from deepslim import _cli_prune, _cli_quantize
 
-    _cli_prune.add_parser(sub, model_args)
-    sub.choices["prune"].set_defaults(func=lambda a: _cli_prune.run(a, _load, parse_shape, out))
+    for command, module in (("prune", _cli_prune), ("quantize", _cli_quantize)):
+        module.add_parser(sub, model_args)
+        sub.choices[command].set_defaults(func=lambda a, mod=module: mod.run(a, _load, parse_shape, out))
 
     p = sub.add_parser("models", help="list the model zoo")
     p.add_argument("pattern", nargs="?", default="*", help="glob, e.g. 'resnet*'")
@@ -216,6 +217,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("deepslim: interrupted")
         return 130
+    except BrokenPipeError:  # the reader (e.g. `| head`) closed the pipe: not an error of ours
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as exc:  # a bug in deepslim, not bad input
         if args.debug:
             raise

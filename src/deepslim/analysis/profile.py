@@ -157,6 +157,15 @@ def owner_name(name: str) -> str:
     return name.split(".parametrizations.")[0] if ".parametrizations." in name else name
 
 
+def _logical_params(module: nn.Module, params: list[torch.Tensor]) -> int:
+    """Parameters as the layer computes with them: an encoded weight (codebook + indices) counts as its weights."""
+    chains = getattr(module, "parametrizations", None)
+    if not chains:
+        return sum(p.numel() for p in params)
+    stored = {id(chain.original) for chain in chains.values()}
+    return sum(p.numel() for p in params if id(p) not in stored) + sum(getattr(module, n).numel() for n in chains)
+
+
 def _nonzeros(module: nn.Module, params: list[torch.Tensor]) -> int:
     """Nonzero weights as the layer computes with them (masks applied); on the meta device, all of them."""
     tensors = list(params)
@@ -366,7 +375,8 @@ def _assemble(model: nn.Module, name: str, tracer: _Tracer, own_params: dict[str
         if dtype is None:
             dtype = dtype_label(params[0].dtype) if params else "fp32"
         layers.append(LayerProfile(
-            name=row_name, type=row.type, calls=row.calls, params=sum(p.numel() for p in params),
+            name=row_name, type=row.type, calls=row.calls,
+            params=_logical_params(modules[row_name], params) if row_name in modules else 0,
             nonzero_params=_nonzeros(modules[row_name], params) if row_name in modules else 0,
             weight_bytes=wbytes, macs=row.macs, other_ops=row.other_ops, input_bytes=row.input_bytes,
             output_bytes=row.output_bytes, output_shape=row.output_shape, dtype=dtype,
