@@ -77,7 +77,18 @@ def test_python_factory(tmp_path):
 def test_exported_program_round_trip(tmp_path):
     model = ds.create_model("lenet5", input_size=8).eval()
     x = torch.randn(2, 1, 8, 8)
-    torch.export.save(torch.export.export(model, (x,)), tmp_path / "m.pt2")
+    ds.save_model(model, tmp_path / "m.pt2", example_input=x)
     loaded = ds.load_model(tmp_path / "m.pt2")
     torch.testing.assert_close(loaded(x), model(x))
     assert ds.profile(loaded, x).macs == ds.profile(model, x).macs
+    data = ds.load_data("digits")  # a loaded program evaluates like any model (it refuses .eval(); we cope)
+    assert ds.evaluate(loaded, data.test).accuracy == ds.evaluate(model, data.test).accuracy
+
+
+def test_save_pt2_needs_example_input_and_writes_nothing_on_failure(tmp_path):
+    model = ds.create_model("lenet5", input_size=8)
+    with pytest.raises(ds.ConfigError, match="needs example_input"):
+        ds.save_model(model, tmp_path / "m.pt2")
+    with pytest.raises(ds.ModelLoadError, match="torch.export cannot capture"):
+        ds.save_model(model, tmp_path / "m.pt2", example_input=torch.randn(1, 3, 8, 8))
+    assert list(tmp_path.iterdir()) == []

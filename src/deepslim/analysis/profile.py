@@ -8,7 +8,6 @@ conventions are in :mod:`deepslim.analysis._ops`. Models on the ``meta`` device 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Hashable, Mapping
@@ -20,6 +19,7 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from deepslim._modes import inference_mode
 from deepslim.analysis._liveness import Step, peak_live_bytes
 from deepslim.analysis._ops import MAC_HANDLERS, OpKind, classify, op_name
 from deepslim.errors import ConfigError, InputShapeError, UnsupportedOpError
@@ -316,10 +316,8 @@ def _trace(model: nn.Module, example: Example, *, strict: bool, name: str) -> Pr
             continue  # a parametrization's operators belong to its layer
         handles.append(mod.register_forward_pre_hook(lambda m, a, n=mod_name: _enter(tracer, n)))
         handles.append(mod.register_forward_hook(lambda m, a, o, n=mod_name: _leave(tracer, n, o)))
-    was_training = {m: m.training for m in model.modules()}
-    _set_mode(model, training=False)
     try:
-        with torch.no_grad(), tracer:
+        with inference_mode(model), torch.no_grad(), tracer:
             output = model(*args, **kwargs)
     except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as exc:
         shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
@@ -328,8 +326,6 @@ def _trace(model: nn.Module, example: Example, *, strict: bool, name: str) -> Pr
     finally:
         for h in handles:
             h.remove()
-        for m, flag in was_training.items():
-            m.training = flag
     warnings = []
     if tracer.unknown:
         listed = ", ".join(f"{op} (in {layer or '(model)'})" for op, layer in tracer.unknown.items())
@@ -339,12 +335,6 @@ def _trace(model: nn.Module, example: Example, *, strict: bool, name: str) -> Pr
         warnings.append(f"counted as zero MACs: {listed}")
         log.warning("profile: %s", warnings[-1])
     return _assemble(model, name, tracer, own_params, inputs, output, tuple(warnings))
-
-
-def _set_mode(model: nn.Module, *, training: bool) -> None:
-    """``model.train(training)``; programs from ``torch.export`` refuse it (their mode was fixed at export)."""
-    with contextlib.suppress(NotImplementedError):
-        model.train(training)
 
 
 def _enter(tracer: _Tracer, name: str) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepslim._modes import inference_mode
 from deepslim.errors import ConfigError, ExportError, InputShapeError
 
 
@@ -84,14 +85,11 @@ def _bench_torch(model: nn.Module, x: torch.Tensor, threads: int | None, min_sec
     old = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
-    was = model.training
-    model.eval()
     try:
-        with torch.inference_mode():
+        with inference_mode(model), torch.inference_mode():
             times = time_calls(lambda: model(x), min_seconds=min_seconds)
     finally:
         torch.set_num_threads(old)
-        model.train(was)
     return summarize("torch", times, threads)
 
 

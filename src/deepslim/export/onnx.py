@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from deepslim._io import atomic_path
+from deepslim._modes import inference_mode
 from deepslim.errors import ExportError
 
 log = logging.getLogger(__name__)
@@ -34,16 +35,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input
                 opset: int = 18) -> ExportResult:  # fmt: skip
     """Write ``model`` as ONNX (atomically) and check that ONNX Runtime reproduces PyTorch's output on the input."""
     dest = Path(path)
-    was = model.training
-    model.eval()
-    try:
+    with inference_mode(model):
         with atomic_path(dest) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _export(model, example_input, tmp, opset)
-    finally:
-        model.train(was)
-    with torch.no_grad():
-        expected = model(example_input).float().numpy()
+        with torch.no_grad():
+            expected = model(example_input).float().numpy()
     got = run_onnx(dest, example_input.numpy())
     err = float(abs(got - expected).max()) if got.size else 0.0
     agree = float((got.argmax(-1) == expected.argmax(-1)).mean()) if got.ndim >= 2 else 1.0

@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from deepslim._io import atomic_path
+from deepslim._modes import inference_mode
 from deepslim.errors import ConfigError, ModelLoadError, UnknownNameError
 from deepslim.models._registry import ARCH_ATTR, create_model, list_models
 
@@ -68,15 +69,13 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, example_input:
     if dest.suffix == ".pt2":
         if example_input is None:
             raise ConfigError("saving a .pt2 program needs example_input")
-        was = model.training
-        model.eval()
+        args = example_input if isinstance(example_input, tuple) else (example_input,)
+        batch_free = tuple({0: torch.export.Dim.AUTO} for _ in args)  # the program takes any batch size
         try:
-            args = example_input if isinstance(example_input, tuple) else (example_input,)
-            program = torch.export.export(model, args)
+            with inference_mode(model):
+                program = torch.export.export(model, args, dynamic_shapes=batch_free)
         except Exception as exc:
             raise ModelLoadError(f"torch.export cannot capture the model: {str(exc).splitlines()[0]}") from exc
-        finally:
-            model.train(was)
         with atomic_path(dest) as tmp:
             torch.export.save(program, tmp)
         return dest

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader
 
+from deepslim._modes import inference_mode
 from deepslim.data import DataBundle
 from deepslim.errors import ConfigError
 
@@ -55,16 +56,13 @@ class FitResult:
 def evaluate(model: nn.Module, data: DataBundle | DataLoader, *, split: str = "test") -> EvalResult:
     """Top-1 accuracy and mean cross-entropy of ``model`` on a loader (or a bundle's ``split``)."""
     loader = getattr(data, split) if isinstance(data, DataBundle) else data
-    was_training = model.training
-    model.eval()
     correct, total, loss_sum = 0, 0, 0.0
-    with torch.no_grad():
+    with inference_mode(model), torch.no_grad():
         for x, y in loader:
             logits = model(x)
             loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
             correct += (logits.argmax(1) == y).sum().item()
             total += len(y)
-    model.train(was_training)
     if total == 0:
         return EvalResult(accuracy=float("nan"), loss=float("nan"), samples=0)
     return EvalResult(accuracy=correct / total, loss=loss_sum / total, samples=total)

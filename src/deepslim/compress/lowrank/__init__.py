@@ -15,6 +15,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepslim._modes import inference_mode
 from deepslim.config import freeze_overrides, lookup, unmatched
 from deepslim.errors import ConfigError
 
@@ -208,13 +209,10 @@ def _positions(model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor |
         # a forward hook must return None, or it replaces the layer's output
 
     hooks = [m.register_forward_hook(lambda mod, a, out, n=n: record(n, mod, a[0], out)) for n, m in layers.items()]
-    was = model.training
-    model.eval()
     try:
-        with torch.no_grad():
+        with inference_mode(model), torch.no_grad():
             model(x)
     finally:
-        model.train(was)
         for h in hooks:
             h.remove()
     return found

@@ -26,6 +26,7 @@ import torch.fx as fx
 from torch import nn
 from torch.fx.passes.shape_prop import ShapeProp
 
+from deepslim._modes import inference_mode
 from deepslim.errors import UnsupportedModelError
 from deepslim.models.transformer import SelfAttention
 
@@ -127,11 +128,8 @@ def build_graph(model: nn.Module, example_input: torch.Tensor | tuple[Any, ...])
             "traceable forward (no Python control flow on tensor values or shapes); unstructured pruning "
             "(MagnitudePruneConfig) works on any model"
         ) from exc
-    was_training = model.training
-    gm.eval()
-    with torch.no_grad():
+    with inference_mode(model), torch.no_grad():
         ShapeProp(gm).propagate(*args)
-    model.train(was_training)
     builder = _Builder(DependencyGraph(model), dict(model.named_modules()))
     for node in gm.graph.nodes:
         builder.visit(node)

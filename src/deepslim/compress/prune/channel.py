@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepslim._modes import inference_mode
 from deepslim.compress.prune import _surgery
 from deepslim.compress.prune._graph import DependencyGraph, Layout, Space, build_graph
 from deepslim.config import freeze_overrides, lookup, matches, unmatched
@@ -281,9 +282,6 @@ def _apply(graph: DependencyGraph, modules: dict[str, nn.Module], keep: Mapping[
 
 
 def _output_shape(model: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
-    was = model.training
-    model.eval()
-    with torch.no_grad():
+    with inference_mode(model), torch.no_grad():
         y = model(*(x if isinstance(x, tuple) else (x,)))
-    model.train(was)
     return tuple(y.shape)

@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepslim._modes import inference_mode
 from deepslim.compress.quantize._fakequant import affine_params, fake_quantize, qrange
 from deepslim.compress.quantize.observers import Calibration, Observer
 from deepslim.config import freeze_overrides
@@ -163,11 +164,9 @@ def calibrate(model: nn.Module, layers: list[QuantMixin], calib_data: Iterable[A
     """Run ``calib_data`` through the model and freeze each layer's input range. Returns the batches seen."""
     for layer in layers:
         layer.observer = Observer(method, layer.act_bits)
-    was = model.training
-    model.eval()
     seen = 0
     try:
-        with torch.no_grad():
+        with inference_mode(model), torch.no_grad():
             for batch in calib_data:
                 model(batch[0] if isinstance(batch, (tuple, list)) else batch)
                 seen += 1
@@ -179,5 +178,4 @@ def calibrate(model: nn.Module, layers: list[QuantMixin], calib_data: Iterable[A
     finally:
         for layer in layers:
             layer.observer = None
-        model.train(was)
     return seen
