@@ -159,6 +159,24 @@ def test_bn_scale_and_taylor_importance_pick_channels():
     assert next(g for g in plan.groups if "layer1.0.conv1 out" in g.description).kept == tuple(range(8, 16))
 
 
+def test_l1_importance_scores_the_whole_group():
+    class ConvBN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.head = nn.Conv2d(1, 4, 1, bias=False), nn.BatchNorm2d(4), nn.Conv2d(4, 2, 1)
+
+        def forward(self, x):
+            return self.head(self.bn(self.conv(x))).mean((2, 3))
+
+    m = ConvBN()
+    with torch.no_grad():
+        m.conv.weight.fill_(1.0)  # identical filters: only the batch norm's scale tells the channels apart
+        m.bn.weight.copy_(torch.tensor([0.1, 5.0, 0.1, 5.0]))
+        m.head.weight.fill_(1.0)
+    plan = ds.plan_channel_pruning(m, ds.ChannelPruneConfig(ratio=0.5), torch.randn(1, 1, 2, 2))
+    assert next(g for g in plan.groups if "conv out" in g.description).kept == (1, 3)
+
+
 def test_overrides_ignore_and_round_to():
     x = ds.example_input("resnet20")
     config = ds.ChannelPruneConfig(ratio=0.5, round_to=4, overrides={"re:layer3\\..*": 0.25, "layer1.0.conv1": None})

@@ -196,41 +196,64 @@ def _select(scores: torch.Tensor, n_keep: int, groups: int) -> torch.Tensor:
 
 
 def _scores(graph: DependencyGraph, root: Space, modules: dict[str, nn.Module], how: Importance) -> torch.Tensor:
-    """Per-channel importance of a group: each member's scores normalized to mean 1, then summed."""
-    total = torch.zeros(root.width)
-    parts = []
+    """Per-channel importance of a group: every member's per-channel scores normalized to mean 1, then summed.
+
+    Members are the layers producing the channels (their filters), the batch/layer norms scaling them (|γ|), and the
+    layers reading them (their input columns) — a channel matters if any of them makes it matter. ``bn_scale`` uses
+    the norms alone.
+    """
+    spaces = {s.id for s in graph.members(root)}
+    parts: list[torch.Tensor] = []
+    norms = [(modules[n], lay) for n, lay in graph.norms if getattr(modules[n], "weight", None) is not None]
+    for m, layout in norms:
+        parts += [_param_scores(m.weight, how, 0, 1)[sl] for sl in _slices(layout, spaces)]
+    if how is Importance.BN_SCALE:
+        if parts:
+            return _combine(parts, root.width)
+        how = Importance.L1
     for s in graph.members(root):
-        if how is Importance.BN_SCALE:
-            bns = [modules[n] for n, lay in graph.norms if _single(lay, s)]
-            parts += [bn.weight.detach().abs() for bn in bns
-                      if isinstance(bn, nn.modules.batchnorm._BatchNorm) and bn.weight is not None]  # fmt: skip
-            continue
         for name in (*s.producers, *s.depthwise):
-            parts.append(_row_scores(modules[name], how, dim=1 if isinstance(modules[name], nn.Embedding) else 0))
+            m = modules[name]
+            parts.append(_param_scores(m.weight, how, 1 if isinstance(m, nn.Embedding) else 0, 1))
         for name in s.heads:
             attn = modules[name]
-            rows = _row_scores(attn.proj, how, dim=1).view(attn.num_heads, attn.head_dim).sum(1)
-            parts.append(rows)
-    if not parts and how is Importance.BN_SCALE:
-        return _scores(graph, root, modules, Importance.L1)
+            parts.append(_param_scores(attn.proj.weight, how, 1, attn.head_dim))
+    for name, layout in graph.consumers:
+        weight = modules[name].weight
+        if isinstance(modules[name], nn.Linear) or modules[name].groups == 1:
+            scores = _param_scores(weight, how, 1, layout.unit)
+            parts += [scores[sl] for sl in _slices(layout, spaces)]
+    return _combine(parts, root.width)
+
+
+def _slices(layout: Layout, spaces: set[int]) -> list[slice]:
+    """Where the group's channels sit along a layout (one slice per segment that belongs to the group)."""
+    found, offset = [], 0
+    for sid, width in layout.segments:
+        if sid in spaces:
+            found.append(slice(offset, offset + width))
+        offset += width
+    return found
+
+
+def _combine(parts: list[torch.Tensor], width: int) -> torch.Tensor:
+    total = torch.zeros(width)
     for p in parts:
-        p = p.float().cpu()
-        total += p / p.mean().clamp_min(1e-12)
+        p = p.detach().float().cpu()
+        if p.numel() == width:
+            total += p / p.mean().clamp_min(1e-12)
     return total
 
 
-def _single(layout: Layout, space: Space) -> bool:
-    return len(layout.segments) == 1 and layout.segments[0][0] == space.id
-
-
-def _row_scores(m: nn.Module, how: Importance, dim: int) -> torch.Tensor:
-    w = m.weight.detach()
+def _param_scores(w: nn.Parameter, how: Importance, dim: int, unit: int) -> torch.Tensor:
+    """Score of each channel along ``dim`` (``unit`` consecutive entries per channel): L1, L2 or |w·∂L/∂w|."""
+    t = w.detach()
     if how is Importance.TAYLOR:
-        if m.weight.grad is None:
+        if w.grad is None:
             raise ConfigError("taylor importance needs gradients: pass calib_data with labels")
-        w = (w * m.weight.grad).abs()
-    w = w.transpose(0, dim).flatten(1)
-    return w.abs().sum(1) if how in (Importance.L1, Importance.TAYLOR) else w.pow(2).sum(1).sqrt()
+        t = t * w.grad
+    t = t.transpose(0, dim).reshape(t.shape[dim] // unit, -1)
+    return t.pow(2).sum(1).sqrt() if how is Importance.L2 else t.abs().sum(1)
 
 
 def _accumulate_gradients(model: nn.Module, calib_data: Iterable[Any] | None) -> None:
