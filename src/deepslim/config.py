@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from enum import Enum
 from typing import Any, TypeVar
 
 from deepslim.errors import ConfigError
@@ -26,6 +27,17 @@ def freeze_overrides(overrides: Mapping[str, V] | Iterable[tuple[str, V]] | None
             except re.error as exc:
                 raise ConfigError(f"override pattern {pattern!r} is not a valid regular expression: {exc}") from None
     return pairs
+
+
+def coerce_enum(config: Any, field: str, enum: type[Enum]) -> None:
+    """Let a frozen config accept an enum's value as a string (``scope="global"``), with a clear error otherwise."""
+    value = getattr(config, field)
+    if isinstance(value, enum):
+        return
+    try:
+        object.__setattr__(config, field, enum(value))
+    except ValueError:
+        raise ConfigError(f"{field} must be one of {[e.value for e in enum]}, got {value!r}") from None
 
 
 def matches(pattern: str, name: str) -> bool:

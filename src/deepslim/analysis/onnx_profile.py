@@ -90,20 +90,9 @@ def profile_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, ...] |
                                      "(CLI: --allow-unknown-ops) to count it as zero MACs")  # fmt: skip
         warnings = (f"counted as zero MACs: {listed}",)
     in_sizes = {i.name: nbytes(i.name) for i in inputs}
-    return Profile(
-        model=path.name,
-        input_shapes=tuple(tuple(info[i.name][0]) for i in inputs),
-        layers=tuple(layers),
-        params=sum(lp.params for lp in layers),
-        nonzero_params=sum(lp.nonzero_params for lp in layers),
-        weight_bytes=sum(lp.weight_bytes for lp in layers),
-        macs=sum(lp.macs for lp in layers),
-        other_ops=sum(lp.other_ops for lp in layers),
-        activation_bytes=sum(lp.output_bytes for lp in layers),
-        peak_activation_bytes=peak_live_bytes(steps, in_sizes, [o.name for o in inferred.graph.output]),
-        source="onnx",
-        warnings=warnings,
-    )
+    peak = peak_live_bytes(steps, in_sizes, [o.name for o in inferred.graph.output])
+    shapes = tuple(tuple(info[i.name][0]) for i in inputs)
+    return Profile.from_layers(path.name, shapes, tuple(layers), peak, source="onnx", warnings=warnings)
 
 
 def _fix_input_shapes(inputs: list[Any], input_shape: tuple[int, ...] | None, path: Path) -> None:

@@ -94,6 +94,19 @@ class Profile:
     def arithmetic_intensity(self) -> float:
         return self.macs / self.bytes_moved if self.bytes_moved else 0.0
 
+    @classmethod
+    def from_layers(cls, model: str, input_shapes: tuple[tuple[int, ...], ...], layers: tuple[LayerProfile, ...],
+                    peak_activation_bytes: int, source: str = "pytorch",
+                    warnings: tuple[str, ...] = ()) -> Profile:  # fmt: skip
+        """A profile whose totals are the sums over ``layers``."""
+        return cls(
+            model=model, input_shapes=input_shapes, layers=layers,
+            params=sum(lp.params for lp in layers), nonzero_params=sum(lp.nonzero_params for lp in layers),
+            weight_bytes=sum(lp.weight_bytes for lp in layers), macs=sum(lp.macs for lp in layers),
+            other_ops=sum(lp.other_ops for lp in layers), activation_bytes=sum(lp.output_bytes for lp in layers),
+            peak_activation_bytes=peak_activation_bytes, source=source, warnings=warnings,
+        )  # fmt: skip
+
     def layer(self, name: str) -> LayerProfile:
         for lp in self.layers:
             if lp.name == name:
@@ -373,16 +386,5 @@ def _assemble(model: nn.Module, name: str, tracer: _Tracer, own_params: dict[str
         ))  # fmt: skip
     in_sizes = {_storage_key(t): t.untyped_storage().nbytes() for t in inputs}
     out_keys = [_storage_key(t) for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)]
-    return Profile(
-        model=name,
-        input_shapes=tuple(tuple(t.shape) for t in inputs),
-        layers=tuple(layers),
-        params=sum(lp.params for lp in layers),
-        nonzero_params=sum(lp.nonzero_params for lp in layers),
-        weight_bytes=sum(lp.weight_bytes for lp in layers),
-        macs=sum(lp.macs for lp in layers),
-        other_ops=sum(lp.other_ops for lp in layers),
-        activation_bytes=sum(lp.output_bytes for lp in layers),
-        peak_activation_bytes=peak_live_bytes(tracer.steps, in_sizes, out_keys),
-        warnings=warnings,
-    )
+    return Profile.from_layers(name, tuple(tuple(t.shape) for t in inputs), tuple(layers),
+                               peak_live_bytes(tracer.steps, in_sizes, out_keys), warnings=warnings)  # fmt: skip

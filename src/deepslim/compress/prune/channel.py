@@ -21,7 +21,7 @@ from torch import nn
 from deepslim._modes import inference_mode
 from deepslim.compress.prune import _surgery
 from deepslim.compress.prune._graph import DependencyGraph, Layout, Space, build_graph
-from deepslim.config import freeze_overrides, lookup, matches, unmatched
+from deepslim.config import coerce_enum, freeze_overrides, lookup, matches, unmatched
 from deepslim.errors import ConfigError, UnsupportedModelError
 
 log = logging.getLogger(__name__)
@@ -51,12 +51,7 @@ class ChannelPruneConfig:
     def __post_init__(self) -> None:
         if not 0.0 <= self.ratio < 1.0:
             raise ConfigError(f"ratio must be in [0, 1), got {self.ratio}")
-        if isinstance(self.importance, str):
-            try:
-                object.__setattr__(self, "importance", Importance(self.importance))
-            except ValueError:
-                raise ConfigError(f"importance must be one of {[i.value for i in Importance]}, "
-                                  f"got {self.importance!r}") from None  # fmt: skip
+        coerce_enum(self, "importance", Importance)
         if self.round_to < 1:
             raise ConfigError(f"round_to must be >= 1, got {self.round_to}")
         object.__setattr__(self, "ignore", tuple(self.ignore))

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from deepslim.config import freeze_overrides, lookup, unmatched
+from deepslim.config import coerce_enum, freeze_overrides, lookup, unmatched
 from deepslim.errors import ConfigError
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -42,11 +42,7 @@ class MagnitudePruneConfig:
 
     def __post_init__(self) -> None:
         _check_fraction("sparsity", self.sparsity)
-        if isinstance(self.scope, str):
-            try:
-                object.__setattr__(self, "scope", Scope(self.scope))
-            except ValueError:
-                raise ConfigError(f"scope must be 'layer' or 'global', got {self.scope!r}") from None
+        coerce_enum(self, "scope", Scope)
         overrides = freeze_overrides(self.overrides)
         for pattern, value in overrides:
             if value is not None:

@@ -36,25 +36,26 @@ def affine_params(lo: torch.Tensor, hi: torch.Tensor, bits: int, *, symmetric: b
     return scale.float(), zero
 
 
-def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int,
-                  axis: int | None = None) -> torch.Tensor:  # fmt: skip
-    """Quantize and dequantize ``x``; per channel along ``axis`` when scale/zero are vectors."""
-    if axis is not None:
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        scale, zero = scale.view(shape), zero.view(shape)
-    q = torch.clamp(torch.round(x * (1.0 / scale)) + zero, qmin, qmax)
-    return (q - zero) * scale
+def _per_axis(x: torch.Tensor, t: torch.Tensor, axis: int | None) -> torch.Tensor:
+    if axis is None:
+        return t
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return t.view(shape)
 
 
 def quantize_codes(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int,
                    axis: int | None = None) -> torch.Tensor:  # fmt: skip
-    """The integer codes of ``x`` (int32), as a runtime would store them."""
-    if axis is not None:
-        shape = [1] * x.ndim
-        shape[axis] = -1
-        scale, zero = scale.view(shape), zero.view(shape)
-    return torch.clamp(torch.round(x * (1.0 / scale)) + zero, qmin, qmax).to(torch.int32)
+    """The integer codes of ``x`` (as floats holding integers), per channel along ``axis`` for vector scales."""
+    inv = 1.0 / _per_axis(x, scale, axis)
+    return torch.clamp(torch.round(x * inv) + _per_axis(x, zero, axis), qmin, qmax)
+
+
+def fake_quantize(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, qmin: int, qmax: int,
+                  axis: int | None = None) -> torch.Tensor:  # fmt: skip
+    """Quantize and dequantize ``x``; per channel along ``axis`` when scale/zero are vectors."""
+    q = quantize_codes(x, scale, zero, qmin, qmax, axis)
+    return (q - _per_axis(x, zero, axis)) * _per_axis(x, scale, axis)
 
 
 def sqnr_db(x: torch.Tensor, approx: torch.Tensor) -> float:

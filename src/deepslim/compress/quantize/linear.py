@@ -23,7 +23,7 @@ from torch import nn
 from deepslim._modes import inference_mode
 from deepslim.compress.quantize._fakequant import affine_params, fake_quantize, qrange
 from deepslim.compress.quantize.observers import Calibration, Observer
-from deepslim.config import freeze_overrides
+from deepslim.config import coerce_enum, freeze_overrides
 from deepslim.errors import ConfigError
 
 
@@ -48,12 +48,7 @@ class LinearQuantConfig:
         _check_bits("bits", self.bits)
         if self.activation_bits is not None:
             _check_bits("activation_bits", self.activation_bits)
-        if isinstance(self.calibration, str):
-            try:
-                object.__setattr__(self, "calibration", Calibration(self.calibration))
-            except ValueError:
-                raise ConfigError(f"calibration must be one of {[c.value for c in Calibration]}, "
-                                  f"got {self.calibration!r}") from None  # fmt: skip
+        coerce_enum(self, "calibration", Calibration)
         overrides = freeze_overrides(self.overrides)
         for pattern, value in overrides:
             if value is not None:

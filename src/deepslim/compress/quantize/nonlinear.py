@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from deepslim.config import freeze_overrides
+from deepslim.config import coerce_enum, freeze_overrides
 from deepslim.errors import ConfigError
 
 
@@ -42,11 +42,7 @@ class KMeansConfig:
 
     def __post_init__(self) -> None:
         _check_range("bits", self.bits, 1, 8)
-        if isinstance(self.init, str):
-            try:
-                object.__setattr__(self, "init", KMeansInit(self.init))
-            except ValueError:
-                raise ConfigError(f"init must be one of {[i.value for i in KMeansInit]}, got {self.init!r}") from None
+        coerce_enum(self, "init", KMeansInit)
         overrides = freeze_overrides(self.overrides)
         for pattern, value in overrides:
             if value is not None:
