@@ -6,7 +6,10 @@ LeNet-5 trained on the scikit-learn digits (3 seeds). Same trained model, same 2
 - ONNX Runtime ``quantize_static`` (QDQ, u8 activations, s8 per-channel weights — its fast CPU form) with its MinMax,
   Percentile and Entropy calibrators, evaluated in ONNX Runtime;
 - 4-bit linear with and without QAT, k-means 5/3-bit with and without centroid fine-tuning, binary and ternary with
-  and without fine-tuning (3 epochs each).
+  and without fine-tuning (3 epochs each);
+- the four calibration methods on a model with activation outliers: the same LeNet-5 with one channel of the first
+  convolution scaled ×50 and the second convolution's matching input ÷50 — the same function in fp32 (ReLU and
+  max-pool are positively homogeneous), but the second layer's input now has a 50× outlier channel.
 
     python benchmarks/quantization.py [--json OUT]
 """
@@ -65,6 +68,18 @@ def ort_static(model: torch.nn.Module, data: ds.DataBundle, tmp: Path, method: s
     return correct / total
 
 
+def with_outliers(model: torch.nn.Module, factor: float = 50.0) -> torch.nn.Module:
+    """The same function with one activation channel ``factor`` times larger."""
+    m = copy.deepcopy(model)
+    conv1, conv2 = m.features[0], m.features[2]
+    c = int(conv1.weight.detach().flatten(1).norm(dim=1).argmax())
+    with torch.no_grad():
+        conv1.weight[c] *= factor
+        conv1.bias[c] *= factor
+        conv2.weight[:, c] /= factor
+    return m
+
+
 def run_seed(seed: int, tmp: Path) -> dict:
     data = ds.load_data("digits", seed=seed)
     torch.manual_seed(seed)
@@ -77,6 +92,12 @@ def run_seed(seed: int, tmp: Path) -> dict:
         res[f"deepslim_int8_{cal}"] = acc(q)
     for method in ("MinMax", "Percentile", "Entropy"):
         res[f"ort_int8_{method.lower()}"] = ort_static(model, data, tmp, method)
+
+    outlier = with_outliers(model)
+    res["outlier_model_fp32"] = acc(outlier)
+    for cal in ("minmax", "percentile", "mse", "entropy"):
+        config = ds.LinearQuantConfig(calibration=cal)
+        res[f"outlier_model_int8_{cal}"] = acc(ds.quantize_(copy.deepcopy(outlier), config, calib_data=data.calib))
 
     def with_and_without(name: str, make) -> None:
         m = make(copy.deepcopy(model))
