@@ -5,6 +5,7 @@ LeNet-5 trained on the scikit-learn digits (3 seeds). Same trained model, same 2
   (fake quantization that matches the integer arithmetic);
 - ONNX Runtime ``quantize_static`` (QDQ, u8 activations, s8 per-channel weights — its fast CPU form) with its MinMax,
   Percentile and Entropy calibrators, evaluated in ONNX Runtime;
+- NNCF ``nncf.quantize`` (its default int8 PTQ, with fast bias correction), evaluated in PyTorch;
 - 4-bit linear with and without QAT, k-means 5/3-bit with and without centroid fine-tuning, binary and ternary with
   and without fine-tuning (3 epochs each);
 - the four calibration methods on a model with activation outliers: the same LeNet-5 with one channel of the first
@@ -68,6 +69,13 @@ def ort_static(model: torch.nn.Module, data: ds.DataBundle, tmp: Path, method: s
     return correct / total
 
 
+def nncf_int8(model: torch.nn.Module, data: ds.DataBundle) -> torch.nn.Module:
+    import nncf
+
+    return nncf.quantize(copy.deepcopy(model).eval(), nncf.Dataset(data.calib, lambda batch: batch[0]),
+                         subset_size=len(data.calib.dataset))  # fmt: skip
+
+
 def with_outliers(model: torch.nn.Module, factor: float = 50.0) -> torch.nn.Module:
     """The same function with one activation channel ``factor`` times larger."""
     m = copy.deepcopy(model)
@@ -92,12 +100,14 @@ def run_seed(seed: int, tmp: Path) -> dict:
         res[f"deepslim_int8_{cal}"] = acc(q)
     for method in ("MinMax", "Percentile", "Entropy"):
         res[f"ort_int8_{method.lower()}"] = ort_static(model, data, tmp, method)
+    res["nncf_int8"] = acc(nncf_int8(model, data))
 
     outlier = with_outliers(model)
     res["outlier_model_fp32"] = acc(outlier)
     for cal in ("minmax", "percentile", "mse", "entropy"):
         config = ds.LinearQuantConfig(calibration=cal)
         res[f"outlier_model_int8_{cal}"] = acc(ds.quantize_(copy.deepcopy(outlier), config, calib_data=data.calib))
+    res["outlier_model_nncf_int8"] = acc(nncf_int8(outlier, data))
 
     def with_and_without(name: str, make) -> None:
         m = make(copy.deepcopy(model))
@@ -119,6 +129,9 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
     torch.set_num_threads(2)
+    import logging
+
+    logging.getLogger("nncf").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         runs = [run_seed(s, Path(tmp)) for s in (0, 1, 2)]
     print("| variant | test accuracy (mean of 3 seeds) | vs fp32 (pp) |")
