@@ -1,0 +1,120 @@
+"""Canonical Huffman coding of integer symbol streams (the last stage of Deep Compression).
+
+Huffman, "A Method for the Construction of Minimum-Redundancy Codes", Proc. IRE 1952; canonical codes (Schwartz &
+Kallick 1964) so that a code table is just each symbol's code length. Code lengths are limited to ``MAX_BITS`` by
+flattening the frequencies and rebuilding, as zlib does. Encoding is vectorized with numpy; decoding walks the stream
+with a lookup table indexed by the next ``max_length`` bits.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+
+from deepslim.errors import ArchiveError
+
+MAX_BITS = 24
+
+
+@dataclass(frozen=True)
+class HuffmanTable:
+    symbols: np.ndarray  # (k,) int64, in canonical order (by length, then symbol)
+    lengths: np.ndarray  # (k,) uint8
+
+    def codes(self) -> np.ndarray:
+        """Canonical codes: consecutive integers within a length, shifted left when the length grows."""
+        codes = np.zeros(len(self.lengths), dtype=np.int64)
+        code, prev = 0, int(self.lengths[0]) if len(self.lengths) else 0
+        for i, length in enumerate(self.lengths.tolist()):
+            code <<= length - prev
+            codes[i], prev = code, length
+            code += 1
+        return codes
+
+
+def code_lengths(symbols: np.ndarray, counts: np.ndarray) -> HuffmanTable:
+    """Optimal (length-limited) code lengths for symbols with the given counts, as a canonical table."""
+    counts = counts.astype(np.int64)
+    if len(symbols) == 0:
+        return HuffmanTable(np.zeros(0, np.int64), np.zeros(0, np.uint8))
+    if len(symbols) == 1:
+        return HuffmanTable(symbols.astype(np.int64), np.ones(1, np.uint8))  # one symbol still needs one bit
+    while True:
+        lengths = _lengths(counts)
+        if lengths.max() <= MAX_BITS:
+            break
+        counts = counts // 2 + 1  # flatten the distribution until the deepest code fits
+    order = np.lexsort((symbols, lengths))
+    return HuffmanTable(symbols[order].astype(np.int64), lengths[order].astype(np.uint8))
+
+
+def _lengths(counts: np.ndarray) -> np.ndarray:
+    heap = [(int(c), i, (i,)) for i, c in enumerate(counts)]
+    heapq.heapify(heap)
+    depth = np.zeros(len(counts), dtype=np.int64)
+    tie = len(counts)
+    while len(heap) > 1:
+        c1, _, a = heapq.heappop(heap)
+        c2, _, b = heapq.heappop(heap)
+        depth[list(a + b)] += 1
+        heapq.heappush(heap, (c1 + c2, tie, a + b))
+        tie += 1
+    return depth
+
+
+def encode(values: np.ndarray) -> tuple[HuffmanTable, bytes, int]:
+    """(table, packed bits, number of bits) for a 1-D array of integer symbols."""
+    values = np.asarray(values).astype(np.int64).ravel()
+    symbols, inverse, counts = np.unique(values, return_inverse=True, return_counts=True)
+    table = code_lengths(symbols, counts)
+    if len(values) == 0:
+        return table, b"", 0
+    # per value: its code and length (via the symbol's position in the canonical table)
+    position = np.empty(len(symbols), dtype=np.int64)
+    position[np.searchsorted(symbols, table.symbols)] = np.arange(len(symbols))
+    codes, lengths = table.codes()[position][inverse], table.lengths.astype(np.int64)[position][inverse]
+    starts = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    total = int(lengths.sum())
+    bits = np.zeros(total, dtype=np.uint8)
+    for j in range(int(lengths.max())):  # bit j (from the most significant) of every code at once
+        has = lengths > j
+        bits[starts[has] + j] = (codes[has] >> (lengths[has] - 1 - j)) & 1
+    return table, np.packbits(bits).tobytes(), total
+
+
+def decode(table: HuffmanTable, data: bytes, n_bits: int, count: int) -> np.ndarray:
+    """The ``count`` symbols encoded in ``data``; raises ArchiveError on a stream that does not decode."""
+    if count == 0:
+        return np.zeros(0, dtype=np.int64)
+    if len(table.lengths) == 0:
+        raise ArchiveError("Huffman stream has symbols but an empty code table")
+    if n_bits > len(data) * 8:
+        raise ArchiveError(f"Huffman stream truncated: {len(data) * 8} bits for {n_bits}")
+    width = int(table.lengths.max())
+    lookup_sym = np.full(1 << width, -1, dtype=np.int64)
+    lookup_len = np.zeros(1 << width, dtype=np.int64)
+    for sym, code, length in zip(table.symbols.tolist(), table.codes().tolist(), table.lengths.tolist(),
+                                 strict=True):  # fmt: skip
+        lo = code << (width - length)
+        lookup_sym[lo : lo + (1 << (width - length))] = sym
+        lookup_len[lo : lo + (1 << (width - length))] = length
+    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:n_bits].astype(np.int64)
+    padded = np.concatenate([bits, np.zeros(width, dtype=np.int64)])
+    windows = np.zeros(n_bits, dtype=np.int64)  # the next `width` bits at every position
+    for j in range(width):
+        windows = (windows << 1) | padded[j : j + n_bits]
+    out = np.empty(count, dtype=np.int64)
+    pos, syms, lens = 0, lookup_sym, lookup_len
+    for k in range(count):
+        if pos >= n_bits:
+            raise ArchiveError(f"Huffman stream ended after {k} of {count} symbols")
+        w = windows[pos]
+        if lens[w] == 0:
+            raise ArchiveError(f"invalid Huffman code at bit {pos}")
+        out[k] = syms[w]
+        pos += lens[w]
+    if pos != n_bits:
+        raise ArchiveError(f"Huffman stream has {n_bits - pos} bits left over after {count} symbols")
+    return out
