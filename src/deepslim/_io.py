@@ -7,7 +7,6 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
 
 
 @contextlib.contextmanager
@@ -24,22 +23,3 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp_path, dest)
     finally:
         tmp_path.unlink(missing_ok=True)
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "w") -> Iterator[IO]:
-    """Open a temporary file for writing; it replaces ``path`` only when the block finishes without error."""
-    if not mode.startswith("w"):
-        raise ValueError("atomic_open only writes")
-    with atomic_path(path) as tmp, open(tmp, mode) as fh:
-        yield fh
-
-
-def write_bytes_atomic(path: str | os.PathLike[str], data: bytes) -> None:
-    with atomic_open(path, "wb") as fh:
-        fh.write(data)
-
-
-def write_text_atomic(path: str | os.PathLike[str], text: str) -> None:
-    with atomic_open(path, "w") as fh:
-        fh.write(text)

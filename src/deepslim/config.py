@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from enum import Enum
 from typing import Any, TypeVar
 
@@ -13,8 +13,12 @@ V = TypeVar("V")
 _UNSET: Any = object()
 
 
-def freeze_overrides(overrides: Mapping[str, V] | Iterable[tuple[str, V]] | None) -> tuple[tuple[str, V], ...]:
-    """Overrides as an ordered tuple of (pattern, value) pairs, with every ``re:`` pattern checked to compile."""
+def freeze_overrides(overrides: Mapping[str, V] | Iterable[tuple[str, V]] | None,
+                     check: Callable[[str, V], None] | None = None) -> tuple[tuple[str, V], ...]:  # fmt: skip
+    """Overrides as an ordered tuple of (pattern, value) pairs, with every ``re:`` pattern checked to compile.
+
+    ``check(what, value)`` validates each value that is not None (None always means: skip the layer).
+    """
     if overrides is None:
         return ()
     pairs = tuple(overrides.items()) if isinstance(overrides, Mapping) else tuple(overrides)
@@ -26,7 +30,20 @@ def freeze_overrides(overrides: Mapping[str, V] | Iterable[tuple[str, V]] | None
                 re.compile(pattern[3:])
             except re.error as exc:
                 raise ConfigError(f"override pattern {pattern!r} is not a valid regular expression: {exc}") from None
+    if check is not None:
+        for pattern, value in pairs:
+            if value is not None:
+                check(f"override {pattern!r}", value)
     return pairs
+
+
+def skip_only(kind: str) -> Callable[[str, Any], None]:
+    """A ``check`` for configs whose overrides can only skip layers."""
+
+    def check(what: str, value: Any) -> None:
+        raise ConfigError(f"{kind} overrides may only map layers to None (skip); {what} gives {value!r}")
+
+    return check
 
 
 def coerce_enum(config: Any, field: str, enum: type[Enum]) -> None:

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from deepslim._modes import inference_mode
-from deepslim.config import freeze_overrides, lookup, unmatched
+from deepslim.config import freeze_overrides, lookup, skip_only, unmatched
 from deepslim.errors import ConfigError
 
 
@@ -38,10 +38,7 @@ class _RankRule:
         value = getattr(self, given[0])
         if not 0.0 < value <= 1.0:
             raise ConfigError(f"{given[0]} must be in (0, 1], got {value}")
-        overrides = freeze_overrides(self.overrides)
-        if any(v is not None for _, v in overrides):
-            raise ConfigError("factorization overrides may only map layers to None (skip)")
-        object.__setattr__(self, "overrides", overrides)
+        object.__setattr__(self, "overrides", freeze_overrides(self.overrides, skip_only("factorization")))
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -49,17 +49,17 @@ class ChannelPruneConfig:
     overrides: Any = ()
 
     def __post_init__(self) -> None:
-        if not 0.0 <= self.ratio < 1.0:
-            raise ConfigError(f"ratio must be in [0, 1), got {self.ratio}")
+        _check_ratio("ratio", self.ratio)
         coerce_enum(self, "importance", Importance)
         if self.round_to < 1:
             raise ConfigError(f"round_to must be >= 1, got {self.round_to}")
         object.__setattr__(self, "ignore", tuple(self.ignore))
-        overrides = freeze_overrides(self.overrides)
-        for pattern, value in overrides:
-            if value is not None and not 0.0 <= value < 1.0:
-                raise ConfigError(f"override {pattern!r}: ratio must be in [0, 1) or None, got {value}")
-        object.__setattr__(self, "overrides", overrides)
+        object.__setattr__(self, "overrides", freeze_overrides(self.overrides, _check_ratio))
+
+
+def _check_ratio(what: str, value: float) -> None:
+    if not 0.0 <= value < 1.0:
+        raise ConfigError(f"{what} must be in [0, 1), got {value}")
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from deepslim.config import coerce_enum, freeze_overrides, lookup, unmatched
+from deepslim.config import coerce_enum, freeze_overrides, lookup, skip_only, unmatched
 from deepslim.errors import ConfigError
 
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -43,11 +43,7 @@ class MagnitudePruneConfig:
     def __post_init__(self) -> None:
         _check_fraction("sparsity", self.sparsity)
         coerce_enum(self, "scope", Scope)
-        overrides = freeze_overrides(self.overrides)
-        for pattern, value in overrides:
-            if value is not None:
-                _check_fraction(f"override {pattern!r}", value)
-        object.__setattr__(self, "overrides", overrides)
+        object.__setattr__(self, "overrides", freeze_overrides(self.overrides, _check_fraction))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -61,10 +57,7 @@ class NMPruneConfig:
     def __post_init__(self) -> None:
         if not (isinstance(self.n, int) and isinstance(self.m, int) and 0 < self.n < self.m):
             raise ConfigError(f"N:M sparsity needs integers 0 < n < m, got {self.n}:{self.m}")
-        overrides = freeze_overrides(self.overrides)
-        if any(v is not None for _, v in overrides):
-            raise ConfigError("NMPruneConfig overrides may only map layers to None (skip)")
-        object.__setattr__(self, "overrides", overrides)
+        object.__setattr__(self, "overrides", freeze_overrides(self.overrides, skip_only("NMPruneConfig")))
 
 
 def _check_fraction(what: str, value: float) -> None:

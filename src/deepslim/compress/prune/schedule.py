@@ -58,9 +58,8 @@ class GradualPruner:
 
     def after_step(self, model: nn.Module) -> None:
         self.step += 1
-        if self.step < self.start or (self.step - self.start) % self.every and self.step != self.end:
-            return
-        if self.step > self.end:
+        on_grid = self.start <= self.step < self.end and (self.step - self.start) % self.every == 0
+        if not (on_grid or self.step == self.end):
             return
         scaled = _scale(self.config, self.current() / self.config.sparsity if self.config.sparsity else 0.0)
         for name, mask in magnitude_masks(model, scaled).items():

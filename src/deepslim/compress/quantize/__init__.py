@@ -78,7 +78,7 @@ def _targets(model: nn.Module, overrides: tuple[tuple[str, Any], ...],
     return {n: v for n, v in chosen.items() if v[1] is not None}
 
 
-def _linear(model: nn.Module, config: LinearQuantConfig, calib_data: Iterable[Any] | None) -> None:
+def _linear(model: nn.Module, config: LinearQuantConfig, *, calib_data: Iterable[Any] | None) -> None:
     if config.activation_bits is not None and calib_data is None:
         raise ConfigError("activation quantization needs calib_data (a few hundred representative inputs): pass "
                           "calib_data=data.calib, or activation_bits=None for weight-only quantization")
@@ -114,7 +114,7 @@ def _elementwise(model: nn.Module, config: Any, **_: Any) -> None:
 
 
 _HANDLERS: dict[type, Callable[..., None]] = {
-    LinearQuantConfig: lambda m, c, calib_data: _linear(m, c, calib_data),
+    LinearQuantConfig: _linear,
     Float16Config: _half,
     PowerOfTwoConfig: _elementwise,
     BinaryConfig: _elementwise,

@@ -49,11 +49,7 @@ class LinearQuantConfig:
         if self.activation_bits is not None:
             _check_bits("activation_bits", self.activation_bits)
         coerce_enum(self, "calibration", Calibration)
-        overrides = freeze_overrides(self.overrides)
-        for pattern, value in overrides:
-            if value is not None:
-                _check_bits(f"override {pattern!r}", value)
-        object.__setattr__(self, "overrides", overrides)
+        object.__setattr__(self, "overrides", freeze_overrides(self.overrides, _check_bits))
 
 
 def _check_bits(what: str, bits: Any) -> None:

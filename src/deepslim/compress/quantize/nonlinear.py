@@ -43,11 +43,7 @@ class KMeansConfig:
     def __post_init__(self) -> None:
         _check_range("bits", self.bits, 1, 8)
         coerce_enum(self, "init", KMeansInit)
-        overrides = freeze_overrides(self.overrides)
-        for pattern, value in overrides:
-            if value is not None:
-                _check_range(f"override {pattern!r}", value, 1, 8)
-        object.__setattr__(self, "overrides", overrides)
+        object.__setattr__(self, "overrides", freeze_overrides(self.overrides, lambda w, v: _check_range(w, v, 1, 8)))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -139,6 +135,10 @@ class SharedWeight(nn.Module):
     def right_inverse(self, codebook: torch.Tensor) -> torch.Tensor:
         return codebook
 
+    def deepslim_storage_bytes(self, original: torch.Tensor, weight: torch.Tensor) -> int:
+        """Indices plus the fp32 codebook (the profiler reads this through the parametrization)."""
+        return _code_bytes(weight, self.bits) + 4 * original.numel()
+
 
 def share_weights_(m: nn.Module, bits: int, init: KMeansInit, iterations: int) -> None:
     w = m.weight.detach()
@@ -159,9 +159,19 @@ def share_weights_(m: nn.Module, bits: int, init: KMeansInit, iterations: int) -
 # -- elementwise encodings (straight-through estimator) ------------------------------------------------------------
 
 
+def _code_bytes(weight: torch.Tensor, bits: int) -> int:
+    return math.ceil(weight.numel() * bits / 8)
+
+
 class _Elementwise(nn.Module):
+    bits: int
+    scaled = False  # one fp32 α per output channel stored beside the codes
+
     def encode(self, w: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
+
+    def deepslim_storage_bytes(self, original: torch.Tensor, weight: torch.Tensor) -> int:
+        return _code_bytes(weight, self.bits) + (4 * weight.shape[0] if self.scaled else 0)
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         # straight-through estimator; written so the forward value is exactly the encoding (w − w is exactly 0)
@@ -183,7 +193,7 @@ class PowerOfTwo(_Elementwise):
 
 
 class Binary(_Elementwise):
-    bits = 1
+    bits, scaled = 1, True
 
     def encode(self, w: torch.Tensor) -> torch.Tensor:
         alpha = w.abs().flatten(1).mean(1).view(-1, *([1] * (w.ndim - 1)))
@@ -191,7 +201,7 @@ class Binary(_Elementwise):
 
 
 class Ternary(_Elementwise):
-    bits = 2
+    bits, scaled = 2, True
 
     def __init__(self, factor: float):
         super().__init__()
@@ -205,13 +215,3 @@ class Ternary(_Elementwise):
         return torch.sign(w) * mask * alpha.view_as(delta)
 
 
-def _code_bytes(weight: torch.Tensor, bits: int) -> int:
-    return math.ceil(weight.numel() * bits / 8)
-
-
-# storage each encoding needs (read by the profiler through the parametrization)
-SharedWeight.deepslim_storage_bytes = lambda self, original, weight: (
-    _code_bytes(weight, self.bits) + 4 * original.numel())  # fmt: skip
-PowerOfTwo.deepslim_storage_bytes = lambda self, original, weight: _code_bytes(weight, self.bits)
-Binary.deepslim_storage_bytes = lambda self, original, weight: _code_bytes(weight, 1) + 4 * weight.shape[0]
-Ternary.deepslim_storage_bytes = lambda self, original, weight: _code_bytes(weight, 2) + 4 * weight.shape[0]
