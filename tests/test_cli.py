@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from deepslim.cli import main
 
@@ -63,10 +64,55 @@ def test_listing_commands(capsys):
     assert code == 0 and {d["name"] for d in json.loads(out)} >= {"rpi4", "h100"}
 
 
-def test_demo_reports_accuracy_and_cost(capsys):
-    code, out, _ = run(capsys, "--quiet", "demo", "--epochs", "3")
+def test_demo_tells_the_deep_compression_story(capsys, tmp_path):
+    code, out, _ = run(capsys, "demo", "--epochs", "5", "--out", str(tmp_path / "demo"), "--json")
     assert code == 0
-    assert "test accuracy" in out and "latency on cortex-m7" in out and "131,080" in out
+    data = json.loads(out)
+    before, after = data["before"], data["after"]
+    assert before["params"] == after["params"] == 131_080
+    assert before["archive_bytes"] / after["archive_bytes"] > 30
+    assert after["accuracy"] > 0.85 and data["decoded_accuracy"] == after["accuracy"]
+    assert (tmp_path / "demo" / "metrics.json").is_file() and (tmp_path / "demo" / "model.dsz").is_file()
+    code, out, _ = run(capsys, "--quiet", "demo", "--epochs", "2", "--out", str(tmp_path / "demo"))
+    assert code == 0 and "bytes on disk (.dsz archive)" in out and "energy per image on cortex-m7" in out
+
+
+def test_compress_pack_unpack(capsys, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stages:\n  - train: {epochs: 2}\n  - prune: {sparsity: 0.8}\n  - cluster: {bits: 4}\n"
+                      "  - encode: {}\n")
+    code, out, err = run(capsys, "compress", "lenet300", "--data", "digits", "--recipe", str(recipe), "--out",
+                         str(tmp_path / "run"), "--json")  # fmt: skip
+    assert code == 0, err
+    stages = json.loads(out)["stages"]
+    assert [s["stage"] for s in stages] == ["input", "train", "prune", "cluster", "encode"]
+    code, _, err = run(capsys, "compress", "lenet300", "--data", "digits", "--recipe", str(recipe), "--out",
+                       str(tmp_path / "run"))  # fmt: skip
+    assert code == 2 and "already holds a run" in err
+    # pack a checkpoint, unpack it, and get the same weights
+    code, out, _ = run(capsys, "pack", str(tmp_path / "run" / "stages" / "03-cluster.dsz"), "-o",
+                       str(tmp_path / "x.dsz"))  # an archive is a model spec too
+    assert code == 0 and "ratio" in out
+    assert (tmp_path / "x.dsz").read_bytes() == (tmp_path / "run" / "model.dsz").read_bytes()
+    code, out, _ = run(capsys, "unpack", str(tmp_path / "run" / "model.dsz"), "-o", str(tmp_path / "m.pt"))
+    assert code == 0 and "decoded" in out
+    code, out, _ = run(capsys, "pack", str(tmp_path / "m.pt"), "-o", str(tmp_path / "again.dsz"), "--json")
+    assert code == 0 and json.loads(out)["ratio"] > 5
+    assert (tmp_path / "again.dsz").read_bytes() != b""
+    import deepslim as ds
+
+    a = ds.decode((tmp_path / "run" / "model.dsz").read_bytes())
+    b = ds.decode((tmp_path / "again.dsz").read_bytes())
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
+    # bad archives: one line, exit 2
+    (tmp_path / "bad.dsz").write_bytes(b"not an archive")
+    code, _, err = run(capsys, "unpack", str(tmp_path / "bad.dsz"), "-o", str(tmp_path / "n.pt"))
+    assert code == 2 and "bad magic" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "n.pt").exists()
+    code, _, err = run(capsys, "unpack", str(tmp_path / "none.dsz"), "-o", str(tmp_path / "n.pt"))
+    assert code == 2 and "does not exist" in err
+    code, _, err = run(capsys, "compress", "--recipe", str(tmp_path / "nope.yaml"), "--out", str(tmp_path / "o"))
+    assert code == 2 and "does not exist" in err
 
 
 def test_module_entry_point_and_usage_errors():

@@ -16,6 +16,7 @@ from deepslim.analysis import (
     profile,
     register_device,
 )
+from deepslim.compress.coding import ArchiveInfo, archive_info, decode, encode
 from deepslim.compress.lowrank import FactorizeResult, SVDConfig, TuckerConfig, factorize_
 from deepslim.compress.prune import (
     ChannelPruneConfig,
@@ -57,12 +58,15 @@ from deepslim.errors import (
 )
 from deepslim.export import BenchResult, ExportResult, benchmark, export_onnx
 from deepslim.models import create_model, example_input, list_models, load_model, register_model, save_model
+from deepslim.pipeline import Recipe, RunResult, load_recipe, run_recipe
 from deepslim.search import Sensitivity, sensitivity
-from deepslim.train import EvalResult, FitResult, evaluate, fit
+from deepslim.train import EvalResult, FitResult, KDConfig, distill, evaluate, fit
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArchiveInfo", "KDConfig", "Recipe", "RunResult", "load_recipe", "run_recipe", "archive_info", "decode",
+    "distill", "encode",
     "ChannelPruneConfig", "FactorizeResult", "GradualPruner", "Importance", "MagnitudePruneConfig", "NMPruneConfig",
     "SVDConfig", "Scope", "Sensitivity", "TuckerConfig", "bake_masks_", "dependency_groups", "factorize_",
     "plan_channel_pruning", "prune_", "sensitivity", "BenchResult", "ExportResult", "benchmark", "export_onnx",

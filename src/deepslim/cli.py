@@ -115,46 +115,6 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from rich.progress import Progress
-
-    from deepslim.analysis._format import human
-    from deepslim.demo import run_demo
-
-    with Progress(console=err, transient=True, disable=args.quiet) as bar:
-        task = bar.add_task("training LeNet-5 on digits", total=args.epochs)
-
-        def on_epoch(m: dict[str, float]) -> None:
-            bar.update(task, advance=1, description=f"training LeNet-5 on digits (val acc {m['val_accuracy']:.3f})")
-
-        result = run_demo(epochs=args.epochs, seed=args.seed, device=args.device, on_epoch=on_epoch)
-    p, c = result.profile, result.profile.cost
-    assert c is not None
-    out.print(f"[bold]deepslim demo[/bold]: LeNet-5 on the scikit-learn digits ({result.data})")
-    fit = result.training
-    out.print(f"trained {args.epochs} epochs in {fit.seconds:.1f} s "
-              f"(best validation accuracy {fit.best_val_accuracy:.3f} at epoch {fit.best_epoch})")  # fmt: skip
-    table = Table("measure", "value", title="LeNet-5 after training")
-    rows = [
-        ("test accuracy", f"{100 * result.test.accuracy:.2f} % of {result.test.samples} held-out digits"),
-        ("parameters", f"{p.params:,}"),
-        ("weights (fp32)", human(p.weight_bytes, "B")),
-        ("MACs per image", f"{p.macs:,}"),
-        ("peak activation memory", human(p.peak_activation_bytes, "B")),
-        (f"latency on {c.device.name} (roofline estimate)", f"{c.latency_ms:.3f} ms"),
-        (f"energy on {c.device.name} (Horowitz 45 nm)", f"{c.energy_uj:.1f} uJ "
-         f"({100 * c.energy_offchip_uj / c.energy_uj:.0f}% off-chip memory)"),
-        ("fits on chip", f"weights {'yes' if c.weights_fit_on_chip else 'no'}, "
-         f"activations {'yes' if c.activations_fit_on_chip else 'no'}"),
-    ]  # fmt: skip
-    for name, value in rows:
-        table.add_row(name, value)
-    out.print(table)
-    if not args.quiet:
-        print(p)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="deepslim", description="Make PyTorch models smaller, faster and cheaper "
                                      "to run, and prove it by measurement.")  # fmt: skip
@@ -164,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("model", help="zoo name, file.py:factory, checkpoint (.pt), torch.export program (.pt2)"
-                       " or .onnx (profile only)")  # fmt: skip
+                       ", .dsz archive or .onnx (profile only)")  # fmt: skip
         p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
                        help="model option, e.g. -O num_classes=10 -O small_input=true")  # fmt: skip
         p.add_argument("--arch", help="zoo architecture of a plain state-dict file")
@@ -194,11 +154,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_devices)
 
-    p = sub.add_parser("demo", help="train LeNet-5 on digits and show what it costs")
-    p.add_argument("--epochs", type=int, default=20)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default="cortex-m7")
-    p.set_defaults(func=cmd_demo)
+    from deepslim import _cli_compress as cc
+
+    cc.add_parsers(sub, model_args)
+    sub.choices["compress"].set_defaults(func=lambda a: cc.cmd_compress(a, out, err))
+    sub.choices["pack"].set_defaults(func=lambda a: cc.cmd_pack(a, _load, out))
+    sub.choices["unpack"].set_defaults(func=lambda a: cc.cmd_unpack(a, out))
+    sub.choices["demo"].set_defaults(func=lambda a: cc.cmd_demo(a, out, err))
     return parser
 
 

@@ -1,39 +1,49 @@
-"""The demo: train LeNet-5 on the scikit-learn digits, then report what it costs on a small device.
+"""The demo: Deep Compression of LeNet-5 on the scikit-learn digits, end to end.
 
-This is the first part of the story the full demo tells (train → profile → compress → verify); the compression
-stages join it as they land.
+Trains LeNet-5, profiles it on a small device, then runs the built-in ``deep-compression-lenet5`` recipe (gradual
+magnitude pruning, trained k-means weight sharing, Huffman coding into a ``.dsz`` archive) and checks that the
+archive decodes to a model with the same accuracy. Everything it reports is measured in this run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
 
-import torch
-from torch import nn
+from deepslim.pipeline import RunResult, load_recipe, run_recipe
+from deepslim.pipeline.run import Event
 
-from deepslim.analysis import Profile, profile
-from deepslim.data import DataBundle, load_data
-from deepslim.models import create_model
-from deepslim.train import EvalResult, FitResult, evaluate, fit
+RECIPE = "deep-compression-lenet5"
 
 
 @dataclass(frozen=True)
 class DemoResult:
-    model: nn.Module
-    data: DataBundle
-    training: FitResult
-    test: EvalResult
-    profile: Profile
+    run: RunResult
+    decoded_accuracy: float  # accuracy of the model decoded from the archive file
+
+    @property
+    def before(self) -> dict[str, Any]:
+        return self.run.stage("train")
+
+    @property
+    def after(self) -> dict[str, Any]:
+        return self.run.metrics[-1]
 
 
-def run_demo(*, epochs: int = 20, seed: int = 0, device: str = "cortex-m7",
-             on_epoch: Callable[[dict[str, float]], None] | None = None) -> DemoResult:  # fmt: skip
-    """Train LeNet-5 on digits (8×8, 'same' padding), evaluate on the held-out test split, profile on ``device``."""
-    torch.manual_seed(seed)
-    data = load_data("digits", seed=seed)
-    model = create_model("lenet5", num_classes=data.num_classes, in_channels=1, input_size=data.input_shape[-1])
-    training = fit(model, data, epochs=epochs, lr=2e-3, seed=seed, on_epoch=on_epoch)
-    test = evaluate(model, data.test)
-    prof = profile(model, data.example_input, device=device, name="lenet5 (digits)")
-    return DemoResult(model=model, data=data, training=training, test=test, profile=prof)
+def run_demo(out: str | Path, *, epochs: int | None = None, seed: int = 0, device: str = "cortex-m7",
+             on_event: Event | None = None) -> DemoResult:  # fmt: skip
+    """Run the Deep Compression recipe on LeNet-5/digits into run directory ``out`` (replacing an earlier demo)."""
+    import deepslim as ds
+
+    recipe = load_recipe(RECIPE)
+    recipe = replace(recipe, seed=seed, device=device)
+    if epochs is not None:  # a shorter (or longer) initial training
+        stages = tuple(replace(s, params=replace(s.params, epochs=epochs)) if s.kind == "train" else s
+                       for s in recipe.stages)  # fmt: skip
+        recipe = replace(recipe, stages=stages)
+    run = run_recipe(recipe, out, overwrite=True, on_event=on_event)
+    archive = Path(run.artifacts["archive"])
+    decoded = ds.decode(archive.read_bytes())
+    data = ds.load_data(recipe.data, seed=seed)
+    return DemoResult(run=run, decoded_accuracy=ds.evaluate(decoded, data.test).accuracy)

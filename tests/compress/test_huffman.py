@@ -5,7 +5,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from deepslim.compress.coding import code_lengths, decode, encode
+from deepslim.compress.coding.huffman import code_lengths, decode, encode
 from deepslim.errors import ArchiveError
 
 

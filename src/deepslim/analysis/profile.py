@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -221,6 +222,7 @@ class _Tracer(TorchDispatchMode):
         self.steps: list[Step] = []
         self.keep: list[torch.Tensor] = []  # holds every tensor so storage keys stay unique for the whole run
         self.unknown: dict[str, str] = {}  # op -> first layer it appeared in
+        self.decoding = 0  # > 0 while a parametrization computes a weight
 
     def row(self, name: str) -> _Row:
         if name not in self.rows:
@@ -230,6 +232,11 @@ class _Tracer(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
+        if self.decoding:  # a parametrization decoding a weight (mask, codebook lookup): its result is a weight
+            decoded = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+            self.keep += decoded
+            self.weight_keys.update(_storage_key(t) for t in decoded)
+            return out
         kind = classify(func)
         row = self.row(self.stack[-1])
         if kind is None:
@@ -257,6 +264,10 @@ class _Tracer(TorchDispatchMode):
         elif kind is OpKind.ARITH:
             row.other_ops += max([t.numel() for t in ins] + [t.numel() for t in outs] + [0])
         return out
+
+
+def _decoding(tracer: _Tracer, step: int) -> None:
+    tracer.decoding += step
 
 
 def _as_call(example: Example) -> tuple[tuple[Any, ...], dict[str, Any]]:
@@ -325,6 +336,10 @@ def _trace(model: nn.Module, example: Example, *, strict: bool, name: str) -> Pr
     tracer.types = types
     handles = []
     for mod_name, mod in model.named_modules():
+        if isinstance(mod, parametrize.ParametrizationList):
+            # deployment stores the decoded weight (or decodes it once): its computation is not inference work
+            handles.append(mod.register_forward_pre_hook(lambda m, a: _decoding(tracer, 1)))
+            handles.append(mod.register_forward_hook(lambda m, a, o: _decoding(tracer, -1)))
         if owner_name(mod_name) != mod_name:
             continue  # a parametrization's operators belong to its layer
         handles.append(mod.register_forward_pre_hook(lambda m, a, n=mod_name: _enter(tracer, n)))

@@ -1,7 +1,8 @@
 """Turning a model spec into an ``nn.Module``, and saving one so it can be turned back.
 
 A spec is a zoo name (``"resnet18"``), a Python factory (``"path/to/file.py:factory"``), a checkpoint written by
-:func:`save_model` or a plain state dict (with ``arch=``), or a ``torch.export`` program (``.pt2``). Checkpoints are
+:func:`save_model` or a plain state dict (with ``arch=``), a ``torch.export`` program (``.pt2``), or a ``.dsz``
+archive written by :func:`deepslim.encode`. Checkpoints are
 read with ``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickled objects.
 """
 
@@ -47,6 +48,8 @@ def load_model(spec: str | os.PathLike[str] | nn.Module, *, weights: str | os.Pa
         )
     elif text.endswith(".pt2"):
         model = _from_exported(Path(text), options)
+    elif text.endswith(".dsz"):
+        model = _from_archive(Path(text), options)
     elif Path(text).is_file():
         model = _from_checkpoint(Path(text), arch, options)
     elif os.sep in text or Path(text).suffix in (".pt", ".pth", ".ckpt", ".bin", ".py"):
@@ -177,6 +180,16 @@ def _from_factory(path: Path, name: str, options: dict[str, Any]) -> nn.Module:
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{path}:{name} returned {type(model).__name__}, not a torch.nn.Module")
     return model
+
+
+def _from_archive(path: Path, options: dict[str, Any]) -> nn.Module:
+    from deepslim.compress.coding import decode
+
+    if options:
+        raise ConfigError(f"a .dsz archive takes no model options (got {', '.join(options)})")
+    if not path.is_file():
+        raise ModelLoadError(f"model file {str(path)!r} does not exist")
+    return decode(path.read_bytes())
 
 
 def _from_exported(path: Path, options: dict[str, Any]) -> nn.Module:

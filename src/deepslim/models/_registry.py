@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 import inspect
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -107,8 +108,8 @@ def options_for_data(name: str, input_shape: tuple[int, ...], num_classes: int,
         filled |= {"in_channels": input_shape[0], "input_size": input_shape[-1]}
         if input_shape[-1] <= 64 and "small_input" in accepted:
             filled["small_input"] = True
-    elif len(input_shape) == 1:
-        filled["in_features"] = input_shape[0]
+    if "in_features" in accepted and "in_channels" not in accepted:  # an MLP flattens whatever it is given
+        filled["in_features"] = math.prod(input_shape)
     return {**{k: v for k, v in filled.items() if k in accepted}, **options}
 
 

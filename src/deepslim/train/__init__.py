@@ -1,5 +1,6 @@
-"""Training, evaluation and (later) recovery after compression."""
+"""Training, evaluation and recovery after compression (fine-tuning, distillation)."""
 
+from deepslim.train.distill import KDConfig, distill, kd_loss
 from deepslim.train.loop import EvalResult, FitResult, Optimizer, evaluate, fit
 
-__all__ = ["EvalResult", "FitResult", "Optimizer", "evaluate", "fit"]
+__all__ = ["EvalResult", "FitResult", "KDConfig", "Optimizer", "distill", "evaluate", "fit", "kd_loss"]

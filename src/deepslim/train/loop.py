@@ -78,16 +78,40 @@ def fit(model: nn.Module, data: DataBundle, *, epochs: int, lr: float = 1e-3, op
     hooks (pruning schedules, say) change the model as training goes, so only the last epoch is the model they
     built. ``hooks`` run after every optimizer step. ``on_epoch`` receives each epoch's metrics (for progress).
     """
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits
+
+    return train_loop(model, data, loss, epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
+                      momentum=momentum, seed=seed, cosine=cosine, restore_best=restore_best, hooks=hooks,
+                      on_epoch=on_epoch)  # fmt: skip
+
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
+def train_loop(model: nn.Module, data: DataBundle, loss_fn: LossFn, *, epochs: int, lr: float,
+               optimizer: str | Optimizer, weight_decay: float, momentum: float, seed: int, cosine: bool,
+               restore_best: bool, hooks: Sequence[StepHook], on_epoch: Callable[[dict[str, float]], None] | None,
+               extra_params: Sequence[nn.Parameter] = ()) -> FitResult:  # fmt: skip
+    """The loop behind :func:`fit` and :func:`~deepslim.train.distill`: ``loss_fn(x, y)`` gives (loss, logits).
+
+    ``extra_params`` train alongside the model's (e.g. distillation's hint regressors) but are not part of it.
+    """
     restore_best = restore_best and not hooks
     if epochs < 0:
         raise ConfigError(f"epochs must be >= 0, got {epochs}")
     if not lr > 0:
         raise ConfigError(f"lr must be positive, got {lr}")
-    kind = Optimizer(optimizer) if isinstance(optimizer, str) else optimizer
+    try:
+        kind = Optimizer(optimizer) if isinstance(optimizer, str) else optimizer
+    except ValueError:
+        raise ConfigError(f"optimizer must be one of {[o.value for o in Optimizer]}, got {optimizer!r}") from None
     torch.manual_seed(seed)
     if data.train.generator is not None:  # the shuffle order, too, depends only on the seed
         data.train.generator.manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
+    params = [p for p in model.parameters() if p.requires_grad] + list(extra_params)
     if kind is Optimizer.ADAM:
         opt: torch.optim.Optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     else:
@@ -103,8 +127,7 @@ def fit(model: nn.Module, data: DataBundle, *, epochs: int, lr: float = 1e-3, op
         model.train()
         loss_sum, correct, seen = 0.0, 0, 0
         for x, y in data.train:
-            logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss, logits = loss_fn(x, y)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

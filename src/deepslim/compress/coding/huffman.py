@@ -118,3 +118,61 @@ def decode(table: HuffmanTable, data: bytes, n_bits: int, count: int) -> np.ndar
     if pos != n_bits:
         raise ArchiveError(f"Huffman stream has {n_bits - pos} bits left over after {count} symbols")
     return out
+
+
+# -- code tables on disk -------------------------------------------------------------------------------------------
+# A table is: varint(k), then the k symbols in ascending order (the first zigzag-coded, the rest as varint deltas),
+# then k bytes of code lengths in the same order. Canonical codes need nothing more.
+
+
+def varint(value: int, out: bytearray) -> None:
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return
+
+
+def read_varint(data: bytes, pos: int) -> tuple[int, int]:
+    value, shift = 0, 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise ArchiveError("Huffman code table truncated or malformed")
+        byte = data[pos]
+        value |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if not byte & 0x80:
+            return value, pos
+
+
+def table_to_bytes(table: HuffmanTable) -> bytes:
+    order = np.argsort(table.symbols, kind="stable")
+    symbols, lengths = table.symbols[order].tolist(), table.lengths[order].tolist()
+    out = bytearray()
+    varint(len(symbols), out)
+    prev = None
+    for s in symbols:
+        varint((s << 1) ^ (s >> 63) if prev is None else s - prev, out)  # zigzag for the (maybe negative) first
+        prev = s
+    out.extend(lengths)
+    return bytes(out)
+
+
+def table_from_bytes(data: bytes) -> HuffmanTable:
+    k, pos = read_varint(data, 0)
+    symbols, prev = [], None
+    for _ in range(k):
+        v, pos = read_varint(data, pos)
+        prev = ((v >> 1) ^ -(v & 1)) if prev is None else prev + v
+        symbols.append(prev)
+    lengths = np.frombuffer(data[pos : pos + k], dtype=np.uint8)
+    if len(lengths) != k or pos + k != len(data):
+        raise ArchiveError("Huffman code table truncated or malformed")
+    if k and (lengths.min() == 0 or lengths.max() > MAX_BITS):
+        raise ArchiveError("Huffman code table has an invalid code length")
+    if k > 1 and float(np.sum(2.0 ** -lengths.astype(np.float64))) > 1.0:
+        raise ArchiveError("Huffman code table is not a prefix code (Kraft sum > 1)")
+    sym = np.asarray(symbols, dtype=np.int64)
+    order = np.lexsort((sym, lengths))
+    return HuffmanTable(sym[order], lengths[order].copy())

@@ -73,7 +73,9 @@ class WeightMask(nn.Module):
         self.register_buffer("mask", mask.to(torch.bool))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
-        return weight * self.mask
+        # where, not multiply: a pruned weight is +0.0 (w · 0 would give −0.0 for negative w, and the archive's sparse
+        # layout stores +0.0 implicitly); the gradient of a pruned weight is still zero
+        return torch.where(self.mask, weight, torch.zeros((), dtype=weight.dtype, device=weight.device))
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:

@@ -61,12 +61,12 @@ class GradualPruner:
         on_grid = self.start <= self.step < self.end and (self.step - self.start) % self.every == 0
         if not (on_grid or self.step == self.end):
             return
-        scaled = _scale(self.config, self.current() / self.config.sparsity if self.config.sparsity else 0.0)
+        scaled = scale_sparsity(self.config, self.current() / self.config.sparsity if self.config.sparsity else 0.0)
         for name, mask in magnitude_masks(model, scaled).items():
             set_mask_(model.get_submodule(name), mask)
 
 
-def _scale(config: MagnitudePruneConfig, fraction: float) -> MagnitudePruneConfig:
+def scale_sparsity(config: MagnitudePruneConfig, fraction: float) -> MagnitudePruneConfig:
     """The config with every sparsity (default and overrides) scaled by ``fraction`` of the way to its target."""
     overrides = tuple((p, None if v is None else v * fraction) for p, v in config.overrides)
     return replace(config, sparsity=config.sparsity * fraction, overrides=overrides)

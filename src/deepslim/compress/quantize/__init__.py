@@ -94,12 +94,17 @@ def _linear(model: nn.Module, config: LinearQuantConfig, *, calib_data: Iterable
 
 
 def _half(model: nn.Module, config: Float16Config, **_: Any) -> None:
-    dtype = torch.float16 if config.dtype == "fp16" else torch.bfloat16
     for _, (m, _) in _targets(model, config.overrides, True).items():
-        m.to(dtype)
-        m.register_forward_pre_hook(lambda mod, args, d=dtype: tuple(a.to(d) if torch.is_tensor(a) else a
-                                                                     for a in args))  # fmt: skip
-        m.register_forward_hook(lambda mod, args, out: out.float())
+        apply_half(m, config.dtype)
+
+
+def apply_half(m: nn.Module, dtype: str) -> None:
+    """Store ``m``'s tensors in ``dtype`` ("fp16" or "bf16") and run it in that dtype (fp32 in and out)."""
+    half = torch.float16 if dtype == "fp16" else torch.bfloat16
+    m.to(half)
+    m.deepslim_half = dtype
+    m.register_forward_pre_hook(lambda mod, args: tuple(a.to(half) if torch.is_tensor(a) else a for a in args))
+    m.register_forward_hook(lambda mod, args, out: out.float())
 
 
 def _elementwise(model: nn.Module, config: Any, **_: Any) -> None:
@@ -141,6 +146,8 @@ def cluster_(model: nn.Module, config: KMeansConfig) -> nn.Module:
 
             bake_masks_(m)  # a pruning mask is kept as the zeros the codebook leaves out
         share_weights_(m, bits, config.init, config.iterations)
+        if config.share_bias and m.bias is not None:
+            share_weights_(m, bits, config.init, config.iterations, "bias")
     return model
 
 
@@ -167,6 +174,7 @@ def quantization_report(model: nn.Module) -> QuantReport:
 
 __all__ = [
     "BinaryConfig", "Calibration", "Float16Config", "KMeansConfig", "KMeansInit", "LinearQuantConfig",
-    "PowerOfTwoConfig", "QUANTIZABLE", "QuantReport", "TernaryConfig", "cluster_", "fake_quantize", "fold_batchnorm_",
+    "PowerOfTwoConfig", "QUANTIZABLE", "QuantReport", "TernaryConfig", "apply_half", "cluster_", "fake_quantize",
+    "fold_batchnorm_",
     "qrange", "quantization_report", "quantize_", "sqnr_db",
 ]  # fmt: skip

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepslim._modes import inference_mode
-from deepslim.compress.quantize._fakequant import affine_params, fake_quantize, qrange
+from deepslim.compress.quantize._fakequant import affine_params, fake_quantize, qrange, quantize_codes
 from deepslim.compress.quantize.observers import Calibration, Observer
 from deepslim.config import coerce_enum, freeze_overrides
 from deepslim.errors import ConfigError
@@ -67,6 +67,7 @@ class QuantMixin:
         self.bits, self.act_bits, self.qat = bits, act_bits, qat
         self.per_channel, self.symmetric = per_channel, symmetric
         self.observer: Observer | None = None
+        self.fixed_weight_params: tuple[torch.Tensor, torch.Tensor] | None = None  # set when decoded from codes
         self.register_buffer("act_scale", torch.ones(()))
         self.register_buffer("act_zero", torch.zeros((), dtype=torch.int32))
         if qat:
@@ -74,6 +75,8 @@ class QuantMixin:
             self.weight_scale = nn.Parameter(scale.clone())
 
     def _weight_params(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.fixed_weight_params is not None:
+            return self.fixed_weight_params
         w = self.weight.detach()
         flat = w.flatten(1) if self.per_channel else w.flatten()[None]
         lo, hi = flat.min(1).values, flat.max(1).values
@@ -95,6 +98,24 @@ class QuantMixin:
         q = fake_quantize(w, scale, zero, qmin, qmax, axis) if axis is not None else fake_quantize(
             w, scale[0], zero[0], qmin, qmax)  # fmt: skip
         return q.detach() + (w - w.detach())  # straight-through: forward exactly the codes, gradients to the floats
+
+    def weight_codes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int | None]:
+        """(integer codes, scale, zero point, channel axis or None): what an integer runtime stores.
+
+        ``(codes − zero) · scale`` (broadcast along the axis) is exactly the weight the forward pass uses.
+        """
+        qmin, qmax = qrange(self.bits, True)
+        with torch.no_grad():
+            if self.qat:
+                scale = self.weight_scale.detach().clone()
+                zero = torch.zeros(scale.shape, dtype=torch.int32)
+            else:
+                scale, zero = self._weight_params()
+            axis = 0 if self.per_channel else None
+            if axis is None:
+                scale, zero = scale.reshape(()), zero.reshape(())
+            codes = quantize_codes(self.weight.detach(), scale, zero, qmin, qmax, axis)
+        return codes.to(torch.int32), scale, zero, axis
 
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.act_bits is None:

@@ -38,6 +38,7 @@ class KMeansConfig:
     bits: int = 5
     init: KMeansInit = KMeansInit.LINEAR
     iterations: int = 30
+    share_bias: bool = False  # biases get a codebook of their own too (with the layer's bit-width)
     overrides: Any = ()
 
     def __post_init__(self) -> None:
@@ -140,8 +141,8 @@ class SharedWeight(nn.Module):
         return _code_bytes(weight, self.bits) + 4 * original.numel()
 
 
-def share_weights_(m: nn.Module, bits: int, init: KMeansInit, iterations: int) -> None:
-    w = m.weight.detach()
+def share_weights_(m: nn.Module, bits: int, init: KMeansInit, iterations: int, name: str = "weight") -> None:
+    w = getattr(m, name).detach()
     keep = w != 0
     values = w[keep].flatten().float().cpu()
     if values.numel() == 0:
@@ -152,8 +153,8 @@ def share_weights_(m: nn.Module, bits: int, init: KMeansInit, iterations: int) -
     param = SharedWeight(index.to(w.device), keep, bits)
     # register with the codebook as the stored tensor: right_inverse receives it as the "weight"
     with torch.no_grad():
-        m.weight = nn.Parameter(centroids.to(w.device, w.dtype))
-    parametrize.register_parametrization(m, "weight", param, unsafe=True)
+        setattr(m, name, nn.Parameter(centroids.to(w.device, w.dtype)))
+    parametrize.register_parametrization(m, name, param, unsafe=True)
 
 
 # -- elementwise encodings (straight-through estimator) ------------------------------------------------------------

@@ -1,0 +1,309 @@
+"""Running a recipe: each stage transforms the model, then the model is measured and saved.
+
+The run directory holds ``recipe.yaml`` (the recipe as given), ``metrics.json`` (rewritten after every stage: accuracy,
+parameters, nonzeros, MACs, bytes on disk, estimated latency and energy on the recipe's device, and measured latency
+after an export stage), ``stages/NN-kind.dsz`` (the model after each stage; ``.pt2`` when its layer tree is no
+longer the zoo's), ``model.dsz`` (encode stage) and ``model.onnx`` (export stage). Every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from deepslim._io import atomic_path
+from deepslim.errors import ConfigError
+from deepslim.pipeline.recipe import (
+    ClusterStage,
+    DistillStage,
+    EncodeStage,
+    ExportStage,
+    FactorizeStage,
+    PruneStage,
+    QuantizeStage,
+    Recipe,
+    StageSpec,
+    TrainStage,
+    bits_overrides,
+)
+
+Event = Callable[[str, dict[str, Any]], None]  # (event, payload): "stage_start", "stage_end", "epoch"
+
+
+def stage_config(spec: StageSpec) -> Any:
+    """The technique config a stage runs with (None for stages that take none)."""
+    import deepslim as ds
+
+    p = spec.params
+    if isinstance(p, PruneStage):
+        if p.method == "channel":
+            return ds.ChannelPruneConfig(ratio=p.ratio, importance=p.importance, ignore=tuple(p.ignore),
+                                         round_to=p.round_to, overrides=p.overrides)  # fmt: skip
+        if p.method == "nm":
+            return ds.NMPruneConfig(n=p.n, m=p.m, overrides=p.overrides)
+        return ds.MagnitudePruneConfig(sparsity=p.sparsity, scope=p.scope, overrides=p.overrides)
+    if isinstance(p, ClusterStage):
+        bits, overrides = bits_overrides(p.bits, spec.label)
+        return ds.KMeansConfig(bits=bits, init=p.init, share_bias=p.share_bias, overrides=overrides)
+    if isinstance(p, QuantizeStage):
+        bits, overrides = bits_overrides(p.bits, spec.label)
+        if p.type == "linear":
+            return ds.LinearQuantConfig(bits=bits, per_channel=p.per_channel, symmetric=p.symmetric,
+                                        activation_bits=p.activation_bits, calibration=p.calibration,
+                                        qat=p.epochs > 0, overrides=overrides)  # fmt: skip
+        if p.type in ("fp16", "bf16"):
+            return ds.Float16Config(dtype=p.type)
+        if p.type == "pow2":
+            return ds.PowerOfTwoConfig(bits=bits if bits != 8 else 4, overrides=overrides)
+        return ds.BinaryConfig() if p.type == "binary" else ds.TernaryConfig()
+    if isinstance(p, FactorizeStage):
+        cls = ds.SVDConfig if p.method == "svd" else ds.TuckerConfig
+        return cls(rank_ratio=p.rank_ratio, energy=p.energy, mac_ratio=p.mac_ratio, overrides=p.overrides)
+    if isinstance(p, DistillStage):
+        return ds.KDConfig(temperature=p.temperature, alpha=p.alpha, hints=p.hints)
+    return None
+
+
+@dataclass
+class RunContext:
+    model: nn.Module
+    data: Any  # DataBundle
+    recipe: Recipe
+    out: Path
+    on_event: Event
+    teacher: nn.Module  # the model after the last train stage (the input model before one)
+    metrics: list[dict[str, Any]] = field(default_factory=list)
+    artifacts: dict[str, str] = field(default_factory=dict)
+
+    def fit(self, epochs: int, lr: float, *, hooks: tuple = (), index: int, **options: Any) -> None:
+        from deepslim.train import fit
+
+        if epochs <= 0:
+            return
+        fit(self.model, self.data, epochs=epochs, lr=lr, seed=self.recipe.seed + index, hooks=hooks,
+            on_epoch=lambda m: self.on_event("epoch", {"stage": index, **m}), **options)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class RunResult:
+    out: Path
+    metrics: list[dict[str, Any]]
+    model: nn.Module
+    artifacts: dict[str, str]
+
+    def stage(self, kind: str) -> dict[str, Any]:
+        """The metrics of the last stage of this kind."""
+        found = [m for m in self.metrics if m["stage"] == kind]
+        if not found:
+            raise KeyError(kind)
+        return found[-1]
+
+
+def _run_train(ctx: RunContext, spec: StageSpec) -> None:
+    p: TrainStage = spec.params
+    ctx.fit(p.epochs, p.lr, index=spec.index, optimizer=p.optimizer, weight_decay=p.weight_decay)
+    if spec.kind == "train":
+        ctx.teacher = copy.deepcopy(ctx.model)
+
+
+def _run_prune(ctx: RunContext, spec: StageSpec) -> None:
+    import deepslim as ds
+    from deepslim.compress.prune.schedule import iterative_sparsities, scale_sparsity
+
+    p: PruneStage = spec.params
+    config = stage_config(spec)
+    if p.method == "magnitude" and p.schedule == "gradual":
+        if p.epochs == 0:
+            raise ConfigError(f"{spec.label}: a gradual schedule needs epochs > 0")
+        steps = p.epochs * len(ctx.data.train)  # sparsity rises over the first 3/4 of the steps, then holds
+        pruner = ds.GradualPruner(config, end=max(1, int(0.75 * steps)), every=max(1, steps // 100))
+        ctx.fit(p.epochs, p.lr, hooks=(pruner,), index=spec.index)
+        return
+    if p.method == "magnitude" and p.schedule == "iterative":
+        targets = iterative_sparsities(p.sparsity, p.rounds)
+        for r, target in enumerate(targets):
+            ds.prune_(ctx.model, scale_sparsity(config, target / p.sparsity if p.sparsity else 0.0))
+            ctx.fit(p.epochs // p.rounds + (1 if r < p.epochs % p.rounds else 0), p.lr, index=spec.index)
+        return
+    ds.prune_(ctx.model, config, example_input=ctx.data.example_input, calib_data=ctx.data.calib)
+    ctx.fit(p.epochs, p.lr, index=spec.index)
+
+
+def _run_cluster(ctx: RunContext, spec: StageSpec) -> None:
+    import deepslim as ds
+
+    p: ClusterStage = spec.params
+    ds.cluster_(ctx.model, stage_config(spec))
+    ctx.fit(p.epochs, p.lr, index=spec.index)
+
+
+def _run_quantize(ctx: RunContext, spec: StageSpec) -> None:
+    import deepslim as ds
+
+    p: QuantizeStage = spec.params
+    ds.quantize_(ctx.model, stage_config(spec), calib_data=ctx.data.calib)
+    ctx.fit(p.epochs, p.lr, index=spec.index)
+
+
+def _run_factorize(ctx: RunContext, spec: StageSpec) -> None:
+    import deepslim as ds
+
+    p: FactorizeStage = spec.params
+    ds.factorize_(ctx.model, stage_config(spec), example_input=ctx.data.example_input)
+    ctx.fit(p.epochs, p.lr, index=spec.index)
+
+
+def _run_distill(ctx: RunContext, spec: StageSpec) -> None:
+    import deepslim as ds
+
+    p: DistillStage = spec.params
+    teacher = ctx.teacher if p.teacher == "trained" else ds.load_model(p.teacher)
+    ds.distill(ctx.model, teacher, ctx.data, stage_config(spec), epochs=p.epochs, lr=p.lr,
+               seed=ctx.recipe.seed + spec.index,
+               on_epoch=lambda m: ctx.on_event("epoch", {"stage": spec.index, **m}))  # fmt: skip
+
+
+def _run_encode(ctx: RunContext, spec: StageSpec) -> None:
+    import deepslim as ds
+
+    p: EncodeStage = spec.params
+    blob = ds.encode(ctx.model, huffman=p.huffman)
+    dest = ctx.out / "model.dsz"
+    with atomic_path(dest) as tmp:
+        tmp.write_bytes(blob)
+    ctx.artifacts["archive"] = str(dest)
+
+
+def _run_export(ctx: RunContext, spec: StageSpec) -> None:
+    import deepslim as ds
+
+    p: ExportStage = spec.params
+    dest = ctx.out / "model.onnx"
+    result = ds.export_onnx(ctx.model, dest, example_input=ctx.data.example_input)
+    ctx.artifacts["onnx"] = str(dest)
+    ctx.artifacts["onnx_max_abs_error"] = f"{result.max_abs_error:.3g}"
+    if p.benchmark:
+        bench = ds.benchmark(dest, runtime="onnxruntime", example_input=ctx.data.example_input, threads=p.threads)
+        ctx.artifacts["latency_ms"] = f"{bench.median_ms:.4f}"
+
+
+_RUNNERS: dict[str, Callable[[RunContext, StageSpec], None]] = {
+    "train": _run_train, "finetune": _run_train, "prune": _run_prune, "cluster": _run_cluster,
+    "quantize": _run_quantize, "factorize": _run_factorize, "distill": _run_distill, "encode": _run_encode,
+    "export": _run_export,
+}  # fmt: skip
+
+
+def measure(model: nn.Module, data: Any, device: str) -> dict[str, Any]:
+    """What every stage records: accuracy, size, work, bytes on disk, estimated latency and energy."""
+    import deepslim as ds
+
+    prof = ds.profile(model, data.example_input, device=device)
+    cost = ds.estimate_cost(prof, device)
+    row: dict[str, Any] = {
+        "accuracy": ds.evaluate(model, data.test).accuracy,
+        "params": prof.params, "nonzero_params": prof.nonzero_params, "macs": prof.macs,
+        "weight_bytes": prof.weight_bytes, "fp32_bytes": 4 * prof.params,
+        "estimated_latency_ms": cost.latency_ms, "estimated_energy_uj": cost.energy_uj,
+    }  # fmt: skip
+    try:
+        blob = ds.encode(model)
+        row["archive_bytes"] = len(blob)
+        row["archive_parts"] = ds.archive_info(blob).by_part
+    except ConfigError as exc:  # a layer tree the zoo cannot rebuild (factorized): no archive
+        row["archive_bytes"] = None
+        row["archive_note"] = str(exc)
+    return row
+
+
+def _save_stage(ctx: RunContext, spec: StageSpec | None) -> str:
+    import deepslim as ds
+
+    stem = ctx.out / "stages" / (f"{spec.index:02d}-{spec.kind}" if spec else "00-input")
+    try:
+        blob = ds.encode(ctx.model)
+    except ConfigError:
+        return str(ds.save_model(ctx.model, stem.with_suffix(".pt2"), example_input=ctx.data.example_input))
+    with atomic_path(stem.with_suffix(".dsz")) as tmp:
+        tmp.write_bytes(blob)
+    return str(stem.with_suffix(".dsz"))
+
+
+def _write_metrics(ctx: RunContext, model_name: str, data_name: str) -> None:
+    doc = {"format": "deepslim-run", "version": 1, "model": model_name, "data": data_name,
+           "device": ctx.recipe.device, "seed": ctx.recipe.seed, "stages": ctx.metrics,
+           "artifacts": ctx.artifacts}  # fmt: skip
+    with atomic_path(ctx.out / "metrics.json") as tmp:
+        tmp.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return str(value)
+
+
+def _load(spec: str, bundle: Any, options: dict[str, Any]) -> nn.Module:
+    """A zoo model is sized for the data (channels, input size, classes); other specs load as they are."""
+    import deepslim as ds
+    from deepslim.models import list_models, options_for_data
+
+    if spec in list_models():
+        options = options_for_data(spec, tuple(bundle.input_shape), bundle.num_classes, dict(options))
+    return ds.load_model(spec, **options)
+
+
+def run_recipe(recipe: Recipe, out: str | Path, *, model: str | nn.Module | None = None, data: Any = None,
+               overwrite: bool = False, on_event: Event | None = None) -> RunResult:  # fmt: skip
+    """Run ``recipe`` on ``model`` and ``data`` (or the recipe's own), writing the run directory ``out``."""
+    import deepslim as ds
+
+    out = Path(out)
+    if (out / "metrics.json").exists() and not overwrite:
+        raise ConfigError(f"{out} already holds a run (metrics.json); choose another --out or pass --overwrite")
+    model_spec = model if model is not None else recipe.model
+    data_spec = data if data is not None else recipe.data
+    if model_spec is None or data_spec is None:
+        raise ConfigError("the recipe names no " + ("model" if model_spec is None else "data") +
+                          ": give it in the recipe or on the command line")  # fmt: skip
+    ds.get_device(recipe.device)  # an unknown device fails before any work
+    bundle = ds.load_data(data_spec, seed=recipe.seed) if isinstance(data_spec, str) else data_spec
+    torch.manual_seed(recipe.seed)
+    if isinstance(model_spec, nn.Module):
+        net, model_name = model_spec, type(model_spec).__name__
+    else:
+        net, model_name = _load(str(model_spec), bundle, recipe.model_options), str(model_spec)
+    emit = on_event or (lambda _event, _payload: None)
+    ctx = RunContext(model=net, data=bundle, recipe=recipe, out=out, on_event=emit, teacher=copy.deepcopy(net))
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "recipe.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
+    data_name = getattr(bundle, "name", str(data_spec))
+    row = {"stage": "input", "index": 0, "seconds": 0.0, **measure(net, bundle, recipe.device)}
+    row["model_file"] = _save_stage(ctx, None)
+    ctx.metrics.append(row)
+    _write_metrics(ctx, model_name, data_name)
+    emit("stage_end", row)
+    for spec in recipe.stages:
+        emit("stage_start", {"stage": spec.kind, "index": spec.index})
+        start = time.perf_counter()
+        _RUNNERS[spec.kind](ctx, spec)
+        seconds = time.perf_counter() - start
+        row = {"stage": spec.kind, "index": spec.index, "seconds": seconds, **measure(net, bundle, recipe.device)}
+        if spec.kind == "export" and "latency_ms" in ctx.artifacts:
+            row["measured_latency_ms"] = float(ctx.artifacts["latency_ms"])
+        row["model_file"] = _save_stage(ctx, spec)
+        ctx.metrics.append(row)
+        _write_metrics(ctx, model_name, data_name)
+        emit("stage_end", row)
+    return RunResult(out=out, metrics=ctx.metrics, model=net, artifacts=ctx.artifacts)

@@ -1,0 +1,153 @@
+"""Knowledge distillation: a (compressed) student learns from a teacher's outputs and, optionally, its features.
+
+- Output distillation: Hinton, Vinyals & Dean, "Distilling the Knowledge in a Neural Network", 2015. The loss is
+  ``alpha · T² · KL(softmax(t/T) ‖ softmax(s/T)) + (1 − alpha) · CE(s, y)``; the T² keeps the soft term's gradients
+  on the scale of the hard term's as T changes.
+- Feature (hint) distillation: Romero et al., "FitNets: Hints for Thin Deep Nets", ICLR 2015. A chosen student
+  layer's output, passed through a learned regressor (a 1×1 convolution for feature maps, a linear map otherwise),
+  is pulled toward a teacher layer's output by mean squared error. The regressors train alongside the student and
+  are discarded afterwards.
+
+Distillation is a recovery step: after pruning or quantization, the uncompressed model is the natural teacher.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepslim.config import freeze_overrides
+from deepslim.data import DataBundle
+from deepslim.errors import ConfigError
+from deepslim.train.loop import FitResult, Optimizer, StepHook, train_loop
+
+
+@dataclass(frozen=True, kw_only=True)
+class KDConfig:
+    """``temperature`` softens both distributions; ``alpha`` weighs the teacher's soft targets against the labels.
+
+    ``hints`` maps student layer names to teacher layer names for feature distillation, weighted by
+    ``hint_weight``.
+    """
+
+    temperature: float = 4.0
+    alpha: float = 0.9
+    hints: Any = ()
+    hint_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.temperature > 0:
+            raise ConfigError(f"temperature must be positive, got {self.temperature}")
+        if not 0.0 <= self.alpha <= 1.0:
+            raise ConfigError(f"alpha must be in [0, 1], got {self.alpha}")
+        if not self.hint_weight >= 0:
+            raise ConfigError(f"hint_weight must be >= 0, got {self.hint_weight}")
+        hints = freeze_overrides(self.hints)
+        for student, teacher in hints:
+            if student.startswith("re:") or not isinstance(teacher, str):
+                raise ConfigError(f"hints map a student layer name to a teacher layer name, got {student!r}: "
+                                  f"{teacher!r}")  # fmt: skip
+        object.__setattr__(self, "hints", hints)
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, *, temperature: float,
+            alpha: float) -> torch.Tensor:  # fmt: skip
+    """Hinton et al.'s loss: soft-target KL divergence (scaled by T²) blended with the hard-label cross-entropy."""
+    t = temperature
+    soft = F.kl_div(F.log_softmax(student_logits / t, dim=1), F.log_softmax(teacher_logits / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)  # fmt: skip
+    hard = F.cross_entropy(student_logits, labels)
+    return alpha * soft + (1.0 - alpha) * hard
+
+
+class _Capture:
+    """Forward hooks recording the outputs of named layers."""
+
+    def __init__(self, model: nn.Module, names: Sequence[str], role: str):
+        modules = dict(model.named_modules())
+        missing = [n for n in names if n not in modules]
+        if missing:
+            raise ConfigError(f"hint layer {missing[0]!r} is not a layer of the {role}")
+        self.out: dict[str, torch.Tensor] = {}
+        self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
+
+    def _hook(self, name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, _args: Any, output: Any) -> None:
+            self.out[name] = output[0] if isinstance(output, tuple) else output
+
+        return hook
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _regressor(student_out: torch.Tensor, teacher_out: torch.Tensor) -> nn.Module:
+    if student_out.ndim == 4 and teacher_out.ndim == 4:
+        return nn.Conv2d(student_out.shape[1], teacher_out.shape[1], 1, bias=False)
+    return nn.Linear(student_out.shape[-1], teacher_out.shape[-1], bias=False)
+
+
+def _match(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """Bring a regressed student feature map to the teacher's spatial size."""
+    if s.ndim == 4 and s.shape[-2:] != t.shape[-2:]:
+        s = F.adaptive_avg_pool2d(s, t.shape[-2:])
+    if s.shape != t.shape:
+        raise ConfigError(f"hint shapes do not match after the regressor: student {tuple(s.shape)} vs teacher "
+                          f"{tuple(t.shape)}")  # fmt: skip
+    return s
+
+
+def distill(student: nn.Module, teacher: nn.Module, data: DataBundle, config: KDConfig | None = None, *,
+            epochs: int, lr: float = 1e-3, optimizer: str | Optimizer = "adam", weight_decay: float = 0.0,
+            momentum: float = 0.9, seed: int = 0, cosine: bool = True, restore_best: bool = True,
+            hooks: Sequence[StepHook] = (),
+            on_epoch: Callable[[dict[str, float]], None] | None = None) -> FitResult:  # fmt: skip
+    """Train ``student`` on ``data`` with ``teacher``'s soft targets (and hints); the teacher is not changed.
+
+    Takes the same training options as :func:`~deepslim.train.fit`; pruning masks and shared codebooks are
+    respected in the same way (they are part of the student).
+    """
+    config = config or KDConfig()
+    hints: Mapping[str, str] = dict(config.hints)
+    teacher.eval()
+    for p in teacher.parameters():
+        p.requires_grad_(False)
+    s_cap = _Capture(student, list(hints), "student")
+    t_cap = _Capture(teacher, list(hints.values()), "teacher")
+    regressors = nn.ModuleDict()
+    try:
+        if hints:  # size the regressors from one batch
+            x0 = data.example_input
+            with torch.no_grad():
+                was = student.training
+                student.eval()
+                student(x0)
+                student.train(was)
+                teacher(x0)
+            for i, (s_name, t_name) in enumerate(hints.items()):
+                regressors[str(i)] = _regressor(s_cap.out[s_name], t_cap.out[t_name])
+
+        def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            with torch.no_grad():
+                t_logits = teacher(x)
+            logits = student(x)
+            total = kd_loss(logits, t_logits, y, temperature=config.temperature, alpha=config.alpha)
+            for i, (s_name, t_name) in enumerate(hints.items()):
+                target = t_cap.out[t_name].detach()
+                pred = _match(regressors[str(i)](s_cap.out[s_name]), target)
+                total = total + config.hint_weight * F.mse_loss(pred, target)
+            return total, logits
+
+        return train_loop(student, data, loss, epochs=epochs, lr=lr, optimizer=optimizer,
+                          weight_decay=weight_decay, momentum=momentum, seed=seed, cosine=cosine,
+                          restore_best=restore_best, hooks=hooks, on_epoch=on_epoch,
+                          extra_params=list(regressors.parameters()))  # fmt: skip
+    finally:
+        s_cap.close()
+        t_cap.close()
