@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["profile_speed", "pruning_speed", "pruning_accuracy", "quantization"]
+BENCHMARKS = ["profile_speed", "pruning_speed", "pruning_accuracy", "quantization", "deep_compression"]
 
 
 def main() -> int:

@@ -38,13 +38,37 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input
     with inference_mode(model):
         with atomic_path(dest) as tmp, warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            _export(model, example_input, tmp, opset)
+            _export(_decoded_weights(model), example_input, tmp, opset)
         with torch.no_grad():
             expected = model(example_input).float().numpy()
     got = run_onnx(dest, example_input.numpy())
     err = float(abs(got - expected).max()) if got.size else 0.0
     agree = float((got.argmax(-1) == expected.argmax(-1)).mean()) if got.ndim >= 2 else 1.0
     return ExportResult(dest, dest.stat().st_size, err, agree)
+
+
+def _decoded_weights(model: nn.Module) -> nn.Module:
+    """``model`` itself, or a copy whose parametrized weights (masks, codebooks, ±α codes) are plain tensors.
+
+    A runtime needs only the decoded weight; exporting the parametrization would store the original weights *and*
+    the mask or indices beside them (a 90%-sparse model's file grew by a quarter that way).
+    """
+    from torch.nn.utils import parametrize
+
+    if not any(parametrize.is_parametrized(m) for m in model.modules()):
+        return model
+    import copy
+
+    baked = copy.deepcopy(model)
+    for m in baked.modules():
+        if parametrize.is_parametrized(m):
+            # not remove_parametrizations: it deletes the property from the class the original shares
+            values = {name: getattr(m, name).detach().clone() for name in m.parametrizations}
+            m.__class__ = m.__class__.__bases__[0]
+            del m._modules["parametrizations"]
+            for name, value in values.items():
+                m._parameters[name] = nn.Parameter(value, requires_grad=False)
+    return baked
 
 
 def _export(model: nn.Module, x: torch.Tensor, path: Path, opset: int) -> None:
