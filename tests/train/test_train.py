@@ -43,3 +43,14 @@ def test_fit_rejects_bad_settings(digits):
         ds.fit(model, digits, epochs=1, lr=0)
     with pytest.raises(ds.ConfigError, match="epochs"):
         ds.fit(model, digits, epochs=-1)
+
+
+def test_fit_checkpoints_the_best_epoch(tmp_path):
+    import deepslim as ds
+
+    data = ds.load_data("digits")
+    model = ds.create_model("lenet300", in_features=64)
+    result = ds.fit(model, data, epochs=3, lr=3e-3, checkpoint=tmp_path / "best.pt")
+    saved = ds.load_model(tmp_path / "best.pt")
+    assert ds.evaluate(saved, data.val).accuracy == result.best_val_accuracy
+    assert not list(tmp_path.glob(".*tmp*"))

@@ -13,6 +13,7 @@ Distillation is a recovery step: after pruning or quantization, the uncompressed
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -106,7 +107,7 @@ def _match(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 def distill(student: nn.Module, teacher: nn.Module, data: DataBundle, config: KDConfig | None = None, *,
             epochs: int, lr: float = 1e-3, optimizer: str | Optimizer = "adam", weight_decay: float = 0.0,
             momentum: float = 0.9, seed: int = 0, cosine: bool = True, restore_best: bool = True,
-            hooks: Sequence[StepHook] = (),
+            hooks: Sequence[StepHook] = (), checkpoint: str | os.PathLike[str] | None = None,
             on_epoch: Callable[[dict[str, float]], None] | None = None) -> FitResult:  # fmt: skip
     """Train ``student`` on ``data`` with ``teacher``'s soft targets (and hints); the teacher is not changed.
 
@@ -146,7 +147,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: DataBundle, config: KD
 
         return train_loop(student, data, loss, epochs=epochs, lr=lr, optimizer=optimizer,
                           weight_decay=weight_decay, momentum=momentum, seed=seed, cosine=cosine,
-                          restore_best=restore_best, hooks=hooks, on_epoch=on_epoch,
+                          restore_best=restore_best, hooks=hooks, on_epoch=on_epoch, checkpoint=checkpoint,
                           extra_params=list(regressors.parameters()))  # fmt: skip
     finally:
         s_cap.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -70,13 +71,15 @@ def evaluate(model: nn.Module, data: DataBundle | DataLoader, *, split: str = "t
 
 def fit(model: nn.Module, data: DataBundle, *, epochs: int, lr: float = 1e-3, optimizer: str | Optimizer = "adam",
         weight_decay: float = 0.0, momentum: float = 0.9, seed: int = 0, cosine: bool = True,
-        restore_best: bool = True, hooks: Sequence[StepHook] = (),
+        restore_best: bool = True, hooks: Sequence[StepHook] = (), checkpoint: str | os.PathLike[str] | None = None,
         on_epoch: Callable[[dict[str, float]], None] | None = None) -> FitResult:  # fmt: skip
     """Train ``model`` on ``data.train`` for ``epochs``, validating on ``data.val`` after each epoch.
 
     ``restore_best`` keeps the weights of the epoch with the best validation accuracy — unless ``hooks`` are given:
     hooks (pruning schedules, say) change the model as training goes, so only the last epoch is the model they
     built. ``hooks`` run after every optimizer step. ``on_epoch`` receives each epoch's metrics (for progress).
+    ``checkpoint`` (a .pt path) is rewritten, atomically, with the model after every epoch that improves validation
+    accuracy — with hooks, after every epoch — so an interrupted run keeps its best model.
     """
 
     def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,7 +88,7 @@ def fit(model: nn.Module, data: DataBundle, *, epochs: int, lr: float = 1e-3, op
 
     return train_loop(model, data, loss, epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                       momentum=momentum, seed=seed, cosine=cosine, restore_best=restore_best, hooks=hooks,
-                      on_epoch=on_epoch)  # fmt: skip
+                      checkpoint=checkpoint, on_epoch=on_epoch)  # fmt: skip
 
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
@@ -94,7 +97,8 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor
 def train_loop(model: nn.Module, data: DataBundle, loss_fn: LossFn, *, epochs: int, lr: float,
                optimizer: str | Optimizer, weight_decay: float, momentum: float, seed: int, cosine: bool,
                restore_best: bool, hooks: Sequence[StepHook], on_epoch: Callable[[dict[str, float]], None] | None,
-               extra_params: Sequence[nn.Parameter] = ()) -> FitResult:  # fmt: skip
+               extra_params: Sequence[nn.Parameter] = (),
+               checkpoint: str | os.PathLike[str] | None = None) -> FitResult:  # fmt: skip
     """The loop behind :func:`fit` and :func:`~deepslim.train.distill`: ``loss_fn(x, y)`` gives (loss, logits).
 
     ``extra_params`` train alongside the model's (e.g. distillation's hint regressors) but are not part of it.
@@ -144,10 +148,15 @@ def train_loop(model: nn.Module, data: DataBundle, loss_fn: LossFn, *, epochs: i
         if on_epoch is not None:
             on_epoch(metrics)
         score = val.accuracy if val.samples else -loss_sum
-        if score > best_acc:
+        improved = score > best_acc
+        if improved:
             best_acc, best_epoch = score, epoch
             if restore_best:
                 best_state = copy.deepcopy(model.state_dict())
+        if checkpoint is not None and (improved or hooks):
+            from deepslim.models import save_model
+
+            save_model(model, checkpoint, example_input=data.example_input)  # .pt, or .pt2 for changed layer trees
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
