@@ -19,16 +19,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 import statistics
 import tempfile
 import time
-from datetime import date
 from pathlib import Path
 
 import torch
 
 import deepslim as ds
+from _common import result_header
 
 RECIPES = {"lenet300": "deep-compression-lenet300", "lenet5": "deep-compression-lenet5"}
 PAPER = {"lenet300": 40, "lenet5": 39}
@@ -104,10 +103,7 @@ def main() -> None:
     parser.add_argument("--json", type=Path)
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    result: dict = {"benchmark": "deep_compression", "date": date.today().isoformat(),
-                    "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-                    "models": {}}  # fmt: skip
+    result: dict = {**result_header("deep_compression"), "models": {}}
     with tempfile.TemporaryDirectory() as tmp:
         for model in RECIPES:
             runs = [one_run(model, seed, Path(tmp)) for seed in range(args.seeds)]

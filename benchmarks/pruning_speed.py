@@ -22,19 +22,9 @@ from pathlib import Path
 import torch
 
 import deepslim as ds
+from _peers import tp_prune
 
 THREADS = 2
-
-
-def tp_prune(model: torch.nn.Module, x: torch.Tensor, ratio: float) -> torch.nn.Module:
-    import torch_pruning as tp
-
-    model = copy.deepcopy(model)
-    head = model.fc if hasattr(model, "fc") else model.classifier[-1]
-    pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=1),
-                                  pruning_ratio=ratio, ignored_layers=[head])  # fmt: skip
-    pruner.step()
-    return model
 
 
 def ours_at_macs(model: torch.nn.Module, x: torch.Tensor, target: int,

@@ -26,47 +26,17 @@ import tempfile
 from datetime import date
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import deepslim as ds
+from _peers import ort_accuracy, ort_quantize_static
 
 
 def ort_static(model: torch.nn.Module, data: ds.DataBundle, tmp: Path, method: str) -> float:
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        CalibrationMethod,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    fp32, pre, int8 = tmp / "fp32.onnx", tmp / "pre.onnx", tmp / f"int8_{method}.onnx"
+    fp32, int8 = tmp / "fp32.onnx", tmp / f"int8_{method}.onnx"
     ds.export_onnx(model, fp32, example_input=data.example_input)
-    quant_pre_process(str(fp32), str(pre))
-    batches = [x.numpy() for x, _ in data.calib]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter([{"input": b[i : i + 1]} for b in batches for i in range(len(b))])
-
-        def get_next(self):
-            return next(self.it, None)
-
-    quantize_static(str(pre), str(int8), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
-                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                    calibrate_method=getattr(CalibrationMethod, method))  # fmt: skip
-    from deepslim.export.onnx import ort_session
-
-    sess = ort_session(int8)
-    correct = total = 0
-    for x, y in data.test:
-        for i in range(len(x)):  # the exported graph has a batch of 1
-            out = sess.run(None, {"input": x[i : i + 1].numpy()})[0]
-            correct += int(np.argmax(out) == int(y[i]))
-            total += 1
-    return correct / total
+    ort_quantize_static(fp32, int8, [x.numpy() for x, _ in data.calib], method)
+    return ort_accuracy(int8, data.test)
 
 
 def nncf_int8(model: torch.nn.Module, data: ds.DataBundle) -> torch.nn.Module:

@@ -171,3 +171,26 @@ def test_quantize_json(capsys):
 def test_quantize_bad_input(capsys, argv, message):
     code, _, err = run(capsys, *argv)
     assert code == 2 and message in err and err.count("\n") == 1
+
+
+def test_export_and_bench(capsys, tmp_path):
+    code, _, err = run(capsys, "export", "lenet5", "--int8", "-o", str(tmp_path / "q.onnx"))
+    assert code == 2 and "--int8 needs --data" in err
+    code, out, _ = run(capsys, "export", "lenet5", "--int8", "--data", "digits", "-o", str(tmp_path / "q.onnx"),
+                       "--json")  # fmt: skip
+    res = json.loads(out)
+    assert code == 0 and res["format"] == "qdq-int8" and res["top1_agreement"] == 1.0
+    code, out, _ = run(capsys, "export", "lenet5", "--data", "digits", "-o", str(tmp_path / "f.onnx"))
+    assert code == 0 and "fp32" in out
+    code, out, _ = run(capsys, "bench", str(tmp_path / "f.onnx"), "--compare", str(tmp_path / "q.onnx"),
+                       "--threads", "1", "--json")  # fmt: skip
+    doc = json.loads(out)
+    assert code == 0 and doc["speedup"] > 0 and len(doc["models"]) == 2
+    assert {"median_ms", "p10_ms", "p90_ms", "throughput_per_s", "peak_memory_bytes", "predicted_ms", "warnings",
+            "runs", "threads", "runtime", "device", "model"} == set(doc["models"][0])  # fmt: skip
+    code, out, _ = run(capsys, "bench", "lenet5", "-O", "input_size=8", "--runtime", "torch", "--seconds", "0.2")
+    assert code == 0 and "median ms" in out and "warning" in out  # a tiny model: overhead dominates
+    code, _, err = run(capsys, "bench", str(tmp_path / "missing.onnx"))
+    assert code == 2 and "does not exist" in err
+    code, _, err = run(capsys, "bench", str(tmp_path / "f.onnx"), "--input-shape", "1,1,5,5")
+    assert code == 2 and "takes input of shape" in err

@@ -56,7 +56,7 @@ from deepslim.errors import (
     UnsupportedModelError,
     UnsupportedOpError,
 )
-from deepslim.export import BenchResult, ExportResult, benchmark, export_onnx
+from deepslim.export import BenchResult, CompareResult, ExportResult, benchmark, compare, export_onnx, interleave
 from deepslim.models import create_model, example_input, list_models, load_model, register_model, save_model
 from deepslim.pipeline import Recipe, RunResult, load_recipe, run_recipe
 from deepslim.search import Sensitivity, sensitivity
@@ -65,16 +65,16 @@ from deepslim.train import EvalResult, FitResult, KDConfig, distill, evaluate, f
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArchiveInfo", "KDConfig", "Recipe", "RunResult", "load_recipe", "run_recipe", "archive_info", "decode",
-    "distill", "encode",
-    "ChannelPruneConfig", "FactorizeResult", "GradualPruner", "Importance", "MagnitudePruneConfig", "NMPruneConfig",
-    "SVDConfig", "Scope", "Sensitivity", "TuckerConfig", "bake_masks_", "dependency_groups", "factorize_",
-    "plan_channel_pruning", "prune_", "sensitivity", "BenchResult", "ExportResult", "benchmark", "export_onnx",
-    "BinaryConfig", "Calibration", "Float16Config", "KMeansConfig", "LinearQuantConfig", "PowerOfTwoConfig",
-    "TernaryConfig", "cluster_", "fold_batchnorm_", "quantization_report", "quantize_",
-    "ArchiveError", "ConfigError", "CostEstimate", "DataBundle", "DataError", "DeepSlimError", "DeviceProfile",
-    "EnergyTable", "EvalResult", "ExportError", "FitResult", "InputShapeError", "LayerCost", "LayerProfile",
-    "ModelLoadError", "Profile", "UnknownNameError", "UnsupportedModelError", "UnsupportedOpError", "create_model",
-    "estimate_cost", "evaluate", "example_input", "fit", "get_device", "list_datasets", "list_devices", "list_models",
-    "load_data", "load_model", "profile", "register_dataset", "register_device", "register_model", "save_model",
+    "ArchiveError", "ArchiveInfo", "BenchResult", "BinaryConfig", "Calibration", "ChannelPruneConfig",
+    "CompareResult", "ConfigError", "CostEstimate", "DataBundle", "DataError", "DeepSlimError", "DeviceProfile",
+    "EnergyTable", "EvalResult", "ExportError", "ExportResult", "FactorizeResult", "FitResult", "Float16Config",
+    "GradualPruner", "Importance", "InputShapeError", "KDConfig", "KMeansConfig", "LayerCost", "LayerProfile",
+    "LinearQuantConfig", "MagnitudePruneConfig", "ModelLoadError", "NMPruneConfig", "PowerOfTwoConfig", "Profile",
+    "Recipe", "RunResult", "Scope", "Sensitivity", "SVDConfig", "TernaryConfig", "TuckerConfig", "UnknownNameError",
+    "UnsupportedModelError", "UnsupportedOpError", "archive_info", "bake_masks_", "benchmark", "cluster_", "compare",
+    "create_model", "decode", "dependency_groups", "distill", "encode", "estimate_cost", "evaluate", "example_input",
+    "export_onnx", "factorize_", "fit", "fold_batchnorm_", "get_device", "interleave", "list_datasets", "list_devices",
+    "list_models", "load_data", "load_model", "load_recipe", "plan_channel_pruning", "profile", "prune_",
+    "quantization_report", "quantize_", "register_dataset", "register_device", "register_model", "run_recipe",
+    "save_model", "sensitivity",
 ]  # fmt: skip

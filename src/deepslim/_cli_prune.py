@@ -75,7 +75,8 @@ def snapshot(model: nn.Module, x: torch.Tensor, data: Any, latency: bool) -> Sna
     ms = None
     if latency:
         try:
-            ms = benchmark(model, runtime="onnxruntime", example_input=x, min_seconds=0.5).median_ms
+            calib = data.calib if data is not None else None  # a quantized model exports as an integer graph
+            ms = benchmark(model, runtime="onnxruntime", example_input=x, min_seconds=0.5, calib_data=calib).median_ms
         except DeepSlimError as exc:  # a model ONNX cannot take is still pruned; its latency is just not shown
             ms = None
             import logging

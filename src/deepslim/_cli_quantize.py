@@ -24,7 +24,8 @@ def add_parser(sub: argparse._SubParsersAction, model_args: Any) -> None:
     p.add_argument("--input-shape", help="example input shape (default: the zoo model's or the data's)")
     p.add_argument("--no-latency", action="store_true", help="skip the ONNX Runtime latency measurement")
     p.add_argument("--json", action="store_true")
-    p.add_argument("-o", "--output", help="write the quantized model (.pt2 program)")
+    p.add_argument("-o", "--output", help="write the quantized model: a .dsz archive (restores the quantized "
+                   "layers) or a .pt2 program")  # fmt: skip
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -52,13 +53,14 @@ def run(args: argparse.Namespace, load: Any, parse_shape: Any, out: Any) -> int:
     model, x, data = prepare(args, load, parse_shape)
     if getattr(config, "activation_bits", None) and data is None:
         raise ConfigError("activation quantization needs calibration data: give --data (or --activation-bits 0)")
-    # measured in PyTorch: the simulated (fake-quant) model is not what an integer runtime runs; see `deepslim export`
-    before = snapshot(model, x, data, latency=False)
+    # latency is measured in ONNX Runtime: a linearly quantized model runs there as an integer (QDQ) graph
+    latency = not args.no_latency
+    before = snapshot(model, x, data, latency)
     if isinstance(config, KMeansConfig):
         cluster_(model, config)
     else:
         quantize_(model, config, calib_data=data.calib if data is not None else None)
-    after = snapshot(model, x, data, latency=False)
+    after = snapshot(model, x, data, latency)
     report = quantization_report(model)
     if args.output:
         save_model(model, args.output, example_input=x)

@@ -154,6 +154,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_devices)
 
+    from deepslim import _cli_export as ce
+
+    ce.add_parsers(sub, model_args)
+    sub.choices["export"].set_defaults(func=lambda a: ce.cmd_export(a, _load, parse_shape, out))
+    sub.choices["bench"].set_defaults(func=lambda a: ce.cmd_bench(a, _load, parse_shape, out))
+
     from deepslim import _cli_compress as cc
 
     cc.add_parsers(sub, model_args)

@@ -1,8 +1,10 @@
 """Calibrating the ``host`` device: measure this machine's GEMM rates and memory bandwidth.
 
-A few hundred milliseconds of micro-benchmarks: fp32 and int8 matrix products through PyTorch's kernels (the best of
-several runs, at PyTorch's thread count), a large tensor copy for memory bandwidth, and the last-level cache size
-from the operating system. Results are cached for the life of the process.
+A few hundred milliseconds of micro-benchmarks: an fp32 matrix product through PyTorch's kernels and an int8 one
+through ONNX Runtime's (``MatMulInteger``, u8 × s8 → s32: the kernels deepslim's integer export runs on; PyTorch's
+own ``_int_mm`` is several times slower on CPUs and predicted int8 latency 5× too high), the best of several runs at
+PyTorch's thread count; a large tensor copy for memory bandwidth; the last-level cache size from the operating
+system. Results are cached for the life of the process.
 """
 
 from __future__ import annotations
@@ -33,16 +35,32 @@ def _best_seconds(fn: Callable[[], object], *, repeats: int, warmup: int = 2) ->
     return best
 
 
-def measure_gemm_rate(dtype: torch.dtype, n: int = 512, repeats: int = 5) -> float:
-    """MAC/s of an n×n×n matrix product in ``dtype`` (int8 accumulates in int32 via ``torch._int_mm``)."""
+def measure_gemm_rate(dtype: torch.dtype, n: int = 512, repeats: int = 10) -> float:
+    """MAC/s of an n×n×n matrix product in ``dtype`` (int8: ONNX Runtime's MatMulInteger, accumulating in int32)."""
     if dtype == torch.int8:
-        a = torch.randint(-128, 127, (n, n), dtype=torch.int8)
-        b = torch.randint(-128, 127, (n, n), dtype=torch.int8)
-        fn: Callable[[], object] = lambda: torch._int_mm(a, b)  # noqa: E731
+        fn: Callable[[], object] = _ort_int8_matmul(n)
     else:
         a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
         fn = lambda: torch.mm(a, b)  # noqa: E731
     return n**3 / _best_seconds(fn, repeats=repeats)
+
+
+def _ort_int8_matmul(n: int) -> Callable[[], object]:
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    b = numpy_helper.from_array(rng.integers(-128, 127, (n, n), dtype=np.int8), "b")
+    node = helper.make_node("MatMulInteger", ["a", "b"], ["c"])
+    graph = helper.make_graph([node], "int8_gemm", [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+                              [helper.make_tensor_value_info("c", TensorProto.INT32, [n, n])], [b])  # fmt: skip
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    feed = {"a": rng.integers(0, 255, (n, n), dtype=np.uint8)}
+    return lambda: sess.run(None, feed)
 
 
 def measure_bandwidth(nbytes: int = 128 * 1024 * 1024, repeats: int = 3) -> float:
@@ -50,6 +68,14 @@ def measure_bandwidth(nbytes: int = 128 * 1024 * 1024, repeats: int = 3) -> floa
     src = torch.empty(nbytes // 4, dtype=torch.float32).fill_(1.0)
     dst = torch.empty_like(src)
     return 2 * nbytes / _best_seconds(lambda: dst.copy_(src), repeats=repeats, warmup=1)
+
+
+def measure_cache_bandwidth(cache_bytes: int, repeats: int = 20) -> float:
+    """Bytes/s of a copy whose source and destination together fill half the last-level cache."""
+    n = max(64 * 1024, min(cache_bytes // 4, 8 * 1024 * 1024)) // 4
+    src = torch.ones(n, dtype=torch.float32)
+    dst = torch.empty_like(src)
+    return 2 * 4 * n / _best_seconds(lambda: dst.copy_(src), repeats=repeats, warmup=3)
 
 
 def measure_op_overhead(repeats: int = 200) -> float:
@@ -93,6 +119,7 @@ def host_device() -> DeviceProfile:
     bandwidth = measure_bandwidth()
     overhead = measure_op_overhead()
     cache = last_level_cache_bytes()
+    cache_bw = measure_cache_bandwidth(cache)
     how = f"measured by deepslim.analysis.calibrate with {threads} torch threads"
     log.info("host calibrated: fp32 %.1f GMAC/s, int8 %.1f GMAC/s, %.1f GB/s", fp32 / 1e9, int8 / 1e9, bandwidth / 1e9)
     return DeviceProfile(
@@ -102,11 +129,13 @@ def host_device() -> DeviceProfile:
         mem_bandwidth_bytes_per_s=bandwidth,
         onchip_bytes=cache,
         op_overhead_s=overhead,
+        onchip_bandwidth_bytes_per_s=cache_bw,
         sources={
-            "fp32": f"512x512x512 torch.mm, best of 5, {how}",
-            "int8": f"512x512x512 torch._int_mm (int8 x int8 -> int32), best of 5, {how}",
+            "fp32": f"512x512x512 torch.mm, best of 10, {how}",
+            "int8": f"512x512x512 ONNX Runtime MatMulInteger (u8 x s8 -> s32), best of 10, {how}",
             "bandwidth": f"128 MB tensor copy (read + write), best of 3, {how}",
             "onchip": "largest cache in /sys/devices/system/cpu/cpu0/cache",
+            "onchip_bandwidth": f"copy of a buffer filling half the last-level cache, best of 20, {how}",
             "op_overhead": f"mean time of a tiny torch.relu call, {how}",
         },
         calibrated=True,

@@ -106,7 +106,8 @@ def estimate_cost(profile: Profile, device: str | DeviceProfile) -> CostEstimate
 
 def _layer_cost(lp: LayerProfile, dev: DeviceProfile, weights_fit: bool) -> LayerCost:
     compute_s = lp.macs / dev.peak_for(lp.dtype)
-    memory_s = lp.bytes_moved / dev.mem_bandwidth_bytes_per_s
+    in_cache = dev.onchip_bandwidth_bytes_per_s and lp.bytes_moved + lp.weight_bytes <= dev.onchip_bytes
+    memory_s = lp.bytes_moved / (dev.onchip_bandwidth_bytes_per_s if in_cache else dev.mem_bandwidth_bytes_per_s)
     latency_s = max(compute_s, memory_s) + (dev.op_overhead_s * lp.calls if lp.macs or lp.other_ops else 0.0)
     e = dev.energy
     compute_pj = lp.macs * e.mac_pj(lp.dtype) + lp.other_ops * e.add_energy_pj(lp.dtype)

@@ -66,6 +66,7 @@ class DeviceProfile:
     mem_bandwidth_bytes_per_s: float
     onchip_bytes: int
     op_overhead_s: float = 0.0  # fixed cost of launching one layer's kernel(s)
+    onchip_bandwidth_bytes_per_s: float | None = None  # for layers whose data fits on chip (None: as off-chip)
     energy: EnergyTable = field(default_factory=EnergyTable)
     sources: Mapping[str, str] = field(default_factory=dict)
     calibrated: bool = False

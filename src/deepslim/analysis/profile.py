@@ -223,6 +223,9 @@ class _Tracer(TorchDispatchMode):
         self.keep: list[torch.Tensor] = []  # holds every tensor so storage keys stay unique for the whole run
         self.unknown: dict[str, str] = {}  # op -> first layer it appeared in
         self.decoding = 0  # > 0 while a parametrization computes a weight
+        self.activations: set[Hashable] = set()  # storage of the inputs and of every counted op's outputs
+        self.int_layers: dict[str, int] = {}  # layer -> activation bits, for integer (quantized) layers
+        self.elem_bytes: dict[Hashable, float] = {}  # bytes per element of activations held as integer codes
 
     def row(self, name: str) -> _Row:
         if name not in self.rows:
@@ -232,7 +235,11 @@ class _Tracer(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if self.decoding:  # a parametrization decoding a weight (mask, codebook lookup): its result is a weight
+        tensors_in = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
+        if self.decoding or (tensors_in and not any(_storage_key(t) in self.activations for t in tensors_in)):
+            # weight preparation: a parametrization decoding a weight (mask, codebook lookup), or an op that reads
+            # no activation (a quantized layer fake-quantizing its float weight). A deployed model stores the
+            # result, so it is a weight, and its computation is not inference work.
             decoded = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
             self.keep += decoded
             self.weight_keys.update(_storage_key(t) for t in decoded)
@@ -247,16 +254,34 @@ class _Tracer(TorchDispatchMode):
         ins = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
         self.keep += ins + outs
+        act_in = [t for t in ins if _storage_key(t) not in self.weight_keys]
+        # integer layers: activations travel as act_bits codes; their quantize ops fuse into the kernel, and
+        # element-wise ops on integer activations (ReLU, pooling, additions) stay integer in the runtime
+        int_bits = self.int_layers.get(row.name)
+        if int_bits is not None and kind is not OpKind.MAC:
+            for t in outs:
+                self.activations.add(_storage_key(t))
+                self.elem_bytes[_storage_key(t)] = int_bits / 8
+            return out
+        out_elem = None
+        if int_bits is not None:
+            out_elem = int_bits / 8
+        elif act_in and all(_storage_key(t) in self.elem_bytes for t in act_in) and kind is not OpKind.MAC:
+            out_elem = max(self.elem_bytes[_storage_key(t)] for t in act_in)
         step = Step()
-        for t in ins:
+        for t in act_in:
             key = _storage_key(t)
-            if key not in self.weight_keys:
-                step.reads.add(key)
-                row.input_bytes += min(_nbytes(t), t.untyped_storage().nbytes())
+            step.reads.add(key)
+            elem = int_bits / 8 if int_bits is not None else self.elem_bytes.get(key, t.element_size())
+            row.input_bytes += min(int(t.numel() * elem), t.untyped_storage().nbytes())
         for t in outs:
             key = _storage_key(t)
-            step.writes.setdefault(key, t.untyped_storage().nbytes())
-            row.output_bytes += _nbytes(t)
+            self.activations.add(key)
+            if out_elem is not None:
+                self.elem_bytes[key] = out_elem
+            size = int(t.numel() * out_elem) if out_elem is not None else _nbytes(t)
+            step.writes.setdefault(key, size if out_elem is not None else t.untyped_storage().nbytes())
+            row.output_bytes += size
         self.steps.append(step)
         if kind is OpKind.MAC:
             row.macs += MAC_HANDLERS[func.overloadpacket](args, out)
@@ -334,6 +359,9 @@ def _trace(model: nn.Module, example: Example, *, strict: bool, name: str) -> Pr
     weight_keys = {_storage_key(t) for t in (*model.parameters(), *model.buffers())}
     tracer = _Tracer(weight_keys)
     tracer.types = types
+    tracer.activations.update(_storage_key(t) for t in inputs)
+    tracer.int_layers = {name: m.act_bits for name, m in model.named_modules()
+                         if getattr(m, "act_bits", None) is not None and hasattr(m, "weight_codes")}  # fmt: skip
     handles = []
     for mod_name, mod in model.named_modules():
         if isinstance(mod, parametrize.ParametrizationList):

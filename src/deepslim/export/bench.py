@@ -27,6 +27,7 @@ class BenchResult:
     p90_ms: float
     runs: int
     threads: int | None
+    peak_memory_bytes: int | None = None  # the runtime process's resident memory growth while loading and running
 
     @property
     def throughput_per_s(self) -> float:
@@ -34,6 +35,22 @@ class BenchResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {**{k: getattr(self, k) for k in self.__dataclass_fields__}, "throughput_per_s": self.throughput_per_s}
+
+
+@dataclass(frozen=True)
+class CompareResult:
+    """A and B measured interleaved (each in its own process): ``speedup`` = A's median / B's median."""
+
+    a: BenchResult
+    b: BenchResult
+    rounds: int
+
+    @property
+    def speedup(self) -> float:
+        return self.a.median_ms / self.b.median_ms
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"a": self.a.to_dict(), "b": self.b.to_dict(), "rounds": self.rounds, "speedup": self.speedup}
 
 
 def time_calls(fn: Callable[[], object], *, warmup: int = 5, min_runs: int = 20, max_runs: int = 500,
@@ -50,35 +67,167 @@ def time_calls(fn: Callable[[], object], *, warmup: int = 5, min_runs: int = 20,
     return times
 
 
-def summarize(runtime: str, times: list[float], threads: int | None) -> BenchResult:
+def summarize(runtime: str, times: list[float], threads: int | None, peak: int | None = None) -> BenchResult:
     q = np.percentile(times, [10, 90])
-    return BenchResult(runtime, statistics.median(times), float(q[0]), float(q[1]), len(times), threads)
+    return BenchResult(runtime, statistics.median(times), float(q[0]), float(q[1]), len(times), threads, peak)
+
+
+class _Worker:
+    """An ONNX Runtime session in a child process (see :mod:`deepslim.export._worker`)."""
+
+    def __init__(self, path: Path, feed: np.ndarray, threads: int | None, spinning: bool, tmp: Path):
+        import subprocess
+        import sys
+
+        npy = tmp / f"input-{id(self)}.npy"
+        np.save(npy, feed)
+        self.proc = subprocess.Popen([sys.executable, "-m", "deepslim.export._worker"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)  # fmt: skip
+        reply = self._ask({"load": str(path), "input": str(npy), "threads": threads, "spinning": spinning})
+        self.rss_before = reply["rss_before"]
+        self.peak = self.rss_before
+
+    def _ask(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        import json
+
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(cmd) + "\n")
+        self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise ExportError("the ONNX Runtime benchmark process died")
+        reply = json.loads(line)
+        if "error" in reply:
+            self.close()
+            raise InputShapeError(f"ONNX Runtime cannot run the model: {reply['error']}")
+        return reply
+
+    def run(self, n: int) -> list[float]:
+        reply = self._ask({"run": n})
+        self.peak = max(self.peak, reply["peak_rss"])
+        return reply["times_ms"]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.close()  # type: ignore[union-attr]
+            self.proc.wait(timeout=30)
+
+
+def _onnx_feed(path: Path, x: torch.Tensor | None, shape: tuple[int, ...] | None) -> np.ndarray:
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    inp = graph.input[0]
+    dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in inp.type.tensor_type.shape.dim)
+    if x is not None:
+        feed = x.numpy()
+    else:
+        want = shape or dims
+        if any(d < 1 for d in want):
+            raise InputShapeError(f"{path} has a symbolic input shape {dims}; give input_shape")
+        dtype = np.int64 if inp.type.tensor_type.elem_type == onnx.TensorProto.INT64 else np.float32
+        feed = np.random.default_rng(0).standard_normal(want).astype(dtype)
+    if len(dims) != feed.ndim or any(d > 0 and d != f for d, f in zip(dims, feed.shape, strict=False)):
+        raise InputShapeError(f"{path} takes input of shape {dims} (-1: any), not {tuple(feed.shape)}")
+    return feed
+
+
+def _as_onnx(model: nn.Module | str | os.PathLike[str], x: torch.Tensor | None, tmp: Path, tag: str,
+             calib_data: Any = None) -> Path:  # fmt: skip
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if path.suffix != ".onnx":
+            raise ConfigError(f"{path}: a file is benchmarked in ONNX Runtime and must be .onnx")
+        if not path.is_file():
+            raise ExportError(f"{path} does not exist")
+        return path
+    if x is None:
+        raise ConfigError("benchmarking a module needs example_input or input_shape")
+    from deepslim.export.onnx import export_onnx
+
+    path = tmp / f"{tag}.onnx"
+    export_onnx(model, path, example_input=x, calib_data=calib_data)
+    return path
 
 
 def benchmark(model: nn.Module | str | os.PathLike[str], *, runtime: str = "onnxruntime",
               example_input: torch.Tensor | None = None, input_shape: tuple[int, ...] | None = None,
-              threads: int | None = None, min_seconds: float = 1.0) -> BenchResult:  # fmt: skip
-    """Median batch latency of ``model`` (a module or an .onnx file) in ``runtime`` ("onnxruntime" or "torch")."""
+              threads: int | None = None, min_seconds: float = 1.0, calib_data: Any = None) -> BenchResult:  # fmt: skip
+    """Median batch latency of ``model`` (a module or an .onnx file) in ``runtime`` ("onnxruntime" or "torch").
+
+    ONNX Runtime runs in a process of its own (its peak memory is measured there); at least 20 runs and
+    ``min_seconds`` after 5 warm-up runs. A quantized module is exported as an integer graph (``calib_data`` also
+    quantizes its residual additions).
+    """
     if runtime not in ("onnxruntime", "torch"):
         raise ConfigError(f"runtime must be 'onnxruntime' or 'torch', got {runtime!r}")
-    if isinstance(model, (str, os.PathLike)):
-        if runtime != "onnxruntime" or not str(model).endswith(".onnx"):
-            raise ConfigError("a file is benchmarked in onnxruntime and must be .onnx")
-        if not Path(model).is_file():
-            raise ExportError(f"{model} does not exist")
-        return _bench_onnx(Path(model), example_input, input_shape, threads, min_seconds)
-    if example_input is None:
-        if input_shape is None:
-            raise ConfigError("benchmark needs example_input or input_shape")
+    if example_input is None and input_shape is not None and not isinstance(model, (str, os.PathLike)):
         example_input = torch.randn(*input_shape)
     if runtime == "torch":
+        if isinstance(model, (str, os.PathLike)):
+            raise ConfigError("runtime 'torch' benchmarks a module, not a file")
+        if example_input is None:
+            raise ConfigError("benchmark needs example_input or input_shape")
         return _bench_torch(model, example_input, threads, min_seconds)
-    from deepslim.export.onnx import export_onnx
+    with tempfile.TemporaryDirectory() as work:
+        path = _as_onnx(model, example_input, Path(work), "model", calib_data)
+        feed = _onnx_feed(path, example_input, input_shape)
+        worker = _Worker(path, feed, threads, True, Path(work))
+        try:
+            worker.run(5)
+            times: list[float] = []
+            start = time.perf_counter()
+            while len(times) < 20 or (time.perf_counter() - start < min_seconds and len(times) < 500):
+                times += worker.run(5)
+        finally:
+            worker.close()
+        return summarize("onnxruntime", times, threads, worker.peak - worker.rss_before)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        export_onnx(model, path, example_input=example_input)
-        return _bench_onnx(path, example_input, None, threads, min_seconds)
+
+def compare(a: nn.Module | str | os.PathLike[str], b: nn.Module | str | os.PathLike[str], *,
+            example_input: torch.Tensor | None = None, input_shape: tuple[int, ...] | None = None,
+            threads: int | None = None, rounds: int = 20, block: int = 5,
+            calib_data: Any = None) -> CompareResult:  # fmt: skip
+    """Latency of A and B in ONNX Runtime, interleaved so that machine drift hits both alike.
+
+    Each runs in its own process with intra-op spinning off, so the idle one cannot slow the other down; blocks of
+    ``block`` runs alternate A B B A … for ``rounds`` rounds.
+    """
+    if example_input is None and input_shape is not None:
+        example_input = torch.randn(*input_shape)
+    with tempfile.TemporaryDirectory() as work:
+        pa = _as_onnx(a, example_input, Path(work), "a", calib_data)
+        pb = _as_onnx(b, example_input, Path(work), "b", calib_data)
+        res = interleave({"a": pa, "b": pb}, example_input=example_input, input_shape=input_shape, threads=threads,
+                         rounds=rounds, block=block)  # fmt: skip
+    return CompareResult(res["a"], res["b"], rounds)
+
+
+def interleave(files: dict[str, str | os.PathLike[str]], *, example_input: torch.Tensor | None = None,
+               input_shape: tuple[int, ...] | None = None, threads: int | None = None, rounds: int = 20,
+               block: int = 5) -> dict[str, BenchResult]:  # fmt: skip
+    """Several ONNX files measured round-robin, each in its own process with spinning off (see :func:`compare`);
+    the order reverses every round so that no file always follows the same neighbour."""
+    if rounds < 1 or block < 1:
+        raise ConfigError("interleaved measurement needs rounds >= 1 and block >= 1")
+    with tempfile.TemporaryDirectory() as work:
+        workers: dict[str, _Worker] = {}
+        try:
+            for label, path in files.items():
+                path = _as_onnx(path, None, Path(work), label)
+                workers[label] = _Worker(path, _onnx_feed(path, example_input, input_shape), threads, False,
+                                         Path(work))  # fmt: skip
+                workers[label].run(block)
+            times: dict[str, list[float]] = {label: [] for label in files}
+            order = list(workers)
+            for r in range(rounds):
+                for label in order if r % 2 == 0 else reversed(order):
+                    times[label] += workers[label].run(block)
+        finally:
+            for w in workers.values():
+                w.close()
+    return {label: summarize("onnxruntime", times[label], threads, w.peak - w.rss_before)
+            for label, w in workers.items()}  # fmt: skip
 
 
 def _bench_torch(model: nn.Module, x: torch.Tensor, threads: int | None, min_seconds: float) -> BenchResult:
@@ -93,23 +242,3 @@ def _bench_torch(model: nn.Module, x: torch.Tensor, threads: int | None, min_sec
     return summarize("torch", times, threads)
 
 
-def _bench_onnx(path: Path, x: torch.Tensor | None, shape: tuple[int, ...] | None, threads: int | None,
-                min_seconds: float) -> BenchResult:  # fmt: skip
-    from deepslim.export.onnx import ort_session
-
-    sess = ort_session(path, threads=threads)
-    inp = sess.get_inputs()[0]
-    if x is None:
-        dims = shape or tuple(d if isinstance(d, int) else -1 for d in inp.shape)
-        if any(d < 1 for d in dims):
-            raise InputShapeError(f"{path} has a symbolic input shape {inp.shape}; give input_shape")
-        dtype = np.int64 if "int64" in inp.type else np.float32
-        feed = np.random.default_rng(0).standard_normal(dims).astype(dtype)
-    else:
-        feed = x.numpy()
-    try:
-        sess.run(None, {inp.name: feed})
-    except Exception as exc:
-        raise InputShapeError(f"{path} rejects an input of shape {feed.shape}: {str(exc).splitlines()[0]}") from exc
-    times = time_calls(lambda: sess.run(None, {inp.name: feed}), min_seconds=min_seconds)
-    return summarize("onnxruntime", times, threads)

@@ -64,11 +64,20 @@ def load_model(spec: str | os.PathLike[str] | nn.Module, *, weights: str | os.Pa
 def save_model(model: nn.Module, path: str | os.PathLike[str], *, example_input: Any = None) -> Path:
     """Write ``model`` so that :func:`load_model` reads it back, atomically.
 
+    A ``.dsz`` path writes the compact archive (:func:`deepslim.encode`): exactly the weights the model runs with,
+    and its quantized layers, for zoo architectures.
     A ``.pt`` checkpoint holds the weights and the zoo architecture; a model whose layers were resized (structured
     pruning) records that, and loads back at its new size. A model whose layer tree changed (factorized layers,
     custom modules) is saved as a ``torch.export`` program: give a ``.pt2`` path and ``example_input``.
     """
     dest = Path(path)
+    if dest.suffix == ".dsz":
+        from deepslim.compress.coding import encode
+
+        blob = encode(model)
+        with atomic_path(dest) as tmp:
+            tmp.write_bytes(blob)
+        return dest
     if dest.suffix == ".pt2":
         if example_input is None:
             raise ConfigError("saving a .pt2 program needs example_input")

@@ -91,6 +91,7 @@ def _linear(model: nn.Module, config: LinearQuantConfig, *, calib_data: Iterable
         swapped.append(m)
     if config.activation_bits is not None:
         calibrate(model, swapped, calib_data, config.calibration)
+    model.deepslim_calibration = config.calibration  # the integer export calibrates what it adds the same way
 
 
 def _half(model: nn.Module, config: Float16Config, **_: Any) -> None:

@@ -1,0 +1,95 @@
+"""int8 PTQ on models trained on real(istic) images: ResNet-20 and MobileNetV2 on `shapes`, deepslim vs ONNX
+Runtime's quantize_static and NNCF — accuracy measured in ONNX Runtime, where the integer graph runs, and latency.
+
+Per model (seeds 0 and 1): train 15 epochs; the same 256-image calibration set for every quantizer; accuracy on the
+held-out test split of:
+- fp32 (PyTorch) and fp32 in ONNX Runtime;
+- deepslim int8 (LinearQuantConfig, minmax and percentile calibration): the fake-quantized PyTorch model, and its
+  integer QDQ export run in ONNX Runtime;
+- ONNX Runtime quantize_static (QDQ, u8 activations, s8 per-channel weights, MinMax calibration);
+- NNCF int8 PTQ (ONNX backend) run in ONNX Runtime.
+Latency: 1×3×32×32, 2 threads, each file in its own process.
+
+    python benchmarks/quantization_shapes.py [--json OUT] [--seeds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import deepslim as ds
+from _common import result_header
+from _peers import nncf_onnx, ort_accuracy, ort_quantize_static
+
+MODELS = {"resnet20": {}, "mobilenet_v2": {"small_input": True, "width_mult": 0.5}}
+
+
+def run(name: str, seed: int, data: ds.DataBundle, tmp: Path) -> dict:
+    torch.manual_seed(seed)
+    model = ds.create_model(name, num_classes=data.num_classes, **MODELS[name])
+    start = time.perf_counter()
+    ds.fit(model, data, epochs=15, lr=2e-3, seed=seed)
+    train_s = time.perf_counter() - start
+    x = data.example_input
+    calib_np = [b.numpy() for b, _ in data.calib]
+    acc = {"fp32": ds.evaluate(model, data.test).accuracy}
+    files = {"fp32": ds.export_onnx(model, tmp / f"{name}-fp32.onnx", example_input=x).path}
+    acc["fp32 (ORT)"] = ort_accuracy(files["fp32"], data.test)
+    for cal in ("minmax", "percentile"):
+        q = ds.quantize_(copy.deepcopy(model), ds.LinearQuantConfig(calibration=cal), calib_data=data.calib)
+        acc[f"deepslim int8 {cal} (PyTorch)"] = ds.evaluate(q, data.test).accuracy
+        path = ds.export_onnx(q, tmp / f"{name}-ds-{cal}.onnx", example_input=x, calib_data=data.calib).path
+        acc[f"deepslim int8 {cal} (ORT)"] = ort_accuracy(path, data.test)
+        files[f"deepslim int8 {cal}"] = path
+    files["ORT quantize_static"] = ort_quantize_static(files["fp32"], tmp / f"{name}-ort.onnx", calib_np)
+    acc["ORT quantize_static (ORT)"] = ort_accuracy(files["ORT quantize_static"], data.test)
+    try:
+        files["NNCF"] = nncf_onnx(files["fp32"], tmp / f"{name}-nncf.onnx", calib_np)
+        acc["NNCF (ORT)"] = ort_accuracy(files["NNCF"], data.test)
+    except Exception as exc:  # a peer failing is a finding, recorded as such
+        acc["NNCF (ORT)"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+        files.pop("NNCF", None)
+    latency = {}
+    for label, path in files.items():
+        r = ds.benchmark(path, threads=2, min_seconds=1.0)
+        latency[label] = {"median_ms": r.median_ms, "file_bytes": path.stat().st_size}
+    return {"seed": seed, "train_seconds": train_s, "accuracy": acc, "latency": latency}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--seeds", type=int, default=2)
+    args = parser.parse_args()
+    result: dict = {**result_header("quantization_shapes"), "models": {}}
+    with tempfile.TemporaryDirectory() as work:
+        for name in MODELS:
+            runs = []
+            for seed in range(args.seeds):
+                data = ds.load_data("shapes", seed=seed)
+                runs.append(run(name, seed, data, Path(work)))
+                r = runs[-1]
+                print(f"{name} seed {seed} (trained in {r['train_seconds']:.0f} s):", flush=True)
+                for k, v in r["accuracy"].items():
+                    print(f"  {k:<34} {v if isinstance(v, str) else f'{100 * v:.2f}%'}")
+                for k, v in r["latency"].items():
+                    print(f"  latency {k:<26} {v['median_ms']:.3f} ms  {v['file_bytes']:,} B")
+            keys = [k for k, v in runs[0]["accuracy"].items() if not isinstance(v, str)]
+            mean = {k: statistics.mean(r["accuracy"][k] for r in runs if not isinstance(r["accuracy"][k], str))
+                    for k in keys}  # fmt: skip
+            result["models"][name] = {"options": MODELS[name], "runs": runs, "mean_accuracy": mean}
+            print(f"{name} mean: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in mean.items()), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

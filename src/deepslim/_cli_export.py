@@ -1,0 +1,129 @@
+"""``deepslim export`` (ONNX, fp32 or integer) and ``deepslim bench`` (measured latency, optionally against another
+model, beside the cost model's prediction)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from deepslim.errors import ConfigError
+
+
+def add_parsers(sub: argparse._SubParsersAction, model_args: Any) -> None:
+    p = sub.add_parser("export", help="export to ONNX (fp32, or an integer QDQ graph) with a parity check")
+    model_args(p)
+    p.add_argument("-f", "--format", choices=["onnx"], default="onnx")
+    p.add_argument("--int8", action="store_true", help="quantize (u8 activations, s8 per-channel weights) first")
+    p.add_argument("--calibration", choices=["minmax", "percentile", "mse", "entropy"], default="minmax")
+    p.add_argument("--data", help="dataset spec: calibration (needed by --int8 and by quantized models)")
+    p.add_argument("--input-shape", help="example input shape (default: the zoo model's or the data's)")
+    p.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("bench", help="measure latency in ONNX Runtime or PyTorch (optionally against OTHER)")
+    model_args(p)
+    p.add_argument("--compare", metavar="OTHER", help="a second model, measured interleaved with the first")
+    p.add_argument("--runtime", choices=["onnxruntime", "torch"], default="onnxruntime")
+    p.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    p.add_argument("--input-shape", help="input shape (default: the zoo model's, or the ONNX file's)")
+    p.add_argument("--data", help="dataset spec (input shape, and calibration for quantized models)")
+    p.add_argument("--device", default="host", help="device for the predicted latency (default: host)")
+    p.add_argument("--seconds", type=float, default=2.0, help="minimum measuring time per model")
+    p.add_argument("--json", action="store_true")
+
+
+def _load_any(spec: str, args: argparse.Namespace, load: Any, parse_shape: Any) -> tuple[Any, Any, Any]:
+    """(module or .onnx path, example input or None, data or None)."""
+    if spec.endswith(".onnx"):
+        if not Path(spec).is_file():
+            raise ConfigError(f"model file {spec!r} does not exist")
+        shape = parse_shape(args.input_shape) if args.input_shape else None
+        import torch
+
+        return spec, (torch.randn(*shape) if shape else None), None
+    from deepslim._cli_prune import prepare
+
+    ns = argparse.Namespace(**{**vars(args), "model": spec})
+    return prepare(ns, load, parse_shape)
+
+
+def cmd_export(args: argparse.Namespace, load: Any, parse_shape: Any, out: Console) -> int:
+    import deepslim as ds
+    from deepslim._cli_prune import prepare
+
+    model, x, data = prepare(args, load, parse_shape)
+    calib = data.calib if data is not None else None
+    if args.int8:
+        if data is None:
+            raise ConfigError("--int8 needs --data: activation ranges are calibrated on real inputs")
+        ds.quantize_(model, ds.LinearQuantConfig(bits=8, calibration=args.calibration), calib_data=calib)
+    result = ds.export_onnx(model, args.output, example_input=x, calib_data=calib)
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+        return 0
+    out.print(f"wrote {result.path} ({result.size_bytes:,} B, {result.format}); ONNX Runtime vs PyTorch: max abs "
+              f"error {result.max_abs_error:.3g}, top-1 agreement {100 * result.top1_agreement:.1f}%")  # fmt: skip
+    for layer in result.float_layers:
+        out.print(f"warning: stays in float: {layer}", markup=False)
+    for w in result.warnings:
+        out.print(f"warning: {w}", markup=False)
+    return 0
+
+
+def _predicted(model: Any, x: Any, device: str, shape: Any) -> tuple[float | None, list[str]]:
+    from deepslim.analysis import estimate_cost, profile
+    from deepslim.errors import DeepSlimError
+    from deepslim.export.advice import speed_warnings
+
+    try:
+        prof = profile(model, x, input_shape=shape) if isinstance(model, str) else profile(model, x)
+    except DeepSlimError as exc:
+        return None, [f"no prediction: {exc}"]
+    return estimate_cost(prof, device).latency_ms, speed_warnings(prof, device)
+
+
+def cmd_bench(args: argparse.Namespace, load: Any, parse_shape: Any, out: Console) -> int:
+    import deepslim as ds
+
+    shape = parse_shape(args.input_shape) if args.input_shape else None
+    a, xa, data = _load_any(args.model, args, load, parse_shape)
+    calib = data.calib if data is not None else None
+    ds.get_device(args.device)
+    rows: list[tuple[str, Any, float | None, list[str]]] = []
+    if args.compare:
+        if args.runtime != "onnxruntime":
+            raise ConfigError("--compare measures both models in ONNX Runtime (leave --runtime at onnxruntime)")
+        b, xb, _ = _load_any(args.compare, args, load, parse_shape)
+        x = xa if xa is not None else xb
+        result = ds.compare(a, b, example_input=x, input_shape=shape, threads=args.threads, calib_data=calib)
+        for name, model, r in ((args.model, a, result.a), (args.compare, b, result.b)):
+            rows.append((name, r, *_predicted(model, x, args.device, shape)))
+    else:
+        r = ds.benchmark(a, runtime=args.runtime, example_input=xa, input_shape=shape, threads=args.threads,
+                         min_seconds=args.seconds, calib_data=calib)  # fmt: skip
+        rows.append((args.model, r, *_predicted(a, xa, args.device, shape)))
+    if args.json:
+        doc = {"models": [{"model": n, **r.to_dict(), "predicted_ms": p, "device": args.device, "warnings": w}
+                          for n, r, p, w in rows]}  # fmt: skip
+        if args.compare:
+            doc["speedup"] = rows[0][1].median_ms / rows[1][1].median_ms
+        print(json.dumps(doc, indent=2))
+        return 0
+    table = Table("model", "median ms", "p10", "p90", "runs/s", "peak memory", f"predicted ({args.device})",
+                  title=f"latency, {rows[0][1].runtime}" + (", interleaved" if args.compare else ""))  # fmt: skip
+    for name, r, pred, _ in rows:
+        mem = f"{r.peak_memory_bytes / 2**20:.1f} MiB" if r.peak_memory_bytes is not None else "n/a"
+        table.add_row(name, f"{r.median_ms:.3f}", f"{r.p10_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.throughput_per_s:.1f}",
+                      mem, f"{pred:.3f} ms" if pred is not None else "n/a")  # fmt: skip
+    out.print(table)
+    if args.compare:
+        out.print(f"{args.compare} runs {rows[0][1].median_ms / rows[1][1].median_ms:.2f}x as fast as {args.model}")
+    for name, _, _, warns in rows:
+        for w in warns:
+            out.print(f"warning ({name}): {w}", markup=False)
+    return 0

@@ -1,0 +1,283 @@
+"""Integer ONNX export: a linearly quantized model as a QDQ graph that ONNX Runtime runs on integer kernels.
+
+The formats are the ones ONNX Runtime's fast CPU paths take: unsigned 8-bit activations (asymmetric, per tensor)
+and signed 8-bit weights (symmetric, per output channel), int32 biases at scale ``s_x · s_w``. ONNX Runtime fuses
+``DequantizeLinear → Conv/Gemm → QuantizeLinear`` into QLinearConv / QGemm, so every quantized layer's *output*
+must be quantized too. deepslim places those output quantizers where they change nothing:
+
+- a layer whose output reaches the next quantized layer only through ReLU, Clip, max pooling, reshapes or
+  identities gets that layer's input quantizer right at its output (quantizing before a ReLU or a max pool is the
+  same as after, since both commute with a monotone quantizer that represents 0 exactly) — the integer graph then
+  computes what deepslim's fake-quantized PyTorch model computes;
+- other quantization points that integer kernels need (the inputs and output of a residual addition) are
+  calibrated on the calibration data with the model's own calibration method, by running the float graph in ONNX
+  Runtime. The PyTorch simulation does not quantize additions; the export's parity check reports the difference.
+
+The weights are the model's own integer codes; nothing is re-quantized.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from deepslim.errors import ExportError
+
+# ops a quantizer can move across (they commute with it, and 0 stays 0)
+TRANSPARENT = {"Relu", "Clip", "MaxPool", "Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze"}
+INTEGER_OPS = {"Conv", "Gemm", "MatMul"}
+
+
+@dataclass(frozen=True)
+class LayerQuant:
+    name: str
+    codes: torch.Tensor  # int32 codes of the weight
+    scale: torch.Tensor  # per channel (or one)
+    zero: torch.Tensor
+    act_scale: float | None
+    act_zero: int | None
+    bits: int
+    act_bits: int | None
+
+
+def quantized_layers(model: nn.Module) -> dict[str, LayerQuant]:
+    from deepslim.compress.quantize.linear import QuantMixin
+
+    found = {}
+    for name, m in model.named_modules():
+        if isinstance(m, QuantMixin):
+            codes, scale, zero, _axis = m.weight_codes()
+            act = m.act_bits is not None
+            found[name] = LayerQuant(name, codes, scale.reshape(-1), zero.reshape(-1),
+                                     float(m.act_scale) if act else None, int(m.act_zero) if act else None,
+                                     m.bits, m.act_bits)  # fmt: skip
+    return found
+
+
+def float_copy(model: nn.Module) -> nn.Module:
+    """The model with every quantized layer back in its float class, holding its dequantized weights."""
+    from deepslim.compress.quantize.linear import QUANTIZABLE, QuantMixin
+
+    plain = {v: k for k, v in QUANTIZABLE.items()}
+    out = copy.deepcopy(model)
+    for m in out.modules():
+        if isinstance(m, QuantMixin):
+            w = m.quantized_weight().detach()
+            m.__class__ = plain[type(m)]
+            m.weight = nn.Parameter(w, requires_grad=False)
+    return out
+
+
+def _attr(node: Any, name: str, default: Any = None) -> Any:
+    for a in node.attribute:
+        if a.name == name:
+            import onnx
+
+            return onnx.helper.get_attribute_value(a)
+    return default
+
+
+def write_qdq(fp32_path: Path, dest: Path, layers: dict[str, LayerQuant], calib: Iterable[Any] | None,
+              calibration: Any) -> list[str]:  # fmt: skip
+    """Rewrite the float ONNX model at ``fp32_path`` into a QDQ model at ``dest``; returns layers left in float."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(fp32_path))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    consumers: dict[str, list[Any]] = {}
+    producer: dict[str, Any] = {}
+    for node in graph.node:
+        for t in node.input:
+            consumers.setdefault(t, []).append(node)
+        for t in node.output:
+            producer[t] = node
+    graph_outputs = {o.name for o in graph.output}
+
+    # 1. each quantized layer's node, by its weight initializer
+    layer_node: dict[str, Any] = {}
+    left = []
+    for name in layers:
+        wname = f"{name}.weight"
+        nodes = [n for n in consumers.get(wname, []) if n.op_type in INTEGER_OPS]
+        if wname not in inits or len(nodes) != 1 or nodes[0].input[1] != wname:
+            left.append(f"{name} (its weight is not a Conv/Gemm initializer in the exported graph)")
+            continue
+        node = nodes[0]
+        if node.op_type == "Gemm" and (_attr(node, "transB", 0) != 1 or _attr(node, "transA", 0) != 0):
+            left.append(f"{name} (Gemm without transB)")
+            continue
+        if node.op_type == "MatMul":
+            left.append(f"{name} (MatMul weights are stored transposed)")
+            continue
+        layer_node[name] = node
+
+    # 2. the quantization point of every tensor that needs one: (scale, zero point) or None (measure it)
+    points: dict[str, tuple[float, int] | None] = {}
+    for name, node in layer_node.items():
+        lq = layers[name]
+        if lq.act_scale is not None:
+            points[node.input[0]] = (lq.act_scale, lq.act_zero)
+    act_layers = {n: node for n, node in layer_node.items() if layers[n].act_scale is not None}
+    wanted = [node.output[0] for node in act_layers.values()]
+    for node in graph.node:  # residual additions between quantized tensors need their inputs and output quantized
+        if node.op_type == "Add" and all(t not in inits for t in node.input):
+            feeds = [producer.get(t) for t in node.input]
+            if any(f is not None and (f in act_layers.values() or f.op_type in ("Add", "Relu")) for f in feeds):
+                wanted += [*node.input, node.output[0]]
+    for t in wanted:
+        if t in points or t in graph_outputs:
+            continue
+        # the next quantization point down a chain of transparent single-consumer ops gives the parameters
+        # (quantizing before a ReLU or a max pool is exact); where there is none, measure the tensor
+        nxt, chain_ok = t, True
+        while nxt not in points:
+            users = consumers.get(nxt, [])
+            if len(users) != 1 or users[0].op_type not in TRANSPARENT or nxt in graph_outputs:
+                chain_ok = False
+                break
+            nxt = users[0].output[0]
+        points[t] = points[nxt] if chain_ok else None
+    unknown = [t for t, p in points.items() if p is None]
+    if unknown:
+        measured = _measure(fp32_path, unknown, calib, calibration)
+        for t in unknown:
+            if t in measured:
+                points[t] = measured[t]
+            else:
+                del points[t]
+
+    # 3. a ReLU between two identical quantizers with zero point 0 is the identity (codes never go below zero):
+    # drop it, and with it the second quantizer, as ONNX Runtime's own quantizer does
+    for node in list(graph.node):
+        if node.op_type != "Relu" or node.output[0] in graph_outputs:
+            continue
+        src, dst = node.input[0], node.output[0]
+        if points.get(src) is not None and points.get(src) == points.get(dst) and points[src][1] == 0:
+            for user in consumers.get(dst, []):
+                for i, t in enumerate(user.input):
+                    if t == dst:
+                        user.input[i] = src
+            graph.node.remove(node)
+            del points[dst]
+
+    # 4. rewrite: Q/DQ pairs on activations, DQ on integer weights and int32 biases
+    new_nodes, new_inits = [], []
+    renamed: dict[str, str] = {}
+    for t, (scale, zero) in points.items():
+        s_name, z_name = f"{t}__scale", f"{t}__zero"
+        new_inits += [numpy_helper.from_array(np.array(scale, np.float32), s_name),
+                      numpy_helper.from_array(np.array(zero, np.uint8), z_name)]  # fmt: skip
+        new_nodes += [helper.make_node("QuantizeLinear", [t, s_name, z_name], [f"{t}__q"], name=f"{t}__Q"),
+                      helper.make_node("DequantizeLinear", [f"{t}__q", s_name, z_name], [f"{t}__dq"],
+                                       name=f"{t}__DQ")]  # fmt: skip
+        renamed[t] = f"{t}__dq"
+    for name, node in layer_node.items():
+        lq = layers[name]
+        wname = node.input[1]
+        codes = lq.codes.numpy().astype(np.int8)
+        per_channel = lq.scale.numel() > 1
+        w_scale, w_zero = lq.scale.numpy().astype(np.float32), lq.zero.numpy().astype(np.int8)
+        if not per_channel:
+            w_scale, w_zero = w_scale.reshape(()), w_zero.reshape(())
+        new_inits += [numpy_helper.from_array(codes, f"{wname}__q"),
+                      numpy_helper.from_array(w_scale, f"{wname}__scale"),
+                      numpy_helper.from_array(w_zero, f"{wname}__zero")]  # fmt: skip
+        dq = helper.make_node("DequantizeLinear", [f"{wname}__q", f"{wname}__scale", f"{wname}__zero"],
+                              [f"{wname}__dq"], name=f"{wname}__DQ", **({"axis": 0} if per_channel else {}))
+        new_nodes.append(dq)
+        graph.initializer.remove(inits[wname])
+        node.input[1] = f"{wname}__dq"
+        x_point = points.get(node.input[0])
+        if len(node.input) > 2 and node.input[2] in inits and x_point is not None:
+            bname = node.input[2]
+            bias = numpy_helper.to_array(inits[bname]).astype(np.float64)
+            b_scale = (x_point[0] * lq.scale.double().numpy()).astype(np.float32)
+            if b_scale.size == 1:
+                b_scale = np.full(bias.shape, b_scale.reshape(()), np.float32)
+            b_codes = np.round(bias / b_scale).astype(np.int32)
+            new_inits += [numpy_helper.from_array(b_codes, f"{bname}__q"),
+                          numpy_helper.from_array(b_scale, f"{bname}__scale"),
+                          numpy_helper.from_array(np.zeros_like(b_codes), f"{bname}__zero")]  # fmt: skip
+            new_nodes.append(helper.make_node("DequantizeLinear", [f"{bname}__q", f"{bname}__scale", f"{bname}__zero"],
+                                              [f"{bname}__dq"], name=f"{bname}__DQ", axis=0))  # fmt: skip
+            graph.initializer.remove(inits[bname])
+            node.input[2] = f"{bname}__dq"
+    for node in graph.node:  # consumers read the dequantized tensors
+        for i, t in enumerate(node.input):
+            if t in renamed:
+                node.input[i] = renamed[t]
+    graph.initializer.extend(new_inits)
+    # the original nodes, then the Q/DQ nodes, in a valid (topological) order
+    ordered = _toposort(list(graph.node) + new_nodes, {i.name for i in graph.initializer} |
+                        {i.name for i in graph.input})  # fmt: skip
+    del graph.node[:]
+    graph.node.extend(ordered)
+    if model.opset_import[0].version < 13:
+        raise ExportError("per-channel QDQ needs ONNX opset >= 13")
+    onnx.save(model, str(dest))
+    return left
+
+
+def _toposort(nodes: list[Any], available: set[str]) -> list[Any]:
+    ready = set(available) | {""}
+    pending, out = list(nodes), []
+    while pending:
+        progressed = False
+        rest = []
+        for node in pending:
+            if all(t in ready for t in node.input):
+                out.append(node)
+                ready.update(node.output)
+                progressed = True
+            else:
+                rest.append(node)
+        if not progressed:
+            raise ExportError(f"QDQ rewrite produced a graph with a cycle or a missing input at {rest[0].name}")
+        pending = rest
+    return out
+
+
+def _measure(fp32_path: Path, tensors: list[str], calib: Iterable[Any] | None,
+             calibration: Any) -> dict[str, tuple[float, int]]:  # fmt: skip
+    """u8 affine parameters for ``tensors`` of the float graph, observed on ``calib`` (empty without data)."""
+    if calib is None:
+        return {}
+    import onnx
+
+    from deepslim.compress.quantize._fakequant import affine_params
+    from deepslim.compress.quantize.observers import Observer
+    from deepslim.export.onnx import ort_session
+
+    model = onnx.load(str(fp32_path))
+    known = {o.name for o in model.graph.output}
+    for t in tensors:
+        if t not in known:
+            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
+    probe = fp32_path.with_name(fp32_path.stem + "-probe.onnx")
+    onnx.save(model, str(probe))
+    sess = ort_session(probe, threads=None)
+    in_name = sess.get_inputs()[0].name
+    observers = {t: Observer(calibration, 8) for t in tensors}
+    for batch in calib:
+        x = batch[0] if isinstance(batch, (tuple, list)) else batch
+        for row in x.numpy():  # the exported graph has the example's batch size (1)
+            values = sess.run(tensors, {in_name: row[None]})
+            for t, v in zip(tensors, values, strict=True):
+                observers[t].update(torch.from_numpy(v))
+    out = {}
+    for t, obs in observers.items():
+        if obs.count:
+            lo, hi = obs.range()
+            scale, zero = affine_params(torch.tensor(lo), torch.tensor(hi), 8, symmetric=False, signed=False)
+            out[t] = (float(scale), int(zero))
+    probe.unlink(missing_ok=True)
+    return out
