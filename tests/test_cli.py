@@ -194,3 +194,26 @@ def test_export_and_bench(capsys, tmp_path):
     assert code == 2 and "does not exist" in err
     code, _, err = run(capsys, "bench", str(tmp_path / "f.onnx"), "--input-shape", "1,1,5,5")
     assert code == 2 and "takes input of shape" in err
+
+
+def test_report_command_and_exit_codes(capsys, tmp_path, monkeypatch):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("stages:\n  - train: {epochs: 1}\n  - encode\n")
+    code, _, _ = run(capsys, "-q", "compress", "lenet300", "--data", "digits", "--recipe", str(recipe), "--out",
+                     str(tmp_path / "run"))  # fmt: skip
+    assert code == 0 and (tmp_path / "run" / "report.html").is_file()
+    code, out, _ = run(capsys, "report", str(tmp_path / "run"), "-o", str(tmp_path / "r.html"), "--json")
+    doc = json.loads(out)
+    assert code == 0 and set(doc) == {"path", "runs", "charts", "problems"} and doc["runs"] == 1 and doc["charts"] >= 3
+    code, _, err = run(capsys, "report", str(tmp_path), "-o", str(tmp_path / "x.html"))
+    assert code == 2 and "metrics.json is missing" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "x.html").exists()
+    # a bug (not bad input) exits 1 with one line
+    import deepslim.report
+
+    def broken(*a, **k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(deepslim.report, "write_report", broken)
+    code, _, err = run(capsys, "report", str(tmp_path / "run"), "-o", str(tmp_path / "y.html"))
+    assert code == 1 and "internal error" in err and "boom" in err

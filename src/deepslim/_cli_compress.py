@@ -47,21 +47,41 @@ def add_parsers(sub: argparse._SubParsersAction, model_args: Any) -> None:
     p.set_defaults(func=cmd_demo)
 
 
-def _progress(err: Console, quiet: bool) -> Any:
-    def on_event(event: str, payload: dict[str, Any]) -> None:
-        if quiet:
+class _Progress:
+    """Progress of a recipe run on stderr: a bar per stage (epochs when it trains), a line when a stage ends."""
+
+    def __init__(self, err: Console, quiet: bool):
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.quiet = quiet
+        self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                            console=err, transient=True, disable=quiet)  # fmt: skip
+        self.task: Any = None
+
+    def __enter__(self) -> _Progress:
+        self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.stop()
+
+    def __call__(self, event: str, payload: dict[str, Any]) -> None:
+        if self.quiet:
             return
         if event == "stage_start":
-            err.print(f"stage {payload['index']}: {payload['stage']} ...", markup=False)
-        elif event == "epoch" and err.is_terminal:
-            err.print(f"  epoch {payload['epoch']}: val accuracy {payload['val_accuracy']:.4f}", markup=False,
-                      end="\r")  # fmt: skip
+            label = f"stage {payload['index']}: {payload['stage']}"
+            self.task = self.bar.add_task(label, total=payload.get("epochs") or None)
+        elif event == "epoch" and self.task is not None:
+            self.bar.update(self.task, advance=1, description=f"stage {payload['stage']}: epoch {payload['epoch']}, "
+                            f"val accuracy {payload['val_accuracy']:.4f}")  # fmt: skip
         elif event == "stage_end":
-            err.print(f"  {payload['stage']}: accuracy {payload['accuracy']:.4f}, {payload['nonzero_params']:,} "
-                      f"nonzero parameters, archive {_bytes(payload.get('archive_bytes'))}"
-                      f" ({payload['seconds']:.1f} s)", markup=False)  # fmt: skip
-
-    return on_event
+            if self.task is not None:
+                self.bar.remove_task(self.task)
+                self.task = None
+            self.bar.console.print(f"{payload['index']} {payload['stage']}: accuracy {payload['accuracy']:.4f}, "
+                                   f"{payload['nonzero_params']:,} nonzero parameters, archive "
+                                   f"{_bytes(payload.get('archive_bytes'))} ({payload['seconds']:.1f} s)",
+                                   markup=False)  # fmt: skip
 
 
 def _bytes(n: int | None) -> str:
@@ -91,8 +111,9 @@ def cmd_compress(args: argparse.Namespace, out: Console, err: Console) -> int:
         recipe = replace(recipe, device=args.device)
     if args.seed is not None:
         recipe = replace(recipe, seed=args.seed)
-    result = run_recipe(recipe, args.out, model=args.model, data=args.data, overwrite=args.overwrite,
-                        on_event=_progress(err, args.quiet or args.json))  # fmt: skip
+    with _Progress(err, args.quiet or args.json) as progress:
+        result = run_recipe(recipe, args.out, model=args.model, data=args.data, overwrite=args.overwrite,
+                            on_event=progress)  # fmt: skip
     if args.json:
         print(json.dumps({"out": str(result.out), "stages": result.metrics, "artifacts": result.artifacts},
                          indent=2, default=str))  # fmt: skip
@@ -141,8 +162,8 @@ def cmd_unpack(args: argparse.Namespace, out: Console) -> int:
 def cmd_demo(args: argparse.Namespace, out: Console, err: Console) -> int:
     from deepslim.demo import RECIPE, run_demo
 
-    result = run_demo(args.out, epochs=args.epochs, seed=args.seed, device=args.device,
-                      on_event=_progress(err, args.quiet or args.json))  # fmt: skip
+    with _Progress(err, args.quiet or args.json) as progress:
+        result = run_demo(args.out, epochs=args.epochs, seed=args.seed, device=args.device, on_event=progress)
     before, after = result.before, result.after
     if args.json:
         print(json.dumps({"before": before, "after": after, "decoded_accuracy": result.decoded_accuracy,
@@ -169,5 +190,28 @@ def cmd_demo(args: argparse.Namespace, out: Console, err: Console) -> int:
         table.add_row(*row)
     out.print(table)
     out.print(f"the archive {result.run.artifacts['archive']} decodes to a model with test accuracy "
-              f"{100 * result.decoded_accuracy:.2f} % (bit-exact weights); run directory: {result.run.out}")
+              f"{100 * result.decoded_accuracy:.2f} % (bit-exact weights); run directory: {result.run.out}; "
+              f"report: {result.run.artifacts['report']}")
+    return 0
+
+
+def add_report_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("report", help="one self-contained HTML report (cards, tables, charts) from run directories")
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run directories written by deepslim compress / demo")
+    p.add_argument("-o", "--output", default="report.html", help="HTML file to write (default: %(default)s)")
+    p.add_argument("--title", default="deepslim report")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+
+
+def cmd_report(args: argparse.Namespace, out: Console, err: Console) -> int:
+    from deepslim.report import write_report
+
+    result = write_report(args.runs, args.output, title=args.title)
+    if args.json:
+        print(json.dumps({"path": str(result.path), "runs": result.runs, "charts": result.charts,
+                          "problems": list(result.problems)}, indent=2))  # fmt: skip
+        return 0
+    for problem in result.problems:
+        err.print(f"warning: {problem}", markup=False)
+    out.print(f"wrote {result.path}: {result.runs} run(s), {result.charts} charts")
     return 0

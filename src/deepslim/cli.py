@@ -167,6 +167,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.choices["pack"].set_defaults(func=lambda a: cc.cmd_pack(a, _load, out))
     sub.choices["unpack"].set_defaults(func=lambda a: cc.cmd_unpack(a, out))
     sub.choices["demo"].set_defaults(func=lambda a: cc.cmd_demo(a, out, err))
+    cc.add_report_parser(sub)
+    sub.choices["report"].set_defaults(func=lambda a: cc.cmd_report(a, out, err))
     return parser
 
 

@@ -3,7 +3,8 @@
 The run directory holds ``recipe.yaml`` (the recipe as given), ``metrics.json`` (rewritten after every stage: accuracy,
 parameters, nonzeros, MACs, bytes on disk, estimated latency and energy on the recipe's device, and measured latency
 after an export stage), ``stages/NN-kind.dsz`` (the model after each stage; ``.pt2`` when its layer tree is no
-longer the zoo's), ``model.dsz`` (encode stage) and ``model.onnx`` (export stage). Every file is written atomically.
+longer the zoo's), ``model.dsz`` (encode stage), ``model.onnx`` (export stage) and ``report.html`` (at the end). Every
+file is written atomically.
 """
 
 from __future__ import annotations
@@ -189,7 +190,7 @@ def _run_export(ctx: RunContext, spec: StageSpec) -> None:
 
     p: ExportStage = spec.params
     dest = ctx.out / "model.onnx"
-    result = ds.export_onnx(ctx.model, dest, example_input=ctx.data.example_input)
+    result = ds.export_onnx(ctx.model, dest, example_input=ctx.data.example_input, calib_data=ctx.data.calib)
     ctx.artifacts["onnx"] = str(dest)
     ctx.artifacts["onnx_max_abs_error"] = f"{result.max_abs_error:.3g}"
     if p.benchmark:
@@ -216,13 +217,28 @@ def measure(model: nn.Module, data: Any, device: str) -> dict[str, Any]:
         "weight_bytes": prof.weight_bytes, "fp32_bytes": 4 * prof.params,
         "estimated_latency_ms": cost.latency_ms, "estimated_energy_uj": cost.energy_uj,
     }  # fmt: skip
+    per_layer_archive: dict[str, int] = {}
     try:
         blob = ds.encode(model)
+        info = ds.archive_info(blob)
         row["archive_bytes"] = len(blob)
-        row["archive_parts"] = ds.archive_info(blob).by_part
+        row["archive_parts"] = info.by_part
+        for t in info.tensors:
+            owner = t.name.rpartition(".")[0]
+            per_layer_archive[owner] = per_layer_archive.get(owner, 0) + t.total
     except ConfigError as exc:  # a layer tree the zoo cannot rebuild (factorized): no archive
         row["archive_bytes"] = None
         row["archive_note"] = str(exc)
+    costs = {lc.name: lc for lc in cost.layers}
+    row["layers"] = [
+        {"name": lp.name, "type": lp.type, "params": lp.params, "nonzero_params": lp.nonzero_params,
+         "macs": lp.macs, "weight_bytes": lp.weight_bytes, "archive_bytes": per_layer_archive.get(lp.name),
+         "bits": 8 * lp.weight_bytes / lp.params if lp.params else None, "dtype": lp.dtype,
+         "intensity": lp.arithmetic_intensity,
+         "estimated_latency_ms": costs[lp.name].latency_ms if lp.name in costs else None,
+         "bound": costs[lp.name].bound if lp.name in costs else None}
+        for lp in prof.layers if lp.params or lp.macs
+    ]  # fmt: skip
     return row
 
 
@@ -240,8 +256,13 @@ def _save_stage(ctx: RunContext, spec: StageSpec | None) -> str:
 
 
 def _write_metrics(ctx: RunContext, model_name: str, data_name: str) -> None:
+    import deepslim as ds
+
+    dev = ds.get_device(ctx.recipe.device)
+    device = {"name": dev.name, "peak_macs_per_s": dict(dev.peak_macs_per_s),
+              "mem_bandwidth_bytes_per_s": dev.mem_bandwidth_bytes_per_s}  # fmt: skip
     doc = {"format": "deepslim-run", "version": 1, "model": model_name, "data": data_name,
-           "device": ctx.recipe.device, "seed": ctx.recipe.seed, "stages": ctx.metrics,
+           "device": ctx.recipe.device, "device_profile": device, "seed": ctx.recipe.seed, "stages": ctx.metrics,
            "artifacts": ctx.artifacts}  # fmt: skip
     with atomic_path(ctx.out / "metrics.json") as tmp:
         tmp.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
@@ -295,7 +316,7 @@ def run_recipe(recipe: Recipe, out: str | Path, *, model: str | nn.Module | None
     _write_metrics(ctx, model_name, data_name)
     emit("stage_end", row)
     for spec in recipe.stages:
-        emit("stage_start", {"stage": spec.kind, "index": spec.index})
+        emit("stage_start", {"stage": spec.kind, "index": spec.index, "epochs": getattr(spec.params, "epochs", 0)})
         start = time.perf_counter()
         _RUNNERS[spec.kind](ctx, spec)
         seconds = time.perf_counter() - start
@@ -306,4 +327,8 @@ def run_recipe(recipe: Recipe, out: str | Path, *, model: str | nn.Module | None
         ctx.metrics.append(row)
         _write_metrics(ctx, model_name, data_name)
         emit("stage_end", row)
+    from deepslim.report import write_report
+
+    ctx.artifacts["report"] = str(write_report([out], out / "report.html", title=f"{model_name} on {data_name}").path)
+    _write_metrics(ctx, model_name, data_name)
     return RunResult(out=out, metrics=ctx.metrics, model=net, artifacts=ctx.artifacts)

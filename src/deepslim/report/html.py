@@ -1,0 +1,390 @@
+"""Rendering run directories into one self-contained HTML report."""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from deepslim._io import atomic_path
+from deepslim.errors import ConfigError
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:24px;color:#1b1f24;background:#fff}
+h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.25em;margin:28px 0 8px;border-bottom:1px solid #d0d7de}
+h3{font-size:1.05em;margin:18px 0 6px}.muted{color:#57606a}.notice{background:#fff8c5;border:1px solid #d4a72c;
+padding:8px 12px;border-radius:6px;margin:8px 0}.cards{display:flex;flex-wrap:wrap;gap:12px}
+.card{border:1px solid #d0d7de;border-radius:8px;padding:10px 14px;min-width:170px}.card .k{font-size:.85em;
+color:#57606a}.card .v{font-size:1.25em;font-weight:600}.card .r{font-size:.85em;color:#1a7f37}
+table{border-collapse:collapse;font-size:.85em;margin:6px 0}th,td{border:1px solid #d0d7de;padding:3px 8px;
+text-align:right}th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}
+figure.chart{margin:10px 0;display:inline-block}figure.chart svg{max-width:100%;height:auto}
+pre{background:#f6f8fa;padding:10px;border-radius:6px;overflow:auto;font-size:.85em}
+"""
+# marks every chart's box on the page (the browser test reads it to check that each chart was drawn)
+SCRIPT = """
+window.addEventListener('load', function () {
+  var boxes = Array.prototype.map.call(document.querySelectorAll('figure.chart'), function (f) {
+    var r = f.getBoundingClientRect();
+    return {id: f.id, x: r.left + window.scrollX, y: r.top + window.scrollY, w: r.width, h: r.height};
+  });
+  document.body.setAttribute('data-charts', JSON.stringify(boxes));
+});
+"""
+
+
+@dataclass
+class Run:
+    path: Path
+    metrics: dict[str, Any]
+    recipe: str | None
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.path.name or str(self.path)
+
+    @property
+    def stages(self) -> list[dict[str, Any]]:
+        return self.metrics.get("stages", [])
+
+    def stage(self, kind: str) -> dict[str, Any] | None:
+        return next((s for s in reversed(self.stages) if s.get("stage") == kind), None)
+
+    @property
+    def before(self) -> dict[str, Any] | None:
+        return self.stage("train") or (self.stages[0] if self.stages else None)
+
+    @property
+    def after(self) -> dict[str, Any] | None:
+        return self.stages[-1] if self.stages else None
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    path: Path
+    runs: int
+    charts: int
+    problems: tuple[str, ...]
+
+
+STAGE_KEYS = ("stage", "accuracy", "params", "nonzero_params", "macs")
+
+
+def load_run(path: str | os.PathLike[str]) -> Run:
+    """A run directory's metrics and recipe; raises ConfigError when it is not a run at all."""
+    d = Path(path)
+    if not d.is_dir():
+        raise ConfigError(f"{d} is not a directory (a run directory holds metrics.json, written by deepslim compress)")
+    mfile = d / "metrics.json"
+    if not mfile.is_file():
+        raise ConfigError(f"{d} is not a run: metrics.json is missing (deepslim compress --out {d} writes one)")
+    try:
+        metrics = json.loads(mfile.read_text())
+    except ValueError as exc:
+        raise ConfigError(f"{mfile} is not valid JSON: {exc}") from None
+    if not isinstance(metrics, dict) or metrics.get("format") != "deepslim-run":
+        raise ConfigError(f"{mfile} is not a deepslim run's metrics (no 'format: deepslim-run')")
+    recipe = (d / "recipe.yaml").read_text() if (d / "recipe.yaml").is_file() else None
+    run = Run(d, metrics, recipe)
+    if recipe is None:
+        run.problems.append(f"{run.name}: recipe.yaml is missing")
+    stages = metrics.get("stages")
+    if not isinstance(stages, list) or not stages:
+        run.problems.append(f"{run.name}: metrics.json has no stages")
+        metrics["stages"] = []
+    else:
+        for s in stages:
+            missing = [k for k in STAGE_KEYS if k not in s]
+            if missing:
+                run.problems.append(f"{run.name}: stage {s.get('index', '?')} ({s.get('stage', '?')}) lacks "
+                                    f"{', '.join(missing)}")  # fmt: skip
+        metrics["stages"] = [s for s in stages if all(k in s for k in STAGE_KEYS)]
+        if not any(s.get("layers") for s in metrics["stages"]):
+            run.problems.append(f"{run.name}: no per-layer measurements (layer charts left out)")
+    return run
+
+
+# -- charts ----------------------------------------------------------------------------------------------------------
+
+
+def _svg(fig: Any) -> str:
+    import matplotlib.pyplot as plt
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg") :]
+
+
+def _figure(width: float = 7.0, height: float = 3.6) -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    plt.rcParams.update({"svg.fonttype": "none", "font.size": 9})
+    return plt.subplots(figsize=(width, height))
+
+
+def _layer_bars(run: Run) -> str | None:
+    before, after = run.before, run.after
+    if not before or not after or not before.get("layers") or not after.get("layers"):
+        return None
+    import numpy as np
+
+    b = {ly["name"]: ly for ly in before["layers"] if ly["params"]}
+    a = {ly["name"]: ly for ly in after["layers"] if ly["params"]}
+    names = [n for n in b if n in a] or list(a)
+    if not names:
+        return None
+    import matplotlib.pyplot as plt
+
+    metrics = [("params", "parameters"), ("macs", "MACs"), ("archive_bytes", "bytes on disk"),
+               ("sparsity", "sparsity"), ("bits", "bits per weight")]  # fmt: skip
+    fig, axes = plt.subplots(len(metrics), 1, figsize=(max(6.0, 0.35 * len(names) + 2), 2.0 * len(metrics)),
+                             sharex=True)  # fmt: skip
+    x = np.arange(len(names))
+    for ax, (key, label) in zip(axes, metrics, strict=True):
+        def val(rows: dict[str, Any], n: str, key: str = key) -> float:
+            ly = rows.get(n)
+            if ly is None:
+                return 0.0
+            if key == "sparsity":
+                return 1 - ly["nonzero_params"] / ly["params"] if ly["params"] else 0.0
+            return float(ly.get(key) or 0.0)
+
+        ax.bar(x - 0.2, [val(b, n) for n in names], 0.4, label=f"before ({before['stage']})", color="#8c959f")
+        ax.bar(x + 0.2, [val(a, n) for n in names], 0.4, label=f"after ({after['stage']})", color="#0969da")
+        ax.set_ylabel(label)
+        if key in ("params", "macs", "archive_bytes") and max(val(b, n) for n in names) > 0:
+            ax.set_yscale("symlog")
+    axes[0].legend(loc="upper right", fontsize=8)
+    axes[-1].set_xticks(x, names, rotation=60, ha="right", fontsize=7)
+    fig.suptitle(f"{run.name}: per layer, before and after")
+    return _svg(fig)
+
+
+def _roofline(run: Run) -> str | None:
+    dev = run.metrics.get("device_profile")
+    after, before = run.after, run.before
+    if not dev or not after or not after.get("layers"):
+        return None
+    import numpy as np
+
+    fig, ax = _figure(6.5, 4.0)
+    xs = np.logspace(-2, 3, 200)
+    bw = dev["mem_bandwidth_bytes_per_s"]
+    for kind, peak in dev["peak_macs_per_s"].items():
+        ax.plot(xs, np.minimum(peak, bw * xs), label=f"{kind} roof", linewidth=1)
+    for rows, label, color in ((before, "before", "#8c959f"), (after, "after", "#0969da")):
+        layers = (rows or {}).get("layers", [])
+        pts = [(ly["intensity"], ly["macs"] / (ly["estimated_latency_ms"] / 1e3)) for ly in layers
+               if ly["macs"] and ly.get("estimated_latency_ms") and ly["intensity"] > 0]  # fmt: skip
+        if pts:
+            ax.scatter(*zip(*pts, strict=True), s=14, label=f"layers {label}", color=color, alpha=0.8)
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("arithmetic intensity (MACs per byte moved)")
+    ax.set_ylabel("MACs per second (estimated)")
+    ax.set_title(f"{run.name}: roofline on {dev['name']}")
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The points no other point beats on both counts: lower x (cost) and higher y (accuracy)."""
+    front, best = [], float("-inf")
+    for x, y in sorted(points, key=lambda p: (p[0], -p[1])):
+        if y > best:
+            front.append((x, y))
+            best = y
+    return front
+
+
+def _tradeoff(runs: list[Run], key: str, label: str, title: str) -> str | None:
+    series = []
+    for run in runs:
+        pts = [(s[key], s["accuracy"], s["stage"]) for s in run.stages if s.get(key)]
+        if pts:
+            series.append((run.name, pts))
+    if not series:
+        return None
+    fig, ax = _figure()
+    everything = []
+    for name, pts in series:
+        ax.plot([p[0] for p in pts], [100 * p[1] for p in pts], marker="o", linewidth=0.8, label=name)
+        for x, y, stage in pts:
+            ax.annotate(stage, (x, 100 * y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        everything += [(p[0], p[1]) for p in pts]
+    front = pareto(everything)
+    ax.step([p[0] for p in front], [100 * p[1] for p in front], where="post", color="#cf222e", linewidth=1.5,
+            label="Pareto front")  # fmt: skip
+    ax.set_xscale("log")
+    ax.set_xlabel(label)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def _sensitivity(run: Run) -> str | None:
+    sens = run.metrics.get("sensitivity")
+    if not sens:
+        return None
+    fig, ax = _figure()
+    for layer, curve in sens.items():
+        xs = sorted(float(k) for k in curve)
+        ax.plot(xs, [100 * curve[str(x)] if str(x) in curve else 100 * curve[x] for x in xs], marker=".",
+                label=layer)  # fmt: skip
+    ax.set_xlabel("pruning ratio")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{run.name}: sensitivity per layer")
+    ax.legend(fontsize=6, ncol=2)
+    return _svg(fig)
+
+
+# -- HTML ----------------------------------------------------------------------------------------------------------
+
+
+def _fmt(value: Any, unit: str = "") -> str:
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.4g}{unit}"
+    if isinstance(value, int):
+        return f"{value:,}{unit}"
+    return html.escape(str(value))
+
+
+CARDS = [("accuracy", "test accuracy", "pct"), ("archive_bytes", "bytes on disk (.dsz)", "less"),
+         ("nonzero_params", "nonzero parameters", "less"), ("macs", "MACs", "less"),
+         ("measured_latency_ms", "latency (measured)", "less"), ("estimated_latency_ms", "latency (estimated)", "less"),
+         ("estimated_energy_uj", "energy (estimated)", "less")]  # fmt: skip
+
+
+def _cards(run: Run) -> str:
+    before, after = run.before, run.after
+    if not before or not after:
+        return '<p class="notice">no stages to summarize</p>'
+    out = []
+    for key, label, kind in CARDS:
+        b, a = before.get(key), after.get(key)
+        if a is None:
+            continue
+        if kind == "pct":
+            val = f"{100 * (b or 0):.2f}% → {100 * a:.2f}%"
+            ratio = f"{100 * (a - b):+.2f} pp" if b is not None else ""
+        else:
+            val = f"{_fmt(b)} → {_fmt(a)}"
+            ratio = f"{b / a:.2f}× smaller" if b and a else ""
+        out.append(f'<div class="card"><div class="k">{label}</div><div class="v">{val}</div>'
+                   f'<div class="r">{ratio}</div></div>')  # fmt: skip
+    return f'<div class="cards">{"".join(out)}</div>'
+
+
+def _stage_table(run: Run) -> str:
+    cols = [("stage", "stage"), ("accuracy", "accuracy"), ("params", "params"), ("nonzero_params", "nonzero"),
+            ("macs", "MACs"), ("archive_bytes", "archive B"), ("estimated_latency_ms", "est. ms"),
+            ("measured_latency_ms", "measured ms"), ("estimated_energy_uj", "est. energy uJ"),
+            ("seconds", "s")]  # fmt: skip
+    head = "".join(f"<th>{c}</th>" for _, c in cols)
+    rows = []
+    for s in run.stages:
+        cells = []
+        for key, _ in cols:
+            v = s.get(key)
+            cells.append(f"<td>{100 * v:.2f}%</td>" if key == "accuracy" and v is not None else f"<td>{_fmt(v)}</td>")
+        rows.append(f"<tr>{''.join(cells)}</tr>")
+    return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
+
+
+def _layer_table(run: Run) -> str:
+    before, after = run.before, run.after
+    if not after or not after.get("layers"):
+        return ""
+    b = {ly["name"]: ly for ly in (before or {}).get("layers", [])}
+    head = ("<tr><th>layer</th><th>type</th><th>params</th><th>nonzero before → after</th><th>MACs</th>"
+            "<th>bytes on disk before → after</th><th>bits/weight</th><th>bound</th></tr>")  # fmt: skip
+    rows = []
+    for ly in after["layers"]:
+        old = b.get(ly["name"], {})
+        kind = ly["type"].removeprefix("Parametrized")  # a masked or shared layer is still its own kind
+        rows.append(f"<tr><td>{html.escape(ly['name'])}</td><td>{html.escape(kind)}</td>"
+                    f"<td>{_fmt(ly['params'])}</td><td>{_fmt(old.get('nonzero_params'))} → "
+                    f"{_fmt(ly['nonzero_params'])}</td><td>{_fmt(ly['macs'])}</td>"
+                    f"<td>{_fmt(old.get('archive_bytes'))} → {_fmt(ly.get('archive_bytes'))}</td>"
+                    f"<td>{_fmt(ly.get('bits'))}</td><td>{_fmt(ly.get('bound'))}</td></tr>")  # fmt: skip
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def render_report(runs: list[Run], *, title: str = "deepslim report") -> tuple[str, int]:
+    """The report's HTML and how many charts it holds."""
+    charts = 0
+    parts = [f"<h1>{html.escape(title)}</h1>",
+             f'<p class="muted">{len(runs)} run(s): {", ".join(html.escape(r.name) for r in runs)}</p>']  # fmt: skip
+
+    def chart(svg: str | None, cid: str, caption: str) -> None:
+        nonlocal charts
+        if svg is None:
+            return
+        charts += 1
+        parts.append(f'<figure class="chart" id="{cid}">{svg}<figcaption class="muted">{html.escape(caption)}'
+                     "</figcaption></figure>")  # fmt: skip
+
+    problems = [p for r in runs for p in r.problems]
+    for p in problems:
+        parts.append(f'<p class="notice">{html.escape(p)}</p>')
+    if len(runs) > 1 or any(len(r.stages) > 1 for r in runs):
+        parts.append("<h2>Trade-offs across runs</h2>")
+        chart(_tradeoff(runs, "archive_bytes", "bytes on disk (.dsz archive)", "accuracy vs size"), "tradeoff-size",
+              "every stage of every run; the red line is the Pareto front (nothing is both smaller and more "
+              "accurate)")  # fmt: skip
+        has_measured = any(s.get("measured_latency_ms") for r in runs for s in r.stages)
+        key = "measured_latency_ms" if has_measured else "estimated_latency_ms"
+        axis = f"latency, ms ({'measured' if has_measured else 'estimated on the device'})"
+        chart(_tradeoff(runs, key, axis, "accuracy vs latency"), "tradeoff-latency",
+              "measured in ONNX Runtime where a run has an export stage; otherwise the cost model's estimate")
+    for i, run in enumerate(runs):
+        m = run.metrics
+        parts.append(f"<h2>{html.escape(run.name)}</h2><p class='muted'>model {_fmt(m.get('model'))}, data "
+                     f"{_fmt(m.get('data'))}, device {_fmt(m.get('device'))}, "
+                     f"seed {_fmt(m.get('seed'))}</p>")
+        parts.append(_cards(run))
+        parts.append("<h3>Stages</h3>" + _stage_table(run))
+        chart(_layer_bars(run), f"layers-{i}", "parameters, MACs, bytes on disk, sparsity and bits per weight of "
+              "every layer, before and after")  # fmt: skip
+        chart(_roofline(run), f"roofline-{i}", "each layer's arithmetic intensity and estimated attainable rate "
+              "under the device's compute and bandwidth roofs")  # fmt: skip
+        chart(_sensitivity(run), f"sensitivity-{i}", "accuracy after pruning each layer alone")
+        table = _layer_table(run)
+        if table:
+            parts.append("<h3>Layers</h3>" + table)
+        if run.recipe is not None:
+            parts.append(f"<h3>Recipe</h3><pre>{html.escape(run.recipe)}</pre>")
+        artifacts = m.get("artifacts") or {}
+        if artifacts:
+            parts.append("<h3>Artifacts</h3><ul>" + "".join(f"<li>{html.escape(k)}: {html.escape(str(v))}</li>"
+                                                           for k, v in artifacts.items()) + "</ul>")  # fmt: skip
+    body = "\n".join(parts)
+    page = (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+            f"<style>{CSS}</style><script>{SCRIPT}</script></head><body>{body}</body></html>")  # fmt: skip
+    return page, charts
+
+
+def write_report(run_dirs: list[str | os.PathLike[str]], out: str | os.PathLike[str], *,
+                 title: str = "deepslim report") -> ReportResult:  # fmt: skip
+    """Render ``run_dirs`` into the HTML file ``out`` (atomically)."""
+    if not run_dirs:
+        raise ConfigError("report needs at least one run directory")
+    runs = [load_run(d) for d in run_dirs]
+    page, charts = render_report(runs, title=title)
+    dest = Path(out)
+    with atomic_path(dest) as tmp:
+        tmp.write_text(page, encoding="utf-8")
+    return ReportResult(dest, len(runs), charts, tuple(p for r in runs for p in r.problems))
