@@ -129,7 +129,10 @@ def cmd_pack(args: argparse.Namespace, load: Any, out: Console) -> int:
     from deepslim._io import atomic_path
 
     model = load(args)
-    blob = ds.encode(model, huffman=not args.no_huffman)
+    from deepslim._cli_export import busy
+
+    with busy(args, "encoding"):
+        blob = ds.encode(model, huffman=not args.no_huffman)
     with atomic_path(args.output) as tmp:
         tmp.write_bytes(blob)
     info = ds.archive_info(blob)

@@ -37,6 +37,17 @@ def add_parsers(sub: argparse._SubParsersAction, model_args: Any) -> None:
     p.add_argument("--json", action="store_true")
 
 
+def busy(args: argparse.Namespace, what: str) -> Any:
+    """A spinner on stderr while ``what`` runs (nothing with --quiet or --json, or when stderr is not a terminal)."""
+    import contextlib
+
+    from deepslim.cli import err
+
+    if args.quiet or getattr(args, "json", False) or not err.is_terminal:
+        return contextlib.nullcontext()
+    return err.status(what)
+
+
 def _load_any(spec: str, args: argparse.Namespace, load: Any, parse_shape: Any) -> tuple[Any, Any, Any]:
     """(module or .onnx path, example input or None, data or None)."""
     if spec.endswith(".onnx"):
@@ -61,8 +72,10 @@ def cmd_export(args: argparse.Namespace, load: Any, parse_shape: Any, out: Conso
     if args.int8:
         if data is None:
             raise ConfigError("--int8 needs --data: activation ranges are calibrated on real inputs")
-        ds.quantize_(model, ds.LinearQuantConfig(bits=8, calibration=args.calibration), calib_data=calib)
-    result = ds.export_onnx(model, args.output, example_input=x, calib_data=calib)
+        with busy(args, "calibrating int8 ranges"):
+            ds.quantize_(model, ds.LinearQuantConfig(bits=8, calibration=args.calibration), calib_data=calib)
+    with busy(args, f"exporting to {args.output} and checking it in ONNX Runtime"):
+        result = ds.export_onnx(model, args.output, example_input=x, calib_data=calib)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
@@ -75,16 +88,15 @@ def cmd_export(args: argparse.Namespace, load: Any, parse_shape: Any, out: Conso
     return 0
 
 
-def _predicted(model: Any, x: Any, device: str, shape: Any) -> tuple[float | None, list[str]]:
+def _predicted(model: Any, x: Any, device: str, shape: Any) -> float | None:
     from deepslim.analysis import estimate_cost, profile
     from deepslim.errors import DeepSlimError
-    from deepslim.export.advice import speed_warnings
 
     try:
         prof = profile(model, x, input_shape=shape) if isinstance(model, str) else profile(model, x)
-    except DeepSlimError as exc:
-        return None, [f"no prediction: {exc}"]
-    return estimate_cost(prof, device).latency_ms, speed_warnings(prof, device)
+    except DeepSlimError:
+        return None
+    return estimate_cost(prof, device).latency_ms
 
 
 def cmd_bench(args: argparse.Namespace, load: Any, parse_shape: Any, out: Console) -> int:
@@ -94,36 +106,38 @@ def cmd_bench(args: argparse.Namespace, load: Any, parse_shape: Any, out: Consol
     a, xa, data = _load_any(args.model, args, load, parse_shape)
     calib = data.calib if data is not None else None
     ds.get_device(args.device)
-    rows: list[tuple[str, Any, float | None, list[str]]] = []
+    rows: list[tuple[str, Any, float | None]] = []
     if args.compare:
         if args.runtime != "onnxruntime":
             raise ConfigError("--compare measures both models in ONNX Runtime (leave --runtime at onnxruntime)")
         b, xb, _ = _load_any(args.compare, args, load, parse_shape)
         x = xa if xa is not None else xb
-        result = ds.compare(a, b, example_input=x, input_shape=shape, threads=args.threads, calib_data=calib)
+        with busy(args, "measuring both models, interleaved"):
+            result = ds.compare(a, b, example_input=x, input_shape=shape, threads=args.threads, calib_data=calib)
         for name, model, r in ((args.model, a, result.a), (args.compare, b, result.b)):
-            rows.append((name, r, *_predicted(model, x, args.device, shape)))
+            rows.append((name, r, _predicted(model, x, args.device, shape)))
     else:
-        r = ds.benchmark(a, runtime=args.runtime, example_input=xa, input_shape=shape, threads=args.threads,
-                         min_seconds=args.seconds, calib_data=calib)  # fmt: skip
-        rows.append((args.model, r, *_predicted(a, xa, args.device, shape)))
+        with busy(args, f"measuring in {args.runtime}"):
+            r = ds.benchmark(a, runtime=args.runtime, example_input=xa, input_shape=shape, threads=args.threads,
+                             min_seconds=args.seconds, calib_data=calib)  # fmt: skip
+        rows.append((args.model, r, _predicted(a, xa, args.device, shape)))
     if args.json:
-        doc = {"models": [{"model": n, **r.to_dict(), "predicted_ms": p, "device": args.device, "warnings": w}
-                          for n, r, p, w in rows]}  # fmt: skip
+        doc = {"models": [{"model": n, **r.to_dict(), "predicted_ms": p, "device": args.device}
+                          for n, r, p in rows]}  # fmt: skip
         if args.compare:
             doc["speedup"] = rows[0][1].median_ms / rows[1][1].median_ms
         print(json.dumps(doc, indent=2))
         return 0
     table = Table("model", "median ms", "p10", "p90", "runs/s", "peak memory", f"predicted ({args.device})",
                   title=f"latency, {rows[0][1].runtime}" + (", interleaved" if args.compare else ""))  # fmt: skip
-    for name, r, pred, _ in rows:
+    for name, r, pred in rows:
         mem = f"{r.peak_memory_bytes / 2**20:.1f} MiB" if r.peak_memory_bytes is not None else "n/a"
         table.add_row(name, f"{r.median_ms:.3f}", f"{r.p10_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.throughput_per_s:.1f}",
                       mem, f"{pred:.3f} ms" if pred is not None else "n/a")  # fmt: skip
     out.print(table)
     if args.compare:
         out.print(f"{args.compare} runs {rows[0][1].median_ms / rows[1][1].median_ms:.2f}x as fast as {args.model}")
-    for name, _, _, warns in rows:
-        for w in warns:
+    for name, r, _ in rows:
+        for w in r.warnings:
             out.print(f"warning ({name}): {w}", markup=False)
     return 0

@@ -128,7 +128,10 @@ def run(args: argparse.Namespace, load: Any, parse_shape: Any, out: Any) -> int:
     prune_(model, config, example_input=x, calib_data=data.calib if data is not None else None)
     newly_misaligned = [n for n in misaligned_layers(model) if n not in aligned_before]
     if data is not None and args.finetune_epochs:
-        fit(model, data, epochs=args.finetune_epochs, lr=args.lr)
+        from deepslim._cli_export import busy
+
+        with busy(args, f"fine-tuning for {args.finetune_epochs} epochs"):
+            fit(model, data, epochs=args.finetune_epochs, lr=args.lr)
     bake_masks_(model)
     after = snapshot(model, x, data, latency)
     warnings = [] if isinstance(config, ChannelPruneConfig) else [MASK_ONLY_WARNING]

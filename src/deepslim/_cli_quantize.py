@@ -56,10 +56,13 @@ def run(args: argparse.Namespace, load: Any, parse_shape: Any, out: Any) -> int:
     # latency is measured in ONNX Runtime: a linearly quantized model runs there as an integer (QDQ) graph
     latency = not args.no_latency
     before = snapshot(model, x, data, latency)
-    if isinstance(config, KMeansConfig):
-        cluster_(model, config)
-    else:
-        quantize_(model, config, calib_data=data.calib if data is not None else None)
+    from deepslim._cli_export import busy
+
+    with busy(args, "quantizing (calibrating on the data)"):
+        if isinstance(config, KMeansConfig):
+            cluster_(model, config)
+        else:
+            quantize_(model, config, calib_data=data.calib if data is not None else None)
     after = snapshot(model, x, data, latency)
     report = quantization_report(model)
     if args.output:

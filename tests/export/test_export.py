@@ -143,3 +143,13 @@ def test_bench_errors(tmp_path):
         ds.benchmark(tmp_path / "custom.onnx")
     with pytest.raises(ds.ConfigError, match="must be .onnx"):
         ds.benchmark(tmp_path / "model.pt")
+
+
+def test_benchmark_result_warns_when_a_change_cannot_be_faster():
+    model = ds.create_model("lenet5", input_size=8).eval()
+    ds.prune_(model, ds.MagnitudePruneConfig(sparsity=0.9))
+    r = ds.benchmark(model, runtime="torch", example_input=torch.randn(1, 1, 8, 8), min_seconds=0.1)
+    text = " ".join(r.warnings)
+    assert "90% of the weights are zero" in text and "per-call" in text
+    big = ds.benchmark(ds.create_model("resnet20").eval(), runtime="torch", input_shape=(1, 3, 32, 32), min_seconds=0.1)
+    assert not any("weights are zero" in w for w in big.warnings)

@@ -7,7 +7,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,7 @@ class BenchResult:
     runs: int
     threads: int | None
     peak_memory_bytes: int | None = None  # the runtime process's resident memory growth while loading and running
+    warnings: tuple[str, ...] = ()  # why a change may not show up as speed here (see deepslim.export.advice)
 
     @property
     def throughput_per_s(self) -> float:
@@ -168,7 +169,8 @@ def benchmark(model: nn.Module | str | os.PathLike[str], *, runtime: str = "onnx
             raise ConfigError("runtime 'torch' benchmarks a module, not a file")
         if example_input is None:
             raise ConfigError("benchmark needs example_input or input_shape")
-        return _bench_torch(model, example_input, threads, min_seconds)
+        result = _bench_torch(model, example_input, threads, min_seconds)
+        return replace(result, warnings=tuple(_advice(model, example_input, None)))
     with tempfile.TemporaryDirectory() as work:
         path = _as_onnx(model, example_input, Path(work), "model", calib_data)
         feed = _onnx_feed(path, example_input, input_shape)
@@ -181,7 +183,24 @@ def benchmark(model: nn.Module | str | os.PathLike[str], *, runtime: str = "onnx
                 times += worker.run(5)
         finally:
             worker.close()
-        return summarize("onnxruntime", times, threads, worker.peak - worker.rss_before)
+        result = summarize("onnxruntime", times, threads, worker.peak - worker.rss_before)
+    return replace(result, warnings=tuple(_advice(model, example_input, input_shape)))
+
+
+def _advice(model: Any, x: torch.Tensor | None, shape: tuple[int, ...] | None) -> list[str]:
+    """Speed warnings for what was measured (none when it cannot be profiled)."""
+    from deepslim.analysis import profile
+    from deepslim.errors import DeepSlimError
+    from deepslim.export.advice import speed_warnings
+
+    try:
+        if isinstance(model, (str, os.PathLike)):
+            prof = profile(model, input_shape=shape or (tuple(x.shape) if x is not None else None))
+        else:
+            prof = profile(model, x if x is not None else torch.randn(*shape))  # type: ignore[misc]
+        return speed_warnings(prof, "host")
+    except (DeepSlimError, TypeError):
+        return []
 
 
 def compare(a: nn.Module | str | os.PathLike[str], b: nn.Module | str | os.PathLike[str], *,
@@ -200,7 +219,8 @@ def compare(a: nn.Module | str | os.PathLike[str], b: nn.Module | str | os.PathL
         pb = _as_onnx(b, example_input, Path(work), "b", calib_data)
         res = interleave({"a": pa, "b": pb}, example_input=example_input, input_shape=input_shape, threads=threads,
                          rounds=rounds, block=block)  # fmt: skip
-    return CompareResult(res["a"], res["b"], rounds)
+    return CompareResult(replace(res["a"], warnings=tuple(_advice(a, example_input, input_shape))),
+                         replace(res["b"], warnings=tuple(_advice(b, example_input, input_shape))), rounds)  # fmt: skip
 
 
 def interleave(files: dict[str, str | os.PathLike[str]], *, example_input: torch.Tensor | None = None,
