@@ -153,3 +153,16 @@ def test_benchmark_result_warns_when_a_change_cannot_be_faster():
     assert "90% of the weights are zero" in text and "per-call" in text
     big = ds.benchmark(ds.create_model("resnet20").eval(), runtime="torch", input_shape=(1, 3, 32, 32), min_seconds=0.1)
     assert not any("weights are zero" in w for w in big.warnings)
+
+
+def test_executorch_export_or_a_clear_error(tmp_path):
+    from deepslim.export.executorch import available, export_executorch
+
+    model = ds.create_model("lenet5", input_size=8).eval()
+    x = torch.randn(1, 1, 8, 8)
+    if not available():  # the optional extra: without it, the error says how to get it
+        with pytest.raises(ds.ExportError, match=r"deepslim\[executorch\]"):
+            export_executorch(model, tmp_path / "m.pte", example_input=x)
+        return
+    res = export_executorch(model, tmp_path / "m.pte", example_input=x)
+    assert res.size_bytes > 0 and res.max_abs_error < 1e-4 and res.top1_agreement == 1.0

@@ -265,7 +265,7 @@ def _check_configs(spec: StageSpec) -> None:
         raise ConfigError(f"{spec.label}: {exc}") from None
 
 
-def bits_overrides(bits: Any, label: str) -> tuple[int, dict[str, int | None]]:
+def bits_overrides(bits: Any) -> tuple[int, dict[str, int | None]]:
     """``bits: 5`` or ``bits: {default: 5, "re:fc.*": 8}`` as (default, overrides)."""
     if isinstance(bits, dict):
         rest = {k: v for k, v in bits.items() if k != "default"}

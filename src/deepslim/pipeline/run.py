@@ -54,10 +54,10 @@ def stage_config(spec: StageSpec) -> Any:
             return ds.NMPruneConfig(n=p.n, m=p.m, overrides=p.overrides)
         return ds.MagnitudePruneConfig(sparsity=p.sparsity, scope=p.scope, overrides=p.overrides)
     if isinstance(p, ClusterStage):
-        bits, overrides = bits_overrides(p.bits, spec.label)
+        bits, overrides = bits_overrides(p.bits)
         return ds.KMeansConfig(bits=bits, init=p.init, share_bias=p.share_bias, overrides=overrides)
     if isinstance(p, QuantizeStage):
-        bits, overrides = bits_overrides(p.bits, spec.label)
+        bits, overrides = bits_overrides(p.bits)
         if p.type == "linear":
             return ds.LinearQuantConfig(bits=bits, per_channel=p.per_channel, symmetric=p.symmetric,
                                         activation_bits=p.activation_bits, calibration=p.calibration,

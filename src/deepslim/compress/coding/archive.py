@@ -296,7 +296,7 @@ class ArchiveInfo:
     arch: dict[str, Any] | None = None
     by_part: dict[str, int] = field(default_factory=dict)
 
-    def dense_fp32_bytes(self, *, weights_only: bool = False) -> int:
+    def dense_fp32_bytes(self) -> int:
         """What the same tensors take as fp32 (the reference for the compression ratio)."""
         return sum(4 * math.prod(t.shape) for t in self.tensors)
 
