@@ -13,7 +13,7 @@ PROFILE_KEYS = {"model", "source", "input_shapes", "params", "nonzero_params", "
                 "activation_bytes", "peak_activation_bytes", "bytes_moved", "arithmetic_intensity", "warnings",
                 "layers", "cost"}
 LAYER_KEYS = {"name", "type", "calls", "params", "nonzero_params", "weight_bytes", "macs", "other_ops", "input_bytes",
-              "output_bytes", "output_shape", "dtype", "bytes_moved", "arithmetic_intensity"}
+              "output_bytes", "output_shape", "dtype", "depthwise_macs", "bytes_moved", "arithmetic_intensity"}
 
 
 def run(capsys, *argv):

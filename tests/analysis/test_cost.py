@@ -80,3 +80,25 @@ def test_unknown_device_and_bad_profiles():
     with pytest.raises(ds.ConfigError, match="fp32 peak"):
         ds.DeviceProfile(name="x", description="", peak_macs_per_s={"int8": 1.0}, mem_bandwidth_bytes_per_s=1,
                          onchip_bytes=1)  # fmt: skip
+
+
+def test_depthwise_convolutions_are_counted_and_charged_at_their_own_rate():
+    import torch
+
+    import deepslim as ds
+    from deepslim.analysis import DeviceProfile
+
+    model = ds.create_model("mobilenet_v2")
+    prof = ds.profile(model, torch.randn(1, 3, 224, 224))
+    dw = sum(lp.depthwise_macs for lp in prof.layers)
+    depthwise = {n for n, m in model.named_modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1}
+    assert len(depthwise) == 17 and dw == sum(lp.macs for lp in prof.layers if lp.name in depthwise)
+    assert 0 < dw < 0.1 * prof.macs  # 3x3 depthwise: a few percent of MobileNetV2's MACs
+    fast = DeviceProfile(name="a", description="", peak_macs_per_s={"fp32": 1e11}, mem_bandwidth_bytes_per_s=1e13,
+                         onchip_bytes=1 << 30)  # fmt: skip
+    slow_dw = DeviceProfile(name="b", description="", peak_macs_per_s={"fp32": 1e11}, mem_bandwidth_bytes_per_s=1e13,
+                            onchip_bytes=1 << 30, depthwise_efficiency={"fp32": 0.1})  # fmt: skip
+    a, b = ds.estimate_cost(prof, fast), ds.estimate_cost(prof, slow_dw)
+    # compute-bound on both: the difference is exactly the depthwise MACs at a tenth of the rate
+    extra = sum(lc.compute_ms for lc in b.layers) - sum(lc.compute_ms for lc in a.layers)
+    assert abs(extra - dw * 9 / 1e11 * 1e3) < 1e-6

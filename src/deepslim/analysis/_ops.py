@@ -43,6 +43,14 @@ def _conv_macs(args: tuple[Any, ...], out: torch.Tensor) -> int:
     return out.numel() * int(w.shape[1]) * kernel  # weight (C_out, C_in/groups, k…)
 
 
+def is_depthwise(func: Any, args: tuple[Any, ...]) -> bool:
+    """A convolution with one input channel per group (and more than one group)."""
+    if func.overloadpacket not in (aten.convolution, aten._convolution) or len(args) < 9:
+        return False
+    groups, w = int(args[8]), args[1]
+    return groups > 1 and int(w.shape[1]) == 1 and not bool(args[6])
+
+
 def _mm_macs(a: torch.Tensor, b: torch.Tensor) -> int:
     return int(a.shape[-2]) * int(a.shape[-1]) * int(b.shape[-1]) * _numel(a.shape[:-2])
 

@@ -63,6 +63,36 @@ def _ort_int8_matmul(n: int) -> Callable[[], object]:
     return lambda: sess.run(None, feed)
 
 
+def measure_depthwise_rate(dtype: torch.dtype, channels: int = 96, size: int = 56, repeats: int = 20) -> float:
+    """MAC/s of a 3×3 depthwise convolution in ONNX Runtime (fp32 Conv, or int8 QLinearConv u8 × s8)."""
+    import numpy as np
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    shape = [1, channels, size, size]
+    attrs = {"group": channels, "kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    if dtype == torch.int8:
+        inits = [numpy_helper.from_array(rng.integers(-127, 127, (channels, 1, 3, 3), dtype=np.int8), "w"),
+                 *(numpy_helper.from_array(np.array(v, dt), n) for n, v, dt in (
+                     ("xs", 0.05, np.float32), ("xz", 128, np.uint8), ("ws", 0.01, np.float32), ("wz", 0, np.int8),
+                     ("ys", 0.1, np.float32), ("yz", 128, np.uint8)))]  # fmt: skip
+        node = helper.make_node("QLinearConv", ["x", "xs", "xz", "w", "ws", "wz", "ys", "yz"], ["y"], **attrs)
+        elem, feed = TensorProto.UINT8, rng.integers(0, 255, shape, dtype=np.uint8)
+    else:
+        inits = [numpy_helper.from_array(rng.standard_normal((channels, 1, 3, 3)).astype(np.float32), "w")]
+        node = helper.make_node("Conv", ["x", "w"], ["y"], **attrs)
+        elem, feed = TensorProto.FLOAT, rng.standard_normal(shape).astype(np.float32)
+    graph = helper.make_graph([node], "dw", [helper.make_tensor_value_info("x", elem, shape)],
+                              [helper.make_tensor_value_info("y", elem, shape)], inits)  # fmt: skip
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = torch.get_num_threads()
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    macs = channels * size * size * 9
+    return macs / _best_seconds(lambda: sess.run(None, {"x": feed}), repeats=repeats, warmup=3)
+
+
 def measure_bandwidth(nbytes: int = 128 * 1024 * 1024, repeats: int = 3) -> float:
     """Bytes/s of a large copy, counting the read and the write."""
     src = torch.empty(nbytes // 4, dtype=torch.float32).fill_(1.0)
@@ -124,6 +154,8 @@ def host_device() -> DeviceProfile:
     overhead = measure_op_overhead()
     cache = last_level_cache_bytes()
     cache_bw = measure_cache_bandwidth(cache)
+    depthwise = {"fp32": min(1.0, measure_depthwise_rate(torch.float32) / fp32),
+                 "int8": min(1.0, measure_depthwise_rate(torch.int8) / int8)}  # fmt: skip
     how = f"measured by deepslim.analysis.calibrate with {threads} torch threads"
     log.info("host calibrated: fp32 %.1f GMAC/s, int8 %.1f GMAC/s, %.1f GB/s", fp32 / 1e9, int8 / 1e9, bandwidth / 1e9)
     return DeviceProfile(
@@ -134,12 +166,15 @@ def host_device() -> DeviceProfile:
         onchip_bytes=cache,
         op_overhead_s=overhead,
         onchip_bandwidth_bytes_per_s=cache_bw,
+        depthwise_efficiency=depthwise,
         sources={
             "fp32": f"512x512x512 torch.mm, best of 10, {how}",
             "int8": f"512x512x512 ONNX Runtime MatMulInteger (u8 x s8 -> s32), best of 10, {how}",
             "bandwidth": f"128 MB tensor copy (read + write), best of 3, {how}",
             "onchip": "largest cache in /sys/devices/system/cpu/cpu0/cache",
             "onchip_bandwidth": f"copy of a buffer filling half the last-level cache, best of 20, {how}",
+            "depthwise": f"3x3 depthwise convolution, 96x56x56, in ONNX Runtime (Conv / QLinearConv) over the GEMM "
+                         f"peak, best of 20, {how}",
             "op_overhead": f"time of a tiny torch.relu call, best of 5 batches of 50, {how}",
         },
         calibrated=True,

@@ -105,7 +105,9 @@ def estimate_cost(profile: Profile, device: str | DeviceProfile) -> CostEstimate
 
 
 def _layer_cost(lp: LayerProfile, dev: DeviceProfile, weights_fit: bool) -> LayerCost:
-    compute_s = lp.macs / dev.peak_for(lp.dtype)
+    peak = dev.peak_for(lp.dtype)
+    dw_rate = peak * dev.depthwise_efficiency.get("int8" if lp.dtype.startswith("int") else lp.dtype, 1.0)
+    compute_s = (lp.macs - lp.depthwise_macs) / peak + lp.depthwise_macs / dw_rate
     in_cache = dev.onchip_bandwidth_bytes_per_s and lp.bytes_moved + lp.weight_bytes <= dev.onchip_bytes
     memory_s = lp.bytes_moved / (dev.onchip_bandwidth_bytes_per_s if in_cache else dev.mem_bandwidth_bytes_per_s)
     latency_s = max(compute_s, memory_s) + (dev.op_overhead_s * lp.calls if lp.macs or lp.other_ops else 0.0)

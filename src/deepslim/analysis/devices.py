@@ -67,6 +67,8 @@ class DeviceProfile:
     onchip_bytes: int
     op_overhead_s: float = 0.0  # fixed cost of launching one layer's kernel(s)
     onchip_bandwidth_bytes_per_s: float | None = None  # for layers whose data fits on chip (None: as off-chip)
+    # fraction of the peak rate that depthwise convolutions reach, by dtype (absent: the full peak)
+    depthwise_efficiency: Mapping[str, float] = field(default_factory=dict)
     energy: EnergyTable = field(default_factory=EnergyTable)
     sources: Mapping[str, str] = field(default_factory=dict)
     calibrated: bool = False
@@ -78,6 +80,7 @@ class DeviceProfile:
             raise ConfigError(f"device {self.name!r}: rates and bandwidth must be positive")
         object.__setattr__(self, "peak_macs_per_s", MappingProxyType(dict(self.peak_macs_per_s)))
         object.__setattr__(self, "sources", MappingProxyType(dict(self.sources)))
+        object.__setattr__(self, "depthwise_efficiency", MappingProxyType(dict(self.depthwise_efficiency)))
 
     def peak_for(self, dtype: str) -> float:
         """Peak MAC/s for ``dtype``; sub-8-bit integer arithmetic runs on int8 units, bf16 on fp16 units."""

@@ -22,7 +22,7 @@ from torch.utils._pytree import tree_flatten
 
 from deepslim._modes import inference_mode
 from deepslim.analysis._liveness import Step, peak_live_bytes
-from deepslim.analysis._ops import MAC_HANDLERS, OpKind, classify, op_name
+from deepslim.analysis._ops import MAC_HANDLERS, OpKind, classify, is_depthwise, op_name
 from deepslim.errors import ConfigError, InputShapeError, UnsupportedOpError
 
 if TYPE_CHECKING:
@@ -52,6 +52,7 @@ class LayerProfile:
     output_bytes: int = 0  # activation bytes written by them
     output_shape: tuple[int, ...] | None = None
     dtype: str = "fp32"  # the arithmetic the layer's MACs use
+    depthwise_macs: int = 0  # the part of ``macs`` in depthwise convolutions (they run far below a CPU's GEMM peak)
 
     @property
     def bytes_moved(self) -> int:
@@ -203,11 +204,12 @@ def _nbytes(t: torch.Tensor) -> int:
 
 
 class _Row:
-    __slots__ = ("name", "type", "calls", "macs", "other_ops", "input_bytes", "output_bytes", "output_shape", "dtype")
+    __slots__ = ("name", "type", "calls", "macs", "other_ops", "input_bytes", "output_bytes", "output_shape", "dtype",
+                 "depthwise_macs")
 
     def __init__(self, name: str, type_: str):
         self.name, self.type = name, type_
-        self.calls = self.macs = self.other_ops = self.input_bytes = self.output_bytes = 0
+        self.calls = self.macs = self.other_ops = self.input_bytes = self.output_bytes = self.depthwise_macs = 0
         self.output_shape: tuple[int, ...] | None = None
         self.dtype: str | None = None
 
@@ -284,7 +286,10 @@ class _Tracer(TorchDispatchMode):
             row.output_bytes += size
         self.steps.append(step)
         if kind is OpKind.MAC:
-            row.macs += MAC_HANDLERS[func.overloadpacket](args, out)
+            macs = MAC_HANDLERS[func.overloadpacket](args, out)
+            row.macs += macs
+            if is_depthwise(func, args):
+                row.depthwise_macs += macs
             row.dtype = row.dtype or dtype_label(ins[0].dtype)
         elif kind is OpKind.ARITH:
             row.other_ops += max([t.numel() for t in ins] + [t.numel() for t in outs] + [0])
@@ -426,6 +431,7 @@ def _assemble(model: nn.Module, name: str, tracer: _Tracer, own_params: dict[str
             nonzero_params=_nonzeros(modules[row_name], params) if row_name in modules else 0,
             weight_bytes=wbytes, macs=row.macs, other_ops=row.other_ops, input_bytes=row.input_bytes,
             output_bytes=row.output_bytes, output_shape=row.output_shape, dtype=dtype,
+            depthwise_macs=row.depthwise_macs,
         ))  # fmt: skip
     in_sizes = {_storage_key(t): t.untyped_storage().nbytes() for t in inputs}
     out_keys = [_storage_key(t) for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)]

@@ -132,7 +132,11 @@ def write_qdq(fp32_path: Path, dest: Path, layers: dict[str, LayerQuant], calib:
         if node.op_type == "Add" and all(t not in inits for t in node.input):
             feeds = [producer.get(t) for t in node.input]
             if any(f is not None and (f in act_layers.values() or f.op_type in ("Add", "Relu")) for f in feeds):
+                users = consumers.get(node.output[0], [])
+                if len(users) == 1 and users[0].op_type == "Relu":  # quantize after the ReLU; it is then dropped
+                    wanted.append(users[0].output[0])
                 wanted += [*node.input, node.output[0]]
+    follows: dict[str, str] = {}  # tensor -> the tensor whose (measured) parameters it takes
     for t in wanted:
         if t in points or t in graph_outputs:
             continue
@@ -146,7 +150,9 @@ def write_qdq(fp32_path: Path, dest: Path, layers: dict[str, LayerQuant], calib:
                 break
             nxt = users[0].output[0]
         points[t] = points[nxt] if chain_ok else None
-    unknown = [t for t, p in points.items() if p is None]
+        if chain_ok and nxt != t and points[nxt] is None:
+            follows[t] = nxt
+    unknown = [t for t, p in points.items() if p is None and t not in follows]
     if unknown:
         measured = _measure(fp32_path, unknown, calib, calibration)
         for t in unknown:
@@ -154,6 +160,11 @@ def write_qdq(fp32_path: Path, dest: Path, layers: dict[str, LayerQuant], calib:
                 points[t] = measured[t]
             else:
                 del points[t]
+    for t, src in follows.items():
+        if points.get(src) is not None:
+            points[t] = points[src]
+        else:
+            points.pop(t, None)
 
     # 3. a ReLU between two identical quantizers with zero point 0 is the identity (codes never go below zero):
     # drop it, and with it the second quantizer, as ONNX Runtime's own quantizer does
