@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -84,68 +84,88 @@ def _attr(node: Any, name: str, default: Any = None) -> Any:
     return default
 
 
+@dataclass
+class _Graph:
+    """An ONNX model with the indexes the rewrite needs."""
+
+    model: Any
+    inits: dict[str, Any] = field(default_factory=dict)
+    consumers: dict[str, list[Any]] = field(default_factory=dict)
+    producer: dict[str, Any] = field(default_factory=dict)
+    outputs: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        graph = self.model.graph
+        self.inits = {i.name: i for i in graph.initializer}
+        for node in graph.node:
+            for t in node.input:
+                self.consumers.setdefault(t, []).append(node)
+            for t in node.output:
+                self.producer[t] = node
+        self.outputs = {o.name for o in graph.output}
+
+
 def write_qdq(fp32_path: Path, dest: Path, layers: dict[str, LayerQuant], calib: Iterable[Any] | None,
               calibration: Any) -> list[str]:  # fmt: skip
     """Rewrite the float ONNX model at ``fp32_path`` into a QDQ model at ``dest``; returns layers left in float."""
     import onnx
-    from onnx import helper, numpy_helper
 
-    model = onnx.load(str(fp32_path))
-    graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    consumers: dict[str, list[Any]] = {}
-    producer: dict[str, Any] = {}
-    for node in graph.node:
-        for t in node.input:
-            consumers.setdefault(t, []).append(node)
-        for t in node.output:
-            producer[t] = node
-    graph_outputs = {o.name for o in graph.output}
+    g = _Graph(onnx.load(str(fp32_path)))
+    if g.model.opset_import[0].version < 13:
+        raise ExportError("per-channel QDQ needs ONNX opset >= 13")
+    layer_node, left = _layer_nodes(g, layers)
+    points = _quantization_points(g, layers, layer_node, lambda ts: _measure(fp32_path, ts, calib, calibration))
+    _drop_identity_relus(g, points)
+    _rewrite(g, layers, layer_node, points)
+    onnx.save(g.model, str(dest))
+    return left
 
-    # 1. each quantized layer's node, by its weight initializer
+
+def _layer_nodes(g: _Graph, layers: dict[str, LayerQuant]) -> tuple[dict[str, Any], list[str]]:
+    """Each quantized layer's Conv/Gemm node, found by its weight initializer; and the layers that stay float."""
     layer_node: dict[str, Any] = {}
     left = []
     for name in layers:
         wname = f"{name}.weight"
-        nodes = [n for n in consumers.get(wname, []) if n.op_type in INTEGER_OPS]
-        if wname not in inits or len(nodes) != 1 or nodes[0].input[1] != wname:
+        nodes = [n for n in g.consumers.get(wname, []) if n.op_type in INTEGER_OPS]
+        if wname not in g.inits or len(nodes) != 1 or nodes[0].input[1] != wname:
             left.append(f"{name} (its weight is not a Conv/Gemm initializer in the exported graph)")
-            continue
-        node = nodes[0]
-        if node.op_type == "Gemm" and (_attr(node, "transB", 0) != 1 or _attr(node, "transA", 0) != 0):
+        elif nodes[0].op_type == "Gemm" and (_attr(nodes[0], "transB", 0) != 1 or _attr(nodes[0], "transA", 0) != 0):
             left.append(f"{name} (Gemm without transB)")
-            continue
-        if node.op_type == "MatMul":
+        elif nodes[0].op_type == "MatMul":
             left.append(f"{name} (MatMul weights are stored transposed)")
-            continue
-        layer_node[name] = node
+        else:
+            layer_node[name] = nodes[0]
+    return layer_node, left
 
-    # 2. the quantization point of every tensor that needs one: (scale, zero point) or None (measure it)
+
+def _quantization_points(g: _Graph, layers: dict[str, LayerQuant], layer_node: dict[str, Any],
+                         measure: Any) -> dict[str, tuple[float, int]]:  # fmt: skip
+    """(scale, zero point) of every tensor to quantize: layer inputs (the model's own parameters), layer outputs
+    and residual additions (the next point down a transparent chain, or measured)."""
     points: dict[str, tuple[float, int] | None] = {}
-    for name, node in layer_node.items():
-        lq = layers[name]
-        if lq.act_scale is not None:
-            points[node.input[0]] = (lq.act_scale, lq.act_zero)
     act_layers = {n: node for n, node in layer_node.items() if layers[n].act_scale is not None}
+    for name, node in act_layers.items():
+        points[node.input[0]] = (layers[name].act_scale, layers[name].act_zero)
     wanted = [node.output[0] for node in act_layers.values()]
-    for node in graph.node:  # residual additions between quantized tensors need their inputs and output quantized
-        if node.op_type == "Add" and all(t not in inits for t in node.input):
-            feeds = [producer.get(t) for t in node.input]
+    for node in g.model.graph.node:  # residual additions between quantized tensors: inputs and output
+        if node.op_type == "Add" and all(t not in g.inits for t in node.input):
+            feeds = [g.producer.get(t) for t in node.input]
             if any(f is not None and (f in act_layers.values() or f.op_type in ("Add", "Relu")) for f in feeds):
-                users = consumers.get(node.output[0], [])
+                users = g.consumers.get(node.output[0], [])
                 if len(users) == 1 and users[0].op_type == "Relu":  # quantize after the ReLU; it is then dropped
                     wanted.append(users[0].output[0])
                 wanted += [*node.input, node.output[0]]
     follows: dict[str, str] = {}  # tensor -> the tensor whose (measured) parameters it takes
     for t in wanted:
-        if t in points or t in graph_outputs:
+        if t in points or t in g.outputs:
             continue
         # the next quantization point down a chain of transparent single-consumer ops gives the parameters
         # (quantizing before a ReLU or a max pool is exact); where there is none, measure the tensor
         nxt, chain_ok = t, True
         while nxt not in points:
-            users = consumers.get(nxt, [])
-            if len(users) != 1 or users[0].op_type not in TRANSPARENT or nxt in graph_outputs:
+            users = g.consumers.get(nxt, [])
+            if len(users) != 1 or users[0].op_type not in TRANSPARENT or nxt in g.outputs:
                 chain_ok = False
                 break
             nxt = users[0].output[0]
@@ -153,35 +173,46 @@ def write_qdq(fp32_path: Path, dest: Path, layers: dict[str, LayerQuant], calib:
         if chain_ok and nxt != t and points[nxt] is None:
             follows[t] = nxt
     unknown = [t for t, p in points.items() if p is None and t not in follows]
-    if unknown:
-        measured = _measure(fp32_path, unknown, calib, calibration)
-        for t in unknown:
-            if t in measured:
-                points[t] = measured[t]
-            else:
-                del points[t]
+    measured = measure(unknown) if unknown else {}
+    for t in unknown:
+        points[t] = measured.get(t)
     for t, src in follows.items():
-        if points.get(src) is not None:
-            points[t] = points[src]
-        else:
-            points.pop(t, None)
+        points[t] = points.get(src)
+    return {t: p for t, p in points.items() if p is not None}
 
-    # 3. a ReLU between two identical quantizers with zero point 0 is the identity (codes never go below zero):
-    # drop it, and with it the second quantizer, as ONNX Runtime's own quantizer does
-    for node in list(graph.node):
-        if node.op_type != "Relu" or node.output[0] in graph_outputs:
+
+def _drop_identity_relus(g: _Graph, points: dict[str, tuple[float, int]]) -> None:
+    """A ReLU between two identical quantizers with zero point 0 is the identity (codes never go below zero): drop
+    it and the second quantizer, as ONNX Runtime's own quantizer does."""
+    for node in list(g.model.graph.node):
+        if node.op_type != "Relu" or node.output[0] in g.outputs:
             continue
         src, dst = node.input[0], node.output[0]
         if points.get(src) is not None and points.get(src) == points.get(dst) and points[src][1] == 0:
-            for user in consumers.get(dst, []):
+            for user in g.consumers.get(dst, []):
                 for i, t in enumerate(user.input):
                     if t == dst:
                         user.input[i] = src
-            graph.node.remove(node)
+            g.model.graph.node.remove(node)
             del points[dst]
 
-    # 4. rewrite: Q/DQ pairs on activations, DQ on integer weights and int32 biases
+
+def _rewrite(g: _Graph, layers: dict[str, LayerQuant], layer_node: dict[str, Any],
+             points: dict[str, tuple[float, int]]) -> None:  # fmt: skip
+    """Q/DQ pairs on activations, DQ on the integer weights and int32 biases, in topological order."""
+    from onnx import helper, numpy_helper
+
+    graph = g.model.graph
     new_nodes, new_inits = [], []
+
+    def dequantize(base: str, values: np.ndarray, scale: np.ndarray, zero: np.ndarray, **attrs: Any) -> str:
+        new_inits.extend([numpy_helper.from_array(values, f"{base}__q"),
+                          numpy_helper.from_array(scale, f"{base}__scale"),
+                          numpy_helper.from_array(zero, f"{base}__zero")])  # fmt: skip
+        new_nodes.append(helper.make_node("DequantizeLinear", [f"{base}__q", f"{base}__scale", f"{base}__zero"],
+                                          [f"{base}__dq"], name=f"{base}__DQ", **attrs))  # fmt: skip
+        return f"{base}__dq"
+
     renamed: dict[str, str] = {}
     for t, (scale, zero) in points.items():
         s_name, z_name = f"{t}__scale", f"{t}__zero"
@@ -193,49 +224,31 @@ def write_qdq(fp32_path: Path, dest: Path, layers: dict[str, LayerQuant], calib:
         renamed[t] = f"{t}__dq"
     for name, node in layer_node.items():
         lq = layers[name]
-        wname = node.input[1]
-        codes = lq.codes.numpy().astype(np.int8)
         per_channel = lq.scale.numel() > 1
         w_scale, w_zero = lq.scale.numpy().astype(np.float32), lq.zero.numpy().astype(np.int8)
         if not per_channel:
             w_scale, w_zero = w_scale.reshape(()), w_zero.reshape(())
-        new_inits += [numpy_helper.from_array(codes, f"{wname}__q"),
-                      numpy_helper.from_array(w_scale, f"{wname}__scale"),
-                      numpy_helper.from_array(w_zero, f"{wname}__zero")]  # fmt: skip
-        dq = helper.make_node("DequantizeLinear", [f"{wname}__q", f"{wname}__scale", f"{wname}__zero"],
-                              [f"{wname}__dq"], name=f"{wname}__DQ", **({"axis": 0} if per_channel else {}))
-        new_nodes.append(dq)
-        graph.initializer.remove(inits[wname])
-        node.input[1] = f"{wname}__dq"
+        wname = node.input[1]
+        graph.initializer.remove(g.inits[wname])
+        node.input[1] = dequantize(wname, lq.codes.numpy().astype(np.int8), w_scale, w_zero,
+                                   **({"axis": 0} if per_channel else {}))  # fmt: skip
         x_point = points.get(node.input[0])
-        if len(node.input) > 2 and node.input[2] in inits and x_point is not None:
+        if len(node.input) > 2 and node.input[2] in g.inits and x_point is not None:
             bname = node.input[2]
-            bias = numpy_helper.to_array(inits[bname]).astype(np.float64)
-            b_scale = (x_point[0] * lq.scale.double().numpy()).astype(np.float32)
-            if b_scale.size == 1:
-                b_scale = np.full(bias.shape, b_scale.reshape(()), np.float32)
+            bias = numpy_helper.to_array(g.inits[bname]).astype(np.float64)
+            b_scale = np.broadcast_to((x_point[0] * lq.scale.double().numpy()).astype(np.float32), bias.shape).copy()
             b_codes = np.round(bias / b_scale).astype(np.int32)
-            new_inits += [numpy_helper.from_array(b_codes, f"{bname}__q"),
-                          numpy_helper.from_array(b_scale, f"{bname}__scale"),
-                          numpy_helper.from_array(np.zeros_like(b_codes), f"{bname}__zero")]  # fmt: skip
-            new_nodes.append(helper.make_node("DequantizeLinear", [f"{bname}__q", f"{bname}__scale", f"{bname}__zero"],
-                                              [f"{bname}__dq"], name=f"{bname}__DQ", axis=0))  # fmt: skip
-            graph.initializer.remove(inits[bname])
-            node.input[2] = f"{bname}__dq"
+            graph.initializer.remove(g.inits[bname])
+            node.input[2] = dequantize(bname, b_codes, b_scale, np.zeros_like(b_codes), axis=0)
     for node in graph.node:  # consumers read the dequantized tensors
         for i, t in enumerate(node.input):
             if t in renamed:
                 node.input[i] = renamed[t]
     graph.initializer.extend(new_inits)
-    # the original nodes, then the Q/DQ nodes, in a valid (topological) order
     ordered = _toposort(list(graph.node) + new_nodes, {i.name for i in graph.initializer} |
                         {i.name for i in graph.input})  # fmt: skip
     del graph.node[:]
     graph.node.extend(ordered)
-    if model.opset_import[0].version < 13:
-        raise ExportError("per-channel QDQ needs ONNX opset >= 13")
-    onnx.save(model, str(dest))
-    return left
 
 
 def _toposort(nodes: list[Any], available: set[str]) -> list[Any]:
