@@ -7,7 +7,8 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).parent
-BENCHMARKS = ["profile_speed", "pruning_speed", "pruning_accuracy", "quantization", "deep_compression"]
+BENCHMARKS = ["profile_speed", "pruning_speed", "pruning_accuracy", "quantization", "quantization_shapes",
+              "deep_compression", "speed"]
 
 
 def main() -> int:
