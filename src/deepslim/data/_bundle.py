@@ -1,4 +1,8 @@
-"""DataBundle: what every dataset loader returns, and the shared split/normalize/loader helpers."""
+"""DataBundle: what every dataset loader returns, and the shared split/normalize/loader helpers.
+
+Loaders standardise inputs with the training set's statistics; :class:`Preprocessing` records that, so a model
+saved, archived or exported from a run carries it, and a deployed model is fed what it was trained on.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,66 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from deepslim.errors import DataError
+
+
+@dataclass(frozen=True, kw_only=True)
+class Preprocessing:
+    """What a loader does to raw inputs before the model sees them: ``(x - mean) / std`` along ``channel_dim``.
+
+    ``mean`` and ``std`` hold one value per channel (or one for all). Raw inputs are what the dataset stores
+    (pixels scaled to [0, 1] for the image sets). Plain data: ``to_dict``/``from_dict`` round-trip through JSON.
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    channel_dim: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.mean or len(self.mean) != len(self.std):
+            raise DataError(f"preprocessing needs as many std as mean values (got {len(self.mean)} and "
+                            f"{len(self.std)})")  # fmt: skip
+        if min(self.std) <= 0:
+            raise DataError("preprocessing std values must be positive")
+        if self.channel_dim < 1:
+            raise DataError(f"preprocessing channel_dim must be at least 1 (0 is the batch), got {self.channel_dim}")
+
+    def _shape(self, x: torch.Tensor) -> tuple[int, ...]:
+        shape = [1] * x.ndim
+        if len(self.mean) > 1:
+            if x.ndim <= self.channel_dim or x.shape[self.channel_dim] != len(self.mean):
+                raise DataError(f"preprocessing has {len(self.mean)} channels along dimension {self.channel_dim}; "
+                                f"the input has shape {tuple(x.shape)}")  # fmt: skip
+            shape[self.channel_dim] = len(self.mean)
+        return tuple(shape)
+
+    def apply(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw input → what the model expects."""
+        shape = self._shape(x)
+        mean = torch.tensor(self.mean, dtype=x.dtype).reshape(shape)
+        std = torch.tensor(self.std, dtype=x.dtype).reshape(shape)
+        return (x - mean) / std
+
+    def invert(self, x: torch.Tensor) -> torch.Tensor:
+        """What the model expects → raw input."""
+        shape = self._shape(x)
+        mean = torch.tensor(self.mean, dtype=x.dtype).reshape(shape)
+        return x * torch.tensor(self.std, dtype=x.dtype).reshape(shape) + mean
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": "standardize", "mean": list(self.mean), "std": list(self.std), "channel_dim": self.channel_dim}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocessing:
+        if not isinstance(d, dict) or d.get("kind", "standardize") != "standardize":
+            raise DataError(f"unknown preprocessing record {d!r}: this deepslim reads kind 'standardize'")
+        unknown = set(d) - {"kind", "mean", "std", "channel_dim"}
+        if unknown:
+            raise DataError(f"preprocessing record has unknown keys: {', '.join(sorted(unknown))}")
+        try:
+            return cls(mean=tuple(float(v) for v in d["mean"]), std=tuple(float(v) for v in d["std"]),
+                       channel_dim=int(d.get("channel_dim", 1)))  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DataError(f"malformed preprocessing record {d!r}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -25,6 +89,7 @@ class DataBundle:
     num_classes: int
     class_names: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
+    preprocessing: Preprocessing | None = None  # None: inputs are fed as stored
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -58,11 +123,15 @@ def make_bundle(name: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.n
     if len(x_train) == 0 or len(x_test) == 0:
         raise DataError(f"{name}: the training and test sets must not be empty")
     x_train, x_val, x_test = (np.asarray(a, dtype=np.float32) for a in (x_train, x_val, x_test))
+    preprocessing = None
     if normalize:
         axes = (0, *range(2, x_train.ndim)) if x_train.ndim > 2 else (0, 1)
         mean = x_train.mean(axis=axes, keepdims=True)
         std = x_train.std(axis=axes, keepdims=True) + 1e-6
         x_train, x_val, x_test = ((a - mean) / std for a in (x_train, x_val, x_test))
+        preprocessing = Preprocessing(mean=tuple(float(v) for v in mean.reshape(-1)),
+                                      std=tuple(float(v) for v in std.reshape(-1)),
+                                      channel_dim=1)  # fmt: skip
     n_cls = num_classes or int(max(y_train.max(), y_test.max(), y_val.max() if len(y_val) else 0)) + 1
     gen = torch.Generator().manual_seed(seed)
 
@@ -81,4 +150,5 @@ def make_bundle(name: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.n
         num_classes=n_cls,
         class_names=class_names,
         info=info or {},
+        preprocessing=preprocessing,
     )

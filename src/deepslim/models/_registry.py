@@ -19,6 +19,9 @@ from torch import nn
 
 from deepslim.errors import ConfigError, UnknownNameError
 
+# set by whoever pairs a model with its data (CLI, recipes): the data's Preprocessing.to_dict(), so files written
+# from the model (checkpoint, .pt2, .dsz, ONNX metadata) record what inputs the model expects
+PREPROCESSING_ATTR = "_deepslim_preprocessing"
 ARCH_ATTR = "_deepslim_arch"  # set on every model built from the registry: {"name": ..., "options": {...}}
 
 
