@@ -14,6 +14,11 @@ import torch
 from torch.utils.data import DataLoader, TensorDataset
 
 from deepslim.errors import DataError
+from deepslim.tasks import Classification, Task
+
+# set on each loader make_bundle builds: the Preprocessing its inputs went through (None: raw), so that
+# evaluate(model, bundle.test) knows it even without the bundle
+LOADER_PREPROCESSING_ATTR = "deepslim_preprocessing"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -78,26 +83,33 @@ class Preprocessing:
 
 @dataclass(frozen=True)
 class DataBundle:
-    """Train/val/test loaders, a calibration loader (a small slice of training data) and an example input."""
+    """Train/val/test loaders, a calibration loader (a small slice of training data) and an example input.
+
+    ``task`` says what the batches mean (classification by default; see :mod:`deepslim.tasks`).
+    """
 
     name: str
     train: DataLoader
     val: DataLoader
     test: DataLoader
     calib: DataLoader
-    example_input: torch.Tensor  # one batch of size 1, as the model sees it
-    num_classes: int
+    example_input: Any  # one batch of size 1, as the model sees it: a tensor, or a tuple/dict of inputs
+    num_classes: int  # 0 for tasks without classes (regression, embeddings)
     class_names: tuple[str, ...] = ()
     info: dict[str, Any] = field(default_factory=dict)
     preprocessing: Preprocessing | None = None  # None: inputs are fed as stored
+    task: Task = Classification()
 
     @property
     def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.example_input.shape[1:])
+        from deepslim.tasks import first_input
+
+        return tuple(first_input(self.example_input).shape[1:])
 
     def __str__(self) -> str:
         sizes = ", ".join(f"{k} {len(getattr(self, k).dataset)}" for k in ("train", "val", "test", "calib"))
-        return f"{self.name}: {sizes}; input {tuple(self.input_shape)}; {self.num_classes} classes"
+        what = f"{self.num_classes} classes" if self.task.has_classes else self.task.name
+        return f"{self.name}: {sizes}; input {tuple(self.input_shape)}; {what}"
 
 
 def stratified_split(y: np.ndarray, fractions: tuple[float, float], seed: int) -> tuple[np.ndarray, ...]:
@@ -116,8 +128,12 @@ def stratified_split(y: np.ndarray, fractions: tuple[float, float], seed: int) -
 def make_bundle(name: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray, y_val: np.ndarray,
                 x_test: np.ndarray, y_test: np.ndarray, *, batch_size: int, calib_size: int, seed: int,
                 class_names: tuple[str, ...] = (), normalize: bool = True, num_classes: int | None = None,
-                info: dict[str, Any] | None = None) -> DataBundle:  # fmt: skip
-    """Normalize with the training set's per-channel statistics and wrap the arrays in loaders."""
+                info: dict[str, Any] | None = None, task: Task | None = None) -> DataBundle:  # fmt: skip
+    """Normalize with the training set's per-channel statistics and wrap the arrays in loaders.
+
+    Targets are class indices (int64) for tasks with classes, real values (float32) otherwise.
+    """
+    task = task or Classification()
     if batch_size < 1:
         raise DataError(f"batch_size must be at least 1, got {batch_size}")
     if len(x_train) == 0 or len(x_test) == 0:
@@ -132,12 +148,18 @@ def make_bundle(name: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.n
         preprocessing = Preprocessing(mean=tuple(float(v) for v in mean.reshape(-1)),
                                       std=tuple(float(v) for v in std.reshape(-1)),
                                       channel_dim=1)  # fmt: skip
-    n_cls = num_classes or int(max(y_train.max(), y_test.max(), y_val.max() if len(y_val) else 0)) + 1
+    if task.has_classes:
+        n_cls = num_classes or int(max(y_train.max(), y_test.max(), y_val.max() if len(y_val) else 0)) + 1
+    else:
+        n_cls = num_classes or 0
+    y_dtype = np.int64 if task.has_classes else np.float32
     gen = torch.Generator().manual_seed(seed)
 
     def loader(x: np.ndarray, y: np.ndarray, shuffle: bool) -> DataLoader:
-        ds = TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(y.astype(np.int64)))
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen if shuffle else None)
+        ds = TensorDataset(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y, y_dtype)))
+        dl = DataLoader(ds, batch_size=batch_size, shuffle=shuffle, generator=gen if shuffle else None)
+        setattr(dl, LOADER_PREPROCESSING_ATTR, preprocessing)
+        return dl
 
     calib_idx = np.random.default_rng(seed).permutation(len(x_train))[: min(calib_size, len(x_train))]
     return DataBundle(
@@ -151,4 +173,5 @@ def make_bundle(name: str, x_train: np.ndarray, y_train: np.ndarray, x_val: np.n
         class_names=class_names,
         info=info or {},
         preprocessing=preprocessing,
+        task=task,
     )

@@ -13,6 +13,7 @@ Distillation is a recovery step: after pruning or quantization, the uncompressed
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -22,10 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepslim._modes import inference_mode
 from deepslim.config import freeze_overrides
 from deepslim.data import DataBundle
 from deepslim.errors import ConfigError
-from deepslim.train.loop import FitResult, Optimizer, StepHook, train_loop
+from deepslim.tasks import Inputs, Task, call_model, get_task
+from deepslim.train._inputs import input_adapter, model_preprocessing
+from deepslim.train.loop import EvalResult, FitResult, Optimizer, StepHook, evaluate, fidelity, train_loop
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -108,47 +112,66 @@ def distill(student: nn.Module, teacher: nn.Module, data: DataBundle, config: KD
             epochs: int, lr: float = 1e-3, optimizer: str | Optimizer = "adam", weight_decay: float = 0.0,
             momentum: float = 0.9, seed: int = 0, cosine: bool = True, restore_best: bool = True,
             hooks: Sequence[StepHook] = (), checkpoint: str | os.PathLike[str] | None = None,
-            on_epoch: Callable[[dict[str, float]], None] | None = None) -> FitResult:  # fmt: skip
-    """Train ``student`` on ``data`` with ``teacher``'s soft targets (and hints); the teacher is not changed.
+            on_epoch: Callable[[dict[str, float]], None] | None = None,
+            task: Task | str | None = None) -> FitResult:  # fmt: skip
+    """Train ``student`` on ``data`` to follow ``teacher``'s outputs (and hints); the teacher is not changed.
 
-    Takes the same training options as :func:`~deepslim.train.fit`; pruning masks and shared codebooks are
-    respected in the same way (they are part of the student).
+    The comparison is the task's (:mod:`deepslim.tasks`): temperature-scaled KL divergence for tasks with classes,
+    1 − cosine similarity for embeddings, MSE for regression, blended with the task's own loss on the labels by
+    ``alpha``. Batches without targets (embeddings of unlabelled text, say) train on the teacher alone and validate
+    by fidelity to it. Takes the same training options as :func:`~deepslim.train.fit`; pruning masks and shared
+    codebooks are respected in the same way (they are part of the student).
     """
     config = config or KDConfig()
+    task = get_task(task, data.task)
     hints: Mapping[str, str] = dict(config.hints)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
+    # the loop feeds the student its own preprocessing; the teacher's inputs are converted from that
+    student_pre = model_preprocessing(student) or data.preprocessing
+    to_teacher = input_adapter(teacher, student_pre)
     s_cap = _Capture(student, list(hints), "student")
     t_cap = _Capture(teacher, list(hints.values()), "teacher")
     regressors = nn.ModuleDict()
     try:
         if hints:  # size the regressors from one batch
-            x0 = data.example_input
-            with torch.no_grad():
-                was = student.training
-                student.eval()
-                student(x0)
-                student.train(was)
-                teacher(x0)
+            x0 = input_adapter(student, data.preprocessing)(data.example_input)
+            with torch.no_grad(), inference_mode(student):
+                call_model(student, x0)
+                call_model(teacher, to_teacher(x0))
             for i, (s_name, t_name) in enumerate(hints.items()):
                 regressors[str(i)] = _regressor(s_cap.out[s_name], t_cap.out[t_name])
 
-        def loss(x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        def loss(inputs: Inputs, target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
             with torch.no_grad():
-                t_logits = teacher(x)
-            logits = student(x)
-            total = kd_loss(logits, t_logits, y, temperature=config.temperature, alpha=config.alpha)
+                t_out = task.forward(teacher, to_teacher(inputs))
+            out = task.forward(student, inputs)
+            total = task.distill_loss(out, t_out, target, temperature=config.temperature, alpha=config.alpha)
             for i, (s_name, t_name) in enumerate(hints.items()):
-                target = t_cap.out[t_name].detach()
-                pred = _match(regressors[str(i)](s_cap.out[s_name]), target)
-                total = total + config.hint_weight * F.mse_loss(pred, target)
-            return total, logits
+                ref = t_cap.out[t_name].detach()
+                pred = _match(regressors[str(i)](s_cap.out[s_name]), ref)
+                total = total + config.hint_weight * F.mse_loss(pred, ref)
+            return total, out
+
+        def validate() -> EvalResult:
+            if _has_targets(task, data.val):
+                return evaluate(student, data, split="val", task=task)
+            metrics = fidelity(student, teacher, data, split="val", task=task)
+            return EvalResult(accuracy=metrics.get("agreement", math.nan), loss=metrics.get("loss", math.nan),
+                              samples=len(data.val.dataset), metrics=metrics, task=task.name,
+                              metric=task.metric)  # fmt: skip
 
         return train_loop(student, data, loss, epochs=epochs, lr=lr, optimizer=optimizer,
                           weight_decay=weight_decay, momentum=momentum, seed=seed, cosine=cosine,
                           restore_best=restore_best, hooks=hooks, on_epoch=on_epoch, checkpoint=checkpoint,
-                          extra_params=list(regressors.parameters()))  # fmt: skip
+                          extra_params=list(regressors.parameters()), task=task, validate=validate)  # fmt: skip
     finally:
         s_cap.close()
         t_cap.close()
+
+
+def _has_targets(task: Task, loader: Any) -> bool:
+    for batch in loader:
+        return task.split(batch)[1] is not None
+    return False
