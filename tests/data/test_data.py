@@ -64,7 +64,7 @@ def test_mnist_idx_loader(tmp_path, gz):
     sizes = [len(getattr(data, k).dataset) for k in ("train", "val", "test")]
     assert sizes == [50, 10, 20]  # validation takes round(6 x 0.1) = 1 image of each class
     assert data.test.dataset.tensors[1].tolist() == [i % 10 for i in range(20)]
-    assert ds.load_data(f"fashion_mnist:{root}").name == "fashion_mnist"
+    assert ds.load_data(f"fashion_mnist:{root}").name == "fashion-mnist"  # the old name is an alias
 
 
 def test_mnist_missing_and_truncated(tmp_path):

@@ -26,7 +26,9 @@ def list_datasets() -> list[str]:
 
 
 def load_data(spec: str | os.PathLike[str], **options: Any) -> DataBundle:
-    """Load a dataset by spec: ``digits``, ``shapes``, or ``mnist|fashion_mnist|cifar10|folder|npz:PATH``."""
+    """Load a dataset by spec: ``digits``, ``shapes``, ``fashion-mnist``, ``mnist-5k``, ``mnist1d``, or
+    ``mnist|fashion-mnist|cifar10|folder|npz:PATH``. Loaders whose files have a default place (an installed package)
+    take an optional path."""
     text = os.fspath(spec)
     name, sep, path = text.partition(":")
     if name not in _LOADERS:
@@ -36,14 +38,16 @@ def load_data(spec: str | os.PathLike[str], **options: Any) -> DataBundle:
             raise UnknownNameError("dataset", name, _LOADERS)
     loader = _LOADERS[name]
     params = inspect.signature(loader).parameters
-    needs_root = "root" in params
-    if needs_root and not sep:
-        raise ConfigError(f"dataset {name!r} reads local files: give a path as '{name}:PATH'")
-    if sep and not needs_root:
+    root = params.get("root")
+    if sep and root is None:
         raise ConfigError(f"dataset {name!r} is built in and takes no path")
-    accepted = {k for k in params if k != "root"}
-    unknown = sorted(set(options) - accepted)
+    if root is not None and root.default is inspect.Parameter.empty and not sep and "root" not in options:
+        raise ConfigError(f"dataset {name!r} reads local files: give a path as '{name}:PATH'")
+    if sep and "root" in options:
+        raise ConfigError(f"dataset {name!r}: give the path once, in the spec or as root=, not both")
+    unknown = sorted(set(options) - set(params))
     if unknown:
+        accepted = sorted(set(params) - {"root"})
         raise ConfigError(f"dataset {name!r} has no option {', '.join(map(repr, unknown))}; "
-                          f"its options are: {', '.join(sorted(accepted))}")  # fmt: skip
-    return loader(root=path, **options) if needs_root else loader(**options)
+                          f"its options are: {', '.join(accepted)}")  # fmt: skip
+    return loader(root=path, **options) if sep else loader(**options)

@@ -45,36 +45,30 @@ def _find(root: Path, stem: str, expected: list[str]) -> Path:
     raise DataError(f"{root} lacks {stem}[.gz]; expected files: {', '.join(expected)}")
 
 
-def _load_idx_dataset(name: str, root: str, batch_size: int, val_fraction: float, seed: int,
-                      calib_size: int) -> DataBundle:  # fmt: skip
+def read_idx_set(name: str, root: str | Path) -> tuple[np.ndarray, ...]:
+    """(train images, train labels, test images, test labels) from the four IDX files in ``root``; images as
+    float32 (N, 1, H, W) in [0, 1], labels as int64."""
     base = Path(root)
     expected = [f"{f}[.gz]" for f in _IDX_FILES]
     if not base.is_dir():
-        raise DataError(f"{name} directory {root!r} does not exist; it should hold: {', '.join(expected)}")
+        raise DataError(f"{name} directory {str(root)!r} does not exist; it should hold: {', '.join(expected)}")
     x_tr, y_tr, x_te, y_te = (read_idx(_find(base, f, expected)) for f in _IDX_FILES)
     if len(x_tr) != len(y_tr) or len(x_te) != len(y_te):
         raise DataError(f"{root}: image and label counts differ ({len(x_tr)} vs {len(y_tr)}, "
                         f"{len(x_te)} vs {len(y_te)})")  # fmt: skip
     x_tr = (x_tr.astype(np.float32) / 255.0)[:, None]  # (N, 1, 28, 28)
     x_te = (x_te.astype(np.float32) / 255.0)[:, None]
-    y_tr, y_te = y_tr.astype(np.int64), y_te.astype(np.int64)
-    tr, va, _ = stratified_split(y_tr, (val_fraction, 0.0), seed)
-    return make_bundle(name, x_tr[tr], y_tr[tr], x_tr[va], y_tr[va], x_te, y_te, batch_size=batch_size,
-                       calib_size=calib_size, seed=seed, num_classes=10, info={"root": str(base)})  # fmt: skip
+    return x_tr, y_tr.astype(np.int64), x_te, y_te.astype(np.int64)
 
 
 @register_dataset("mnist")
 def load_mnist(*, root: str, batch_size: int = 128, val_fraction: float = 0.1, seed: int = 0,
                calib_size: int = 256) -> DataBundle:  # fmt: skip
     """MNIST from the four IDX files (optionally gzipped) in ``root``."""
-    return _load_idx_dataset("mnist", root, batch_size, val_fraction, seed, calib_size)
-
-
-@register_dataset("fashion_mnist")
-def load_fashion_mnist(*, root: str, batch_size: int = 128, val_fraction: float = 0.1, seed: int = 0,
-                       calib_size: int = 256) -> DataBundle:  # fmt: skip
-    """Fashion-MNIST from the four IDX files (optionally gzipped) in ``root``."""
-    return _load_idx_dataset("fashion_mnist", root, batch_size, val_fraction, seed, calib_size)
+    x_tr, y_tr, x_te, y_te = read_idx_set("mnist", root)
+    tr, va, _ = stratified_split(y_tr, (val_fraction, 0.0), seed)
+    return make_bundle("mnist", x_tr[tr], y_tr[tr], x_tr[va], y_tr[va], x_te, y_te, batch_size=batch_size,
+                       calib_size=calib_size, seed=seed, num_classes=10, info={"root": str(root)})  # fmt: skip
 
 
 class _ArrayUnpickler(pickle.Unpickler):
