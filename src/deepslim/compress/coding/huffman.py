@@ -8,6 +8,7 @@ with a lookup table indexed by the next ``max_length`` bits.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from dataclasses import dataclass
 
@@ -85,39 +86,46 @@ def encode(values: np.ndarray) -> tuple[HuffmanTable, bytes, int]:
 
 
 def decode(table: HuffmanTable, data: bytes, n_bits: int, count: int) -> np.ndarray:
-    """The ``count`` symbols encoded in ``data``; raises ArchiveError on a stream that does not decode."""
+    """The ``count`` symbols encoded in ``data``; raises ArchiveError on a stream that does not decode.
+
+    Memory is bounded by the stream's own length (every code takes at least one bit): the next ``max_length`` bits
+    at every position, and a binary search over the canonical codes (no table of ``2^max_length`` entries, which a
+    crafted 24-bit code would make 16 M entries long).
+    """
     if count == 0:
         return np.zeros(0, dtype=np.int64)
     if len(table.lengths) == 0:
         raise ArchiveError("Huffman stream has symbols but an empty code table")
     if n_bits > len(data) * 8:
         raise ArchiveError(f"Huffman stream truncated: {len(data) * 8} bits for {n_bits}")
+    if count > n_bits:
+        raise ArchiveError(f"Huffman stream of {n_bits} bits cannot hold {count} symbols (each takes a bit at least)")
     width = int(table.lengths.max())
-    lookup_sym = np.full(1 << width, -1, dtype=np.int64)
-    lookup_len = np.zeros(1 << width, dtype=np.int64)
-    for sym, code, length in zip(table.symbols.tolist(), table.codes().tolist(), table.lengths.tolist(),
-                                 strict=True):  # fmt: skip
-        lo = code << (width - length)
-        lookup_sym[lo : lo + (1 << (width - length))] = sym
-        lookup_len[lo : lo + (1 << (width - length))] = length
-    bits = np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:n_bits].astype(np.int64)
-    padded = np.concatenate([bits, np.zeros(width, dtype=np.int64)])
-    windows = np.zeros(n_bits, dtype=np.int64)  # the next `width` bits at every position
+    lengths = table.lengths.astype(np.int64)
+    # canonical codes, left-aligned to `width` bits, increase strictly: a window belongs to the last start <= it
+    starts = table.codes() << (width - lengths)
+    ends = (starts + (1 << (width - lengths))).tolist()
+    starts_list, lens = starts.tolist(), lengths.tolist()
+    padded = np.concatenate([np.unpackbits(np.frombuffer(data, dtype=np.uint8))[:n_bits],
+                             np.zeros(width, dtype=np.uint8)])  # fmt: skip
+    windows = np.zeros(n_bits, dtype=np.int32)  # the next `width` (<= 24) bits at every position
     for j in range(width):
         windows = (windows << 1) | padded[j : j + n_bits]
+    view = memoryview(windows)
     out = np.empty(count, dtype=np.int64)
-    pos, syms, lens = 0, lookup_sym, lookup_len
+    pos = 0
     for k in range(count):
         if pos >= n_bits:
             raise ArchiveError(f"Huffman stream ended after {k} of {count} symbols")
-        w = windows[pos]
-        if lens[w] == 0:
+        w = view[pos]
+        i = bisect.bisect_right(starts_list, w) - 1
+        if i < 0 or w >= ends[i]:
             raise ArchiveError(f"invalid Huffman code at bit {pos}")
-        out[k] = syms[w]
-        pos += lens[w]
+        out[k] = i
+        pos += lens[i]
     if pos != n_bits:
         raise ArchiveError(f"Huffman stream has {n_bits - pos} bits left over after {count} symbols")
-    return out
+    return table.symbols[out]
 
 
 # -- code tables on disk -------------------------------------------------------------------------------------------
@@ -161,10 +169,14 @@ def table_to_bytes(table: HuffmanTable) -> bytes:
 
 def table_from_bytes(data: bytes) -> HuffmanTable:
     k, pos = read_varint(data, 0)
+    if 2 * k > len(data):  # a symbol takes a varint byte and a length byte at least
+        raise ArchiveError(f"Huffman code table declares {k} symbols in {len(data)} bytes")
     symbols, prev = [], None
     for _ in range(k):
         v, pos = read_varint(data, pos)
         prev = ((v >> 1) ^ -(v & 1)) if prev is None else prev + v
+        if not -(1 << 63) <= prev < 1 << 63:
+            raise ArchiveError("Huffman code table holds a symbol outside 64-bit integers")
         symbols.append(prev)
     lengths = np.frombuffer(data[pos : pos + k], dtype=np.uint8)
     if len(lengths) != k or pos + k != len(data):
