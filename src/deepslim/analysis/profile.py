@@ -3,37 +3,56 @@
 The model runs once on an example input under a ``TorchDispatchMode`` that sees every ATen operator — so functional
 calls, attention products, depthwise and grouped convolutions and any module layout are counted — while module hooks
 say which layer is running. Each operator is charged to the innermost module active when it ran. Counting
-conventions are in :mod:`deepslim.analysis._ops`. Models on the ``meta`` device profile without computing anything.
+conventions are in :mod:`deepslim.analysis._ops`.
+
+Nothing needs values, so the run is on fake tensors (:mod:`deepslim.analysis._execution`): any input size profiles in
+the memory of the weights. A model whose forward reads values runs for real, within the memory that is free. Models
+on the ``meta`` device profile without computing anything either way.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Hashable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
-from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from deepslim._modes import inference_mode
-from deepslim.analysis._liveness import Step, peak_live_bytes
-from deepslim.analysis._ops import MAC_HANDLERS, OpKind, classify, is_depthwise, op_name
-from deepslim.errors import ConfigError, InputShapeError, UnsupportedOpError
+from deepslim.analysis._execution import (
+    available_memory_bytes,
+    fake_mode,
+    fake_state_undone,
+    has_lazy_parameters,
+    to_fake,
+)
+from deepslim.analysis._format import human
+from deepslim.analysis._liveness import peak_live_bytes
+from deepslim.analysis._tracer import (
+    Example,
+    OverBudget,
+    Row,
+    Tracer,
+    dtype_label,
+    owner_name,
+    run,
+    storage_bytes,
+    storage_key,
+    tensors,
+)
+from deepslim.errors import ConfigError, DeepSlimError, InputShapeError, UnsupportedOpError
 
 if TYPE_CHECKING:
     from deepslim.analysis.cost import CostEstimate
     from deepslim.analysis.devices import DeviceProfile
 
 log = logging.getLogger(__name__)
+_USABLE_FRACTION = 0.8  # of the free memory, what a real profiling run may hold
 
-_DTYPE_LABELS = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16", torch.float64: "fp64",
-                 torch.int8: "int8", torch.uint8: "int8", torch.int32: "int32", torch.int64: "int64"}  # fmt: skip
-Example = torch.Tensor | tuple[Any, ...] | list[Any] | Mapping[str, Any]
 
 
 @dataclass(frozen=True)
@@ -146,10 +165,6 @@ class Profile:
         return format_profile(self)
 
 
-def dtype_label(dtype: torch.dtype) -> str:
-    return _DTYPE_LABELS.get(dtype, str(dtype).removeprefix("torch."))
-
-
 def module_weight_bytes(module: nn.Module, params: list[torch.Tensor]) -> int:
     """Bytes of a module's own weights as stored; compressed modules report theirs via ``deepslim_weight_bytes()``."""
     custom = getattr(module, "deepslim_weight_bytes", None)
@@ -160,154 +175,38 @@ def module_weight_bytes(module: nn.Module, params: list[torch.Tensor]) -> int:
     for name, chain in getattr(module, "parametrizations", {}).items():
         # a parametrization that encodes its tensor (codebook + indices, ±α signs, …) reports the true storage
         reporter = next((p for p in chain if callable(getattr(p, "deepslim_storage_bytes", None))), None)
-        if reporter is not None:
+        if reporter is not None and chain.is_tensor:
             original = chain.original
             stored = original.numel() * original.element_size()
             total += reporter.deepslim_storage_bytes(original, getattr(module, name)) - stored
     return total
 
 
-def owner_name(name: str) -> str:
-    """The layer a module belongs to: a parametrization (e.g. a pruning mask) belongs to the layer it modifies."""
-    return name.split(".parametrizations.")[0] if ".parametrizations." in name else name
-
-
 def _logical_params(module: nn.Module, params: list[torch.Tensor]) -> int:
-    """Parameters as the layer computes with them: an encoded weight (codebook + indices) counts as its weights."""
+    """Parameters as the layer computes with them: an encoded weight (codebook + indices) counts as its weights.
+
+    A parametrization of several originals (``weight_norm``'s magnitude and direction) keeps them as the parameters:
+    they are what is trained and stored, and the weight computed from them is counted once, as theirs.
+    """
     chains = getattr(module, "parametrizations", None)
     if not chains:
         return sum(p.numel() for p in params)
-    stored = {id(chain.original) for chain in chains.values()}
-    return sum(p.numel() for p in params if id(p) not in stored) + sum(getattr(module, n).numel() for n in chains)
+    single = {n: chain for n, chain in chains.items() if chain.is_tensor}
+    stored = {id(chain.original) for chain in single.values()}
+    return sum(p.numel() for p in params if id(p) not in stored) + sum(getattr(module, n).numel() for n in single)
 
 
 def _nonzeros(module: nn.Module, params: list[torch.Tensor]) -> int:
     """Nonzero weights as the layer computes with them (masks applied); on the meta device, all of them."""
     tensors = list(params)
-    if hasattr(module, "parametrizations"):
-        tensors = [getattr(module, name) for name in module.parametrizations] + [
-            p for n, p in module.named_parameters(recurse=False)]  # fmt: skip
+    chains = getattr(module, "parametrizations", None)
+    if chains:
+        single = {n for n, chain in chains.items() if chain.is_tensor}
+        stored = {id(chains[n].original) for n in single}
+        tensors = [getattr(module, n) for n in single] + [p for p in params if id(p) not in stored]
     if any(t.is_meta for t in tensors):
         return sum(t.numel() for t in tensors)
     return sum(int(torch.count_nonzero(t)) for t in tensors)
-
-
-def _storage_key(t: torch.Tensor) -> Hashable:
-    try:
-        return t.untyped_storage()._cdata
-    except (RuntimeError, NotImplementedError):
-        return ("tensor", id(t))
-
-
-def _nbytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
-
-
-class _Row:
-    __slots__ = ("name", "type", "calls", "macs", "other_ops", "input_bytes", "output_bytes", "output_shape", "dtype",
-                 "depthwise_macs")
-
-    def __init__(self, name: str, type_: str):
-        self.name, self.type = name, type_
-        self.calls = self.macs = self.other_ops = self.input_bytes = self.output_bytes = self.depthwise_macs = 0
-        self.output_shape: tuple[int, ...] | None = None
-        self.dtype: str | None = None
-
-
-class _Tracer(TorchDispatchMode):
-    def __init__(self, weight_keys: set[Hashable]):
-        super().__init__()
-        self.weight_keys = weight_keys
-        self.stack: list[str] = [""]
-        self.rows: dict[str, _Row] = {}
-        self.types: dict[str, str] = {}
-        self.steps: list[Step] = []
-        self.keep: list[torch.Tensor] = []  # holds every tensor so storage keys stay unique for the whole run
-        self.unknown: dict[str, str] = {}  # op -> first layer it appeared in
-        self.decoding = 0  # > 0 while a parametrization computes a weight
-        self.activations: set[Hashable] = set()  # storage of the inputs and of every counted op's outputs
-        self.int_layers: dict[str, int] = {}  # layer -> activation bits, for integer (quantized) layers
-        self.elem_bytes: dict[Hashable, float] = {}  # bytes per element of activations held as integer codes
-
-    def row(self, name: str) -> _Row:
-        if name not in self.rows:
-            self.rows[name] = _Row(name, self.types.get(name, "?"))
-        return self.rows[name]
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
-        kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        tensors_in = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        if self.decoding or (tensors_in and not any(_storage_key(t) in self.activations for t in tensors_in)):
-            # weight preparation: a parametrization decoding a weight (mask, codebook lookup), or an op that reads
-            # no activation (a quantized layer fake-quantizing its float weight). A deployed model stores the
-            # result, so it is a weight, and its computation is not inference work.
-            decoded = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-            self.keep += decoded
-            self.weight_keys.update(_storage_key(t) for t in decoded)
-            return out
-        kind = classify(func)
-        row = self.row(self.stack[-1])
-        if kind is None:
-            self.unknown.setdefault(op_name(func), row.name)
-            kind = OpKind.MOVE
-        if kind is OpKind.FREE:
-            return out
-        ins = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-        outs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
-        self.keep += ins + outs
-        act_in = [t for t in ins if _storage_key(t) not in self.weight_keys]
-        # integer layers: activations travel as act_bits codes; their quantize ops fuse into the kernel, and
-        # element-wise ops on integer activations (ReLU, pooling, additions) stay integer in the runtime
-        int_bits = self.int_layers.get(row.name)
-        if int_bits is not None and kind is not OpKind.MAC:
-            for t in outs:
-                self.activations.add(_storage_key(t))
-                self.elem_bytes[_storage_key(t)] = int_bits / 8
-            return out
-        out_elem = None
-        if int_bits is not None:
-            out_elem = int_bits / 8
-        elif act_in and all(_storage_key(t) in self.elem_bytes for t in act_in) and kind is not OpKind.MAC:
-            out_elem = max(self.elem_bytes[_storage_key(t)] for t in act_in)
-        step = Step()
-        for t in act_in:
-            key = _storage_key(t)
-            step.reads.add(key)
-            elem = int_bits / 8 if int_bits is not None else self.elem_bytes.get(key, t.element_size())
-            row.input_bytes += min(int(t.numel() * elem), t.untyped_storage().nbytes())
-        for t in outs:
-            key = _storage_key(t)
-            self.activations.add(key)
-            if out_elem is not None:
-                self.elem_bytes[key] = out_elem
-            size = int(t.numel() * out_elem) if out_elem is not None else _nbytes(t)
-            step.writes.setdefault(key, size if out_elem is not None else t.untyped_storage().nbytes())
-            row.output_bytes += size
-        self.steps.append(step)
-        if kind is OpKind.MAC:
-            macs = MAC_HANDLERS[func.overloadpacket](args, out)
-            row.macs += macs
-            if is_depthwise(func, args):
-                row.depthwise_macs += macs
-            row.dtype = row.dtype or dtype_label(ins[0].dtype)
-        elif kind is OpKind.ARITH:
-            row.other_ops += max([t.numel() for t in ins] + [t.numel() for t in outs] + [0])
-        return out
-
-
-def _decoding(tracer: _Tracer, step: int) -> None:
-    tracer.decoding += step
-
-
-def _as_call(example: Example) -> tuple[tuple[Any, ...], dict[str, Any]]:
-    if isinstance(example, torch.Tensor):
-        return (example,), {}
-    if isinstance(example, Mapping):
-        return (), dict(example)
-    if isinstance(example, (tuple, list)):
-        return tuple(example), {}
-    raise ConfigError(f"example_input must be a tensor, a tuple of tensors or a dict, not {type(example).__name__}")
 
 
 def profile(model: nn.Module | str | os.PathLike[str], example_input: Example | None = None, *,
@@ -330,9 +229,11 @@ def profile(model: nn.Module | str | os.PathLike[str], example_input: Example | 
         spec = os.fspath(model)
         model = load_model(spec)
         name = name or spec
-    if example_input is None:
-        example_input = _default_example(model, input_shape)
-    result = _trace(model, example_input, strict=strict, name=name or type(model).__name__)
+    if example_input is None:  # made on the fake run's own terms: a fake input is never allocated
+        example: Example | Callable[[], Example] = functools.partial(_default_example, model, input_shape)
+    else:
+        example = example_input
+    result = _trace(model, example, strict=strict, name=name or type(model).__name__)
     return result.with_device(device) if device is not None else result
 
 
@@ -350,43 +251,85 @@ def _default_example(model: nn.Module, input_shape: tuple[int, ...] | None) -> t
     return example_input(arch["name"], **arch["options"])
 
 
-def _trace(model: nn.Module, example: Example, *, strict: bool, name: str) -> Profile:
-    args, kwargs = _as_call(example)
-    inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
-    owner: dict[int, str] = {}  # parameter id -> name of the first module holding it (shared weights count once)
-    own_params: dict[str, list[torch.Tensor]] = {}
-    types: dict[str, str] = {}
-    for mod_name, mod in model.named_modules():
-        layer = owner_name(mod_name)
-        types.setdefault(layer, type(mod).__name__)
-        own = [p for p in mod.parameters(recurse=False) if owner.setdefault(id(p), layer) == layer]
-        own_params.setdefault(layer, []).extend(own)
-    weight_keys = {_storage_key(t) for t in (*model.parameters(), *model.buffers())}
-    tracer = _Tracer(weight_keys)
-    tracer.types = types
-    tracer.activations.update(_storage_key(t) for t in inputs)
-    tracer.int_layers = {name: m.act_bits for name, m in model.named_modules()
-                         if getattr(m, "act_bits", None) is not None and hasattr(m, "weight_codes")}  # fmt: skip
-    handles = []
-    for mod_name, mod in model.named_modules():
-        if isinstance(mod, parametrize.ParametrizationList):
-            # deployment stores the decoded weight (or decodes it once): its computation is not inference work
-            handles.append(mod.register_forward_pre_hook(lambda m, a: _decoding(tracer, 1)))
-            handles.append(mod.register_forward_hook(lambda m, a, o: _decoding(tracer, -1)))
-        if owner_name(mod_name) != mod_name:
-            continue  # a parametrization's operators belong to its layer
-        handles.append(mod.register_forward_pre_hook(lambda m, a, n=mod_name: _enter(tracer, n)))
-        handles.append(mod.register_forward_hook(lambda m, a, o, n=mod_name: _leave(tracer, n, o)))
+@dataclass(frozen=True)
+class _Layout:
+    """Which layer owns which parameters, computed once before any run."""
+
+    own_params: dict[str, list[torch.Tensor]]
+    types: dict[str, str]
+
+    @classmethod
+    def of(cls, model: nn.Module) -> _Layout:
+        owner: dict[int, str] = {}  # parameter id -> name of the first module holding it (shared weights count once)
+        own_params: dict[str, list[torch.Tensor]] = {}
+        types: dict[str, str] = {}
+        for mod_name, mod in model.named_modules():
+            layer = owner_name(mod_name)
+            types.setdefault(layer, type(mod).__name__)
+            own = [p for p in mod.parameters(recurse=False) if owner.setdefault(id(p), layer) == layer]
+            own_params.setdefault(layer, []).extend(own)
+        return cls(own_params, types)
+
+    def tracer(self, model: nn.Module, budget_bytes: int | None = None) -> Tracer:
+        tracer = Tracer({storage_key(t) for t in (*model.parameters(), *model.buffers())}, budget_bytes=budget_bytes)
+        tracer.types = self.types
+        tracer.int_layers = {name: m.act_bits for name, m in model.named_modules()
+                             if getattr(m, "act_bits", None) is not None and hasattr(m, "weight_codes")}  # fmt: skip
+        return tracer
+
+
+def _trace(model: nn.Module, example: Example | Callable[[], Example], *, strict: bool, name: str,
+           fake: bool = True) -> Profile:  # fmt: skip
+    """Profile on fake tensors (shapes only, nothing computed); run for real only when the model needs values."""
+    make = example if callable(example) else lambda: example
+    layout = _Layout.of(model)
+    on_meta = any(t.is_meta for t in (*model.parameters(), *model.buffers()))
+    if not fake or on_meta or has_lazy_parameters(model):
+        return _trace_real(model, make, layout, strict=strict, name=name)
+    mode = fake_mode()
+    tracer = layout.tracer(model)
+    inputs: list[torch.Tensor] = []
     try:
-        with inference_mode(model), torch.no_grad(), tracer:
-            output = model(*args, **kwargs)
+        with fake_state_undone(model):
+            with mode:
+                fake_example = to_fake(mode, make())
+            inputs = tensors(fake_example)
+            output = run(model, fake_example, tracer, mode)
+    except DeepSlimError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure on fake tensors is settled by a real run
+        log.info("profile: %s needs real values (%s: %s); running it for real", name, type(exc).__name__, exc)
+        need = tracer.held_bytes + sum(storage_bytes(t) for t in inputs)
+        return _trace_real(model, make, layout, strict=strict, name=name, need_bytes=need, fake_error=exc)
+    return _finish(model, name, tracer, layout, inputs, output, strict=strict)
+
+
+def _trace_real(model: nn.Module, make: Callable[[], Example], layout: _Layout, *, strict: bool, name: str,
+                need_bytes: int = 0, fake_error: Exception | None = None) -> Profile:  # fmt: skip
+    """A real run, refused or stopped when the tensors it holds would not fit in the memory that is free."""
+    free = available_memory_bytes()
+    usable = None if free is None else int(free * _USABLE_FRACTION)
+    if usable is not None and need_bytes > usable:
+        raise InputShapeError(f"profiling {name} needs real values ({_first_line(fake_error)}), and running it needs "
+                              f"at least {human(need_bytes, 'B')} while {human(free, 'B')} is free; "
+                              "profile a smaller input shape (CLI: --input-shape)")  # fmt: skip
+    example = make()
+    inputs = tensors(example)
+    tracer = layout.tracer(model, budget_bytes=usable)
+    try:
+        output = run(model, example, tracer)
+    except OverBudget as exc:
+        raise InputShapeError(f"profiling {name} on an input of shape {_shapes(inputs)} was stopped after it held "
+                              f"{human(exc.held_bytes, 'B')} of tensors ({human(free or 0, 'B')} free); "
+                              "profile a smaller input shape (CLI: --input-shape)") from None  # fmt: skip
     except (RuntimeError, ValueError, IndexError, TypeError, AssertionError) as exc:
-        shapes = ", ".join(str(tuple(t.shape)) for t in inputs)
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputShapeError(f"running {name} on an input of shape {shapes} failed: {first}") from exc
-    finally:
-        for h in handles:
-            h.remove()
+        raise InputShapeError(f"running {name} on an input of shape {_shapes(inputs)} failed: "
+                              f"{_first_line(exc)}") from exc  # fmt: skip
+    return _finish(model, name, tracer, layout, inputs, output, strict=strict)
+
+
+def _finish(model: nn.Module, name: str, tracer: Tracer, layout: _Layout, inputs: list[torch.Tensor], output: Any,
+            *, strict: bool) -> Profile:  # fmt: skip
     warnings = []
     if tracer.unknown:
         listed = ", ".join(f"{op} (in {layer or '(model)'})" for op, layer in tracer.unknown.items())
@@ -395,29 +338,25 @@ def _trace(model: nn.Module, example: Example, *, strict: bool, name: str) -> Pr
                                      "to count it as zero MACs")  # fmt: skip
         warnings.append(f"counted as zero MACs: {listed}")
         log.warning("profile: %s", warnings[-1])
-    return _assemble(model, name, tracer, own_params, inputs, output, tuple(warnings))
+    return _assemble(model, name, tracer, layout.own_params, inputs, output, tuple(warnings))
 
 
-def _enter(tracer: _Tracer, name: str) -> None:
-    tracer.stack.append(name)
-    tracer.row(name).calls += 1
+def _shapes(inputs: list[torch.Tensor]) -> str:
+    return ", ".join(str(tuple(t.shape)) for t in inputs)
 
 
-def _leave(tracer: _Tracer, name: str, output: Any) -> None:
-    tracer.stack.pop()
-    row = tracer.row(name)
-    if row.output_shape is None:
-        first = next((t for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)), None)
-        row.output_shape = tuple(first.shape) if first is not None else None
+def _first_line(exc: Exception | None) -> str:
+    text = str(exc).strip() if exc is not None else ""
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _assemble(model: nn.Module, name: str, tracer: _Tracer, own_params: dict[str, list[torch.Tensor]],
+def _assemble(model: nn.Module, name: str, tracer: Tracer, own_params: dict[str, list[torch.Tensor]],
               inputs: list[torch.Tensor], output: Any, warnings: tuple[str, ...]) -> Profile:  # fmt: skip
     modules = dict(model.named_modules())
     layers = []
     names = list(tracer.rows) + [n for n in modules if n not in tracer.rows and owner_name(n) == n]
     for row_name in names:
-        row = tracer.rows.get(row_name) or _Row(row_name, type(modules[row_name]).__name__)
+        row = tracer.rows.get(row_name) or Row(row_name, type(modules[row_name]).__name__)
         params = own_params.get(row_name, [])
         wbytes = module_weight_bytes(modules[row_name], params) if row_name in modules else 0
         if not (row.macs or row.other_ops or row.output_bytes or params or wbytes):
@@ -433,7 +372,7 @@ def _assemble(model: nn.Module, name: str, tracer: _Tracer, own_params: dict[str
             output_bytes=row.output_bytes, output_shape=row.output_shape, dtype=dtype,
             depthwise_macs=row.depthwise_macs,
         ))  # fmt: skip
-    in_sizes = {_storage_key(t): t.untyped_storage().nbytes() for t in inputs}
-    out_keys = [_storage_key(t) for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)]
+    in_sizes = {storage_key(t): storage_bytes(t) for t in inputs}
+    out_keys = [storage_key(t) for t in tree_flatten(output)[0] if isinstance(t, torch.Tensor)]
     return Profile.from_layers(name, tuple(tuple(t.shape) for t in inputs), tuple(layers),
                                peak_live_bytes(tracer.steps, in_sizes, out_keys), warnings=warnings)  # fmt: skip
