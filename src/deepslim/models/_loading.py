@@ -206,6 +206,9 @@ def _from_exported(path: Path, options: dict[str, Any]) -> nn.Module:
         raise ConfigError(f"a .pt2 program takes no model options (got {', '.join(options)})")
     if not path.is_file():
         raise ModelLoadError(f"model file {str(path)!r} does not exist")
+    from deepslim.models._safe import verify_pt2
+
+    verify_pt2(path)  # torch.export.load unpickles and execs parts of the file: refuse those that would run code
     try:
         program = torch.export.load(path)
     except Exception as exc:

@@ -31,6 +31,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepslim.compress.coding import huffman as huffman_codec
+from deepslim.compress.coding._limits import check_tensors, inflate_manifest
 from deepslim.compress.coding.sparse import decode_positions, encode_positions
 from deepslim.errors import ArchiveError, ConfigError, DeepSlimError, ModelLoadError
 
@@ -339,11 +340,12 @@ def _read(data: bytes) -> tuple[int, dict[str, Any], memoryview]:
     if zlib.crc32(body) != crc:
         raise ArchiveError("archive checksum mismatch: the file is corrupted")
     try:
-        manifest = json.loads(zlib.decompress(body[:m_len]))
-    except (zlib.error, ValueError) as exc:
-        raise ArchiveError(f"archive manifest unreadable: {exc}") from None
+        manifest = json.loads(inflate_manifest(body[:m_len]))
+    except (ValueError, RecursionError) as exc:
+        raise ArchiveError(f"archive manifest unreadable: {str(exc)[:200]}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArchiveError("archive manifest is not a deepslim manifest")
+    check_tensors(manifest, p_len, len(data), PART_KIND)  # every declared size, before anything is allocated
     return m_len, manifest, body[m_len:]
 
 
@@ -510,7 +512,7 @@ def decode(data: bytes, *, model: nn.Module | None = None) -> nn.Module:
             if q is not None:
                 quant[entry["name"].rpartition(".")[0]] = q
         arch, kinds = manifest.get("arch"), manifest.get("modules", {})
-    except (KeyError, TypeError, ValueError, IndexError) as exc:
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError, RuntimeError) as exc:
         raise ArchiveError(f"archive manifest malformed: {type(exc).__name__}: {exc}") from None
     if model is None:
         if arch is None:
