@@ -86,7 +86,7 @@ class Tracer(TorchDispatchMode):
         self.types: dict[str, str] = {}
         self.steps: list[Step] = []
         self.keep: list[torch.Tensor] = []  # holds every tensor so storage keys stay unique for the whole run
-        self.held: set[Hashable] = set()  # storages in ``keep``
+        self.held: set[Hashable] = set(weight_keys)  # storages in ``keep``; the model's own are resident already
         self.held_bytes = 0
         self.budget_bytes = budget_bytes  # stop a real run whose held tensors pass this (None: no limit)
         self.unknown: dict[str, str] = {}  # op -> first layer it appeared in

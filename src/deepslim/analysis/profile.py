@@ -299,7 +299,7 @@ def _trace(model: nn.Module, example: Example | Callable[[], Example], *, strict
         raise
     except Exception as exc:  # noqa: BLE001 - any failure on fake tensors is settled by a real run
         log.info("profile: %s needs real values (%s: %s); running it for real", name, type(exc).__name__, exc)
-        need = tracer.held_bytes + sum(storage_bytes(t) for t in inputs)
+        need = tracer.held_bytes + sum(storage_bytes(t) for t in inputs if storage_key(t) not in tracer.held)
         return _trace_real(model, make, layout, strict=strict, name=name, need_bytes=need, fake_error=exc)
     return _finish(model, name, tracer, layout, inputs, output, strict=strict)
 
