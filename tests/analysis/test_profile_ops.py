@@ -154,6 +154,7 @@ def test_weight_parametrizations_count_their_parameters_once_and_no_recomputatio
     assert prof.layer("0").params == 8 * 27 + 8 + (8 if norm else 0)
     assert prof.layer("3").params == 288 * 10 + 10 + (10 if norm else 0)
     assert (prof.macs, prof.other_ops) == (base.macs, base.other_ops)  # recomputing the weight is not inference work
+    assert prof.weight_bytes == 4 * prof.params  # as stored; spectral norm's power-iteration vectors are not weights
     assert [lp.name for lp in prof.layers] == [lp.name for lp in base.layers]
     with torch.no_grad():
         assert type(model[0].weight) is torch.Tensor and torch.equal(model(x), expected)  # nothing fake left behind

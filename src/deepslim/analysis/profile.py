@@ -170,7 +170,8 @@ def module_weight_bytes(module: nn.Module, params: list[torch.Tensor]) -> int:
     custom = getattr(module, "deepslim_weight_bytes", None)
     if callable(custom):
         return int(custom())
-    own_buffers = [b for n, b in module.named_buffers(recurse=False) if n not in module._non_persistent_buffers_set]
+    skip = module._non_persistent_buffers_set | _power_iteration_buffers(module)
+    own_buffers = [b for n, b in module.named_buffers(recurse=False) if n not in skip]
     total = sum(t.numel() * t.element_size() for t in (*params, *own_buffers))
     for name, chain in getattr(module, "parametrizations", {}).items():
         # a parametrization that encodes its tensor (codebook + indices, ±α signs, …) reports the true storage
@@ -180,6 +181,14 @@ def module_weight_bytes(module: nn.Module, params: list[torch.Tensor]) -> int:
             stored = original.numel() * original.element_size()
             total += reporter.deepslim_storage_bytes(original, getattr(module, name)) - stored
     return total
+
+
+def _power_iteration_buffers(module: nn.Module) -> set[str]:
+    """The u and v vectors of a hook-based ``spectral_norm``: training state, not part of the deployed weight."""
+    from torch.nn.utils.spectral_norm import SpectralNorm
+
+    hooks = [h for h in module._forward_pre_hooks.values() if isinstance(h, SpectralNorm)]
+    return {f"{h.name}{suffix}" for h in hooks for suffix in ("_u", "_v")}
 
 
 def _logical_params(module: nn.Module, params: list[torch.Tensor]) -> int:
