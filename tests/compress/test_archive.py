@@ -149,7 +149,7 @@ def test_structure_change_and_custom_models():
         ds.encode(model)
     custom = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
     blob = ds.encode(custom)
-    with pytest.raises(ds.ConfigError, match="pass model="):
+    with pytest.raises(ds.ModelLoadError, match="records no architecture; pass arch=NAME"):
         ds.decode(blob)
     target = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
     ds.decode(blob, model=target)

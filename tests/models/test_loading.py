@@ -23,7 +23,7 @@ def test_save_load_round_trip_is_bit_exact(tmp_path):
 def test_plain_state_dict_needs_arch(tmp_path):
     model = ds.create_model("lenet300", in_features=64)
     torch.save(model.state_dict(), tmp_path / "sd.pt")
-    with pytest.raises(ds.ModelLoadError, match="pass arch=NAME"):
+    with pytest.raises(ds.ModelLoadError, match="pass arch=NAME.*lenet300.*or file.py:factory"):
         ds.load_model(tmp_path / "sd.pt")
     back = ds.load_model(tmp_path / "sd.pt", arch="lenet300", in_features=64)
     assert _same_weights(model, back)
@@ -86,9 +86,13 @@ def test_exported_program_round_trip(tmp_path):
 
 
 def test_save_pt2_needs_example_input_and_writes_nothing_on_failure(tmp_path):
+    custom = torch.nn.Sequential(torch.nn.Linear(4, 3))  # records no input shape (a zoo model brings its own)
+    with pytest.raises(ds.ConfigError, match="needs example_input.*records no input shape"):
+        ds.save_model(custom, tmp_path / "m.pt2")
     model = ds.create_model("lenet5", input_size=8)
-    with pytest.raises(ds.ConfigError, match="needs example_input"):
-        ds.save_model(model, tmp_path / "m.pt2")
     with pytest.raises(ds.ModelLoadError, match="torch.export cannot capture"):
         ds.save_model(model, tmp_path / "m.pt2", example_input=torch.randn(1, 3, 8, 8))
     assert list(tmp_path.iterdir()) == []
+    ds.save_model(model, tmp_path / "zoo.pt2")  # the zoo's example input
+    x = torch.randn(3, 1, 8, 8)
+    torch.testing.assert_close(ds.load_model(tmp_path / "zoo.pt2")(x), model.eval()(x))

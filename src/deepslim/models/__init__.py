@@ -4,7 +4,7 @@ Importing this package registers every architecture; ``list_models()`` lists the
 """
 
 from deepslim.models import lenet, mobilenet, resnet, shufflenet, squeezenet, transformer, vgg  # noqa: F401  (register)
-from deepslim.models._loading import load_model, load_state_into, save_model
+from deepslim.models._loading import is_factory_spec, load_model, load_state_into, save_model
 from deepslim.models._registry import (
     ModelEntry,
     create_model,
@@ -12,6 +12,7 @@ from deepslim.models._registry import (
     get_model_entry,
     list_models,
     options_for_data,
+    recorded_example_input,
     register_model,
 )
 
@@ -20,10 +21,12 @@ __all__ = [
     "create_model",
     "example_input",
     "get_model_entry",
+    "is_factory_spec",
     "list_models",
     "load_model",
     "load_state_into",
     "options_for_data",
+    "recorded_example_input",
     "register_model",
     "save_model",
 ]

@@ -4,14 +4,18 @@ A spec is a zoo name (``"resnet18"``), a Python factory (``"path/to/file.py:fact
 :func:`save_model` or a plain state dict (with ``arch=``), a ``torch.export`` program (``.pt2``), or a ``.dsz``
 archive written by :func:`deepslim.encode`. Checkpoints are
 read with ``torch.load(weights_only=True)``: tensors and plain containers only, never arbitrary pickled objects.
+
+A model built from a factory records it (``FACTORY_ATTR``: the spec as given, options, the file's sha256) and files
+saved from it store that record; but reading a file never imports the code it names. The caller names the
+architecture again (``arch="file.py:factory"``, CLI ``--arch``), and a changed source file is logged.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import inspect
+import logging
 import os
-import pickle
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,29 +23,39 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepslim._io import atomic_path
-from deepslim._modes import inference_mode
 from deepslim.errors import ConfigError, ModelLoadError, UnknownNameError
-from deepslim.models._registry import ARCH_ATTR, create_model, list_models
+from deepslim.models._files import (
+    CHECKPOINT_FORMAT,
+    CHECKPOINT_VERSION,
+    Checkpoint,
+    program_records,
+    read_checkpoint,
+    restore_,
+    save_program,
+    write_checkpoint,
+)
+from deepslim.models._records import factory_record, remember_factory, set_records, sha256_of
+from deepslim.models._registry import ARCH_ATTR, FACTORY_ATTR, create_model, list_models
 
-CHECKPOINT_FORMAT = "deepslim-checkpoint"
-CHECKPOINT_VERSION = 1
-_STATE_KEYS = ("state_dict", "model_state_dict", "model")
+log = logging.getLogger(__name__)
+__all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "build_architecture", "load_model", "load_state_into",
+           "resize_like_", "save_model"]  # fmt: skip
 
 
 def load_model(spec: str | os.PathLike[str] | nn.Module, *, weights: str | os.PathLike[str] | None = None,
                arch: str | None = None, **options: Any) -> nn.Module:  # fmt: skip
     """Build or load a model from ``spec``; ``options`` go to the zoo factory or the ``file.py:factory``.
 
-    ``weights`` loads a state dict into the built model. ``arch`` names the zoo architecture of a plain
-    state-dict file (checkpoints written by :func:`save_model` carry their architecture).
+    ``weights`` loads a checkpoint's weights (and its resized or quantized layers) into the built model. ``arch``
+    is the architecture, a zoo name or ``file.py:factory``, of a checkpoint or archive that does not carry a zoo
+    one: a plain state dict, or a file saved from a model built by a factory (deepslim never imports code that a
+    file names, so the caller names it).
     """
     if isinstance(spec, nn.Module):
         return spec
     text = os.fspath(spec)
-    factory_path, sep, factory_name = text.rpartition(":")
-    if sep and factory_path.endswith(".py"):
-        model = _from_factory(Path(factory_path), factory_name, options)
+    if is_factory_spec(text):
+        model = _from_factory(text, options)
     elif text.endswith(".onnx"):
         raise ModelLoadError(
             f"{text}: an ONNX file cannot become a PyTorch module; deepslim can profile and benchmark it directly"
@@ -49,7 +63,7 @@ def load_model(spec: str | os.PathLike[str] | nn.Module, *, weights: str | os.Pa
     elif text.endswith(".pt2"):
         model = _from_exported(Path(text), options)
     elif text.endswith(".dsz"):
-        model = _from_archive(Path(text), options)
+        model = _from_archive(Path(text), arch, options)
     elif Path(text).is_file():
         model = _from_checkpoint(Path(text), arch, options)
     elif os.sep in text or Path(text).suffix in (".pt", ".pth", ".ckpt", ".bin", ".py"):
@@ -57,58 +71,78 @@ def load_model(spec: str | os.PathLike[str] | nn.Module, *, weights: str | os.Pa
     else:
         model = create_model(text, **options)
     if weights is not None:
-        load_state_into(model, _read_state(Path(weights))[0], source=str(weights))
+        ckpt = read_checkpoint(Path(weights))
+        model = restore_(model, ckpt, source=str(weights))
     return model
 
 
 def save_model(model: nn.Module, path: str | os.PathLike[str], *, example_input: Any = None) -> Path:
     """Write ``model`` so that :func:`load_model` reads it back, atomically.
 
-    A ``.dsz`` path writes the compact archive (:func:`deepslim.encode`): exactly the weights the model runs with,
-    and its quantized layers, for zoo architectures.
-    A ``.pt`` checkpoint holds the weights and the zoo architecture; a model whose layers were resized (structured
-    pruning) records that, and loads back at its new size. A model whose layer tree changed (factorized layers,
-    custom modules) is saved as a ``torch.export`` program: give a ``.pt2`` path and ``example_input``.
+    - ``.dsz``: the compact archive (:func:`deepslim.encode`): exactly the weights the model runs with, and its
+      quantized layers.
+    - ``.pt``: a checkpoint with the weights and the architecture's record (zoo name or factory). Layers resized by
+      structured pruning load back at their new size; quantized, clustered, masked and fp16 layers load back with
+      exactly the same outputs.
+    - ``.pt2``: a ``torch.export`` program, for any model whose layer tree changed (factorized layers, custom
+      modules); it takes any batch size. ``example_input`` (else the input the model records) fixes the other
+      dimensions.
+
+    Every format records ``example_input``'s shape and the model's preprocessing when known.
     """
     dest = Path(path)
     if dest.suffix == ".dsz":
+        from deepslim._io import atomic_path
         from deepslim.compress.coding import encode
 
-        blob = encode(model)
+        blob = encode(model, example_input=example_input)
         with atomic_path(dest) as tmp:
             tmp.write_bytes(blob)
-        return dest
-    if dest.suffix == ".pt2":
-        if example_input is None:
-            raise ConfigError("saving a .pt2 program needs example_input")
-        args = example_input if isinstance(example_input, tuple) else (example_input,)
-        batch_free = tuple({0: torch.export.Dim.AUTO} for _ in args)  # the program takes any batch size
-        try:
-            with inference_mode(model):
-                program = torch.export.export(model, args, dynamic_shapes=batch_free)
-        except Exception as exc:
-            raise ModelLoadError(f"torch.export cannot capture the model: {str(exc).splitlines()[0]}") from exc
-        with atomic_path(dest) as tmp:
-            torch.export.save(program, tmp)
-        return dest
-    arch = getattr(model, ARCH_ATTR, None)
-    state = model.state_dict()
-    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, "arch": arch, "state_dict": state,
-               "resized": arch is not None and _check_structure(arch, state)}  # fmt: skip
-    with atomic_path(dest) as tmp:
-        torch.save(payload, tmp)
+    elif dest.suffix == ".pt2":
+        save_program(model, dest, example_input)
+    else:
+        write_checkpoint(model, dest, example_input)
     return dest
 
 
-def _check_structure(arch: dict[str, Any], state: dict[str, torch.Tensor]) -> bool:
-    """Whether ``state`` has the architecture's tensors at other sizes; an error if its tensors differ."""
-    with torch.device("meta"):
-        fresh = create_model(arch["name"], **arch.get("options", {})).state_dict()
-    if fresh.keys() != state.keys():
-        extra = sorted(set(state) ^ set(fresh))[:3]
-        raise ConfigError(f"the model's layers no longer match its architecture {arch['name']!r} (e.g. "
-                          f"{', '.join(extra)}): save it as a .pt2 program (a .pt2 path, with example_input)")
-    return any(tuple(fresh[k].shape) != tuple(v.shape) for k, v in state.items())
+def is_factory_spec(text: str) -> bool:
+    """Whether ``text`` names a Python factory, ``path/to/file.py:name``."""
+    path, sep, name = text.rpartition(":")
+    return bool(sep and name and path.endswith(".py"))
+
+
+def build_architecture(records: dict[str, Any], arch: str | None, options: dict[str, Any], *,
+                       source: str) -> nn.Module:  # fmt: skip
+    """A fresh model of the architecture a file records (checked ``records``), or of ``arch`` when given.
+
+    A recorded factory is never imported from the record: without ``arch`` this is a ``ModelLoadError`` that says
+    what to pass. Recorded options are the base that ``options`` override.
+    """
+    zoo, factory = records.get("arch"), records.get("factory")
+    if arch is None:
+        if factory:
+            spec = factory["factory"]
+            raise ModelLoadError(f"{source} holds a model built by {spec}, and deepslim never runs code that a file "
+                                 f"names: pass the architecture with --arch {spec} (load_model(..., arch={spec!r}))")
+        if not zoo:
+            raise ModelLoadError(f"{source} records no architecture; pass arch=NAME (CLI: --arch NAME): a zoo name "
+                                 f"(one of: {', '.join(list_models())}) or file.py:factory")  # fmt: skip
+        name, base = zoo["name"], zoo["options"]
+    elif is_factory_spec(arch):
+        model = _from_factory(arch, {**(factory["options"] if factory else {}), **options})
+        built = getattr(model, FACTORY_ATTR, None)
+        current = built["sha256"] if built else sha256_of(Path(arch.rpartition(":")[0]))
+        if factory and factory.get("sha256") and factory["sha256"] != current:
+            log.warning("%s was saved from %s, whose source has changed since (sha256 %s..., now %s...); its "
+                        "weights are loaded into the current code", source, factory["factory"],
+                        factory["sha256"][:12], current[:12])  # fmt: skip
+        return model
+    else:
+        name, base = arch, (zoo["options"] if zoo and zoo["name"] == arch else {})
+    try:
+        return create_model(name, **{**base, **options})
+    except UnknownNameError as exc:
+        raise ModelLoadError(f"{source}: {exc}") from exc
 
 
 def resize_like_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
@@ -164,17 +198,20 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], *, source:
     model.load_state_dict(state)
 
 
-def _from_factory(path: Path, name: str, options: dict[str, Any]) -> nn.Module:
+def _from_factory(spec: str, options: dict[str, Any]) -> nn.Module:
+    """Import ``file.py`` and call its factory; the model records the spec (as given), options and file hash."""
+    given, _, name = spec.rpartition(":")
+    path = Path(given)
     if not path.is_file():
-        raise ModelLoadError(f"model file {str(path)!r} does not exist")
+        raise ModelLoadError(f"model file {given!r} does not exist")
     mod_name = f"_deepslim_user_{abs(hash(path.resolve()))}"
-    spec = importlib.util.spec_from_file_location(mod_name, path)
-    if spec is None or spec.loader is None:
+    module_spec = importlib.util.spec_from_file_location(mod_name, path)
+    if module_spec is None or module_spec.loader is None:
         raise ModelLoadError(f"{path} cannot be imported as a Python module")
-    module = importlib.util.module_from_spec(spec)
+    module = importlib.util.module_from_spec(module_spec)
     sys.modules[mod_name] = module
     try:
-        spec.loader.exec_module(module)
+        module_spec.loader.exec_module(module)
     except Exception as exc:
         raise ModelLoadError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
     factory = getattr(module, name, None)
@@ -188,87 +225,43 @@ def _from_factory(path: Path, name: str, options: dict[str, Any]) -> nn.Module:
     model = factory(**options)
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{path}:{name} returned {type(model).__name__}, not a torch.nn.Module")
+    model.__dict__.pop(ARCH_ATTR, None)  # the factory, not a zoo entry it may have started from, is the architecture
+    record = factory_record(given, name, path, options)
+    if record is not None:
+        setattr(model, FACTORY_ATTR, record)
+        remember_factory(record, factory)
     return model
 
 
-def _from_archive(path: Path, options: dict[str, Any]) -> nn.Module:
+def _from_archive(path: Path, arch: str | None, options: dict[str, Any]) -> nn.Module:
     from deepslim.compress.coding import decode
 
-    if options:
-        raise ConfigError(f"a .dsz archive takes no model options (got {', '.join(options)})")
+    if options and arch is None:
+        raise ConfigError(f"a .dsz archive takes no model options (got {', '.join(options)}) unless arch= is given")
     if not path.is_file():
         raise ModelLoadError(f"model file {str(path)!r} does not exist")
-    return decode(path.read_bytes())
+    return decode(path.read_bytes(), arch=arch, options=options, source=str(path))
 
 
 def _from_exported(path: Path, options: dict[str, Any]) -> nn.Module:
+    from deepslim.models._files import PROGRAM_RECORDS
+    from deepslim.models._safe import verify_pt2
+
     if options:
         raise ConfigError(f"a .pt2 program takes no model options (got {', '.join(options)})")
     if not path.is_file():
         raise ModelLoadError(f"model file {str(path)!r} does not exist")
-    from deepslim.models._safe import verify_pt2
-
+    extra = {PROGRAM_RECORDS: ""}
     verify_pt2(path)  # torch.export.load unpickles and execs parts of the file: refuse those that would run code
     try:
-        program = torch.export.load(path)
+        program = torch.export.load(path, extra_files=extra)
     except Exception as exc:
         raise ModelLoadError(f"{path} is not a readable torch.export program: {exc}") from exc
-    return program.module()
-
-
-def _read_state(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any] | None]:
-    """(state dict, architecture or None) from a checkpoint file, refusing anything but tensors and containers.
-
-    The architecture carries ``resized: True`` when the checkpoint's layers were resized by structured pruning.
-    """
-    if not path.is_file():
-        raise ModelLoadError(f"weights file {str(path)!r} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        detail = str(exc).split("WeightsUnpickler error:")[-1].strip().splitlines()[0]
-        if "Unsupported global" in detail:
-            raise ModelLoadError(
-                f"{path} holds Python objects other than tensors ({detail.split(':')[1].split(' was')[0].strip()}); "
-                "deepslim only loads weights (weights_only=True). Save model.state_dict() or use deepslim.save_model"
-            ) from exc
-        raise ModelLoadError(f"{path} is not a PyTorch checkpoint that loads with weights_only=True "
-                             f"({detail})") from exc
-    except Exception as exc:
-        raise ModelLoadError(f"{path} is not a PyTorch checkpoint: {exc}") from exc
-    if not isinstance(obj, dict):
-        raise ModelLoadError(f"{path} holds a {type(obj).__name__}, not a state dict or checkpoint")
-    if obj.get("format") == CHECKPOINT_FORMAT:
-        if obj.get("version") != CHECKPOINT_VERSION:
-            raise ModelLoadError(f"{path}: checkpoint version {obj.get('version')} is not supported")
-        arch = obj.get("arch")
-        return obj["state_dict"], ({**arch, "resized": bool(obj.get("resized"))} if arch else None)
-    if all(isinstance(v, torch.Tensor) for v in obj.values()):
-        return obj, None
-    for key in _STATE_KEYS:
-        if isinstance(obj.get(key), dict):
-            return obj[key], None
-    raise ModelLoadError(f"{path} has no state dict (keys: {', '.join(map(str, list(obj)[:8]))})")
+    records = program_records(extra[PROGRAM_RECORDS], program, str(path))
+    return set_records(program.module(), records, *records)
 
 
 def _from_checkpoint(path: Path, arch: str | None, options: dict[str, Any]) -> nn.Module:
-    state, stored = _read_state(path)
-    resized = False
-    if arch is not None:
-        name, arch_options = arch, {}
-    elif stored is not None:
-        resized = stored.get("resized", False)
-        name, arch_options = stored["name"], dict(stored.get("options", {}))
-    else:
-        raise ModelLoadError(
-            f"{path} is a plain state dict with no architecture; pass arch=NAME (CLI: --arch NAME), "
-            f"one of: {', '.join(list_models())}"
-        )
-    try:
-        model = create_model(name, **{**arch_options, **options})
-    except UnknownNameError as exc:
-        raise ModelLoadError(f"{path}: {exc}") from exc
-    if resized:
-        resize_like_(model, state)
-    load_state_into(model, state, source=str(path))
-    return model
+    ckpt: Checkpoint = read_checkpoint(path)
+    model = build_architecture(ckpt.records, arch, options, source=str(path))
+    return restore_(model, ckpt, source=str(path))

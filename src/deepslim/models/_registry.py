@@ -23,6 +23,14 @@ from deepslim.errors import ConfigError, UnknownNameError
 # from the model (checkpoint, .pt2, .dsz, ONNX metadata) record what inputs the model expects
 PREPROCESSING_ATTR = "_deepslim_preprocessing"
 ARCH_ATTR = "_deepslim_arch"  # set on every model built from the registry: {"name": ..., "options": {...}}
+# set on every model built from a ``file.py:factory`` spec: {"factory": "file.py:name" (the path as given),
+# "options": {...}, "sha256": hex digest of the file}. Files saved from the model record it; loading such a file
+# never imports the factory by itself -- the caller names it again (arch=, CLI --arch).
+FACTORY_ATTR = "_deepslim_factory"
+# the example input a model was saved with, when known: {"shape": [...], "dtype": "float32"}
+INPUT_ATTR = "_deepslim_input"
+INPUT_DTYPES = {str(d).removeprefix("torch."): d for d in (torch.float32, torch.float16, torch.bfloat16, torch.float64,
+                                                          torch.int64, torch.int32, torch.uint8, torch.bool)}
 
 
 @dataclass(frozen=True)
@@ -120,3 +128,21 @@ def example_input(name: str, batch_size: int = 1, **options: Any) -> torch.Tenso
     """An input of the shape and dtype the registered model ``name`` (built with ``options``) expects."""
     entry = get_model_entry(name)
     return entry.example(batch_size, **entry.resolve(options))
+
+
+def recorded_example_input(model: nn.Module, batch_size: int | None = None) -> torch.Tensor | None:
+    """An input for ``model`` from what it records: the input shape a file stored, else its zoo entry; or None.
+
+    ``batch_size`` replaces the recorded batch dimension when given.
+    """
+    record = getattr(model, INPUT_ATTR, None)
+    if record:
+        shape = list(record["shape"])
+        if batch_size is not None and shape:
+            shape[0] = batch_size
+        dtype = INPUT_DTYPES[record.get("dtype", "float32")]
+        return torch.randn(shape, dtype=dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
+    arch = getattr(model, ARCH_ATTR, None)
+    if arch:
+        return example_input(arch["name"], 1 if batch_size is None else batch_size, **arch.get("options", {}))
+    return None

@@ -235,39 +235,48 @@ def _encode_tensor(item: _Tensor, payload: _Payload, use_huffman: bool) -> dict[
     return entry
 
 
-def encode(model: nn.Module, *, huffman: bool = True) -> bytes:
+def encode(model: nn.Module, *, huffman: bool = True, example_input: Any = None) -> bytes:
     """The ``.dsz`` archive of ``model``: everything needed to rebuild it with exactly the weights it runs with.
 
     ``huffman=False`` writes every index and code stream at a fixed width instead (Deep Compression's table reports
-    the ratio before and after Huffman coding; this measures the "before").
+    the ratio before and after Huffman coding; this measures the "before"). The manifest records the model's
+    architecture (zoo entry or ``file.py:factory``), its preprocessing, and the shape of ``example_input`` (else of
+    the input the model records), so that the decoded model can be exported.
     """
-    from deepslim.models._registry import ARCH_ATTR
+    from deepslim.compress.coding.state import points_record
+    from deepslim.models._records import fresh_architecture, model_records
 
     if sys.byteorder != "little":
         raise ArchiveError("the archive is written on little-endian machines only")
-    arch = getattr(model, ARCH_ATTR, None)
+    records = model_records(model, example_input)
     tensors = _inference_tensors(model)
     kinds = _module_kinds(model)
-    if arch is not None:
-        _check_rebuildable(arch, kinds, tensors)
+    fresh = fresh_architecture(model)
+    if fresh is not None:
+        what = records["factory"]["factory"] if "factory" in records else records["arch"]["name"]
+        _check_rebuildable(fresh, kinds, tensors, what)
     payload = _Payload()
     entries = [_encode_tensor(item, payload, huffman) for item in tensors]
-    manifest = {"format": FORMAT, "arch": arch, "modules": kinds, "tensors": entries}
+    manifest = {"format": FORMAT, "arch": records.pop("arch", None), **records, "modules": kinds, "tensors": entries}
+    points = points_record(model)  # activation quantization points: re-inserted when the model is rebuilt
+    if points is not None:
+        manifest["points"] = points
     blob = zlib.compress(json.dumps(manifest, separators=(",", ":")).encode(), 9)
     body = blob + b"".join(payload.chunks)
     header = _HEADER.pack(MAGIC, VERSION, 0, len(blob), payload.size, zlib.crc32(body))
     return header + body
 
 
-def _check_rebuildable(arch: dict[str, Any], kinds: dict[str, Any], tensors: list[_Tensor]) -> None:
+def _check_rebuildable(fresh: nn.Module, kinds: dict[str, Any], tensors: list[_Tensor], what: str) -> None:
+    """That the architecture ``fresh`` (on the meta device), given ``kinds``, has exactly the model's tensors."""
     with torch.device("meta"):
-        rebuilt = _build(arch, kinds, {t.name: tuple(t.value.shape) for t in tensors})
+        rebuilt = _build(fresh, kinds, {t.name: tuple(t.value.shape) for t in tensors})
     have, want = {t.name for t in tensors}, set(rebuilt.state_dict())
     if have != want:
         extra = sorted(have ^ want)[:3]
-        raise ConfigError(f"the model's layers no longer match its architecture {arch['name']!r} (e.g. "
-                          f"{', '.join(extra)}); encode a model whose layer tree is the zoo's (prune, quantize and "
-                          f"cluster keep it; factorize does not)")  # fmt: skip
+        raise ConfigError(f"the model's layers no longer match its architecture {what!r} (e.g. {', '.join(extra)}); "
+                          "encode a model whose layer tree is its architecture's (prune, quantize and cluster keep "
+                          "it; factorize does not), or save it as a .pt2 program")  # fmt: skip
 
 
 # -- reading ---------------------------------------------------------------------------------------------------------
@@ -460,14 +469,12 @@ def _decode_tensor(entry: dict[str, Any], payload: memoryview) -> tuple[torch.Te
     return out.view(shape), quant
 
 
-def _build(arch: dict[str, Any], kinds: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> nn.Module:
-    """The zoo architecture, resized to ``shapes`` and with its modules turned into the recorded kinds."""
+def _build(model: nn.Module, kinds: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> nn.Module:
+    """``model`` (a fresh architecture) resized to ``shapes`` and with its modules turned into the recorded kinds."""
     from deepslim.compress.quantize import apply_half
     from deepslim.compress.quantize.linear import QUANTIZABLE
     from deepslim.models._loading import resize_like_
-    from deepslim.models._registry import create_model
 
-    model = create_model(arch["name"], **arch.get("options", {}))
     for name, spec in kinds.items():
         if spec["kind"] == "identity":
             parent, _, attr = name.rpartition(".")
@@ -495,14 +502,18 @@ def _build(arch: dict[str, Any], kinds: dict[str, Any], shapes: dict[str, tuple[
     return model
 
 
-def decode(data: bytes, *, model: nn.Module | None = None) -> nn.Module:
+def decode(data: bytes, *, model: nn.Module | None = None, arch: str | None = None,
+           options: dict[str, Any] | None = None, source: str = "the archive") -> nn.Module:  # fmt: skip
     """The model stored in archive ``data``, with exactly the encoded weights.
 
-    The architecture comes from the archive (zoo models); pass ``model`` to load the tensors into a module of your
-    own instead (it must have the archive's tensors, at the archive's shapes).
+    The architecture comes from the archive's zoo record. A model built by a ``file.py:factory`` is rebuilt only
+    when the caller names the factory again, ``arch="file.py:factory"`` (deepslim never imports code that a file
+    names); ``arch`` may also be a zoo name, with ``options`` over the recorded ones. Or pass ``model`` to load the
+    tensors into a module of your own (it must have the archive's tensors, at the archive's shapes).
     """
-    from deepslim.models._loading import load_state_into
-    from deepslim.models._registry import ARCH_ATTR
+    from deepslim.compress.coding.state import check_points_record, restore_points_
+    from deepslim.models._loading import build_architecture, load_state_into
+    from deepslim.models._records import check_records, set_records
 
     _, manifest, payload = _read(data)
     try:
@@ -511,17 +522,22 @@ def decode(data: bytes, *, model: nn.Module | None = None) -> nn.Module:
             state[entry["name"]], q = _decode_tensor(entry, payload)
             if q is not None:
                 quant[entry["name"].rpartition(".")[0]] = q
-        arch, kinds = manifest.get("arch"), manifest.get("modules", {})
+        kinds = manifest.get("modules", {})
+        records = check_records(manifest, source=source)
+        points = check_points_record(manifest["points"], source) if manifest.get("points") is not None else None
     except (KeyError, TypeError, ValueError, IndexError, OverflowError, RuntimeError) as exc:
         raise ArchiveError(f"archive manifest malformed: {type(exc).__name__}: {exc}") from None
+    except ModelLoadError as exc:
+        raise ArchiveError(str(exc)) from None
+    built = model is None
     if model is None:
-        if arch is None:
-            raise ConfigError("the archive records no zoo architecture: pass model= (a module with its tensors)")
         try:
-            model = _build(arch, kinds, {k: tuple(v.shape) for k, v in state.items()})
+            base = build_architecture(records, arch, options or {}, source=source)
+            model = _build(base, kinds, {k: tuple(v.shape) for k, v in state.items()})
+        except ModelLoadError:
+            raise  # e.g. a recorded factory, which the caller must name
         except (DeepSlimError, AttributeError, KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ArchiveError(f"the archive's architecture cannot be rebuilt: {type(exc).__name__}: {exc}") from None
-        setattr(model, ARCH_ATTR, arch)
     try:
         load_state_into(model, state, source="archive")
     except ModelLoadError as exc:
@@ -529,4 +545,10 @@ def decode(data: bytes, *, model: nn.Module | None = None) -> nn.Module:
     for name, (scale, zero, _) in quant.items():
         m = model.get_submodule(name)
         m.fixed_weight_params = (scale.view(-1), zero.view(-1))
+    set_records(model, records, "input", "preprocessing")
+    if points is not None and built:
+        try:
+            restore_points_(model, points, source=source)
+        except ModelLoadError as exc:
+            raise ArchiveError(str(exc)) from None
     return model.eval()
