@@ -269,3 +269,29 @@ def test_a_calibrated_residual_network_round_trips_with_its_activation_points(tm
         back = ds.load_model(ds.save_model(model, tmp_path / f"q{suffix}"))
         assert len(back.deepslim_points) == len(model.deepslim_points) > 0
         _same_outputs(model, back, x)
+
+
+def test_a_model_with_a_fixed_batch_is_exported_at_that_batch_with_a_warning(tmp_path, caplog):
+    class Fixed(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = torch.nn.Linear(16, 2)
+
+        def forward(self, x):
+            return self.fc(x.view(1, 16))  # this model cannot take another batch size
+
+    model = Fixed().eval()
+    x = torch.randn(1, 16)
+    with caplog.at_level(logging.WARNING):
+        program = ds.load_model(ds.save_model(model, tmp_path / "f.pt2", example_input=x))
+    assert "takes only batch size 1" in caplog.text
+    _same_outputs(model, program, x)
+
+
+def test_a_plain_state_dict_loads_into_a_named_factory(user, tmp_path):
+    spec, _ = user
+    model = _user_model(spec, width=5)
+    torch.save(model.state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(ds.ModelLoadError, match="pass arch=NAME"):
+        ds.load_model(tmp_path / "sd.pt")
+    _same_outputs(model, ds.load_model(tmp_path / "sd.pt", arch=spec, width=5))
