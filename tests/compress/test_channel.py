@@ -235,11 +235,10 @@ class WithGRU(nn.Module):
         return self.head(self.gru(self.embed(x))[0][:, -1])
 
 
-def test_unknown_layer_is_named_and_ignore_resolves_it():
+def test_unknown_layer_is_left_whole_and_named():
     model, x = WithGRU(), torch.randn(2, 5, 4)
-    with pytest.raises(ds.UnsupportedModelError, match=r"cannot follow layer gru \(GRU\); add it to ignore=\('gru',\)"):
-        ds.prune_(model, ds.ChannelPruneConfig(ratio=0.5), example_input=x)
-    ds.prune_(model, ds.ChannelPruneConfig(ratio=0.5, ignore=("gru",)), example_input=x)
+    result = ds.compress.prune.prune_channels_(model, ds.ChannelPruneConfig(ratio=0.5), x)
+    assert "gru (GRU): not understood by the dependency graph" in result.skipped
     assert model.embed.out_features == 8 and model(x).shape == (2, 2)  # coupled to the GRU: kept whole
 
 
@@ -266,6 +265,7 @@ def test_bad_input():
         def forward(self, x):
             return self.fc(x) if x.sum() > 0 else -self.fc(x)
 
-    with pytest.raises(ds.UnsupportedModelError, match="torch.fx cannot trace Untraceable.*MagnitudePruneConfig"):
+    with pytest.raises(ds.UnsupportedModelError,
+                       match="cannot capture the graph of Untraceable.*torch.fx.*torch.export.*MagnitudePruneConfig"):
         ds.prune_(Untraceable(), ds.ChannelPruneConfig(ratio=0.5), example_input=torch.randn(1, 4))
     assert sum(p.numel() for p in model.parameters()) == 269_722  # nothing was changed by the failed calls

@@ -18,6 +18,7 @@ from torch import nn
 from deepslim._modes import inference_mode
 from deepslim.config import freeze_overrides, lookup, skip_only, unmatched
 from deepslim.errors import ConfigError
+from deepslim.models.adapters import Axis, layer_kind, weight_layers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -43,7 +44,10 @@ class _RankRule:
 
 @dataclass(frozen=True, kw_only=True)
 class SVDConfig(_RankRule):
-    """Factorize every nn.Linear W (out × in) into (in → r) then (r → out) by truncated SVD."""
+    """Factorize every linear-like layer W (out × in) into (in → r) then (r → out) by truncated SVD.
+
+    Linear-like: nn.Linear and its subclasses, Hugging Face's ``Conv1D`` (weight stored (in, out)) and registered
+    layer kinds. A weight tied to another module (an LM head sharing the embedding) is left as it is and named."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -94,17 +98,22 @@ def factorize_(model: nn.Module, config: SVDConfig | TuckerConfig, *,
     A layer is replaced only when the factorization has fewer parameters. MACs are per example and need
     ``example_input`` (for spatial sizes and token counts); without it they are per output position.
     """
-    kind = nn.Linear if isinstance(config, SVDConfig) else nn.Conv2d
-    targets = {n: m for n, m in model.named_modules() if isinstance(m, kind)}
+    svd = isinstance(config, SVDConfig)
+    targets = _targets(model, svd)
     bad = unmatched(config.overrides, targets)
     if bad:
-        raise ConfigError(f"no {kind.__name__} layer matches {', '.join(map(repr, bad))}")
+        raise ConfigError(f"no {'linear' if svd else 'Conv2d'} layer matches {', '.join(map(repr, bad))}")
     positions = _positions(model, targets, example_input)
+    tied = _tied(model)
     done, skipped = [], []
     for name, m in targets.items():
         if lookup(config.overrides, name, default=...) is None:
             continue
-        if kind is nn.Linear:
+        if name in tied:  # two factors replacing one of two holders would untie them and grow the model
+            skipped.append(f"{name}: weight tied with {tied[name]} (factorizing it would untie the two and add "
+                           "parameters); pass overrides={name!r: None} to silence this")
+            continue
+        if svd:
             new, ranks, why = _svd(m, config)
         else:
             new, ranks, why = _tucker(m, config)
@@ -120,6 +129,29 @@ def factorize_(model: nn.Module, config: SVDConfig | TuckerConfig, *,
     return FactorizeResult(tuple(done), tuple(skipped))
 
 
+def _targets(model: nn.Module, svd: bool) -> dict[str, nn.Module]:
+    """Linear-like layers (nn.Linear and subclasses, HF Conv1D, registered kinds) for SVD; Conv2d for Tucker."""
+    if not svd:
+        return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
+    return {n: m for n, (m, kind) in weight_layers(model).items() if kind.axis is Axis.LAST and m.weight.ndim == 2}
+
+
+def _tied(model: nn.Module) -> dict[str, str]:
+    """Layers whose weight is the same tensor as another module's parameter (a tied LM head): layer -> the others."""
+    holders: dict[int, list[str]] = {}
+    for name, m in model.named_modules():
+        for p in m.parameters(recurse=False):
+            holders.setdefault(id(p), []).append(name)
+    return {n: ", ".join(o for o in names if o != n) for names in holders.values() if len(names) > 1 for n in names}
+
+
+def _linear_weight(m: nn.Module) -> torch.Tensor:
+    """The (out, in) matrix of a linear-like layer, whatever order it stores its weight in."""
+    kind = layer_kind(m)
+    w = m.weight.detach().float()
+    return w if kind.out_dim == 0 else w.T
+
+
 def _params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
@@ -130,8 +162,8 @@ def _macs(factorized: nn.Sequential, pos_in: int, pos_out: int) -> int:
     return sum(layer.weight.numel() * (pos_in if k == 0 else pos_out) for k, layer in enumerate(factorized))
 
 
-def _svd(m: nn.Linear, config: SVDConfig) -> tuple[nn.Module | None, tuple[int, ...], str]:
-    w = m.weight.detach().float()
+def _svd(m: nn.Module, config: SVDConfig) -> tuple[nn.Module | None, tuple[int, ...], str]:
+    w = _linear_weight(m)
     out_f, in_f = w.shape
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     if config.rank_ratio is not None:
@@ -144,12 +176,13 @@ def _svd(m: nn.Linear, config: SVDConfig) -> tuple[nn.Module | None, tuple[int, 
         return None, (r,), f"rank {r} would not save parameters ({in_f}x{out_f})"
     root = s[:r].sqrt()
     first = nn.Linear(in_f, r, bias=False)
-    second = nn.Linear(r, out_f, bias=m.bias is not None)
+    bias = getattr(m, "bias", None)
+    second = nn.Linear(r, out_f, bias=bias is not None)
     with torch.no_grad():
         first.weight.copy_(root[:, None] * vh[:r])  # (r, in)
         second.weight.copy_(u[:, :r] * root[None, :])  # (out, r)
-        if m.bias is not None:
-            second.bias.copy_(m.bias)
+        if bias is not None:
+            second.bias.copy_(bias)
     return nn.Sequential(first, second).to(m.weight.device, m.weight.dtype), (r,), ""
 
 
@@ -200,8 +233,9 @@ def _positions(model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor |
     found: dict[str, tuple[int, int]] = {}
 
     def record(name: str, m: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> None:
-        channels = (m.in_features, m.out_features) if isinstance(m, nn.Linear) else (m.in_channels, m.out_channels)
-        batch = out.shape[0] if isinstance(m, nn.Conv2d) or out.ndim > 1 else 1
+        kind = layer_kind(m)
+        channels = (m.weight.shape[kind.in_dim], m.weight.shape[kind.out_dim])
+        batch = out.shape[0] if kind.axis is Axis.CONV or out.ndim > 1 else 1
         found.setdefault(name, (inp.numel() // channels[0] // batch, out.numel() // channels[1] // batch))
         # a forward hook must return None, or it replaces the layer's output
 

@@ -14,9 +14,7 @@ Idea after Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023; t
 
 from __future__ import annotations
 
-import inspect
 import math
-import operator
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -24,63 +22,16 @@ from typing import Any
 import torch
 import torch.fx as fx
 from torch import nn
-from torch.fx.passes.shape_prop import ShapeProp
 
-from deepslim._modes import inference_mode
+from deepslim.compress.prune._capture import Capture, aten_name, capture, owner_of
+from deepslim.compress.prune._rules import Layout, OpRules, Space, _same_rank, _shape, _tensor_args
 from deepslim.errors import UnsupportedModelError
+from deepslim.models.adapters import Axis, Role, is_user_kind, layer_kind, weight_parametrizations
 from deepslim.models.transformer import SelfAttention
 
 _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU,
                  nn.Dropout, nn.Identity, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d,
                  nn.MaxPool1d, nn.AvgPool1d, nn.Upsample, nn.ELU, nn.Mish, nn.Softplus)  # fmt: skip
-_PASS_FUNCS = {torch.relu, torch.relu_, torch.sigmoid, torch.tanh, torch.nn.functional.relu, torch.nn.functional.relu6,
-               torch.nn.functional.gelu, torch.nn.functional.silu, torch.nn.functional.hardswish,
-               torch.nn.functional.dropout, torch.nn.functional.max_pool2d, torch.nn.functional.avg_pool2d,
-               torch.nn.functional.adaptive_avg_pool2d, torch.nn.functional.adaptive_max_pool2d,
-               torch.nn.functional.interpolate, torch.nn.functional.hardtanh, torch.nn.functional.leaky_relu,
-               torch.clone, torch.nn.functional.sigmoid, torch.nn.functional.tanh}  # fmt: skip
-_PASS_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "to", "type_as",
-                 "sigmoid_", "clamp", "clamp_", "expand"}  # fmt: skip
-_BINARY = {operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.imul, torch.add,
-           torch.sub, torch.mul, torch.div, torch.maximum, torch.minimum}  # fmt: skip
-_BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
-_REDUCE = {torch.mean, torch.sum, torch.amax}
-_REDUCE_METHODS = {"mean", "sum", "amax"}
-
-
-class Space:
-    """A set of channels that are removed together; ``find()`` gives the group's representative."""
-
-    def __init__(self, sid: int, width: int, origin: str):
-        self.id, self.width, self.origin = sid, width, origin
-        self.parent: Space = self
-        self.blocked: str | None = None
-        self.groups = 1  # channels must be removed equally from each of this many contiguous blocks
-        self.producers: list[str] = []  # modules whose output channels (rows) these are
-        self.depthwise: list[str] = []  # depthwise convolutions filtering these channels one by one
-        self.heads: list[str] = []  # attention modules whose heads these are (width = number of heads)
-        self.readers: list[str] = []  # consumers and norms reading these channels (for display)
-
-    def find(self) -> Space:
-        root = self
-        while root.parent is not root:
-            root = root.parent
-        self.parent = root
-        return root
-
-
-@dataclass(frozen=True)
-class Layout:
-    """Where channels live in a tensor: dimension ``dim`` holds ``segments`` of (space id, width), ``unit`` each."""
-
-    dim: int
-    ndim: int
-    segments: tuple[tuple[int, int], ...]
-    unit: int = 1
-
-    @property
-    def width(self) -> int:
-        return sum(w for _, w in self.segments)
 
 
 @dataclass
@@ -91,6 +42,8 @@ class DependencyGraph:
     norms: list[tuple[str, Layout]] = field(default_factory=list)  # batch/layer norms along a layout
     producer_space: dict[str, int] = field(default_factory=dict)
     unknown_layers: list[str] = field(default_factory=list)  # layers with weights the graph cannot follow
+    capture: str = "torch.fx"  # how the graph was captured
+    left_whole: dict[str, str] = field(default_factory=dict)  # layer -> why its channels stay
 
     def groups(self) -> Iterator[Space]:
         """Representatives of every group, in the order the model first produces them."""
@@ -116,35 +69,33 @@ class DependencyGraph:
 
 
 def build_graph(model: nn.Module, example_input: torch.Tensor | tuple[Any, ...]) -> DependencyGraph:
-    """Trace ``model`` and group its channels. Raises UnsupportedModelError if torch.fx cannot trace it."""
+    """Capture ``model`` (torch.fx, else torch.export) and group its channels.
+
+    Raises UnsupportedModelError when no capture works. Layers the captured graph does not show as layers, layers
+    whose weight is used elsewhere too (tied, shared, parametrized) and layers called more than once are left whole:
+    every group they touch is blocked, and ``graph.left_whole`` says why.
+    """
     args = example_input if isinstance(example_input, tuple) else (example_input,)
-    params = list(inspect.signature(model.forward).parameters.values())[len(args) :]
-    concrete = {p.name: p.default for p in params if p.default is not inspect.Parameter.empty}
-    try:
-        gm = fx.GraphModule(model, _Tracer().trace(model, concrete_args=concrete or None))
-    except Exception as exc:
-        raise UnsupportedModelError(
-            f"torch.fx cannot trace {type(model).__name__}: {str(exc).splitlines()[0]}. Structured pruning needs a "
-            "traceable forward (no Python control flow on tensor values or shapes); unstructured pruning "
-            "(MagnitudePruneConfig) works on any model"
-        ) from exc
-    with inference_mode(model), torch.no_grad():
-        ShapeProp(gm).propagate(*args)
-    builder = _Builder(DependencyGraph(model), dict(model.named_modules()))
-    for node in gm.graph.nodes:
-        builder.visit(node)
+    cap = capture(model, args, leaf=lambda m: isinstance(m, SelfAttention) or is_user_kind(m))
+    builder = _Builder(DependencyGraph(model, capture=cap.how), dict(model.named_modules()), cap)
+    for node in cap.graph.nodes:
+        try:
+            builder.visit(node)
+        except Exception as exc:  # a node the rules did not foresee: refuse, naming it, rather than guess
+            raise UnsupportedModelError(
+                f"the dependency graph cannot follow {node.name} ({node.target}) of the {cap.how} graph: {exc}; add "
+                "the layers around it to ignore=(...) or prune with MagnitudePruneConfig"
+            ) from exc
+    builder.finish()
     return builder.graph
 
 
-class _Tracer(fx.Tracer):
-    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, SelfAttention) or super().is_leaf_module(m, qualname)
-
-
-class _Builder:
-    def __init__(self, graph: DependencyGraph, modules: dict[str, nn.Module]):
-        self.graph, self.modules = graph, modules
+class _Builder(OpRules):
+    def __init__(self, graph: DependencyGraph, modules: dict[str, nn.Module], cap: Capture):
+        self.graph, self.modules, self.cap = graph, modules, cap
         self.layouts: dict[fx.Node, Layout | None] = {}
+        self.layer_uses: set[tuple[fx.Node, fx.Node]] = set()  # (parameter node, layer node) reading it as a layer
+        self.calls: dict[str, int] = {}  # layer -> times it ran
 
     # -- spaces -----------------------------------------------------------------------------------------------
     def new_space(self, width: int, origin: str, blocked: str | None = None) -> Space:
@@ -185,18 +136,68 @@ class _Builder:
 
     # -- nodes ------------------------------------------------------------------------------------------------
     def visit(self, node: fx.Node) -> None:
-        if node.op == "placeholder":
-            self.layouts[node] = self.fresh(node, "model input")
-        elif node.op == "get_attr":
+        if node in self.cap.params or node.op == "get_attr":
             shape = _shape(node)
             self.layouts[node] = self.fresh(node, "used as a tensor constant", dim=len(shape) - 1 if shape else None)
+        elif node.op == "placeholder":
+            self.layouts[node] = self.fresh(node, "model input")
         elif node.op == "output":
             for arg in _tensor_args(node, self.layouts):
                 self.block(self.layouts[arg], "reaches the model output")
         elif node.op == "call_module":
-            self.layouts[node] = self.module(node, self.modules[node.target])
+            self.layouts[node] = self.module(node, str(node.target), self.modules[node.target], node.args[0])
+        elif (layer := self.layer_op(node)) is not None:
+            self.layouts[node] = self.module(node, *layer)
         else:
             self.layouts[node] = self.function(node)
+
+    def layer_op(self, node: fx.Node) -> tuple[str, nn.Module, Any] | None:
+        """(name, module, input node) when ``node`` is an ATen operator of a layer reading that layer's parameter."""
+        op = aten_name(node.target)
+        for arg in node.args:
+            fqn = self.cap.params.get(arg) if isinstance(arg, fx.Node) else None
+            m = self.modules.get(owner_of(fqn)) if fqn else None
+            kind = layer_kind(m) if m is not None else None
+            if kind is not None and op in kind.ops and not weight_parametrizations(m):
+                self.layer_uses.update((a, node) for a in node.args if isinstance(a, fx.Node) and a in self.cap.params)
+                return owner_of(fqn), m, node.args[kind.input_arg] if len(node.args) > kind.input_arg else None
+        return None
+
+    def finish(self) -> None:
+        """Leave whole the layers whose parameters something else reads, that run twice, or the graph never saw."""
+        pinned: dict[str, str] = {}
+        for pnode, fqn in self.cap.params.items():
+            owner = owner_of(fqn)
+            foreign = [u for u in pnode.users if (pnode, u) not in self.layer_uses and u.op != "call_module"]
+            if foreign and owner in self.modules and "lifted_tensor" not in fqn:
+                used = f"its {fqn.rpartition('.')[2]} is read directly by {foreign[0].name}"
+                pinned.setdefault(owner, used if layer_kind(self.modules[owner]) else used + "; channels it meets stay")
+        for name, m in self.modules.items():
+            if weight_parametrizations(m):
+                pinned[name] = (f"its weight is computed by {', '.join(weight_parametrizations(m))}; remove the "
+                                "parametrization (torch.nn.utils.parametrize.remove_parametrizations) to prune it")
+        pinned.update({n: f"it runs {k} times in one forward" for n, k in self.calls.items() if k > 1})
+        pinned.update({n: f"its weight is shared with {other}" for n, other in _shared_weights(self.modules).items()})
+        called = tuple(n + "." for n in self.calls)
+        for name, m in self.modules.items():
+            direct = any(True for _ in m.parameters(recurse=False))
+            if direct and name not in self.calls and not name.startswith(called) and name not in pinned:
+                kind = layer_kind(m)
+                what = f"{kind.name} not seen as a layer" if kind else "parameters the graph cannot follow"
+                pinned[name] = f"{what} in the {self.cap.how} graph"
+        for name, why in pinned.items():
+            self._pin(name, why)
+        self.graph.left_whole = {n: w for n, w in pinned.items() if n}
+
+    def _pin(self, name: str, why: str) -> None:
+        reason = f"{name}: {why}"
+        for s in self.graph.spaces:
+            if name in (*s.producers, *s.depthwise, *s.heads):
+                root = s.find()
+                root.blocked = root.blocked or reason
+        for layer, layout in (*self.graph.consumers, *self.graph.norms):
+            if layer == name:
+                self.block(layout, reason)
 
     def inputs(self, node: fx.Node) -> list[Layout]:
         return [self.layouts[a] for a in _tensor_args(node, self.layouts) if self.layouts[a] is not None]
@@ -213,48 +214,26 @@ class _Builder:
             return src
         return self.fresh(arg, "model input", dim=dim) or src
 
-    def module(self, node: fx.Node, m: nn.Module) -> Layout | None:
-        name = str(node.target)
-        src = self.layouts.get(node.args[0]) if node.args and isinstance(node.args[0], fx.Node) else None
+    def module(self, node: fx.Node, name: str, m: nn.Module, arg: Any) -> Layout | None:
+        self.calls[name] = self.calls.get(name, 0) + 1
+        kind = layer_kind(m)
+        src = self.layouts.get(arg) if isinstance(arg, fx.Node) else None
+        if kind is not None and kind.in_dim is None and kind.role is Role.PRODUCER:  # an embedding table's columns
+            shape = _shape(node) or ()
+            return self._produce(name, m.weight.shape[kind.out_dim], len(shape), len(shape) - 1)
         if src is None:
             return self.opaque(node, f"{name} ({type(m).__name__}) has no traced tensor input")
-        last = isinstance(m, (nn.Linear, nn.LayerNorm, SelfAttention))
-        src = self.at_dim(node.args[0], src, -1 if last else 1)
-        if isinstance(m, (nn.Conv1d, nn.Conv2d)) and src.dim == 1 and src.unit == 1:
-            if m.groups == 1:
-                self.graph.consumers.append((name, src))
-                self._read(src, f"{name} in")
-                return self._produce(name, m.out_channels, src.ndim, 1)
-            if m.groups == m.in_channels == m.out_channels and len(src.segments) == 1:
-                space = self.graph.spaces[src.segments[0][0]]
-                space.depthwise.append(name)
-                return src
-            self.block(src, f"input of grouped convolution {name}")
-            out = self._produce(name, m.out_channels, src.ndim, 1)
-            self.graph.spaces[out.segments[0][0]].groups = m.groups
-            return out
-        if isinstance(m, nn.Linear) and src.dim == src.ndim - 1:
-            self.graph.consumers.append((name, src))
-            self._read(src, f"{name} in")
-            return self._produce(name, m.out_features, src.ndim, src.ndim - 1)
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and src.dim == 1 and src.unit == 1:
-            self.graph.norms.append((name, src))
-            self._read(src, name)
-            return src
-        if isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1 and src.dim == src.ndim - 1 and src.unit == 1:
-            self.graph.norms.append((name, src))
-            self._read(src, name)
-            return src
-        if isinstance(m, nn.Embedding):
-            return self._produce(name, m.embedding_dim, len(_shape(node) or ()), len(_shape(node) or ()) - 1)
-        if isinstance(m, SelfAttention) and src.dim == src.ndim - 1:
-            inputs = ("qkv",) if hasattr(m, "qkv") else ("query", "key", "value")
-            for sub in inputs:
-                self.graph.consumers.append((f"{name}.{sub}", src))
-            self._read(src, f"{name} in")
-            heads = self.new_space(m.num_heads, f"{name} heads")
-            heads.heads.append(name)
-            return self._produce(f"{name}.proj", m.proj.out_features, src.ndim, src.ndim - 1)
+        if kind is not None:
+            src = self.at_dim(arg, src, kind.channel_dim(m, src.ndim))
+            if src.dim == kind.channel_dim(m, src.ndim):
+                found = self._norm(name, m, src) if kind.role is Role.NORM else self._layer(node, name, m, kind, src)
+                if found is not None:
+                    return found
+            return self.opaque(node, f"{name} ({type(m).__name__}) reads channels the graph cannot line up")
+        if isinstance(m, SelfAttention):
+            src = self.at_dim(arg, src, -1)
+            if src.dim == src.ndim - 1:
+                return self._attention(name, m, src)
         if isinstance(m, _PASS_MODULES) and _same_rank(node, src):
             return src
         if isinstance(m, nn.Flatten):
@@ -262,6 +241,44 @@ class _Builder:
         if any(True for _ in m.parameters()):
             self.graph.unknown_layers.append(f"{name} ({type(m).__name__})")
         return self.opaque(node, f"{name} ({type(m).__name__}) is not understood by the dependency graph")
+
+    def _layer(self, node: fx.Node, name: str, m: nn.Module, kind: Any, src: Layout) -> Layout | None:
+        out_shape = _shape(node)
+        if out_shape is None:
+            return None
+        out_dim, width = kind.channel_dim(m, len(out_shape)), int(m.weight.shape[kind.out_dim])
+        groups = getattr(m, "groups", 1)
+        if kind.axis is Axis.CONV and src.unit != 1:
+            return None
+        if groups == 1:
+            self.graph.consumers.append((name, src))
+            self._read(src, f"{name} in")
+            return self._produce(name, width, len(out_shape), out_dim)
+        if groups == m.weight.shape[kind.out_dim] == src.width and len(src.segments) == 1:
+            self.graph.spaces[src.segments[0][0]].depthwise.append(name)
+            return src
+        self.block(src, f"input of grouped convolution {name}")
+        out = self._produce(name, width, len(out_shape), out_dim)
+        self.graph.spaces[out.segments[0][0]].groups = groups
+        return out
+
+    def _norm(self, name: str, m: nn.Module, src: Layout) -> Layout | None:
+        per_channel = (len(getattr(m, "normalized_shape", (0,))) == 1
+                       and getattr(m, "num_groups", src.width) == src.width)  # fmt: skip
+        if src.unit != 1 or not per_channel:
+            return None
+        self.graph.norms.append((name, src))
+        self._read(src, name)
+        return src
+
+    def _attention(self, name: str, m: SelfAttention, src: Layout) -> Layout:
+        inputs = ("qkv",) if hasattr(m, "qkv") else ("query", "key", "value")
+        for sub in inputs:
+            self.graph.consumers.append((f"{name}.{sub}", src))
+        self._read(src, f"{name} in")
+        heads = self.new_space(m.num_heads, f"{name} heads")
+        heads.heads.append(name)
+        return self._produce(f"{name}.proj", m.proj.out_features, src.ndim, src.ndim - 1)
 
     def _produce(self, name: str, width: int, ndim: int, dim: int) -> Layout:
         space = self.new_space(width, f"{name} out")
@@ -272,134 +289,12 @@ class _Builder:
     def _read(self, layout: Layout, label: str) -> None:
         for sid, _ in layout.segments:
             self.graph.spaces[sid].readers.append(label)
-
-    def function(self, node: fx.Node) -> Layout | None:
-        target, ins = node.target, self.inputs(node)
-        method = target if node.op == "call_method" else None
-        if _shape(node) is None:  # sizes, tuples of chunks, …
-            if ins and (method in ("split", "chunk", "unbind") or target in (torch.split, torch.chunk)):
-                for layout in ins:
-                    self.block(layout, f"channels split by {node.name}")
-            return None
-        if not ins:
-            return self.fresh(node, f"{node.name} creates a tensor")
-        src = ins[0]
-        if target in _PASS_FUNCS or method in _PASS_METHODS:
-            return src if _same_rank(node, src) else self.opaque(node, f"{node.name} changes the rank")
-        if target in _BINARY or method in _BINARY_METHODS:
-            return self._binary(node, ins)
-        if target is torch.cat:
-            return self._cat(node, ins)
-        if target is torch.flatten or method == "flatten":
-            start = _arg(node, 1, "start_dim", 0)
-            end = _arg(node, 2, "end_dim", -1)
-            return self._flatten(node, src, start, end)
-        if method in ("transpose", "permute") or target in (torch.transpose, torch.permute):
-            return self._move(node, src)
-        if target in _REDUCE or method in _REDUCE_METHODS:
-            return self._reduce(node, src)
-        if target is operator.getitem:
-            return self._getitem(node, src)
-        if target is torch.nn.functional.pad:
-            pad = _arg(node, 1, "pad", ())
-            if len(pad) // 2 <= src.ndim - 1 - src.dim:  # pads trailing (spatial) dimensions only
-                return src
-        return self.opaque(node, f"{node.name} ({getattr(target, '__name__', target)}) may mix channels")
-
-    def _binary(self, node: fx.Node, ins: list[Layout]) -> Layout | None:
-        out_shape = _shape(node)
-        if len(ins) == 1:
-            return ins[0] if len(out_shape) == ins[0].ndim else self.opaque(node, "broadcast changes the rank")
-        a, b = ins[0], ins[1]
-        ndim = len(out_shape)
-        a_dim, b_dim = a.dim + ndim - a.ndim, b.dim + ndim - b.ndim
-        if a_dim == b_dim and a.unit == b.unit and [w for _, w in a.segments] == [w for _, w in b.segments]:
-            for (sa, _), (sb, _) in zip(a.segments, b.segments, strict=True):
-                self.union(self.graph.spaces[sa], self.graph.spaces[sb])
-            return Layout(a_dim, ndim, a.segments, a.unit)
-        for one, other in ((a, b), (b, a)):  # a per-sample scalar broadcast against the channels (e.g. x * gate)
-            if one.width == 1 and one.unit == 1:
-                self.block(one, f"broadcast in {node.name}")
-                return Layout(other.dim + ndim - other.ndim, ndim, other.segments, other.unit)
-        return self.opaque(node, f"{node.name} combines tensors whose channels do not line up")
-
-    def _cat(self, node: fx.Node, ins: list[Layout]) -> Layout | None:
-        dim = _arg(node, 1, "dim", 0)
-        dim = dim % ins[0].ndim
-        if all(layout.dim == dim and layout.unit == ins[0].unit for layout in ins):
-            segments = tuple(seg for layout in ins for seg in layout.segments)
-            return Layout(dim, ins[0].ndim, segments, ins[0].unit)
-        if all(layout.dim != dim for layout in ins):
-            return self._binary(node, ins[:2]) if len(ins) == 2 else self.opaque(node, "cat of many along tokens")
-        return self.opaque(node, f"{node.name} concatenates channels with other dimensions")
-
-    def _flatten(self, node: fx.Node, src: Layout, start: int, end: int) -> Layout | None:
-        shape = _shape(node.args[0]) if isinstance(node.args[0], fx.Node) else None
-        if shape is None:
-            return self.opaque(node, "flatten of an unknown shape")
-        ndim = len(shape)
-        start, end = start % ndim, end % ndim
-        if src.dim < start:
-            return Layout(src.dim, ndim - (end - start), src.segments, src.unit)
-        if src.dim > end:
-            return Layout(src.dim - (end - start), ndim - (end - start), src.segments, src.unit)
-        if src.dim == start:
-            inner = math.prod(int(s) for s in shape[start + 1 : end + 1])
-            return Layout(start, ndim - (end - start), src.segments, src.unit * inner)
-        return self.opaque(node, f"{node.name} flattens channels inside another dimension")
-
-    def _move(self, node: fx.Node, src: Layout) -> Layout | None:
-        args = [a for a in node.args[1:]]
-        if node.target in ("transpose", torch.transpose):
-            a, b = (int(x) % src.ndim for x in args[:2])
-            dim = b if src.dim == a else a if src.dim == b else src.dim
-            return Layout(dim, src.ndim, src.segments, src.unit)
-        perm = [int(x) % src.ndim for x in (args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args)]
-        return Layout(perm.index(src.dim), src.ndim, src.segments, src.unit)
-
-    def _reduce(self, node: fx.Node, src: Layout) -> Layout | None:
-        dims = _arg(node, 1, "dim", None)
-        keep = _arg(node, 2, "keepdim", False)
-        if dims is None:
-            return self.opaque(node, "reduction over all dimensions")
-        dims = {int(d) % src.ndim for d in (dims if isinstance(dims, (list, tuple)) else [dims])}
-        if src.dim in dims:
-            return self.opaque(node, f"{node.name} reduces over channels")
-        if keep:
-            return src
-        return Layout(src.dim - sum(d < src.dim for d in dims), src.ndim - len(dims), src.segments, src.unit)
-
-    def _getitem(self, node: fx.Node, src: Layout) -> Layout | None:
-        index = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-        if any(i is Ellipsis or i is None or isinstance(i, fx.Node) for i in index):
-            return self.opaque(node, f"{node.name} uses advanced indexing")
-        dim, removed = src.dim, 0
-        for pos, item in enumerate(index):
-            if pos == src.dim:
-                if item != slice(None):
-                    return self.opaque(node, f"{node.name} selects channels")
-            elif isinstance(item, int) and pos < src.dim:
-                removed += 1
-        return Layout(dim - removed, len(_shape(node)), src.segments, src.unit)
+def _shared_weights(modules: dict[str, nn.Module]) -> dict[str, str]:
+    """Layers holding a parameter object that another layer holds too (tied embeddings): layer -> the others."""
+    holders: dict[int, list[str]] = {}
+    for name, m in modules.items():
+        for p in m.parameters(recurse=False):
+            holders.setdefault(id(p), []).append(name)
+    return {n: ", ".join(o for o in names if o != n) for names in holders.values() if len(names) > 1 for n in names}
 
 
-def _shape(node: Any) -> tuple[int, ...] | None:
-    meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
-
-
-def _same_rank(node: fx.Node, src: Layout) -> bool:
-    shape = _shape(node)
-    return shape is not None and len(shape) == src.ndim
-
-
-def _tensor_args(node: fx.Node, layouts: dict[fx.Node, Layout | None]) -> list[fx.Node]:
-    found: list[fx.Node] = []
-    fx.node.map_arg((node.args, node.kwargs), lambda a: found.append(a) if a in layouts else None)
-    return found
-
-
-def _arg(node: fx.Node, pos: int, name: str, default: Any) -> Any:
-    if len(node.args) > pos:
-        return node.args[pos]
-    return node.kwargs.get(name, default)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from deepslim.models.adapters import LayerKind, layer_kind
 from deepslim.models.transformer import SelfAttention
 
 
@@ -19,45 +20,50 @@ def _take(param: torch.Tensor | None, idx: torch.Tensor, dim: int) -> torch.Tens
     return nn.Parameter(new, requires_grad=param.requires_grad) if isinstance(param, nn.Parameter) else new
 
 
+def _count(m: nn.Module, attr: str | None, n: int) -> None:
+    if attr is not None and hasattr(m, attr):
+        setattr(m, attr, (n,) if isinstance(getattr(m, attr), tuple) else n)
+
+
+def _kind(m: nn.Module) -> LayerKind:
+    kind = layer_kind(m)
+    if kind is None:
+        raise TypeError(f"cannot remove channels of {type(m).__name__}: no layer kind describes it")
+    return kind
+
+
 def keep_outputs(m: nn.Module, idx: torch.Tensor) -> None:
-    """Keep output channels ``idx`` of a convolution, linear layer or embedding (its columns)."""
-    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-        m.weight, m.bias = _take(m.weight, idx, 0), _take(m.bias, idx, 0)
-        m.out_channels = len(idx)
-    elif isinstance(m, nn.Linear):
-        m.weight, m.bias = _take(m.weight, idx, 0), _take(m.bias, idx, 0)
-        m.out_features = len(idx)
-    elif isinstance(m, nn.Embedding):
-        m.weight = _take(m.weight, idx, 1)
-        m.embedding_dim = len(idx)
-    else:
-        raise TypeError(f"cannot remove output channels of {type(m).__name__}")
+    """Keep output channels ``idx`` of a convolution, linear-like layer or embedding (its columns)."""
+    kind = _kind(m)
+    m.weight = _take(m.weight, idx, kind.out_dim)
+    for name in kind.per_channel:
+        if getattr(m, name, None) is not None:
+            setattr(m, name, _take(getattr(m, name), idx, 0))
+    _count(m, kind.out_attr, len(idx))
 
 
 def keep_inputs(m: nn.Module, idx: torch.Tensor) -> None:
-    """Keep input channels (features) ``idx`` of a convolution (groups=1) or linear layer."""
-    m.weight = _take(m.weight, idx, 1)
-    if isinstance(m, (nn.Conv1d, nn.Conv2d)):
-        m.in_channels = len(idx)
-    else:
-        m.in_features = len(idx)
+    """Keep input channels (features) ``idx`` of a convolution (groups=1) or linear-like layer."""
+    kind = _kind(m)
+    m.weight = _take(m.weight, idx, kind.in_dim)
+    _count(m, kind.in_attr, len(idx))
 
 
-def keep_depthwise(m: nn.Conv2d | nn.Conv1d, idx: torch.Tensor) -> None:
+def keep_depthwise(m: nn.Module, idx: torch.Tensor) -> None:
     """Keep channels ``idx`` of a depthwise convolution (one filter per channel)."""
-    m.weight, m.bias = _take(m.weight, idx, 0), _take(m.bias, idx, 0)
-    m.in_channels = m.out_channels = m.groups = len(idx)
+    keep_outputs(m, idx)
+    m.in_channels = m.groups = len(idx)
 
 
 def keep_norm(m: nn.Module, idx: torch.Tensor) -> None:
-    """Keep channels ``idx`` of a batch norm or a (1-D) layer norm."""
-    m.weight, m.bias = _take(m.weight, idx, 0), _take(m.bias, idx, 0)
-    if isinstance(m, nn.modules.batchnorm._BatchNorm):
-        if m.running_mean is not None:
-            m.running_mean, m.running_var = _take(m.running_mean, idx, 0), _take(m.running_var, idx, 0)
-        m.num_features = len(idx)
-    else:
-        m.normalized_shape = (len(idx),)
+    """Keep channels ``idx`` of a per-channel norm (batch norm, 1-D layer norm, group norm of one channel per group)."""
+    kind = _kind(m)
+    for name in ("weight", *kind.per_channel):
+        if getattr(m, name, None) is not None:
+            setattr(m, name, _take(getattr(m, name), idx, 0))
+    _count(m, kind.out_attr, len(idx))
+    if isinstance(m, nn.GroupNorm):
+        m.num_groups = len(idx)
 
 
 def head_rows(keep_heads: torch.Tensor, head_dim: int) -> torch.Tensor:

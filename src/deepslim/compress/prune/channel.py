@@ -10,19 +10,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils._pytree import tree_leaves
 
 from deepslim._modes import inference_mode
 from deepslim.compress.prune import _surgery
 from deepslim.compress.prune._graph import DependencyGraph, Layout, Space, build_graph
 from deepslim.config import coerce_enum, freeze_overrides, lookup, matches, unmatched
 from deepslim.errors import ConfigError, UnsupportedModelError
+from deepslim.models.adapters import layer_kind
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +76,24 @@ class GroupPlan:
     def __str__(self) -> str:
         return f"{self.width} -> {self.keep} {self.unit}: {self.description}"
 
+    def whole(self) -> GroupPlan:
+        return replace(self, keep=self.width, kept=tuple(range(self.width)))
+
 
 @dataclass(frozen=True)
 class ChannelPruneResult:
+    """What was removed (``groups``), which groups stayed whole and why (``blocked``), which layers the graph left
+    whole and why (``skipped``: not seen as layers, tied or parametrized weights, groups whose removal failed the
+    check that the pruned model still runs), and how the graph was captured (``capture``)."""
+
     groups: tuple[GroupPlan, ...]
-    blocked: tuple[str, ...] = field(default=())  # groups left whole, with the reason
+    blocked: tuple[str, ...] = field(default=())
+    skipped: tuple[str, ...] = field(default=())
+    capture: str = "torch.fx"
 
     def __str__(self) -> str:
         lines = [str(g) for g in self.groups if g.keep < g.width]
-        return "\n".join(lines + [f"kept: {b}" for b in self.blocked])
+        return "\n".join(lines + [f"kept: {b}" for b in self.blocked] + [f"left whole: {s}" for s in self.skipped])
 
 
 def misaligned_layers(model: nn.Module, multiple: int = 8) -> list[str]:
@@ -113,13 +124,69 @@ def plan_channel_pruning(model: nn.Module, config: ChannelPruneConfig, example_i
 
 def prune_channels_(model: nn.Module, config: ChannelPruneConfig, example_input: torch.Tensor,
                     calib_data: Iterable[Any] | None = None) -> ChannelPruneResult:  # fmt: skip
-    out_shape = _output_shape(model, example_input)
+    """Remove channels in place; the pruned model is checked to run with the same output shapes, else undone.
+
+    A group whose removal alone breaks the model is left whole (named in ``skipped``) and the others are removed; if
+    the model still fails, it is restored exactly and UnsupportedModelError names the failure — never a broken model.
+    """
+    expected = _output_shapes(model, example_input)
     (graph, keep), result = _plan(model, config, example_input, calib_data)
-    _apply(graph, dict(model.named_modules()), keep)
-    new_shape = _output_shape(model, example_input)
-    if new_shape != out_shape:  # the graph's rules guarantee this; checked so a bug can never pass silently
-        raise UnsupportedModelError(f"pruning changed the output shape {out_shape} -> {new_shape}")
-    return result
+    modules = dict(model.named_modules())
+    saved = _snapshot(modules.values())
+    failure = _try_apply(model, graph, modules, keep, example_input, expected)
+    if failure is None:
+        return result
+    bad = {}
+    for gid in keep:
+        _restore(saved)
+        why = _try_apply(model, graph, modules, {gid: keep[gid]}, example_input, expected)
+        if why is not None:
+            bad[gid] = why
+    _restore(saved)
+    rest = {g: k for g, k in keep.items() if g not in bad}
+    if bad and rest and _try_apply(model, graph, modules, rest, example_input, expected) is None:
+        dropped = [f"{graph.describe(graph.spaces[g])}: removing its channels broke the model ({w})"
+                   for g, w in bad.items()]  # fmt: skip
+        kept_plans = tuple(p if not _plan_in(p, graph, bad) else p.whole() for p in result.groups)
+        return replace(result, groups=kept_plans, skipped=result.skipped + tuple(dropped))
+    _restore(saved)
+    culprit = graph.describe(graph.spaces[next(iter(bad))]) if bad else "the combination of all groups"
+    raise UnsupportedModelError(
+        f"channel pruning would break {type(model).__name__} ({failure}) at {culprit}; the model is unchanged. "
+        "Add the group's layers to ignore=(...) to keep their channels"
+    )
+
+
+def _plan_in(plan: GroupPlan, graph: DependencyGraph, gids: Mapping[int, Any]) -> bool:
+    return any(graph.producer_space.get(o) is not None and graph.spaces[graph.producer_space[o]].find().id in gids
+               for o in plan.owners)  # fmt: skip
+
+
+def _try_apply(model: nn.Module, graph: DependencyGraph, modules: dict[str, nn.Module], keep: dict[int, torch.Tensor],
+               x: Any, expected: list[tuple[int, ...]]) -> str | None:  # fmt: skip
+    """Apply ``keep`` and run the model: None if it runs with the expected output shapes, else what went wrong."""
+    try:
+        _apply(graph, modules, keep)
+        got = _output_shapes(model, x)
+    except Exception as exc:  # a crash of the pruned model is the failure we report, whatever it is
+        return f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[0][:160]}"
+    return None if got == expected else f"output shapes {expected} became {got}"
+
+
+def _snapshot(modules: Iterable[nn.Module]) -> list[tuple[nn.Module, dict[str, Any]]]:
+    """Each module's attributes, parameters and buffers (references, not copies: surgery replaces, never mutates)."""
+    saved = []
+    for m in modules:
+        state = dict(m.__dict__)
+        state["_parameters"], state["_buffers"] = dict(m._parameters), dict(m._buffers)
+        saved.append((m, state))
+    return saved
+
+
+def _restore(saved: list[tuple[nn.Module, dict[str, Any]]]) -> None:
+    for m, state in saved:
+        m.__dict__.clear()
+        m.__dict__.update({k: dict(v) if k in ("_parameters", "_buffers") else v for k, v in state.items()})
 
 
 _Plan = tuple[tuple[DependencyGraph, dict[int, torch.Tensor]], "ChannelPruneResult"]
@@ -132,13 +199,6 @@ def _plan(model: nn.Module, config: ChannelPruneConfig, example_input: torch.Ten
     bad = unmatched(config.overrides, modules) + unmatched(tuple((p, None) for p in config.ignore), modules)
     if bad:
         raise ConfigError(f"no layer matches {', '.join(map(repr, bad))}")
-    unhandled = [u for u in graph.unknown_layers if not any(matches(p, u.split(" (")[0]) for p in config.ignore)]
-    if unhandled:
-        names = ", ".join(repr(u.split(" (")[0]) for u in unhandled)
-        raise UnsupportedModelError(
-            f"channel pruning cannot follow layer {', '.join(unhandled)}; add it to ignore=({names},) "
-            "(CLI: --ignore) to keep its channels and those of the layers coupled to it"
-        )
     if config.importance is Importance.TAYLOR:
         _accumulate_gradients(model, calib_data)
     keep: dict[int, torch.Tensor] = {}
@@ -160,7 +220,9 @@ def _plan(model: nn.Module, config: ChannelPruneConfig, example_input: torch.Ten
         plans.append(GroupPlan(graph.describe(root), root.width, n_keep, unit, tuple(owners), kept))
     if config.importance is Importance.TAYLOR:
         model.zero_grad(set_to_none=True)
-    return (graph, keep), ChannelPruneResult(tuple(plans), tuple(blocked))
+    skipped = [f"{u}: not understood by the dependency graph" for u in graph.unknown_layers]
+    skipped += [f"{n}: {why}" for n, why in graph.left_whole.items()]
+    return (graph, keep), ChannelPruneResult(tuple(plans), tuple(blocked), tuple(skipped), graph.capture)
 
 
 def _owners(graph: DependencyGraph, root: Space) -> list[str]:
@@ -209,14 +271,14 @@ def _scores(graph: DependencyGraph, root: Space, modules: dict[str, nn.Module], 
     for s in graph.members(root):
         for name in (*s.producers, *s.depthwise):
             m = modules[name]
-            parts.append(_param_scores(m.weight, how, 1 if isinstance(m, nn.Embedding) else 0, 1))
+            parts.append(_param_scores(m.weight, how, layer_kind(m).out_dim, 1))
         for name in s.heads:
             attn = modules[name]
             parts.append(_param_scores(attn.proj.weight, how, 1, attn.head_dim))
     for name, layout in graph.consumers:
-        weight = modules[name].weight
-        if isinstance(modules[name], nn.Linear) or modules[name].groups == 1:
-            scores = _param_scores(weight, how, 1, layout.unit)
+        m = modules[name]
+        if getattr(m, "groups", 1) == 1:
+            scores = _param_scores(m.weight, how, layer_kind(m).in_dim, layout.unit)
             parts += [scores[sl] for sl in _slices(layout, spaces)]
     return _combine(parts, root.width)
 
@@ -299,7 +361,7 @@ def _apply(graph: DependencyGraph, modules: dict[str, nn.Module], keep: Mapping[
             _surgery.keep_norm(modules[name], dev(modules[name], idx))
 
 
-def _output_shape(model: nn.Module, x: torch.Tensor) -> tuple[int, ...]:
+def _output_shapes(model: nn.Module, x: Any) -> list[tuple[int, ...]]:
     with inference_mode(model), torch.no_grad():
         y = model(*(x if isinstance(x, tuple) else (x,)))
-    return tuple(y.shape)
+    return [tuple(t.shape) for t in tree_leaves(y) if isinstance(t, torch.Tensor)]

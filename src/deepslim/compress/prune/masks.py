@@ -20,8 +20,9 @@ from torch.nn.utils import parametrize
 
 from deepslim.config import coerce_enum, freeze_overrides, lookup, skip_only, unmatched
 from deepslim.errors import ConfigError
+from deepslim.models.adapters import layer_kind, weight_layers
 
-PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
+PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # the built-in kinds; any registered layer kind is prunable
 
 
 class Scope(Enum):
@@ -79,7 +80,10 @@ class WeightMask(nn.Module):
 
 
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
-    return {name: m for name, m in model.named_modules() if isinstance(m, PRUNABLE)}
+    """Layers whose weight maps input to output channels: convolutions, linear layers and their subclasses, HF
+    ``Conv1D`` and every layer kind registered with ``register_layer_kind`` (a weight parametrized by weight_norm
+    is masked after it is computed)."""
+    return {name: m for name, (m, _) in weight_layers(model).items()}
 
 
 def current_mask(m: nn.Module) -> WeightMask | None:
@@ -137,16 +141,16 @@ def nm_masks(model: nn.Module, config: NMPruneConfig) -> tuple[dict[str, torch.T
     for name, m in layers.items():
         if lookup(config.overrides, name, default=...) is None:
             continue
-        w = m.weight.detach()
+        w, in_dim = m.weight.detach(), layer_kind(m).in_dim
         # reduction dimension last: (out, in) for Linear; (out, k…, in) for convolutions (channels-last, as kernels use)
-        wl = w if w.ndim == 2 else w.movedim(1, -1)
+        wl = w.movedim(in_dim, -1)
         if wl.shape[-1] % config.m:
             skipped.append(f"{name} ({wl.shape[-1]} inputs not divisible by {config.m})")
             continue
         blocks = wl.abs().reshape(-1, config.m)
         keep = torch.zeros_like(blocks, dtype=torch.bool).scatter_(1, blocks.topk(config.n, dim=1).indices, True)
         keep = keep.view_as(wl)
-        masks[name] = keep if w.ndim == 2 else keep.movedim(-1, 1)
+        masks[name] = keep.movedim(-1, in_dim)
     return masks, skipped
 
 
