@@ -295,3 +295,15 @@ def test_a_plain_state_dict_loads_into_a_named_factory(user, tmp_path):
     with pytest.raises(ds.ModelLoadError, match="pass arch=NAME"):
         ds.load_model(tmp_path / "sd.pt")
     _same_outputs(model, ds.load_model(tmp_path / "sd.pt", arch=spec, width=5))
+
+
+def test_a_user_model_with_its_own_weight_norm_keeps_its_parametrization(tmp_path, monkeypatch):
+    source = "import torch\nfrom torch.nn.utils.parametrizations import weight_norm\n\n\ndef build():\n" \
+             "    return torch.nn.Sequential(weight_norm(torch.nn.Linear(4, 3)))\n"
+    (tmp_path / "wn.py").write_text(source)
+    monkeypatch.chdir(tmp_path)
+    model = ds.load_model("wn.py:build").eval()
+    back = ds.load_model(ds.save_model(model, tmp_path / "wn.pt"), arch="wn.py:build")
+    sa, sb = model.state_dict(), back.state_dict()
+    assert "0.parametrizations.weight.original0" in sb and all(torch.equal(sa[k], sb[k]) for k in sa)
+    _same_outputs(model, back, torch.randn(2, 4))

@@ -6,11 +6,12 @@ Checkpoint format (``torch.save`` of plain containers and tensors, read with ``w
      "resized": bool,                       # layers resized by structured pruning: rebuild at the stored sizes
      "modules": {layer: kind},              # quantized layers, folded batch norms, fp16 layers (as in .dsz)
      "quant": {layer: [scale, zero]},       # the fixed weight quantization of each quantized layer
+     "points": {...} | None,                # activation quantization points (compress.coding.state)
      "arch" | "factory" | "input" | "preprocessing": records (see _records)}
 
 A model with deepslim's layers (quantized, masked, clustered, fp16) is stored as its *inference state* — the
 weights its forward pass uses, as in a ``.dsz`` archive — so it loads back with exactly the same outputs. Version 1
-files (``arch``, ``state_dict``, ``resized``) are still read.
+files (``arch``, ``state_dict``, ``resized``) are still read. docs/model-files.md describes all three formats.
 """
 
 from __future__ import annotations
@@ -56,12 +57,21 @@ class Checkpoint:
 # -- checkpoints -----------------------------------------------------------------------------------------------------
 
 
-def _inference_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, list]]:
-    """(state, module kinds, fixed quantization): the state dict for a plain model, else what the forward uses."""
+def _inference_state(model: nn.Module, fresh: nn.Module | None) -> tuple[dict[str, torch.Tensor], dict[str, Any],
+                                                                         dict[str, list]]:  # fmt: skip
+    """(state, module kinds, fixed quantization): the state dict of a plain model, else what the forward uses.
+
+    A model is plain when no layer changed kind and it has no parametrizations beyond those of its architecture
+    (``fresh``; a weight_norm the architecture itself applies stays as it is).
+    """
     from deepslim.compress.coding.state import inference_state, layer_kinds
 
-    if not layer_kinds(model) and not any(parametrize.is_parametrized(m) for m in model.modules()):
-        return model.state_dict(), {}, {}
+    if not layer_kinds(model):
+        state = model.state_dict()
+        if not any(parametrize.is_parametrized(m) for m in model.modules()):
+            return state, {}, {}
+        if fresh is not None and fresh.state_dict().keys() == state.keys():
+            return state, {}, {}
     return inference_state(model)
 
 
@@ -80,9 +90,9 @@ def _check_structure(fresh: nn.Module, kinds: dict[str, Any], state: dict[str, t
 
 
 def write_checkpoint(model: nn.Module, dest: Path, example_input: Any = None) -> None:
-    state, kinds, quant = _inference_state(model)
     records = model_records(model, example_input)
     fresh = fresh_architecture(model)
+    state, kinds, quant = _inference_state(model, fresh)
     if fresh is not None:
         what = repr(records["factory"]["factory"] if "factory" in records else records["arch"]["name"])
         resized = _check_structure(fresh, kinds, state, what)
