@@ -66,6 +66,8 @@ def test_fit_converts_training_batches_to_the_models_preprocessing(trained):
                                                data.val.dataset.tensors[1], None),
                                    test=_loader(raw, y, None))  # fmt: skip
     before = ds.evaluate(student, raw_data).accuracy
-    ds.fit(student, raw_data, epochs=1, lr=1e-4)  # a gentle step on raw pixels, converted: accuracy holds
-    assert ds.evaluate(student, raw_data).accuracy >= before - 0.02
-    assert ds.evaluate(student, data).accuracy >= before - 0.02
+    ds.fit(student, raw_data, epochs=3, lr=3e-2, restore_best=False)  # trained on raw pixels, converted to its own
+    after = ds.evaluate(student, raw_data).accuracy
+    # measured: 0.886 -> 0.936; fed the raw pixels unconverted while training, the same run ends at 0.855
+    assert after >= before + 0.02
+    assert ds.evaluate(student, data).accuracy == after  # the standardised data scores the same

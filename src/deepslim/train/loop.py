@@ -186,6 +186,7 @@ def train_loop(model: nn.Module, data: DataBundle, loss_fn: LossFn, *, epochs: i
         if on_epoch is not None:
             on_epoch(metrics)
         score = task.score(val.metrics) if val.samples else -train["loss"]
+        score = -math.inf if math.isnan(score) else score  # an undefined metric (R² of constant targets) never wins
         improved = score > best_score or best_val is None
         if improved:
             best_score, best_epoch, best_val = score, epoch, val
