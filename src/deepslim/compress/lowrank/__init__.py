@@ -102,7 +102,7 @@ def factorize_(model: nn.Module, config: SVDConfig | TuckerConfig, *,
     targets = _targets(model, svd)
     bad = unmatched(config.overrides, targets)
     if bad:
-        raise ConfigError(f"no {'linear' if svd else 'Conv2d'} layer matches {', '.join(map(repr, bad))}")
+        raise ConfigError(f"no {'Linear' if svd else 'Conv2d'} layer matches {', '.join(map(repr, bad))}")
     positions = _positions(model, targets, example_input)
     tied = _tied(model)
     done, skipped = [], []

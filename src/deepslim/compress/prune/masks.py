@@ -10,6 +10,7 @@ writes the masked weights into plain parameters and removes the parametrization.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -22,6 +23,7 @@ from deepslim.config import coerce_enum, freeze_overrides, lookup, skip_only, un
 from deepslim.errors import ConfigError
 from deepslim.models.adapters import layer_kind, weight_layers
 
+log = logging.getLogger(__name__)
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # the built-in kinds; any registered layer kind is prunable
 
 
@@ -82,8 +84,17 @@ class WeightMask(nn.Module):
 def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
     """Layers whose weight maps input to output channels: convolutions, linear layers and their subclasses, HF
     ``Conv1D`` and every layer kind registered with ``register_layer_kind`` (a weight parametrized by weight_norm
-    is masked after it is computed)."""
-    return {name: m for name, (m, _) in weight_layers(model).items()}
+    is masked after it is computed). Weights tied to another module (an LM head sharing the embedding table) are
+    left out and logged: a mask would prune one of the two uses only."""
+    layers = {name: m for name, (m, _) in weight_layers(model).items()}
+    holders: dict[int, list[str]] = {}
+    for name, m in model.named_modules():
+        for p in m.parameters(recurse=False):
+            holders.setdefault(id(p), []).append(name)
+    tied = {n for names in holders.values() if len(names) > 1 for n in names if n in layers}
+    if tied:
+        log.warning("left unpruned (weight tied with another module): %s", ", ".join(sorted(tied)))
+    return {n: m for n, m in layers.items() if n not in tied}
 
 
 def current_mask(m: nn.Module) -> WeightMask | None:
