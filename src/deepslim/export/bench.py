@@ -123,7 +123,8 @@ def _onnx_feed(path: Path, x: torch.Tensor | None, shape: tuple[int, ...] | None
     if x is not None:
         feed = x.numpy()
     else:
-        want = shape or dims
+        # a dynamic batch (deepslim's files have one) is measured at batch 1 unless input_shape says otherwise
+        want = shape or ((1, *dims[1:]) if dims and dims[0] < 1 else dims)
         if any(d < 1 for d in want):
             raise InputShapeError(f"{path} has a symbolic input shape {dims}; give input_shape")
         dtype = np.int64 if inp.type.tensor_type.elem_type == onnx.TensorProto.INT64 else np.float32

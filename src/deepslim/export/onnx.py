@@ -1,7 +1,13 @@
-"""Exporting to ONNX, with a parity check of ONNX Runtime's output against PyTorch's."""
+"""Exporting to ONNX, with a parity check of ONNX Runtime's output against PyTorch's that fails the export when they
+disagree, and a count of the layers ONNX Runtime really runs on integer kernels.
+
+Every file has a dynamic batch dimension (servers batch) and records deepslim's version and, when the model carries
+it, the input preprocessing (``metadata_props``: ``deepslim.version``, ``deepslim.preprocessing`` as JSON).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -11,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -19,32 +26,45 @@ from deepslim._modes import inference_mode
 from deepslim.errors import ExportError
 
 log = logging.getLogger(__name__)
+# ONNX Runtime's integer kernels for layers with weights, as they appear in its optimized graph
+INTEGER_KERNELS = {"QLinearConv", "QLinearMatMul", "MatMulInteger", "ConvInteger", "QGemm", "DynamicQuantizeMatMul",
+                   "MatMulIntegerToFloat", "QAttention", "DynamicQuantizeLSTM", "QLinearConvTranspose"}  # fmt: skip
+PREPROCESSING_KEY = "deepslim.preprocessing"
+VERSION_KEY = "deepslim.version"
 
 
 @dataclass(frozen=True)
 class ExportResult:
     path: Path
     size_bytes: int
-    max_abs_error: float  # ONNX Runtime vs PyTorch on the example input
+    max_abs_error: float  # ONNX Runtime vs PyTorch on the checked inputs
     top1_agreement: float  # fraction of rows whose argmax agrees (classification outputs)
     format: str = "fp32"  # "fp32", or "qdq-int8" for a linearly quantized model
     float_layers: tuple[str, ...] = ()  # quantized layers the integer graph could not run on integer kernels
     warnings: tuple[str, ...] = ()
+    cosine: float = 1.0  # cosine similarity of ONNX Runtime's and PyTorch's outputs
+    quantized_layers: int = 0  # layers quantized in the model
+    integer_layers: int = 0  # of those, layers ONNX Runtime's optimized graph runs on integer kernels
+    dynamic_batch: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {"path": str(self.path), "size_bytes": self.size_bytes, "max_abs_error": self.max_abs_error,
-                "top1_agreement": self.top1_agreement, "format": self.format, "float_layers": list(self.float_layers),
+                "top1_agreement": self.top1_agreement, "cosine": self.cosine, "format": self.format,
+                "quantized_layers": self.quantized_layers, "integer_layers": self.integer_layers,
+                "float_layers": list(self.float_layers), "dynamic_batch": self.dynamic_batch,
                 "warnings": list(self.warnings)}  # fmt: skip
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input: torch.Tensor, opset: int = 18,
-                calib_data: Iterable[Any] | None = None) -> ExportResult:  # fmt: skip
-    """Write ``model`` as ONNX (atomically) and check that ONNX Runtime reproduces PyTorch's output on the input.
+                calib_data: Iterable[Any] | None = None, min_cosine: float = 0.98,
+                min_agreement: float = 0.8) -> ExportResult:  # fmt: skip
+    """Write ``model`` as ONNX (atomically, batch dimension dynamic) and check ONNX Runtime against PyTorch.
 
-    A model quantized with ``LinearQuantConfig`` (8-bit activations) is written as an integer QDQ graph
-    (u8 activations, s8 per-channel weights: ONNX Runtime's fast kernels). ``calib_data`` lets the export also
-    quantize residual additions, which the integer kernels need between quantized layers (see
-    :mod:`deepslim.export.qdq`); without it they stay in float and the result says so.
+    A model quantized with ``LinearQuantConfig`` (8-bit activations) is written as an integer QDQ graph that
+    quantizes exactly what the fake-quantized model quantizes (``quantize_`` calibrated every point; no data is
+    needed here). The check runs ``example_input`` and, when given, a few batches of ``calib_data``; an output
+    cosine below ``min_cosine`` or a top-1 agreement below ``min_agreement`` (over 10 or more rows) is an
+    ``ExportError`` naming the layer that disagrees most, and no file is written.
     """
     from deepslim.export.qdq import float_copy, quantized_layers, write_qdq
 
@@ -56,33 +76,158 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input
                           "(ONNX Runtime's integer kernels are 8-bit)")  # fmt: skip
     float_layers: list[str] = []
     warns: list[str] = []
-    with inference_mode(model):
-        with atomic_path(dest) as tmp, warnings.catch_warnings():
+    inputs = _check_inputs(example_input, calib_data)
+    with inference_mode(model), tempfile.TemporaryDirectory() as work, atomic_path(dest) as tmp:
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if layers:
-                with tempfile.TemporaryDirectory() as work:
-                    fp32 = Path(work) / "float.onnx"
-                    _export(_decoded_weights(float_copy(model)), example_input, fp32, opset)
-                    cal = _calibration_of(model)
-                    float_layers = write_qdq(fp32, tmp, layers, calib_data, cal)
+                fp32 = Path(work) / "float.onnx"
+                dynamic = _export(_decoded_weights(float_copy(model, keep_points=True)), example_input, fp32, opset)
+                float_layers = write_qdq(fp32, tmp, layers)
             else:
-                _export(_decoded_weights(model), example_input, tmp, opset)
+                dynamic = _export(_decoded_weights(model), example_input, tmp, opset)
+        _write_metadata(tmp, model)
+        err, cos, agree = _check_parity(model, tmp, inputs if dynamic else inputs[:1], min_cosine, min_agreement)
+        integer = _integer_layers(tmp, layers, Path(work)) if layers else []
+    if not dynamic:
+        warns.append("the model's export needs a fixed batch size: the file takes batches of "
+                     f"{example_input.shape[0]} only")  # fmt: skip
+    if layers and len(integer) < len(layers):
+        floats = [n for n in layers if n not in integer]
+        warns.append(f"{len(layers) - len(integer)} of {len(layers)} quantized layers run in float in ONNX Runtime "
+                     f"(e.g. {floats[0]}): their inputs or outputs are not quantized in the graph")  # fmt: skip
+    return ExportResult(dest, dest.stat().st_size, err, agree, "qdq-int8" if layers else "fp32", tuple(float_layers),
+                        tuple(warns), cos, len(layers), len(integer), dynamic)  # fmt: skip
+
+
+def _check_inputs(x: torch.Tensor, calib_data: Iterable[Any] | None, batches: int = 4) -> list[torch.Tensor]:
+    out = [x]
+    for i, batch in enumerate(calib_data or ()):
+        if i >= batches:
+            break
+        out.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+    return out
+
+
+def _check_parity(model: nn.Module, path: Path, inputs: list[torch.Tensor], min_cosine: float,
+                  min_agreement: float) -> tuple[float, float, float]:  # fmt: skip
+    """(max |error|, cosine, top-1 agreement) of the file against the model; ExportError below the thresholds."""
+    with torch.no_grad():
+        expected = [model(x).float().numpy() for x in inputs]
+    got = [run_onnx(path, x.numpy()) for x in inputs]
+    err, cos, agree = _agreement(got, expected)
+    rows = sum(len(e) for e in expected) if expected[0].ndim >= 2 else 1
+    if cos < min_cosine or (rows >= 10 and agree < min_agreement):
+        raise ExportError(f"ONNX Runtime's output disagrees with PyTorch's (cosine {cos:.3f}, top-1 agreement "
+                          f"{100 * agree:.0f}% over {rows} rows){_worst_layer(model, path, inputs[0])}; no file "
+                          "written: keep the worst layers in float with overrides={name: None}, or report the model")
+    return err, cos, agree
+
+
+def _agreement(got: list[np.ndarray], expected: list[np.ndarray]) -> tuple[float, float, float]:
+    """(max |error|, cosine, top-1 agreement) over all checked rows."""
+    g = np.concatenate([a.reshape(len(a), -1) if a.ndim >= 2 else a.reshape(1, -1) for a in got]).astype(np.float64)
+    e = np.concatenate([a.reshape(len(a), -1) if a.ndim >= 2 else a.reshape(1, -1) for a in expected]).astype(
+        np.float64)  # fmt: skip
+    if g.shape != e.shape:
+        raise ExportError(f"ONNX Runtime's output has shape {g.shape}, PyTorch's {e.shape}")
+    if not g.size:
+        return 0.0, 1.0, 1.0
+    err = float(np.abs(g - e).max())
+    denom = float(np.linalg.norm(g) * np.linalg.norm(e))
+    cos = float((g * e).sum() / denom) if denom > 0 else float(np.allclose(g, e))
+    agree = float((g.argmax(-1) == e.argmax(-1)).mean()) if expected[0].ndim >= 2 else 1.0
+    return err, cos, agree
+
+
+def _worst_layer(model: nn.Module, path: Path, x: torch.Tensor) -> str:
+    """'; worst layer NAME (cosine C)': the layer whose output differs most between PyTorch and the file."""
+    import onnx
+
+    from deepslim.compress.quantize.linear import QuantMixin
+
+    targets = {n: m for n, m in model.named_modules() if isinstance(m, (QuantMixin, nn.Conv2d, nn.Linear))}
+    graph = onnx.load(str(path)).graph
+    by_weight = {}
+    for node in graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1:
+            base = node.input[1].removesuffix("__dq").removesuffix(".weight")
+            if base in targets:
+                by_weight[base] = node.output[0]
+    if not by_weight:
+        return ""
+    seen: dict[str, np.ndarray] = {}
+    def keep(name: str) -> Any:
+        def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
+            seen.setdefault(name, out.detach().float().numpy())
+
+        return hook
+
+    hooks = [targets[n].register_forward_hook(keep(n)) for n in by_weight]
+    try:
         with torch.no_grad():
-            expected = model(example_input).float().numpy()
-    if layers and calib_data is None:
-        warns.append("no calib_data: residual additions stay in float, so the layers feeding them cannot run as "
-                     "integer kernels (pass calib_data / --data)")  # fmt: skip
-    got = run_onnx(dest, example_input.numpy())
-    err = float(abs(got - expected).max()) if got.size else 0.0
-    agree = float((got.argmax(-1) == expected.argmax(-1)).mean()) if got.ndim >= 2 else 1.0
-    return ExportResult(dest, dest.stat().st_size, err, agree, "qdq-int8" if layers else "fp32",
-                        tuple(float_layers), tuple(warns))  # fmt: skip
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    probe = onnx.load(str(path))
+    known = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in by_weight.values() if t not in known)
+    probe_path = path.with_name(path.name + ".probe.onnx")
+    onnx.save(probe, str(probe_path))
+    try:
+        sess = ort_session(probe_path, threads=1)
+        values = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name:
+                                                                                 x.numpy()}), strict=True))  # fmt: skip
+    finally:
+        probe_path.unlink(missing_ok=True)
+    scores = {n: _agreement([values[t]], [seen[n]])[1] for n, t in by_weight.items()
+              if n in seen and values[t].shape == seen[n].shape}  # fmt: skip
+    if not scores:
+        return ""
+    worst = min(scores, key=scores.__getitem__)
+    return f"; worst layer {worst} (cosine {scores[worst]:.3f})"
 
 
-def _calibration_of(model: nn.Module) -> Any:
-    from deepslim.compress.quantize.observers import Calibration
+def _integer_layers(path: Path, layers: dict[str, Any], work: Path) -> list[str]:
+    """The quantized layers whose weights ONNX Runtime's optimized graph feeds to an integer kernel."""
+    import onnx
+    import onnxruntime as ort
 
-    return getattr(model, "deepslim_calibration", Calibration.MINMAX)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(work / "optimized.onnx")
+    opts.log_severity_level = 3  # not the warning that the saved graph is specific to this machine
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    graph = onnx.load(str(work / "optimized.onnx")).graph
+    found = set()
+    for node in graph.node:
+        if node.op_type in INTEGER_KERNELS:
+            for t in node.input:
+                base = t.removesuffix("__q")
+                if t != base and base.removesuffix(".weight") in layers:
+                    found.add(base.removesuffix(".weight"))
+    return [n for n in layers if n in found]
+
+
+def _write_metadata(path: Path, model: nn.Module) -> None:
+    """deepslim's version and the model's input preprocessing, in the file's ``metadata_props``."""
+    import onnx
+
+    from deepslim import __version__
+    from deepslim.models._registry import PREPROCESSING_ATTR
+
+    proto = onnx.load(str(path))
+    props = {VERSION_KEY: __version__}
+    pre = getattr(model, PREPROCESSING_ATTR, None)
+    if pre is not None:
+        props[PREPROCESSING_KEY] = json.dumps(pre, sort_keys=True)
+    kept = [p for p in proto.metadata_props if p.key not in props]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    for key, value in props.items():
+        proto.metadata_props.add(key=key, value=value)
+    onnx.save(proto, str(path))
 
 
 def _decoded_weights(model: nn.Module) -> nn.Module:
@@ -109,20 +254,46 @@ def _decoded_weights(model: nn.Module) -> nn.Module:
     return baked
 
 
-def _export(model: nn.Module, x: torch.Tensor, path: Path, opset: int) -> None:
+def _qdq_translation() -> dict[Any, Any]:
+    """ONNX for deepslim's quantization points: QuantizeLinear → DequantizeLinear with the point's parameters."""
+    from onnxscript import opset18 as op
+
+    import deepslim.compress.quantize._points  # noqa: F401  (registers the operator)
+
+    def qdq(x: Any, scale: Any, zero: Any) -> Any:
+        z = op.Cast(zero, to=2)  # uint8
+        return op.DequantizeLinear(op.QuantizeLinear(x, scale, z), scale, z)
+
+    return {torch.ops.deepslim.fake_quant_u8.default: qdq}
+
+
+def _export(model: nn.Module, x: torch.Tensor, path: Path, opset: int) -> bool:
+    """Write the ONNX file; True when its batch dimension is dynamic (the default; a fixed one is the fallback)."""
+    from deepslim.compress.quantize._points import exporting
+
     errors = []
     # the exporter warns about torchvision operators it cannot register; deepslim uses none
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    for dynamo in (True, False):  # the torch.export-based exporter first, then the TorchScript one
-        extra = {"external_data": False} if dynamo else {}  # one self-contained file: its size is the model's
+    # a batch of 1 would be specialised by torch.export: trace with two rows, the batch stays symbolic
+    traced = x if x.shape[0] > 1 else torch.cat([x, x]) if x.ndim else x
+    attempts = [(True, True), (True, False), (False, True), (False, False)]  # (dynamo, dynamic batch)
+    for dynamo, dynamic in attempts:
+        names = {"input_names": ["input"], "output_names": ["output"]}
+        if dynamo:  # one self-contained file: its size is the model's
+            extra: dict[str, Any] = {"external_data": False, "custom_translation_table": _qdq_translation()}
+            if dynamic:
+                extra["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
+        else:
+            extra = {"dynamic_axes": {"input": {0: "batch"}, "output": {0: "batch"}}} if dynamic else {}
         try:
-            torch.onnx.export(model, (x,), str(path), dynamo=dynamo, opset_version=opset, verbose=False,
-                              input_names=["input"], output_names=["output"], **extra)  # fmt: skip
-            return
+            with exporting():
+                torch.onnx.export(model, (traced if dynamic else x,), str(path), dynamo=dynamo, opset_version=opset,
+                                  verbose=False, **names, **extra)  # fmt: skip
+            return dynamic
         except Exception as exc:  # both exporters raise many types
             errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {str(exc).strip().splitlines()[0]}")
-            log.debug("ONNX export (dynamo=%s) failed", dynamo, exc_info=True)
-    raise ExportError(f"ONNX export failed: {'; '.join(errors)}")
+            log.debug("ONNX export (dynamo=%s, dynamic=%s) failed", dynamo, dynamic, exc_info=True)
+    raise ExportError(f"ONNX export failed: {'; '.join(errors[::2])}")
 
 
 def ort_session(path: str | os.PathLike[str], *, threads: int | None = None, spinning: bool = True) -> Any:

@@ -2,24 +2,26 @@
 
 The formats are the ones ONNX Runtime's fast CPU paths take: unsigned 8-bit activations (asymmetric, per tensor)
 and signed 8-bit weights (symmetric, per output channel), int32 biases at scale ``s_x · s_w``. ONNX Runtime fuses
-``DequantizeLinear → Conv/Gemm → QuantizeLinear`` into QLinearConv / QGemm, so every quantized layer's *output*
-must be quantized too. deepslim places those output quantizers where they change nothing:
+``DequantizeLinear → Conv/Gemm/MatMul → QuantizeLinear`` into QLinearConv / QGemm / QLinearMatMul and
+``DequantizeLinear → Add → QuantizeLinear`` into QLinearAdd. The graph quantizes exactly what deepslim's
+fake-quantized PyTorch model quantizes, so the two compute the same thing:
 
-- a layer whose output reaches the next quantized layer only through ReLU, Clip, max pooling, reshapes or
-  identities gets that layer's input quantizer right at its output (quantizing before a ReLU or a max pool is the
-  same as after, since both commute with a monotone quantizer that represents 0 exactly) — the integer graph then
-  computes what deepslim's fake-quantized PyTorch model computes;
-- other quantization points that integer kernels need (the inputs and output of a residual addition) are
-  calibrated on the calibration data with the model's own calibration method, by running the float graph in ONNX
-  Runtime. The PyTorch simulation does not quantize additions; the export's parity check reports the difference.
+- each quantized layer's input, with the layer's own parameters;
+- the model's quantization points (residual additions, concatenations, layer outputs; see
+  :mod:`deepslim.compress.quantize._points`), which the exporter writes as QuantizeLinear → DequantizeLinear pairs;
+- a layer's output where it reaches one of those quantizers through ReLU, Clip, max pooling or reshapes only:
+  quantizing before a ReLU or a max pool is the same as after, since both commute with a monotone quantizer that
+  represents 0 exactly. A ReLU between two identical quantizers with zero point 0 is then dropped.
 
-The weights are the model's own integer codes; nothing is re-quantized.
+Layers are found by their weights' *values*, not names: the exporter may rename an initializer, store a ``Linear``
+on 3-D inputs transposed for a MatMul, or fold a following batch norm into a convolution's weight under the same
+name (the folded weight is the quantized one times a per-channel factor: the codes stay, the scales take the
+factor). The weights are the model's own integer codes; nothing is re-quantized.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ class LayerQuant:
     act_zero: int | None
     bits: int
     act_bits: int | None
+    weight: np.ndarray | None = None  # the dequantized weight the forward uses (to find the layer in the graph)
 
 
 def quantized_layers(model: nn.Module) -> dict[str, LayerQuant]:
@@ -57,21 +60,27 @@ def quantized_layers(model: nn.Module) -> dict[str, LayerQuant]:
             act = m.act_bits is not None
             found[name] = LayerQuant(name, codes, scale.reshape(-1), zero.reshape(-1),
                                      float(m.act_scale) if act else None, int(m.act_zero) if act else None,
-                                     m.bits, m.act_bits)  # fmt: skip
+                                     m.bits, m.act_bits, m.quantized_weight().detach().float().numpy())  # fmt: skip
     return found
 
 
-def float_copy(model: nn.Module) -> nn.Module:
-    """The model with every quantized layer back in its float class, holding its dequantized weights."""
-    from deepslim.compress.quantize.linear import QUANTIZABLE, QuantMixin
+def float_copy(model: nn.Module, *, keep_points: bool = False) -> nn.Module:
+    """The model with every quantized layer back in its float class, holding its dequantized weights.
 
-    plain = {v: k for k, v in QUANTIZABLE.items()}
+    ``keep_points`` keeps the quantization points between layers (the ONNX exporter writes them as QDQ pairs);
+    without it they pass their input through.
+    """
+    from deepslim.compress.quantize._points import disable_points_
+    from deepslim.compress.quantize.linear import QuantMixin, float_class
+
     out = copy.deepcopy(model)
     for m in out.modules():
         if isinstance(m, QuantMixin):
             w = m.quantized_weight().detach()
-            m.__class__ = plain[type(m)]
+            m.__class__ = float_class(type(m))
             m.weight = nn.Parameter(w, requires_grad=False)
+    if not keep_points:
+        disable_points_(out)
     return out
 
 
@@ -104,81 +113,153 @@ class _Graph:
                 self.producer[t] = node
         self.outputs = {o.name for o in graph.output}
 
+    def constant(self, name: str) -> np.ndarray | None:
+        """The value of ``name`` when it is an initializer or a Constant (or a Cast of one)."""
+        from onnx import numpy_helper
 
-def write_qdq(fp32_path: Path, dest: Path, layers: dict[str, LayerQuant], calib: Iterable[Any] | None,
-              calibration: Any) -> list[str]:  # fmt: skip
+        if name in self.inits:
+            return numpy_helper.to_array(self.inits[name])
+        node = self.producer.get(name)
+        if node is not None and node.op_type == "Constant":
+            return numpy_helper.to_array(_attr(node, "value"))
+        if node is not None and node.op_type == "Cast":
+            inner = self.constant(node.input[0])
+            return None if inner is None else inner.astype(np.uint8 if _attr(node, "to") == 2 else np.float32)
+        return None
+
+
+@dataclass(frozen=True)
+class _Match:
+    """Where a quantized layer's weight is in the graph: the initializer, how it is stored, its nodes."""
+
+    init: str
+    nodes: tuple[Any, ...]
+    channel_axis: int  # the output-channel axis of the stored weight (1 when stored transposed for MatMul)
+    factor: np.ndarray | None  # per output channel, when the exporter folded a batch norm into the weight
+
+
+def write_qdq(fp32_path: Path, dest: Path, layers: dict[str, LayerQuant]) -> list[str]:
     """Rewrite the float ONNX model at ``fp32_path`` into a QDQ model at ``dest``; returns layers left in float."""
     import onnx
 
     g = _Graph(onnx.load(str(fp32_path)))
     if g.model.opset_import[0].version < 13:
         raise ExportError("per-channel QDQ needs ONNX opset >= 13")
-    layer_node, left = _layer_nodes(g, layers)
-    points = _quantization_points(g, layers, layer_node, lambda ts: _measure(fp32_path, ts, calib, calibration))
+    matches, left = _match_layers(g, layers)
+    existing = _absorb_pairs(g, layers, matches)
+    g = _Graph(g.model)
+    points = _quantization_points(g, layers, matches, existing)
     _drop_identity_relus(g, points)
-    _rewrite(g, layers, layer_node, points)
+    _rewrite(g, layers, matches, points)
     onnx.save(g.model, str(dest))
     return left
 
 
-def _layer_nodes(g: _Graph, layers: dict[str, LayerQuant]) -> tuple[dict[str, Any], list[str]]:
-    """Each quantized layer's Conv/Gemm node, found by its weight initializer; and the layers that stay float."""
-    layer_node: dict[str, Any] = {}
-    left = []
-    for name in layers:
-        wname = f"{name}.weight"
-        nodes = [n for n in g.consumers.get(wname, []) if n.op_type in INTEGER_OPS]
-        if wname not in g.inits or len(nodes) != 1 or nodes[0].input[1] != wname:
-            left.append(f"{name} (its weight is not a Conv/Gemm initializer in the exported graph)")
-        elif nodes[0].op_type == "Gemm" and (_attr(nodes[0], "transB", 0) != 1 or _attr(nodes[0], "transA", 0) != 0):
-            left.append(f"{name} (Gemm without transB)")
-        elif nodes[0].op_type == "MatMul":
-            left.append(f"{name} (MatMul weights are stored transposed)")
-        else:
-            layer_node[name] = nodes[0]
-    return layer_node, left
+def _match_layers(g: _Graph, layers: dict[str, LayerQuant]) -> tuple[dict[str, _Match], list[str]]:
+    """Each quantized layer's weight initializer and Conv/Gemm/MatMul nodes; and the layers that stay float."""
+    candidates: dict[str, list[Any]] = {}
+    for node in g.model.graph.node:
+        if node.op_type in INTEGER_OPS and len(node.input) > 1 and node.input[1] in g.inits:
+            candidates.setdefault(node.input[1], []).append(node)
+    arrays = {name: g.constant(name) for name in candidates}
+    matches, left = {}, []
+    for name, lq in layers.items():
+        found = None
+        order = sorted(candidates, key=lambda n: n != f"{name}.weight")  # the layer's own name first
+        for init in order:
+            found = _relation(lq.weight, arrays[init], candidates[init])
+            if found is not None:
+                matches[name] = _Match(init, tuple(candidates[init]), *found)
+                break
+        if found is None:
+            left.append(f"{name} (its weight is not a Conv/Gemm/MatMul initializer in the exported graph)")
+    return matches, left
 
 
-def _quantization_points(g: _Graph, layers: dict[str, LayerQuant], layer_node: dict[str, Any],
-                         measure: Any) -> dict[str, tuple[float, int]]:  # fmt: skip
-    """(scale, zero point) of every tensor to quantize: layer inputs (the model's own parameters), layer outputs
-    and residual additions (the next point down a transparent chain, or measured)."""
-    points: dict[str, tuple[float, int] | None] = {}
-    act_layers = {n: node for n, node in layer_node.items() if layers[n].act_scale is not None}
-    for name, node in act_layers.items():
-        points[node.input[0]] = (layers[name].act_scale, layers[name].act_zero)
-    wanted = [node.output[0] for node in act_layers.values()]
-    for node in g.model.graph.node:  # residual additions between quantized tensors: inputs and output
-        if node.op_type == "Add" and all(t not in g.inits for t in node.input):
-            feeds = [g.producer.get(t) for t in node.input]
-            if any(f is not None and (f in act_layers.values() or f.op_type in ("Add", "Relu")) for f in feeds):
-                users = g.consumers.get(node.output[0], [])
-                if len(users) == 1 and users[0].op_type == "Relu":  # quantize after the ReLU; it is then dropped
-                    wanted.append(users[0].output[0])
-                wanted += [*node.input, node.output[0]]
-    follows: dict[str, str] = {}  # tensor -> the tensor whose (measured) parameters it takes
-    for t in wanted:
-        if t in points or t in g.outputs:
+def _relation(w: np.ndarray | None, arr: np.ndarray, nodes: list[Any]) -> tuple[int, np.ndarray | None] | None:
+    """(output-channel axis, per-channel factor or None) when ``arr`` stores the layer weight ``w``."""
+    if w is None:
+        return None
+    ops = {n.op_type for n in nodes}
+    if len(ops) != 1:
+        return None
+    op = ops.pop()
+    trans = [_attr(n, "transB", 0) for n in nodes] if op == "Gemm" else []
+    if op == "MatMul" or op == "Gemm" and set(trans) == {0}:
+        stored, axis = (w.T, 1) if w.ndim == 2 else (None, 1)
+    elif op == "Gemm" and (set(trans) != {1} or any(_attr(n, "transA", 0) for n in nodes)):
+        return None
+    else:
+        stored, axis = w, 0
+    if stored is None or stored.shape != arr.shape:
+        return None
+    tol = 1e-5 * max(float(np.abs(stored).max()), 1e-12)
+    if np.allclose(arr, stored, rtol=1e-5, atol=tol):
+        return axis, None
+    if op != "Conv":
+        return None
+    flat_w, flat_a = stored.reshape(len(stored), -1).astype(np.float64), arr.reshape(len(arr), -1).astype(np.float64)
+    norm = (flat_w * flat_w).sum(1)
+    factor = np.where(norm > 0, (flat_w * flat_a).sum(1) / np.maximum(norm, 1e-300), 0.0)
+    if np.allclose(flat_a, factor[:, None] * flat_w, rtol=1e-4, atol=1e-5 * max(float(np.abs(flat_a).max()), 1e-12)):
+        return axis, factor  # a batch norm folded in by the exporter
+    return None
+
+
+def _absorb_pairs(g: _Graph, layers: dict[str, LayerQuant], matches: dict[str, _Match]) -> dict[str, tuple]:
+    """The model's quantization points, written by the exporter as QuantizeLinear → DequantizeLinear pairs, taken
+    out of the graph as (scale, zero point) of the tensor they quantize (the rewrite puts them back)."""
+    layer_input = {node.input[0]: layers[name] for name, m in matches.items() for node in m.nodes}
+    found: dict[str, tuple[float, int]] = {}
+    graph = g.model.graph
+    for q in list(graph.node):
+        if q.op_type != "QuantizeLinear" or len(q.input) < 3:
             continue
-        # the next quantization point down a chain of transparent single-consumer ops gives the parameters
-        # (quantizing before a ReLU or a max pool is exact); where there is none, measure the tensor
-        nxt, chain_ok = t, True
-        while nxt not in points:
+        scale, zero = g.constant(q.input[1]), g.constant(q.input[2])
+        dqs = g.consumers.get(q.output[0], [])
+        if scale is None or zero is None or scale.size != 1 or not dqs or any(
+                d.op_type != "DequantizeLinear" or d.output[0] in g.outputs for d in dqs):  # fmt: skip
+            continue
+        params = (float(scale.reshape(())), int(zero.reshape(())))
+        t = q.input[0]
+        clash = [lq for d in dqs for lq in [layer_input.get(d.output[0])] if lq is not None and lq.act_scale
+                 is not None and (lq.act_scale, lq.act_zero) != params]  # fmt: skip
+        if clash or found.get(t, params) != params:
+            continue  # quantized twice with different parameters: keep the pair as it is
+        found[t] = params
+        for d in dqs:
+            for user in g.consumers.get(d.output[0], []):
+                for i, name in enumerate(user.input):
+                    if name == d.output[0]:
+                        user.input[i] = t
+            graph.node.remove(d)
+        graph.node.remove(q)
+    return found
+
+
+def _quantization_points(g: _Graph, layers: dict[str, LayerQuant], matches: dict[str, _Match],
+                         existing: dict[str, tuple[float, int]]) -> dict[str, tuple[float, int]]:  # fmt: skip
+    """(scale, zero point) of every tensor to quantize: the model's points, layer inputs (the layers' own
+    parameters) and layer outputs (the next quantizer down a chain of transparent operators, if any)."""
+    points: dict[str, tuple[float, int]] = dict(existing)
+    outputs = []
+    for name, m in matches.items():
+        lq = layers[name]
+        if lq.act_scale is None:
+            continue
+        for node in m.nodes:
+            points[node.input[0]] = (lq.act_scale, lq.act_zero)
+            outputs.append(node.output[0])
+    for t in outputs:
+        nxt = t
+        while nxt not in points and nxt not in g.outputs:
             users = g.consumers.get(nxt, [])
-            if len(users) != 1 or users[0].op_type not in TRANSPARENT or nxt in g.outputs:
-                chain_ok = False
+            if len(users) != 1 or users[0].op_type not in TRANSPARENT:
                 break
             nxt = users[0].output[0]
-        points[t] = points[nxt] if chain_ok else None
-        if chain_ok and nxt != t and points[nxt] is None:
-            follows[t] = nxt
-    unknown = [t for t, p in points.items() if p is None and t not in follows]
-    measured = measure(unknown) if unknown else {}
-    for t in unknown:
-        points[t] = measured.get(t)
-    for t, src in follows.items():
-        points[t] = points.get(src)
-    return {t: p for t, p in points.items() if p is not None}
+        if nxt in points and nxt not in g.outputs:
+            points[t] = points[nxt]
+    return points
 
 
 def _drop_identity_relus(g: _Graph, points: dict[str, tuple[float, int]]) -> None:
@@ -197,9 +278,26 @@ def _drop_identity_relus(g: _Graph, points: dict[str, tuple[float, int]]) -> Non
             del points[dst]
 
 
-def _rewrite(g: _Graph, layers: dict[str, LayerQuant], layer_node: dict[str, Any],
+def _weight_codes(lq: LayerQuant, m: _Match) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(int8 codes in the stored layout, scale, zero point) of a layer's weight, with a folded factor applied."""
+    codes = lq.codes.numpy().astype(np.int8)
+    scale = lq.scale.numpy().astype(np.float64)
+    if m.factor is not None:  # scale' = scale·|f|, codes' = sign(f)·codes (the codes are symmetric: zero is 0)
+        scale = np.broadcast_to(scale, m.factor.shape) * np.abs(m.factor)
+        codes = (codes * np.sign(m.factor).reshape(-1, *[1] * (codes.ndim - 1))).astype(np.int8)
+        scale = np.where(scale > 0, scale, 1.0)
+    if m.channel_axis == 1:
+        codes = np.ascontiguousarray(codes.T)
+    zero = np.zeros(scale.shape, np.int8)
+    if scale.size == 1:
+        return codes, scale.reshape(()).astype(np.float32), zero.reshape(())
+    return codes, scale.astype(np.float32), zero
+
+
+def _rewrite(g: _Graph, layers: dict[str, LayerQuant], matches: dict[str, _Match],
              points: dict[str, tuple[float, int]]) -> None:  # fmt: skip
-    """Q/DQ pairs on activations, DQ on the integer weights and int32 biases, in topological order."""
+    """Q/DQ pairs on activations, DQ on the integer weights and int32 biases, in topological order. Initializers
+    are never removed while a node reads them: shared ones (tied weights, identical biases) stay valid."""
     from onnx import helper, numpy_helper
 
     graph = g.model.graph
@@ -222,24 +320,21 @@ def _rewrite(g: _Graph, layers: dict[str, LayerQuant], layer_node: dict[str, Any
                       helper.make_node("DequantizeLinear", [f"{t}__q", s_name, z_name], [f"{t}__dq"],
                                        name=f"{t}__DQ")]  # fmt: skip
         renamed[t] = f"{t}__dq"
-    for name, node in layer_node.items():
+    for name, m in matches.items():
         lq = layers[name]
-        per_channel = lq.scale.numel() > 1
-        w_scale, w_zero = lq.scale.numpy().astype(np.float32), lq.zero.numpy().astype(np.int8)
-        if not per_channel:
-            w_scale, w_zero = w_scale.reshape(()), w_zero.reshape(())
-        wname = node.input[1]
-        graph.initializer.remove(g.inits[wname])
-        node.input[1] = dequantize(wname, lq.codes.numpy().astype(np.int8), w_scale, w_zero,
-                                   **({"axis": 0} if per_channel else {}))  # fmt: skip
-        x_point = points.get(node.input[0])
-        if len(node.input) > 2 and node.input[2] in g.inits and x_point is not None:
-            bname = node.input[2]
-            bias = numpy_helper.to_array(g.inits[bname]).astype(np.float64)
-            b_scale = np.broadcast_to((x_point[0] * lq.scale.double().numpy()).astype(np.float32), bias.shape).copy()
-            b_codes = np.round(bias / b_scale).astype(np.int32)
-            graph.initializer.remove(g.inits[bname])
-            node.input[2] = dequantize(bname, b_codes, b_scale, np.zeros_like(b_codes), axis=0)
+        codes, w_scale, w_zero = _weight_codes(lq, m)
+        attrs = {"axis": m.channel_axis} if w_scale.ndim else {}
+        w_dq = dequantize(f"{name}.weight", codes, w_scale, w_zero, **attrs)
+        for node in m.nodes:
+            node.input[1] = w_dq
+            x_point = points.get(node.input[0])
+            if len(node.input) > 2 and x_point is not None and g.constant(node.input[2]) is not None:
+                bias = g.constant(node.input[2]).astype(np.float64)
+                b_scale = np.broadcast_to((x_point[0] * w_scale.astype(np.float64)).astype(np.float32),
+                                          bias.shape).copy()  # fmt: skip
+                b_codes = np.round(bias / b_scale).astype(np.int32)
+                node.input[2] = dequantize(f"{node.name or name}.bias", b_codes, b_scale, np.zeros_like(b_codes),
+                                           axis=0)  # fmt: skip
     for node in graph.node:  # consumers read the dequantized tensors
         for i, t in enumerate(node.input):
             if t in renamed:
@@ -249,6 +344,15 @@ def _rewrite(g: _Graph, layers: dict[str, LayerQuant], layer_node: dict[str, Any
                         {i.name for i in graph.input})  # fmt: skip
     del graph.node[:]
     graph.node.extend(ordered)
+    _drop_unused_initializers(graph)
+
+
+def _drop_unused_initializers(graph: Any) -> None:
+    used = {t for node in graph.node for t in node.input} | {o.name for o in graph.output}
+    keep = [i for i in graph.initializer if i.name in used]
+    if len(keep) != len(graph.initializer):
+        del graph.initializer[:]
+        graph.initializer.extend(keep)
 
 
 def _toposort(nodes: list[Any], available: set[str]) -> list[Any]:
@@ -267,41 +371,4 @@ def _toposort(nodes: list[Any], available: set[str]) -> list[Any]:
         if not progressed:
             raise ExportError(f"QDQ rewrite produced a graph with a cycle or a missing input at {rest[0].name}")
         pending = rest
-    return out
-
-
-def _measure(fp32_path: Path, tensors: list[str], calib: Iterable[Any] | None,
-             calibration: Any) -> dict[str, tuple[float, int]]:  # fmt: skip
-    """u8 affine parameters for ``tensors`` of the float graph, observed on ``calib`` (empty without data)."""
-    if calib is None:
-        return {}
-    import onnx
-
-    from deepslim.compress.quantize._fakequant import affine_params
-    from deepslim.compress.quantize.observers import Observer
-    from deepslim.export.onnx import ort_session
-
-    model = onnx.load(str(fp32_path))
-    known = {o.name for o in model.graph.output}
-    for t in tensors:
-        if t not in known:
-            model.graph.output.append(onnx.helper.make_empty_tensor_value_info(t))
-    probe = fp32_path.with_name(fp32_path.stem + "-probe.onnx")
-    onnx.save(model, str(probe))
-    sess = ort_session(probe, threads=None)
-    in_name = sess.get_inputs()[0].name
-    observers = {t: Observer(calibration, 8) for t in tensors}
-    for batch in calib:
-        x = batch[0] if isinstance(batch, (tuple, list)) else batch
-        for row in x.numpy():  # the exported graph has the example's batch size (1)
-            values = sess.run(tensors, {in_name: row[None]})
-            for t, v in zip(tensors, values, strict=True):
-                observers[t].update(torch.from_numpy(v))
-    out = {}
-    for t, obs in observers.items():
-        if obs.count:
-            lo, hi = obs.range()
-            scale, zero = affine_params(torch.tensor(lo), torch.tensor(hi), 8, symmetric=False, signed=False)
-            out[t] = (float(scale), int(zero))
-    probe.unlink(missing_ok=True)
     return out

@@ -12,8 +12,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from deepslim._modes import inference_mode
 from deepslim.compress.quantize._fakequant import fake_quantize, qrange, sqnr_db
 from deepslim.compress.quantize._fold import fold_batchnorm_
+from deepslim.compress.quantize._points import insert_points_, share_layer_inputs_
 from deepslim.compress.quantize.linear import (
     QUANTIZABLE,
     LinearQuantConfig,
@@ -86,12 +88,23 @@ def _linear(model: nn.Module, config: LinearQuantConfig, *, calib_data: Iterable
         folded = fold_batchnorm_(model)
         log.info("folded %d batch norms into their convolutions", len(folded))
     swapped = []
-    for _, (m, bits) in _targets(model, config.overrides, config.bits).items():
-        swap_to_quantized(m, bits, config)
+    for name, (m, bits) in _targets(model, config.overrides, config.bits).items():
+        swap_to_quantized(m, bits, config, name)
         swapped.append(m)
     if config.activation_bits is not None:
-        calibrate(model, swapped, calib_data, config.calibration)
-    model.deepslim_calibration = config.calibration  # the integer export calibrates what it adds the same way
+        assert calib_data is not None
+        if iter(calib_data) is calib_data:  # a one-shot iterator: the points need a first batch, calibration all
+            calib_data = list(calib_data)
+        points = []
+        if config.activation_bits == 8:  # the integer runtime's additions, concatenations and layer outputs
+            first = next(iter(calib_data), None)
+            if first is not None:
+                example = first[0] if isinstance(first, (tuple, list)) else first
+                with inference_mode(model):
+                    points = insert_points_(model, example, config.calibration)
+        calibrate(model, swapped, calib_data, config.calibration, points)
+        share_layer_inputs_(model)
+    model.deepslim_calibration = config.calibration
 
 
 def _half(model: nn.Module, config: Float16Config, **_: Any) -> None:

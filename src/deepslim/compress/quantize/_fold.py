@@ -17,8 +17,10 @@ def fold_batchnorm_(model: nn.Module) -> list[str]:
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception as exc:
-        raise UnsupportedModelError(f"cannot trace {type(model).__name__} to find conv→batch-norm pairs: "
-                                    f"{str(exc).splitlines()[0]}") from exc  # fmt: skip
+        raise UnsupportedModelError(f"cannot trace {type(model).__name__} to find conv→batch-norm pairs "
+                                    f"({str(exc).splitlines()[0]}); quantize without folding: "
+                                    "LinearQuantConfig(fold_batchnorm=False) (the export folds them instead)"
+                                    ) from exc  # fmt: skip
     modules = dict(model.named_modules())
     folded = []
     for node in graph.nodes:

@@ -24,7 +24,7 @@ from deepslim._modes import inference_mode
 from deepslim.compress.quantize._fakequant import affine_params, fake_quantize, qrange, quantize_codes
 from deepslim.compress.quantize.observers import Calibration, Observer
 from deepslim.config import coerce_enum, freeze_overrides
-from deepslim.errors import ConfigError
+from deepslim.errors import ConfigError, UnsupportedModelError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -165,17 +165,48 @@ class QLinear(QuantMixin, nn.Linear):
 
 
 QUANTIZABLE: dict[type, type] = {nn.Conv2d: QConv2d, nn.Conv1d: QConv1d, nn.Linear: QLinear}
+_SUBCLASSES: dict[type, type] = {}  # a user's subclass of a quantizable layer -> its quantized subclass
 
 
-def swap_to_quantized(m: nn.Module, bits: int, config: LinearQuantConfig) -> None:
-    m.__class__ = QUANTIZABLE[type(m)]
+def quantized_class(cls: type, name: str = "") -> type:
+    """The fake-quantized class for layer class ``cls``: ours for the plain layers; for a subclass that keeps the
+    base forward, a subclass of both. A subclass with a forward of its own is refused by name (its forward would
+    not quantize)."""
+    if cls in QUANTIZABLE:
+        return QUANTIZABLE[cls]
+    base = next((b for b in QUANTIZABLE if issubclass(cls, b)), None)
+    if base is None:
+        raise UnsupportedModelError(f"{name or cls.__name__}: a {cls.__name__} cannot hold linear quantization")
+    if cls.forward is not base.forward:
+        raise UnsupportedModelError(f"{name or cls.__name__}: {cls.__name__} overrides the forward of "
+                                    f"{base.__name__}, so its quantized weights would not be used; skip it with "
+                                    f"overrides={{{name!r}: None}}")  # fmt: skip
+    if cls not in _SUBCLASSES:
+        _SUBCLASSES[cls] = type(f"Q{cls.__name__}", (QUANTIZABLE[base], cls), {"__module__": cls.__module__})
+    return _SUBCLASSES[cls]
+
+
+def float_class(cls: type) -> type:
+    """The float layer class a quantized class came from (inverse of :func:`quantized_class`)."""
+    for plain, q in (*QUANTIZABLE.items(), *_SUBCLASSES.items()):
+        if q is cls:
+            return plain
+    raise KeyError(cls)
+
+
+def swap_to_quantized(m: nn.Module, bits: int, config: LinearQuantConfig, name: str = "") -> None:
+    m.__class__ = quantized_class(type(m), name)
     m.init_quant(bits, config.activation_bits, config.per_channel, config.symmetric, config.qat)
 
 
-def calibrate(model: nn.Module, layers: list[QuantMixin], calib_data: Iterable[Any], method: Calibration) -> int:
-    """Run ``calib_data`` through the model and freeze each layer's input range. Returns the batches seen."""
+def calibrate(model: nn.Module, layers: list[QuantMixin], calib_data: Iterable[Any], method: Calibration,
+              points: list[Any] = ()) -> int:  # fmt: skip
+    """Run ``calib_data`` through the model and freeze each layer's input range and each point's range (see
+    :mod:`deepslim.compress.quantize._points`). Returns the batches seen."""
     for layer in layers:
         layer.observer = Observer(method, layer.act_bits)
+    for p in points:
+        p.observer = Observer(method, 8)
     seen = 0
     try:
         with inference_mode(model), torch.no_grad():
@@ -187,7 +218,11 @@ def calibrate(model: nn.Module, layers: list[QuantMixin], calib_data: Iterable[A
         for layer in layers:
             if layer.observer.count:
                 layer.freeze_activation_range(*layer.observer.range())
+        for p in points:
+            p.freeze()
     finally:
         for layer in layers:
             layer.observer = None
+        for p in points:
+            p.observer = None
     return seen

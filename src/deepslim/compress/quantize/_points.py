@@ -1,0 +1,292 @@
+"""Activation quantization points between layers: the residual additions, concatenations and layer outputs that an
+integer runtime quantizes, placed in the PyTorch model itself.
+
+ONNX Runtime runs ``DequantizeLinear → Conv → QuantizeLinear`` as one QLinearConv only when the layer's output is
+quantized, and a residual addition as QLinearAdd only when its inputs and output are. Without these points the
+integer file runs most of a ResNet in float (3× slower than ``quantize_static`` on ResNet-18). deepslim therefore
+quantizes them in the fake-quantized PyTorch model too, calibrated with the same data as the layers, so that the
+model and its integer ONNX file compute the same thing and export needs no data of its own.
+
+The model is traced with ``torch.fx``; an :class:`ActPoint` module is inserted after every activation that feeds a
+residual addition or a concatenation (and after their results), and after every quantized layer whose output does
+not otherwise reach a quantizer. The traced graph becomes the model's forward (its class is swapped for a subclass,
+so deep copies, ``torch.export`` and later traces see the points). A point runs a custom operator
+(``deepslim::fake_quant_u8``) that the ONNX exporter writes as a ``QuantizeLinear → DequantizeLinear`` pair.
+Jacob et al., CVPR 2018, section 2.4 (additions and concatenations in integer arithmetic).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import operator
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+import torch.fx as fx
+import torch.nn.functional as F
+from torch import nn
+
+from deepslim.compress.quantize._fakequant import affine_params, fake_quantize
+from deepslim.compress.quantize.observers import Calibration, Observer
+
+log = logging.getLogger(__name__)
+POINTS_ATTR = "deepslim_points"  # the ModuleDict of points on the model
+
+
+@torch.library.custom_op("deepslim::fake_quant_u8", mutates_args=())
+def fake_quant_u8(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """Unsigned 8-bit per-tensor fake quantization; exported to ONNX as QuantizeLinear → DequantizeLinear."""
+    return fake_quantize(x, scale, zero, 0, 255)
+
+
+@fake_quant_u8.register_fake
+def _(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    return torch.empty_like(x)
+
+
+def _straight_through(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+    return grad, None, None  # quantization-aware training passes gradients straight through
+
+
+fake_quant_u8.register_autograd(_straight_through)
+
+
+_EXPORTING = [False]
+
+
+@contextlib.contextmanager
+def exporting() -> Iterator[None]:
+    """Within the block, points run the custom operator that the ONNX exporter writes as a QDQ pair (elsewhere they
+    run plain operators, which every tracer and profiler knows)."""
+    old, _EXPORTING[0] = _EXPORTING[0], True
+    try:
+        yield
+    finally:
+        _EXPORTING[0] = old
+
+
+class ActPoint(nn.Module):
+    """One quantized activation tensor: observes it while calibrating, then fake-quantizes it (u8, per tensor)."""
+
+    def __init__(self, method: Calibration = Calibration.MINMAX) -> None:
+        super().__init__()
+        # non-persistent: checkpoints and archives of the plain architecture load without them
+        self.register_buffer("scale", torch.ones(()), persistent=False)
+        self.register_buffer("zero", torch.zeros((), dtype=torch.int32), persistent=False)
+        self.method = method
+        self.observer: Observer | None = None
+        self.enabled = False  # until calibrated
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.observer is not None:
+            self.observer.update(x)
+            return x
+        if not self.enabled:
+            return x
+        if _EXPORTING[0]:
+            return fake_quant_u8(x, self.scale, self.zero)
+        q = fake_quantize(x, self.scale, self.zero, 0, 255)
+        return x + (q - x).detach() if x.requires_grad else q  # straight-through for quantization-aware training
+
+    def freeze(self) -> None:
+        if self.observer is not None and self.observer.count:
+            lo, hi = self.observer.range()
+            scale, zero = affine_params(torch.tensor(lo), torch.tensor(hi), 8, symmetric=False, signed=False)
+            self.scale.copy_(scale)
+            self.zero.copy_(zero)
+            self.enabled = True
+        self.observer = None
+
+    def extra_repr(self) -> str:
+        return f"scale={float(self.scale):.4g}, zero={int(self.zero)}" if self.enabled else "uncalibrated"
+
+
+_ADDS = {operator.add, operator.iadd, torch.add}
+_CATS = {torch.cat, torch.concat, torch.concatenate}
+_RELU_FNS = {F.relu, torch.relu, torch.relu_}
+_TRANSPARENT_FNS = {F.relu, torch.relu, torch.flatten, F.max_pool1d, F.max_pool2d, F.dropout, torch.reshape}
+_TRANSPARENT_METHODS = {"relu", "view", "reshape", "flatten", "squeeze", "unsqueeze", "contiguous"}
+# batch norms count too: a point after one lands, in ONNX, after the convolution the exporter folds it into
+_TRANSPARENT_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Identity, nn.Flatten, nn.Dropout, nn.BatchNorm1d,
+                        nn.BatchNorm2d)
+
+
+class _Tracer(fx.Tracer):
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        from deepslim.compress.quantize.linear import QuantMixin
+
+        return isinstance(m, (QuantMixin, ActPoint)) or super().is_leaf_module(m, qualname)
+
+
+def insert_points_(model: nn.Module, example: torch.Tensor, method: Calibration) -> list[ActPoint]:
+    """Insert the quantization points into ``model`` (in place); returns them (uncalibrated). Models ``torch.fx``
+    cannot trace keep float additions (logged); their export then says which layers stay float."""
+    try:
+        graph = _Tracer().trace(model)
+        gm = fx.GraphModule(model, graph)
+        from torch.fx.passes.shape_prop import ShapeProp
+
+        with torch.no_grad():
+            ShapeProp(gm).propagate(example)
+    except Exception as exc:  # fx raises many types on untraceable code
+        log.warning("additions stay float: cannot trace %s (%s)", type(model).__name__, str(exc).splitlines()[0])
+        return []
+    points = nn.ModuleDict()
+    setattr(model, POINTS_ATTR, points)
+    setattr(gm, POINTS_ATTR, points)  # the graph's owner checks the targets of new nodes
+    _Placer(model, graph, points, method).place()
+    if not points:
+        delattr(model, POINTS_ATTR)
+        return []
+    graph.lint()
+    gm = fx.GraphModule(model, graph)
+    cls = type(model)
+    model.__class__ = type(cls.__name__, (cls,), {"forward": type(gm).forward, "__module__": cls.__module__,
+                                                   "deepslim_traced_from": cls})  # fmt: skip
+    return list(points.values())
+
+
+class _Placer:
+    """Decides where points go in an fx graph and inserts them."""
+
+    def __init__(self, model: nn.Module, graph: fx.Graph, points: nn.ModuleDict, method: Calibration) -> None:
+        self.modules = dict(model.named_modules())
+        self.graph, self.points, self.method = graph, points, method
+        self.quantized: set[fx.Node] = set()  # values that come from a quantized layer or point
+
+    def place(self) -> None:
+        from deepslim.compress.quantize.linear import QuantMixin
+
+        for node in list(self.graph.nodes):
+            mod = self.modules.get(node.target) if node.op == "call_module" else None
+            if isinstance(mod, QuantMixin):
+                self.quantized.add(node)
+            elif self._joins(node):
+                self._quantize_join(node)
+            elif self._transparent(node) and any(a in self.quantized for a in node.all_input_nodes):
+                self.quantized.add(node)
+        for node in list(self.graph.nodes):
+            mod = self.modules.get(node.target) if node.op == "call_module" else None
+            if isinstance(mod, QuantMixin) and mod.act_bits is not None:
+                self._quantize_output(node)
+
+    def _is_tensor(self, node: Any) -> bool:
+        meta = node.meta.get("tensor_meta") if isinstance(node, fx.Node) else None
+        return meta is not None and hasattr(meta, "dtype") and meta.dtype.is_floating_point
+
+    def _joins(self, node: fx.Node) -> bool:
+        """An addition of two activations or a concatenation, fed by at least one quantized value."""
+        if node.op == "call_function" and node.target in _ADDS or node.op == "call_method" and node.target == "add":
+            args = node.args[:2]
+        elif node.op == "call_function" and node.target in _CATS and isinstance(node.args[0], (list, tuple)):
+            args = tuple(node.args[0])
+        else:
+            return False
+        tensors = all(isinstance(a, fx.Node) and a.op != "get_attr" and self._is_tensor(a) for a in args)
+        return tensors and len(args) >= 2 and any(a in self.quantized for a in args)
+
+    def _transparent(self, node: fx.Node) -> bool:
+        if node.op == "call_module":
+            return isinstance(self.modules.get(node.target), _TRANSPARENT_MODULES)
+        if node.op == "call_function":
+            return node.target in _TRANSPARENT_FNS
+        return node.op == "call_method" and node.target in _TRANSPARENT_METHODS
+
+    def _new_point(self, after: fx.Node, *, replace_uses: bool) -> fx.Node:
+        name = f"p{len(self.points)}"
+        self.points[name] = ActPoint(self.method)
+        self.modules[f"{POINTS_ATTR}.{name}"] = self.points[name]
+        with self.graph.inserting_after(after):
+            p = self.graph.call_module(f"{POINTS_ATTR}.{name}", (after,))
+        p.meta = dict(after.meta)
+        if replace_uses:
+            after.replace_all_uses_with(p, delete_user_cb=lambda user: user is not p)
+        self.quantized.add(p)
+        return p
+
+    def _is_point(self, node: Any) -> bool:
+        return isinstance(node, fx.Node) and node.op == "call_module" and str(node.target).startswith(POINTS_ATTR)
+
+    def _quantize_join(self, node: fx.Node) -> None:
+        """Every input of the join quantized (one point per value, shared by all its users), and its result (after
+        a ReLU that is its only user: quantizing before or after it is the same)."""
+        for value in list(node.all_input_nodes):
+            if not self._is_point(value):
+                self._new_point(value, replace_uses=True)
+        out = node
+        users = list(node.users)
+        if len(users) == 1 and self._is_relu(users[0]):
+            out = users[0]
+        if not any(u.op == "output" for u in out.users):
+            self._new_point(out, replace_uses=True)
+        else:
+            self.quantized.add(out)
+
+    def _is_relu(self, node: fx.Node) -> bool:
+        return (node.op == "call_module" and isinstance(self.modules.get(node.target), nn.ReLU)
+                or node.op == "call_function" and node.target in _RELU_FNS
+                or node.op == "call_method" and node.target in ("relu", "relu_"))  # fmt: skip
+
+    def _quantize_output(self, node: fx.Node) -> None:
+        """A quantized layer's output reaches a quantizer (a point or the next layer's input) through transparent
+        operators; where it does not, a point at the end of that chain makes it an integer kernel's output."""
+        from deepslim.compress.quantize.linear import QuantMixin
+
+        end = node
+        while True:
+            users = list(end.users)
+            if len(users) != 1:
+                break
+            user = users[0]
+            mod = self.modules.get(user.target) if user.op == "call_module" else None
+            if self._is_point(user) or isinstance(mod, QuantMixin) and mod.act_bits is not None:
+                return
+            if not self._transparent(user):
+                break
+            end = user
+        if not end.users or any(u.op == "output" for u in end.users) or not self._is_tensor(end):
+            return  # the model's output stays float
+        if all(self._is_point(u) for u in end.users):
+            return
+        self._new_point(end, replace_uses=True)
+
+
+def calibrate_points(points: list[ActPoint], method: Calibration) -> None:
+    for p in points:
+        p.observer = Observer(method, 8)
+
+
+def share_layer_inputs_(model: nn.Module) -> int:
+    """A quantized layer fed straight by a point takes the point's parameters (quantizing twice with the same
+    parameters is quantizing once), so the integer graph needs one quantizer there. Returns the layers changed."""
+    from deepslim.compress.quantize.linear import QuantMixin
+
+    if not hasattr(model, POINTS_ATTR):
+        return 0
+    modules = dict(model.named_modules())
+    graph = _Tracer().trace(model)
+    changed = 0
+    for node in graph.nodes:
+        mod = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(mod, QuantMixin) and mod.act_bits == 8 and node.args:
+            src = node.args[0]
+            point = modules.get(src.target) if isinstance(src, fx.Node) and src.op == "call_module" else None
+            if isinstance(point, ActPoint) and point.enabled:
+                with torch.no_grad():
+                    mod.act_scale.copy_(point.scale)
+                    mod.act_zero.copy_(point.zero)
+                changed += 1
+    return changed
+
+
+def disable_points_(model: nn.Module) -> None:
+    """Make every point pass its input through (for runtimes that take no quantizers in the float graph)."""
+    for m in model.modules():
+        if isinstance(m, ActPoint):
+            m.enabled = False
+
+
+def points_of(model: nn.Module) -> Iterable[ActPoint]:
+    return (m for m in model.modules() if isinstance(m, ActPoint))
