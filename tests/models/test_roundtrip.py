@@ -260,6 +260,7 @@ def _with_manifest(blob, change):
 
 
 def test_a_calibrated_residual_network_round_trips_with_its_activation_points(tmp_path):
+    pytest.importorskip("deepslim.compress.quantize._points")  # the points arrive with issue 12's quantization
     torch.manual_seed(0)
     model = ds.create_model("resnet20", num_classes=10).eval()
     calib = [(torch.randn(8, 3, 32, 32),) for _ in range(2)]
