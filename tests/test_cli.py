@@ -73,8 +73,14 @@ def test_demo_tells_the_deep_compression_story(capsys, tmp_path):
     assert before["archive_bytes"] / after["archive_bytes"] > 30
     assert after["accuracy"] > 0.85 and data["decoded_accuracy"] == after["accuracy"]
     assert (tmp_path / "demo" / "metrics.json").is_file() and (tmp_path / "demo" / "model.dsz").is_file()
-    code, out, _ = run(capsys, "--quiet", "demo", "--epochs", "2", "--out", str(tmp_path / "demo"))
+    metrics = (tmp_path / "demo" / "metrics.json").read_bytes()
+    code, _, err = run(capsys, "demo", "--epochs", "2", "--out", str(tmp_path / "demo"))  # asked to replace nothing
+    assert code == 2 and "pass --overwrite" in err and err.count("\n") == 1
+    assert (tmp_path / "demo" / "metrics.json").read_bytes() == metrics
+    (tmp_path / "demo" / "stages" / "09-stale.dsz").write_bytes(b"from an older run")
+    code, out, _ = run(capsys, "--quiet", "demo", "--epochs", "2", "--out", str(tmp_path / "demo"), "--overwrite")
     assert code == 0 and "bytes on disk (.dsz archive)" in out and "energy per image on cortex-m7" in out
+    assert not (tmp_path / "demo" / "stages" / "09-stale.dsz").exists()  # the old run was replaced as a whole
 
 
 def test_compress_pack_unpack(capsys, tmp_path):

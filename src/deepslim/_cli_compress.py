@@ -15,13 +15,16 @@ from deepslim.errors import ArchiveError, ConfigError
 
 def add_parsers(sub: argparse._SubParsersAction, model_args: Any) -> None:
     p = sub.add_parser("compress", help="run a compression recipe; every stage measured, saved in a run directory")
-    p.add_argument("model", nargs="?", help="zoo name, file.py:factory or checkpoint (default: the recipe's)")
+    from deepslim.cli import add_model_args
+
+    add_model_args(p, optional=True)
     p.add_argument("--recipe", required=True, help="recipe YAML file, or a built-in recipe's name")
     p.add_argument("--data", help="dataset spec (default: the recipe's)")
     p.add_argument("--out", required=True, help="run directory (metrics.json, stage models, archive)")
     p.add_argument("--device", help="device for the energy and latency estimates (default: the recipe's)")
     p.add_argument("--seed", type=int, help="seed (default: the recipe's)")
-    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out (as a whole, once the "
+                   "new run completes)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print metrics.json's stages as JSON")
     p.set_defaults(func=cmd_compress)
 
@@ -34,7 +37,7 @@ def add_parsers(sub: argparse._SubParsersAction, model_args: Any) -> None:
 
     p = sub.add_parser("unpack", help="decode a .dsz archive into a checkpoint that load_model reads")
     p.add_argument("archive", help=".dsz archive")
-    p.add_argument("-o", "--output", required=True, help="checkpoint path (.pt)")
+    p.add_argument("-o", "--output", required=True, help="checkpoint (.pt) or torch.export program (.pt2)")
     p.add_argument("--json", action="store_true", help="print the archive's byte accounting as JSON")
     p.set_defaults(func=cmd_unpack)
 
@@ -43,6 +46,7 @@ def add_parsers(sub: argparse._SubParsersAction, model_args: Any) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cortex-m7")
     p.add_argument("--out", default="deepslim-demo", help="run directory the demo writes (default: %(default)s)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")
     p.add_argument("--json", action="store_true", help="print the before/after measurements as JSON")
     p.set_defaults(func=cmd_demo)
 
@@ -54,8 +58,9 @@ class _Progress:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.quiet = quiet
+        # bars only on a terminal: in a log they are noise (and an error stays the only line on stderr)
         self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            console=err, transient=True, disable=quiet)  # fmt: skip
+                            console=err, transient=True, disable=quiet or not err.is_terminal)  # fmt: skip
         self.task: Any = None
 
     def __enter__(self) -> _Progress:
@@ -104,15 +109,19 @@ def stage_table(metrics: list[dict[str, Any]], title: str) -> Table:
 def cmd_compress(args: argparse.Namespace, out: Console, err: Console) -> int:
     from dataclasses import replace
 
+    from deepslim.cli import parse_options
     from deepslim.pipeline import load_recipe, run_recipe
+    from deepslim.pipeline.run import check_run_dir
 
+    check_run_dir(args.out, overwrite=args.overwrite)  # refused before the recipe, data or model are read
     recipe = load_recipe(args.recipe)
     if args.device:
         recipe = replace(recipe, device=args.device)
     if args.seed is not None:
         recipe = replace(recipe, seed=args.seed)
     with _Progress(err, args.quiet or args.json) as progress:
-        result = run_recipe(recipe, args.out, model=args.model, data=args.data, overwrite=args.overwrite,
+        result = run_recipe(recipe, args.out, model=args.model, data=args.data, weights=args.weights, arch=args.arch,
+                            model_options=parse_options(args.option), overwrite=args.overwrite,
                             on_event=progress)  # fmt: skip
     if args.json:
         print(json.dumps({"out": str(result.out), "stages": result.metrics, "artifacts": result.artifacts},
@@ -126,8 +135,10 @@ def cmd_compress(args: argparse.Namespace, out: Console, err: Console) -> int:
 
 def cmd_pack(args: argparse.Namespace, load: Any, out: Console) -> int:
     import deepslim as ds
+    from deepslim._cli_prune import check_output
     from deepslim._io import atomic_path
 
+    check_output(args, (".dsz",))
     model = load(args)
     from deepslim._cli_export import busy
 
@@ -146,15 +157,19 @@ def cmd_pack(args: argparse.Namespace, load: Any, out: Console) -> int:
 
 def cmd_unpack(args: argparse.Namespace, out: Console) -> int:
     import deepslim as ds
+    from deepslim._cli_prune import check_output, default_input
 
     path = Path(args.archive)
     if not path.is_file():
         raise ArchiveError(f"archive {args.archive!r} does not exist")
-    if Path(args.output).suffix not in (".pt", ".pth"):
-        raise ConfigError(f"unpack writes a .pt checkpoint, got {args.output!r}")
+    check_output(args, (".pt", ".pth", ".pt2"))
     data = path.read_bytes()
     model = ds.decode(data)
-    ds.save_model(model, args.output)
+    x = default_input(model) if Path(args.output).suffix == ".pt2" else None
+    if Path(args.output).suffix == ".pt2" and x is None:
+        raise ConfigError(f"{args.archive} records no input shape, which a .pt2 program needs: unpack to a .pt "
+                          "checkpoint")  # fmt: skip
+    ds.save_model(model, args.output, example_input=x)
     if args.json:
         print(json.dumps(ds.archive_info(data).to_dict(), indent=2))
     else:
@@ -166,7 +181,8 @@ def cmd_demo(args: argparse.Namespace, out: Console, err: Console) -> int:
     from deepslim.demo import RECIPE, run_demo
 
     with _Progress(err, args.quiet or args.json) as progress:
-        result = run_demo(args.out, epochs=args.epochs, seed=args.seed, device=args.device, on_event=progress)
+        result = run_demo(args.out, epochs=args.epochs, seed=args.seed, device=args.device, overwrite=args.overwrite,
+                          on_event=progress)  # fmt: skip
     before, after = result.before, result.after
     if args.json:
         print(json.dumps({"before": before, "after": after, "decoded_accuracy": result.decoded_accuracy,

@@ -27,7 +27,8 @@ def add_parsers(sub: argparse._SubParsersAction, model_args: Any) -> None:
 
     p = sub.add_parser("bench", help="measure latency in ONNX Runtime or PyTorch (optionally against OTHER)")
     model_args(p)
-    p.add_argument("--compare", metavar="OTHER", help="a second model, measured interleaved with the first")
+    p.add_argument("--compare", metavar="OTHER", help="a second model, measured interleaved with the first "
+                   "(--weights and --arch apply to MODEL only)")  # fmt: skip
     p.add_argument("--runtime", choices=["onnxruntime", "torch"], default="onnxruntime")
     p.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
     p.add_argument("--input-shape", help="input shape (default: the zoo model's, or the ONNX file's)")
@@ -48,25 +49,32 @@ def busy(args: argparse.Namespace, what: str) -> Any:
     return err.status(what)
 
 
-def _load_any(spec: str, args: argparse.Namespace, load: Any, parse_shape: Any) -> tuple[Any, Any, Any]:
-    """(module or .onnx path, example input or None, data or None)."""
+def _load_any(spec: str, args: argparse.Namespace, load: Any, parse_shape: Any, *,
+              compared: bool = False) -> tuple[Any, Any, Any]:  # fmt: skip
+    """(module or .onnx path, example input or None, data or None). ``compared``: the --compare model, to which
+    --weights and --arch (which describe MODEL) do not apply."""
     if spec.endswith(".onnx"):
         if not Path(spec).is_file():
             raise ConfigError(f"model file {spec!r} does not exist")
         shape = parse_shape(args.input_shape) if args.input_shape else None
         import torch
 
-        return spec, (torch.randn(*shape) if shape else None), None
+        from deepslim.data import load_data
+
+        data = load_data(args.data) if args.data else None
+        x = torch.randn(*shape) if shape else data.example_input if data is not None else None
+        return spec, x, data
     from deepslim._cli_prune import prepare
 
-    ns = argparse.Namespace(**{**vars(args), "model": spec})
+    ns = argparse.Namespace(**{**vars(args), "model": spec, **({"weights": None, "arch": None} if compared else {})})
     return prepare(ns, load, parse_shape)
 
 
 def cmd_export(args: argparse.Namespace, load: Any, parse_shape: Any, out: Console) -> int:
     import deepslim as ds
-    from deepslim._cli_prune import prepare
+    from deepslim._cli_prune import check_output, prepare
 
+    check_output(args, (".onnx",))
     model, x, data = prepare(args, load, parse_shape)
     calib = data.calib if data is not None else None
     if args.int8:
@@ -92,6 +100,8 @@ def _predicted(model: Any, x: Any, device: str, shape: Any) -> float | None:
     from deepslim.analysis import estimate_cost, profile
     from deepslim.errors import DeepSlimError
 
+    if isinstance(model, str) and shape is None and x is not None:
+        shape = tuple(x.shape)  # an ONNX file with a free batch dimension is profiled at the measured input's shape
     try:
         prof = profile(model, x, input_shape=shape) if isinstance(model, str) else profile(model, x)
     except DeepSlimError:
@@ -110,7 +120,7 @@ def cmd_bench(args: argparse.Namespace, load: Any, parse_shape: Any, out: Consol
     if args.compare:
         if args.runtime != "onnxruntime":
             raise ConfigError("--compare measures both models in ONNX Runtime (leave --runtime at onnxruntime)")
-        b, xb, _ = _load_any(args.compare, args, load, parse_shape)
+        b, xb, _ = _load_any(args.compare, args, load, parse_shape, compared=True)
         x = xa if xa is not None else xb
         with busy(args, "measuring both models, interleaved"):
             result = ds.compare(a, b, example_input=x, input_shape=shape, threads=args.threads, calib_data=calib)

@@ -87,28 +87,62 @@ def snapshot(model: nn.Module, x: torch.Tensor, data: Any, latency: bool) -> Sna
 
 
 def prepare(args: argparse.Namespace, load: Any, parse_shape: Any) -> tuple[nn.Module, torch.Tensor, Any]:
-    """The model (sized for the data when it is a zoo name), its example input, and the data (or None)."""
-    from deepslim.cli import parse_options
+    """The model (sized for the data when it is a zoo architecture, and carrying the data's preprocessing), its
+    example input, and the data (or None)."""
     from deepslim.data import load_data
-    from deepslim.models import example_input, load_model, options_for_data
-    from deepslim.models._registry import ARCH_ATTR
 
     data = load_data(args.data) if args.data else None
-    if data is not None and ":" not in args.model and not args.model.endswith((".pt", ".pt2", ".pth")):
-        opts = options_for_data(args.model, data.input_shape, data.num_classes, parse_options(args.option))
-        model = load_model(args.model, weights=args.weights, **opts)
-    else:
-        model = load(args)
+    model = load(args, data)
     if args.input_shape:
         x = torch.randn(*parse_shape(args.input_shape))
     elif data is not None:
         x = data.example_input
-    elif getattr(model, ARCH_ATTR, None):
-        arch = getattr(model, ARCH_ATTR)
-        x = example_input(arch["name"], **arch["options"])
     else:
-        raise ConfigError("give --input-shape (or --data) for a model that is not from the zoo")
+        x = default_input(model)
+    if x is None:
+        raise ConfigError(f"{args.model} is not a zoo model, so its input shape is unknown: give --input-shape "
+                          "(e.g. 1,3,32,32) or --data")  # fmt: skip
     return model, x, data
+
+
+MODEL_SUFFIXES = (".pt", ".pth", ".pt2", ".dsz")
+
+
+def check_output(args: argparse.Namespace, suffixes: tuple[str, ...]) -> None:
+    """Refuse an ``-o`` path of a kind the command does not write, before any work is done."""
+    from pathlib import Path
+
+    path = getattr(args, "output", None)
+    if path is None or Path(path).suffix in suffixes:
+        return
+    hint = "; deepslim export writes ONNX" if Path(path).suffix == ".onnx" else ""
+    raise ConfigError(f"deepslim {args.command} -o writes {', '.join(suffixes)} files, got {path!r}: name the "
+                      f"output with one of these suffixes{hint}")  # fmt: skip
+
+
+def default_input(model: nn.Module) -> torch.Tensor | None:
+    """The example input of a zoo architecture, or one like the input its file recorded; None when unknown."""
+    from deepslim.models import example_input, list_models
+    from deepslim.models._registry import ARCH_ATTR
+
+    arch = getattr(model, ARCH_ATTR, None)
+    if isinstance(arch, dict) and arch.get("name") in list_models():
+        return example_input(arch["name"], **arch.get("options", {}))
+    return recorded_input(model)
+
+
+def recorded_input(model: nn.Module) -> torch.Tensor | None:
+    """An input like the one the model's file recorded (shape and dtype), or None when it recorded none."""
+    from deepslim.models import _registry
+
+    record = getattr(model, getattr(_registry, "INPUT_ATTR", "_deepslim_input"), None)
+    if not isinstance(record, dict) or "shape" not in record:
+        return None
+    dtype = getattr(torch, str(record.get("dtype", "float32")), None)
+    if not isinstance(dtype, torch.dtype):
+        return None
+    shape = tuple(int(d) for d in record["shape"])
+    return torch.randn(shape, dtype=dtype) if dtype.is_floating_point else torch.zeros(shape, dtype=dtype)
 
 
 def run(args: argparse.Namespace, load: Any, parse_shape: Any, out: Any) -> int:
@@ -117,6 +151,7 @@ def run(args: argparse.Namespace, load: Any, parse_shape: Any, out: Any) -> int:
     from deepslim.train import fit
 
     config = _config(args)
+    check_output(args, MODEL_SUFFIXES)
     model, x, data = prepare(args, load, parse_shape)
     latency = not args.no_latency
     before = snapshot(model, x, data, latency)

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from deepslim._cli_prune import prepare, render, snapshot
+from deepslim._cli_prune import MODEL_SUFFIXES, check_output, prepare, render, snapshot
 from deepslim.errors import ConfigError
 
 
@@ -50,6 +50,7 @@ def run(args: argparse.Namespace, load: Any, parse_shape: Any, out: Any) -> int:
     from deepslim.models import save_model
 
     config = _config(args)
+    check_output(args, MODEL_SUFFIXES)
     model, x, data = prepare(args, load, parse_shape)
     if getattr(config, "activation_bits", None) and data is None:
         raise ConfigError("activation quantization needs calibration data: give --data (or --activation-bits 0)")

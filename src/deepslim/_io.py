@@ -1,12 +1,24 @@
-"""Atomic file output: an interrupted write never leaves a half-written file at the destination."""
+"""Atomic output: an interrupted write never leaves a half-written file, or a half-replaced directory, behind.
+
+Temporary files and directories are hidden siblings of their destination (``.NAME.tmp-XXXX``), removed on every
+exit path Python sees (exceptions, ``KeyboardInterrupt``, and ``SystemExit``, which the CLI raises on SIGTERM).
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+
+def _usual_mode(path: Path, full: int) -> None:
+    """mkstemp/mkdtemp make private files; results get the permissions a plain open/mkdir would give them."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, full & ~umask)
 
 
 @contextlib.contextmanager
@@ -20,9 +32,56 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes it private; the result gets the usual permissions
+        _usual_mode(tmp_path, 0o666)
         os.replace(tmp_path, dest)
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike[str], *, keep_partial: bool = False) -> Iterator[Path]:
+    """Yield a new directory, named like ``path``, inside a hidden temporary sibling of ``path``; it replaces ``path``
+    only if the block succeeds.
+
+    On success, whatever ``path`` held before is removed, so no file of an earlier run stays beside the new ones.
+    On failure ``path`` is left as it was and the temporary directory is removed -- unless ``keep_partial`` is set
+    and ``path`` holds nothing (absent or an empty directory): then the partial work is moved there, so the
+    completed part of a long job is not lost. Callers decide beforehand whether ``path`` may be replaced at all.
+    """
+    dest = Path(path)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    holder = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    work = holder / dest.name  # the work directory already has its final name (reports show it)
+    try:
+        work.mkdir()
+        try:
+            yield work
+        except BaseException:
+            if keep_partial and _is_vacant(dest) and any(work.iterdir()):
+                _replace_dir(work, dest)
+            raise
+        _replace_dir(work, dest)
+    finally:
+        shutil.rmtree(holder, ignore_errors=True)
+
+
+def _is_vacant(path: Path) -> bool:
+    return not path.exists() or (path.is_dir() and not path.is_symlink() and not any(path.iterdir()))
+
+
+def _replace_dir(src: Path, dest: Path) -> None:
+    """Move directory ``src`` to ``dest``, removing what ``dest`` held; ``dest`` is never left half-replaced."""
+    _usual_mode(src, 0o777)
+    if not dest.exists():
+        os.replace(src, dest)
+        return
+    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+    try:
+        os.replace(dest, old)  # an empty directory is replaced by the old run: two renames, no copy
+        try:
+            os.replace(src, dest)
+        except BaseException:
+            os.replace(old, dest)  # put the old run back
+            raise
+    finally:
+        shutil.rmtree(old, ignore_errors=True)

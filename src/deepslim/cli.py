@@ -6,11 +6,13 @@ Exit status: 0 success, 2 bad input (one line on stderr; a traceback only with -
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
+import signal
 import sys
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.table import Table
@@ -44,10 +46,25 @@ def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
     return options
 
 
-def _load(args: argparse.Namespace) -> Any:
-    from deepslim.models import load_model
+def _load(args: argparse.Namespace, data: Any = None) -> Any:
+    """The model that MODEL, --weights, --arch and -O name, sized for ``data`` (a DataBundle) when it is a zoo
+    architecture, and carrying the data's preprocessing."""
+    from deepslim.pipeline._pairing import load_for_data
 
-    return load_model(args.model, weights=args.weights, arch=args.arch, **parse_options(args.option))
+    return load_for_data(args.model, data, weights=args.weights, arch=args.arch, options=parse_options(args.option))
+
+
+def add_model_args(p: argparse.ArgumentParser, *, optional: bool = False) -> None:
+    """MODEL and the options that say how to load it, alike in every command."""
+    what = "zoo name, file.py:factory, checkpoint (.pt), torch.export program (.pt2), .dsz archive"
+    if optional:
+        p.add_argument("model", nargs="?", help=f"{what} (default: the recipe's)")
+    else:
+        p.add_argument("model", help=f"{what}, or .onnx where only reading is needed (profile, bench)")
+    p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="model option, e.g. -O num_classes=10 -O small_input=true")  # fmt: skip
+    p.add_argument("--arch", help="architecture of a state-dict file: a zoo name or file.py:factory")
+    p.add_argument("--weights", help="state dict (.pt) to load into the model")
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -115,21 +132,47 @@ def cmd_devices(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line usage errors (exit status 2) that say where to look."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def version_line() -> str:
+    """``deepslim X.Y.Z (torch A.B.C, Python D.E.F)``: the installed package's version, from its metadata."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        own = version("deepslim")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        from deepslim import __version__ as own
+    import torch
+
+    return f"deepslim {own} (torch {torch.__version__}, Python {platform.python_version()})"
+
+
+class _VersionAction(argparse.Action):
+    """--version, computed only when asked (importing torch is not free)."""
+
+    def __init__(self, option_strings: Sequence[str], dest: str = argparse.SUPPRESS, **kwargs: Any):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: Any) -> None:
+        print(version_line())
+        parser.exit()
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="deepslim", description="Make PyTorch models smaller, faster and cheaper "
-                                     "to run, and prove it by measurement.")  # fmt: skip
+    parser = _Parser(prog="deepslim", description="Make PyTorch models smaller, faster and cheaper to run, and "
+                     "prove it by measurement.")  # fmt: skip
+    parser.add_argument("--version", action=_VersionAction, help="print the versions of deepslim and torch")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only results")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    def model_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("model", help="zoo name, file.py:factory, checkpoint (.pt), torch.export program (.pt2)"
-                       ", .dsz archive or .onnx (profile only)")  # fmt: skip
-        p.add_argument("-O", "--option", action="append", default=[], metavar="KEY=VALUE",
-                       help="model option, e.g. -O num_classes=10 -O small_input=true")  # fmt: skip
-        p.add_argument("--arch", help="zoo architecture of a plain state-dict file")
-        p.add_argument("--weights", help="state dict to load into the model")
-
+    model_args = add_model_args
     p = sub.add_parser("profile", help="per-layer params, MACs, bytes, memory; latency and energy on a device")
     model_args(p)
     p.add_argument("--input-shape", help="input shape, e.g. 1,3,224,224 (default: the zoo model's own)")
@@ -172,20 +215,46 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(SystemExit):
+    """SIGTERM, raised in the main thread so that every ``finally`` (temporary files, run directories) runs."""
+
+
+def _on_sigterm(signum: int, _frame: Any) -> None:
+    signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup of the first
+    raise Terminated(128 + signum)
+
+
+@contextlib.contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread (main() called from a thread): signals stay as they are
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING if not args.quiet else logging.ERROR,
                         format="deepslim: %(levelname)s: %(message)s")  # fmt: skip
     try:
-        return args.func(args)
+        with _sigterm_raises():
+            return args.func(args)
+    except Terminated as exc:
+        err.print("deepslim: terminated; temporary files removed, earlier outputs left as they were")
+        return int(exc.code)
     except DeepSlimError as exc:
         if args.debug:
             raise
         err.print(f"deepslim: error: {exc}", markup=False)
         return 2
     except KeyboardInterrupt:
-        err.print("deepslim: interrupted")
+        err.print("deepslim: interrupted; temporary files removed, earlier outputs left as they were")
         return 130
     except BrokenPipeError:  # the reader (e.g. `| head`) closed the pipe: not an error of ours
         import os

@@ -32,17 +32,20 @@ class DemoResult:
 
 
 def run_demo(out: str | Path, *, epochs: int | None = None, seed: int = 0, device: str = "cortex-m7",
-             on_event: Event | None = None) -> DemoResult:  # fmt: skip
-    """Run the Deep Compression recipe on LeNet-5/digits into run directory ``out`` (replacing an earlier demo)."""
+             overwrite: bool = False, on_event: Event | None = None) -> DemoResult:  # fmt: skip
+    """Run the Deep Compression recipe on LeNet-5/digits into run directory ``out`` (``overwrite``: replacing an
+    earlier run there)."""
     import deepslim as ds
+    from deepslim.pipeline.run import check_run_dir
 
+    check_run_dir(out, overwrite=overwrite)  # before the recipe is even read: an existing --out is refused at once
     recipe = load_recipe(RECIPE)
     recipe = replace(recipe, seed=seed, device=device)
     if epochs is not None:  # a shorter (or longer) initial training
         stages = tuple(replace(s, params=replace(s.params, epochs=epochs)) if s.kind == "train" else s
                        for s in recipe.stages)  # fmt: skip
         recipe = replace(recipe, stages=stages)
-    run = run_recipe(recipe, out, overwrite=True, on_event=on_event)
+    run = run_recipe(recipe, out, overwrite=overwrite, on_event=on_event)
     archive = Path(run.artifacts["archive"])
     decoded = ds.decode(archive.read_bytes())
     data = ds.load_data(recipe.data, seed=seed)

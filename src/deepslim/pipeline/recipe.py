@@ -3,6 +3,8 @@
 A recipe is YAML (or the same structure as a dict)::
 
     model: lenet5            # optional: the CLI's MODEL argument wins
+    weights: trained.pt      # optional: a state dict loaded into the model (the CLI's --weights wins)
+    arch: my_net.py:build    # optional: the architecture of a state-dict model file (the CLI's --arch wins)
     data: digits             # optional: the CLI's --data wins
     device: cortex-m7        # energy and latency estimates are for this device
     seed: 0
@@ -13,7 +15,9 @@ A recipe is YAML (or the same structure as a dict)::
       - encode: {}
 
 Every stage and every key is checked before anything runs, and an error names the stage (its position and kind)
-and the key. docs/recipes.md is the reference.
+and the key. A run directory's ``recipe.yaml`` is the recipe as run (the command line's model, data, device and seed
+filled in) plus a ``context`` mapping that records what the run saw (the data's preprocessing); ``context`` is
+ignored when the file is loaded again. docs/recipes.md is the reference.
 """
 
 from __future__ import annotations
@@ -155,6 +159,8 @@ class Recipe:
     stages: tuple[StageSpec, ...]
     model: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    arch: str | None = None
     data: str | None = None
     device: str = "cortex-m7"
     seed: int = 0
@@ -164,7 +170,8 @@ class Recipe:
         return dict(self.source)
 
 
-_TOP_KEYS = {"model", "model_options", "data", "device", "seed", "stages", "name", "description"}
+_TOP_KEYS = {"model", "model_options", "weights", "arch", "data", "device", "seed", "stages", "name", "description",
+             "context"}  # fmt: skip
 
 
 BUILTIN = Path(__file__).resolve().parent.parent / "recipes"
@@ -210,8 +217,12 @@ def load_recipe(spec: str | os.PathLike[str] | dict[str, Any]) -> Recipe:
     options = raw.get("model_options") or {}
     if not isinstance(options, dict):
         raise ConfigError(f"{where}: model_options must be a mapping")
-    return Recipe(stages=stages, model=raw.get("model"), model_options=options, data=raw.get("data"),
-                  device=raw.get("device", "cortex-m7"), seed=seed, source=raw)  # fmt: skip
+    for key in ("model", "weights", "arch", "data", "device"):
+        if raw.get(key) is not None and not isinstance(raw[key], str):
+            raise ConfigError(f"{where}: {key} must be a string, got {raw[key]!r}")
+    return Recipe(stages=stages, model=raw.get("model"), model_options=options, weights=raw.get("weights"),
+                  arch=raw.get("arch"), data=raw.get("data"), device=raw.get("device", "cortex-m7"), seed=seed,
+                  source=raw)  # fmt: skip
 
 
 def _stage(index: int, item: Any) -> StageSpec:

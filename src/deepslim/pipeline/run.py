@@ -3,15 +3,18 @@
 The run directory holds ``recipe.yaml`` (the recipe as given), ``metrics.json`` (rewritten after every stage: accuracy,
 parameters, nonzeros, MACs, bytes on disk, estimated latency and energy on the recipe's device, and measured latency
 after an export stage), ``stages/NN-kind.dsz`` (the model after each stage; ``.pt2`` when its layer tree is no
-longer the zoo's), ``model.dsz`` (encode stage), ``model.onnx`` (export stage) and ``report.html`` (at the end). Every
-file is written atomically.
+longer the zoo's), ``model.dsz`` (encode stage), ``model.onnx`` (export stage), ``preprocessing.json`` (how the
+data's inputs were standardised: what a deployed model must be fed) and ``report.html`` (at the end). The directory
+is built beside ``out`` and moved into place when the run completes, so it never mixes files of two runs.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -22,7 +25,7 @@ import torch
 import yaml
 from torch import nn
 
-from deepslim._io import atomic_path
+from deepslim._io import atomic_dir, atomic_path
 from deepslim.errors import ConfigError
 from deepslim.pipeline.recipe import (
     ClusterStage,
@@ -80,9 +83,14 @@ class RunContext:
     model: nn.Module
     data: Any  # DataBundle
     recipe: Recipe
-    out: Path
+    out: Path  # the run directory, as recorded in metrics.json
+    work: Path  # where the files are written until the run completes (then moved to ``out``)
     on_event: Event
     teacher: nn.Module  # the model after the last train stage (the input model before one)
+    model_name: str = ""
+    data_name: str = ""
+    preprocessing: dict[str, Any] | None = None
+    status: str = "running"
     metrics: list[dict[str, Any]] = field(default_factory=list)
     artifacts: dict[str, str] = field(default_factory=dict)
 
@@ -179,19 +187,18 @@ def _run_encode(ctx: RunContext, spec: StageSpec) -> None:
 
     p: EncodeStage = spec.params
     blob = ds.encode(ctx.model, huffman=p.huffman)
-    dest = ctx.out / "model.dsz"
-    with atomic_path(dest) as tmp:
+    with atomic_path(ctx.work / "model.dsz") as tmp:
         tmp.write_bytes(blob)
-    ctx.artifacts["archive"] = str(dest)
+    ctx.artifacts["archive"] = str(ctx.out / "model.dsz")
 
 
 def _run_export(ctx: RunContext, spec: StageSpec) -> None:
     import deepslim as ds
 
     p: ExportStage = spec.params
-    dest = ctx.out / "model.onnx"
+    dest = ctx.work / "model.onnx"
     result = ds.export_onnx(ctx.model, dest, example_input=ctx.data.example_input, calib_data=ctx.data.calib)
-    ctx.artifacts["onnx"] = str(dest)
+    ctx.artifacts["onnx"] = str(ctx.out / "model.onnx")
     ctx.artifacts["onnx_max_abs_error"] = f"{result.max_abs_error:.3g}"
     if p.benchmark:
         bench = ds.benchmark(dest, runtime="onnxruntime", example_input=ctx.data.example_input, threads=p.threads)
@@ -245,26 +252,28 @@ def measure(model: nn.Module, data: Any, device: str) -> dict[str, Any]:
 def _save_stage(ctx: RunContext, spec: StageSpec | None) -> str:
     import deepslim as ds
 
-    stem = ctx.out / "stages" / (f"{spec.index:02d}-{spec.kind}" if spec else "00-input")
+    rel = Path("stages") / (f"{spec.index:02d}-{spec.kind}" if spec else "00-input")
     try:
         blob = ds.encode(ctx.model)
     except ConfigError:
-        return str(ds.save_model(ctx.model, stem.with_suffix(".pt2"), example_input=ctx.data.example_input))
-    with atomic_path(stem.with_suffix(".dsz")) as tmp:
+        ds.save_model(ctx.model, ctx.work / rel.with_suffix(".pt2"), example_input=ctx.data.example_input)
+        return str(ctx.out / rel.with_suffix(".pt2"))
+    with atomic_path(ctx.work / rel.with_suffix(".dsz")) as tmp:
         tmp.write_bytes(blob)
-    return str(stem.with_suffix(".dsz"))
+    return str(ctx.out / rel.with_suffix(".dsz"))
 
 
-def _write_metrics(ctx: RunContext, model_name: str, data_name: str) -> None:
+def _write_metrics(ctx: RunContext) -> None:
     import deepslim as ds
 
     dev = ds.get_device(ctx.recipe.device)
     device = {"name": dev.name, "peak_macs_per_s": dict(dev.peak_macs_per_s),
               "mem_bandwidth_bytes_per_s": dev.mem_bandwidth_bytes_per_s}  # fmt: skip
-    doc = {"format": "deepslim-run", "version": 1, "model": model_name, "data": data_name,
-           "device": ctx.recipe.device, "device_profile": device, "seed": ctx.recipe.seed, "stages": ctx.metrics,
+    doc = {"format": "deepslim-run", "version": 1, "status": ctx.status, "model": ctx.model_name,
+           "data": ctx.data_name, "preprocessing": ctx.preprocessing, "device": ctx.recipe.device,
+           "device_profile": device, "seed": ctx.recipe.seed, "stages": ctx.metrics,
            "artifacts": ctx.artifacts}  # fmt: skip
-    with atomic_path(ctx.out / "metrics.json") as tmp:
+    with atomic_path(ctx.work / "metrics.json") as tmp:
         tmp.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
 
 
@@ -274,61 +283,117 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def _load(spec: str, bundle: Any, options: dict[str, Any]) -> nn.Module:
-    """A zoo model is sized for the data (channels, input size, classes); other specs load as they are."""
-    import deepslim as ds
-    from deepslim.models import list_models, options_for_data
+def check_run_dir(out: str | Path, *, overwrite: bool) -> Path:
+    """Refuse an ``out`` that a run may not (re)place; ``--overwrite`` replaces only an earlier run directory."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; a run writes a directory: choose another --out")
+    if out.is_dir():
+        if Path.cwd().resolve().is_relative_to(out.resolve()):
+            raise ConfigError(f"{out} holds the current directory, which a run cannot replace: choose another --out")
+        if (out / "metrics.json").exists() and not overwrite:
+            raise ConfigError(f"{out} already holds a run (metrics.json); choose another --out or pass --overwrite")
+        if not (out / "metrics.json").exists() and any(out.iterdir()):
+            raise ConfigError(f"{out} holds files but no run (no metrics.json); a run replaces its whole --out "
+                              "directory, so choose a new or empty one")  # fmt: skip
+    return out
 
-    if spec in list_models():
-        options = options_for_data(spec, tuple(bundle.input_shape), bundle.num_classes, dict(options))
-    return ds.load_model(spec, **options)
+
+def _recipe_as_run(recipe: Recipe, chosen: dict[str, Any], preprocessing: dict[str, Any] | None) -> dict[str, Any]:
+    """recipe.yaml: the recipe as given, with what the command line chose filled in, and the run's context."""
+    doc = dict(recipe.to_dict())
+    doc.update({k: os.fspath(v) for k, v in chosen.items() if isinstance(v, (str, os.PathLike))})
+    if chosen.get("model_options"):
+        doc["model_options"] = dict(chosen["model_options"])
+    doc["device"], doc["seed"] = recipe.device, recipe.seed
+    doc["context"] = {"preprocessing": preprocessing}
+    doc["stages"] = doc.pop("stages", [])  # stages last: the settings read first
+    return doc
+
+
+def _stage_row(ctx: RunContext, spec: StageSpec | None, seconds: float) -> dict[str, Any]:
+    row = {"stage": spec.kind if spec else "input", "index": spec.index if spec else 0, "seconds": seconds,
+           **measure(ctx.model, ctx.data, ctx.recipe.device)}  # fmt: skip
+    if spec is not None and spec.kind == "export" and "latency_ms" in ctx.artifacts:
+        row["measured_latency_ms"] = float(ctx.artifacts["latency_ms"])
+    row["model_file"] = _save_stage(ctx, spec)
+    ctx.metrics.append(row)
+    _write_metrics(ctx)
+    ctx.on_event("stage_end", row)
+    return row
+
+
+def _run_stages(ctx: RunContext, recipe_doc: dict[str, Any]) -> None:
+    from deepslim.pipeline._pairing import write_preprocessing
+    from deepslim.report import write_report
+
+    with atomic_path(ctx.work / "recipe.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(recipe_doc, sort_keys=False))
+    write_preprocessing(ctx.work, ctx.preprocessing)
+    _stage_row(ctx, None, 0.0)
+    for spec in ctx.recipe.stages:
+        ctx.on_event("stage_start", {"stage": spec.kind, "index": spec.index,
+                                     "epochs": getattr(spec.params, "epochs", 0)})  # fmt: skip
+        start = time.perf_counter()
+        _RUNNERS[spec.kind](ctx, spec)
+        _stage_row(ctx, spec, time.perf_counter() - start)
+    title = f"{ctx.model_name} on {ctx.data_name}"
+    write_report([ctx.work], ctx.work / "report.html", title=title)
+    ctx.artifacts["report"] = str(ctx.out / "report.html")
+    ctx.status = "complete"
+    _write_metrics(ctx)
 
 
 def run_recipe(recipe: Recipe, out: str | Path, *, model: str | nn.Module | None = None, data: Any = None,
+               weights: str | None = None, arch: str | None = None, model_options: dict[str, Any] | None = None,
                overwrite: bool = False, on_event: Event | None = None) -> RunResult:  # fmt: skip
-    """Run ``recipe`` on ``model`` and ``data`` (or the recipe's own), writing the run directory ``out``."""
-    import deepslim as ds
+    """Run ``recipe`` on ``model`` and ``data`` (or the recipe's own), writing the run directory ``out``.
 
-    out = Path(out)
-    if (out / "metrics.json").exists() and not overwrite:
-        raise ConfigError(f"{out} already holds a run (metrics.json); choose another --out or pass --overwrite")
+    ``weights``, ``arch`` and ``model_options`` say how to load a model spec; they win over the recipe's, which apply
+    only to the recipe's own model. The run
+    is built in a hidden sibling of ``out`` and moved there when it completes, replacing an earlier run (with
+    ``overwrite``) as a whole. A failed run leaves an earlier run untouched; with none, the stages it completed are
+    kept in ``out`` (metrics.json says ``status: failed``).
+    """
+    import deepslim as ds
+    from deepslim.pipeline._pairing import attach_preprocessing, load_for_data
+
+    out = check_run_dir(out, overwrite=overwrite)
     model_spec = model if model is not None else recipe.model
     data_spec = data if data is not None else recipe.data
     if model_spec is None or data_spec is None:
         raise ConfigError("the recipe names no " + ("model" if model_spec is None else "data") +
                           ": give it in the recipe or on the command line")  # fmt: skip
     ds.get_device(recipe.device)  # an unknown device fails before any work
+    if model is None or model == recipe.model:  # the recipe's model settings describe the recipe's model only
+        weights = weights if weights is not None else recipe.weights
+        arch = arch if arch is not None else recipe.arch
+        model_options = {**recipe.model_options, **(model_options or {})}
+    options = dict(model_options or {})
     bundle = ds.load_data(data_spec, seed=recipe.seed) if isinstance(data_spec, str) else data_spec
     torch.manual_seed(recipe.seed)
     if isinstance(model_spec, nn.Module):
+        if weights is not None or arch is not None or options:
+            raise ConfigError("weights, arch and model options describe a model spec, not a module: load the module "
+                              "yourself")  # fmt: skip
         net, model_name = model_spec, type(model_spec).__name__
+        preprocessing = attach_preprocessing(net, bundle)
     else:
-        net, model_name = _load(str(model_spec), bundle, recipe.model_options), str(model_spec)
-    emit = on_event or (lambda _event, _payload: None)
-    ctx = RunContext(model=net, data=bundle, recipe=recipe, out=out, on_event=emit, teacher=copy.deepcopy(net))
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "recipe.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(recipe.to_dict(), sort_keys=False))
-    data_name = getattr(bundle, "name", str(data_spec))
-    row = {"stage": "input", "index": 0, "seconds": 0.0, **measure(net, bundle, recipe.device)}
-    row["model_file"] = _save_stage(ctx, None)
-    ctx.metrics.append(row)
-    _write_metrics(ctx, model_name, data_name)
-    emit("stage_end", row)
-    for spec in recipe.stages:
-        emit("stage_start", {"stage": spec.kind, "index": spec.index, "epochs": getattr(spec.params, "epochs", 0)})
-        start = time.perf_counter()
-        _RUNNERS[spec.kind](ctx, spec)
-        seconds = time.perf_counter() - start
-        row = {"stage": spec.kind, "index": spec.index, "seconds": seconds, **measure(net, bundle, recipe.device)}
-        if spec.kind == "export" and "latency_ms" in ctx.artifacts:
-            row["measured_latency_ms"] = float(ctx.artifacts["latency_ms"])
-        row["model_file"] = _save_stage(ctx, spec)
-        ctx.metrics.append(row)
-        _write_metrics(ctx, model_name, data_name)
-        emit("stage_end", row)
-    from deepslim.report import write_report
-
-    ctx.artifacts["report"] = str(write_report([out], out / "report.html", title=f"{model_name} on {data_name}").path)
-    _write_metrics(ctx, model_name, data_name)
+        net = load_for_data(str(model_spec), bundle, weights=weights, arch=arch, options=options)
+        model_name, preprocessing = str(model_spec), attach_preprocessing(net, bundle)
+    chosen = {"model": model_spec, "weights": weights, "arch": arch, "model_options": options, "data": data_spec}
+    recipe_doc = _recipe_as_run(recipe, chosen, preprocessing)
+    with atomic_dir(out, keep_partial=True) as work:
+        ctx = RunContext(model=net, data=bundle, recipe=recipe, out=out, work=work,
+                         on_event=on_event or (lambda _event, _payload: None), teacher=copy.deepcopy(net),
+                         model_name=model_name, data_name=getattr(bundle, "name", str(data_spec)),
+                         preprocessing=preprocessing)  # fmt: skip
+        try:
+            _run_stages(ctx, recipe_doc)
+        except BaseException as exc:
+            if ctx.metrics:  # what completed is recorded as such (kept only where no earlier run is replaced)
+                ctx.status, ctx.artifacts["error"] = "failed", f"{type(exc).__name__}: {exc}"
+                with contextlib.suppress(Exception):
+                    _write_metrics(ctx)
+            raise
     return RunResult(out=out, metrics=ctx.metrics, model=net, artifacts=ctx.artifacts)
