@@ -216,25 +216,32 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 class Terminated(SystemExit):
-    """SIGTERM, raised in the main thread so that every ``finally`` (temporary files, run directories) runs."""
+    """SIGTERM (or SIGHUP: the terminal went away), raised in the main thread so that every ``finally`` runs and
+    removes its temporary files and run directories; Python's default for both is to die without cleaning up."""
 
 
-def _on_sigterm(signum: int, _frame: Any) -> None:
-    signal.signal(signum, signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup of the first
+_STOP_SIGNALS = tuple(getattr(signal, name) for name in ("SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _on_stop_signal(signum: int, _frame: Any) -> None:
+    for sig in _STOP_SIGNALS:  # a second signal must not interrupt the cleanup of the first
+        signal.signal(sig, signal.SIG_IGN)
     raise Terminated(128 + signum)
 
 
 @contextlib.contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    try:
-        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+def _stop_signals_raise() -> Iterator[None]:
+    try:  # a signal the caller ignores (nohup: SIGHUP) stays ignored
+        previous = {sig: signal.signal(sig, _on_stop_signal) for sig in _STOP_SIGNALS
+                    if signal.getsignal(sig) != signal.SIG_IGN}  # fmt: skip
     except ValueError:  # not the main thread (main() called from a thread): signals stay as they are
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -243,7 +250,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.debug else logging.WARNING if not args.quiet else logging.ERROR,
                         format="deepslim: %(levelname)s: %(message)s")  # fmt: skip
     try:
-        with _sigterm_raises():
+        with _stop_signals_raise():
             return args.func(args)
     except Terminated as exc:
         err.print("deepslim: terminated; temporary files removed, earlier outputs left as they were")
