@@ -1,0 +1,268 @@
+"""One forward of a model, with gradients on, under a dispatch mode that applies the saved-for-backward rules.
+
+The planner (:class:`SavedTracer`) decides per ATen operator what autograd keeps, from which of its inputs require a
+gradient (:mod:`deepslim.analysis._training_rules`); modules that carry their own autograd function (the
+memory-efficient modules of :mod:`deepslim.train.ondevice`) declare theirs with ``saved_for_backward``. The oracle
+(:func:`oracle_saved_bytes`) instead counts what autograd really packs, through
+``torch.autograd.graph.saved_tensors_hooks``. Both count unique storages and leave out the model's own parameters and
+buffers, which are resident anyway.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Hashable, Iterator
+from typing import Any
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from deepslim.analysis._tracer import Example, _as_call, owner_name, storage_bytes, storage_key, tensors
+from deepslim.analysis._training_rules import saved_by
+from deepslim.errors import ConfigError
+
+Trainable = str | Callable[[str, nn.Parameter], bool] | set[str] | frozenset[str]
+
+
+class SavedTracer(TorchDispatchMode):
+    """Applies the saved-for-backward rules to every operator of a forward; charges each storage to its layer."""
+
+    def __init__(self, resident: set[Hashable]):
+        super().__init__()
+        self.resident = resident
+        self.stack: list[str] = [""]
+        self.saved: dict[Hashable, tuple[str, int]] = {}  # storage -> (layer that saved it first, bytes)
+        self.saved_total = 0
+        self.keep: list[torch.Tensor] = []  # keeps storage keys unique for the whole run
+        self.unknown: dict[str, str] = {}  # operator -> first layer it ran in, for operators without a rule
+        self.efficient: dict[str, int] = {}  # layer -> bytes its own autograd function declared
+        self.steps: list[tuple[int, int, int]] = []  # per operator: (saved so far, transient bytes, grad bytes)
+        self.custom = 0  # > 0 while an efficient module's own autograd function runs
+        self.own: list[bool] = []  # per running module: whether it declares what it keeps
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+        kwargs = kwargs or {}
+        out = _fake_batch_norm(func, args) or func(*args, **kwargs)
+        ins, outs = tensors((args, kwargs)), tensors(out)
+        self.keep += ins + outs
+        if not outs:
+            return out  # a query (``prim.device``, sizes): nothing computed, nothing kept
+        needs = torch.is_grad_enabled() and any(t.requires_grad for t in ins)
+        if self.custom or not needs:
+            self._step(ins, outs, needs)
+            return out
+        name = func.overloadpacket.__name__
+        saved, known = saved_by(name, _positional(func, args, kwargs), outs)
+        if not known:
+            self.unknown.setdefault(name, self.stack[-1])
+        for t in saved:
+            self.record(t)
+        self._step(ins, outs, needs)
+        return out
+
+    def record(self, t: torch.Tensor | int) -> None:
+        """Count a saved tensor once per storage (an ``int`` is a private buffer of that many bytes)."""
+        if isinstance(t, int):
+            self.saved[("private", len(self.saved))] = (self.stack[-1], t)
+            self.saved_total += t
+            return
+        key = storage_key(t)
+        if key not in self.resident and key not in self.saved and storage_bytes(t):
+            self.keep.append(t)
+            self.saved[key] = (self.stack[-1], storage_bytes(t))
+            self.saved_total += storage_bytes(t)
+
+    def _step(self, ins: list[torch.Tensor], outs: list[torch.Tensor], needs: bool) -> None:
+        acts = {storage_key(t): storage_bytes(t) for t in (*ins, *outs) if storage_key(t) not in self.resident}
+        transient = sum(b for k, b in acts.items() if k not in self.saved)
+        grads = sum(t.numel() * t.element_size() for t in (*ins, *outs) if needs and t.is_floating_point())
+        self.steps.append((self.saved_total, transient, grads))
+
+
+def _fake_batch_norm(func: Any, args: tuple[Any, ...]) -> tuple[torch.Tensor, ...] | None:
+    """``native_batch_norm``'s outputs on fake tensors, made directly: its fake-tensor decomposition costs ~30 ms a
+    call, most of a fake run's time. The statistics it would update in place are not needed (nor wanted) here."""
+    if func is not torch.ops.aten.native_batch_norm.default or not isinstance(args[0], FakeTensor):
+        return None
+    x, training = args[0], args[5]
+    stat_dtype = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
+    stats = x.shape[1] if training else 0
+    return (torch.empty_like(x), x.new_empty(stats, dtype=stat_dtype), x.new_empty(stats, dtype=stat_dtype))
+
+
+def _positional(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> list[Any]:
+    """The operator's arguments in schema order (keyword arguments moved into place)."""
+    full = list(args)
+    for arg in func._schema.arguments[len(args):]:
+        full.append(kwargs.get(arg.name))
+    return full
+
+
+def trace_saved(model: nn.Module, example: Example, tracer: SavedTracer, mode: Any = None) -> None:
+    """One training-mode forward of ``model`` with gradients enabled, under ``tracer`` (and a fake-tensor ``mode``)."""
+    args, kwargs = _as_call(example)
+    handles = []
+    for name, mod in model.named_modules():
+        if owner_name(name) != name:
+            continue
+        handles.append(mod.register_forward_pre_hook(lambda m, a, n=name: _enter(tracer, m, n, a)))
+        handles.append(mod.register_forward_hook(lambda m, a, o, n=name: _leave(tracer, m, n, a, o)))
+    try:
+        with torch.enable_grad(), mode or contextlib.nullcontext(), tracer:
+            model(*args, **kwargs)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _enter(tracer: SavedTracer, module: nn.Module, name: str, inputs: tuple[Any, ...]) -> None:
+    tracer.stack.append(name)
+    own = hasattr(module, "saved_for_backward") and module.efficient_for(inputs)
+    tracer.own.append(own)
+    tracer.custom += own
+
+
+def _leave(tracer: SavedTracer, module: nn.Module, name: str, inputs: tuple[Any, ...], output: Any) -> None:
+    if tracer.own.pop():
+        tracer.custom -= 1
+        if torch.is_grad_enabled():
+            declared = module.saved_for_backward(inputs, output)
+            before = tracer.saved_total
+            for t in declared:
+                tracer.record(t)
+            tracer.efficient[name] = tracer.efficient.get(name, 0) + tracer.saved_total - before
+    tracer.stack.pop()
+
+
+class Resident(set):
+    """Storages of the model's parameters and buffers, and of their fake twins when a fake-tensor ``mode`` runs it.
+
+    The mode memoizes each conversion while the twin lives, so the twin an operator sees is the one made here; the
+    set holds the twins so that they (and their storage keys) stay alive.
+    """
+
+    def __init__(self, model: nn.Module, mode: Any = None):
+        own = [*model.parameters(), *model.buffers()]
+        self.twins = [mode.from_tensor(t) for t in own] if mode is not None else []
+        super().__init__(storage_key(t) for t in (*own, *self.twins))
+
+
+def resident_keys(model: nn.Module, mode: Any = None) -> Resident:
+    return Resident(model, mode)
+
+
+def oracle_saved_bytes(model: nn.Module, example: Example, mode: Any = None) -> int:
+    """Bytes autograd really keeps for backward in one forward: unique storages packed by ``saved_tensors_hooks``.
+
+    Parameters and buffers are left out (resident anyway). Run it with the trainable set already applied (see
+    :func:`trainable_applied`) and the model in the mode it trains in. With a fake-tensor ``mode`` it runs on fake
+    tensors (``example`` must be fake already).
+    """
+    resident = resident_keys(model, mode)
+    seen: dict[Hashable, int] = {}
+    keep: list[torch.Tensor] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = storage_key(t)
+        if key not in resident and key not in seen:
+            seen[key] = storage_bytes(t)
+            keep.append(t)
+        return t
+
+    args, kwargs = _as_call(example)
+    hooks = torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t)
+    with torch.enable_grad(), mode or contextlib.nullcontext(), hooks:
+        model(*args, **kwargs)
+    return sum(seen.values())
+
+
+def select_trainable(model: nn.Module, trainable: Trainable) -> set[str]:
+    """Names of the parameters that ``trainable`` selects (see :func:`deepslim.analysis.training_profile`)."""
+    named = dict(model.named_parameters())
+    if callable(trainable):
+        return {n for n, p in named.items() if trainable(n, p)}
+    if isinstance(trainable, (set, frozenset)):
+        missing = sorted(set(trainable) - set(named))
+        if missing:
+            raise ConfigError(f"trainable names unknown parameters {missing[:3]}; use model.named_parameters() names")
+        return set(trainable)
+    if not isinstance(trainable, str):
+        raise ConfigError(f"trainable must be a name, a set of parameter names or a callable, not {trainable!r}")
+    if trainable == "all":
+        return set(named)
+    if trainable == "none":
+        return set()
+    if trainable == "bias":
+        return {n for n in named if n.rsplit(".", 1)[-1] == "bias"}
+    if trainable == "last":
+        return {n for n in named if n.rsplit(".", 1)[0] == _layers_with_params(model)[-1]}
+    if trainable.startswith("sparse:"):
+        return _sparse(model, named, trainable.removeprefix("sparse:"))
+    raise ConfigError(f"unknown trainable {trainable!r}; use all, bias, last, none, sparse:SPEC, a set or a callable")
+
+
+def _layers_with_params(model: nn.Module) -> list[str]:
+    layers = [n for n, m in model.named_modules() if any(True for _ in m.parameters(recurse=False))]
+    if not layers:
+        raise ConfigError("the model has no parameters to train")
+    return layers
+
+
+def _sparse(model: nn.Module, named: dict[str, nn.Parameter], spec: str) -> set[str]:
+    """``sparse:`` items, comma-separated: ``bias`` (every bias), ``bias:K`` (biases of the last K layers),
+    ``weight:K`` (every parameter of the last K layers), a layer name or ``re:REGEX`` (every parameter of the layers
+    it matches)."""
+    layers, chosen = _layers_with_params(model), set()
+    for item in (s.strip() for s in spec.split(",") if s.strip()):
+        kind, _, count = item.partition(":")
+        if item == "bias" or (kind == "bias" and count.isdigit()):
+            last = set(layers[-int(count):]) if count and int(count) else set(layers) if not count else set()
+            chosen |= {n for n in named if n.endswith(".bias") and n.rsplit(".", 1)[0] in last}
+        elif kind == "weight" and count.isdigit():
+            last = set(layers[-int(count):]) if int(count) else set()
+            chosen |= {n for n in named if n.rsplit(".", 1)[0] in last}
+        else:
+            pattern = re.compile(item[3:]) if item.startswith("re:") else None
+            match = [n for n in layers if (pattern.fullmatch(n) if pattern else n == item)]
+            if not match:
+                raise ConfigError(f"sparse item {item!r} names no layer with parameters; layers: {layers[:4]}...")
+            chosen |= {n for n in named if n.rsplit(".", 1)[0] in match}
+    return chosen
+
+
+@contextlib.contextmanager
+def trainable_applied(model: nn.Module, names: set[str], *, train: bool = True) -> Iterator[None]:
+    """``requires_grad`` set to ``names`` and the model in train mode for the block; both put back afterwards."""
+    params = dict(model.named_parameters())
+    flags = {n: p.requires_grad for n, p in params.items()}
+    modes = {m: m.training for m in model.modules()}
+    try:
+        for n, p in params.items():
+            p.requires_grad_(n in names)
+        model.train(train)
+        yield
+    finally:
+        for n, p in params.items():
+            p.requires_grad_(flags[n])
+        for m, mode in modes.items():
+            m.training = mode
+
+
+def rebatch(example: Example, batch_size: int | None) -> Example:
+    """``example`` with every tensor's first dimension resized to ``batch_size`` (rows repeated); None: as is."""
+    if batch_size is None:
+        return example
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+
+    def resize(t: Any) -> Any:
+        if not isinstance(t, torch.Tensor) or t.dim() == 0:
+            return t
+        return t[torch.arange(batch_size, device=t.device) % t.shape[0]]
+
+    from torch.utils._pytree import tree_map
+
+    return tree_map(resize, example)

@@ -1,0 +1,220 @@
+"""Training memory, exactly: weights, gradients, optimizer state and the activations autograd saves for backward.
+
+Training memory dwarfs inference memory, and most of it is activations kept for the backward pass. What each operator
+keeps depends on which of its inputs need a gradient — and stock PyTorch keeps a convolution's whole input even when
+only its bias trains, which is why bias-only fine-tuning saves about as much as full fine-tuning (Cai et al., TinyTL,
+NeurIPS 2020, model the saving; :mod:`deepslim.train.ondevice` makes it real). :func:`training_profile` runs one
+forward on fake tensors (any batch size costs the memory of the weights) under a dispatch mode that applies those
+rules per ATen operator (:mod:`deepslim.analysis._training_rules`); :func:`measure_saved_bytes` is the oracle it is
+tested against (``torch.autograd.graph.saved_tensors_hooks`` on a forward).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from deepslim.analysis._execution import fake_mode, fake_state_undone, to_fake
+from deepslim.analysis._format import human
+from deepslim.analysis._tracer import Example, owner_name
+from deepslim.analysis._training_trace import (
+    SavedTracer,
+    Trainable,
+    oracle_saved_bytes,
+    rebatch,
+    resident_keys,
+    select_trainable,
+    trace_saved,
+    trainable_applied,
+)
+from deepslim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from deepslim.analysis.devices import DeviceProfile
+
+_OPTIMIZER_STATES = {"sgd": 0, "sgd-momentum": 1, "adam": 2}  # state tensors per trainable parameter
+
+
+@dataclass(frozen=True)
+class LayerTraining:
+    """Training memory of one layer (module); ``saved_bytes`` are the activations its operators keep for backward."""
+
+    name: str
+    type: str
+    frozen_bytes: int = 0
+    trainable_bytes: int = 0
+    grad_bytes: int = 0
+    optimizer_bytes: int = 0
+    saved_bytes: int = 0
+    efficient: bool = False  # the layer saves through its own memory-efficient autograd function
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__dataclass_fields__}
+
+
+@dataclass(frozen=True)
+class TrainingProfile:
+    """Per-layer and total training memory of one step; ``str()`` is a table, ``to_dict()`` is JSON-ready."""
+
+    model: str
+    batch_size: int | None
+    trainable: str
+    optimizer: str
+    layers: tuple[LayerTraining, ...]
+    weight_bytes: int  # every parameter, frozen or not
+    trainable_bytes: int
+    grad_bytes: int
+    optimizer_bytes: int
+    saved_bytes: int  # activations kept for backward (unique storages; the model's own tensors excluded)
+    transient_bytes: int  # the largest forward temporaries / backward workspace on top of the saved activations
+    peak_bytes: int  # weights + gradients + optimizer state + saved activations at their peak + transient
+    unknown_ops: tuple[str, ...] = ()  # operators without a rule, counted conservatively
+    stock_layers: tuple[str, ...] = ()  # layers with trainable or saved state that run the stock PyTorch way
+    device: str | None = None
+    fits_sram: bool | None = None
+    fits_dram: bool | None = None
+
+    def layer(self, name: str) -> LayerTraining:
+        for row in self.layers:
+            if row.name == name:
+                return row
+        raise KeyError(name)
+
+    def with_device(self, device: str | DeviceProfile) -> TrainingProfile:
+        """This profile with ``fits_sram``/``fits_dram`` for ``device`` (DRAM: None when the device gives no size)."""
+        from dataclasses import replace
+
+        from deepslim.analysis.devices import get_device
+
+        dev = get_device(device)
+        dram = getattr(dev, "dram_bytes", None)
+        return replace(self, device=dev.name, fits_sram=self.peak_bytes <= dev.onchip_bytes,
+                       fits_dram=None if dram is None else self.peak_bytes <= dram)  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: getattr(self, k) for k in self.__dataclass_fields__ if k != "layers"}
+        d["unknown_ops"], d["stock_layers"] = list(self.unknown_ops), list(self.stock_layers)
+        d["layers"] = [row.to_dict() for row in self.layers]
+        return d
+
+    def __str__(self) -> str:
+        header = ["layer", "type", "frozen", "trainable", "grads", "optim", "saved", "how"]
+        lines = ["  ".join(f"{h:>10}" if i > 1 else f"{h:<24}" for i, h in enumerate(header))]
+        for r in self.layers:
+            cells = [r.name or "(model)", r.type] + [human(b, "B") for b in (
+                r.frozen_bytes, r.trainable_bytes, r.grad_bytes, r.optimizer_bytes, r.saved_bytes)]
+            cells.append("efficient" if r.efficient else "stock" if r.name in self.stock_layers else "-")
+            lines.append("  ".join(f"{c:>10}" if i > 1 else f"{c[:24]:<24}" for i, c in enumerate(cells)))
+        lines.append(f"{self.model} ({self.trainable}, {self.optimizer}, batch {self.batch_size or 'as given'}): "
+                     f"weights {human(self.weight_bytes, 'B')}, grads {human(self.grad_bytes, 'B')}, optimizer "
+                     f"{human(self.optimizer_bytes, 'B')}, saved {human(self.saved_bytes, 'B')}, "
+                     f"peak {human(self.peak_bytes, 'B')}")  # fmt: skip
+        if self.device is not None:
+            lines.append(f"on {self.device}: fits SRAM {self.fits_sram}, fits DRAM {self.fits_dram}")
+        if self.unknown_ops:
+            lines.append(f"operators without a rule (counted conservatively): {', '.join(self.unknown_ops)}")
+        return "\n".join(lines)
+
+
+def training_profile(model: nn.Module, example_batch: Example, *, trainable: Trainable = "all",
+                     optimizer: str = "adam", batch_size: int | None = None,
+                     device: str | DeviceProfile | None = None) -> TrainingProfile:  # fmt: skip
+    """Memory of one training step of ``model`` on ``example_batch``, per layer and in total.
+
+    ``trainable``: ``"all"``, ``"bias"``, ``"last"`` (the last layer with parameters), ``"none"``, ``"sparse:SPEC"``
+    (comma-separated ``bias``, ``bias:K``, ``weight:K``, layer names or ``re:`` regexes), a set of parameter names
+    or a callable ``(name, parameter) -> bool``. ``batch_size`` resizes the example's first dimension. The model runs
+    in train mode on fake tensors; its flags and modes are put back afterwards.
+    """
+    if optimizer not in _OPTIMIZER_STATES:
+        raise ConfigError(f"unknown optimizer {optimizer!r}; use one of {', '.join(_OPTIMIZER_STATES)}")
+    names = select_trainable(model, trainable)
+    mode = fake_mode()
+    with trainable_applied(model, names), fake_state_undone(model):
+        with mode:
+            fake = rebatch(to_fake(mode, example_batch), batch_size)
+        tracer = SavedTracer(resident_keys(model, mode))
+        trace_saved(model, fake, tracer, mode)
+    label = trainable if isinstance(trainable, str) else f"{len(names)} tensors"
+    prof = _assemble(model, tracer, names, label, optimizer, batch_size)
+    return prof.with_device(device) if device is not None else prof
+
+
+def measure_saved_bytes(model: nn.Module, example_batch: Example, *, trainable: Trainable = "all",
+                        batch_size: int | None = None, fake: bool = False) -> int:  # fmt: skip
+    """The oracle: bytes of the unique storages autograd packs for backward in one real training-mode forward.
+
+    ``fake=True`` runs the same count on fake tensors (no activation memory; the same storages).
+    """
+    names = select_trainable(model, trainable)
+    with trainable_applied(model, names), fake_state_undone(model):
+        if not fake:
+            return oracle_saved_bytes(model, rebatch(example_batch, batch_size))
+        mode = fake_mode()
+        with mode:
+            batch = rebatch(to_fake(mode, example_batch), batch_size)
+        return oracle_saved_bytes(model, batch, mode)
+
+
+def _assemble(model: nn.Module, tracer: SavedTracer, names: set[str], label: str, optimizer: str,
+              batch_size: int | None) -> TrainingProfile:  # fmt: skip
+    states = _OPTIMIZER_STATES[optimizer]
+    saved: dict[str, int] = {}
+    for layer, nbytes in tracer.saved.values():
+        saved[layer] = saved.get(layer, 0) + nbytes
+    rows, seen = [], set()
+    for mod_name, mod in model.named_modules():
+        if owner_name(mod_name) != mod_name:
+            continue
+        frozen = trainable = 0
+        for p_name, p in mod.named_parameters(recurse=False):
+            if id(p) in seen:
+                continue
+            seen.add(id(p))
+            full = f"{mod_name}.{p_name}" if mod_name else p_name
+            nbytes = p.numel() * p.element_size()
+            trainable += nbytes if full in names else 0
+            frozen += 0 if full in names else nbytes
+        if frozen or trainable or saved.get(mod_name):
+            rows.append(LayerTraining(mod_name, type(mod).__name__, frozen, trainable, trainable,
+                                      trainable * states, saved.get(mod_name, 0), mod_name in tracer.efficient))
+    return _totals(model, tuple(rows), tracer, label, optimizer, batch_size)
+
+
+def _totals(model: nn.Module, rows: tuple[LayerTraining, ...], tracer: SavedTracer, label: str, optimizer: str,
+            batch_size: int | None) -> TrainingProfile:  # fmt: skip
+    resident = sum(r.frozen_bytes + r.trainable_bytes + r.grad_bytes + r.optimizer_bytes for r in rows)
+    saved_total = sum(r.saved_bytes for r in rows)
+    activation_peak, transient = _activation_peak(tracer.steps, saved_total)
+    stock = tuple(r.name for r in rows if not r.efficient and (r.saved_bytes or r.trainable_bytes))
+    return TrainingProfile(
+        model=type(model).__name__, batch_size=batch_size, trainable=label, optimizer=optimizer, layers=rows,
+        weight_bytes=sum(r.frozen_bytes + r.trainable_bytes for r in rows),
+        trainable_bytes=sum(r.trainable_bytes for r in rows), grad_bytes=sum(r.grad_bytes for r in rows),
+        optimizer_bytes=sum(r.optimizer_bytes for r in rows), saved_bytes=saved_total, transient_bytes=transient,
+        peak_bytes=resident + activation_peak, unknown_ops=tuple(sorted(tracer.unknown)), stock_layers=stock,
+    )  # fmt: skip
+
+
+def _activation_peak(steps: list[tuple[int, int, int]], saved_total: int) -> tuple[int, int]:
+    """Most activation bytes alive at once, and the transient part of it.
+
+    Forward: at each operator, what has been saved so far plus the operator's own unsaved inputs and outputs. Backward
+    (operators in reverse): what the earlier operators saved is still held, plus the gradients flowing through this
+    operator (one per differentiable input and output).
+    """
+    forward = max((s + t for s, t, _ in steps), default=0)
+    backward = max((s + g for s, _, g in steps), default=0)
+    peak = max(forward, backward, saved_total)
+    return peak, peak - saved_total
+
+
+def sqrt_segments(n_layers: int) -> int:
+    """The number of checkpoint segments that minimizes saved activations for ``n_layers`` equal layers: ⌈√n⌉."""
+    return max(1, math.ceil(math.sqrt(n_layers)))
+
+
+__all__ = ["LayerTraining", "TrainingProfile", "measure_saved_bytes", "sqrt_segments", "training_profile"]

@@ -1,0 +1,134 @@
+"""Autograd functions that keep only what the gradients they compute need.
+
+Stock autograd keeps a convolution's input whenever any of its tensors trains, a ReLU's whole float output, a batch
+norm's input: all to compute gradients that frozen weights never use. Here a layer with a frozen weight keeps nothing
+of its input (the input's gradient needs only the weight and the input's shape), a ReLU/ReLU6 keeps one bit per
+element (packed 8 to a byte), a frozen batch norm (an affine with fixed scale) and an average pool keep nothing.
+Each backward equals autograd's on the stock operator.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+_SHIFTS = torch.tensor([7, 6, 5, 4, 3, 2, 1, 0], dtype=torch.uint8)
+
+
+def pack_bits(mask: torch.Tensor) -> torch.Tensor:
+    """A boolean tensor as uint8 bytes, 8 elements to a byte (most significant bit first); ⌈n/8⌉ bytes."""
+    flat = mask.reshape(-1)
+    pad = (-flat.numel()) % 8
+    if pad:
+        flat = torch.cat([flat, flat.new_zeros(pad)])
+    bits = flat.view(-1, 8).to(torch.uint8) << _SHIFTS.to(flat.device)
+    return bits.sum(1, dtype=torch.uint8)
+
+
+def unpack_bits(packed: torch.Tensor, shape: torch.Size | tuple[int, ...]) -> torch.Tensor:
+    """The boolean tensor of ``shape`` that :func:`pack_bits` packed."""
+    numel = 1
+    for s in shape:
+        numel *= s
+    bits = (packed.unsqueeze(1) >> _SHIFTS.to(packed.device)) & 1
+    return bits.reshape(-1)[:numel].view(shape).bool()
+
+
+def packed_bytes(numel: int) -> int:
+    return (numel + 7) // 8
+
+
+class ClampMasked(torch.autograd.Function):
+    """ReLU (``high=None``) or hardtanh/ReLU6 whose backward mask is kept as bits.
+
+    The mask is exactly where autograd passes the gradient: ``threshold_backward`` zeroes it where ``relu(x) <= 0``,
+    ``hardtanh_backward`` where ``x <= low or x >= high``.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, low: float, high: float | None) -> torch.Tensor:
+        blocked = x <= low if high is None else (x <= low) | (x >= high)
+        ctx.shape = x.shape
+        ctx.save_for_backward(pack_bits(~blocked))
+        return torch.relu(x) if high is None else torch.clamp(x, low, high)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (packed,) = ctx.saved_tensors
+        return torch.where(unpack_bits(packed, ctx.shape), grad, grad.new_zeros(())), None, None
+
+
+class FrozenConv2dFn(torch.autograd.Function):
+    """A 2-D convolution with a frozen weight: keeps no input; the input gradient is a transposed convolution."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: Any,
+                padding: Any, dilation: Any, groups: int) -> torch.Tensor:  # fmt: skip
+        ctx.save_for_backward(weight)  # a parameter: resident anyway, no activation kept
+        ctx.conf, ctx.input_shape = (stride, padding, dilation, groups), x.shape
+        return F.conv2d(x, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        (weight,) = ctx.saved_tensors
+        grad_x = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.nn.grad.conv2d_input(ctx.input_shape, weight, grad, *ctx.conf)
+        if ctx.needs_input_grad[2]:
+            grad_b = grad.sum((0, 2, 3))
+        return grad_x, None, grad_b, None, None, None, None
+
+
+class FrozenLinearFn(torch.autograd.Function):
+    """A linear layer with a frozen weight: keeps no input; the input gradient is ``grad @ weight``."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        ctx.save_for_backward(weight)
+        return F.linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        (weight,) = ctx.saved_tensors
+        grad_x = grad @ weight if ctx.needs_input_grad[0] else None
+        grad_b = grad.reshape(-1, grad.shape[-1]).sum(0) if ctx.needs_input_grad[2] else None
+        return grad_x, None, grad_b
+
+
+class ChannelAffineFn(torch.autograd.Function):
+    """``x * scale + shift + bias`` per channel (dim 1) with fixed ``scale``/``shift`` buffers: keeps nothing."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor,
+                bias: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        ctx.save_for_backward(scale)  # a buffer: resident
+        view = (1, -1) + (1,) * (x.dim() - 2)
+        return x * scale.view(view) + (shift + bias).view(view)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        (scale,) = ctx.saved_tensors
+        view = (1, -1) + (1,) * (grad.dim() - 2)
+        grad_x = grad * scale.view(view) if ctx.needs_input_grad[0] else None
+        dims = [d for d in range(grad.dim()) if d != 1]
+        grad_b = grad.sum(dims) if ctx.needs_input_grad[3] else None
+        return grad_x, None, None, grad_b
+
+
+class BlockAvgPoolFn(torch.autograd.Function):
+    """Average pooling over non-overlapping ``kernel`` blocks (stride = kernel, no padding): keeps only the shape."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, kernel: tuple[int, int]) -> torch.Tensor:
+        ctx.kernel, ctx.input_shape = kernel, x.shape
+        return F.avg_pool2d(x, kernel, kernel)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        kh, kw = ctx.kernel
+        height, width = ctx.input_shape[-2:]
+        spread = (grad / (kh * kw)).repeat_interleave(kh, dim=-2).repeat_interleave(kw, dim=-1)
+        # rows and columns that floor-mode pooling dropped get no gradient
+        return F.pad(spread, (0, width - spread.shape[-1], 0, height - spread.shape[-2])), None
