@@ -1,6 +1,7 @@
 """Run directories: replaced as a whole (never a mix of two runs), left intact by a failed run, never left with
 temporary files; the data's preprocessing recorded beside the model."""
 
+import dataclasses
 import json
 import os
 
@@ -11,6 +12,7 @@ import deepslim as ds
 from deepslim._io import atomic_dir, atomic_path
 from deepslim.data import Preprocessing
 from deepslim.models._registry import PREPROCESSING_ATTR
+from deepslim.pipeline._pairing import attach_preprocessing
 from deepslim.pipeline.run import check_run_dir
 
 ENCODE = {"model": "lenet300", "data": "digits", "stages": ["encode"]}
@@ -65,6 +67,17 @@ def test_the_run_records_the_datas_preprocessing_and_what_was_run(tmp_path):
     again = ds.load_recipe(out / "recipe.yaml")  # the run's recipe.yaml runs again as it is
     assert again.model == "lenet300" and again.data == "digits" and again.model_options == {"hidden": [32, 16]}
     assert result.metrics[0]["params"] == 64 * 32 + 32 + 32 * 16 + 16 + 16 * 10 + 10  # the options were used
+
+
+def test_a_model_keeps_the_preprocessing_it_was_trained_with_and_gets_the_datas_otherwise():
+    data = ds.load_data("digits", seed=0)
+    fresh = ds.load_model("lenet300", in_features=64)
+    assert attach_preprocessing(fresh, data) == getattr(fresh, PREPROCESSING_ATTR) == data.preprocessing.to_dict()
+    trained_elsewhere = {"kind": "standardize", "mean": [0.5], "std": [0.25], "channel_dim": 1}
+    setattr(fresh, PREPROCESSING_ATTR, trained_elsewhere)
+    assert attach_preprocessing(fresh, data) == trained_elsewhere == getattr(fresh, PREPROCESSING_ATTR)
+    raw = dataclasses.replace(data, preprocessing=None)
+    assert attach_preprocessing(ds.load_model("lenet300", in_features=64), raw) is None
 
 
 def test_a_model_given_on_the_command_line_does_not_take_the_recipes_model_settings(tmp_path):

@@ -4,8 +4,8 @@ the dataset's preprocessing on it.
 A zoo model is built to fit the data (input channels and size, classes); a file (checkpoint, ``.pt2`` program,
 ``.dsz`` archive) or a ``file.py:factory`` is loaded as it is. Loaders standardise inputs with the training set's
 statistics, so a model trained or calibrated on them expects standardised inputs: :func:`attach_preprocessing`
-records that on the model (checkpoints, archives and ONNX files written from it carry it), and
-:func:`preprocessing_record` is what a run directory writes beside its metrics.
+records that on the model (checkpoints, archives and ONNX files written from it carry it), and the record it returns
+is what a run directory writes beside its metrics (:func:`write_preprocessing`).
 """
 
 from __future__ import annotations
@@ -68,23 +68,24 @@ def preprocessing_record(data: Any) -> dict[str, Any] | None:
 
 
 def attach_preprocessing(model: nn.Module, data: Any) -> dict[str, Any] | None:
-    """Record on ``model`` the preprocessing of the data it is now paired with; return the record (or None).
+    """Record on ``model`` the preprocessing of the data it is paired with, unless it already carries one; return
+    the record the model now carries (None when neither has one).
 
-    Files written from the model afterwards (checkpoint, ``.pt2``, ``.dsz``, ONNX metadata) carry it. A record the
-    model already had is replaced; when the two differ by more than the run-to-run spread of training-set
-    statistics, a warning says so: the model was trained on other inputs than the ones it is now given.
+    Files written from the model afterwards (checkpoint, ``.pt2``, ``.dsz``, ONNX metadata) carry it. A record
+    the model already has is kept: it says what inputs the model was trained on, and training and evaluation
+    convert the data's inputs to it (``deepslim.train``), so it stays true when other data is paired with the model.
     """
     from deepslim.models._registry import PREPROCESSING_ATTR
 
-    record = preprocessing_record(data)
-    if record is None:
-        return None
-    old = getattr(model, PREPROCESSING_ATTR, None)
-    if old is not None and _differs(old, record):
-        log.warning("the model records other input preprocessing (mean %s, std %s) than the data %s gives it "
-                    "(mean %s, std %s): check that this is the data it was trained on", old.get("mean"),
-                    old.get("std"), getattr(data, "name", "?"), record["mean"], record["std"])  # fmt: skip
-    setattr(model, PREPROCESSING_ATTR, record)
+    own, record = getattr(model, PREPROCESSING_ATTR, None), preprocessing_record(data)
+    if own is not None:
+        if record is not None and _differs(own, record):
+            log.info("the model keeps the input preprocessing it records (mean %s, std %s); the data %s (mean %s, "
+                     "std %s) is converted to it", own.get("mean"), own.get("std"), getattr(data, "name", "?"),
+                     record["mean"], record["std"])  # fmt: skip
+        return own
+    if record is not None:
+        setattr(model, PREPROCESSING_ATTR, record)
     return record
 
 
@@ -94,7 +95,7 @@ def _differs(a: dict[str, Any], b: dict[str, Any], rel: float = 0.05) -> bool:
         if a.get("channel_dim", 1) != b.get("channel_dim", 1) or any(len(x) != len(y) for x, y in pairs):
             return True
         return any(abs(u - v) > rel * max(abs(u), abs(v), 1e-3) for x, y in pairs for u, v in zip(x, y, strict=True))
-    except (KeyError, TypeError):
+    except (KeyError, TypeError, AttributeError):
         return True
 
 

@@ -380,7 +380,7 @@ def run_recipe(recipe: Recipe, out: str | Path, *, model: str | nn.Module | None
         preprocessing = attach_preprocessing(net, bundle)
     else:
         net = load_for_data(str(model_spec), bundle, weights=weights, arch=arch, options=options)
-        model_name, preprocessing = str(model_spec), attach_preprocessing(net, bundle)
+        model_name, preprocessing = str(model_spec), attach_preprocessing(net, bundle)  # the model's own, if any
     chosen = {"model": model_spec, "weights": weights, "arch": arch, "model_options": options, "data": data_spec}
     recipe_doc = _recipe_as_run(recipe, chosen, preprocessing)
     with atomic_dir(out, keep_partial=True) as work:
