@@ -195,13 +195,16 @@ def select_trainable(model: nn.Module, trainable: Trainable) -> set[str]:
         return set(named)
     if trainable == "none":
         return set()
+    if trainable == "current":
+        return {n for n, p in named.items() if p.requires_grad}
     if trainable == "bias":
         return {n for n in named if n.rsplit(".", 1)[-1] == "bias"}
     if trainable == "last":
         return {n for n in named if n.rsplit(".", 1)[0] == _layers_with_params(model)[-1]}
     if trainable.startswith("sparse:"):
         return _sparse(model, named, trainable.removeprefix("sparse:"))
-    raise ConfigError(f"unknown trainable {trainable!r}; use all, bias, last, none, sparse:SPEC, a set or a callable")
+    raise ConfigError(f"unknown trainable {trainable!r}; use all, bias, last, none, current, sparse:SPEC, a set or a "
+                      "callable")
 
 
 def _layers_with_params(model: nn.Module) -> list[str]:

@@ -124,7 +124,8 @@ def training_profile(model: nn.Module, example_batch: Example, *, trainable: Tra
                      device: str | DeviceProfile | None = None) -> TrainingProfile:  # fmt: skip
     """Memory of one training step of ``model`` on ``example_batch``, per layer and in total.
 
-    ``trainable``: ``"all"``, ``"bias"``, ``"last"`` (the last layer with parameters), ``"none"``, ``"sparse:SPEC"``
+    ``trainable``: ``"all"``, ``"bias"``, ``"last"`` (the last layer with parameters), ``"none"``, ``"current"`` (the
+    parameters that require a gradient now, e.g. after ``tinytl_`` or ``sparse_update_``), ``"sparse:SPEC"``
     (comma-separated ``bias``, ``bias:K``, ``weight:K``, layer names or ``re:`` regexes), a set of parameter names
     or a callable ``(name, parameter) -> bool``. ``batch_size`` resizes the example's first dimension. The model runs
     in train mode on fake tensors; its flags and modes are put back afterwards.

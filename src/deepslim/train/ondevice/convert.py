@@ -14,8 +14,8 @@ from collections.abc import Callable, Iterable
 import torch
 from torch import nn
 
-from deepslim.analysis._execution import fake_mode, fake_state_undone, to_fake
 from deepslim.analysis._tracer import Example, _as_call
+from deepslim.analysis._training_trace import rebatch
 from deepslim.errors import ConfigError
 from deepslim.train.ondevice.modules import (
     EFFICIENT_TYPES,
@@ -148,7 +148,7 @@ def _blocks(model: nn.Module, blocks: Iterable[str] | Callable[[str, nn.Module],
 
 def _block_shapes(model: nn.Module, targets: dict[str, nn.Module],
                   example: Example) -> dict[str, tuple[tuple[int, int], tuple[int, int]]]:  # fmt: skip
-    """(channels, height) of each block's input and output, from one forward on fake tensors."""
+    """(channels, height) of each block's input and output, from one forward on one sample."""
     shapes: dict[str, tuple[tuple[int, int], tuple[int, int]]] = {}
 
     def hook(name: str) -> Callable[..., None]:
@@ -159,12 +159,14 @@ def _block_shapes(model: nn.Module, targets: dict[str, nn.Module],
         return record
 
     handles = [m.register_forward_hook(hook(n)) for n, m in targets.items()]
-    mode = fake_mode()
-    try:
-        with fake_state_undone(model), torch.no_grad(), mode:
-            args, kwargs = _as_call(to_fake(mode, example))
-            model(*args, **kwargs)
+    modes = {m: m.training for m in model.modules()}
+    try:  # one sample, in eval mode (no statistics updated), for real: a fake-tensor run costs seconds here
+        with torch.no_grad():
+            args, kwargs = _as_call(rebatch(example, 1))
+            model.eval()(*args, **kwargs)
     finally:
         for h in handles:
             h.remove()
+        for m, mode in modes.items():
+            m.training = mode
     return shapes
