@@ -1,6 +1,8 @@
 """Training, evaluation and recovery after compression (fine-tuning, distillation)."""
 
 from deepslim.train.distill import KDConfig, distill, kd_loss
+from deepslim.train.distributed import distill_ddp, fit_ddp
 from deepslim.train.loop import EvalResult, FitResult, Optimizer, evaluate, fidelity, fit
 
-__all__ = ["EvalResult", "FitResult", "KDConfig", "Optimizer", "distill", "evaluate", "fidelity", "fit", "kd_loss"]
+__all__ = ["EvalResult", "FitResult", "KDConfig", "Optimizer", "distill", "distill_ddp", "evaluate", "fidelity", "fit",
+           "fit_ddp", "kd_loss"]  # fmt: skip

@@ -1,0 +1,136 @@
+"""Study storages shared by worker processes: a private PostgreSQL cluster and a journal file, real processes."""
+
+import multiprocessing
+import os
+import signal
+import time
+
+import pytest
+
+optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+
+from deepslim.errors import ConfigError  # noqa: E402
+from deepslim.search.storage import (  # noqa: E402
+    StorageError,
+    add_trial_slots,
+    create_study_once,
+    join_study,
+    open_storage,
+    run_queued_trials,
+    space_fingerprint,
+)
+
+SPACE = {"x": [-5.0, 5.0], "n": [1, 8]}
+FP = space_fingerprint(SPACE)
+FAST = {"heartbeat_interval": 1, "grace_period": 2}  # a dead worker's trial is retried after 2 s
+COMPLETE, FAIL = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
+_fork = multiprocessing.get_context("fork")  # the workers need nothing but what this process already imported
+
+
+def objective(trial):
+    """Deterministic and cheap; the short sleep lets the workers' trials overlap."""
+    x = trial.suggest_float("x", *SPACE["x"])
+    n = trial.suggest_int("n", *SPACE["n"])
+    time.sleep(0.05)
+    return (x - 1.0) ** 2 + n
+
+
+def worker(url, name, *, die_on_first_trial=False):
+    study = join_study(url, name, space_fingerprint=FP, **FAST)
+
+    def run(trial):
+        if die_on_first_trial:
+            os.kill(os.getpid(), signal.SIGKILL)  # mid-trial: claimed, heartbeat running, no result
+        return objective(trial)
+
+    run_queued_trials(study, run)
+
+
+def start_workers(url, name, count, *, killer=False):
+    procs = []
+    if killer:  # started alone first, so that it surely claims a trial before the queue runs dry
+        procs.append(_fork.Process(target=worker, args=(url, name), kwargs={"die_on_first_trial": True}))
+        procs[0].start()
+        procs[0].join(30)
+    for _ in range(count - len(procs)):
+        procs.append(_fork.Process(target=worker, args=(url, name)))
+        procs[-1].start()
+    for p in procs:
+        p.join(60)
+    for p in procs:
+        if p.is_alive():  # a hung worker fails the test below, and does not outlive it
+            p.kill()
+            p.join()
+    return [p.exitcode for p in procs]
+
+
+def slot_of(trial):
+    """The queued slot a trial fills: its own number, or for a retry the number of the trial it retries."""
+    retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    return trial.number if retried is None else retried
+
+
+def new_study(url, name, trials):
+    study = create_study_once(url, name, ["minimize"], metadata={"space_fingerprint": FP, "model": "tiny"}, **FAST)
+    add_trial_slots(study, trials)
+    return study
+
+
+@pytest.mark.parametrize("backend", ["postgresql", "journal"])
+def test_four_workers_on_one_study_finish_exactly_the_queued_trials(backend, request, tmp_path):
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"journal:{tmp_path / 's.log'}"
+    new_study(url, "four", 24)  # the tables and the study exist before any worker starts (optuna#1092)
+    assert start_workers(url, "four", 4) == [0, 0, 0, 0]
+    trials = optuna.load_study(study_name="four", storage=open_storage(url, **FAST)).get_trials()
+    assert sorted(t.number for t in trials) == list(range(24))  # nothing lost, nothing run twice, none extra
+    assert all(t.state == COMPLETE for t in trials)
+    assert all(t.value == pytest.approx((t.params["x"] - 1) ** 2 + t.params["n"]) for t in trials)
+
+
+def test_a_worker_killed_mid_trial_has_its_trial_failed_and_retried_by_the_others(postgres_url):
+    new_study(postgres_url, "kill", 12)
+    exitcodes = start_workers(postgres_url, "kill", 4, killer=True)
+    assert exitcodes == [-signal.SIGKILL, 0, 0, 0]
+    trials = optuna.load_study(study_name="kill", storage=open_storage(postgres_url, **FAST)).get_trials()
+    failed = [t for t in trials if t.state == FAIL]
+    done = [t for t in trials if t.state == COMPLETE]
+    assert len(failed) == 1 and len(done) == 12 and len(trials) == 13  # the killed trial, then its retry
+    assert sorted(slot_of(t) for t in done) == list(range(12))  # every slot completed exactly once
+    assert failed[0].number in {slot_of(t) for t in done if t.number != slot_of(t)}
+
+
+def test_a_wrong_password_or_port_fails_at_once_with_the_reason(postgres):
+    for url, reason in [(postgres.url(password="wrong"), "password authentication failed"),
+                        (postgres.url(port=1), "Connection refused")]:  # fmt: skip
+        start = time.perf_counter()
+        with pytest.raises(StorageError, match=reason) as err:
+            create_study_once(url, "s", ["minimize"], metadata={"space_fingerprint": FP})
+        assert time.perf_counter() - start < 5
+        assert "wrong" not in str(err.value)  # the password is not repeated in the message
+
+
+def test_an_unknown_scheme_lists_the_valid_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"journal:PATH, postgresql://.*sqlite:///PATH"):
+        open_storage("mysql://db/x")
+    with pytest.raises(ConfigError, match="needs a file"):
+        open_storage("journal:")
+
+
+def test_the_default_storage_is_a_journal_in_the_output_directory_and_resumes(tmp_path):
+    study = create_study_once(None, "s", ["minimize"], metadata={"space_fingerprint": FP}, out_dir=tmp_path)
+    add_trial_slots(study, 3)
+    assert (tmp_path / "study.journal").is_file()
+    again = create_study_once(None, "s", ["minimize"], metadata={"space_fingerprint": FP}, out_dir=tmp_path)
+    assert len(again.get_trials()) == 3 and again.user_attrs["deepslim_space"] == FP
+
+
+def test_joining_a_study_of_another_space_or_version_is_refused(tmp_path, monkeypatch):
+    url = f"journal:{tmp_path / 's.log'}"
+    create_study_once(url, "s", ["minimize"], metadata={"space_fingerprint": FP})
+    with pytest.raises(StorageError, match="searches another space"):
+        join_study(url, "s", space_fingerprint=space_fingerprint({"x": [0, 1]}))
+    with pytest.raises(StorageError, match="no study 'other' in this storage"):
+        join_study(url, "other", space_fingerprint=FP)
+    monkeypatch.setattr("deepslim.__version__", "9.9.9")
+    with pytest.raises(StorageError, match=r"created by deepslim 0\.1\.0; this worker runs 9\.9\.9"):
+        join_study(url, "s", space_fingerprint=FP)
