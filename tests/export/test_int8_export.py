@@ -258,3 +258,14 @@ def test_untraceable_models_get_a_way_out_in_the_folding_error():
     model = ds.quantize_(Branchy().eval(), ds.LinearQuantConfig(fold_batchnorm=False),
                          calib_data=[(torch.randn(2, 3, 8, 8),)])  # fmt: skip
     assert not hasattr(model, "deepslim_points")  # untraceable: additions stay float in the model and in the file
+
+
+def test_quantizing_twice_keeps_every_point_distinct(tmp_path):
+    model = ds.create_model("resnet20").eval()
+    calib = [(torch.randn(8, 3, 32, 32),)]
+    ds.quantize_(model, ds.LinearQuantConfig(overrides={"fc": None}), calib_data=calib)
+    first = dict(model.deepslim_points)
+    ds.quantize_(model, ds.LinearQuantConfig(), calib_data=calib)  # now the classifier too
+    assert all(model.deepslim_points[n] is p for n, p in first.items())  # the old points keep their names
+    res = ds.export_onnx(model, tmp_path / "m.onnx", example_input=torch.randn(4, 3, 32, 32))
+    assert res.integer_layers == res.quantized_layers == 20 and res.cosine > 0.999

@@ -158,8 +158,8 @@ def benchmark(model: nn.Module | str | os.PathLike[str], *, runtime: str = "onnx
     """Median batch latency of ``model`` (a module or an .onnx file) in ``runtime`` ("onnxruntime" or "torch").
 
     ONNX Runtime runs in a process of its own (its peak memory is measured there); at least 20 runs and
-    ``min_seconds`` after 5 warm-up runs. A quantized module is exported as an integer graph (``calib_data`` also
-    quantizes its residual additions).
+    ``min_seconds`` after 5 warm-up runs. A quantized module is exported as an integer graph (``calib_data``, if
+    given, widens the export's parity check; the quantization points were calibrated by ``quantize_``).
     """
     if runtime not in ("onnxruntime", "torch"):
         raise ConfigError(f"runtime must be 'onnxruntime' or 'torch', got {runtime!r}")

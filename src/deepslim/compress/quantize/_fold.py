@@ -14,8 +14,10 @@ def fold_batchnorm_(model: nn.Module) -> list[str]:
 
     Uses the running statistics (inference semantics). The BN becomes ``nn.Identity``; the convolution gains a bias.
     """
+    from deepslim.compress.quantize._points import _Tracer  # quantized layers and points stay whole
+
     try:
-        graph = fx.symbolic_trace(model).graph
+        graph = _Tracer().trace(model)
     except Exception as exc:
         raise UnsupportedModelError(f"cannot trace {type(model).__name__} to find conv→batch-norm pairs "
                                     f"({str(exc).splitlines()[0]}); quantize without folding: "

@@ -133,7 +133,7 @@ def insert_points_(model: nn.Module, example: torch.Tensor, method: Calibration)
     except Exception as exc:  # fx raises many types on untraceable code
         log.warning("additions stay float: cannot trace %s (%s)", type(model).__name__, str(exc).splitlines()[0])
         return []
-    points = nn.ModuleDict()
+    points = getattr(model, POINTS_ATTR, None) or nn.ModuleDict()  # quantized before: new points continue the names
     setattr(model, POINTS_ATTR, points)
     setattr(gm, POINTS_ATTR, points)  # the graph's owner checks the targets of new nodes
     _Placer(model, graph, points, method).place()
@@ -196,6 +196,8 @@ class _Placer:
 
     def _new_point(self, after: fx.Node, *, replace_uses: bool) -> fx.Node:
         name = f"p{len(self.points)}"
+        while name in self.points:
+            name = f"p{int(name[1:]) + 1}"
         self.points[name] = ActPoint(self.method)
         self.modules[f"{POINTS_ATTR}.{name}"] = self.points[name]
         with self.graph.inserting_after(after):
