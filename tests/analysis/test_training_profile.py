@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from deepslim.analysis.training import measure_saved_bytes, training_profile
+from deepslim.analysis.training import measure_peak_bytes, measure_saved_bytes, training_profile
 from deepslim.errors import ConfigError
 from deepslim.models import load_model
 
@@ -38,6 +38,16 @@ def test_planned_saved_bytes_equal_what_autograd_saves_at_two_batch_sizes(name: 
         measured = measure_saved_bytes(model, x, trainable=regime, batch_size=batch)
         assert planned.saved_bytes == measured, (name, regime, batch)
         assert planned.unknown_ops == ()
+
+
+@pytest.mark.parametrize(("name", "regime"), [("mobilenet_v2", "all"), ("mobilenet_v2", "bias"), ("resnet20", "all")])
+def test_the_planned_peak_is_within_10_percent_of_the_measured_allocation_trace(name: str, regime: str) -> None:
+    import copy
+
+    model, x = _model(name)
+    planned = training_profile(model, x, trainable=regime, batch_size=8).peak_bytes
+    measured = measure_peak_bytes(copy.deepcopy(model), x, trainable=regime, batch_size=8)
+    assert abs(planned - measured) <= 0.1 * measured, (planned, measured)
 
 
 def test_the_profile_puts_the_models_flags_and_modes_back() -> None:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from deepslim.analysis.training import measure_saved_bytes, training_profile
+from deepslim.analysis.training import measure_peak_bytes, measure_saved_bytes, training_profile
 from deepslim.errors import ConfigError
 from deepslim.models import load_model
 from deepslim.train.ondevice import (
@@ -153,6 +153,10 @@ def test_tinytl_keeps_the_function_trains_the_right_tensors_and_saves_over_6_5x_
     saved = measure_saved_bytes(tiny, x, trainable=trainable)
     assert training_profile(tiny, x, trainable=trainable).saved_bytes == saved
     assert measure_saved_bytes(model, x, trainable="all") >= 6.5 * saved  # measured 22.8× at batch 8
+    planned_peak = training_profile(tiny, x, trainable="current").peak_bytes
+    measured_peak = measure_peak_bytes(copy.deepcopy(tiny), x, trainable="current")
+    assert abs(planned_peak - measured_peak) <= 0.1 * measured_peak
+    assert measured_peak * 2 < measure_peak_bytes(copy.deepcopy(model), x, trainable="all")  # measured 2.4× at batch 8
     tiny.train()(x).square().mean().backward()
     assert all(tiny.get_submodule(n.rsplit(".", 1)[0]).get_parameter(n.rsplit(".", 1)[1]).grad is not None
                for n in trainable)  # fmt: skip

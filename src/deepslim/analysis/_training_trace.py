@@ -21,10 +21,14 @@ from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from deepslim.analysis._tracer import Example, _as_call, owner_name, storage_bytes, storage_key, tensors
+from deepslim.analysis._training_peak import OpRecord, activation_peak
 from deepslim.analysis._training_rules import saved_by
 from deepslim.errors import ConfigError
 
 Trainable = str | Callable[[str, nn.Parameter], bool] | set[str] | frozenset[str]
+
+
+_CONVOLUTIONS = (torch.ops.aten.convolution, torch.ops.aten._convolution)
 
 
 class SavedTracer(TorchDispatchMode):
@@ -39,13 +43,17 @@ class SavedTracer(TorchDispatchMode):
         self.keep: list[torch.Tensor] = []  # keeps storage keys unique for the whole run
         self.unknown: dict[str, str] = {}  # operator -> first layer it ran in, for operators without a rule
         self.efficient: dict[str, int] = {}  # layer -> bytes its own autograd function declared
-        self.steps: list[tuple[int, int, int]] = []  # per operator: (saved so far, transient bytes, grad bytes)
+        self.ops: list[OpRecord] = []  # per operator, for the peak
+        self.inputs: dict[Hashable, int] = {}  # storages of the input batch (held by the caller throughout)
+        self.saved_held = 0  # saved bytes that are not the input batch's
         self.custom = 0  # > 0 while an efficient module's own autograd function runs
         self.own: list[bool] = []  # per running module: whether it declares what it keeps
+        self.conv_seen = False  # the operator being recorded is a convolution (it has scratch buffers)
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
         out = _fake_batch_norm(func, args) or func(*args, **kwargs)
+        self.conv_seen = func.overloadpacket in _CONVOLUTIONS
         ins, outs = tensors((args, kwargs)), tensors(out)
         self.keep += ins + outs
         if not outs:
@@ -68,18 +76,42 @@ class SavedTracer(TorchDispatchMode):
         if isinstance(t, int):
             self.saved[("private", len(self.saved))] = (self.stack[-1], t)
             self.saved_total += t
+            self.saved_held += t
             return
         key = storage_key(t)
         if key not in self.resident and key not in self.saved and storage_bytes(t):
             self.keep.append(t)
             self.saved[key] = (self.stack[-1], storage_bytes(t))
             self.saved_total += storage_bytes(t)
+            self.saved_held += 0 if key in self.inputs else storage_bytes(t)
 
     def _step(self, ins: list[torch.Tensor], outs: list[torch.Tensor], needs: bool) -> None:
-        acts = {storage_key(t): storage_bytes(t) for t in (*ins, *outs) if storage_key(t) not in self.resident}
-        transient = sum(b for k, b in acts.items() if k not in self.saved)
-        grads = sum(t.numel() * t.element_size() for t in (*ins, *outs) if needs and t.is_floating_point())
-        self.steps.append((self.saved_total, transient, grads))
+        op = OpRecord(saved_so_far=self.saved_held)
+        for t in ins:
+            key = storage_key(t)
+            if key not in self.resident:
+                op.reads.add(key)
+                op.grad_bytes += t.numel() * t.element_size() if needs and t.requires_grad else 0
+            elif t.requires_grad:
+                op.params[key] = storage_bytes(t)
+        for t in outs:
+            key = storage_key(t)
+            if key not in self.resident:
+                op.writes.setdefault(key, storage_bytes(t))
+                op.grad_bytes += t.numel() * t.element_size() if needs and t.is_floating_point() else 0
+        if self.conv_seen:
+            op.workspace = sum(storage_bytes(t) for t in outs)
+            op.backward_workspace = storage_bytes(ins[0]) if needs and ins[0].requires_grad else 0
+        self.ops.append(op)
+
+    def peak(self, outputs: list[torch.Tensor]) -> tuple[int, int]:
+        """(forward, backward) activation peaks of the traced forward (see :mod:`._training_peak`)."""
+        seen: set[Hashable] = set()
+        for op in reversed(self.ops):  # a parameter's gradient appears at its last use in the forward
+            op.param_grad_bytes = sum(b for k, b in op.params.items() if k not in seen)
+            seen.update(op.params)
+        saved = {k for k in self.saved if k not in self.inputs}
+        return activation_peak(self.ops, self.inputs, {storage_key(t) for t in outputs}, saved)
 
 
 def _fake_batch_norm(func: Any, args: tuple[Any, ...]) -> tuple[torch.Tensor, ...] | None:
@@ -101,9 +133,10 @@ def _positional(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> lis
     return full
 
 
-def trace_saved(model: nn.Module, example: Example, tracer: SavedTracer, mode: Any = None) -> None:
+def trace_saved(model: nn.Module, example: Example, tracer: SavedTracer, mode: Any = None) -> list[torch.Tensor]:
     """One training-mode forward of ``model`` with gradients enabled, under ``tracer`` (and a fake-tensor ``mode``)."""
     args, kwargs = _as_call(example)
+    tracer.inputs = {storage_key(t): storage_bytes(t) for t in tensors((args, kwargs))}
     handles = []
     for name, mod in model.named_modules():
         if owner_name(name) != name:
@@ -112,7 +145,7 @@ def trace_saved(model: nn.Module, example: Example, tracer: SavedTracer, mode: A
         handles.append(mod.register_forward_hook(lambda m, a, o, n=name: _leave(tracer, m, n, a, o)))
     try:
         with torch.enable_grad(), mode or contextlib.nullcontext(), tracer:
-            model(*args, **kwargs)
+            return tensors(model(*args, **kwargs))
     finally:
         for h in handles:
             h.remove()
@@ -134,6 +167,7 @@ def _leave(tracer: SavedTracer, module: nn.Module, name: str, inputs: tuple[Any,
             for t in declared:
                 tracer.record(t)
             tracer.efficient[name] = tracer.efficient.get(name, 0) + tracer.saved_total - before
+            tracer.ops.append(_backward_record(tracer, module, inputs, output))
     tracer.stack.pop()
 
 
@@ -152,6 +186,17 @@ class Resident(set):
 
 def resident_keys(model: nn.Module, mode: Any = None) -> Resident:
     return Resident(model, mode)
+
+
+def _backward_record(tracer: SavedTracer, module: nn.Module, inputs: tuple[Any, ...], output: Any) -> OpRecord:
+    """The backward of an efficient module's own function, which the forward trace cannot see: the gradients of its
+    output and input, and the scratch it declares (``backward_workspace``)."""
+    outs = tensors(output)
+    ins = [t for t in tensors(inputs) if t.requires_grad]
+    scratch = getattr(module, "backward_workspace", None)
+    return OpRecord(saved_so_far=tracer.saved_held,
+                    grad_bytes=sum(t.numel() * t.element_size() for t in (*outs, *ins) if t.requires_grad),
+                    backward_workspace=scratch(inputs, output) if scratch and ins else 0)  # fmt: skip
 
 
 def oracle_saved_bytes(model: nn.Module, example: Example, mode: Any = None) -> int:

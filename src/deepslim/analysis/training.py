@@ -15,11 +15,13 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
 from deepslim.analysis._execution import fake_mode, fake_state_undone, to_fake
 from deepslim.analysis._format import human
-from deepslim.analysis._tracer import Example, owner_name
+from deepslim.analysis._tracer import Example, _as_call, owner_name, storage_bytes, storage_key, tensors
+from deepslim.analysis._training_peak import measured_peak_bytes
 from deepslim.analysis._training_trace import (
     SavedTracer,
     Trainable,
@@ -70,7 +72,7 @@ class TrainingProfile:
     optimizer_bytes: int
     saved_bytes: int  # activations kept for backward (unique storages; the model's own tensors excluded)
     transient_bytes: int  # the largest forward temporaries / backward workspace on top of the saved activations
-    peak_bytes: int  # weights + gradients + optimizer state + saved activations at their peak + transient
+    peak_bytes: int  # most held at once in a steady-state step: weights, optimizer state, batch, activations, grads
     unknown_ops: tuple[str, ...] = ()  # operators without a rule, counted conservatively
     stock_layers: tuple[str, ...] = ()  # layers with trainable or saved state that run the stock PyTorch way
     device: str | None = None
@@ -138,9 +140,9 @@ def training_profile(model: nn.Module, example_batch: Example, *, trainable: Tra
         with mode:
             fake = rebatch(to_fake(mode, example_batch), batch_size)
         tracer = SavedTracer(resident_keys(model, mode))
-        trace_saved(model, fake, tracer, mode)
+        outputs = trace_saved(model, fake, tracer, mode)
     label = trainable if isinstance(trainable, str) else f"{len(names)} tensors"
-    prof = _assemble(model, tracer, names, label, optimizer, batch_size)
+    prof = _assemble(model, tracer, names, label, optimizer, batch_size, tracer.peak(outputs))
     return prof.with_device(device) if device is not None else prof
 
 
@@ -161,7 +163,7 @@ def measure_saved_bytes(model: nn.Module, example_batch: Example, *, trainable: 
 
 
 def _assemble(model: nn.Module, tracer: SavedTracer, names: set[str], label: str, optimizer: str,
-              batch_size: int | None) -> TrainingProfile:  # fmt: skip
+              batch_size: int | None, peaks: tuple[int, int]) -> TrainingProfile:  # fmt: skip
     states = _OPTIMIZER_STATES[optimizer]
     saved: dict[str, int] = {}
     for layer, nbytes in tracer.saved.values():
@@ -182,35 +184,52 @@ def _assemble(model: nn.Module, tracer: SavedTracer, names: set[str], label: str
         if frozen or trainable or saved.get(mod_name):
             rows.append(LayerTraining(mod_name, type(mod).__name__, frozen, trainable, trainable,
                                       trainable * states, saved.get(mod_name, 0), mod_name in tracer.efficient))
-    return _totals(model, tuple(rows), tracer, label, optimizer, batch_size)
+    return _totals(model, tuple(rows), tracer, label, optimizer, batch_size, peaks)
 
 
 def _totals(model: nn.Module, rows: tuple[LayerTraining, ...], tracer: SavedTracer, label: str, optimizer: str,
-            batch_size: int | None) -> TrainingProfile:  # fmt: skip
-    resident = sum(r.frozen_bytes + r.trainable_bytes + r.grad_bytes + r.optimizer_bytes for r in rows)
+            batch_size: int | None, peaks: tuple[int, int]) -> TrainingProfile:  # fmt: skip
+    weights = sum(r.frozen_bytes + r.trainable_bytes for r in rows)
+    grads, states = sum(r.grad_bytes for r in rows), sum(r.optimizer_bytes for r in rows)
     saved_total = sum(r.saved_bytes for r in rows)
-    activation_peak, transient = _activation_peak(tracer.steps, saved_total)
+    # steady state: weights and optimizer state always; on top, the forward, the backward or the update's gradients
+    peak = weights + states + max(*peaks, grads + sum(tracer.inputs.values()))
     stock = tuple(r.name for r in rows if not r.efficient and (r.saved_bytes or r.trainable_bytes))
     return TrainingProfile(
         model=type(model).__name__, batch_size=batch_size, trainable=label, optimizer=optimizer, layers=rows,
-        weight_bytes=sum(r.frozen_bytes + r.trainable_bytes for r in rows),
-        trainable_bytes=sum(r.trainable_bytes for r in rows), grad_bytes=sum(r.grad_bytes for r in rows),
-        optimizer_bytes=sum(r.optimizer_bytes for r in rows), saved_bytes=saved_total, transient_bytes=transient,
-        peak_bytes=resident + activation_peak, unknown_ops=tuple(sorted(tracer.unknown)), stock_layers=stock,
+        weight_bytes=weights, trainable_bytes=sum(r.trainable_bytes for r in rows), grad_bytes=grads,
+        optimizer_bytes=states, saved_bytes=saved_total,
+        transient_bytes=max(0, peak - weights - grads - states - saved_total), peak_bytes=peak,
+        unknown_ops=tuple(sorted(tracer.unknown)), stock_layers=stock,
     )  # fmt: skip
 
 
-def _activation_peak(steps: list[tuple[int, int, int]], saved_total: int) -> tuple[int, int]:
-    """Most activation bytes alive at once, and the transient part of it.
+def measure_peak_bytes(model: nn.Module, example_batch: Example, *, trainable: Trainable = "all",
+                       optimizer: str = "adam", batch_size: int | None = None) -> int:  # fmt: skip
+    """The check for ``peak_bytes``: one real steady-state training step's peak, from its allocation trace.
 
-    Forward: at each operator, what has been saved so far plus the operator's own unsaved inputs and outputs. Backward
-    (operators in reverse): what the earlier operators saved is still held, plus the gradients flowing through this
-    operator (one per differentiable input and output).
+    The step is forward, ``output.sum()`` backward and an optimizer update (Adam or SGD, with momentum if asked, lr
+    1e-3), after one warm-up step; parameters, optimizer state and batch count as held. The model's weights change:
+    measure a copy if they matter.
     """
-    forward = max((s + t for s, t, _ in steps), default=0)
-    backward = max((s + g for s, _, g in steps), default=0)
-    peak = max(forward, backward, saved_total)
-    return peak, peak - saved_total
+    if optimizer not in _OPTIMIZER_STATES:
+        raise ConfigError(f"unknown optimizer {optimizer!r}; use one of {', '.join(_OPTIMIZER_STATES)}")
+    names = select_trainable(model, trainable)
+    if not names:
+        raise ConfigError("nothing to train: a training step needs at least one trainable parameter")
+    batch = rebatch(example_batch, batch_size)
+    args, kwargs = _as_call(batch)
+    with trainable_applied(model, names):
+        params = [p for p in model.parameters() if p.requires_grad]
+        optim = (torch.optim.Adam(params, lr=1e-3) if optimizer == "adam"
+                 else torch.optim.SGD(params, lr=1e-3, momentum=0.9 if optimizer == "sgd-momentum" else 0.0))
+
+        def step() -> None:
+            model(*args, **kwargs).float().sum().backward()
+            optim.step()
+
+        held = sum(storage_bytes(t) for t in {storage_key(t): t for t in tensors((args, kwargs))}.values())
+        return measured_peak_bytes(model, step, optim, held)
 
 
 def sqrt_segments(n_layers: int) -> int:
@@ -218,4 +237,5 @@ def sqrt_segments(n_layers: int) -> int:
     return max(1, math.ceil(math.sqrt(n_layers)))
 
 
-__all__ = ["LayerTraining", "TrainingProfile", "measure_saved_bytes", "sqrt_segments", "training_profile"]
+__all__ = ["LayerTraining", "TrainingProfile", "measure_peak_bytes", "measure_saved_bytes", "sqrt_segments",
+           "training_profile"]

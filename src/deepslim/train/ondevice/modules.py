@@ -39,6 +39,9 @@ class FrozenConv2d(nn.Conv2d):
     def saved_for_backward(self, args: tuple[Any, ...], output: torch.Tensor) -> list[torch.Tensor | int]:
         return []
 
+    def backward_workspace(self, args: tuple[Any, ...], output: torch.Tensor) -> int:
+        return args[0].numel() * args[0].element_size()  # the transposed convolution's scratch, as stock
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.efficient_for((x,)) or not _needs_grad(x, self.bias):
             return super().forward(x)
@@ -71,6 +74,9 @@ class PackedReLU(nn.ReLU):
     def saved_for_backward(self, args: tuple[Any, ...], output: torch.Tensor) -> list[torch.Tensor | int]:
         return [packed_bytes(args[0].numel())] if args[0].requires_grad else []
 
+    def backward_workspace(self, args: tuple[Any, ...], output: torch.Tensor) -> int:
+        return 2 * args[0].numel()  # the mask unpacked: the shifted bytes, then the booleans
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _needs_grad(x):
             return super().forward(x)
@@ -82,6 +88,7 @@ class PackedReLU6(nn.ReLU6):
 
     saved_for_backward = PackedReLU.saved_for_backward
     efficient_for = PackedReLU.efficient_for
+    backward_workspace = PackedReLU.backward_workspace
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _needs_grad(x):
@@ -136,6 +143,9 @@ class BlockAvgPool2d(nn.Module):
 
     def saved_for_backward(self, args: tuple[Any, ...], output: torch.Tensor) -> list[torch.Tensor | int]:
         return []
+
+    def backward_workspace(self, args: tuple[Any, ...], output: torch.Tensor) -> int:
+        return args[0].numel() * args[0].element_size()  # the gradient spread over rows before columns
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         kernel = self.kernel or tuple(x.shape[-2:])
