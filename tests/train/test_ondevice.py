@@ -218,3 +218,14 @@ def test_a_budget_not_even_the_smallest_update_meets_names_the_smallest_figure()
     with pytest.raises(ConfigError, match=r"cannot be met: the smallest update .* needs \d+ bytes and bias-only \d+"):
         plan_sparse_update(model, batches, F.cross_entropy, budget_bytes=sum(p.numel() * 4 for p in model.parameters()),
                            example_batch=x)
+
+
+def test_tinytl_refuses_to_size_branches_blind_or_to_convert_twice() -> None:
+    model, x = _mobilenet()
+    with pytest.raises(ConfigError, match="needs example_input"):
+        tinytl_(copy.deepcopy(model))
+    tiny = tinytl_(copy.deepcopy(model), example_input=x)
+    with pytest.raises(ConfigError, match="convert a model only once"):
+        tinytl_(tiny, example_input=x)
+    with pytest.raises(ConfigError, match="not modules"):
+        tinytl_(copy.deepcopy(model), example_input=x, blocks=["features.99"])

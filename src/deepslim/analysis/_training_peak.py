@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepslim.errors import UnsupportedModelError
+
 
 @dataclass
 class OpRecord:
@@ -87,7 +89,10 @@ def measured_peak_bytes(model: nn.Module, step: Callable[[], Any], optimizer: to
                 if isinstance(t, torch.Tensor))  # fmt: skip
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
         step()
-    events = sorted((e.start_ns(), e.nbytes()) for e in prof.profiler.kineto_results.events() if e.name() == "[memory]")
+    results = getattr(getattr(prof, "profiler", None), "kineto_results", None)
+    if results is None:
+        raise UnsupportedModelError("this torch's profiler gives no allocation trace; measure the peak another way")
+    events = sorted((e.start_ns(), e.nbytes()) for e in results.events() if e.name() == "[memory]")
     live = peak = 0
     for _, nbytes in events:
         live += nbytes

@@ -112,8 +112,8 @@ def tinytl_(model: nn.Module, *, residual: bool = True, example_input: Example |
     """TinyTL in place: efficient layers, frozen weights, trainable biases, lite residual branches and the head.
 
     ``blocks`` names the modules that get a lite residual branch (default: every InvertedResidual, BasicBlock and
-    Bottleneck); their input and output sizes come from one fake-tensor run on ``example_input`` (required when
-    ``residual``). Return the model.
+    Bottleneck); their input and output sizes come from one eval-mode forward on one sample of ``example_input``
+    (required when ``residual``). Return the model.
     """
     if downsample < 1 or groups < 1 or expand <= 0:
         raise ConfigError("downsample and groups must be at least 1 and expand positive")
@@ -124,6 +124,9 @@ def tinytl_(model: nn.Module, *, residual: bool = True, example_input: Example |
         targets = _blocks(model, blocks)
         if not targets:
             raise ConfigError("no block to add a lite residual branch to; name them with blocks=[...]")
+        done = [n for n, b in targets.items() if hasattr(b, "lite_residual")]
+        if done:
+            raise ConfigError(f"block {done[0]} has a lite residual branch already; convert a model only once")
         shapes = _block_shapes(model, targets, example_input)
     bias_only_(model, efficient=True, train_last=train_head)
     for name, block in targets.items():
