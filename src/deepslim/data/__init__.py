@@ -1,6 +1,6 @@
 """Datasets: ``load_data(spec)`` returns a DataBundle of loaders, a calibration subset and an example input."""
 
-from deepslim.data import builtin, files, real  # noqa: F401  (register the loaders)
+from deepslim.data import builtin, files, real, sentences  # noqa: F401  (register the loaders)
 from deepslim.data._bundle import DataBundle, Preprocessing
 from deepslim.data._registry import list_datasets, load_data, register_dataset
 

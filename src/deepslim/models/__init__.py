@@ -3,7 +3,7 @@
 Importing this package registers every architecture; ``list_models()`` lists them.
 """
 
-from deepslim.models import lenet, mobilenet, resnet, shufflenet, squeezenet, transformer, vgg  # noqa: F401  (register)
+from deepslim.models import hf, lenet, mobilenet, resnet, shufflenet, squeezenet, transformer, vgg  # noqa: F401  (register)
 from deepslim.models._loading import is_factory_spec, load_model, load_state_into, save_model
 from deepslim.models._registry import (
     ModelEntry,

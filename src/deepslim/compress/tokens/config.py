@@ -1,0 +1,77 @@
+"""Configs of the token reductions: one value for every layer, or one per layer."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from deepslim.errors import ConfigError
+
+
+def _per_layer(value: Any, name: str) -> Any:
+    if isinstance(value, list):
+        value = tuple(value)
+    if isinstance(value, tuple) and not value:
+        raise ConfigError(f"{name} per layer must list at least one layer")
+    return value
+
+
+def expand(value: Any, layers: int, name: str) -> tuple[Any, ...]:
+    """``value`` for each of ``layers`` layers (a scalar repeats; a tuple must have one entry per layer)."""
+    if not isinstance(value, tuple):
+        return (value,) * layers
+    if len(value) != layers:
+        raise ConfigError(f"{name} lists {len(value)} layers, but the model has {layers}")
+    return value
+
+
+@dataclass(frozen=True, kw_only=True)
+class MergeTokensConfig:
+    """ToMe: merge ``r`` tokens in every layer (or ``r=(r0, r1, ...)`` per layer); r=0 changes nothing.
+
+    Merging halves at most: a layer with T tokens merges at most (T - 1) // 2 of them, CLS never.
+    """
+
+    r: int | tuple[int, ...] = 8
+
+    def __post_init__(self) -> None:
+        r = _per_layer(self.r, "r")
+        object.__setattr__(self, "r", r)
+        for v in r if isinstance(r, tuple) else (r,):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(f"r is the number of tokens merged per layer, an int >= 0; got {v!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"r": list(self.r) if isinstance(self.r, tuple) else self.r}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> MergeTokensConfig:
+        return cls(**d)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PruneTokensConfig:
+    """Token pruning by attention received: each layer keeps ``keep_ratio`` of its tokens (CLS always), and with
+    ``threshold`` masks out tokens that receive less than ``threshold`` × the uniform share of attention."""
+
+    keep_ratio: float | tuple[float, ...] = 0.8
+    threshold: float | None = None
+
+    def __post_init__(self) -> None:
+        keep = _per_layer(self.keep_ratio, "keep_ratio")
+        object.__setattr__(self, "keep_ratio", keep)
+        for v in keep if isinstance(keep, tuple) else (keep,):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v <= 1.0 or math.isnan(v):
+                raise ConfigError(f"keep_ratio is the share of tokens a layer keeps, in (0, 1]; got {v!r}")
+        if self.threshold is not None and not 0.0 <= self.threshold < 1.0:
+            raise ConfigError(f"threshold is a fraction of the uniform attention share, in [0, 1); "
+                              f"got {self.threshold}")  # fmt: skip
+
+    def to_dict(self) -> dict[str, Any]:
+        keep = list(self.keep_ratio) if isinstance(self.keep_ratio, tuple) else self.keep_ratio
+        return {"keep_ratio": keep, "threshold": self.threshold}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PruneTokensConfig:
+        return cls(**d)

@@ -1,0 +1,204 @@
+"""Token merging (ToMe), token pruning and layer dropping: the reductions on hand-made tokens, exactness when
+nothing is reduced, padding handled as the attention mask says, and ONNX Runtime agreeing with PyTorch."""
+
+import copy
+
+import pytest
+import torch
+
+import deepslim as ds
+from deepslim.compress.tokens import (
+    MergeTokensConfig,
+    PruneTokensConfig,
+    drop_layers_,
+    layer_plans,
+    merge_tokens_,
+    prune_tokens_,
+)
+from deepslim.compress.tokens._reduce import attention_received, bipartite_merge, prune, size_bias
+from deepslim.compress.tokens.encoders import TokenVisionTransformer
+from deepslim.errors import ConfigError, UnsupportedModelError
+
+
+# -- the reductions on hand-made tokens ------------------------------------------------------------------------------
+def test_bipartite_merge_averages_the_most_similar_pair_by_size():
+    # A = tokens 0, 2, 4; B = tokens 1, 3. Token 2's key equals token 3's: they are the pair to merge.
+    metric = torch.tensor([[[1.0, 0, 0], [0, 1, 0], [0, 0, 1], [0, 0, 1], [1, 1, 0]]])
+    x = torch.arange(10.0).reshape(1, 5, 2)
+    size = torch.tensor([[1.0, 1, 3, 1, 1]])
+    out, new_size = bipartite_merge(x, size, metric, r=1)
+    # unmerged A tokens (0, 4) in order, then B (1, 3) with 2 merged into 3: (3·x2 + 1·x3) / 4
+    assert new_size.tolist() == [[1.0, 1.0, 1.0, 4.0]]
+    expected = torch.stack([x[0, 0], x[0, 4], x[0, 1], (3 * x[0, 2] + x[0, 3]) / 4])
+    assert torch.allclose(out[0], expected)
+
+
+def test_merging_keeps_the_total_size_and_the_size_weighted_sum_and_never_merges_cls():
+    g = torch.Generator().manual_seed(0)
+    x, metric = torch.randn(3, 17, 8, generator=g), torch.randn(3, 17, 4, generator=g)
+    metric[:, 0] = metric[:, 1]  # CLS looks exactly like its neighbour, yet must stay
+    size = torch.ones(3, 17)
+    out, new_size = bipartite_merge(x, size, metric, r=5)
+    assert out.shape == (3, 12, 8) and torch.allclose(new_size.sum(1), torch.full((3,), 17.0))
+    assert torch.allclose((out * new_size[..., None]).sum(1), x.sum(1), atol=1e-5)
+    assert torch.equal(out[:, 0], x[:, 0]) and (new_size[:, 0] == 1).all()
+    assert bipartite_merge(x, size, metric, r=0)[0] is x
+    assert bipartite_merge(x, size, metric, r=100)[0].shape[1] == 17 - 8  # at most (T - 1) // 2
+
+
+def test_merging_removes_padding_before_any_real_token():
+    g = torch.Generator().manual_seed(1)
+    x, metric = torch.randn(1, 12, 4, generator=g), torch.randn(1, 12, 4, generator=g)
+    size = torch.tensor([[1.0] * 5 + [0.0] * 7])  # 5 real tokens, 7 padding (3 of them in set A: 6, 8, 10)
+    out, new_size = bipartite_merge(x, size, metric, r=3)
+    real = new_size > 0
+    assert int(real.sum()) == 5 and torch.allclose(new_size.sum(), torch.tensor(5.0))
+    kept = out[real]  # the five real tokens, untouched (merged only with size-0 padding)
+    assert all(any(torch.allclose(k, t, atol=1e-6) for t in x[0, :5]) for k in kept)
+
+
+def test_pruning_keeps_cls_and_the_most_attended_tokens_in_order():
+    x = torch.arange(6.0).reshape(1, 6, 1)
+    size = torch.tensor([[1.0, 1, 1, 1, 1, 0]])
+    score = torch.tensor([[0.0, 0.3, 0.1, 0.4, 0.2, 0.9]])  # the padding token's score does not count
+    out, new_size = prune(x, size, score, keep_ratio=0.5)
+    assert out.flatten().tolist() == [0.0, 1.0, 3.0] and new_size.tolist() == [[1.0, 1.0, 1.0]]
+    _, masked = prune(x, size, score, keep_ratio=1.0, threshold=0.9)  # below 0.9/6 = 0.15: tokens 2 and 5 (pad)
+    assert masked.tolist() == [[1.0, 1.0, 0.0, 1.0, 1.0, 0.0]]
+
+
+def test_attention_received_counts_only_real_queries_and_the_size_bias_masks_padding():
+    probs = torch.zeros(1, 1, 3, 3)
+    probs[0, 0, :, 1] = 1.0  # everyone attends to token 1 ...
+    probs[0, 0, 2] = torch.tensor([0.0, 0.0, 1.0])  # ... except the padding query, which looks at itself
+    size = torch.tensor([[1.0, 2.0, 0.0]])
+    assert attention_received(probs, size).tolist() == [[0.0, 1.0, 0.0]]
+    bias = size_bias(size, torch.float32)
+    assert bias.shape == (1, 1, 1, 3) and bias[0, 0, 0, 0] == 0 and torch.isclose(bias[0, 0, 0, 1], torch.log(
+        torch.tensor(2.0))) and bias[0, 0, 0, 2] == torch.finfo(torch.float32).min  # fmt: skip
+
+
+# -- configs ---------------------------------------------------------------------------------------------------------
+def test_configs_validate_and_round_trip():
+    assert MergeTokensConfig.from_dict(MergeTokensConfig(r=[1, 2]).to_dict()) == MergeTokensConfig(r=(1, 2))
+    cfg = PruneTokensConfig(keep_ratio=(1.0, 0.5), threshold=0.1)
+    assert PruneTokensConfig.from_dict(cfg.to_dict()) == cfg
+    for bad in (-1, 1.5, True):
+        with pytest.raises(ConfigError, match="int >= 0"):
+            MergeTokensConfig(r=bad)
+    with pytest.raises(ConfigError, match=r"in \(0, 1\]"):
+        PruneTokensConfig(keep_ratio=0.0)
+    with pytest.raises(ConfigError, match="threshold"):
+        PruneTokensConfig(threshold=1.5)
+
+
+# -- the zoo's ViT ---------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def vit():
+    torch.manual_seed(0)
+    return ds.create_model("vit_tiny", input_size=16, depth=3).eval()
+
+
+def test_vit_with_r0_is_the_identity_and_merging_keeps_its_weights(vit):
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        ref = vit(x)
+        same = merge_tokens_(copy.deepcopy(vit), MergeTokensConfig(r=0))
+        assert torch.equal(same(x), ref)
+        merged = merge_tokens_(copy.deepcopy(vit), MergeTokensConfig(r=(4, 2, 0)))
+        out = merged(x)
+    assert isinstance(merged, TokenVisionTransformer) and merged.state_dict().keys() == vit.state_dict().keys()
+    assert out.shape == ref.shape and not torch.allclose(out, ref)
+    assert [p.r for p in layer_plans(merged)] == [4, 2, 0]
+    with pytest.raises(ConfigError, match="lists 2 layers, but the model has 3"):
+        merge_tokens_(copy.deepcopy(vit), MergeTokensConfig(r=(1, 2)))
+
+
+def _ort(path, feed):
+    ort = pytest.importorskip("onnxruntime")
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return torch.from_numpy(sess.run(None, {sess.get_inputs()[0].name: feed.numpy()})[0])
+
+
+def test_merged_and_pruned_vit_export_to_onnx_and_agree_with_pytorch(vit, tmp_path):
+    x = torch.randn(3, 3, 16, 16)
+    model = prune_tokens_(merge_tokens_(copy.deepcopy(vit), MergeTokensConfig(r=3)), PruneTokensConfig(keep_ratio=0.8))
+    torch.onnx.export(model, (x[:1],), str(tmp_path / "vit.onnx"), dynamo=False, opset_version=17,
+                      input_names=["x"], dynamic_axes={"x": {0: "batch"}})  # fmt: skip
+    with torch.no_grad():
+        assert torch.allclose(_ort(tmp_path / "vit.onnx", x), model(x), atol=1e-4)
+
+
+def test_drop_layers_keeps_the_named_blocks_and_refuses_bad_lists(vit):
+    model = drop_layers_(copy.deepcopy(vit), keep=[0, 2])
+    assert len(model.blocks) == 2
+    assert torch.equal(model.blocks[1].mlp[0].weight, vit.blocks[2].mlp[0].weight)
+    for bad in ([], [2, 0], [0, 0], [3]):
+        with pytest.raises(ConfigError, match="keep lists distinct layer indices"):
+            drop_layers_(copy.deepcopy(vit), keep=bad)
+
+
+def test_models_without_a_token_encoder_are_refused_by_class():
+    with pytest.raises(UnsupportedModelError, match="ResNet.*SentenceEncoder"):
+        merge_tokens_(ds.create_model("resnet20"), MergeTokensConfig(r=2))
+
+
+# -- all-MiniLM-L6-v2 ------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def minilm():
+    pytest.importorskip("transformers", reason="needs the transformers package")
+    hf = pytest.importorskip("deepslim.models.hf")
+    try:
+        model = ds.load_model("all-minilm-l6-v2").eval()
+    except ds.ModelLoadError as exc:
+        pytest.skip(f"all-MiniLM-L6-v2 is not installed: {exc}")
+    texts = ["A man plays a guitar on a busy street corner.", "Birds sing at dawn.",
+             "The river flooded the fields after heavy rain last night."]  # fmt: skip
+    ids, mask = hf.tokenize(model, texts, seq_len=32)
+    return model, ids, mask
+
+
+def test_minilm_with_r0_or_keep_1_is_exactly_the_original(minilm):
+    model, ids, mask = minilm
+    with torch.no_grad():
+        ref = model(ids, mask)
+        assert torch.equal(merge_tokens_(copy.deepcopy(model), MergeTokensConfig(r=0))(ids, mask), ref)
+        assert torch.equal(prune_tokens_(copy.deepcopy(model), PruneTokensConfig(keep_ratio=1.0))(ids, mask), ref)
+
+
+def test_minilm_merging_padding_leaves_the_embeddings_and_merging_words_changes_them(minilm):
+    model, ids, mask = minilm
+    with torch.no_grad():
+        ref = model(ids, mask)
+        pads = merge_tokens_(copy.deepcopy(model), MergeTokensConfig(r=(4, 3, 0, 0, 0, 0)))(ids, mask)
+        words = merge_tokens_(copy.deepcopy(model), MergeTokensConfig(r=5))(ids, mask)
+    assert int((mask == 0).sum(1).min()) >= 15  # padding enough for 7 merges in each sentence
+    assert (pads - ref).abs().max() < 1e-5
+    cos = torch.nn.functional.cosine_similarity(words, ref)
+    assert (cos < 0.999).any() and (cos > 0.3).all()
+
+
+def test_minilm_token_reduction_exports_and_onnx_runtime_agrees(minilm, tmp_path):
+    from deepslim.models.hf import IdsOnly
+
+    model, ids, mask = minilm
+    model = merge_tokens_(copy.deepcopy(model), MergeTokensConfig(r=3))
+    model = prune_tokens_(model, PruneTokensConfig(keep_ratio=0.9))
+    with torch.no_grad():
+        expected = model(ids, mask)
+    path = tmp_path / "m.onnx"
+    torch.onnx.export(IdsOnly(model), (ids[:1],), str(path), dynamo=False, opset_version=17,
+                      input_names=["input_ids"], dynamic_axes={"input_ids": {0: "batch"}})  # fmt: skip
+    assert not model.training  # the export left the model in eval mode
+    assert torch.allclose(_ort(path, ids), expected, atol=1e-5)
+
+
+def test_minilm_drop_layers_keeps_three_of_six(minilm):
+    model, ids, mask = minilm
+    merged = merge_tokens_(copy.deepcopy(model), MergeTokensConfig(r=(1, 2, 3, 4, 5, 6)))
+    student = drop_layers_(merged, keep=[0, 2, 5])
+    assert len(student.encoder.encoder.layer) == 3 and student.encoder.config.num_hidden_layers == 3
+    assert [p.r for p in layer_plans(student)] == [1, 3, 6]
+    assert student.encoder.encoder.layer[2] is not model.encoder.encoder.layer[5]  # a copy was changed
+    with torch.no_grad():
+        assert student(ids, mask).shape == (3, 384)
