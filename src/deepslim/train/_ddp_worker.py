@@ -24,6 +24,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 from deepslim._io import atomic_path
 from deepslim.data import DataBundle, load_data
@@ -159,8 +160,28 @@ def _distill(job: dict[str, Any], ddp: DistributedDataParallel, data: DataBundle
         if epochs.improved() and checkpoint is not None:
             save_model(model, checkpoint, example_input=data.example_input)
 
-    torch.manual_seed(job["options"]["seed"])  # hint regressors start equal on every rank
-    return distill(ddp, load_model(job["teacher"]), data, config, on_epoch=on_epoch, task=task, **_options(job))
+    teacher = load_model(job["teacher"])
+    torch.manual_seed(job["options"]["seed"])  # hint regressors start equal on every rank (seeded just before)
+    handle = register_optimizer_step_pre_hook(_averaging_hook(model))
+    try:
+        return distill(ddp, teacher, data, config, on_epoch=on_epoch, task=task, **_options(job))
+    finally:
+        handle.remove()
+
+
+def _averaging_hook(model: nn.Module) -> Any:
+    """An optimizer pre-step hook averaging, over the ranks, the gradients of parameters DDP does not own
+    (distillation's hint regressors, created inside distill), so they, too, train as in one process."""
+    owned = {id(p) for p in model.parameters()}
+
+    def hook(opt: torch.optim.Optimizer, _args: Any, _kwargs: Any) -> None:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                if id(p) not in owned and p.grad is not None:
+                    dist.all_reduce(p.grad)
+                    p.grad /= dist.get_world_size()
+
+    return hook
 
 
 def _write_outputs(workdir: Path, model: nn.Module, result: Any) -> None:

@@ -118,7 +118,8 @@ def distill_ddp(student: nn.Module, teacher: nn.Module, data: str, config: KDCon
                 on_epoch: Callable[[dict[str, float]], None] | None = None, task: Task | str | None = None,
                 threads: int = 1) -> FitResult:  # fmt: skip
     """:func:`~deepslim.train.distill` on ``nproc`` processes; options as :func:`fit_ddp`. The teacher is copied to
-    every rank and not changed; hint regressors are trained and discarded as in one process."""
+    every rank and not changed; hint regressors start from ``torch.manual_seed(seed)`` on every rank, train with
+    gradients averaged over the ranks, and are discarded as in one process."""
     config = config or KDConfig()
     job = _base_job("distill", data, data_options, nproc, epochs=epochs, lr=lr, optimizer=optimizer,
                     weight_decay=weight_decay, momentum=momentum, seed=seed, cosine=cosine,
@@ -251,8 +252,10 @@ def _failure(workdir: Path, returncode: int) -> DeepSlimError:
         cls = getattr(errors, record.get("type", ""), None)
         cls = cls if isinstance(cls, type) and issubclass(cls, DeepSlimError) else DeepSlimError
         return cls(f"data-parallel training failed on rank {record['rank']}: {record['message']}")
-    lines = [ln for ln in (workdir / "launcher.log").read_text(errors="replace").splitlines() if ln.strip()]
-    last = lines[-1].strip() if lines else "no output"
+    lines = [ln.strip() for ln in (workdir / "launcher.log").read_text(errors="replace").splitlines()]
+    lines = [ln for ln in lines if ln and not set(ln) <= set("=-*")]  # torchrun frames its summary in ====
+    errors_ = [ln for ln in lines if "error" in ln.lower() or "exitcode" in ln.lower() or "signal" in ln.lower()]
+    last = (errors_ or lines or ["no output"])[-1]
     return DeepSlimError(f"data-parallel training failed (torchrun exit status {returncode}): {last}")
 
 
