@@ -22,6 +22,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -44,6 +45,7 @@ from deepslim.train.distill import KDConfig
 from deepslim.train.loop import FitResult, Optimizer
 
 log = logging.getLogger(__name__)
+_EXCEPTION_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Interrupt|Exit)\b")
 
 JOB_FILE = "job.json"
 STATE_FILE = "trained.pt"
@@ -252,10 +254,12 @@ def _failure(workdir: Path, returncode: int) -> DeepSlimError:
         cls = getattr(errors, record.get("type", ""), None)
         cls = cls if isinstance(cls, type) and issubclass(cls, DeepSlimError) else DeepSlimError
         return cls(f"data-parallel training failed on rank {record['rank']}: {record['message']}")
-    lines = [ln.strip() for ln in (workdir / "launcher.log").read_text(errors="replace").splitlines()]
-    lines = [ln for ln in lines if ln and not set(ln) <= set("=-*")]  # torchrun frames its summary in ====
-    errors_ = [ln for ln in lines if "error" in ln.lower() or "exitcode" in ln.lower() or "signal" in ln.lower()]
-    last = (errors_ or lines or ["no output"])[-1]
+    lines = [ln.strip() for ln in (workdir / "launcher.log").read_text(errors="replace").splitlines() if ln.strip()]
+    # a rank that died before its own handler ran (an import error, a signal): its traceback's last line, else
+    # torchrun's summary ("exitcode : -9 (pid: ...)"), else whatever came last
+    raised = [ln for ln in lines if _EXCEPTION_LINE.match(ln) and "ChildFailedError" not in ln]
+    codes = [ln for ln in lines if ln.startswith("exitcode")]
+    last = (raised or codes or lines or ["no output"])[-1]
     return DeepSlimError(f"data-parallel training failed (torchrun exit status {returncode}): {last}")
 
 
