@@ -4,6 +4,7 @@ import multiprocessing
 import os
 import signal
 import time
+import warnings
 
 import pytest
 
@@ -66,7 +67,9 @@ def start_workers(url, name, count, *, killer=False):
 
 def slot_of(trial):
     """The queued slot a trial fills: its own number, or for a retry the number of the trial it retries."""
-    retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    with warnings.catch_warnings():  # "experimental" since Optuna 2.8
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        retried = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
     return trial.number if retried is None else retried
 
 
@@ -134,3 +137,12 @@ def test_joining_a_study_of_another_space_or_version_is_refused(tmp_path, monkey
     monkeypatch.setattr("deepslim.__version__", "9.9.9")
     with pytest.raises(StorageError, match=r"created by deepslim 0\.1\.0; this worker runs 9\.9\.9"):
         join_study(url, "s", space_fingerprint=FP)
+
+
+def test_a_joining_worker_beats_and_judges_staleness_as_the_study_was_created(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    create_study_once(url, "s", ["minimize"], metadata={"space_fingerprint": FP}, **FAST)
+    study = join_study(url, "s", space_fingerprint=FP)  # this worker's defaults are 60 s / 180 s
+    assert study._storage.get_heartbeat_interval() == 1 and study.user_attrs["deepslim_heartbeat"] == [1, 2]
+    with pytest.raises(StorageError, match="does not exist"):
+        open_storage(f"sqlite:///{tmp_path / 'missing' / 's.db'}")

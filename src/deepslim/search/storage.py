@@ -42,6 +42,7 @@ GRACE_PERIOD_S = 180
 MAX_RETRY = 3
 VERSION_ATTR = "deepslim_version"
 SPACE_ATTR = "deepslim_space"
+HEARTBEAT_ATTR = "deepslim_heartbeat"  # [interval_s, grace_period_s], set when the study is created
 
 
 class StorageError(DeepSlimError):
@@ -194,13 +195,20 @@ def create_study_once(url: str | None, name: str, directions: Sequence[str], *, 
         if key != "space_fingerprint":
             study.set_user_attr(key, value)
     study.set_user_attr(SPACE_ATTR, metadata["space_fingerprint"])
+    interval = _heartbeat_interval(storage)
+    if interval:  # every worker must beat and judge staleness alike, whatever its own defaults
+        study.set_user_attr(HEARTBEAT_ATTR, [interval, getattr(storage, "grace_period", None)])
     study.set_user_attr(VERSION_ATTR, _version())
     return study
 
 
 def join_study(url: str | None, name: str, *, space_fingerprint: str, out_dir: str | os.PathLike[str] | None = None,
                **storage_options: Any) -> Any:  # fmt: skip
-    """Load an existing study for a worker; refuse a study of another deepslim version or search space."""
+    """Load an existing study for a worker; refuse a study of another deepslim version or search space.
+
+    The worker beats at the interval, and judges other workers' trials stale after the grace period, that the
+    study was created with (``storage_options`` otherwise), so workers started with different settings agree.
+    """
     optuna = _optuna()
     storage = open_storage(url, out_dir=out_dir, **storage_options)
     try:
@@ -210,6 +218,10 @@ def join_study(url: str | None, name: str, *, space_fingerprint: str, out_dir: s
         raise StorageError(f"no study {name!r} in this storage (it has: {', '.join(names) or 'none'}): "
                            "create it with deepslim search first") from None  # fmt: skip
     _check_compatible(study, name, space_fingerprint)
+    recorded = study.user_attrs.get(HEARTBEAT_ATTR)
+    if recorded and [_heartbeat_interval(storage), getattr(storage, "grace_period", None)] != recorded:
+        options = {**storage_options, "heartbeat_interval": recorded[0], "grace_period": recorded[1]}
+        study = optuna.load_study(study_name=name, storage=open_storage(url, out_dir=out_dir, **options))
     return study
 
 
