@@ -38,7 +38,7 @@ install: $(VENV)/.base
 install-test: $(VENV)/.test
 
 demo: install
-	$(BIN)/deepslim demo
+	$(BIN)/deepslim demo --overwrite
 
 test: install-test
 	$(BIN)/python -m pytest -q
