@@ -42,17 +42,22 @@ class Evil:
         return (print, ("pwned",))
 
 
-def test_arbitrary_pickle_is_refused(tmp_path):
-    path = tmp_path / "evil.pt"
-    with open(path, "wb") as fh:
+def test_arbitrary_pickle_is_refused(tmp_path, capsys):
+    legacy = tmp_path / "evil.pt"
+    with open(legacy, "wb") as fh:
         pickle.dump({"state_dict": Evil()}, fh, protocol=2)
-    with pytest.raises(ds.ModelLoadError, match="GLOBAL print.*weights_only=True"):
-        ds.load_model(path)
+    with pytest.raises(ds.ModelLoadError, match="not a zip checkpoint .a legacy PyTorch pickle"):
+        ds.load_model(legacy)
+    zipped = tmp_path / "evil-zip.pt"
+    torch.save({"state_dict": Evil()}, zipped)
+    with pytest.raises(ds.ModelLoadError, match="import builtins.print when unpickled"):
+        ds.load_model(zipped)
+    assert "pwned" not in capsys.readouterr().out
 
 
 def test_garbage_and_missing_files(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
-    with pytest.raises(ds.ModelLoadError, match="not a PyTorch checkpoint"):
+    with pytest.raises(ds.ModelLoadError, match="not a zip checkpoint"):
         ds.load_model(tmp_path / "junk.pt")
     with pytest.raises(ds.ModelLoadError, match="does not exist"):
         ds.load_model(tmp_path / "missing.pt")

@@ -129,7 +129,7 @@ def test_the_cli_refuses_a_crafted_pt2_in_one_line_with_exit_2(program, tmp_path
     crafted = _rewrite(base, tmp_path / "crafted.pt2", lambda m: craft(m, marker))
     code = main(["profile", str(crafted)])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and "deepslim save_model" in err
+    assert code == 2 and len(err.splitlines()) == 1 and "deepslim save_model" in err, err
     assert not marker.exists()
 
 

@@ -32,6 +32,7 @@ from deepslim._modes import inference_mode
 from deepslim.errors import ArchiveError, ConfigError, ModelLoadError
 from deepslim.models._records import check_records, fresh_architecture, model_records, set_records
 from deepslim.models._registry import recorded_example_input
+from deepslim.models._safe import verify_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,9 @@ def write_checkpoint(model: nn.Module, dest: Path, example_input: Any = None) ->
 def _unpickle(path: Path) -> Any:
     if not path.is_file():
         raise ModelLoadError(f"weights file {str(path)!r} does not exist")
+    # weights_only=True refuses foreign globals, but a legacy pickle's declared storage sizes are allocated before
+    # anything is checked: the file is scanned first (zip bombs, storages larger than the file, foreign globals)
+    verify_checkpoint(path)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
