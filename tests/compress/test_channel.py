@@ -202,8 +202,21 @@ ZOO = {
 }  # fmt: skip
 
 
+EMBEDDERS = {"all-minilm-l6-v2"}  # sentence encoders: embeddings out, pruned through torch.export
+
+
 def test_conformance_covers_the_whole_zoo():
-    assert set(ZOO) == set(ds.list_models())
+    assert set(ZOO) | EMBEDDERS == set(ds.list_models())
+
+
+@pytest.mark.parametrize("name", sorted(EMBEDDERS))
+def test_zoo_embedder_channel_pruned_through_torch_export(name):
+    model = ds.create_model(name).eval()
+    x = ds.example_input(name, batch_size=2)
+    params, shape = sum(p.numel() for p in model.parameters()), model(x).shape
+    result = ds.compress.prune.prune_channels_(model, ds.ChannelPruneConfig(ratio=0.5), x)
+    assert result.capture == "torch.export" and model(x).shape == shape
+    assert sum(p.numel() for p in model.parameters()) < 0.9 * params  # the feed-forward layers lost half
 
 
 @pytest.mark.parametrize("name", sorted(ZOO))

@@ -1,14 +1,18 @@
 """The channel dependency graph: which layers must lose the same channels together.
 
-The model is traced with torch.fx and its shapes propagated. Every tensor value gets a *layout*: which dimension holds
-channels and which *channel spaces* fill it (a concatenation holds several, side by side; a flatten spreads each
-channel over ``unit`` consecutive features). A layer that makes channels (a convolution's or linear layer's output, an
-embedding's columns, an attention module's heads) opens a new space; operations that tie channels together — residual
-additions, depthwise convolutions, normalization — merge spaces (union-find). A merged space is a *group*: removing
-channel i removes it from every member ("conv1 out ⇒ bn1 ⇒ layer1.0.conv1 in ⇒ …").
+The model is captured with torch.fx, or torch.export when fx cannot trace it (:mod:`._capture`), with shapes on every
+node; layers are recognized by their layer kind (:mod:`deepslim.models.adapters`), not their exact class. Every tensor
+value gets a *layout*: which dimension holds channels and which *channel spaces* fill it (a concatenation holds several,
+side by side; a flatten spreads each channel over ``unit`` consecutive features). A layer that makes channels (a
+convolution's or linear layer's output, an embedding's columns, an attention module's heads) opens a new space;
+operations that tie channels together — residual additions, depthwise convolutions, normalization — merge spaces (union-
+find). A merged space is a *group*: removing channel i removes it from every member ("conv1 out ⇒ bn1 ⇒ layer1.0.conv1
+in ⇒ …").
 
 Anything the graph cannot prove safe blocks the spaces it touches — reshapes that mix channels, channel slicing or
-padding, unknown operators, the model's inputs and outputs — so pruning can shrink a model but never break it.
+padding, unknown operators, the model's inputs and outputs — so pruning can shrink a model but never break it. Layers
+whose weight is also read elsewhere (tied, shared, parametrized) or that run twice are left whole and named; and
+``prune_channels_`` still runs the pruned model and undoes the surgery if it fails.
 Idea after Fang et al., "DepGraph: Towards Any Structural Pruning", CVPR 2023; this implementation is our own.
 """
 
