@@ -38,11 +38,19 @@ def test_hand_built_graph_golden(tmp_path):
     assert prof.peak_activation_bytes == 2304 * 2
 
 
-def test_symbolic_batch_needs_input_shape(tmp_path):
+def test_a_free_batch_is_profiled_at_one_and_other_symbolic_dims_need_input_shape(tmp_path):
     path = _graph_model(tmp_path / "g.onnx")
-    with pytest.raises(ds.ConfigError, match="symbolic dimensions.*input_shape"):
-        ds.profile(path)
-    assert ds.profile(path, input_shape=(1, 3, 8, 8)).macs == 8 * 6 * 6 * 27 + 288 * 10
+    free = ds.profile(path)
+    assert free.macs == 8 * 6 * 6 * 27 + 288 * 10 and any("profiled at 1" in w for w in free.warnings)
+    assert ds.profile(path, input_shape=(2, 3, 8, 8)).macs == 2 * free.macs
+    import onnx
+
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.dim[2].dim_param = "height"
+    onnx.save(model, str(tmp_path / "h.onnx"))
+    with pytest.raises(ds.ConfigError, match="symbolic dimensions .height.*input_shape"):
+        ds.profile(tmp_path / "h.onnx")
+    assert ds.profile(tmp_path / "h.onnx", input_shape=(1, 3, 8, 8)).macs == free.macs
     with pytest.raises(ds.ConfigError, match="4 dimensions"):
         ds.profile(path, input_shape=(3, 8, 8))
 

@@ -44,7 +44,7 @@ def profile_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, ...] |
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]
-    _fix_input_shapes(inputs, input_shape, path)
+    notes = _fix_input_shapes(inputs, input_shape, path)
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except Exception as exc:
@@ -82,20 +82,26 @@ def profile_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, ...] |
             dtype=_DTYPE.get(weight_dtypes[0], "fp32") if weight_dtypes else "fp32",
         ))  # fmt: skip
         steps.append(Step(reads=set(acts_in), writes={o: nbytes(o) for o in node.output if o}))
-    warnings: tuple[str, ...] = ()
+    warnings: tuple[str, ...] = notes
     if unknown:
         listed = ", ".join(f"{op} (node {n})" for op, n in unknown.items())
         if strict:
             raise UnsupportedOpError(f"cannot count ONNX operator {listed}; pass strict=False "
                                      "(CLI: --allow-unknown-ops) to count it as zero MACs")  # fmt: skip
-        warnings = (f"counted as zero MACs: {listed}",)
+        warnings = (*notes, f"counted as zero MACs: {listed}")
     in_sizes = {i.name: nbytes(i.name) for i in inputs}
     peak = peak_live_bytes(steps, in_sizes, [o.name for o in inferred.graph.output])
     shapes = tuple(tuple(info[i.name][0]) for i in inputs)
     return Profile.from_layers(path.name, shapes, tuple(layers), peak, source="onnx", warnings=warnings)
 
 
-def _fix_input_shapes(inputs: list[Any], input_shape: tuple[int, ...] | None, path: Path) -> None:
+def _fix_input_shapes(inputs: list[Any], input_shape: tuple[int, ...] | None, path: Path) -> tuple[str, ...]:
+    """Give every input concrete dims: ``input_shape`` for the first; a free leading (batch) dim becomes 1.
+
+    deepslim exports every file with a free batch dimension, so batch 1 is the default a user means; any other
+    symbolic dim (a sequence length, an image size) must be given.
+    """
+    notes = []
     for k, value in enumerate(inputs):
         dims = value.type.tensor_type.shape.dim
         if k == 0 and input_shape is not None:
@@ -105,10 +111,15 @@ def _fix_input_shapes(inputs: list[Any], input_shape: tuple[int, ...] | None, pa
             for d, size in zip(dims, input_shape, strict=True):
                 d.ClearField("dim_param")
                 d.dim_value = int(size)
+        if len(dims) > 1 and not dims[0].dim_value:
+            notes.append(f"input {value.name!r}: free batch dimension {dims[0].dim_param or '?'!r} profiled at 1")
+            dims[0].ClearField("dim_param")
+            dims[0].dim_value = 1
         symbolic = [d.dim_param or "?" for d in dims if not d.dim_value]
         if symbolic:
             raise ConfigError(f"{path}: input {value.name!r} has symbolic dimensions ({', '.join(symbolic)}); "
                               "give its shape with input_shape (CLI: --input-shape)")  # fmt: skip
+    return tuple(notes)
 
 
 def _value_infos(graph: Any) -> dict[str, tuple[tuple[int | str, ...], int]]:
