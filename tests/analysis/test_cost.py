@@ -102,3 +102,15 @@ def test_depthwise_convolutions_are_counted_and_charged_at_their_own_rate():
     # compute-bound on both: the difference is exactly the depthwise MACs at a tenth of the rate
     extra = sum(lc.compute_ms for lc in b.layers) - sum(lc.compute_ms for lc in a.layers)
     assert abs(extra - dw * 9 / 1e11 * 1e3) < 1e-6
+
+
+def test_devices_state_their_main_memory_with_a_source():
+    from deepslim.analysis.devices import get_device
+
+    assert get_device("rpi4").dram_bytes == 4 * 1024**3 and "LPDDR4" in get_device("rpi4").sources["dram"]
+    assert get_device("h100").dram_bytes == 80 * 1024**3
+    mcu = get_device("cortex-m7")
+    assert mcu.dram_bytes is None and mcu.to_dict()["dram_bytes"] is None  # a microcontroller has only its SRAM
+    for name in ("rpi4", "snapdragon865", "jetson-nano", "h100"):
+        dev = get_device(name)
+        assert dev.dram_bytes > dev.onchip_bytes and "dram" in dev.sources

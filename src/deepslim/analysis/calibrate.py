@@ -9,6 +9,7 @@ system. Results are cached for the life of the process.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -164,6 +165,7 @@ def host_device() -> DeviceProfile:
         peak_macs_per_s={"fp32": fp32, "int8": int8},
         mem_bandwidth_bytes_per_s=bandwidth,
         onchip_bytes=cache,
+        dram_bytes=_total_memory_bytes(),
         op_overhead_s=overhead,
         onchip_bandwidth_bytes_per_s=cache_bw,
         depthwise_efficiency=depthwise,
@@ -172,6 +174,7 @@ def host_device() -> DeviceProfile:
             "int8": f"512x512x512 ONNX Runtime MatMulInteger (u8 x s8 -> s32), best of 10, {how}",
             "bandwidth": f"128 MB tensor copy (read + write), best of 3, {how}",
             "onchip": "largest cache in /sys/devices/system/cpu/cpu0/cache",
+            "dram": "physical memory (sysconf), capped by the cgroup's memory.max",
             "onchip_bandwidth": f"copy of a buffer filling half the last-level cache, best of 20, {how}",
             "depthwise": f"3x3 depthwise convolution, 96x56x56, in ONNX Runtime (Conv / QLinearConv) over the GEMM "
                          f"peak, best of 20, {how}",
@@ -179,3 +182,16 @@ def host_device() -> DeviceProfile:
         },
         calibrated=True,
     )
+
+
+def _total_memory_bytes() -> int | None:
+    """Physical memory, capped by this process's cgroup limit when it has one."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError):
+        return None
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            total = min(total, int(limit))
+    return total

@@ -65,6 +65,8 @@ class DeviceProfile:
     peak_macs_per_s: Mapping[str, float]  # by arithmetic: "fp32", "fp16", "int8"
     mem_bandwidth_bytes_per_s: float
     onchip_bytes: int
+    # main memory a program may use (None: no DRAM on the part, or it depends on the configuration)
+    dram_bytes: int | None = None
     op_overhead_s: float = 0.0  # fixed cost of launching one layer's kernel(s)
     onchip_bandwidth_bytes_per_s: float | None = None  # for layers whose data fits on chip (None: as off-chip)
     # fraction of the peak rate that depthwise convolutions reach, by dtype (absent: the full peak)
@@ -99,6 +101,7 @@ class DeviceProfile:
             "peak_macs_per_s": dict(self.peak_macs_per_s),
             "mem_bandwidth_bytes_per_s": self.mem_bandwidth_bytes_per_s,
             "onchip_bytes": self.onchip_bytes,
+            "dram_bytes": self.dram_bytes,
             "op_overhead_s": self.op_overhead_s,
             "calibrated": self.calibrated,
             "sources": dict(self.sources),
@@ -133,12 +136,14 @@ register_device(DeviceProfile(
     peak_macs_per_s={"fp32": 48 * G, "fp16": 48 * G, "int8": 96 * G},
     mem_bandwidth_bytes_per_s=12.8 * G,
     onchip_bytes=1024 * 1024,
+    dram_bytes=4 * 1024**3,
     sources={
         "fp32": "4 cores x 1.5 GHz x 2 NEON pipes x 4 fp32 lanes (Cortex-A72 Software Optimization Guide)",
         "fp16": "Armv8.0 NEON has no fp16 arithmetic: fp16 runs at the fp32 rate",
         "int8": "2x fp32: 8 x 16-bit lanes per pipe with widening SMLAL (no SDOT on Armv8.0)",
         "bandwidth": "32-bit LPDDR4-3200: 3200 MT/s x 4 bytes (Raspberry Pi 4 product brief)",
         "onchip": "1 MB L2 shared by the four cores (BCM2711 documentation)",
+        "dram": "4 GB LPDDR4 of the 4 GB model (1, 2 and 8 GB models exist; Raspberry Pi 4 product brief)",
     },
 ))  # fmt: skip
 register_device(DeviceProfile(
@@ -147,12 +152,14 @@ register_device(DeviceProfile(
     peak_macs_per_s={"fp32": 80 * G, "fp16": 160 * G, "int8": 320 * G},
     mem_bandwidth_bytes_per_s=44 * G,
     onchip_bytes=4 * 1024 * 1024,
+    dram_bytes=8 * 1024**3,
     sources={
         "fp32": "4 big cores x 2.5 GHz x 2 NEON pipes x 4 fp32 FMA lanes (Cortex-A77)",
         "fp16": "Armv8.2 fp16 arithmetic: 8 lanes per 128-bit pipe",
         "int8": "SDOT: 16 int8 MACs per 128-bit instruction, 2 pipes, 4 cores at 2.5 GHz",
         "bandwidth": "LPDDR5-2750, 4 x 16-bit channels (Qualcomm product brief)",
         "onchip": "4 MB system-level L3 cache (Qualcomm product brief)",
+        "dram": "8 GB LPDDR5, the common size in Snapdragon 865 phones (e.g. Galaxy S20); an app gets part of it",
     },
 ))  # fmt: skip
 register_device(DeviceProfile(
@@ -161,12 +168,14 @@ register_device(DeviceProfile(
     peak_macs_per_s={"fp32": 118 * G, "fp16": 236 * G, "int8": 118 * G},
     mem_bandwidth_bytes_per_s=25.6 * G,
     onchip_bytes=256 * 1024,
+    dram_bytes=4 * 1024**3,
     sources={
         "fp32": "128 CUDA cores x 921 MHz x 1 FMA = 118 GMAC/s (235.8 GFLOPS)",
         "fp16": "472 GFLOPS fp16 (NVIDIA Jetson Nano datasheet) = 236 GMAC/s",
         "int8": "Maxwell (sm_53) has no DP4A: int8 runs at the fp32 rate",
         "bandwidth": "64-bit LPDDR4-3200, 25.6 GB/s (Jetson Nano datasheet)",
         "onchip": "256 KB GPU L2 cache (Maxwell GM20B)",
+        "dram": "4 GB LPDDR4 shared by CPU and GPU (Jetson Nano datasheet)",
     },
 ))  # fmt: skip
 register_device(DeviceProfile(
@@ -189,6 +198,7 @@ register_device(DeviceProfile(
     peak_macs_per_s={"fp32": 33.5e12, "tf32": 247.5e12, "fp16": 494.7e12, "int8": 989.5e12},
     mem_bandwidth_bytes_per_s=3.35e12,
     onchip_bytes=50 * 1024 * 1024,
+    dram_bytes=80 * 1024**3,
     op_overhead_s=3e-6,
     sources={
         "fp32": "67 TFLOPS fp32 (non-tensor) (NVIDIA H100 datasheet)",
@@ -197,6 +207,7 @@ register_device(DeviceProfile(
         "int8": "1,979 TOPS int8 tensor core, dense",
         "bandwidth": "3.35 TB/s HBM3 (datasheet)",
         "onchip": "50 MB L2 cache",
+        "dram": "80 GB HBM3 (datasheet)",
         "op_overhead": "~3 us kernel launch, a commonly measured figure",
     },
 ))  # fmt: skip
