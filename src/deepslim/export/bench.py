@@ -18,6 +18,21 @@ from torch import nn
 from deepslim._modes import inference_mode
 from deepslim.errors import ConfigError, ExportError, InputShapeError
 
+FILE_RUNTIMES = ("onnxruntime", "openvino", "openvino-bf16")  # run a file in a worker process (see _worker.py)
+RUNTIMES = (*FILE_RUNTIMES, "torch")
+_NAMES = {"onnxruntime": "ONNX Runtime", "openvino": "OpenVINO", "openvino-bf16": "OpenVINO (bf16)"}
+
+
+def check_runtime(runtime: str, *, files_only: bool = False) -> None:
+    """A ``ConfigError`` listing the valid runtimes for an unknown one; an ``ExportError`` for a missing extra."""
+    valid = FILE_RUNTIMES if files_only else RUNTIMES
+    if runtime not in valid:
+        raise ConfigError(f"unknown runtime {runtime!r}; choose one of {', '.join(valid)}")
+    if runtime.startswith("openvino"):
+        from deepslim.export.openvino import _require
+
+        _require()
+
 
 @dataclass(frozen=True)
 class BenchResult:
@@ -74,9 +89,10 @@ def summarize(runtime: str, times: list[float], threads: int | None, peak: int |
 
 
 class _Worker:
-    """An ONNX Runtime session in a child process (see :mod:`deepslim.export._worker`)."""
+    """A runtime session (ONNX Runtime or OpenVINO) in a child process (see :mod:`deepslim.export._worker`)."""
 
-    def __init__(self, path: Path, feed: np.ndarray, threads: int | None, spinning: bool, tmp: Path):
+    def __init__(self, path: Path, feed: np.ndarray, threads: int | None, spinning: bool, tmp: Path,
+                 runtime: str = "onnxruntime"):  # fmt: skip
         import subprocess
         import sys
 
@@ -84,7 +100,9 @@ class _Worker:
         np.save(npy, feed)
         self.proc = subprocess.Popen([sys.executable, "-m", "deepslim.export._worker"], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, text=True)  # fmt: skip
-        reply = self._ask({"load": str(path), "input": str(npy), "threads": threads, "spinning": spinning})
+        self.name = _NAMES[runtime]
+        reply = self._ask({"load": str(path), "input": str(npy), "threads": threads, "spinning": spinning,
+                           "runtime": runtime})  # fmt: skip
         self.rss_before = reply["rss_before"]
         self.peak = self.rss_before
 
@@ -96,11 +114,11 @@ class _Worker:
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
-            raise ExportError("the ONNX Runtime benchmark process died")
+            raise ExportError(f"the {self.name} benchmark process died")
         reply = json.loads(line)
         if "error" in reply:
             self.close()
-            raise InputShapeError(f"ONNX Runtime cannot run the model: {reply['error']}")
+            raise InputShapeError(f"{self.name} cannot run the model: {reply['error']}")
         return reply
 
     def run(self, n: int) -> list[float]:
@@ -114,12 +132,23 @@ class _Worker:
             self.proc.wait(timeout=30)
 
 
-def _onnx_feed(path: Path, x: torch.Tensor | None, shape: tuple[int, ...] | None) -> np.ndarray:
+def _input_spec(path: Path) -> tuple[tuple[int, ...], bool]:
+    """The first input's dimensions (-1: symbolic) and whether it takes int64 (token ids)."""
+    if path.suffix == ".xml":
+        from deepslim.export.openvino import _require
+
+        inp = _require().Core().read_model(str(path)).inputs[0]
+        dims = tuple(d.get_length() if d.is_static else -1 for d in inp.get_partial_shape())
+        return dims, inp.get_element_type().get_type_name() == "i64"
     import onnx
 
-    graph = onnx.load(str(path), load_external_data=False).graph
-    inp = graph.input[0]
+    inp = onnx.load(str(path), load_external_data=False).graph.input[0]
     dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in inp.type.tensor_type.shape.dim)
+    return dims, inp.type.tensor_type.elem_type == onnx.TensorProto.INT64
+
+
+def _onnx_feed(path: Path, x: torch.Tensor | None, shape: tuple[int, ...] | None) -> np.ndarray:
+    dims, int64 = _input_spec(path)
     if x is not None:
         feed = x.numpy()
     else:
@@ -127,7 +156,7 @@ def _onnx_feed(path: Path, x: torch.Tensor | None, shape: tuple[int, ...] | None
         want = shape or ((1, *dims[1:]) if dims and dims[0] < 1 else dims)
         if any(d < 1 for d in want):
             raise InputShapeError(f"{path} has a symbolic input shape {dims}; give input_shape")
-        dtype = np.int64 if inp.type.tensor_type.elem_type == onnx.TensorProto.INT64 else np.float32
+        dtype = np.int64 if int64 else np.float32
         feed = np.random.default_rng(0).standard_normal(want).astype(dtype)
     if len(dims) != feed.ndim or any(d > 0 and d != f for d, f in zip(dims, feed.shape, strict=False)):
         raise InputShapeError(f"{path} takes input of shape {dims} (-1: any), not {tuple(feed.shape)}")
@@ -135,10 +164,12 @@ def _onnx_feed(path: Path, x: torch.Tensor | None, shape: tuple[int, ...] | None
 
 
 def _as_onnx(model: nn.Module | str | os.PathLike[str], x: torch.Tensor | None, tmp: Path, tag: str,
-             calib_data: Any = None) -> Path:  # fmt: skip
+             calib_data: Any = None, runtime: str = "onnxruntime") -> Path:  # fmt: skip
     if isinstance(model, (str, os.PathLike)):
         path = Path(model)
-        if path.suffix != ".onnx":
+        if runtime.startswith("openvino") and path.suffix not in (".onnx", ".xml"):
+            raise ConfigError(f"{path}: OpenVINO benchmarks an .onnx file or OpenVINO IR (.xml)")
+        if not runtime.startswith("openvino") and path.suffix != ".onnx":
             raise ConfigError(f"{path}: a file is benchmarked in ONNX Runtime and must be .onnx")
         if not path.is_file():
             raise ExportError(f"{path} does not exist")
@@ -155,14 +186,14 @@ def _as_onnx(model: nn.Module | str | os.PathLike[str], x: torch.Tensor | None, 
 def benchmark(model: nn.Module | str | os.PathLike[str], *, runtime: str = "onnxruntime",
               example_input: torch.Tensor | None = None, input_shape: tuple[int, ...] | None = None,
               threads: int | None = None, min_seconds: float = 1.0, calib_data: Any = None) -> BenchResult:  # fmt: skip
-    """Median batch latency of ``model`` (a module or an .onnx file) in ``runtime`` ("onnxruntime" or "torch").
+    """Median batch latency of ``model`` (a module or an .onnx file) in ``runtime``: "onnxruntime", "openvino"
+    (OpenVINO's CPU plugin, fp32 kept fp32; also takes an .xml IR file), "openvino-bf16" or "torch".
 
-    ONNX Runtime runs in a process of its own (its peak memory is measured there); at least 20 runs and
+    A file runtime runs in a process of its own (its peak memory is measured there); at least 20 runs and
     ``min_seconds`` after 5 warm-up runs. A quantized module is exported as an integer graph (``calib_data``, if
     given, widens the export's parity check; the quantization points were calibrated by ``quantize_``).
     """
-    if runtime not in ("onnxruntime", "torch"):
-        raise ConfigError(f"runtime must be 'onnxruntime' or 'torch', got {runtime!r}")
+    check_runtime(runtime)
     if example_input is None and input_shape is not None and not isinstance(model, (str, os.PathLike)):
         example_input = torch.randn(*input_shape)
     if runtime == "torch":
@@ -173,9 +204,9 @@ def benchmark(model: nn.Module | str | os.PathLike[str], *, runtime: str = "onnx
         result = _bench_torch(model, example_input, threads, min_seconds)
         return replace(result, warnings=tuple(_advice(model, example_input, None)))
     with tempfile.TemporaryDirectory() as work:
-        path = _as_onnx(model, example_input, Path(work), "model", calib_data)
+        path = _as_onnx(model, example_input, Path(work), "model", calib_data, runtime)
         feed = _onnx_feed(path, example_input, input_shape)
-        worker = _Worker(path, feed, threads, True, Path(work))
+        worker = _Worker(path, feed, threads, True, Path(work), runtime)
         try:
             worker.run(5)
             times: list[float] = []
@@ -184,7 +215,7 @@ def benchmark(model: nn.Module | str | os.PathLike[str], *, runtime: str = "onnx
                 times += worker.run(5)
         finally:
             worker.close()
-        result = summarize("onnxruntime", times, threads, worker.peak - worker.rss_before)
+        result = summarize(runtime, times, threads, worker.peak - worker.rss_before)
     return replace(result, warnings=tuple(_advice(model, example_input, input_shape)))
 
 
@@ -206,38 +237,50 @@ def _advice(model: Any, x: torch.Tensor | None, shape: tuple[int, ...] | None) -
 
 def compare(a: nn.Module | str | os.PathLike[str], b: nn.Module | str | os.PathLike[str], *,
             example_input: torch.Tensor | None = None, input_shape: tuple[int, ...] | None = None,
-            threads: int | None = None, rounds: int = 20, block: int = 5,
-            calib_data: Any = None) -> CompareResult:  # fmt: skip
-    """Latency of A and B in ONNX Runtime, interleaved so that machine drift hits both alike.
+            threads: int | None = None, rounds: int = 20, block: int = 5, calib_data: Any = None,
+            runtime: str = "onnxruntime", runtime_b: str | None = None) -> CompareResult:  # fmt: skip
+    """Latency of A in ``runtime`` and B in ``runtime_b`` (default: the same), interleaved so that machine drift
+    hits both alike; ``compare("m.onnx", "m.onnx", runtime_b="openvino")`` sets one file's runtimes side by side.
 
     Each runs in its own process with intra-op spinning off, so the idle one cannot slow the other down; blocks of
     ``block`` runs alternate A B B A … for ``rounds`` rounds.
     """
+    runtime_b = runtime_b or runtime
+    for rt in (runtime, runtime_b):
+        check_runtime(rt, files_only=True)
     if example_input is None and input_shape is not None:
         example_input = torch.randn(*input_shape)
     with tempfile.TemporaryDirectory() as work:
-        pa = _as_onnx(a, example_input, Path(work), "a", calib_data)
-        pb = _as_onnx(b, example_input, Path(work), "b", calib_data)
-        res = interleave({"a": pa, "b": pb}, example_input=example_input, input_shape=input_shape, threads=threads,
-                         rounds=rounds, block=block)  # fmt: skip
+        pa = _as_onnx(a, example_input, Path(work), "a", calib_data, runtime)
+        pb = _as_onnx(b, example_input, Path(work), "b", calib_data, runtime_b)
+        res = interleave({"a": (pa, runtime), "b": (pb, runtime_b)}, example_input=example_input,
+                         input_shape=input_shape, threads=threads, rounds=rounds, block=block)  # fmt: skip
     return CompareResult(replace(res["a"], warnings=tuple(_advice(a, example_input, input_shape))),
                          replace(res["b"], warnings=tuple(_advice(b, example_input, input_shape))), rounds)  # fmt: skip
 
 
-def interleave(files: dict[str, str | os.PathLike[str]], *, example_input: torch.Tensor | None = None,
-               input_shape: tuple[int, ...] | None = None, threads: int | None = None, rounds: int = 20,
-               block: int = 5) -> dict[str, BenchResult]:  # fmt: skip
-    """Several ONNX files measured round-robin, each in its own process with spinning off (see :func:`compare`);
-    the order reverses every round so that no file always follows the same neighbour."""
+def interleave(files: dict[str, str | os.PathLike[str] | tuple[str | os.PathLike[str], str]], *,
+               example_input: torch.Tensor | None = None, input_shape: tuple[int, ...] | None = None,
+               threads: int | None = None, rounds: int = 20, block: int = 5,
+               runtime: str = "onnxruntime") -> dict[str, BenchResult]:  # fmt: skip
+    """Several files measured round-robin, each in its own process with spinning off (see :func:`compare`);
+    the order reverses every round so that no file always follows the same neighbour.
+
+    A value is a path (run in ``runtime``) or a ``(path, runtime)`` pair, so one file can be measured in several
+    runtimes side by side: ``{"ort": "m.onnx", "ov": ("m.onnx", "openvino")}``.
+    """
     if rounds < 1 or block < 1:
         raise ConfigError("interleaved measurement needs rounds >= 1 and block >= 1")
+    plan = {label: v if isinstance(v, tuple) else (v, runtime) for label, v in files.items()}
+    for _, rt in plan.values():
+        check_runtime(rt, files_only=True)
     with tempfile.TemporaryDirectory() as work:
         workers: dict[str, _Worker] = {}
         try:
-            for label, path in files.items():
-                path = _as_onnx(path, None, Path(work), label)
+            for label, (src, rt) in plan.items():
+                path = _as_onnx(src, None, Path(work), label, runtime=rt)
                 workers[label] = _Worker(path, _onnx_feed(path, example_input, input_shape), threads, False,
-                                         Path(work))  # fmt: skip
+                                         Path(work), rt)  # fmt: skip
                 workers[label].run(block)
             times: dict[str, list[float]] = {label: [] for label in files}
             order = list(workers)
@@ -247,7 +290,7 @@ def interleave(files: dict[str, str | os.PathLike[str]], *, example_input: torch
         finally:
             for w in workers.values():
                 w.close()
-    return {label: summarize("onnxruntime", times[label], threads, w.peak - w.rss_before)
+    return {label: summarize(plan[label][1], times[label], threads, w.peak - w.rss_before)
             for label, w in workers.items()}  # fmt: skip
 
 
@@ -261,5 +304,3 @@ def _bench_torch(model: nn.Module, x: torch.Tensor, threads: int | None, min_sec
     finally:
         torch.set_num_threads(old)
     return summarize("torch", times, threads)
-
-
