@@ -1,7 +1,8 @@
 """Export to real runtimes and measure them there."""
 
-from deepslim.export.bench import BenchResult, CompareResult, benchmark, compare, interleave, time_calls
+from deepslim.export.bench import RUNTIMES, BenchResult, CompareResult, benchmark, compare, interleave, time_calls
 from deepslim.export.onnx import ExportResult, export_onnx
+from deepslim.export.openvino import OpenVinoResult, export_openvino
 
-__all__ = ["BenchResult", "CompareResult", "ExportResult", "benchmark", "compare", "export_onnx", "interleave",
-           "time_calls"]
+__all__ = ["RUNTIMES", "BenchResult", "CompareResult", "ExportResult", "OpenVinoResult", "benchmark", "compare",
+           "export_onnx", "export_openvino", "interleave", "time_calls"]
