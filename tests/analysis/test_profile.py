@@ -161,6 +161,13 @@ def test_example_input_required_for_foreign_models():
     assert prof.macs == 18
 
 
+def test_a_model_file_that_records_its_input_shape_profiles_without_one(tmp_path):
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 2))
+    ds.save_model(model, tmp_path / "m.pt2", example_input=torch.randn(3, 5))
+    loaded = ds.load_model(tmp_path / "m.pt2")
+    assert ds.profile(loaded).macs == 3 * (5 * 4 + 4 * 2)  # the recorded shape, batch included
+
+
 def test_profile_from_zoo_name_and_serialization():
     prof = ds.profile("lenet300")
     d = prof.to_dict()

@@ -247,7 +247,7 @@ def profile(model: nn.Module | str | os.PathLike[str], example_input: Example | 
 
 
 def _default_example(model: nn.Module, input_shape: tuple[int, ...] | None) -> torch.Tensor:
-    from deepslim.models._registry import ARCH_ATTR, example_input, get_model_entry
+    from deepslim.models._registry import ARCH_ATTR, get_model_entry, recorded_example_input
 
     arch = getattr(model, ARCH_ATTR, None)
     if input_shape is not None:
@@ -255,9 +255,11 @@ def _default_example(model: nn.Module, input_shape: tuple[int, ...] | None) -> t
             vocab = get_model_entry(arch["name"]).resolve(arch["options"]).get("vocab_size", 2)
             return torch.randint(0, vocab, tuple(input_shape))
         return torch.randn(*input_shape)
-    if arch is None:
-        raise ConfigError("example_input is required for a model that is not from the zoo (CLI: --input-shape)")
-    return example_input(arch["name"], **arch["options"])
+    recorded = recorded_example_input(model)  # a file's recorded input shape, else the zoo entry's
+    if recorded is None:
+        raise ConfigError("example_input is required for a model that is not from the zoo and records no input "
+                          "shape (CLI: --input-shape)")  # fmt: skip
+    return recorded
 
 
 @dataclass(frozen=True)
