@@ -74,6 +74,7 @@ def test_benchmark_and_interleave_measure_openvino_beside_onnx_runtime(files):
 def test_export_openvino_writes_ir_that_runs_like_the_model_and_can_be_benchmarked(files, tmp_path):
     res = dsov.export_openvino(files["model"], tmp_path / "m.xml", example_input=files["x"])
     assert res.path.is_file() and (tmp_path / "m.bin").is_file() and res.integer_layers == 20
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.bin", "m.xml"]  # no temporary left behind
     assert res.cosine >= 0.99 and res.size_bytes == res.path.stat().st_size + (tmp_path / "m.bin").stat().st_size
     assert _cosine(dsov.run_openvino(tmp_path / "m.xml", files["x"]), files["fake_quant"]) >= 0.99
     assert ds.benchmark(tmp_path / "m.xml", runtime="openvino", input_shape=(1, 3, 16, 16), min_seconds=0.05).runs >= 20

@@ -109,7 +109,8 @@ def export_openvino(model: nn.Module, path: str | os.PathLike[str], *, example_i
     dest = Path(path)
     if dest.suffix != ".xml":
         raise ExportError(f"{dest}: OpenVINO IR is written as an .xml file (its weights go beside it in a .bin)")
-    with tempfile.TemporaryDirectory(dir=dest.parent if dest.parent.is_dir() else None) as work:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{dest.stem}.tmp-", dir=dest.parent) as work:  # renames stay on one disk
         onnx_path = Path(work) / "model.onnx"
         export_onnx(model, onnx_path, example_input=example_input, calib_data=calib_data)
         xml = Path(work) / "model.xml"
