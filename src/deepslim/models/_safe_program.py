@@ -94,7 +94,12 @@ def _sym_targets() -> frozenset[str]:
 
 
 def _check_target(target: Any, member: str) -> None:
-    """A node may call a registered operator (``torch.ops.ns.op[.overload]``) or a symbolic-shape function."""
+    """A node may call a registered operator (``torch.ops.ns.op[.overload]``) or a symbolic-shape function.
+
+    The name is resolved as torch's deserializer resolves it (``getattr`` part by part from ``torch``), so a dunder
+    operator such as ``torch.ops.aten.__and__.Tensor`` is the operator it names; every step must land on an operator
+    namespace, an operator packet and an overload, so nothing else reachable from ``torch`` can be called.
+    """
     if not isinstance(target, str):
         raise Unsafe(member, f"has a node target that is not a name ({target!r})")
     if target in _sym_targets():
@@ -102,16 +107,19 @@ def _check_target(target: Any, member: str) -> None:
     parts = target.split(".")
     if parts[:2] != ["torch", "ops"] or not 4 <= len(parts) <= 5 or not all(_OP_PART.fullmatch(p) for p in parts):
         raise Unsafe(member, f"calls {target[:80]!r}, which is not a PyTorch operator")
+    ops = torch._ops
+    steps: list[tuple[type, ...]] = [(ops._OpNamespace, ops._HigherOrderNamespace),
+                                     (ops.OpOverloadPacket, ops.HigherOrderOperator), (ops.OpOverload,)]  # fmt: skip
     obj: Any = torch.ops
-    for part in parts[2:]:
-        if part.startswith("__"):
+    for part, kinds in zip(parts[2:], steps, strict=False):
+        if part.startswith("__") and (part in vars(type(obj)) or any(part in vars(k) for k in type(obj).__mro__)):
             raise Unsafe(member, f"calls {target[:80]!r}, which is not a PyTorch operator")
         try:
             obj = getattr(obj, part)
         except (AttributeError, RuntimeError):
             raise Unsafe(member, f"calls {target[:80]!r}, an operator this PyTorch does not have") from None
-    if not isinstance(obj, (torch._ops.OpOverload, torch._ops.OpOverloadPacket, torch._ops.HigherOrderOperator)):
-        raise Unsafe(member, f"calls {target[:80]!r}, which is not a PyTorch operator")
+        if not isinstance(obj, kinds):
+            raise Unsafe(member, f"calls {target[:80]!r}, which is not a PyTorch operator")
 
 
 def _check_sympy(expr: Any, member: str) -> None:
