@@ -88,6 +88,11 @@ def _tiny_bert(path, with_tokenizer=True):
 def test_hf_path_loads_a_local_bert_directory_and_matches_transformers(tmp_path):
     _tiny_bert(tmp_path)
     model = hf.load_hf(tmp_path).eval()
+    via_spec = ds.load_model(f"hf:{tmp_path}").eval()  # the same loader behind the model spec
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), via_spec.state_dict().values(),
+                                                 strict=True))  # fmt: skip
+    with pytest.raises(ds.ConfigError, match="hf:PATH takes no model options"):
+        ds.load_model(f"hf:{tmp_path}", num_classes=3)
     ids = torch.randint(5, 120, (2, 12))
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0

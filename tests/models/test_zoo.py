@@ -35,7 +35,10 @@ def test_zoo_lists_the_required_architectures():
     assert ds.list_models("resnet*") == ["resnet18", "resnet20", "resnet34", "resnet50", "resnet56"]
 
 
-@pytest.mark.parametrize("name", ds.list_models())
+PRETRAINED = {"all-minilm-l6-v2"}  # real weights, loaded from a package: tested in tests/models/test_hf.py
+
+
+@pytest.mark.parametrize("name", sorted(set(ds.list_models()) - PRETRAINED))
 def test_every_model_builds_and_runs(name):
     big = name not in SMALL
     with torch.device("meta" if big else "cpu"):

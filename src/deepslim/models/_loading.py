@@ -54,7 +54,13 @@ def load_model(spec: str | os.PathLike[str] | nn.Module, *, weights: str | os.Pa
     if isinstance(spec, nn.Module):
         return spec
     text = os.fspath(spec)
-    if is_factory_spec(text):
+    if text.startswith("hf:"):  # a local Hugging Face directory (config.json + weights), never a hub download
+        from deepslim.models.hf import load_hf
+
+        if options:
+            raise ConfigError(f"hf:PATH takes no model options, got {', '.join(sorted(options))}")
+        model = load_hf(text.removeprefix("hf:"))
+    elif is_factory_spec(text):
         model = _from_factory(text, options)
     elif text.endswith(".onnx"):
         raise ModelLoadError(

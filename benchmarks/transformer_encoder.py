@@ -11,7 +11,8 @@ reducers are exported per sequence length (their merge counts are fixed). Latenc
 The load average is recorded before and after: the machine is shared, and a load above its core count makes the
 numbers noisy.
 
-    python benchmarks/transformers.py [--json benchmarks/results/transformers.json] [--epochs 2] [--rounds 3]
+    python benchmarks/transformer_encoder.py [--json benchmarks/results/transformer_encoder.json] [--epochs 2]
+        [--rounds 3]
 """
 
 from __future__ import annotations
@@ -20,28 +21,23 @@ import argparse
 import copy
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-# this file is named transformers.py: its folder goes to the end of the path so that `import transformers` finds
-# Hugging Face's package, not this script
-sys.path.append(sys.path.pop(0))
+import torch
 
-import torch  # noqa: E402
-
-import deepslim as ds  # noqa: E402
-from _common import result_header  # noqa: E402
-from deepslim.compress.tokens import (  # noqa: E402
+import deepslim as ds
+from _common import result_header
+from deepslim.compress.tokens import (
     MergeTokensConfig,
     PruneTokensConfig,
     drop_layers_,
     merge_tokens_,
     prune_tokens_,
 )
-from deepslim.models.hf import IdsOnly  # noqa: E402
-from deepslim.tasks.similarity import embedding_fidelity, sentence_fidelity  # noqa: E402
+from deepslim.models.hf import IdsOnly
+from deepslim.tasks.similarity import embedding_fidelity, sentence_fidelity
 
 THREADS = 1
 SEQS = (32, 128)
@@ -149,7 +145,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--json", default="benchmarks/results/transformers.json")
+    parser.add_argument("--json", default="benchmarks/results/transformer_encoder.json")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-size", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=4)
