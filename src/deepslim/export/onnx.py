@@ -55,7 +55,11 @@ class ExportResult:
                 "warnings": list(self.warnings)}  # fmt: skip
 
 
-def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input: torch.Tensor, opset: int = 18,
+Inputs = tuple[torch.Tensor, ...]
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input: torch.Tensor | Inputs,
+                opset: int = 18,
                 calib_data: Iterable[Any] | None = None, min_cosine: float = 0.98,
                 min_agreement: float = 0.8) -> ExportResult:  # fmt: skip
     """Write ``model`` as ONNX (atomically, batch dimension dynamic) and check ONNX Runtime against PyTorch.
@@ -65,6 +69,9 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input
     needed here). The check runs ``example_input`` and, when given, a few batches of ``calib_data``; an output
     cosine below ``min_cosine`` or a top-1 agreement below ``min_agreement`` (over 10 or more rows) is an
     ``ExportError`` naming the layer that disagrees most, and no file is written.
+
+    ``example_input`` is one tensor or a tuple of them (``(input_ids, attention_mask)``): the file then has one input
+    per tensor (``input``, ``input_1``, ...), every one with a dynamic batch dimension, and the check feeds them all.
     """
     from deepslim.export.qdq import float_copy, quantized_layers, write_qdq
 
@@ -76,22 +83,23 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input
                           "(ONNX Runtime's integer kernels are 8-bit)")  # fmt: skip
     float_layers: list[str] = []
     warns: list[str] = []
-    inputs = _check_inputs(example_input, calib_data)
+    xs = _as_inputs(example_input)
+    inputs = _check_inputs(xs, calib_data)
     with inference_mode(model), tempfile.TemporaryDirectory() as work, atomic_path(dest) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             if layers:
                 fp32 = Path(work) / "float.onnx"
-                dynamic = _export(_decoded_weights(float_copy(model, keep_points=True)), example_input, fp32, opset)
+                dynamic = _export(_decoded_weights(float_copy(model, keep_points=True)), xs, fp32, opset)
                 float_layers = write_qdq(fp32, tmp, layers)
             else:
-                dynamic = _export(_decoded_weights(model), example_input, tmp, opset)
+                dynamic = _export(_decoded_weights(model), xs, tmp, opset)
         _write_metadata(tmp, model)
         err, cos, agree = _check_parity(model, tmp, inputs if dynamic else inputs[:1], min_cosine, min_agreement)
         integer = _integer_layers(tmp, layers, Path(work)) if layers else []
     if not dynamic:
         warns.append("the model's export needs a fixed batch size: the file takes batches of "
-                     f"{example_input.shape[0]} only")  # fmt: skip
+                     f"{xs[0].shape[0]} only")  # fmt: skip
     if layers and len(integer) < len(layers):
         floats = [n for n in layers if n not in integer]
         warns.append(f"{len(layers) - len(integer)} of {len(layers)} quantized layers run in float in ONNX Runtime "
@@ -100,21 +108,47 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input
                         tuple(warns), cos, len(layers), len(integer), dynamic)  # fmt: skip
 
 
-def _check_inputs(x: torch.Tensor, calib_data: Iterable[Any] | None, batches: int = 4) -> list[torch.Tensor]:
-    out = [x]
+def _as_inputs(x: Any) -> Inputs:
+    """``x`` as a tuple of tensors; ExportError for anything else."""
+    xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
+    if not xs or not all(isinstance(t, torch.Tensor) for t in xs):
+        raise ExportError("example_input must be a tensor or a tuple of tensors (e.g. (input_ids, attention_mask)), "
+                          f"got {type(x).__name__}")  # fmt: skip
+    if any(t.ndim == 0 for t in xs) and len(xs) > 1:
+        raise ExportError("every example input needs a batch dimension; got a 0-d tensor among several inputs")
+    return xs
+
+
+def _check_inputs(xs: Inputs, calib_data: Iterable[Any] | None, batches: int = 4) -> list[Inputs]:
+    """The example and up to ``batches`` calibration batches, each as the model's input tuple.
+
+    A calibration batch is the input itself, or (input, label) for one input, or (inputs..., labels...) whose first
+    ``len(xs)`` entries are the inputs for several.
+    """
+    out = [xs]
     for i, batch in enumerate(calib_data or ()):
         if i >= batches:
             break
-        out.append(batch[0] if isinstance(batch, (tuple, list)) else batch)
+        if isinstance(batch, (tuple, list)):
+            batch = tuple(batch[: len(xs)]) if len(xs) > 1 else (batch[0],)
+        else:
+            batch = (batch,)
+        if len(batch) != len(xs) or not all(isinstance(t, torch.Tensor) for t in batch):
+            raise ExportError(f"a calib_data batch must hold the model's {len(xs)} input tensors first")
+        out.append(batch)
     return out
 
 
-def _check_parity(model: nn.Module, path: Path, inputs: list[torch.Tensor], min_cosine: float,
+def _numpy(x: Inputs) -> tuple[np.ndarray, ...]:
+    return tuple(t.detach().cpu().numpy() for t in x)
+
+
+def _check_parity(model: nn.Module, path: Path, inputs: list[Inputs], min_cosine: float,
                   min_agreement: float) -> tuple[float, float, float]:  # fmt: skip
     """(max |error|, cosine, top-1 agreement) of the file against the model; ExportError below the thresholds."""
     with torch.no_grad():
-        expected = [model(x).float().numpy() for x in inputs]
-    got = [run_onnx(path, x.numpy()) for x in inputs]
+        expected = [model(*x).float().numpy() for x in inputs]
+    got = [run_onnx(path, _numpy(x)) for x in inputs]
     err, cos, agree = _agreement(got, expected)
     rows = sum(len(e) for e in expected) if expected[0].ndim >= 2 else 1
     if cos < min_cosine or (rows >= 10 and agree < min_agreement):
@@ -140,7 +174,7 @@ def _agreement(got: list[np.ndarray], expected: list[np.ndarray]) -> tuple[float
     return err, cos, agree
 
 
-def _worst_layer(model: nn.Module, path: Path, x: torch.Tensor) -> str:
+def _worst_layer(model: nn.Module, path: Path, x: Inputs) -> str:
     """'; worst layer NAME (cosine C)': the layer whose output differs most between PyTorch and the file."""
     import onnx
 
@@ -166,7 +200,7 @@ def _worst_layer(model: nn.Module, path: Path, x: torch.Tensor) -> str:
     hooks = [targets[n].register_forward_hook(keep(n)) for n in by_weight]
     try:
         with torch.no_grad():
-            model(x)
+            model(*x)
     finally:
         for h in hooks:
             h.remove()
@@ -177,8 +211,8 @@ def _worst_layer(model: nn.Module, path: Path, x: torch.Tensor) -> str:
     onnx.save(probe, str(probe_path))
     try:
         sess = ort_session(probe_path, threads=1)
-        values = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, {sess.get_inputs()[0].name:
-                                                                                 x.numpy()}), strict=True))  # fmt: skip
+        values = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, _feeds(sess, _numpy(x))),
+                          strict=True))  # fmt: skip
     finally:
         probe_path.unlink(missing_ok=True)
     scores = {n: _agreement([values[t]], [seen[n]])[1] for n, t in by_weight.items()
@@ -267,27 +301,61 @@ def _qdq_translation() -> dict[Any, Any]:
     return {torch.ops.deepslim.fake_quant_u8.default: qdq}
 
 
-def _export(model: nn.Module, x: torch.Tensor, path: Path, opset: int) -> bool:
-    """Write the ONNX file; True when its batch dimension is dynamic (the default; a fixed one is the fallback)."""
+def _input_names(n: int) -> list[str]:
+    return ["input"] + [f"input_{i}" for i in range(1, n)]
+
+
+def _dynamic_shapes(model: nn.Module, specs: list[Any]) -> tuple[Any, ...]:
+    """``specs`` shaped like ``model.forward``'s signature, as torch.export wants: a ``*args`` parameter takes the
+    remaining specs as one tuple."""
+    import inspect
+
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())
+    except (TypeError, ValueError):
+        return tuple(specs)
+    out: list[Any] = []
+    rest = list(specs)
+    for param in params:
+        if not rest:
+            break
+        if param.kind == param.VAR_POSITIONAL:
+            out.append(tuple(rest))
+            rest = []
+        elif param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            out.append(rest.pop(0))
+        else:
+            break
+    return tuple(out + rest)
+
+
+def _export(model: nn.Module, xs: Inputs, path: Path, opset: int) -> bool:
+    """Write the ONNX file; True when its batch dimension is dynamic (the default; a fixed one is the fallback).
+
+    Every input's first dimension is the same symbolic batch.
+    """
     from deepslim.compress.quantize._points import exporting
 
     errors = []
     # the exporter warns about torchvision operators it cannot register; deepslim uses none
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
     # a batch of 1 would be specialised by torch.export: trace with two rows, the batch stays symbolic
-    traced = x if x.shape[0] > 1 else torch.cat([x, x]) if x.ndim else x
+    traced = tuple(t if t.ndim == 0 or t.shape[0] > 1 else torch.cat([t, t]) for t in xs)
+    in_names = _input_names(len(xs))
     attempts = [(True, True), (True, False), (False, True), (False, False)]  # (dynamo, dynamic batch)
     for dynamo, dynamic in attempts:
-        names = {"input_names": ["input"], "output_names": ["output"]}
+        names = {"input_names": in_names, "output_names": ["output"]}
         if dynamo:  # one self-contained file: its size is the model's
             extra: dict[str, Any] = {"external_data": False, "custom_translation_table": _qdq_translation()}
             if dynamic:
-                extra["dynamic_shapes"] = ({0: torch.export.Dim("batch")},)
+                batch = torch.export.Dim("batch")
+                extra["dynamic_shapes"] = _dynamic_shapes(model, [{0: batch} if t.ndim else None for t in xs])
         else:
-            extra = {"dynamic_axes": {"input": {0: "batch"}, "output": {0: "batch"}}} if dynamic else {}
+            axes = {n: {0: "batch"} for n, t in zip(in_names, xs, strict=True) if t.ndim}
+            extra = {"dynamic_axes": {**axes, "output": {0: "batch"}}} if dynamic else {}
         try:
             with exporting():
-                torch.onnx.export(model, (traced if dynamic else x,), str(path), dynamo=dynamo, opset_version=opset,
+                torch.onnx.export(model, traced if dynamic else xs, str(path), dynamo=dynamo, opset_version=opset,
                                   verbose=False, **names, **extra)  # fmt: skip
             return dynamic
         except Exception as exc:  # both exporters raise many types
@@ -313,6 +381,15 @@ def ort_session(path: str | os.PathLike[str], *, threads: int | None = None, spi
         raise ExportError(f"ONNX Runtime cannot load {path}: {str(exc).strip().splitlines()[0]}") from exc
 
 
+def _feeds(sess: Any, xs: tuple[np.ndarray, ...]) -> dict[str, np.ndarray]:
+    """The session's inputs by name, in order; ExportError when the counts differ."""
+    names = [i.name for i in sess.get_inputs()]
+    if len(names) != len(xs):
+        raise ExportError(f"the ONNX file takes {len(names)} inputs ({', '.join(names)}), got {len(xs)}")
+    return dict(zip(names, xs, strict=True))
+
+
 def run_onnx(path: str | os.PathLike[str], x: Any, threads: int | None = None) -> Any:
+    """The file's first output for ``x``: one array, or a tuple of arrays for a model with several inputs."""
     sess = ort_session(path, threads=threads)
-    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+    return sess.run(None, _feeds(sess, tuple(x) if isinstance(x, (tuple, list)) else (x,)))[0]
