@@ -15,6 +15,7 @@ from torch.nn.utils import parametrize
 from deepslim._modes import inference_mode
 from deepslim.compress.quantize._fakequant import fake_quantize, qrange, sqnr_db
 from deepslim.compress.quantize._fold import fold_batchnorm_
+from deepslim.compress.quantize._inputs import model_inputs
 from deepslim.compress.quantize._points import insert_points_, share_layer_inputs_
 from deepslim.compress.quantize.linear import (
     QUANTIZABLE,
@@ -84,8 +85,12 @@ def _linear(model: nn.Module, config: LinearQuantConfig, *, calib_data: Iterable
     if config.activation_bits is not None and calib_data is None:
         raise ConfigError("activation quantization needs calib_data (a few hundred representative inputs): pass "
                           "calib_data=data.calib, or activation_bits=None for weight-only quantization")
+    if calib_data is not None and iter(calib_data) is calib_data:  # one-shot: the capture needs a first batch
+        calib_data = list(calib_data)
+    first = next(iter(calib_data), None) if calib_data is not None else None
+    example = model_inputs(model, first) if first is not None else None
     if config.fold_batchnorm:
-        folded = fold_batchnorm_(model)
+        folded = fold_batchnorm_(model, example)
         log.info("folded %d batch norms into their convolutions", len(folded))
     swapped = []
     for name, (m, bits) in _targets(model, config.overrides, config.bits).items():
@@ -93,16 +98,11 @@ def _linear(model: nn.Module, config: LinearQuantConfig, *, calib_data: Iterable
         swapped.append(m)
     if config.activation_bits is not None:
         assert calib_data is not None
-        if iter(calib_data) is calib_data:  # a one-shot iterator: the points need a first batch, calibration all
-            calib_data = list(calib_data)
         points = []
-        if config.activation_bits == 8:  # the integer runtime's additions, concatenations and layer outputs
-            first = next(iter(calib_data), None)
-            if first is not None:
-                example = first[0] if isinstance(first, (tuple, list)) else first
-                with inference_mode(model):
-                    points = insert_points_(model, example, config.calibration)
-        calibrate(model, swapped, calib_data, config.calibration, points)
+        if config.activation_bits == 8 and example is not None:  # the runtime's additions, concatenations, outputs
+            with inference_mode(model):
+                points = insert_points_(model, example[0] if len(example) == 1 else example, config.calibration)
+        calibrate(model, swapped, calib_data, config.calibration, points, inputs=len(example or (0,)))
         share_layer_inputs_(model)
     model.deepslim_calibration = config.calibration
 

@@ -200,9 +200,10 @@ def swap_to_quantized(m: nn.Module, bits: int, config: LinearQuantConfig, name: 
 
 
 def calibrate(model: nn.Module, layers: list[QuantMixin], calib_data: Iterable[Any], method: Calibration,
-              points: list[Any] = ()) -> int:  # fmt: skip
+              points: list[Any] = (), *, inputs: int = 1) -> int:  # fmt: skip
     """Run ``calib_data`` through the model and freeze each layer's input range and each point's range (see
-    :mod:`deepslim.compress.quantize._points`). Returns the batches seen."""
+    :mod:`deepslim.compress.quantize._points`). A tuple batch feeds its first ``inputs`` items. Returns the batches
+    seen."""
     for layer in layers:
         layer.observer = Observer(method, layer.act_bits)
     for p in points:
@@ -211,7 +212,7 @@ def calibrate(model: nn.Module, layers: list[QuantMixin], calib_data: Iterable[A
     try:
         with inference_mode(model), torch.no_grad():
             for batch in calib_data:
-                model(batch[0] if isinstance(batch, (tuple, list)) else batch)
+                model(*batch[:inputs]) if isinstance(batch, (tuple, list)) else model(batch)
                 seen += 1
         if seen == 0:
             raise ConfigError("calib_data yielded no batches")

@@ -1,0 +1,68 @@
+"""int8 post-training quantization of Hugging Face models torch.fx cannot trace: batch norm folds through
+torch.export, the layers quantize, and the integer ONNX file runs them on integer kernels."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import deepslim as ds
+from deepslim.compress.quantize import fold_batchnorm_
+from deepslim.compress.quantize.linear import QuantMixin
+from deepslim.errors import UnsupportedModelError
+from tests import _hf_models as hf
+
+needs_hf = pytest.mark.skipif(not hf.available(), reason="transformers is not installed (pip install deepslim[hf])")
+
+
+def _bns(model: nn.Module) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+
+
+@needs_hf
+def test_batch_norm_folds_on_an_hf_resnet_through_torch_export_and_the_output_is_unchanged():
+    model, x = hf.build("resnet")
+    with torch.no_grad():
+        want = model(*x)
+    with pytest.raises(UnsupportedModelError, match="calib_data"):
+        fold_batchnorm_(model)  # fx cannot trace it, and there is no example to capture it with
+    folded = fold_batchnorm_(model, x)
+    assert folded and not _bns(model)
+    with torch.no_grad():
+        assert torch.allclose(model(*x), want, atol=1e-4)
+
+
+@needs_hf
+def test_a_model_without_batch_norm_skips_folding_without_a_trace():
+    model, _ = hf.build("bert")
+    assert fold_batchnorm_(model) == []
+
+
+@needs_hf
+def test_int8_ptq_of_an_hf_resnet_exports_integer_layers_that_agree_with_pytorch(tmp_path):
+    model, x = hf.build("resnet")
+    ds.quantize_(model, ds.LinearQuantConfig(bits=8), calib_data=[x[0]])
+    assert not _bns(model)
+    result = ds.export_onnx(model, tmp_path / "r.onnx", example_input=x[0])
+    assert result.format == "qdq-int8" and result.quantized_layers >= 7
+    assert result.integer_layers >= result.quantized_layers // 2
+    assert result.cosine >= 0.98
+
+
+@needs_hf
+def test_int8_ptq_of_bert_with_two_inputs_quantizes_every_linear_and_runs_them_all_on_integer_kernels(tmp_path):
+    model, (ids, mask) = hf.build("bert")
+    with torch.no_grad():
+        want = model(ids, mask)
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    ds.quantize_(model, ds.LinearQuantConfig(bits=8), calib_data=[(ids, mask, torch.zeros(len(ids)))])
+    quantized = [n for n, m in model.named_modules() if isinstance(m, QuantMixin)]
+    assert quantized == linears
+    calibrated = [float(m.act_scale) != 1.0 for m in model.modules() if isinstance(m, QuantMixin)]  # 1 = never seen
+    assert all(calibrated)
+    with torch.no_grad():
+        assert torch.nn.functional.cosine_similarity(model(ids, mask).flatten(), want.flatten(), 0) > 0.99
+    result = ds.export_onnx(model, tmp_path / "b.onnx", example_input=(ids, mask))
+    assert result.format == "qdq-int8" and result.integer_layers == result.quantized_layers == len(linears)
+    assert result.cosine >= 0.98
