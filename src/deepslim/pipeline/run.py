@@ -17,7 +17,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,31 @@ import yaml
 from torch import nn
 
 from deepslim._io import atomic_dir, atomic_path
+from deepslim.analysis import get_device
+from deepslim.compress.coding import encode
+from deepslim.compress.lowrank import SVDConfig, TuckerConfig, factorize_
+from deepslim.compress.prune import (
+    ChannelPruneConfig,
+    GradualPruner,
+    MagnitudePruneConfig,
+    NMPruneConfig,
+    prune_,
+)
+from deepslim.compress.quantize import (
+    BinaryConfig,
+    Float16Config,
+    KMeansConfig,
+    LinearQuantConfig,
+    PowerOfTwoConfig,
+    TernaryConfig,
+    cluster_,
+    quantize_,
+)
+from deepslim.data import load_data
 from deepslim.errors import ConfigError
+from deepslim.export import benchmark, export_onnx
+from deepslim.models import load_model, save_model
+from deepslim.pipeline.measurement import measure, with_latency
 from deepslim.pipeline.recipe import (
     ClusterStage,
     DistillStage,
@@ -40,41 +64,44 @@ from deepslim.pipeline.recipe import (
     TrainStage,
     bits_overrides,
 )
+from deepslim.train import KDConfig, distill
+
+# 2: each stage row is a Measurement's row (Measurement.to_row: version 1's keys plus metric, device, runtime,
+# threads, peak memory, load average); readers of version 1 read version 2 unchanged, and back.
+METRICS_VERSION = 2
 
 Event = Callable[[str, dict[str, Any]], None]  # (event, payload): "stage_start", "stage_end", "epoch"
 
 
 def stage_config(spec: StageSpec) -> Any:
     """The technique config a stage runs with (None for stages that take none)."""
-    import deepslim as ds
-
     p = spec.params
     if isinstance(p, PruneStage):
         if p.method == "channel":
-            return ds.ChannelPruneConfig(ratio=p.ratio, importance=p.importance, ignore=tuple(p.ignore),
+            return ChannelPruneConfig(ratio=p.ratio, importance=p.importance, ignore=tuple(p.ignore),
                                          round_to=p.round_to, overrides=p.overrides)  # fmt: skip
         if p.method == "nm":
-            return ds.NMPruneConfig(n=p.n, m=p.m, overrides=p.overrides)
-        return ds.MagnitudePruneConfig(sparsity=p.sparsity, scope=p.scope, overrides=p.overrides)
+            return NMPruneConfig(n=p.n, m=p.m, overrides=p.overrides)
+        return MagnitudePruneConfig(sparsity=p.sparsity, scope=p.scope, overrides=p.overrides)
     if isinstance(p, ClusterStage):
         bits, overrides = bits_overrides(p.bits)
-        return ds.KMeansConfig(bits=bits, init=p.init, share_bias=p.share_bias, overrides=overrides)
+        return KMeansConfig(bits=bits, init=p.init, share_bias=p.share_bias, overrides=overrides)
     if isinstance(p, QuantizeStage):
         bits, overrides = bits_overrides(p.bits)
         if p.type == "linear":
-            return ds.LinearQuantConfig(bits=bits, per_channel=p.per_channel, symmetric=p.symmetric,
+            return LinearQuantConfig(bits=bits, per_channel=p.per_channel, symmetric=p.symmetric,
                                         activation_bits=p.activation_bits, calibration=p.calibration,
                                         qat=p.epochs > 0, overrides=overrides)  # fmt: skip
         if p.type in ("fp16", "bf16"):
-            return ds.Float16Config(dtype=p.type)
+            return Float16Config(dtype=p.type)
         if p.type == "pow2":
-            return ds.PowerOfTwoConfig(bits=bits if bits != 8 else 4, overrides=overrides)
-        return ds.BinaryConfig() if p.type == "binary" else ds.TernaryConfig()
+            return PowerOfTwoConfig(bits=bits if bits != 8 else 4, overrides=overrides)
+        return BinaryConfig() if p.type == "binary" else TernaryConfig()
     if isinstance(p, FactorizeStage):
-        cls = ds.SVDConfig if p.method == "svd" else ds.TuckerConfig
+        cls = SVDConfig if p.method == "svd" else TuckerConfig
         return cls(rank_ratio=p.rank_ratio, energy=p.energy, mac_ratio=p.mac_ratio, overrides=p.overrides)
     if isinstance(p, DistillStage):
-        return ds.KDConfig(temperature=p.temperature, alpha=p.alpha, hints=p.hints)
+        return KDConfig(temperature=p.temperature, alpha=p.alpha, hints=p.hints)
     return None
 
 
@@ -126,7 +153,6 @@ def _run_train(ctx: RunContext, spec: StageSpec) -> None:
 
 
 def _run_prune(ctx: RunContext, spec: StageSpec) -> None:
-    import deepslim as ds
     from deepslim.compress.prune.schedule import iterative_sparsities, scale_sparsity
 
     p: PruneStage = spec.params
@@ -135,73 +161,61 @@ def _run_prune(ctx: RunContext, spec: StageSpec) -> None:
         if p.epochs == 0:
             raise ConfigError(f"{spec.label}: a gradual schedule needs epochs > 0")
         steps = p.epochs * len(ctx.data.train)  # sparsity rises over the first 3/4 of the steps, then holds
-        pruner = ds.GradualPruner(config, end=max(1, int(0.75 * steps)), every=max(1, steps // 100))
+        pruner = GradualPruner(config, end=max(1, int(0.75 * steps)), every=max(1, steps // 100))
         ctx.fit(p.epochs, p.lr, hooks=(pruner,), index=spec.index)
         return
     if p.method == "magnitude" and p.schedule == "iterative":
         targets = iterative_sparsities(p.sparsity, p.rounds)
         for r, target in enumerate(targets):
-            ds.prune_(ctx.model, scale_sparsity(config, target / p.sparsity if p.sparsity else 0.0))
+            prune_(ctx.model, scale_sparsity(config, target / p.sparsity if p.sparsity else 0.0))
             ctx.fit(p.epochs // p.rounds + (1 if r < p.epochs % p.rounds else 0), p.lr, index=spec.index)
         return
-    ds.prune_(ctx.model, config, example_input=ctx.data.example_input, calib_data=ctx.data.calib)
+    prune_(ctx.model, config, example_input=ctx.data.example_input, calib_data=ctx.data.calib)
     ctx.fit(p.epochs, p.lr, index=spec.index)
 
 
 def _run_cluster(ctx: RunContext, spec: StageSpec) -> None:
-    import deepslim as ds
-
     p: ClusterStage = spec.params
-    ds.cluster_(ctx.model, stage_config(spec))
+    cluster_(ctx.model, stage_config(spec))
     ctx.fit(p.epochs, p.lr, index=spec.index)
 
 
 def _run_quantize(ctx: RunContext, spec: StageSpec) -> None:
-    import deepslim as ds
-
     p: QuantizeStage = spec.params
-    ds.quantize_(ctx.model, stage_config(spec), calib_data=ctx.data.calib)
+    quantize_(ctx.model, stage_config(spec), calib_data=ctx.data.calib)
     ctx.fit(p.epochs, p.lr, index=spec.index)
 
 
 def _run_factorize(ctx: RunContext, spec: StageSpec) -> None:
-    import deepslim as ds
-
     p: FactorizeStage = spec.params
-    ds.factorize_(ctx.model, stage_config(spec), example_input=ctx.data.example_input)
+    factorize_(ctx.model, stage_config(spec), example_input=ctx.data.example_input)
     ctx.fit(p.epochs, p.lr, index=spec.index)
 
 
 def _run_distill(ctx: RunContext, spec: StageSpec) -> None:
-    import deepslim as ds
-
     p: DistillStage = spec.params
-    teacher = ctx.teacher if p.teacher == "trained" else ds.load_model(p.teacher)
-    ds.distill(ctx.model, teacher, ctx.data, stage_config(spec), epochs=p.epochs, lr=p.lr,
+    teacher = ctx.teacher if p.teacher == "trained" else load_model(p.teacher)
+    distill(ctx.model, teacher, ctx.data, stage_config(spec), epochs=p.epochs, lr=p.lr,
                seed=ctx.recipe.seed + spec.index,
                on_epoch=lambda m: ctx.on_event("epoch", {"stage": spec.index, **m}))  # fmt: skip
 
 
 def _run_encode(ctx: RunContext, spec: StageSpec) -> None:
-    import deepslim as ds
-
     p: EncodeStage = spec.params
-    blob = ds.encode(ctx.model, huffman=p.huffman)
+    blob = encode(ctx.model, huffman=p.huffman)
     with atomic_path(ctx.work / "model.dsz") as tmp:
         tmp.write_bytes(blob)
     ctx.artifacts["archive"] = str(ctx.out / "model.dsz")
 
 
 def _run_export(ctx: RunContext, spec: StageSpec) -> None:
-    import deepslim as ds
-
     p: ExportStage = spec.params
     dest = ctx.work / "model.onnx"
-    result = ds.export_onnx(ctx.model, dest, example_input=ctx.data.example_input, calib_data=ctx.data.calib)
+    result = export_onnx(ctx.model, dest, example_input=ctx.data.example_input, calib_data=ctx.data.calib)
     ctx.artifacts["onnx"] = str(ctx.out / "model.onnx")
     ctx.artifacts["onnx_max_abs_error"] = f"{result.max_abs_error:.3g}"
     if p.benchmark:
-        bench = ds.benchmark(dest, runtime="onnxruntime", example_input=ctx.data.example_input, threads=p.threads)
+        bench = benchmark(dest, runtime="onnxruntime", example_input=ctx.data.example_input, threads=p.threads)
         ctx.artifacts["latency_ms"] = f"{bench.median_ms:.4f}"
 
 
@@ -212,51 +226,12 @@ _RUNNERS: dict[str, Callable[[RunContext, StageSpec], None]] = {
 }  # fmt: skip
 
 
-def measure(model: nn.Module, data: Any, device: str) -> dict[str, Any]:
-    """What every stage records: accuracy, size, work, bytes on disk, estimated latency and energy."""
-    import deepslim as ds
-
-    prof = ds.profile(model, data.example_input, device=device)
-    cost = ds.estimate_cost(prof, device)
-    row: dict[str, Any] = {
-        "accuracy": ds.evaluate(model, data.test).accuracy,
-        "params": prof.params, "nonzero_params": prof.nonzero_params, "macs": prof.macs,
-        "weight_bytes": prof.weight_bytes, "fp32_bytes": 4 * prof.params,
-        "estimated_latency_ms": cost.latency_ms, "estimated_energy_uj": cost.energy_uj,
-    }  # fmt: skip
-    per_layer_archive: dict[str, int] = {}
-    try:
-        blob = ds.encode(model)
-        info = ds.archive_info(blob)
-        row["archive_bytes"] = len(blob)
-        row["archive_parts"] = info.by_part
-        for t in info.tensors:
-            owner = t.name.rpartition(".")[0]
-            per_layer_archive[owner] = per_layer_archive.get(owner, 0) + t.total
-    except ConfigError as exc:  # a layer tree the zoo cannot rebuild (factorized): no archive
-        row["archive_bytes"] = None
-        row["archive_note"] = str(exc)
-    costs = {lc.name: lc for lc in cost.layers}
-    row["layers"] = [
-        {"name": lp.name, "type": lp.type, "params": lp.params, "nonzero_params": lp.nonzero_params,
-         "macs": lp.macs, "weight_bytes": lp.weight_bytes, "archive_bytes": per_layer_archive.get(lp.name),
-         "bits": 8 * lp.weight_bytes / lp.params if lp.params else None, "dtype": lp.dtype,
-         "intensity": lp.arithmetic_intensity,
-         "estimated_latency_ms": costs[lp.name].latency_ms if lp.name in costs else None,
-         "bound": costs[lp.name].bound if lp.name in costs else None}
-        for lp in prof.layers if lp.params or lp.macs
-    ]  # fmt: skip
-    return row
-
-
 def _save_stage(ctx: RunContext, spec: StageSpec | None) -> str:
-    import deepslim as ds
-
     rel = Path("stages") / (f"{spec.index:02d}-{spec.kind}" if spec else "00-input")
     try:
-        blob = ds.encode(ctx.model)
+        blob = encode(ctx.model)
     except ConfigError:
-        ds.save_model(ctx.model, ctx.work / rel.with_suffix(".pt2"), example_input=ctx.data.example_input)
+        save_model(ctx.model, ctx.work / rel.with_suffix(".pt2"), example_input=ctx.data.example_input)
         return str(ctx.out / rel.with_suffix(".pt2"))
     with atomic_path(ctx.work / rel.with_suffix(".dsz")) as tmp:
         tmp.write_bytes(blob)
@@ -264,12 +239,10 @@ def _save_stage(ctx: RunContext, spec: StageSpec | None) -> str:
 
 
 def _write_metrics(ctx: RunContext) -> None:
-    import deepslim as ds
-
-    dev = ds.get_device(ctx.recipe.device)
+    dev = get_device(ctx.recipe.device)
     device = {"name": dev.name, "peak_macs_per_s": dict(dev.peak_macs_per_s),
               "mem_bandwidth_bytes_per_s": dev.mem_bandwidth_bytes_per_s}  # fmt: skip
-    doc = {"format": "deepslim-run", "version": 1, "status": ctx.status, "model": ctx.model_name,
+    doc = {"format": "deepslim-run", "version": METRICS_VERSION, "status": ctx.status, "model": ctx.model_name,
            "data": ctx.data_name, "preprocessing": ctx.preprocessing, "device": ctx.recipe.device,
            "device_profile": device, "seed": ctx.recipe.seed, "stages": ctx.metrics,
            "artifacts": ctx.artifacts}  # fmt: skip
@@ -312,10 +285,12 @@ def _recipe_as_run(recipe: Recipe, chosen: dict[str, Any], preprocessing: dict[s
 
 
 def _stage_row(ctx: RunContext, spec: StageSpec | None, seconds: float) -> dict[str, Any]:
-    row = {"stage": spec.kind if spec else "input", "index": spec.index if spec else 0, "seconds": seconds,
-           **measure(ctx.model, ctx.data, ctx.recipe.device)}  # fmt: skip
+    """Measure the model after a stage (a :class:`Measurement` whose ``seconds`` are the stage's), save it, and
+    record both as the stage's row of metrics.json."""
+    m = replace(measure(ctx.model, ctx.data, device=ctx.recipe.device, layers=True), seconds=seconds)
     if spec is not None and spec.kind == "export" and "latency_ms" in ctx.artifacts:
-        row["measured_latency_ms"] = float(ctx.artifacts["latency_ms"])
+        m = with_latency(m, float(ctx.artifacts["latency_ms"]), runtime="onnxruntime", threads=spec.params.threads)
+    row = m.to_row(stage=spec.kind if spec else "input", index=spec.index if spec else 0)
     row["model_file"] = _save_stage(ctx, spec)
     ctx.metrics.append(row)
     _write_metrics(ctx)
@@ -355,7 +330,6 @@ def run_recipe(recipe: Recipe, out: str | Path, *, model: str | nn.Module | None
     ``overwrite``) as a whole. A failed run leaves an earlier run untouched; with none, the stages it completed are
     kept in ``out`` (metrics.json says ``status: failed``).
     """
-    import deepslim as ds
     from deepslim.pipeline._pairing import attach_preprocessing, load_for_data
 
     out = check_run_dir(out, overwrite=overwrite)
@@ -364,13 +338,13 @@ def run_recipe(recipe: Recipe, out: str | Path, *, model: str | nn.Module | None
     if model_spec is None or data_spec is None:
         raise ConfigError("the recipe names no " + ("model" if model_spec is None else "data") +
                           ": give it in the recipe or on the command line")  # fmt: skip
-    ds.get_device(recipe.device)  # an unknown device fails before any work
+    get_device(recipe.device)  # an unknown device fails before any work
     if model is None or model == recipe.model:  # the recipe's model settings describe the recipe's model only
         weights = weights if weights is not None else recipe.weights
         arch = arch if arch is not None else recipe.arch
         model_options = {**recipe.model_options, **(model_options or {})}
     options = dict(model_options or {})
-    bundle = ds.load_data(data_spec, seed=recipe.seed) if isinstance(data_spec, str) else data_spec
+    bundle = load_data(data_spec, seed=recipe.seed) if isinstance(data_spec, str) else data_spec
     torch.manual_seed(recipe.seed)
     if isinstance(model_spec, nn.Module):
         if weights is not None or arch is not None or options:

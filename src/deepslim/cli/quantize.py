@@ -6,13 +6,22 @@ import argparse
 import json
 from typing import Any
 
-from deepslim._cli_prune import MODEL_SUFFIXES, check_output, prepare, render, snapshot
+from deepslim.cli._common import (
+    MODEL_SUFFIXES,
+    add_model_args,
+    busy,
+    check_output,
+    prepare,
+    render,
+    snapshot,
+    snapshot_dict,
+)
 from deepslim.errors import ConfigError
 
 
-def add_parser(sub: argparse._SubParsersAction, model_args: Any) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quantize", help="quantize weights (and activations) and measure accuracy and bytes")
-    model_args(p)
+    add_model_args(p)
     p.add_argument("--method", choices=["linear", "kmeans", "pow2", "binary", "ternary", "fp16", "bf16"],
                    default="linear")  # fmt: skip
     p.add_argument("--bits", type=int, default=8, help="weight bits (linear 2-8, kmeans 1-8, pow2 2-8)")
@@ -26,6 +35,7 @@ def add_parser(sub: argparse._SubParsersAction, model_args: Any) -> None:
     p.add_argument("--json", action="store_true")
     p.add_argument("-o", "--output", help="write the quantized model: a .dsz archive (restores the quantized "
                    "layers) or a .pt2 program")  # fmt: skip
+    p.set_defaults(func=run)
 
 
 def _config(args: argparse.Namespace) -> Any:
@@ -45,20 +55,18 @@ def _config(args: argparse.Namespace) -> Any:
     return q.BinaryConfig(overrides=skip) if args.method == "binary" else q.TernaryConfig(overrides=skip)
 
 
-def run(args: argparse.Namespace, load: Any, parse_shape: Any, out: Any) -> int:
+def run(args: argparse.Namespace) -> int:
     from deepslim.compress.quantize import KMeansConfig, cluster_, quantization_report, quantize_
     from deepslim.models import save_model
 
     config = _config(args)
     check_output(args, MODEL_SUFFIXES)
-    model, x, data = prepare(args, load, parse_shape)
+    model, x, data = prepare(args)
     if getattr(config, "activation_bits", None) and data is None:
         raise ConfigError("activation quantization needs calibration data: give --data (or --activation-bits 0)")
     # latency is measured in ONNX Runtime: a linearly quantized model runs there as an integer (QDQ) graph
     latency = not args.no_latency
     before = snapshot(model, x, data, latency)
-    from deepslim._cli_export import busy
-
     with busy(args, "quantizing (calibrating on the data)"):
         if isinstance(config, KMeansConfig):
             cluster_(model, config)
@@ -69,10 +77,10 @@ def run(args: argparse.Namespace, load: Any, parse_shape: Any, out: Any) -> int:
     if args.output:
         save_model(model, args.output, example_input=x)
     if args.json:
-        print(json.dumps({"before": before.to_dict(), "after": after.to_dict(), "output": args.output,
+        print(json.dumps({"before": snapshot_dict(before), "after": snapshot_dict(after), "output": args.output,
                           "quantized": [list(r) for r in report.quantized],
                           "not_quantized": [list(r) for r in report.left]}, indent=2))  # fmt: skip
         return 0
     warnings = [f"not quantized: {n} ({why})" for n, why in report.left]
-    render(out, f"{args.method} quantization of {args.model}", before, after, warnings, args)
+    render(f"{args.method} quantization of {args.model}", before, after, warnings, args)
     return 0

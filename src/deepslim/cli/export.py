@@ -8,15 +8,15 @@ import json
 from pathlib import Path
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from deepslim.cli._common import add_model_args, busy, check_output, out, parse_shape, prepare
 from deepslim.errors import ConfigError
 
 
-def add_parsers(sub: argparse._SubParsersAction, model_args: Any) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export to ONNX (fp32, or an integer QDQ graph) with a parity check")
-    model_args(p)
+    add_model_args(p)
     p.add_argument("-f", "--format", choices=["onnx"], default="onnx")
     p.add_argument("--int8", action="store_true", help="quantize (u8 activations, s8 per-channel weights) first")
     p.add_argument("--calibration", choices=["minmax", "percentile", "mse", "entropy"], default="minmax")
@@ -24,9 +24,10 @@ def add_parsers(sub: argparse._SubParsersAction, model_args: Any) -> None:
     p.add_argument("--input-shape", help="example input shape (default: the zoo model's or the data's)")
     p.add_argument("-o", "--output", required=True, help="ONNX file to write")
     p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="measure latency in ONNX Runtime or PyTorch (optionally against OTHER)")
-    model_args(p)
+    add_model_args(p)
     p.add_argument("--compare", metavar="OTHER", help="a second model, measured interleaved with the first "
                    "(--weights and --arch apply to MODEL only)")  # fmt: skip
     p.add_argument("--runtime", choices=["onnxruntime", "torch"], default="onnxruntime")
@@ -36,21 +37,10 @@ def add_parsers(sub: argparse._SubParsersAction, model_args: Any) -> None:
     p.add_argument("--device", default="host", help="device for the predicted latency (default: host)")
     p.add_argument("--seconds", type=float, default=2.0, help="minimum measuring time per model")
     p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_bench)
 
 
-def busy(args: argparse.Namespace, what: str) -> Any:
-    """A spinner on stderr while ``what`` runs (nothing with --quiet or --json, or when stderr is not a terminal)."""
-    import contextlib
-
-    from deepslim.cli import err
-
-    if args.quiet or getattr(args, "json", False) or not err.is_terminal:
-        return contextlib.nullcontext()
-    return err.status(what)
-
-
-def _load_any(spec: str, args: argparse.Namespace, load: Any, parse_shape: Any, *,
-              compared: bool = False) -> tuple[Any, Any, Any]:  # fmt: skip
+def _load_any(spec: str, args: argparse.Namespace, *, compared: bool = False) -> tuple[Any, Any, Any]:
     """(module or .onnx path, example input or None, data or None). ``compared``: the --compare model, to which
     --weights and --arch (which describe MODEL) do not apply."""
     if spec.endswith(".onnx"):
@@ -64,18 +54,15 @@ def _load_any(spec: str, args: argparse.Namespace, load: Any, parse_shape: Any, 
         data = load_data(args.data) if args.data else None
         x = torch.randn(*shape) if shape else data.example_input if data is not None else None
         return spec, x, data
-    from deepslim._cli_prune import prepare
-
     ns = argparse.Namespace(**{**vars(args), "model": spec, **({"weights": None, "arch": None} if compared else {})})
-    return prepare(ns, load, parse_shape)
+    return prepare(ns)
 
 
-def cmd_export(args: argparse.Namespace, load: Any, parse_shape: Any, out: Console) -> int:
+def cmd_export(args: argparse.Namespace) -> int:
     import deepslim as ds
-    from deepslim._cli_prune import check_output, prepare
 
     check_output(args, (".onnx",))
-    model, x, data = prepare(args, load, parse_shape)
+    model, x, data = prepare(args)
     calib = data.calib if data is not None else None
     if args.int8:
         if data is None:
@@ -109,18 +96,18 @@ def _predicted(model: Any, x: Any, device: str, shape: Any) -> float | None:
     return estimate_cost(prof, device).latency_ms
 
 
-def cmd_bench(args: argparse.Namespace, load: Any, parse_shape: Any, out: Console) -> int:
+def cmd_bench(args: argparse.Namespace) -> int:
     import deepslim as ds
 
     shape = parse_shape(args.input_shape) if args.input_shape else None
-    a, xa, data = _load_any(args.model, args, load, parse_shape)
+    a, xa, data = _load_any(args.model, args)
     calib = data.calib if data is not None else None
     ds.get_device(args.device)
     rows: list[tuple[str, Any, float | None]] = []
     if args.compare:
         if args.runtime != "onnxruntime":
             raise ConfigError("--compare measures both models in ONNX Runtime (leave --runtime at onnxruntime)")
-        b, xb, _ = _load_any(args.compare, args, load, parse_shape, compared=True)
+        b, xb, _ = _load_any(args.compare, args, compared=True)
         x = xa if xa is not None else xb
         with busy(args, "measuring both models, interleaved"):
             result = ds.compare(a, b, example_input=x, input_shape=shape, threads=args.threads, calib_data=calib)

@@ -11,8 +11,11 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from deepslim.pipeline import RunResult, load_recipe, run_recipe
-from deepslim.pipeline.run import Event
+from deepslim.compress.coding import decode
+from deepslim.data import load_data
+from deepslim.pipeline.recipe import load_recipe
+from deepslim.pipeline.run import Event, RunResult, check_run_dir, run_recipe
+from deepslim.train import evaluate
 
 RECIPE = "deep-compression-lenet5"
 
@@ -35,9 +38,6 @@ def run_demo(out: str | Path, *, epochs: int | None = None, seed: int = 0, devic
              overwrite: bool = False, on_event: Event | None = None) -> DemoResult:  # fmt: skip
     """Run the Deep Compression recipe on LeNet-5/digits into run directory ``out`` (``overwrite``: replacing an
     earlier run there)."""
-    import deepslim as ds
-    from deepslim.pipeline.run import check_run_dir
-
     check_run_dir(out, overwrite=overwrite)  # before the recipe is even read: an existing --out is refused at once
     recipe = load_recipe(RECIPE)
     recipe = replace(recipe, seed=seed, device=device)
@@ -47,6 +47,6 @@ def run_demo(out: str | Path, *, epochs: int | None = None, seed: int = 0, devic
         recipe = replace(recipe, stages=stages)
     run = run_recipe(recipe, out, overwrite=overwrite, on_event=on_event)
     archive = Path(run.artifacts["archive"])
-    decoded = ds.decode(archive.read_bytes())
-    data = ds.load_data(recipe.data, seed=seed)
-    return DemoResult(run=run, decoded_accuracy=ds.evaluate(decoded, data.test).accuracy)
+    decoded = decode(archive.read_bytes())
+    data = load_data(recipe.data, seed=seed)
+    return DemoResult(run=run, decoded_accuracy=evaluate(decoded, data.test).accuracy)
