@@ -139,3 +139,19 @@ def test_console_error_detection_works(tmp_path):
     page = tmp_path / "broken.html"
     page.write_text("<html><body><script>undefinedFunction();</script></body></html>")
     assert _console_errors(_chromium("--dump-dom", page.as_uri()).stderr)  # the check above can fail
+
+
+def test_the_stage_table_names_the_runtime_threads_and_machine_load_and_reads_version_1_runs(runs, tmp_path):
+    doc = json.loads((runs / "pruned" / "metrics.json").read_text())
+    export = doc["stages"][-1]
+    assert doc["version"] == 2 and export["runtime"] == "onnxruntime" and export["threads"] == 1
+    page = write_report([runs / "pruned"], tmp_path / "r.html") and (tmp_path / "r.html").read_text()
+    assert "(onnxruntime, 1 thread)" in page and "machine load" in page
+    old = tmp_path / "old"  # a run written before the Measurement record: version 1, none of its new keys
+    shutil.copytree(runs / "pruned", old)
+    new_keys = {"metric", "metric_value", "device", "runtime", "threads", "peak_activation_bytes", "load_average"}
+    doc["version"], doc["stages"] = 1, [{k: v for k, v in s.items() if k not in new_keys} for s in doc["stages"]]
+    (old / "metrics.json").write_text(json.dumps(doc))
+    res = write_report([old], tmp_path / "o.html")
+    page = (tmp_path / "o.html").read_text()
+    assert not res.problems and "(onnxruntime" not in page and res.charts >= 3

@@ -292,14 +292,23 @@ def _stage_table(run: Run) -> str:
     cols = [("stage", "stage"), ("accuracy", "accuracy"), ("params", "params"), ("nonzero_params", "nonzero"),
             ("macs", "MACs"), ("archive_bytes", "archive B"), ("estimated_latency_ms", "est. ms"),
             ("measured_latency_ms", "measured ms"), ("estimated_energy_uj", "est. energy uJ"),
-            ("seconds", "s")]  # fmt: skip
+            ("seconds", "s"), ("load_average", "machine load")]  # fmt: skip
     head = "".join(f"<th>{c}</th>" for _, c in cols)
     rows = []
-    for s in run.stages:
+    for s in run.stages:  # a row is a Measurement's (metrics.json version 2) or version 1's (no runtime, no load)
         cells = []
         for key, _ in cols:
             v = s.get(key)
-            cells.append(f"<td>{100 * v:.2f}%</td>" if key == "accuracy" and v is not None else f"<td>{_fmt(v)}</td>")
+            if key == "accuracy" and v is not None:
+                cells.append(f"<td>{100 * v:.2f}%</td>")
+            elif key == "measured_latency_ms" and v is not None and s.get("runtime"):
+                threads = s.get("threads")
+                where = f"{s['runtime']}, {threads} thread{'s' if threads != 1 else ''}" if threads else s["runtime"]
+                cells.append(f"<td>{_fmt(v)} ({html.escape(where)})</td>")
+            elif key == "load_average":  # the 1-minute load average while the stage was measured
+                cells.append(f"<td>{_fmt(v[0] if isinstance(v, list) and v else None)}</td>")
+            else:
+                cells.append(f"<td>{_fmt(v)}</td>")
         rows.append(f"<tr>{''.join(cells)}</tr>")
     return f"<table><tr>{head}</tr>{''.join(rows)}</table>"
 
