@@ -76,3 +76,14 @@ def test_measure_without_data_or_example_input_is_refused_and_without_data_has_n
     m = measure(model, example_input=torch.randn(1, 784), archive=False)
     assert m.accuracy is None and m.archive_bytes is None and m.estimated_latency_ms is None
     assert not math.isnan(m.seconds)
+
+
+def test_a_run_result_reads_its_metrics_rows_back_as_measurements(tmp_path):
+    result = ds.run_recipe(ds.load_recipe({"model": "lenet300", "data": "digits", "stages": ["encode"]}),
+                           tmp_path / "run")  # fmt: skip
+    rows = json.loads((tmp_path / "run" / "metrics.json").read_text())["stages"]
+    ms = result.measurements()
+    assert [m.archive_bytes for m in ms] == [r["archive_bytes"] for r in rows] and ms[0].archive_bytes > 0
+    assert [m.seconds for m in ms] == [r["seconds"] for r in rows] and ms[0].seconds == 0.0  # the stage's time
+    assert ms[0].device == rows[0]["device"] is not None and "layers" in ms[-1].extra
+    assert ms[-1].to_row(stage="encode", index=1, model_file=rows[-1]["model_file"]) == rows[-1]

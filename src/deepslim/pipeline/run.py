@@ -1,11 +1,13 @@
 """Running a recipe: each stage transforms the model, then the model is measured and saved.
 
-The run directory holds ``recipe.yaml`` (the recipe as given), ``metrics.json`` (rewritten after every stage: accuracy,
-parameters, nonzeros, MACs, bytes on disk, estimated latency and energy on the recipe's device, and measured latency
-after an export stage), ``stages/NN-kind.dsz`` (the model after each stage; ``.pt2`` when its layer tree is no
-longer the zoo's), ``model.dsz`` (encode stage), ``model.onnx`` (export stage), ``preprocessing.json`` (how the
-data's inputs were standardised: what a deployed model must be fed) and ``report.html`` (at the end). The directory
-is built beside ``out`` and moved into place when the run completes, so it never mixes files of two runs.
+The run directory holds ``recipe.yaml`` (the recipe as given), ``metrics.json`` (rewritten after every stage: a list
+of stage rows, each a :class:`~deepslim.analysis.measurement.Measurement` (accuracy, parameters, nonzeros, MACs,
+bytes on disk, estimated latency and energy on the recipe's device, measured latency after an export stage, machine
+load) with the stage's name, index, model file and per-layer rows), ``stages/NN-kind.dsz`` (the model after each
+stage; ``.pt2`` when its layer tree is no longer the zoo's), ``model.dsz`` (encode stage), ``model.onnx`` (export
+stage), ``preprocessing.json`` (how the data's inputs were standardised: what a deployed model must be fed) and
+``report.html`` (at the end). The directory is built beside ``out`` and moved into place when the run completes, so
+it never mixes files of two runs.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from torch import nn
 
 from deepslim._io import atomic_dir, atomic_path
 from deepslim.analysis import get_device
+from deepslim.analysis.measurement import Measurement
 from deepslim.compress.coding import encode
 from deepslim.compress.lowrank import SVDConfig, TuckerConfig, factorize_
 from deepslim.compress.prune import (
@@ -69,6 +72,7 @@ from deepslim.train import KDConfig, distill
 # 2: each stage row is a Measurement's row (Measurement.to_row: version 1's keys plus metric, device, runtime,
 # threads, peak memory, load average); readers of version 1 read version 2 unchanged, and back.
 METRICS_VERSION = 2
+STAGE_KEYS = ("stage", "index", "model_file")  # what a stage row holds beside its Measurement
 
 Event = Callable[[str, dict[str, Any]], None]  # (event, payload): "stage_start", "stage_end", "epoch"
 
@@ -136,6 +140,10 @@ class RunResult:
     metrics: list[dict[str, Any]]
     model: nn.Module
     artifacts: dict[str, str]
+
+    def measurements(self) -> list[Measurement]:
+        """Each stage's row of metrics.json as a Measurement (per-layer rows and archive parts in ``extra``)."""
+        return [Measurement.from_row(row, stage_keys=STAGE_KEYS) for row in self.metrics]
 
     def stage(self, kind: str) -> dict[str, Any]:
         """The metrics of the last stage of this kind."""
