@@ -90,7 +90,7 @@ def _inference_tensors(model: nn.Module) -> list[_Tensor]:
         prefix = f"{name}." if name else ""
         params = dict(m.named_parameters(recurse=False))
         if parametrize.is_parametrized(m):
-            params.update({p: getattr(m, p) for p in m.parametrizations})
+            params.update(_parametrized_tensors(m, name))
         for key, t in sorted(params.items()):  # one order whether or not a tensor is parametrized
             if isinstance(m, QuantMixin) and key == "weight_scale":
                 continue  # folded into the weight's codes
@@ -103,6 +103,26 @@ def _inference_tensors(model: nn.Module) -> list[_Tensor]:
         for key, t in m.named_buffers(recurse=False):
             if key not in m._non_persistent_buffers_set:
                 out.append(_Tensor(prefix + key, t.detach()))
+    return out
+
+
+def _parametrized_tensors(m: nn.Module, name: str) -> dict[str, torch.Tensor]:
+    """The tensors that stand for ``m``'s parametrized ones: the computed tensor for deepslim's encodings (masks,
+    codebooks, codes), the originals for another library's parametrization (weight_norm, spectral_norm), so that the
+    archive's names are the architecture's; ArchiveError when both act on one tensor."""
+    out = {}
+    for key, plist in m.parametrizations.items():
+        ours = [type(p).__name__ for p in plist if type(p).__module__.startswith("deepslim.")]
+        foreign = [type(p).__name__ for p in plist if not type(p).__module__.startswith("deepslim.")]
+        if not foreign:
+            out[key] = getattr(m, key)
+        elif not ours:
+            out.update({f"parametrizations.{key}.{n}": t for n, t in plist.named_parameters(recurse=False)})
+        else:
+            raise ArchiveError(f"layer {name or type(m).__name__}: its {key} is computed by {', '.join(foreign)} "
+                               f"and then deepslim's {', '.join(ours)}; the archive stores one or the other: remove "
+                               f"the {foreign[0]} before compressing (torch.nn.utils.parametrize."
+                               f"remove_parametrizations(layer, {key!r}))")  # fmt: skip
     return out
 
 

@@ -38,10 +38,10 @@ from deepslim.compress.quantize.nonlinear import (
 )
 from deepslim.compress.quantize.observers import Calibration
 from deepslim.config import lookup, unmatched
-from deepslim.errors import ConfigError
+from deepslim.errors import ConfigError, UnsupportedModelError
+from deepslim.models.adapters import weight_layers, weight_parametrizations
 
 log = logging.getLogger(__name__)
-_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Linear)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,9 +71,15 @@ class QuantReport:
         return "\n".join(rows)
 
 
+def _layers(model: nn.Module) -> dict[str, nn.Module]:
+    """The layers with a weight matrix, from the layer-kind registry (convolutions, linear layers and their
+    subclasses, HF ``Conv1D``, registered kinds), not yet linearly quantized."""
+    return {n: m for n, (m, _) in weight_layers(model).items() if not isinstance(m, QuantMixin)}
+
+
 def _targets(model: nn.Module, overrides: tuple[tuple[str, Any], ...],
              default: Any) -> dict[str, tuple[nn.Module, Any]]:  # fmt: skip
-    layers = {n: m for n, m in model.named_modules() if isinstance(m, _LAYERS) and not isinstance(m, QuantMixin)}
+    layers = _layers(model)
     bad = unmatched(overrides, layers)
     if bad:
         raise ConfigError(f"no quantizable layer matches {', '.join(map(repr, bad))}")
@@ -92,10 +98,16 @@ def _linear(model: nn.Module, config: LinearQuantConfig, *, calib_data: Iterable
     if config.fold_batchnorm:
         folded = fold_batchnorm_(model, example)
         log.info("folded %d batch norms into their convolutions", len(folded))
-    swapped = []
+    swapped, kept = [], []
     for name, (m, bits) in _targets(model, config.overrides, config.bits).items():
+        if not any(isinstance(m, base) for base in QUANTIZABLE):
+            kept.append(f"{name} ({type(m).__name__})")
+            continue
         swap_to_quantized(m, bits, config, name)
         swapped.append(m)
+    if kept:  # quantization_report names them too
+        log.warning("left in float (linear quantization holds Conv1d/Conv2d/Linear and subclasses): %s",
+                    ", ".join(kept))  # fmt: skip
     if config.activation_bits is not None:
         assert calib_data is not None
         points = []
@@ -154,19 +166,42 @@ def quantize_(model: nn.Module, config: QuantConfig, *, calib_data: Iterable[Any
 
 def cluster_(model: nn.Module, config: KMeansConfig) -> nn.Module:
     """Deep Compression's weight sharing: a 2^bits-entry codebook per layer; zeros (pruned weights) stay zero."""
-    for _, (m, bits) in _targets(model, config.overrides, config.bits).items():
-        if parametrize.is_parametrized(m, "weight"):
-            from deepslim.compress.prune.masks import bake_masks_
-
-            bake_masks_(m)  # a pruning mask is kept as the zeros the codebook leaves out
+    targets = _targets(model, config.overrides, config.bits)
+    for name, (m, _) in targets.items():
+        _plain_weight_(m, name)
+    for _, (m, bits) in targets.items():
         share_weights_(m, bits, config.init, config.iterations)
         if config.share_bias and m.bias is not None:
             share_weights_(m, bits, config.init, config.iterations, "bias")
     return model
 
 
+def _plain_weight_(m: nn.Module, name: str) -> None:
+    """Make ``m.weight`` a plain parameter before its codebook replaces it: a pruning mask stays as the zeros the
+    codebook leaves out; weight_norm or spectral_norm is baked into the weight it computes (the codebook stores that
+    weight; the model computes the same). Hook-based weight_norm (``torch.nn.utils.weight_norm``) is refused."""
+    from deepslim.compress.prune.masks import WeightMask
+
+    hooks = [h for h in weight_parametrizations(m) if h in ("WeightNorm", "SpectralNorm")
+             and not (parametrize.is_parametrized(m, "weight"))]  # fmt: skip
+    if hooks:
+        raise UnsupportedModelError(f"{name}: its weight is computed by a {hooks[0]} hook (torch.nn.utils."
+                                    "weight_norm), which k-means cannot encode; remove it first "
+                                    f"(torch.nn.utils.remove_weight_norm) or skip the layer with "
+                                    f"overrides={{{name!r}: None}}")  # fmt: skip
+    if not parametrize.is_parametrized(m, "weight"):
+        return
+    others = weight_parametrizations(m, ignore=(WeightMask,))
+    if any(o == "SharedWeight" for o in others):
+        raise UnsupportedModelError(f"{name} is already k-means clustered; skip it with overrides={{{name!r}: None}}")
+    if others:
+        log.info("%s: %s baked into the weight before clustering", name, ", ".join(others))
+    parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+
+
 def quantization_report(model: nn.Module) -> QuantReport:
     done, left = [], []
+    layers = {n for n, m in _layers(model).items() if any(isinstance(m, base) for base in QUANTIZABLE)}
     for name, m in model.named_modules():
         if isinstance(m, QuantMixin):
             act = f" / u{m.act_bits} act" if m.act_bits is not None else " (weight-only)"
@@ -181,7 +216,7 @@ def quantization_report(model: nn.Module) -> QuantReport:
         elif any(p.dtype in (torch.float16, torch.bfloat16) for p in m.parameters(recurse=False)):
             done.append((name, str(next(m.parameters()).dtype).removeprefix("torch.")))
         elif any(True for _ in m.parameters(recurse=False)):
-            why = "skipped by an override" if isinstance(m, _LAYERS) else f"{type(m).__name__} is not quantized"
+            why = "skipped by an override" if name in layers else f"{type(m).__name__} is not quantized"
             left.append((name, why))
     return QuantReport(tuple(done), tuple(left))
 
