@@ -8,7 +8,8 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 BENCHMARKS = ["profile_speed", "pruning_speed", "pruning_accuracy", "quantization", "quantization_shapes",
-              "deep_compression", "speed"]
+              "deep_compression", "speed", "int8_api_path", "openvino_runtime", "transformer_encoder", "generality"]
+RESULTS = {"openvino_runtime": "openvino"}  # a script named openvino.py would shadow the package it measures
 
 
 def main() -> int:
@@ -17,7 +18,8 @@ def main() -> int:
     failed = []
     for name in BENCHMARKS:
         print(f"== {name}", flush=True)
-        code = subprocess.call([sys.executable, str(HERE / f"{name}.py"), "--json", str(out / f"{name}.json")])
+        result = out / f"{RESULTS.get(name, name)}.json"
+        code = subprocess.call([sys.executable, str(HERE / f"{name}.py"), "--json", str(result)])
         if code:
             failed.append(name)
     if failed:
