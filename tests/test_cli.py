@@ -43,7 +43,7 @@ def test_profile_onnx_and_input_shape(capsys, tmp_path):
 
 
 @pytest.mark.parametrize("argv,message", [
-    (["profile", "resnet19"], "unknown model 'resnet19'; known models: bert_base"),
+    (["profile", "resnet19"], "unknown model 'resnet19'; known models: all-minilm-l6-v2, bert_base"),
     (["profile", "resnet18", "--input-shape", "1,3,a"], "--input-shape must be comma-separated integers"),
     (["profile", "resnet18", "--input-shape", "1,1,28,28"], "input of shape (1, 1, 28, 28) failed"),
     (["profile", "resnet18", "--device", "pi"], "unknown device 'pi'"),

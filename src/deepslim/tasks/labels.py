@@ -33,7 +33,11 @@ def _flatten(out: torch.Tensor, target: torch.Tensor, class_dim: int, shift: boo
     if labels.numel() != logits.shape[0]:
         raise DataError(f"logits of shape {tuple(out.shape)} do not fit targets of shape {tuple(target.shape)}")
     keep = labels != ignore_index
-    return logits[keep], labels[keep]
+    logits, labels = logits[keep], labels[keep]
+    if labels.numel() and (int(labels.max()) >= c or int(labels.min()) < 0):
+        raise DataError(f"target classes run from {int(labels.min())} to {int(labels.max())}, outside the model's "
+                        f"{c} classes")  # fmt: skip
+    return logits, labels
 
 
 class _LabelMeter:
@@ -56,8 +60,6 @@ class _LabelMeter:
             c = logits.shape[1]
             if self.confusion.numel() == 0:
                 self.confusion = torch.zeros(c, c, dtype=torch.long)
-            if int(labels.max(initial=0)) >= c:
-                raise DataError(f"a target class {int(labels.max())} is outside the model's {c} classes")
             self.confusion += torch.bincount(labels * c + pred, minlength=c * c).reshape(c, c)
 
     def result(self) -> dict[str, float]:
