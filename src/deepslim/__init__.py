@@ -16,6 +16,8 @@ from deepslim.analysis import (
     profile,
     register_device,
 )
+from deepslim.analysis.measurement import Measurement
+from deepslim.analysis.training import TrainingProfile, training_profile
 from deepslim.compress.coding import ArchiveInfo, archive_info, decode, encode
 from deepslim.compress.lowrank import FactorizeResult, SVDConfig, TuckerConfig, factorize_
 from deepslim.compress.prune import (
@@ -43,7 +45,14 @@ from deepslim.compress.quantize import (
     quantization_report,
     quantize_,
 )
-from deepslim.data import DataBundle, list_datasets, load_data, register_dataset
+from deepslim.compress.tokens import (
+    MergeTokensConfig,
+    PruneTokensConfig,
+    drop_layers_,
+    merge_tokens_,
+    prune_tokens_,
+)
+from deepslim.data import DataBundle, Preprocessing, list_datasets, load_data, register_dataset
 from deepslim.errors import (
     ArchiveError,
     ConfigError,
@@ -56,11 +65,23 @@ from deepslim.errors import (
     UnsupportedModelError,
     UnsupportedOpError,
 )
-from deepslim.export import BenchResult, CompareResult, ExportResult, benchmark, compare, export_onnx, interleave
+from deepslim.export import (
+    BenchResult,
+    CompareResult,
+    ExportResult,
+    benchmark,
+    compare,
+    export_onnx,
+    export_openvino,
+    interleave,
+)
 from deepslim.models import create_model, example_input, list_models, load_model, register_model, save_model
-from deepslim.pipeline import Recipe, RunResult, load_recipe, run_recipe
+from deepslim.models.adapters import LayerKind, register_layer_kind
+from deepslim.pipeline import Recipe, RunResult, load_recipe, measure, run_recipe
 from deepslim.search import Sensitivity, sensitivity
-from deepslim.train import EvalResult, FitResult, KDConfig, distill, evaluate, fit
+from deepslim.tasks import Task, get_task, list_tasks
+from deepslim.train import EvalResult, FitResult, KDConfig, distill, distill_ddp, evaluate, fidelity, fit, fit_ddp
+from deepslim.train.ondevice import bias_only_, plan_sparse_update, sparse_update_, tinytl_
 
 __version__ = "0.1.0"
 
@@ -68,13 +89,16 @@ __all__ = [
     "ArchiveError", "ArchiveInfo", "BenchResult", "BinaryConfig", "Calibration", "ChannelPruneConfig",
     "CompareResult", "ConfigError", "CostEstimate", "DataBundle", "DataError", "DeepSlimError", "DeviceProfile",
     "EnergyTable", "EvalResult", "ExportError", "ExportResult", "FactorizeResult", "FitResult", "Float16Config",
-    "GradualPruner", "Importance", "InputShapeError", "KDConfig", "KMeansConfig", "LayerCost", "LayerProfile",
-    "LinearQuantConfig", "MagnitudePruneConfig", "ModelLoadError", "NMPruneConfig", "PowerOfTwoConfig", "Profile",
-    "Recipe", "RunResult", "Scope", "Sensitivity", "SVDConfig", "TernaryConfig", "TuckerConfig", "UnknownNameError",
-    "UnsupportedModelError", "UnsupportedOpError", "archive_info", "bake_masks_", "benchmark", "cluster_", "compare",
-    "create_model", "decode", "dependency_groups", "distill", "encode", "estimate_cost", "evaluate", "example_input",
-    "export_onnx", "factorize_", "fit", "fold_batchnorm_", "get_device", "interleave", "list_datasets", "list_devices",
-    "list_models", "load_data", "load_model", "load_recipe", "plan_channel_pruning", "profile", "prune_",
-    "quantization_report", "quantize_", "register_dataset", "register_device", "register_model", "run_recipe",
-    "save_model", "sensitivity",
+    "GradualPruner", "Importance", "InputShapeError", "KDConfig", "KMeansConfig", "LayerCost", "LayerKind",
+    "LayerProfile", "LinearQuantConfig", "MagnitudePruneConfig", "Measurement", "MergeTokensConfig", "ModelLoadError",
+    "NMPruneConfig", "PowerOfTwoConfig", "Preprocessing", "Profile", "PruneTokensConfig", "Recipe", "RunResult",
+    "Scope", "Sensitivity", "SVDConfig", "Task", "TernaryConfig", "TrainingProfile", "TuckerConfig",
+    "UnknownNameError", "UnsupportedModelError", "UnsupportedOpError", "archive_info", "bake_masks_", "benchmark",
+    "bias_only_", "cluster_", "compare", "create_model", "decode", "dependency_groups", "distill", "distill_ddp",
+    "drop_layers_", "encode", "estimate_cost", "evaluate", "example_input", "export_onnx", "export_openvino",
+    "factorize_", "fidelity", "fit", "fit_ddp", "fold_batchnorm_", "get_device", "get_task", "interleave",
+    "list_datasets", "list_devices", "list_models", "list_tasks", "load_data", "load_model", "load_recipe", "measure",
+    "merge_tokens_", "plan_channel_pruning", "plan_sparse_update", "profile", "prune_", "prune_tokens_",
+    "quantization_report", "quantize_", "register_dataset", "register_device", "register_layer_kind",
+    "register_model", "run_recipe", "save_model", "sensitivity", "sparse_update_", "tinytl_", "training_profile",
 ]  # fmt: skip
