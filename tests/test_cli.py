@@ -186,12 +186,20 @@ def test_export_and_bench(capsys, tmp_path):
                        "--json")  # fmt: skip
     res = json.loads(out)
     assert code == 0 and res["format"] == "qdq-int8" and res["top1_agreement"] == 1.0
+    assert res["integer_layers"] == res["quantized_layers"] == 4  # Caffe LeNet-5: 2 convs, 2 linears, all integer
     code, out, _ = run(capsys, "export", "lenet5", "--data", "digits", "-o", str(tmp_path / "f.onnx"))
     assert code == 0 and "fp32" in out
     code, out, _ = run(capsys, "bench", str(tmp_path / "f.onnx"), "--compare", str(tmp_path / "q.onnx"),
                        "--threads", "1", "--json")  # fmt: skip
     doc = json.loads(out)
-    assert code == 0 and doc["speedup"] > 0 and len(doc["models"]) == 2
+    assert code == 0 and len(doc["models"]) == 2 and {m["runtime"] for m in doc["models"]} == {"onnxruntime"}
+    assert doc["speedup"] == pytest.approx(doc["models"][0]["median_ms"] / doc["models"][1]["median_ms"])
+    assert [m["model"] for m in doc["models"]] == [str(tmp_path / "f.onnx"), str(tmp_path / "q.onnx")]
+    code, _, err = run(capsys, "bench", str(tmp_path / "f.onnx"), "--runtime-b", "openvino")
+    assert code == 2 and "--runtime-b is the runtime of --compare" in err
+    code, _, err = run(capsys, "bench", str(tmp_path / "f.onnx"), "--compare", str(tmp_path / "q.onnx"),
+                       "--runtime", "torch")  # fmt: skip
+    assert code == 2 and "--compare runs each model in a runtime process" in err
     assert {"median_ms", "p10_ms", "p90_ms", "throughput_per_s", "peak_memory_bytes", "predicted_ms", "warnings",
             "runs", "threads", "runtime", "device", "model"} == set(doc["models"][0])  # fmt: skip
     code, out, _ = run(capsys, "bench", "lenet5", "-O", "input_size=8", "--runtime", "torch", "--seconds", "0.2")
@@ -223,3 +231,16 @@ def test_report_command_and_exit_codes(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(deepslim.report, "write_report", broken)
     code, _, err = run(capsys, "report", str(tmp_path / "run"), "-o", str(tmp_path / "y.html"))
     assert code == 1 and "internal error" in err and "boom" in err
+
+
+def test_bench_compares_one_file_across_two_runtimes(capsys, tmp_path):
+    pytest.importorskip("openvino", reason="OpenVINO is the optional second runtime (deepslim[openvino])")
+    code, _, _ = run(capsys, "export", "lenet5", "-O", "input_size=8", "-o", str(tmp_path / "f.onnx"))
+    assert code == 0
+    code, out, _ = run(capsys, "bench", str(tmp_path / "f.onnx"), "--compare", str(tmp_path / "f.onnx"),
+                       "--runtime-b", "openvino", "--threads", "1", "--json")  # fmt: skip
+    doc = json.loads(out)
+    assert code == 0 and [m["runtime"] for m in doc["models"]] == ["onnxruntime", "openvino"]
+    code, out, _ = run(capsys, "bench", str(tmp_path / "f.onnx"), "--compare", str(tmp_path / "f.onnx"),
+                       "--runtime-b", "openvino", "--threads", "1")  # fmt: skip
+    assert code == 0 and "onnxruntime vs openvino" in out and "f.onnx (openvino) runs" in out

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from deepslim.cli._common import add_model_args, busy, check_output, out, parse_shape, prepare
 from deepslim.errors import ConfigError
+from deepslim.export.bench import FILE_RUNTIMES, RUNTIMES
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +31,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--compare", metavar="OTHER", help="a second model, measured interleaved with the first "
                    "(--weights and --arch apply to MODEL only)")  # fmt: skip
-    p.add_argument("--runtime", choices=["onnxruntime", "torch"], default="onnxruntime")
+    p.add_argument("--runtime", choices=list(RUNTIMES), default="onnxruntime",
+                   help="where MODEL runs (openvino: deepslim[openvino]; openvino-bf16: bf16 on CPUs that have it)")
+    p.add_argument("--runtime-b", choices=list(FILE_RUNTIMES),
+                   help="where OTHER runs with --compare (default: --runtime); OTHER may be MODEL itself")  # fmt: skip
     p.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
     p.add_argument("--input-shape", help="input shape (default: the zoo model's, or the ONNX file's)")
     p.add_argument("--data", help="dataset spec (input shape, and calibration for quantized models)")
@@ -76,6 +80,9 @@ def cmd_export(args: argparse.Namespace) -> int:
         return 0
     out.print(f"wrote {result.path} ({result.size_bytes:,} B, {result.format}); ONNX Runtime vs PyTorch: max abs "
               f"error {result.max_abs_error:.3g}, top-1 agreement {100 * result.top1_agreement:.1f}%")  # fmt: skip
+    if result.quantized_layers:
+        out.print(f"{result.integer_layers}/{result.quantized_layers} quantized layers run on integer kernels in "
+                  "ONNX Runtime's optimized graph")  # fmt: skip
     for layer in result.float_layers:
         out.print(f"warning: stays in float: {layer}", markup=False)
     for w in result.warnings:
@@ -104,15 +111,20 @@ def cmd_bench(args: argparse.Namespace) -> int:
     calib = data.calib if data is not None else None
     ds.get_device(args.device)
     rows: list[tuple[str, Any, float | None]] = []
+    if args.runtime_b and not args.compare:
+        raise ConfigError("--runtime-b is the runtime of --compare OTHER; give --compare (it may name MODEL again)")
     if args.compare:
-        if args.runtime != "onnxruntime":
-            raise ConfigError("--compare measures both models in ONNX Runtime (leave --runtime at onnxruntime)")
+        if args.runtime not in FILE_RUNTIMES:
+            raise ConfigError(f"--compare runs each model in a runtime process: --runtime one of "
+                              f"{', '.join(FILE_RUNTIMES)}")  # fmt: skip
         b, xb, _ = _load_any(args.compare, args, compared=True)
         x = xa if xa is not None else xb
         with busy(args, "measuring both models, interleaved"):
-            result = ds.compare(a, b, example_input=x, input_shape=shape, threads=args.threads, calib_data=calib)
+            result = ds.compare(a, b, example_input=x, input_shape=shape, threads=args.threads, calib_data=calib,
+                                runtime=args.runtime, runtime_b=args.runtime_b)  # fmt: skip
         for name, model, r in ((args.model, a, result.a), (args.compare, b, result.b)):
-            rows.append((name, r, _predicted(model, x, args.device, shape)))
+            label = f"{name} ({r.runtime})" if result.a.runtime != result.b.runtime else name
+            rows.append((label, r, _predicted(model, x, args.device, shape)))
     else:
         with busy(args, f"measuring in {args.runtime}"):
             r = ds.benchmark(a, runtime=args.runtime, example_input=xa, input_shape=shape, threads=args.threads,
@@ -125,15 +137,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
             doc["speedup"] = rows[0][1].median_ms / rows[1][1].median_ms
         print(json.dumps(doc, indent=2))
         return 0
+    runtimes = " vs ".join(dict.fromkeys(r.runtime for _, r, _ in rows))
     table = Table("model", "median ms", "p10", "p90", "runs/s", "peak memory", f"predicted ({args.device})",
-                  title=f"latency, {rows[0][1].runtime}" + (", interleaved" if args.compare else ""))  # fmt: skip
+                  title=f"latency, {runtimes}" + (", interleaved" if args.compare else ""))  # fmt: skip
     for name, r, pred in rows:
         mem = f"{r.peak_memory_bytes / 2**20:.1f} MiB" if r.peak_memory_bytes is not None else "n/a"
         table.add_row(name, f"{r.median_ms:.3f}", f"{r.p10_ms:.3f}", f"{r.p90_ms:.3f}", f"{r.throughput_per_s:.1f}",
                       mem, f"{pred:.3f} ms" if pred is not None else "n/a")  # fmt: skip
     out.print(table)
     if args.compare:
-        out.print(f"{args.compare} runs {rows[0][1].median_ms / rows[1][1].median_ms:.2f}x as fast as {args.model}")
+        out.print(f"{rows[1][0]} runs {rows[0][1].median_ms / rows[1][1].median_ms:.2f}x as fast as {rows[0][0]}")
     for name, r, _ in rows:
         for w in r.warnings:
             out.print(f"warning ({name}): {w}", markup=False)
