@@ -166,3 +166,13 @@ def test_compress_takes_a_users_architecture_weights_and_options(capsys, files, 
     assert compress(tmp_path / "w.pt", "--arch", f"{tmp_path}/net.py:build", "--out", tmp_path / "b")[
         "accuracy"] == trained  # fmt: skip
     assert compress(f"{tmp_path}/net.py:build", "-O", "hidden=8", "--out", tmp_path / "c")["params"] == 64 * 8 + 8 + 90
+    # an archive of a user model unpacks only when the factory is named again (never imported implicitly)
+    archive = ds.save_model(model, tmp_path / "m.dsz", example_input=files["data"].example_input)
+    code, _, err = run(capsys, "unpack", archive, "-o", tmp_path / "u.pt")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "--arch" in err and "net.py:build" in err
+    for ext in ("pt", "pt2"):
+        code, _, err = run(capsys, "unpack", archive, "--arch", f"{tmp_path}/net.py:build", "-o", tmp_path / f"u.{ext}")
+        assert code == 0, err
+        back = ds.load_model(tmp_path / f"u.{ext}", **({"arch": f"{tmp_path}/net.py:build"} if ext == "pt" else {}))
+        x = files["data"].example_input.repeat(4, 1, 1, 1)
+        assert back(x).shape == (4, 10)

@@ -43,6 +43,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("unpack", help="decode a .dsz archive into a checkpoint that load_model reads")
     p.add_argument("archive", help=".dsz archive")
     p.add_argument("-o", "--output", required=True, help="checkpoint (.pt) or torch.export program (.pt2)")
+    p.add_argument("--arch", help="the architecture of an archive written from a user model: file.py:factory "
+                   "(never imported unless named here), or a zoo name")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the archive's byte accounting as JSON")
     p.set_defaults(func=cmd_unpack)
 
@@ -100,7 +102,7 @@ def cmd_unpack(args: argparse.Namespace) -> int:
         raise ArchiveError(f"archive {args.archive!r} does not exist")
     check_output(args, (".pt", ".pth", ".pt2"))
     data = path.read_bytes()
-    model = decode(data)
+    model = decode(data, arch=args.arch, source=str(path))
     x = default_input(model) if Path(args.output).suffix == ".pt2" else None
     if Path(args.output).suffix == ".pt2" and x is None:
         raise ConfigError(f"{args.archive} records no input shape, which a .pt2 program needs: unpack to a .pt "
