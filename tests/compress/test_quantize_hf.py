@@ -66,3 +66,14 @@ def test_int8_ptq_of_bert_with_two_inputs_quantizes_every_linear_and_runs_them_a
     result = ds.export_onnx(model, tmp_path / "b.onnx", example_input=(ids, mask))
     assert result.format == "qdq-int8" and result.integer_layers == result.quantized_layers == len(linears)
     assert result.cosine >= 0.98
+
+
+@needs_hf
+def test_int8_ptq_of_a_weight_norm_audio_model_exports_its_weight_norm_convolution_as_an_integer_layer(tmp_path):
+    model, x = hf.build("wav2vec2")
+    conv = model.model.wav2vec2.encoder.pos_conv_embed.conv
+    assert hasattr(conv, "parametrizations")  # weight_norm
+    ds.quantize_(model, ds.LinearQuantConfig(bits=8), calib_data=[x[0]])
+    assert isinstance(conv, QuantMixin) and not hasattr(conv, "parametrizations")
+    result = ds.export_onnx(model, tmp_path / "w.onnx", example_input=x[0])
+    assert result.format == "qdq-int8" and result.integer_layers > 0 and result.cosine >= 0.98

@@ -103,6 +103,7 @@ def _linear(model: nn.Module, config: LinearQuantConfig, *, calib_data: Iterable
         if not any(isinstance(m, base) for base in QUANTIZABLE):
             kept.append(f"{name} ({type(m).__name__})")
             continue
+        _bake_foreign_(m, name)
         swap_to_quantized(m, bits, config, name)
         swapped.append(m)
     if kept:  # quantization_report names them too
@@ -174,6 +175,24 @@ def cluster_(model: nn.Module, config: KMeansConfig) -> nn.Module:
         if config.share_bias and m.bias is not None:
             share_weights_(m, bits, config.init, config.iterations, "bias")
     return model
+
+
+def _bake_foreign_(m: nn.Module, name: str) -> None:
+    """Bake another library's weight parametrization (weight_norm, spectral_norm) into a plain weight before linear
+    quantization swaps the layer's class (the quantized weight is that of the weight it computes); refused by name
+    when it is combined with deepslim's own (a pruning mask)."""
+    if not parametrize.is_parametrized(m, "weight"):
+        return
+    plist = m.parametrizations.weight
+    foreign = [type(p).__name__ for p in plist if not type(p).__module__.startswith("deepslim.")]
+    if not foreign:
+        return
+    if len(foreign) < len(plist):
+        raise UnsupportedModelError(f"{name}: its weight is computed by {', '.join(foreign)} and a deepslim mask; "
+                                    f"skip it with overrides={{{name!r}: None}} or remove the {foreign[0]} before "
+                                    "pruning")  # fmt: skip
+    log.info("%s: %s baked into the weight before quantization", name, ", ".join(foreign))
+    parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
 
 
 def _plain_weight_(m: nn.Module, name: str) -> None:
