@@ -248,6 +248,8 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(hf.names()))
     parser.add_argument("--techniques", default=",".join(TECHNIQUES))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "generality.json"))
+    parser.add_argument("--merge", metavar="NOTE", help="update these cells of the existing --out file (the others "
+                        "are kept) and append NOTE to its 'runs'")  # fmt: skip
     args = parser.parse_args()
     header = result_header("generality")
     models, techniques = args.models.split(","), args.techniques.split(",")
@@ -256,9 +258,19 @@ def main() -> None:
         for t in techniques:
             table[m][t] = cell(m, t)
             print(f"{m:16s} {t:14s} {table[m][t]['status']:8s} {table[m][t]['note'][:110]}", flush=True)
-    summary = {t: {s: sum(table[m][t]["status"] == s for m in models) for s in
+    runs = None
+    if args.merge and Path(args.out).exists():
+        old = json.loads(Path(args.out).read_text())
+        for m, row in table.items():
+            old["cells"].setdefault(m, {}).update(row)
+        table, runs = old["cells"], f"{old.get('runs', '')}; {args.merge}".strip("; ")
+        models = list(table)
+        techniques = list(dict.fromkeys(t for row in table.values() for t in row))
+    summary = {t: {s: sum(table[m].get(t, {}).get("status") == s for m in models) for s in
                    ("works", "refused", "wrong", "crash", "error", "no-op")} for t in techniques}  # fmt: skip
     out = {**header, "families": {m: hf.FAMILIES[m] for m in models}, "summary": summary, "cells": table}
+    if runs is not None:
+        out["runs"] = runs
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
     for t, counts in summary.items():
