@@ -247,7 +247,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(hf.names()))
     parser.add_argument("--techniques", default=",".join(TECHNIQUES))
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "generality.json"))
+    parser.add_argument("--out", "--json", default=str(Path(__file__).parent / "results" / "generality.json"))
     parser.add_argument("--merge", metavar="NOTE", help="update these cells of the existing --out file (the others "
                         "are kept) and append NOTE to its 'runs'")  # fmt: skip
     args = parser.parse_args()
