@@ -167,3 +167,17 @@ def test_malformed_entries_are_archive_errors_in_archive_info_too(blob):
             ds.archive_info(crafted)
         with pytest.raises(ds.ArchiveError, match=message):
             ds.decode(crafted)
+
+
+def test_an_architecture_record_asking_for_terabytes_is_refused_before_building(blob):
+    def huge(manifest):
+        manifest["arch"]["options"]["num_classes"] = 10**10  # a classifier of 10^10 rows: ~20 TB of float32
+
+    tracemalloc.start()
+    start = time.perf_counter()
+    try:
+        with pytest.raises(ds.ModelLoadError, match=r"needs \d+\.\d GiB of weights.*refusing before allocating"):
+            ds.decode(_craft(blob, huge))
+        assert time.perf_counter() - start < 5 and tracemalloc.get_traced_memory()[1] < PEAK_LIMIT
+    finally:
+        tracemalloc.stop()

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from pathlib import Path
 
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
 from torch.utils._pytree import tree_map
 
-_CGROUP = Path("/sys/fs/cgroup")
+from deepslim._memory import available_memory_bytes  # noqa: F401  (the profiler's budget reads it from here)
 
 
 def fake_mode() -> FakeTensorMode:
@@ -72,16 +71,3 @@ def fake_state_undone(model: nn.Module) -> Iterator[None]:
                 else:
                     del module.__dict__[key]
 
-
-def available_memory_bytes() -> int | None:
-    """Memory this process may still allocate: ``MemAvailable`` capped by the cgroup's limit; None if unknown."""
-    free = None
-    with contextlib.suppress(OSError, ValueError, StopIteration):
-        lines = Path("/proc/meminfo").read_text().splitlines()
-        free = int(next(line for line in lines if line.startswith("MemAvailable:")).split()[1]) * 1024
-    with contextlib.suppress(OSError, ValueError):
-        limit = (_CGROUP / "memory.max").read_text().strip()
-        if limit != "max":
-            room = int(limit) - int((_CGROUP / "memory.current").read_text())
-            free = room if free is None else min(free, room)
-    return None if free is None else max(free, 0)

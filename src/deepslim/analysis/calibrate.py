@@ -9,7 +9,6 @@ system. Results are cached for the life of the process.
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import os
@@ -20,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from deepslim._memory import total_memory_bytes
 from deepslim.analysis.devices import DeviceProfile
 
 log = logging.getLogger(__name__)
@@ -165,7 +165,7 @@ def host_device() -> DeviceProfile:
         peak_macs_per_s={"fp32": fp32, "int8": int8},
         mem_bandwidth_bytes_per_s=bandwidth,
         onchip_bytes=cache,
-        dram_bytes=_total_memory_bytes(),
+        dram_bytes=total_memory_bytes(),
         op_overhead_s=overhead,
         onchip_bandwidth_bytes_per_s=cache_bw,
         depthwise_efficiency=depthwise,
@@ -183,15 +183,3 @@ def host_device() -> DeviceProfile:
         calibrated=True,
     )
 
-
-def _total_memory_bytes() -> int | None:
-    """Physical memory, capped by this process's cgroup limit when it has one."""
-    try:
-        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError):
-        return None
-    with contextlib.suppress(OSError, ValueError):
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
-        if limit != "max":
-            total = min(total, int(limit))
-    return total

@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepslim._memory import available_memory_bytes
 from deepslim.errors import ConfigError, ModelLoadError, UnknownNameError
 from deepslim.models._files import (
     CHECKPOINT_FORMAT,
@@ -146,9 +147,23 @@ def build_architecture(records: dict[str, Any], arch: str | None, options: dict[
     else:
         name, base = arch, (zoo["options"] if zoo and zoo["name"] == arch else {})
     try:
+        _check_fits(name, {**base, **options}, source)
         return create_model(name, **{**base, **options})
     except UnknownNameError as exc:
         raise ModelLoadError(f"{source}: {exc}") from exc
+
+
+def _check_fits(name: str, options: dict[str, Any], source: str) -> None:
+    """Refuse, before allocating, an architecture record whose options (a crafted ``num_classes``) ask for more memory
+    than this process has: the model is built once on the meta device, which costs nothing, and measured."""
+    with torch.device("meta"):
+        probe = create_model(name, **options)
+    need = sum(t.numel() * t.element_size() for t in (*probe.parameters(), *probe.buffers()))
+    free = available_memory_bytes()
+    if free is not None and need > free // 2:
+        raise ModelLoadError(f"{source}: its architecture record ({name} with {options}) needs "
+                             f"{need / 2**30:.1f} GiB of weights, more than half the {free / 2**30:.1f} GiB free; "
+                             "refusing before allocating it")  # fmt: skip
 
 
 def resize_like_(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
