@@ -9,9 +9,13 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+
+from deepslim.errors import DeepSlimError
 
 
 def _usual_mode(path: Path, full: int) -> None:
@@ -52,6 +56,7 @@ def atomic_dir(path: str | os.PathLike[str], *, keep_partial: bool = False) -> I
     dest.parent.mkdir(parents=True, exist_ok=True)
     holder = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     work = holder / dest.name  # the work directory already has its final name (reports show it)
+    keep = False
     try:
         work.mkdir()
         try:
@@ -60,9 +65,18 @@ def atomic_dir(path: str | os.PathLike[str], *, keep_partial: bool = False) -> I
             if keep_partial and _is_vacant(dest) and any(work.iterdir()):
                 _replace_dir(work, dest)
             raise
-        _replace_dir(work, dest)
+        try:
+            _replace_dir(work, dest)
+        except BaseException as exc:
+            if work.exists():  # the work is complete: never delete it because it could not be moved
+                keep = True
+                if isinstance(exc, Exception):
+                    raise DeepSlimError(f"the finished output could not replace {dest} ({exc}); it is kept in "
+                                        f"{work}") from exc
+            raise
     finally:
-        shutil.rmtree(holder, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(holder, ignore_errors=True)
 
 
 def _is_vacant(path: Path) -> bool:
@@ -70,18 +84,44 @@ def _is_vacant(path: Path) -> bool:
 
 
 def _replace_dir(src: Path, dest: Path) -> None:
-    """Move directory ``src`` to ``dest``, removing what ``dest`` held; ``dest`` is never left half-replaced."""
+    """Move directory ``src`` to ``dest``, removing what ``dest`` held; ``dest`` is never left half-replaced.
+
+    The two renames run with SIGINT/SIGTERM/SIGHUP held back (delivered right after), so a signal cannot land between
+    them; the earlier contents are deleted only once the new ones are in place, and kept if putting them back fails.
+    """
     _usual_mode(src, 0o777)
-    if not dest.exists():
-        os.replace(src, dest)
-        return
-    old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+    old, replaced = None, False
     try:
-        os.replace(dest, old)  # an empty directory is replaced by the old run: two renames, no copy
-        try:
-            os.replace(src, dest)
-        except BaseException:
-            os.replace(old, dest)  # put the old run back
-            raise
+        with _signals_held():  # a signal that arrived meanwhile is raised when this block ends
+            if dest.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{dest.name}.old-", dir=dest.parent))
+                try:
+                    os.replace(dest, old)  # an empty directory is replaced by the old run: two renames, no copy
+                except BaseException:
+                    old.rmdir()
+                    old = None
+                    raise
+            try:
+                os.replace(src, dest)
+            except BaseException:
+                if old is not None:
+                    os.replace(old, dest)  # put the old run back (if even this fails, it stays in ``old``)
+                    old = None
+                raise
+            replaced = True
     finally:
-        shutil.rmtree(old, ignore_errors=True)
+        if replaced and old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _signals_held() -> Iterator[None]:
+    """Hold back the signals that end a run while the block runs (main thread only: where Python handles them)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -155,3 +155,12 @@ def test_packaged_datasets_take_an_optional_path_others_keep_their_rules():
     with pytest.raises(ds.ConfigError, match="takes no path"):
         ds.load_data("mnist1d:/tmp")
     assert {"fashion-mnist", "fashion_mnist", "mnist-5k", "mnist1d"} <= set(ds.list_datasets())
+
+
+def test_preprocessing_computes_integer_pixels_in_float():
+    from deepslim.data import Preprocessing
+
+    pre = Preprocessing(mean=(0.5,), std=(0.25,))
+    pixels = torch.tensor([[[[0, 1, 2]]]], dtype=torch.uint8)
+    assert torch.equal(pre.apply(pixels), torch.tensor([[[[-2.0, 2.0, 6.0]]]]))  # not uint8 statistics (0 and 0)
+    assert torch.equal(pre.invert(pre.apply(pixels)), pixels.float())

@@ -224,6 +224,7 @@ BAD_RECORDS = {
     "factory-two-lines": ("factory", {"factory": "x.py:build\n\x1b[2Jpass --arch evil.py:run", "options": {}}),
     "input": ("input", {"shape": [1, -3], "dtype": "float32"}),
     "input-dtype": ("input", {"shape": [1, 3], "dtype": "load"}),
+    "input-huge": ("input", {"shape": [1, 3, 100_000, 100_000], "dtype": "float32"}),  # 120 GB if made
     "preprocessing": ("preprocessing", {"kind": "standardize", "mean": [0.0], "std": [0.0]}),
     "arch": ("architecture", {"name": ["resnet20"]}),
     "points": ("quantization points", {"method": "minmax", "points": {"p0": {"scale": -1.0, "zero": 0,

@@ -96,7 +96,7 @@ def test_run_directories_that_may_not_be_replaced_are_refused(tmp_path, monkeypa
         check_run_dir(tmp_path / "file", overwrite=True)
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "mine.txt").write_text("keep")
-    with pytest.raises(ds.ConfigError, match="holds files but no run"):
+    with pytest.raises(ds.ConfigError, match="holds files but no deepslim run"):
         ds.run_recipe(ds.load_recipe(ENCODE), tmp_path / "notes", overwrite=True)
     assert (tmp_path / "notes" / "mine.txt").read_text() == "keep"
     (tmp_path / "empty").mkdir()
@@ -137,3 +137,51 @@ def test_atomic_path_removes_its_temporary_file_on_interrupt(tmp_path):
         tmp.write_bytes(b"half")
         raise KeyboardInterrupt
     assert dest.read_bytes() == b"old" and hidden(tmp_path) == []
+
+
+def test_overwrite_never_replaces_a_directory_deepslim_did_not_write(tmp_path):
+    project = tmp_path / "project"  # e.g. a DVC project: its own metrics.json at the root
+    project.mkdir()
+    (project / "metrics.json").write_text('{"auc": 0.9}')
+    (project / "train.py").write_text("keep")
+    with pytest.raises(ds.ConfigError, match="holds files but no deepslim run"):
+        ds.run_recipe(ds.load_recipe(ENCODE), project, overwrite=True)
+    assert sorted(os.listdir(project)) == ["metrics.json", "train.py"]
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ds.ConfigError, match="symbolic link or a mount point"):
+        check_run_dir(tmp_path / "link", overwrite=True)
+
+
+def test_a_finished_run_that_cannot_be_moved_into_place_is_kept(tmp_path, monkeypatch):
+    import deepslim._io as io
+
+    def fail(src, dest):
+        raise PermissionError("read-only")
+
+    monkeypatch.setattr(io, "_replace_dir", fail)
+    with pytest.raises(ds.DeepSlimError, match="could not replace .* it is kept in") as info, \
+            atomic_dir(tmp_path / "d") as work:  # fmt: skip
+        (work / "result.txt").write_text("hours of work")
+    kept = str(info.value).rsplit("kept in ", 1)[1]
+    assert (io.Path(kept) / "result.txt").read_text() == "hours of work"
+
+
+def test_a_signal_during_the_swap_waits_until_both_renames_are_done(tmp_path, monkeypatch):
+    import signal
+
+    import deepslim._io as io
+
+    dest = tmp_path / "d"
+    dest.mkdir()
+    (dest / "old.txt").write_text("old")
+    real_replace = io.os.replace
+
+    def replace_then_signal(a, b):
+        real_replace(a, b)
+        os.kill(os.getpid(), signal.SIGINT)  # arrives between the two renames
+
+    monkeypatch.setattr(io.os, "replace", replace_then_signal)
+    with pytest.raises(KeyboardInterrupt), atomic_dir(dest) as work:
+        (work / "new.txt").write_text("new")
+    assert sorted(os.listdir(dest)) == ["new.txt"] and hidden(tmp_path) == []  # swapped whole, nothing left over

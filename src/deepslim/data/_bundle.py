@@ -52,7 +52,8 @@ class Preprocessing:
         return tuple(shape)
 
     def apply(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw input → what the model expects."""
+        """Raw input → what the model expects (integer inputs, e.g. uint8 pixels, are computed in float32)."""
+        x = x if x.is_floating_point() else x.float()
         shape = self._shape(x)
         mean = torch.tensor(self.mean, dtype=x.dtype).reshape(shape)
         std = torch.tensor(self.std, dtype=x.dtype).reshape(shape)
@@ -60,6 +61,7 @@ class Preprocessing:
 
     def invert(self, x: torch.Tensor) -> torch.Tensor:
         """What the model expects → raw input."""
+        x = x if x.is_floating_point() else x.float()
         shape = self._shape(x)
         mean = torch.tensor(self.mean, dtype=x.dtype).reshape(shape)
         return x * torch.tensor(self.std, dtype=x.dtype).reshape(shape) + mean

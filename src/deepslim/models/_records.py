@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 # record key in a file -> the model attribute that holds it
 RECORD_ATTRS = {"arch": ARCH_ATTR, "factory": FACTORY_ATTR, "input": INPUT_ATTR, "preprocessing": PREPROCESSING_ATTR}
 _MAX_INPUT_DIMS = 8
+_MAX_INPUT_ELEMENTS = 1 << 28  # 1 GiB of float32: an example input is made from the record, so it is bounded
 _MAX_SPEC = 1024
 _FACTORY_SPEC = re.compile(r".+\.py:[A-Za-z_][A-Za-z0-9_]*")
 
@@ -142,7 +144,8 @@ def _check_factory(value: Any, source: str) -> dict[str, Any]:
 def _check_input(value: Any, source: str) -> dict[str, Any]:
     shape = value.get("shape") if isinstance(value, dict) else None
     if not (isinstance(shape, list) and len(shape) <= _MAX_INPUT_DIMS and value.get("dtype") in INPUT_DTYPES
-            and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < 1 << 20 for d in shape)):  # fmt: skip
+            and all(isinstance(d, int) and not isinstance(d, bool) and 0 < d < 1 << 20 for d in shape)
+            and math.prod(shape) <= _MAX_INPUT_ELEMENTS):  # fmt: skip
         raise _bad(source, "input", value)
     return {"shape": list(shape), "dtype": value["dtype"]}
 

@@ -267,17 +267,30 @@ def _json_default(value: Any) -> Any:
 def check_run_dir(out: str | Path, *, overwrite: bool) -> Path:
     """Refuse an ``out`` that a run may not (re)place; ``--overwrite`` replaces only an earlier run directory."""
     out = Path(out)
+    if out.is_symlink() or (out.is_dir() and os.path.ismount(out)):
+        raise ConfigError(f"{out} is a symbolic link or a mount point, which a run cannot replace as a whole: give "
+                          "a directory inside it as --out")  # fmt: skip
     if out.exists() and not out.is_dir():
         raise ConfigError(f"{out} is a file; a run writes a directory: choose another --out")
     if out.is_dir():
         if Path.cwd().resolve().is_relative_to(out.resolve()):
             raise ConfigError(f"{out} holds the current directory, which a run cannot replace: choose another --out")
-        if (out / "metrics.json").exists() and not overwrite:
+        is_run = _is_run_dir(out)
+        if is_run and not overwrite:
             raise ConfigError(f"{out} already holds a run (metrics.json); choose another --out or pass --overwrite")
-        if not (out / "metrics.json").exists() and any(out.iterdir()):
-            raise ConfigError(f"{out} holds files but no run (no metrics.json); a run replaces its whole --out "
-                              "directory, so choose a new or empty one")  # fmt: skip
+        if not is_run and any(out.iterdir()):
+            raise ConfigError(f"{out} holds files but no deepslim run (a metrics.json written by deepslim); a run "
+                              "replaces its whole --out directory, so choose a new or empty one")  # fmt: skip
     return out
+
+
+def _is_run_dir(out: Path) -> bool:
+    """Whether ``out`` is a run directory deepslim wrote: its metrics.json says so (another tool's does not)."""
+    try:
+        doc = json.loads((out / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(doc, dict) and doc.get("format") == "deepslim-run"
 
 
 def _recipe_as_run(recipe: Recipe, chosen: dict[str, Any], preprocessing: dict[str, Any] | None) -> dict[str, Any]:
