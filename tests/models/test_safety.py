@@ -225,3 +225,17 @@ def test_checkpoint_pickles_are_scanned_at_every_protocol(tmp_path, protocol):
     with pytest.raises(ds.ModelLoadError, match="would import builtins.exec"):
         verify_checkpoint(evil)
     assert not (tmp_path / "marker").exists()
+
+
+def test_a_symbolic_expression_with_a_huge_power_is_refused_before_sympy_computes_it(program, tmp_path):
+    base, _ = program
+
+    def huge(m):
+        doc = m["models/model.json"].decode()
+        crafted = re.sub(r'"expr_str": "Symbol\(', '"expr_str": "10**10**10 + Symbol(', doc, count=1)
+        assert crafted != doc
+        m["models/model.json"] = crafted.encode()
+
+    crafted = _rewrite(base, tmp_path / "crafted.pt2", huge)
+    with pytest.raises(ds.ModelLoadError, match="huge number"):
+        ds.load_model(crafted)

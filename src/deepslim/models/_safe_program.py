@@ -122,12 +122,19 @@ def _check_target(target: Any, member: str) -> None:
             raise Unsafe(member, f"calls {target[:80]!r}, which is not a PyTorch operator")
 
 
+# a power whose exponent is not a one- or two-digit integer (that is not itself raised to a power), or a literal of
+# more than 20 digits
+_HUGE_NUMBER = re.compile(r"\*\*\s*(?!\d{1,2}\b(?!\s*\*\*))|\d{21,}")
+
+
 def _check_sympy(expr: Any, member: str) -> None:
     """A symbolic size expression: numbers, size symbols, arithmetic and sympy's classes; no name that runs text.
 
     torch parses it with ``sympy.sympify``, which evaluates Python with the builtins in scope.
     """
     text = expr if isinstance(expr, str) else "("
+    if _HUGE_NUMBER.search(text):  # sympify computes powers and literals exactly: 10**10**10 never returns
+        raise Unsafe(member, f"has a symbolic expression with a huge number ({text[:60]!r})")
     pos, names = 0, _SYMPY_NAMES | _sympy_functions()
     while pos < len(text.rstrip()):
         m = _SYMPY_TOKEN.match(text, pos)
