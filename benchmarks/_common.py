@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import platform
 from datetime import date
 
@@ -18,3 +20,13 @@ def result_header(name: str, threads: int = 2) -> dict:
         pass
     return {"benchmark": name, "date": date.today().isoformat(), "threads": threads,
             "machine": f"{cpu}, {threads} threads, torch {torch.__version__}"}  # fmt: skip
+
+
+def write_result(out: dict, path: os.PathLike | None) -> None:
+    """Close a benchmark's JSON with the load average after the run, print it, and write it to ``path`` if given."""
+    out["load_average_after"] = os.getloadavg()
+    text = json.dumps(out, indent=2)
+    print(text)
+    if path:
+        with open(path, "w") as f:
+            f.write(text + "\n")

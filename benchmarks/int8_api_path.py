@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 import deepslim as ds
-from _common import result_header
+from _common import result_header, write_result
 from _peers import ort_quantize_static
 
 THREADS = 2
@@ -89,11 +88,7 @@ def main() -> None:
         out["files"][label].update(median_ms=r.median_ms, p10_ms=r.p10_ms, p90_ms=r.p90_ms, runs=r.runs)
     ours, theirs = timed["deepslim int8 (documented path)"], timed["ORT quantize_static int8"]
     out["ratio_deepslim_over_quantize_static"] = ours.median_ms / theirs.median_ms
-    out["load_average_after"] = os.getloadavg()
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    write_result(out, args.json)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ import the script itself.)
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import tempfile
 from pathlib import Path
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 
 import deepslim as ds
-from _common import result_header
+from _common import result_header, write_result
 from deepslim.export.openvino import layer_precisions, run_openvino
 
 THREADS = 2
@@ -73,11 +72,7 @@ def main() -> None:
     out["timing"] = {label: {"median_ms": r.median_ms, "p10_ms": r.p10_ms, "p90_ms": r.p90_ms, "runs": r.runs,
                              "peak_memory_bytes": r.peak_memory_bytes, "speedup_vs_ort_fp32": base / r.median_ms}
                      for label, r in timed.items()}  # fmt: skip
-    out["load_average_after"] = os.getloadavg()
-    text = json.dumps(out, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text + "\n")
+    write_result(out, args.json)
 
 
 if __name__ == "__main__":
