@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepslim._modes import inference_mode
-from deepslim.config import freeze_overrides
+from deepslim.config import Config, freeze_overrides
 from deepslim.data import DataBundle
 from deepslim.errors import ConfigError
 from deepslim.tasks import Inputs, Task, call_model, get_task
@@ -33,7 +33,7 @@ from deepslim.train.loop import EvalResult, FitResult, Optimizer, StepHook, eval
 
 
 @dataclass(frozen=True, kw_only=True)
-class KDConfig:
+class KDConfig(Config):
     """``temperature`` softens both distributions; ``alpha`` weighs the teacher's soft targets against the labels.
 
     ``hints`` maps student layer names to teacher layer names for feature distillation, weighted by

@@ -16,13 +16,13 @@ import torch
 from torch import nn
 
 from deepslim._modes import inference_mode
-from deepslim.config import freeze_overrides, lookup, skip_only, unmatched
+from deepslim.config import Config, freeze_overrides, lookup, skip_only, unmatched
 from deepslim.errors import ConfigError
 from deepslim.models.adapters import Axis, layer_kind, weight_layers
 
 
 @dataclass(frozen=True, kw_only=True)
-class _RankRule:
+class _RankRule(Config):
     """Exactly one of: ``rank_ratio`` (of the full rank), ``energy`` (fraction of squared singular values kept),
     ``mac_ratio`` (the factorized layer's MACs as a fraction of the original's)."""
 

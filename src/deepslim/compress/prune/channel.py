@@ -22,7 +22,7 @@ from torch.utils._pytree import tree_leaves
 from deepslim._modes import inference_mode
 from deepslim.compress.prune import _surgery
 from deepslim.compress.prune._graph import DependencyGraph, Layout, Space, build_graph
-from deepslim.config import coerce_enum, freeze_overrides, lookup, matches, unmatched
+from deepslim.config import Config, coerce_enum, freeze_overrides, lookup, matches, unmatched
 from deepslim.errors import ConfigError, UnsupportedModelError
 from deepslim.models.adapters import layer_kind
 
@@ -37,7 +37,7 @@ class Importance(Enum):
 
 
 @dataclass(frozen=True, kw_only=True)
-class ChannelPruneConfig:
+class ChannelPruneConfig(Config):
     """Remove ``ratio`` of the channels of every prunable group (filters, hidden units, attention heads).
 
     ``ignore`` names layers (or ``re:`` patterns) whose channels stay; ``overrides`` maps layers to their own ratio

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from deepslim.config import coerce_enum, freeze_overrides, lookup, skip_only, unmatched
+from deepslim.config import Config, coerce_enum, freeze_overrides, lookup, skip_only, unmatched
 from deepslim.errors import ConfigError
 from deepslim.models.adapters import layer_kind, weight_layers
 
@@ -33,7 +33,7 @@ class Scope(Enum):
 
 
 @dataclass(frozen=True, kw_only=True)
-class MagnitudePruneConfig:
+class MagnitudePruneConfig(Config):
     """Zero the ``sparsity`` fraction of smallest-magnitude weights (per layer, or under one global threshold).
 
     ``overrides`` maps layer names or ``re:`` patterns to their own sparsity, or None to leave the layer dense.
@@ -50,7 +50,7 @@ class MagnitudePruneConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class NMPruneConfig:
+class NMPruneConfig(Config):
     """Keep the ``n`` largest of every ``m`` consecutive weights along the input (reduction) dimension."""
 
     n: int = 2

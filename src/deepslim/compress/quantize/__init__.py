@@ -37,7 +37,7 @@ from deepslim.compress.quantize.nonlinear import (
     share_weights_,
 )
 from deepslim.compress.quantize.observers import Calibration
-from deepslim.config import lookup, unmatched
+from deepslim.config import Config, lookup, unmatched
 from deepslim.errors import ConfigError, UnsupportedModelError
 from deepslim.models.adapters import weight_layers, weight_parametrizations
 
@@ -45,7 +45,7 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)
-class Float16Config:
+class Float16Config(Config):
     """Store and run the layers in half precision: ``dtype`` "fp16" or "bf16"."""
 
     dtype: str = "fp16"

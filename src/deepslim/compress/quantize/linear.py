@@ -23,12 +23,12 @@ from torch import nn
 from deepslim._modes import inference_mode
 from deepslim.compress.quantize._fakequant import affine_params, fake_quantize, qrange, quantize_codes
 from deepslim.compress.quantize.observers import Calibration, Observer
-from deepslim.config import coerce_enum, freeze_overrides
+from deepslim.config import Config, coerce_enum, freeze_overrides
 from deepslim.errors import ConfigError, UnsupportedModelError
 
 
 @dataclass(frozen=True, kw_only=True)
-class LinearQuantConfig:
+class LinearQuantConfig(Config):
     """``bits``-bit weights and ``activation_bits``-bit activations (None: weight-only).
 
     ``overrides`` maps layer names or ``re:`` patterns to a bit-width (mixed precision), or None to keep the layer in

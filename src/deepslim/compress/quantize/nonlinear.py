@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from deepslim.config import coerce_enum, freeze_overrides
+from deepslim.config import Config, coerce_enum, freeze_overrides
 from deepslim.errors import ConfigError
 
 
@@ -32,7 +32,7 @@ class KMeansInit(Enum):
 
 
 @dataclass(frozen=True, kw_only=True)
-class KMeansConfig:
+class KMeansConfig(Config):
     """Share ``bits``-bit codebooks per layer; ``overrides`` maps layers to their own bit-width or None (skip)."""
 
     bits: int = 5
@@ -48,7 +48,7 @@ class KMeansConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class PowerOfTwoConfig:
+class PowerOfTwoConfig(Config):
     """Each weight becomes 0 or ±2^k with ``bits`` bits per weight (1 sign bit, the rest the exponent)."""
 
     bits: int = 4
@@ -60,7 +60,7 @@ class PowerOfTwoConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class BinaryConfig:
+class BinaryConfig(Config):
     """Weights α·sign(W) with one α per output channel (1 bit per weight)."""
 
     overrides: Any = ()
@@ -70,7 +70,7 @@ class BinaryConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class TernaryConfig:
+class TernaryConfig(Config):
     """Weights in {−α, 0, +α} per output channel, threshold ``threshold_factor``·mean|W| (2 bits per weight)."""
 
     threshold_factor: float = 0.7

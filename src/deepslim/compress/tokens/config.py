@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from deepslim.config import Config
 from deepslim.errors import ConfigError
 
 
@@ -27,7 +28,7 @@ def expand(value: Any, layers: int, name: str) -> tuple[Any, ...]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class MergeTokensConfig:
+class MergeTokensConfig(Config):
     """ToMe: merge ``r`` tokens in every layer (or ``r=(r0, r1, ...)`` per layer); r=0 changes nothing.
 
     Merging halves at most: a layer with T tokens merges at most (T - 1) // 2 of them, CLS never.
@@ -42,16 +43,10 @@ class MergeTokensConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise ConfigError(f"r is the number of tokens merged per layer, an int >= 0; got {v!r}")
 
-    def to_dict(self) -> dict[str, Any]:
-        return {"r": list(self.r) if isinstance(self.r, tuple) else self.r}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MergeTokensConfig:
-        return cls(**d)
 
 
 @dataclass(frozen=True, kw_only=True)
-class PruneTokensConfig:
+class PruneTokensConfig(Config):
     """Token pruning by attention received: each layer keeps ``keep_ratio`` of its tokens (CLS always), and with
     ``threshold`` masks out tokens that receive less than ``threshold`` × the uniform share of attention."""
 
@@ -68,10 +63,3 @@ class PruneTokensConfig:
             raise ConfigError(f"threshold is a fraction of the uniform attention share, in [0, 1); "
                               f"got {self.threshold}")  # fmt: skip
 
-    def to_dict(self) -> dict[str, Any]:
-        keep = list(self.keep_ratio) if isinstance(self.keep_ratio, tuple) else self.keep_ratio
-        return {"keep_ratio": keep, "threshold": self.threshold}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> PruneTokensConfig:
-        return cls(**d)
