@@ -1,0 +1,9 @@
+"""``deepslim search (policy search under a measured budget): issue 14``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Adds the command's parser to ``sub`` (registered once in ``deepslim.cli.COMMANDS``)."""
