@@ -12,9 +12,9 @@ import pytest
 
 SRC = Path(__file__).resolve().parents[1] / "src" / "deepslim"
 
-# DESIGN.md's table, bottom to top; top-level utility modules sit below everything, and the package root
+# DESIGN.md's table, bottom to top (search measures candidates through export, so it sits above it); top-level utility modules sit below everything, and the package root
 # (``import deepslim``: the public API, which re-exports every layer) sits just below the CLI.
-ORDER = ["models", "data|tasks", "analysis", "compress", "train", "search", "export", "pipeline", "report", "api",
+ORDER = ["models", "data|tasks", "analysis", "compress", "train", "export", "search", "pipeline", "report", "api",
          "cli|__main__"]  # fmt: skip
 UTILITIES = {"errors", "config", "_io", "_modes", "_memory"}
 RANK = {name: i for i, names in enumerate(ORDER) for name in names.split("|")}
