@@ -1,0 +1,212 @@
+"""A compression search space as data: per channel group a grid of channel counts, per layer int8 or float.
+
+The space is built from the channel dependency graph (:func:`deepslim.compress.prune.plan_channel_pruning`), so it
+covers every model ``prune_`` and ``quantize_`` accept: one choice per prunable *group* (coupled layers lose the same
+channels), named by the group's first producing layer, whose options are channel counts that are multiples of the
+group's step (``round_to`` × the group's blocks: ONNX Runtime's NCHWc kernels block channels by 8 or 16, and counts
+off that grid run slower at fewer MACs); one choice per quantizable layer: int8 (ONNX Runtime's integer kernels) or
+float. A policy picks one option per choice; it becomes the ordinary technique configs
+(:meth:`SearchSpace.configs`): a :class:`ChannelPruneConfig` whose ``overrides`` give each group its ratio and a
+:class:`LinearQuantConfig` whose ``overrides`` keep the float layers float. Space and policy are plain JSON.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import random
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepslim.compress.prune import ChannelPruneConfig, plan_channel_pruning, prune_
+from deepslim.compress.quantize import QUANTIZABLE, LinearQuantConfig, quantize_
+from deepslim.errors import ConfigError
+from deepslim.models.adapters import weight_layers
+
+KINDS = ("prune", "int8")
+DEFAULT_KEEP_RATIOS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
+FORMAT = "deepslim-search-space"
+
+
+@dataclass(frozen=True)
+class GroupChoice:
+    """One prunable channel group: its name (first producing layer), full width and the channel counts to try."""
+
+    name: str
+    width: int
+    keep: tuple[int, ...]  # ascending; the last is ``width``
+    description: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "width": self.width, "keep": list(self.keep), "description": self.description}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What a search chooses: channels kept per group and, per quantizable layer, int8 (True) or float (False)."""
+
+    keep: Mapping[str, int] = field(default_factory=dict)
+    int8: Mapping[str, bool] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"keep": dict(self.keep), "int8": dict(self.int8)}
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Policy:
+        if not isinstance(doc, Mapping) or set(doc) - {"keep", "int8"}:
+            raise ConfigError(f"a policy is a mapping with 'keep' and 'int8', got {doc!r}")
+        return cls(keep=dict(doc.get("keep", {})), int8=dict(doc.get("int8", {})))
+
+    def params(self) -> dict[str, Any]:
+        """The policy as flat parameters (``keep:GROUP``, ``int8:LAYER``): how a study stores a trial's choices."""
+        return {**{f"keep:{g}": k for g, k in self.keep.items()}, **{f"int8:{n}": b for n, b in self.int8.items()}}
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Choices per group and layer (see the module docstring); ``to_dict``/``from_dict`` round-trip through JSON."""
+
+    groups: tuple[GroupChoice, ...] = ()
+    int8_layers: tuple[str, ...] = ()
+    kinds: tuple[str, ...] = KINDS
+    round_to: int = 1
+
+    @classmethod
+    def from_model(cls, model: nn.Module, example_input: Any, *, kinds: Sequence[str] = KINDS,
+                   keep_ratios: Sequence[float] = DEFAULT_KEEP_RATIOS, round_to: int = 8) -> SearchSpace:  # fmt: skip
+        """The space of ``model``: ``kinds`` "prune" (channel counts near ``keep_ratios`` of each group's width,
+        multiples of ``round_to``) and/or "int8" (each quantizable layer int8 or float)."""
+        bad = [k for k in kinds if k not in KINDS]
+        if bad or not kinds:
+            raise ConfigError(f"unknown search space kind {bad[0] if bad else ''!r}; choose from {', '.join(KINDS)}")
+        if any(not 0.0 < r <= 1.0 for r in keep_ratios) or not keep_ratios:
+            raise ConfigError(f"keep ratios must be in (0, 1], got {list(keep_ratios)}")
+        if round_to < 1:
+            raise ConfigError(f"round_to must be >= 1, got {round_to}")
+        groups: tuple[GroupChoice, ...] = ()
+        if "prune" in kinds:
+            groups = _groups(model, example_input, keep_ratios, round_to)
+        layers: tuple[str, ...] = ()
+        if "int8" in kinds:
+            layers = tuple(n for n, (m, _) in weight_layers(model).items() if isinstance(m, tuple(QUANTIZABLE)))
+        return cls(groups=groups, int8_layers=layers, kinds=tuple(kinds), round_to=round_to)
+
+    # -- JSON --------------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        return {"format": FORMAT, "kinds": list(self.kinds), "round_to": self.round_to,
+                "groups": [g.to_dict() for g in self.groups], "int8_layers": list(self.int8_layers)}  # fmt: skip
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> SearchSpace:
+        if not isinstance(doc, Mapping) or doc.get("format") != FORMAT:
+            raise ConfigError(f"not a search space (expected format {FORMAT!r})")
+        try:
+            groups = tuple(GroupChoice(g["name"], int(g["width"]), tuple(int(k) for k in g["keep"]),
+                                       g.get("description", "")) for g in doc["groups"])  # fmt: skip
+            return cls(groups=groups, int8_layers=tuple(doc["int8_layers"]), kinds=tuple(doc["kinds"]),
+                       round_to=int(doc["round_to"]))  # fmt: skip
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(f"malformed search space: {exc}") from None
+
+    # -- policies ----------------------------------------------------------------------------------------------------
+    @property
+    def size(self) -> int:
+        """How many policies the space holds."""
+        return math.prod(len(g.keep) for g in self.groups) * 2 ** len(self.int8_layers)
+
+    def choices(self) -> dict[str, list[Any]]:
+        """Every flat parameter (:meth:`Policy.params`) and its options."""
+        found: dict[str, list[Any]] = {f"keep:{g.name}": list(g.keep) for g in self.groups}
+        found.update({f"int8:{n}": [False, True] for n in self.int8_layers})
+        return found
+
+    def policy(self, params: Mapping[str, Any]) -> Policy:
+        """The policy of flat parameters; a parameter outside the space is a ConfigError naming it."""
+        choices = self.choices()
+        for key, value in params.items():
+            if key not in choices or value not in choices[key]:
+                raise ConfigError(f"{key}={value!r} is not in the search space")
+        missing = [k for k in choices if k not in params]
+        if missing:
+            raise ConfigError(f"the policy does not choose {missing[0]!r}")
+        return Policy(keep={g.name: int(params[f"keep:{g.name}"]) for g in self.groups},
+                      int8={n: bool(params[f"int8:{n}"]) for n in self.int8_layers})  # fmt: skip
+
+    def uniform(self, keep_ratio: float = 1.0, int8: bool = False) -> Policy:
+        """The same keep ratio for every group (nearest option) and one precision for every layer."""
+        keep = {g.name: min(g.keep, key=lambda k, g=g: (abs(k - keep_ratio * g.width), -k)) for g in self.groups}
+        return Policy(keep=keep, int8={n: int8 for n in self.int8_layers})
+
+    def dense(self) -> Policy:
+        return self.uniform(1.0, False)
+
+    def smallest(self, int8: bool = True) -> Policy:
+        """Fewest channels everywhere, every layer in ``int8`` (or float)."""
+        return Policy(keep={g.name: g.keep[0] for g in self.groups}, int8={n: int8 for n in self.int8_layers})
+
+    def sample(self, rng: random.Random) -> Policy:
+        return self.policy({k: rng.choice(v) for k, v in self.choices().items()})
+
+    def all_policies(self) -> Iterable[Policy]:
+        """Every policy (for small spaces: tests, exhaustive search)."""
+        import itertools
+
+        keys, options = zip(*self.choices().items(), strict=True) if self.choices() else ((), ())
+        for combo in itertools.product(*options):
+            yield self.policy(dict(zip(keys, combo, strict=True)))
+
+    # -- policies as technique configs -------------------------------------------------------------------------------
+    def configs(self, policy: Policy) -> tuple[ChannelPruneConfig | None, LinearQuantConfig | None]:
+        """The channel pruning and int8 configs that carry out ``policy`` (None where it does nothing)."""
+        widths = {g.name: g.width for g in self.groups}
+        overrides = {g: 1.0 - k / widths[g] for g, k in policy.keep.items() if k < widths[g]}
+        prune = ChannelPruneConfig(ratio=0.0, overrides=overrides) if overrides else None
+        floats = {n: None for n, q in policy.int8.items() if not q}
+        quant = LinearQuantConfig(bits=8, overrides=floats) if any(policy.int8.values()) else None
+        return prune, quant
+
+
+def prune_policy(model: nn.Module, space: SearchSpace, policy: Policy, *, example_input: Any,
+                 calib_data: Iterable[Any] | None = None) -> nn.Module:  # fmt: skip
+    """A pruned copy of ``model`` (channels only: quantization comes after recovery, see :func:`quantize_policy`)."""
+    net = copy.deepcopy(model)
+    prune, _ = space.configs(policy)
+    if prune is not None:
+        prune_(net, prune, example_input=example_input, calib_data=calib_data)
+    return net
+
+
+def quantize_policy(model: nn.Module, space: SearchSpace, policy: Policy, *, calib_data: Iterable[Any]) -> nn.Module:
+    """Quantize the int8 layers of ``policy`` in place (BN folded, activations calibrated on ``calib_data``)."""
+    _, quant = space.configs(policy)
+    if quant is not None:
+        quantize_(model, quant, calib_data=calib_data)
+    return model
+
+
+def _groups(model: nn.Module, x: Any, keep_ratios: Sequence[float], round_to: int) -> tuple[GroupChoice, ...]:
+    whole = plan_channel_pruning(model, ChannelPruneConfig(ratio=0.0), x).groups
+    least = plan_channel_pruning(model, ChannelPruneConfig(ratio=0.99, round_to=round_to), x).groups
+    found = []
+    for plan, small in zip(whole, least, strict=True):
+        if not plan.owners:
+            continue
+        step = small.keep  # the group's smallest count: round_to x its blocks (or the whole width)
+        keep = sorted({min(plan.width, max(step, round(plan.width * r / step) * step)) for r in keep_ratios})
+        if plan.width not in keep:
+            keep.append(plan.width)
+        if len(keep) > 1:
+            found.append(GroupChoice(plan.owners[0], plan.width, tuple(keep), plan.description))
+    return tuple(found)
+
+
+def example_of(data: Any) -> torch.Tensor:
+    """The example input of a data bundle (a batch of one)."""
+    x = getattr(data, "example_input", None)
+    if x is None:
+        raise ConfigError("the data has no example input")
+    return x
