@@ -3,10 +3,10 @@
 import json
 
 import pytest
-import torch
 
 import deepslim as ds
 from deepslim.pipeline import list_recipes
+from tests.pipeline import toy
 
 TINY = {
     "model": "lenet300", "data": "digits", "device": "cortex-m7", "seed": 0,
@@ -82,20 +82,23 @@ def test_run_measures_and_saves_every_stage(tmp_path):
         ds.run_recipe(ds.load_recipe(TINY), out)
 
 
-def test_failing_stage_leaves_the_completed_ones(tmp_path):
+def test_failing_stage_leaves_the_completed_ones(tmp_path, monkeypatch):
+    monkeypatch.setitem(toy.TRIP, "armed", True)
     recipe = ds.load_recipe({"model": "lenet300", "data": "digits", "stages": [
-        {"train": {"epochs": 1}}, {"distill": {"epochs": 1, "teacher": str(tmp_path / "missing.pt")}}]})  # fmt: skip
-    with pytest.raises(ds.ModelLoadError, match="does not exist"):
+        {"train": {"epochs": 1}}, {"toyscale": {"factor": 0.5}}, "encode"]})  # fmt: skip
+    with pytest.raises(toy.Interrupted):
         ds.run_recipe(recipe, tmp_path / "run")
     doc = json.loads((tmp_path / "run" / "metrics.json").read_text())
-    assert [m["stage"] for m in doc["stages"]] == ["input", "train"]
+    assert [m["stage"] for m in doc["stages"]] == ["input", "train"] and doc["status"] == "failed"
+    assert "Interrupted: the toy technique was told to fail" in doc["artifacts"]["error"]
     assert not list((tmp_path / "run").rglob(".*tmp*"))
 
 
 def test_recipe_unmatched_override_and_missing_model(tmp_path):
     with pytest.raises(ds.ConfigError, match="names no model"):
         ds.run_recipe(ds.load_recipe({"data": "digits", "stages": ["encode"]}), tmp_path / "a")
+    assert not (tmp_path / "a").exists()
     recipe = ds.load_recipe({"model": "lenet300", "data": "digits", "device": "nope", "stages": ["encode"]})
-    with pytest.raises(ds.UnknownNameError):
+    with pytest.raises(ds.UnknownNameError, match="nope"):
         ds.run_recipe(recipe, tmp_path / "b")
-    torch.manual_seed(0)
+    assert not (tmp_path / "b").exists()

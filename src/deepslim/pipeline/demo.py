@@ -15,6 +15,7 @@ from deepslim.compress.coding import decode
 from deepslim.data import load_data
 from deepslim.pipeline.recipe import load_recipe
 from deepslim.pipeline.run import Event, RunResult, check_run_dir, run_recipe
+from deepslim.pipeline.stages import TrainStage
 from deepslim.train import evaluate
 
 RECIPE = "deep-compression-lenet5"
@@ -42,11 +43,11 @@ def run_demo(out: str | Path, *, epochs: int | None = None, seed: int = 0, devic
     recipe = load_recipe(RECIPE)
     recipe = replace(recipe, seed=seed, device=device)
     if epochs is not None:  # a shorter (or longer) initial training
-        stages = tuple(replace(s, params=replace(s.params, epochs=epochs)) if s.kind == "train" else s
+        stages = tuple(replace(s, epochs=epochs) if isinstance(s, TrainStage) and s.kind == "train" else s
                        for s in recipe.stages)  # fmt: skip
         recipe = replace(recipe, stages=stages)
     run = run_recipe(recipe, out, overwrite=overwrite, on_event=on_event)
     archive = Path(run.artifacts["archive"])
     decoded = decode(archive.read_bytes())
-    data = load_data(recipe.data, seed=seed)
+    data = load_data(recipe.data or "digits", seed=seed)
     return DemoResult(run=run, decoded_accuracy=evaluate(decoded, data.test).accuracy)

@@ -18,56 +18,35 @@ import json
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from deepslim._io import atomic_dir, atomic_path
 from deepslim.analysis import get_device
 from deepslim.analysis.measurement import Measurement
 from deepslim.compress.coding import encode
-from deepslim.compress.lowrank import SVDConfig, TuckerConfig, factorize_
-from deepslim.compress.prune import (
-    ChannelPruneConfig,
-    GradualPruner,
-    MagnitudePruneConfig,
-    NMPruneConfig,
-    prune_,
-)
-from deepslim.compress.quantize import (
-    BinaryConfig,
-    Float16Config,
-    KMeansConfig,
-    LinearQuantConfig,
-    PowerOfTwoConfig,
-    TernaryConfig,
-    cluster_,
-    quantize_,
-)
+from deepslim.compress.prune.schedule import Schedule, gradual_prune_, iterative_prune_
 from deepslim.data import load_data
 from deepslim.errors import ConfigError
 from deepslim.export import benchmark, export_onnx
-from deepslim.models import load_model, save_model
+from deepslim.models import save_model
+from deepslim.pipeline.checks import check_recipe
 from deepslim.pipeline.measurement import measure, with_latency
-from deepslim.pipeline.recipe import (
-    ClusterStage,
+from deepslim.pipeline.recipe import Recipe
+from deepslim.pipeline.stages import (
     DistillStage,
     EncodeStage,
     ExportStage,
-    FactorizeStage,
-    PruneStage,
-    QuantizeStage,
-    Recipe,
-    StageSpec,
+    Stage,
+    TechniqueStage,
     TrainStage,
-    bits_overrides,
 )
-from deepslim.train import KDConfig, distill
+from deepslim.train import distill
 
 # 2: each stage row is a Measurement's row (Measurement.to_row: version 1's keys plus metric, device, runtime,
 # threads, peak memory, load average); readers of version 1 read version 2 unchanged, and back.
@@ -75,38 +54,6 @@ METRICS_VERSION = 2
 STAGE_KEYS = ("stage", "index", "model_file")  # what a stage row holds beside its Measurement
 
 Event = Callable[[str, dict[str, Any]], None]  # (event, payload): "stage_start", "stage_end", "epoch"
-
-
-def stage_config(spec: StageSpec) -> Any:
-    """The technique config a stage runs with (None for stages that take none)."""
-    p = spec.params
-    if isinstance(p, PruneStage):
-        if p.method == "channel":
-            return ChannelPruneConfig(ratio=p.ratio, importance=p.importance, ignore=tuple(p.ignore),
-                                         round_to=p.round_to, overrides=p.overrides)  # fmt: skip
-        if p.method == "nm":
-            return NMPruneConfig(n=p.n, m=p.m, overrides=p.overrides)
-        return MagnitudePruneConfig(sparsity=p.sparsity, scope=p.scope, overrides=p.overrides)
-    if isinstance(p, ClusterStage):
-        bits, overrides = bits_overrides(p.bits)
-        return KMeansConfig(bits=bits, init=p.init, share_bias=p.share_bias, overrides=overrides)
-    if isinstance(p, QuantizeStage):
-        bits, overrides = bits_overrides(p.bits)
-        if p.type == "linear":
-            return LinearQuantConfig(bits=bits, per_channel=p.per_channel, symmetric=p.symmetric,
-                                        activation_bits=p.activation_bits, calibration=p.calibration,
-                                        qat=p.epochs > 0, overrides=overrides)  # fmt: skip
-        if p.type in ("fp16", "bf16"):
-            return Float16Config(dtype=p.type)
-        if p.type == "pow2":
-            return PowerOfTwoConfig(bits=bits if bits != 8 else 4, overrides=overrides)
-        return BinaryConfig() if p.type == "binary" else TernaryConfig()
-    if isinstance(p, FactorizeStage):
-        cls = SVDConfig if p.method == "svd" else TuckerConfig
-        return cls(rank_ratio=p.rank_ratio, energy=p.energy, mac_ratio=p.mac_ratio, overrides=p.overrides)
-    if isinstance(p, DistillStage):
-        return KDConfig(temperature=p.temperature, alpha=p.alpha, hints=p.hints)
-    return None
 
 
 @dataclass
@@ -124,13 +71,15 @@ class RunContext:
     status: str = "running"
     metrics: list[dict[str, Any]] = field(default_factory=list)
     artifacts: dict[str, str] = field(default_factory=dict)
+    teachers: dict[int, nn.Module] = field(default_factory=dict)  # distill stages' own teachers, loaded early
+    fingerprint: str = ""
 
-    def fit(self, epochs: int, lr: float, *, hooks: tuple = (), index: int, **options: Any) -> None:
+    def fit(self, epochs: int, lr: float, *, hooks: Sequence[Any] = (), index: int, **options: Any) -> None:
         from deepslim.train import fit
 
         if epochs <= 0:
             return
-        fit(self.model, self.data, epochs=epochs, lr=lr, seed=self.recipe.seed + index, hooks=hooks,
+        fit(self.model, self.data, epochs=epochs, lr=lr, seed=self.recipe.seed + index, hooks=tuple(hooks),
             on_epoch=lambda m: self.on_event("epoch", {"stage": index, **m}), **options)  # fmt: skip
 
 
@@ -153,89 +102,71 @@ class RunResult:
         return found[-1]
 
 
-def _run_train(ctx: RunContext, spec: StageSpec) -> None:
-    p: TrainStage = spec.params
-    ctx.fit(p.epochs, p.lr, index=spec.index, optimizer=p.optimizer, weight_decay=p.weight_decay)
-    if spec.kind == "train":
+def _run_train(ctx: RunContext, stage: TrainStage, index: int) -> None:
+    ctx.fit(stage.epochs, stage.lr, index=index, optimizer=stage.optimizer, weight_decay=stage.weight_decay)
+    if stage.kind == "train":
         ctx.teacher = copy.deepcopy(ctx.model)
 
 
-def _run_prune(ctx: RunContext, spec: StageSpec) -> None:
-    from deepslim.compress.prune.schedule import iterative_sparsities, scale_sparsity
+def apply_technique(ctx: RunContext, stage: TechniqueStage, index: int) -> None:
+    """The stage's technique (through its schedule when it prunes while training), then its fine-tuning."""
+    config: Any = stage.config
 
-    p: PruneStage = spec.params
-    config = stage_config(spec)
-    if p.method == "magnitude" and p.schedule == "gradual":
-        if p.epochs == 0:
-            raise ConfigError(f"{spec.label}: a gradual schedule needs epochs > 0")
-        steps = p.epochs * len(ctx.data.train)  # sparsity rises over the first 3/4 of the steps, then holds
-        pruner = GradualPruner(config, end=max(1, int(0.75 * steps)), every=max(1, steps // 100))
-        ctx.fit(p.epochs, p.lr, hooks=(pruner,), index=spec.index)
+    def fit(epochs: int, hooks: Sequence[Any]) -> None:
+        ctx.fit(epochs, float(stage.lr or 0.0), hooks=hooks, index=index)
+
+    if stage.schedule is Schedule.GRADUAL:
+        gradual_prune_(ctx.model, config, epochs=stage.epochs, steps_per_epoch=len(ctx.data.train), fit=fit)
         return
-    if p.method == "magnitude" and p.schedule == "iterative":
-        targets = iterative_sparsities(p.sparsity, p.rounds)
-        for r, target in enumerate(targets):
-            prune_(ctx.model, scale_sparsity(config, target / p.sparsity if p.sparsity else 0.0))
-            ctx.fit(p.epochs // p.rounds + (1 if r < p.epochs % p.rounds else 0), p.lr, index=spec.index)
+    if stage.schedule is Schedule.ITERATIVE:
+        iterative_prune_(ctx.model, config, rounds=stage.rounds, epochs=stage.epochs, fit=fit)
         return
-    prune_(ctx.model, config, example_input=ctx.data.example_input, calib_data=ctx.data.calib)
-    ctx.fit(p.epochs, p.lr, index=spec.index)
+    stage.spec.apply(ctx.model, config, example_input=ctx.data.example_input, calib_data=ctx.data.calib,
+                     data=ctx.data)  # fmt: skip
+    fit(stage.epochs, ())
 
 
-def _run_cluster(ctx: RunContext, spec: StageSpec) -> None:
-    p: ClusterStage = spec.params
-    cluster_(ctx.model, stage_config(spec))
-    ctx.fit(p.epochs, p.lr, index=spec.index)
+def _run_distill(ctx: RunContext, stage: DistillStage, index: int) -> None:
+    teacher = ctx.teachers.get(index, ctx.teacher)
+    distill(ctx.model, teacher, ctx.data, stage.kd, epochs=stage.epochs, lr=stage.lr, seed=ctx.recipe.seed + index,
+            on_epoch=lambda m: ctx.on_event("epoch", {"stage": index, **m}))  # fmt: skip
 
 
-def _run_quantize(ctx: RunContext, spec: StageSpec) -> None:
-    p: QuantizeStage = spec.params
-    quantize_(ctx.model, stage_config(spec), calib_data=ctx.data.calib)
-    ctx.fit(p.epochs, p.lr, index=spec.index)
-
-
-def _run_factorize(ctx: RunContext, spec: StageSpec) -> None:
-    p: FactorizeStage = spec.params
-    factorize_(ctx.model, stage_config(spec), example_input=ctx.data.example_input)
-    ctx.fit(p.epochs, p.lr, index=spec.index)
-
-
-def _run_distill(ctx: RunContext, spec: StageSpec) -> None:
-    p: DistillStage = spec.params
-    teacher = ctx.teacher if p.teacher == "trained" else load_model(p.teacher)
-    distill(ctx.model, teacher, ctx.data, stage_config(spec), epochs=p.epochs, lr=p.lr,
-               seed=ctx.recipe.seed + spec.index,
-               on_epoch=lambda m: ctx.on_event("epoch", {"stage": spec.index, **m}))  # fmt: skip
-
-
-def _run_encode(ctx: RunContext, spec: StageSpec) -> None:
-    p: EncodeStage = spec.params
-    blob = encode(ctx.model, huffman=p.huffman)
+def _run_encode(ctx: RunContext, stage: EncodeStage, index: int) -> None:
+    blob = encode(ctx.model, huffman=stage.huffman)
     with atomic_path(ctx.work / "model.dsz") as tmp:
         tmp.write_bytes(blob)
     ctx.artifacts["archive"] = str(ctx.out / "model.dsz")
 
 
-def _run_export(ctx: RunContext, spec: StageSpec) -> None:
-    p: ExportStage = spec.params
+def _run_export(ctx: RunContext, stage: ExportStage, index: int) -> None:
     dest = ctx.work / "model.onnx"
     result = export_onnx(ctx.model, dest, example_input=ctx.data.example_input, calib_data=ctx.data.calib)
     ctx.artifacts["onnx"] = str(ctx.out / "model.onnx")
     ctx.artifacts["onnx_max_abs_error"] = f"{result.max_abs_error:.3g}"
-    if p.benchmark:
-        bench = benchmark(dest, runtime="onnxruntime", example_input=ctx.data.example_input, threads=p.threads)
+    if stage.benchmark:
+        bench = benchmark(dest, runtime="onnxruntime", example_input=ctx.data.example_input, threads=stage.threads)
         ctx.artifacts["latency_ms"] = f"{bench.median_ms:.4f}"
 
 
-_RUNNERS: dict[str, Callable[[RunContext, StageSpec], None]] = {
-    "train": _run_train, "finetune": _run_train, "prune": _run_prune, "cluster": _run_cluster,
-    "quantize": _run_quantize, "factorize": _run_factorize, "distill": _run_distill, "encode": _run_encode,
-    "export": _run_export,
-}  # fmt: skip
+def run_stage(ctx: RunContext, stage: Stage, index: int) -> None:
+    """Run one stage (``index``: its 1-based position, which seeds its training)."""
+    if isinstance(stage, TechniqueStage):
+        apply_technique(ctx, stage, index)
+    elif isinstance(stage, TrainStage):
+        _run_train(ctx, stage, index)
+    elif isinstance(stage, DistillStage):
+        _run_distill(ctx, stage, index)
+    elif isinstance(stage, EncodeStage):
+        _run_encode(ctx, stage, index)
+    elif isinstance(stage, ExportStage):
+        _run_export(ctx, stage, index)
+    else:
+        raise ConfigError(f"stage {index}: {type(stage).__name__} is not a recipe stage")
 
 
-def _save_stage(ctx: RunContext, spec: StageSpec | None) -> str:
-    rel = Path("stages") / (f"{spec.index:02d}-{spec.kind}" if spec else "00-input")
+def _save_stage(ctx: RunContext, stem: str) -> str:
+    rel = Path("stages") / stem
     try:
         blob = encode(ctx.model)
     except ConfigError:
@@ -246,13 +177,13 @@ def _save_stage(ctx: RunContext, spec: StageSpec | None) -> str:
     return str(ctx.out / rel.with_suffix(".dsz"))
 
 
-def _write_metrics(ctx: RunContext) -> None:
+def write_metrics(ctx: RunContext) -> None:
     dev = get_device(ctx.recipe.device)
     device = {"name": dev.name, "peak_macs_per_s": dict(dev.peak_macs_per_s),
               "mem_bandwidth_bytes_per_s": dev.mem_bandwidth_bytes_per_s}  # fmt: skip
     doc = {"format": "deepslim-run", "version": METRICS_VERSION, "status": ctx.status, "model": ctx.model_name,
            "data": ctx.data_name, "preprocessing": ctx.preprocessing, "device": ctx.recipe.device,
-           "device_profile": device, "seed": ctx.recipe.seed, "stages": ctx.metrics,
+           "device_profile": device, "seed": ctx.recipe.seed, "fingerprint": ctx.fingerprint, "stages": ctx.metrics,
            "artifacts": ctx.artifacts}  # fmt: skip
     with atomic_path(ctx.work / "metrics.json") as tmp:
         tmp.write_text(json.dumps(doc, indent=2, default=_json_default) + "\n")
@@ -264,8 +195,9 @@ def _json_default(value: Any) -> Any:
     return str(value)
 
 
-def check_run_dir(out: str | Path, *, overwrite: bool) -> Path:
-    """Refuse an ``out`` that a run may not (re)place; ``--overwrite`` replaces only an earlier run directory."""
+def check_run_dir(out: str | Path, *, overwrite: bool, resume: bool = False) -> Path:
+    """Refuse an ``out`` that a run may not (re)place; ``--overwrite`` replaces only an earlier run directory,
+    ``--resume`` continues an unfinished one."""
     out = Path(out)
     if out.is_symlink() or (out.is_dir() and os.path.ismount(out)):
         raise ConfigError(f"{out} is a symbolic link or a mount point, which a run cannot replace as a whole: give "
@@ -276,8 +208,9 @@ def check_run_dir(out: str | Path, *, overwrite: bool) -> Path:
         if Path.cwd().resolve().is_relative_to(out.resolve()):
             raise ConfigError(f"{out} holds the current directory, which a run cannot replace: choose another --out")
         is_run = _is_run_dir(out)
-        if is_run and not overwrite:
-            raise ConfigError(f"{out} already holds a run (metrics.json); choose another --out or pass --overwrite")
+        if is_run and not (overwrite or resume):
+            raise ConfigError(f"{out} already holds a run (metrics.json); choose another --out, pass --overwrite, "
+                              "or --resume an unfinished run")  # fmt: skip
         if not is_run and any(out.iterdir()):
             raise ConfigError(f"{out} holds files but no deepslim run (a metrics.json written by deepslim); a run "
                               "replaces its whole --out directory, so choose a new or empty one")  # fmt: skip
@@ -293,67 +226,77 @@ def _is_run_dir(out: Path) -> bool:
     return isinstance(doc, dict) and doc.get("format") == "deepslim-run"
 
 
-def _recipe_as_run(recipe: Recipe, chosen: dict[str, Any], preprocessing: dict[str, Any] | None) -> dict[str, Any]:
-    """recipe.yaml: the recipe as given, with what the command line chose filled in, and the run's context."""
-    doc = dict(recipe.to_dict())
-    doc.update({k: os.fspath(v) for k, v in chosen.items() if isinstance(v, (str, os.PathLike))})
-    if chosen.get("model_options"):
-        doc["model_options"] = dict(chosen["model_options"])
-    doc["device"], doc["seed"] = recipe.device, recipe.seed
-    doc["context"] = {"preprocessing": preprocessing}
-    doc["stages"] = doc.pop("stages", [])  # stages last: the settings read first
-    return doc
-
-
-def _stage_row(ctx: RunContext, spec: StageSpec | None, seconds: float) -> dict[str, Any]:
+def _stage_row(ctx: RunContext, stage: Stage | None, index: int, seconds: float) -> dict[str, Any]:
     """Measure the model after a stage (a :class:`Measurement` whose ``seconds`` are the stage's), save it, and
-    record both as the stage's row of metrics.json."""
+    record both as the stage's row of metrics.json; then checkpoint the run (for ``resume``)."""
+    from deepslim.pipeline.resume import save_checkpoint
+
     m = replace(measure(ctx.model, ctx.data, device=ctx.recipe.device, layers=True), seconds=seconds)
-    if spec is not None and spec.kind == "export" and "latency_ms" in ctx.artifacts:
-        m = with_latency(m, float(ctx.artifacts["latency_ms"]), runtime="onnxruntime", threads=spec.params.threads)
-    row = m.to_row(stage=spec.kind if spec else "input", index=spec.index if spec else 0)
-    row["model_file"] = _save_stage(ctx, spec)
+    if isinstance(stage, ExportStage) and "latency_ms" in ctx.artifacts:
+        m = with_latency(m, float(ctx.artifacts["latency_ms"]), runtime="onnxruntime", threads=stage.threads)
+    kind = stage.kind if stage is not None else "input"
+    row = m.to_row(stage=kind, index=index)
+    row["model_file"] = _save_stage(ctx, f"{index:02d}-{kind}")
     ctx.metrics.append(row)
-    _write_metrics(ctx)
+    write_metrics(ctx)
+    save_checkpoint(ctx, index, kind)
     ctx.on_event("stage_end", row)
     return row
 
 
-def _run_stages(ctx: RunContext, recipe_doc: dict[str, Any]) -> None:
+def _run_stages(ctx: RunContext, recipe_yaml: str, first: int) -> None:
     from deepslim.pipeline._pairing import write_preprocessing
+    from deepslim.pipeline.resume import drop_checkpoints
     from deepslim.report import write_report
 
     with atomic_path(ctx.work / "recipe.yaml") as tmp:
-        tmp.write_text(yaml.safe_dump(recipe_doc, sort_keys=False))
+        tmp.write_text(recipe_yaml)
     write_preprocessing(ctx.work, ctx.preprocessing)
-    _stage_row(ctx, None, 0.0)
-    for spec in ctx.recipe.stages:
-        ctx.on_event("stage_start", {"stage": spec.kind, "index": spec.index,
-                                     "epochs": getattr(spec.params, "epochs", 0)})  # fmt: skip
+    if first == 1:
+        _stage_row(ctx, None, 0, 0.0)
+    for index, stage in enumerate(ctx.recipe.stages, start=1):
+        if index < first:  # finished before the run was interrupted (resume)
+            continue
+        ctx.on_event("stage_start", {"stage": stage.kind, "index": index, "epochs": getattr(stage, "epochs", 0)})
         start = time.perf_counter()
-        _RUNNERS[spec.kind](ctx, spec)
-        _stage_row(ctx, spec, time.perf_counter() - start)
+        run_stage(ctx, stage, index)
+        _stage_row(ctx, stage, index, time.perf_counter() - start)
     title = f"{ctx.model_name} on {ctx.data_name}"
     write_report([ctx.work], ctx.work / "report.html", title=title)
     ctx.artifacts["report"] = str(ctx.out / "report.html")
     ctx.status = "complete"
-    _write_metrics(ctx)
+    drop_checkpoints(ctx.work)
+    write_metrics(ctx)
+
+
+def as_run(recipe: Recipe, *, model: Any, data: Any, weights: str | None, arch: str | None,
+           options: dict[str, Any]) -> Recipe:  # fmt: skip
+    """The recipe as run: the model spec, weights, architecture, options and data actually used (where they are
+    specs, not objects), so that running the result again reproduces the run."""
+    changes: dict[str, Any] = {}
+    if isinstance(model, (str, os.PathLike)):
+        changes.update(model=os.fspath(model), weights=weights, arch=arch, model_options=dict(options))
+    if isinstance(data, (str, os.PathLike)):
+        changes["data"] = os.fspath(data)
+    return replace(recipe, **changes)
 
 
 def run_recipe(recipe: Recipe, out: str | Path, *, model: str | nn.Module | None = None, data: Any = None,
                weights: str | None = None, arch: str | None = None, model_options: dict[str, Any] | None = None,
-               overwrite: bool = False, on_event: Event | None = None) -> RunResult:  # fmt: skip
+               overwrite: bool = False, resume: bool = False, on_event: Event | None = None) -> RunResult:  # fmt: skip
     """Run ``recipe`` on ``model`` and ``data`` (or the recipe's own), writing the run directory ``out``.
 
     ``weights``, ``arch`` and ``model_options`` say how to load a model spec; they win over the recipe's, which apply
-    only to the recipe's own model. The run
+    only to the recipe's own model. Every stage is checked against the model before the first one runs. The run
     is built in a hidden sibling of ``out`` and moved there when it completes, replacing an earlier run (with
     ``overwrite``) as a whole. A failed run leaves an earlier run untouched; with none, the stages it completed are
-    kept in ``out`` (metrics.json says ``status: failed``).
+    kept in ``out`` (metrics.json says ``status: failed``) with a checkpoint after each, and ``resume=True`` with the
+    same recipe and settings continues it from the last finished stage (the earlier ones are not run again).
     """
     from deepslim.pipeline._pairing import attach_preprocessing, load_for_data
+    from deepslim.pipeline.resume import restore, salvage
 
-    out = check_run_dir(out, overwrite=overwrite)
+    out = check_run_dir(out, overwrite=overwrite, resume=resume)
     model_spec = model if model is not None else recipe.model
     data_spec = data if data is not None else recipe.data
     if model_spec is None or data_spec is None:
@@ -376,19 +319,22 @@ def run_recipe(recipe: Recipe, out: str | Path, *, model: str | nn.Module | None
     else:
         net = load_for_data(str(model_spec), bundle, weights=weights, arch=arch, options=options)
         model_name, preprocessing = str(model_spec), attach_preprocessing(net, bundle)  # the model's own, if any
-    chosen = {"model": model_spec, "weights": weights, "arch": arch, "model_options": options, "data": data_spec}
-    recipe_doc = _recipe_as_run(recipe, chosen, preprocessing)
+    teachers = check_recipe(recipe.stages, net)  # mistakes fail now, not after hours of training
+    ran = as_run(recipe, model=model_spec, data=data_spec, weights=weights, arch=arch, options=options)
     with atomic_dir(out, keep_partial=True) as work:
         ctx = RunContext(model=net, data=bundle, recipe=recipe, out=out, work=work,
                          on_event=on_event or (lambda _event, _payload: None), teacher=copy.deepcopy(net),
                          model_name=model_name, data_name=getattr(bundle, "name", str(data_spec)),
-                         preprocessing=preprocessing)  # fmt: skip
+                         preprocessing=preprocessing, teachers=teachers, fingerprint=ran.fingerprint())  # fmt: skip
+        first = restore(ctx, out) if resume else 1
         try:
-            _run_stages(ctx, recipe_doc)
+            _run_stages(ctx, ran.to_yaml({"preprocessing": preprocessing}), first)
         except BaseException as exc:
             if ctx.metrics:  # what completed is recorded as such (kept only where no earlier run is replaced)
                 ctx.status, ctx.artifacts["error"] = "failed", f"{type(exc).__name__}: {exc}"
                 with contextlib.suppress(Exception):
-                    _write_metrics(ctx)
+                    write_metrics(ctx)
+                if resume:  # the stages finished in this session join the unfinished run in ``out``
+                    salvage(work, out)
             raise
-    return RunResult(out=out, metrics=ctx.metrics, model=net, artifacts=ctx.artifacts)
+    return RunResult(out=out, metrics=ctx.metrics, model=ctx.model, artifacts=ctx.artifacts)

@@ -11,23 +11,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-import torch
 from torch import nn
 
-from deepslim.compress.lowrank import SVDConfig, TuckerConfig, factorize_
-from deepslim.compress.prune import (
-    ChannelPruneConfig,
-    MagnitudePruneConfig,
-    NMPruneConfig,
-    plan_channel_pruning,
-    prune_,
-)
-from deepslim.compress.prune.masks import prunable_layers
+from deepslim.compress.lowrank import SVDConfig, TuckerConfig
+from deepslim.compress.prune import NMPruneConfig
+from deepslim.config import Config
 from deepslim.data import DataBundle
 from deepslim.errors import ConfigError
+from deepslim.techniques import technique_for
 from deepslim.train import evaluate
-
-Config = MagnitudePruneConfig | NMPruneConfig | ChannelPruneConfig | SVDConfig | TuckerConfig
 
 
 @dataclass(frozen=True)
@@ -58,13 +50,16 @@ class Sensitivity:
 
 def sensitivity(model: nn.Module, data: DataBundle, config: Config, levels: Sequence[float] = (0.25, 0.5, 0.75),
                 *, layers: Sequence[str] | None = None, split: str = "val") -> Sensitivity:  # fmt: skip
-    """Accuracy on ``data.<split>`` with each layer alone compressed at each level.
+    """Accuracy on ``data.<split>`` with each layer alone compressed at each level, by any registered technique
+    that names its layers (``register_technique(..., layers=...)``).
 
-    ``levels`` are sparsities (magnitude), ratios (channel) or rank ratios (SVD/Tucker); N:M ignores them.
-    ``layers`` defaults to every layer the technique applies to (for channel pruning: the first layer of each
-    prunable group).
+    ``levels`` set the layer's own value through ``overrides`` (sparsities for magnitude pruning, ratios for channel
+    pruning, bit-widths for quantization) or, for factorization, the rank ratio; techniques whose overrides can only
+    skip a layer (N:M) ignore them. ``layers`` defaults to every layer the technique applies to (for channel
+    pruning: the first layer of each prunable group).
     """
-    candidates = _candidates(model, data, config)
+    technique = technique_for(config)
+    candidates = technique.candidates(model, config, data.example_input)
     chosen = list(layers) if layers is not None else candidates
     unknown = [n for n in chosen if n not in candidates]
     if unknown:
@@ -75,33 +70,20 @@ def sensitivity(model: nn.Module, data: DataBundle, config: Config, levels: Sequ
     for layer in chosen:
         for level in (None,) if isinstance(config, NMPruneConfig) else levels:
             trial = copy.deepcopy(model)
-            _apply_one(trial, config, layer, level, data.example_input, candidates)
+            one = _only(config, layer, level, candidates)
+            technique.apply(trial, one, example_input=data.example_input, calib_data=data.calib, data=data)
             rows.append((layer, level, evaluate(trial, data, split=split).accuracy))
     return Sensitivity(base, tuple(rows))
 
 
-def _candidates(model: nn.Module, data: DataBundle, config: Config) -> list[str]:
-    if isinstance(config, ChannelPruneConfig):
-        plan = plan_channel_pruning(model, replace(config, ratio=0.0, overrides=()), data.example_input)
-        return [g.owners[0] for g in plan.groups]
-    if isinstance(config, SVDConfig):
-        return [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if isinstance(config, TuckerConfig):
-        return [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == 1
-                and m.kernel_size != (1, 1)]  # fmt: skip
-    return list(prunable_layers(model))
+def _only(config: Any, layer: str, level: float | None, candidates: list[str]) -> Config:
+    """``config`` applied to ``layer`` alone, at ``level``."""
+    skip_others = tuple((n, None) for n in candidates if n != layer)
+    if isinstance(config, NMPruneConfig):
+        return replace(config, overrides=skip_others)
+    if isinstance(config, (SVDConfig, TuckerConfig)):
+        return replace(config, rank_ratio=level, energy=None, mac_ratio=None, overrides=skip_others)
+    return replace(config, overrides=((layer, level), ("re:.*", None)))
 
 
-def _apply_one(model: nn.Module, config: Config, layer: str, level: float | None, x: torch.Tensor,
-               candidates: list[str]) -> None:  # fmt: skip
-    only = ((layer, level), ("re:.*", None))
-    if isinstance(config, MagnitudePruneConfig):
-        prune_(model, replace(config, overrides=only))
-    elif isinstance(config, NMPruneConfig):
-        prune_(model, replace(config, overrides=tuple((n, None) for n in candidates if n != layer)))
-    elif isinstance(config, ChannelPruneConfig):
-        prune_(model, replace(config, overrides=only), example_input=x)
-    else:
-        skip = tuple((n, None) for n in candidates if n != layer)
-        factorize_(model, replace(config, rank_ratio=level, energy=None, mac_ratio=None, overrides=skip),
-                   example_input=x)  # fmt: skip
+__all__ = ["Sensitivity", "sensitivity"]

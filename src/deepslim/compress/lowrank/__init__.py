@@ -99,7 +99,7 @@ def factorize_(model: nn.Module, config: SVDConfig | TuckerConfig, *,
     ``example_input`` (for spatial sizes and token counts); without it they are per output position.
     """
     svd = isinstance(config, SVDConfig)
-    targets = _targets(model, svd)
+    targets = factorizable_layers(model, svd=svd)
     bad = unmatched(config.overrides, targets)
     if bad:
         raise ConfigError(f"no {'Linear' if svd else 'Conv2d'} layer matches {', '.join(map(repr, bad))}")
@@ -129,7 +129,7 @@ def factorize_(model: nn.Module, config: SVDConfig | TuckerConfig, *,
     return FactorizeResult(tuple(done), tuple(skipped))
 
 
-def _targets(model: nn.Module, svd: bool) -> dict[str, nn.Module]:
+def factorizable_layers(model: nn.Module, *, svd: bool) -> dict[str, nn.Module]:
     """Linear-like layers (nn.Linear and subclasses, HF Conv1D, registered kinds) for SVD; Conv2d for Tucker."""
     if not svd:
         return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
@@ -249,4 +249,4 @@ def _positions(model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor |
     return found
 
 
-__all__ = ["FactorizeResult", "FactorizedLayer", "SVDConfig", "TuckerConfig", "factorize_"]
+__all__ = ["FactorizeResult", "FactorizedLayer", "SVDConfig", "TuckerConfig", "factorizable_layers", "factorize_"]

@@ -7,12 +7,27 @@ steps. Both work with the masks of :mod:`.masks`, so weights pruned early stay p
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from enum import Enum
+from typing import Any
 
 from torch import nn
 
 from deepslim.compress.prune.masks import MagnitudePruneConfig, magnitude_masks, set_mask_
 from deepslim.errors import ConfigError
+
+
+class Schedule(Enum):
+    """How a recipe stage reaches its sparsity: at once, in prune–retrain rounds, or gradually while training."""
+
+    ONESHOT = "oneshot"
+    ITERATIVE = "iterative"
+    GRADUAL = "gradual"
+
+
+Fit = Callable[[int, Sequence[Any]], None]
+"""``fit(epochs, hooks)``: the caller's training loop for this stage (its data, learning rate and seed)."""
 
 
 def polynomial_sparsity(step: int, *, final: float, initial: float = 0.0, start: int = 0, end: int) -> float:
@@ -70,3 +85,31 @@ def scale_sparsity(config: MagnitudePruneConfig, fraction: float) -> MagnitudePr
     """The config with every sparsity (default and overrides) scaled by ``fraction`` of the way to its target."""
     overrides = tuple((p, None if v is None else v * fraction) for p, v in config.overrides)
     return replace(config, sparsity=config.sparsity * fraction, overrides=overrides)
+
+
+def apply_masks_(model: nn.Module, config: MagnitudePruneConfig) -> None:
+    """Install (or tighten) the magnitude masks ``config`` asks for."""
+    for name, mask in magnitude_masks(model, config).items():
+        set_mask_(model.get_submodule(name), mask)
+
+
+def gradual_prune_(model: nn.Module, config: MagnitudePruneConfig, *, epochs: int, steps_per_epoch: int,
+                   fit: Fit) -> nn.Module:  # fmt: skip
+    """Train for ``epochs`` while sparsity rises along the cubic schedule over the first 3/4 of the optimizer steps
+    (updated about 100 times), then holds at ``config.sparsity`` (Zhu & Gupta)."""
+    if epochs < 1:
+        raise ConfigError("a gradual schedule prunes while it trains: it needs epochs > 0")
+    steps = epochs * steps_per_epoch
+    pruner = GradualPruner(config, end=max(1, int(0.75 * steps)), every=max(1, steps // 100))
+    fit(epochs, (pruner,))
+    return model
+
+
+def iterative_prune_(model: nn.Module, config: MagnitudePruneConfig, *, rounds: int, epochs: int,
+                     fit: Fit) -> nn.Module:  # fmt: skip
+    """``rounds`` rounds of prune then retrain (Han et al.), each removing the same fraction of the survivors; the
+    ``epochs`` are shared out among the rounds (the first rounds get the remainder)."""
+    for r, target in enumerate(iterative_sparsities(config.sparsity, rounds)):
+        apply_masks_(model, scale_sparsity(config, target / config.sparsity if config.sparsity else 0.0))
+        fit(epochs // rounds + (1 if r < epochs % rounds else 0), ())
+    return model
