@@ -138,7 +138,7 @@ class SearchSpace:
 
     def uniform(self, keep_ratio: float = 1.0, int8: bool = False) -> Policy:
         """The same keep ratio for every group (nearest option) and one precision for every layer."""
-        keep = {g.name: min(g.keep, key=lambda k, g=g: (abs(k - keep_ratio * g.width), -k)) for g in self.groups}
+        keep = {g.name: _nearest(g, keep_ratio) for g in self.groups}
         return Policy(keep=keep, int8={n: int8 for n in self.int8_layers})
 
     def dense(self) -> Policy:
@@ -163,11 +163,17 @@ class SearchSpace:
     def configs(self, policy: Policy) -> tuple[ChannelPruneConfig | None, LinearQuantConfig | None]:
         """The channel pruning and int8 configs that carry out ``policy`` (None where it does nothing)."""
         widths = {g.name: g.width for g in self.groups}
-        overrides = {g: 1.0 - k / widths[g] for g, k in policy.keep.items() if k < widths[g]}
+        overrides = tuple((g, 1.0 - k / widths[g]) for g, k in policy.keep.items() if k < widths[g])
         prune = ChannelPruneConfig(ratio=0.0, overrides=overrides) if overrides else None
-        floats = {n: None for n, q in policy.int8.items() if not q}
+        floats: tuple[tuple[str, int | None], ...] = tuple((n, None) for n, q in policy.int8.items() if not q)
         quant = LinearQuantConfig(bits=8, overrides=floats) if any(policy.int8.values()) else None
         return prune, quant
+
+
+def _nearest(group: GroupChoice, keep_ratio: float) -> int:
+    """The option of ``group`` nearest ``keep_ratio`` of its width (the larger one on a tie)."""
+    target = keep_ratio * group.width
+    return min(group.keep, key=lambda k: (abs(k - target), -k))
 
 
 def prune_policy(model: nn.Module, space: SearchSpace, policy: Policy, *, example_input: Any,

@@ -254,7 +254,9 @@ def claim_trial(study: Any) -> Any | None:
     Taking a trial is atomic in the storage: two workers never get the same one.
     """
     optuna = _optuna()
-    optuna.storages.fail_stale_trials(study)
+    with warnings.catch_warnings():  # "experimental" in Optuna; deepslim relies on it knowingly
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        optuna.storages.fail_stale_trials(study)
     storage = study._storage  # Optuna's own pop (Study._pop_waiting_trial_id) falls back to a new trial
     waiting = optuna.trial.TrialState.WAITING
     for frozen in storage.get_all_trials(study._study_id, deepcopy=False, states=(waiting,)):

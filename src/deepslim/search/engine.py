@@ -1,0 +1,327 @@
+"""``search``: per-layer pruning and precision under a measured budget (AMC, HAQ and NetAdapt's question, asked of
+the runtime itself rather than of a MAC count).
+
+AMC: He et al., "AMC: AutoML for Model Compression and Acceleration on Mobile Devices", ECCV 2018; HAQ: Wang et al.,
+"HAQ: Hardware-Aware Automated Quantization with Mixed Precision", CVPR 2019; NetAdapt: Yang et al., ECCV 2018.
+Optuna is the engine (Akiba et al., KDD 2019: TPE, NSGA-II, random, grid samplers). The study lives in an Optuna
+storage (:mod:`deepslim.search.storage`; a journal file in the output directory by default), a trial is a policy in
+and a :class:`Measurement` out, and the search queues exactly ``trials`` trial slots — so an interrupted search
+resumes with the same call, without repeating a finished trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import resource
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from deepslim.errors import ConfigError, DeepSlimError
+from deepslim.search import storage as st
+from deepslim.search.budget import OBJECTIVES, Budget, as_budgets, check_objectives, pareto
+from deepslim.search.evaluate import Candidate, Evaluator
+from deepslim.search.latency import LatencyTable, TableCheck, layer_keys
+from deepslim.search.space import DEFAULT_KEEP_RATIOS, KINDS, Policy, SearchSpace, prune_policy
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("tpe", "nsga2", "random", "grid")
+WATTS_PER_CORE = 15.0  # assumed power of one busy CPU core, for the search's energy estimate (not measured)
+STUDY = "deepslim-search"
+
+
+@dataclass(frozen=True)
+class SearchResult:
+    """What a search found and what it cost (see ``to_dict`` for the JSON the CLI writes)."""
+
+    space: SearchSpace
+    objectives: tuple[str, ...]
+    budgets: tuple[Budget, ...]
+    limits: dict[str, float]  # budget metric -> absolute limit (ms, bytes)
+    dense: Candidate
+    best: Candidate | None  # the chosen policy, fine-tuned and re-measured
+    uniform: Candidate | None  # the best uniform policy within budget, recovered and re-measured alike
+    pareto: tuple[Candidate, ...]
+    trials: tuple[Candidate, ...]
+    uniform_family: tuple[Candidate, ...]
+    latency_table: dict[str, Any]
+    cost: dict[str, float]
+    study: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        def cand(c: Candidate | None) -> dict[str, Any] | None:
+            return c.to_dict() if c is not None else None
+
+        return {"objectives": list(self.objectives), "budget": [b.to_dict() for b in self.budgets],
+                "limits": dict(self.limits), "dense": cand(self.dense), "uniform": cand(self.uniform),
+                "best": cand(self.best), "pareto": [c.to_dict() for c in self.pareto],
+                "trials": [c.to_dict() for c in self.trials],
+                "uniform_family": [c.to_dict() for c in self.uniform_family],
+                "latency_table": self.latency_table, "cost": dict(self.cost), "study": dict(self.study),
+                "space": self.space.to_dict()}  # fmt: skip
+
+
+def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KINDS,
+           objectives: Sequence[str] = ("accuracy", "latency"),
+           budget: Budget | str | Sequence[Budget | str] | None = None,
+           *, trials: int = 50, strategy: str = "tpe", storage: str | None = None, seed: int = 0,
+           out_dir: str | os.PathLike[str] | None = None, study_name: str = STUDY, runtime: str = "onnxruntime",
+           latency_table: LatencyTable | None = None, finetune_epochs: int = 1, lr: float = 1e-3, top_k: int = 3,
+           check_every: int = 10, uniform_ratios: Sequence[float] | None = None,
+           on_trial: Callable[[Candidate], None] | None = None) -> SearchResult:  # fmt: skip
+    """Search per-layer channel counts and precisions of ``model`` on ``data`` (a DataBundle) for ``objectives``
+    under ``budget`` with ``trials`` Optuna trials of ``strategy`` (tpe, nsga2, random, grid).
+
+    ``space``: a :class:`SearchSpace` or the kinds to build one from ("prune", "int8"). Trials are judged after
+    batch-norm re-estimation, on the validation split, with latency predicted by the per-layer table (measured on
+    ``runtime``, checked end to end every ``check_every`` trials); the ``top_k`` best feasible candidates are then
+    fine-tuned for ``finetune_epochs`` (as the written recipe does) and re-measured end to end, and the best of them
+    is ``best``. The study lives in ``storage`` (default: ``out_dir/study.journal``): the same call resumes it.
+    An infeasible budget, an unknown objective, strategy or runtime is a ConfigError before any trial runs.
+    """
+    started, cpu0 = time.perf_counter(), _cpu_seconds()
+    objectives = check_objectives(objectives)
+    budgets = as_budgets(budget)
+    if strategy not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if trials < 1:
+        raise ConfigError(f"trials must be >= 1, got {trials}")
+    table = latency_table or LatencyTable(runtime=runtime)
+    x = data.example_input
+    if not isinstance(space, SearchSpace):
+        space = SearchSpace.from_model(model, x, kinds=tuple(space))
+    needs_size = "size" in objectives or any(b.metric == "size" for b in budgets)
+    ev = Evaluator(model, data, space, table, archive=needs_size, finetune_epochs=finetune_epochs, lr=lr, seed=seed)
+    dense = _calibrate(ev)
+    limits = {b.metric: b.limit(dense.value(b.metric)) for b in budgets}
+    _check_feasible(ev, budgets, limits, dense)
+    ratios = uniform_ratios or DEFAULT_KEEP_RATIOS
+    family = _uniform_family(ev, ratios, limits)
+    study = _open_study(space, objectives, storage, out_dir, study_name)
+    _run_trials(study, ev, objectives, limits, trials, strategy, seed, check_every, on_trial, family)
+    done = _completed(study, limits)
+    front = _front(done, objectives)
+    best = _finalists(ev, front, objectives, limits, top_k)
+    uniform = _finalists(ev, tuple(c for c in family if c.feasible), objectives, limits, 1)
+    checks = [c for c in (dense, *done, *family, best, uniform) if c is not None and _checked(c)]
+    cost = _cost(len(done), started, cpu0)
+    where = storage or f"journal:{Path(out_dir or '.') / st.DEFAULT_JOURNAL}"
+    return SearchResult(space=space, objectives=objectives, budgets=budgets, limits=limits, dense=dense, best=best,
+                        uniform=uniform, pareto=front, trials=tuple(done), uniform_family=family,
+                        latency_table=_table_report(table, checks), cost=cost,
+                        study={"name": study_name, "strategy": strategy, "seed": seed,
+                               "storage": where})  # fmt: skip
+
+
+def _cpu_seconds() -> float:
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _cost(n: int, started: float, cpu0: float) -> dict[str, float]:
+    cpu = _cpu_seconds() - cpu0
+    return {"trials": n, "wall_s": time.perf_counter() - started, "cpu_s": cpu,
+            "energy_kwh": cpu * WATTS_PER_CORE / 3.6e6, "watts_per_core_assumed": WATTS_PER_CORE}  # fmt: skip
+
+
+def _calibrate(ev: Evaluator) -> Candidate:
+    """Measure the dense model (and the smallest policies) end to end, fit the table to them; the dense candidate."""
+    space, x = ev.space, ev.data.example_input
+    policies = [space.dense(), space.smallest(False)] + ([space.smallest(True)] if space.int8_layers else [])
+    if ev.table.end_to_end:
+        pairs, raws = [], []
+        for p in policies:
+            net, _ = ev.build(p, "none")
+            raws.append(ev.table.raw(prune_policy(ev.model, space, p, example_input=x), x, p.int8))
+            pairs.append((net, x))
+        measured = ev.table.measure(pairs) or []
+        ev.table.calibrate(list(zip(raws, measured, strict=True)))
+    return ev.evaluate(space.dense(), recovery="none", measure=ev.table.end_to_end)
+
+
+def _smallest(ev: Evaluator, budgets: tuple[Budget, ...]) -> dict[str, tuple[float, Policy]]:
+    """The least latency and size any policy reaches, and a policy that reaches it."""
+    space, x = ev.space, ev.data.example_input
+    found: dict[str, tuple[float, Policy]] = {}
+    least = space.smallest(False)
+    if any(b.metric == "latency" for b in budgets):
+        net = prune_policy(ev.model, space, least, example_input=x)
+        int8 = {}
+        for name, key in layer_keys(net, x, {}).items():
+            if name in least.int8:
+                fast = ev.table.layer_ms([replace(key, int8=True)])[0] < ev.table.layer_ms([key])[0]
+                int8[name] = fast
+        policy = replace(least, int8={**least.int8, **int8})
+        found["latency"] = (ev.table.predict(net, x, policy.int8), policy)
+    if any(b.metric == "size" for b in budgets):
+        small = space.smallest(True)
+        found["size"] = (ev.evaluate(small, recovery="none").value("size"), small)
+    return found
+
+
+def _check_feasible(ev: Evaluator, budgets: tuple[Budget, ...], limits: dict[str, float], dense: Candidate) -> None:
+    unit = {"latency": "ms", "size": "bytes"}
+    for metric, (value, _) in _smallest(ev, budgets).items():
+        if value > limits[metric]:
+            base = dense.value(metric)
+            raise ConfigError(f"the {metric} budget {limits[metric]:.4g} {unit[metric]} is tighter than the smallest "
+                              f"policy in this space allows ({value:.4g} {unit[metric]}, {value / base:.2f}x of "
+                              f"dense): loosen it to at least {value / base:.2f}x or widen the space")  # fmt: skip
+
+
+def _feasible(c: Candidate, limits: dict[str, float]) -> Candidate:
+    ok = all(c.value(metric) <= limit * (1 + 1e-9) for metric, limit in limits.items())
+    return replace(c, feasible=ok)
+
+
+def _uniform_family(ev: Evaluator, ratios: Sequence[float], limits: dict[str, float]) -> tuple[Candidate, ...]:
+    """Uniform policies (one keep ratio everywhere; float, and all-int8 if the space has int8), judged as trials."""
+    precisions = [False, True] if ev.space.int8_layers else [False]
+    family = []
+    for r in ratios:
+        for q in precisions:
+            family.append(_feasible(ev.evaluate(ev.space.uniform(r, q)), limits))
+    return tuple(family)
+
+
+def _open_study(space: SearchSpace, objectives: tuple[str, ...], url: str | None, out_dir: Any, name: str) -> Any:
+    if url is None and out_dir is None:
+        raise ConfigError("give the search an out_dir (its study journal lives there) or a storage URL")
+    directions = [OBJECTIVES[o][0] for o in objectives]
+    fingerprint = st.space_fingerprint({"space": space.to_dict(), "objectives": list(objectives)})
+    return st.create_study_once(url, name, directions, metadata={"space_fingerprint": fingerprint}, out_dir=out_dir)
+
+
+def _sampler(strategy: str, seed: int, space: SearchSpace, trials: int) -> Any:
+    optuna = st._optuna()
+
+    def constraints(frozen: Any) -> Sequence[float]:
+        return frozen.user_attrs.get("constraints", [0.0])
+
+    # Optuna 5 reads constraints that trials set themselves (Trial.set_constraint); older ones take a function
+    given = {} if hasattr(optuna.trial.Trial, "set_constraint") else {"constraints_func": constraints}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if strategy == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, trials),
+                                              **given)  # fmt: skip
+        if strategy == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 4)),
+                                                 **given)  # fmt: skip
+        if strategy == "grid":
+            return optuna.samplers.GridSampler(space.choices(), seed=seed)
+        return optuna.samplers.RandomSampler(seed=seed)
+
+
+def _run_trials(study: Any, ev: Evaluator, objectives: tuple[str, ...], limits: dict[str, float], trials: int,
+                strategy: str, seed: int, check_every: int, on_trial: Callable[[Candidate], None] | None,
+                warm: Sequence[Candidate] = ()) -> None:  # fmt: skip
+    """Queue the trial slots still missing (interrupted trials are failed and re-queued), then run them."""
+    optuna = st._optuna()
+    state = optuna.trial.TrialState
+    for t in study.get_trials(deepcopy=False, states=(state.RUNNING,)):  # left by an interrupted search
+        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
+        study._storage.set_trial_state_values(t._trial_id, state=state.FAIL)
+    counted = [t for t in study.get_trials(deepcopy=False)
+               if t.state in (state.COMPLETE, state.WAITING) or "error" in t.user_attrs]  # fmt: skip
+    missing = max(0, trials - len(counted))
+    if strategy != "grid" and not study.get_trials(deepcopy=False):  # a new study starts from the best uniform ones
+        for c in sorted((c for c in warm if c.feasible), key=lambda c: _rank(c, objectives))[: min(3, missing // 4)]:
+            study.enqueue_trial(c.policy.params(), skip_if_exists=False)
+            missing -= 1
+    st.add_trial_slots(study, missing)
+    study.sampler = _sampler(strategy, seed + len(counted), ev.space, trials)
+    choices = ev.space.choices()
+
+    def objective(trial: Any) -> list[float]:
+        policy = ev.space.policy({k: trial.suggest_categorical(k, v) for k, v in choices.items()})
+        measure = check_every > 0 and ev.table.end_to_end and trial.number % check_every == 0
+        cand = _feasible(ev.evaluate(policy, measure=measure, trial=trial.number), limits)
+        trial.set_user_attr("candidate", cand.to_dict())
+        violations = {m: cand.value(m) - lim for m, lim in limits.items()}
+        trial.set_user_attr("constraints", list(violations.values()) or [0.0])
+        if hasattr(trial, "set_constraint"):
+            for metric, excess in violations.items():
+                trial.set_constraint(metric, excess)
+        if on_trial is not None:
+            on_trial(cand)
+        return [_finite(cand.value(o), o) for o in objectives]
+
+    while True:
+        trial = st.claim_trial(study)
+        if trial is None:
+            return
+        try:
+            with st.heartbeat(study, trial):
+                values = objective(trial)
+        except DeepSlimError as exc:  # a policy the toolkit refuses (export, pruning): recorded, the search goes on
+            log.warning("trial %d failed: %s", trial.number, exc)
+            trial.set_user_attr("error", str(exc))
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
+        study.tell(trial, values)
+
+
+def _finite(value: float, objective: str) -> float:
+    if value != value:  # NaN (a task without accuracy): the worst value
+        return float("-inf") if OBJECTIVES[objective][0] == "maximize" else float("inf")
+    return value
+
+
+def _completed(study: Any, limits: dict[str, float]) -> list[Candidate]:
+    optuna = st._optuna()
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return [_feasible(Candidate.from_dict(t.user_attrs["candidate"]), limits) for t in done
+            if "candidate" in t.user_attrs]  # fmt: skip
+
+
+def _rank(c: Candidate, objectives: tuple[str, ...]) -> tuple[float, ...]:
+    """Sort key: the first objective first (best first), then the others."""
+    return tuple(-_finite(c.value(o), o) if OBJECTIVES[o][0] == "maximize" else _finite(c.value(o), o)
+                 for o in objectives)  # fmt: skip
+
+
+def _front(done: Sequence[Candidate], objectives: tuple[str, ...]) -> tuple[Candidate, ...]:
+    feasible = [c for c in done if c.feasible]
+    points = [[_finite(c.value(o), o) for o in objectives] for c in feasible]
+    idx = pareto(points, [OBJECTIVES[o][0] for o in objectives])
+    unique: dict[str, Candidate] = {}
+    for c in sorted((feasible[i] for i in idx), key=lambda c: _rank(c, objectives)):
+        unique.setdefault(str(sorted(c.policy.params().items())), c)
+    return tuple(unique.values())
+
+
+def _finalists(ev: Evaluator, pool: Sequence[Candidate], objectives: tuple[str, ...], limits: dict[str, float],
+               k: int) -> Candidate | None:  # fmt: skip
+    """Fine-tune (as the recipe does) and re-measure the ``k`` best of ``pool``; the best of them within budget (or,
+    if re-measurement puts all of them over it, the best of them, marked infeasible)."""
+    if not pool or k < 1:
+        return None
+    recovery = "finetune" if ev.finetune_epochs > 0 else "none"
+    chosen = sorted(pool, key=lambda c: _rank(c, objectives))[:k]
+    final = [_feasible(replace(ev.evaluate(c.policy, recovery=recovery, measure=ev.table.end_to_end), trial=c.trial),
+                       limits) for c in chosen]  # fmt: skip
+    ok = [c for c in final if c.feasible] or final
+    return min(ok, key=lambda c: _rank(c, objectives))
+
+
+def _checked(c: Candidate) -> bool:
+    return c.measurement.measured_latency_ms is not None and "predicted_latency_ms" in c.measurement.extra
+
+
+def _table_report(table: LatencyTable, checked: Sequence[Candidate]) -> dict[str, Any]:
+    rows = tuple({"trial": c.trial, "predicted_ms": c.measurement.extra["predicted_latency_ms"],
+                  "measured_ms": c.measurement.measured_latency_ms, "macs": c.measurement.macs,
+                  "recovery": c.recovery} for c in checked)  # fmt: skip
+    report = TableCheck(rows).to_dict() if rows else {"points": 0, "error_p90": None, "kendall_tau": None,
+                                                      "mac_proxy_kendall_tau": None, "rows": []}  # fmt: skip
+    return {**report, "machine": table.key, "runtime": table.runtime, "threads": table.threads,
+            "entries": len(table.entries), "measured_entries": table.measured, "scale": table.scale,
+            "offset_ms": table.offset}  # fmt: skip

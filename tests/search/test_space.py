@@ -1,0 +1,100 @@
+"""The search space as data, budgets, and the per-layer latency table (fake and real timers)."""
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+from deepslim.errors import ConfigError
+from deepslim.search import Budget, LatencyTable, Policy, SearchSpace, kendall_tau
+from deepslim.search.latency import LayerKey, layer_keys
+from deepslim.search.space import prune_policy
+from tests.search._tiny import fake_ms, fake_table, tiny_net
+
+X = torch.randn(1, 1, 8, 8)
+
+
+def test_space_is_built_from_the_dependency_graph_on_the_round_to_grid_and_round_trips_through_json():
+    space = SearchSpace.from_model(tiny_net(), X, keep_ratios=(1.0, 0.5, 0.3), round_to=2)
+    assert [(g.name, g.width, g.keep) for g in space.groups] == [("0", 8, (2, 4, 8)), ("3", 8, (2, 4, 8))]
+    assert space.int8_layers == ("0", "3", "8")
+    assert space.size == 3 * 3 * 2**3
+    assert SearchSpace.from_dict(json.loads(json.dumps(space.to_dict()))) == space
+    coarse = SearchSpace.from_model(tiny_net(), X, keep_ratios=(1.0, 0.5, 0.3), round_to=4, kinds=("prune",))
+    assert [g.keep for g in coarse.groups] == [(4, 8), (4, 8)] and coarse.int8_layers == ()
+
+
+def test_a_policy_prunes_exactly_the_chosen_channels_and_round_trips_as_parameters():
+    space = SearchSpace.from_model(tiny_net(), X, keep_ratios=(1.0, 0.5, 0.25), round_to=2)
+    policy = Policy(keep={"0": 4, "3": 2}, int8={"0": True, "3": False, "8": True})
+    assert space.policy(policy.params()) == policy
+    assert Policy.from_dict(json.loads(json.dumps(policy.to_dict()))) == policy
+    net = prune_policy(tiny_net(), space, policy, example_input=X)
+    assert (net[0].out_channels, net[3].in_channels, net[3].out_channels, net[8].in_features) == (4, 4, 2, 8)
+    prune, quant = space.configs(policy)
+    assert dict(quant.overrides) == {"3": None}
+    with pytest.raises(ConfigError, match="keep:0=3 is not in the search space"):
+        space.policy({**policy.params(), "keep:0": 3})
+
+
+def test_unknown_space_kinds_are_listed():
+    with pytest.raises(ConfigError, match="choose from prune, int8"):
+        SearchSpace.from_model(tiny_net(), X, kinds=("prune", "lowrank"))
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("latency=0.5x", Budget("latency", 0.5, relative=True)),
+    ("latency=3ms", Budget("latency", 3.0)),
+    ("latency=250us", Budget("latency", 0.25)),
+    ("size=200KB", Budget("size", 200e3)),
+    ("size=1.5MiB", Budget("size", 1.5 * 1024**2)),
+])  # fmt: skip
+def test_budgets_are_read_absolute_or_relative(text, expected):
+    assert Budget.parse(text) == expected
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("speed=0.5x", "unknown budget 'speed'; choose from latency, size"),
+    ("latency=fast", "cannot read the budget value"),
+    ("size=3ms", "unknown unit 'ms' for size"),
+    ("latency", "a budget is METRIC=VALUE"),
+])  # fmt: skip
+def test_bad_budgets_say_what_is_wrong(text, message):
+    with pytest.raises(ConfigError, match=message):
+        Budget.parse(text)
+
+
+def test_kendall_tau_golden_values():
+    assert kendall_tau([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0
+    assert kendall_tau([1, 2, 3, 4], [4, 3, 2, 1]) == -1.0
+    assert kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)
+
+
+def test_layer_keys_see_the_shapes_the_runtime_runs_and_the_table_sums_them():
+    net = tiny_net().eval()
+    keys = layer_keys(net, X, {"3": True})
+    assert keys["0"] == LayerKey("conv2d", (1, 1, 8, 8), 8, (3, 3), (1, 1), (1, 1), (1, 1), 1, True, False)
+    assert keys["3"].int8 and keys["3"].in_shape == (1, 8, 8, 8)
+    assert keys["8"] == LayerKey("linear", (1, 32), 10, int8=False)
+    assert [k.macs for k in keys.values()] == [8 * 64 * 9, 8 * 8 * 64 * 9, 320]
+    table = fake_table()
+    expected = fake_ms(keys["0"]) + fake_ms(keys["3"]) + fake_ms(keys["8"])
+    assert table.predict(net, X, {"3": True}) == pytest.approx(expected)
+    table.calibrate([(1.0, 3.0), (2.0, 5.0)])  # measured = 2 x raw + 1
+    assert (table.scale, table.offset) == (pytest.approx(2.0), pytest.approx(1.0))
+    assert table.predict(net, X, {"3": True}) == pytest.approx(2 * expected + 1)
+
+
+def test_the_onnx_runtime_table_times_each_layer_once_and_caches_it_per_machine(tmp_path):
+    pytest.importorskip("onnxruntime")
+    net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()
+    table = LatencyTable(cache_dir=tmp_path)
+    ms = table.raw(net, X, {"2": True})
+    assert ms > 0 and table.measured == 2
+    files = list(tmp_path.glob("onnxruntime-*-t1-*.json"))
+    assert len(files) == 1 and len(json.loads(files[0].read_text())["entries"]) == 2
+    again = LatencyTable(cache_dir=tmp_path)
+    assert again.raw(net, X, {"2": True}) == ms and again.measured == 0
+    with pytest.raises(ConfigError, match="choose one of onnxruntime"):
+        LatencyTable(runtime="tvm")
