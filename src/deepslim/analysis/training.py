@@ -237,5 +237,5 @@ def sqrt_segments(n_layers: int) -> int:
     return max(1, math.ceil(math.sqrt(n_layers)))
 
 
-__all__ = ["LayerTraining", "TrainingProfile", "measure_peak_bytes", "measure_saved_bytes", "sqrt_segments",
+__all__ = ["LayerTraining", "TrainingProfile", "measure_peak_bytes", "measure_saved_bytes", "rebatch", "sqrt_segments",
            "training_profile"]

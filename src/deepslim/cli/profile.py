@@ -7,7 +7,8 @@ import json
 
 from rich.table import Table
 
-from deepslim.cli._common import add_model_args, load, out, parse_shape
+from deepslim.cli._common import add_model_args, default_input, load, out, parse_shape
+from deepslim.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -17,6 +18,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="estimate latency and energy on this device (see `deepslim devices`)")
     p.add_argument("--json", action="store_true", help="print the profile as JSON")
     p.add_argument("--allow-unknown-ops", action="store_true", help="count unknown operators as zero MACs")
+    t = p.add_argument_group("training memory (--training)")
+    t.add_argument("--training", action="store_true",
+                   help="profile one training step: weights, gradients, optimizer state, saved activations, peak")
+    t.add_argument("--trainable", default="all",
+                   help="what trains: all, bias, last, sparse:SPEC (e.g. sparse:bias,weight:2) (default: all)")
+    t.add_argument("--optimizer", default="adam", choices=("adam", "sgd", "sgd-momentum"),
+                   help="optimizer whose state counts (default: adam)")
+    t.add_argument("--batch-size", type=int, help="training batch size (default: the example input's)")
+    t.add_argument("--efficient", action="store_true",
+                   help="plan with deepslim's memory-efficient layers (frozen layers keep no input) instead of stock")
     p.set_defaults(func=cmd_profile)
 
 
@@ -25,6 +36,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from deepslim.analysis._format import profile_rows, summary_lines
 
     shape = parse_shape(args.input_shape) if args.input_shape else None
+    if args.training:
+        return _training(args, shape)
     if args.model.endswith(".onnx"):
         prof = profile(args.model, device=args.device, strict=not args.allow_unknown_ops, input_shape=shape)
     else:
@@ -47,4 +60,36 @@ def cmd_profile(args: argparse.Namespace) -> int:
         out.print(table)
     for line in summary_lines(prof):
         out.print(line)
+    return 0
+
+
+def _training(args: argparse.Namespace, shape: tuple[int, ...] | None) -> int:
+    """``profile --training``: the memory of one training step, per layer and in total; fits on ``--device``?"""
+    import torch
+
+    from deepslim.analysis._format import human
+    from deepslim.analysis.training import training_profile
+
+    if args.model.endswith(".onnx"):
+        raise ConfigError("profile --training needs a PyTorch model (zoo name, .pt, .pt2, file.py:factory), not ONNX")
+    model = load(args)
+    x = torch.randn(*shape) if shape else default_input(model)
+    if x is None:
+        raise ConfigError(f"{args.model} is not a zoo model, so its input shape is unknown: give --input-shape")
+    uncovered: dict[str, str] = {}
+    if args.efficient:
+        from deepslim.train.ondevice import efficient_, uncovered_layers
+
+        uncovered = uncovered_layers(efficient_(model))
+    prof = training_profile(model, x, trainable=args.trainable, optimizer=args.optimizer,
+                            batch_size=args.batch_size, device=args.device)  # fmt: skip
+    if args.json:
+        print(json.dumps(prof.to_dict(), indent=2))
+        return 0
+    lines = str(prof).splitlines()
+    print("\n".join(lines if not args.quiet else lines[len(prof.layers) + 1:]))
+    kept = {n: prof.layer(n).saved_bytes for n in uncovered if n in {r.name for r in prof.layers}}
+    if kept:
+        print("no memory-efficient form, trained the stock way: " + ", ".join(
+            f"{n} ({uncovered[n]}, keeps {human(b, 'B')})" for n, b in kept.items()))
     return 0

@@ -6,7 +6,8 @@ under a memory budget, counted by :func:`deepslim.analysis.training.training_pro
 """
 
 from deepslim.train.ondevice._functions import pack_bits, unpack_bits
-from deepslim.train.ondevice.convert import bias_only_, efficient_, tinytl_, uncovered_layers
+from deepslim.train.ondevice.convert import bias_only_, efficient_, residual_blocks, tinytl_, uncovered_layers
+from deepslim.train.ondevice.finetune import MODES, OnDeviceResult, finetune_ondevice, smallest_peak
 from deepslim.train.ondevice.modules import (
     BlockAvgPool2d,
     FrozenBatchNorm2d,
@@ -24,14 +25,19 @@ __all__ = [
     "FrozenConv2d",
     "FrozenLinear",
     "LiteResidual",
+    "MODES",
+    "OnDeviceResult",
     "PackedReLU",
     "PackedReLU6",
     "SparseUpdatePlan",
     "bias_only_",
     "checkpoint_sequential_",
     "efficient_",
+    "finetune_ondevice",
     "pack_bits",
     "plan_sparse_update",
+    "residual_blocks",
+    "smallest_peak",
     "sparse_update_",
     "tinytl_",
     "uncovered_layers",

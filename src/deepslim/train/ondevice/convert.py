@@ -137,6 +137,12 @@ def tinytl_(model: nn.Module, *, residual: bool = True, example_input: Example |
     return model
 
 
+def residual_blocks(model: nn.Module) -> list[str]:
+    """Names of the blocks ``tinytl_`` gives a lite residual branch by default (InvertedResidual, BasicBlock,
+    Bottleneck)."""
+    return list(_blocks(model, None))
+
+
 def _blocks(model: nn.Module, blocks: Iterable[str] | Callable[[str, nn.Module], bool] | None) -> dict[str, nn.Module]:
     if blocks is None:
         return {n: m for n, m in model.named_modules() if type(m).__name__ in _DEFAULT_BLOCKS}
