@@ -12,9 +12,12 @@ named by its dotted path so that optional libraries are not imported to describe
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
+from typing import Any
 
+import torch
 from torch import nn
 
 from deepslim.errors import ConfigError
@@ -53,7 +56,7 @@ class LayerKind:
     per_channel: tuple[str, ...] = ("bias",)
     out_attr: str | None = None
     in_attr: str | None = None
-    ops: frozenset[str] = frozenset()
+    ops: Iterable[str] = frozenset()
     input_arg: int = 0
 
     def __post_init__(self) -> None:
@@ -67,17 +70,19 @@ class LayerKind:
         if self.axis is Axis.FIRST:
             return 1 if ndim > 1 else 0
         if self.axis is Axis.CONV:
-            return ndim - (m.weight.ndim - 1)
+            weight = m.weight
+            assert isinstance(weight, nn.Parameter | torch.Tensor)
+            return ndim - (weight.ndim - 1)
         return ndim - 1
 
 
-_CONV = dict(axis=Axis.CONV, out_attr="out_channels", in_attr="in_channels")
+_CONV: dict[str, Any] = dict(axis=Axis.CONV, out_attr="out_channels", in_attr="in_channels")
 LINEAR = LayerKind(name="linear", out_attr="out_features", in_attr="in_features", ops={"linear"})
 CONV1D_HF = LayerKind(name="transposed linear (HF Conv1D)", out_dim=1, in_dim=0, out_attr="nf", in_attr="nx",
                       ops={"addmm"}, input_arg=1)  # fmt: skip
 EMBEDDING = LayerKind(name="embedding", out_dim=1, in_dim=None, per_channel=(), out_attr="embedding_dim",
                       ops={"embedding"}, input_arg=1)  # fmt: skip
-_NORM = dict(role=Role.NORM, in_dim=None, per_channel=("bias", "running_mean", "running_var"))
+_NORM: dict[str, Any] = dict(role=Role.NORM, in_dim=None, per_channel=("bias", "running_mean", "running_var"))
 
 # most specific first; a class matches the first entry that is one of its bases (or names one of them)
 _KINDS: list[tuple[type | str, LayerKind]] = [
@@ -151,3 +156,164 @@ def weight_parametrizations(m: nn.Module, ignore: tuple[type, ...] = ()) -> list
         if type(hook).__name__ in ("WeightNorm", "SpectralNorm"):
             found.append(type(hook).__name__)
     return found
+
+
+# -- attention and feed-forward blocks -----------------------------------------------------------------------------
+# Head pruning needs more than a layer kind: which projections make a head's queries, keys and values, which one
+# reads the heads' outputs, how wide a head is, and which attributes count heads. Each family of attention classes
+# says so once, by paths relative to the module the adapter matches.
+
+
+@dataclass(frozen=True, kw_only=True)
+class AttentionAdapter:
+    """Where one family of attention modules keeps its heads (paths are relative to the matched module).
+
+    ``query``/``key``/``value`` name three projections, or ``qkv`` one fused projection whose outputs are
+    [queries; keys; values] (given both, ``qkv`` is used where the module has it); ``output`` reads the heads'
+    concatenated outputs (its input features). ``head_dim`` is the attribute holding a head's width. Keys and
+    values may have fewer heads than queries (grouped-query attention): then a *unit* is one key/value head with
+    the query heads that share it. ``counts`` are attributes to update after pruning: ``(path, "heads")`` takes the
+    number of query heads, ``(path, "width")`` heads × width; attributes the module lacks are skipped.
+    """
+
+    name: str
+    output: str
+    head_dim: str
+    query: str | None = None
+    key: str | None = None
+    value: str | None = None
+    qkv: str | None = None
+    counts: tuple[tuple[str, str], ...] = ()
+
+    def __post_init__(self) -> None:
+        if None in (self.query, self.key, self.value) and self.qkv is None:
+            raise ConfigError(f"attention adapter {self.name!r}: give query, key and value, or qkv (fused)")
+        for path, what in self.counts:
+            if what not in ("heads", "width"):
+                raise ConfigError(f"attention adapter {self.name!r}: count {path!r} must be 'heads' or 'width'")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FFNAdapter:
+    """A feed-forward block: ``inputs`` make the hidden units (their outputs: one layer, or gate and up projections
+    multiplied together), ``output`` reads them (its input features); paths relative to the matched module."""
+
+    name: str
+    inputs: tuple[str, ...]
+    output: str
+
+
+def submodule(m: nn.Module, path: str) -> nn.Module:
+    """``m``'s submodule at a dotted path (ConfigError naming the path when an adapter does not fit the module)."""
+    try:
+        return m.get_submodule(path)
+    except AttributeError as exc:
+        raise ConfigError(f"{type(m).__name__} has no submodule {path!r}: its adapter does not describe it") from exc
+
+
+def _attr_owner(m: nn.Module, path: str) -> tuple[Any, str]:
+    head, _, attr = path.rpartition(".")
+    return (submodule(m, head) if head else m), attr
+
+
+def get_count(m: nn.Module, path: str) -> int:
+    owner, attr = _attr_owner(m, path)
+    value = getattr(owner, attr, None)
+    if not isinstance(value, int):
+        raise ConfigError(f"{type(m).__name__}.{path} is not an integer attribute: its adapter does not describe it")
+    return value
+
+
+def set_count(m: nn.Module, path: str, value: int) -> None:
+    """Set an integer attribute at a dotted path, if the module has it."""
+    owner, attr = _attr_owner(m, path)
+    if isinstance(getattr(owner, attr, None), int):
+        setattr(owner, attr, value)
+
+
+_BERT_ATTN = AttentionAdapter(name="BERT-style attention", query="self.query", key="self.key", value="self.value",
+                              output="output.dense", head_dim="self.attention_head_size",
+                              counts=(("self.num_attention_heads", "heads"), ("self.all_head_size", "width")))
+_QKVO_ATTN = AttentionAdapter(name="q/k/v/o projections", query="q_proj", key="k_proj", value="v_proj",
+                              output="o_proj", head_dim="head_dim",
+                              counts=(("num_attention_heads", "heads"), ("num_heads", "heads")))
+_HF = "transformers.models"
+_ATTENTION: list[tuple[type | str, AttentionAdapter]] = [
+    ("deepslim.models.transformer.SelfAttention",
+     AttentionAdapter(name="deepslim SelfAttention", qkv="qkv", query="query", key="key", value="value",
+                      output="proj", head_dim="head_dim", counts=(("num_heads", "heads"),))),
+    *((f"{_HF}.{m}", _BERT_ATTN) for m in ("bert.modeling_bert.BertAttention", "roberta.modeling_roberta."
+                                            "RobertaAttention", "electra.modeling_electra.ElectraAttention")),
+    *((f"{_HF}.{m}", _QKVO_ATTN) for m in ("vit.modeling_vit.ViTAttention", "deit.modeling_deit.DeiTAttention",
+                                            "dinov2.modeling_dinov2.Dinov2Attention",
+                                            "llama.modeling_llama.LlamaAttention",
+                                            "mistral.modeling_mistral.MistralAttention",
+                                            "qwen2.modeling_qwen2.Qwen2Attention")),
+    (f"{_HF}.gpt2.modeling_gpt2.GPT2Attention",
+     AttentionAdapter(name="GPT-2 attention", qkv="c_attn", output="c_proj", head_dim="head_dim",
+                      counts=(("num_heads", "heads"), ("split_size", "width")))),
+    (f"{_HF}.distilbert.modeling_distilbert.DistilBertSelfAttention",
+     AttentionAdapter(name="DistilBERT attention", query="q_lin", key="k_lin", value="v_lin", output="out_lin",
+                      head_dim="attention_head_size", counts=(("n_heads", "heads"),))),
+]  # fmt: skip
+_FFN: list[tuple[type | str, FFNAdapter]] = [
+    ("deepslim.models.transformer.MLP", FFNAdapter(name="deepslim MLP", inputs=("0",), output="3")),
+    *((f"{_HF}.{m}", FFNAdapter(name="BERT-style layer", inputs=("intermediate.dense",), output="output.dense"))
+      for m in ("bert.modeling_bert.BertLayer", "roberta.modeling_roberta.RobertaLayer",
+                "electra.modeling_electra.ElectraLayer")),
+    *((f"{_HF}.{m}", FFNAdapter(name="fc1/fc2 MLP", inputs=("fc1",), output="fc2"))
+      for m in ("vit.modeling_vit.ViTMLP", "deit.modeling_deit.DeiTMLP", "dinov2.modeling_dinov2.Dinov2MLP")),
+    *((f"{_HF}.{m}", FFNAdapter(name="gated MLP", inputs=("gate_proj", "up_proj"), output="down_proj"))
+      for m in ("llama.modeling_llama.LlamaMLP", "mistral.modeling_mistral.MistralMLP",
+                "qwen2.modeling_qwen2.Qwen2MLP")),
+    (f"{_HF}.gpt2.modeling_gpt2.GPT2MLP", FFNAdapter(name="GPT-2 MLP", inputs=("c_fc",), output="c_proj")),
+    (f"{_HF}.distilbert.modeling_distilbert.FFN", FFNAdapter(name="DistilBERT FFN", inputs=("lin1",), output="lin2")),
+]  # fmt: skip
+_USER_ATTENTION: list[tuple[type | str, AttentionAdapter]] = []
+_USER_FFN: list[tuple[type | str, FFNAdapter]] = []
+
+
+def _matches(m: nn.Module, cls: type | str) -> bool:
+    if isinstance(cls, type):
+        return isinstance(m, cls)
+    return any(f"{c.__module__}.{c.__qualname__}" == cls for c in type(m).__mro__)
+
+
+def register_attention_adapter(cls: type | str, adapter: AttentionAdapter | FFNAdapter) -> None:
+    """Describe an attention class (or a feed-forward block, with an :class:`FFNAdapter`) to head pruning.
+
+    ``cls`` is the class or its dotted path; registered adapters take precedence over the built-in ones. Example:
+    ``register_attention_adapter("mylib.MyAttention", AttentionAdapter(name="mine", query="wq", key="wk",
+    value="wv", output="wo", head_dim="head_size", counts=(("n_head", "heads"),)))``.
+    """
+    if not isinstance(cls, (type, str)):
+        raise ConfigError(f"register_attention_adapter needs a class or its dotted path, got {cls!r}")
+    if isinstance(adapter, AttentionAdapter):
+        _USER_ATTENTION.insert(0, (cls, adapter))
+    elif isinstance(adapter, FFNAdapter):
+        _USER_FFN.insert(0, (cls, adapter))
+    else:
+        raise ConfigError(f"register_attention_adapter needs an AttentionAdapter or FFNAdapter, "
+                          f"got {type(adapter).__name__}")  # fmt: skip
+
+
+def unregister_attention_adapter(cls: type | str) -> None:
+    """Forget the adapters registered for ``cls``."""
+    _USER_ATTENTION[:] = [(c, a) for c, a in _USER_ATTENTION if c != cls]
+    _USER_FFN[:] = [(c, a) for c, a in _USER_FFN if c != cls]
+
+
+def attention_adapter(m: nn.Module) -> AttentionAdapter | None:
+    """The adapter describing ``m``'s heads (user registrations first), or None."""
+    return next((a for c, a in (*_USER_ATTENTION, *_ATTENTION) if _matches(m, c)), None)
+
+
+def ffn_adapter(m: nn.Module) -> FFNAdapter | None:
+    """The adapter describing ``m`` as a feed-forward block, or None."""
+    return next((a for c, a in (*_USER_FFN, *_FFN) if _matches(m, c)), None)
+
+
+def looks_like_attention(m: nn.Module) -> bool:
+    """Whether ``m`` is probably an attention module (its class name says so, and it holds weights)."""
+    name = type(m).__name__.lower()
+    return "attention" in name and any(True for _ in m.parameters())

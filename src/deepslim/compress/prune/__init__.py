@@ -17,6 +17,7 @@ from deepslim.compress.prune.channel import (
     plan_channel_pruning,
     prune_channels_,
 )
+from deepslim.compress.prune.heads import HeadImportance, HeadPruneConfig, HeadPruneResult, prune_heads_
 from deepslim.compress.prune.masks import (
     MagnitudePruneConfig,
     NMPruneConfig,
@@ -31,7 +32,7 @@ from deepslim.compress.prune.schedule import GradualPruner, iterative_sparsities
 from deepslim.errors import ConfigError
 
 log = logging.getLogger(__name__)
-PruneConfig = MagnitudePruneConfig | NMPruneConfig | ChannelPruneConfig
+PruneConfig = MagnitudePruneConfig | NMPruneConfig | ChannelPruneConfig | HeadPruneConfig
 
 
 def _magnitude(model: nn.Module, config: MagnitudePruneConfig, **_: Any) -> None:
@@ -55,10 +56,15 @@ def _channel(model: nn.Module, config: ChannelPruneConfig, *, example_input: tor
     log.info("channel pruning:\n%s", result)
 
 
+def _heads(model: nn.Module, config: HeadPruneConfig, *, calib_data: Iterable[Any] | None, **_: Any) -> None:
+    prune_heads_(model, config, calib_data)
+
+
 _HANDLERS: dict[type, Callable[..., None]] = {
     MagnitudePruneConfig: _magnitude,
     NMPruneConfig: _nm,
     ChannelPruneConfig: _channel,
+    HeadPruneConfig: _heads,
 }
 
 
@@ -68,7 +74,9 @@ def prune_(model: nn.Module, config: PruneConfig, *, example_input: torch.Tensor
 
     Magnitude and N:M configs install persistent masks (fine-tuning keeps pruned weights at zero; ``bake_masks_``
     makes them plain zeros). ``ChannelPruneConfig`` removes channels for real and needs ``example_input``;
-    ``importance='taylor'`` also needs ``calib_data`` (batches of inputs and labels).
+    ``importance='taylor'`` also needs ``calib_data`` (batches of inputs and labels). ``HeadPruneConfig`` removes
+    attention heads and feed-forward hidden units of any attention class an adapter describes (Hugging Face ones
+    too); its default importance reads ``calib_data`` (batches of model inputs).
     """
     handler = _HANDLERS.get(type(config))
     if handler is None:
@@ -79,7 +87,8 @@ def prune_(model: nn.Module, config: PruneConfig, *, example_input: torch.Tensor
 
 
 __all__ = [
-    "ChannelPruneConfig", "ChannelPruneResult", "GradualPruner", "Importance", "MagnitudePruneConfig",
+    "ChannelPruneConfig", "ChannelPruneResult", "GradualPruner", "HeadImportance", "HeadPruneConfig",
+    "HeadPruneResult", "Importance", "MagnitudePruneConfig",
     "NMPruneConfig", "Scope", "bake_masks_", "dependency_groups", "iterative_sparsities", "plan_channel_pruning",
-    "polynomial_sparsity", "prune_", "sparsity",
+    "polynomial_sparsity", "prune_", "prune_heads_", "sparsity",
 ]  # fmt: skip

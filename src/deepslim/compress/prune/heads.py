@@ -1,0 +1,405 @@
+"""Attention-head and feed-forward pruning of transformers that physically removes heads and hidden units.
+
+Works on any attention class an adapter describes (:mod:`deepslim.models.adapters`: BERT, RoBERTa, ELECTRA,
+DistilBERT, ViT, DeiT, DINOv2, GPT-2, Llama, Mistral, Qwen2 and the zoo's own), not only on modules a graph can
+trace: heads are reshaped inside the attention, so the channel dependency graph leaves them whole. A head (or a
+key/value head with the query heads sharing it, under grouped-query attention) loses its query, key and value
+rows and the columns of the output projection that read it; a hidden unit loses its row in the input projections
+and its column in the output one. Removing a unit whose contribution is zero therefore changes nothing.
+
+Importance on the task: every unit gets a gate (1.0) on the output projection's input, and ``sensitivity`` is the
+squared norm of the Jacobian of the model's outputs with respect to the gate, summed over the calibration samples —
+the first-order change of the outputs when the unit is removed (Michel et al., "Are Sixteen Heads Really Better than
+One?", NeurIPS 2019, gate gradients; Molchanov et al., CVPR 2019, Taylor expansion). It needs no labels: the
+Jacobian's norm is estimated with random projections of the outputs (E[(vᵀJ)²] = ‖J‖² for v ~ N(0, I), Hutchinson).
+``magnitude`` needs no data: the norm of the unit's output-projection columns times that of its value (or input)
+rows. Ranked globally, sensitivities are comparable across layers, so unimportant layers lose more.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from deepslim._modes import inference_mode
+from deepslim.compress.prune import _surgery
+from deepslim.config import Config, coerce_enum, matches
+from deepslim.errors import ConfigError, UnsupportedModelError
+from deepslim.models.adapters import (
+    AttentionAdapter,
+    FFNAdapter,
+    attention_adapter,
+    ffn_adapter,
+    get_count,
+    layer_kind,
+    looks_like_attention,
+    set_count,
+    submodule,
+)
+from deepslim.tasks import call_model
+
+log = logging.getLogger(__name__)
+
+
+class HeadImportance(Enum):
+    SENSITIVITY = "sensitivity"  # output change when the unit is gated off, first order (needs calib_data)
+    MAGNITUDE = "magnitude"  # weight norms (no data)
+
+
+@dataclass(frozen=True, kw_only=True)
+class HeadPruneConfig(Config):
+    """Remove ``head_ratio`` of the attention heads and ``ffn_ratio`` of the feed-forward hidden units.
+
+    ``global_ranking``: rank units across layers (layers that matter less lose more; at least one head and
+    ``round_to`` hidden units stay per layer), else each layer loses the same share. ``round_to``: hidden units are
+    kept in multiples of it (vector-unit friendly). ``ignore``: attention or feed-forward modules (names or ``re:``
+    patterns) kept whole. ``batches``: calibration batches read for sensitivity; ``probes``: random projections per
+    batch.
+    """
+
+    head_ratio: float = 0.0
+    ffn_ratio: float = 0.0
+    importance: HeadImportance = HeadImportance.SENSITIVITY
+    global_ranking: bool = True
+    round_to: int = 8
+    ignore: tuple[str, ...] = ()
+    batches: int = 8
+    probes: int = 2
+
+    def __post_init__(self) -> None:
+        for what in ("head_ratio", "ffn_ratio"):
+            value = getattr(self, what)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ConfigError(f"{what} is the share of units removed, in [0, 1); got {value!r}")
+        coerce_enum(self, "importance", HeadImportance)
+        for what in ("round_to", "batches", "probes"):
+            if isinstance(getattr(self, what), bool) or not isinstance(getattr(self, what), int) or \
+                    getattr(self, what) < 1:  # fmt: skip
+                raise ConfigError(f"{what} must be an integer >= 1, got {getattr(self, what)!r}")
+        object.__setattr__(self, "ignore", tuple(self.ignore))
+
+
+@dataclass
+class Block:
+    """One attention module (units: heads or key/value groups) or feed-forward block (units: hidden units)."""
+
+    name: str
+    module: nn.Module
+    adapter: AttentionAdapter | FFNAdapter
+    units: int
+    unit_width: int  # input features of the output projection per unit
+    head_dim: int = 0  # attention only
+    group: int = 1  # query heads per unit (grouped-query attention)
+
+    @property
+    def is_attention(self) -> bool:
+        return isinstance(self.adapter, AttentionAdapter)
+
+    @property
+    def output(self) -> nn.Module:
+        return submodule(self.module, self.adapter.output)
+
+
+@dataclass(frozen=True)
+class BlockPlan:
+    name: str
+    unit: str  # "heads" | "hidden units"
+    width: int
+    keep: int
+    kept: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.width} -> {self.keep} {self.unit}"
+
+
+@dataclass(frozen=True)
+class HeadPruneResult:
+    """What each block keeps (``blocks``, in model order) and the modules left whole and why (``skipped``)."""
+
+    blocks: tuple[BlockPlan, ...]
+    skipped: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        return "\n".join([str(b) for b in self.blocks] + [f"left whole: {s}" for s in self.skipped])
+
+    def heads(self) -> tuple[int, int]:
+        """(heads before, heads after) over the whole model (units of grouped-query attention count as one)."""
+        att = [b for b in self.blocks if b.unit == "heads"]
+        return sum(b.width for b in att), sum(b.keep for b in att)
+
+
+def _width(m: nn.Module, side: str) -> int:
+    kind = layer_kind(m)
+    if kind is None or kind.in_dim is None:
+        raise UnsupportedModelError(f"{type(m).__name__} is not a linear-like layer; its adapter must name one")
+    weight = m.weight
+    assert isinstance(weight, torch.Tensor)
+    return int(weight.shape[kind.out_dim if side == "out" else kind.in_dim])
+
+
+def _attention_block(name: str, m: nn.Module, adapter: AttentionAdapter) -> Block:
+    head_dim = get_count(m, adapter.head_dim)
+    q_width = _width(submodule(m, adapter.output), "in")
+    heads = q_width // head_dim
+    if adapter.qkv is not None and hasattr(m, adapter.qkv.split(".")[0]):
+        if _width(submodule(m, adapter.qkv), "out") != 3 * q_width:
+            raise UnsupportedModelError(f"{name} ({type(m).__name__}): its fused projection {adapter.qkv} is "
+                                        f"not [q; k; v] of {q_width} each; register an adapter describing it")
+        kv = heads
+    else:
+        kv = _width(submodule(m, str(adapter.key)), "out") // head_dim
+    if heads * head_dim != q_width or kv < 1 or heads % kv:
+        raise UnsupportedModelError(f"{name} ({type(m).__name__}): {q_width} query features are not {heads} heads of "
+                                    f"{head_dim} in {kv} key/value groups; check its adapter")  # fmt: skip
+    return Block(name, m, adapter, units=kv, unit_width=heads // kv * head_dim, head_dim=head_dim, group=heads // kv)
+
+
+def find_blocks(model: nn.Module, ignore: tuple[str, ...] = ()) -> tuple[list[Block], list[str]]:
+    """Attention and feed-forward blocks of ``model`` described by adapters, and the modules ignored.
+
+    An attention-like module no adapter describes (and no described module contains) is refused by class name.
+    """
+    blocks: list[Block] = []
+    skipped: list[str] = []
+    unknown: list[str] = []
+    covered: list[str] = []
+    for name, m in model.named_modules():
+        if any(name.startswith(c + ".") for c in covered):
+            continue
+        attn, ffn = attention_adapter(m), ffn_adapter(m)
+        if attn is None and ffn is None:
+            if looks_like_attention(m) and not any(attention_adapter(s) for s in m.modules()):
+                unknown = [u for u in unknown if not name.startswith(u.split(" ")[0] + ".") and u.split(" ")[0]]
+                unknown.append(f"{name} ({type(m).__module__}.{type(m).__qualname__})")  # the innermost ones
+            continue
+        if any(matches(p, name) for p in ignore):
+            skipped.append(f"{name}: ignored")
+        elif attn is not None:
+            covered.append(name)
+            blocks.append(_attention_block(name, m, attn))
+        if ffn is not None and not any(matches(p, name) for p in ignore):
+            output = submodule(m, ffn.output)
+            blocks.append(Block(name, m, ffn, units=_width(output, "in"), unit_width=1))
+    unknown = [u for u in unknown if not any(matches(p, u.split(" ")[0]) for p in ignore)]
+    if unknown:
+        raise UnsupportedModelError(
+            f"no attention adapter describes {unknown[0]}; register one with deepslim.models.adapters."
+            "register_attention_adapter(cls, AttentionAdapter(...)) or add it to ignore=(...)")
+    return blocks, skipped
+
+
+@dataclass
+class _Gates:
+    """One gate per unit on the input of each block's output projection (1.0: the model unchanged)."""
+
+    blocks: list[Block]
+    values: list[torch.Tensor]
+    handles: list[Any]
+
+    @classmethod
+    def install(cls, blocks: list[Block]) -> _Gates:
+        values, handles = [], []
+        for b in blocks:
+            p = next(b.output.parameters())
+            gate = torch.ones(b.units, dtype=p.dtype, device=p.device, requires_grad=True)
+            values.append(gate)
+            handles.append(b.output.register_forward_pre_hook(_gate_hook(gate, b.unit_width)))
+        return cls(blocks, values, handles)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _gate_hook(gate: torch.Tensor, width: int) -> Any:
+    def hook(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (args[0] * gate.repeat_interleave(width), *args[1:])
+
+    return hook
+
+
+def _model_inputs(batch: Any) -> Any:
+    """A calibration batch as model inputs: (inputs, labels) pairs lose their labels (1-D integer tensors)."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor):
+        label = batch[1]
+        if label.ndim <= 1 and not label.is_floating_point() and isinstance(batch[0], (torch.Tensor, dict)):
+            return batch[0]
+    return batch
+
+
+def sensitivity(model: nn.Module, blocks: list[Block], calib_data: Iterable[Any], *, batches: int = 8,
+                probes: int = 2, seed: int = 0) -> list[torch.Tensor]:  # fmt: skip
+    """Per block, Σ over samples of ‖∂outputs/∂gate_u‖² for each unit (random-projection estimate)."""
+    gates = _Gates.install(blocks)
+    scores = [torch.zeros(b.units) for b in blocks]
+    gen = torch.Generator().manual_seed(seed)
+    seen = 0
+    try:
+        with inference_mode(model):
+            for batch in _take(calib_data, batches):
+                outs = [t for t in tree_leaves(call_model(model, _model_inputs(batch)))
+                        if isinstance(t, torch.Tensor) and t.is_floating_point()]  # fmt: skip
+                if not outs:
+                    raise ConfigError("sensitivity needs a model with floating-point outputs")
+                for k in range(probes):
+                    probe = torch.stack([(torch.randn(t.shape, generator=gen).to(t) * t).sum() for t in outs]).sum()
+                    grads = torch.autograd.grad(probe, gates.values, retain_graph=k + 1 < probes, allow_unused=True)
+                    for s, g in zip(scores, grads, strict=True):
+                        if g is not None:
+                            s += g.detach().float().cpu().pow(2) / probes
+                seen += 1
+    finally:
+        gates.remove()
+    if not seen:
+        raise ConfigError("sensitivity importance needs calib_data with at least one batch of model inputs")
+    return scores
+
+
+def _take(data: Iterable[Any], n: int) -> Iterator[Any]:
+    for i, batch in enumerate(data):
+        if i >= n:
+            return
+        yield batch
+
+
+def magnitude(blocks: list[Block]) -> list[torch.Tensor]:
+    """Per unit: ‖output-projection columns‖ × ‖value rows‖ (heads) or ‖input rows‖ (hidden units)."""
+    scores = []
+    for b in blocks:
+        out_cols = _unit_norms(b.output, "in", b.units)
+        if isinstance(b.adapter, AttentionAdapter):
+            source = _value_rows(b)
+        else:
+            source = torch.stack([_unit_norms(submodule(b.module, p), "out", b.units) for p in b.adapter.inputs]).sum(0)
+        scores.append(out_cols * source)
+    return scores
+
+
+def _unit_norms(m: nn.Module, side: str, units: int) -> torch.Tensor:
+    kind = layer_kind(m)
+    assert kind is not None and kind.in_dim is not None
+    weight = m.weight
+    assert isinstance(weight, torch.Tensor)
+    w = weight.detach().float().movedim(kind.in_dim if side == "in" else kind.out_dim, 0)
+    return w.reshape(units, -1).norm(dim=1).cpu()
+
+
+def _value_rows(b: Block) -> torch.Tensor:
+    adapter = b.adapter
+    assert isinstance(adapter, AttentionAdapter)
+    if b.group == 1 and adapter.qkv is not None and hasattr(b.module, adapter.qkv.split(".")[0]):
+        return _unit_norms(submodule(b.module, adapter.qkv), "out", 3 * b.units)[2 * b.units :]
+    return _unit_norms(submodule(b.module, str(adapter.value)), "out", b.units)
+
+
+def _counts(blocks: list[Block], scores: list[torch.Tensor], ratio: float, floor: int, step: int,
+            global_ranking: bool) -> list[int]:  # fmt: skip
+    """Units each block keeps: ``ratio`` of all units removed, globally by score or equally per block."""
+    if ratio == 0.0 or not blocks:
+        return [b.units for b in blocks]
+    if global_ranking:
+        flat = torch.cat(scores)
+        n_remove = round(ratio * flat.numel())
+        cut = flat.sort().values[n_remove - 1] if n_remove else -float("inf")
+        raw = [int((s > cut).sum()) for s in scores]
+    else:
+        raw = [round(b.units * (1.0 - ratio)) for b in blocks]
+    return [max(min(floor, b.units), min(b.units, round(k / step) * step)) for b, k in zip(blocks, raw, strict=True)]
+
+
+def plan_head_pruning(model: nn.Module, config: HeadPruneConfig,
+                      calib_data: Iterable[Any] | None = None) -> tuple[list[Block], HeadPruneResult]:  # fmt: skip
+    """Which heads and hidden units each block keeps (most important first), without changing the model."""
+    blocks, skipped = find_blocks(model, config.ignore)
+    kinds = [(True, config.head_ratio), (False, config.ffn_ratio)]
+    chosen = [b for b in blocks if any(b.is_attention == att and r > 0 for att, r in kinds)]
+    if not chosen:
+        if not blocks:
+            raise UnsupportedModelError(f"{type(model).__name__} has no attention or feed-forward block an adapter "
+                                        "describes; register one with deepslim.models.adapters."
+                                        "register_attention_adapter")  # fmt: skip
+        return blocks, HeadPruneResult(tuple(_whole(b) for b in blocks), tuple(skipped))
+    if config.importance is HeadImportance.SENSITIVITY:
+        if calib_data is None:
+            raise ConfigError("importance='sensitivity' needs calib_data (batches of model inputs); or use "
+                              "importance='magnitude'")  # fmt: skip
+        scores = dict(zip(map(id, chosen), sensitivity(model, chosen, calib_data, batches=config.batches,
+                                                       probes=config.probes), strict=True))  # fmt: skip
+    else:
+        scores = dict(zip(map(id, chosen), magnitude(chosen), strict=True))
+    keep: dict[int, int] = {}
+    for att, ratio in kinds:
+        group = [b for b in chosen if b.is_attention == att]
+        got = [scores[id(b)] for b in group]
+        if config.importance is HeadImportance.MAGNITUDE:  # weight norms differ from layer to layer: normalize
+            got = [s / s.mean().clamp_min(1e-12) for s in got]
+        floor, step = (1, 1) if att else (config.round_to, config.round_to)
+        keep.update(zip(map(id, group), _counts(group, got, ratio, floor, step, config.global_ranking), strict=True))
+    plans = []
+    for b in blocks:
+        if id(b) not in keep:
+            plans.append(_whole(b))
+            continue
+        kept = scores[id(b)].topk(keep[id(b)]).indices.sort().values
+        plans.append(BlockPlan(b.name, _unit(b), b.units, keep[id(b)], tuple(kept.tolist())))
+    return blocks, HeadPruneResult(tuple(plans), tuple(skipped))
+
+
+def _unit(b: Block) -> str:
+    return "heads" if b.is_attention else "hidden units"
+
+
+def _whole(b: Block) -> BlockPlan:
+    return BlockPlan(b.name, _unit(b), b.units, b.units, tuple(range(b.units)))
+
+
+def rows(units: torch.Tensor, width: int) -> torch.Tensor:
+    """Features of the units in ``units`` when each unit spans ``width`` consecutive features."""
+    return _surgery.head_rows(units, width)
+
+
+def apply_block(b: Block, kept: torch.Tensor) -> None:
+    """Keep units ``kept`` (sorted) of block ``b``: surgery on its projections, then its head-count attributes."""
+    dev = next(b.output.parameters()).device
+    kept = kept.to(dev)
+    _surgery.keep_inputs(b.output, rows(kept, b.unit_width))
+    if isinstance(b.adapter, FFNAdapter):
+        for path in b.adapter.inputs:
+            _surgery.keep_outputs(submodule(b.module, path), kept)
+        return
+    a = b.adapter
+    q_rows, kv_rows = rows(kept, b.unit_width), rows(kept, b.head_dim)
+    if a.qkv is not None and hasattr(b.module, a.qkv.split(".")[0]):
+        inner = b.units * b.unit_width
+        _surgery.keep_outputs(submodule(b.module, a.qkv), torch.cat([q_rows, kv_rows + inner, kv_rows + 2 * inner]))
+    else:
+        _surgery.keep_outputs(submodule(b.module, str(a.query)), q_rows)
+        for path in (str(a.key), str(a.value)):
+            _surgery.keep_outputs(submodule(b.module, path), kv_rows)
+    heads = len(kept) * b.group
+    for path, what in a.counts:
+        set_count(b.module, path, heads if what == "heads" else heads * b.head_dim)
+
+
+def prune_heads_(model: nn.Module, config: HeadPruneConfig,
+                 calib_data: Iterable[Any] | None = None) -> HeadPruneResult:  # fmt: skip
+    """Remove attention heads and feed-forward hidden units in place (see the module docstring); returns the plan.
+
+    ``calib_data``: batches of model inputs (a tensor, a tuple of positional tensors, a dict of named ones, or
+    (inputs, labels) pairs) for ``importance='sensitivity'``. Recover afterwards by distilling from the original
+    model (``deepslim.train.distill``; for sentence encoders ``task="embedding"``).
+    """
+    blocks, result = plan_head_pruning(model, config, calib_data)
+    for b, plan in zip(blocks, result.blocks, strict=True):
+        if plan.keep < plan.width:
+            apply_block(b, torch.tensor(plan.kept, dtype=torch.long))
+    before, after = result.heads()
+    log.info("head pruning: %d -> %d heads\n%s", before, after, result)
+    return result
