@@ -215,9 +215,7 @@ def _sampler(strategy: str, seed: int, space: SearchSpace, trials: int) -> Any:
         if strategy == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 4)),
                                                  **given)  # fmt: skip
-        if strategy == "grid":
-            return optuna.samplers.GridSampler(space.choices(), seed=seed)
-        return optuna.samplers.RandomSampler(seed=seed)
+        return optuna.samplers.RandomSampler(seed=seed)  # random, and grid (whose trials are all queued in full)
 
 
 def _run_trials(study: Any, ev: Evaluator, objectives: tuple[str, ...], limits: dict[str, float], trials: int,
@@ -232,7 +230,10 @@ def _run_trials(study: Any, ev: Evaluator, objectives: tuple[str, ...], limits: 
     counted = [t for t in study.get_trials(deepcopy=False)
                if t.state in (state.COMPLETE, state.WAITING) or "error" in t.user_attrs]  # fmt: skip
     missing = max(0, trials - len(counted))
-    if strategy != "grid" and not study.get_trials(deepcopy=False):  # a new study starts from the best uniform ones
+    if strategy == "grid":  # every policy once, in a seeded order: the slots are the policies not yet tried
+        _queue_grid(study, ev.space, counted, missing, seed)
+        missing = 0
+    elif not study.get_trials(deepcopy=False):  # a new study starts from the best uniform policies within budget
         for c in sorted((c for c in warm if c.feasible), key=lambda c: _rank(c, objectives))[: min(3, missing // 4)]:
             study.enqueue_trial(c.policy.params(), skip_if_exists=False)
             missing -= 1
@@ -267,6 +268,17 @@ def _run_trials(study: Any, ev: Evaluator, objectives: tuple[str, ...], limits: 
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             continue
         study.tell(trial, values)
+
+
+def _queue_grid(study: Any, space: SearchSpace, counted: Sequence[Any], missing: int, seed: int) -> None:
+    import random
+
+    tried = {str(sorted(t.params.items())) for t in counted if t.params}
+    tried |= {str(sorted(t.system_attrs.get("fixed_params", {}).items())) for t in counted}
+    grid = [p.params() for p in space.all_policies()]
+    random.Random(seed).shuffle(grid)
+    for params in [p for p in grid if str(sorted(p.items())) not in tried][:missing]:
+        study.enqueue_trial(params, skip_if_exists=False)
 
 
 def _finite(value: float, objective: str) -> float:

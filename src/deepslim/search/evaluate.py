@@ -17,7 +17,8 @@ from torch import nn
 
 from deepslim.analysis import profile
 from deepslim.analysis.measurement import Measurement
-from deepslim.search.latency import LatencyTable
+from deepslim.analysis.profile import module_weight_bytes
+from deepslim.search.latency import LatencyTable, layer_keys
 from deepslim.search.recovery import reestimate_bn_
 from deepslim.search.space import Policy, SearchSpace, prune_policy, quantize_policy
 
@@ -79,9 +80,14 @@ class Evaluator:
 
     def build(self, policy: Policy, recovery: str = "bn") -> tuple[nn.Module, float]:
         """The policy's model (recovered and quantized) and its predicted latency."""
+        net, predicted, _ = self._build(policy, recovery)
+        return net, predicted
+
+    def _build(self, policy: Policy, recovery: str) -> tuple[nn.Module, float, int]:
         x = self.data.example_input
         net = prune_policy(self.model, self.space, policy, example_input=x, calib_data=self.data.calib)
-        predicted = self.table.predict(net, x, policy.int8)
+        keys = layer_keys(net, x, policy.int8)
+        predicted = self.table.scale * sum(self.table.layer_ms(keys.values())) + self.table.offset
         if recovery == "bn":
             reestimate_bn_(net, self.data.calib, task=self.data.task)
         elif recovery == "finetune" and self.finetune_epochs > 0:
@@ -90,14 +96,16 @@ class Evaluator:
             # as the recipe's prune stage (stage 1) runs it: seed + 1
             fit(net, self.data, epochs=self.finetune_epochs, lr=self.lr, seed=self.seed + 1)
         quantize_policy(net, self.space, policy, calib_data=self.data.calib)
-        return net.eval(), predicted
+        return net.eval(), predicted, sum(k.macs for k in keys.values())
 
     def evaluate(self, policy: Policy, *, recovery: str = "bn", measure: bool = False, split: str | None = None,
                  trial: int | None = None) -> Candidate:  # fmt: skip
-        """Build ``policy`` and measure it (end to end too when ``measure`` and the table can)."""
+        """Build ``policy`` and measure it (end to end too when ``measure`` and the table can). Trials count the
+        MACs of convolutions and linear layers only (the profiler's full count is for measured candidates)."""
         start = time.perf_counter()
-        net, predicted = self.build(policy, recovery)
-        m = measure_model(net, self.data, split=split or self.split, archive=self.archive)
+        net, predicted, macs = self._build(policy, recovery)
+        m = measure_model(net, self.data, split=split or self.split, archive=self.archive,
+                          macs=None if measure else macs)  # fmt: skip
         measured = self.table.measure([(net, self.data.example_input)]) if measure else None
         extra = {**m.extra, "predicted_latency_ms": predicted}
         m = replace(m, extra=extra, seconds=time.perf_counter() - start, threads=self.table.threads,
@@ -106,19 +114,31 @@ class Evaluator:
         return Candidate(policy, m, measured[0] if measured else predicted, trial=trial, recovery=recovery)
 
 
-def measure_model(net: nn.Module, data: Any, *, split: str = "val", archive: bool = False) -> Measurement:
-    """Size, work, task metric on ``split`` and (optionally) archive bytes of ``net`` — no latency."""
+def measure_model(net: nn.Module, data: Any, *, split: str = "val", archive: bool = False,
+                  macs: int | None = None) -> Measurement:  # fmt: skip
+    """Size, work, task metric on ``split`` and (optionally) archive bytes of ``net`` — no latency. With ``macs``
+    given, the profiler (a traced run) is skipped: parameters and weight bytes are counted from the modules."""
     from deepslim.train import evaluate
 
-    prof = profile(net, data.example_input)
     result = evaluate(net, data, split=split)
-    archive_bytes = None
-    if archive:
-        from deepslim.compress.coding import encode
-
-        archive_bytes = len(encode(net))
+    if macs is not None:
+        params = [p for p in net.parameters()]
+        weight_bytes = sum(module_weight_bytes(m, list(m.parameters(recurse=False))) for m in net.modules())
+        return Measurement(params=sum(p.numel() for p in params), macs=macs, weight_bytes=weight_bytes,
+                           nonzero_params=sum(int(p.count_nonzero()) for p in params), accuracy=result.accuracy,
+                           metric=result.metric, metric_value=float(result.value),
+                           archive_bytes=len(_encode(net)) if archive else None, load_average=os.getloadavg(),
+                           extra={"split": split, "macs_counted": "conv/linear"})  # fmt: skip
+    prof = profile(net, data.example_input)
+    archive_bytes = len(_encode(net)) if archive else None
     return Measurement(params=prof.params, nonzero_params=prof.nonzero_params, macs=prof.macs,
                        weight_bytes=prof.weight_bytes, accuracy=result.accuracy, metric=result.metric,
                        metric_value=float(result.value), archive_bytes=archive_bytes,
                        peak_activation_bytes=prof.peak_activation_bytes, load_average=os.getloadavg(),
                        extra={"split": split})  # fmt: skip
+
+
+def _encode(net: nn.Module) -> bytes:
+    from deepslim.compress.coding import encode
+
+    return encode(net)

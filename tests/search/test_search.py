@@ -1,0 +1,112 @@
+"""The policy search on a tiny net and tiny data with a fake deterministic latency table: the exact optimum under
+the budget, resuming an interrupted study, the written recipe, and the refusals."""
+
+import pytest
+import torch
+
+from deepslim.errors import ConfigError
+from deepslim.search import SearchSpace, search
+from deepslim.search.evaluate import Evaluator
+from deepslim.search.recipe import policy_recipe
+from tests.search._tiny import digits, fake_table, trained_net
+
+optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+
+FAST = {"finetune_epochs": 0, "top_k": 1, "uniform_ratios": (1.0, 0.5)}
+
+
+def small_space(net):
+    """Channel counts 4 or 8 in both groups and the second convolution int8 or float: 8 policies."""
+    full = SearchSpace.from_model(net, digits().example_input, keep_ratios=(1.0, 0.5), round_to=2)
+    return SearchSpace(groups=full.groups, int8_layers=("3",), round_to=2)
+
+
+def test_search_finds_the_exact_optimum_under_a_latency_budget(tmp_path):
+    net, data = trained_net(), digits()
+    space = small_space(net)
+    result = search(net, data, space, ("accuracy", "latency"), "latency=0.6x", trials=space.size, strategy="grid",
+                    out_dir=tmp_path, latency_table=fake_table(), **FAST)  # fmt: skip
+    # the oracle: every policy judged alike, the most accurate within budget (fewer ms on a tie)
+    ev = Evaluator(net, data, space, fake_table())
+    limit = 0.6 * ev.evaluate(space.dense(), recovery="none").latency_ms
+    judged = [ev.evaluate(p) for p in space.all_policies()]
+    feasible = [c for c in judged if c.latency_ms <= limit]
+    expected = min(feasible, key=lambda c: (-c.accuracy, c.latency_ms))
+    assert len(result.trials) == space.size == 8
+    assert result.limits["latency"] == pytest.approx(limit)
+    assert result.best.policy == expected.policy
+    assert result.best.feasible and result.best.latency_ms <= limit
+    assert result.pareto[0].policy == expected.policy and result.pareto[0].accuracy == expected.accuracy
+    assert len(feasible) < len(judged)  # the budget did exclude policies
+    assert all(c.feasible for c in result.pareto)
+    front = {(c.accuracy, c.latency_ms) for c in result.pareto}
+    assert not any(a >= fa and ms <= fms and (a, ms) != (fa, fms) for a, ms in front for fa, fms in front)
+    assert result.dense.policy == space.dense() and result.dense.latency_ms == pytest.approx(limit / 0.6)
+    assert result.uniform is not None and result.uniform.latency_ms <= limit
+    assert result.cost["trials"] == 8 and result.cost["cpu_s"] > 0 and result.cost["energy_kwh"] > 0
+
+
+def test_an_interrupted_search_resumes_without_repeating_trials(tmp_path):
+    net, data = trained_net(), digits()
+    space = small_space(net)
+    seen = []
+
+    def interrupt_third(c):
+        seen.append(c.trial)
+        if len(seen) == 3:
+            raise KeyboardInterrupt
+
+    args = (net, data, space, ("accuracy", "latency"), "latency=0.8x")
+    with pytest.raises(KeyboardInterrupt):
+        search(*args, trials=6, strategy="random", seed=1, out_dir=tmp_path, latency_table=fake_table(),
+               on_trial=interrupt_third, **FAST)  # fmt: skip
+    study = optuna.load_study(study_name="deepslim-search", storage=optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(str(tmp_path / "study.journal"))))  # fmt: skip
+    first = {t.number: t.params for t in study.get_trials() if t.state.name == "COMPLETE"}
+    assert len(first) == 2 and not (tmp_path / "recipe.yaml").exists()
+    resumed = []
+    result = search(*args, trials=6, strategy="random", seed=1, out_dir=tmp_path, latency_table=fake_table(),
+                    on_trial=lambda c: resumed.append(c.trial), **FAST)  # fmt: skip
+    assert len(result.trials) == 6 and len(resumed) == 4  # the 2 finished trials were not run again
+    assert {c.trial: c.policy.params() for c in result.trials if c.trial in first} == first
+    assert not set(resumed) & set(first)
+    interrupted = [t for t in study.get_trials() if t.user_attrs.get("interrupted")]
+    assert [t.number for t in interrupted] == [seen[2]] and interrupted[0].state.name == "FAIL"
+
+
+def test_the_written_recipe_reruns_to_the_same_model(tmp_path):
+    from deepslim.pipeline import load_recipe, run_recipe
+
+    net, data = trained_net(), digits()
+    space = small_space(net)
+    policy = space.policy({"keep:0": 4, "keep:3": 4, "int8:3": True})
+    ev = Evaluator(net, data, space, fake_table(), finetune_epochs=1, lr=2e-3, seed=3)
+    searched, _ = ev.build(policy, "finetune")
+    recipe = load_recipe(policy_recipe(space, policy, finetune_epochs=1, lr=2e-3, seed=3))
+    rerun = run_recipe(recipe, tmp_path / "run", model=trained_net(), data=data).model
+    expected = searched.state_dict()
+    got = rerun.state_dict()
+    assert expected.keys() == got.keys()
+    for k in expected:
+        assert torch.equal(expected[k], got[k]), k
+    assert rerun[0].out_channels == 4 and rerun[3].out_channels == 4
+
+
+def test_an_infeasible_budget_is_refused_before_searching_and_names_the_smallest_value(tmp_path):
+    net, data = trained_net(), digits()
+    with pytest.raises(ConfigError, match=r"tighter than the smallest policy in this space allows \(0\.\d+ ms, "
+                                          r"0\.\d\dx of dense\)"):  # fmt: skip
+        search(net, data, small_space(net), budget="latency=0.05x", trials=3, out_dir=tmp_path,
+               latency_table=fake_table(), **FAST)  # fmt: skip
+    assert not (tmp_path / "study.journal").exists()
+
+
+@pytest.mark.parametrize(("kwargs", "message"), [
+    ({"objectives": ("accuracy", "speed")}, "unknown objective 'speed'; choose from accuracy, latency, size"),
+    ({"strategy": "annealing"}, "unknown strategy 'annealing'; choose one of tpe, nsga2, random, grid"),
+    ({"runtime": "tvm"}, "unknown runtime 'tvm' for latency tables; choose one of onnxruntime"),
+    ({"budget": "energy=3uJ"}, "unknown budget 'energy'; choose from latency, size"),
+])  # fmt: skip
+def test_unknown_names_are_refused_with_the_valid_ones(tmp_path, kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        search(trained_net(), digits(), ("prune",), trials=2, out_dir=tmp_path, **kwargs)
