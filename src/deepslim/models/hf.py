@@ -45,9 +45,8 @@ def _offline() -> None:
 def _transformers() -> Any:
     _offline()
     try:
-        from transformers.utils import logging as hf_logging
-
         import transformers
+        from transformers.utils import logging as hf_logging
     except ImportError as exc:
         raise ModelLoadError("Hugging Face models need the 'transformers' package: pip install transformers") from exc
     hf_logging.disable_progress_bar()
@@ -79,6 +78,8 @@ def check_length(seq_len: int, max_positions: int) -> None:
 
 class SentenceEncoder(nn.Module):
     """A Hugging Face BERT-style encoder with mean pooling: ``(input_ids, attention_mask) -> (B, H)`` embeddings."""
+
+    encoder: Any  # a Hugging Face BertModel (or alike): its submodules are read by name
 
     def __init__(self, encoder: nn.Module, *, max_positions: int, normalize: bool = True):
         super().__init__()
@@ -214,8 +215,9 @@ def tokenizer_for(model: nn.Module | str | os.PathLike[str]) -> Any:
 def tokenize(model: nn.Module | str | os.PathLike[str], sentences: list[str], *,
              seq_len: int = 128) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """``(input_ids, attention_mask)`` (B, seq_len) of ``sentences``, padded and truncated to ``seq_len``."""
-    if isinstance(model, nn.Module) and hasattr(model, "max_positions"):
-        check_length(seq_len, int(model.max_positions))
+    limit = getattr(model, "max_positions", None) if isinstance(model, nn.Module) else None
+    if isinstance(limit, int):
+        check_length(seq_len, limit)
     enc = tokenizer_for(model)(list(sentences), padding="max_length", truncation=True, max_length=seq_len,
                                return_tensors="pt")  # fmt: skip
     return enc["input_ids"], enc["attention_mask"]

@@ -9,6 +9,7 @@ computes exactly what the original model does.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +61,7 @@ class BertTokenReduction(nn.Module):
         super().__init__()
         self.plans = list(plans)
 
-    def forward(self, encoder: nn.Module, input_ids: torch.Tensor,
+    def forward(self, encoder: Any, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         x = encoder.embeddings(input_ids=input_ids)  # (B, T, C)
         size = attention_mask.to(x.dtype)  # (B, T): 1 real, 0 padding
@@ -69,7 +70,7 @@ class BertTokenReduction(nn.Module):
         return x, size
 
     @staticmethod
-    def _layer(layer: nn.Module, plan: LayerPlan, x: torch.Tensor,
+    def _layer(layer: Any, plan: LayerPlan, x: torch.Tensor,
                size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         sa = layer.attention.self
         shape = (*x.shape[:-1], -1, sa.attention_head_size)
@@ -103,7 +104,7 @@ class TokenVisionTransformer(VisionTransformer):
         return self.head(self.norm(x)[:, 0])
 
     @staticmethod
-    def _block(block: nn.Module, plan: LayerPlan, x: torch.Tensor,
+    def _block(block: Any, plan: LayerPlan, x: torch.Tensor,
                size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         attn = block.attn
         inner = attn.num_heads * attn.head_dim

@@ -51,7 +51,7 @@ def _install(model: nn.Module, plans: list[LayerPlan]) -> nn.Module:
         model.reduction = BertTokenReduction(plans)
     else:
         model.__class__ = TokenVisionTransformer  # same module, same weights: a forward that reduces tokens
-        model.token_plans = plans
+        setattr(model, "token_plans", plans)  # noqa: B010 (an attribute of the class it now has)
     return model
 
 
