@@ -60,6 +60,24 @@ class ClampMasked(torch.autograd.Function):
         return torch.where(unpack_bits(packed, ctx.shape), grad, grad.new_zeros(())), None, None
 
 
+def _pair(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+def _conv2d_input(input_shape: torch.Size, weight: torch.Tensor, grad: torch.Tensor, stride: Any, padding: Any,
+                  dilation: Any, groups: int) -> torch.Tensor:  # fmt: skip
+    """The input gradient of a 2-D convolution: the transposed convolution of ``grad`` with ``weight``.
+
+    ``torch.nn.grad.conv2d_input`` gets the same numbers through ``convolution_backward`` with an expanded stand-in
+    for the input, which oneDNN first copies into a real input-sized tensor; the transposed convolution needs none.
+    """
+    (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+    kh, kw = weight.shape[-2:]
+    extra = [input_shape[-2] - ((grad.shape[-2] - 1) * sh - 2 * ph + dh * (kh - 1) + 1),
+             input_shape[-1] - ((grad.shape[-1] - 1) * sw - 2 * pw + dw * (kw - 1) + 1)]
+    return F.conv_transpose2d(grad, weight, None, (sh, sw), (ph, pw), extra, groups, (dh, dw))
+
+
 class FrozenConv2dFn(torch.autograd.Function):
     """A 2-D convolution with a frozen weight: keeps no input; the input gradient is a transposed convolution."""
 
@@ -75,7 +93,7 @@ class FrozenConv2dFn(torch.autograd.Function):
         (weight,) = ctx.saved_tensors
         grad_x = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.nn.grad.conv2d_input(ctx.input_shape, weight, grad, *ctx.conf)
+            grad_x = _conv2d_input(ctx.input_shape, weight, grad, *ctx.conf)
         if ctx.needs_input_grad[2]:
             grad_b = grad.sum((0, 2, 3))
         return grad_x, None, grad_b, None, None, None, None
@@ -105,7 +123,7 @@ class ChannelAffineFn(torch.autograd.Function):
                 bias: torch.Tensor) -> torch.Tensor:  # fmt: skip
         ctx.save_for_backward(scale)  # a buffer: resident
         view = (1, -1) + (1,) * (x.dim() - 2)
-        return x * scale.view(view) + (shift + bias).view(view)
+        return torch.addcmul((shift + bias).view(view), x, scale.view(view))  # one output, no temporary
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:

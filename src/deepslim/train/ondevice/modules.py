@@ -124,7 +124,7 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
             return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
         if not _needs_grad(x, self.bias):
             view = (1, -1) + (1,) * (x.dim() - 2)
-            return x * self.folded_scale.view(view) + (self.folded_shift + self.bias).view(view)
+            return torch.addcmul((self.folded_shift + self.bias).view(view), x, self.folded_scale.view(view))
         return ChannelAffineFn.apply(x, self.folded_scale, self.folded_shift, self.bias)
 
 
