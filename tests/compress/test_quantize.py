@@ -26,20 +26,24 @@ from deepslim.compress.quantize import (
 from deepslim.compress.quantize._fakequant import affine_params
 from deepslim.compress.quantize.observers import Calibration, Observer
 
+# integer ranges written out, not computed by qrange: unsigned 0..2^b-1; signed symmetric, without -2^(b-1)
+RANGES = {2: ((0, 3), (-1, 1)), 4: ((0, 15), (-7, 7)), 6: ((0, 63), (-31, 31)), 8: ((0, 255), (-127, 127))}
+
 
 @pytest.mark.parametrize("bits", [2, 4, 6, 8])
-def test_fake_quant_matches_pytorch_bit_for_bit(bits):
+def test_fake_quant_matches_pytorch_bit_for_bit_on_the_written_out_integer_ranges(bits):
+    unsigned, signed = RANGES[bits]
+    assert qrange(bits, signed=False) == unsigned and qrange(bits, signed=True) == signed
     torch.manual_seed(bits)
-    x = torch.randn(16, 7, 3) * 3
-    qmin, qmax = qrange(bits, signed=False)
-    scale, zero = 0.037, (qmin + qmax) // 2
-    expected = torch.fake_quantize_per_tensor_affine(x, scale, zero, qmin, qmax)
-    assert torch.equal(fake_quantize(x, torch.tensor(scale), torch.tensor(zero), qmin, qmax), expected)
-    qmin, qmax = qrange(bits, signed=True)
+    x = torch.randn(16, 7, 3) * 3  # wide enough that both ends of every range clamp
+    scale, zero = 0.037, (unsigned[0] + unsigned[1]) // 2
+    expected = torch.fake_quantize_per_tensor_affine(x, scale, zero, *unsigned)
+    assert torch.equal(fake_quantize(x, torch.tensor(scale), torch.tensor(zero), *unsigned), expected)
+    assert expected.max() > expected.min()  # not a degenerate all-clamped tensor
     scales = torch.rand(16) * 0.1 + 0.01
     zeros = torch.zeros(16, dtype=torch.int32)
-    expected = torch.fake_quantize_per_channel_affine(x, scales, zeros, 0, qmin, qmax)
-    assert torch.equal(fake_quantize(x, scales, zeros, qmin, qmax, axis=0), expected)
+    expected = torch.fake_quantize_per_channel_affine(x, scales, zeros, 0, *signed)
+    assert torch.equal(fake_quantize(x, scales, zeros, *signed, axis=0), expected)
 
 
 @pytest.mark.parametrize("bits,min_db", [(8, 38.0), (6, 26.0), (4, 14.0), (3, 8.0)])

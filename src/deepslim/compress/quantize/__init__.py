@@ -14,14 +14,25 @@ from torch.nn.utils import parametrize
 
 from deepslim._modes import inference_mode
 from deepslim.compress.quantize._fakequant import fake_quantize, qrange, sqnr_db
+from deepslim.compress.quantize._fidelity import (
+    FIDELITY_ATTR,
+    Fidelity,
+    QuantizationError,
+    check_batches,
+    measure,
+    outputs,
+    refusal,
+)
 from deepslim.compress.quantize._fold import fold_batchnorm_
 from deepslim.compress.quantize._inputs import model_inputs
-from deepslim.compress.quantize._points import insert_points_, share_layer_inputs_
+from deepslim.compress.quantize._points import insert_points_, remove_points_, share_layer_inputs_
 from deepslim.compress.quantize.linear import (
     QUANTIZABLE,
     LinearQuantConfig,
     QuantMixin,
     calibrate,
+    quantizable,
+    swap_to_float,
     swap_to_quantized,
 )
 from deepslim.compress.quantize.nonlinear import (
@@ -37,7 +48,7 @@ from deepslim.compress.quantize.nonlinear import (
     share_weights_,
 )
 from deepslim.compress.quantize.observers import Calibration
-from deepslim.config import Config, lookup, unmatched
+from deepslim.config import Config, Overrides, lookup, unmatched
 from deepslim.errors import ConfigError, UnsupportedModelError
 from deepslim.models.adapters import weight_layers, weight_parametrizations
 
@@ -49,14 +60,14 @@ class Float16Config(Config):
     """Store and run the layers in half precision: ``dtype`` "fp16" or "bf16"."""
 
     dtype: str = "fp16"
-    overrides: Any = ()
+    overrides: Overrides[None] = ()  # layers to keep in fp32 (None)
 
     def __post_init__(self) -> None:
         if self.dtype not in ("fp16", "bf16"):
             raise ConfigError(f"dtype must be 'fp16' or 'bf16', got {self.dtype!r}")
-        from deepslim.config import freeze_overrides
+        from deepslim.config import freeze_overrides, skip_only
 
-        object.__setattr__(self, "overrides", freeze_overrides(self.overrides))
+        object.__setattr__(self, "overrides", freeze_overrides(self.overrides, skip_only("fp16/bf16")))
 
 
 @dataclass(frozen=True)
@@ -65,9 +76,13 @@ class QuantReport:
 
     quantized: tuple[tuple[str, str], ...]  # (layer, encoding such as "int8 w / u8 act" or "k-means 5-bit")
     left: tuple[tuple[str, str], ...]  # (layer, reason)
+    fidelity: Fidelity | None = None  # the linear quantization's output check on the calibration data
 
     def __str__(self) -> str:
         rows = [f"{n}: {e}" for n, e in self.quantized] + [f"not quantized: {n} ({why})" for n, why in self.left]
+        if self.fidelity is not None:
+            rows.append(f"fidelity to the float model: {self.fidelity}"
+                        f"{'' if self.fidelity.passed else ' (below the thresholds, accepted)'}")  # fmt: skip
         return "\n".join(rows)
 
 
@@ -95,29 +110,66 @@ def _linear(model: nn.Module, config: LinearQuantConfig, *, calib_data: Iterable
         calib_data = list(calib_data)
     first = next(iter(calib_data), None) if calib_data is not None else None
     example = model_inputs(model, first) if first is not None else None
+    check = None
+    if calib_data is not None and example is not None and config.min_cosine > 0:
+        batches = check_batches(calib_data, len(example))
+        check = (batches, *outputs(model, batches))  # the float model's outputs, before anything changes
     if config.fold_batchnorm:
         folded = fold_batchnorm_(model, example)
         log.info("folded %d batch norms into their convolutions", len(folded))
-    swapped, kept = [], []
+    swapped = _swap_layers(model, config)
+    points: list[Any] = []
+    previous = getattr(model, "deepslim_calibration", None)
+    if config.activation_bits is not None:
+        assert calib_data is not None
+        if config.activation_bits == 8 and example is not None:  # the runtime's additions, concatenations, outputs
+            with inference_mode(model):
+                points = insert_points_(model, example[0] if len(example) == 1 else example, config.calibration)
+        calibrate(model, list(swapped.values()), calib_data, config.calibration, points,
+                  inputs=len(example or (0,)))  # fmt: skip
+        share_layer_inputs_(model)
+    model.deepslim_calibration = config.calibration
+    if check is not None:
+        fid = measure(model, swapped, check[0], check[1], check[2], config.min_cosine, config.min_agreement)
+        setattr(model, FIDELITY_ATTR, fid)
+        if not fid.passed:
+            _low_fidelity(model, config, fid, swapped, points, previous)
+
+
+def _swap_layers(model: nn.Module, config: LinearQuantConfig) -> dict[str, nn.Module]:
+    """Swap the targeted layers to their quantized classes; returns them by name."""
+    swapped, kept = {}, []
     for name, (m, bits) in _targets(model, config.overrides, config.bits).items():
-        if not any(isinstance(m, base) for base in QUANTIZABLE):
+        if not quantizable(m):
             kept.append(f"{name} ({type(m).__name__})")
             continue
         _bake_foreign_(m, name)
         swap_to_quantized(m, bits, config, name)
-        swapped.append(m)
+        swapped[name] = m
     if kept:  # quantization_report names them too
-        log.warning("left in float (linear quantization holds Conv1d/Conv2d/Linear and subclasses): %s",
-                    ", ".join(kept))  # fmt: skip
-    if config.activation_bits is not None:
-        assert calib_data is not None
-        points = []
-        if config.activation_bits == 8 and example is not None:  # the runtime's additions, concatenations, outputs
-            with inference_mode(model):
-                points = insert_points_(model, example[0] if len(example) == 1 else example, config.calibration)
-        calibrate(model, swapped, calib_data, config.calibration, points, inputs=len(example or (0,)))
-        share_layer_inputs_(model)
-    model.deepslim_calibration = config.calibration
+        log.warning("left in float (linear quantization holds Conv1d/Conv2d/Linear, their subclasses and HF Conv1D): "
+                    "%s", ", ".join(kept))  # fmt: skip
+    return swapped
+
+
+def _low_fidelity(model: nn.Module, config: LinearQuantConfig, fid: Fidelity, swapped: dict[str, nn.Module],
+                  points: list[Any], previous: Any) -> None:  # fmt: skip
+    """A quantized model below the fidelity thresholds: a warning when accepted (or QAT, which trains next), else
+    the model back in float (batch norms stay folded: the same function) and a QuantizationError."""
+    if config.accept_low_fidelity or config.qat:
+        log.warning("int8 model accepted below the fidelity thresholds: %s", fid)
+        return
+    for m in swapped.values():
+        assert isinstance(m, QuantMixin)
+        swap_to_float(m)
+    remove_points_(model, points)
+    delattr(model, FIDELITY_ATTR)
+    if previous is None:
+        del model.deepslim_calibration
+    else:
+        model.deepslim_calibration = previous
+    raise QuantizationError(refusal(fid, per_channel=config.per_channel, calibration=config.calibration.value,
+                                    min_cosine=config.min_cosine, weight_only=config.activation_bits is None))
 
 
 def _half(model: nn.Module, config: Float16Config, **_: Any) -> None:
@@ -220,7 +272,7 @@ def _plain_weight_(m: nn.Module, name: str) -> None:
 
 def quantization_report(model: nn.Module) -> QuantReport:
     done, left = [], []
-    layers = {n for n, m in _layers(model).items() if any(isinstance(m, base) for base in QUANTIZABLE)}
+    layers = {n for n, m in _layers(model).items() if quantizable(m)}
     for name, m in model.named_modules():
         if isinstance(m, QuantMixin):
             act = f" / u{m.act_bits} act" if m.act_bits is not None else " (weight-only)"
@@ -237,12 +289,11 @@ def quantization_report(model: nn.Module) -> QuantReport:
         elif any(True for _ in m.parameters(recurse=False)):
             why = "skipped by an override" if name in layers else f"{type(m).__name__} is not quantized"
             left.append((name, why))
-    return QuantReport(tuple(done), tuple(left))
+    return QuantReport(tuple(done), tuple(left), getattr(model, FIDELITY_ATTR, None))
 
 
 __all__ = [
-    "BinaryConfig", "Calibration", "Float16Config", "KMeansConfig", "KMeansInit", "LinearQuantConfig",
-    "PowerOfTwoConfig", "QUANTIZABLE", "QuantReport", "TernaryConfig", "apply_half", "cluster_", "fake_quantize",
-    "fold_batchnorm_",
-    "qrange", "quantization_report", "quantize_", "sqnr_db",
+    "BinaryConfig", "Calibration", "Fidelity", "Float16Config", "KMeansConfig", "KMeansInit", "LinearQuantConfig",
+    "PowerOfTwoConfig", "QUANTIZABLE", "QuantReport", "QuantizationError", "TernaryConfig", "apply_half", "cluster_",
+    "fake_quantize", "fold_batchnorm_", "qrange", "quantization_report", "quantize_", "sqnr_db",
 ]  # fmt: skip

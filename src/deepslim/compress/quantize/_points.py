@@ -245,6 +245,8 @@ class _Placer:
             mod = self.modules.get(user.target) if user.op == "call_module" else None
             if self._is_point(user) or isinstance(mod, QuantMixin) and mod.act_bits is not None:
                 return
+            if mod is not None and _kept_float(mod):  # an override keeps that layer, and so its input, in float
+                return
             if not self._transparent(user):
                 break
             end = user
@@ -253,6 +255,13 @@ class _Placer:
         if all(self._is_point(u) for u in end.users):
             return
         self._new_point(end, replace_uses=True)
+
+
+def _kept_float(m: nn.Module) -> bool:
+    """A layer linear quantization could hold that is not quantized (an override skipped it)."""
+    from deepslim.compress.quantize.linear import quantizable
+
+    return quantizable(m)
 
 
 def calibrate_points(points: list[ActPoint], method: Calibration) -> None:
@@ -281,6 +290,21 @@ def share_layer_inputs_(model: nn.Module) -> int:
                     mod.act_zero.copy_(point.zero)
                 changed += 1
     return changed
+
+
+def remove_points_(model: nn.Module, points: list[ActPoint]) -> None:
+    """Undo :func:`insert_points_` for ``points`` (the ones one call inserted): the model's own forward back when
+    they are all its points, else those points pass their input through."""
+    if not points:
+        return
+    held = getattr(model, POINTS_ATTR, None)
+    cls = getattr(type(model), "deepslim_traced_from", None)
+    if held is not None and cls is not None and {id(p) for p in held.values()} == {id(p) for p in points}:
+        model.__class__ = cls
+        delattr(model, POINTS_ATTR)
+        return
+    for p in points:
+        p.enabled = False
 
 
 def disable_points_(model: nn.Module) -> None:

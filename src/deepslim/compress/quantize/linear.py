@@ -23,7 +23,7 @@ from torch import nn
 from deepslim._modes import inference_mode
 from deepslim.compress.quantize._fakequant import affine_params, fake_quantize, qrange, quantize_codes
 from deepslim.compress.quantize.observers import Calibration, Observer
-from deepslim.config import Config, coerce_enum, freeze_overrides
+from deepslim.config import Config, Overrides, coerce_enum, freeze_overrides
 from deepslim.errors import ConfigError, UnsupportedModelError
 
 
@@ -33,6 +33,13 @@ class LinearQuantConfig(Config):
 
     ``overrides`` maps layer names or ``re:`` patterns to a bit-width (mixed precision), or None to keep the layer in
     floating point. ``qat=True`` makes the scales learnable (LSQ) for training with ``fit``.
+
+    With calibration data, ``quantize_`` checks the quantized model against the float one on the first calibration
+    batches: an output cosine below ``min_cosine`` or a top-1 agreement below ``min_agreement`` (classification
+    outputs, 10 or more rows) is a ``QuantizationError`` naming the noisiest layers, and the model is left in float —
+    unless ``accept_low_fidelity``, which logs a warning instead (``quantization_report(model).fidelity`` has the
+    numbers either way). ``min_cosine=0`` turns the check off. QAT models are measured but never refused (training
+    follows).
     """
 
     bits: int = 8
@@ -42,13 +49,20 @@ class LinearQuantConfig(Config):
     calibration: Calibration = Calibration.MINMAX
     qat: bool = False
     fold_batchnorm: bool = True
-    overrides: Any = ()
+    min_cosine: float = 0.98
+    min_agreement: float = 0.8
+    accept_low_fidelity: bool = False
+    overrides: Overrides[int | None] = ()
 
     def __post_init__(self) -> None:
         _check_bits("bits", self.bits)
         if self.activation_bits is not None:
             _check_bits("activation_bits", self.activation_bits)
         coerce_enum(self, "calibration", Calibration)
+        for what in ("min_cosine", "min_agreement"):
+            value = getattr(self, what)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise ConfigError(f"{what} must be a number from 0 to 1, got {value!r}")
         object.__setattr__(self, "overrides", freeze_overrides(self.overrides, _check_bits))
 
 
@@ -62,6 +76,15 @@ class QuantMixin:
 
     weight: nn.Parameter
     bias: nn.Parameter | None
+    weight_axis = 0  # the output-channel dimension of the weight (1 for weights stored (in, out))
+    bits: int
+    act_bits: int | None
+    qat: bool
+    per_channel: bool
+    symmetric: bool
+    act_scale: torch.Tensor
+    act_zero: torch.Tensor
+    weight_scale: nn.Parameter
 
     def init_quant(self, bits: int, act_bits: int | None, per_channel: bool, symmetric: bool, qat: bool) -> None:
         self.bits, self.act_bits, self.qat = bits, act_bits, qat
@@ -77,20 +100,20 @@ class QuantMixin:
     def _weight_params(self) -> tuple[torch.Tensor, torch.Tensor]:
         if self.fixed_weight_params is not None:
             return self.fixed_weight_params
-        w = self.weight.detach()
+        w = self.weight.detach().movedim(self.weight_axis, 0)
         flat = w.flatten(1) if self.per_channel else w.flatten()[None]
         lo, hi = flat.min(1).values, flat.max(1).values
         return affine_params(lo, hi, self.bits, symmetric=self.symmetric, signed=True)
 
     def quantized_weight(self) -> torch.Tensor:
         qmin, qmax = qrange(self.bits, True)
-        axis = 0 if self.per_channel else None
+        axis = self.weight_axis if self.per_channel else None
         if self.qat:
             zero = torch.zeros_like(self.weight_scale)
             grad = 1.0 / math.sqrt(self.weight.numel() * qmax)
             if self.per_channel:
                 return torch._fake_quantize_learnable_per_channel_affine(
-                    self.weight, self.weight_scale, zero, 0, qmin, qmax, grad)
+                    self.weight, self.weight_scale, zero, self.weight_axis, qmin, qmax, grad)
             return torch._fake_quantize_learnable_per_tensor_affine(
                 self.weight, self.weight_scale, zero, qmin, qmax, grad)  # fmt: skip
         scale, zero = self._weight_params()
@@ -111,7 +134,7 @@ class QuantMixin:
                 zero = torch.zeros(scale.shape, dtype=torch.int32)
             else:
                 scale, zero = self._weight_params()
-            axis = 0 if self.per_channel else None
+            axis = self.weight_axis if self.per_channel else None
             if axis is None:
                 scale, zero = scale.reshape(()), zero.reshape(())
             codes = quantize_codes(self.weight.detach(), scale, zero, qmin, qmax, axis)
@@ -139,7 +162,7 @@ class QuantMixin:
 
     # what the profiler and the cost model read
     def deepslim_weight_bytes(self) -> int:
-        channels = self.weight.shape[0] if self.per_channel else 1
+        channels = self.weight.shape[self.weight_axis] if self.per_channel else 1
         scales = channels * (4 if self.symmetric else 5)  # fp32 scale (+ 1-byte zero point)
         bias = self.bias.numel() * 4 if self.bias is not None else 0
         return math.ceil(self.weight.numel() * self.bits / 8) + scales + bias
@@ -164,8 +187,40 @@ class QLinear(QuantMixin, nn.Linear):
         return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
 
 
+class QTransposedLinear(QuantMixin):
+    """A linear layer whose weight is stored (in, out), as Hugging Face's GPT-2 ``Conv1D``: ``x @ W + b`` over the
+    last dimension (the layer's own arithmetic, so the exporter writes the same Gemm/MatMul as for the float layer).
+    Mixed into a subclass of the layer's class (see :func:`quantized_class`)."""
+
+    weight_axis = 1
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.quantized_weight()
+        flat = self.quantized_input(x).reshape(-1, x.shape[-1])  # (B·L, in)
+        y = torch.addmm(self.bias, flat, w) if self.bias is not None else flat @ w
+        return y.view(*x.shape[:-1], w.shape[1])  # (..., out)
+
+
 QUANTIZABLE: dict[type, type] = {nn.Conv2d: QConv2d, nn.Conv1d: QConv1d, nn.Linear: QLinear}
-_SUBCLASSES: dict[type, type] = {}  # a user's subclass of a quantizable layer -> its quantized subclass
+_SUBCLASSES: dict[type, type] = {}  # a user's subclass of a quantizable layer (or an HF Conv1D) -> its quantized class
+_TRANSPOSED = "transformers.pytorch_utils.Conv1D"  # layers whose kind is the registry's CONV1D_HF
+
+
+def _transposed_base(cls: type) -> type | None:
+    """The HF ``Conv1D`` class among ``cls``'s bases (by dotted path: transformers is not imported for it)."""
+    return next((c for c in cls.__mro__ if f"{c.__module__}.{c.__qualname__}" == _TRANSPOSED), None)
+
+
+def quantizable(m: nn.Module) -> bool:
+    """Whether linear quantization holds ``m``: Conv1d/Conv2d/Linear and their subclasses, HF ``Conv1D`` (found
+    through the layer-kind registry)."""
+    from deepslim.models.adapters import CONV1D_HF, layer_kind
+
+    if isinstance(m, QuantMixin):
+        return False
+    if any(isinstance(m, base) for base in QUANTIZABLE):
+        return True
+    return layer_kind(m) is CONV1D_HF and _transposed_base(type(m)) is not None and m.weight.ndim == 2
 
 
 def quantized_class(cls: type, name: str = "") -> type:
@@ -174,7 +229,7 @@ def quantized_class(cls: type, name: str = "") -> type:
     not quantize)."""
     if cls in QUANTIZABLE:
         return QUANTIZABLE[cls]
-    base = next((b for b in QUANTIZABLE if issubclass(cls, b)), None)
+    base = next((b for b in QUANTIZABLE if issubclass(cls, b)), None) or _transposed_base(cls)
     if base is None:
         raise UnsupportedModelError(f"{name or cls.__name__}: a {cls.__name__} cannot hold linear quantization")
     if cls.forward is not base.forward:
@@ -182,7 +237,8 @@ def quantized_class(cls: type, name: str = "") -> type:
                                     f"{base.__name__}, so its quantized weights would not be used; skip it with "
                                     f"overrides={{{name!r}: None}}")  # fmt: skip
     if cls not in _SUBCLASSES:
-        _SUBCLASSES[cls] = type(f"Q{cls.__name__}", (QUANTIZABLE[base], cls), {"__module__": cls.__module__})
+        mixin = QUANTIZABLE.get(base, QTransposedLinear)
+        _SUBCLASSES[cls] = type(f"Q{cls.__name__}", (mixin, cls), {"__module__": cls.__module__})
     return _SUBCLASSES[cls]
 
 
@@ -194,9 +250,26 @@ def float_class(cls: type) -> type:
     raise KeyError(cls)
 
 
-def swap_to_quantized(m: nn.Module, bits: int, config: LinearQuantConfig, name: str = "") -> None:
+def swap_to_quantized(m: nn.Module, bits: int, config: LinearQuantConfig, name: str = "") -> QuantMixin:
     m.__class__ = quantized_class(type(m), name)
+    assert isinstance(m, QuantMixin)
     m.init_quant(bits, config.activation_bits, config.per_channel, config.symmetric, config.qat)
+    return m
+
+
+_QUANT_STATE = ("bits", "act_bits", "qat", "per_channel", "symmetric", "observer", "fixed_weight_params")
+
+
+def swap_to_float(m: QuantMixin) -> nn.Module:
+    """Undo :func:`swap_to_quantized`: the layer's float class, its float weight, no quantization state."""
+    assert isinstance(m, nn.Module)
+    m.__class__ = float_class(type(m))
+    for key in ("act_scale", "act_zero"):
+        m._buffers.pop(key, None)
+    m._parameters.pop("weight_scale", None)
+    for key in _QUANT_STATE:
+        m.__dict__.pop(key, None)
+    return m
 
 
 def calibrate(model: nn.Module, layers: list[QuantMixin], calib_data: Iterable[Any], method: Calibration,

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from deepslim.config import Config, coerce_enum, freeze_overrides
+from deepslim.config import Config, Overrides, coerce_enum, freeze_overrides, skip_only
 from deepslim.errors import ConfigError
 
 
@@ -39,7 +39,7 @@ class KMeansConfig(Config):
     init: KMeansInit = KMeansInit.LINEAR
     iterations: int = 30
     share_bias: bool = False  # biases get a codebook of their own too (with the layer's bit-width)
-    overrides: Any = ()
+    overrides: Overrides[int | None] = ()
 
     def __post_init__(self) -> None:
         _check_range("bits", self.bits, 1, 8)
@@ -52,21 +52,21 @@ class PowerOfTwoConfig(Config):
     """Each weight becomes 0 or ±2^k with ``bits`` bits per weight (1 sign bit, the rest the exponent)."""
 
     bits: int = 4
-    overrides: Any = ()
+    overrides: Overrides[int | None] = ()
 
     def __post_init__(self) -> None:
         _check_range("bits", self.bits, 2, 8)
-        object.__setattr__(self, "overrides", freeze_overrides(self.overrides))
+        object.__setattr__(self, "overrides", freeze_overrides(self.overrides, lambda w, v: _check_range(w, v, 2, 8)))
 
 
 @dataclass(frozen=True, kw_only=True)
 class BinaryConfig(Config):
-    """Weights α·sign(W) with one α per output channel (1 bit per weight)."""
+    """Weights α·sign(W) with one α per output channel (1 bit per weight); ``overrides`` can skip layers (None)."""
 
-    overrides: Any = ()
+    overrides: Overrides[None] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "overrides", freeze_overrides(self.overrides))
+        object.__setattr__(self, "overrides", freeze_overrides(self.overrides, skip_only("binary")))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -74,12 +74,12 @@ class TernaryConfig(Config):
     """Weights in {−α, 0, +α} per output channel, threshold ``threshold_factor``·mean|W| (2 bits per weight)."""
 
     threshold_factor: float = 0.7
-    overrides: Any = ()
+    overrides: Overrides[None] = ()
 
     def __post_init__(self) -> None:
         if not 0.0 < self.threshold_factor < 2.0:
             raise ConfigError(f"threshold_factor must be in (0, 2), got {self.threshold_factor}")
-        object.__setattr__(self, "overrides", freeze_overrides(self.overrides))
+        object.__setattr__(self, "overrides", freeze_overrides(self.overrides, skip_only("ternary")))
 
 
 def _check_range(what: str, value: Any, lo: int, hi: int) -> None:
