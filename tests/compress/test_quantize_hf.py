@@ -77,3 +77,24 @@ def test_int8_ptq_of_a_weight_norm_audio_model_exports_its_weight_norm_convoluti
     assert isinstance(conv, QuantMixin) and not hasattr(conv, "parametrizations")
     result = ds.export_onnx(model, tmp_path / "w.onnx", example_input=x[0])
     assert result.format == "qdq-int8" and result.integer_layers > 0 and result.cosine >= 0.98
+
+
+@needs_hf
+def test_gpt2_conv1d_layers_quantize_per_output_column_and_export_as_integer_kernels(tmp_path):
+    model, (ids, mask) = hf.build("gpt2")
+    conv1d = [n for n, m in model.named_modules() if type(m).__name__ == "Conv1D"]
+    w_before = {n: model.get_submodule(n).weight.detach().clone() for n in conv1d}
+    ds.quantize_(model, ds.LinearQuantConfig(bits=8), calib_data=[(ids, mask)])
+    assert len(conv1d) == 8 and all(isinstance(model.get_submodule(n), QuantMixin) for n in conv1d)
+    layer = model.get_submodule(conv1d[0])
+    codes, scale, zero, axis = layer.weight_codes()
+    w = w_before[conv1d[0]]  # (in, out): one scale per output column, max |w| / 127 (symmetric int8)
+    assert axis == 1 and codes.shape == w.shape and torch.all(zero == 0)
+    torch.testing.assert_close(scale, w.abs().amax(0) / 127)
+    torch.testing.assert_close(layer.quantized_weight(), (codes.float() * scale[None, :]))
+    x = torch.randn(2, 5, w.shape[0])
+    layer.act_bits = None  # the weight alone: x @ W_q + b, against plain arithmetic
+    torch.testing.assert_close(layer(x), x @ (codes.float() * scale[None, :]) + layer.bias)
+    layer.act_bits = 8
+    result = ds.export_onnx(model, tmp_path / "g.onnx", example_input=(ids, mask))
+    assert result.quantized_layers == 9 and result.integer_layers == 9 and result.cosine >= 0.98

@@ -57,10 +57,13 @@ def quantized_layers(model: nn.Module) -> dict[str, LayerQuant]:
     for name, m in model.named_modules():
         if isinstance(m, QuantMixin):
             codes, scale, zero, _axis = m.weight_codes()
+            weight = m.quantized_weight().detach().float()
+            if m.weight_axis == 1:  # stored (in, out) as HF Conv1D: described in nn.Linear's (out, in) layout
+                codes, weight = codes.t().contiguous(), weight.t().contiguous()
             act = m.act_bits is not None
             found[name] = LayerQuant(name, codes, scale.reshape(-1), zero.reshape(-1),
                                      float(m.act_scale) if act else None, int(m.act_zero) if act else None,
-                                     m.bits, m.act_bits, m.quantized_weight().detach().float().numpy())  # fmt: skip
+                                     m.bits, m.act_bits, weight.numpy())  # fmt: skip
     return found
 
 
