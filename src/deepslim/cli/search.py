@@ -1,9 +1,149 @@
-"""``deepslim search (policy search under a measured budget): issue 14``."""
+"""``deepslim search``: per-layer pruning and precision under a measured budget (issue 14).
+
+Writes ``OUT/search.json`` (budget, dense, uniform, best, pareto, recipe, latency_table, cost) and ``OUT/recipe.yaml``
+(the chosen policy as an ordinary recipe: ``deepslim compress MODEL --recipe OUT/recipe.yaml`` rebuilds it), both
+atomically and only when the search completes; the study itself lives in ``OUT/study.journal`` (or ``--storage``),
+so an interrupted search (Ctrl-C) resumes with the same command.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from deepslim.cli._common import add_model_args, err, load, out
+from deepslim.errors import ConfigError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Adds the command's parser to ``sub`` (registered once in ``deepslim.cli.COMMANDS``)."""
+    p = sub.add_parser("search", help="search per-layer channel counts and int8/float under a measured budget")
+    add_model_args(p)
+    p.add_argument("--data", required=True, help="dataset spec (trials are judged on its validation split)")
+    p.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE",
+                   help="latency=0.5x (of dense), latency=3ms, size=200KB; repeatable")  # fmt: skip
+    p.add_argument("--objective", action="append", default=[], metavar="NAME",
+                   help="accuracy, latency, size; repeatable or comma-separated (default: accuracy and each "
+                        "budgeted metric, or accuracy and latency)")  # fmt: skip
+    p.add_argument("--space", default="prune,int8", help="what to search: prune, int8 (comma-separated)")
+    p.add_argument("--trials", type=int, default=50, help="number of trials (default 50)")
+    p.add_argument("--strategy", default="tpe", help="tpe, nsga2, random or grid (default tpe)")
+    p.add_argument("--runtime", default="onnxruntime", help="runtime whose latency is searched (onnxruntime)")
+    p.add_argument("--threads", type=int, default=1, help="intra-op threads of the latency measurements (default 1)")
+    p.add_argument("--round-to", type=int, default=8, help="channel counts are multiples of this (default 8: the "
+                   "runtime's channel blocks)")  # fmt: skip
+    p.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning of the finalists, and in the recipe")
+    p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
+    p.add_argument("--top-k", type=int, default=3, help="finalists fine-tuned and re-measured (default 3)")
+    p.add_argument("--storage", help="Optuna storage: journal:PATH, postgresql://..., sqlite:///PATH "
+                   "(default: a journal file in --out)")  # fmt: skip
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--cache-dir", help="where per-layer latency tables are kept (default ~/.cache/deepslim/latency)")
+    p.add_argument("--out", required=True, help="output directory (search.json, recipe.yaml, the study journal)")
+    p.add_argument("--json", action="store_true", help="print search.json")
+    p.set_defaults(func=cmd_search)
+
+
+def _objectives(args: argparse.Namespace, budgets: list[Any]) -> list[str]:
+    named = [n.strip() for text in args.objective for n in text.split(",") if n.strip()]
+    if named:
+        return named if "accuracy" in named or len(named) > 1 else ["accuracy", *named]
+    return ["accuracy", *dict.fromkeys(b.metric for b in budgets)] if budgets else ["accuracy", "latency"]
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    from deepslim.data import load_data
+    from deepslim.search import LatencyTable, SearchSpace, as_budgets, check_objectives, search
+    from deepslim.search.engine import STRATEGIES
+    from deepslim.search.recipe import policy_recipe, write_recipe
+
+    if args.strategy not in STRATEGIES:  # every name is checked before the data and model are loaded
+        raise ConfigError(f"unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    budgets = list(as_budgets(args.budget))
+    objectives = list(check_objectives(_objectives(args, budgets)))
+    table = LatencyTable(runtime=args.runtime, threads=args.threads, cache_dir=args.cache_dir)
+    kinds = tuple(k.strip() for k in args.space.split(",") if k.strip())
+    outdir = Path(args.out)
+    if outdir.exists() and not outdir.is_dir():
+        raise ConfigError(f"{outdir} is a file; --out names a directory")
+    data = load_data(args.data, seed=args.seed)
+    model = load(args, data).eval()
+    space = SearchSpace.from_model(model, data.example_input, kinds=kinds, round_to=args.round_to)
+    show = not (args.quiet or args.json)
+    if show:
+        err.print(f"searching {space.size:,} policies ({len(space.groups)} channel groups, {len(space.int8_layers)} "
+                  f"int8/float layers) with {args.trials} {args.strategy} trials", markup=False)  # fmt: skip
+
+    def progress(c: Any) -> None:
+        if show:
+            flag = "" if c.feasible else " (over budget)"
+            err.print(f"trial {c.trial}: accuracy {c.accuracy:.4f}, latency {c.latency_ms:.3f} ms{flag}", markup=False)
+
+    result = search(model, data, space, objectives, budgets, trials=args.trials, strategy=args.strategy,
+                    storage=args.storage, seed=args.seed, out_dir=outdir, latency_table=table,
+                    finetune_epochs=args.finetune_epochs, lr=args.lr, top_k=args.top_k, on_trial=progress)  # fmt: skip
+    doc = result.to_dict()
+    recipe_path = outdir / "recipe.yaml"
+    if result.best is not None:
+        desc = f"searched by deepslim search ({', '.join(map(str, budgets)) or 'no budget'}; {args.strategy})"
+        write_recipe(recipe_path, policy_recipe(space, result.best.policy, finetune_epochs=args.finetune_epochs,
+                                                lr=args.lr, seed=args.seed, model=args.model, data=args.data,
+                                                description=desc))  # fmt: skip
+    doc["recipe"] = str(recipe_path) if result.best is not None else None
+    _write_json(outdir / "search.json", doc)
+    if args.json:
+        print(json.dumps(doc, indent=2, default=_json_default))
+        return 0
+    _render(doc)
+    return 0
+
+
+def _json_default(value: Any) -> Any:
+    return str(value)
+
+
+def _clean(value: Any) -> Any:
+    """NaN and infinities as null: search.json is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _write_json(path: Path, doc: dict[str, Any]) -> None:
+    from deepslim._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(_clean(doc), indent=2, default=_json_default) + "\n")
+
+
+def _render(doc: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    table = Table(title="search")
+    for col in ("policy", "accuracy", "latency ms", "measured ms", "archive B", "within budget"):
+        table.add_column(col)
+    for label in ("dense", "uniform", "best"):
+        c = doc.get(label)
+        if c is None:
+            table.add_row(label, "-", "-", "-", "-", "no policy within budget")
+            continue
+        acc = "n/a" if c["accuracy"] is None else f"{c['accuracy']:.4f}"
+        meas = "n/a" if c["measured_latency_ms"] is None else f"{c['measured_latency_ms']:.3f}"
+        size = "n/a" if c["archive_bytes"] is None else f"{c['archive_bytes']:,}"
+        table.add_row(label, acc, f"{c['latency_ms']:.3f}", meas, size, "yes" if c["feasible"] else "no")
+    out.print(table)
+    lt, cost = doc["latency_table"], doc["cost"]
+    if lt.get("error_p90") is not None:
+        out.print(f"latency table: error p90 {lt['error_p90']:.1%}, Kendall tau {lt['kendall_tau']:.2f} (MAC proxy "
+                  f"{lt['mac_proxy_kendall_tau']:.2f}) over {lt['points']} end-to-end measurements")  # fmt: skip
+    out.print(f"{cost['trials']} trials in {cost['wall_s']:.0f} s ({cost['cpu_s']:.0f} CPU-s, "
+              f"~{cost['energy_kwh']:.2g} kWh estimated)")
+    if doc.get("recipe"):
+        out.print(f"recipe: {doc['recipe']}")

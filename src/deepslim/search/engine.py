@@ -100,8 +100,9 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     needs_size = "size" in objectives or any(b.metric == "size" for b in budgets)
     ev = Evaluator(model, data, space, table, archive=needs_size, finetune_epochs=finetune_epochs, lr=lr, seed=seed)
     dense = _calibrate(ev)
-    limits = {b.metric: b.limit(dense.value(b.metric)) for b in budgets}
+    limits = {b.metric: b.limit(_base(dense, b.metric)) for b in budgets}
     _check_feasible(ev, budgets, limits, dense)
+    dense = _feasible(dense, limits)
     ratios = uniform_ratios or DEFAULT_KEEP_RATIOS
     family = _uniform_family(ev, ratios, limits)
     study = _open_study(space, objectives, storage, out_dir, study_name)
@@ -146,6 +147,14 @@ def _calibrate(ev: Evaluator) -> Candidate:
     return ev.evaluate(space.dense(), recovery="none", measure=ev.table.end_to_end)
 
 
+def _base(dense: Candidate, metric: str) -> float:
+    """The dense model's value that relative budgets scale: for latency the table's prediction, the frame in which
+    trials are judged (calibrated to the end-to-end measurements, the dense model's among them)."""
+    if metric == "latency":
+        return float(dense.measurement.extra.get("predicted_latency_ms", dense.latency_ms))
+    return dense.value(metric)
+
+
 def _smallest(ev: Evaluator, budgets: tuple[Budget, ...]) -> dict[str, tuple[float, Policy]]:
     """The least latency and size any policy reaches, and a policy that reaches it."""
     space, x = ev.space, ev.data.example_input
@@ -170,7 +179,7 @@ def _check_feasible(ev: Evaluator, budgets: tuple[Budget, ...], limits: dict[str
     unit = {"latency": "ms", "size": "bytes"}
     for metric, (value, _) in _smallest(ev, budgets).items():
         if value > limits[metric]:
-            base = dense.value(metric)
+            base = _base(dense, metric)
             raise ConfigError(f"the {metric} budget {limits[metric]:.4g} {unit[metric]} is tighter than the smallest "
                               f"policy in this space allows ({value:.4g} {unit[metric]}, {value / base:.2f}x of "
                               f"dense): loosen it to at least {value / base:.2f}x or widen the space")  # fmt: skip
