@@ -1,6 +1,7 @@
 """``deepslim search``: per-layer pruning and precision under a measured budget (issue 14).
 
-Writes ``OUT/search.json`` (budget, dense, uniform, best, pareto, recipe, latency_table, cost) and ``OUT/recipe.yaml``
+Writes ``OUT/search.json`` (budget, dense, uniform, best, pareto, recipe, latency_table, cost), ``OUT/search.html``
+(the interactive Pareto front) and ``OUT/recipe.yaml``
 (the chosen policy as an ordinary recipe: ``deepslim compress MODEL --recipe OUT/recipe.yaml`` rebuilds it), both
 atomically and only when the search completes; the study itself lives in ``OUT/study.journal`` (or ``--storage``),
 so an interrupted search (Ctrl-C) resumes with the same command.
@@ -93,7 +94,11 @@ def cmd_search(args: argparse.Namespace) -> int:
                                                 lr=args.lr, seed=args.seed, model=args.model, data=args.data,
                                                 description=desc))  # fmt: skip
     doc["recipe"] = str(recipe_path) if result.best is not None else None
+    doc["report"] = str(outdir / "search.html")
     _write_json(outdir / "search.json", doc)
+    from deepslim.report.search_html import write_search_report
+
+    write_search_report(_clean(doc), outdir / "search.html", title=f"deepslim search: {args.model} on {args.data}")
     if args.json:
         print(json.dumps(doc, indent=2, default=_json_default))
         return 0
@@ -147,3 +152,4 @@ def _render(doc: dict[str, Any]) -> None:
               f"~{cost['energy_kwh']:.2g} kWh estimated)")
     if doc.get("recipe"):
         out.print(f"recipe: {doc['recipe']}")
+    out.print(f"report: {doc['report']}")

@@ -1,0 +1,60 @@
+"""The search report page: self-contained, and its script draws the front and selects the best policy (headless
+Chromium)."""
+
+import re
+import shutil
+import subprocess
+
+import pytest
+
+from deepslim.report.search_html import search_report_html, write_search_report
+
+
+def cand(trial, acc, ms, keep, int8, feasible=True, measured=None):
+    m = {"macs": int(1e6 * ms), "params": 100, "nonzero_params": 100, "weight_bytes": 400}
+    return {"trial": trial, "policy": {"keep": {"conv1": keep}, "int8": {"conv1": int8, "fc": False}},
+            "accuracy": acc, "latency_ms": ms, "measured_latency_ms": measured, "predicted_latency_ms": ms,
+            "archive_bytes": 1000, "macs": m["macs"], "feasible": feasible, "recovery": "bn", "measurement": m}
+
+
+def search_doc():
+    trials = [cand(0, 0.80, 0.9, 16, False, False), cand(1, 0.78, 0.5, 8, True), cand(2, 0.70, 0.3, 4, True),
+              cand(3, 0.60, 0.45, 4, False)]
+    return {"objectives": ["accuracy", "latency"], "budget": [{"text": "latency=0.5x"}], "limits": {"latency": 0.5},
+            "dense": cand(None, 0.81, 1.0, 16, False, False, 1.0),
+            "uniform": cand(None, 0.74, 0.48, 8, True, True, 0.48),
+            "best": cand(1, 0.79, 0.49, 8, True, True, 0.49), "pareto": trials[1:3], "trials": trials,
+            "uniform_family": [cand(None, 0.74, 0.48, 8, True)],
+            "latency_table": {"error_p90": 0.08, "kendall_tau": 0.9, "mac_proxy_kendall_tau": 0.5, "points": 2,
+                              "rows": [{"predicted_ms": 1.0, "measured_ms": 1.05}, {"predicted_ms": 0.5,
+                                                                                      "measured_ms": 0.49}]},
+            "cost": {"trials": 4, "wall_s": 10.0, "cpu_s": 8.0, "energy_kwh": 3e-5},
+            "space": {"groups": [{"name": "conv1", "width": 16, "keep": [4, 8, 16]}], "int8_layers": ["conv1", "fc"]}}
+
+
+def test_the_page_needs_no_network_and_embeds_the_search():
+    page = search_report_html(search_doc(), title="t </script> & <b>")
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert "<link" not in page and "@import" not in page
+    assert "t &lt;/script&gt; &amp; &lt;b&gt;" in page  # the title is escaped
+    assert page.count("</script>") == 2  # the embedded JSON cannot close its script element
+    assert "relative error p90 8.0%, Kendall τ 0.90 (MAC count: τ 0.50)" in page
+
+
+def test_headless_chromium_draws_every_point_and_selects_the_best(tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed")
+    path = tmp_path / "search.html"
+    write_search_report(search_doc(), path)
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", path.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
+    front = dom[dom.index('id="front"'):dom.index('id="bars"')]
+    # 4 trials + 2 Pareto points + dense, uniform and best as circles; the uniform family as a square
+    assert front.count("<circle") == 9 and front.count("<rect") == 1
+    assert front.count('class="pt sel"') == 1  # the best policy is selected on load
+    assert re.search(r'id="chosen">best \(trial 1\)<', dom)
+    bars = dom[dom.index('id="bars"'):dom.index('id="pred"')]
+    assert "8 / 16 channels" in bars and bars.count(">int8<") == 1 and bars.count(">float<") == 1
+    pred = dom[dom.index('id="pred"'):]
+    assert pred.count("<circle") == 2
