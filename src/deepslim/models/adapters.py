@@ -317,3 +317,11 @@ def looks_like_attention(m: nn.Module) -> bool:
     """Whether ``m`` is probably an attention module (its class name says so, and it holds weights)."""
     name = type(m).__name__.lower()
     return "attention" in name and any(True for _ in m.parameters())
+
+
+def weight_of(m: nn.Module) -> torch.Tensor:
+    """``m.weight`` as a tensor (TypeError naming the class when the module has none)."""
+    weight = getattr(m, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"{type(m).__name__} has no weight tensor")
+    return weight

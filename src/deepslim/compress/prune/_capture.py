@@ -34,7 +34,7 @@ class Capture:
 
 def capture(model: nn.Module, args: tuple[Any, ...], leaf: Callable[[nn.Module], bool]) -> Capture:
     """The first capture that works; UnsupportedModelError naming every failure otherwise."""
-    failures = []
+    failures: list[str] = []
     for how, fn in (("torch.fx", _fx), ("torch.export", _export)):
         try:
             with inference_mode(model), torch.no_grad():

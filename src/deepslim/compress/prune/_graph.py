@@ -30,7 +30,7 @@ from torch import nn
 from deepslim.compress.prune._capture import Capture, aten_name, capture, owner_of
 from deepslim.compress.prune._rules import Layout, OpRules, Space, _same_rank, _shape, _tensor_args
 from deepslim.errors import UnsupportedModelError
-from deepslim.models.adapters import Axis, Role, is_user_kind, layer_kind, weight_parametrizations
+from deepslim.models.adapters import Axis, Role, is_user_kind, layer_kind, weight_of, weight_parametrizations
 from deepslim.models.transformer import SelfAttention
 
 _PASS_MODULES = (nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Sigmoid, nn.Tanh, nn.Hardswish, nn.Hardsigmoid, nn.LeakyReLU,
@@ -149,7 +149,7 @@ class _Builder(OpRules):
             for arg in _tensor_args(node, self.layouts):
                 self.block(self.layouts[arg], "reaches the model output")
         elif node.op == "call_module":
-            self.layouts[node] = self.module(node, str(node.target), self.modules[node.target], node.args[0])
+            self.layouts[node] = self.module(node, str(node.target), self.modules[str(node.target)], node.args[0])
         elif (layer := self.layer_op(node)) is not None:
             self.layouts[node] = self.module(node, *layer)
         else:
@@ -161,8 +161,10 @@ class _Builder(OpRules):
         for arg in node.args:
             fqn = self.cap.params.get(arg) if isinstance(arg, fx.Node) else None
             m = self.modules.get(owner_of(fqn)) if fqn else None
-            kind = layer_kind(m) if m is not None else None
-            if kind is not None and op in kind.ops and not weight_parametrizations(m):
+            if fqn is None or m is None:
+                continue
+            kind = layer_kind(m)
+            if kind is not None and op is not None and op in kind.ops and not weight_parametrizations(m):
                 self.layer_uses.update((a, node) for a in node.args if isinstance(a, fx.Node) and a in self.cap.params)
                 return owner_of(fqn), m, node.args[kind.input_arg] if len(node.args) > kind.input_arg else None
         return None
@@ -204,7 +206,8 @@ class _Builder(OpRules):
                 self.block(layout, reason)
 
     def inputs(self, node: fx.Node) -> list[Layout]:
-        return [self.layouts[a] for a in _tensor_args(node, self.layouts) if self.layouts[a] is not None]
+        found = [self.layouts[a] for a in _tensor_args(node, self.layouts)]
+        return [layout for layout in found if layout is not None]
 
     def opaque(self, node: fx.Node, why: str) -> Layout | None:
         for layout in self.inputs(node):
@@ -224,7 +227,7 @@ class _Builder(OpRules):
         src = self.layouts.get(arg) if isinstance(arg, fx.Node) else None
         if kind is not None and kind.in_dim is None and kind.role is Role.PRODUCER:  # an embedding table's columns
             shape = _shape(node) or ()
-            return self._produce(name, m.weight.shape[kind.out_dim], len(shape), len(shape) - 1)
+            return self._produce(name, int(weight_of(m).shape[kind.out_dim]), len(shape), len(shape) - 1)
         if src is None:
             return self.opaque(node, f"{name} ({type(m).__name__}) has no traced tensor input")
         if kind is not None:
@@ -250,7 +253,7 @@ class _Builder(OpRules):
         out_shape = _shape(node)
         if out_shape is None:
             return None
-        out_dim, width = kind.channel_dim(m, len(out_shape)), int(m.weight.shape[kind.out_dim])
+        out_dim, width = kind.channel_dim(m, len(out_shape)), int(weight_of(m).shape[kind.out_dim])
         groups = getattr(m, "groups", 1)
         if kind.axis is Axis.CONV and src.unit != 1:
             return None
@@ -258,7 +261,7 @@ class _Builder(OpRules):
             self.graph.consumers.append((name, src))
             self._read(src, f"{name} in")
             return self._produce(name, width, len(out_shape), out_dim)
-        if groups == m.weight.shape[kind.out_dim] == src.width and len(src.segments) == 1:
+        if groups == width == src.width and len(src.segments) == 1:
             self.graph.spaces[src.segments[0][0]].depthwise.append(name)
             return src
         self.block(src, f"input of grouped convolution {name}")

@@ -83,7 +83,8 @@ class OpRules:
     def block(self, layout: Layout | None, reason: str) -> None: ...
     def union(self, a: Space, b: Space) -> None: ...
     def fresh(self, node: fx.Node, reason: str, dim: int | None = None) -> Layout | None: ...
-    def inputs(self, node: fx.Node) -> list[Layout]: ...
+    def inputs(self, node: fx.Node) -> list[Layout]:
+        raise NotImplementedError
     def opaque(self, node: fx.Node, why: str) -> Layout | None: ...
 
     def function(self, node: fx.Node) -> Layout | None:
@@ -130,7 +131,7 @@ class OpRules:
     def _view(self, node: fx.Node, src: Layout) -> Layout | None:
         """A reshape keeps channels if the dimensions before them multiply to the same size on both sides and the
         channel dimension survives whole (possibly merged with the dimensions after it: ``unit`` grows)."""
-        before, after = _shape(node.args[0]), _shape(node)
+        before, after = _dims(node.args[0]), _dims(node)
         before_size = math.prod(before[: src.dim])
         for e in range(len(after)):
             if math.prod(after[:e]) != before_size:
@@ -144,17 +145,17 @@ class OpRules:
         return self.opaque(node, f"{node.name} ({aten_name(node.target)}) splits or mixes channels")
 
     def _slice(self, node: fx.Node, src: Layout, op: str) -> Layout | None:
-        dim = int(_arg(node, 1, "dim", 0)) % src.ndim
+        dim = _int(_arg(node, 1, "dim", 0)) % src.ndim
         if op == "select":
             if dim == src.dim:
                 return self.opaque(node, f"{node.name} selects one channel")
             return Layout(src.dim - (dim < src.dim), src.ndim - 1, src.segments, src.unit)
-        if dim == src.dim and _shape(node)[dim] != _shape(node.args[0])[dim]:
+        if dim == src.dim and _dims(node)[dim] != _dims(node.args[0])[dim]:
             return self.opaque(node, f"{node.name} slices channels")
         return src if _same_rank(node, src) else self.opaque(node, f"{node.name} changes the rank")
 
     def _binary(self, node: fx.Node, ins: list[Layout]) -> Layout | None:
-        out_shape = _shape(node)
+        out_shape = _dims(node)
         if len(ins) == 1:
             return ins[0] if len(out_shape) == ins[0].ndim else self.opaque(node, "broadcast changes the rank")
         a, b = ins[0], ins[1]
@@ -198,10 +199,11 @@ class OpRules:
     def _move(self, node: fx.Node, src: Layout) -> Layout | None:
         args = [a for a in node.args[1:]]
         if node.target in ("transpose", torch.transpose) or aten_name(node.target) == "transpose":
-            a, b = (int(x) % src.ndim for x in args[:2])
+            a, b = (_int(x) % src.ndim for x in args[:2])
             dim = b if src.dim == a else a if src.dim == b else src.dim
             return Layout(dim, src.ndim, src.segments, src.unit)
-        perm = [int(x) % src.ndim for x in (args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args)]
+        order = args[0] if len(args) == 1 and isinstance(args[0], (list, tuple)) else args
+        perm = [_int(x) % src.ndim for x in order]
         return Layout(perm.index(src.dim), src.ndim, src.segments, src.unit)
 
     def _reduce(self, node: fx.Node, src: Layout) -> Layout | None:
@@ -227,17 +229,28 @@ class OpRules:
                     return self.opaque(node, f"{node.name} selects channels")
             elif isinstance(item, int) and pos < src.dim:
                 removed += 1
-        return Layout(dim - removed, len(_shape(node)), src.segments, src.unit)
+        return Layout(dim - removed, len(_dims(node)), src.segments, src.unit)
 
 
 _shape = shape_of
 
 
-_shape = shape_of
+def _dims(node: Any) -> tuple[int, ...]:
+    """The static shape of a tensor node; a node without one stops the rule (the builder then refuses by name)."""
+    shape = shape_of(node)
+    if shape is None:
+        raise ValueError(f"{getattr(node, 'name', node)} has no static shape")
+    return shape
+
+
+def _int(value: Any) -> int:
+    if not isinstance(value, int):
+        raise ValueError(f"expected a constant integer, got {value!r}")
+    return value
 
 
 def _same_rank(node: fx.Node, src: Layout) -> bool:
-    shape = _shape(node)
+    shape = _dims(node)
     return shape is not None and len(shape) == src.ndim
 
 

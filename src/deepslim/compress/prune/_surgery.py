@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from deepslim.models.adapters import LayerKind, layer_kind
+from deepslim.models.adapters import LayerKind, layer_kind, weight_of
 from deepslim.models.transformer import SelfAttention
 
 
@@ -35,7 +35,7 @@ def _kind(m: nn.Module) -> LayerKind:
 def keep_outputs(m: nn.Module, idx: torch.Tensor) -> None:
     """Keep output channels ``idx`` of a convolution, linear-like layer or embedding (its columns)."""
     kind = _kind(m)
-    m.weight = _take(m.weight, idx, kind.out_dim)
+    setattr(m, "weight", _take(weight_of(m), idx, kind.out_dim))  # noqa: B010 (a Parameter replaces a Parameter)
     for name in kind.per_channel:
         if getattr(m, name, None) is not None:
             setattr(m, name, _take(getattr(m, name), idx, 0))
@@ -45,14 +45,17 @@ def keep_outputs(m: nn.Module, idx: torch.Tensor) -> None:
 def keep_inputs(m: nn.Module, idx: torch.Tensor) -> None:
     """Keep input channels (features) ``idx`` of a convolution (groups=1) or linear-like layer."""
     kind = _kind(m)
-    m.weight = _take(m.weight, idx, kind.in_dim)
+    if kind.in_dim is None:
+        raise TypeError(f"{type(m).__name__} ({kind.name}) has no input channels to remove")
+    setattr(m, "weight", _take(weight_of(m), idx, kind.in_dim))  # noqa: B010
     _count(m, kind.in_attr, len(idx))
 
 
 def keep_depthwise(m: nn.Module, idx: torch.Tensor) -> None:
     """Keep channels ``idx`` of a depthwise convolution (one filter per channel)."""
     keep_outputs(m, idx)
-    m.in_channels = m.groups = len(idx)
+    setattr(m, "in_channels", len(idx))  # noqa: B010 (nn.Conv2d's int attributes)
+    setattr(m, "groups", len(idx))  # noqa: B010
 
 
 def keep_norm(m: nn.Module, idx: torch.Tensor) -> None:

@@ -22,9 +22,10 @@ from torch.utils._pytree import tree_leaves
 from deepslim._modes import inference_mode
 from deepslim.compress.prune import _surgery
 from deepslim.compress.prune._graph import DependencyGraph, Layout, Space, build_graph
-from deepslim.config import Config, coerce_enum, freeze_overrides, lookup, matches, unmatched
+from deepslim.config import Config, Overrides, coerce_enum, freeze_overrides, lookup, matches, unmatched
 from deepslim.errors import ConfigError, UnsupportedModelError
-from deepslim.models.adapters import layer_kind
+from deepslim.models.adapters import LayerKind, layer_kind, weight_of
+from deepslim.models.transformer import SelfAttention
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +49,7 @@ class ChannelPruneConfig(Config):
     importance: Importance = Importance.L1
     ignore: tuple[str, ...] = ()
     round_to: int = 1
-    overrides: Any = ()
+    overrides: Overrides[float | None] = ()
 
     def __post_init__(self) -> None:
         _check_ratio("ratio", self.ratio)
@@ -104,8 +105,10 @@ def misaligned_layers(model: nn.Module, multiple: int = 8) -> list[str]:
     """
     found = []
     for name, m in model.named_modules():
-        width = m.out_channels if isinstance(m, (nn.Conv1d, nn.Conv2d)) else getattr(m, "out_features", None)
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)) and width % multiple:
+        if not isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear)):
+            continue
+        width = m.out_features if isinstance(m, nn.Linear) else m.out_channels
+        if width % multiple:
             found.append(f"{name} ({width})")
     return found
 
@@ -263,7 +266,7 @@ def _scores(graph: DependencyGraph, root: Space, modules: dict[str, nn.Module], 
     parts: list[torch.Tensor] = []
     norms = [(modules[n], lay) for n, lay in graph.norms if getattr(modules[n], "weight", None) is not None]
     for m, layout in norms:
-        parts += [_param_scores(m.weight, how, 0, 1)[sl] for sl in _slices(layout, spaces)]
+        parts += [_param_scores(weight_of(m), how, 0, 1)[sl] for sl in _slices(layout, spaces)]
     if how is Importance.BN_SCALE:
         if parts:
             return _combine(parts, root.width)
@@ -271,14 +274,16 @@ def _scores(graph: DependencyGraph, root: Space, modules: dict[str, nn.Module], 
     for s in graph.members(root):
         for name in (*s.producers, *s.depthwise):
             m = modules[name]
-            parts.append(_param_scores(m.weight, how, layer_kind(m).out_dim, 1))
+            parts.append(_param_scores(weight_of(m), how, _kind(m).out_dim, 1))
         for name in s.heads:
             attn = modules[name]
+            assert isinstance(attn, SelfAttention)
             parts.append(_param_scores(attn.proj.weight, how, 1, attn.head_dim))
     for name, layout in graph.consumers:
         m = modules[name]
-        if getattr(m, "groups", 1) == 1:
-            scores = _param_scores(m.weight, how, layer_kind(m).in_dim, layout.unit)
+        in_dim = _kind(m).in_dim
+        if getattr(m, "groups", 1) == 1 and in_dim is not None:
+            scores = _param_scores(weight_of(m), how, in_dim, layout.unit)
             parts += [scores[sl] for sl in _slices(layout, spaces)]
     return _combine(parts, root.width)
 
@@ -302,7 +307,14 @@ def _combine(parts: list[torch.Tensor], width: int) -> torch.Tensor:
     return total
 
 
-def _param_scores(w: nn.Parameter, how: Importance, dim: int, unit: int) -> torch.Tensor:
+def _kind(m: nn.Module) -> LayerKind:
+    kind = layer_kind(m)
+    if kind is None:
+        raise UnsupportedModelError(f"{type(m).__name__} has no layer kind (register_layer_kind describes it)")
+    return kind
+
+
+def _param_scores(w: torch.Tensor, how: Importance, dim: int, unit: int) -> torch.Tensor:
     """Score of each channel along ``dim`` (``unit`` consecutive entries per channel): L1, L2 or |w·∂L/∂w|."""
     t = w.detach()
     if how is Importance.TAYLOR:
@@ -350,7 +362,9 @@ def _apply(graph: DependencyGraph, modules: dict[str, nn.Module], keep: Mapping[
         for name in s.depthwise:
             _surgery.keep_depthwise(modules[name], dev(modules[name], kept))
         for name in s.heads:
-            _surgery.keep_heads(modules[name], dev(modules[name], kept))
+            attn = modules[name]
+            assert isinstance(attn, SelfAttention)  # the graph records heads of the zoo's attention only
+            _surgery.keep_heads(attn, dev(attn, kept))
     for name, layout in graph.consumers:
         idx = _indices(layout, graph, keep)
         if idx is not None:

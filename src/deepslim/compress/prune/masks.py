@@ -19,9 +19,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from deepslim.config import Config, coerce_enum, freeze_overrides, lookup, skip_only, unmatched
+from deepslim.config import Config, Overrides, coerce_enum, freeze_overrides, lookup, skip_only, unmatched
 from deepslim.errors import ConfigError
-from deepslim.models.adapters import layer_kind, weight_layers
+from deepslim.models.adapters import layer_kind, weight_layers, weight_of
 
 log = logging.getLogger(__name__)
 PRUNABLE = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)  # the built-in kinds; any registered layer kind is prunable
@@ -41,7 +41,7 @@ class MagnitudePruneConfig(Config):
 
     sparsity: float
     scope: Scope = Scope.LAYER
-    overrides: Any = ()
+    overrides: Overrides[float | None] = ()
 
     def __post_init__(self) -> None:
         _check_fraction("sparsity", self.sparsity)
@@ -55,7 +55,7 @@ class NMPruneConfig(Config):
 
     n: int = 2
     m: int = 4
-    overrides: Any = ()  # layer -> None skips it
+    overrides: Overrides[None] = ()  # layer -> None skips it
 
     def __post_init__(self) -> None:
         if not (isinstance(self.n, int) and isinstance(self.m, int) and 0 < self.n < self.m):
@@ -73,6 +73,7 @@ class WeightMask(nn.Module):
 
     def __init__(self, mask: torch.Tensor):
         super().__init__()
+        self.mask: torch.Tensor
         self.register_buffer("mask", mask.to(torch.bool))
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
@@ -99,7 +100,8 @@ def prunable_layers(model: nn.Module) -> dict[str, nn.Module]:
 
 def current_mask(m: nn.Module) -> WeightMask | None:
     if parametrize.is_parametrized(m, "weight"):
-        return next((p for p in m.parametrizations.weight if isinstance(p, WeightMask)), None)
+        plist: Any = m.parametrizations
+        return next((p for p in plist["weight"] if isinstance(p, WeightMask)), None)
     return None
 
 
@@ -109,7 +111,7 @@ def set_mask_(m: nn.Module, mask: torch.Tensor) -> None:
     if existing is not None:
         existing.mask &= mask.to(existing.mask.device)
     else:
-        parametrize.register_parametrization(m, "weight", WeightMask(mask.to(m.weight.device)))
+        parametrize.register_parametrization(m, "weight", WeightMask(mask.to(weight_of(m).device)))
 
 
 def magnitude_masks(model: nn.Module, config: MagnitudePruneConfig) -> dict[str, torch.Tensor]:
@@ -119,18 +121,17 @@ def magnitude_masks(model: nn.Module, config: MagnitudePruneConfig) -> dict[str,
     masks: dict[str, torch.Tensor] = {}
     pooled = [n for n, t in targets.items() if t is ...]
     if config.scope is Scope.GLOBAL and pooled and config.sparsity > 0:
-        magnitudes = torch.cat([layers[n].weight.detach().abs().flatten().float().cpu() for n in pooled])
+        magnitudes = torch.cat([weight_of(layers[n]).detach().abs().flatten().float().cpu() for n in pooled])
         k = int(round(config.sparsity * magnitudes.numel()))
         threshold = torch.kthvalue(magnitudes, k).values.item() if k > 0 else -1.0
         for n in pooled:
-            w = layers[n].weight.detach()
-            masks[n] = w.abs() > threshold
+            masks[n] = weight_of(layers[n]).detach().abs() > threshold
     else:
         targets.update(dict.fromkeys(pooled, config.sparsity))
     for n, sparsity in targets.items():
         if n in masks or sparsity is None or sparsity is ...:
             continue
-        masks[n] = _layer_mask(layers[n].weight.detach(), sparsity)
+        masks[n] = _layer_mask(weight_of(layers[n]).detach(), sparsity)
     return masks
 
 
@@ -152,7 +153,10 @@ def nm_masks(model: nn.Module, config: NMPruneConfig) -> tuple[dict[str, torch.T
     for name, m in layers.items():
         if lookup(config.overrides, name, default=...) is None:
             continue
-        w, in_dim = m.weight.detach(), layer_kind(m).in_dim
+        kind = layer_kind(m)
+        if kind is None or kind.in_dim is None:
+            continue  # prunable_layers holds only layers with input channels
+        w, in_dim = weight_of(m).detach(), kind.in_dim
         # reduction dimension last: (out, in) for Linear; (out, k…, in) for convolutions (channels-last, as kernels use)
         wl = w.movedim(in_dim, -1)
         if wl.shape[-1] % config.m:
@@ -181,4 +185,5 @@ def bake_masks_(model: nn.Module) -> nn.Module:
 
 def sparsity(model: nn.Module) -> dict[str, float]:
     """Fraction of exactly-zero weights in each prunable layer (masked or baked)."""
-    return {n: 1.0 - float(torch.count_nonzero(m.weight)) / m.weight.numel() for n, m in prunable_layers(model).items()}
+    return {n: 1.0 - float(torch.count_nonzero(weight_of(m))) / weight_of(m).numel()
+            for n, m in prunable_layers(model).items()}  # fmt: skip

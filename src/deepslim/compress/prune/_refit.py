@@ -1,0 +1,93 @@
+"""Layer-wise reconstruction after head/FFN pruning: refit each pruned block's output projection by least squares.
+
+After units are removed, the output projection (attention output, FFN down projection) still holds the weights it
+had when every unit fed it. Solving min ‖X'W' + b' − Y‖² — X' the kept units' activations in the *pruned* model
+(so drift from earlier blocks is corrected too), Y the original block's outputs in the original model, on the
+calibration data — gives the best linear repair in closed form, block after block in model order: a few forward
+passes instead of a training run. After Kwon et al., "A Fast Post-Training Pruning Framework for Transformers",
+NeurIPS 2022 (layer-wise reconstruction by linear least squares); this implementation is our own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from deepslim._modes import inference_mode
+from deepslim.models.adapters import layer_kind, weight_of
+from deepslim.tasks import call_model
+
+MAX_ROWS = 16384  # activation rows kept per block (enough for a 1,536-wide projection; bounds memory)
+
+
+class _Stop(Exception):
+    """Raised by a capture hook once it has what it needs: the rest of the forward is not run."""
+
+
+def _rows(t: torch.Tensor, batch: Any) -> torch.Tensor:
+    """(rows, features) of an activation (..., features): real tokens only when the batch says which they are."""
+    mask = batch.get("attention_mask") if isinstance(batch, dict) else None
+    if isinstance(mask, torch.Tensor) and mask.shape == t.shape[:-1]:
+        return t[mask.bool()]
+    return t.reshape(-1, t.shape[-1])
+
+
+def _capture(model: nn.Module, m: nn.Module, batches: Sequence[Any], inputs: bool,
+             model_inputs: Callable[[Any], Any]) -> torch.Tensor:  # fmt: skip
+    """Rows of ``m``'s input (``inputs=True``) or output over ``batches``, stopping each forward at ``m``."""
+    found: list[torch.Tensor] = []
+    current: list[Any] = [None]
+
+    def pre(_: nn.Module, args: tuple[Any, ...]) -> None:
+        if inputs:
+            found.append(_rows(args[0].detach(), current[0]).double().cpu())
+            raise _Stop
+
+    def post(_: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
+        found.append(_rows(out.detach(), current[0]).double().cpu())
+        raise _Stop
+
+    handles = [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    try:
+        with inference_mode(model), torch.no_grad():
+            for batch in batches:
+                current[0] = model_inputs(batch)
+                with contextlib.suppress(_Stop):
+                    call_model(model, current[0])
+    finally:
+        for h in handles:
+            h.remove()
+    return torch.cat(found)[:MAX_ROWS]
+
+
+def targets(model: nn.Module, layers: Sequence[nn.Module], batches: Sequence[Any],
+            model_inputs: Callable[[Any], Any]) -> list[torch.Tensor]:  # fmt: skip
+    """The original outputs (rows, out) of each layer in ``layers`` on ``batches`` (before pruning)."""
+    return [_capture(model, m, batches, False, model_inputs) for m in layers]
+
+
+def refit_(model: nn.Module, layer: nn.Module, target: torch.Tensor, batches: Sequence[Any],
+           model_inputs: Callable[[Any], Any], ridge: float = 1e-4) -> float:  # fmt: skip
+    """Refit ``layer``'s weight (and bias) so that the pruned model reproduces ``target``; returns the relative
+    residual ‖X'W' + b' − Y‖ / ‖Y‖ after the fit."""
+    x = _capture(model, layer, batches, True, model_inputs)  # (N, k)
+    bias = getattr(layer, "bias", None)
+    if bias is not None:
+        x = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    gram = x.T @ x
+    gram += ridge * gram.diagonal().mean() * torch.eye(len(gram), dtype=gram.dtype)
+    solution = torch.linalg.solve(gram, x.T @ target)  # (k [+1], out)
+    kind = layer_kind(layer)
+    weight = weight_of(layer)
+    k = weight.shape[kind.in_dim] if kind is not None and kind.in_dim is not None else x.shape[1]
+    with torch.no_grad():
+        w = solution[:k]
+        weight.copy_((w.T if kind is not None and kind.in_dim == 1 else w).to(weight))
+        if isinstance(bias, torch.Tensor):
+            bias.copy_(solution[k].to(bias))
+    residual = (x @ solution - target).norm() / target.norm().clamp_min(1e-12)
+    return float(residual)
