@@ -1,4 +1,4 @@
-"""What every benchmark's JSON starts with: its name, the date, and the machine it ran on."""
+"""What every benchmark's JSON starts with: its name, the date, the machine, its threads and the load average."""
 
 from __future__ import annotations
 
@@ -6,11 +6,22 @@ import json
 import os
 import platform
 from datetime import date
+from typing import Any
 
 import torch
 
 
-def result_header(name: str, threads: int = 2) -> dict:
+def pick_threads(requested: int | None = None) -> int:
+    """``requested``, or by default 2 intra-op threads — 1 when the machine's load is above its core count (two
+    threads per process collapse ~10x when the cores are shared)."""
+    if requested is not None:
+        return requested
+    cores = os.cpu_count() or 1
+    return 1 if os.getloadavg()[0] > cores else min(2, cores)
+
+
+def result_header(name: str, threads: int = 2) -> dict[str, Any]:
+    """Set torch's intra-op threads and return the JSON's first fields, the load average before the run included."""
     torch.set_num_threads(threads)
     cpu = platform.processor() or platform.machine()
     try:
@@ -19,11 +30,21 @@ def result_header(name: str, threads: int = 2) -> dict:
     except OSError:
         pass
     return {"benchmark": name, "date": date.today().isoformat(), "threads": threads,
-            "machine": f"{cpu}, {threads} threads, torch {torch.__version__}"}  # fmt: skip
+            "machine": f"{cpu}, {threads} threads, torch {torch.__version__}",
+            "load_average_before": os.getloadavg()}  # fmt: skip
 
 
-def write_result(out: dict, path: os.PathLike | None) -> None:
+def save_json(out: dict[str, Any], path: os.PathLike[str] | str | None) -> None:
+    """Write ``out`` to ``path`` (if given) as it stands, with the load average now: a long run never loses it all."""
+    if path:
+        out["load_average_now"] = os.getloadavg()
+        with open(path, "w") as f:
+            f.write(json.dumps(out, indent=2) + "\n")
+
+
+def write_result(out: dict[str, Any], path: os.PathLike[str] | str | None) -> None:
     """Close a benchmark's JSON with the load average after the run, print it, and write it to ``path`` if given."""
+    out.pop("load_average_now", None)
     out["load_average_after"] = os.getloadavg()
     text = json.dumps(out, indent=2)
     print(text)

@@ -1,35 +1,46 @@
 """Quantization accuracy on real data: deepslim vs ONNX Runtime's quantize_static, and the non-linear encodings.
 
-LeNet-5 trained on the scikit-learn digits (3 seeds). Same trained model, same 256-image calibration set:
+LeNet-5 trained on the scikit-learn digits (3 seeds; ``--data digits``, the default) or on Fashion-MNIST (real
+photographs of clothing, the Debian package's 60,000/10,000 set; ``--data fashion-mnist``: 1 seed, 4 epochs, 1 epoch
+of fine-tuning for each encoding, accuracy on the full 10,000-image test set). Same trained model, same 256-image
+calibration set:
 - deepslim int8 PTQ (per-channel s8 weights, u8 activations) with each calibration method, evaluated in PyTorch
   (fake quantization that matches the integer arithmetic);
 - ONNX Runtime ``quantize_static`` (QDQ, u8 activations, s8 per-channel weights — its fast CPU form) with its MinMax,
   Percentile and Entropy calibrators, evaluated in ONNX Runtime;
-- NNCF ``nncf.quantize`` (its default int8 PTQ, with fast bias correction), evaluated in PyTorch;
+- NNCF ``nncf.quantize`` (its default int8 PTQ, with fast bias correction), evaluated in PyTorch (digits) or, on
+  Fashion-MNIST, on the ONNX file (NNCF's ONNX backend) evaluated in ONNX Runtime: its PyTorch backend compiles a C++
+  extension on first use, which timed out on the shared machine;
 - 4-bit linear with and without QAT, k-means 5/3-bit with and without centroid fine-tuning, binary and ternary with
   and without fine-tuning (3 epochs each);
 - the four calibration methods on a model with activation outliers: the same LeNet-5 with one channel of the first
   convolution scaled ×50 and the second convolution's matching input ÷50 — the same function in fp32 (ReLU and
   max-pool are positively homogeneous), but the second layer's input now has a 50× outlier channel.
 
-    python benchmarks/quantization.py [--json OUT]
+    python benchmarks/quantization.py [--data digits|fashion-mnist] [--json OUT] [--threads N]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
 import statistics
 import tempfile
-from datetime import date
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
 import deepslim as ds
-from _peers import ort_accuracy, ort_quantize_static
+from _common import pick_threads, result_header, save_json, write_result
+from _peers import nncf_onnx, ort_accuracy, ort_quantize_static
+
+# per data set: the model's options, seeds, training epochs, fine-tuning epochs of each encoding
+SETTINGS: dict[str, dict[str, Any]] = {
+    "digits": {"options": {"input_size": 8}, "seeds": (0, 1, 2), "epochs": 30, "ft_epochs": 3, "nncf": "torch"},
+    "fashion-mnist": {"options": {}, "seeds": (0,), "epochs": 4, "ft_epochs": 1, "nncf": "onnx"},
+}
 
 
 def ort_static(model: torch.nn.Module, data: ds.DataBundle, tmp: Path, method: str) -> float:
@@ -46,6 +57,17 @@ def nncf_int8(model: torch.nn.Module, data: ds.DataBundle) -> torch.nn.Module:
                          subset_size=len(data.calib.dataset))  # fmt: skip
 
 
+def nncf_accuracy(model: torch.nn.Module, data: ds.DataBundle, tmp: Path, backend: str) -> float:
+    """NNCF's default int8 PTQ: on the PyTorch model (evaluated in PyTorch; its backend compiles a C++ extension on
+    first use) or on the exported ONNX file (its ONNX backend, evaluated in ONNX Runtime)."""
+    if backend == "torch":
+        return ds.evaluate(nncf_int8(model, data), data.test).accuracy
+    fp32, int8 = tmp / "fp32_nncf.onnx", tmp / "int8_nncf.onnx"
+    ds.export_onnx(model, fp32, example_input=data.example_input)
+    nncf_onnx(fp32, int8, [x.numpy() for x, _ in data.calib])
+    return ort_accuracy(int8, data.test)
+
+
 def with_outliers(model: torch.nn.Module, factor: float = 50.0) -> torch.nn.Module:
     """The same function with one activation channel ``factor`` times larger."""
     m = copy.deepcopy(model)
@@ -58,11 +80,12 @@ def with_outliers(model: torch.nn.Module, factor: float = 50.0) -> torch.nn.Modu
     return m
 
 
-def run_seed(seed: int, tmp: Path) -> dict:
-    data = ds.load_data("digits", seed=seed)
+def run_seed(seed: int, tmp: Path, dataset: str = "digits") -> dict[str, float]:
+    settings = SETTINGS[dataset]
+    data = ds.load_data(dataset, seed=seed)
     torch.manual_seed(seed)
-    model = ds.create_model("lenet5", input_size=8)
-    ds.fit(model, data, epochs=30, lr=2e-3, seed=seed)
+    model = ds.create_model("lenet5", **settings["options"])
+    ds.fit(model, data, epochs=settings["epochs"], lr=2e-3, seed=seed)
     acc = lambda m: ds.evaluate(m, data.test).accuracy  # noqa: E731
     res = {"fp32": acc(model)}
     for cal in ("minmax", "percentile", "mse", "entropy"):
@@ -70,19 +93,19 @@ def run_seed(seed: int, tmp: Path) -> dict:
         res[f"deepslim_int8_{cal}"] = acc(q)
     for method in ("MinMax", "Percentile", "Entropy"):
         res[f"ort_int8_{method.lower()}"] = ort_static(model, data, tmp, method)
-    res["nncf_int8"] = acc(nncf_int8(model, data))
+    res["nncf_int8"] = nncf_accuracy(model, data, tmp, settings["nncf"])
 
     outlier = with_outliers(model)
     res["outlier_model_fp32"] = acc(outlier)
     for cal in ("minmax", "percentile", "mse", "entropy"):
         config = ds.LinearQuantConfig(calibration=cal)
         res[f"outlier_model_int8_{cal}"] = acc(ds.quantize_(copy.deepcopy(outlier), config, calib_data=data.calib))
-    res["outlier_model_nncf_int8"] = acc(nncf_int8(outlier, data))
+    res["outlier_model_nncf_int8"] = nncf_accuracy(outlier, data, tmp, settings["nncf"])
 
-    def with_and_without(name: str, make) -> None:
+    def with_and_without(name: str, make: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
         m = make(copy.deepcopy(model))
         res[name] = acc(m)
-        ds.fit(m, data, epochs=3, lr=5e-4, seed=seed, restore_best=False)
+        ds.fit(m, data, epochs=settings["ft_epochs"], lr=5e-4, seed=seed, restore_best=False)
         res[f"{name}_finetuned"] = acc(m)
 
     with_and_without("linear_w4a8", lambda m: ds.quantize_(m, ds.LinearQuantConfig(bits=4), calib_data=data.calib))
@@ -97,23 +120,26 @@ def run_seed(seed: int, tmp: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json")
+    parser.add_argument("--data", choices=sorted(SETTINGS), default="digits")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default 2, or 1 on a machine under load)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    out: dict[str, Any] = {**result_header("quantization", pick_threads(args.threads)), "data": args.data,
+                           "settings": SETTINGS[args.data], "runs": []}  # fmt: skip
     import logging
 
     logging.getLogger("nncf").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
-        runs = [run_seed(s, Path(tmp)) for s in (0, 1, 2)]
-    print("| variant | test accuracy (mean of 3 seeds) | vs fp32 (pp) |")
+        for seed in SETTINGS[args.data]["seeds"]:
+            out["runs"].append(run_seed(seed, Path(tmp), args.data))
+            save_json(out, args.json)
+    runs = out["runs"]
+    write_result(out, args.json)
+    print(f"| variant | test accuracy (mean of {len(runs)} seeds) | vs fp32 (pp) |")
     print("|---|---:|---:|")
     base = statistics.mean(r["fp32"] for r in runs)
     for key in runs[0]:
         mean = statistics.mean(r[key] for r in runs)
         print(f"| {key} | {100 * mean:.2f}% | {100 * (mean - base):+.2f} |")
-    if args.json:
-        meta = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
-                "torch": torch.__version__}  # fmt: skip
-        Path(args.json).write_text(json.dumps({"meta": meta, "runs": runs}, indent=2))
 
 
 if __name__ == "__main__":
