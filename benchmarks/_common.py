@@ -42,12 +42,14 @@ def save_json(out: dict[str, Any], path: os.PathLike[str] | str | None) -> None:
             f.write(json.dumps(out, indent=2) + "\n")
 
 
-def write_result(out: dict[str, Any], path: os.PathLike[str] | str | None) -> None:
-    """Close a benchmark's JSON with the load average after the run, print it, and write it to ``path`` if given."""
+def write_result(out: dict[str, Any], path: os.PathLike[str] | str | None, *, echo: bool = True) -> None:
+    """Close a benchmark's JSON with the load average after the run, print it (unless not ``echo``: the benchmark
+    printed its own table), and write it to ``path`` if given."""
     out.pop("load_average_now", None)
     out["load_average_after"] = os.getloadavg()
     text = json.dumps(out, indent=2)
-    print(text)
+    if echo:
+        print(text)
     if path:
         with open(path, "w") as f:
             f.write(text + "\n")

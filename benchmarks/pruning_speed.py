@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import platform
 import tempfile
-from datetime import date
 from pathlib import Path
 
 import torch
 
 import deepslim as ds
+from _common import result_header, write_result
 from _peers import tp_prune
 
 THREADS = 2
@@ -122,7 +121,7 @@ def main() -> None:
     parser.add_argument("--ratios", default="0.3,0.5,0.7")
     parser.add_argument("--models", default="resnet18,mobilenet_v2")
     args = parser.parse_args()
-    torch.set_num_threads(THREADS)
+    out = result_header("pruning_speed", THREADS)
     ratios = [float(r) for r in args.ratios.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
         results = [run(name, ratios, Path(tmp)) for name in args.models.split(",")]
@@ -140,10 +139,8 @@ def main() -> None:
             cells = ", ".join(f"{k} {100 * v['time_share']:.0f}% of time / {100 * v['mac_share']:.0f}% of MACs"
                               for k, v in shares.items())  # fmt: skip
             print(f"  {label}: {cells}")
-    if args.json:
-        meta = {"date": date.today().isoformat(), "machine": platform.processor() or platform.machine(),
-                "threads": THREADS, "torch": torch.__version__}  # fmt: skip
-        Path(args.json).write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    out["results"] = results
+    write_result(out, args.json, echo=False)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import tempfile
 import time
@@ -26,7 +25,7 @@ from pathlib import Path
 import torch
 
 import deepslim as ds
-from _common import result_header
+from _common import result_header, write_result
 from _peers import nncf_onnx, ort_accuracy, ort_quantize_static
 
 MODELS = {"resnet20": {}, "mobilenet_v2": {"small_input": True, "width_mult": 0.5}}
@@ -86,8 +85,7 @@ def main() -> None:
                     for k in keys}  # fmt: skip
             result["models"][name] = {"options": MODELS[name], "runs": runs, "mean_accuracy": mean}
             print(f"{name} mean: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in mean.items()), flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.json, echo=False)
 
 
 if __name__ == "__main__":

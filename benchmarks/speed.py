@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -27,7 +26,7 @@ from pathlib import Path
 import torch
 
 import deepslim as ds
-from _common import result_header
+from _common import result_header, write_result
 from _peers import nncf_onnx, ort_quantize_static, tp_prune
 
 THREADS = 2
@@ -148,8 +147,7 @@ def main() -> None:
                 print(f"  host cost model {k}: predicted {v['predicted_ms']:.2f} ms, measured {v['measured_ms']:.2f} "
                       f"ms ({100 * v['error']:+.0f}%)")  # fmt: skip
             print(f"  spinning trap: {result['models'][name]['spinning_trap']}", flush=True)
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2) + "\n")
+    write_result(result, args.json, echo=False)
 
 
 if __name__ == "__main__":
