@@ -80,20 +80,25 @@ def with_outliers(model: torch.nn.Module, factor: float = 50.0) -> torch.nn.Modu
     return m
 
 
-def run_seed(seed: int, tmp: Path, dataset: str = "digits") -> dict[str, float]:
+def run_seed(seed: int, tmp: Path, dataset: str = "digits", res: dict[str, float] | None = None,
+             progress: Callable[[], None] = lambda: None) -> dict[str, float]:
+    """Every variant's test accuracy, filled into ``res`` (calling ``progress`` after each step: a long run never
+    loses it all)."""
+    res = {} if res is None else res
     settings = SETTINGS[dataset]
     data = ds.load_data(dataset, seed=seed)
     torch.manual_seed(seed)
     model = ds.create_model("lenet5", **settings["options"])
     ds.fit(model, data, epochs=settings["epochs"], lr=2e-3, seed=seed)
     acc = lambda m: ds.evaluate(m, data.test).accuracy  # noqa: E731
-    res = {"fp32": acc(model)}
+    res["fp32"] = acc(model)
     for cal in ("minmax", "percentile", "mse", "entropy"):
         q = ds.quantize_(copy.deepcopy(model), ds.LinearQuantConfig(calibration=cal), calib_data=data.calib)
         res[f"deepslim_int8_{cal}"] = acc(q)
     for method in ("MinMax", "Percentile", "Entropy"):
         res[f"ort_int8_{method.lower()}"] = ort_static(model, data, tmp, method)
     res["nncf_int8"] = nncf_accuracy(model, data, tmp, settings["nncf"])
+    progress()
 
     outlier = with_outliers(model)
     res["outlier_model_fp32"] = acc(outlier)
@@ -101,12 +106,14 @@ def run_seed(seed: int, tmp: Path, dataset: str = "digits") -> dict[str, float]:
         config = ds.LinearQuantConfig(calibration=cal)
         res[f"outlier_model_int8_{cal}"] = acc(ds.quantize_(copy.deepcopy(outlier), config, calib_data=data.calib))
     res["outlier_model_nncf_int8"] = nncf_accuracy(outlier, data, tmp, settings["nncf"])
+    progress()
 
     def with_and_without(name: str, make: Callable[[torch.nn.Module], torch.nn.Module]) -> None:
         m = make(copy.deepcopy(model))
         res[name] = acc(m)
         ds.fit(m, data, epochs=settings["ft_epochs"], lr=5e-4, seed=seed, restore_best=False)
         res[f"{name}_finetuned"] = acc(m)
+        progress()
 
     with_and_without("linear_w4a8", lambda m: ds.quantize_(m, ds.LinearQuantConfig(bits=4), calib_data=data.calib))
     res["linear_w4a8_qat"] = res.pop("linear_w4a8_finetuned")
@@ -130,7 +137,9 @@ def main() -> None:
     logging.getLogger("nncf").setLevel(logging.WARNING)
     with tempfile.TemporaryDirectory() as tmp:
         for seed in SETTINGS[args.data]["seeds"]:
-            out["runs"].append(run_seed(seed, Path(tmp), args.data))
+            res: dict[str, float] = {}
+            out["runs"].append(res)
+            run_seed(seed, Path(tmp), args.data, res, lambda: save_json(out, args.json))
             save_json(out, args.json)
     runs = out["runs"]
     write_result(out, args.json)
