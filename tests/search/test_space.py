@@ -84,6 +84,14 @@ def test_layer_keys_see_the_shapes_the_runtime_runs_and_the_table_sums_them():
     table.calibrate([(1.0, 3.0), (2.0, 5.0)])  # measured = 2 x raw + 1
     assert (table.scale, table.offset) == (pytest.approx(2.0), pytest.approx(1.0))
     assert table.predict(net, X, {"3": True}) == pytest.approx(2 * expected + 1)
+    # two int8 layers in a row: the uint8 activation between them is converted neither way
+    chain = layer_keys(net, X, {"0": True, "3": True})
+    q = {k: fake_ms(LayerKey("qdq", k, 0)) for k in ((1, 1, 8, 8), (1, 8, 8, 8))}
+    inner = {n: max(0.2 * fake_ms(k), fake_ms(k) - 0.5 * q[k.in_shape] - 0.5 * q[k.out_shape])
+             for n, k in chain.items() if k.int8}  # fmt: skip
+    total = inner["0"] + inner["3"] + 0.5 * q[(1, 1, 8, 8)] + 0.5 * q[(1, 8, 8, 8)] + fake_ms(chain["8"])
+    assert fake_table().raw(net, X, {"0": True, "3": True}) == pytest.approx(total)
+    assert total < fake_ms(chain["0"]) + fake_ms(chain["3"]) + fake_ms(chain["8"])
 
 
 def test_the_onnx_runtime_table_times_each_layer_once_and_caches_it_per_machine(tmp_path):
@@ -91,9 +99,9 @@ def test_the_onnx_runtime_table_times_each_layer_once_and_caches_it_per_machine(
     net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()
     table = LatencyTable(cache_dir=tmp_path)
     ms = table.raw(net, X, {"2": True})
-    assert ms > 0 and table.measured == 2
+    assert ms > 0 and table.measured == 3  # two layers, and the int8 one's conversion pair (input and output alike)
     files = list(tmp_path.glob("onnxruntime-*-t1-*.json"))
-    assert len(files) == 1 and len(json.loads(files[0].read_text())["entries"]) == 2
+    assert len(files) == 1 and len(json.loads(files[0].read_text())["entries"]) == 3
     again = LatencyTable(cache_dir=tmp_path)
     assert again.raw(net, X, {"2": True}) == ms and again.measured == 0
     with pytest.raises(ConfigError, match="choose one of onnxruntime"):

@@ -345,4 +345,4 @@ def _table_report(table: LatencyTable, checked: Sequence[Candidate]) -> dict[str
                                                       "mac_proxy_kendall_tau": None, "rows": []}  # fmt: skip
     return {**report, "machine": table.key, "runtime": table.runtime, "threads": table.threads,
             "entries": len(table.entries), "measured_entries": table.measured, "scale": table.scale,
-            "offset_ms": table.offset}  # fmt: skip
+            "offset_ms": table.offset, "calibration_points": [list(p) for p in table.points]}  # fmt: skip

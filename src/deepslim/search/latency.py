@@ -165,6 +165,7 @@ class LatencyTable:
         self.entries: dict[str, float] = self._load()
         self.measured = 0  # entries this table measured (not read from the cache)
         self.scale, self.offset = 1.0, 0.0
+        self.points: list[tuple[float, float]] = []  # (raw sum, measured) pairs the calibration was fitted to
 
     def _load(self) -> dict[str, float]:
         if self.path is None or not self.path.is_file():
@@ -193,7 +194,7 @@ class LatencyTable:
 
         An int8 layer is timed with a float->uint8->float conversion on its input and output; inside a chain of int8
         layers the activations stay uint8, so half of each side's conversion pair (``qdq`` keys) is taken off, down
-        to at least a fifth of the time measured."""
+        to at least a fifth of the time measured (:meth:`sequence_ms` adds them back where the precision changes)."""
         keys = list(keys)
         needed = {k.text: k for k in keys}
         for k in keys:
@@ -216,9 +217,24 @@ class LatencyTable:
         pairs = [self.entries[LayerKey("qdq", s, 0).text] for s in (key.in_shape, key.out_shape)]
         return max(0.2 * ms, ms - 0.5 * sum(pairs))
 
+    def sequence_ms(self, keys: Sequence[LayerKey]) -> float:
+        """The layers' entries summed in execution order, with the float<->int8 conversions where the precision
+        changes: an int8 layer after a float one (or first) pays for quantizing its input, one before a float layer
+        (or last) for dequantizing its output. (Order approximates data flow: exact for chains, close for residual
+        blocks.)"""
+        total = float(sum(self.layer_ms(keys)))
+        for i, k in enumerate(keys):
+            if not k.int8:
+                continue
+            if i == 0 or not keys[i - 1].int8:
+                total += 0.5 * self.entries[LayerKey("qdq", k.in_shape, 0).text]
+            if i == len(keys) - 1 or not keys[i + 1].int8:
+                total += 0.5 * self.entries[LayerKey("qdq", k.out_shape, 0).text]
+        return total
+
     def raw(self, model: nn.Module, example_input: Any, int8: Mapping[str, bool]) -> float:
-        """The sum of the layers' entries (before calibration)."""
-        return float(sum(self.layer_ms(layer_keys(model, example_input, int8).values())))
+        """The layers' entries in sequence (:meth:`sequence_ms`), before calibration."""
+        return self.sequence_ms(list(layer_keys(model, example_input, int8).values()))
 
     def predict(self, model: nn.Module, example_input: Any, int8: Mapping[str, bool]) -> float:
         """Predicted end-to-end latency (ms) of float ``model`` with the ``int8`` layers quantized."""
@@ -227,6 +243,7 @@ class LatencyTable:
     def calibrate(self, points: Sequence[tuple[float, float]]) -> None:
         """Fit ``scale`` and ``offset`` to (raw sum, measured) pairs: least squares with two distinct sums or more,
         else the offset alone."""
+        self.points = [(float(r), float(m)) for r, m in points]
         if not points:
             return
         raw = np.array([p[0] for p in points])

@@ -1,0 +1,134 @@
+"""Searched vs uniform compression at the same measured ONNX Runtime latency, on Fashion-MNIST (issue 14).
+
+For each model (trained here on Fashion-MNIST) the per-layer latency table is first checked against end-to-end
+measurements of random policies (error, Kendall tau beside the MAC count's), then, for each latency budget (a
+fraction of the dense model's measured latency, batch 1, 1 intra-op thread) and seed, ``deepslim.search`` runs and
+its best policy and the best uniform policy (one keep ratio everywhere, float or all-int8) are fine-tuned alike,
+measured on the test split and timed interleaved::
+
+    python benchmarks/search.py --models resnet20 --budgets 0.5 --trials 40 --json results.json
+
+The defaults are scaled to a shared 2-core machine (a Fashion-MNIST subset, a few epochs); the issue's full setting
+is ``--n-train 60000 --epochs 30 --trials 200 --seeds 0,1,2 --budgets 0.5,0.3``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import deepslim as ds  # noqa: E402
+from _common import result_header, save_json, write_result  # noqa: E402
+from deepslim.search import LatencyTable, SearchSpace, check_table, search  # noqa: E402
+from deepslim.search.evaluate import Evaluator, measure_model  # noqa: E402
+
+MODELS = {
+    "resnet20": lambda: ds.load_model("resnet20", num_classes=10, in_channels=1),
+    "mobilenet_v2": lambda: ds.load_model("mobilenet_v2", num_classes=10, in_channels=1, small_input=True,
+                                          width_mult=0.5, dropout=0.0),  # fmt: skip
+}
+
+
+def train_dense(name: str, data: Any, epochs: int, seed: int) -> torch.nn.Module:
+    torch.manual_seed(seed)
+    net = MODELS[name]()
+    ds.fit(net, data, epochs=epochs, lr=2e-3, seed=seed)
+    return net.eval()
+
+
+def final_pair(ev: Evaluator, result: Any, table: LatencyTable) -> dict[str, Any]:
+    """Best and uniform policies rebuilt as the recipe does, on the test split, timed interleaved."""
+    rows: dict[str, Any] = {}
+    nets = []
+    for label in ("best", "uniform"):
+        cand = getattr(result, label)
+        if cand is None:
+            rows[label] = None
+            continue
+        net, predicted = ev.build(cand.policy, "finetune" if ev.finetune_epochs > 0 else "none")
+        m = measure_model(net, ev.data, split="test", macs=None)
+        rows[label] = {"policy": cand.policy.to_dict(), "test_accuracy": m.accuracy, "macs": m.macs,
+                       "predicted_ms": predicted}  # fmt: skip
+        nets.append((label, net))
+    if nets:
+        times = table.measure([(n, ev.data.example_input) for _, n in nets]) or []
+        for (label, _), ms in zip(nets, times, strict=True):
+            rows[label]["measured_ms"] = ms
+    return rows
+
+
+def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: str | None) -> None:
+    data = ds.load_data("fashion-mnist", n_train=args.n_train, n_test=args.n_test, seed=0)
+    t0 = time.perf_counter()
+    dense = train_dense(name, data, args.epochs, 0)
+    entry: dict[str, Any] = {"train_s": time.perf_counter() - t0,
+                             "dense_test_accuracy": ds.evaluate(dense, data).accuracy}
+    out["models"][name] = entry
+    table = LatencyTable(threads=1, cache_dir=args.cache_dir)
+    x = data.example_input
+    space = SearchSpace.from_model(dense, x, round_to=args.round_to)
+    entry["space"] = {"groups": len(space.groups), "int8_layers": len(space.int8_layers), "policies": space.size}
+    if args.table_policies:
+        ev = Evaluator(dense, data, space, table)
+        from deepslim.search.engine import _calibrate
+
+        _calibrate(ev)
+        t0 = time.perf_counter()
+        check = check_table(dense, space, table, example_input=x, calib_data=data.calib, policies=args.table_policies)
+        entry["latency_table"] = {**check.to_dict(), "seconds": time.perf_counter() - t0}
+        save_json(out, path)
+    entry["budgets"] = {}
+    for budget in args.budgets:
+        runs = []
+        for seed in args.seeds:
+            with tempfile.TemporaryDirectory() as work:
+                result = search(dense, data, space, ("accuracy", "latency"), f"latency={budget}x", trials=args.trials,
+                                strategy=args.strategy, seed=seed, out_dir=work, latency_table=table,
+                                finetune_epochs=args.finetune_epochs, top_k=args.top_k)  # fmt: skip
+            ev = Evaluator(dense, data, space, table, finetune_epochs=args.finetune_epochs, seed=seed)
+            runs.append({"seed": seed, "limit_ms": result.limits["latency"], **final_pair(ev, result, table),
+                         "cost": result.cost, "search_latency_table": {k: v for k, v in result.latency_table.items()
+                                                                        if k != "rows"}})  # fmt: skip
+            entry["budgets"][str(budget)] = runs
+            save_json(out, path)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--models", default="resnet20")
+    p.add_argument("--budgets", default="0.5", help="comma-separated fractions of dense latency")
+    p.add_argument("--seeds", default="0")
+    p.add_argument("--trials", type=int, default=40)
+    p.add_argument("--strategy", default="tpe")
+    p.add_argument("--n-train", type=int, default=6000)
+    p.add_argument("--n-test", type=int, default=2000)
+    p.add_argument("--epochs", type=int, default=3, help="dense training epochs")
+    p.add_argument("--finetune-epochs", type=int, default=1)
+    p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--round-to", type=int, default=8)
+    p.add_argument("--table-policies", type=int, default=20, help="random policies measured end to end")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--json", default=None)
+    args = p.parse_args()
+    args.budgets = [float(b) for b in args.budgets.split(",")]
+    args.seeds = [int(s) for s in args.seeds.split(",")]
+    out = result_header("search", threads=1)
+    out["settings"] = {k: v for k, v in vars(args).items() if k != "json"}
+    out["models"] = {}
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    for name in args.models.split(","):
+        run_model(name, args, out, args.json)
+    write_result(out, args.json)
+
+
+if __name__ == "__main__":
+    main()
