@@ -128,11 +128,11 @@ def test_energy_rank_and_mac_budget():
     assert result.layers[0].macs_after <= 0.3 * 100 * 100 < result.layers[0].macs_after + 200
 
 
-@pytest.mark.parametrize("name", ["resnet18", "vit_tiny"])
+@pytest.mark.parametrize("name", ["resnet20", "vit_tiny"])  # resnet18's Tucker took minutes on a loaded machine
 def test_reported_savings_equal_the_profilers(name):
     model, x = ds.create_model(name), ds.example_input(name)
     before = ds.profile(model, x)
-    config = ds.TuckerConfig(mac_ratio=0.5) if name == "resnet18" else ds.SVDConfig(rank_ratio=0.25)
+    config = ds.TuckerConfig(mac_ratio=0.5) if name == "resnet20" else ds.SVDConfig(rank_ratio=0.25)
     result = ds.factorize_(model, config, example_input=x)
     after = ds.profile(model, x)
     assert result.macs_saved == before.macs - after.macs > 0

@@ -52,13 +52,32 @@ def test_distillation_beats_training_alone(digits_and_teacher):
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters(), strict=True))  # teacher untouched
 
 
-def test_feature_hints_train_a_regressor(digits_and_teacher):
-    data, teacher = digits_and_teacher
+def _distill_with_hint(teacher, data, weight, *, lr):
+    torch.manual_seed(0)  # the same student and the same regressor initialisation for every weight
     student = Student()
-    result = ds.distill(student, teacher, data, ds.KDConfig(hints={"body": "classifier.2"}), epochs=2, lr=1e-2)
-    assert len(result.history) == 2 and ds.evaluate(student, data).accuracy > 0.5
+    config = ds.KDConfig() if weight is None else ds.KDConfig(hints={"body": "classifier.2"}, hint_weight=weight)
+    return student, ds.distill(student, teacher, data, config, epochs=1, lr=lr, cosine=False)
+
+
+def test_feature_hints_add_the_weighted_regression_error_and_change_the_student(digits_and_teacher):
+    data, teacher = digits_and_teacher
+    # frozen (an lr far below the weights' float spacing): the training loss is the KD loss plus hint_weight x
+    # the regressor's MSE, exactly linear in the weight
+    loss = {w: _distill_with_hint(teacher, data, w, lr=1e-12)[1].history[0]["train_loss"] for w in (None, 1.0, 2.5)}
+    hint = loss[1.0] - loss[None]
+    assert hint > 0.01 and loss[2.5] - loss[None] == pytest.approx(2.5 * hint, rel=1e-3)
+    # training: a hint weighted 0 changes nothing; weighted 1, it changes what the student learns
+    plain, _ = _distill_with_hint(teacher, data, None, lr=1e-2)
+    zero, _ = _distill_with_hint(teacher, data, 0.0, lr=1e-2)
+    hinted, result = _distill_with_hint(teacher, data, 1.0, lr=1e-2)
+    plain, zero, hinted = plain.state_dict(), zero.state_dict(), hinted.state_dict()
+    assert all(torch.allclose(plain[k], zero[k], rtol=1e-4, atol=1e-6) for k in plain)
+    assert not all(torch.allclose(plain[k], hinted[k], rtol=1e-2, atol=1e-3) for k in plain)
+    assert len(result.history) == 1 and result.best_val_accuracy > 0.5
     with pytest.raises(ds.ConfigError, match="not a layer of the teacher"):
         ds.distill(Student(), teacher, data, ds.KDConfig(hints={"body": "nope"}), epochs=1)
+    with pytest.raises(ds.ConfigError, match="not a layer of the student"):
+        ds.distill(Student(), teacher, data, ds.KDConfig(hints={"nope": "classifier.2"}), epochs=1)
 
 
 def test_kd_loss_and_config_checks():
