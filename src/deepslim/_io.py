@@ -15,7 +15,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-from deepslim.errors import DeepSlimError
+from deepslim.errors import ConfigError, DeepSlimError
 
 
 def _usual_mode(path: Path, full: int) -> None:
@@ -25,19 +25,50 @@ def _usual_mode(path: Path, full: int) -> None:
     os.chmod(path, full & ~umask)
 
 
+def check_writable(path: str | os.PathLike[str], *, directory: bool = False) -> Path:
+    """``path`` as a Path, or a ``ConfigError`` that says why it cannot be written (a directory where a file
+    belongs, a file where a directory belongs, a folder this process may not write), before any work is done."""
+    dest = Path(path)
+    if not directory and dest.is_dir():
+        raise ConfigError(f"{dest} is a directory: name a file to write")
+    if directory and dest.exists() and not dest.is_dir():
+        raise ConfigError(f"{dest} is a file; a directory is written there: choose another path")
+    parent = next((p for p in dest.absolute().parents if p.exists()), None)
+    if parent is not None and not parent.is_dir():
+        raise ConfigError(f"cannot write {dest}: {parent} is a file, not a directory; choose another path")
+    if parent is not None and not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"cannot write {dest}: permission denied in {parent}; choose a writable location")
+    return dest
+
+
+def output_error(dest: Path, exc: OSError) -> ConfigError:
+    """The one-line error for an output that the file system refused (read-only, full, a file in the way)."""
+    why = exc.strerror or type(exc).__name__
+    return ConfigError(f"cannot write {dest}: {why.lower()}; choose another location")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds."""
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    # the temporary name keeps the destination's suffix: some writers (torch.export) check it
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", suffix=dest.suffix, dir=dest.parent)
+    """Yield a temporary path beside ``path``; rename it over ``path`` only if the block succeeds.
+
+    A destination the file system refuses (a directory, a read-only folder, a file where a folder belongs) is a
+    ``ConfigError``, before the block runs where it can be told."""
+    dest = check_writable(path)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        # the temporary name keeps the destination's suffix: some writers (torch.export) check it
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.tmp-", suffix=dest.suffix, dir=dest.parent)
+    except OSError as exc:
+        raise output_error(dest, exc) from exc
     os.close(fd)
     tmp_path = Path(tmp)
     try:
         yield tmp_path
         _usual_mode(tmp_path, 0o666)
-        os.replace(tmp_path, dest)
+        try:
+            os.replace(tmp_path, dest)
+        except OSError as exc:
+            raise output_error(dest, exc) from exc
     finally:
         tmp_path.unlink(missing_ok=True)
 
@@ -52,9 +83,12 @@ def atomic_dir(path: str | os.PathLike[str], *, keep_partial: bool = False) -> I
     and ``path`` holds nothing (absent or an empty directory): then the partial work is moved there, so the
     completed part of a long job is not lost. Callers decide beforehand whether ``path`` may be replaced at all.
     """
-    dest = Path(path)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    holder = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    dest = check_writable(path, directory=True)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        holder = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    except OSError as exc:
+        raise output_error(dest, exc) from exc
     work = holder / dest.name  # the work directory already has its final name (reports show it)
     keep = False
     try:

@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 
 from deepslim._memory import total_memory_bytes
+from deepslim._threads import torch_threads
 from deepslim.analysis.devices import DeviceProfile
 
 log = logging.getLogger(__name__)
@@ -146,9 +147,15 @@ def _cpu_name() -> str:
 
 
 @functools.cache
-def host_device() -> DeviceProfile:
-    """This machine as a device profile, from measurements taken now."""
-    threads = torch.get_num_threads()
+def host_device(threads: int | None = None) -> DeviceProfile:
+    """This machine as a device profile, from measurements taken now with ``threads`` intra-op threads (default:
+    :mod:`deepslim._threads`' policy -- 1 on an oversubscribed machine, else torch's count); torch's thread count
+    is restored afterwards."""
+    with torch_threads(threads) as threads_used:
+        return _measure_host(threads_used)
+
+
+def _measure_host(threads: int) -> DeviceProfile:
     fp32 = measure_gemm_rate(torch.float32)
     int8 = measure_gemm_rate(torch.int8)
     bandwidth = measure_bandwidth()

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any, NoReturn
 
 from deepslim.cli import catalog, compress, demo, export, finetune, profile, prune, quantize, report, search
-from deepslim.cli._common import err, out, parse_options, parse_shape, run_command
+from deepslim.cli._common import add_threads_arg, err, out, parse_options, parse_shape, run_command
 
 # the order of `deepslim --help`
 COMMANDS = (profile, prune, quantize, search, finetune, catalog, export, compress, demo, report)
@@ -61,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action=_VersionAction, help="print the versions of deepslim and torch")
     parser.add_argument("--debug", action="store_true", help="show tracebacks and debug logs")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only results")
+    add_threads_arg(parser, dest="global_threads")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for command in COMMANDS:
         command.register(sub)

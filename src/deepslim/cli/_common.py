@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import os
 import signal
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -34,6 +36,8 @@ MASK_ONLY_WARNING = ("mask-only sparsity: dense runtimes (PyTorch, ONNX Runtime 
 
 def parse_shape(text: str) -> tuple[int, ...]:
     """``1,3,224,224`` (or ``1x3x224x224``) as a tuple of positive integers."""
+    if not text.strip():
+        raise ConfigError("--input-shape is empty: give comma-separated integers (e.g. 1,3,224,224)")
     try:
         shape = tuple(int(part) for part in text.replace("x", ",").split(","))
     except ValueError:
@@ -41,6 +45,55 @@ def parse_shape(text: str) -> tuple[int, ...]:
     if not shape or min(shape) < 1:
         raise ConfigError(f"--input-shape dimensions must be positive, got {text!r}")
     return shape
+
+
+def _number(text: str, kind: type, what: str) -> Any:
+    try:
+        return kind(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+
+
+def positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (``--round-to``, ``--epochs`` that must train)."""
+    value = _number(text, int, "a whole number >= 1")
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}")
+    return int(value)
+
+
+def nonneg_int(text: str) -> int:
+    """An argparse type: a whole number >= 0 (``--seed``, ``--epochs``)."""
+    value = _number(text, int, "a whole number >= 0")
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 0, got {text!r}")
+    return int(value)
+
+
+def positive_float(text: str) -> float:
+    """An argparse type: a finite number > 0 (``--seconds``, ``--lr``)."""
+    value = _number(text, float, "a number > 0")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}")
+    return float(value)
+
+
+def threads_arg(text: str) -> int:
+    """An argparse type: an intra-op thread count, 1 to :data:`deepslim._threads.MAX_THREADS`."""
+    from deepslim._threads import MAX_THREADS
+
+    value = _number(text, int, f"a whole number of threads from 1 to {MAX_THREADS}")
+    if not 1 <= value <= MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"expected a whole number of threads from 1 to {MAX_THREADS}, got {text!r} "
+                                         "(leave --threads out for the default)")  # fmt: skip
+    return int(value)
+
+
+def add_threads_arg(p: argparse.ArgumentParser, dest: str = "threads") -> None:
+    """``--threads N``: intra-op threads for training, calibration and timing."""
+    p.add_argument("--threads", dest=dest, type=threads_arg, metavar="N",
+                   help="intra-op threads for training, calibration and timing (default: torch's, or 1 when the "
+                        "machine's load average is above its core count)")  # fmt: skip
 
 
 def parse_options(pairs: Sequence[str]) -> dict[str, Any]:
@@ -91,7 +144,8 @@ def prepare(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, Any]:
 
     data = load_data(args.data) if args.data else None
     model = load(args, data)
-    if args.input_shape:
+    x: torch.Tensor | None
+    if args.input_shape is not None:
         x = torch.randn(*parse_shape(args.input_shape))
     elif data is not None:
         x = data.example_input
@@ -105,8 +159,13 @@ def prepare(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, Any]:
 
 def check_output(args: argparse.Namespace, suffixes: tuple[str, ...]) -> None:
     """Refuse an ``-o`` path of a kind the command does not write, before any work is done."""
+    from deepslim._io import check_writable
+
     path = getattr(args, "output", None)
-    if path is None or Path(path).suffix in suffixes:
+    if path is None:
+        return
+    if Path(path).suffix in suffixes:
+        check_writable(path)
         return
     hint = "; deepslim export writes ONNX" if Path(path).suffix == ".onnx" else ""
     raise ConfigError(f"deepslim {args.command} -o writes {', '.join(suffixes)} files, got {path!r}: name the "
@@ -275,11 +334,18 @@ def stop_signals_raise() -> Iterator[None]:
             signal.signal(sig, handler)
 
 
+# what the file system refuses (permissions, a read-only or full disk): the user's to fix, never a bug of ours
+_REFUSALS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 def run_command(func: Command, args: argparse.Namespace) -> int:
     """Run a command and map what it raised to an exit status: 0 success, 2 bad input (one line on stderr; a
     traceback only with --debug), 1 internal failure, 128+N a stop signal, 130 Ctrl-C."""
+    from deepslim._threads import torch_threads
+
     try:
-        with stop_signals_raise():
+        # `deepslim --threads N COMMAND` sets the whole command's torch threads (the policy's default without it)
+        with stop_signals_raise(), torch_threads(getattr(args, "global_threads", None)):
             return func(args)
     except Terminated as exc:
         err.print("deepslim: terminated; temporary files removed, earlier outputs left as they were")
@@ -293,13 +359,16 @@ def run_command(func: Command, args: argparse.Namespace) -> int:
         err.print("deepslim: interrupted; temporary files removed, earlier outputs left as they were")
         return 130
     except BrokenPipeError:  # the reader (e.g. `| head`) closed the pipe: not an error of ours
-        import os
-
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
-    except Exception as exc:  # a bug in deepslim, not bad input
+    except Exception as exc:  # a bug in deepslim, not bad input -- unless the file system refused
         if args.debug:
             raise
+        if isinstance(exc, OSError) and exc.errno in _REFUSALS:
+            where = f" {exc.filename}" if exc.filename else ""
+            err.print(f"deepslim: error: cannot access{where}: {(exc.strerror or str(exc)).lower()}; free space "
+                      "or choose a location this user may write", markup=False)  # fmt: skip
+            return 2
         err.print(f"deepslim: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
                   markup=False)  # fmt: skip
         return 1

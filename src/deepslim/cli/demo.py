@@ -7,13 +7,13 @@ import json
 
 from rich.table import Table
 
-from deepslim.cli._common import Progress, fmt_bytes, out, stage_table
+from deepslim.cli._common import Progress, fmt_bytes, nonneg_int, out, stage_table
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="Deep Compression of LeNet-5 on digits, end to end, measured")
-    p.add_argument("--epochs", type=int, help="initial training epochs (default: the recipe's 30)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--epochs", type=nonneg_int, help="initial training epochs (default: the recipe's 30)")
+    p.add_argument("--seed", type=nonneg_int, default=0)
     p.add_argument("--device", default="cortex-m7")
     p.add_argument("--out", default="deepslim-demo", help="run directory the demo writes (default: %(default)s)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out")

@@ -10,7 +10,16 @@ from typing import Any
 
 from rich.table import Table
 
-from deepslim.cli._common import add_model_args, busy, check_output, out, parse_shape, prepare
+from deepslim.cli._common import (
+    add_model_args,
+    busy,
+    check_output,
+    out,
+    parse_shape,
+    positive_float,
+    prepare,
+    threads_arg,
+)
 from deepslim.errors import ConfigError
 from deepslim.export.bench import FILE_RUNTIMES, RUNTIMES
 
@@ -35,11 +44,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="where MODEL runs (openvino: deepslim[openvino]; openvino-bf16: bf16 on CPUs that have it)")
     p.add_argument("--runtime-b", choices=list(FILE_RUNTIMES),
                    help="where OTHER runs with --compare (default: --runtime); OTHER may be MODEL itself")  # fmt: skip
-    p.add_argument("--threads", type=int, help="intra-op threads (default: all cores)")
+    p.add_argument("--threads", type=threads_arg, metavar="N", help="intra-op threads of the runtime (default: "
+                   "all cores, or 1 when the machine's load average is above its core count)")  # fmt: skip
     p.add_argument("--input-shape", help="input shape (default: the zoo model's, or the ONNX file's)")
     p.add_argument("--data", help="dataset spec (input shape, and calibration for quantized models)")
     p.add_argument("--device", default="host", help="device for the predicted latency (default: host)")
-    p.add_argument("--seconds", type=float, default=2.0, help="minimum measuring time per model")
+    p.add_argument("--seconds", type=positive_float, default=2.0, help="minimum measuring time per model")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_bench)
 
@@ -49,8 +59,9 @@ def _load_any(spec: str, args: argparse.Namespace, *, compared: bool = False) ->
     --weights and --arch (which describe MODEL) do not apply."""
     if spec.endswith(".onnx"):
         if not Path(spec).is_file():
-            raise ConfigError(f"model file {spec!r} does not exist")
-        shape = parse_shape(args.input_shape) if args.input_shape else None
+            raise ConfigError(f"model file {spec!r} is a directory, not an ONNX file" if Path(spec).is_dir() else
+                              f"model file {spec!r} does not exist")  # fmt: skip
+        shape = parse_shape(args.input_shape) if args.input_shape is not None else None
         import torch
 
         from deepslim.data import load_data
@@ -106,7 +117,8 @@ def _predicted(model: Any, x: Any, device: str, shape: Any) -> float | None:
 def cmd_bench(args: argparse.Namespace) -> int:
     import deepslim as ds
 
-    shape = parse_shape(args.input_shape) if args.input_shape else None
+    shape = parse_shape(args.input_shape) if args.input_shape is not None else None
+    threads = args.threads or getattr(args, "global_threads", None)
     a, xa, data = _load_any(args.model, args)
     calib = data.calib if data is not None else None
     ds.get_device(args.device)
@@ -120,14 +132,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         b, xb, _ = _load_any(args.compare, args, compared=True)
         x = xa if xa is not None else xb
         with busy(args, "measuring both models, interleaved"):
-            result = ds.compare(a, b, example_input=x, input_shape=shape, threads=args.threads, calib_data=calib,
+            result = ds.compare(a, b, example_input=x, input_shape=shape, threads=threads, calib_data=calib,
                                 runtime=args.runtime, runtime_b=args.runtime_b)  # fmt: skip
         for name, model, r in ((args.model, a, result.a), (args.compare, b, result.b)):
             label = f"{name} ({r.runtime})" if result.a.runtime != result.b.runtime else name
             rows.append((label, r, _predicted(model, x, args.device, shape)))
     else:
         with busy(args, f"measuring in {args.runtime}"):
-            r = ds.benchmark(a, runtime=args.runtime, example_input=xa, input_shape=shape, threads=args.threads,
+            r = ds.benchmark(a, runtime=args.runtime, example_input=xa, input_shape=shape, threads=threads,
                              min_seconds=args.seconds, calib_data=calib)  # fmt: skip
         rows.append((args.model, r, _predicted(a, xa, args.device, shape)))
     if args.json:

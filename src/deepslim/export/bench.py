@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from deepslim._modes import inference_mode
-from deepslim.errors import ConfigError, ExportError, InputShapeError
+from deepslim._threads import check_threads, resolve_threads, torch_threads
+from deepslim.errors import ConfigError, ExportError, InputShapeError, ModelLoadError
 
 FILE_RUNTIMES = ("onnxruntime", "openvino", "openvino-bf16")  # run a file in a worker process (see _worker.py)
 RUNTIMES = (*FILE_RUNTIMES, "torch")
@@ -141,8 +142,17 @@ def _input_spec(path: Path) -> tuple[tuple[int, ...], bool]:
         dims = tuple(d.get_length() if d.is_static else -1 for d in inp.get_partial_shape())
         return dims, inp.get_element_type().get_type_name() == "i64"
     import onnx
+    from google.protobuf.message import DecodeError
 
-    inp = onnx.load(str(path), load_external_data=False).graph.input[0]
+    try:
+        graph = onnx.load(str(path), load_external_data=False).graph
+    except (DecodeError, OSError, ValueError) as exc:
+        raise ModelLoadError(f"{path} is not a readable ONNX model ({type(exc).__name__}: {exc}); export it again "
+                             "(deepslim export MODEL -o FILE.onnx)") from exc  # fmt: skip
+    if not graph.input or not graph.node:
+        raise ModelLoadError(f"{path} holds no ONNX graph (empty or not an ONNX file); export it again "
+                             "(deepslim export MODEL -o FILE.onnx)")  # fmt: skip
+    inp = graph.input[0]
     dims = tuple(d.dim_value if d.HasField("dim_value") else -1 for d in inp.type.tensor_type.shape.dim)
     return dims, inp.type.tensor_type.elem_type == onnx.TensorProto.INT64
 
@@ -172,7 +182,8 @@ def _as_onnx(model: nn.Module | str | os.PathLike[str], x: torch.Tensor | None, 
         if not runtime.startswith("openvino") and path.suffix != ".onnx":
             raise ConfigError(f"{path}: a file is benchmarked in ONNX Runtime and must be .onnx")
         if not path.is_file():
-            raise ExportError(f"{path} does not exist")
+            raise ModelLoadError(f"{path} is a directory, not a model file" if path.is_dir() else
+                                 f"{path} does not exist")  # fmt: skip
         return path
     if x is None:
         raise ConfigError("benchmarking a module needs example_input or input_shape")
@@ -194,6 +205,9 @@ def benchmark(model: nn.Module | str | os.PathLike[str], *, runtime: str = "onnx
     given, widens the export's parity check; the quantization points were calibrated by ``quantize_``).
     """
     check_runtime(runtime)
+    threads = resolve_threads(threads)
+    if not 0 < min_seconds < float("inf"):
+        raise ConfigError(f"min_seconds must be a positive number of seconds, got {min_seconds!r}")
     if example_input is None and input_shape is not None and not isinstance(model, (str, os.PathLike)):
         example_input = torch.randn(*input_shape)
     if runtime == "torch":
@@ -246,6 +260,7 @@ def compare(a: nn.Module | str | os.PathLike[str], b: nn.Module | str | os.PathL
     ``block`` runs alternate A B B A … for ``rounds`` rounds.
     """
     runtime_b = runtime_b or runtime
+    check_threads(threads)
     for rt in (runtime, runtime_b):
         check_runtime(rt, files_only=True)
     if example_input is None and input_shape is not None:
@@ -271,6 +286,7 @@ def interleave(files: dict[str, str | os.PathLike[str] | tuple[str | os.PathLike
     """
     if rounds < 1 or block < 1:
         raise ConfigError("interleaved measurement needs rounds >= 1 and block >= 1")
+    threads = resolve_threads(threads)
     plan = {label: v if isinstance(v, tuple) else (v, runtime) for label, v in files.items()}
     for _, rt in plan.values():
         check_runtime(rt, files_only=True)
@@ -295,12 +311,6 @@ def interleave(files: dict[str, str | os.PathLike[str] | tuple[str | os.PathLike
 
 
 def _bench_torch(model: nn.Module, x: torch.Tensor, threads: int | None, min_seconds: float) -> BenchResult:
-    old = torch.get_num_threads()
-    if threads is not None:
-        torch.set_num_threads(threads)
-    try:
-        with inference_mode(model), torch.inference_mode():
-            times = time_calls(lambda: model(x), min_seconds=min_seconds)
-    finally:
-        torch.set_num_threads(old)
-    return summarize("torch", times, threads)
+    with torch_threads(threads) as used, inference_mode(model), torch.inference_mode():
+        times = time_calls(lambda: model(x), min_seconds=min_seconds)
+    return summarize("torch", times, used)

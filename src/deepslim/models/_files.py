@@ -107,9 +107,16 @@ def write_checkpoint(model: nn.Module, dest: Path, example_input: Any = None) ->
         torch.save(payload, tmp)
 
 
+def not_a_file(path: Path, what: str) -> ModelLoadError:
+    """The error for a model or weights path that is not a readable file: missing, or a directory."""
+    if path.is_dir():
+        return ModelLoadError(f"{what} {str(path)!r} is a directory, not a file: name the file in it")
+    return ModelLoadError(f"{what} {str(path)!r} does not exist")
+
+
 def _unpickle(path: Path) -> Any:
     if not path.is_file():
-        raise ModelLoadError(f"weights file {str(path)!r} does not exist")
+        raise not_a_file(path, "weights file")
     # weights_only=True refuses foreign globals, but a legacy pickle's declared storage sizes are allocated before
     # anything is checked: the file is scanned first (zip bombs, storages larger than the file, foreign globals)
     verify_checkpoint(path)

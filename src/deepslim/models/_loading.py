@@ -29,6 +29,7 @@ from deepslim.models._files import (
     CHECKPOINT_FORMAT,
     CHECKPOINT_VERSION,
     Checkpoint,
+    not_a_file,
     program_records,
     read_checkpoint,
     restore_,
@@ -73,6 +74,9 @@ def load_model(spec: str | os.PathLike[str] | nn.Module, *, weights: str | os.Pa
         model = _from_archive(Path(text), arch, options)
     elif Path(text).is_file():
         model = _from_checkpoint(Path(text), arch, options)
+    elif Path(text).is_dir():
+        raise ModelLoadError(f"{text!r} is a directory, not a model: name a zoo model, a model file in it, or a "
+                             "Hugging Face directory as hf:PATH")  # fmt: skip
     elif os.sep in text or Path(text).suffix in (".pt", ".pth", ".ckpt", ".bin", ".py"):
         raise ModelLoadError(f"model file {text!r} does not exist")
     else:
@@ -224,7 +228,7 @@ def _from_factory(spec: str, options: dict[str, Any]) -> nn.Module:
     given, _, name = spec.rpartition(":")
     path = Path(given)
     if not path.is_file():
-        raise ModelLoadError(f"model file {given!r} does not exist")
+        raise not_a_file(path, "model file")
     mod_name = f"_deepslim_user_{abs(hash(path.resolve()))}"
     module_spec = importlib.util.spec_from_file_location(mod_name, path)
     if module_spec is None or module_spec.loader is None:
@@ -243,7 +247,13 @@ def _from_factory(spec: str, options: dict[str, Any]) -> nn.Module:
         inspect.signature(factory).bind(**options)
     except TypeError as exc:
         raise ConfigError(f"{path}:{name} does not take these options: {exc}") from exc
-    model = factory(**options)
+    try:
+        model = factory(**options)
+    except Exception as exc:  # the user's code failed: theirs to fix, said in one line with the call
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise ModelLoadError(f"{path}:{name}({_call_args(options)}) raised {type(exc).__name__}"
+                             f"{': ' + detail if detail else ''}; fix the factory or the options "
+                             "(-O KEY=VALUE)") from exc  # fmt: skip
     if not isinstance(model, nn.Module):
         raise ModelLoadError(f"{path}:{name} returned {type(model).__name__}, not a torch.nn.Module")
     model.__dict__.pop(ARCH_ATTR, None)  # the factory, not a zoo entry it may have started from, is the architecture
@@ -254,13 +264,17 @@ def _from_factory(spec: str, options: dict[str, Any]) -> nn.Module:
     return model
 
 
+def _call_args(options: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v!r}" for k, v in options.items())
+
+
 def _from_archive(path: Path, arch: str | None, options: dict[str, Any]) -> nn.Module:
     from deepslim.compress.coding import decode
 
     if options and arch is None:
         raise ConfigError(f"a .dsz archive takes no model options (got {', '.join(options)}) unless arch= is given")
     if not path.is_file():
-        raise ModelLoadError(f"model file {str(path)!r} does not exist")
+        raise not_a_file(path, "model file")
     return decode(path.read_bytes(), arch=arch, options=options, source=str(path))
 
 
@@ -271,7 +285,7 @@ def _from_exported(path: Path, options: dict[str, Any]) -> nn.Module:
     if options:
         raise ConfigError(f"a .pt2 program takes no model options (got {', '.join(options)})")
     if not path.is_file():
-        raise ModelLoadError(f"model file {str(path)!r} does not exist")
+        raise not_a_file(path, "model file")
     extra = {PROGRAM_RECORDS: ""}
     verify_pt2(path)  # torch.export.load unpickles and execs parts of the file: refuse those that would run code
     try:

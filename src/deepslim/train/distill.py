@@ -113,14 +113,14 @@ def distill(student: nn.Module, teacher: nn.Module, data: DataBundle, config: KD
             momentum: float = 0.9, seed: int = 0, cosine: bool = True, restore_best: bool = True,
             hooks: Sequence[StepHook] = (), checkpoint: str | os.PathLike[str] | None = None,
             on_epoch: Callable[[dict[str, float]], None] | None = None,
-            task: Task | str | None = None) -> FitResult:  # fmt: skip
+            task: Task | str | None = None, threads: int | None = None) -> FitResult:  # fmt: skip
     """Train ``student`` on ``data`` to follow ``teacher``'s outputs (and hints); the teacher is not changed.
 
     The comparison is the task's (:mod:`deepslim.tasks`): temperature-scaled KL divergence for tasks with classes,
     1 − cosine similarity for embeddings, MSE for regression, blended with the task's own loss on the labels by
     ``alpha``. Batches without targets (embeddings of unlabelled text, say) train on the teacher alone and validate
     by fidelity to it. Takes the same training options as :func:`~deepslim.train.fit`; pruning masks and shared
-    codebooks are respected in the same way (they are part of the student).
+    codebooks are respected in the same way (they are part of the student). ``threads`` as in ``fit``.
     """
     config = config or KDConfig()
     task = get_task(task, data.task)
@@ -165,7 +165,8 @@ def distill(student: nn.Module, teacher: nn.Module, data: DataBundle, config: KD
         return train_loop(student, data, loss, epochs=epochs, lr=lr, optimizer=optimizer,
                           weight_decay=weight_decay, momentum=momentum, seed=seed, cosine=cosine,
                           restore_best=restore_best, hooks=hooks, on_epoch=on_epoch, checkpoint=checkpoint,
-                          extra_params=list(regressors.parameters()), task=task, validate=validate)  # fmt: skip
+                          extra_params=list(regressors.parameters()), task=task, validate=validate,
+                          threads=threads)  # fmt: skip
     finally:
         s_cap.close()
         t_cap.close()

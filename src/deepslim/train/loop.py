@@ -21,6 +21,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from deepslim._modes import inference_mode
+from deepslim._threads import check_threads, torch_threads
 from deepslim.data import DataBundle
 from deepslim.errors import ConfigError
 from deepslim.tasks import Inputs, Task, get_task
@@ -74,17 +75,18 @@ def _task_of(data: DataBundle | DataLoader, task: Task | str | None) -> Task:
 
 
 def evaluate(model: nn.Module, data: DataBundle | DataLoader, *, split: str = "test",
-             task: Task | str | None = None) -> EvalResult:  # fmt: skip
+             task: Task | str | None = None, threads: int | None = None) -> EvalResult:  # fmt: skip
     """Loss and metrics of ``model`` on a loader (or a bundle's ``split``) for ``task`` (default: the bundle's).
 
     A model that carries its training preprocessing gets each batch converted to it when the data was
-    preprocessed differently or not at all (see :mod:`deepslim.train._inputs`).
+    preprocessed differently or not at all (see :mod:`deepslim.train._inputs`). ``threads``: torch intra-op
+    threads while it runs (default: :mod:`deepslim._threads`' policy), restored afterwards.
     """
     loader = getattr(data, split) if isinstance(data, DataBundle) else data
     task = _task_of(data, task)
     adapt = input_adapter(model, data_preprocessing(data if isinstance(data, DataBundle) else loader))
     meter = task.meter()
-    with inference_mode(model), torch.no_grad():
+    with torch_threads(threads), inference_mode(model), torch.no_grad():
         for batch in loader:
             inputs, target = task.split(batch)
             meter.update(task.forward(model, adapt(inputs)), target)
@@ -95,7 +97,7 @@ def evaluate(model: nn.Module, data: DataBundle | DataLoader, *, split: str = "t
 
 
 def fidelity(model: nn.Module, reference: nn.Module, data: DataBundle | DataLoader, *, split: str = "test",
-             task: Task | str | None = None) -> dict[str, float]:  # fmt: skip
+             task: Task | str | None = None, threads: int | None = None) -> dict[str, float]:  # fmt: skip
     """How closely ``model`` follows ``reference`` on the same inputs: top-1 agreement and KL for tasks with classes,
     cosine similarity for embeddings, R² against the reference's outputs for regression."""
     loader = getattr(data, split) if isinstance(data, DataBundle) else data
@@ -103,7 +105,7 @@ def fidelity(model: nn.Module, reference: nn.Module, data: DataBundle | DataLoad
     pre = data_preprocessing(data if isinstance(data, DataBundle) else loader)
     adapt, adapt_ref = input_adapter(model, pre), input_adapter(reference, pre)
     meter = task.fidelity_meter()
-    with inference_mode(model), inference_mode(reference), torch.no_grad():
+    with torch_threads(threads), inference_mode(model), inference_mode(reference), torch.no_grad():
         for batch in loader:
             inputs, _ = task.split(batch)
             meter.update(task.forward(model, adapt(inputs)), task.forward(reference, adapt_ref(inputs)))
@@ -114,7 +116,7 @@ def fit(model: nn.Module, data: DataBundle, *, epochs: int, lr: float = 1e-3, op
         weight_decay: float = 0.0, momentum: float = 0.9, seed: int = 0, cosine: bool = True,
         restore_best: bool = True, hooks: Sequence[StepHook] = (), checkpoint: str | os.PathLike[str] | None = None,
         on_epoch: Callable[[dict[str, float]], None] | None = None,
-        task: Task | str | None = None) -> FitResult:  # fmt: skip
+        task: Task | str | None = None, threads: int | None = None) -> FitResult:  # fmt: skip
     """Train ``model`` on ``data.train`` for ``epochs`` with ``task``'s loss, validating on ``data.val`` after each.
 
     ``restore_best`` keeps the weights of the epoch with the best validation metric (accuracy for classification)
@@ -122,7 +124,8 @@ def fit(model: nn.Module, data: DataBundle, *, epochs: int, lr: float = 1e-3, op
     last epoch is the model they built. ``hooks`` run after every optimizer step. ``on_epoch`` receives each
     epoch's metrics (for progress). ``checkpoint`` (a .pt path) is rewritten, atomically, with the model after every
     epoch that improves the validation metric — with hooks, after every epoch — so an interrupted run keeps its best
-    model.
+    model. ``threads``: torch intra-op threads while it trains (default: :mod:`deepslim._threads`' policy: 1 on
+    an oversubscribed machine), restored afterwards.
     """
     task = _task_of(data, task)
 
@@ -132,7 +135,7 @@ def fit(model: nn.Module, data: DataBundle, *, epochs: int, lr: float = 1e-3, op
 
     return train_loop(model, data, loss, epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay,
                       momentum=momentum, seed=seed, cosine=cosine, restore_best=restore_best, hooks=hooks,
-                      checkpoint=checkpoint, on_epoch=on_epoch, task=task)  # fmt: skip
+                      checkpoint=checkpoint, on_epoch=on_epoch, task=task, threads=threads)  # fmt: skip
 
 
 LossFn = Callable[[Inputs, "torch.Tensor | None"], tuple[torch.Tensor, torch.Tensor]]
@@ -142,13 +145,28 @@ def train_loop(model: nn.Module, data: DataBundle, loss_fn: LossFn, *, epochs: i
                optimizer: str | Optimizer, weight_decay: float, momentum: float, seed: int, cosine: bool,
                restore_best: bool, hooks: Sequence[StepHook], on_epoch: Callable[[dict[str, float]], None] | None,
                extra_params: Sequence[nn.Parameter] = (), checkpoint: str | os.PathLike[str] | None = None,
-               task: Task | None = None, validate: Callable[[], EvalResult] | None = None) -> FitResult:  # fmt: skip
+               task: Task | None = None, validate: Callable[[], EvalResult] | None = None,
+               threads: int | None = None) -> FitResult:  # fmt: skip
     """The loop behind :func:`fit` and :func:`~deepslim.train.distill`: ``loss_fn(inputs, target)`` gives (loss,
     output); inputs are already converted to the model's preprocessing. ``validate`` measures the model after each
     epoch (default: :func:`evaluate` on ``data.val``).
 
     ``extra_params`` train alongside the model's (e.g. distillation's hint regressors) but are not part of it.
+    ``threads``: torch intra-op threads for the whole loop (see :func:`fit`).
     """
+    check_threads(threads)
+    with torch_threads(threads):
+        return _train_loop(model, data, loss_fn, epochs=epochs, lr=lr, optimizer=optimizer,
+                           weight_decay=weight_decay, momentum=momentum, seed=seed, cosine=cosine,
+                           restore_best=restore_best, hooks=hooks, on_epoch=on_epoch, extra_params=extra_params,
+                           checkpoint=checkpoint, task=task, validate=validate)  # fmt: skip
+
+
+def _train_loop(model: nn.Module, data: DataBundle, loss_fn: LossFn, *, epochs: int, lr: float,
+                optimizer: str | Optimizer, weight_decay: float, momentum: float, seed: int, cosine: bool,
+                restore_best: bool, hooks: Sequence[StepHook], on_epoch: Callable[[dict[str, float]], None] | None,
+                extra_params: Sequence[nn.Parameter], checkpoint: str | os.PathLike[str] | None,
+                task: Task | None, validate: Callable[[], EvalResult] | None) -> FitResult:  # fmt: skip
     restore_best = restore_best and not hooks
     if epochs < 0:
         raise ConfigError(f"epochs must be >= 0, got {epochs}")
