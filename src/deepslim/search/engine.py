@@ -106,6 +106,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     ratios = uniform_ratios or DEFAULT_KEEP_RATIOS
     family = _uniform_family(ev, ratios, limits)
     study = _open_study(space, objectives, storage, out_dir, study_name)
+    _record_context(study, space, objectives, limits, table)
     _run_trials(study, ev, objectives, limits, trials, strategy, seed, check_every, on_trial, family)
     done = _completed(study, limits)
     front = _front(done, objectives)
@@ -206,6 +207,15 @@ def _open_study(space: SearchSpace, objectives: tuple[str, ...], url: str | None
     directions = [OBJECTIVES[o][0] for o in objectives]
     fingerprint = st.space_fingerprint({"space": space.to_dict(), "objectives": list(objectives)})
     return st.create_study_once(url, name, directions, metadata={"space_fingerprint": fingerprint}, out_dir=out_dir)
+
+
+def _record_context(study: Any, space: SearchSpace, objectives: tuple[str, ...], limits: dict[str, float],
+                    table: LatencyTable) -> None:  # fmt: skip
+    """What a worker joining the study needs to judge trials alike (issue 15): the space, the objectives, the
+    absolute limits and the latency table's machine key and calibration."""
+    study.set_user_attr("deepslim_search", {"space": space.to_dict(), "objectives": list(objectives),
+                                            "limits": dict(limits), "table": {"machine": table.key,
+                                            "scale": table.scale, "offset_ms": table.offset}})  # fmt: skip
 
 
 def _sampler(strategy: str, seed: int, space: SearchSpace, trials: int) -> Any:

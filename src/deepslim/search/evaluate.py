@@ -106,7 +106,8 @@ class Evaluator:
         net, predicted, macs = self._build(policy, recovery)
         m = measure_model(net, self.data, split=split or self.split, archive=self.archive,
                           macs=None if measure else macs)  # fmt: skip
-        measured = self.table.measure([(net, self.data.example_input)]) if measure else None
+        times = self.table.measure([(net, self.data.example_input)]) if measure else None
+        measured = times if times and times[0] == times[0] else None  # NaN: the export refused it
         extra = {**m.extra, "predicted_latency_ms": predicted}
         m = replace(m, extra=extra, seconds=time.perf_counter() - start, threads=self.table.threads,
                     runtime=self.table.runtime if measured else None,

@@ -243,6 +243,7 @@ class LatencyTable:
     def calibrate(self, points: Sequence[tuple[float, float]]) -> None:
         """Fit ``scale`` and ``offset`` to (raw sum, measured) pairs: least squares with two distinct sums or more,
         else the offset alone."""
+        points = [(r, m) for r, m in points if m == m]  # NaN: a model that could not be measured
         self.points = [(float(r), float(m)) for r, m in points]
         if not points:
             return
@@ -256,7 +257,8 @@ class LatencyTable:
         self.scale, self.offset = 1.0, float(np.mean(meas - raw))
 
     def measure(self, pairs: Sequence[tuple[nn.Module, Any]]) -> list[float] | None:
-        """End-to-end latency of whole models (each with its example input), interleaved; None without a timer."""
+        """End-to-end latency of whole models (each with its example input), interleaved; None without a timer,
+        NaN for a model that could not be measured."""
         return self.model_timer(pairs) if self.model_timer is not None and pairs else None
 
 
@@ -291,16 +293,25 @@ def time_layers(keys: Sequence[LayerKey], *, threads: int = 1, rounds: int = 5, 
 
 def time_models(pairs: Sequence[tuple[nn.Module, Any]], *, threads: int = 1, rounds: int = 10,
                 block: int = 5) -> list[float]:  # fmt: skip
-    """Whole models (quantized ones as their integer graphs) timed in ONNX Runtime, interleaved."""
+    """Whole models (quantized ones as their integer graphs) timed in ONNX Runtime, interleaved; NaN for a model
+    the export refuses (logged: a check is skipped, the search goes on)."""
+    from deepslim.errors import DeepSlimError
     from deepslim.export import export_onnx
 
     with tempfile.TemporaryDirectory() as work:
-        files = []
+        files, index = [], []
         for i, (model, x) in enumerate(pairs):
             path = Path(work) / f"model{i}.onnx"
-            export_onnx(model, path, example_input=x)
+            try:
+                export_onnx(model, path, example_input=x)
+            except DeepSlimError as exc:
+                log.warning("end-to-end latency not measured: %s", exc)
+                continue
             files.append((str(path), list(x.shape)))
-        return _run_timer(files, threads, rounds, block)
+            index.append(i)
+        times = _run_timer(files, threads, rounds, block) if files else []
+    found = dict(zip(index, times, strict=True))
+    return [found.get(i, float("nan")) for i in range(len(pairs))]
 
 
 # -- how good the table is ---------------------------------------------------------------------------------------------
@@ -364,4 +375,4 @@ def check_table(model: nn.Module, space: Any, table: LatencyTable, *, example_in
         pairs.append((quantize_policy(net, space, policy, calib_data=calib_data), example_input))
         rows.append({"policy": policy.to_dict(), "predicted_ms": predicted, "macs": macs})
     measured = table.measure(pairs) or []
-    return TableCheck(tuple({**r, "measured_ms": m} for r, m in zip(rows, measured, strict=True)))
+    return TableCheck(tuple({**r, "measured_ms": m} for r, m in zip(rows, measured, strict=True) if m == m))
