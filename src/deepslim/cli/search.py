@@ -100,7 +100,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     write_search_report(_clean(doc), outdir / "search.html", title=f"deepslim search: {args.model} on {args.data}")
     if args.json:
-        print(json.dumps(doc, indent=2, default=_json_default))
+        print(json.dumps(_clean(doc), indent=2, default=_json_default))
         return 0
     _render(doc)
     return 0
