@@ -119,7 +119,7 @@ def register_technique(name: str, config_cls: type[Config], verb: Callable[..., 
     context = frozenset(k for k in CONTEXT_KEYS if k in params
                         or any(p.kind is p.VAR_KEYWORD for p in params.values()))  # fmt: skip
     technique = Technique(name=name, config=config_cls, verb=verb, kind=kind,
-                          description=description or _first_line(config_cls.__doc__), lr=float(lr),
+                          description=description or _summary(config_cls), lr=float(lr),
                           replaces_layers=replaces_layers, layers=layers, context=context)  # fmt: skip
     _REGISTRY[name] = technique
     return technique
@@ -143,8 +143,10 @@ def _check_config_class(name: str, config_cls: type[Config]) -> None:
                           f"keep for themselves ({', '.join(sorted(RESERVED_KEYS))}); rename it")  # fmt: skip
 
 
-def _first_line(doc: str | None) -> str:
-    return (doc or "").strip().split("\n")[0].strip()
+def _summary(config_cls: type) -> str:
+    """The first line of the config's docstring ("" for dataclass's generated signature)."""
+    doc = (config_cls.__doc__ or "").strip()
+    return "" if doc.startswith(f"{config_cls.__name__}(") else doc.split("\n")[0].strip()
 
 
 def get_technique(name: str) -> Technique:
@@ -214,5 +216,5 @@ def load_plugin(path: str | Path) -> None:
     _PLUGINS[file] = module
 
 
-__all__ = ["CONTEXT_KEYS", "RESERVED_KEYS", "RESERVED_KINDS", "Technique", "default_technique", "get_technique", "kinds",
-           "list_techniques", "load_plugin", "register_technique", "technique_for"]  # fmt: skip
+__all__ = ["CONTEXT_KEYS", "RESERVED_KEYS", "RESERVED_KINDS", "Technique", "default_technique", "get_technique",
+           "kinds", "list_techniques", "load_plugin", "register_technique", "technique_for"]  # fmt: skip

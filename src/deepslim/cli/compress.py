@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="seed (default: the recipe's)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out (as a whole, once the "
                    "new run completes)")  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue an unfinished run in --out from its last "
+                   "finished stage (same recipe and settings; the earlier stages are not run again)")  # fmt: skip
+    p.add_argument("--plugin", action="append", default=[], metavar="FILE.py", help="a Python file that registers "
+                   "techniques the recipe uses (run as code: name only files you trust)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print metrics.json's stages as JSON")
     p.set_defaults(func=cmd_compress)
 
@@ -53,8 +57,14 @@ def cmd_compress(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from deepslim.pipeline import check_run_dir, load_recipe, run_recipe
+    from deepslim.techniques import load_plugin
 
-    check_run_dir(args.out, overwrite=args.overwrite)  # refused before the recipe, data or model are read
+    if args.resume and args.overwrite:
+        raise ConfigError("--resume continues the run in --out and --overwrite replaces it: give one of them")
+    # refused before the recipe, data or model are read
+    check_run_dir(args.out, overwrite=args.overwrite, resume=args.resume)
+    for path in args.plugin:
+        load_plugin(path)
     recipe = load_recipe(args.recipe)
     if args.device:
         recipe = replace(recipe, device=args.device)
@@ -63,7 +73,7 @@ def cmd_compress(args: argparse.Namespace) -> int:
     with Progress(args.quiet or args.json) as progress:
         result = run_recipe(recipe, args.out, model=args.model, data=args.data, weights=args.weights, arch=args.arch,
                             model_options=parse_options(args.option), overwrite=args.overwrite,
-                            on_event=progress)  # fmt: skip
+                            resume=args.resume, on_event=progress)  # fmt: skip
     if args.json:
         print(json.dumps({"out": str(result.out), "stages": result.metrics, "artifacts": result.artifacts},
                          indent=2, default=str))  # fmt: skip
