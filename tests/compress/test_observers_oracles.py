@@ -1,0 +1,100 @@
+"""Calibration observers on signed and on non-negative data, several batches, non-default percentiles: the ranges are
+checked against torch.quantile, against a brute-force search that uses PyTorch's fake-quant kernel, and by what the
+KL threshold must do to a heavy tail."""
+
+import pytest
+import torch
+
+from deepslim.compress.quantize.observers import Calibration, Observer
+
+
+@pytest.fixture(scope="module")
+def signed():
+    gen = torch.Generator().manual_seed(0)
+    body = torch.randn(3000, generator=gen) - 0.5
+    return torch.cat([body, torch.tensor([-9.0, 12.0])])  # one outlier on each side, skewed to the negative
+
+
+@pytest.fixture(scope="module")
+def relu_like(signed):
+    return signed.clamp_min(0.0)
+
+
+def _observe(method, batches, **kwargs):
+    obs = Observer(method, 8, **kwargs)
+    for b in batches:
+        obs.update(b)
+    return obs
+
+
+def test_minmax_spans_every_batch(signed):
+    obs = _observe(Calibration.MINMAX, [signed[:1000], signed[1000:], torch.empty(0)])
+    assert obs.range() == (-9.0, 12.0) and obs.count == 2 and obs.samples == []  # the empty batch is ignored
+
+
+@pytest.mark.parametrize("p", [99.99, 90.0])
+def test_percentile_range_is_torch_quantile_on_both_sides(signed, relu_like, p):
+    lo, hi = _observe(Calibration.PERCENTILE, [signed[:1500], signed[1500:]], percentile=p).range()
+    assert lo == pytest.approx(float(torch.quantile(signed, 1 - p / 100)), abs=1e-6)
+    assert hi == pytest.approx(float(torch.quantile(signed, p / 100)), abs=1e-6)
+    assert lo < 0.0 < hi
+    lo, hi = _observe(Calibration.PERCENTILE, [relu_like], percentile=p).range()
+    assert lo == 0.0 and hi == pytest.approx(float(torch.quantile(relu_like, p / 100)), abs=1e-6)
+
+
+def _brute_force_mse(data):
+    """The clipping fraction of [min, max] whose 8-bit affine fake-quant (PyTorch's kernel) has the least error."""
+    lo, hi = float(data.min()), float(data.max())
+    best, best_err = None, float("inf")
+    for frac in torch.linspace(0.05, 1.0, 96, dtype=torch.float64).tolist():
+        clo, chi = min(lo * frac, 0.0), max(hi * frac, 0.0)
+        scale = (chi - clo) / 255
+        zero = int(min(255, max(0, round(-clo / scale))))
+        err = float((torch.fake_quantize_per_tensor_affine(data, scale, zero, 0, 255) - data).pow(2).mean())
+        if err < best_err:
+            best, best_err = (clo, chi), err
+    return best
+
+
+@pytest.mark.parametrize("which", ["signed", "relu_like"])
+def test_mse_range_is_the_least_error_clipping(signed, relu_like, which):
+    data = signed if which == "signed" else relu_like
+    lo, hi = _observe(Calibration.MSE, [data[:2000], data[2000:]]).range()
+    ref_lo, ref_hi = _brute_force_mse(data)
+    assert lo == pytest.approx(ref_lo, rel=1e-5) and hi == pytest.approx(ref_hi, rel=1e-5)
+    assert (lo < -1.0) if which == "signed" else (lo == 0.0)
+
+
+def test_entropy_threshold_clips_a_heavy_tail_symmetrically_for_signed_data(signed):
+    lo, hi = _observe(Calibration.ENTROPY, [signed]).range()
+    assert lo == -hi and 2.5 < hi < 4.5  # measured 3.33: the bulk (|x| < ~4) kept, the outliers at -9, 12 clipped
+    # a distribution without a tail keeps (nearly) its whole range
+    uniform = torch.linspace(-1.0, 1.0, 4001)
+    lo, hi = _observe(Calibration.ENTROPY, [uniform]).range()
+    assert hi == pytest.approx(1.0, abs=0.01) and lo == -hi
+
+
+def test_entropy_is_not_fooled_by_where_the_mass_sits():
+    # 4-bit, non-negative: the threshold must cover the bulk at 0..1 and drop the sparse tail up to 100
+    gen = torch.Generator().manual_seed(1)
+    data = torch.cat([torch.rand(20000, generator=gen), torch.rand(20, generator=gen) * 100])
+    obs = Observer(Calibration.ENTROPY, 4)
+    obs.update(data)
+    lo, hi = obs.range()
+    assert lo == 0.0 and 1.0 < hi < 30.0  # measured 15.4 (2048 bins over 0..100: the bulk fills 21)
+
+
+def test_constant_data_and_no_data():
+    for method in Calibration:
+        obs = Observer(method, 8)
+        obs.update(torch.full((10,), 0.5))
+        assert obs.range() == (0.5, 0.5)
+        with pytest.raises(RuntimeError, match="saw no data"):
+            Observer(method, 8).range()
+
+
+def test_large_batches_are_subsampled_reproducibly():
+    data = torch.randn(100_000, generator=torch.Generator().manual_seed(2))
+    a, b = _observe(Calibration.PERCENTILE, [data]), _observe(Calibration.PERCENTILE, [data])
+    assert a.samples[0].numel() == Observer.max_samples // 8 and torch.equal(a.samples[0], b.samples[0])
+    assert a.range() == b.range() and (a.lo, a.hi) == (float(data.min()), float(data.max()))
