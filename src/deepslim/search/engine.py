@@ -157,7 +157,9 @@ def _base(dense: Candidate, metric: str) -> float:
 
 
 def _smallest(ev: Evaluator, budgets: tuple[Budget, ...]) -> dict[str, tuple[float, Policy]]:
-    """The least latency and size any policy reaches, and a policy that reaches it."""
+    """The least latency and size any policy reaches, and a policy that reaches it: for latency the fewest
+    channels with, per layer, the faster precision — or every layer int8 or float alike, whichever the table
+    predicts faster (conversions between precisions make the per-layer choice not always the best)."""
     space, x = ev.space, ev.data.example_input
     found: dict[str, tuple[float, Policy]] = {}
     least = space.smallest(False)
@@ -168,8 +170,8 @@ def _smallest(ev: Evaluator, budgets: tuple[Budget, ...]) -> dict[str, tuple[flo
             if name in least.int8:
                 fast = ev.table.layer_ms([replace(key, int8=True)])[0] < ev.table.layer_ms([key])[0]
                 int8[name] = fast
-        policy = replace(least, int8={**least.int8, **int8})
-        found["latency"] = (ev.table.predict(net, x, policy.int8), policy)
+        options = [replace(least, int8={**least.int8, **int8}), least, space.smallest(True)]
+        found["latency"] = min(((ev.table.predict(net, x, p.int8), p) for p in options), key=lambda t: t[0])
     if any(b.metric == "size" for b in budgets):
         small = space.smallest(True)
         found["size"] = (ev.evaluate(small, recovery="none").value("size"), small)
