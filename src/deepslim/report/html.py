@@ -19,7 +19,8 @@ h1{font-size:1.6em;margin:0 0 4px}h2{font-size:1.25em;margin:28px 0 8px;border-b
 h3{font-size:1.05em;margin:18px 0 6px}.muted{color:#57606a}.notice{background:#fff8c5;border:1px solid #d4a72c;
 padding:8px 12px;border-radius:6px;margin:8px 0}.cards{display:flex;flex-wrap:wrap;gap:12px}
 .card{border:1px solid #d0d7de;border-radius:8px;padding:10px 14px;min-width:170px}.card .k{font-size:.85em;
-color:#57606a}.card .v{font-size:1.25em;font-weight:600}.card .r{font-size:.85em;color:#1a7f37}
+color:#57606a}.card .v{font-size:1.25em;font-weight:600}.card .r{font-size:.85em;color:#57606a}
+.card .r.better{color:#1a7f37}.card .r.worse{color:#cf222e}
 table{border-collapse:collapse;font-size:.85em;margin:6px 0}th,td{border:1px solid #d0d7de;padding:3px 8px;
 text-align:right}th{background:#f6f8fa}td:first-child,th:first-child{text-align:left}
 figure.chart{margin:10px 0;display:inline-block}figure.chart svg{max-width:100%;height:auto}
@@ -42,11 +43,16 @@ class Run:
     path: Path
     metrics: dict[str, Any]
     recipe: str | None
-    problems: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # what is missing or malformed, each said once
+    label: str = ""  # the run's name in the report, unique among the runs shown (see :func:`unique_labels`)
 
     @property
     def name(self) -> str:
-        return self.path.name or str(self.path)
+        return self.label or self.path.name or str(self.path)
+
+    @property
+    def problems(self) -> list[str]:
+        return [f"{self.name}: {note}" for note in self.notes]
 
     @property
     def stages(self) -> list[dict[str, Any]]:
@@ -92,21 +98,37 @@ def load_run(path: str | os.PathLike[str]) -> Run:
     recipe = (d / "recipe.yaml").read_text() if (d / "recipe.yaml").is_file() else None
     run = Run(d, metrics, recipe)
     if recipe is None:
-        run.problems.append(f"{run.name}: recipe.yaml is missing")
+        run.notes.append("recipe.yaml is missing")
     stages = metrics.get("stages")
     if not isinstance(stages, list) or not stages:
-        run.problems.append(f"{run.name}: metrics.json has no stages")
+        run.notes.append("metrics.json has no stages")
         metrics["stages"] = []
     else:
         for s in stages:
             missing = [k for k in STAGE_KEYS if k not in s]
             if missing:
-                run.problems.append(f"{run.name}: stage {s.get('index', '?')} ({s.get('stage', '?')}) lacks "
-                                    f"{', '.join(missing)}")  # fmt: skip
+                run.notes.append(f"stage {s.get('index', '?')} ({s.get('stage', '?')}) lacks {', '.join(missing)}")
         metrics["stages"] = [s for s in stages if all(k in s for k in STAGE_KEYS)]
         if not any(s.get("layers") for s in metrics["stages"]):
-            run.problems.append(f"{run.name}: no per-layer measurements (layer charts left out)")
+            run.notes.append("no per-layer measurements (layer charts left out)")
     return run
+
+
+def unique_labels(paths: list[Path]) -> list[str]:
+    """Names for run directories that tell them apart: the directory's name, or as many of its parents as it takes
+    (``a/run`` and ``b/run``); the same directory given twice is numbered."""
+    parts = [Path(os.path.abspath(p)).parts for p in paths]
+    distinct = set(parts)  # the same directory twice is told apart by number below, not by depth
+    depth = 1
+    while depth < max(len(ps) for ps in parts) and len({ps[-depth:] for ps in distinct}) < len(distinct):
+        depth += 1
+    labels = ["/".join(ps[-depth:]).lstrip("/") or str(p) for ps, p in zip(parts, paths, strict=True)]
+    seen: dict[str, int] = {}
+    out = []
+    for lb in labels:
+        seen[lb] = seen.get(lb, 0) + 1
+        out.append(lb if labels.count(lb) == 1 else f"{lb} (#{seen[lb]})")
+    return out
 
 
 # -- charts ----------------------------------------------------------------------------------------------------------
@@ -253,6 +275,7 @@ def _sensitivity(run: Run) -> str | None:
 
 
 def _fmt(value: Any, unit: str = "") -> str:
+    """A measured value with its unit (``unit`` starts with the space it needs), "n/a" when it was not measured."""
     if value is None:
         return "n/a"
     if isinstance(value, float):
@@ -262,10 +285,28 @@ def _fmt(value: Any, unit: str = "") -> str:
     return html.escape(str(value))
 
 
-CARDS = [("accuracy", "test accuracy", "pct"), ("archive_bytes", "bytes on disk (.dsz)", "less"),
-         ("nonzero_params", "nonzero parameters", "less"), ("macs", "MACs", "less"),
-         ("measured_latency_ms", "latency (measured)", "less"), ("estimated_latency_ms", "latency (estimated)", "less"),
-         ("estimated_energy_uj", "energy (estimated)", "less")]  # fmt: skip
+# (key, label, unit, which way is better): accuracy is better higher; size, work, time and energy lower
+CARDS = [("accuracy", "test accuracy", "%", "higher"), ("archive_bytes", "bytes on disk (.dsz)", " B", "lower"),
+         ("nonzero_params", "nonzero parameters", " params", "lower"), ("macs", "MACs", " MACs", "lower"),
+         ("measured_latency_ms", "latency (measured)", " ms", "lower"),
+         ("estimated_latency_ms", "latency (estimated)", " ms", "lower"),
+         ("estimated_energy_uj", "energy (estimated)", " µJ", "lower")]  # fmt: skip
+
+
+def change(before: float | None, after: float, better: str) -> tuple[str, str]:
+    """(what changed, "better" | "worse" | "same") from ``before`` to ``after`` of a metric that is better
+    ``"higher"`` (accuracy: a difference in percentage points) or ``"lower"`` (a ratio: "2.00× smaller")."""
+    if before is None:
+        return "", "same"
+    verdict = "same" if after == before else "better" if (after > before) == (better == "higher") else "worse"
+    if better == "higher":
+        return f"{100 * (after - before):+.2f} pp", verdict
+    if after == before:
+        return "unchanged", verdict
+    if after and before:
+        return (f"{before / after:.2f}× smaller", verdict) if after < before else (f"{after / before:.2f}× larger",
+                                                                                   verdict)  # fmt: skip
+    return ("down to 0", verdict) if not after else ("up from 0", verdict)
 
 
 def _cards(run: Run) -> str:
@@ -273,18 +314,17 @@ def _cards(run: Run) -> str:
     if not before or not after:
         return '<p class="notice">no stages to summarize</p>'
     out = []
-    for key, label, kind in CARDS:
+    for key, label, unit, better in CARDS:
         b, a = before.get(key), after.get(key)
         if a is None:
             continue
-        if kind == "pct":
-            val = f"{100 * (b or 0):.2f}% → {100 * a:.2f}%"
-            ratio = f"{100 * (a - b):+.2f} pp" if b is not None else ""
+        if unit == "%":
+            val = f"{'n/a' if b is None else f'{100 * b:.2f}%'} → {100 * a:.2f}%"
         else:
-            val = f"{_fmt(b)} → {_fmt(a)}"
-            ratio = f"{b / a:.2f}× smaller" if b and a else ""
+            val = f"{_fmt(b, unit)} → {_fmt(a, unit)}"
+        text, verdict = change(b, a, better)
         out.append(f'<div class="card"><div class="k">{label}</div><div class="v">{val}</div>'
-                   f'<div class="r">{ratio}</div></div>')  # fmt: skip
+                   f'<div class="r {verdict}">{text}</div></div>')  # fmt: skip
     return f'<div class="cards">{"".join(out)}</div>'
 
 
@@ -333,7 +373,9 @@ def _layer_table(run: Run) -> str:
 
 
 def render_report(runs: list[Run], *, title: str = "deepslim report") -> tuple[str, int]:
-    """The report's HTML and how many charts it holds."""
+    """The report's HTML and how many charts it holds. Runs are labelled so that no two look alike."""
+    for run, label in zip(runs, unique_labels([r.path for r in runs]), strict=True):
+        run.label = label
     charts = 0
     parts = [f"<h1>{html.escape(title)}</h1>",
              f'<p class="muted">{len(runs)} run(s): {", ".join(html.escape(r.name) for r in runs)}</p>']  # fmt: skip
@@ -392,7 +434,7 @@ def write_report(run_dirs: list[str | os.PathLike[str]], out: str | os.PathLike[
     if not run_dirs:
         raise ConfigError("report needs at least one run directory")
     runs = [load_run(d) for d in run_dirs]
-    page, charts = render_report(runs, title=title)
+    page, charts = render_report(runs, title=title)  # labels the runs (their problems name them by label)
     dest = Path(out)
     with atomic_path(dest) as tmp:
         tmp.write_text(page, encoding="utf-8")
