@@ -176,6 +176,15 @@ def _fits(value: Any, hint: Any) -> bool:
 
 
 def _describe(hint: Any) -> str:
+    args = typing.get_args(hint)
+    if typing.get_origin(hint) is tuple and len(args) == 2 and args[1] is Ellipsis \
+            and typing.get_origin(args[0]) is tuple and len(typing.get_args(args[0])) == 2:  # fmt: skip
+        value = typing.get_args(args[0])[1]
+        values = [a for a in (typing.get_args(value) or (value,)) if a is not type(None)]
+        what = " or ".join([*(_describe(v) for v in values), "null (skip the layer)"])
+        return f"a mapping of layer names or 're:' patterns to {what}"
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join("null" if a is type(None) else _describe(a) for a in args)
     if isinstance(hint, type) and issubclass(hint, Enum):
         return "one of " + ", ".join(repr(e.value) for e in hint)
     if isinstance(hint, type):

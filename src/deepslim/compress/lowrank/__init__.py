@@ -10,15 +10,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import cast
 
 import torch
 from torch import nn
 
 from deepslim._modes import inference_mode
-from deepslim.config import Config, freeze_overrides, lookup, skip_only, unmatched
+from deepslim.config import Config, Overrides, freeze_overrides, lookup, skip_only, unmatched
 from deepslim.errors import ConfigError
-from deepslim.models.adapters import Axis, layer_kind, weight_layers
+from deepslim.models.adapters import Axis, LayerKind, layer_kind, weight_layers
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,7 +29,7 @@ class _RankRule(Config):
     rank_ratio: float | None = None
     energy: float | None = None
     mac_ratio: float | None = None
-    overrides: Any = ()  # layer -> None skips it
+    overrides: Overrides[None] = ()  # layer -> None skips it
 
     def __post_init__(self) -> None:
         given = [k for k in ("rank_ratio", "energy", "mac_ratio") if getattr(self, k) is not None]
@@ -113,16 +113,17 @@ def factorize_(model: nn.Module, config: SVDConfig | TuckerConfig, *,
             skipped.append(f"{name}: weight tied with {tied[name]} (factorizing it would untie the two and add "
                            "parameters); pass overrides={name!r: None} to silence this")
             continue
-        if svd:
+        if isinstance(config, SVDConfig):
             new, ranks, why = _svd(m, config)
         else:
+            assert isinstance(m, nn.Conv2d)  # factorizable_layers(svd=False) holds convolutions only
             new, ranks, why = _tucker(m, config)
         if new is None:
             skipped.append(f"{name}: {why}")
             continue
         before, after = _params(m), _params(new)
         pos_in, pos_out = positions.get(name, (1, 1))
-        done.append(FactorizedLayer(name, ranks, before, after, m.weight.numel() * pos_out,
+        done.append(FactorizedLayer(name, ranks, before, after, _weight(m).numel() * pos_out,
                                     _macs(new, pos_in, pos_out)))  # fmt: skip
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, new)
@@ -133,7 +134,7 @@ def factorizable_layers(model: nn.Module, *, svd: bool) -> dict[str, nn.Module]:
     """Linear-like layers (nn.Linear and subclasses, HF Conv1D, registered kinds) for SVD; Conv2d for Tucker."""
     if not svd:
         return {n: m for n, m in model.named_modules() if isinstance(m, nn.Conv2d)}
-    return {n: m for n, (m, kind) in weight_layers(model).items() if kind.axis is Axis.LAST and m.weight.ndim == 2}
+    return {n: m for n, (m, kind) in weight_layers(model).items() if kind.axis is Axis.LAST and _weight(m).ndim == 2}
 
 
 def _tied(model: nn.Module) -> dict[str, str]:
@@ -145,11 +146,25 @@ def _tied(model: nn.Module) -> dict[str, str]:
     return {n: ", ".join(o for o in names if o != n) for names in holders.values() if len(names) > 1 for n in names}
 
 
+def _weight(m: nn.Module) -> torch.Tensor:
+    """The layer's weight as it computes it (a masked or parametrized weight included)."""
+    w = getattr(m, "weight")  # noqa: B009  (a parametrized weight is no attribute of the module's own)
+    if not isinstance(w, torch.Tensor):
+        raise ConfigError(f"{type(m).__name__} has no weight tensor to factorize")
+    return w
+
+
+def _kind(m: nn.Module) -> LayerKind:
+    kind = layer_kind(m)
+    if kind is None:
+        raise ConfigError(f"{type(m).__name__} is not a layer kind deepslim knows (register_layer_kind)")
+    return kind
+
+
 def _linear_weight(m: nn.Module) -> torch.Tensor:
     """The (out, in) matrix of a linear-like layer, whatever order it stores its weight in."""
-    kind = layer_kind(m)
-    w = m.weight.detach().float()
-    return w if kind.out_dim == 0 else w.T
+    w = _weight(m).detach().float()
+    return w if _kind(m).out_dim == 0 else w.T
 
 
 def _params(m: nn.Module) -> int:
@@ -159,10 +174,10 @@ def _params(m: nn.Module) -> int:
 def _macs(factorized: nn.Sequential, pos_in: int, pos_out: int) -> int:
     """MACs per example of a factorization: its first (1×1 / rank-r) layer runs at the input's positions (before
     any stride), the others at the output's."""
-    return sum(layer.weight.numel() * (pos_in if k == 0 else pos_out) for k, layer in enumerate(factorized))
+    return sum(_weight(layer).numel() * (pos_in if k == 0 else pos_out) for k, layer in enumerate(factorized))
 
 
-def _svd(m: nn.Module, config: SVDConfig) -> tuple[nn.Module | None, tuple[int, ...], str]:
+def _svd(m: nn.Module, config: SVDConfig) -> tuple[nn.Sequential | None, tuple[int, ...], str]:
     w = _linear_weight(m)
     out_f, in_f = w.shape
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
@@ -171,6 +186,7 @@ def _svd(m: nn.Module, config: SVDConfig) -> tuple[nn.Module | None, tuple[int, 
     elif config.energy is not None:
         r = _rank_for_energy(s, config.energy)
     else:
+        assert config.mac_ratio is not None  # exactly one of the three is set (checked by the config)
         r = max(1, math.floor(config.mac_ratio * out_f * in_f / (out_f + in_f)))
     if r * (in_f + out_f) >= out_f * in_f:
         return None, (r,), f"rank {r} would not save parameters ({in_f}x{out_f})"
@@ -183,7 +199,8 @@ def _svd(m: nn.Module, config: SVDConfig) -> tuple[nn.Module | None, tuple[int, 
         second.weight.copy_(u[:, :r] * root[None, :])  # (out, r)
         if bias is not None:
             second.bias.copy_(bias)
-    return nn.Sequential(first, second).to(m.weight.device, m.weight.dtype), (r,), ""
+    w = _weight(m)
+    return nn.Sequential(first, second).to(w.device, w.dtype), (r,), ""
 
 
 def _mode_basis(unfolded: torch.Tensor, rule: _RankRule, share: float | None) -> torch.Tensor:
@@ -191,11 +208,13 @@ def _mode_basis(unfolded: torch.Tensor, rule: _RankRule, share: float | None) ->
     if rule.energy is not None:
         r = _rank_for_energy(s, rule.energy)
     else:
-        r = max(1, round((share if share is not None else rule.rank_ratio) * len(s)))
+        ratio = share if share is not None else rule.rank_ratio
+        assert ratio is not None  # mac_ratio gives a share; otherwise rank_ratio is the one set
+        r = max(1, round(ratio * len(s)))
     return u[:, :r]
 
 
-def _tucker(m: nn.Conv2d, config: TuckerConfig) -> tuple[nn.Module | None, tuple[int, ...], str]:
+def _tucker(m: nn.Conv2d, config: TuckerConfig) -> tuple[nn.Sequential | None, tuple[int, ...], str]:
     if m.groups != 1 or m.kernel_size == (1, 1):
         return None, (), "grouped or 1x1 convolution"
     w = m.weight.detach().float()  # (O, I, kh, kw)
@@ -214,14 +233,15 @@ def _tucker(m: nn.Conv2d, config: TuckerConfig) -> tuple[nn.Module | None, tuple
     if params_after >= o * i * kh * kw:
         return None, (r_in, r_out), f"ranks ({r_in}, {r_out}) would not save parameters"
     first = nn.Conv2d(i, r_in, 1, bias=False)
-    mid = nn.Conv2d(r_in, r_out, m.kernel_size, m.stride, m.padding, m.dilation, bias=False,
+    mid = nn.Conv2d(r_in, r_out, cast(tuple[int, int], m.kernel_size), cast(tuple[int, int], m.stride),
+                    cast("str | tuple[int, int]", m.padding), cast(tuple[int, int], m.dilation), bias=False,
                     padding_mode=m.padding_mode)  # fmt: skip
     last = nn.Conv2d(r_out, o, 1, bias=m.bias is not None)
     with torch.no_grad():
         first.weight.copy_(u_in.T[:, :, None, None])
         mid.weight.copy_(core)
         last.weight.copy_(u_out[:, :, None, None])
-        if m.bias is not None:
+        if m.bias is not None and last.bias is not None:
             last.bias.copy_(m.bias)
     return nn.Sequential(first, mid, last).to(m.weight.device, m.weight.dtype), (r_in, r_out), ""
 
@@ -233,8 +253,8 @@ def _positions(model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor |
     found: dict[str, tuple[int, int]] = {}
 
     def record(name: str, m: nn.Module, inp: torch.Tensor, out: torch.Tensor) -> None:
-        kind = layer_kind(m)
-        channels = (m.weight.shape[kind.in_dim], m.weight.shape[kind.out_dim])
+        kind, shape = _kind(m), _weight(m).shape
+        channels = (shape[kind.in_dim if kind.in_dim is not None else 1], shape[kind.out_dim])
         batch = out.shape[0] if kind.axis is Axis.CONV or out.ndim > 1 else 1
         found.setdefault(name, (inp.numel() // channels[0] // batch, out.numel() // channels[1] // batch))
         # a forward hook must return None, or it replaces the layer's output
