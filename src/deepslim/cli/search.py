@@ -15,7 +15,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from deepslim.cli._common import add_model_args, err, load, out
+from deepslim.cli._common import add_model_args, err, load, out, parse_options
 from deepslim.errors import ConfigError
 
 
@@ -57,9 +57,10 @@ def _objectives(args: argparse.Namespace, budgets: list[Any]) -> list[str]:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from deepslim.data import load_data
+    from deepslim.pipeline.recipe import Recipe
     from deepslim.search import LatencyTable, SearchSpace, as_budgets, check_objectives, search
     from deepslim.search.engine import STRATEGIES
-    from deepslim.search.recipe import policy_recipe, write_recipe
+    from deepslim.search.recipe import policy_recipe
 
     if args.strategy not in STRATEGIES:  # every name is checked before the data and model are loaded
         raise ConfigError(f"unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -90,9 +91,16 @@ def cmd_search(args: argparse.Namespace) -> int:
     recipe_path = outdir / "recipe.yaml"
     if result.best is not None:
         desc = f"searched by deepslim search ({', '.join(map(str, budgets)) or 'no budget'}; {args.strategy})"
-        write_recipe(recipe_path, policy_recipe(space, result.best.policy, finetune_epochs=args.finetune_epochs,
-                                                lr=args.lr, seed=args.seed, model=args.model, data=args.data,
-                                                description=desc))  # fmt: skip
+        doc_recipe = policy_recipe(space, result.best.policy, finetune_epochs=args.finetune_epochs, lr=args.lr,
+                                   seed=args.seed, model=args.model, data=args.data, description=desc)
+        if args.weights:
+            doc_recipe["weights"] = args.weights
+        if args.arch:
+            doc_recipe["arch"] = args.arch
+        options = parse_options(args.option)
+        if options:
+            doc_recipe["model_options"] = options
+        Recipe.from_dict(doc_recipe, where="the searched recipe").save(recipe_path)
     doc["recipe"] = str(recipe_path) if result.best is not None else None
     doc["report"] = str(outdir / "search.html")
     _write_json(outdir / "search.json", doc)

@@ -2,8 +2,8 @@
 
 The policy becomes two stages in the order the search built and judged it: channel pruning with one ratio per group
 (``overrides`` on each group's first layer) followed by the same short fine-tune, then int8 quantization with the
-float layers kept float (``overrides: LAYER: null``). Written atomically: an interrupted search leaves no
-half-written recipe.
+float layers kept float (``overrides: LAYER: null``). ``deepslim search`` reads it with ``Recipe.from_dict``
+(checked, every setting made explicit) and saves it atomically: an interrupted search leaves no half-written recipe.
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ def policy_recipe(space: SearchSpace, policy: Policy, *, finetune_epochs: int = 
     elif finetune_epochs > 0:
         stages.append({"finetune": {"epochs": finetune_epochs, "lr": lr}})
     if quant is not None:
-        bits: dict[str, Any] = {"default": 8, **{name: None for name, _ in quant.overrides}}
-        stages.append({"quantize": {"type": "linear", "bits": bits if len(bits) > 1 else 8}})
+        stages.append({"quantize": {"method": "linear", "bits": 8,
+                                    "overrides": {name: None for name, _ in quant.overrides}}})  # fmt: skip
     if not stages:  # the dense policy: nothing to do but keep the file a valid recipe
         stages.append({"encode": {}})
     doc: dict[str, Any] = {}
