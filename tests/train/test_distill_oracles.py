@@ -66,14 +66,40 @@ def test_kd_config_bounds():
     assert ds.KDConfig(hints={"a": "b", "c": "d"}).hints == (("a", "b"), ("c", "d"))
 
 
-def test_distill_leaves_the_teacher_frozen_and_unchanged():
-    data = ds.load_data("digits", seed=0)
+@pytest.fixture(scope="module")
+def digits():
+    return ds.load_data("digits", seed=0)
+
+
+def _teacher():
     torch.manual_seed(0)
-    teacher = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+    return nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+
+def test_distill_leaves_the_teacher_frozen_and_unchanged(digits):
+    teacher = _teacher()
     student = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
     before = [p.detach().clone() for p in teacher.parameters()]
     teacher.train()
-    result = ds.distill(student, teacher, data, ds.KDConfig(temperature=2.0, alpha=0.5), epochs=1, lr=1e-2)
+    result = ds.distill(student, teacher, digits, ds.KDConfig(temperature=2.0, alpha=0.5), epochs=1, lr=1e-2)
     assert not teacher.training and all(not p.requires_grad for p in teacher.parameters())
     assert all(torch.equal(a, b) for a, b in zip(before, teacher.parameters(), strict=True))
     assert len(result.history) == 1 and 0.0 < result.best_val_accuracy <= 1.0
+
+
+def _hinted(teacher, data, weight, lr, hints=(("0", "2"),)):
+    torch.manual_seed(0)
+    student = nn.Sequential(nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU()), nn.Linear(16, 10))
+    config = ds.KDConfig(hints=dict(hints), hint_weight=weight) if weight is not None else ds.KDConfig()
+    return student, ds.distill(student, teacher, data, config, epochs=1, lr=lr, cosine=False).history[0]
+
+
+def test_hint_loss_is_the_weighted_regressor_error_and_only_it(digits):
+    teacher = _teacher()
+    # an lr far below the weights' float spacing freezes everything: the loss is exactly linear in hint_weight
+    loss = {w: _hinted(teacher, digits, w, 1e-12)[1]["train_loss"] for w in (None, 1.0, 3.0)}
+    hint = loss[1.0] - loss[None]
+    assert hint > 1e-3 and loss[3.0] - loss[None] == pytest.approx(3 * hint, rel=1e-3)
+    plain, zero, hinted = (_hinted(teacher, digits, w, 1e-2)[0].state_dict() for w in (None, 0.0, 1.0))
+    assert all(torch.allclose(plain[k], zero[k], rtol=1e-4, atol=1e-6) for k in plain)
+    assert not all(torch.allclose(plain[k], hinted[k], rtol=1e-2, atol=1e-3) for k in plain)
