@@ -38,10 +38,18 @@ MODELS = {
 }
 
 
-def train_dense(name: str, data: Any, epochs: int, seed: int) -> torch.nn.Module:
+def train_dense(name: str, data: Any, epochs: int, seed: int, cache: str | None) -> torch.nn.Module:
+    """The dense model trained here (kept in ``cache`` if given, keyed by the settings, for a rerun)."""
     torch.manual_seed(seed)
     net = MODELS[name]()
+    file = Path(cache) / f"dense-{name}-{len(data.train.dataset)}-e{epochs}-s{seed}.pt" if cache else None
+    if file is not None and file.is_file():
+        net.load_state_dict(torch.load(file, weights_only=True))
+        return net.eval()
     ds.fit(net, data, epochs=epochs, lr=2e-3, seed=seed)
+    if file is not None:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(net.state_dict(), file)
     return net.eval()
 
 
@@ -69,7 +77,7 @@ def final_pair(ev: Evaluator, result: Any, table: LatencyTable) -> dict[str, Any
 def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: str | None) -> None:
     data = ds.load_data("fashion-mnist", n_train=args.n_train, n_test=args.n_test, seed=0)
     t0 = time.perf_counter()
-    dense = train_dense(name, data, args.epochs, 0)
+    dense = train_dense(name, data, args.epochs, 0, args.cache_dir)
     entry: dict[str, Any] = {"train_s": time.perf_counter() - t0,
                              "dense_test_accuracy": ds.evaluate(dense, data).accuracy}
     out["models"][name] = entry

@@ -94,6 +94,19 @@ def test_layer_keys_see_the_shapes_the_runtime_runs_and_the_table_sums_them():
     assert total < fake_ms(chain["0"]) + fake_ms(chain["3"]) + fake_ms(chain["8"])
 
 
+def test_calibration_recovers_the_cost_of_precision_changes_from_end_to_end_points():
+    table = fake_table()
+    # measured = 1.5 x layers + 4.5 x conversions + 0.2 (conversions cost 3x what the table's pairs say)
+    parts = [(1.0, 0.0), (2.0, 0.1), (1.5, 0.3), (0.8, 0.2), (1.2, 0.05)]
+    table.calibrate_parts([(p, 1.5 * p[0] + 4.5 * p[1] + 0.2) for p in parts] + [((1.0, 1.0), float("nan"))])
+    assert (table.scale, table.change_weight, table.offset) == (pytest.approx(1.5), pytest.approx(3.0),
+                                                                pytest.approx(0.2))  # fmt: skip
+    assert len(table.points) == 5  # the unmeasured model is left out
+    too_few = fake_table()
+    too_few.calibrate_parts([((1.0, 0.0), 2.0), ((2.0, 0.1), 3.5)])  # a line through the sums instead
+    assert too_few.change_weight == 1.0 and too_few.scale * 1.0 + too_few.offset == pytest.approx(2.0)
+
+
 def test_the_onnx_runtime_table_times_each_layer_once_and_caches_it_per_machine(tmp_path):
     pytest.importorskip("onnxruntime")
     net = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1)).eval()

@@ -134,17 +134,24 @@ def _cost(n: int, started: float, cpu0: float) -> dict[str, float]:
 
 
 def _calibrate(ev: Evaluator) -> Candidate:
-    """Measure the dense model (and the smallest policies) end to end, fit the table to them; the dense candidate."""
+    """Measure the dense model, the smallest policies and a few random mixed ones end to end, fit the table to
+    them; the dense candidate."""
+    import random
+
     space, x = ev.space, ev.data.example_input
-    policies = [space.dense(), space.smallest(False)] + ([space.smallest(True)] if space.int8_layers else [])
+    policies = [space.dense(), space.smallest(False)]
+    if space.int8_layers:
+        rng = random.Random("calibration")  # not the stream check_table(seed=0) samples from
+        policies += [space.smallest(True), space.uniform(0.5, True)] + [space.sample(rng) for _ in range(3)]
     if ev.table.end_to_end:
-        pairs, raws = [], []
+        pairs, parts = [], []
         for p in policies:
             net, _ = ev.build(p, "none")
-            raws.append(ev.table.raw(prune_policy(ev.model, space, p, example_input=x), x, p.int8))
+            keys = layer_keys(prune_policy(ev.model, space, p, example_input=x), x, p.int8)
+            parts.append(ev.table.parts(list(keys.values())))
             pairs.append((net, x))
         measured = ev.table.measure(pairs) or []
-        ev.table.calibrate(list(zip(raws, measured, strict=True)))
+        ev.table.calibrate_parts(list(zip(parts, measured, strict=True)))
     return ev.evaluate(space.dense(), recovery="none", measure=ev.table.end_to_end)
 
 
@@ -217,7 +224,8 @@ def _record_context(study: Any, space: SearchSpace, objectives: tuple[str, ...],
     absolute limits and the latency table's machine key and calibration."""
     study.set_user_attr("deepslim_search", {"space": space.to_dict(), "objectives": list(objectives),
                                             "limits": dict(limits), "table": {"machine": table.key,
-                                            "scale": table.scale, "offset_ms": table.offset}})  # fmt: skip
+                                            "scale": table.scale, "offset_ms": table.offset,
+                                            "conversion_weight": table.change_weight}})  # fmt: skip
 
 
 def _sampler(strategy: str, seed: int, space: SearchSpace, trials: int) -> Any:
@@ -357,4 +365,5 @@ def _table_report(table: LatencyTable, checked: Sequence[Candidate]) -> dict[str
                                                       "mac_proxy_kendall_tau": None, "rows": []}  # fmt: skip
     return {**report, "machine": table.key, "runtime": table.runtime, "threads": table.threads,
             "entries": len(table.entries), "measured_entries": table.measured, "scale": table.scale,
-            "offset_ms": table.offset, "calibration_points": [list(p) for p in table.points]}  # fmt: skip
+            "offset_ms": table.offset, "conversion_weight": table.change_weight,
+            "calibration_points": [list(p) for p in table.points]}  # fmt: skip

@@ -87,7 +87,7 @@ class Evaluator:
         x = self.data.example_input
         net = prune_policy(self.model, self.space, policy, example_input=x, calib_data=self.data.calib)
         keys = layer_keys(net, x, policy.int8)
-        predicted = self.table.scale * self.table.sequence_ms(list(keys.values())) + self.table.offset
+        predicted = self.table.predict_keys(list(keys.values()))
         if recovery == "bn":
             reestimate_bn_(net, self.data.calib, task=self.data.task)
         elif recovery == "finetune" and self.finetune_epochs > 0:

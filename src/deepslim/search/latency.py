@@ -164,7 +164,7 @@ class LatencyTable:
         self.path = None if timer is not None else Path(cache_dir or default_cache_dir()) / f"{self.key}.json"
         self.entries: dict[str, float] = self._load()
         self.measured = 0  # entries this table measured (not read from the cache)
-        self.scale, self.offset = 1.0, 0.0
+        self.scale, self.offset, self.change_weight = 1.0, 0.0, 1.0
         self.points: list[tuple[float, float]] = []  # (raw sum, measured) pairs the calibration was fitted to
 
     def _load(self) -> dict[str, float]:
@@ -222,15 +222,25 @@ class LatencyTable:
         changes: an int8 layer after a float one (or first) pays for quantizing its input, one before a float layer
         (or last) for dequantizing its output. (Order approximates data flow: exact for chains, close for residual
         blocks.)"""
-        total = float(sum(self.layer_ms(keys)))
+        return sum(self.parts(keys))
+
+    def parts(self, keys: Sequence[LayerKey]) -> tuple[float, float]:
+        """(the layers' entries, the conversions where the precision changes) of :meth:`sequence_ms`."""
+        layers = float(sum(self.layer_ms(keys)))
+        changes = 0.0
         for i, k in enumerate(keys):
             if not k.int8:
                 continue
             if i == 0 or not keys[i - 1].int8:
-                total += 0.5 * self.entries[LayerKey("qdq", k.in_shape, 0).text]
+                changes += 0.5 * self.entries[LayerKey("qdq", k.in_shape, 0).text]
             if i == len(keys) - 1 or not keys[i + 1].int8:
-                total += 0.5 * self.entries[LayerKey("qdq", k.out_shape, 0).text]
-        return total
+                changes += 0.5 * self.entries[LayerKey("qdq", k.out_shape, 0).text]
+        return layers, changes
+
+    def predict_keys(self, keys: Sequence[LayerKey]) -> float:
+        """Predicted end-to-end latency (ms) of a model whose layers, in execution order, are ``keys``."""
+        layers, changes = self.parts(keys)
+        return self.scale * (layers + self.change_weight * changes) + self.offset
 
     def raw(self, model: nn.Module, example_input: Any, int8: Mapping[str, bool]) -> float:
         """The layers' entries in sequence (:meth:`sequence_ms`), before calibration."""
@@ -238,7 +248,7 @@ class LatencyTable:
 
     def predict(self, model: nn.Module, example_input: Any, int8: Mapping[str, bool]) -> float:
         """Predicted end-to-end latency (ms) of float ``model`` with the ``int8`` layers quantized."""
-        return self.scale * self.raw(model, example_input, int8) + self.offset
+        return self.predict_keys(list(layer_keys(model, example_input, int8).values()))
 
     def calibrate(self, points: Sequence[tuple[float, float]]) -> None:
         """Fit ``scale`` and ``offset`` to (raw sum, measured) pairs: least squares with two distinct sums or more,
@@ -255,6 +265,23 @@ class LatencyTable:
                 self.scale, self.offset = float(scale), float(offset)
                 return
         self.scale, self.offset = 1.0, float(np.mean(meas - raw))
+
+    def calibrate_parts(self, points: Sequence[tuple[tuple[float, float], float]]) -> None:
+        """Fit ``measured ≈ scale × (layers + change_weight × conversions) + offset`` to ((layers, conversions),
+        measured) points — the conversions where the precision changes cost more in a whole graph than the table's
+        pairs (the integer kernels' NHWC layout adds transposes there) — with four points or more whose
+        conversions differ; else :meth:`calibrate` on the sums."""
+        good = [(p, m) for p, m in points if m == m]
+        a = np.array([[lay, ch, 1.0] for (lay, ch), _ in good]) if good else np.zeros((0, 3))
+        meas = np.array([m for _, m in good])
+        if len(good) >= 4 and np.ptp(a[:, 1]) > 1e-9 and np.linalg.matrix_rank(a) == 3:
+            (scale, weight, offset), *_ = np.linalg.lstsq(a, meas, rcond=None)
+            if scale > 0 and weight >= 0:
+                self.scale, self.change_weight, self.offset = float(scale), float(weight / scale), float(offset)
+                self.points = [(float(lay + ch), float(m)) for (lay, ch), m in good]
+                return
+        self.change_weight = 1.0
+        self.calibrate([(lay + ch, m) for (lay, ch), m in good])
 
     def measure(self, pairs: Sequence[tuple[nn.Module, Any]]) -> list[float] | None:
         """End-to-end latency of whole models (each with its example input), interleaved; None without a timer,
