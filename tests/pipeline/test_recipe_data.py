@@ -193,3 +193,26 @@ def test_an_interrupted_run_resumes_from_its_last_finished_stage(tmp_path, monke
     assert doc["status"] == "complete" and len(doc["stages"]) == 7 and not (tmp_path / "run" / "checkpoints").exists()
     with pytest.raises(ds.ConfigError, match="holds a complete run: nothing to resume"):
         ds.run_recipe(recipe, tmp_path / "run", resume=True)
+
+
+def test_the_schedules_share_out_the_epochs_and_raise_sparsity_as_documented():
+    from deepslim.compress.prune.schedule import GradualPruner, gradual_prune_, iterative_prune_, iterative_sparsities
+
+    model = ds.load_model("lenet300", in_features=64)
+    calls = []
+
+    def fit(epochs, hooks):  # the caller's training loop; here it records what it was asked and the sparsity reached
+        zeros = sum(int((m.weight == 0).sum()) for m in (model.fc1, model.fc2, model.fc3))
+        calls.append((epochs, tuple(hooks), zeros / sum(m.weight.numel() for m in (model.fc1, model.fc2, model.fc3))))
+
+    config = ds.MagnitudePruneConfig(sparsity=0.875, scope="global")
+    iterative_prune_(model, config, rounds=3, epochs=5, fit=fit)
+    assert [c[0] for c in calls] == [2, 2, 1]  # 5 epochs over 3 rounds: the first rounds get the remainder
+    assert [round(c[2], 3) for c in calls] == [round(s, 3) for s in iterative_sparsities(0.875, 3)] == [0.5, 0.75,
+                                                                                                         0.875]
+    calls.clear()
+    gradual_prune_(ds.load_model("lenet300", in_features=64), config, epochs=4, steps_per_epoch=50, fit=fit)
+    ((epochs, (pruner,), _),) = calls
+    assert epochs == 4 and isinstance(pruner, GradualPruner) and (pruner.start, pruner.end, pruner.every) == (0, 150, 2)
+    with pytest.raises(ds.ConfigError, match="needs epochs > 0"):
+        gradual_prune_(model, config, epochs=0, steps_per_epoch=50, fit=fit)
