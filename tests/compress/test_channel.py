@@ -186,10 +186,13 @@ def test_overrides_ignore_and_round_to():
     assert all(k % 4 == 0 for k in keep.values())
 
 
-# every zoo model, channel-pruned: runs, keeps its output shape, loses MACs and parameters, exports to ONNX
+# every zoo model, channel-pruned: runs, keeps its output shape, loses MACs and parameters, round-trips through a
+# file; one model of each graph pattern also exports to ONNX (the dynamo export is ~13 CPU-s a model, and the others
+# repeat a pattern: flatten, residual, depthwise, channel shuffle + concat, fire concat, attention, text)
+EXPORTED = {"lenet5", "resnet20", "mobilenet_v2", "shufflenet_v2", "squeezenet1_0", "vit_tiny", "bert_mini"}
 ZOO = {
     "lenet300": {"in_features": 64}, "lenet5": {"input_size": 8}, "resnet20": {}, "resnet56": {},
-    "vgg11_cifar": {}, "vgg16_cifar": {}, "vit_tiny": {}, "bert_mini": {"vocab_size": 1000},
+    "vgg11_cifar": {}, "vgg16_cifar": {}, "vit_tiny": {}, "bert_mini": {"vocab_size": 1000, "seq_len": 16},
     "resnet18": {"small_input": True, "num_classes": 10, "input_size": 32},
     "resnet34": {"small_input": True, "num_classes": 10, "input_size": 32},
     "resnet50": {"small_input": True, "num_classes": 10, "input_size": 32},
@@ -198,7 +201,7 @@ ZOO = {
     "shufflenet_v2": {"small_input": True, "num_classes": 10, "input_size": 32, "width_mult": 0.5},
     "squeezenet1_0": {"num_classes": 10, "input_size": 64},
     "vgg11": {"num_classes": 10, "input_size": 32}, "vgg16": {"num_classes": 10, "input_size": 32},
-    "vit_b16": {"num_classes": 10, "input_size": 32}, "bert_base": {"vocab_size": 1000, "seq_len": 16},
+    "vit_b16": {"num_classes": 10, "input_size": 32}, "bert_base": {"vocab_size": 100, "seq_len": 4},
 }  # fmt: skip
 
 
@@ -206,7 +209,7 @@ EMBEDDERS = {"all-minilm-l6-v2"}  # sentence encoders: embeddings out, pruned th
 
 
 def test_conformance_covers_the_whole_zoo():
-    assert set(ZOO) | EMBEDDERS == set(ds.list_models())
+    assert set(ZOO) | EMBEDDERS == set(ds.list_models()) and set(ZOO) >= EXPORTED
 
 
 @pytest.mark.parametrize("name", sorted(EMBEDDERS))
@@ -231,7 +234,7 @@ def test_zoo_model_channel_pruned(name, tmp_path):
     assert tuple(model(x).shape) == (2, classes)
     assert after.macs < before.macs and after.params < before.params
     assert after.macs <= 0.75 * before.macs  # half of each prunable group's channels went
-    if before.params < 20_000_000:
+    if name in EXPORTED:
         result = ds.export_onnx(model, tmp_path / "m.onnx", example_input=x)
         assert result.max_abs_error < 1e-3 and result.top1_agreement == 1.0
     ds.save_model(model, tmp_path / "m.pt")
