@@ -25,16 +25,20 @@ MODELS = ["lenet5", "resnet20", "resnet18", "resnet50", "mobilenet_v2", "vgg16",
 
 
 def _median_seconds(fns: dict[str, Callable[[], object]], repeats: int = 5) -> dict[str, float]:
-    """Median wall time of each function: one warm-up call each, then ``repeats`` rounds of one call each."""
+    """Median wall time of each function (``KEY``) and the median CPU time this process spent in it (``KEY_cpu``:
+    what a loaded machine inflates least): one warm-up call each, then ``repeats`` rounds of one call each."""
     for fn in fns.values():
         fn()
     times: dict[str, list[float]] = {k: [] for k in fns}
+    cpu: dict[str, list[float]] = {k: [] for k in fns}
     for _ in range(repeats):
         for key, fn in fns.items():
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             fn()
             times[key].append(time.perf_counter() - start)
-    return {k: statistics.median(v) for k, v in times.items()}
+            cpu[key].append(time.process_time() - start_cpu)
+    return {**{k: statistics.median(v) for k, v in times.items()},
+            **{f"{k}_cpu": statistics.median(v) for k, v in cpu.items()}}  # fmt: skip
 
 
 def measure(name: str) -> dict[str, Any]:
@@ -73,15 +77,16 @@ def main() -> None:
     logging.getLogger("fvcore").setLevel(logging.ERROR)
     out = result_header("profile_speed", pick_threads(args.threads))
     rows = out["rows"] = [measure(n) for n in args.models.split(",")]
-    write_result(out, args.json)
-    print("| model | deepslim MACs | fvcore MACs | deepslim s | deepslim (meta) s | fvcore s | fvcore / deepslim time "
-          "| eager forward s |")  # fmt: skip
+    write_result(out, args.json, echo=False)
+    print("| model | deepslim MACs | fvcore MACs | deepslim s (CPU s) | deepslim (meta) s (CPU s) | fvcore s (CPU s) "
+          "| fvcore / deepslim time | eager forward s (CPU s) |")  # fmt: skip
     print("|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
-        print(f"| {r['model']} | {r['deepslim_macs']:,} | {r['fvcore_macs']:,} | {r['deepslim_s']:.3f} | "
-              f"{r['deepslim_meta_s']:.3f} | {r['fvcore_s']:.3f} | {r['fvcore_s'] / r['deepslim_s']:.2f} | "
-              f"{r['eager_forward_s']:.3f} |")  # fmt: skip
-
+        t = {k: f"{r[k]:.3f} ({r[k + '_cpu']:.3f})" for k in ("deepslim_s", "deepslim_meta_s", "fvcore_s",
+                                                               "eager_forward_s")}  # fmt: skip
+        print(f"| {r['model']} | {r['deepslim_macs']:,} | {r['fvcore_macs']:,} | {t['deepslim_s']} | "
+              f"{t['deepslim_meta_s']} | {t['fvcore_s']} | {r['fvcore_s'] / r['deepslim_s']:.2f} | "
+              f"{t['eager_forward_s']} |")  # fmt: skip
 
 if __name__ == "__main__":
     main()
