@@ -52,7 +52,7 @@ BATCHES = (1, 32)
 TOME_R = {32: 2, 128: 8}
 KEEP = {32: 0.9, 128: 0.9}
 STUDENT_CANDIDATES = ([0, 2, 4], [1, 3, 5], [0, 2, 5], [0, 3, 5])
-HEADS = {"head_ratio": 1 / 3, "ffn_ratio": 0.25}  # a third of the heads, a quarter of the hidden units (global)
+HEADS = HeadPruneConfig(head_ratio=1 / 3, ffn_ratio=0.25)  # a third of the heads, a quarter of the hidden units
 
 
 def docstring_sentences() -> list[str]:
@@ -102,8 +102,8 @@ def head_pruned(teacher: torch.nn.Module, test: ds.DataBundle, args: argparse.Na
     data = distill_bundle(teacher, test, args.distill_size)
     student = copy.deepcopy(teacher)
     c0 = time.process_time()
-    plan = prune_heads_(student, HeadPruneConfig(**HEADS), calib_data=data.train)
-    info: dict[str, Any] = {"config": HEADS, "prune_cpu_s": round(time.process_time() - c0, 1),
+    plan = prune_heads_(student, HEADS, calib_data=data.train)
+    info: dict[str, Any] = {"config": HEADS.to_dict(), "prune_cpu_s": round(time.process_time() - c0, 1),
                             "heads": plan.heads(), "kept": {b.name: b.keep for b in plan.blocks},
                             "test_fidelity_before_distill": sentence_fidelity(student, teacher, test)}  # fmt: skip
     c0 = time.process_time()
@@ -191,7 +191,7 @@ def run(args: argparse.Namespace) -> dict:
         variants["tome"] = lambda s: merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=TOME_R[s]))
     if "prune" in chosen:
         variants["prune"] = lambda s: prune_tokens_(copy.deepcopy(teacher), PruneTokensConfig(keep_ratio=KEEP[s]))
-    result["settings"] = {"tome_r": TOME_R, "prune_keep_ratio": KEEP, "threads": THREADS, "heads": HEADS}
+    result["settings"] = {"tome_r": TOME_R, "prune_keep_ratio": KEEP, "threads": THREADS, "heads": HEADS.to_dict()}
     result["rows"] = []
     with tempfile.TemporaryDirectory() as work:
         for seq, data in ((32, data32), (128, data128)):
