@@ -10,8 +10,10 @@ int8 ran 2.43× faster than ORT fp32 at mean cosine 0.993, plain dynamic int8 1.
 :func:`export_fused_int8` writes the fused graph with per-channel dynamic int8 weights (activations quantized per
 batch at run time by ORT's integer kernels), checks ONNX Runtime against PyTorch on the given inputs, and leaves the
 projections that cost the most fidelity in fp32 until the mean cosine reaches ``min_cosine`` (``keep_float``
-feed-forward output projections at most, the last layers first: their inputs are GELU outputs with the widest
-ranges). The file is written atomically; a file that stays below the target is an ExportError, never a file.
+feed-forward output projections at most, the first layers first: their inputs are GELU outputs with the widest
+ranges; on all-MiniLM-L6-v2, keeping the last five in fp32 took the mean cosine from 0.9930 to 0.9945, adding the
+first layer's to 0.9959 and the minimum from 0.985 to 0.993). The file is written atomically; a file that stays
+below the target is an ExportError, never a file.
 """
 
 from __future__ import annotations
@@ -101,7 +103,7 @@ def export_fused_int8(model: nn.Module, path: str | os.PathLike[str], *, example
     ``example_input``: the inputs the export traces (``(input_ids, attention_mask)``); ``check_inputs``: batches
     on which ONNX Runtime is compared with PyTorch (default: the example). ``num_heads``/``hidden_size`` 0: from the
     Hugging Face config of a :class:`~deepslim.models.hf.SentenceEncoder`, else ORT reads them off the graph.
-    Feed-forward output projections stay fp32, last layer first, up to ``keep_float`` of them, until the mean cosine
+    Feed-forward output projections stay fp32, first layer first, up to ``keep_float`` of them, until the mean cosine
     to PyTorch reaches ``min_cosine``; an ExportError if it never does.
     """
     default = ["input_ids", "attention_mask"] if len(example_input) <= 2 else [f"input_{i}" for i in range(9)]
@@ -120,7 +122,7 @@ def export_fused_int8(model: nn.Module, path: str | os.PathLike[str], *, example
         if not fused_ops.get("Attention"):
             raise ExportError(f"ONNX Runtime's transformer optimizer fused no attention in {type(model).__name__} "
                               f"(fused: {fused_ops}); this export is for BERT-style encoders")  # fmt: skip
-        candidates = list(reversed(_ffn_outputs(fused)))[:keep_float]
+        candidates = _ffn_outputs(fused)[:keep_float]
         attempts: list[dict[str, Any]] = []
         for n_float in range(len(candidates) + 1):
             exclude = candidates[:n_float]
