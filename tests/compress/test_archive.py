@@ -75,8 +75,11 @@ CASES = {
     "pruned+kmeans": lambda m, x: ds.cluster_(ds.prune_(m, ds.MagnitudePruneConfig(sparsity=0.8)),
                                               ds.KMeansConfig(bits=4, share_bias=True)),
     "int8": lambda m, x: ds.quantize_(m, ds.LinearQuantConfig(bits=8), calib_data=_calib(x.shape[1:])),
+    # 4-bit per-tensor activations on random weights fall below quantize_'s fidelity bar; the archive must still
+    # store exactly what the model computes, so the low fidelity is accepted here
     "int4-per-tensor-asym": lambda m, x: ds.quantize_(m, ds.LinearQuantConfig(bits=4, per_channel=False,
-                                                                               symmetric=False),
+                                                                               symmetric=False,
+                                                                               accept_low_fidelity=True),
                                                       calib_data=_calib(x.shape[1:])),
     "int8-weight-only": lambda m, x: ds.quantize_(m, ds.LinearQuantConfig(bits=8, activation_bits=None)),
     "ternary": lambda m, x: ds.quantize_(m, ds.TernaryConfig()),

@@ -1,5 +1,6 @@
 """Measuring what a model costs: the profiler, device profiles and the roofline/energy cost model."""
 
+from deepslim.analysis._format import human, profile_rows, summary_lines
 from deepslim.analysis.cost import CostEstimate, LayerCost, estimate_cost
 from deepslim.analysis.devices import DeviceProfile, EnergyTable, get_device, list_devices, register_device
 from deepslim.analysis.profile import LayerProfile, Profile, profile
@@ -13,7 +14,10 @@ __all__ = [
     "Profile",
     "estimate_cost",
     "get_device",
+    "human",
     "list_devices",
     "profile",
+    "profile_rows",
     "register_device",
+    "summary_lines",
 ]

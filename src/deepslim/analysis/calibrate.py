@@ -16,6 +16,7 @@ import platform
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -73,7 +74,7 @@ def measure_depthwise_rate(dtype: torch.dtype, channels: int = 96, size: int = 5
 
     rng = np.random.default_rng(0)
     shape = [1, channels, size, size]
-    attrs = {"group": channels, "kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
+    attrs: dict[str, Any] = {"group": channels, "kernel_shape": [3, 3], "pads": [1, 1, 1, 1]}
     if dtype == torch.int8:
         inits = [numpy_helper.from_array(rng.integers(-127, 127, (channels, 1, 3, 3), dtype=np.int8), "w"),
                  *(numpy_helper.from_array(np.array(v, dt), n) for n, v, dt in (

@@ -174,8 +174,7 @@ def check_output(args: argparse.Namespace, suffixes: tuple[str, ...]) -> None:
 
 def default_input(model: nn.Module) -> torch.Tensor | None:
     """The example input of a zoo architecture, or one like the input its file recorded; None when unknown."""
-    from deepslim.models import example_input, list_models
-    from deepslim.models._registry import ARCH_ATTR
+    from deepslim.models import ARCH_ATTR, example_input, list_models
 
     arch = getattr(model, ARCH_ATTR, None)
     if isinstance(arch, dict) and arch.get("name") in list_models():
@@ -185,9 +184,9 @@ def default_input(model: nn.Module) -> torch.Tensor | None:
 
 def recorded_input(model: nn.Module) -> torch.Tensor | None:
     """An input like the one the model's file recorded (shape and dtype), or None when it recorded none."""
-    from deepslim.models import _registry
+    from deepslim.models import INPUT_ATTR
 
-    record = getattr(model, getattr(_registry, "INPUT_ATTR", "_deepslim_input"), None)
+    record = getattr(model, INPUT_ATTR, None)
     if not isinstance(record, dict) or "shape" not in record:
         return None
     dtype = getattr(torch, str(record.get("dtype", "float32")), None)
@@ -215,7 +214,7 @@ def snapshot_dict(m: Measurement) -> dict[str, Any]:
 
 def render(title: str, before: Measurement, after: Measurement, warnings: list[str], args: argparse.Namespace) -> None:
     """The before/after table of a prune or quantize command, its warnings, and the file it wrote."""
-    from deepslim.analysis._format import human
+    from deepslim.analysis import human
 
     def ratio(a: float | None, b: float | None) -> str:
         return f"{a / b:.2f}x" if a and b else "-"

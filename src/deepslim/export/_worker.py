@@ -70,6 +70,7 @@ def main() -> None:
     import numpy as np
 
     call: Callable[[], object] | None = None
+    reply: dict[str, Any]
     for line in sys.stdin:
         cmd = json.loads(line)
         try:

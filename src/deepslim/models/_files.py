@@ -6,7 +6,7 @@ Checkpoint format (``torch.save`` of plain containers and tensors, read with ``w
      "resized": bool,                       # layers resized by structured pruning: rebuild at the stored sizes
      "modules": {layer: kind},              # quantized layers, folded batch norms, fp16 layers (as in .dsz)
      "quant": {layer: [scale, zero]},       # the fixed weight quantization of each quantized layer
-     "points": {...} | None,                # activation quantization points (compress.coding.state)
+     "points": {...} | None,                # activation quantization points (see deepslim.models.formats)
      "arch" | "factory" | "input" | "preprocessing": records (see _records)}
 
 A model with deepslim's layers (quantized, masked, clustered, fp16) is stored as its *inference state* — the
@@ -33,6 +33,7 @@ from deepslim.errors import ArchiveError, ConfigError, ModelLoadError
 from deepslim.models._records import check_records, fresh_architecture, model_records, set_records
 from deepslim.models._registry import recorded_example_input
 from deepslim.models._safe import verify_checkpoint
+from deepslim.models.formats import layer_states, needed_layer_states
 
 log = logging.getLogger(__name__)
 
@@ -65,24 +66,26 @@ def _inference_state(model: nn.Module, fresh: nn.Module | None) -> tuple[dict[st
     A model is plain when no layer changed kind and it has no parametrizations beyond those of its architecture
     (``fresh``; a weight_norm the architecture itself applies stays as it is).
     """
-    from deepslim.compress.coding.state import inference_state, layer_kinds
-
-    if not layer_kinds(model):
+    states = layer_states()
+    if states is None or not states.layer_kinds(model):  # without the coding package no layer can have changed
         state = model.state_dict()
         if not any(parametrize.is_parametrized(m) for m in model.modules()):
             return state, {}, {}
         if fresh is not None and fresh.state_dict().keys() == state.keys():
             return state, {}, {}
-    return inference_state(model)
+    if states is None:
+        raise ConfigError("the model has parametrized layers that only deepslim's compression package can store: "
+                          "import deepslim before saving it")  # fmt: skip
+    return states.inference_state(model)
 
 
 def _check_structure(fresh: nn.Module, kinds: dict[str, Any], state: dict[str, torch.Tensor], what: str) -> bool:
     """Whether ``state`` has the architecture's tensors at other sizes; an error if its tensors differ."""
-    from deepslim.compress.coding.state import rebuild_layers
-
     base = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    states = layer_states()
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
     with torch.device("meta"):
-        rebuilt = rebuild_layers(fresh, kinds, {k: tuple(v.shape) for k, v in state.items()}).state_dict()
+        rebuilt = (states.rebuild_layers(fresh, kinds, shapes) if states is not None else fresh).state_dict()
     if rebuilt.keys() != state.keys():
         extra = sorted(set(state) ^ set(rebuilt))[:3]
         raise ConfigError(f"the model's layers no longer match its architecture {what} (e.g. {', '.join(extra)}): "
@@ -99,10 +102,10 @@ def write_checkpoint(model: nn.Module, dest: Path, example_input: Any = None) ->
         resized = _check_structure(fresh, kinds, state, what)
     else:  # a factory this process cannot rebuild: let loading take the stored sizes
         resized = "factory" in records
-    from deepslim.compress.coding.state import points_record
-
+    states = layer_states()
+    points = states.points_record(model) if states is not None else None
     payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION, **records, "state_dict": state,
-               "modules": kinds, "quant": quant, "resized": resized, "points": points_record(model)}  # fmt: skip
+               "modules": kinds, "quant": quant, "resized": resized, "points": points}  # fmt: skip
     with atomic_path(dest) as tmp:
         torch.save(payload, tmp)
 
@@ -161,37 +164,37 @@ def _checkpoint_from(obj: dict[str, Any], source: str) -> Checkpoint:
                   for v in quant.values()))  # fmt: skip
     if not ok:
         raise ModelLoadError(f"{source}: malformed deepslim checkpoint; re-save the model with deepslim.save_model")
-    from deepslim.compress.coding.state import check_points_record
-
     records = check_records(obj, source=source)
-    points = check_points_record(obj["points"], source) if obj.get("points") is not None else None
+    points = None
+    if obj.get("points") is not None:
+        points = needed_layer_states(source).check_points_record(obj["points"], source)
     quant = {k: (v[0], v[1]) for k, v in quant.items()}
+    assert isinstance(state, dict)  # checked above (``ok``)
     return Checkpoint(state, records, kinds, quant, bool(obj.get("resized")), points)
 
 
 def restore_(model: nn.Module, ckpt: Checkpoint, *, source: str) -> nn.Module:
     """Give ``model`` the checkpoint's layers (resized, quantized, ...) and exactly its weights; returns it."""
-    from deepslim.compress.coding.state import rebuild_layers
     from deepslim.models._loading import load_state_into
 
     if ckpt.kinds or ckpt.resized:
         if not ckpt.resized:  # a wrong-sized file is an error, not a reason to resize
             _check_shapes(model, ckpt.state, source)
         try:
-            model = rebuild_layers(model, ckpt.kinds, {k: tuple(v.shape) for k, v in ckpt.state.items()})
+            shapes = {k: tuple(v.shape) for k, v in ckpt.state.items()}
+            model = needed_layer_states(source).rebuild_layers(model, ckpt.kinds, shapes)
         except (ArchiveError, AttributeError, KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise ModelLoadError(f"{source}: its layers cannot be rebuilt: {type(exc).__name__}: {exc}") from None
     load_state_into(model, ckpt.state, source=source)
     for name, (scale, zero) in ckpt.quant.items():
         try:
-            model.get_submodule(name).fixed_weight_params = (scale.view(-1), zero.view(-1))
+            layer: Any = model.get_submodule(name)  # a quantized layer
+            layer.fixed_weight_params = (scale.view(-1), zero.view(-1))
         except AttributeError:
             raise ModelLoadError(f"{source}: quantized layer {name!r} is not in the model") from None
     set_records(model, ckpt.records, "input", "preprocessing")
     if ckpt.points is not None:
-        from deepslim.compress.coding.state import restore_points_
-
-        restore_points_(model, ckpt.points, source=source)
+        needed_layer_states(source).restore_points(model, ckpt.points, source)
     return model
 
 

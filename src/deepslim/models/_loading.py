@@ -38,6 +38,7 @@ from deepslim.models._files import (
 )
 from deepslim.models._records import factory_record, remember_factory, set_records, sha256_of
 from deepslim.models._registry import ARCH_ATTR, FACTORY_ATTR, create_model, list_models
+from deepslim.models.formats import archive_format
 
 log = logging.getLogger(__name__)
 __all__ = ["CHECKPOINT_FORMAT", "CHECKPOINT_VERSION", "build_architecture", "load_model", "load_state_into",
@@ -104,9 +105,8 @@ def save_model(model: nn.Module, path: str | os.PathLike[str], *, example_input:
     dest = Path(path)
     if dest.suffix == ".dsz":
         from deepslim._io import atomic_path
-        from deepslim.compress.coding import encode
 
-        blob = encode(model, example_input=example_input)
+        blob = archive_format(".dsz", str(dest)).write(model, example_input)
         with atomic_path(dest) as tmp:
             tmp.write_bytes(blob)
     elif dest.suffix == ".pt2":
@@ -269,13 +269,11 @@ def _call_args(options: dict[str, Any]) -> str:
 
 
 def _from_archive(path: Path, arch: str | None, options: dict[str, Any]) -> nn.Module:
-    from deepslim.compress.coding import decode
-
     if options and arch is None:
         raise ConfigError(f"a .dsz archive takes no model options (got {', '.join(options)}) unless arch= is given")
     if not path.is_file():
         raise not_a_file(path, "model file")
-    return decode(path.read_bytes(), arch=arch, options=options, source=str(path))
+    return archive_format(path.suffix, str(path)).read(path.read_bytes(), arch, options, str(path))
 
 
 def _from_exported(path: Path, options: dict[str, Any]) -> nn.Module:

@@ -144,8 +144,7 @@ def _fit(job: dict[str, Any], ddp: DistributedDataParallel, data: DataBundle, ta
 def _distill(job: dict[str, Any], ddp: DistributedDataParallel, data: DataBundle, task: Task,
              epochs: _EpochLog) -> Any:  # fmt: skip
     """distill() with the wrapper as the student, so that its forward (and backward) goes through DDP."""
-    from deepslim.models import load_model, save_model
-    from deepslim.models._registry import PREPROCESSING_ATTR
+    from deepslim.models import PREPROCESSING_ATTR, load_model, save_model
     from deepslim.train.distill import KDConfig, distill
 
     model = ddp.module

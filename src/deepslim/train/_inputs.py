@@ -15,8 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from deepslim.data import DataBundle, Preprocessing
-from deepslim.data._bundle import LOADER_PREPROCESSING_ATTR
+from deepslim.data import LOADER_PREPROCESSING_ATTR, DataBundle, Preprocessing
 from deepslim.tasks import Inputs
 
 _UNKNOWN = object()
@@ -30,7 +29,7 @@ def data_preprocessing(data: DataBundle | DataLoader | Any) -> Preprocessing | N
 
 
 def model_preprocessing(model: nn.Module) -> Preprocessing | None:
-    from deepslim.models._registry import PREPROCESSING_ATTR
+    from deepslim.models import PREPROCESSING_ATTR
 
     record = getattr(model, PREPROCESSING_ATTR, None)
     return Preprocessing.from_dict(record) if isinstance(record, dict) else None

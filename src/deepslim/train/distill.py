@@ -101,7 +101,7 @@ def _regressor(student_out: torch.Tensor, teacher_out: torch.Tensor) -> nn.Modul
 def _match(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
     """Bring a regressed student feature map to the teacher's spatial size."""
     if s.ndim == 4 and s.shape[-2:] != t.shape[-2:]:
-        s = F.adaptive_avg_pool2d(s, t.shape[-2:])
+        s = F.adaptive_avg_pool2d(s, (int(t.shape[-2]), int(t.shape[-1])))
     if s.shape != t.shape:
         raise ConfigError(f"hint shapes do not match after the regressor: student {tuple(s.shape)} vs teacher "
                           f"{tuple(t.shape)}")  # fmt: skip
@@ -159,7 +159,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: DataBundle, config: KD
                 return evaluate(student, data, split="val", task=task)
             metrics = fidelity(student, teacher, data, split="val", task=task)
             return EvalResult(accuracy=metrics.get("agreement", math.nan), loss=metrics.get("loss", math.nan),
-                              samples=len(data.val.dataset), metrics=metrics, task=task.name,
+                              samples=_samples(data.val), metrics=metrics, task=task.name,
                               metric=task.metric)  # fmt: skip
 
         return train_loop(student, data, loss, epochs=epochs, lr=lr, optimizer=optimizer,
@@ -170,6 +170,11 @@ def distill(student: nn.Module, teacher: nn.Module, data: DataBundle, config: KD
     finally:
         s_cap.close()
         t_cap.close()
+
+
+def _samples(loader: Any) -> int:
+    """How many examples a loader holds (its dataset's length; 0 when the dataset has none)."""
+    return len(loader.dataset) if hasattr(loader.dataset, "__len__") else 0
 
 
 def _has_targets(task: Task, loader: Any) -> bool:

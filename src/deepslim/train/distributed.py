@@ -36,9 +36,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, DistributedSampler
 
-from deepslim import errors
-from deepslim.data import DataBundle
-from deepslim.data._bundle import LOADER_PREPROCESSING_ATTR
+import deepslim.errors as errors
+from deepslim._threads import check_threads
+from deepslim.data import LOADER_PREPROCESSING_ATTR, DataBundle
 from deepslim.errors import ConfigError, DeepSlimError
 from deepslim.tasks import Task, get_task
 from deepslim.train.distill import KDConfig
@@ -191,8 +191,7 @@ def _task_name(task: Task | str | None) -> str | None:
 def _run(model: nn.Module, job: dict[str, Any], *, nproc: int, threads: int,
          on_epoch: Callable[[dict[str, float]], None] | None,
          teacher: nn.Module | None = None) -> FitResult:  # fmt: skip
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
-        raise ConfigError(f"threads must be a positive integer, got {threads!r}")
+    check_threads(threads)
     from deepslim.models import save_model
 
     start = time.perf_counter()

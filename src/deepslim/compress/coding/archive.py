@@ -111,7 +111,8 @@ def _parametrized_tensors(m: nn.Module, name: str) -> dict[str, torch.Tensor]:
     codebooks, codes), the originals for another library's parametrization (weight_norm, spectral_norm), so that the
     archive's names are the architecture's; ArchiveError when both act on one tensor."""
     out = {}
-    for key, plist in m.parametrizations.items():
+    plists: Any = m.parametrizations  # a ModuleDict of ParametrizationLists (torch types it as Tensor | Module)
+    for key, plist in plists.items():
         ours = [type(p).__name__ for p in plist if type(p).__module__.startswith("deepslim.")]
         foreign = [type(p).__name__ for p in plist if not type(p).__module__.startswith("deepslim.")]
         if not foreign:
@@ -172,11 +173,11 @@ def _stream_parts(stream: np.ndarray, name: str, use_huffman: bool) -> tuple[dic
     # fixed width: each symbol minus the smallest, in just enough bits
     lo = int(stream.min()) if len(stream) else 0
     width = max(int(stream.max() - lo).bit_length(), 1) if len(stream) else 1
-    table = bytearray()
-    huffman_codec.varint((lo << 1) ^ (lo >> 63), table)
-    table.append(width)
-    bits = ((stream[:, None] - lo) >> np.arange(width - 1, -1, -1)) & 1
-    return {name: np.packbits(bits.astype(np.uint8).ravel()).tobytes(), f"{name}_table": bytes(table)}, {
+    header = bytearray()
+    huffman_codec.varint((lo << 1) ^ (lo >> 63), header)
+    header.append(width)
+    fixed = ((stream[:, None] - lo) >> np.arange(width - 1, -1, -1)) & 1
+    return {name: np.packbits(fixed.astype(np.uint8).ravel()).tobytes(), f"{name}_table": bytes(header)}, {
         "coding": "fixed", "bits": len(stream) * width, "count": len(stream)}  # fmt: skip
 
 
@@ -192,13 +193,13 @@ def _value_candidates(item: _Tensor, picks: np.ndarray | None,
         parts["scales"] = _raw_bytes(scale.float())
         if bool((zero != 0).any()):
             parts["zeros"] = _raw_bytes(zero.to(torch.int32))
-        enc = {"kind": "linear", "bits": bits, "axis": axis, "channels": int(scale.numel()),
+        enc: dict[str, Any] = {"kind": "linear", "bits": bits, "axis": axis, "channels": int(scale.numel()),
                "asymmetric": "zeros" in parts}  # fmt: skip
         return [(enc, parts, {"codes": stream})]
     patterns = _bit_patterns(t)
     sel = patterns if picks is None else patterns[picks]
-    candidates = [({"kind": "raw"}, {"raw": _raw_bytes(t.reshape(-1)[torch.from_numpy(picks)] if picks is not None
-                                                      else t)}, {})]  # fmt: skip
+    raw = _raw_bytes(t.reshape(-1)[torch.from_numpy(picks)] if picks is not None else t)
+    candidates: list[tuple[dict[str, Any], dict[str, bytes], dict]] = [({"kind": "raw"}, {"raw": raw}, {})]
     if t.is_floating_point() and len(sel):
         book, index = np.unique(sel, return_inverse=True)
         size = t.element_size()
@@ -237,14 +238,15 @@ def _encode_tensor(item: _Tensor, payload: _Payload, use_huffman: bool) -> dict[
     entry: dict[str, Any] = {"name": item.name, "shape": list(t.shape), "dtype": str(t.dtype).removeprefix("torch.")}
     if entry["dtype"] not in _DTYPES:
         raise ConfigError(f"tensor {item.name} has dtype {t.dtype}, which the archive does not store")
-    options = [({"layout": "dense"}, enc, parts, streams)
+    options: list[tuple[dict[str, Any], dict[str, Any], dict[str, bytes], dict]] = [
+        ({"layout": "dense"}, enc, parts, streams)
                for enc, parts, streams in _value_candidates(item, None, use_huffman)]
     zeros = _zero_pattern(item)
     if t.numel() >= 16 and zeros.mean() >= SPARSE_MIN_ZEROS:
         positions = np.flatnonzero(~zeros)
         bits = _best_index_bits(positions) if use_huffman else SPARSE_FIXED_INDEX_BITS
         index_parts, index_stream = _stream_parts(encode_positions(positions, bits), "index", use_huffman)
-        layout = {"layout": "sparse", "index_bits": bits, "nonzeros": int(len(positions))}
+        layout: dict[str, Any] = {"layout": "sparse", "index_bits": bits, "nonzeros": int(len(positions))}
         for enc, parts, streams in _value_candidates(item, positions, use_huffman):
             options.append((layout, enc, {**index_parts, **parts}, {**streams, "index": index_stream}))
     layout, enc, parts, streams = min(options, key=lambda o: sum(len(b) for b in o[2].values()))
@@ -264,7 +266,7 @@ def encode(model: nn.Module, *, huffman: bool = True, example_input: Any = None)
     the input the model records), so that the decoded model can be exported.
     """
     from deepslim.compress.coding.state import points_record
-    from deepslim.models._records import fresh_architecture, model_records
+    from deepslim.models import fresh_architecture, model_records
 
     if sys.byteorder != "little":
         raise ArchiveError("the archive is written on little-endian machines only")
@@ -493,7 +495,7 @@ def _build(model: nn.Module, kinds: dict[str, Any], shapes: dict[str, tuple[int,
     """``model`` (a fresh architecture) resized to ``shapes`` and with its modules turned into the recorded kinds."""
     from deepslim.compress.quantize import apply_half
     from deepslim.compress.quantize.linear import QUANTIZABLE
-    from deepslim.models._loading import resize_like_
+    from deepslim.models import resize_like_
 
     for name, spec in kinds.items():
         if spec["kind"] == "identity":
@@ -506,7 +508,8 @@ def _build(model: nn.Module, kinds: dict[str, Any], shapes: dict[str, tuple[int,
             if type(m) not in QUANTIZABLE:
                 raise ArchiveError(f"module {name}: a {type(m).__name__} cannot hold linear quantization")
             m.__class__ = QUANTIZABLE[type(m)]
-            m.init_quant(spec["bits"], spec["act_bits"], spec["per_channel"], spec["symmetric"], False)
+            quant: Any = m  # a QuantMixin layer now
+            quant.init_quant(spec["bits"], spec["act_bits"], spec["per_channel"], spec["symmetric"], False)
         elif spec["kind"] == "half":
             apply_half(m, spec["dtype"])
     # folded convolutions gained a bias
@@ -532,8 +535,7 @@ def decode(data: bytes, *, model: nn.Module | None = None, arch: str | None = No
     tensors into a module of your own (it must have the archive's tensors, at the archive's shapes).
     """
     from deepslim.compress.coding.state import check_points_record, restore_points_
-    from deepslim.models._loading import build_architecture, load_state_into
-    from deepslim.models._records import check_records, set_records
+    from deepslim.models import build_architecture, check_records, load_state_into, set_records
 
     _, manifest, payload = _read(data)
     try:
@@ -563,8 +565,8 @@ def decode(data: bytes, *, model: nn.Module | None = None, arch: str | None = No
     except ModelLoadError as exc:
         raise ArchiveError(str(exc)) from None
     for name, (scale, zero, _) in quant.items():
-        m = model.get_submodule(name)
-        m.fixed_weight_params = (scale.view(-1), zero.view(-1))
+        layer: Any = model.get_submodule(name)  # a quantized layer
+        layer.fixed_weight_params = (scale.view(-1), zero.view(-1))
     set_records(model, records, "input", "preprocessing")
     if points is not None and built:
         try:

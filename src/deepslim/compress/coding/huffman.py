@@ -52,7 +52,7 @@ def code_lengths(symbols: np.ndarray, counts: np.ndarray) -> HuffmanTable:
 
 
 def _lengths(counts: np.ndarray) -> np.ndarray:
-    heap = [(int(c), i, (i,)) for i, c in enumerate(counts)]
+    heap: list[tuple[int, int, tuple[int, ...]]] = [(int(c), i, (i,)) for i, c in enumerate(counts)]
     heapq.heapify(heap)
     depth = np.zeros(len(counts), dtype=np.int64)
     tie = len(counts)
@@ -111,7 +111,7 @@ def decode(table: HuffmanTable, data: bytes, n_bits: int, count: int) -> np.ndar
     windows = np.zeros(n_bits, dtype=np.int32)  # the next `width` (<= 24) bits at every position
     for j in range(width):
         windows = (windows << 1) | padded[j : j + n_bits]
-    view = memoryview(windows)
+    view = memoryview(windows.data)
     out = np.empty(count, dtype=np.int64)
     pos = 0
     for k in range(count):

@@ -5,7 +5,7 @@ and how loading rebuilds them.
   the layers whose kind differs from the plain architecture (quantized, folded batch norm, fp16), and each
   quantized layer's fixed weight scale and zero point. :func:`rebuild_layers` turns a fresh architecture into those
   kinds at those sizes. The ``.dsz`` archive codes the same state (:mod:`deepslim.compress.coding.archive`).
-- Activation quantization points (:mod:`deepslim.compress.quantize._points`): modules that linear quantization
+- Activation quantization points (:func:`deepslim.compress.quantize.insert_points_`): modules that linear quantization
   inserts into the forward (residual additions, concatenations, layer outputs), whose calibrated scale and zero
   point the outputs depend on. A file records each point's parameters; loading re-inserts the points into the
   rebuilt model -- the same placement, since it has the same quantized layers -- and gives them those values.
@@ -23,7 +23,7 @@ from deepslim.errors import ModelLoadError
 
 _NAME = re.compile(r"p\d{1,6}")  # point names, as quantization gives them
 _MAX_POINTS = 100_000
-_POINTS_ATTR = "deepslim_points"  # where quantization keeps a model's points (compress.quantize._points.POINTS_ATTR)
+_POINTS_ATTR = "deepslim_points"  # where quantization keeps a model's points (compress.quantize's POINTS_ATTR)
 
 
 def inference_state(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, list]]:
@@ -82,9 +82,9 @@ def check_points_record(record: Any, source: str) -> dict[str, Any]:
 
 def restore_points_(model: nn.Module, record: dict[str, Any], *, source: str) -> None:
     """Insert the recorded points into ``model`` (rebuilt, with its quantized layers) and set their parameters."""
-    from deepslim.compress.quantize._points import insert_points_
+    from deepslim.compress.quantize import insert_points_
     from deepslim.compress.quantize.observers import Calibration
-    from deepslim.models._registry import recorded_example_input
+    from deepslim.models import recorded_example_input
 
     example = recorded_example_input(model, 1)
     if example is None:
