@@ -11,7 +11,7 @@ import pytest
 
 import deepslim as ds
 from deepslim.report import load_run, write_report
-from deepslim.report.html import pareto
+from deepslim.report.charts import pareto
 
 RECIPE = {"model": "lenet300", "data": "digits", "stages": [
     {"train": {"epochs": 2, "lr": 0.003}}, {"prune": {"sparsity": 0.8, "scope": "global", "epochs": 1}},
