@@ -160,3 +160,25 @@ def test_a_second_float_mask_is_intersected_like_the_first():
     set_mask_(layer, torch.tensor([[1.0, 0.0, 1.0, 0.0], [0.0, 1.0, 1.0, 1.0]]))
     set_mask_(layer, torch.tensor([[0.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 0.0]]))
     assert current_mask(layer).mask.tolist() == [[False, False, True, False], [False, True, True, False]]
+
+
+def test_a_second_mask_tightens_the_first_instead_of_stacking():
+    from deepslim.compress.prune.masks import set_mask_
+
+    layer = nn.Linear(4, 2)
+    set_mask_(layer, torch.tensor([[True, False, True, False], [False, True, True, True]]))
+    set_mask_(layer, torch.tensor([[False, True, True, True], [True, True, True, False]]))
+    assert len(layer.parametrizations.weight) == 1
+    assert current_mask(layer).mask.tolist() == [[False, False, True, False], [False, True, True, False]]
+
+
+def test_a_layer_parametrized_elsewhere_has_no_weight_mask():
+    class Double(nn.Module):
+        def forward(self, x):
+            return 2 * x
+
+    layer = nn.Linear(4, 2)
+    torch.nn.utils.parametrize.register_parametrization(layer, "bias", Double())
+    assert current_mask(layer) is None
+    ds.prune_(nn.Sequential(layer), ds.MagnitudePruneConfig(sparsity=0.5))
+    assert int(current_mask(layer).mask.sum()) == 4
