@@ -96,7 +96,8 @@ def _pool_with_indices(args: Sequence[Any], outs: Sequence[torch.Tensor], rg: Se
 
 
 def _attention(args: Sequence[Any], outs: Sequence[torch.Tensor], rg: Sequence[bool]) -> Saved:
-    return [a for a in args[:3] if isinstance(a, torch.Tensor)] + [o for o in outs if o.numel()]
+    saved: Saved = [a for a in args[:3] if isinstance(a, torch.Tensor)]
+    return saved + [o for o in outs if o.numel()]
 
 
 def _embedding(args: Sequence[Any], outs: Sequence[torch.Tensor], rg: Sequence[bool]) -> Saved:
@@ -163,6 +164,7 @@ def saved_by(name: str, args: Sequence[Any], outs: Sequence[torch.Tensor]) -> tu
     rule = RULES.get(name)
     tensor_args = [a for a in args if isinstance(a, torch.Tensor)]
     if rule is None:
-        return tensor_args + list(outs), False
+        conservative: Saved = [*tensor_args, *outs]
+        return conservative, False
     saved = rule(args, outs, [t.requires_grad for t in tensor_args])
     return [t for t in saved if isinstance(t, (torch.Tensor, int))], True

@@ -49,6 +49,8 @@ class SavedTracer(TorchDispatchMode):
         self.custom = 0  # > 0 while an efficient module's own autograd function runs
         self.own: list[bool] = []  # per running module: whether it declares what it keeps
         self.conv_seen = False  # the operator being recorded is a convolution (it has scratch buffers)
+        # backward records of modules that recompute their forward in backward (checkpointing), sized afterwards
+        self.deferred: list[tuple[OpRecord, nn.Module, list[tuple[torch.Size, torch.dtype, bool]]]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
@@ -99,8 +101,8 @@ class SavedTracer(TorchDispatchMode):
             if key not in self.resident:
                 op.writes.setdefault(key, storage_bytes(t))
                 op.grad_bytes += t.numel() * t.element_size() if needs and t.is_floating_point() else 0
-        if self.conv_seen:
-            op.workspace = sum(storage_bytes(t) for t in outs)
+        if self.conv_seen:  # oneDNN: the output in a channel-blocked layout (16 to a block) and the weight reordered
+            op.workspace = sum(_blocked_bytes(t) for t in outs) + (storage_bytes(ins[1]) if len(ins) > 1 else 0)
             op.backward_workspace = storage_bytes(ins[0]) if needs and ins[0].requires_grad else 0
         self.ops.append(op)
 
@@ -112,6 +114,22 @@ class SavedTracer(TorchDispatchMode):
             seen.update(op.params)
         saved = {k for k in self.saved if k not in self.inputs}
         return activation_peak(self.ops, self.inputs, {storage_key(t) for t in outputs}, saved)
+
+
+def _blocked_bytes(t: torch.Tensor) -> int:
+    """Bytes of ``t`` with its channel dimension (1) rounded up to a multiple of 16, as oneDNN's blocked layouts
+    (tensors of fewer than 8 channels, such as images, stay plain)."""
+    if t.dim() < 3 or t.shape[1] < 8:
+        return storage_bytes(t)
+    return t.numel() // t.shape[1] * (-(-t.shape[1] // 16) * 16) * t.element_size()
+
+
+def resolve_deferred(tracer: SavedTracer) -> None:
+    """Add to each recomputing module's backward record what its recomputed forward and backward hold at their
+    peak (``module.recompute_bytes(metas)``); run after the trace, outside its modes."""
+    for record, module, metas in tracer.deferred:
+        record.backward_workspace += getattr(module, "recompute_bytes")(metas)  # noqa: B009 (duck-typed)
+    tracer.deferred.clear()
 
 
 def _fake_batch_norm(func: Any, args: tuple[Any, ...]) -> tuple[torch.Tensor, ...] | None:
@@ -153,21 +171,27 @@ def trace_saved(model: nn.Module, example: Example, tracer: SavedTracer, mode: A
 
 def _enter(tracer: SavedTracer, module: nn.Module, name: str, inputs: tuple[Any, ...]) -> None:
     tracer.stack.append(name)
-    own = hasattr(module, "saved_for_backward") and module.efficient_for(inputs)
+    own = hasattr(module, "saved_for_backward") and bool(getattr(module, "efficient_for")(inputs))  # noqa: B009
     tracer.own.append(own)
     tracer.custom += own
 
 
 def _leave(tracer: SavedTracer, module: nn.Module, name: str, inputs: tuple[Any, ...], output: Any) -> None:
+    if tracer.ops:  # the caller holds a module's inputs until it returns: they live at least to its last operator
+        tracer.ops[-1].reads.update(k for t in tensors(inputs) if (k := storage_key(t)) not in tracer.resident)
     if tracer.own.pop():
         tracer.custom -= 1
         if torch.is_grad_enabled():
-            declared = module.saved_for_backward(inputs, output)
+            declared = getattr(module, "saved_for_backward")(inputs, output)  # noqa: B009 (duck-typed)
             before = tracer.saved_total
             for t in declared:
                 tracer.record(t)
             tracer.efficient[name] = tracer.efficient.get(name, 0) + tracer.saved_total - before
-            tracer.ops.append(_backward_record(tracer, module, inputs, output))
+            record = _backward_record(tracer, module, inputs, output)
+            tracer.ops.append(record)
+            if hasattr(module, "recompute_bytes"):  # sized after the trace: it runs a trace of its own
+                metas = [(t.shape, t.dtype, t.requires_grad) for t in tensors(inputs)]
+                tracer.deferred.append((record, module, metas))
     tracer.stack.pop()
 
 

@@ -28,6 +28,7 @@ from deepslim.analysis._training_trace import (
     oracle_saved_bytes,
     rebatch,
     resident_keys,
+    resolve_deferred,
     select_trainable,
     trace_saved,
     trainable_applied,
@@ -141,9 +142,24 @@ def training_profile(model: nn.Module, example_batch: Example, *, trainable: Tra
             fake = rebatch(to_fake(mode, example_batch), batch_size)
         tracer = SavedTracer(resident_keys(model, mode))
         outputs = trace_saved(model, fake, tracer, mode)
+        resolve_deferred(tracer)
     label = trainable if isinstance(trainable, str) else f"{len(names)} tensors"
     prof = _assemble(model, tracer, names, label, optimizer, batch_size, tracer.peak(outputs))
     return prof.with_device(device) if device is not None else prof
+
+
+def activation_peaks(model: nn.Module, example_batch: Example) -> tuple[int, int]:
+    """(forward, backward) peaks of activation and gradient bytes of one step of ``model`` as its parameters'
+    ``requires_grad`` flags stand, the example included; weights and optimizer state excluded. For modules that
+    size the recomputation they do in backward (gradient checkpointing)."""
+    mode = fake_mode()
+    with fake_state_undone(model):
+        with mode:
+            fake = to_fake(mode, example_batch)
+        tracer = SavedTracer(resident_keys(model, mode))
+        outputs = trace_saved(model, fake, tracer, mode)
+        resolve_deferred(tracer)
+    return tracer.peak(outputs)
 
 
 def measure_saved_bytes(model: nn.Module, example_batch: Example, *, trainable: Trainable = "all",
@@ -237,5 +253,5 @@ def sqrt_segments(n_layers: int) -> int:
     return max(1, math.ceil(math.sqrt(n_layers)))
 
 
-__all__ = ["LayerTraining", "TrainingProfile", "measure_peak_bytes", "measure_saved_bytes", "rebatch", "sqrt_segments",
-           "training_profile"]
+__all__ = ["LayerTraining", "TrainingProfile", "activation_peaks", "measure_peak_bytes", "measure_saved_bytes",
+           "rebatch", "sqrt_segments", "training_profile"]

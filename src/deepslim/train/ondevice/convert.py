@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable
+from typing import cast
 
 import torch
 from torch import nn
@@ -48,7 +49,7 @@ def _swap(module: nn.Module) -> bool:
         module.__class__ = PackedReLU6
     elif type(module) is nn.BatchNorm2d and module.track_running_stats and module.affine:
         module.__class__ = FrozenBatchNorm2d
-        module.refresh()
+        cast(FrozenBatchNorm2d, module).refresh()
     else:
         return isinstance(module, EFFICIENT_TYPES)
     return True

@@ -105,8 +105,13 @@ class FrozenBatchNorm2d(nn.BatchNorm2d):
     with the same frozen statistics (keeping its input).
     """
 
+    folded_scale: torch.Tensor
+    folded_shift: torch.Tensor
+
     def refresh(self) -> FrozenBatchNorm2d:
         """Recompute the folded scale and shift from the current statistics and γ (after loading new ones)."""
+        if self.running_mean is None or self.running_var is None:
+            raise ValueError("FrozenBatchNorm2d needs running statistics (track_running_stats=True)")
         with torch.no_grad():
             scale = self.weight.detach() / torch.sqrt(self.running_var + self.eps)
             self.register_buffer("folded_scale", scale.clone(), persistent=False)
@@ -182,7 +187,8 @@ class LiteResidual(nn.Module):
 
 def add_lite_residual(module: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> torch.Tensor:
     """Forward hook of a block that carries a ``lite_residual`` branch: the block's output plus the branch's."""
-    return output + module.lite_residual(args[0], output.shape[-2:])
+    branch: LiteResidual = getattr(module, "lite_residual")  # noqa: B009 (attached by tinytl_)
+    return output + branch(args[0], output.shape[-2:])
 
 
 EFFICIENT_TYPES = (FrozenConv2d, FrozenLinear, PackedReLU, PackedReLU6, FrozenBatchNorm2d, BlockAvgPool2d)

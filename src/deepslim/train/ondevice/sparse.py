@@ -21,7 +21,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from deepslim.analysis._tracer import Example, _as_call
-from deepslim.analysis.training import training_profile
+from deepslim.analysis.training import activation_peaks, training_profile
 from deepslim.errors import ConfigError
 
 
@@ -70,7 +70,8 @@ def gradient_scores(model: nn.Module, batches: Iterable[tuple[Any, Any]], loss_f
             args, kwargs = _as_call(inputs)
             loss_fn(model(*args, **kwargs), targets).backward()
             for unit, names in units.items():
-                sums[unit] += sum(float(params[n].grad.pow(2).sum()) for n in names if params[n].grad is not None)
+                grads = [g for n in names if (g := params[n].grad) is not None]
+                sums[unit] += sum(float(g.pow(2).sum()) for g in grads)
             count += 1
     finally:
         model.zero_grad(set_to_none=True)
@@ -99,7 +100,7 @@ def plan_sparse_update(model: nn.Module, batches: Iterable[tuple[Any, Any]],
     base = peak(set()).peak_bytes
     cost = {u: max(peak(set(names)).peak_bytes - base, 1) for u, names in units.items()}
     ranked = sorted(units, key=lambda u: scores[u] / cost[u], reverse=True)
-    cheapest = min(cost, key=cost.get)
+    cheapest = min(cost, key=lambda u: cost[u])
     if base + cost[cheapest] > budget_bytes:
         bias = training_profile(model, example_batch, trainable="bias", optimizer=optimizer, batch_size=batch_size)
         raise ConfigError(f"a memory budget of {budget_bytes} bytes cannot be met: the smallest update (only "
@@ -140,6 +141,18 @@ class CheckpointSegment(nn.Sequential):
 
     def saved_for_backward(self, args: tuple[Any, ...], output: torch.Tensor) -> list[torch.Tensor | int]:
         return [args[0]] + ([] if args[0].requires_grad else [torch.ones(()).element_size()])
+
+    def recompute_bytes(self, metas: list[tuple[torch.Size, torch.dtype, bool]]) -> int:
+        """What the backward holds beyond the segment's kept input: the recomputed forward's activations and the
+        segment's own backward, at their peak (the input's and output's gradients are counted by the caller)."""
+        shape, dtype, requires_grad = metas[0]
+        x = torch.zeros(shape, dtype=dtype, requires_grad=requires_grad)
+        plain = nn.Sequential(*self)
+        was_training = plain.training
+        plain.train(self.training)
+        forward, backward = activation_peaks(plain, x)
+        plain.train(was_training)
+        return max(0, max(forward, backward) - x.numel() * x.element_size())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.is_grad_enabled() or not any(p.requires_grad for p in self.parameters()) and not x.requires_grad:
