@@ -74,6 +74,23 @@ def test_sensitivity_ranks_a_silenced_head_lowest_and_removes_it():
 
 
 @needs_hf
+@pytest.mark.parametrize("name", ["bert", "llama"])
+def test_refit_brings_the_pruned_outputs_closer_to_the_original(name):
+    model, x = hf.build(name)
+    calib = [tuple(torch.cat([t, t.roll(1, 0)]) for t in x)]
+    with torch.no_grad():
+        reference = model(*calib[0])
+    errors = {}
+    for refit in (False, True):
+        pruned, _ = hf.build(name)
+        hp.prune_heads_(pruned, hp.HeadPruneConfig(head_ratio=0.5, ffn_ratio=0.5, round_to=4, refit=refit),
+                        calib_data=calib)  # fmt: skip
+        with torch.no_grad():
+            errors[refit] = (pruned(*calib[0]) - reference).pow(2).mean().item()
+    assert errors[True] < 0.7 * errors[False]
+
+
+@needs_hf
 def test_pruned_bert_exports_to_onnx_and_agrees_with_pytorch(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     model, x = hf.build("bert")

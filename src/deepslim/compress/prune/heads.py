@@ -306,11 +306,11 @@ def _counts(blocks: list[Block], scores: list[torch.Tensor], ratio: float, floor
     """Units each block keeps: ``ratio`` of all units removed, globally by score or equally per block."""
     if ratio == 0.0 or not blocks:
         return [b.units for b in blocks]
-    if global_ranking:
-        flat = torch.cat(scores)
-        n_remove = round(ratio * flat.numel())
-        cut = flat.sort().values[n_remove - 1] if n_remove else -float("inf")
-        raw = [int((s > cut).sum()) for s in scores]
+    if global_ranking:  # exactly round(ratio · units) of the lowest scores go (ties: the later unit first)
+        owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(scores)])
+        order = torch.cat(scores).argsort(stable=True)
+        gone = torch.bincount(owner[order[: round(ratio * len(order))]], minlength=len(scores))
+        raw = [b.units - int(g) for b, g in zip(blocks, gone, strict=True)]
     else:
         raw = [round(b.units * (1.0 - ratio)) for b in blocks]
     return [max(min(floor, b.units), min(b.units, round(k / step) * step)) for b, k in zip(blocks, raw, strict=True)]
