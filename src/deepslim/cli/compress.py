@@ -15,6 +15,7 @@ from deepslim.cli._common import (
     load,
     out,
     parse_options,
+    positive_int,
     stage_table,
 )
 from deepslim.errors import ArchiveError, ConfigError
@@ -28,6 +29,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="run directory (metrics.json, stage models, archive)")
     p.add_argument("--device", help="device for the energy and latency estimates (default: the recipe's)")
     p.add_argument("--seed", type=int, help="seed (default: the recipe's)")
+    p.add_argument("--nproc", type=positive_int, help="run the train, finetune and distill stages data-parallel "
+                   "on N processes (torchrun, gloo; default: the recipe's nproc, 1)")  # fmt: skip
     p.add_argument("--overwrite", action="store_true", help="replace an earlier run in --out (as a whole, once the "
                    "new run completes)")  # fmt: skip
     p.add_argument("--resume", action="store_true", help="continue an unfinished run in --out from its last "
@@ -70,6 +73,9 @@ def cmd_compress(args: argparse.Namespace) -> int:
         recipe = replace(recipe, device=args.device)
     if args.seed is not None:
         recipe = replace(recipe, seed=args.seed)
+    if args.nproc is not None:
+        recipe = replace(recipe, nproc=args.nproc)
+    _register_report()
     with Progress(args.quiet or args.json) as progress:
         result = run_recipe(recipe, args.out, model=args.model, data=args.data, weights=args.weights, arch=args.arch,
                             model_options=parse_options(args.option), overwrite=args.overwrite,
@@ -82,6 +88,15 @@ def cmd_compress(args: argparse.Namespace) -> int:
     for key, value in result.artifacts.items():
         out.print(f"{key}: {value}")
     return 0
+
+
+def _register_report() -> None:
+    """Every run writes report.html (the pipeline calls the writers registered with it; it does not import the
+    report package, which sits above it)."""
+    from deepslim.pipeline.run import register_run_file
+    from deepslim.report import write_report
+
+    register_run_file("report", "report.html", lambda run, dest, title: write_report([run], dest, title=title))
 
 
 def cmd_pack(args: argparse.Namespace) -> int:

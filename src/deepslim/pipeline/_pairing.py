@@ -75,7 +75,7 @@ def attach_preprocessing(model: nn.Module, data: Any) -> dict[str, Any] | None:
     the model already has is kept: it says what inputs the model was trained on, and training and evaluation
     convert the data's inputs to it (``deepslim.train``), so it stays true when other data is paired with the model.
     """
-    from deepslim.models._registry import PREPROCESSING_ATTR
+    from deepslim.models import PREPROCESSING_ATTR
 
     own, record = getattr(model, PREPROCESSING_ATTR, None), preprocessing_record(data)
     if own is not None:

@@ -9,6 +9,7 @@ object, and ``Recipe.from_dict(r.to_dict()) == r``. In YAML::
     data: digits             # optional: the CLI's --data wins
     device: cortex-m7        # energy and latency estimates are for this device
     seed: 0
+    nproc: 1                 # train, finetune and distill stages on N data-parallel processes (torchrun)
     stages:
       - train: {epochs: 30, lr: 0.002}
       - prune: {method: magnitude, sparsity: 0.92, schedule: gradual, epochs: 20}
@@ -38,15 +39,16 @@ from deepslim._io import atomic_path
 from deepslim.errors import ConfigError
 from deepslim.pipeline.stages import Stage, stage_from_dict, stage_to_dict
 
-_TOP_KEYS = ("name", "description", "model", "model_options", "weights", "arch", "data", "device", "seed", "stages",
-             "context")  # fmt: skip
+_TOP_KEYS = ("name", "description", "model", "model_options", "weights", "arch", "data", "device", "seed", "nproc",
+             "stages", "context")  # fmt: skip
 BUILTIN = Path(__file__).resolve().parent.parent / "recipes"
 
 
 @dataclass(frozen=True, kw_only=True)
 class Recipe:
     """Stages and the settings of a run. ``model``, ``weights``, ``arch``, ``model_options`` and ``data`` are
-    optional (the command line or ``run_recipe``'s arguments give them otherwise)."""
+    optional (the command line or ``run_recipe``'s arguments give them otherwise). ``nproc`` above 1 runs the
+    train, finetune and distill stages data-parallel on that many processes (:func:`deepslim.train.fit_ddp`)."""
 
     stages: tuple[Stage, ...]
     model: str | None = None
@@ -56,6 +58,7 @@ class Recipe:
     data: str | None = None
     device: str = "cortex-m7"
     seed: int = 0
+    nproc: int = 1
     name: str | None = None
     description: str | None = None
 
@@ -71,6 +74,8 @@ class Recipe:
             raise ConfigError(f"recipe device must be a device name, got {self.device!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if isinstance(self.nproc, bool) or not isinstance(self.nproc, int) or self.nproc < 1:
+            raise ConfigError(f"nproc must be a positive number of processes, got {self.nproc!r}")
         if not isinstance(self.model_options, Mapping):
             raise ConfigError(f"model_options must be a mapping, got {self.model_options!r}")
         object.__setattr__(self, "model_options", dict(self.model_options))
@@ -81,7 +86,7 @@ class Recipe:
         doc.update({k: getattr(self, k) for k in ("model", "weights", "arch", "data") if getattr(self, k) is not None})
         if self.model_options:
             doc["model_options"] = json.loads(json.dumps(self.model_options))
-        doc.update(device=self.device, seed=self.seed, stages=[stage_to_dict(s) for s in self.stages])
+        doc.update(device=self.device, seed=self.seed, nproc=self.nproc, stages=[stage_to_dict(s) for s in self.stages])
         return doc
 
     @classmethod

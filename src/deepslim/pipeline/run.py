@@ -6,8 +6,11 @@ bytes on disk, estimated latency and energy on the recipe's device, measured lat
 load) with the stage's name, index, model file and per-layer rows), ``stages/NN-kind.dsz`` (the model after each
 stage; ``.pt2`` when its layer tree is no longer the zoo's), ``model.dsz`` (encode stage), ``model.onnx`` (export
 stage), ``preprocessing.json`` (how the data's inputs were standardised: what a deployed model must be fed) and
-``report.html`` (at the end). The directory is built beside ``out`` and moved into place when the run completes, so
-it never mixes files of two runs.
+``report.html`` (at the end, written by the report package through :func:`register_run_file`). The directory is
+built beside ``out`` and moved into place when the run completes, so it never mixes files of two runs.
+
+A recipe's ``nproc`` above 1 runs its train, finetune and distill stages data-parallel (:mod:`deepslim.train.
+distributed`); a technique stage's own fine-tuning stays in this process (a schedule's step hooks live here).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ from deepslim.pipeline.stages import (
     TechniqueStage,
     TrainStage,
 )
-from deepslim.train import distill
+from deepslim.train import distill, distill_ddp
 
 # 2: each stage row is a Measurement's row (Measurement.to_row: version 1's keys plus metric, device, runtime,
 # threads, peak memory, load average); readers of version 1 read version 2 unchanged, and back.
@@ -54,6 +57,15 @@ METRICS_VERSION = 2
 STAGE_KEYS = ("stage", "index", "model_file")  # what a stage row holds beside its Measurement
 
 Event = Callable[[str, dict[str, Any]], None]  # (event, payload): "stage_start", "stage_end", "epoch"
+RunFileWriter = Callable[[Path, Path, str], object]  # (run directory, file to write, title)
+_RUN_FILES: dict[str, tuple[str, RunFileWriter]] = {}  # artifact key -> (file name, writer)
+
+
+def register_run_file(key: str, filename: str, writer: RunFileWriter) -> None:
+    """Have every run write ``filename`` at its end with ``writer(run_dir, dest, title)``, recorded in the run's
+    artifacts as ``key``. Layers above the pipeline add their files this way (the report package registers
+    ``report.html`` when it is imported, as ``import deepslim`` does), so the pipeline never imports them."""
+    _RUN_FILES[key] = (filename, writer)
 
 
 @dataclass
@@ -74,13 +86,30 @@ class RunContext:
     teachers: dict[int, nn.Module] = field(default_factory=dict)  # distill stages' own teachers, loaded early
     fingerprint: str = ""
 
-    def fit(self, epochs: int, lr: float, *, hooks: Sequence[Any] = (), index: int, **options: Any) -> None:
-        from deepslim.train import fit
+    data_spec: str | None = None  # the data as a spec, which data-parallel ranks load for themselves
+
+    def fit(self, epochs: int, lr: float, *, hooks: Sequence[Any] = (), index: int, parallel: bool = False,
+            **options: Any) -> None:  # fmt: skip
+        """Train the model for a stage; ``parallel`` stages run on the recipe's ``nproc`` processes."""
+        from deepslim.train import fit, fit_ddp
 
         if epochs <= 0:
             return
-        fit(self.model, self.data, epochs=epochs, lr=lr, seed=self.recipe.seed + index, hooks=tuple(hooks),
-            on_epoch=lambda m: self.on_event("epoch", {"stage": index, **m}), **options)  # fmt: skip
+        common: dict[str, Any] = {"epochs": epochs, "lr": lr, "seed": self.recipe.seed + index,
+                  "on_epoch": lambda m: self.on_event("epoch", {"stage": index, **m}), **options}  # fmt: skip
+        if parallel and self.recipe.nproc > 1:
+            fit_ddp(self.model, self._spec(), nproc=self.recipe.nproc, data_options=self.data_options(), **common)
+        else:
+            fit(self.model, self.data, hooks=tuple(hooks), **common)
+
+    def _spec(self) -> str:
+        if self.data_spec is None:
+            raise ConfigError("nproc > 1 needs the data as a spec (e.g. 'digits'): each process loads its own copy")
+        return self.data_spec
+
+    def data_options(self) -> dict[str, Any]:
+        """What the ranks pass to load_data to build the run's own data: its seed (and the loader's batch)."""
+        return {"seed": self.recipe.seed, "batch_size": self.data.train.batch_size}
 
 
 @dataclass(frozen=True)
@@ -103,7 +132,8 @@ class RunResult:
 
 
 def _run_train(ctx: RunContext, stage: TrainStage, index: int) -> None:
-    ctx.fit(stage.epochs, stage.lr, index=index, optimizer=stage.optimizer, weight_decay=stage.weight_decay)
+    ctx.fit(stage.epochs, stage.lr, index=index, parallel=True, optimizer=stage.optimizer,
+            weight_decay=stage.weight_decay)  # fmt: skip
     if stage.kind == "train":
         ctx.teacher = copy.deepcopy(ctx.model)
 
@@ -128,8 +158,13 @@ def apply_technique(ctx: RunContext, stage: TechniqueStage, index: int) -> None:
 
 def _run_distill(ctx: RunContext, stage: DistillStage, index: int) -> None:
     teacher = ctx.teachers.get(index, ctx.teacher)
-    distill(ctx.model, teacher, ctx.data, stage.kd, epochs=stage.epochs, lr=stage.lr, seed=ctx.recipe.seed + index,
-            on_epoch=lambda m: ctx.on_event("epoch", {"stage": index, **m}))  # fmt: skip
+    common: dict[str, Any] = {"epochs": stage.epochs, "lr": stage.lr, "seed": ctx.recipe.seed + index,
+              "on_epoch": lambda m: ctx.on_event("epoch", {"stage": index, **m})}  # fmt: skip
+    if ctx.recipe.nproc > 1 and stage.epochs > 0:
+        distill_ddp(ctx.model, teacher, ctx._spec(), stage.kd, nproc=ctx.recipe.nproc,
+                    data_options=ctx.data_options(), **common)  # fmt: skip
+    else:
+        distill(ctx.model, teacher, ctx.data, stage.kd, **common)
 
 
 def _run_encode(ctx: RunContext, stage: EncodeStage, index: int) -> None:
@@ -247,7 +282,6 @@ def _stage_row(ctx: RunContext, stage: Stage | None, index: int, seconds: float)
 def _run_stages(ctx: RunContext, recipe_yaml: str, first: int) -> None:
     from deepslim.pipeline._pairing import write_preprocessing
     from deepslim.pipeline.resume import drop_checkpoints
-    from deepslim.report import write_report
 
     with atomic_path(ctx.work / "recipe.yaml") as tmp:
         tmp.write_text(recipe_yaml)
@@ -262,11 +296,25 @@ def _run_stages(ctx: RunContext, recipe_yaml: str, first: int) -> None:
         run_stage(ctx, stage, index)
         _stage_row(ctx, stage, index, time.perf_counter() - start)
     title = f"{ctx.model_name} on {ctx.data_name}"
-    write_report([ctx.work], ctx.work / "report.html", title=title)
-    ctx.artifacts["report"] = str(ctx.out / "report.html")
+    for key, (filename, writer) in _RUN_FILES.items():  # report.html, registered by deepslim.report
+        writer(ctx.work, ctx.work / filename, title)
+        ctx.artifacts[key] = str(ctx.out / filename)
     ctx.status = "complete"
     drop_checkpoints(ctx.work)
     write_metrics(ctx)
+
+
+def _check_parallel(recipe: Recipe, data: Any, bundle: Any) -> None:
+    """``nproc > 1`` needs a data spec that every process can load and a batch that splits evenly over them."""
+    if recipe.nproc == 1:
+        return
+    if not isinstance(data, (str, os.PathLike)):
+        raise ConfigError(f"nproc {recipe.nproc} runs training on separate processes, which load the data from its "
+                          "spec (e.g. 'digits'), not from a loaded bundle: give the data as a spec or use nproc 1")
+    batch = bundle.train.batch_size
+    if batch % recipe.nproc:
+        raise ConfigError(f"the training batch of {batch} does not split evenly over nproc {recipe.nproc}: choose "
+                          "a number of processes that divides it")  # fmt: skip
 
 
 def as_run(recipe: Recipe, *, model: Any, data: Any, weights: str | None, arch: str | None,
@@ -320,12 +368,14 @@ def run_recipe(recipe: Recipe, out: str | Path, *, model: str | nn.Module | None
         net = load_for_data(str(model_spec), bundle, weights=weights, arch=arch, options=options)
         model_name, preprocessing = str(model_spec), attach_preprocessing(net, bundle)  # the model's own, if any
     teachers = check_recipe(recipe.stages, net)  # mistakes fail now, not after hours of training
+    _check_parallel(recipe, data_spec, bundle)
     ran = as_run(recipe, model=model_spec, data=data_spec, weights=weights, arch=arch, options=options)
     with atomic_dir(out, keep_partial=True) as work:
         ctx = RunContext(model=net, data=bundle, recipe=recipe, out=out, work=work,
                          on_event=on_event or (lambda _event, _payload: None), teacher=copy.deepcopy(net),
                          model_name=model_name, data_name=getattr(bundle, "name", str(data_spec)),
-                         preprocessing=preprocessing, teachers=teachers, fingerprint=ran.fingerprint())  # fmt: skip
+                         preprocessing=preprocessing, teachers=teachers, fingerprint=ran.fingerprint(),
+                         data_spec=os.fspath(data_spec) if isinstance(data_spec, (str, os.PathLike)) else None)
         first = restore(ctx, out) if resume else 1
         try:
             _run_stages(ctx, ran.to_yaml({"preprocessing": preprocessing}), first)
