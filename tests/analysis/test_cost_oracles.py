@@ -90,3 +90,16 @@ def test_activation_fit_boundary_and_dictionary():
     assert d["energy_compute_uj"] == cost.energy_compute_uj
     assert ds.estimate_cost(_profile(RESHAPE), DEV).memory_bound_fraction == 1.0
     assert ds.estimate_cost(_profile(UNUSED), DEV).memory_bound_fraction == 0.0  # nothing runs: no division by 0
+
+
+@pytest.mark.parametrize(("dtype", "rate"), [("int8", 4e9 * 0.25), ("int4", 4e9 * 0.25), ("fp16", 1e9)])
+def test_depthwise_rate_of_integer_and_unlisted_dtypes(dtype, rate):
+    # int4 uses the int8 efficiency; fp16 has none listed (full peak) and no fp16 peak (the fp32 rate)
+    layer = LayerProfile(name="dw", type="Conv2d", calls=1, macs=1_000_000, depthwise_macs=1_000_000, dtype=dtype)
+    assert ds.estimate_cost(_profile(layer), DEV).layer("dw").compute_ms == pytest.approx(1e6 / rate * 1e3)
+
+
+def test_weights_that_fill_the_chip_exactly_fit():
+    layer = LayerProfile(name="fc", type="Linear", calls=1, macs=1, weight_bytes=10_000)
+    cost = ds.estimate_cost(_profile(layer), DEV)
+    assert cost.weights_fit_on_chip and cost.layer("fc").energy_offchip_uj == 0.0

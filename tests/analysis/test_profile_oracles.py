@@ -37,6 +37,12 @@ def test_a_buffer_written_again_keeps_its_first_size_and_lives_to_its_last_write
     assert peak_live_bytes(steps[:2] + [Step({"ghost"}, {})], {}, ["ghost"]) == 64  # unknown reads change nothing
 
 
+
+def test_an_input_nobody_reads_is_alive_before_the_first_step_only():
+    steps = [Step(set(), {"a": 1}), Step({"a"}, {"b": 2})]
+    assert peak_live_bytes(steps, {"x": 100}, []) == 100  # not 101: x is dead once step 1 runs
+    assert peak_live_bytes(steps, {"x": 100}, ["x"]) == 100 + 1 + 2  # an output: alive to the end
+
 def _flop_counter_macs(module, x):
     with FlopCounterMode(display=False) as counter:
         module(x)
