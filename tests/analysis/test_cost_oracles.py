@@ -103,3 +103,13 @@ def test_weights_that_fill_the_chip_exactly_fit():
     layer = LayerProfile(name="fc", type="Linear", calls=1, macs=1, weight_bytes=10_000)
     cost = ds.estimate_cost(_profile(layer), DEV)
     assert cost.weights_fit_on_chip and cost.layer("fc").energy_offchip_uj == 0.0
+
+
+@pytest.mark.parametrize(("act_in", "offchip_bytes"), [(6000, 20_000), (6001, 20_000 + 10_001)])
+def test_weights_off_chip_and_activations_at_the_chips_size(act_in, offchip_bytes):
+    # the weights (20,000) never fit: they come from DRAM; 10,000 activation bytes alone still fit, 10,001 do not
+    layer = LayerProfile(name="fc", type="Linear", calls=1, macs=10, weight_bytes=20_000, input_bytes=act_in,
+                         output_bytes=4000)  # fmt: skip
+    cost = ds.estimate_cost(_profile(layer), DEV)
+    assert not cost.weights_fit_on_chip
+    assert cost.layer("fc").energy_offchip_uj == pytest.approx(offchip_bytes / 4 * 640 * 1e-6)
