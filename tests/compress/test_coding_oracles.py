@@ -103,6 +103,7 @@ def test_a_full_two_symbol_table_is_accepted():
     [
         ([0, 3, 20], 3, [0, 2, 7, 7, 2]),  # gaps 0, 2, 16 = 2 x 7 + 2 (filler 7)
         ([6], 3, [6]),  # gap 6: the largest real gap
+        ([6, 13], 3, [6, 6]),  # two gaps of 6: no filler (6/7 + 6/7 would round to one)
         ([7], 3, [7, 0]),  # gap 7: one filler, then gap 0
         ([14, 15], 3, [7, 7, 0, 0]),
         ([1, 2, 3], 2, [1, 0, 0]),
