@@ -187,8 +187,9 @@ def test_overrides_ignore_and_round_to():
 
 
 # every zoo model, channel-pruned: runs, keeps its output shape, loses MACs and parameters, round-trips through a
-# file; one model of each graph pattern also exports to ONNX (the dynamo export is ~13 CPU-s a model, and the others
-# repeat a pattern: flatten, residual, depthwise, channel shuffle + concat, fire concat, attention, text)
+# file (below 10 M parameters after pruning); one model of each graph pattern also exports to ONNX (the dynamo export
+# is ~13 CPU-s a model, and the others repeat a pattern: flatten, residual, depthwise, channel shuffle + concat, fire
+# concat, attention, text)
 EXPORTED = {"lenet5", "resnet20", "mobilenet_v2", "shufflenet_v2", "squeezenet1_0", "vit_tiny", "bert_mini"}
 ZOO = {
     "lenet300": {"in_features": 64}, "lenet5": {"input_size": 8}, "resnet20": {}, "resnet56": {},
@@ -237,9 +238,10 @@ def test_zoo_model_channel_pruned(name, tmp_path):
     if name in EXPORTED:
         result = ds.export_onnx(model, tmp_path / "m.onnx", example_input=x)
         assert result.max_abs_error < 1e-3 and result.top1_agreement == 1.0
-    ds.save_model(model, tmp_path / "m.pt")
-    back = ds.load_model(tmp_path / "m.pt").eval()
-    assert torch.equal(back(x), model(x))
+    if after.params < 10_000_000:  # the file round trip of bert_base and vit_b16 (still > 10 M parameters) is
+        ds.save_model(model, tmp_path / "m.pt")  # bert_mini's and vit_tiny's (hundreds of MB written and scanned)
+        back = ds.load_model(tmp_path / "m.pt").eval()
+        assert torch.equal(back(x), model(x))
 
 
 class WithGRU(nn.Module):
