@@ -113,3 +113,12 @@ def test_weights_off_chip_and_activations_at_the_chips_size(act_in, offchip_byte
     cost = ds.estimate_cost(_profile(layer), DEV)
     assert not cost.weights_fit_on_chip
     assert cost.layer("fc").energy_offchip_uj == pytest.approx(offchip_bytes / 4 * 640 * 1e-6)
+
+
+def test_a_layer_exactly_on_the_ridge_is_called_compute_bound():
+    plain = ds.DeviceProfile(name="p", description="", peak_macs_per_s={"fp32": 1e9}, mem_bandwidth_bytes_per_s=1e9,
+                             onchip_bytes=10_000)  # fmt: skip
+    ridge = LayerProfile(name="r", type="Linear", calls=1, macs=1000, weight_bytes=600, input_bytes=300,
+                         output_bytes=100)  # fmt: skip
+    lc = ds.estimate_cost(_profile(ridge), plain).layer("r")
+    assert lc.compute_ms == lc.memory_ms and lc.bound == "compute"
