@@ -101,8 +101,8 @@ class SavedTracer(TorchDispatchMode):
             if key not in self.resident:
                 op.writes.setdefault(key, storage_bytes(t))
                 op.grad_bytes += t.numel() * t.element_size() if needs and t.is_floating_point() else 0
-        if self.conv_seen:  # oneDNN: the output in a channel-blocked layout (16 to a block) and the weight reordered
-            op.workspace = sum(_blocked_bytes(t) for t in outs) + (storage_bytes(ins[1]) if len(ins) > 1 else 0)
+        if self.conv_seen:  # oneDNN writes the output in a channel-blocked layout (16 to a block) first
+            op.workspace = sum(_blocked_bytes(t) for t in outs)
             op.backward_workspace = storage_bytes(ins[0]) if needs and ins[0].requires_grad else 0
         self.ops.append(op)
 
