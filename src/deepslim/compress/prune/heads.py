@@ -410,3 +410,8 @@ def prune_heads_(model: nn.Module, config: HeadPruneConfig,
     before, after = result.heads()
     log.info("head pruning: %d -> %d heads\n%s", before, after, result)
     return result
+
+
+def head_blocks(model: nn.Module, config: HeadPruneConfig | None = None, example_input: Any = None) -> list[str]:
+    """Names of the attention and feed-forward blocks head pruning would act on (a technique's ``layers`` lister)."""
+    return list(dict.fromkeys(b.name for b in find_blocks(model, config.ignore if config else ())[0]))
