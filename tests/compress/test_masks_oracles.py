@@ -182,3 +182,8 @@ def test_a_layer_parametrized_elsewhere_has_no_weight_mask():
     assert current_mask(layer) is None
     ds.prune_(nn.Sequential(layer), ds.MagnitudePruneConfig(sparsity=0.5))
     assert int(current_mask(layer).mask.sum()) == 4
+
+
+def test_every_unmatched_override_is_named():
+    with pytest.raises(ds.ConfigError, match="no prunable layer matches 'fc9', 'fc8'; prunable: 0, 2"):
+        ds.prune_(_two_linears(), ds.MagnitudePruneConfig(sparsity=0.5, overrides={"fc9": 0.1, "fc8": None}))

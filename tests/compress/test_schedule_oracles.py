@@ -121,3 +121,21 @@ def test_iterative_prune_shares_the_epochs_out_and_prunes_before_each_round():
     assert iterative_prune_(model, config, rounds=3, epochs=7, fit=fit) is model
     assert rounds == [(3, 50, ()), (2, 75, ()), (2, 88, ())]  # 7 epochs: 3 + 2 + 2; 0.5, 0.75, 0.875 of 100
     assert current_mask(model[2]) is None  # the override skips the layer in every round
+
+
+def test_iterative_prune_at_zero_sparsity_prunes_nothing():
+    model = _model()
+    rounds = []
+    iterative_prune_(model, ds.MagnitudePruneConfig(sparsity=0.0), rounds=2, epochs=2,
+                     fit=lambda epochs, hooks: rounds.append(_zeros(model)))  # fmt: skip
+    assert rounds == [0, 0]
+
+
+@pytest.mark.xfail(strict=True, reason="schedule.py iterative_prune_/GradualPruner scale every override by "
+                   "target / config.sparsity, taken as 0 when the default sparsity is 0: a layer overridden to 0.5 "
+                   "is never pruned")
+def test_iterative_prune_reaches_an_overridden_layers_own_sparsity_when_the_default_is_zero():
+    model = _model()
+    iterative_prune_(model, ds.MagnitudePruneConfig(sparsity=0.0, overrides={"0": 0.5}), rounds=2, epochs=2,
+                     fit=lambda epochs, hooks: None)  # fmt: skip
+    assert _zeros(model) == 50
