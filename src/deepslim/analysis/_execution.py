@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TypeVar
 
 import torch
 from torch import nn
@@ -23,13 +24,15 @@ from torch.utils._pytree import tree_map
 
 from deepslim._memory import available_memory_bytes  # noqa: F401  (the profiler's budget reads it from here)
 
+_Tree = TypeVar("_Tree")  # a tensor or a nested structure of them (an example input)
+
 
 def fake_mode() -> FakeTensorMode:
     """A fake-tensor mode that accepts the model's real weights (wrapped, not copied) as operator inputs."""
     return FakeTensorMode(allow_non_fake_inputs=True)
 
 
-def to_fake(mode: FakeTensorMode, tree: object) -> object:
+def to_fake(mode: FakeTensorMode, tree: _Tree) -> _Tree:
     """``tree`` with every real tensor replaced by a fake one of the same shape, dtype, strides and device."""
     return tree_map(lambda t: mode.from_tensor(t) if isinstance(t, torch.Tensor) and not isinstance(t, FakeTensor)
                     else t, tree)  # fmt: skip
@@ -43,6 +46,18 @@ def runs_on_meta(model: nn.Module, tensors: list[torch.Tensor]) -> bool:
 def has_lazy_parameters(model: nn.Module) -> bool:
     """Lazy modules create their weights in the first forward: that must happen for real."""
     return any(nn.parameter.is_lazy(p) for p in model.parameters())
+
+
+_T = TypeVar("_T", bound=torch.Tensor)
+
+
+def _put_back(now: dict[str, _T | None], before: dict[str, _T | None]) -> None:
+    """Replace each fake tensor in ``now`` by its entry in ``before``, or remove it if it is new."""
+    for key in [k for k, v in now.items() if isinstance(v, FakeTensor)]:
+        if key in before:
+            now[key] = before[key]
+        else:
+            del now[key]
 
 
 @contextlib.contextmanager
@@ -59,12 +74,8 @@ def fake_state_undone(model: nn.Module) -> Iterator[None]:
         yield
     finally:
         for module, params, buffers, attrs in saved:
-            for now, before in ((module._parameters, params), (module._buffers, buffers)):
-                for key in [k for k, v in now.items() if isinstance(v, FakeTensor)]:
-                    if key in before:
-                        now[key] = before[key]
-                    else:
-                        del now[key]
+            _put_back(module._parameters, params)
+            _put_back(module._buffers, buffers)
             for key in [k for k, v in vars(module).items() if isinstance(v, FakeTensor)]:
                 if key in attrs:
                     module.__dict__[key] = attrs[key]

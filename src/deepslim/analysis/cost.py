@@ -108,8 +108,9 @@ def _layer_cost(lp: LayerProfile, dev: DeviceProfile, weights_fit: bool) -> Laye
     peak = dev.peak_for(lp.dtype)
     dw_rate = peak * dev.depthwise_efficiency.get("int8" if lp.dtype.startswith("int") else lp.dtype, 1.0)
     compute_s = (lp.macs - lp.depthwise_macs) / peak + lp.depthwise_macs / dw_rate
-    in_cache = dev.onchip_bandwidth_bytes_per_s and lp.bytes_moved + lp.weight_bytes <= dev.onchip_bytes
-    memory_s = lp.bytes_moved / (dev.onchip_bandwidth_bytes_per_s if in_cache else dev.mem_bandwidth_bytes_per_s)
+    onchip = dev.onchip_bandwidth_bytes_per_s
+    in_cache = bool(onchip) and lp.bytes_moved + lp.weight_bytes <= dev.onchip_bytes
+    memory_s = lp.bytes_moved / (onchip if onchip and in_cache else dev.mem_bandwidth_bytes_per_s)
     latency_s = max(compute_s, memory_s) + (dev.op_overhead_s * lp.calls if lp.macs or lp.other_ops else 0.0)
     e = dev.energy
     compute_pj = lp.macs * e.mac_pj(lp.dtype) + lp.other_ops * e.add_energy_pj(lp.dtype)

@@ -14,8 +14,8 @@ from typing import Any
 
 from deepslim.errors import ConfigError
 
-_INT = (int,)
-_REAL = (int, float)
+_INT: tuple[type, ...] = (int,)
+_REAL: tuple[type, ...] = (int, float)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +113,6 @@ _KINDS: dict[str, tuple[type, ...]] = {
     "extra": (dict,),
     "load_average": (tuple, list),
 }  # fmt: skip
-_KIND_NAMES = {_INT: "an integer", _REAL: "a number", (str,): "a string", (dict,): "an object",
-               (tuple, list): "a list"}  # fmt: skip
+_KIND_NAMES: dict[tuple[type, ...], str] = {_INT: "an integer", _REAL: "a number", (str,): "a string",
+                                            (dict,): "an object", (tuple, list): "a list"}  # fmt: skip
 

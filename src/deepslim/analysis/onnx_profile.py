@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from deepslim.analysis._liveness import Step, peak_live_bytes
 from deepslim.analysis.profile import LayerProfile, Profile
@@ -55,9 +55,13 @@ def profile_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, ...] |
 
     def nbytes(name: str) -> int:
         shape, dtype = info.get(name, ((), 1))
-        return math.prod(shape) * _ITEMSIZE.get(dtype, 4) if all(isinstance(d, int) for d in shape) else 0
+        dims = _known(shape)
+        return math.prod(dims) * _ITEMSIZE.get(dtype, 4) if dims is not None else 0
 
-    layers, steps, unknown, seen_weights = [], [], {}, set()
+    layers: list[LayerProfile] = []
+    steps: list[Step] = []
+    unknown: dict[str, str] = {}
+    seen_weights: set[str] = set()
     for idx, node in enumerate(inferred.graph.node):
         name = node.name or f"{node.op_type}_{idx}"
         macs = _node_macs(node, info)
@@ -78,7 +82,7 @@ def profile_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, ...] |
             weight_bytes=sum(nbytes(w) for w in weights), macs=macs, other_ops=other,
             input_bytes=0 if free else sum(nbytes(i) for i in acts_in),
             output_bytes=0 if free else sum(nbytes(o) for o in node.output if o),
-            output_shape=tuple(out_shape) if all(isinstance(d, int) for d in out_shape) else None,
+            output_shape=_known(out_shape),
             dtype=_DTYPE.get(weight_dtypes[0], "fp32") if weight_dtypes else "fp32",
         ))  # fmt: skip
         steps.append(Step(reads=set(acts_in), writes={o: nbytes(o) for o in node.output if o}))
@@ -91,7 +95,8 @@ def profile_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, ...] |
         warnings = (*notes, f"counted as zero MACs: {listed}")
     in_sizes = {i.name: nbytes(i.name) for i in inputs}
     peak = peak_live_bytes(steps, in_sizes, [o.name for o in inferred.graph.output])
-    shapes = tuple(tuple(info[i.name][0]) for i in inputs)
+    # a symbolic input dimension stays as its name, as ONNX writes it
+    shapes = cast(tuple[tuple[int, ...], ...], tuple(tuple(info[i.name][0]) for i in inputs))
     return Profile.from_layers(path.name, shapes, tuple(layers), peak, source="onnx", warnings=warnings)
 
 
@@ -128,6 +133,12 @@ def _value_infos(graph: Any) -> dict[str, tuple[tuple[int | str, ...], int]]:
         t = v.type.tensor_type
         out[v.name] = (tuple(d.dim_value if d.dim_value else (d.dim_param or "?") for d in t.shape.dim), t.elem_type)
     return out
+
+
+def _known(shape: tuple[int | str, ...]) -> tuple[int, ...] | None:
+    """The shape when every dimension is a number, else None (a symbolic dimension is a string)."""
+    dims = tuple(d for d in shape if isinstance(d, int))
+    return dims if len(dims) == len(shape) else None
 
 
 def _numel(info: dict[str, Any], name: str) -> int:

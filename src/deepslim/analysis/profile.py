@@ -320,7 +320,7 @@ def _trace_real(model: nn.Module, make: Callable[[], Example], layout: _Layout, 
     """A real run, refused or stopped when the tensors it holds would not fit in the memory that is free."""
     free = available_memory_bytes()
     usable = None if free is None else int(free * _USABLE_FRACTION)
-    if usable is not None and need_bytes > usable:
+    if free is not None and usable is not None and need_bytes > usable:
         raise InputShapeError(f"profiling {name} needs real values ({_first_line(fake_error)}), and running it needs "
                               f"at least {human(need_bytes, 'B')} while {human(free, 'B')} is free; "
                               "profile a smaller input shape (CLI: --input-shape)")  # fmt: skip

@@ -16,7 +16,7 @@ from deepslim.data._registry import register_dataset
 from deepslim.errors import DataError
 
 _IDX_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, str] = {0x08: "u1", 0x09: "i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -142,8 +142,9 @@ def load_folder(*, root: str, image_size: int = 32, grayscale: bool = False, bat
                 continue
             try:
                 with Image.open(f) as im:
-                    im = im.convert("L" if grayscale else "RGB").resize((image_size, image_size), Image.BILINEAR)
-                    arr = np.asarray(im, dtype=np.float32) / 255.0
+                    img = im.convert("L" if grayscale else "RGB").resize((image_size, image_size),
+                                                                         Image.Resampling.BILINEAR)
+                    arr = np.asarray(img, dtype=np.float32) / 255.0
             except (UnidentifiedImageError, OSError) as exc:
                 raise DataError(f"{f} is not a readable image: {exc}") from exc
             images.append(arr[None] if grayscale else arr.transpose(2, 0, 1))

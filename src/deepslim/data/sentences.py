@@ -227,7 +227,8 @@ def passage_set(window: int = 10, stride: int = 2) -> tuple[list[str], list[tupl
 
 def training_sentences(n: int, *, seed: int = 0) -> list[str]:
     """``n`` distinct sentences from the template generator (never one of the evaluation sentences)."""
-    rng, out, seen = random.Random(seed), [], set(sentences())
+    rng, seen = random.Random(seed), set(sentences())
+    out: list[str] = []
     for _ in range(50 * n):
         if len(out) == n:
             break

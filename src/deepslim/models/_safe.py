@@ -31,7 +31,7 @@ import os
 import pickletools
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -200,11 +200,11 @@ def _scan_pickle(data: bytes, member: str) -> None:
             if kind in ("PROTO", "FRAME", "STOP"):
                 continue
             if kind == "MEMOIZE" or kind in _MEMO_PUTS:
-                memo[len(memo) if kind == "MEMOIZE" else arg] = recent[-1] if recent else None
+                memo[len(memo) if kind == "MEMOIZE" else cast(int, arg)] = recent[-1] if recent else None
                 continue
             found = None
             if kind == "GLOBAL":
-                found = _global_name(*arg.split(" ", 1))
+                found = _global_name(*cast(str, arg).split(" ", 1))
             elif kind == "STACK_GLOBAL":
                 if len(recent) < 2 or recent[-1] is None or recent[-2] is None:
                     raise Unsafe(member, "builds a global from computed names")
@@ -213,7 +213,7 @@ def _scan_pickle(data: bytes, member: str) -> None:
                 raise Unsafe(member, f"instantiates classes by name ({kind} opcode)")
             if found is not None and found not in allowed:
                 raise Unsafe(member, f"would import {found} when unpickled (only tensors and containers are allowed)")
-            value = memo.get(arg) if kind in _MEMO_GETS else arg if kind in _STRING_OPS else None
+            value = memo.get(cast(int, arg)) if kind in _MEMO_GETS else arg if kind in _STRING_OPS else None
             recent = [*recent[-1:], value.decode("latin-1") if isinstance(value, bytes) else value]
     except Unsafe:
         raise

@@ -35,7 +35,7 @@ class LeNet300(nn.Module):
 @register_model(paper=_PAPER, task="vector", example=_vector_input)
 def lenet300(*, num_classes: int = 10, in_features: int = 784, hidden: tuple[int, int] = (300, 100)) -> nn.Module:
     """MLP in_features-300-100-num_classes (266,610 parameters on 28×28 MNIST)."""
-    return LeNet300(in_features, num_classes, tuple(hidden))
+    return LeNet300(in_features, num_classes, (hidden[0], hidden[1]))
 
 
 class LeNet5(nn.Module):

@@ -45,7 +45,8 @@ class SqueezeNet(nn.Module):
                     nn.init.normal_(m.weight, 0.0, 0.01)
                 else:
                     nn.init.kaiming_uniform_(m.weight)
-                nn.init.zeros_(m.bias)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return torch.flatten(self.classifier(self.features(x)), 1)

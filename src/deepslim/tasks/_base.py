@@ -94,8 +94,8 @@ class Task:
         if isinstance(batch, (tuple, list)):
             if len(batch) == 1:
                 return batch[0], None
-            inputs = tuple(batch[:-1])
-            return (inputs[0] if len(inputs) == 1 else inputs), batch[-1]
+            rest = tuple(batch[:-1])
+            return (rest[0] if len(rest) == 1 else rest), batch[-1]
         raise DataError(f"a batch must be a tensor, a tuple/list or a dict, got {type(batch).__name__}")
 
     def output(self, out: Any, inputs: Inputs) -> torch.Tensor:

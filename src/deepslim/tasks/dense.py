@@ -34,28 +34,24 @@ class _RegressionMeter:
 
     def __init__(self, task: Task):
         self.task, self.samples = task, 0
-        self.sse: torch.Tensor | None = None
-        self.sum_y: torch.Tensor | None = None
-        self.sum_y2: torch.Tensor | None = None
+        self.sums: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None  # SSE, sum of y, sum of y² per output
 
     def update(self, out: torch.Tensor, target: torch.Tensor | None) -> None:
         y = _like(self.task._need_target(target), out).double().reshape(out.shape[0], -1)
         pred = out.double().reshape(out.shape[0], -1)
-        parts = ((pred - y).square().sum(0), y.sum(0), y.square().sum(0))
-        if self.sse is None:
-            self.sse, self.sum_y, self.sum_y2 = parts
-        else:
-            self.sse, self.sum_y, self.sum_y2 = (a + b for a, b in zip((self.sse, self.sum_y, self.sum_y2), parts,
-                                                                        strict=True))  # fmt: skip
+        sse, sum_y, sum_y2 = (pred - y).square().sum(0), y.sum(0), y.square().sum(0)
+        if self.sums is not None:
+            sse, sum_y, sum_y2 = sse + self.sums[0], sum_y + self.sums[1], sum_y2 + self.sums[2]
+        self.sums = (sse, sum_y, sum_y2)
         self.samples += out.shape[0]
 
     def result(self) -> dict[str, float]:
-        if self.sse is None or self.samples == 0:
+        if self.sums is None or self.samples == 0:
             return {"loss": math.nan, "mse": math.nan, "r2": math.nan}
-        n = self.samples
-        mse = float(self.sse.sum()) / (n * self.sse.numel())
-        sst = self.sum_y2 - self.sum_y.square() / n
-        r2 = float((1 - self.sse / sst).mean()) if bool((sst > 0).all()) else math.nan
+        n, (sse, sum_y, sum_y2) = self.samples, self.sums
+        mse = float(sse.sum()) / (n * sse.numel())
+        sst = sum_y2 - sum_y.square() / n
+        r2 = float((1 - sse / sst).mean()) if bool((sst > 0).all()) else math.nan
         return {"loss": mse, "mse": mse, "r2": r2}
 
 

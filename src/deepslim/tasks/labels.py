@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -49,7 +49,8 @@ class _LabelMeter:
         self.confusion: torch.Tensor | None = None if not confusion else torch.zeros(0, dtype=torch.long)
 
     def update(self, out: torch.Tensor, target: torch.Tensor | None) -> None:
-        out = self.task._resize(out, self.task._need_target(target))
+        target = self.task._need_target(target)
+        out = self.task._resize(out, target)
         logits, labels = _flatten(out.float(), target, self.task.class_dim, self.task.shift, self.task.ignore_index)
         self.samples += out.shape[0]
         self.loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
@@ -173,7 +174,8 @@ class LanguageModeling(_LabelTask):
                 return inputs, target
             if "input_ids" not in inputs:
                 raise DataError("a language-modelling dict batch needs 'input_ids' (or 'labels')")
-            ids, mask = inputs["input_ids"], inputs.get("attention_mask")
+            named = cast(dict[str, torch.Tensor], inputs)  # a dict batch's inputs are a dict
+            ids, mask = named["input_ids"], named.get("attention_mask")
         elif isinstance(batch, (tuple, list)):
             inputs = tuple(batch) if len(batch) > 1 else batch[0]
             ids, mask = batch[0], (batch[1] if len(batch) > 1 else None)
