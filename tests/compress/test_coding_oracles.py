@@ -128,3 +128,12 @@ def test_relative_index_errors():
     with pytest.raises(ArchiveError, match="past the end of its tensor \\(20 >= 20\\)"):
         decode_positions(np.array([0, 2, 7, 7, 2]), 3, 20)
     assert decode_positions(np.array([7, 7]), 3, 100).tolist() == []  # fillers alone hold no nonzero
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.uint64, np.int32])
+def test_positions_and_streams_of_any_integer_dtype_code_alike(dtype):
+    positions = np.array([0, 3, 20, 21], dtype=dtype)
+    stream = encode_positions(positions, 3)
+    assert stream.dtype == np.int64 and stream.tolist() == [0, 2, 7, 7, 2, 0]
+    decoded = decode_positions(stream.astype(dtype), 3, 22)
+    assert decoded.dtype == np.int64 and decoded.tolist() == [0, 3, 20, 21]
