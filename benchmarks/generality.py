@@ -247,6 +247,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default=",".join(hf.names()))
     parser.add_argument("--techniques", default=",".join(TECHNIQUES))
+    parser.add_argument("--limit-s", type=int, default=120, help="seconds a cell may take before it counts as a crash "
+                        "(raise it on a loaded machine)")  # fmt: skip
     parser.add_argument("--out", "--json", default=str(Path(__file__).parent / "results" / "generality.json"))
     parser.add_argument("--merge", metavar="NOTE", help="update these cells of the existing --out file (the others "
                         "are kept) and append NOTE to its 'runs'")  # fmt: skip
@@ -256,7 +258,7 @@ def main() -> None:
     table = {m: {} for m in models}
     for m in models:
         for t in techniques:
-            table[m][t] = cell(m, t)
+            table[m][t] = cell(m, t, args.limit_s)
             print(f"{m:16s} {t:14s} {table[m][t]['status']:8s} {table[m][t]['note'][:110]}", flush=True)
     runs = None
     if args.merge and Path(args.out).exists():

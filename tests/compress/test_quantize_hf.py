@@ -40,14 +40,52 @@ def test_a_model_without_batch_norm_skips_folding_without_a_trace():
 
 
 @needs_hf
-def test_int8_ptq_of_an_hf_resnet_exports_integer_layers_that_agree_with_pytorch(tmp_path):
+def test_int8_ptq_of_an_hf_resnet_quantizes_its_residual_additions_through_torch_export(tmp_path):
+    """fx cannot trace the model: the points come from a torch.export capture, as hooks, and the integer file runs
+    every layer and every residual addition on integer kernels while computing what the fake-quant model computes."""
+    import copy
+
+    import onnx
+    import onnxruntime as ort
+
+    from deepslim.compress.quantize._hooked_points import PointHook
+
     model, x = hf.build("resnet")
     ds.quantize_(model, ds.LinearQuantConfig(bits=8), calib_data=[x[0]])
     assert not _bns(model)
+    hooked = {n for n, m in model.named_modules() if any(isinstance(h, PointHook) for h in m._forward_hooks.values())}
+    adds = {"model.resnet.encoder.stages.0.layers.0.activation", "model.resnet.encoder.stages.1.layers.0.activation"}
+    assert adds <= hooked  # the results of both residual additions (after their ReLU)
+    assert all(p.enabled and float(p.scale) != 1.0 for p in model.deepslim_points.values())  # calibrated
+    twin = copy.deepcopy(model)  # a copy's hooks run the copy's points
+    with torch.no_grad():
+        next(iter(twin.deepslim_points.values())).scale.mul_(3)
+        assert not torch.equal(twin(*x), model(*x))
     result = ds.export_onnx(model, tmp_path / "r.onnx", example_input=x[0])
-    assert result.format == "qdq-int8" and result.quantized_layers >= 7
-    assert result.integer_layers >= result.quantized_layers // 2
-    assert result.cosine >= 0.98
+    assert result.format == "qdq-int8" and result.quantized_layers == result.integer_layers == 7
+    assert result.cosine >= 0.999
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(result.path), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node]
+    assert ops.count("QLinearAdd") == 2 and ops.count("QLinearConv") == 6
+
+
+@needs_hf
+def test_a_refused_quantization_of_an_untraceable_model_removes_its_hooks():
+    from deepslim.compress.quantize import QuantizationError
+    from deepslim.compress.quantize._hooked_points import PointHook
+
+    model, x = hf.build("resnet")
+    with torch.no_grad():
+        want = model(*x)
+    with pytest.raises(QuantizationError, match="the model is left in float"):
+        ds.quantize_(model, ds.LinearQuantConfig(bits=2), calib_data=[x[0]])
+    assert not any(isinstance(h, PointHook) for m in model.modules() for h in m._forward_hooks.values())
+    assert not hasattr(model, "deepslim_points") and not any(isinstance(m, QuantMixin) for m in model.modules())
+    with torch.no_grad():
+        assert torch.allclose(model(*x), want, atol=1e-4)  # batch norms stay folded: the same function
 
 
 @needs_hf

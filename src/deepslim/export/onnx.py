@@ -280,7 +280,9 @@ def _decoded_weights(model: nn.Module) -> nn.Module:
     for m in baked.modules():
         if parametrize.is_parametrized(m):
             # not remove_parametrizations: it deletes the property from the class the original shares
-            values = {name: getattr(m, name).detach().clone() for name in m.parametrizations}
+            plist = m.parametrizations
+            assert isinstance(plist, nn.ModuleDict)
+            values = {name: getattr(m, name).detach().clone() for name in plist}
             m.__class__ = m.__class__.__bases__[0]
             del m._modules["parametrizations"]
             for name, value in values.items():
@@ -295,8 +297,9 @@ def _qdq_translation() -> dict[Any, Any]:
     import deepslim.compress.quantize._points  # noqa: F401  (registers the operator)
 
     def qdq(x: Any, scale: Any, zero: Any) -> Any:
-        z = op.Cast(zero, to=2)  # uint8
-        return op.DequantizeLinear(op.QuantizeLinear(x, scale, z), scale, z)
+        z: Any = op.Cast(zero, to=2)  # uint8 (onnxscript's stubs do not type its TensorType values)
+        quantized: Any = op.QuantizeLinear(x, scale, z)
+        return op.DequantizeLinear(quantized, scale, z)
 
     return {torch.ops.deepslim.fake_quant_u8.default: qdq}
 
@@ -344,7 +347,7 @@ def _export(model: nn.Module, xs: Inputs, path: Path, opset: int) -> bool:
     in_names = _input_names(len(xs))
     attempts = [(True, True), (True, False), (False, True), (False, False)]  # (dynamo, dynamic batch)
     for dynamo, dynamic in attempts:
-        names = {"input_names": in_names, "output_names": ["output"]}
+        names: dict[str, Any] = {"input_names": in_names, "output_names": ["output"]}
         if dynamo:  # one self-contained file: its size is the model's
             extra: dict[str, Any] = {"external_data": False, "custom_translation_table": _qdq_translation()}
             if dynamic:
@@ -354,7 +357,7 @@ def _export(model: nn.Module, xs: Inputs, path: Path, opset: int) -> bool:
             axes = {n: {0: "batch"} for n, t in zip(in_names, xs, strict=True) if t.ndim}
             extra = {"dynamic_axes": {**axes, "output": {0: "batch"}}} if dynamic else {}
         try:
-            with exporting():
+            with exporting(model, native=not dynamo):
                 torch.onnx.export(model, traced if dynamic else xs, str(path), dynamo=dynamo, opset_version=opset,
                                   verbose=False, **names, **extra)  # fmt: skip
             return dynamic

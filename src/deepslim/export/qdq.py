@@ -170,7 +170,8 @@ def _match_layers(g: _Graph, layers: dict[str, LayerQuant]) -> tuple[dict[str, _
         found = None
         order = sorted(candidates, key=lambda n: n != f"{name}.weight")  # the layer's own name first
         for init in order:
-            found = _relation(lq.weight, arrays[init], candidates[init])
+            arr = arrays[init]
+            found = _relation(lq.weight, arr, candidates[init]) if arr is not None else None
             if found is not None:
                 matches[name] = _Match(init, tuple(candidates[init]), *found)
                 break
@@ -248,7 +249,7 @@ def _quantization_points(g: _Graph, layers: dict[str, LayerQuant], matches: dict
     outputs = []
     for name, m in matches.items():
         lq = layers[name]
-        if lq.act_scale is None:
+        if lq.act_scale is None or lq.act_zero is None:
             continue
         for node in m.nodes:
             points[node.input[0]] = (lq.act_scale, lq.act_zero)
@@ -266,19 +267,32 @@ def _quantization_points(g: _Graph, layers: dict[str, LayerQuant], matches: dict
 
 
 def _drop_identity_relus(g: _Graph, points: dict[str, tuple[float, int]]) -> None:
-    """A ReLU between two identical quantizers with zero point 0 is the identity (codes never go below zero): drop
-    it and the second quantizer, as ONNX Runtime's own quantizer does."""
+    """A ReLU between two identical quantizers with zero point 0, or a Clip whose bounds hold the quantizer's whole
+    range (ReLU6 before a quantizer calibrated after it), is the identity: drop it and the second quantizer, as ONNX
+    Runtime's own quantizer does."""
     for node in list(g.model.graph.node):
-        if node.op_type != "Relu" or node.output[0] in g.outputs:
+        if node.op_type not in ("Relu", "Clip") or node.output[0] in g.outputs:
             continue
         src, dst = node.input[0], node.output[0]
-        if points.get(src) is not None and points.get(src) == points.get(dst) and points[src][1] == 0:
+        if points.get(src) is not None and points.get(src) == points.get(dst) and _inside(g, node, points[src]):
             for user in g.consumers.get(dst, []):
                 for i, t in enumerate(user.input):
                     if t == dst:
                         user.input[i] = src
             g.model.graph.node.remove(node)
             del points[dst]
+
+
+def _inside(g: _Graph, node: Any, point: tuple[float, int]) -> bool:
+    """Whether every value the quantizer ``point`` represents passes ``node`` (a Relu or a Clip) unchanged."""
+    scale, zero = point
+    lo, hi = (0 - zero) * scale, (255 - zero) * scale
+    if node.op_type == "Relu":
+        return zero == 0
+    bounds = [g.constant(t) if t else None for t in list(node.input[1:3]) + [""] * (3 - len(node.input))]
+    low = float(bounds[0].reshape(())) if bounds[0] is not None else -np.inf
+    high = float(bounds[1].reshape(())) if bounds[1] is not None else np.inf
+    return low <= lo + 1e-6 * scale and hi <= high + 1e-6 * max(abs(high), 1.0)
 
 
 def _weight_codes(lq: LayerQuant, m: _Match) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -331,8 +345,9 @@ def _rewrite(g: _Graph, layers: dict[str, LayerQuant], matches: dict[str, _Match
         for node in m.nodes:
             node.input[1] = w_dq
             x_point = points.get(node.input[0])
-            if len(node.input) > 2 and x_point is not None and g.constant(node.input[2]) is not None:
-                bias = g.constant(node.input[2]).astype(np.float64)
+            stored = g.constant(node.input[2]) if len(node.input) > 2 else None
+            if x_point is not None and stored is not None:
+                bias = stored.astype(np.float64)
                 b_scale = np.broadcast_to((x_point[0] * w_scale.astype(np.float64)).astype(np.float32),
                                           bias.shape).copy()  # fmt: skip
                 b_codes = np.round(bias / b_scale).astype(np.int32)

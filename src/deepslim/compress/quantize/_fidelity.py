@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,7 +41,8 @@ class Fidelity:
     cosine: float  # of all outputs, quantized vs float
     top1_agreement: float | None  # classification outputs with >= 10 rows, else None
     rows: int
-    worst_layers: tuple[tuple[str, float], ...]  # (layer, SQNR in dB of its own quantization), lowest first
+    # (layer, or "LAYER output" for an activation point after it; SQNR in dB of its own quantization), lowest first
+    worst_layers: tuple[tuple[str, float], ...]
     passed: bool
 
     def __str__(self) -> str:
@@ -100,21 +101,24 @@ class LayerNoise:
     """Hooks on quantized layers measuring each one's own quantization noise (its output vs its float output on
     the same input), accumulated over the batches run while installed."""
 
-    def __init__(self, layers: dict[str, nn.Module]) -> None:
+    def __init__(self, layers: Mapping[str, nn.Module], points: Mapping[str, nn.Module] | None = None) -> None:
         from deepslim.compress.quantize.linear import float_class
 
-        self.signal: dict[str, float] = dict.fromkeys(layers, 0.0)
-        self.noise: dict[str, float] = dict.fromkeys(layers, 0.0)
+        points = points or {}
+        self.signal: dict[str, float] = dict.fromkeys([*layers, *points], 0.0)
+        self.noise: dict[str, float] = dict.fromkeys([*layers, *points], 0.0)
         self.handles = []
         for name, m in layers.items():
             plain = float_class(type(m))
             self.handles.append(m.register_forward_hook(self._hook(name, plain)))
+        for name, p in points.items():  # a point's noise: its output against its input
+            self.handles.append(p.register_forward_hook(self._hook(name, None)))
 
-    def _hook(self, name: str, plain: type) -> Any:
+    def _hook(self, name: str, plain: Any) -> Any:
         def hook(m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
             if not args or not isinstance(out, torch.Tensor):
                 return
-            ref = plain.forward(m, *args).detach().double()
+            ref = (plain.forward(m, *args) if plain is not None else args[0]).detach().double()
             self.signal[name] += float(ref.pow(2).sum())
             self.noise[name] += float((out.detach().double() - ref).pow(2).sum())
 
@@ -135,11 +139,12 @@ def _db(signal: float, noise: float) -> float:
     return 10 * math.log10(signal / max(noise, 1e-30))
 
 
-def measure(model: nn.Module, layers: dict[str, nn.Module], batches: list[tuple[Any, ...]],
+def measure(model: nn.Module, layers: Mapping[str, nn.Module], batches: list[tuple[Any, ...]],
             ref: list[torch.Tensor], ref_cls: list[torch.Tensor], min_cosine: float,
-            min_agreement: float) -> Fidelity:  # fmt: skip
-    """The quantized ``model``'s fidelity to the recorded float outputs ``ref`` (see the module docstring)."""
-    noise = LayerNoise(layers)
+            min_agreement: float, points: Mapping[str, nn.Module] | None = None) -> Fidelity:  # fmt: skip
+    """The quantized ``model``'s fidelity to the recorded float outputs ``ref`` (see the module docstring);
+    ``points`` (label -> activation point) are measured beside the layers."""
+    noise = LayerNoise(layers, points)
     try:
         got, got_cls = outputs(model, batches)
     finally:
@@ -151,9 +156,11 @@ def measure(model: nn.Module, layers: dict[str, nn.Module], batches: list[tuple[
     return Fidelity(cos, agree, rows, noise.worst(), passed)
 
 
-def refusal(fid: Fidelity, *, per_channel: bool, calibration: str, min_cosine: float, weight_only: bool) -> str:
+def refusal(fid: Fidelity, *, per_channel: bool, calibration: str, min_cosine: float, weight_only: bool,
+            layers: Iterable[str]) -> str:  # fmt: skip
     """The error message: what failed, which layers, and every way out."""
-    worst = [n for n, _ in fid.worst_layers[:2]]
+    named = [n.removesuffix(" output") for n, _ in fid.worst_layers]
+    worst = list(dict.fromkeys(n for n in named if n in layers))[:2]
     skip = ", ".join(f"{n!r}: None" for n in worst)
     outs = [f"keep the noisiest layers in float with overrides={{{skip}}}"] if worst else []
     if not per_channel:

@@ -32,6 +32,7 @@ def fold_batchnorm_(model: nn.Module, example: tuple[Any, ...] | None = None) ->
     folded = []
     for conv_name, bn_name in pairs:
         conv, bn = model.get_submodule(conv_name), model.get_submodule(bn_name)
+        assert isinstance(bn, _BNS)
         _fold(conv, bn)
         parent, _, attr = bn_name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr, nn.Identity())
@@ -123,7 +124,8 @@ def _foldable(conv: Any, bn: Any) -> bool:
             and conv.weight.shape[0] == bn.running_mean.shape[0] and not hasattr(conv, "parametrizations"))  # fmt: skip
 
 
-def _fold(conv: nn.Module, bn: nn.Module) -> None:
+def _fold(conv: nn.Module, bn: nn.modules.batchnorm._BatchNorm) -> None:
+    assert isinstance(conv, _CONVS) and bn.running_mean is not None and bn.running_var is not None
     with torch.no_grad():
         inv_std = torch.rsqrt(bn.running_var + bn.eps)
         gamma = bn.weight if bn.weight is not None else torch.ones_like(inv_std)

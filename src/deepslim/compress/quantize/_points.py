@@ -37,13 +37,15 @@ POINTS_ATTR = "deepslim_points"  # the ModuleDict of points on the model
 
 @torch.library.custom_op("deepslim::fake_quant_u8", mutates_args=())
 def fake_quant_u8(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    """Unsigned 8-bit per-tensor fake quantization; exported to ONNX as QuantizeLinear → DequantizeLinear."""
-    return fake_quantize(x, scale, zero, 0, 255)
+    """Unsigned 8-bit per-tensor fake quantization; exported to ONNX as QuantizeLinear → DequantizeLinear. The
+    result is contiguous, in the real and the fake implementation alike (the exporter's decompositions trust the
+    fake one's strides; a strided one broke a later ``view`` in Swin)."""
+    return fake_quantize(x.contiguous(), scale, zero, 0, 255)
 
 
 @fake_quant_u8.register_fake
 def _(x: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(x)
+    return torch.empty_like(x, memory_format=torch.contiguous_format)
 
 
 def _straight_through(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
@@ -57,18 +59,28 @@ _EXPORTING = [False]
 
 
 @contextlib.contextmanager
-def exporting() -> Iterator[None]:
-    """Within the block, points run the custom operator that the ONNX exporter writes as a QDQ pair (elsewhere they
-    run plain operators, which every tracer and profiler knows)."""
+def exporting(model: nn.Module | None = None, *, native: bool = False) -> Iterator[None]:
+    """Within the block, points run an operator the ONNX exporter writes as a QDQ pair: deepslim's custom operator
+    (the dynamo exporter, with a symbolic batch), or with ``native`` PyTorch's own fake-quantization operator with
+    the parameters of ``model``'s points as Python numbers (the TorchScript exporter knows it; the dynamo exporter's
+    decompositions failed on Swin's attention with the custom operator). Elsewhere points run plain operators."""
+    points = list(points_of(model)) if model is not None and native else []
+    for p in points:
+        p.export_params = (float(p.scale), int(p.zero))
     old, _EXPORTING[0] = _EXPORTING[0], True
     try:
         yield
     finally:
         _EXPORTING[0] = old
+        for p in points:
+            p.export_params = None
 
 
 class ActPoint(nn.Module):
     """One quantized activation tensor: observes it while calibrating, then fake-quantizes it (u8, per tensor)."""
+
+    scale: torch.Tensor
+    zero: torch.Tensor
 
     def __init__(self, method: Calibration = Calibration.MINMAX) -> None:
         super().__init__()
@@ -78,6 +90,7 @@ class ActPoint(nn.Module):
         self.method = method
         self.observer: Observer | None = None
         self.enabled = False  # until calibrated
+        self.export_params: tuple[float, int] | None = None  # (scale, zero point) while exporting
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.observer is not None:
@@ -85,6 +98,8 @@ class ActPoint(nn.Module):
             return x
         if not self.enabled:
             return x
+        if _EXPORTING[0] and self.export_params is not None:  # see exporting()
+            return torch.fake_quantize_per_tensor_affine(x, *self.export_params, 0, 255)
         if _EXPORTING[0]:
             return fake_quant_u8(x, self.scale, self.zero)
         q = fake_quantize(x, self.scale, self.zero, 0, 255)
@@ -105,12 +120,16 @@ class ActPoint(nn.Module):
 
 _ADDS = {operator.add, operator.iadd, torch.add}
 _CATS = {torch.cat, torch.concat, torch.concatenate}
-_RELU_FNS = {F.relu, torch.relu, torch.relu_}
-_TRANSPARENT_FNS = {F.relu, torch.relu, torch.flatten, F.max_pool1d, F.max_pool2d, F.dropout, torch.reshape}
+_RELU_FNS = {F.relu, torch.relu, torch.relu_, F.relu6, F.hardtanh}
+# ReLU6/hardtanh count as transparent: a point after the clip, calibrated there, has a range inside the clip's, so
+# quantizing before the clip with it is the same (its codes saturate first); a point before the clip instead would
+# be calibrated on the unclipped range (4x coarser steps on a MobileNet) and quantize twice
+_TRANSPARENT_FNS = {F.relu, torch.relu, torch.flatten, F.max_pool1d, F.max_pool2d, F.dropout, torch.reshape,
+                    F.relu6, F.hardtanh}  # fmt: skip
 _TRANSPARENT_METHODS = {"relu", "view", "reshape", "flatten", "squeeze", "unsqueeze", "contiguous"}
 # batch norms count too: a point after one lands, in ONNX, after the convolution the exporter folds it into
-_TRANSPARENT_MODULES = (nn.ReLU, nn.MaxPool1d, nn.MaxPool2d, nn.Identity, nn.Flatten, nn.Dropout, nn.BatchNorm1d,
-                        nn.BatchNorm2d)
+_TRANSPARENT_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.MaxPool1d, nn.MaxPool2d, nn.Identity, nn.Flatten,
+                        nn.Dropout, nn.BatchNorm1d, nn.BatchNorm2d)  # fmt: skip
 
 
 class _Tracer(fx.Tracer):
@@ -120,9 +139,11 @@ class _Tracer(fx.Tracer):
         return isinstance(m, (QuantMixin, ActPoint)) or super().is_leaf_module(m, qualname)
 
 
-def insert_points_(model: nn.Module, example: torch.Tensor, method: Calibration) -> list[ActPoint]:
+def insert_points_(model: nn.Module, example: torch.Tensor | tuple[Any, ...],
+                   method: Calibration) -> list[ActPoint]:  # fmt: skip
     """Insert the quantization points into ``model`` (in place); returns them (uncalibrated). Models ``torch.fx``
-    cannot trace keep float additions (logged); their export then says which layers stay float."""
+    cannot trace get them from a ``torch.export`` capture, as forward hooks (:mod:`._hooked_points`); a model
+    neither can capture keeps float additions (logged), and its export says which layers stay float."""
     try:
         graph = _Tracer().trace(model)
         gm = fx.GraphModule(model, graph)
@@ -131,8 +152,9 @@ def insert_points_(model: nn.Module, example: torch.Tensor, method: Calibration)
         with torch.no_grad():
             ShapeProp(gm).propagate(example)
     except Exception as exc:  # fx raises many types on untraceable code
-        log.warning("additions stay float: cannot trace %s (%s)", type(model).__name__, str(exc).splitlines()[0])
-        return []
+        log.info("torch.fx cannot trace %s (%s): placing points from torch.export", type(model).__name__,
+                 (str(exc).strip().splitlines() or [type(exc).__name__])[0])  # fmt: skip
+        return _insert_hooked_(model, example, method)
     points = getattr(model, POINTS_ATTR, None) or nn.ModuleDict()  # quantized before: new points continue the names
     setattr(model, POINTS_ATTR, points)
     setattr(gm, POINTS_ATTR, points)  # the graph's owner checks the targets of new nodes
@@ -146,6 +168,46 @@ def insert_points_(model: nn.Module, example: torch.Tensor, method: Calibration)
     model.__class__ = type(cls.__name__, (cls,), {"forward": type(gm).forward, "__module__": cls.__module__,
                                                    "deepslim_traced_from": cls})  # fmt: skip
     return list(points.values())
+
+
+def _as_point(m: nn.Module) -> ActPoint:
+    assert isinstance(m, ActPoint)
+    return m
+
+
+def _free_name(points: nn.ModuleDict) -> str:
+    n = len(points)
+    while f"p{n}" in points:
+        n += 1
+    return f"p{n}"
+
+
+def _insert_hooked_(model: nn.Module, example: torch.Tensor | tuple[Any, ...], method: Calibration) -> list[ActPoint]:
+    from deepslim.compress.quantize._hooked_points import FEEDS_ATTR, PointHook, capture_plan
+
+    xs = tuple(example) if isinstance(example, (tuple, list)) else (example,)
+    try:
+        plan, feeds = capture_plan(model, xs)
+    except Exception as exc:  # torch.export raises many types
+        log.warning("additions stay float: neither torch.fx nor torch.export captures %s (%s)", type(model).__name__,
+                    (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200])  # fmt: skip
+        return []
+    hooked = {id(m) for m in model.modules() if any(isinstance(h, PointHook) for h in m._forward_hooks.values())}
+    plan = {name: v for name, v in plan.items() if id(model.get_submodule(name)) not in hooked}
+    if not plan:
+        return []
+    points = getattr(model, POINTS_ATTR, None) or nn.ModuleDict()
+    setattr(model, POINTS_ATTR, points)
+    record: dict[str, list[str]] = getattr(model, FEEDS_ATTR, None) or {}
+    new = []
+    for module in plan:
+        name = _free_name(points)
+        points[name] = ActPoint(method)
+        model.get_submodule(module).register_forward_hook(PointHook(points[name]))
+        record[name] = feeds.get(module, [])
+        new.append(_as_point(points[name]))
+    setattr(model, FEEDS_ATTR, record)
+    return new
 
 
 class _Placer:
@@ -227,7 +289,7 @@ class _Placer:
             self.quantized.add(out)
 
     def _is_relu(self, node: fx.Node) -> bool:
-        return (node.op == "call_module" and isinstance(self.modules.get(node.target), nn.ReLU)
+        return (node.op == "call_module" and isinstance(self.modules.get(node.target), (nn.ReLU, nn.Hardtanh))
                 or node.op == "call_function" and node.target in _RELU_FNS
                 or node.op == "call_method" and node.target in ("relu", "relu_"))  # fmt: skip
 
@@ -277,6 +339,10 @@ def share_layer_inputs_(model: nn.Module) -> int:
     if not hasattr(model, POINTS_ATTR):
         return 0
     modules = dict(model.named_modules())
+    from deepslim.compress.quantize._hooked_points import FEEDS_ATTR
+
+    if hasattr(model, FEEDS_ATTR):  # points placed as hooks: the capture recorded which layers they feed
+        return _share_recorded(model, getattr(model, FEEDS_ATTR), modules)
     graph = _Tracer().trace(model)
     changed = 0
     for node in graph.nodes:
@@ -292,12 +358,42 @@ def share_layer_inputs_(model: nn.Module) -> int:
     return changed
 
 
+def _share_recorded(model: nn.Module, feeds: dict[str, list[str]], modules: dict[str, nn.Module]) -> int:
+    from deepslim.compress.quantize.linear import QuantMixin
+
+    points = getattr(model, POINTS_ATTR)
+    changed = 0
+    for name, layers in feeds.items():
+        point = points[name] if name in points else None  # noqa: SIM401  (an nn.ModuleDict has no get)
+        for layer in layers:
+            mod = modules.get(layer)
+            if isinstance(point, ActPoint) and point.enabled and isinstance(mod, QuantMixin) and mod.act_bits == 8:
+                with torch.no_grad():
+                    mod.act_scale.copy_(point.scale)
+                    mod.act_zero.copy_(point.zero)
+                changed += 1
+    return changed
+
+
 def remove_points_(model: nn.Module, points: list[ActPoint]) -> None:
     """Undo :func:`insert_points_` for ``points`` (the ones one call inserted): the model's own forward back when
-    they are all its points, else those points pass their input through."""
+    they are all its points (hooks removed), else those points pass their input through."""
+    from deepslim.compress.quantize._hooked_points import FEEDS_ATTR, remove_hooks_
+
     if not points:
         return
     held = getattr(model, POINTS_ATTR, None)
+    if remove_hooks_(model, list(points)) and held is not None:
+        ids = {id(p) for p in points}
+        feeds = getattr(model, FEEDS_ATTR, {})
+        for name in [n for n, p in held.items() if id(p) in ids]:
+            del held[name]
+            feeds.pop(name, None)
+        if not len(held):
+            delattr(model, POINTS_ATTR)
+            if hasattr(model, FEEDS_ATTR):
+                delattr(model, FEEDS_ATTR)
+        return
     cls = getattr(type(model), "deepslim_traced_from", None)
     if held is not None and cls is not None and {id(p) for p in held.values()} == {id(p) for p in points}:
         model.__class__ = cls
@@ -305,6 +401,22 @@ def remove_points_(model: nn.Module, points: list[ActPoint]) -> None:
         return
     for p in points:
         p.enabled = False
+
+
+def point_labels(model: nn.Module, points: list[ActPoint]) -> dict[str, nn.Module]:
+    """``points`` by a readable label: "MODULE output" for a point hooked on a module, else its own name."""
+    from deepslim.compress.quantize._hooked_points import PointHook
+
+    ids = {id(p) for p in points}
+    labels: dict[str, nn.Module] = {}
+    for name, m in model.named_modules():
+        for hook in m._forward_hooks.values():
+            if isinstance(hook, PointHook) and id(hook.point) in ids:
+                labels[f"{name} output"] = hook.point
+    seen = {id(p) for p in labels.values()}
+    held = getattr(model, POINTS_ATTR, None) or {}
+    labels.update({f"{POINTS_ATTR}.{n}": p for n, p in held.items() if id(p) in ids and id(p) not in seen})
+    return labels
 
 
 def disable_points_(model: nn.Module) -> None:

@@ -12,7 +12,7 @@ QAT with learned step sizes (LSQ): Esser et al., ICLR 2020.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,11 +71,11 @@ def _check_bits(what: str, bits: Any) -> None:
         raise ConfigError(f"{what} must be an integer from 2 to 8, got {bits!r}")
 
 
-class QuantMixin:
+class QuantMixin(nn.Module):
     """Fake-quantized execution for Conv/Linear layers (mixed into a subclass of the layer's own class)."""
 
-    weight: nn.Parameter
-    bias: nn.Parameter | None
+    weight: torch.Tensor
+    bias: torch.Tensor | None
     weight_axis = 0  # the output-channel dimension of the weight (1 for weights stored (in, out))
     bits: int
     act_bits: int | None
@@ -154,6 +154,7 @@ class QuantMixin:
         return fake_quantize(x, self.act_scale, self.act_zero, qmin, qmax)
 
     def freeze_activation_range(self, lo: float, hi: float) -> None:
+        assert self.act_bits is not None
         scale, zero = affine_params(torch.tensor(lo), torch.tensor(hi), self.act_bits, symmetric=False, signed=False)
         self.act_scale.copy_(scale)
         self.act_zero.copy_(zero)
@@ -182,7 +183,7 @@ class QConv1d(QuantMixin, nn.Conv1d):
         return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
 
 
-class QLinear(QuantMixin, nn.Linear):
+class QLinear(QuantMixin, nn.Linear):  # type: ignore[misc]  # torch types Linear.bias as a Parameter (it may be None)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
 
@@ -220,7 +221,9 @@ def quantizable(m: nn.Module) -> bool:
         return False
     if any(isinstance(m, base) for base in QUANTIZABLE):
         return True
-    return layer_kind(m) is CONV1D_HF and _transposed_base(type(m)) is not None and m.weight.ndim == 2
+    weight = getattr(m, "weight", None)
+    return layer_kind(m) is CONV1D_HF and _transposed_base(type(m)) is not None and isinstance(
+        weight, torch.Tensor) and weight.ndim == 2  # fmt: skip
 
 
 def quantized_class(cls: type, name: str = "") -> type:
@@ -232,7 +235,7 @@ def quantized_class(cls: type, name: str = "") -> type:
     base = next((b for b in QUANTIZABLE if issubclass(cls, b)), None) or _transposed_base(cls)
     if base is None:
         raise UnsupportedModelError(f"{name or cls.__name__}: a {cls.__name__} cannot hold linear quantization")
-    if cls.forward is not base.forward:
+    if getattr(cls, "forward", None) is not getattr(base, "forward", None):
         raise UnsupportedModelError(f"{name or cls.__name__}: {cls.__name__} overrides the forward of "
                                     f"{base.__name__}, so its quantized weights would not be used; skip it with "
                                     f"overrides={{{name!r}: None}}")  # fmt: skip
@@ -273,12 +276,12 @@ def swap_to_float(m: QuantMixin) -> nn.Module:
 
 
 def calibrate(model: nn.Module, layers: list[QuantMixin], calib_data: Iterable[Any], method: Calibration,
-              points: list[Any] = (), *, inputs: int = 1) -> int:  # fmt: skip
+              points: Sequence[Any] = (), *, inputs: int = 1) -> int:  # fmt: skip
     """Run ``calib_data`` through the model and freeze each layer's input range and each point's range (see
     :mod:`deepslim.compress.quantize._points`). A tuple batch feeds its first ``inputs`` items. Returns the batches
     seen."""
     for layer in layers:
-        layer.observer = Observer(method, layer.act_bits)
+        layer.observer = Observer(method, layer.act_bits or 8)
     for p in points:
         p.observer = Observer(method, 8)
     seen = 0
@@ -290,7 +293,7 @@ def calibrate(model: nn.Module, layers: list[QuantMixin], calib_data: Iterable[A
         if seen == 0:
             raise ConfigError("calib_data yielded no batches")
         for layer in layers:
-            if layer.observer.count:
+            if layer.observer is not None and layer.observer.count:
                 layer.freeze_activation_range(*layer.observer.range())
         for p in points:
             p.freeze()

@@ -130,6 +130,9 @@ class SharedWeight(nn.Module):
         self.register_buffer("index", index)
         self.register_buffer("keep", keep)
 
+    index: torch.Tensor
+    keep: torch.Tensor
+
     def forward(self, codebook: torch.Tensor) -> torch.Tensor:
         return torch.where(self.keep, codebook[self.index], torch.zeros((), dtype=codebook.dtype))
 
