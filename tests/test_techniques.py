@@ -26,6 +26,8 @@ EXAMPLES = {
     "magnitude": {"sparsity": 0.7, "scope": "global", "overrides": {"fc1": 0.5, "re:fc[23]": None}},
     "channel": {"ratio": 0.3, "importance": "l2", "ignore": ["fc3"], "round_to": 8, "overrides": {"fc1": 0.1}},
     "nm": {"n": 1, "m": 4, "overrides": {"fc3": None}},
+    "heads": {"head_ratio": 0.25, "ffn_ratio": 0.5, "importance": "magnitude", "global_ranking": False, "round_to": 4,
+              "ignore": ["re:.*layer.0.*"], "batches": 2, "probes": 1, "refit": False},
     "linear": {"bits": 4, "per_channel": False, "activation_bits": None, "calibration": "mse", "qat": True,
                "overrides": {"re:fc.*": 8, "fc3": None}},
     "half": {"dtype": "bf16", "overrides": {"fc3": None}},

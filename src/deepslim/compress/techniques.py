@@ -15,11 +15,13 @@ from torch import nn
 from deepslim.compress.lowrank import SVDConfig, TuckerConfig, factorizable_layers, factorize_
 from deepslim.compress.prune import (
     ChannelPruneConfig,
+    HeadPruneConfig,
     MagnitudePruneConfig,
     NMPruneConfig,
     plan_channel_pruning,
     prune_,
 )
+from deepslim.compress.prune.heads import head_blocks
 from deepslim.compress.prune.masks import prunable_layers
 from deepslim.compress.quantize import (
     BinaryConfig,
@@ -70,6 +72,8 @@ register_technique("channel", ChannelPruneConfig, prune_, kind="prune", layers=_
                    description="structured channel pruning that physically removes channels, heads and units")
 register_technique("nm", NMPruneConfig, prune_, kind="prune", layers=_prunable,
                    description="N:M semi-structured sparsity (e.g. 2:4) with masks")
+register_technique("heads", HeadPruneConfig, prune_, kind="prune", layers=head_blocks,
+                   description="attention heads and feed-forward units of transformers, physically removed (adapters)")
 register_technique("linear", LinearQuantConfig, quantize_, kind="quantize", lr=1e-4, layers=_weight_layers,
                    description="linear integer quantization of weights and activations (PTQ; QAT with qat=true)")
 register_technique("half", Float16Config, quantize_, kind="quantize", lr=1e-4, layers=_weight_layers,
