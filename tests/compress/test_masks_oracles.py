@@ -187,3 +187,11 @@ def test_a_layer_parametrized_elsewhere_has_no_weight_mask():
 def test_every_unmatched_override_is_named():
     with pytest.raises(ds.ConfigError, match="no prunable layer matches 'fc9', 'fc8'; prunable: 0, 2"):
         ds.prune_(_two_linears(), ds.MagnitudePruneConfig(sparsity=0.5, overrides={"fc9": 0.1, "fc8": None}))
+
+
+def test_a_weight_tied_to_an_embedding_is_left_unpruned_and_named(caplog):
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Linear(4, 10, bias=False), nn.Linear(10, 4))
+    model[1].weight = model[0].weight  # an LM head sharing the embedding table: two holders of one tensor
+    with caplog.at_level("WARNING"):
+        assert list(prunable_layers(model)) == ["2"]
+    assert "left unpruned (weight tied with another module): 1" in caplog.text
