@@ -115,7 +115,7 @@ def _convert(model: nn.Module, mode: str, data: Any, x: torch.Tensor, budget: in
     assert budget is not None
     batches = [next(iter(data.train)) for _ in range(4)]
     bias_only_(m)  # efficient layers; the plan then picks what trains
-    plan = plan_sparse_update(m, batches, F.cross_entropy, budget_bytes=budget, example_batch=x)
+    plan = plan_sparse_update(m, batches, F.cross_entropy, budget_bytes=budget, example_batch=x, optimizer="adam")
     return sparse_update_(m, plan)
 
 
