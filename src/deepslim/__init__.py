@@ -17,12 +17,13 @@ from deepslim.analysis import (
     register_device,
 )
 from deepslim.analysis.measurement import Measurement
-from deepslim.analysis.training import TrainingProfile, training_profile
+from deepslim.analysis.training import TrainingProfile, measure_peak_bytes, measure_saved_bytes, training_profile
 from deepslim.compress.coding import ArchiveInfo, archive_info, decode, encode
 from deepslim.compress.lowrank import FactorizeResult, SVDConfig, TuckerConfig, factorize_
 from deepslim.compress.prune import (
     ChannelPruneConfig,
     GradualPruner,
+    HeadPruneConfig,
     Importance,
     MagnitudePruneConfig,
     NMPruneConfig,
@@ -31,6 +32,7 @@ from deepslim.compress.prune import (
     dependency_groups,
     plan_channel_pruning,
     prune_,
+    prune_heads_,
 )
 from deepslim.compress.quantize import (
     BinaryConfig,
@@ -76,29 +78,72 @@ from deepslim.export import (
     interleave,
 )
 from deepslim.models import create_model, example_input, list_models, load_model, register_model, save_model
-from deepslim.models.adapters import LayerKind, register_layer_kind
-from deepslim.pipeline import Recipe, RunResult, load_recipe, measure, run_recipe
-from deepslim.search import Sensitivity, sensitivity
+from deepslim.models.adapters import (
+    AttentionAdapter,
+    FFNAdapter,
+    LayerKind,
+    register_attention_adapter,
+    register_layer_kind,
+)
+from deepslim.pipeline import (
+    DistillStage,
+    EncodeStage,
+    ExportStage,
+    FinetuneStage,
+    Recipe,
+    RunResult,
+    TechniqueStage,
+    TrainStage,
+    load_recipe,
+    measure,
+    run_recipe,
+)
+from deepslim.search import (
+    Budget,
+    LatencyTable,
+    Policy,
+    SearchResult,
+    SearchSpace,
+    Sensitivity,
+    check_table,
+    search,  # the function; the sub-package stays importable as deepslim.search.<module>
+    sensitivity,
+)
 from deepslim.tasks import Task, get_task, list_tasks
+from deepslim.techniques import Technique, get_technique, list_techniques, register_technique, technique_for
 from deepslim.train import EvalResult, FitResult, KDConfig, distill, distill_ddp, evaluate, fidelity, fit, fit_ddp
-from deepslim.train.ondevice import bias_only_, plan_sparse_update, sparse_update_, tinytl_
+from deepslim.train.ondevice import (
+    OnDeviceResult,
+    bias_only_,
+    checkpoint_sequential_,
+    efficient_,
+    finetune_ondevice,
+    plan_sparse_update,
+    sparse_update_,
+    tinytl_,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ArchiveError", "ArchiveInfo", "BenchResult", "BinaryConfig", "Calibration", "ChannelPruneConfig",
-    "CompareResult", "ConfigError", "CostEstimate", "DataBundle", "DataError", "DeepSlimError", "DeviceProfile",
-    "EnergyTable", "EvalResult", "ExportError", "ExportResult", "FactorizeResult", "FitResult", "Float16Config",
-    "GradualPruner", "Importance", "InputShapeError", "KDConfig", "KMeansConfig", "LayerCost", "LayerKind",
-    "LayerProfile", "LinearQuantConfig", "MagnitudePruneConfig", "Measurement", "MergeTokensConfig", "ModelLoadError",
-    "NMPruneConfig", "PowerOfTwoConfig", "Preprocessing", "Profile", "PruneTokensConfig", "Recipe", "RunResult",
-    "Scope", "Sensitivity", "SVDConfig", "Task", "TernaryConfig", "TrainingProfile", "TuckerConfig",
+    "ArchiveError", "ArchiveInfo", "AttentionAdapter", "BenchResult", "BinaryConfig", "Budget", "Calibration",
+    "ChannelPruneConfig", "CompareResult", "ConfigError", "CostEstimate", "DataBundle", "DataError", "DeepSlimError",
+    "DeviceProfile", "DistillStage", "EncodeStage", "EnergyTable", "EvalResult", "ExportError", "ExportResult",
+    "ExportStage", "FFNAdapter", "FactorizeResult", "FinetuneStage", "FitResult", "Float16Config", "GradualPruner",
+    "HeadPruneConfig", "Importance", "InputShapeError", "KDConfig", "KMeansConfig", "LatencyTable", "LayerCost",
+    "LayerKind", "LayerProfile", "LinearQuantConfig", "MagnitudePruneConfig", "Measurement", "MergeTokensConfig",
+    "ModelLoadError", "NMPruneConfig", "OnDeviceResult", "Policy", "PowerOfTwoConfig", "Preprocessing", "Profile",
+    "PruneTokensConfig", "Recipe", "RunResult", "SVDConfig", "Scope", "SearchResult", "SearchSpace", "Sensitivity",
+    "Task", "Technique", "TechniqueStage", "TernaryConfig", "TrainStage", "TrainingProfile", "TuckerConfig",
     "UnknownNameError", "UnsupportedModelError", "UnsupportedOpError", "archive_info", "bake_masks_", "benchmark",
-    "bias_only_", "cluster_", "compare", "create_model", "decode", "dependency_groups", "distill", "distill_ddp",
-    "drop_layers_", "encode", "estimate_cost", "evaluate", "example_input", "export_onnx", "export_openvino",
-    "factorize_", "fidelity", "fit", "fit_ddp", "fold_batchnorm_", "get_device", "get_task", "interleave",
-    "list_datasets", "list_devices", "list_models", "list_tasks", "load_data", "load_model", "load_recipe", "measure",
-    "merge_tokens_", "plan_channel_pruning", "plan_sparse_update", "profile", "prune_", "prune_tokens_",
-    "quantization_report", "quantize_", "register_dataset", "register_device", "register_layer_kind",
-    "register_model", "run_recipe", "save_model", "sensitivity", "sparse_update_", "tinytl_", "training_profile",
+    "bias_only_", "check_table", "checkpoint_sequential_", "cluster_", "compare", "create_model", "decode",
+    "dependency_groups", "distill", "distill_ddp", "drop_layers_", "efficient_", "encode", "estimate_cost",
+    "evaluate", "example_input", "export_onnx", "export_openvino", "factorize_", "fidelity", "finetune_ondevice",
+    "fit", "fit_ddp", "fold_batchnorm_", "get_device", "get_task", "get_technique", "interleave", "list_datasets",
+    "list_devices", "list_models", "list_tasks", "list_techniques", "load_data", "load_model", "load_recipe",
+    "measure", "measure_peak_bytes", "measure_saved_bytes", "merge_tokens_", "plan_channel_pruning",
+    "plan_sparse_update", "profile", "prune_", "prune_heads_", "prune_tokens_", "quantization_report", "quantize_",
+    "register_attention_adapter", "register_dataset", "register_device", "register_layer_kind", "register_model",
+    "register_technique", "run_recipe", "save_model", "search", "sensitivity", "sparse_update_", "technique_for",
+    "tinytl_", "training_profile",
 ]  # fmt: skip
