@@ -139,3 +139,13 @@ def test_iterative_prune_reaches_an_overridden_layers_own_sparsity_when_the_defa
     iterative_prune_(model, ds.MagnitudePruneConfig(sparsity=0.0, overrides={"0": 0.5}), rounds=2, epochs=2,
                      fit=lambda epochs, hooks: None)  # fmt: skip
     assert _zeros(model) == 50
+
+
+@pytest.mark.parametrize(("epochs", "steps_per_epoch", "end", "every"), [(1, 1, 1, 1), (1, 10, 7, 1), (1, 450, 337, 4)])
+def test_gradual_prune_schedule_for_short_and_uneven_runs(epochs, steps_per_epoch, end, every):
+    seen = []
+    gradual_prune_(_model(), ds.MagnitudePruneConfig(sparsity=0.5), epochs=epochs, steps_per_epoch=steps_per_epoch,
+                   fit=lambda e, hooks: seen.append((e, hooks[0].end, hooks[0].every)))  # fmt: skip
+    assert seen == [(epochs, end, every)] and isinstance(seen[0][2], int)
+    with pytest.raises(ds.ConfigError, match="^a gradual schedule prunes while it trains: it needs epochs > 0$"):
+        gradual_prune_(_model(), ds.MagnitudePruneConfig(sparsity=0.5), epochs=0, steps_per_epoch=1, fit=None)

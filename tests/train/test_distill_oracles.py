@@ -103,3 +103,14 @@ def test_hint_loss_is_the_weighted_regressor_error_and_only_it(digits):
     plain, zero, hinted = (_hinted(teacher, digits, w, 1e-2)[0].state_dict() for w in (None, 0.0, 1.0))
     assert all(torch.allclose(plain[k], zero[k], rtol=1e-4, atol=1e-6) for k in plain)
     assert not all(torch.allclose(plain[k], hinted[k], rtol=1e-2, atol=1e-3) for k in plain)
+
+
+def test_kd_loss_on_per_position_logits_takes_the_softmax_over_classes():
+    torch.manual_seed(0)
+    s, te = torch.randn(2, 5, 3, dtype=torch.float64), torch.randn(2, 5, 3, dtype=torch.float64)  # (B, classes, L)
+    y = torch.tensor([[0, 4, 2], [1, 1, 3]])
+    t = 2.0
+    p_t, log_p_s = torch.softmax(te / t, dim=1), torch.log_softmax(s / t, dim=1)
+    soft = (p_t * (p_t.log() - log_p_s)).sum() / 2 * t * t  # KL summed over classes and positions, / batch
+    expected = 0.6 * soft + 0.4 * F.cross_entropy(s, y)
+    assert kd_loss(s, te, y, temperature=t, alpha=0.6).item() == pytest.approx(expected.item(), rel=1e-9)
