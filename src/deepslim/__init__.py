@@ -98,6 +98,9 @@ from deepslim.pipeline import (
     measure,
     run_recipe,
 )
+
+# importing the report package registers report.html with every recipe run (the pipeline does not import it)
+from deepslim.report import ReportResult, write_report
 from deepslim.search import (
     Budget,
     LatencyTable,
@@ -133,11 +136,11 @@ __all__ = [
     "HeadPruneConfig", "Importance", "InputShapeError", "KDConfig", "KMeansConfig", "LatencyTable", "LayerCost",
     "LayerKind", "LayerProfile", "LinearQuantConfig", "MagnitudePruneConfig", "Measurement", "MergeTokensConfig",
     "ModelLoadError", "NMPruneConfig", "OnDeviceResult", "Policy", "PowerOfTwoConfig", "Preprocessing", "Profile",
-    "PruneTokensConfig", "Recipe", "RunResult", "SVDConfig", "Scope", "SearchResult", "SearchSpace", "Sensitivity",
-    "Task", "Technique", "TechniqueStage", "TernaryConfig", "TrainStage", "TrainingProfile", "TuckerConfig",
-    "UnknownNameError", "UnsupportedModelError", "UnsupportedOpError", "archive_info", "bake_masks_", "benchmark",
-    "bias_only_", "check_table", "checkpoint_sequential_", "cluster_", "compare", "create_model", "decode",
-    "dependency_groups", "distill", "distill_ddp", "drop_layers_", "efficient_", "encode", "estimate_cost",
+    "PruneTokensConfig", "Recipe", "ReportResult", "RunResult", "SVDConfig", "Scope", "SearchResult", "SearchSpace",
+    "Sensitivity", "Task", "Technique", "TechniqueStage", "TernaryConfig", "TrainStage", "TrainingProfile",
+    "TuckerConfig", "UnknownNameError", "UnsupportedModelError", "UnsupportedOpError", "archive_info", "bake_masks_",
+    "benchmark", "bias_only_", "check_table", "checkpoint_sequential_", "cluster_", "compare", "create_model",
+    "decode", "dependency_groups", "distill", "distill_ddp", "drop_layers_", "efficient_", "encode", "estimate_cost",
     "evaluate", "example_input", "export_onnx", "export_openvino", "factorize_", "fidelity", "finetune_ondevice",
     "fit", "fit_ddp", "fold_batchnorm_", "get_device", "get_task", "get_technique", "interleave", "list_datasets",
     "list_devices", "list_models", "list_tasks", "list_techniques", "load_data", "load_model", "load_recipe",
@@ -145,5 +148,5 @@ __all__ = [
     "plan_sparse_update", "profile", "prune_", "prune_heads_", "prune_tokens_", "quantization_report", "quantize_",
     "register_attention_adapter", "register_dataset", "register_device", "register_layer_kind", "register_model",
     "register_technique", "run_recipe", "save_model", "search", "sensitivity", "sparse_update_", "technique_for",
-    "tinytl_", "training_profile",
+    "tinytl_", "training_profile", "write_report",
 ]  # fmt: skip
