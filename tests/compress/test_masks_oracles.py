@@ -151,8 +151,6 @@ def test_a_float_mask_is_stored_as_booleans_and_masks_double_weights_exactly():
     assert layer.weight.dtype == torch.float64 and torch.equal(layer.weight, torch.where(keep.bool(), w, 0.0))
 
 
-@pytest.mark.xfail(strict=True, reason="masks.py set_mask_: a float mask is converted to bool when installed but "
-                   "not when intersected with an existing mask (bool &= float raises RuntimeError)")
 def test_a_second_float_mask_is_intersected_like_the_first():
     from deepslim.compress.prune.masks import set_mask_
 

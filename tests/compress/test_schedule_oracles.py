@@ -12,8 +12,8 @@ from deepslim.compress.prune.schedule import (
     gradual_prune_,
     iterative_prune_,
     iterative_sparsities,
+    map_sparsity,
     polynomial_sparsity,
-    scale_sparsity,
 )
 
 
@@ -40,11 +40,12 @@ def test_iterative_sparsities_remove_the_same_fraction_of_survivors_each_round()
         iterative_sparsities(0.5, 0)
 
 
-def test_scale_sparsity_scales_the_default_and_every_override_but_keeps_skips():
-    config = ds.MagnitudePruneConfig(sparsity=0.8, overrides={"a": 0.4, "b": None})
-    scaled = scale_sparsity(config, 0.25)
-    assert scaled.sparsity == pytest.approx(0.2) and scaled.overrides == (("a", pytest.approx(0.1)), ("b", None))
-    assert scaled.scope is config.scope
+def test_map_sparsity_moves_the_default_and_every_override_towards_its_own_target_but_keeps_skips():
+    config = ds.MagnitudePruneConfig(sparsity=0.8, overrides={"a": 0.4, "b": None, "c": 0.0})
+    mapped = map_sparsity(config, lambda final: final * final + 0.01)
+    assert mapped.sparsity == pytest.approx(0.65)
+    assert mapped.overrides == (("a", pytest.approx(0.17)), ("b", None), ("c", pytest.approx(0.01)))
+    assert mapped.scope is config.scope
 
 
 def _model():
@@ -131,14 +132,22 @@ def test_iterative_prune_at_zero_sparsity_prunes_nothing():
     assert rounds == [0, 0]
 
 
-@pytest.mark.xfail(strict=True, reason="schedule.py iterative_prune_/GradualPruner scale every override by "
-                   "target / config.sparsity, taken as 0 when the default sparsity is 0: a layer overridden to 0.5 "
-                   "is never pruned")
 def test_iterative_prune_reaches_an_overridden_layers_own_sparsity_when_the_default_is_zero():
     model = _model()
     iterative_prune_(model, ds.MagnitudePruneConfig(sparsity=0.0, overrides={"0": 0.5}), rounds=2, epochs=2,
                      fit=lambda epochs, hooks: None)  # fmt: skip
     assert _zeros(model) == 50
+
+
+def test_the_gradual_pruner_takes_an_overridden_layer_to_its_own_sparsity_when_the_default_is_zero():
+    model = _model()
+    pruner = GradualPruner(ds.MagnitudePruneConfig(sparsity=0.0, overrides={"0": 0.5}), end=4, every=2)
+    pruner.after_step(model)
+    assert _zeros(model) == 0  # step 1 is off the grid
+    pruner.after_step(model)
+    assert _zeros(model) == 44  # step 2 of 4: 0.5 * (1 - (1 - 1/2)^3) = 0.4375 of 100 weights, rounded
+    pruner.after_step(model), pruner.after_step(model)
+    assert _zeros(model) == 50 and int((model[2].weight == 0).sum()) == 0
 
 
 @pytest.mark.parametrize(("epochs", "steps_per_epoch", "end", "every"), [(1, 1, 1, 1), (1, 10, 7, 1), (1, 450, 337, 4)])

@@ -109,7 +109,7 @@ def set_mask_(m: nn.Module, mask: torch.Tensor) -> None:
     """Install or tighten the layer's mask (an existing mask is intersected: pruned weights stay pruned)."""
     existing = current_mask(m)
     if existing is not None:
-        existing.mask &= mask.to(existing.mask.device)
+        existing.mask &= mask.to(device=existing.mask.device, dtype=torch.bool)
     else:
         parametrize.register_parametrization(m, "weight", WeightMask(mask.to(weight_of(m).device)))
 

@@ -76,15 +76,18 @@ class GradualPruner:
         on_grid = self.start <= self.step < self.end and (self.step - self.start) % self.every == 0
         if not (on_grid or self.step == self.end):
             return
-        scaled = scale_sparsity(self.config, self.current() / self.config.sparsity if self.config.sparsity else 0.0)
-        for name, mask in magnitude_masks(model, scaled).items():
-            set_mask_(model.get_submodule(name), mask)
+        def now(final: float) -> float:
+            return polynomial_sparsity(self.step, final=final, initial=min(self.initial, final), start=self.start,
+                                       end=self.end)  # fmt: skip
+
+        apply_masks_(model, map_sparsity(self.config, now))
 
 
-def scale_sparsity(config: MagnitudePruneConfig, fraction: float) -> MagnitudePruneConfig:
-    """The config with every sparsity (default and overrides) scaled by ``fraction`` of the way to its target."""
-    overrides = tuple((p, None if v is None else v * fraction) for p, v in config.overrides)
-    return replace(config, sparsity=config.sparsity * fraction, overrides=overrides)
+def map_sparsity(config: MagnitudePruneConfig, at: Callable[[float], float]) -> MagnitudePruneConfig:
+    """The config with every sparsity (default and each override's own target) replaced by ``at(target)``: each
+    layer follows the schedule towards its own final sparsity, even where the default is 0."""
+    overrides = tuple((p, None if v is None else at(v)) for p, v in config.overrides)
+    return replace(config, sparsity=at(config.sparsity), overrides=overrides)
 
 
 def apply_masks_(model: nn.Module, config: MagnitudePruneConfig) -> None:
@@ -109,7 +112,12 @@ def iterative_prune_(model: nn.Module, config: MagnitudePruneConfig, *, rounds: 
                      fit: Fit) -> nn.Module:  # fmt: skip
     """``rounds`` rounds of prune then retrain (Han et al.), each removing the same fraction of the survivors; the
     ``epochs`` are shared out among the rounds (the first rounds get the remainder)."""
-    for r, target in enumerate(iterative_sparsities(config.sparsity, rounds)):
-        apply_masks_(model, scale_sparsity(config, target / config.sparsity if config.sparsity else 0.0))
+    iterative_sparsities(config.sparsity, rounds)  # checks rounds
+    for r in range(rounds):
+
+        def after_round(final: float, r: int = r) -> float:
+            return iterative_sparsities(final, rounds)[r]
+
+        apply_masks_(model, map_sparsity(config, after_round))
         fit(epochs // rounds + (1 if r < epochs % rounds else 0), ())
     return model
