@@ -54,3 +54,7 @@ class ArchiveError(DeepSlimError):
 
 class ExportError(DeepSlimError):
     """A model could not be exported to, or run in, a target runtime."""
+
+
+class QuantizationError(DeepSlimError):
+    """A quantized model does not compute what the float model computes (its output check failed)."""

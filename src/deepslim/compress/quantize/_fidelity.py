@@ -24,14 +24,13 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from deepslim._modes import inference_mode
-from deepslim.errors import DeepSlimError
+from deepslim.errors import QuantizationError
 
 log = logging.getLogger(__name__)
 FIDELITY_ATTR = "deepslim_fidelity"  # the model's last Fidelity, read by quantization_report
 
 
-class QuantizationError(DeepSlimError):
-    """A quantized model does not compute what the float model computes (its output check failed)."""
+__all__ = ["FIDELITY_ATTR", "Fidelity", "QuantizationError"]  # QuantizationError lives in deepslim.errors
 
 
 @dataclass(frozen=True)
