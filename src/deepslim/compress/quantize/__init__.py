@@ -170,7 +170,7 @@ def _low_fidelity(model: nn.Module, config: LinearQuantConfig, fid: Fidelity, sw
         setattr(model, "deepslim_calibration", previous)  # noqa: B010
     raise QuantizationError(refusal(fid, per_channel=config.per_channel, calibration=config.calibration.value,
                                     min_cosine=config.min_cosine, weight_only=config.activation_bits is None,
-                                    layers=swapped))  # fmt: skip
+                                    layers=swapped, min_agreement=config.min_agreement))  # fmt: skip
 
 
 def _half(model: nn.Module, config: Float16Config, **_: Any) -> None:

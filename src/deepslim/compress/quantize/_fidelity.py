@@ -156,7 +156,7 @@ def measure(model: nn.Module, layers: Mapping[str, nn.Module], batches: list[tup
 
 
 def refusal(fid: Fidelity, *, per_channel: bool, calibration: str, min_cosine: float, weight_only: bool,
-            layers: Iterable[str]) -> str:  # fmt: skip
+            layers: Iterable[str], min_agreement: float | None = None) -> str:  # fmt: skip
     """The error message: what failed, which layers, and every way out."""
     named = [n.removesuffix(" output") for n, _ in fid.worst_layers]
     worst = list(dict.fromkeys(n for n in named if n in layers))[:2]
@@ -169,5 +169,8 @@ def refusal(fid: Fidelity, *, per_channel: bool, calibration: str, min_cosine: f
     outs += [] if weight_only else ["activation_bits=None (weight-only)"]
     outs += ["or accept it with LinearQuantConfig(accept_low_fidelity=True) "
              "(a warning, and the numbers in quantization_report(model).fidelity)"]
-    return (f"the quantized model does not compute the float model on the calibration data ({fid}; threshold cosine "
-            f"{min_cosine:g}); the model is left in float. Ways out: {'; '.join(outs)}")
+    limits = f"thresholds: cosine {min_cosine:g}"
+    if min_agreement is not None and fid.top1_agreement is not None:
+        limits += f", top-1 agreement {min_agreement:.0%}"
+    return (f"the quantized model does not compute the float model on the calibration data ({fid}; {limits}); the "
+            f"model is left in float. Ways out: {'; '.join(outs)}")
