@@ -63,6 +63,7 @@ mutation: $(VENV)/.mutation
 
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
