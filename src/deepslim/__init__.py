@@ -3,6 +3,7 @@
 This module is the whole public API; everything else is reachable from it.
 """
 
+from deepslim._version import __version__ as __version__
 from deepslim.analysis import (
     CostEstimate,
     DeviceProfile,
@@ -127,8 +128,6 @@ from deepslim.train.ondevice import (
     sparse_update_,
     tinytl_,
 )
-
-__version__ = "0.1.0"
 
 __all__ = [
     "ArchiveError", "ArchiveInfo", "AttentionAdapter", "BenchResult", "BinaryConfig", "Budget", "Calibration",

@@ -247,7 +247,7 @@ def profile(model: nn.Module | str | os.PathLike[str], example_input: Example | 
 
 
 def _default_example(model: nn.Module, input_shape: tuple[int, ...] | None) -> torch.Tensor:
-    from deepslim.models._registry import ARCH_ATTR, get_model_entry, recorded_example_input
+    from deepslim.models import ARCH_ATTR, get_model_entry, recorded_example_input
 
     arch = getattr(model, ARCH_ATTR, None)
     if input_shape is not None:

@@ -32,8 +32,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from deepslim.analysis import profile
-    from deepslim.analysis._format import profile_rows, summary_lines
+    from deepslim.analysis import profile, profile_rows, summary_lines
 
     shape = parse_shape(args.input_shape) if args.input_shape else None
     if args.training:
@@ -67,7 +66,7 @@ def _training(args: argparse.Namespace, shape: tuple[int, ...] | None) -> int:
     """``profile --training``: the memory of one training step, per layer and in total; fits on ``--device``?"""
     import torch
 
-    from deepslim.analysis._format import human
+    from deepslim.analysis import human
     from deepslim.analysis.training import training_profile
 
     if args.model.endswith(".onnx"):

@@ -248,8 +248,8 @@ def _write_metadata(path: Path, model: nn.Module) -> None:
     """deepslim's version and the model's input preprocessing, in the file's ``metadata_props``."""
     import onnx
 
-    from deepslim import __version__
-    from deepslim.models._registry import PREPROCESSING_ATTR
+    from deepslim._version import __version__
+    from deepslim.models import PREPROCESSING_ATTR
 
     proto = onnx.load(str(path))
     props = {VERSION_KEY: __version__}
@@ -294,7 +294,7 @@ def _qdq_translation() -> dict[Any, Any]:
     """ONNX for deepslim's quantization points: QuantizeLinear → DequantizeLinear with the point's parameters."""
     from onnxscript import opset18 as op
 
-    import deepslim.compress.quantize._points  # noqa: F401  (registers the operator)
+    import deepslim.compress.quantize  # noqa: F401  (registers the operator)
 
     def qdq(x: Any, scale: Any, zero: Any) -> Any:
         z: Any = op.Cast(zero, to=2)  # uint8 (onnxscript's stubs do not type its TensorType values)
@@ -337,7 +337,7 @@ def _export(model: nn.Module, xs: Inputs, path: Path, opset: int) -> bool:
 
     Every input's first dimension is the same symbolic batch.
     """
-    from deepslim.compress.quantize._points import exporting
+    from deepslim.compress.quantize import exporting
 
     errors = []
     # the exporter warns about torchvision operators it cannot register; deepslim uses none

@@ -73,7 +73,7 @@ def float_copy(model: nn.Module, *, keep_points: bool = False) -> nn.Module:
     ``keep_points`` keeps the quantization points between layers (the ONNX exporter writes them as QDQ pairs);
     without it they pass their input through.
     """
-    from deepslim.compress.quantize._points import disable_points_
+    from deepslim.compress.quantize import disable_points_
     from deepslim.compress.quantize.linear import QuantMixin, float_class
 
     out = copy.deepcopy(model)

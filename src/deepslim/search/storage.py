@@ -169,7 +169,7 @@ def space_fingerprint(space: Any) -> str:
 
 
 def _version() -> str:
-    from deepslim import __version__
+    from deepslim._version import __version__
 
     return __version__
 

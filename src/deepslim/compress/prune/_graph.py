@@ -27,7 +27,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from deepslim.compress.prune._capture import Capture, aten_name, capture, owner_of
+from deepslim.compress._capture import Capture, aten_name, capture, owner_of
 from deepslim.compress.prune._rules import Layout, OpRules, Space, _same_rank, _shape, _tensor_args
 from deepslim.errors import UnsupportedModelError
 from deepslim.models.adapters import Axis, Role, is_user_kind, layer_kind, weight_of, weight_parametrizations

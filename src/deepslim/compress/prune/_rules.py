@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.fx as fx
 
-from deepslim.compress.prune._capture import (
+from deepslim.compress._capture import (
     ATEN_BINARY,
     ATEN_PASS,
     ATEN_POOL,

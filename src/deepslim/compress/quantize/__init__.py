@@ -25,7 +25,14 @@ from deepslim.compress.quantize._fidelity import (
 )
 from deepslim.compress.quantize._fold import fold_batchnorm_
 from deepslim.compress.quantize._inputs import model_inputs
-from deepslim.compress.quantize._points import insert_points_, point_labels, remove_points_, share_layer_inputs_
+from deepslim.compress.quantize._points import (
+    disable_points_,
+    exporting,
+    insert_points_,
+    point_labels,
+    remove_points_,
+    share_layer_inputs_,
+)
 from deepslim.compress.quantize.linear import (
     QUANTIZABLE,
     LinearQuantConfig,
@@ -296,5 +303,6 @@ def quantization_report(model: nn.Module) -> QuantReport:
 __all__ = [
     "BinaryConfig", "Calibration", "Fidelity", "Float16Config", "KMeansConfig", "KMeansInit", "LinearQuantConfig",
     "PowerOfTwoConfig", "QUANTIZABLE", "QuantReport", "QuantizationError", "TernaryConfig", "apply_half", "cluster_",
-    "fake_quantize", "fold_batchnorm_", "qrange", "quantization_report", "quantize_", "sqnr_db",
+    "disable_points_", "exporting", "fake_quantize", "fold_batchnorm_", "insert_points_", "qrange",
+    "quantization_report", "quantize_", "sqnr_db",
 ]  # fmt: skip

@@ -85,7 +85,7 @@ def _fx_pairs(model: nn.Module, graph: fx.Graph) -> list[tuple[str, str]]:
 def _export_pairs(model: nn.Module, program: torch.export.ExportedProgram) -> list[tuple[str, str]]:
     """Pairs in an ATen graph: a batch-norm node reading BN ``b``'s parameters whose input is a convolution node
     reading conv ``c``'s weight, used by nothing else, and each module called exactly once."""
-    from deepslim.compress.prune._capture import aten_name, owner_of
+    from deepslim.compress._capture import aten_name, owner_of
 
     sig = program.graph_signature
     names = {**sig.inputs_to_parameters, **sig.inputs_to_buffers}
