@@ -262,7 +262,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--out", default="ondevice_training.json")
+    parser.add_argument("--json", "--out", dest="out", default="ondevice_training.json", help="write the results here")
     parser.add_argument("--pretrained", help="cache file of the pretrained weights (written if missing)")
     parser.add_argument("--render", nargs="*", help="print the tables of earlier result files and exit")
     args = parser.parse_args()
