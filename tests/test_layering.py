@@ -25,9 +25,6 @@ KNOWN_VIOLATIONS: set[tuple[str, str]] = {
     # a model file records the data's preprocessing by importing the data bundle (issue 13)
     ("deepslim.models._records", "deepslim.data._bundle"),
     # private modules of another package (issue 13: make what they share public in that package's __init__)
-    ("deepslim.train.ondevice.convert", "deepslim.analysis._tracer"),
-    ("deepslim.train.ondevice.convert", "deepslim.analysis._training_trace"),
-    ("deepslim.train.ondevice.sparse", "deepslim.analysis._tracer"),
     ("deepslim.train.distributed", "deepslim.data._registry"),
 }
 

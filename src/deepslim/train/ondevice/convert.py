@@ -15,8 +15,8 @@ from typing import cast
 import torch
 from torch import nn
 
-from deepslim.analysis._tracer import Example, _as_call
-from deepslim.analysis._training_trace import rebatch
+from deepslim.analysis import Example, as_call
+from deepslim.analysis.training import rebatch
 from deepslim.errors import ConfigError
 from deepslim.train.ondevice.modules import (
     EFFICIENT_TYPES,
@@ -172,7 +172,7 @@ def _block_shapes(model: nn.Module, targets: dict[str, nn.Module],
     modes = {m: m.training for m in model.modules()}
     try:  # one sample, in eval mode (no statistics updated), for real: a fake-tensor run costs seconds here
         with torch.no_grad():
-            args, kwargs = _as_call(rebatch(example, 1))
+            args, kwargs = as_call(rebatch(example, 1))
             model.eval()(*args, **kwargs)
     finally:
         for h in handles:

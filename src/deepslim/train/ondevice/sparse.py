@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from deepslim.analysis._tracer import Example, _as_call
+from deepslim.analysis import Example, as_call
 from deepslim.analysis.training import activation_peaks, training_profile
 from deepslim.errors import ConfigError
 
@@ -67,7 +67,7 @@ def gradient_scores(model: nn.Module, batches: Iterable[tuple[Any, Any]], loss_f
             p.requires_grad_(True)
         for inputs, targets in batches:
             model.zero_grad(set_to_none=True)
-            args, kwargs = _as_call(inputs)
+            args, kwargs = as_call(inputs)
             loss_fn(model(*args, **kwargs), targets).backward()
             for unit, names in units.items():
                 grads = [g for n in names if (g := params[n].grad) is not None]
