@@ -2,6 +2,7 @@
 
 from deepslim.data import builtin, files, real, sentences  # noqa: F401  (register the loaders)
 from deepslim.data._bundle import LOADER_PREPROCESSING_ATTR, DataBundle, Preprocessing
-from deepslim.data._registry import list_datasets, load_data, register_dataset
+from deepslim.data._registry import list_datasets, load_data, loader_default, register_dataset
 
-__all__ = ["LOADER_PREPROCESSING_ATTR", "DataBundle", "Preprocessing", "list_datasets", "load_data", "register_dataset"]
+__all__ = ["LOADER_PREPROCESSING_ATTR", "DataBundle", "Preprocessing", "list_datasets", "load_data", "loader_default",
+           "register_dataset"]

@@ -21,6 +21,14 @@ def register_dataset(name: str) -> Callable[[Callable[..., DataBundle]], Callabl
     return wrap
 
 
+def loader_default(spec: str, option: str) -> Any:
+    """The default value of a loader's keyword ``option`` for a dataset spec (None when the loader has no such
+    option, or the spec names no registered loader): e.g. the training batch size a data-parallel run splits."""
+    loader = _LOADERS.get(str(spec).partition(":")[0]) or (_LOADERS.get("npz") if str(spec).endswith(".npz") else None)
+    param = inspect.signature(loader).parameters.get(option) if loader is not None else None
+    return None if param is None or param.default is inspect.Parameter.empty else param.default
+
+
 def list_datasets() -> list[str]:
     return sorted(_LOADERS)
 

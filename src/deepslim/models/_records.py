@@ -151,7 +151,7 @@ def _check_input(value: Any, source: str) -> dict[str, Any]:
 
 
 def _check_preprocessing(value: Any, source: str) -> dict[str, Any]:
-    from deepslim.data._bundle import Preprocessing
+    from deepslim._preprocessing import Preprocessing
     from deepslim.errors import DataError
 
     try:

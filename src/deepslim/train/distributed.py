@@ -18,7 +18,6 @@ never pickled.
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import logging
 import os
@@ -164,15 +163,13 @@ def _base_job(kind: str, data: Any, data_options: Mapping[str, Any] | None, npro
 
 def _global_batch(spec: str, options: dict[str, Any]) -> int:
     """The dataset's training batch size: the ``batch_size`` option, else the loader's default."""
-    from deepslim.data._registry import _LOADERS
+    from deepslim.data import loader_default
 
     batch = options.get("batch_size")
     if batch is None:
-        loader = _LOADERS.get(spec.partition(":")[0]) or (_LOADERS.get("npz") if spec.endswith(".npz") else None)
-        param = inspect.signature(loader).parameters.get("batch_size") if loader is not None else None
-        if param is None or not isinstance(param.default, int):
+        batch = loader_default(spec, "batch_size")
+        if not isinstance(batch, int) or isinstance(batch, bool):
             raise ConfigError(f"give the global batch size as the data option batch_size for dataset {spec!r}")
-        batch = param.default
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"batch_size must be a positive integer, got {batch!r}")
     return batch
