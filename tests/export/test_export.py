@@ -123,7 +123,7 @@ def test_compare_is_fair_to_identical_models(tmp_path):
 
 
 def test_bench_errors(tmp_path):
-    with pytest.raises(ds.ExportError, match="does not exist"):
+    with pytest.raises(ds.ModelLoadError, match="missing.onnx does not exist"):
         ds.benchmark(tmp_path / "missing.onnx")
     path = ds.export_onnx(ds.create_model("resnet20").eval(), tmp_path / "m.onnx",
                           example_input=torch.randn(1, 3, 32, 32)).path  # fmt: skip
