@@ -134,7 +134,7 @@ def test_joining_a_study_of_another_space_or_version_is_refused(tmp_path, monkey
         join_study(url, "s", space_fingerprint=space_fingerprint({"x": [0, 1]}))
     with pytest.raises(StorageError, match="no study 'other' in this storage"):
         join_study(url, "other", space_fingerprint=FP)
-    monkeypatch.setattr("deepslim.__version__", "9.9.9")
+    monkeypatch.setattr("deepslim._version.__version__", "9.9.9")
     with pytest.raises(StorageError, match=r"created by deepslim 0\.1\.0; this worker runs 9\.9\.9"):
         join_study(url, "s", space_fingerprint=FP)
 

@@ -69,7 +69,7 @@ def test_a_failing_rank_surfaces_as_one_deepslim_error_and_leaves_no_temporary_f
     ({"nproc": -2}, "nproc must be a positive"),
     ({"nproc": 3}, "64 does not split evenly over 3 processes"),
     ({"nproc": 2, "data_options": {"batch_size": 0}}, "batch_size must be a positive"),
-    ({"nproc": 2, "threads": 0}, "threads must be a positive"),
+    ({"nproc": 2, "threads": 0}, "threads must be a whole number from 1 to 1024"),
     ({"nproc": 2, "optimizer": "lbfgs"}, "optimizer must be one of"),
 ])  # fmt: skip
 def test_bad_settings_are_refused_before_any_process_starts(kwargs, message, private_tmp):
