@@ -1,6 +1,6 @@
 """Bad input, as a new user meets it, exits with status 2 and one line that says what to do -- never "internal
 error" (status 1, kept for deepslim's own bugs). Each case here ended in status 1, or in a misleading line, before
-issue 13; the ones whose fix lives in another engineer's file are marked xfail with the owner."""
+issue 13."""
 
 from __future__ import annotations
 
@@ -126,16 +126,12 @@ def test_what_the_file_system_refuses_is_the_users_to_fix_and_anything_else_stay
     assert ("/srv/out/m.onnx" in err and "internal error" not in err) if status == 2 else "internal error" in err
 
 
-# Cases whose fix lives in a file another engineer owns (reported to the coordinator).
+# Cases fixed in the prune command, the ONNX profiler and the model registry.
 @pytest.mark.parametrize("argv,message", [
-    pytest.param(["prune", "lenet5", "--finetune-epochs", "2", "--no-latency"], "--data",
-                 marks=pytest.mark.xfail(strict=True, reason="H1: --finetune-epochs without --data is ignored")),
-    pytest.param(["profile", "empty.onnx"], "empty.onnx",
-                 marks=pytest.mark.xfail(strict=True, reason="H5: analysis/onnx_profile profiles an empty file")),
-    pytest.param(["profile", "lenet5", "-O", "num_classes=-1"], "num_classes",
-                 marks=pytest.mark.xfail(strict=True, reason="H5: models/_registry.create_model, RuntimeError")),
-    pytest.param(["profile", "lenet5", "-O", "num_classes=abc"], "num_classes must be",
-                 marks=pytest.mark.xfail(strict=True, reason="H5: models/_registry option types")),
+    pytest.param(["prune", "lenet5", "--finetune-epochs", "2", "--no-latency"], "--data"),
+    pytest.param(["profile", "empty.onnx"], "empty.onnx"),
+    pytest.param(["profile", "lenet5", "-O", "num_classes=-1"], "num_classes"),
+    pytest.param(["profile", "lenet5", "-O", "num_classes=abc"], "num_classes must be"),
 ])  # fmt: skip
-def test_bad_input_fixed_in_files_of_other_owners(capsys, here, argv, message):
+def test_bad_input_in_prune_profile_and_model_options_exits_2_with_one_line(capsys, here, argv, message):
     one_line_exit_2(capsys, argv, message)

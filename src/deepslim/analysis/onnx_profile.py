@@ -41,6 +41,8 @@ def profile_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, ...] |
         model = onnx.load(str(path))
     except Exception as exc:
         raise ModelLoadError(f"{path} is not a readable ONNX model: {exc}") from exc
+    if not model.graph.node:  # an empty file parses as an empty protobuf message
+        raise ModelLoadError(f"{path} holds no ONNX graph (an empty or truncated file?)")
     graph = model.graph
     inits = {t.name: t for t in graph.initializer}
     inputs = [i for i in graph.input if i.name not in inits]

@@ -79,6 +79,8 @@ def run(args: argparse.Namespace) -> int:
     from deepslim.train import fit
 
     technique, config = _config(args)
+    if args.finetune_epochs and args.data is None:
+        raise ConfigError("--finetune-epochs fine-tunes on the training split of --data: give --data too")
     check_output(args, MODEL_SUFFIXES)
     model, x, data = prepare(args)
     latency = not args.no_latency

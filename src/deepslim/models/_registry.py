@@ -54,7 +54,31 @@ class ModelEntry:
                 f"model {self.name!r} has no option {', '.join(map(repr, unknown))}; "
                 f"its options are: {', '.join(sorted(known)) or '(none)'}"
             )
+        for key, value in options.items():
+            _check_option(self.name, key, value, known[key])
         return {**known, **options}
+
+
+def _check_option(model: str, key: str, value: Any, default: Any) -> None:
+    """An option must have its default's kind (a count stays a positive integer): a string where a number belongs, or
+    ``num_classes=-1``, is a ConfigError naming the option, not an error from deep inside the factory."""
+    if default is None or value is None:
+        return
+    if isinstance(default, bool):
+        ok, what = isinstance(value, bool), "true or false"
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool) and (value > 0 or default <= 0)
+        what = "a positive integer" if default > 0 else "an integer"
+    elif isinstance(default, float):
+        ok, what = isinstance(value, (int, float)) and not isinstance(value, bool), "a number"
+    elif isinstance(default, str):
+        ok, what = isinstance(value, str), "a string"
+    elif isinstance(default, (tuple, list)):
+        ok, what = isinstance(value, (tuple, list)), "a list"
+    else:
+        return
+    if not ok:
+        raise ConfigError(f"model {model!r}: option {key} must be {what} (default {default!r}), got {value!r}")
 
 
 _REGISTRY: dict[str, ModelEntry] = {}
@@ -101,8 +125,8 @@ def create_model(name: str, **options: Any) -> nn.Module:
     resolved = entry.resolve(options)
     try:
         model = entry.factory(**resolved)
-    except (ValueError, TypeError) as exc:
-        raise ConfigError(f"model {name!r}: {exc}") from exc
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(f"model {name!r} cannot be built with {options}: {exc}") from exc
     setattr(model, ARCH_ATTR, {"name": name, "options": dict(options)})
     return model
 
