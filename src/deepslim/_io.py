@@ -7,13 +7,16 @@ exit path Python sees (exceptions, ``KeyboardInterrupt``, and ``SystemExit``, wh
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import os
 import shutil
 import signal
+import sys
 import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 from deepslim.errors import ConfigError, DeepSlimError
 
@@ -159,3 +162,23 @@ def _signals_held() -> Iterator[None]:
         yield
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def import_file(path: Path, module_name: str) -> ModuleType | None:
+    """Run the Python file ``path`` as the module ``module_name`` (a user's factory or plugin) and return it.
+
+    The module is in ``sys.modules`` while it runs (dataclasses and pickling look it up there) and is taken out again
+    if running it raises, so a failed import leaves nothing half-registered. None when the file cannot be read as a
+    Python module at all; what running it raises propagates, for the caller to name.
+    """
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    if spec is None or spec.loader is None:
+        return None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        sys.modules.pop(module_name, None)
+        raise
+    return module

@@ -9,15 +9,14 @@ are registered in :mod:`deepslim.compress.techniques` (imported with :mod:`deeps
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import re
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from deepslim._io import import_file
 from deepslim.config import Config
 from deepslim.errors import ConfigError, DeepSlimError
 
@@ -200,19 +199,14 @@ def load_plugin(path: str | Path) -> None:
         raise ConfigError(f"plugin {str(path)!r} is not a Python file (.py): give the file that calls "
                           "register_technique")  # fmt: skip
     module_name = f"deepslim_plugin_{len(_PLUGINS)}_{re.sub(r'[^0-9a-zA-Z_]', '_', file.stem)}"
-    spec = importlib.util.spec_from_file_location(module_name, file)
-    if spec is None or spec.loader is None:
-        raise ConfigError(f"plugin {str(path)!r} cannot be imported")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module
     try:
-        spec.loader.exec_module(module)
+        module = import_file(file, module_name)
     except DeepSlimError as exc:
-        del sys.modules[module_name]
         raise ConfigError(f"plugin {path}: {exc}") from None
     except Exception as exc:
-        del sys.modules[module_name]
         raise ConfigError(f"plugin {path} failed on import: {type(exc).__name__}: {exc}") from None
+    if module is None:
+        raise ConfigError(f"plugin {str(path)!r} cannot be imported")
     _PLUGINS[file] = module
 
 

@@ -12,17 +12,16 @@ architecture again (``arch="file.py:factory"``, CLI ``--arch``), and a changed s
 
 from __future__ import annotations
 
-import importlib.util
 import inspect
 import logging
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from deepslim._io import import_file
 from deepslim._memory import available_memory_bytes
 from deepslim.errors import ConfigError, ModelLoadError, UnknownNameError
 from deepslim.models._files import (
@@ -230,15 +229,12 @@ def _from_factory(spec: str, options: dict[str, Any]) -> nn.Module:
     if not path.is_file():
         raise not_a_file(path, "model file")
     mod_name = f"_deepslim_user_{abs(hash(path.resolve()))}"
-    module_spec = importlib.util.spec_from_file_location(mod_name, path)
-    if module_spec is None or module_spec.loader is None:
-        raise ModelLoadError(f"{path} cannot be imported as a Python module")
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[mod_name] = module
     try:
-        module_spec.loader.exec_module(module)
+        module = import_file(path, mod_name)
     except Exception as exc:
         raise ModelLoadError(f"importing {path} failed: {type(exc).__name__}: {exc}") from exc
+    if module is None:
+        raise ModelLoadError(f"{path} cannot be imported as a Python module")
     factory = getattr(module, name, None)
     if not callable(factory):
         found = [n for n, v in vars(module).items() if callable(v) and not n.startswith("_")]
