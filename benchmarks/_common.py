@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 from datetime import date
 from typing import Any
 
 import torch
+
+from deepslim.analysis.calibrate import cpu_name
 
 
 def pick_threads(requested: int | None = None) -> int:
@@ -23,12 +24,7 @@ def pick_threads(requested: int | None = None) -> int:
 def result_header(name: str, threads: int = 2) -> dict[str, Any]:
     """Set torch's intra-op threads and return the JSON's first fields, the load average before the run included."""
     torch.set_num_threads(threads)
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    except OSError:
-        pass
+    cpu = cpu_name()
     return {"benchmark": name, "date": date.today().isoformat(), "threads": threads,
             "machine": f"{cpu}, {threads} threads, torch {torch.__version__}",
             "load_average_before": os.getloadavg()}  # fmt: skip

@@ -74,11 +74,11 @@ def test_no_cache_reported_means_8_mb_and_sizes_in_gigabytes(monkeypatch, tmp_pa
 
 def test_cpu_name_comes_from_the_model_name_line(monkeypatch, tmp_path):
     _fake_system(monkeypatch, tmp_path, [], "processor\t: 0\nmodel name\t: Fancy CPU @ 3.0GHz: rev 2\nflags\t: x\n")
-    assert calibrate._cpu_name() == "Fancy CPU @ 3.0GHz: rev 2"
+    assert calibrate.cpu_name() == "Fancy CPU @ 3.0GHz: rev 2"
     monkeypatch.undo()
     (tmp_path / "h").mkdir()
     _fake_system(monkeypatch, tmp_path / "h", [], None)  # no /proc/cpuinfo: the platform's name
-    assert calibrate._cpu_name() and "model name" not in calibrate._cpu_name()
+    assert calibrate.cpu_name() and "model name" not in calibrate.cpu_name()
 
 
 def test_measured_host_becomes_a_device_profile(monkeypatch):

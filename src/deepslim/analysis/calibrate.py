@@ -137,7 +137,8 @@ def last_level_cache_bytes() -> int:
     return max(sizes) if sizes else 8 * 1024 * 1024
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
+    """This machine's CPU model (``/proc/cpuinfo``'s model name, else what :mod:`platform` reports)."""
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
@@ -169,7 +170,7 @@ def _measure_host(threads: int) -> DeviceProfile:
     log.info("host calibrated: fp32 %.1f GMAC/s, int8 %.1f GMAC/s, %.1f GB/s", fp32 / 1e9, int8 / 1e9, bandwidth / 1e9)
     return DeviceProfile(
         name="host",
-        description=f"this machine: {_cpu_name()}, {os.cpu_count()} logical CPUs, {threads} torch threads",
+        description=f"this machine: {cpu_name()}, {os.cpu_count()} logical CPUs, {threads} torch threads",
         peak_macs_per_s={"fp32": fp32, "int8": int8},
         mem_bandwidth_bytes_per_s=bandwidth,
         onchip_bytes=cache,

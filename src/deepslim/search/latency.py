@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -121,12 +120,9 @@ def _key(m: nn.Module, shape: tuple[int, ...], int8: bool) -> LayerKey:
 
 def machine_key(runtime: str = "onnxruntime", threads: int = 1) -> str:
     """What a latency table is valid for: this CPU model and core count, the runtime's version, the threads."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
+    from deepslim.analysis.calibrate import cpu_name
+
+    cpu = cpu_name()
     version = "?"
     if runtime == "onnxruntime":
         import onnxruntime
