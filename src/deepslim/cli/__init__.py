@@ -14,11 +14,24 @@ import sys
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
-from deepslim.cli import catalog, compress, demo, export, finetune, profile, prune, quantize, report, search, train
+from deepslim.cli import (
+    catalog,
+    compress,
+    demo,
+    export,
+    finetune,
+    profile,
+    prune,
+    quantize,
+    report,
+    search,
+    train,
+    worker,
+)
 from deepslim.cli._common import add_threads_arg, err, out, parse_options, parse_shape, run_command
 
 # the order of `deepslim --help`
-COMMANDS = (profile, prune, quantize, train, search, finetune, catalog, export, compress, demo, report)
+COMMANDS = (profile, prune, quantize, train, search, worker, finetune, catalog, export, compress, demo, report)
 
 __all__ = ["COMMANDS", "build_parser", "err", "main", "out", "parse_options", "parse_shape", "version_line"]
 

@@ -59,8 +59,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from deepslim.data import load_data
     from deepslim.pipeline.recipe import Recipe
     from deepslim.search import LatencyTable, SearchSpace, as_budgets, check_objectives, search
-    from deepslim.search.engine import STRATEGIES
     from deepslim.search.recipe import policy_recipe
+    from deepslim.search.strategies import STRATEGIES
 
     if args.strategy not in STRATEGIES:  # every name is checked before the data and model are loaded
         raise ConfigError(f"unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")

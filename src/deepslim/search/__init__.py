@@ -1,13 +1,14 @@
 """Choosing compression policies: per-layer sensitivity, and a policy search under a measured budget (issue 14)."""
 
 from deepslim.search.budget import BUDGETS, OBJECTIVES, Budget, as_budgets, check_objectives
-from deepslim.search.engine import STRATEGIES, SearchResult, search
+from deepslim.search.engine import SearchResult, search
 from deepslim.search.evaluate import Candidate
 from deepslim.search.latency import LatencyTable, LayerKey, TableCheck, check_table, kendall_tau
 from deepslim.search.recipe import policy_recipe, write_recipe
 from deepslim.search.recovery import reestimate_bn_
 from deepslim.search.sensitivity import Sensitivity, sensitivity
 from deepslim.search.space import GroupChoice, Policy, SearchSpace
+from deepslim.search.strategies import STRATEGIES
 
 __all__ = ["BUDGETS", "OBJECTIVES", "STRATEGIES", "Budget", "Candidate", "GroupChoice", "LatencyTable", "LayerKey",
            "Policy", "SearchResult", "SearchSpace", "Sensitivity", "TableCheck", "as_budgets", "check_objectives",

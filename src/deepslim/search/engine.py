@@ -15,7 +15,6 @@ import logging
 import os
 import resource
 import time
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -29,10 +28,10 @@ from deepslim.search.budget import OBJECTIVES, Budget, as_budgets, check_objecti
 from deepslim.search.evaluate import Candidate, Evaluator
 from deepslim.search.latency import LatencyTable, TableCheck, layer_keys
 from deepslim.search.space import DEFAULT_KEEP_RATIOS, KINDS, Policy, SearchSpace, prune_policy
+from deepslim.search.strategies import STRATEGIES, make_sampler
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("tpe", "nsga2", "random", "grid")
 WATTS_PER_CORE = 15.0  # assumed power of one busy CPU core, for the search's energy estimate (not measured)
 STUDY = "deepslim-search"
 
@@ -228,25 +227,6 @@ def _record_context(study: Any, space: SearchSpace, objectives: tuple[str, ...],
                                             "conversion_weight": table.change_weight}})  # fmt: skip
 
 
-def _sampler(strategy: str, seed: int, space: SearchSpace, trials: int) -> Any:
-    optuna = st._optuna()
-
-    def constraints(frozen: Any) -> Sequence[float]:
-        return frozen.user_attrs.get("constraints", [0.0])
-
-    # Optuna 5 reads constraints that trials set themselves (Trial.set_constraint); older ones take a function
-    given = {} if hasattr(optuna.trial.Trial, "set_constraint") else {"constraints_func": constraints}
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if strategy == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, trials),
-                                              **given)  # fmt: skip
-        if strategy == "nsga2":
-            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 4)),
-                                                 **given)  # fmt: skip
-        return optuna.samplers.RandomSampler(seed=seed)  # random, and grid (whose trials are all queued in full)
-
-
 def _run_trials(study: Any, ev: Evaluator, objectives: tuple[str, ...], limits: dict[str, float], trials: int,
                 strategy: str, seed: int, check_every: int, on_trial: Callable[[Candidate], None] | None,
                 warm: Sequence[Candidate] = ()) -> None:  # fmt: skip
@@ -267,7 +247,7 @@ def _run_trials(study: Any, ev: Evaluator, objectives: tuple[str, ...], limits: 
             study.enqueue_trial(c.policy.params(), skip_if_exists=False)
             missing -= 1
     st.add_trial_slots(study, missing)
-    study.sampler = _sampler(strategy, seed + len(counted), ev.space, trials)
+    study.sampler = make_sampler(strategy, seed + len(counted), ev.space, trials)
     choices = ev.space.choices()
 
     def objective(trial: Any) -> list[float]:

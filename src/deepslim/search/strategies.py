@@ -1,0 +1,36 @@
+"""Search strategies: the Optuna sampler behind each ``strategy=`` name of :func:`deepslim.search.search`.
+
+``tpe`` and ``nsga2`` are Optuna's; ``random`` samples uniformly; ``grid`` queues every policy once (the engine
+enqueues them, the sampler only fills gaps). Every sampler respects the budget constraints that trials record.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+from deepslim.search import storage as st
+from deepslim.search.space import SearchSpace
+
+STRATEGIES = ("tpe", "nsga2", "random", "grid")
+
+
+def make_sampler(strategy: str, seed: int, space: SearchSpace, trials: int) -> Any:
+    """The Optuna sampler of ``strategy`` (one of :data:`STRATEGIES`), seeded."""
+    optuna = st._optuna()
+
+    def constraints(frozen: Any) -> Sequence[float]:
+        return frozen.user_attrs.get("constraints", [0.0])
+
+    # Optuna 5 reads constraints that trials set themselves (Trial.set_constraint); older ones take a function
+    given = {} if hasattr(optuna.trial.Trial, "set_constraint") else {"constraints_func": constraints}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if strategy == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, trials),
+                                              **given)  # fmt: skip
+        if strategy == "nsga2":
+            return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 4)),
+                                                 **given)  # fmt: skip
+        return optuna.samplers.RandomSampler(seed=seed)  # random, and grid (whose trials are all queued in full)
