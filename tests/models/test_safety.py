@@ -122,6 +122,29 @@ def test_each_crafted_pt2_runs_code_in_torch_but_deepslim_refuses_it(program, tm
     assert not marker.exists()
 
 
+def test_a_pt2_swapped_for_a_crafted_one_after_the_check_is_never_loaded(program, tmp_path, monkeypatch):
+    base, model = program
+    marker = tmp_path / "marker"
+    crafted = _rewrite(base, tmp_path / "crafted.pt2", lambda m: _sample_inputs(m, marker))
+    target = tmp_path / "model.pt2"
+    target.write_bytes(base.read_bytes())
+    import deepslim.models._safe as safe
+
+    checked = safe.verify_pt2
+
+    def check_then_swap(path, data=None):  # an attacker replaces the file between the check and the load
+        checked(path, data)
+        target.write_bytes(crafted.read_bytes())
+
+    monkeypatch.setattr(safe, "verify_pt2", check_then_swap)
+    loaded = ds.load_model(target)
+    x = torch.randn(2, 4)
+    torch.testing.assert_close(loaded(x), model(x))  # the checked (safe) bytes were loaded
+    assert not marker.exists()
+    with pytest.raises(ds.ModelLoadError, match="re-export it"):  # the bytes are what is checked, not the path
+        verify_pt2(base, crafted.read_bytes())
+
+
 @pytest.mark.parametrize("craft", [_sample_inputs, _guard_code], ids=["sample_inputs", "guard_code"])
 def test_the_cli_refuses_a_crafted_pt2_in_one_line_with_exit_2(program, tmp_path, capsys, craft):
     base, _ = program
@@ -239,3 +262,27 @@ def test_a_symbolic_expression_with_a_huge_power_is_refused_before_sympy_compute
     crafted = _rewrite(base, tmp_path / "crafted.pt2", huge)
     with pytest.raises(ds.ModelLoadError, match="huge number"):
         ds.load_model(crafted)
+
+
+def test_an_onnx_file_whose_external_data_leaves_its_folder_is_refused_in_one_line(tmp_path, capsys):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    (tmp_path / "secret.bin").write_bytes(np.arange(4, dtype=np.float32).tobytes())
+    weight = numpy_helper.from_array(np.zeros(4, dtype=np.float32), "w")
+    weight.ClearField("raw_data")
+    weight.data_location = TensorProto.EXTERNAL
+    for key, value in (("location", "../secret.bin"), ("offset", "0"), ("length", "16")):
+        entry = weight.external_data.add()
+        entry.key, entry.value = key, value
+    io_info = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [4]) for n in ("x", "y")]
+    graph = helper.make_graph([helper.make_node("Add", ["x", "w"], ["y"])], "g", io_info[:1], io_info[1:], [weight])
+    (tmp_path / "sub").mkdir()
+    path = tmp_path / "sub" / "m.onnx"
+    path.write_bytes(helper.make_model(graph).SerializeToString())
+    assert main(["profile", str(path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "points outside the directory" in err
+    with pytest.raises(onnx.checker.ValidationError):  # what deepslim relies on: onnx refuses to read outside
+        onnx.load(str(path))

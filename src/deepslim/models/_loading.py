@@ -13,6 +13,7 @@ architecture again (``arch="file.py:factory"``, CLI ``--arch``), and a changed s
 from __future__ import annotations
 
 import inspect
+import io
 import logging
 import os
 from pathlib import Path
@@ -281,9 +282,10 @@ def _from_exported(path: Path, options: dict[str, Any]) -> nn.Module:
     if not path.is_file():
         raise not_a_file(path, "model file")
     extra = {PROGRAM_RECORDS: ""}
-    verify_pt2(path)  # torch.export.load unpickles and execs parts of the file: refuse those that would run code
+    data = path.read_bytes()  # checked and loaded from the same bytes: a file swapped in between is never loaded
+    verify_pt2(path, data)  # torch.export.load unpickles and execs parts of the file: refuse those that would run code
     try:
-        program = torch.export.load(path, extra_files=extra)
+        program = torch.export.load(io.BytesIO(data), extra_files=extra)
     except Exception as exc:
         raise ModelLoadError(f"{path} is not a readable torch.export program: {exc}") from exc
     records = program_records(extra[PROGRAM_RECORDS], program, str(path))

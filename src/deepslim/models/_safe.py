@@ -53,16 +53,20 @@ _MEMO_PUTS, _MEMO_GETS = frozenset({"PUT", "BINPUT", "LONG_BINPUT"}), frozenset(
 _CLASS_OPS = frozenset({"INST", "OBJ", "EXT1", "EXT2", "EXT4"})  # build objects from names torch's unpickler refuses
 
 
-def verify_pt2(path: str | os.PathLike[str]) -> None:
-    """Raise ModelLoadError unless ``torch.export.load(path)`` would load ``path`` without running code from it."""
+def verify_pt2(path: str | os.PathLike[str], data: bytes | None = None) -> None:
+    """Raise ModelLoadError unless ``torch.export.load(path)`` would load ``path`` without running code from it.
+
+    With ``data`` (the file's bytes, read once) the check reads those bytes, not the file: the caller then loads the
+    same bytes (``io.BytesIO(data)``), so a file swapped between the check and the load cannot slip through.
+    """
     path = Path(path)
     try:
-        size = path.stat().st_size
-        names = _check_zip(path, size, "the file")
+        size = path.stat().st_size if data is None else len(data)
+        names = _check_zip(path if data is None else io.BytesIO(data), size, "the file")
         if "version" in names:  # torch.export.load falls back to this pre-2.8 layout with Python's zipfile
             raise Unsafe("version", "marks the torch.export format of PyTorch 2.7 and earlier, which deepslim does "
                                      "not open")  # fmt: skip
-        reader = _reader(str(path), "the file")
+        reader = _reader(str(path) if data is None else io.BytesIO(data), "the file")
         records = _check_records(reader, size, "the file")
         for name in records:
             if name not in _PT2_FILES and not name.startswith(_PT2_DIRS):
