@@ -89,6 +89,14 @@ def atomic_dir(path: str | os.PathLike[str], *, keep_partial: bool = False) -> I
     dest = check_writable(path, directory=True)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(dest, exc) from exc
+    with _sole_writer(dest):
+        yield from _in_holder(dest, keep_partial)
+
+
+def _in_holder(dest: Path, keep_partial: bool) -> Iterator[Path]:
+    try:
         holder = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     except OSError as exc:
         raise output_error(dest, exc) from exc
@@ -114,6 +122,46 @@ def atomic_dir(path: str | os.PathLike[str], *, keep_partial: bool = False) -> I
     finally:
         if not keep:
             shutil.rmtree(holder, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _sole_writer(dest: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``dest`` (a hidden ``.NAME.lock`` beside it) while a directory is built for it, so a
+    second process writing the same output fails at once instead of silently replacing the first one's result.
+
+    The lock is the kernel's (``flock``): it dies with its process, so a killed run never leaves a stale lock. The
+    lock file is removed on release; a process that locked a file just removed retries on the new one.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock on this platform: concurrent writers are not detected
+        yield
+        return
+    lock = dest.parent / f".{dest.name}.lock"
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise output_error(dest, exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise DeepSlimError(f"another process is writing {dest} right now; wait for it to finish or choose "
+                                "another output") from None  # fmt: skip
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(lock))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the file was removed by the previous holder between our open and lock: lock the new one
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            lock.unlink()
+        os.close(fd)
 
 
 def _is_vacant(path: Path) -> bool:
@@ -153,15 +201,36 @@ def _replace_dir(src: Path, dest: Path) -> None:
 
 @contextlib.contextmanager
 def _signals_held() -> Iterator[None]:
-    """Hold back the signals that end a run while the block runs (main thread only: where Python handles them)."""
+    """Hold back the signals that end a run while the block runs, and deliver them (in order) right after it.
+
+    Python runs its signal handlers in the main thread whichever thread the kernel picked, so blocking the signals with
+    ``pthread_sigmask`` is not enough once other threads exist (torch's pools): the handlers themselves are swapped
+    for one that only records the signal, then the earlier handlers are put back and the signals raised again.
+    Outside the main thread, where handlers cannot be set, the block runs as is.
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM, signal.SIGHUP})
+    received: list[int] = []
+
+    def record(signum: int, _frame: object) -> None:
+        received.append(signum)
+
+    previous = {}
+    for sig in _HELD_SIGNALS:
+        handler = signal.getsignal(sig)
+        if handler is not None:  # None: a handler installed outside Python, which Python cannot put back
+            previous[sig] = signal.signal(sig, record)
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        for sig in dict.fromkeys(received):
+            signal.raise_signal(sig)
+
+
+_HELD_SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 def import_file(path: Path, module_name: str) -> ModuleType | None:

@@ -185,3 +185,34 @@ def test_a_signal_during_the_swap_waits_until_both_renames_are_done(tmp_path, mo
     with pytest.raises(KeyboardInterrupt), atomic_dir(dest) as work:
         (work / "new.txt").write_text("new")
     assert sorted(os.listdir(dest)) == ["new.txt"] and hidden(tmp_path) == []  # swapped whole, nothing left over
+
+
+def test_a_second_writer_of_the_same_output_fails_at_once_and_the_first_finishes(tmp_path):
+    import multiprocessing
+
+    out = tmp_path / "run"
+    ctx = multiprocessing.get_context("spawn")
+    with atomic_dir(out) as work:
+        (work / "first.txt").write_text("first")
+        other = ctx.Process(target=_write_into, args=(str(out), str(tmp_path / "verdict")))
+        other.start()
+        other.join(60)
+        assert other.exitcode == 0
+        verdict = (tmp_path / "verdict").read_text()
+        assert verdict.startswith("DeepSlimError: another process is writing") and str(out) in verdict
+    assert sorted(p.name for p in out.iterdir()) == ["first.txt"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # the lock file is gone too
+    with atomic_dir(out) as work:  # released: the next writer gets it
+        (work / "second.txt").write_text("second")
+    assert sorted(p.name for p in out.iterdir()) == ["second.txt"]
+
+
+def _write_into(out: str, verdict: str) -> None:
+    from pathlib import Path
+
+    try:
+        with atomic_dir(out) as work:
+            (work / "second.txt").write_text("second")
+        Path(verdict).write_text("wrote")
+    except ds.DeepSlimError as exc:
+        Path(verdict).write_text(f"{type(exc).__name__}: {exc}")
