@@ -65,9 +65,41 @@ def test_mse_range_is_the_least_error_clipping(signed, relu_like, which):
     assert (lo < -1.0) if which == "signed" else (lo == 0.0)
 
 
+def test_mse_range_of_strictly_positive_data_starts_at_zero():
+    # sigmoid-like outputs in [0.4, 2.9]: the range is widened to include 0, never starts at a clipped minimum
+    data = torch.rand(3000, generator=torch.Generator().manual_seed(3)) * 2.5 + 0.4
+    lo, hi = _observe(Calibration.MSE, [data]).range()
+    ref_lo, ref_hi = _brute_force_mse(data)
+    assert lo == ref_lo == 0.0 and hi == pytest.approx(ref_hi, rel=1e-5)
+
+
+def test_entropy_threshold_of_relu_outputs_is_one_sided_with_all_levels(relu_like):
+    # data starting exactly at 0 is non-negative: 256 levels, not the 128 of a signed half (golden values)
+    lo, hi = _observe(Calibration.ENTROPY, [relu_like]).range()
+    assert lo == 0.0 and hi == pytest.approx(1.5, abs=1e-9)
+
+
+def test_entropy_threshold_of_a_half_normal_with_one_outlier_golden():
+    # 8-bit one-sided: candidates every 7 bins from bin 256 (of 2048 over [0, 25]); the KL minimum is at bin 291
+    gen = torch.Generator().manual_seed(4)
+    data = torch.cat([torch.randn(4000, generator=gen).abs(), torch.tensor([25.0])])
+    lo, hi = _observe(Calibration.ENTROPY, [data]).range()
+    assert lo == 0.0 and hi == pytest.approx(291 * 25 / 2048, abs=1e-9)
+
+
+@pytest.mark.parametrize(("bits", "lo"), [(8, 0.0), (11, 0.0), (12, -1.0)])
+def test_entropy_keeps_the_whole_range_of_tailless_data_up_to_the_last_bin(bits, lo):
+    # uniform data: the last candidate (all 2048 bins) wins; at 11/12 bits the levels fill the histogram
+    data = torch.linspace(lo, 1.0, 4001)
+    obs = Observer(Calibration.ENTROPY, bits)
+    obs.update(data)
+    assert obs.range() == (lo, 1.0)
+
+
 def test_entropy_threshold_clips_a_heavy_tail_symmetrically_for_signed_data(signed):
     lo, hi = _observe(Calibration.ENTROPY, [signed]).range()
-    assert lo == -hi and 2.5 < hi < 4.5  # measured 3.33: the bulk (|x| < ~4) kept, the outliers at -9, 12 clipped
+    assert lo == -hi and 2.5 < hi < 4.5  # the bulk (|x| < ~4) kept, the outliers at -9, 12 clipped
+    assert hi == pytest.approx(3.333984375, abs=1e-9)  # golden: bin 569 of 2048 over [0, 12] (569 * 12 / 2048)
     # a distribution without a tail keeps (nearly) its whole range
     uniform = torch.linspace(-1.0, 1.0, 4001)
     lo, hi = _observe(Calibration.ENTROPY, [uniform]).range()
@@ -81,7 +113,8 @@ def test_entropy_is_not_fooled_by_where_the_mass_sits():
     obs = Observer(Calibration.ENTROPY, 4)
     obs.update(data)
     lo, hi = obs.range()
-    assert lo == 0.0 and 1.0 < hi < 30.0  # measured 15.4 (2048 bins over 0..100: the bulk fills 21)
+    assert lo == 0.0 and 1.0 < hi < 30.0  # 2048 bins over 0..100: the bulk fills 21
+    assert hi == pytest.approx(15.396358489990234, rel=1e-7)  # golden
 
 
 def test_constant_data_and_no_data():

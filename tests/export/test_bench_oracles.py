@@ -58,3 +58,102 @@ def test_compare_tells_a_from_b_on_two_different_models(big_and_small):
     assert res.a.median_ms > res.b.median_ms and res.speedup == res.a.median_ms / res.b.median_ms
     assert res.speedup > 2  # 400x the MACs; measured ~10x even on a loaded machine
     assert res.a.threads == res.b.threads == 1 and res.a.runtime == "onnxruntime"
+
+
+class _FakeWorker:
+    """Stands in for the runtime process: records every call, and returns call-numbered 'times' per file so that
+    which runs were kept (and in which order they ran) can be read back from the results."""
+
+    log: list = []
+    scale = {"a.onnx": 1.0, "b.onnx": 10.0, "c.onnx": 100.0, "big.onnx": 4.0, "small.onnx": 1.0, "model.onnx": 2.0}
+
+    def __init__(self, path, feed, threads, spinning, tmp, runtime="onnxruntime"):
+        self.path, self.runtime, self.calls = path, runtime, 0
+        self.rss_before, self.peak = 1000, 1000
+        _FakeWorker.log.append(("open", path.name, tuple(feed.shape), str(feed.dtype), threads, spinning, runtime))
+
+    def run(self, n):
+        _FakeWorker.log.append(("run", self.path.name, n))
+        self.calls += 1
+        self.peak = 1000 + 100 * self.calls
+        return [self.scale[self.path.name] * self.calls] * n
+
+    def close(self):
+        _FakeWorker.log.append(("close", self.path.name))
+
+
+@pytest.fixture
+def fake_worker(monkeypatch):
+    import deepslim.export.bench as bench
+
+    _FakeWorker.log = []
+    monkeypatch.setattr(bench, "_Worker", _FakeWorker)
+    monkeypatch.setattr(bench, "_advice", lambda *a: ["advice"])
+    return _FakeWorker.log
+
+
+def _tiny_onnx(path, width):
+    """A one-node ONNX file (Relu over a (1, width) float input) written directly: no export needed."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, width])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, width])])  # fmt: skip
+    onnx.save(helper.make_model(graph), str(path))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def three_files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("files")
+    return [_tiny_onnx(tmp / f"{n}.onnx", 3) for n in "abc"]
+
+
+@pytest.fixture(scope="module")
+def big_and_small_files(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bs")
+    return _tiny_onnx(tmp / "big.onnx", 256), _tiny_onnx(tmp / "small.onnx", 256)
+
+
+def test_interleave_alternates_the_order_each_round_and_drops_the_warm_up_block(fake_worker, three_files):
+    a, b, c = three_files
+    res = interleave({"a": a, "b": (b, "onnxruntime"), "c": c}, threads=2, rounds=3, block=2,
+                     input_shape=(1, 3))  # fmt: skip
+    opened = [e for e in fake_worker if e[0] == "open"]
+    assert opened == [("open", f"{n}.onnx", (1, 3), "float32", 2, False, "onnxruntime") for n in "abc"]
+    runs = [e[1][0] for e in fake_worker if e[0] == "run"]
+    assert runs == list("abc" + "abc" + "cba" + "abc")  # one warm-up block each, then a b c / c b a / a b c
+    assert all(e[2] == 2 for e in fake_worker if e[0] == "run")
+    assert [e for e in fake_worker if e[0] == "close"] == [("close", f"{n}.onnx") for n in "abc"]
+    # calls 2..4 kept (call 1 was the warm-up): median 3 x the file's scale, p10/p90 of [2,2,3,3,4,4]
+    for label, scale in (("a", 1.0), ("b", 10.0), ("c", 100.0)):
+        r = res[label]
+        assert (r.runtime, r.runs, r.threads, r.peak_memory_bytes) == ("onnxruntime", 6, 2, 400)
+        assert r.median_ms == 3 * scale and r.p10_ms == pytest.approx(2 * scale)
+        assert r.p90_ms == pytest.approx(4 * scale)
+
+
+def test_compare_puts_a_and_b_on_their_own_sides_in_their_own_runtimes(fake_worker, big_and_small_files):
+    big, small = big_and_small_files
+    res = ds.compare(big, small, threads=1, rounds=2, block=4, runtime_b="onnxruntime")
+    runs = [e[1] for e in fake_worker if e[0] == "run"]
+    assert runs == ["big.onnx", "small.onnx", "big.onnx", "small.onnx", "small.onnx", "big.onnx"]  # warm-ups; AB, BA
+    opened = [e for e in fake_worker if e[0] == "open"]
+    assert [o[4:] for o in opened] == [(1, False, "onnxruntime")] * 2 and opened[0][2] == (1, 256)
+    # calls 2 and 3 kept: [2]*4 + [3]*4 times 4 ms (big) and 1 ms (small)
+    assert res.rounds == 2 and res.a.runs == res.b.runs == 8
+    assert (res.a.median_ms, res.b.median_ms, res.speedup) == (10.0, 2.5, 4.0)
+    assert res.a.warnings == res.b.warnings == ("advice",)
+
+
+def test_benchmark_of_a_file_warms_up_then_runs_blocks_of_five_until_twenty(fake_worker, big_and_small_files):
+    big, _ = big_and_small_files
+    res = ds.benchmark(big, threads=1, min_seconds=1e-9)
+    runs = [e for e in fake_worker if e[0] == "run"]
+    assert [e[2] for e in runs] == [5] * 5  # warm-up, then 4 blocks make the 20 runs
+    assert [e[5:] for e in fake_worker if e[0] == "open"] == [(True, "onnxruntime")]  # spinning on: alone
+    # calls 2..5 kept: [2]*5 + [3]*5 + [4]*5 + [5]*5 times 4 ms (big.onnx)
+    assert (res.runs, res.median_ms, res.threads, res.peak_memory_bytes) == (20, 14.0, 1, 500)
+    assert res.p10_ms == pytest.approx(8.0) and res.p90_ms == pytest.approx(20.0)
+    assert res.warnings == ("advice",)
