@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from deepslim.analysis.blocks import TimeProfile
     from deepslim.analysis.profile import Profile
 
 
@@ -77,3 +78,37 @@ def format_profile(profile: Profile) -> str:
 
     body = [fmt(header), "  ".join("-" * w for w in widths), *map(fmt, rows)]
     return "\n".join(body + [""] + summary_lines(profile))
+
+
+def time_rows(prof: TimeProfile) -> tuple[list[str], list[list[str]]]:
+    """Header and rows of the measured block table: ms per group, the block's total and its share of all nodes."""
+    from deepslim.analysis.blocks import GROUPS
+
+    total = prof.node_us or 1.0
+    header = ["block", *(f"{g} ms" for g in GROUPS), "total ms", "share"]
+
+    def cells(name: str, us: dict[str, float]) -> list[str]:
+        s = sum(us.values())
+        return [name, *(f"{us[g] / 1000:.3f}" if us[g] else "-" for g in GROUPS), f"{s / 1000:.3f}",
+                f"{100 * s / total:.1f}%"]  # fmt: skip
+
+    rows = [cells(b.block, b.group_us) for b in prof.by_block()]
+    return header, [*rows, cells("total", prof.by_group())]
+
+
+def time_summary_lines(prof: TimeProfile) -> list[str]:
+    total = prof.node_us or 1.0
+    shares = "  ".join(f"{g} {100 * t / total:.1f}%" for g, t in prof.by_group().items())
+    return [f"measured in ONNX Runtime: {prof.model}, {prof.threads} thread(s), median of {prof.runs} runs: "
+            f"run {prof.run_us / 1000:.3f} ms, nodes {prof.node_us / 1000:.3f} ms",
+            f"time by group: {shares}", *(f"warning: {w}" for w in prof.warnings)]  # fmt: skip
+
+
+def format_time_profile(prof: TimeProfile) -> str:
+    """The measured block table as plain text (the CLI renders the same rows with rich)."""
+    header, rows = time_rows(prof)
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True)))
+             for r in [header, *rows]]  # fmt: skip
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines + [""] + time_summary_lines(prof))
