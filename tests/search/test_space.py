@@ -39,7 +39,7 @@ def test_a_policy_prunes_exactly_the_chosen_channels_and_round_trips_as_paramete
 
 
 def test_unknown_space_kinds_are_listed():
-    with pytest.raises(ConfigError, match="choose from prune, int8"):
+    with pytest.raises(ConfigError, match="'lowrank'; choose from prune, int8, hpo"):
         SearchSpace.from_model(tiny_net(), X, kinds=("prune", "lowrank"))
 
 
@@ -49,13 +49,18 @@ def test_unknown_space_kinds_are_listed():
     ("latency=250us", Budget("latency", 0.25)),
     ("size=200KB", Budget("size", 200e3)),
     ("size=1.5MiB", Budget("size", 1.5 * 1024**2)),
+    ("energy=40uJ", Budget("energy", 40.0)),
+    ("energy=2mJ", Budget("energy", 2000.0)),
+    ("energy=12", Budget("energy", 12.0)),
+    ("energy=0.3x", Budget("energy", 0.3, relative=True)),
 ])  # fmt: skip
 def test_budgets_are_read_absolute_or_relative(text, expected):
     assert Budget.parse(text) == expected
 
 
 @pytest.mark.parametrize(("text", "message"), [
-    ("speed=0.5x", "unknown budget 'speed'; choose from latency, size"),
+    ("speed=0.5x", "unknown budget 'speed'; choose from latency, size, energy"),
+    ("energy=3ms", "unknown unit 'ms' for energy; use x"),
     ("latency=fast", "cannot read the budget value"),
     ("size=3ms", "unknown unit 'ms' for size"),
     ("latency", "a budget is METRIC=VALUE"),

@@ -1,6 +1,8 @@
 """Objectives and budgets of a search: what to optimise, and the limits a policy must meet.
 
-Budgets are absolute (``latency=3ms``, ``size=200KB``) or relative to the dense model (``latency=0.5x``).
+Budgets are absolute (``latency=3ms``, ``size=200KB``, ``energy=40uJ``) or relative to the dense model
+(``latency=0.5x``). Energy is the cost model's estimate per inference on a named device profile
+(:mod:`deepslim.analysis.devices`; Horowitz's 45 nm table), not a measurement.
 """
 
 from __future__ import annotations
@@ -18,10 +20,14 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
     "accuracy": ("maximize", ""),
     "latency": ("minimize", "ms"),
     "size": ("minimize", "B"),
+    "energy": ("minimize", "µJ"),
 }
-BUDGETS = ("latency", "size")
+BUDGETS = ("latency", "size", "energy")
+UNIT_NAMES = {"latency": "ms", "size": "bytes", "energy": "µJ"}  # how messages name each budget's unit
 _UNITS = {"latency": {"ms": 1.0, "s": 1000.0, "us": 1e-3, "µs": 1e-3},
-          "size": {"b": 1.0, "kb": 1e3, "mb": 1e6, "kib": 1024.0, "mib": 1024.0**2, "gb": 1e9}}  # fmt: skip
+          "size": {"b": 1.0, "kb": 1e3, "mb": 1e6, "kib": 1024.0, "mib": 1024.0**2, "gb": 1e9},
+          "energy": {"uj": 1.0, "µj": 1.0, "nj": 1e-3, "mj": 1e3, "j": 1e6}}  # fmt: skip
+_PLAIN = {"latency": "ms", "size": "b", "energy": "uj"}  # the unit of a plain number
 
 
 def check_objectives(names: Sequence[str]) -> tuple[str, ...]:
@@ -39,7 +45,7 @@ def check_objectives(names: Sequence[str]) -> tuple[str, ...]:
 
 @dataclass(frozen=True)
 class Budget:
-    """``metric`` ≤ ``value`` (ms or bytes), or ≤ ``value`` × the dense model's when ``relative``."""
+    """``metric`` ≤ ``value`` (ms, bytes or µJ), or ≤ ``value`` × the dense model's when ``relative``."""
 
     metric: str
     value: float
@@ -53,7 +59,7 @@ class Budget:
 
     @classmethod
     def parse(cls, text: str) -> Budget:
-        """``latency=0.5x``, ``latency=3ms``, ``size=200KB`` (a plain number is ms or bytes)."""
+        """``latency=0.5x``, ``latency=3ms``, ``size=200KB``, ``energy=40uJ`` (a plain number is ms, bytes or µJ)."""
         metric, sep, rest = text.partition("=")
         metric, rest = metric.strip(), rest.strip()
         if not sep or not rest:
@@ -62,18 +68,18 @@ class Budget:
             raise ConfigError(f"unknown budget {metric!r}; choose from {', '.join(BUDGETS)}")
         m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:e-?[0-9]+)?)\s*([a-zA-Zµ]*)", rest)
         if m is None:
-            raise ConfigError(f"cannot read the budget value {rest!r}: a number and a unit (0.5x, 3ms, 200KB)")
+            raise ConfigError(f"cannot read the budget value {rest!r}: a number and a unit (0.5x, 3ms, 200KB, 40uJ)")
         number, unit = float(m.group(1)), m.group(2).lower()
         if unit == "x":
             return cls(metric, number, relative=True)
-        scale = _UNITS[metric].get(unit or ("ms" if metric == "latency" else "b"))
+        scale = _UNITS[metric].get(unit or _PLAIN[metric])
         if scale is None:
             raise ConfigError(f"unknown unit {m.group(2)!r} for {metric}; use x (relative to dense) or "
                               f"{', '.join(_UNITS[metric])}")  # fmt: skip
         return cls(metric, number * scale)
 
     def limit(self, dense: float) -> float:
-        """The absolute limit (ms or bytes), given the dense model's value."""
+        """The absolute limit (ms, bytes or µJ), given the dense model's value."""
         return self.value * dense if self.relative else self.value
 
     def __str__(self) -> str:
@@ -104,3 +110,21 @@ def pareto(points: Sequence[Sequence[float]], directions: Sequence[str]) -> list
         return all(x <= y for x, y in zip(a, b, strict=True)) and any(x < y for x, y in zip(a, b, strict=True))
 
     return [i for i, p in enumerate(keyed) if not any(dominates(q, p) for j, q in enumerate(keyed) if j != i)]
+
+
+def uses(metric: str, objectives: Sequence[str], budgets: Sequence[Budget]) -> bool:
+    """Whether ``metric`` is an objective or has a budget (what the search must measure for every trial)."""
+    return metric in objectives or any(b.metric == metric for b in budgets)
+
+
+def check_device(device: str | None, objectives: Sequence[str], budgets: Sequence[Budget]) -> str | None:
+    """The device profile energy is estimated on: ``device``, or ``"host"`` when energy is searched without one
+    named (None when energy plays no part and no device is named). An unknown name lists the known ones."""
+    from deepslim.analysis.devices import list_devices
+    from deepslim.errors import UnknownNameError
+
+    if device is None:
+        return "host" if uses("energy", objectives, budgets) else None
+    if device not in list_devices():
+        raise UnknownNameError("device", device, list_devices())
+    return device

@@ -1,9 +1,12 @@
 """A searched policy as an ordinary recipe — the YAML a person writes by hand, run again by ``deepslim compress``.
 
-The policy becomes two stages in the order the search built and judged it: channel pruning with one ratio per group
-(``overrides`` on each group's first layer) followed by the same short fine-tune, then int8 quantization with the
-float layers kept float (``overrides: LAYER: null``). ``deepslim search`` reads it with ``Recipe.from_dict``
-(checked, every setting made explicit) and saves it atomically: an interrupted search leaves no half-written recipe.
+The policy becomes stages in the order the search built and judged it: channel pruning with one ratio per group
+(``overrides`` on each group's first layer) followed by the same recovery — the short fine-tune, or distillation
+from the dense model when the policy chose a temperature, or, with zero epochs, batch-norm re-estimation
+(``recalibrate: {method: bn}``) — then int8 quantization with the float layers kept float (``overrides: LAYER:
+null``). A policy's own recovery values (a search over them, HPO) take the place of the defaults given here.
+``deepslim search`` reads it with ``Recipe.from_dict`` (checked, every setting made explicit) and saves it
+atomically: an interrupted search leaves no half-written recipe.
 """
 
 from __future__ import annotations
@@ -14,21 +17,32 @@ from typing import Any
 import yaml
 
 from deepslim._io import atomic_path
+from deepslim.search.recovery import BN_BATCHES
 from deepslim.search.space import Policy, SearchSpace
 
 
 def policy_recipe(space: SearchSpace, policy: Policy, *, finetune_epochs: int = 1, lr: float = 1e-3, seed: int = 0,
                   model: str | None = None, data: str | None = None,
                   description: str | None = None) -> dict[str, Any]:  # fmt: skip
-    """The recipe (as a dict) that rebuilds ``policy``'s model from the dense one."""
+    """The recipe (as a dict) that rebuilds ``policy``'s model from the dense one (as
+    :class:`deepslim.search.evaluate.Evaluator` builds a finalist: ``finetune_epochs`` and ``lr`` are the defaults
+    that the policy's own ``recovery`` values replace)."""
     prune, quant = space.configs(policy)
+    rec = {"finetune_epochs": finetune_epochs, "lr": lr, "temperature": None, **policy.recovery}
+    epochs, lr, temperature = int(rec["finetune_epochs"]), float(rec["lr"]), rec["temperature"]
+    distilling = temperature is not None and epochs > 0
     stages: list[dict[str, Any]] = []
     if prune is not None:
         stages.append({"prune": {"method": "channel", "ratio": 0.0, "round_to": 1,
                                  "overrides": {name: ratio for name, ratio in prune.overrides},
-                                 "epochs": finetune_epochs, "lr": lr}})  # fmt: skip
-    elif finetune_epochs > 0:
-        stages.append({"finetune": {"epochs": finetune_epochs, "lr": lr}})
+                                 "epochs": 0 if distilling else epochs, "lr": lr}})  # fmt: skip
+        if epochs == 0:  # no training to refresh the statistics pruning left stale
+            stages.append({"recalibrate": {"method": "bn", "batches": BN_BATCHES}})
+    if distilling:
+        stages.append({"distill": {"epochs": epochs, "teacher": "trained", "lr": lr,
+                                   "temperature": float(temperature)}})  # fmt: skip
+    elif prune is None and epochs > 0:
+        stages.append({"finetune": {"epochs": epochs, "lr": lr}})
     if quant is not None:
         stages.append({"quantize": {"method": "linear", "bits": 8,
                                     "overrides": {name: None for name, _ in quant.overrides}}})  # fmt: skip

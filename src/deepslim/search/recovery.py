@@ -4,20 +4,28 @@ Removing channels changes the statistics every later batch norm sees, and its ru
 the dense model — are then wrong; re-estimating them on a few hundred training samples recovers much of the lost
 accuracy at the cost of forward passes alone (Li et al., "Revisiting Random Channel Pruning", CVPR 2022, and the
 "BN recalibration" of once-for-all networks: Cai et al., ICLR 2020). The search judges every trial after it; the few
-best candidates then get the short fine-tune that the written recipe repeats.
+best candidates then get the short fine-tune that the written recipe repeats — or, with no fine-tune, the same
+re-estimation, which a recipe runs as the stage ``- recalibrate: {method: bn, batches: 20}`` (the technique ``bn``,
+registered here, so that a searched recipe rebuilds exactly the model the search judged).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
+from deepslim.config import Config
+from deepslim.errors import ConfigError
+from deepslim.techniques import register_technique
+
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+BN_BATCHES = 20  # calibration batches a re-estimation sees (the search's and the recipe stage's default)
 
 
-def reestimate_bn_(model: nn.Module, batches: Any, *, task: Any = None, max_batches: int = 20) -> int:
+def reestimate_bn_(model: nn.Module, batches: Any, *, task: Any = None, max_batches: int = BN_BATCHES) -> int:
     """Recompute every batch norm's running statistics from ``batches`` (a loader of (input, label) batches, or
     of inputs); the weights are unchanged. Returns the number of batches seen (0: no batch norm, nothing done)."""
     norms = [m for m in model.modules() if isinstance(m, _NORMS) and m.track_running_stats]
@@ -46,3 +54,26 @@ def reestimate_bn_(model: nn.Module, batches: Any, *, task: Any = None, max_batc
             m.momentum = momentum
         model.train(was)
     return seen
+
+
+@dataclass(frozen=True, kw_only=True)
+class BNReestimateConfig(Config):
+    """Re-estimate every batch norm's running statistics on ``batches`` calibration batches (after pruning)."""
+
+    batches: int = BN_BATCHES
+
+    def __post_init__(self) -> None:
+        if isinstance(self.batches, bool) or not isinstance(self.batches, int) or self.batches < 1:
+            raise ConfigError(f"batches must be an integer >= 1, got {self.batches!r}")
+
+
+def _recalibrate(model: nn.Module, config: BNReestimateConfig, *, calib_data: Any = None,
+                 data: Any = None) -> nn.Module:  # fmt: skip
+    """The recipe verb of :class:`BNReestimateConfig`: :func:`reestimate_bn_` on the data's calibration split."""
+    if calib_data is None:
+        raise ConfigError("batch-norm re-estimation needs data with a calibration split: give the recipe --data")
+    reestimate_bn_(model, calib_data, task=getattr(data, "task", None), max_batches=config.batches)
+    return model
+
+
+register_technique("bn", BNReestimateConfig, _recalibrate, kind="recalibrate")

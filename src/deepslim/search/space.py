@@ -8,6 +8,11 @@ off that grid run slower at fewer MACs); one choice per quantizable layer: int8 
 float. A policy picks one option per choice; it becomes the ordinary technique configs
 (:meth:`SearchSpace.configs`): a :class:`ChannelPruneConfig` whose ``overrides`` give each group its ratio and a
 :class:`LinearQuantConfig` whose ``overrides`` keep the float layers float. Space and policy are plain JSON.
+
+Optionally (kind ``"hpo"``, or ``recovery={...}``) the hyper-parameters of the recovery join the space: the
+fine-tune's learning rate and epochs and a distillation temperature (None: fine-tune on the labels alone). A policy
+then carries its own values (:attr:`Policy.recovery`); each option list's first value is the default that the dense
+and uniform policies use.
 """
 
 from __future__ import annotations
@@ -27,7 +32,11 @@ from deepslim.compress.quantize import QUANTIZABLE, LinearQuantConfig, quantize_
 from deepslim.errors import ConfigError
 from deepslim.models.adapters import weight_layers
 
-KINDS = ("prune", "int8")
+KINDS = ("prune", "int8")  # what a space holds unless told otherwise
+ALL_KINDS = ("prune", "int8", "hpo")
+RECOVERY_CHOICES = ("lr", "finetune_epochs", "temperature")
+DEFAULT_RECOVERY: dict[str, tuple[Any, ...]] = {"lr": (1e-3, 3e-4, 3e-3), "finetune_epochs": (1, 2),
+                                                "temperature": (None, 4.0)}  # fmt: skip
 DEFAULT_KEEP_RATIOS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 FORMAT = "deepslim-search-space"
 
@@ -47,42 +56,68 @@ class GroupChoice:
 
 @dataclass(frozen=True)
 class Policy:
-    """What a search chooses: channels kept per group and, per quantizable layer, int8 (True) or float (False)."""
+    """What a search chooses: channels kept per group, per quantizable layer int8 (True) or float (False), and
+    (when the space has them) the recovery's hyper-parameters: ``lr``, ``finetune_epochs``, ``temperature``."""
 
     keep: Mapping[str, int] = field(default_factory=dict)
     int8: Mapping[str, bool] = field(default_factory=dict)
+    recovery: Mapping[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"keep": dict(self.keep), "int8": dict(self.int8)}
+        doc: dict[str, Any] = {"keep": dict(self.keep), "int8": dict(self.int8)}
+        if self.recovery:
+            doc["recovery"] = dict(self.recovery)
+        return doc
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Policy:
-        if not isinstance(doc, Mapping) or set(doc) - {"keep", "int8"}:
-            raise ConfigError(f"a policy is a mapping with 'keep' and 'int8', got {doc!r}")
-        return cls(keep=dict(doc.get("keep", {})), int8=dict(doc.get("int8", {})))
+        if not isinstance(doc, Mapping) or set(doc) - {"keep", "int8", "recovery"}:
+            raise ConfigError(f"a policy is a mapping with 'keep', 'int8' and optionally 'recovery', got {doc!r}")
+        return cls(keep=dict(doc.get("keep", {})), int8=dict(doc.get("int8", {})),
+                   recovery=dict(doc.get("recovery", {})))  # fmt: skip
 
     def params(self) -> dict[str, Any]:
-        """The policy as flat parameters (``keep:GROUP``, ``int8:LAYER``): how a study stores a trial's choices."""
-        return {**{f"keep:{g}": k for g, k in self.keep.items()}, **{f"int8:{n}": b for n, b in self.int8.items()}}
+        """The policy as flat parameters (``keep:GROUP``, ``int8:LAYER``, ``recovery:NAME``): how a study stores a
+        trial's choices."""
+        return {**{f"keep:{g}": k for g, k in self.keep.items()}, **{f"int8:{n}": b for n, b in self.int8.items()},
+                **{f"recovery:{n}": v for n, v in self.recovery.items()}}  # fmt: skip
 
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """Choices per group and layer (see the module docstring); ``to_dict``/``from_dict`` round-trip through JSON."""
+    """Choices per group and layer (see the module docstring); ``to_dict``/``from_dict`` round-trip through JSON.
+
+    ``recovery`` maps a recovery hyper-parameter (:data:`RECOVERY_CHOICES`) to its options, the default first; a
+    mapping given here is checked and kept as ``{name: tuple of options}`` in that order of names."""
 
     groups: tuple[GroupChoice, ...] = ()
     int8_layers: tuple[str, ...] = ()
     kinds: tuple[str, ...] = KINDS
     round_to: int = 1
+    recovery: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.recovery, Mapping):
+            raise ConfigError(f"recovery choices are a mapping of name to options, got {self.recovery!r}")
+        for name, options in self.recovery.items():
+            _check_recovery(name, options)
+        ordered = {n: tuple(self.recovery[n]) for n in RECOVERY_CHOICES if n in self.recovery}
+        object.__setattr__(self, "recovery", ordered)
+        if ordered and "hpo" not in self.kinds:
+            object.__setattr__(self, "kinds", (*self.kinds, "hpo"))
 
     @classmethod
     def from_model(cls, model: nn.Module, example_input: Any, *, kinds: Sequence[str] = KINDS,
-                   keep_ratios: Sequence[float] = DEFAULT_KEEP_RATIOS, round_to: int = 8) -> SearchSpace:  # fmt: skip
+                   keep_ratios: Sequence[float] = DEFAULT_KEEP_RATIOS, round_to: int = 8,
+                   recovery: Mapping[str, Sequence[Any]] | None = None) -> SearchSpace:  # fmt: skip
         """The space of ``model``: ``kinds`` "prune" (channel counts near ``keep_ratios`` of each group's width,
-        multiples of ``round_to``) and/or "int8" (each quantizable layer int8 or float)."""
-        bad = [k for k in kinds if k not in KINDS]
+        multiples of ``round_to``), "int8" (each quantizable layer int8 or float) and/or "hpo" (the recovery's
+        hyper-parameters: ``recovery``'s options, by default :data:`DEFAULT_RECOVERY`). ``recovery`` given alone
+        adds them too."""
+        bad = [k for k in kinds if k not in ALL_KINDS]
         if bad or not kinds:
-            raise ConfigError(f"unknown search space kind {bad[0] if bad else ''!r}; choose from {', '.join(KINDS)}")
+            raise ConfigError(f"unknown search space kind {bad[0] if bad else ''!r}; choose from "
+                              f"{', '.join(ALL_KINDS)}")  # fmt: skip
         if any(not 0.0 < r <= 1.0 for r in keep_ratios) or not keep_ratios:
             raise ConfigError(f"keep ratios must be in (0, 1], got {list(keep_ratios)}")
         if round_to < 1:
@@ -93,12 +128,17 @@ class SearchSpace:
         layers: tuple[str, ...] = ()
         if "int8" in kinds:
             layers = tuple(n for n, (m, _) in weight_layers(model).items() if isinstance(m, tuple(QUANTIZABLE)))
-        return cls(groups=groups, int8_layers=layers, kinds=tuple(kinds), round_to=round_to)
+        if recovery is None and "hpo" in kinds:
+            recovery = DEFAULT_RECOVERY
+        return cls(groups=groups, int8_layers=layers, kinds=tuple(kinds), round_to=round_to, recovery=recovery or {})
 
     # -- JSON --------------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {"format": FORMAT, "kinds": list(self.kinds), "round_to": self.round_to,
-                "groups": [g.to_dict() for g in self.groups], "int8_layers": list(self.int8_layers)}  # fmt: skip
+        doc = {"format": FORMAT, "kinds": list(self.kinds), "round_to": self.round_to,
+               "groups": [g.to_dict() for g in self.groups], "int8_layers": list(self.int8_layers)}  # fmt: skip
+        if self.recovery:
+            doc["recovery"] = {n: list(options) for n, options in self.recovery.items()}
+        return doc
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> SearchSpace:
@@ -108,21 +148,27 @@ class SearchSpace:
             groups = tuple(GroupChoice(g["name"], int(g["width"]), tuple(int(k) for k in g["keep"]),
                                        g.get("description", "")) for g in doc["groups"])  # fmt: skip
             return cls(groups=groups, int8_layers=tuple(doc["int8_layers"]), kinds=tuple(doc["kinds"]),
-                       round_to=int(doc["round_to"]))  # fmt: skip
-        except (KeyError, TypeError, ValueError) as exc:
+                       round_to=int(doc["round_to"]), recovery=doc.get("recovery", {}))  # fmt: skip
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"malformed search space: {exc}") from None
 
     # -- policies ----------------------------------------------------------------------------------------------------
     @property
     def size(self) -> int:
         """How many policies the space holds."""
-        return math.prod(len(g.keep) for g in self.groups) * 2 ** len(self.int8_layers)
+        hpo = math.prod(len(options) for options in self.recovery.values())
+        return math.prod(len(g.keep) for g in self.groups) * 2 ** len(self.int8_layers) * hpo
 
     def choices(self) -> dict[str, list[Any]]:
         """Every flat parameter (:meth:`Policy.params`) and its options."""
         found: dict[str, list[Any]] = {f"keep:{g.name}": list(g.keep) for g in self.groups}
         found.update({f"int8:{n}": [False, True] for n in self.int8_layers})
+        found.update({f"recovery:{n}": list(options) for n, options in self.recovery.items()})
         return found
+
+    def default_recovery(self) -> dict[str, Any]:
+        """The first option of each recovery choice: what the dense, uniform and smallest policies use."""
+        return {n: options[0] for n, options in self.recovery.items()}
 
     def policy(self, params: Mapping[str, Any]) -> Policy:
         """The policy of flat parameters; a parameter outside the space is a ConfigError naming it."""
@@ -134,19 +180,21 @@ class SearchSpace:
         if missing:
             raise ConfigError(f"the policy does not choose {missing[0]!r}")
         return Policy(keep={g.name: int(params[f"keep:{g.name}"]) for g in self.groups},
-                      int8={n: bool(params[f"int8:{n}"]) for n in self.int8_layers})  # fmt: skip
+                      int8={n: bool(params[f"int8:{n}"]) for n in self.int8_layers},
+                      recovery={n: params[f"recovery:{n}"] for n in self.recovery})  # fmt: skip
 
     def uniform(self, keep_ratio: float = 1.0, int8: bool = False) -> Policy:
         """The same keep ratio for every group (nearest option) and one precision for every layer."""
         keep = {g.name: _nearest(g, keep_ratio) for g in self.groups}
-        return Policy(keep=keep, int8={n: int8 for n in self.int8_layers})
+        return Policy(keep=keep, int8={n: int8 for n in self.int8_layers}, recovery=self.default_recovery())
 
     def dense(self) -> Policy:
         return self.uniform(1.0, False)
 
     def smallest(self, int8: bool = True) -> Policy:
         """Fewest channels everywhere, every layer in ``int8`` (or float)."""
-        return Policy(keep={g.name: g.keep[0] for g in self.groups}, int8={n: int8 for n in self.int8_layers})
+        return Policy(keep={g.name: g.keep[0] for g in self.groups}, int8={n: int8 for n in self.int8_layers},
+                      recovery=self.default_recovery())  # fmt: skip
 
     def sample(self, rng: random.Random) -> Policy:
         return self.policy({k: rng.choice(v) for k, v in self.choices().items()})
@@ -168,6 +216,25 @@ class SearchSpace:
         floats: tuple[tuple[str, int | None], ...] = tuple((n, None) for n, q in policy.int8.items() if not q)
         quant = LinearQuantConfig(bits=8, overrides=floats) if any(policy.int8.values()) else None
         return prune, quant
+
+
+def _check_recovery(name: Any, options: Any) -> None:
+    """One recovery choice: a known name and a non-empty list of distinct, valid options."""
+    if name not in RECOVERY_CHOICES:
+        raise ConfigError(f"unknown recovery choice {name!r}; choose from {', '.join(RECOVERY_CHOICES)}")
+    if isinstance(options, (str, bytes)) or not isinstance(options, Sequence) or not options:
+        raise ConfigError(f"recovery choice {name!r} needs a non-empty list of options, got {options!r}")
+    if len(set(map(repr, options))) != len(options):
+        raise ConfigError(f"recovery choice {name!r} repeats an option: {list(options)}")
+    for v in options:
+        number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        if name == "lr" and not (number and v > 0):
+            raise ConfigError(f"recovery choice 'lr': each option must be a positive number, got {v!r}")
+        if name == "finetune_epochs" and not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
+            raise ConfigError(f"recovery choice 'finetune_epochs': each option must be an integer >= 0, got {v!r}")
+        if name == "temperature" and v is not None and not (number and v > 0):
+            raise ConfigError(f"recovery choice 'temperature': each option must be a positive number or null (no "
+                              f"distillation), got {v!r}")  # fmt: skip
 
 
 def _nearest(group: GroupChoice, keep_ratio: float) -> int:

@@ -1,7 +1,9 @@
 """Search strategies: the Optuna sampler behind each ``strategy=`` name of :func:`deepslim.search.search`.
 
 ``tpe`` and ``nsga2`` are Optuna's; ``random`` samples uniformly; ``grid`` queues every policy once (the engine
-enqueues them, the sampler only fills gaps). Every sampler respects the budget constraints that trials record.
+enqueues them, the sampler only fills gaps); ``evolution`` (regularized evolution) and ``greedy`` (NetAdapt-style
+descent) are deepslim's own (:mod:`deepslim.search.samplers`), whose state is the study itself. Every sampler
+respects the budget constraints that trials record.
 """
 
 from __future__ import annotations
@@ -13,7 +15,14 @@ from typing import Any
 from deepslim.search import storage as st
 from deepslim.search.space import SearchSpace
 
-STRATEGIES = ("tpe", "nsga2", "random", "grid")
+STRATEGIES = ("tpe", "nsga2", "random", "grid", "evolution", "greedy")
+
+
+def evolution_sizes(trials: int) -> tuple[int, int]:
+    """(population, tournament) of regularized evolution for a search of ``trials`` trials: a quarter of the
+    trials in the population (4 to 25), a third of it in each tournament (at least 2)."""
+    population = max(4, min(25, trials // 4))
+    return population, max(2, population // 3)
 
 
 def make_sampler(strategy: str, seed: int, space: SearchSpace, trials: int) -> Any:
@@ -33,4 +42,13 @@ def make_sampler(strategy: str, seed: int, space: SearchSpace, trials: int) -> A
         if strategy == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 4)),
                                                  **given)  # fmt: skip
+        if strategy == "evolution":
+            from deepslim.search.samplers import EvolutionSampler
+
+            population, tournament = evolution_sizes(trials)
+            return EvolutionSampler(space, population_size=population, tournament_size=tournament, seed=seed)
+        if strategy == "greedy":
+            from deepslim.search.samplers import GreedySampler
+
+            return GreedySampler(space, seed=seed)
         return optuna.samplers.RandomSampler(seed=seed)  # random, and grid (whose trials are all queued in full)
