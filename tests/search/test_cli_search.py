@@ -14,7 +14,7 @@ def run(capsys, *argv):
 @pytest.mark.parametrize(("option", "message"), [
     (["--strategy", "annealing"], "unknown strategy 'annealing'; choose one of tpe, nsga2, random, grid"),
     (["--budget", "latency=fast"], "cannot read the budget value 'fast'"),
-    (["--budget", "energy=1uJ"], "unknown budget 'energy'; choose from latency, size"),
+    (["--budget", "power=1W"], "unknown budget 'power'; choose from latency, size"),
     (["--objective", "accuracy,speed"], "unknown objective 'speed'; choose from accuracy, latency, size"),
     (["--runtime", "tvm"], "unknown runtime 'tvm' for latency tables; choose one of onnxruntime"),
 ])  # fmt: skip
@@ -24,3 +24,37 @@ def test_bad_names_exit_2_with_the_valid_ones_before_loading_anything(capsys, tm
     assert code == 2 and out == ""
     assert message in err and "no-such" not in err
     assert not (tmp_path / "s").exists()
+
+
+def test_zero_workers_is_a_usage_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", "lenet5", "--data", "digits", "--out", str(tmp_path / "s"), "--workers", "0"])
+    assert exit_.value.code == 2
+    assert "--workers: expected a whole number >= 1, got '0'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_wrong_storage_password_fails_at_once_before_loading_anything(capsys, tmp_path, postgres):
+    import time
+
+    start = time.perf_counter()
+    code, out, err = run(capsys, "search", "no-such-model", "--data", "no-such-data", "--out", str(tmp_path / "s"),
+                         "--storage", postgres.url(password="wrong"), "--workers", "2")  # fmt: skip
+    assert code == 2 and out == "" and time.perf_counter() - start < 5
+    assert "password authentication failed" in err and "wrong" not in err and "no-such" not in err
+
+
+def test_a_worker_without_a_storage_or_study_exits_2_with_what_to_do(capsys, tmp_path, monkeypatch):
+    monkeypatch.delenv("DEEPSLIM_STORAGE", raising=False)
+    code, _, err = run(capsys, "worker")
+    assert code == 2 and "give the study's storage: --storage URL (or set DEEPSLIM_STORAGE)" in err
+    pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    from deepslim.search.storage import create_study_once
+
+    url = f"journal:{tmp_path / 's.journal'}"
+    create_study_once(url, "plain", ["minimize"], metadata={"space_fingerprint": "x"})
+    code, _, err = run(capsys, "worker", "--storage", url, "--study", "other")
+    assert code == 2 and "no study 'other' in this storage (it has: plain)" in err
+    monkeypatch.setenv("DEEPSLIM_STORAGE", url)
+    code, _, err = run(capsys, "worker", "--study", "plain")
+    assert code == 2 and "study 'plain' was not created by deepslim search with workers" in err

@@ -105,7 +105,7 @@ def test_an_infeasible_budget_is_refused_before_searching_and_names_the_smallest
     ({"objectives": ("accuracy", "speed")}, "unknown objective 'speed'; choose from accuracy, latency, size"),
     ({"strategy": "annealing"}, "unknown strategy 'annealing'; choose one of tpe, nsga2, random, grid"),
     ({"runtime": "tvm"}, "unknown runtime 'tvm' for latency tables; choose one of onnxruntime"),
-    ({"budget": "energy=3uJ"}, "unknown budget 'energy'; choose from latency, size"),
+    ({"budget": "power=3W"}, "unknown budget 'power'; choose from latency, size"),
 ])  # fmt: skip
 def test_unknown_names_are_refused_with_the_valid_ones(tmp_path, kwargs, message):
     with pytest.raises(ConfigError, match=message):

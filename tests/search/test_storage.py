@@ -11,6 +11,7 @@ import pytest
 optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
 
 from deepslim.errors import ConfigError  # noqa: E402
+from deepslim.search import storage as storage_module  # noqa: E402
 from deepslim.search.storage import (  # noqa: E402
     StorageError,
     add_trial_slots,
@@ -36,7 +37,10 @@ def objective(trial):
     return (x - 1.0) ** 2 + n
 
 
-def worker(url, name, *, die_on_first_trial=False):
+def worker(url, name, *, die_on_first_trial=False, elsewhere=False):
+    if elsewhere:  # as if on another machine: only the heartbeat can tell that it died
+        monkeypatch = pytest.MonkeyPatch()
+        monkeypatch.setattr(storage_module, "_machine_id", lambda: "another-machine/boot")
     study = join_study(url, name, space_fingerprint=FP, **FAST)
 
     def run(trial):
@@ -47,10 +51,11 @@ def worker(url, name, *, die_on_first_trial=False):
     run_queued_trials(study, run)
 
 
-def start_workers(url, name, count, *, killer=False):
+def start_workers(url, name, count, *, killer=False, elsewhere=False):
     procs = []
     if killer:  # started alone first, so that it surely claims a trial before the queue runs dry
-        procs.append(_fork.Process(target=worker, args=(url, name), kwargs={"die_on_first_trial": True}))
+        kwargs = {"die_on_first_trial": True, "elsewhere": elsewhere}
+        procs.append(_fork.Process(target=worker, args=(url, name), kwargs=kwargs))
         procs[0].start()
         procs[0].join(30)
     for _ in range(count - len(procs)):
@@ -90,11 +95,18 @@ def test_four_workers_on_one_study_finish_exactly_the_queued_trials(backend, req
     assert all(t.value == pytest.approx((t.params["x"] - 1) ** 2 + t.params["n"]) for t in trials)
 
 
-def test_a_worker_killed_mid_trial_has_its_trial_failed_and_retried_by_the_others(postgres_url):
-    new_study(postgres_url, "kill", 12)
-    exitcodes = start_workers(postgres_url, "kill", 4, killer=True)
+@pytest.mark.parametrize(("backend", "elsewhere"), [("postgresql", False), ("postgresql", True), ("journal", False)])
+def test_a_worker_killed_mid_trial_has_its_trial_failed_and_retried_by_the_others(backend, elsewhere, request,
+                                                                                  tmp_path):  # fmt: skip
+    """On this machine the dead process is seen at once (any storage); on another, by the heartbeat (PostgreSQL)."""
+    url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"journal:{tmp_path / 's.log'}"
+    new_study(url, "kill", 12)
+    start = time.perf_counter()
+    exitcodes = start_workers(url, "kill", 4, killer=True, elsewhere=elsewhere)
+    if elsewhere:
+        assert time.perf_counter() - start > FAST["grace_period"]  # the others waited for the heartbeat to lapse
     assert exitcodes == [-signal.SIGKILL, 0, 0, 0]
-    trials = optuna.load_study(study_name="kill", storage=open_storage(postgres_url, **FAST)).get_trials()
+    trials = optuna.load_study(study_name="kill", storage=open_storage(url, **FAST)).get_trials()
     failed = [t for t in trials if t.state == FAIL]
     done = [t for t in trials if t.state == COMPLETE]
     assert len(failed) == 1 and len(done) == 12 and len(trials) == 13  # the killed trial, then its retry
@@ -102,9 +114,11 @@ def test_a_worker_killed_mid_trial_has_its_trial_failed_and_retried_by_the_other
     assert failed[0].number in {slot_of(t) for t in done if t.number != slot_of(t)}
 
 
-def test_a_wrong_password_or_port_fails_at_once_with_the_reason(postgres):
+def test_a_wrong_password_host_or_port_fails_at_once_with_the_reason(postgres):
     for url, reason in [(postgres.url(password="wrong"), "password authentication failed"),
-                        (postgres.url(port=1), "Connection refused")]:  # fmt: skip
+                        (postgres.url(port=1), "Connection refused"),
+                        (postgres.url().replace("127.0.0.1", "no-such-host.invalid"),
+                         "could not translate host name")]:  # fmt: skip
         start = time.perf_counter()
         with pytest.raises(StorageError, match=reason) as err:
             create_study_once(url, "s", ["minimize"], metadata={"space_fingerprint": FP})

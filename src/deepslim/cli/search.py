@@ -4,7 +4,8 @@ Writes ``OUT/search.json`` (budget, dense, uniform, best, pareto, recipe, latenc
 (the interactive Pareto front) and ``OUT/recipe.yaml``
 (the chosen policy as an ordinary recipe: ``deepslim compress MODEL --recipe OUT/recipe.yaml`` rebuilds it), both
 atomically and only when the search completes; the study itself lives in ``OUT/study.journal`` (or ``--storage``),
-so an interrupted search (Ctrl-C) resumes with the same command.
+so an interrupted search (Ctrl-C) resumes with the same command. ``--workers N`` runs the trials on N worker
+processes (``deepslim worker``, which other machines start by hand on the same ``--storage``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from deepslim.cli._common import add_model_args, err, load, out, parse_options
+from deepslim.cli._common import add_model_args, err, load, out, parse_options, positive_int, threads_arg
 from deepslim.errors import ConfigError
 
 
@@ -41,6 +42,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=3, help="finalists fine-tuned and re-measured (default 3)")
     p.add_argument("--storage", help="Optuna storage: journal:PATH, postgresql://..., sqlite:///PATH "
                    "(default: a journal file in --out)")  # fmt: skip
+    p.add_argument("--workers", type=positive_int, default=1, metavar="N",
+                   help="run the trials on N worker processes of this machine (default 1: in this process); other "
+                        "machines join with deepslim worker --storage URL --study NAME")  # fmt: skip
+    p.add_argument("--worker-threads", type=threads_arg, default=1, metavar="N",
+                   help="intra-op threads of each worker process (default 1)")  # fmt: skip
+    p.add_argument("--study", default="deepslim-search", help="study name in the storage (default deepslim-search)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", help="where per-layer latency tables are kept (default ~/.cache/deepslim/latency)")
     p.add_argument("--out", required=True, help="output directory (search.json, recipe.yaml, the study journal)")
@@ -67,6 +74,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     budgets = list(as_budgets(args.budget))
     objectives = list(check_objectives(_objectives(args, budgets)))
     table = LatencyTable(runtime=args.runtime, threads=args.threads, cache_dir=args.cache_dir)
+    if args.storage:  # a wrong host, port or password fails now, before the data and model are loaded
+        from deepslim.search.storage import open_storage
+
+        open_storage(args.storage)
     kinds = tuple(k.strip() for k in args.space.split(",") if k.strip())
     outdir = Path(args.out)
     if outdir.exists() and not outdir.is_dir():
@@ -84,9 +95,13 @@ def cmd_search(args: argparse.Namespace) -> int:
             flag = "" if c.feasible else " (over budget)"
             err.print(f"trial {c.trial}: accuracy {c.accuracy:.4f}, latency {c.latency_ms:.3f} ms{flag}", markup=False)
 
-    result = search(model, data, space, objectives, budgets, trials=args.trials, strategy=args.strategy,
+    # with workers, the data travels as its spec: each worker loads it as this process did
+    given = (args.data, {"seed": args.seed}) if args.workers > 1 else (data, None)
+    result = search(model, given[0], space, objectives, budgets, trials=args.trials, strategy=args.strategy,
                     storage=args.storage, seed=args.seed, out_dir=outdir, latency_table=table,
-                    finetune_epochs=args.finetune_epochs, lr=args.lr, top_k=args.top_k, on_trial=progress)  # fmt: skip
+                    finetune_epochs=args.finetune_epochs, lr=args.lr, top_k=args.top_k, on_trial=progress,
+                    workers=args.workers, threads=args.worker_threads, data_options=given[1],
+                    study_name=args.study)  # fmt: skip
     doc = result.to_dict()
     recipe_path = outdir / "recipe.yaml"
     if result.best is not None:

@@ -15,7 +15,7 @@ import logging
 import os
 import resource
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -24,6 +24,7 @@ from torch import nn
 
 from deepslim.errors import ConfigError, DeepSlimError
 from deepslim.search import storage as st
+from deepslim.search import workers as wk
 from deepslim.search.budget import OBJECTIVES, Budget, as_budgets, check_objectives, pareto
 from deepslim.search.evaluate import Candidate, Evaluator
 from deepslim.search.latency import LatencyTable, TableCheck, layer_keys
@@ -74,7 +75,8 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
            out_dir: str | os.PathLike[str] | None = None, study_name: str = STUDY, runtime: str = "onnxruntime",
            latency_table: LatencyTable | None = None, finetune_epochs: int = 1, lr: float = 1e-3, top_k: int = 3,
            check_every: int = 10, uniform_ratios: Sequence[float] | None = None,
-           on_trial: Callable[[Candidate], None] | None = None) -> SearchResult:  # fmt: skip
+           on_trial: Callable[[Candidate], None] | None = None, workers: int = 1, threads: int = 1,
+           data_options: Mapping[str, Any] | None = None) -> SearchResult:  # fmt: skip
     """Search per-layer channel counts and precisions of ``model`` on ``data`` (a DataBundle) for ``objectives``
     under ``budget`` with ``trials`` Optuna trials of ``strategy`` (tpe, nsga2, random, grid).
 
@@ -83,6 +85,11 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     ``runtime``, checked end to end every ``check_every`` trials); the ``top_k`` best feasible candidates are then
     fine-tuned for ``finetune_epochs`` (as the written recipe does) and re-measured end to end, and the best of them
     is ``best``. The study lives in ``storage`` (default: ``out_dir/study.journal``): the same call resumes it.
+
+    ``workers`` > 1 runs the trials on that many ``deepslim worker`` processes of ``threads`` intra-op threads each
+    (:mod:`deepslim.search.workers`), after everything above is prepared here once; ``data`` is then a dataset spec
+    (loaded with ``data_options`` here and in every worker) and the model must record its architecture. Other
+    machines join with ``deepslim worker --storage URL --study NAME``. ``workers=1`` runs the trials in this process.
     An infeasible budget, an unknown objective, strategy or runtime is a ConfigError before any trial runs.
     """
     started, cpu0 = time.perf_counter(), _cpu_seconds()
@@ -92,21 +99,41 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if trials < 1:
         raise ConfigError(f"trials must be >= 1, got {trials}")
+    if workers < 1 or threads < 1:
+        raise ConfigError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
     table = latency_table or LatencyTable(runtime=runtime)
-    x = data.example_input
+    if workers > 1:
+        wk.check_travels(model, data, table, out_dir)
+    if storage is not None:  # a wrong host, port or password fails now, not after the preparation
+        st.open_storage(storage)
+    spec, bundle = _data(data, data_options)
+    x = bundle.example_input
     if not isinstance(space, SearchSpace):
         space = SearchSpace.from_model(model, x, kinds=tuple(space))
     needs_size = "size" in objectives or any(b.metric == "size" for b in budgets)
-    ev = Evaluator(model, data, space, table, archive=needs_size, finetune_epochs=finetune_epochs, lr=lr, seed=seed)
-    dense = _calibrate(ev)
+    ev = Evaluator(model, bundle, space, table, archive=needs_size, finetune_epochs=finetune_epochs, lr=lr, seed=seed)
+    dense = calibrate_table(ev)
     limits = {b.metric: b.limit(_base(dense, b.metric)) for b in budgets}
     _check_feasible(ev, budgets, limits, dense)
     dense = _feasible(dense, limits)
     ratios = uniform_ratios or DEFAULT_KEEP_RATIOS
     family = _uniform_family(ev, ratios, limits)
     study = _open_study(space, objectives, storage, out_dir, study_name)
-    _record_context(study, space, objectives, limits, table)
-    _run_trials(study, ev, objectives, limits, trials, strategy, seed, check_every, on_trial, family)
+    job: dict[str, Any] = {"strategy": strategy, "seed": seed, "trials": trials, "check_every": check_every,
+                           "evaluator": wk.evaluator_settings(ev)}  # fmt: skip
+    if workers > 1:
+        job.update(wk.describe_job(model, spec or "", data_options or {}, out_dir, table, _base(dense, "latency"),
+                                   example_input=x))  # fmt: skip
+        wk.publish_entries(study, table, set())
+    _record_context(study, space, objectives, limits, table, job)
+    counted = _queue_trials(study, ev.space, objectives, trials, strategy, seed, family)
+    if workers == 1:
+        study.sampler = make_sampler(strategy, seed + counted, ev.space, trials)
+        objective = trial_objective(ev, objectives, limits, check_every, on_trial)
+        st.run_queued_trials(study, objective, recoverable=(DeepSlimError,))
+    else:
+        url = storage or f"journal:{(Path(out_dir or '.') / st.DEFAULT_JOURNAL).resolve()}"
+        wk.run_local_workers(study, url, workers, threads=threads, out_dir=out_dir, job=job, on_trial=on_trial)
     done = _completed(study, limits)
     front = _front(done, objectives)
     best = _finalists(ev, front, objectives, limits, top_k)
@@ -117,8 +144,8 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     return SearchResult(space=space, objectives=objectives, budgets=budgets, limits=limits, dense=dense, best=best,
                         uniform=uniform, pareto=front, trials=tuple(done), uniform_family=family,
                         latency_table=_table_report(table, checks), cost=cost,
-                        study={"name": study_name, "strategy": strategy, "seed": seed,
-                               "storage": where})  # fmt: skip
+                        study={"name": study_name, "strategy": strategy, "seed": seed, "workers": workers,
+                               "threads": threads, "storage": st.redact(where)})  # fmt: skip
 
 
 def _cpu_seconds() -> float:
@@ -132,7 +159,18 @@ def _cost(n: int, started: float, cpu0: float) -> dict[str, float]:
             "energy_kwh": cpu * WATTS_PER_CORE / 3.6e6, "watts_per_core_assumed": WATTS_PER_CORE}  # fmt: skip
 
 
-def _calibrate(ev: Evaluator) -> Candidate:
+def _data(data: Any, options: Mapping[str, Any] | None) -> tuple[str | None, Any]:
+    """(the dataset spec or None, the DataBundle) of ``data``: a DataBundle, or a spec loaded with ``options``."""
+    if isinstance(data, str | os.PathLike):
+        from deepslim.data import load_data
+
+        return os.fspath(data), load_data(data, **(options or {}))
+    if options:
+        raise ConfigError("data_options apply to a dataset spec; the data given is already loaded")
+    return None, data
+
+
+def calibrate_table(ev: Evaluator) -> Candidate:
     """Measure the dense model, the smallest policies and a few random mixed ones end to end, fit the table to
     them; the dense candidate."""
     import random
@@ -152,6 +190,9 @@ def _calibrate(ev: Evaluator) -> Candidate:
         measured = ev.table.measure(pairs) or []
         ev.table.calibrate_parts(list(zip(parts, measured, strict=True)))
     return ev.evaluate(space.dense(), recovery="none", measure=ev.table.end_to_end)
+
+
+_calibrate = calibrate_table  # the name benchmarks/search.py imports
 
 
 def _base(dense: Candidate, metric: str) -> float:
@@ -213,41 +254,51 @@ def _open_study(space: SearchSpace, objectives: tuple[str, ...], url: str | None
     if url is None and out_dir is None:
         raise ConfigError("give the search an out_dir (its study journal lives there) or a storage URL")
     directions = [OBJECTIVES[o][0] for o in objectives]
-    fingerprint = st.space_fingerprint({"space": space.to_dict(), "objectives": list(objectives)})
-    return st.create_study_once(url, name, directions, metadata={"space_fingerprint": fingerprint}, out_dir=out_dir)
+    metadata = {"space_fingerprint": fingerprint(space, objectives)}
+    return st.create_study_once(url, name, directions, metadata=metadata, out_dir=out_dir)
+
+
+def fingerprint(space: SearchSpace, objectives: Sequence[str]) -> str:
+    """The study's fingerprint of what it searches: a worker must compute the same to join it."""
+    return st.space_fingerprint({"space": space.to_dict(), "objectives": list(objectives)})
 
 
 def _record_context(study: Any, space: SearchSpace, objectives: tuple[str, ...], limits: dict[str, float],
-                    table: LatencyTable) -> None:  # fmt: skip
+                    table: LatencyTable, job: dict[str, Any]) -> None:  # fmt: skip
     """What a worker joining the study needs to judge trials alike (issue 15): the space, the objectives, the
-    absolute limits and the latency table's machine key and calibration."""
-    study.set_user_attr("deepslim_search", {"space": space.to_dict(), "objectives": list(objectives),
-                                            "limits": dict(limits), "table": {"machine": table.key,
-                                            "scale": table.scale, "offset_ms": table.offset,
-                                            "conversion_weight": table.change_weight}})  # fmt: skip
+    absolute limits, the latency table's machine key and calibration, and the search's settings (``job``: with
+    workers, also the model file and the data spec, :func:`deepslim.search.workers.describe_job`)."""
+    study.set_user_attr(wk.JOB_ATTR, {**job, "space": space.to_dict(), "objectives": list(objectives),
+                                      "limits": dict(limits), "table": {"machine": table.key,
+                                      "scale": table.scale, "offset_ms": table.offset,
+                                      "conversion_weight": table.change_weight}})  # fmt: skip
 
 
-def _run_trials(study: Any, ev: Evaluator, objectives: tuple[str, ...], limits: dict[str, float], trials: int,
-                strategy: str, seed: int, check_every: int, on_trial: Callable[[Candidate], None] | None,
-                warm: Sequence[Candidate] = ()) -> None:  # fmt: skip
-    """Queue the trial slots still missing (interrupted trials are failed and re-queued), then run them."""
+def _queue_trials(study: Any, space: SearchSpace, objectives: tuple[str, ...], trials: int, strategy: str, seed: int,
+                  warm: Sequence[Candidate] = ()) -> int:  # fmt: skip
+    """Queue the trial slots still missing (trials left running by a process that is gone are failed and
+    retried); the number of trials already counted before this call."""
     optuna = st._optuna()
     state = optuna.trial.TrialState
-    for t in study.get_trials(deepcopy=False, states=(state.RUNNING,)):  # left by an interrupted search
-        study._storage.set_trial_user_attr(t._trial_id, "interrupted", True)
-        study._storage.set_trial_state_values(t._trial_id, state=state.FAIL)
+    st.release_dead_trials(study, mark="interrupted")
     counted = [t for t in study.get_trials(deepcopy=False)
-               if t.state in (state.COMPLETE, state.WAITING) or "error" in t.user_attrs]  # fmt: skip
+               if t.state in (state.COMPLETE, state.WAITING, state.RUNNING) or "error" in t.user_attrs]  # fmt: skip
     missing = max(0, trials - len(counted))
     if strategy == "grid":  # every policy once, in a seeded order: the slots are the policies not yet tried
-        _queue_grid(study, ev.space, counted, missing, seed)
+        _queue_grid(study, space, counted, missing, seed)
         missing = 0
     elif not study.get_trials(deepcopy=False):  # a new study starts from the best uniform policies within budget
         for c in sorted((c for c in warm if c.feasible), key=lambda c: _rank(c, objectives))[: min(3, missing // 4)]:
             study.enqueue_trial(c.policy.params(), skip_if_exists=False)
             missing -= 1
     st.add_trial_slots(study, missing)
-    study.sampler = make_sampler(strategy, seed + len(counted), ev.space, trials)
+    return len(counted)
+
+
+def trial_objective(ev: Evaluator, objectives: tuple[str, ...], limits: dict[str, float], check_every: int,
+                    on_trial: Callable[[Candidate], None] | None = None) -> Callable[[Any], list[float]]:  # fmt: skip
+    """One trial, as every worker runs it: the sampled policy judged (measured end to end every ``check_every``
+    trials), its candidate and budget excesses recorded on the trial; the objective values."""
     choices = ev.space.choices()
 
     def objective(trial: Any) -> list[float]:
@@ -264,19 +315,7 @@ def _run_trials(study: Any, ev: Evaluator, objectives: tuple[str, ...], limits: 
             on_trial(cand)
         return [_finite(cand.value(o), o) for o in objectives]
 
-    while True:
-        trial = st.claim_trial(study)
-        if trial is None:
-            return
-        try:
-            with st.heartbeat(study, trial):
-                values = objective(trial)
-        except DeepSlimError as exc:  # a policy the toolkit refuses (export, pruning): recorded, the search goes on
-            log.warning("trial %d failed: %s", trial.number, exc)
-            trial.set_user_attr("error", str(exc))
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
-            continue
-        study.tell(trial, values)
+    return objective
 
 
 def _queue_grid(study: Any, space: SearchSpace, counted: Sequence[Any], missing: int, seed: int) -> None:

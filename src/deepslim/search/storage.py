@@ -13,6 +13,11 @@ The study records deepslim's version and a fingerprint of the search space; :fun
 that does not match. A search runs an exact number of trials by queueing that many slots up front
 (:func:`add_trial_slots`); workers claim them one at a time (:func:`claim_trial`), so none is run twice or lost.
 
+A claimed trial records the process that runs it (machine, pid, start time). A trial whose process on this machine
+is gone (killed, crashed) is failed and retried by the next worker of this machine that looks for work — at once,
+on any storage; a journal file has no heartbeat, so there this is the only way. A trial of a dead process on
+another machine is failed and retried by the storage's heartbeat after the grace period (RDB storages).
+
 Optuna (the ``search`` extra) is imported inside the functions that need it.
 """
 
@@ -25,7 +30,7 @@ import logging
 import os
 import threading
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit
@@ -43,6 +48,8 @@ MAX_RETRY = 3
 VERSION_ATTR = "deepslim_version"
 SPACE_ATTR = "deepslim_space"
 HEARTBEAT_ATTR = "deepslim_heartbeat"  # [interval_s, grace_period_s], set when the study is created
+HOLDER_ATTR = "deepslim_worker"  # a trial's system attribute: the process running it (see this_process)
+POLL_S = 1.0  # how often an idle worker looks again while other workers' trials run
 
 
 class StorageError(DeepSlimError):
@@ -107,9 +114,9 @@ def _check_postgresql(url: str) -> None:
     try:
         port = parts.port
     except ValueError as exc:
-        raise ConfigError(f"malformed PostgreSQL URL {_redact(url)!r}: {exc}") from None
+        raise ConfigError(f"malformed PostgreSQL URL {redact(url)!r}: {exc}") from None
     if not parts.hostname or not parts.path.strip("/"):
-        raise ConfigError(f"a PostgreSQL URL names a host and a database: {SCHEMES[1]}, got {_redact(url)!r}")
+        raise ConfigError(f"a PostgreSQL URL names a host and a database: {SCHEMES[1]}, got {redact(url)!r}")
     try:
         conn = psycopg2.connect(host=parts.hostname, port=port or 5432, dbname=unquote(parts.path.strip("/")),
                                 user=unquote(parts.username or "") or None,
@@ -117,7 +124,7 @@ def _check_postgresql(url: str) -> None:
                                 connect_timeout=CONNECT_TIMEOUT_S)  # fmt: skip
     except psycopg2.Error as exc:
         reason = " ".join(str(exc).split())
-        raise StorageError(f"cannot connect to {_redact(url)}: {reason}") from None
+        raise StorageError(f"cannot connect to {redact(url)}: {reason}") from None
     conn.close()
 
 
@@ -152,10 +159,11 @@ def _rdb(url: str, heartbeat_interval: int, grace_period: int) -> Any:
                                        grace_period=grace_period, **retry)  # fmt: skip
     except Exception as exc:  # SQLAlchemy's errors, raised while creating or checking the schema
         reason = " ".join(str(exc).split()).split(" (Background on this error")[0]
-        raise StorageError(f"cannot open the study storage {_redact(url)}: {reason}") from None
+        raise StorageError(f"cannot open the study storage {redact(url)}: {reason}") from None
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
+    """``url`` with its password replaced by ``***``."""
     parts = urlsplit(url)
     if parts.password is None:
         return url
@@ -225,11 +233,17 @@ def join_study(url: str | None, name: str, *, space_fingerprint: str, out_dir: s
     return study
 
 
+def check_version(study: Any, name: str) -> None:
+    """Refuse a study that another deepslim version created (its trials would be judged differently)."""
+    recorded = study.user_attrs.get(VERSION_ATTR)
+    if recorded != _version():
+        raise StorageError(f"study {name!r} was created by deepslim {recorded or '(unknown)'}; this worker runs "
+                           f"{_version()}: run the same version on every machine")  # fmt: skip
+
+
 def _check_compatible(study: Any, name: str, fingerprint: str) -> None:
+    check_version(study, name)
     attrs = study.user_attrs
-    if attrs.get(VERSION_ATTR) != _version():
-        raise StorageError(f"study {name!r} was created by deepslim {attrs.get(VERSION_ATTR, '(unknown)')}; this "
-                           f"worker runs {_version()}: run the same version on every machine")  # fmt: skip
     if attrs.get(SPACE_ATTR) != fingerprint:
         raise StorageError(f"study {name!r} searches another space (fingerprint {attrs.get(SPACE_ATTR)}, this "
                            f"worker's {fingerprint}): start workers with the same model, data and space")  # fmt: skip
@@ -257,6 +271,7 @@ def claim_trial(study: Any) -> Any | None:
     with warnings.catch_warnings():  # "experimental" in Optuna; deepslim relies on it knowingly
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
+    release_dead_trials(study)
     storage = study._storage  # Optuna's own pop (Study._pop_waiting_trial_id) falls back to a new trial
     waiting = optuna.trial.TrialState.WAITING
     for frozen in storage.get_all_trials(study._study_id, deepcopy=False, states=(waiting,)):
@@ -264,10 +279,96 @@ def claim_trial(study: Any) -> Any | None:
             if storage.set_trial_state_values(frozen._trial_id, state=optuna.trial.TrialState.RUNNING):
                 if _heartbeat_interval(storage):  # at once: a trial that never beat never goes stale
                     storage.record_heartbeat(frozen._trial_id)
+                storage.set_trial_system_attr(frozen._trial_id, HOLDER_ATTR, this_process())
                 return optuna.Trial(study, frozen._trial_id)
         except optuna.exceptions.UpdateFinishedTrialError:
             continue
     return None
+
+
+def _machine_id() -> str:
+    """This machine: its host name and, on Linux, its boot id (two containers may share a host name)."""
+    import socket
+
+    try:
+        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        boot = ""
+    return f"{socket.gethostname()}/{boot}"
+
+
+def _process_state(pid: int) -> tuple[str, int] | None:
+    """(state letter, start time in clock ticks) of process ``pid`` from /proc, or None when it does not exist or
+    /proc cannot tell."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return fields[0], int(fields[19])
+
+
+def this_process() -> dict[str, Any]:
+    """What a claimed trial records about the process running it (:data:`HOLDER_ATTR`)."""
+    state = _process_state(os.getpid())
+    return {"machine": _machine_id(), "pid": os.getpid(), "start": state[1] if state else None}
+
+
+def _holder_dead(holder: Any, me: dict[str, Any]) -> bool:
+    """Whether the process that ``holder`` names is known to be gone: on this machine and not running (a zombie
+    counts as gone), or this very process (a trial it left running belongs to an interrupted earlier call)."""
+    if not isinstance(holder, dict) or holder.get("machine") != me["machine"]:
+        return False
+    if holder.get("pid") == me["pid"] and holder.get("start") == me["start"]:
+        return True
+    state = _process_state(int(holder.get("pid", -1)))
+    if state is None:
+        if Path("/proc/self/stat").is_file():
+            return True  # /proc works here and has no such process
+        try:
+            os.kill(int(holder.get("pid", -1)), 0)
+        except ProcessLookupError:
+            return True
+        except OSError:
+            return False
+        return False
+    return state[0] in ("Z", "X") or (holder.get("start") is not None and state[1] != holder["start"])
+
+
+def release_dead_trials(study: Any, *, mark: str | None = None) -> list[int]:
+    """Fail the running trials whose process on this machine is gone and queue a retry of each (same parameters,
+    up to :data:`MAX_RETRY` times, marked as Optuna's retry callbacks mark theirs); the failed trials' numbers.
+
+    ``mark`` names a user attribute set (True) on each failed trial, not on its retry. Trials with no recorded
+    process (claimed by an older deepslim) are left to the heartbeat. Two workers releasing the same trial at once
+    is safe: the storage lets only one of them fail it, and only that one queues the retry.
+    """
+    optuna = _optuna()
+    storage, me = study._storage, this_process()
+    running = storage.get_all_trials(study._study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
+    released = []
+    for frozen in running:
+        if not _holder_dead(frozen.system_attrs.get(HOLDER_ATTR), me):
+            continue
+        try:
+            if mark:
+                storage.set_trial_user_attr(frozen._trial_id, mark, True)
+            if not storage.set_trial_state_values(frozen._trial_id, state=optuna.trial.TrialState.FAIL):
+                continue
+        except optuna.exceptions.UpdateFinishedTrialError:
+            continue  # another worker released it first
+        failed = storage.get_trial(frozen._trial_id)  # its retry keeps the parameters, not what the run set
+        failed.user_attrs = {k: v for k, v in failed.user_attrs.items() if k != mark}
+        failed.system_attrs = {k: v for k, v in failed.system_attrs.items()
+                               if k != HOLDER_ATTR and not k.startswith("constraints")}  # fmt: skip
+        log.warning("trial %d was left running by a process that is gone (pid %s): failed, and queued again",
+                    frozen.number, frozen.system_attrs[HOLDER_ATTR].get("pid"))  # fmt: skip
+        storages = optuna.storages
+        retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry(max_retry=MAX_RETRY)(study, failed)
+        released.append(frozen.number)
+    return released
 
 
 def _heartbeat_interval(storage: Any) -> int | None:
@@ -300,28 +401,33 @@ def heartbeat(study: Any, trial: Any) -> Iterator[None]:
         thread.join()
 
 
-def run_queued_trials(study: Any, objective: Any) -> int:
+def run_queued_trials(study: Any, objective: Callable[[Any], Any], *,
+                      recoverable: tuple[type[BaseException], ...] = (), poll_s: float = POLL_S) -> int:  # fmt: skip
     """A worker's loop: claim queued trials and run ``objective(trial)`` on each until none is left; the number
     run here.
 
-    With heartbeats (RDB storages) the worker also waits while other workers' trials run, since a dead one's trial
-    comes back as a retry after the grace period; a journal file has no heartbeat, so the process that started the
-    workers must fail a dead worker's trial itself. An exception in ``objective`` fails its trial and propagates.
+    The worker also waits (looking again every ``poll_s``) while other workers' trials run, since a dead worker's
+    trial comes back as a retry (:func:`release_dead_trials`, or the heartbeat). An exception of a ``recoverable``
+    type fails its trial, recorded in the trial's ``error`` attribute, and the loop goes on; any other fails its
+    trial and propagates. An interrupt (Ctrl-C) leaves the trial running, for the next search to release.
     """
     optuna = _optuna()
-    interval = _heartbeat_interval(study._storage)
     done = 0
     while True:
         trial = claim_trial(study)
         if trial is None:
-            running = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
-            if not interval or not running:
+            if not study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
                 return done
-            threading.Event().wait(interval)
+            threading.Event().wait(poll_s)
             continue
         try:
             with heartbeat(study, trial):
                 value = objective(trial)
+        except recoverable as exc:
+            log.warning("trial %d failed: %s", trial.number, exc)
+            trial.set_user_attr("error", str(exc))
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            continue
         except Exception:
             study.tell(trial, state=optuna.trial.TrialState.FAIL)
             raise
