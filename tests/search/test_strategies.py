@@ -151,10 +151,13 @@ def test_the_history_counts_refused_and_queued_policies_as_tried_but_not_interru
     assert history.finished == 1 and history.judged == ()
 
 
-def test_evolution_sizes_follow_the_number_of_trials():
+def test_evolution_sizes_follow_the_number_of_trials_and_a_resumed_study_keeps_the_seed():
     assert evolution_sizes(12) == (4, 2)
     assert evolution_sizes(100) == (25, 8)
     assert evolution_sizes(1000) == (25, 8)
+    evolution = make_sampler("evolution", 3, synthetic_space(), 100, offset=7)
+    assert (evolution.population_size, evolution.tournament_size, evolution.seed) == (25, 8, 3)
+    assert make_sampler("greedy", 3, synthetic_space(), 100, offset=7).seed == 3  # their draws come from the study
     with pytest.raises(ValueError, match="tournament_size in"):
         EvolutionSampler(synthetic_space(), population_size=4, tournament_size=5)
 

@@ -25,9 +25,15 @@ def evolution_sizes(trials: int) -> tuple[int, int]:
     return population, max(2, population // 3)
 
 
-def make_sampler(strategy: str, seed: int, space: SearchSpace, trials: int) -> Any:
-    """The Optuna sampler of ``strategy`` (one of :data:`STRATEGIES`), seeded."""
+def make_sampler(strategy: str, seed: int, space: SearchSpace, trials: int, *, offset: int = 0) -> Any:
+    """The Optuna sampler of ``strategy`` (one of :data:`STRATEGIES`), seeded.
+
+    ``offset`` (the trials a resumed study already holds) moves the seed of Optuna's samplers, whose random stream
+    lives in the process, so that a resumed search does not replay the draws it already made; evolution and greedy
+    derive each draw from the study itself, so they take ``seed`` alone and resume exactly where they stood."""
     optuna = st._optuna()
+    own = strategy in ("evolution", "greedy")
+    seed = seed if own else seed + offset
 
     def constraints(frozen: Any) -> Sequence[float]:
         return frozen.user_attrs.get("constraints", [0.0])
