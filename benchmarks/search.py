@@ -7,6 +7,10 @@ its best policy and the best uniform policy (one keep ratio everywhere, float or
 measured on the test split and timed interleaved::
 
     python benchmarks/search.py --models resnet20 --budgets 0.5 --trials 40 --json results.json
+    python benchmarks/search.py --speed-only --json speed.json   # ResNet-18 224², random weights
+
+The table check reports the per-layer table, the node-level table (:mod:`deepslim.search.node_table`: every node of
+ONNX Runtime's optimized graph timed alone) and the MAC count against end-to-end measurements of random policies.
 
 The defaults are scaled to a shared 2-core machine (a Fashion-MNIST subset, a few epochs); the issue's full setting
 is ``--n-train 60000 --epochs 30 --trials 200 --seeds 0,1,2 --budgets 0.5,0.3``.
@@ -30,6 +34,7 @@ import deepslim as ds  # noqa: E402
 from _common import result_header, save_json, write_result  # noqa: E402
 from deepslim.search import LatencyTable, SearchSpace, check_table, search  # noqa: E402
 from deepslim.search.evaluate import Evaluator, measure_model  # noqa: E402
+from deepslim.search.node_table import NodeTable  # noqa: E402
 
 MODELS = {
     "resnet20": lambda: ds.load_model("resnet20", num_classes=10, in_channels=1),
@@ -75,7 +80,7 @@ def final_pair(ev: Evaluator, result: Any, table: LatencyTable) -> dict[str, Any
 
 
 def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: str | None) -> None:
-    data = ds.load_data("fashion-mnist", n_train=args.n_train, n_test=args.n_test, seed=0)
+    data = ds.load_data("fashion-mnist", n_train=args.n_train, n_test=args.n_test, seed=0, calib_size=args.calib_size)
     t0 = time.perf_counter()
     dense = train_dense(name, data, args.epochs, 0, args.cache_dir)
     entry: dict[str, Any] = {"train_s": time.perf_counter() - t0,
@@ -91,17 +96,19 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: st
 
         _calibrate(ev)
         t0 = time.perf_counter()
-        check = check_table(dense, space, table, example_input=x, calib_data=data.calib, policies=args.table_policies)
+        check = check_table(dense, space, table, example_input=x, calib_data=data.calib, policies=args.table_policies,
+                            nodes=NodeTable(table))  # fmt: skip
         entry["latency_table"] = {**check.to_dict(), "seconds": time.perf_counter() - t0}
         save_json(out, path)
     entry["budgets"] = {}
-    for budget in args.budgets:
+    for budget in [] if args.skip_search else args.budgets:
         runs = []
         for seed in args.seeds:
             with tempfile.TemporaryDirectory() as work:
                 result = search(dense, data, space, ("accuracy", "latency"), f"latency={budget}x", trials=args.trials,
                                 strategy=args.strategy, seed=seed, out_dir=work, latency_table=table,
-                                finetune_epochs=args.finetune_epochs, top_k=args.top_k)  # fmt: skip
+                                finetune_epochs=args.finetune_epochs, top_k=args.top_k,
+                                uniform_ratios=args.uniform_ratios)  # fmt: skip
             ev = Evaluator(dense, data, space, table, finetune_epochs=args.finetune_epochs, seed=seed)
             runs.append({"seed": seed, "limit_ms": result.limits["latency"], **final_pair(ev, result, table),
                          "cost": result.cost, "search_latency_table": {k: v for k, v in result.latency_table.items()
@@ -125,14 +132,26 @@ def main() -> None:
     p.add_argument("--round-to", type=int, default=8)
     p.add_argument("--table-policies", type=int, default=20, help="random policies measured end to end")
     p.add_argument("--cache-dir", default=None)
+    p.add_argument("--uniform-ratios", default=None, help="keep ratios of the uniform family (default: the search's)")
+    p.add_argument("--calib-size", type=int, default=1024, help="images for BN re-estimation and int8 calibration")
+    p.add_argument("--skip-search", action="store_true", help="only train and check the latency table")
+    p.add_argument("--speed-only", action="store_true", help="ResNet-18 224² uniform vs latency-aware, speed alone")
+    p.add_argument("--speed-rounds", type=int, default=20)
     p.add_argument("--json", default=None)
     args = p.parse_args()
     args.budgets = [float(b) for b in args.budgets.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.uniform_ratios = [float(r) for r in args.uniform_ratios.split(",")] if args.uniform_ratios else None
     out = result_header("search", threads=1)
     out["settings"] = {k: v for k, v in vars(args).items() if k != "json"}
     out["models"] = {}
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if args.speed_only:
+        from _search_speed import speed_only
+
+        out["speed_only"] = speed_only(LatencyTable(threads=1, cache_dir=args.cache_dir), rounds=args.speed_rounds)
+        write_result(out, args.json)
+        return
     for name in args.models.split(","):
         run_model(name, args, out, args.json)
     write_result(out, args.json)

@@ -1,0 +1,144 @@
+"""The speed side of issue 14 alone: at the same MACs as uniform pruning + int8, a latency-aware policy.
+
+ResNet-18 at 224², random weights (speed does not depend on them; accuracy is not judged here). The baseline keeps
+half of every channel group (every count a multiple of 16, this CPU's NCHWc block) with every layer int8. The
+latency-aware policy starts there and moves channels between groups — one group one step up the 16-channel grid,
+another one step down — when the per-layer latency table predicts a faster model at no more MACs, then keeps float
+the layers the table predicts faster in float. Dense fp32, the uniform policy and the latency-aware policy are then
+exported and timed end to end in one interleaved run (``LatencyTable.measure``), which decides.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import torch
+from torch import nn
+
+import deepslim as ds
+from deepslim.search import LatencyTable, SearchSpace
+from deepslim.search.latency import LayerKey, layer_keys
+from deepslim.search.space import Policy, prune_policy, quantize_policy
+
+
+def group_layers(model: nn.Module, space: SearchSpace, x: torch.Tensor) -> dict[str, tuple[set[str], set[str]]]:
+    """Per group: the layers whose output channels it sets and those whose input channels it sets — found by
+    pruning that group alone one step and comparing layer shapes with the dense model's."""
+    base = layer_keys(model, x, {})
+    dense = space.dense()
+    found = {}
+    for g in space.groups:
+        if len(g.keep) < 2:
+            continue
+        p = replace(dense, keep={**dense.keep, g.name: g.keep[-2]})
+        keys = layer_keys(prune_policy(model, space, p, example_input=x), x, {})
+        outs = {n for n in base if keys[n].out_channels != base[n].out_channels}
+        ins = {n for n in base if keys[n].in_shape != base[n].in_shape}
+        found[g.name] = (outs, ins)
+    return found
+
+
+def policy_keys(base: Mapping[str, LayerKey], groups: Mapping[str, tuple[set[str], set[str]]],
+                policy: Policy) -> list[LayerKey]:  # fmt: skip
+    """The layer keys of ``policy`` from the dense model's, without pruning anything (execution order kept)."""
+    out: list[LayerKey] = []
+    for name, key in base.items():
+        cout, cin = key.out_channels, key.in_shape[1] if key.kind != "linear" else key.in_shape[-1]
+        for g, (outs, ins) in groups.items():
+            if name in outs:
+                cout = policy.keep[g]
+            if name in ins:
+                cin = policy.keep[g]
+        shape = (*key.in_shape[:-1], cin) if key.kind == "linear" else (key.in_shape[0], cin, *key.in_shape[2:])
+        depthwise = key.kind != "linear" and key.groups > 1 and key.groups == key.in_shape[1]
+        out.append(replace(key, in_shape=shape, out_channels=cout, groups=cin if depthwise else key.groups,
+                           int8=bool(policy.int8.get(name, False))))  # fmt: skip
+    return out
+
+
+def latency_aware(model: nn.Module, space: SearchSpace, table: LatencyTable, x: torch.Tensor, start: Policy,
+                  *, span: int = 2, max_moves: int = 12) -> tuple[Policy, list[dict[str, Any]]]:  # fmt: skip
+    """From ``start``, moves of one group one step up and another one step down (within ``span`` steps of the
+    start) that the table predicts faster at no more MACs; then float where the table predicts float faster."""
+    base = layer_keys(model, x, {})
+    groups = group_layers(model, space, x)
+    names = list(base)
+    options = {g.name: list(g.keep) for g in space.groups if g.name in groups}
+    lo = {g: max(0, o.index(start.keep[g]) - span) for g, o in options.items()}
+    hi = {g: min(len(o) - 1, o.index(start.keep[g]) + span) for g, o in options.items()}
+
+    def cost(p: Policy) -> tuple[float, int]:
+        keys = policy_keys(base, groups, p)
+        return table.predict_keys(keys), sum(k.macs for k in keys)
+
+    policy, log = start, []
+    ms, macs = cost(policy)
+    limit = macs
+    log.append({"move": "start", "predicted_ms": ms, "macs": macs})
+    for _ in range(max_moves):
+        cands = []
+        for up in options:
+            for down in options:
+                i, j = options[up].index(policy.keep[up]), options[down].index(policy.keep[down])
+                if up == down or i + 1 > hi[up] or j - 1 < lo[down]:
+                    continue
+                keep = {**policy.keep, up: options[up][i + 1], down: options[down][j - 1]}
+                cands.append((replace(policy, keep=keep), f"{up}+ {down}-"))
+        table.layer_ms([k for p, _ in cands for k in policy_keys(base, groups, p)])  # one batch of new entries
+        scored = [(cost(p), p, move) for p, move in cands]
+        ok = [(c, p, move) for c, p, move in scored if c[1] <= limit and c[0] < ms]
+        if not ok:
+            break
+        (ms, macs), policy, move = min(ok, key=lambda t: t[0][0])
+        log.append({"move": move, "predicted_ms": ms, "macs": macs})
+    for name in names:  # precision: float where the table predicts it faster (conversions included)
+        if name not in policy.int8 or not policy.int8[name]:
+            continue
+        trial = replace(policy, int8={**policy.int8, name: False})
+        c = cost(trial)
+        if c[0] < ms:
+            policy, (ms, macs) = trial, c
+            log.append({"move": f"{name} float", "predicted_ms": ms, "macs": macs})
+    return policy, log
+
+
+def speed_only(table: LatencyTable, *, rounds: int = 20, span: int = 2, max_moves: int = 12) -> dict[str, Any]:
+    """ResNet-18 224² (random weights): uniform 0.5 + int8 vs the latency-aware policy at no more MACs, timed
+    interleaved with dense fp32."""
+    torch.manual_seed(0)
+    model = ds.load_model("resnet18").eval()
+    x = torch.randn(1, 3, 224, 224)
+    gen = torch.Generator().manual_seed(0)
+    calib = [(torch.randn(8, 3, 224, 224, generator=gen),) for _ in range(2)]
+    space = SearchSpace.from_model(model, x, round_to=16)
+    uniform = space.uniform(0.5, True)
+    t0 = time.perf_counter()
+    aware, moves = latency_aware(model, space, table, x, uniform, span=span, max_moves=max_moves)
+    search_s = time.perf_counter() - t0
+    nets, rows = [], {}
+    for label, policy in (("dense fp32", space.dense()), ("uniform 0.5 + int8", uniform),
+                          ("latency-aware", aware)):  # fmt: skip
+        net = prune_policy(model, space, policy, example_input=x)
+        keys = list(layer_keys(net, x, policy.int8).values())
+        rows[label] = {"policy": policy.to_dict(), "macs": sum(k.macs for k in keys),
+                       "predicted_ms": table.predict_keys(keys),
+                       "int8_layers": sum(policy.int8.values())}  # fmt: skip
+        nets.append((quantize_policy(copy.deepcopy(net), space, policy, calib_data=calib), x))
+    t1 = time.perf_counter()
+    measured = _measure(table, nets, rounds)
+    for row, ms in zip(rows.values(), measured, strict=True):
+        row["measured_ms"] = ms
+        row["speedup_vs_fp32"] = measured[0] / ms
+    rows["latency-aware"]["vs_uniform"] = measured[1] / measured[2]
+    return {"model": "resnet18 224x224, random weights", "groups": len(space.groups), "moves": moves,
+            "search_s": search_s, "measure_s": time.perf_counter() - t1, "rounds": rounds, "rows": rows}  # fmt: skip
+
+
+def _measure(table: LatencyTable, pairs: list[tuple[nn.Module, torch.Tensor]], rounds: int) -> list[float]:
+    from deepslim.search.latency import time_models
+
+    return time_models(pairs, threads=table.threads, rounds=rounds, block=3)
