@@ -42,6 +42,27 @@ def test_symmetric_signed_parameters_match_pytorchs_observer(bits):
     assert scale.item() == pytest.approx(2.5 / ((qmax - qmin) / 2))
 
 
+@pytest.mark.parametrize("bits", [8, 4])
+def test_symmetric_bound_is_the_larger_magnitude_even_when_it_is_negative(bits):
+    qmin, qmax = qrange(bits, True)
+    obs = MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_symmetric, quant_min=qmin, quant_max=qmax)
+    obs(torch.tensor([-3.0, 1.0]))
+    ref_scale, _ = obs.calculate_qparams()
+    scale, zero = affine_params(torch.tensor(-3.0), torch.tensor(1.0), bits, symmetric=True, signed=True)
+    assert scale.item() == pytest.approx(ref_scale.item(), rel=1e-6) == pytest.approx(3.0 / qmax)
+    assert zero.dtype == torch.int32 and zero.item() == 0
+    _, zero_u = affine_params(torch.tensor(-3.0), torch.tensor(1.0), bits, symmetric=True, signed=False)
+    assert zero_u.dtype == torch.int32 and zero_u.item() == 2 ** (bits - 1)
+
+
+def test_asymmetric_signed_parameters_match_pytorchs_qint8_observer():
+    obs = MinMaxObserver(dtype=torch.qint8, qscheme=torch.per_tensor_affine, quant_min=-127, quant_max=127)
+    obs(torch.tensor([-0.4, 2.0]))
+    ref_scale, ref_zero = obs.calculate_qparams()
+    scale, zero = affine_params(torch.tensor(-0.4), torch.tensor(2.0), 8, symmetric=False, signed=True)
+    assert scale.item() == pytest.approx(ref_scale.item(), rel=1e-6) and zero.item() == ref_zero.item() == -85
+
+
 def test_per_channel_parameters_match_pytorchs_per_channel_observer():
     torch.manual_seed(0)
     w = torch.randn(6, 5) * torch.tensor([0.1, 1.0, 3.0, 0.01, 2.0, 0.5])[:, None] + torch.linspace(-1, 1, 6)[:, None]

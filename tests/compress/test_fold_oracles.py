@@ -108,13 +108,15 @@ class _Untraceable(nn.Module):
 
     def __init__(self, shared: bool = False):
         super().__init__()
+        # a batch norm with nothing of its own (no affine, no running statistics) reads no module's tensors
+        self.conv0, self.plain = nn.Conv2d(2, 2, 1), nn.BatchNorm2d(2, affine=False, track_running_stats=False)
         self.conv, self.bn = nn.Conv2d(2, 3, 3, padding=1), nn.BatchNorm2d(3)
         self.conv2, self.bn2 = nn.Conv2d(3, 3, 1, bias=False), nn.BatchNorm2d(3, eps=0.3)
         self.shared = shared
 
     def forward(self, x):
         if x.shape[0] > 0:  # a Python bool of a traced value
-            y = self.bn(self.conv(x))
+            y = self.bn(self.conv(self.plain(self.conv0(x))))
             y = self.bn2(self.conv2(y))
             return self.bn2(self.conv2(y)) if self.shared else y  # conv2/bn2 called twice: not foldable
         return x
@@ -142,6 +144,35 @@ def test_torch_export_pairs_leave_a_convolution_and_batch_norm_that_are_called_t
     expected = model(x)
     assert fold_batchnorm_(model, (x,)) == ["bn"]
     assert isinstance(model.bn2, nn.BatchNorm2d)
+    torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+
+
+class _Untraceable1d3d(nn.Module):
+    """torch.export pairs in 3-D and 1-D; the last convolution's output is also added to its BN's: not foldable."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv3, self.bn3 = nn.Conv3d(2, 3, 1), nn.BatchNorm3d(3)
+        self.conv1, self.bn1 = nn.Conv1d(3, 3, 1), nn.BatchNorm1d(3)
+        self.conv_s, self.bn_s = nn.Conv1d(3, 3, 1), nn.BatchNorm1d(3)
+
+    def forward(self, x):
+        if x.shape[0] > 0:
+            z = self.bn1(self.conv1(self.bn3(self.conv3(x)).flatten(2)))
+            s = self.conv_s(z)
+            return self.bn_s(s) + s
+        return x
+
+
+def test_torch_export_folds_1d_and_3d_pairs_but_not_a_convolution_whose_output_is_used_twice():
+    torch.manual_seed(0)
+    model = _Untraceable1d3d()
+    for i, bn in enumerate((model.bn3, model.bn1, model.bn_s)):
+        _trained(bn, 7 + i)
+    model.eval()
+    x = torch.randn(2, 2, 2, 2, 2)
+    expected = model(x)
+    assert fold_batchnorm_(model, (x,)) == ["bn3", "bn1"] and isinstance(model.bn_s, nn.BatchNorm1d)
     torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
 
 

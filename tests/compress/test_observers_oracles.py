@@ -122,7 +122,7 @@ def test_constant_data_and_no_data():
         obs = Observer(method, 8)
         obs.update(torch.full((10,), 0.5))
         assert obs.range() == (0.5, 0.5)
-        with pytest.raises(RuntimeError, match="saw no data"):
+        with pytest.raises(RuntimeError, match="^observer saw no data$"):
             Observer(method, 8).range()
 
 
@@ -131,3 +131,14 @@ def test_large_batches_are_subsampled_reproducibly():
     a, b = _observe(Calibration.PERCENTILE, [data]), _observe(Calibration.PERCENTILE, [data])
     assert a.samples[0].numel() == Observer.max_samples // 8 and torch.equal(a.samples[0], b.samples[0])
     assert a.range() == b.range() and (a.lo, a.hi) == (float(data.min()), float(data.max()))
+    # golden: the subsample is drawn uniformly from all 100,000 positions with the observer's own seed 0
+    idx = torch.randint(0, 100_000, (Observer.max_samples // 8,), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a.samples[0], data[idx])
+    assert a.range() == pytest.approx((-3.809537649154663, 3.6920742988586426), rel=1e-7)
+
+
+def test_a_percentile_range_always_contains_zero():
+    # mostly positive data with a few negatives: the 10th percentile is positive, the range still starts at 0
+    data = torch.cat([torch.rand(990, generator=torch.Generator().manual_seed(5)) + 0.5, -torch.ones(10)])
+    lo, hi = _observe(Calibration.PERCENTILE, [data], percentile=90.0).range()
+    assert lo == 0.0 and hi == pytest.approx(float(torch.quantile(data, 0.9)), abs=1e-6)
