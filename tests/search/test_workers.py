@@ -138,3 +138,29 @@ def test_what_cannot_reach_worker_processes_is_refused_before_any_work(tmp_path,
     with pytest.raises(ConfigError, match=message):
         search(net, data, ("prune",), trials=2, workers=2, storage=f"journal:{tmp_path / 's'}", **kwargs)
     assert time.perf_counter() - start < 2 and not (tmp_path / "s").exists()
+
+
+def test_an_interrupted_search_stops_its_workers_and_resumes_without_losing_or_repeating_trials(tmp_path, one_worker):
+    def interrupt(_candidate):
+        raise KeyboardInterrupt  # Ctrl-C as the first completed trial is reported
+
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path, 2, on_trial=interrupt)
+    storage = st.open_storage(f"journal:{tmp_path / st.DEFAULT_JOURNAL}")
+    trials = optuna.load_study(study_name="deepslim-search", storage=storage).get_trials()
+    pids = {t.system_attrs[st.HOLDER_ATTR]["pid"] for t in trials if st.HOLDER_ATTR in t.system_attrs}
+    assert pids and all(st._process_state(pid) is None for pid in pids)  # every worker stopped (and reaped)
+    first = {t.number for t in trials if t.state.name == "COMPLETE"}
+    assert 1 <= len(first) < 8
+    resumed = run(tmp_path, 1)  # the same search, resumed (in this process)
+    slots = [c.trial for c in resumed.trials]
+    assert len(slots) == 8 and first <= set(slots)  # the finished trials kept
+    assert judged(resumed) == judged(one_worker)  # each policy once, judged alike
+
+
+def test_a_worker_waits_for_the_study_then_says_how_to_create_it(tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(st.StorageError, match=r"no study 'late' in this storage \(it has: none\): create it with "
+                                              r"deepslim search first, or give the worker --wait SECONDS"):  # fmt: skip
+        wk.run_worker(f"journal:{tmp_path / 's.journal'}", "late", wait_s=1.5)
+    assert time.perf_counter() - start >= 1.5

@@ -25,6 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--arch", help="file.py:factory that builds the model, when the search's model came from one")
     p.add_argument("--data", help="dataset spec on this machine (default: the one the search recorded)")
     p.add_argument("--timer", help="module:name of the custom latency timer the study records, if it records one")
+    p.add_argument("--wait", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for deepslim search to create the study (default 0: fail at once)")
     p.add_argument("--cache-dir", help="where per-layer latency tables are kept (default ~/.cache/deepslim/latency)")
     p.set_defaults(func=cmd_worker)
 
@@ -40,7 +42,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         raise ConfigError(f"give the study's storage: --storage URL (or set {STORAGE_ENV})")
     torch.set_num_threads(args.threads)
     done = run_worker(url, args.study, threads=args.threads, model=args.model, arch=args.arch, data=args.data,
-                      timer=args.timer, cache_dir=args.cache_dir)  # fmt: skip
+                      timer=args.timer, cache_dir=args.cache_dir, wait_s=args.wait)  # fmt: skip
     if not args.quiet:
         err.print(f"worker done: ran {done} trial(s) of study {args.study!r}", markup=False)
     return 0

@@ -125,8 +125,8 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
         job.update(wk.describe_job(model, spec or "", data_options or {}, out_dir, table, _base(dense, "latency"),
                                    example_input=x))  # fmt: skip
         wk.publish_entries(study, table, set())
-    _record_context(study, space, objectives, limits, table, job)
     counted = _queue_trials(study, ev.space, objectives, trials, strategy, seed, family)
+    _record_context(study, space, objectives, limits, table, job)  # last: a waiting worker starts on it
     if workers == 1:
         study.sampler = make_sampler(strategy, seed + counted, ev.space, trials)
         objective = trial_objective(ev, objectives, limits, check_every, on_trial)

@@ -223,13 +223,16 @@ def _last_line(path: Path) -> str:
 
 
 def run_worker(url: str | None, name: str, *, threads: int = 1, model: str | None = None, arch: str | None = None,
-               data: str | None = None, timer: str | None = None, cache_dir: str | None = None) -> int:  # fmt: skip
+               data: str | None = None, timer: str | None = None, cache_dir: str | None = None,
+               wait_s: float = 0.0) -> int:  # fmt: skip
     """Join study ``name`` in storage ``url`` and run its queued trials until none is left; the number run here.
 
     ``model`` and ``data`` replace the recorded model file (which must have the same SHA-256) and dataset spec (a
     path on this machine); ``arch`` is the factory that rebuilds a model built from Python code (deepslim never runs
     code a file or a database names); ``timer`` is the custom latency timer the study records, given again here for
-    the same reason. A study of another deepslim version or space is refused.
+    the same reason. ``wait_s`` is how long to wait for the search to create the study and queue its trials (a
+    worker started before ``deepslim search`` finished preparing). A study of another deepslim version or space is
+    refused.
     """
     from deepslim.data import load_data
     from deepslim.models import load_model
@@ -238,16 +241,7 @@ def run_worker(url: str | None, name: str, *, threads: int = 1, model: str | Non
     from deepslim.search.space import SearchSpace
     from deepslim.search.strategies import make_sampler
 
-    optuna = st._optuna()
-    try:
-        found = optuna.load_study(study_name=name, storage=st.open_storage(url))
-    except KeyError:
-        st.join_study(url, name, space_fingerprint="")  # raises the error that lists the storage's studies
-        raise
-    st.check_version(found, name)
-    job = found.user_attrs.get(JOB_ATTR)
-    if not isinstance(job, dict) or "model" not in job:
-        raise st.StorageError(f"study {name!r} was not created by deepslim search with workers: nothing to run")
+    job = _wait_for_job(url, name, wait_s)
     space = SearchSpace.from_dict(job["space"])
     objectives = tuple(job["objectives"])
     study = st.join_study(url, name, space_fingerprint=engine.fingerprint(space, objectives))
@@ -271,6 +265,30 @@ def run_worker(url: str | None, name: str, *, threads: int = 1, model: str | Non
     done = st.run_queued_trials(study, run, recoverable=(DeepSlimError,))
     log.info("worker ran %d trial(s) of study %r", done, name)
     return done
+
+
+def _wait_for_job(url: str | None, name: str, wait_s: float) -> dict[str, Any]:
+    """The job the search recorded in study ``name``, waiting up to ``wait_s`` for it; a study of another deepslim
+    version is refused at once."""
+    optuna = st._optuna()
+    storage = st.open_storage(url)
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            found = optuna.load_study(study_name=name, storage=storage)
+            st.check_version(found, name)
+            job = found.user_attrs.get(JOB_ATTR)
+            if isinstance(job, dict) and "model" in job:
+                return job
+            problem: Exception = st.StorageError(f"study {name!r} was not created by deepslim search with workers: "
+                                                 "nothing to run")  # fmt: skip
+        except KeyError:
+            names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+            problem = st.StorageError(f"no study {name!r} in this storage (it has: {names}): create it with deepslim "
+                                      "search first, or give the worker --wait SECONDS")  # fmt: skip
+        if time.monotonic() >= deadline:
+            raise problem
+        time.sleep(st.POLL_S)
 
 
 def _load_model(record: dict[str, Any], given: str | None, arch: str | None, load: Callable[..., nn.Module]) -> Any:
