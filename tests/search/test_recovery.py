@@ -153,3 +153,19 @@ def test_an_unknown_device_lists_the_known_ones_and_energy_defaults_to_the_host(
     assert check_device(None, ("accuracy", "energy"), ()) == "host"
     assert check_device(None, ("accuracy", "latency"), ()) is None
     assert check_device("rpi4", ("accuracy",), ()) == "rpi4"
+
+
+def test_a_search_over_the_learning_rate_fine_tunes_each_trial_with_its_own_and_keeps_the_better(tmp_path):
+    pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    from deepslim.search import search
+
+    net, data = trained_net(), digits()
+    space = SearchSpace(recovery={"lr": [1e-3, 5e-3]})  # nothing pruned or quantized: the learning rate alone
+    result = search(net, data, space, ("accuracy", "latency"), trials=2, strategy="grid", out_dir=tmp_path,
+                    latency_table=fake_table(), finetune_epochs=1, top_k=1, uniform_ratios=(1.0,))  # fmt: skip
+    by_lr = {c.policy.recovery["lr"]: c for c in result.trials}
+    assert sorted(by_lr) == [1e-3, 5e-3] and {c.recovery for c in result.trials} == {"finetune"}
+    assert by_lr[1e-3].accuracy != by_lr[5e-3].accuracy  # each trial trained with its own rate
+    winner = max(by_lr.values(), key=lambda c: c.accuracy)
+    assert result.best.policy == winner.policy
+    assert result.best.accuracy == winner.accuracy  # the finalist's fine-tune repeats the trial's, seed for seed
