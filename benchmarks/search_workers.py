@@ -41,7 +41,7 @@ def train_dense(options: dict[str, Any], epochs: int, cache: str | None) -> torc
     that its file records the architecture the workers rebuild."""
     torch.manual_seed(0)
     net = ds.load_model("resnet20", num_classes=10, in_channels=1)
-    file = Path(cache) / f"dense-resnet20-{options['n_train']}-e{epochs}-s0.pt" if cache else None
+    file = Path(cache) / f"dense-resnet20-{options['n_train']}-e{epochs}-s0.pt" if cache else None  # any calib_size
     if file is not None and file.is_file():
         net.load_state_dict(torch.load(file, weights_only=True))
         return net.eval()
@@ -119,19 +119,23 @@ def main() -> None:
     p.add_argument("--trials", type=int, default=16)
     p.add_argument("--pairs", type=int, default=2, help="interleaved pairs of (1 worker x 2 threads, 2 workers x 1)")
     p.add_argument("--kills", type=int, default=3, help="runs of 2 workers with one killed mid-trial")
+    p.add_argument("--kill-trials", type=int, default=6, help="trials of each run with a killed worker")
+    p.add_argument("--keep-ratios", default="1.0,0.5", help="channel keep ratios of the space")
+    p.add_argument("--calib-size", type=int, default=64, help="images of the batch-norm re-estimation")
     p.add_argument("--n-train", type=int, default=6000)
     p.add_argument("--n-test", type=int, default=2000)
     p.add_argument("--epochs", type=int, default=3, help="dense training epochs")
     p.add_argument("--cache-dir", default=None, help="dense model and latency table cache")
     p.add_argument("--json", default=None)
     args = p.parse_args()
-    args.data_options = {"n_train": args.n_train, "n_test": args.n_test, "seed": 0}
+    args.data_options = {"n_train": args.n_train, "n_test": args.n_test, "seed": 0, "calib_size": args.calib_size}
     out = result_header("search_workers", threads=1)
     out["settings"] = {k: v for k, v in vars(args).items() if k != "json"}
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     dense = train_dense(args.data_options, args.epochs, args.cache_dir)
     data = ds.load_data(DATA, **args.data_options)
-    space = SearchSpace.from_model(dense, data.example_input)
+    ratios = tuple(float(r) for r in args.keep_ratios.split(","))
+    space = SearchSpace.from_model(dense, data.example_input, keep_ratios=ratios)
     table = LatencyTable(threads=1, cache_dir=args.cache_dir)
     out["space"] = {"groups": len(space.groups), "int8_layers": len(space.int8_layers), "policies": space.size}
     out["warm_up"] = one_run(dense, space, table, args, workers=1, threads=1, seed=100)
@@ -145,6 +149,7 @@ def main() -> None:
         save_json(out, args.json)
     ratios = [r["ratio"] for r in out["pairs"]]
     out["throughput_ratio_median"] = statistics.median(ratios) if ratios else None
+    args.trials = args.kill_trials
     out["kills"] = [one_run(dense, space, table, args, workers=2, threads=1, seed=50 + i, kill=True)
                     for i in range(args.kills)]  # fmt: skip
     out["kills_lost"] = sum(r["lost"] for r in out["kills"])

@@ -11,7 +11,7 @@ import pytest
 optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
 
 from deepslim.errors import ConfigError  # noqa: E402
-from deepslim.search import storage as storage_module  # noqa: E402
+from deepslim.search import _process  # noqa: E402
 from deepslim.search.storage import (  # noqa: E402
     StorageError,
     add_trial_slots,
@@ -40,7 +40,7 @@ def objective(trial):
 def worker(url, name, *, die_on_first_trial=False, elsewhere=False):
     if elsewhere:  # as if on another machine: only the heartbeat can tell that it died
         monkeypatch = pytest.MonkeyPatch()
-        monkeypatch.setattr(storage_module, "_machine_id", lambda: "another-machine/boot")
+        monkeypatch.setattr(_process, "machine_id", lambda: "another-machine/boot")
     study = join_study(url, name, space_fingerprint=FP, **FAST)
 
     def run(trial):
@@ -57,12 +57,12 @@ def start_workers(url, name, count, *, killer=False, elsewhere=False):
         kwargs = {"die_on_first_trial": True, "elsewhere": elsewhere}
         procs.append(_fork.Process(target=worker, args=(url, name), kwargs=kwargs))
         procs[0].start()
-        procs[0].join(30)
+        procs[0].join(120)  # a loaded machine may take long to start it
     for _ in range(count - len(procs)):
         procs.append(_fork.Process(target=worker, args=(url, name)))
         procs[-1].start()
     for p in procs:
-        p.join(60)
+        p.join(180)
     for p in procs:
         if p.is_alive():  # a hung worker fails the test below, and does not outlive it
             p.kill()

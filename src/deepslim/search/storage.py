@@ -36,6 +36,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from deepslim.errors import ConfigError, DeepSlimError
+from deepslim.search._process import holder_dead, this_process
 
 log = logging.getLogger(__name__)
 
@@ -286,54 +287,6 @@ def claim_trial(study: Any) -> Any | None:
     return None
 
 
-def _machine_id() -> str:
-    """This machine: its host name and, on Linux, its boot id (two containers may share a host name)."""
-    import socket
-
-    try:
-        boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:
-        boot = ""
-    return f"{socket.gethostname()}/{boot}"
-
-
-def _process_state(pid: int) -> tuple[str, int] | None:
-    """(state letter, start time in clock ticks) of process ``pid`` from /proc, or None when it does not exist or
-    /proc cannot tell."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return None
-    return fields[0], int(fields[19])
-
-
-def this_process() -> dict[str, Any]:
-    """What a claimed trial records about the process running it (:data:`HOLDER_ATTR`)."""
-    state = _process_state(os.getpid())
-    return {"machine": _machine_id(), "pid": os.getpid(), "start": state[1] if state else None}
-
-
-def _holder_dead(holder: Any, me: dict[str, Any]) -> bool:
-    """Whether the process that ``holder`` names is known to be gone: on this machine and not running (a zombie
-    counts as gone), or this very process (a trial it left running belongs to an interrupted earlier call)."""
-    if not isinstance(holder, dict) or holder.get("machine") != me["machine"]:
-        return False
-    if holder.get("pid") == me["pid"] and holder.get("start") == me["start"]:
-        return True
-    state = _process_state(int(holder.get("pid", -1)))
-    if state is None:
-        if Path("/proc/self/stat").is_file():
-            return True  # /proc works here and has no such process
-        try:
-            os.kill(int(holder.get("pid", -1)), 0)
-        except ProcessLookupError:
-            return True
-        except OSError:
-            return False
-        return False
-    return state[0] in ("Z", "X") or (holder.get("start") is not None and state[1] != holder["start"])
-
-
 def release_dead_trials(study: Any, *, mark: str | None = None) -> list[int]:
     """Fail the running trials whose process on this machine is gone and queue a retry of each (same parameters,
     up to :data:`MAX_RETRY` times, marked as Optuna's retry callbacks mark theirs); the failed trials' numbers.
@@ -347,7 +300,7 @@ def release_dead_trials(study: Any, *, mark: str | None = None) -> list[int]:
     running = storage.get_all_trials(study._study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     released = []
     for frozen in running:
-        if not _holder_dead(frozen.system_attrs.get(HOLDER_ATTR), me):
+        if not holder_dead(frozen.system_attrs.get(HOLDER_ATTR), me):
             continue
         try:
             if mark:
