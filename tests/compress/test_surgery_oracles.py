@@ -131,3 +131,37 @@ def test_keep_heads_equals_the_original_with_the_other_heads_silenced(fused):
 def test_an_unknown_layer_is_refused_by_name():
     with pytest.raises(TypeError, match="cannot remove channels of ReLU"):
         keep_outputs(nn.ReLU(), IDX)
+
+
+def test_keep_inputs_of_an_embedding_is_refused_by_name():
+    with pytest.raises(TypeError, match=r"^Embedding \(embedding\) has no input channels to remove$"):
+        keep_inputs(nn.Embedding(5, 4), IDX)
+
+
+class _Dense(nn.Module):
+    """A user's layer stored as (in, out), with no bias attribute and no attribute counting its channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(4, 6))
+
+    def forward(self, x):
+        return x @ self.weight
+
+
+def test_keep_outputs_of_a_registered_user_layer_without_bias_or_count_attributes():
+    from deepslim.models.adapters import LayerKind, register_layer_kind, unregister_layer_kind
+
+    register_layer_kind(_Dense, LayerKind(name="dense", out_dim=1, in_dim=0, per_channel=("bias",)))
+    try:
+        torch.manual_seed(0)
+        layer, x = _Dense(), torch.randn(2, 4)
+        expected = layer(x)[:, IDX]
+        keep_outputs(layer, IDX)
+        assert layer.weight.shape == (4, 3) and not hasattr(layer, "bias")
+        torch.testing.assert_close(layer(x), expected, rtol=0, atol=1e-6)
+        w = layer.weight.detach().clone()
+        keep_inputs(layer, torch.tensor([1, 3]))
+        assert torch.equal(layer.weight, w[[1, 3]])
+    finally:
+        unregister_layer_kind(_Dense)
