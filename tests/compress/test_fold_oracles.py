@@ -213,3 +213,13 @@ def test_a_model_without_running_statistics_needs_no_capture():
     model = _Untraceable()
     model.bn, model.bn2 = nn.BatchNorm2d(3, track_running_stats=False), nn.Identity()
     assert fold_batchnorm_(model) == []
+
+
+def test_a_half_precision_convolution_keeps_its_dtype_for_the_folded_bias():
+    # the statistics stay fp32 (as mixed precision keeps them): the new bias is cast back to the weight's dtype
+    model = _Seq(nn.Conv2d(2, 3, 1, bias=True).to(torch.bfloat16), _trained(nn.BatchNorm2d(3), 8)).eval()
+    conv = model.block[0]
+    ref = fuse_conv_bn_eval(copy.deepcopy(conv).float(), copy.deepcopy(model.block[1]))
+    assert fold_batchnorm_(model) == ["block.1"]
+    assert conv.weight.dtype == conv.bias.dtype == torch.bfloat16
+    torch.testing.assert_close(conv.bias.float(), ref.bias, rtol=1e-2, atol=1e-2)
