@@ -157,3 +157,21 @@ def test_benchmark_of_a_file_warms_up_then_runs_blocks_of_five_until_twenty(fake
     assert (res.runs, res.median_ms, res.threads, res.peak_memory_bytes) == (20, 14.0, 1, 500)
     assert res.p10_ms == pytest.approx(8.0) and res.p90_ms == pytest.approx(20.0)
     assert res.warnings == ("advice",)
+
+
+@pytest.mark.parametrize(("dt", "runs"), [(1 / 64, 64), (1 / 1024, 500), (1.0, 20)])
+def test_time_calls_defaults_under_a_scripted_clock(monkeypatch, dt, runs):
+    # each call takes dt seconds of a fake clock: 5 warm-up calls, then at least 20 runs and 1 s, at most 500 runs
+    import deepslim.export.bench as bench
+
+    now = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    calls = []
+
+    def fn():
+        calls.append(1)
+        now[0] += dt
+
+    times = time_calls(fn)
+    assert len(times) == runs and len(calls) == runs + 5
+    assert all(t == pytest.approx(dt * 1e3) for t in times)
