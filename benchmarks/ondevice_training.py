@@ -5,12 +5,13 @@ Sections (``--only`` picks some; all by default):
 - ``planner``: 5 models × 4 regimes (full, bias, last, sparse) × 2 batch sizes, stock PyTorch modules: the planner's
   saved-for-backward bytes against the ``saved_tensors_hooks`` oracle and its peak against the allocation trace of a
   real steady-state Adam step (``measure_peak_bytes``).
-- ``transfer``: a MobileNetV2-style CNN pretrained on Fashion-MNIST (real images, Debian ``dataset-fashion-mnist``)
-  adapted to the 5,000 real MNIST digits (``mnist-5k``): full fine-tuning, stock bias-only (the "< 10%" anchor),
-  last layer, efficient bias-only, TinyTL and sparse update (budgeted at bias-only's planned peak); saved bytes
-  (planner and oracle), peak (planner, allocation trace, and the peak RSS of a fresh process doing 3 steps),
-  accuracy, step time.
-- ``mobilenet``: MobileNetV2 (width 1.0, 128², batch 8): full vs stock bias vs TinyTL memory at a realistic size.
+- ``transfer``: a MobileNetV2-style CNN pretrained on Fashion-MNIST (real images, Debian ``dataset-fashion-mnist``;
+  ``--pretrained FILE`` caches the weights) adapted to the 5,000 real MNIST digits (``mnist-5k``): full
+  fine-tuning, stock bias-only (the "< 10%" anchor), last layer, efficient bias-only, TinyTL and sparse update
+  (budgeted at bias-only's peak); saved bytes (planner and oracle), peak (planner and allocation trace), step time
+  (interleaved) and test accuracy after ``--epochs`` at each of ``--lrs``, the rate chosen per mode on validation.
+- ``mobilenet``: MobileNetV2 (width 1.0, 128², batch 8): full vs stock bias vs TinyTL memory at a realistic size,
+  with the peak RSS of a fresh process per mode that loads the model and runs 3 Adam steps.
 - ``checkpoint``: √n gradient checkpointing of MobileNetV2's blocks: saved bytes and step time, interleaved.
 
 Run: ``nice -n 5 env OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ondevice_training.py --out results.json``.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import itertools
 import json
 import math
 import os
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from deepslim._io import atomic_path
 from deepslim.analysis.training import measure_peak_bytes, measure_saved_bytes, training_profile
 from deepslim.data import load_data
 from deepslim.models import load_model
@@ -42,6 +45,7 @@ from deepslim.train.ondevice import (
     bias_only_,
     checkpoint_sequential_,
     plan_sparse_update,
+    recalibrate_statistics_,
     sparse_update_,
     tinytl_,
 )
@@ -86,21 +90,36 @@ def _transfer_model() -> nn.Module:
     return load_model("mobilenet_v2", width_mult=0.25, num_classes=10, in_channels=1, input_size=28)
 
 
-def pretrain(epochs: int, cache: str | None) -> nn.Module:
-    source = load_data("fashion-mnist", n_train=6000, n_test=2000, batch_size=64)
+def pretrain(epochs: int, cache: str | None, n_train: int | None = None) -> nn.Module:
+    """The transfer task's base: MobileNetV2-0.25 trained on Fashion-MNIST (``n_train`` images, default all 60,000).
+
+    ``cache`` (a .pt file) keeps the weights, so reruns skip the pretraining; it is written atomically.
+    """
+    source = load_data("fashion-mnist", n_train=n_train, batch_size=128)
     model = _transfer_model()
     if cache and Path(cache).is_file():
         model.load_state_dict(torch.load(cache))
     else:
-        fit(model, source, epochs=epochs, lr=3e-3, seed=0)
+        fit(model, source, epochs=epochs, lr=3e-3, seed=0, threads=1,
+            on_epoch=lambda m: print(f"pretrain epoch {m}", flush=True))
         if cache:
-            torch.save(model.state_dict(), cache)
+            with atomic_path(cache) as tmp:
+                torch.save(model.state_dict(), tmp)
     print(f"pretrained on fashion-mnist: test accuracy {evaluate(model, source).accuracy:.2%}", flush=True)
     return model
 
 
-def _convert(model: nn.Module, mode: str, data: Any, x: torch.Tensor, budget: int | None) -> nn.Module:
-    """A copy of ``model`` converted for ``mode``, with ``requires_grad`` set on what trains."""
+TRANSFER_MODES = ("full", "stock-bias", "last", "bias", "tinytl", "sparse")
+
+
+def _convert(model: nn.Module, mode: str, data: Any, x: torch.Tensor, recalibrate: int = 0) -> nn.Module:
+    """A copy of ``model`` converted for ``mode``, with ``requires_grad`` set on what trains.
+
+    The efficient modes (bias, tinytl, sparse) freeze batch norm; ``recalibrate`` > 0 first re-estimates its
+    statistics on that many training batches of the new task (no gradients). ``sparse`` gets as its budget
+    efficient bias-only's peak: the lower of its planned and its measured peak, so that its measured peak can be
+    compared with bias-only's at the same memory.
+    """
     m = copy.deepcopy(model)
     if mode in ("full", "stock-bias", "last"):
         last = [n for n, mod in m.named_modules() if any(True for _ in mod.parameters(recurse=False))][-1]
@@ -108,13 +127,16 @@ def _convert(model: nn.Module, mode: str, data: Any, x: torch.Tensor, budget: in
             p.requires_grad_(mode == "full" or (mode == "stock-bias" and n.endswith(".bias"))
                              or (mode == "last" and n.rsplit(".", 1)[0] == last))  # fmt: skip
         return m
+    if recalibrate:
+        recalibrate_statistics_(m, [inputs for inputs, _ in itertools.islice(data.train, recalibrate)])
     if mode == "bias":
         return bias_only_(m)
     if mode == "tinytl":
         return tinytl_(m, example_input=x)
-    assert budget is not None
-    batches = [next(iter(data.train)) for _ in range(4)]
     bias_only_(m)  # efficient layers; the plan then picks what trains
+    budget = min(training_profile(m, x, trainable="current").peak_bytes,
+                 measure_peak_bytes(copy.deepcopy(m), x, trainable="current"))  # fmt: skip
+    batches = [next(iter(data.train)) for _ in range(4)]
     plan = plan_sparse_update(m, batches, F.cross_entropy, budget_bytes=budget, example_batch=x, optimizer="adam")
     return sparse_update_(m, plan)
 
@@ -133,46 +155,66 @@ def _step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
     return sorted(times[1:])[len(times[1:]) // 2]
 
 
-def transfer_rows(base: nn.Module, batch: int, epochs: int, lr: float) -> list[dict[str, Any]]:
+def transfer_rows(base: nn.Module, batch: int, epochs: int, lrs: tuple[float, ...],
+                  modes: tuple[str, ...] = TRANSFER_MODES, recalibrate: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+    """Memory of each mode (planned, oracle, trace), step time (interleaved), and accuracy after ``epochs`` at each
+    of ``lrs``: the learning rate is chosen per mode by validation accuracy, the test accuracy is reported."""
     data = load_data("mnist-5k", batch_size=batch)
     x, y = next(iter(data.train))
-    rows, budget = [], None
-    for mode in ("full", "stock-bias", "last", "bias", "tinytl", "sparse"):
-        model = _convert(base, mode, data, x, budget)
+    rows, models = [], {}
+    for mode in modes:
+        model = models[mode] = _convert(base, mode, data, x, recalibrate)
         prof = training_profile(model, x, trainable="current")
-        if mode == "bias":
-            budget = prof.peak_bytes  # sparse update gets exactly bias-only's planned peak
-        oracle = measure_saved_bytes(model, x, trainable="current")
-        peak = measure_peak_bytes(copy.deepcopy(model), x, trainable="current")
-        seconds = _step_seconds(copy.deepcopy(model), x, y, steps=3)
-        result = fit(model, data, epochs=epochs, lr=lr, seed=0)
-        rss = fresh_rss(model, x, y)
-        rows.append({"mode": mode, "planned_saved": prof.saved_bytes, "oracle_saved": oracle,
-                     "planned_peak": prof.peak_bytes, "measured_peak": peak, "rss_peak": rss,
-                     "trainable_params": prof.trainable_bytes // 4, "accuracy": evaluate(model, data).accuracy,
-                     "best_val": result.best_val_accuracy, "step_s": seconds})  # fmt: skip
-        print(f"transfer {mode:10} saved {oracle / MB:7.3f} MB peak {peak / MB:7.3f} MB "
-              f"(plan {prof.peak_bytes / MB:7.3f}) rss {rss / MB:7.1f} MB acc {rows[-1]['accuracy']:.2%} "
-              f"step {seconds * 1e3:.1f} ms", flush=True)
+        recal = recalibrate if mode in ("bias", "tinytl", "sparse") else 0
+        rows.append({"mode": mode + (" (recal.)" if recal else ""), "key": mode, "recalibrated_batches": recal,
+                     "planned_saved": prof.saved_bytes,
+                     "oracle_saved": measure_saved_bytes(model, x, trainable="current"),
+                     "planned_peak": prof.peak_bytes,
+                     "measured_peak": measure_peak_bytes(copy.deepcopy(model), x, trainable="current"),
+                     "trainable_params": prof.trainable_bytes // 4, "step_s": []})  # fmt: skip
+    for _ in range(3):  # interleaved: the machine is shared
+        for row in rows:
+            row["step_s"].append(_step_seconds(copy.deepcopy(models[row["key"]]), x, y, steps=3))
+    for row in rows:
+        row["step_s"] = sorted(row["step_s"])[1]
+        row["runs"] = []
+        for lr in lrs:
+            model = copy.deepcopy(models[row["key"]])
+            result = fit(model, data, epochs=epochs, lr=lr, seed=0, threads=1)
+            row["runs"].append({"lr": lr, "best_val": result.best_val_accuracy, "best_epoch": result.best_epoch,
+                                "test": evaluate(model, data, threads=1).accuracy})  # fmt: skip
+            print(f"transfer {row['mode']:10} lr {lr:g}: val {result.best_val_accuracy:.2%} "
+                  f"test {row['runs'][-1]['test']:.2%}", flush=True)  # fmt: skip
+        best = max(row["runs"], key=lambda r: r["best_val"])  # chosen on validation, reported on test
+        row.update(accuracy=best["test"], lr=best["lr"], best_val=best["best_val"], epochs=epochs)
+        print(f"transfer {row['mode']:10} saved {row['oracle_saved'] / MB:7.3f} MB peak "
+              f"{row['measured_peak'] / MB:7.3f} MB (plan {row['planned_peak'] / MB:7.3f}) acc {row['accuracy']:.2%} "
+              f"(lr {row['lr']:g}) step {row['step_s'] * 1e3:.1f} ms", flush=True)  # fmt: skip
     return rows
 
 
-def fresh_rss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> int:
-    """Peak resident memory of a fresh process that loads ``model`` and runs 3 Adam steps (the whole process)."""
+def fresh_rss(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> dict[str, int]:
+    """Peak resident memory of a fresh process that loads ``model`` and runs 3 Adam steps: before the first step
+    (interpreter, torch, the model and batch) and after the steps (the whole process's peak).
+
+    Read from ``VmHWM`` (the high-water mark of the process's own address space), not ``ru_maxrss``: Linux carries
+    ``ru_maxrss`` over from the parent through fork and exec, so a child of this big process would report the
+    parent's size (as session 4's 654.5 MB in every mode did).
+    """
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "m.pt")
         torch.save({"model": model, "x": x, "y": y}, path)
-        code = ("import resource,torch,sys;torch.set_num_threads(1);import torch.nn.functional as F;"
+        code = ("import re,torch,sys;torch.set_num_threads(1);import torch.nn.functional as F\n"
+                "def hwm(): return int(re.search(r'VmHWM:\\s+(\\d+)',open('/proc/self/status').read()).group(1))\n"
                 "d=torch.load(sys.argv[1],weights_only=False);m,x,y=d['model'],d['x'],d['y'];m.train();"
-                "o=torch.optim.Adam([p for p in m.parameters() if p.requires_grad],lr=1e-3);"
-                "b=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n"
+                "o=torch.optim.Adam([p for p in m.parameters() if p.requires_grad],lr=1e-3);b=hwm()\n"
                 "for _ in range(3):\n o.zero_grad(set_to_none=True);F.cross_entropy(m(x),y).backward();o.step()\n"
-                "print(b,resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)")  # fmt: skip
+                "print(b,hwm())")  # fmt: skip
         out = subprocess.run([sys.executable, "-c", code, path], capture_output=True, text=True, check=True,
                              env={**os.environ, "OMP_NUM_THREADS": "1"}).stdout.split()  # fmt: skip
-    return int(out[1]) * 1024
+    return {"rss_before": int(out[0]) * 1024, "rss_peak": int(out[1]) * 1024}
 
 
 def mobilenet_rows(batch: int, size: int) -> list[dict[str, Any]]:
@@ -182,16 +224,19 @@ def mobilenet_rows(batch: int, size: int) -> list[dict[str, Any]]:
     model.train()
     with torch.no_grad():
         model(x)
+    y = torch.randint(0, 10, (batch,))
     rows = []
     for mode in ("full", "stock-bias", "bias", "tinytl"):
-        m = _convert(model, mode, None, x, None)
+        m = _convert(model, mode, None, x)
         prof = training_profile(m, x, trainable="current")
         oracle = measure_saved_bytes(m, x, trainable="current")
         peak = measure_peak_bytes(copy.deepcopy(m), x, trainable="current")
         rows.append({"mode": mode, "planned_saved": prof.saved_bytes, "oracle_saved": oracle,
-                     "planned_peak": prof.peak_bytes, "measured_peak": peak, "weights": prof.weight_bytes})
+                     "planned_peak": prof.peak_bytes, "measured_peak": peak, "weights": prof.weight_bytes,
+                     **fresh_rss(m, x, y)})  # fmt: skip
         print(f"mobilenet_v2 {size}² b{batch} {mode:10} saved {oracle / MB:8.2f} MB peak {peak / MB:8.2f} MB "
-              f"(plan {prof.peak_bytes / MB:8.2f})", flush=True)  # fmt: skip
+              f"(plan {prof.peak_bytes / MB:8.2f}) RSS {rows[-1]['rss_before'] / MB:.1f} -> "
+              f"{rows[-1]['rss_peak'] / MB:.1f} MB", flush=True)  # fmt: skip
     return rows
 
 
@@ -238,19 +283,27 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append(f"| {name} | {batch} | " + " | ".join(cells.get(k, "") for k in REGIMES) + " |")
         lines.append("")
     if "transfer" in result:
-        lines += ["| mode | trainable params | saved (plan / oracle) | peak (plan / trace) | process peak RSS | acc. | "
-                  "step |", "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines += ["| mode | trainable params | saved (plan / oracle) | peak (plan / trace) | step | lr | "
+                  "acc. (test) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in result["transfer"]:
             lines.append(f"| {r['mode']} | {r['trainable_params']:,} | {r['planned_saved'] / MB:.3f} / "
                          f"{r['oracle_saved'] / MB:.3f} MB | {r['planned_peak'] / MB:.2f} / "
-                         f"{r['measured_peak'] / MB:.2f} MB | {r['rss_peak'] / MB:.1f} MB | {r['accuracy']:.2%} | "
-                         f"{r['step_s'] * 1e3:.1f} ms |")
+                         f"{r['measured_peak'] / MB:.2f} MB | {r['step_s'] * 1e3:.1f} ms | {r['lr']:g} | "
+                         f"{r['accuracy']:.2%} |")  # fmt: skip
+        lines += ["", "| mode | " + " | ".join(f"lr {run['lr']:g} (val / test)" for run in
+                                             result["transfer"][0]["runs"]) + " |",
+                  "|---|" + "---|" * len(result["transfer"][0]["runs"])]  # fmt: skip
+        for r in result["transfer"]:
+            lines.append(f"| {r['mode']} | " + " | ".join(f"{run['best_val']:.2%} / {run['test']:.2%}"
+                                                         for run in r["runs"]) + " |")  # fmt: skip
         lines.append("")
     if "mobilenet" in result:
-        lines += ["| MobileNetV2 128² b8 | saved (plan / oracle) | peak (plan / trace) |", "|---|---|---|"]
+        lines += ["| MobileNetV2 128² b8 | saved (plan / oracle) | peak (plan / trace) | process RSS (loaded / peak) |",
+                  "|---|---|---|---|"]  # fmt: skip
         for r in result["mobilenet"]:
             lines.append(f"| {r['mode']} | {r['planned_saved'] / MB:.2f} / {r['oracle_saved'] / MB:.2f} MB | "
-                         f"{r['planned_peak'] / MB:.2f} / {r['measured_peak'] / MB:.2f} MB |")
+                         f"{r['planned_peak'] / MB:.2f} / {r['measured_peak'] / MB:.2f} MB | "
+                         f"{r.get('rss_before', 0) / MB:.1f} / {r.get('rss_peak', 0) / MB:.1f} MB |")
         lines.append("")
     return "\n".join(lines)
 
@@ -258,9 +311,14 @@ def markdown(result: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=["planner", "transfer", "mobilenet", "checkpoint"])
-    parser.add_argument("--pretrain-epochs", type=int, default=3)
+    parser.add_argument("--pretrain-epochs", type=int, default=5)
+    parser.add_argument("--pretrain-n", type=int, help="Fashion-MNIST images to pretrain on (default: all 60,000)")
     parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lrs", type=float, nargs="+", default=[1e-3, 3e-3, 1e-2],
+                        help="learning rates tried in every transfer mode (chosen per mode on validation)")
+    parser.add_argument("--modes", nargs="+", default=list(TRANSFER_MODES), help="transfer modes to run")
+    parser.add_argument("--recalibrate", type=int, default=0,
+                        help="batches of the new task to re-estimate frozen batch-norm statistics on (efficient modes)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--json", "--out", dest="out", default="ondevice_training.json", help="write the results here")
     parser.add_argument("--pretrained", help="cache file of the pretrained weights (written if missing)")
@@ -268,8 +326,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.render:
         merged: dict[str, Any] = {}
-        for path in args.render:
-            merged.update(json.loads(Path(path).read_text()))
+        for path in args.render:  # transfer rows of several files (modes run apart) are concatenated
+            part = json.loads(Path(path).read_text())
+            rows = merged.get("transfer", []) + part.get("transfer", [])
+            merged.update(part)
+            if rows:
+                merged["transfer"] = rows
         print(markdown(merged))
         return
     torch.set_num_threads(1)
@@ -279,8 +341,9 @@ def main() -> None:
     if "planner" in args.only:
         result["planner"] = planner_rows((8, 32))
     if "transfer" in args.only:
-        base = pretrain(args.pretrain_epochs, args.pretrained)
-        result["transfer"] = transfer_rows(base, args.batch, args.epochs, args.lr)
+        base = pretrain(args.pretrain_epochs, args.pretrained, args.pretrain_n)
+        result["transfer"] = transfer_rows(base, args.batch, args.epochs, tuple(args.lrs), tuple(args.modes),
+                                           args.recalibrate)
     if "mobilenet" in args.only:
         result["mobilenet"] = mobilenet_rows(8, 128)
     if "checkpoint" in args.only:
@@ -288,8 +351,8 @@ def main() -> None:
     result["loadavg_after"] = Path("/proc/loadavg").read_text().strip()
     result["seconds"] = time.perf_counter() - start
     result["max_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    with open(args.out, "w") as fh:
-        json.dump(result, fh, indent=2)
+    with atomic_path(args.out) as tmp:
+        tmp.write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out} in {result['seconds']:.0f} s; load {load_before} -> {result['loadavg_after']}")
 
 

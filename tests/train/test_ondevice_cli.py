@@ -40,10 +40,10 @@ def test_profile_training_json_gives_the_planners_totals_and_the_device_fit(caps
 
 
 def test_profile_training_text_names_layers_trained_the_stock_way(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "profile", "lenet5", "--training", "--trainable", "bias", "--efficient")
+    code, out, _ = run(capsys, "profile", "vit_tiny", "--training", "--trainable", "bias", "--efficient")
     assert code == 0
     assert "saved" in out and "peak" in out and "efficient" in out
-    assert "trained the stock way: features.1 (MaxPool2d, keeps" in out
+    assert "trained the stock way: blocks.0.ln1 (LayerNorm, keeps" in out
 
 
 def test_profile_training_refuses_an_unknown_trainable_with_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -73,16 +73,20 @@ def test_finetune_reports_predicted_and_measured_memory_and_accuracy(capsys: pyt
     assert 0 <= res["accuracy_before"] == res["accuracy_after"] <= 1  # no epoch: the same model
     assert res["trainable_params"] == sum(p.numel() for n, p in load_model("lenet5").named_parameters()
                                           if n.endswith(".bias"))  # fmt: skip
-    assert set(res["stock_layers"]) == {"features.1 (MaxPool2d)", "features.3 (MaxPool2d)"}
-    assert all(b > 0 for b in res["stock_layers"].values())  # the memory consequence, in bytes kept
+    assert res["stock_layers"] == {}  # convolutions, max pooling, linear layers and ReLU: all covered
 
 
 def test_finetune_text_shows_both_columns_and_the_stock_layers(capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, _ = run(capsys, "finetune-ondevice", "lenet5", "--data", "digits", "--mode", "tinytl", "--epochs", "0")
+    code, out, _ = run(capsys, "finetune-ondevice", "vit_tiny", "--data", "digits", "--mode", "tinytl", "--epochs",
+                       "0", "--json")  # fmt: skip
+    assert code == 0
+    res = json.loads(out)
+    assert any("no residual block" in n for n in res["notes"])  # a ViT has none: biases and the head train
+    assert "blocks.0.mlp.1 (GELU)" in res["stock_layers"] and all(b > 0 for b in res["stock_layers"].values())
+    code, out, _ = run(capsys, "finetune-ondevice", "vit_tiny", "--data", "digits", "--mode", "tinytl", "--epochs", "0")
     assert code == 0
     assert "predicted" in out and "measured" in out and "accuracy" in out
-    assert "no residual block" in out  # lenet5 has none: biases and the head train
-    assert "trained the stock way" in out and "features.1 (MaxPool2d)" in out
+    assert "trained the stock way" in out and "blocks.0.mlp.1 (GELU)" in out
 
 
 def test_a_budget_not_even_bias_only_meets_exits_2_with_the_smallest_figure(capsys: pytest.CaptureFixture[str]) -> None:

@@ -5,7 +5,8 @@ the optimizer state throughout, and on top of them, at the worst moment, one of:
 
 - forward: every activation alive at that operator, where a saved activation lives to the end of the forward;
 - backward, at operator i (in reverse): what operators ≤ i saved, the gradients flowing through operator i (of its
-  outputs and of its inputs) and the parameter gradients accumulated for operators ≥ i;
+  outputs and of its inputs), the parameter gradients accumulated for operators > i, and the larger of operator
+  i's scratch and its own parameter gradients (made once the scratch is freed);
 - the optimizer step: every parameter gradient.
 
 The input batch is held by the caller throughout. Convolutions on the CPU (oneDNN) also allocate an output-sized
@@ -69,8 +70,11 @@ def activation_peak(ops: list[OpRecord], inputs: dict[Hashable, int], outputs: s
     held = sum(inputs.values())
     param_grads, backward = 0, 0
     for op in reversed(ops):
-        param_grads += op.param_grad_bytes
-        backward = max(backward, op.saved_so_far + op.grad_bytes + op.backward_workspace + param_grads)
+        # an operator's own parameter gradients are made after its backward scratch is freed (oneDNN's weight
+        # gradient comes out of its blocked copy): the two do not add up
+        own = op.param_grad_bytes
+        backward = max(backward, op.saved_so_far + op.grad_bytes + max(op.backward_workspace, own) + param_grads)
+        param_grads += own
     return held + forward, held + backward
 
 

@@ -11,6 +11,7 @@ buffers, which are resident anyway.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 from collections.abc import Callable, Hashable, Iterator
 from typing import Any
@@ -48,14 +49,14 @@ class SavedTracer(TorchDispatchMode):
         self.saved_held = 0  # saved bytes that are not the input batch's
         self.custom = 0  # > 0 while an efficient module's own autograd function runs
         self.own: list[bool] = []  # per running module: whether it declares what it keeps
-        self.conv_seen = False  # the operator being recorded is a convolution (it has scratch buffers)
+        self.conv_seen: list[Any] | None = None  # the arguments of the operator being recorded, if a convolution
         # backward records of modules that recompute their forward in backward (checkpointing), sized afterwards
         self.deferred: list[tuple[OpRecord, nn.Module, list[tuple[torch.Size, torch.dtype, bool]]]] = []
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
         kwargs = kwargs or {}
         out = _fake_batch_norm(func, args) or func(*args, **kwargs)
-        self.conv_seen = func.overloadpacket in _CONVOLUTIONS
+        self.conv_seen = _positional(func, args, kwargs) if func.overloadpacket in _CONVOLUTIONS else None
         ins, outs = tensors((args, kwargs)), tensors(out)
         self.keep += ins + outs
         if not outs:
@@ -95,15 +96,16 @@ class SavedTracer(TorchDispatchMode):
                 op.reads.add(key)
                 op.grad_bytes += t.numel() * t.element_size() if needs and t.requires_grad else 0
             elif t.requires_grad:
-                op.params[key] = storage_bytes(t)
+                canonical = getattr(self.resident, "key_of", None)
+                op.params[canonical(key) if canonical else key] = storage_bytes(t)
         for t in outs:
             key = storage_key(t)
             if key not in self.resident:
                 op.writes.setdefault(key, storage_bytes(t))
                 op.grad_bytes += t.numel() * t.element_size() if needs and t.is_floating_point() else 0
-        if self.conv_seen:  # oneDNN writes the output in a channel-blocked layout (16 to a block) first
+        if self.conv_seen is not None:  # oneDNN writes the output in a channel-blocked layout (16 to a block) first
             op.workspace = sum(_blocked_bytes(t) for t in outs)
-            op.backward_workspace = storage_bytes(ins[0]) if needs and ins[0].requires_grad else 0
+            op.backward_workspace = _conv_backward_scratch(self.conv_seen, ins, outs[0]) if needs else 0
         self.ops.append(op)
 
     def peak(self, outputs: list[torch.Tensor]) -> tuple[int, int]:
@@ -122,6 +124,46 @@ def _blocked_bytes(t: torch.Tensor) -> int:
     if t.dim() < 3 or t.shape[1] < 8:
         return storage_bytes(t)
     return t.numel() // t.shape[1] * (-(-t.shape[1] // 16) * 16) * t.element_size()
+
+
+def _blocked_weight_bytes(w: torch.Tensor) -> int:
+    """Bytes of a convolution weight in oneDNN's blocked layout: output and input channels (each, when 8 or more)
+    rounded up to a multiple of 16."""
+    dims = [(-(-d // 16) * 16 if d >= 8 else d) if i < 2 else d for i, d in enumerate(w.shape)]
+    return math.prod(dims) * w.element_size()
+
+
+def _uses_onednn(call: list[Any]) -> bool:
+    """Whether torch runs this CPU float convolution with oneDNN (its ``ConvParams::use_mkldnn`` test): a 1×1,
+    unstrided, undilated convolution of a batch under 16 on one thread goes to the native kernel instead."""
+    x, w, stride, dilation, groups = call[0], call[1], call[3], call[5], call[8]
+    if x.dtype != torch.float32 or x.dim() != 4 or w.dim() != 4 or not torch.backends.mkldnn.is_available():
+        return False
+    one_by_one = w.shape[-1] == 1 and w.shape[-2] == 1
+    if not (any(s != 1 for s in stride) or any(d != 1 for d in dilation) or x.shape[0] >= 16 or not one_by_one
+            or torch.get_num_threads() > 1):  # fmt: skip
+        return False
+    return groups > 1 or (w.shape[-1] > 3 and w.shape[-2] > 3) or x.shape[0] > 1 or x.numel() > 20480
+
+
+def _conv_backward_scratch(call: list[Any], ins: list[torch.Tensor], out: torch.Tensor) -> int:
+    """What a CPU (oneDNN) convolution's backward allocates besides the gradients it returns, at its worst.
+
+    Measured in the allocation trace: the input gradient (if needed) comes from blocked copies of the output
+    gradient and the weight into a blocked input gradient; the weight and bias gradients (if either is needed) from
+    blocked copies of the output gradient, the input and the weight gradient (made even when only the bias trains:
+    one primitive computes both; the unwanted one is dropped after the copies). The phases run one after the other.
+    """
+    x, w = ins[0], ins[1] if len(ins) > 1 else None
+    if w is None or not _uses_onednn(call):  # the native kernels: an input-sized buffer for the input gradient
+        return storage_bytes(x) if x.requires_grad else 0
+    blocked_out, blocked_w = _blocked_bytes(out), _blocked_weight_bytes(w)
+    blocked_x = _blocked_bytes(x) if x.dim() > 1 and x.shape[1] >= 8 else 0  # a plain input (an image) is read as is
+    data = blocked_out + blocked_w + _blocked_bytes(x) if x.requires_grad else 0
+    bias = ins[2] if len(ins) > 2 else None
+    if not (w.requires_grad or (bias is not None and bias.requires_grad)):
+        return data
+    return max(data, blocked_out + blocked_x + blocked_w)  # the dropped weight gradient comes after them
 
 
 def resolve_deferred(tracer: SavedTracer) -> None:
@@ -206,6 +248,14 @@ class Resident(set):
         own = [*model.parameters(), *model.buffers()]
         self.twins = [mode.from_tensor(t) for t in own] if mode is not None else []
         super().__init__(storage_key(t) for t in (*own, *self.twins))
+        # an operator may see a parameter itself (the tracer runs before the fake mode converts it) or its twin (the
+        # output of an earlier view): both stand for one parameter, whose gradient is counted once
+        twins = self.twins or own  # without a fake mode each tensor stands for itself
+        self.canonical = {storage_key(twin): storage_key(t) for t, twin in zip(own, twins, strict=True)}
+
+    def key_of(self, key: Hashable) -> Hashable:
+        """The parameter's own storage key for a twin's key (any other key as is)."""
+        return self.canonical.get(key, key)
 
 
 def resident_keys(model: nn.Module, mode: Any = None) -> Resident:

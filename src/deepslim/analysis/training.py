@@ -39,6 +39,9 @@ if TYPE_CHECKING:
     from deepslim.analysis.devices import DeviceProfile
 
 _OPTIMIZER_STATES = {"sgd": 0, "sgd-momentum": 1, "adam": 2}  # state tensors per trainable parameter
+# parameter-sized temporaries of one parameter's update (torch's single-tensor CPU step): Adam's denominator is
+# ``sqrt`` then ``div`` of its second moment, both fresh tensors; SGD updates in place
+_STEP_TEMPORARIES = {"sgd": 0, "sgd-momentum": 0, "adam": 2}
 
 
 @dataclass(frozen=True)
@@ -200,16 +203,18 @@ def _assemble(model: nn.Module, tracer: SavedTracer, names: set[str], label: str
         if frozen or trainable or saved.get(mod_name):
             rows.append(LayerTraining(mod_name, type(mod).__name__, frozen, trainable, trainable,
                                       trainable * states, saved.get(mod_name, 0), mod_name in tracer.efficient))
-    return _totals(model, tuple(rows), tracer, label, optimizer, batch_size, peaks)
+    return _totals(model, tuple(rows), tracer, names, label, optimizer, batch_size, peaks)
 
 
-def _totals(model: nn.Module, rows: tuple[LayerTraining, ...], tracer: SavedTracer, label: str, optimizer: str,
-            batch_size: int | None, peaks: tuple[int, int]) -> TrainingProfile:  # fmt: skip
+def _totals(model: nn.Module, rows: tuple[LayerTraining, ...], tracer: SavedTracer, names: set[str], label: str,
+            optimizer: str, batch_size: int | None, peaks: tuple[int, int]) -> TrainingProfile:  # fmt: skip
     weights = sum(r.frozen_bytes + r.trainable_bytes for r in rows)
     grads, states = sum(r.grad_bytes for r in rows), sum(r.optimizer_bytes for r in rows)
     saved_total = sum(r.saved_bytes for r in rows)
     # steady state: weights and optimizer state always; on top, the forward, the backward or the update's gradients
-    peak = weights + states + max(*peaks, grads + sum(tracer.inputs.values()))
+    largest = max((p.numel() * p.element_size() for n, p in model.named_parameters() if n in names), default=0)
+    update = grads + _STEP_TEMPORARIES[optimizer] * largest  # the optimizer step, at its largest parameter
+    peak = weights + states + max(*peaks, update + sum(tracer.inputs.values()))
     stock = tuple(r.name for r in rows if not r.efficient and (r.saved_bytes or r.trainable_bytes))
     return TrainingProfile(
         model=type(model).__name__, batch_size=batch_size, trainable=label, optimizer=optimizer, layers=rows,

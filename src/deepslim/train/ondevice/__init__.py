@@ -6,14 +6,23 @@ under a memory budget, counted by :func:`deepslim.analysis.training.training_pro
 """
 
 from deepslim.train.ondevice._functions import pack_bits, unpack_bits
-from deepslim.train.ondevice.convert import bias_only_, efficient_, residual_blocks, tinytl_, uncovered_layers
+from deepslim.train.ondevice.convert import (
+    bias_only_,
+    efficient_,
+    recalibrate_statistics_,
+    residual_blocks,
+    tinytl_,
+    uncovered_layers,
+)
 from deepslim.train.ondevice.finetune import MODES, OnDeviceResult, finetune_ondevice, smallest_peak
 from deepslim.train.ondevice.modules import (
     BlockAvgPool2d,
+    CompactMaxPool2d,
     FrozenBatchNorm2d,
     FrozenConv2d,
     FrozenLinear,
     LiteResidual,
+    PackedDropout,
     PackedReLU,
     PackedReLU6,
 )
@@ -21,12 +30,14 @@ from deepslim.train.ondevice.sparse import SparseUpdatePlan, checkpoint_sequenti
 
 __all__ = [
     "BlockAvgPool2d",
+    "CompactMaxPool2d",
     "FrozenBatchNorm2d",
     "FrozenConv2d",
     "FrozenLinear",
     "LiteResidual",
     "MODES",
     "OnDeviceResult",
+    "PackedDropout",
     "PackedReLU",
     "PackedReLU6",
     "SparseUpdatePlan",
@@ -36,6 +47,7 @@ __all__ = [
     "finetune_ondevice",
     "pack_bits",
     "plan_sparse_update",
+    "recalibrate_statistics_",
     "residual_blocks",
     "smallest_peak",
     "sparse_update_",

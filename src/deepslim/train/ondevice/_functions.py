@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
@@ -150,3 +151,71 @@ class BlockAvgPoolFn(torch.autograd.Function):
         spread = (grad / (kh * kw)).repeat_interleave(kh, dim=-2).repeat_interleave(kw, dim=-1)
         # rows and columns that floor-mode pooling dropped get no gradient
         return F.pad(spread, (0, width - spread.shape[-1], 0, height - spread.shape[-2])), None
+
+
+class PackedDropoutFn(torch.autograd.Function):
+    """Dropout whose mask is kept as bits: stock CPU dropout keeps its float noise tensor (32× as much).
+
+    The noise is drawn as stock ``F.dropout`` draws it on the CPU (``bernoulli_(1 − p)`` on a tensor like the
+    input, then scaled by 1/(1 − p)), so a seeded run matches the stock layer bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, p: float) -> torch.Tensor:
+        noise = torch.empty_like(x).bernoulli_(1 - p)
+        ctx.save_for_backward(pack_bits(noise.bool()))
+        ctx.shape = x.shape
+        noise.div_(1 - p)
+        # the kept elements' noise value as the stock kernel computes it (1 / (1 - p) in float32), without reading a
+        # tensor back (the planner runs this on fake tensors)
+        ctx.scale = float(np.float32(1.0) / np.float32(1 - p)) if x.dtype == torch.float32 else 1 / (1 - p)
+        return x * noise
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (packed,) = ctx.saved_tensors
+        return torch.where(unpack_bits(packed, ctx.shape), grad * ctx.scale, grad.new_zeros(())), None
+
+
+def _window_offsets(out_hw: tuple[int, ...], stride: tuple[int, int], padding: tuple[int, int],
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Row and column of each output window's first tap in the input (``(OH, 1)`` and ``(OW,)``)."""
+    rows = torch.arange(out_hw[0], device=device).view(-1, 1) * stride[0] - padding[0]
+    cols = torch.arange(out_hw[1], device=device) * stride[1] - padding[1]
+    return rows, cols
+
+
+class CompactMaxPoolFn(torch.autograd.Function):
+    """2-D max pooling that keeps, per output element, only the argmax's place in its window (one byte for
+    windows up to 256 taps) — stock max pooling keeps its whole float input and 8-byte flat indices.
+
+    The backward rebuilds the flat indices and scatter-adds the gradient, as ``max_pool2d_with_indices_backward``
+    does (overlapping windows that share a maximum add up).
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int],
+                padding: tuple[int, int], dilation: tuple[int, int], ceil_mode: bool) -> torch.Tensor:  # fmt: skip
+        out, flat = F.max_pool2d(x, kernel, stride, padding, dilation, ceil_mode, return_indices=True)
+        width = x.shape[-1]
+        rows, cols = _window_offsets(tuple(out.shape[-2:]), stride, padding, x.device)
+        tap_row = torch.div(flat, width, rounding_mode="floor").sub_(rows).div_(dilation[0], rounding_mode="floor")
+        tap_col = flat.remainder(width).sub_(cols).div_(dilation[1], rounding_mode="floor")
+        taps = kernel[0] * kernel[1]
+        offset = tap_row.mul_(kernel[1]).add_(tap_col).to(torch.uint8 if taps <= 256 else torch.int32)
+        ctx.save_for_backward(offset)
+        ctx.conf, ctx.input_shape = (kernel, stride, padding, dilation), x.shape
+        return out
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[Any, ...]:
+        (offset,) = ctx.saved_tensors
+        kernel, stride, padding, dilation = ctx.conf
+        height, width = ctx.input_shape[-2:]
+        rows, cols = _window_offsets(tuple(grad.shape[-2:]), stride, padding, grad.device)
+        tap = offset.long()
+        flat = (torch.div(tap, kernel[1], rounding_mode="floor").mul_(dilation[0]).add_(rows)).mul_(width)
+        flat.add_(tap.remainder_(kernel[1]).mul_(dilation[1]).add_(cols))
+        grad_x = grad.new_zeros(*ctx.input_shape[:-2], height * width)
+        grad_x.scatter_add_(-1, flat.flatten(-2), grad.flatten(-2))
+        return grad_x.view(ctx.input_shape), None, None, None, None, None

@@ -21,10 +21,12 @@ from deepslim.errors import ConfigError
 from deepslim.train.ondevice.modules import (
     EFFICIENT_TYPES,
     BlockAvgPool2d,
+    CompactMaxPool2d,
     FrozenBatchNorm2d,
     FrozenConv2d,
     FrozenLinear,
     LiteResidual,
+    PackedDropout,
     PackedReLU,
     PackedReLU6,
     add_lite_residual,
@@ -47,6 +49,10 @@ def _swap(module: nn.Module) -> bool:
         module.__class__ = PackedReLU
     elif type(module) is nn.ReLU6:
         module.__class__ = PackedReLU6
+    elif type(module) is nn.Dropout:
+        module.__class__ = PackedDropout
+    elif type(module) is nn.MaxPool2d and not module.return_indices:
+        module.__class__ = CompactMaxPool2d
     elif type(module) is nn.BatchNorm2d and module.track_running_stats and module.affine:
         module.__class__ = FrozenBatchNorm2d
         cast(FrozenBatchNorm2d, module).refresh()
@@ -64,7 +70,8 @@ def efficient_(model: nn.Module) -> nn.Module:
     """Swap every covered layer for its memory-efficient form, in place; return the model.
 
     Covered: Conv2d (zero padding), Linear, ReLU, ReLU6, BatchNorm2d with running statistics (then frozen to them),
-    global average pooling. The rest is named in a warning and trains the stock way.
+    global average pooling, Dropout (mask as bits), MaxPool2d (the argmax's place in its window). The rest is named
+    in a warning and trains the stock way.
     """
     for name, module in list(model.named_modules()):
         if _global_pool(module):
@@ -135,6 +142,45 @@ def tinytl_(model: nn.Module, *, residual: bool = True, example_input: Example |
         stride = max(1, round(hin / max(hout, 1)))
         block.lite_residual = LiteResidual(cin, cout, stride, downsample=downsample, expand=expand, groups=groups)
         block.register_forward_hook(add_lite_residual)
+    return model
+
+
+def recalibrate_statistics_(model: nn.Module, inputs: Iterable[Example]) -> nn.Module:
+    """Re-estimate every batch norm's running statistics on the target task's ``inputs`` (AdaBN: Li et al., 2016),
+    in place; frozen batch norms are refolded. Return the model.
+
+    A frozen batch norm normalizes with the source task's statistics; on a new task the features shift, and biases
+    alone follow that slowly. Forward passes without gradients (no training memory) average each layer's batch
+    statistics over ``inputs`` (a few batches of the new task; targets are not needed).
+    """
+    batches = list(inputs)
+    if not batches:
+        raise ConfigError("recalibrating batch-norm statistics needs at least one batch of inputs")
+    norms: list[nn.modules.batchnorm._BatchNorm] = [
+        m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    kinds = {m: (type(m), m.momentum) for m in norms}
+    modes = {m: m.training for m in model.modules()}
+    try:
+        model.eval()  # dropout off; only the norms collect statistics
+        for norm in norms:
+            if isinstance(norm, FrozenBatchNorm2d):
+                norm.__class__ = nn.BatchNorm2d  # type: ignore[assignment]  # the stock layer accumulates statistics
+            norm.reset_running_stats()
+            norm.momentum = None  # a cumulative average over the batches
+            norm.train()
+        with torch.no_grad():
+            for batch in batches:
+                args, kwargs = as_call(batch)
+                model(*args, **kwargs)
+    finally:
+        for norm, (kind, momentum) in kinds.items():
+            norm.__class__ = kind
+            norm.momentum = momentum
+        for module, mode in modes.items():
+            module.training = mode
+    for norm in norms:
+        if isinstance(norm, FrozenBatchNorm2d):
+            norm.refresh()
     return model
 
 

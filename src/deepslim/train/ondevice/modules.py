@@ -20,8 +20,11 @@ from deepslim.train.ondevice._functions import (
     BlockAvgPoolFn,
     ChannelAffineFn,
     ClampMasked,
+    CompactMaxPoolFn,
     FrozenConv2dFn,
     FrozenLinearFn,
+    PackedDropoutFn,
+    _pair,
     packed_bytes,
 )
 
@@ -160,6 +163,52 @@ class BlockAvgPool2d(nn.Module):
         return BlockAvgPoolFn.apply(x, kernel)
 
 
+class PackedDropout(nn.Dropout):
+    """Dropout that keeps its mask as bits for backward (stock CPU dropout keeps a float noise tensor: 32× more).
+
+    Draws the same mask as the stock layer for the same random state; in place or not, it returns a new tensor.
+    """
+
+    def efficient_for(self, args: tuple[Any, ...]) -> bool:
+        return self.training and 0 < self.p < 1
+
+    def saved_for_backward(self, args: tuple[Any, ...], output: torch.Tensor) -> list[torch.Tensor | int]:
+        return [packed_bytes(args[0].numel())] if args[0].requires_grad else []
+
+    def backward_workspace(self, args: tuple[Any, ...], output: torch.Tensor) -> int:
+        return 2 * args[0].numel()  # the mask unpacked: the shifted bytes, then the booleans
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.efficient_for((x,)) or not _needs_grad(x):
+            return super().forward(x)
+        return PackedDropoutFn.apply(x, self.p)
+
+
+class CompactMaxPool2d(nn.MaxPool2d):
+    """MaxPool2d that keeps for backward only each maximum's place in its window (1 byte an output element for
+    windows of up to 256 taps), not the float input and 8-byte indices stock max pooling keeps."""
+
+    def efficient_for(self, args: tuple[Any, ...]) -> bool:
+        return not self.return_indices and isinstance(args[0], torch.Tensor) and args[0].dim() in (3, 4)
+
+    def _conf(self) -> tuple[tuple[int, int], ...]:
+        kernel = _pair(self.kernel_size)
+        stride = _pair(self.stride) if self.stride else kernel
+        return kernel, stride, _pair(self.padding), _pair(self.dilation)
+
+    def saved_for_backward(self, args: tuple[Any, ...], output: torch.Tensor) -> list[torch.Tensor | int]:
+        kernel = self._conf()[0]
+        return [output.numel() * (1 if kernel[0] * kernel[1] <= 256 else 4)] if args[0].requires_grad else []
+
+    def backward_workspace(self, args: tuple[Any, ...], output: torch.Tensor) -> int:
+        return 3 * 8 * output.numel()  # the flat indices rebuilt (int64) and their row and column terms
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.efficient_for((x,)) or not _needs_grad(x):
+            return super().forward(x)
+        return CompactMaxPoolFn.apply(x, *self._conf(), self.ceil_mode)
+
+
 class LiteResidual(nn.Module):
     """TinyTL's lite residual branch: a downsampled group-conv side path added to a block's output.
 
@@ -191,4 +240,5 @@ def add_lite_residual(module: nn.Module, args: tuple[Any, ...], output: torch.Te
     return output + branch(args[0], output.shape[-2:])
 
 
-EFFICIENT_TYPES = (FrozenConv2d, FrozenLinear, PackedReLU, PackedReLU6, FrozenBatchNorm2d, BlockAvgPool2d)
+EFFICIENT_TYPES = (FrozenConv2d, FrozenLinear, PackedReLU, PackedReLU6, FrozenBatchNorm2d, BlockAvgPool2d,
+                   PackedDropout, CompactMaxPool2d)  # fmt: skip
