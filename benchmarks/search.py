@@ -137,6 +137,8 @@ def main() -> None:
     p.add_argument("--skip-search", action="store_true", help="only train and check the latency table")
     p.add_argument("--speed-only", action="store_true", help="ResNet-18 224² uniform vs latency-aware, speed alone")
     p.add_argument("--speed-rounds", type=int, default=20)
+    p.add_argument("--speed-span", type=int, default=2, help="steps a group may move from uniform (speed-only)")
+    p.add_argument("--speed-moves", type=int, default=12, help="channel moves at most (speed-only)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     args.budgets = [float(b) for b in args.budgets.split(",")]
@@ -149,7 +151,8 @@ def main() -> None:
     if args.speed_only:
         from _search_speed import speed_only
 
-        out["speed_only"] = speed_only(LatencyTable(threads=1, cache_dir=args.cache_dir), rounds=args.speed_rounds)
+        out["speed_only"] = speed_only(LatencyTable(threads=1, cache_dir=args.cache_dir), rounds=args.speed_rounds,
+                                       span=args.speed_span, max_moves=args.speed_moves)  # fmt: skip
         write_result(out, args.json)
         return
     for name in args.models.split(","):
