@@ -175,3 +175,50 @@ def test_time_calls_defaults_under_a_scripted_clock(monkeypatch, dt, runs):
     times = time_calls(fn)
     assert len(times) == runs and len(calls) == runs + 5
     assert all(t == pytest.approx(dt * 1e3) for t in times)
+
+
+def test_benchmark_argument_errors_name_the_fix(tmp_path, big_and_small_files):
+    big, _ = big_and_small_files
+    layer = nn.Linear(3, 2)
+    for seconds in (0.0, float("inf")):
+        with pytest.raises(ds.ConfigError, match=rf"^min_seconds must be a positive number of seconds, got {seconds}$"):
+            ds.benchmark(layer, runtime="torch", input_shape=(1, 3), min_seconds=seconds)
+    with pytest.raises(ds.ConfigError, match=r"^runtime 'torch' benchmarks a module, not a file$"):
+        ds.benchmark(big, runtime="torch")
+    with pytest.raises(ds.ConfigError, match=r"^benchmark needs example_input or input_shape$"):
+        ds.benchmark(layer, runtime="torch")
+
+
+def test_benchmark_in_torch_times_the_module_on_its_input(monkeypatch):
+    import deepslim.export.bench as bench
+
+    seen = []
+    monkeypatch.setattr(bench, "_advice", lambda model, x, shape: [f"{type(model).__name__} {tuple(x.shape)} {shape}"])
+    real = bench.time_calls
+    monkeypatch.setattr(bench, "time_calls", lambda fn, min_seconds: seen.append(min_seconds) or real(
+        fn, warmup=1, min_runs=3, max_runs=3, min_seconds=0.0))  # fmt: skip
+    layer = nn.Linear(3, 2)
+    calls = []
+    layer.register_forward_hook(lambda m, args, out: calls.append(tuple(args[0].shape)))
+    res = ds.benchmark(layer, runtime="torch", input_shape=(4, 3), threads=1, min_seconds=0.25)
+    assert seen == [0.25] and calls == [(4, 3)] * 4  # one warm-up, three timed runs, on a (4, 3) input
+    assert (res.runtime, res.runs, res.threads) == ("torch", 3, 1) and res.median_ms > 0
+    assert res.warnings == ("Linear (4, 3) None",)
+    x = torch.randn(2, 3)
+    res = ds.benchmark(layer, runtime="torch", example_input=x, input_shape=(9, 3), threads=1)
+    assert calls[-1] == (2, 3) and res.warnings == ("Linear (2, 3) None",)  # the example wins over input_shape
+
+
+def test_benchmark_of_a_module_exports_it_and_feeds_its_input_to_the_runtime(fake_worker, monkeypatch):
+    import deepslim.export.bench as bench
+
+    exported = []
+    real = bench._as_onnx
+    monkeypatch.setattr(bench, "_as_onnx", lambda model, x, tmp, tag, calib, rt: exported.append(
+        (type(model).__name__, None if x is None else tuple(x.shape), tag, calib, rt)) or real(model, x, tmp, tag,
+                                                                                           calib, rt))  # fmt: skip
+    calib = [torch.randn(2, 3)]
+    res = ds.benchmark(nn.Linear(3, 2), input_shape=(2, 3), threads=1, calib_data=calib, min_seconds=1e-9)
+    assert exported == [("Linear", (2, 3), "model", calib, "onnxruntime")] and exported[0][3] is calib
+    assert [e[1:4] for e in fake_worker if e[0] == "open"] == [("model.onnx", (2, 3), "float32")]
+    assert res.runs == 20 and res.warnings == ("advice",)
