@@ -8,6 +8,9 @@ is the sum of its layers' entries, mapped through ``scale × sum + offset`` fitt
 models (what the table leaves out: activations, pooling, additions, the runtime's fusions and per-run overhead).
 :func:`check_table` measures random policies end to end and reports the table's error and rank correlation beside
 the MAC count's (the proxy other tools optimise): at 0.29× the MACs MobileNetV2 ran at 0.49× the latency here.
+Layer sums miss what ONNX Runtime does to a mixed int8/float graph (float convolutions next to integer ones leave
+NCHWc, transposes and conversions where the precision changes); :mod:`deepslim.search.node_table` times the nodes of
+the optimized graph itself, and ``check_table(..., nodes=...)`` reports both.
 
 The layer timer and the end-to-end timer are plain callables, so tests give deterministic fakes.
 """
