@@ -11,11 +11,13 @@ from deepslim.analysis import (
     LayerCost,
     LayerProfile,
     Profile,
+    TimeProfile,
     estimate_cost,
     get_device,
     list_devices,
     profile,
     register_device,
+    time_onnx,
 )
 from deepslim.analysis.measurement import Measurement
 from deepslim.analysis.training import TrainingProfile, measure_peak_bytes, measure_saved_bytes, training_profile
@@ -141,7 +143,7 @@ __all__ = [
     "MagnitudePruneConfig", "Measurement", "MergeTokensConfig", "ModelLoadError", "NMPruneConfig", "OnDeviceResult",
     "Policy", "PowerOfTwoConfig", "Preprocessing", "Profile", "PruneTokensConfig", "QuantizationError", "Recipe",
     "ReportResult", "RunResult", "SVDConfig", "Scope", "SearchResult", "SearchSpace", "Sensitivity", "Task",
-    "Technique", "TechniqueStage", "TernaryConfig", "TrainStage", "TrainingProfile", "TuckerConfig",
+    "Technique", "TechniqueStage", "TernaryConfig", "TimeProfile", "TrainStage", "TrainingProfile", "TuckerConfig",
     "UnknownNameError", "UnsupportedModelError", "UnsupportedOpError", "archive_info", "bake_masks_", "benchmark",
     "bias_only_", "check_table", "checkpoint_sequential_", "cluster_", "compare", "create_model", "decode",
     "dependency_groups", "distill", "distill_ddp", "drop_layers_", "efficient_", "encode", "estimate_cost",
@@ -152,5 +154,5 @@ __all__ = [
     "plan_channel_pruning", "plan_sparse_update", "profile", "prune_", "prune_heads_", "prune_tokens_",
     "quantization_report", "quantize_", "register_attention_adapter", "register_dataset", "register_device",
     "register_layer_kind", "register_model", "register_technique", "run_recipe", "save_model", "search",
-    "sensitivity", "sparse_update_", "technique_for", "tinytl_", "training_profile", "write_report",
+    "sensitivity", "sparse_update_", "technique_for", "time_onnx", "tinytl_", "training_profile", "write_report",
 ]  # fmt: skip
