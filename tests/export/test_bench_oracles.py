@@ -207,6 +207,7 @@ def test_benchmark_in_torch_times_the_module_on_its_input(monkeypatch):
     x = torch.randn(2, 3)
     res = ds.benchmark(layer, runtime="torch", example_input=x, input_shape=(9, 3), threads=1)
     assert calls[-1] == (2, 3) and res.warnings == ("Linear (2, 3) None",)  # the example wins over input_shape
+    assert seen == [0.25, 1.0]  # min_seconds defaults to 1 s
 
 
 def test_benchmark_of_a_module_exports_it_and_feeds_its_input_to_the_runtime(fake_worker, monkeypatch):
