@@ -223,3 +223,41 @@ def test_benchmark_of_a_module_exports_it_and_feeds_its_input_to_the_runtime(fak
     assert exported == [("Linear", (2, 3), "model", calib, "onnxruntime")] and exported[0][3] is calib
     assert [e[1:4] for e in fake_worker if e[0] == "open"] == [("model.onnx", (2, 3), "float32")]
     assert res.runs == 20 and res.warnings == ("advice",)
+
+
+def test_compare_defaults_and_what_the_advice_is_given(fake_worker, big_and_small_files, monkeypatch):
+    import deepslim.export.bench as bench
+
+    big, small = big_and_small_files
+    advised = []
+    monkeypatch.setattr(bench, "_advice", lambda model, x, shape: advised.append((model, x, shape)) or [])
+    res = ds.compare(big, small, input_shape=(1, 256))  # 20 rounds of blocks of 5, B in A's runtime
+    assert res.rounds == 20 and res.a.runs == res.b.runs == 100 and res.b.runtime == "onnxruntime"
+    assert [a[0] for a in advised] == [big, small] and all(a[2] == (1, 256) for a in advised)
+    assert all(tuple(a[1].shape) == (1, 256) for a in advised)  # the input drawn from input_shape, for both
+    advised.clear()
+    ds.benchmark(big, threads=1, input_shape=(1, 256), min_seconds=1e-9)
+    assert advised == [(big, None, (1, 256))]
+    for bad, message in (({"runtime": "torch"}, r"^unknown runtime 'torch'; choose one of onnxruntime, openvino"),
+                         ({"runtime_b": "torch"}, r"^unknown runtime 'torch'"),
+                         ({"threads": 0}, r"^threads must be a whole number")):  # fmt: skip
+        with pytest.raises(ds.ConfigError, match=message):
+            ds.compare(big, small, **bad)
+
+
+@pytest.mark.parametrize(("seconds", "runs"), [(1.0, 40), (1e9, 500)])
+def test_benchmark_runs_until_min_seconds_or_500_runs_under_a_scripted_clock(fake_worker, big_and_small_files,
+                                                                             monkeypatch, seconds, runs):  # fmt: skip
+    import deepslim.export.bench as bench
+
+    now = [0.0]
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: now[0])
+    real_run = _FakeWorker.run
+
+    def run(self, n):
+        now[0] += 0.125  # a block of 5 takes 1/8 s
+        return real_run(self, n)
+
+    monkeypatch.setattr(_FakeWorker, "run", run)
+    res = ds.benchmark(big_and_small_files[0], threads=1, min_seconds=seconds)
+    assert res.runs == runs and res.runtime == "onnxruntime"  # 8 blocks fill 1 s; 100 blocks reach the cap
