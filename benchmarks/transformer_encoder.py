@@ -1,5 +1,6 @@
 """all-MiniLM-L6-v2 in ONNX Runtime: fp32, ORT's own transformer optimizer + dynamic int8, and deepslim's token
-merging (ToMe), token pruning and a 3-layer distilled student — latency at batch 1 and 32, sequence 32 and 128,
+merging (ToMe, also distilled with the merging in place), token pruning, head + FFN pruning and a 3-layer student
+(both distilled under a CPU budget, ``deepslim.train.student``) — latency at batch 1 and 32, sequence 32 and 128,
 next to fidelity to the fp32 embeddings on the built-in sentence set (``load_data("sentences")``; at sequence 128
 the ~100-token passages, ``passages=True``).
 
@@ -11,8 +12,13 @@ reducers are exported per sequence length (their merge counts are fixed). Latenc
 The load average is recorded before and after: the machine is shared, and a load above its core count makes the
 numbers noisy.
 
-    python benchmarks/transformer_encoder.py [--json benchmarks/results/transformer_encoder.json] [--epochs 2]
-        [--rounds 3]
+    python benchmarks/transformer_encoder.py [--json benchmarks/results/transformer_encoder.json] [--rounds 3]
+        [--variants ort_opt_int8,ds_fused_int8,ds_fused_int8_all,tome,prune,tome_kd,student3,heads]
+        [--heads-cpu 600] [--student-cpu 900] [--tome-cpu 900] [--heads-from PREFIX] [--student-from PREFIX]
+        [--tome-from PREFIX]
+
+Distilled models are saved next to the JSON (``.heads.pt``/``.json`` and alike) and reused with ``--*-from``, so a
+long distillation and the measurement can run separately on a shared machine.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ import torch
 import deepslim as ds
 from _common import result_header
 from deepslim.compress.prune import HeadPruneConfig, prune_heads_
+from deepslim.compress.prune.heads import apply_block, find_blocks
 from deepslim.compress.tokens import (
     MergeTokensConfig,
     PruneTokensConfig,
@@ -46,13 +53,16 @@ from deepslim.data.sentences import training_sentences
 from deepslim.export._torchscript import export_fused_int8
 from deepslim.models.hf import IdsOnly, tokenize
 from deepslim.tasks.similarity import embedding_fidelity, sentence_fidelity
+from deepslim.train.student import EncoderKDConfig, distill_encoder
 
 THREADS = 1
 SEQS = (32, 128)
 BATCHES = (1, 32)
 TOME_R = {32: 2, 128: 8}
 KEEP = {32: 0.9, 128: 0.9}
-STUDENT_CANDIDATES = ([0, 2, 4], [1, 3, 5], [0, 2, 5], [0, 3, 5])
+TOME_KD_R = {32: 4, 128: 16}  # ToMe distilled with merging in place (at sequence 128)
+STUDENT_KEEP = [0, 3, 5]
+Texts = tuple[list[str], torch.Tensor, torch.Tensor]  # docstring sentences, token ids, attention mask
 HEADS = HeadPruneConfig(head_ratio=1 / 3, ffn_ratio=0.25)  # a third of the heads, a quarter of the hidden units
 
 
@@ -74,46 +84,96 @@ def docstring_sentences() -> list[str]:
     return list(found)
 
 
-def distill_bundle(teacher: torch.nn.Module, test: ds.DataBundle, n: int, seed: int = 0) -> ds.DataBundle:
-    """The sentence set's test split with distillation text: stdlib docstring sentences plus template sentences
-    (3:1), shuffled; 256 of them for validation."""
-    from torch.utils.data import DataLoader, TensorDataset
-
+def distill_texts(teacher: torch.nn.Module, seed: int = 0) -> tuple[list[str], torch.Tensor, torch.Tensor]:
+    """Distillation text, never the evaluation sentences: stdlib docstring sentences (shuffled), 1,500 template
+    sentences and 1,000 runs of five docstring sentences (for the ~100-token passages of sequence 128), tokenized to
+    128 tokens (``distill_encoder`` pads each batch only to its longest text). Returns (docstring sentences, ids,
+    mask)."""
     docs = docstring_sentences()
-    texts = docs + training_sentences(len(docs) // 3, seed=seed)
-    random.Random(seed).shuffle(texts)
-    ids, mask = tokenize(teacher, texts[: n + 256], seq_len=int(test.info["seq_len"]))
-
-    class Named(TensorDataset):
-        def __getitem__(self, i: int) -> dict[str, torch.Tensor]:  # type: ignore[override]
-            a, b = super().__getitem__(i)
-            return {"input_ids": a, "attention_mask": b}
-
-    gen = torch.Generator().manual_seed(seed)
-    train = DataLoader(Named(ids[:n], mask[:n]), batch_size=32, shuffle=True, generator=gen)
-    val = DataLoader(Named(ids[n:], mask[n:]), batch_size=64)
-    return ds.data.DataBundle(name="distill-text", train=train, val=val, test=test.test, calib=val,
-                              example_input=test.example_input, num_classes=0, info=dict(test.info),
-                              task=test.task)  # fmt: skip
+    random.Random(seed).shuffle(docs)
+    texts = docs + training_sentences(1500, seed=seed + 1) + [" ".join(docs[i : i + 5]) for i in range(0, 5000, 5)]
+    ids, mask = tokenize(teacher, texts, seq_len=128)
+    return docs, ids, mask
 
 
-def head_pruned(teacher: torch.nn.Module, test: ds.DataBundle, args: argparse.Namespace) -> tuple[Any, dict]:
-    """Prune heads and hidden units (sensitivity on distillation text, least-squares refit), then distill the
-    embeddings (1 − cosine) on the docstring + template text; CPU seconds of each step recorded."""
-    data = distill_bundle(teacher, test, args.distill_size)
+def passages(teacher: torch.nn.Module, docs: list[str], seed: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Runs of 4–7 docstring sentences (~100 tokens) at sequence 128, for distilling a token-merging model."""
+    rng, out, i = random.Random(seed), [], 0
+    while i < len(docs):
+        k = rng.randint(4, 7)
+        out.append(" ".join(docs[i : i + k]))
+        i += k
+    return tokenize(teacher, out, seq_len=128)
+
+
+def _kd(args: argparse.Namespace, what: str, **kw: Any) -> EncoderKDConfig:
+    return EncoderKDConfig(cpu_seconds=getattr(args, f"{what}_cpu"), lr=getattr(args, f"{what}_lr"), **kw)
+
+
+def _save(student: torch.nn.Module, info: dict, prefix: Path) -> None:
+    torch.save(student.state_dict(), prefix.with_suffix(".pt"))
+    prefix.with_suffix(".json").write_text(json.dumps(info, indent=1, default=str) + "\n")
+
+
+def head_pruned(teacher: torch.nn.Module, test: ds.DataBundle, args: argparse.Namespace,
+                texts: Texts) -> tuple[Any, dict]:  # fmt: skip
+    """Prune heads and hidden units (sensitivity of the embeddings on 512 docstring sentences, least-squares refit),
+    then distil embeddings and per-layer hidden states under a CPU budget (``deepslim.train.student``)."""
+    docs, ids, mask = texts
     student = copy.deepcopy(teacher)
+    i32, m32 = tokenize(teacher, docs[:512], seq_len=32)
+    calib = [{"input_ids": i32[i : i + 32], "attention_mask": m32[i : i + 32]} for i in range(0, 512, 32)]
     c0 = time.process_time()
-    plan = prune_heads_(student, HEADS, calib_data=data.train)
+    plan = prune_heads_(student, HEADS, calib_data=calib)
     info: dict[str, Any] = {"config": HEADS.to_dict(), "prune_cpu_s": round(time.process_time() - c0, 1),
-                            "heads": plan.heads(), "kept": {b.name: b.keep for b in plan.blocks},
-                            "test_fidelity_before_distill": sentence_fidelity(student, teacher, test)}  # fmt: skip
-    c0 = time.process_time()
-    ds.train.distill(student, teacher, data, ds.KDConfig(alpha=1.0), epochs=args.heads_epochs, lr=args.heads_lr,
-                     task="embedding")  # fmt: skip
-    info.update(distill_cpu_s=round(time.process_time() - c0, 1), distill_texts=args.distill_size,
-                epochs=args.heads_epochs, lr=args.heads_lr,
-                test_fidelity_after_distill=sentence_fidelity(student, teacher, test))  # fmt: skip
-    torch.save(student.state_dict(), Path(args.json).with_suffix(".heads.pt"))
+                            "heads": plan.heads(), "kept": {b.name: list(b.kept) for b in plan.blocks},
+                            "before32": sentence_fidelity(student, teacher, test)}  # fmt: skip
+    info["kd"] = distill_encoder(student, teacher, ids, mask, _kd(args, "heads"))
+    _save(student, info, Path(args.json).with_suffix(".heads"))
+    return student.eval(), info
+
+
+def load_heads(teacher: torch.nn.Module, prefix: Path) -> tuple[Any, dict]:
+    """A head-pruned student saved by a previous run: the kept units from ``prefix.json``, weights from ``.pt``."""
+    info = json.loads(prefix.with_suffix(".json").read_text())
+    student = copy.deepcopy(teacher)
+    blocks, _ = find_blocks(student)
+    for b in blocks:
+        if len(info["kept"][b.name]) < b.units:
+            apply_block(b, torch.tensor(info["kept"][b.name], dtype=torch.long))
+    student.load_state_dict(torch.load(prefix.with_suffix(".pt")))
+    return student.eval(), {k: v for k, v in info.items() if k != "kept"}
+
+
+def student3(teacher: torch.nn.Module, args: argparse.Namespace, texts: Texts,
+             load: Path | None) -> tuple[Any, dict]:  # fmt: skip
+    """Layers 0, 3 and 5 kept (the three whose embeddings start closest to the teacher's, session 4), each
+    learning the output of the teacher layer it stands for, plus the embeddings."""
+    student = drop_layers_(copy.deepcopy(teacher), STUDENT_KEEP)
+    if load is not None:
+        student.load_state_dict(torch.load(load.with_suffix(".pt")))
+        return student.eval(), json.loads(load.with_suffix(".json").read_text())
+    info: dict[str, Any] = {"keep": STUDENT_KEEP}
+    info["kd"] = distill_encoder(student, teacher, texts[1], texts[2], _kd(args, "student",
+                                                                         layer_map=tuple(STUDENT_KEEP)))  # fmt: skip
+    _save(student, info, Path(args.json).with_suffix(".student3"))
+    return student.eval(), info
+
+
+def tome_distilled(teacher: torch.nn.Module, args: argparse.Namespace,
+                   texts: Texts, load: Path | None) -> tuple[Any, dict]:  # fmt: skip
+    """ToMe with r = 16 per layer at sequence 128, its weights distilled with the merging in place (embeddings
+    only, on ~100-token docstring passages)."""
+    student = copy.deepcopy(teacher)
+    if load is not None:
+        student.load_state_dict(torch.load(load.with_suffix(".pt")))
+        return student.eval(), json.loads(load.with_suffix(".json").read_text())
+    merge_tokens_(student, MergeTokensConfig(r=TOME_KD_R[128]))
+    ids, mask = passages(teacher, texts[0])
+    info: dict[str, Any] = {"r": TOME_KD_R, "kd": distill_encoder(student, teacher, ids, mask,
+                                                                  _kd(args, "tome", batch_size=16))}  # fmt: skip
+    student.reduction = None  # the weights are saved and exported without the reduction module
+    _save(student, info, Path(args.json).with_suffix(".tome_kd"))
     return student.eval(), info
 
 
@@ -150,23 +210,6 @@ def ort_embed(path: Path, ids: torch.Tensor) -> torch.Tensor:
                       for i in range(0, len(ids), 32)])  # fmt: skip
 
 
-def distilled_student(teacher: torch.nn.Module, data: ds.DataBundle, epochs: int) -> tuple[torch.nn.Module, dict]:
-    """Drop to 3 layers (the candidate whose embeddings start closest to the teacher's on the val split), then
-    distill on template sentences with the embedding task (1 − cosine to the teacher)."""
-    start: dict[str, float] = {}
-    for keep in STUDENT_CANDIDATES:
-        student = drop_layers_(copy.deepcopy(teacher), keep)
-        start[str(keep)] = ds.train.fidelity(student, teacher, data, split="val")["cosine"]
-    best = max(start, key=lambda k: start[k])
-    student = drop_layers_(copy.deepcopy(teacher), json.loads(best))
-    t0 = time.perf_counter()
-    ds.train.distill(student, teacher, data, ds.KDConfig(alpha=1.0), epochs=epochs, lr=1e-4, task="embedding")
-    seconds = time.perf_counter() - t0
-    after = ds.train.fidelity(student, teacher, data, split="val")["cosine"]
-    return student.eval(), {"candidates_val_cosine": start, "keep": json.loads(best), "val_cosine_before": start[best],
-                            "val_cosine_after": after, "distill_seconds": round(seconds, 1), "epochs": epochs}
-
-
 def speed_ids(batch: int, seq: int) -> torch.Tensor:
     ids = torch.randint(2000, 29000, (batch, seq), generator=torch.Generator().manual_seed(batch * seq))
     ids[:, 0], ids[:, -1] = 101, 102
@@ -181,18 +224,29 @@ def run(args: argparse.Namespace) -> dict:
     data128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
     chosen = set(args.variants.split(","))
     variants: dict[str, Any] = {}
+    texts: Texts = ([], torch.empty(0), torch.empty(0))
+    if chosen & {"heads", "student3", "tome_kd"}:
+        texts = distill_texts(teacher)
     if "student3" in chosen:
-        student, result["student"] = distilled_student(teacher, data32, args.epochs)
-        result["student"]["test_fidelity_torch_seq32"] = sentence_fidelity(student, teacher, data32)
+        student, result["student3"] = student3(teacher, args, texts, args.student_from)
+        result["student3"]["test_fidelity_torch_seq32"] = sentence_fidelity(student, teacher, data32)
         variants["student3"] = lambda s: student
     if "heads" in chosen:
-        pruned, result["heads"] = head_pruned(teacher, data32, args)
+        if args.heads_from is not None:
+            pruned, result["heads"] = load_heads(teacher, args.heads_from)
+        else:
+            pruned, result["heads"] = head_pruned(teacher, data32, args, texts)
+        result["heads"]["test_fidelity_torch_seq32"] = sentence_fidelity(pruned, teacher, data32)
         variants["heads"] = lambda s: pruned
+    if "tome_kd" in chosen:
+        merged, result["tome_kd"] = tome_distilled(teacher, args, texts, args.tome_from)
+        variants["tome_kd"] = lambda s: merge_tokens_(copy.deepcopy(merged), MergeTokensConfig(r=TOME_KD_R[s]))
     if "tome" in chosen:
         variants["tome"] = lambda s: merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=TOME_R[s]))
     if "prune" in chosen:
         variants["prune"] = lambda s: prune_tokens_(copy.deepcopy(teacher), PruneTokensConfig(keep_ratio=KEEP[s]))
-    result["settings"] = {"tome_r": TOME_R, "prune_keep_ratio": KEEP, "threads": THREADS, "heads": HEADS.to_dict()}
+    result["settings"] = {"tome_r": TOME_R, "tome_kd_r": TOME_KD_R, "prune_keep_ratio": KEEP, "threads": THREADS,
+                          "heads": HEADS.to_dict(), "student_keep": STUDENT_KEEP}  # fmt: skip
     result["rows"] = []
     with tempfile.TemporaryDirectory() as work:
         for seq, data in ((32, data32), (128, data128)):
@@ -200,8 +254,9 @@ def run(args: argparse.Namespace) -> dict:
             if "ort_opt_int8" in chosen:
                 files["ort_opt_int8"], fused = ort_optimized_int8(files["ort_fp32"], Path(work) / f"int8-{seq}.onnx")
                 result[f"ort_fused_ops_seq{seq}"] = fused
-            if "ds_fused_int8" in chosen:
-                files["ds_fused_int8"], result[f"ds_fused_int8_seq{seq}"] = fused_int8(teacher, data, work, seq)
+            for name, floor in (("ds_fused_int8", 0.995), ("ds_fused_int8_all", 0.0)):
+                if name in chosen:
+                    files[name], result[f"{name}_seq{seq}"] = fused_int8(teacher, data, work, seq, floor)
             for name, build in variants.items():
                 files[name] = export(build(seq), Path(work) / f"{name}-{seq}.onnx", seq)
             result["rows"] += measure(files, data, seq, args)
@@ -209,13 +264,15 @@ def run(args: argparse.Namespace) -> dict:
     return result
 
 
-def fused_int8(teacher: torch.nn.Module, data: ds.DataBundle, work: str, seq: int) -> tuple[Path, dict]:
+def fused_int8(teacher: torch.nn.Module, data: ds.DataBundle, work: str, seq: int,
+               min_cosine: float) -> tuple[Path, dict]:  # fmt: skip
     """deepslim's own int8: TorchScript export + ORT's fusion + per-channel dynamic int8, fp32 projections added
-    (first layer first) until the mean cosine to PyTorch on the test texts reaches 0.995."""
+    (first layer first) until the mean cosine to PyTorch on the test texts reaches ``min_cosine`` (0: all int8,
+    which is ORT's own optimizer + quantizer path through deepslim's export)."""
     ids = getattr(data.test.dataset, "ids")  # noqa: B009
-    r = export_fused_int8(IdsOnly(teacher), Path(work) / f"ds-int8-{seq}.onnx", example_input=(ids[:2],),
+    r = export_fused_int8(IdsOnly(teacher), Path(work) / f"ds-int8-{seq}-{min_cosine}.onnx", example_input=(ids[:2],),
                           check_inputs=[(ids[i : i + 32],) for i in range(0, len(ids), 32)], num_heads=12,
-                          hidden_size=384, min_cosine=0.995)  # fmt: skip
+                          hidden_size=384, min_cosine=min_cosine)  # fmt: skip
     return r.path, {"fused_ops": r.fused_ops, "float_nodes": list(r.float_nodes), "attempts": r.attempts}
 
 
@@ -241,15 +298,16 @@ def measure(files: dict[str, Path], data: ds.DataBundle, seq: int, args: argpars
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="benchmarks/results/transformer_encoder.json")
-    parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--train-size", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--variants", default="ort_opt_int8,ds_fused_int8,tome,prune,student3,heads",
-                        help="comma-separated: ort_opt_int8, ds_fused_int8, tome, prune, student3, heads (ort_fp32 "
-                             "always)")
-    parser.add_argument("--distill-size", type=int, default=6144, help="distillation texts for the pruned heads")
-    parser.add_argument("--heads-epochs", type=int, default=2)
-    parser.add_argument("--heads-lr", type=float, default=1e-4)
+                        help="comma-separated: ort_opt_int8, ds_fused_int8, ds_fused_int8_all, tome, prune, tome_kd, "
+                             "student3, heads (ort_fp32 always)")  # fmt: skip
+    for what, cpu, lr in (("heads", 600, 1.5e-4), ("student", 900, 2e-4), ("tome", 900, 1e-4)):
+        parser.add_argument(f"--{what}-cpu", type=float, default=cpu, help=f"distillation CPU seconds ({what})")
+        parser.add_argument(f"--{what}-lr", type=float, default=lr)
+        parser.add_argument(f"--{what}-from", type=Path, default=None,
+                            help="reuse a distilled model saved by an earlier run (PREFIX.pt and PREFIX.json)")
     args = parser.parse_args()
     result = run(args)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -261,7 +319,7 @@ def main() -> None:
         print(f"seq {row['seq']:3d} batch {row['batch']:2d} {row['variant']:13s} {row['median_ms']:9.2f} ms "
               f"x{row['speedup_vs_ort_fp32']:.2f}  cos {f['cosine_mean']:.4f}/{f['cosine_min']:.4f} "
               f"nn {f['nn_agreement']:.3f} rho {f['spearman']:.3f} para {f['paraphrase_accuracy']:.3f}")
-    for key in ("student", "heads"):
+    for key in ("student3", "heads", "tome_kd"):
         if key in result:
             print(f"{key}:", json.dumps(result[key]))
     print("load before/after:", result["load_before"], result["load_after"])

@@ -45,6 +45,7 @@ class FusedInt8Result:
     cosine_mean: float = 0.0
     cosine_min: float = 0.0
     attempts: list[dict[str, Any]] = field(default_factory=list)
+    smoothed: int = 0  # feed-forward output projections with SmoothQuant scaling
 
 
 def _export_fp32(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, names: list[str]) -> None:
@@ -63,12 +64,72 @@ def _fuse(fp32: Path, out: Path, num_heads: int, hidden_size: int) -> dict[str, 
 
 
 def _ffn_outputs(fused: Path) -> list[str]:
-    """Names of the MatMuls that read a GELU's output (feed-forward down projections), in graph order."""
+    """Names of the MatMuls that read a GELU's output, directly or smoothed (feed-forward down projections), in
+    graph order."""
     import onnx
 
     graph = onnx.load(str(fused), load_external_data=False).graph
     gelu_out = {o for n in graph.node if "Gelu" in n.op_type for o in n.output}
+    gelu_out |= {o for n in graph.node if n.op_type == "Mul" and n.input[0] in gelu_out for o in n.output}  # smoothed
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[0] in gelu_out]
+
+
+def _channel_max(model_path: Path, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-channel (last axis) max |x| of the named tensors of a graph over ``feeds``: the graph is run once more
+    with them as extra outputs."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    for n in names:
+        model.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+    probe = model_path.with_name(model_path.stem + "-probe.onnx")
+    onnx.save(model, str(probe))
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(probe), opts, providers=["CPUExecutionProvider"])
+    amax = {n: np.zeros(0, dtype=np.float32) for n in names}
+    for feed in feeds:
+        for n, value in zip(names, sess.run(names, feed), strict=True):
+            m = np.abs(value).reshape(-1, value.shape[-1]).max(0)
+            amax[n] = m if amax[n].size == 0 else np.maximum(amax[n], m)
+    return amax
+
+
+def _smooth(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], alpha: float) -> int:
+    """SmoothQuant (Xiao et al., ICML 2023) for the feed-forward output projections: their inputs, GELU outputs,
+    have a few channels far wider than the rest, which per-tensor dynamic int8 of the activations rounds away. Each
+    input channel j is divided by s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) (a Mul before the MatMul) and the
+    weight's row j multiplied by it: the same product, with activation ranges moved into the per-channel weights.
+    Returns how many projections were smoothed."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(fused))
+    graph = model.graph
+    inits = {i.name: i for i in graph.initializer}
+    ffn = set(_ffn_outputs(fused))
+    targets = {n.name: n for n in graph.node if n.name in ffn and n.input[1] in inits}
+    stats = _channel_max(fused, [n.input[0] for n in targets.values()], feeds)
+    nodes = []
+    for node in graph.node:
+        if node.name in targets:
+            w = numpy_helper.to_array(inits[node.input[1]])  # (K, N): rows are input channels
+            s = np.clip(stats[node.input[0]] ** alpha / np.clip(np.abs(w).max(1), 1e-8, None) ** (1 - alpha),
+                        1e-5, None).astype(np.float32)  # fmt: skip
+            inits[node.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32),
+                                                                  node.input[1]))  # fmt: skip
+            graph.initializer.append(numpy_helper.from_array(1.0 / s, f"{node.name}_smooth"))
+            smoothed = f"{node.input[0]}_{node.name}_smoothed"
+            nodes.append(onnx.helper.make_node("Mul", [node.input[0], f"{node.name}_smooth"], [smoothed],
+                                               name=f"{node.name}_smooth"))  # fmt: skip
+            node.input[0] = smoothed
+        nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(out))
+    return len(targets)
 
 
 def _quantize(fused: Path, out: Path, exclude: list[str]) -> None:
@@ -96,7 +157,7 @@ def _cosines(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
 
 def export_fused_int8(model: nn.Module, path: str | os.PathLike[str], *, example_input: tuple[torch.Tensor, ...],
                       check_inputs: list[tuple[torch.Tensor, ...]] | None = None, num_heads: int = 0,
-                      hidden_size: int = 0, min_cosine: float = 0.995, keep_float: int = 6,
+                      hidden_size: int = 0, min_cosine: float = 0.995, keep_float: int = 6, smooth: float = 0.0,
                       input_names: list[str] | None = None) -> FusedInt8Result:  # fmt: skip
     """Write ``model`` (a BERT-style encoder) as a fused, per-channel dynamic int8 ONNX file at ``path``.
 
@@ -104,7 +165,10 @@ def export_fused_int8(model: nn.Module, path: str | os.PathLike[str], *, example
     on which ONNX Runtime is compared with PyTorch (default: the example). ``num_heads``/``hidden_size`` 0: from the
     Hugging Face config of a :class:`~deepslim.models.hf.SentenceEncoder`, else ORT reads them off the graph.
     Feed-forward output projections stay fp32, first layer first, up to ``keep_float`` of them, until the mean cosine
-    to PyTorch reaches ``min_cosine``; an ExportError if it never does.
+    to PyTorch reaches ``min_cosine``; an ExportError if it never does. ``smooth`` (alpha in (0, 1], 0: off):
+    SmoothQuant of those projections first (:func:`_smooth`, activation ranges measured on ``check_inputs``). Off
+    by default: on all-MiniLM-L6-v2 alpha 0.5 lowered the all-int8 mean cosine from 0.9930 to 0.9853 (sequence 32;
+    ONNX Runtime's dynamic int8 of these MatMuls then pays for the widened weight rows).
     """
     default = ["input_ids", "attention_mask"] if len(example_input) <= 2 else [f"input_{i}" for i in range(9)]
     names = input_names or default[: len(example_input)]
@@ -122,6 +186,9 @@ def export_fused_int8(model: nn.Module, path: str | os.PathLike[str], *, example
         if not fused_ops.get("Attention"):
             raise ExportError(f"ONNX Runtime's transformer optimizer fused no attention in {type(model).__name__} "
                               f"(fused: {fused_ops}); this export is for BERT-style encoders")  # fmt: skip
+        smoothed = _smooth(fused, Path(work) / "smoothed.onnx", feeds, smooth) if smooth > 0 else 0
+        if smoothed:
+            fused = Path(work) / "smoothed.onnx"
         candidates = _ffn_outputs(fused)[:keep_float]
         attempts: list[dict[str, Any]] = []
         for n_float in range(len(candidates) + 1):
@@ -135,7 +202,7 @@ def export_fused_int8(model: nn.Module, path: str | os.PathLike[str], *, example
                 with atomic_path(path) as tmp:
                     tmp.write_bytes(trial.read_bytes())
                 return FusedInt8Result(Path(path), fused_ops, tuple(exclude), float(cos.mean()), float(cos.min()),
-                                       attempts)  # fmt: skip
+                                       attempts, smoothed)  # fmt: skip
     best = max(attempts, key=lambda a: a["cosine_mean"])
     raise ExportError(f"fused int8 reaches mean cosine {best['cosine_mean']:.4f} < {min_cosine} even with "
                       f"{len(best['float_nodes'])} projections in fp32; lower min_cosine or raise keep_float")

@@ -1,0 +1,169 @@
+"""Distillation of a compressed sentence encoder from the full one, under a CPU-time budget.
+
+The student (head-pruned, layer-dropped, or the same depth) learns the teacher's sentence embeddings (1 − cosine)
+and, per token, the teacher's hidden states at mapped depths (mean squared error relative to the teacher states'
+mean square): TinyBERT's hidden-state transfer (Jiao et al., "TinyBERT", Findings of EMNLP 2020) with the
+sentence-embedding objective of the model's own task. A token-level target carries far more signal per sentence
+than one pooled vector, which is what makes a few CPU-minutes enough.
+
+Batches are built by length (dynamic padding: texts of similar length share a batch and are padded to the longest
+of them only), and the learning rate follows a cosine over the *budget* (CPU seconds, or steps), so a run that is
+stopped by its budget has annealed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepslim.config import Config
+from deepslim.errors import ConfigError, UnsupportedModelError
+from deepslim.models.hf import SentenceEncoder, mean_pool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EncoderKDConfig(Config):
+    """``cpu_seconds`` (process CPU time), ``wall_seconds`` or ``steps`` bounds the run (whichever comes first; at
+    least one set; on a shared machine a wall-clock bound keeps a deadline, and the run still anneals).
+
+    ``hidden_weight`` weighs the hidden-state loss against the embedding loss (0: embeddings only). ``layer_map``:
+    for each student layer, the teacher layer whose output it learns (None: the same index when the depths match,
+    else evenly spaced ending at the last layer). ``warmup`` is the share of the budget with a linear warm-up.
+    ``dropout``: keep the student's dropout active while it learns (off by default: the target is the teacher's
+    deterministic function, and noise slows a short run down).
+    """
+
+    lr: float = 1e-4
+    cpu_seconds: float | None = 600.0
+    steps: int | None = None
+    wall_seconds: float | None = None
+    batch_size: int = 32
+    hidden_weight: float = 1.0
+    layer_map: tuple[int, ...] | None = None
+    warmup: float = 0.05
+    weight_decay: float = 0.01
+    dropout: bool = False
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.cpu_seconds is None and self.steps is None and self.wall_seconds is None:
+            raise ConfigError("set cpu_seconds, wall_seconds or steps: the distillation needs a budget")
+        for what in ("cpu_seconds", "wall_seconds"):
+            if getattr(self, what) is not None and not getattr(self, what) > 0:
+                raise ConfigError(f"{what} must be positive, got {getattr(self, what)}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be at least 1, got {self.steps}")
+        if not self.lr > 0 or self.batch_size < 1 or self.hidden_weight < 0 or not 0 <= self.warmup < 1:
+            raise ConfigError("lr must be positive, batch_size >= 1, hidden_weight >= 0 and warmup in [0, 1)")
+        if self.layer_map is not None:
+            object.__setattr__(self, "layer_map", tuple(int(i) for i in self.layer_map))
+
+
+def length_batches(ids: torch.Tensor, mask: torch.Tensor, batch_size: int, *, seed: int = 0,
+                   trim: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+    """Endless shuffled batches of texts of similar length, each cut to its longest text (dynamic padding) unless
+    ``trim`` is False (token reduction merges a fixed number of tokens: its inputs keep their full length)."""
+    lengths = mask.sum(1)
+    order = torch.argsort(lengths, stable=True).tolist()
+    chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    rng = random.Random(seed)
+    while True:
+        rng.shuffle(chunks)
+        for chunk in chunks:
+            width = int(lengths[chunk].max()) if trim else ids.shape[1]
+            yield ids[chunk, :width], mask[chunk, :width]
+
+
+def _encoder(model: nn.Module, role: str) -> Any:
+    if not isinstance(model, SentenceEncoder) or (role == "teacher" and model.reduction is not None):
+        raise UnsupportedModelError(f"the {role} must be a deepslim.models.hf.SentenceEncoder (the teacher without "
+                                    f"token reduction), got {type(model).__name__}")  # fmt: skip
+    return model.encoder
+
+
+def layer_map(student_layers: int, teacher_layers: int) -> tuple[int, ...]:
+    """Evenly spaced teacher layers ending at the last one: 3 of 6 -> (1, 3, 5); equal depths -> identity."""
+    step = teacher_layers / student_layers
+    return tuple(round(step * (i + 1)) - 1 for i in range(student_layers))
+
+
+def _states(encoder: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    out = encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
+    return tuple(out.hidden_states[1:])  # one per layer, (B, T, H)
+
+
+def _loss(s: Sequence[torch.Tensor], t: Sequence[torch.Tensor], mapping: Sequence[int], mask: torch.Tensor,
+          hidden_weight: float) -> tuple[torch.Tensor, float]:  # fmt: skip
+    """(embedding loss + hidden_weight · mean relative hidden MSE over real tokens, the embedding loss alone)."""
+    emb = 1.0 - F.cosine_similarity(mean_pool(s[-1], mask), mean_pool(t[-1], mask), dim=-1).mean()
+    if hidden_weight == 0 or len(s) != len(mapping):
+        return emb, float(emb.detach())
+    w = mask.unsqueeze(-1).to(s[-1].dtype)
+    hidden = torch.stack([((si - t[j]) ** 2 * w).sum() / ((t[j] ** 2) * w).sum().clamp_min(1e-9)
+                          for si, j in zip(s, mapping, strict=True)]).mean()  # fmt: skip
+    return emb + hidden_weight * hidden, float(emb.detach())
+
+
+def _spent(config: EncoderKDConfig, cpu: float, wall: float, step: int) -> float:
+    """The share of the budget used: the largest of CPU time, wall time and steps over their bounds."""
+    shares = [cpu / config.cpu_seconds if config.cpu_seconds else 0.0, wall / config.wall_seconds if
+              config.wall_seconds else 0.0, step / config.steps if config.steps else 0.0]  # fmt: skip
+    return max(shares)
+
+
+def distill_encoder(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
+                    config: EncoderKDConfig) -> dict[str, Any]:  # fmt: skip
+    """Train ``student`` in place on the token ids/mask of distillation texts; returns what the run did (steps,
+    CPU seconds, the embedding loss at the start and over the last tenth). A student with token reduction
+    (:mod:`deepslim.compress.tokens`) learns the embeddings only, on full-length batches: the distillation of the
+    token-reduced model, so that its weights adapt to the merged or pruned tokens."""
+    s_enc, t_enc = _encoder(student, "student"), _encoder(teacher, "teacher")
+    n_s, n_t = len(s_enc.encoder.layer), len(t_enc.encoder.layer)
+    mapping = config.layer_map if config.layer_map is not None else layer_map(n_s, n_t)
+    if len(mapping) != n_s or not all(0 <= j < n_t for j in mapping):
+        raise ConfigError(f"layer_map needs one teacher layer (0..{n_t - 1}) per student layer ({n_s}), got {mapping}")
+    teacher.eval()
+    student.train(config.dropout)  # eval mode switches dropout off (attention dropout reads the module's mode too)
+    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.lr,
+                            weight_decay=config.weight_decay)  # fmt: skip
+    reduced = getattr(student, "reduction", None) is not None  # token states differ in number: embeddings only
+    batches = length_batches(ids, mask, config.batch_size, seed=config.seed, trim=not reduced)
+    c0, w0, losses, step = time.process_time(), time.monotonic(), [], 0
+    while True:
+        frac = _spent(config, time.process_time() - c0, time.monotonic() - w0, step)
+        if frac >= 1.0:
+            break
+        scale = frac / config.warmup if frac < config.warmup else 0.5 * (1 + math.cos(math.pi * frac))
+        for group in opt.param_groups:
+            group["lr"] = config.lr * scale
+        b_ids, b_mask = next(batches)
+        with torch.no_grad():
+            t = _states(t_enc, b_ids, b_mask)
+        if reduced:
+            loss = 1.0 - F.cosine_similarity(student(b_ids, b_mask), mean_pool(t[-1], b_mask), dim=-1).mean()
+            emb = float(loss.detach())
+        else:
+            loss, emb = _loss(_states(s_enc, b_ids, b_mask), t, mapping, b_mask, config.hidden_weight)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(emb)
+        step += 1
+        if step % 10 == 0:
+            log.info("step %d  cpu %.0fs  embedding loss %.4f", step, time.process_time() - c0, emb)
+    student.eval()
+    tail = losses[-max(1, len(losses) // 10) :]
+    return {"steps": step, "cpu_s": round(time.process_time() - c0, 1), "wall_s": round(time.monotonic() - w0, 1),
+            "layer_map": list(mapping),
+            "first_loss": losses[0] if losses else None, "last_loss": sum(tail) / len(tail) if tail else None}

@@ -1,0 +1,129 @@
+"""Encoder distillation under a budget (deepslim.train.student): the layer map, length-bucketed batches, the loss
+(zero for identical models), recovery of a damaged or layer-dropped student, token-reduced students, bad input."""
+
+import copy
+
+import pytest
+import torch
+
+from deepslim.errors import ConfigError, UnsupportedModelError
+
+transformers = pytest.importorskip("transformers", reason="Hugging Face encoders need the transformers package")
+hf = pytest.importorskip("deepslim.models.hf")
+student_mod = pytest.importorskip("deepslim.train.student")
+EncoderKDConfig, distill_encoder = student_mod.EncoderKDConfig, student_mod.distill_encoder
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    path = tmp_path_factory.mktemp("bert")
+    config = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=40,
+                                     initializer_range=0.2)  # fmt: skip
+    # wide initial weights: every layer changes the token states a lot, so dropping one is a real loss
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(path)
+    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] +
+                                              [f"w{i}" for i in range(115)]))  # fmt: skip
+    return hf.load_hf(path).eval()
+
+
+def _texts(n=64, width=16, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 120, (n, width), generator=gen)
+    lengths = torch.randint(4, width + 1, (n,), generator=gen)
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    return ids * mask, mask
+
+
+def _cosine(a, b, ids, mask):
+    with torch.no_grad():
+        return torch.nn.functional.cosine_similarity(a(ids, mask), b(ids, mask), dim=-1).mean().item()
+
+
+def test_the_layer_map_spaces_teacher_layers_evenly_and_ends_at_the_last():
+    assert student_mod.layer_map(3, 6) == (1, 3, 5)
+    assert student_mod.layer_map(6, 6) == (0, 1, 2, 3, 4, 5)
+    assert student_mod.layer_map(2, 6) == (2, 5)
+    assert student_mod.layer_map(1, 4) == (3,)
+
+
+def test_length_batches_cut_each_batch_to_its_longest_text_and_cover_every_text():
+    ids, mask = _texts(50)
+    batches = student_mod.length_batches(ids, mask, 8, seed=1)
+    seen = []
+    for _ in range(7):  # ceil(50 / 8) batches make one pass
+        b_ids, b_mask = next(batches)
+        assert b_ids.shape == b_mask.shape and b_ids.shape[1] == int(b_mask.sum(1).max())
+        seen += [tuple(row[row != 0].tolist()) for row in b_ids]
+    assert sorted(seen) == sorted(tuple(row[row != 0].tolist()) for row in ids)
+    full = next(student_mod.length_batches(ids, mask, 8, trim=False))
+    assert full[0].shape[1] == 16
+
+
+def test_the_loss_is_zero_for_identical_states_and_relative_mse_otherwise():
+    mask = torch.ones(2, 3)
+    t = [torch.randn(2, 3, 4) for _ in range(2)]
+    loss, emb = student_mod._loss(t, t, (0, 1), mask, 1.0)
+    assert abs(float(loss)) < 1e-6 and abs(emb) < 1e-6
+    s = [t[0], 2 * t[1]]  # relative MSE of 2t against t is 1; the pooled direction is unchanged
+    loss, emb = student_mod._loss(s, t, (0, 1), mask, 1.0)
+    assert abs(emb) < 1e-6 and abs(float(loss) - 0.5) < 1e-5
+
+
+def test_distillation_recovers_a_damaged_student_within_its_step_budget(teacher):
+    ids, mask = _texts()
+    student = copy.deepcopy(teacher)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in student.encoder.encoder.layer[2].parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    before = _cosine(student, teacher, ids, mask)
+    info = distill_encoder(student, teacher, ids, mask, EncoderKDConfig(lr=3e-3, cpu_seconds=None, steps=30,
+                                                                          batch_size=16))  # fmt: skip
+    assert info["steps"] == 30 and info["layer_map"] == [0, 1, 2, 3]
+    assert _cosine(student, teacher, ids, mask) > before + 0.5 * (1 - before)  # half the gap closed, at least
+    assert not student.training
+    assert EncoderKDConfig(steps=1).dropout is False
+
+
+def _hidden_gap(student, teacher, ids, mask, mapping):
+    with torch.no_grad():
+        s = student_mod._states(student.encoder, ids, mask)
+        t = student_mod._states(teacher.encoder, ids, mask)
+    return [float(((s[i] - t[j]) ** 2).sum() / (t[j] ** 2).sum()) for i, j in enumerate(mapping)]
+
+
+def test_a_layer_dropped_student_learns_the_mapped_teacher_layers(teacher):
+    from deepslim.compress.tokens import drop_layers_
+
+    ids, mask = _texts()
+    student = drop_layers_(copy.deepcopy(teacher), [0, 2])
+    before = _hidden_gap(student, teacher, ids, mask, (1, 3))
+    info = distill_encoder(student, teacher, ids, mask, EncoderKDConfig(lr=3e-3, cpu_seconds=None, steps=30,
+                                                                          batch_size=16))  # fmt: skip
+    assert info["layer_map"] == [1, 3]
+    after = _hidden_gap(student, teacher, ids, mask, (1, 3))
+    assert all(a < 0.7 * b for a, b in zip(after, before, strict=True)), (before, after)
+
+
+def test_a_token_merging_student_distils_on_full_length_batches(teacher):
+    from deepslim.compress.tokens import MergeTokensConfig, merge_tokens_
+
+    ids, mask = _texts(16)  # one batch, padded: the merge counts need the full length (a trimmed batch would fail)
+    student = merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=3))
+    info = distill_encoder(student, teacher, ids, mask, EncoderKDConfig(lr=1e-3, cpu_seconds=None, steps=25,
+                                                                          batch_size=16))  # fmt: skip
+    assert student.reduction is not None and info["steps"] == 25
+    assert info["last_loss"] < 0.9 * info["first_loss"]  # the merged model fits the teacher better on its batch
+
+
+def test_bad_budgets_maps_and_models_are_refused(teacher):
+    ids, mask = _texts(8)
+    with pytest.raises(ConfigError, match="budget"):
+        EncoderKDConfig(cpu_seconds=None)
+    with pytest.raises(ConfigError, match="layer_map"):
+        distill_encoder(copy.deepcopy(teacher), teacher, ids, mask, EncoderKDConfig(steps=1, layer_map=(0, 1)))
+    with pytest.raises(UnsupportedModelError, match="SentenceEncoder"):
+        distill_encoder(torch.nn.Linear(2, 2), teacher, ids, mask, EncoderKDConfig(steps=1))
+    assert EncoderKDConfig.from_dict(EncoderKDConfig(steps=3, layer_map=[1, 3]).to_dict()).layer_map == (1, 3)
