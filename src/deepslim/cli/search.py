@@ -26,13 +26,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--data", required=True, help="dataset spec (trials are judged on its validation split)")
     p.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE",
-                   help="latency=0.5x (of dense), latency=3ms, size=200KB; repeatable")  # fmt: skip
+                   help="latency=0.5x (of dense), latency=3ms, size=200KB, energy=40uJ (on --device); "
+                        "repeatable")  # fmt: skip
     p.add_argument("--objective", action="append", default=[], metavar="NAME",
-                   help="accuracy, latency, size; repeatable or comma-separated (default: accuracy and each "
+                   help="accuracy, latency, size, energy; repeatable or comma-separated (default: accuracy and each "
                         "budgeted metric, or accuracy and latency)")  # fmt: skip
-    p.add_argument("--space", default="prune,int8", help="what to search: prune, int8 (comma-separated)")
+    p.add_argument("--space", default="prune,int8", help="what to search: prune, int8, hpo (the fine-tune's "
+                   "learning rate, epochs and distillation temperature), comma-separated")  # fmt: skip
     p.add_argument("--trials", type=int, default=50, help="number of trials (default 50)")
-    p.add_argument("--strategy", default="tpe", help="tpe, nsga2, random or grid (default tpe)")
+    p.add_argument("--strategy", default="tpe", help="tpe, nsga2, random, grid, evolution or greedy (default tpe)")
+    p.add_argument("--device", help="device profile whose cost model estimates energy: host, rpi4, ... (default host "
+                   "when energy is an objective or budget)")  # fmt: skip
     p.add_argument("--runtime", default="onnxruntime", help="runtime whose latency is searched (onnxruntime)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of the latency measurements (default 1)")
     p.add_argument("--round-to", type=int, default=8, help="channel counts are multiples of this (default 8: the "
@@ -66,6 +70,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from deepslim.data import load_data
     from deepslim.pipeline.recipe import Recipe
     from deepslim.search import LatencyTable, SearchSpace, as_budgets, check_objectives, search
+    from deepslim.search.budget import check_device
     from deepslim.search.recipe import policy_recipe
     from deepslim.search.strategies import STRATEGIES
 
@@ -73,6 +78,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError(f"unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
     budgets = list(as_budgets(args.budget))
     objectives = list(check_objectives(_objectives(args, budgets)))
+    device = check_device(args.device, objectives, budgets)
     table = LatencyTable(runtime=args.runtime, threads=args.threads, cache_dir=args.cache_dir)
     if args.storage:  # a wrong host, port or password fails now, before the data and model are loaded
         from deepslim.search.storage import open_storage
@@ -93,7 +99,9 @@ def cmd_search(args: argparse.Namespace) -> int:
     def progress(c: Any) -> None:
         if show:
             flag = "" if c.feasible else " (over budget)"
-            err.print(f"trial {c.trial}: accuracy {c.accuracy:.4f}, latency {c.latency_ms:.3f} ms{flag}", markup=False)
+            energy = f", energy {c.value('energy'):.4g} µJ" if device else ""
+            err.print(f"trial {c.trial}: accuracy {c.accuracy:.4f}, latency {c.latency_ms:.3f} ms{energy}{flag}",
+                      markup=False)  # fmt: skip
 
     # with workers, the data travels as its spec: each worker loads it as this process did
     given = (args.data, {"seed": args.seed}) if args.workers > 1 else (data, None)
@@ -101,7 +109,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                     storage=args.storage, seed=args.seed, out_dir=outdir, latency_table=table,
                     finetune_epochs=args.finetune_epochs, lr=args.lr, top_k=args.top_k, on_trial=progress,
                     workers=args.workers, threads=args.worker_threads, data_options=given[1],
-                    study_name=args.study)  # fmt: skip
+                    study_name=args.study, device=device)  # fmt: skip
     doc = result.to_dict()
     recipe_path = outdir / "recipe.yaml"
     if result.best is not None:

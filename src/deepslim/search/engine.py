@@ -25,7 +25,16 @@ from torch import nn
 from deepslim.errors import ConfigError, DeepSlimError
 from deepslim.search import storage as st
 from deepslim.search import workers as wk
-from deepslim.search.budget import OBJECTIVES, Budget, as_budgets, check_objectives, pareto
+from deepslim.search.budget import (
+    OBJECTIVES,
+    UNIT_NAMES,
+    Budget,
+    as_budgets,
+    check_device,
+    check_objectives,
+    pareto,
+    uses,
+)
 from deepslim.search.evaluate import Candidate, Evaluator
 from deepslim.search.latency import LatencyTable, TableCheck, layer_keys
 from deepslim.search.space import DEFAULT_KEEP_RATIOS, KINDS, Policy, SearchSpace, prune_policy
@@ -76,15 +85,18 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
            latency_table: LatencyTable | None = None, finetune_epochs: int = 1, lr: float = 1e-3, top_k: int = 3,
            check_every: int = 10, uniform_ratios: Sequence[float] | None = None,
            on_trial: Callable[[Candidate], None] | None = None, workers: int = 1, threads: int = 1,
-           data_options: Mapping[str, Any] | None = None) -> SearchResult:  # fmt: skip
+           data_options: Mapping[str, Any] | None = None, device: str | None = None) -> SearchResult:  # fmt: skip
     """Search per-layer channel counts and precisions of ``model`` on ``data`` (a DataBundle) for ``objectives``
-    under ``budget`` with ``trials`` Optuna trials of ``strategy`` (tpe, nsga2, random, grid).
+    under ``budget`` with ``trials`` Optuna trials of ``strategy`` (tpe, nsga2, random, grid, evolution, greedy).
 
-    ``space``: a :class:`SearchSpace` or the kinds to build one from ("prune", "int8"). Trials are judged after
+    ``space``: a :class:`SearchSpace` or the kinds to build one from ("prune", "int8", "hpo"). Trials are judged after
     batch-norm re-estimation, on the validation split, with latency predicted by the per-layer table (measured on
     ``runtime``, checked end to end every ``check_every`` trials); the ``top_k`` best feasible candidates are then
     fine-tuned for ``finetune_epochs`` (as the written recipe does) and re-measured end to end, and the best of them
-    is ``best``. The study lives in ``storage`` (default: ``out_dir/study.journal``): the same call resumes it.
+    is ``best`` (with zero epochs, their batch norms are re-estimated instead, as the recipe's ``recalibrate``
+    stage does). ``device`` names the device profile whose cost model estimates energy (the ``energy`` objective
+    and budget, in µJ; default ``host`` when energy is searched). The study lives in ``storage`` (default:
+    ``out_dir/study.journal``): the same call resumes it.
 
     ``workers`` > 1 runs the trials on that many ``deepslim worker`` processes of ``threads`` intra-op threads each
     (:mod:`deepslim.search.workers`), after everything above is prepared here once; ``data`` is then a dataset spec
@@ -99,6 +111,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
         raise ConfigError(f"unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if trials < 1:
         raise ConfigError(f"trials must be >= 1, got {trials}")
+    device = check_device(device, objectives, budgets)
     if workers < 1 or threads < 1:
         raise ConfigError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
     table = latency_table or LatencyTable(runtime=runtime)
@@ -110,8 +123,8 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     x = bundle.example_input
     if not isinstance(space, SearchSpace):
         space = SearchSpace.from_model(model, x, kinds=tuple(space))
-    needs_size = "size" in objectives or any(b.metric == "size" for b in budgets)
-    ev = Evaluator(model, bundle, space, table, archive=needs_size, finetune_epochs=finetune_epochs, lr=lr, seed=seed)
+    ev = Evaluator(model, bundle, space, table, archive=uses("size", objectives, budgets),
+                   finetune_epochs=finetune_epochs, lr=lr, seed=seed, device=device)  # fmt: skip
     dense = calibrate_table(ev)
     limits = {b.metric: b.limit(_base(dense, b.metric)) for b in budgets}
     _check_feasible(ev, budgets, limits, dense)
@@ -128,7 +141,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     counted = _queue_trials(study, ev.space, objectives, trials, strategy, seed, family)
     _record_context(study, space, objectives, limits, table, job)  # last: a waiting worker starts on it
     if workers == 1:
-        study.sampler = make_sampler(strategy, seed + counted, ev.space, trials)
+        study.sampler = make_sampler(strategy, seed, ev.space, trials, offset=counted)
         objective = trial_objective(ev, objectives, limits, check_every, on_trial)
         st.run_queued_trials(study, objective, recoverable=(DeepSlimError,))
     else:
@@ -138,6 +151,9 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     front = _front(done, objectives)
     best = _finalists(ev, front, objectives, limits, top_k)
     uniform = _finalists(ev, tuple(c for c in family if c.feasible), objectives, limits, 1)
+    if uniform is not None and uniform.feasible and (best is None or not best.feasible
+                                                     or _rank(uniform, objectives) < _rank(best, objectives)):
+        best = uniform  # uniform policies are in the space too: after the same recovery, the better one is returned
     checks = [c for c in (dense, *done, *family, best, uniform) if c is not None and _checked(c)]
     cost = _cost(len(done), started, cpu0)
     where = storage or f"journal:{Path(out_dir or '.') / st.DEFAULT_JOURNAL}"
@@ -145,7 +161,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
                         uniform=uniform, pareto=front, trials=tuple(done), uniform_family=family,
                         latency_table=_table_report(table, checks), cost=cost,
                         study={"name": study_name, "strategy": strategy, "seed": seed, "workers": workers,
-                               "threads": threads, "storage": st.redact(where)})  # fmt: skip
+                               "threads": threads, "storage": st.redact(where), "device": device})  # fmt: skip
 
 
 def _cpu_seconds() -> float:
@@ -204,7 +220,7 @@ def _base(dense: Candidate, metric: str) -> float:
 
 
 def _smallest(ev: Evaluator, budgets: tuple[Budget, ...]) -> dict[str, tuple[float, Policy]]:
-    """The least latency and size any policy reaches, and a policy that reaches it: for latency the fewest
+    """The least latency, size and energy any policy reaches, and a policy that reaches it: for latency the fewest
     channels with, per layer, the faster precision — or every layer int8 or float alike, whichever the table
     predicts faster (conversions between precisions make the per-layer choice not always the best)."""
     space, x = ev.space, ev.data.example_input
@@ -219,14 +235,14 @@ def _smallest(ev: Evaluator, budgets: tuple[Budget, ...]) -> dict[str, tuple[flo
                 int8[name] = fast
         options = [replace(least, int8={**least.int8, **int8}), least, space.smallest(True)]
         found["latency"] = min(((ev.table.predict(net, x, p.int8), p) for p in options), key=lambda t: t[0])
-    if any(b.metric == "size" for b in budgets):
-        small = space.smallest(True)
-        found["size"] = (ev.evaluate(small, recovery="none").value("size"), small)
+    for metric in ("size", "energy"):
+        if any(b.metric == metric for b in budgets):
+            found[metric] = ev.least(metric)
     return found
 
 
 def _check_feasible(ev: Evaluator, budgets: tuple[Budget, ...], limits: dict[str, float], dense: Candidate) -> None:
-    unit = {"latency": "ms", "size": "bytes"}
+    unit = UNIT_NAMES
     for metric, (value, _) in _smallest(ev, budgets).items():
         if value > limits[metric]:
             base = _base(dense, metric)
@@ -364,7 +380,7 @@ def _finalists(ev: Evaluator, pool: Sequence[Candidate], objectives: tuple[str, 
     if re-measurement puts all of them over it, the best of them, marked infeasible)."""
     if not pool or k < 1:
         return None
-    recovery = "finetune" if ev.finetune_epochs > 0 else "none"
+    recovery = "finetune"  # as the recipe recovers: fine-tune or distill, or with zero epochs BN re-estimation
     chosen = sorted(pool, key=lambda c: _rank(c, objectives))[:k]
     final = [_feasible(replace(ev.evaluate(c.policy, recovery=recovery, measure=ev.table.end_to_end), trial=c.trial),
                        limits) for c in chosen]  # fmt: skip
