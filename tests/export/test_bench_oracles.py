@@ -261,3 +261,22 @@ def test_benchmark_runs_until_min_seconds_or_500_runs_under_a_scripted_clock(fak
     monkeypatch.setattr(_FakeWorker, "run", run)
     res = ds.benchmark(big_and_small_files[0], threads=1, min_seconds=seconds)
     assert res.runs == runs and res.runtime == "onnxruntime"  # 8 blocks fill 1 s; 100 blocks reach the cap
+
+
+def test_compare_of_two_modules_exports_each_on_its_side_with_the_shaped_input(fake_worker, monkeypatch):
+    import deepslim.export.bench as bench
+
+    exported, advised = [], []
+    real = bench._as_onnx
+    def as_onnx(model, x, tmp, tag, calib=None, runtime="onnxruntime"):
+        exported.append((model, None if x is None else tuple(x.shape), tag, calib, runtime))
+        return real(model, x, tmp, tag, calib, runtime)
+
+    monkeypatch.setattr(bench, "_as_onnx", as_onnx)
+    monkeypatch.setattr(bench, "_advice", lambda model, x, shape: advised.append((model, tuple(x.shape), shape)) or [])
+    a, b, calib = nn.Linear(3, 2), nn.Sequential(nn.Linear(3, 2)), [torch.randn(2, 3)]
+    _FakeWorker.scale.update({"a.onnx": 3.0, "b.onnx": 1.0})
+    res = ds.compare(a, b, input_shape=(2, 3), threads=1, rounds=1, block=2, calib_data=calib)
+    assert exported[:2] == [(a, (2, 3), "a", calib, "onnxruntime"), (b, (2, 3), "b", calib, "onnxruntime")]
+    assert [e[1:3] for e in fake_worker if e[0] == "open"] == [("a.onnx", (2, 3)), ("b.onnx", (2, 3))]
+    assert advised == [(a, (2, 3), (2, 3)), (b, (2, 3), (2, 3))] and res.speedup == 3.0
