@@ -92,9 +92,9 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: st
     entry["space"] = {"groups": len(space.groups), "int8_layers": len(space.int8_layers), "policies": space.size}
     if args.table_policies:
         ev = Evaluator(dense, data, space, table)
-        from deepslim.search.engine import _calibrate
+        from deepslim.search.engine import calibrate_table
 
-        _calibrate(ev)
+        calibrate_table(ev)
         t0 = time.perf_counter()
         check = check_table(dense, space, table, example_input=x, calib_data=data.calib, policies=args.table_policies,
                             nodes=NodeTable(table))  # fmt: skip

@@ -17,6 +17,8 @@ def run(capsys, *argv):
     (["--budget", "power=1W"], "unknown budget 'power'; choose from latency, size"),
     (["--objective", "accuracy,speed"], "unknown objective 'speed'; choose from accuracy, latency, size"),
     (["--runtime", "tvm"], "unknown runtime 'tvm' for latency tables; choose one of onnxruntime"),
+    (["--device", "pi9", "--budget", "energy=0.5x"],
+     "unknown device 'pi9'; known devices: cortex-m7, h100, host, jetson-nano, rpi4"),
 ])  # fmt: skip
 def test_bad_names_exit_2_with_the_valid_ones_before_loading_anything(capsys, tmp_path, option, message):
     code, out, err = run(capsys, "search", "no-such-model", "--data", "no-such-data", "--out", str(tmp_path / "s"),

@@ -1,7 +1,6 @@
 """search() with an energy budget on a named device, and finalists recovered as the recipe recovers them when no
 epoch is fine-tuned (batch-norm re-estimation): the exact optimum under the budget, the refusals."""
 
-import inspect
 
 import pytest
 
@@ -11,8 +10,6 @@ from deepslim.search.evaluate import Evaluator
 from tests.search._tiny import digits, fake_table, tiny_net, trained_net
 
 optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
-pytestmark = pytest.mark.skipif("device" not in inspect.signature(search).parameters,
-                                reason="search(device=...) comes with the engine change of helper S's report")  # fmt: skip
 
 FAST = {"finetune_epochs": 0, "top_k": 1, "uniform_ratios": (1.0, 0.5)}
 
