@@ -10,7 +10,7 @@ from pathlib import Path
 HERE = Path(__file__).parent
 BENCHMARKS = ["profile_speed", "pruning_speed", "pruning_accuracy", "quantization", "quantization_shapes",
               "deep_compression", "speed", "int8_api_path", "openvino_runtime", "transformer_encoder", "generality",
-              "ondevice_training", "search", "ddp"]
+              "ondevice_training", "search", "search_workers", "ddp", "vit_tome", "block_view"]
 RESULTS = {"openvino_runtime": "openvino"}  # a script named openvino.py would shadow the package it measures
 # benchmarks that also run on Fashion-MNIST (real photographs): a second run with --data, results in NAME_fashion.json
 ALSO_FASHION = ("pruning_accuracy", "quantization", "deep_compression")
