@@ -107,8 +107,9 @@ def test_a_mode_over_budget_names_the_mode_that_fits(capsys: pytest.CaptureFixtu
 def test_sparse_mode_needs_a_budget_and_respects_it(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "finetune-ondevice", "lenet5", "--data", "digits", "--mode", "sparse")
     assert code == 2 and "--budget" in err
-    code, out, _ = run(capsys, "finetune-ondevice", "lenet5", "--data", "digits", "--mode", "sparse", "--budget",
-                       "memory=1MB", "--epochs", "0", "--json")  # fmt: skip
+    code, out, err = run(capsys, "finetune-ondevice", "lenet5", "--data", "digits", "--mode", "sparse", "--budget",
+                         "memory=1MB", "--epochs", "0", "--json")  # fmt: skip
+    assert code == 0, err
     res = json.loads(out)
     assert code == 0 and res["predicted_peak_bytes"] <= 2**20
     assert res["predicted_saved_bytes"] == res["measured_saved_bytes"]
