@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
 from deepslim.cli._common import add_model_args, default_input, load, out, parse_shape
 from deepslim.errors import ConfigError
+
+if TYPE_CHECKING:
+    from deepslim.analysis.blocks import TimeProfile
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -18,6 +22,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="estimate latency and energy on this device (see `deepslim devices`)")
     p.add_argument("--json", action="store_true", help="print the profile as JSON")
     p.add_argument("--allow-unknown-ops", action="store_true", help="count unknown operators as zero MACs")
+    p.add_argument("--time", action="store_true",
+                   help="for an .onnx file: time every node in ONNX Runtime and show where the time goes per block "
+                        "(attention / FFN / embeddings / other)")
+    p.add_argument("--runs", type=int, default=20, help="timed runs for --time, after 5 warm-up runs (default: 20)")
+    p.add_argument("--time-threads", type=int, default=1, metavar="N",
+                   help="ONNX Runtime intra-op threads for --time (default: 1)")
     t = p.add_argument_group("training memory (--training)")
     t.add_argument("--training", action="store_true",
                    help="profile one training step: weights, gradients, optimizer state, saved activations, peak")
@@ -37,6 +47,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     shape = parse_shape(args.input_shape) if args.input_shape else None
     if args.training:
         return _training(args, shape)
+    timed = _timed(args, shape)
     if args.model.endswith(".onnx"):
         prof = profile(args.model, device=args.device, strict=not args.allow_unknown_ops, input_shape=shape)
     else:
@@ -44,10 +55,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
         prof = profile(model, device=args.device, strict=not args.allow_unknown_ops, input_shape=shape,
                        name=args.model)  # fmt: skip
     if args.json:
-        print(json.dumps(prof.to_dict(), indent=2))
+        print(json.dumps({**prof.to_dict(), **({"measured": timed.to_dict()} if timed else {})}, indent=2))
         return 0
     if not out.is_terminal:  # piped or redirected: the plain table, never truncated to a terminal width
         print(prof if not args.quiet else "\n".join(summary_lines(prof)))
+        if timed is not None:
+            print(f"\n{timed}")
         return 0
     header, rows = profile_rows(prof)
     table = Table(*header, title=f"profile of {prof.model}", show_lines=False)
@@ -59,7 +72,34 @@ def cmd_profile(args: argparse.Namespace) -> int:
         out.print(table)
     for line in summary_lines(prof):
         out.print(line)
+    if timed is not None:
+        _print_timed(timed)
     return 0
+
+
+def _timed(args: argparse.Namespace, shape: tuple[int, ...] | None) -> TimeProfile | None:
+    """``profile --time``: the measured block view of an .onnx file (None without --time)."""
+    if not args.time:
+        return None
+    if not args.model.endswith(".onnx"):
+        raise ConfigError("profile --time measures an .onnx file: export the model first (deepslim export)")
+    from deepslim.analysis.onnx_profile import time_onnx
+
+    return time_onnx(args.model, input_shape=shape, runs=args.runs, threads=args.time_threads)
+
+
+def _print_timed(timed: TimeProfile) -> None:
+    from deepslim.analysis._format import time_rows, time_summary_lines
+
+    header, rows = time_rows(timed)
+    table = Table(*header, title=f"measured time per block of {timed.model}")
+    for col in table.columns[1:]:
+        col.justify = "right"
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+    for line in time_summary_lines(timed):
+        out.print(line)
 
 
 def _training(args: argparse.Namespace, shape: tuple[int, ...] | None) -> int:
