@@ -89,7 +89,7 @@ def _timed(args: argparse.Namespace, shape: tuple[int, ...] | None) -> TimeProfi
 
 
 def _print_timed(timed: TimeProfile) -> None:
-    from deepslim.analysis._format import time_rows, time_summary_lines
+    from deepslim.analysis import time_rows, time_summary_lines
 
     header, rows = time_rows(timed)
     table = Table(*header, title=f"measured time per block of {timed.model}")
