@@ -280,3 +280,16 @@ def test_compare_of_two_modules_exports_each_on_its_side_with_the_shaped_input(f
     assert exported[:2] == [(a, (2, 3), "a", calib, "onnxruntime"), (b, (2, 3), "b", calib, "onnxruntime")]
     assert [e[1:3] for e in fake_worker if e[0] == "open"] == [("a.onnx", (2, 3)), ("b.onnx", (2, 3))]
     assert advised == [(a, (2, 3), (2, 3)), (b, (2, 3), (2, 3))] and res.speedup == 3.0
+
+
+def test_a_worker_that_does_not_exit_is_killed_and_close_returns(monkeypatch):
+    import subprocess
+    import sys
+
+    from deepslim.export.bench import _Worker
+
+    worker = _Worker.__new__(_Worker)  # a child that ignores its closed stdin, as a stuck runtime would
+    worker.proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], stdin=subprocess.PIPE)
+    monkeypatch.setattr(_Worker, "exit_timeout_s", 0.2)
+    worker.close()  # no TimeoutExpired: the measured times of the caller survive
+    assert worker.proc.returncode is not None and worker.proc.returncode < 0  # killed by a signal

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import statistics
+import subprocess
 import tempfile
 import time
 from collections.abc import Callable
@@ -92,9 +93,10 @@ def summarize(runtime: str, times: list[float], threads: int | None, peak: int |
 class _Worker:
     """A runtime session (ONNX Runtime or OpenVINO) in a child process (see :mod:`deepslim.export._worker`)."""
 
+    exit_timeout_s = 30.0  # how long close() waits for the child to exit before killing it
+
     def __init__(self, path: Path, feed: np.ndarray, threads: int | None, spinning: bool, tmp: Path,
                  runtime: str = "onnxruntime"):  # fmt: skip
-        import subprocess
         import sys
 
         npy = tmp / f"input-{id(self)}.npy"
@@ -128,9 +130,15 @@ class _Worker:
         return reply["times_ms"]
 
     def close(self) -> None:
+        """End the worker; one that does not exit within ``exit_timeout_s`` (a saturated machine) is killed, so
+        the times already measured are never lost to a slow exit."""
         if self.proc.poll() is None:
             self.proc.stdin.close()  # type: ignore[union-attr]
-            self.proc.wait(timeout=30)
+            try:
+                self.proc.wait(timeout=self.exit_timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
 
 
 def _input_spec(path: Path) -> tuple[tuple[int, ...], bool]:
