@@ -19,7 +19,8 @@ def test_every_command_module_is_registered_once_and_registers_its_commands():
     assert sorted(registered) == sorted(_command_modules()) and len(set(registered)) == len(registered)
     sub = cli.build_parser()._subparsers._group_actions[0]  # the COMMAND sub-parsers
     assert {"profile", "prune", "quantize", "models", "devices", "export", "bench", "compress", "pack", "unpack",
-            "demo", "report", "search", "finetune-ondevice", "fit", "distill"} == set(sub.choices)  # fmt: skip
+            "demo", "report", "search", "worker", "finetune-ondevice", "fit",
+            "distill"} == set(sub.choices)  # fmt: skip
     assert all(callable(p.get_default("func")) for p in sub.choices.values())
 
 
