@@ -10,6 +10,7 @@ from torch import nn
 
 import deepslim as ds
 from deepslim.search.latency import LatencyTable, LayerKey
+from deepslim.search.space import SearchSpace
 
 
 def tiny_net() -> nn.Module:
@@ -50,3 +51,12 @@ def fake_ms(key: LayerKey) -> float:
 
 def fake_table() -> LatencyTable:
     return LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys])
+
+
+FAST = {"finetune_epochs": 0, "top_k": 1, "uniform_ratios": (1.0, 0.5)}  # search() settings of the tiny tests
+
+
+def small_space(net: nn.Module) -> SearchSpace:
+    """Channel counts 4 or 8 in both groups and the second convolution int8 or float: 8 policies."""
+    full = SearchSpace.from_model(net, digits().example_input, keep_ratios=(1.0, 0.5), round_to=2)
+    return SearchSpace(groups=full.groups, int8_layers=("3",), round_to=2)

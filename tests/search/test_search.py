@@ -5,20 +5,13 @@ import pytest
 import torch
 
 from deepslim.errors import ConfigError
-from deepslim.search import SearchSpace, search
+from deepslim.search import search
 from deepslim.search.evaluate import Evaluator
 from deepslim.search.recipe import policy_recipe
-from tests.search._tiny import digits, fake_table, trained_net
+from tests.search._tiny import FAST, digits, fake_table, small_space, trained_net
 
 optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
 
-FAST = {"finetune_epochs": 0, "top_k": 1, "uniform_ratios": (1.0, 0.5)}
-
-
-def small_space(net):
-    """Channel counts 4 or 8 in both groups and the second convolution int8 or float: 8 policies."""
-    full = SearchSpace.from_model(net, digits().example_input, keep_ratios=(1.0, 0.5), round_to=2)
-    return SearchSpace(groups=full.groups, int8_layers=("3",), round_to=2)
 
 
 def test_search_finds_the_exact_optimum_under_a_latency_budget(tmp_path):

@@ -11,7 +11,7 @@ from deepslim.search import SearchSpace, search
 from deepslim.search.evaluate import Evaluator
 from deepslim.search.space import GroupChoice
 from deepslim.search.strategies import STRATEGIES, evolution_sizes, make_sampler
-from tests.search._tiny import digits, fake_table, tiny_net, trained_net
+from tests.search._tiny import FAST, digits, fake_table, tiny_net, trained_net
 
 optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
 from deepslim.search.samplers import EvolutionSampler, GreedySampler, read_history  # noqa: E402
@@ -164,7 +164,6 @@ def test_evolution_sizes_follow_the_number_of_trials_and_a_resumed_study_keeps_t
 
 # -- through search(): the tiny net, the fake cost table ------------------------------------------------------------
 
-FAST = {"finetune_epochs": 0, "top_k": 1, "uniform_ratios": (1.0, 0.5)}
 
 
 def net_space(net):

@@ -8,17 +8,16 @@ import pytest
 
 import deepslim as ds
 from deepslim.errors import ConfigError
-from deepslim.search import LatencyTable, SearchSpace, search
+from deepslim.search import LatencyTable, search
 from deepslim.search import storage as st
 from deepslim.search import workers as wk
 from deepslim.search._process import process_state
 from tests.search import _tiny
-from tests.search._tiny import digits, fake_ms, trained_net
+from tests.search._tiny import FAST, digits, fake_ms, small_space, trained_net
 
 optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
 
 DATA = {"seed": 0, "calib_size": 128}  # as tests.search._tiny.digits() loads it
-FAST = {"finetune_epochs": 0, "top_k": 1, "uniform_ratios": (1.0, 0.5)}
 
 
 def fake_timer(keys):
@@ -31,12 +30,6 @@ def factory_net():
     net = ds.load_model(f"{_tiny.__file__}:tiny_net")
     net.load_state_dict(trained_net().state_dict())
     return net.eval()
-
-
-def small_space(net):
-    """Channel counts 4 or 8 in both groups and the second convolution int8 or float: 8 policies."""
-    full = SearchSpace.from_model(net, digits().example_input, keep_ratios=(1.0, 0.5), round_to=2)
-    return SearchSpace(groups=full.groups, int8_layers=("3",), round_to=2)
 
 
 def run(out_dir, workers, storage=None, **kwargs):

@@ -253,20 +253,10 @@ class LatencyTable:
         return self.predict_keys(list(layer_keys(model, example_input, int8).values()))
 
     def calibrate(self, points: Sequence[tuple[float, float]]) -> None:
-        """Fit ``scale`` and ``offset`` to (raw sum, measured) pairs: least squares with two distinct sums or more,
-        else the offset alone."""
-        points = [(r, m) for r, m in points if m == m]  # NaN: a model that could not be measured
-        self.points = [(float(r), float(m)) for r, m in points]
-        if not points:
-            return
-        raw = np.array([p[0] for p in points])
-        meas = np.array([p[1] for p in points])
-        if len(points) >= 2 and np.ptp(raw) > 1e-9:
-            scale, offset = np.polyfit(raw, meas, 1)
-            if scale > 0:
-                self.scale, self.offset = float(scale), float(offset)
-                return
-        self.scale, self.offset = 1.0, float(np.mean(meas - raw))
+        """Fit ``scale`` and ``offset`` to (raw sum, measured) pairs (:func:`fit_line`)."""
+        self.points, fitted = fit_line(points)
+        if fitted is not None:
+            self.scale, self.offset = fitted
 
     def calibrate_parts(self, points: Sequence[tuple[tuple[float, float], float]]) -> None:
         """Fit ``measured ≈ scale × (layers + change_weight × conversions) + offset`` to ((layers, conversions),
@@ -344,6 +334,21 @@ def time_models(pairs: Sequence[tuple[nn.Module, Any]], *, threads: int = 1, rou
 
 
 # -- how good the table is ---------------------------------------------------------------------------------------------
+
+def fit_line(points: Sequence[tuple[float, float]]) -> tuple[list[tuple[float, float]], tuple[float, float] | None]:
+    """The (raw, measured) pairs kept (NaN measurements — models that could not be measured — left out) and the
+    ``(scale, offset)`` mapping raw predictions onto them: least squares with two distinct raws or more and a positive
+    slope, else the offset alone; None without any pair."""
+    good = [(float(r), float(m)) for r, m in points if m == m]
+    if not good:
+        return good, None
+    raw, meas = np.array([p[0] for p in good]), np.array([p[1] for p in good])
+    if len(good) >= 2 and np.ptp(raw) > 1e-9:
+        scale, offset = np.polyfit(raw, meas, 1)
+        if scale > 0:
+            return good, (float(scale), float(offset))
+    return good, (1.0, float(np.mean(meas - raw)))
+
 
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
     """Kendall's rank correlation (tau-a: ties count as neither concordant nor discordant)."""

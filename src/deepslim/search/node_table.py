@@ -26,11 +26,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from torch import nn
 
 from deepslim.errors import ExportError
-from deepslim.search.latency import LatencyTable
+from deepslim.search.latency import LatencyTable, fit_line
 
 PREFIX = "node:"
 Node = dict[str, str]  # {"key", "op", "file", "feeds"}
@@ -93,16 +92,7 @@ class NodeTable:
         return self.scale * raw + self.offset
 
     def calibrate(self, points: Sequence[tuple[float, float]]) -> None:
-        """Fit ``scale`` and ``offset`` to (raw, measured) pairs (least squares with two distinct raws or more and a
-        positive slope; else the offset alone). NaN measurements are left out."""
-        good = [(float(r), float(m)) for r, m in points if m == m]
-        self.points = good
-        if not good:
-            return
-        raw, meas = np.array([p[0] for p in good]), np.array([p[1] for p in good])
-        if len(good) >= 2 and np.ptp(raw) > 1e-9:
-            scale, offset = np.polyfit(raw, meas, 1)
-            if scale > 0:
-                self.scale, self.offset = float(scale), float(offset)
-                return
-        self.scale, self.offset = 1.0, float(np.mean(meas - raw))
+        """Fit ``scale`` and ``offset`` to (raw, measured) pairs (:func:`deepslim.search.latency.fit_line`)."""
+        self.points, fitted = fit_line(points)
+        if fitted is not None:
+            self.scale, self.offset = fitted
