@@ -2,6 +2,9 @@
 checked against torch.quantile, against a brute-force search that uses PyTorch's fake-quant kernel, and by what the
 KL threshold must do to a heavy tail."""
 
+import math
+
+import numpy as np
 import pytest
 import torch
 
@@ -73,10 +76,42 @@ def test_mse_range_of_strictly_positive_data_starts_at_zero():
     assert lo == ref_lo == 0.0 and hi == pytest.approx(ref_hi, rel=1e-5)
 
 
+def _reference_entropy_threshold(data, levels, bins=2048):
+    """The KL threshold from its definition, the slow way: a histogram of the non-zero |x| over [0, max |x|]; for every
+    candidate bin i (every (bins - levels) // 256 bins from ``levels``), sum over bins j of p_j / N log(p_j / q_j),
+    where p_j counts bin j with everything past bin i - 1 clipped into it, and q_j is the in-range count of j's level
+    (the i bins cut into ``levels`` runs, the first i mod levels one bin longer) shared by the level's bins where p > 0;
+    N counts all non-zero samples, so clipped mass is missing from q."""
+    mags = data.abs().double().numpy()
+    mags = mags[mags > 0]
+    amax = float(mags.max())
+    counts, _ = np.histogram(mags, bins=bins, range=(0.0, amax))
+    total = int(counts.sum())
+    best_kl, best_i = math.inf, bins
+    for i in range(levels, bins + 1, max(1, (bins - levels) // 256)):
+        p = [int(c) for c in counts[:i]]
+        p[-1] += int(counts[i:].sum())
+        run, longer = divmod(i, levels)
+        kl, start = 0.0, 0
+        for level in range(levels):
+            js = range(start, start + run + (level < longer))
+            start = js.stop
+            kept, nonzero = sum(int(counts[j]) for j in js), [j for j in js if p[j] > 0]
+            for j in nonzero:
+                q = kept / len(nonzero)
+                kl += p[j] / total * math.log(p[j] / q) if q > 0 else math.inf
+        if kl < best_kl:
+            best_kl, best_i = kl, i
+    return best_i * amax / bins
+
+
 def test_entropy_threshold_of_relu_outputs_is_one_sided_with_all_levels(relu_like):
-    # data starting exactly at 0 is non-negative: 256 levels, not the 128 of a signed half (golden values)
+    # data starting exactly at 0 is non-negative: 256 levels, not the 128 of a signed half (golden: bin 494 of 2048
+    # over [0, 12], what _reference_entropy_threshold finds too; TensorRT's search as published gave 1.5, which clipped
+    # 7% of the non-zero values at 8 bits because the 69% of exact zeros decided it)
     lo, hi = _observe(Calibration.ENTROPY, [relu_like]).range()
-    assert lo == 0.0 and hi == pytest.approx(1.5, abs=1e-9)
+    assert lo == 0.0 and hi == pytest.approx(494 * 12 / 2048, abs=1e-9)
+    assert hi == pytest.approx(_reference_entropy_threshold(relu_like, 256), abs=1e-9)
 
 
 def test_entropy_threshold_of_a_half_normal_with_one_outlier_golden():
@@ -99,7 +134,8 @@ def test_entropy_keeps_the_whole_range_of_tailless_data_up_to_the_last_bin(bits,
 def test_entropy_threshold_clips_a_heavy_tail_symmetrically_for_signed_data(signed):
     lo, hi = _observe(Calibration.ENTROPY, [signed]).range()
     assert lo == -hi and 2.5 < hi < 4.5  # the bulk (|x| < ~4) kept, the outliers at -9, 12 clipped
-    assert hi == pytest.approx(3.333984375, abs=1e-9)  # golden: bin 569 of 2048 over [0, 12] (569 * 12 / 2048)
+    assert hi == pytest.approx(625 * 12 / 2048, abs=1e-9)  # golden: bin 625 of 2048 over [0, 12]
+    assert hi == pytest.approx(_reference_entropy_threshold(signed, 128), abs=1e-9)
     # a distribution without a tail keeps (nearly) its whole range
     uniform = torch.linspace(-1.0, 1.0, 4001)
     lo, hi = _observe(Calibration.ENTROPY, [uniform]).range()
@@ -114,7 +150,8 @@ def test_entropy_is_not_fooled_by_where_the_mass_sits():
     obs.update(data)
     lo, hi = obs.range()
     assert lo == 0.0 and 1.0 < hi < 30.0  # 2048 bins over 0..100: the bulk fills 21
-    assert hi == pytest.approx(15.396358489990234, rel=1e-7)  # golden
+    assert hi == pytest.approx(13.73317140340805, rel=1e-7)  # golden
+    assert hi == pytest.approx(_reference_entropy_threshold(data, 16), rel=1e-7)
 
 
 def test_constant_data_and_no_data():
@@ -142,3 +179,42 @@ def test_a_percentile_range_always_contains_zero():
     data = torch.cat([torch.rand(990, generator=torch.Generator().manual_seed(5)) + 0.5, -torch.ones(10)])
     lo, hi = _observe(Calibration.PERCENTILE, [data], percentile=90.0).range()
     assert lo == 0.0 and hi == pytest.approx(float(torch.quantile(data, 0.9)), abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def mostly_zeros():
+    """A ReLU's output: 69% exact zeros, the rest the positive part of N(-1.5, 3^2), up to ~11."""
+    return (torch.randn(20000, generator=torch.Generator().manual_seed(3)) * 3 - 1.5).clamp_min(0.0)
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+def test_exact_zeros_do_not_move_the_entropy_threshold(mostly_zeros, bits):
+    # zero is a grid point of every candidate, so a ReLU's zeros are represented exactly whatever the threshold; the
+    # search as published chose 0.087 of 11.2 at 4 bits (1.40 at 8), clipping 97% (76%) of the non-zero values
+    assert float((mostly_zeros == 0).float().mean()) == pytest.approx(0.69, abs=0.01)
+    lo, hi = _observe_bits(mostly_zeros, bits)
+    nonzero = mostly_zeros[mostly_zeros > 0]
+    assert (lo, hi) == _observe_bits(nonzero, bits)
+    assert lo == 0.0 and hi == pytest.approx(_reference_entropy_threshold(mostly_zeros, 2**bits), abs=1e-9)
+    assert float((nonzero > hi).float().mean()) < 0.001  # a tail of ~0.1% of the values at most is clipped
+
+
+@pytest.mark.parametrize("bits", [8, 4])
+@pytest.mark.parametrize("start", [0.4, 5.0, 100.0])
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_entropy_keeps_the_whole_range_of_tailless_data_far_from_zero(bits, start, sign):
+    # uniform on [start, start + 2.5]: nothing to clip. As published, everything was clipped into the first occupied
+    # bin for free ([0.4, 2.9] -> 0.402 at 8 bits; [100, 102.5] -> 100.05 with the zero fix alone)
+    data = sign * (torch.rand(3000, generator=torch.Generator().manual_seed(5)) * 2.5 + start)
+    top = float(data.abs().max())
+    lo, hi = _observe_bits(data, bits)
+    assert top * (1 - 8 / 2048) <= hi <= top  # within one candidate step (7 bins) of the top
+    assert lo == (-hi if sign < 0 else 0.0)
+    levels = 2 ** (bits - 1) if sign < 0 else 2**bits
+    assert hi == pytest.approx(_reference_entropy_threshold(data, levels), abs=1e-9)
+
+
+def _observe_bits(data, bits):
+    obs = Observer(Calibration.ENTROPY, bits)
+    obs.update(data)
+    return obs.range()

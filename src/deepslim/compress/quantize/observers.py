@@ -75,28 +75,46 @@ def _mse_range(data: torch.Tensor, lo: float, hi: float, bits: int) -> tuple[flo
 
 
 def _entropy_range(data: torch.Tensor, lo: float, hi: float, bits: int, bins: int = 2048) -> tuple[float, float]:
-    """TensorRT's KL calibration on |x|, applied symmetrically around zero (one-sided for non-negative data)."""
+    """TensorRT's KL calibration on |x|, applied symmetrically around zero (one-sided for non-negative data).
+
+    Two departures from the algorithm as published, each of which made it clip most of the data: exact zeros (a
+    ReLU's spike) are left out of the histogram -- zero is a grid point of every candidate, so they are represented
+    exactly and add nothing to any divergence, but they sat in one bin whose mass the merged levels smeared, and
+    only candidates whose first level held that bin alone escaped; and the candidate distribution is not
+    renormalised over the kept bins -- the clipped mass is missing from it, which costs log(1 / kept fraction), so
+    that data far from zero cannot be clipped into one bin for free (values in [0.4, 2.9] gave 0.402).
+    """
     amax = max(abs(lo), abs(hi))
-    hist, edges = np.histogram(data.abs().numpy(), bins=bins, range=(0.0, amax))
+    mags = data.abs().numpy().astype(np.float64)
+    mags = mags[mags > 0]
+    if mags.size == 0:
+        return (-amax if lo < 0 else 0.0), amax
+    hist, edges = np.histogram(mags, bins=bins, range=(0.0, amax))
     hist = hist.astype(np.float64)
     levels = 2 ** (bits - 1) if lo < 0 else 2**bits
     best_i, best_kl = bins, float("inf")
     for i in range(levels, bins + 1, max(1, (bins - levels) // 256)):
-        ref = hist[:i].copy()
-        ref[i - 1] += hist[i:].sum()  # clip the tail into the last bin
-        if ref.sum() == 0:
-            continue
-        # quantize the first i bins into `levels` bins, then expand back over the non-empty source bins
-        chunks = np.array_split(np.arange(i), levels)
-        q = np.zeros(i)
-        for c in chunks:
-            nonzero = hist[c] > 0
-            if nonzero.any():
-                q[c[nonzero]] = hist[c].sum() / nonzero.sum()
-        p, qn = ref / ref.sum(), q / max(q.sum(), 1e-12)
-        mask = p > 0
-        kl = float(np.sum(p[mask] * np.log(p[mask] / np.maximum(qn[mask], 1e-12))))
+        kl = _clipped_kl(hist, i, levels)
         if kl < best_kl:
             best_kl, best_i = kl, i
     threshold = float(edges[best_i])
     return (-threshold if lo < 0 else 0.0), threshold
+
+
+def _clipped_kl(hist: np.ndarray, i: int, levels: int) -> float:
+    """KL(p || q) of the threshold at bin ``i``: p is the histogram with the tail clipped into bin i - 1, q the first i
+    bins merged into ``levels`` equal levels and spread back over the bins where p is non-zero, both divided by the
+    whole count (q then sums to the kept fraction). Infinite where p has mass that q lacks, as in the definition
+    (the clipped tail alone in a level: a small floor there made such clipping nearly free)."""
+    total = hist.sum()
+    p = hist[:i].copy()
+    p[i - 1] += hist[i:].sum()
+    q = np.zeros(i)
+    for c in np.array_split(np.arange(i), levels):
+        nonzero = p[c] > 0
+        if nonzero.any():
+            q[c[nonzero]] = hist[c].sum() / nonzero.sum()
+    mask = p > 0
+    if not (q[mask] > 0).all():  # clipped mass in a level that holds no kept sample: q cannot produce it
+        return float("inf")
+    return float(np.sum(p[mask] / total * np.log(p[mask] / q[mask])))
