@@ -54,12 +54,21 @@ bench: $(VENV)/.bench
 # pyproject.toml) and reports which ones the tests miss. The first run also runs the core tests once to learn which
 # tests reach which function; later runs reuse that from mutants/. MODULES narrows a run to dotted modules or packages
 # (make mutation MODULES=deepslim.compress.prune.masks); `$(BIN)/mutmut show NAME` prints a surviving mutant.
+# SAMPLE=N runs a seeded uniform random sample of N of those mutants instead (make mutation SAMPLE=400 SEED=0) and
+# prints the estimated score with its 95% interval and the survivors by module (tools/mutation_sample.py).
 MODULES ?= deepslim.analysis deepslim.compress deepslim.export deepslim.train
 MUTATION_JOBS ?= 1
+SAMPLE ?=
+SEED ?= 0
 
 mutation: $(VENV)/.mutation
+ifeq ($(SAMPLE),)
 	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/mutmut run --max-children $(MUTATION_JOBS) $(foreach m,$(MODULES),'$(m).*')
 	$(BIN)/mutmut results
+else
+	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/python tools/mutation_sample.py --sample $(SAMPLE) --seed $(SEED) \
+		--jobs $(MUTATION_JOBS) --modules $(MODULES)
+endif
 
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks

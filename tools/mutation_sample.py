@@ -1,0 +1,168 @@
+"""Mutation score of the core packages from a uniform random sample of their mutants (``make mutation SAMPLE=400``).
+
+A full ``mutmut run`` over analysis, compress, export and train plants thousands of mutants and runs for hours on a
+few cores. The score is a proportion, so a seeded uniform sample estimates it honestly: every mutant of the selected
+modules is listed (mutmut's own generation step, so the names are the ones ``mutmut run`` takes), ``--sample`` of them
+are drawn with ``random.Random(seed)``, mutmut runs exactly those, and the score is reported with its 95% Wilson
+interval and the survivors by module.
+
+What counts: killed and timed-out mutants are caught (mutmut's convention; also a mutant whose tests crashed,
+"segfault"); survivors and mutants that no test reaches
+("no tests") are missed; mutants that did not finish (an interrupted run, a crash of the runner) are left out and
+counted separately -- mutmut runs the fastest mutants first, so an interrupted sample is biased toward them.
+
+    python tools/mutation_sample.py --sample 400 --seed 0 [--jobs 1] [--modules deepslim.analysis ...]
+    python tools/mutation_sample.py --sample 400 --seed 0 --report   # tally an earlier (or interrupted) run
+
+Run it from the repository root (it reads ``[tool.mutmut]`` in pyproject.toml and works in ``mutants/``). It uses
+mutmut's generation functions directly (checked against mutmut 3.8): ``mutmut run`` has no "list only" mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import subprocess
+import sys
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+CAUGHT = {"killed", "timeout", "segfault", "caught by type check"}  # segfault: mutmut's name for a SIGKILL
+MISSED = {"survived", "no tests"}
+CORE = ("deepslim.analysis", "deepslim.compress", "deepslim.export", "deepslim.train")
+
+
+def generate() -> None:
+    """mutmut's generation step (what ``mutmut run`` does first): copy the sources into mutants/ and write every
+    mutable file's mutants and its .meta file; unchanged files are kept from an earlier run."""
+    from mutmut.__main__ import create_file_mutants
+    from mutmut.utils.file_utils import copy_also_copy_files, copy_src_dir, walk_source_files
+
+    Path("mutants").mkdir(exist_ok=True)
+    copy_src_dir()
+    copy_also_copy_files()
+    for path in walk_source_files():
+        result = create_file_mutants(path)
+        if result.error:
+            raise result.error
+
+
+def statuses() -> dict[str, str]:
+    """Every generated mutant's name and mutmut status ("not checked" until it has run)."""
+    from mutmut.mutation.data import SourceFileMutationData
+    from mutmut.stats import status_by_exit_code
+    from mutmut.utils.file_utils import walk_mutatable_files
+
+    out: dict[str, str] = {}
+    for path in walk_mutatable_files():
+        data = SourceFileMutationData(path=path)
+        data.load()
+        out.update({name: status_by_exit_code[code] for name, code in data.exit_code_by_key.items()})
+    return out
+
+
+def population(names: list[str], modules: list[str]) -> list[str]:
+    """The mutants of ``modules`` (dotted module or package prefixes), sorted so that a seed always draws the same."""
+    pool = sorted(n for n in names if any(n.startswith(m + ".") for m in modules))
+    if not pool:
+        raise SystemExit(f"no mutants in {' '.join(modules)}: check MODULES and [tool.mutmut] only_mutate")
+    return pool
+
+
+def draw(pool: list[str], size: int, seed: int) -> list[str]:
+    """A uniform sample without replacement, reproducible by seed."""
+    return sorted(random.Random(seed).sample(pool, min(size, len(pool))))
+
+
+def wilson(caught: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion (sound at small n and near 0 or 1, unlike the normal one)."""
+    if n == 0:
+        return 0.0, 1.0
+    p = caught / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def module_of(name: str) -> str:
+    """``deepslim.analysis.cost.x_fn__mutmut_3`` -> ``deepslim.analysis.cost`` (methods carry ``xǁClassǁ...``)."""
+    return name.rsplit(".", 1)[0]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Summary:
+    seed: int
+    modules: list[str]
+    population: int
+    sample: int
+    statuses: dict[str, int]
+    caught: int
+    missed: int
+    ci95: tuple[float, float]
+    by_module: dict[str, dict[str, int]]
+    survivors: dict[str, list[str]]
+
+    @property
+    def score(self) -> float | None:
+        return self.caught / (self.caught + self.missed) if self.caught + self.missed else None
+
+    def text(self) -> str:
+        lines = [f"sampled {self.sample} of {self.population} mutants (seed {self.seed}); statuses {self.statuses}"]
+        if self.score is None:
+            lines.append("no sampled mutant finished")
+        else:
+            lines.append(f"estimated score {self.score:.1%} (95% Wilson interval {self.ci95[0]:.1%} - "
+                         f"{self.ci95[1]:.1%}) over {self.caught + self.missed} finished mutants")  # fmt: skip
+        for module, names in self.survivors.items():
+            lines.append(f"  {module}: {len(names)} missed of {sum(self.by_module[module].values())} sampled")
+            lines += [f"    {n}" for n in names]
+        return "\n".join(lines)
+
+
+def summarize(sample: list[str], status: dict[str, str], *, seed: int, modules: list[str], population: int) -> Summary:
+    by_module: dict[str, Counter[str]] = defaultdict(Counter)
+    survivors: dict[str, list[str]] = defaultdict(list)
+    for n in sample:
+        s = status.get(n, "not checked")
+        by_module[module_of(n)][s] += 1
+        if s in MISSED:
+            survivors[module_of(n)].append(f"{n} ({s})")
+    counts = Counter(status.get(n, "not checked") for n in sample)
+    caught, missed = sum(counts[s] for s in CAUGHT), sum(counts[s] for s in MISSED)
+    return Summary(seed=seed, modules=modules, population=population, sample=len(sample), statuses=dict(counts),
+                   caught=caught, missed=missed, ci95=wilson(caught, caught + missed),
+                   by_module={m: dict(c) for m, c in sorted(by_module.items())},
+                   survivors=dict(sorted(survivors.items())))  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--sample", type=int, required=True, help="how many mutants to draw")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jobs", type=int, default=1, help="mutmut --max-children")
+    parser.add_argument("--modules", nargs="+", default=list(CORE), help="dotted module or package prefixes")
+    parser.add_argument("--report", action="store_true", help="only tally the sample's results from mutants/")
+    args = parser.parse_args()
+    if args.sample < 1:
+        raise SystemExit("--sample must be at least 1")
+    if not args.report:
+        generate()
+    status = statuses()
+    modules = [m.removesuffix(".*").removesuffix("*").rstrip(".") for m in args.modules]
+    pool = population(list(status), modules)
+    sample = draw(pool, args.sample, args.seed)
+    Path("mutants/sample.txt").write_text("\n".join(sample) + "\n")
+    if not args.report:
+        mutmut = str(Path(sys.executable).with_name("mutmut"))
+        subprocess.run([mutmut, "run", "--max-children", str(args.jobs), *sample], check=False)
+        status = statuses()
+    summary = summarize(sample, status, seed=args.seed, modules=modules, population=len(pool))
+    Path("mutants/sample_summary.json").write_text(json.dumps({**asdict(summary), "score": summary.score}, indent=1))
+    print(summary.text())
+
+
+if __name__ == "__main__":
+    main()
