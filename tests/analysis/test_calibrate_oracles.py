@@ -1,6 +1,9 @@
 """Host calibration's arithmetic under a scripted clock and scripted system files: what each micro-benchmark divides
 by what, which run counts, the cache size parsing, and how the measurements become a device profile."""
 
+import logging
+import os
+
 import pytest
 import torch
 
@@ -54,8 +57,8 @@ def _fake_system(monkeypatch, tmp_path, sizes, cpuinfo):
         (cache / f"index{i}" / "size").write_text(size + "\n")
     if cpuinfo is not None:
         (tmp_path / "cpuinfo").write_text(cpuinfo)
-    real = calibrate.Path
-    monkeypatch.setattr(calibrate, "Path", lambda p: cache if "cache" in str(p) else real(tmp_path / "cpuinfo"))
+    paths = {"/sys/devices/system/cpu/cpu0/cache": cache, "/proc/cpuinfo": tmp_path / "cpuinfo"}
+    monkeypatch.setattr(calibrate, "Path", lambda p: paths[p])  # any other path: KeyError
 
 
 def test_last_level_cache_is_the_largest_size_reported(monkeypatch, tmp_path):
@@ -81,21 +84,36 @@ def test_cpu_name_comes_from_the_model_name_line(monkeypatch, tmp_path):
     assert calibrate.cpu_name() and "model name" not in calibrate.cpu_name()
 
 
-def test_measured_host_becomes_a_device_profile(monkeypatch):
+def test_measured_host_becomes_a_device_profile(monkeypatch, caplog):
     rates = {torch.float32: 2e10, torch.int8: 8e10}
     monkeypatch.setattr(calibrate, "measure_gemm_rate", lambda dtype: rates[dtype])
-    dw_rates = {torch.float32: 5e9, torch.int8: 1e11}
+    # depthwise above the fp32 GEMM peak (capped at 1) and well below the int8 one
+    dw_rates = {torch.float32: 3e10, torch.int8: 2e10}
     monkeypatch.setattr(calibrate, "measure_depthwise_rate", lambda dtype: dw_rates[dtype])
     monkeypatch.setattr(calibrate, "measure_bandwidth", lambda: 1.5e10)
     monkeypatch.setattr(calibrate, "measure_op_overhead", lambda: 3e-6)
     monkeypatch.setattr(calibrate, "last_level_cache_bytes", lambda: 4 << 20)
     monkeypatch.setattr(calibrate, "measure_cache_bandwidth", lambda cache: cache * 1000.0)
-    dev = calibrate._measure_host(3)
+    monkeypatch.setattr(calibrate, "total_memory_bytes", lambda: 123 << 30)
+    monkeypatch.setattr(calibrate, "cpu_name", lambda: "Fancy CPU")
+    with caplog.at_level(logging.INFO, logger=calibrate.__name__):
+        dev = calibrate._measure_host(3)
+    assert caplog.messages == ["host calibrated: fp32 20.0 GMAC/s, int8 80.0 GMAC/s, 15.0 GB/s"]
     assert dev.name == "host" and dev.calibrated
     assert dict(dev.peak_macs_per_s) == {"fp32": 2e10, "int8": 8e10}
     assert dev.mem_bandwidth_bytes_per_s == 1.5e10 and dev.op_overhead_s == 3e-6 and dev.onchip_bytes == 4 << 20
-    assert dev.onchip_bandwidth_bytes_per_s == (4 << 20) * 1000.0
-    assert dict(dev.depthwise_efficiency) == {"fp32": 0.25, "int8": 1.0}  # capped at the GEMM peak
-    assert "3 torch threads" in dev.description and "with 3 torch threads" in dev.sources["fp32"]
-    assert {"fp32", "int8", "bandwidth", "onchip", "dram", "onchip_bandwidth", "depthwise", "op_overhead"} <= set(
-        dev.sources)  # fmt: skip
+    assert dev.onchip_bandwidth_bytes_per_s == (4 << 20) * 1000.0 and dev.dram_bytes == 123 << 30
+    assert dict(dev.depthwise_efficiency) == {"fp32": 1.0, "int8": 0.25}  # capped at the GEMM peak
+    assert dev.description == f"this machine: Fancy CPU, {os.cpu_count()} logical CPUs, 3 torch threads"
+    how = "measured by deepslim.analysis.calibrate with 3 torch threads"
+    assert dict(dev.sources) == {  # the provenance a reader of the profile sees, word for word
+        "fp32": f"512x512x512 torch.mm, best of 10, {how}",
+        "int8": f"512x512x512 ONNX Runtime MatMulInteger (u8 x s8 -> s32), best of 10, {how}",
+        "bandwidth": f"128 MB tensor copy (read + write), best of 3, {how}",
+        "onchip": "largest cache in /sys/devices/system/cpu/cpu0/cache",
+        "dram": "physical memory (sysconf), capped by the cgroup's memory.max",
+        "onchip_bandwidth": f"copy of a buffer filling half the last-level cache, best of 20, {how}",
+        "depthwise": f"3x3 depthwise convolution, 96x56x56, in ONNX Runtime (Conv / QLinearConv) over the GEMM peak, "
+                     f"best of 20, {how}",
+        "op_overhead": f"time of a tiny torch.relu call, best of 5 batches of 50, {how}",
+    }  # fmt: skip

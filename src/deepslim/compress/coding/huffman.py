@@ -123,6 +123,9 @@ def decode(table: HuffmanTable, data: bytes, n_bits: int, count: int) -> np.ndar
             raise ArchiveError(f"invalid Huffman code at bit {pos}")
         out[k] = i
         pos += lens[i]
+    if pos > n_bits:  # the last code ran into the zero padding
+        over = pos - n_bits
+        raise ArchiveError(f"Huffman stream ends {over} bit{'s' if over > 1 else ''} inside its last code")
     if pos != n_bits:
         raise ArchiveError(f"Huffman stream has {n_bits - pos} bits left over after {count} symbols")
     return table.symbols[out]
