@@ -39,6 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "when energy is an objective or budget)")  # fmt: skip
     p.add_argument("--runtime", default="onnxruntime", help="runtime whose latency is searched (onnxruntime)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of the latency measurements (default 1)")
+    p.add_argument("--latency-model", default=None, metavar="nodes|layers",
+                   help="what predicts a trial's latency: nodes (default: every node of the trial's optimized ONNX "
+                        "Runtime graph, timed alone and summed) or layers (the per-layer table, calibrated)")
+    p.add_argument("--remeasure-repeats", type=positive_int, default=3, metavar="N",
+                   help="interleaved end-to-end runs of the finalists and the dense model; their minimum and maximum "
+                        "are the noise band a finalist's budget is judged in (default 3)")  # fmt: skip
     p.add_argument("--round-to", type=int, default=8, help="channel counts are multiples of this (default 8: the "
                    "runtime's channel blocks)")  # fmt: skip
     p.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning of the finalists, and in the recipe")
@@ -71,11 +77,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     from deepslim.pipeline.recipe import Recipe
     from deepslim.search import LatencyTable, SearchSpace, as_budgets, check_objectives, search
     from deepslim.search.budget import check_device
+    from deepslim.search.evaluate import LATENCY_MODELS
     from deepslim.search.recipe import policy_recipe
     from deepslim.search.strategies import STRATEGIES
 
     if args.strategy not in STRATEGIES:  # every name is checked before the data and model are loaded
         raise ConfigError(f"unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
+    if args.latency_model is not None and args.latency_model not in LATENCY_MODELS:
+        raise ConfigError(f"unknown latency model {args.latency_model!r}; choose one of {', '.join(LATENCY_MODELS)}")
     budgets = list(as_budgets(args.budget))
     objectives = list(check_objectives(_objectives(args, budgets)))
     device = check_device(args.device, objectives, budgets)
@@ -109,7 +118,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                     storage=args.storage, seed=args.seed, out_dir=outdir, latency_table=table,
                     finetune_epochs=args.finetune_epochs, lr=args.lr, top_k=args.top_k, on_trial=progress,
                     workers=args.workers, threads=args.worker_threads, data_options=given[1],
-                    study_name=args.study, device=device)  # fmt: skip
+                    study_name=args.study, device=device, latency_model=args.latency_model,
+                    remeasure_repeats=args.remeasure_repeats)  # fmt: skip
     doc = result.to_dict()
     recipe_path = outdir / "recipe.yaml"
     if result.best is not None:
@@ -135,6 +145,19 @@ def cmd_search(args: argparse.Namespace) -> int:
         return 0
     _render(doc)
     return 0
+
+
+def _cells(c: dict[str, Any]) -> list[str]:
+    acc = "n/a" if c["accuracy"] is None else f"{c['accuracy']:.4f}"
+    pred = c.get("predicted_latency_ms")
+    meas = "n/a" if c["measured_latency_ms"] is None else f"{c['measured_latency_ms']:.3f}"
+    again, budget = c.get("remeasured"), "-"
+    if again:
+        meas += f" ({again['band_ms'][0]:.3f}-{again['band_ms'][1]:.3f})"
+        budget = "-" if again.get("budget_ms") is None else f"{again['budget_ms']:.3f}"
+    size = "n/a" if c["archive_bytes"] is None else f"{c['archive_bytes']:,}"
+    within = ("yes" if c["feasible"] else "no") + (f" ({again['verdict']})" if again else "")
+    return [acc, "n/a" if pred is None else f"{pred:.3f}", meas, budget, size, within]
 
 
 def _json_default(value: Any) -> Any:
@@ -163,22 +186,30 @@ def _render(doc: dict[str, Any]) -> None:
     from rich.table import Table
 
     table = Table(title="search")
-    for col in ("policy", "accuracy", "latency ms", "measured ms", "archive B", "within budget"):
+    for col in ("policy", "accuracy", "predicted ms", "measured ms (noise band)", "budget ms", "archive B",
+                "within budget"):  # fmt: skip
         table.add_column(col)
     for label in ("dense", "uniform", "best"):
         c = doc.get(label)
         if c is None:
-            table.add_row(label, "-", "-", "-", "-", "no policy within budget")
+            table.add_row(label, "-", "-", "-", "-", "-", "no policy within budget")
             continue
-        acc = "n/a" if c["accuracy"] is None else f"{c['accuracy']:.4f}"
-        meas = "n/a" if c["measured_latency_ms"] is None else f"{c['measured_latency_ms']:.3f}"
-        size = "n/a" if c["archive_bytes"] is None else f"{c['archive_bytes']:,}"
-        table.add_row(label, acc, f"{c['latency_ms']:.3f}", meas, size, "yes" if c["feasible"] else "no")
+        table.add_row(label, *_cells(c))
     out.print(table)
+    for note in doc.get("notes", []):
+        out.print(f"note: {note}")
     lt, cost = doc["latency_table"], doc["cost"]
     if lt.get("error_p90") is not None:
-        out.print(f"latency table: error p90 {lt['error_p90']:.1%}, Kendall tau {lt['kendall_tau']:.2f} (MAC proxy "
-                  f"{lt['mac_proxy_kendall_tau']:.2f}) over {lt['points']} end-to-end measurements")  # fmt: skip
+        other = lt.get("layer_table") if lt.get("latency_model") == "nodes" else lt.get("node_table")
+        beside = ""
+        if other and other.get("error_p90") is not None:
+            name = "layer" if lt.get("latency_model") == "nodes" else "node"
+            beside = f"; the {name} table: p90 {other['error_p90']:.1%}"
+            beside += f", tau {other['kendall_tau']:.2f}" if other.get("kendall_tau") is not None else ""
+        tau = "n/a" if lt["kendall_tau"] is None else f"{lt['kendall_tau']:.2f}"
+        mac = "n/a" if lt["mac_proxy_kendall_tau"] is None else f"{lt['mac_proxy_kendall_tau']:.2f}"
+        out.print(f"latency ({lt.get('latency_model', 'layers')} table): error p90 {lt['error_p90']:.1%}, Kendall "
+                  f"tau {tau} (MAC proxy {mac}) over {lt['points']} end-to-end measurements{beside}")  # fmt: skip
     out.print(f"{cost['trials']} trials in {cost['wall_s']:.0f} s ({cost['cpu_s']:.0f} CPU-s, "
               f"~{cost['energy_kwh']:.2g} kWh estimated)")
     if doc.get("recipe"):

@@ -35,8 +35,13 @@ from deepslim.search.budget import (
     pareto,
     uses,
 )
-from deepslim.search.evaluate import Candidate, Evaluator
-from deepslim.search.latency import LatencyTable, TableCheck, layer_keys
+from deepslim.search.evaluate import Candidate, Evaluator, resolve_latency_model
+from deepslim.search.finals import feasible as _feasible
+from deepslim.search.finals import final_round, table_report
+from deepslim.search.finals import finite as _finite
+from deepslim.search.finals import rank as _rank
+from deepslim.search.latency import LatencyTable, layer_keys
+from deepslim.search.node_table import NodeTable
 from deepslim.search.space import DEFAULT_KEEP_RATIOS, KINDS, Policy, SearchSpace, prune_policy
 from deepslim.search.strategies import STRATEGIES, make_sampler
 
@@ -63,6 +68,8 @@ class SearchResult:
     latency_table: dict[str, Any]
     cost: dict[str, float]
     study: dict[str, Any] = field(default_factory=dict)
+    finalists: tuple[Candidate, ...] = ()  # every re-measured finalist (searched, then uniform), see finals.py
+    notes: tuple[str, ...] = ()  # finalists passed over (over budget when re-measured), uniform returned as best
 
     def to_dict(self) -> dict[str, Any]:
         def cand(c: Candidate | None) -> dict[str, Any] | None:
@@ -74,6 +81,7 @@ class SearchResult:
                 "trials": [c.to_dict() for c in self.trials],
                 "uniform_family": [c.to_dict() for c in self.uniform_family],
                 "latency_table": self.latency_table, "cost": dict(self.cost), "study": dict(self.study),
+                "finalists": [c.to_dict() for c in self.finalists], "notes": list(self.notes),
                 "space": self.space.to_dict()}  # fmt: skip
 
 
@@ -85,18 +93,25 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
            latency_table: LatencyTable | None = None, finetune_epochs: int = 1, lr: float = 1e-3, top_k: int = 3,
            check_every: int = 10, uniform_ratios: Sequence[float] | None = None,
            on_trial: Callable[[Candidate], None] | None = None, workers: int = 1, threads: int = 1,
-           data_options: Mapping[str, Any] | None = None, device: str | None = None) -> SearchResult:  # fmt: skip
+           data_options: Mapping[str, Any] | None = None, device: str | None = None,
+           latency_model: str | None = None, node_table: NodeTable | None = None,
+           remeasure_repeats: int = 3) -> SearchResult:  # fmt: skip
     """Search per-layer channel counts and precisions of ``model`` on ``data`` (a DataBundle) for ``objectives``
     under ``budget`` with ``trials`` Optuna trials of ``strategy`` (tpe, nsga2, random, grid, evolution, greedy).
 
     ``space``: a :class:`SearchSpace` or the kinds to build one from ("prune", "int8", "hpo"). Trials are judged after
-    batch-norm re-estimation, on the validation split, with latency predicted by the per-layer table (measured on
-    ``runtime``, checked end to end every ``check_every`` trials); the ``top_k`` best feasible candidates are then
-    fine-tuned for ``finetune_epochs`` (as the written recipe does) and re-measured end to end, and the best of them
-    is ``best`` (with zero epochs, their batch norms are re-estimated instead, as the recipe's ``recalibrate``
-    stage does). ``device`` names the device profile whose cost model estimates energy (the ``energy`` objective
-    and budget, in µJ; default ``host`` when energy is searched). The study lives in ``storage`` (default:
-    ``out_dir/study.journal``): the same call resumes it.
+    batch-norm re-estimation, on the validation split, with latency predicted by ``latency_model``: "nodes" (the
+    default on ONNX Runtime: the node-level table's prediction of the trial's exported graph, ``node_table`` or one
+    built on ``latency_table``) or "layers" (the per-layer table; the default for a table with custom timers),
+    measured on ``runtime`` and checked end to end every ``check_every`` trials. Relative budgets, the feasibility
+    check and the uniform family are judged in the same frame. The ``top_k`` best feasible candidates and the best
+    uniform policy are then fine-tuned for ``finetune_epochs`` (as the written recipe does; with zero epochs, their
+    batch norms are re-estimated instead, as the recipe's ``recalibrate`` stage does) and re-measured end to end with
+    the dense model, interleaved, ``remeasure_repeats`` times (:mod:`deepslim.search.finals`): ``best`` is the best
+    of them that meets the budget within the noise band (a finalist over it is passed over, and ``notes`` says so),
+    or the uniform policy when it ranks better. ``device`` names the device profile whose cost model estimates
+    energy (the ``energy`` objective and budget, in µJ; default ``host`` when energy is searched). The study lives
+    in ``storage`` (default: ``out_dir/study.journal``): the same call resumes it.
 
     ``workers`` > 1 runs the trials on that many ``deepslim worker`` processes of ``threads`` intra-op threads each
     (:mod:`deepslim.search.workers`), after everything above is prepared here once; ``data`` is then a dataset spec
@@ -115,8 +130,9 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     if workers < 1 or threads < 1:
         raise ConfigError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
     table = latency_table or LatencyTable(runtime=runtime)
+    model_name, nodes = resolve_latency_model(latency_model, table, node_table)
     if workers > 1:
-        wk.check_travels(model, data, table, out_dir)
+        wk.check_travels(model, data, table, out_dir, nodes if model_name == "nodes" else None)
     if storage is not None:  # a wrong host, port or password fails now, not after the preparation
         st.open_storage(storage)
     spec, bundle = _data(data, data_options)
@@ -124,7 +140,8 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     if not isinstance(space, SearchSpace):
         space = SearchSpace.from_model(model, x, kinds=tuple(space))
     ev = Evaluator(model, bundle, space, table, archive=uses("size", objectives, budgets),
-                   finetune_epochs=finetune_epochs, lr=lr, seed=seed, device=device)  # fmt: skip
+                   finetune_epochs=finetune_epochs, lr=lr, seed=seed, device=device, latency_model=model_name,
+                   nodes=nodes)  # fmt: skip
     dense = calibrate_table(ev)
     limits = {b.metric: b.limit(_base(dense, b.metric)) for b in budgets}
     _check_feasible(ev, budgets, limits, dense)
@@ -139,7 +156,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
                                    example_input=x))  # fmt: skip
         wk.publish_entries(study, table, set())
     counted = _queue_trials(study, ev.space, objectives, trials, strategy, seed, family)
-    _record_context(study, space, objectives, limits, table, job)  # last: a waiting worker starts on it
+    _record_context(study, space, objectives, limits, ev, job)  # last: a waiting worker starts on it
     if workers == 1:
         study.sampler = make_sampler(strategy, seed, ev.space, trials, offset=counted)
         objective = trial_objective(ev, objectives, limits, check_every, on_trial)
@@ -149,19 +166,23 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
         wk.run_local_workers(study, url, workers, threads=threads, out_dir=out_dir, job=job, on_trial=on_trial)
     done = _completed(study, limits)
     front = _front(done, objectives)
-    best = _finalists(ev, front, objectives, limits, top_k)
-    uniform = _finalists(ev, tuple(c for c in family if c.feasible), objectives, limits, 1)
-    if uniform is not None and uniform.feasible and (best is None or not best.feasible
-                                                     or _rank(uniform, objectives) < _rank(best, objectives)):
+    finals = final_round(ev, front, [c for c in family if c.feasible], objectives, budgets, limits, top_k=top_k,
+                         repeats=remeasure_repeats)  # fmt: skip
+    best, uniform, notes = finals.best, finals.uniform, list(finals.notes)
+    if uniform is not None and (best is None or _rank(uniform, objectives) < _rank(best, objectives)):
         best = uniform  # uniform policies are in the space too: after the same recovery, the better one is returned
-    checks = [c for c in (dense, *done, *family, best, uniform) if c is not None and _checked(c)]
+        notes.append("the uniform policy ranks above every searched finalist after the same recovery: it is best")
+    checks = [c for c in (dense, *done, *family, *finals.finalists) if _checked(c)]
     cost = _cost(len(done), started, cpu0)
     where = storage or f"journal:{Path(out_dir or '.') / st.DEFAULT_JOURNAL}"
+    report = table_report(table, checks, model_name, dense, ev.nodes)
+    report["dense_remeasured_ms"] = list(finals.dense_ms)
     return SearchResult(space=space, objectives=objectives, budgets=budgets, limits=limits, dense=dense, best=best,
                         uniform=uniform, pareto=front, trials=tuple(done), uniform_family=family,
-                        latency_table=_table_report(table, checks), cost=cost,
+                        latency_table=report, cost=cost, finalists=finals.finalists, notes=tuple(notes),
                         study={"name": study_name, "strategy": strategy, "seed": seed, "workers": workers,
-                               "threads": threads, "storage": st.redact(where), "device": device})  # fmt: skip
+                               "threads": threads, "storage": st.redact(where), "device": device,
+                               "latency_model": model_name})  # fmt: skip
 
 
 def _cpu_seconds() -> float:
@@ -187,8 +208,9 @@ def _data(data: Any, options: Mapping[str, Any] | None) -> tuple[str | None, Any
 
 
 def calibrate_table(ev: Evaluator) -> Candidate:
-    """Measure the dense model, the smallest policies and a few random mixed ones end to end, fit the table to
-    them; the dense candidate."""
+    """Measure the dense model, the smallest policies and a few random mixed ones end to end, fit the layer table to
+    them; the dense candidate (measured end to end, predicted by the evaluator's latency model and, where there is
+    one, by the other table too). The node table is not fitted: its plain sum predicted better uncalibrated."""
     import random
 
     space, x = ev.space, ev.data.example_input
@@ -199,9 +221,8 @@ def calibrate_table(ev: Evaluator) -> Candidate:
     if ev.table.end_to_end:
         pairs, parts = [], []
         for p in policies:
-            net, _ = ev.build(p, "none")
-            keys = layer_keys(prune_policy(ev.model, space, p, example_input=x), x, p.int8)
-            parts.append(ev.table.parts(list(keys.values())))
+            net, keys = ev.model_and_keys(p, "none")
+            parts.append(ev.table.parts(keys))
             pairs.append((net, x))
         measured = ev.table.measure(pairs) or []
         ev.table.calibrate_parts(list(zip(parts, measured, strict=True)))
@@ -212,8 +233,8 @@ _calibrate = calibrate_table  # the name benchmarks/search.py imports
 
 
 def _base(dense: Candidate, metric: str) -> float:
-    """The dense model's value that relative budgets scale: for latency the table's prediction, the frame in which
-    trials are judged (calibrated to the end-to-end measurements, the dense model's among them)."""
+    """The dense model's value that relative budgets scale: for latency the prediction of the search's latency model,
+    the frame in which trials are judged (the dense model's end-to-end measurement is reported beside it)."""
     if metric == "latency":
         return float(dense.measurement.extra.get("predicted_latency_ms", dense.latency_ms))
     return dense.value(metric)
@@ -221,8 +242,9 @@ def _base(dense: Candidate, metric: str) -> float:
 
 def _smallest(ev: Evaluator, budgets: tuple[Budget, ...]) -> dict[str, tuple[float, Policy]]:
     """The least latency, size and energy any policy reaches, and a policy that reaches it: for latency the fewest
-    channels with, per layer, the faster precision — or every layer int8 or float alike, whichever the table
-    predicts faster (conversions between precisions make the per-layer choice not always the best)."""
+    channels with, per layer, the precision the layer table times faster — or every layer int8 or float alike,
+    each predicted by the search's latency model (conversions between precisions make the per-layer choice not
+    always the best)."""
     space, x = ev.space, ev.data.example_input
     found: dict[str, tuple[float, Policy]] = {}
     least = space.smallest(False)
@@ -233,8 +255,9 @@ def _smallest(ev: Evaluator, budgets: tuple[Budget, ...]) -> dict[str, tuple[flo
             if name in least.int8:
                 fast = ev.table.layer_ms([replace(key, int8=True)])[0] < ev.table.layer_ms([key])[0]
                 int8[name] = fast
-        options = [replace(least, int8={**least.int8, **int8}), least, space.smallest(True)]
-        found["latency"] = min(((ev.table.predict(net, x, p.int8), p) for p in options), key=lambda t: t[0])
+        options = {str(p.to_dict()): p for p in (replace(least, int8={**least.int8, **int8}), least,
+                                                 space.smallest(True))}  # fmt: skip
+        found["latency"] = min(((ev.build(p, "none")[1], p) for p in options.values()), key=lambda t: t[0])
     for metric in ("size", "energy"):
         if any(b.metric == metric for b in budgets):
             found[metric] = ev.least(metric)
@@ -243,17 +266,22 @@ def _smallest(ev: Evaluator, budgets: tuple[Budget, ...]) -> dict[str, tuple[flo
 
 def _check_feasible(ev: Evaluator, budgets: tuple[Budget, ...], limits: dict[str, float], dense: Candidate) -> None:
     unit = UNIT_NAMES
-    for metric, (value, _) in _smallest(ev, budgets).items():
+    for metric, (value, policy) in _smallest(ev, budgets).items():
         if value > limits[metric]:
             base = _base(dense, metric)
+            frame = f", as the {ev.latency_model[:-1]} table predicts it" if metric == "latency" else ""
             raise ConfigError(f"the {metric} budget {limits[metric]:.4g} {unit[metric]} is tighter than the smallest "
                               f"policy in this space allows ({value:.4g} {unit[metric]}, {value / base:.2f}x of "
-                              f"dense): loosen it to at least {value / base:.2f}x or widen the space")  # fmt: skip
+                              f"dense{frame}: {_describe(ev.space, policy)}): loosen it to at least "
+                              f"{value / base:.2f}x or widen the space")  # fmt: skip
 
 
-def _feasible(c: Candidate, limits: dict[str, float]) -> Candidate:
-    ok = all(c.value(metric) <= limit * (1 + 1e-9) for metric, limit in limits.items())
-    return replace(c, feasible=ok)
+def _describe(space: SearchSpace, policy: Policy) -> str:
+    """A policy in words: its channels kept and layers in int8."""
+    kept = sum(policy.keep.values())
+    total = sum(g.width for g in space.groups)
+    q = sum(1 for v in policy.int8.values() if v)
+    return f"{kept} of {total} channels kept, {q} of {len(space.int8_layers)} layers int8"
 
 
 def _uniform_family(ev: Evaluator, ratios: Sequence[float], limits: dict[str, float]) -> tuple[Candidate, ...]:
@@ -280,14 +308,18 @@ def fingerprint(space: SearchSpace, objectives: Sequence[str]) -> str:
 
 
 def _record_context(study: Any, space: SearchSpace, objectives: tuple[str, ...], limits: dict[str, float],
-                    table: LatencyTable, job: dict[str, Any]) -> None:  # fmt: skip
+                    ev: Evaluator, job: dict[str, Any]) -> None:  # fmt: skip
     """What a worker joining the study needs to judge trials alike (issue 15): the space, the objectives, the
-    absolute limits, the latency table's machine key and calibration, and the search's settings (``job``: with
-    workers, also the model file and the data spec, :func:`deepslim.search.workers.describe_job`)."""
+    absolute limits, the latency tables' machine key and calibration (the layer table's, and the node table's scale
+    and offset), and the search's settings (``job``: the evaluator's, with its latency model; with workers, also the
+    model file and the data spec, :func:`deepslim.search.workers.describe_job`)."""
+    table, nodes = ev.table, ev.nodes
     study.set_user_attr(wk.JOB_ATTR, {**job, "space": space.to_dict(), "objectives": list(objectives),
                                       "limits": dict(limits), "table": {"machine": table.key,
                                       "scale": table.scale, "offset_ms": table.offset,
-                                      "conversion_weight": table.change_weight}})  # fmt: skip
+                                      "conversion_weight": table.change_weight,
+                                      "node_scale": nodes.scale if nodes else 1.0,
+                                      "node_offset_ms": nodes.offset if nodes else 0.0}})  # fmt: skip
 
 
 def _queue_trials(study: Any, space: SearchSpace, objectives: tuple[str, ...], trials: int, strategy: str, seed: int,
@@ -320,7 +352,9 @@ def trial_objective(ev: Evaluator, objectives: tuple[str, ...], limits: dict[str
     def objective(trial: Any) -> list[float]:
         policy = ev.space.policy({k: trial.suggest_categorical(k, v) for k, v in choices.items()})
         measure = check_every > 0 and ev.table.end_to_end and trial.number % check_every == 0
-        cand = _feasible(ev.evaluate(policy, measure=measure, trial=trial.number), limits)
+        cand = ev.evaluate(policy, measure=measure, trial=trial.number)
+        # every trial is judged by the prediction (one frame for all); a measurement is the table's check
+        cand = _feasible(replace(cand, latency_ms=float(cand.measurement.extra["predicted_latency_ms"])), limits)
         trial.set_user_attr("candidate", cand.to_dict())
         violations = {m: cand.value(m) - lim for m, lim in limits.items()}
         trial.set_user_attr("constraints", list(violations.values()) or [0.0])
@@ -345,23 +379,11 @@ def _queue_grid(study: Any, space: SearchSpace, counted: Sequence[Any], missing:
         study.enqueue_trial(params, skip_if_exists=False)
 
 
-def _finite(value: float, objective: str) -> float:
-    if value != value:  # NaN (a task without accuracy): the worst value
-        return float("-inf") if OBJECTIVES[objective][0] == "maximize" else float("inf")
-    return value
-
-
 def _completed(study: Any, limits: dict[str, float]) -> list[Candidate]:
     optuna = st._optuna()
     done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
     return [_feasible(Candidate.from_dict(t.user_attrs["candidate"]), limits) for t in done
             if "candidate" in t.user_attrs]  # fmt: skip
-
-
-def _rank(c: Candidate, objectives: tuple[str, ...]) -> tuple[float, ...]:
-    """Sort key: the first objective first (best first), then the others."""
-    return tuple(-_finite(c.value(o), o) if OBJECTIVES[o][0] == "maximize" else _finite(c.value(o), o)
-                 for o in objectives)  # fmt: skip
 
 
 def _front(done: Sequence[Candidate], objectives: tuple[str, ...]) -> tuple[Candidate, ...]:
@@ -374,31 +396,5 @@ def _front(done: Sequence[Candidate], objectives: tuple[str, ...]) -> tuple[Cand
     return tuple(unique.values())
 
 
-def _finalists(ev: Evaluator, pool: Sequence[Candidate], objectives: tuple[str, ...], limits: dict[str, float],
-               k: int) -> Candidate | None:  # fmt: skip
-    """Fine-tune (as the recipe does) and re-measure the ``k`` best of ``pool``; the best of them within budget (or,
-    if re-measurement puts all of them over it, the best of them, marked infeasible)."""
-    if not pool or k < 1:
-        return None
-    recovery = "finetune"  # as the recipe recovers: fine-tune or distill, or with zero epochs BN re-estimation
-    chosen = sorted(pool, key=lambda c: _rank(c, objectives))[:k]
-    final = [_feasible(replace(ev.evaluate(c.policy, recovery=recovery, measure=ev.table.end_to_end), trial=c.trial),
-                       limits) for c in chosen]  # fmt: skip
-    ok = [c for c in final if c.feasible] or final
-    return min(ok, key=lambda c: _rank(c, objectives))
-
-
 def _checked(c: Candidate) -> bool:
     return c.measurement.measured_latency_ms is not None and "predicted_latency_ms" in c.measurement.extra
-
-
-def _table_report(table: LatencyTable, checked: Sequence[Candidate]) -> dict[str, Any]:
-    rows = tuple({"trial": c.trial, "predicted_ms": c.measurement.extra["predicted_latency_ms"],
-                  "measured_ms": c.measurement.measured_latency_ms, "macs": c.measurement.macs,
-                  "recovery": c.recovery} for c in checked)  # fmt: skip
-    report = TableCheck(rows).to_dict() if rows else {"points": 0, "error_p90": None, "kendall_tau": None,
-                                                      "mac_proxy_kendall_tau": None, "rows": []}  # fmt: skip
-    return {**report, "machine": table.key, "runtime": table.runtime, "threads": table.threads,
-            "entries": len(table.entries), "measured_entries": table.measured, "scale": table.scale,
-            "offset_ms": table.offset, "conversion_weight": table.change_weight,
-            "calibration_points": [list(p) for p in table.points]}  # fmt: skip

@@ -4,8 +4,10 @@ The order is the one a recipe runs (so the written recipe rebuilds the chosen mo
 (batch-norm re-estimation for trials; the recipe's short fine-tune or distillation from the dense model, seeded as
 the recipe seeds it, for finalists — or, with zero epochs, the same batch-norm re-estimation as a recipe stage),
 then int8 quantization calibrated on the data's calibration split. Latency comes from the per-layer table (predicted,
-calibrated) and, for checks and finalists, from an end-to-end measurement of the exported model; energy, when a
-device is named, from the cost model on that device profile.
+calibrated) or, with ``latency_model="nodes"`` (the search's default on ONNX Runtime), from the node-level table's
+prediction of the policy's exported graph — pruned, recovered and quantized: exactly the model the runtime would run
+(:mod:`deepslim.search.node_table`) — and, for checks and finalists, from an end-to-end measurement of the exported
+model; energy, when a device is named, from the cost model on that device profile.
 
 When the space searches the recovery's hyper-parameters (HPO), every trial is fine-tuned with its own values: a
 trial judged after batch-norm re-estimation alone would say nothing about them.
@@ -16,7 +18,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from torch import nn
@@ -25,11 +27,13 @@ from deepslim.analysis import profile
 from deepslim.analysis.measurement import Measurement
 from deepslim.analysis.profile import module_weight_bytes
 from deepslim.errors import ConfigError
-from deepslim.search.latency import LatencyTable, layer_keys
+from deepslim.search.latency import LatencyTable, LayerKey, layer_keys
+from deepslim.search.node_table import NodeTable
 from deepslim.search.recovery import reestimate_bn_
 from deepslim.search.space import Policy, SearchSpace, prune_policy, quantize_policy
 
 RECOVERIES = ("none", "bn", "finetune")
+LATENCY_MODELS = ("nodes", "layers")  # what predicts a policy's latency: the node-level or the per-layer table
 
 
 @dataclass(frozen=True)
@@ -43,6 +47,7 @@ class Candidate:
     feasible: bool = True
     trial: int | None = None
     recovery: str = "bn"
+    remeasured: dict[str, Any] | None = None  # the final interleaved re-measurement (finalists only; see finals.py)
 
     @property
     def accuracy(self) -> float | None:
@@ -66,13 +71,14 @@ class Candidate:
                 "latency_ms": self.latency_ms, "measured_latency_ms": m.measured_latency_ms,
                 "predicted_latency_ms": m.extra.get("predicted_latency_ms"), "archive_bytes": m.archive_bytes,
                 "energy_uj": m.estimated_energy_uj, "device": m.device, "macs": m.macs, "feasible": self.feasible,
-                "recovery": self.recovery,
+                "recovery": self.recovery, "remeasured": self.remeasured,
                 "measurement": m.to_dict()}  # fmt: skip
 
     @classmethod
     def from_dict(cls, doc: dict[str, Any]) -> Candidate:
         return cls(Policy.from_dict(doc["policy"]), Measurement.from_dict(doc["measurement"]), float(doc["latency_ms"]),
-                   bool(doc.get("feasible", True)), doc.get("trial"), doc.get("recovery", "bn"))  # fmt: skip
+                   bool(doc.get("feasible", True)), doc.get("trial"), doc.get("recovery", "bn"),
+                   doc.get("remeasured"))  # fmt: skip
 
 
 @dataclass
@@ -81,7 +87,11 @@ class Evaluator:
 
     ``finetune_epochs`` and ``lr`` are the recovery's defaults; a policy's own ``recovery`` values (HPO) take their
     place. ``device`` names the device profile whose cost model estimates each candidate's energy (the energy
-    objective and budget); an unknown name is a ConfigError listing the known ones."""
+    objective and budget); an unknown name is a ConfigError listing the known ones. ``latency_model`` says which table
+    predicts latency: "layers" (the per-layer table, calibrated) or "nodes" (``nodes``, a :class:`NodeTable` on
+    ``table``'s entries; built with the real ONNX Runtime splitter and timer when not given). With "layers" and a
+    node table given, candidates measured end to end get the node table's prediction too (the table check's other
+    column)."""
 
     model: nn.Module
     data: Any  # a DataBundle
@@ -93,6 +103,9 @@ class Evaluator:
     lr: float = 1e-3
     seed: int = 0
     device: str | None = None
+    latency_model: str = "layers"
+    nodes: NodeTable | None = None  # stays in this process: workers build their own (workers.evaluator_settings)
+    _node_raw: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.device is not None:
@@ -101,6 +114,11 @@ class Evaluator:
 
             if self.device not in list_devices():
                 raise UnknownNameError("device", self.device, list_devices())
+        if self.latency_model not in LATENCY_MODELS:
+            raise ConfigError(f"unknown latency model {self.latency_model!r}; choose one of "
+                              f"{', '.join(LATENCY_MODELS)}")  # fmt: skip
+        if self.latency_model == "nodes" and self.nodes is None:
+            self.nodes = NodeTable(self.table)
 
     @property
     def trial_recovery(self) -> str:
@@ -109,23 +127,38 @@ class Evaluator:
         return "finetune" if self.space.recovery else "bn"
 
     def build(self, policy: Policy, recovery: str | None = None) -> tuple[nn.Module, float]:
-        """The policy's model (recovered and quantized) and its predicted latency."""
-        net, predicted, _ = self._build(policy, recovery or self.trial_recovery)
-        return net, predicted
+        """The policy's model (recovered and quantized) and its predicted latency (of :attr:`latency_model`)."""
+        net, keys = self.model_and_keys(policy, recovery or self.trial_recovery)
+        return net, self.predictions(policy, net, keys)[self.latency_model]
 
-    def _build(self, policy: Policy, recovery: str) -> tuple[nn.Module, float, int]:
+    def model_and_keys(self, policy: Policy, recovery: str) -> tuple[nn.Module, list[LayerKey]]:
+        """The policy's model (pruned, recovered with ``recovery``, quantized) and its layers' keys in execution
+        order (of the float model: the layer table's input), without any prediction."""
         if recovery not in RECOVERIES:
             raise ConfigError(f"unknown recovery {recovery!r}; choose one of {', '.join(RECOVERIES)}")
         x = self.data.example_input
         net = prune_policy(self.model, self.space, policy, example_input=x, calib_data=self.data.calib)
-        keys = layer_keys(net, x, policy.int8)
-        predicted = self.table.predict_keys(list(keys.values()))
+        keys = list(layer_keys(net, x, policy.int8).values())
         if recovery == "bn":
             reestimate_bn_(net, self.data.calib, task=self.data.task)
         elif recovery == "finetune":
             self._finetune(net, policy)
         quantize_policy(net, self.space, policy, calib_data=self.data.calib)
-        return net.eval(), predicted, sum(k.macs for k in keys.values())
+        return net.eval(), keys
+
+    def predictions(self, policy: Policy, net: nn.Module, keys: list[LayerKey], *,
+                    both: bool = False) -> dict[str, float]:  # fmt: skip
+        """``{"layers": ms}`` and, with the node model (or ``both`` and a node table), ``{"nodes": ms}``: the
+        node table's prediction of ``net`` exported as the runtime runs it. A policy's node entries are summed once
+        (its graph's nodes depend on its channels and precisions, not on weight values), so finalists re-use
+        their trial's."""
+        found = {"layers": self.table.predict_keys(keys)}
+        if self.nodes is not None and (self.latency_model == "nodes" or both):
+            shape = str(sorted(policy.keep.items())) + str(sorted(policy.int8.items()))
+            if shape not in self._node_raw:
+                self._node_raw[shape] = self.nodes.raw_model(net, self.data.example_input)
+            found["nodes"] = self.nodes.predict(self._node_raw[shape])
+        return found
 
     def recovery_of(self, policy: Policy) -> dict[str, Any]:
         """The recovery ``policy`` gets when fine-tuned: ``finetune_epochs``, ``lr`` and ``temperature`` (None: no
@@ -163,19 +196,53 @@ class Evaluator:
         """Build ``policy`` and measure it (end to end too when ``measure`` and the table can). ``recovery``:
         "none", "bn" or "finetune" (default: :attr:`trial_recovery`). Trials count the MACs of convolutions and
         linear layers only (the profiler's full count is for measured candidates and for energy estimates)."""
+        cand, net = self.judge(policy, recovery=recovery, split=split, trial=trial, both=measure, full=measure)
+        if not measure:
+            return cand
+        times = self.table.measure([(net, self.data.example_input)])
+        return with_measured(cand, times[0] if times else None, self.table.runtime)
+
+    def judge(self, policy: Policy, *, recovery: str | None = None, split: str | None = None,
+              trial: int | None = None, both: bool = False, full: bool = False) -> tuple[Candidate, nn.Module]:
+        """The policy's candidate (predicted latency, not measured end to end) and its model, for a caller that
+        measures several models interleaved (the final re-measurement). ``both``: the other table's prediction too,
+        when there is one; ``full``: the profiler's full MAC count (else convolutions and linear layers only)."""
         start = time.perf_counter()
         recovery = recovery or self.trial_recovery
-        net, predicted, macs = self._build(policy, recovery)
-        full = measure or self.device is not None
+        net, keys = self.model_and_keys(policy, recovery)
+        preds = self.predictions(policy, net, keys, both=both)
+        full = full or self.device is not None
         m = measure_model(net, self.data, split=split or self.split, archive=self.archive,
-                          macs=None if full else macs, device=self.device)  # fmt: skip
-        times = self.table.measure([(net, self.data.example_input)]) if measure else None
-        measured = times if times and times[0] == times[0] else None  # NaN: the export refused it
-        extra = {**m.extra, "predicted_latency_ms": predicted}
-        m = replace(m, extra=extra, seconds=time.perf_counter() - start, threads=self.table.threads,
-                    runtime=self.table.runtime if measured else None,
-                    measured_latency_ms=measured[0] if measured else None)  # fmt: skip
-        return Candidate(policy, m, measured[0] if measured else predicted, trial=trial, recovery=recovery)
+                          macs=None if full else sum(k.macs for k in keys), device=self.device)  # fmt: skip
+        predicted = preds[self.latency_model]
+        extra = {**m.extra, "predicted_latency_ms": predicted, "latency_model": self.latency_model,
+                 **{f"{name[:-1]}_predicted_ms": ms for name, ms in preds.items()}}  # fmt: skip
+        m = replace(m, extra=extra, seconds=time.perf_counter() - start, threads=self.table.threads)
+        return Candidate(policy, m, predicted, trial=trial, recovery=recovery), net
+
+
+def resolve_latency_model(name: str | None, table: LatencyTable,
+                          nodes: NodeTable | None = None) -> tuple[str, NodeTable | None]:  # fmt: skip
+    """The latency model a search judges with and its node table: ``name``, or by default "nodes" on a real ONNX
+    Runtime table (or when a node table is given) and "layers" on a table with custom timers. A real table gets a
+    node table even with "layers": it predicts the end-to-end checks beside the layer table."""
+    if name is not None and name not in LATENCY_MODELS:
+        raise ConfigError(f"unknown latency model {name!r}; choose one of {', '.join(LATENCY_MODELS)}")
+    real = table.key != "custom" and table.runtime == "onnxruntime"
+    if nodes is None and (real or name == "nodes"):
+        nodes = NodeTable(table)
+    if nodes is not None and nodes.table is not table:
+        raise ConfigError("the node table must be built on the search's latency table (NodeTable(latency_table))")
+    chosen = name or ("nodes" if real or nodes is not None else "layers")
+    return chosen, nodes
+
+
+def with_measured(cand: Candidate, ms: float | None, runtime: str) -> Candidate:
+    """``cand`` with its end-to-end measurement (None or NaN: not measured, the prediction stays its latency)."""
+    if ms is None or ms != ms:
+        return cand
+    m = replace(cand.measurement, runtime=runtime, measured_latency_ms=float(ms))
+    return replace(cand, measurement=m, latency_ms=float(ms))
 
 
 def measure_model(net: nn.Module, data: Any, *, split: str = "val", archive: bool = False,

@@ -367,7 +367,7 @@ class TableCheck:
     """Predicted vs measured end-to-end latency over some policies: relative error (p50, p90, share within ±10%)
     and Kendall's tau of the table and of the MAC count against the measurements."""
 
-    rows: tuple[dict[str, Any], ...]  # {"predicted_ms", "measured_ms", "macs", optional "node_predicted_ms"}
+    rows: tuple[dict[str, Any], ...]  # {"predicted_ms", "measured_ms", "macs", optional "node_/layer_predicted_ms"}
 
     @property
     def errors(self) -> list[float]:
@@ -379,8 +379,9 @@ class TableCheck:
         layers = _accuracy([r["predicted_ms"] for r in self.rows], meas)
         mac_tau = kendall_tau(macs, meas) if len(meas) >= 2 else None
         doc: dict[str, Any] = {"points": len(self.rows), **layers, "mac_proxy_kendall_tau": mac_tau}
-        if self.rows and all("node_predicted_ms" in r for r in self.rows):
-            doc["node_table"] = _accuracy([r["node_predicted_ms"] for r in self.rows], meas)
+        for name in ("layer", "node"):  # each table's own accuracy, where it predicted every row
+            if self.rows and all(f"{name}_predicted_ms" in r for r in self.rows):
+                doc[f"{name}_table"] = _accuracy([r[f"{name}_predicted_ms"] for r in self.rows], meas)
         return {**doc, "rows": list(self.rows)}
 
 

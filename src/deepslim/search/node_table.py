@@ -12,7 +12,9 @@ input types and shapes — cached in the latency table's file beside the layer e
 minus one run of a trivial graph (the per-run overhead every one-node timing includes and a whole graph pays once);
 the prediction is the sum of the entries, mapped through ``scale × sum + offset`` when calibrated.
 
-The splitter (model file -> node keys) and the node timer are plain callables, so tests give deterministic fakes.
+The search judges every trial with this table by default (``search(latency_model="nodes")``): a trial's prediction
+is the sum over its own exported graph, after pruning and quantization. The exporter (model -> file), the splitter
+(model file -> node keys) and the node timer are plain callables, so tests give deterministic fakes.
 """
 
 from __future__ import annotations
@@ -35,6 +37,13 @@ PREFIX = "node:"
 Node = dict[str, str]  # {"key", "op", "file", "feeds"}
 Splitter = Callable[[str, Sequence[int], str], list[Node]]
 NodeTimer = Callable[[Sequence[Node], str], list[float]]
+Exporter = Callable[[nn.Module, Path, Any], None]
+
+
+def _export(model: nn.Module, path: Path, example_input: Any) -> None:
+    from deepslim.export import export_onnx
+
+    export_onnx(model, path, example_input=example_input)
 
 
 def _child(cmd: dict[str, Any]) -> dict[str, Any]:
@@ -52,9 +61,11 @@ class NodeTable:
     """Node-level latencies (see the module docstring), stored in ``table``'s entries and cache file."""
 
     def __init__(self, table: LatencyTable, *, splitter: Splitter | None = None, timer: NodeTimer | None = None,
-                 rounds: int = 5, block: int = 5) -> None:  # fmt: skip
+                 exporter: Exporter | None = None, rounds: int = 5, block: int = 5) -> None:  # fmt: skip
         threads = table.threads
         self.table = table
+        self.custom = any(f is not None for f in (splitter, timer, exporter))  # fakes stay in this process
+        self.exporter = exporter or _export
         self.splitter = splitter or (lambda path, shape, work: _child(
             {"cmd": "split", "model": path, "shape": list(shape), "threads": threads, "work": work})["nodes"])
         self.timer = timer or (lambda nodes, work: self._time(nodes, work, rounds, block))
@@ -80,11 +91,9 @@ class NodeTable:
 
     def raw_model(self, model: nn.Module, example_input: Any) -> float:
         """The summed node entries of ``model`` (quantized layers as their integer graph), exported here."""
-        from deepslim.export import export_onnx
-
         with tempfile.TemporaryDirectory() as work:
             path = Path(work) / "model.onnx"
-            export_onnx(model, path, example_input=example_input)
+            self.exporter(model, path, example_input)
             return self.raw_file(path, tuple(example_input.shape))
 
     def predict(self, raw: float) -> float:

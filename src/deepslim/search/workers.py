@@ -4,7 +4,7 @@ The process that starts a search prepares everything once — the dense model's 
 the study with its trial slots — and records in the study what a worker needs to judge trials exactly as it would
 (:func:`describe_job`): the model's file (written to the output directory) and its SHA-256, the dataset's spec and
 options, the space, the objectives, the absolute limits, the latency table's machine key and calibration, and the
-search's settings. Layer latencies are shared through the study, keyed by the machine key, so workers of one
+search's settings. Layer and node latencies are shared through the study, keyed by the machine key, so workers of one
 machine kind measure each layer once; a worker on another kind measures its own table, calibrates it as the search
 did, and scales its predictions to the study's machine (the dense model's predicted latency as the yardstick).
 
@@ -42,8 +42,9 @@ MODEL_FILE = "search-model.pt"
 STORAGE_ENV = "DEEPSLIM_STORAGE"  # how local workers get the storage URL (a password stays out of `ps`)
 
 
-def check_travels(model: nn.Module, data: Any, table: LatencyTable, out_dir: Any) -> None:
-    """Refuse, before any work, a search whose model, data or latency timers cannot reach worker processes."""
+def check_travels(model: nn.Module, data: Any, table: LatencyTable, out_dir: Any, nodes: Any = None) -> None:
+    """Refuse, before any work, a search whose model, data or latency timers (``nodes``: the node table it judges
+    with) cannot reach worker processes."""
     from deepslim.models import ARCH_ATTR, FACTORY_ATTR
 
     if not isinstance(data, str | os.PathLike):
@@ -58,6 +59,9 @@ def check_travels(model: nn.Module, data: Any, table: LatencyTable, out_dir: Any
     for fn in (table.timer, table.model_timer):
         if table.key == "custom" and fn is not None:
             _reference(fn)
+    if nodes is not None and nodes.custom:
+        raise ConfigError("a node table with a custom splitter or timer cannot reach worker processes: search with "
+                          "workers=1, or with the node table's own ONNX Runtime timers")  # fmt: skip
 
 
 def _reference(fn: Callable[..., Any]) -> str:
@@ -112,7 +116,7 @@ def evaluator_settings(ev: Any) -> dict[str, Any]:
     import json
 
     settings = {f.name: getattr(ev, f.name) for f in dataclasses.fields(ev)
-                if f.name not in ("model", "data", "space", "table")}  # fmt: skip
+                if f.init and f.name not in ("model", "data", "space", "table", "nodes")}  # fmt: skip
     try:
         json.dumps(settings)
     except (TypeError, ValueError) as exc:
@@ -237,7 +241,6 @@ def run_worker(url: str | None, name: str, *, threads: int = 1, model: str | Non
     from deepslim.data import load_data
     from deepslim.models import load_model
     from deepslim.search import engine
-    from deepslim.search.evaluate import Evaluator
     from deepslim.search.space import SearchSpace
     from deepslim.search.strategies import make_sampler
 
@@ -248,9 +251,7 @@ def run_worker(url: str | None, name: str, *, threads: int = 1, model: str | Non
     net = _load_model(job["model"], model, arch, load_model)
     bundle = load_data(data or job["data"]["spec"], **job["data"]["options"])
     table = _worker_table(job, study, timer, cache_dir)
-    ev = Evaluator(net, bundle, space, table, **job["evaluator"])
-    if table.key != job["table"]["machine"]:
-        _calibrate_here(ev, job)
+    ev = worker_evaluator(net, bundle, space, table, job)
     salt = zlib.crc32(f"{st.this_process()}".encode())
     study.sampler = make_sampler(job["strategy"], job["seed"] + salt, space, job["trials"])
     known = set(table.entries)
@@ -265,6 +266,26 @@ def run_worker(url: str | None, name: str, *, threads: int = 1, model: str | Non
     done = st.run_queued_trials(study, run, recoverable=(DeepSlimError,))
     log.info("worker ran %d trial(s) of study %r", done, name)
     return done
+
+
+def worker_evaluator(net: nn.Module, bundle: Any, space: Any, table: LatencyTable, job: dict[str, Any]) -> Any:
+    """The evaluator a worker judges trials with: the search's settings (its latency model among them), a node table
+    on this worker's table with the search's calibration when it judged with nodes, and this machine's own
+    calibration scaled to the study's when the worker runs on another machine kind."""
+    from deepslim.search.evaluate import Evaluator
+
+    nodes = None
+    if table.key != "custom" and job["evaluator"].get("latency_model", "layers") == "layers":
+        from deepslim.search.node_table import NodeTable
+
+        nodes = NodeTable(table)  # the checks' other column, as in the search's own process
+    ev = Evaluator(net, bundle, space, table, nodes=nodes, **job["evaluator"])
+    if ev.nodes is not None:  # the node table the search judged with: its calibration too
+        ev.nodes.scale = float(job["table"].get("node_scale", 1.0))
+        ev.nodes.offset = float(job["table"].get("node_offset_ms", 0.0))
+    if table.key != job["table"]["machine"]:
+        _calibrate_here(ev, job)
+    return ev
 
 
 def _wait_for_job(url: str | None, name: str, wait_s: float) -> dict[str, Any]:
@@ -315,7 +336,7 @@ def _worker_table(job: dict[str, Any], study: Any, timer: str | None, cache_dir:
     else:
         table = LatencyTable(runtime=job["runtime"], threads=job["threads"], cache_dir=cache_dir)
     if table.key == recorded["machine"]:
-        table.entries.update(shared_entries(study, table.key))
+        table.entries.update(shared_entries(study, table.key))  # layer and node entries alike
         table.scale, table.offset = recorded["scale"], recorded["offset_ms"]
         table.change_weight = recorded["conversion_weight"]
     else:
@@ -334,5 +355,6 @@ def _calibrate_here(ev: Any, job: dict[str, Any]) -> None:
     dense = calibrate_table(ev)
     here = float(dense.measurement.extra.get("predicted_latency_ms", dense.latency_ms))
     ratio = job["dense_predicted_ms"] / here if here > 0 else 1.0
-    ev.table.scale, ev.table.offset = ev.table.scale * ratio, ev.table.offset * ratio
+    scaled = ev.nodes if ev.latency_model == "nodes" and ev.nodes is not None else ev.table
+    scaled.scale, scaled.offset = scaled.scale * ratio, scaled.offset * ratio
     log.warning("latency predictions here scaled by %.3f to the study machine's", ratio)

@@ -1,0 +1,178 @@
+"""The search's last step: its finalists, recovered as the written recipe recovers them, re-measured together with the
+dense model and judged against the budget on the runtime itself — so that a returned policy is known to meet it.
+
+The ``top_k`` best candidates of the Pareto front and the best uniform policy within budget (the baseline, issue 14)
+are fine-tuned alike (:meth:`Evaluator.judge` with the recipe's recovery), then every one of them and the dense model
+is timed end to end in one interleaved run, ``repeats`` times (each run a process of its own). A finalist's measured
+latency is its minimum over the runs; its noise band is the minimum and maximum; its budget, for a relative budget
+(``latency=0.5x``), is that fraction of the dense model *measured in the same run*, and for an absolute one the limit
+itself. The verdict compares run by run: ``meets`` (every run within budget), ``within noise`` (some runs within,
+some over: the budget lies inside the noise band) or ``over`` (every run over: beyond the noise band). A finalist
+``over`` its budget is never returned: the next finalist that meets it is, and the result says so (``notes``).
+Without an end-to-end timer the finalists keep their predicted latencies and the predicted-frame limits decide.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from deepslim.search.budget import OBJECTIVES, Budget
+from deepslim.search.evaluate import Candidate, Evaluator, with_measured
+from deepslim.search.latency import LatencyTable, TableCheck
+
+log = logging.getLogger(__name__)
+
+VERDICTS = ("meets", "within noise", "over")
+
+
+@dataclass(frozen=True)
+class Finals:
+    """The re-measured finalists and what was chosen from them."""
+
+    best: Candidate | None  # the best searched finalist that meets its budget (None: none does)
+    uniform: Candidate | None  # the uniform baseline, recovered and re-measured alike
+    finalists: tuple[Candidate, ...]  # every finalist (searched first, then uniform), each with ``remeasured``
+    notes: tuple[str, ...]  # what the choice skipped, and why
+    dense_ms: tuple[float, ...]  # the dense model's time in each run (the yardstick of relative budgets)
+
+
+def finite(value: float, objective: str) -> float:
+    if value != value:  # NaN (a task without accuracy): the worst value
+        return float("-inf") if OBJECTIVES[objective][0] == "maximize" else float("inf")
+    return value
+
+
+def rank(c: Candidate, objectives: tuple[str, ...]) -> tuple[float, ...]:
+    """Sort key: the first objective first (best first), then the others."""
+    return tuple(-finite(c.value(o), o) if OBJECTIVES[o][0] == "maximize" else finite(c.value(o), o)
+                 for o in objectives)  # fmt: skip
+
+
+def feasible(c: Candidate, limits: dict[str, float], skip: Sequence[str] = ()) -> Candidate:
+    """``c`` marked feasible when each budgeted value (but those in ``skip``) is within its limit."""
+    ok = all(c.value(metric) <= limit * (1 + 1e-9) for metric, limit in limits.items() if metric not in skip)
+    return replace(c, feasible=ok)
+
+
+def final_round(ev: Evaluator, searched: Sequence[Candidate], uniform: Sequence[Candidate], objectives: tuple[str, ...],
+                budgets: Sequence[Budget], limits: dict[str, float], *, top_k: int, repeats: int = 3) -> Finals:
+    """Recover the ``top_k`` best of ``searched`` and the best of ``uniform`` as the recipe does, re-measure them
+    with the dense model (module docstring) and choose: the best searched finalist that meets its budget, and the
+    best uniform one alike."""
+    pools = [sorted(searched, key=lambda c: rank(c, objectives))[: max(0, top_k)],
+             sorted(uniform, key=lambda c: rank(c, objectives))[:1]]  # fmt: skip
+    chosen = [c for pool in pools for c in pool]
+    if not chosen:
+        return Finals(None, None, (), (), ())
+    judged = [ev.judge(c.policy, recovery="finetune", trial=c.trial, both=True, full=True) for c in chosen]
+    runs, dense_ms = _remeasure(ev, [net for _, net in judged], repeats)
+    latency = next((b for b in budgets if b.metric == "latency"), None)
+    finals = []
+    for i, (cand, _) in enumerate(judged):
+        reps = [run[i] for run in runs]
+        doc = verdict(reps, list(dense_ms), latency, limits.get("latency"))
+        if doc is None:  # not measured: the prediction and the predicted-frame limits decide
+            finals.append(feasible(cand, limits))
+            continue
+        cand = with_measured(cand, doc["measured_ms"], ev.table.runtime)
+        cand = feasible(replace(cand, remeasured=doc), limits, skip=("latency",))
+        finals.append(replace(cand, feasible=cand.feasible and doc["verdict"] != "over"))
+    n = len(pools[0])
+    best, notes = choose(finals[:n], objectives, "searched")
+    base, more = choose(finals[n:], objectives, "uniform")
+    return Finals(best, base, tuple(finals), tuple(notes + more), tuple(dense_ms))
+
+
+def _remeasure(ev: Evaluator, nets: Sequence[Any], repeats: int) -> tuple[list[list[float]], list[float]]:
+    """Each run's times of ``nets`` (NaN where not measured) and of the dense model, interleaved in one process per
+    run; empty lists without an end-to-end timer."""
+    if not ev.table.end_to_end:
+        return [], []
+    x = ev.data.example_input
+    dense, _ = ev.model_and_keys(ev.space.dense(), "none")
+    pairs = [(dense, x), *((net, x) for net in nets)]
+    runs, dense_ms = [], []
+    for _ in range(max(1, repeats)):
+        times = ev.table.measure(pairs) or [float("nan")] * len(pairs)
+        dense_ms.append(float(times[0]))
+        runs.append([float(t) for t in times[1:]])
+    return runs, dense_ms
+
+
+def verdict(reps: Sequence[float], dense: Sequence[float], budget: Budget | None,
+            limit: float | None) -> dict[str, Any] | None:  # fmt: skip
+    """The re-measurement of one finalist: its measured latency (the minimum over runs), the noise band (minimum and
+    maximum), the budget in milliseconds (relative budgets: of the dense model in the same run) and the verdict
+    (module docstring); None when no run measured it."""
+    pairs = [(r, d) for r, d in zip(reps, dense or [float("nan")] * len(reps), strict=True) if r == r]
+    if not pairs:
+        return None
+    measured = [r for r, _ in pairs]
+    doc: dict[str, Any] = {"measured_ms": min(measured), "band_ms": [min(measured), max(measured)],
+                           "repeats_ms": list(reps), "dense_measured_ms": min(dense) if dense else None}  # fmt: skip
+    if budget is None or limit is None:
+        return {**doc, "budget_ms": None, "budget_band_ms": None, "verdict": "meets", "within_budget": True}
+    per = [budget.value * d if budget.relative else limit for _, d in pairs]
+    per = [b if b == b else limit for b in per]  # a run without the dense model: the search's own limit
+    within = [r <= b * (1 + 1e-9) for (r, _), b in zip(pairs, per, strict=True)]
+    result = VERDICTS[0] if all(within) else VERDICTS[1] if any(within) else VERDICTS[2]
+    return {**doc, "budget_ms": min(per) if budget.relative else limit, "budget_band_ms": [min(per), max(per)],
+            "verdict": result, "within_budget": result != "over"}  # fmt: skip
+
+
+def choose(finals: Sequence[Candidate], objectives: tuple[str, ...], what: str) -> tuple[Candidate | None, list[str]]:
+    """The best-ranked feasible finalist, and a note for each better-ranked one passed over (or for none left)."""
+    ordered = sorted(finals, key=lambda c: rank(c, objectives))
+    pos = next((i for i, c in enumerate(ordered) if c.feasible), len(ordered))
+    found = ordered[pos] if pos < len(ordered) else None
+    notes = [f"{what} finalist {_name(c)} (ranked {place} after recovery) is over budget {_why(c)}"
+             for place, c in enumerate(ordered[:pos], 1)]  # fmt: skip
+    if notes and found is not None:
+        notes[-1] += f"; returning {_name(found)} (ranked {pos + 1}) instead"
+    elif notes:
+        notes.append(f"no {what} finalist met the budget when re-measured: none is returned")
+    for note in notes:
+        log.warning("%s", note)
+    return found, notes
+
+
+def _name(c: Candidate) -> str:
+    return f"trial {c.trial}" if c.trial is not None else "the uniform policy"
+
+
+def _why(c: Candidate) -> str:
+    doc = c.remeasured
+    if doc is None or doc.get("budget_ms") is None or doc["verdict"] != "over":
+        return "(as predicted, or on another budgeted metric)"
+    lo, hi = doc["band_ms"]
+    return (f"when re-measured: {doc['measured_ms']:.4g} ms (noise band {lo:.4g}-{hi:.4g} ms) against "
+            f"{doc['budget_ms']:.4g} ms, beyond the noise band")
+
+
+def table_report(table: LatencyTable, checked: Sequence[Candidate], latency_model: str, dense: Candidate,
+                 nodes: Any = None) -> dict[str, Any]:  # fmt: skip
+    """How well the table the search used predicted the end-to-end measurements (top level: error, Kendall's τ, the
+    MAC count's τ), the other table beside it (``layer_table`` / ``node_table``) where it predicted the same
+    candidates, and the frame of relative budgets (the dense model predicted and measured)."""
+    rows = []
+    for c in checked:
+        extra = c.measurement.extra
+        row = {"trial": c.trial, "predicted_ms": extra["predicted_latency_ms"],
+               "measured_ms": c.measurement.measured_latency_ms, "macs": c.measurement.macs, "recovery": c.recovery}
+        row.update({k: extra[k] for k in ("layer_predicted_ms", "node_predicted_ms") if k in extra})
+        rows.append(row)
+    report = TableCheck(tuple(rows)).to_dict() if rows else {"points": 0, "error_p90": None, "kendall_tau": None,
+                                                             "mac_proxy_kendall_tau": None, "rows": []}  # fmt: skip
+    m = dense.measurement
+    doc = {**report, "latency_model": latency_model, "dense_predicted_ms": m.extra.get("predicted_latency_ms"),
+           "dense_measured_ms": m.measured_latency_ms, "machine": table.key, "runtime": table.runtime,
+           "threads": table.threads, "entries": len(table.entries), "measured_entries": table.measured,
+           "scale": table.scale, "offset_ms": table.offset, "conversion_weight": table.change_weight,
+           "calibration_points": [list(p) for p in table.points]}  # fmt: skip
+    if nodes is not None:
+        doc["node_scale"], doc["node_offset_ms"] = nodes.scale, nodes.offset
+        doc["node_entries"] = sum(1 for k in table.entries if k.startswith("node:"))
+    return doc
