@@ -272,3 +272,22 @@ def test_the_table_check_reports_the_node_table_it_judged_with_and_the_layer_tab
     assert lt["layer_table"]["error_p90"] != lt["error_p90"]  # the other table, measured against the same runs
     assert lt["mac_proxy_kendall_tau"] is not None and lt["dense_measured_ms"] == pytest.approx(params_ms(
         [(net, None)])[0])  # fmt: skip
+
+
+def test_the_real_timer_exports_the_finalists_once_and_times_them_in_each_run(tmp_path, monkeypatch):
+    import deepslim.export
+
+    exported = []
+    real = deepslim.export.export_onnx
+
+    def counting(model, path, **kwargs):
+        exported.append(path)
+        return real(model, path, **kwargs)
+
+    monkeypatch.setattr(deepslim.export, "export_onnx", counting)
+    net = trained_net()
+    runs = LatencyTable(cache_dir=tmp_path).measure_runs([(net, digits().example_input)] * 2, 3)
+    assert len(exported) == 2 and len(runs) == 3 and all(len(r) == 2 and min(r) > 0 for r in runs)
+    fake = LatencyTable(timer=layer_timer, model_timer=params_ms)
+    assert fake.measure_runs([(net, None)], 2) == [params_ms([(net, None)])] * 2
+    assert LatencyTable(timer=layer_timer).measure_runs([(net, None)], 2) is None

@@ -94,12 +94,8 @@ def _remeasure(ev: Evaluator, nets: Sequence[Any], repeats: int) -> tuple[list[l
     x = ev.data.example_input
     dense, _ = ev.model_and_keys(ev.space.dense(), "none")
     pairs = [(dense, x), *((net, x) for net in nets)]
-    runs, dense_ms = [], []
-    for _ in range(max(1, repeats)):
-        times = ev.table.measure(pairs) or [float("nan")] * len(pairs)
-        dense_ms.append(float(times[0]))
-        runs.append([float(t) for t in times[1:]])
-    return runs, dense_ms
+    measured = ev.table.measure_runs(pairs, max(1, repeats)) or []
+    return [[float(t) for t in times[1:]] for times in measured], [float(times[0]) for times in measured]
 
 
 def verdict(reps: Sequence[float], dense: Sequence[float], budget: Budget | None,

@@ -160,8 +160,10 @@ class LatencyTable:
         self.runtime, self.threads = runtime, threads
         self.timer = timer or (lambda keys: time_layers(keys, threads=threads))
         self.model_timer = model_timer if timer is None and model_timer is None else model_timer
+        self._runs: Callable[[Sequence[tuple[nn.Module, Any]], int], list[list[float]]] | None = None
         if timer is None and model_timer is None:
             self.model_timer = lambda pairs: time_models(pairs, threads=threads)
+            self._runs = lambda pairs, runs: time_models_runs(pairs, runs, threads=threads)
         self.key = machine_key(runtime, threads) if timer is None else "custom"
         self.path = None if timer is not None else Path(cache_dir or default_cache_dir()) / f"{self.key}.json"
         self.entries: dict[str, float] = self._load()
@@ -280,6 +282,15 @@ class LatencyTable:
         NaN for a model that could not be measured."""
         return self.model_timer(pairs) if self.model_timer is not None and pairs else None
 
+    def measure_runs(self, pairs: Sequence[tuple[nn.Module, Any]], runs: int) -> list[list[float]] | None:
+        """``runs`` interleaved end-to-end measurements of the same models (each run a process of its own; the real
+        timer exports the models once): one list of times per run; None without a timer."""
+        if self.model_timer is None or not pairs:
+            return None
+        if self._runs is not None:
+            return self._runs(pairs, runs)
+        return [self.model_timer(pairs) for _ in range(runs)]
+
 
 # -- the real timers: ONNX Runtime in a process of its own -------------------------------------------------------------
 
@@ -312,8 +323,15 @@ def time_layers(keys: Sequence[LayerKey], *, threads: int = 1, rounds: int = 5, 
 
 def time_models(pairs: Sequence[tuple[nn.Module, Any]], *, threads: int = 1, rounds: int = 10,
                 block: int = 5) -> list[float]:  # fmt: skip
-    """Whole models (quantized ones as their integer graphs) timed in ONNX Runtime, interleaved; NaN for a model
-    the export refuses (logged: a check is skipped, the search goes on)."""
+    """Whole models timed in ONNX Runtime, interleaved (one run of :func:`time_models_runs`)."""
+    return time_models_runs(pairs, 1, threads=threads, rounds=rounds, block=block)[0]
+
+
+def time_models_runs(pairs: Sequence[tuple[nn.Module, Any]], runs: int, *, threads: int = 1, rounds: int = 10,
+                     block: int = 5) -> list[list[float]]:  # fmt: skip
+    """Whole models (quantized ones as their integer graphs) exported once and timed in ONNX Runtime, interleaved,
+    in ``runs`` processes one after another (one list of times per run); NaN for a model the export refuses (logged:
+    a check is skipped, the search goes on)."""
     from deepslim.errors import DeepSlimError
     from deepslim.export import export_onnx
 
@@ -328,9 +346,12 @@ def time_models(pairs: Sequence[tuple[nn.Module, Any]], *, threads: int = 1, rou
                 continue
             files.append((str(path), list(x.shape)))
             index.append(i)
-        times = _run_timer(files, threads, rounds, block) if files else []
-    found = dict(zip(index, times, strict=True))
-    return [found.get(i, float("nan")) for i in range(len(pairs))]
+        results = [_run_timer(files, threads, rounds, block) if files else [] for _ in range(max(1, runs))]
+    out = []
+    for times in results:
+        found = dict(zip(index, times, strict=True))
+        out.append([found.get(i, float("nan")) for i in range(len(pairs))])
+    return out
 
 
 # -- how good the table is ---------------------------------------------------------------------------------------------
