@@ -27,9 +27,9 @@ def test_bipartite_merge_averages_the_most_similar_pair_by_size():
     x = torch.arange(10.0).reshape(1, 5, 2)
     size = torch.tensor([[1.0, 1, 3, 1, 1]])
     out, new_size = bipartite_merge(x, size, metric, r=1)
-    # unmerged A tokens (0, 4) in order, then B (1, 3) with 2 merged into 3: (3·x2 + 1·x3) / 4
-    assert new_size.tolist() == [[1.0, 1.0, 1.0, 4.0]]
-    expected = torch.stack([x[0, 0], x[0, 4], x[0, 1], (3 * x[0, 2] + x[0, 3]) / 4])
+    # the kept tokens in their order, token 2 merged into token 3: (3·x2 + 1·x3) / 4 where token 3 was
+    assert new_size.tolist() == [[1.0, 1.0, 4.0, 1.0]]
+    expected = torch.stack([x[0, 0], x[0, 1], (3 * x[0, 2] + x[0, 3]) / 4, x[0, 4]])
     assert torch.allclose(out[0], expected)
 
 
@@ -44,6 +44,32 @@ def test_merging_keeps_the_total_size_and_the_size_weighted_sum_and_never_merges
     assert torch.equal(out[:, 0], x[:, 0]) and (new_size[:, 0] == 1).all()
     assert bipartite_merge(x, size, metric, r=0)[0] is x
     assert bipartite_merge(x, size, metric, r=100)[0].shape[1] == 17 - 8  # at most (T - 1) // 2
+
+
+def _merge_oracle(x, size, metric, r):
+    """ToMe's bipartite matching for one sequence, written out with Python loops (the reference)."""
+    cos = torch.nn.functional.normalize(metric, dim=-1) @ torch.nn.functional.normalize(metric, dim=-1).T
+    a_tokens, b_tokens = range(2, len(x), 2), range(1, len(x), 2)
+    best = {i: max(b_tokens, key=lambda j, i=i: cos[i, j]) for i in a_tokens}
+    src = sorted(a_tokens, key=lambda i: -cos[i, best[i]])[:r]
+    sums, sizes = {i: x[i] * size[i] for i in range(len(x))}, dict(enumerate(size.tolist()))
+    for i in src:
+        sums[best[i]] = sums[best[i]] + sums.pop(i)
+        sizes[best[i]] += sizes.pop(i)
+    kept = sorted(sums)
+    return torch.stack([sums[i] / sizes[i] for i in kept]), torch.tensor([sizes[i] for i in kept])
+
+
+@pytest.mark.parametrize("tokens, r", [(17, 5), (50, 8), (50, 24), (16, 3)])
+def test_bipartite_merge_matches_a_loop_oracle_and_the_vit_variant_without_padding_rules(tokens, r):
+    g = torch.Generator().manual_seed(tokens + r)
+    x, metric = torch.randn(2, tokens, 6, generator=g), torch.randn(2, tokens, 5, generator=g)
+    size = torch.randint(1, 4, (2, tokens), generator=g).float()
+    for padding in (True, False):
+        out, new_size = bipartite_merge(x, size, metric, r, padding=padding)
+        for row in range(2):
+            want, want_size = _merge_oracle(x[row], size[row], metric[row], r)
+            assert torch.allclose(out[row], want, atol=1e-5) and torch.equal(new_size[row], want_size)
 
 
 def test_merging_removes_padding_before_any_real_token():
@@ -63,8 +89,9 @@ def test_pruning_keeps_cls_and_the_most_attended_tokens_in_order():
     score = torch.tensor([[0.0, 0.3, 0.1, 0.4, 0.2, 0.9]])  # the padding token's score does not count
     out, new_size = prune(x, size, score, keep_ratio=0.5)
     assert out.flatten().tolist() == [0.0, 1.0, 3.0] and new_size.tolist() == [[1.0, 1.0, 1.0]]
-    _, masked = prune(x, size, score, keep_ratio=1.0, threshold=0.9)  # below 0.9/6 = 0.15: tokens 2 and 5 (pad)
-    assert masked.tolist() == [[1.0, 1.0, 0.0, 1.0, 1.0, 0.0]]
+    # with a threshold: below 0.9 × the uniform share 1/5 = 0.18 leave, here token 2 (and the padding token 5)
+    kept, kept_size = prune(x, size, score, keep_ratio=1.0, threshold=0.9)
+    assert kept.flatten().tolist() == [0.0, 1.0, 3.0, 4.0] and kept_size.tolist() == [[1.0] * 4]
 
 
 def test_attention_received_counts_only_real_queries_and_the_size_bias_masks_padding():
@@ -81,7 +108,7 @@ def test_attention_received_counts_only_real_queries_and_the_size_bias_masks_pad
 # -- configs ---------------------------------------------------------------------------------------------------------
 def test_configs_validate_and_round_trip():
     assert MergeTokensConfig.from_dict(MergeTokensConfig(r=[1, 2]).to_dict()) == MergeTokensConfig(r=(1, 2))
-    cfg = PruneTokensConfig(keep_ratio=(1.0, 0.5), threshold=0.1)
+    cfg = PruneTokensConfig(keep_ratio=(1.0, 0.5))
     assert PruneTokensConfig.from_dict(cfg.to_dict()) == cfg
     for bad in (-1, 1.5, True):
         with pytest.raises(ConfigError, match="int >= 0"):
@@ -89,7 +116,7 @@ def test_configs_validate_and_round_trip():
     with pytest.raises(ConfigError, match=r"in \(0, 1\]"):
         PruneTokensConfig(keep_ratio=0.0)
     with pytest.raises(ConfigError, match="threshold"):
-        PruneTokensConfig(threshold=1.5)
+        PruneTokensConfig(keep_ratio=1.0, threshold=-0.5)
 
 
 # -- the zoo's ViT ---------------------------------------------------------------------------------------------------

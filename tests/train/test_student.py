@@ -111,7 +111,7 @@ def test_a_token_merging_student_distils_on_full_length_batches(teacher):
     from deepslim.compress.tokens import MergeTokensConfig, merge_tokens_
 
     ids, mask = _texts(16)  # one batch, padded: the merge counts need the full length (a trimmed batch would fail)
-    student = merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=3))
+    student = merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=4))  # real tokens merge too
     info = distill_encoder(student, teacher, ids, mask, EncoderKDConfig(lr=1e-3, cpu_seconds=None, steps=25,
                                                                           batch_size=16))  # fmt: skip
     assert student.reduction is not None and info["steps"] == 25

@@ -115,7 +115,7 @@ def _loss(s: Sequence[torch.Tensor], t: Sequence[torch.Tensor], mapping: Sequenc
     return emb + hidden_weight * hidden, float(emb.detach())
 
 
-def _spent(config: EncoderKDConfig, cpu: float, wall: float, step: int) -> float:
+def spent_share(config: EncoderKDConfig, cpu: float, wall: float, step: int) -> float:
     """The share of the budget used: the largest of CPU time, wall time and steps over their bounds."""
     shares = [cpu / config.cpu_seconds if config.cpu_seconds else 0.0, wall / config.wall_seconds if
               config.wall_seconds else 0.0, step / config.steps if config.steps else 0.0]  # fmt: skip
@@ -141,7 +141,7 @@ def distill_encoder(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, m
     batches = length_batches(ids, mask, config.batch_size, seed=config.seed, trim=not reduced)
     c0, w0, losses, step = time.process_time(), time.monotonic(), [], 0
     while True:
-        frac = _spent(config, time.process_time() - c0, time.monotonic() - w0, step)
+        frac = spent_share(config, time.process_time() - c0, time.monotonic() - w0, step)
         if frac >= 1.0:
             break
         scale = frac / config.warmup if frac < config.warmup else 0.5 * (1 + math.cos(math.pi * frac))

@@ -11,68 +11,90 @@ over merged tokens is the mean over the input tokens they absorbed.
   never merged, and padding tokens are merged away first, into real tokens, at no cost to them (size 0).
 - Pruning: Goyal et al., "PoWER-BERT", ICML 2020; Kim et al., "Learned Token Pruning", KDD 2022. A token's
   importance is the attention it receives, averaged over heads and real queries; the top ``keep`` tokens survive
-  (CLS always), and with a threshold tokens below it are masked out (size 0) for the layers that follow.
+  (CLS always). With a threshold instead (LTP), every token whose importance is below the threshold × the
+  uniform share leaves, so the number of tokens depends on the text.
 
-Shapes stay static for a given input length (r and keep are Python ints), so the reductions export to ONNX
-(Slice, TopK, GatherElements, MatMul) and run as smaller matrix products in ONNX Runtime.
+Merging and ratio pruning keep shapes static for a given input length (r and keep are Python ints, and the token
+counts become constants of the graph: export one file per length); threshold pruning is dynamic (NonZero). Both
+export to ONNX and run as smaller matrix products in ONNX Runtime.
 """
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
 _PAD_FIRST, _NEVER = 3.0, -3.0  # beyond any cosine similarity in [-1, 1]
 
 
-def size_bias(size: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """Additive attention logits (B, 1, 1, T): log(size) for real tokens, the dtype's minimum for size 0 (masked)."""
+def size_bias(size: torch.Tensor, dtype: torch.dtype, *, padding: bool = True) -> torch.Tensor:
+    """Additive attention logits (B, 1, 1, T): log(size) for real tokens, the dtype's minimum for size 0 (masked).
+    ``padding=False``: every size is > 0 (a ViT), so the bias is log(size) alone (two operators fewer)."""
+    if not padding:
+        return size.log().to(dtype)[:, None, None, :]
     real = size > 0
     bias = torch.where(real, size.clamp_min(1e-30).log(), torch.full_like(size, torch.finfo(dtype).min))
     return bias.to(dtype)[:, None, None, :]
 
 
-def _ramp(like: torch.Tensor) -> torch.Tensor:
+def _ramp(t: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
     """(1, T) values in (0, 1) that fall with the position: a tie-break that every runtime sorts alike."""
-    t = like.shape[1]
-    return 1.0 - torch.arange(t, dtype=like.dtype, device=like.device)[None, :] / (t + 1)
+    return 1.0 - torch.arange(t, dtype=dtype, device=device)[None, :] / (t + 1)
 
 
 def gather_tokens(t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-    return t.gather(1, idx.unsqueeze(-1).repeat(1, 1, t.shape[-1]))
+    return t.gather(1, idx.unsqueeze(-1).expand(-1, -1, t.shape[-1]))
 
 
-def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor,
-                    r: int) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """Merge ``r`` tokens of x (B, T, C) with sizes (B, T) by the similarity of ``metric`` (B, T, D): T -> T - r."""
-    r = min(r, (x.shape[1] - 1) // 2)  # set A (even positions, CLS excluded) offers at most this many
+def static_len(t: torch.Tensor, dim: int = 1) -> int:
+    """A dimension as a Python int, also while the model is traced for ONNX export: the token counts of a
+    reduction are fixed for a given input length (its r and keep are ints), so the graph holds them as constants
+    instead of a chain of Shape/Gather/Range operators per layer. Export one file per sequence length."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        return int(t.shape[dim])
+
+
+def _pair_bias(t: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(T, T) constant: 0 where row token i (set A: even positions but CLS) may merge into column token j (set B:
+    odd positions), and far below any similarity elsewhere."""
+    i = torch.arange(t, device=device)
+    allowed = ((i[:, None] % 2 == 0) & (i[:, None] > 0)) & (i[None, :] % 2 == 1)
+    return torch.where(allowed, 0.0, 4 * _NEVER).to(dtype)
+
+
+def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int, *,
+                    padding: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Merge ``r`` tokens of x (B, T, C) with sizes (B, T) by the similarity of ``metric`` (B, T, D): T -> T - r.
+    The kept tokens stay in their order; a merged token is the size-weighted mean of its B token and the A tokens
+    that joined it. ``padding=False`` (every size > 0, as in a ViT) leaves out the padding rules' operators.
+
+    The graph is small on purpose (about 25 operators): one product for all similarities, one top-k for the r
+    sources, a cumulative sum for where every token goes, and one product that sums the tokens (and their sizes,
+    as an extra channel) into their destinations: a scatter-add by index that every ONNX runtime runs.
+    """
+    t = static_len(x)
+    r = min(r, (t - 1) // 2)  # set A (even positions, CLS excluded) offers at most this many
     if r <= 0:
         return x, size
     m = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-    scores = m[:, ::2] @ m[:, 1::2].transpose(1, 2)  # (B, Ta, Tb)
-    size_a, size_b = size[:, ::2], size[:, 1::2]
-    scores = torch.where(size_b[:, None, :] > 0, scores, torch.full_like(scores, _NEVER))  # never into padding
-    node_max, node_idx = scores.max(dim=-1)  # (B, Ta): each A token's best partner in B
-    # padding goes first, in position order: distinct values, so that every runtime's sort picks the same tokens
-    node_max = torch.where(size_a > 0, node_max, _PAD_FIRST + _ramp(node_max))
-    node_max = torch.cat([torch.full_like(node_max[:, :1], 2 * _NEVER), node_max[:, 1:]], dim=1)  # CLS stays
-    order = node_max.argsort(dim=-1, descending=True)
-    unmerged = order[:, r:].sort(dim=-1).values  # (B, Ta - r), in their original order: CLS first
-    src = order[:, :r]  # (B, r)
-    dst = node_idx.gather(1, src)  # (B, r)
-
-    # (B, Tb, r): which B token each merged A token joins; a product with it sums the sources into their
-    # destinations (a scatter-add, written as a matrix product so that it exports to any ONNX runtime)
-    into = (dst.unsqueeze(1) == torch.arange(size_b.shape[1], device=x.device)[None, :, None]).to(x.dtype)
-
-    def merge(t: torch.Tensor) -> torch.Tensor:  # (B, T, c) -> (B, T - r, c), sums
-        a, b = t[:, ::2], t[:, 1::2]
-        return torch.cat([gather_tokens(a, unmerged), b + into @ gather_tokens(a, src)], dim=1)
-
-    weighted = merge(x * size.unsqueeze(-1))
-    new_size = merge(size.unsqueeze(-1))
-    return weighted / new_size.clamp_min(1e-6), new_size.squeeze(-1)
+    scores = m @ m.transpose(1, 2)  # (B, T, T) cosine similarities
+    if padding:
+        scores = torch.where(size[:, None, :] > 0, scores, _NEVER)  # never into padding
+    node_max, node_idx = (scores + _pair_bias(t, x.dtype, x.device)).max(dim=-1)  # (B, T): best partner in B
+    if padding:  # padding A tokens go first, in position order (distinct values: every runtime picks the same)
+        first = (size <= 0) & (torch.arange(t, device=x.device) % 2 == 0)
+        node_max = torch.where(first, _PAD_FIRST + _ramp(t, x.dtype, x.device), node_max)
+    src = node_max.topk(r, dim=-1).indices  # (B, r): the A tokens merged away
+    is_src = torch.zeros_like(size).scatter(1, src, 1.0)
+    rank = (1.0 - is_src).cumsum(dim=1) - 1.0  # each kept token's place in the output
+    dest = torch.where(is_src > 0, rank.gather(1, node_idx), rank)  # a merged token goes where its partner goes
+    into = (dest[:, None, :] == torch.arange(t - r, device=x.device, dtype=x.dtype)[:, None]).to(x.dtype)
+    out = into @ torch.cat([x * size.unsqueeze(-1), size.unsqueeze(-1)], dim=-1)  # (B, T - r, C + 1): sums
+    new_size = out[..., -1]
+    return out[..., :-1] / new_size.clamp_min(1e-6).unsqueeze(-1), new_size
 
 
 def attention_received(probs: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
@@ -82,25 +104,65 @@ def attention_received(probs: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
     return received / real.sum(dim=1, keepdim=True).clamp_min(1.0)
 
 
-def prune_index(size: torch.Tensor, score: torch.Tensor, keep_ratio: float,
-                threshold: float | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:  # fmt: skip
-    """(indices (B, keep) of the tokens to keep in order, or None for all; sizes with weak tokens masked)."""
-    t = size.shape[1]
-    score = torch.where(size > 0, score, _ramp(score) - 2.0)  # padding is pruned first (distinct values, see merge)
+def uniform_share(received: torch.Tensor, size: torch.Tensor) -> torch.Tensor:
+    """The attention received (B, T) as a multiple of the uniform share among the present tokens (1.0: average),
+    so that one threshold means the same at every layer and length. A token of size s < 1 (a soft mask) counts s."""
+    return received * size.clamp(max=1.0).sum(dim=1, keepdim=True)
+
+
+def prune_index(size: torch.Tensor, score: torch.Tensor,
+                keep_ratio: float) -> tuple[torch.Tensor | None, torch.Tensor]:  # fmt: skip
+    """(indices (B, keep) of the ceil(keep_ratio · T) tokens to keep in order, or None for all; their sizes)."""
+    t = static_len(size)
+    # padding is pruned first (distinct values, see merge)
+    score = torch.where(size > 0, score, _ramp(t, score.dtype, score.device) - 2.0)
     score = torch.cat([torch.full_like(score[:, :1], 2.0), score[:, 1:]], dim=1)  # CLS: above any probability
     keep = max(1, min(t, math.ceil(keep_ratio * t)))
-    if threshold is not None:
-        size = torch.where(score < threshold / t, torch.zeros_like(size), size)
     if keep == t:
         return None, size
     return score.topk(keep, dim=1).indices.sort(dim=1).values, size
 
 
+def above_threshold(size: torch.Tensor, share: torch.Tensor, threshold: float) -> torch.Tensor:
+    """(B, T) True for the tokens that stay: CLS, and every present token whose uniform ``share`` of the attention
+    it receives is at least ``threshold`` (0 keeps every present token)."""
+    keep = (share >= threshold) & (size > 0)
+    return torch.cat([torch.ones_like(keep[:, :1]), keep[:, 1:]], dim=1)
+
+
+def threshold_index(size: torch.Tensor, share: torch.Tensor,
+                    threshold: float) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Learned Token Pruning's hard threshold: (indices (B, K) in order, their sizes), K the most tokens any row
+    keeps. The count depends on the input, so the graph is dynamic (NonZero): at batch 1 the dropped tokens are
+    gone; in a batch, a row that keeps fewer than K tokens carries the rest with size 0 (masked, as padding is)."""
+    keep = above_threshold(size, share, threshold)
+    pos = torch.arange(size.shape[1], device=size.device)
+    key = keep.to(share.dtype) * (size.shape[1] + 1) - pos.to(share.dtype)  # kept first, each part in order
+    order = key.argsort(dim=1, descending=True)
+    count = keep.sum(dim=1).max()
+    idx = order.index_select(1, pos[pos < count])
+    return idx, (size * keep.to(size.dtype)).gather(1, idx)
+
+
+def soft_threshold(size: torch.Tensor, share: torch.Tensor, threshold: torch.Tensor,
+                   temperature: float) -> torch.Tensor:  # fmt: skip
+    """Learned Token Pruning's training mask (Kim et al., KDD 2022): sizes times sigmoid((share − threshold) / T),
+    CLS kept whole. A size in (0, 1) is a partly removed token: attention sees it through log(size) and pooling
+    weighs it by size, the same two places where a removed token (size 0) disappears, so the soft model
+    approaches the hard one as the masks saturate."""
+    mask = torch.sigmoid((share - threshold) / temperature)
+    mask = torch.cat([torch.ones_like(mask[:, :1]), mask[:, 1:]], dim=1)
+    return size * mask
+
+
 def prune(x: torch.Tensor, size: torch.Tensor, score: torch.Tensor, keep_ratio: float,
           threshold: float | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Keep the ceil(keep_ratio · T) tokens of x (B, T, C) with the highest ``score`` (B, T), CLS always, in order;
-    with ``threshold``, kept tokens scoring below it (as a multiple of the uniform share 1/T) are masked out."""
-    idx, size = prune_index(size, score, keep_ratio, threshold)
+    with ``threshold`` instead, the tokens whose score is at least ``threshold`` × the uniform share."""
+    if threshold is not None:
+        kept, kept_size = threshold_index(size, uniform_share(score, size), threshold)
+        return gather_tokens(x, kept), kept_size
+    idx, size = prune_index(size, score, keep_ratio)
     if idx is None:
         return x, size
     return gather_tokens(x, idx), size.gather(1, idx)

@@ -47,11 +47,15 @@ class MergeTokensConfig(Config):
 
 @dataclass(frozen=True, kw_only=True)
 class PruneTokensConfig(Config):
-    """Token pruning by attention received: each layer keeps ``keep_ratio`` of its tokens (CLS always), and with
-    ``threshold`` masks out tokens that receive less than ``threshold`` × the uniform share of attention."""
+    """Token pruning by attention received. Either each layer keeps ``keep_ratio`` of its tokens (CLS always), or,
+    with ``threshold`` (one value, or one per layer, e.g. learned by
+    :func:`~deepslim.compress.tokens.learn_token_thresholds`), each layer removes the tokens that receive less than
+    ``threshold`` × the uniform share of attention (0 keeps every token; 1 removes those below average). Threshold
+    pruning keeps as many tokens as the text needs, so its ONNX graph has a dynamic token count; it cannot be
+    combined with ``keep_ratio`` < 1 or with merging."""
 
     keep_ratio: float | tuple[float, ...] = 0.8
-    threshold: float | None = None
+    threshold: float | tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         keep = _per_layer(self.keep_ratio, "keep_ratio")
@@ -59,7 +63,13 @@ class PruneTokensConfig(Config):
         for v in keep if isinstance(keep, tuple) else (keep,):
             if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 < v <= 1.0 or math.isnan(v):
                 raise ConfigError(f"keep_ratio is the share of tokens a layer keeps, in (0, 1]; got {v!r}")
-        if self.threshold is not None and not 0.0 <= self.threshold < 1.0:
-            raise ConfigError(f"threshold is a fraction of the uniform attention share, in [0, 1); "
-                              f"got {self.threshold}")  # fmt: skip
-
+        threshold = _per_layer(self.threshold, "threshold")
+        object.__setattr__(self, "threshold", threshold)
+        if threshold is None:
+            return
+        for v in threshold if isinstance(threshold, tuple) else (threshold,):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not 0.0 <= v < math.inf:
+                raise ConfigError(f"threshold is a multiple of the uniform attention share, a finite number >= 0 "
+                                  f"(0 keeps every token); got {v!r}")  # fmt: skip
+        if any(k < 1.0 for k in (keep if isinstance(keep, tuple) else (keep,))):
+            raise ConfigError("threshold replaces keep_ratio: set keep_ratio=1.0 with a threshold")

@@ -8,6 +8,7 @@ computes exactly what the original model does.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +22,9 @@ from deepslim.compress.tokens._reduce import (
     gather_tokens,
     prune_index,
     size_bias,
+    soft_threshold,
+    threshold_index,
+    uniform_share,
 )
 from deepslim.models.transformer import VisionTransformer
 
@@ -38,40 +42,67 @@ class LayerPlan:
         return self.keep_ratio < 1.0 or self.threshold is not None or self.r > 0
 
 
-def reduce_tokens(plan: LayerPlan, x: torch.Tensor, size: torch.Tensor, keys: torch.Tensor,
-                  probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """One layer's reduction of x (B, T, C) and sizes (B, T); keys (B, H, T, D) and probs (B, H, T, T)."""
+def reduce_tokens(plan: LayerPlan, x: torch.Tensor, size: torch.Tensor, keys: torch.Tensor, probs: torch.Tensor, *,
+                  padding: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """One layer's reduction of x (B, T, C) and sizes (B, T); keys (B, H, T, D) and probs (B, H, T, T).
+    ``padding=False``: no token has size 0 (a ViT), so the merge needs no padding rules."""
+    if plan.threshold is not None:  # learned token pruning: the count depends on the input (never with the others)
+        kept, size = threshold_index(size, uniform_share(attention_received(probs, size), size), plan.threshold)
+        return gather_tokens(x, kept), size
     metric = keys.mean(1)  # (B, T, D): ToMe's similarity measure, the keys averaged over heads
-    if plan.keep_ratio < 1.0 or plan.threshold is not None:
-        idx, size = prune_index(size, attention_received(probs, size), plan.keep_ratio, plan.threshold)
+    if plan.keep_ratio < 1.0:
+        idx, size = prune_index(size, attention_received(probs, size), plan.keep_ratio)
         if idx is not None:
             x, metric, size = gather_tokens(x, idx), gather_tokens(metric, idx), size.gather(1, idx)
     if plan.r > 0:
-        x, size = bipartite_merge(x, size, metric, plan.r)
+        x, size = bipartite_merge(x, size, metric, plan.r, padding=padding)
     return x, size
+
+
+class SoftThresholds(nn.Module):
+    """Per-layer token thresholds being learned (LTP's soft masks): a size-scaling sigmoid instead of removal.
+
+    Installed as ``BertTokenReduction.soft`` while :func:`~deepslim.compress.tokens.learn_token_thresholds` trains.
+    """
+
+    def __init__(self, thresholds: Sequence[float], temperature: float):
+        super().__init__()
+        self.threshold = nn.Parameter(torch.tensor([float(t) for t in thresholds]))
+        self.temperature = temperature
 
 
 class BertTokenReduction(nn.Module):
     """Runs a Hugging Face ``BertModel``'s layers with token reduction: (input_ids, mask) -> (states, sizes).
 
-    It holds no weights (the encoder is passed in), so installing it changes no state dict.
+    It holds no weights (the encoder is passed in), so installing it changes no state dict (``soft``, set only
+    while thresholds are learned, holds the thresholds being trained). While learning, or with ``record`` set,
+    ``kept`` holds after each forward every layer's share (B,) of the real tokens still present (a soft size
+    counts as its value).
     """
 
     def __init__(self, plans: list[LayerPlan]):
         super().__init__()
         self.plans = list(plans)
+        self.soft: SoftThresholds | None = None
+        self.record = False
+        self.kept: list[torch.Tensor] = []
 
     def forward(self, encoder: Any, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         x = encoder.embeddings(input_ids=input_ids)  # (B, T, C)
         size = attention_mask.to(x.dtype)  # (B, T): 1 real, 0 padding
-        for layer, plan in zip(encoder.encoder.layer, self.plans, strict=True):
-            x, size = self._layer(layer, plan, x, size)
+        record = self.soft is not None or self.record
+        self.kept, real = [], size.sum(dim=1).clamp_min(1.0)
+        for i, (layer, plan) in enumerate(zip(encoder.encoder.layer, self.plans, strict=True)):
+            soft = None if self.soft is None else (self.soft, i)
+            x, size = self._layer(layer, plan if soft is None else LayerPlan(), x, size, soft)
+            if record:
+                self.kept.append(size.clamp(max=1.0).sum(dim=1) / real)
         return x, size
 
     @staticmethod
-    def _layer(layer: Any, plan: LayerPlan, x: torch.Tensor,
-               size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def _layer(layer: Any, plan: LayerPlan, x: torch.Tensor, size: torch.Tensor,
+               soft: tuple[SoftThresholds, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         sa = layer.attention.self
         shape = (*x.shape[:-1], -1, sa.attention_head_size)
         q, k, v = (p(x).view(shape).transpose(1, 2) for p in (sa.query, sa.key, sa.value))  # (B, H, T, D)
@@ -80,6 +111,9 @@ class BertTokenReduction(nn.Module):
         probs = F.dropout(probs, p=sa.dropout.p, training=sa.training)
         ctx = torch.matmul(probs, v).transpose(1, 2).contiguous().reshape(*x.shape[:-1], -1)  # (B, T, C)
         h = layer.attention.output(ctx, x)
+        if soft is not None:
+            share = uniform_share(attention_received(probs, size), size)
+            size = soft_threshold(size, share, soft[0].threshold[soft[1]], soft[0].temperature)
         h, size = reduce_tokens(plan, h, size, k, probs)
         return layer.output(layer.intermediate(h), h), size
 
@@ -94,24 +128,25 @@ class TokenVisionTransformer(VisionTransformer):
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, C)
         x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1) + self.pos_embed
         size = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device)
+        padding = any(p.threshold is not None for p in self.token_plans)  # rows of a batch then keep unlike counts
         reduced = False
         for block, plan in zip(self.blocks, self.token_plans, strict=True):
             if not (reduced or plan.active):
                 x = block(x)  # nothing merged yet: the block itself, bit for bit
                 continue
-            x, size = self._block(block, plan, x, size)
+            x, size = self._block(block, plan, x, size, padding)
             reduced = True
         return self.head(self.norm(x)[:, 0])
 
     @staticmethod
-    def _block(block: Any, plan: LayerPlan, x: torch.Tensor,
-               size: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    def _block(block: Any, plan: LayerPlan, x: torch.Tensor, size: torch.Tensor,
+               padding: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
         attn = block.attn
         inner = attn.num_heads * attn.head_dim
         q, k, v = attn.qkv(block.ln1(x)).split(inner, dim=-1)
         q, k, v = (t.unflatten(-1, (attn.num_heads, attn.head_dim)).transpose(1, 2) for t in (q, k, v))
-        logits = torch.matmul(q, k.transpose(2, 3)) * attn.head_dim**-0.5 + size_bias(size, x.dtype)
+        logits = torch.matmul(q, k.transpose(2, 3)) * attn.head_dim**-0.5 + size_bias(size, x.dtype, padding=padding)
         probs = F.softmax(logits, dim=-1)  # (B, H, N, N)
         x = x + attn.proj(torch.matmul(probs, v).transpose(1, 2).flatten(2))
-        x, size = reduce_tokens(plan, x, size, k, probs)
+        x, size = reduce_tokens(plan, x, size, k, probs, padding=padding)  # images have no padding
         return x + block.mlp(block.ln2(x)), size

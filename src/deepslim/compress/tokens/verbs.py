@@ -55,20 +55,33 @@ def _install(model: nn.Module, plans: list[LayerPlan]) -> nn.Module:
     return model
 
 
+def _check_mix(plans: list[LayerPlan]) -> list[LayerPlan]:
+    if any(p.threshold is not None for p in plans) and any(p.r > 0 or p.keep_ratio < 1.0 for p in plans):
+        raise ConfigError("threshold pruning (a token count that depends on the text) cannot be combined with "
+                          "merging or keep_ratio (fixed counts); choose one of them for the model")  # fmt: skip
+    return plans
+
+
 def merge_tokens_(model: nn.Module, config: MergeTokensConfig) -> nn.Module:
     """Merge ``config.r`` tokens per layer (ToMe, Bolya et al., ICLR 2023); other token settings are kept."""
     plans = layer_plans(model)
     rs = expand(config.r, len(plans), "r")
     log.info("merging %s tokens per layer", rs)
-    return _install(model, [replace(p, r=r) for p, r in zip(plans, rs, strict=True)])
+    return _install(model, _check_mix([replace(p, r=r) for p, r in zip(plans, rs, strict=True)]))
 
 
 def prune_tokens_(model: nn.Module, config: PruneTokensConfig) -> nn.Module:
-    """Prune tokens by attention received (PoWER-BERT, LTP); merging settings are kept."""
+    """Prune tokens by attention received (PoWER-BERT, LTP): a share per layer (merging settings are kept), or
+    per-layer thresholds (on a model without merging)."""
     plans = layer_plans(model)
     keeps = expand(config.keep_ratio, len(plans), "keep_ratio")
-    return _install(model, [replace(p, keep_ratio=float(k), threshold=config.threshold)
-                            for p, k in zip(plans, keeps, strict=True)])  # fmt: skip
+    if config.threshold is not None:
+        thresholds = expand(config.threshold, len(plans), "threshold")
+        log.info("token thresholds per layer: %s", thresholds)
+        return _install(model, _check_mix([replace(p, threshold=float(t))
+                                           for p, t in zip(plans, thresholds, strict=True)]))  # fmt: skip
+    return _install(model, _check_mix([replace(p, keep_ratio=float(k), threshold=None)
+                                       for p, k in zip(plans, keeps, strict=True)]))  # fmt: skip
 
 
 def drop_layers_(model: nn.Module, keep: Sequence[int]) -> nn.Module:
