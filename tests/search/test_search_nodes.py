@@ -167,6 +167,9 @@ def test_the_best_finalist_over_budget_is_passed_over_for_the_next_and_the_resul
     second = run(tmp_path / "b", slow)
     passed = next(c for c in second.finalists if c.policy == first.best.policy and c.trial is not None)
     assert passed.remeasured["verdict"] == "over" and not passed.feasible
+    assert all(c.remeasured is not None for c in first.pareto + second.pareto)  # the front re-measured alike
+    on_front = next(c for c in second.pareto if c.policy == first.best.policy)
+    assert on_front.remeasured["verdict"] == "over" and not on_front.feasible
     assert second.best is not None and second.best.policy != first.best.policy
     assert second.best.remeasured["verdict"] != "over"
     assert any(f"trial {passed.trial} (ranked 1 after recovery) is over budget when re-measured" in n

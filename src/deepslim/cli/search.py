@@ -208,7 +208,7 @@ def _render(doc: dict[str, Any]) -> None:
             beside += f", tau {other['kendall_tau']:.2f}" if other.get("kendall_tau") is not None else ""
         tau = "n/a" if lt["kendall_tau"] is None else f"{lt['kendall_tau']:.2f}"
         mac = "n/a" if lt["mac_proxy_kendall_tau"] is None else f"{lt['mac_proxy_kendall_tau']:.2f}"
-        out.print(f"latency ({lt.get('latency_model', 'layers')} table): error p90 {lt['error_p90']:.1%}, Kendall "
+        out.print(f"latency ({lt.get('latency_model', 'layers')[:-1]} table): error p90 {lt['error_p90']:.1%}, Kendall "
                   f"tau {tau} (MAC proxy {mac}) over {lt['points']} end-to-end measurements{beside}")  # fmt: skip
     out.print(f"{cost['trials']} trials in {cost['wall_s']:.0f} s ({cost['cpu_s']:.0f} CPU-s, "
               f"~{cost['energy_kwh']:.2g} kWh estimated)")

@@ -167,12 +167,16 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     done = _completed(study, limits)
     front = _front(done, objectives)
     finals = final_round(ev, front, [c for c in family if c.feasible], objectives, budgets, limits, top_k=top_k,
-                         repeats=remeasure_repeats)  # fmt: skip
+                         repeats=remeasure_repeats, front=front)  # fmt: skip
+    front = finals.pareto
     best, uniform, notes = finals.best, finals.uniform, list(finals.notes)
-    if uniform is not None and (best is None or _rank(uniform, objectives) < _rank(best, objectives)):
+    if uniform is not None and (best is None or (uniform.policy != best.policy
+                                                 and _rank(uniform, objectives) < _rank(best, objectives))):
         best = uniform  # uniform policies are in the space too: after the same recovery, the better one is returned
         notes.append("the uniform policy ranks above every searched finalist after the same recovery: it is best")
-    checks = [c for c in (dense, *done, *family, *finals.finalists) if _checked(c)]
+    seen = {c.trial for c in done if _checked(c)}  # the front's re-measurements too, once per trial
+    checks = [c for c in (dense, *done, *family, *finals.finalists, *(c for c in front if c.trial not in seen))
+              if _checked(c)]  # fmt: skip
     cost = _cost(len(done), started, cpu0)
     where = storage or f"journal:{Path(out_dir or '.') / st.DEFAULT_JOURNAL}"
     report = table_report(table, checks, model_name, dense, ev.nodes)

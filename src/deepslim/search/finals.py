@@ -37,6 +37,7 @@ class Finals:
     finalists: tuple[Candidate, ...]  # every finalist (searched first, then uniform), each with ``remeasured``
     notes: tuple[str, ...]  # what the choice skipped, and why
     dense_ms: tuple[float, ...]  # the dense model's time in each run (the yardstick of relative budgets)
+    pareto: tuple[Candidate, ...] = ()  # the Pareto front, each entry with its re-measurement
 
 
 def finite(value: float, objective: str) -> float:
@@ -58,32 +59,56 @@ def feasible(c: Candidate, limits: dict[str, float], skip: Sequence[str] = ()) -
 
 
 def final_round(ev: Evaluator, searched: Sequence[Candidate], uniform: Sequence[Candidate], objectives: tuple[str, ...],
-                budgets: Sequence[Budget], limits: dict[str, float], *, top_k: int, repeats: int = 3) -> Finals:
+                budgets: Sequence[Budget], limits: dict[str, float], *, top_k: int, repeats: int = 3,
+                front: Sequence[Candidate] = ()) -> Finals:  # fmt: skip
     """Recover the ``top_k`` best of ``searched`` and the best of ``uniform`` as the recipe does, re-measure them
     with the dense model (module docstring) and choose: the best searched finalist that meets its budget, and the
-    best uniform one alike."""
+    best uniform one alike. The ``front`` (the Pareto front's trials) is re-measured in the same runs (its models
+    unrecovered: latency depends on the graph, not on the weights) and returned with its verdicts (``pareto``)."""
     pools = [sorted(searched, key=lambda c: rank(c, objectives))[: max(0, top_k)],
              sorted(uniform, key=lambda c: rank(c, objectives))[:1]]  # fmt: skip
     chosen = [c for pool in pools for c in pool]
     if not chosen:
-        return Finals(None, None, (), (), ())
+        return Finals(None, None, (), (), (), tuple(front))
     judged = [ev.judge(c.policy, recovery="finetune", trial=c.trial, both=True, full=True) for c in chosen]
-    runs, dense_ms = _remeasure(ev, [net for _, net in judged], repeats)
+    known = {_key(c.policy) for c in chosen}
+    extra = {_key(c.policy): c.policy for c in front if _key(c.policy) not in known}
+    others = {k: ev.model_and_keys(p, "none")[0] for k, p in extra.items()}
+    runs, dense_ms = _remeasure(ev, [net for _, net in judged] + list(others.values()), repeats)
     latency = next((b for b in budgets if b.metric == "latency"), None)
-    finals = []
-    for i, (cand, _) in enumerate(judged):
-        reps = [run[i] for run in runs]
-        doc = verdict(reps, list(dense_ms), latency, limits.get("latency"))
-        if doc is None:  # not measured: the prediction and the predicted-frame limits decide
-            finals.append(feasible(cand, limits))
-            continue
-        cand = with_measured(cand, doc["measured_ms"], ev.table.runtime)
-        cand = feasible(replace(cand, remeasured=doc), limits, skip=("latency",))
-        finals.append(replace(cand, feasible=cand.feasible and doc["verdict"] != "over"))
+    docs = [verdict([run[i] for run in runs], dense_ms, latency, limits.get("latency"))
+            for i in range(len(judged) + len(others))]  # fmt: skip
+    finals = [_judged(cand, doc, limits, ev.table.runtime) for (cand, _), doc in zip(judged, docs, strict=False)]
+    by_key = {**{_key(c.policy): d for c, d in zip(chosen, docs, strict=False)},
+              **dict(zip(others, docs[len(judged):], strict=True))}  # fmt: skip
+    pareto = tuple(_on_front(c, by_key.get(_key(c.policy))) for c in front)
     n = len(pools[0])
     best, notes = choose(finals[:n], objectives, "searched")
     base, more = choose(finals[n:], objectives, "uniform")
-    return Finals(best, base, tuple(finals), tuple(notes + more), tuple(dense_ms))
+    return Finals(best, base, tuple(finals), tuple(notes + more), tuple(dense_ms), pareto)
+
+
+def _key(policy: Any) -> str:
+    return str(sorted(policy.params().items()))
+
+
+def _judged(cand: Candidate, doc: dict[str, Any] | None, limits: dict[str, float], runtime: str) -> Candidate:
+    """A finalist with its re-measurement: latency measured, feasible when its verdict is not ``over`` and the other
+    budgets hold; without one, the prediction and the predicted-frame limits decide."""
+    if doc is None:
+        return feasible(cand, limits)
+    cand = with_measured(cand, doc["measured_ms"], runtime)
+    cand = feasible(replace(cand, remeasured=doc), limits, skip=("latency",))
+    return replace(cand, feasible=cand.feasible and doc["verdict"] != "over")
+
+
+def _on_front(c: Candidate, doc: dict[str, Any] | None) -> Candidate:
+    """A Pareto front entry with its re-measurement beside its prediction (the front's axis stays the prediction);
+    one ``over`` its budget is marked infeasible."""
+    if doc is None:
+        return c
+    m = replace(c.measurement, measured_latency_ms=doc["measured_ms"])
+    return replace(c, measurement=m, remeasured=doc, feasible=c.feasible and doc["verdict"] != "over")
 
 
 def _remeasure(ev: Evaluator, nets: Sequence[Any], repeats: int) -> tuple[list[list[float]], list[float]]:
