@@ -75,46 +75,59 @@ def _mse_range(data: torch.Tensor, lo: float, hi: float, bits: int) -> tuple[flo
 
 
 def _entropy_range(data: torch.Tensor, lo: float, hi: float, bits: int, bins: int = 2048) -> tuple[float, float]:
-    """TensorRT's KL calibration on |x|, applied symmetrically around zero (one-sided for non-negative data).
+    """The range [a, b] whose quantization loses the least information: TensorRT's KL divergence between the clipped
+    histogram and its quantized version, over 2048 bins of [min(lo, 0), max(hi, 0)]; each end is a fraction f of its
+    extreme, f on the published candidate grid (every ~1/256 of the way from ``2^bits`` bins to all of them), found by
+    scaling both ends together, then the upper end alone, then the lower end alone.
 
-    Two departures from the algorithm as published, each of which made it clip most of the data: exact zeros (a
-    ReLU's spike) are left out of the histogram -- zero is a grid point of every candidate, so they are represented
-    exactly and add nothing to any divergence, but they sat in one bin whose mass the merged levels smeared, and
-    only candidates whose first level held that bin alone escaped; and the candidate distribution is not
-    renormalised over the kept bins -- the clipped mass is missing from it, which costs log(1 / kept fraction), so
-    that data far from zero cannot be clipped into one bin for free (values in [0.4, 2.9] gave 0.402).
+    Three departures from the algorithm as published, each of which made it clip most of some layer's data. The
+    levels are the deployed quantizer's: ``2^bits`` rounding cells of the asymmetric grid over [a, b] with an integer
+    zero point, not equal chunks of |x| from 0 -- signed data that is not symmetric (a normalized image: a spike at
+    the background value -0.81 and bright pixels up to 2.02) was given (-0.81, 0.81), clipping every bright pixel.
+    Exact zeros (a ReLU's spike) are left out -- zero is a grid point of every candidate, so they are represented
+    exactly; smeared over their level they made the search pick the first level narrow enough to hold them alone
+    (0.087 of 11.2 at 4 bits). And the quantized distribution is not renormalised over the kept bins: the clipped
+    mass is missing from it, which costs log(1 / kept fraction), so that data far from zero cannot be clipped into
+    one level for free (values in [0.4, 2.9] gave 0.402).
     """
-    amax = max(abs(lo), abs(hi))
-    mags = data.abs().numpy().astype(np.float64)
-    mags = mags[mags > 0]
-    if mags.size == 0:
-        return (-amax if lo < 0 else 0.0), amax
-    hist, edges = np.histogram(mags, bins=bins, range=(0.0, amax))
-    hist = hist.astype(np.float64)
-    levels = 2 ** (bits - 1) if lo < 0 else 2**bits
-    best_i, best_kl = bins, float("inf")
-    for i in range(levels, bins + 1, max(1, (bins - levels) // 256)):
-        kl = _clipped_kl(hist, i, levels)
-        if kl < best_kl:
-            best_kl, best_i = kl, i
-    threshold = float(edges[best_i])
-    return (-threshold if lo < 0 else 0.0), threshold
+    lo, hi = min(lo, 0.0), max(hi, 0.0)
+    x = data.numpy().astype(np.float64)
+    x = x[x != 0]
+    if x.size == 0:
+        return lo, hi
+    hist, edges = np.histogram(x, bins=bins, range=(lo, hi))
+    centres, counts, levels = (edges[:-1] + edges[1:]) / 2, hist.astype(np.float64), 2**bits
+    fractions = [i / bins for i in range(min(levels, bins), bins + 1, max(1, (bins - levels) // 256))]
+
+    def best(candidates: list[tuple[float, float]]) -> tuple[float, float]:
+        kls = [_clipped_kl(counts, centres, a, b, levels) for a, b in candidates]
+        return candidates[int(np.argmin(kls))]  # the first of equals
+
+    # both ends scaled together, then the upper end and the lower end on their own (a lone outlier on one side)
+    a, b = best([(lo * f, hi * f) for f in fractions])
+    b = best([(a, hi * f) for f in fractions if hi * f > 0 or hi == 0])[1]
+    a = best([(lo * f, b) for f in fractions if lo * f < 0 or lo == 0])[0]
+    return a, b
 
 
-def _clipped_kl(hist: np.ndarray, i: int, levels: int) -> float:
-    """KL(p || q) of the threshold at bin ``i``: p is the histogram with the tail clipped into bin i - 1, q the first i
-    bins merged into ``levels`` equal levels and spread back over the bins where p is non-zero, both divided by the
-    whole count (q then sums to the kept fraction). Infinite where p has mass that q lacks, as in the definition
-    (the clipped tail alone in a level: a small floor there made such clipping nearly free)."""
-    total = hist.sum()
-    p = hist[:i].copy()
-    p[i - 1] += hist[i:].sum()
-    q = np.zeros(i)
-    for c in np.array_split(np.arange(i), levels):
-        nonzero = p[c] > 0
-        if nonzero.any():
-            q[c[nonzero]] = hist[c].sum() / nonzero.sum()
+def _clipped_kl(hist: np.ndarray, centres: np.ndarray, a: float, b: float, levels: int) -> float:
+    """KL(p || q) of the range [a, b]: p is the histogram of the bins inside it with the mass outside clipped into its
+    first and last bins; q gives each quantization level (the bins whose centres round to it) its count inside the
+    range, spread evenly over the level's bins where p is non-zero; both are divided by the whole count, so q sums to
+    the kept fraction. Infinite where p has mass that q lacks (clipped mass alone in a level), as in the definition."""
+    inside = (centres >= a) & (centres <= b)
+    first, last = int(np.argmax(inside)), len(inside) - 1 - int(np.argmax(inside[::-1]))
+    kept = hist[first : last + 1]
+    p = kept.copy()
+    p[0] += hist[:first].sum()
+    p[-1] += hist[last + 1 :].sum()
+    scale = (b - a) / (levels - 1)
+    zero = min(max(round(-a / scale), 0), levels - 1)
+    level = np.clip(np.round(centres[first : last + 1] / scale) + zero, 0, levels - 1).astype(np.int64)
+    mass = np.bincount(level, weights=kept, minlength=levels)
+    shared = np.bincount(level, weights=(p > 0).astype(np.float64), minlength=levels)
     mask = p > 0
-    if not (q[mask] > 0).all():  # clipped mass in a level that holds no kept sample: q cannot produce it
+    q = mass[level[mask]] / shared[level[mask]]
+    if not (q > 0).all():
         return float("inf")
-    return float(np.sum(p[mask] / total * np.log(p[mask] / q[mask])))
+    return float(np.sum(p[mask] / hist.sum() * np.log(p[mask] / q)))
