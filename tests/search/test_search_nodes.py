@@ -294,3 +294,34 @@ def test_the_real_timer_exports_the_finalists_once_and_times_them_in_each_run(tm
     fake = LatencyTable(timer=layer_timer, model_timer=params_ms)
     assert fake.measure_runs([(net, None)], 2) == [params_ms([(net, None)])] * 2
     assert LatencyTable(timer=layer_timer).measure_runs([(net, None)], 2) is None
+
+
+def refuse_int8(model, path, example_input):
+    """An exporter that refuses every quantized model (as a runtime without an integer kernel would)."""
+    from deepslim.errors import ExportError
+    from tests.search._tiny import fake_export
+
+    if any(type(m).__name__.startswith("Q") for m in model.modules()):
+        raise ExportError("no integer kernel for this layer")
+    fake_export(model, path, example_input)
+
+
+def test_policies_whose_export_is_refused_are_left_out_and_the_search_goes_on(tmp_path):
+    from deepslim.errors import ExportError
+    from tests.search._tiny import fake_node_timer, fake_split_layers
+
+    net, data = trained_net(), digits()
+    table = fake_table()
+    nodes = NodeTable(table, splitter=fake_split_layers, timer=fake_node_timer, exporter=refuse_int8)
+    space = small_space(net)
+    judging = Evaluator(net, data, space, table, latency_model="nodes", nodes=nodes)
+    with pytest.raises(ExportError, match="no integer kernel"):  # in the node frame an int8 trial cannot be judged
+        judging.evaluate(space.smallest(True))
+    beside = Evaluator(net, data, space, table, latency_model="layers", nodes=nodes)
+    cand, _ = beside.judge(space.smallest(True), both=True)  # only the check's other column is lost
+    assert "node_predicted_ms" not in cand.measurement.extra and cand.latency_ms > 0
+    result = search(net, data, space, ("accuracy", "latency"), "latency=0.8x", trials=8, strategy="grid",
+                    out_dir=tmp_path, latency_table=table, node_table=nodes, **FAST)  # fmt: skip
+    assert [c.policy.int8 for c in result.uniform_family] == [{"3": False}] * 2  # the int8 members left out
+    assert len(result.trials) == 4 and not any(c.policy.int8["3"] for c in result.trials)  # int8 trials refused
+    assert result.best is not None and not result.best.policy.int8["3"]

@@ -23,11 +23,11 @@ from typing import Any
 from torch import nn
 
 from deepslim.errors import ConfigError, DeepSlimError
+from deepslim.search import frame as _frame
 from deepslim.search import storage as st
 from deepslim.search import workers as wk
 from deepslim.search.budget import (
     OBJECTIVES,
-    UNIT_NAMES,
     Budget,
     as_budgets,
     check_device,
@@ -40,9 +40,9 @@ from deepslim.search.finals import feasible as _feasible
 from deepslim.search.finals import final_round, table_report
 from deepslim.search.finals import finite as _finite
 from deepslim.search.finals import rank as _rank
-from deepslim.search.latency import LatencyTable, layer_keys
+from deepslim.search.latency import LatencyTable
 from deepslim.search.node_table import NodeTable
-from deepslim.search.space import DEFAULT_KEEP_RATIOS, KINDS, Policy, SearchSpace, prune_policy
+from deepslim.search.space import DEFAULT_KEEP_RATIOS, KINDS, SearchSpace
 from deepslim.search.strategies import STRATEGIES, make_sampler
 
 log = logging.getLogger(__name__)
@@ -143,16 +143,16 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
                    finetune_epochs=finetune_epochs, lr=lr, seed=seed, device=device, latency_model=model_name,
                    nodes=nodes)  # fmt: skip
     dense = calibrate_table(ev)
-    limits = {b.metric: b.limit(_base(dense, b.metric)) for b in budgets}
-    _check_feasible(ev, budgets, limits, dense)
+    limits = {b.metric: b.limit(_frame.base(dense, b.metric)) for b in budgets}
+    _frame.check_feasible(ev, budgets, limits, dense)
     dense = _feasible(dense, limits)
     ratios = uniform_ratios or DEFAULT_KEEP_RATIOS
-    family = _uniform_family(ev, ratios, limits)
+    family = _frame.uniform_family(ev, ratios, limits)
     study = _open_study(space, objectives, storage, out_dir, study_name)
     job: dict[str, Any] = {"strategy": strategy, "seed": seed, "trials": trials, "check_every": check_every,
                            "evaluator": wk.evaluator_settings(ev)}  # fmt: skip
     if workers > 1:
-        job.update(wk.describe_job(model, spec or "", data_options or {}, out_dir, table, _base(dense, "latency"),
+        job.update(wk.describe_job(model, spec or "", data_options or {}, out_dir, table, _frame.base(dense, "latency"),
                                    example_input=x))  # fmt: skip
         wk.publish_entries(study, table, set())
     counted = _queue_trials(study, ev.space, objectives, trials, strategy, seed, family)
@@ -234,68 +234,6 @@ def calibrate_table(ev: Evaluator) -> Candidate:
 
 
 _calibrate = calibrate_table  # the name benchmarks/search.py imports
-
-
-def _base(dense: Candidate, metric: str) -> float:
-    """The dense model's value that relative budgets scale: for latency the prediction of the search's latency model,
-    the frame in which trials are judged (the dense model's end-to-end measurement is reported beside it)."""
-    if metric == "latency":
-        return float(dense.measurement.extra.get("predicted_latency_ms", dense.latency_ms))
-    return dense.value(metric)
-
-
-def _smallest(ev: Evaluator, budgets: tuple[Budget, ...]) -> dict[str, tuple[float, Policy]]:
-    """The least latency, size and energy any policy reaches, and a policy that reaches it: for latency the fewest
-    channels with, per layer, the precision the layer table times faster — or every layer int8 or float alike,
-    each predicted by the search's latency model (conversions between precisions make the per-layer choice not
-    always the best)."""
-    space, x = ev.space, ev.data.example_input
-    found: dict[str, tuple[float, Policy]] = {}
-    least = space.smallest(False)
-    if any(b.metric == "latency" for b in budgets):
-        net = prune_policy(ev.model, space, least, example_input=x)
-        int8 = {}
-        for name, key in layer_keys(net, x, {}).items():
-            if name in least.int8:
-                fast = ev.table.layer_ms([replace(key, int8=True)])[0] < ev.table.layer_ms([key])[0]
-                int8[name] = fast
-        options = {str(p.to_dict()): p for p in (replace(least, int8={**least.int8, **int8}), least,
-                                                 space.smallest(True))}  # fmt: skip
-        found["latency"] = min(((ev.build(p, "none")[1], p) for p in options.values()), key=lambda t: t[0])
-    for metric in ("size", "energy"):
-        if any(b.metric == metric for b in budgets):
-            found[metric] = ev.least(metric)
-    return found
-
-
-def _check_feasible(ev: Evaluator, budgets: tuple[Budget, ...], limits: dict[str, float], dense: Candidate) -> None:
-    unit = UNIT_NAMES
-    for metric, (value, policy) in _smallest(ev, budgets).items():
-        if value > limits[metric]:
-            base = _base(dense, metric)
-            frame = f", as the {ev.latency_model[:-1]} table predicts it" if metric == "latency" else ""
-            raise ConfigError(f"the {metric} budget {limits[metric]:.4g} {unit[metric]} is tighter than the smallest "
-                              f"policy in this space allows ({value:.4g} {unit[metric]}, {value / base:.2f}x of "
-                              f"dense{frame}: {_describe(ev.space, policy)}): loosen it to at least "
-                              f"{value / base:.2f}x or widen the space")  # fmt: skip
-
-
-def _describe(space: SearchSpace, policy: Policy) -> str:
-    """A policy in words: its channels kept and layers in int8."""
-    kept = sum(policy.keep.values())
-    total = sum(g.width for g in space.groups)
-    q = sum(1 for v in policy.int8.values() if v)
-    return f"{kept} of {total} channels kept, {q} of {len(space.int8_layers)} layers int8"
-
-
-def _uniform_family(ev: Evaluator, ratios: Sequence[float], limits: dict[str, float]) -> tuple[Candidate, ...]:
-    """Uniform policies (one keep ratio everywhere; float, and all-int8 if the space has int8), judged as trials."""
-    precisions = [False, True] if ev.space.int8_layers else [False]
-    family = []
-    for r in ratios:
-        for q in precisions:
-            family.append(_feasible(ev.evaluate(ev.space.uniform(r, q)), limits))
-    return tuple(family)
 
 
 def _open_study(space: SearchSpace, objectives: tuple[str, ...], url: str | None, out_dir: Any, name: str) -> Any:

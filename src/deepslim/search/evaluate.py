@@ -16,6 +16,7 @@ trial judged after batch-norm re-estimation alone would say nothing about them.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -26,11 +27,13 @@ from torch import nn
 from deepslim.analysis import profile
 from deepslim.analysis.measurement import Measurement
 from deepslim.analysis.profile import module_weight_bytes
-from deepslim.errors import ConfigError
+from deepslim.errors import ConfigError, DeepSlimError
 from deepslim.search.latency import LatencyTable, LayerKey, layer_keys
 from deepslim.search.node_table import NodeTable
 from deepslim.search.recovery import reestimate_bn_
 from deepslim.search.space import Policy, SearchSpace, prune_policy, quantize_policy
+
+log = logging.getLogger(__name__)
 
 RECOVERIES = ("none", "bn", "finetune")
 LATENCY_MODELS = ("nodes", "layers")  # what predicts a policy's latency: the node-level or the per-layer table
@@ -155,8 +158,14 @@ class Evaluator:
         found = {"layers": self.table.predict_keys(keys)}
         if self.nodes is not None and (self.latency_model == "nodes" or both):
             shape = str(sorted(policy.keep.items())) + str(sorted(policy.int8.items()))
-            if shape not in self._node_raw:
-                self._node_raw[shape] = self.nodes.raw_model(net, self.data.example_input)
+            try:
+                if shape not in self._node_raw:
+                    self._node_raw[shape] = self.nodes.raw_model(net, self.data.example_input)
+            except DeepSlimError as exc:
+                if self.latency_model == "nodes":
+                    raise
+                log.warning("no node-table prediction beside the layer table's: %s", exc)  # a check's column only
+                return found
             found["nodes"] = self.nodes.predict(self._node_raw[shape])
         return found
 

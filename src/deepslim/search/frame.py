@@ -1,0 +1,99 @@
+"""The frame a search judges latency in: the dense model's value that relative budgets scale, the smallest policy
+a budget may ask for (refused before any trial when tighter), and the uniform family judged as trials are — all in
+the prediction of the search's latency model (the node table by default, :mod:`deepslim.search.node_table`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import replace
+
+from deepslim.errors import ConfigError, DeepSlimError
+from deepslim.search.budget import UNIT_NAMES, Budget
+from deepslim.search.evaluate import Candidate, Evaluator
+from deepslim.search.finals import feasible
+from deepslim.search.latency import layer_keys
+from deepslim.search.space import Policy, SearchSpace, prune_policy
+
+log = logging.getLogger(__name__)
+
+
+def base(dense: Candidate, metric: str) -> float:
+    """The dense model's value that relative budgets scale: for latency the prediction of the search's latency model,
+    the frame in which trials are judged (the dense model's end-to-end measurement is reported beside it)."""
+    if metric == "latency":
+        return float(dense.measurement.extra.get("predicted_latency_ms", dense.latency_ms))
+    return dense.value(metric)
+
+
+def _smallest(ev: Evaluator, budgets: tuple[Budget, ...]) -> dict[str, tuple[float, Policy]]:
+    """The least latency, size and energy any policy reaches, and a policy that reaches it: for latency the fewest
+    channels with, per layer, the precision the layer table times faster — or every layer int8 or float alike,
+    each predicted by the search's latency model (conversions between precisions make the per-layer choice not
+    always the best)."""
+    space, x = ev.space, ev.data.example_input
+    found: dict[str, tuple[float, Policy]] = {}
+    least = space.smallest(False)
+    if any(b.metric == "latency" for b in budgets):
+        net = prune_policy(ev.model, space, least, example_input=x)
+        int8 = {}
+        for name, key in layer_keys(net, x, {}).items():
+            if name in least.int8:
+                fast = ev.table.layer_ms([replace(key, int8=True)])[0] < ev.table.layer_ms([key])[0]
+                int8[name] = fast
+        options = {str(p.to_dict()): p for p in (replace(least, int8={**least.int8, **int8}), least,
+                                                 space.smallest(True))}  # fmt: skip
+        found["latency"] = min(_predicted(ev, list(options.values())), key=lambda t: t[0])
+    for metric in ("size", "energy"):
+        if any(b.metric == metric for b in budgets):
+            found[metric] = ev.least(metric)
+    return found
+
+
+def _predicted(ev: Evaluator, policies: Sequence[Policy]) -> list[tuple[float, Policy]]:
+    """Each policy's predicted latency, leaving out those the toolkit refuses (their export, say); if it refuses
+    them all, its error."""
+    found, error = [], None
+    for p in policies:
+        try:
+            found.append((ev.build(p, "none")[1], p))
+        except DeepSlimError as exc:
+            error = exc
+    if not found and error is not None:
+        raise error
+    return found
+
+
+def check_feasible(ev: Evaluator, budgets: tuple[Budget, ...], limits: dict[str, float], dense: Candidate) -> None:
+    unit = UNIT_NAMES
+    for metric, (value, policy) in _smallest(ev, budgets).items():
+        if value > limits[metric]:
+            base_value = base(dense, metric)
+            frame = f", as the {ev.latency_model[:-1]} table predicts it" if metric == "latency" else ""
+            raise ConfigError(f"the {metric} budget {limits[metric]:.4g} {unit[metric]} is tighter than the smallest "
+                              f"policy in this space allows ({value:.4g} {unit[metric]}, {value / base_value:.2f}x of "
+                              f"dense{frame}: {_describe(ev.space, policy)}): loosen it to at least "
+                              f"{value / base_value:.2f}x or widen the space")  # fmt: skip
+
+
+def _describe(space: SearchSpace, policy: Policy) -> str:
+    """A policy in words: its channels kept and layers in int8."""
+    kept = sum(policy.keep.values())
+    total = sum(g.width for g in space.groups)
+    q = sum(1 for v in policy.int8.values() if v)
+    return f"{kept} of {total} channels kept, {q} of {len(space.int8_layers)} layers int8"
+
+
+def uniform_family(ev: Evaluator, ratios: Sequence[float], limits: dict[str, float]) -> tuple[Candidate, ...]:
+    """Uniform policies (one keep ratio everywhere; float, and all-int8 if the space has int8), judged as trials; one
+    the toolkit refuses (its export, say) is left out with a warning, as a refused trial is."""
+    precisions = [False, True] if ev.space.int8_layers else [False]
+    family = []
+    for r in ratios:
+        for q in precisions:
+            try:
+                family.append(feasible(ev.evaluate(ev.space.uniform(r, q)), limits))
+            except DeepSlimError as exc:
+                log.warning("uniform policy keep %g%s not judged: %s", r, " + int8" if q else "", exc)
+    return tuple(family)
