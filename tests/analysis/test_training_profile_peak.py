@@ -44,3 +44,28 @@ def test_a_convolutions_blocked_backward_copies_are_planned_within_2_percent(tra
     model = nn.Sequential(nn.Conv2d(3, 20, 3), nn.ReLU(), nn.Conv2d(20, 50, 5), nn.Flatten(), nn.Linear(50 * 8 * 8, 4))
     x = torch.randn(8, 3, 14, 14)
     assert _ratio(model, x, trainable) == pytest.approx(1.0, abs=0.02)
+
+
+def test_a_convolutions_forward_reorders_of_input_and_weight_are_planned_within_2_percent() -> None:
+    from deepslim.train.ondevice import bias_only_
+
+    torch.manual_seed(0)  # frozen weight, input without gradient: the forward's scratch is the step's peak
+    model = bias_only_(nn.Sequential(nn.Conv2d(20, 50, 3)))
+    x = torch.randn(16, 20, 12, 12)
+    prof = training_profile(model, x, trainable="current")
+    reorders = 16 * 32 * 12 * 12 * 4 + 64 * 32 * 9 * 4  # input and weight, channels padded to 16s
+    assert prof.peak_bytes >= prof.weight_bytes + x.numel() * 4 + reorders + 16 * 64 * 10 * 10 * 4
+    assert _ratio(model, x, "current") == pytest.approx(1.0, abs=0.02)
+
+
+def test_private_saved_buffers_such_as_packed_masks_stay_alive_to_the_end_of_the_forward() -> None:
+    from deepslim.analysis._training_peak import OpRecord, activation_peak
+
+    # a -> b -> c, where the second operator also keeps a 50-byte packed mask (no operator output stands for it)
+    ops = [OpRecord(writes={"a": 100}), OpRecord(reads={"a"}, writes={"b": 10}),
+           OpRecord(reads={"b"}, writes={"c": 10}), OpRecord(reads={"c"}, writes={"d": 1})]  # fmt: skip
+    without, _ = activation_peak(ops, {}, {"d"}, set())
+    forward, _ = activation_peak(ops, {}, {"d"}, set(), [(2, 50)])
+    assert (without, forward) == (110, 160)
+    late, _ = activation_peak(ops, {}, {"d"}, set(), [(3, 500)])  # alive from the third operator to the end
+    assert late == 10 + 10 + 500  # b, c and the buffer at the third (c, d and the buffer at the fourth: 511)

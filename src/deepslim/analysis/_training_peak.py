@@ -17,7 +17,7 @@ warm-up step) under ``torch.profiler`` with ``profile_memory``, whose allocation
 
 from __future__ import annotations
 
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -42,8 +42,12 @@ class OpRecord:
 
 
 def activation_peak(ops: list[OpRecord], inputs: dict[Hashable, int], outputs: set[Hashable],
-                    saved: set[Hashable]) -> tuple[int, int]:  # fmt: skip
-    """(forward peak, backward peak) of activation and gradient bytes, on top of weights and optimizer state."""
+                    saved: set[Hashable], private: Sequence[tuple[int, int]] = ()) -> tuple[int, int]:  # fmt: skip
+    """(forward peak, backward peak) of activation and gradient bytes, on top of weights and optimizer state.
+
+    ``private``: (operator number from 1, bytes) of saved buffers no operator output stands for (a packed mask,
+    a copy an in-place operator keeps): alive from that operator to the end of the forward, like every saved tensor.
+    """
     n = len(ops)
     first: dict[Hashable, int] = {}
     last: dict[Hashable, int] = {}
@@ -63,6 +67,9 @@ def activation_peak(ops: list[OpRecord], inputs: dict[Hashable, int], outputs: s
         end = n + 1 if key in saved or key in outputs else last[key]
         delta[start] += size[key]
         delta[end + 1] -= size[key]
+    for start, nbytes in private:
+        delta[min(start, n + 1)] += nbytes
+        delta[n + 2] -= nbytes
     live, forward = 0, 0
     for d in delta[: n + 2]:
         live += d

@@ -46,6 +46,8 @@ class SavedTracer(TorchDispatchMode):
         self.efficient: dict[str, int] = {}  # layer -> bytes its own autograd function declared
         self.ops: list[OpRecord] = []  # per operator, for the peak
         self.inputs: dict[Hashable, int] = {}  # storages of the input batch (held by the caller throughout)
+        # private saved buffers (packed masks, copies), by the operator they appear at: kept to the end of the forward
+        self.private: list[tuple[int, int]] = []
         self.saved_held = 0  # saved bytes that are not the input batch's
         self.custom = 0  # > 0 while an efficient module's own autograd function runs
         self.own: list[bool] = []  # per running module: whether it declares what it keeps
@@ -78,6 +80,7 @@ class SavedTracer(TorchDispatchMode):
         """Count a saved tensor once per storage (an ``int`` is a private buffer of that many bytes)."""
         if isinstance(t, int):
             self.saved[("private", len(self.saved))] = (self.stack[-1], t)
+            self.private.append((len(self.ops) + 1, t))  # alive from the operator being recorded (or the next one)
             self.saved_total += t
             self.saved_held += t
             return
@@ -103,8 +106,8 @@ class SavedTracer(TorchDispatchMode):
             if key not in self.resident:
                 op.writes.setdefault(key, storage_bytes(t))
                 op.grad_bytes += t.numel() * t.element_size() if needs and t.is_floating_point() else 0
-        if self.conv_seen is not None:  # oneDNN writes the output in a channel-blocked layout (16 to a block) first
-            op.workspace = sum(_blocked_bytes(t) for t in outs)
+        if self.conv_seen is not None:  # oneDNN computes in a channel-blocked layout (16 to a block): see below
+            op.workspace = _conv_forward_scratch(self.conv_seen, ins, outs)
             op.backward_workspace = _conv_backward_scratch(self.conv_seen, ins, outs[0]) if needs else 0
         self.ops.append(op)
 
@@ -115,7 +118,7 @@ class SavedTracer(TorchDispatchMode):
             op.param_grad_bytes = sum(b for k, b in op.params.items() if k not in seen)
             seen.update(op.params)
         saved = {k for k in self.saved if k not in self.inputs}
-        return activation_peak(self.ops, self.inputs, {storage_key(t) for t in outputs}, saved)
+        return activation_peak(self.ops, self.inputs, {storage_key(t) for t in outputs}, saved, self.private)
 
 
 def _blocked_bytes(t: torch.Tensor) -> int:
@@ -144,6 +147,22 @@ def _uses_onednn(call: list[Any]) -> bool:
             or torch.get_num_threads() > 1):  # fmt: skip
         return False
     return groups > 1 or (w.shape[-1] > 3 and w.shape[-2] > 3) or x.shape[0] > 1 or x.numel() > 20480
+
+
+def _conv_forward_scratch(call: list[Any], ins: list[torch.Tensor], outs: list[torch.Tensor]) -> int:
+    """What a CPU convolution's forward allocates besides its output, at its worst (on top of the output's bytes).
+
+    Measured in the allocation trace: oneDNN reorders the input (8 channels or more) and the weight into blocked
+    copies, computes a blocked output, frees the two copies, then allocates the plain output and copies into it. The
+    peak is the larger of (input copy + weight copy + blocked output) and (blocked output + plain output).
+    """
+    out = sum(storage_bytes(t) for t in outs)
+    blocked_out = sum(_blocked_bytes(t) for t in outs)
+    x, w = ins[0], ins[1] if len(ins) > 1 else None
+    if w is None or not _uses_onednn(call):
+        return blocked_out
+    blocked_x = _blocked_bytes(x) if x.dim() > 1 and x.shape[1] >= 8 else 0  # a plain input (an image) is read as is
+    return max(blocked_out, blocked_x + _blocked_weight_bytes(w) + blocked_out - out)
 
 
 def _conv_backward_scratch(call: list[Any], ins: list[torch.Tensor], out: torch.Tensor) -> int:

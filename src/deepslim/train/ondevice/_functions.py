@@ -174,7 +174,8 @@ class PackedDropoutFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         (packed,) = ctx.saved_tensors
-        return torch.where(unpack_bits(packed, ctx.shape), grad * ctx.scale, grad.new_zeros(())), None
+        # select, then scale the new tensor in place: no gradient-sized temporary (the same products as stock)
+        return torch.where(unpack_bits(packed, ctx.shape), grad, grad.new_zeros(())).mul_(ctx.scale), None
 
 
 def _window_offsets(out_hw: tuple[int, ...], stride: tuple[int, int], padding: tuple[int, int],

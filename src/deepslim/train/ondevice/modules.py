@@ -78,7 +78,9 @@ class PackedReLU(nn.ReLU):
         return [packed_bytes(args[0].numel())] if args[0].requires_grad else []
 
     def backward_workspace(self, args: tuple[Any, ...], output: torch.Tensor) -> int:
-        return 2 * args[0].numel()  # the mask unpacked: the shifted bytes, then the booleans
+        # the mask unpacked: shifted bytes and bits (2 bytes an element) before the input gradient exists, then one
+        # boolean an element beside it (the allocation trace); the gradient (≥ 2 bytes an element) is the larger
+        return args[0].numel()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not _needs_grad(x):
@@ -176,7 +178,7 @@ class PackedDropout(nn.Dropout):
         return [packed_bytes(args[0].numel())] if args[0].requires_grad else []
 
     def backward_workspace(self, args: tuple[Any, ...], output: torch.Tensor) -> int:
-        return 2 * args[0].numel()  # the mask unpacked: the shifted bytes, then the booleans
+        return args[0].numel()  # the mask unpacked, as PackedReLU's: one boolean an element beside the gradient
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.efficient_for((x,)) or not _needs_grad(x):
