@@ -9,9 +9,11 @@ from pathlib import Path
 
 HERE = Path(__file__).parent
 BENCHMARKS = ["profile_speed", "pruning_speed", "pruning_accuracy", "quantization", "quantization_shapes",
-              "deep_compression", "speed", "int8_api_path", "openvino_runtime", "transformer_encoder", "generality",
-              "ondevice_training", "search", "search_workers", "ddp", "vit_tome", "block_view"]
-RESULTS = {"openvino_runtime": "openvino"}  # a script named openvino.py would shadow the package it measures
+              "deep_compression", "speed", "int8_api_path", "openvino_runtime", "transformer_encoder",
+              "token_thresholds", "generality", "ondevice_training", "search", "search_workers", "ddp", "vit_tome",
+              "block_view"]
+# result names that differ from the script's: a script named openvino.py would shadow the package it measures
+RESULTS = {"openvino_runtime": "openvino", "token_thresholds": "transformer_ltp"}
 # benchmarks that also run on Fashion-MNIST (real photographs): a second run with --data, results in NAME_fashion.json
 ALSO_FASHION = ("pruning_accuracy", "quantization", "deep_compression")
 
