@@ -85,18 +85,19 @@ def planner_rows(batches: tuple[int, ...]) -> list[dict[str, Any]]:
     return rows
 
 
-def _transfer_model() -> nn.Module:
+def _transfer_model(width: float = 0.5) -> nn.Module:
     torch.manual_seed(0)
-    return load_model("mobilenet_v2", width_mult=0.25, num_classes=10, in_channels=1, input_size=28)
+    return load_model("mobilenet_v2", width_mult=width, num_classes=10, in_channels=1, input_size=28)
 
 
-def pretrain(epochs: int, cache: str | None, n_train: int | None = None) -> nn.Module:
-    """The transfer task's base: MobileNetV2-0.25 trained on Fashion-MNIST (``n_train`` images, default all 60,000).
+def pretrain(epochs: int, cache: str | None, n_train: int | None = None, width: float = 0.5) -> nn.Module:
+    """The transfer task's base: MobileNetV2 (``width``) trained on Fashion-MNIST (``n_train`` images, default all
+    60,000).
 
     ``cache`` (a .pt file) keeps the weights, so reruns skip the pretraining; it is written atomically.
     """
     source = load_data("fashion-mnist", n_train=n_train, batch_size=128)
-    model = _transfer_model()
+    model = _transfer_model(width)
     if cache and Path(cache).is_file():
         model.load_state_dict(torch.load(cache))
     else:
@@ -112,13 +113,23 @@ def pretrain(epochs: int, cache: str | None, n_train: int | None = None) -> nn.M
 TRANSFER_MODES = ("full", "stock-bias", "last", "bias", "tinytl", "sparse")
 
 
+def _tinytl_options(mode: str) -> dict[str, Any]:
+    """``tinytl+expand=2,mix=1`` → the keyword arguments of ``tinytl_`` (numbers as floats or ints)."""
+    _, _, spec = mode.partition("+")
+    options: dict[str, Any] = {}
+    for item in filter(None, spec.split(",")):
+        key, _, value = item.partition("=")
+        options[key] = float(value) if "." in value else int(value)
+    return options
+
+
 def _convert(model: nn.Module, mode: str, data: Any, x: torch.Tensor, recalibrate: int = 0) -> nn.Module:
     """A copy of ``model`` converted for ``mode``, with ``requires_grad`` set on what trains.
 
     The efficient modes (bias, tinytl, sparse) freeze batch norm; ``recalibrate`` > 0 first re-estimates its
     statistics on that many training batches of the new task (no gradients). ``sparse`` gets as its budget
     efficient bias-only's peak: the lower of its planned and its measured peak, so that its measured peak can be
-    compared with bias-only's at the same memory.
+    compared with bias-only's at the same memory. ``tinytl+KEY=VALUE,...`` passes options to ``tinytl_``.
     """
     m = copy.deepcopy(model)
     if mode in ("full", "stock-bias", "last"):
@@ -131,8 +142,8 @@ def _convert(model: nn.Module, mode: str, data: Any, x: torch.Tensor, recalibrat
         recalibrate_statistics_(m, [inputs for inputs, _ in itertools.islice(data.train, recalibrate)])
     if mode == "bias":
         return bias_only_(m)
-    if mode == "tinytl":
-        return tinytl_(m, example_input=x)
+    if mode.startswith("tinytl"):
+        return tinytl_(m, example_input=x, **_tinytl_options(mode))
     bias_only_(m)  # efficient layers; the plan then picks what trains
     budget = min(training_profile(m, x, trainable="current").peak_bytes,
                  measure_peak_bytes(copy.deepcopy(m), x, trainable="current"))  # fmt: skip
@@ -156,40 +167,56 @@ def _step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
 
 
 def transfer_rows(base: nn.Module, batch: int, epochs: int, lrs: tuple[float, ...],
-                  modes: tuple[str, ...] = TRANSFER_MODES, recalibrate: int = 0) -> list[dict[str, Any]]:  # fmt: skip
+                  modes: tuple[str, ...] = TRANSFER_MODES, recalibrate: int = 0, seeds: tuple[int, ...] = (0,),
+                  done: Any = None) -> list[dict[str, Any]]:  # fmt: skip
     """Memory of each mode (planned, oracle, trace), step time (interleaved), and accuracy after ``epochs`` at each
-    of ``lrs``: the learning rate is chosen per mode by validation accuracy, the test accuracy is reported."""
+    of ``lrs`` and ``seeds``: the learning rate is chosen per mode by mean validation accuracy over the seeds, and
+    the mean test accuracy at that rate is reported. ``done(rows)`` is called after each mode's runs (to save)."""
     data = load_data("mnist-5k", batch_size=batch)
     x, y = next(iter(data.train))
     rows, models = [], {}
     for mode in modes:
         model = models[mode] = _convert(base, mode, data, x, recalibrate)
         prof = training_profile(model, x, trainable="current")
-        recal = recalibrate if mode in ("bias", "tinytl", "sparse") else 0
+        recal = recalibrate if mode.startswith(("bias", "tinytl", "sparse")) else 0
         rows.append({"mode": mode + (" (recal.)" if recal else ""), "key": mode, "recalibrated_batches": recal,
                      "planned_saved": prof.saved_bytes,
                      "oracle_saved": measure_saved_bytes(model, x, trainable="current"),
                      "planned_peak": prof.peak_bytes,
                      "measured_peak": measure_peak_bytes(copy.deepcopy(model), x, trainable="current"),
                      "trainable_params": prof.trainable_bytes // 4, "step_s": []})  # fmt: skip
+        print(f"transfer {mode}: planned peak {prof.peak_bytes} measured {rows[-1]['measured_peak']}", flush=True)
     for _ in range(3):  # interleaved: the machine is shared
         for row in rows:
             row["step_s"].append(_step_seconds(copy.deepcopy(models[row["key"]]), x, y, steps=3))
     for row in rows:
         row["step_s"] = sorted(row["step_s"])[1]
+        print(f"transfer {row['mode']}: step {row['step_s'] * 1e3:.1f} ms", flush=True)
+    for row in rows:
         row["runs"] = []
         for lr in lrs:
-            model = copy.deepcopy(models[row["key"]])
-            result = fit(model, data, epochs=epochs, lr=lr, seed=0, threads=1)
-            row["runs"].append({"lr": lr, "best_val": result.best_val_accuracy, "best_epoch": result.best_epoch,
-                                "test": evaluate(model, data, threads=1).accuracy})  # fmt: skip
-            print(f"transfer {row['mode']:10} lr {lr:g}: val {result.best_val_accuracy:.2%} "
-                  f"test {row['runs'][-1]['test']:.2%}", flush=True)  # fmt: skip
-        best = max(row["runs"], key=lambda r: r["best_val"])  # chosen on validation, reported on test
-        row.update(accuracy=best["test"], lr=best["lr"], best_val=best["best_val"], epochs=epochs)
+            for seed in seeds:
+                model = copy.deepcopy(models[row["key"]])
+                result = fit(model, data, epochs=epochs, lr=lr, seed=seed, threads=1)
+                row["runs"].append({"lr": lr, "seed": seed, "best_val": result.best_val_accuracy,
+                                    "best_epoch": result.best_epoch,
+                                    "test": evaluate(model, data, threads=1).accuracy})  # fmt: skip
+                print(f"transfer {row['mode']:10} lr {lr:g} seed {seed}: val {result.best_val_accuracy:.2%} "
+                      f"test {row['runs'][-1]['test']:.2%}", flush=True)  # fmt: skip
+
+        def mean(key: str, lr: float, runs: list[dict[str, Any]] = row["runs"]) -> float:
+            values = [r[key] for r in runs if r["lr"] == lr]
+            return sum(values) / len(values)
+
+        best = max(lrs, key=lambda lr: mean("best_val", lr))  # chosen on validation, reported on test
+        tests = [r["test"] for r in row["runs"] if r["lr"] == best]
+        row.update(accuracy=mean("test", best), accuracy_min=min(tests), accuracy_max=max(tests), lr=best,
+                   best_val=mean("best_val", best), epochs=epochs, seeds=list(seeds))  # fmt: skip
         print(f"transfer {row['mode']:10} saved {row['oracle_saved'] / MB:7.3f} MB peak "
               f"{row['measured_peak'] / MB:7.3f} MB (plan {row['planned_peak'] / MB:7.3f}) acc {row['accuracy']:.2%} "
               f"(lr {row['lr']:g}) step {row['step_s'] * 1e3:.1f} ms", flush=True)  # fmt: skip
+        if done is not None:
+            done([r for r in rows if "accuracy" in r])
     return rows
 
 
@@ -320,6 +347,8 @@ def main() -> None:
     parser.add_argument("--recalibrate", type=int, default=0,
                         help="batches of the new task to re-estimate frozen batch-norm statistics on (efficient modes)")
     parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of every transfer run")
+    parser.add_argument("--width", type=float, default=0.5, help="width of the transfer task's MobileNetV2")
     parser.add_argument("--json", "--out", dest="out", default="ondevice_training.json", help="write the results here")
     parser.add_argument("--pretrained", help="cache file of the pretrained weights (written if missing)")
     parser.add_argument("--render", nargs="*", help="print the tables of earlier result files and exit")
@@ -341,9 +370,14 @@ def main() -> None:
     if "planner" in args.only:
         result["planner"] = planner_rows((8, 32))
     if "transfer" in args.only:
-        base = pretrain(args.pretrain_epochs, args.pretrained, args.pretrain_n)
+        base = pretrain(args.pretrain_epochs, args.pretrained, args.pretrain_n, args.width)
+
+        def save(rows: list[dict[str, Any]]) -> None:  # after each mode: a long run keeps what it finished
+            with atomic_path(args.out) as tmp:
+                tmp.write_text(json.dumps({**result, "transfer": rows}, indent=2))
+
         result["transfer"] = transfer_rows(base, args.batch, args.epochs, tuple(args.lrs), tuple(args.modes),
-                                           args.recalibrate)
+                                           args.recalibrate, tuple(args.seeds), save)  # fmt: skip
     if "mobilenet" in args.only:
         result["mobilenet"] = mobilenet_rows(8, 128)
     if "checkpoint" in args.only:

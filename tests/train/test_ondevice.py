@@ -233,3 +233,18 @@ def test_tinytl_refuses_to_size_branches_blind_or_to_convert_twice() -> None:
         tinytl_(tiny, example_input=x)
     with pytest.raises(ConfigError, match="not modules"):
         tinytl_(copy.deepcopy(model), example_input=x, blocks=["features.99"])
+
+
+def test_a_lite_residuals_pointwise_conv_mixes_all_channels_unless_grouped() -> None:
+    from deepslim.train.ondevice.modules import LiteResidual
+
+    torch.manual_seed(0)
+    dense, split = LiteResidual(8, 8), LiteResidual(8, 8, pointwise_groups=2)
+    assert (dense.conv1.groups, dense.conv2.groups, split.conv2.groups) == (2, 1, 2)
+    x = torch.zeros(1, 8, 4, 4)
+    x[:, :4] = torch.rand(1, 4, 4, 4) + 0.1  # only the first half of the channels carries a signal
+    for branch in (dense, split):
+        torch.nn.init.ones_(branch.conv2.weight)
+        torch.nn.init.ones_(branch.conv1.weight)
+    assert dense(x, (4, 4))[:, 4:].abs().min() > 0  # the second half is corrected from the first
+    assert split(x, (4, 4))[:, 4:].abs().max() == 0  # grouped: the halves never meet

@@ -116,15 +116,17 @@ def _last_layer(model: nn.Module) -> str:
 
 def tinytl_(model: nn.Module, *, residual: bool = True, example_input: Example | None = None,
             blocks: Iterable[str] | Callable[[str, nn.Module], bool] | None = None, downsample: int = 2,
-            expand: float = 1.0, groups: int = 2, train_head: bool = True) -> nn.Module:  # fmt: skip
+            expand: float = 1.0, groups: int = 2, pointwise_groups: int = 1,
+            train_head: bool = True) -> nn.Module:  # fmt: skip
     """TinyTL in place: efficient layers, frozen weights, trainable biases, lite residual branches and the head.
 
     ``blocks`` names the modules that get a lite residual branch (default: every InvertedResidual, BasicBlock and
     Bottleneck); their input and output sizes come from one eval-mode forward on one sample of ``example_input``
-    (required when ``residual``). Return the model.
+    (required when ``residual``). A branch is sized by ``downsample``, ``expand``, ``groups`` (its 3×3 conv) and
+    ``pointwise_groups`` (its 1×1 conv; see :class:`LiteResidual`). Return the model.
     """
-    if downsample < 1 or groups < 1 or expand <= 0:
-        raise ConfigError("downsample and groups must be at least 1 and expand positive")
+    if downsample < 1 or groups < 1 or pointwise_groups < 1 or expand <= 0:
+        raise ConfigError("downsample, groups and pointwise_groups must be at least 1 and expand positive")
     targets: dict[str, nn.Module] = {}
     if residual:
         if example_input is None:
@@ -140,7 +142,8 @@ def tinytl_(model: nn.Module, *, residual: bool = True, example_input: Example |
     for name, block in targets.items():
         (cin, hin), (cout, hout) = shapes[name]
         stride = max(1, round(hin / max(hout, 1)))
-        block.lite_residual = LiteResidual(cin, cout, stride, downsample=downsample, expand=expand, groups=groups)
+        block.lite_residual = LiteResidual(cin, cout, stride, downsample=downsample, expand=expand, groups=groups,
+                                           pointwise_groups=pointwise_groups)  # fmt: skip
         block.register_forward_hook(add_lite_residual)
     return model
 

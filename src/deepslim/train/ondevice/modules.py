@@ -214,21 +214,23 @@ class CompactMaxPool2d(nn.MaxPool2d):
 class LiteResidual(nn.Module):
     """TinyTL's lite residual branch: a downsampled group-conv side path added to a block's output.
 
-    ``x → avg-pool (downsample·stride) → 3×3 group conv (in→mid) → ReLU (bits) → 1×1 group conv (mid→out) →
-    nearest upsample to the block's output size``. It learns a correction on activations ``downsample``² times
-    smaller than the block's, so keeping its inputs for its weights' gradients is cheap. The last conv starts at zero:
-    the converted model computes exactly what the original did.
+    ``x → avg-pool (downsample·stride) → 3×3 group conv (in→mid) → ReLU (bits) → 1×1 conv (mid→out, in
+    ``pointwise_groups`` groups) → nearest upsample to the block's output size``. It learns a correction on
+    activations ``downsample``² times smaller than the block's, so keeping its inputs for its weights' gradients is
+    cheap. The last conv starts at zero: the converted model computes exactly what the original did. The 1×1 conv
+    mixes all channels by default, as in TinyTL's code: grouped too, the branch splits into ``groups`` independent
+    halves, where a channel of one half can never correct a channel of the other.
     """
 
     def __init__(self, in_ch: int, out_ch: int, stride: int = 1, *, downsample: int = 2, expand: float = 1.0,
-                 groups: int = 2):  # fmt: skip
+                 groups: int = 2, pointwise_groups: int = 1):  # fmt: skip
         super().__init__()
         g = math.gcd(math.gcd(in_ch, out_ch), groups)
         mid = max(g, int(round(in_ch * expand / g)) * g)
         self.pool = BlockAvgPool2d(downsample * stride)
         self.conv1 = nn.Conv2d(in_ch, mid, 3, 1, 1, groups=g, bias=False)
         self.act = PackedReLU()
-        self.conv2 = nn.Conv2d(mid, out_ch, 1, groups=g, bias=False)
+        self.conv2 = nn.Conv2d(mid, out_ch, 1, groups=math.gcd(math.gcd(mid, out_ch), pointwise_groups), bias=False)
         nn.init.zeros_(self.conv2.weight)
 
     def forward(self, x: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
