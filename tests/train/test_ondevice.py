@@ -248,3 +248,19 @@ def test_a_lite_residuals_pointwise_conv_mixes_all_channels_unless_grouped() -> 
         torch.nn.init.ones_(branch.conv1.weight)
     assert dense(x, (4, 4))[:, 4:].abs().min() > 0  # the second half is corrected from the first
     assert split(x, (4, 4))[:, 4:].abs().max() == 0  # grouped: the halves never meet
+
+
+def test_an_uncovered_layer_with_a_bias_trains_the_stock_way_and_its_memory_is_counted(
+        caplog: pytest.LogCaptureFixture) -> None:  # fmt: skip
+    torch.manual_seed(0)  # GroupNorm has no efficient form: bias-only training keeps its input, and says so
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8), nn.ReLU(), nn.Conv2d(8, 2, 1))
+    with caplog.at_level(logging.WARNING):
+        bias_only_(model)
+    assert uncovered_layers(model) == {"1": "GroupNorm"} and "1 (GroupNorm)" in caplog.text
+    assert model[1].bias.requires_grad and not model[1].weight.requires_grad
+    x = torch.randn(4, 3, 10, 10)
+    prof = training_profile(model, x, trainable="current")
+    assert "1" in prof.stock_layers and prof.layer("1").saved_bytes >= 4 * 8 * 8 * 8 * 4  # its whole input, at least
+    assert prof.saved_bytes == measure_saved_bytes(model, x, trainable="current")
+    model(x).sum().backward()
+    assert model[1].bias.grad is not None and model[1].bias.grad.abs().sum() > 0
