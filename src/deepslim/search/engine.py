@@ -172,8 +172,9 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     best, uniform, notes = finals.best, finals.uniform, list(finals.notes)
     if uniform is not None and (best is None or (uniform.policy != best.policy
                                                  and _rank(uniform, objectives) < _rank(best, objectives))):
+        notes.append("the uniform policy ranks above every searched finalist after the same recovery: it is best"
+                     if best is not None else "no searched policy met the budget: the best uniform policy is best")
         best = uniform  # uniform policies are in the space too: after the same recovery, the better one is returned
-        notes.append("the uniform policy ranks above every searched finalist after the same recovery: it is best")
     seen = {c.trial for c in done if _checked(c)}  # the front's re-measurements too, once per trial
     checks = [c for c in (dense, *done, *family, *finals.finalists, *(c for c in front if c.trial not in seen))
               if _checked(c)]  # fmt: skip
