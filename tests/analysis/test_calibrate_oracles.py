@@ -1,6 +1,7 @@
 """Host calibration's arithmetic under a scripted clock and scripted system files: what each micro-benchmark divides
 by what, which run counts, the cache size parsing, and how the measurements become a device profile."""
 
+import inspect
 import logging
 import os
 
@@ -26,6 +27,29 @@ def test_best_seconds_warms_up_then_keeps_the_fastest_run(monkeypatch):
     monkeypatch.setattr(calibrate.time, "perf_counter", _Clock([0.0, 0.5, 1.0, 1.2, 2.0, 2.3]))
     assert calibrate._best_seconds(lambda: calls.append(1), repeats=3, warmup=4) == pytest.approx(0.2)
     assert len(calls) == 7
+
+
+def test_default_repeats_are_the_ones_the_profile_cites(monkeypatch):
+    # "best of 5 batches of 50" for the overhead: exactly 5 batches of clock readings, per call over 50
+    starts_ends = [x for t0 in (0.0, 1.0, 2.0, 3.0, 4.0) for x in (t0, t0 + 50 * (1e-6 + t0 * 1e-6))]
+    monkeypatch.setattr(calibrate.time, "perf_counter", _Clock(starts_ends))
+    assert calibrate.measure_op_overhead() == pytest.approx(1e-6)
+    calls = []
+    monkeypatch.setattr(calibrate.time, "perf_counter", _Clock([0.0, 1.0]))
+    assert calibrate._best_seconds(lambda: calls.append(1), repeats=1) == 1.0 and len(calls) == 3  # 2 warm-ups
+
+
+def test_the_gemm_runs_in_the_asked_dtype_best_of_10(monkeypatch):
+    seen = []
+
+    def fake_best(fn, repeats, warmup=2):
+        seen.append((fn(), repeats))
+        return 0.25
+
+    monkeypatch.setattr(calibrate, "_best_seconds", fake_best)
+    assert calibrate.measure_gemm_rate(torch.float64, n=8) == 8**3 / 0.25
+    out, repeats = seen[0]
+    assert isinstance(out, torch.Tensor) and out.dtype == torch.float64 and out.shape == (8, 8) and repeats == 10
 
 
 def test_op_overhead_is_the_best_batch_per_call(monkeypatch):
@@ -57,13 +81,33 @@ def _fake_system(monkeypatch, tmp_path, sizes, cpuinfo):
         (cache / f"index{i}" / "size").write_text(size + "\n")
     if cpuinfo is not None:
         (tmp_path / "cpuinfo").write_text(cpuinfo)
-    paths = {"/sys/devices/system/cpu/cpu0/cache": cache, "/proc/cpuinfo": tmp_path / "cpuinfo"}
+    paths = {"/sys/devices/system/cpu/cpu0/cache": _Sorted(cache), "/proc/cpuinfo": tmp_path / "cpuinfo"}
     monkeypatch.setattr(calibrate, "Path", lambda p: paths[p])  # any other path: KeyError
+
+
+class _Sorted:
+    """A directory whose glob lists its entries in name order (the real one's order is the file system's)."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def glob(self, pattern):
+        return sorted(self.path.glob(pattern))
 
 
 def test_last_level_cache_is_the_largest_size_reported(monkeypatch, tmp_path):
     _fake_system(monkeypatch, tmp_path, ["32K", "1M", "bogus", "512", "48K"], None)
     assert calibrate.last_level_cache_bytes() == 1 << 20
+
+
+@pytest.mark.parametrize(("sizes", "largest"), [
+    (["bogus", "32K", "1024K", "48K"], 1 << 20),  # an unreadable entry first is skipped, not the end of the list
+    (["2048", "1K"], 2048),  # no suffix: bytes
+    (["512K", "3M"], 3 << 20),
+])  # fmt: skip
+def test_cache_sizes_in_each_unit(monkeypatch, tmp_path, sizes, largest):
+    _fake_system(monkeypatch, tmp_path, sizes, None)
+    assert calibrate.last_level_cache_bytes() == largest
 
 
 def test_no_cache_reported_means_8_mb_and_sizes_in_gigabytes(monkeypatch, tmp_path):
@@ -117,3 +161,17 @@ def test_measured_host_becomes_a_device_profile(monkeypatch, caplog):
                      f"best of 20, {how}",
         "op_overhead": f"time of a tiny torch.relu call, best of 5 batches of 50, {how}",
     }  # fmt: skip
+
+
+def test_the_defaults_are_the_sizes_the_profile_cites():
+    # sources say "512x512x512 ... best of 10", "128 MB ... best of 3", "96x56x56 ... best of 20", "best of 20" for
+    # the on-chip copy and "best of 5 batches of 50": a changed default would make the provenance lie
+    def defaults(fn):
+        return {k: p.default for k, p in inspect.signature(fn).parameters.items() if p.default is not p.empty}
+
+    assert defaults(calibrate.measure_gemm_rate) == {"n": 512, "repeats": 10}
+    assert defaults(calibrate.measure_bandwidth) == {"nbytes": 128 * 1024 * 1024, "repeats": 3}
+    assert defaults(calibrate.measure_depthwise_rate) == {"channels": 96, "size": 56, "repeats": 20}
+    assert defaults(calibrate.measure_cache_bandwidth) == {"repeats": 20}
+    assert defaults(calibrate.measure_op_overhead) == {"repeats": 50, "batches": 5}
+    assert defaults(calibrate._best_seconds) == {"warmup": 2}
