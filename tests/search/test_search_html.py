@@ -58,3 +58,13 @@ def test_headless_chromium_draws_every_point_and_selects_the_best(tmp_path):
     assert "8 / 16 channels" in bars and bars.count(">int8<") == 1 and bars.count(">float<") == 1
     pred = dom[dom.index('id="pred"'):]
     assert pred.count("<circle") == 2
+
+
+def test_the_page_names_the_node_table_shows_verdicts_and_survives_a_single_check_point():
+    doc = search_doc()
+    doc["latency_table"].update(latency_model="nodes", kendall_tau=None, mac_proxy_kendall_tau=None, points=1)
+    doc["best"]["remeasured"] = {"verdict": "within noise", "measured_ms": 0.49}
+    page = search_report_html(doc)
+    assert "node table: relative error p90 8.0%, Kendall τ n/a (MAC count: τ n/a) over 1 measurements" in page
+    assert "<td>within noise</td>" in page and page.count("<td>not re-measured</td>") == 2  # dense, uniform
+    assert "layer table: relative error" in search_report_html(search_doc())  # no latency_model: the layer table

@@ -121,7 +121,8 @@ function predicted() {
   if (!rows.length) { svg.style.display = 'none'; return; }
   const v = rows.flatMap(r => [r.predicted_ms, r.measured_ms]);
   const s = scale(v, M.l, W - M.r), t = scale(v, H - M.b, M.t);
-  axes(svg, s, t, 'measured end to end (ms)', 'predicted by the layer table (ms)');
+  axes(svg, s, t, 'measured end to end (ms)', 'predicted by the ' +
+    (D.latency_table.latency_model === 'nodes' ? 'node' : 'layer') + ' table (ms)');
   el('line', {x1: s[0](s[1]), y1: t[0](s[1]), x2: s[0](s[2]), y2: t[0](s[2]), stroke: '#aaa',
     'stroke-dasharray': '3 3'}, svg);
   rows.forEach(r => el('circle', {cx: s[0](r.measured_ms), cy: t[0](r.predicted_ms), r: 4, fill: '#4a7ab5'}, svg));
@@ -138,18 +139,23 @@ def search_report_html(doc: dict[str, Any], *, title: str = "deepslim search") -
     for label in ("dense", "uniform", "best"):
         c = doc.get(label)
         if c is None:
-            rows.append(f"<tr><td>{label}</td><td colspan=5>no policy within budget</td></tr>")
+            rows.append(f"<tr><td>{label}</td><td colspan=6>no policy within budget</td></tr>")
             continue
         acc = "n/a" if c.get("accuracy") is None else f"{c['accuracy']:.4f}"
         meas = "n/a" if c.get("measured_latency_ms") is None else f"{c['measured_latency_ms']:.4f}"
         size = "n/a" if c.get("archive_bytes") is None else f"{c['archive_bytes']:,}"
+        verdict = html.escape(str((c.get("remeasured") or {}).get("verdict", "not re-measured")))
+        within = "yes" if c.get("feasible") else "no"
         rows.append(f"<tr><td>{label}</td><td>{acc}</td><td>{c['latency_ms']:.4f}</td><td>{meas}</td>"
-                    f"<td>{size}</td><td>{'yes' if c.get('feasible') else 'no'}</td></tr>")  # fmt: skip
+                    f"<td>{size}</td><td>{within}</td><td>{verdict}</td></tr>")  # fmt: skip
     table_line = "no end-to-end checks"
     if lt.get("error_p90") is not None:
-        table_line = (f"relative error p90 {lt['error_p90']:.1%}, Kendall τ {lt['kendall_tau']:.2f} "
-                      f"(MAC count: τ {lt['mac_proxy_kendall_tau']:.2f}) over {lt['points']} "
-                      "measurements")  # fmt: skip
+        def tau(key: str) -> str:
+            return "n/a" if lt.get(key) is None else f"{lt[key]:.2f}"
+
+        model = "node" if lt.get("latency_model") == "nodes" else "layer"
+        table_line = (f"{model} table: relative error p90 {lt['error_p90']:.1%}, Kendall τ {tau('kendall_tau')} "
+                      f"(MAC count: τ {tau('mac_proxy_kendall_tau')}) over {lt['points']} measurements")
     data = json.dumps(doc, default=str).replace("</", "<\\/")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>
@@ -157,7 +163,7 @@ def search_report_html(doc: dict[str, Any], *, title: str = "deepslim search") -
 <p>Budget: {html.escape(budget)}. {cost.get('trials', 0)} trials, {cost.get('wall_s', 0):.0f} s wall,
 {cost.get('cpu_s', 0):.0f} CPU-s (~{cost.get('energy_kwh', 0):.2g} kWh, estimated).</p>
 <table><tr><th>policy</th><th>accuracy</th><th>latency ms</th><th>measured ms</th><th>archive B</th>
-<th>within budget</th></tr>{''.join(rows)}</table>
+<th>within budget</th><th>re-measured</th></tr>{''.join(rows)}</table>
 <h2>Pareto front</h2>
 <div class="legend"><span style="color:#4a7ab5">● Pareto front</span><span style="color:#9bb">● trials</span>
 <span style="color:#d9822b">■ uniform family</span><span>● dense</span><span style="color:#1a9850">● best</span>

@@ -4,6 +4,7 @@ from deepslim.search.budget import BUDGETS, OBJECTIVES, Budget, as_budgets, chec
 from deepslim.search.engine import SearchResult, search
 from deepslim.search.evaluate import Candidate
 from deepslim.search.latency import LatencyTable, LayerKey, TableCheck, check_table, kendall_tau
+from deepslim.search.node_table import NodeTable
 from deepslim.search.recipe import policy_recipe, write_recipe
 from deepslim.search.recovery import reestimate_bn_
 from deepslim.search.sensitivity import Sensitivity, sensitivity
@@ -11,5 +12,6 @@ from deepslim.search.space import GroupChoice, Policy, SearchSpace
 from deepslim.search.strategies import STRATEGIES
 
 __all__ = ["BUDGETS", "OBJECTIVES", "STRATEGIES", "Budget", "Candidate", "GroupChoice", "LatencyTable", "LayerKey",
-           "Policy", "SearchResult", "SearchSpace", "Sensitivity", "TableCheck", "as_budgets", "check_objectives",
-           "check_table", "kendall_tau", "policy_recipe", "reestimate_bn_", "search", "sensitivity", "write_recipe"]
+           "NodeTable", "Policy", "SearchResult", "SearchSpace", "Sensitivity", "TableCheck", "as_budgets",
+           "check_objectives", "check_table", "kendall_tau", "policy_recipe", "reestimate_bn_", "search",
+           "sensitivity", "write_recipe"]
