@@ -50,6 +50,21 @@ def test_the_gemm_runs_in_the_asked_dtype_best_of_10(monkeypatch):
     assert calibrate.measure_gemm_rate(torch.float64, n=8) == 8**3 / 0.25
     out, repeats = seen[0]
     assert isinstance(out, torch.Tensor) and out.dtype == torch.float64 and out.shape == (8, 8) and repeats == 10
+    assert calibrate.measure_gemm_rate(torch.float32) == 512**3 / 0.25 and seen[1][0].shape == (512, 512)
+
+
+def test_each_measurement_runs_the_size_and_repeats_its_provenance_cites(monkeypatch):
+    # what the sources strings promise, checked on the calls themselves (the defaults a reader cannot see)
+    seen = []
+
+    def fake_best(fn, repeats, warmup=2):
+        seen.append((repeats, warmup))
+        return 0.25
+
+    monkeypatch.setattr(calibrate, "_best_seconds", fake_best)
+    assert calibrate.measure_bandwidth() == 2 * 128 * 1024 * 1024 / 0.25 and seen[-1] == (3, 1)
+    assert calibrate.measure_depthwise_rate(torch.float32) == 96 * 56 * 56 * 9 / 0.25 and seen[-1] == (20, 3)
+    assert calibrate.measure_cache_bandwidth(1 << 20) == 2 * 4 * 65536 / 0.25 and seen[-1] == (20, 3)
 
 
 def test_op_overhead_is_the_best_batch_per_call(monkeypatch):

@@ -144,3 +144,10 @@ def test_a_table_with_a_zero_length_or_too_long_a_code_is_refused():
 
 def test_the_module_limit_is_24_bits():
     assert huffman.MAX_BITS == 24
+
+
+def test_a_varint_that_runs_off_the_end_or_past_64_bits_is_refused_by_name():
+    for raw in (b"", b"\x80\x80", b"\xff" * 10 + b"\x01"):  # empty; truncated; 11 bytes = 70 bits of shift
+        with pytest.raises(ArchiveError, match=r"^Huffman code table truncated or malformed$"):
+            huffman.read_varint(raw, 0)
+    assert huffman.read_varint(b"\xff" * 9 + b"\x01", 0) == ((1 << 64) - 1, 10)  # 10 bytes still read (shift 63)
