@@ -3,8 +3,8 @@
 - ``minmax``: the observed extremes.
 - ``percentile``: the 99.99th percentile of |x| (robust to rare outliers).
 - ``mse``: the clipping threshold that minimizes the quantization mean-squared error on the samples.
-- ``entropy``: the threshold that minimizes the KL divergence between the original and quantized histograms
-  (Migacz, "8-bit Inference with TensorRT", GTC 2017).
+- ``entropy``: the range that minimizes the KL divergence between the clipped and the quantized histograms
+  (Migacz, "8-bit Inference with TensorRT", GTC 2017), on the grid the range is deployed with (u8, asymmetric).
 """
 
 from __future__ import annotations
