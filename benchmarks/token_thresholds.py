@@ -13,7 +13,7 @@ time and the calling thread's CPU time are recorded and the ratios of medians re
 recorded before and after (the machine is shared).
 
     python benchmarks/token_thresholds.py [--json benchmarks/results/transformer_ltp_session6.json]
-        [--cpu 300] [--keep 0.5] [--penalty 4] [--lr 1e-4] [--from PREFIX] [--rounds 6]
+        [--cpu 300] [--keep 0.5] [--penalty 4] [--lr 1e-4] [--pool-removed] [--from PREFIX] [--rounds 6]
 """
 
 from __future__ import annotations
@@ -93,10 +93,11 @@ def learned(teacher: torch.nn.Module, args: argparse.Namespace, out: Path) -> tu
     if args.from_ is not None:
         info = json.loads(args.from_.with_suffix(".json").read_text())
         student.load_state_dict(torch.load(args.from_.with_suffix(".pt")))
-        prune_tokens_(student, PruneTokensConfig(keep_ratio=1.0, threshold=tuple(info["kd"]["thresholds"])))
+        prune_tokens_(student, PruneTokensConfig(keep_ratio=1.0, threshold=tuple(info["kd"]["thresholds"]),
+                                                 pool_removed=info["config"].get("pool_removed", False)))  # fmt: skip
         return student.eval(), info
     ids, mask = passages(teacher, docstring_sentences())
-    config = TokenThresholdConfig(keep_target=args.keep, penalty=args.penalty)
+    config = TokenThresholdConfig(keep_target=args.keep, penalty=args.penalty, pool_removed=args.pool_removed)
     kd = EncoderKDConfig(cpu_seconds=args.cpu, lr=args.lr, batch_size=16)
     info = {"config": config.to_dict(), "kd_config": kd.to_dict(), "texts": len(ids),
             "kd": learn_token_thresholds(student, teacher, ids, mask, config, kd)}
@@ -145,6 +146,7 @@ def main() -> None:
     parser.add_argument("--penalty", type=float, default=4.0)
     parser.add_argument("--lr", type=float, default=1e-4, help="weights' learning rate (thresholds: 0.01)")
     parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--pool-removed", action="store_true", help="removed tokens still count in the pooling")
     parser.add_argument("--from", dest="from_", type=Path, default=None, help="reuse PREFIX.pt/.json of a run")
     args = parser.parse_args()
     result = run(args)

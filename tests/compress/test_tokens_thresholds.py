@@ -117,3 +117,27 @@ def test_learning_raises_the_thresholds_under_a_tight_budget_and_installs_them(m
     assert student.reduction.soft is None and not student.training
     assert torch.equal(student.encoder.encoder.layer[0].output.dense.weight,
                        model.encoder.encoder.layer[0].output.dense.weight)  # train_weights=False
+
+
+def test_pooling_removed_tokens_keeps_the_embedding_closer_and_exports(minilm, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    from deepslim.models.hf import IdsOnly
+
+    model, ids, mask = minilm
+    cfg = PruneTokensConfig(keep_ratio=1.0, threshold=(0.0, 0.0, 0.5, 0.5, 0.5, 0.5), pool_removed=True)
+    assert PruneTokensConfig.from_dict(cfg.to_dict()) == cfg
+    pooled = prune_tokens_(copy.deepcopy(model), cfg)
+    dropped = prune_tokens_(copy.deepcopy(model), PruneTokensConfig(keep_ratio=1.0, threshold=cfg.threshold))
+    same = prune_tokens_(copy.deepcopy(model), PruneTokensConfig(keep_ratio=1.0, threshold=0.0, pool_removed=True))
+    with torch.no_grad():
+        ref = model(ids, mask)
+        cos = [torch.nn.functional.cosine_similarity(m(ids, mask), ref) for m in (pooled, dropped)]
+        assert torch.allclose(same(ids, mask), ref, atol=1e-6)  # nothing removed: nothing extra pooled
+    assert (cos[0] > cos[1]).all() and kept_shares(pooled, ids, mask)[-1] < 0.9
+    path = tmp_path / "pooled.onnx"
+    torch.onnx.export(IdsOnly(pooled), (ids[:1],), str(path), dynamo=False, opset_version=17,
+                      input_names=["input_ids"], dynamic_axes={"input_ids": {0: "batch"}})  # fmt: skip
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        assert torch.allclose(torch.from_numpy(sess.run(None, {"input_ids": ids.numpy()})[0]), pooled(ids, mask),
+                              atol=1e-5)  # fmt: skip

@@ -52,10 +52,12 @@ class PruneTokensConfig(Config):
     :func:`~deepslim.compress.tokens.learn_token_thresholds`), each layer removes the tokens that receive less than
     ``threshold`` × the uniform share of attention (0 keeps every token; 1 removes those below average). Threshold
     pruning keeps as many tokens as the text needs, so its ONNX graph has a dynamic token count; it cannot be
-    combined with ``keep_ratio`` < 1 or with merging."""
+    combined with ``keep_ratio`` < 1 or with merging. ``pool_removed`` (sentence encoders): a removed token still
+    counts in the mean pooling, with its state at the layer it left."""
 
     keep_ratio: float | tuple[float, ...] = 0.8
     threshold: float | tuple[float, ...] | None = None
+    pool_removed: bool = False
 
     def __post_init__(self) -> None:
         keep = _per_layer(self.keep_ratio, "keep_ratio")

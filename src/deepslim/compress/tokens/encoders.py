@@ -77,12 +77,15 @@ class BertTokenReduction(nn.Module):
     It holds no weights (the encoder is passed in), so installing it changes no state dict (``soft``, set only
     while thresholds are learned, holds the thresholds being trained). While learning, or with ``record`` set,
     ``kept`` holds after each forward every layer's share (B,) of the real tokens still present (a soft size
-    counts as its value).
+    counts as its value). ``pool_removed``: a token that leaves still counts in the mean pooling with its state
+    at the layer it left (one extra pooled token carries their size-weighted mean), so the sentence embedding keeps
+    every word.
     """
 
-    def __init__(self, plans: list[LayerPlan]):
+    def __init__(self, plans: list[LayerPlan], *, pool_removed: bool = False):
         super().__init__()
         self.plans = list(plans)
+        self.pool_removed = pool_removed
         self.soft: SoftThresholds | None = None
         self.record = False
         self.kept: list[torch.Tensor] = []
@@ -93,16 +96,24 @@ class BertTokenReduction(nn.Module):
         size = attention_mask.to(x.dtype)  # (B, T): 1 real, 0 padding
         record = self.soft is not None or self.record
         self.kept, real = [], size.sum(dim=1).clamp_min(1.0)
+        gone: tuple[torch.Tensor, torch.Tensor] | None = None  # (size-weighted sum of removed states, their size)
         for i, (layer, plan) in enumerate(zip(encoder.encoder.layer, self.plans, strict=True)):
             soft = None if self.soft is None else (self.soft, i)
-            x, size = self._layer(layer, plan if soft is None else LayerPlan(), x, size, soft)
+            x, size, left = self._layer(layer, plan if soft is None else LayerPlan(), x, size, soft,
+                                        self.pool_removed)  # fmt: skip
+            if left is not None:
+                gone = left if gone is None else (gone[0] + left[0], gone[1] + left[1])
             if record:
                 self.kept.append(size.clamp(max=1.0).sum(dim=1) / real)
+        if gone is not None:
+            x = torch.cat([x, (gone[0] / gone[1].clamp_min(1e-6).unsqueeze(-1)).unsqueeze(1)], dim=1)
+            size = torch.cat([size, gone[1].unsqueeze(1)], dim=1)
         return x, size
 
     @staticmethod
     def _layer(layer: Any, plan: LayerPlan, x: torch.Tensor, size: torch.Tensor,
-               soft: tuple[SoftThresholds, int] | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+               soft: tuple[SoftThresholds, int] | None = None,
+               pool: bool = False) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         sa = layer.attention.self
         shape = (*x.shape[:-1], -1, sa.attention_head_size)
         q, k, v = (p(x).view(shape).transpose(1, 2) for p in (sa.query, sa.key, sa.value))  # (B, H, T, D)
@@ -110,12 +121,17 @@ class BertTokenReduction(nn.Module):
         probs = F.softmax(logits, dim=-1)
         probs = F.dropout(probs, p=sa.dropout.p, training=sa.training)
         ctx = torch.matmul(probs, v).transpose(1, 2).contiguous().reshape(*x.shape[:-1], -1)  # (B, T, C)
-        h = layer.attention.output(ctx, x)
+        h_in = h = layer.attention.output(ctx, x)
+        size_in = size
         if soft is not None:
             share = uniform_share(attention_received(probs, size), size)
             size = soft_threshold(size, share, soft[0].threshold[soft[1]], soft[0].temperature)
         h, size = reduce_tokens(plan, h, size, k, probs)
-        return layer.output(layer.intermediate(h), h), size
+        left = None
+        if pool:  # what left here: all states weighted by size, less those that stay
+            left = ((h_in * size_in.unsqueeze(-1)).sum(1) - (h * size.unsqueeze(-1)).sum(1),
+                    size_in.sum(1) - size.sum(1))  # fmt: skip
+        return layer.output(layer.intermediate(h), h), size, left
 
 
 class TokenVisionTransformer(VisionTransformer):

@@ -44,7 +44,8 @@ class TokenThresholdConfig(Config):
     threshold (one, or one per layer; below 0 every token starts whole). ``temperature`` is the soft mask's width in
     uniform shares, annealed to a fifth of it over the budget so that the soft model ends close to the hard one.
     ``threshold_lr``: AdamW's step for the thresholds; ``train_weights``: the weights learn too (at the
-    distillation config's ``lr``)."""
+    distillation config's ``lr``). ``pool_removed``: removed tokens still count in the mean pooling with their
+    state at the layer they left (:class:`~deepslim.compress.tokens.PruneTokensConfig`)."""
 
     keep_target: float = 0.5
     penalty: float = 4.0
@@ -52,6 +53,7 @@ class TokenThresholdConfig(Config):
     temperature: float = 0.1
     threshold_lr: float = 0.01
     train_weights: bool = True
+    pool_removed: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.init, list):
@@ -73,7 +75,7 @@ def _soft_student(student: nn.Module, config: TokenThresholdConfig) -> _Soft:
     if any(p.active for p in plans):
         raise ConfigError("learn thresholds on a model without token reduction (merging, ratios or thresholds)")
     soft = SoftThresholds(expand(config.init, len(plans), "init"), config.temperature)
-    reduction = BertTokenReduction([LayerPlan()] * len(plans))
+    reduction = BertTokenReduction([LayerPlan()] * len(plans), pool_removed=config.pool_removed)
     reduction.soft = soft
     student.reduction = reduction
     return student, reduction, soft
@@ -123,7 +125,7 @@ def learn_token_thresholds(student: nn.Module, teacher: nn.Module, ids: torch.Te
         encoder.reduction = None
         student.eval()
     thresholds = tuple(round(max(0.0, float(t)), 4) for t in soft.threshold.detach())
-    prune_tokens_(student, PruneTokensConfig(keep_ratio=1.0, threshold=thresholds))
+    prune_tokens_(student, PruneTokensConfig(keep_ratio=1.0, threshold=thresholds, pool_removed=config.pool_removed))
     tail = max(1, len(losses) // 10)
     return {"thresholds": list(thresholds), "steps": step, "cpu_s": round(time.process_time() - c0, 1),
             "wall_s": round(time.monotonic() - w0, 1), "first_loss": losses[0] if losses else None,

@@ -46,9 +46,11 @@ def layer_plans(model: nn.Module) -> list[LayerPlan]:
     return [LayerPlan()] * n
 
 
-def _install(model: nn.Module, plans: list[LayerPlan]) -> nn.Module:
+def _install(model: nn.Module, plans: list[LayerPlan], pool_removed: bool | None = None) -> nn.Module:
     if isinstance(model, SentenceEncoder):
-        model.reduction = BertTokenReduction(plans)
+        if pool_removed is None:  # keep what the model had
+            pool_removed = isinstance(model.reduction, BertTokenReduction) and model.reduction.pool_removed
+        model.reduction = BertTokenReduction(plans, pool_removed=pool_removed)
     else:
         model.__class__ = TokenVisionTransformer  # same module, same weights: a forward that reduces tokens
         setattr(model, "token_plans", plans)  # noqa: B010 (an attribute of the class it now has)
@@ -79,9 +81,10 @@ def prune_tokens_(model: nn.Module, config: PruneTokensConfig) -> nn.Module:
         thresholds = expand(config.threshold, len(plans), "threshold")
         log.info("token thresholds per layer: %s", thresholds)
         return _install(model, _check_mix([replace(p, threshold=float(t))
-                                           for p, t in zip(plans, thresholds, strict=True)]))  # fmt: skip
+                                           for p, t in zip(plans, thresholds, strict=True)]),
+                        config.pool_removed)  # fmt: skip
     return _install(model, _check_mix([replace(p, keep_ratio=float(k), threshold=None)
-                                       for p, k in zip(plans, keeps, strict=True)]))  # fmt: skip
+                                       for p, k in zip(plans, keeps, strict=True)]), config.pool_removed)  # fmt: skip
 
 
 def drop_layers_(model: nn.Module, keep: Sequence[int]) -> nn.Module:
@@ -98,7 +101,7 @@ def drop_layers_(model: nn.Module, keep: Sequence[int]) -> nn.Module:
         model.encoder.encoder.layer = nn.ModuleList(kept)
         model.encoder.config.num_hidden_layers = len(kept)
         if isinstance(model.reduction, BertTokenReduction):
-            model.reduction = BertTokenReduction([plans[i] for i in keep])
+            model.reduction = BertTokenReduction([plans[i] for i in keep], pool_removed=model.reduction.pool_removed)
     else:
         model.blocks = nn.Sequential(*kept)
         if isinstance(model, TokenVisionTransformer):
