@@ -69,3 +69,12 @@ def test_private_saved_buffers_such_as_packed_masks_stay_alive_to_the_end_of_the
     assert (without, forward) == (110, 160)
     late, _ = activation_peak(ops, {}, {"d"}, set(), [(3, 500)])  # alive from the third operator to the end
     assert late == 10 + 10 + 500  # b, c and the buffer at the third (c, d and the buffer at the fourth: 511)
+
+
+def test_a_frozen_convolutions_input_gradient_scratch_is_planned_within_2_percent() -> None:
+    from deepslim.train.ondevice import bias_only_
+
+    torch.manual_seed(0)  # the second conv's input gradient: oneDNN's blocked copies of the 50-channel gradient
+    model = bias_only_(nn.Sequential(nn.Conv2d(3, 20, 3), nn.Conv2d(20, 50, 1), nn.Conv2d(50, 4, 1)))
+    x = torch.randn(16, 3, 18, 18)
+    assert _ratio(model, x, "current") == pytest.approx(1.0, abs=0.02)

@@ -165,6 +165,23 @@ def _conv_forward_scratch(call: list[Any], ins: list[torch.Tensor], outs: list[t
     return max(blocked_out, blocked_x + _blocked_weight_bytes(w) + blocked_out - out)
 
 
+def input_grad_scratch(x: torch.Tensor, weight: torch.Tensor, grad: torch.Tensor, stride: Any, dilation: Any,
+                       groups: int) -> int:  # fmt: skip
+    """What the transposed convolution that makes a frozen convolution's input gradient allocates besides that
+    gradient (``x``-sized), at its worst: as a forward convolution, oneDNN reorders the output gradient and the
+    weight into blocked copies and computes a blocked input gradient before the plain one (the allocation trace);
+    the native kernel needs one input-sized buffer."""
+    if not _uses_onednn([grad, weight, None, _pair2(stride), None, _pair2(dilation), True, None, groups]):
+        return storage_bytes(x)
+    blocked_x = _blocked_bytes(x)
+    scratch = (_blocked_bytes(grad) if grad.shape[1] >= 8 else storage_bytes(grad)) + _blocked_weight_bytes(weight)
+    return max(blocked_x, scratch + blocked_x - x.numel() * x.element_size())
+
+
+def _pair2(v: Any) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
 def _conv_backward_scratch(call: list[Any], ins: list[torch.Tensor], out: torch.Tensor) -> int:
     """What a CPU (oneDNN) convolution's backward allocates besides the gradients it returns, at its worst.
 

@@ -43,7 +43,9 @@ class FrozenConv2d(nn.Conv2d):
         return []
 
     def backward_workspace(self, args: tuple[Any, ...], output: torch.Tensor) -> int:
-        return args[0].numel() * args[0].element_size()  # the transposed convolution's scratch, as stock
+        from deepslim.analysis._training_trace import input_grad_scratch
+
+        return input_grad_scratch(args[0], self.weight, output, self.stride, self.dilation, self.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.efficient_for((x,)) or not _needs_grad(x, self.bias):
