@@ -5,6 +5,7 @@ import inspect
 import logging
 import os
 
+import numpy as np
 import pytest
 import torch
 
@@ -190,3 +191,18 @@ def test_the_defaults_are_the_sizes_the_profile_cites():
     assert defaults(calibrate.measure_cache_bandwidth) == {"repeats": 20}
     assert defaults(calibrate.measure_op_overhead) == {"repeats": 50, "batches": 5}
     assert defaults(calibrate._best_seconds) == {"warmup": 2}
+
+
+def test_the_timed_calls_compute_what_they_claim(monkeypatch):
+    # the micro-benchmarks are timed on real work: the u8 x s8 -> s32 GEMM and a same-size depthwise convolution
+    outs = []
+    monkeypatch.setattr(calibrate, "_best_seconds", lambda fn, repeats, warmup=2: (outs.append(fn()), 0.5)[1])
+    calibrate.measure_gemm_rate(torch.int8, n=16)
+    (c,) = outs[-1]
+    assert c.dtype == np.int32 and c.shape == (16, 16) and np.abs(c).max() <= 16 * 255 * 128 and c.any()
+    calibrate.measure_depthwise_rate(torch.float32, channels=4, size=5)
+    (y,) = outs[-1]
+    assert y.dtype == np.float32 and y.shape == (1, 4, 5, 5)  # 3x3 with padding 1 keeps the size
+    calibrate.measure_depthwise_rate(torch.int8, channels=4, size=5)
+    (y,) = outs[-1]
+    assert y.dtype == np.uint8 and y.shape == (1, 4, 5, 5)

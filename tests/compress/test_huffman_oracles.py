@@ -151,3 +151,23 @@ def test_a_varint_that_runs_off_the_end_or_past_64_bits_is_refused_by_name():
         with pytest.raises(ArchiveError, match=r"^Huffman code table truncated or malformed$"):
             huffman.read_varint(raw, 0)
     assert huffman.read_varint(b"\xff" * 9 + b"\x01", 0) == ((1 << 64) - 1, 10)  # 10 bytes still read (shift 63)
+
+
+@pytest.mark.parametrize(("zigzag", "symbol"), [(2**64 - 2, 2**63 - 1), (2**64 - 1, -(2**63)), (2**64, None),
+                                                (2**64 + 1, None)])  # fmt: skip
+def test_a_table_symbol_just_inside_or_outside_64_bit_integers(zigzag, symbol):
+    out = bytearray()
+    huffman.varint(1, out)
+    huffman.varint(zigzag, out)
+    out.append(1)
+    if symbol is None:
+        with pytest.raises(ArchiveError, match=r"^Huffman code table holds a symbol outside 64-bit integers$"):
+            table_from_bytes(bytes(out))
+    else:
+        assert table_from_bytes(bytes(out)).symbols.tolist() == [symbol]
+
+
+def test_symbols_beyond_float_precision_round_trip_exactly():
+    values = np.array([2**62 + 1, 2**62 + 3, 2**62 + 1, -(2**62) - 1])  # not representable as float64
+    table, data, n_bits = encode(values)
+    assert decode(table, data, n_bits, len(values)).tolist() == values.tolist()
