@@ -171,3 +171,12 @@ def test_symbols_beyond_float_precision_round_trip_exactly():
     values = np.array([2**62 + 1, 2**62 + 3, 2**62 + 1, -(2**62) - 1])  # not representable as float64
     table, data, n_bits = encode(values)
     assert decode(table, data, n_bits, len(values)).tolist() == values.tolist()
+
+
+def test_table_refusals_say_exactly_what_is_wrong():
+    with pytest.raises(ArchiveError, match=r"^Huffman code table truncated or malformed$"):
+        table_from_bytes(bytes([2, 0, 1, 1]))  # two symbols, one length byte
+    with pytest.raises(ArchiveError, match=r"^Huffman code table is not a prefix code \(Kraft sum > 1\)$"):
+        table_from_bytes(bytes([3, 0, 1, 1, 1, 1, 2]))  # lengths 1, 1, 2: 1/2 + 1/2 + 1/4 > 1
+    empty = table_from_bytes(bytes([0]))
+    assert empty.symbols.dtype == np.int64 and len(empty.symbols) == 0 and len(empty.lengths) == 0
