@@ -43,7 +43,7 @@ from deepslim.data.sentences import passage_set
 from deepslim.models.hf import IdsOnly, tokenize
 from deepslim.tasks.similarity import embedding_fidelity
 from deepslim.train.student import EncoderKDConfig
-from transformer_encoder import docstring_sentences, ort_embed, passages
+from transformer_encoder import docstring_sentences, ort_embed, passages, prefixed
 
 THREADS = 1
 
@@ -91,8 +91,8 @@ def time_files(files: dict[str, Path], feeds: list[torch.Tensor], rounds: int) -
 def learned(teacher: torch.nn.Module, args: argparse.Namespace, out: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
     student = copy.deepcopy(teacher)
     if args.from_ is not None:
-        info = json.loads(args.from_.with_suffix(".json").read_text())
-        student.load_state_dict(torch.load(args.from_.with_suffix(".pt")))
+        info = json.loads(prefixed(args.from_, ".json").read_text())
+        student.load_state_dict(torch.load(prefixed(args.from_, ".pt")))
         prune_tokens_(student, PruneTokensConfig(keep_ratio=1.0, threshold=tuple(info["kd"]["thresholds"]),
                                                  pool_removed=info["config"].get("pool_removed", False)))  # fmt: skip
         return student.eval(), info
@@ -102,9 +102,9 @@ def learned(teacher: torch.nn.Module, args: argparse.Namespace, out: Path) -> tu
     info = {"config": config.to_dict(), "kd_config": kd.to_dict(), "texts": len(ids),
             "kd": learn_token_thresholds(student, teacher, ids, mask, config, kd)}
     reduction, student.reduction = student.reduction, None
-    torch.save(student.state_dict(), out.with_suffix(".pt"))
+    torch.save(student.state_dict(), prefixed(out, ".pt"))
     student.reduction = reduction
-    out.with_suffix(".json").write_text(json.dumps(info, indent=1) + "\n")
+    prefixed(out, ".json").write_text(json.dumps(info, indent=1) + "\n")
     return student.eval(), info
 
 

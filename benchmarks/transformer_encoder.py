@@ -115,9 +115,15 @@ def _kd(args: argparse.Namespace, what: str, **kw: Any) -> EncoderKDConfig:
                            wall_seconds=args.wall, **kw)  # fmt: skip
 
 
+def prefixed(prefix: Path, ext: str) -> Path:
+    """PREFIX + ext (``Path.with_suffix`` would replace the prefix's own ``.heads``: the info file then was the
+    results JSON itself, overwritten at the end of the run)."""
+    return prefix.parent / (prefix.name + ext)
+
+
 def _save(student: torch.nn.Module, info: dict, prefix: Path) -> None:
-    torch.save(student.state_dict(), prefix.with_suffix(".pt"))
-    prefix.with_suffix(".json").write_text(json.dumps(info, indent=1, default=str) + "\n")
+    torch.save(student.state_dict(), prefixed(prefix, ".pt"))
+    prefixed(prefix, ".json").write_text(json.dumps(info, indent=1, default=str) + "\n")
 
 
 def head_pruned(teacher: torch.nn.Module, test: ds.DataBundle, args: argparse.Namespace,
@@ -140,13 +146,13 @@ def head_pruned(teacher: torch.nn.Module, test: ds.DataBundle, args: argparse.Na
 
 def load_heads(teacher: torch.nn.Module, prefix: Path) -> tuple[Any, dict]:
     """A head-pruned student saved by a previous run: the kept units from ``prefix.json``, weights from ``.pt``."""
-    info = json.loads(prefix.with_suffix(".json").read_text())
+    info = json.loads(prefixed(prefix, ".json").read_text())
     student = copy.deepcopy(teacher)
     blocks, _ = find_blocks(student)
     for b in blocks:
         if len(info["kept"][b.name]) < b.units:
             apply_block(b, torch.tensor(info["kept"][b.name], dtype=torch.long))
-    student.load_state_dict(torch.load(prefix.with_suffix(".pt")))
+    student.load_state_dict(torch.load(prefixed(prefix, ".pt")))
     return student.eval(), {k: v for k, v in info.items() if k != "kept"}
 
 
@@ -156,8 +162,8 @@ def student3(teacher: torch.nn.Module, args: argparse.Namespace, texts: Texts,
     learning the output of the teacher layer it stands for, plus the embeddings."""
     student = drop_layers_(copy.deepcopy(teacher), STUDENT_KEEP)
     if load is not None:
-        student.load_state_dict(torch.load(load.with_suffix(".pt")))
-        return student.eval(), json.loads(load.with_suffix(".json").read_text())
+        student.load_state_dict(torch.load(prefixed(load, ".pt")))
+        return student.eval(), json.loads(prefixed(load, ".json").read_text())
     info: dict[str, Any] = {"keep": STUDENT_KEEP}
     info["kd"] = distill_encoder(student, teacher, texts[1], texts[2], _kd(args, "student",
                                                                          layer_map=tuple(STUDENT_KEEP)))  # fmt: skip
@@ -171,8 +177,8 @@ def tome_distilled(teacher: torch.nn.Module, args: argparse.Namespace,
     only, on ~100-token docstring passages)."""
     student = copy.deepcopy(teacher)
     if load is not None:
-        student.load_state_dict(torch.load(load.with_suffix(".pt")))
-        return student.eval(), json.loads(load.with_suffix(".json").read_text())
+        student.load_state_dict(torch.load(prefixed(load, ".pt")))
+        return student.eval(), json.loads(prefixed(load, ".json").read_text())
     merge_tokens_(student, MergeTokensConfig(r=TOME_KD_R[128]))
     ids, mask = passages(teacher, texts[0])
     info: dict[str, Any] = {"r": TOME_KD_R, "kd": distill_encoder(student, teacher, ids, mask,
