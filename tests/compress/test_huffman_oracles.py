@@ -180,3 +180,11 @@ def test_table_refusals_say_exactly_what_is_wrong():
         table_from_bytes(bytes([3, 0, 1, 1, 1, 1, 2]))  # lengths 1, 1, 2: 1/2 + 1/2 + 1/4 > 1
     empty = table_from_bytes(bytes([0]))
     assert empty.symbols.dtype == np.int64 and len(empty.symbols) == 0 and len(empty.lengths) == 0
+
+
+def test_zero_symbols_decode_to_an_empty_int64_array_and_symbols_need_a_table():
+    table = HuffmanTable(np.array([3]), np.array([1], dtype=np.uint8))
+    out = decode(table, b"", 0, 0)
+    assert out.dtype == np.int64 and out.shape == (0,)
+    with pytest.raises(ArchiveError, match=r"^Huffman stream has symbols but an empty code table$"):
+        decode(HuffmanTable(np.zeros(0, np.int64), np.zeros(0, np.uint8)), b"\x00", 1, 1)
