@@ -206,3 +206,7 @@ def test_the_timed_calls_compute_what_they_claim(monkeypatch):
     calibrate.measure_depthwise_rate(torch.int8, channels=4, size=5)
     (y,) = outs[-1]
     assert y.dtype == np.uint8 and y.shape == (1, 4, 5, 5)
+    calibrate.measure_bandwidth(nbytes=4096)  # the copy's destination: 1,024 floats of ones
+    assert torch.equal(outs[-1], torch.ones(1024))
+    calibrate.measure_cache_bandwidth(1 << 20)
+    assert torch.equal(outs[-1], torch.ones(65536))

@@ -188,3 +188,17 @@ def test_zero_symbols_decode_to_an_empty_int64_array_and_symbols_need_a_table():
     assert out.dtype == np.int64 and out.shape == (0,)
     with pytest.raises(ArchiveError, match=r"^Huffman stream has symbols but an empty code table$"):
         decode(HuffmanTable(np.zeros(0, np.int64), np.zeros(0, np.uint8)), b"\x00", 1, 1)
+
+
+def test_a_tree_exactly_24_deep_is_kept_as_it_is():
+    counts = _fibonacci(25)  # depths 24, 24, 23, ..., 1: at the limit, not over it
+    table = code_lengths(np.arange(25), np.array(counts))
+    assert max(_tree_depths(counts)) == MAX_BITS
+    assert dict(zip(table.symbols.tolist(), table.lengths.tolist(), strict=True)) == dict(
+        enumerate(_tree_depths(counts)))  # fmt: skip
+
+
+def test_code_lengths_of_no_symbols_is_an_empty_typed_table():
+    table = code_lengths(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    assert table.symbols.dtype == np.int64 and table.lengths.dtype == np.uint8
+    assert table.symbols.shape == (0,) and table.lengths.shape == (0,)
