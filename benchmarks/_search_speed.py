@@ -14,6 +14,7 @@ import copy
 import time
 from collections.abc import Mapping
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +23,7 @@ from torch import nn
 import deepslim as ds
 from deepslim.search import LatencyTable, SearchSpace
 from deepslim.search.latency import LayerKey, layer_keys
-from deepslim.search.space import Policy, prune_policy, quantize_policy
+from deepslim.search.space import Policy, prune_policy
 
 
 def group_layers(model: nn.Module, space: SearchSpace, x: torch.Tensor) -> dict[str, tuple[set[str], set[str]]]:
@@ -118,9 +119,98 @@ def latency_aware(model: nn.Module, space: SearchSpace, table: LatencyTable, x: 
         log.append({"move": move, "predicted_ms": ms, "macs": macs})
 
 
-def speed_only(table: LatencyTable, *, rounds: int = 20, span: int = 2, max_moves: int = 12) -> dict[str, Any]:
-    """ResNet-18 224² (random weights): uniform 0.5 + int8 vs the latency-aware policy at no more MACs, timed
-    interleaved with dense fp32."""
+def quantize_speed(net: nn.Module, space: SearchSpace, policy: Policy, calib: Any) -> nn.Module:
+    """``quantize_policy`` with the fidelity check accepted: with random weights the logits are near-flat, so top-1
+    agreement between float and int8 says nothing (speed alone is compared here; a warning is logged)."""
+    from deepslim.compress.quantize import quantize_
+
+    _, quant = space.configs(policy)
+    if quant is not None:
+        quantize_(net, replace(quant, accept_low_fidelity=True), calib_data=calib)
+    return net
+
+
+class NodeCost:
+    """A policy's predicted latency from the node table: the policy's model built (pruned, int8 layers quantized),
+    exported, and the nodes of ONNX Runtime's optimized graph summed (:class:`deepslim.search.node_table.NodeTable`);
+    cached per policy."""
+
+    def __init__(self, model: nn.Module, space: SearchSpace, nodes: Any, x: torch.Tensor, calib: Any) -> None:
+        self.model, self.space, self.nodes, self.x, self.calib = model, space, nodes, x, calib
+        self.cache: dict[str, float] = {}
+        self.exports = 0
+
+    def __call__(self, p: Policy) -> float:
+        key = str(sorted(p.params().items()))
+        if key not in self.cache:
+            net = prune_policy(self.model, self.space, p, example_input=self.x)
+            net = quantize_speed(net, self.space, p, self.calib)
+            self.cache[key] = self.nodes.raw_model(net, self.x)
+            self.exports += 1
+        return self.cache[key]
+
+
+def latency_aware_nodes(model: nn.Module, space: SearchSpace, cost: NodeCost, x: torch.Tensor, start: Policy,
+                        *, span: int = 2, max_moves: int = 6, band: float = 0.05,
+                        verify: int = 3) -> tuple[Policy, list[dict[str, Any]]]:  # fmt: skip
+    """From ``start``, steered by the node table: first the precision of the first and last layers (float where the
+    node sum is lower), then moves of one group one step up the channel grid and another one step down, with MACs
+    within ``band`` below the start's. Each round times every single-group step (2 × groups exports), ranks the
+    pairs by the sum of their two steps' changes, and exports the ``verify`` best pairs to confirm one is faster."""
+    base = layer_keys(model, x, {})
+    groups = group_layers(model, space, x)
+    options = {g.name: list(g.keep) for g in space.groups if g.name in groups}
+    lo = {g: max(0, o.index(start.keep[g]) - span) for g, o in options.items()}
+    hi = {g: min(len(o) - 1, o.index(start.keep[g]) + span) for g, o in options.items()}
+
+    def macs(p: Policy) -> int:
+        return sum(k.macs for k in policy_keys(base, groups, p))
+
+    def step(p: Policy, g: str, d: int) -> Policy:
+        return replace(p, keep={**p.keep, g: options[g][options[g].index(p.keep[g]) + d]})
+
+    policy, limit = start, macs(start)
+    ms = cost(policy)
+    log: list[dict[str, Any]] = [{"move": "start", "node_ms": ms, "macs": limit}]
+    names = list(base)
+    for name in (names[0], names[-1]):
+        if policy.int8.get(name):
+            trial = replace(policy, int8={**policy.int8, name: False})
+            c = cost(trial)
+            log.append({"move": f"{name} float?", "node_ms": c, "kept": c < ms})
+            if c < ms:
+                policy, ms = trial, c
+    for _ in range(max_moves):
+        idx = {g: options[g].index(policy.keep[g]) for g in options}
+        ups = {g: cost(step(policy, g, 1)) - ms for g in options if idx[g] + 1 <= hi[g]}
+        downs = {g: cost(step(policy, g, -1)) - ms for g in options if idx[g] - 1 >= lo[g]}
+        pairs = []
+        for up, du in ups.items():
+            for down, dd in downs.items():
+                if up != down:
+                    p = step(step(policy, up, 1), down, -1)
+                    if (1 - band) * limit <= macs(p) <= limit and du + dd < 0:
+                        pairs.append((du + dd, p, f"{up}+ {down}-"))
+        best = None
+        for est, p, move in sorted(pairs, key=lambda t: t[0])[:verify]:
+            c = cost(p)
+            if c < ms and (best is None or c < best[0]):
+                best = (c, p, move, est)
+        if best is None:
+            break
+        ms, policy = best[0], best[1]
+        log.append({"move": best[2], "node_ms": ms, "estimated_change_ms": best[3], "macs": macs(policy),
+                    "exports": cost.exports})  # fmt: skip
+    return policy, log
+
+
+def speed_only(table: LatencyTable, *, rounds: int = 20, span: int = 2, max_moves: int = 12, steer: str = "nodes",
+               interleaves: int = 3) -> dict[str, Any]:  # fmt: skip
+    """ResNet-18 224² (random weights): uniform 0.5 + int8 vs the latency-aware policy at the same MACs (within
+    5 % below), steered by the node table (``steer="nodes"``) or the layer table (``"layers"``), timed interleaved
+    with dense fp32 ``interleaves`` times."""
+    from deepslim.search.node_table import NodeTable
+
     torch.manual_seed(0)
     model = ds.load_model("resnet18").eval()
     x = torch.randn(1, 3, 224, 224)
@@ -128,26 +218,37 @@ def speed_only(table: LatencyTable, *, rounds: int = 20, span: int = 2, max_move
     calib = [(torch.randn(8, 3, 224, 224, generator=gen),) for _ in range(2)]
     space = SearchSpace.from_model(model, x, round_to=16)
     uniform = space.uniform(0.5, True)
-    t0 = time.perf_counter()
-    aware, moves = latency_aware(model, space, table, x, uniform, span=span, max_moves=max_moves)
-    search_s = time.perf_counter() - t0
+    nodes = NodeTable(table)
+    cost = NodeCost(model, space, nodes, x, calib)
+    t0, c0 = time.perf_counter(), time.process_time()
+    if steer == "nodes":
+        aware, moves = latency_aware_nodes(model, space, cost, x, uniform, span=span, max_moves=max_moves)
+    else:
+        aware, moves = latency_aware(model, space, table, x, uniform, span=span, max_moves=max_moves)
+    search_s, search_cpu_s = time.perf_counter() - t0, time.process_time() - c0
     nets, rows = [], {}
     for label, policy in (("dense fp32", space.dense()), ("uniform 0.5 + int8", uniform),
                           ("latency-aware", aware)):  # fmt: skip
         net = prune_policy(model, space, policy, example_input=x)
         keys = list(layer_keys(net, x, policy.int8).values())
+        qnet = quantize_speed(copy.deepcopy(net), space, policy, calib)
         rows[label] = {"policy": policy.to_dict(), "macs": sum(k.macs for k in keys),
-                       "predicted_ms": table.predict_keys(keys),
+                       "layer_table_ms": table.predict_keys(keys), "node_table_ms": nodes.raw_model(qnet, x),
                        "int8_layers": sum(policy.int8.values())}  # fmt: skip
-        nets.append((quantize_policy(copy.deepcopy(net), space, policy, calib_data=calib), x))
+        nets.append((qnet, x))
     t1 = time.perf_counter()
-    runs = [_measure(table, nets, rounds) for _ in range(2)]  # two interleaved runs: their spread is the noise band
+    runs, loads = [], []
+    for _ in range(interleaves):  # interleaved runs: their spread is the noise band
+        runs.append(_measure(table, nets, rounds))
+        loads.append(Path("/proc/loadavg").read_text().split()[0])
     for i, row in enumerate(rows.values()):
         row["measured_ms"] = [r[i] for r in runs]
         row["speedup_vs_fp32"] = [r[0] / r[i] for r in runs]
     rows["latency-aware"]["vs_uniform"] = [r[1] / r[2] for r in runs]
-    return {"model": "resnet18 224x224, random weights", "groups": len(space.groups), "moves": moves,
-            "search_s": search_s, "measure_s": time.perf_counter() - t1, "rounds": rounds, "rows": rows}  # fmt: skip
+    return {"model": "resnet18 224x224, random weights", "steer": steer, "groups": len(space.groups),
+            "moves": moves, "search_s": search_s, "search_cpu_s": search_cpu_s, "node_exports": cost.exports,
+            "measure_s": time.perf_counter() - t1, "rounds": rounds, "interleaves": interleaves,
+            "loadavg_per_interleave": loads, "rows": rows}  # fmt: skip
 
 
 def _measure(table: LatencyTable, pairs: list[tuple[nn.Module, torch.Tensor]], rounds: int) -> list[float]:

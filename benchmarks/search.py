@@ -19,6 +19,7 @@ is ``--n-train 60000 --epochs 30 --trials 200 --seeds 0,1,2 --budgets 0.5,0.3``.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os
 import sys
 import tempfile
@@ -32,59 +33,113 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import deepslim as ds  # noqa: E402
 from _common import result_header, save_json, write_result  # noqa: E402
+from _search_train import MODELS, subset_bundle, train_converged  # noqa: E402
 from deepslim.search import LatencyTable, SearchSpace, check_table, search  # noqa: E402
-from deepslim.search.evaluate import Evaluator, measure_model  # noqa: E402
+from deepslim.search.evaluate import Evaluator  # noqa: E402
+from deepslim.search.latency import time_models  # noqa: E402
 from deepslim.search.node_table import NodeTable  # noqa: E402
 
-MODELS = {
-    "resnet20": lambda: ds.load_model("resnet20", num_classes=10, in_channels=1),
-    "mobilenet_v2": lambda: ds.load_model("mobilenet_v2", num_classes=10, in_channels=1, small_input=True,
-                                          width_mult=0.5, dropout=0.0),  # fmt: skip
-}
+SEARCH_KW = set(inspect.signature(search).parameters)
 
 
-def train_dense(name: str, data: Any, epochs: int, seed: int, cache: str | None) -> torch.nn.Module:
-    """The dense model trained here (kept in ``cache`` if given, keyed by the settings, for a rerun)."""
-    torch.manual_seed(seed)
+def train_dense(name: str, data: Any, args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The dense model: trained to convergence (``--dense-recipe converged``: SGD one-cycle with augmentation,
+    benchmarks/_search_train.py) or with ``ds.fit`` (``fit``: Adam, the earlier sessions' setting); cached in
+    ``--cache-dir`` keyed by the settings, so a rerun skips the training."""
+    if args.dense_recipe == "converged":
+        return train_converged(name, data, epochs=args.epochs, lr=args.train_lr, seed=0, cache=args.cache_dir or
+                               tempfile.mkdtemp())  # fmt: skip
+    torch.manual_seed(0)
     net = MODELS[name]()
-    file = Path(cache) / f"dense-{name}-{len(data.train.dataset)}-e{epochs}-s{seed}.pt" if cache else None
+    cache = args.cache_dir
+    file = Path(cache) / f"dense-{name}-{len(data.train.dataset)}-e{args.epochs}-s0.pt" if cache else None
     if file is not None and file.is_file():
         net.load_state_dict(torch.load(file, weights_only=True))
-        return net.eval()
-    ds.fit(net, data, epochs=epochs, lr=2e-3, seed=seed)
+        return net.eval(), {}
+    ds.fit(net, data, epochs=args.epochs, lr=2e-3, seed=0)
     if file is not None:
         file.parent.mkdir(parents=True, exist_ok=True)
         torch.save(net.state_dict(), file)
-    return net.eval()
+    return net.eval(), {}
 
 
-def final_pair(ev: Evaluator, result: Any, table: LatencyTable) -> dict[str, Any]:
-    """Best and uniform policies rebuilt as the recipe does, on the test split, timed interleaved."""
+def final_comparison(dense: torch.nn.Module, data: Any, full: Any, space: SearchSpace, table: LatencyTable,
+                     result: Any, args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+    """``best`` and ``uniform`` of a search, each fine-tuned alike (the search's recovery: ``--finetune-epochs`` at
+    its lr) with every recovery seed, scored on the full test split; then timed interleaved with the dense model
+    (``--interleaves`` runs of ``--final-rounds`` rounds: the minimum, and the min..max band across interleaves)."""
     rows: dict[str, Any] = {}
-    nets = []
+    nets: list[tuple[str, torch.nn.Module]] = [("dense", dense)]
     for label in ("best", "uniform"):
         cand = getattr(result, label)
         if cand is None:
             rows[label] = None
             continue
-        net, predicted = ev.build(cand.policy, "finetune" if ev.finetune_epochs > 0 else "none")
-        m = measure_model(net, ev.data, split="test", macs=None)
-        rows[label] = {"policy": cand.policy.to_dict(), "test_accuracy": m.accuracy, "macs": m.macs,
-                       "predicted_ms": predicted}  # fmt: skip
+        m = cand.measurement
+        row: dict[str, Any] = {"policy": cand.policy.to_dict(), "search_measured_ms": m.measured_latency_ms,
+                               "search_predicted_ms": m.extra.get("predicted_latency_ms"),
+                               "macs": m.macs, "search_remeasured": getattr(cand, "remeasured", None),
+                               "seeds": []}  # fmt: skip
+        for seed in args.recovery_seeds:
+            t0 = time.perf_counter()
+            ev = Evaluator(dense, data, space, table, finetune_epochs=args.finetune_epochs, seed=seed)
+            net, _ = ev.build(cand.policy, "finetune")
+            row["seeds"].append({"seed": seed, "test_accuracy": ds.evaluate(net, full, split="test").accuracy,
+                                 "seconds": time.perf_counter() - t0})  # fmt: skip
+        accs = [r["test_accuracy"] for r in row["seeds"]]
+        row["test_accuracy_mean"] = sum(accs) / len(accs)
+        row["test_accuracy_spread"] = [min(accs), max(accs)]
+        rows[label] = row
         nets.append((label, net))
-    if nets:
-        times = table.measure([(n, ev.data.example_input) for _, n in nets]) or []
-        for (label, _), ms in zip(nets, times, strict=True):
-            rows[label]["measured_ms"] = ms
+    runs = [time_models([(n, full.example_input) for _, n in nets], threads=1, rounds=args.final_rounds)
+            for _ in range(args.interleaves)]  # fmt: skip
+    for i, (label, _) in enumerate(nets):
+        times = [r[i] for r in runs]
+        timing = {"measured_ms": min(times), "interleaves_ms": times, "band_ms": [min(times), max(times)]}
+        if label == "dense":
+            rows["dense"] = timing
+        else:
+            rows[label].update(timing)
+    limit = result.limits["latency"]
+    for label in ("best", "uniform"):
+        if rows.get(label):
+            r = rows[label]
+            ratio = [a / b for a, b in zip(r["interleaves_ms"], rows["dense"]["interleaves_ms"], strict=True)]
+            r["ratio_to_dense"] = ratio
+            r["meets_limit"] = r["measured_ms"] <= limit
+            r["meets_budget_same_run"] = min(ratio) <= args.budget_now
     return rows
 
 
+def run_search(dense: torch.nn.Module, data: Any, space: SearchSpace, table: LatencyTable, budget: float, seed: int,
+               args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:  # fmt: skip
+    """One search (seed ``seed``) with the timestamps of its trials (per-trial wall time)."""
+    stamps: list[float] = []
+    extra = {"latency_model": args.latency_model} if args.latency_model and "latency_model" in SEARCH_KW else {}
+    t0, c0 = time.perf_counter(), time.process_time()
+    with tempfile.TemporaryDirectory() as work:
+        result = search(dense, data, space, ("accuracy", "latency"), f"latency={budget}x", trials=args.trials,
+                        strategy=args.strategy, seed=seed, out_dir=work, latency_table=table,
+                        finetune_epochs=args.finetune_epochs, top_k=args.top_k, uniform_ratios=args.uniform_ratios,
+                        on_trial=lambda _c: stamps.append(time.perf_counter()), **extra)  # fmt: skip
+    gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
+    timing = {"wall_s": time.perf_counter() - t0, "main_cpu_s": time.process_time() - c0, "trials": len(stamps),
+              "trial_phase_s": stamps[-1] - stamps[0] if len(stamps) > 1 else None,
+              "per_trial_s_median": sorted(gaps)[len(gaps) // 2] if gaps else None,
+              "latency_model": extra.get("latency_model", "default")}  # fmt: skip
+    return result, timing
+
+
 def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: str | None) -> None:
-    data = ds.load_data("fashion-mnist", n_train=args.n_train, n_test=args.n_test, seed=0, calib_size=args.calib_size)
+    n_train = args.n_train or None
+    full = ds.load_data("fashion-mnist", n_train=n_train, n_test=args.n_test or None, seed=0,
+                        calib_size=args.calib_size)  # fmt: skip
     t0 = time.perf_counter()
-    dense = train_dense(name, data, args.epochs, 0, args.cache_dir)
-    entry: dict[str, Any] = {"train_s": time.perf_counter() - t0,
-                             "dense_test_accuracy": ds.evaluate(dense, data).accuracy}
+    dense, record = train_dense(name, full, args)
+    data = subset_bundle(full, args.search_n_train or None, args.search_n_val or None)
+    entry: dict[str, Any] = {"train_s": time.perf_counter() - t0, "dense_training": record,
+                             "dense_test_accuracy": ds.evaluate(dense, full).accuracy,
+                             "search_data": {k: len(getattr(data, k).dataset) for k in ("train", "val", "test")}}
     out["models"][name] = entry
     table = LatencyTable(threads=1, cache_dir=args.cache_dir)
     x = data.example_input
@@ -102,18 +157,21 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: st
         save_json(out, path)
     entry["budgets"] = {}
     for budget in [] if args.skip_search else args.budgets:
+        args.budget_now = budget
         runs = []
         for seed in args.seeds:
-            with tempfile.TemporaryDirectory() as work:
-                result = search(dense, data, space, ("accuracy", "latency"), f"latency={budget}x", trials=args.trials,
-                                strategy=args.strategy, seed=seed, out_dir=work, latency_table=table,
-                                finetune_epochs=args.finetune_epochs, top_k=args.top_k,
-                                uniform_ratios=args.uniform_ratios)  # fmt: skip
-            ev = Evaluator(dense, data, space, table, finetune_epochs=args.finetune_epochs, seed=seed)
-            runs.append({"seed": seed, "limit_ms": result.limits["latency"], **final_pair(ev, result, table),
-                         "cost": result.cost, "search_latency_table": {k: v for k, v in result.latency_table.items()
-                                                                        if k != "rows"}})  # fmt: skip
+            load0 = Path("/proc/loadavg").read_text().split()[:3]
+            result, timing = run_search(dense, data, space, table, budget, seed, args)
+            run = {"seed": seed, "limit_ms": result.limits["latency"], "loadavg_before": load0, "search_timing": timing,
+                   "cost": result.cost, "dense": result.dense.to_dict() if result.dense else None,
+                   "search_latency_table": result.latency_table,
+                   "pareto_feasible": [c.to_dict() for c in result.pareto]}  # fmt: skip
+            runs.append(run)
             entry["budgets"][str(budget)] = runs
+            save_json(out, path)
+            if seed == args.seeds[0] and args.recovery_seeds:
+                run["final"] = final_comparison(dense, data, full, space, table, result, args)
+            run["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
             save_json(out, path)
 
 
@@ -124,9 +182,17 @@ def main() -> None:
     p.add_argument("--seeds", default="0")
     p.add_argument("--trials", type=int, default=40)
     p.add_argument("--strategy", default="tpe")
-    p.add_argument("--n-train", type=int, default=6000)
-    p.add_argument("--n-test", type=int, default=2000)
-    p.add_argument("--epochs", type=int, default=3, help="dense training epochs")
+    p.add_argument("--n-train", type=int, default=0, help="training + validation images (0: all 60,000)")
+    p.add_argument("--n-test", type=int, default=0, help="test images (0: all 10,000)")
+    p.add_argument("--epochs", type=int, default=10, help="dense training epochs")
+    p.add_argument("--dense-recipe", choices=("converged", "fit"), default="converged")
+    p.add_argument("--train-lr", type=float, default=0.1, help="peak lr of the converged recipe")
+    p.add_argument("--search-n-train", type=int, default=0, help="images the search fine-tunes on (0: all)")
+    p.add_argument("--search-n-val", type=int, default=0, help="validation images trials are judged on (0: all)")
+    p.add_argument("--recovery-seeds", default="0,1,2", help="fine-tune seeds of the final comparison")
+    p.add_argument("--latency-model", default=None, help="the search's latency model (nodes/layers) if it has one")
+    p.add_argument("--interleaves", type=int, default=3, help="timing runs of the final comparison")
+    p.add_argument("--final-rounds", type=int, default=20)
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--round-to", type=int, default=8)
@@ -139,10 +205,12 @@ def main() -> None:
     p.add_argument("--speed-rounds", type=int, default=20)
     p.add_argument("--speed-span", type=int, default=2, help="steps a group may move from uniform (speed-only)")
     p.add_argument("--speed-moves", type=int, default=12, help="channel moves at most (speed-only)")
+    p.add_argument("--speed-steer", choices=("nodes", "layers"), default="nodes", help="table steering (speed-only)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     args.budgets = [float(b) for b in args.budgets.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
+    args.recovery_seeds = [int(s) for s in args.recovery_seeds.split(",") if s]
     args.uniform_ratios = [float(r) for r in args.uniform_ratios.split(",")] if args.uniform_ratios else None
     out = result_header("search", threads=1)
     out["settings"] = {k: v for k, v in vars(args).items() if k != "json"}
@@ -152,7 +220,8 @@ def main() -> None:
         from _search_speed import speed_only
 
         out["speed_only"] = speed_only(LatencyTable(threads=1, cache_dir=args.cache_dir), rounds=args.speed_rounds,
-                                       span=args.speed_span, max_moves=args.speed_moves)  # fmt: skip
+                                       span=args.speed_span, max_moves=args.speed_moves, steer=args.speed_steer,
+                                       interleaves=args.interleaves)  # fmt: skip
         write_result(out, args.json)
         return
     for name in args.models.split(","):
