@@ -168,18 +168,19 @@ def _step_seconds(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int
 
 def transfer_rows(base: nn.Module, batch: int, epochs: int, lrs: tuple[float, ...],
                   modes: tuple[str, ...] = TRANSFER_MODES, recalibrate: int = 0, seeds: tuple[int, ...] = (0,),
-                  done: Any = None) -> list[dict[str, Any]]:  # fmt: skip
+                  done: Any = None, memory_only: tuple[str, ...] = ()) -> list[dict[str, Any]]:  # fmt: skip
     """Memory of each mode (planned, oracle, trace), step time (interleaved), and accuracy after ``epochs`` at each
     of ``lrs`` and ``seeds``: the learning rate is chosen per mode by mean validation accuracy over the seeds, and
     the mean test accuracy at that rate is reported. ``done(rows)`` is called after each mode's runs (to save)."""
     data = load_data("mnist-5k", batch_size=batch)
     x, y = next(iter(data.train))
     rows, models = [], {}
-    for mode in modes:
-        model = models[mode] = _convert(base, mode, data, x, recalibrate)
+    for mode in modes:  # MODE@N: recalibrate batch norm on N batches first (efficient modes), overriding the default
+        kind, _, count = mode.partition("@")
+        recal = (int(count) if count else recalibrate) if kind.startswith(("bias", "tinytl", "sparse")) else 0
+        model = models[mode] = _convert(base, kind, data, x, recal)
         prof = training_profile(model, x, trainable="current")
-        recal = recalibrate if mode.startswith(("bias", "tinytl", "sparse")) else 0
-        rows.append({"mode": mode + (" (recal.)" if recal else ""), "key": mode, "recalibrated_batches": recal,
+        rows.append({"mode": kind + (" (recal.)" if recal else ""), "key": mode, "recalibrated_batches": recal,
                      "planned_saved": prof.saved_bytes,
                      "oracle_saved": measure_saved_bytes(model, x, trainable="current"),
                      "planned_peak": prof.peak_bytes,
@@ -193,6 +194,8 @@ def transfer_rows(base: nn.Module, batch: int, epochs: int, lrs: tuple[float, ..
         row["step_s"] = sorted(row["step_s"])[1]
         print(f"transfer {row['mode']}: step {row['step_s'] * 1e3:.1f} ms", flush=True)
     for row in rows:
+        if row["key"] in memory_only:
+            continue
         row["runs"] = []
         for lr in lrs:
             for seed in seeds:
@@ -216,7 +219,7 @@ def transfer_rows(base: nn.Module, batch: int, epochs: int, lrs: tuple[float, ..
               f"{row['measured_peak'] / MB:7.3f} MB (plan {row['planned_peak'] / MB:7.3f}) acc {row['accuracy']:.2%} "
               f"(lr {row['lr']:g}) step {row['step_s'] * 1e3:.1f} ms", flush=True)  # fmt: skip
         if done is not None:
-            done([r for r in rows if "accuracy" in r])
+            done([r for r in rows if "accuracy" in r or r["key"] in memory_only])
     return rows
 
 
@@ -348,6 +351,7 @@ def main() -> None:
                         help="batches of the new task to re-estimate frozen batch-norm statistics on (efficient modes)")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds of every transfer run")
+    parser.add_argument("--memory-only", nargs="*", default=[], help="transfer modes measured but not trained")
     parser.add_argument("--width", type=float, default=0.5, help="width of the transfer task's MobileNetV2")
     parser.add_argument("--json", "--out", dest="out", default="ondevice_training.json", help="write the results here")
     parser.add_argument("--pretrained", help="cache file of the pretrained weights (written if missing)")
@@ -377,7 +381,7 @@ def main() -> None:
                 tmp.write_text(json.dumps({**result, "transfer": rows}, indent=2))
 
         result["transfer"] = transfer_rows(base, args.batch, args.epochs, tuple(args.lrs), tuple(args.modes),
-                                           args.recalibrate, tuple(args.seeds), save)  # fmt: skip
+                                           args.recalibrate, tuple(args.seeds), save, tuple(args.memory_only))
     if "mobilenet" in args.only:
         result["mobilenet"] = mobilenet_rows(8, 128)
     if "checkpoint" in args.only:
