@@ -313,6 +313,8 @@ def markdown(result: dict[str, Any]) -> str:
                 lines.append(f"| {name} | {batch} | " + " | ".join(cells.get(k, "") for k in REGIMES) + " |")
         lines.append("")
     if "transfer" in result:
+        trained = [r for r in result["transfer"] if "runs" in r]  # memory-only rows have no accuracy
+        result = {**result, "transfer": trained}
         lines += ["| mode | trainable params | saved (plan / oracle) | peak (plan / trace) | step | lr | "
                   "acc. (test) |", "|---|---|---|---|---|---|---|"]  # fmt: skip
         for r in result["transfer"]:
