@@ -32,16 +32,11 @@ import torch
 
 import deepslim as ds
 from _common import result_header
-from deepslim.compress.tokens import (
-    PruneTokensConfig,
-    TokenThresholdConfig,
-    kept_shares,
-    learn_token_thresholds,
-    prune_tokens_,
-)
+from deepslim.compress.tokens import PruneTokensConfig, prune_tokens_
 from deepslim.data.sentences import passage_set
 from deepslim.models.hf import IdsOnly, tokenize
 from deepslim.tasks.similarity import embedding_fidelity
+from deepslim.train import TokenThresholdConfig, kept_shares, learn_token_thresholds
 from deepslim.train.student import EncoderKDConfig
 from transformer_encoder import docstring_sentences, ort_embed, passages, prefixed
 

@@ -54,10 +54,7 @@ from deepslim.compress.quantize import (
 from deepslim.compress.tokens import (
     MergeTokensConfig,
     PruneTokensConfig,
-    TokenThresholdConfig,
     drop_layers_,
-    kept_shares,
-    learn_token_thresholds,
     merge_tokens_,
     prune_tokens_,
 )
@@ -129,6 +126,7 @@ from deepslim.train import (
     EvalResult,
     FitResult,
     KDConfig,
+    TokenThresholdConfig,
     distill,
     distill_ddp,
     distill_encoder,
@@ -136,6 +134,8 @@ from deepslim.train import (
     fidelity,
     fit,
     fit_ddp,
+    kept_shares,
+    learn_token_thresholds,
 )
 from deepslim.train.ondevice import (
     CompactMaxPool2d,

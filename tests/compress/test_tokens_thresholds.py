@@ -7,18 +7,10 @@ import pytest
 import torch
 
 import deepslim as ds
-from deepslim.compress.tokens import (
-    MergeTokensConfig,
-    PruneTokensConfig,
-    TokenThresholdConfig,
-    kept_shares,
-    layer_plans,
-    learn_token_thresholds,
-    merge_tokens_,
-    prune_tokens_,
-)
+from deepslim.compress.tokens import MergeTokensConfig, PruneTokensConfig, layer_plans, merge_tokens_, prune_tokens_
 from deepslim.compress.tokens._reduce import soft_threshold, threshold_index, uniform_share
 from deepslim.errors import ConfigError
+from deepslim.train import TokenThresholdConfig, kept_shares, learn_token_thresholds
 from deepslim.train.student import EncoderKDConfig
 
 
