@@ -25,6 +25,7 @@ from deepslim.analysis._training_peak import measured_peak_bytes
 from deepslim.analysis._training_trace import (
     SavedTracer,
     Trainable,
+    input_grad_scratch,
     oracle_saved_bytes,
     rebatch,
     resident_keys,
@@ -258,5 +259,5 @@ def sqrt_segments(n_layers: int) -> int:
     return max(1, math.ceil(math.sqrt(n_layers)))
 
 
-__all__ = ["LayerTraining", "TrainingProfile", "activation_peaks", "measure_peak_bytes", "measure_saved_bytes",
-           "rebatch", "sqrt_segments", "training_profile"]
+__all__ = ["LayerTraining", "TrainingProfile", "activation_peaks", "input_grad_scratch", "measure_peak_bytes",
+           "measure_saved_bytes", "rebatch", "sqrt_segments", "training_profile"]

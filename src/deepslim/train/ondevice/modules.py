@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from deepslim.analysis.training import input_grad_scratch
 from deepslim.train.ondevice._functions import (
     BlockAvgPoolFn,
     ChannelAffineFn,
@@ -43,8 +44,6 @@ class FrozenConv2d(nn.Conv2d):
         return []
 
     def backward_workspace(self, args: tuple[Any, ...], output: torch.Tensor) -> int:
-        from deepslim.analysis._training_trace import input_grad_scratch
-
         return input_grad_scratch(args[0], self.weight, output, self.stride, self.dilation, self.groups)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
