@@ -1,5 +1,5 @@
 """Learned token thresholds (LTP) on all-MiniLM-L6-v2 at sequence 128: learn one threshold per layer (soft masks,
-distilled against the dense model under a token budget, ``deepslim.compress.tokens.learn_token_thresholds``),
+distilled against the dense model under a token budget, ``deepslim.learn_token_thresholds``),
 then measure the hard-threshold model against the dense one in ONNX Runtime.
 
 Distillation text: runs of 4–7 stdlib docstring sentences (~100 tokens; never the evaluation texts). Fidelity:

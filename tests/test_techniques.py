@@ -38,7 +38,7 @@ EXAMPLES = {
     "svd": {"energy": 0.9, "overrides": {"fc3": None}},
     "tucker": {"mac_ratio": 0.5, "overrides": {"features.0": None}},
     "merge_tokens": {"r": [4, 2, 0]},
-    "prune_tokens": {"keep_ratio": 0.5, "threshold": 0.1},
+    "prune_tokens": {"keep_ratio": 1.0, "threshold": [0.1, 0.0, 0.25], "pool_removed": True},
     "toy_scale": {"factor": 0.25, "overrides": {"fc3": None}},
 }  # fmt: skip
 

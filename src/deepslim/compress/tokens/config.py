@@ -49,7 +49,7 @@ class MergeTokensConfig(Config):
 class PruneTokensConfig(Config):
     """Token pruning by attention received. Either each layer keeps ``keep_ratio`` of its tokens (CLS always), or,
     with ``threshold`` (one value, or one per layer, e.g. learned by
-    :func:`~deepslim.compress.tokens.learn_token_thresholds`), each layer removes the tokens that receive less than
+    :func:`~deepslim.train.learn_token_thresholds`), each layer removes the tokens that receive less than
     ``threshold`` × the uniform share of attention (0 keeps every token; 1 removes those below average). Threshold
     pruning keeps as many tokens as the text needs, so its ONNX graph has a dynamic token count; it cannot be
     combined with ``keep_ratio`` < 1 or with merging. ``pool_removed`` (sentence encoders): a removed token still

@@ -62,7 +62,7 @@ def reduce_tokens(plan: LayerPlan, x: torch.Tensor, size: torch.Tensor, keys: to
 class SoftThresholds(nn.Module):
     """Per-layer token thresholds being learned (LTP's soft masks): a size-scaling sigmoid instead of removal.
 
-    Installed as ``BertTokenReduction.soft`` while :func:`~deepslim.compress.tokens.learn_token_thresholds` trains.
+    Installed as ``BertTokenReduction.soft`` while :func:`~deepslim.train.learn_token_thresholds` trains.
     """
 
     def __init__(self, thresholds: Sequence[float], temperature: float):
