@@ -18,6 +18,7 @@ from deepslim.compress.tokens import (
 from deepslim.compress.tokens._reduce import attention_received, bipartite_merge, prune, size_bias
 from deepslim.compress.tokens.encoders import TokenVisionTransformer
 from deepslim.errors import ConfigError, UnsupportedModelError
+from tests.compress._minilm import minilm_batch
 
 
 # -- the reductions on hand-made tokens ------------------------------------------------------------------------------
@@ -173,16 +174,9 @@ def test_models_without_a_token_encoder_are_refused_by_class():
 # -- all-MiniLM-L6-v2 ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def minilm():
-    pytest.importorskip("transformers", reason="needs the transformers package")
-    hf = pytest.importorskip("deepslim.models.hf")
-    try:
-        model = ds.load_model("all-minilm-l6-v2").eval()
-    except ds.ModelLoadError as exc:
-        pytest.skip(f"all-MiniLM-L6-v2 is not installed: {exc}")
     texts = ["A man plays a guitar on a busy street corner.", "Birds sing at dawn.",
              "The river flooded the fields after heavy rain last night."]  # fmt: skip
-    ids, mask = hf.tokenize(model, texts, seq_len=32)
-    return model, ids, mask
+    return minilm_batch(texts)
 
 
 def test_minilm_with_r0_or_keep_1_is_exactly_the_original(minilm):

@@ -6,12 +6,12 @@ import copy
 import pytest
 import torch
 
-import deepslim as ds
 from deepslim.compress.tokens import MergeTokensConfig, PruneTokensConfig, layer_plans, merge_tokens_, prune_tokens_
 from deepslim.compress.tokens._reduce import soft_threshold, threshold_index, uniform_share
 from deepslim.errors import ConfigError
 from deepslim.train import TokenThresholdConfig, kept_shares, learn_token_thresholds
 from deepslim.train.student import EncoderKDConfig
+from tests.compress._minilm import minilm_batch
 
 
 def test_threshold_index_keeps_cls_and_tokens_at_or_above_the_threshold_in_order_and_masks_a_shorter_row():
@@ -48,16 +48,9 @@ def test_per_layer_thresholds_round_trip_and_bad_ones_are_refused():
 
 @pytest.fixture(scope="module")
 def minilm():
-    pytest.importorskip("transformers", reason="needs the transformers package")
-    hf = pytest.importorskip("deepslim.models.hf")
-    try:
-        model = ds.load_model("all-minilm-l6-v2").eval()
-    except ds.ModelLoadError as exc:
-        pytest.skip(f"all-MiniLM-L6-v2 is not installed: {exc}")
     texts = ["A man plays a guitar on a busy street corner while tourists stop to listen and take pictures.",
              "Birds sing at dawn.", "The river flooded the fields after heavy rain last night."]  # fmt: skip
-    ids, mask = hf.tokenize(model, texts, seq_len=32)
-    return model, ids, mask
+    return minilm_batch(texts)
 
 
 def test_a_threshold_of_zero_keeps_every_token_and_the_outputs(minilm):
