@@ -25,7 +25,7 @@ from torch import nn
 
 from deepslim._modes import inference_mode
 from deepslim.config import Config, freeze_overrides
-from deepslim.data import DataBundle
+from deepslim.data import DataBundle, Preprocessing
 from deepslim.errors import ConfigError
 from deepslim.tasks import Inputs, Task, call_model, get_task
 from deepslim.train._inputs import input_adapter, model_preprocessing
@@ -130,7 +130,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: DataBundle, config: KD
         p.requires_grad_(False)
     # the loop feeds the student its own preprocessing; the teacher's inputs are converted from that
     student_pre = model_preprocessing(student) or data.preprocessing
-    to_teacher = input_adapter(teacher, student_pre)
+    to_teacher = _teacher_inputs(teacher, student_pre, data.preprocessing)
     s_cap = _Capture(student, list(hints), "student")
     t_cap = _Capture(teacher, list(hints.values()), "teacher")
     regressors = nn.ModuleDict()
@@ -170,6 +170,19 @@ def distill(student: nn.Module, teacher: nn.Module, data: DataBundle, config: KD
     finally:
         s_cap.close()
         t_cap.close()
+
+
+def _teacher_inputs(teacher: nn.Module, student_pre: Preprocessing | None,
+                    data_pre: Preprocessing | None) -> Callable[[Inputs], Inputs]:  # fmt: skip
+    """Converts the student's inputs to what the teacher expects: its own preprocessing, or, for a teacher without a
+    record, the data as stored -- what :func:`evaluate` and :func:`fidelity` (the validation) feed it."""
+    if model_preprocessing(teacher) is not None or student_pre == data_pre:
+        return input_adapter(teacher, student_pre)
+    from deepslim.models import PREPROCESSING_ATTR
+
+    stand_in = nn.Module()  # a model expecting the data's preprocessing (None: raw inputs, the identity record)
+    setattr(stand_in, PREPROCESSING_ATTR, (data_pre or Preprocessing(mean=(0.0,), std=(1.0,))).to_dict())
+    return input_adapter(stand_in, student_pre)
 
 
 def _samples(loader: Any) -> int:
