@@ -32,8 +32,9 @@ def _bundle(*, n_train=16, task=None, targets="class", preprocessing=None, label
         return DataLoader(TensorDataset(a, b) if labelled else TensorDataset(a), batch_size=8)
 
     train, val = loader(x[:n_train], y[:n_train]), loader(x[n_train:], y[n_train:])
+    test = loader(x[:8] * 2.0, y[:8].flip(0))  # not the validation split: validation must not read it
     extra = {"task": task} if task is not None else {}
-    return DataBundle(name="tiny", train=train, val=val, test=val, calib=val, example_input=x[:1],
+    return DataBundle(name="tiny", train=train, val=val, test=test, calib=val, example_input=x[:1],
                       num_classes=3 if targets == "class" else 0, preprocessing=preprocessing, **extra)  # fmt: skip
 
 
@@ -145,9 +146,13 @@ def test_an_explicit_task_wins_over_the_datas():
     params, loss = _sgd_step(student, lambda m: 0.6 * 4.0 * F.kl_div(
         F.log_softmax(m(x) / 2.0, dim=1), F.log_softmax(teacher(x).detach() / 2.0, dim=1), reduction="batchmean",
         log_target=True) + 0.4 * F.cross_entropy(m(x), y, ignore_index=0), lr=0.1)  # fmt: skip
-    ds.distill(student, teacher, data, ds.KDConfig(temperature=2.0, alpha=0.6), epochs=1, lr=0.1, optimizer="sgd",
-               momentum=0.0, cosine=False, task=task)  # fmt: skip
+    res = ds.distill(student, teacher, data, ds.KDConfig(temperature=2.0, alpha=0.6), epochs=1, lr=0.1,
+                     optimizer="sgd", momentum=0.0, cosine=False, task=task)  # fmt: skip
     _assert_params(student, params)
+    assert res.history[0]["train_loss"] == pytest.approx(loss, rel=1e-6)
+    val = ds.evaluate(student, data, split="val", task=task).metrics  # validated with the given task, too
+    assert val["loss"] != pytest.approx(ds.evaluate(student, data, split="val").metrics["loss"])
+    assert res.history[0]["val_loss"] == pytest.approx(val["loss"], rel=1e-6)
 
 
 def test_a_task_given_by_name_is_looked_up():
@@ -158,9 +163,12 @@ def test_a_task_given_by_name_is_looked_up():
     x, y = next(iter(data.train))
     params, _ = _sgd_step(student, lambda m: 0.5 * F.mse_loss(m(x), teacher(x).detach()) + 0.5 * F.mse_loss(m(x), y),
                           lr=0.1)  # fmt: skip
-    ds.distill(student, teacher, data, ds.KDConfig(alpha=0.5), epochs=1, lr=0.1, optimizer="sgd", momentum=0.0,
-               cosine=False, task="regression")  # fmt: skip
+    res = ds.distill(student, teacher, data, ds.KDConfig(alpha=0.5), epochs=1, lr=0.1, optimizer="sgd",
+                     momentum=0.0, cosine=False, task="regression")  # fmt: skip
     _assert_params(student, params)
+    val = ds.evaluate(student, data, split="val", task="regression").metrics
+    assert res.history[0]["val_r2"] == pytest.approx(val["r2"], rel=1e-6) and res.best_val_metric == pytest.approx(
+        val["r2"], rel=1e-6)  # fmt: skip
 
 
 def test_unlabelled_data_trains_on_the_teacher_alone_and_validates_by_fidelity_to_it():
@@ -181,6 +189,22 @@ def test_unlabelled_data_trains_on_the_teacher_alone_and_validates_by_fidelity_t
     assert res.best_val_accuracy == pytest.approx(fid["agreement"])
     assert res.history[0]["val_agreement"] == pytest.approx(fid["agreement"])
     assert res.history[0]["val_kl"] == pytest.approx(fid["kl"], rel=1e-6)
+
+
+def test_unlabelled_regression_data_validates_by_r2_against_the_teachers_outputs():
+    data = _bundle(n_train=8, labelled=False, task=Regression(), targets="real")
+    teacher = _teacher()
+    torch.manual_seed(3)
+    student = nn.Linear(6, 3)
+    (x,) = next(iter(data.train))
+    params, loss = _sgd_step(student, lambda m: F.mse_loss(m(x), teacher(x).detach()), lr=0.1)
+    res = ds.distill(student, teacher, data, ds.KDConfig(alpha=0.5), epochs=1, lr=0.1, optimizer="sgd",
+                     momentum=0.0, cosine=False)  # fmt: skip
+    _assert_params(student, params)
+    assert res.history[0]["train_loss"] == pytest.approx(loss, rel=1e-6)
+    fid = ds.fidelity(student, teacher, data, split="val")
+    assert res.best_val_metric == pytest.approx(fid["r2"], rel=1e-6) and res.history[0]["val_mse"] == pytest.approx(
+        fid["mse"], rel=1e-6)  # fmt: skip
 
 
 # ---- preprocessing --------------------------------------------------------------------------------------------------
