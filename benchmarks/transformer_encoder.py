@@ -13,7 +13,8 @@ The load average is recorded before and after: the machine is shared, and a load
 numbers noisy.
 
     python benchmarks/transformer_encoder.py [--json benchmarks/results/transformer_encoder.json] [--rounds 3]
-        [--variants ort_opt_int8,ds_fused_int8,ds_fused_int8_all,tome,prune,tome_kd,student3,heads]
+        [--variants ort_opt_int8,ds_fused_int8,ds_fused_int8_all,ds_mixed_int8,tome,tome_big,prune,tome_kd,student3,
+                    heads]
         [--heads-cpu 600] [--student-cpu 900] [--tome-cpu 900] [--heads-from PREFIX] [--student-from PREFIX]
         [--tome-from PREFIX]
 
@@ -50,6 +51,7 @@ from deepslim.compress.tokens import (
     prune_tokens_,
 )
 from deepslim.data.sentences import training_sentences, word_salad
+from deepslim.export._mixed_int8 import FusedInt8Config
 from deepslim.export._torchscript import export_fused_int8
 from deepslim.models.hf import IdsOnly, tokenize, tokenizer_for
 from deepslim.tasks.similarity import embedding_fidelity, sentence_fidelity
@@ -166,7 +168,8 @@ def student3(teacher: torch.nn.Module, args: argparse.Namespace, texts: Texts,
         return student.eval(), json.loads(prefixed(load, ".json").read_text())
     info: dict[str, Any] = {"keep": STUDENT_KEEP}
     info["kd"] = distill_encoder(student, teacher, texts[1], texts[2], _kd(args, "student",
-                                                                         layer_map=tuple(STUDENT_KEEP)))  # fmt: skip
+                                 layer_map=tuple(STUDENT_KEEP), relation_weight=args.student_relation))  # fmt: skip
+    info["relation_weight"] = args.student_relation
     _save(student, info, Path(args.json).with_suffix(".student3"))
     return student.eval(), info
 
@@ -211,14 +214,14 @@ def ort_optimized_int8(fp32: Path, out: Path) -> tuple[Path, dict[str, int]]:
     return out, {k: int(v) for k, v in fused.items() if v}
 
 
-def ort_embed(path: Path, ids: torch.Tensor) -> torch.Tensor:
+def ort_embed(path: Path, ids: torch.Tensor, batch: int = 32) -> torch.Tensor:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = THREADS
     sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    return torch.cat([torch.from_numpy(sess.run(None, {"input_ids": ids[i : i + 32].numpy()})[0])
-                      for i in range(0, len(ids), 32)])  # fmt: skip
+    return torch.cat([torch.from_numpy(sess.run(None, {"input_ids": ids[i : i + batch].numpy()})[0])
+                      for i in range(0, len(ids), batch)])  # fmt: skip
 
 
 def speed_ids(batch: int, seq: int) -> torch.Tensor:
@@ -257,6 +260,8 @@ def run(args: argparse.Namespace) -> dict:
         variants["tome_kd"] = lambda s: merge_tokens_(copy.deepcopy(merged), MergeTokensConfig(r=TOME_KD_R[s]))
     if "tome" in chosen:
         variants["tome"] = lambda s: merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=TOME_R[s]))
+    if "tome_big" in chosen:  # the merge counts of tome_kd, on the undistilled teacher
+        variants["tome_big"] = lambda s: merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=TOME_KD_R[s]))
     if "prune" in chosen:
         variants["prune"] = lambda s: prune_tokens_(copy.deepcopy(teacher), PruneTokensConfig(keep_ratio=KEEP[s]))
     result["settings"] = {"tome_r": TOME_R, "tome_kd_r": TOME_KD_R, "prune_keep_ratio": KEEP, "threads": THREADS,
@@ -274,6 +279,9 @@ def run(args: argparse.Namespace) -> dict:
             for name, floor in (("ds_fused_int8", 0.995), ("ds_fused_int8_all", 0.0)):
                 if name in chosen:
                     files[name], result[f"{name}_seq{seq}"] = fused_int8(teacher, data, work, seq, floor)
+            if "ds_mixed_int8" in chosen:
+                mixed, result[f"ds_mixed_int8_seq{seq}"] = mixed_int8(teacher, calib_ids(teacher, data, seq), work, seq)
+                files |= mixed
             for name, build in variants.items():
                 files[name] = export(build(seq), Path(work) / f"{name}-{seq}.onnx", seq)
             result["rows"] += measure(files, data, seq, args)
@@ -293,6 +301,40 @@ def fused_int8(teacher: torch.nn.Module, data: ds.DataBundle, work: str, seq: in
     return r.path, {"fused_ops": r.fused_ops, "float_nodes": list(r.float_nodes), "attempts": r.attempts}
 
 
+def calib_ids(teacher: torch.nn.Module, data: ds.DataBundle, seq: int) -> torch.Tensor:
+    """Inputs the mixed-precision export calibrates and checks on, never the evaluation sentences: every 8th
+    training text at sequence 32 (templates and word salad), 64 runs of docstring sentences at 128."""
+    if seq == 32:
+        return getattr(data.train.dataset, "ids")[::8][:256]  # noqa: B009
+    return passages(teacher, docstring_sentences())[0][:64]
+
+
+def mixed_int8(teacher: torch.nn.Module, ids: torch.Tensor, work: str, seq: int) -> tuple[dict[str, Path], dict]:
+    """Session 7: the widest GELU channel of each feed-forward output projection in fp32 (``split_outliers=1``), the
+    embeddings' tables fp32, then projections by measured sensitivity until the mean cosine on the calibration
+    texts reaches 0.995 (``ds_mixed_int8``); plus the frontier: the same file with the first 0-3 projections of the
+    sensitivity order in fp32 (``ds_split_f0`` .. ``ds_split_f3``)."""
+    model, checks = IdsOnly(teacher), [(ids[i : i + 32],) for i in range(0, len(ids), 32)]
+
+    def build(name: str, config: FusedInt8Config) -> ds.export.FusedInt8Result:
+        return export_fused_int8(model, Path(work) / f"{name}-{seq}.onnx", example_input=(ids[:2],),
+                                 check_inputs=checks, num_heads=12, hidden_size=384, config=config)  # fmt: skip
+
+    emb = ("model.encoder.embeddings",)
+    c0 = time.process_time()
+    best = build("ds_mixed_int8", FusedInt8Config(float_layers=emb, split_outliers=1, min_cosine=0.995, max_float=5))
+    info: dict[str, Any] = {"config": best.config.to_dict() if best.config else None, "split": best.split_channels,
+                            "attempts": best.attempts, "sensitivity": best.sensitivity,
+                            "cpu_s": round(time.process_time() - c0, 1)}  # fmt: skip
+    files = {"ds_mixed_int8": best.path}
+    order = [r["layer"] for r in best.sensitivity if r["gain"] > 0]
+    for n in range(4):
+        r = build(f"ds_split_f{n}", FusedInt8Config(float_layers=emb + tuple(order[:n]), split_outliers=1))
+        files[f"ds_split_f{n}"] = r.path
+        info[f"ds_split_f{n}"] = {"float_layers": list(emb + tuple(order[:n])), "check_cosine": r.cosine_mean}
+    return files, info
+
+
 def measure(files: dict[str, Path], data: ds.DataBundle, seq: int, args: argparse.Namespace) -> list[dict]:
     """Fidelity of each ONNX file's embeddings to the fp32 file's, and latency interleaved at batch 1 and 32."""
     rows = []
@@ -300,6 +342,8 @@ def measure(files: dict[str, Path], data: ds.DataBundle, seq: int, args: argpars
     ref = ort_embed(files["ort_fp32"], ids)
     fid = {name: embedding_fidelity(ort_embed(path, ids), ref, pairs=data.info["pairs"])
            for name, path in files.items()}  # fmt: skip
+    fid1 = {name: embedding_fidelity(ort_embed(path, ids, batch=1), ref, pairs=data.info["pairs"])
+            for name, path in files.items() if "int8" in name or name.startswith("ds_split")}  # fmt: skip
     for batch in BATCHES:
         times = ds.interleave(dict(files), example_input=speed_ids(batch, seq), threads=THREADS,
                               rounds=args.rounds if batch == 1 else max(2, args.rounds // 2),
@@ -308,7 +352,8 @@ def measure(files: dict[str, Path], data: ds.DataBundle, seq: int, args: argpars
         for name in files:
             rows.append({"seq": seq, "batch": batch, "variant": name, "median_ms": round(times[name].median_ms, 3),
                          "speedup_vs_ort_fp32": round(base / times[name].median_ms, 3),
-                         "fidelity": {k: round(v, 4) for k, v in fid[name].items()}})  # fmt: skip
+                         "fidelity": {k: round(v, 4) for k, v in fid[name].items()},
+                         "fidelity_b1": {k: round(v, 4) for k, v in fid1.get(name, {}).items()}})  # fmt: skip
     return rows
 
 
@@ -319,10 +364,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--wall", type=float, default=None,
                         help="also stop each distillation after this many wall seconds (it still anneals)")
+    parser.add_argument("--student-relation", type=float, default=0.0,
+                        help="MiniLM attention/value-relation transfer weight for the 3-layer student (0: off)")
     parser.add_argument("--distill-only", action="store_true",
                         help="distil (and report PyTorch fidelity), save the students, skip the ONNX measurement")
     parser.add_argument("--variants", default="ort_opt_int8,ds_fused_int8,tome,prune,student3,heads",
-                        help="comma-separated: ort_opt_int8, ds_fused_int8, ds_fused_int8_all, tome, prune, tome_kd, "
+                        help="comma-separated: ort_opt_int8, ds_fused_int8, ds_fused_int8_all, ds_mixed_int8, tome, "
+                             "prune, tome_kd, tome_big (tome_kd's r without distillation), "
                              "student3, heads (ort_fp32 always)")  # fmt: skip
     for what, cpu, lr in (("heads", 600, 1.5e-4), ("student", 900, 2e-4), ("tome", 900, 1e-4)):
         parser.add_argument(f"--{what}-cpu", type=float, default=cpu, help=f"distillation CPU seconds ({what})")
@@ -337,9 +385,11 @@ def main() -> None:
     tmp.replace(args.json)
     for row in result["rows"]:
         f = row["fidelity"]
-        print(f"seq {row['seq']:3d} batch {row['batch']:2d} {row['variant']:13s} {row['median_ms']:9.2f} ms "
+        f1 = row.get("fidelity_b1") or {}
+        b1 = f" | b1 cos {f1['cosine_mean']:.4f}/{f1['cosine_min']:.4f} nn {f1['nn_agreement']:.3f}" if f1 else ""
+        print(f"seq {row['seq']:3d} batch {row['batch']:2d} {row['variant']:17s} {row['median_ms']:9.2f} ms "
               f"x{row['speedup_vs_ort_fp32']:.2f}  cos {f['cosine_mean']:.4f}/{f['cosine_min']:.4f} "
-              f"nn {f['nn_agreement']:.3f} rho {f['spearman']:.3f} para {f['paraphrase_accuracy']:.3f}")
+              f"nn {f['nn_agreement']:.3f} rho {f['spearman']:.3f} para {f['paraphrase_accuracy']:.3f}{b1}")
     for key in ("student3", "heads", "tome_kd"):
         if key in result:
             print(f"{key}:", json.dumps(result[key]))

@@ -30,7 +30,9 @@ import torch
 from torch import nn
 
 from deepslim._io import atomic_path
-from deepslim.errors import ExportError
+from deepslim.errors import ConfigError, ExportError
+from deepslim.export import _mixed_int8 as mixed
+from deepslim.export._mixed_int8 import FusedInt8Config
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +48,9 @@ class FusedInt8Result:
     cosine_min: float = 0.0
     attempts: list[dict[str, Any]] = field(default_factory=list)
     smoothed: int = 0  # feed-forward output projections with SmoothQuant scaling
+    config: FusedInt8Config | None = None  # what was chosen (float_layers, no search): export it again with this
+    split_channels: dict[str, list[int]] = field(default_factory=dict)  # outlier channels in fp32, by projection
+    sensitivity: list[dict[str, Any]] = field(default_factory=list)  # per projection: cosine with only it in fp32
 
 
 def _export_fp32(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, names: list[str]) -> None:
@@ -155,54 +160,123 @@ def _cosines(got: np.ndarray, ref: np.ndarray) -> np.ndarray:
     return num / np.maximum(np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1), 1e-12)
 
 
+Feeds = list[dict[str, np.ndarray]]
+
+
+def _legacy(config: FusedInt8Config | None, min_cosine: float | None, keep_float: int | None,
+            smooth: float | None) -> FusedInt8Config:  # fmt: skip
+    """The config, or one built from the keyword arguments of sessions 4–6 (ffn_first order, their defaults)."""
+    if config is not None:
+        if (min_cosine, keep_float, smooth) != (None, None, None):
+            raise ConfigError("pass either config=FusedInt8Config(...) or min_cosine/keep_float/smooth, not both")
+        return config
+    return FusedInt8Config(min_cosine=0.995 if min_cosine is None else min_cosine, select="ffn_first",
+                           max_float=6 if keep_float is None else keep_float, smooth=smooth or 0.0)  # fmt: skip
+
+
+class _Trials:
+    """Quantize the prepared fp32 graph with a set of projections left fp32, and score it against PyTorch."""
+
+    def __init__(self, fused: Path, work: Path, feeds: Feeds, ref: np.ndarray):
+        self.fused, self.work, self.feeds, self.ref = fused, work, feeds, ref
+        self.layers = mixed.layer_nodes(fused)
+        self.keep = mixed.outlier_nodes(fused)  # the outlier path is fp32 by construction
+        self.attempts: list[dict[str, Any]] = []
+
+    def score(self, float_layers: list[str], record: bool = True) -> tuple[Path, np.ndarray]:
+        trial = self.work / f"int8-{len(self.attempts)}-{len(float_layers)}.onnx"
+        _quantize(self.fused, trial, [self.layers[n] for n in float_layers] + self.keep)
+        cos = _cosines(_run(trial, self.feeds), self.ref)
+        if record:
+            self.attempts.append({"float_layers": list(float_layers), "float_nodes": [self.layers[n] for n in
+                                  float_layers], "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())})
+            log.info("fused int8 with %d fp32 projections: cosine mean %.4f min %.4f", len(float_layers), cos.mean(),
+                     cos.min())  # fmt: skip
+        return trial, cos
+
+    def order(self, select: str, chosen: list[str], base: float) -> tuple[list[str], list[dict[str, Any]]]:
+        """The projections to add, best first: by sensitivity (cosine gained with only it fp32, per fp32 weight
+        element) or the feed-forward output projections in graph order."""
+        rest = [n for n in self.layers if n not in chosen]
+        if select == "ffn_first":
+            ffn = set(_ffn_outputs(self.fused))
+            return [n for n in rest if self.layers[n] in ffn], []
+        sizes = mixed.weight_sizes(self.fused, self.layers)
+        table: list[dict[str, Any]] = []
+        for name in rest:
+            cos = self.score([*chosen, name], record=False)[1]
+            gain = float(cos.mean()) - base
+            table.append({"layer": name, "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
+                          "gain": gain, "weights": sizes[name], "gain_per_mweight": gain / sizes[name] * 1e6})
+        table.sort(key=lambda r: -r["gain_per_mweight"])
+        return [r["layer"] for r in table if r["gain"] > 0], table
+
+
+def _prepare(model: nn.Module, example_input: tuple[torch.Tensor, ...], names: list[str], work: Path,
+             heads_width: tuple[int, int], config: FusedInt8Config,
+             calib: Feeds) -> tuple[Path, dict[str, int], int, dict[str, list[int]]]:  # fmt: skip
+    """The fp32 graph the int8 file is made from: exported, fused, optionally smoothed and outlier-split."""
+    fp32, fused = work / "fp32.onnx", work / "fused.onnx"
+    _export_fp32(model, example_input, fp32, names)
+    fused_ops = _fuse(fp32, fused, *heads_width)
+    if not fused_ops.get("Attention"):
+        raise ExportError(f"ONNX Runtime's transformer optimizer fused no attention in {type(model).__name__} "
+                          f"(fused: {fused_ops}); this export is for BERT-style encoders")  # fmt: skip
+    smoothed = _smooth(fused, work / "smoothed.onnx", calib, config.smooth) if config.smooth > 0 else 0
+    if smoothed:
+        fused = work / "smoothed.onnx"
+    split = mixed.split_outliers(fused, work / "split.onnx", calib, config.split_outliers)
+    return (work / "split.onnx" if split else fused), fused_ops, smoothed, split
+
+
 def export_fused_int8(model: nn.Module, path: str | os.PathLike[str], *, example_input: tuple[torch.Tensor, ...],
-                      check_inputs: list[tuple[torch.Tensor, ...]] | None = None, num_heads: int = 0,
-                      hidden_size: int = 0, min_cosine: float = 0.995, keep_float: int = 6, smooth: float = 0.0,
+                      check_inputs: list[tuple[torch.Tensor, ...]] | None = None,
+                      calib_inputs: list[tuple[torch.Tensor, ...]] | None = None, num_heads: int = 0,
+                      hidden_size: int = 0, config: FusedInt8Config | None = None, min_cosine: float | None = None,
+                      keep_float: int | None = None, smooth: float | None = None,
                       input_names: list[str] | None = None) -> FusedInt8Result:  # fmt: skip
     """Write ``model`` (a BERT-style encoder) as a fused, per-channel dynamic int8 ONNX file at ``path``.
 
     ``example_input``: the inputs the export traces (``(input_ids, attention_mask)``); ``check_inputs``: batches
-    on which ONNX Runtime is compared with PyTorch (default: the example). ``num_heads``/``hidden_size`` 0: from the
-    Hugging Face config of a :class:`~deepslim.models.hf.SentenceEncoder`, else ORT reads them off the graph.
-    Feed-forward output projections stay fp32, first layer first, up to ``keep_float`` of them, until the mean cosine
-    to PyTorch reaches ``min_cosine``; an ExportError if it never does. ``smooth`` (alpha in (0, 1], 0: off):
-    SmoothQuant of those projections first (:func:`_smooth`, activation ranges measured on ``check_inputs``). Off
-    by default: on all-MiniLM-L6-v2 alpha 0.5 lowered the all-int8 mean cosine from 0.9930 to 0.9853 (sequence 32;
-    ONNX Runtime's dynamic int8 of these MatMuls then pays for the widened weight rows).
+    on which ONNX Runtime is compared with PyTorch (default: the example); ``calib_inputs``: batches for the
+    activation statistics of outlier splitting and SmoothQuant (default: the check inputs). ``num_heads`` /
+    ``hidden_size`` 0: from the Hugging Face config of a :class:`~deepslim.models.hf.SentenceEncoder`.
+    ``config`` (:class:`FusedInt8Config`) says what stays fp32; without it, ``min_cosine`` (0.995), ``keep_float``
+    (6) and ``smooth`` (0) keep sessions 4–6's behaviour: feed-forward output projections in fp32, first layer
+    first, until the mean cosine reaches ``min_cosine``. A target never reached is an ExportError and no file.
+    The result's ``config`` holds the chosen set (no search): exporting with it writes the same graph.
     """
+    config = _legacy(config, min_cosine, keep_float, smooth)
     default = ["input_ids", "attention_mask"] if len(example_input) <= 2 else [f"input_{i}" for i in range(9)]
     names = input_names or default[: len(example_input)]
-    config = getattr(getattr(model, "encoder", model), "config", None)  # a Hugging Face encoder's: heads, width
-    num_heads = num_heads or int(getattr(config, "num_attention_heads", 0))
-    hidden_size = hidden_size or int(getattr(config, "hidden_size", 0))
-    checks = check_inputs or [example_input]
-    feeds = [{n: t.numpy() for n, t in zip(names, x, strict=True)} for x in checks]
+    hf = getattr(getattr(model, "encoder", model), "config", None)  # a Hugging Face encoder's: heads, width
+    heads_width = (num_heads or int(getattr(hf, "num_attention_heads", 0)), hidden_size or int(getattr(hf,
+                   "hidden_size", 0)))  # fmt: skip
+    feeds = [{n: t.numpy() for n, t in zip(names, x, strict=True)} for x in (check_inputs or [example_input])]
+    calib = [{n: t.numpy() for n, t in zip(names, x, strict=True)} for x in calib_inputs] if calib_inputs else feeds
     with torch.no_grad():
-        ref = torch.cat([model.eval()(*x) for x in checks]).numpy()
-    with tempfile.TemporaryDirectory() as work:
-        fp32, fused = Path(work) / "fp32.onnx", Path(work) / "fused.onnx"
-        _export_fp32(model, example_input, fp32, names)
-        fused_ops = _fuse(fp32, fused, num_heads, hidden_size)
-        if not fused_ops.get("Attention"):
-            raise ExportError(f"ONNX Runtime's transformer optimizer fused no attention in {type(model).__name__} "
-                              f"(fused: {fused_ops}); this export is for BERT-style encoders")  # fmt: skip
-        smoothed = _smooth(fused, Path(work) / "smoothed.onnx", feeds, smooth) if smooth > 0 else 0
-        if smoothed:
-            fused = Path(work) / "smoothed.onnx"
-        candidates = _ffn_outputs(fused)[:keep_float]
-        attempts: list[dict[str, Any]] = []
-        for n_float in range(len(candidates) + 1):
-            exclude = candidates[:n_float]
-            trial = Path(work) / f"int8-{n_float}.onnx"
-            _quantize(fused, trial, exclude)
-            cos = _cosines(_run(trial, feeds), ref)
-            attempts.append({"float_nodes": exclude, "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min())})
-            log.info("fused int8 with %d fp32 projections: cosine mean %.4f min %.4f", n_float, cos.mean(), cos.min())
-            if cos.mean() >= min_cosine:
-                with atomic_path(path) as tmp:
-                    tmp.write_bytes(trial.read_bytes())
-                return FusedInt8Result(Path(path), fused_ops, tuple(exclude), float(cos.mean()), float(cos.min()),
-                                       attempts, smoothed)  # fmt: skip
-    best = max(attempts, key=lambda a: a["cosine_mean"])
-    raise ExportError(f"fused int8 reaches mean cosine {best['cosine_mean']:.4f} < {min_cosine} even with "
-                      f"{len(best['float_nodes'])} projections in fp32; lower min_cosine or raise keep_float")
+        ref = torch.cat([model.eval()(*x) for x in (check_inputs or [example_input])]).numpy()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        fused, fused_ops, smoothed, split = _prepare(model, example_input, names, work, heads_width, config, calib)
+        trials = _Trials(fused, work, feeds, ref)
+        chosen = mixed.resolve(config.float_layers, trials.layers)
+        trial, cos = trials.score(chosen)
+        table: list[dict[str, Any]] = []
+        if cos.mean() < config.min_cosine:
+            order, table = trials.order(config.select, chosen, float(cos.mean()))
+            for name in order[: max(0, config.max_float - len(chosen))]:
+                chosen.append(name)
+                trial, cos = trials.score(chosen)
+                if cos.mean() >= config.min_cosine:
+                    break
+        if cos.mean() < config.min_cosine:
+            best = max(trials.attempts, key=lambda a: a["cosine_mean"])
+            raise ExportError(f"fused int8 reaches mean cosine {best['cosine_mean']:.4f} < {config.min_cosine} even "
+                              f"with {len(best['float_nodes'])} projections in fp32; lower min_cosine, raise "
+                              f"max_float (keep_float) or split outlier channels")  # fmt: skip
+        with atomic_path(path) as out:
+            out.write_bytes(trial.read_bytes())
+    chosen_config = FusedInt8Config(**{**config.to_dict(), "float_layers": tuple(chosen), "min_cosine": 0.0})
+    return FusedInt8Result(Path(path), fused_ops, tuple(trials.layers[n] for n in chosen), float(cos.mean()),
+                           float(cos.min()), trials.attempts, smoothed, chosen_config, split, table)  # fmt: skip

@@ -13,6 +13,7 @@ stopped by its budget has annealed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -41,7 +42,8 @@ class EncoderKDConfig(Config):
     for each student layer, the teacher layer whose output it learns (None: the same index when the depths match,
     else evenly spaced ending at the last layer). ``warmup`` is the share of the budget with a linear warm-up.
     ``dropout``: keep the student's dropout active while it learns (off by default: the target is the teacher's
-    deterministic function, and noise slows a short run down).
+    deterministic function, and noise slows a short run down). ``relation_weight`` > 0 adds MiniLM's
+    self-attention and value-relation transfer of the last layer (:func:`relation_loss`; 0: off).
     """
 
     lr: float = 1e-4
@@ -54,6 +56,7 @@ class EncoderKDConfig(Config):
     warmup: float = 0.05
     weight_decay: float = 0.01
     dropout: bool = False
+    relation_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -66,6 +69,8 @@ class EncoderKDConfig(Config):
             raise ConfigError(f"steps must be at least 1, got {self.steps}")
         if not self.lr > 0 or self.batch_size < 1 or self.hidden_weight < 0 or not 0 <= self.warmup < 1:
             raise ConfigError("lr must be positive, batch_size >= 1, hidden_weight >= 0 and warmup in [0, 1)")
+        if not self.relation_weight >= 0:
+            raise ConfigError(f"relation_weight must be >= 0 (0: off), got {self.relation_weight}")
         if self.layer_map is not None:
             object.__setattr__(self, "layer_map", tuple(int(i) for i in self.layer_map))
 
@@ -115,6 +120,55 @@ def _loss(s: Sequence[torch.Tensor], t: Sequence[torch.Tensor], mapping: Sequenc
     return emb + hidden_weight * hidden, float(emb.detach())
 
 
+class LastAttention:
+    """Captures the query, key and value projections of an encoder's last layer during a forward pass (the inputs of
+    MiniLM's relation transfer), whatever attention implementation runs."""
+
+    def __init__(self, encoder: Any):
+        self.attn = encoder.encoder.layer[-1].attention.self
+        self.out: dict[str, torch.Tensor] = {}
+        self.handles: list[Any] = []
+
+    def __enter__(self) -> LastAttention:
+        for name in ("query", "key", "value"):
+            hook = (lambda n: lambda _m, _i, y: self.out.__setitem__(n, y))(name)
+            self.handles.append(getattr(self.attn, name).register_forward_hook(hook))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for h in self.handles:
+            h.remove()
+
+    @property
+    def heads(self) -> int:
+        return int(self.out["query"].shape[-1] // self.attn.attention_head_size)
+
+
+def _log_relation(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor, heads: int) -> torch.Tensor:
+    """log softmax over keys of the scaled per-head products of x and y (B, T, H) -> (B, heads, T, T), padded keys
+    masked out."""
+    b, t, h = x.shape
+    xs, ys = (z.view(b, t, heads, h // heads).transpose(1, 2) for z in (x, y))
+    scores = xs @ ys.transpose(-1, -2) / math.sqrt(h // heads)
+    return torch.log_softmax(scores.masked_fill(mask[:, None, None, :] == 0, -1e4), dim=-1)
+
+
+def relation_loss(s: dict[str, torch.Tensor], t: dict[str, torch.Tensor], mask: torch.Tensor, s_heads: int,
+                  t_heads: int) -> torch.Tensor:  # fmt: skip
+    """MiniLM's deep self-attention transfer (Wang et al., NeurIPS 2020): KL(teacher || student) of the last
+    layer's attention distributions (query-key) plus that of its value relations (value-value), averaged over the
+    real query tokens. Both are T × T per head, so the student's width may differ from the teacher's."""
+    total = torch.zeros(())
+    for a, b in (("query", "key"), ("value", "value")):
+        lt = _log_relation(t[a], t[b], mask, t_heads)
+        ls = _log_relation(s[a], s[b], mask, s_heads)
+        if lt.shape != ls.shape:
+            raise ConfigError(f"relation transfer needs as many heads in the student as in the teacher ({t_heads})")
+        kl = (lt.exp() * (lt - ls)).sum(-1)  # (B, heads, T)
+        total = total + (kl * mask[:, None, :]).sum() / (mask.sum() * kl.shape[1]).clamp_min(1)
+    return total
+
+
 def spent_share(config: EncoderKDConfig, cpu: float, wall: float, step: int) -> float:
     """The share of the budget used: the largest of CPU time, wall time and steps over their bounds."""
     shares = [cpu / config.cpu_seconds if config.cpu_seconds else 0.0, wall / config.wall_seconds if
@@ -148,13 +202,19 @@ def distill_encoder(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, m
         for group in opt.param_groups:
             group["lr"] = config.lr * scale
         b_ids, b_mask = next(batches)
-        with torch.no_grad():
+        relate = config.relation_weight > 0 and not reduced
+        with torch.no_grad(), LastAttention(t_enc) if relate else contextlib.nullcontext() as t_rel:
             t = _states(t_enc, b_ids, b_mask)
         if reduced:
             loss = 1.0 - F.cosine_similarity(student(b_ids, b_mask), mean_pool(t[-1], b_mask), dim=-1).mean()
             emb = float(loss.detach())
         else:
-            loss, emb = _loss(_states(s_enc, b_ids, b_mask), t, mapping, b_mask, config.hidden_weight)
+            with LastAttention(s_enc) if relate else contextlib.nullcontext() as s_rel:
+                s_states = _states(s_enc, b_ids, b_mask)
+            loss, emb = _loss(s_states, t, mapping, b_mask, config.hidden_weight)
+            if s_rel is not None and t_rel is not None:
+                loss = loss + config.relation_weight * relation_loss(s_rel.out, t_rel.out, b_mask.to(loss.dtype),
+                                                                     s_rel.heads, t_rel.heads)  # fmt: skip
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

@@ -1,0 +1,211 @@
+"""Mixed precision for the fused int8 encoder: which projections stay fp32, chosen by measured sensitivity, and the
+outlier channels of the feed-forward output projections split off into a small fp32 path.
+
+ONNX Runtime's dynamic int8 quantizes each MatMul's input per tensor at run time: one wide channel sets the step
+for all the others. In BERT-style encoders the input of the feed-forward output projection (a GELU output) has one
+or two such channels per layer (all-MiniLM-L6-v2, 220 sentences: layer 0's widest channel reaches 24.7 while the
+median channel's maximum is 1.5), so every other channel is rounded to a 16× coarser grid than it needs.
+:func:`split_outliers` computes those few channels in fp32 — their columns of the up projection, their GELU and
+their rows of the down projection, added back before the residual — and leaves the int8 MatMuls one channel
+narrower: the same fp32 function, a much finer int8 grid, four small nodes per layer instead of a whole fp32 MatMul
+(LLM.int8()'s decomposition, Dettmers et al., NeurIPS 2022, with the outlier channels fixed at export time).
+
+Projections kept in fp32 are named by their PyTorch module (``…layer.0.output.dense``; the fused attention's
+query/key/value projections by ``…layer.0.attention.self``), so a chosen set is plain config that round-trips
+through JSON (:class:`FusedInt8Config`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from deepslim.config import Config
+from deepslim.errors import ConfigError
+
+_QUANTIZABLE = ("MatMul", "Attention")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FusedInt8Config(Config):
+    """What stays fp32 in :func:`~deepslim.export.export_fused_int8`'s file.
+
+    ``float_layers``: module names (or ``re:`` patterns) of projections kept fp32, bit for bit the fp32 graph's.
+    ``min_cosine`` > 0 adds more, in the order ``select`` gives, until the mean cosine to PyTorch on the check
+    inputs reaches it (at most ``max_float`` in all; an ExportError if it never does): ``"sensitivity"`` measures,
+    for every projection, the cosine with only it in fp32 and takes the largest gain per fp32 weight first (a
+    projection's fp32 cost grows with its weight); ``"ffn_first"``: the feed-forward output projections, first
+    layer first (sessions 4–5). ``split_outliers``: this many widest input channels of every feed-forward output
+    projection go to a small fp32 path (:func:`split_outliers`; 0: off). ``smooth``: SmoothQuant alpha of those
+    projections (0: off; it lowered fidelity on all-MiniLM-L6-v2).
+    """
+
+    float_layers: tuple[str, ...] = ()
+    min_cosine: float = 0.0
+    max_float: int = 6
+    select: str = "sensitivity"
+    split_outliers: int = 0
+    smooth: float = 0.0
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "float_layers", tuple(self.float_layers))
+        if not self.min_cosine >= 0.0:  # above 1 is allowed and unreachable: the export then says so
+            raise ConfigError(f"min_cosine must be >= 0 (0: no search), got {self.min_cosine}")
+        if self.max_float < 0 or self.split_outliers < 0:
+            raise ConfigError("max_float and split_outliers must be >= 0")
+        if self.select not in ("sensitivity", "ffn_first"):
+            raise ConfigError(f"select must be 'sensitivity' or 'ffn_first', got {self.select!r}")
+        if not 0.0 <= self.smooth <= 1.0:
+            raise ConfigError(f"smooth (SmoothQuant alpha) must be in [0, 1], got {self.smooth}")
+        for p in self.float_layers:
+            if p.startswith("re:"):
+                try:
+                    re.compile(p[3:])
+                except re.error as exc:
+                    raise ConfigError(f"float_layers pattern {p!r} is not a valid regular expression: {exc}") from None
+
+
+def _module_of(node_name: str) -> str:
+    """'/model/encoder/layer.0/output/dense/MatMul' -> 'model.encoder.layer.0.output.dense' (TorchScript's scope)."""
+    parts = [p for p in node_name.split("/") if p]
+    return ".".join(parts[:-1]) if len(parts) > 1 else node_name
+
+
+def layer_nodes(fused: Path) -> dict[str, str]:
+    """The quantizable nodes of a fused graph by PyTorch module name, in graph order: each MatMul with a constant
+    weight by its module, each fused Attention by its self-attention module (the parent of the output projection
+    that reads it, + ``.self``), the fused embeddings (whose tables ONNX Runtime's quantizer also makes int8) by
+    the embeddings module. Nodes of the outlier path are not listed (they always stay fp32)."""
+    import onnx
+
+    graph = onnx.load(str(fused), load_external_data=False).graph
+    inits = {i.name for i in graph.initializer}
+    readers: dict[str, list[str]] = {}
+    for n in graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n.name)
+    out: dict[str, str] = {}
+    for n in graph.node:
+        if n.op_type == "MatMul" and len(n.input) == 2 and n.input[1] in inits and "_outlier" not in n.name:
+            out[_module_of(n.name)] = n.name
+        elif n.op_type == "Attention":
+            reader = next((r for r in readers.get(n.output[0], []) if r.endswith("/MatMul")), None)
+            parent = _module_of(reader).rsplit(".", 2)[0] if reader else ""
+            out[f"{parent}.self" if parent else n.name] = n.name
+        elif n.op_type == "EmbedLayerNormalization" and len(n.input) > 2:  # ORT quantizes its tables too
+            table = n.input[2]
+            out[table.rsplit(".", 2)[0] if table.endswith(".word_embeddings.weight") else n.name] = n.name
+    return out
+
+
+def resolve(patterns: tuple[str, ...], layers: dict[str, str]) -> list[str]:
+    """Module names matching ``patterns`` (exact or ``re:``), in graph order; a pattern matching nothing is a
+    ConfigError that lists the names there are."""
+    from deepslim.config import matches
+
+    for p in patterns:
+        if not any(matches(p, name) for name in layers):
+            raise ConfigError(f"float_layers entry {p!r} matches no quantizable projection; there are: "
+                              f"{', '.join(layers)}")  # fmt: skip
+    return [name for name in layers if any(matches(p, name) for p in patterns)]
+
+
+def _weight_size(graph: Any, node_name: str) -> int:
+    inits = {i.name: i for i in graph.initializer}
+    node = next(n for n in graph.node if n.name == node_name)
+    if node.op_type == "EmbedLayerNormalization":
+        return 1  # table lookups: fp32 costs no time
+    return int(np.prod(inits[node.input[1]].dims)) if node.input[1] in inits else 1
+
+
+def weight_sizes(fused: Path, layers: dict[str, str]) -> dict[str, int]:
+    """Elements of each projection's weight: what keeping it fp32 costs, roughly, in time (1 for the embeddings'
+    lookup tables, which cost none)."""
+    import onnx
+
+    graph = onnx.load(str(fused), load_external_data=False).graph
+    return {name: _weight_size(graph, node) for name, node in layers.items()}
+
+
+def _gelu_readers(graph: Any) -> list[tuple[Any, Any, Any]]:
+    """(up projection MatMul, BiasGelu, down projection MatMul) of every feed-forward block of a fused graph."""
+    inits = {i.name for i in graph.initializer}
+    by_out = {o: n for n in graph.node for o in n.output}
+    found = []
+    for down in graph.node:
+        act = by_out.get(down.input[0]) if down.op_type == "MatMul" else None
+        if act is None or act.op_type != "BiasGelu" or down.input[1] not in inits:
+            continue
+        up = by_out.get(act.input[0])
+        if up is not None and up.op_type == "MatMul" and up.input[1] in inits and act.input[1] in inits:
+            found.append((up, act, down))
+    return found
+
+
+def split_outliers(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k: int) -> dict[str, list[int]]:
+    """Write ``fused`` to ``out`` with the ``k`` widest input channels of every feed-forward output projection
+    (max |GELU output| over ``feeds``) computed in fp32 beside it: their up-projection columns and bias, their GELU
+    and their down-projection rows become nodes named ``…_outlier_*`` whose sum is added to the narrowed int8
+    projection's output. The fp32 function is unchanged (up to summation order). Returns the channels split, by the
+    down projection's module name."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from deepslim.export._torchscript import _channel_max
+
+    model = onnx.load(str(fused))
+    graph = model.graph
+    triples = _gelu_readers(graph)
+    if k <= 0 or not triples:
+        onnx.save(model, str(out))
+        return {}
+    inits = {i.name: i for i in graph.initializer}
+    stats = _channel_max(fused, [act.output[0] for _, act, _ in triples], feeds)
+    added: dict[str, list[Any]] = {}
+    split: dict[str, list[int]] = {}
+    for up, act, down in triples:
+        w1, b1 = numpy_helper.to_array(inits[up.input[1]]), numpy_helper.to_array(inits[act.input[1]])
+        w2 = numpy_helper.to_array(inits[down.input[1]])
+        channels = np.sort(np.argsort(-stats[act.output[0]], kind="stable")[:k])
+        rest = np.setdiff1d(np.arange(w1.shape[1]), channels)
+        tag = down.name
+        for name, value in ((f"{tag}_split_w1", w1[:, rest]), (f"{tag}_split_b1", b1[rest]),
+                            (f"{tag}_split_w2", w2[rest]), (f"{tag}_outlier_w1", w1[:, channels]),
+                            (f"{tag}_outlier_b1", b1[channels]), (f"{tag}_outlier_w2", w2[channels])):  # fmt: skip
+            graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value, dtype=np.float32), name))
+        up.input[1], act.input[1], down.input[1] = f"{tag}_split_w1", f"{tag}_split_b1", f"{tag}_split_w2"
+        result = down.output[0]
+        down.output[0] = f"{result}_int8_part"
+        added[down.name] = [
+            helper.make_node("MatMul", [up.input[0], f"{tag}_outlier_w1"], [f"{tag}_outlier_h"],
+                             name=f"{tag}_outlier_up"),  # fmt: skip
+            helper.make_node("BiasGelu", [f"{tag}_outlier_h", f"{tag}_outlier_b1"], [f"{tag}_outlier_g"],
+                             name=f"{tag}_outlier_gelu", domain=act.domain),  # fmt: skip
+            helper.make_node("MatMul", [f"{tag}_outlier_g", f"{tag}_outlier_w2"], [f"{tag}_outlier_y"],
+                             name=f"{tag}_outlier_down"),  # fmt: skip
+            helper.make_node("Add", [down.output[0], f"{tag}_outlier_y"], [result], name=f"{tag}_outlier_add"),
+        ]
+        split[_module_of(down.name)] = [int(c) for c in channels]
+    nodes = []
+    for node in graph.node:
+        nodes.append(node)
+        nodes.extend(added.get(node.name, []))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    used = {i for n in graph.node for i in n.input}
+    keep = [i for i in graph.initializer if i.name in used]
+    del graph.initializer[:]
+    graph.initializer.extend(keep)
+    onnx.save(model, str(out))
+    return split
+
+
+def outlier_nodes(path: Path) -> list[str]:
+    """The nodes of the fp32 outlier path (they must stay fp32: the quantizer is told to leave them)."""
+    import onnx
+
+    return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if "_outlier_" in n.name]

@@ -1,0 +1,139 @@
+"""Mixed precision in the fused int8 export: projections named by their PyTorch modules stay fp32 bit for bit, the
+chosen set round-trips through the config and reproduces the file, and splitting the widest GELU channel into an
+fp32 path keeps the fp32 function while making int8 closer to it."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from deepslim.errors import ConfigError
+from tests import _hf_models as hf
+from tests.export.test_torchscript_int8 import _batch, _tiny_encoder
+
+needs_hf = pytest.mark.skipif(not hf.available(), reason="transformers is not installed (pip install deepslim[hf])")
+FFN0 = "encoder.encoder.layer.0.output.dense"
+FFN0_NODE = "/encoder/encoder/layer.0/output/dense/MatMul"  # TorchScript's scope names
+
+
+def _outlier_model():
+    model = _tiny_encoder()
+    with torch.no_grad():  # one GELU channel of layer 0 far wider than the rest: what splitting is for
+        model.encoder.encoder.layer[0].intermediate.dense.bias[3] += 12.0
+    return model
+
+
+@pytest.fixture(scope="module")
+def fused(tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    from deepslim.export import _torchscript as ts
+
+    work = tmp_path_factory.mktemp("mixed")
+    model = _outlier_model()
+    ids, mask = _batch()
+    ts._export_fp32(model, (ids, mask), work / "fp32.onnx", ["input_ids", "attention_mask"])
+    ts._fuse(work / "fp32.onnx", work / "fused.onnx", 4, 32)
+    return model, work, [{"input_ids": ids.numpy(), "attention_mask": mask.numpy()}]
+
+
+def _export(model, path, config):
+    from deepslim.export._torchscript import export_fused_int8
+
+    return export_fused_int8(model, path, example_input=_batch(2), check_inputs=[_batch()], config=config)
+
+
+def _weights(path):
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(str(path)).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    return {n.name: (n.op_type, inits.get(n.input[1])) for n in graph.node if len(n.input) > 1}
+
+
+@needs_hf
+def test_layers_are_named_by_their_pytorch_modules_attention_by_its_self_module(fused):
+    from deepslim.export._mixed_int8 import layer_nodes
+
+    _, work, _ = fused
+    layers = layer_nodes(work / "fused.onnx")
+    layer0 = "encoder.encoder.layer.0."
+    assert list(layers)[1:5] == [layer0 + "attention.self", layer0 + "attention.output.dense",
+                                 layer0 + "intermediate.dense", FFN0]  # fmt: skip
+    assert len(layers) == 9 and layers["encoder.encoder.layer.1.attention.self"] == "Attention_1"
+    assert layers["encoder.embeddings"] == "EmbedLayerNormalization_0"  # its tables are quantized too
+
+
+@needs_hf
+def test_a_projection_kept_float_is_bit_identical_to_the_fp32_one(fused, tmp_path):
+    from deepslim.export._mixed_int8 import FusedInt8Config
+    from deepslim.export._torchscript import _run
+
+    model, work, feeds = fused
+    r = _export(model, tmp_path / "one.onnx", FusedInt8Config(float_layers=(FFN0,)))
+    node = FFN0_NODE
+    op, weight = _weights(tmp_path / "one.onnx")[node]
+    assert op == "MatMul" and r.float_nodes == (node,)
+    np.testing.assert_array_equal(weight, _weights(work / "fused.onnx")[node][1])
+    np.testing.assert_array_equal(weight, model.encoder.encoder.layer[0].output.dense.weight.detach().numpy().T)
+    assert sum(o in ("DynamicQuantizeMatMul", "MatMulInteger") for o, _ in _weights(tmp_path / "one.onnx").values())
+    everything = _export(model, tmp_path / "all.onnx", FusedInt8Config(float_layers=("re:.*",)))
+    assert len(everything.float_nodes) == 9  # every projection fp32: the very fp32 graph's outputs
+    np.testing.assert_array_equal(_run(tmp_path / "all.onnx", feeds), _run(work / "fused.onnx", feeds))
+
+
+@needs_hf
+def test_the_searched_set_round_trips_through_the_config_and_reproduces_the_file(fused, tmp_path):
+    from deepslim.export._mixed_int8 import FusedInt8Config
+    from deepslim.export._torchscript import _run
+
+    model, _, feeds = fused
+    base = _export(model, tmp_path / "base.onnx", FusedInt8Config())
+    one = _export(model, tmp_path / "one.onnx", FusedInt8Config(float_layers=(FFN0,)))  # the widened channel's
+    target = (base.cosine_mean + one.cosine_mean) / 2  # all int8 misses it: the search must keep some fp32
+    assert one.cosine_mean > base.cosine_mean
+    r = _export(model, tmp_path / "a.onnx", FusedInt8Config(min_cosine=target, max_float=9))
+    assert r.cosine_mean >= target and r.float_nodes and len(r.sensitivity) == 9
+    gains = [row["gain_per_mweight"] for row in r.sensitivity]
+    assert gains == sorted(gains, reverse=True)
+    assert list(r.config.float_layers) == [row["layer"] for row in r.sensitivity][: len(r.float_nodes)]
+    again = FusedInt8Config.from_dict(json.loads(json.dumps(r.config.to_dict())))
+    assert again == r.config and again.min_cosine == 0.0
+    rr = _export(model, tmp_path / "b.onnx", again)
+    assert rr.float_nodes == r.float_nodes and rr.cosine_mean == r.cosine_mean
+    np.testing.assert_array_equal(_run(tmp_path / "b.onnx", feeds), _run(tmp_path / "a.onnx", feeds))
+
+
+@needs_hf
+def test_splitting_the_widest_channel_keeps_the_fp32_function_and_helps_int8(fused, tmp_path):
+    from deepslim.export._mixed_int8 import FusedInt8Config, outlier_nodes, split_outliers
+    from deepslim.export._torchscript import _run
+
+    model, work, feeds = fused
+    split = split_outliers(work / "fused.onnx", tmp_path / "split.onnx", feeds, 1)
+    assert split[FFN0] == [3]  # the widened channel
+    assert len(outlier_nodes(tmp_path / "split.onnx")) == 8  # up, GELU, down, add per layer
+    np.testing.assert_allclose(_run(tmp_path / "split.onnx", feeds), _run(work / "fused.onnx", feeds), atol=1e-5)
+    plain = _export(model, tmp_path / "plain.onnx", FusedInt8Config())
+    r = _export(model, tmp_path / "s.onnx", FusedInt8Config(split_outliers=1))
+    assert r.split_channels == split and r.cosine_mean > plain.cosine_mean
+    kinds = {n: op for n, (op, _) in _weights(tmp_path / "s.onnx").items()}
+    assert kinds[f"{FFN0_NODE}_outlier_down"] == "MatMul"  # the outlier path stays fp32
+
+
+@needs_hf
+def test_bad_mixed_precision_settings_are_refused_with_what_to_do(fused, tmp_path):
+    from deepslim.export._mixed_int8 import FusedInt8Config
+    from deepslim.export._torchscript import export_fused_int8
+
+    model = fused[0]
+    with pytest.raises(ConfigError, match=r"matches no quantizable projection; there are: .*layer\.0\.output\.dense"):
+        _export(model, tmp_path / "x.onnx", FusedInt8Config(float_layers=("layer.9.output.dense",)))
+    assert not (tmp_path / "x.onnx").exists()
+    with pytest.raises(ConfigError, match="not both"):
+        export_fused_int8(model, tmp_path / "x.onnx", example_input=_batch(2), config=FusedInt8Config(), min_cosine=0.9)
+    with pytest.raises(ConfigError, match="select"):
+        FusedInt8Config(select="random")
+    with pytest.raises(ConfigError, match="float_layers"):
+        FusedInt8Config.from_dict({"float_layers": "layer.0"})
