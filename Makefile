@@ -55,11 +55,13 @@ bench: $(VENV)/.bench
 # tests reach which function; later runs reuse that from mutants/. MODULES narrows a run to dotted modules or packages
 # (make mutation MODULES=deepslim.compress.prune.masks); `$(BIN)/mutmut show NAME` prints a surviving mutant.
 # SAMPLE=N runs a seeded uniform random sample of N of those mutants instead (make mutation SAMPLE=400 SEED=0) and
-# prints the estimated score with its 95% interval and the survivors by module (tools/mutation_sample.py).
+# prints the estimated score with its 95% interval and the survivors by module (tools/mutation_sample.py); BATCH=100
+# runs it in slices of consecutive draws, each an unbiased stopping point.
 MODULES ?= deepslim.analysis deepslim.compress deepslim.export deepslim.train
 MUTATION_JOBS ?= 1
 SAMPLE ?=
 SEED ?= 0
+BATCH ?=
 
 mutation: $(VENV)/.mutation
 ifeq ($(SAMPLE),)
@@ -67,7 +69,7 @@ ifeq ($(SAMPLE),)
 	$(BIN)/mutmut results
 else
 	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/python tools/mutation_sample.py --sample $(SAMPLE) --seed $(SEED) \
-		--jobs $(MUTATION_JOBS) --modules $(MODULES)
+		--jobs $(MUTATION_JOBS) --modules $(MODULES) $(if $(BATCH),--batch $(BATCH))
 endif
 
 lint: install-test

@@ -12,7 +12,14 @@ What counts: killed and timed-out mutants are caught (mutmut's convention; also 
 counted separately -- mutmut runs the fastest mutants first, so an interrupted sample is biased toward them.
 
     python tools/mutation_sample.py --sample 400 --seed 0 [--jobs 1] [--modules deepslim.analysis ...]
+    python tools/mutation_sample.py --sample 400 --seed 0 --batch 100   # 4 runs of 100 consecutive draws
     python tools/mutation_sample.py --sample 400 --seed 0 --report   # tally an earlier (or interrupted) run
+
+Each mutant's tests run fastest first (mutmut stops at the first failure, so a killed mutant rarely reaches the slow
+tests). ``--batch B`` runs the draws in consecutive slices of B (``mutants/sample_order.txt``) and reports after
+each: the first k draws of a seed are its sample of k, so a run stopped between batches is a smaller uniform sample.
+``--skip-clean`` skips mutmut's clean run of the selected tests (most of the suite, ~15 min here), sound only right
+after its stats pass ran them all unmutated on the same sources and tests.
 
 Run it from the repository root (it reads ``[tool.mutmut]`` in pyproject.toml and works in ``mutants/``). It uses
 mutmut's generation functions directly (checked against mutmut 3.8): ``mutmut run`` has no "list only" mode.
@@ -29,6 +36,7 @@ import sys
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 CAUGHT = {"killed", "timeout", "segfault", "caught by type check"}  # segfault: mutmut's name for a SIGKILL
 MISSED = {"survived", "no tests"}
@@ -72,9 +80,16 @@ def population(names: list[str], modules: list[str]) -> list[str]:
     return pool
 
 
+def draw_order(pool: list[str], size: int, seed: int) -> list[str]:
+    """The seed's draws in the order drawn: the first k of a larger sample are the sample of k (for samples up to a
+    few thousand from a population of thousands, ``random.sample`` draws one index at a time), so a run in batches of
+    consecutive draws that stops between batches has run a smaller uniform sample."""
+    return random.Random(seed).sample(pool, min(size, len(pool)))
+
+
 def draw(pool: list[str], size: int, seed: int) -> list[str]:
     """A uniform sample without replacement, reproducible by seed."""
-    return sorted(random.Random(seed).sample(pool, min(size, len(pool))))
+    return sorted(draw_order(pool, size, seed))
 
 
 def wilson(caught: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -138,6 +153,36 @@ def summarize(sample: list[str], status: dict[str, str], *, seed: int, modules: 
                    survivors=dict(sorted(survivors.items())))  # fmt: skip
 
 
+def patch_mutmut(*, skip_clean: bool) -> None:
+    """Two speed-ups of ``mutmut run`` (3.8): each mutant's tests run fastest first by the durations mutmut
+    recorded (it runs them with ``-x``, so a killed mutant stops at its first failing test instead of after the slow
+    ones a set happened to put first); with ``skip_clean``, mutmut's clean run of every selected test is skipped --
+    only sound right after its stats pass ran them all unmutated, on the same sources and tests."""
+    from mutmut.state import state
+    from mutmut.workers import isolation
+
+    for runner in (isolation.ForkServerRunner, isolation.ForkRunner):
+        submit = runner.submit
+
+        def fastest_first(self: isolation.MutantRunner, name: str, tests: list[str], cpu_limit: int, estimated: float,
+                          _submit: Any = submit) -> None:  # fmt: skip
+            durations = state().duration_by_test
+            return _submit(self, name, sorted(tests, key=lambda t: (durations.get(t, 0.0), t)), cpu_limit, estimated)
+
+        runner.submit = fastest_first  # type: ignore[method-assign,assignment]
+        if skip_clean:
+            runner.run_clean_tests = lambda self, tests: 0  # type: ignore[method-assign]
+
+
+def run_mutmut(names: list[str], *, jobs: int, skip_clean: bool) -> None:
+    """``mutmut run --max-children JOBS NAMES`` in a child process, patched as :func:`patch_mutmut` says."""
+    code = ("import sys; sys.path.insert(0, sys.argv.pop(1)); import mutation_sample as m; "
+            "m.patch_mutmut(skip_clean=sys.argv.pop(1) == '1'); from mutmut.__main__ import cli; cli()")  # fmt: skip
+    argv = [sys.executable, "-c", code, str(Path(__file__).parent), "1" if skip_clean else "0", "run",
+            "--max-children", str(jobs), *names]  # fmt: skip
+    subprocess.run(argv, check=False)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sample", type=int, required=True, help="how many mutants to draw")
@@ -145,23 +190,34 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1, help="mutmut --max-children")
     parser.add_argument("--modules", nargs="+", default=list(CORE), help="dotted module or package prefixes")
     parser.add_argument("--report", action="store_true", help="only tally the sample's results from mutants/")
+    parser.add_argument("--batch", type=int, default=0,
+                        help="run the sample in batches of this many consecutive draws (an unbiased stopping point)")
+    parser.add_argument("--skip-clean", action="store_true",
+                        help="skip mutmut's clean run (only right after its stats pass, on unchanged sources)")
     args = parser.parse_args()
-    if args.sample < 1:
-        raise SystemExit("--sample must be at least 1")
+    if args.sample < 1 or args.batch < 0:
+        raise SystemExit("--sample must be at least 1 and --batch at least 0")
     if not args.report:
         generate()
     status = statuses()
     modules = [m.removesuffix(".*").removesuffix("*").rstrip(".") for m in args.modules]
     pool = population(list(status), modules)
-    sample = draw(pool, args.sample, args.seed)
+    order = draw_order(pool, args.sample, args.seed)
+    sample = sorted(order)
     Path("mutants/sample.txt").write_text("\n".join(sample) + "\n")
-    if not args.report:
-        mutmut = str(Path(sys.executable).with_name("mutmut"))
-        subprocess.run([mutmut, "run", "--max-children", str(args.jobs), *sample], check=False)
-        status = statuses()
-    summary = summarize(sample, status, seed=args.seed, modules=modules, population=len(pool))
+    Path("mutants/sample_order.txt").write_text("\n".join(order) + "\n")  # draw order: batches are its slices
+    batches = [order[i : i + args.batch] for i in range(0, len(order), args.batch)] if args.batch else [order]
+    for batch in [] if args.report else batches:
+        run_mutmut(batch, jobs=args.jobs, skip_clean=args.skip_clean)
+        report(sample, statuses(), seed=args.seed, modules=modules, population=len(pool))
+    if args.report:
+        report(sample, status, seed=args.seed, modules=modules, population=len(pool))
+
+
+def report(sample: list[str], status: dict[str, str], *, seed: int, modules: list[str], population: int) -> None:
+    summary = summarize(sample, status, seed=seed, modules=modules, population=population)
     Path("mutants/sample_summary.json").write_text(json.dumps({**asdict(summary), "score": summary.score}, indent=1))
-    print(summary.text())
+    print(summary.text(), flush=True)
 
 
 if __name__ == "__main__":

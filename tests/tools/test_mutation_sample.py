@@ -63,3 +63,28 @@ def test_the_summary_counts_caught_missed_and_unfinished_mutants_by_module():
                            "deepslim.compress.prune.masks": [f"{NAMES[40]} (no tests)"]}  # fmt: skip
     assert s.by_module["deepslim.analysis.cost"] == {"killed": 1, "timeout": 1, "survived": 1, "not checked": 1}
     assert "estimated score 66.7%" in s.text() and "deepslim.compress.prune.masks: 1 missed of 4 sampled" in s.text()
+
+
+def test_the_first_draws_of_a_larger_sample_are_the_smaller_sample():
+    # so a run in batches of consecutive draws that stops between batches has run a uniform sample of its own
+    pool = [f"deepslim.analysis.cost.x_f__mutmut_{i}" for i in range(25_000)]
+    order = ms.draw_order(pool, 400, 0)
+    assert order[:100] == ms.draw_order(pool, 100, 0) and order[:300] == ms.draw_order(pool, 300, 0)
+    assert sorted(order) == ms.draw(pool, 400, 0) and order != sorted(order)
+
+
+def test_patched_mutmut_runs_each_mutants_tests_fastest_first_and_can_skip_the_clean_run(monkeypatch):
+    from mutmut.state import state
+    from mutmut.workers import isolation
+
+    submitted = []
+    for runner in (isolation.ForkServerRunner, isolation.ForkRunner):  # restored after the test
+        monkeypatch.setattr(runner, "submit", lambda self, name, tests, limit, est: submitted.append((name, tests)))
+        monkeypatch.setattr(runner, "run_clean_tests", lambda self, tests: 1)
+    monkeypatch.setattr(state(), "duration_by_test", {"t::slow": 9.0, "t::fast": 0.1, "t::mid": 2.0})
+    ms.patch_mutmut(skip_clean=False)
+    isolation.ForkServerRunner.submit(None, "m1", ["t::slow", "t::unknown", "t::mid", "t::fast"], 10, 11.1)
+    assert submitted == [("m1", ["t::unknown", "t::fast", "t::mid", "t::slow"])]  # unrecorded tests count as 0 s
+    assert isolation.ForkServerRunner.run_clean_tests(None, ["t::slow"]) == 1  # the clean run still runs
+    ms.patch_mutmut(skip_clean=True)
+    assert isolation.ForkRunner.run_clean_tests(None, ["t::slow"]) == 0
