@@ -44,8 +44,10 @@ install-test: $(VENV)/.test
 demo: install
 	$(BIN)/deepslim demo --overwrite
 
+# one pytest worker per core (each with one intra-op thread: tests/conftest.py); TEST_JOBS=0 runs in this process
+TEST_JOBS ?= auto
 test: install-test
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS) --dist loadfile
 
 bench: $(VENV)/.bench
 	$(BIN)/python benchmarks/run_all.py

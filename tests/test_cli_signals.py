@@ -15,6 +15,12 @@ import deepslim as ds
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
+def _default_sigint():
+    """Ctrl-C as a terminal delivers it, even where the suite itself runs with SIGINT ignored (a background job or
+    nohup: the child would inherit the ignore, and Python then installs no KeyboardInterrupt handler)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def leftovers(path):
     return sorted(str(p.relative_to(path)) for p in path.rglob(".*") if ".tmp-" in p.name or ".old-" in p.name)
 
@@ -39,7 +45,8 @@ def test_a_compress_stopped_mid_run_cleans_up(tmp_path, sig, status, earlier_run
     (tmp_path / "slow.yaml").write_text("stages:\n  - train: {epochs: 1000}\n  - encode\n")
     proc = subprocess.Popen([sys.executable, "-m", "deepslim", "compress", "lenet300", "--data", "digits", "--recipe",
                              "slow.yaml", "--out", "run", "--overwrite"], cwd=tmp_path, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+                            preexec_fn=_default_sigint, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)  # fmt: skip
     # the new run is being built beside the old one: its input stage is measured and saved, training has begun
     wait_for(lambda: list(tmp_path.glob(".run.tmp-*/run/stages/00-input.dsz")), proc, "the first stage")
     proc.send_signal(sig)

@@ -192,8 +192,9 @@ def test_half_precision(trained):
 
 
 @pytest.mark.parametrize("name,options", [
-    ("resnet20", {}), ("vit_tiny", {}), ("mobilenet_v2", {"small_input": True, "num_classes": 10, "width_mult": 0.5}),
-    ("bert_mini", {"vocab_size": 1000, "seq_len": 16}),
+    ("resnet20", {}), ("vit_tiny", {"depth": 2}),
+    ("mobilenet_v2", {"small_input": True, "num_classes": 10, "width_mult": 0.5, "input_size": 32}),
+    ("bert_mini", {"vocab_size": 1000, "seq_len": 16, "depth": 2}),
 ])  # fmt: skip
 def test_zoo_int8_conformance(name, options):
     model = ds.create_model(name, **options).eval()

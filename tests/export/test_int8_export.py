@@ -79,10 +79,12 @@ def _check_batches(model, path, shape, batches=(1, 8), atol=1e-4, min_cos=0.999)
         assert _cosine(got, ref) > min_cos and np.abs(got - ref).max() < atol * max(1.0, float(np.abs(ref).max()))
 
 
-@pytest.mark.parametrize("name,shape", [("lenet5", (1, 28, 28)), ("resnet20", (3, 32, 32)), ("vit_tiny", (3, 32, 32))])
-def test_fp32_and_int8_files_take_any_batch_size(name, shape, tmp_path):
+@pytest.mark.parametrize("name,shape,options", [
+    ("lenet5", (1, 28, 28), {}), ("resnet20", (3, 32, 32), {}), ("vit_tiny", (3, 32, 32), {"depth": 2}),
+])  # fmt: skip
+def test_fp32_and_int8_files_take_any_batch_size(name, shape, options, tmp_path):
     torch.manual_seed(0)
-    model = ds.create_model(name).eval()
+    model = ds.create_model(name, **options).eval()
     res = ds.export_onnx(model, tmp_path / "f.onnx", example_input=torch.randn(1, *shape))
     dim = onnx.load(str(res.path)).graph.input[0].type.tensor_type.shape.dim[0]
     assert res.dynamic_batch and dim.dim_param and not dim.HasField("dim_value")

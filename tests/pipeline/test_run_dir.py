@@ -182,8 +182,13 @@ def test_a_signal_during_the_swap_waits_until_both_renames_are_done(tmp_path, mo
         os.kill(os.getpid(), signal.SIGINT)  # arrives between the two renames
 
     monkeypatch.setattr(io.os, "replace", replace_then_signal)
-    with pytest.raises(KeyboardInterrupt), atomic_dir(dest) as work:
-        (work / "new.txt").write_text("new")
+    # Ctrl-C's usual handler, even where the suite runs with SIGINT ignored (a background job, nohup)
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt), atomic_dir(dest) as work:
+            (work / "new.txt").write_text("new")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert sorted(os.listdir(dest)) == ["new.txt"] and hidden(tmp_path) == []  # swapped whole, nothing left over
 
 
