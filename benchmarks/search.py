@@ -8,6 +8,11 @@ measured on the test split and timed interleaved::
 
     python benchmarks/search.py --models resnet20 --budgets 0.5 --trials 40 --json results.json
     python benchmarks/search.py --speed-only --json speed.json   # ResNet-18 224², random weights
+    python benchmarks/search.py --models mobilenet_v2 --pretrained /tmp/o6/fashion_mnv2_050_full_e10.pt ...
+
+``--pretrained PATH`` searches a dense model trained elsewhere (its state dict; for ``mobilenet_v2`` the
+architecture of benchmarks/ondevice_training.py's ``_transfer_model(0.5)``: width 0.5, one input channel, 28²,
+dropout 0.2), after checking that it scores at least ``--pretrained-min-accuracy`` on the full test split.
 
 The table check reports the per-layer table, the node-level table (:mod:`deepslim.search.node_table`: every node of
 ONNX Runtime's optimized graph timed alone) and the MAC count against end-to-end measurements of random policies.
@@ -34,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import deepslim as ds  # noqa: E402
 from _common import result_header, save_json, write_result  # noqa: E402
 from _search_train import MODELS, subset_bundle, train_converged  # noqa: E402
+from deepslim.errors import ConfigError  # noqa: E402
 from deepslim.search import LatencyTable, SearchSpace, check_table, search  # noqa: E402
 from deepslim.search.evaluate import Evaluator  # noqa: E402
 from deepslim.search.latency import time_models  # noqa: E402
@@ -42,10 +48,33 @@ from deepslim.search.node_table import NodeTable  # noqa: E402
 SEARCH_KW = set(inspect.signature(search).parameters)
 
 
+# Architectures of dense models trained elsewhere (``--pretrained``): the constructor that built them.
+PRETRAINED_ARCH = {
+    "mobilenet_v2": lambda: ds.load_model("mobilenet_v2", width_mult=0.5, num_classes=10, in_channels=1,
+                                          input_size=28),  # fmt: skip  # benchmarks/ondevice_training.py
+}
+
+
+def load_pretrained(name: str, path: str, full: Any, min_accuracy: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The dense ``name`` with the weights of ``path``, refused (SystemExit) unless it reproduces at least
+    ``min_accuracy`` on the full test split of ``full``: a wrong architecture, normalization or file fails here,
+    before any search."""
+    net = PRETRAINED_ARCH.get(name, MODELS[name])()
+    net.load_state_dict(torch.load(path, weights_only=True))
+    net.eval()
+    acc = ds.evaluate(net, full, split="test").accuracy
+    if acc < min_accuracy:
+        raise SystemExit(f"{path}: test accuracy {acc:.2%} is below --pretrained-min-accuracy {min_accuracy:.2%}: "
+                         "check the architecture and the data normalization it was trained with")  # fmt: skip
+    return net, {"pretrained": path, "test_accuracy": acc, "test_images": len(full.test.dataset)}
+
+
 def train_dense(name: str, data: Any, args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The dense model: trained to convergence (``--dense-recipe converged``: SGD one-cycle with augmentation,
     benchmarks/_search_train.py) or with ``ds.fit`` (``fit``: Adam, the earlier sessions' setting); cached in
     ``--cache-dir`` keyed by the settings, so a rerun skips the training."""
+    if args.pretrained:
+        return load_pretrained(name, args.pretrained, data, args.pretrained_min_accuracy)
     if args.dense_recipe == "converged":
         return train_converged(name, data, epochs=args.epochs, lr=args.train_lr, seed=0, cache=args.cache_dir or
                                tempfile.mkdtemp())  # fmt: skip
@@ -111,6 +140,50 @@ def final_comparison(dense: torch.nn.Module, data: Any, full: Any, space: Search
     return rows
 
 
+def table_check(dense: torch.nn.Module, data: Any, space: SearchSpace, table: LatencyTable,
+                args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+    """The issue's check of the latency tables: ``--table-policies`` random policies (spread from the fewest channels
+    to all, random int8 shares) measured end to end, interleaved, beside the layer table's prediction (fitted to the
+    calibration points as a search fits it), the node table's (anchored to the dense model measured in the same
+    calibration) and the MAC count."""
+    from deepslim.search.engine import calibrate_table
+
+    load0 = Path("/proc/loadavg").read_text().split()[:3]
+    ev = Evaluator(dense, data, space, table, latency_model="layers", nodes=NodeTable(table))
+    t0 = time.perf_counter()
+    calibrate_table(ev)
+    assert ev.nodes is not None
+    calibration = {"node_scale": ev.nodes.scale, "node_points": ev.nodes.points, "layer_scale": table.scale,
+                   "layer_offset_ms": table.offset, "seconds": time.perf_counter() - t0}  # fmt: skip
+    t0 = time.perf_counter()
+    check = check_table(dense, space, table, example_input=data.example_input, calib_data=data.calib,
+                        policies=args.table_policies, nodes=ev.nodes, spread=args.table_spread)  # fmt: skip
+    return {**check.to_dict(), "calibration": calibration, "spread": args.table_spread,
+            "seconds": time.perf_counter() - t0, "loadavg_before": load0,
+            "loadavg_after": Path("/proc/loadavg").read_text().split()[:3]}  # fmt: skip
+
+
+def feasibility(dense: torch.nn.Module, data: Any, space: SearchSpace, table: LatencyTable,
+                rounds: int) -> dict[str, Any]:  # fmt: skip
+    """The smallest policy of the space against dense, as the search's feasibility check judges it (the node table's
+    frame, unrecovered models), and both measured end to end, interleaved (``rounds`` rounds): the least budget, as a
+    fraction of dense, any search on this space can meet."""
+    from deepslim.search import frame
+    from deepslim.search.budget import Budget
+
+    ev = Evaluator(dense, data, space, table, latency_model="nodes")
+    dense_net, dense_pred = ev.build(space.dense(), "none")
+    (least, policy), = frame._smallest(ev, (Budget.parse("latency=0.5x"),)).values()
+    small_net, _ = ev.build(policy, "none")
+    x = data.example_input
+    measured = time_models([(dense_net, x), (small_net, x)], threads=1, rounds=rounds)
+    return {"dense_node_ms": dense_pred, "smallest_node_ms": least, "smallest_ratio_node": least / dense_pred,
+            "smallest_policy": policy.to_dict(), "smallest_described": frame._describe(space, policy),
+            "dense_measured_ms": measured[0], "smallest_measured_ms": measured[1],
+            "smallest_ratio_measured": measured[1] / measured[0],
+            "loadavg": Path("/proc/loadavg").read_text().split()[:3]}  # fmt: skip
+
+
 def run_search(dense: torch.nn.Module, data: Any, space: SearchSpace, table: LatencyTable, budget: float, seed: int,
                args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:  # fmt: skip
     """One search (seed ``seed``) with the timestamps of its trials (per-trial wall time)."""
@@ -145,15 +218,11 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: st
     x = data.example_input
     space = SearchSpace.from_model(dense, x, round_to=args.round_to)
     entry["space"] = {"groups": len(space.groups), "int8_layers": len(space.int8_layers), "policies": space.size}
+    if args.feasibility:
+        entry["feasibility"] = feasibility(dense, data, space, table, args.final_rounds)
+        save_json(out, path)
     if args.table_policies:
-        ev = Evaluator(dense, data, space, table)
-        from deepslim.search.engine import calibrate_table
-
-        calibrate_table(ev)
-        t0 = time.perf_counter()
-        check = check_table(dense, space, table, example_input=x, calib_data=data.calib, policies=args.table_policies,
-                            nodes=NodeTable(table))  # fmt: skip
-        entry["latency_table"] = {**check.to_dict(), "seconds": time.perf_counter() - t0}
+        entry["latency_table"] = table_check(dense, data, space, table, args)
         save_json(out, path)
     entry["budgets"] = {}
     for budget in [] if args.skip_search else args.budgets:
@@ -161,7 +230,13 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: st
         runs = []
         for seed in args.seeds:
             load0 = Path("/proc/loadavg").read_text().split()[:3]
-            result, timing = run_search(dense, data, space, table, budget, seed, args)
+            try:
+                result, timing = run_search(dense, data, space, table, budget, seed, args)
+            except ConfigError as exc:  # an infeasible budget: refused before any trial, with the smallest value
+                runs.append({"seed": seed, "refused": str(exc), "loadavg_before": load0})
+                entry["budgets"][str(budget)] = runs
+                save_json(out, path)
+                continue
             run = {"seed": seed, "limit_ms": result.limits["latency"], "loadavg_before": load0, "search_timing": timing,
                    "cost": result.cost, "dense": result.dense.to_dict() if result.dense else None,
                    "search_latency_table": result.latency_table,
@@ -185,6 +260,9 @@ def main() -> None:
     p.add_argument("--n-train", type=int, default=0, help="training + validation images (0: all 60,000)")
     p.add_argument("--n-test", type=int, default=0, help="test images (0: all 10,000)")
     p.add_argument("--epochs", type=int, default=10, help="dense training epochs")
+    p.add_argument("--pretrained", default=None, help="a trained dense model's state dict (skips the training)")
+    p.add_argument("--pretrained-min-accuracy", type=float, default=0.895,
+                   help="the test accuracy --pretrained must reproduce")
     p.add_argument("--dense-recipe", choices=("converged", "fit"), default="converged")
     p.add_argument("--train-lr", type=float, default=0.1, help="peak lr of the converged recipe")
     p.add_argument("--search-n-train", type=int, default=0, help="images the search fine-tunes on (0: all)")
@@ -197,9 +275,12 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--round-to", type=int, default=8)
     p.add_argument("--table-policies", type=int, default=20, help="random policies measured end to end")
+    p.add_argument("--table-spread", action=argparse.BooleanOptionalAction, default=True,
+                   help="table-check policies spread from the fewest channels to all (else independent draws)")
     p.add_argument("--cache-dir", default=None)
     p.add_argument("--uniform-ratios", default=None, help="keep ratios of the uniform family (default: the search's)")
     p.add_argument("--calib-size", type=int, default=1024, help="images for BN re-estimation and int8 calibration")
+    p.add_argument("--feasibility", action="store_true", help="first judge the smallest policy against dense")
     p.add_argument("--skip-search", action="store_true", help="only train and check the latency table")
     p.add_argument("--speed-only", action="store_true", help="ResNet-18 224² uniform vs latency-aware, speed alone")
     p.add_argument("--speed-rounds", type=int, default=20)

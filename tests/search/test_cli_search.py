@@ -17,7 +17,7 @@ def run(capsys, *argv):
     (["--budget", "power=1W"], "unknown budget 'power'; choose from latency, size"),
     (["--objective", "accuracy,speed"], "unknown objective 'speed'; choose from accuracy, latency, size"),
     (["--runtime", "tvm"], "unknown runtime 'tvm' for latency tables; choose one of onnxruntime"),
-    (["--latency-model", "flops"], "unknown latency model 'flops'; choose one of nodes, layers"),
+    (["--latency-model", "flops"], "unknown latency model 'flops'; choose one of nodes, layers, measured"),
     (["--device", "pi9", "--budget", "energy=0.5x"],
      "unknown device 'pi9'; known devices: cortex-m7, h100, host, jetson-nano, rpi4"),
 ])  # fmt: skip

@@ -57,9 +57,9 @@ def test_a_trials_latency_is_the_node_tables_sum_over_its_own_exported_pruned_an
 
 def test_an_unknown_latency_model_is_refused_with_the_valid_ones():
     net = trained_net()
-    with pytest.raises(ConfigError, match=r"unknown latency model 'flops'; choose one of nodes, layers"):
+    with pytest.raises(ConfigError, match=r"unknown latency model 'flops'; choose one of nodes, layers, measured"):
         Evaluator(net, digits(), small_space(net), fake_table(), latency_model="flops")
-    with pytest.raises(ConfigError, match=r"unknown latency model 'flops'; choose one of nodes, layers"):
+    with pytest.raises(ConfigError, match=r"unknown latency model 'flops'; choose one of nodes, layers, measured"):
         resolve_latency_model("flops", fake_table())
 
 

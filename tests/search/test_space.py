@@ -124,3 +124,33 @@ def test_the_onnx_runtime_table_times_each_layer_once_and_caches_it_per_machine(
     assert again.raw(net, X, {"2": True}) == ms and again.measured == 0
     with pytest.raises(ConfigError, match="choose one of onnxruntime"):
         LatencyTable(runtime="tvm")
+
+
+def test_policies_sampled_at_spread_levels_span_the_space_from_the_fewest_channels_to_all():
+    import random
+
+    net = tiny_net()
+    space = SearchSpace.from_model(net, torch.randn(1, 1, 8, 8), keep_ratios=(0.25, 0.5, 0.75, 1.0), round_to=1)
+    assert [g.keep for g in space.groups] == [(2, 4, 6, 8), (2, 4, 6, 8)]
+    rng = random.Random(0)
+    low = [space.sample_at(rng, 0.0) for _ in range(20)]
+    high = [space.sample_at(rng, 1.0) for _ in range(20)]
+    assert all(k in (2, 4) for p in low for k in p.keep.values())  # within one step of the fewest
+    assert all(k in (6, 8) for p in high for k in p.keep.values())  # within one step of all
+    assert {k for p in low for k in p.keep.values()} == {2, 4} and {k for p in high for k in p.keep.values()} == {6, 8}
+    assert all(space.policy(p.params()) == p for p in low + high)  # every draw is a policy of the space
+
+
+def test_the_table_check_spreads_its_policies_over_the_spaces_latencies_when_asked():
+    from deepslim.search import check_table
+    from tests.search._tiny import digits, params_ms
+
+    net = tiny_net()
+    data = digits()
+    space = SearchSpace.from_model(net, data.example_input, keep_ratios=(0.25, 0.5, 0.75, 1.0), round_to=1)
+    table = LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys], model_timer=params_ms)
+    check = check_table(net, space, table, example_input=data.example_input, calib_data=data.calib, policies=5,
+                        spread=True)  # fmt: skip
+    kept = [sum(r["policy"]["keep"].values()) for r in check.rows]
+    assert kept[0] <= 8 and kept[-1] >= 12  # the first near the fewest channels (2+2), the last near all (8+8)
+    assert len(check.rows) == 5 and check.rows[-1]["macs"] > 2 * check.rows[0]["macs"]

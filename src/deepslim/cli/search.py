@@ -39,9 +39,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "when energy is an objective or budget)")  # fmt: skip
     p.add_argument("--runtime", default="onnxruntime", help="runtime whose latency is searched (onnxruntime)")
     p.add_argument("--threads", type=int, default=1, help="intra-op threads of the latency measurements (default 1)")
-    p.add_argument("--latency-model", default=None, metavar="nodes|layers",
-                   help="what predicts a trial's latency: nodes (default: every node of the trial's optimized ONNX "
-                        "Runtime graph, timed alone and summed) or layers (the per-layer table, calibrated)")
+    p.add_argument("--latency-model", default=None, metavar="nodes|layers|measured",
+                   help="what gives a trial's latency: nodes (default: every node of the trial's optimized ONNX "
+                        "Runtime graph, timed alone and summed), layers (the per-layer table, calibrated) or "
+                        "measured (the trial's model timed end to end, interleaved with the dense model)")
     p.add_argument("--remeasure-repeats", type=positive_int, default=3, metavar="N",
                    help="interleaved end-to-end runs of the finalists and the dense model; their minimum and maximum "
                         "are the noise band a finalist's budget is judged in (default 3)")  # fmt: skip
@@ -58,6 +59,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--worker-threads", type=threads_arg, default=1, metavar="N",
                    help="intra-op threads of each worker process (default 1)")  # fmt: skip
     p.add_argument("--study", default="deepslim-search", help="study name in the storage (default deepslim-search)")
+    p.add_argument("--accept-low-fidelity", action="store_true",
+                   help="quantize trials even where int8 and float outputs disagree (random weights: a speed-only "
+                        "search); the recipe says the same")  # fmt: skip
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--cache-dir", help="where per-layer latency tables are kept (default ~/.cache/deepslim/latency)")
     p.add_argument("--out", required=True, help="output directory (search.json, recipe.yaml, the study journal)")
@@ -119,13 +123,15 @@ def cmd_search(args: argparse.Namespace) -> int:
                     finetune_epochs=args.finetune_epochs, lr=args.lr, top_k=args.top_k, on_trial=progress,
                     workers=args.workers, threads=args.worker_threads, data_options=given[1],
                     study_name=args.study, device=device, latency_model=args.latency_model,
-                    remeasure_repeats=args.remeasure_repeats)  # fmt: skip
+                    remeasure_repeats=args.remeasure_repeats,
+                    accept_low_fidelity=args.accept_low_fidelity)  # fmt: skip
     doc = result.to_dict()
     recipe_path = outdir / "recipe.yaml"
     if result.best is not None:
         desc = f"searched by deepslim search ({', '.join(map(str, budgets)) or 'no budget'}; {args.strategy})"
         doc_recipe = policy_recipe(space, result.best.policy, finetune_epochs=args.finetune_epochs, lr=args.lr,
-                                   seed=args.seed, model=args.model, data=args.data, description=desc)
+                                   seed=args.seed, model=args.model, data=args.data, description=desc,
+                                   accept_low_fidelity=args.accept_low_fidelity)  # fmt: skip
         if args.weights:
             doc_recipe["weights"] = args.weights
         if args.arch:

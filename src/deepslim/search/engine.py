@@ -95,7 +95,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
            on_trial: Callable[[Candidate], None] | None = None, workers: int = 1, threads: int = 1,
            data_options: Mapping[str, Any] | None = None, device: str | None = None,
            latency_model: str | None = None, node_table: NodeTable | None = None,
-           remeasure_repeats: int = 3) -> SearchResult:  # fmt: skip
+           remeasure_repeats: int = 3, accept_low_fidelity: bool = False) -> SearchResult:  # fmt: skip
     """Search per-layer channel counts and precisions of ``model`` on ``data`` (a DataBundle) for ``objectives``
     under ``budget`` with ``trials`` Optuna trials of ``strategy`` (tpe, nsga2, random, grid, evolution, greedy).
 
@@ -117,6 +117,9 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     (:mod:`deepslim.search.workers`), after everything above is prepared here once; ``data`` is then a dataset spec
     (loaded with ``data_options`` here and in every worker) and the model must record its architecture. Other
     machines join with ``deepslim worker --storage URL --study NAME``. ``workers=1`` runs the trials in this process.
+    ``accept_low_fidelity`` lets trials, finalists and checks quantize a model whose int8 outputs disagree with its
+    float ones (quantization's fidelity check then warns instead of refusing): for a speed-only search on random
+    weights, where the near-flat logits make agreement meaningless; the written recipe says the same.
     An infeasible budget, an unknown objective, strategy or runtime is a ConfigError before any trial runs.
     """
     started, cpu0 = time.perf_counter(), _cpu_seconds()
@@ -141,7 +144,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
         space = SearchSpace.from_model(model, x, kinds=tuple(space))
     ev = Evaluator(model, bundle, space, table, archive=uses("size", objectives, budgets),
                    finetune_epochs=finetune_epochs, lr=lr, seed=seed, device=device, latency_model=model_name,
-                   nodes=nodes)  # fmt: skip
+                   nodes=nodes, accept_low_fidelity=accept_low_fidelity)  # fmt: skip
     dense = calibrate_table(ev)
     limits = {b.metric: b.limit(_frame.base(dense, b.metric)) for b in budgets}
     _frame.check_feasible(ev, budgets, limits, dense)
@@ -214,8 +217,10 @@ def _data(data: Any, options: Mapping[str, Any] | None) -> tuple[str | None, Any
 
 def calibrate_table(ev: Evaluator) -> Candidate:
     """Measure the dense model, the smallest policies and a few random mixed ones end to end, fit the layer table to
-    them; the dense candidate (measured end to end, predicted by the evaluator's latency model and, where there is
-    one, by the other table too). The node table is not fitted: its plain sum predicted better uncalibrated."""
+    them and anchor the node table's scale to the dense model's measurement (:meth:`NodeTable.anchor`: its
+    predictions in measured milliseconds, its ratios unchanged — a line fitted through these few points predicted
+    worse than the plain sums); the dense candidate (measured end to end, predicted by the evaluator's latency model
+    and, where there is one, by the other table too)."""
     import random
 
     space, x = ev.space, ev.data.example_input
@@ -231,6 +236,9 @@ def calibrate_table(ev: Evaluator) -> Candidate:
             pairs.append((net, x))
         measured = ev.table.measure(pairs) or []
         ev.table.calibrate_parts(list(zip(parts, measured, strict=True)))
+        raw = ev.node_raw(policies[0], pairs[0][0]) if measured else None
+        if ev.nodes is not None and raw is not None:
+            ev.nodes.anchor(raw, measured[0])
     return ev.evaluate(space.dense(), recovery="none", measure=ev.table.end_to_end)
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field, replace
@@ -36,7 +37,8 @@ from deepslim.search.space import Policy, SearchSpace, prune_policy, quantize_po
 log = logging.getLogger(__name__)
 
 RECOVERIES = ("none", "bn", "finetune")
-LATENCY_MODELS = ("nodes", "layers")  # what predicts a policy's latency: the node-level or the per-layer table
+# what gives a policy's latency: the node-level table, the per-layer table, or the policy measured end to end
+LATENCY_MODELS = ("nodes", "layers", "measured")
 
 
 @dataclass(frozen=True)
@@ -107,8 +109,10 @@ class Evaluator:
     seed: int = 0
     device: str | None = None
     latency_model: str = "layers"
+    accept_low_fidelity: bool = False  # quantization's fidelity check warns instead of refusing (random weights)
     nodes: NodeTable | None = None  # stays in this process: workers build their own (workers.evaluator_settings)
     _node_raw: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _measured: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.device is not None:
@@ -122,6 +126,9 @@ class Evaluator:
                               f"{', '.join(LATENCY_MODELS)}")  # fmt: skip
         if self.latency_model == "nodes" and self.nodes is None:
             self.nodes = NodeTable(self.table)
+        if self.latency_model == "measured" and not self.table.end_to_end:
+            raise ConfigError("the measured latency model times whole models: this latency table has no end-to-end "
+                              "timer (use the ONNX Runtime table, or give the table a model_timer)")  # fmt: skip
 
     @property
     def trial_recovery(self) -> str:
@@ -146,7 +153,8 @@ class Evaluator:
             reestimate_bn_(net, self.data.calib, task=self.data.task)
         elif recovery == "finetune":
             self._finetune(net, policy)
-        quantize_policy(net, self.space, policy, calib_data=self.data.calib)
+        quantize_policy(net, self.space, policy, calib_data=self.data.calib,
+                        accept_low_fidelity=self.accept_low_fidelity)  # fmt: skip
         return net.eval(), keys
 
     def predictions(self, policy: Policy, net: nn.Module, keys: list[LayerKey], *,
@@ -156,8 +164,10 @@ class Evaluator:
         (its graph's nodes depend on its channels and precisions, not on weight values), so finalists re-use
         their trial's."""
         found = {"layers": self.table.predict_keys(keys)}
+        if self.latency_model == "measured":
+            found["measured"] = self.measured_ms(policy, net)
         if self.nodes is not None and (self.latency_model == "nodes" or both):
-            shape = str(sorted(policy.keep.items())) + str(sorted(policy.int8.items()))
+            shape = _shape(policy)
             try:
                 if shape not in self._node_raw:
                     self._node_raw[shape] = self.nodes.raw_model(net, self.data.example_input)
@@ -168,6 +178,36 @@ class Evaluator:
                 return found
             found["nodes"] = self.nodes.predict(self._node_raw[shape])
         return found
+
+    def measured_ms(self, policy: Policy, net: nn.Module) -> float:
+        """``policy``'s latency measured end to end (the ``measured`` latency model), interleaved with the dense model
+        in the same run and expressed in the frame of the dense model's first measurement: ``dense_ms × policy /
+        dense``, so load that changes between trials moves both and cancels. Measured once per channel/precision
+        shape; a model the runtime cannot run is refused as the trial's ExportError."""
+        from deepslim.errors import ExportError
+
+        shape = _shape(policy)
+        if shape in self._measured:
+            return self._measured[shape]
+        x, dense = self.data.example_input, _shape(self.space.dense())
+        if dense not in self._measured:
+            self._measured[dense] = float((self.table.measure([(self.model, x)]) or [math.nan])[0])
+        if shape != dense:
+            both = self.table.measure([(self.model, x), (net, x)]) or [math.nan, math.nan]
+            self._measured[shape] = self._measured[dense] * float(both[1]) / float(both[0])
+        if math.isnan(self._measured[shape]):  # not measured
+            del self._measured[shape]
+            raise ExportError("the policy's model could not be measured end to end (its export failed)")
+        return self._measured[shape]
+
+    def node_raw(self, policy: Policy, net: nn.Module) -> float | None:
+        """The node table's plain sum (no calibration) for ``policy`` built as ``net``; None without a node table
+        or when the model cannot be exported (the node column is then missing, as in :meth:`predictions`)."""
+        if self.nodes is None:
+            return None
+        if "nodes" not in self.predictions(policy, net, [], both=True):
+            return None
+        return self._node_raw[_shape(policy)]
 
     def recovery_of(self, policy: Policy) -> dict[str, Any]:
         """The recovery ``policy`` gets when fine-tuned: ``finetune_epochs``, ``lr`` and ``temperature`` (None: no
@@ -225,9 +265,14 @@ class Evaluator:
                           macs=None if full else sum(k.macs for k in keys), device=self.device)  # fmt: skip
         predicted = preds[self.latency_model]
         extra = {**m.extra, "predicted_latency_ms": predicted, "latency_model": self.latency_model,
-                 **{f"{name[:-1]}_predicted_ms": ms for name, ms in preds.items()}}  # fmt: skip
+                 **{f"{name.removesuffix('s')}_predicted_ms": ms for name, ms in preds.items()}}  # fmt: skip
         m = replace(m, extra=extra, seconds=time.perf_counter() - start, threads=self.table.threads)
         return Candidate(policy, m, predicted, trial=trial, recovery=recovery), net
+
+
+def _shape(policy: Policy) -> str:
+    """What a policy's exported graph depends on (its channels and precisions): the node sums' cache key."""
+    return str(sorted(policy.keep.items())) + str(sorted(policy.int8.items()))
 
 
 def resolve_latency_model(name: str | None, table: LatencyTable,

@@ -70,7 +70,8 @@ def check_feasible(ev: Evaluator, budgets: tuple[Budget, ...], limits: dict[str,
     for metric, (value, policy) in _smallest(ev, budgets).items():
         if value > limits[metric]:
             base_value = base(dense, metric)
-            frame = f", as the {ev.latency_model[:-1]} table predicts it" if metric == "latency" else ""
+            frame = "" if metric != "latency" else (", measured end to end" if ev.latency_model == "measured" else
+                                                    f", as the {ev.latency_model[:-1]} table predicts it")
             raise ConfigError(f"the {metric} budget {limits[metric]:.4g} {unit[metric]} is tighter than the smallest "
                               f"policy in this space allows ({value:.4g} {unit[metric]}, {value / base_value:.2f}x of "
                               f"dense{frame}: {_describe(ev.space, policy)}): loosen it to at least "

@@ -417,9 +417,11 @@ def _accuracy(pred: Sequence[float], meas: Sequence[float]) -> dict[str, float |
 
 
 def check_table(model: nn.Module, space: Any, table: LatencyTable, *, example_input: Any, calib_data: Any,
-                policies: int = 50, seed: int = 0, nodes: Any = None) -> TableCheck:  # fmt: skip
+                policies: int = 50, seed: int = 0, nodes: Any = None, spread: bool = False) -> TableCheck:  # fmt: skip
     """Measure ``policies`` random policies of ``space`` end to end (interleaved) beside the table's predictions
-    (and, with ``nodes``, a :class:`~deepslim.search.node_table.NodeTable`, beside the node-level ones)."""
+    (and, with ``nodes``, a :class:`~deepslim.search.node_table.NodeTable`, beside the node-level ones).
+    ``spread``: policies drawn at levels evenly spread from the fewest channels to all
+    (:meth:`~deepslim.search.space.SearchSpace.sample_at`), so they span the space's latencies."""
     import random
 
     from deepslim.analysis import profile
@@ -429,8 +431,8 @@ def check_table(model: nn.Module, space: Any, table: LatencyTable, *, example_in
         raise ConfigError("this latency table has no end-to-end timer to check it against")
     rng = random.Random(seed)
     rows, pairs = [], []
-    for _ in range(policies):
-        policy = space.sample(rng)
+    for i in range(policies):
+        policy = space.sample_at(rng, i / max(policies - 1, 1)) if spread else space.sample(rng)
         net = prune_policy(model, space, policy, example_input=example_input, calib_data=calib_data)
         predicted = table.predict(net, example_input, policy.int8)
         macs = profile(net, example_input).macs

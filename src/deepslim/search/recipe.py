@@ -23,10 +23,11 @@ from deepslim.search.space import Policy, SearchSpace
 
 def policy_recipe(space: SearchSpace, policy: Policy, *, finetune_epochs: int = 1, lr: float = 1e-3, seed: int = 0,
                   model: str | None = None, data: str | None = None,
-                  description: str | None = None) -> dict[str, Any]:  # fmt: skip
+                  description: str | None = None, accept_low_fidelity: bool = False) -> dict[str, Any]:  # fmt: skip
     """The recipe (as a dict) that rebuilds ``policy``'s model from the dense one (as
     :class:`deepslim.search.evaluate.Evaluator` builds a finalist: ``finetune_epochs`` and ``lr`` are the defaults
-    that the policy's own ``recovery`` values replace)."""
+    that the policy's own ``recovery`` values replace). ``accept_low_fidelity``: the quantize stage accepts a model
+    whose int8 outputs disagree with its float ones, as the search that judged the policy did."""
     prune, quant = space.configs(policy)
     rec = {"finetune_epochs": finetune_epochs, "lr": lr, "temperature": None, **policy.recovery}
     epochs, lr, temperature = int(rec["finetune_epochs"]), float(rec["lr"]), rec["temperature"]
@@ -44,8 +45,11 @@ def policy_recipe(space: SearchSpace, policy: Policy, *, finetune_epochs: int = 
     elif prune is None and epochs > 0:
         stages.append({"finetune": {"epochs": epochs, "lr": lr}})
     if quant is not None:
-        stages.append({"quantize": {"method": "linear", "bits": 8,
-                                    "overrides": {name: None for name, _ in quant.overrides}}})  # fmt: skip
+        floats = {name: None for name, _ in quant.overrides}
+        stage: dict[str, Any] = {"method": "linear", "bits": 8, "overrides": floats}
+        if accept_low_fidelity:
+            stage["accept_low_fidelity"] = True
+        stages.append({"quantize": stage})
     if not stages:  # the dense policy: nothing to do but keep the file a valid recipe
         stages.append({"encode": {}})
     doc: dict[str, Any] = {}

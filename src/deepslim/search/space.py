@@ -21,7 +21,7 @@ import copy
 import math
 import random
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -199,6 +199,19 @@ class SearchSpace:
     def sample(self, rng: random.Random) -> Policy:
         return self.policy({k: rng.choice(v) for k, v in self.choices().items()})
 
+    def sample_at(self, rng: random.Random, level: float) -> Policy:
+        """A random policy around ``level`` (0: the fewest channels, 1: all): each group's keep option drawn within
+        one step of that position, each layer int8 with a probability drawn once for the policy. Policies at levels
+        spread over [0, 1] span the space's latencies; :meth:`sample`'s independent draws crowd its middle."""
+        params: dict[str, Any] = {}
+        for g in self.groups:
+            pos = round(level * (len(g.keep) - 1)) + rng.choice((-1, 0, 1))
+            params[f"keep:{g.name}"] = g.keep[min(max(pos, 0), len(g.keep) - 1)]
+        share = rng.random()
+        params.update({f"int8:{n}": rng.random() < share for n in self.int8_layers})
+        params.update({f"recovery:{n}": rng.choice(options) for n, options in self.recovery.items()})
+        return self.policy(params)
+
     def all_policies(self) -> Iterable[Policy]:
         """Every policy (for small spaces: tests, exhaustive search)."""
         import itertools
@@ -253,10 +266,16 @@ def prune_policy(model: nn.Module, space: SearchSpace, policy: Policy, *, exampl
     return net
 
 
-def quantize_policy(model: nn.Module, space: SearchSpace, policy: Policy, *, calib_data: Iterable[Any]) -> nn.Module:
-    """Quantize the int8 layers of ``policy`` in place (BN folded, activations calibrated on ``calib_data``)."""
+def quantize_policy(model: nn.Module, space: SearchSpace, policy: Policy, *, calib_data: Iterable[Any],
+                    accept_low_fidelity: bool = False) -> nn.Module:  # fmt: skip
+    """Quantize the int8 layers of ``policy`` in place (BN folded, activations calibrated on ``calib_data``).
+    ``accept_low_fidelity``: quantization's fidelity check (float vs int8 top-1 agreement) logs a warning instead of
+    refusing — for models whose logits are near-flat (random weights, a speed-only search), where agreement says
+    nothing."""
     _, quant = space.configs(policy)
     if quant is not None:
+        if accept_low_fidelity:
+            quant = replace(quant, accept_low_fidelity=True)
         quantize_(model, quant, calib_data=calib_data)
     return model
 
