@@ -52,7 +52,7 @@ from deepslim.compress.tokens import (
 )
 from deepslim.data.sentences import training_sentences, word_salad
 from deepslim.export._mixed_int8 import FusedInt8Config
-from deepslim.export._torchscript import export_fused_int8
+from deepslim.export._torchscript import export_fused_int8, fused_int8_sensitivity
 from deepslim.models.hf import IdsOnly, tokenize, tokenizer_for
 from deepslim.tasks.similarity import embedding_fidelity, sentence_fidelity
 from deepslim.train.student import EncoderKDConfig, distill_encoder
@@ -327,7 +327,11 @@ def mixed_int8(teacher: torch.nn.Module, ids: torch.Tensor, work: str, seq: int)
                             "attempts": best.attempts, "sensitivity": best.sensitivity,
                             "cpu_s": round(time.process_time() - c0, 1)}  # fmt: skip
     files = {"ds_mixed_int8": best.path}
-    order = [r["layer"] for r in best.sensitivity if r["gain"] > 0]
+    table = best.sensitivity or fused_int8_sensitivity(model, example_input=(ids[:2],), check_inputs=checks,
+                                                       num_heads=12, hidden_size=384,
+                                                       config=FusedInt8Config(float_layers=emb, split_outliers=1))
+    info["frontier_sensitivity"] = table
+    order = [r["layer"] for r in table if r["gain"] > 0]
     for n in range(4):
         r = build(f"ds_split_f{n}", FusedInt8Config(float_layers=emb + tuple(order[:n]), split_outliers=1))
         files[f"ds_split_f{n}"] = r.path
@@ -344,6 +348,8 @@ def measure(files: dict[str, Path], data: ds.DataBundle, seq: int, args: argpars
            for name, path in files.items()}  # fmt: skip
     fid1 = {name: embedding_fidelity(ort_embed(path, ids, batch=1), ref, pairs=data.info["pairs"])
             for name, path in files.items() if "int8" in name or name.startswith("ds_split")}  # fmt: skip
+    if args.timer == "cpu":
+        return rows + cpu_rows(files, fid, fid1, seq, args.rounds)
     for batch in BATCHES:
         times = ds.interleave(dict(files), example_input=speed_ids(batch, seq), threads=THREADS,
                               rounds=args.rounds if batch == 1 else max(2, args.rounds // 2),
@@ -357,11 +363,51 @@ def measure(files: dict[str, Path], data: ds.DataBundle, seq: int, args: argpars
     return rows
 
 
+def cpu_rows(files: dict[str, Path], fid: dict, fid1: dict, seq: int, rounds: int) -> list[dict]:
+    """Latency in this process (``--timer cpu``): one ORT session per file, 1 intra-op thread (so inference runs
+    on the calling thread) without spinning, files round-robin with the order reversed every round, the median of
+    the calling thread's CPU time (``time.thread_time``) next to the wall time. On a machine loaded beyond its
+    cores, wall time also counts the waits for a core; CPU time does not (sessions 5-6 used this timer too)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.inter_op_num_threads = THREADS, 1
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = {k: ort.InferenceSession(str(p), opts, providers=["CPUExecutionProvider"]) for k, p in files.items()}
+    rows = []
+    for batch in BATCHES:
+        feed = {"input_ids": speed_ids(batch, seq).numpy()}
+        cpu: dict[str, list[float]] = {k: [] for k in files}
+        wall: dict[str, list[float]] = {k: [] for k in files}
+        for s in sess.values():
+            s.run(None, feed)
+        order = list(files)
+        for r in range(rounds if batch == 1 else max(2, rounds // 2)):
+            for k in order if r % 2 == 0 else order[::-1]:
+                for _ in range(5 if batch == 1 else 1):
+                    w0, c0 = time.perf_counter(), time.thread_time()
+                    sess[k].run(None, feed)
+                    cpu[k].append(1e3 * (time.thread_time() - c0))
+                    wall[k].append(1e3 * (time.perf_counter() - w0))
+        base_c, base_w = float(np.median(cpu["ort_fp32"])), float(np.median(wall["ort_fp32"]))
+        for k in order:
+            c, w = float(np.median(cpu[k])), float(np.median(wall[k]))
+            rows.append({"seq": seq, "batch": batch, "variant": k, "timer": "thread_cpu", "n": len(cpu[k]),
+                         "median_ms": round(c, 3), "wall_ms": round(w, 3), "speedup_vs_ort_fp32": round(base_c / c, 3),
+                         "speedup_wall": round(base_w / w, 3),
+                         "fidelity": {m: round(v, 4) for m, v in fid[k].items()},
+                         "fidelity_b1": {m: round(v, 4) for m, v in fid1.get(k, {}).items()}})  # fmt: skip
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="benchmarks/results/transformer_encoder.json")
     parser.add_argument("--train-size", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=4)
+    parser.add_argument("--timer", choices=("interleave", "cpu"), default="interleave",
+                        help="interleave: ds.interleave (own processes, wall); cpu: in this process, thread CPU time")
     parser.add_argument("--wall", type=float, default=None,
                         help="also stop each distillation after this many wall seconds (it still anneals)")
     parser.add_argument("--student-relation", type=float, default=0.0,
@@ -388,7 +434,8 @@ def main() -> None:
         f1 = row.get("fidelity_b1") or {}
         b1 = f" | b1 cos {f1['cosine_mean']:.4f}/{f1['cosine_min']:.4f} nn {f1['nn_agreement']:.3f}" if f1 else ""
         print(f"seq {row['seq']:3d} batch {row['batch']:2d} {row['variant']:17s} {row['median_ms']:9.2f} ms "
-              f"x{row['speedup_vs_ort_fp32']:.2f}  cos {f['cosine_mean']:.4f}/{f['cosine_min']:.4f} "
+              f"x{row['speedup_vs_ort_fp32']:.2f} (wall x{row.get('speedup_wall', 0):.2f})  "
+              f"cos {f['cosine_mean']:.4f}/{f['cosine_min']:.4f} "
               f"nn {f['nn_agreement']:.3f} rho {f['spearman']:.3f} para {f['paraphrase_accuracy']:.3f}{b1}")
     for key in ("student3", "heads", "tome_kd"):
         if key in result:

@@ -98,6 +98,10 @@ def test_the_searched_set_round_trips_through_the_config_and_reproduces_the_file
     gains = [row["gain_per_mweight"] for row in r.sensitivity]
     assert gains == sorted(gains, reverse=True)
     assert list(r.config.float_layers) == [row["layer"] for row in r.sensitivity][: len(r.float_nodes)]
+    from deepslim.export._torchscript import fused_int8_sensitivity
+
+    table = fused_int8_sensitivity(model, example_input=_batch(2), check_inputs=[_batch()])  # the same, no file
+    assert [(t["layer"], t["cosine_mean"]) for t in table] == [(t["layer"], t["cosine_mean"]) for t in r.sensitivity]
     again = FusedInt8Config.from_dict(json.loads(json.dumps(r.config.to_dict())))
     assert again == r.config and again.min_cosine == 0.0
     rr = _export(model, tmp_path / "b.onnx", again)

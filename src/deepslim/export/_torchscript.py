@@ -212,6 +212,25 @@ class _Trials:
         return [r["layer"] for r in table if r["gain"] > 0], table
 
 
+Inputs = list[tuple[torch.Tensor, ...]]
+
+
+def _setup(model: nn.Module, example_input: tuple[torch.Tensor, ...], check_inputs: Inputs | None,
+           calib_inputs: Inputs | None, input_names: list[str] | None, num_heads: int,
+           hidden_size: int) -> tuple[list[str], tuple[int, int], Feeds, Feeds, np.ndarray]:  # fmt: skip
+    """Input names, (heads, width), check and calibration feeds, and PyTorch's outputs on the check inputs."""
+    default = ["input_ids", "attention_mask"] if len(example_input) <= 2 else [f"input_{i}" for i in range(9)]
+    names = input_names or default[: len(example_input)]
+    hf = getattr(getattr(model, "encoder", model), "config", None)  # a Hugging Face encoder's: heads, width
+    heads_width = (num_heads or int(getattr(hf, "num_attention_heads", 0)), hidden_size or int(getattr(hf,
+                   "hidden_size", 0)))  # fmt: skip
+    feeds = [{n: t.numpy() for n, t in zip(names, x, strict=True)} for x in (check_inputs or [example_input])]
+    calib = [{n: t.numpy() for n, t in zip(names, x, strict=True)} for x in calib_inputs] if calib_inputs else feeds
+    with torch.no_grad():
+        ref = torch.cat([model.eval()(*x) for x in (check_inputs or [example_input])]).numpy()
+    return names, heads_width, feeds, calib, ref
+
+
 def _prepare(model: nn.Module, example_input: tuple[torch.Tensor, ...], names: list[str], work: Path,
              heads_width: tuple[int, int], config: FusedInt8Config,
              calib: Feeds) -> tuple[Path, dict[str, int], int, dict[str, list[int]]]:  # fmt: skip
@@ -247,15 +266,8 @@ def export_fused_int8(model: nn.Module, path: str | os.PathLike[str], *, example
     The result's ``config`` holds the chosen set (no search): exporting with it writes the same graph.
     """
     config = _legacy(config, min_cosine, keep_float, smooth)
-    default = ["input_ids", "attention_mask"] if len(example_input) <= 2 else [f"input_{i}" for i in range(9)]
-    names = input_names or default[: len(example_input)]
-    hf = getattr(getattr(model, "encoder", model), "config", None)  # a Hugging Face encoder's: heads, width
-    heads_width = (num_heads or int(getattr(hf, "num_attention_heads", 0)), hidden_size or int(getattr(hf,
-                   "hidden_size", 0)))  # fmt: skip
-    feeds = [{n: t.numpy() for n, t in zip(names, x, strict=True)} for x in (check_inputs or [example_input])]
-    calib = [{n: t.numpy() for n, t in zip(names, x, strict=True)} for x in calib_inputs] if calib_inputs else feeds
-    with torch.no_grad():
-        ref = torch.cat([model.eval()(*x) for x in (check_inputs or [example_input])]).numpy()
+    names, heads_width, feeds, calib, ref = _setup(model, example_input, check_inputs, calib_inputs, input_names,
+                                                   num_heads, hidden_size)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         fused, fused_ops, smoothed, split = _prepare(model, example_input, names, work, heads_width, config, calib)
@@ -280,3 +292,23 @@ def export_fused_int8(model: nn.Module, path: str | os.PathLike[str], *, example
     chosen_config = FusedInt8Config(**{**config.to_dict(), "float_layers": tuple(chosen), "min_cosine": 0.0})
     return FusedInt8Result(Path(path), fused_ops, tuple(trials.layers[n] for n in chosen), float(cos.mean()),
                            float(cos.min()), trials.attempts, smoothed, chosen_config, split, table)  # fmt: skip
+
+
+def fused_int8_sensitivity(model: nn.Module, *, example_input: tuple[torch.Tensor, ...],
+                           check_inputs: list[tuple[torch.Tensor, ...]] | None = None,
+                           calib_inputs: list[tuple[torch.Tensor, ...]] | None = None, num_heads: int = 0,
+                           hidden_size: int = 0, config: FusedInt8Config | None = None,
+                           input_names: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+    """The sensitivity table of :func:`export_fused_int8`'s search, best first, without writing a file: for every
+    projection not in ``config.float_layers``, the mean/min cosine to PyTorch on ``check_inputs`` with only it added
+    in fp32, its gain over none, its weight count and the gain per million fp32 weights (the search's order; the
+    cosine/latency frontier is the file with the first n of them in fp32)."""
+    config = config or FusedInt8Config()
+    names, heads_width, feeds, calib, ref = _setup(model, example_input, check_inputs, calib_inputs, input_names,
+                                                   num_heads, hidden_size)  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        fused = _prepare(model, example_input, names, Path(tmp), heads_width, config, calib)[0]
+        trials = _Trials(fused, Path(tmp), feeds, ref)
+        chosen = mixed.resolve(config.float_layers, trials.layers)
+        base = float(trials.score(chosen, record=False)[1].mean())
+        return trials.order("sensitivity", chosen, base)[1]
