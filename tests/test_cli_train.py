@@ -32,12 +32,19 @@ def ddp_fit(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp") / "fit.pt"
     records, logger = _Records(), logging.getLogger("deepslim.train.distributed")
     logger.addHandler(records)
-    level, logger.level = logger.level, logging.INFO
+    # whatever earlier tests in this process did to logging: setLevel (not assigning .level) also clears the logger's
+    # cached isEnabledFor answers; a disabled logger or a global logging.disable would swallow the record too
+    level, disabled, floor = logger.level, logger.disabled, logging.root.manager.disable
+    logger.setLevel(logging.INFO)
+    logger.disabled = False
+    logging.disable(logging.NOTSET)
     try:
         code = main(["-q", "fit", *FIT, "--epochs", "2", "--nproc", "2", "-o", str(out), "--json"])
     finally:
         logger.removeHandler(records)
         logger.setLevel(level)
+        logger.disabled = disabled
+        logging.disable(floor)
     digests = [re.findall(r"[0-9a-f]{64}", m) for m in records.messages if "digests" in m]
     return code, out, digests
 
