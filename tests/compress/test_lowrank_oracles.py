@@ -32,3 +32,16 @@ def test_tucker_takes_the_largest_rank_fraction_within_the_mac_budget(mac_ratio)
     assert (first.out_channels, mid.in_channels, mid.out_channels, last.in_channels) == (r_in, r_in, r_out, r_out)
     assert layer.params_after == i * expected[0] + expected[0] * expected[1] * k + expected[1] * o + o  # + bias
     assert layer.params_after - o <= budget
+
+
+def test_per_example_macs_count_the_first_factor_at_the_input_positions_and_are_whole_numbers():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(12, 20, 3, stride=2, padding=1))
+    x = torch.randn(2, 12, 8, 8)  # a batch of 2: counts are per example; 64 input and 16 output positions
+    res = factorize_(model, TuckerConfig(rank_ratio=0.5), example_input=x)
+    (layer,) = res.layers
+    r_in, r_out = layer.ranks
+    assert (r_in, r_out) == (6, 10)
+    assert layer.macs_before == 20 * 12 * 9 * 16
+    assert layer.macs_after == 12 * r_in * 64 + r_in * r_out * 9 * 16 + r_out * 20 * 16
+    assert type(layer.macs_before) is int and type(layer.macs_after) is int  # reports print them with {:,}
