@@ -13,8 +13,8 @@ The load average is recorded before and after: the machine is shared, and a load
 numbers noisy.
 
     python benchmarks/transformer_encoder.py [--json benchmarks/results/transformer_encoder.json] [--rounds 3]
-        [--variants ort_opt_int8,ds_fused_int8,ds_fused_int8_all,ds_mixed_int8,tome,tome_big,prune,tome_kd,student3,
-                    heads]
+        [--variants ort_opt_int8,ds_fused_int8,ds_fused_int8_all,ds_mixed_int8,ds_split_in,tome,tome_big,prune,tome_kd,
+                    student3,heads]
         [--heads-cpu 600] [--student-cpu 900] [--tome-cpu 900] [--heads-from PREFIX] [--student-from PREFIX]
         [--tome-from PREFIX]
 
@@ -279,6 +279,10 @@ def run(args: argparse.Namespace) -> dict:
             for name, floor in (("ds_fused_int8", 0.995), ("ds_fused_int8_all", 0.0)):
                 if name in chosen:
                     files[name], result[f"{name}_seq{seq}"] = fused_int8(teacher, data, work, seq, floor)
+            if "ds_split_in" in chosen:
+                cal = calib_ids(teacher, data, seq)
+                mixed, result[f"ds_split_in_seq{seq}"] = split_in_int8(teacher, cal, work, seq)
+                files |= mixed
             if "ds_mixed_int8" in chosen:
                 mixed, result[f"ds_mixed_int8_seq{seq}"] = mixed_int8(teacher, calib_ids(teacher, data, seq), work, seq)
                 files |= mixed
@@ -336,6 +340,21 @@ def mixed_int8(teacher: torch.nn.Module, ids: torch.Tensor, work: str, seq: int)
         r = build(f"ds_split_f{n}", FusedInt8Config(float_layers=emb + tuple(order[:n]), split_outliers=1))
         files[f"ds_split_f{n}"] = r.path
         info[f"ds_split_f{n}"] = {"float_layers": list(emb + tuple(order[:n])), "check_cosine": r.cosine_mean}
+    return files, info
+
+
+def split_in_int8(teacher: torch.nn.Module, ids: torch.Tensor, work: str, seq: int) -> tuple[dict[str, Path], dict]:
+    """No fp32 projections at all: the widest GELU channel split off (``ds_split_f0``), plus the 1 or 2 widest
+    LayerNorm-output channels of every feed-forward up projection (``ds_split_in1``, ``ds_split_in2``,
+    ``split_inputs``); the embeddings' tables fp32 in all three."""
+    model, checks = IdsOnly(teacher), [(ids[i : i + 32],) for i in range(0, len(ids), 32)]
+    files, info = {}, {}
+    for name, k in (("ds_split_f0", 0), ("ds_split_in1", 1), ("ds_split_in2", 2)):
+        config = FusedInt8Config(float_layers=("model.encoder.embeddings",), split_outliers=1, split_inputs=k)
+        r = export_fused_int8(model, Path(work) / f"{name}-{seq}.onnx", example_input=(ids[:2],), check_inputs=checks,
+                              num_heads=12, hidden_size=384, config=config)  # fmt: skip
+        files[name] = r.path
+        info[name] = {"config": config.to_dict(), "split": r.split_channels, "check_cosine": r.cosine_mean}
     return files, info
 
 
@@ -415,8 +434,8 @@ def main() -> None:
     parser.add_argument("--distill-only", action="store_true",
                         help="distil (and report PyTorch fidelity), save the students, skip the ONNX measurement")
     parser.add_argument("--variants", default="ort_opt_int8,ds_fused_int8,tome,prune,student3,heads",
-                        help="comma-separated: ort_opt_int8, ds_fused_int8, ds_fused_int8_all, ds_mixed_int8, tome, "
-                             "prune, tome_kd, tome_big (tome_kd's r without distillation), "
+                        help="comma-separated: ort_opt_int8, ds_fused_int8, ds_fused_int8_all, ds_mixed_int8, "
+                             "ds_split_in, tome, prune, tome_kd, tome_big (tome_kd's r without distillation), "
                              "student3, heads (ort_fp32 always)")  # fmt: skip
     for what, cpu, lr in (("heads", 600, 1.5e-4), ("student", 900, 2e-4), ("tome", 900, 1e-4)):
         parser.add_argument(f"--{what}-cpu", type=float, default=cpu, help=f"distillation CPU seconds ({what})")

@@ -141,3 +141,25 @@ def test_bad_mixed_precision_settings_are_refused_with_what_to_do(fused, tmp_pat
         FusedInt8Config(select="random")
     with pytest.raises(ConfigError, match="float_layers"):
         FusedInt8Config.from_dict({"float_layers": "layer.0"})
+
+
+@needs_hf
+def test_splitting_the_widest_layernorm_channel_keeps_the_fp32_function_and_helps_int8(tmp_path):
+    pytest.importorskip("onnxruntime")
+    from deepslim.export import _torchscript as ts
+    from deepslim.export._mixed_int8 import FusedInt8Config, outlier_nodes, split_inputs
+
+    model = _tiny_encoder()
+    with torch.no_grad():  # channel 5 of the LayerNorm feeding layer 0's up projection far wider than the rest
+        model.encoder.encoder.layer[0].attention.output.LayerNorm.weight[5] = 30.0
+    ids, mask = _batch()
+    feeds = [{"input_ids": ids.numpy(), "attention_mask": mask.numpy()}]
+    ts._export_fp32(model, (ids, mask), tmp_path / "fp32.onnx", ["input_ids", "attention_mask"])
+    ts._fuse(tmp_path / "fp32.onnx", tmp_path / "fused.onnx", 4, 32)
+    split = split_inputs(tmp_path / "fused.onnx", tmp_path / "in.onnx", feeds, 1)
+    assert split["encoder.encoder.layer.0.intermediate.dense"] == [5] and len(split) == 2  # one per layer
+    assert len(outlier_nodes(tmp_path / "in.onnx")) == 8  # mask, gather, rank-k MatMul, add per layer
+    np.testing.assert_allclose(ts._run(tmp_path / "in.onnx", feeds), ts._run(tmp_path / "fused.onnx", feeds), atol=1e-5)
+    plain = _export(model, tmp_path / "plain.onnx", FusedInt8Config())
+    r = _export(model, tmp_path / "s.onnx", FusedInt8Config(split_inputs=1))
+    assert r.split_channels == split and r.cosine_mean > plain.cosine_mean

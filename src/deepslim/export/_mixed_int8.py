@@ -40,8 +40,9 @@ class FusedInt8Config(Config):
     for every projection, the cosine with only it in fp32 and takes the largest gain per fp32 weight first (a
     projection's fp32 cost grows with its weight); ``"ffn_first"``: the feed-forward output projections, first
     layer first (sessions 4–5). ``split_outliers``: this many widest input channels of every feed-forward output
-    projection go to a small fp32 path (:func:`split_outliers`; 0: off). ``smooth``: SmoothQuant alpha of those
-    projections (0: off; it lowered fidelity on all-MiniLM-L6-v2).
+    projection go to a small fp32 path (:func:`split_outliers`; 0: off); ``split_inputs``: this many widest input
+    channels of every feed-forward up projection (LayerNorm outputs) likewise (:func:`split_inputs`). ``smooth``:
+    SmoothQuant alpha of the output projections (0: off; it lowered fidelity on all-MiniLM-L6-v2).
     """
 
     float_layers: tuple[str, ...] = ()
@@ -49,14 +50,15 @@ class FusedInt8Config(Config):
     max_float: int = 6
     select: str = "sensitivity"
     split_outliers: int = 0
+    split_inputs: int = 0
     smooth: float = 0.0
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "float_layers", tuple(self.float_layers))
         if not self.min_cosine >= 0.0:  # above 1 is allowed and unreachable: the export then says so
             raise ConfigError(f"min_cosine must be >= 0 (0: no search), got {self.min_cosine}")
-        if self.max_float < 0 or self.split_outliers < 0:
-            raise ConfigError("max_float and split_outliers must be >= 0")
+        if self.max_float < 0 or self.split_outliers < 0 or self.split_inputs < 0:
+            raise ConfigError("max_float, split_outliers and split_inputs must be >= 0")
         if self.select not in ("sensitivity", "ffn_first"):
             raise ConfigError(f"select must be 'sensitivity' or 'ffn_first', got {self.select!r}")
         if not 0.0 <= self.smooth <= 1.0:
@@ -137,7 +139,7 @@ def _gelu_readers(graph: Any) -> list[tuple[Any, Any, Any]]:
     by_out = {o: n for n in graph.node for o in n.output}
     found = []
     for down in graph.node:
-        act = by_out.get(down.input[0]) if down.op_type == "MatMul" else None
+        act = by_out.get(down.input[0]) if down.op_type == "MatMul" and "_outlier_" not in down.name else None
         if act is None or act.op_type != "BiasGelu" or down.input[1] not in inits:
             continue
         up = by_out.get(act.input[0])
@@ -209,3 +211,55 @@ def outlier_nodes(path: Path) -> list[str]:
     import onnx
 
     return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if "_outlier_" in n.name]
+
+
+def split_inputs(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k: int) -> dict[str, list[int]]:
+    """Write ``fused`` to ``out`` with the ``k`` widest input channels of every feed-forward up projection (its
+    input is a LayerNorm output; in BERT one channel is far wider than the rest) taken out of the int8 MatMul: the
+    input is multiplied by a 0/1 mask, and those channels times their weight rows are added back in fp32 (a
+    ``Gather`` and a k-row ``MatMul``) before the GELU. The fp32 function is unchanged. Returns the channels by the
+    up projection's module name."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    from deepslim.export._torchscript import _channel_max
+
+    model = onnx.load(str(fused))
+    graph = model.graph
+    ups = [up for up, _, _ in _gelu_readers(graph)]
+    if k <= 0 or not ups:
+        onnx.save(model, str(out))
+        return {}
+    inits = {i.name: i for i in graph.initializer}
+    stats = _channel_max(fused, [up.input[0] for up in ups], feeds)
+    added: dict[str, list[Any]] = {}
+    split: dict[str, list[int]] = {}
+    for up in ups:
+        w = numpy_helper.to_array(inits[up.input[1]])
+        channels = np.sort(np.argsort(-stats[up.input[0]], kind="stable")[:k])
+        mask = np.ones(w.shape[0], dtype=np.float32)
+        mask[channels] = 0.0
+        tag, x, result = up.name, up.input[0], up.output[0]
+        for name, value in ((f"{tag}_outlier_mask", mask), (f"{tag}_outlier_idx", channels.astype(np.int64)),
+                            (f"{tag}_outlier_rows", np.ascontiguousarray(w[channels], dtype=np.float32))):  # fmt: skip
+            graph.initializer.append(numpy_helper.from_array(value, name))
+        up.input[0], up.output[0] = f"{tag}_outlier_masked", f"{result}_int8_part"
+        masking = helper.make_node("Mul", [x, f"{tag}_outlier_mask"], [up.input[0]], name=f"{tag}_outlier_in_mask")
+        added[up.name] = [
+            helper.make_node("Gather", [x, f"{tag}_outlier_idx"], [f"{tag}_outlier_x"], name=f"{tag}_outlier_gather",
+                             axis=-1),  # fmt: skip
+            helper.make_node("MatMul", [f"{tag}_outlier_x", f"{tag}_outlier_rows"], [f"{tag}_outlier_part"],
+                             name=f"{tag}_outlier_rank"),  # fmt: skip
+            helper.make_node("Add", [up.output[0], f"{tag}_outlier_part"], [result], name=f"{tag}_outlier_in_add"),
+        ]
+        added[f"{up.name}#before"] = [masking]
+        split[_module_of(up.name)] = [int(c) for c in channels]
+    nodes = []
+    for node in graph.node:
+        nodes.extend(added.get(f"{node.name}#before", []))
+        nodes.append(node)
+        nodes.extend(added.get(node.name, []))
+    del graph.node[:]
+    graph.node.extend(nodes)
+    onnx.save(model, str(out))
+    return split

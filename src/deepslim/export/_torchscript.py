@@ -245,7 +245,10 @@ def _prepare(model: nn.Module, example_input: tuple[torch.Tensor, ...], names: l
     if smoothed:
         fused = work / "smoothed.onnx"
     split = mixed.split_outliers(fused, work / "split.onnx", calib, config.split_outliers)
-    return (work / "split.onnx" if split else fused), fused_ops, smoothed, split
+    if split:
+        fused = work / "split.onnx"
+    split_in = mixed.split_inputs(fused, work / "split_in.onnx", calib, config.split_inputs)
+    return (work / "split_in.onnx" if split_in else fused), fused_ops, smoothed, split | split_in
 
 
 def export_fused_int8(model: nn.Module, path: str | os.PathLike[str], *, example_input: tuple[torch.Tensor, ...],
