@@ -93,10 +93,11 @@ def train_dense(name: str, data: Any, args: argparse.Namespace) -> tuple[torch.n
 
 
 def final_comparison(dense: torch.nn.Module, data: Any, full: Any, space: SearchSpace, table: LatencyTable,
-                     result: Any, args: argparse.Namespace) -> dict[str, Any]:  # fmt: skip
+                     result: Any, args: argparse.Namespace, save: Any = None) -> dict[str, Any]:  # fmt: skip
     """``best`` and ``uniform`` of a search, each fine-tuned alike (the search's recovery: ``--finetune-epochs`` at
     its lr) with every recovery seed, scored on the full test split; then timed interleaved with the dense model
-    (``--interleaves`` runs of ``--final-rounds`` rounds: the minimum, and the min..max band across interleaves)."""
+    (``--interleaves`` runs of ``--final-rounds`` rounds: the minimum, and the min..max band across interleaves).
+    ``save(rows)`` is called after every fine-tune, so a run stopped early keeps the seeds it finished."""
     rows: dict[str, Any] = {}
     nets: list[tuple[str, torch.nn.Module]] = [("dense", dense)]
     for label in ("best", "uniform"):
@@ -115,6 +116,9 @@ def final_comparison(dense: torch.nn.Module, data: Any, full: Any, space: Search
             net, _ = ev.build(cand.policy, "finetune")
             row["seeds"].append({"seed": seed, "test_accuracy": ds.evaluate(net, full, split="test").accuracy,
                                  "seconds": time.perf_counter() - t0})  # fmt: skip
+            rows[label] = row
+            if save is not None:
+                save(rows)
         accs = [r["test_accuracy"] for r in row["seeds"]]
         row["test_accuracy_mean"] = sum(accs) / len(accs)
         row["test_accuracy_spread"] = [min(accs), max(accs)]
@@ -245,7 +249,8 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: st
             entry["budgets"][str(budget)] = runs
             save_json(out, path)
             if seed == args.seeds[0] and args.recovery_seeds:
-                run["final"] = final_comparison(dense, data, full, space, table, result, args)
+                run["final"] = final_comparison(dense, data, full, space, table, result, args,
+                                                lambda rows, run=run: (run.update(final=rows), save_json(out, path)))
             run["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
             save_json(out, path)
 
