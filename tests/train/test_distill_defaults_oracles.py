@@ -282,3 +282,16 @@ def test_hints_are_sized_and_matched_on_each_models_own_inputs():
     with torch.no_grad():
         hint = F.mse_loss(made[0](s_feat), t_feat).item()
     assert hint > 1e-3 and res.history[0]["train_loss"] == pytest.approx(kd + 1.5 * hint, rel=1e-5)
+
+
+@pytest.mark.parametrize(("hints", "message"), [({"2": "1"}, r"^hint layer '2' is not a layer of the student$"),
+                                                ({"0": "body"}, r"^hint layer 'body' is not a layer of the teacher$")])
+def test_a_misspelt_hint_layer_is_refused_naming_the_model_it_is_missing_from(hints, message):
+    data = _bundle(n_train=8)
+    student, teacher = nn.Sequential(nn.Linear(6, 3)), nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    before = copy.deepcopy(student.state_dict())
+    with pytest.raises(ds.ConfigError, match=message):
+        ds.distill(student, teacher, data, ds.KDConfig(hints=hints), epochs=1)
+    assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())  # refused before training
+    # no hook left behind (the teacher case failed before the fix: the student kept its capture hook)
+    assert not student[0]._forward_hooks and not teacher[0]._forward_hooks

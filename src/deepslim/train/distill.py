@@ -132,7 +132,11 @@ def distill(student: nn.Module, teacher: nn.Module, data: DataBundle, config: KD
     student_pre = model_preprocessing(student) or data.preprocessing
     to_teacher = _teacher_inputs(teacher, student_pre, data.preprocessing)
     s_cap = _Capture(student, list(hints), "student")
-    t_cap = _Capture(teacher, list(hints.values()), "teacher")
+    try:
+        t_cap = _Capture(teacher, list(hints.values()), "teacher")
+    except ConfigError:  # a misspelt teacher layer: the student's hooks must not stay behind
+        s_cap.close()
+        raise
     regressors = nn.ModuleDict()
     try:
         if hints:  # size the regressors from one batch
