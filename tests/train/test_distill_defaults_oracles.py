@@ -6,6 +6,7 @@ by hand, or a run compared with the same run given its settings explicitly."""
 
 import copy
 import importlib
+import math
 
 import pytest
 import torch
@@ -115,6 +116,20 @@ def test_distill_with_sgd_uses_the_default_momentum_of_0_9_with_nesterov():
     assert not torch.allclose(w, expected(0.0)[0])  # momentum 0 would have moved it less
 
 
+def test_distill_with_adam_takes_adams_first_step():
+    # Adam's first step moves every parameter by lr in the direction against its gradient: m/sqrt(v) = g/|g|
+    data, teacher = _bundle(n_train=8), _teacher()
+    torch.manual_seed(2)
+    student = nn.Linear(6, 3)
+    x, y = next(iter(data.train))
+    ref = copy.deepcopy(student)
+    grads = torch.autograd.grad(kd_loss(ref(x), teacher(x).detach(), y, temperature=4.0, alpha=0.9),
+                                [ref.weight, ref.bias])  # fmt: skip
+    ds.distill(student, teacher, data, epochs=1, lr=0.01, optimizer="adam", cosine=False)
+    for p, r, g in zip((student.weight, student.bias), (ref.weight, ref.bias), grads, strict=True):
+        torch.testing.assert_close(p.detach(), r.detach() - 0.01 * g / (g.abs() + 1e-8), rtol=1e-5, atol=1e-7)
+
+
 # ---- the task ----------------------------------------------------------------------------------------------------
 
 
@@ -191,18 +206,21 @@ def test_unlabelled_data_trains_on_the_teacher_alone_and_validates_by_fidelity_t
     assert res.history[0]["val_kl"] == pytest.approx(fid["kl"], rel=1e-6)
 
 
-def test_unlabelled_regression_data_validates_by_r2_against_the_teachers_outputs():
-    data = _bundle(n_train=8, labelled=False, task=Regression(), targets="real")
+@pytest.mark.parametrize(("data_task", "task"), [(Regression(), None), (None, "regression")],
+                         ids=["the-datas", "given"])  # fmt: skip
+def test_unlabelled_regression_data_validates_by_r2_against_the_teachers_outputs(data_task, task):
+    data = _bundle(n_train=8, labelled=False, task=data_task, targets="real")
     teacher = _teacher()
     torch.manual_seed(3)
     student = nn.Linear(6, 3)
     (x,) = next(iter(data.train))
     params, loss = _sgd_step(student, lambda m: F.mse_loss(m(x), teacher(x).detach()), lr=0.1)
     res = ds.distill(student, teacher, data, ds.KDConfig(alpha=0.5), epochs=1, lr=0.1, optimizer="sgd",
-                     momentum=0.0, cosine=False)  # fmt: skip
+                     momentum=0.0, cosine=False, task=task)  # fmt: skip
     _assert_params(student, params)
     assert res.history[0]["train_loss"] == pytest.approx(loss, rel=1e-6)
-    fid = ds.fidelity(student, teacher, data, split="val")
+    fid = ds.fidelity(student, teacher, data, split="val", task="regression")
+    assert math.isnan(res.best_val_accuracy)  # no accuracy for regression: NaN, not None
     assert res.best_val_metric == pytest.approx(fid["r2"], rel=1e-6) and res.history[0]["val_mse"] == pytest.approx(
         fid["mse"], rel=1e-6)  # fmt: skip
 
