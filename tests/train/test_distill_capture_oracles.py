@@ -55,3 +55,12 @@ def test_has_targets_looks_at_the_first_batch_and_an_empty_loader_has_none():
 def test_samples_is_the_dataset_length_or_zero_for_a_stream():
     assert distill._samples(DataLoader(TensorDataset(torch.randn(7, 3)), batch_size=2)) == 7
     assert distill._samples(DataLoader(_Stream(), batch_size=2)) == 0
+
+
+def test_a_hint_map_is_pooled_to_the_teachers_non_square_size():
+    s, t = torch.randn(2, 4, 6, 8), torch.randn(2, 4, 3, 2)
+    torch.testing.assert_close(distill._match(s, t), torch.nn.functional.adaptive_avg_pool2d(s, (3, 2)))
+    same = torch.randn(2, 4, 3, 2)
+    assert distill._match(same, t) is same  # already the teacher's size: untouched
+    with pytest.raises(ConfigError, match=r"^hint shapes do not match after the regressor: student \(2, 5, 3, 2\)"):
+        distill._match(torch.randn(2, 5, 3, 2), t)
