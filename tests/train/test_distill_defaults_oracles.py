@@ -313,3 +313,30 @@ def test_a_misspelt_hint_layer_is_refused_naming_the_model_it_is_missing_from(hi
     assert all(torch.equal(v, student.state_dict()[k]) for k, v in before.items())  # refused before training
     # no hook left behind (the teacher case failed before the fix: the student kept its capture hook)
     assert not student[0]._forward_hooks and not teacher[0]._forward_hooks
+
+
+def test_the_hint_regressor_trains_alongside_the_student():
+    data = _bundle(n_train=8)
+    torch.manual_seed(2)
+    teacher = nn.Sequential(nn.Linear(6, 4), nn.ReLU(), nn.Linear(4, 3))
+    student = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+    made, start = [], []
+    real = distill_module._regressor
+
+    def spy(s, t):
+        made.append(real(s, t))
+        start.append(made[-1].weight.detach().clone())
+        return made[-1]
+
+    x, _ = next(iter(data.train))
+    with torch.no_grad():
+        s_feat, t_feat = student[1](student[0](x)), teacher[1](teacher[0](x))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(distill_module, "_regressor", spy)
+        ds.distill(student, teacher, data, ds.KDConfig(hints={"1": "1"}, hint_weight=2.0), epochs=1, lr=0.1,
+                   optimizer="sgd", momentum=0.0, cosine=False, restore_best=False)  # fmt: skip
+    start_w = start[0].clone().requires_grad_(True)
+    (grad,) = torch.autograd.grad(2.0 * F.mse_loss(s_feat @ start_w.T, t_feat), [start_w])
+    w = made[0].weight.detach()
+    torch.testing.assert_close(w, start[0] - 0.1 * grad, rtol=1e-5, atol=1e-6)  # one SGD step on the hint term
+    assert not torch.allclose(w, start[0])
