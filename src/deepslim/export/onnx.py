@@ -193,7 +193,7 @@ def _worst_layer(model: nn.Module, path: Path, x: Inputs) -> str:
     seen: dict[str, np.ndarray] = {}
     def keep(name: str) -> Any:
         def hook(module: nn.Module, args: Any, out: torch.Tensor) -> None:
-            seen.setdefault(name, out.detach().float().numpy())
+            seen.setdefault(name, out.detach().float().clone().numpy())  # a copy: an in-place ReLU next overwrites
 
         return hook
 

@@ -1,0 +1,20 @@
+"""The export's parity diagnosis names the layer whose output really differs between ONNX Runtime and PyTorch."""
+
+import re
+
+import torch
+from torch import nn
+
+import deepslim as ds
+from deepslim.export.onnx import _worst_layer
+
+
+def test_the_worst_layer_is_judged_on_its_output_before_an_in_place_activation_overwrites_it(tmp_path):
+    # a float model: ONNX Runtime computes what PyTorch does, so every layer agrees; the hook must keep a copy of the
+    # convolution's output, whose negative half the in-place ReLU6 right after it zeroes (the view it kept read 0.88)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU6(inplace=True), nn.Flatten(), nn.Linear(4 * 6 * 6, 3)).eval()
+    x = torch.randn(1, 1, 8, 8)
+    ds.export_onnx(model, tmp_path / "f.onnx", example_input=x)
+    note = _worst_layer(model, tmp_path / "f.onnx", (x,))
+    assert float(re.search(r"cosine ([0-9.]+)", note).group(1)) > 0.9999, note
