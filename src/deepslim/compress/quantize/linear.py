@@ -140,6 +140,21 @@ class QuantMixin(nn.Module):
             codes = quantize_codes(self.weight.detach(), scale, zero, qmin, qmax, axis)
         return codes.to(torch.int32), scale, zero, axis
 
+    def quantized_bias(self) -> torch.Tensor | None:
+        """The bias an integer runtime adds: int32 codes at the step ``float32(s_x · s_w)`` (per output channel), as the
+        exporter writes it into a Conv's or Gemm's bias, so that the fake-quantized layer computes what the deployed
+        file does (with the float bias they differ by up to half a step per output, which a sensitive pruned model
+        grows to a visible disagreement). The float bias while calibrating or where activations stay float;
+        gradients pass straight through to the float bias."""
+        bias = self.bias
+        if bias is None or self.act_bits is None or self.observer is not None:
+            return bias
+        with torch.no_grad():
+            w_scale = self.weight_scale.detach() if self.qat else self._weight_params()[0]
+            step = (self.act_scale.detach().double() * w_scale.double()).float().double()
+            rounded = (torch.round(bias.detach().double() / step) * step).to(bias.dtype)
+        return rounded + (bias - bias.detach())
+
     def quantized_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.act_bits is None:
             return x
@@ -175,17 +190,19 @@ class QuantMixin(nn.Module):
 
 class QConv2d(QuantMixin, nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
+        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.quantized_bias())
 
 
 class QConv1d(QuantMixin, nn.Conv1d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.bias)
+        return self._conv_forward(self.quantized_input(x), self.quantized_weight(), self.quantized_bias())
 
 
 class QLinear(QuantMixin, nn.Linear):  # type: ignore[misc]  # torch types Linear.bias as a Parameter (it may be None)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(self.quantized_input(x), self.quantized_weight(), self.bias)
+        # a 2-D input exports as one Gemm, whose bias is stored as int32 codes; a wider one as MatMul + a float Add
+        bias = self.quantized_bias() if x.dim() == 2 else self.bias
+        return F.linear(self.quantized_input(x), self.quantized_weight(), bias)
 
 
 class QTransposedLinear(QuantMixin):
