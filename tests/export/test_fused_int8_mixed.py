@@ -97,6 +97,9 @@ def test_the_searched_set_round_trips_through_the_config_and_reproduces_the_file
     assert r.cosine_mean >= target and r.float_nodes and len(r.sensitivity) == 9
     gains = [row["gain_per_mweight"] for row in r.sensitivity]
     assert gains == sorted(gains, reverse=True)
+    row = next(t for t in r.sensitivity if t["layer"] == FFN0)  # against the file exported with only it in fp32
+    assert row["cosine_mean"] == pytest.approx(one.cosine_mean, abs=1e-6)
+    assert row["gain"] == pytest.approx(one.cosine_mean - base.cosine_mean, abs=1e-6)
     assert list(r.config.float_layers) == [row["layer"] for row in r.sensitivity][: len(r.float_nodes)]
     from deepslim.export._torchscript import fused_int8_sensitivity
 
@@ -141,6 +144,13 @@ def test_bad_mixed_precision_settings_are_refused_with_what_to_do(fused, tmp_pat
         FusedInt8Config(select="random")
     with pytest.raises(ConfigError, match="float_layers"):
         FusedInt8Config.from_dict({"float_layers": "layer.0"})
+    with pytest.raises(ConfigError, match="float_layers must be a list"):
+        FusedInt8Config(float_layers="layer.0")  # not split into letters
+    for bad in ({"max_float": 2.5}, {"split_outliers": True}, {"split_inputs": -1}):
+        with pytest.raises(ConfigError, match="must be a whole number"):
+            FusedInt8Config(**bad)
+    with pytest.raises(ConfigError, match="smooth cannot be combined"):
+        FusedInt8Config(smooth=0.5, split_outliers=1)  # the smoothing Mul would hide the blocks: no silent no-op
 
 
 @needs_hf
@@ -156,6 +166,8 @@ def test_splitting_the_widest_layernorm_channel_keeps_the_fp32_function_and_help
     feeds = [{"input_ids": ids.numpy(), "attention_mask": mask.numpy()}]
     ts._export_fp32(model, (ids, mask), tmp_path / "fp32.onnx", ["input_ids", "attention_mask"])
     ts._fuse(tmp_path / "fp32.onnx", tmp_path / "fused.onnx", 4, 32)
+    with pytest.raises(ConfigError, match="below the hidden width"):
+        split_inputs(tmp_path / "fused.onnx", tmp_path / "in.onnx", feeds, 10_000)
     split = split_inputs(tmp_path / "fused.onnx", tmp_path / "in.onnx", feeds, 1)
     assert split["encoder.encoder.layer.0.intermediate.dense"] == [5] and len(split) == 2  # one per layer
     assert len(outlier_nodes(tmp_path / "in.onnx")) == 8  # mask, gather, rank-k MatMul, add per layer

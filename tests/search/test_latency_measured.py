@@ -67,3 +67,15 @@ def test_a_search_on_measured_latency_refuses_a_budget_below_the_smallest_measur
     with pytest.raises(ConfigError, match=refusal):
         search(net, digits(), small_space(net), ("accuracy", "latency"), "latency=0.01x", trials=1, out_dir=tmp_path,
                latency_table=table, latency_model="measured", finetune_epochs=0, top_k=1)  # fmt: skip
+
+
+def test_the_measured_model_refuses_worker_processes_before_any_work(tmp_path):
+    pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    from deepslim.search import search
+
+    net = trained_net()
+    table = LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys], model_timer=params_ms)
+    with pytest.raises(ConfigError, match=r"latency_model='measured' runs in one process .* use workers=1"):
+        search(net, digits(), small_space(net), ("accuracy", "latency"), "latency=0.5x", trials=1, out_dir=tmp_path,
+               latency_table=table, latency_model="measured", workers=2)  # fmt: skip
+    assert not any(tmp_path.iterdir())  # refused before the study or any file

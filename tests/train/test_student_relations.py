@@ -56,14 +56,24 @@ def test_padded_tokens_do_not_change_the_relation_loss():
         student_mod.relation_loss(s, t, mask, 4, 2)
 
 
-def test_a_layer_dropped_student_distils_with_relation_transfer(teacher):  # noqa: F811
+def test_a_layer_dropped_student_distils_with_relation_transfer(teacher, monkeypatch):  # noqa: F811
     from deepslim.compress.tokens import drop_layers_
 
     ids, mask = _texts()
     student = drop_layers_(copy.deepcopy(teacher), [0, 2])
     before = _cosine(student, teacher, ids, mask)
+    losses = []  # the relation terms really enter the training: one positive value per step
+    real = student_mod.relation_loss
+
+    def spy(*args):
+        value = real(*args)
+        losses.append(float(value))
+        return value
+
+    monkeypatch.setattr(student_mod, "relation_loss", spy)
     config = student_mod.EncoderKDConfig(lr=3e-3, cpu_seconds=None, steps=30, batch_size=16, relation_weight=1.0)
     student_mod.distill_encoder(student, teacher, ids, mask, config)
+    assert len(losses) >= 30 and min(losses) > 0
     assert _cosine(student, teacher, ids, mask) > before + 0.3 * (1 - before)
     last = student.encoder.encoder.layer[-1].attention.self.query
     assert not last._forward_hooks  # the capture hooks are gone after the run

@@ -54,15 +54,23 @@ class FusedInt8Config(Config):
     smooth: float = 0.0
 
     def __post_init__(self) -> None:
+        if isinstance(self.float_layers, str) or not all(isinstance(p, str) for p in self.float_layers):
+            raise ConfigError("float_layers must be a list of module names or 're:' patterns, "
+                              f"got {self.float_layers!r}")  # fmt: skip
         object.__setattr__(self, "float_layers", tuple(self.float_layers))
         if not self.min_cosine >= 0.0:  # above 1 is allowed and unreachable: the export then says so
             raise ConfigError(f"min_cosine must be >= 0 (0: no search), got {self.min_cosine}")
-        if self.max_float < 0 or self.split_outliers < 0 or self.split_inputs < 0:
-            raise ConfigError("max_float, split_outliers and split_inputs must be >= 0")
+        for what in ("max_float", "split_outliers", "split_inputs"):
+            value = getattr(self, what)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"{what} must be a whole number >= 0, got {value!r}")
         if self.select not in ("sensitivity", "ffn_first"):
             raise ConfigError(f"select must be 'sensitivity' or 'ffn_first', got {self.select!r}")
         if not 0.0 <= self.smooth <= 1.0:
             raise ConfigError(f"smooth (SmoothQuant alpha) must be in [0, 1], got {self.smooth}")
+        if self.smooth and (self.split_outliers or self.split_inputs):
+            raise ConfigError("smooth cannot be combined with split_outliers/split_inputs (the smoothing Mul hides the "
+                              "feed-forward blocks the splits look for): use one or the other")  # fmt: skip
         for p in self.float_layers:
             if p.startswith("re:"):
                 try:
@@ -172,6 +180,8 @@ def split_outliers(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k
     for up, act, down in triples:
         w1, b1 = numpy_helper.to_array(inits[up.input[1]]), numpy_helper.to_array(inits[act.input[1]])
         w2 = numpy_helper.to_array(inits[down.input[1]])
+        if k >= w1.shape[1]:
+            raise ConfigError(f"split_outliers={k} must be below the feed-forward width {w1.shape[1]}")
         channels = np.sort(np.argsort(-stats[act.output[0]], kind="stable")[:k])
         rest = np.setdiff1d(np.arange(w1.shape[1]), channels)
         tag = down.name
@@ -236,6 +246,8 @@ def split_inputs(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k: 
     split: dict[str, list[int]] = {}
     for up in ups:
         w = numpy_helper.to_array(inits[up.input[1]])
+        if k >= w.shape[0]:
+            raise ConfigError(f"split_inputs={k} must be below the hidden width {w.shape[0]}")
         channels = np.sort(np.argsort(-stats[up.input[0]], kind="stable")[:k])
         mask = np.ones(w.shape[0], dtype=np.float32)
         mask[channels] = 0.0

@@ -134,6 +134,9 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
         raise ConfigError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
     table = latency_table or LatencyTable(runtime=runtime)
     model_name, nodes = resolve_latency_model(latency_model, table, node_table)
+    if workers > 1 and model_name == "measured":  # each worker would time the dense model in its own scale
+        raise ConfigError("latency_model='measured' runs in one process (each worker would judge its trials against "
+                          "its own dense timing): use workers=1, or the 'nodes' or 'layers' table with workers")
     if workers > 1:
         wk.check_travels(model, data, table, out_dir, nodes if model_name == "nodes" else None)
     if storage is not None:  # a wrong host, port or password fails now, not after the preparation

@@ -11,8 +11,11 @@ timed alone (optimizations off: it already is what the runtime runs), once per d
 input types and shapes — cached in the latency table's file beside the layer entries. A node's entry is its time
 minus one run of a trivial graph (the per-run overhead every one-node timing includes and a whole graph pays once);
 the prediction is the sum of the entries, mapped through ``scale × sum + offset``. A search anchors the scale to the
-dense model measured end to end in its own run (:meth:`NodeTable.anchor`): the sums alone ran 8–20 % low on this
-machine, uniformly, so the anchor puts predictions in measured milliseconds and leaves every ratio as it was.
+dense model measured end to end in its own run (:meth:`NodeTable.anchor`), which leaves every ratio as it was, so
+budgets relative to the dense model (``0.5x``) are judged exactly as by the plain sums. Absolute budgets (ms) are
+only as good as the anchor: on ResNet-20 (28², batch 1) the sums ran 8–20 % low, uniformly, and the anchor put them
+in measured milliseconds; on a 1.75 M-MAC MobileNetV2 the error depends on the policy (measured / sum 0.76–1.63, the
+dense model highest) and the anchored predictions ran 63 % high at the median (BENCHMARKS.md, session 7).
 
 The search judges every trial with this table by default (``search(latency_model="nodes")``): a trial's prediction
 is the sum over its own exported graph, after pruning and quantization. The exporter (model -> file), the splitter

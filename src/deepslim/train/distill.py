@@ -134,7 +134,7 @@ def distill(student: nn.Module, teacher: nn.Module, data: DataBundle, config: KD
     s_cap = _Capture(student, list(hints), "student")
     try:
         t_cap = _Capture(teacher, list(hints.values()), "teacher")
-    except ConfigError:  # a misspelt teacher layer: the student's hooks must not stay behind
+    except BaseException:  # a misspelt teacher layer (or anything else): the student's hooks must not stay behind
         s_cap.close()
         raise
     regressors = nn.ModuleDict()
