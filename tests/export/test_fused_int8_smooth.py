@@ -52,11 +52,13 @@ def test_the_scale_is_activation_range_over_weight_range_balanced_by_alpha(fused
     import onnx
     from onnx import numpy_helper
 
+    from deepslim.export import _mixed_int8 as mixed
+
     ts, work, feeds = fused
     ts._smooth(work / "fused.onnx", work / "smoothed1.onnx", feeds, 1.0)
     name = ts._ffn_outputs(work / "fused.onnx")[0]
     (node,) = [n for n in onnx.load(str(work / "fused.onnx")).graph.node if n.name == name]
-    amax = ts._channel_max(work / "fused.onnx", [node.input[0]], feeds)[node.input[0]]
+    amax = mixed.channel_max(work / "fused.onnx", [node.input[0]], feeds)[node.input[0]]
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(work / "smoothed1.onnx")).graph.initializer}
     # alpha = 1: s = max|x|, so every smoothed input channel has range 1
     np.testing.assert_allclose(1.0 / inits[f"{name}_smooth"], np.clip(amax, 1e-5, None), rtol=1e-5)

@@ -141,6 +141,47 @@ def weight_sizes(fused: Path, layers: dict[str, str]) -> dict[str, int]:
     return {name: _weight_size(graph, node) for name, node in layers.items()}
 
 
+def channel_max(model_path: Path, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Per-channel (last axis) max |x| of the named tensors of a graph over ``feeds``: the graph is run once more
+    with them as extra outputs."""
+    import onnx
+
+    model = onnx.load(str(model_path))
+    for n in names:
+        model.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
+    probe = model_path.with_name(model_path.stem + "-probe.onnx")
+    onnx.save(model, str(probe))
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = 1
+    sess = ort.InferenceSession(str(probe), opts, providers=["CPUExecutionProvider"])
+    amax = {n: np.zeros(0, dtype=np.float32) for n in names}
+    for feed in feeds:
+        for n, value in zip(names, sess.run(names, feed), strict=True):
+            m = np.abs(value).reshape(-1, value.shape[-1]).max(0)
+            amax[n] = m if amax[n].size == 0 else np.maximum(amax[n], m)
+    return amax
+
+
+def widest(amax: np.ndarray, k: int) -> np.ndarray:
+    """The ``k`` channels of largest max |x|, ascending (ties: the lower index)."""
+    return np.sort(np.argsort(-amax, kind="stable")[:k])
+
+
+def splice(graph: Any, *, before: dict[str, list[Any]] | None = None,
+           after: dict[str, list[Any]] | None = None) -> None:  # fmt: skip
+    """Insert new nodes into ``graph`` right before / after the node of each name, keeping the rest in order."""
+    before, after = before or {}, after or {}
+    nodes = []
+    for node in graph.node:
+        nodes.extend(before.get(node.name, []))
+        nodes.append(node)
+        nodes.extend(after.get(node.name, []))
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
 def _gelu_readers(graph: Any) -> list[tuple[Any, Any, Any]]:
     """(up projection MatMul, BiasGelu, down projection MatMul) of every feed-forward block of a fused graph."""
     inits = {i.name for i in graph.initializer}
@@ -165,8 +206,6 @@ def split_outliers(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k
     import onnx
     from onnx import helper, numpy_helper
 
-    from deepslim.export._torchscript import _channel_max
-
     model = onnx.load(str(fused))
     graph = model.graph
     triples = _gelu_readers(graph)
@@ -174,7 +213,7 @@ def split_outliers(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k
         onnx.save(model, str(out))
         return {}
     inits = {i.name: i for i in graph.initializer}
-    stats = _channel_max(fused, [act.output[0] for _, act, _ in triples], feeds)
+    stats = channel_max(fused, [act.output[0] for _, act, _ in triples], feeds)
     added: dict[str, list[Any]] = {}
     split: dict[str, list[int]] = {}
     for up, act, down in triples:
@@ -182,7 +221,7 @@ def split_outliers(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k
         w2 = numpy_helper.to_array(inits[down.input[1]])
         if k >= w1.shape[1]:
             raise ConfigError(f"split_outliers={k} must be below the feed-forward width {w1.shape[1]}")
-        channels = np.sort(np.argsort(-stats[act.output[0]], kind="stable")[:k])
+        channels = widest(stats[act.output[0]], k)
         rest = np.setdiff1d(np.arange(w1.shape[1]), channels)
         tag = down.name
         for name, value in ((f"{tag}_split_w1", w1[:, rest]), (f"{tag}_split_b1", b1[rest]),
@@ -202,12 +241,7 @@ def split_outliers(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k
             helper.make_node("Add", [down.output[0], f"{tag}_outlier_y"], [result], name=f"{tag}_outlier_add"),
         ]
         split[_module_of(down.name)] = [int(c) for c in channels]
-    nodes = []
-    for node in graph.node:
-        nodes.append(node)
-        nodes.extend(added.get(node.name, []))
-    del graph.node[:]
-    graph.node.extend(nodes)
+    splice(graph, after=added)
     used = {i for n in graph.node for i in n.input}
     keep = [i for i in graph.initializer if i.name in used]
     del graph.initializer[:]
@@ -232,8 +266,6 @@ def split_inputs(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k: 
     import onnx
     from onnx import helper, numpy_helper
 
-    from deepslim.export._torchscript import _channel_max
-
     model = onnx.load(str(fused))
     graph = model.graph
     ups = [up for up, _, _ in _gelu_readers(graph)]
@@ -241,14 +273,15 @@ def split_inputs(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k: 
         onnx.save(model, str(out))
         return {}
     inits = {i.name: i for i in graph.initializer}
-    stats = _channel_max(fused, [up.input[0] for up in ups], feeds)
+    stats = channel_max(fused, [up.input[0] for up in ups], feeds)
     added: dict[str, list[Any]] = {}
+    masks: dict[str, list[Any]] = {}
     split: dict[str, list[int]] = {}
     for up in ups:
         w = numpy_helper.to_array(inits[up.input[1]])
         if k >= w.shape[0]:
             raise ConfigError(f"split_inputs={k} must be below the hidden width {w.shape[0]}")
-        channels = np.sort(np.argsort(-stats[up.input[0]], kind="stable")[:k])
+        channels = widest(stats[up.input[0]], k)
         mask = np.ones(w.shape[0], dtype=np.float32)
         mask[channels] = 0.0
         tag, x, result = up.name, up.input[0], up.output[0]
@@ -264,14 +297,8 @@ def split_inputs(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k: 
                              name=f"{tag}_outlier_rank"),  # fmt: skip
             helper.make_node("Add", [up.output[0], f"{tag}_outlier_part"], [result], name=f"{tag}_outlier_in_add"),
         ]
-        added[f"{up.name}#before"] = [masking]
+        masks[up.name] = [masking]
         split[_module_of(up.name)] = [int(c) for c in channels]
-    nodes = []
-    for node in graph.node:
-        nodes.extend(added.get(f"{node.name}#before", []))
-        nodes.append(node)
-        nodes.extend(added.get(node.name, []))
-    del graph.node[:]
-    graph.node.extend(nodes)
+    splice(graph, before=masks, after=added)
     onnx.save(model, str(out))
     return split

@@ -79,29 +79,6 @@ def _ffn_outputs(fused: Path) -> list[str]:
     return [n.name for n in graph.node if n.op_type == "MatMul" and n.input[0] in gelu_out]
 
 
-def _channel_max(model_path: Path, names: list[str], feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Per-channel (last axis) max |x| of the named tensors of a graph over ``feeds``: the graph is run once more
-    with them as extra outputs."""
-    import onnx
-
-    model = onnx.load(str(model_path))
-    for n in names:
-        model.graph.output.append(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None))
-    probe = model_path.with_name(model_path.stem + "-probe.onnx")
-    onnx.save(model, str(probe))
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = 1
-    sess = ort.InferenceSession(str(probe), opts, providers=["CPUExecutionProvider"])
-    amax = {n: np.zeros(0, dtype=np.float32) for n in names}
-    for feed in feeds:
-        for n, value in zip(names, sess.run(names, feed), strict=True):
-            m = np.abs(value).reshape(-1, value.shape[-1]).max(0)
-            amax[n] = m if amax[n].size == 0 else np.maximum(amax[n], m)
-    return amax
-
-
 def _smooth(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], alpha: float) -> int:
     """SmoothQuant (Xiao et al., ICML 2023) for the feed-forward output projections: their inputs, GELU outputs,
     have a few channels far wider than the rest, which per-tensor dynamic int8 of the activations rounds away. Each
@@ -116,23 +93,20 @@ def _smooth(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], alpha: f
     inits = {i.name: i for i in graph.initializer}
     ffn = set(_ffn_outputs(fused))
     targets = {n.name: n for n in graph.node if n.name in ffn and n.input[1] in inits}
-    stats = _channel_max(fused, [n.input[0] for n in targets.values()], feeds)
-    nodes = []
-    for node in graph.node:
-        if node.name in targets:
-            w = numpy_helper.to_array(inits[node.input[1]])  # (K, N): rows are input channels
-            s = np.clip(stats[node.input[0]] ** alpha / np.clip(np.abs(w).max(1), 1e-8, None) ** (1 - alpha),
-                        1e-5, None).astype(np.float32)  # fmt: skip
-            inits[node.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32),
-                                                                  node.input[1]))  # fmt: skip
-            graph.initializer.append(numpy_helper.from_array(1.0 / s, f"{node.name}_smooth"))
-            smoothed = f"{node.input[0]}_{node.name}_smoothed"
-            nodes.append(onnx.helper.make_node("Mul", [node.input[0], f"{node.name}_smooth"], [smoothed],
-                                               name=f"{node.name}_smooth"))  # fmt: skip
-            node.input[0] = smoothed
-        nodes.append(node)
-    del graph.node[:]
-    graph.node.extend(nodes)
+    stats = mixed.channel_max(fused, [n.input[0] for n in targets.values()], feeds)
+    before: dict[str, list[Any]] = {}
+    for node in targets.values():
+        w = numpy_helper.to_array(inits[node.input[1]])  # (K, N): rows are input channels
+        s = np.clip(stats[node.input[0]] ** alpha / np.clip(np.abs(w).max(1), 1e-8, None) ** (1 - alpha),
+                    1e-5, None).astype(np.float32)  # fmt: skip
+        inits[node.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32),
+                                                              node.input[1]))  # fmt: skip
+        graph.initializer.append(numpy_helper.from_array(1.0 / s, f"{node.name}_smooth"))
+        smoothed = f"{node.input[0]}_{node.name}_smoothed"
+        before[node.name] = [onnx.helper.make_node("Mul", [node.input[0], f"{node.name}_smooth"], [smoothed],
+                                                   name=f"{node.name}_smooth")]  # fmt: skip
+        node.input[0] = smoothed
+    mixed.splice(graph, before=before)
     onnx.save(model, str(out))
     return len(targets)
 

@@ -28,7 +28,7 @@ from torch import nn
 from deepslim.analysis import profile
 from deepslim.analysis.measurement import Measurement
 from deepslim.analysis.profile import module_weight_bytes
-from deepslim.errors import ConfigError, DeepSlimError
+from deepslim.errors import ConfigError, DeepSlimError, ExportError
 from deepslim.search.latency import LatencyTable, LayerKey, layer_keys
 from deepslim.search.node_table import NodeTable
 from deepslim.search.recovery import reestimate_bn_
@@ -184,8 +184,6 @@ class Evaluator:
         in the same run and expressed in the frame of the dense model's first measurement: ``dense_ms × policy /
         dense``, so load that changes between trials moves both and cancels. Measured once per channel/precision
         shape; a model the runtime cannot run is refused as the trial's ExportError."""
-        from deepslim.errors import ExportError
-
         shape = _shape(policy)
         if shape in self._measured:
             return self._measured[shape]

@@ -141,6 +141,7 @@ class LastAttention:
 
     @property
     def heads(self) -> int:
+        """The captured layer's attention heads (its query width over the per-head width)."""
         return int(self.out["query"].shape[-1] // self.attn.attention_head_size)
 
 
