@@ -18,8 +18,9 @@ numbers noisy.
         [--heads-cpu 600] [--student-cpu 900] [--tome-cpu 900] [--heads-from PREFIX] [--student-from PREFIX]
         [--tome-from PREFIX]
 
-Distilled models are saved next to the JSON (``.heads.pt``/``.json`` and alike) and reused with ``--*-from``, so a
-long distillation and the measurement can run separately on a shared machine.
+The int8 variants (``ort_opt_int8``, ``ds_*``) are built in ``_fused_int8.py``. Distilled models are saved next to
+the JSON (``.heads.pt``/``.json`` and alike) and reused with ``--*-from``, so a long distillation and the measurement
+can run separately on a shared machine.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ import torch
 
 import deepslim as ds
 from _common import result_header
+from _fused_int8 import int8_files
 from deepslim.compress.prune import HeadPruneConfig, prune_heads_
 from deepslim.compress.prune.heads import apply_block, find_blocks
 from deepslim.compress.tokens import (
@@ -51,8 +53,6 @@ from deepslim.compress.tokens import (
     prune_tokens_,
 )
 from deepslim.data.sentences import training_sentences, word_salad
-from deepslim.export._mixed_int8 import FusedInt8Config
-from deepslim.export._torchscript import export_fused_int8, fused_int8_sensitivity
 from deepslim.models.hf import IdsOnly, tokenize, tokenizer_for
 from deepslim.tasks.similarity import embedding_fidelity, sentence_fidelity
 from deepslim.train.student import EncoderKDConfig, distill_encoder
@@ -199,21 +199,6 @@ def export(model: torch.nn.Module, path: Path, seq: int) -> Path:
     return path
 
 
-def ort_optimized_int8(fp32: Path, out: Path) -> tuple[Path, dict[str, int]]:
-    """ONNX Runtime's BERT fusion, then per-channel dynamic int8 (its documented path for transformers)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-    from onnxruntime.transformers import optimizer
-
-    opt = optimizer.optimize_model(str(fp32), model_type="bert", num_heads=12, hidden_size=384)
-    fused = opt.get_fused_operator_statistics()
-    opt_path = out.with_name(out.stem + "-opt.onnx")
-    opt.save_model_to_file(str(opt_path))
-    # the fused graph holds com.microsoft operators that ONNX shape inference cannot type: tell the quantizer
-    quantize_dynamic(str(opt_path), str(out), per_channel=True, weight_type=QuantType.QInt8,
-                     extra_options={"DefaultTensorType": 1})  # onnx.TensorProto.FLOAT
-    return out, {k: int(v) for k, v in fused.items() if v}
-
-
 def ort_embed(path: Path, ids: torch.Tensor, batch: int = 32) -> torch.Tensor:
     import onnxruntime as ort
 
@@ -273,89 +258,13 @@ def run(args: argparse.Namespace) -> dict:
     with tempfile.TemporaryDirectory() as work:
         for seq, data in ((32, data32), (128, data128)):
             files = {"ort_fp32": export(teacher, Path(work) / f"fp32-{seq}.onnx", seq)}
-            if "ort_opt_int8" in chosen:
-                files["ort_opt_int8"], fused = ort_optimized_int8(files["ort_fp32"], Path(work) / f"int8-{seq}.onnx")
-                result[f"ort_fused_ops_seq{seq}"] = fused
-            for name, floor in (("ds_fused_int8", 0.995), ("ds_fused_int8_all", 0.0)):
-                if name in chosen:
-                    files[name], result[f"{name}_seq{seq}"] = fused_int8(teacher, data, work, seq, floor)
-            if "ds_split_in" in chosen:
-                cal = calib_ids(teacher, data, seq)
-                mixed, result[f"ds_split_in_seq{seq}"] = split_in_int8(teacher, cal, work, seq)
-                files |= mixed
-            if "ds_mixed_int8" in chosen:
-                mixed, result[f"ds_mixed_int8_seq{seq}"] = mixed_int8(teacher, calib_ids(teacher, data, seq), work, seq)
-                files |= mixed
+            files |= int8_files(chosen, teacher, data, work, seq, files["ort_fp32"],
+                                lambda: passages(teacher, docstring_sentences())[0], result)  # fmt: skip
             for name, build in variants.items():
                 files[name] = export(build(seq), Path(work) / f"{name}-{seq}.onnx", seq)
             result["rows"] += measure(files, data, seq, args)
     result["load_after"] = os.getloadavg()
     return result
-
-
-def fused_int8(teacher: torch.nn.Module, data: ds.DataBundle, work: str, seq: int,
-               min_cosine: float) -> tuple[Path, dict]:  # fmt: skip
-    """deepslim's own int8: TorchScript export + ORT's fusion + per-channel dynamic int8, fp32 projections added
-    (first layer first) until the mean cosine to PyTorch on the test texts reaches ``min_cosine`` (0: all int8,
-    which is ORT's own optimizer + quantizer path through deepslim's export)."""
-    ids = getattr(data.test.dataset, "ids")  # noqa: B009
-    r = export_fused_int8(IdsOnly(teacher), Path(work) / f"ds-int8-{seq}-{min_cosine}.onnx", example_input=(ids[:2],),
-                          check_inputs=[(ids[i : i + 32],) for i in range(0, len(ids), 32)], num_heads=12,
-                          hidden_size=384, min_cosine=min_cosine)  # fmt: skip
-    return r.path, {"fused_ops": r.fused_ops, "float_nodes": list(r.float_nodes), "attempts": r.attempts}
-
-
-def calib_ids(teacher: torch.nn.Module, data: ds.DataBundle, seq: int) -> torch.Tensor:
-    """Inputs the mixed-precision export calibrates and checks on, never the evaluation sentences: every 8th
-    training text at sequence 32 (templates and word salad), 64 runs of docstring sentences at 128."""
-    if seq == 32:
-        return getattr(data.train.dataset, "ids")[::8][:256]  # noqa: B009
-    return passages(teacher, docstring_sentences())[0][:64]
-
-
-def mixed_int8(teacher: torch.nn.Module, ids: torch.Tensor, work: str, seq: int) -> tuple[dict[str, Path], dict]:
-    """Session 7: the widest GELU channel of each feed-forward output projection in fp32 (``split_outliers=1``), the
-    embeddings' tables fp32, then projections by measured sensitivity until the mean cosine on the calibration
-    texts reaches 0.995 (``ds_mixed_int8``); plus the frontier: the same file with the first 0-3 projections of the
-    sensitivity order in fp32 (``ds_split_f0`` .. ``ds_split_f3``)."""
-    model, checks = IdsOnly(teacher), [(ids[i : i + 32],) for i in range(0, len(ids), 32)]
-
-    def build(name: str, config: FusedInt8Config) -> ds.export.FusedInt8Result:
-        return export_fused_int8(model, Path(work) / f"{name}-{seq}.onnx", example_input=(ids[:2],),
-                                 check_inputs=checks, num_heads=12, hidden_size=384, config=config)  # fmt: skip
-
-    emb = ("model.encoder.embeddings",)
-    c0 = time.process_time()
-    best = build("ds_mixed_int8", FusedInt8Config(float_layers=emb, split_outliers=1, min_cosine=0.995, max_float=5))
-    info: dict[str, Any] = {"config": best.config.to_dict() if best.config else None, "split": best.split_channels,
-                            "attempts": best.attempts, "sensitivity": best.sensitivity,
-                            "cpu_s": round(time.process_time() - c0, 1)}  # fmt: skip
-    files = {"ds_mixed_int8": best.path}
-    table = best.sensitivity or fused_int8_sensitivity(model, example_input=(ids[:2],), check_inputs=checks,
-                                                       num_heads=12, hidden_size=384,
-                                                       config=FusedInt8Config(float_layers=emb, split_outliers=1))
-    info["frontier_sensitivity"] = table
-    order = [r["layer"] for r in table if r["gain"] > 0]
-    for n in range(4):
-        r = build(f"ds_split_f{n}", FusedInt8Config(float_layers=emb + tuple(order[:n]), split_outliers=1))
-        files[f"ds_split_f{n}"] = r.path
-        info[f"ds_split_f{n}"] = {"float_layers": list(emb + tuple(order[:n])), "check_cosine": r.cosine_mean}
-    return files, info
-
-
-def split_in_int8(teacher: torch.nn.Module, ids: torch.Tensor, work: str, seq: int) -> tuple[dict[str, Path], dict]:
-    """No fp32 projections at all: the widest GELU channel split off (``ds_split_f0``), plus the 1 or 2 widest
-    LayerNorm-output channels of every feed-forward up projection (``ds_split_in1``, ``ds_split_in2``,
-    ``split_inputs``); the embeddings' tables fp32 in all three."""
-    model, checks = IdsOnly(teacher), [(ids[i : i + 32],) for i in range(0, len(ids), 32)]
-    files, info = {}, {}
-    for name, k in (("ds_split_f0", 0), ("ds_split_in1", 1), ("ds_split_in2", 2)):
-        config = FusedInt8Config(float_layers=("model.encoder.embeddings",), split_outliers=1, split_inputs=k)
-        r = export_fused_int8(model, Path(work) / f"{name}-{seq}.onnx", example_input=(ids[:2],), check_inputs=checks,
-                              num_heads=12, hidden_size=384, config=config)  # fmt: skip
-        files[name] = r.path
-        info[name] = {"config": config.to_dict(), "split": r.split_channels, "check_cosine": r.cosine_mean}
-    return files, info
 
 
 def measure(files: dict[str, Path], data: ds.DataBundle, seq: int, args: argparse.Namespace) -> list[dict]:

@@ -95,16 +95,22 @@ def test_the_searched_set_round_trips_through_the_config_and_reproduces_the_file
     assert one.cosine_mean > base.cosine_mean
     r = _export(model, tmp_path / "a.onnx", FusedInt8Config(min_cosine=target, max_float=9))
     assert r.cosine_mean >= target and r.float_nodes and len(r.sensitivity) == 9
-    gains = [row["gain_per_mweight"] for row in r.sensitivity]
+    gains = [row.gain_per_mweight for row in r.sensitivity]
     assert gains == sorted(gains, reverse=True)
-    row = next(t for t in r.sensitivity if t["layer"] == FFN0)  # against the file exported with only it in fp32
-    assert row["cosine_mean"] == pytest.approx(one.cosine_mean, abs=1e-6)
-    assert row["gain"] == pytest.approx(one.cosine_mean - base.cosine_mean, abs=1e-6)
-    assert list(r.config.float_layers) == [row["layer"] for row in r.sensitivity][: len(r.float_nodes)]
+    row = next(t for t in r.sensitivity if t.layer == FFN0)  # against the file exported with only it in fp32
+    assert row.cosine_mean == pytest.approx(one.cosine_mean, abs=1e-6)
+    assert row.gain == pytest.approx(one.cosine_mean - base.cosine_mean, abs=1e-6)
+    assert row.gain_per_mweight == pytest.approx(row.gain / row.weights * 1e6) and row.weights == 64 * 32
+    assert list(r.config.float_layers) == [row.layer for row in r.sensitivity][: len(r.float_nodes)]
     from deepslim.export._torchscript import fused_int8_sensitivity
 
     table = fused_int8_sensitivity(model, example_input=_batch(2), check_inputs=[_batch()])  # the same, no file
-    assert [(t["layer"], t["cosine_mean"]) for t in table] == [(t["layer"], t["cosine_mean"]) for t in r.sensitivity]
+    assert [(t.layer, t.cosine_mean) for t in table] == [(t.layer, t.cosine_mean) for t in r.sensitivity]
+    assert json.loads(json.dumps(row.to_dict())) == {"layer": FFN0, "cosine_mean": row.cosine_mean,
+                                                     "cosine_min": row.cosine_min, "gain": row.gain,
+                                                     "weights": row.weights, "gain_per_mweight": row.gain_per_mweight}
+    with pytest.raises(AttributeError):
+        row.gain = 1.0  # a frozen record  # type: ignore[misc]
     again = FusedInt8Config.from_dict(json.loads(json.dumps(r.config.to_dict())))
     assert again == r.config and again.min_cosine == 0.0
     rr = _export(model, tmp_path / "b.onnx", again)
@@ -140,8 +146,11 @@ def test_bad_mixed_precision_settings_are_refused_with_what_to_do(fused, tmp_pat
     assert not (tmp_path / "x.onnx").exists()
     with pytest.raises(ConfigError, match="not both"):
         export_fused_int8(model, tmp_path / "x.onnx", example_input=_batch(2), config=FusedInt8Config(), min_cosine=0.9)
-    with pytest.raises(ConfigError, match="select"):
+    with pytest.raises(ConfigError, match=r"select must be one of FloatSelection.GAIN_PER_WEIGHT \('sensitivity'\), "
+                                          r"FloatSelection.FFN_OUTPUTS \('ffn_first'\), got 'random'"):
         FusedInt8Config(select="random")
+    with pytest.raises(ConfigError, match=r"select must be one of 'sensitivity', 'ffn_first', got 'GAIN'"):
+        FusedInt8Config.from_dict({"select": "GAIN"})
     with pytest.raises(ConfigError, match="float_layers"):
         FusedInt8Config.from_dict({"float_layers": "layer.0"})
     with pytest.raises(ConfigError, match="float_layers must be a list"):
@@ -175,3 +184,15 @@ def test_splitting_the_widest_layernorm_channel_keeps_the_fp32_function_and_help
     plain = _export(model, tmp_path / "plain.onnx", FusedInt8Config())
     r = _export(model, tmp_path / "s.onnx", FusedInt8Config(split_inputs=1))
     assert r.split_channels == split and r.cosine_mean > plain.cosine_mean
+
+
+def test_select_is_an_enum_that_round_trips_through_json_and_loads_the_old_strings():
+    from deepslim.export._mixed_int8 import FloatSelection, FusedInt8Config
+
+    assert FusedInt8Config().select is FloatSelection.GAIN_PER_WEIGHT
+    for member in FloatSelection:
+        config = FusedInt8Config(select=member, min_cosine=0.99, float_layers=("re:.*output.dense",))
+        data = json.loads(json.dumps(config.to_dict()))
+        assert data["select"] == member.value and FusedInt8Config.from_dict(data) == config
+    old = FusedInt8Config.from_dict({"select": "ffn_first", "min_cosine": 0.995})  # a session-7 JSON config
+    assert old.select is FloatSelection.FFN_OUTPUTS and FusedInt8Config(select="sensitivity") == FusedInt8Config()

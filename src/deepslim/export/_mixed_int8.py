@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -30,25 +31,34 @@ from deepslim.errors import ConfigError
 _QUANTIZABLE = ("MatMul", "Attention")
 
 
+class FloatSelection(Enum):
+    """Which projection :func:`~deepslim.export.export_fused_int8`'s search keeps in fp32 next. The values are the
+    strings of sessions 4–7's ``select`` (old JSON configs load unchanged)."""
+
+    GAIN_PER_WEIGHT = "sensitivity"  # the largest measured cosine gain per fp32 weight element (one trial file each)
+    FFN_OUTPUTS = "ffn_first"  # the feed-forward output projections (GELU readers), first layer first, unmeasured
+
+
 @dataclass(frozen=True, kw_only=True)
 class FusedInt8Config(Config):
     """What stays fp32 in :func:`~deepslim.export.export_fused_int8`'s file.
 
     ``float_layers``: module names (or ``re:`` patterns) of projections kept fp32, bit for bit the fp32 graph's.
     ``min_cosine`` > 0 adds more, in the order ``select`` gives, until the mean cosine to PyTorch on the check
-    inputs reaches it (at most ``max_float`` in all; an ExportError if it never does): ``"sensitivity"`` measures,
-    for every projection, the cosine with only it in fp32 and takes the largest gain per fp32 weight first (a
-    projection's fp32 cost grows with its weight); ``"ffn_first"``: the feed-forward output projections, first
-    layer first (sessions 4–5). ``split_outliers``: this many widest input channels of every feed-forward output
-    projection go to a small fp32 path (:func:`split_outliers`; 0: off); ``split_inputs``: this many widest input
-    channels of every feed-forward up projection (LayerNorm outputs) likewise (:func:`split_inputs`). ``smooth``:
-    SmoothQuant alpha of the output projections (0: off; it lowered fidelity on all-MiniLM-L6-v2).
+    inputs reaches it (at most ``max_float`` in all; an ExportError if it never does): ``GAIN_PER_WEIGHT``
+    (``"sensitivity"``) measures, for every projection, the cosine with only it in fp32 and takes the largest gain
+    per fp32 weight first (a projection's fp32 cost grows with its weight); ``FFN_OUTPUTS`` (``"ffn_first"``): the
+    feed-forward output projections, first layer first (sessions 4–5). ``split_outliers``: this many widest input
+    channels of every feed-forward output projection go to a small fp32 path (:func:`split_outliers`; 0: off);
+    ``split_inputs``: this many widest input channels of every feed-forward up projection (LayerNorm outputs)
+    likewise (:func:`split_inputs`). ``smooth``: SmoothQuant alpha of the output projections (0: off; it lowered
+    fidelity on all-MiniLM-L6-v2).
     """
 
     float_layers: tuple[str, ...] = ()
     min_cosine: float = 0.0
     max_float: int = 6
-    select: str = "sensitivity"
+    select: FloatSelection = FloatSelection.GAIN_PER_WEIGHT
     split_outliers: int = 0
     split_inputs: int = 0
     smooth: float = 0.0
@@ -64,8 +74,7 @@ class FusedInt8Config(Config):
             value = getattr(self, what)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{what} must be a whole number >= 0, got {value!r}")
-        if self.select not in ("sensitivity", "ffn_first"):
-            raise ConfigError(f"select must be 'sensitivity' or 'ffn_first', got {self.select!r}")
+        self._coerce_select()
         if not 0.0 <= self.smooth <= 1.0:
             raise ConfigError(f"smooth (SmoothQuant alpha) must be in [0, 1], got {self.smooth}")
         if self.smooth and (self.split_outliers or self.split_inputs):
@@ -77,6 +86,14 @@ class FusedInt8Config(Config):
                     re.compile(p[3:])
                 except re.error as exc:
                     raise ConfigError(f"float_layers pattern {p!r} is not a valid regular expression: {exc}") from None
+
+    def _coerce_select(self) -> None:
+        """``select`` as a FloatSelection: the member or its value (the string JSON and sessions 4–7 use)."""
+        try:
+            object.__setattr__(self, "select", FloatSelection(self.select))
+        except ValueError:
+            choices = ", ".join(f"FloatSelection.{m.name} ({m.value!r})" for m in FloatSelection)
+            raise ConfigError(f"select must be one of {choices}, got {self.select!r}") from None
 
 
 def _module_of(node_name: str) -> str:

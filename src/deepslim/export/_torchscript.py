@@ -18,6 +18,7 @@ below the target is an ExportError, never a file.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import tempfile
@@ -32,9 +33,26 @@ from torch import nn
 from deepslim._io import atomic_path
 from deepslim.errors import ConfigError, ExportError
 from deepslim.export import _mixed_int8 as mixed
-from deepslim.export._mixed_int8 import FusedInt8Config
+from deepslim.export._mixed_int8 import FloatSelection, FusedInt8Config
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FusedInt8Sensitivity:
+    """One projection's row of the fused int8 search's sensitivity table: the fidelity of the int8 file with only it
+    added in fp32 (to the set already fp32), measured against PyTorch on the check inputs."""
+
+    layer: str  # the PyTorch module name (a FusedInt8Config.float_layers entry)
+    cosine_mean: float
+    cosine_min: float
+    gain: float  # cosine_mean minus that of the file without it
+    weights: int  # its weight elements: what keeping it fp32 costs, roughly, in time (1 for the embeddings' tables)
+    gain_per_mweight: float  # gain per million fp32 weight elements: the search's order, largest first
+
+    def to_dict(self) -> dict[str, Any]:
+        """The row as plain JSON (the keys of sessions 6–7's dict rows)."""
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -50,7 +68,7 @@ class FusedInt8Result:
     smoothed: int = 0  # feed-forward output projections with SmoothQuant scaling
     config: FusedInt8Config | None = None  # what was chosen (float_layers, no search): export it again with this
     split_channels: dict[str, list[int]] = field(default_factory=dict)  # outlier channels in fp32, by projection
-    sensitivity: list[dict[str, Any]] = field(default_factory=list)  # per projection: cosine with only it in fp32
+    sensitivity: tuple[FusedInt8Sensitivity, ...] = ()  # per projection: cosine with only it in fp32, best first
 
 
 def _export_fp32(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, names: list[str]) -> None:
@@ -144,7 +162,7 @@ def _legacy(config: FusedInt8Config | None, min_cosine: float | None, keep_float
         if (min_cosine, keep_float, smooth) != (None, None, None):
             raise ConfigError("pass either config=FusedInt8Config(...) or min_cosine/keep_float/smooth, not both")
         return config
-    return FusedInt8Config(min_cosine=0.995 if min_cosine is None else min_cosine, select="ffn_first",
+    return FusedInt8Config(min_cosine=0.995 if min_cosine is None else min_cosine, select=FloatSelection.FFN_OUTPUTS,
                            max_float=6 if keep_float is None else keep_float, smooth=smooth or 0.0)  # fmt: skip
 
 
@@ -168,22 +186,24 @@ class _Trials:
                      cos.min())  # fmt: skip
         return trial, cos
 
-    def order(self, select: str, chosen: list[str], base: float) -> tuple[list[str], list[dict[str, Any]]]:
+    def order(self, select: FloatSelection, chosen: list[str],
+              base: float) -> tuple[list[str], tuple[FusedInt8Sensitivity, ...]]:  # fmt: skip
         """The projections to add, best first: by sensitivity (cosine gained with only it fp32, per fp32 weight
         element) or the feed-forward output projections in graph order."""
         rest = [n for n in self.layers if n not in chosen]
-        if select == "ffn_first":
+        if select is FloatSelection.FFN_OUTPUTS:
             ffn = set(_ffn_outputs(self.fused))
-            return [n for n in rest if self.layers[n] in ffn], []
+            return [n for n in rest if self.layers[n] in ffn], ()
         sizes = mixed.weight_sizes(self.fused, self.layers)
-        table: list[dict[str, Any]] = []
+        table: list[FusedInt8Sensitivity] = []
         for name in rest:
             cos = self.score([*chosen, name], record=False)[1]
             gain = float(cos.mean()) - base
-            table.append({"layer": name, "cosine_mean": float(cos.mean()), "cosine_min": float(cos.min()),
-                          "gain": gain, "weights": sizes[name], "gain_per_mweight": gain / sizes[name] * 1e6})
-        table.sort(key=lambda r: -r["gain_per_mweight"])
-        return [r["layer"] for r in table if r["gain"] > 0], table
+            table.append(FusedInt8Sensitivity(layer=name, cosine_mean=float(cos.mean()), cosine_min=float(cos.min()),
+                                              gain=gain, weights=sizes[name],
+                                              gain_per_mweight=gain / sizes[name] * 1e6))  # fmt: skip
+        table.sort(key=lambda r: -r.gain_per_mweight)
+        return [r.layer for r in table if r.gain > 0], tuple(table)
 
 
 Inputs = list[tuple[torch.Tensor, ...]]
@@ -251,7 +271,7 @@ def export_fused_int8(model: nn.Module, path: str | os.PathLike[str], *, example
         trials = _Trials(fused, work, feeds, ref)
         chosen = mixed.resolve(config.float_layers, trials.layers)
         trial, cos = trials.score(chosen)
-        table: list[dict[str, Any]] = []
+        table: tuple[FusedInt8Sensitivity, ...] = ()
         if cos.mean() < config.min_cosine:
             order, table = trials.order(config.select, chosen, float(cos.mean()))
             for name in order[: max(0, config.max_float - len(chosen))]:
@@ -275,11 +295,11 @@ def fused_int8_sensitivity(model: nn.Module, *, example_input: tuple[torch.Tenso
                            check_inputs: list[tuple[torch.Tensor, ...]] | None = None,
                            calib_inputs: list[tuple[torch.Tensor, ...]] | None = None, num_heads: int = 0,
                            hidden_size: int = 0, config: FusedInt8Config | None = None,
-                           input_names: list[str] | None = None) -> list[dict[str, Any]]:  # fmt: skip
+                           input_names: list[str] | None = None) -> tuple[FusedInt8Sensitivity, ...]:  # fmt: skip
     """The sensitivity table of :func:`export_fused_int8`'s search, best first, without writing a file: for every
-    projection not in ``config.float_layers``, the mean/min cosine to PyTorch on ``check_inputs`` with only it added
-    in fp32, its gain over none, its weight count and the gain per million fp32 weights (the search's order; the
-    cosine/latency frontier is the file with the first n of them in fp32)."""
+    projection not in ``config.float_layers``, a :class:`FusedInt8Sensitivity` (the mean/min cosine to PyTorch on
+    ``check_inputs`` with only it added in fp32, its gain over none, its weight count and the gain per million fp32
+    weights: the search's order; the cosine/latency frontier is the file with the first n of them in fp32)."""
     config = config or FusedInt8Config()
     names, heads_width, feeds, calib, ref = _setup(model, example_input, check_inputs, calib_inputs, input_names,
                                                    num_heads, hidden_size)  # fmt: skip
@@ -288,4 +308,4 @@ def fused_int8_sensitivity(model: nn.Module, *, example_input: tuple[torch.Tenso
         trials = _Trials(fused, Path(tmp), feeds, ref)
         chosen = mixed.resolve(config.float_layers, trials.layers)
         base = float(trials.score(chosen, record=False)[1].mean())
-        return trials.order("sensitivity", chosen, base)[1]
+        return trials.order(FloatSelection.GAIN_PER_WEIGHT, chosen, base)[1]
