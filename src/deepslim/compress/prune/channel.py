@@ -265,8 +265,9 @@ def _scores(graph: DependencyGraph, root: Space, modules: dict[str, nn.Module], 
     spaces = {s.id for s in graph.members(root)}
     parts: list[torch.Tensor] = []
     norms = [(modules[n], lay) for n, lay in graph.norms if getattr(modules[n], "weight", None) is not None]
-    for m, layout in norms:
-        parts += [_param_scores(weight_of(m), how, 0, 1)[sl] for sl in _slices(layout, spaces)]
+    for m, layout in norms:  # only the members that carry this group's channels (a VGG head holds 100 M weights)
+        if slices := _slices(layout, spaces):
+            parts += [_param_scores(weight_of(m), how, 0, 1)[sl] for sl in slices]
     if how is Importance.BN_SCALE:
         if parts:
             return _combine(parts, root.width)
@@ -282,9 +283,10 @@ def _scores(graph: DependencyGraph, root: Space, modules: dict[str, nn.Module], 
     for name, layout in graph.consumers:
         m = modules[name]
         in_dim = _kind(m).in_dim
-        if getattr(m, "groups", 1) == 1 and in_dim is not None:
+        slices = _slices(layout, spaces)
+        if slices and getattr(m, "groups", 1) == 1 and in_dim is not None:
             scores = _param_scores(weight_of(m), how, in_dim, layout.unit)
-            parts += [scores[sl] for sl in _slices(layout, spaces)]
+            parts += [scores[sl] for sl in slices]
     return _combine(parts, root.width)
 
 
