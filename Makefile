@@ -58,12 +58,14 @@ bench: $(VENV)/.bench
 # (make mutation MODULES=deepslim.compress.prune.masks); `$(BIN)/mutmut show NAME` prints a surviving mutant.
 # SAMPLE=N runs a seeded uniform random sample of N of those mutants instead (make mutation SAMPLE=400 SEED=0) and
 # prints the estimated score with its 95% interval and the survivors by module (tools/mutation_sample.py); BATCH=100
-# runs it in slices of consecutive draws, each an unbiased stopping point.
+# runs it in slices of consecutive draws, each an unbiased stopping point; FIRST=101 runs and tallies draws 101..N only
+# (a fresh sample once tests were written for the survivors of the earlier draws).
 MODULES ?= deepslim.analysis deepslim.compress deepslim.export deepslim.train
 MUTATION_JOBS ?= 1
 SAMPLE ?=
 SEED ?= 0
 BATCH ?=
+FIRST ?=
 
 mutation: $(VENV)/.mutation
 ifeq ($(SAMPLE),)
@@ -71,7 +73,7 @@ ifeq ($(SAMPLE),)
 	$(BIN)/mutmut results
 else
 	OMP_NUM_THREADS=1 nice -n 10 $(BIN)/python tools/mutation_sample.py --sample $(SAMPLE) --seed $(SEED) \
-		--jobs $(MUTATION_JOBS) --modules $(MODULES) $(if $(BATCH),--batch $(BATCH))
+		--jobs $(MUTATION_JOBS) --modules $(MODULES) $(if $(BATCH),--batch $(BATCH)) $(if $(FIRST),--first $(FIRST))
 endif
 
 lint: install-test

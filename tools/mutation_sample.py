@@ -14,10 +14,13 @@ counted separately -- mutmut runs the fastest mutants first, so an interrupted s
     python tools/mutation_sample.py --sample 400 --seed 0 [--jobs 1] [--modules deepslim.analysis ...]
     python tools/mutation_sample.py --sample 400 --seed 0 --batch 100   # 4 runs of 100 consecutive draws
     python tools/mutation_sample.py --sample 400 --seed 0 --report   # tally an earlier (or interrupted) run
+    python tools/mutation_sample.py --sample 300 --seed 0 --first 101 --batch 100   # draws 101-300 only
 
 Each mutant's tests run fastest first (mutmut stops at the first failure, so a killed mutant rarely reaches the slow
 tests). ``--batch B`` runs the draws in consecutive slices of B (``mutants/sample_order.txt``) and reports after
 each: the first k draws of a seed are its sample of k, so a run stopped between batches is a smaller uniform sample.
+``--first F`` runs and tallies draws F..sample only: a fresh uniform sample when tests were written for the survivors
+of the earlier draws (those no longer estimate anything).
 ``--skip-clean`` skips mutmut's clean run of the selected tests (most of the suite, ~15 min here), sound only right
 after its stats pass ran them all unmutated on the same sources and tests.
 
@@ -93,6 +96,14 @@ def draw_order(pool: list[str], size: int, seed: int) -> list[str]:
 def draw(pool: list[str], size: int, seed: int) -> list[str]:
     """A uniform sample without replacement, reproducible by seed."""
     return sorted(draw_order(pool, size, seed))
+
+
+def batches(order: list[str], *, first: int = 1, batch: int = 0) -> list[list[str]]:
+    """Draws ``first``.. of ``order`` (1-based) in consecutive slices of ``batch`` (all in one when 0)."""
+    if first < 1 or batch < 0:
+        raise SystemExit("--first must be at least 1 and --batch at least 0")
+    todo = order[first - 1 :]
+    return [todo[i : i + batch] for i in range(0, len(todo), batch)] if batch else [todo]
 
 
 def wilson(caught: int, n: int, z: float = 1.959964) -> tuple[float, float]:
@@ -195,22 +206,25 @@ def main() -> None:
     parser.add_argument("--report", action="store_true", help="only tally the sample's results from mutants/")
     parser.add_argument("--batch", type=int, default=0,
                         help="run the sample in batches of this many consecutive draws (an unbiased stopping point)")
+    parser.add_argument("--first", type=int, default=1,
+                        help="run and tally draws FIRST..SAMPLE only (1-based; the earlier draws are left out)")
     parser.add_argument("--skip-clean", action="store_true",
                         help="skip mutmut's clean run (only right after its stats pass, on unchanged sources)")
     args = parser.parse_args()
-    if args.sample < 1 or args.batch < 0:
-        raise SystemExit("--sample must be at least 1 and --batch at least 0")
+    if args.sample < 1 or args.first > args.sample:
+        raise SystemExit("--sample must be at least 1 and --first at most --sample")
+    batches([], first=args.first, batch=args.batch)  # refuses a bad --first or --batch before the slow generation
     if not args.report:
         generate()
     status = statuses()
     modules = [m.removesuffix(".*").removesuffix("*").rstrip(".") for m in args.modules]
     pool = population(list(status), modules)
     order = draw_order(pool, args.sample, args.seed)
-    sample = sorted(order)
+    sample = sorted(order[args.first - 1 :])
     Path("mutants/sample.txt").write_text("\n".join(sample) + "\n")
     Path("mutants/sample_order.txt").write_text("\n".join(order) + "\n")  # draw order: batches are its slices
-    batches = [order[i : i + args.batch] for i in range(0, len(order), args.batch)] if args.batch else [order]
-    for batch in [] if args.report else batches:
+    todo = batches(order, first=args.first, batch=args.batch)
+    for batch in [] if args.report else todo:
         run_mutmut(batch, jobs=args.jobs, skip_clean=args.skip_clean)
         report(sample, statuses(), seed=args.seed, modules=modules, population=len(pool))
     if args.report:

@@ -88,3 +88,14 @@ def test_patched_mutmut_runs_each_mutants_tests_fastest_first_and_can_skip_the_c
     assert isolation.ForkServerRunner.run_clean_tests(None, ["t::slow"]) == 1  # the clean run still runs
     ms.patch_mutmut(skip_clean=True)
     assert isolation.ForkRunner.run_clean_tests(None, ["t::slow"]) == 0
+
+
+def test_first_leaves_out_the_earlier_draws_and_batches_the_rest_in_draw_order():
+    order = [f"m{i}" for i in range(1, 11)]
+    assert ms.batches(order, first=4, batch=3) == [["m4", "m5", "m6"], ["m7", "m8", "m9"], ["m10"]]
+    assert ms.batches(order, first=1, batch=0) == [order]
+    assert ms.batches(order, first=10, batch=5) == [["m10"]]
+    with pytest.raises(SystemExit, match="--first must be at least 1"):
+        ms.batches(order, first=0, batch=2)
+    with pytest.raises(SystemExit, match="--batch at least 0"):
+        ms.batches(order, first=1, batch=-1)
