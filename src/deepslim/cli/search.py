@@ -50,6 +50,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "runtime's channel blocks)")  # fmt: skip
     p.add_argument("--finetune-epochs", type=int, default=1, help="fine-tuning of the finalists, and in the recipe")
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
+    p.add_argument("--proxy-steps", type=int, default=0, metavar="N",
+                   help="judge each trial after N fine-tuning steps distilled from the dense model (default 0: after "
+                        "batch-norm re-estimation alone; a few hundred rank pruned MobileNets far better)")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="the finalists' fine-tune (and the recipe's) distills from the dense model at this temperature")
     p.add_argument("--top-k", type=int, default=3, help="finalists fine-tuned and re-measured (default 3)")
     p.add_argument("--storage", help="Optuna storage: journal:PATH, postgresql://..., sqlite:///PATH "
                    "(default: a journal file in --out)")  # fmt: skip
@@ -123,15 +128,16 @@ def cmd_search(args: argparse.Namespace) -> int:
                     finetune_epochs=args.finetune_epochs, lr=args.lr, top_k=args.top_k, on_trial=progress,
                     workers=args.workers, threads=args.worker_threads, data_options=given[1],
                     study_name=args.study, device=device, latency_model=args.latency_model,
-                    remeasure_repeats=args.remeasure_repeats,
-                    accept_low_fidelity=args.accept_low_fidelity)  # fmt: skip
+                    remeasure_repeats=args.remeasure_repeats, accept_low_fidelity=args.accept_low_fidelity,
+                    proxy_steps=args.proxy_steps, temperature=args.temperature)  # fmt: skip
     doc = result.to_dict()
     recipe_path = outdir / "recipe.yaml"
     if result.best is not None:
         desc = f"searched by deepslim search ({', '.join(map(str, budgets)) or 'no budget'}; {args.strategy})"
         doc_recipe = policy_recipe(space, result.best.policy, finetune_epochs=args.finetune_epochs, lr=args.lr,
                                    seed=args.seed, model=args.model, data=args.data, description=desc,
-                                   accept_low_fidelity=args.accept_low_fidelity)  # fmt: skip
+                                   accept_low_fidelity=args.accept_low_fidelity,
+                                   temperature=args.temperature)  # fmt: skip
         if args.weights:
             doc_recipe["weights"] = args.weights
         if args.arch:

@@ -95,7 +95,8 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
            on_trial: Callable[[Candidate], None] | None = None, workers: int = 1, threads: int = 1,
            data_options: Mapping[str, Any] | None = None, device: str | None = None,
            latency_model: str | None = None, node_table: NodeTable | None = None,
-           remeasure_repeats: int = 3, accept_low_fidelity: bool = False) -> SearchResult:  # fmt: skip
+           remeasure_repeats: int = 3, accept_low_fidelity: bool = False, proxy_steps: int = 0,
+           temperature: float | None = None, priors: bool = True) -> SearchResult:  # fmt: skip
     """Search per-layer channel counts and precisions of ``model`` on ``data`` (a DataBundle) for ``objectives``
     under ``budget`` with ``trials`` Optuna trials of ``strategy`` (tpe, nsga2, random, grid, evolution, greedy).
 
@@ -120,6 +121,11 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     ``accept_low_fidelity`` lets trials, finalists and checks quantize a model whose int8 outputs disagree with its
     float ones (quantization's fidelity check then warns instead of refusing): for a speed-only search on random
     weights, where the near-flat logits make agreement meaningless; the written recipe says the same.
+    ``proxy_steps`` > 0 judges each trial after that many fine-tuning steps distilled from the dense model instead of
+    batch-norm re-estimation alone (which ranked pruned MobileNetV2 policies unlike their recovered accuracy);
+    ``temperature`` makes the finalists' fine-tune (and the recipe's) a distillation from the dense model. ``priors``:
+    where the space has depthwise (expansion) groups, a new study first tries the "hidden-heavy" family — expansions
+    pruned, bottlenecks kept — each member the widest that meets the latency budget (:func:`frame.structured_priors`).
     An infeasible budget, an unknown objective, strategy or runtime is a ConfigError before any trial runs.
     """
     started, cpu0 = time.perf_counter(), _cpu_seconds()
@@ -147,7 +153,8 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
         space = SearchSpace.from_model(model, x, kinds=tuple(space))
     ev = Evaluator(model, bundle, space, table, archive=uses("size", objectives, budgets),
                    finetune_epochs=finetune_epochs, lr=lr, seed=seed, device=device, latency_model=model_name,
-                   nodes=nodes, accept_low_fidelity=accept_low_fidelity)  # fmt: skip
+                   nodes=nodes, accept_low_fidelity=accept_low_fidelity, proxy_steps=proxy_steps,
+                   temperature=temperature)  # fmt: skip
     dense = calibrate_table(ev)
     limits = {b.metric: b.limit(_frame.base(dense, b.metric)) for b in budgets}
     _frame.check_feasible(ev, budgets, limits, dense)
@@ -161,7 +168,9 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
         job.update(wk.describe_job(model, spec or "", data_options or {}, out_dir, table, _frame.base(dense, "latency"),
                                    example_input=x))  # fmt: skip
         wk.publish_entries(study, table, set())
-    counted = _queue_trials(study, ev.space, objectives, trials, strategy, seed, family)
+    fresh = priors and not study.get_trials(deepcopy=False)
+    seeds = _frame.structured_priors(ev, limits, DEFAULT_KEEP_RATIOS) if fresh else ()
+    counted = _queue_trials(study, ev.space, objectives, trials, strategy, seed, family, seeds)
     _record_context(study, space, objectives, limits, ev, job)  # last: a waiting worker starts on it
     if workers == 1:
         study.sampler = make_sampler(strategy, seed, ev.space, trials, offset=counted)
@@ -277,9 +286,11 @@ def _record_context(study: Any, space: SearchSpace, objectives: tuple[str, ...],
 
 
 def _queue_trials(study: Any, space: SearchSpace, objectives: tuple[str, ...], trials: int, strategy: str, seed: int,
-                  warm: Sequence[Candidate] = ()) -> int:  # fmt: skip
+                  warm: Sequence[Candidate] = (), priors: Sequence[Any] = ()) -> int:  # fmt: skip
     """Queue the trial slots still missing (trials left running by a process that is gone are failed and
-    retried); the number of trials already counted before this call."""
+    retried); the number of trials already counted before this call. A new study starts with the best uniform
+    policies within budget (``warm``, at most 3) and the structured ``priors`` (policies, at most a third of the
+    trials)."""
     optuna = st._optuna()
     state = optuna.trial.TrialState
     st.release_dead_trials(study, mark="interrupted")
@@ -293,6 +304,11 @@ def _queue_trials(study: Any, space: SearchSpace, objectives: tuple[str, ...], t
         for c in sorted((c for c in warm if c.feasible), key=lambda c: _rank(c, objectives))[: min(3, missing // 4)]:
             study.enqueue_trial(c.policy.params(), skip_if_exists=False)
             missing -= 1
+        queued = {str(sorted(c.policy.params().items())) for c in warm}
+        for policy in [p for p in priors if str(sorted(p.params().items())) not in queued][: max(0, trials // 3)]:
+            if missing > 0:
+                study.enqueue_trial(policy.params(), skip_if_exists=False)
+                missing -= 1
     st.add_trial_slots(study, missing)
     return len(counted)
 

@@ -86,6 +86,45 @@ def _describe(space: SearchSpace, policy: Policy) -> str:
     return f"{kept} of {total} channels kept, {q} of {len(space.int8_layers)} layers int8"
 
 
+PRIOR_BOTTLENECK = (1.0, 0.875, 0.75)  # keep ratios of the hidden-heavy family's residual and plain groups
+
+
+def structured_priors(ev: Evaluator, limits: dict[str, float], ratios: Sequence[float]) -> tuple[Policy, ...]:
+    """The "hidden-heavy" family a study starts from (besides uniform): for each bottleneck keep ratio of
+    :data:`PRIOR_BOTTLENECK` (the residual and plain groups), the widest depthwise (expansion) ratio among ``ratios``
+    below it whose latency meets the budget — judged by the search's latency model, unrecovered (latency depends on
+    the graph, not on the weights), found by bisection (latency falls as the ratio does: ~3 judgements each). Why:
+    AMC and NetAdapt's MobileNet policies prune the expansions far more than the bottlenecks, and uniform pruning
+    (every group alike) is the only structure a search otherwise starts from. Empty without depthwise groups or
+    a latency budget; a policy the toolkit refuses is skipped."""
+    limit = limits.get("latency")
+    if limit is None or not any(g.role == "depthwise" for g in ev.space.groups):
+        return ()
+    found: dict[str, Policy] = {}
+    for outer in PRIOR_BOTTLENECK:
+        options = [ev.space.by_role({"depthwise": r, "residual": outer, "plain": outer})
+                   for r in sorted((r for r in ratios if r < outer), reverse=True)]  # widest first
+        lo, hi = 0, len(options)  # the first that fits lies in [lo, hi]; hi: none does
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if _fits(ev, options[mid], limit):
+                hi = mid
+            else:
+                lo = mid + 1
+        if lo < len(options):
+            found.setdefault(str(options[lo].to_dict()), options[lo])
+    return tuple(found.values())
+
+
+def _fits(ev: Evaluator, policy: Policy, limit: float) -> bool:
+    """Whether ``policy``'s latency (the search's model, unrecovered) is within ``limit``; a refused one is not."""
+    try:
+        return ev.build(policy, "none")[1] <= limit * (1 + 1e-9)
+    except DeepSlimError as exc:
+        log.warning("structured prior not judged: %s", exc)
+        return False
+
+
 def uniform_family(ev: Evaluator, ratios: Sequence[float], limits: dict[str, float]) -> tuple[Candidate, ...]:
     """Uniform policies (one keep ratio everywhere; float, and all-int8 if the space has int8), judged as trials; one
     the toolkit refuses (its export, say) is left out with a warning, as a refused trial is."""

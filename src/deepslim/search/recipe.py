@@ -23,13 +23,15 @@ from deepslim.search.space import Policy, SearchSpace
 
 def policy_recipe(space: SearchSpace, policy: Policy, *, finetune_epochs: int = 1, lr: float = 1e-3, seed: int = 0,
                   model: str | None = None, data: str | None = None,
-                  description: str | None = None, accept_low_fidelity: bool = False) -> dict[str, Any]:  # fmt: skip
+                  description: str | None = None, accept_low_fidelity: bool = False,
+                  temperature: float | None = None) -> dict[str, Any]:  # fmt: skip
     """The recipe (as a dict) that rebuilds ``policy``'s model from the dense one (as
     :class:`deepslim.search.evaluate.Evaluator` builds a finalist: ``finetune_epochs`` and ``lr`` are the defaults
     that the policy's own ``recovery`` values replace). ``accept_low_fidelity``: the quantize stage accepts a model
-    whose int8 outputs disagree with its float ones, as the search that judged the policy did."""
+    whose int8 outputs disagree with its float ones, as the search that judged the policy did. ``temperature``: the
+    default recovery distills from the dense model at it (the search's ``temperature``), unless the policy chose."""
     prune, quant = space.configs(policy)
-    rec = {"finetune_epochs": finetune_epochs, "lr": lr, "temperature": None, **policy.recovery}
+    rec = {"finetune_epochs": finetune_epochs, "lr": lr, "temperature": temperature, **policy.recovery}
     epochs, lr, temperature = int(rec["finetune_epochs"]), float(rec["lr"]), rec["temperature"]
     distilling = temperature is not None and epochs > 0
     stages: list[dict[str, Any]] = []

@@ -37,6 +37,7 @@ ALL_KINDS = ("prune", "int8", "hpo")
 RECOVERY_CHOICES = ("lr", "finetune_epochs", "temperature")
 DEFAULT_RECOVERY: dict[str, tuple[Any, ...]] = {"lr": (1e-3, 3e-4, 3e-3), "finetune_epochs": (1, 2),
                                                 "temperature": (None, 4.0)}  # fmt: skip
+ROLES = ("depthwise", "residual", "plain")  # what a group's channels are (GroupChoice.role)
 DEFAULT_KEEP_RATIOS = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375, 0.25)
 FORMAT = "deepslim-search-space"
 
@@ -52,6 +53,16 @@ class GroupChoice:
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "width": self.width, "keep": list(self.keep), "description": self.description}
+
+    @property
+    def role(self) -> str:
+        """What the channels are, read from the dependency graph's description: ``"depthwise"`` (they pass a
+        depthwise convolution: an inverted residual's expansion, MobileNet's hidden channels), ``"residual"`` (shared
+        by several producers through residual additions: a stage's bottleneck) or ``"plain"`` (any other). Known good
+        policies for inverted-residual networks (AMC, NetAdapt) prune the first far more than the second."""
+        if "(depthwise)" in self.description:
+            return "depthwise"
+        return "residual" if self.description.count(" out") > 1 else "plain"
 
 
 @dataclass(frozen=True)
@@ -190,6 +201,18 @@ class SearchSpace:
 
     def dense(self) -> Policy:
         return self.uniform(1.0, False)
+
+    def by_role(self, ratios: Mapping[str, float], int8: bool = False) -> Policy:
+        """A structured policy: each group at the keep ratio of its :attr:`GroupChoice.role` (``"depthwise"``,
+        ``"residual"``, ``"plain"``; a role not given keeps every channel), nearest option, one precision for every
+        layer. ``{"depthwise": 0.375}`` is the "hidden-heavy" family's member that prunes only the expansions."""
+        bad = [r for r in ratios if r not in ROLES]
+        if bad:
+            raise ConfigError(f"unknown group role {bad[0]!r}; choose from {', '.join(ROLES)}")
+        if any(not 0.0 < float(r) <= 1.0 for r in ratios.values()):
+            raise ConfigError(f"keep ratios must be in (0, 1], got {dict(ratios)}")
+        keep = {g.name: _nearest(g, float(ratios.get(g.role, 1.0))) for g in self.groups}
+        return Policy(keep=keep, int8={n: int8 for n in self.int8_layers}, recovery=self.default_recovery())
 
     def smallest(self, int8: bool = True) -> Policy:
         """Fewest channels everywhere, every layer in ``int8`` (or float)."""
