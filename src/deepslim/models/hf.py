@@ -76,6 +76,13 @@ def check_length(seq_len: int, max_positions: int) -> None:
                         f"truncate to at most {max_positions} tokens")  # fmt: skip
 
 
+def _check_mask(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> None:
+    """A mask from another tokenization (another length or batch) would fail deep in attention: say so here."""
+    if attention_mask.shape != input_ids.shape:
+        raise DataError(f"attention_mask has shape {tuple(attention_mask.shape)} but input_ids "
+                        f"{tuple(input_ids.shape)}; pass the mask the tokenizer returned with these ids")  # fmt: skip
+
+
 class SentenceEncoder(nn.Module):
     """A Hugging Face BERT-style encoder with mean pooling: ``(input_ids, attention_mask) -> (B, H)`` embeddings."""
 
@@ -93,6 +100,7 @@ class SentenceEncoder(nn.Module):
         check_length(input_ids.shape[-1], self.max_positions)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        _check_mask(input_ids, attention_mask)
         if self.reduction is not None:
             states, weights = self.reduction(self.encoder, input_ids, attention_mask)
         else:
@@ -109,6 +117,16 @@ class ImageEncoder(nn.Module):
         self.model = model
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        # pixel_values: (B, C, H, W); the patch grid is the token sequence, so its size must be the positions'
+        config = getattr(self.model, "config", None)
+        size = getattr(config, "image_size", None)
+        if size is not None:
+            want = tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
+            if tuple(pixel_values.shape[-2:]) != want:
+                patch = getattr(config, "patch_size", 1)
+                raise DataError(f"an image of {pixel_values.shape[-2]}x{pixel_values.shape[-1]} pixels does not fit "
+                                f"the model's {want[0]}x{want[1]} ({(want[0] // patch) * (want[1] // patch)} patch "
+                                f"positions); resize the images to {want[0]}x{want[1]}")  # fmt: skip
         out = self.model(pixel_values=pixel_values)
         logits = getattr(out, "logits", None)
         return logits if logits is not None else out.last_hidden_state[:, 0]
@@ -199,7 +217,14 @@ def all_minilm_l6_v2(*, seq_len: int = 32) -> nn.Module:
 @functools.lru_cache(maxsize=8)
 def _tokenizer(path: str) -> Any:
     tf = _transformers()
-    return tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
+    try:
+        tokenizer = tf.AutoTokenizer.from_pretrained(path, local_files_only=True)
+        tokenizer(["probe"])  # a vocabulary without [UNK] (an empty or cut vocab.txt) fails only when it encodes
+        return tokenizer
+    except Exception as exc:  # a broken file fails in json, tokenizers or transformers, each with its own type
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ModelLoadError(f"the tokenizer files in {path} cannot be read ({type(exc).__name__}: {first}); copy the "
+                             "model's tokenizer.json or vocab.txt there again (save_pretrained writes them)") from exc
 
 
 def tokenizer_for(model: nn.Module | str | os.PathLike[str]) -> Any:

@@ -1,0 +1,61 @@
+"""Bad input to Hugging Face encoders that used to fail deep inside transformers, tokenizers or attention with their
+own exception types: broken tokenizer files, a mask from another tokenization, and a ViT image whose patch grid is
+not the model's positions. Each is now a deepslim error that says what to do."""
+
+import pytest
+import torch
+
+from deepslim.errors import DataError, ModelLoadError
+
+transformers = pytest.importorskip("transformers", reason="Hugging Face encoders need the transformers package")
+hf = pytest.importorskip("deepslim.models.hf")
+
+VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(115)]
+
+
+def _tiny_bert(path):
+    config = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=40)  # fmt: skip
+    torch.manual_seed(0)
+    transformers.BertModel(config).save_pretrained(path)
+    (path / "vocab.txt").write_text("\n".join(VOCAB))
+
+
+@pytest.mark.parametrize("broken", ["tokenizer.json", "vocab.txt"])
+def test_a_tokenizer_file_that_cannot_be_read_is_a_model_load_error_naming_the_directory(tmp_path, broken):
+    _tiny_bert(tmp_path)
+    model = hf.load_hf(tmp_path)
+    assert hf.tokenize(model, ["w1 w2"], seq_len=6)[0].tolist() == [[2, 6, 7, 3, 0, 0]]  # the files as written work
+    hf._tokenizer.cache_clear()
+    if broken == "tokenizer.json":
+        (tmp_path / "tokenizer.json").write_text('{"truncated": ')  # an interrupted copy: not JSON
+    else:
+        (tmp_path / "vocab.txt").write_text("")  # present but empty: no [UNK], no words
+    with pytest.raises(ModelLoadError, match=rf"tokenizer files in {tmp_path} cannot be read .*copy the model's"):
+        hf.tokenize(model, ["w1 w2"], seq_len=6)
+    hf._tokenizer.cache_clear()
+
+
+def test_a_mask_of_another_shape_than_the_ids_is_refused_before_attention(tmp_path):
+    _tiny_bert(tmp_path)
+    model = hf.load_hf(tmp_path).eval()
+    ids = torch.randint(5, 120, (2, 12))
+    with torch.no_grad():
+        assert model(ids, torch.ones(2, 12, dtype=torch.long)).shape == (2, 32)
+        for bad in (torch.ones(2, 10, dtype=torch.long), torch.ones(3, 12, dtype=torch.long)):
+            with pytest.raises(DataError, match=r"attention_mask has shape \(\d, \d+\) but input_ids \(2, 12\); pass"):
+                model(ids, bad)
+
+
+def test_a_vit_image_whose_patch_grid_is_not_the_models_positions_is_refused_with_the_size_to_resize_to(tmp_path):
+    config = transformers.ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1,
+                                    num_attention_heads=2, intermediate_size=64)  # fmt: skip
+    torch.manual_seed(0)
+    transformers.ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path)
+    model = hf.load_hf(tmp_path).eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 16, 16)).shape == (1, 32)
+        for h, w in ((32, 32), (16, 24), (8, 8)):  # more positions, a different grid, fewer
+            with pytest.raises(DataError, match=rf"an image of {h}x{w} pixels does not fit the model's 16x16 \(4 patch "
+                                                r"positions\); resize the images to 16x16"):  # fmt: skip
+                model(torch.randn(1, 3, h, w))
