@@ -112,7 +112,8 @@ def final_comparison(dense: torch.nn.Module, data: Any, full: Any, space: Search
                                "seeds": []}  # fmt: skip
         for seed in args.recovery_seeds:
             t0 = time.perf_counter()
-            ev = Evaluator(dense, data, space, table, finetune_epochs=args.finetune_epochs, seed=seed)
+            ev = Evaluator(dense, data, space, table, finetune_epochs=args.finetune_epochs, seed=seed,
+                           temperature=args.temperature)  # fmt: skip
             net, _ = ev.build(cand.policy, "finetune")
             row["seeds"].append({"seed": seed, "test_accuracy": ds.evaluate(net, full, split="test").accuracy,
                                  "seconds": time.perf_counter() - t0})  # fmt: skip
@@ -193,6 +194,7 @@ def run_search(dense: torch.nn.Module, data: Any, space: SearchSpace, table: Lat
     """One search (seed ``seed``) with the timestamps of its trials (per-trial wall time)."""
     stamps: list[float] = []
     extra = {"latency_model": args.latency_model} if args.latency_model and "latency_model" in SEARCH_KW else {}
+    extra.update({k: getattr(args, k) for k in ("proxy_steps", "temperature", "priors") if k in SEARCH_KW})
     t0, c0 = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as work:
         result = search(dense, data, space, ("accuracy", "latency"), f"latency={budget}x", trials=args.trials,
@@ -220,7 +222,7 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: st
     out["models"][name] = entry
     table = LatencyTable(threads=1, cache_dir=args.cache_dir)
     x = data.example_input
-    space = SearchSpace.from_model(dense, x, round_to=args.round_to)
+    space = SearchSpace.from_model(dense, x, round_to=args.round_to, kinds=tuple(args.space.split(",")))
     entry["space"] = {"groups": len(space.groups), "int8_layers": len(space.int8_layers), "policies": space.size}
     if args.feasibility:
         entry["feasibility"] = feasibility(dense, data, space, table, args.final_rounds)
@@ -249,8 +251,11 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: st
             entry["budgets"][str(budget)] = runs
             save_json(out, path)
             if seed == args.seeds[0] and args.recovery_seeds:
-                run["final"] = final_comparison(dense, data, full, space, table, result, args,
-                                                lambda rows, run=run: (run.update(final=rows), save_json(out, path)))
+                def keep(rows: dict[str, Any], run: dict[str, Any] = run) -> None:
+                    run["final"] = rows
+                    save_json(out, path)
+
+                run["final"] = final_comparison(dense, data, full, space, table, result, args, keep)
             run["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
             save_json(out, path)
 
@@ -278,6 +283,12 @@ def main() -> None:
     p.add_argument("--final-rounds", type=int, default=20)
     p.add_argument("--finetune-epochs", type=int, default=1)
     p.add_argument("--top-k", type=int, default=2)
+    p.add_argument("--space", default="prune,int8", help="what the search chooses (prune, int8, hpo)")
+    p.add_argument("--proxy-steps", type=int, default=0, help="trials judged after N distilled fine-tune steps")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="finalists' and the final comparison's fine-tune distill from dense at this temperature")
+    p.add_argument("--priors", action=argparse.BooleanOptionalAction, default=True,
+                   help="a new study first tries the structured (hidden-heavy) priors")
     p.add_argument("--round-to", type=int, default=8)
     p.add_argument("--table-policies", type=int, default=20, help="random policies measured end to end")
     p.add_argument("--table-spread", action=argparse.BooleanOptionalAction, default=True,

@@ -2,6 +2,7 @@
 "hidden-heavy" structured priors a study starts from, and the distilled default recovery in the recipe."""
 
 import copy
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -10,9 +11,9 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from deepslim.errors import ConfigError
-from deepslim.search import search
 from deepslim.search import frame as frame_mod
 from deepslim.search import recovery as recovery_mod
+from deepslim.search import search
 from deepslim.search.evaluate import Evaluator
 from deepslim.search.recipe import policy_recipe
 from deepslim.search.recovery import short_finetune_
@@ -23,7 +24,8 @@ RATIOS = (1.0, 0.75, 0.5, 0.25)
 
 
 class InvertedResidual(nn.Module):
-    """A stem and one MobileNetV2 block (1x1 expansion, 3x3 depthwise, 1x1 projection, residual addition)."""
+    """A stem, one MobileNetV2 block (1x1 expansion, 3x3 depthwise, 1x1 projection, residual addition) and a wide
+    last 1x1 layer before the classifier (MobileNetV2's 1280 channels)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -32,11 +34,12 @@ class InvertedResidual(nn.Module):
         self.expand = nn.Sequential(nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
         self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, padding=1, groups=16, bias=False), nn.BatchNorm2d(16), nn.ReLU())
         self.project = nn.Sequential(nn.Conv2d(16, 8, 1, bias=False), nn.BatchNorm2d(8))
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 10))
+        self.last = nn.Sequential(nn.Conv2d(8, 16, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        return self.head(x + self.project(self.dw(self.expand(x))))
+        return self.head(self.last(x + self.project(self.dw(self.expand(x)))))
 
 
 def ir_space(net: nn.Module) -> SearchSpace:
@@ -46,10 +49,10 @@ def ir_space(net: nn.Module) -> SearchSpace:
 def test_group_roles_tell_expansion_from_residual_channels_and_by_role_prunes_each_at_its_ratio():
     space = ir_space(InvertedResidual().eval())
     roles = {g.name: g.role for g in space.groups}
-    assert roles == {"stem.0": "residual", "expand.0": "depthwise"}
+    assert roles == {"stem.0": "residual", "expand.0": "depthwise", "last.0": "plain"}
     policy = space.by_role({"depthwise": 0.25})
-    assert policy.keep == {"stem.0": 8, "expand.0": 4}  # the residual channels kept whole, the expansion at a quarter
-    assert space.by_role({"depthwise": 0.5, "residual": 0.5}) == space.uniform(0.5)
+    assert policy.keep == {"stem.0": 8, "expand.0": 4, "last.0": 16}  # only the expansion pruned, to a quarter
+    assert space.by_role({"depthwise": 0.5, "residual": 0.5, "plain": 0.5}) == space.uniform(0.5)
     with pytest.raises(ConfigError, match="unknown group role 'hidden'; choose from depthwise, residual, plain"):
         space.by_role({"hidden": 0.5})
     with pytest.raises(ConfigError, match=r"keep ratios must be in \(0, 1\]"):
@@ -60,22 +63,27 @@ def test_structured_priors_are_the_widest_expansion_that_meets_the_budget_found_
     net, data = InvertedResidual().eval(), digits()
     space = ir_space(net)
     ev = Evaluator(net, data, space, fake_table())
-    limit = ev.build(space.by_role({"depthwise": 0.5}), "none")[1]  # the budget falls exactly on the 0.5 member
+    member = space.by_role({"depthwise": 0.5, "plain": 0.5})
+    limit = ev.build(member, "none")[1]  # the budget falls exactly on the 0.5 member
     calls = []
     build = ev.build
     ev.build = lambda p, r=None: (calls.append(p), build(p, r))[1]  # type: ignore[method-assign]
     priors = frame_mod.structured_priors(ev, {"latency": limit}, RATIOS)
-    # the oracle: for each bottleneck ratio, scan every expansion ratio below it from the widest, first that fits
-    expected = []
-    for outer in frame_mod.PRIOR_BOTTLENECK:
-        for inner in sorted((r for r in RATIOS if r < outer), reverse=True):
-            p = space.by_role({"depthwise": inner, "residual": outer, "plain": outer})
-            if build(p, "none")[1] <= limit:
-                expected += [p] if p not in expected else []
-                break
-    assert list(priors) == expected and priors[0] == space.by_role({"depthwise": 0.5})
+    # the oracle: for each wide ratio and role kept at it, scan the others' ratios from the widest: first that fits
+    expected, bound = [], 0
+    for outer in frame_mod.PRIOR_OUTER:
+        for kept in ("residual", "depthwise", "plain"):
+            below = sorted((r for r in RATIOS if r < outer), reverse=True)
+            bound += math.ceil(math.log2(len(below) + 1))
+            for inner in below:
+                p = space.by_role({role: outer if role == kept else inner for role in ("residual", "depthwise",
+                                                                                       "plain")})  # fmt: skip
+                if build(p, "none")[1] <= limit:
+                    expected += [p] if p not in expected else []
+                    break
+    assert list(priors) == expected and priors[0] == member and len(priors) >= 2
     assert priors[0].keep["expand.0"] < 16 and priors[0].keep["stem.0"] == 8  # not a uniform policy
-    assert len(calls) <= 2 * len(frame_mod.PRIOR_BOTTLENECK)  # bisection: 2 judgements per 3 options, not 3
+    assert len(calls) <= bound < sum(len([r for r in RATIOS if r < o]) for o in frame_mod.PRIOR_OUTER) * 3
     assert frame_mod.structured_priors(ev, {}, RATIOS) == ()  # no latency budget: nothing to aim at
     plain = Evaluator(trained_net(), data, small_space(trained_net()), fake_table())
     assert frame_mod.structured_priors(plain, {"latency": 1e9}, RATIOS) == ()  # no depthwise groups
@@ -87,8 +95,8 @@ def test_a_new_study_tries_the_hidden_heavy_prior_right_after_the_best_uniform_p
     net, data = InvertedResidual().eval(), digits()
     space = ir_space(net)
     ev = Evaluator(net, data, space, fake_table())
-    prior = space.by_role({"depthwise": 0.5})
-    ratio = ev.build(prior, "none")[1] / ev.build(space.dense(), "none")[1]
+    prior = space.by_role({"depthwise": 0.5, "plain": 0.5})
+    ratio = ev.build(prior, "none")[1] / ev.build(space.dense(), "none")[1] * (1 + 1e-6)  # just within: it fits
     result = search(net, data, space, ("accuracy", "latency"), f"latency={ratio:.6f}x", trials=4, strategy="random",
                     seed=3, out_dir=tmp_path, latency_table=fake_table(), priors=priors, **FAST)  # fmt: skip
     by_number = {c.trial: c.policy for c in result.trials}
@@ -109,7 +117,8 @@ def test_short_finetune_takes_exactly_the_steps_asked_cycling_through_the_batche
     assert sum(calls) == batches + 3  # training-mode forwards: one per step (re-estimation runs in eval mode)
     before = copy.deepcopy(net.state_dict())
     assert short_finetune_(net, data, steps=0) == 0
-    assert all(torch.equal(before[k], v) for k, v in net.state_dict().items() if "running" not in k and "num_batches" not in k)
+    trained = [k for k in net.state_dict() if "running" not in k and "num_batches" not in k]
+    assert all(torch.equal(before[k], net.state_dict()[k]) for k in trained)
     with pytest.raises(ConfigError, match="steps must be an integer >= 0, got -1"):
         short_finetune_(net, data, steps=-1)
 

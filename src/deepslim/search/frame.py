@@ -86,33 +86,38 @@ def _describe(space: SearchSpace, policy: Policy) -> str:
     return f"{kept} of {total} channels kept, {q} of {len(space.int8_layers)} layers int8"
 
 
-PRIOR_BOTTLENECK = (1.0, 0.875, 0.75)  # keep ratios of the hidden-heavy family's residual and plain groups
+PRIOR_OUTER = (1.0, 0.75)  # keep ratios of the role a structured prior keeps wide
 
 
 def structured_priors(ev: Evaluator, limits: dict[str, float], ratios: Sequence[float]) -> tuple[Policy, ...]:
-    """The "hidden-heavy" family a study starts from (besides uniform): for each bottleneck keep ratio of
-    :data:`PRIOR_BOTTLENECK` (the residual and plain groups), the widest depthwise (expansion) ratio among ``ratios``
-    below it whose latency meets the budget — judged by the search's latency model, unrecovered (latency depends on
-    the graph, not on the weights), found by bisection (latency falls as the ratio does: ~3 judgements each). Why:
-    AMC and NetAdapt's MobileNet policies prune the expansions far more than the bottlenecks, and uniform pruning
-    (every group alike) is the only structure a search otherwise starts from. Empty without depthwise groups or
-    a latency budget; a policy the toolkit refuses is skipped."""
+    """The role-structured family a study starts from besides uniform: for each keep ratio ``outer`` of
+    :data:`PRIOR_OUTER` and each group role the space has (:attr:`GroupChoice.role`: residual bottlenecks, depthwise
+    expansions, plain groups such as MobileNetV2's 1280-wide last layer), that role kept at ``outer`` and every other
+    role at the widest ratio among ``ratios`` below it whose latency meets the budget — judged by the search's
+    latency model, unrecovered (latency depends on the graph, not on the weights), found by bisection (latency falls
+    as the ratio does: ~3 judgements each). The first member, bottlenecks whole and expansions pruned, is the
+    "hidden-heavy" policy of AMC and NetAdapt's MobileNets. Why: a search otherwise starts from uniform pruning only,
+    and on MobileNetV2 (24 groups) a few dozen trials do not find the structure by chance; which role to keep wide
+    depends on the network (on the Fashion-MNIST MobileNetV2 it was the expansions, BENCHMARKS.md session 8). Empty
+    without a latency budget or with a single role; a policy the toolkit refuses is skipped."""
     limit = limits.get("latency")
-    if limit is None or not any(g.role == "depthwise" for g in ev.space.groups):
+    present = [r for r in ("residual", "depthwise", "plain") if any(g.role == r for g in ev.space.groups)]
+    if limit is None or len(present) < 2:
         return ()
     found: dict[str, Policy] = {}
-    for outer in PRIOR_BOTTLENECK:
-        options = [ev.space.by_role({"depthwise": r, "residual": outer, "plain": outer})
-                   for r in sorted((r for r in ratios if r < outer), reverse=True)]  # widest first
-        lo, hi = 0, len(options)  # the first that fits lies in [lo, hi]; hi: none does
-        while lo < hi:
-            mid = (lo + hi) // 2
-            if _fits(ev, options[mid], limit):
-                hi = mid
-            else:
-                lo = mid + 1
-        if lo < len(options):
-            found.setdefault(str(options[lo].to_dict()), options[lo])
+    for outer in PRIOR_OUTER:
+        for kept in present:
+            options = [ev.space.by_role({role: outer if role == kept else r for role in present})
+                       for r in sorted((r for r in ratios if r < outer), reverse=True)]  # widest first
+            lo, hi = 0, len(options)  # the first that fits lies in [lo, hi]; hi: none does
+            while lo < hi:
+                mid = (lo + hi) // 2
+                if _fits(ev, options[mid], limit):
+                    hi = mid
+                else:
+                    lo = mid + 1
+            if lo < len(options):
+                found.setdefault(str(options[lo].to_dict()), options[lo])
     return tuple(found.values())
 
 
