@@ -279,25 +279,47 @@ def _plain_weight_(m: nn.Module, name: str) -> None:
 
 
 def quantization_report(model: nn.Module) -> QuantReport:
+    """Each layer's encoding, and the layers with weights left in float (a parametrized weight, such as a pruning
+    mask, belongs to its layer: the parametrization containers are not layers of their own)."""
     done, left = [], []
     layers = {n for n, m in _layers(model).items() if quantizable(m)}
     for name, m in model.named_modules():
+        if "parametrizations" in name.split("."):
+            continue
+        own = _own_params(m)
         if isinstance(m, QuantMixin):
             act = f" / u{m.act_bits} act" if m.act_bits is not None else " (weight-only)"
             done.append((name, f"int{m.bits} w{' per-channel' if m.per_channel else ''}{act}"))
-        elif parametrize.is_parametrized(m, "weight"):
-            enc = next((p for p in m.parametrizations.weight
-                        if isinstance(p, (SharedWeight, PowerOfTwo, Binary, Ternary))), None)  # fmt: skip
-            if enc is not None:
-                done.append((name, {SharedWeight: f"k-means {getattr(enc, 'bits', '')}-bit",
-                                    PowerOfTwo: f"power-of-two {getattr(enc, 'bits', '')}-bit",
-                                    Binary: "binary", Ternary: "ternary"}[type(enc)]))  # fmt: skip
-        elif any(p.dtype in (torch.float16, torch.bfloat16) for p in m.parameters(recurse=False)):
-            done.append((name, str(next(m.parameters()).dtype).removeprefix("torch.")))
-        elif any(True for _ in m.parameters(recurse=False)):
+        elif (enc := _encoding(m)) is not None:
+            done.append((name, {SharedWeight: f"k-means {getattr(enc, 'bits', '')}-bit",
+                                PowerOfTwo: f"power-of-two {getattr(enc, 'bits', '')}-bit",
+                                Binary: "binary", Ternary: "ternary"}[type(enc)]))  # fmt: skip
+        elif any(p.dtype in (torch.float16, torch.bfloat16) for p in own):
+            done.append((name, str(next(p for p in own if p.dtype.is_floating_point).dtype).removeprefix("torch.")))
+        elif own:
             why = "skipped by an override" if name in layers else f"{type(m).__name__} is not quantized"
             left.append((name, why))
     return QuantReport(tuple(done), tuple(left), getattr(model, FIDELITY_ATTR, None))
+
+
+def _own_params(m: nn.Module) -> list[torch.Tensor]:
+    """``m``'s own parameters, a parametrized tensor's original included (it lives in ``m.parametrizations``)."""
+    own: list[torch.Tensor] = list(m.parameters(recurse=False))
+    if parametrize.is_parametrized(m):
+        plists = m.parametrizations
+        assert isinstance(plists, nn.ModuleDict)
+        own += [p for plist in plists.values() for p in plist.parameters(recurse=False)]
+    return own
+
+
+def _encoding(m: nn.Module) -> nn.Module | None:
+    """The weight encoding (k-means, power of two, binary, ternary) parametrizing ``m.weight``, if any."""
+    if not parametrize.is_parametrized(m, "weight"):
+        return None
+    plists = m.parametrizations
+    assert isinstance(plists, nn.ModuleDict)
+    return next((p for p in plists["weight"].children() if isinstance(p, (SharedWeight, PowerOfTwo, Binary, Ternary))),
+                None)  # fmt: skip
 
 
 __all__ = [
