@@ -1,6 +1,8 @@
 """Bad input to Hugging Face encoders that used to fail deep inside transformers, tokenizers or attention with their
 own exception types: broken tokenizer files, a mask from another tokenization, and a ViT image whose patch grid is
-not the model's positions. Each is now a deepslim error that says what to do."""
+not the model's positions. Each is now a deepslim error that says what to do. And the sentence set's batches (dicts
+of ``input_ids``/``attention_mask``), which ``quantize_`` fed to the encoder as one argument (an AttributeError
+inside it), now calibrate int8 through the ordinary verb."""
 
 import pytest
 import torch
@@ -59,3 +61,25 @@ def test_a_vit_image_whose_patch_grid_is_not_the_models_positions_is_refused_wit
             with pytest.raises(DataError, match=rf"an image of {h}x{w} pixels does not fit the model's 16x16 \(4 patch "
                                                 r"positions\); resize the images to 16x16"):  # fmt: skip
                 model(torch.randn(1, 3, h, w))
+
+
+def test_the_sentence_sets_dict_batches_calibrate_int8_through_the_ordinary_verb(tmp_path):
+    import deepslim as ds
+    from deepslim.compress.quantize import QuantMixin
+
+    _tiny_bert(tmp_path)
+    model = hf.load_hf(tmp_path).eval()
+    ids = torch.randint(5, 120, (4, 12), generator=torch.Generator().manual_seed(3))
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0
+    batches = [{"input_ids": ids[i : i + 2], "attention_mask": mask[i : i + 2]} for i in (0, 2)]  # as load_data gives
+    with torch.no_grad():
+        want = model(ids, mask)
+        assert torch.equal(model(batches[0]), want[:2])  # a batch dict is the same call as its two tensors
+    ds.quantize_(model, ds.LinearQuantConfig(bits=8), calib_data=batches)
+    scales = [float(m.act_scale) for m in model.modules() if isinstance(m, QuantMixin)]
+    assert len(scales) == 6 and all(s != 1.0 for s in scales)  # every projection saw the batches (1.0: never)
+    with torch.no_grad():
+        assert torch.nn.functional.cosine_similarity(model(ids, mask), want).min() > 0.99
+    with pytest.raises(DataError, match=r"a batch dict needs 'input_ids'.*got keys \['ids'\]"):
+        model({"ids": ids})

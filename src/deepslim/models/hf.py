@@ -16,7 +16,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +95,14 @@ class SentenceEncoder(nn.Module):
         # reduction(encoder, input_ids, attention_mask) -> (token states, token sizes as pooling weights)
         self.reduction: nn.Module | None = None
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
-        # input_ids, attention_mask: (B, T), T <= max_positions
+    def forward(self, input_ids: torch.Tensor | Mapping[str, torch.Tensor],
+                attention_mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
+        """``input_ids``, ``attention_mask``: (B, T), T <= max_positions. A batch of ``load_data("sentences")`` (a
+        dict holding both) is taken as ``input_ids`` too: the verbs that feed a batch as one input then work."""
+        if isinstance(input_ids, Mapping):
+            if "input_ids" not in input_ids or attention_mask is not None:
+                raise DataError(f"a batch dict needs 'input_ids' (and no separate mask); got keys {list(input_ids)}")
+            return self.forward(input_ids["input_ids"], input_ids.get("attention_mask"))
         check_length(input_ids.shape[-1], self.max_positions)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
