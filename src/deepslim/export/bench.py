@@ -271,8 +271,9 @@ def compare(a: nn.Module | str | os.PathLike[str], b: nn.Module | str | os.PathL
     check_threads(threads)
     for rt in (runtime, runtime_b):
         check_runtime(rt, files_only=True)
-    if example_input is None and input_shape is not None:
-        example_input = torch.randn(*input_shape)
+    files_only = all(isinstance(m, (str, os.PathLike)) for m in (a, b))
+    if example_input is None and input_shape is not None and not files_only:  # a module is exported with a float
+        example_input = torch.randn(*input_shape)  # example; two files are fed input_shape in their dtype (token ids)
     with tempfile.TemporaryDirectory() as work:
         pa = _as_onnx(a, example_input, Path(work), "a", calib_data, runtime)
         pb = _as_onnx(b, example_input, Path(work), "b", calib_data, runtime_b)
