@@ -200,13 +200,21 @@ def run_search(dense: torch.nn.Module, data: Any, space: SearchSpace, table: Lat
         result = search(dense, data, space, ("accuracy", "latency"), f"latency={budget}x", trials=args.trials,
                         strategy=args.strategy, seed=seed, out_dir=work, latency_table=table,
                         finetune_epochs=args.finetune_epochs, top_k=args.top_k, uniform_ratios=args.uniform_ratios,
-                        on_trial=lambda _c: stamps.append(time.perf_counter()), **extra)  # fmt: skip
+                        on_trial=lambda c: _progress(c, stamps), **extra)  # fmt: skip
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     timing = {"wall_s": time.perf_counter() - t0, "main_cpu_s": time.process_time() - c0, "trials": len(stamps),
               "trial_phase_s": stamps[-1] - stamps[0] if len(stamps) > 1 else None,
               "per_trial_s_median": sorted(gaps)[len(gaps) // 2] if gaps else None,
               "latency_model": extra.get("latency_model", "default")}  # fmt: skip
     return result, timing
+
+
+def _progress(c: Any, stamps: list[float]) -> None:
+    """Stamp a judged trial's time and write one line on stderr (a long benchmark's heartbeat)."""
+    stamps.append(time.perf_counter())
+    kept = sum(c.policy.keep.values())
+    print(f"{time.strftime('%H:%M:%S')} trial {c.trial}: {kept} channels, accuracy {c.accuracy}, "
+          f"{c.latency_ms:.4f} ms, feasible {c.feasible}", file=sys.stderr, flush=True)
 
 
 def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: str | None) -> None:

@@ -170,3 +170,23 @@ def test_the_recipe_distills_from_the_dense_model_when_the_search_recovery_does(
     assert prune["epochs"] == 0 and distill == {"epochs": 2, "teacher": "trained", "lr": 1e-3, "temperature": 4.0}
     plain = policy_recipe(space, space.uniform(0.5), finetune_epochs=2)
     assert plain["stages"][0]["prune"]["epochs"] == 2 and len(plain["stages"]) == 1
+
+
+def test_the_cli_passes_the_proxy_steps_and_the_distillation_temperature_to_the_search(capsys, tmp_path, monkeypatch):
+    import sys
+
+    from deepslim.cli import main
+
+    search_mod = sys.modules["deepslim.search"]  # the package (deepslim.search is also the function's name)
+
+    seen = {}
+
+    def fake_search(*args, **kwargs):
+        seen.update(kwargs)
+        raise ConfigError("stopped by the test")
+
+    monkeypatch.setattr(search_mod, "search", fake_search)
+    code = main(["search", "lenet5", "--data", "digits", "--out", str(tmp_path / "s"), "--proxy-steps", "7",
+                 "--temperature", "2.5", "--trials", "1"])  # fmt: skip
+    assert code == 2 and "stopped by the test" in capsys.readouterr().err
+    assert seen["proxy_steps"] == 7 and seen["temperature"] == 2.5
