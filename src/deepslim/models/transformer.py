@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepslim.errors import DataError
 from deepslim.models._registry import register_model
+from deepslim.models.hf import check_length
 
 _VIT_PAPER = "Dosovitskiy et al., An Image is Worth 16x16 Words, ICLR 2021"
 _BERT_PAPER = "Devlin et al., BERT, NAACL 2019"
@@ -73,6 +75,7 @@ class VisionTransformer(nn.Module):
         if image_size % patch_size:
             raise ValueError(f"input_size {image_size} is not a multiple of patch_size {patch_size}")
         tokens = (image_size // patch_size) ** 2 + 1
+        self.image_size = image_size
         self.patch_embed = nn.Conv2d(in_channels, dim, patch_size, patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
         self.pos_embed = nn.Parameter(torch.empty(1, tokens, dim).normal_(std=0.02))
@@ -80,7 +83,20 @@ class VisionTransformer(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=1e-6)
         self.head = nn.Linear(dim, num_classes)
 
+    def check_image(self, x: torch.Tensor) -> None:
+        """Refuse images the position embeddings do not fit (a one-line DataError with the size to resize to) instead
+        of a shape error deep in the addition: the patch grid is the token sequence, one position per patch."""
+        if torch.jit.is_tracing():  # the trace's example fits; shapes are traced values there
+            return
+        conv = self.patch_embed
+        patch, side = int(conv.kernel_size[0]), self.image_size  # the positions' grid, in pixels
+        if x.ndim != 4 or x.shape[1] != conv.in_channels or tuple(x.shape[-2:]) != (side, side):
+            raise DataError(f"the model takes images of shape (B, {conv.in_channels}, {side}, {side}) (its "
+                            f"{side // patch}x{side // patch} grid of {patch}x{patch} patches has one position "
+                            f"each), got {tuple(x.shape)}; resize the images to {side}x{side}")  # fmt: skip
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_image(x)
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, C)
         x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1) + self.pos_embed
         x = self.norm(self.blocks(x))
@@ -134,6 +150,8 @@ class BertEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         # input_ids: (B, N) token ids, N <= max_positions (the position table's size)
+        if not torch.jit.is_tracing():  # traced sizes are tensors; the trace's example fits
+            check_length(input_ids.size(1), self.position_embeddings.num_embeddings)
         pos = torch.arange(input_ids.size(1), device=input_ids.device)
         x = self.word_embeddings(input_ids) + self.position_embeddings(pos) + self.token_type_embeddings.weight[0]
         x = self.dropout(self.embed_norm(x))  # (B, N, C)

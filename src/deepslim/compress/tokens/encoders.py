@@ -141,6 +141,7 @@ class TokenVisionTransformer(VisionTransformer):
     token_plans: list[LayerPlan]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.check_image(x)
         x = self.patch_embed(x).flatten(2).transpose(1, 2)  # (B, N, C)
         x = torch.cat([self.cls_token.expand(x.size(0), -1, -1), x], dim=1) + self.pos_embed
         size = torch.ones(x.shape[:2], dtype=x.dtype, device=x.device)
