@@ -2,9 +2,16 @@
 
 After calibrating, ``quantize_`` runs the first calibration batches through the quantized model and compares its
 output with the float model's (recorded before anything changed): cosine similarity over all outputs and, for
-classification outputs (``(N, C)`` with 10 or more rows), top-1 agreement. Below the thresholds the quantization is
-refused (:class:`QuantizationError`) and the model is put back in float — a quantized model that silently computes
+class scores (``(N, C)`` with 10 or more rows), top-1 agreement. Below the thresholds the quantization is refused
+(:class:`QuantizationError`) and the model is put back in float — a quantized model that silently computes
 something else is the failure this check exists to prevent (a random-weight MobileNetV2 came out at cosine 0.85).
+
+Top-1 agreement means something only where the outputs are class scores: the argmax of a sentence embedding or a
+regression vector is noise (MiniLM's 384 embedding dimensions gave "top-1 agreement 56%" at cosine 0.95, and
+``min_agreement`` refused it). ``quantize_`` is given calibration batches, not a task, so the task is read from
+them (:func:`scores_are_classes`): the :class:`~deepslim.tasks.Task` of the loader (``TASK_ATTR``, set by the data
+bundle that made it), else the batches' targets (class indices are integers, regression and embedding targets real
+values); without either, a 2-D output with more than one column is taken as class scores, as before.
 
 Which layers to blame is measured locally: each quantized layer's output against its float output *on the same
 input* (its own weight and input quantization, not the error it inherits), as a signal-to-quantization-noise ratio
@@ -24,13 +31,16 @@ from torch import nn
 from torch.utils._pytree import tree_leaves
 
 from deepslim._modes import inference_mode
+from deepslim.compress.quantize._inputs import batch_inputs, batch_target
 from deepslim.errors import QuantizationError
 
 log = logging.getLogger(__name__)
 FIDELITY_ATTR = "deepslim_fidelity"  # the model's last Fidelity, read by quantization_report
+TASK_ATTR = "deepslim_task"  # a calibration loader's Task (or task name), when the data bundle that made it sets it
 
 
-__all__ = ["FIDELITY_ATTR", "Fidelity", "QuantizationError"]  # QuantizationError lives in deepslim.errors
+# QuantizationError lives in deepslim.errors
+__all__ = ["FIDELITY_ATTR", "TASK_ATTR", "CheckBatches", "Fidelity", "QuantizationError", "scores_are_classes"]
 
 
 @dataclass(frozen=True)
@@ -50,32 +60,73 @@ class Fidelity:
         return f"cosine {self.cosine:.3f}{agree} over {self.rows} rows; noisiest layers: {worst or 'none'}"
 
 
-def check_batches(calib_data: Iterable[Any], inputs: int, max_batches: int = 4,
-                  max_rows: int = 64) -> list[tuple[Any, ...]]:  # fmt: skip
-    """The model inputs of the first calibration batches (at most ``max_batches``, stopping at ``max_rows``)."""
-    out: list[tuple[Any, ...]] = []
+class CheckBatches(list[tuple[Any, ...]]):
+    """The model inputs of the checked batches, and whether the model's outputs on them are class scores (True),
+    are not (False: embeddings, regression; cosine alone) or are judged by their shape (None)."""
+
+    classes: bool | None = None
+
+
+def scores_are_classes(calib_data: Any, batch: Any, inputs: int) -> bool | None:
+    """Whether the outputs on ``calib_data`` are class scores: its loader's task says so, else the first batch's
+    target (integers: class indices; real values: regression or embedding targets), else None (unknown)."""
+    task = getattr(calib_data, TASK_ATTR, None)
+    if isinstance(task, str):
+        from deepslim.tasks import get_task
+
+        task = get_task(task)
+    if task is not None:
+        return bool(task.has_classes)
+    target = batch_target(batch, inputs)
+    if target is None:
+        return None
+    return not (target.is_floating_point() or target.is_complex())
+
+
+def check_batches(calib_data: Iterable[Any], inputs: int, max_batches: int = 4, max_rows: int = 64, *,
+                  model: nn.Module | None = None) -> CheckBatches:  # fmt: skip
+    """The model inputs of the first calibration batches (at most ``max_batches``, stopping at ``max_rows``); a
+    dict batch gives its entries in the order of ``model``'s forward parameters (``_inputs.batch_inputs``)."""
+    out = CheckBatches()
     rows = 0
     for batch in itertools.islice(calib_data, max_batches):
-        xs = tuple(batch[:inputs]) if isinstance(batch, (tuple, list)) else (batch,)
+        if isinstance(batch, Mapping) and model is not None:
+            xs = batch_inputs(model, batch, inputs)
+        else:
+            xs = tuple(batch[:inputs]) if isinstance(batch, (tuple, list)) else (batch,)
+        if not out:
+            out.classes = scores_are_classes(calib_data, batch, inputs)
         out.append(xs)
-        first = xs[0] if xs else None
-        rows += int(first.shape[0]) if isinstance(first, torch.Tensor) and first.ndim else 1
+        rows += _rows(xs)
         if rows >= max_rows:
             break
     return out
 
 
+def _rows(xs: tuple[Any, ...]) -> int:
+    """The batch size of one batch's model inputs (a dict taken as one input: its ``input_ids`` or first entry)."""
+    first = xs[0] if xs else None
+    if isinstance(first, Mapping) and first:
+        first = first["input_ids"] if "input_ids" in first else next(iter(first.values()))
+    return int(first.shape[0]) if isinstance(first, torch.Tensor) and first.ndim else 1
+
+
 def outputs(model: nn.Module, batches: list[tuple[Any, ...]]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-    """(every floating-point output of each batch, flattened and joined; the class scores of each batch when the
-    first output is ``(N, C)`` with C > 1, else an empty list)."""
+    """(every floating-point output of each batch, flattened and joined; the class scores of each batch, else an
+    empty list). Class scores: the ``logits`` of a mapping output, else the first output when it is ``(N, C)`` with
+    C > 1 — unless ``batches`` (a :class:`CheckBatches`) says the outputs are not class scores."""
+    classes = getattr(batches, "classes", None)
     flat, scores = [], []
     with inference_mode(model), torch.no_grad():
         for xs in batches:
-            leaves = [t.detach().float() for t in tree_leaves(model(*xs))
+            out = model(*xs)
+            leaves = [t.detach().float() for t in tree_leaves(out)
                       if isinstance(t, torch.Tensor) and t.is_floating_point()]  # fmt: skip
             flat.append(torch.cat([t.flatten() for t in leaves]) if leaves else torch.zeros(0))
-            if leaves and leaves[0].ndim == 2 and leaves[0].shape[1] > 1:
-                scores.append(leaves[0])
+            logits = out.get("logits") if isinstance(out, Mapping) else None
+            first = logits.detach().float() if isinstance(logits, torch.Tensor) else leaves[0] if leaves else None
+            if classes is not False and first is not None and first.ndim == 2 and first.shape[1] > 1:
+                scores.append(first)
     return flat, scores if len(scores) == len(batches) else []
 
 
@@ -150,8 +201,7 @@ def measure(model: nn.Module, layers: Mapping[str, nn.Module], batches: list[tup
         noise.remove()
     cos, agree, rows = compare(ref, got, ref_cls, got_cls)
     passed = cos >= min_cosine and (agree is None or agree >= min_agreement)
-    rows = rows or sum(int(xs[0].shape[0]) if isinstance(xs[0], torch.Tensor) and xs[0].ndim else 1
-                       for xs in batches if xs)  # fmt: skip
+    rows = rows or sum(_rows(xs) for xs in batches)
     return Fidelity(cos, agree, rows, noise.worst(), passed)
 
 
