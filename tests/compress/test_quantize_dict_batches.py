@@ -101,8 +101,6 @@ def test_int8_ptq_of_a_bert_classifier_calibrates_on_dict_batches_as_positional_
     assert sum("int8" in e for _, e in quantization_report(q).quantized) >= 12  # 2 layers x 6 linear + pooler
 
 
-@pytest.mark.xfail(strict=True, raises=AttributeError, reason="linear.calibrate feeds a dict batch as one input; "
-                   "needs the one-line change to batch_inputs (helper R's report, session 8)")  # fmt: skip
 def test_quantize_takes_the_dict_batches_themselves():
     model, batches = _bert(), _batches(4)
     q = quantize_(model, LinearQuantConfig(per_channel=True), calib_data=batches)

@@ -107,8 +107,6 @@ def test_a_hugging_face_sentence_encoder_on_an_embedding_loader_is_not_refused_f
                                                                                                       abs=1e-5)
 
 
-@pytest.mark.xfail(strict=True, reason="the data bundle does not yet set its task on its loaders (helper R's report, "
-                   "session 8: DataBundle.__post_init__)")  # fmt: skip
 def test_a_data_bundles_loaders_carry_its_task_for_the_check():
     import deepslim as ds
 

@@ -20,6 +20,9 @@ from deepslim.tasks import Classification, Task
 # set on each loader make_bundle builds: the Preprocessing its inputs went through (None: raw), so that
 # evaluate(model, bundle.test) knows it even without the bundle
 LOADER_PREPROCESSING_ATTR = "deepslim_preprocessing"
+# and on every loader of a bundle: its Task, so that a check given only the loader (quantization's fidelity check
+# on calib_data) knows whether the outputs are class scores
+LOADER_TASK_ATTR = "deepslim_task"
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,10 @@ class DataBundle:
     info: dict[str, Any] = field(default_factory=dict)
     preprocessing: Preprocessing | None = None  # None: inputs are fed as stored
     task: Task = Classification()
+
+    def __post_init__(self) -> None:
+        for loader in (self.train, self.val, self.test, self.calib):
+            setattr(loader, LOADER_TASK_ATTR, self.task)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -37,7 +37,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 import deepslim.errors as errors
 from deepslim._threads import check_threads
-from deepslim.data import LOADER_PREPROCESSING_ATTR, DataBundle
+from deepslim.data import LOADER_PREPROCESSING_ATTR, LOADER_TASK_ATTR, DataBundle
 from deepslim.errors import ConfigError, DeepSlimError
 from deepslim.tasks import Task, get_task
 from deepslim.train.distill import KDConfig
@@ -79,7 +79,8 @@ def sharded_loader(loader: DataLoader, *, num_replicas: int, rank: int, seed: in
     """
     sampler = _EpochSampler(loader.dataset, num_replicas=num_replicas, rank=rank, seed=seed)
     out = DataLoader(loader.dataset, batch_size=batch_size, sampler=sampler, collate_fn=loader.collate_fn)
-    setattr(out, LOADER_PREPROCESSING_ATTR, getattr(loader, LOADER_PREPROCESSING_ATTR, None))
+    for attr in (LOADER_PREPROCESSING_ATTR, LOADER_TASK_ATTR):
+        setattr(out, attr, getattr(loader, attr, None))
     return out
 
 

@@ -119,7 +119,7 @@ def _linear(model: nn.Module, config: LinearQuantConfig, *, calib_data: Iterable
     example = model_inputs(model, first) if first is not None else None
     check = None
     if calib_data is not None and example is not None and config.min_cosine > 0:
-        batches = check_batches(calib_data, len(example))
+        batches = check_batches(calib_data, len(example), model=model)
         check = (batches, *outputs(model, batches))  # the float model's outputs, before anything changes
     if config.fold_batchnorm:
         folded = fold_batchnorm_(model, example)

@@ -32,11 +32,12 @@ from torch.utils._pytree import tree_leaves
 
 from deepslim._modes import inference_mode
 from deepslim.compress.quantize._inputs import batch_inputs, batch_target
+from deepslim.data import LOADER_TASK_ATTR
 from deepslim.errors import QuantizationError
 
 log = logging.getLogger(__name__)
 FIDELITY_ATTR = "deepslim_fidelity"  # the model's last Fidelity, read by quantization_report
-TASK_ATTR = "deepslim_task"  # a calibration loader's Task (or task name), when the data bundle that made it sets it
+TASK_ATTR = LOADER_TASK_ATTR  # a calibration loader's Task (or task name): every data bundle sets it on its loaders
 
 
 # QuantizationError lives in deepslim.errors

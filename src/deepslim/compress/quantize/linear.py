@@ -22,6 +22,7 @@ from torch import nn
 
 from deepslim._modes import inference_mode
 from deepslim.compress.quantize._fakequant import affine_params, fake_quantize, qrange, quantize_codes
+from deepslim.compress.quantize._inputs import batch_inputs
 from deepslim.compress.quantize.observers import Calibration, Observer
 from deepslim.config import Config, Overrides, coerce_enum, freeze_overrides
 from deepslim.errors import ConfigError, UnsupportedModelError
@@ -305,7 +306,7 @@ def calibrate(model: nn.Module, layers: list[QuantMixin], calib_data: Iterable[A
     try:
         with inference_mode(model), torch.no_grad():
             for batch in calib_data:
-                model(*batch[:inputs]) if isinstance(batch, (tuple, list)) else model(batch)
+                model(*batch_inputs(model, batch, inputs))
                 seen += 1
         if seen == 0:
             raise ConfigError("calib_data yielded no batches")
