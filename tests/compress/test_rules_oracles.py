@@ -61,7 +61,7 @@ def test_advanced_indexing_leaves_its_channels_whole_and_says_why(index):
 
 
 class Broadcast(nn.Module):
-    """A feature vector broadcast against a (3, 1, 1) buffer: the channels move to the last of three dimensions."""
+    """A feature vector broadcast against a (3, 1, 1) buffer into a higher rank."""
 
     def __init__(self):
         super().__init__()
@@ -72,16 +72,36 @@ class Broadcast(nn.Module):
         return self.head(F.relu(self.fc(x) + self.offsets).sum(0))
 
 
-def test_channels_broadcast_into_a_higher_rank_are_followed_and_pruned_exactly():
+def test_a_broadcast_the_graph_cannot_line_up_leaves_the_channels_whole_and_the_model_unchanged():
     model, x = Broadcast().eval(), torch.randn(2, 4)
-    with torch.no_grad():  # dead channels 0, 2, 5, 7: their rows of fc and their columns of head read nothing
-        model.fc.weight[[0, 2, 5, 7]] = 0.0
-        model.fc.bias[[0, 2, 5, 7]] = -10.0  # relu(-10 + 0..2) = 0
     before = model(x)
     result = ds.compress.prune.prune_channels_(model, ds.ChannelPruneConfig(ratio=0.5), x)
-    assert [g.kept for g in result.groups] == [(1, 3, 4, 6)]
-    assert model.fc.out_features == 4 and model.head.in_features == 4
-    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
+    assert model.fc.out_features == 8 and torch.equal(model(x), before)
+    assert any(b.startswith("fc out") and "channels do not line up" in b for b in result.blocked), result.blocked
+
+
+class Scaled(nn.Module):
+    """A per-channel constant scale stored as (C, 1, 1) or (1, C, 1, 1), as many NCHW models keep one."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Conv2d(8, 4, 1)
+        self.register_buffer("gain", torch.linspace(0.5, 1.5, 8).reshape(shape))
+
+    def forward(self, x):
+        return self.c(F.relu(self.b(F.relu(self.a(x)) * self.gain))).mean((2, 3))
+
+
+@pytest.mark.parametrize("shape", [(8, 1, 1), (1, 8, 1, 1)], ids=["c11", "1c11"])
+def test_a_per_channel_constant_keeps_its_channels_whole_and_the_other_groups_are_pruned(shape):
+    """Before the fix the constant's channels were read along its last (size-1) dimension: the scale looked like a
+    per-sample scalar, its group was pruned, the model broke, and prune_ refused it
+    ("The size of tensor a (4) must match the size of tensor b (8) at non-singleton dimension 1")."""
+    model, x = Scaled(shape).eval(), torch.randn(2, 3, 6, 6)
+    result = ds.compress.prune.prune_channels_(model, ds.ChannelPruneConfig(ratio=0.5), x)
+    assert "a out ⇒ b in (8 channels; not prunable: used as a tensor constant)" in result.blocked
+    assert model.a.out_channels == 8 and model.b.out_channels == 4 and model.c.in_channels == 4
+    assert result.skipped == () and model(x).shape == (2, 4)
 
 
 class _Recorder(_rules.OpRules):

@@ -94,6 +94,12 @@ def build_graph(model: nn.Module, example_input: torch.Tensor | tuple[Any, ...])
     return builder.graph
 
 
+def _constant_dim(shape: tuple[int, ...]) -> int:
+    """The dimension of a constant that can line up with channels: its last one of size > 1 (trailing size-1
+    dimensions only broadcast), so a per-channel (C, 1, 1) scale meets a (N, C, H, W) map's channels."""
+    return max((i for i, s in enumerate(shape) if s > 1), default=len(shape) - 1)
+
+
 class _Builder(OpRules):
     def __init__(self, graph: DependencyGraph, modules: dict[str, nn.Module], cap: Capture):
         self.graph, self.modules, self.cap = graph, modules, cap
@@ -142,7 +148,8 @@ class _Builder(OpRules):
     def visit(self, node: fx.Node) -> None:
         if node in self.cap.params or node.op == "get_attr":
             shape = _shape(node)
-            self.layouts[node] = self.fresh(node, "used as a tensor constant", dim=len(shape) - 1 if shape else None)
+            dim = _constant_dim(shape) if shape else None
+            self.layouts[node] = self.fresh(node, "used as a tensor constant", dim=dim)
         elif node.op == "placeholder":
             self.layouts[node] = self.fresh(node, "model input")
         elif node.op == "output":
