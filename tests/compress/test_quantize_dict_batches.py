@@ -88,8 +88,8 @@ def test_int8_ptq_of_a_bert_classifier_calibrates_on_dict_batches_as_positional_
     model, batches = _bert(), _batches(4)
     with torch.no_grad():
         want = torch.cat([model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits for b in batches])
-    # what quantize_ does with dict batches once calibration maps them as the check does (see the report: a one-line
-    # change in linear.calibrate); here the batches are mapped by batch_inputs beforehand
+    # the same batches mapped by batch_inputs beforehand (positional tuples) and given as dicts (the next test): both
+    # must calibrate alike
     feed = [batch_inputs(model, b, 2) for b in batches]
     q = quantize_(model, LinearQuantConfig(per_channel=True), calib_data=feed)
     fid = quantization_report(q).fidelity
@@ -103,6 +103,11 @@ def test_int8_ptq_of_a_bert_classifier_calibrates_on_dict_batches_as_positional_
 
 def test_quantize_takes_the_dict_batches_themselves():
     model, batches = _bert(), _batches(4)
+    feed = [batch_inputs(model, b, 2) for b in batches]
     q = quantize_(model, LinearQuantConfig(per_channel=True), calib_data=batches)
     fid = quantization_report(q).fidelity
     assert fid is not None and fid.passed and fid.rows == 64 and fid.top1_agreement is not None
+    # calibrated exactly as on the positional tuples: the same ranges, so the same quantized outputs
+    ref = quantize_(_bert(), LinearQuantConfig(per_channel=True), calib_data=feed)
+    with torch.no_grad():
+        assert all(torch.equal(q(*x).logits, ref(*x).logits) for x in feed)

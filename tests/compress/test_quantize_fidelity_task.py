@@ -112,3 +112,16 @@ def test_a_data_bundles_loaders_carry_its_task_for_the_check():
 
     data = ds.load_data("digits", seed=0)
     assert getattr(data.calib, TASK_ATTR) == data.task == Classification()
+
+
+def test_a_loader_shared_by_two_bundles_keeps_its_first_task_and_plain_lists_are_accepted():
+    import dataclasses
+
+    import deepslim as ds
+
+    data = ds.load_data("digits", seed=0)
+    other = dataclasses.replace(data, task=Regression())  # the same loader objects under another task
+    assert getattr(data.calib, TASK_ATTR) == Classification() and other.task == Regression()
+    batches = [(torch.zeros(2, 64), torch.zeros(2, dtype=torch.long))]
+    listed = dataclasses.replace(data, train=batches, val=batches, test=batches, calib=batches)
+    assert listed.calib is batches  # a list cannot carry the tag; the bundle is still built

@@ -6,6 +6,7 @@ saved, archived or exported from a run carries it, and a deployed model is fed w
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,7 +47,10 @@ class DataBundle:
 
     def __post_init__(self) -> None:
         for loader in (self.train, self.val, self.test, self.calib):
-            setattr(loader, LOADER_TASK_ATTR, self.task)
+            # a loader shared with another bundle keeps the task it was tagged with first; a list cannot be tagged
+            if getattr(loader, LOADER_TASK_ATTR, None) is None:
+                with contextlib.suppress(AttributeError):
+                    setattr(loader, LOADER_TASK_ATTR, self.task)
 
     @property
     def input_shape(self) -> tuple[int, ...]:

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from deepslim.config import Config
+from deepslim.config import Config, coerce_enum
 from deepslim.errors import ConfigError
 
 _QUANTIZABLE = ("MatMul", "Attention")
@@ -74,7 +74,7 @@ class FusedInt8Config(Config):
             value = getattr(self, what)
             if isinstance(value, bool) or not isinstance(value, int) or value < 0:
                 raise ConfigError(f"{what} must be a whole number >= 0, got {value!r}")
-        self._coerce_select()
+        coerce_enum(self, "select", FloatSelection)  # the member or its value (the string JSON and sessions 4-7 use)
         if not 0.0 <= self.smooth <= 1.0:
             raise ConfigError(f"smooth (SmoothQuant alpha) must be in [0, 1], got {self.smooth}")
         if self.smooth and (self.split_outliers or self.split_inputs):
@@ -86,14 +86,6 @@ class FusedInt8Config(Config):
                     re.compile(p[3:])
                 except re.error as exc:
                     raise ConfigError(f"float_layers pattern {p!r} is not a valid regular expression: {exc}") from None
-
-    def _coerce_select(self) -> None:
-        """``select`` as a FloatSelection: the member or its value (the string JSON and sessions 4–7 use)."""
-        try:
-            object.__setattr__(self, "select", FloatSelection(self.select))
-        except ValueError:
-            choices = ", ".join(f"FloatSelection.{m.name} ({m.value!r})" for m in FloatSelection)
-            raise ConfigError(f"select must be one of {choices}, got {self.select!r}") from None
 
 
 def _module_of(node_name: str) -> str:
