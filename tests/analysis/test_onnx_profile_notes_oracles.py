@@ -35,3 +35,17 @@ def test_another_free_dimension_is_refused_naming_it(tmp_path):
     path = _conv_file(tmp_path / "m.onnx", ["N", 3, "H", None])
     with pytest.raises(ds.ConfigError, match=r"input 'x' has symbolic dimensions \(H, \?\); give its shape"):
         ds.profile(path)
+
+
+def test_a_computing_node_moves_its_bytes_and_a_reshape_moves_none(tmp_path):
+    w = numpy_helper.from_array(torch.randn(4, 3, 3, 3).numpy(), "w")
+    shape = numpy_helper.from_array(torch.tensor([0, -1]).numpy(), "shape")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+             helper.make_node("Reshape", ["y", "shape"], ["z"], name="flat")]  # fmt: skip
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "g", [x], [z], [w, shape])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "m.onnx")
+    conv, flat = ds.profile(tmp_path / "m.onnx").layers
+    assert (conv.input_bytes, conv.output_bytes, conv.weight_bytes) == (3 * 8 * 8 * 4, 4 * 6 * 6 * 4, 4 * 27 * 4)
+    assert (flat.input_bytes, flat.output_bytes, flat.macs) == (0, 0, 0)  # a view: nothing moved

@@ -1,0 +1,17 @@
+"""A time profile's blocks come in model order: the nodes outside blocks first, then blocks by number (blocks.10
+after blocks.9, not after blocks.1 as text would sort them)."""
+
+from deepslim.analysis.blocks import OUTSIDE, NodeTime, TimeProfile
+
+
+def test_blocks_are_listed_outside_first_then_in_numeric_order():
+    def node(block, group, us):
+        return NodeTime(name=f"n{block}{group}", op_type="MatMul", time_us=us, module="", block=block, group=group)
+
+    nodes = (node("blocks.10", "ffn", 3.0), node("blocks.9", "attention", 2.0), node("", "embeddings", 1.0),
+             node("blocks.2", "ffn", 4.0), node("blocks.10", "attention", 5.0))  # fmt: skip
+    prof = TimeProfile(model="m", nodes=nodes, run_us=20.0, runs=3, threads=1)
+    rows = prof.by_block()
+    assert [r.block for r in rows] == [OUTSIDE, "blocks.2", "blocks.9", "blocks.10"]
+    assert [r.total_us for r in rows] == [1.0, 4.0, 2.0, 8.0]
+    assert rows[3].group_us["attention"] == 5.0 and rows[3].group_us["ffn"] == 3.0
