@@ -15,3 +15,16 @@ def test_blocks_are_listed_outside_first_then_in_numeric_order():
     assert [r.block for r in rows] == [OUTSIDE, "blocks.2", "blocks.9", "blocks.10"]
     assert [r.total_us for r in rows] == [1.0, 4.0, 2.0, 8.0]
     assert rows[3].group_us["attention"] == 5.0 and rows[3].group_us["ffn"] == 3.0
+
+
+def test_timed_nodes_the_graph_does_not_name_take_the_label_before_them_or_embeddings_first():
+    from deepslim.analysis.blocks import NodeLabel, time_profile
+
+    labels = {"mm": NodeLabel("blocks.0.attn", "blocks.0", "attention")}
+    times = [("ort_inserted_0", "Cast", 1.0), ("mm", "MatMul", 2.0), ("ort_inserted_1", "Add", 3.0)]
+    prof = time_profile("m", times, labels, run_us=6.0, runs=2, threads=1)
+    assert [(n.block, n.group) for n in prof.nodes] == [("", "embeddings"), ("blocks.0", "attention"),
+                                                        ("blocks.0", "attention")]  # fmt: skip
+    assert prof.by_group() == {"embeddings": 1.0, "attention": 5.0, "ffn": 0.0, "other": 0.0}
+    assert prof.warnings == ("2 timed nodes not in the executed graph, labelled as the node before them: "
+                             "ort_inserted_0, ort_inserted_1",)  # fmt: skip
