@@ -28,3 +28,13 @@ def test_timed_nodes_the_graph_does_not_name_take_the_label_before_them_or_embed
     assert prof.by_group() == {"embeddings": 1.0, "attention": 5.0, "ffn": 0.0, "other": 0.0}
     assert prof.warnings == ("2 timed nodes not in the executed graph, labelled as the node before them: "
                              "ort_inserted_0, ort_inserted_1",)  # fmt: skip
+
+
+def test_an_unscoped_node_takes_the_latest_block_among_its_inputs_or_the_last_block_seen():
+    from deepslim.analysis.blocks import NodeLabel, _inherit
+
+    assert _inherit([], "blocks.3") == NodeLabel("", "blocks.3", "other")
+    same = [NodeLabel("blocks.2.ffn", "blocks.2", "ffn"), NodeLabel("blocks.1.ffn", "blocks.1", "ffn")]
+    assert _inherit(same, "blocks.9") == NodeLabel("", "blocks.2", "ffn")  # first input from the latest block
+    residual = [NodeLabel("blocks.1.ffn", "blocks.1", "ffn"), NodeLabel("blocks.10.attn", "blocks.10", "attention")]
+    assert _inherit(residual, "") == NodeLabel("", "blocks.10", "other")  # numeric order: 10 after 1

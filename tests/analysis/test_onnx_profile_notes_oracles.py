@@ -49,3 +49,20 @@ def test_a_computing_node_moves_its_bytes_and_a_reshape_moves_none(tmp_path):
     conv, flat = ds.profile(tmp_path / "m.onnx").layers
     assert (conv.input_bytes, conv.output_bytes, conv.weight_bytes) == (3 * 8 * 8 * 4, 4 * 6 * 6 * 4, 4 * 27 * 4)
     assert (flat.input_bytes, flat.output_bytes, flat.macs) == (0, 0, 0)  # a view: nothing moved
+
+
+def test_an_operator_it_cannot_count_is_refused_naming_it_and_the_flag_that_counts_it_as_zero(tmp_path):
+    w = numpy_helper.from_array(torch.randn(4, 3, 3, 3).numpy(), "w")
+    nodes = [helper.make_node("Conv", ["x", "w"], ["y"], name="conv"),
+             helper.make_node("Mystery", ["y"], ["z"], name="odd", domain="com.example")]  # fmt: skip
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])
+    z = helper.make_tensor_value_info("z", TensorProto.FLOAT, None)
+    graph = helper.make_graph(nodes, "g", [x], [z], [w])
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid("com.example", 1)]
+    onnx.save(helper.make_model(graph, opset_imports=opsets), tmp_path / "m.onnx")
+    with pytest.raises(ds.UnsupportedOpError) as err:
+        ds.profile(tmp_path / "m.onnx")
+    assert str(err.value) == ("cannot count ONNX operator com.example.Mystery (node odd); pass strict=False "
+                              "(CLI: --allow-unknown-ops) to count it as zero MACs")  # fmt: skip
+    assert ds.profile(tmp_path / "m.onnx", strict=False).warnings == (
+        "counted as zero MACs: com.example.Mystery (node odd)",)

@@ -186,3 +186,24 @@ def test_plan_in_matches_a_plan_by_the_group_of_its_owners_only():
     assert channel._plan_in(by_owner[("2",)], graph, {second: "x"})
     assert not channel._plan_in(channel.GroupPlan("no owner", 8, 8, "channels", owners=("nowhere",)), graph,
                                 {first: "x", second: "x"})  # fmt: skip
+
+
+class MethodFlatten(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.fc = nn.Conv2d(1, 4, 3, padding=1), nn.Linear(4 * 16, 3)
+
+    def forward(self, x):
+        return self.fc(F.relu(self.conv(x)).flatten(1))  # the method, not torch.flatten
+
+
+def test_a_flatten_method_maps_each_channel_to_its_block_of_features_exactly():
+    model, x = MethodFlatten().eval(), torch.randn(2, 1, 4, 4)
+    with torch.no_grad():  # channels 0 and 3 dead: their 16-feature blocks read nothing
+        model.conv.weight[[0, 3]] = 0.0
+        model.conv.bias[[0, 3]] = 0.0
+    before = model(x)
+    result = ds.compress.prune.prune_channels_(model, ds.ChannelPruneConfig(ratio=0.5), x)
+    assert [g.kept for g in result.groups] == [(1, 2)]
+    assert model.conv.out_channels == 2 and model.fc.in_features == 32
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
