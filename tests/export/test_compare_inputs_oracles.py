@@ -28,3 +28,22 @@ def test_two_token_id_files_are_compared_at_the_given_shape_in_their_own_dtype(t
     assert result.a.median_ms > 0 and result.b.median_ms > 0
     with pytest.raises(ds.DeepSlimError, match=r"symbolic input shape .*give input_shape"):
         ds.compare(path, path, rounds=1, block=1)  # the sequence length is free: the shape is needed
+
+
+def _relu_file(path, dims, elem=TensorProto.FLOAT):
+    node = helper.make_node("Relu", ["x"], ["y"], name="relu")
+    x = helper.make_tensor_value_info("x", elem, dims)
+    y = helper.make_tensor_value_info("y", elem, None)
+    onnx.save(helper.make_model(helper.make_graph([node], "g", [x], [y]),
+                                opset_imports=[helper.make_opsetid("", 17)]), path)  # fmt: skip
+    return path
+
+
+def test_a_file_is_fed_its_static_shape_or_batch_one_for_a_free_batch(tmp_path):
+    from deepslim.export.bench import _onnx_feed
+
+    static = _onnx_feed(_relu_file(tmp_path / "s.onnx", [3, 5]), None, None)
+    assert static.shape == (3, 5) and static.dtype == np.float32  # a fixed batch of 3 is measured at 3
+    free = _onnx_feed(_relu_file(tmp_path / "f.onnx", ["batch", 5]), None, None)
+    assert free.shape == (1, 5)  # a free batch at 1
+    assert _onnx_feed(tmp_path / "f.onnx", None, (4, 5)).shape == (4, 5)
