@@ -13,3 +13,15 @@ def test_a_tensor_of_a_dtype_the_archive_does_not_store_is_refused_naming_it_and
     with pytest.raises(ds.ConfigError) as err:
         ds.encode(model)
     assert str(err.value) == "tensor phase has dtype torch.complex64, which the archive does not store"
+
+
+def test_a_fixed_width_stream_uses_just_enough_bits_one_for_two_symbols():
+    import numpy as np
+
+    from deepslim.compress.coding.archive import _stream_parts
+
+    parts, info = _stream_parts(np.array([5, 6, 6, 5, 6, 5, 5, 6], dtype=np.int64), "s", False)
+    assert info == {"coding": "fixed", "bits": 8, "count": 8} and parts["s"] == bytes([0b01101001])
+    assert parts["s_table"] == bytes([10, 1])  # zigzag varint of the offset 5, then the width
+    parts, info = _stream_parts(np.array([-3, 4], dtype=np.int64), "s", False)
+    assert info["bits"] == 2 * 3 and parts["s"] == bytes([0b00011100])  # 0 and 7 in three bits each
