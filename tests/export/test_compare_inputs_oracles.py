@@ -47,3 +47,12 @@ def test_a_file_is_fed_its_static_shape_or_batch_one_for_a_free_batch(tmp_path):
     free = _onnx_feed(_relu_file(tmp_path / "f.onnx", ["batch", 5]), None, None)
     assert free.shape == (1, 5)  # a free batch at 1
     assert _onnx_feed(tmp_path / "f.onnx", None, (4, 5)).shape == (4, 5)
+
+
+def test_an_unreadable_onnx_file_is_refused_with_the_command_that_writes_one(tmp_path):
+    from deepslim.export.bench import _input_spec
+
+    (tmp_path / "junk.onnx").write_bytes(b"\x00garbage")
+    with pytest.raises(ds.ModelLoadError, match=r"not a readable ONNX model .*; export it again "
+                                               r"\(deepslim export MODEL -o FILE\.onnx\)$"):  # fmt: skip
+        _input_spec(tmp_path / "junk.onnx")
