@@ -207,3 +207,13 @@ def test_a_flatten_method_maps_each_channel_to_its_block_of_features_exactly():
     assert [g.kept for g in result.groups] == [(1, 2)]
     assert model.conv.out_channels == 2 and model.fc.in_features == 32
     torch.testing.assert_close(model(x), before, rtol=0, atol=1e-6)
+
+
+def test_the_channel_technique_lists_each_groups_first_layer_and_needs_an_example():
+    from deepslim.compress import techniques
+
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 6), nn.ReLU(), nn.Linear(6, 2))
+    assert techniques._channel_groups(model, ds.ChannelPruneConfig(ratio=0.5), torch.randn(2, 4)) == ["0", "2"]
+    with pytest.raises(ds.ConfigError) as err:
+        techniques._channel_groups(model, ds.ChannelPruneConfig(ratio=0.5))
+    assert str(err.value) == "channel pruning needs example_input to find its groups"

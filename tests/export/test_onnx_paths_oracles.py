@@ -70,7 +70,11 @@ def test_a_quantized_model_falls_back_to_the_torchscript_exporter_with_native_fa
     assert len(model.deepslim_points) == 3  # activation points (the addition among them): TorchScript knows only
     # PyTorch's own fake-quantization operator, not deepslim's
     assert result.format == "qdq-int8" and result.quantized_layers == result.integer_layers == 3
-    ops = [n.op_type for n in onnx.load(str(result.path)).graph.node]
+    graph = onnx.load(str(result.path)).graph
+    batch = [v.type.tensor_type.shape.dim[0].dim_param for v in (*graph.input, *graph.output)]
+    assert batch == ["batch", "batch"]  # one symbol: the output's batch is the input's
+    assert result.to_dict()["dynamic_batch"] is True and result.to_dict()["format"] == "qdq-int8"
+    ops = [n.op_type for n in graph.node]
     assert ops.count("QuantizeLinear") >= 2 and ops.count("DequantizeLinear") >= 2
     got = _run(result.path, x)
     assert result.cosine >= 0.999 and np.abs(got - expected).max() < 0.05 * np.abs(expected).max()

@@ -75,3 +75,14 @@ def test_the_budget_check_plans_bias_only_training_with_the_optimizer_asked_for(
             finetune._check_budget(_Plan(), model, example, "tinytl", least, optimizer)  # fmt: skip
         with pytest.raises(ConfigError, match=rf"smallest achievable peak is {least} bytes"):
             finetune._check_budget(_Plan(), model, example, "tinytl", least - 1, optimizer)
+
+
+def test_efficient_swaps_a_nested_global_pool_in_its_own_parent():
+    model = nn.Sequential(nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1)), nn.Flatten(), nn.Linear(4, 2))
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        before = model(x)
+    efficient_(model)
+    assert isinstance(model[0][1], BlockAvgPool2d) and not hasattr(model, "0.1")
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), before)
