@@ -38,3 +38,16 @@ def test_an_unscoped_node_takes_the_latest_block_among_its_inputs_or_the_last_bl
     assert _inherit(same, "blocks.9") == NodeLabel("", "blocks.2", "ffn")  # first input from the latest block
     residual = [NodeLabel("blocks.1.ffn", "blocks.1", "ffn"), NodeLabel("blocks.10.attn", "blocks.10", "attention")]
     assert _inherit(residual, "") == NodeLabel("", "blocks.10", "other")  # numeric order: 10 after 1
+
+
+def test_a_printed_profile_is_the_table_a_blank_line_and_the_summary():
+    import torch
+    from torch import nn
+
+    import deepslim as ds
+
+    lines = str(ds.profile(nn.Sequential(nn.Linear(4, 3)), torch.randn(1, 4))).split("\n")
+    assert lines[0].split() == ["layer", "type", "output", "params", "MACs", "weights", "act", "out", "MAC/B"]
+    assert lines[2].split() == ["0", "Linear", "1x3", "15", "12", "60", "B", "12", "B", "0.1"]
+    assert lines[3] == "" and lines[4] == "model Sequential  input 1x4"
+    assert lines[5] == "params 15  MACs 12 (12)  other ops 0" and len(lines) == 7
