@@ -23,3 +23,19 @@ def test_the_summary_line_gives_each_total_in_bytes():
     amount = r"\d+(\.\d\d [KMG]i)? ?B"
     assert re.fullmatch(rf".*: weights {amount}, grads {amount}, optimizer {amount}, saved {amount}, peak {amount}",
                         last), last  # fmt: skip
+
+
+def test_a_single_image_conv_with_a_kernel_over_3x3_is_counted_on_onednn():
+    import pytest
+
+    from deepslim.analysis._training_trace import _uses_onednn
+
+    if not torch.backends.mkldnn.is_available():
+        pytest.skip("oneDNN not built in")
+    x, small = torch.zeros(1, 3, 8, 8), torch.zeros(1, 3, 4, 4)
+
+    def call(x, k, groups=1):
+        return [x, torch.zeros(4 * groups, 3 // groups if groups == 1 else 1, k, k), None, (1, 1), None, (1, 1), None,
+                None, groups]  # fmt: skip
+
+    assert _uses_onednn(call(x, 5)) and not _uses_onednn(call(small, 3))  # 5x5 kernel: oneDNN; 3x3, batch 1: native

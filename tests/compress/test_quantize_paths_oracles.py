@@ -66,3 +66,16 @@ def test_the_report_lists_layers_not_their_parametrization_containers():
     half = nn.Sequential(nn.Linear(4, 4)).half()
     parametrize.register_parametrization(half[0], "bias", Halve())
     assert ds.compress.quantize.quantization_report(half).quantized == (("0", "float16"),)
+
+
+def test_a_point_hook_quantizes_float_outputs_only():
+    from deepslim.compress.quantize._points import ActPoint
+
+    point = ActPoint()
+    point.enabled = True
+    point.scale.fill_(0.5)
+    hook = PointHook(point)
+    ids = torch.tensor([3, 1, 2])
+    assert hook(nn.Identity(), (), ids) is None  # integer outputs (token ids, indices) pass untouched
+    assert hook(nn.Identity(), (), (torch.ones(2),)) is None  # so do tuples
+    assert torch.equal(hook(nn.Identity(), (), torch.tensor([0.2, 0.8])), torch.tensor([0.0, 1.0]))
