@@ -296,7 +296,7 @@ def main() -> None:
     p.add_argument("--temperature", type=float, default=None,
                    help="finalists' and the final comparison's fine-tune distill from dense at this temperature")
     p.add_argument("--priors", action=argparse.BooleanOptionalAction, default=True,
-                   help="a new study first tries the structured (hidden-heavy) priors")
+                   help="a new study first tries the role-structured priors (each role kept wide in turn)")
     p.add_argument("--round-to", type=int, default=8)
     p.add_argument("--table-policies", type=int, default=20, help="random policies measured end to end")
     p.add_argument("--table-spread", action=argparse.BooleanOptionalAction, default=True,

@@ -1,5 +1,5 @@
 """Session 8 (issue 14): the trials' fine-tune proxy (``short_finetune_``, ``proxy_steps``), group roles and the
-"hidden-heavy" structured priors a study starts from, and the distilled default recovery in the recipe."""
+role-structured priors a study starts from, and the distilled default recovery in the recipe."""
 
 import copy
 import math
@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from deepslim.errors import ConfigError
+from deepslim.errors import ConfigError, DataError
 from deepslim.search import frame as frame_mod
 from deepslim.search import recovery as recovery_mod
 from deepslim.search import search
@@ -86,7 +86,7 @@ def test_structured_priors_are_the_widest_expansion_that_meets_the_budget_found_
     assert len(calls) <= bound < sum(len([r for r in RATIOS if r < o]) for o in frame_mod.PRIOR_OUTER) * 3
     assert frame_mod.structured_priors(ev, {}, RATIOS) == ()  # no latency budget: nothing to aim at
     plain = Evaluator(trained_net(), data, small_space(trained_net()), fake_table())
-    assert frame_mod.structured_priors(plain, {"latency": 1e9}, RATIOS) == ()  # no depthwise groups
+    assert frame_mod.structured_priors(plain, {"latency": 1e9}, RATIOS) == ()  # a single role: nothing to structure
 
 
 @pytest.mark.parametrize("priors", [True, False])
@@ -121,6 +121,27 @@ def test_short_finetune_takes_exactly_the_steps_asked_cycling_through_the_batche
     assert all(torch.equal(before[k], net.state_dict()[k]) for k in trained)
     with pytest.raises(ConfigError, match="steps must be an integer >= 0, got -1"):
         short_finetune_(net, data, steps=-1)
+
+
+def test_short_finetune_refuses_an_empty_training_loader_and_leaves_the_teachers_mode_alone():
+    net, data = trained_net(), digits()
+    xs, ys = next(iter(DataLoader(data.train.dataset, batch_size=8)))
+    empty = SimpleNamespace(train=DataLoader(TensorDataset(xs, ys), batch_size=16, drop_last=True), calib=data.calib,
+                            task=data.task)  # fmt: skip
+    with pytest.raises(DataError, match="yielded no batches after 0 of 3 proxy steps"):
+        short_finetune_(net, empty, steps=3)  # looped forever before
+    teacher = trained_net().train()
+    short_finetune_(net, data, steps=2, teacher=teacher)
+    assert teacher.training and all(m.training for m in teacher.modules())  # the caller's dense model, as it was
+
+
+def test_a_group_role_counts_producers_not_names_that_start_with_out():
+    from deepslim.search.space import GroupChoice
+
+    plain = GroupChoice("outer.0", 8, (4, 8), "outer.0 out ⇒ outer.1 ⇒ output.0 in (8 channels)")
+    tied = GroupChoice("a.0", 8, (4, 8), "a.0 out ⇒ b.0 out ⇒ output.0 in (8 channels)")
+    dw = GroupChoice("e.0", 8, (4, 8), "e.0 out ⇒ dw.0 (depthwise) ⇒ outlet.0 in (8 channels)")
+    assert (plain.role, tied.role, dw.role) == ("plain", "residual", "depthwise")
 
 
 def test_distilling_with_alpha_one_follows_the_teacher_alone_whatever_the_labels():

@@ -42,7 +42,7 @@ from deepslim.search.finals import finite as _finite
 from deepslim.search.finals import rank as _rank
 from deepslim.search.latency import LatencyTable
 from deepslim.search.node_table import NodeTable
-from deepslim.search.space import DEFAULT_KEEP_RATIOS, KINDS, SearchSpace
+from deepslim.search.space import DEFAULT_KEEP_RATIOS, KINDS, Policy, SearchSpace
 from deepslim.search.strategies import STRATEGIES, make_sampler
 
 log = logging.getLogger(__name__)
@@ -124,8 +124,9 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     ``proxy_steps`` > 0 judges each trial after that many fine-tuning steps distilled from the dense model instead of
     batch-norm re-estimation alone (which ranked pruned MobileNetV2 policies unlike their recovered accuracy);
     ``temperature`` makes the finalists' fine-tune (and the recipe's) a distillation from the dense model. ``priors``:
-    where the space has depthwise (expansion) groups, a new study first tries the "hidden-heavy" family — expansions
-    pruned, bottlenecks kept — each member the widest that meets the latency budget (:func:`frame.structured_priors`).
+    where the space has groups of two or more roles (expansion, bottleneck, plain) and a latency budget, a new study
+    first tries role-structured policies — each role kept wide in turn, the others at the widest ratio that meets the
+    budget (:func:`frame.structured_priors`); not for ``strategy="grid"``, which tries every policy anyway.
     An infeasible budget, an unknown objective, strategy or runtime is a ConfigError before any trial runs.
     """
     started, cpu0 = time.perf_counter(), _cpu_seconds()
@@ -168,7 +169,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
         job.update(wk.describe_job(model, spec or "", data_options or {}, out_dir, table, _frame.base(dense, "latency"),
                                    example_input=x))  # fmt: skip
         wk.publish_entries(study, table, set())
-    fresh = priors and not study.get_trials(deepcopy=False)
+    fresh = priors and strategy != "grid" and not study.get_trials(deepcopy=False)
     seeds = _frame.structured_priors(ev, limits, DEFAULT_KEEP_RATIOS) if fresh else ()
     counted = _queue_trials(study, ev.space, objectives, trials, strategy, seed, family, seeds)
     _record_context(study, space, objectives, limits, ev, job)  # last: a waiting worker starts on it
@@ -286,7 +287,7 @@ def _record_context(study: Any, space: SearchSpace, objectives: tuple[str, ...],
 
 
 def _queue_trials(study: Any, space: SearchSpace, objectives: tuple[str, ...], trials: int, strategy: str, seed: int,
-                  warm: Sequence[Candidate] = (), priors: Sequence[Any] = ()) -> int:  # fmt: skip
+                  warm: Sequence[Candidate] = (), priors: Sequence[Policy] = ()) -> int:  # fmt: skip
     """Queue the trial slots still missing (trials left running by a process that is gone are failed and
     retried); the number of trials already counted before this call. A new study starts with the best uniform
     policies within budget (``warm``, at most 3) and the structured ``priors`` (policies, at most a third of the
@@ -301,10 +302,11 @@ def _queue_trials(study: Any, space: SearchSpace, objectives: tuple[str, ...], t
         _queue_grid(study, space, counted, missing, seed)
         missing = 0
     elif not study.get_trials(deepcopy=False):  # a new study starts from the best uniform policies within budget
+        queued: set[str] = set()
         for c in sorted((c for c in warm if c.feasible), key=lambda c: _rank(c, objectives))[: min(3, missing // 4)]:
             study.enqueue_trial(c.policy.params(), skip_if_exists=False)
+            queued.add(str(sorted(c.policy.params().items())))
             missing -= 1
-        queued = {str(sorted(c.policy.params().items())) for c in warm}
         for policy in [p for p in priors if str(sorted(p.params().items())) not in queued][: max(0, trials // 3)]:
             if missing > 0:
                 study.enqueue_trial(policy.params(), skip_if_exists=False)

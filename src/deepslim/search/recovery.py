@@ -18,7 +18,7 @@ import torch
 from torch import nn
 
 from deepslim.config import Config
-from deepslim.errors import ConfigError
+from deepslim.errors import ConfigError, DataError
 from deepslim.techniques import register_technique
 
 _NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -97,17 +97,17 @@ def short_finetune_(model: nn.Module, data: Any, *, steps: int, lr: float = 1e-3
     reestimate_bn_(model, data.calib, task=task)
     if steps == 0:
         return 0
+    torch.manual_seed(seed)
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1.0 - i / steps))
+    modes = [(m, m.training) for m in (model, teacher) if m is not None]
+    model.train()
     if teacher is not None:
         teacher.eval()
-    torch.manual_seed(seed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1.0 - i / steps))
-    was = model.training
-    model.train()
     done = 0
     try:
         while done < steps:
+            before = done
             for batch in data.train:
                 inputs, target = task.split(batch)
                 out = task.forward(model, inputs)
@@ -124,6 +124,10 @@ def short_finetune_(model: nn.Module, data: Any, *, steps: int, lr: float = 1e-3
                 done += 1
                 if done >= steps:
                     break
+            if done == before:  # an empty loader (fewer rows than a batch with drop_last, a spent iterator)
+                raise DataError(f"the training data yielded no batches after {done} of {steps} proxy steps; give the "
+                                "search a training loader with at least one batch (or proxy_steps=0)")  # fmt: skip
     finally:
-        model.train(was)
+        for m, mode in modes:
+            m.train(mode)
     return done

@@ -60,9 +60,10 @@ class GroupChoice:
         depthwise convolution: an inverted residual's expansion, MobileNet's hidden channels), ``"residual"`` (shared
         by several producers through residual additions: a stage's bottleneck) or ``"plain"`` (any other). Known good
         policies for inverted-residual networks (AMC, NetAdapt) prune the first far more than the second."""
-        if "(depthwise)" in self.description:
+        parts = self.description.rpartition(" (")[0].split(" ⇒ ")  # "a out ⇒ b (depthwise) ⇒ c in (8 channels)"
+        if any(p.endswith(" (depthwise)") for p in parts):
             return "depthwise"
-        return "residual" if self.description.count(" out") > 1 else "plain"
+        return "residual" if sum(p.endswith(" out") for p in parts) > 1 else "plain"
 
 
 @dataclass(frozen=True)
