@@ -20,6 +20,12 @@ _VIT_PAPER = "Dosovitskiy et al., An Image is Worth 16x16 Words, ICLR 2021"
 _BERT_PAPER = "Devlin et al., BERT, NAACL 2019"
 
 
+
+def _tracing(x: torch.Tensor) -> bool:
+    """Whether ``x`` is being traced (torch.jit or torch.fx): its shape is then a traced value, and a Python check on
+    it would stop the trace (channel pruning captures the zoo's ViT and BERT with torch.fx)."""
+    return torch.jit.is_tracing() or isinstance(x, torch.fx.Proxy)
+
 class SelfAttention(nn.Module):
     """Multi-head self-attention; ``fused_qkv`` uses one (dim → 3·dim) projection as ViT does, else three."""
 
@@ -86,7 +92,7 @@ class VisionTransformer(nn.Module):
     def check_image(self, x: torch.Tensor) -> None:
         """Refuse images the position embeddings do not fit (a one-line DataError with the size to resize to) instead
         of a shape error deep in the addition: the patch grid is the token sequence, one position per patch."""
-        if torch.jit.is_tracing():  # the trace's example fits; shapes are traced values there
+        if _tracing(x):  # the trace's example fits; shapes are traced values there
             return
         conv = self.patch_embed
         patch, side = int(conv.kernel_size[0]), self.image_size  # the positions' grid, in pixels
@@ -150,7 +156,7 @@ class BertEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         # input_ids: (B, N) token ids, N <= max_positions (the position table's size)
-        if not torch.jit.is_tracing():  # traced sizes are tensors; the trace's example fits
+        if not _tracing(input_ids):  # traced sizes are tensors or fx proxies; the trace's example fits
             check_length(input_ids.size(1), self.position_embeddings.num_embeddings)
         pos = torch.arange(input_ids.size(1), device=input_ids.device)
         x = self.word_embeddings(input_ids) + self.position_embeddings(pos) + self.token_type_embeddings.weight[0]
