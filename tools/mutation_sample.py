@@ -103,6 +103,8 @@ def batches(order: list[str], *, first: int = 1, batch: int = 0) -> list[list[st
     if first < 1 or batch < 0:
         raise SystemExit("--first must be at least 1 and --batch at least 0")
     todo = order[first - 1 :]
+    if order and not todo:  # an empty list would reach mutmut as "no names": every mutant, for hours
+        raise SystemExit(f"--first {first} is past the {len(order)} draws")
     return [todo[i : i + batch] for i in range(0, len(todo), batch)] if batch else [todo]
 
 

@@ -99,3 +99,5 @@ def test_first_leaves_out_the_earlier_draws_and_batches_the_rest_in_draw_order()
         ms.batches(order, first=0, batch=2)
     with pytest.raises(SystemExit, match="--batch at least 0"):
         ms.batches(order, first=1, batch=-1)
+    with pytest.raises(SystemExit, match="--first 11 is past the 10 draws"):
+        ms.batches(order, first=11, batch=0)  # [[]] would have run mutmut on every mutant
