@@ -21,6 +21,15 @@ def pick_threads(requested: int | None = None) -> int:
     return 1 if os.getloadavg()[0] > cores else min(2, cores)
 
 
+def training_threads(requested: int | None = None) -> int:
+    """``requested``, or 1: the intra-op thread count of benchmarks that train. A trained model depends on it (the
+    float sums run in another order: one epoch of ResNet-20 gives other weights at 1 and 2 threads, and 15 + 5
+    epochs on one seed moved the shapes rows of pruning_accuracy by up to 6 points, BENCHMARKS.md session 8), so it
+    is fixed — not chosen by the machine's load as :func:`pick_threads` does — and ``make bench`` gives the same
+    numbers whatever else runs. 1 is also the fast choice on shared cores."""
+    return 1 if requested is None else requested
+
+
 def result_header(name: str, threads: int = 2) -> dict[str, Any]:
     """Set torch's intra-op threads and return the JSON's first fields, the load average before the run included."""
     torch.set_num_threads(threads)

@@ -32,7 +32,7 @@ import torch
 import yaml
 
 import deepslim as ds
-from _common import pick_threads, result_header, save_json, write_result
+from _common import result_header, save_json, training_threads, write_result
 
 RECIPES = {"lenet300": "deep-compression-lenet300", "lenet5": "deep-compression-lenet5"}
 PAPER = {"lenet300": 40, "lenet5": 39}
@@ -122,10 +122,10 @@ def main() -> None:
     parser.add_argument("--data", choices=["digits", "fashion-mnist"], default="digits")
     parser.add_argument("--seeds", type=int, help="seeds per model (default 3 on the digits, 1 on Fashion-MNIST)")
     parser.add_argument("--quick", action="store_true", help="Fashion-MNIST smoke run: 1,000 images, 1 epoch a stage")
-    parser.add_argument("--threads", type=int, help="intra-op threads (default 2, or 1 on a machine under load)")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default 1: trained models depend on it)")
     args = parser.parse_args()
     seeds = args.seeds or (3 if args.data == "digits" else 1)
-    result: dict[str, Any] = {**result_header("deep_compression", pick_threads(args.threads)), "data": args.data,
+    result: dict[str, Any] = {**result_header("deep_compression", training_threads(args.threads)), "data": args.data,
                               "models": {}}  # fmt: skip
     sizes = {"n_train": 1000, "n_test": 500} if args.quick and args.data != "digits" else {}
     with tempfile.TemporaryDirectory() as tmp:

@@ -29,7 +29,7 @@ from typing import Any
 import torch
 
 import deepslim as ds
-from _common import pick_threads, result_header, save_json, write_result
+from _common import result_header, save_json, training_threads, write_result
 
 
 def tp_prune(model: torch.nn.Module, x: torch.Tensor, ratio: float) -> torch.nn.Module:
@@ -170,9 +170,9 @@ def main() -> None:
     parser.add_argument("--data", choices=["digits", "fashion-mnist"], default="digits",
                         help="digits: digits + shapes (the BENCHMARKS.md tables); fashion-mnist: the same rows on it")
     parser.add_argument("--quick", action="store_true", help="one seed, fewer epochs (a smoke run)")
-    parser.add_argument("--threads", type=int, help="intra-op threads (default 2, or 1 on a machine under load)")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default 1: trained models depend on it)")
     args = parser.parse_args()
-    threads = pick_threads(args.threads)
+    threads = training_threads(args.threads)
     out: dict[str, Any] = {**result_header("pruning_accuracy", threads), "data": args.data, "quick": args.quick,
                            "results": {}}  # fmt: skip
 

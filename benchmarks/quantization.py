@@ -34,7 +34,7 @@ from typing import Any
 import torch
 
 import deepslim as ds
-from _common import pick_threads, result_header, save_json, write_result
+from _common import result_header, save_json, training_threads, write_result
 from _peers import nncf_onnx, ort_accuracy, ort_quantize_static
 
 # per data set: the model's options, seeds, training epochs, fine-tuning epochs of each encoding
@@ -130,9 +130,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json")
     parser.add_argument("--data", choices=sorted(SETTINGS), default="digits")
-    parser.add_argument("--threads", type=int, help="intra-op threads (default 2, or 1 on a machine under load)")
+    parser.add_argument("--threads", type=int, help="intra-op threads (default 1: trained models depend on it)")
     args = parser.parse_args()
-    out: dict[str, Any] = {**result_header("quantization", pick_threads(args.threads)), "data": args.data,
+    out: dict[str, Any] = {**result_header("quantization", training_threads(args.threads)), "data": args.data,
                            "settings": SETTINGS[args.data], "runs": []}  # fmt: skip
     import logging
 
