@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lr", type=float, default=1e-3, help="fine-tuning learning rate")
     p.add_argument("--proxy-steps", type=int, default=0, metavar="N",
                    help="judge each trial after N fine-tuning steps distilled from the dense model (default 0: after "
-                        "batch-norm re-estimation alone; a few hundred rank pruned MobileNets far better)")
+                        "batch-norm re-estimation alone, which scores heavily pruned models far below what they "
+                        "recover to)")
     p.add_argument("--temperature", type=float, default=None,
                    help="the finalists' fine-tune (and the recipe's) distills from the dense model at this temperature")
     p.add_argument("--top-k", type=int, default=3, help="finalists fine-tuned and re-measured (default 3)")
