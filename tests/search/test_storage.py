@@ -160,3 +160,27 @@ def test_a_joining_worker_beats_and_judges_staleness_as_the_study_was_created(tm
     assert study._storage.get_heartbeat_interval() == 1 and study.user_attrs["deepslim_heartbeat"] == [1, 2]
     with pytest.raises(StorageError, match="does not exist"):
         open_storage(f"sqlite:///{tmp_path / 'missing' / 's.db'}")
+
+
+def test_a_trial_claimed_by_a_worker_stopped_before_it_recorded_itself_is_released_after_the_grace(tmp_path,
+                                                                                                  monkeypatch):
+    from deepslim.search import storage as st
+
+    study = new_study(f"journal:{tmp_path / 's.log'}", "claim", 1)
+    storage = study._storage
+    claim = storage.set_trial_state_values
+
+    def claim_then_die(trial_id, state, values=None):
+        claim(trial_id, state=state, values=values)
+        raise KeyboardInterrupt  # the worker is stopped between the claim and recording itself
+
+    monkeypatch.setattr(storage, "set_trial_state_values", claim_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        st.claim_trial(study)
+    monkeypatch.undo()
+    (running,) = study.get_trials(states=(optuna.trial.TrialState.RUNNING,))
+    assert st.HOLDER_ATTR not in running.system_attrs
+    assert st.release_dead_trials(study) == []  # just claimed: a live worker may be about to record itself
+    monkeypatch.setattr(st, "UNRECORDED_GRACE_S", 0.0)  # (30 s later) nothing else would release it: no heartbeat
+    assert st.release_dead_trials(study) == [running.number]  # a resumed search used to wait for it for ever
+    assert [t.state.name for t in study.get_trials()] == ["FAIL", "WAITING"]

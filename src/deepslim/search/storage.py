@@ -24,6 +24,7 @@ Optuna (the ``search`` extra) is imported inside the functions that need it.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import logging
@@ -50,6 +51,7 @@ VERSION_ATTR = "deepslim_version"
 SPACE_ATTR = "deepslim_space"
 HEARTBEAT_ATTR = "deepslim_heartbeat"  # [interval_s, grace_period_s], set when the study is created
 HOLDER_ATTR = "deepslim_worker"  # a trial's system attribute: the process running it (see this_process)
+UNRECORDED_GRACE_S = 30.0  # a running trial naming no process this long was claimed by a worker stopped at once
 POLL_S = 1.0  # how often an idle worker looks again while other workers' trials run
 
 
@@ -291,8 +293,9 @@ def release_dead_trials(study: Any, *, mark: str | None = None) -> list[int]:
     """Fail the running trials whose process on this machine is gone and queue a retry of each (same parameters,
     up to :data:`MAX_RETRY` times, marked as Optuna's retry callbacks mark theirs); the failed trials' numbers.
 
-    ``mark`` names a user attribute set (True) on each failed trial, not on its retry. Trials with no recorded
-    process (claimed by an older deepslim) are left to the heartbeat. Two workers releasing the same trial at once
+    ``mark`` names a user attribute set (True) on each failed trial, not on its retry. A trial that names no
+    process (its worker stopped between claiming and recording itself) is released once it has run so for
+    :data:`UNRECORDED_GRACE_S`. Two workers releasing the same trial at once
     is safe: the storage lets only one of them fail it, and only that one queues the retry.
     """
     optuna = _optuna()
@@ -300,7 +303,8 @@ def release_dead_trials(study: Any, *, mark: str | None = None) -> list[int]:
     running = storage.get_all_trials(study._study_id, deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))
     released = []
     for frozen in running:
-        if not holder_dead(frozen.system_attrs.get(HOLDER_ATTR), me):
+        holder = frozen.system_attrs.get(HOLDER_ATTR)
+        if not (holder_dead(holder, me) if holder is not None else _unrecorded_too_long(frozen)):
             continue
         try:
             if mark:
@@ -314,7 +318,7 @@ def release_dead_trials(study: Any, *, mark: str | None = None) -> list[int]:
         failed.system_attrs = {k: v for k, v in failed.system_attrs.items()
                                if k != HOLDER_ATTR and not k.startswith("constraints")}  # fmt: skip
         log.warning("trial %d was left running by a process that is gone (pid %s): failed, and queued again",
-                    frozen.number, frozen.system_attrs[HOLDER_ATTR].get("pid"))  # fmt: skip
+                    frozen.number, holder.get("pid") if isinstance(holder, dict) else "not recorded")  # fmt: skip
         storages = optuna.storages
         retry = getattr(storages, "RetryHeartbeatStaleTrialCallback", None) or storages.RetryFailedTrialCallback
         with warnings.catch_warnings():
@@ -322,6 +326,14 @@ def release_dead_trials(study: Any, *, mark: str | None = None) -> list[int]:
             retry(max_retry=MAX_RETRY)(study, failed)
         released.append(frozen.number)
     return released
+
+
+def _unrecorded_too_long(frozen: Any) -> bool:
+    """Whether a running trial that names no process has been so for :data:`UNRECORDED_GRACE_S`: a worker records
+    itself right after claiming (two writes), so only one stopped between them leaves such a trial — which nothing
+    else would release on a storage without heartbeats (a journal file), and a resumed search waited for forever."""
+    started = frozen.datetime_start
+    return started is not None and (datetime.datetime.now() - started).total_seconds() > UNRECORDED_GRACE_S
 
 
 def _heartbeat_interval(storage: Any) -> int | None:
