@@ -217,3 +217,25 @@ def test_the_channel_technique_lists_each_groups_first_layer_and_needs_an_exampl
     with pytest.raises(ds.ConfigError) as err:
         techniques._channel_groups(model, ds.ChannelPruneConfig(ratio=0.5))
     assert str(err.value) == "channel pruning needs example_input to find its groups"
+
+
+class Summed(nn.Module):
+    """A reduction over every dimension (no dim argument) of a layer's output, added to the logits."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 1), nn.Linear(8, 2)
+
+    def forward(self, x):
+        y = F.relu(self.a(x))
+        return self.fc(self.b(y).mean((2, 3))) + y.sum()
+
+
+def test_a_reduction_over_all_dimensions_leaves_its_channels_whole_and_says_why():
+    model, x = Summed().eval(), torch.randn(2, 3, 6, 6)
+    before = model(x)
+    result = ds.compress.prune.prune_channels_(model, ds.ChannelPruneConfig(ratio=0.5), x)
+    assert model.a.out_channels == 8 and model.b.out_channels == 4  # only the summed group is kept whole
+    assert any(b.startswith("a out") and b.endswith("not prunable: reduction over all dimensions)")
+               for b in result.blocked), result.blocked  # fmt: skip
+    assert model(x).shape == before.shape
