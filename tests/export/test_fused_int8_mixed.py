@@ -195,3 +195,22 @@ def test_select_is_an_enum_that_round_trips_through_json_and_loads_the_old_strin
         assert data["select"] == member.value and FusedInt8Config.from_dict(data) == config
     old = FusedInt8Config.from_dict({"select": "ffn_first", "min_cosine": 0.995})  # a session-7 JSON config
     assert old.select is FloatSelection.FFN_OUTPUTS and FusedInt8Config(select="sensitivity") == FusedInt8Config()
+
+
+@needs_hf
+def test_the_int8_weights_are_quantized_per_output_channel(fused, tmp_path):
+    import onnx
+    from onnx import numpy_helper
+
+    from deepslim.export import _torchscript as ts
+
+    model, work, _ = fused
+    ts._quantize(work / "fused.onnx", tmp_path / "q.onnx", [])
+    graph = onnx.load(str(tmp_path / "q.onnx")).graph
+    inits = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    where = {"DynamicQuantizeMatMul": 2, "QAttention": 4, "MatMulInteger": 3}  # b_scale, weight_scale, b_zero_point
+    scales = [inits[n.input[where[n.op_type]]] for n in graph.node
+              if n.op_type in where and len(n.input) > where[n.op_type] and n.input[where[n.op_type]] in inits]
+    assert scales, sorted({n.op_type for n in graph.node})
+    # one scale per output column (per channel), not one per tensor: a whole-tensor scale loses the small columns
+    assert all(np.asarray(s).size > 1 for s in scales), [np.asarray(s).size for s in scales]
