@@ -10,6 +10,7 @@ from torch import nn
 import deepslim as ds
 from deepslim.compress.prune import _rules, channel
 from deepslim.models.adapters import LayerKind, register_layer_kind, unregister_layer_kind
+from tests.compress.test_channel_hf import Dense  # stores its weight (in, out), reshapes by a width of its own
 
 
 class Gated(nn.Module):
@@ -145,17 +146,6 @@ def test_a_node_no_rule_foresaw_is_refused_naming_it_the_capture_and_the_way_out
         "layers around it to ignore=(...) or prune with MagnitudePruneConfig"
     )
     assert model.a.out_channels == 8  # refused before anything was removed
-
-
-class Dense(nn.Module):
-    """A layer storing its weight (in, out) whose reshape uses a width pruning does not know about."""
-
-    def __init__(self, n_in: int, n_out: int):
-        super().__init__()
-        self.weight, self.width = nn.Parameter(torch.randn(n_in, n_out)), n_out
-
-    def forward(self, x):
-        return (x @ self.weight).reshape(-1, self.width)
 
 
 def test_the_plan_of_a_group_left_whole_after_it_broke_the_model_says_whole():

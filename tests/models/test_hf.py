@@ -106,11 +106,16 @@ def test_hf_path_loads_a_local_bert_directory_and_matches_transformers(tmp_path)
         model(torch.ones(1, 41, dtype=torch.long))
 
 
-def test_hf_path_loads_a_local_vit_directory(tmp_path):
+def save_tiny_vit(path) -> None:
+    """A 16x16-pixel ViT of 8x8 patches (4 positions), one layer, random weights, saved as a local directory."""
     config = transformers.ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1,
                                     num_attention_heads=2, intermediate_size=64)  # fmt: skip
     torch.manual_seed(0)
-    transformers.ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path)
+    transformers.ViTModel(config, add_pooling_layer=False).save_pretrained(path)
+
+
+def test_hf_path_loads_a_local_vit_directory(tmp_path):
+    save_tiny_vit(tmp_path)
     model = hf.load_hf(tmp_path).eval()
     x = torch.randn(2, 3, 16, 16)
     ref = transformers.ViTModel.from_pretrained(str(tmp_path), add_pooling_layer=False).eval()

@@ -11,6 +11,7 @@ from deepslim.errors import DataError, ModelLoadError
 
 transformers = pytest.importorskip("transformers", reason="Hugging Face encoders need the transformers package")
 hf = pytest.importorskip("deepslim.models.hf")
+from tests.models.test_hf import save_tiny_vit  # noqa: E402
 
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(115)]
 
@@ -50,10 +51,7 @@ def test_a_mask_of_another_shape_than_the_ids_is_refused_before_attention(tmp_pa
 
 
 def test_a_vit_image_whose_patch_grid_is_not_the_models_positions_is_refused_with_the_size_to_resize_to(tmp_path):
-    config = transformers.ViTConfig(image_size=16, patch_size=8, hidden_size=32, num_hidden_layers=1,
-                                    num_attention_heads=2, intermediate_size=64)  # fmt: skip
-    torch.manual_seed(0)
-    transformers.ViTModel(config, add_pooling_layer=False).save_pretrained(tmp_path)
+    save_tiny_vit(tmp_path)
     model = hf.load_hf(tmp_path).eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 16, 16)).shape == (1, 32)
