@@ -18,7 +18,9 @@ import pytest
 import torch
 
 import deepslim as ds
+from deepslim.data import Preprocessing
 from deepslim.errors import ConfigError, DataError, DeepSlimError
+from deepslim.models import PREPROCESSING_ATTR
 from deepslim.tasks import get_task
 from deepslim.train import _ddp_worker, distributed
 from deepslim.train.distributed import JOB_FILE, RESULT_FILE, sharded_loader, state_digest
@@ -105,6 +107,9 @@ def test_distillation_with_a_hint_run_by_the_worker_in_process_is_one_process_di
     student = ds.create_model("lenet5", input_size=8)
     reference = ds.create_model("lenet5", input_size=8)
     reference.load_state_dict(student.state_dict())
+    # the student expects other inputs than the data's: the wrapper must carry its preprocessing record
+    for m in (student, reference):
+        setattr(m, PREPROCESSING_ATTR, Preprocessing(mean=(0.3,), std=(2.0,)).to_dict())
     config = ds.train.KDConfig(temperature=3.0, alpha=0.3, hint_weight=0.5, hints={"features.3": "features.3"})
     options = {"epochs": 1, "seed": 2, "optimizer": "sgd", "lr": 0.05}
     ckpt = tmp_path / "out" / "best.pt"
