@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -53,7 +54,7 @@ def tp_prune(model: torch.nn.Module, x: torch.Tensor, ratio: float) -> torch.nn.
     import torch_pruning as tp
 
     model = copy.deepcopy(model)
-    head = model.fc if hasattr(model, "fc") else model.classifier[-1]
+    head = model.fc if hasattr(model, "fc") else cast(torch.nn.Sequential, model.classifier)[-1]
     pruner = tp.pruner.MetaPruner(model, x, importance=tp.importance.GroupMagnitudeImportance(p=1),
                                   pruning_ratio=ratio, ignored_layers=[head])  # fmt: skip
     pruner.step()

@@ -8,9 +8,12 @@ held-out test split of:
   integer QDQ export run in ONNX Runtime;
 - ONNX Runtime quantize_static (QDQ, u8 activations, s8 per-channel weights, MinMax calibration);
 - NNCF int8 PTQ (ONNX backend) run in ONNX Runtime.
-Latency: 1×3×32×32, 2 threads, all files in one round-robin (deepslim.interleave), each in its own process.
+Latency: 1×3×32×32, at the run's threads, all files in one round-robin (deepslim.interleave), each in its own
+process. ``--threads`` (default 1, as the other benchmarks that train) fixes torch's intra-op threads for training
+and the latency threads: a trained model depends on it (BENCHMARKS.md session 8); the run before session 9 used 2.
+The JSON is written after every model and seed, so a long run never loses it all.
 
-    python benchmarks/quantization_shapes.py [--json OUT] [--seeds 2]
+    python benchmarks/quantization_shapes.py [--json OUT] [--seeds 2] [--threads N]
 """
 
 from __future__ import annotations
@@ -25,13 +28,13 @@ from pathlib import Path
 import torch
 
 import deepslim as ds
-from _common import result_header, write_result
+from _common import result_header, save_json, training_threads, write_result
 from _peers import nncf_onnx, ort_accuracy, ort_quantize_static
 
 MODELS = {"resnet20": {}, "mobilenet_v2": {"small_input": True, "width_mult": 0.5}}
 
 
-def run(name: str, seed: int, data: ds.DataBundle, tmp: Path) -> dict:
+def run(name: str, seed: int, data: ds.DataBundle, tmp: Path, threads: int) -> dict:
     torch.manual_seed(seed)
     model = ds.create_model(name, num_classes=data.num_classes, **MODELS[name])
     start = time.perf_counter()
@@ -56,34 +59,43 @@ def run(name: str, seed: int, data: ds.DataBundle, tmp: Path) -> dict:
     except Exception as exc:  # a peer failing is a finding, recorded as such
         acc["NNCF (ORT)"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         files.pop("NNCF", None)
-    measured = ds.interleave(files, threads=2, rounds=20)  # one round-robin: drift hits every variant alike
+    measured = ds.interleave(files, threads=threads, rounds=20)  # one round-robin: drift hits every variant alike
     latency = {label: {"median_ms": r.median_ms, "file_bytes": files[label].stat().st_size}
                for label, r in measured.items()}  # fmt: skip
     return {"seed": seed, "train_seconds": train_s, "accuracy": acc, "latency": latency}
+
+
+def summarize(name: str, runs: list[dict]) -> dict:
+    """The model's entry: its options, its runs so far and the mean accuracy over them (strings: a peer failed)."""
+    keys = [k for k, v in runs[0]["accuracy"].items() if not isinstance(v, str)]
+    mean = {k: statistics.mean(r["accuracy"][k] for r in runs if not isinstance(r["accuracy"][k], str))
+            for k in keys}  # fmt: skip
+    return {"options": MODELS[name], "runs": runs, "mean_accuracy": mean}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", type=Path)
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--threads", type=int, help="intra-op threads (default 1: trained models depend on it)")
     args = parser.parse_args()
-    result: dict = {**result_header("quantization_shapes"), "models": {}}
+    threads = training_threads(args.threads)
+    result: dict = {**result_header("quantization_shapes", threads), "models": {}}
     with tempfile.TemporaryDirectory() as work:
         for name in MODELS:
-            runs = []
+            runs: list[dict] = []
             for seed in range(args.seeds):
                 data = ds.load_data("shapes", seed=seed)
-                runs.append(run(name, seed, data, Path(work)))
+                runs.append(run(name, seed, data, Path(work), threads))
                 r = runs[-1]
                 print(f"{name} seed {seed} (trained in {r['train_seconds']:.0f} s):", flush=True)
                 for k, v in r["accuracy"].items():
                     print(f"  {k:<34} {v if isinstance(v, str) else f'{100 * v:.2f}%'}")
                 for k, v in r["latency"].items():
                     print(f"  latency {k:<26} {v['median_ms']:.3f} ms  {v['file_bytes']:,} B")
-            keys = [k for k, v in runs[0]["accuracy"].items() if not isinstance(v, str)]
-            mean = {k: statistics.mean(r["accuracy"][k] for r in runs if not isinstance(r["accuracy"][k], str))
-                    for k in keys}  # fmt: skip
-            result["models"][name] = {"options": MODELS[name], "runs": runs, "mean_accuracy": mean}
+                result["models"][name] = summarize(name, runs)
+                save_json(result, args.json)  # after every model and seed: a partial run is usable
+            mean = result["models"][name]["mean_accuracy"]
             print(f"{name} mean: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in mean.items()), flush=True)
     write_result(result, args.json, echo=False)
 
