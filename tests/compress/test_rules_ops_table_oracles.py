@@ -80,3 +80,55 @@ def test_operators_that_mix_split_or_select_channels_leave_them_whole_naming_why
     assert result.blocked == (f"a out (8 channels; not prunable: {why})",
                               "fc out (2 channels; not prunable: reaches the model output)")  # fmt: skip
     assert model.a.out_channels == 8 and torch.equal(model(x), before)
+
+
+class _Exported(_Between):
+    """The same model that torch.fx cannot trace (len of a proxy): the graph comes from torch.export (ATen ops)."""
+
+    def forward(self, x):
+        assert len(x) > 0
+        return super().forward(x)
+
+
+EXPORT_PRUNABLE = {**PRUNABLE, "unsqueeze": lambda y: y.unsqueeze(2), "squeeze": lambda y: y[:, :, :1].squeeze(2)}
+EXPORT_BLOCKED = {
+    "view splitting channels": (lambda y: y.view(2, 4, 2, 36), "view (view) splits or mixes channels"),
+    "transpose then flatten": (lambda y: y.transpose(1, 3), "flatten (flatten) splits or mixes channels"),
+    "slice of channels": (lambda y: y[:, 2:], "slice_1 slices channels"),
+    "mean over channels": (lambda y: y.mean(1), "mean reduces over channels"),
+    "pad of channels": (lambda y: F.pad(y, (0, 0, 0, 0, 1, 1)), "pad (pad.default) may mix channels"),
+    "pooling over channels": (lambda y: F.avg_pool1d(y.flatten(2).transpose(1, 2), 2),
+                              "avg_pool1d pools over channels"),
+    "chunk of channels": (lambda y: torch.chunk(y, 2, dim=1)[0], "channels split by chunk"),
+    "softmax over channels": (lambda y: torch.softmax(y, 1), "softmax (softmax.int) may mix channels"),
+}  # fmt: skip
+
+
+def _exported(op):
+    torch.manual_seed(0)
+    model = _Exported(op).eval()
+    with torch.no_grad():
+        model.a.weight[[1, 3, 4, 6]] = 0.0
+        model.a.bias[[1, 3, 4, 6]] = 0.0
+    return model
+
+
+@pytest.mark.parametrize("case", list(EXPORT_PRUNABLE))
+def test_aten_operators_that_keep_channels_apart_let_exactly_the_dead_channels_go(case):
+    model, x = _exported(EXPORT_PRUNABLE[case]), torch.randn(2, 3, 6, 6)
+    before = model(x)
+    result = ds.compress.prune.prune_channels_(model, ds.ChannelPruneConfig(ratio=0.5), x)
+    assert result.capture == "torch.export"
+    assert [g.kept for g in result.groups if g.width == 8] == [(0, 2, 5, 7)] and model.a.out_channels == 4
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("case", list(EXPORT_BLOCKED))
+def test_aten_operators_that_mix_split_or_select_channels_leave_them_whole_naming_why(case):
+    op, why = EXPORT_BLOCKED[case]
+    model, x = _exported(op), torch.randn(2, 3, 6, 6)
+    before = model(x)
+    result = ds.compress.prune.prune_channels_(model, ds.ChannelPruneConfig(ratio=0.5), x)
+    assert result.capture == "torch.export"
+    assert result.blocked[0] == f"a out (8 channels; not prunable: {why})"
+    assert model.a.out_channels == 8 and torch.equal(model(x), before)
