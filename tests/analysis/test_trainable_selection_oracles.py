@@ -18,6 +18,9 @@ def _nested() -> nn.Module:
     ("sparse:re:0\\..*", {"0.0.weight", "0.0.bias", "0.1.weight", "0.1.bias"}),
     ("sparse:0.1,2", {"0.1.weight", "0.1.bias", "2.weight", "2.bias"}),
     ("sparse:bias:2", {"0.1.bias", "2.bias"}),
+    ("sparse:bias", {"0.0.bias", "0.1.bias", "2.bias"}),  # every bias
+    ("sparse:bias:0", set()),
+    ("sparse:weight:0", set()),
     ("sparse:weight:1", {"2.weight", "2.bias"}),
     ("last", {"2.weight", "2.bias"}),
     ("bias", {"0.0.bias", "0.1.bias", "2.bias"}),
