@@ -194,7 +194,8 @@ def run_search(dense: torch.nn.Module, data: Any, space: SearchSpace, table: Lat
     """One search (seed ``seed``) with the timestamps of its trials (per-trial wall time)."""
     stamps: list[float] = []
     extra = {"latency_model": args.latency_model} if args.latency_model and "latency_model" in SEARCH_KW else {}
-    extra.update({k: getattr(args, k) for k in ("proxy_steps", "temperature", "priors") if k in SEARCH_KW})
+    extra.update({k: getattr(args, k) for k in ("proxy_steps", "temperature", "priors", "proxy_lr", "measure_repeats")
+                  if k in SEARCH_KW})  # fmt: skip
     t0, c0 = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as work:
         result = search(dense, data, space, ("accuracy", "latency"), f"latency={budget}x", trials=args.trials,
@@ -204,6 +205,8 @@ def run_search(dense: torch.nn.Module, data: Any, space: SearchSpace, table: Lat
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     timing = {"wall_s": time.perf_counter() - t0, "main_cpu_s": time.process_time() - c0, "trials": len(stamps),
               "trial_phase_s": stamps[-1] - stamps[0] if len(stamps) > 1 else None,
+              "before_first_trial_s": stamps[0] - t0 if stamps else None,
+              "per_trial_s_mean": (stamps[-1] - stamps[0]) / (len(stamps) - 1) if len(stamps) > 1 else None,
               "per_trial_s_median": sorted(gaps)[len(gaps) // 2] if gaps else None,
               "latency_model": extra.get("latency_model", "default")}  # fmt: skip
     return result, timing
@@ -293,6 +296,9 @@ def main() -> None:
     p.add_argument("--top-k", type=int, default=2)
     p.add_argument("--space", default="prune,int8", help="what the search chooses (prune, int8, hpo)")
     p.add_argument("--proxy-steps", type=int, default=0, help="trials judged after N distilled fine-tune steps")
+    p.add_argument("--proxy-lr", type=float, default=None, help="the proxy's peak learning rate (default: the lr)")
+    p.add_argument("--measure-repeats", type=int, default=5,
+                   help="measured latency model: runs of a trial measured within 15%% of the budget (median)")
     p.add_argument("--temperature", type=float, default=None,
                    help="finalists' and the final comparison's fine-tune distill from dense at this temperature")
     p.add_argument("--priors", action=argparse.BooleanOptionalAction, default=True,

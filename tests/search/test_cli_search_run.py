@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 import deepslim as ds
 from deepslim.cli import main
@@ -89,7 +90,10 @@ def test_search_runs_to_success_writes_the_issues_keys_a_recipe_compress_rebuild
     assert keep != dense["policy"]["keep"]
     assert main(["compress", MODEL, "--recipe", doc["recipe"], "--out", str(tmp_path / "run"), "--json"]) == 0
     stages = json.loads(capsys.readouterr().out)["stages"]
-    assert [s["stage"] for s in stages] == ["input", "prune", "recalibrate"]  # no fine-tuning: BN re-estimation
+    # no fine-tuning: BN re-estimation; a size budget: the archive it judged is written (.dsz)
+    assert [s["stage"] for s in stages] == ["input", "prune", "recalibrate", "encode"]
+    assert Path(stages[-1]["model_file"]).suffix == ".dsz" and Path(stages[-1]["model_file"]).is_file()
+    assert "device" not in yaml.safe_load(Path(doc["recipe"]).read_text())  # no --device given: none named
     rebuilt = ds.decode(Path(stages[-1]["model_file"]).read_bytes(), arch=MODEL)
     assert {name: rebuilt.get_submodule(name).out_channels for name in keep} == keep
 

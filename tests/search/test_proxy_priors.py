@@ -175,8 +175,13 @@ def test_trials_are_judged_after_the_proxy_steps_distilled_from_the_dense_model(
     assert ev.trial_recovery == "steps"
     policy = space.uniform(0.5)
     proxied, _ = ev.build(policy)
-    assert len(seen) == 1 and seen[0]["steps"] == 4 and seen[0]["teacher"] is net and seen[0]["temperature"] == 2.0
+    assert len(seen) == 1 and seen[0]["steps"] == 4 and seen[0]["temperature"] == 2.0
     assert seen[0]["lr"] == 2e-3
+    inputs, _, ref = seen[0]["batches"][0]  # distilled from the dense model: its outputs, computed once per search
+    with torch.no_grad():
+        assert torch.allclose(ref, net.eval()(inputs))
+    ev.build(space.uniform(0.75))
+    assert seen[1]["batches"] is seen[0]["batches"]  # the next trial trains on the same batches, teacher not re-run
     bn_only, _ = ev.build(policy, "bn")
     assert not torch.equal(proxied[0].weight, bn_only[0].weight)  # the proxy trained; re-estimation does not
     assert Evaluator(net, data, space, fake_table()).trial_recovery == "bn"

@@ -54,6 +54,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="judge each trial after N fine-tuning steps distilled from the dense model (default 0: after "
                         "batch-norm re-estimation alone, which scores heavily pruned models far below what they "
                         "recover to)")
+    p.add_argument("--proxy-lr", type=float, default=None, metavar="LR",
+                   help="the proxy's peak learning rate (default --lr; fewer steps take a higher one)")
+    p.add_argument("--measure-repeats", type=int, default=5, metavar="N",
+                   help="with --latency-model measured: runs of a trial measured within 15%% of the budget (median)")
     p.add_argument("--temperature", type=float, default=None,
                    help="the finalists' fine-tune (and the recipe's) distills from the dense model at this temperature")
     p.add_argument("--top-k", type=int, default=3, help="finalists fine-tuned and re-measured (default 3)")
@@ -84,11 +88,10 @@ def _objectives(args: argparse.Namespace, budgets: list[Any]) -> list[str]:
 
 def cmd_search(args: argparse.Namespace) -> int:
     from deepslim.data import load_data
-    from deepslim.pipeline.recipe import Recipe
     from deepslim.search import LatencyTable, SearchSpace, as_budgets, check_objectives, search
     from deepslim.search.budget import check_device
     from deepslim.search.evaluate import LATENCY_MODELS
-    from deepslim.search.recipe import policy_recipe
+    from deepslim.search.recipe import policy_recipe, save_recipe
     from deepslim.search.strategies import STRATEGIES
 
     if args.strategy not in STRATEGIES:  # every name is checked before the data and model are loaded
@@ -130,7 +133,8 @@ def cmd_search(args: argparse.Namespace) -> int:
                     workers=args.workers, threads=args.worker_threads, data_options=given[1],
                     study_name=args.study, device=device, latency_model=args.latency_model,
                     remeasure_repeats=args.remeasure_repeats, accept_low_fidelity=args.accept_low_fidelity,
-                    proxy_steps=args.proxy_steps, temperature=args.temperature)  # fmt: skip
+                    proxy_steps=args.proxy_steps, temperature=args.temperature,
+                    proxy_lr=args.proxy_lr, measure_repeats=args.measure_repeats)  # fmt: skip
     doc = result.to_dict()
     recipe_path = outdir / "recipe.yaml"
     if result.best is not None:
@@ -138,7 +142,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         doc_recipe = policy_recipe(space, result.best.policy, finetune_epochs=args.finetune_epochs, lr=args.lr,
                                    seed=args.seed, model=args.model, data=args.data, description=desc,
                                    accept_low_fidelity=args.accept_low_fidelity,
-                                   temperature=args.temperature)  # fmt: skip
+                                   temperature=args.temperature, device=device,
+                                   encode=any(m == "size" for m in [*objectives, *(b.metric for b in budgets)]))
         if args.weights:
             doc_recipe["weights"] = args.weights
         if args.arch:
@@ -146,7 +151,7 @@ def cmd_search(args: argparse.Namespace) -> int:
         options = parse_options(args.option)
         if options:
             doc_recipe["model_options"] = options
-        Recipe.from_dict(doc_recipe, where="the searched recipe").save(recipe_path)
+        save_recipe(recipe_path, doc_recipe)
     doc["recipe"] = str(recipe_path) if result.best is not None else None
     doc["report"] = str(outdir / "search.html")
     _write_json(outdir / "search.json", doc)

@@ -23,6 +23,7 @@ from typing import Any
 from torch import nn
 
 from deepslim.errors import ConfigError, DeepSlimError
+from deepslim.search import _judging
 from deepslim.search import frame as _frame
 from deepslim.search import storage as st
 from deepslim.search import workers as wk
@@ -96,7 +97,8 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
            data_options: Mapping[str, Any] | None = None, device: str | None = None,
            latency_model: str | None = None, node_table: NodeTable | None = None,
            remeasure_repeats: int = 3, accept_low_fidelity: bool = False, proxy_steps: int = 0,
-           temperature: float | None = None, priors: bool = True) -> SearchResult:  # fmt: skip
+           temperature: float | None = None, priors: bool = True, proxy_lr: float | None = None,
+           measure_repeats: int = 5) -> SearchResult:  # fmt: skip
     """Search per-layer channel counts and precisions of ``model`` on ``data`` (a DataBundle) for ``objectives``
     under ``budget`` with ``trials`` Optuna trials of ``strategy`` (tpe, nsga2, random, grid, evolution, greedy).
 
@@ -123,7 +125,12 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     weights, where the near-flat logits make agreement meaningless; the written recipe says the same.
     ``proxy_steps`` > 0 judges each trial after that many fine-tuning steps distilled from the dense model instead of
     batch-norm re-estimation alone (which ranked pruned MobileNetV2 policies unlike their recovered accuracy);
-    ``temperature`` makes the finalists' fine-tune (and the recipe's) a distillation from the dense model. ``priors``:
+    ``temperature`` makes the finalists' fine-tune (and the recipe's) a distillation from the dense model;
+    ``proxy_lr`` is the proxy's peak learning rate (default ``lr``). With ``latency_model="measured"`` a trial whose
+    first end-to-end run lands within 15% of the latency budget is run ``measure_repeats`` times in all, judged by
+    the median ratio to dense (its runs are in the candidate's ``measured_runs``). A study records how its trials
+    are judged (``proxy_steps``, ``proxy_lr``, ``temperature``, ``latency_model``) and refuses to be resumed with
+    other values: its trials would be compared on two scales. ``priors``:
     where the space has groups of two or more roles (expansion, bottleneck, plain) and a latency budget, a new study
     first tries role-structured policies — each role kept wide in turn, the others at the widest ratio that meets the
     budget (:func:`frame.structured_priors`); not for ``strategy="grid"``, which tries every policy anyway.
@@ -137,6 +144,10 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     if trials < 1:
         raise ConfigError(f"trials must be >= 1, got {trials}")
     device = check_device(device, objectives, budgets)
+    if proxy_steps and finetune_epochs == 0 and not (isinstance(space, SearchSpace) and space.recovery):
+        log.warning("proxy_steps=%s with finetune_epochs=0: trials are judged after %s fine-tune steps, but the "
+                    "finalists and the written recipe get batch-norm re-estimation alone, so they score below what "
+                    "the trials promised; give finetune_epochs >= 1", proxy_steps, proxy_steps)  # fmt: skip
     if workers < 1 or threads < 1:
         raise ConfigError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
     table = latency_table or LatencyTable(runtime=runtime)
@@ -155,14 +166,15 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     ev = Evaluator(model, bundle, space, table, archive=uses("size", objectives, budgets),
                    finetune_epochs=finetune_epochs, lr=lr, seed=seed, device=device, latency_model=model_name,
                    nodes=nodes, accept_low_fidelity=accept_low_fidelity, proxy_steps=proxy_steps,
-                   temperature=temperature)  # fmt: skip
+                   temperature=temperature, proxy_lr=proxy_lr, measure_repeats=measure_repeats)  # fmt: skip
     dense = calibrate_table(ev)
     limits = {b.metric: b.limit(_frame.base(dense, b.metric)) for b in budgets}
+    ev.latency_limit = limits.get("latency")  # the measured model repeats the runs of policies near it
     _frame.check_feasible(ev, budgets, limits, dense)
     dense = _feasible(dense, limits)
     ratios = uniform_ratios or DEFAULT_KEEP_RATIOS
     family = _frame.uniform_family(ev, ratios, limits)
-    study = _open_study(space, objectives, storage, out_dir, study_name)
+    study = _open_study(space, objectives, storage, out_dir, study_name, _judging.settings(ev))
     job: dict[str, Any] = {"strategy": strategy, "seed": seed, "trials": trials, "check_every": check_every,
                            "evaluator": wk.evaluator_settings(ev)}  # fmt: skip
     if workers > 1:
@@ -258,12 +270,18 @@ def calibrate_table(ev: Evaluator) -> Candidate:
 _calibrate = calibrate_table  # the name benchmarks/search.py imports
 
 
-def _open_study(space: SearchSpace, objectives: tuple[str, ...], url: str | None, out_dir: Any, name: str) -> Any:
+def _open_study(space: SearchSpace, objectives: tuple[str, ...], url: str | None, out_dir: Any, name: str,
+                settings: dict[str, Any] | None = None) -> Any:  # fmt: skip
     if url is None and out_dir is None:
         raise ConfigError("give the search an out_dir (its study journal lives there) or a storage URL")
     directions = [OBJECTIVES[o][0] for o in objectives]
-    metadata = {"space_fingerprint": fingerprint(space, objectives)}
-    return st.create_study_once(url, name, directions, metadata=metadata, out_dir=out_dir)
+    metadata: dict[str, Any] = {"space_fingerprint": fingerprint(space, objectives)}
+    if settings is not None:
+        metadata[_judging.ATTR] = settings
+    study = st.create_study_once(url, name, directions, metadata=metadata, out_dir=out_dir)
+    if settings is not None:
+        _judging.check(study, name, settings)
+    return study
 
 
 def fingerprint(space: SearchSpace, objectives: Sequence[str]) -> str:
@@ -323,7 +341,8 @@ def trial_objective(ev: Evaluator, objectives: tuple[str, ...], limits: dict[str
 
     def objective(trial: Any) -> list[float]:
         policy = ev.space.policy({k: trial.suggest_categorical(k, v) for k, v in choices.items()})
-        measure = check_every > 0 and ev.table.end_to_end and trial.number % check_every == 0
+        measure = (check_every > 0 and ev.table.end_to_end and trial.number % check_every == 0
+                   and ev.latency_model != "measured")  # measured trials are their own end-to-end check
         cand = ev.evaluate(policy, measure=measure, trial=trial.number)
         # every trial is judged by the prediction (one frame for all); a measurement is the table's check
         cand = _feasible(replace(cand, latency_ms=float(cand.measurement.extra["predicted_latency_ms"])), limits)

@@ -24,12 +24,15 @@ from deepslim.search.space import Policy, SearchSpace
 def policy_recipe(space: SearchSpace, policy: Policy, *, finetune_epochs: int = 1, lr: float = 1e-3, seed: int = 0,
                   model: str | None = None, data: str | None = None,
                   description: str | None = None, accept_low_fidelity: bool = False,
-                  temperature: float | None = None) -> dict[str, Any]:  # fmt: skip
+                  temperature: float | None = None, encode: bool = False,
+                  device: str | None = None) -> dict[str, Any]:  # fmt: skip
     """The recipe (as a dict) that rebuilds ``policy``'s model from the dense one (as
     :class:`deepslim.search.evaluate.Evaluator` builds a finalist: ``finetune_epochs`` and ``lr`` are the defaults
     that the policy's own ``recovery`` values replace). ``accept_low_fidelity``: the quantize stage accepts a model
     whose int8 outputs disagree with its float ones, as the search that judged the policy did. ``temperature``: the
-    default recovery distills from the dense model at it (the search's ``temperature``), unless the policy chose."""
+    default recovery distills from the dense model at it (the search's ``temperature``), unless the policy chose.
+    ``encode``: end with the ``encode`` stage (the ``.dsz`` archive whose bytes a size objective or budget judged).
+    ``device``: the device profile the search estimated energy on (None: the recipe names none)."""
     prune, quant = space.configs(policy)
     rec = {"finetune_epochs": finetune_epochs, "lr": lr, "temperature": temperature, **policy.recovery}
     epochs, lr, temperature = int(rec["finetune_epochs"]), float(rec["lr"]), rec["temperature"]
@@ -52,7 +55,7 @@ def policy_recipe(space: SearchSpace, policy: Policy, *, finetune_epochs: int = 
         if accept_low_fidelity:
             stage["accept_low_fidelity"] = True
         stages.append({"quantize": stage})
-    if not stages:  # the dense policy: nothing to do but keep the file a valid recipe
+    if encode or not stages:  # the archive the size was judged by; the dense policy: keep the file a valid recipe
         stages.append({"encode": {}})
     doc: dict[str, Any] = {}
     if description:
@@ -61,9 +64,23 @@ def policy_recipe(space: SearchSpace, policy: Policy, *, finetune_epochs: int = 
         doc["model"] = model
     if data is not None:
         doc["data"] = data
+    if device is not None:
+        doc["device"] = device
     doc["seed"] = seed
     doc["stages"] = stages
     return doc
+
+
+def save_recipe(path: str | os.PathLike[str], doc: dict[str, Any], *, where: str = "the searched recipe") -> None:
+    """Check ``doc`` as ``deepslim compress`` will read it (:meth:`Recipe.from_dict`: every setting made explicit)
+    and write that, atomically — without a ``device`` when ``doc`` names none: the recipe class's default
+    (cortex-m7) is not what the search used, and a recipe that says it would be wrong."""
+    from deepslim.pipeline.recipe import Recipe
+
+    checked = Recipe.from_dict(doc, where=where).to_dict()
+    if "device" not in doc:
+        checked.pop("device", None)
+    write_recipe(path, checked)
 
 
 def write_recipe(path: str | os.PathLike[str], doc: dict[str, Any]) -> None:
