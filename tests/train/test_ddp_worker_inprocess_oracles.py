@@ -197,3 +197,34 @@ def test_the_averaging_hook_leaves_owned_and_gradient_free_parameters_alone(monk
     assert len(calls) == 1 and torch.equal(calls[0], torch.tensor([4.0, 6.0]))
     assert torch.equal(extra.grad, torch.tensor([2.0, 3.0]))  # summed over 4 "ranks" (x2 here), divided by 4
     assert all(torch.equal(p.grad, torch.ones_like(p)) for p in model.parameters())
+
+
+def test_an_epochs_training_metrics_are_averaged_over_the_ranks_and_rank_zero_appends_them(monkeypatch, tmp_path):
+    other_rank = {"train_accuracy": 0.7, "train_loss": 3.0}  # what a second rank reports for its own shard
+
+    def all_reduce(t):  # the sum over two ranks, keys in sorted order
+        t.add_(torch.tensor([other_rank[k] for k in sorted(other_rank)], dtype=t.dtype))
+
+    monkeypatch.setattr(_ddp_worker.dist, "all_reduce", all_reduce)
+    monkeypatch.setattr(_ddp_worker.dist, "get_world_size", lambda: 2)
+    log = _ddp_worker._EpochLog(tmp_path, get_task("classification"))
+    mine = {"train_loss": 1.0, "train_accuracy": 0.5, "val_loss": 2.0, "val_accuracy": 0.25, "lr": 0.1}
+    log(mine)
+    assert log.history == [{"train_loss": 2.0, "train_accuracy": 0.6, "val_loss": 2.0, "val_accuracy": 0.25,
+                            "lr": 0.1}]  # fmt: skip
+    assert mine["train_loss"] == 1.0  # the caller's dict is not changed
+    log({**mine, "val_accuracy": 0.5})
+    lines = (tmp_path / distributed.HISTORY_FILE).read_text().splitlines()
+    assert [json.loads(ln) for ln in lines] == log.history and len(lines) == 2
+    quiet = _ddp_worker._EpochLog(None, get_task("classification"))
+    quiet(mine)
+    assert len(quiet.history) == 1 and len((tmp_path / distributed.HISTORY_FILE).read_text().splitlines()) == 2
+
+
+def test_every_buffer_is_broadcast_from_rank_zero_before_validation(monkeypatch):
+    sent = []
+    monkeypatch.setattr(_ddp_worker.dist, "broadcast", lambda t, src: sent.append((t, src)))
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), torch.nn.BatchNorm2d(2), torch.nn.BatchNorm2d(2))
+    _ddp_worker._sync_buffers(model)
+    assert [id(t) for t, _ in sent] == [id(b) for b in model.buffers()] and len(sent) == 6
+    assert {src for _, src in sent} == {0}
