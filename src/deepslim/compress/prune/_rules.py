@@ -165,8 +165,11 @@ class OpRules:
             for (sa, _), (sb, _) in zip(a.segments, b.segments, strict=True):
                 self.union(self.graph.spaces[sa], self.graph.spaces[sb])
             return Layout(a_dim, ndim, a.segments, a.unit)
-        for one, other in ((a, b), (b, a)):  # a per-sample scalar broadcast against the channels (e.g. x * gate)
-            if one.width == 1 and one.unit == 1:
+        shapes = _operand_shapes(node, 2)
+        for one, other, shape in ((a, b, shapes[0]), (b, a, shapes[1])):
+            # a per-sample scalar broadcast against the channels (e.g. x * gate), not a (C, 1, 1) tensor whose own
+            # width-1 dimension merely happens to be the one its layout names
+            if one.width == 1 and one.unit == 1 and _size_one_at(shape, other.dim + ndim - other.ndim, ndim):
                 self.block(one, f"broadcast in {node.name}")
                 return Layout(other.dim + ndim - other.ndim, ndim, other.segments, other.unit)
         return self.opaque(node, f"{node.name} combines tensors whose channels do not line up")
@@ -247,6 +250,22 @@ def _int(value: Any) -> int:
     if not isinstance(value, int):
         raise ValueError(f"expected a constant integer, got {value!r}")
     return value
+
+
+def _operand_shapes(node: fx.Node, n: int) -> list[tuple[int, ...] | None]:
+    """The static shapes of a node's ``n`` tensor operands in argument order (all None when they are not exactly
+    ``n`` non-scalar tensors: the caller then cannot tell which shape is whose)."""
+    found: list[tuple[int, ...]] = []
+    fx.node.map_arg((node.args, node.kwargs), lambda a: found.append(s) if (s := _shape(a)) else None)
+    return list(found) if len(found) == n else [None] * n
+
+
+def _size_one_at(shape: tuple[int, ...] | None, out_dim: int, ndim: int) -> bool:
+    """Whether a tensor of ``shape``, broadcast to ``ndim`` dimensions, has size 1 at ``out_dim`` (unknown: yes)."""
+    if shape is None:
+        return True
+    d = out_dim - (ndim - len(shape))
+    return d < 0 or shape[d] == 1
 
 
 def _same_rank(node: fx.Node, src: Layout) -> bool:
