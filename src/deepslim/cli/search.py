@@ -26,11 +26,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("--data", required=True, help="dataset spec (trials are judged on its validation split)")
     p.add_argument("--budget", action="append", default=[], metavar="METRIC=VALUE",
-                   help="latency=0.5x (of dense), latency=3ms, size=200KB, energy=40uJ (on --device); "
-                        "repeatable")  # fmt: skip
+                   help="latency=0.5x (of dense), latency=3ms, size=200KB, energy=40uJ (on --device), "
+                        "memory=64KB (peak activations); repeatable")  # fmt: skip
     p.add_argument("--objective", action="append", default=[], metavar="NAME",
-                   help="accuracy, latency, size, energy; repeatable or comma-separated (default: accuracy and each "
-                        "budgeted metric, or accuracy and latency)")  # fmt: skip
+                   help="accuracy, latency, size, energy, memory; repeatable or comma-separated (default: accuracy "
+                        "and each budgeted metric, or accuracy and latency)")  # fmt: skip
     p.add_argument("--space", default="prune,int8", help="what to search: prune, int8, hpo (the fine-tune's "
                    "learning rate, epochs and distillation temperature), comma-separated")  # fmt: skip
     p.add_argument("--trials", type=int, default=50, help="number of trials (default 50)")

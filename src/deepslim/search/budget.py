@@ -1,8 +1,10 @@
 """Objectives and budgets of a search: what to optimise, and the limits a policy must meet.
 
-Budgets are absolute (``latency=3ms``, ``size=200KB``, ``energy=40uJ``) or relative to the dense model
-(``latency=0.5x``). Energy is the cost model's estimate per inference on a named device profile
-(:mod:`deepslim.analysis.devices`; Horowitz's 45 nm table), not a measurement.
+Budgets are absolute (``latency=3ms``, ``size=200KB``, ``energy=40uJ``, ``memory=64KB``) or relative to the dense
+model (``latency=0.5x``). Memory is the peak activation memory of one inference at batch 1 (the profiler's
+``peak_activation_bytes``: the most activation bytes alive at once, inputs included, weights excluded) — what a
+microcontroller's SRAM must hold besides the weights. Energy is the cost model's estimate per inference on a named
+device profile (:mod:`deepslim.analysis.devices`; Horowitz's 45 nm table), not a measurement.
 """
 
 from __future__ import annotations
@@ -21,13 +23,16 @@ OBJECTIVES: dict[str, tuple[str, str]] = {
     "latency": ("minimize", "ms"),
     "size": ("minimize", "B"),
     "energy": ("minimize", "µJ"),
+    "memory": ("minimize", "B"),
 }
-BUDGETS = ("latency", "size", "energy")
-UNIT_NAMES = {"latency": "ms", "size": "bytes", "energy": "µJ"}  # how messages name each budget's unit
+BUDGETS = ("latency", "size", "energy", "memory")
+# how messages name each budget's unit
+UNIT_NAMES = {"latency": "ms", "size": "bytes", "energy": "µJ", "memory": "bytes"}
 _UNITS = {"latency": {"ms": 1.0, "s": 1000.0, "us": 1e-3, "µs": 1e-3},
           "size": {"b": 1.0, "kb": 1e3, "mb": 1e6, "kib": 1024.0, "mib": 1024.0**2, "gb": 1e9},
           "energy": {"uj": 1.0, "µj": 1.0, "nj": 1e-3, "mj": 1e3, "j": 1e6}}  # fmt: skip
-_PLAIN = {"latency": "ms", "size": "b", "energy": "uj"}  # the unit of a plain number
+_UNITS["memory"] = dict(_UNITS["size"])
+_PLAIN = {"latency": "ms", "size": "b", "energy": "uj", "memory": "b"}  # the unit of a plain number
 
 
 def check_objectives(names: Sequence[str]) -> tuple[str, ...]:

@@ -164,6 +164,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     if not isinstance(space, SearchSpace):
         space = SearchSpace.from_model(model, x, kinds=tuple(space))
     ev = Evaluator(model, bundle, space, table, archive=uses("size", objectives, budgets),
+                   memory=uses("memory", objectives, budgets),
                    finetune_epochs=finetune_epochs, lr=lr, seed=seed, device=device, latency_model=model_name,
                    nodes=nodes, accept_low_fidelity=accept_low_fidelity, proxy_steps=proxy_steps,
                    temperature=temperature, proxy_lr=proxy_lr, measure_repeats=measure_repeats)  # fmt: skip

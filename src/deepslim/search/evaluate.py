@@ -68,6 +68,9 @@ class Candidate:
         if objective == "energy":
             energy = self.measurement.estimated_energy_uj
             return float("nan") if energy is None else float(energy)
+        if objective == "memory":
+            peak = self.measurement.peak_activation_bytes
+            return float("nan") if peak is None else float(peak)
         size = self.measurement.archive_bytes
         return float(size if size is not None else self.measurement.weight_bytes)
 
@@ -76,7 +79,8 @@ class Candidate:
         return {"trial": self.trial, "policy": self.policy.to_dict(), "accuracy": m.accuracy,
                 "latency_ms": self.latency_ms, "measured_latency_ms": m.measured_latency_ms,
                 "predicted_latency_ms": m.extra.get("predicted_latency_ms"), "archive_bytes": m.archive_bytes,
-                "energy_uj": m.estimated_energy_uj, "device": m.device, "macs": m.macs, "feasible": self.feasible,
+                "energy_uj": m.estimated_energy_uj, "peak_activation_bytes": m.peak_activation_bytes,
+                "device": m.device, "macs": m.macs, "feasible": self.feasible,
                 "recovery": self.recovery, "remeasured": self.remeasured,
                 "measurement": m.to_dict()}  # fmt: skip
 
@@ -105,6 +109,7 @@ class Evaluator:
     table: LatencyTable
     split: str = "val"
     archive: bool = False  # measure archive bytes (the size objective or budget needs them)
+    memory: bool = False  # profile every trial fully: the memory objective or budget needs its peak activation bytes
     finetune_epochs: int = 1
     lr: float = 1e-3
     seed: int = 0
@@ -283,7 +288,8 @@ class Evaluator:
                     lr=lr, seed=self.seed + (2 if pruned else 1))  # fmt: skip
 
     def least(self, metric: str) -> tuple[float, Policy]:
-        """The least archive bytes ("size") or energy ("energy") a policy of the space reaches, and that policy:
+        """The least archive bytes ("size"), energy ("energy") or peak activation bytes ("memory") a policy of the
+        space reaches, and that policy:
         the fewest channels, every layer int8 or every layer float (whichever is less; measured unrecovered)."""
         options = [self.space.smallest(True), self.space.smallest(False)]
         judged = [(self.evaluate(p, recovery="none").value(metric), p) for p in options]
@@ -309,7 +315,7 @@ class Evaluator:
         recovery = recovery or self.trial_recovery
         net, keys = self.model_and_keys(policy, recovery)
         preds = self.predictions(policy, net, keys, both=both)
-        full = full or self.device is not None
+        full = full or self.device is not None or self.memory
         m = measure_model(net, self.data, split=split or self.split, archive=self.archive,
                           macs=None if full else sum(k.macs for k in keys), device=self.device)  # fmt: skip
         predicted = preds[self.latency_model]

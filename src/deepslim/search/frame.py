@@ -45,7 +45,7 @@ def _smallest(ev: Evaluator, budgets: tuple[Budget, ...]) -> dict[str, tuple[flo
         options = {str(p.to_dict()): p for p in (replace(least, int8={**least.int8, **int8}), least,
                                                  space.smallest(True))}  # fmt: skip
         found["latency"] = min(_predicted(ev, list(options.values())), key=lambda t: t[0])
-    for metric in ("size", "energy"):
+    for metric in ("size", "energy", "memory"):
         if any(b.metric == metric for b in budgets):
             found[metric] = ev.least(metric)
     return found
