@@ -32,3 +32,11 @@ def test_each_regime_selects_exactly_the_parameters_it_names(spec, names):
 def test_a_sparse_item_naming_no_layer_is_refused():
     with pytest.raises(ConfigError, match=r"sparse item '0' names no layer with parameters"):
         select_trainable(_nested(), "sparse:0")
+
+
+def test_a_sparse_selection_on_a_model_without_parameters_and_an_unknown_regime_are_refused_exactly():
+    with pytest.raises(ConfigError, match=r"^the model has no parameters to train$"):
+        select_trainable(nn.Sequential(nn.ReLU()), "sparse:bias")
+    with pytest.raises(ConfigError, match=r"^unknown trainable 'head'; use all, bias, last, none, current, "
+                                          r"sparse:SPEC, a set or a callable$"):  # fmt: skip
+        select_trainable(_nested(), "head")
