@@ -31,3 +31,11 @@ def test_a_strided_1x1_convolution_goes_to_onednn_with_blocked_copies(one_thread
 def test_an_unstrided_1x1_convolution_of_a_small_batch_on_one_thread_needs_one_input_sized_buffer(one_thread):
     x, w, grad = torch.zeros(2, 12, 4, 4), torch.zeros(8, 12, 1, 1), torch.zeros(2, 8, 4, 4)
     assert input_grad_scratch(x, w, grad, 1, (1, 1), 1) == 1536
+
+
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="oneDNN not built in")
+@pytest.mark.parametrize(("groups", "expected"), [(2, 1024 + 3456 + 1024 - 768), (1, 768)])
+def test_a_small_3x3_convolution_of_one_sample_goes_to_onednn_only_when_grouped(one_thread, groups, expected):
+    x, grad = torch.zeros(1, 12, 4, 4), torch.zeros(1, 8, 4, 4)  # x: 768 B, blocked 1,024; grad blocked 1,024
+    w = torch.zeros(8, 6, 3, 3)  # blocked 16 x 6 x 3 x 3: 3,456 B
+    assert input_grad_scratch(x, w, grad, 1, 1, groups) == expected
