@@ -135,3 +135,39 @@ def test_points_go_exactly_where_an_integer_runtime_quantizes(case):
     quantize_(model, LinearQuantConfig(min_cosine=0.0, **options), calib_data=[x])
     placed = re.findall(r"self\.deepslim_points\.(p\d+)\((\w+)\)", inspect.getsource(type(model).forward))
     assert placed == expected
+
+
+HOOKED = {
+    "residual": ["b output"],  # relu(a) has no module of its own: that join stays float, b's output is quantized
+    "concatenation": ["a output", "b output"],
+    "chain to an opaque function": ["a output"],
+    "output through a relu": [],
+    "join at the output": ["a output", "b output"],
+    "addition of a buffer": ["a output"],
+    "torch.add then relu method": ["a output", "b output"],
+    "add method then ReLU6 module": ["a output", "b output", "r output"],
+    "a value read by two joins": ["a output", "b output"],
+    "float-only addition": [],
+    "transparent chain to the next layer": [],
+    "next layer kept in float": [],
+    "a relu between two quantized layers": [],
+}
+
+
+@pytest.mark.parametrize("case", list(HOOKED))
+def test_models_fx_cannot_trace_get_their_points_as_hooks_on_module_outputs(case):
+    from deepslim.compress.quantize._points import point_labels, points_of
+
+    cls, options, _ = CASES[case]
+
+    class Untraceable(cls):
+        def forward(self, x):
+            assert len(x) > 0  # torch.fx cannot take len() of a proxy: torch.export captures it
+            return super().forward(x)
+
+    torch.manual_seed(0)
+    model = Untraceable().eval()
+    x = torch.randn(16, 3, 6, 6) if cls is Flat else torch.randn(16, 8)
+    quantize_(model, LinearQuantConfig(min_cosine=0.0, **options), calib_data=[x])
+    assert type(model) is Untraceable  # no traced forward: hooks
+    assert sorted(point_labels(model, list(points_of(model)))) == HOOKED[case]
