@@ -206,23 +206,30 @@ def _gelu_readers(graph: Any) -> list[tuple[Any, Any, Any]]:
     return found
 
 
-def split_outliers(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k: int) -> dict[str, list[int]]:
+Channels = dict[str, list[int]]  # chosen channels by PyTorch module name (the quantized model's, given to the export)
+
+
+def split_outliers(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k: int,
+                   given: Channels | None = None) -> Channels:  # fmt: skip
     """Write ``fused`` to ``out`` with the ``k`` widest input channels of every feed-forward output projection
     (max |GELU output| over ``feeds``) computed in fp32 beside it: their up-projection columns and bias, their GELU
     and their down-projection rows become nodes named ``…_outlier_*`` whose sum is added to the narrowed int8
-    projection's output. The fp32 function is unchanged (up to summation order). Returns the channels split, by the
-    down projection's module name."""
+    projection's output. The fp32 function is unchanged (up to summation order). ``given``: the channels by down
+    projection module instead (the ones a dynamic-quantized PyTorch model chose; blocks not named stay whole).
+    Returns the channels split, by the down projection's module name."""
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(fused))
     graph = model.graph
     triples = _gelu_readers(graph)
-    if k <= 0 or not triples:
+    if given is not None:
+        triples = [t for t in triples if _module_of(t[2].name) in given]
+    if (k <= 0 and given is None) or not triples:
         onnx.save(model, str(out))
         return {}
     inits = {i.name: i for i in graph.initializer}
-    stats = channel_max(fused, [act.output[0] for _, act, _ in triples], feeds)
+    stats = channel_max(fused, [act.output[0] for _, act, _ in triples], feeds) if given is None else {}
     added: dict[str, list[Any]] = {}
     split: dict[str, list[int]] = {}
     for up, act, down in triples:
@@ -230,7 +237,7 @@ def split_outliers(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k
         w2 = numpy_helper.to_array(inits[down.input[1]])
         if k >= w1.shape[1]:
             raise ConfigError(f"split_outliers={k} must be below the feed-forward width {w1.shape[1]}")
-        channels = widest(stats[act.output[0]], k)
+        channels = widest(stats[act.output[0]], k) if given is None else np.array(given[_module_of(down.name)])
         rest = np.setdiff1d(np.arange(w1.shape[1]), channels)
         tag = down.name
         for name, value in ((f"{tag}_split_w1", w1[:, rest]), (f"{tag}_split_b1", b1[rest]),
@@ -266,23 +273,27 @@ def outlier_nodes(path: Path) -> list[str]:
     return [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if "_outlier_" in n.name]
 
 
-def split_inputs(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k: int) -> dict[str, list[int]]:
+def split_inputs(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k: int,
+                 given: Channels | None = None) -> Channels:  # fmt: skip
     """Write ``fused`` to ``out`` with the ``k`` widest input channels of every feed-forward up projection (its
     input is a LayerNorm output; in BERT one channel is far wider than the rest) taken out of the int8 MatMul: the
     input is multiplied by a 0/1 mask, and those channels times their weight rows are added back in fp32 (a
-    ``Gather`` and a k-row ``MatMul``) before the GELU. The fp32 function is unchanged. Returns the channels by the
-    up projection's module name."""
+    ``Gather`` and a k-row ``MatMul``) before the GELU. The fp32 function is unchanged. ``given``: the channels by
+    up projection module instead (blocks not named stay whole). Returns the channels by the up projection's module
+    name."""
     import onnx
     from onnx import helper, numpy_helper
 
     model = onnx.load(str(fused))
     graph = model.graph
     ups = [up for up, _, _ in _gelu_readers(graph)]
-    if k <= 0 or not ups:
+    if given is not None:
+        ups = [up for up in ups if _module_of(up.name) in given]
+    if (k <= 0 and given is None) or not ups:
         onnx.save(model, str(out))
         return {}
     inits = {i.name: i for i in graph.initializer}
-    stats = channel_max(fused, [up.input[0] for up in ups], feeds)
+    stats = channel_max(fused, [up.input[0] for up in ups], feeds) if given is None else {}
     added: dict[str, list[Any]] = {}
     masks: dict[str, list[Any]] = {}
     split: dict[str, list[int]] = {}
@@ -290,7 +301,7 @@ def split_inputs(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k: 
         w = numpy_helper.to_array(inits[up.input[1]])
         if k >= w.shape[0]:
             raise ConfigError(f"split_inputs={k} must be below the hidden width {w.shape[0]}")
-        channels = widest(stats[up.input[0]], k)
+        channels = widest(stats[up.input[0]], k) if given is None else np.array(given[_module_of(up.name)])
         mask = np.ones(w.shape[0], dtype=np.float32)
         mask[channels] = 0.0
         tag, x, result = up.name, up.input[0], up.output[0]

@@ -129,11 +129,15 @@ def _smooth(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], alpha: f
     return len(targets)
 
 
-def _quantize(fused: Path, out: Path, exclude: list[str]) -> None:
+def _quantize(fused: Path, out: Path, exclude: list[str], *, only: list[str] | None = None,
+              per_channel: bool = True) -> None:  # fmt: skip
+    """ONNX Runtime's dynamic int8 of ``fused``: s8 symmetric weights, u8 activations per batch; every quantizable
+    node but ``exclude``, or exactly ``only``."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # the fused graph holds com.microsoft operators that ONNX shape inference cannot type: say they are float
-    quantize_dynamic(str(fused), str(out), per_channel=True, weight_type=QuantType.QInt8, nodes_to_exclude=exclude,
+    quantize_dynamic(str(fused), str(out), per_channel=per_channel, weight_type=QuantType.QInt8,
+                     nodes_to_exclude=exclude, nodes_to_quantize=only,
                      extra_options={"DefaultTensorType": 1})  # fmt: skip
 
 
@@ -226,9 +230,12 @@ def _setup(model: nn.Module, example_input: tuple[torch.Tensor, ...], check_inpu
 
 
 def _prepare(model: nn.Module, example_input: tuple[torch.Tensor, ...], names: list[str], work: Path,
-             heads_width: tuple[int, int], config: FusedInt8Config,
-             calib: Feeds) -> tuple[Path, dict[str, int], int, dict[str, list[int]]]:  # fmt: skip
-    """The fp32 graph the int8 file is made from: exported, fused, optionally smoothed and outlier-split."""
+             heads_width: tuple[int, int], config: FusedInt8Config, calib: Feeds,
+             given: tuple[mixed.Channels, mixed.Channels] | None = None,
+             ) -> tuple[Path, dict[str, int], int, dict[str, list[int]]]:  # fmt: skip
+    """The fp32 graph the int8 file is made from: exported, fused, optionally smoothed and outlier-split — the
+    ``config.split_*`` widest channels on ``calib``, or the ``given`` (outliers by down projection, inputs by up
+    projection: what a dynamic-quantized model chose, see ``export._dynamic_int8``)."""
     fp32, fused = work / "fp32.onnx", work / "fused.onnx"
     _export_fp32(model, example_input, fp32, names)
     fused_ops = _fuse(fp32, fused, *heads_width)
@@ -238,10 +245,11 @@ def _prepare(model: nn.Module, example_input: tuple[torch.Tensor, ...], names: l
     smoothed = _smooth(fused, work / "smoothed.onnx", calib, config.smooth) if config.smooth > 0 else 0
     if smoothed:
         fused = work / "smoothed.onnx"
-    split = mixed.split_outliers(fused, work / "split.onnx", calib, config.split_outliers)
+    outliers, inputs = given or (None, None)
+    split = mixed.split_outliers(fused, work / "split.onnx", calib, config.split_outliers, outliers)
     if split:
         fused = work / "split.onnx"
-    split_in = mixed.split_inputs(fused, work / "split_in.onnx", calib, config.split_inputs)
+    split_in = mixed.split_inputs(fused, work / "split_in.onnx", calib, config.split_inputs, inputs)
     return (work / "split_in.onnx" if split_in else fused), fused_ops, smoothed, split | split_in
 
 

@@ -12,7 +12,7 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,16 +66,29 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input
 
     A model quantized with ``LinearQuantConfig`` (8-bit activations) is written as an integer QDQ graph that
     quantizes exactly what the fake-quantized model quantizes (``quantize_`` calibrated every point; no data is
-    needed here). The check runs ``example_input`` and, when given, a few batches of ``calib_data``; an output
-    cosine below ``min_cosine`` or a top-1 agreement below ``min_agreement`` (over 10 or more rows) is an
+    needed here). A dynamic-int8 transformer encoder (``calibration='dynamic'``, what ``'auto'`` gives a Hugging Face
+    BERT-style encoder) is written as ONNX Runtime's fused graph (``Attention``, ``SkipLayerNormalization``) with
+    dynamic int8 of exactly its quantized layers (format ``"fused-int8"``; see ``deepslim.export._dynamic_int8``).
+    The check runs ``example_input`` and, when given, a few batches of ``calib_data`` (tuples, or dicts of the
+    model's named inputs); an output cosine below ``min_cosine`` or a top-1 agreement below ``min_agreement`` (over
+    10 or more rows of class scores: not asked of a loader whose task has no classes, such as embeddings) is an
     ``ExportError`` naming the layer that disagrees most, and no file is written.
 
     ``example_input`` is one tensor or a tuple of them (``(input_ids, attention_mask)``): the file then has one input
     per tensor (``input``, ``input_1``, ...), every one with a dynamic batch dimension, and the check feeds them all.
     """
+    from deepslim.export._dynamic_int8 import dynamic_layers, export_dynamic
     from deepslim.export.qdq import float_copy, quantized_layers, write_qdq
 
     dest = Path(path)
+    if _not_classes(calib_data):  # embeddings or regression: the argmax of a row is noise, not a class
+        min_agreement = 0.0
+    if dynamic_layers(model):  # dynamic int8 of a transformer encoder: ONNX Runtime's fused graph
+        xs = _as_inputs(example_input)
+        with inference_mode(model), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            checks = _check_inputs(xs, calib_data, model=model)
+            return export_dynamic(model, dest, xs, checks, opset, min_cosine, min_agreement)
     layers = quantized_layers(model)
     bad = [n for n, lq in layers.items() if lq.act_bits not in (None, 8)]
     if bad:
@@ -84,7 +97,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input
     float_layers: list[str] = []
     warns: list[str] = []
     xs = _as_inputs(example_input)
-    inputs = _check_inputs(xs, calib_data)
+    inputs = _check_inputs(xs, calib_data, model=model)
     with inference_mode(model), tempfile.TemporaryDirectory() as work, atomic_path(dest) as tmp:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -108,6 +121,18 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input
                         tuple(warns), cos, len(layers), len(integer), dynamic)  # fmt: skip
 
 
+def _not_classes(calib_data: Iterable[Any] | None) -> bool:
+    """Whether ``calib_data``'s loader says its task has no classes (``quantize_`` reads it the same way)."""
+    from deepslim.compress.quantize._fidelity import TASK_ATTR
+
+    task = getattr(calib_data, TASK_ATTR, None)
+    if isinstance(task, str):
+        from deepslim.tasks import get_task
+
+        task = get_task(task)
+    return task is not None and not task.has_classes
+
+
 def _as_inputs(x: Any) -> Inputs:
     """``x`` as a tuple of tensors; ExportError for anything else."""
     xs = tuple(x) if isinstance(x, (tuple, list)) else (x,)
@@ -119,16 +144,21 @@ def _as_inputs(x: Any) -> Inputs:
     return xs
 
 
-def _check_inputs(xs: Inputs, calib_data: Iterable[Any] | None, batches: int = 4) -> list[Inputs]:
+def _check_inputs(xs: Inputs, calib_data: Iterable[Any] | None, batches: int = 4, *,
+                  model: nn.Module | None = None) -> list[Inputs]:  # fmt: skip
     """The example and up to ``batches`` calibration batches, each as the model's input tuple.
 
     A calibration batch is the input itself, or (input, label) for one input, or (inputs..., labels...) whose first
-    ``len(xs)`` entries are the inputs for several.
+    ``len(xs)`` entries are the inputs for several, or (given ``model``) a dict of the model's named inputs.
     """
     out = [xs]
     for i, batch in enumerate(calib_data or ()):
         if i >= batches:
             break
+        if isinstance(batch, Mapping) and model is not None:  # a dict batch: its entries in forward's order
+            from deepslim.compress.quantize._inputs import batch_inputs
+
+            batch = batch_inputs(model, batch, len(xs))
         if isinstance(batch, (tuple, list)):
             batch = tuple(batch[: len(xs)]) if len(xs) > 1 else (batch[0],)
         else:

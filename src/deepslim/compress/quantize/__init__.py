@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from deepslim._modes import inference_mode
+from deepslim.compress.quantize import _dynamic
 from deepslim.compress.quantize._fakequant import fake_quantize, qrange, sqnr_db
 from deepslim.compress.quantize._fidelity import (
     FIDELITY_ATTR,
@@ -84,9 +85,12 @@ class QuantReport:
     quantized: tuple[tuple[str, str], ...]  # (layer, encoding such as "int8 w / u8 act" or "k-means 5-bit")
     left: tuple[tuple[str, str], ...]  # (layer, reason)
     fidelity: Fidelity | None = None  # the linear quantization's output check on the calibration data
+    calibration: str | None = None  # the linear quantization's activation calibration ("auto" resolved)
 
     def __str__(self) -> str:
         rows = [f"{n}: {e}" for n, e in self.quantized] + [f"not quantized: {n} ({why})" for n, why in self.left]
+        if self.calibration is not None:
+            rows.append(f"activation calibration: {self.calibration}")
         if self.fidelity is not None:
             rows.append(f"fidelity to the float model: {self.fidelity}"
                         f"{'' if self.fidelity.passed else ' (below the thresholds, accepted)'}")  # fmt: skip
@@ -124,24 +128,52 @@ def _linear(model: nn.Module, config: LinearQuantConfig, *, calib_data: Iterable
     if config.fold_batchnorm:
         folded = fold_batchnorm_(model, example)
         log.info("folded %d batch norms into their convolutions", len(folded))
+    method = _calibration(model, config)
     swapped = _swap_layers(model, config)
     points: list[Any] = []
     previous = getattr(model, "deepslim_calibration", None)
-    if config.activation_bits is not None:
+    if method is Calibration.DYNAMIC:
+        assert calib_data is not None
+        _dynamic_(model, config, swapped, calib_data, len(example or (0,)))
+    elif config.activation_bits is not None:
         assert calib_data is not None
         if config.activation_bits == 8 and example is not None:  # the runtime's additions, concatenations, outputs
             with inference_mode(model):
-                points = insert_points_(model, example[0] if len(example) == 1 else example, config.calibration)
-        calibrate(model, list(swapped.values()), calib_data, config.calibration, points,
-                  inputs=len(example or (0,)))  # fmt: skip
+                points = insert_points_(model, example[0] if len(example) == 1 else example, method)
+        calibrate(model, list(swapped.values()), calib_data, method, points, inputs=len(example or (0,)))
         share_layer_inputs_(model)
-    setattr(model, "deepslim_calibration", config.calibration)  # noqa: B010  (read by the archive and the report)
+    setattr(model, "deepslim_calibration", method)  # noqa: B010  (read by the archive and the report)
     if check is not None:
         fid = measure(model, swapped, check[0], check[1], check[2], config.min_cosine, config.min_agreement,
                       point_labels(model, points))  # fmt: skip
         setattr(model, FIDELITY_ATTR, fid)
         if not fid.passed:
-            _low_fidelity(model, config, fid, swapped, points, previous)
+            _low_fidelity(model, config, fid, swapped, points, previous, method)
+
+
+def _calibration(model: nn.Module, config: LinearQuantConfig) -> Calibration:
+    """``config.calibration`` for ``model`` (AUTO resolved); split channels asked of a static one are refused."""
+    method = _dynamic.resolve(model, config)
+    if method is not Calibration.DYNAMIC and (config.split_outliers or config.split_inputs):
+        raise ConfigError(f"split_outliers/split_inputs are for dynamic int8 of a transformer encoder; this model's "
+                          f"calibration is {method.value!r} (calibration='auto' means 'dynamic' only for encoders "
+                          "that ONNX Runtime fuses): leave them unset or pass calibration='dynamic'")  # fmt: skip
+    return method
+
+
+def _dynamic_(model: nn.Module, config: LinearQuantConfig, swapped: dict[str, QuantMixin], calib_data: Iterable[Any],
+              inputs: int) -> None:  # fmt: skip
+    """Make the swapped layers dynamic int8 and choose their fp32 outlier channels on ``calib_data`` (the model back
+    in float on a ConfigError)."""
+    outliers, ins = (d if v is None else v for v, d in zip((config.split_outliers, config.split_inputs),
+                                                          _dynamic.DEFAULT_SPLITS, strict=True))  # fmt: skip
+    try:
+        _dynamic.make_dynamic_(swapped)
+        _dynamic.plan_splits_(model, swapped, calib_data, inputs, outliers, ins)
+    except ConfigError:
+        for m in swapped.values():
+            swap_to_float(m)
+        raise
 
 
 def _swap_layers(model: nn.Module, config: LinearQuantConfig) -> dict[str, QuantMixin]:
@@ -161,7 +193,7 @@ def _swap_layers(model: nn.Module, config: LinearQuantConfig) -> dict[str, Quant
 
 
 def _low_fidelity(model: nn.Module, config: LinearQuantConfig, fid: Fidelity, swapped: dict[str, QuantMixin],
-                  points: list[Any], previous: Any) -> None:  # fmt: skip
+                  points: list[Any], previous: Any, method: Calibration) -> None:  # fmt: skip
     """A quantized model below the fidelity thresholds: a warning when accepted (or QAT, which trains next), else
     the model back in float (batch norms stay folded: the same function) and a QuantizationError."""
     if config.accept_low_fidelity or config.qat:
@@ -175,7 +207,7 @@ def _low_fidelity(model: nn.Module, config: LinearQuantConfig, fid: Fidelity, sw
         delattr(model, "deepslim_calibration")
     else:
         setattr(model, "deepslim_calibration", previous)  # noqa: B010
-    raise QuantizationError(refusal(fid, per_channel=config.per_channel, calibration=config.calibration.value,
+    raise QuantizationError(refusal(fid, per_channel=config.per_channel, calibration=method.value,
                                     min_cosine=config.min_cosine, weight_only=config.activation_bits is None,
                                     layers=swapped, min_agreement=config.min_agreement))  # fmt: skip
 
@@ -289,6 +321,7 @@ def quantization_report(model: nn.Module) -> QuantReport:
         own = _own_params(m)
         if isinstance(m, QuantMixin):
             act = f" / u{m.act_bits} act" if m.act_bits is not None else " (weight-only)"
+            act += _dynamic_encoding(m) if m.dynamic else ""
             done.append((name, f"int{m.bits} w{' per-channel' if m.per_channel else ''}{act}"))
         elif (enc := _encoding(m)) is not None:
             done.append((name, {SharedWeight: f"k-means {getattr(enc, 'bits', '')}-bit",
@@ -299,7 +332,16 @@ def quantization_report(model: nn.Module) -> QuantReport:
         elif own:
             why = "skipped by an override" if name in layers else f"{type(m).__name__} is not quantized"
             left.append((name, why))
-    return QuantReport(tuple(done), tuple(left), getattr(model, FIDELITY_ATTR, None))
+    method = getattr(model, "deepslim_calibration", None)
+    return QuantReport(tuple(done), tuple(left), getattr(model, FIDELITY_ATTR, None),
+                       method.value if isinstance(method, Calibration) else None)  # fmt: skip
+
+
+def _dynamic_encoding(m: QuantMixin) -> str:
+    """' dynamic' and the layer's fp32 channels, for the report."""
+    parts = [f"input channels {m.split_in.tolist()}"] if m.split_in is not None else []
+    parts += [f"output channels {m.split_out.tolist()}"] if m.split_out is not None else []
+    return " dynamic" + (f" ({', '.join(parts)} in fp32)" if parts else "")
 
 
 def _own_params(m: nn.Module) -> list[torch.Tensor]:

@@ -41,19 +41,28 @@ class LinearQuantConfig(Config):
     unless ``accept_low_fidelity``, which logs a warning instead (``quantization_report(model).fidelity`` has the
     numbers either way). ``min_cosine=0`` turns the check off. QAT models are measured but never refused (training
     follows).
+
+    ``calibration`` ``AUTO`` (the default) is ``DYNAMIC`` for a transformer encoder that ONNX Runtime fuses (a
+    Hugging Face BERT-style ``SentenceEncoder``: per-batch activation ranges, the fast int8 file of its fused
+    attention) and ``MINMAX`` for every other model; ``quantization_report`` shows what each layer got.
+    ``split_outliers`` / ``split_inputs`` (dynamic layers only; None: 1 and 2 on such an encoder) compute the widest
+    GELU-output channels of every feed-forward block, and the widest input channels of its up projection, in fp32
+    beside the int8 product, chosen on the calibration data (one wide channel otherwise sets the dynamic step of all).
     """
 
     bits: int = 8
     per_channel: bool = True
     symmetric: bool = True
     activation_bits: int | None = 8
-    calibration: Calibration = Calibration.MINMAX
+    calibration: Calibration = Calibration.AUTO
     qat: bool = False
     fold_batchnorm: bool = True
     min_cosine: float = 0.98
     min_agreement: float = 0.8
     accept_low_fidelity: bool = False
     overrides: Overrides[int | None] = ()
+    split_outliers: int | None = None
+    split_inputs: int | None = None
 
     def __post_init__(self) -> None:
         _check_bits("bits", self.bits)
@@ -65,6 +74,30 @@ class LinearQuantConfig(Config):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ConfigError(f"{what} must be a number from 0 to 1, got {value!r}")
         object.__setattr__(self, "overrides", freeze_overrides(self.overrides, _check_bits))
+        for what in ("split_outliers", "split_inputs"):
+            value = getattr(self, what)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+                raise ConfigError(f"{what} must be a whole number >= 0 (or None: the default), got {value!r}")
+        if self.calibration is Calibration.DYNAMIC:
+            _check_dynamic(self)
+        elif self.calibration is not Calibration.AUTO and (self.split_outliers or self.split_inputs):
+            raise ConfigError(f"split_outliers/split_inputs need calibration='dynamic' (or 'auto' on a transformer "
+                              f"encoder); {self.calibration.value!r} calibrates static ranges")  # fmt: skip
+
+
+def _check_dynamic(config: LinearQuantConfig) -> None:
+    """Dynamic int8 is what ONNX Runtime's dynamic kernels run: 8-bit symmetric weights, u8 activations, no QAT."""
+    bits = {config.bits, *(b for _, b in config.overrides if b is not None)}
+    why = ("activation_bits=None (weight-only has no activations to quantize)" if config.activation_bits is None
+           else f"activation_bits={config.activation_bits}" if config.activation_bits != 8
+           else f"{min(bits)}-bit weights" if bits != {8}
+           else "qat=True (QAT learns static ranges)" if config.qat
+           else "symmetric=False (ONNX Runtime's dynamic weights are symmetric s8)" if not config.symmetric
+           else "")  # fmt: skip
+    if why:
+        raise ConfigError(f"calibration='dynamic' is ONNX Runtime's dynamic int8 (8-bit symmetric weights, u8 "
+                          f"activations quantized per batch) and cannot be combined with {why}; use "
+                          "calibration='minmax' (or another static one)")  # fmt: skip
 
 
 def _check_bits(what: str, bits: Any) -> None:
@@ -86,6 +119,13 @@ class QuantMixin(nn.Module):
     act_scale: torch.Tensor
     act_zero: torch.Tensor
     weight_scale: nn.Parameter
+
+    # dynamic int8 (calibration DYNAMIC; see _dynamic.py): per-batch input ranges, and input channels computed in
+    # fp32 (their weight rows left out of the int8 weight when split_rows) / output channels computed in fp32
+    dynamic: bool = False
+    split_in: torch.Tensor | None = None
+    split_rows: bool = False
+    split_out: torch.Tensor | None = None
 
     def init_quant(self, bits: int, act_bits: int | None, per_channel: bool, symmetric: bool, qat: bool) -> None:
         self.bits, self.act_bits, self.qat = bits, act_bits, qat
@@ -148,7 +188,7 @@ class QuantMixin(nn.Module):
         grows to a visible disagreement). The float bias while calibrating or where activations stay float;
         gradients pass straight through to the float bias."""
         bias = self.bias
-        if bias is None or self.act_bits is None or self.observer is not None:
+        if bias is None or self.act_bits is None or self.observer is not None or self.dynamic:
             return bias
         with torch.no_grad():
             w_scale = self.weight_scale.detach() if self.qat else self._weight_params()[0]
@@ -201,6 +241,10 @@ class QConv1d(QuantMixin, nn.Conv1d):
 
 class QLinear(QuantMixin, nn.Linear):  # type: ignore[misc]  # torch types Linear.bias as a Parameter (it may be None)
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.dynamic:
+            from deepslim.compress.quantize._dynamic import dynamic_linear
+
+            return dynamic_linear(self, x)
         # a 2-D input exports as one Gemm, whose bias is stored as int32 codes; a wider one as MatMul + a float Add
         bias = self.quantized_bias() if x.dim() == 2 else self.bias
         return F.linear(self.quantized_input(x), self.quantized_weight(), bias)
@@ -278,7 +322,8 @@ def swap_to_quantized(m: nn.Module, bits: int, config: LinearQuantConfig, name: 
     return m
 
 
-_QUANT_STATE = ("bits", "act_bits", "qat", "per_channel", "symmetric", "observer", "fixed_weight_params")
+_QUANT_STATE = ("bits", "act_bits", "qat", "per_channel", "symmetric", "observer", "fixed_weight_params", "dynamic",
+                "split_in", "split_rows", "split_out")
 
 
 def swap_to_float(m: QuantMixin) -> nn.Module:

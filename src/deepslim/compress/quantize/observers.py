@@ -5,6 +5,12 @@
 - ``mse``: the clipping threshold that minimizes the quantization mean-squared error on the samples.
 - ``entropy``: the range that minimizes the KL divergence between the clipped and the quantized histograms
   (Migacz, "8-bit Inference with TensorRT", GTC 2017), on the grid the range is deployed with (u8, asymmetric).
+- ``dynamic``: no calibrated range at all: each batch's input is quantized over its own range at run time, as ONNX
+  Runtime's ``DynamicQuantizeLinear`` does (u8, [min(x, 0), max(x, 0)] per tensor), with s8 per-channel weights;
+  exported as ONNX Runtime's dynamic int8 (``MatMulInteger``/``QAttention``), for transformer encoders whose
+  activations no fixed range fits (see :mod:`deepslim.compress.quantize._dynamic`).
+- ``auto`` (the default): ``dynamic`` for a model whose encoder ONNX Runtime fuses into its ``Attention`` kernel
+  (a Hugging Face BERT-style :class:`~deepslim.models.hf.SentenceEncoder`), ``minmax`` for everything else.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ class Calibration(Enum):
     PERCENTILE = "percentile"
     MSE = "mse"
     ENTROPY = "entropy"
+    DYNAMIC = "dynamic"  # per-batch ranges at run time (ONNX Runtime's dynamic int8); no observer
+    AUTO = "auto"  # resolved per model by quantize_: DYNAMIC for a fusable transformer encoder, else MINMAX
 
 
 class Observer:

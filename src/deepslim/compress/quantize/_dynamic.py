@@ -1,0 +1,196 @@
+"""Dynamic int8 (``Calibration.DYNAMIC``): ONNX Runtime's dynamic quantization, computed in PyTorch.
+
+A transformer encoder's activations have no range a fixed calibration fits: the feed-forward blocks' GELU outputs
+and LayerNorm outputs carry a few channels 10–20× wider than the rest, and which batch reaches how far varies
+(all-MiniLM-L6-v2: static min-max int8 reached cosine 0.941, percentile 0.950). ONNX Runtime's dynamic int8 —
+the fast path of its fused BERT graph — quantizes each MatMul input per tensor at run time instead:
+``DynamicQuantizeLinear`` takes [min(x, 0), max(x, 0)] of the batch, step (max − min) / 255, a u8 zero point
+rounded half to even; weights are s8, symmetric, per output channel (step max |w| / 127). A dynamic layer here
+computes exactly that on each batch, so the quantized PyTorch model and the exported file agree to float rounding.
+
+Outlier channels. One wide channel sets the step of every other, so the ``split_outliers`` widest GELU-output
+channels of each feed-forward block (its up projection's outputs, which its down projection reads) are computed in
+fp32 beside the int8 products — their up-projection rows, their GELU, their down-projection columns — and the
+``split_inputs`` widest input channels of each up projection (a LayerNorm output) are taken out of its int8 input
+and multiplied in fp32 (LLM.int8()'s decomposition, Dettmers et al., NeurIPS 2022, with the channels fixed on the
+calibration data). The exporter writes the same split (:mod:`deepslim.export._mixed_int8`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from deepslim._modes import inference_mode
+from deepslim.compress.quantize._inputs import batch_inputs
+from deepslim.compress.quantize.observers import Calibration
+from deepslim.errors import ConfigError
+
+# the encoders whose ONNX graph ONNX Runtime's transformer optimizer fuses (eager BERT-style attention)
+FUSED_ENCODERS = ("deepslim.models.hf.SentenceEncoder",)
+DEFAULT_SPLITS = (1, 2)  # (split_outliers, split_inputs) on such an encoder: 0.9972 mean cosine on MiniLM (session 7)
+
+
+def fused_encoder(model: nn.Module) -> bool:
+    """Whether ``model`` holds an encoder whose ONNX graph ONNX Runtime fuses into its ``Attention`` kernel: a
+    BERT-style ``SentenceEncoder`` that reduces no tokens (a merging graph is not fused) and has one head count in
+    every layer (ORT's fused attention takes one for the whole graph), in Hugging Face's eager attention (the
+    pattern the optimizer recognises; ``load_hf`` loads it so)."""
+    found = [m for m in model.modules() if any(f"{c.__module__}.{c.__qualname__}" in FUSED_ENCODERS
+                                               for c in type(m).__mro__)]  # fmt: skip
+    heads = {h for m in model.modules() if isinstance(h := getattr(m, "num_attention_heads", None), int)
+             and hasattr(m, "attention_head_size")}  # fmt: skip
+    eager = all(getattr(getattr(getattr(m, "encoder", None), "config", None), "_attn_implementation", "eager")
+                in ("eager", None) for m in found)  # fmt: skip
+    return bool(found) and eager and all(getattr(m, "reduction", None) is None for m in found) and len(heads) <= 1
+
+
+def resolve(model: nn.Module, config: Any) -> Calibration:
+    """The calibration ``config`` means for ``model``: AUTO is DYNAMIC for a fused encoder quantized to 8 bits with
+    8-bit activations and no QAT (what ONNX Runtime's dynamic kernels run), MINMAX otherwise."""
+    cal: Calibration = config.calibration
+    if cal is not Calibration.AUTO:
+        return cal
+    bits = {config.bits, *(b for _, b in config.overrides if b is not None)}
+    fits = bits == {8} and config.activation_bits == 8 and not config.qat and config.symmetric
+    return Calibration.DYNAMIC if fits and fused_encoder(model) else Calibration.MINMAX
+
+
+def dynamic_u8(x: torch.Tensor) -> torch.Tensor:
+    """``x`` quantized to u8 over its own range and back, as ``DynamicQuantizeLinear`` does: [min(x, 0),
+    max(x, 0)], step (max − min) / 255, zero point round(−min / step), codes round(x / step) + zero (half to even)."""
+    lo = torch.clamp(x.detach().min(), max=0.0)
+    hi = torch.clamp(x.detach().max(), min=0.0)
+    scale = (hi - lo) / 255.0
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all zeros: step 1, as ONNX Runtime (no branch)
+    zero = torch.round(torch.clamp(-lo / scale, 0.0, 255.0))
+    q = torch.clamp(torch.round(x / scale) + zero, 0.0, 255.0)
+    return (q - zero) * scale
+
+
+def _s8_per_channel(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
+    """``w`` (out, in) quantized to s8 symmetric, per output channel (or per tensor), and back."""
+    bound = w.detach().abs().amax(1, keepdim=True) if per_channel else w.detach().abs().amax().reshape(1, 1)
+    scale = torch.where(bound > 0, bound / 127.0, torch.ones_like(bound))
+    return torch.clamp(torch.round(w / scale), -127, 127) * scale
+
+
+def dynamic_linear(m: Any, x: torch.Tensor) -> torch.Tensor:
+    """A dynamic int8 linear layer (``m``: a QLinear with ``dynamic`` set): u8 input per batch times s8 weights,
+    plus the fp32 split channels (see the module docstring)."""
+    w, bias = m.weight, m.bias
+    xi, wi = x, w
+    if m.split_in is not None:
+        keep = torch.ones(w.shape[1], dtype=x.dtype, device=x.device)
+        keep[m.split_in] = 0.0
+        xi = x * keep
+        if m.split_rows:  # the int8 weight has no rows for them: its per-channel steps cover the rest only
+            wi = w * keep
+    y = F.linear(dynamic_u8(xi), _s8_per_channel(wi, m.per_channel), bias)
+    if m.split_in is not None:
+        y = y + F.linear(x[..., m.split_in], w[:, m.split_in])
+    if m.split_out is not None:
+        y = y.clone()
+        y[..., m.split_out] = F.linear(x, w[m.split_out], None if bias is None else bias[m.split_out])
+    return y
+
+
+def ffn_pairs(model: nn.Module, layers: Iterable[str]) -> list[tuple[str, str]]:
+    """(up projection, down projection) of every feed-forward block (the layer-kind registry's FFN adapters) whose
+    two layers are both in ``layers``."""
+    from deepslim.models.adapters import ffn_adapter
+
+    names = set(layers)
+    pairs = []
+    for name, m in model.named_modules():
+        adapter = ffn_adapter(m)
+        if adapter is None or len(adapter.inputs) != 1:
+            continue
+        up, down = (f"{name}.{p}" if name else p for p in (adapter.inputs[0], adapter.output))
+        if up in names and down in names:
+            pairs.append((up, down))
+    return pairs
+
+
+def _widest(amax: torch.Tensor, k: int) -> torch.Tensor:
+    """The ``k`` channels of largest max |x|, ascending (ties: the lower index; the exporter's rule)."""
+    return torch.sort(torch.argsort(-amax, stable=True)[:k]).values
+
+
+def plan_splits_(model: nn.Module, layers: dict[str, Any], calib_data: Iterable[Any], inputs: int,
+                 outliers: int, ins: int) -> dict[str, dict[str, list[int]]]:  # fmt: skip
+    """Choose and set the fp32 channels of every feed-forward block of dynamic ``layers`` from the widest channels
+    (max |x| over ``calib_data``): ``outliers`` GELU outputs, ``ins`` up-projection inputs. Returns them as
+    ``{"outliers": {down: channels}, "inputs": {up: channels}}`` (what the export splits)."""
+    pairs = ffn_pairs(model, layers)
+    watched = {n for pair in pairs for n in pair}
+    amax: dict[str, torch.Tensor] = {}
+
+    def hook(name: str) -> Any:
+        def record(mod: nn.Module, args: tuple[Any, ...]) -> None:
+            a = args[0].detach().abs().reshape(-1, args[0].shape[-1]).amax(0)
+            amax[name] = a if name not in amax else torch.maximum(amax[name], a)
+
+        return record
+
+    handles = [layers[n].register_forward_pre_hook(hook(n)) for n in watched]
+    try:
+        with inference_mode(model), torch.no_grad():
+            for batch in calib_data:
+                model(*batch_inputs(model, batch, inputs))
+    finally:
+        for h in handles:
+            h.remove()
+    chosen: dict[str, dict[str, list[int]]] = {"outliers": {}, "inputs": {}}
+    for up, down in pairs:
+        width, hidden = layers[up].weight.shape
+        if outliers >= width or ins >= hidden:
+            raise ConfigError(f"split_outliers={outliers} / split_inputs={ins} must be below {up}'s widths "
+                              f"{width} / {hidden}")  # fmt: skip
+        if up not in amax:
+            continue  # the block never ran on the calibration data
+        if outliers:
+            ch = _widest(amax[down], outliers)
+            layers[up].split_out, layers[down].split_in, layers[down].split_rows = ch, ch, True
+            chosen["outliers"][down] = ch.tolist()
+        if ins:
+            ch = _widest(amax[up], ins)
+            layers[up].split_in, layers[up].split_rows = ch, False
+            chosen["inputs"][up] = ch.tolist()
+    return chosen
+
+
+def make_dynamic_(layers: dict[str, Any]) -> None:
+    """Mark the quantized ``layers`` dynamic; only linear layers run on ONNX Runtime's dynamic MatMul kernels."""
+    wrong = [f"{n} ({type(m).__name__})" for n, m in layers.items() if not isinstance(m, nn.Linear)]
+    if wrong:
+        raise ConfigError(f"calibration='dynamic' quantizes linear layers (ONNX Runtime's dynamic int8 runs MatMul "
+                          f"and Attention); {wrong[0]} is not one: use calibration='minmax' or skip it with "
+                          f"overrides={{{wrong[0].split(' ')[0]!r}: None}}")  # fmt: skip
+    for m in layers.values():
+        m.dynamic = True
+
+
+def dynamic_state(m: nn.Module) -> dict[str, Any]:
+    """A dynamic layer's state beyond its weights, as plain JSON (for archives): {} for a static layer."""
+    if not getattr(m, "dynamic", False):
+        return {}
+    split_in, split_out = getattr(m, "split_in", None), getattr(m, "split_out", None)
+    return {"dynamic": True, "split_in": None if split_in is None else split_in.tolist(),
+            "split_rows": bool(getattr(m, "split_rows", False)),
+            "split_out": None if split_out is None else split_out.tolist()}  # fmt: skip
+
+
+def set_dynamic_state(m: nn.Module, state: dict[str, Any]) -> None:
+    """Restore :func:`dynamic_state` on a quantized layer."""
+    if not state.get("dynamic"):
+        return
+    setattr(m, "dynamic", True)  # noqa: B010
+    for key in ("split_in", "split_out"):
+        value = state.get(key)
+        setattr(m, key, None if value is None else torch.tensor(value, dtype=torch.long))
+    setattr(m, "split_rows", bool(state.get("split_rows")))  # noqa: B010
