@@ -1,0 +1,49 @@
+"""Head pruning's calibration plumbing: which batches lose their labels before the model sees them, and the
+refusals of sensitivity scoring (a model without floating-point outputs, no batch at all), word for word."""
+
+import pytest
+import torch
+from torch import nn
+
+import deepslim as ds
+from deepslim.compress.prune import heads as hp
+from deepslim.errors import ConfigError
+
+
+@pytest.mark.parametrize(("batch", "stripped"), [
+    ((torch.ones(2, 3), torch.tensor([1, 0])), True),  # (inputs, class labels)
+    ([torch.ones(2, 3), torch.tensor(1)], True),  # a list, a 0-d label
+    (({"ids": torch.ones(2, 3)}, torch.tensor([1, 0])), True),  # dict inputs
+    ((torch.ones(2, 3), torch.tensor([0.5, 1.0])), False),  # float second tensor: an input, not a label
+    ((torch.ones(2, 3), torch.ones(2, 3, dtype=torch.long)), False),  # 2-D: token ids, not labels
+    ((torch.ones(2, 3), torch.tensor([1, 0]), torch.tensor([1, 0])), False),  # three items
+    ((torch.ones(2, 3), 1), False),
+    (("text", torch.tensor([1])), False),
+])  # fmt: skip
+def test_a_calibration_batch_loses_its_labels_only_when_it_is_an_inputs_labels_pair(batch, stripped):
+    assert hp._model_inputs(batch) is (batch[0] if stripped else batch)
+
+
+def _vit():
+    torch.manual_seed(0)
+    return ds.create_model("vit_tiny", num_classes=3, input_size=8, depth=1, dim=24, num_heads=3, mlp_dim=32).eval()
+
+
+def test_sensitivity_refuses_a_model_without_floating_point_outputs_and_an_empty_calibration_set():
+    model = _vit()
+    blocks, _ = hp.find_blocks(model)
+
+    class Argmax(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(x).argmax(-1)
+
+    with pytest.raises(ConfigError, match=r"^sensitivity needs a model with floating-point outputs$"):
+        hp.sensitivity(Argmax(model), blocks, [torch.randn(2, 3, 8, 8)])
+    with pytest.raises(ConfigError, match=r"^sensitivity importance needs calib_data with at least one batch of "
+                                          r"model inputs$"):  # fmt: skip
+        hp.sensitivity(model, blocks, [])
+    assert all(not m._forward_hooks for m in model.modules())  # the gates are removed either way
