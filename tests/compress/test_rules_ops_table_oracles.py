@@ -132,3 +132,23 @@ def test_aten_operators_that_mix_split_or_select_channels_leave_them_whole_namin
     assert result.capture == "torch.export"
     assert result.blocked[0] == f"a out (8 channels; not prunable: {why})"
     assert model.a.out_channels == 8 and torch.equal(model(x), before)
+
+
+def test_an_integer_index_before_the_channels_moves_them_one_dimension_down_and_they_still_prune():
+    class FirstSample(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8 * 36, 2)
+
+        def forward(self, x):
+            return self.fc(F.relu(self.a(x))[0].flatten())  # (8, 6, 6) of the first sample: channels at dim 0
+
+    torch.manual_seed(0)
+    model, x = FirstSample().eval(), torch.randn(2, 3, 6, 6)
+    with torch.no_grad():
+        model.a.weight[[1, 3, 4, 6]] = 0.0
+        model.a.bias[[1, 3, 4, 6]] = 0.0
+    before = model(x)
+    result = ds.compress.prune.prune_channels_(model, ds.ChannelPruneConfig(ratio=0.5), x)
+    assert [g.kept for g in result.groups if g.width == 8] == [(0, 2, 5, 7)] and model.fc.in_features == 4 * 36
+    torch.testing.assert_close(model(x), before, rtol=0, atol=1e-5)
