@@ -47,3 +47,20 @@ def test_sensitivity_refuses_a_model_without_floating_point_outputs_and_an_empty
                                           r"model inputs$"):  # fmt: skip
         hp.sensitivity(model, blocks, [])
     assert all(not m._forward_hooks for m in model.modules())  # the gates are removed either way
+
+
+def test_the_plan_names_every_block_and_the_refit_and_summary_are_logged_per_block(caplog):
+    import logging
+    import re
+
+    model = _vit()
+    config = hp.HeadPruneConfig(head_ratio=0.34, ffn_ratio=0.5)
+    _, plan = hp.plan_head_pruning(model, config, [torch.randn(4, 3, 8, 8)])
+    assert [b.name for b in plan.blocks] == ["blocks.0.attn", "blocks.0.mlp"]
+    with caplog.at_level(logging.DEBUG, logger="deepslim.compress.prune.heads"):
+        result = hp.prune_heads_(model, config, calib_data=[torch.randn(4, 3, 8, 8)])
+    messages = [r.getMessage() for r in caplog.records if r.name == "deepslim.compress.prune.heads"]
+    refits = [m for m in messages if m.startswith("refit ")]
+    assert len(refits) == 2, messages
+    assert all(re.fullmatch(r"refit blocks\.0\.(attn|mlp)\.\w+: relative residual \d+\.\d{4}", m) for m in refits)
+    assert messages[-1] == f"head pruning: 3 -> 2 heads\n{result}"
