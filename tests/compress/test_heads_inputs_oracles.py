@@ -64,3 +64,9 @@ def test_the_plan_names_every_block_and_the_refit_and_summary_are_logged_per_blo
     assert len(refits) == 2, messages
     assert all(re.fullmatch(r"refit blocks\.0\.(attn|mlp)\.\w+: relative residual \d+\.\d{4}", m) for m in refits)
     assert messages[-1] == f"head pruning: 3 -> 2 heads\n{result}"
+
+
+def test_a_head_config_keeps_ignore_as_a_tuple_so_it_stays_hashable_and_round_trips():
+    config = hp.HeadPruneConfig(head_ratio=0.5, ignore=["blocks.0.attn", "re:.*mlp"])
+    assert config.ignore == ("blocks.0.attn", "re:.*mlp") and hash(config) == hash(config)
+    assert hp.HeadPruneConfig.from_dict(config.to_dict()) == config

@@ -134,14 +134,17 @@ def test_aten_operators_that_mix_split_or_select_channels_leave_them_whole_namin
     assert model.a.out_channels == 8 and torch.equal(model(x), before)
 
 
-def test_an_integer_index_before_the_channels_moves_them_one_dimension_down_and_they_still_prune():
+@pytest.mark.parametrize("drop_batch", [lambda y: y[0], lambda y: y.mean(0), lambda y: torch.sum(y, dim=(0,))],
+                         ids=["first sample", "mean over the batch", "sum over the batch"])
+def test_an_integer_index_or_reduction_before_the_channels_moves_them_one_dimension_down_and_they_still_prune(
+        drop_batch):  # fmt: skip
     class FirstSample(nn.Module):
         def __init__(self):
             super().__init__()
             self.a, self.fc = nn.Conv2d(3, 8, 3, padding=1), nn.Linear(8 * 36, 2)
 
         def forward(self, x):
-            return self.fc(F.relu(self.a(x))[0].flatten())  # (8, 6, 6) of the first sample: channels at dim 0
+            return self.fc(drop_batch(F.relu(self.a(x))).flatten())  # (8, 6, 6): channels at dim 0
 
     torch.manual_seed(0)
     model, x = FirstSample().eval(), torch.randn(2, 3, 6, 6)
