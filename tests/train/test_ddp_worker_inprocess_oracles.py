@@ -228,3 +228,17 @@ def test_every_buffer_is_broadcast_from_rank_zero_before_validation(monkeypatch)
     _ddp_worker._sync_buffers(model)
     assert [id(t) for t, _ in sent] == [id(b) for b in model.buffers()] and len(sent) == 6
     assert {src for _, src in sent} == {0}
+
+
+def test_the_distillation_checkpoint_is_rewritten_only_after_an_epoch_that_improved(in_process, tmp_path, monkeypatch):
+    verdicts = iter([True, False])  # the second epoch does not improve
+    monkeypatch.setattr(_ddp_worker._EpochLog, "improved", lambda self: next(verdicts))
+    torch.manual_seed(5)
+    teacher, student = ds.create_model("lenet5", input_size=8), ds.create_model("lenet5", input_size=8)
+    ckpt = tmp_path / "best.pt"
+    small = {"batch_size": 64, "test_fraction": 0.19}
+    ds.train.distill_ddp(student, teacher, "digits", nproc=1, data_options=small, checkpoint=ckpt, epochs=2, seed=1,
+                         optimizer="sgd", lr=0.05, restore_best=False)  # fmt: skip
+    saved = ds.load_model(ckpt)
+    assert state_digest(saved) != state_digest(student)  # the first epoch's weights, not the last one's
+    assert next(verdicts, "spent") == "spent"
