@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import deepslim.errors as errors
-from deepslim.errors import DeepSlimError
+from deepslim.errors import ConfigError, DeepSlimError
 from deepslim.train import distributed
 from deepslim.train.distributed import HISTORY_FILE, JOB_FILE, RESULT_FILE, STATE_FILE, state_digest
 
@@ -192,3 +192,46 @@ def test_the_state_digest_changes_with_one_bit_of_one_parameter_or_a_name():
     b = torch.nn.Sequential(torch.nn.Identity(), torch.nn.Linear(2, 2))
     b[1].load_state_dict(a[0].state_dict())
     assert state_digest(b) != state_digest(a)  # same bytes, other names
+
+
+@pytest.mark.parametrize(("data", "kwargs", "message"), [
+    (3, {}, r"^data must be a dataset spec string, got int$"),
+    ("digits", {"epochs": -1}, r"^epochs must be >= 0 and lr positive, got epochs=-1, lr=0.001$"),
+    ("digits", {"lr": 0.0}, r"^epochs must be >= 0 and lr positive, got epochs=1, lr=0.0$"),
+    ("digits", {"data_options": {"batch_size": 4, "note": object()}},
+     r"^data options must be plain JSON values to reach the worker processes: "),
+    ("nosuchloader", {"data_options": {}},
+     r"^give the global batch size as the data option batch_size for dataset 'nosuchloader'$"),
+    ("digits", {"data_options": {"batch_size": True}}, r"^batch_size must be a positive integer, got True$"),
+    ("digits", {"nproc": True}, r"^nproc must be a positive number of processes, got True$"),
+])  # fmt: skip
+def test_a_job_is_refused_before_launch_naming_the_setting(data, kwargs, message):
+    options = {"kind": "fit", "data": data, "data_options": {"batch_size": 4}, "nproc": 2, "epochs": 1, "lr": 1e-3,
+               "optimizer": "adam", "checkpoint": None, "task": None, **kwargs}  # fmt: skip
+    with pytest.raises(ConfigError, match=message):
+        distributed._base_job(options.pop("kind"), options.pop("data"), options.pop("data_options"),
+                              options.pop("nproc"), **options)  # fmt: skip
+
+
+def test_a_job_is_plain_json_with_the_global_batch_the_task_by_name_and_an_absolute_checkpoint(tmp_path,
+                                                                                                 monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    job = distributed._base_job("fit", "digits", None, 2, epochs=3, lr=0.1, optimizer=distributed.Optimizer("sgd"),
+                                checkpoint="out/best.pt", task="classification", seed=5)  # fmt: skip
+    assert job == {"kind": "fit", "data": {"spec": "digits", "options": {}}, "global_batch": job["global_batch"],
+                   "nproc": 2, "task": "classification", "checkpoint": str(tmp_path / "out" / "best.pt"),
+                   "options": {"epochs": 3, "lr": 0.1, "optimizer": "sgd", "seed": 5}}  # fmt: skip
+    assert job["global_batch"] == distributed._global_batch("digits", {}) > 0
+    assert json.loads(json.dumps(job)) == job
+
+
+def test_a_configured_task_that_its_name_does_not_rebuild_is_refused():
+    import dataclasses
+
+    from deepslim.tasks import get_task
+
+    task = get_task("classification")
+    assert distributed._task_name(task) == "classification" and distributed._task_name(None) is None
+    task = dataclasses.replace(task, ignore_index=0)  # a setting the name does not carry
+    with pytest.raises(ConfigError, match=r"^task 'classification' has settings that cannot reach worker processes"):
+        distributed._task_name(task)
