@@ -31,7 +31,7 @@ def _local_bert(path, *, outliers: bool = False):
             up = bert.encoder.layer[0].intermediate.dense
             up.weight[7] *= 30.0
             up.bias[7] = 20.0
-            bert.encoder.layer[0].output.LayerNorm.weight[5] = 25.0
+            bert.encoder.layer[1].attention.output.LayerNorm.weight[5] = 25.0
     bert.save_pretrained(path)
     (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] +
                                               [f"w{i}" for i in range(115)]))  # fmt: skip
@@ -107,6 +107,39 @@ def test_the_widest_channels_are_split_off_and_the_file_splits_the_same_ones(tmp
     assert result.max_abs_error < 1e-5
 
 
+def test_by_default_the_widest_up_projection_inputs_are_scaled_down_in_the_model_and_the_file(tmp_path):
+    model = _local_bert(tmp_path / "bert", outliers=True)
+    ref = copy.deepcopy(model)
+    calib = [_batch(s) for s in range(2)]
+    ds.quantize_(model, ds.LinearQuantConfig(bits=8), calib_data=calib)  # split_outliers 1, scale_inputs 2
+    up1 = model.get_submodule("encoder.encoder.layer.1.intermediate.dense")
+    scaled = [i for i, s in enumerate(up1.in_scale.tolist()) if s != 1.0]
+    assert 5 in scaled and up1.in_scale[5] > 1 and up1.split_in is None  # the planted channel, narrowed
+    amax = torch.zeros(32)
+    hook = ref.get_submodule("encoder.encoder.layer.1.intermediate.dense").register_forward_pre_hook(
+        lambda m, a: amax.copy_(torch.maximum(amax, a[0].abs().reshape(-1, 32).amax(0))))  # fmt: skip
+    with torch.no_grad():
+        for ids, mask in calib:
+            ref(ids, mask)
+    hook.remove()
+    assert torch.isclose(up1.in_scale[5], amax[5] / (4 * amax.median()))  # 4x the median channel's range
+    with torch.no_grad():  # in float the scaling changes nothing: (x / s) . (w . s)
+        up1.dynamic = False
+        plain_up = nn.Linear(32, 64)
+        plain_up.load_state_dict({"weight": up1.weight * up1.in_scale, "bias": up1.bias})
+        x = torch.randn(3, 32)
+        assert torch.allclose(plain_up(x / up1.in_scale), torch.nn.functional.linear(x, up1.weight, up1.bias),
+                              atol=1e-5)  # fmt: skip
+        up1.dynamic = True
+    ids, mask = _batch(7)
+    result = ds.export_onnx(model, tmp_path / "m.onnx", example_input=(ids, mask))
+    names = {n.name for n in onnx.load(str(result.path)).graph.node}
+    assert "/encoder/encoder/layer.1/intermediate/dense/MatMul_in_scale" in names
+    assert result.max_abs_error < 1e-5
+    assert "(input channels [5" in dict(ds.quantization_report(model).quantized)[
+        "encoder.encoder.layer.1.intermediate.dense"]  # fmt: skip
+
+
 class _Net(nn.Module):
     def __init__(self):
         super().__init__()
@@ -131,11 +164,13 @@ def test_a_convnet_calibrates_exactly_as_before_under_auto():
 
 
 def test_the_config_round_trips_through_json_with_the_new_fields():
-    dynamic = ds.LinearQuantConfig(calibration="dynamic", split_outliers=0, split_inputs=3)
+    dynamic = ds.LinearQuantConfig(calibration="dynamic", split_outliers=0, split_inputs=3, scale_inputs=0)
     for config in (ds.LinearQuantConfig(), dynamic):
         doc = config.to_dict()
         assert ds.LinearQuantConfig.from_dict(doc) == config
     assert ds.LinearQuantConfig().to_dict()["calibration"] == "auto"
+    assert ds.LinearQuantConfig().channel_settings() == (1, 0, 2)
+    assert ds.LinearQuantConfig(split_inputs=2).channel_settings() == (1, 2, 0)
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -143,8 +178,9 @@ def test_the_config_round_trips_through_json_with_the_new_fields():
     ({"calibration": "dynamic", "activation_bits": None}, "cannot be combined with activation_bits=None"),
     ({"calibration": "dynamic", "bits": 4}, "cannot be combined with 4-bit weights"),
     ({"calibration": "dynamic", "overrides": {"fc": 6}}, "cannot be combined with 6-bit weights"),
-    ({"calibration": "minmax", "split_outliers": 1}, "split_outliers/split_inputs need calibration='dynamic'"),
+    ({"calibration": "minmax", "split_outliers": 1}, "scale_inputs need calibration='dynamic'"),
     ({"split_inputs": -1}, "split_inputs must be a whole number >= 0"),
+    ({"split_inputs": 1, "scale_inputs": 2}, "split_inputs and scale_inputs treat the same channels"),
 ])  # fmt: skip
 def test_bad_dynamic_combinations_are_config_errors(kwargs, message):
     with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):

@@ -60,11 +60,13 @@ def float_model(model: nn.Module) -> nn.Module:
     return _decoded_weights(out).eval()
 
 
-def _given(layers: dict[str, Any]) -> tuple[dict[str, list[int]], dict[str, list[int]]]:
-    """The fp32 channels the quantized layers chose: (GELU outliers by down projection, inputs by up projection)."""
+def _given(layers: dict[str, Any]) -> tuple[dict[str, list[int]], dict[str, list[int]], dict[str, list[float]]]:
+    """What the quantized layers chose: (fp32 GELU outliers by down projection, fp32 inputs by up projection, input
+    scales by up projection)."""
     outliers = {n: m.split_in.tolist() for n, m in layers.items() if m.split_in is not None and m.split_rows}
     inputs = {n: m.split_in.tolist() for n, m in layers.items() if m.split_in is not None and not m.split_rows}
-    return outliers, inputs
+    scales = {n: m.in_scale.tolist() for n, m in layers.items() if m.in_scale is not None}
+    return outliers, inputs, scales
 
 
 def _nodes(layers: dict[str, Any], nodes: dict[str, str]) -> list[str]:
@@ -132,10 +134,11 @@ def export_dynamic(model: nn.Module, dest: Path, xs: tuple[torch.Tensor, ...], i
         except ExportError as exc:
             raise ExportError(f"{exc}; dynamic int8 is written as that fused graph: quantize the model with "
                               "calibration='minmax' for a static int8 file") from None  # fmt: skip
-        lost = [n for n in (*given[0], *given[1]) if n not in split]
+        lost = [n for n in (*given[0], *given[1], *given[2]) if n not in split]
         if lost:
-            raise ExportError(f"{lost[0]}'s fp32 channels have no feed-forward block (MatMul, BiasGelu, MatMul) in "
-                              "the fused graph to split; quantize with split_outliers=0, split_inputs=0")  # fmt: skip
+            raise ExportError(f"{lost[0]}'s outlier channels have no feed-forward block (MatMul, BiasGelu, MatMul) "
+                              "in the fused graph to split or scale; quantize with split_outliers=0, scale_inputs=0"
+                              )  # fmt: skip
         nodes = mixed.layer_nodes(fused)
         ts._quantize(fused, out, [], only=_nodes(layers, nodes), per_channel=per_channel == {True})
         ox._write_metadata(out, model)

@@ -322,3 +322,33 @@ def split_inputs(fused: Path, out: Path, feeds: list[dict[str, np.ndarray]], k: 
     splice(graph, before=masks, after=added)
     onnx.save(model, str(out))
     return split
+
+
+def scale_inputs(fused: Path, out: Path, given: dict[str, list[float]]) -> Channels:
+    """Write ``fused`` to ``out`` with the input of every feed-forward up projection named in ``given`` (by module:
+    one factor s per input channel) divided by s in a ``Mul`` before the MatMul, and the weight's rows multiplied by
+    s: the same product in float, a narrower dynamic int8 range where s > 1 (what a dynamic-quantized PyTorch model
+    chose with ``scale_inputs``). Returns the channels with s != 1, by the up projection's module name."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(str(fused))
+    graph = model.graph
+    ups = [up for up, _, _ in _gelu_readers(graph) if _module_of(up.name) in given]
+    inits = {i.name: i for i in graph.initializer}
+    before: dict[str, list[Any]] = {}
+    done: Channels = {}
+    for up in ups:
+        s = np.asarray(given[_module_of(up.name)], dtype=np.float32)
+        w = numpy_helper.to_array(inits[up.input[1]])
+        if s.shape != (w.shape[0],):
+            raise ConfigError(f"{_module_of(up.name)}: {len(s)} input scales for a {w.shape[0]}-wide input")
+        inits[up.input[1]].CopyFrom(numpy_helper.from_array((w * s[:, None]).astype(np.float32), up.input[1]))
+        graph.initializer.append(numpy_helper.from_array((np.float32(1) / s).astype(np.float32), f"{up.name}_in_scale"))
+        before[up.name] = [helper.make_node("Mul", [up.input[0], f"{up.name}_in_scale"], [f"{up.name}_in_scaled"],
+                                            name=f"{up.name}_in_scale")]  # fmt: skip
+        up.input[0] = f"{up.name}_in_scaled"
+        done[_module_of(up.name)] = [int(c) for c in np.flatnonzero(s != 1)]
+    splice(graph, before=before)
+    onnx.save(model, str(out))
+    return done

@@ -231,11 +231,12 @@ def _setup(model: nn.Module, example_input: tuple[torch.Tensor, ...], check_inpu
 
 def _prepare(model: nn.Module, example_input: tuple[torch.Tensor, ...], names: list[str], work: Path,
              heads_width: tuple[int, int], config: FusedInt8Config, calib: Feeds,
-             given: tuple[mixed.Channels, mixed.Channels] | None = None,
+             given: tuple[mixed.Channels, mixed.Channels, dict[str, list[float]]] | None = None,
              ) -> tuple[Path, dict[str, int], int, dict[str, list[int]]]:  # fmt: skip
     """The fp32 graph the int8 file is made from: exported, fused, optionally smoothed and outlier-split — the
     ``config.split_*`` widest channels on ``calib``, or the ``given`` (outliers by down projection, inputs by up
-    projection: what a dynamic-quantized model chose, see ``export._dynamic_int8``)."""
+    projection, input scales by up projection: what a dynamic-quantized model chose, see
+    ``export._dynamic_int8``)."""
     fp32, fused = work / "fp32.onnx", work / "fused.onnx"
     _export_fp32(model, example_input, fp32, names)
     fused_ops = _fuse(fp32, fused, *heads_width)
@@ -245,12 +246,15 @@ def _prepare(model: nn.Module, example_input: tuple[torch.Tensor, ...], names: l
     smoothed = _smooth(fused, work / "smoothed.onnx", calib, config.smooth) if config.smooth > 0 else 0
     if smoothed:
         fused = work / "smoothed.onnx"
-    outliers, inputs = given or (None, None)
+    outliers, inputs, scales = given or (None, None, {})
     split = mixed.split_outliers(fused, work / "split.onnx", calib, config.split_outliers, outliers)
     if split:
         fused = work / "split.onnx"
     split_in = mixed.split_inputs(fused, work / "split_in.onnx", calib, config.split_inputs, inputs)
-    return (work / "split_in.onnx" if split_in else fused), fused_ops, smoothed, split | split_in
+    if split_in:
+        fused = work / "split_in.onnx"
+    scaled = mixed.scale_inputs(fused, work / "scaled.onnx", scales) if scales else {}
+    return (work / "scaled.onnx" if scales else fused), fused_ops, smoothed, split | split_in | scaled
 
 
 def export_fused_int8(model: nn.Module, path: str | os.PathLike[str], *, example_input: tuple[torch.Tensor, ...],

@@ -129,12 +129,16 @@ def _linear(model: nn.Module, config: LinearQuantConfig, *, calib_data: Iterable
         folded = fold_batchnorm_(model, example)
         log.info("folded %d batch norms into their convolutions", len(folded))
     method = _calibration(model, config)
+    stats = {}
+    if method is Calibration.DYNAMIC:  # the feed-forward blocks' channel ranges, in float
+        assert calib_data is not None
+        stats = _dynamic.channel_stats(model, _targets(model, config.overrides, config.bits), calib_data,
+                                       len(example or (0,)))  # fmt: skip
     swapped = _swap_layers(model, config)
     points: list[Any] = []
     previous = getattr(model, "deepslim_calibration", None)
     if method is Calibration.DYNAMIC:
-        assert calib_data is not None
-        _dynamic_(model, config, swapped, calib_data, len(example or (0,)))
+        _dynamic_(model, config, swapped, stats)
     elif config.activation_bits is not None:
         assert calib_data is not None
         if config.activation_bits == 8 and example is not None:  # the runtime's additions, concatenations, outputs
@@ -154,22 +158,21 @@ def _linear(model: nn.Module, config: LinearQuantConfig, *, calib_data: Iterable
 def _calibration(model: nn.Module, config: LinearQuantConfig) -> Calibration:
     """``config.calibration`` for ``model`` (AUTO resolved); split channels asked of a static one are refused."""
     method = _dynamic.resolve(model, config)
-    if method is not Calibration.DYNAMIC and (config.split_outliers or config.split_inputs):
-        raise ConfigError(f"split_outliers/split_inputs are for dynamic int8 of a transformer encoder; this model's "
-                          f"calibration is {method.value!r} (calibration='auto' means 'dynamic' only for encoders "
-                          "that ONNX Runtime fuses): leave them unset or pass calibration='dynamic'")  # fmt: skip
+    if method is not Calibration.DYNAMIC and (config.split_outliers or config.split_inputs or config.scale_inputs):
+        raise ConfigError(f"split_outliers/split_inputs/scale_inputs are for dynamic int8 of a transformer "
+                          f"encoder; this model's calibration is {method.value!r} (calibration='auto' means "
+                          "'dynamic' only for encoders that ONNX Runtime fuses): leave them unset or pass "
+                          "calibration='dynamic'")  # fmt: skip
     return method
 
 
-def _dynamic_(model: nn.Module, config: LinearQuantConfig, swapped: dict[str, QuantMixin], calib_data: Iterable[Any],
-              inputs: int) -> None:  # fmt: skip
-    """Make the swapped layers dynamic int8 and choose their fp32 outlier channels on ``calib_data`` (the model back
-    in float on a ConfigError)."""
-    outliers, ins = (d if v is None else v for v, d in zip((config.split_outliers, config.split_inputs),
-                                                          _dynamic.DEFAULT_SPLITS, strict=True))  # fmt: skip
+def _dynamic_(model: nn.Module, config: LinearQuantConfig, swapped: dict[str, QuantMixin],
+              stats: dict[str, torch.Tensor]) -> None:  # fmt: skip
+    """Make the swapped layers dynamic int8 and choose their outlier channels from the float model's channel ranges
+    ``stats`` (the model back in float on a ConfigError)."""
     try:
         _dynamic.make_dynamic_(swapped)
-        _dynamic.plan_splits_(model, swapped, calib_data, inputs, outliers, ins)
+        _dynamic.plan_splits_(model, swapped, stats, *config.channel_settings())
     except ConfigError:
         for m in swapped.values():
             swap_to_float(m)
@@ -341,7 +344,9 @@ def _dynamic_encoding(m: QuantMixin) -> str:
     """' dynamic' and the layer's fp32 channels, for the report."""
     parts = [f"input channels {m.split_in.tolist()}"] if m.split_in is not None else []
     parts += [f"output channels {m.split_out.tolist()}"] if m.split_out is not None else []
-    return " dynamic" + (f" ({', '.join(parts)} in fp32)" if parts else "")
+    scaled = [] if m.in_scale is None else [i for i, v in enumerate(m.in_scale.tolist()) if v != 1.0]
+    return " dynamic" + (f" ({', '.join(parts)} in fp32)" if parts else "") + (
+        f" (input channels {scaled} scaled down)" if scaled else "")  # fmt: skip
 
 
 def _own_params(m: nn.Module) -> list[torch.Tensor]:

@@ -45,9 +45,12 @@ class LinearQuantConfig(Config):
     ``calibration`` ``AUTO`` (the default) is ``DYNAMIC`` for a transformer encoder that ONNX Runtime fuses (a
     Hugging Face BERT-style ``SentenceEncoder``: per-batch activation ranges, the fast int8 file of its fused
     attention) and ``MINMAX`` for every other model; ``quantization_report`` shows what each layer got.
-    ``split_outliers`` / ``split_inputs`` (dynamic layers only; None: 1 and 2 on such an encoder) compute the widest
-    GELU-output channels of every feed-forward block, and the widest input channels of its up projection, in fp32
-    beside the int8 product, chosen on the calibration data (one wide channel otherwise sets the dynamic step of all).
+    Dynamic layers only, chosen on the calibration data (one wide channel otherwise sets the dynamic step of all):
+    ``split_outliers`` (None: 1) widest GELU-output channels of every feed-forward block are computed in fp32 beside
+    the int8 product; ``scale_inputs`` (None: 2, or 0 when ``split_inputs`` is set) widest input channels of its up
+    projection are divided down to 4× the median channel's range, their weight columns multiplied by the same factor
+    (the same product in float, one ``Mul`` in the file); ``split_inputs`` (None: 0) widest input channels of the up
+    projection are instead computed in fp32 (as fine, slower at batch 32).
     """
 
     bits: int = 8
@@ -63,6 +66,7 @@ class LinearQuantConfig(Config):
     overrides: Overrides[int | None] = ()
     split_outliers: int | None = None
     split_inputs: int | None = None
+    scale_inputs: int | None = None
 
     def __post_init__(self) -> None:
         _check_bits("bits", self.bits)
@@ -74,15 +78,27 @@ class LinearQuantConfig(Config):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
                 raise ConfigError(f"{what} must be a number from 0 to 1, got {value!r}")
         object.__setattr__(self, "overrides", freeze_overrides(self.overrides, _check_bits))
-        for what in ("split_outliers", "split_inputs"):
+        for what in ("split_outliers", "split_inputs", "scale_inputs"):
             value = getattr(self, what)
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
                 raise ConfigError(f"{what} must be a whole number >= 0 (or None: the default), got {value!r}")
+        if self.split_inputs and self.scale_inputs:
+            raise ConfigError("split_inputs and scale_inputs treat the same channels (the widest inputs of the up "
+                              "projections): give one of them")  # fmt: skip
         if self.calibration is Calibration.DYNAMIC:
             _check_dynamic(self)
-        elif self.calibration is not Calibration.AUTO and (self.split_outliers or self.split_inputs):
-            raise ConfigError(f"split_outliers/split_inputs need calibration='dynamic' (or 'auto' on a transformer "
-                              f"encoder); {self.calibration.value!r} calibrates static ranges")  # fmt: skip
+        elif self.calibration is not Calibration.AUTO and (self.split_outliers or self.split_inputs or
+                                                           self.scale_inputs):  # fmt: skip
+            raise ConfigError(f"split_outliers/split_inputs/scale_inputs need calibration='dynamic' (or 'auto' on a "
+                              f"transformer encoder); {self.calibration.value!r} calibrates static ranges")  # fmt: skip
+
+    def channel_settings(self) -> tuple[int, int, int]:
+        """(split_outliers, split_inputs, scale_inputs) with the defaults filled in: 1, 0, and 2 unless
+        ``split_inputs`` is given (measured on all-MiniLM-L6-v2: mean cosine 0.9972 at the speed of no input split)."""
+        outliers = 1 if self.split_outliers is None else self.split_outliers
+        split = self.split_inputs or 0
+        scale = (0 if split else 2) if self.scale_inputs is None else self.scale_inputs
+        return outliers, split, scale
 
 
 def _check_dynamic(config: LinearQuantConfig) -> None:
@@ -126,6 +142,7 @@ class QuantMixin(nn.Module):
     split_in: torch.Tensor | None = None
     split_rows: bool = False
     split_out: torch.Tensor | None = None
+    in_scale: torch.Tensor | None = None  # per input channel: the int8 input is x / s, the int8 weight's columns w · s
 
     def init_quant(self, bits: int, act_bits: int | None, per_channel: bool, symmetric: bool, qat: bool) -> None:
         self.bits, self.act_bits, self.qat = bits, act_bits, qat
@@ -323,7 +340,7 @@ def swap_to_quantized(m: nn.Module, bits: int, config: LinearQuantConfig, name: 
 
 
 _QUANT_STATE = ("bits", "act_bits", "qat", "per_channel", "symmetric", "observer", "fixed_weight_params", "dynamic",
-                "split_in", "split_rows", "split_out")
+                "split_in", "split_rows", "split_out", "in_scale")
 
 
 def swap_to_float(m: QuantMixin) -> nn.Module:
