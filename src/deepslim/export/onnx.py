@@ -77,11 +77,12 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input
     ``example_input`` is one tensor or a tuple of them (``(input_ids, attention_mask)``): the file then has one input
     per tensor (``input``, ``input_1``, ...), every one with a dynamic batch dimension, and the check feeds them all.
     """
+    from deepslim.compress.quantize._fidelity import scores_are_classes
     from deepslim.export._dynamic_int8 import dynamic_layers, export_dynamic
     from deepslim.export.qdq import float_copy, quantized_layers, write_qdq
 
     dest = Path(path)
-    if _not_classes(calib_data):  # embeddings or regression: the argmax of a row is noise, not a class
+    if scores_are_classes(calib_data, None, 1) is False:  # its loader's task (embeddings): an argmax is noise
         min_agreement = 0.0
     if dynamic_layers(model):  # dynamic int8 of a transformer encoder: ONNX Runtime's fused graph
         xs = _as_inputs(example_input)
@@ -119,18 +120,6 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input
                      f"(e.g. {floats[0]}): their inputs or outputs are not quantized in the graph")  # fmt: skip
     return ExportResult(dest, dest.stat().st_size, err, agree, "qdq-int8" if layers else "fp32", tuple(float_layers),
                         tuple(warns), cos, len(layers), len(integer), dynamic)  # fmt: skip
-
-
-def _not_classes(calib_data: Iterable[Any] | None) -> bool:
-    """Whether ``calib_data``'s loader says its task has no classes (``quantize_`` reads it the same way)."""
-    from deepslim.compress.quantize._fidelity import TASK_ATTR
-
-    task = getattr(calib_data, TASK_ATTR, None)
-    if isinstance(task, str):
-        from deepslim.tasks import get_task
-
-        task = get_task(task)
-    return task is not None and not task.has_classes
 
 
 def _as_inputs(x: Any) -> Inputs:
