@@ -1,0 +1,61 @@
+"""Re-run a search benchmark's final recovery in a fresh process: ``best`` and ``uniform`` of a
+benchmarks/search.py result, each fine-tuned as its final comparison does (1 epoch distilled from the dense model at
+T = 4, Adam lr 1e-3, cosine; recovery seeds given) and scored on the 10,000 test images, with a checksum of the
+weights so that two seeds giving one accuracy can be told apart from one model (issue 14, session 9)::
+
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/_search_final9.py RESULT.json 0.3 0,1,2 OUT.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import deepslim as ds  # noqa: E402
+from _search_train import subset_bundle  # noqa: E402
+from deepslim.search import LatencyTable, SearchSpace  # noqa: E402
+from deepslim.search.evaluate import Evaluator  # noqa: E402
+from deepslim.search.space import Policy  # noqa: E402
+from search import PRETRAINED_ARCH  # noqa: E402
+
+
+def main() -> None:
+    result, budget, seeds, out = sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[3].split(",")], Path(sys.argv[4])
+    doc_in = json.loads(Path(result).read_text())
+    settings = doc_in["settings"]
+    run = doc_in["models"]["mobilenet_v2"]["budgets"][budget][0]
+    torch.set_num_threads(1)
+    full = ds.load_data("fashion-mnist", seed=0, calib_size=settings["calib_size"])
+    data = subset_bundle(full, settings["search_n_train"] or None, settings["search_n_val"] or None)
+    dense = PRETRAINED_ARCH["mobilenet_v2"]()
+    dense.load_state_dict(torch.load(settings["pretrained"], weights_only=True))
+    dense.eval()
+    space = SearchSpace.from_model(dense, data.example_input, round_to=settings["round_to"], kinds=("prune",))
+    table = LatencyTable(threads=1, cache_dir=settings["cache_dir"])
+    doc: dict = {"source": result, "budget": budget, "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
+                 "started": time.strftime("%H:%M:%S"), "rows": {}}  # fmt: skip
+    for label in ("best", "uniform"):
+        policy = Policy.from_dict(run["final"][label]["policy"])
+        rows = doc["rows"].setdefault(label, [])
+        for seed in seeds:
+            t0 = time.perf_counter()
+            ev = Evaluator(dense, data, space, table, finetune_epochs=settings["finetune_epochs"], seed=seed,
+                           temperature=settings["temperature"])  # fmt: skip
+            net, _ = ev.build(policy, "finetune")
+            rows.append({"seed": seed, "test_accuracy": ds.evaluate(net, full, split="test").accuracy,
+                         "val_accuracy": ds.evaluate(net, data, split="val").accuracy,
+                         "weight_checksum": float(sum(p.detach().double().abs().sum() for p in net.parameters())),
+                         "seconds": time.perf_counter() - t0})  # fmt: skip
+            out.write_text(json.dumps(doc, indent=1))
+    doc["loadavg_after"], doc["finished"] = Path("/proc/loadavg").read_text().split()[:3], time.strftime("%H:%M:%S")
+    out.write_text(json.dumps(doc, indent=1))
+
+
+if __name__ == "__main__":
+    main()
