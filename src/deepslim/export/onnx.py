@@ -77,7 +77,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input
     ``example_input`` is one tensor or a tuple of them (``(input_ids, attention_mask)``): the file then has one input
     per tensor (``input``, ``input_1``, ...), every one with a dynamic batch dimension, and the check feeds them all.
     """
-    from deepslim.compress.quantize._fidelity import scores_are_classes
+    from deepslim.compress.quantize import scores_are_classes
     from deepslim.export._dynamic_int8 import dynamic_layers, export_dynamic
     from deepslim.export.qdq import float_copy, quantized_layers, write_qdq
 
@@ -145,7 +145,7 @@ def _check_inputs(xs: Inputs, calib_data: Iterable[Any] | None, batches: int = 4
         if i >= batches:
             break
         if isinstance(batch, Mapping) and model is not None:  # a dict batch: its entries in forward's order
-            from deepslim.compress.quantize._inputs import batch_inputs
+            from deepslim.compress.quantize import batch_inputs
 
             batch = batch_inputs(model, batch, len(xs))
         if isinstance(batch, (tuple, list)):

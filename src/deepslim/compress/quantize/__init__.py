@@ -14,6 +14,7 @@ from torch.nn.utils import parametrize
 
 from deepslim._modes import inference_mode
 from deepslim.compress.quantize import _dynamic
+from deepslim.compress.quantize._dynamic import dynamic_state, set_dynamic_state
 from deepslim.compress.quantize._fakequant import fake_quantize, qrange, sqnr_db
 from deepslim.compress.quantize._fidelity import (
     FIDELITY_ATTR,
@@ -23,9 +24,10 @@ from deepslim.compress.quantize._fidelity import (
     measure,
     outputs,
     refusal,
+    scores_are_classes,
 )
 from deepslim.compress.quantize._fold import fold_batchnorm_
-from deepslim.compress.quantize._inputs import model_inputs
+from deepslim.compress.quantize._inputs import batch_inputs, model_inputs
 from deepslim.compress.quantize._points import (
     disable_points_,
     exporting,
@@ -371,7 +373,8 @@ def _encoding(m: nn.Module) -> nn.Module | None:
 
 __all__ = [
     "BinaryConfig", "Calibration", "Fidelity", "Float16Config", "KMeansConfig", "KMeansInit", "LinearQuantConfig",
-    "PowerOfTwoConfig", "QUANTIZABLE", "QuantReport", "QuantizationError", "TernaryConfig", "apply_half", "cluster_",
-    "disable_points_", "exporting", "fake_quantize", "fold_batchnorm_", "insert_points_", "qrange",
-    "quantization_report", "quantize_", "sqnr_db",
+    "PowerOfTwoConfig", "QUANTIZABLE", "QuantReport", "QuantizationError", "TernaryConfig", "apply_half",
+    "batch_inputs", "cluster_", "disable_points_", "dynamic_state", "exporting", "fake_quantize", "fold_batchnorm_",
+    "insert_points_", "qrange", "quantization_report", "quantize_", "scores_are_classes", "set_dynamic_state",
+    "sqnr_db",
 ]  # fmt: skip
