@@ -66,13 +66,14 @@ class _Tensor:
 
 def _module_kinds(model: nn.Module) -> dict[str, dict[str, Any]]:
     """Modules whose kind differs from the plain architecture: quantized layers, fp16 layers, folded batch norms."""
+    from deepslim.compress.quantize import dynamic_state
     from deepslim.compress.quantize.linear import QuantMixin
 
     kinds: dict[str, dict[str, Any]] = {}
     for name, m in model.named_modules():
-        if isinstance(m, QuantMixin):
+        if isinstance(m, QuantMixin):  # a dynamic int8 layer adds its fp32 and scaled channels
             kinds[name] = {"kind": "quant", "bits": m.bits, "act_bits": m.act_bits, "per_channel": m.per_channel,
-                           "symmetric": m.symmetric}  # fmt: skip
+                           "symmetric": m.symmetric, **dynamic_state(m)}  # fmt: skip
         elif isinstance(m, nn.Identity):
             kinds[name] = {"kind": "identity"}
         elif getattr(m, "deepslim_half", None):
@@ -95,7 +96,7 @@ def _inference_tensors(model: nn.Module) -> list[_Tensor]:
             if isinstance(m, QuantMixin) and key == "weight_scale":
                 continue  # folded into the weight's codes
             item = _Tensor(prefix + key, t.detach())
-            if isinstance(m, QuantMixin) and key == "weight":
+            if isinstance(m, QuantMixin) and key == "weight" and not m.dynamic:  # dynamic: quantized per forward
                 codes, scale, zero, axis = m.weight_codes()
                 item.linear = (codes, scale, zero, axis, m.bits)
                 item.value = _dequantize(codes, scale, zero, axis)
@@ -493,7 +494,7 @@ def _decode_tensor(entry: dict[str, Any], payload: memoryview) -> tuple[torch.Te
 
 def _build(model: nn.Module, kinds: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> nn.Module:
     """``model`` (a fresh architecture) resized to ``shapes`` and with its modules turned into the recorded kinds."""
-    from deepslim.compress.quantize import apply_half
+    from deepslim.compress.quantize import Calibration, apply_half, set_dynamic_state
     from deepslim.compress.quantize.linear import QUANTIZABLE
     from deepslim.models import resize_like_
 
@@ -510,6 +511,12 @@ def _build(model: nn.Module, kinds: dict[str, Any], shapes: dict[str, tuple[int,
             m.__class__ = QUANTIZABLE[type(m)]
             quant: Any = m  # a QuantMixin layer now
             quant.init_quant(spec["bits"], spec["act_bits"], spec["per_channel"], spec["symmetric"], False)
+            try:
+                set_dynamic_state(quant, spec)
+            except ValueError as exc:
+                raise ArchiveError(f"module {name}: malformed dynamic int8 record: {exc}") from None
+            if spec.get("dynamic"):
+                setattr(model, "deepslim_calibration", Calibration.DYNAMIC)  # noqa: B010  (what the report reads)
         elif spec["kind"] == "half":
             apply_half(m, spec["dtype"])
     # folded convolutions gained a bias

@@ -88,8 +88,9 @@ def dynamic_linear(m: Any, x: torch.Tensor) -> torch.Tensor:
     plus the fp32 split channels (see the module docstring)."""
     w, bias = m.weight, m.bias
     xi, wi = x, w
-    if m.in_scale is not None:  # the same product in float: (x / s) · (w · s)
-        xi, wi = x * (1.0 / m.in_scale), w * m.in_scale
+    if m.in_scale is not None:  # the same product in float: (x / s) · (w · s); s in the layer's dtype and device
+        s = m.in_scale.to(dtype=x.dtype, device=x.device)
+        xi, wi = x * (1.0 / s), w * s
     if m.split_in is not None:
         keep = torch.ones(w.shape[1], dtype=x.dtype, device=x.device)
         keep[m.split_in] = 0.0
@@ -218,13 +219,25 @@ def dynamic_state(m: nn.Module) -> dict[str, Any]:
 
 
 def set_dynamic_state(m: nn.Module, state: dict[str, Any]) -> None:
-    """Restore :func:`dynamic_state` on a quantized layer."""
+    """Restore :func:`dynamic_state` on a quantized layer (rebuilt from a file); ValueError when a channel list or
+    the scales do not fit the layer's weight (a malformed or foreign record)."""
     if not state.get("dynamic"):
         return
-    setattr(m, "dynamic", True)  # noqa: B010
-    for key in ("split_in", "split_out"):
+    weight = getattr(m, "weight", None)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        raise ValueError(f"a dynamic int8 record on a {type(m).__name__}, which has no (out, in) weight")
+    width = {"split_in": weight.shape[1], "split_out": weight.shape[0]}
+    for key, n in width.items():
         value = state.get(key)
+        if value is not None and not (isinstance(value, list) and value and all(
+                type(c) is int and 0 <= c < n for c in value) and len(set(value)) == len(value)):  # fmt: skip
+            raise ValueError(f"{key} {value!r} holds channels outside the weight's {n} (or is not a list of them)")
         setattr(m, key, None if value is None else torch.tensor(value, dtype=torch.long))
     scale = state.get("in_scale")
+    if scale is not None and not (isinstance(scale, list) and len(scale) == weight.shape[1] and all(
+            isinstance(v, float) and v > 0 for v in scale)):  # fmt: skip
+        raise ValueError(f"in_scale holds {len(scale) if isinstance(scale, list) else scale!r} values, not "
+                         f"{weight.shape[1]} positive scales (one per input channel, outside the weight's range)")
     setattr(m, "in_scale", None if scale is None else torch.tensor(scale, dtype=torch.float32))  # noqa: B010
     setattr(m, "split_rows", bool(state.get("split_rows")))  # noqa: B010
+    setattr(m, "dynamic", True)  # noqa: B010
