@@ -20,6 +20,7 @@ from deepslim.cli._common import (
     prepare,
     threads_arg,
 )
+from deepslim.cli.quantize import AUTO_HELP, CALIBRATIONS
 from deepslim.errors import ConfigError
 from deepslim.export.bench import FILE_RUNTIMES, RUNTIMES
 
@@ -29,7 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_model_args(p)
     p.add_argument("-f", "--format", choices=["onnx"], default="onnx")
     p.add_argument("--int8", action="store_true", help="quantize (u8 activations, s8 per-channel weights) first")
-    p.add_argument("--calibration", choices=["minmax", "percentile", "mse", "entropy"], default="minmax")
+    p.add_argument("--calibration", choices=CALIBRATIONS, default="auto",
+                   help=f"--int8: how activations are quantized (default auto: {AUTO_HELP})")  # fmt: skip
     p.add_argument("--data", help="dataset spec: calibration (needed by --int8 and by quantized models)")
     p.add_argument("--input-shape", help="example input shape (default: the zoo model's or the data's)")
     p.add_argument("-o", "--output", required=True, help="ONNX file to write")

@@ -21,6 +21,11 @@ from deepslim.cli._technique import add_technique_args, build_config, given, res
 from deepslim.errors import ConfigError
 from deepslim.techniques import Technique
 
+# linear quantization's calibrations (deepslim.compress.quantize.Calibration), as --calibration takes them
+CALIBRATIONS = ["auto", "minmax", "percentile", "mse", "entropy", "dynamic"]
+AUTO_HELP = ("dynamic int8, ranges per batch, for a Hugging Face BERT-style sentence encoder that ONNX Runtime fuses "
+             "(its fast int8 file); static minmax ranges for every other model")  # fmt: skip
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("quantize", help="quantize weights (and activations) and measure accuracy and bytes")
@@ -29,7 +34,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "(half precision), or a quantization technique a --plugin registers")  # fmt: skip
     p.add_argument("--bits", type=int, help="weight bits (linear 2-8, kmeans 1-8, pow2 2-8; default 8)")
     p.add_argument("--activation-bits", type=int, help="linear: activation bits (default 8); 0 for weight-only")
-    p.add_argument("--calibration", choices=["minmax", "percentile", "mse", "entropy"], help="linear: default minmax")
+    p.add_argument("--calibration", choices=CALIBRATIONS, help=f"linear: default auto ({AUTO_HELP})")
     p.add_argument("--per-tensor", action="store_true", help="linear: one scale per tensor, not per channel")
     p.add_argument("--skip", action="append", default=[], metavar="LAYER", help="layer or re:PATTERN to keep")
     add_technique_args(p)
