@@ -10,7 +10,8 @@ held-out test split of:
 - NNCF int8 PTQ (ONNX backend) run in ONNX Runtime.
 Latency: 1×3×32×32, at the run's threads, all files in one round-robin (deepslim.interleave), each in its own
 process. ``--threads`` (default 1, as the other benchmarks that train) fixes torch's intra-op threads for training
-and the latency threads: a trained model depends on it (BENCHMARKS.md session 8); the run before session 9 used 2.
+(given to ``fit``: its load policy would otherwise train at 1 thread on a busy machine unless OMP_NUM_THREADS is
+set) and the latency threads: a trained model depends on it (BENCHMARKS.md session 8); the 2026-11-23 run used 2.
 The JSON is written after every model and seed, so a long run never loses it all.
 
     python benchmarks/quantization_shapes.py [--json OUT] [--seeds 2] [--threads N]
@@ -38,7 +39,7 @@ def run(name: str, seed: int, data: ds.DataBundle, tmp: Path, threads: int) -> d
     torch.manual_seed(seed)
     model = ds.create_model(name, num_classes=data.num_classes, **MODELS[name])
     start = time.perf_counter()
-    ds.fit(model, data, epochs=15, lr=2e-3, seed=seed)
+    ds.fit(model, data, epochs=15, lr=2e-3, seed=seed, threads=threads)  # not the load policy: see --threads
     train_s = time.perf_counter() - start
     x = data.example_input
     calib_np = [b.numpy() for b, _ in data.calib]
