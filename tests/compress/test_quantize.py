@@ -68,7 +68,7 @@ def test_calibration_methods_clip_outliers():
     x = torch.randn(100_000).abs()
     x[:5] = 50.0  # rare activation outliers
     ranges = {}
-    for method in Calibration:
+    for method in (Calibration.MINMAX, Calibration.PERCENTILE, Calibration.MSE, Calibration.ENTROPY):  # static ones
         obs = Observer(method, 8)
         obs.update(x)
         ranges[method] = obs.range()

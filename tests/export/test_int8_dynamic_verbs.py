@@ -187,19 +187,23 @@ def test_bad_dynamic_combinations_are_config_errors(kwargs, message):
         ds.LinearQuantConfig(**kwargs)
 
 
-def test_dynamic_int8_of_a_convnet_or_where_no_encoder_fuses_is_refused_by_name(tmp_path):
+def test_dynamic_int8_of_a_convnet_or_where_no_encoder_fuses_is_refused_by_name_and_leaves_the_model_alone():
     net = _Net().eval()
+    before = copy.deepcopy(net.state_dict())
     calib = [torch.randn(4, 3, 10, 10)]
-    with pytest.raises(ConfigError, match=r"conv \(QConv2d\) is not one: use calibration='minmax'"):
+    with pytest.raises(ConfigError, match=r"conv \(Conv2d\) is not one: use calibration='minmax'"):
         ds.quantize_(net, ds.LinearQuantConfig(calibration="dynamic"), calib_data=calib)
     assert not any(isinstance(m, QuantMixin) for m in net.modules())  # left in float
+    after = net.state_dict()  # the batch norm not folded into the convolution
+    assert type(net.bn) is nn.BatchNorm2d and after.keys() == before.keys()
+    assert all(torch.equal(after[k], before[k]) for k in before)
     with pytest.raises(ConfigError, match="this model's calibration is 'minmax'"):
         ds.quantize_(net, ds.LinearQuantConfig(split_outliers=1), calib_data=calib)  # auto is minmax here
+    assert type(net.bn) is nn.BatchNorm2d and torch.equal(net.conv.bias, before["conv.bias"])
     mlp = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3)).eval()
-    ds.quantize_(mlp, ds.LinearQuantConfig(calibration="dynamic"), calib_data=[torch.randn(4, 5, 6)])
-    with pytest.raises(ExportError, match="needs a Hugging Face BERT-style encoder"):
-        ds.export_onnx(mlp, tmp_path / "m.onnx", example_input=torch.randn(2, 5, 6))
-    assert not (tmp_path / "m.onnx").exists()
+    with pytest.raises(ConfigError, match="needs a Hugging Face BERT-style sentence encoder"):
+        ds.quantize_(mlp, ds.LinearQuantConfig(calibration="dynamic"), calib_data=[torch.randn(4, 5, 6)])
+    assert not any(isinstance(m, QuantMixin) for m in mlp.modules())
 
 
 def test_a_query_quantized_without_its_key_and_value_is_an_export_error(tmp_path):

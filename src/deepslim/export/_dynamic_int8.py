@@ -120,9 +120,9 @@ def export_dynamic(model: nn.Module, dest: Path, xs: tuple[torch.Tensor, ...], i
         raise ExportError("dynamic int8 export writes ONNX Runtime's fused transformer graph and needs a Hugging Face "
                           "BERT-style encoder (its config's heads and width); quantize this model with "
                           "calibration='minmax' for a static int8 file")  # fmt: skip
-    if opset != 18:
-        raise ExportError(f"the fused int8 graph is written at opset 17 (ONNX Runtime's fusion); opset={opset} "
-                          "cannot be honoured")  # fmt: skip
+    if opset not in (17, 18):  # 18: export_onnx's default, which the fused file cannot keep
+        raise ExportError(f"a dynamic int8 file is ONNX Runtime's fused graph, always written at opset 17; "
+                          f"opset={opset} cannot be honoured: pass opset=17 (or leave the default)")  # fmt: skip
     per_channel = {bool(m.per_channel) for m in layers.values()}
     traced = tuple(t if t.ndim == 0 or t.shape[0] > 1 else torch.cat([t, t]) for t in xs)
     given = _given(layers)

@@ -127,10 +127,10 @@ def _linear(model: nn.Module, config: LinearQuantConfig, *, calib_data: Iterable
     if calib_data is not None and example is not None and config.min_cosine > 0:
         batches = check_batches(calib_data, len(example), model=model)
         check = (batches, *outputs(model, batches))  # the float model's outputs, before anything changes
+    method = _calibration(model, config)  # refusals before anything changes (batch norms folded)
     if config.fold_batchnorm:
         folded = fold_batchnorm_(model, example)
         log.info("folded %d batch norms into their convolutions", len(folded))
-    method = _calibration(model, config)
     stats = {}
     if method is Calibration.DYNAMIC:  # the feed-forward blocks' channel ranges, in float
         assert calib_data is not None
@@ -165,6 +165,13 @@ def _calibration(model: nn.Module, config: LinearQuantConfig) -> Calibration:
                           f"encoder; this model's calibration is {method.value!r} (calibration='auto' means "
                           "'dynamic' only for encoders that ONNX Runtime fuses): leave them unset or pass "
                           "calibration='dynamic'")  # fmt: skip
+    if method is Calibration.DYNAMIC:
+        targets = {n: m for n, (m, _) in _targets(model, config.overrides, config.bits).items() if quantizable(m)}
+        _dynamic.check_dynamic(model, targets)
+        if not _dynamic.gelu_blocks(model) and (config.split_outliers or config.split_inputs or config.scale_inputs):
+            raise ConfigError("split_outliers/split_inputs/scale_inputs act on feed-forward blocks whose activation "
+                              "ONNX Runtime fuses (exact GELU, hidden_act='gelu'); this encoder's is another: leave "
+                              "them unset")  # fmt: skip
     return method
 
 
@@ -174,7 +181,9 @@ def _dynamic_(model: nn.Module, config: LinearQuantConfig, swapped: dict[str, Qu
     ``stats`` (the model back in float on a ConfigError)."""
     try:
         _dynamic.make_dynamic_(swapped)
-        _dynamic.plan_splits_(model, swapped, stats, *config.channel_settings())
+        # no fused (MatMul, BiasGelu, MatMul) block to split or scale channels in when the activation is not GELU
+        settings = config.channel_settings() if _dynamic.gelu_blocks(model) else (0, 0, 0)
+        _dynamic.plan_splits_(model, swapped, stats, *settings)
     except ConfigError:
         for m in swapped.values():
             swap_to_float(m)

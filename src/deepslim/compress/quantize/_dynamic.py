@@ -32,7 +32,7 @@ from torch import nn
 from deepslim._modes import inference_mode
 from deepslim.compress.quantize._inputs import batch_inputs
 from deepslim.compress.quantize.observers import Calibration
-from deepslim.errors import ConfigError
+from deepslim.errors import ConfigError, DataError
 
 # the encoders whose ONNX graph ONNX Runtime's transformer optimizer fuses (eager BERT-style attention)
 FUSED_ENCODERS = ("deepslim.models.hf.SentenceEncoder",)
@@ -67,20 +67,24 @@ def resolve(model: nn.Module, config: Any) -> Calibration:
 def dynamic_u8(x: torch.Tensor) -> torch.Tensor:
     """``x`` quantized to u8 over its own range and back, as ``DynamicQuantizeLinear`` does: [min(x, 0),
     max(x, 0)], step (max − min) / 255, zero point round(−min / step), codes round(x / step) + zero (half to even)."""
+    if x.numel() == 0:
+        raise DataError(f"dynamic int8 got an empty input (shape {tuple(x.shape)}): a batch needs at least one row "
+                        "and one token")  # fmt: skip
     lo = torch.clamp(x.detach().min(), max=0.0)
     hi = torch.clamp(x.detach().max(), min=0.0)
     scale = (hi - lo) / 255.0
     scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # all zeros: step 1, as ONNX Runtime (no branch)
     zero = torch.round(torch.clamp(-lo / scale, 0.0, 255.0))
     q = torch.clamp(torch.round(x / scale) + zero, 0.0, 255.0)
-    return (q - zero) * scale
+    return ((q - zero) * scale).detach() + (x - x.detach())  # straight-through: gradients reach the float input
 
 
 def _s8_per_channel(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
     """``w`` (out, in) quantized to s8 symmetric, per output channel (or per tensor), and back."""
     bound = w.detach().abs().amax(1, keepdim=True) if per_channel else w.detach().abs().amax().reshape(1, 1)
     scale = torch.where(bound > 0, bound / 127.0, torch.ones_like(bound))
-    return torch.clamp(torch.round(w / scale), -127, 127) * scale
+    q = torch.clamp(torch.round(w / scale), -127, 127) * scale
+    return q.detach() + (w - w.detach())  # straight-through, as the static weights: fine-tuning trains the floats
 
 
 def dynamic_linear(m: Any, x: torch.Tensor) -> torch.Tensor:
@@ -195,13 +199,31 @@ def _scales(amax: torch.Tensor, k: int) -> tuple[torch.Tensor, list[int]]:
     return s, ch
 
 
-def make_dynamic_(layers: dict[str, Any]) -> None:
-    """Mark the quantized ``layers`` dynamic; only linear layers run on ONNX Runtime's dynamic MatMul kernels."""
+def check_dynamic(model: nn.Module, layers: dict[str, Any]) -> None:
+    """ConfigError unless dynamic int8 of ``layers`` has an outlet: linear layers only (ONNX Runtime's dynamic
+    kernels run MatMul and Attention) of an encoder whose fused graph the exporter writes (:func:`fused_encoder`;
+    the archive and ``export_onnx`` take it). Checked before anything changes."""
     wrong = [f"{n} ({type(m).__name__})" for n, m in layers.items() if not isinstance(m, nn.Linear)]
     if wrong:
         raise ConfigError(f"calibration='dynamic' quantizes linear layers (ONNX Runtime's dynamic int8 runs MatMul "
                           f"and Attention); {wrong[0]} is not one: use calibration='minmax' or skip it with "
                           f"overrides={{{wrong[0].split(' ')[0]!r}: None}}")  # fmt: skip
+    if layers and not fused_encoder(model):
+        raise ConfigError("calibration='dynamic' is written as ONNX Runtime's fused transformer graph and needs a "
+                          "Hugging Face BERT-style sentence encoder (deepslim.models.hf, eager attention, no token "
+                          "merging); use calibration='minmax' (or 'auto') for this model")  # fmt: skip
+
+
+def gelu_blocks(model: nn.Module) -> bool:
+    """Whether the encoders' feed-forward activation is exact GELU (``hidden_act='gelu'``), which ONNX Runtime fuses
+    into the (MatMul, BiasGelu, MatMul) block whose channels the exporter splits or scales."""
+    acts = {getattr(cfg, "hidden_act", "gelu") for m in model.modules() if (cfg := getattr(m, "config", None))
+            is not None and hasattr(cfg, "hidden_act")}  # fmt: skip
+    return acts <= {"gelu"}
+
+
+def make_dynamic_(layers: dict[str, Any]) -> None:
+    """Mark the quantized ``layers`` dynamic (checked first by :func:`check_dynamic`)."""
     for m in layers.values():
         m.dynamic = True
 

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from deepslim.compress.quantize._fakequant import affine_params, fake_quantize, qrange
+from deepslim.errors import ConfigError
 
 
 class Calibration(Enum):
@@ -38,6 +39,9 @@ class Observer:
     max_samples = 1 << 18
 
     def __init__(self, method: Calibration, bits: int, percentile: float = 99.99):
+        if method in (Calibration.AUTO, Calibration.DYNAMIC):  # AUTO resolves first; DYNAMIC observes nothing
+            raise ConfigError(f"an Observer calibrates static ranges (minmax, percentile, mse, entropy), not "
+                              f"{method.value!r}: resolve calibration='auto' first (quantize_ does)")  # fmt: skip
         self.method, self.bits, self.percentile = method, bits, percentile
         self.lo, self.hi = float("inf"), float("-inf")
         self.samples: list[torch.Tensor] = []
