@@ -13,7 +13,7 @@ from torch import nn
 
 import deepslim as ds
 from deepslim.compress.quantize import Calibration, QuantMixin
-from deepslim.errors import ConfigError, ExportError
+from deepslim.errors import ConfigError
 
 transformers = pytest.importorskip("transformers", reason="Hugging Face encoders need the transformers package")
 ort = pytest.importorskip("onnxruntime")
@@ -206,14 +206,16 @@ def test_dynamic_int8_of_a_convnet_or_where_no_encoder_fuses_is_refused_by_name_
     assert not any(isinstance(m, QuantMixin) for m in mlp.modules())
 
 
-def test_a_query_quantized_without_its_key_and_value_is_an_export_error(tmp_path):
+def test_a_query_quantized_without_its_key_and_value_is_refused_as_dynamic_and_auto_gives_minmax(tmp_path):
     model = _local_bert(tmp_path / "bert")
-    calib = [_batch(0)]
-    ds.quantize_(model, ds.LinearQuantConfig(overrides={"re:.*layer\\.1\\.attention\\.self\\.(key|value)": None}),
-                 calib_data=calib)  # fmt: skip
-    with pytest.raises(ExportError, match="into one Attention: quantize all three or none"):
-        ds.export_onnx(model, tmp_path / "m.onnx", example_input=calib[0])
-    assert not (tmp_path / "m.onnx").exists()
+    skip = {"re:.*layer\\.1\\.attention\\.self\\.(key|value)": None}
+    with pytest.raises(ConfigError, match="layer.1.attention.self.query is quantized without .*self.key: dynamic "
+                                          "int8 fuses .* quantize all three or none"):  # fmt: skip
+        ds.quantize_(model, ds.LinearQuantConfig(calibration="dynamic", overrides=skip), calib_data=[_batch(0)])
+    assert not any(isinstance(m, QuantMixin) for m in model.modules())  # left in float
+    ds.quantize_(model, ds.LinearQuantConfig(overrides=skip), calib_data=[_batch(0)])  # e.g. a sensitivity trial
+    assert ds.quantization_report(model).calibration == "minmax"
+    assert not any(m.dynamic for m in model.modules() if isinstance(m, QuantMixin))
 
 
 def test_auto_is_dynamic_only_for_an_encoder_onnx_runtime_fuses(tmp_path):

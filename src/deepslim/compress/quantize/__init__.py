@@ -160,6 +160,9 @@ def _linear(model: nn.Module, config: LinearQuantConfig, *, calib_data: Iterable
 def _calibration(model: nn.Module, config: LinearQuantConfig) -> Calibration:
     """``config.calibration`` for ``model`` (AUTO resolved); split channels asked of a static one are refused."""
     method = _dynamic.resolve(model, config)
+    if method is Calibration.DYNAMIC and config.calibration is Calibration.AUTO and _dynamic.split_trio(
+            model, _targets(model, config.overrides, config.bits)) is not None:  # fmt: skip
+        method = Calibration.MINMAX  # part of a query/key/value trio (a sensitivity trial): no fused file to match
     if method is not Calibration.DYNAMIC and (config.split_outliers or config.split_inputs or config.scale_inputs):
         raise ConfigError(f"split_outliers/split_inputs/scale_inputs are for dynamic int8 of a transformer "
                           f"encoder; this model's calibration is {method.value!r} (calibration='auto' means "

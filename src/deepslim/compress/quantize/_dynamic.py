@@ -208,10 +208,28 @@ def check_dynamic(model: nn.Module, layers: dict[str, Any]) -> None:
         raise ConfigError(f"calibration='dynamic' quantizes linear layers (ONNX Runtime's dynamic int8 runs MatMul "
                           f"and Attention); {wrong[0]} is not one: use calibration='minmax' or skip it with "
                           f"overrides={{{wrong[0].split(' ')[0]!r}: None}}")  # fmt: skip
+    split = split_trio(model, layers)
+    if split is not None:
+        raise ConfigError(f"{split[0]} is quantized without {split[1]}: dynamic int8 fuses a layer's query, key and "
+                          f"value into one Attention, so quantize all three or none (skip {split[0]} too with "
+                          "overrides, or none of them)")  # fmt: skip
     if layers and not fused_encoder(model):
         raise ConfigError("calibration='dynamic' is written as ONNX Runtime's fused transformer graph and needs a "
                           "Hugging Face BERT-style sentence encoder (deepslim.models.hf, eager attention, no token "
                           "merging); use calibration='minmax' (or 'auto') for this model")  # fmt: skip
+
+
+def split_trio(model: nn.Module, layers: Iterable[str]) -> tuple[str, str] | None:
+    """(a quantized layer, a float one) of the first attention whose query, key and value ``layers`` hold some but
+    not all of (ORT fuses the three into one kernel, quantized or not); None when every trio is whole."""
+    names = set(layers)
+    for name, m in model.named_modules():
+        trio = [f"{name}.{p}" if name else p for p in ("query", "key", "value")
+                if isinstance(getattr(m, p, None), nn.Linear)]  # fmt: skip
+        inside = [t for t in trio if t in names]
+        if len(trio) == 3 and 0 < len(inside) < 3:
+            return inside[0], next(t for t in trio if t not in names)
+    return None
 
 
 def gelu_blocks(model: nn.Module) -> bool:
