@@ -95,8 +95,12 @@ def test_opset_17_and_the_default_are_accepted_and_another_is_refused_with_what_
     assert not (tmp_path / "n.onnx").exists()
 
 
-def test_a_dynamic_model_in_bfloat16_runs(pair):
-    _, model = pair
+def test_a_dynamic_model_with_scaled_channels_runs_in_bfloat16(tmp_path):
+    model = _local_bert(tmp_path / "bert")
+    with torch.no_grad():  # one wide LayerNorm channel: layer 1's up projection scales it down (in_scale)
+        model.get_submodule("encoder.encoder.layer.1.attention.output.LayerNorm").weight[5] = 25.0
+    ds.quantize_(model, ds.LinearQuantConfig(bits=8), calib_data=[_batch(s) for s in range(2)])
+    assert model.get_submodule("encoder.encoder.layer.1.intermediate.dense").in_scale[5] > 1
     half = copy.deepcopy(model).to(torch.bfloat16)
     ids, mask = _batch(4)
     with torch.no_grad():
