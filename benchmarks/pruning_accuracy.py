@@ -43,18 +43,21 @@ def tp_prune(model: torch.nn.Module, x: torch.Tensor, ratio: float) -> torch.nn.
 
 
 def train_dense(model_name: str, data: ds.DataBundle, options: dict[str, Any], seed: int, epochs: int,
-                lr: float) -> torch.nn.Module:  # fmt: skip
+                lr: float, *, threads: int) -> torch.nn.Module:  # fmt: skip
+    """Train at exactly ``threads`` intra-op threads: ``fit``'s own default follows the machine's load, and the trained
+    weights depend on the thread count."""
     torch.manual_seed(seed)
     dense = ds.create_model(model_name, **options)
-    ds.fit(dense, data, epochs=epochs, lr=lr, seed=seed)
+    ds.fit(dense, data, epochs=epochs, lr=lr, seed=seed, threads=threads)
     return dense
 
 
 def experiment(model_name: str, data: ds.DataBundle, options: dict[str, Any], ratios: list[float], seed: int,
-               train_epochs: int, ft_epochs: int, lr: float, dense: torch.nn.Module | None = None) -> dict[str, Any]:
+               train_epochs: int, ft_epochs: int, lr: float, dense: torch.nn.Module | None = None, *,
+               threads: int) -> dict[str, Any]:
     """Prune the dense model (trained here unless given) at each ratio with both tools, then fine-tune each."""
     if dense is None:
-        dense = train_dense(model_name, data, options, seed, train_epochs, lr)
+        dense = train_dense(model_name, data, options, seed, train_epochs, lr, threads=threads)
     x = data.example_input
     out: dict[str, Any] = {"seed": seed, "dense_accuracy": ds.evaluate(dense, data.test).accuracy,
                            "dense_macs": ds.profile(dense, x).macs, "train_epochs": train_epochs,
@@ -74,7 +77,7 @@ def experiment(model_name: str, data: ds.DataBundle, options: dict[str, Any], ra
                 row[f"{tool}_error"] = f"pruned model is broken: {exc}"
                 continue
             row[f"{tool}_pruned_accuracy"] = ds.evaluate(model, data.test).accuracy
-            ds.fit(model, data, epochs=ft_epochs, lr=lr / 2, seed=seed)
+            ds.fit(model, data, epochs=ft_epochs, lr=lr / 2, seed=seed, threads=threads)
             row[f"{tool}_accuracy"] = ds.evaluate(model, data.test).accuracy
         out["ratios"][str(ratio)] = row
     return out
@@ -84,7 +87,7 @@ def unstructured(data: ds.DataBundle, seed: int, tmp: Path, *, threads: int, den
                  epochs: tuple[int, int] = (30, 10), options: dict[str, Any] | None = None) -> dict[str, Any]:
     """90% global magnitude sparsity on LeNet-5 (trained here unless given), fine-tuned with the masks kept."""
     if dense is None:
-        model = train_dense("lenet5", data, options or {"input_size": 8}, seed, epochs[0], 2e-3)
+        model = train_dense("lenet5", data, options or {"input_size": 8}, seed, epochs[0], 2e-3, threads=threads)
     else:
         model = copy.deepcopy(dense)
     x = data.example_input
@@ -92,7 +95,7 @@ def unstructured(data: ds.DataBundle, seed: int, tmp: Path, *, threads: int, den
     ds.export_onnx(model, tmp / "dense.onnx", example_input=x)
     dense_ms = ds.benchmark(tmp / "dense.onnx", example_input=x, threads=threads, min_seconds=2.0).median_ms
     ds.prune_(model, ds.MagnitudePruneConfig(sparsity=0.9, scope="global"))
-    ds.fit(model, data, epochs=epochs[1], lr=1e-3, seed=seed)
+    ds.fit(model, data, epochs=epochs[1], lr=1e-3, seed=seed, threads=threads)
     ds.bake_masks_(model)
     ds.export_onnx(model, tmp / "sparse.onnx", example_input=x)
     sparse_ms = ds.benchmark(tmp / "sparse.onnx", example_input=x, threads=threads, min_seconds=2.0).median_ms
@@ -109,16 +112,18 @@ Save = Callable[[str, object], None]
 def run_digits(save: Save, quick: bool, threads: int) -> None:
     seeds = [0] if quick else [0, 1, 2]
     digits = ds.load_data("digits")
-    save("digits_lenet5", [experiment("lenet5", digits, {"input_size": 8}, [0.3, 0.5, 0.7], s, 30, 10, 2e-3)
+    save("digits_lenet5", [experiment("lenet5", digits, {"input_size": 8}, [0.3, 0.5, 0.7], s, 30, 10, 2e-3,
+                                      threads=threads)
                            for s in seeds])  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         save("digits_lenet5_unstructured_90", unstructured(digits, 0, Path(tmp), threads=threads))
     shapes = ds.load_data("shapes")
     small = {"num_classes": 10, "small_input": True, "input_size": 32, "width_mult": 0.5}
     epochs = (3, 1) if quick else (15, 5)
-    save("shapes_resnet20", [experiment("resnet20", shapes, {}, [0.5], 0, *epochs, 2e-3)])
-    save("shapes_resnet20_shortcut_b", [experiment("resnet20", shapes, {"shortcut": "B"}, [0.5], 0, *epochs, 2e-3)])
-    save("shapes_mobilenet_v2", [experiment("mobilenet_v2", shapes, small, [0.5], 0, *epochs, 2e-3)])
+    save("shapes_resnet20", [experiment("resnet20", shapes, {}, [0.5], 0, *epochs, 2e-3, threads=threads)])
+    save("shapes_resnet20_shortcut_b", [experiment("resnet20", shapes, {"shortcut": "B"}, [0.5], 0, *epochs, 2e-3,
+                                                     threads=threads)])
+    save("shapes_mobilenet_v2", [experiment("mobilenet_v2", shapes, small, [0.5], 0, *epochs, 2e-3, threads=threads)])
 
 
 # Fashion-MNIST budgets: (training images incl. validation or None for all 60,000, dense epochs, fine-tuning epochs)
@@ -130,9 +135,9 @@ def run_fashion(save: Save, quick: bool, threads: int) -> None:
     n_test = 500 if quick else None  # the full 10,000-image test set unless smoke-testing
     n_train, train_epochs, ft_epochs = budget["lenet5"]
     full = ds.load_data("fashion-mnist", n_train=n_train, n_test=n_test)
-    dense = train_dense("lenet5", full, {}, 0, train_epochs, 2e-3)
+    dense = train_dense("lenet5", full, {}, 0, train_epochs, 2e-3, threads=threads)
     save("fashion_lenet5", [experiment("lenet5", full, {}, [0.3, 0.5, 0.7], 0, train_epochs, ft_epochs, 2e-3,
-                                       dense=dense)])  # fmt: skip
+                                       dense=dense, threads=threads)])  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         save("fashion_lenet5_unstructured_90",
              unstructured(full, 0, Path(tmp), threads=threads, dense=dense, epochs=(train_epochs, ft_epochs)))
@@ -144,7 +149,7 @@ def run_fashion(save: Save, quick: bool, threads: int) -> None:
                                ("fashion_mobilenet_v2", "mobilenet_v2", small)):  # fmt: skip
         n_train, train_epochs, ft_epochs = budget[name]
         subset = ds.load_data("fashion-mnist", n_train=n_train, n_test=n_test)
-        save(key, [experiment(name, subset, options, [0.5], 0, train_epochs, ft_epochs, 2e-3)])
+        save(key, [experiment(name, subset, options, [0.5], 0, train_epochs, ft_epochs, 2e-3, threads=threads)])
 
 
 def summary(results: dict[str, Any]) -> None:
