@@ -149,7 +149,8 @@ def test_proxy_steps_without_a_fine_tune_for_the_finalists_is_warned_about(tmp_p
 def test_a_size_budget_recipe_ends_with_the_encode_stage_and_names_a_device_only_when_one_was_used(tmp_path):
     import yaml
 
-    from deepslim.search.recipe import policy_recipe, save_recipe
+    from deepslim.cli.search import save_recipe
+    from deepslim.search.recipe import policy_recipe
 
     space = small_space(trained_net())
     policy = space.uniform(0.5)

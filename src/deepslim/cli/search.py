@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -86,12 +87,26 @@ def _objectives(args: argparse.Namespace, budgets: list[Any]) -> list[str]:
     return ["accuracy", *dict.fromkeys(b.metric for b in budgets)] if budgets else ["accuracy", "latency"]
 
 
+def save_recipe(path: str | os.PathLike[str], doc: dict[str, Any], *, where: str = "the searched recipe") -> None:
+    """Check ``doc`` as ``deepslim compress`` will read it (:meth:`Recipe.from_dict`: every setting made explicit)
+    and write that, atomically — without a ``device`` when ``doc`` names none: the recipe class's default
+    (cortex-m7) is not what the search used, and a recipe that says it would be wrong. It lives here, in the CLI,
+    because the search package sits below the pipeline that defines recipes."""
+    from deepslim.pipeline.recipe import Recipe
+    from deepslim.search.recipe import write_recipe
+
+    checked = Recipe.from_dict(doc, where=where).to_dict()
+    if "device" not in doc:
+        checked.pop("device", None)
+    write_recipe(path, checked)
+
+
 def cmd_search(args: argparse.Namespace) -> int:
     from deepslim.data import load_data
     from deepslim.search import LatencyTable, SearchSpace, as_budgets, check_objectives, search
     from deepslim.search.budget import check_device
     from deepslim.search.evaluate import LATENCY_MODELS
-    from deepslim.search.recipe import policy_recipe, save_recipe
+    from deepslim.search.recipe import policy_recipe
     from deepslim.search.strategies import STRATEGIES
 
     if args.strategy not in STRATEGIES:  # every name is checked before the data and model are loaded

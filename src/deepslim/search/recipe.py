@@ -71,18 +71,6 @@ def policy_recipe(space: SearchSpace, policy: Policy, *, finetune_epochs: int = 
     return doc
 
 
-def save_recipe(path: str | os.PathLike[str], doc: dict[str, Any], *, where: str = "the searched recipe") -> None:
-    """Check ``doc`` as ``deepslim compress`` will read it (:meth:`Recipe.from_dict`: every setting made explicit)
-    and write that, atomically — without a ``device`` when ``doc`` names none: the recipe class's default
-    (cortex-m7) is not what the search used, and a recipe that says it would be wrong."""
-    from deepslim.pipeline.recipe import Recipe
-
-    checked = Recipe.from_dict(doc, where=where).to_dict()
-    if "device" not in doc:
-        checked.pop("device", None)
-    write_recipe(path, checked)
-
-
 def write_recipe(path: str | os.PathLike[str], doc: dict[str, Any]) -> None:
     """Write a recipe as YAML, atomically."""
     with atomic_path(path) as tmp:
