@@ -92,7 +92,8 @@ def main() -> None:
             else:
                 return
         except Exception as exc:  # reported to the parent, which raises a DeepSlimError
-            reply = {"error": f"{type(exc).__name__}: {str(exc).strip().splitlines()[0]}"}
+            first = (str(exc).strip().splitlines() or [""])[0]  # MemoryError() and alike have no message
+            reply = {"error": f"{type(exc).__name__}: {first}"}
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
 

@@ -70,7 +70,7 @@ def check_points_record(record: Any, source: str) -> dict[str, Any]:
 
     points = record.get("points") if isinstance(record, dict) else None
     ok = (isinstance(points, dict) and 0 < len(points) <= _MAX_POINTS
-          and record.get("method") in {c.value for c in Calibration}
+          and record.get("method") in {c.value for c in Calibration} - {"auto", "dynamic"}  # static points only
           and all(isinstance(n, str) and _NAME.fullmatch(n) and isinstance(p, dict)
                   and isinstance(p.get("scale"), float) and p["scale"] > 0
                   and isinstance(p.get("zero"), int) and 0 <= p["zero"] <= 255 and isinstance(p.get("enabled"), bool)
