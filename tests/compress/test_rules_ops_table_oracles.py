@@ -51,9 +51,9 @@ class _Between(nn.Module):
         return self.fc(self.op(F.relu(self.a(x))).flatten(1))
 
 
-def _dead_model(op):
+def _dead_model(op, cls=None):
     torch.manual_seed(0)
-    model = _Between(op).eval()
+    model = (cls or _Between)(op).eval()
     with torch.no_grad():  # channels 1, 3, 4, 6 dead: removing them changes nothing downstream
         model.a.weight[[1, 3, 4, 6]] = 0.0
         model.a.bias[[1, 3, 4, 6]] = 0.0
@@ -105,12 +105,7 @@ EXPORT_BLOCKED = {
 
 
 def _exported(op):
-    torch.manual_seed(0)
-    model = _Exported(op).eval()
-    with torch.no_grad():
-        model.a.weight[[1, 3, 4, 6]] = 0.0
-        model.a.bias[[1, 3, 4, 6]] = 0.0
-    return model
+    return _dead_model(op, _Exported)
 
 
 @pytest.mark.parametrize("case", list(EXPORT_PRUNABLE))
