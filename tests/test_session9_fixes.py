@@ -27,3 +27,24 @@ def test_a_points_record_naming_a_calibration_without_static_points_is_refused(m
     with pytest.raises(ModelLoadError, match="malformed quantization points record"):
         check_points_record(record, "m.dsz")
     assert check_points_record({**record, "method": "minmax"}, "m.dsz")["method"] == "minmax"
+
+
+def test_fine_tuning_after_static_int8_trains_every_layer_and_the_forward_stays_the_codes() -> None:
+    import copy
+
+    import torch
+
+    import deepslim as ds
+
+    torch.manual_seed(0)
+    data = ds.load_data("digits")
+    model = ds.quantize_(copy.deepcopy(ds.create_model("lenet5", input_size=8)),
+                         ds.LinearQuantConfig(calibration="minmax"), calib_data=data.calib)  # fmt: skip
+    x, y = next(iter(data.train))
+    with torch.no_grad():
+        codes = model(x)
+    out = model(x)
+    assert torch.equal(out, codes)  # the straight-through path changes gradients only
+    torch.nn.functional.cross_entropy(out, y).backward()
+    first = model.features[0].weight.grad
+    assert first is not None and float(first.abs().sum()) > 0  # was exactly 0: the input rounding stopped it

@@ -224,7 +224,13 @@ class QuantMixin(nn.Module):
             grad = 1.0 / math.sqrt(x[0].numel() * qmax)
             return torch._fake_quantize_learnable_per_tensor_affine(
                 x, self.act_scale.view(1), self.act_zero.float().view(1), qmin, qmax, grad)  # fmt: skip
-        return fake_quantize(x, self.act_scale, self.act_zero, qmin, qmax)
+        q = fake_quantize(x, self.act_scale, self.act_zero, qmin, qmax)
+        if isinstance(x, torch.Tensor) and torch.is_grad_enabled() and x.requires_grad:
+            # training a post-training-quantized model (fine-tuning after quantize_): the rounding has no gradient,
+            # so pass it straight through as QAT does — the forward stays exactly the codes, and the layers before
+            # this one train too (without it only the layers after the last quantized input did)
+            return q.detach() + (x - x.detach())
+        return q
 
     def freeze_activation_range(self, lo: float, hi: float) -> None:
         assert self.act_bits is not None
