@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from deepslim.compress.quantize.observers import Calibration, Observer
+from deepslim.errors import ConfigError
 
 
 @pytest.fixture(scope="module")
@@ -183,12 +184,18 @@ def test_entropy_is_not_fooled_by_where_the_mass_sits():
 
 
 def test_constant_data_and_no_data():
-    for method in Calibration:
+    for method in (c for c in Calibration if c not in (Calibration.AUTO, Calibration.DYNAMIC)):
         obs = Observer(method, 8)
         obs.update(torch.full((10,), 0.5))
         assert obs.range() == (0.5, 0.5)
         with pytest.raises(RuntimeError, match="^observer saw no data$"):
             Observer(method, 8).range()
+
+
+def test_an_observer_refuses_the_calibrations_without_static_ranges():
+    for method in (Calibration.AUTO, Calibration.DYNAMIC):
+        with pytest.raises(ConfigError, match=f"not '{method.value}'"):
+            Observer(method, 8)
 
 
 def test_large_batches_are_subsampled_reproducibly():

@@ -371,3 +371,9 @@ def run_command(func: Command, args: argparse.Namespace) -> int:
         err.print(f"deepslim: internal error: {type(exc).__name__}: {exc} (rerun with --debug for a traceback)",
                   markup=False)  # fmt: skip
         return 1
+
+
+# linear quantization's calibrations (deepslim.compress.quantize.Calibration), as --calibration takes them
+CALIBRATIONS = ["auto", "minmax", "percentile", "mse", "entropy", "dynamic"]
+AUTO_HELP = ("dynamic int8, ranges per batch, for a Hugging Face BERT-style sentence encoder that ONNX Runtime fuses "
+             "(its fast int8 file); static minmax ranges for every other model")  # fmt: skip

@@ -11,6 +11,8 @@ from typing import Any
 from rich.table import Table
 
 from deepslim.cli._common import (
+    AUTO_HELP,
+    CALIBRATIONS,
     add_model_args,
     busy,
     check_output,
@@ -20,7 +22,6 @@ from deepslim.cli._common import (
     prepare,
     threads_arg,
 )
-from deepslim.cli.quantize import AUTO_HELP, CALIBRATIONS
 from deepslim.errors import ConfigError
 from deepslim.export.bench import FILE_RUNTIMES, RUNTIMES
 

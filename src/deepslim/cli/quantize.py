@@ -7,6 +7,8 @@ import json
 from typing import Any
 
 from deepslim.cli._common import (
+    AUTO_HELP,
+    CALIBRATIONS,
     MODEL_SUFFIXES,
     add_model_args,
     busy,
@@ -20,11 +22,6 @@ from deepslim.cli._common import (
 from deepslim.cli._technique import add_technique_args, build_config, given, resolve_method
 from deepslim.errors import ConfigError
 from deepslim.techniques import Technique
-
-# linear quantization's calibrations (deepslim.compress.quantize.Calibration), as --calibration takes them
-CALIBRATIONS = ["auto", "minmax", "percentile", "mse", "entropy", "dynamic"]
-AUTO_HELP = ("dynamic int8, ranges per batch, for a Hugging Face BERT-style sentence encoder that ONNX Runtime fuses "
-             "(its fast int8 file); static minmax ranges for every other model")  # fmt: skip
 
 
 def register(sub: argparse._SubParsersAction) -> None:
