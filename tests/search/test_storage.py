@@ -184,3 +184,25 @@ def test_a_trial_claimed_by_a_worker_stopped_before_it_recorded_itself_is_releas
     monkeypatch.setattr(st, "UNRECORDED_GRACE_S", 0.0)  # (30 s later) nothing else would release it: no heartbeat
     assert st.release_dead_trials(study) == [running.number]  # a resumed search used to wait for it for ever
     assert [t.state.name for t in study.get_trials()] == ["FAIL", "WAITING"]
+
+
+@pytest.mark.parametrize("when", ["mid-trial", "before-tell"])
+def test_a_worker_whose_trial_another_worker_failed_goes_on_instead_of_dying(tmp_path, when, caplog):
+    # a heartbeat that lapses on a busy machine lets another worker fail a live trial (and queue its retry): the
+    # worker still running it then met a finished trial — in the objective's next suggest, or when telling
+    study = create_study_once(None, "s", ["minimize"], metadata={"space_fingerprint": FP}, out_dir=tmp_path)
+    add_trial_slots(study, 3)
+
+    def run(trial):
+        if trial.number == 0:
+            study._storage.set_trial_state_values(trial._trial_id, state=FAIL)  # as the other worker does
+            if when == "mid-trial":
+                return objective(trial)
+            return 1.0
+        return objective(trial)
+
+    with caplog.at_level("WARNING", logger="deepslim.search.storage"):
+        assert run_queued_trials(study, run) == 2
+    states = {t.number: t.state for t in study.get_trials()}
+    assert states == {0: FAIL, 1: COMPLETE, 2: COMPLETE}
+    assert "trial 0 was failed by another worker while it ran here" in caplog.text

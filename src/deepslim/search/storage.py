@@ -388,13 +388,35 @@ def run_queued_trials(study: Any, objective: Callable[[Any], Any], *,
         try:
             with heartbeat(study, trial):
                 value = objective(trial)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            _taken_over(trial)
+            continue
         except recoverable as exc:
             log.warning("trial %d failed: %s", trial.number, exc)
             trial.set_user_attr("error", str(exc))
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            _tell(study, trial, state=optuna.trial.TrialState.FAIL)
             continue
         except Exception:
-            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            _tell(study, trial, state=optuna.trial.TrialState.FAIL)
             raise
-        study.tell(trial, value)
-        done += 1
+        done += _tell(study, trial, value)
+
+
+def _taken_over(trial: Any) -> None:
+    log.warning("trial %d was failed by another worker while it ran here (its heartbeat lapsed on a busy machine); "
+                "its retry runs instead", trial.number)  # fmt: skip
+
+
+def _tell(study: Any, trial: Any, value: Any = None, **state: Any) -> bool:
+    """``study.tell``, unless another worker has already failed the trial (a heartbeat that lapsed while it ran:
+    its retry is queued): then a warning, not a dead worker. Whether the result was recorded."""
+    optuna = _optuna()
+    if study._storage.get_trial(trial._trial_id).state.is_finished():
+        _taken_over(trial)
+        return False
+    try:
+        study.tell(trial, value, **state)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        _taken_over(trial)
+        return False
+    return True
