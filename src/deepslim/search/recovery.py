@@ -11,7 +11,8 @@ registered here, so that a searched recipe rebuilds exactly the model the search
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import itertools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,31 +94,37 @@ def proxy_batches(data: Any, steps: int, *, teacher: nn.Module | None = None,
     from deepslim.tasks import get_task
 
     task = get_task(None, getattr(data, "task", None))
-    want = min(steps, PROXY_CACHE)
-    found: list[tuple[Any, Any, Any]] = []
     was = teacher.training if teacher is not None else False
     torch.manual_seed(seed)
     try:
         if teacher is not None:
             teacher.eval()
-        while len(found) < want:
-            before = len(found)
-            for batch in data.train:
-                inputs, target = task.split(batch)
-                ref = None
-                if teacher is not None:
-                    with torch.no_grad():
-                        ref = task.forward(teacher, inputs)
-                found.append((inputs, target, ref))
-                if len(found) >= want:
-                    break
-            if len(found) == before:
-                raise DataError("the training data yielded no batches for the proxy; give the search a training "
-                                "loader with at least one batch (or proxy_steps=0)")  # fmt: skip
+        empty = "the training data yielded no batches for the proxy; give the search a training loader with at least "
+        draws = _draws(data, task, teacher, lambda n: empty + "one batch (or proxy_steps=0)")
+        return list(itertools.islice(draws, min(steps, PROXY_CACHE)))
     finally:
         if teacher is not None:
             teacher.train(was)
-    return found
+
+
+def _draws(data: Any, task: Any, teacher: nn.Module | None,
+           empty: Callable[[int], str]) -> Iterator[tuple[Any, Any, Any]]:  # fmt: skip
+    """(inputs, target, the ``teacher``'s outputs or None) for every batch of ``data``'s training loader, cycling
+    through it for ever; a pass that yields nothing is a DataError (``empty(batches yielded so far)``): an empty
+    loader (fewer rows than a batch with drop_last, a spent iterator) would otherwise loop for ever."""
+    n = 0
+    while True:
+        before = n
+        for batch in data.train:
+            inputs, target = task.split(batch)
+            ref = None
+            if teacher is not None:
+                with torch.no_grad():
+                    ref = task.forward(teacher, inputs)
+            n += 1
+            yield inputs, target, ref
+        if n == before:
+            raise DataError(empty(n))
 
 
 def short_finetune_(model: nn.Module, data: Any, *, steps: int, lr: float = 1e-3, seed: int = 0,
@@ -141,6 +148,8 @@ def short_finetune_(model: nn.Module, data: Any, *, steps: int, lr: float = 1e-3
     reestimate_bn_(model, data.calib, task=task)
     if steps == 0:
         return 0
+    if batches is not None and not batches:
+        raise DataError("the proxy was given no batches; draw them with proxy_batches (or proxy_steps=0)")
     torch.manual_seed(seed)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=lr)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda i: max(0.0, 1.0 - i / steps))
@@ -148,43 +157,19 @@ def short_finetune_(model: nn.Module, data: Any, *, steps: int, lr: float = 1e-3
     model.train()
     if teacher is not None:
         teacher.eval()
-    done = 0
+    stream = itertools.cycle(batches) if batches is not None else _draws(data, task, teacher, lambda n: (
+        f"the training data yielded no batches after {n} of {steps} proxy steps; give the search a training loader "
+        "with at least one batch (or proxy_steps=0)"))  # fmt: skip
     try:
-        if batches is not None:
-            if not batches:
-                raise DataError("the proxy was given no batches; draw them with proxy_batches (or proxy_steps=0)")
-            for i in range(steps):
-                inputs, target, ref = batches[i % len(batches)]
-                out = task.forward(model, inputs)
-                loss = task.loss(out, target) if ref is None else task.distill_loss(
-                    out, ref, target, temperature=temperature, alpha=alpha)  # fmt: skip
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-            return steps
-        while done < steps:
-            before = done
-            for batch in data.train:
-                inputs, target = task.split(batch)
-                out = task.forward(model, inputs)
-                if teacher is None:
-                    loss = task.loss(out, target)
-                else:
-                    with torch.no_grad():
-                        ref = task.forward(teacher, inputs)
-                    loss = task.distill_loss(out, ref, target, temperature=temperature, alpha=alpha)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                sched.step()
-                done += 1
-                if done >= steps:
-                    break
-            if done == before:  # an empty loader (fewer rows than a batch with drop_last, a spent iterator)
-                raise DataError(f"the training data yielded no batches after {done} of {steps} proxy steps; give the "
-                                "search a training loader with at least one batch (or proxy_steps=0)")  # fmt: skip
+        for inputs, target, ref in itertools.islice(stream, steps):
+            out = task.forward(model, inputs)
+            loss = task.loss(out, target) if ref is None else task.distill_loss(
+                out, ref, target, temperature=temperature, alpha=alpha)  # fmt: skip
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
     finally:
         for m, mode in modes:
             m.train(mode)
-    return done
+    return steps
