@@ -23,6 +23,7 @@ from torch import nn
 
 from deepslim._io import atomic_path
 from deepslim.errors import ExportError
+from deepslim.models.hf import attention_heads
 
 FORMAT = "fused-int8"
 
@@ -37,8 +38,7 @@ def dynamic_layers(model: nn.Module) -> dict[str, Any]:
 def heads_width(model: nn.Module) -> tuple[int, int]:
     """(attention heads, hidden width) of the first Hugging Face encoder config in ``model`` — the heads its
     attention modules have now (head pruning leaves the config's count behind); (0, 0) without one."""
-    now = [h for m in model.modules() if isinstance(h := getattr(m, "num_attention_heads", None), int)
-           and hasattr(m, "attention_head_size")]  # fmt: skip
+    now = attention_heads(model)
     for m in model.modules():
         config = getattr(m, "config", None)
         heads, width = getattr(config, "num_attention_heads", 0), getattr(config, "hidden_size", 0)

@@ -70,6 +70,13 @@ def mean_pool(states: torch.Tensor, attention_mask: torch.Tensor, *, normalize: 
     return F.normalize(emb, p=2.0, dim=-1) if normalize else emb
 
 
+def attention_heads(model: nn.Module) -> list[int]:
+    """The head count each Hugging Face self-attention module in ``model`` holds now, in module order (head pruning
+    changes it there and leaves the config's count behind)."""
+    return [h for m in model.modules() if isinstance(h := getattr(m, "num_attention_heads", None), int)
+            and hasattr(m, "attention_head_size")]  # fmt: skip
+
+
 def check_length(seq_len: int, max_positions: int) -> None:
     if seq_len > max_positions:
         raise DataError(f"a sequence of {seq_len} tokens is longer than the model's {max_positions} positions; "

@@ -33,6 +33,7 @@ from deepslim._modes import inference_mode
 from deepslim.compress.quantize._inputs import batch_inputs
 from deepslim.compress.quantize.observers import Calibration
 from deepslim.errors import ConfigError, DataError
+from deepslim.models.hf import attention_heads
 
 # the encoders whose ONNX graph ONNX Runtime's transformer optimizer fuses (eager BERT-style attention)
 FUSED_ENCODERS = ("deepslim.models.hf.SentenceEncoder",)
@@ -46,8 +47,7 @@ def fused_encoder(model: nn.Module) -> bool:
     pattern the optimizer recognises; ``load_hf`` loads it so)."""
     found = [m for m in model.modules() if any(f"{c.__module__}.{c.__qualname__}" in FUSED_ENCODERS
                                                for c in type(m).__mro__)]  # fmt: skip
-    heads = {h for m in model.modules() if isinstance(h := getattr(m, "num_attention_heads", None), int)
-             and hasattr(m, "attention_head_size")}  # fmt: skip
+    heads = set(attention_heads(model))
     eager = all(getattr(getattr(getattr(m, "encoder", None), "config", None), "_attn_implementation", "eager")
                 in ("eager", None) for m in found)  # fmt: skip
     return bool(found) and eager and all(getattr(m, "reduction", None) is None for m in found) and len(heads) <= 1
@@ -56,12 +56,12 @@ def fused_encoder(model: nn.Module) -> bool:
 def resolve(model: nn.Module, config: Any) -> Calibration:
     """The calibration ``config`` means for ``model``: AUTO is DYNAMIC for a fused encoder quantized to 8 bits with
     8-bit activations and no QAT (what ONNX Runtime's dynamic kernels run), MINMAX otherwise."""
+    from deepslim.compress.quantize.linear import dynamic_conflict
+
     cal: Calibration = config.calibration
     if cal is not Calibration.AUTO:
         return cal
-    bits = {config.bits, *(b for _, b in config.overrides if b is not None)}
-    fits = bits == {8} and config.activation_bits == 8 and not config.qat and config.symmetric
-    return Calibration.DYNAMIC if fits and fused_encoder(model) else Calibration.MINMAX
+    return Calibration.DYNAMIC if not dynamic_conflict(config) and fused_encoder(model) else Calibration.MINMAX
 
 
 def dynamic_u8(x: torch.Tensor) -> torch.Tensor:

@@ -101,15 +101,20 @@ class LinearQuantConfig(Config):
         return outliers, split, scale
 
 
-def _check_dynamic(config: LinearQuantConfig) -> None:
-    """Dynamic int8 is what ONNX Runtime's dynamic kernels run: 8-bit symmetric weights, u8 activations, no QAT."""
+def dynamic_conflict(config: LinearQuantConfig) -> str:
+    """What in ``config`` dynamic int8 cannot do ("" when nothing): it is what ONNX Runtime's dynamic kernels run,
+    8-bit symmetric weights and u8 activations, without QAT. ``calibration='auto'`` resolves to static ranges then."""
     bits = {config.bits, *(b for _, b in config.overrides if b is not None)}
-    why = ("activation_bits=None (weight-only has no activations to quantize)" if config.activation_bits is None
-           else f"activation_bits={config.activation_bits}" if config.activation_bits != 8
-           else f"{min(bits)}-bit weights" if bits != {8}
-           else "qat=True (QAT learns static ranges)" if config.qat
-           else "symmetric=False (ONNX Runtime's dynamic weights are symmetric s8)" if not config.symmetric
-           else "")  # fmt: skip
+    return ("activation_bits=None (weight-only has no activations to quantize)" if config.activation_bits is None
+            else f"activation_bits={config.activation_bits}" if config.activation_bits != 8
+            else f"{min(bits)}-bit weights" if bits != {8}
+            else "qat=True (QAT learns static ranges)" if config.qat
+            else "symmetric=False (ONNX Runtime's dynamic weights are symmetric s8)" if not config.symmetric
+            else "")  # fmt: skip
+
+
+def _check_dynamic(config: LinearQuantConfig) -> None:
+    why = dynamic_conflict(config)
     if why:
         raise ConfigError(f"calibration='dynamic' is ONNX Runtime's dynamic int8 (8-bit symmetric weights, u8 "
                           f"activations quantized per batch) and cannot be combined with {why}; use "
