@@ -37,6 +37,18 @@ def test_zero_workers_is_a_usage_error(capsys, tmp_path):
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize(("option", "message"), [
+    (["--proxy-lr", "-0.1"], "--proxy-lr: expected a number > 0, got '-0.1'"),
+    (["--measure-repeats", "0"], "--measure-repeats: expected a whole number >= 1, got '0'"),
+])  # fmt: skip
+def test_a_non_positive_proxy_lr_or_repeat_count_is_a_usage_error(capsys, tmp_path, option, message):
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", "lenet5", "--data", "digits", "--out", str(tmp_path / "s"), *option])
+    assert exit_.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
 def test_a_wrong_storage_password_fails_at_once_before_loading_anything(capsys, tmp_path, postgres):
     import time
 

@@ -117,6 +117,9 @@ def test_a_policy_far_from_the_budget_is_measured_once():
     assert ev.measured_ms(policy, model) == pytest.approx(0.30) and timer.calls == 2
     with pytest.raises(ConfigError, match="measure_repeats must be an integer >= 1"):
         Evaluator(ev.model, digits(), ev.space, ev.table, latency_model="measured", measure_repeats=0)
+    for bad in (0.0, -1e-3, float("inf"), True):
+        with pytest.raises(ConfigError, match="proxy_lr must be a positive number or None"):
+            Evaluator(ev.model, digits(), ev.space, ev.table, latency_model="measured", proxy_lr=bad)
 
 
 def _search(tmp_path, **kw):

@@ -17,7 +17,16 @@ import os
 from pathlib import Path
 from typing import Any
 
-from deepslim.cli._common import add_model_args, err, load, out, parse_options, positive_int, threads_arg
+from deepslim.cli._common import (
+    add_model_args,
+    err,
+    load,
+    out,
+    parse_options,
+    positive_float,
+    positive_int,
+    threads_arg,
+)
 from deepslim.errors import ConfigError
 
 
@@ -55,9 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="judge each trial after N fine-tuning steps distilled from the dense model (default 0: after "
                         "batch-norm re-estimation alone, which scores heavily pruned models far below what they "
                         "recover to)")
-    p.add_argument("--proxy-lr", type=float, default=None, metavar="LR",
+    p.add_argument("--proxy-lr", type=positive_float, default=None, metavar="LR",
                    help="the proxy's peak learning rate (default --lr; fewer steps take a higher one)")
-    p.add_argument("--measure-repeats", type=int, default=5, metavar="N",
+    p.add_argument("--measure-repeats", type=positive_int, default=5, metavar="N",
                    help="with --latency-model measured: runs of a trial measured within 15%% of the budget (median)")
     p.add_argument("--temperature", type=float, default=None,
                    help="the finalists' fine-tune (and the recipe's) distills from the dense model at this temperature")

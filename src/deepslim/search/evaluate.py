@@ -147,6 +147,9 @@ class Evaluator:
         if isinstance(self.measure_repeats, bool) or not isinstance(self.measure_repeats, int) or \
                 self.measure_repeats < 1:
             raise ConfigError(f"measure_repeats must be an integer >= 1, got {self.measure_repeats!r}")
+        if self.proxy_lr is not None and (isinstance(self.proxy_lr, bool) or not isinstance(self.proxy_lr, (int, float))
+                                          or not 0 < self.proxy_lr < math.inf):  # fmt: skip
+            raise ConfigError(f"proxy_lr must be a positive number or None, got {self.proxy_lr!r}")
         if self.temperature is not None and not self.temperature > 0:
             raise ConfigError(f"temperature must be a positive number or None, got {self.temperature!r}")
         if self.latency_model == "measured" and not self.table.end_to_end:
