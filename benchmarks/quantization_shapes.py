@@ -14,13 +14,19 @@ process. ``--threads`` (default 1, as the other benchmarks that train) fixes tor
 set) and the latency threads: a trained model depends on it (BENCHMARKS.md session 8); the 2026-11-23 run used 2.
 The JSON is written after every model and seed, so a long run never loses it all.
 
-    python benchmarks/quantization_shapes.py [--json OUT] [--seeds 2] [--threads N]
+``--models``/``--seeds`` run a part of the table (seed numbers, not a count); ``--merge PREVIOUS`` adds the runs of
+an earlier result of this benchmark (same threads) that this one does not re-run, so a run finished in parts is one
+file: its ``merged`` field says which seeds came from which file and date, ``--note`` says the rest (commits).
+
+    python benchmarks/quantization_shapes.py [--json OUT] [--models M ...] [--seeds 0 1] [--threads N]
+                                             [--merge PREVIOUS.json] [--note TEXT]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import statistics
 import tempfile
 import time
@@ -74,18 +80,61 @@ def summarize(name: str, runs: list[dict]) -> dict:
     return {"options": MODELS[name], "runs": runs, "mean_accuracy": mean}
 
 
-def main() -> None:
+def merge_problem(previous: dict, models: list[str], seeds: list[int], threads: int) -> str | None:
+    """Why ``previous`` (an earlier result of this benchmark) cannot be merged with a run of ``models`` × ``seeds``
+    at ``threads`` (None: it can): a trained model depends on the thread count, and a seed in both is ambiguous."""
+    if previous.get("benchmark") != "quantization_shapes":
+        return f"--merge: not a quantization_shapes result (benchmark {previous.get('benchmark')!r})"
+    if previous.get("threads") != threads:
+        return f"--merge: its runs trained at {previous.get('threads')} threads, this one at {threads}: use --threads"
+    twice = [f"{name} seed {r['seed']}" for name in models for r in previous["models"].get(name, {}).get("runs", [])
+             if r["seed"] in seeds]  # fmt: skip
+    return f"--merge: {', '.join(twice)} already in it: leave them out of --models/--seeds" if twice else None
+
+
+def merged(result: dict, previous: dict | None, source: str = "") -> dict:
+    """``result`` with the runs of ``previous`` it does not have, every model's runs in seed order and its mean over
+    them all, and a ``merged`` field naming which seeds came from ``previous`` (``source``, its date and note)."""
+    if previous is None:
+        return result
+    models = {}
+    for name in MODELS:
+        runs = previous["models"].get(name, {}).get("runs", []) + result["models"].get(name, {}).get("runs", [])
+        if runs:
+            models[name] = summarize(name, sorted(runs, key=lambda r: r["seed"]))
+    kept = {name: [r["seed"] for r in m["runs"]] for name, m in previous["models"].items()}
+    return {**result, "models": models,
+            "merged": {"from": source, "date": previous.get("date"), "machine": previous.get("machine"),
+                       "seeds": kept, "note": previous.get("note")}}  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1], help="seed numbers (default 0 1)")
     parser.add_argument("--threads", type=int, help="intra-op threads (default 1: trained models depend on it)")
-    args = parser.parse_args()
-    threads = training_threads(args.threads)
+    parser.add_argument("--merge", type=Path, help="an earlier result whose other runs this one's JSON keeps")
+    parser.add_argument("--note", help="recorded as the JSON's note (e.g. which commit ran which part)")
+    args = parser.parse_args(argv)
+    args.threads = training_threads(args.threads)
+    args.previous = json.loads(args.merge.read_text()) if args.merge else None
+    problem = merge_problem(args.previous, args.models, args.seeds, args.threads) if args.previous else None
+    if problem:
+        parser.error(problem)
+    return args
+
+
+def main() -> None:
+    args = parse_args()
+    threads = args.threads
     result: dict = {**result_header("quantization_shapes", threads), "models": {}}
+    if args.note:
+        result["note"] = args.note
     with tempfile.TemporaryDirectory() as work:
-        for name in MODELS:
+        for name in args.models:
             runs: list[dict] = []
-            for seed in range(args.seeds):
+            for seed in args.seeds:
                 data = ds.load_data("shapes", seed=seed)
                 runs.append(run(name, seed, data, Path(work), threads))
                 r = runs[-1]
@@ -95,9 +144,10 @@ def main() -> None:
                 for k, v in r["latency"].items():
                     print(f"  latency {k:<26} {v['median_ms']:.3f} ms  {v['file_bytes']:,} B")
                 result["models"][name] = summarize(name, runs)
-                save_json(result, args.json)  # after every model and seed: a partial run is usable
+                save_json(merged(result, args.previous, str(args.merge)), args.json)  # a partial run is usable
             mean = result["models"][name]["mean_accuracy"]
             print(f"{name} mean: " + ", ".join(f"{k} {100 * v:.2f}%" for k, v in mean.items()), flush=True)
+    result = merged(result, args.previous, str(args.merge))
     write_result(result, args.json, echo=False)
 
 
