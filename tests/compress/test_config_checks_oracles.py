@@ -340,3 +340,13 @@ def test_lists_become_tuples_strings_become_enum_members_and_overrides_are_check
     assert ds.PruneTokensConfig(keep_ratio=0.5).threshold is None
     assert dict(ds.KDConfig(hints={"a": "b"}).hints) == {"a": "b"}
     assert math.isclose(ds.TernaryConfig(threshold_factor=0.7).threshold_factor, 0.7)
+
+
+def test_a_device_record_has_every_field_as_given():
+    device = _device(name="board", description="a board", peak_macs_per_s={"fp32": 2e9, "int8": 8e9},
+                     mem_bandwidth_bytes_per_s=3e9, onchip_bytes=4096, dram_bytes=1 << 30, op_overhead_s=2e-6,
+                     calibrated=True, sources={"fp32": "datasheet"})  # fmt: skip
+    assert device.to_dict() == {"name": "board", "description": "a board", "peak_macs_per_s": {"fp32": 2e9,
+                                "int8": 8e9}, "mem_bandwidth_bytes_per_s": 3e9, "onchip_bytes": 4096,
+                                "dram_bytes": 1 << 30, "op_overhead_s": 2e-6, "calibrated": True,
+                                "sources": {"fp32": "datasheet"}}  # fmt: skip
