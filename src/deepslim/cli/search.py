@@ -42,7 +42,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="accuracy, latency, size, energy, memory; repeatable or comma-separated (default: accuracy "
                         "and each budgeted metric, or accuracy and latency)")  # fmt: skip
     p.add_argument("--space", default="prune,int8", help="what to search: prune, int8, hpo (the fine-tune's "
-                   "learning rate, epochs and distillation temperature), comma-separated")  # fmt: skip
+                   "learning rate, epochs and distillation temperature), sparsity and kmeans (per-layer unstructured "
+                   "sparsity and k-means bits: for --budget size / --objective size), comma-separated")  # fmt: skip
     p.add_argument("--trials", type=int, default=50, help="number of trials (default 50)")
     p.add_argument("--strategy", default="tpe", help="tpe, nsga2, random, grid, evolution or greedy (default tpe)")
     p.add_argument("--device", help="device profile whose cost model estimates energy: host, rpi4, ... (default host "

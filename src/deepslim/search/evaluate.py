@@ -273,22 +273,23 @@ class Evaluator:
 
     def _finetune(self, net: nn.Module, policy: Policy) -> None:
         """Recover ``net`` as the written recipe does (:func:`deepslim.search.recipe.policy_recipe`), with its seeds:
-        the recipe's stage ``i`` trains with ``seed + i``."""
+        the recipe's stage ``i`` trains with ``seed + i``. Its prune stages come first (channels, then unstructured
+        sparsity); the last of them fine-tunes, or a distill stage follows them."""
         rec = self.recovery_of(policy)
-        pruned = self.space.configs(policy)[0] is not None
+        pruned = (self.space.configs(policy)[0] is not None) + (self.space.weight_configs(policy)[0] is not None)
         epochs, lr, temperature = int(rec["finetune_epochs"]), float(rec["lr"]), rec["temperature"]
         if epochs == 0:  # no training: the statistics pruning left stale are re-estimated (stage "recalibrate")
             if pruned:
                 reestimate_bn_(net, self.data.calib, task=self.data.task)
-        elif temperature is None:  # the prune stage's own fine-tune (stage 1), or a finetune stage (stage 1)
+        elif temperature is None:  # the last prune stage's own fine-tune, or a finetune stage (stage 1)
             from deepslim.train import fit
 
-            fit(net, self.data, epochs=epochs, lr=lr, seed=self.seed + 1)
-        else:  # a distill stage from the dense model: stage 2 after the prune stage, else stage 1
+            fit(net, self.data, epochs=epochs, lr=lr, seed=self.seed + max(1, pruned))
+        else:  # a distill stage from the dense model, after the prune stages
             from deepslim.train import KDConfig, distill
 
             distill(net, copy.deepcopy(self.model), self.data, KDConfig(temperature=float(temperature)), epochs=epochs,
-                    lr=lr, seed=self.seed + (2 if pruned else 1))  # fmt: skip
+                    lr=lr, seed=self.seed + pruned + 1)  # fmt: skip
 
     def least(self, metric: str) -> tuple[float, Policy]:
         """The least archive bytes ("size"), energy ("energy") or peak activation bytes ("memory") a policy of the
@@ -373,10 +374,10 @@ def measure_model(net: nn.Module, data: Any, *, split: str = "val", archive: boo
         return Measurement(params=sum(p.numel() for p in params), macs=macs, weight_bytes=weight_bytes,
                            nonzero_params=sum(int(p.count_nonzero()) for p in params), accuracy=result.accuracy,
                            metric=result.metric, metric_value=float(result.value),
-                           archive_bytes=len(_encode(net)) if archive else None, load_average=os.getloadavg(),
+                           archive_bytes=len(_encode(net, data)) if archive else None, load_average=os.getloadavg(),
                            extra={"split": split, "macs_counted": "conv/linear"})  # fmt: skip
     prof = profile(net, data.example_input, device=device)
-    archive_bytes = len(_encode(net)) if archive else None
+    archive_bytes = len(_encode(net, data)) if archive else None
     cost = prof.cost if device is not None else None
     return Measurement(params=prof.params, nonzero_params=prof.nonzero_params, macs=prof.macs,
                        weight_bytes=prof.weight_bytes, accuracy=result.accuracy, metric=result.metric,
@@ -388,7 +389,11 @@ def measure_model(net: nn.Module, data: Any, *, split: str = "val", archive: boo
                        extra={"split": split})  # fmt: skip
 
 
-def _encode(net: nn.Module) -> bytes:
+def _encode(net: nn.Module, data: Any) -> bytes:
+    """The ``.dsz`` archive ``deepslim compress`` writes for ``net``: with the data's preprocessing recorded on the
+    model, as a recipe run pairs them (without it, the search counted ~60 bytes fewer than the recipe's file)."""
     from deepslim.compress.coding import encode
+    from deepslim.pipeline._pairing import attach_preprocessing
 
+    attach_preprocessing(net, data)
     return encode(net)

@@ -1,10 +1,12 @@
 """A searched policy as an ordinary recipe — the YAML a person writes by hand, run again by ``deepslim compress``.
 
 The policy becomes stages in the order the search built and judged it: channel pruning with one ratio per group
-(``overrides`` on each group's first layer) followed by the same recovery — the short fine-tune, or distillation
-from the dense model when the policy chose a temperature, or, with zero epochs, batch-norm re-estimation
-(``recalibrate: {method: bn}``) — then int8 quantization with the float layers kept float (``overrides: LAYER:
-null``). A policy's own recovery values (a search over them, HPO) take the place of the defaults given here.
+(``overrides`` on each group's first layer), unstructured magnitude pruning of the layers a policy made sparse,
+followed by the same recovery — the short fine-tune, or distillation from the dense model when the policy chose a
+temperature, or, with zero epochs, batch-norm re-estimation (``recalibrate: {method: bn}``) — then k-means weight
+sharing of the layers given bits (``cluster``), then int8 quantization with the float layers kept float
+(``overrides: LAYER: null``); with a size objective, the ``encode`` stage writes the archive judged. A policy's
+own recovery values (a search over them, HPO) take the place of the defaults given here.
 ``deepslim search`` reads it with ``Recipe.from_dict`` (checked, every setting made explicit) and saves it
 atomically: an interrupted search leaves no half-written recipe.
 """
@@ -34,21 +36,28 @@ def policy_recipe(space: SearchSpace, policy: Policy, *, finetune_epochs: int = 
     ``encode``: end with the ``encode`` stage (the ``.dsz`` archive whose bytes a size objective or budget judged).
     ``device``: the device profile the search estimated energy on (None: the recipe names none)."""
     prune, quant = space.configs(policy)
+    sparse, shared = space.weight_configs(policy)
     rec = {"finetune_epochs": finetune_epochs, "lr": lr, "temperature": temperature, **policy.recovery}
     epochs, lr, temperature = int(rec["finetune_epochs"]), float(rec["lr"]), rec["temperature"]
     distilling = temperature is not None and epochs > 0
     stages: list[dict[str, Any]] = []
-    if prune is not None:
+    if prune is not None:  # the last prune stage fine-tunes (unless a distill stage follows)
         stages.append({"prune": {"method": "channel", "ratio": 0.0, "round_to": 1,
                                  "overrides": {name: ratio for name, ratio in prune.overrides},
+                                 "epochs": 0 if distilling or sparse is not None else epochs, "lr": lr}})  # fmt: skip
+    if sparse is not None:
+        stages.append({"prune": {"method": "magnitude", "sparsity": 0.0, "overrides": dict(sparse.overrides),
                                  "epochs": 0 if distilling else epochs, "lr": lr}})  # fmt: skip
-        if epochs == 0:  # no training to refresh the statistics pruning left stale
-            stages.append({"recalibrate": {"method": "bn", "batches": BN_BATCHES}})
+    if epochs == 0 and (prune is not None or sparse is not None):  # no training to refresh the stale statistics
+        stages.append({"recalibrate": {"method": "bn", "batches": BN_BATCHES}})
     if distilling:
         stages.append({"distill": {"epochs": epochs, "teacher": "trained", "lr": lr,
                                    "temperature": float(temperature)}})  # fmt: skip
-    elif prune is None and epochs > 0:
+    elif prune is None and sparse is None and epochs > 0:
         stages.append({"finetune": {"epochs": epochs, "lr": lr}})
+    if shared is not None:  # weight sharing of the float layers, before int8 quantizes the others
+        stages.append({"cluster": {"method": "kmeans", "bits": shared.bits, "overrides": dict(shared.overrides),
+                                   "epochs": 0}})  # fmt: skip
     if quant is not None:
         floats = {name: None for name, _ in quant.overrides}
         stage: dict[str, Any] = {"method": "linear", "bits": 8, "overrides": floats}

@@ -33,6 +33,7 @@ from optuna.samplers import BaseSampler, RandomSampler
 from optuna.study import Study, StudyDirection
 from optuna.trial import FrozenTrial, TrialState
 
+from deepslim.search import _choices
 from deepslim.search.space import SearchSpace
 
 Key = tuple[Any, ...]  # a policy: one value per choice, in the space's choice order
@@ -208,13 +209,14 @@ class EvolutionSampler(PolicySampler):
 
 
 def _lower_options(sampler: PolicySampler, key: Key, i: int) -> list[Any]:
-    """The options of choice ``i`` that cost less than ``key``'s: fewer channels, or int8 for a float layer."""
+    """The options of choice ``i`` that cost less than ``key``'s: fewer channels, int8 for a float layer, a higher
+    sparsity or fewer k-means bits."""
     name, opts = sampler.names[i], sampler.options[i]
     if name.startswith("keep:"):
         return opts[: opts.index(key[i])]
     if name.startswith("int8:"):
         return [] if key[i] else [True]
-    return []
+    return _choices.lower(name, opts, key[i])  # more sparsity, fewer k-means bits; [] for the recovery's choices
 
 
 class GreedySampler(PolicySampler):

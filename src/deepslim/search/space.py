@@ -12,7 +12,9 @@ float. A policy picks one option per choice; it becomes the ordinary technique c
 Optionally (kind ``"hpo"``, or ``recovery={...}``) the hyper-parameters of the recovery join the space: the
 fine-tune's learning rate and epochs and a distillation temperature (None: fine-tune on the labels alone). A policy
 then carries its own values (:attr:`Policy.recovery`); each option list's first value is the default that the dense
-and uniform policies use.
+and uniform policies use. Kinds ``"sparsity"`` and ``"kmeans"`` add, per weighted layer, an unstructured sparsity
+and k-means bits (weight sharing): choices for the size (archive bytes) objective (:mod:`deepslim.search._choices`).
+The query, key and value layers of a fused attention share one int8 choice (``tied``).
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepslim.compress.prune import ChannelPruneConfig, plan_channel_pruning, prune_
-from deepslim.compress.quantize import QUANTIZABLE, LinearQuantConfig, quantize_
+from deepslim.compress.prune import ChannelPruneConfig, MagnitudePruneConfig, plan_channel_pruning, prune_
+from deepslim.compress.prune.masks import prunable_layers
+from deepslim.compress.quantize import QUANTIZABLE, KMeansConfig, LinearQuantConfig, cluster_, quantize_
 from deepslim.errors import ConfigError
 from deepslim.models.adapters import weight_layers
+from deepslim.search import _choices
+from deepslim.search._choices import RECOVERY_CHOICES, check_recovery
 
 KINDS = ("prune", "int8")  # what a space holds unless told otherwise
-ALL_KINDS = ("prune", "int8", "hpo")
-RECOVERY_CHOICES = ("lr", "finetune_epochs", "temperature")
+ALL_KINDS = ("prune", "int8", "hpo", "sparsity", "kmeans")
 DEFAULT_RECOVERY: dict[str, tuple[Any, ...]] = {"lr": (1e-3, 3e-4, 3e-3), "finetune_epochs": (1, 2),
                                                 "temperature": (None, 4.0)}  # fmt: skip
 ROLES = ("depthwise", "residual", "plain")  # what a group's channels are (GroupChoice.role)
@@ -68,31 +72,39 @@ class GroupChoice:
 
 @dataclass(frozen=True)
 class Policy:
-    """What a search chooses: channels kept per group, per quantizable layer int8 (True) or float (False), and
-    (when the space has them) the recovery's hyper-parameters: ``lr``, ``finetune_epochs``, ``temperature``."""
+    """What a search chooses: channels kept per group, per quantizable layer int8 (True) or float (False), (when the
+    space has them) the recovery's hyper-parameters (``lr``, ``finetune_epochs``, ``temperature``) and per layer an
+    unstructured ``sparsity`` (0: dense) and ``kmeans`` bits (0: not clustered)."""
 
     keep: Mapping[str, int] = field(default_factory=dict)
     int8: Mapping[str, bool] = field(default_factory=dict)
     recovery: Mapping[str, Any] = field(default_factory=dict)
+    sparsity: Mapping[str, float] = field(default_factory=dict)
+    kmeans: Mapping[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"keep": dict(self.keep), "int8": dict(self.int8)}
-        if self.recovery:
-            doc["recovery"] = dict(self.recovery)
+        for name in ("recovery", "sparsity", "kmeans"):  # only when chosen: older policies read and print the same
+            if getattr(self, name):
+                doc[name] = dict(getattr(self, name))
         return doc
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Policy:
-        if not isinstance(doc, Mapping) or set(doc) - {"keep", "int8", "recovery"}:
-            raise ConfigError(f"a policy is a mapping with 'keep', 'int8' and optionally 'recovery', got {doc!r}")
+        if not isinstance(doc, Mapping) or set(doc) - {"keep", "int8", "recovery", "sparsity", "kmeans"}:
+            raise ConfigError(f"a policy is a mapping with 'keep', 'int8' and optionally 'recovery', 'sparsity' and "
+                              f"'kmeans', got {doc!r}")  # fmt: skip
         return cls(keep=dict(doc.get("keep", {})), int8=dict(doc.get("int8", {})),
-                   recovery=dict(doc.get("recovery", {})))  # fmt: skip
+                   recovery=dict(doc.get("recovery", {})), sparsity=dict(doc.get("sparsity", {})),
+                   kmeans=dict(doc.get("kmeans", {})))  # fmt: skip
 
     def params(self) -> dict[str, Any]:
-        """The policy as flat parameters (``keep:GROUP``, ``int8:LAYER``, ``recovery:NAME``): how a study stores a
-        trial's choices."""
+        """The policy as flat parameters (``keep:GROUP``, ``int8:LAYER``, ``recovery:NAME``, ``sparsity:LAYER``,
+        ``kmeans:LAYER``): how a study stores a trial's choices."""
         return {**{f"keep:{g}": k for g, k in self.keep.items()}, **{f"int8:{n}": b for n, b in self.int8.items()},
-                **{f"recovery:{n}": v for n, v in self.recovery.items()}}  # fmt: skip
+                **{f"recovery:{n}": v for n, v in self.recovery.items()},
+                **{f"sparsity:{n}": v for n, v in self.sparsity.items()},
+                **{f"kmeans:{n}": v for n, v in self.kmeans.items()}}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -100,32 +112,62 @@ class SearchSpace:
     """Choices per group and layer (see the module docstring); ``to_dict``/``from_dict`` round-trip through JSON.
 
     ``recovery`` maps a recovery hyper-parameter (:data:`RECOVERY_CHOICES`) to its options, the default first; a
-    mapping given here is checked and kept as ``{name: tuple of options}`` in that order of names."""
+    mapping given here is checked and kept as ``{name: tuple of options}`` in that order of names. ``tied``: groups
+    of ``int8_layers`` chosen together (a fused attention's query, key and value: the first names the choice).
+    ``sparse_layers`` each choose one of ``sparsity`` (fractions, 0 first) and ``kmeans_layers`` one of
+    ``kmeans_bits`` (0 first: not clustered); given layers without options get the defaults."""
 
     groups: tuple[GroupChoice, ...] = ()
     int8_layers: tuple[str, ...] = ()
     kinds: tuple[str, ...] = KINDS
     round_to: int = 1
     recovery: Mapping[str, Sequence[Any]] = field(default_factory=dict)
+    tied: tuple[tuple[str, ...], ...] = ()
+    sparse_layers: tuple[str, ...] = ()
+    sparsity: tuple[float, ...] = ()
+    kmeans_layers: tuple[str, ...] = ()
+    kmeans_bits: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.recovery, Mapping):
             raise ConfigError(f"recovery choices are a mapping of name to options, got {self.recovery!r}")
         for name, options in self.recovery.items():
-            _check_recovery(name, options)
+            check_recovery(name, options)
         ordered = {n: tuple(self.recovery[n]) for n in RECOVERY_CHOICES if n in self.recovery}
         object.__setattr__(self, "recovery", ordered)
         if ordered and "hpo" not in self.kinds:
             object.__setattr__(self, "kinds", (*self.kinds, "hpo"))
+        self._weight_choices()
+        stray = [n for t in self.tied for n in t if n not in self.int8_layers]
+        if stray or any(len(t) < 2 for t in self.tied):
+            raise ConfigError(f"tied int8 layers are groups of two or more of int8_layers, got {self.tied!r}")
+
+    def _weight_choices(self) -> None:
+        """Check and normalise the sparsity and k-means choices; their kinds follow from their layers."""
+        for layers, options, kind, default, check in (
+                ("sparse_layers", "sparsity", "sparsity", _choices.DEFAULT_SPARSITY, _choices.check_sparsity),
+                ("kmeans_layers", "kmeans_bits", "kmeans", _choices.DEFAULT_KMEANS_BITS, _choices.check_kmeans_bits)):
+            names = tuple(getattr(self, layers))
+            object.__setattr__(self, layers, names)
+            found = check(getattr(self, options) or (default if names else ()))
+            object.__setattr__(self, options, found if names else ())
+            if names and len(found) < 2:
+                raise ConfigError(f"{options} needs two or more options (the first: none), got {list(found)}")
+            if names and kind not in self.kinds:
+                object.__setattr__(self, "kinds", (*self.kinds, kind))
 
     @classmethod
     def from_model(cls, model: nn.Module, example_input: Any, *, kinds: Sequence[str] = KINDS,
                    keep_ratios: Sequence[float] = DEFAULT_KEEP_RATIOS, round_to: int = 8,
-                   recovery: Mapping[str, Sequence[Any]] | None = None) -> SearchSpace:  # fmt: skip
+                   recovery: Mapping[str, Sequence[Any]] | None = None,
+                   sparsity: Sequence[float] = _choices.DEFAULT_SPARSITY,
+                   kmeans_bits: Sequence[int] = _choices.DEFAULT_KMEANS_BITS) -> SearchSpace:  # fmt: skip
         """The space of ``model``: ``kinds`` "prune" (channel counts near ``keep_ratios`` of each group's width,
-        multiples of ``round_to``), "int8" (each quantizable layer int8 or float) and/or "hpo" (the recovery's
-        hyper-parameters: ``recovery``'s options, by default :data:`DEFAULT_RECOVERY`). ``recovery`` given alone
-        adds them too."""
+        multiples of ``round_to``), "int8" (each quantizable layer int8 or float; a fused attention's query, key and
+        value together), "hpo" (the recovery's hyper-parameters: ``recovery``'s options, by default
+        :data:`DEFAULT_RECOVERY`; ``recovery`` given alone adds them too), "sparsity" (each prunable layer's
+        unstructured sparsity, one of ``sparsity``) and/or "kmeans" (each weighted layer's k-means bits, one of
+        ``kmeans_bits``; 0: not clustered) — the last two for the size objective."""
         bad = [k for k in kinds if k not in ALL_KINDS]
         if bad or not kinds:
             raise ConfigError(f"unknown search space kind {bad[0] if bad else ''!r}; choose from "
@@ -142,7 +184,12 @@ class SearchSpace:
             layers = tuple(n for n, (m, _) in weight_layers(model).items() if isinstance(m, tuple(QUANTIZABLE)))
         if recovery is None and "hpo" in kinds:
             recovery = DEFAULT_RECOVERY
-        return cls(groups=groups, int8_layers=layers, kinds=tuple(kinds), round_to=round_to, recovery=recovery or {})
+        sparse = tuple(prunable_layers(model)) if "sparsity" in kinds else ()
+        shared = tuple(n for n, (m, _) in weight_layers(model).items() if isinstance(m, tuple(QUANTIZABLE))) \
+            if "kmeans" in kinds else ()  # fmt: skip
+        return cls(groups=groups, int8_layers=layers, kinds=tuple(kinds), round_to=round_to, recovery=recovery or {},
+                   tied=_choices.qkv_trios(model, layers), sparse_layers=sparse, sparsity=tuple(sparsity),
+                   kmeans_layers=shared, kmeans_bits=tuple(kmeans_bits))  # fmt: skip
 
     # -- JSON --------------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -150,6 +197,9 @@ class SearchSpace:
                "groups": [g.to_dict() for g in self.groups], "int8_layers": list(self.int8_layers)}  # fmt: skip
         if self.recovery:
             doc["recovery"] = {n: list(options) for n, options in self.recovery.items()}
+        for name in _OPTIONAL:  # only when present: an older space keeps its JSON (and a study its fingerprint)
+            if getattr(self, name):
+                doc[name] = [list(v) if isinstance(v, tuple) else v for v in getattr(self, name)]
         return doc
 
     @classmethod
@@ -159,8 +209,10 @@ class SearchSpace:
         try:
             groups = tuple(GroupChoice(g["name"], int(g["width"]), tuple(int(k) for k in g["keep"]),
                                        g.get("description", "")) for g in doc["groups"])  # fmt: skip
+            extra: dict[str, Any] = {n: tuple(tuple(v) if isinstance(v, list) else v for v in doc[n])
+                                     for n in _OPTIONAL if n in doc}  # fmt: skip
             return cls(groups=groups, int8_layers=tuple(doc["int8_layers"]), kinds=tuple(doc["kinds"]),
-                       round_to=int(doc["round_to"]), recovery=doc.get("recovery", {}))  # fmt: skip
+                       round_to=int(doc["round_to"]), recovery=doc.get("recovery", {}), **extra)  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"malformed search space: {exc}") from None
 
@@ -168,14 +220,20 @@ class SearchSpace:
     @property
     def size(self) -> int:
         """How many policies the space holds."""
-        hpo = math.prod(len(options) for options in self.recovery.values())
-        return math.prod(len(g.keep) for g in self.groups) * 2 ** len(self.int8_layers) * hpo
+        return math.prod(len(options) for options in self.choices().values())
+
+    def followers(self) -> dict[str, str]:
+        """Each tied int8 layer but the first of its group, and the layer whose choice it follows."""
+        return {n: t[0] for t in self.tied for n in t[1:]}
 
     def choices(self) -> dict[str, list[Any]]:
-        """Every flat parameter (:meth:`Policy.params`) and its options."""
+        """Every flat parameter (:meth:`Policy.params`) and its options (a tied layer follows its group's first)."""
+        tied = self.followers()
         found: dict[str, list[Any]] = {f"keep:{g.name}": list(g.keep) for g in self.groups}
-        found.update({f"int8:{n}": [False, True] for n in self.int8_layers})
+        found.update({f"int8:{n}": [False, True] for n in self.int8_layers if n not in tied})
         found.update({f"recovery:{n}": list(options) for n, options in self.recovery.items()})
+        found.update({f"sparsity:{n}": list(self.sparsity) for n in self.sparse_layers})
+        found.update({f"kmeans:{n}": list(self.kmeans_bits) for n in self.kmeans_layers})
         return found
 
     def default_recovery(self) -> dict[str, Any]:
@@ -184,21 +242,39 @@ class SearchSpace:
 
     def policy(self, params: Mapping[str, Any]) -> Policy:
         """The policy of flat parameters; a parameter outside the space is a ConfigError naming it."""
-        choices = self.choices()
+        choices, tied = self.choices(), self.followers()
         for key, value in params.items():
+            if key.startswith("int8:") and key[5:] in tied:  # a tied layer may be given: as its group's first
+                lead = params.get(f"int8:{tied[key[5:]]}")
+                if lead is not None and bool(value) != bool(lead):
+                    raise ConfigError(f"{key}={value!r} splits the int8 choice it is tied to ({tied[key[5:]]}="
+                                      f"{lead!r}): tied layers (a fused attention's query, key and value) are all "
+                                      "int8 or all float")  # fmt: skip
+                continue
             if key not in choices or value not in choices[key]:
                 raise ConfigError(f"{key}={value!r} is not in the search space")
         missing = [k for k in choices if k not in params]
         if missing:
             raise ConfigError(f"the policy does not choose {missing[0]!r}")
         return Policy(keep={g.name: int(params[f"keep:{g.name}"]) for g in self.groups},
-                      int8={n: bool(params[f"int8:{n}"]) for n in self.int8_layers},
-                      recovery={n: params[f"recovery:{n}"] for n in self.recovery})  # fmt: skip
+                      int8={n: bool(params[f"int8:{tied.get(n, n)}"]) for n in self.int8_layers},
+                      recovery={n: params[f"recovery:{n}"] for n in self.recovery},
+                      sparsity={n: float(params[f"sparsity:{n}"]) for n in self.sparse_layers},
+                      kmeans={n: int(params[f"kmeans:{n}"]) for n in self.kmeans_layers})  # fmt: skip
 
     def uniform(self, keep_ratio: float = 1.0, int8: bool = False) -> Policy:
         """The same keep ratio for every group (nearest option) and one precision for every layer."""
         keep = {g.name: _nearest(g, keep_ratio) for g in self.groups}
-        return Policy(keep=keep, int8={n: int8 for n in self.int8_layers}, recovery=self.default_recovery())
+        return Policy(keep=keep, int8={n: int8 for n in self.int8_layers}, recovery=self.default_recovery(),
+                      **self._weights())  # fmt: skip
+
+    def _weights(self, least: bool = False) -> dict[str, dict[str, Any]]:
+        """Every sparsity and k-means choice at its default (dense, not clustered), or with ``least`` at the most
+        compressing option (the highest sparsity, the fewest bits)."""
+        sparsity = max(self.sparsity, default=0.0) if least else 0.0
+        bits = min((b for b in self.kmeans_bits if b > 0), default=0) if least else 0
+        return {"sparsity": dict.fromkeys(self.sparse_layers, sparsity),
+                "kmeans": dict.fromkeys(self.kmeans_layers, bits)}
 
     def dense(self) -> Policy:
         return self.uniform(1.0, False)
@@ -213,12 +289,14 @@ class SearchSpace:
         if any(not 0.0 < float(r) <= 1.0 for r in ratios.values()):
             raise ConfigError(f"keep ratios must be in (0, 1], got {dict(ratios)}")
         keep = {g.name: _nearest(g, float(ratios.get(g.role, 1.0))) for g in self.groups}
-        return Policy(keep=keep, int8={n: int8 for n in self.int8_layers}, recovery=self.default_recovery())
+        return Policy(keep=keep, int8={n: int8 for n in self.int8_layers}, recovery=self.default_recovery(),
+                      **self._weights())  # fmt: skip
 
     def smallest(self, int8: bool = True) -> Policy:
-        """Fewest channels everywhere, every layer in ``int8`` (or float)."""
+        """Fewest channels everywhere, every layer in ``int8`` (or float), the highest sparsity and fewest k-means
+        bits the space offers (they change the archive, not the graph the runtime runs)."""
         return Policy(keep={g.name: g.keep[0] for g in self.groups}, int8={n: int8 for n in self.int8_layers},
-                      recovery=self.default_recovery())  # fmt: skip
+                      recovery=self.default_recovery(), **self._weights(least=True))  # fmt: skip
 
     def sample(self, rng: random.Random) -> Policy:
         return self.policy({k: rng.choice(v) for k, v in self.choices().items()})
@@ -232,8 +310,10 @@ class SearchSpace:
             pos = round(level * (len(g.keep) - 1)) + rng.choice((-1, 0, 1))
             params[f"keep:{g.name}"] = g.keep[min(max(pos, 0), len(g.keep) - 1)]
         share = rng.random()
-        params.update({f"int8:{n}": rng.random() < share for n in self.int8_layers})
+        tied = self.followers()
+        params.update({f"int8:{n}": rng.random() < share for n in self.int8_layers if n not in tied})
         params.update({f"recovery:{n}": rng.choice(options) for n, options in self.recovery.items()})
+        params.update({k: rng.choice(v) for k, v in self.choices().items() if k.startswith(("sparsity:", "kmeans:"))})
         return self.policy(params)
 
     def all_policies(self) -> Iterable[Policy]:
@@ -245,6 +325,11 @@ class SearchSpace:
             yield self.policy(dict(zip(keys, combo, strict=True)))
 
     # -- policies as technique configs -------------------------------------------------------------------------------
+    def weight_configs(self, policy: Policy) -> tuple[MagnitudePruneConfig | None, KMeansConfig | None]:
+        """The unstructured pruning and k-means configs that carry out ``policy``'s sparsity and k-means bits (None
+        where it chooses none; a layer in int8 is not clustered: :mod:`deepslim.search._choices`)."""
+        return _choices.magnitude_config(policy.sparsity), _choices.kmeans_config(policy.kmeans, policy.int8)
+
     def configs(self, policy: Policy) -> tuple[ChannelPruneConfig | None, LinearQuantConfig | None]:
         """The channel pruning and int8 configs that carry out ``policy`` (None where it does nothing)."""
         widths = {g.name: g.width for g in self.groups}
@@ -255,23 +340,7 @@ class SearchSpace:
         return prune, quant
 
 
-def _check_recovery(name: Any, options: Any) -> None:
-    """One recovery choice: a known name and a non-empty list of distinct, valid options."""
-    if name not in RECOVERY_CHOICES:
-        raise ConfigError(f"unknown recovery choice {name!r}; choose from {', '.join(RECOVERY_CHOICES)}")
-    if isinstance(options, (str, bytes)) or not isinstance(options, Sequence) or not options:
-        raise ConfigError(f"recovery choice {name!r} needs a non-empty list of options, got {options!r}")
-    if len(set(map(repr, options))) != len(options):
-        raise ConfigError(f"recovery choice {name!r} repeats an option: {list(options)}")
-    for v in options:
-        number = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-        if name == "lr" and not (number and v > 0):
-            raise ConfigError(f"recovery choice 'lr': each option must be a positive number, got {v!r}")
-        if name == "finetune_epochs" and not (isinstance(v, int) and not isinstance(v, bool) and v >= 0):
-            raise ConfigError(f"recovery choice 'finetune_epochs': each option must be an integer >= 0, got {v!r}")
-        if name == "temperature" and v is not None and not (number and v > 0):
-            raise ConfigError(f"recovery choice 'temperature': each option must be a positive number or null (no "
-                              f"distillation), got {v!r}")  # fmt: skip
+_OPTIONAL = ("tied", "sparse_layers", "sparsity", "kmeans_layers", "kmeans_bits")  # JSON keys written when present
 
 
 def _nearest(group: GroupChoice, keep_ratio: float) -> int:
@@ -282,20 +351,28 @@ def _nearest(group: GroupChoice, keep_ratio: float) -> int:
 
 def prune_policy(model: nn.Module, space: SearchSpace, policy: Policy, *, example_input: Any,
                  calib_data: Iterable[Any] | None = None) -> nn.Module:  # fmt: skip
-    """A pruned copy of ``model`` (channels only: quantization comes after recovery, see :func:`quantize_policy`)."""
+    """A pruned copy of ``model``: channels removed, then the chosen layers' smallest weights masked (unstructured
+    sparsity: the masks stay through recovery). Quantization comes after recovery (:func:`quantize_policy`)."""
     net = copy.deepcopy(model)
     prune, _ = space.configs(policy)
     if prune is not None:
         prune_(net, prune, example_input=example_input, calib_data=calib_data)
+    sparse, _ = space.weight_configs(policy)
+    if sparse is not None:
+        prune_(net, sparse)
     return net
 
 
 def quantize_policy(model: nn.Module, space: SearchSpace, policy: Policy, *, calib_data: Iterable[Any],
                     accept_low_fidelity: bool = False) -> nn.Module:  # fmt: skip
-    """Quantize the int8 layers of ``policy`` in place (BN folded, activations calibrated on ``calib_data``).
+    """Share the chosen float layers' weights (k-means) and quantize the int8 layers of ``policy`` in place (BN
+    folded, activations calibrated on ``calib_data``).
     ``accept_low_fidelity``: quantization's fidelity check (float vs int8 top-1 agreement) logs a warning instead of
     refusing — for models whose logits are near-flat (random weights, a speed-only search), where agreement says
     nothing."""
+    _, shared = space.weight_configs(policy)
+    if shared is not None:  # weight sharing first: the int8 layers are not clustered
+        cluster_(model, shared)
     _, quant = space.configs(policy)
     if quant is not None:
         if accept_low_fidelity:
