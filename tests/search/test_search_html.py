@@ -68,3 +68,40 @@ def test_the_page_names_the_node_table_shows_verdicts_and_survives_a_single_chec
     assert "node table: relative error p90 8.0%, Kendall τ n/a (MAC count: τ n/a) over 1 measurements" in page
     assert "<td>within noise</td>" in page and page.count("<td>not re-measured</td>") == 2  # dense, uniform
     assert "layer table: relative error" in search_report_html(search_doc())  # no latency_model: the layer table
+
+
+def _memory_doc():
+    """A memory search: every candidate with its peak activation bytes (trial 3's lost: not drawn on this axis)."""
+    doc = search_doc()
+    doc.update(objectives=["accuracy", "memory"], budget=[{"metric": "memory", "text": "memory=0.5x"}],
+               limits={"memory": 2500.0})  # fmt: skip
+    peaks = {0: 4096, 1: 2048, 2: 1024, 3: None}
+    for c in doc["trials"]:
+        c["peak_activation_bytes"] = peaks[c["trial"]]
+    for label, peak in (("dense", 5000), ("uniform", 2304), ("best", 2048)):
+        doc[label]["peak_activation_bytes"] = peak
+    doc["uniform_family"][0]["peak_activation_bytes"] = 2304
+    return doc
+
+
+def test_a_memory_search_is_drawn_against_peak_activation_bytes_labelled_and_formatted_as_bytes(tmp_path):
+    page = search_report_html(_memory_doc())
+    assert "<th>peak activation B</th>" in page and "<td>5,000</td>" in page and "<td>2,048</td>" in page
+    assert "<th>energy µJ</th>" not in page  # only the metrics the search used get a column
+    assert '"axis": {"metric": "memory", "key": "peak_activation_bytes", "label": "peak activation memory (bytes, ' \
+           'batch 1)", "unit": "bytes", "limit": 2500.0}' in page  # fmt: skip
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed")
+    path = tmp_path / "search.html"
+    write_search_report(_memory_doc(), path)
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", path.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
+    front = dom[dom.index('id="front"'):dom.index('id="bars"')]
+    assert ">peak activation memory (bytes, batch 1)<" in front and ">latency (ms" not in front
+    ticks = re.findall(r'text-anchor="middle"[^>]*>([^<]+)<', front)
+    assert all(re.fullmatch(r"\d+(\.\d+)? kB|\d+ B", t) for t in ticks[:5]), ticks  # bytes, not 4.10e+3
+    assert front.count("<circle") == 8  # 3 of 4 trials (one has no peak), 2 Pareto points, dense, uniform, best
+    xs = {float(x) for x in re.findall(r'<circle[^>]*cx="([\d.]+)"[^>]*r="4"', front)}
+    line = float(re.search(r'<line x1="([\d.]+)" x2="[\d.]+" y1="20"', front).group(1))  # the budget
+    assert len(xs) == 3 and min(xs) < line < max(xs)  # 1 kB and 2 kB within 2.5 kB, 4 kB beyond

@@ -1,11 +1,12 @@
 """A search's report: one self-contained HTML page (no network) with the interactive Pareto front.
 
-Every trial is a point (accuracy against latency); the Pareto front is joined by a line, the uniform family (one
-keep ratio everywhere) is drawn on the same axes, and the dense model, the chosen policy and the uniform baseline are
-marked. Hovering a point shows its policy and measurement, clicking selects it: its per-layer policy is drawn as bars
-(channels kept per group, int8 or float per layer). A second plot sets the latency table's predictions against the
-end-to-end measurements. The page reads the search's JSON (``search.json``) embedded in it; plain SVG and a few lines
-of JavaScript, like the run report.
+Every trial is a point (accuracy against the search's other objective: latency, archive size, energy or peak
+activation memory, each labelled with its unit, bytes as bytes); the Pareto front is joined by a line, the uniform
+family (one keep ratio everywhere) is drawn on the same axes, and the dense model, the chosen policy and the uniform
+baseline are marked. Hovering a point shows its policy and measurement, clicking selects it: its per-layer policy is
+drawn as bars (channels kept per group, int8 or float per layer). A second plot sets the latency table's predictions
+against the end-to-end measurements. The page reads the search's JSON (``search.json``) embedded in it; plain SVG
+and a few lines of JavaScript, like the run report.
 """
 
 from __future__ import annotations
@@ -35,13 +36,17 @@ function el(tag, attrs, parent) { const e = document.createElementNS(NS, tag);
   for (const k in attrs) e.setAttribute(k, attrs[k]); if (parent) parent.appendChild(e); return e; }
 function scale(vals, lo, hi) { let a = Math.min(...vals), b = Math.max(...vals); if (a === b) { a -= 1; b += 1; }
   const pad = (b - a) * 0.05; a -= pad; b += pad; return [v => lo + (v - a) / (b - a) * (hi - lo), a, b]; }
-function axes(svg, sx, sy, xl, yl) {
+function bytes(v) { const a = Math.abs(v);
+  return a >= 1e6 ? (v / 1e6).toPrecision(3) + ' MB' : a >= 1e3 ? (v / 1e3).toPrecision(3) + ' kB'
+    : Math.round(v) + ' B'; }
+function fmt(v, unit) { return unit === 'bytes' ? bytes(v) : v.toPrecision(3); }
+function axes(svg, sx, sy, xl, yl, unit) {
   el('line', {x1: M.l, y1: H - M.b, x2: W - M.r, y2: H - M.b, stroke: '#444'}, svg);
   el('line', {x1: M.l, y1: M.t, x2: M.l, y2: H - M.b, stroke: '#444'}, svg);
   for (let i = 0; i <= 4; i++) {
     const xv = sx[1] + (sx[2] - sx[1]) * i / 4, yv = sy[1] + (sy[2] - sy[1]) * i / 4;
     el('text', {x: sx[0](xv), y: H - M.b + 15, 'font-size': 11, 'text-anchor': 'middle'}, svg)
-      .textContent = xv.toPrecision(3);
+      .textContent = fmt(xv, unit);
     el('text', {x: M.l - 5, y: sy[0](yv) + 4, 'font-size': 11, 'text-anchor': 'end'}, svg)
       .textContent = yv.toPrecision(3);
   }
@@ -57,6 +62,10 @@ function describe(c, label) {
   return `${label}${c.trial !== null && c.trial !== undefined ? ' (trial ' + c.trial + ')' : ''}\n` +
     `accuracy ${c.accuracy === null ? 'n/a' : c.accuracy.toFixed(4)}\nlatency ${c.latency_ms.toFixed(4)} ms` +
     (c.measured_latency_ms ? ` (measured ${c.measured_latency_ms.toFixed(4)})` : ' (predicted)') +
+    (c.archive_bytes != null ? `\narchive ${c.archive_bytes.toLocaleString('en')} B` : '') +
+    (c.energy_uj != null ? `\nenergy ${c.energy_uj.toPrecision(4)} µJ (estimated)` : '') +
+    (c.peak_activation_bytes != null ? `\npeak activation memory ${c.peak_activation_bytes.toLocaleString('en')} B`
+      : '') +
     `\nMACs ${m.macs}\nwithin budget: ${c.feasible ? 'yes' : 'no'}\nchannels kept:\n${keep || '  (none searched)'}` +
     `\nint8 layers: ${q}`;
 }
@@ -92,27 +101,28 @@ function point(svg, c, x, y, opts, label) {
   return n;
 }
 function front() {
-  const svg = document.getElementById('front');
-  const all = [...D.trials, ...D.uniform_family, D.dense, D.best, D.uniform].filter(c => c && c.accuracy !== null);
-  const sx = scale(all.map(c => c.latency_ms), M.l, W - M.r), sy = scale(all.map(c => c.accuracy), H - M.b, M.t);
-  axes(svg, sx, sy, 'latency (ms, batch 1)', 'accuracy');
-  const lim = (D.limits || {}).latency;
+  const svg = document.getElementById('front'), A = D.axis, X = c => c[A.key];
+  const shown = c => c && c.accuracy !== null && X(c) != null;
+  const all = [...D.trials, ...D.uniform_family, D.dense, D.best, D.uniform].filter(shown);
+  const sx = scale(all.map(X), M.l, W - M.r), sy = scale(all.map(c => c.accuracy), H - M.b, M.t);
+  axes(svg, sx, sy, A.label, 'accuracy', A.unit);
+  const lim = A.limit;
   if (lim) el('line', {x1: sx[0](lim), x2: sx[0](lim), y1: M.t, y2: H - M.b, stroke: '#c33',
     'stroke-dasharray': '4 3'}, svg);
-  const pf = [...D.pareto].sort((a, b) => a.latency_ms - b.latency_ms);
-  if (pf.length > 1) el('polyline', {points: pf.map(c => `${sx[0](c.latency_ms)},${sy[0](c.accuracy)}`).join(' '),
+  const pf = D.pareto.filter(shown).sort((a, b) => X(a) - X(b));
+  if (pf.length > 1) el('polyline', {points: pf.map(c => `${sx[0](X(c))},${sy[0](c.accuracy)}`).join(' '),
     fill: 'none', stroke: '#4a7ab5', 'stroke-width': 1.5}, svg);
   const dot = (r, fill) => ({attrs: (x, y) => ({cx: x, cy: y, r: r, fill: fill, 'fill-opacity': 0.8})});
-  D.trials.forEach(c => point(svg, c, sx[0](c.latency_ms), sy[0](c.accuracy),
+  D.trials.filter(shown).forEach(c => point(svg, c, sx[0](X(c)), sy[0](c.accuracy),
     dot(4, c.feasible ? '#9bb' : '#ddd'), 'trial'));
-  D.uniform_family.forEach(c => point(svg, c, sx[0](c.latency_ms), sy[0](c.accuracy),
+  D.uniform_family.filter(shown).forEach(c => point(svg, c, sx[0](X(c)), sy[0](c.accuracy),
     {shape: 'rect', attrs: (x, y) => ({x: x - 4, y: y - 4, width: 8, height: 8, fill: '#d9822b',
       'fill-opacity': 0.7})}, 'uniform family'));
-  pf.forEach(c => point(svg, c, sx[0](c.latency_ms), sy[0](c.accuracy), dot(5, '#4a7ab5'), 'Pareto front'));
+  pf.forEach(c => point(svg, c, sx[0](X(c)), sy[0](c.accuracy), dot(5, '#4a7ab5'), 'Pareto front'));
   const marks = [['dense', '#222'], ['uniform', '#b35900'], ['best', '#1a9850']];
   let first = null;
-  marks.forEach(([k, col]) => { const c = D[k]; if (!c || c.accuracy === null) return;
-    const n = point(svg, c, sx[0](c.latency_ms), sy[0](c.accuracy), dot(7, col), k);
+  marks.forEach(([k, col]) => { const c = D[k]; if (!shown(c)) return;
+    const n = point(svg, c, sx[0](X(c)), sy[0](c.accuracy), dot(7, col), k);
     if (k === 'best') first = [c, n, k]; });
   if (first) select(...first);
 }
@@ -122,7 +132,7 @@ function predicted() {
   const v = rows.flatMap(r => [r.predicted_ms, r.measured_ms]);
   const s = scale(v, M.l, W - M.r), t = scale(v, H - M.b, M.t);
   axes(svg, s, t, 'measured end to end (ms)', 'predicted by the ' +
-    (D.latency_table.latency_model === 'nodes' ? 'node' : 'layer') + ' table (ms)');
+    (D.latency_table.latency_model === 'nodes' ? 'node' : 'layer') + ' table (ms)', 'ms');
   el('line', {x1: s[0](s[1]), y1: t[0](s[1]), x2: s[0](s[2]), y2: t[0](s[2]), stroke: '#aaa',
     'stroke-dasharray': '3 3'}, svg);
   rows.forEach(r => el('circle', {cx: s[0](r.measured_ms), cy: t[0](r.predicted_ms), r: 4, fill: '#4a7ab5'}, svg));
@@ -131,23 +141,51 @@ front(); predicted();
 """
 
 
+# objective -> (the candidate's key in search.json, the axis label, its unit: ticks of "bytes" read as B, kB, MB)
+AXES = {"latency": ("latency_ms", "latency (ms, batch 1)", "ms"),
+        "size": ("archive_bytes", "archive size (bytes of the .dsz)", "bytes"),
+        "energy": ("energy_uj", "energy (µJ per inference, estimated)", "uJ"),
+        "memory": ("peak_activation_bytes", "peak activation memory (bytes, batch 1)", "bytes")}  # fmt: skip
+# table columns beyond latency and archive bytes, shown when the search used the metric (objective or budget)
+_COLUMNS = {"energy": ("energy µJ", "energy_uj"), "memory": ("peak activation B", "peak_activation_bytes")}
+
+
+def axis(doc: dict[str, Any]) -> dict[str, Any]:
+    """The front's horizontal axis: the search's first objective besides accuracy (latency when there is none),
+    its key in each candidate, label, unit and budget limit."""
+    metric = next((o for o in doc.get("objectives", []) if o in AXES), "latency")
+    key, label, unit = AXES[metric]
+    return {"metric": metric, "key": key, "label": label, "unit": unit,
+            "limit": (doc.get("limits") or {}).get(metric)}  # fmt: skip
+
+
+def _cell(value: Any, unit: str) -> str:
+    if value is None:
+        return "n/a"
+    return f"{int(value):,}" if unit == "bytes" else f"{value:.4g}"
+
+
 def search_report_html(doc: dict[str, Any], *, title: str = "deepslim search") -> str:
     """The report page of a search's JSON (``SearchResult.to_dict()`` or ``search.json``)."""
     lt, cost = doc.get("latency_table", {}), doc.get("cost", {})
     budget = ", ".join(b.get("text", "") for b in doc.get("budget", [])) or "none"
+    used = set(doc.get("objectives", [])) | {b.get("metric", b.get("text", "").partition("=")[0])
+                                             for b in doc.get("budget", [])}  # fmt: skip
+    extra = [(m, *_COLUMNS[m]) for m in _COLUMNS if m in used]
     rows = []
     for label in ("dense", "uniform", "best"):
         c = doc.get(label)
         if c is None:
-            rows.append(f"<tr><td>{label}</td><td colspan=6>no policy within budget</td></tr>")
+            rows.append(f"<tr><td>{label}</td><td colspan={6 + len(extra)}>no policy within budget</td></tr>")
             continue
         acc = "n/a" if c.get("accuracy") is None else f"{c['accuracy']:.4f}"
         meas = "n/a" if c.get("measured_latency_ms") is None else f"{c['measured_latency_ms']:.4f}"
-        size = "n/a" if c.get("archive_bytes") is None else f"{c['archive_bytes']:,}"
+        size = _cell(c.get("archive_bytes"), "bytes")
+        more = "".join(f"<td>{_cell(c.get(key), AXES[m][2])}</td>" for m, _, key in extra)
         verdict = html.escape(str((c.get("remeasured") or {}).get("verdict", "not re-measured")))
         within = "yes" if c.get("feasible") else "no"
         rows.append(f"<tr><td>{label}</td><td>{acc}</td><td>{c['latency_ms']:.4f}</td><td>{meas}</td>"
-                    f"<td>{size}</td><td>{within}</td><td>{verdict}</td></tr>")  # fmt: skip
+                    f"<td>{size}</td>{more}<td>{within}</td><td>{verdict}</td></tr>")  # fmt: skip
     table_line = "no end-to-end checks"
     if lt.get("error_p90") is not None:
         def tau(key: str) -> str:
@@ -156,14 +194,15 @@ def search_report_html(doc: dict[str, Any], *, title: str = "deepslim search") -
         model = "node" if lt.get("latency_model") == "nodes" else "layer"
         table_line = (f"{model} table: relative error p90 {lt['error_p90']:.1%}, Kendall τ {tau('kendall_tau')} "
                       f"(MAC count: τ {tau('mac_proxy_kendall_tau')}) over {lt['points']} measurements")
-    data = json.dumps(doc, default=str).replace("</", "<\\/")
+    data = json.dumps({**doc, "axis": axis(doc)}, default=str).replace("</", "<\\/")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>
 <body><h1>{html.escape(title)}</h1>
 <p>Budget: {html.escape(budget)}. {cost.get('trials', 0)} trials, {cost.get('wall_s', 0):.0f} s wall,
 {cost.get('cpu_s', 0):.0f} CPU-s (~{cost.get('energy_kwh', 0):.2g} kWh, estimated).</p>
 <table><tr><th>policy</th><th>accuracy</th><th>latency ms</th><th>measured ms</th><th>archive B</th>
-<th>within budget</th><th>re-measured</th></tr>{''.join(rows)}</table>
+{''.join(f"<th>{html.escape(head)}</th>" for _, head, _ in extra)}<th>within budget</th><th>re-measured</th></tr>
+{''.join(rows)}</table>
 <h2>Pareto front</h2>
 <div class="legend"><span style="color:#4a7ab5">● Pareto front</span><span style="color:#9bb">● trials</span>
 <span style="color:#d9822b">■ uniform family</span><span>● dense</span><span style="color:#1a9850">● best</span>
