@@ -96,6 +96,9 @@ class OpRules:
                         or op in ("split", "split_with_sizes", "chunk", "unbind")):  # fmt: skip
                 for layout in ins:
                     self.block(layout, f"channels split by {node.name}")
+            elif ins and _holds_tensors(node):  # max/min/sort/topk over a dim: values and indices, not followed
+                for layout in ins:
+                    self.block(layout, f"{node.name} returns several tensors")
             return None
         if not ins:
             return self.fresh(node, f"{node.name} creates a tensor")
@@ -236,6 +239,19 @@ class OpRules:
 
 
 _shape = shape_of
+
+
+def _holds_tensors(node: fx.Node) -> bool:
+    """Whether a node without a shape of its own returns tensors (a tuple of them), not sizes or other values."""
+    meta = node.meta.get("tensor_meta")
+    if meta is None:
+        meta = node.meta.get("val")
+    return isinstance(meta, (tuple, list)) and any(_is_tensor_meta(m) for m in meta)
+
+
+def _is_tensor_meta(value: Any) -> bool:
+    """A tensor's metadata (fx's TensorMetadata or a fake tensor), not a size or another value."""
+    return isinstance(getattr(value, "shape", None), (torch.Size, tuple))
 
 
 def _dims(node: Any) -> tuple[int, ...]:
