@@ -4,6 +4,7 @@ note when a model below the thresholds was accepted)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -59,3 +60,26 @@ def test_weight_only_and_k_means_reports_name_their_bits():
     ds.cluster_(model, ds.KMeansConfig(bits=3, overrides={"5": None}))
     assert str(ds.quantization_report(model)).splitlines() == [
         "0: k-means 3-bit", "3: k-means 3-bit", "not quantized: 5 (skipped by an override)"]
+
+
+def test_quantize_refusals_say_what_to_pass_instead():
+    model = nn.Sequential(nn.Linear(5, 4), nn.ReLU(), nn.Linear(4, 3))
+    takes = "quantize_ takes one of LinearQuantConfig, Float16Config, PowerOfTwoConfig, BinaryConfig, TernaryConfig"
+    cases = [
+        (lambda: ds.quantize_(model, ds.LinearQuantConfig()),
+         "activation quantization needs calib_data (a few hundred representative inputs): pass calib_data=data.calib, "
+         "or activation_bits=None for weight-only quantization"),
+        (lambda: ds.quantize_(model, ds.KMeansConfig(bits=3)),
+         f"{takes}, not KMeansConfig (k-means weight sharing is cluster_)"),
+        (lambda: ds.quantize_(model, ds.ChannelPruneConfig(ratio=0.5)),
+         f"{takes}, not ChannelPruneConfig (k-means weight sharing is cluster_)"),
+        (lambda: ds.quantize_(model, ds.LinearQuantConfig(activation_bits=None, overrides={"fc9": None, "re:x.*": 4})),
+         "no quantizable layer matches 'fc9', 're:x.*'"),
+        (lambda: ds.cluster_(model, ds.KMeansConfig(bits=3, overrides={"nope": 2})),
+         "no quantizable layer matches 'nope'"),
+    ]  # fmt: skip
+    for call, message in cases:
+        with pytest.raises(ds.ConfigError) as err:
+            call()
+        assert str(err.value) == message
+    assert all(type(m) in (nn.Linear, nn.ReLU) for m in model)  # nothing was changed on the way
