@@ -53,8 +53,9 @@ from deepslim.compress.tokens import (
     prune_tokens_,
 )
 from deepslim.data.sentences import training_sentences, word_salad
+from deepslim.data.text_corpus import CorpusConfig, build_corpus
 from deepslim.models.hf import IdsOnly, tokenize, tokenizer_for
-from deepslim.tasks.similarity import embedding_fidelity, sentence_fidelity
+from deepslim.tasks.similarity import embed, embedding_fidelity, sentence_fidelity
 from deepslim.train.student import EncoderKDConfig, distill_encoder
 
 THREADS = 1
@@ -64,6 +65,7 @@ TOME_R = {32: 2, 128: 8}
 KEEP = {32: 0.9, 128: 0.9}
 TOME_KD_R = {32: 4, 128: 16}  # ToMe distilled with merging in place (at sequence 128)
 STUDENT_KEEP = [0, 3, 5]
+HELDOUT = 512  # distillation-mix texts held out of training (fit on unseen text of the same mix)
 Texts = tuple[list[str], torch.Tensor, torch.Tensor]  # docstring sentences, token ids, attention mask
 HEADS = HeadPruneConfig(head_ratio=1 / 3, ffn_ratio=0.25)  # a third of the heads, a quarter of the hidden units
 
@@ -86,20 +88,41 @@ def docstring_sentences() -> list[str]:
     return list(found)
 
 
-def distill_texts(teacher: torch.nn.Module, seed: int = 0) -> tuple[list[str], torch.Tensor, torch.Tensor]:
-    """Distillation text, never the evaluation sentences: stdlib docstring sentences (shuffled), 4,500 template
-    sentences, 3,000 strings of random common vocabulary words (``word_salad``: everyday words that docstrings and
-    templates lack) and 1,000 runs of five docstring sentences (for the ~100-token passages of sequence 128),
-    tokenized to 128 tokens (``distill_encoder`` pads each batch only to its longest text). Returns (docstring
-    sentences, ids, mask). Session 6: the templates went from 1,500 to 4,500 and the word salad was added; a
-    60-CPU-second probe of the 3-layer student moved the evaluation cosine from 0.838 to 0.847 with it."""
+def distill_texts(teacher: torch.nn.Module, corpus: str = "broad", seed: int = 0) -> tuple[Texts, Texts, dict]:
+    """Distillation text, never the evaluation sentences: (training texts, ``HELDOUT`` texts of the same mix held
+    out to measure how well the student fits text it did not see, a record of the mix). Both mixes are tokenized to
+    128 tokens (``distill_encoder`` pads each batch only to its longest text); the docstring sentences (first of
+    each triple) calibrate the head pruning in both.
+
+    ``mix6`` (sessions 6-7): stdlib docstring sentences (shuffled), 4,500 template sentences, 3,000 strings of random
+    common vocabulary words (``word_salad``) and 1,000 runs of five docstring sentences (for sequence 128).
+    ``broad`` (session 10): :func:`deepslim.data.text_corpus.build_corpus` (WordNet's examples and glosses, fortune
+    cookies, Debian package descriptions and READMEs, manual pages, the docstrings of every installed Python package
+    and their long descriptions: sentences and passages) plus the same templates and word salad."""
     docs = docstring_sentences()
     random.Random(seed).shuffle(docs)
-    salad = word_salad(tokenizer_for(teacher), 3000, seed=seed + 7)
-    texts = (docs + training_sentences(4500, seed=seed + 1) + salad
-             + [" ".join(docs[i : i + 5]) for i in range(0, 5000, 5)])  # fmt: skip
-    ids, mask = tokenize(teacher, texts, seq_len=128)
-    return docs, ids, mask
+    extra = training_sentences(4500, seed=seed + 1) + word_salad(tokenizer_for(teacher), 3000, seed=seed + 7)
+    record: dict[str, Any] = {"corpus": corpus}
+    if corpus == "mix6":
+        texts = docs + extra + [" ".join(docs[i : i + 5]) for i in range(0, 5000, 5)]
+        record["sources"] = {"stdlib_docstrings": len(docs), "templates_and_salad": len(extra), "runs": 1000}
+    else:
+        built = build_corpus(CorpusConfig(seed=seed))
+        texts = built.texts() + extra
+        record |= built.summary() | {"templates_and_salad": len(extra)}
+    random.Random(seed + 11).shuffle(texts)
+    train, held = texts[:-HELDOUT], texts[-HELDOUT:]
+    record["texts"], record["heldout"] = len(train), len(held)
+    return (docs, *tokenize(teacher, train, seq_len=128)), (held, *tokenize(teacher, held, seq_len=128)), record
+
+
+def heldout_fidelity(student: torch.nn.Module, teacher: torch.nn.Module, texts: Texts) -> dict[str, float]:
+    """Fidelity on distillation-mix texts the student did not see (batches cut to their longest text)."""
+    _, ids, mask = texts
+    batches = [{"input_ids": ids[i : i + 32, : int(mask[i : i + 32].sum(1).max())],
+                "attention_mask": mask[i : i + 32, : int(mask[i : i + 32].sum(1).max())]}
+               for i in range(0, len(ids), 32)]  # fmt: skip
+    return embedding_fidelity(embed(student, batches), embed(teacher, batches))
 
 
 def passages(teacher: torch.nn.Module, docs: list[str], seed: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
@@ -114,7 +137,7 @@ def passages(teacher: torch.nn.Module, docs: list[str], seed: int = 2) -> tuple[
 
 def _kd(args: argparse.Namespace, what: str, **kw: Any) -> EncoderKDConfig:
     return EncoderKDConfig(cpu_seconds=getattr(args, f"{what}_cpu"), lr=getattr(args, f"{what}_lr"),
-                           wall_seconds=args.wall, **kw)  # fmt: skip
+                           wall_seconds=args.wall, seed=args.seed, **kw)  # fmt: skip
 
 
 def prefixed(prefix: Path, ext: str) -> Path:
@@ -224,11 +247,13 @@ def run(args: argparse.Namespace) -> dict:
     chosen = set(args.variants.split(","))
     variants: dict[str, Any] = {}
     texts: Texts = ([], torch.empty(0), torch.empty(0))
+    held: Texts = texts
     if chosen & {"heads", "student3", "tome_kd"}:
-        texts = distill_texts(teacher)
+        texts, held, result["distill_corpus"] = distill_texts(teacher, args.corpus, seed=args.seed)
         result["distill_texts"] = len(texts[1])
     if "student3" in chosen:
         student, result["student3"] = student3(teacher, args, texts, args.student_from)
+        result["student3"]["heldout_fidelity"] = heldout_fidelity(student, teacher, held)
         result["student3"]["test_fidelity_torch_seq32"] = sentence_fidelity(student, teacher, data32)
         result["student3"]["test_fidelity_torch_seq128"] = sentence_fidelity(student, teacher, data128)
         variants["student3"] = lambda s: student
@@ -237,6 +262,7 @@ def run(args: argparse.Namespace) -> dict:
             pruned, result["heads"] = load_heads(teacher, args.heads_from)
         else:
             pruned, result["heads"] = head_pruned(teacher, data32, args, texts)
+        result["heads"]["heldout_fidelity"] = heldout_fidelity(pruned, teacher, held)
         result["heads"]["test_fidelity_torch_seq32"] = sentence_fidelity(pruned, teacher, data32)
         result["heads"]["test_fidelity_torch_seq128"] = sentence_fidelity(pruned, teacher, data128)
         variants["heads"] = lambda s: pruned
@@ -340,6 +366,10 @@ def main() -> None:
                         help="also stop each distillation after this many wall seconds (it still anneals)")
     parser.add_argument("--student-relation", type=float, default=0.0,
                         help="MiniLM attention/value-relation transfer weight for the 3-layer student (0: off)")
+    parser.add_argument("--corpus", choices=("broad", "mix6"), default="broad",
+                        help="distillation text: broad (session 10: text_corpus + templates + salad) or mix6 "
+                             "(sessions 6-7: stdlib docstrings, templates, salad)")  # fmt: skip
+    parser.add_argument("--seed", type=int, default=0, help="seed of the distillation text and its order")
     parser.add_argument("--distill-only", action="store_true",
                         help="distil (and report PyTorch fidelity), save the students, skip the ONNX measurement")
     parser.add_argument("--variants", default="ort_opt_int8,ds_fused_int8,tome,prune,student3,heads",
