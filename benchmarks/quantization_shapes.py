@@ -10,9 +10,9 @@ held-out test split of:
 - NNCF int8 PTQ (ONNX backend) run in ONNX Runtime.
 Latency: 1×3×32×32, at the run's threads, all files in one round-robin (deepslim.interleave), each in its own
 process. ``--threads`` (default 1, as the other benchmarks that train) fixes torch's intra-op threads for training
-(given to ``fit``: its load policy would otherwise train at 1 thread on a busy machine unless OMP_NUM_THREADS is
-set) and the latency threads: a trained model depends on it (BENCHMARKS.md session 8); the 2026-11-23 run used 2.
-The JSON is written after every model and seed, so a long run never loses it all.
+(given to ``fit`` and ``evaluate``: their load policy would otherwise use 1 thread on a busy machine unless
+OMP_NUM_THREADS is set) and the latency threads: a trained model depends on it (BENCHMARKS.md session 8); the
+2026-11-23 run used 2. The JSON is written after every model and seed, so a long run never loses it all.
 
 ``--models``/``--seeds`` run a part of the table (seed numbers, not a count); ``--merge PREVIOUS`` adds the runs of
 an earlier result of this benchmark (same threads) that this one does not re-run, so a run finished in parts is one
@@ -49,12 +49,12 @@ def run(name: str, seed: int, data: ds.DataBundle, tmp: Path, threads: int) -> d
     train_s = time.perf_counter() - start
     x = data.example_input
     calib_np = [b.numpy() for b, _ in data.calib]
-    acc = {"fp32": ds.evaluate(model, data.test).accuracy}
+    acc = {"fp32": ds.evaluate(model, data.test, threads=threads).accuracy}
     files = {"fp32": ds.export_onnx(model, tmp / f"{name}-fp32.onnx", example_input=x).path}
     acc["fp32 (ORT)"] = ort_accuracy(files["fp32"], data.test)
     for cal in ("minmax", "percentile"):
         q = ds.quantize_(copy.deepcopy(model), ds.LinearQuantConfig(calibration=cal), calib_data=data.calib)
-        acc[f"deepslim int8 {cal} (PyTorch)"] = ds.evaluate(q, data.test).accuracy
+        acc[f"deepslim int8 {cal} (PyTorch)"] = ds.evaluate(q, data.test, threads=threads).accuracy
         path = ds.export_onnx(q, tmp / f"{name}-ds-{cal}.onnx", example_input=x, calib_data=data.calib).path
         acc[f"deepslim int8 {cal} (ORT)"] = ort_accuracy(path, data.test)
         files[f"deepslim int8 {cal}"] = path
