@@ -68,7 +68,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--proxy-lr", type=positive_float, default=None, metavar="LR",
                    help="the proxy's peak learning rate (default --lr; fewer steps take a higher one)")
     p.add_argument("--measure-repeats", type=positive_int, default=5, metavar="N",
-                   help="with --latency-model measured: runs of a trial measured within 15%% of the budget (median)")
+                   help="with --latency-model measured: runs of a trial whose first run meets the budget or misses it "
+                        "by at most 15%% (judged by the median)")
     p.add_argument("--temperature", type=float, default=None,
                    help="the finalists' fine-tune (and the recipe's) distills from the dense model at this temperature")
     p.add_argument("--top-k", type=int, default=3, help="finalists fine-tuned and re-measured (default 3)")

@@ -127,10 +127,10 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     batch-norm re-estimation alone (which ranked pruned MobileNetV2 policies unlike their recovered accuracy);
     ``temperature`` makes the finalists' fine-tune (and the recipe's) a distillation from the dense model;
     ``proxy_lr`` is the proxy's peak learning rate (default ``lr``). With ``latency_model="measured"`` a trial whose
-    first end-to-end run lands within 15% of the latency budget is run ``measure_repeats`` times in all, judged by
-    the median ratio to dense (its runs are in the candidate's ``measured_runs``). A study records how its trials
-    are judged (``proxy_steps``, ``proxy_lr``, ``temperature``, ``latency_model``) and refuses to be resumed with
-    other values: its trials would be compared on two scales. ``priors``:
+    first end-to-end run meets the latency budget (or misses it by at most 15%) is run ``measure_repeats`` times in
+    all, judged by the median ratio to dense (its runs are in the candidate's ``measured_runs``). A study records
+    how its trials are judged (``proxy_steps``, ``proxy_lr``, ``temperature``, ``latency_model``) and refuses to be
+    resumed with other values: its trials would be compared on two scales. ``priors``:
     where the space has groups of two or more roles (expansion, bottleneck, plain) and a latency budget, a new study
     first tries role-structured policies — each role kept wide in turn, the others at the widest ratio that meets the
     budget (:func:`frame.structured_priors`); not for ``strategy="grid"``, which tries every policy anyway.
