@@ -105,3 +105,18 @@ def test_a_memory_search_is_drawn_against_peak_activation_bytes_labelled_and_for
     xs = {float(x) for x in re.findall(r'<circle[^>]*cx="([\d.]+)"[^>]*r="4"', front)}
     line = float(re.search(r'<line x1="([\d.]+)" x2="[\d.]+" y1="20"', front).group(1))  # the budget
     assert len(xs) == 3 and min(xs) < line < max(xs)  # 1 kB and 2 kB within 2.5 kB, 4 kB beyond
+
+
+def test_the_selected_policys_bars_show_its_sparsity_and_kmeans_bits(tmp_path):
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed")
+    doc = search_doc()
+    doc["best"]["policy"].update(sparsity={"conv1": 0.75, "fc": 0.0}, kmeans={"conv1": 6, "fc": 4})
+    path = tmp_path / "search.html"
+    write_search_report(doc, path)
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", path.as_uri()],
+                         capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
+    bars = dom[dom.index('id="bars"'):dom.index('id="pred"')]
+    assert ">sparsity 0.75<" in bars and ">k-means 4 bits<" in bars  # fc: float, clustered
+    assert "k-means 6 bits" not in bars and "sparsity 0<" not in bars  # conv1 is int8 (not clustered); fc dense

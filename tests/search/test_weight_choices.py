@@ -78,6 +78,19 @@ def test_a_size_search_finds_the_exact_optimum_over_sparsity_and_kmeans_by_archi
     assert sizes[0.75] < sizes[0.0]  # sparsity is what the archive measures
 
 
+def test_a_size_budget_below_the_sparsest_smallest_policy_is_refused_naming_it(tmp_path):
+    pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    from deepslim.search import search
+
+    net = trained_net()
+    with pytest.raises(ConfigError, match=r"the size budget .* is tighter than the smallest policy in this space "
+                                          r"allows .*: 8 of 16 channels kept, 0 of 3 layers int8, 3 of 3 layers sparse "
+                                          r"\(up to 0\.75\), 3 of 3 layers k-means \(4 bits or more\)\)"):  # fmt: skip
+        search(net, digits(), _space(net), ("accuracy", "size"), "size=0.02x", trials=2, out_dir=tmp_path,
+               latency_table=fake_table(), **FAST)  # fmt: skip
+    assert not (tmp_path / "study.journal").exists()
+
+
 def test_the_written_recipe_with_sparsity_and_kmeans_rebuilds_the_model_and_its_archive(tmp_path):
     from deepslim.pipeline import load_recipe, run_recipe
 

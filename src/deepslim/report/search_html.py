@@ -4,9 +4,9 @@ Every trial is a point (accuracy against the search's other objective: latency, 
 activation memory, each labelled with its unit, bytes as bytes); the Pareto front is joined by a line, the uniform
 family (one keep ratio everywhere) is drawn on the same axes, and the dense model, the chosen policy and the uniform
 baseline are marked. Hovering a point shows its policy and measurement, clicking selects it: its per-layer policy is
-drawn as bars (channels kept per group, int8 or float per layer). A second plot sets the latency table's predictions
-against the end-to-end measurements. The page reads the search's JSON (``search.json``) embedded in it; plain SVG
-and a few lines of JavaScript, like the run report.
+drawn as bars (channels kept per group, int8 or float per layer, sparsity and k-means bits where chosen). A second
+plot sets the latency table's predictions against the end-to-end measurements. The page reads the search's JSON
+(``search.json``) embedded in it; plain SVG and a few lines of JavaScript, like the run report.
 """
 
 from __future__ import annotations
@@ -81,8 +81,13 @@ function bars(c) {
   const layers = (D.space.int8_layers || []);
   const rows = groups.map(g => ({name: g.name, frac: (c.policy.keep[g.name] || g.width) / g.width,
     text: `${c.policy.keep[g.name]} / ${g.width}`}));
+  const q8 = c.policy.int8 || {};
+  const extra = [...Object.entries(c.policy.sparsity || {}).filter(([, v]) => v > 0).map(([n, v]) =>
+      ({name: n, frac: 1 - v, text: `sparsity ${v}`, fill: '#6a9f58'})),
+    ...Object.entries(c.policy.kmeans || {}).filter(([n, v]) => v > 0 && !q8[n]).map(([n, v]) =>
+      ({name: n, frac: v / 8, text: `k-means ${v} bits`, fill: '#8e6bb0'}))];
   const h = 18, y0 = 10;
-  svg.setAttribute('height', y0 + (rows.length + layers.length + 2) * h + 10);
+  svg.setAttribute('height', y0 + (rows.length + layers.length + extra.length + 3) * h + 10);
   rows.forEach((r, i) => { const y = y0 + i * h;
     el('text', {x: 170, y: y + 12, 'font-size': 11, 'text-anchor': 'end'}, svg).textContent = r.name;
     el('rect', {x: 175, y: y + 2, width: 300 * r.frac, height: h - 5, fill: '#4a7ab5'}, svg);
@@ -91,6 +96,10 @@ function bars(c) {
     el('text', {x: 170, y: y + 12, 'font-size': 11, 'text-anchor': 'end'}, svg).textContent = n;
     el('rect', {x: 175, y: y + 2, width: q ? 150 : 300, height: h - 5, fill: q ? '#d9822b' : '#999'}, svg);
     el('text', {x: 480, y: y + 12, 'font-size': 11}, svg).textContent = q ? 'int8' : 'float'; });
+  extra.forEach((r, j) => { const y = y0 + (rows.length + layers.length + 2 + j) * h;
+    el('text', {x: 170, y: y + 12, 'font-size': 11, 'text-anchor': 'end'}, svg).textContent = r.name;
+    el('rect', {x: 175, y: y + 2, width: 300 * r.frac, height: h - 5, fill: r.fill}, svg);
+    el('text', {x: 480, y: y + 12, 'font-size': 11}, svg).textContent = r.text; });
 }
 function point(svg, c, x, y, opts, label) {
   const n = el(opts.shape || 'circle', {class: 'pt', ...opts.attrs(x, y)}, svg);

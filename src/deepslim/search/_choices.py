@@ -105,6 +105,18 @@ def lower(name: str, options: Sequence[Any], value: Any) -> list[Any]:
     return []
 
 
+def follows(key: str, value: Any, params: Mapping[str, Any], tied: Mapping[str, str]) -> bool:
+    """Whether flat parameter ``key`` is a tied int8 layer's (``tied``: follower -> the layer it follows), given as
+    its group's first is; a different value is a ConfigError naming both (it would split a fused attention)."""
+    if not key.startswith("int8:") or key[5:] not in tied:
+        return False
+    lead = params.get(f"int8:{tied[key[5:]]}")
+    if lead is not None and bool(value) != bool(lead):
+        raise ConfigError(f"{key}={value!r} splits the int8 choice it is tied to ({tied[key[5:]]}={lead!r}): tied "
+                          "layers (a fused attention's query, key and value) are all int8 or all float")  # fmt: skip
+    return True
+
+
 def qkv_trios(model: nn.Module, layers: Iterable[str]) -> tuple[tuple[str, ...], ...]:
     """The (query, key, value) linear layers of each attention whose three are all in ``layers``: ONNX Runtime fuses
     them into one kernel, and dynamic int8 (the default calibration of a BERT-style encoder) quantizes all three or

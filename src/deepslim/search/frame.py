@@ -79,11 +79,21 @@ def check_feasible(ev: Evaluator, budgets: tuple[Budget, ...], limits: dict[str,
 
 
 def _describe(space: SearchSpace, policy: Policy) -> str:
-    """A policy in words: its channels kept and layers in int8."""
+    """A policy in words: its channels kept, layers in int8 and, where the space has them, sparse and k-means
+    layers."""
     kept = sum(policy.keep.values())
     total = sum(g.width for g in space.groups)
     q = sum(1 for v in policy.int8.values() if v)
-    return f"{kept} of {total} channels kept, {q} of {len(space.int8_layers)} layers int8"
+    words = f"{kept} of {total} channels kept, {q} of {len(space.int8_layers)} layers int8"
+    sparse = [s for s in policy.sparsity.values() if s > 0]
+    if space.sparse_layers:
+        words += f", {len(sparse)} of {len(space.sparse_layers)} layers sparse" + (
+            f" (up to {max(sparse):g})" if sparse else "")  # fmt: skip
+    shared = [b for n, b in policy.kmeans.items() if b > 0 and not policy.int8.get(n, False)]
+    if space.kmeans_layers:
+        words += f", {len(shared)} of {len(space.kmeans_layers)} layers k-means" + (
+            f" ({min(shared)} bits or more)" if shared else "")  # fmt: skip
+    return words
 
 
 PRIOR_OUTER = (1.0, 0.75)  # keep ratios of the role a structured prior keeps wide

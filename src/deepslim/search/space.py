@@ -244,12 +244,7 @@ class SearchSpace:
         """The policy of flat parameters; a parameter outside the space is a ConfigError naming it."""
         choices, tied = self.choices(), self.followers()
         for key, value in params.items():
-            if key.startswith("int8:") and key[5:] in tied:  # a tied layer may be given: as its group's first
-                lead = params.get(f"int8:{tied[key[5:]]}")
-                if lead is not None and bool(value) != bool(lead):
-                    raise ConfigError(f"{key}={value!r} splits the int8 choice it is tied to ({tied[key[5:]]}="
-                                      f"{lead!r}): tied layers (a fused attention's query, key and value) are all "
-                                      "int8 or all float")  # fmt: skip
+            if _choices.follows(key, value, params, tied):  # a tied layer may be given: as its group's first
                 continue
             if key not in choices or value not in choices[key]:
                 raise ConfigError(f"{key}={value!r} is not in the search space")
