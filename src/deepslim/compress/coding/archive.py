@@ -18,6 +18,7 @@ points). The encoder picks, per tensor, whichever is smallest; all choices are e
 from __future__ import annotations
 
 import json
+import logging
 import math
 import struct
 import sys
@@ -35,8 +36,11 @@ from deepslim.compress.coding._limits import check_tensors, inflate_manifest
 from deepslim.compress.coding.sparse import decode_positions, encode_positions
 from deepslim.errors import ArchiveError, ConfigError, DeepSlimError, ModelLoadError
 
+log = logging.getLogger(__name__)
 MAGIC = b"\x89DSZ\r\n\x1a\n"
 VERSION = 1
+DYNAMIC_VERSION = 2  # an archive holding dynamic int8 weights (a version-1 reader would misread them: it refuses)
+READABLE_VERSIONS = (VERSION, DYNAMIC_VERSION)
 _HEADER = struct.Struct("<8sHHIQI")
 HEADER_BYTES = _HEADER.size
 FORMAT = "deepslim-archive"
@@ -47,7 +51,8 @@ _DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch
 _BITS_VIEW = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}  # a dtype's bit patterns as integers
 # part name -> the accounting category it is reported under
 PART_KIND = {"index": "indices", "index_table": "tables", "codes": "codes", "codes_table": "tables",
-             "codebook": "codebooks", "scales": "scales", "zeros": "scales", "raw": "raw"}  # fmt: skip
+             "codebook": "codebooks", "scales": "scales", "zeros": "scales", "raw": "raw", "fp32_columns": "raw",
+             "fp32_rows": "raw"}  # fmt: skip
 SPARSE_MIN_ZEROS = 0.3  # below this fraction of zeros the sparse layout is not tried
 SHARED_MAX_VALUES = 1 << 16
 SPARSE_FIXED_INDEX_BITS = 5  # without Huffman coding: the gap width Deep Compression used for fully connected layers
@@ -62,6 +67,9 @@ class _Tensor:
     value: torch.Tensor  # what the forward pass uses
     # linear quantization: (codes, scale, zero point, channel axis, bits)
     linear: tuple[torch.Tensor, torch.Tensor, torch.Tensor, int | None, int] | None = None
+    # a dynamic int8 weight's entries computed in fp32 ("columns", "rows"; see _dynamic.fp32_channels): its value is
+    # the float weight, its codes those of the int8 product
+    fp32: dict[str, torch.Tensor] | None = None
 
 
 def _module_kinds(model: nn.Module) -> dict[str, dict[str, Any]]:
@@ -82,6 +90,7 @@ def _module_kinds(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 
 def _inference_tensors(model: nn.Module) -> list[_Tensor]:
+    from deepslim.compress.quantize._dynamic import fp32_channels
     from deepslim.compress.quantize.linear import QuantMixin
 
     out = []
@@ -96,10 +105,13 @@ def _inference_tensors(model: nn.Module) -> list[_Tensor]:
             if isinstance(m, QuantMixin) and key == "weight_scale":
                 continue  # folded into the weight's codes
             item = _Tensor(prefix + key, t.detach())
-            if isinstance(m, QuantMixin) and key == "weight" and not m.dynamic:  # dynamic: quantized per forward
+            if isinstance(m, QuantMixin) and key == "weight" and not m.dynamic:
                 codes, scale, zero, axis = m.weight_codes()
                 item.linear = (codes, scale, zero, axis, m.bits)
                 item.value = _dequantize(codes, scale, zero, axis)
+            elif isinstance(m, QuantMixin) and key == "weight" and t.dtype == torch.float32:  # dynamic int8
+                item.linear = (*m.weight_codes(), m.bits)
+                item.fp32 = fp32_channels(m)  # the value stays the float weight: .pt checkpoints keep it
             out.append(item)
         for key, t in m.named_buffers(recurse=False):
             if key not in m._non_persistent_buffers_set:
@@ -196,6 +208,9 @@ def _value_candidates(item: _Tensor, picks: np.ndarray | None,
             parts["zeros"] = _raw_bytes(zero.to(torch.int32))
         enc: dict[str, Any] = {"kind": "linear", "bits": bits, "axis": axis, "channels": int(scale.numel()),
                "asymmetric": "zeros" in parts}  # fmt: skip
+        if item.fp32 is not None:  # a dynamic int8 weight: its fp32 channels beside the codes
+            enc["dynamic"] = True
+            parts.update({f"fp32_{k}": _raw_bytes(v.float()) for k, v in item.fp32.items()})
         return [(enc, parts, {"codes": stream})]
     patterns = _bit_patterns(t)
     sel = patterns if picks is None else patterns[picks]
@@ -274,7 +289,11 @@ def encode(model: nn.Module, *, huffman: bool = True, example_input: Any = None)
     records = model_records(model, example_input)
     tensors = _inference_tensors(model)
     kinds = _module_kinds(model)
-    fresh = fresh_architecture(model)
+    try:
+        fresh = fresh_architecture(model)
+    except DeepSlimError as exc:  # a zoo entry that loads pretrained weights (from_pretrained) refuses the meta device
+        log.debug("no meta-device build of the architecture to check the layers against: %s", exc)
+        fresh = None  # decoding builds it for real and loads the tensors by name, which checks them there
     if fresh is not None:
         what = records["factory"]["factory"] if "factory" in records else records["arch"]["name"]
         _check_rebuildable(fresh, kinds, tensors, what)
@@ -286,7 +305,8 @@ def encode(model: nn.Module, *, huffman: bool = True, example_input: Any = None)
         manifest["points"] = points
     blob = zlib.compress(json.dumps(manifest, separators=(",", ":")).encode(), 9)
     body = blob + b"".join(payload.chunks)
-    header = _HEADER.pack(MAGIC, VERSION, 0, len(blob), payload.size, zlib.crc32(body))
+    version = DYNAMIC_VERSION if any(t.fp32 is not None for t in tensors) else VERSION
+    header = _HEADER.pack(MAGIC, version, 0, len(blob), payload.size, zlib.crc32(body))
     return header + body
 
 
@@ -361,8 +381,9 @@ def _read(data: bytes) -> tuple[int, dict[str, Any], memoryview]:
     if len(data) < HEADER_BYTES:
         raise ArchiveError(f"archive truncated: {len(data)} bytes, shorter than the {HEADER_BYTES}-byte header")
     _, version, _flags, m_len, p_len, crc = _HEADER.unpack_from(data)
-    if version != VERSION:
-        raise ArchiveError(f"unsupported archive version {version} (this deepslim reads version {VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise ArchiveError(f"unsupported archive version {version} (this deepslim reads versions "
+                           f"{', '.join(map(str, READABLE_VERSIONS))})")  # fmt: skip
     want = HEADER_BYTES + m_len + p_len
     if len(data) < want:
         raise ArchiveError(f"archive truncated: {len(data)} of {want} bytes")
@@ -384,6 +405,7 @@ def _read(data: bytes) -> tuple[int, dict[str, Any], memoryview]:
 def archive_info(data: bytes) -> ArchiveInfo:
     """Per-tensor and per-part byte accounting of an archive (validated as :func:`decode` does)."""
     m_len, manifest, _ = _read(data)
+    version = _HEADER.unpack_from(bytes(data[:HEADER_BYTES]))[1]
     tensors, by_part = [], {"header": HEADER_BYTES + m_len}
     for e in manifest["tensors"]:
         parts: dict[str, int] = {}
@@ -391,7 +413,7 @@ def archive_info(data: bytes) -> ArchiveInfo:
             parts[PART_KIND[name]] = parts.get(PART_KIND[name], 0) + length
             by_part[PART_KIND[name]] = by_part.get(PART_KIND[name], 0) + length
         tensors.append(TensorBytes(e["name"], tuple(e["shape"]), e["layout"], e["values"]["kind"], parts))
-    return ArchiveInfo(VERSION, len(data), HEADER_BYTES + m_len, tuple(tensors), manifest.get("arch"), by_part)
+    return ArchiveInfo(version, len(data), HEADER_BYTES + m_len, tuple(tensors), manifest.get("arch"), by_part)
 
 
 def _part(payload: memoryview, entry: dict[str, Any], name: str) -> bytes:
@@ -492,6 +514,27 @@ def _decode_tensor(entry: dict[str, Any], payload: memoryview) -> tuple[torch.Te
     return out.view(shape), quant
 
 
+def _dynamic_weight(entry: dict[str, Any], payload: memoryview, value: torch.Tensor,
+                    kinds: dict[str, Any]) -> torch.Tensor:  # fmt: skip
+    """The float weight of a dynamic int8 layer from its entry: the codes times their steps (``value``), divided by
+    the layer's input scales, its fp32 channels put back (:func:`~deepslim.compress.quantize._dynamic.
+    weight_from_codes`); ArchiveError when they do not fit its record."""
+    from deepslim.compress.quantize._dynamic import weight_from_codes
+
+    name, layer = entry["name"], entry["name"].rpartition(".")[0]
+    fp32 = {}
+    for part in ("columns", "rows"):  # float32, row-major: (out, k) columns, (k, in) rows
+        if f"fp32_{part}" in entry["parts"]:
+            raw = _part(payload, entry, f"fp32_{part}")
+            if len(raw) % 4:
+                raise ArchiveError(f"tensor {name}: its fp32 {part} are {len(raw)} bytes, not float32 values")
+            fp32[part] = torch.frombuffer(bytearray(raw), dtype=torch.float32) if raw else torch.empty(0)
+    try:
+        return weight_from_codes(value, kinds.get(layer) if isinstance(kinds, dict) else None, fp32)
+    except ValueError as exc:
+        raise ArchiveError(f"tensor {name}: malformed dynamic int8 weight: {exc}") from None
+
+
 def _build(model: nn.Module, kinds: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> nn.Module:
     """``model`` (a fresh architecture) resized to ``shapes`` and with its modules turned into the recorded kinds."""
     from deepslim.compress.quantize import Calibration, apply_half, set_dynamic_state
@@ -552,6 +595,9 @@ def decode(data: bytes, *, model: nn.Module | None = None, arch: str | None = No
             if q is not None:
                 quant[entry["name"].rpartition(".")[0]] = q
         kinds = manifest.get("modules", {})
+        for entry in manifest["tensors"]:
+            if entry["values"].get("dynamic"):
+                state[entry["name"]] = _dynamic_weight(entry, payload, state[entry["name"]], kinds)
         records = check_records(manifest, source=source)
         points = check_points_record(manifest["points"], source) if manifest.get("points") is not None else None
     except (KeyError, TypeError, ValueError, IndexError, OverflowError, RuntimeError) as exc:

@@ -79,35 +79,117 @@ def dynamic_u8(x: torch.Tensor) -> torch.Tensor:
     return ((q - zero) * scale).detach() + (x - x.detach())  # straight-through: gradients reach the float input
 
 
-def _s8_per_channel(w: torch.Tensor, per_channel: bool) -> torch.Tensor:
-    """``w`` (out, in) quantized to s8 symmetric, per output channel (or per tensor), and back."""
+def _weight_step(w: torch.Tensor, per_channel: bool, fixed: Any = None) -> torch.Tensor:
+    """The s8 step of ``w`` (out, in) per output channel, (out, 1), or per tensor, (1, 1): max |w| / 127 (1 for a
+    zero row), or the ``fixed`` (scale, zero point) a layer restored from its int8 codes holds (the step it was
+    saved with, so that the reloaded codes are the saved ones)."""
+    if fixed is not None:
+        return fixed[0].detach().to(dtype=w.dtype, device=w.device).reshape(-1, 1)
     bound = w.detach().abs().amax(1, keepdim=True) if per_channel else w.detach().abs().amax().reshape(1, 1)
-    scale = torch.where(bound > 0, bound / 127.0, torch.ones_like(bound))
+    return torch.where(bound > 0, bound / 127.0, torch.ones_like(bound))
+
+
+def _s8_per_channel(w: torch.Tensor, per_channel: bool, fixed: Any = None) -> torch.Tensor:
+    """``w`` (out, in) quantized to s8 symmetric, per output channel (or per tensor), and back."""
+    scale = _weight_step(w, per_channel, fixed)
     q = torch.clamp(torch.round(w / scale), -127, 127) * scale
     return q.detach() + (w - w.detach())  # straight-through, as the static weights: fine-tuning trains the floats
+
+
+def _int8_weight(m: Any) -> torch.Tensor:
+    """The weight whose s8 codes a dynamic layer's int8 product uses: its columns multiplied by ``in_scale``, and
+    without the fp32 columns when ``split_rows`` (their per-channel steps then cover the rest only)."""
+    wi = m.weight
+    if m.in_scale is not None:
+        wi = wi * m.in_scale.to(dtype=wi.dtype, device=wi.device)
+    if m.split_in is not None and m.split_rows:
+        keep = torch.ones(wi.shape[1], dtype=wi.dtype, device=wi.device)
+        keep[m.split_in] = 0.0
+        wi = wi * keep
+    return wi
 
 
 def dynamic_linear(m: Any, x: torch.Tensor) -> torch.Tensor:
     """A dynamic int8 linear layer (``m``: a QLinear with ``dynamic`` set): u8 input per batch times s8 weights,
     plus the fp32 split channels (see the module docstring)."""
     w, bias = m.weight, m.bias
-    xi, wi = x, w
+    xi = x
     if m.in_scale is not None:  # the same product in float: (x / s) · (w · s); s in the layer's dtype and device
-        s = m.in_scale.to(dtype=x.dtype, device=x.device)
-        xi, wi = x * (1.0 / s), w * s
+        xi = x * (1.0 / m.in_scale.to(dtype=x.dtype, device=x.device))
     if m.split_in is not None:
         keep = torch.ones(w.shape[1], dtype=x.dtype, device=x.device)
         keep[m.split_in] = 0.0
         xi = xi * keep
-        if m.split_rows:  # the int8 weight has no rows for them: its per-channel steps cover the rest only
-            wi = wi * keep
-    y = F.linear(dynamic_u8(xi), _s8_per_channel(wi, m.per_channel), bias)
+    wq = _s8_per_channel(_int8_weight(m), m.per_channel, getattr(m, "fixed_weight_params", None))
+    y = F.linear(dynamic_u8(xi), wq, bias)
     if m.split_in is not None:
         y = y + F.linear(x[..., m.split_in], w[:, m.split_in])
     if m.split_out is not None:
         y = y.clone()
         y[..., m.split_out] = F.linear(x, w[m.split_out], None if bias is None else bias[m.split_out])
     return y
+
+
+def weight_codes(m: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int | None]:
+    """A dynamic layer's int8 weight as (s8 codes, step, zero point 0, axis 0 or None), as
+    ``QuantMixin.weight_codes`` gives a static one: ``codes · step`` is exactly the weight its int8 product uses
+    (``in_scale`` applied, the fp32 columns zero when ``split_rows``). The fp32 channels themselves are
+    :func:`fp32_channels`; :func:`weight_from_codes` inverts the pair."""
+    with torch.no_grad():
+        wi = _int8_weight(m).detach()
+        step = _weight_step(wi, m.per_channel, getattr(m, "fixed_weight_params", None))
+        codes = torch.clamp(torch.round(wi / step), -127, 127).to(torch.int32)
+    step = step.reshape(-1) if m.per_channel else step.reshape(())
+    return codes, step, torch.zeros(step.shape, dtype=torch.int32), 0 if m.per_channel else None
+
+
+def fp32_channels(m: Any) -> dict[str, torch.Tensor]:
+    """A dynamic layer's weight entries computed in fp32: ``columns`` (out, k) of its ``split_in`` inputs,
+    ``rows`` (k, in) of its ``split_out`` outputs (absent when it has none)."""
+    w = m.weight.detach()
+    out = {}
+    if m.split_in is not None:
+        out["columns"] = w[:, m.split_in].contiguous()
+    if m.split_out is not None:
+        out["rows"] = w[m.split_out].contiguous()
+    return out
+
+
+def weight_from_codes(value: torch.Tensor, state: Any, fp32: dict[str, torch.Tensor]) -> torch.Tensor:
+    """The float weight of a dynamic layer restored from ``value`` (its int8 codes times their steps, as
+    :func:`weight_codes` gives them), its :func:`dynamic_state` record ``state`` and its :func:`fp32_channels`:
+    the columns divided by ``in_scale`` again and the fp32 channels put back. With the saved steps fixed, its
+    forward computes exactly the saved layer's. ValueError when the record or the channels do not fit."""
+    if not isinstance(state, dict) or not state.get("dynamic") or value.ndim != 2:
+        raise ValueError("int8 codes of a dynamic layer without its dynamic int8 record (or not an (out, in) weight)")
+    n_out, n_in = value.shape
+    channels = {key: _channels(state.get(key), n, key) for key, n in (("split_in", n_in), ("split_out", n_out))}
+    w = value.clone()
+    scale = state.get("in_scale")
+    if scale is not None:
+        if not (isinstance(scale, list) and len(scale) == n_in and all(isinstance(v, float) and v > 0 for v in scale)):
+            raise ValueError(f"in_scale does not hold {n_in} positive scales")
+        w = w / torch.tensor(scale, dtype=torch.float32).to(w.dtype)
+    for key, part in (("split_in", "columns"), ("split_out", "rows")):  # given flat or shaped
+        ch, got = channels[key], fp32.get(part)
+        want = None if ch is None else (n_out, len(ch)) if part == "columns" else (len(ch), n_in)
+        have, need = (None if got is None else got.numel()), (None if want is None else want[0] * want[1])
+        if have != need:
+            raise ValueError(f"its fp32 {part} hold {have} values, not {need} ({key} {ch})")
+        if got is not None and want is not None:
+            if part == "columns":
+                w[:, channels[key]] = got.reshape(want).to(w.dtype)
+            else:
+                w[channels[key]] = got.reshape(want).to(w.dtype)
+    return w
+
+
+def _channels(value: Any, n: int, key: str) -> list[int] | None:
+    """A channel list of a dynamic record, checked against the weight's ``n`` channels (ValueError)."""
+    if value is not None and not (isinstance(value, list) and value and all(
+            type(c) is int and 0 <= c < n for c in value) and len(set(value)) == len(value)):  # fmt: skip
+        raise ValueError(f"{key} {value!r} holds channels outside the weight's {n} (or is not a list of them)")
+    return value
 
 
 def ffn_pairs(model: nn.Module, layers: Iterable[str]) -> list[tuple[str, str]]:
@@ -268,10 +350,7 @@ def set_dynamic_state(m: nn.Module, state: dict[str, Any]) -> None:
         raise ValueError(f"a dynamic int8 record on a {type(m).__name__}, which has no (out, in) weight")
     width = {"split_in": weight.shape[1], "split_out": weight.shape[0]}
     for key, n in width.items():
-        value = state.get(key)
-        if value is not None and not (isinstance(value, list) and value and all(
-                type(c) is int and 0 <= c < n for c in value) and len(set(value)) == len(value)):  # fmt: skip
-            raise ValueError(f"{key} {value!r} holds channels outside the weight's {n} (or is not a list of them)")
+        value = _channels(state.get(key), n, key)
         setattr(m, key, None if value is None else torch.tensor(value, dtype=torch.long))
     scale = state.get("in_scale")
     if scale is not None and not (isinstance(scale, list) and len(scale) == weight.shape[1] and all(

@@ -188,8 +188,13 @@ class QuantMixin(nn.Module):
     def weight_codes(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int | None]:
         """(integer codes, scale, zero point, channel axis or None): what an integer runtime stores.
 
-        ``(codes − zero) · scale`` (broadcast along the axis) is exactly the weight the forward pass uses.
+        ``(codes − zero) · scale`` (broadcast along the axis) is exactly the weight the forward pass uses (for a
+        dynamic layer: the weight of its int8 product, see ``_dynamic.weight_codes``).
         """
+        if self.dynamic:  # the weight its int8 product uses (input scales applied, fp32 columns left out)
+            from deepslim.compress.quantize._dynamic import weight_codes
+
+            return weight_codes(self)
         qmin, qmax = qrange(self.bits, True)
         with torch.no_grad():
             if self.qat:
