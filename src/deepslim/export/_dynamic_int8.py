@@ -16,7 +16,7 @@ from __future__ import annotations
 import copy
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -24,6 +24,9 @@ from torch import nn
 from deepslim._io import atomic_path
 from deepslim.errors import ExportError
 from deepslim.models.hf import attention_heads
+
+if TYPE_CHECKING:
+    from deepslim.export.onnx import ExportResult
 
 FORMAT = "fused-int8"
 
@@ -103,10 +106,11 @@ def _integer_layers(path: Path, layers: dict[str, Any], nodes: dict[str, str]) -
 
 
 def export_dynamic(model: nn.Module, dest: Path, xs: tuple[torch.Tensor, ...], inputs: list[tuple[torch.Tensor, ...]],
-                   opset: int, min_cosine: float, min_agreement: float) -> Any:  # fmt: skip
+                   opset: int, min_cosine: float, min_agreement: float) -> ExportResult:  # fmt: skip
     """Write the fused dynamic-int8 file of ``model`` at ``dest`` and check it against ``model`` on ``inputs``."""
     from deepslim.compress.quantize.linear import QuantMixin
     from deepslim.export import _mixed_int8 as mixed
+    from deepslim.export import _parity
     from deepslim.export import _torchscript as ts
     from deepslim.export import onnx as ox
 
@@ -142,7 +146,7 @@ def export_dynamic(model: nn.Module, dest: Path, xs: tuple[torch.Tensor, ...], i
         nodes = mixed.layer_nodes(fused)
         ts._quantize(fused, out, [], only=_nodes(layers, nodes), per_channel=per_channel == {True})
         ox._write_metadata(out, model)
-        err, cos, agree = ox._check_parity(model, out, inputs, min_cosine, min_agreement)
+        err, cos, agree = _parity._check_parity(model, out, inputs, min_cosine, min_agreement)
         integer = _integer_layers(out, layers, nodes)
     warns = [] if integer == len(layers) else [f"{len(layers) - integer} of {len(layers)} dynamic int8 layers run "
                                                "in float in ONNX Runtime"]  # fmt: skip

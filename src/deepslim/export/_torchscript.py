@@ -22,6 +22,8 @@ import dataclasses
 import logging
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +33,7 @@ import torch
 from torch import nn
 
 from deepslim._io import atomic_path
-from deepslim.errors import ConfigError, ExportError
+from deepslim.errors import ConfigError, DeepSlimError, ExportError
 from deepslim.export import _mixed_int8 as mixed
 from deepslim.export._mixed_int8 import FloatSelection, FusedInt8Config
 
@@ -71,19 +73,33 @@ class FusedInt8Result:
     sensitivity: tuple[FusedInt8Sensitivity, ...] = ()  # per projection: cosine with only it in fp32, best first
 
 
+@contextmanager
+def step(what: str) -> Iterator[None]:
+    """Run one step of writing the file; any exception but deepslim's own becomes an ExportError that names the
+    step (ONNX Runtime's optimizer and quantizer raise whatever their code meets: KeyError, AssertionError, ...)."""
+    try:
+        yield
+    except DeepSlimError:
+        raise
+    except Exception as exc:  # noqa: BLE001  (re-raised as one error type, with the step and the cause)
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        raise ExportError(f"{what} failed: {type(exc).__name__}: {first} (a bug to report, with the model)") from exc
+
+
 def _export_fp32(model: nn.Module, inputs: tuple[torch.Tensor, ...], path: Path, names: list[str]) -> None:
     dynamic = {n: {0: "batch"} for n in names} | {"output": {0: "batch"}}
-    with torch.no_grad():
+    with torch.no_grad(), step("the TorchScript ONNX export (opset 17)"):
         torch.onnx.export(model.eval(), inputs, str(path), dynamo=False, opset_version=17, input_names=names,
                           output_names=["output"], dynamic_axes=dynamic)  # fmt: skip
 
 
 def _fuse(fp32: Path, out: Path, num_heads: int, hidden_size: int) -> dict[str, int]:
-    from onnxruntime.transformers import optimizer
+    with step("ONNX Runtime's transformer optimizer (optimize_model, model_type='bert')"):
+        from onnxruntime.transformers import optimizer
 
-    opt = optimizer.optimize_model(str(fp32), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
-    opt.save_model_to_file(str(out))
-    return {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
+        opt = optimizer.optimize_model(str(fp32), model_type="bert", num_heads=num_heads, hidden_size=hidden_size)
+        opt.save_model_to_file(str(out))
+        return {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
 
 
 def _ffn_outputs(fused: Path) -> list[str]:
@@ -133,12 +149,13 @@ def _quantize(fused: Path, out: Path, exclude: list[str], *, only: list[str] | N
               per_channel: bool = True) -> None:  # fmt: skip
     """ONNX Runtime's dynamic int8 of ``fused``: s8 symmetric weights, u8 activations per batch; every quantizable
     node but ``exclude``, or exactly ``only``."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+    with step("ONNX Runtime's dynamic int8 quantizer (quantize_dynamic)"):
+        from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    # the fused graph holds com.microsoft operators that ONNX shape inference cannot type: say they are float
-    quantize_dynamic(str(fused), str(out), per_channel=per_channel, weight_type=QuantType.QInt8,
-                     nodes_to_exclude=exclude, nodes_to_quantize=only,
-                     extra_options={"DefaultTensorType": 1})  # fmt: skip
+        # the fused graph holds com.microsoft operators that ONNX shape inference cannot type: say they are float
+        quantize_dynamic(str(fused), str(out), per_channel=per_channel, weight_type=QuantType.QInt8,
+                         nodes_to_exclude=exclude, nodes_to_quantize=only,
+                         extra_options={"DefaultTensorType": 1})  # fmt: skip
 
 
 def _run(path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
@@ -247,13 +264,14 @@ def _prepare(model: nn.Module, example_input: tuple[torch.Tensor, ...], names: l
     if smoothed:
         fused = work / "smoothed.onnx"
     outliers, inputs, scales = given or (None, None, {})
-    split = mixed.split_outliers(fused, work / "split.onnx", calib, config.split_outliers, outliers)
-    if split:
-        fused = work / "split.onnx"
-    split_in = mixed.split_inputs(fused, work / "split_in.onnx", calib, config.split_inputs, inputs)
-    if split_in:
-        fused = work / "split_in.onnx"
-    scaled = mixed.scale_inputs(fused, work / "scaled.onnx", scales) if scales else {}
+    with step("splitting and scaling the outlier channels of the fused graph"):
+        split = mixed.split_outliers(fused, work / "split.onnx", calib, config.split_outliers, outliers)
+        if split:
+            fused = work / "split.onnx"
+        split_in = mixed.split_inputs(fused, work / "split_in.onnx", calib, config.split_inputs, inputs)
+        if split_in:
+            fused = work / "split_in.onnx"
+        scaled = mixed.scale_inputs(fused, work / "scaled.onnx", scales) if scales else {}
     return (work / "scaled.onnx" if scales else fused), fused_ops, smoothed, split | split_in | scaled
 
 

@@ -9,8 +9,9 @@ something else is the failure this check exists to prevent (a random-weight Mobi
 Top-1 agreement means something only where the outputs are class scores: the argmax of a sentence embedding or a
 regression vector is noise (MiniLM's 384 embedding dimensions gave "top-1 agreement 56%" at cosine 0.95, and
 ``min_agreement`` refused it). ``quantize_`` is given calibration batches, not a task, so the task is read from
-them (:func:`scores_are_classes`): the :class:`~deepslim.tasks.Task` of the loader (``TASK_ATTR``, set by the data
-bundle that made it), else the batches' targets (class indices are integers, regression and embedding targets real
+them (:func:`scores_are_classes`): the model itself when it outputs embeddings (a sentence encoder, whatever its
+batches hold), else the :class:`~deepslim.tasks.Task` of the loader (``TASK_ATTR``, set by the data bundle that made
+it), else the batches' targets (class indices are integers, regression and embedding targets real
 values); without either, a 2-D output with more than one column is taken as class scores, as before.
 
 Which layers to blame is measured locally: each quantized layer's output against its float output *on the same
@@ -68,9 +69,12 @@ class CheckBatches(list[tuple[Any, ...]]):
     classes: bool | None = None
 
 
-def scores_are_classes(calib_data: Any, batch: Any, inputs: int) -> bool | None:
-    """Whether the outputs on ``calib_data`` are class scores: its loader's task says so, else the first batch's
-    target (integers: class indices; real values: regression or embedding targets), else None (unknown)."""
+def scores_are_classes(calib_data: Any, batch: Any, inputs: int, model: nn.Module | None = None) -> bool | None:
+    """Whether the outputs on ``calib_data`` are class scores: not when ``model`` outputs embeddings
+    (:func:`outputs_embeddings`), else what its loader's task says, else the first batch's target (integers: class
+    indices; real values: regression or embedding targets), else None (unknown)."""
+    if model is not None and outputs_embeddings(model):
+        return False
     task = getattr(calib_data, TASK_ATTR, None)
     if isinstance(task, str):
         from deepslim.tasks import get_task
@@ -82,6 +86,15 @@ def scores_are_classes(calib_data: Any, batch: Any, inputs: int) -> bool | None:
     if target is None:
         return None
     return not (target.is_floating_point() or target.is_complex())
+
+
+def outputs_embeddings(model: nn.Module) -> bool:
+    """Whether ``model`` itself outputs embeddings, whose argmax is noise: a sentence encoder
+    (:class:`~deepslim.models.hf.SentenceEncoder`, as ``load_model("all-minilm-l6-v2")`` gives; a model that wraps
+    one and adds a head outputs what its head does)."""
+    from deepslim.models.hf import SentenceEncoder
+
+    return isinstance(model, SentenceEncoder)
 
 
 def check_batches(calib_data: Iterable[Any], inputs: int, max_batches: int = 4, max_rows: int = 64, *,
@@ -96,7 +109,7 @@ def check_batches(calib_data: Iterable[Any], inputs: int, max_batches: int = 4, 
         else:
             xs = tuple(batch[:inputs]) if isinstance(batch, (tuple, list)) else (batch,)
         if not out:
-            out.classes = scores_are_classes(calib_data, batch, inputs)
+            out.classes = scores_are_classes(calib_data, batch, inputs, model)
         out.append(xs)
         rows += _rows(xs)
         if rows >= max_rows:

@@ -1,0 +1,90 @@
+"""``calibration="auto"`` (the default since session 9) calibrates every model that is not a fused BERT-style encoder
+exactly as the default did before it existed: the quantized state and outputs of a convnet with real batch-norm
+statistics, a zoo ResNet-20, the zoo's ViT and a Hugging Face BERT classifier are bit for bit the ones recorded by
+the code before ``auto`` (commit 0d941f3's parent, run from ``git archive`` with this torch, 2.13.0).
+
+The goldens are SHA-256 digests (first 16 hex digits) of the state dict (sorted names, dtype, shape, bytes) and of
+the output on a fixed batch. A deliberate change to static calibration changes them: re-record with
+``_fingerprint`` and say why in the commit."""
+
+import hashlib
+
+import pytest
+import torch
+from torch import nn
+
+import deepslim as ds
+
+GOLDEN = {  # name -> (state digest, output digest), recorded from 0d941f3^ (LinearQuantConfig(bits=8): minmax then)
+    "hf-bert": ("9a609f93045b8f38", "94c72cbb484e78cb"),
+    "net": ("91fbee45aa6d867d", "1a195301ac9deceb"),
+    "resnet20": ("1d42df5ffd234756", "27f2f0056aacebde"),
+    "vit_tiny": ("7604fe8a9b34b143", "6c7822c04f6cfb2c"),
+}
+
+
+class _Net(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv, self.bn, self.fc = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, 4)
+
+    def forward(self, x):
+        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+def _images(shape, seed):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _build(name):
+    """(model, calibration batches, checked input) of ``name``, deterministic."""
+    torch.manual_seed(0)
+    if name == "net":
+        net = _Net()
+        with torch.no_grad():  # batch-norm statistics that are not the identity
+            net.bn.running_mean.copy_(torch.linspace(-0.5, 0.5, 8))
+            net.bn.running_var.copy_(torch.linspace(0.5, 2.0, 8))
+            net.bn.weight.copy_(torch.linspace(0.8, 1.2, 8))
+        calib = [_images((8, 3, 10, 10), s) for s in range(3)]
+        return net.eval(), calib, _images((4, 3, 10, 10), 9)
+    if name in ("resnet20", "vit_tiny"):
+        model = ds.create_model(name).eval()
+        calib = [_images((4, 3, 32, 32), s) for s in range(2)]
+        return model, calib, _images((2, 3, 32, 32), 9)
+    from tests import _hf_models as hf
+
+    model, _ = hf.build("bert")
+    mask = torch.ones(4, 12, dtype=torch.long)
+    mask[1::2, -3:] = 0  # padded rows
+    ids = [torch.randint(0, 100, (4, 12), generator=torch.Generator().manual_seed(s)) for s in range(3)]
+    return model, [(i, mask) for i in ids[:2]], (ids[2], mask)
+
+
+def _digest(tensors):
+    h = hashlib.sha256()
+    for key, t in tensors:
+        t = t.detach().contiguous().cpu()
+        h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()[:16]
+
+
+def _fingerprint(name, **config):
+    model, calib, x = _build(name)
+    ds.quantize_(model, ds.LinearQuantConfig(bits=8, accept_low_fidelity=True, **config), calib_data=calib)
+    with torch.no_grad():
+        out = model(*x) if isinstance(x, tuple) else model(x)
+    assert ds.quantization_report(model).calibration == config.get("calibration", "minmax")
+    return _digest(sorted(model.state_dict().items())), _digest([("output", out)])
+
+
+@pytest.mark.parametrize("name", sorted(GOLDEN))
+def test_auto_quantizes_a_model_that_is_not_an_encoder_bit_for_bit_as_before_auto_existed(name):
+    if name == "hf-bert":
+        pytest.importorskip("transformers")
+    assert _fingerprint(name) == GOLDEN[name]  # and the report says minmax
+
+
+def test_the_fingerprint_tells_another_calibration_apart():
+    state, out = _fingerprint("net", calibration="percentile")
+    assert state != GOLDEN["net"][0] and out != GOLDEN["net"][1]
