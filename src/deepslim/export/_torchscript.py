@@ -14,6 +14,17 @@ feed-forward output projections at most, the first layers first: their inputs ar
 ranges; on all-MiniLM-L6-v2, keeping the last five in fp32 took the mean cosine from 0.9930 to 0.9945, adding the
 first layer's to 0.9959 and the minimum from 0.985 to 0.993). The file is written atomically; a file that stays
 below the target is an ExportError, never a file.
+
+The ordinary verbs (``quantize_`` with dynamic int8, then ``export_onnx``; :mod:`deepslim.export._dynamic_int8`) run
+this module's ``_prepare`` and ``_quantize`` too: where the two overlap — embeddings kept fp32, no search, no
+smoothing, the same outlier channels — they write the same graph (tested, ``test_fused_int8_ordinary_path.py``).
+:func:`export_fused_int8` is not a wrapper over them because the rest has no ordinary-verb form: (1) int8 embedding
+tables (ORT's ``QEmbedLayerNormalization``), its default, where ``quantize_`` has no int8 ``nn.Embedding``; (2)
+SmoothQuant on the fused graph, from ONNX Runtime's activation statistics; (3) the search, whose trials re-quantize
+one prepared graph where the verbs would export and fuse the model again per trial (13–14 CPU-s each on
+all-MiniLM-L6-v2), and whose target is the cosine to the fp32 model, not parity with a quantized one; (4) any module
+ORT fuses given ``num_heads``/``hidden_size`` (an ids-only wrapper, a model that is not a ``SentenceEncoder``), where
+dynamic ``quantize_`` takes sentence encoders only; (5) its input names (``input_ids``, ``attention_mask``).
 """
 
 from __future__ import annotations
