@@ -14,7 +14,14 @@ from deepslim.models._loading import (
     resize_like_,
     save_model,
 )
-from deepslim.models._records import check_records, fresh_architecture, model_records, set_records
+from deepslim.models._records import (
+    attach_preprocessing,
+    check_records,
+    fresh_architecture,
+    model_records,
+    preprocessing_record,
+    set_records,
+)
 from deepslim.models._registry import (
     ARCH_ATTR,
     FACTORY_ATTR,
@@ -36,6 +43,7 @@ __all__ = [
     "INPUT_ATTR",
     "PREPROCESSING_ATTR",
     "ModelEntry",
+    "attach_preprocessing",
     "build_architecture",
     "check_records",
     "create_model",
@@ -48,6 +56,7 @@ __all__ = [
     "load_state_into",
     "model_records",
     "options_for_data",
+    "preprocessing_record",
     "recorded_example_input",
     "register_model",
     "resize_like_",

@@ -162,3 +162,39 @@ def _check_preprocessing(value: Any, source: str) -> dict[str, Any]:
 
 _CHECKS = {"arch": _check_arch, "factory": _check_factory, "input": _check_input,
            "preprocessing": _check_preprocessing}  # fmt: skip
+
+
+def preprocessing_record(data: Any) -> dict[str, Any] | None:
+    """The data's preprocessing as plain JSON data (None when its inputs are fed as stored)."""
+    pre = getattr(data, "preprocessing", None)
+    return pre.to_dict() if pre is not None else None
+
+
+def attach_preprocessing(model: nn.Module, data: Any) -> dict[str, Any] | None:
+    """Record on ``model`` the preprocessing of the data it is paired with, unless it already carries one; return
+    the record the model now carries (None when neither has one).
+
+    Files written from the model afterwards (checkpoint, ``.pt2``, ``.dsz``, ONNX metadata) carry it. A record
+    the model already has is kept: it says what inputs the model was trained on, and training and evaluation
+    convert the data's inputs to it (``deepslim.train``), so it stays true when other data is paired with the model.
+    """
+    own, record = getattr(model, PREPROCESSING_ATTR, None), preprocessing_record(data)
+    if own is not None:
+        if record is not None and _differs(own, record):
+            log.info("the model keeps the input preprocessing it records (mean %s, std %s); the data %s (mean %s, "
+                     "std %s) is converted to it", own.get("mean"), own.get("std"), getattr(data, "name", "?"),
+                     record["mean"], record["std"])  # fmt: skip
+        return own
+    if record is not None:
+        setattr(model, PREPROCESSING_ATTR, record)
+    return record
+
+
+def _differs(a: dict[str, Any], b: dict[str, Any], rel: float = 0.05) -> bool:
+    try:
+        pairs = [(a[k], b[k]) for k in ("mean", "std")]
+        if a.get("channel_dim", 1) != b.get("channel_dim", 1) or any(len(x) != len(y) for x, y in pairs):
+            return True
+        return any(abs(u - v) > rel * max(abs(u), abs(v), 1e-3) for x, y in pairs for u, v in zip(x, y, strict=True))
+    except (KeyError, TypeError, AttributeError):
+        return True

@@ -20,6 +20,7 @@ from torch import nn
 
 from deepslim._io import atomic_path
 from deepslim.errors import ConfigError
+from deepslim.models import attach_preprocessing, preprocessing_record  # noqa: F401  (the pipeline's names)
 
 log = logging.getLogger(__name__)
 
@@ -59,44 +60,6 @@ def load_for_data(spec: str | os.PathLike[str], data: Any = None, *, weights: st
     if data is not None:
         attach_preprocessing(model, data)
     return model
-
-
-def preprocessing_record(data: Any) -> dict[str, Any] | None:
-    """The data's preprocessing as plain JSON data (None when its inputs are fed as stored)."""
-    pre = getattr(data, "preprocessing", None)
-    return pre.to_dict() if pre is not None else None
-
-
-def attach_preprocessing(model: nn.Module, data: Any) -> dict[str, Any] | None:
-    """Record on ``model`` the preprocessing of the data it is paired with, unless it already carries one; return
-    the record the model now carries (None when neither has one).
-
-    Files written from the model afterwards (checkpoint, ``.pt2``, ``.dsz``, ONNX metadata) carry it. A record
-    the model already has is kept: it says what inputs the model was trained on, and training and evaluation
-    convert the data's inputs to it (``deepslim.train``), so it stays true when other data is paired with the model.
-    """
-    from deepslim.models import PREPROCESSING_ATTR
-
-    own, record = getattr(model, PREPROCESSING_ATTR, None), preprocessing_record(data)
-    if own is not None:
-        if record is not None and _differs(own, record):
-            log.info("the model keeps the input preprocessing it records (mean %s, std %s); the data %s (mean %s, "
-                     "std %s) is converted to it", own.get("mean"), own.get("std"), getattr(data, "name", "?"),
-                     record["mean"], record["std"])  # fmt: skip
-        return own
-    if record is not None:
-        setattr(model, PREPROCESSING_ATTR, record)
-    return record
-
-
-def _differs(a: dict[str, Any], b: dict[str, Any], rel: float = 0.05) -> bool:
-    try:
-        pairs = [(a[k], b[k]) for k in ("mean", "std")]
-        if a.get("channel_dim", 1) != b.get("channel_dim", 1) or any(len(x) != len(y) for x, y in pairs):
-            return True
-        return any(abs(u - v) > rel * max(abs(u), abs(v), 1e-3) for x, y in pairs for u, v in zip(x, y, strict=True))
-    except (KeyError, TypeError, AttributeError):
-        return True
 
 
 def write_preprocessing(run_dir: str | os.PathLike[str], record: dict[str, Any] | None) -> Path | None:

@@ -397,7 +397,7 @@ def _encode(net: nn.Module, data: Any) -> bytes:
     """The ``.dsz`` archive ``deepslim compress`` writes for ``net``: with the data's preprocessing recorded on the
     model, as a recipe run pairs them (without it, the search counted ~60 bytes fewer than the recipe's file)."""
     from deepslim.compress.coding import encode
-    from deepslim.pipeline._pairing import attach_preprocessing
+    from deepslim.models import attach_preprocessing
 
     attach_preprocessing(net, data)
     return encode(net)
