@@ -122,7 +122,6 @@ def test_a_policy_far_over_the_budget_is_measured_once():
             Evaluator(ev.model, digits(), ev.space, ev.table, latency_model="measured", proxy_lr=bad)
 
 
-
 def test_a_policy_whose_one_run_reads_it_far_inside_the_budget_is_confirmed_before_it_counts():
     timer = ScriptedTimer([0.30, 0.66, 0.64])  # one outlying fast run, then the policy's real speed
     ev, policy = _evaluator(timer, limit=0.5)
@@ -131,6 +130,7 @@ def test_a_policy_whose_one_run_reads_it_far_inside_the_budget_is_confirmed_befo
     timer = ScriptedTimer([0.5749, 0.62, 0.60])
     ev, policy = _evaluator(timer, limit=0.5)  # 14.98% over: still run again (the margin is inclusive)
     assert ev.measured_ms(policy, ev.model_and_keys(policy, "none")[0]) == pytest.approx(0.60)
+
 
 def _search(tmp_path, **kw):
     pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")

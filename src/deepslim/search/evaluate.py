@@ -218,8 +218,9 @@ class Evaluator:
         at load 3–4 (session 8), and a rare run reads a policy far faster than it is (session 10: two of 200 trials
         at 0.24× dense whose runs otherwise give 0.30–0.34×); the search then prefers exactly those trials — the
         larger, more accurate ones that seemed to fit — and every finalist failed its re-measurement. A policy far
-        over the limit is measured once: misjudging it only loses a candidate. A model the runtime cannot run is
-        refused as the trial's ExportError."""
+        over the limit is measured once: misjudging it only loses a candidate. Without a latency budget (latency an
+        objective only) every policy is measured once: the Pareto front then rests on single runs, and the finals'
+        re-measurement is what checks it. A model the runtime cannot run is refused as the trial's ExportError."""
         shape = _shape(policy)
         if shape in self._measured:
             return self._measured[shape]
