@@ -37,3 +37,13 @@ def test_a_size_search_over_sparsity_and_kmeans_writes_a_recipe_compress_rebuild
     assert main(["compress", MODEL, "--recipe", doc["recipe"], "--out", str(tmp_path / "run"), "--json"]) == 0
     written = json.loads(capsys.readouterr().out)["stages"][-1]["model_file"]
     assert Path(written).stat().st_size == best["archive_bytes"]  # the .dsz compress writes is the one judged
+
+
+def test_sparsity_or_kmeans_in_a_latency_only_search_is_refused_naming_the_size_objective(
+        capsys, tmp_path, fake_latency):  # noqa: F811  # fmt: skip
+    out = tmp_path / "s"
+    code = main(["search", MODEL, "--data", "digits", "--budget", "latency=0.9x", "--space", "prune,sparsity",
+                 "--trials", "2", "--out", str(out)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and "add the size objective or a size budget (--objective size" in err
+    assert not (out / "recipe.yaml").exists()

@@ -102,7 +102,8 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     """Search per-layer channel counts and precisions of ``model`` on ``data`` (a DataBundle) for ``objectives``
     under ``budget`` with ``trials`` Optuna trials of ``strategy`` (tpe, nsga2, random, grid, evolution, greedy).
 
-    ``space``: a :class:`SearchSpace` or the kinds to build one from ("prune", "int8", "hpo"). Trials are judged after
+    ``space``: a :class:`SearchSpace` or the kinds to build one from ("prune", "int8", "hpo", and for a size
+    objective or budget "sparsity", "kmeans"). Trials are judged after
     batch-norm re-estimation, on the validation split, with latency predicted by ``latency_model``: "nodes" (the
     default on ONNX Runtime: the node-level table's prediction of the trial's exported graph, ``node_table`` or one
     built on ``latency_table``) or "layers" (the per-layer table; the default for a table with custom timers),
@@ -163,6 +164,10 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     x = bundle.example_input
     if not isinstance(space, SearchSpace):
         space = SearchSpace.from_model(model, x, kinds=tuple(space))
+    if (space.sparse_layers or space.kmeans_layers) and not uses("size", objectives, budgets):
+        raise ConfigError("the space's unstructured sparsity / k-means choices only make the archive smaller (they "
+                          "cost accuracy and no latency): add the size objective or a size budget (--objective size, "
+                          "--budget size=...), or leave them out of the space")  # fmt: skip
     ev = Evaluator(model, bundle, space, table, archive=uses("size", objectives, budgets),
                    memory=uses("memory", objectives, budgets),
                    finetune_epochs=finetune_epochs, lr=lr, seed=seed, device=device, latency_model=model_name,
