@@ -60,6 +60,8 @@ def sensitivity(model: nn.Module, data: DataBundle, config: Config, levels: Sequ
     skip a layer (N:M) ignore them. ``layers`` defaults to every layer the technique applies to (for channel
     pruning: the first layer of each prunable group). Linear quantization's ``calibration='auto'`` is pinned to
     static min/max ranges for every row (on a BERT-style encoder auto would make some rows dynamic, others static).
+    With ``calibration='dynamic'`` the row of a query, key or value layer quantizes its whole trio (dynamic int8
+    takes all three or none): such a row, labelled by the layer asked for, measures the three together.
     """
     technique = technique_for(config)
     candidates = technique.candidates(model, config, data.example_input)
