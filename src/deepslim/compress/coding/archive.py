@@ -90,7 +90,7 @@ def _module_kinds(model: nn.Module) -> dict[str, dict[str, Any]]:
 
 
 def _inference_tensors(model: nn.Module) -> list[_Tensor]:
-    from deepslim.compress.quantize._dynamic import fp32_channels
+    from deepslim.compress.quantize import fp32_channels
     from deepslim.compress.quantize.linear import QuantMixin
 
     out = []
@@ -519,7 +519,7 @@ def _dynamic_weight(entry: dict[str, Any], payload: memoryview, value: torch.Ten
     """The float weight of a dynamic int8 layer from its entry: the codes times their steps (``value``), divided by
     the layer's input scales, its fp32 channels put back (:func:`~deepslim.compress.quantize._dynamic.
     weight_from_codes`); ArchiveError when they do not fit its record."""
-    from deepslim.compress.quantize._dynamic import weight_from_codes
+    from deepslim.compress.quantize import weight_from_codes
 
     name, layer = entry["name"], entry["name"].rpartition(".")[0]
     fp32 = {}

@@ -14,7 +14,7 @@ from torch.nn.utils import parametrize
 
 from deepslim._modes import inference_mode
 from deepslim.compress.quantize import _dynamic
-from deepslim.compress.quantize._dynamic import dynamic_state, set_dynamic_state
+from deepslim.compress.quantize._dynamic import dynamic_state, fp32_channels, set_dynamic_state, weight_from_codes
 from deepslim.compress.quantize._fakequant import fake_quantize, qrange, sqnr_db
 from deepslim.compress.quantize._fidelity import (
     FIDELITY_ATTR,
@@ -387,6 +387,6 @@ __all__ = [
     "BinaryConfig", "Calibration", "Fidelity", "Float16Config", "KMeansConfig", "KMeansInit", "LinearQuantConfig",
     "PowerOfTwoConfig", "QUANTIZABLE", "QuantReport", "QuantizationError", "TernaryConfig", "apply_half",
     "batch_inputs", "cluster_", "disable_points_", "dynamic_state", "exporting", "fake_quantize", "fold_batchnorm_",
-    "insert_points_", "qrange", "quantization_report", "quantize_", "scores_are_classes", "set_dynamic_state",
-    "sqnr_db",
+    "fp32_channels", "insert_points_", "qrange", "quantization_report", "quantize_", "scores_are_classes",
+    "set_dynamic_state", "sqnr_db", "weight_from_codes",
 ]  # fmt: skip
