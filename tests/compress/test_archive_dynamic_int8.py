@@ -160,19 +160,3 @@ def test_a_dynamic_entry_that_does_not_fit_its_record_is_an_archive_error(quanti
     blob = _tampered(ds.encode(model), edit)
     with pytest.raises(ArchiveError, match=message):
         ds.decode(blob, arch=arch)
-
-
-def test_a_zoo_model_whose_architecture_refuses_the_meta_device_still_encodes_and_decodes(monkeypatch):
-    import deepslim.models as models
-
-    def refuses(model):  # what all-minilm-l6-v2 does: from_pretrained will not load weights onto the meta device
-        raise ds.ConfigError("model 'lenet5' cannot be built with {}: You are using `from_pretrained` with a meta "
-                             "device context manager")  # fmt: skip
-
-    model = ds.create_model("lenet5").eval()
-    monkeypatch.setattr(models, "fresh_architecture", refuses)
-    blob = ds.encode(model)
-    loaded = ds.decode(blob)
-    x = torch.cat([ds.example_input("lenet5")] * 2) + torch.randn(2, 1, 1, 1)
-    with torch.no_grad():
-        assert torch.equal(loaded(x), model(x))

@@ -165,11 +165,26 @@ def _read_config(path: Path) -> dict[str, Any]:
         raise ModelLoadError(f"{path / 'config.json'} is not readable JSON: {exc}") from exc
 
 
+def _on_meta() -> bool:
+    """Whether modules are being built on the meta device (shapes only, no weights to load)."""
+    return bool(torch.empty(()).is_meta)
+
+
+def _eager_config(config_cls: Any, path: Path) -> Any:
+    """The model's configuration, with eager attention (what ``from_pretrained`` is given), to build it unweighted."""
+    config = config_cls.from_pretrained(str(path), local_files_only=True)
+    config._attn_implementation = "eager"
+    return config
+
+
 @register_hf_adapter("bert")
 def _bert(path: Path, raw: dict[str, Any]) -> nn.Module:
     tf = _transformers()
     _check_dir(path, text=True)
-    encoder = tf.BertModel.from_pretrained(str(path), attn_implementation="eager", local_files_only=True)
+    if _on_meta():  # the architecture alone (an archive's layer check): from_pretrained refuses the meta device
+        encoder = tf.BertModel(_eager_config(tf.BertConfig, path), add_pooling_layer=False)
+    else:
+        encoder = tf.BertModel.from_pretrained(str(path), attn_implementation="eager", local_files_only=True)
     encoder.pooler = None  # sentence embeddings pool token states; the pooler is unused weight
     return SentenceEncoder(encoder.eval(), max_positions=int(raw.get("max_position_embeddings", 512)))
 
@@ -179,7 +194,10 @@ def _vit(path: Path, raw: dict[str, Any]) -> nn.Module:
     tf = _transformers()
     cls = tf.ViTForImageClassification if "ViTForImageClassification" in raw.get("architectures", ()) else tf.ViTModel
     kwargs = {} if cls is tf.ViTForImageClassification else {"add_pooling_layer": False}
-    model = cls.from_pretrained(str(path), attn_implementation="eager", local_files_only=True, **kwargs)
+    if _on_meta():
+        model = cls(_eager_config(tf.ViTConfig, path), **kwargs)
+    else:
+        model = cls.from_pretrained(str(path), attn_implementation="eager", local_files_only=True, **kwargs)
     return ImageEncoder(model.eval())
 
 

@@ -18,7 +18,6 @@ points). The encoder picks, per tensor, whichever is smallest; all choices are e
 from __future__ import annotations
 
 import json
-import logging
 import math
 import struct
 import sys
@@ -36,7 +35,6 @@ from deepslim.compress.coding._limits import check_tensors, inflate_manifest
 from deepslim.compress.coding.sparse import decode_positions, encode_positions
 from deepslim.errors import ArchiveError, ConfigError, DeepSlimError, ModelLoadError
 
-log = logging.getLogger(__name__)
 MAGIC = b"\x89DSZ\r\n\x1a\n"
 VERSION = 1
 DYNAMIC_VERSION = 2  # an archive holding dynamic int8 weights (a version-1 reader would misread them: it refuses)
@@ -289,11 +287,7 @@ def encode(model: nn.Module, *, huffman: bool = True, example_input: Any = None)
     records = model_records(model, example_input)
     tensors = _inference_tensors(model)
     kinds = _module_kinds(model)
-    try:
-        fresh = fresh_architecture(model)
-    except DeepSlimError as exc:  # a zoo entry that loads pretrained weights (from_pretrained) refuses the meta device
-        log.debug("no meta-device build of the architecture to check the layers against: %s", exc)
-        fresh = None  # decoding builds it for real and loads the tensors by name, which checks them there
+    fresh = fresh_architecture(model)  # an unknown zoo name or options that no longer build are refused here
     if fresh is not None:
         what = records["factory"]["factory"] if "factory" in records else records["arch"]["name"]
         _check_rebuildable(fresh, kinds, tensors, what)
