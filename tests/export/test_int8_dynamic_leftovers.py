@@ -8,6 +8,7 @@ import copy
 
 import pytest
 import torch
+from torch import nn
 
 import deepslim as ds
 from deepslim.compress.quantize import QuantMixin, scores_are_classes
@@ -80,14 +81,18 @@ def test_a_static_layer_beside_dynamic_ones_is_refused_before_anything_is_writte
 def test_a_dynamic_layer_without_its_node_in_the_fused_graph_is_named():
     from deepslim.export._dynamic_int8 import _nodes
 
+    attention = nn.ModuleDict({p: nn.Linear(2, 2) for p in ("query", "key", "value")})
+    output = nn.ModuleDict({"dense": nn.Linear(2, 2)})
+    layer = nn.ModuleDict({"attention": nn.ModuleDict({"self": attention}), "output": output})
+    model = nn.ModuleDict({"enc": nn.ModuleDict({"layer": nn.ModuleList([layer])})})
     trio = {f"enc.layer.0.attention.self.{p}": object() for p in ("query", "key", "value")}
     nodes = {"enc.layer.0.attention.self": "Attention_0", "enc.layer.0.output.dense": "MatMul_3"}
-    assert _nodes(trio, nodes) == ["Attention_0"]
+    assert _nodes(model, trio, nodes) == ["Attention_0"]
     with pytest.raises(ExportError, match=r"enc.layer.1.output.dense is dynamic int8 but the fused graph has no "
                                           r"MatMul or Attention for it \(1 such layers\)"):  # fmt: skip
-        _nodes({**trio, "enc.layer.1.output.dense": object()}, nodes)
+        _nodes(model, {**trio, "enc.layer.1.output.dense": object()}, nodes)
     with pytest.raises(ExportError, match=r"fuses .*query, .*key, .*value into one Attention: .*\(2 of them"):
-        _nodes({k: v for k, v in trio.items() if not k.endswith("key")}, nodes)
+        _nodes(model, {k: v for k, v in trio.items() if not k.endswith("key")}, nodes)
 
 
 def test_outlier_channels_the_fused_graph_cannot_split_are_refused_with_no_file(bert, tmp_path, monkeypatch):

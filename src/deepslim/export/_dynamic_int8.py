@@ -72,14 +72,18 @@ def _given(layers: dict[str, Any]) -> tuple[dict[str, list[int]], dict[str, list
     return outliers, inputs, scales
 
 
-def _nodes(layers: dict[str, Any], nodes: dict[str, str]) -> list[str]:
+def _nodes(model: nn.Module, layers: dict[str, Any], nodes: dict[str, str]) -> list[str]:
     """The fused graph's nodes of the quantized layers: a MatMul per layer, an Attention per query/key/value trio
-    (all three quantized, or none). A quantized layer with no such node is an ExportError naming it."""
+    (:func:`attention_trios`: all three quantized, or none). A quantized layer with no such node is an ExportError
+    naming it."""
+    from deepslim.compress.quantize import attention_trios
+
+    trios = {trio[0].rpartition(".")[0]: list(trio) for trio in attention_trios(model)}
     chosen, covered = [], set()
     for name, node in nodes.items():
-        if node.endswith("EmbedLayerNormalization") or name not in layers and not name.endswith(".self"):
+        if node.endswith("EmbedLayerNormalization") or name not in layers and name not in trios:
             continue
-        trio = [f"{name}.{p}" for p in ("query", "key", "value")] if name not in layers else [name]
+        trio = trios[name] if name not in layers else [name]
         inside = [t for t in trio if t in layers]
         if len(inside) not in (0, len(trio)):
             raise ExportError(f"ONNX Runtime fuses {', '.join(trio)} into one Attention: quantize all three or none "
@@ -144,7 +148,7 @@ def export_dynamic(model: nn.Module, dest: Path, xs: tuple[torch.Tensor, ...], i
                               "in the fused graph to split or scale; quantize with split_outliers=0, scale_inputs=0"
                               )  # fmt: skip
         nodes = mixed.layer_nodes(fused)
-        ts._quantize(fused, out, [], only=_nodes(layers, nodes), per_channel=per_channel == {True})
+        ts._quantize(fused, out, [], only=_nodes(model, layers, nodes), per_channel=per_channel == {True})
         ox._write_metadata(out, model)
         err, cos, agree = _parity._check_parity(model, out, inputs, min_cosine, min_agreement)
         integer = _integer_layers(out, layers, nodes)

@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from deepslim.compress.prune import MagnitudePruneConfig
-from deepslim.compress.quantize import KMeansConfig
+from deepslim.compress.quantize import KMeansConfig, attention_trios
 from deepslim.errors import ConfigError
 
 RECOVERY_CHOICES = ("lr", "finetune_epochs", "temperature")
@@ -118,14 +118,9 @@ def follows(key: str, value: Any, params: Mapping[str, Any], tied: Mapping[str, 
 
 
 def qkv_trios(model: nn.Module, layers: Iterable[str]) -> tuple[tuple[str, ...], ...]:
-    """The (query, key, value) linear layers of each attention whose three are all in ``layers``: ONNX Runtime fuses
-    them into one kernel, and dynamic int8 (the default calibration of a BERT-style encoder) quantizes all three or
-    none — so a search chooses their precision once (review L7: a split trio is a model the export refuses)."""
+    """The (query, key, value) linear layers of each attention whose three are all in ``layers``
+    (:func:`deepslim.compress.quantize.attention_trios`): ONNX Runtime fuses them into one kernel, and dynamic int8
+    (the default calibration of a BERT-style encoder) quantizes all three or none — so a search chooses their
+    precision once (review L7: a split trio is a model the export refuses)."""
     names = set(layers)
-    found = []
-    for name, m in model.named_modules():
-        trio = tuple(f"{name}.{p}" if name else p for p in ("query", "key", "value")
-                     if isinstance(getattr(m, p, None), nn.Linear))  # fmt: skip
-        if len(trio) == 3 and set(trio) <= names:
-            found.append(trio)
-    return tuple(found)
+    return tuple(trio for trio in attention_trios(model) if set(trio) <= names)

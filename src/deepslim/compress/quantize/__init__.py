@@ -14,7 +14,13 @@ from torch.nn.utils import parametrize
 
 from deepslim._modes import inference_mode
 from deepslim.compress.quantize import _dynamic
-from deepslim.compress.quantize._dynamic import dynamic_state, fp32_channels, set_dynamic_state, weight_from_codes
+from deepslim.compress.quantize._dynamic import (
+    attention_trios,
+    dynamic_state,
+    fp32_channels,
+    set_dynamic_state,
+    weight_from_codes,
+)
 from deepslim.compress.quantize._fakequant import fake_quantize, qrange, sqnr_db
 from deepslim.compress.quantize._fidelity import (
     FIDELITY_ATTR,
@@ -386,6 +392,7 @@ def _encoding(m: nn.Module) -> nn.Module | None:
 __all__ = [
     "BinaryConfig", "Calibration", "Fidelity", "Float16Config", "KMeansConfig", "KMeansInit", "LinearQuantConfig",
     "PowerOfTwoConfig", "QUANTIZABLE", "QuantReport", "QuantizationError", "TernaryConfig", "apply_half",
+    "attention_trios",
     "batch_inputs", "cluster_", "disable_points_", "dynamic_state", "exporting", "fake_quantize", "fold_batchnorm_",
     "fp32_channels", "insert_points_", "qrange", "quantization_report", "quantize_", "scores_are_classes",
     "set_dynamic_state", "sqnr_db", "weight_from_codes",

@@ -301,15 +301,26 @@ def check_dynamic(model: nn.Module, layers: dict[str, Any]) -> None:
                           "merging); use calibration='minmax' (or 'auto') for this model")  # fmt: skip
 
 
+def attention_trios(model: nn.Module) -> tuple[tuple[str, str, str], ...]:
+    """The (query, key, value) linear layers of each of ``model``'s attentions: the three ``nn.Linear`` attributes
+    ``query``/``key``/``value`` of one module (a BERT-style self-attention), which ONNX Runtime fuses into one
+    Attention kernel, quantized or not. The one rule for dynamic int8's refusal, its export and the search's ties."""
+    found = []
+    for name, m in model.named_modules():
+        trio = tuple(f"{name}.{p}" if name else p for p in ("query", "key", "value")
+                     if isinstance(getattr(m, p, None), nn.Linear))  # fmt: skip
+        if len(trio) == 3:
+            found.append((trio[0], trio[1], trio[2]))
+    return tuple(found)
+
+
 def split_trio(model: nn.Module, layers: Iterable[str]) -> tuple[str, str] | None:
     """(a quantized layer, a float one) of the first attention whose query, key and value ``layers`` hold some but
-    not all of (ORT fuses the three into one kernel, quantized or not); None when every trio is whole."""
+    not all of (:func:`attention_trios`); None when every trio is whole."""
     names = set(layers)
-    for name, m in model.named_modules():
-        trio = [f"{name}.{p}" if name else p for p in ("query", "key", "value")
-                if isinstance(getattr(m, p, None), nn.Linear)]  # fmt: skip
+    for trio in attention_trios(model):
         inside = [t for t in trio if t in names]
-        if len(trio) == 3 and 0 < len(inside) < 3:
+        if 0 < len(inside) < 3:
             return inside[0], next(t for t in trio if t not in names)
     return None
 
