@@ -160,3 +160,13 @@ def test_a_dynamic_entry_that_does_not_fit_its_record_is_an_archive_error(quanti
     blob = _tampered(ds.encode(model), edit)
     with pytest.raises(ArchiveError, match=message):
         ds.decode(blob, arch=arch)
+
+
+def test_a_dynamic_entry_under_a_version_1_header_is_an_archive_error(quantized):
+    model, arch = quantized
+    blob = ds.encode(model)
+    _, _, flags, m_len, p_len, crc = archive._HEADER.unpack_from(blob)
+    relabelled = archive._HEADER.pack(archive.MAGIC, archive.VERSION, flags, m_len, p_len, crc)
+    assert _version(blob) == archive.DYNAMIC_VERSION and archive.VERSION == 1  # the body (and its checksum) unchanged
+    with pytest.raises(ArchiveError, match=r"a dynamic int8 weight in a version-1 archive .*malformed"):
+        ds.decode(relabelled + blob[archive.HEADER_BYTES:], arch=arch)

@@ -30,14 +30,16 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from deepslim.compress.coding import _dynamic_parts
 from deepslim.compress.coding import huffman as huffman_codec
+from deepslim.compress.coding._dynamic_parts import dynamic_weights_
 from deepslim.compress.coding._limits import check_tensors, inflate_manifest
 from deepslim.compress.coding.sparse import decode_positions, encode_positions
 from deepslim.errors import ArchiveError, ConfigError, DeepSlimError, ModelLoadError
 
 MAGIC = b"\x89DSZ\r\n\x1a\n"
 VERSION = 1
-DYNAMIC_VERSION = 2  # an archive holding dynamic int8 weights (a version-1 reader would misread them: it refuses)
+DYNAMIC_VERSION = _dynamic_parts.DYNAMIC_VERSION  # holds dynamic int8 weights (version-1 readers refuse it)
 READABLE_VERSIONS = (VERSION, DYNAMIC_VERSION)
 _HEADER = struct.Struct("<8sHHIQI")
 HEADER_BYTES = _HEADER.size
@@ -368,7 +370,8 @@ class ArchiveInfo:
         return "\n".join(lines)
 
 
-def _read(data: bytes) -> tuple[int, dict[str, Any], memoryview]:
+def _read(data: bytes) -> tuple[int, int, dict[str, Any], memoryview]:
+    """(version, manifest bytes, manifest, payload) of a validated archive."""
     data = bytes(data)
     if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
         raise ArchiveError("not a deepslim archive (bad magic: the file does not start with the .dsz signature)")
@@ -393,13 +396,12 @@ def _read(data: bytes) -> tuple[int, dict[str, Any], memoryview]:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise ArchiveError("archive manifest is not a deepslim manifest")
     check_tensors(manifest, p_len, len(data), PART_KIND)  # every declared size, before anything is allocated
-    return m_len, manifest, body[m_len:]
+    return version, m_len, manifest, body[m_len:]
 
 
 def archive_info(data: bytes) -> ArchiveInfo:
     """Per-tensor and per-part byte accounting of an archive (validated as :func:`decode` does)."""
-    m_len, manifest, _ = _read(data)
-    version = _HEADER.unpack_from(bytes(data[:HEADER_BYTES]))[1]
+    version, m_len, manifest, _ = _read(data)
     tensors, by_part = [], {"header": HEADER_BYTES + m_len}
     for e in manifest["tensors"]:
         parts: dict[str, int] = {}
@@ -508,27 +510,6 @@ def _decode_tensor(entry: dict[str, Any], payload: memoryview) -> tuple[torch.Te
     return out.view(shape), quant
 
 
-def _dynamic_weight(entry: dict[str, Any], payload: memoryview, value: torch.Tensor,
-                    kinds: dict[str, Any]) -> torch.Tensor:  # fmt: skip
-    """The float weight of a dynamic int8 layer from its entry: the codes times their steps (``value``), divided by
-    the layer's input scales, its fp32 channels put back (:func:`~deepslim.compress.quantize._dynamic.
-    weight_from_codes`); ArchiveError when they do not fit its record."""
-    from deepslim.compress.quantize import weight_from_codes
-
-    name, layer = entry["name"], entry["name"].rpartition(".")[0]
-    fp32 = {}
-    for part in ("columns", "rows"):  # float32, row-major: (out, k) columns, (k, in) rows
-        if f"fp32_{part}" in entry["parts"]:
-            raw = _part(payload, entry, f"fp32_{part}")
-            if len(raw) % 4:
-                raise ArchiveError(f"tensor {name}: its fp32 {part} are {len(raw)} bytes, not float32 values")
-            fp32[part] = torch.frombuffer(bytearray(raw), dtype=torch.float32) if raw else torch.empty(0)
-    try:
-        return weight_from_codes(value, kinds.get(layer) if isinstance(kinds, dict) else None, fp32)
-    except ValueError as exc:
-        raise ArchiveError(f"tensor {name}: malformed dynamic int8 weight: {exc}") from None
-
-
 def _build(model: nn.Module, kinds: dict[str, Any], shapes: dict[str, tuple[int, ...]]) -> nn.Module:
     """``model`` (a fresh architecture) resized to ``shapes`` and with its modules turned into the recorded kinds."""
     from deepslim.compress.quantize import Calibration, apply_half, set_dynamic_state
@@ -581,7 +562,7 @@ def decode(data: bytes, *, model: nn.Module | None = None, arch: str | None = No
     from deepslim.compress.coding.state import check_points_record, restore_points_
     from deepslim.models import build_architecture, check_records, load_state_into, set_records
 
-    _, manifest, payload = _read(data)
+    version, _, manifest, payload = _read(data)
     try:
         state, quant = {}, {}
         for entry in manifest["tensors"]:
@@ -589,9 +570,7 @@ def decode(data: bytes, *, model: nn.Module | None = None, arch: str | None = No
             if q is not None:
                 quant[entry["name"].rpartition(".")[0]] = q
         kinds = manifest.get("modules", {})
-        for entry in manifest["tensors"]:
-            if entry["values"].get("dynamic"):
-                state[entry["name"]] = _dynamic_weight(entry, payload, state[entry["name"]], kinds)
+        dynamic_weights_(manifest["tensors"], kinds, state, version, lambda e, n: _part(payload, e, n))
         records = check_records(manifest, source=source)
         points = check_points_record(manifest["points"], source) if manifest.get("points") is not None else None
     except (KeyError, TypeError, ValueError, IndexError, OverflowError, RuntimeError) as exc:
