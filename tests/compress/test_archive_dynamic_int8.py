@@ -170,3 +170,16 @@ def test_a_dynamic_entry_under_a_version_1_header_is_an_archive_error(quantized)
     assert _version(blob) == archive.DYNAMIC_VERSION and archive.VERSION == 1  # the body (and its checksum) unchanged
     with pytest.raises(ArchiveError, match=r"a dynamic int8 weight in a version-1 archive .*malformed"):
         ds.decode(relabelled + blob[archive.HEADER_BYTES:], arch=arch)
+
+
+def test_a_float_copy_of_a_decoded_dynamic_model_has_the_saved_models_weights(quantized):
+    from deepslim.export.qdq import float_copy
+
+    model, arch = quantized
+    want, got = float_copy(model).state_dict(), float_copy(ds.decode(ds.encode(model), arch=arch)).state_dict()
+    assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want)
+    for name, m in _dynamic(model).items():  # the int8 product's weight: within half a step of the float one
+        codes, step, _, axis = m.weight_codes()
+        bound = (step.reshape(-1, 1) if axis is not None else step) / 2 * 1.0001
+        scale = 1.0 if m.in_scale is None else m.in_scale
+        assert bool(((want[f"{name}.weight"] - m.weight.detach()) * scale).abs().le(bound).all()), name

@@ -143,6 +143,15 @@ def weight_codes(m: Any) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int 
     return codes, step, torch.zeros(step.shape, dtype=torch.int32), 0 if m.per_channel else None
 
 
+def float_weight(m: Any) -> torch.Tensor:
+    """The float weight a dynamic layer's product amounts to: its int8 weight (:func:`weight_codes`, with the steps
+    it holds, saved ones included) with ``in_scale`` undone and its fp32 channels in fp32. What a float copy of the
+    layer holds (``QuantMixin.quantized_weight``); the same for the layer and for it reloaded from an archive."""
+    codes, step, _, axis = weight_codes(m)
+    value = codes.to(m.weight.dtype) * (step.reshape(-1, 1) if axis is not None else step).to(m.weight.dtype)
+    return weight_from_codes(value, dynamic_state(m), fp32_channels(m))
+
+
 def fp32_channels(m: Any) -> dict[str, torch.Tensor]:
     """A dynamic layer's weight entries computed in fp32: ``columns`` (out, k) of its ``split_in`` inputs,
     ``rows`` (k, in) of its ``split_out`` outputs (absent when it has none)."""

@@ -169,6 +169,10 @@ class QuantMixin(nn.Module):
         return affine_params(lo, hi, self.bits, symmetric=self.symmetric, signed=True)
 
     def quantized_weight(self) -> torch.Tensor:
+        if self.dynamic:  # its int8 product's weight, fp32 channels kept (never static steps on the plain weight)
+            from deepslim.compress.quantize._dynamic import float_weight
+
+            return float_weight(self).detach() + (self.weight - self.weight.detach())
         qmin, qmax = qrange(self.bits, True)
         axis = self.weight_axis if self.per_channel else None
         if self.qat:
