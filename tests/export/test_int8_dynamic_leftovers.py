@@ -143,3 +143,17 @@ def test_the_dynamic_parity_default_refuses_a_drift_that_the_static_default_acce
     ds.quantize_(mlp, ds.LinearQuantConfig(bits=8), calib_data=[torch.randn(32, 6)])  # static: the default is 0.98
     static = ds.export_onnx(mlp, tmp_path / "s.onnx", example_input=torch.randn(8, 6))
     assert static.format == "qdq-int8" and 0.98 < static.cosine < 0.995
+
+
+def test_a_package_missing_in_a_step_is_named_with_its_install_command_not_as_a_bug(bert, tmp_path, monkeypatch):
+    import sys
+
+    from deepslim.export._torchscript import step
+
+    missing = r"^the step needs the sympy package, which is not installed .*: pip install sympy$"
+    with pytest.raises(ExportError, match=missing), step("the step"):
+        raise ModuleNotFoundError("No module named 'sympy.core'", name="sympy.core")
+    monkeypatch.setitem(sys.modules, "onnxruntime.transformers", None)  # as if that part of ORT were not installed
+    with pytest.raises(ExportError, match=r"optimizer .*needs the onnxruntime package.*pip install onnxruntime") as e:
+        ds.export_onnx(bert[0], tmp_path / "m.onnx", example_input=_batch(9, n=2))
+    assert "bug" not in str(e.value) and not list(tmp_path.iterdir())

@@ -92,6 +92,12 @@ def step(what: str) -> Iterator[None]:
         yield
     except DeepSlimError:
         raise
+    except ImportError as exc:  # a package (or one it imports) is not installed: not deepslim's bug
+        if not exc.name:
+            raise ExportError(f"{what} failed to import a package: {exc}") from exc
+        package = exc.name.split(".")[0]
+        raise ExportError(f"{what} needs the {package} package, which is not installed ({exc}): pip install "
+                          f"{package}") from exc  # fmt: skip
     except Exception as exc:  # noqa: BLE001  (re-raised as one error type, with the step and the cause)
         first = (str(exc).strip().splitlines() or [""])[0][:300]
         raise ExportError(f"{what} failed: {type(exc).__name__}: {first} (a bug to report, with the model)") from exc
