@@ -36,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data", help="dataset spec: calibration (needed by --int8 and by quantized models)")
     p.add_argument("--input-shape", help="example input shape (default: the zoo model's or the data's)")
     p.add_argument("-o", "--output", required=True, help="ONNX file to write")
+    p.add_argument("--min-cosine", type=cosine_arg, metavar="C",
+                   help="parity threshold: the least output cosine ONNX Runtime vs PyTorch that writes the file "
+                        "(default 0.98, or 0.995 for a dynamic int8 file)")  # fmt: skip
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_export)
 
@@ -76,6 +79,17 @@ def _load_any(spec: str, args: argparse.Namespace, *, compared: bool = False) ->
     return prepare(ns)
 
 
+def cosine_arg(text: str) -> float:
+    """An argparse type: a cosine threshold, a number in (0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a cosine in (0, 1], e.g. 0.99; got {text!r}")
+    return value
+
+
 def cmd_export(args: argparse.Namespace) -> int:
     import deepslim as ds
 
@@ -88,7 +102,8 @@ def cmd_export(args: argparse.Namespace) -> int:
         with busy(args, "calibrating int8 ranges"):
             ds.quantize_(model, ds.LinearQuantConfig(bits=8, calibration=args.calibration), calib_data=calib)
     with busy(args, f"exporting to {args.output} and checking it in ONNX Runtime"):
-        result = ds.export_onnx(model, args.output, example_input=x, calib_data=calib)
+        result = ds.export_onnx(model, args.output, example_input=x, calib_data=calib,
+                                    min_cosine=args.min_cosine)
     if args.json:
         print(json.dumps(result.to_dict(), indent=2))
         return 0
