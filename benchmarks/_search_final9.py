@@ -12,6 +12,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -25,8 +26,9 @@ from deepslim.search.space import Policy  # noqa: E402
 from search import PRETRAINED_ARCH  # noqa: E402
 
 
-def main() -> None:
-    result, budget, seeds, out = sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[3].split(",")], Path(sys.argv[4])
+def setup(result: str, budget: str, cache_dir: str | None = None) -> tuple[Any, ...]:
+    """What a benchmarks/search.py result was searched with, rebuilt: (settings, the budget's run, the full data,
+    the search's data subset, the dense model, the space, the latency table)."""
     doc_in = json.loads(Path(result).read_text())
     settings = doc_in["settings"]
     run = doc_in["models"]["mobilenet_v2"]["budgets"][budget][0]
@@ -37,7 +39,13 @@ def main() -> None:
     dense.load_state_dict(torch.load(settings["pretrained"], weights_only=True))
     dense.eval()
     space = SearchSpace.from_model(dense, data.example_input, round_to=settings["round_to"], kinds=("prune",))
-    table = LatencyTable(threads=1, cache_dir=settings["cache_dir"])
+    table = LatencyTable(threads=1, cache_dir=cache_dir or settings["cache_dir"])
+    return settings, run, full, data, dense, space, table
+
+
+def main() -> None:
+    result, budget, seeds, out = sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[3].split(",")], Path(sys.argv[4])
+    settings, run, full, data, dense, space, table = setup(result, budget)
     doc: dict = {"source": result, "budget": budget, "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
                  "started": time.strftime("%H:%M:%S"), "rows": {}}  # fmt: skip
     for label in ("best", "uniform"):

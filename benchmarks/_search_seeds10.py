@@ -30,11 +30,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import deepslim as ds  # noqa: E402
-from _search_train import subset_bundle  # noqa: E402
-from deepslim.search import LatencyTable, SearchSpace  # noqa: E402
+from _search_final9 import setup  # noqa: E402
 from deepslim.search.evaluate import Evaluator  # noqa: E402
 from deepslim.search.space import Policy  # noqa: E402
-from search import PRETRAINED_ARCH  # noqa: E402
 
 
 def predictions(net: torch.nn.Module, loader: object) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,17 +69,7 @@ def main() -> None:
     result, budget, out = sys.argv[1], sys.argv[2], Path(sys.argv[4])
     seeds = [int(s) for s in sys.argv[3].split(",")]
     label = sys.argv[5] if len(sys.argv) > 5 else "best"
-    doc_in = json.loads(Path(result).read_text())
-    settings = doc_in["settings"]
-    run = doc_in["models"]["mobilenet_v2"]["budgets"][budget][0]
-    torch.set_num_threads(1)
-    full = ds.load_data("fashion-mnist", seed=0, calib_size=settings["calib_size"])
-    data = subset_bundle(full, settings["search_n_train"] or None, settings["search_n_val"] or None)
-    dense = PRETRAINED_ARCH["mobilenet_v2"]()
-    dense.load_state_dict(torch.load(settings["pretrained"], weights_only=True))
-    dense.eval()
-    space = SearchSpace.from_model(dense, data.example_input, round_to=settings["round_to"], kinds=("prune",))
-    table = LatencyTable(threads=1, cache_dir=sys.argv[6] if len(sys.argv) > 6 else settings["cache_dir"])
+    settings, run, full, data, dense, space, table = setup(result, budget, sys.argv[6] if len(sys.argv) > 6 else None)
     policy = Policy.from_dict(run["final"][label]["policy"])
     doc: dict = {"source": result, "budget": budget, "policy": label, "started": time.strftime("%H:%M:%S"),
                  "loadavg_before": Path("/proc/loadavg").read_text().split()[:3], "seeds": []}  # fmt: skip

@@ -14,9 +14,9 @@ import hashlib
 
 import pytest
 import torch
-from torch import nn
 
 import deepslim as ds
+from tests.export.test_int8_dynamic_verbs import _Net  # the same small convnet with a real batch norm
 
 GOLDEN = {  # name -> (state digest, output digest), recorded from 0d941f3^ (LinearQuantConfig(bits=8): minmax then)
     "hf-bert": ("9a609f93045b8f38", "94c72cbb484e78cb"),
@@ -26,14 +26,6 @@ GOLDEN = {  # name -> (state digest, output digest), recorded from 0d941f3^ (Lin
 }
 RECORDED_WITH = {"torch": "2.13.0", "transformers": "5.24.0"}  # the goldens' float bits hold for these builds only
 
-
-class _Net(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv, self.bn, self.fc = nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Linear(8, 4)
-
-    def forward(self, x):
-        return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
 
 
 def _images(shape, seed):
