@@ -37,6 +37,7 @@ MIN_COSINE = 0.98  # export_onnx's parity threshold (file vs model)
 DYNAMIC_MIN_COSINE = 0.995  # ... for a dynamic int8 file (all-MiniLM-L6-v2's files: 0.9968-0.9983)
 PREPROCESSING_KEY = "deepslim.preprocessing"
 VERSION_KEY = "deepslim.version"
+STACK_TRACE_KEY = "pkg.torch.onnx.stack_trace"  # the exporter's per-node Python stack trace (dropped)
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,9 @@ def _check_inputs(xs: Inputs, calib_data: Iterable[Any] | None, batches: int = 4
 
 
 def _write_metadata(path: Path, model: nn.Module) -> None:
-    """deepslim's version and the model's input preprocessing, in the file's ``metadata_props``."""
+    """deepslim's version and the model's input preprocessing, in the file's ``metadata_props``; the exporter's
+    per-node Python stack traces removed (they hold the source paths of torch and deepslim: the same model gave files
+    of different sizes depending on where deepslim was installed, and the paths leaked into shipped files)."""
     import onnx
 
     from deepslim._version import __version__
@@ -186,6 +189,11 @@ def _write_metadata(path: Path, model: nn.Module) -> None:
     proto.metadata_props.extend(kept)
     for key, value in props.items():
         proto.metadata_props.add(key=key, value=value)
+    for graph_nodes in [proto.graph.node, *(f.node for f in proto.functions)]:
+        for node in graph_nodes:
+            traces = [q for q in node.metadata_props if q.key == STACK_TRACE_KEY]
+            for q in traces:
+                node.metadata_props.remove(q)
     onnx.save(proto, str(path))
 
 
