@@ -41,14 +41,20 @@ def test_the_page_needs_no_network_and_embeds_the_search():
     assert "relative error p90 8.0%, Kendall τ 0.90 (MAC count: τ 0.50)" in page
 
 
-def test_headless_chromium_draws_every_point_and_selects_the_best(tmp_path):
+def _dom_in_chromium(doc, tmp_path):
+    """``doc``'s report page as headless Chromium renders it (skips without Chromium)."""
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         pytest.skip("Chromium is not installed")
     path = tmp_path / "search.html"
-    write_search_report(search_doc(), path)
+    write_search_report(doc, path)
     dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", path.as_uri()],
                          capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
+    return dom
+
+
+def test_headless_chromium_draws_every_point_and_selects_the_best(tmp_path):
+    dom = _dom_in_chromium(search_doc(), tmp_path)
     front = dom[dom.index('id="front"'):dom.index('id="bars"')]
     # 4 trials + 2 Pareto points + dense, uniform and best as circles; the uniform family as a square
     assert front.count("<circle") == 9 and front.count("<rect") == 1
@@ -90,13 +96,7 @@ def test_a_memory_search_is_drawn_against_peak_activation_bytes_labelled_and_for
     assert "<th>energy µJ</th>" not in page  # only the metrics the search used get a column
     assert '"axis": {"metric": "memory", "key": "peak_activation_bytes", "label": "peak activation memory (bytes, ' \
            'batch 1)", "unit": "bytes", "limit": 2500.0}' in page  # fmt: skip
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
-    if chromium is None:
-        pytest.skip("Chromium is not installed")
-    path = tmp_path / "search.html"
-    write_search_report(_memory_doc(), path)
-    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", path.as_uri()],
-                         capture_output=True, text=True, timeout=120, check=True).stdout  # fmt: skip
+    dom = _dom_in_chromium(_memory_doc(), tmp_path)
     front = dom[dom.index('id="front"'):dom.index('id="bars"')]
     assert ">peak activation memory (bytes, batch 1)<" in front and ">latency (ms" not in front
     ticks = re.findall(r'text-anchor="middle"[^>]*>([^<]+)<', front)
