@@ -11,8 +11,9 @@ held-out test split of:
 Latency: 1×3×32×32, at the run's threads, all files in one round-robin (deepslim.interleave), each in its own
 process. ``--threads`` (default 1, as the other benchmarks that train) fixes torch's intra-op threads for training
 (given to ``fit`` and ``evaluate``: their load policy would otherwise use 1 thread on a busy machine unless
-OMP_NUM_THREADS is set) and the latency threads: a trained model depends on it (BENCHMARKS.md session 8); the
-2026-11-23 run used 2. The JSON is written after every model and seed, so a long run never loses it all.
+OMP_NUM_THREADS is set), the latency threads and the ONNX Runtime sessions that measure accuracy (else they took
+every core): a trained model depends on it (BENCHMARKS.md session 8); the 2026-11-23 run used 2. The JSON is written
+after every model and seed, so a long run never loses it all.
 
 ``--models``/``--seeds`` run a part of the table (seed numbers, not a count); ``--merge PREVIOUS`` adds the runs of
 an earlier result of this benchmark (same threads) that this one does not re-run, so a run finished in parts is one
@@ -30,15 +31,32 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
 
 import deepslim as ds
 from _common import result_header, save_json, training_threads, write_result
-from _peers import nncf_onnx, ort_accuracy, ort_quantize_static
+from _peers import nncf_onnx, ort_quantize_static
 
 MODELS = {"resnet20": {}, "mobilenet_v2": {"small_input": True, "width_mult": 0.5}}
+
+
+def ort_accuracy(path: Path, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], threads: int) -> float:
+    """Top-1 accuracy of an ONNX classifier (batch-1 graph) in an ONNX Runtime session of ``threads`` intra-op
+    threads (``_peers.ort_accuracy`` lets ONNX Runtime take every core)."""
+    from deepslim.export.onnx import ort_session
+
+    sess = ort_session(path, threads=threads)
+    correct = total = 0
+    for x, y in loader:
+        for i in range(len(x)):
+            out = sess.run(None, {"input": x[i : i + 1].numpy()})[0]
+            correct += int(np.argmax(out) == int(y[i]))
+            total += 1
+    return correct / total
 
 
 def run(name: str, seed: int, data: ds.DataBundle, tmp: Path, threads: int) -> dict:
@@ -51,18 +69,18 @@ def run(name: str, seed: int, data: ds.DataBundle, tmp: Path, threads: int) -> d
     calib_np = [b.numpy() for b, _ in data.calib]
     acc = {"fp32": ds.evaluate(model, data.test, threads=threads).accuracy}
     files = {"fp32": ds.export_onnx(model, tmp / f"{name}-fp32.onnx", example_input=x).path}
-    acc["fp32 (ORT)"] = ort_accuracy(files["fp32"], data.test)
+    acc["fp32 (ORT)"] = ort_accuracy(files["fp32"], data.test, threads)
     for cal in ("minmax", "percentile"):
         q = ds.quantize_(copy.deepcopy(model), ds.LinearQuantConfig(calibration=cal), calib_data=data.calib)
         acc[f"deepslim int8 {cal} (PyTorch)"] = ds.evaluate(q, data.test, threads=threads).accuracy
         path = ds.export_onnx(q, tmp / f"{name}-ds-{cal}.onnx", example_input=x, calib_data=data.calib).path
-        acc[f"deepslim int8 {cal} (ORT)"] = ort_accuracy(path, data.test)
+        acc[f"deepslim int8 {cal} (ORT)"] = ort_accuracy(path, data.test, threads)
         files[f"deepslim int8 {cal}"] = path
     files["ORT quantize_static"] = ort_quantize_static(files["fp32"], tmp / f"{name}-ort.onnx", calib_np)
-    acc["ORT quantize_static (ORT)"] = ort_accuracy(files["ORT quantize_static"], data.test)
+    acc["ORT quantize_static (ORT)"] = ort_accuracy(files["ORT quantize_static"], data.test, threads)
     try:
         files["NNCF"] = nncf_onnx(files["fp32"], tmp / f"{name}-nncf.onnx", calib_np)
-        acc["NNCF (ORT)"] = ort_accuracy(files["NNCF"], data.test)
+        acc["NNCF (ORT)"] = ort_accuracy(files["NNCF"], data.test, threads)
     except Exception as exc:  # a peer failing is a finding, recorded as such
         acc["NNCF (ORT)"] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
         files.pop("NNCF", None)
