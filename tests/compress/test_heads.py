@@ -157,3 +157,64 @@ def test_bad_config_and_missing_calibration_data_are_clear_errors():
     with pytest.raises(ds.errors.ConfigError, match="calib_data"):
         hp.prune_heads_(ds.create_model("vit_tiny", num_classes=10), hp.HeadPruneConfig(head_ratio=0.5))
     assert hp.HeadPruneConfig.from_dict(hp.HeadPruneConfig(ffn_ratio=0.3).to_dict()).ffn_ratio == 0.3
+
+
+def _silence_(block, units) -> None:
+    """Zero the output-projection columns of ``units``: they say nothing, so their sensitivity is exactly 0."""
+    with torch.no_grad():
+        block.output.weight.index_fill_(layer_kind(block.output).in_dim, hp.rows(torch.tensor(units),
+                                        block.unit_width), 0.0)  # fmt: skip
+
+
+@needs_hf
+def test_a_unit_costs_its_projection_weights_a_bert_head_as_much_as_sixteen_hidden_units_here():
+    model, _ = hf.build("bert")  # hidden 32, 4 heads of 8, 64 hidden units, 2 layers
+    blocks, _ = hp.find_blocks(model)
+    assert {b.is_attention: b.unit_cost() for b in blocks} == {True: 4 * 32 * 8, False: 2 * 32}
+
+
+@needs_hf
+def test_flops_ratio_removes_the_silenced_head_and_hidden_units_first_and_changes_nothing():
+    model, x = hf.build("bert")
+    blocks, _ = hp.find_blocks(model)
+    heads0, ffn1 = blocks[1], blocks[2]  # model order: each layer's feed-forward block, then its attention
+    assert heads0.is_attention and not ffn1.is_attention and ffn1.name == "model.bert.encoder.layer.1"
+    _silence_(heads0, [1])
+    _silence_(ffn1, list(range(40, 48)))
+    before = model(*x)
+    share = (1024 + 8 * 64) / (2 * 4 * 1024 + 2 * 64 * 64)  # exactly the silenced weights
+    result = hp.prune_heads_(model, hp.HeadPruneConfig(flops_ratio=share, refit=False), calib_data=[x, x])
+    kept = [b.kept for b in result.blocks]
+    assert kept[1] == (0, 2, 3) and kept[2] == tuple(range(40)) + tuple(range(48, 64))
+    assert [b.keep for b in result.blocks] == [64, 3, 56, 4]
+    assert result.macs() == (16384, 16384 - 1536)
+    torch.testing.assert_close(model(*x), before, rtol=1e-5, atol=1e-5)
+
+
+@needs_hf
+def test_flops_ratio_keeps_head_ratio_as_the_least_share_of_heads_removed():
+    model, x = hf.build("bert")
+    result = hp.prune_heads_(model, hp.HeadPruneConfig(head_ratio=0.5, flops_ratio=0.01, refit=False),
+                             calib_data=[x])  # fmt: skip
+    assert result.heads() == (8, 4)
+    assert result.macs()[1] == 16384 - 4 * 1024  # the minimum already removes more than 1 %
+
+
+def test_flops_ratio_without_sensitivity_or_global_ranking_is_a_clear_error():
+    with pytest.raises(ds.errors.ConfigError, match="flops_ratio.*sensitivity"):
+        hp.HeadPruneConfig(flops_ratio=0.3, importance="magnitude")
+    with pytest.raises(ds.errors.ConfigError, match="global_ranking"):
+        hp.HeadPruneConfig(flops_ratio=0.3, global_ranking=False)
+    with pytest.raises(ds.errors.ConfigError, match="flops_ratio"):
+        hp.HeadPruneConfig(flops_ratio=1.0)
+
+
+@needs_hf
+def test_joint_ranking_compares_sensitivity_per_weight_not_per_unit():
+    model, _ = hf.build("bert")
+    blocks, _ = hp.find_blocks(model)  # ffn0, heads0, ffn1, heads1; a head costs 1024 weights, a hidden unit 64
+    scores = [torch.ones(64), torch.tensor([10.0, 20, 30, 40]), torch.ones(64), torch.tensor([17.0, 25, 35, 45])]
+    # per weight: head 0 of layer 0 10/1024 < a hidden unit's 1/64, though its score is ten times larger
+    assert hp._joint_counts(blocks, scores, [64, 4, 64, 4], 1024 / 16384, 8) == [64, 3, 64, 4]
+    # the next 1024 weights: 16 hidden units (2 chunks of 8, 1/64 each) before head 0 of layer 1 (17/1024)
+    assert hp._joint_counts(blocks, scores, [64, 4, 64, 4], 2048 / 16384, 8) == [48, 3, 64, 4]

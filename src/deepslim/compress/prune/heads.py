@@ -14,6 +14,11 @@ One?", NeurIPS 2019, gate gradients; Molchanov et al., CVPR 2019, Taylor expansi
 Jacobian's norm is estimated with random projections of the outputs (E[(vᵀJ)²] = ‖J‖² for v ~ N(0, I), Hutchinson).
 ``magnitude`` needs no data: the norm of the unit's output-projection columns times that of its value (or input)
 rows. Ranked globally, sensitivities are comparable across layers, so unimportant layers lose more.
+
+Sensitivities of heads and of hidden units measure the same thing (the squared output change when the unit goes), so
+they can be ranked together too: ``flops_ratio`` removes that share of the projections' multiply-accumulates, unit
+by unit in order of sensitivity per multiply-accumulate it saves (a MiniLM head costs as much as 64 hidden units),
+so the model loses the least output for the speed it gains instead of a share of each kind fixed in advance.
 """
 
 from __future__ import annotations
@@ -57,7 +62,10 @@ class HeadImportance(Enum):
 class HeadPruneConfig(Config):
     """Remove ``head_ratio`` of the attention heads and ``ffn_ratio`` of the feed-forward hidden units.
 
-    ``global_ranking``: rank units across layers (layers that matter less lose more; at least one head and
+    ``flops_ratio`` > 0: remove that share of the blocks' projection weights (multiply-accumulates per token),
+    heads and hidden units ranked together by sensitivity per weight removed; ``head_ratio`` and ``ffn_ratio`` are
+    then the least share of each kind removed (sensitivity only: weight norms of heads and hidden units are not
+    comparable). ``global_ranking``: rank units across layers (layers that matter less lose more; at least one head and
     ``round_to`` hidden units stay per layer), else each layer loses the same share. ``round_to``: hidden units are
     kept in multiples of it (vector-unit friendly). ``ignore``: attention or feed-forward modules (names or ``re:``
     patterns) kept whole. ``batches``: calibration batches read (sensitivity, refit); ``probes``: random projections
@@ -67,6 +75,7 @@ class HeadPruneConfig(Config):
 
     head_ratio: float = 0.0
     ffn_ratio: float = 0.0
+    flops_ratio: float = 0.0
     importance: HeadImportance = HeadImportance.SENSITIVITY
     global_ranking: bool = True
     round_to: int = 8
@@ -76,11 +85,14 @@ class HeadPruneConfig(Config):
     refit: bool = True
 
     def __post_init__(self) -> None:
-        for what in ("head_ratio", "ffn_ratio"):
+        for what in ("head_ratio", "ffn_ratio", "flops_ratio"):
             value = getattr(self, what)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
                 raise ConfigError(f"{what} is the share of units removed, in [0, 1); got {value!r}")
         coerce_enum(self, "importance", HeadImportance)
+        if self.flops_ratio > 0 and (self.importance is not HeadImportance.SENSITIVITY or not self.global_ranking):
+            raise ConfigError("flops_ratio ranks heads and hidden units together by sensitivity: it needs "
+                              "importance='sensitivity' and global_ranking=True (or set flops_ratio=0)")  # fmt: skip
         for what in ("round_to", "batches", "probes"):
             if isinstance(getattr(self, what), bool) or not isinstance(getattr(self, what), int) or \
                     getattr(self, what) < 1:  # fmt: skip
@@ -108,6 +120,18 @@ class Block:
     def output(self) -> nn.Module:
         return submodule(self.module, self.adapter.output)
 
+    def unit_cost(self) -> float:
+        """Projection weights (multiply-accumulates per token) that go with one unit: its rows of the input
+        projections and its columns of the output projection."""
+        paths = [self.adapter.output]
+        if isinstance(self.adapter, FFNAdapter):
+            paths += list(self.adapter.inputs)
+        elif self.adapter.qkv is not None and hasattr(self.module, self.adapter.qkv.split(".")[0]):
+            paths.append(self.adapter.qkv)
+        else:
+            paths += [str(self.adapter.query), str(self.adapter.key), str(self.adapter.value)]
+        return sum(_weight_numel(submodule(self.module, p)) for p in paths) / self.units
+
 
 @dataclass(frozen=True)
 class BlockPlan:
@@ -116,6 +140,7 @@ class BlockPlan:
     width: int
     keep: int
     kept: tuple[int, ...]
+    cost: float = 0.0  # projection weights per unit (Block.unit_cost)
 
     def __str__(self) -> str:
         return f"{self.name}: {self.width} -> {self.keep} {self.unit}"
@@ -135,6 +160,18 @@ class HeadPruneResult:
         """(heads before, heads after) over the whole model (units of grouped-query attention count as one)."""
         att = [b for b in self.blocks if b.unit == "heads"]
         return sum(b.width for b in att), sum(b.keep for b in att)
+
+    def macs(self) -> tuple[int, int]:
+        """(before, after) projection weights of the blocks, = their multiply-accumulates per token (attention's
+        token-by-token products, which also shrink with the heads, not counted)."""
+        return round(sum(b.width * b.cost for b in self.blocks)), round(sum(b.keep * b.cost for b in self.blocks))
+
+
+def _weight_numel(m: nn.Module) -> int:
+    weight = getattr(m, "weight", None)
+    if not isinstance(weight, torch.Tensor):
+        raise UnsupportedModelError(f"{type(m).__name__} has no weight tensor; its adapter must name a linear layer")
+    return weight.numel()
 
 
 def _width(m: nn.Module, side: str) -> int:
@@ -316,12 +353,35 @@ def _counts(blocks: list[Block], scores: list[torch.Tensor], ratio: float, floor
     return [max(min(floor, b.units), min(b.units, round(k / step) * step)) for b, k in zip(blocks, raw, strict=True)]
 
 
+def _joint_counts(blocks: list[Block], scores: list[torch.Tensor], keep: list[int], ratio: float,
+                  round_to: int) -> list[int]:  # fmt: skip
+    """``keep`` lowered until ``ratio`` of the blocks' projection weights are gone: the next unit removed (hidden units
+    ``round_to`` at a time) is always the one of least sensitivity per weight, whichever block and kind it is in; at
+    least one head and ``round_to`` hidden units stay per block."""
+    costs = [b.unit_cost() for b in blocks]
+    target = ratio * sum(b.units * c for b, c in zip(blocks, costs, strict=True))
+    gone = sum((b.units - k) * c for b, k, c in zip(blocks, keep, costs, strict=True))
+    chunks = []  # (sensitivity per weight, block, units): each block's chunks in ascending order of sensitivity
+    for i, (b, s, k) in enumerate(zip(blocks, scores, keep, strict=True)):
+        step = 1 if b.is_attention else round_to
+        left = s.sort().values[b.units - k :]
+        chunks += [(float(c.sum()) / (costs[i] * len(c)), i, len(c)) for c in left.split(step)]
+    out = list(keep)
+    for _, i, n in sorted(chunks, key=lambda c: c[0]):  # stable: a block's chunks stay in their order
+        if gone >= target:
+            break
+        if out[i] - n >= (1 if blocks[i].is_attention else min(round_to, blocks[i].units)):
+            out[i] -= n
+            gone += n * costs[i]
+    return out
+
+
 def plan_head_pruning(model: nn.Module, config: HeadPruneConfig,
                       calib_data: Iterable[Any] | None = None) -> tuple[list[Block], HeadPruneResult]:  # fmt: skip
     """Which heads and hidden units each block keeps (most important first), without changing the model."""
     blocks, skipped = find_blocks(model, config.ignore)
     kinds = [(True, config.head_ratio), (False, config.ffn_ratio)]
-    chosen = [b for b in blocks if any(b.is_attention == att and r > 0 for att, r in kinds)]
+    chosen = [b for b in blocks if config.flops_ratio > 0 or any(b.is_attention == att and r > 0 for att, r in kinds)]
     if not chosen:
         if not blocks:
             raise UnsupportedModelError(f"{type(model).__name__} has no attention or feed-forward block an adapter "
@@ -344,13 +404,17 @@ def plan_head_pruning(model: nn.Module, config: HeadPruneConfig,
             got = [s / s.mean().clamp_min(1e-12) for s in got]
         floor, step = (1, 1) if att else (config.round_to, config.round_to)
         keep.update(zip(map(id, group), _counts(group, got, ratio, floor, step, config.global_ranking), strict=True))
+    if config.flops_ratio > 0:
+        joint = _joint_counts(chosen, [scores[id(b)] for b in chosen], [keep[id(b)] for b in chosen],
+                              config.flops_ratio, config.round_to)  # fmt: skip
+        keep.update(zip(map(id, chosen), joint, strict=True))
     plans = []
     for b in blocks:
         if id(b) not in keep:
             plans.append(_whole(b))
             continue
         kept = scores[id(b)].topk(keep[id(b)]).indices.sort().values
-        plans.append(BlockPlan(b.name, _unit(b), b.units, keep[id(b)], tuple(kept.tolist())))
+        plans.append(BlockPlan(b.name, _unit(b), b.units, keep[id(b)], tuple(kept.tolist()), b.unit_cost()))
     return blocks, HeadPruneResult(tuple(plans), tuple(skipped))
 
 
@@ -359,7 +423,7 @@ def _unit(b: Block) -> str:
 
 
 def _whole(b: Block) -> BlockPlan:
-    return BlockPlan(b.name, _unit(b), b.units, b.units, tuple(range(b.units)))
+    return BlockPlan(b.name, _unit(b), b.units, b.units, tuple(range(b.units)), b.unit_cost())
 
 
 def rows(units: torch.Tensor, width: int) -> torch.Tensor:
