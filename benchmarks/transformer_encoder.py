@@ -181,18 +181,36 @@ def load_heads(teacher: torch.nn.Module, prefix: Path) -> tuple[Any, dict]:
     return student.eval(), {k: v for k, v in info.items() if k != "kept"}
 
 
+def chain(info: dict) -> dict[str, float]:
+    """What a saved student's training chain has used so far: the batches drawn from the seeded stream (a run that
+    continues it skips them) and the distillation CPU seconds, over every run of the chain."""
+    kd, before = info["kd"], info.get("chain_before", {"stream_batches": 0, "cpu_s": 0.0})
+    return {"stream_batches": before["stream_batches"] + kd["steps"],
+            "cpu_s": round(before["cpu_s"] + kd["cpu_s"], 1), "runs": before.get("runs", 0) + 1}
+
+
 def student3(teacher: torch.nn.Module, args: argparse.Namespace, texts: Texts,
              load: Path | None) -> tuple[Any, dict]:  # fmt: skip
     """Layers 0, 3 and 5 kept (the three whose embeddings start closest to the teacher's, session 4), each
-    learning the output of the teacher layer it stands for, plus the embeddings."""
+    learning the output of the teacher layer it stands for, plus the embeddings. ``--student-init PREFIX``
+    continues a saved student (a warm restart: fresh optimizer moments and schedule) on the batches its chain has
+    not drawn yet."""
     student = drop_layers_(copy.deepcopy(teacher), STUDENT_KEEP)
     if load is not None:
         student.load_state_dict(torch.load(prefixed(load, ".pt")))
         return student.eval(), json.loads(prefixed(load, ".json").read_text())
     info: dict[str, Any] = {"keep": STUDENT_KEEP}
-    info["kd"] = distill_encoder(student, teacher, texts[1], texts[2], _kd(args, "student",
-                                 layer_map=tuple(STUDENT_KEEP), relation_weight=args.student_relation))  # fmt: skip
-    info["relation_weight"] = args.student_relation
+    if args.student_init is not None:
+        student.load_state_dict(torch.load(prefixed(args.student_init, ".pt")))
+        info["init"] = str(args.student_init)
+        info["chain_before"] = chain(json.loads(prefixed(args.student_init, ".json").read_text()))
+    weights = tuple(float(w) for w in args.student_layer_weights.split(",")) if args.student_layer_weights else None
+    info["kd"] = distill_encoder(student, teacher, texts[1], texts[2], _kd(
+        args, "student", layer_map=tuple(STUDENT_KEEP), relation_weight=args.student_relation,
+        hidden_weight=args.student_hidden, layer_weights=weights,
+        skip_batches=int(info.get("chain_before", {}).get("stream_batches", 0))))  # fmt: skip
+    info |= {"relation_weight": args.student_relation, "hidden_weight": args.student_hidden, "layer_weights": weights}
+    info["chain"] = chain(info)
     _save(student, info, Path(args.json).with_suffix(".student3"))
     return student.eval(), info
 
@@ -366,6 +384,12 @@ def main() -> None:
                         help="also stop each distillation after this many wall seconds (it still anneals)")
     parser.add_argument("--student-relation", type=float, default=0.0,
                         help="MiniLM attention/value-relation transfer weight for the 3-layer student (0: off)")
+    parser.add_argument("--student-hidden", type=float, default=1.0,
+                        help="hidden-state loss weight of the 3-layer student (0: embeddings only)")
+    parser.add_argument("--student-layer-weights", default=None,
+                        help="per student layer weights of its hidden-state loss, e.g. 0,0,1 (default equal)")
+    parser.add_argument("--student-init", type=Path, default=None,
+                        help="continue a saved 3-layer student (PREFIX.pt/.json): warm restart on unseen batches")
     parser.add_argument("--corpus", choices=("broad", "mix6"), default="broad",
                         help="distillation text: broad (session 10: text_corpus + templates + salad) or mix6 "
                              "(sessions 6-7: stdlib docstrings, templates, salad)")  # fmt: skip

@@ -44,6 +44,12 @@ class EncoderKDConfig(Config):
     ``dropout``: keep the student's dropout active while it learns (off by default: the target is the teacher's
     deterministic function, and noise slows a short run down). ``relation_weight`` > 0 adds MiniLM's
     self-attention and value-relation transfer of the last layer (:func:`relation_loss`; 0: off).
+
+    ``layer_weights``: one weight per student layer for its hidden-state term (the hidden loss is their weighted
+    mean; None: equal; ``(0, 0, 1)``: the last layer's states only). ``skip_batches``: batches of the seeded stream
+    an earlier run already drew (its ``steps``): a run that continues a saved student draws the batches a single
+    longer run would have drawn next instead of repeating the first ones (its optimizer moments and learning-rate
+    schedule start afresh: a warm restart).
     """
 
     lr: float = 1e-4
@@ -57,6 +63,8 @@ class EncoderKDConfig(Config):
     weight_decay: float = 0.01
     dropout: bool = False
     relation_weight: float = 0.0
+    layer_weights: tuple[float, ...] | None = None
+    skip_batches: int = 0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -73,12 +81,20 @@ class EncoderKDConfig(Config):
             raise ConfigError(f"relation_weight must be >= 0 (0: off), got {self.relation_weight}")
         if self.layer_map is not None:
             object.__setattr__(self, "layer_map", tuple(int(i) for i in self.layer_map))
+        if self.layer_weights is not None:
+            object.__setattr__(self, "layer_weights", tuple(float(w) for w in self.layer_weights))
+            if not all(w >= 0 for w in self.layer_weights) or not sum(self.layer_weights) > 0:
+                raise ConfigError(f"layer_weights must be >= 0 with a positive sum, got {self.layer_weights}")
+        if self.skip_batches < 0:
+            raise ConfigError(f"skip_batches must be >= 0 (the steps of the run being continued), got "
+                              f"{self.skip_batches}")  # fmt: skip
 
 
-def length_batches(ids: torch.Tensor, mask: torch.Tensor, batch_size: int, *, seed: int = 0,
-                   trim: bool = True) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
+def length_batches(ids: torch.Tensor, mask: torch.Tensor, batch_size: int, *, seed: int = 0, trim: bool = True,
+                   skip: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # fmt: skip
     """Endless shuffled batches of texts of similar length, each cut to its longest text (dynamic padding) unless
-    ``trim`` is False (token reduction merges a fixed number of tokens: its inputs keep their full length)."""
+    ``trim`` is False (token reduction merges a fixed number of tokens: its inputs keep their full length). The
+    first ``skip`` batches of the stream are passed over (a continued run draws what comes next)."""
     lengths = mask.sum(1)
     order = torch.argsort(lengths, stable=True).tolist()
     chunks = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
@@ -86,6 +102,9 @@ def length_batches(ids: torch.Tensor, mask: torch.Tensor, batch_size: int, *, se
     while True:
         rng.shuffle(chunks)
         for chunk in chunks:
+            if skip > 0:
+                skip -= 1
+                continue
             width = int(lengths[chunk].max()) if trim else ids.shape[1]
             yield ids[chunk, :width], mask[chunk, :width]
 
@@ -109,14 +128,20 @@ def _states(encoder: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.
 
 
 def _loss(s: Sequence[torch.Tensor], t: Sequence[torch.Tensor], mapping: Sequence[int], mask: torch.Tensor,
-          hidden_weight: float) -> tuple[torch.Tensor, float]:  # fmt: skip
-    """(embedding loss + hidden_weight · mean relative hidden MSE over real tokens, the embedding loss alone)."""
+          hidden_weight: float, layer_weights: Sequence[float] | None = None) -> tuple[torch.Tensor, float]:
+    """(embedding loss + hidden_weight · mean relative hidden MSE over real tokens (weighted by ``layer_weights``
+    per student layer when given), the embedding loss alone)."""
     emb = 1.0 - F.cosine_similarity(mean_pool(s[-1], mask), mean_pool(t[-1], mask), dim=-1).mean()
     if hidden_weight == 0 or len(s) != len(mapping):
         return emb, float(emb.detach())
     w = mask.unsqueeze(-1).to(s[-1].dtype)
-    hidden = torch.stack([((si - t[j]) ** 2 * w).sum() / ((t[j] ** 2) * w).sum().clamp_min(1e-9)
-                          for si, j in zip(s, mapping, strict=True)]).mean()  # fmt: skip
+    rel = [((si - t[j]) ** 2 * w).sum() / ((t[j] ** 2) * w).sum().clamp_min(1e-9) if k > 0 else None
+           for si, j, k in zip(s, mapping, layer_weights or [1.0] * len(mapping), strict=True)]  # fmt: skip
+    if layer_weights is None:
+        hidden = torch.stack([r for r in rel if r is not None]).mean()
+    else:
+        hidden = torch.stack([k * r for k, r in zip(layer_weights, rel, strict=True) if r is not None]).sum()
+        hidden = hidden / sum(layer_weights)
     return emb + hidden_weight * hidden, float(emb.detach())
 
 
@@ -188,12 +213,15 @@ def distill_encoder(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, m
     mapping = config.layer_map if config.layer_map is not None else layer_map(n_s, n_t)
     if len(mapping) != n_s or not all(0 <= j < n_t for j in mapping):
         raise ConfigError(f"layer_map needs one teacher layer (0..{n_t - 1}) per student layer ({n_s}), got {mapping}")
+    if config.layer_weights is not None and len(config.layer_weights) != n_s:
+        raise ConfigError(f"layer_weights needs one weight per student layer ({n_s}), got {config.layer_weights}")
     teacher.eval()
     student.train(config.dropout)  # eval mode switches dropout off (attention dropout reads the module's mode too)
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.lr,
                             weight_decay=config.weight_decay)  # fmt: skip
     reduced = getattr(student, "reduction", None) is not None  # token states differ in number: embeddings only
-    batches = length_batches(ids, mask, config.batch_size, seed=config.seed, trim=not reduced)
+    batches = length_batches(ids, mask, config.batch_size, seed=config.seed, trim=not reduced,
+                             skip=config.skip_batches)  # fmt: skip
     c0, w0, losses, step = time.process_time(), time.monotonic(), [], 0
     while True:
         frac = spent_share(config, time.process_time() - c0, time.monotonic() - w0, step)
@@ -212,7 +240,7 @@ def distill_encoder(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, m
         else:
             with LastAttention(s_enc) if relate else contextlib.nullcontext() as s_rel:
                 s_states = _states(s_enc, b_ids, b_mask)
-            loss, emb = _loss(s_states, t, mapping, b_mask, config.hidden_weight)
+            loss, emb = _loss(s_states, t, mapping, b_mask, config.hidden_weight, config.layer_weights)
             if s_rel is not None and t_rel is not None:
                 loss = loss + config.relation_weight * relation_loss(s_rel.out, t_rel.out, b_mask.to(loss.dtype),
                                                                      s_rel.heads, t_rel.heads)  # fmt: skip
@@ -226,5 +254,5 @@ def distill_encoder(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, m
     student.eval()
     tail = losses[-max(1, len(losses) // 10) :]
     return {"steps": step, "cpu_s": round(time.process_time() - c0, 1), "wall_s": round(time.monotonic() - w0, 1),
-            "layer_map": list(mapping),
+            "layer_map": list(mapping), "skip_batches": config.skip_batches,
             "first_loss": losses[0] if losses else None, "last_loss": sum(tail) / len(tail) if tail else None}

@@ -1,0 +1,88 @@
+"""Short paired probes that continue a saved 3-layer all-MiniLM-L6-v2 student under different distillation losses,
+to choose the loss of a long continuation from measurements instead of guesses.
+
+Every probe starts from the same saved student (``--init PREFIX``, as written by ``transformer_encoder.py``), draws
+the same batches (the ones its chain has not drawn yet: ``EncoderKDConfig.skip_batches``) for the same number of
+steps, and is measured on the built-in sentences (sequence 32 and 128 passages) and on held-out distillation text.
+A step budget (not CPU seconds) makes the probes exactly paired on a loaded machine; their CPU seconds are recorded.
+Each probe's student is saved (``PREFIX.<probe>.student3.pt/.json``) so the best one can be continued with
+``transformer_encoder.py --student-init``.
+
+    python benchmarks/student_probes.py --init /tmp/t10s/full_student3.student3 --steps 160 \\
+        --json benchmarks/results/transformer_encoder_session11_student_probes.json [--probes control,emb,last]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import deepslim as ds
+from _common import result_header
+from deepslim.compress.tokens import drop_layers_
+from deepslim.tasks.similarity import sentence_fidelity
+from deepslim.train.student import EncoderKDConfig, distill_encoder
+from transformer_encoder import STUDENT_KEEP, _save, chain, distill_texts, heldout_fidelity, prefixed
+
+PROBES: dict[str, dict[str, Any]] = {
+    "control": {"hidden_weight": 1.0},  # session 10's loss: embeddings + hidden states of layers 0, 3, 5
+    "emb": {"hidden_weight": 0.0},  # the sentence embeddings only
+    "last": {"hidden_weight": 1.0, "layer_weights": (0.0, 0.0, 1.0)},  # embeddings + the last layer's states
+    "lr4": {"hidden_weight": 1.0, "lr": 4e-4},  # session 10's loss, twice the peak learning rate
+}
+
+
+def probe(name: str, teacher: torch.nn.Module, init: Path, texts: Any, args: argparse.Namespace) -> tuple[Any, dict]:
+    student = drop_layers_(copy.deepcopy(teacher), STUDENT_KEEP)
+    student.load_state_dict(torch.load(prefixed(init, ".pt")))
+    before = chain(json.loads(prefixed(init, ".json").read_text()))
+    spec = {"lr": args.lr} | PROBES[name]
+    config = EncoderKDConfig(cpu_seconds=None, steps=args.steps, layer_map=tuple(STUDENT_KEEP), seed=args.seed,
+                             skip_batches=int(before["stream_batches"]), **spec)  # fmt: skip
+    info: dict[str, Any] = {"keep": STUDENT_KEEP, "probe": name, "init": str(init), "chain_before": before,
+                            "config": config.to_dict()}  # fmt: skip
+    info["kd"] = distill_encoder(student, teacher, texts[1], texts[2], config)
+    info["chain"] = chain(info)
+    return student.eval(), info
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--init", type=Path, required=True, help="the saved student to continue (PREFIX)")
+    parser.add_argument("--steps", type=int, default=160)
+    parser.add_argument("--lr", type=float, default=2e-4)
+    parser.add_argument("--seed", type=int, default=0, help="the seed of the chain being continued")
+    parser.add_argument("--probes", default="control,emb,last", help=f"comma-separated, of {', '.join(PROBES)}")
+    parser.add_argument("--json", default="benchmarks/results/transformer_encoder_session11_student_probes.json")
+    args = parser.parse_args()
+    result = result_header("transformers", 1) | {"load_before": os.getloadavg(), "probes": {}}
+    teacher = ds.load_model("all-minilm-l6-v2").eval()
+    data32 = ds.load_data("sentences", seq_len=32, train_size=2048)
+    data128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
+    texts, held, result["distill_corpus"] = distill_texts(teacher, "broad", seed=args.seed)
+    for name in args.probes.split(","):
+        w0, load0 = time.monotonic(), os.getloadavg()
+        student, info = probe(name, teacher, args.init, texts, args)
+        info |= {"test_fidelity_torch_seq32": sentence_fidelity(student, teacher, data32),
+                 "test_fidelity_torch_seq128": sentence_fidelity(student, teacher, data128),
+                 "heldout_fidelity": heldout_fidelity(student, teacher, held),
+                 "wall_s": round(time.monotonic() - w0, 1), "load_before": load0, "load_after": os.getloadavg()}
+        _save(student, info, Path(args.json).with_suffix(f".{name}.student3"))
+        result["probes"][name] = info
+        print(name, json.dumps({k: info[k] for k in ("kd", "test_fidelity_torch_seq32", "test_fidelity_torch_seq128",
+                                                      "heldout_fidelity")}), flush=True)  # fmt: skip
+    result["load_after"] = os.getloadavg()
+    tmp = Path(args.json).with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    tmp.replace(args.json)
+
+
+if __name__ == "__main__":
+    main()
