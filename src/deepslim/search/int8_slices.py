@@ -1,0 +1,235 @@
+"""A policy's integer ONNX file cut out of the dense model's, in milliseconds instead of a whole export.
+
+Why: steering a latency-aware policy by measured end-to-end latency needs one file per candidate policy, and the
+toolkit's integer export (:func:`deepslim.export.export_onnx`: trace, QDQ rewrite, parity check) took ~10 s per
+ResNet-18 file at 224² on a quiet core here (session 6: 3 candidates and the group analysis in 45 s; at load 9 a
+single-group step round of 24 exports did not finish in 7 minutes). Speed does not depend on which channels are kept
+or on the weights' values, only on the graph and its shapes; so the dense model is quantized and exported once, and
+a policy's file keeps the first ``k`` channels of each group: each weight's int8 codes, its per-channel scales and
+zero points and the int32 bias cut along the group's axis — the same nodes, the same quantizers, the policy's
+shapes. Which layers' outputs and inputs a group sets is read from the dependency graph's description of the group
+(``"conv1 out ⇒ bn1 ⇒ conv2 in (64 channels)"``). A layer the policy keeps float can be written with its weights
+dequantized (``floats``): ONNX Runtime then leaves that convolution out of its integer kernels — an approximation
+of the toolkit's mixed export (which also drops that layer's own input quantizer), for probing only.
+
+The files are for timing: the activations' quantization parameters are the dense model's, so the outputs are not
+the pruned model's (use ``prune_`` and ``export_onnx`` for a model to ship). The toolkit's export of the same policy
+has the same nodes and shapes (``tests/search/test_speed_moves.py`` checks the shapes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from torch import nn
+
+from deepslim._io import atomic_path
+from deepslim.errors import ConfigError, ExportError, UnsupportedModelError
+from deepslim.search.latency import LayerKey, layer_keys
+from deepslim.search.space import Policy, SearchSpace
+
+WEIGHTED = ("Conv", "Gemm", "MatMul")
+
+
+@dataclass(frozen=True)
+class GroupLayers:
+    """The layers whose output channels (``outs``) and input channels (``ins``) one channel group sets."""
+
+    outs: frozenset[str]
+    ins: frozenset[str]
+
+
+def group_layers(space: SearchSpace) -> dict[str, GroupLayers]:
+    """Per group of ``space``, its layers, read from the group's description (``"a out ⇒ bn ⇒ b in (64 channels)"``);
+    an UnsupportedModelError for a depthwise group (its convolutions' ``group`` attribute would change too)."""
+    found = {}
+    for g in space.groups:
+        parts = g.description.rpartition(" (")[0].split(" ⇒ ")
+        if any(p.endswith(" (depthwise)") for p in parts):
+            raise UnsupportedModelError(f"group {g.name} passes a depthwise convolution: int8 slices cover plain "
+                                        f"and residual groups only (export each policy with export_onnx)")  # fmt: skip
+        outs = frozenset(p[: -len(" out")] for p in parts if p.endswith(" out"))
+        ins = frozenset(p[: -len(" in")] for p in parts if p.endswith(" in"))
+        if not outs:
+            raise ConfigError(f"group {g.name}'s description names no producing layer: {g.description!r}")
+        found[g.name] = GroupLayers(outs, ins)
+    return found
+
+
+def policy_layer_keys(keys: Mapping[str, LayerKey], groups: Mapping[str, GroupLayers],
+                      policy: Policy) -> dict[str, LayerKey]:  # fmt: skip
+    """The dense model's layer keys (:func:`deepslim.search.latency.layer_keys`) with ``policy``'s channel counts
+    and precisions, without pruning anything: a policy's MACs in microseconds."""
+    out = {}
+    for name, key in keys.items():
+        cout = key.out_channels
+        cin = key.in_shape[-1] if key.kind == "linear" else key.in_shape[1]
+        for g, layers in groups.items():
+            cout = policy.keep[g] if name in layers.outs else cout
+            cin = policy.keep[g] if name in layers.ins else cin
+        shape = (*key.in_shape[:-1], cin) if key.kind == "linear" else (key.in_shape[0], cin, *key.in_shape[2:])
+        out[name] = replace(key, in_shape=shape, out_channels=cout, int8=bool(policy.int8.get(name, False)))
+    return out
+
+
+def policy_macs(keys: Mapping[str, LayerKey], groups: Mapping[str, GroupLayers], policy: Policy) -> int:
+    """``policy``'s multiply-accumulates (convolutions and linear layers) from the dense model's layer keys."""
+    return sum(k.macs for k in policy_layer_keys(keys, groups, policy).values())
+
+
+@dataclass(frozen=True)
+class _Weighted:
+    node: int  # index of the Conv/Gemm/MatMul node
+    weight: tuple[str, str, str]  # (int8 codes, scale, zero point) initializers of its weight's DequantizeLinear
+    dq: int  # index of that DequantizeLinear node
+    out_axis: int
+    bias: tuple[str, ...]  # (int32 codes, scale, zero point) of a quantized bias, or (float bias,), or ()
+
+
+class Int8Slicer:
+    """Writes a policy's timing file from the dense model's integer ONNX file (see the module docstring).
+
+    ``dense_file``: :func:`deepslim.export.export_onnx` of ``quantized``, the dense model with every layer of
+    ``space.int8_layers`` quantized (``quantize_``), whose layers are found in the file by their int8 codes."""
+
+    def __init__(self, dense_file: str | Path, quantized: nn.Module, space: SearchSpace) -> None:
+        import onnx
+
+        from deepslim.export.qdq import quantized_layers
+
+        self.space, self.groups = space, group_layers(space)
+        self.model = onnx.load(str(dense_file))
+        codes = {n: lq.codes.detach().numpy().astype(np.int8) for n, lq in quantized_layers(quantized).items()}
+        self.layers = _find_layers(self.model, codes)
+        missing = sorted({n for g in self.groups.values() for n in g.outs | g.ins} - set(self.layers))
+        if missing:
+            raise ExportError(f"layer {missing[0]} is not an int8 layer of the dense file: quantize every layer of "
+                              f"the space before exporting the dense model")  # fmt: skip
+
+    def write(self, policy: Policy, path: str | Path, *, floats: Iterable[str] = ()) -> Path:
+        """``policy``'s channel counts cut out of the dense file, written atomically at ``path``; ``floats``: layers
+        written with dequantized float weights (a precision probe)."""
+        import onnx
+        from onnx import numpy_helper
+
+        floats = set(floats)
+        bad = [g for g in self.groups if g not in policy.keep] + sorted(floats - set(self.layers))
+        if bad:
+            raise ConfigError(f"{bad[0]!r} is not chosen by the policy / not an int8 layer of the dense file")
+        model = onnx.ModelProto()
+        model.CopyFrom(self.model)
+        del model.graph.value_info[:]  # shapes change: ONNX Runtime infers them again
+        arrays = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+        for name, w in self.layers.items():
+            cout, cin = self._counts(name, policy)
+            codes = arrays[w.weight[0]]
+            in_axis = 1 if w.out_axis == 0 else 0
+            arrays[w.weight[0]] = np.take(np.take(codes, range(cout), w.out_axis), range(cin), in_axis)
+            for t in (*w.weight[1:], *w.bias):
+                if arrays[t].ndim == 1 and arrays[t].shape[0] == codes.shape[w.out_axis]:
+                    arrays[t] = arrays[t][:cout]
+            if name in floats:
+                _dequantize(model, w, arrays)
+        _drop_unused(model.graph)
+        _flatten_any_width(model.graph, arrays)
+        keep = {i for n in model.graph.node for i in n.input}
+        del model.graph.initializer[:]
+        model.graph.initializer.extend(numpy_helper.from_array(a, n) for n, a in arrays.items() if n in keep)
+        dest = Path(path)
+        with atomic_path(dest) as tmp:
+            onnx.save(model, str(tmp))
+        return dest
+
+    def _counts(self, name: str, policy: Policy) -> tuple[int, int]:
+        w = self.layers[name]
+        init = {t.name: tuple(t.dims) for t in self.model.graph.initializer}
+        shape = init[w.weight[0]]
+        cout, cin = shape[w.out_axis], shape[1 if w.out_axis == 0 else 0]
+        for g, layers in self.groups.items():
+            cout = policy.keep[g] if name in layers.outs else cout
+            cin = policy.keep[g] if name in layers.ins else cin
+        return cout, cin
+
+
+def _find_layers(model: Any, codes: Mapping[str, np.ndarray]) -> dict[str, _Weighted]:
+    """Each quantized layer's weighted node in the file, found by its int8 codes (as stored or transposed)."""
+    from onnx import numpy_helper
+
+    graph = model.graph
+    arrays = {t.name: t for t in graph.initializer}
+    producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
+    by_value: dict[tuple[tuple[int, ...], bytes], tuple[str, int]] = {}
+    for name, c in codes.items():
+        by_value[(c.shape, c.tobytes())] = (name, 0)
+        if c.ndim == 2:
+            by_value[(c.T.shape, np.ascontiguousarray(c.T).tobytes())] = (name, 1)
+    found = {}
+    for i, node in enumerate(graph.node):
+        if node.op_type not in WEIGHTED or len(node.input) < 2 or node.input[1] not in producer:
+            continue
+        dq = producer[node.input[1]]
+        src = graph.node[dq]
+        if src.op_type != "DequantizeLinear" or src.input[0] not in arrays:
+            continue
+        hit = by_value.get(_value_key(numpy_helper.to_array(arrays[src.input[0]])))
+        if hit is None:
+            continue
+        bias: tuple[str, ...] = ()
+        if len(node.input) > 2 and node.input[2]:
+            b = node.input[2]
+            bias = tuple(graph.node[producer[b]].input) if b in producer else (b,)
+        found[hit[0]] = _Weighted(i, (src.input[0], src.input[1], src.input[2]), dq, hit[1], bias)
+    return found
+
+
+def _value_key(a: np.ndarray) -> tuple[tuple[int, ...], bytes]:
+    return tuple(a.shape), np.ascontiguousarray(a.astype(np.int8)).tobytes()
+
+
+def _dequantize(model: Any, w: _Weighted, arrays: dict[str, np.ndarray]) -> None:
+    """The layer's weight (and bias) as float initializers in place of their DequantizeLinear nodes."""
+    node = model.graph.node[w.node]
+    codes, scale, zero = (arrays[t] for t in w.weight)
+    shape = [1] * codes.ndim
+    shape[w.out_axis] = -1
+    wname = f"{w.weight[0]}__float"
+    arrays[wname] = ((codes.astype(np.float32) - zero.astype(np.float32).reshape(shape))
+                     * scale.astype(np.float32).reshape(shape))  # fmt: skip
+    model.graph.initializer.add(name=wname)  # registers the name; the array is written with the others
+    node.input[1] = wname
+    if len(w.bias) == 3:
+        bq, bs, bz = (arrays[t] for t in w.bias)
+        bname = f"{w.bias[0]}__float"
+        arrays[bname] = ((bq.astype(np.float32) - bz.astype(np.float32)) * bs.astype(np.float32)).astype(np.float32)
+        model.graph.initializer.add(name=bname)
+        node.input[2] = bname
+
+
+def _flatten_any_width(graph: Any, arrays: dict[str, np.ndarray]) -> None:
+    """A ``Reshape`` to ``[-1, K]`` (a flatten after global pooling: the exporter writes the dense width ``K``) as
+    ``[0, -1]`` (``allowzero`` off): the same flatten at any width."""
+    for node in graph.node:
+        if node.op_type == "Reshape" and node.input[1] in arrays:
+            shape = arrays[node.input[1]]
+            if shape.shape == (2,) and shape[0] == -1 and shape[1] > 0:
+                arrays[node.input[1]] = np.array([0, -1], dtype=shape.dtype)
+                for a in node.attribute:
+                    if a.name == "allowzero":
+                        a.i = 0  # 0 copies the input's batch dimension
+
+
+def _drop_unused(graph: Any) -> None:
+    """Remove nodes none of whose outputs is read (a float probe's weight dequantization)."""
+    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+    dead = [n for n in graph.node if not any(o in read for o in n.output)]
+    for n in dead:
+        graph.node.remove(n)
+
+
+def int8_layer_keys(model: nn.Module, example_input: Any, space: SearchSpace) -> dict[str, LayerKey]:
+    """The dense model's layer keys with every int8 layer of ``space`` int8 (the start of :func:`policy_macs`)."""
+    return layer_keys(model, example_input, dict.fromkeys(space.int8_layers, True))

@@ -1,0 +1,215 @@
+"""Measured moves at equal MACs: a latency-aware policy steered by end-to-end timings, not by a table.
+
+Why: at equal MACs a policy is faster only where the runtime spends less per MAC, and where that is cannot be
+predicted from layer or node tables here: on ResNet-18 at 224² the per-layer table's greedy chose a policy 4 %
+faster on paper that measured ~2× slower (BENCHMARKS.md, session 5), and the node table, which ranked right, needed
+a whole export per candidate and never finished (session 6). NetAdapt (Yang et al., ECCV 2018) steers by measured
+latency instead; here a policy is timed end to end, interleaved with the current one in the same run, so only
+same-run ratios count (the machine is shared).
+
+One round, from the current policy ``P`` (MACs at most ``limit``, the start's MACs):
+
+1. **Probe**: each channel group one step down and one step up its grid (several steps for a group whose single
+   step moves fewer than ``probe_share`` of the MACs, so that the change stands out of the noise), all timed beside
+   ``P``: per group, the share of ``P``'s latency one MAC saves going down and costs going up.
+2. **Exchange**: per group, its probe step down, then the MACs freed spent one grid step at a time on the other
+   groups where a MAC costs least (by the probes), never above ``limit``, until nothing fits; kept when the MACs end
+   within ``band`` below ``limit`` and the probes predict a gain. The ``candidates`` best predicted are timed beside
+   ``P``, and the fastest is taken when it measures at least ``min_gain`` faster; else the moves stop.
+
+Then, with ``precision``, each int8 layer of the policy is timed in float (beside ``P``, MACs unchanged) and the
+fastest kept when it gains ``min_gain`` — whether a layer pays for its conversions at its position is measured, not
+assumed. The timer and the MAC counter are plain callables: the benchmark times ONNX files cut from the dense
+model's (:mod:`deepslim.search.int8_slices`); tests give scripted ones.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from deepslim.config import Config
+from deepslim.errors import ConfigError
+from deepslim.search.space import Policy, SearchSpace
+
+log = logging.getLogger(__name__)
+
+PolicyTimer = Callable[[Sequence[Policy]], list[float]]  # ms of each policy, timed interleaved in one run
+MacCounter = Callable[[Policy], int]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SpeedMovesConfig(Config):
+    """How far and how carefully :func:`speed_moves` moves (see the module docstring)."""
+
+    rounds: int = 6
+    band: float = 0.01
+    probe_share: float = 0.02
+    candidates: int = 6
+    min_gain: float = 0.01
+    precision: bool = True
+
+    def __post_init__(self) -> None:
+        if self.rounds < 0 or self.candidates < 1:
+            raise ConfigError(f"rounds must be >= 0 and candidates >= 1, got {self.rounds} and {self.candidates}")
+        for name in ("band", "probe_share", "min_gain"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ConfigError(f"{name} is a share in [0, 1), got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class SpeedMoves:
+    """The policy the moves reached, its MACs and the limit, each round's log and how many policies were timed."""
+
+    policy: Policy
+    macs: int
+    limit: int
+    log: tuple[dict[str, Any], ...]
+    timed: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"policy": self.policy.to_dict(), "macs": self.macs, "limit": self.limit, "log": list(self.log),
+                "timed": self.timed}  # fmt: skip
+
+
+class _Walk:
+    """The grid arithmetic and the bookkeeping of one :func:`speed_moves` call."""
+
+    def __init__(self, space: SearchSpace, macs: MacCounter, time: PolicyTimer, limit: int) -> None:
+        self.options = {g.name: list(g.keep) for g in space.groups}
+        self.macs, self.timer, self.limit = macs, time, limit
+        self.timed = 0
+
+    def step(self, p: Policy, group: str, steps: int) -> Policy | None:
+        """``p`` with ``group`` moved ``steps`` grid steps (None off the grid)."""
+        grid = self.options[group]
+        i = grid.index(p.keep[group]) + steps
+        return replace(p, keep={**p.keep, group: grid[i]}) if 0 <= i < len(grid) else None
+
+    def probe(self, p: Policy, group: str, sign: int, share: float) -> Policy | None:
+        """The fewest steps of ``group`` in direction ``sign`` that move at least ``share`` of the limit's MACs
+        (as many as the grid allows), None where it allows none."""
+        base, found = self.macs(p), None
+        for n in range(1, len(self.options[group])):
+            q = self.step(p, group, sign * n)
+            if q is None:
+                break
+            found = q
+            if abs(self.macs(q) - base) >= share * self.limit:
+                break
+        return found
+
+    def ratios(self, p: Policy, others: Sequence[Policy]) -> list[float]:
+        """Each of ``others``' time over ``p``'s, all timed in one interleaved run."""
+        times = self.timer([p, *others])
+        if len(times) != len(others) + 1 or not all(t > 0 for t in times):
+            raise ConfigError(f"the policy timer must give one positive time per policy, got {times!r}")
+        self.timed += len(times)
+        return [t / times[0] for t in times[1:]]
+
+
+def speed_moves(space: SearchSpace, start: Policy, *, macs: MacCounter, time: PolicyTimer,
+                config: SpeedMovesConfig | None = None) -> SpeedMoves:  # fmt: skip
+    """From ``start``, the measured moves of the module docstring; the result never has more MACs than ``start``
+    and, after channel moves, no fewer than ``(1 - band)`` of them."""
+    config = config or SpeedMovesConfig()
+    missing = [g.name for g in space.groups if g.name not in start.keep]
+    off = [g.name for g in space.groups if g.name in start.keep and start.keep[g.name] not in g.keep]
+    if missing or off:
+        raise ConfigError(f"the start policy {'does not choose' if missing else 'is off the grid of'} group "
+                          f"{(missing or off)[0]!r}")  # fmt: skip
+    limit = macs(start)
+    walk = _Walk(space, macs, time, limit)
+    policy, entries = start, [{"move": "start", "macs": limit}]
+    for r in range(config.rounds):
+        moved = _exchange_round(walk, policy, config)
+        entries.append({"round": r + 1, **moved[1]})
+        if moved[0] is None:
+            break
+        policy = moved[0]
+    if config.precision:
+        policy, floats = _precision(walk, policy, config)
+        entries.extend(floats)
+    return SpeedMoves(policy, macs(policy), limit, tuple(entries), walk.timed)
+
+
+def _exchange_round(walk: _Walk, p: Policy, config: SpeedMovesConfig) -> tuple[Policy | None, dict[str, Any]]:
+    """One probe + exchange round: the policy taken (None: no move) and what was measured."""
+    base = walk.macs(p)
+    probes = {(g, s): q for g in walk.options for s in (-1, 1)
+              if (q := walk.probe(p, g, s, config.probe_share)) is not None}  # fmt: skip
+    ratios = dict(zip(probes, walk.ratios(p, list(probes.values())), strict=True))
+    slope = {k: (ratios[k] - 1.0) / (walk.macs(q) - base) for k, q in probes.items() if walk.macs(q) != base}
+    # ratio change per MAC added, measured going down (save) and up (cost): positive where MACs cost time
+    save = {g: slope[(g, -1)] for g in walk.options if (g, -1) in slope}
+    cost = {g: slope[(g, 1)] for g in walk.options if (g, 1) in slope}
+    cands = []
+    for down in save:
+        found = _fill(walk, probes[(down, -1)], down, cost)
+        if found is None or walk.macs(found) < (1 - config.band) * walk.limit:
+            continue
+        predicted = sum(_slope_of(found, p, g, save, cost, walk) for g in walk.options)
+        if predicted < 0 and found != p:
+            cands.append((predicted, down, found))
+    cands.sort(key=lambda c: (c[0], c[1]))
+    chosen = cands[: config.candidates]
+    doc: dict[str, Any] = {"probes": {f"{g}{'+' if s > 0 else '-'}": round(ratios[(g, s)], 4) for g, s in probes},
+                           "candidates": len(cands)}  # fmt: skip
+    if not chosen:
+        return None, {**doc, "move": None}
+    measured = walk.ratios(p, [c[2] for c in chosen])
+    doc["tried"] = [{"down": d, "keep": _diff(p, q), "predicted": round(e, 4), "measured": round(m, 4)}
+                    for (e, d, q), m in zip(chosen, measured, strict=True)]  # fmt: skip
+    best = min(range(len(chosen)), key=lambda i: measured[i])
+    if measured[best] > 1 - config.min_gain:
+        return None, {**doc, "move": None}
+    q = chosen[best][2]
+    return q, {**doc, "move": _diff(p, q), "ratio": round(measured[best], 4), "macs": walk.macs(q)}
+
+
+def _slope_of(q: Policy, p: Policy, group: str, save: Mapping[str, float], cost: Mapping[str, float],
+             walk: _Walk) -> float:  # fmt: skip
+    """The probes' predicted ratio change of ``group``'s move from ``p`` to ``q`` (MAC change × its slope)."""
+    if q.keep[group] == p.keep[group]:
+        return 0.0
+    moved = replace(p, keep={**p.keep, group: q.keep[group]})
+    delta = walk.macs(moved) - walk.macs(p)
+    return delta * (cost[group] if delta > 0 else save[group])
+
+
+def _fill(walk: _Walk, p: Policy, down: str, cost: Mapping[str, float]) -> Policy | None:
+    """``p`` grown one grid step at a time on the group (not ``down``) whose measured cost per MAC is least, never
+    above the limit; None when ``p`` is above it already."""
+    if walk.macs(p) > walk.limit:
+        return None
+    while True:
+        steps = [(c, g, q) for g, c in cost.items() if g != down
+                 and (q := walk.step(p, g, 1)) is not None and walk.macs(q) <= walk.limit]  # fmt: skip
+        if not steps:
+            return p
+        p = min(steps, key=lambda s: (s[0], s[1]))[2]
+
+
+def _precision(walk: _Walk, p: Policy, config: SpeedMovesConfig) -> tuple[Policy, list[dict[str, Any]]]:
+    """Each int8 layer of ``p`` timed in float beside ``p``; the fastest kept while one gains ``min_gain``."""
+    entries: list[dict[str, Any]] = []
+    while True:
+        layers = [n for n, q in p.int8.items() if q]
+        if not layers:
+            return p, entries
+        trials = [replace(p, int8={**p.int8, n: False}) for n in layers]
+        measured = walk.ratios(p, trials)
+        best = min(range(len(layers)), key=lambda i: measured[i])
+        gained = measured[best] <= 1 - config.min_gain
+        entries.append({"precision": {n: round(m, 4) for n, m in zip(layers, measured, strict=True)},
+                        "move": f"{layers[best]} float" if gained else None})  # fmt: skip
+        if not gained:
+            return p, entries
+        p = trials[best]
+
+
+def _diff(p: Policy, q: Policy) -> dict[str, list[int]]:
+    """The groups whose channel counts differ: {group: [before, after]}."""
+    return {g: [p.keep[g], q.keep[g]] for g in p.keep if p.keep[g] != q.keep[g]}

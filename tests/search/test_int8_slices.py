@@ -1,0 +1,145 @@
+"""A policy's int8 ONNX file cut from the dense export (deepslim.search.int8_slices): the toolkit's nodes and shapes,
+the dense file back unchanged, the MAC count, the float probe, refusals."""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from deepslim.analysis import profile
+from deepslim.errors import ConfigError, UnsupportedModelError
+from deepslim.search.int8_slices import Int8Slicer, group_layers, int8_layer_keys, policy_macs
+from deepslim.search.space import SearchSpace, prune_policy, quantize_policy
+
+X = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+
+
+class Block(nn.Module):
+    def __init__(self, c: int, h: int) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = nn.Conv2d(c, h, 3, padding=1, bias=False), nn.BatchNorm2d(h)
+        self.conv2, self.bn2 = nn.Conv2d(h, c, 3, padding=1, bias=False), nn.BatchNorm2d(c)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x + self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+
+
+def residual_net() -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(), Block(32, 48),
+                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()  # fmt: skip
+    for m in net.modules():  # non-trivial statistics: the folded biases are not zero
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-1, 1), m.running_var.uniform_(0.5, 2), m.bias.data.uniform_(-1, 1)
+    return net
+
+
+CALIB = [(torch.randn(8, 3, 8, 8, generator=torch.Generator().manual_seed(2)),)]
+
+
+def _int8(net: nn.Module, space: SearchSpace, policy, path) -> nn.Module:
+    from deepslim.export import export_onnx
+
+    pruned = prune_policy(net, space, policy, example_input=X)
+    q = quantize_policy(pruned, space, policy, calib_data=CALIB, accept_low_fidelity=True)
+    export_onnx(q, path, example_input=X)
+    return q
+
+
+@functools.cache
+def _setup(tmp: str):
+    from pathlib import Path
+
+    net = residual_net()
+    space = SearchSpace.from_model(net, X, round_to=16)
+    dense = space.uniform(1.0, True)
+    q = _int8(net, space, dense, Path(tmp) / "dense.onnx")
+    return net, space, dense, Int8Slicer(Path(tmp) / "dense.onnx", q, space)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    return _setup(str(tmp_path_factory.mktemp("slices")))
+
+
+def _nodes_and_shapes(path):
+    import onnx
+
+    m = onnx.load(str(path))
+    return [n.op_type for n in m.graph.node], sorted(list(t.dims) for t in m.graph.initializer)
+
+
+def _run(path) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: X.numpy()})[0]
+
+
+def test_the_groups_layers_are_read_from_the_dependency_graph(setup):
+    _, space, _, _ = setup
+    found = group_layers(space)
+    assert found["0"].outs == {"0", "3.conv2"} and found["0"].ins == {"3.conv1", "6"}
+    assert found["3.conv1"].outs == {"3.conv1"} and found["3.conv1"].ins == {"3.conv2"}
+
+
+def test_a_cut_file_has_the_toolkits_nodes_and_shapes_for_the_same_policy(setup, tmp_path):
+    net, space, dense, slicer = setup
+    policy = replace(dense, keep={"0": 16, "3.conv1": 32})
+    slicer.write(policy, tmp_path / "cut.onnx")
+    _int8(net, space, policy, tmp_path / "toolkit.onnx")
+    assert _nodes_and_shapes(tmp_path / "cut.onnx") == _nodes_and_shapes(tmp_path / "toolkit.onnx")
+    assert _run(tmp_path / "cut.onnx").shape == (1, 10)
+
+
+def test_the_dense_policy_cuts_nothing_and_computes_what_the_dense_file_computes(setup, tmp_path):
+    _, _, dense, slicer = setup
+    slicer.write(dense, tmp_path / "same.onnx")
+    np.testing.assert_array_equal(_run(tmp_path / "same.onnx"), _run(slicer_path(slicer, tmp_path)))
+
+
+def slicer_path(slicer: Int8Slicer, tmp_path):
+    import onnx
+
+    path = tmp_path / "dense_again.onnx"
+    onnx.save(slicer.model, str(path))
+    return path
+
+
+def test_policy_macs_equal_the_pruned_models_profile(setup):
+    net, space, dense, _ = setup
+    keys, groups = int8_layer_keys(net, X, space), group_layers(space)
+    for keep in ({"0": 16, "3.conv1": 32}, {"0": 32, "3.conv1": 16}, {"0": 32, "3.conv1": 48}):
+        policy = replace(dense, keep=keep)
+        assert policy_macs(keys, groups, policy) == profile(prune_policy(net, space, policy, example_input=X), X).macs
+
+
+def test_a_float_probe_runs_that_layer_on_float_weights_without_their_dequantization(setup, tmp_path):
+    import onnx
+
+    _, _, dense, slicer = setup
+    slicer.write(replace(dense, keep={"0": 16, "3.conv1": 32}), tmp_path / "f.onnx", floats=["3.conv1"])
+    m = onnx.load(str(tmp_path / "f.onnx"))
+    weights = {t.name: t for t in m.graph.initializer}
+    conv = [n for n in m.graph.node if n.op_type == "Conv"][1]  # the second convolution: 3.conv1
+    assert weights[conv.input[1]].data_type == onnx.TensorProto.FLOAT and list(weights[conv.input[1]].dims) == [
+        32, 16, 3, 3]
+    assert sum(n.op_type == "DequantizeLinear" for n in m.graph.node) == sum(
+        n.op_type == "DequantizeLinear" for n in slicer.model.graph.node) - 2  # its weight's and bias's
+    assert _run(tmp_path / "f.onnx").shape == (1, 10)
+
+
+def test_unknown_layers_and_groups_and_depthwise_groups_are_refused(setup, tmp_path):
+    _, space, dense, slicer = setup
+    with pytest.raises(ConfigError, match="'nope' is not"):
+        slicer.write(dense, tmp_path / "x.onnx", floats=["nope"])
+    with pytest.raises(ConfigError, match="'3.conv1' is not chosen"):
+        slicer.write(replace(dense, keep={"0": 16}), tmp_path / "x.onnx")
+    depthwise = replace(space.groups[0], description="a out ⇒ b (depthwise) ⇒ c in (8 channels)")
+    with pytest.raises(UnsupportedModelError, match="depthwise"):
+        group_layers(replace(space, groups=(depthwise,)))
