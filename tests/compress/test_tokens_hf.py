@@ -79,3 +79,20 @@ def test_a_layer_dropped_student_exports_and_onnx_runtime_agrees_at_another_batc
                       input_names=["input_ids", "attention_mask"],
                       dynamic_axes={"input_ids": {0: "batch"}, "attention_mask": {0: "batch"}})  # fmt: skip
     torch.testing.assert_close(_ort(path, ids, mask), want, rtol=0, atol=1e-5)  # batch 3, not 2
+
+
+def test_a_local_bert_merging_by_keys_and_states_exports_and_onnx_runtime_agrees(bert, tmp_path):
+    model, ids, mask = bert
+    with torch.no_grad():
+        ref = model(ids, mask)
+        same = merge_tokens_(copy.deepcopy(model), MergeTokensConfig(r=0, metric="keys_states"))
+        assert torch.equal(same(ids, mask), ref)  # r=0: the reducing encoder computes the original
+        pads = merge_tokens_(copy.deepcopy(model), MergeTokensConfig(r=(2, 1, 0), metric="keys_states"))
+        torch.testing.assert_close(pads(ids[2:], mask[2:]), ref[2:], rtol=0, atol=1e-5)  # 11 pads: only pads merge
+        merged = merge_tokens_(copy.deepcopy(model), MergeTokensConfig(r=3, metric="keys_states"))
+        want, by_keys = merged(ids, mask), merge_tokens_(copy.deepcopy(model), MergeTokensConfig(r=3))(ids, mask)
+    assert not torch.allclose(want, by_keys, atol=1e-4)  # the metric merged other pairs
+    path = tmp_path / "ks.onnx"
+    torch.onnx.export(hf.IdsOnly(merged), (ids[:1],), str(path), dynamo=False, opset_version=17,
+                      input_names=["input_ids"], dynamic_axes={"input_ids": {0: "batch"}})  # fmt: skip
+    torch.testing.assert_close(_ort(path, ids), want, rtol=0, atol=1e-5)

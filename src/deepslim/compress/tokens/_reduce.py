@@ -57,44 +57,66 @@ def static_len(t: torch.Tensor, dim: int = 1) -> int:
         return int(t.shape[dim])
 
 
-def _pair_bias(t: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """(T, T) constant: 0 where row token i (set A: even positions but CLS) may merge into column token j (set B:
-    odd positions), and far below any similarity elsewhere."""
-    i = torch.arange(t, device=device)
-    allowed = ((i[:, None] % 2 == 0) & (i[:, None] > 0)) & (i[None, :] % 2 == 1)
-    return torch.where(allowed, 0.0, 4 * _NEVER).to(dtype)
-
-
-def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int, *,
-                    padding: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int, *, padding: bool = True,
+                    unit: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """Merge ``r`` tokens of x (B, T, C) with sizes (B, T) by the similarity of ``metric`` (B, T, D): T -> T - r.
     The kept tokens stay in their order; a merged token is the size-weighted mean of its B token and the A tokens
-    that joined it. ``padding=False`` (every size > 0, as in a ViT) leaves out the padding rules' operators.
+    that joined it. ``padding=False`` (every size > 0, as in a ViT) leaves out the padding rules' operators;
+    ``unit=True``: the metric's rows are unit vectors already (:func:`merge_metric` ``"keys_states"``).
 
-    The graph is small on purpose (about 25 operators): one product for all similarities, one top-k for the r
-    sources, a cumulative sum for where every token goes, and one product that sums the tokens (and their sizes,
-    as an extra channel) into their destinations: a scatter-add by index that every ONNX runtime runs.
+    The graph is small on purpose (about 25 operators): one product for the similarities of set A (even positions)
+    to set B (odd positions), a quarter of all pairs, one top-k for the r sources, a cumulative sum for where every
+    token goes, and one product that sums the tokens (and their sizes, as an extra channel) into their
+    destinations: a scatter-add by index that every ONNX runtime runs.
     """
     t = static_len(x)
     r = min(r, (t - 1) // 2)  # set A (even positions, CLS excluded) offers at most this many
     if r <= 0:
         return x, size
-    m = metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-6)
-    scores = m @ m.transpose(1, 2)  # (B, T, T) cosine similarities
+    m = metric if unit else metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-6)
+    scores = m[:, 0::2] @ m[:, 1::2].transpose(1, 2)  # (B, A, B) cosine similarities
     if padding:
-        scores = torch.where(size[:, None, :] > 0, scores, _NEVER)  # never into padding
-    node_max, node_idx = (scores + _pair_bias(t, x.dtype, x.device)).max(dim=-1)  # (B, T): best partner in B
+        scores = torch.where(size[:, None, 1::2] > 0, scores, _NEVER)  # never into padding
+    node_max, node_idx = scores.max(dim=-1)  # (B, A): each A token's best partner in B
+    a = node_max.shape[1]
+    node_max = torch.where(torch.arange(a, device=x.device) == 0, 4 * _NEVER, node_max)  # CLS never merges
     if padding:  # padding A tokens go first, in position order (distinct values: every runtime picks the same)
-        first = (size <= 0) & (torch.arange(t, device=x.device) % 2 == 0)
-        node_max = torch.where(first, _PAD_FIRST + _ramp(t, x.dtype, x.device), node_max)
-    src = node_max.topk(r, dim=-1).indices  # (B, r): the A tokens merged away
+        node_max = torch.where(size[:, 0::2] <= 0, _PAD_FIRST + _ramp(t, x.dtype, x.device)[:, 0::2], node_max)
+    src = 2 * node_max.topk(r, dim=-1).indices  # (B, r): the positions of the A tokens merged away
     is_src = torch.zeros_like(size).scatter(1, src, 1.0)
     rank = (1.0 - is_src).cumsum(dim=1) - 1.0  # each kept token's place in the output
-    dest = torch.where(is_src > 0, rank.gather(1, node_idx), rank)  # a merged token goes where its partner goes
+    partner = 2 * node_idx.gather(1, src // 2) + 1  # (B, r): their B tokens' positions
+    dest = rank.scatter(1, src, rank.gather(1, partner))  # a merged token goes where its partner goes
     into = (dest[:, None, :] == torch.arange(t - r, device=x.device, dtype=x.dtype)[:, None]).to(x.dtype)
     out = into @ torch.cat([x * size.unsqueeze(-1), size.unsqueeze(-1)], dim=-1)  # (B, T - r, C + 1): sums
     new_size = out[..., -1]
     return out[..., :-1] / new_size.clamp_min(1e-6).unsqueeze(-1), new_size
+
+
+def merge_metric(kind: str, keys: torch.Tensor, normed: torch.Tensor | None) -> torch.Tensor:
+    """What tokens are compared by when merging, (B, T, D), from the keys (B, H, T, Dh) and, for ``"keys_states"``,
+    the layer-normalized token states (B, T, C) before the norm's scale and shift. ``"keys"``: ToMe's keys averaged
+    over heads. ``"keys_states"``: every head's unit key and the normalized state side by side, weighted so that
+    the whole is a unit vector whose dot product with another token's is half the mean of their heads' key cosines
+    plus half their states' cosine. A layer-normalized state (mean 0, mean square 1 over its C channels) has length
+    sqrt(C) up to the norm's eps, so it is scaled by that constant rather than measured (two operators fewer).
+    Channels a zero scale removed (:func:`unaffine`) shorten it, and the similarity reads them as absent."""
+    if kind == "keys":
+        return keys.mean(1)
+    if normed is None:
+        raise ValueError("the keys_states metric needs the normalized token states")
+    per_head = keys / (keys.norm(dim=-1, keepdim=True).clamp_min(1e-6) * math.sqrt(2 * static_len(keys)))
+    states = normed * (1.0 / math.sqrt(2 * static_len(normed, -1)))  # a normalized state's length is sqrt(C)
+    return torch.cat([per_head.transpose(1, 2).flatten(2), states], dim=-1)  # (B, T, H·Dh + C), unit length
+
+
+def unaffine(states: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
+    """A LayerNorm's output (B, T, C) with its scale and shift undone: the normalized states (channels whose scale
+    is 0 carry nothing and read 0)."""
+    if norm.weight is None:
+        return states if norm.bias is None else states - norm.bias
+    inv = torch.where(norm.weight.abs() > 0, 1.0 / norm.weight, torch.zeros_like(norm.weight))
+    return (states - norm.bias if norm.bias is not None else states) * inv
 
 
 def attention_received(probs: torch.Tensor, size: torch.Tensor) -> torch.Tensor:

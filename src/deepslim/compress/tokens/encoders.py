@@ -20,10 +20,12 @@ from deepslim.compress.tokens._reduce import (
     attention_received,
     bipartite_merge,
     gather_tokens,
+    merge_metric,
     prune_index,
     size_bias,
     soft_threshold,
     threshold_index,
+    unaffine,
     uniform_share,
 )
 from deepslim.models.transformer import VisionTransformer
@@ -31,11 +33,18 @@ from deepslim.models.transformer import VisionTransformer
 
 @dataclass(frozen=True)
 class LayerPlan:
-    """What one layer does to its tokens: prune to ``keep_ratio`` (1.0: none), then merge ``r`` (0: none)."""
+    """What one layer does to its tokens: prune to ``keep_ratio`` (1.0: none), then merge ``r`` (0: none), tokens
+    compared by ``metric`` (:func:`~deepslim.compress.tokens._reduce.merge_metric`)."""
 
     keep_ratio: float = 1.0
     threshold: float | None = None
     r: int = 0
+    metric: str = "keys"
+
+    @property
+    def needs_states(self) -> bool:
+        """Whether the merge compares the layer-normalized token states (which the encoder then computes)."""
+        return self.r > 0 and self.metric == "keys_states"
 
     @property
     def active(self) -> bool:
@@ -43,19 +52,21 @@ class LayerPlan:
 
 
 def reduce_tokens(plan: LayerPlan, x: torch.Tensor, size: torch.Tensor, keys: torch.Tensor, probs: torch.Tensor, *,
-                  padding: bool = True) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """One layer's reduction of x (B, T, C) and sizes (B, T); keys (B, H, T, D) and probs (B, H, T, T).
+                  padding: bool = True, normed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One layer's reduction of x (B, T, C) and sizes (B, T); keys (B, H, T, D) and probs (B, H, T, T); ``normed``
+    (B, T, C): the layer-normalized states, for ``plan.metric == "keys_states"``.
     ``padding=False``: no token has size 0 (a ViT), so the merge needs no padding rules."""
     if plan.threshold is not None:  # learned token pruning: the count depends on the input (never with the others)
         kept, size = threshold_index(size, uniform_share(attention_received(probs, size), size), plan.threshold)
         return gather_tokens(x, kept), size
-    metric = keys.mean(1)  # (B, T, D): ToMe's similarity measure, the keys averaged over heads
+    metric = merge_metric(plan.metric, keys, normed) if plan.r > 0 else None  # (B, T, D)
     if plan.keep_ratio < 1.0:
         idx, size = prune_index(size, attention_received(probs, size), plan.keep_ratio)
         if idx is not None:
-            x, metric, size = gather_tokens(x, idx), gather_tokens(metric, idx), size.gather(1, idx)
-    if plan.r > 0:
-        x, size = bipartite_merge(x, size, metric, plan.r, padding=padding)
+            x, size = gather_tokens(x, idx), size.gather(1, idx)
+            metric = None if metric is None else gather_tokens(metric, idx)
+    if metric is not None:
+        x, size = bipartite_merge(x, size, metric, plan.r, padding=padding, unit=plan.metric == "keys_states")
     return x, size
 
 
@@ -126,7 +137,8 @@ class BertTokenReduction(nn.Module):
         if soft is not None:
             share = uniform_share(attention_received(probs, size), size)
             size = soft_threshold(size, share, soft[0].threshold[soft[1]], soft[0].temperature)
-        h, size = reduce_tokens(plan, h, size, k, probs)
+        normed = unaffine(h, layer.attention.output.LayerNorm) if plan.needs_states else None
+        h, size = reduce_tokens(plan, h, size, k, probs, normed=normed)
         left = None
         if pool:  # what left here: all states weighted by size, less those that stay
             left = ((h_in * size_in.unsqueeze(-1)).sum(1) - (h * size.unsqueeze(-1)).sum(1),
@@ -165,5 +177,6 @@ class TokenVisionTransformer(VisionTransformer):
         logits = torch.matmul(q, k.transpose(2, 3)) * attn.head_dim**-0.5 + size_bias(size, x.dtype, padding=padding)
         probs = F.softmax(logits, dim=-1)  # (B, H, N, N)
         x = x + attn.proj(torch.matmul(probs, v).transpose(1, 2).flatten(2))
-        x, size = reduce_tokens(plan, x, size, k, probs, padding=padding)  # images have no padding
+        normed = F.layer_norm(x, block.ln2.normalized_shape, eps=block.ln2.eps) if plan.needs_states else None
+        x, size = reduce_tokens(plan, x, size, k, probs, padding=padding, normed=normed)  # images have no padding
         return x + block.mlp(block.ln2(x)), size

@@ -68,8 +68,8 @@ def merge_tokens_(model: nn.Module, config: MergeTokensConfig) -> nn.Module:
     """Merge ``config.r`` tokens per layer (ToMe, Bolya et al., ICLR 2023); other token settings are kept."""
     plans = layer_plans(model)
     rs = expand(config.r, len(plans), "r")
-    log.info("merging %s tokens per layer", rs)
-    return _install(model, _check_mix([replace(p, r=r) for p, r in zip(plans, rs, strict=True)]))
+    log.info("merging %s tokens per layer (metric %s)", rs, config.metric)
+    return _install(model, _check_mix([replace(p, r=r, metric=config.metric) for p, r in zip(plans, rs, strict=True)]))
 
 
 def prune_tokens_(model: nn.Module, config: PruneTokensConfig) -> nn.Module:

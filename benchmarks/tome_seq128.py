@@ -1,0 +1,158 @@
+"""Token merging (ToMe) on all-MiniLM-L6-v2 at sequence 128: merge schedules and similarity metrics in ONNX Runtime,
+latency against ORT fp32 in the same run, fidelity to the fp32 file's embeddings (issue 17, session 11).
+
+Each variant is a merge schedule (tokens merged after each of the six layers' attention) and a metric
+(``MergeTokensConfig.metric``: ``keys``, ToMe's keys averaged over heads; ``keys_states``, per-head keys and the
+normalized token states). ``--kd NAME`` also distils that variant's weights with the merging in place
+(embeddings only, ``deepslim.train.student.distill_encoder``) on the broad corpus' passages
+(``deepslim.data.text_corpus``, never the evaluation texts) and measures it as ``NAME_kd``.
+
+Fidelity, from each ONNX file's own outputs: the 72 built-in passages at sequence 128 (padded, ~99 real tokens:
+the benchmark's set), 32 full-length texts of exactly 128 real tokens (the built-in passages two at a time, cut:
+no padding to merge for free; the latency input's shape), and the 220 built-in sentences at sequence 32 with the
+schedule's merge counts divided by 4 (one file per length: merge counts are constants of the graph). Latency:
+``transformer_encoder.cpu_rows`` (this process, one ORT session per file, 1 thread, no spinning, files round-robin,
+order reversed every round, median thread-CPU time and wall time) at batch 1 and 32 on full-length token ids.
+
+    OMP_NUM_THREADS=1 nice -n 5 python benchmarks/tome_seq128.py \\
+        [--json benchmarks/results/transformer_encoder_session11_tome.json] [--variants keys16,ks16,ks_dec]
+        [--rounds 6] [--kd ks_dec2 --kd-cpu 600 [--kd-wall S] [--kd-lr 5e-5] | --kd-from PREFIX]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import deepslim as ds
+from _common import result_header
+from deepslim.compress.tokens import MergeTokensConfig, merge_tokens_
+from deepslim.data.text_corpus import CorpusConfig, build_corpus
+from deepslim.models.hf import tokenize
+from deepslim.tasks.similarity import embedding_fidelity
+from deepslim.train.student import EncoderKDConfig, distill_encoder
+from token_thresholds import full_length_texts
+from transformer_encoder import cpu_rows, export, ort_embed, prefixed
+
+# name: (tokens merged after each layer at sequence 128, metric)
+SCHEDULES: dict[str, tuple[tuple[int, ...], str]] = {
+    "keys8": ((8,) * 6, "keys"),  # session 7's tome row
+    "keys16": ((16,) * 6, "keys"),  # session 7's tome_big row
+    "ks16": ((16,) * 6, "keys_states"),
+    "ks_dec": ((24, 20, 16, 12, 8, 4), "keys_states"),
+    "ks_dec2": ((20, 20, 16, 16, 12, 12), "keys_states"),
+    "ks18": ((18,) * 6, "keys_states"),
+}
+
+
+def config(name: str, seq: int) -> MergeTokensConfig:
+    rs, metric = SCHEDULES[name.removesuffix("_kd")]
+    return MergeTokensConfig(r=tuple(r * seq // 128 for r in rs), metric=metric)  # type: ignore[arg-type]
+
+
+def kd_passages(teacher: torch.nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The broad corpus' passages (4–7 consecutive sentences of one document) at sequence 128, those of at least
+    64 tokens (shorter ones would mostly merge padding), at most ``n``."""
+    ids, mask = tokenize(teacher, build_corpus(CorpusConfig(seed=0)).passages, seq_len=128)
+    long = mask.sum(1) >= 64
+    return ids[long][:n], mask[long][:n]
+
+
+def distilled(teacher: torch.nn.Module, args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
+    student = copy.deepcopy(teacher)
+    if args.kd_from is not None:
+        student.load_state_dict(torch.load(prefixed(args.kd_from, ".pt")))
+        return student.eval(), json.loads(prefixed(args.kd_from, ".json").read_text())
+    merge_tokens_(student, config(args.kd, 128))
+    ids, mask = kd_passages(teacher, args.kd_texts)
+    kd = EncoderKDConfig(cpu_seconds=args.kd_cpu, wall_seconds=args.kd_wall, lr=args.kd_lr, batch_size=16, seed=0)
+    info: dict[str, Any] = {"variant": args.kd, "texts": len(ids), "kd_config": kd.to_dict(),
+                            "kd": distill_encoder(student, teacher, ids, mask, kd)}  # fmt: skip
+    student.reduction = None  # saved without the reduction module (it holds no weights)
+    prefix = Path(args.json).with_suffix(".tome_kd")
+    torch.save(student.state_dict(), prefixed(prefix, ".pt"))
+    prefixed(prefix, ".json").write_text(json.dumps(info, indent=1) + "\n")
+    return student.eval(), info
+
+
+def fidelity(files: dict[str, Path], ids: torch.Tensor, pairs: Any = ()) -> dict[str, dict[str, float]]:
+    ref = ort_embed(files["ort_fp32"], ids)
+    return {name: {k: round(v, 4) for k, v in embedding_fidelity(ort_embed(path, ids), ref, pairs=pairs).items()}
+            for name, path in files.items()}  # fmt: skip
+
+
+def test_set(bundle: ds.DataBundle) -> Any:
+    """The sentence set's test dataset (its ``ids`` and ``mask`` tensors)."""
+    return bundle.test.dataset
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    result = result_header("tome_seq128", 1)
+    result["load_before"] = os.getloadavg()
+    teacher = ds.load_model("all-minilm-l6-v2").eval()
+    names = [n for n in args.variants.split(",") if n]
+    models = {n: teacher for n in names}
+    result["schedules"] = {n: {"r": list(SCHEDULES[n][0]), "metric": SCHEDULES[n][1]} for n in names}
+    if args.kd or args.kd_from:
+        student, result["kd"] = distilled(teacher, args)
+        base = result["kd"]["variant"]
+        models[base + "_kd"] = student
+        result["schedules"][base + "_kd"] = {"r": list(SCHEDULES[base][0]), "metric": SCHEDULES[base][1],
+                                             "distilled": True}  # fmt: skip
+    d32 = ds.load_data("sentences", seq_len=32, train_size=64)
+    d128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
+    full = full_length_texts(teacher)
+    with tempfile.TemporaryDirectory() as work:
+        files: dict[int, dict[str, Path]] = {}
+        for seq in (32, 128):
+            files[seq] = {"ort_fp32": export(teacher, Path(work) / f"fp32-{seq}.onnx", seq)}
+            for name, base in models.items():
+                model = merge_tokens_(copy.deepcopy(base), config(name, seq))
+                files[seq][name] = export(model, Path(work) / f"{name}-{seq}.onnx", seq)
+        set32, set128 = test_set(d32), test_set(d128)
+        result["fidelity"] = {"passages128": fidelity(files[128], set128.ids, d128.info["pairs"]),
+                              "full_length128": fidelity(files[128], full),
+                              "sentences32": fidelity(files[32], set32.ids, d32.info["pairs"])}  # fmt: skip
+        fid = result["fidelity"]["passages128"]
+        result["rows"] = cpu_rows(files[128], fid, {}, 128, args.rounds)
+    result["load_after"] = os.getloadavg()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--json", default="benchmarks/results/transformer_encoder_session11_tome.json")
+    parser.add_argument("--variants", default="keys16,ks16,ks_dec", help=f"comma-separated of {', '.join(SCHEDULES)}")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--kd", choices=tuple(SCHEDULES), default=None, help="also distil this variant (NAME_kd)")
+    parser.add_argument("--kd-cpu", type=float, default=600.0, help="distillation budget, process CPU seconds")
+    parser.add_argument("--kd-wall", type=float, default=None, help="also stop after this many wall seconds")
+    parser.add_argument("--kd-lr", type=float, default=5e-5)
+    parser.add_argument("--kd-texts", type=int, default=6000)
+    parser.add_argument("--kd-from", type=Path, default=None, help="reuse PREFIX.pt/.json of an earlier --kd run")
+    args = parser.parse_args()
+    result = run(args)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(args.json).with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.replace(args.json)
+    for row in result["rows"]:
+        f, name = row["fidelity"], row["variant"]
+        full, s32 = result["fidelity"]["full_length128"][name], result["fidelity"]["sentences32"][name]
+        print(f"b{row['batch']:<2d} {name:10s} {row['median_ms']:9.2f} ms x{row['speedup_vs_ort_fp32']:.3f} "
+              f"(wall x{row['speedup_wall']:.3f})  s128 cos {f['cosine_mean']:.4f}/{f['cosine_min']:.4f} "
+              f"nn {f['nn_agreement']:.3f} rho {f['spearman']:.3f} | full {full['cosine_mean']:.4f}/"
+              f"{full['cosine_min']:.4f} | s32 {s32['cosine_mean']:.4f}/{s32['cosine_min']:.4f}")
+    print("kd:", json.dumps(result.get("kd", {}).get("kd")))
+    print("load before/after:", result["load_before"], result["load_after"])
+
+
+if __name__ == "__main__":
+    main()
