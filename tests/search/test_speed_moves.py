@@ -46,10 +46,10 @@ def test_channels_move_from_the_group_where_a_mac_costs_most_to_where_it_costs_l
     moves = [e.get("move") for e in result.log]
     assert moves == ["start", {"a": [32, 16], "b": [32, 48]}, None, "y float", None]
     assert result.log[1]["ratio"] == pytest.approx(1128 / 1160, abs=1e-4)
-    # round 1: the policy and 6 probes, then it and 1 candidate; round 2: 5 probes (a is at its floor); precision:
-    # both layers, then x alone
-    assert [len(b) for b in timer.batches] == [7, 2, 6, 3, 2]
-    assert result.timed == 20
+    # round 1: the policy and 6 probes, then it and 1 candidate, then the two again (confirmed); round 2: 5 probes
+    # (a is at its floor); precision: both layers, y confirmed, then x alone
+    assert [len(b) for b in timer.batches] == [7, 2, 2, 6, 3, 2, 2]
+    assert result.timed == 24
 
 
 def test_a_probe_takes_several_grid_steps_where_one_step_moves_too_few_macs():
@@ -97,6 +97,26 @@ def test_bad_start_policies_timers_and_configs_are_refused_with_the_reason():
         SpeedMovesConfig(candidates=0)
 
 
+def test_a_move_that_passes_once_but_not_when_timed_again_is_not_taken():
+    calls = []
+    probes = scripted({"a": 3.0, "b": 1.0, "c": 1.0})
+
+    def lucky_once(policies):  # the probes as scripted; the candidate 10 % faster in its first run only
+        calls.append(len(policies))
+        if len(calls) == 1:
+            return probes(policies)
+        return [100.0] + [90.0 if len(calls) == 2 else 100.0 for _ in policies[1:]]
+
+    result = speed_moves(SPACE, START, macs=macs, time=lucky_once,
+                         config=SpeedMovesConfig(probe_share=0.0, precision=False))  # fmt: skip
+    assert result.policy == START
+    assert result.log[1]["confirmed"] == 1.0 and calls[2] == 2
+    unconfirmed = speed_moves(SPACE, START, macs=macs, time=scripted({"a": 3.0, "b": 1.0, "c": 1.0}),
+                              config=SpeedMovesConfig(probe_share=0.0, precision=False, confirm=False))  # fmt: skip
+    assert unconfirmed.timed == 7 + 2 + 6
+
+
 def test_the_config_round_trips_through_json():
-    config = SpeedMovesConfig(rounds=2, band=0.02, probe_share=0.05, candidates=3, min_gain=0.02, precision=False)
+    config = SpeedMovesConfig(rounds=2, band=0.02, probe_share=0.05, candidates=3, min_gain=0.02, precision=False,
+                              confirm=False)
     assert SpeedMovesConfig.from_dict(config.to_dict()) == config

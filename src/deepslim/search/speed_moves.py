@@ -13,9 +13,11 @@ One round, from the current policy ``P`` (MACs at most ``limit``, the start's MA
    step moves fewer than ``probe_share`` of the MACs, so that the change stands out of the noise), all timed beside
    ``P``: per group, the share of ``P``'s latency one MAC saves going down and costs going up.
 2. **Exchange**: per group, its probe step down, then the MACs freed spent one grid step at a time on the other
-   groups where a MAC costs least (by the probes), never above ``limit``, until nothing fits; kept when the MACs end
+   groups where a MAC costs least (by the probes; a group no further than its probe went), never above ``limit``,
+   until nothing fits; kept when the MACs end
    within ``band`` below ``limit`` and the probes predict a gain. The ``candidates`` best predicted are timed beside
-   ``P``, and the fastest is taken when it measures at least ``min_gain`` faster; else the moves stop.
+   ``P``, and the fastest is taken when it measures at least ``min_gain`` faster — with ``confirm``, again in a run
+   of the two alone (the fastest of several noisy timings is biased low) — else the moves stop.
 
 Then, with ``precision``, each int8 layer of the policy is timed in float (beside ``P``, MACs unchanged) and the
 fastest kept when it gains ``min_gain`` — whether a layer pays for its conversions at its position is measured, not
@@ -50,6 +52,7 @@ class SpeedMovesConfig(Config):
     candidates: int = 6
     min_gain: float = 0.01
     precision: bool = True
+    confirm: bool = True
 
     def __post_init__(self) -> None:
         if self.rounds < 0 or self.candidates < 1:
@@ -126,6 +129,7 @@ def speed_moves(space: SearchSpace, start: Policy, *, macs: MacCounter, time: Po
     for r in range(config.rounds):
         moved = _exchange_round(walk, policy, config)
         entries.append({"round": r + 1, **moved[1]})
+        log.info("speed moves round %d: %s", r + 1, entries[-1])
         if moved[0] is None:
             break
         policy = moved[0]
@@ -147,7 +151,7 @@ def _exchange_round(walk: _Walk, p: Policy, config: SpeedMovesConfig) -> tuple[P
     cost = {g: slope[(g, 1)] for g in walk.options if (g, 1) in slope}
     cands = []
     for down in save:
-        found = _fill(walk, probes[(down, -1)], down, cost)
+        found = _fill(walk, probes[(down, -1)], down, cost, {g: probes[(g, 1)].keep[g] for g in cost})
         if found is None or walk.macs(found) < (1 - config.band) * walk.limit:
             continue
         predicted = sum(_slope_of(found, p, g, save, cost, walk) for g in walk.options)
@@ -163,10 +167,19 @@ def _exchange_round(walk: _Walk, p: Policy, config: SpeedMovesConfig) -> tuple[P
     doc["tried"] = [{"down": d, "keep": _diff(p, q), "predicted": round(e, 4), "measured": round(m, 4)}
                     for (e, d, q), m in zip(chosen, measured, strict=True)]  # fmt: skip
     best = min(range(len(chosen)), key=lambda i: measured[i])
-    if measured[best] > 1 - config.min_gain:
-        return None, {**doc, "move": None}
+    ratio = _confirmed(walk, p, chosen[best][2], measured[best], config)
+    if ratio > 1 - config.min_gain:
+        return None, {**doc, "move": None, "confirmed": round(ratio, 4)}
     q = chosen[best][2]
-    return q, {**doc, "move": _diff(p, q), "ratio": round(measured[best], 4), "macs": walk.macs(q)}
+    log.info("speed move %s: %.4f of the current policy's latency", _diff(p, q), ratio)
+    return q, {**doc, "move": _diff(p, q), "ratio": round(ratio, 4), "macs": walk.macs(q)}
+
+
+def _confirmed(walk: _Walk, p: Policy, q: Policy, measured: float, config: SpeedMovesConfig) -> float:
+    """``q``'s ratio to ``p``: timed again beside ``p`` alone when it passed and ``confirm`` asks for it."""
+    if measured > 1 - config.min_gain or not config.confirm:
+        return measured
+    return walk.ratios(p, [q])[0]
 
 
 def _slope_of(q: Policy, p: Policy, group: str, save: Mapping[str, float], cost: Mapping[str, float],
@@ -179,13 +192,14 @@ def _slope_of(q: Policy, p: Policy, group: str, save: Mapping[str, float], cost:
     return delta * (cost[group] if delta > 0 else save[group])
 
 
-def _fill(walk: _Walk, p: Policy, down: str, cost: Mapping[str, float]) -> Policy | None:
-    """``p`` grown one grid step at a time on the group (not ``down``) whose measured cost per MAC is least, never
-    above the limit; None when ``p`` is above it already."""
+def _fill(walk: _Walk, p: Policy, down: str, cost: Mapping[str, float], ceiling: Mapping[str, int]) -> Policy | None:
+    """``p`` grown one grid step at a time on the group (not ``down``) whose measured cost per MAC is least, each
+    group no further than its up probe went (``ceiling``: the probes' slopes are not extrapolated), never above the
+    limit; None when ``p`` is above it already."""
     if walk.macs(p) > walk.limit:
         return None
     while True:
-        steps = [(c, g, q) for g, c in cost.items() if g != down
+        steps = [(c, g, q) for g, c in cost.items() if g != down and p.keep[g] < ceiling[g]
                  and (q := walk.step(p, g, 1)) is not None and walk.macs(q) <= walk.limit]  # fmt: skip
         if not steps:
             return p
@@ -202,7 +216,7 @@ def _precision(walk: _Walk, p: Policy, config: SpeedMovesConfig) -> tuple[Policy
         trials = [replace(p, int8={**p.int8, n: False}) for n in layers]
         measured = walk.ratios(p, trials)
         best = min(range(len(layers)), key=lambda i: measured[i])
-        gained = measured[best] <= 1 - config.min_gain
+        gained = _confirmed(walk, p, trials[best], measured[best], config) <= 1 - config.min_gain
         entries.append({"precision": {n: round(m, 4) for n, m in zip(layers, measured, strict=True)},
                         "move": f"{layers[best]} float" if gained else None})  # fmt: skip
         if not gained:
