@@ -1,6 +1,6 @@
 """The version-2 part of the ``.dsz`` archive: a dynamic int8 layer's weight, stored as the int8 codes and steps of
 its int8 product plus its fp32 columns/rows (parts ``fp32_columns`` / ``fp32_rows``, float32, row-major), is turned
-back into the float weight the layer holds. Kept apart from the archive's general reader (archive.py)."""
+back into the float weight the layer holds. Kept apart from the archive's general reader (_reading.py)."""
 
 from __future__ import annotations
 
