@@ -1,0 +1,133 @@
+"""How head pruning scores and counts units: gates on the output projections and their sensitivity (the squared
+output change when a unit is gated off, estimated with random projections), and how many units each block keeps
+(globally by score, per block, or heads and hidden units together by sensitivity per weight). Split out of
+:mod:`.heads`, which re-exports :func:`sensitivity`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+from torch.utils._pytree import tree_leaves
+
+from deepslim._modes import inference_mode
+from deepslim.errors import ConfigError
+from deepslim.tasks import call_model
+
+if TYPE_CHECKING:
+    from deepslim.compress.prune.heads import Block
+
+
+@dataclass
+class _Gates:
+    """One gate per unit on the input of each block's output projection (1.0: the model unchanged)."""
+
+    blocks: list[Block]
+    values: list[torch.Tensor]
+    handles: list[Any]
+
+    @classmethod
+    def install(cls, blocks: list[Block]) -> _Gates:
+        values, handles = [], []
+        for b in blocks:
+            p = next(b.output.parameters())
+            gate = torch.ones(b.units, dtype=p.dtype, device=p.device, requires_grad=True)
+            values.append(gate)
+            handles.append(b.output.register_forward_pre_hook(_gate_hook(gate, b.unit_width)))
+        return cls(blocks, values, handles)
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def _gate_hook(gate: torch.Tensor, width: int) -> Any:
+    def hook(_: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...]:
+        return (args[0] * gate.repeat_interleave(width), *args[1:])
+
+    return hook
+
+
+def _model_inputs(batch: Any) -> Any:
+    """A calibration batch as model inputs: (inputs, labels) pairs lose their labels (1-D integer tensors)."""
+    if isinstance(batch, (tuple, list)) and len(batch) == 2 and isinstance(batch[1], torch.Tensor):
+        label = batch[1]
+        if label.ndim <= 1 and not label.is_floating_point() and isinstance(batch[0], (torch.Tensor, dict)):
+            return batch[0]
+    return batch
+
+
+def sensitivity(model: nn.Module, blocks: list[Block], calib_data: Iterable[Any], *, batches: int = 8,
+                probes: int = 2, seed: int = 0) -> list[torch.Tensor]:  # fmt: skip
+    """Per block, Σ over samples of ‖∂outputs/∂gate_u‖² for each unit (random-projection estimate)."""
+    gates = _Gates.install(blocks)
+    scores = [torch.zeros(b.units) for b in blocks]
+    gen = torch.Generator().manual_seed(seed)
+    seen = 0
+    try:
+        with inference_mode(model):
+            for batch in _take(calib_data, batches):
+                outs = [t for t in tree_leaves(call_model(model, _model_inputs(batch)))
+                        if isinstance(t, torch.Tensor) and t.is_floating_point()]  # fmt: skip
+                if not outs:
+                    raise ConfigError("sensitivity needs a model with floating-point outputs")
+                for k in range(probes):
+                    probe = torch.stack([(torch.randn(t.shape, generator=gen).to(t) * t).sum() for t in outs]).sum()
+                    grads = torch.autograd.grad(probe, gates.values, retain_graph=k + 1 < probes, allow_unused=True)
+                    for s, g in zip(scores, grads, strict=True):
+                        if g is not None:
+                            s += g.detach().float().cpu().pow(2) / probes
+                seen += 1
+    finally:
+        gates.remove()
+    if not seen:
+        raise ConfigError("sensitivity importance needs calib_data with at least one batch of model inputs")
+    return scores
+
+
+def _take(data: Iterable[Any], n: int) -> Iterator[Any]:
+    for i, batch in enumerate(data):
+        if i >= n:
+            return
+        yield batch
+
+
+def _counts(blocks: list[Block], scores: list[torch.Tensor], ratio: float, floor: int, step: int,
+            global_ranking: bool) -> list[int]:  # fmt: skip
+    """Units each block keeps: ``ratio`` of all units removed, globally by score or equally per block."""
+    if ratio == 0.0 or not blocks:
+        return [b.units for b in blocks]
+    if global_ranking:  # exactly round(ratio · units) of the lowest scores go (ties: the later unit first)
+        owner = torch.cat([torch.full((len(s),), i) for i, s in enumerate(scores)])
+        order = torch.cat(scores).argsort(stable=True)
+        gone = torch.bincount(owner[order[: round(ratio * len(order))]], minlength=len(scores))
+        raw = [b.units - int(g) for b, g in zip(blocks, gone, strict=True)]
+    else:
+        raw = [round(b.units * (1.0 - ratio)) for b in blocks]
+    return [max(min(floor, b.units), min(b.units, round(k / step) * step)) for b, k in zip(blocks, raw, strict=True)]
+
+
+def _joint_counts(blocks: list[Block], scores: list[torch.Tensor], keep: list[int], ratio: float,
+                  round_to: int) -> list[int]:  # fmt: skip
+    """``keep`` lowered until ``ratio`` of the blocks' projection weights are gone: the next unit removed (hidden units
+    ``round_to`` at a time) is always the one of least sensitivity per weight, whichever block and kind it is in; at
+    least one head and ``round_to`` hidden units stay per block."""
+    costs = [b.unit_cost() for b in blocks]
+    target = ratio * sum(b.units * c for b, c in zip(blocks, costs, strict=True))
+    gone = sum((b.units - k) * c for b, k, c in zip(blocks, keep, costs, strict=True))
+    chunks = []  # (sensitivity per weight, block, units): each block's chunks in ascending order of sensitivity
+    for i, (b, s, k) in enumerate(zip(blocks, scores, keep, strict=True)):
+        step = 1 if b.is_attention else round_to
+        left = s.sort().values[b.units - k :]
+        chunks += [(float(c.sum()) / (costs[i] * len(c)), i, len(c)) for c in left.split(step)]
+    out = list(keep)
+    for _, i, n in sorted(chunks, key=lambda c: c[0]):  # stable: a block's chunks stay in their order
+        if gone >= target:
+            break
+        if out[i] - n >= (1 if blocks[i].is_attention else min(round_to, blocks[i].units)):
+            out[i] -= n
+            gone += n * costs[i]
+    return out
