@@ -23,7 +23,7 @@ from typing import Any
 from torch import nn
 
 from deepslim.errors import ConfigError, DeepSlimError
-from deepslim.search import _judging
+from deepslim.search import _judging, _study
 from deepslim.search import frame as _frame
 from deepslim.search import storage as st
 from deepslim.search import workers as wk
@@ -43,7 +43,7 @@ from deepslim.search.finals import finite as _finite
 from deepslim.search.finals import rank as _rank
 from deepslim.search.latency import LatencyTable
 from deepslim.search.node_table import NodeTable
-from deepslim.search.space import DEFAULT_KEEP_RATIOS, KINDS, Policy, SearchSpace
+from deepslim.search.space import DEFAULT_KEEP_RATIOS, KINDS, SearchSpace
 from deepslim.search.strategies import STRATEGIES, make_sampler
 
 log = logging.getLogger(__name__)
@@ -138,6 +138,55 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     An infeasible budget, an unknown objective, strategy or runtime is a ConfigError before any trial runs.
     """
     started, cpu0 = time.perf_counter(), _cpu_seconds()
+    objectives, budgets, device = _check_arguments(
+        objectives, budget, strategy=strategy, trials=trials, device=device, space=space, proxy_steps=proxy_steps,
+        finetune_epochs=finetune_epochs, workers=workers, threads=threads)  # fmt: skip
+    table = latency_table or LatencyTable(runtime=runtime)
+    model_name, nodes = _latency_model(model, data, table, latency_model, node_table, workers=workers,
+                                       out_dir=out_dir, storage=storage)  # fmt: skip
+    spec, bundle = _data(data, data_options)
+    space = _space(model, bundle.example_input, space, objectives, budgets)
+    ev = Evaluator(model, bundle, space, table, archive=uses("size", objectives, budgets),
+                   memory=uses("memory", objectives, budgets),
+                   finetune_epochs=finetune_epochs, lr=lr, seed=seed, device=device, latency_model=model_name,
+                   nodes=nodes, accept_low_fidelity=accept_low_fidelity, proxy_steps=proxy_steps,
+                   temperature=temperature, proxy_lr=proxy_lr, measure_repeats=measure_repeats)  # fmt: skip
+    dense, limits, family = _judging_frame(ev, budgets, uniform_ratios)
+    study = _study.open_study(space, objectives, storage, out_dir, study_name, _judging.settings(ev))
+    job: dict[str, Any] = {"strategy": strategy, "seed": seed, "trials": trials, "check_every": check_every,
+                           "evaluator": wk.evaluator_settings(ev)}  # fmt: skip
+    if workers > 1:
+        job.update(wk.describe_job(model, spec or "", data_options or {}, out_dir, table, _frame.base(dense, "latency"),
+                                   example_input=bundle.example_input))  # fmt: skip
+        wk.publish_entries(study, table, set())
+    fresh = priors and strategy != "grid" and not study.get_trials(deepcopy=False)
+    seeds = _frame.structured_priors(ev, limits, DEFAULT_KEEP_RATIOS) if fresh else ()
+    counted = _study.queue_trials(study, ev.space, objectives, trials, strategy, seed, family, seeds)
+    _study.record_context(study, space, objectives, limits, ev, job)  # last: a waiting worker starts on it
+    _run_trials(study, ev, objectives, limits, job, counted=counted, on_trial=on_trial, workers=workers,
+                threads=threads, storage=storage, out_dir=out_dir)  # fmt: skip
+    done = _study.completed(study, limits)
+    front = _front(done, objectives)
+    finals = final_round(ev, front, [c for c in family if c.feasible], objectives, budgets, limits, top_k=top_k,
+                         repeats=remeasure_repeats, front=front)  # fmt: skip
+    best, notes = _best_or_uniform(finals, objectives)
+    cost = _cost(len(done), started, cpu0)
+    where = storage or f"journal:{Path(out_dir or '.') / st.DEFAULT_JOURNAL}"
+    return SearchResult(space=space, objectives=objectives, budgets=budgets, limits=limits, dense=dense, best=best,
+                        uniform=finals.uniform, pareto=finals.pareto, trials=tuple(done), uniform_family=family,
+                        latency_table=_table_report(ev, dense, done, family, finals), cost=cost,
+                        finalists=finals.finalists, notes=tuple(notes),
+                        study={"name": study_name, "strategy": strategy, "seed": seed, "workers": workers,
+                               "threads": threads, "storage": st.redact(where), "device": device,
+                               "latency_model": model_name})  # fmt: skip
+
+
+def _check_arguments(objectives: Sequence[str], budget: Budget | str | Sequence[Budget | str] | None, *,
+                     strategy: str, trials: int, device: str | None, space: SearchSpace | Sequence[str],
+                     proxy_steps: int, finetune_epochs: int, workers: int,
+                     threads: int) -> tuple[tuple[str, ...], tuple[Budget, ...], str | None]:  # fmt: skip
+    """The checked objectives, budgets and device of a search (ConfigError before anything runs); warns when the
+    trials' proxy promises more than the finalists' recovery gives."""
     objectives = check_objectives(objectives)
     budgets = as_budgets(budget)
     if strategy not in STRATEGIES:
@@ -151,8 +200,15 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
                     "the trials promised; give finetune_epochs >= 1", proxy_steps, proxy_steps)  # fmt: skip
     if workers < 1 or threads < 1:
         raise ConfigError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
-    table = latency_table or LatencyTable(runtime=runtime)
-    model_name, nodes = resolve_latency_model(latency_model, table, node_table)
+    return objectives, budgets, device
+
+
+def _latency_model(model: nn.Module, data: Any, table: LatencyTable, name: str | None, node_table: NodeTable | None,
+                   *, workers: int, out_dir: Any, storage: str | None) -> tuple[str, NodeTable | None]:  # fmt: skip
+    """The latency model's name and node table, refused where the workers could not judge alike (the measured
+    model's frame stays in this process; a custom table or model cannot travel); a storage that cannot be opened
+    fails now, not after the preparation."""
+    model_name, nodes = resolve_latency_model(name, table, node_table)
     if workers > 1 and model_name == "measured":  # each worker would time the dense model in its own scale
         raise ConfigError("latency_model='measured' runs in one process (each worker would judge its trials against "
                           "its own dense timing): use workers=1, or the 'nodes' or 'layers' table with workers")
@@ -160,68 +216,69 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
         wk.check_travels(model, data, table, out_dir, nodes if model_name == "nodes" else None)
     if storage is not None:  # a wrong host, port or password fails now, not after the preparation
         st.open_storage(storage)
-    spec, bundle = _data(data, data_options)
-    x = bundle.example_input
+    return model_name, nodes
+
+
+def _space(model: nn.Module, x: Any, space: SearchSpace | Sequence[str], objectives: tuple[str, ...],
+           budgets: tuple[Budget, ...]) -> SearchSpace:  # fmt: skip
+    """``space``, or the space of those kinds built from ``model``; weight-only choices need a size objective."""
     if not isinstance(space, SearchSpace):
         space = SearchSpace.from_model(model, x, kinds=tuple(space))
     if (space.sparse_layers or space.kmeans_layers) and not uses("size", objectives, budgets):
         raise ConfigError("the space's unstructured sparsity / k-means choices only make the archive smaller (they "
                           "cost accuracy and no latency): add the size objective or a size budget (--objective size, "
                           "--budget size=...), or leave them out of the space")  # fmt: skip
-    ev = Evaluator(model, bundle, space, table, archive=uses("size", objectives, budgets),
-                   memory=uses("memory", objectives, budgets),
-                   finetune_epochs=finetune_epochs, lr=lr, seed=seed, device=device, latency_model=model_name,
-                   nodes=nodes, accept_low_fidelity=accept_low_fidelity, proxy_steps=proxy_steps,
-                   temperature=temperature, proxy_lr=proxy_lr, measure_repeats=measure_repeats)  # fmt: skip
+    return space
+
+
+def _judging_frame(ev: Evaluator, budgets: tuple[Budget, ...],
+                   ratios: Sequence[float] | None) -> tuple[Candidate, dict[str, float], tuple[Candidate, ...]]:
+    """The frame every trial is judged in: the dense candidate (the table calibrated on it), the budgets' absolute
+    limits (an infeasible budget refused here, before any trial) and the uniform family judged in it."""
     dense = calibrate_table(ev)
     limits = {b.metric: b.limit(_frame.base(dense, b.metric)) for b in budgets}
     ev.latency_limit = limits.get("latency")  # the measured model repeats the runs of policies near it
     _frame.check_feasible(ev, budgets, limits, dense)
     dense = _feasible(dense, limits)
-    ratios = uniform_ratios or DEFAULT_KEEP_RATIOS
-    family = _frame.uniform_family(ev, ratios, limits)
-    study = _open_study(space, objectives, storage, out_dir, study_name, _judging.settings(ev))
-    job: dict[str, Any] = {"strategy": strategy, "seed": seed, "trials": trials, "check_every": check_every,
-                           "evaluator": wk.evaluator_settings(ev)}  # fmt: skip
-    if workers > 1:
-        job.update(wk.describe_job(model, spec or "", data_options or {}, out_dir, table, _frame.base(dense, "latency"),
-                                   example_input=x))  # fmt: skip
-        wk.publish_entries(study, table, set())
-    fresh = priors and strategy != "grid" and not study.get_trials(deepcopy=False)
-    seeds = _frame.structured_priors(ev, limits, DEFAULT_KEEP_RATIOS) if fresh else ()
-    counted = _queue_trials(study, ev.space, objectives, trials, strategy, seed, family, seeds)
-    _record_context(study, space, objectives, limits, ev, job)  # last: a waiting worker starts on it
+    return dense, limits, _frame.uniform_family(ev, ratios or DEFAULT_KEEP_RATIOS, limits)
+
+
+def _run_trials(study: Any, ev: Evaluator, objectives: tuple[str, ...], limits: dict[str, float],
+                job: dict[str, Any], *, counted: int, on_trial: Callable[[Candidate], None] | None, workers: int,
+                threads: int, storage: str | None, out_dir: Any) -> None:  # fmt: skip
+    """The queued trials, run here (the strategy's sampler on the study) or on ``workers`` local worker processes."""
     if workers == 1:
-        study.sampler = make_sampler(strategy, seed, ev.space, trials, offset=counted)
-        objective = trial_objective(ev, objectives, limits, check_every, on_trial)
+        study.sampler = make_sampler(job["strategy"], job["seed"], ev.space, job["trials"], offset=counted)
+        objective = trial_objective(ev, objectives, limits, job["check_every"], on_trial)
         st.run_queued_trials(study, objective, recoverable=(DeepSlimError,))
     else:
         url = storage or f"journal:{(Path(out_dir or '.') / st.DEFAULT_JOURNAL).resolve()}"
         wk.run_local_workers(study, url, workers, threads=threads, out_dir=out_dir, job=job, on_trial=on_trial)
-    done = _completed(study, limits)
-    front = _front(done, objectives)
-    finals = final_round(ev, front, [c for c in family if c.feasible], objectives, budgets, limits, top_k=top_k,
-                         repeats=remeasure_repeats, front=front)  # fmt: skip
-    front = finals.pareto
+
+
+def _best_or_uniform(finals: Any, objectives: tuple[str, ...]) -> tuple[Candidate | None, list[str]]:
+    """The returned policy: the best searched finalist, or the uniform one when it ranks above it after the same
+    recovery (uniform policies are in the space too: the search never reports less than the baseline); the notes."""
     best, uniform, notes = finals.best, finals.uniform, list(finals.notes)
     if uniform is not None and (best is None or (uniform.policy != best.policy
                                                  and _rank(uniform, objectives) < _rank(best, objectives))):
         notes.append("the uniform policy ranks above every searched finalist after the same recovery: it is best"
                      if best is not None else "no searched policy met the budget: the best uniform policy is best")
-        best = uniform  # uniform policies are in the space too: after the same recovery, the better one is returned
-    seen = {c.trial for c in done if _checked(c)}  # the front's re-measurements too, once per trial
-    checks = [c for c in (dense, *done, *family, *finals.finalists, *(c for c in front if c.trial not in seen))
+        best = uniform
+    return best, notes
+
+
+def _table_report(ev: Evaluator, dense: Candidate, done: Sequence[Candidate], family: Sequence[Candidate],
+                  finals: Any) -> dict[str, Any]:  # fmt: skip
+    """``search.json``'s ``latency_table``: the search's latency model against every candidate measured end to end
+    (the dense model, the checked trials, the uniform family, the finalists and the front's re-measurements, each
+    trial once) and the dense model's times in the finals' runs."""
+    seen = {c.trial for c in done if _checked(c)}
+    checks = [c for c in (dense, *done, *family, *finals.finalists, *(c for c in finals.pareto if c.trial not in seen))
               if _checked(c)]  # fmt: skip
-    cost = _cost(len(done), started, cpu0)
-    where = storage or f"journal:{Path(out_dir or '.') / st.DEFAULT_JOURNAL}"
-    report = table_report(table, checks, model_name, dense, ev.nodes)
+    report = table_report(ev.table, checks, ev.latency_model, dense, ev.nodes)
     report["dense_remeasured_ms"] = list(finals.dense_ms)
-    return SearchResult(space=space, objectives=objectives, budgets=budgets, limits=limits, dense=dense, best=best,
-                        uniform=uniform, pareto=front, trials=tuple(done), uniform_family=family,
-                        latency_table=report, cost=cost, finalists=finals.finalists, notes=tuple(notes),
-                        study={"name": study_name, "strategy": strategy, "seed": seed, "workers": workers,
-                               "threads": threads, "storage": st.redact(where), "device": device,
-                               "latency_model": model_name})  # fmt: skip
+    return report
 
 
 def _cpu_seconds() -> float:
@@ -276,69 +333,6 @@ def calibrate_table(ev: Evaluator) -> Candidate:
 _calibrate = calibrate_table  # the name benchmarks/search.py imports
 
 
-def _open_study(space: SearchSpace, objectives: tuple[str, ...], url: str | None, out_dir: Any, name: str,
-                settings: dict[str, Any] | None = None) -> Any:  # fmt: skip
-    if url is None and out_dir is None:
-        raise ConfigError("give the search an out_dir (its study journal lives there) or a storage URL")
-    directions = [OBJECTIVES[o][0] for o in objectives]
-    metadata: dict[str, Any] = {"space_fingerprint": fingerprint(space, objectives)}
-    if settings is not None:
-        metadata[_judging.ATTR] = settings
-    study = st.create_study_once(url, name, directions, metadata=metadata, out_dir=out_dir)
-    if settings is not None:
-        _judging.check(study, name, settings)
-    return study
-
-
-def fingerprint(space: SearchSpace, objectives: Sequence[str]) -> str:
-    """The study's fingerprint of what it searches: a worker must compute the same to join it."""
-    return st.space_fingerprint({"space": space.to_dict(), "objectives": list(objectives)})
-
-
-def _record_context(study: Any, space: SearchSpace, objectives: tuple[str, ...], limits: dict[str, float],
-                    ev: Evaluator, job: dict[str, Any]) -> None:  # fmt: skip
-    """What a worker joining the study needs to judge trials alike (issue 15): the space, the objectives, the
-    absolute limits, the latency tables' machine key and calibration (the layer table's, and the node table's scale
-    and offset), and the search's settings (``job``: the evaluator's, with its latency model; with workers, also the
-    model file and the data spec, :func:`deepslim.search.workers.describe_job`)."""
-    table, nodes = ev.table, ev.nodes
-    study.set_user_attr(wk.JOB_ATTR, {**job, "space": space.to_dict(), "objectives": list(objectives),
-                                      "limits": dict(limits), "table": {"machine": table.key,
-                                      "scale": table.scale, "offset_ms": table.offset,
-                                      "conversion_weight": table.change_weight,
-                                      "node_scale": nodes.scale if nodes else 1.0,
-                                      "node_offset_ms": nodes.offset if nodes else 0.0}})  # fmt: skip
-
-
-def _queue_trials(study: Any, space: SearchSpace, objectives: tuple[str, ...], trials: int, strategy: str, seed: int,
-                  warm: Sequence[Candidate] = (), priors: Sequence[Policy] = ()) -> int:  # fmt: skip
-    """Queue the trial slots still missing (trials left running by a process that is gone are failed and
-    retried); the number of trials already counted before this call. A new study starts with the best uniform
-    policies within budget (``warm``, at most 3) and the structured ``priors`` (policies, at most a third of the
-    trials)."""
-    optuna = st._optuna()
-    state = optuna.trial.TrialState
-    st.release_dead_trials(study, mark="interrupted")
-    counted = [t for t in study.get_trials(deepcopy=False)
-               if t.state in (state.COMPLETE, state.WAITING, state.RUNNING) or "error" in t.user_attrs]  # fmt: skip
-    missing = max(0, trials - len(counted))
-    if strategy == "grid":  # every policy once, in a seeded order: the slots are the policies not yet tried
-        _queue_grid(study, space, counted, missing, seed)
-        missing = 0
-    elif not study.get_trials(deepcopy=False):  # a new study starts from the best uniform policies within budget
-        queued: set[str] = set()
-        for c in sorted((c for c in warm if c.feasible), key=lambda c: _rank(c, objectives))[: min(3, missing // 4)]:
-            study.enqueue_trial(c.policy.params(), skip_if_exists=False)
-            queued.add(str(sorted(c.policy.params().items())))
-            missing -= 1
-        for policy in [p for p in priors if str(sorted(p.params().items())) not in queued][: max(0, trials // 3)]:
-            if missing > 0:
-                study.enqueue_trial(policy.params(), skip_if_exists=False)
-                missing -= 1
-    st.add_trial_slots(study, missing)
-    return len(counted)
-
-
 def trial_objective(ev: Evaluator, objectives: tuple[str, ...], limits: dict[str, float], check_every: int,
                     on_trial: Callable[[Candidate], None] | None = None) -> Callable[[Any], list[float]]:  # fmt: skip
     """One trial, as every worker runs it: the sampled policy judged (measured end to end every ``check_every``
@@ -363,24 +357,6 @@ def trial_objective(ev: Evaluator, objectives: tuple[str, ...], limits: dict[str
         return [_finite(cand.value(o), o) for o in objectives]
 
     return objective
-
-
-def _queue_grid(study: Any, space: SearchSpace, counted: Sequence[Any], missing: int, seed: int) -> None:
-    import random
-
-    tried = {str(sorted(t.params.items())) for t in counted if t.params}
-    tried |= {str(sorted(t.system_attrs.get("fixed_params", {}).items())) for t in counted}
-    grid = [p.params() for p in space.all_policies()]
-    random.Random(seed).shuffle(grid)
-    for params in [p for p in grid if str(sorted(p.items())) not in tried][:missing]:
-        study.enqueue_trial(params, skip_if_exists=False)
-
-
-def _completed(study: Any, limits: dict[str, float]) -> list[Candidate]:
-    optuna = st._optuna()
-    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    return [_feasible(Candidate.from_dict(t.user_attrs["candidate"]), limits) for t in done
-            if "candidate" in t.user_attrs]  # fmt: skip
 
 
 def _front(done: Sequence[Candidate], objectives: tuple[str, ...]) -> tuple[Candidate, ...]:

@@ -240,14 +240,14 @@ def run_worker(url: str | None, name: str, *, threads: int = 1, model: str | Non
     """
     from deepslim.data import load_data
     from deepslim.models import load_model
-    from deepslim.search import engine
+    from deepslim.search import _study, engine
     from deepslim.search.space import SearchSpace
     from deepslim.search.strategies import make_sampler
 
     job = _wait_for_job(url, name, wait_s)
     space = SearchSpace.from_dict(job["space"])
     objectives = tuple(job["objectives"])
-    study = st.join_study(url, name, space_fingerprint=engine.fingerprint(space, objectives))
+    study = st.join_study(url, name, space_fingerprint=_study.fingerprint(space, objectives))
     net = _load_model(job["model"], model, arch, load_model)
     bundle = load_data(data or job["data"]["spec"], **job["data"]["options"])
     table = _worker_table(job, study, timer, cache_dir)

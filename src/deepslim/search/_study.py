@@ -1,0 +1,104 @@
+"""The search's Optuna study (:mod:`deepslim.search.engine`): opened with the space's fingerprint and how its trials
+are judged, its trial slots queued (a new study starts with the best uniform policies and the structured priors;
+``grid`` queues every untried policy), the context a worker needs recorded on it, and its completed trials read back
+as candidates. Split out of the engine so that its ``search`` reads as the steps it takes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from deepslim.errors import ConfigError
+from deepslim.search import _judging
+from deepslim.search import storage as st
+from deepslim.search import workers as wk
+from deepslim.search.budget import OBJECTIVES
+from deepslim.search.evaluate import Candidate, Evaluator
+from deepslim.search.finals import feasible as _feasible
+from deepslim.search.finals import rank as _rank
+from deepslim.search.space import Policy, SearchSpace
+
+
+def open_study(space: SearchSpace, objectives: tuple[str, ...], url: str | None, out_dir: Any, name: str,
+               settings: dict[str, Any] | None = None) -> Any:  # fmt: skip
+    """The study at ``url`` (default: the journal in ``out_dir``), created once with the space's fingerprint and how
+    its trials are judged (``settings``); a study judged otherwise is refused (:func:`_judging.check`)."""
+    if url is None and out_dir is None:
+        raise ConfigError("give the search an out_dir (its study journal lives there) or a storage URL")
+    directions = [OBJECTIVES[o][0] for o in objectives]
+    metadata: dict[str, Any] = {"space_fingerprint": fingerprint(space, objectives)}
+    if settings is not None:
+        metadata[_judging.ATTR] = settings
+    study = st.create_study_once(url, name, directions, metadata=metadata, out_dir=out_dir)
+    if settings is not None:
+        _judging.check(study, name, settings)
+    return study
+
+
+def fingerprint(space: SearchSpace, objectives: Sequence[str]) -> str:
+    """The study's fingerprint of what it searches: a worker must compute the same to join it."""
+    return st.space_fingerprint({"space": space.to_dict(), "objectives": list(objectives)})
+
+
+def record_context(study: Any, space: SearchSpace, objectives: tuple[str, ...], limits: dict[str, float],
+                   ev: Evaluator, job: dict[str, Any]) -> None:  # fmt: skip
+    """What a worker joining the study needs to judge trials alike (issue 15): the space, the objectives, the
+    absolute limits, the latency tables' machine key and calibration (the layer table's, and the node table's scale
+    and offset), and the search's settings (``job``: the evaluator's, with its latency model; with workers, also the
+    model file and the data spec, :func:`deepslim.search.workers.describe_job`)."""
+    table, nodes = ev.table, ev.nodes
+    study.set_user_attr(wk.JOB_ATTR, {**job, "space": space.to_dict(), "objectives": list(objectives),
+                                      "limits": dict(limits), "table": {"machine": table.key,
+                                      "scale": table.scale, "offset_ms": table.offset,
+                                      "conversion_weight": table.change_weight,
+                                      "node_scale": nodes.scale if nodes else 1.0,
+                                      "node_offset_ms": nodes.offset if nodes else 0.0}})  # fmt: skip
+
+
+def queue_trials(study: Any, space: SearchSpace, objectives: tuple[str, ...], trials: int, strategy: str, seed: int,
+                 warm: Sequence[Candidate] = (), priors: Sequence[Policy] = ()) -> int:  # fmt: skip
+    """Queue the trial slots still missing (trials left running by a process that is gone are failed and
+    retried); the number of trials already counted before this call. A new study starts with the best uniform
+    policies within budget (``warm``, at most 3) and the structured ``priors`` (policies, at most a third of the
+    trials)."""
+    optuna = st._optuna()
+    state = optuna.trial.TrialState
+    st.release_dead_trials(study, mark="interrupted")
+    counted = [t for t in study.get_trials(deepcopy=False)
+               if t.state in (state.COMPLETE, state.WAITING, state.RUNNING) or "error" in t.user_attrs]  # fmt: skip
+    missing = max(0, trials - len(counted))
+    if strategy == "grid":  # every policy once, in a seeded order: the slots are the policies not yet tried
+        queue_grid(study, space, counted, missing, seed)
+        missing = 0
+    elif not study.get_trials(deepcopy=False):  # a new study starts from the best uniform policies within budget
+        queued: set[str] = set()
+        for c in sorted((c for c in warm if c.feasible), key=lambda c: _rank(c, objectives))[: min(3, missing // 4)]:
+            study.enqueue_trial(c.policy.params(), skip_if_exists=False)
+            queued.add(str(sorted(c.policy.params().items())))
+            missing -= 1
+        for policy in [p for p in priors if str(sorted(p.params().items())) not in queued][: max(0, trials // 3)]:
+            if missing > 0:
+                study.enqueue_trial(policy.params(), skip_if_exists=False)
+                missing -= 1
+    st.add_trial_slots(study, missing)
+    return len(counted)
+
+
+def queue_grid(study: Any, space: SearchSpace, counted: Sequence[Any], missing: int, seed: int) -> None:
+    """Enqueue up to ``missing`` policies of the whole grid not yet tried, in an order seeded by ``seed``."""
+    import random
+
+    tried = {str(sorted(t.params.items())) for t in counted if t.params}
+    tried |= {str(sorted(t.system_attrs.get("fixed_params", {}).items())) for t in counted}
+    grid = [p.params() for p in space.all_policies()]
+    random.Random(seed).shuffle(grid)
+    for params in [p for p in grid if str(sorted(p.items())) not in tried][:missing]:
+        study.enqueue_trial(params, skip_if_exists=False)
+
+
+def completed(study: Any, limits: dict[str, float]) -> list[Candidate]:
+    """The study's completed trials as candidates, marked feasible against ``limits``."""
+    optuna = st._optuna()
+    done = study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    return [_feasible(Candidate.from_dict(t.user_attrs["candidate"]), limits) for t in done
+            if "candidate" in t.user_attrs]  # fmt: skip
