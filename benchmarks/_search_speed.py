@@ -271,8 +271,10 @@ def _measure(table: LatencyTable, pairs: list[tuple[nn.Module, torch.Tensor]], r
 # -- session 11: steered by measured end-to-end latency (files cut from the dense int8 export) ------------------------
 
 def fine_space(space: SearchSpace) -> SearchSpace:
-    """``space`` with every multiple of each group's step (its smallest option: 16 channels here) as an option."""
-    groups = tuple(replace(g, keep=tuple(range(g.keep[0], g.width + 1, g.keep[0]))) for g in space.groups)
+    """``space`` with every multiple of ``space.round_to`` (16 channels here: the runtime's block) up to each group's
+    width as an option (the space's own grid holds only its keep ratios: 128-channel steps on a 512-wide group)."""
+    step = space.round_to
+    groups = tuple(replace(g, keep=tuple(range(step, g.width + 1, step))) for g in space.groups)
     return replace(space, groups=groups)
 
 
@@ -340,14 +342,16 @@ class SlicedTimer:
 
 
 def speed_measured(*, rounds: int = 20, interleaves: int = 6, probe_rounds: int = 12, repeats: int = 3, copies: int = 2,
-                   config: Any = None, work: Path = Path("/tmp/p11/files")) -> dict[str, Any]:  # fmt: skip
+                   config: Any = None, work: Path = Path("/tmp/p11/files"),
+                   policy: dict[str, int] | None = None, steer: bool = False) -> dict[str, Any]:  # fmt: skip
     """ResNet-18 224² (random weights): uniform 0.5 + int8 vs the policy of measured moves at the same MACs
     (:func:`deepslim.search.speed_moves.speed_moves` on files cut from the dense int8 export), then dense fp32,
     uniform (twice: two identical files give the noise band) and the moved policy exported by the toolkit and timed
-    interleaved ``interleaves`` times."""
+    interleaved ``interleaves`` times. ``policy``: channel counts (per group; the rest as uniform) to compare instead
+    of steering, or with ``steer`` to steer from."""
     from deepslim.export import export_onnx
     from deepslim.search.int8_slices import Int8Slicer, group_layers, int8_layer_keys, policy_macs
-    from deepslim.search.speed_moves import speed_moves
+    from deepslim.search.speed_moves import SpeedMoves, speed_moves
 
     torch.manual_seed(0)
     model = ds.load_model("resnet18").eval()
@@ -364,7 +368,13 @@ def speed_measured(*, rounds: int = 20, interleaves: int = 6, probe_rounds: int 
     keys, groups = int8_layer_keys(model, x, space), group_layers(space)
     timer = SlicedTimer(slicer, work, list(x.shape), rounds=probe_rounds, block=2, repeats=repeats, copies=copies)
     setup_s = time.perf_counter() - t0
-    moved = speed_moves(space, uniform, macs=lambda p: policy_macs(keys, groups, p), time=timer, config=config)
+    limit = policy_macs(keys, groups, uniform)
+    start = uniform if policy is None else replace(uniform, keep={**uniform.keep, **policy})
+    if policy is None or steer:  # moves from uniform, or from the given policy, at no more MACs than uniform
+        moved = speed_moves(space, start, macs=lambda p: policy_macs(keys, groups, p), time=timer, config=config,
+                            limit=limit)  # fmt: skip
+    else:  # a policy chosen elsewhere (measured candidates): only the final comparison
+        moved = SpeedMoves(start, policy_macs(keys, groups, start), limit, ({"move": "given", "keep": policy},), 0)
     search_s, search_cpu_s = time.perf_counter() - t0, time.process_time() - c0 + timer.cpu_s
     (work / "moves.json").write_text(json.dumps(moved.to_dict(), indent=1))  # kept should the comparison fail
     rows, files = {}, []
@@ -415,12 +425,15 @@ def main() -> None:
     p.add_argument("--copies", type=int, default=2, help="sessions per file in each timing process")
     p.add_argument("--config", default="{}", help="SpeedMovesConfig fields as JSON")
     p.add_argument("--work", default="/tmp/p11/files")
+    p.add_argument("--policy", help="JSON {group: channels}: compare this policy, no steering")
+    p.add_argument("--steer", action="store_true", help="with --policy: steer from it (MACs at most uniform's)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     load = Path("/proc/loadavg").read_text().split()[:3]
     config = SpeedMovesConfig.from_dict(json.loads(args.config))
     out = speed_measured(rounds=args.rounds, interleaves=args.interleaves, probe_rounds=args.probe_rounds,
-                         repeats=args.repeats, copies=args.copies, config=config, work=Path(args.work))  # fmt: skip
+                         repeats=args.repeats, copies=args.copies, config=config, work=Path(args.work),
+                         policy=json.loads(args.policy) if args.policy else None, steer=args.steer)  # fmt: skip
     out["loadavg_start_end"] = [load, Path("/proc/loadavg").read_text().split()[:3]]
     out["config"] = json.loads(args.config)
     with atomic_path(Path(args.json)) as tmp:

@@ -77,6 +77,18 @@ def test_the_moved_policy_never_has_more_macs_than_the_start_nor_fewer_than_the_
             assert entry["ratio"] <= 0.99  # every move taken measured at least min_gain faster
 
 
+def test_a_limit_above_the_start_lets_the_moves_spend_the_macs_the_start_left():
+    timer = scripted({"a": 3.0, "b": 1.0, "c": 1.0})
+    start = Policy(keep={"a": 32, "b": 32, "c": 16}, int8={})  # 7,200 MACs
+    result = speed_moves(SPACE, start, macs=macs, time=timer, limit=8000,
+                         config=SpeedMovesConfig(probe_share=0.0, precision=False))  # fmt: skip
+    # a's step down (-1,600 MACs) refilled on b and c up to their probes (+1,600 and +800): 1144 -> 1128 ms
+    assert result.policy.keep == {"a": 16, "b": 48, "c": 32}
+    assert result.limit == result.macs == 8000
+    with pytest.raises(ConfigError, match="more than the limit of 6,000"):
+        speed_moves(SPACE, start, macs=macs, time=timer, limit=6000)
+
+
 def test_a_timer_that_sees_no_difference_leaves_the_start_policy():
     result = speed_moves(SPACE, START, macs=macs, time=lambda ps: [5.0] * len(ps))
     assert result.policy == START

@@ -7,7 +7,7 @@ a whole export per candidate and never finished (session 6). NetAdapt (Yang et a
 latency instead; here a policy is timed end to end, interleaved with the current one in the same run, so only
 same-run ratios count (the machine is shared).
 
-One round, from the current policy ``P`` (MACs at most ``limit``, the start's MACs):
+One round, from the current policy ``P`` (MACs at most ``limit``, by default the start's MACs):
 
 1. **Probe**: each channel group one step down and one step up its grid (several steps for a group whose single
    step moves fewer than ``probe_share`` of the MACs, so that the change stands out of the noise), all timed beside
@@ -114,16 +114,18 @@ class _Walk:
 
 
 def speed_moves(space: SearchSpace, start: Policy, *, macs: MacCounter, time: PolicyTimer,
-                config: SpeedMovesConfig | None = None) -> SpeedMoves:  # fmt: skip
-    """From ``start``, the measured moves of the module docstring; the result never has more MACs than ``start``
-    and, after channel moves, no fewer than ``(1 - band)`` of them."""
+                config: SpeedMovesConfig | None = None, limit: int | None = None) -> SpeedMoves:  # fmt: skip
+    """From ``start``, the measured moves of the module docstring; the result never has more MACs than ``limit``
+    (default: the start's) and, after a channel move, no fewer than ``(1 - band)`` of it."""
     config = config or SpeedMovesConfig()
     missing = [g.name for g in space.groups if g.name not in start.keep]
     off = [g.name for g in space.groups if g.name in start.keep and start.keep[g.name] not in g.keep]
     if missing or off:
         raise ConfigError(f"the start policy {'does not choose' if missing else 'is off the grid of'} group "
                           f"{(missing or off)[0]!r}")  # fmt: skip
-    limit = macs(start)
+    limit = macs(start) if limit is None else limit
+    if macs(start) > limit:
+        raise ConfigError(f"the start policy has {macs(start):,} MACs, more than the limit of {limit:,}")
     walk = _Walk(space, macs, time, limit)
     policy, entries = start, [{"move": "start", "macs": limit}]
     for r in range(config.rounds):
