@@ -108,14 +108,16 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     default on ONNX Runtime: the node-level table's prediction of the trial's exported graph, ``node_table`` or one
     built on ``latency_table``) or "layers" (the per-layer table; the default for a table with custom timers),
     measured on ``runtime`` and checked end to end every ``check_every`` trials. Relative budgets, the feasibility
-    check and the uniform family are judged in the same frame. The ``top_k`` best feasible candidates and the best
-    uniform policy are then fine-tuned for ``finetune_epochs`` (as the written recipe does; with zero epochs, their
-    batch norms are re-estimated instead, as the recipe's ``recalibrate`` stage does) and re-measured end to end with
-    the dense model, interleaved, ``remeasure_repeats`` times (:mod:`deepslim.search.finals`): ``best`` is the best
-    of them that meets the budget within the noise band (a finalist over it is passed over, and ``notes`` says so),
-    or the uniform policy when it ranks better. ``device`` names the device profile whose cost model estimates
-    energy (the ``energy`` objective and budget, in µJ; default ``host`` when energy is searched). The study lives
-    in ``storage`` (default: ``out_dir/study.journal``): the same call resumes it.
+    check and the uniform family are judged in the same frame. The Pareto front is then re-measured end to end with
+    the dense model (a front policy over its budget there is not made a finalist), and the ``top_k`` best remaining
+    candidates and the best uniform policy are fine-tuned for ``finetune_epochs`` (as the written recipe does; with
+    zero epochs, their batch norms are re-estimated instead, as the recipe's ``recalibrate`` stage does) and
+    re-measured end to end with the dense model, interleaved, ``remeasure_repeats`` times
+    (:mod:`deepslim.search.finals`): ``best`` is the best of them that meets the budget within the noise band (a
+    finalist over it is passed over, and ``notes`` says so), or the uniform policy when it ranks better. ``device``
+    names the device profile whose cost model estimates energy (the ``energy`` objective and budget, in µJ; default
+    ``host`` when energy is searched). The study lives in ``storage`` (default: ``out_dir/study.journal``): the same
+    call resumes it.
 
     ``workers`` > 1 runs the trials on that many ``deepslim worker`` processes of ``threads`` intra-op threads each
     (:mod:`deepslim.search.workers`), after everything above is prepared here once; ``data`` is then a dataset spec

@@ -1,9 +1,12 @@
 """The search's last step: its finalists, recovered as the written recipe recovers them, re-measured together with the
 dense model and judged against the budget on the runtime itself — so that a returned policy is known to meet it.
 
-The ``top_k`` best candidates of the Pareto front and the best uniform policy within budget (the baseline, issue 14)
-are fine-tuned alike (:meth:`Evaluator.judge` with the recipe's recovery), then every one of them and the dense model
-is timed end to end in one interleaved run, ``repeats`` times (each run a process of its own). A finalist's measured
+First the Pareto front's models (unrecovered: latency depends on the graph, not on the weights) and the dense model
+are timed end to end in one interleaved run, ``repeats`` times (each run a process of its own), and a front policy
+found ``over`` its budget is not made a finalist (a trial's own runs, seconds apart, can all read fast together, and
+the search keeps exactly such trials). Then the ``top_k`` best remaining candidates of the front and the best uniform
+policy within budget (the baseline, issue 14) are fine-tuned alike (:meth:`Evaluator.judge` with the recipe's
+recovery) and re-measured the same way with the dense model. A finalist's measured
 latency is its minimum over the runs; its noise band is the minimum and maximum; its budget, for a relative budget
 (``latency=0.5x``), is that fraction of the dense model *measured in the same run*, and for an absolute one the limit
 itself. The verdict compares run by run: ``meets`` (every run within budget), ``within noise`` (some runs within,
@@ -61,31 +64,64 @@ def feasible(c: Candidate, limits: dict[str, float], skip: Sequence[str] = ()) -
 def final_round(ev: Evaluator, searched: Sequence[Candidate], uniform: Sequence[Candidate], objectives: tuple[str, ...],
                 budgets: Sequence[Budget], limits: dict[str, float], *, top_k: int, repeats: int = 3,
                 front: Sequence[Candidate] = ()) -> Finals:  # fmt: skip
-    """Recover the ``top_k`` best of ``searched`` and the best of ``uniform`` as the recipe does, re-measure them
-    with the dense model (module docstring) and choose: the best searched finalist that meets its budget, and the
-    best uniform one alike. The ``front`` (the Pareto front's trials) is re-measured in the same runs (its models
-    unrecovered: latency depends on the graph, not on the weights) and returned with its verdicts (``pareto``)."""
-    pools = [sorted(searched, key=lambda c: rank(c, objectives))[: max(0, top_k)],
-             sorted(uniform, key=lambda c: rank(c, objectives))[:1]]  # fmt: skip
+    """Re-measure the ``front`` (the Pareto front's trials, their models unrecovered: latency depends on the graph,
+    not on the weights) with the dense model, then recover the ``top_k`` best of ``searched`` that this did not find
+    ``over`` their budget, and the best of ``uniform``, as the recipe does, re-measure them alike (module docstring)
+    and choose: the best searched finalist that meets its budget, and the best uniform one alike. The front is
+    returned with its verdicts (``pareto``); a searched candidate passed over before recovery gets a note."""
+    latency = next((b for b in budgets if b.metric == "latency"), None)
+    on_front = _front_docs(ev, front, repeats, latency, limits)
+    pareto = tuple(_on_front(c, on_front.get(_key(c.policy))) for c in front)
+    picked, skipped = _confirmed(sorted(searched, key=lambda c: rank(c, objectives)), on_front, top_k)
+    pools = [picked, sorted(uniform, key=lambda c: rank(c, objectives))[:1]]
     chosen = [c for pool in pools for c in pool]
     if not chosen:
-        return Finals(None, None, (), (), (), tuple(front))
+        return Finals(None, None, (), tuple(skipped), (), pareto)
     judged = [ev.judge(c.policy, recovery="finetune", trial=c.trial, both=True, full=True) for c in chosen]
-    known = {_key(c.policy) for c in chosen}
-    extra = {_key(c.policy): c.policy for c in front if _key(c.policy) not in known}
-    others = {k: ev.model_and_keys(p, "none")[0] for k, p in extra.items()}
-    runs, dense_ms = _remeasure(ev, [net for _, net in judged] + list(others.values()), repeats)
-    latency = next((b for b in budgets if b.metric == "latency"), None)
-    docs = [verdict([run[i] for run in runs], dense_ms, latency, limits.get("latency"))
-            for i in range(len(judged) + len(others))]  # fmt: skip
-    finals = [_judged(cand, doc, limits, ev.table.runtime) for (cand, _), doc in zip(judged, docs, strict=False)]
-    by_key = {**{_key(c.policy): d for c, d in zip(chosen, docs, strict=False)},
-              **dict(zip(others, docs[len(judged):], strict=True))}  # fmt: skip
-    pareto = tuple(_on_front(c, by_key.get(_key(c.policy))) for c in front)
+    runs, dense_ms = _remeasure(ev, [net for _, net in judged], repeats)
+    docs = [verdict([run[i] for run in runs], dense_ms, latency, limits.get("latency")) for i in range(len(judged))]
+    finals = [_judged(cand, doc, limits, ev.table.runtime) for (cand, _), doc in zip(judged, docs, strict=True)]
     n = len(pools[0])
     best, notes = choose(finals[:n], objectives, "searched")
     base, more = choose(finals[n:], objectives, "uniform")
-    return Finals(best, base, tuple(finals), tuple(notes + more), tuple(dense_ms), pareto)
+    return Finals(best, base, tuple(finals), tuple(skipped + notes + more), tuple(dense_ms), pareto)
+
+
+def _front_docs(ev: Evaluator, front: Sequence[Candidate], repeats: int, latency: Budget | None,
+                limits: dict[str, float]) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Each front policy's re-measurement (by policy), its model unrecovered, timed with the dense model in
+    ``repeats`` interleaved runs at the end of the search. Why before choosing the finalists: a trial's own runs are
+    taken one after another, seconds apart, so a state of the shared machine that lasts minutes moves them all alike,
+    and the search keeps exactly the trials that read fast (session 11: four of eight front policies judged at
+    0.26-0.30x dense by their own five runs measured 0.32-0.39x in the finals and again an hour later, in the
+    search's own files and frame). A finalist over its budget would have cost a fine-tune and been passed over."""
+    policies = {_key(c.policy): c.policy for c in front}
+    if not policies:
+        return {}
+    nets = [ev.model_and_keys(p, "none")[0] for p in policies.values()]
+    runs, dense_ms = _remeasure(ev, nets, repeats)
+    docs = [verdict([run[i] for run in runs], dense_ms, latency, limits.get("latency")) for i in range(len(nets))]
+    return {k: d for k, d in zip(policies, docs, strict=True) if d is not None}
+
+
+def _confirmed(ordered: Sequence[Candidate], docs: dict[str, dict[str, Any]],
+               top_k: int) -> tuple[list[Candidate], list[str]]:  # fmt: skip
+    """The first ``top_k`` of ``ordered`` that the front's re-measurement did not find ``over`` their budget, and a
+    note for each one ranked above them that it did."""
+    picked: list[Candidate] = []
+    notes: list[str] = []
+    for place, c in enumerate(ordered, 1):
+        if len(picked) >= max(0, top_k):
+            break
+        doc = docs.get(_key(c.policy))
+        if doc is not None and doc["verdict"] == "over":
+            why = _why(replace(c, remeasured=doc))
+            notes.append(f"searched {_name(c)} (ranked {place} on the front) is over budget {why}: not recovered as a "
+                         "finalist")  # fmt: skip
+            log.warning("%s", notes[-1])
+        else:
+            picked.append(c)
+    return picked, notes
 
 
 def _key(policy: Any) -> str:

@@ -1,0 +1,74 @@
+"""The finals re-measure the Pareto front before choosing finalists: a trial whose own runs all read fast (they are
+taken seconds apart, so a passing state of a shared machine moves them together, and the search keeps exactly such
+trials) is found over its budget there and is not recovered as a finalist; the next front policy is (session 11:
+four of eight front policies of a 200-trial search read 0.26-0.30x dense by their own runs, 0.32-0.39x later)."""
+
+import pytest
+
+from deepslim.search.evaluate import Evaluator
+from deepslim.search.latency import LatencyTable
+from tests.search._tiny import FAST, digits, fake_ms, fake_table, params_ms, small_space, trained_net
+
+
+def _signature(model):
+    return tuple((type(m).__name__, tuple(m.weight.shape)) for m in model.modules()
+                 if hasattr(m, "weight") and m.weight is not None)  # fmt: skip
+
+
+class PhasedTimer:
+    """1 µs per parameter; once ``late`` is set (after the last trial), the model with signature ``slow`` runs 3x
+    slower: its runs during the trials all read it fast, the later ones as it is."""
+
+    def __init__(self, slow=None):
+        self.slow, self.late, self.sizes = slow, False, []
+
+    def __call__(self, pairs):
+        self.sizes.append(len(pairs))
+        return [t * (3.0 if self.late and _signature(m) == self.slow else 1.0)
+                for t, (m, _) in zip(params_ms(pairs), pairs, strict=True)]  # fmt: skip
+
+
+def _search(out, timer, trials=8):
+    from deepslim.search import search
+
+    net = trained_net()
+    table = LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys], model_timer=timer)
+    done = []
+
+    def on_trial(c):
+        done.append(c)
+        timer.late = len(done) >= trials  # the trials are over: what follows is the finals
+
+    return search(net, digits(), small_space(net), ("accuracy", "latency"), "latency=0.7x", trials=trials,
+                  strategy="grid", out_dir=out, latency_table=table, latency_model="measured", on_trial=on_trial,
+                  **FAST)  # fmt: skip
+
+
+def test_a_front_policy_that_read_fast_in_its_trial_but_is_over_later_is_not_made_a_finalist(tmp_path):
+    pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    first = _search(tmp_path / "a", PhasedTimer())
+    assert first.best is not None and first.best.trial is not None and not first.notes  # a searched policy wins
+    net, data = trained_net(), digits()
+    fast = first.best.policy
+    slow = _signature(Evaluator(net, data, small_space(net), fake_table()).model_and_keys(fast, "none")[0])
+    second = _search(tmp_path / "b", PhasedTimer(slow))
+    trial = next(c.trial for c in second.trials if c.policy == fast)
+    on_front = next(c for c in second.pareto if c.policy == fast)
+    assert on_front.remeasured["verdict"] == "over" and not on_front.feasible
+    assert all(c.policy != fast for c in second.finalists)  # never fine-tuned: it could only have been passed over
+    assert second.best is not None and second.best.trial is not None and second.best.policy != fast
+    assert second.best.remeasured["verdict"] != "over"
+    assert any(n.startswith(f"searched trial {trial} (ranked 1 on the front) is over budget when re-measured: ")
+               and n.endswith("beyond the noise band: not recovered as a finalist") for n in second.notes)
+    assert not any("uniform policy is best" in n for n in second.notes)
+
+
+def test_the_front_is_timed_apart_from_the_finalists_each_run_with_the_dense_model_first(tmp_path):
+    pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    timer = PhasedTimer()
+    result = _search(tmp_path, timer)
+    finals_calls = timer.sizes[-6:]  # 3 runs of the front, then 3 of the finalists (searched + uniform) and dense
+    assert finals_calls[:3] == [1 + len(result.pareto)] * 3
+    assert finals_calls[3:] == [1 + len(result.finalists)] * 3
+    assert all(c.remeasured is not None for c in result.pareto)
+    assert len(result.latency_table["dense_remeasured_ms"]) == 3
