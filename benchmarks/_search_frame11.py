@@ -98,9 +98,9 @@ def one_rep(files: dict[str, str], fronts: list[str], shape: list[int]) -> dict[
         out.setdefault("alone_tk_none", {})[p] = t / ((d0 + d1) / 2)
     for kind in ("tk", "ts"):
         names = ["dense", *fronts, "uniform"]
-        t = _run_timer([(files[f"{n}_{kind}_none"], shape) for n in names], 1, *MULTI)
-        out[f"multi_{kind}_none"] = {n: t[i] / t[0] for i, n in enumerate(names) if n != "dense"}
-        out[f"multi_{kind}_none_dense_ms"] = {"dense": t[0]}
+        times = _run_timer([(files[f"{n}_{kind}_none"], shape) for n in names], 1, *MULTI)
+        out[f"multi_{kind}_none"] = {n: times[i] / times[0] for i, n in enumerate(names) if n != "dense"}
+        out[f"multi_{kind}_none_dense_ms"] = {"dense": times[0]}
     return out
 
 

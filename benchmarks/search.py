@@ -209,7 +209,7 @@ def run_search(dense: torch.nn.Module, data: Any, space: SearchSpace, table: Lat
         result = search(dense, data, space, ("accuracy", "latency"), f"latency={budget}x", trials=args.trials,
                         strategy=args.strategy, seed=seed, out_dir=work, latency_table=table,
                         finetune_epochs=args.finetune_epochs, top_k=args.top_k, uniform_ratios=args.uniform_ratios,
-                        on_trial=lambda c: (_progress(c, stamps), cpu.append(_cpu_s())), **extra)  # fmt: skip
+                        on_trial=lambda c: _progress(c, stamps, cpu), **extra)  # fmt: skip
     gaps = [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
     timing = {"wall_s": time.perf_counter() - t0, "main_cpu_s": time.process_time() - c0, "trials": len(stamps),
               "trial_phase_s": stamps[-1] - stamps[0] if len(stamps) > 1 else None,
@@ -229,9 +229,10 @@ def _cpu_s() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _progress(c: Any, stamps: list[float]) -> None:
-    """Stamp a judged trial's time and write one line on stderr (a long benchmark's heartbeat)."""
+def _progress(c: Any, stamps: list[float], cpu: list[float]) -> None:
+    """Stamp a judged trial's time and CPU-seconds and write one line on stderr (a long benchmark's heartbeat)."""
     stamps.append(time.perf_counter())
+    cpu.append(_cpu_s())
     kept = sum(c.policy.keep.values())
     print(f"{time.strftime('%H:%M:%S')} trial {c.trial}: {kept} channels, accuracy {c.accuracy}, "
           f"{c.latency_ms:.4f} ms, feasible {c.feasible}", file=sys.stderr, flush=True)
