@@ -93,7 +93,7 @@ def _front_docs(ev: Evaluator, front: Sequence[Candidate], repeats: int, latency
     ``repeats`` interleaved runs at the end of the search. Why before choosing the finalists: a trial's own runs are
     taken one after another, seconds apart, so a state of the shared machine that lasts minutes moves them all alike,
     and the search keeps exactly the trials that read fast (session 11: four of eight front policies judged at
-    0.26-0.30x dense by their own five runs measured 0.32-0.39x in the finals and again an hour later, in the
+    0.26-0.30x dense by their own five runs measured 0.32-0.39x in the finals and again hours later, in the
     search's own files and frame). A finalist over its budget would have cost a fine-tune and been passed over."""
     policies = {_key(c.policy): c.policy for c in front}
     if not policies:
