@@ -132,7 +132,7 @@ def test_encode_writes_the_old_encoders_bytes_and_decode_reads_back_the_symbols(
 def test_24_bit_codes_decode_through_the_long_code_search(n, table_bits):
     values, data, n_bits = _deep_stream(n)
     assert int(DEEP.lengths[values].max()) == 24
-    assert huffman_decode._Lookup(DEEP, n_bits).k == table_bits  # a window's first 8, 12, 16 bits index the table
+    assert huffman_decode._Lookup(DEEP, n_bits, n).k == table_bits  # a window's first 8, 12, 16 bits index the table
     out = decode(DEEP, data, n_bits, n)
     assert np.array_equal(out, values) and out.tolist() == _old_decode(DEEP, data, n_bits, n).tolist()
 
@@ -149,7 +149,7 @@ def test_codes_straddling_the_decoders_segments_decode_as_one_stream(segment, mo
     assert np.array_equal(decode(DEEP, data, n_bits, len(values)), values)
 
 
-def test_a_stream_longer_than_one_segment_with_sixteen_bit_table_and_longer_codes():
+def test_a_stream_of_several_segments_with_codes_longer_than_sixteen_bits():
     rng = np.random.default_rng(3)
     values = np.minimum(rng.geometric(0.25, 400_000), 40)  # codes of 2..~22 bits; 1.2 M bits > one segment
     table, data, n_bits = encode(values)
@@ -221,9 +221,8 @@ class _Spy:
 
     def __init__(self, monkeypatch, chunk, overlap):
         self.results, self.late, real, late = [], [], huffman_decode._sync_starts, huffman_decode._meet_late
-        monkeypatch.setattr(huffman_decode, "_SYNC_CHUNK_BITS", chunk)
-        monkeypatch.setattr(huffman_decode, "_SYNC_OVERLAP_BITS", overlap)
-        monkeypatch.setattr(huffman_decode, "_SYNC_MIN_BITS", 2 * chunk)
+        monkeypatch.setattr(huffman_decode, "_sync_chunk_bits", lambda lookup: chunk)
+        monkeypatch.setattr(huffman_decode, "_SYNC_OVERLAP", overlap)
         monkeypatch.setattr(huffman_decode, "_sync_starts", lambda *a: self._keep(self.results, real(*a)))
         monkeypatch.setattr(huffman_decode, "_meet_late", lambda *a: self._keep(self.late, late(*a)))
 
@@ -233,10 +232,10 @@ class _Spy:
         return result
 
 
-@pytest.mark.parametrize(("chunk", "overlap"), [(16, 0), (16, 5), (64, 8), (256, 64)])
+@pytest.mark.parametrize(("chunk", "overlap"), [(16, 0), (16, 0.3), (64, 0.125), (256, 0.25)])
 def test_synchronizing_decoders_join_into_the_true_codes(chunk, overlap, monkeypatch):
     spy = _Spy(monkeypatch, chunk, overlap)
-    rng = np.random.default_rng(chunk + overlap)
+    rng = np.random.default_rng(chunk + int(100 * overlap))
     for seed in range(6):
         values = np.minimum(rng.geometric(0.2 + 0.1 * seed, 700 + 300 * seed), 30)  # 1- to ~14-bit codes
         table, data, n_bits = encode(values)
@@ -245,19 +244,22 @@ def test_synchronizing_decoders_join_into_the_true_codes(chunk, overlap, monkeyp
     assert np.array_equal(decode(DEEP, data, n_bits, len(values)), values)
     joined = [r is not None for r in spy.results]
     assert all(joined) if chunk == 256 else any(joined)  # 16-bit chunks: 24-bit codes need not resynchronize in one
-    assert any(r is not None for r in spy.late) if overlap <= 8 else True  # decoders that met after their overlap
+    assert any(r is not None for r in spy.late) if overlap < 0.25 else True  # decoders that met after their overlap
 
 
-def test_decoders_that_never_meet_fall_back_to_pointer_doubling(monkeypatch):
-    spy = _Spy(monkeypatch, 16, 5)
+def test_decoders_that_do_not_meet_soon_enough_fall_back_to_pointer_doubling(monkeypatch):
+    spy = _Spy(monkeypatch, 16, 0.3)
+    monkeypatch.setattr(huffman_decode, "_SYNC_LATE_CHUNKS", 1)  # meet within the next chunk
     values = np.random.default_rng(4).integers(0, 8, 3000)  # eight 3-bit codes: a decoder off by 1 or 2 bits stays off
     table, data, n_bits = encode(values)
     assert table.lengths.tolist() == [3] * 8
     assert np.array_equal(decode(table, data, n_bits, len(values)), values)
     assert spy.results and all(r is None for r in spy.results)
+    monkeypatch.setattr(huffman_decode, "_SYNC_LATE_CHUNKS", 3)  # every third chunk starts on a code: they meet
+    assert np.array_equal(decode(table, data, n_bits, len(values)), values) and spy.results[-1] is not None
 
 
-@pytest.mark.parametrize(("chunk", "overlap"), [(32, 0), (32, 6)])
+@pytest.mark.parametrize(("chunk", "overlap"), [(32, 0), (32, 0.2)])
 def test_bit_flips_through_the_synchronizing_decoders_fail_as_the_old_decoder(chunk, overlap, monkeypatch):
     spy = _Spy(monkeypatch, chunk, overlap)
     values = np.minimum(np.random.default_rng(9).geometric(0.35, 120), 12)

@@ -1,12 +1,12 @@
 """Decoding canonical Huffman streams (:func:`deepslim.compress.coding.huffman.decode`), vectorized with numpy.
 
 A Python loop over the symbols took seconds for all-MiniLM-L6-v2's 10.8 M int8 codes. Here, a segment of the stream
-at a time, many decoders start at once, one every :data:`_SYNC_CHUNK_BITS` bits, and advance one code per step in
-lockstep; a decoder started inside a code reads wrong codes at first, but a Huffman decoder falls back into step with
-the true codes within a few codes, so the decoders' paths are joined where they meet (:func:`_sync_starts`). A
-stream whose decoders do not meet (a code of equal lengths, a crafted stream) is decoded by pointer doubling over
-every bit position instead (:func:`_chain`). A code's length and index come from a table of its first bits
-(:class:`_Lookup`).
+at a time, many decoders start at once, one every few hundred bits (:func:`_sync_chunk_bits`), and advance one code
+per step in lockstep; a decoder started inside a code reads wrong codes at first, but a Huffman decoder falls back
+into step with the true codes within a few codes, so the decoders' paths are joined where they meet
+(:func:`_sync_starts`). A stream whose decoders do not meet (a code of equal lengths, a crafted stream) is decoded by
+pointer doubling over every bit position instead (:func:`_chain`). A code's length and index come from a table of
+its first bits (:class:`_Lookup`).
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ if TYPE_CHECKING:
     from deepslim.compress.coding.huffman import HuffmanTable
 
 WINDOW_BITS = 24  # the longest code read: 24 bits from any bit offset of a byte lie in the 32-bit word there
-SEGMENT_BITS = 1 << 20  # decode a segment of the stream at a time: its arrays stay a few MB (cache-sized)
+SEGMENT_BITS = 1 << 18  # decode a segment of the stream at a time: its arrays stay cache-sized (measured best)
 _LUT_MAX_BITS = 20  # the table of a window's first bits has at most 2^20 entries (5 MB)
 _LONG = 255  # in that table: the bits begin a code longer than the table's index
 _DOUBLINGS = 6  # pointer doubling finds every 2^6-th code start first
-_SYNC_CHUNK_BITS = 256  # a decoder starts every 256 bits ...
-_SYNC_OVERLAP_BITS = 64  # ... and goes on 64 bits past its chunk to meet the next one (at most a chunk)
-_SYNC_MIN_BITS = 4 * _SYNC_CHUNK_BITS  # shorter segments: pointer doubling (a few decoders, many steps otherwise)
+_SYNC_CODES = 32  # a decoder starts every 32 average code lengths (at least 256 bits) ...
+_SYNC_OVERLAP = 0.25  # ... goes on a quarter chunk past its own in lockstep ...
+_SYNC_LATE_CHUNKS = 8  # ... and must meet a later decoder within 8 chunks (else: pointer doubling)
 
 
 def decode(table: HuffmanTable, data: bytes, n_bits: int, count: int) -> np.ndarray:
@@ -45,7 +45,7 @@ def decode(table: HuffmanTable, data: bytes, n_bits: int, count: int) -> np.ndar
         raise ArchiveError(f"Huffman stream truncated: {len(data) * 8} bits for {n_bits}")
     if count > n_bits:
         raise ArchiveError(f"Huffman stream of {n_bits} bits cannot hold {count} symbols (each takes a bit at least)")
-    lookup = _Lookup(table, n_bits)
+    lookup = _Lookup(table, n_bits, count)
     padded = _padded_bytes(data, n_bits)
     out = np.empty(count, dtype=np.int64)
     k = pos = 0  # symbols decoded, and the bit where the next code starts
@@ -83,7 +83,7 @@ class _Lookup:
     left-aligned starts.
     """
 
-    def __init__(self, table: HuffmanTable, n_bits: int) -> None:
+    def __init__(self, table: HuffmanTable, n_bits: int, count: int) -> None:
         lengths = table.lengths.astype(np.int64)
         if lengths.min() < 1 or lengths.max() > WINDOW_BITS:
             raise ArchiveError("Huffman code table has an invalid code length")
@@ -94,7 +94,7 @@ class _Lookup:
         self.end = int(self.starts[-1]) + (1 << (width - int(lengths[-1])))  # windows from here on are no code
         if self.end > 1 << width:
             raise ArchiveError("Huffman code table is not a prefix code (Kraft sum > 1)")
-        self.lengths = lengths
+        self.lengths, self.mean_length = lengths, n_bits / max(count, 1)
         self.k = k = min(width, _LUT_MAX_BITS, max(8, n_bits.bit_length() - 2))  # at most n_bits / 2 entries
         short = int(np.count_nonzero(lengths <= k))
         spans = 1 << (k - lengths[:short])  # the k-bit prefixes of each short code
@@ -175,29 +175,36 @@ def _windows(words: np.ndarray, n: int, width: int) -> np.ndarray:
 def _code_starts(lookup: _Lookup, words: np.ndarray, n: int, start: int) -> np.ndarray:
     """The positions below ``n`` where codes start, the first at ``start``: by synchronizing decoders where they
     meet, else (a short segment, decoders that never meet) by pointer doubling over every position."""
-    if n >= _SYNC_MIN_BITS:
-        starts = _sync_starts(lookup, words, n, start)
+    chunk = _sync_chunk_bits(lookup)
+    if n >= 4 * chunk:
+        starts = _sync_starts(lookup, words, n, start, chunk)
         if starts is not None:
             return starts
     return _chain(np.maximum(lookup.lengths_at(_windows(words, n, lookup.width)), 1), start)
 
 
-def _sync_starts(lookup: _Lookup, words: np.ndarray, n: int, start: int) -> np.ndarray | None:
-    """Code starts as :func:`_code_starts`, or None where a decoder does not meet the next one within a chunk.
+def _sync_chunk_bits(lookup: _Lookup) -> int:
+    """The bits between two decoders' starts: 32 codes of the average length, a power of two from 256 to 8192 (a
+    decoder started inside a code resynchronizes after a few codes: 22 bits at the median on all-MiniLM-L6-v2's int8
+    codes, 121 bits on the 17-bit codebook indices of its position embeddings)."""
+    return 1 << min(max(round(_SYNC_CODES * lookup.mean_length).bit_length(), 8), 13)
+
+
+def _sync_starts(lookup: _Lookup, words: np.ndarray, n: int, start: int, chunk: int) -> np.ndarray | None:
+    """Code starts as :func:`_code_starts`, or None where a decoder does not meet a later one soon enough.
 
     Decoder ``j`` starts at bit ``j · C`` (decoder 0 at ``start``, a true code start) and all of them advance one code
-    per step, in lockstep, to ``O`` bits past the end of their chunk (the few that have not met the next decoder by
-    then go on alone, :func:`_meet_late`). A decoder started inside a code reads wrong codes at first, but once it
-    lands on a true code start it follows the true codes. So, by induction, decoder ``j`` is true from where the true
-    decoder ``j − 1`` first lands on a position that decoder ``j`` visited: the true starts are decoder ``j − 1``'s
-    before that meeting point and decoder ``j``'s from it on.
+    per step, in lockstep, to a quarter chunk past the end of their own (the few that have not met the next decoder
+    by then go on alone, :func:`_meet_late`). A decoder started inside a code reads wrong codes at first, but once it
+    lands on a true code start it follows the true codes. So, by induction, a true decoder stays true until it first
+    lands on a position that the decoder of that position's chunk visited; from there that decoder is true. The true
+    starts: decoder 0's up to its meeting point, then those of the decoder it met, and so on.
     """
-    chunk = _SYNC_CHUNK_BITS
     rows = -(-n // chunk)
     begin = np.arange(rows, dtype=np.int64) * chunk
     begin[0] = start
     end = np.minimum(np.arange(1, rows + 1, dtype=np.int64) * chunk, n)  # (rows,) each decoder's own chunk ends here
-    limit = np.minimum(end + _SYNC_OVERLAP_BITS, n)
+    limit = np.minimum(end + int(chunk * _SYNC_OVERLAP), n)
     at, visited = begin, [begin]
     while (at < limit).any():  # decoders past their limit go on too: cheaper than masking them
         at = at + lookup.steps_at(words, np.minimum(at, n))
@@ -206,45 +213,53 @@ def _sync_starts(lookup: _Lookup, words: np.ndarray, n: int, start: int) -> np.n
     own = path < end
     mark = np.zeros(n + 1, dtype=bool)
     mark[path[own]] = True  # positions that the decoder of their own chunk visited
-    overlap = (path >= end) & (path < limit)
-    meets = overlap & mark[np.minimum(path, n)]
+    meets = (path >= end) & (path < limit) & mark[np.minimum(path, n)]
     found = meets.any(axis=0)
-    meet = np.where(found, path[meets.argmax(axis=0), np.arange(rows)], n)  # (rows,) decoder j meets decoder j + 1
+    meet = np.where(found, path[meets.argmax(axis=0), np.arange(rows)], n)  # (rows,) where decoder j meets another
     late = np.flatnonzero(~found[:-1])
+    extra = np.zeros(0, dtype=np.int64)
     if len(late):
         first_out = path[(path[:, late] >= limit[late]).argmax(axis=0), late]  # where the overlap left them
-        caught = _meet_late(lookup, words, n, mark, first_out, np.minimum(end[late] + chunk, n))
+        caught = _meet_late(lookup, words, n, mark, first_out, np.minimum(end[late] + _SYNC_LATE_CHUNKS * chunk, n))
         if caught is None:
             return None
-        meet[late], extra = caught
-    since = np.concatenate(([start], meet[:-1]))  # decoder j is true from here on, until it meets decoder j + 1
+        meet[late], extra, extra_row = caught
+        extra_row = late[extra_row]
+    met = np.where(meet >= n, rows, meet // chunk)  # (rows,) the decoder whose chunk holds the meeting point
+    chain = _chain(met - np.arange(rows), 0)  # the true decoders, in order
+    since = np.full(rows, n + 1, dtype=np.int64)  # decoders off the chain keep nothing
+    since[0], since[chain[1:]] = start, meet[chain[:-1]]
     keep = (path >= since) & (path < np.minimum(meet, limit))  # past the limit: `extra`
     starts = path.T[keep.T]  # decoder by decoder: ascending
-    if len(late):
+    if len(extra):
+        on_chain = np.zeros(rows, dtype=bool)
+        on_chain[chain] = True
+        extra = np.sort(extra[on_chain[extra_row]])
         starts = np.insert(starts, np.searchsorted(starts, extra), extra)
     return starts
 
 
 def _meet_late(lookup: _Lookup, words: np.ndarray, n: int, mark: np.ndarray, at: np.ndarray,
-               stop: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:  # fmt: skip
-    """Decoders (true ones) that passed their overlap without meeting the next decoder go on until they land on a
-    marked position: (where each met, their positions before that, ascending). None when one passes ``stop`` (the
-    end of the next chunk) first; one that passes the segment's end meets it there (the next decoder, the last,
-    then contributes nothing)."""
+               stop: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:  # fmt: skip
+    """Decoders that passed their overlap without meeting the next decoder go on until they land on a marked position
+    (visited by the decoder of its chunk): (where each met, and their positions before that with the index of the
+    decoder). None when one passes ``stop`` first (a stream slow to resynchronize: pointer doubling is then
+    faster); one that passes the segment's end meets it there."""
     meet = np.full(len(at), -1, dtype=np.int64)
-    extra = []
+    extra, extra_row = [], []
     live = np.arange(len(at))
     while len(live):
         cur = at[live]
-        past = cur >= stop[live]  # past the next chunk: a mark there is a later decoder's
+        past = cur >= stop[live]
         if (past & (stop[live] < n)).any():
             return None
-        hit = past | mark[np.minimum(cur, n)]  # past the last chunk: it meets the segment's end
+        hit = past | mark[np.minimum(cur, n)]  # past the segment's end: it meets the end
         meet[live[hit]] = np.minimum(cur[hit], n)
         live = live[~hit]
         extra.append(at[live])
+        extra_row.append(live)
         at[live] += lookup.steps_at(words, at[live])
-    return meet, np.sort(np.concatenate(extra)) if extra else np.zeros(0, dtype=np.int64)
+    return meet, np.concatenate(extra), np.concatenate(extra_row)
 
 
 def _chain(steps: np.ndarray, start: int) -> np.ndarray:
