@@ -1,0 +1,290 @@
+"""Head + FFN pruning of all-MiniLM-L6-v2, recovered by distillation under a CPU budget (issue 17, session 11).
+
+Steps, run one at a time on a shared machine (each writes a JSON; the pruned models are saved under --out):
+
+    python benchmarks/heads_prune.py probe --policies "heads=1/3,ffn=0.25;heads=1/3,flops=0.278,calib=broad"
+        fidelity right after pruning (held-out distillation-mix text and the evaluation sentences at seq 32), the
+        share of projection weights removed, the heads kept per layer; each pruned model saved (PREFIX-<i>.pt/.json)
+    python benchmarks/heads_prune.py speed --from /tmp/h11/kd /tmp/h11/probe-1 [--seqs 32,128] [--optimize 32]
+        ONNX Runtime latency (1 thread, thread CPU time, files round-robin, order reversed every round: ratios to the
+        teacher's ORT fp32 file in the same run), plain exports and ORT's transformer optimizer (fp32, no int8)
+    python benchmarks/heads_prune.py distill --policy "heads=1/3,ffn=0.4,calib=broad" --cpu 600 --out /tmp/h11/kd
+        prune, then ``deepslim.train.student.distill_encoder`` on the broad corpus (embeddings + every layer's
+        hidden states, layer map = identity); the word embeddings (30,522 x 384, half the weights, unpruned) frozen
+        (then fidelity at seq 32 / 128 / held-out text); speed ``--from`` the saved model gives ONNX fidelity + speed
+    python benchmarks/heads_prune.py measure --from /tmp/h11/kd
+        PyTorch fidelity of a saved model again (seq 32, 128, held-out text)
+
+A policy: ``heads`` / ``ffn`` / ``flops`` (HeadPruneConfig's head_ratio / ffn_ratio / flops_ratio; fractions like 1/3
+allowed), ``calib`` (``doc``: 512 stdlib docstring sentences at seq 32, what transformer_encoder.py uses; ``broad``:
+512 texts of the broad distillation mix), ``batches``, ``refit`` (0/1). Distillation text is never the evaluation set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import tempfile
+import time
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import deepslim as ds
+from _common import result_header
+from deepslim.compress.prune.heads import HeadPruneConfig, apply_block, find_blocks, prune_heads_
+from deepslim.models.hf import tokenize
+from deepslim.tasks.similarity import embedding_fidelity, sentence_fidelity
+from deepslim.train.student import EncoderKDConfig, distill_encoder
+from transformer_encoder import (
+    Texts,
+    cpu_rows,
+    distill_texts,
+    export,
+    heldout_fidelity,
+    ort_embed,
+    prefixed,
+)
+
+KEYS = {"heads": "head_ratio", "ffn": "ffn_ratio", "flops": "flops_ratio", "batches": "batches", "refit": "refit"}
+
+
+def parse_policy(text: str) -> tuple[HeadPruneConfig, str]:
+    """``heads=1/3,ffn=0.25,calib=broad`` -> (HeadPruneConfig, calibration text)."""
+    kw: dict[str, Any] = {}
+    calib = "doc"
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition("=")
+        if key == "calib":
+            calib = value
+        elif key in ("batches",):
+            kw[KEYS[key]] = int(value)
+        elif key == "refit":
+            kw[KEYS[key]] = bool(int(value))
+        else:
+            kw[KEYS[key]] = float(Fraction(value))
+    return HeadPruneConfig(**kw), calib
+
+
+def calibration(teacher: torch.nn.Module, texts: Texts, which: str, n: int = 512) -> list[dict[str, torch.Tensor]]:
+    """Batches of 32 for importance and refit: docstring sentences at seq 32, or broad-mix texts cut to their
+    longest (texts[1:] are the mix's token ids and mask, in the mix's shuffled order)."""
+    if which == "doc":
+        ids, mask = tokenize(teacher, texts[0][:n], seq_len=32)
+    else:
+        ids, mask = texts[1][:n], texts[2][:n]
+    out = []
+    for i in range(0, n, 32):
+        width = int(mask[i : i + 32].sum(1).max())
+        out.append({"input_ids": ids[i : i + 32, :width], "attention_mask": mask[i : i + 32, :width]})
+    return out
+
+
+def prune(teacher: torch.nn.Module, policy: str, texts: Texts) -> tuple[torch.nn.Module, dict[str, Any]]:
+    config, calib = parse_policy(policy)
+    student = copy.deepcopy(teacher)
+    c0, w0 = time.process_time(), time.monotonic()
+    plan = prune_heads_(student, config, calibration(teacher, texts, calib))
+    before, after = plan.macs()
+    heads = [b.keep for b in plan.blocks if b.unit == "heads"]
+    ffn = [b.keep for b in plan.blocks if b.unit == "hidden units"]
+    return student.eval(), {"policy": policy, "config": config.to_dict(), "calib": calib,
+                            "prune_cpu_s": round(time.process_time() - c0, 1),
+                            "prune_wall_s": round(time.monotonic() - w0, 1), "heads": plan.heads(),
+                            "heads_per_layer": heads, "ffn_per_layer": ffn,
+                            "weights_removed": round(1 - after / before, 4),
+                            "kept": {b.name: list(b.kept) for b in plan.blocks}}  # fmt: skip
+
+
+def save(model: torch.nn.Module, info: dict, prefix: Path) -> None:
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), prefixed(prefix, ".pt"))
+    prefixed(prefix, ".json").write_text(json.dumps(info, indent=1, default=str) + "\n")
+
+
+def load(teacher: torch.nn.Module, prefix: Path) -> tuple[torch.nn.Module, dict[str, Any]]:
+    info = json.loads(prefixed(prefix, ".json").read_text())
+    student = copy.deepcopy(teacher)
+    for b in find_blocks(student)[0]:
+        if len(info["kept"][b.name]) < b.units:
+            apply_block(b, torch.tensor(info["kept"][b.name], dtype=torch.long))
+    student.load_state_dict(torch.load(prefixed(prefix, ".pt")))
+    return student.eval(), info
+
+
+def fidelity(student: torch.nn.Module, teacher: torch.nn.Module, held: Texts, data32: Any,
+             data128: Any | None = None) -> dict[str, Any]:  # fmt: skip
+    out = {"heldout": heldout_fidelity(student, teacher, held), "seq32": sentence_fidelity(student, teacher, data32)}
+    if data128 is not None:
+        out["seq128"] = sentence_fidelity(student, teacher, data128)
+    return {k: {m: round(v, 4) for m, v in f.items()} for k, f in out.items()}
+
+
+def pin_heads(path: Path) -> Path:
+    """A copy of an exported BERT whose per-head reshapes name their head count: Hugging Face reshapes q/k/v to
+    (batch, seq, -1, head_size), and ORT's transformer optimizer reads the head count from that shape (or takes one
+    number for all layers), so pruned layers of different widths would not fuse. The count is the projection's
+    width over head_size, read from the MatMul weight feeding the reshape."""
+    import numpy as np
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    g = model.graph
+    inits = {i.name: numpy_helper.to_array(i) for i in g.initializer}
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in g.node if n.op_type == "Constant"}
+    producer = {o: n for n in g.node for o in n.output}
+
+    def weight_width(name: str) -> int | None:
+        node = producer.get(name)
+        while node is not None and node.op_type in ("Add", "MatMul"):
+            if node.op_type == "MatMul":
+                w = inits.get(node.input[1])
+                return None if w is None else int(w.shape[-1])
+            node = next((producer[x] for x in node.input if x in producer and producer[x].op_type in ("Add", "MatMul")),
+                        None)  # fmt: skip
+        return None
+
+    pinned = 0
+    for n in g.node:
+        concat = producer.get(n.input[1]) if n.op_type == "Reshape" and len(n.input) > 1 else None
+        if concat is None or concat.op_type != "Concat" or len(concat.input) != 4:
+            continue
+        third, fourth = (consts.get(x, inits.get(x)) for x in concat.input[2:])
+        width = weight_width(n.input[0])
+        if third is None or fourth is None or int(third.reshape(-1)[0]) != -1 or width is None:
+            continue
+        name = f"pinned_heads_{pinned}"
+        g.initializer.append(numpy_helper.from_array(np.array([width // int(fourth.reshape(-1)[0])], np.int64), name))
+        concat.input[2] = name
+        pinned += 1
+    out = path.with_name(path.stem + "-pinned.onnx")
+    onnx.save(model, str(out))
+    return out
+
+
+def optimized(path: Path) -> tuple[Path, dict[str, int]]:
+    """ORT's transformer optimizer on an fp32 file (no quantization); heads and widths read from the graph."""
+    from onnxruntime.transformers import optimizer
+
+    opt = optimizer.optimize_model(str(pin_heads(path)), model_type="bert", num_heads=0, hidden_size=0)
+    out = path.with_name(path.stem + "-opt.onnx")
+    opt.save_model_to_file(str(out))
+    return out, {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+
+
+def session_ops(path: Path) -> dict[str, int]:
+    """Operator counts of the graph ONNX Runtime runs for ``path`` after its own in-session optimizations (which
+    fuse attention only where q/k/v are square: an unpruned layer)."""
+    from collections import Counter
+
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(path.with_name(path.stem + "-session.onnx"))
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    ops = Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+    return {k: v for k, v in sorted(ops.items()) if k in ("Attention", "MatMul", "FusedMatMul", "Gemm", "Softmax",
+                                                          "SkipLayerNormalization", "BiasGelu", "Gelu")}  # fmt: skip
+
+
+def speed(args: argparse.Namespace, teacher: torch.nn.Module, result: dict[str, Any]) -> None:
+    students = {f"s{i}": load(teacher, Path(p))[0] for i, p in enumerate(args.from_)}
+    data = {32: ds.load_data("sentences", seq_len=32, train_size=64),
+            128: ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)}
+    result["students"] = {f"s{i}": str(p) for i, p in enumerate(args.from_)}
+    result["fused"], result["rows"] = {}, []
+    with tempfile.TemporaryDirectory() as work:
+        for seq in (int(s) for s in args.seqs.split(",")):
+            files = {"ort_fp32": export(teacher, Path(work) / f"t-{seq}.onnx", seq)}
+            for name, model in students.items():
+                files[name] = export(model, Path(work) / f"{name}-{seq}.onnx", seq)
+            fuse = seq in {int(s) for s in args.optimize.split(",") if s}
+            if fuse:
+                for name in list(files):
+                    files[name + "_opt"], result["fused"][f"{name}_opt@{seq}"] = optimized(files[name])
+            result.setdefault("session_ops", {}).update({f"{k}@{seq}": session_ops(p) for k, p in files.items()})
+            ids = getattr(data[seq].test.dataset, "ids")  # noqa: B009
+            ref = ort_embed(files["ort_fp32"], ids)
+            fid = {k: embedding_fidelity(ort_embed(p, ids), ref, pairs=data[seq].info["pairs"])
+                   for k, p in files.items()}  # fmt: skip
+            if fuse:  # the fused file computes what its plain export computes
+                for name in [k for k in files if not k.endswith("_opt")]:
+                    same = embedding_fidelity(ort_embed(files[name + "_opt"], ids), ort_embed(files[name], ids))
+                    result["fused"][f"{name}_opt@{seq}"]["cosine_to_plain_min"] = round(same["cosine_min"], 6)
+            result["rows"] += cpu_rows(files, fid, {}, seq, args.rounds)
+
+
+def distill(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, held: Texts, data32: Any,
+            result: dict[str, Any]) -> None:  # fmt: skip
+    student, info = prune(teacher, args.policy, texts)
+    info["before"] = fidelity(student, teacher, held, data32)
+    if args.freeze_embeddings:
+        student.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+    config = EncoderKDConfig(cpu_seconds=args.cpu, lr=args.lr, wall_seconds=args.wall, seed=args.seed)
+    info["kd_config"] = config.to_dict() | {"freeze_word_embeddings": args.freeze_embeddings}
+    info["kd"] = distill_encoder(student, teacher, texts[1], texts[2], config)
+    save(student, info, Path(args.out))
+    data128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
+    info["after"] = fidelity(student, teacher, held, data32, data128)
+    save(student, info, Path(args.out))
+    result["student"] = {k: v for k, v in info.items() if k != "kept"}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("probe", "speed", "distill", "measure"))
+    parser.add_argument("--json", required=True)
+    parser.add_argument("--out", default="/tmp/h11/probe", help="prefix of the saved models")
+    parser.add_argument("--policies", default="heads=1/3,ffn=0.25", help="probe: policies separated by ;")
+    parser.add_argument("--policy", default="heads=1/3,ffn=0.25", help="distill: one policy")
+    parser.add_argument("--from", dest="from_", nargs="*", default=[], help="speed/measure: saved model prefixes")
+    parser.add_argument("--seqs", default="32")
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--optimize", default="32", help="sequence lengths at which ORT transformer-optimizer fp32 "
+                        "files are timed too (comma-separated; empty: none)")
+    parser.add_argument("--cpu", type=float, default=600.0)
+    parser.add_argument("--wall", type=float, default=None)
+    parser.add_argument("--lr", type=float, default=1.5e-4)
+    parser.add_argument("--freeze-embeddings", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    result = result_header("heads_prune", 1) | {"mode": args.mode, "argv": vars(args) | {"from_": args.from_}}
+    c0, w0 = time.process_time(), time.monotonic()
+    teacher = ds.load_model("all-minilm-l6-v2").eval()
+    if args.mode == "speed":
+        speed(args, teacher, result)
+    else:
+        texts, held, result["distill_corpus"] = distill_texts(teacher, "broad", seed=args.seed)
+        data32 = ds.load_data("sentences", seq_len=32, train_size=64)
+        if args.mode == "probe":
+            result["probes"] = []
+            for i, policy in enumerate(p for p in args.policies.split(";") if p.strip()):
+                student, info = prune(teacher, policy, texts)
+                info["fidelity"] = fidelity(student, teacher, held, data32)
+                save(student, info, Path(f"{args.out}-{i}"))
+                result["probes"].append({k: v for k, v in info.items() if k != "kept"})
+                print(json.dumps(result["probes"][-1]), flush=True)
+        elif args.mode == "distill":
+            distill(args, teacher, texts, held, data32, result)
+        else:
+            data128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
+            student, info = load(teacher, Path(args.from_[0]))
+            result["student"] = {k: v for k, v in info.items() if k != "kept"}
+            result["after"] = fidelity(student, teacher, held, data32, data128)
+    result["process_cpu_s"], result["wall_s"] = round(time.process_time() - c0, 1), round(time.monotonic() - w0, 1)
+    result["load_after"] = os.getloadavg()
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(args.json).with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    tmp.replace(args.json)
+    print(json.dumps({k: v for k, v in result.items() if k not in ("argv",)}, default=str)[:6000])
+
+
+if __name__ == "__main__":
+    main()
