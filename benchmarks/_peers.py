@@ -61,11 +61,12 @@ def tp_prune(model: torch.nn.Module, x: torch.Tensor, ratio: float) -> torch.nn.
     return model
 
 
-def ort_accuracy(path: Path, loader) -> float:
-    """Top-1 accuracy of an ONNX classifier (batch-1 graph) in ONNX Runtime over ``loader``."""
+def ort_accuracy(path: Path, loader, threads: int | None = None) -> float:
+    """Top-1 accuracy of an ONNX classifier (batch-1 graph) in ONNX Runtime over ``loader``, in a session of
+    ``threads`` intra-op threads (None: ONNX Runtime's default, every core — pass the benchmark's ``--threads``)."""
     from deepslim.export.onnx import ort_session
 
-    sess = ort_session(path)
+    sess = ort_session(path, threads=threads)
     correct = total = 0
     for x, y in loader:
         for i in range(len(x)):

@@ -48,7 +48,7 @@ def ort_static(model: torch.nn.Module, data: ds.DataBundle, tmp: Path, method: s
     fp32, int8 = tmp / "fp32.onnx", tmp / f"int8_{method}.onnx"
     ds.export_onnx(model, fp32, example_input=data.example_input)
     ort_quantize_static(fp32, int8, [x.numpy() for x, _ in data.calib], method)
-    return ort_accuracy(int8, data.test)
+    return ort_accuracy(int8, data.test, torch.get_num_threads())  # the run's --threads, set by result_header
 
 
 def nncf_int8(model: torch.nn.Module, data: ds.DataBundle) -> torch.nn.Module:
@@ -66,7 +66,7 @@ def nncf_accuracy(model: torch.nn.Module, data: ds.DataBundle, tmp: Path, backen
     fp32, int8 = tmp / "fp32_nncf.onnx", tmp / "int8_nncf.onnx"
     ds.export_onnx(model, fp32, example_input=data.example_input)
     nncf_onnx(fp32, int8, [x.numpy() for x, _ in data.calib])
-    return ort_accuracy(int8, data.test)
+    return ort_accuracy(int8, data.test, torch.get_num_threads())  # the run's --threads, set by result_header
 
 
 def with_outliers(model: torch.nn.Module, factor: float = 50.0) -> torch.nn.Module:

@@ -31,32 +31,15 @@ import json
 import statistics
 import tempfile
 import time
-from collections.abc import Iterable
 from pathlib import Path
 
-import numpy as np
 import torch
 
 import deepslim as ds
 from _common import result_header, save_json, training_threads, write_result
-from _peers import nncf_onnx, ort_quantize_static
+from _peers import nncf_onnx, ort_accuracy, ort_quantize_static
 
 MODELS = {"resnet20": {}, "mobilenet_v2": {"small_input": True, "width_mult": 0.5}}
-
-
-def ort_accuracy(path: Path, loader: Iterable[tuple[torch.Tensor, torch.Tensor]], threads: int) -> float:
-    """Top-1 accuracy of an ONNX classifier (batch-1 graph) in an ONNX Runtime session of ``threads`` intra-op
-    threads (``_peers.ort_accuracy`` lets ONNX Runtime take every core)."""
-    from deepslim.export.onnx import ort_session
-
-    sess = ort_session(path, threads=threads)
-    correct = total = 0
-    for x, y in loader:
-        for i in range(len(x)):
-            out = sess.run(None, {"input": x[i : i + 1].numpy()})[0]
-            correct += int(np.argmax(out) == int(y[i]))
-            total += 1
-    return correct / total
 
 
 def run(name: str, seed: int, data: ds.DataBundle, tmp: Path, threads: int) -> dict:
