@@ -11,7 +11,7 @@ HERE = Path(__file__).parent
 BENCHMARKS = ["profile_speed", "pruning_speed", "pruning_accuracy", "quantization", "quantization_shapes",
               "deep_compression", "speed", "int8_api_path", "openvino_runtime", "transformer_encoder",
               "token_thresholds", "generality", "ondevice_training", "search", "search_workers", "ddp", "vit_tome",
-              "block_view"]
+              "block_view", "int8_ordinary_verbs", "int8_archive", "archive_decode"]
 # result names that differ from the script's: a script named openvino.py would shadow the package it measures
 RESULTS = {"openvino_runtime": "openvino", "token_thresholds": "transformer_ltp"}
 # benchmarks that also run on Fashion-MNIST (real photographs): a second run with --data, results in NAME_fashion.json
