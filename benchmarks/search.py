@@ -334,7 +334,8 @@ def main() -> None:
     p.add_argument("--speed-rounds", type=int, default=20)
     p.add_argument("--speed-span", type=int, default=2, help="steps a group may move from uniform (speed-only)")
     p.add_argument("--speed-moves", type=int, default=12, help="channel moves at most (speed-only)")
-    p.add_argument("--speed-steer", choices=("nodes", "layers"), default="nodes", help="table steering (speed-only)")
+    p.add_argument("--speed-steer", choices=("nodes", "layers", "measured"), default="nodes",
+                   help="speed-only steering: the node or layer table, or measured end-to-end timings (speed_side.py)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     args.budgets = [float(b) for b in args.budgets.split(",")]
