@@ -106,11 +106,13 @@ def test_a_distillation_run_weighs_its_hidden_terms_with_the_configured_layer_we
 
 def test_bad_layer_weights_and_skips_are_refused(teacher):
     ids, mask = _texts(8)
-    for bad in ((-1.0, 1.0, 1.0), (0.0, 0.0, 0.0)):
+    inf, nan = float("inf"), float("nan")
+    for bad in ((-1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (inf, 1.0, 1.0), (nan, 1.0, 1.0), 3, ("a",), "111", (True, 1)):
         with pytest.raises(ConfigError, match="layer_weights"):
             EncoderKDConfig(steps=1, layer_weights=bad)
-    with pytest.raises(ConfigError, match="skip_batches"):
-        EncoderKDConfig(steps=1, skip_batches=-1)
+    for bad in (-1, 1.5, True, "3", None):  # 1.5 would skip two batches: a silently different stream
+        with pytest.raises(ConfigError, match="skip_batches"):
+            EncoderKDConfig(steps=1, skip_batches=bad)
     with pytest.raises(ConfigError, match="one weight per student layer"):
         distill_encoder(copy.deepcopy(teacher), teacher, ids, mask, EncoderKDConfig(steps=1, layer_weights=(1, 1)))
     back = EncoderKDConfig.from_dict(EncoderKDConfig(steps=2, layer_weights=[0, 1, 2], skip_batches=5).to_dict())

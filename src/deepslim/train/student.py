@@ -82,12 +82,26 @@ class EncoderKDConfig(Config):
         if self.layer_map is not None:
             object.__setattr__(self, "layer_map", tuple(int(i) for i in self.layer_map))
         if self.layer_weights is not None:
-            object.__setattr__(self, "layer_weights", tuple(float(w) for w in self.layer_weights))
-            if not all(w >= 0 for w in self.layer_weights) or not sum(self.layer_weights) > 0:
-                raise ConfigError(f"layer_weights must be >= 0 with a positive sum, got {self.layer_weights}")
-        if self.skip_batches < 0:
-            raise ConfigError(f"skip_batches must be >= 0 (the steps of the run being continued), got "
-                              f"{self.skip_batches}")  # fmt: skip
+            object.__setattr__(self, "layer_weights", _weights(self.layer_weights))
+        skip = self.skip_batches
+        if isinstance(skip, bool) or not isinstance(skip, int) or skip < 0:
+            raise ConfigError(f"skip_batches must be a whole number >= 0 (the steps of the run being continued), "
+                              f"got {skip!r}")  # fmt: skip
+
+
+def _weights(given: Any) -> tuple[float, ...]:
+    """``given`` as a tuple of finite weights >= 0 with a positive sum (a ConfigError otherwise: a NaN or an
+    infinite weight would make the loss NaN, a string or a number no tuple at all)."""
+    try:
+        if isinstance(given, (str, bytes)) or any(isinstance(w, (bool, str, bytes)) for w in given):
+            raise TypeError
+        weights = tuple(float(w) for w in given)
+    except (TypeError, ValueError):
+        raise ConfigError(f"layer_weights must be a sequence of numbers (one per student layer), got {given!r}") \
+            from None
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or not sum(weights) > 0:
+        raise ConfigError(f"layer_weights must be finite and >= 0 with a positive sum, got {weights}")
+    return weights
 
 
 def length_batches(ids: torch.Tensor, mask: torch.Tensor, batch_size: int, *, seed: int = 0, trim: bool = True,
