@@ -44,9 +44,17 @@ def _search(out, timer, trials=8):
                   **FAST)  # fmt: skip
 
 
-def test_a_front_policy_that_read_fast_in_its_trial_but_is_over_later_is_not_made_a_finalist(tmp_path):
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    """One search with no phase change (shared by both tests: a search is the file's main cost): its result and
+    its timer."""
     pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
-    first = _search(tmp_path / "a", PhasedTimer())
+    timer = PhasedTimer()
+    return _search(tmp_path_factory.mktemp("plain"), timer), timer
+
+
+def test_a_front_policy_that_read_fast_in_its_trial_but_is_over_later_is_not_made_a_finalist(tmp_path, plain):
+    first = plain[0]
     assert first.best is not None and first.best.trial is not None and not first.notes  # a searched policy wins
     net, data = trained_net(), digits()
     fast = first.best.policy
@@ -63,10 +71,8 @@ def test_a_front_policy_that_read_fast_in_its_trial_but_is_over_later_is_not_mad
     assert not any("uniform policy is best" in n for n in second.notes)
 
 
-def test_the_front_is_timed_apart_from_the_finalists_each_run_with_the_dense_model_first(tmp_path):
-    pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
-    timer = PhasedTimer()
-    result = _search(tmp_path, timer)
+def test_the_front_is_timed_apart_from_the_finalists_each_run_with_the_dense_model_first(plain):
+    result, timer = plain
     finals_calls = timer.sizes[-6:]  # 3 runs of the front, then 3 of the finalists (searched + uniform) and dense
     assert finals_calls[:3] == [1 + len(result.pareto)] * 3
     assert finals_calls[3:] == [1 + len(result.finalists)] * 3
