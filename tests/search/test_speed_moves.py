@@ -105,8 +105,10 @@ def test_bad_start_policies_timers_and_configs_are_refused_with_the_reason():
         speed_moves(SPACE, START, macs=macs, time=lambda ps: [1.0])
     with pytest.raises(ConfigError, match="band is a share"):
         SpeedMovesConfig(band=1.5)
-    with pytest.raises(ConfigError, match="candidates >= 1"):
-        SpeedMovesConfig(candidates=0)
+    for field, bad in (("candidates", 0), ("rounds", "6"), ("rounds", 2.5), ("rounds", True), ("candidates", None),
+                       ("band", "0.01"), ("min_gain", None), ("precision", 1), ("confirm", "no")):  # fmt: skip
+        with pytest.raises(ConfigError, match=field):
+            SpeedMovesConfig(**{field: bad})
 
 
 def test_a_move_that_passes_once_but_not_when_timed_again_is_not_taken():

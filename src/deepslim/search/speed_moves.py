@@ -55,11 +55,17 @@ class SpeedMovesConfig(Config):
     confirm: bool = True
 
     def __post_init__(self) -> None:
-        if self.rounds < 0 or self.candidates < 1:
-            raise ConfigError(f"rounds must be >= 0 and candidates >= 1, got {self.rounds} and {self.candidates}")
+        for name, least in (("rounds", 0), ("candidates", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(f"{name} must be a whole number >= {least}, got {value!r}")
         for name in ("band", "probe_share", "min_gain"):
-            if not 0.0 <= getattr(self, name) < 1.0:
-                raise ConfigError(f"{name} is a share in [0, 1), got {getattr(self, name)!r}")
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ConfigError(f"{name} is a share in [0, 1), got {value!r}")
+        for name in ("precision", "confirm"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} is True or False, got {getattr(self, name)!r}")
 
 
 @dataclass(frozen=True)
