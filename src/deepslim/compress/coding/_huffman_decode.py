@@ -78,9 +78,9 @@ class _Lookup:
     """The code at the start of a ``width``-bit window (``width``: the longest code), left-aligned.
 
     Canonical codes, left-aligned, are consecutive ranges from 0 in table order. A window's first ``k`` bits
-    (``k <= 20``, and a table of at most half as many entries as the stream has bits) index a table giving a short
-    code's index and length; the windows that begin a longer code are resolved by a binary search over the codes'
-    left-aligned starts.
+    (``k <= 20``: a table of at most max(256, half as many entries as the stream has bits)) index a table giving
+    a short code's index and length; the windows that begin a longer code are resolved by a binary search over
+    the codes' left-aligned starts.
     """
 
     def __init__(self, table: HuffmanTable, n_bits: int, count: int) -> None:
@@ -95,7 +95,7 @@ class _Lookup:
         if self.end > 1 << width:
             raise ArchiveError("Huffman code table is not a prefix code (Kraft sum > 1)")
         self.lengths, self.mean_length = lengths, n_bits / max(count, 1)
-        self.k = k = min(width, _LUT_MAX_BITS, max(8, n_bits.bit_length() - 2))  # at most n_bits / 2 entries
+        self.k = k = min(width, _LUT_MAX_BITS, max(8, n_bits.bit_length() - 2))  # at most max(256, n_bits / 2) entries
         short = int(np.count_nonzero(lengths <= k))
         spans = 1 << (k - lengths[:short])  # the k-bit prefixes of each short code
         n_short = int(spans.sum())
