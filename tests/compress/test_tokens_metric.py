@@ -34,7 +34,7 @@ def test_keys_states_similarity_is_half_the_mean_head_key_cosine_and_half_the_st
         heads = sum(_cos(keys[0, h, i], keys[0, h, j]) for h in range(3)) / 3
         want = 0.5 * heads + 0.5 * _cos(normed[0, i], normed[0, j])
         assert abs(float(m[0, i] @ m[0, j]) - want) < 1e-5
-    with pytest.raises(ValueError, match="normalized token states"):
+    with pytest.raises(AssertionError, match="normalized token states"):  # an internal invariant (the encoders)
         merge_metric("keys_states", keys, None)
 
 
@@ -118,3 +118,24 @@ def test_a_merge_told_its_metric_is_unit_length_merges_exactly_as_one_that_norma
         want = bipartite_merge(x, size, 3 * metric, 6, padding=padding)
         got = bipartite_merge(x, size, unit, 6, padding=padding, unit=True)
         assert torch.allclose(got[0], want[0], atol=1e-6) and torch.equal(got[1], want[1])
+
+
+def test_under_exact_ties_a_merge_still_joins_tokens_of_the_best_similarity_and_conserves_the_sizes():
+    sign = torch.tensor([[1.0, 1, -1, 1, -1, -1, 1, 1, -1, 1, 1]])  # a one-channel metric: every cosine is +1 or -1
+    x = torch.eye(11)[None]  # one-hot positions: the merged tokens' sums say which tokens each one holds
+    out, new_size = bipartite_merge(x, torch.ones(1, 11), sign[..., None], r=3)
+    members = (out * new_size[..., None])[0].round()  # (8, 11) counts
+    assert out.shape == (1, 8, 11) and torch.equal(members.sum(0), torch.ones(11))  # each token in exactly one
+    groups = [torch.nonzero(row).flatten().tolist() for row in members]
+    joined = [g for g in groups if len(g) > 1]
+    assert sum(len(g) - 1 for g in joined) == 3 and 0 in groups[0] and len(groups[0]) == 1  # CLS never merges
+    for g in joined:  # A tokens (even positions) into one B token (odd) of their own sign: similarity +1, the best
+        odd = [p for p in g if p % 2 == 1]
+        assert len(odd) == 1 and all(p % 2 == 0 for p in g if p != odd[0])
+        assert len({float(sign[0, p]) for p in g}) == 1
+
+
+def test_the_metric_helper_refuses_an_unknown_kind_instead_of_computing_keys_and_states():
+    keys, normed = torch.randn(1, 2, 5, 4), torch.randn(1, 5, 8)
+    with pytest.raises(AssertionError, match="unknown merge metric"):
+        merge_metric("states", keys, normed)

@@ -68,6 +68,10 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
     to set B (odd positions), a quarter of all pairs, one top-k for the r sources, a cumulative sum for where every
     token goes, and one product that sums the tokens (and their sizes, as an extra channel) into their
     destinations: a scatter-add by index that every ONNX runtime runs.
+
+    Where similarities tie exactly (duplicate tokens, a one-channel metric), which of the tied tokens merge is the
+    top-k's choice, which PyTorch leaves unspecified (ONNX's TopK takes the lowest index): the merges equal the
+    session-10 function's whenever the similarities are distinct, and may differ from them under exact ties.
     """
     t = static_len(x)
     r = min(r, (t - 1) // 2)  # set A (even positions, CLS excluded) offers at most this many
@@ -103,8 +107,10 @@ def merge_metric(kind: str, keys: torch.Tensor, normed: torch.Tensor | None) -> 
     Channels a zero scale removed (:func:`unaffine`) shorten it, and the similarity reads them as absent."""
     if kind == "keys":
         return keys.mean(1)
-    if normed is None:
-        raise ValueError("the keys_states metric needs the normalized token states")
+    # internal invariants, not input checks: MergeTokensConfig validates the metric's name, and the encoders pass
+    # the states whenever a plan needs them (LayerPlan.needs_states)
+    assert kind == "keys_states", f"unknown merge metric {kind!r}"
+    assert normed is not None, "the keys_states metric needs the normalized token states"
     per_head = keys / (keys.norm(dim=-1, keepdim=True).clamp_min(1e-6) * math.sqrt(2 * static_len(keys)))
     states = normed * (1.0 / math.sqrt(2 * static_len(normed, -1)))  # a normalized state's length is sqrt(C)
     return torch.cat([per_head.transpose(1, 2).flatten(2), states], dim=-1)  # (B, T, H·Dh + C), unit length
