@@ -143,3 +143,22 @@ def test_unknown_layers_and_groups_and_depthwise_groups_are_refused(setup, tmp_p
     depthwise = replace(space.groups[0], description="a out ⇒ b (depthwise) ⇒ c in (8 channels)")
     with pytest.raises(UnsupportedModelError, match="depthwise"):
         group_layers(replace(space, groups=(depthwise,)))
+
+
+def test_two_layers_with_identical_int8_codes_are_refused_as_indistinguishable_not_reported_missing():
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deepslim.errors import ExportError
+    from deepslim.search.int8_slices import _find_layers
+
+    codes = np.arange(-8, 8, dtype=np.int8).reshape(4, 4) // 3  # not symmetric
+    inits = [numpy_helper.from_array(codes, "w_a"), numpy_helper.from_array(codes.copy(), "w_b")]
+    inits += [numpy_helper.from_array(np.float32(0.1), "s"), numpy_helper.from_array(np.int8(0), "z")]
+    nodes = [helper.make_node("DequantizeLinear", [f"w_{n}", "s", "z"], [f"f_{n}"]) for n in "ab"]
+    nodes += [helper.make_node("MatMul", ["x", "f_a"], ["y"]), helper.make_node("MatMul", ["y", "f_b"], ["out"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 4])], inits)  # fmt: skip
+    model = helper.make_model(graph)
+    assert set(_find_layers(model, {"a": codes}).keys()) == {"a"}  # one layer of these codes: found (twice, same)
+    with pytest.raises(ExportError, match="layers a and b have identical int8 weight codes"):
+        _find_layers(model, {"a": codes, "b": codes.copy()})

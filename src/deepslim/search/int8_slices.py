@@ -162,11 +162,11 @@ def _find_layers(model: Any, codes: Mapping[str, np.ndarray]) -> dict[str, _Weig
     graph = model.graph
     arrays = {t.name: t for t in graph.initializer}
     producer = {o: i for i, n in enumerate(graph.node) for o in n.output}
-    by_value: dict[tuple[tuple[int, ...], bytes], tuple[str, int]] = {}
+    by_value: dict[tuple[tuple[int, ...], bytes], list[tuple[str, int]]] = {}
     for name, c in codes.items():
-        by_value[(c.shape, c.tobytes())] = (name, 0)
+        by_value.setdefault((c.shape, c.tobytes()), []).append((name, 0))
         if c.ndim == 2:
-            by_value[(c.T.shape, np.ascontiguousarray(c.T).tobytes())] = (name, 1)
+            by_value.setdefault((c.T.shape, np.ascontiguousarray(c.T).tobytes()), []).append((name, 1))
     found = {}
     for i, node in enumerate(graph.node):
         if node.op_type not in WEIGHTED or len(node.input) < 2 or node.input[1] not in producer:
@@ -175,9 +175,14 @@ def _find_layers(model: Any, codes: Mapping[str, np.ndarray]) -> dict[str, _Weig
         src = graph.node[dq]
         if src.op_type != "DequantizeLinear" or src.input[0] not in arrays:
             continue
-        hit = by_value.get(_value_key(numpy_helper.to_array(arrays[src.input[0]])))
-        if hit is None:
+        hits = by_value.get(_value_key(numpy_helper.to_array(arrays[src.input[0]])))
+        if not hits:
             continue
+        if len({n for n, _ in hits}) > 1:
+            raise ExportError(f"layers {hits[0][0]} and {hits[1][0]} have identical int8 weight codes, so their nodes "
+                              f"in the dense file cannot be told apart (layers are found by their codes): make their "
+                              f"weights differ, e.g. retrain or re-initialize one")  # fmt: skip
+        hit = hits[-1]  # a symmetric matrix matches both ways: transposed, as before
         bias: tuple[str, ...] = ()
         if len(node.input) > 2 and node.input[2]:
             b = node.input[2]
