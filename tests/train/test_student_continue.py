@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from deepslim.errors import ConfigError
+from tests.train._bert import bert_teacher
 
 transformers = pytest.importorskip("transformers", reason="Hugging Face encoders need the transformers package")
 hf = pytest.importorskip("deepslim.models.hf")
@@ -17,15 +18,7 @@ EncoderKDConfig, distill_encoder = student_mod.EncoderKDConfig, student_mod.dist
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    path = tmp_path_factory.mktemp("bert")
-    config = transformers.BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=3, num_attention_heads=4,
-                                     intermediate_size=64, max_position_embeddings=40,
-                                     initializer_range=0.2)  # fmt: skip
-    torch.manual_seed(0)  # wide initial weights: every layer changes the token states a lot
-    transformers.BertModel(config).save_pretrained(path)
-    (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] +
-                                              [f"w{i}" for i in range(115)]))  # fmt: skip
-    return hf.load_hf(path).eval()
+    return bert_teacher(tmp_path_factory.mktemp("bert"), 3)
 
 
 def _texts(n=40, width=12, seed=0):
