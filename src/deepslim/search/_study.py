@@ -52,7 +52,8 @@ def record_context(study: Any, space: SearchSpace, objectives: tuple[str, ...], 
                                       "scale": table.scale, "offset_ms": table.offset,
                                       "conversion_weight": table.change_weight,
                                       "node_scale": nodes.scale if nodes else 1.0,
-                                      "node_offset_ms": nodes.offset if nodes else 0.0}})  # fmt: skip
+                                      "node_offset_ms": nodes.offset if nodes else 0.0,
+                                      "node_weight_coef": nodes.weight_coef if nodes else 0.0}})  # fmt: skip
 
 
 def queue_trials(study: Any, space: SearchSpace, objectives: tuple[str, ...], trials: int, strategy: str, seed: int,

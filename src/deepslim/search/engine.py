@@ -42,8 +42,8 @@ from deepslim.search.finals import final_round, table_report
 from deepslim.search.finals import finite as _finite
 from deepslim.search.finals import rank as _rank
 from deepslim.search.latency import LatencyTable
-from deepslim.search.node_table import NodeTable
-from deepslim.search.space import DEFAULT_KEEP_RATIOS, KINDS, SearchSpace
+from deepslim.search.node_table import MIN_WEIGHT_POINTS, NodeTable, weight_mb
+from deepslim.search.space import DEFAULT_KEEP_RATIOS, KINDS, Policy, SearchSpace
 from deepslim.search.strategies import STRATEGIES, make_sampler
 
 log = logging.getLogger(__name__)
@@ -98,7 +98,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
            latency_model: str | None = None, node_table: NodeTable | None = None,
            remeasure_repeats: int = 3, accept_low_fidelity: bool = False, proxy_steps: int = 0,
            temperature: float | None = None, priors: bool = True, proxy_lr: float | None = None,
-           measure_repeats: int = 5) -> SearchResult:  # fmt: skip
+           measure_repeats: int = 5, calibration_policies: int = 0) -> SearchResult:  # fmt: skip
     """Search per-layer channel counts and precisions of ``model`` on ``data`` (a DataBundle) for ``objectives``
     under ``budget`` with ``trials`` Optuna trials of ``strategy`` (tpe, nsga2, random, grid, evolution, greedy).
 
@@ -107,7 +107,10 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     batch-norm re-estimation, on the validation split, with latency predicted by ``latency_model``: "nodes" (the
     default on ONNX Runtime: the node-level table's prediction of the trial's exported graph, ``node_table`` or one
     built on ``latency_table``) or "layers" (the per-layer table; the default for a table with custom timers),
-    measured on ``runtime`` and checked end to end every ``check_every`` trials. Relative budgets, the feasibility
+    measured on ``runtime`` and checked end to end every ``check_every`` trials. The tables are calibrated on up to 7
+    policies measured end to end, plus ``calibration_policies`` random ones: with 10 or more, the node table is fitted
+    in its sum and the model's weight bytes (:meth:`NodeTable.calibrate_weights`), else anchored to the dense model.
+    Relative budgets, the feasibility
     check and the uniform family are judged in the same frame. The Pareto front is then re-measured end to end with
     the dense model (a front policy over its budget there is not made a finalist), and the ``top_k`` best remaining
     candidates and the best uniform policy are fine-tuned for ``finetune_epochs`` (as the written recipe does; with
@@ -152,7 +155,8 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
                    memory=uses("memory", objectives, budgets),
                    finetune_epochs=finetune_epochs, lr=lr, seed=seed, device=device, latency_model=model_name,
                    nodes=nodes, accept_low_fidelity=accept_low_fidelity, proxy_steps=proxy_steps,
-                   temperature=temperature, proxy_lr=proxy_lr, measure_repeats=measure_repeats)  # fmt: skip
+                   temperature=temperature, proxy_lr=proxy_lr, measure_repeats=measure_repeats,
+                   calibration_policies=calibration_policies)  # fmt: skip
     dense, limits, family = _judging_frame(ev, budgets, uniform_ratios)
     study = _study.open_study(space, objectives, storage, out_dir, study_name, _judging.settings(ev))
     job: dict[str, Any] = {"strategy": strategy, "seed": seed, "trials": trials, "check_every": check_every,
@@ -306,11 +310,10 @@ def _data(data: Any, options: Mapping[str, Any] | None) -> tuple[str | None, Any
 
 
 def calibrate_table(ev: Evaluator) -> Candidate:
-    """Measure the dense model, the smallest policies and a few random mixed ones end to end, fit the layer table to
-    them and anchor the node table's scale to the dense model's measurement (:meth:`NodeTable.anchor`: its
-    predictions in measured milliseconds, its ratios unchanged — a line fitted through these few points predicted
-    worse than the plain sums); the dense candidate (measured end to end, predicted by the evaluator's latency model
-    and, where there is one, by the other table too)."""
+    """Measure the dense model, the smallest policies, a few random mixed ones and ``ev.calibration_policies`` more
+    (random, spread from the fewest channels to all) end to end, fit the layer table to them and calibrate the node
+    table (:func:`_calibrate_nodes`); the dense candidate (measured end to end, predicted by the evaluator's latency
+    model and, where there is one, by the other table too)."""
     import random
 
     space, x = ev.space, ev.data.example_input
@@ -318,6 +321,9 @@ def calibrate_table(ev: Evaluator) -> Candidate:
     if space.int8_layers:
         rng = random.Random("calibration")  # not the stream check_table(seed=0) samples from
         policies += [space.smallest(True), space.uniform(0.5, True)] + [space.sample(rng) for _ in range(3)]
+    extra = ev.calibration_policies
+    spread = random.Random("calibration-spread")
+    policies += [space.sample_at(spread, i / max(extra - 1, 1)) for i in range(extra)]
     if ev.table.end_to_end:
         pairs, parts = [], []
         for p in policies:
@@ -326,10 +332,32 @@ def calibrate_table(ev: Evaluator) -> Candidate:
             pairs.append((net, x))
         measured = ev.table.measure(pairs) or []
         ev.table.calibrate_parts(list(zip(parts, measured, strict=True)))
-        raw = ev.node_raw(policies[0], pairs[0][0]) if measured else None
-        if ev.nodes is not None and raw is not None:
-            ev.nodes.anchor(raw, measured[0])
+        if ev.nodes is not None and measured:
+            _calibrate_nodes(ev, policies, [n for n, _ in pairs], measured)
     return ev.evaluate(space.dense(), recovery="none", measure=ev.table.end_to_end)
+
+
+def _calibrate_nodes(ev: Evaluator, policies: list[Policy], nets: list[nn.Module], measured: list[float]) -> None:
+    """With at least :data:`~deepslim.search.node_table.MIN_WEIGHT_POINTS` models measured, fit the node table as
+    ``a·sum + b·weight MiB + c`` (:meth:`NodeTable.calibrate_weights`: on MobileNetV2 the sums' error followed the
+    weights' bytes); otherwise, or when that fit fails, anchor its scale to the dense model's measurement
+    (:meth:`NodeTable.anchor`: predictions in measured milliseconds, ratios unchanged — a line in the sum alone,
+    fitted through the 7 default points, predicted worse than the plain sums)."""
+    if ev.nodes is None:
+        return
+    if sum(1 for m in measured if m == m) >= MIN_WEIGHT_POINTS:
+        triples = []
+        for p, net, m in zip(policies, nets, measured, strict=True):
+            raw = ev.node_raw(p, net)
+            if raw is not None:
+                triples.append((raw, weight_mb(net), m))
+        if ev.nodes.calibrate_weights(triples):
+            return
+        log.warning("the node table's weight-bytes fit failed on %d points: anchored to the dense model instead",
+                    len(triples))  # fmt: skip
+    raw = ev.node_raw(policies[0], nets[0])
+    if raw is not None:
+        ev.nodes.anchor(raw, measured[0])
 
 
 _calibrate = calibrate_table  # the name benchmarks/search.py imports

@@ -123,6 +123,7 @@ class Evaluator:
     latency_limit: float | None = None  # the latency budget in this frame (ms): below or near it, ``measured`` repeats
     measure_repeats: int = 5  # runs of a policy whose first run is not beyond ``repeat_margin`` over the limit (median)
     repeat_margin: float = 0.15
+    calibration_policies: int = 0  # random spread policies the calibration measures beside its fixed ones (engine)
     nodes: NodeTable | None = None  # stays in this process: workers build their own (workers.evaluator_settings)
     _node_raw: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
     _measured: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
@@ -144,6 +145,9 @@ class Evaluator:
             self.nodes = NodeTable(self.table)
         if isinstance(self.proxy_steps, bool) or not isinstance(self.proxy_steps, int) or self.proxy_steps < 0:
             raise ConfigError(f"proxy_steps must be an integer >= 0, got {self.proxy_steps!r}")
+        if isinstance(self.calibration_policies, bool) or not isinstance(self.calibration_policies, int) or \
+                self.calibration_policies < 0:
+            raise ConfigError(f"calibration_policies must be an integer >= 0, got {self.calibration_policies!r}")
         if isinstance(self.measure_repeats, bool) or not isinstance(self.measure_repeats, int) or \
                 self.measure_repeats < 1:
             raise ConfigError(f"measure_repeats must be an integer >= 1, got {self.measure_repeats!r}")
@@ -204,7 +208,7 @@ class Evaluator:
                     raise
                 log.warning("no node-table prediction beside the layer table's: %s", exc)  # a check's column only
                 return found
-            found["nodes"] = self.nodes.predict(self._node_raw[shape])
+            found["nodes"] = self.nodes.predict_model(self._node_raw[shape], net)
         return found
 
     def measured_ms(self, policy: Policy, net: nn.Module) -> float:

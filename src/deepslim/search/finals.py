@@ -231,5 +231,6 @@ def table_report(table: LatencyTable, checked: Sequence[Candidate], latency_mode
            "calibration_points": [list(p) for p in table.points]}  # fmt: skip
     if nodes is not None:
         doc["node_scale"], doc["node_offset_ms"] = nodes.scale, nodes.offset
+        doc["node_ms_per_weight_mib"] = nodes.weight_coef
         doc["node_entries"] = sum(1 for k in table.entries if k.startswith("node:"))
     return doc

@@ -439,6 +439,8 @@ def check_table(model: nn.Module, space: Any, table: LatencyTable, *, example_in
         pairs.append((quantize_policy(net, space, policy, calib_data=calib_data), example_input))
         rows.append({"policy": policy.to_dict(), "predicted_ms": predicted, "macs": macs})
         if nodes is not None:
-            rows[-1]["node_predicted_ms"] = nodes.predict(nodes.raw_model(pairs[-1][0], example_input))
+            raw = nodes.raw_model(pairs[-1][0], example_input)  # with a weight term, the model's weight bytes too
+            weighted = getattr(nodes, "weight_coef", 0.0)
+            rows[-1]["node_predicted_ms"] = nodes.predict_model(raw, pairs[-1][0]) if weighted else nodes.predict(raw)
     measured = table.measure(pairs) or []
     return TableCheck(tuple({**r, "measured_ms": m} for r, m in zip(rows, measured, strict=True) if m == m))

@@ -283,6 +283,7 @@ def worker_evaluator(net: nn.Module, bundle: Any, space: Any, table: LatencyTabl
     if ev.nodes is not None:  # the node table the search judged with: its calibration too
         ev.nodes.scale = float(job["table"].get("node_scale", 1.0))
         ev.nodes.offset = float(job["table"].get("node_offset_ms", 0.0))
+        ev.nodes.weight_coef = float(job["table"].get("node_weight_coef", 0.0))
     if table.key != job["table"]["machine"]:
         _calibrate_here(ev, job)
     return ev
@@ -357,4 +358,6 @@ def _calibrate_here(ev: Any, job: dict[str, Any]) -> None:
     ratio = job["dense_predicted_ms"] / here if here > 0 else 1.0
     scaled = ev.nodes if ev.latency_model == "nodes" and ev.nodes is not None else ev.table
     scaled.scale, scaled.offset = scaled.scale * ratio, scaled.offset * ratio
+    if scaled is ev.nodes:
+        ev.nodes.weight_coef *= ratio
     log.warning("latency predictions here scaled by %.3f to the study machine's", ratio)
