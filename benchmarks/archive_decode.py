@@ -35,7 +35,8 @@ import torch
 
 import deepslim as ds
 from _common import result_header, save_json
-from deepslim.compress.coding import archive, huffman
+from deepslim.compress.coding import huffman
+from int8_archive import float_layout
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
 from tests.compress.test_huffman_vectorised import _old_decode, _old_pack  # noqa: E402
@@ -100,22 +101,10 @@ def measure(name: str, model: torch.nn.Module, work: Path, rounds: int) -> dict[
 def against_float_layout(model: torch.nn.Module, work: Path, rounds: int) -> dict[str, Any]:
     """Loads of the version-2 archive (int8 codes, vectorized decoder) alternating with loads of the layout session
     9 wrote (dynamic weights as raw float32, version 1: no Huffman decoding of them), CPU seconds."""
-    real = archive._inference_tensors
-
-    def float_weights(m: torch.nn.Module) -> list[Any]:
-        items = real(m)
-        for item in items:
-            if item.fp32 is not None:
-                item.linear = item.fp32 = None
-        return items
-
     paths = {"version 2 (int8 codes)": work / "v2.dsz", "version 1 (float weights)": work / "v1.dsz"}
     ds.save_model(model, paths["version 2 (int8 codes)"])
-    archive._inference_tensors = float_weights
-    try:
+    with float_layout():
         ds.save_model(model, paths["version 1 (float weights)"])
-    finally:
-        archive._inference_tensors = real
     seconds: dict[str, list[float]] = {k: [] for k in paths}
     for _ in range(rounds):
         for label, path in paths.items():

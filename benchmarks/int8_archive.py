@@ -16,10 +16,12 @@ model's). Light: one quantization, two encodes, two loads.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import math
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -57,16 +59,24 @@ def _meta_build_workaround() -> bool:
     return True
 
 
-def _float_layout(model: torch.nn.Module) -> list[Any]:
-    """The archive's tensors as session 9 wrote them: dynamic weights in float, raw."""
-    items = _inference_tensors(model)
-    for item in items:
-        if item.fp32 is not None:
-            item.linear = item.fp32 = None
-    return items
+@contextlib.contextmanager
+def float_layout() -> Iterator[None]:
+    """While open, ``save_model`` writes the archive's tensors as session 9 did: dynamic weights in float, raw
+    (version 1: no int8 codes to decode). Shared with archive_decode.py."""
+    real = archive._inference_tensors
 
+    def tensors(model: torch.nn.Module) -> list[Any]:
+        items = real(model)
+        for item in items:
+            if item.fp32 is not None:
+                item.linear = item.fp32 = None
+        return items
 
-_inference_tensors = archive._inference_tensors
+    archive._inference_tensors = tensors
+    try:
+        yield
+    finally:
+        archive._inference_tensors = real
 
 
 def _embed(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -112,11 +122,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     ref = {"saved": _embed(model, ids, mask), "fp32": _embed(teacher, ids, mask)}
     with tempfile.TemporaryDirectory() as work:
         result["fp32_model_bytes"] = len(ds.encode(teacher))
-        archive._inference_tensors = _float_layout
-        try:
+        with float_layout():
             result["before"] = _archive(model, Path(work) / "before.dsz", data.example_input, ref, data)
-        finally:
-            archive._inference_tensors = _inference_tensors
         result["after"] = _archive(model, Path(work) / "after.dsz", data.example_input, ref, data)
     return result
 
