@@ -37,8 +37,8 @@ from deepslim.search.budget import (
     uses,
 )
 from deepslim.search.evaluate import Candidate, Evaluator, resolve_latency_model
+from deepslim.search.finals import best_or_uniform, final_round, search_table_report
 from deepslim.search.finals import feasible as _feasible
-from deepslim.search.finals import final_round, table_report
 from deepslim.search.finals import finite as _finite
 from deepslim.search.finals import rank as _rank
 from deepslim.search.latency import LatencyTable
@@ -175,12 +175,12 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     front = _front(done, objectives)
     finals = final_round(ev, front, [c for c in family if c.feasible], objectives, budgets, limits, top_k=top_k,
                          repeats=remeasure_repeats, front=front)  # fmt: skip
-    best, notes = _best_or_uniform(finals, objectives)
+    best, notes = best_or_uniform(finals, objectives)
     cost = _cost(len(done), started, cpu0)
     where = storage or f"journal:{Path(out_dir or '.') / st.DEFAULT_JOURNAL}"
     return SearchResult(space=space, objectives=objectives, budgets=budgets, limits=limits, dense=dense, best=best,
                         uniform=finals.uniform, pareto=finals.pareto, trials=tuple(done), uniform_family=family,
-                        latency_table=_table_report(ev, dense, done, family, finals), cost=cost,
+                        latency_table=search_table_report(ev, dense, done, family, finals), cost=cost,
                         finalists=finals.finalists, notes=tuple(notes),
                         study={"name": study_name, "strategy": strategy, "seed": seed, "workers": workers,
                                "threads": threads, "storage": st.redact(where), "device": device,
@@ -260,31 +260,6 @@ def _run_trials(study: Any, ev: Evaluator, objectives: tuple[str, ...], limits: 
     else:
         url = storage or f"journal:{(Path(out_dir or '.') / st.DEFAULT_JOURNAL).resolve()}"
         wk.run_local_workers(study, url, workers, threads=threads, out_dir=out_dir, job=job, on_trial=on_trial)
-
-
-def _best_or_uniform(finals: Any, objectives: tuple[str, ...]) -> tuple[Candidate | None, list[str]]:
-    """The returned policy: the best searched finalist, or the uniform one when it ranks above it after the same
-    recovery (uniform policies are in the space too: the search never reports less than the baseline); the notes."""
-    best, uniform, notes = finals.best, finals.uniform, list(finals.notes)
-    if uniform is not None and (best is None or (uniform.policy != best.policy
-                                                 and _rank(uniform, objectives) < _rank(best, objectives))):
-        notes.append("the uniform policy ranks above every searched finalist after the same recovery: it is best"
-                     if best is not None else "no searched policy met the budget: the best uniform policy is best")
-        best = uniform
-    return best, notes
-
-
-def _table_report(ev: Evaluator, dense: Candidate, done: Sequence[Candidate], family: Sequence[Candidate],
-                  finals: Any) -> dict[str, Any]:  # fmt: skip
-    """``search.json``'s ``latency_table``: the search's latency model against every candidate measured end to end
-    (the dense model, the checked trials, the uniform family, the finalists and the front's re-measurements, each
-    trial once) and the dense model's times in the finals' runs."""
-    seen = {c.trial for c in done if _checked(c)}
-    checks = [c for c in (dense, *done, *family, *finals.finalists, *(c for c in finals.pareto if c.trial not in seen))
-              if _checked(c)]  # fmt: skip
-    report = table_report(ev.table, checks, ev.latency_model, dense, ev.nodes)
-    report["dense_remeasured_ms"] = list(finals.dense_ms)
-    return report
 
 
 def _cpu_seconds() -> float:
@@ -397,7 +372,3 @@ def _front(done: Sequence[Candidate], objectives: tuple[str, ...]) -> tuple[Cand
     for c in sorted((feasible[i] for i in idx), key=lambda c: _rank(c, objectives)):
         unique.setdefault(str(sorted(c.policy.params().items())), c)
     return tuple(unique.values())
-
-
-def _checked(c: Candidate) -> bool:
-    return c.measurement.measured_latency_ms is not None and "predicted_latency_ms" in c.measurement.extra

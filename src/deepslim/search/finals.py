@@ -234,3 +234,33 @@ def table_report(table: LatencyTable, checked: Sequence[Candidate], latency_mode
         doc["node_ms_per_weight_mib"] = nodes.weight_coef
         doc["node_entries"] = sum(1 for k in table.entries if k.startswith("node:"))
     return doc
+
+
+def best_or_uniform(finals: Finals, objectives: tuple[str, ...]) -> tuple[Candidate | None, list[str]]:
+    """The returned policy: the best searched finalist, or the uniform one when it ranks above it after the same
+    recovery (uniform policies are in the space too: the search never reports less than the baseline); the notes."""
+    best, uniform, notes = finals.best, finals.uniform, list(finals.notes)
+    if uniform is not None and (best is None or (uniform.policy != best.policy
+                                                 and rank(uniform, objectives) < rank(best, objectives))):
+        notes.append("the uniform policy ranks above every searched finalist after the same recovery: it is best"
+                     if best is not None else "no searched policy met the budget: the best uniform policy is best")
+        best = uniform
+    return best, notes
+
+
+def search_table_report(ev: Evaluator, dense: Candidate, done: Sequence[Candidate], family: Sequence[Candidate],
+                        finals: Finals) -> dict[str, Any]:  # fmt: skip
+    """``search.json``'s ``latency_table``: the search's latency model against every candidate measured end to end
+    (the dense model, the checked trials, the uniform family, the finalists and the front's re-measurements, each
+    trial once) and the dense model's times in the finals' runs."""
+    seen = {c.trial for c in done if _checked(c)}
+    checks = [c for c in (dense, *done, *family, *finals.finalists, *(c for c in finals.pareto if c.trial not in seen))
+              if _checked(c)]  # fmt: skip
+    report = table_report(ev.table, checks, ev.latency_model, dense, ev.nodes)
+    report["dense_remeasured_ms"] = list(finals.dense_ms)
+    return report
+
+
+def _checked(c: Candidate) -> bool:
+    """Measured end to end, with the search's prediction recorded beside it (a point of the table's check)."""
+    return c.measurement.measured_latency_ms is not None and "predicted_latency_ms" in c.measurement.extra
