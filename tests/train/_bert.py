@@ -24,3 +24,13 @@ def bert_teacher(path: Path, layers: int) -> Any:
     (path / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] +
                                               [f"w{i}" for i in range(115)]))  # fmt: skip
     return hf.load_hf(path).eval()
+
+
+def random_texts(n: int, width: int, min_length: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random token-id rows of ``width`` (words of the teacher's vocabulary) with lengths from ``min_length`` to
+    ``width``, zero past each length, and their attention mask."""
+    gen = torch.Generator().manual_seed(seed)
+    ids = torch.randint(5, 120, (n, width), generator=gen)
+    lengths = torch.randint(min_length, width + 1, (n,), generator=gen)
+    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
+    return ids * mask, mask

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from deepslim.errors import ConfigError, UnsupportedModelError
-from tests.train._bert import bert_teacher
+from tests.train._bert import bert_teacher, random_texts
 
 transformers = pytest.importorskip("transformers", reason="Hugging Face encoders need the transformers package")
 hf = pytest.importorskip("deepslim.models.hf")
@@ -21,11 +21,7 @@ def teacher(tmp_path_factory):
 
 
 def _texts(n=64, width=16, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 120, (n, width), generator=gen)
-    lengths = torch.randint(4, width + 1, (n,), generator=gen)
-    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-    return ids * mask, mask
+    return random_texts(n, width, 4, seed)
 
 
 def _cosine(a, b, ids, mask):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from deepslim.errors import ConfigError
-from tests.train._bert import bert_teacher
+from tests.train._bert import bert_teacher, random_texts
 
 transformers = pytest.importorskip("transformers", reason="Hugging Face encoders need the transformers package")
 hf = pytest.importorskip("deepslim.models.hf")
@@ -22,11 +22,7 @@ def teacher(tmp_path_factory):
 
 
 def _texts(n=40, width=12, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    ids = torch.randint(5, 120, (n, width), generator=gen)
-    lengths = torch.randint(3, width + 1, (n,), generator=gen)
-    mask = (torch.arange(width)[None, :] < lengths[:, None]).long()
-    return ids * mask, mask
+    return random_texts(n, width, 3, seed)
 
 
 def test_a_skipped_stream_continues_exactly_where_the_full_stream_is_across_epochs():
