@@ -39,6 +39,35 @@ def test_a_weight_fit_needs_the_weights_to_predict():
         nodes.predict(0.2)
 
 
+def test_a_weight_fit_through_the_dense_point_predicts_dense_exactly_and_fits_the_rest_by_least_squares():
+    rng = np.random.default_rng(1)
+    noisy = [(r, w, m * (1 + 0.05 * e)) for (r, w, m), e in zip(synthetic(14), rng.standard_normal(14), strict=True)]
+    dense = (0.4, 0.012, 0.5)  # off the plane: the free fit would not pass through it
+    nodes = fake_nodes(LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys]))
+    assert nodes.calibrate_weights(noisy, through=dense)
+    assert nodes.predict(0.4, 0.012) == pytest.approx(0.5, rel=1e-12)
+    # the oracle: least squares on the differences to the dense point, no intercept
+    diffs = np.array([[r - 0.4, w - 0.012] for r, w, _ in noisy])
+    (scale, per_mib), *_ = np.linalg.lstsq(diffs, np.array([m - 0.5 for *_, m in noisy]), rcond=None)
+    assert (nodes.scale, nodes.weight_coef) == pytest.approx((scale, per_mib), rel=1e-9)
+    free = fake_nodes(LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys]))
+    assert free.calibrate_weights(noisy)
+    assert free.predict(0.4, 0.012) != pytest.approx(0.5, rel=1e-3)
+
+
+def test_a_weight_fit_through_a_point_on_the_plane_recovers_the_exact_coefficients():
+    nodes = fake_nodes(LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys]))
+    assert nodes.calibrate_weights(synthetic(12), through=(0.3, 0.02, A * 0.3 + B * 0.02 + C))
+    assert (nodes.scale, nodes.weight_coef, nodes.offset) == pytest.approx((A, B, C), rel=1e-9, abs=1e-12)
+
+
+def test_a_weight_fit_through_a_point_refuses_a_point_that_is_not_a_finite_triple():
+    nodes = fake_nodes(LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys]))
+    for bad in [(0.3, 0.02), (0.3, math.nan, 1.0)]:
+        with pytest.raises(ConfigError, match="goes through"):
+            nodes.calibrate_weights(synthetic(12), through=bad)
+
+
 @pytest.mark.parametrize("points", [
     synthetic(9),  # too few
     synthetic(9) + [(0.1, 0.002, math.nan)] * 3,  # NaN measurements do not count

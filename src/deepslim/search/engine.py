@@ -314,25 +314,24 @@ def calibrate_table(ev: Evaluator) -> Candidate:
 
 def _calibrate_nodes(ev: Evaluator, policies: list[Policy], nets: list[nn.Module], measured: list[float]) -> None:
     """With at least :data:`~deepslim.search.node_table.MIN_WEIGHT_POINTS` models measured, fit the node table as
-    ``a·sum + b·weight MiB + c`` (:meth:`NodeTable.calibrate_weights`: on MobileNetV2 the sums' error followed the
-    weights' bytes); otherwise, or when that fit fails, anchor its scale to the dense model's measurement
+    ``a·sum + b·weight MiB + c`` through the dense model's point (``policies[0]``; :meth:`NodeTable.calibrate_weights`:
+    on MobileNetV2 the sums' error followed the weights' bytes, and through dense a relative budget keeps its
+    meaning); otherwise, or when that fit fails, anchor its scale to the dense model's measurement
     (:meth:`NodeTable.anchor`: predictions in measured milliseconds, ratios unchanged — a line in the sum alone,
     fitted through the 7 default points, predicted worse than the plain sums)."""
     if ev.nodes is None:
         return
+    dense_raw = ev.node_raw(policies[0], nets[0])
     if sum(1 for m in measured if m == m) >= MIN_WEIGHT_POINTS:
-        triples = []
-        for p, net, m in zip(policies, nets, measured, strict=True):
-            raw = ev.node_raw(p, net)
-            if raw is not None:
-                triples.append((raw, weight_mb(net), m))
-        if ev.nodes.calibrate_weights(triples):
+        raws = [dense_raw] + [ev.node_raw(p, net) for p, net in zip(policies[1:], nets[1:], strict=True)]
+        triples = [(r, weight_mb(net), m) for r, net, m in zip(raws, nets, measured, strict=True) if r is not None]
+        dense_ok = dense_raw is not None and measured[0] == measured[0]
+        if ev.nodes.calibrate_weights(triples, through=triples[0] if dense_ok else None):
             return
         log.warning("the node table's weight-bytes fit failed on %d points: anchored to the dense model instead",
                     len(triples))  # fmt: skip
-    raw = ev.node_raw(policies[0], nets[0])
-    if raw is not None:
-        ev.nodes.anchor(raw, measured[0])
+    if dense_raw is not None:
+        ev.nodes.anchor(dense_raw, measured[0])
 
 
 _calibrate = calibrate_table  # the name benchmarks/search.py imports
