@@ -73,3 +73,31 @@ def test_a_worker_without_a_storage_or_study_exits_2_with_what_to_do(capsys, tmp
     monkeypatch.setenv("DEEPSLIM_STORAGE", url)
     code, _, err = run(capsys, "worker", "--study", "plain")
     assert code == 2 and "study 'plain' was not created by deepslim search with workers" in err
+
+
+def test_a_negative_calibration_policy_count_is_a_usage_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_:
+        main(["search", "lenet5", "--data", "digits", "--out", str(tmp_path / "s"), "--calibration-policies", "-1"])
+    assert exit_.value.code == 2
+    assert "--calibration-policies: expected a whole number >= 0, got '-1'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_the_calibration_policy_count_reaches_the_search(capsys, tmp_path, monkeypatch):
+    import importlib
+
+    from deepslim.errors import ConfigError
+
+    search_pkg = importlib.import_module("deepslim.search")  # the package (deepslim.search is also the function)
+
+    seen = {}
+
+    def fake_search(*args, **kwargs):
+        seen.update(kwargs)
+        raise ConfigError("stopped by the test")
+
+    monkeypatch.setattr(search_pkg, "search", fake_search)
+    code, _, err = run(capsys, "search", "lenet5", "--data", "digits", "--budget", "latency=0.5x", "--trials", "1",
+                       "--out", str(tmp_path / "s"), "--calibration-policies", "13")  # fmt: skip
+    assert code == 2 and "stopped by the test" in err
+    assert seen["calibration_policies"] == 13
