@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from datetime import date
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -45,6 +46,16 @@ def save_json(out: dict[str, Any], path: os.PathLike[str] | str | None) -> None:
         out["load_average_now"] = os.getloadavg()
         with open(path, "w") as f:
             f.write(json.dumps(out, indent=2) + "\n")
+
+
+def write_json_atomic(out: dict[str, Any], path: os.PathLike[str] | str) -> None:
+    """Write ``out`` to ``path`` through a temporary file renamed over it (a killed run never leaves half a JSON),
+    creating the folder; values JSON cannot hold are written as their ``str``."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=2, default=str) + "\n")
+    tmp.replace(target)
 
 
 def write_result(out: dict[str, Any], path: os.PathLike[str] | str | None, *, echo: bool = True) -> None:

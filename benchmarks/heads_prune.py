@@ -35,7 +35,7 @@ from typing import Any
 import torch
 
 import deepslim as ds
-from _common import result_header
+from _common import result_header, write_json_atomic
 from deepslim.compress.prune.heads import HeadPruneConfig, apply_block, find_blocks, prune_heads_
 from deepslim.models.hf import tokenize
 from deepslim.tasks.similarity import embedding_fidelity, sentence_fidelity
@@ -279,10 +279,7 @@ def main() -> None:
             result["after"] = fidelity(student, teacher, held, data32, data128)
     result["process_cpu_s"], result["wall_s"] = round(time.process_time() - c0, 1), round(time.monotonic() - w0, 1)
     result["load_after"] = os.getloadavg()
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.json).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    tmp.replace(args.json)
+    write_json_atomic(result, args.json)
     print(json.dumps({k: v for k, v in result.items() if k not in ("argv",)}, default=str)[:6000])
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 import deepslim as ds
-from _common import result_header
+from _common import result_header, write_json_atomic
 from deepslim.compress.tokens import drop_layers_
 from deepslim.tasks.similarity import sentence_fidelity
 from deepslim.train.student import EncoderKDConfig, distill_encoder
@@ -79,9 +79,7 @@ def main() -> None:
         print(name, json.dumps({k: info[k] for k in ("kd", "test_fidelity_torch_seq32", "test_fidelity_torch_seq128",
                                                       "heldout_fidelity")}), flush=True)  # fmt: skip
     result["load_after"] = os.getloadavg()
-    tmp = Path(args.json).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2, default=str) + "\n")
-    tmp.replace(args.json)
+    write_json_atomic(result, args.json)
 
 
 if __name__ == "__main__":

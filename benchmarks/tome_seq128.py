@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 import deepslim as ds
-from _common import result_header
+from _common import result_header, write_json_atomic
 from deepslim.compress.tokens import MergeTokensConfig, merge_tokens_
 from deepslim.data.text_corpus import CorpusConfig, build_corpus
 from deepslim.models.hf import tokenize
@@ -139,10 +139,7 @@ def main() -> None:
     parser.add_argument("--kd-from", type=Path, default=None, help="reuse PREFIX.pt/.json of an earlier --kd run")
     args = parser.parse_args()
     result = run(args)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.json).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.json)
+    write_json_atomic(result, args.json)
     for row in result["rows"]:
         f, name = row["fidelity"], row["variant"]
         full, s32 = result["fidelity"]["full_length128"][name], result["fidelity"]["sentences32"][name]

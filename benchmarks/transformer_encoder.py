@@ -41,7 +41,7 @@ from typing import Any
 import torch
 
 import deepslim as ds
-from _common import result_header
+from _common import result_header, write_json_atomic
 from _fused_int8 import int8_files
 from deepslim.compress.prune import HeadPruneConfig, prune_heads_
 from deepslim.compress.prune.heads import apply_block, find_blocks
@@ -414,10 +414,7 @@ def main() -> None:
                             help="reuse a distilled model saved by an earlier run (PREFIX.pt and PREFIX.json)")
     args = parser.parse_args()
     result = run(args)
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(args.json).with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
-    tmp.replace(args.json)
+    write_json_atomic(result, args.json)
     for row in result["rows"]:
         f = row["fidelity"]
         f1 = row.get("fidelity_b1") or {}
