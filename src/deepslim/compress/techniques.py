@@ -14,6 +14,7 @@ from torch import nn
 
 from deepslim.compress.lowrank import SVDConfig, TuckerConfig, factorizable_layers, factorize_
 from deepslim.compress.prune import (
+    BlockDropConfig,
     ChannelPruneConfig,
     HeadPruneConfig,
     MagnitudePruneConfig,
@@ -74,6 +75,8 @@ register_technique("nm", NMPruneConfig, prune_, kind="prune", layers=_prunable,
                    description="N:M semi-structured sparsity (e.g. 2:4) with masks")
 register_technique("heads", HeadPruneConfig, prune_, kind="prune", layers=head_blocks,
                    description="attention heads and feed-forward units of transformers, physically removed (adapters)")
+register_technique("depth", BlockDropConfig, prune_, kind="prune",
+                   description="whole residual blocks replaced by identities (elastic depth: fewer nodes)")
 register_technique("linear", LinearQuantConfig, quantize_, kind="quantize", lr=1e-4, layers=_weight_layers,
                    description="linear integer quantization of weights and activations (PTQ; QAT with qat=true)")
 register_technique("half", Float16Config, quantize_, kind="quantize", lr=1e-4, layers=_weight_layers,

@@ -17,6 +17,7 @@ from deepslim.compress.prune.channel import (
     plan_channel_pruning,
     prune_channels_,
 )
+from deepslim.compress.prune.depth import BlockDropConfig, drop_blocks_, droppable_blocks
 from deepslim.compress.prune.heads import HeadImportance, HeadPruneConfig, HeadPruneResult, prune_heads_
 from deepslim.compress.prune.masks import (
     MagnitudePruneConfig,
@@ -32,7 +33,7 @@ from deepslim.compress.prune.schedule import GradualPruner, iterative_sparsities
 from deepslim.errors import ConfigError
 
 log = logging.getLogger(__name__)
-PruneConfig = MagnitudePruneConfig | NMPruneConfig | ChannelPruneConfig | HeadPruneConfig
+PruneConfig = MagnitudePruneConfig | NMPruneConfig | ChannelPruneConfig | HeadPruneConfig | BlockDropConfig
 
 
 def _magnitude(model: nn.Module, config: MagnitudePruneConfig, **_: Any) -> None:
@@ -60,11 +61,19 @@ def _heads(model: nn.Module, config: HeadPruneConfig, *, calib_data: Iterable[An
     prune_heads_(model, config, calib_data)
 
 
+def _depth(model: nn.Module, config: BlockDropConfig, *, example_input: torch.Tensor | None,
+           calib_data: Iterable[Any] | None) -> None:  # fmt: skip
+    if example_input is None:
+        raise ConfigError("dropping blocks needs example_input (to find the residual blocks and their shapes)")
+    drop_blocks_(model, config, example_input, calib_data)
+
+
 _HANDLERS: dict[type, Callable[..., None]] = {
     MagnitudePruneConfig: _magnitude,
     NMPruneConfig: _nm,
     ChannelPruneConfig: _channel,
     HeadPruneConfig: _heads,
+    BlockDropConfig: _depth,
 }
 
 
@@ -76,7 +85,9 @@ def prune_(model: nn.Module, config: PruneConfig, *, example_input: torch.Tensor
     makes them plain zeros). ``ChannelPruneConfig`` removes channels for real and needs ``example_input``;
     ``importance='taylor'`` also needs ``calib_data`` (batches of inputs and labels). ``HeadPruneConfig`` removes
     attention heads and feed-forward hidden units of any attention class an adapter describes (Hugging Face ones
-    too); its default importance reads ``calib_data`` (batches of model inputs).
+    too); its default importance reads ``calib_data`` (batches of model inputs). ``BlockDropConfig`` replaces whole
+    residual blocks by ``nn.Identity`` (elastic depth) and needs ``example_input``; drop blocks before pruning
+    channels.
     """
     handler = _HANDLERS.get(type(config))
     if handler is None:
@@ -87,8 +98,8 @@ def prune_(model: nn.Module, config: PruneConfig, *, example_input: torch.Tensor
 
 
 __all__ = [
-    "ChannelPruneConfig", "ChannelPruneResult", "GradualPruner", "HeadImportance", "HeadPruneConfig",
-    "HeadPruneResult", "Importance", "MagnitudePruneConfig",
-    "NMPruneConfig", "Scope", "bake_masks_", "dependency_groups", "iterative_sparsities", "plan_channel_pruning",
+    "BlockDropConfig", "ChannelPruneConfig", "ChannelPruneResult", "GradualPruner", "HeadImportance", "HeadPruneConfig",
+    "HeadPruneResult", "Importance", "MagnitudePruneConfig", "NMPruneConfig", "Scope", "bake_masks_",
+    "dependency_groups", "drop_blocks_", "droppable_blocks", "iterative_sparsities", "plan_channel_pruning",
     "polynomial_sparsity", "prune_", "prune_heads_", "sparsity",
 ]  # fmt: skip
