@@ -19,7 +19,20 @@ One round, from the current policy ``P`` (MACs at most ``limit``, by default the
    ``P``, and the fastest is taken when it measures at least ``min_gain`` faster — with ``confirm``, again in a run
    of the two alone (the fastest of several noisy timings is biased low) — else the moves stop.
 
-Then, with ``precision``, each int8 layer of the policy is timed in float (beside ``P``, MACs unchanged) and the
+With a ``profile`` (each group's measured time per MAC at a policy: the runtime's per-node times over the MACs of
+the layers the group sets, :func:`deepslim.search.int8_slices.group_time_per_mac`), a round steers by it instead of
+by probes — the profile is what found the stem's cost on ResNet-18 (33 % of the time for 12 % of the MACs) and
+needs one profiled run, not two timed files per group:
+
+1. **Profile** ``P``: per group, ms per MAC.
+2. **Exchange**: for each size in ``shares`` (a share of ``limit``'s MACs to free) and each set of the ``multi``
+   costliest groups (the costliest alone, the two costliest, …, and each of them alone), those groups step down in
+   turn, one grid step at a time, until the size is freed; the MACs are refilled where a MAC costs least, each group
+   at most ``reach`` grid steps above ``P``. Several groups down at once is what a gain spread over groups needs
+   (ResNet-18's layer 4 is three groups, each alone within the timing noise). Candidates are ranked by the
+   profile's predicted change and timed, taken or not as above.
+
+Rounds continue while a move passes. Then, with ``precision``, each int8 layer of the policy is timed in float (beside ``P``, MACs unchanged) and the
 fastest kept when it gains ``min_gain`` — whether a layer pays for its conversions at its position is measured, not
 assumed. The timer and the MAC counter are plain callables: the benchmark times ONNX files cut from the dense
 model's (:mod:`deepslim.search.int8_slices`); tests give scripted ones.
@@ -28,7 +41,7 @@ model's (:mod:`deepslim.search.int8_slices`); tests give scripted ones.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -40,6 +53,7 @@ log = logging.getLogger(__name__)
 
 PolicyTimer = Callable[[Sequence[Policy]], list[float]]  # ms of each policy, timed interleaved in one run
 MacCounter = Callable[[Policy], int]
+GroupProfiler = Callable[[Policy], Mapping[str, float]]  # each group's measured ms per MAC at the policy
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -53,9 +67,16 @@ class SpeedMovesConfig(Config):
     min_gain: float = 0.01
     precision: bool = True
     confirm: bool = True
+    multi: int = 4
+    shares: tuple[float, ...] = (0.05, 0.1, 0.2)
+    reach: int = 4
 
     def __post_init__(self) -> None:
-        for name, least in (("rounds", 0), ("candidates", 1)):
+        if not isinstance(self.shares, (list, tuple)) or not self.shares or not all(
+                not isinstance(v, bool) and isinstance(v, (int, float)) and 0.0 < v < 1.0 for v in self.shares):
+            raise ConfigError(f"shares is a non-empty list of shares in (0, 1), got {self.shares!r}")
+        object.__setattr__(self, "shares", tuple(float(v) for v in self.shares))
+        for name, least in (("rounds", 0), ("candidates", 1), ("multi", 1), ("reach", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(f"{name} must be a whole number >= {least}, got {value!r}")
@@ -70,17 +91,19 @@ class SpeedMovesConfig(Config):
 
 @dataclass(frozen=True)
 class SpeedMoves:
-    """The policy the moves reached, its MACs and the limit, each round's log and how many policies were timed."""
+    """The policy the moves reached, its MACs and the limit, each round's log, how many policies were timed and
+    how many were profiled."""
 
     policy: Policy
     macs: int
     limit: int
     log: tuple[dict[str, Any], ...]
     timed: int
+    profiled: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return {"policy": self.policy.to_dict(), "macs": self.macs, "limit": self.limit, "log": list(self.log),
-                "timed": self.timed}  # fmt: skip
+                "timed": self.timed, "profiled": self.profiled}  # fmt: skip
 
 
 class _Walk:
@@ -89,7 +112,7 @@ class _Walk:
     def __init__(self, space: SearchSpace, macs: MacCounter, time: PolicyTimer, limit: int) -> None:
         self.options = {g.name: list(g.keep) for g in space.groups}
         self.macs, self.timer, self.limit = macs, time, limit
-        self.timed = 0
+        self.timed = self.profiled = 0
 
     def step(self, p: Policy, group: str, steps: int) -> Policy | None:
         """``p`` with ``group`` moved ``steps`` grid steps (None off the grid)."""
@@ -120,9 +143,11 @@ class _Walk:
 
 
 def speed_moves(space: SearchSpace, start: Policy, *, macs: MacCounter, time: PolicyTimer,
-                config: SpeedMovesConfig | None = None, limit: int | None = None) -> SpeedMoves:  # fmt: skip
-    """From ``start``, the measured moves of the module docstring; the result never has more MACs than ``limit``
-    (default: the start's) and, after a channel move, no fewer than ``(1 - band)`` of it."""
+                config: SpeedMovesConfig | None = None, limit: int | None = None,
+                profile: GroupProfiler | None = None) -> SpeedMoves:  # fmt: skip
+    """From ``start``, the measured moves of the module docstring (steered by ``profile`` when given, else by
+    probes); the result never has more MACs than ``limit`` (default: the start's) and, after a channel move, no
+    fewer than ``(1 - band)`` of it."""
     config = config or SpeedMovesConfig()
     missing = [g.name for g in space.groups if g.name not in start.keep]
     off = [g.name for g in space.groups if g.name in start.keep and start.keep[g.name] not in g.keep]
@@ -135,7 +160,8 @@ def speed_moves(space: SearchSpace, start: Policy, *, macs: MacCounter, time: Po
     walk = _Walk(space, macs, time, limit)
     policy, entries = start, [{"move": "start", "macs": limit}]
     for r in range(config.rounds):
-        moved = _exchange_round(walk, policy, config)
+        moved = _exchange_round(walk, policy, config) if profile is None else _profile_round(walk, policy, config,
+                                                                                              profile)
         entries.append({"round": r + 1, **moved[1]})
         log.info("speed moves round %d: %s", r + 1, entries[-1])
         if moved[0] is None:
@@ -144,7 +170,7 @@ def speed_moves(space: SearchSpace, start: Policy, *, macs: MacCounter, time: Po
     if config.precision:
         policy, floats = _precision(walk, policy, config)
         entries.extend(floats)
-    return SpeedMoves(policy, macs(policy), limit, tuple(entries), walk.timed)
+    return SpeedMoves(policy, macs(policy), limit, tuple(entries), walk.timed, walk.profiled)
 
 
 def _exchange_round(walk: _Walk, p: Policy, config: SpeedMovesConfig) -> tuple[Policy | None, dict[str, Any]]:
@@ -159,16 +185,64 @@ def _exchange_round(walk: _Walk, p: Policy, config: SpeedMovesConfig) -> tuple[P
     cost = {g: slope[(g, 1)] for g in walk.options if (g, 1) in slope}
     cands = []
     for down in save:
-        found = _fill(walk, probes[(down, -1)], down, cost, {g: probes[(g, 1)].keep[g] for g in cost})
+        found = _fill(walk, probes[(down, -1)], {down}, cost, {g: probes[(g, 1)].keep[g] for g in cost})
         if found is None or walk.macs(found) < (1 - config.band) * walk.limit:
             continue
         predicted = sum(_slope_of(found, p, g, save, cost, walk) for g in walk.options)
         if predicted < 0 and found != p:
             cands.append((predicted, down, found))
     cands.sort(key=lambda c: (c[0], c[1]))
-    chosen = cands[: config.candidates]
     doc: dict[str, Any] = {"probes": {f"{g}{'+' if s > 0 else '-'}": round(ratios[(g, s)], 4) for g, s in probes},
                            "candidates": len(cands)}  # fmt: skip
+    return _try(walk, p, cands[: config.candidates], config, doc)
+
+
+def _profile_round(walk: _Walk, p: Policy, config: SpeedMovesConfig,
+                   profile: GroupProfiler) -> tuple[Policy | None, dict[str, Any]]:  # fmt: skip
+    """One profile + exchange round (the module docstring): the policy taken (None: no move) and what was measured."""
+    slope = dict(profile(p))
+    walk.profiled += 1
+    bad = [g for g in walk.options if not isinstance(slope.get(g), (int, float)) or slope[g] < 0]
+    if bad:
+        raise ConfigError(f"the group profiler must give a time per MAC >= 0 for every group, got "
+                          f"{slope.get(bad[0])!r} for {bad[0]!r}")  # fmt: skip
+    costly = sorted((g for g in walk.options if walk.step(p, g, -1) is not None), key=lambda g: (-slope[g], g))
+    costly = costly[: config.multi]
+    downs = sorted({tuple(costly[:k]) for k in range(1, len(costly) + 1)} | {(g,) for g in costly})
+    ceiling = {g: grid[min(len(grid) - 1, grid.index(p.keep[g]) + config.reach)] for g, grid in walk.options.items()}
+    found: dict[tuple[int, ...], tuple[float, str, Policy]] = {}
+    for share in config.shares:
+        for down in downs:
+            q = _fill(walk, _shrink(walk, p, down, share * walk.limit), set(down), slope, ceiling)
+            if q is None or q == p or walk.macs(q) < (1 - config.band) * walk.limit:
+                continue
+            predicted = sum(_slope_of(q, p, g, slope, slope, walk) for g in walk.options)
+            if predicted < 0:
+                found.setdefault(tuple(q.keep.values()), (predicted, "+".join(down), q))
+    cands = sorted(found.values(), key=lambda c: (c[0], c[1]))
+    doc = {"profile_us_per_mmac": {g: round(v * 1e9, 3) for g, v in slope.items()}, "candidates": len(cands)}
+    return _try(walk, p, cands[: config.candidates], config, doc)
+
+
+def _shrink(walk: _Walk, p: Policy, groups: Sequence[str], macs: float) -> Policy:
+    """``p`` with ``groups`` stepped down their grids in turn, one step each, until ``macs`` MACs are freed (or
+    every one is at its floor)."""
+    base, q = walk.macs(p), p
+    while base - walk.macs(q) < macs:
+        before = q
+        for g in groups:
+            q = walk.step(q, g, -1) or q
+            if base - walk.macs(q) >= macs:
+                return q
+        if q == before:
+            return q
+    return q
+
+
+def _try(walk: _Walk, p: Policy, chosen: list[tuple[float, str, Policy]], config: SpeedMovesConfig,
+         doc: dict[str, Any]) -> tuple[Policy | None, dict[str, Any]]:  # fmt: skip
+    """The ``chosen`` candidates (predicted change, groups moved down, policy) timed beside ``p``; the fastest
+    taken when it gains ``min_gain`` (confirmed)."""
     if not chosen:
         return None, {**doc, "move": None}
     measured = walk.ratios(p, [c[2] for c in chosen])
@@ -192,7 +266,8 @@ def _confirmed(walk: _Walk, p: Policy, q: Policy, measured: float, config: Speed
 
 def _slope_of(q: Policy, p: Policy, group: str, save: Mapping[str, float], cost: Mapping[str, float],
              walk: _Walk) -> float:  # fmt: skip
-    """The probes' predicted ratio change of ``group``'s move from ``p`` to ``q`` (MAC change × its slope)."""
+    """The predicted change of ``group``'s move from ``p`` to ``q``: its MAC change × its slope (the probes': a
+    ratio change; the profile's: ms)."""
     if q.keep[group] == p.keep[group]:
         return 0.0
     moved = replace(p, keep={**p.keep, group: q.keep[group]})
@@ -200,14 +275,15 @@ def _slope_of(q: Policy, p: Policy, group: str, save: Mapping[str, float], cost:
     return delta * (cost[group] if delta > 0 else save[group])
 
 
-def _fill(walk: _Walk, p: Policy, down: str, cost: Mapping[str, float], ceiling: Mapping[str, int]) -> Policy | None:
-    """``p`` grown one grid step at a time on the group (not ``down``) whose measured cost per MAC is least, each
+def _fill(walk: _Walk, p: Policy, fixed: Collection[str], cost: Mapping[str, float],
+          ceiling: Mapping[str, int]) -> Policy | None:  # fmt: skip
+    """``p`` grown one grid step at a time on the group (not in ``fixed``) whose measured cost per MAC is least, each
     group no further than its up probe went (``ceiling``: the probes' slopes are not extrapolated), never above the
     limit; None when ``p`` is above it already."""
     if walk.macs(p) > walk.limit:
         return None
     while True:
-        steps = [(c, g, q) for g, c in cost.items() if g != down and p.keep[g] < ceiling[g]
+        steps = [(c, g, q) for g, c in cost.items() if g not in fixed and p.keep[g] < ceiling[g]
                  and (q := walk.step(p, g, 1)) is not None and walk.macs(q) <= walk.limit]  # fmt: skip
         if not steps:
             return p
