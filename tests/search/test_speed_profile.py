@@ -68,8 +68,8 @@ def test_the_refill_goes_no_further_than_reach_grid_steps_above_the_current_poli
     config = SpeedMovesConfig(shares=(0.3,), multi=3, reach=2, rounds=1, precision=False)
     narrow = speed_moves(SPACE, START, macs=macs, time=timer([]), profile=profiler([]), config=config)
     assert narrow.policy == START  # 4,800 MACs freed, 3,200 refilled on d: outside the 1 % band
-    wide = speed_moves(SPACE, START, macs=macs, time=timer([]), profile=profiler([]),
-                       config=SpeedMovesConfig(shares=(0.3,), multi=3, reach=2, rounds=1, precision=False, band=0.15))
+    config = SpeedMovesConfig(shares=(0.3,), multi=3, reach=2, rounds=1, precision=False, band=0.15)
+    wide = speed_moves(SPACE, START, macs=macs, time=timer([]), profile=profiler([]), config=config)
     assert wide.policy.keep == {"a": 16, "b": 16, "c": 16, "d": 96}  # d two steps up, no further
     assert wide.macs == 14_400
 

@@ -32,10 +32,11 @@ needs one profiled run, not two timed files per group:
    (ResNet-18's layer 4 is three groups, each alone within the timing noise). Candidates are ranked by the
    profile's predicted change and timed, taken or not as above.
 
-Rounds continue while a move passes. Then, with ``precision``, each int8 layer of the policy is timed in float (beside ``P``, MACs unchanged) and the
-fastest kept when it gains ``min_gain`` — whether a layer pays for its conversions at its position is measured, not
-assumed. The timer and the MAC counter are plain callables: the benchmark times ONNX files cut from the dense
-model's (:mod:`deepslim.search.int8_slices`); tests give scripted ones.
+Rounds continue while a move passes. Then, with ``precision``, each int8 layer of the policy is timed in float
+(beside ``P``, MACs unchanged) and the fastest kept when it gains ``min_gain`` — whether a layer pays for its
+conversions at its position is measured, not assumed. The timer, the MAC counter and the profiler are plain
+callables: the benchmark times and profiles ONNX files cut from the dense model's
+(:mod:`deepslim.search.int8_slices`); tests give scripted ones.
 """
 
 from __future__ import annotations
@@ -72,8 +73,8 @@ class SpeedMovesConfig(Config):
     reach: int = 4
 
     def __post_init__(self) -> None:
-        if not isinstance(self.shares, (list, tuple)) or not self.shares or not all(
-                not isinstance(v, bool) and isinstance(v, (int, float)) and 0.0 < v < 1.0 for v in self.shares):
+        shares = self.shares if isinstance(self.shares, (list, tuple)) else ()
+        if not shares or not all(not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < 1 for v in shares):
             raise ConfigError(f"shares is a non-empty list of shares in (0, 1), got {self.shares!r}")
         object.__setattr__(self, "shares", tuple(float(v) for v in self.shares))
         for name, least in (("rounds", 0), ("candidates", 1), ("multi", 1), ("reach", 1)):
@@ -160,8 +161,10 @@ def speed_moves(space: SearchSpace, start: Policy, *, macs: MacCounter, time: Po
     walk = _Walk(space, macs, time, limit)
     policy, entries = start, [{"move": "start", "macs": limit}]
     for r in range(config.rounds):
-        moved = _exchange_round(walk, policy, config) if profile is None else _profile_round(walk, policy, config,
-                                                                                              profile)
+        if profile is None:
+            moved = _exchange_round(walk, policy, config)
+        else:
+            moved = _profile_round(walk, policy, config, profile)
         entries.append({"round": r + 1, **moved[1]})
         log.info("speed moves round %d: %s", r + 1, entries[-1])
         if moved[0] is None:
