@@ -1,13 +1,14 @@
 """Judging one policy: build it, recover it cheaply, measure it — a policy in (JSON), a :class:`Measurement` out.
 
-The order is the one a recipe runs (so the written recipe rebuilds the chosen model): channel pruning, then recovery
-(batch-norm re-estimation for trials; the recipe's short fine-tune or distillation from the dense model, seeded as
-the recipe seeds it, for finalists — or, with zero epochs, the same batch-norm re-estimation as a recipe stage),
-then int8 quantization calibrated on the data's calibration split. Latency comes from the per-layer table (predicted,
-calibrated) or, with ``latency_model="nodes"`` (the search's default on ONNX Runtime), from the node-level table's
-prediction of the policy's exported graph — pruned, recovered and quantized: exactly the model the runtime would run
-(:mod:`deepslim.search.node_table`) — and, for checks and finalists, from an end-to-end measurement of the exported
-model; energy, when a device is named, from the cost model on that device profile.
+The order is the one a recipe runs (so the written recipe rebuilds the chosen model): blocks dropped (a depth
+choice), channel pruning, then recovery (batch-norm re-estimation for trials; the recipe's short fine-tune or
+distillation from the dense model, seeded as the recipe seeds it, for finalists — or, with zero epochs, the same
+batch-norm re-estimation as a recipe stage), then int8 quantization calibrated on the data's calibration split.
+Latency comes from the per-layer table (predicted, calibrated) or, with ``latency_model="nodes"`` (the search's
+default on ONNX Runtime), from the node-level table's prediction of the policy's exported graph — pruned, recovered
+and quantized: exactly the model the runtime would run (:mod:`deepslim.search.node_table`) — and, for checks and
+finalists, from an end-to-end measurement of the exported model; energy, when a device is named, from the cost model
+on that device profile.
 
 When the space searches the recovery's hyper-parameters (HPO), every trial is fine-tuned with its own values: a
 trial judged after batch-norm re-estimation alone would say nothing about them.
@@ -29,6 +30,7 @@ from deepslim.analysis import profile
 from deepslim.analysis.measurement import Measurement
 from deepslim.analysis.profile import module_weight_bytes
 from deepslim.errors import ConfigError, DeepSlimError, ExportError
+from deepslim.search import _depth
 from deepslim.search._timing import PairTimer, describe
 from deepslim.search.latency import LatencyTable, LayerKey, layer_keys
 from deepslim.search.node_table import NodeTable
@@ -282,10 +284,11 @@ class Evaluator:
 
     def _finetune(self, net: nn.Module, policy: Policy) -> None:
         """Recover ``net`` as the written recipe does (:func:`deepslim.search.recipe.policy_recipe`), with its seeds:
-        the recipe's stage ``i`` trains with ``seed + i``. Its prune stages come first (channels, then unstructured
-        sparsity); the last of them fine-tunes, or a distill stage follows them."""
+        the recipe's stage ``i`` trains with ``seed + i``. Its prune stages come first (blocks dropped, channels, then
+        unstructured sparsity); the last of them fine-tunes, or a distill stage follows them."""
         rec = self.recovery_of(policy)
-        pruned = (self.space.configs(policy)[0] is not None) + (self.space.weight_configs(policy)[0] is not None)
+        pruned = (self.space.depth_config(policy) is not None) + (self.space.configs(policy)[0] is not None) + \
+            (self.space.weight_configs(policy)[0] is not None)  # fmt: skip
         epochs, lr, temperature = int(rec["finetune_epochs"]), float(rec["lr"]), rec["temperature"]
         if epochs == 0:  # no training: the statistics pruning left stale are re-estimated (stage "recalibrate")
             if pruned:
@@ -341,8 +344,11 @@ class Evaluator:
 
 
 def _shape(policy: Policy) -> str:
-    """What a policy's exported graph depends on (its channels and precisions): the node sums' cache key."""
-    return str(sorted(policy.keep.items())) + str(sorted(policy.int8.items()))
+    """What a policy's exported graph depends on (its blocks, channels and precisions): the node sums' cache key.
+    Groups and layers inside dropped blocks have no say, so policies that differ only there share one key."""
+    keep, int8 = _depth.alive(policy.keep, policy.drop), _depth.alive(policy.int8, policy.drop)
+    gone = _depth.dropped(policy.drop)
+    return str(sorted(keep.items())) + str(sorted(int8.items())) + (str(sorted(gone)) if gone else "")
 
 
 def resolve_latency_model(name: str | None, table: LatencyTable,

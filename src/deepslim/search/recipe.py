@@ -1,6 +1,7 @@
 """A searched policy as an ordinary recipe — the YAML a person writes by hand, run again by ``deepslim compress``.
 
-The policy becomes stages in the order the search built and judged it: channel pruning with one ratio per group
+The policy becomes stages in the order the search built and judged it: the residual blocks it drops (``prune: {method:
+depth, blocks: [...]}``), channel pruning with one ratio per group
 (``overrides`` on each group's first layer), unstructured magnitude pruning of the layers a policy made sparse,
 followed by the same recovery — the short fine-tune, or distillation from the dense model when the policy chose a
 temperature, or, with zero epochs, batch-norm re-estimation (``recalibrate: {method: bn}``) — then k-means weight
@@ -35,12 +36,17 @@ def policy_recipe(space: SearchSpace, policy: Policy, *, finetune_epochs: int = 
     default recovery distills from the dense model at it (the search's ``temperature``), unless the policy chose.
     ``encode``: end with the ``encode`` stage (the ``.dsz`` archive whose bytes a size objective or budget judged).
     ``device``: the device profile the search estimated energy on (None: the recipe names none)."""
+    depth = space.depth_config(policy)
     prune, quant = space.configs(policy)
     sparse, shared = space.weight_configs(policy)
     rec = {"finetune_epochs": finetune_epochs, "lr": lr, "temperature": temperature, **policy.recovery}
     epochs, lr, temperature = int(rec["finetune_epochs"]), float(rec["lr"]), rec["temperature"]
     distilling = temperature is not None and epochs > 0
     stages: list[dict[str, Any]] = []
+    if depth is not None:  # blocks first: the channel groups are those of the dropped model
+        stages.append({"prune": {"method": "depth", "blocks": list(depth.blocks),
+                                 "epochs": 0 if distilling or prune is not None or sparse is not None else epochs,
+                                 "lr": lr}})  # fmt: skip
     if prune is not None:  # the last prune stage fine-tunes (unless a distill stage follows)
         stages.append({"prune": {"method": "channel", "ratio": 0.0, "round_to": 1,
                                  "overrides": {name: ratio for name, ratio in prune.overrides},
@@ -48,12 +54,13 @@ def policy_recipe(space: SearchSpace, policy: Policy, *, finetune_epochs: int = 
     if sparse is not None:
         stages.append({"prune": {"method": "magnitude", "sparsity": 0.0, "overrides": dict(sparse.overrides),
                                  "epochs": 0 if distilling else epochs, "lr": lr}})  # fmt: skip
-    if epochs == 0 and (prune is not None or sparse is not None):  # no training to refresh the stale statistics
+    pruned = depth is not None or prune is not None or sparse is not None
+    if epochs == 0 and pruned:  # no training to refresh the stale statistics
         stages.append({"recalibrate": {"method": "bn", "batches": BN_BATCHES}})
     if distilling:
         stages.append({"distill": {"epochs": epochs, "teacher": "trained", "lr": lr,
                                    "temperature": float(temperature)}})  # fmt: skip
-    elif prune is None and sparse is None and epochs > 0:
+    elif not pruned and epochs > 0:
         stages.append({"finetune": {"epochs": epochs, "lr": lr}})
     if shared is not None:  # weight sharing of the float layers, before int8 quantizes the others
         stages.append({"cluster": {"method": "kmeans", "bits": shared.bits, "overrides": dict(shared.overrides),

@@ -113,8 +113,8 @@ class PolicySampler(BaseSampler):
         return key
 
     def moves(self, key: Key, *, lower: bool = True, higher: bool = True, recovery: bool = True) -> list[Key]:
-        """One-step neighbours of ``key``: raises (a group's next larger count, an int8 layer back to float) first,
-        then lowerings (next smaller count, float to int8), then other recovery options."""
+        """One-step neighbours of ``key``: raises (a group's next larger count, an int8 layer back to float, a dropped
+        block back) first, then lowerings (next smaller count, float to int8, a block dropped), then other options."""
         ups, downs, others = [], [], []
         for i, (name, value) in enumerate(zip(self.names, key, strict=True)):
             opts = self.options[i]
@@ -128,7 +128,7 @@ class PolicySampler(BaseSampler):
                     ups.append(put(opts[at + 1]))
                 if at > 0:
                     downs.append(put(opts[at - 1]))
-            elif name.startswith("int8:"):
+            elif name.startswith(("int8:", "drop:")):  # int8 and a dropped block cost less
                 (ups if value else downs).append(put(not value))
             else:
                 others += [put(v) for v in opts if v != value]
@@ -209,12 +209,12 @@ class EvolutionSampler(PolicySampler):
 
 
 def _lower_options(sampler: PolicySampler, key: Key, i: int) -> list[Any]:
-    """The options of choice ``i`` that cost less than ``key``'s: fewer channels, int8 for a float layer, a higher
-    sparsity or fewer k-means bits."""
+    """The options of choice ``i`` that cost less than ``key``'s: fewer channels, int8 for a float layer, a block
+    dropped, a higher sparsity or fewer k-means bits."""
     name, opts = sampler.names[i], sampler.options[i]
     if name.startswith("keep:"):
         return opts[: opts.index(key[i])]
-    if name.startswith("int8:"):
+    if name.startswith(("int8:", "drop:")):
         return [] if key[i] else [True]
     return _choices.lower(name, opts, key[i])  # more sparsity, fewer k-means bits; [] for the recovery's choices
 

@@ -14,7 +14,8 @@ fine-tune's learning rate and epochs and a distillation temperature (None: fine-
 then carries its own values (:attr:`Policy.recovery`); each option list's first value is the default that the dense
 and uniform policies use. Kinds ``"sparsity"`` and ``"kmeans"`` add, per weighted layer, an unstructured sparsity
 and k-means bits (weight sharing): choices for the size (archive bytes) objective (:mod:`deepslim.search._choices`).
-The query, key and value layers of a fused attention share one int8 choice (``tied``).
+The query, key and value layers of a fused attention share one int8 choice (``tied``). Kind ``"depth"`` adds, per
+droppable residual block, keep or drop (:mod:`deepslim.search._depth`): dropped before the channels are pruned.
 """
 
 from __future__ import annotations
@@ -29,16 +30,22 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepslim.compress.prune import ChannelPruneConfig, MagnitudePruneConfig, plan_channel_pruning, prune_
+from deepslim.compress.prune import (
+    BlockDropConfig,
+    ChannelPruneConfig,
+    MagnitudePruneConfig,
+    plan_channel_pruning,
+    prune_,
+)
 from deepslim.compress.prune.masks import prunable_layers
 from deepslim.compress.quantize import QUANTIZABLE, KMeansConfig, LinearQuantConfig, cluster_, quantize_
 from deepslim.errors import ConfigError
 from deepslim.models.adapters import weight_layers
-from deepslim.search import _choices
+from deepslim.search import _choices, _depth
 from deepslim.search._choices import RECOVERY_CHOICES, check_recovery
 
 KINDS = ("prune", "int8")  # what a space holds unless told otherwise
-ALL_KINDS = ("prune", "int8", "hpo", "sparsity", "kmeans")
+ALL_KINDS = ("prune", "int8", "hpo", "sparsity", "kmeans", "depth")
 DEFAULT_RECOVERY: dict[str, tuple[Any, ...]] = {"lr": (1e-3, 3e-4, 3e-3), "finetune_epochs": (1, 2),
                                                 "temperature": (None, 4.0)}  # fmt: skip
 ROLES = ("depthwise", "residual", "plain")  # what a group's channels are (GroupChoice.role)
@@ -73,38 +80,41 @@ class GroupChoice:
 @dataclass(frozen=True)
 class Policy:
     """What a search chooses: channels kept per group, per quantizable layer int8 (True) or float (False), (when the
-    space has them) the recovery's hyper-parameters (``lr``, ``finetune_epochs``, ``temperature``) and per layer an
-    unstructured ``sparsity`` (0: dense) and ``kmeans`` bits (0: not clustered)."""
+    space has them) the recovery's hyper-parameters (``lr``, ``finetune_epochs``, ``temperature``), per layer an
+    unstructured ``sparsity`` (0: dense) and ``kmeans`` bits (0: not clustered), and per residual block ``drop``
+    (True: replaced by an identity)."""
 
     keep: Mapping[str, int] = field(default_factory=dict)
     int8: Mapping[str, bool] = field(default_factory=dict)
     recovery: Mapping[str, Any] = field(default_factory=dict)
     sparsity: Mapping[str, float] = field(default_factory=dict)
     kmeans: Mapping[str, int] = field(default_factory=dict)
+    drop: Mapping[str, bool] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         doc: dict[str, Any] = {"keep": dict(self.keep), "int8": dict(self.int8)}
-        for name in ("recovery", "sparsity", "kmeans"):  # only when chosen: older policies read and print the same
+        for name in ("recovery", "sparsity", "kmeans", "drop"):  # only when chosen: older policies read the same
             if getattr(self, name):
                 doc[name] = dict(getattr(self, name))
         return doc
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any]) -> Policy:
-        if not isinstance(doc, Mapping) or set(doc) - {"keep", "int8", "recovery", "sparsity", "kmeans"}:
-            raise ConfigError(f"a policy is a mapping with 'keep', 'int8' and optionally 'recovery', 'sparsity' and "
-                              f"'kmeans', got {doc!r}")  # fmt: skip
+        if not isinstance(doc, Mapping) or set(doc) - {"keep", "int8", "recovery", "sparsity", "kmeans", "drop"}:
+            raise ConfigError(f"a policy is a mapping with 'keep', 'int8' and optionally 'recovery', 'sparsity', "
+                              f"'kmeans' and 'drop', got {doc!r}")  # fmt: skip
         return cls(keep=dict(doc.get("keep", {})), int8=dict(doc.get("int8", {})),
                    recovery=dict(doc.get("recovery", {})), sparsity=dict(doc.get("sparsity", {})),
-                   kmeans=dict(doc.get("kmeans", {})))  # fmt: skip
+                   kmeans=dict(doc.get("kmeans", {})), drop=dict(doc.get("drop", {})))  # fmt: skip
 
     def params(self) -> dict[str, Any]:
         """The policy as flat parameters (``keep:GROUP``, ``int8:LAYER``, ``recovery:NAME``, ``sparsity:LAYER``,
-        ``kmeans:LAYER``): how a study stores a trial's choices."""
+        ``kmeans:LAYER``, ``drop:BLOCK``): how a study stores a trial's choices."""
         return {**{f"keep:{g}": k for g, k in self.keep.items()}, **{f"int8:{n}": b for n, b in self.int8.items()},
                 **{f"recovery:{n}": v for n, v in self.recovery.items()},
                 **{f"sparsity:{n}": v for n, v in self.sparsity.items()},
-                **{f"kmeans:{n}": v for n, v in self.kmeans.items()}}  # fmt: skip
+                **{f"kmeans:{n}": v for n, v in self.kmeans.items()},
+                **{f"drop:{n}": v for n, v in self.drop.items()}}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -115,7 +125,8 @@ class SearchSpace:
     mapping given here is checked and kept as ``{name: tuple of options}`` in that order of names. ``tied``: groups
     of ``int8_layers`` chosen together (a fused attention's query, key and value: the first names the choice).
     ``sparse_layers`` each choose one of ``sparsity`` (fractions, 0 first) and ``kmeans_layers`` one of
-    ``kmeans_bits`` (0 first: not clustered); given layers without options get the defaults."""
+    ``kmeans_bits`` (0 first: not clustered); given layers without options get the defaults. ``blocks``: the residual
+    blocks each policy keeps or drops (kind "depth")."""
 
     groups: tuple[GroupChoice, ...] = ()
     int8_layers: tuple[str, ...] = ()
@@ -127,6 +138,7 @@ class SearchSpace:
     sparsity: tuple[float, ...] = ()
     kmeans_layers: tuple[str, ...] = ()
     kmeans_bits: tuple[int, ...] = ()
+    blocks: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not isinstance(self.recovery, Mapping):
@@ -138,6 +150,9 @@ class SearchSpace:
         if ordered and "hpo" not in self.kinds:
             object.__setattr__(self, "kinds", (*self.kinds, "hpo"))
         self._weight_choices()
+        object.__setattr__(self, "blocks", tuple(self.blocks))
+        if self.blocks and "depth" not in self.kinds:
+            object.__setattr__(self, "kinds", (*self.kinds, "depth"))
         stray = [n for t in self.tied for n in t if n not in self.int8_layers]
         if stray or any(len(t) < 2 for t in self.tied):
             raise ConfigError(f"tied int8 layers are groups of two or more of int8_layers, got {self.tied!r}")
@@ -167,7 +182,8 @@ class SearchSpace:
         value together), "hpo" (the recovery's hyper-parameters: ``recovery``'s options, by default
         :data:`DEFAULT_RECOVERY`; ``recovery`` given alone adds them too), "sparsity" (each prunable layer's
         unstructured sparsity, one of ``sparsity``) and/or "kmeans" (each weighted layer's k-means bits, one of
-        ``kmeans_bits``; 0: not clustered) — the last two for the size objective."""
+        ``kmeans_bits``; 0: not clustered) — those two for the size objective — and "depth" (each droppable residual
+        block kept or dropped)."""
         bad = [k for k in kinds if k not in ALL_KINDS]
         if bad or not kinds:
             raise ConfigError(f"unknown search space kind {bad[0] if bad else ''!r}; choose from "
@@ -187,9 +203,10 @@ class SearchSpace:
         sparse = tuple(prunable_layers(model)) if "sparsity" in kinds else ()
         shared = tuple(n for n, (m, _) in weight_layers(model).items() if isinstance(m, tuple(QUANTIZABLE))) \
             if "kmeans" in kinds else ()  # fmt: skip
+        blocks = _depth.blocks_of(model, example_input) if "depth" in kinds else ()
         return cls(groups=groups, int8_layers=layers, kinds=tuple(kinds), round_to=round_to, recovery=recovery or {},
                    tied=_choices.qkv_trios(model, layers), sparse_layers=sparse, sparsity=tuple(sparsity),
-                   kmeans_layers=shared, kmeans_bits=tuple(kmeans_bits))  # fmt: skip
+                   kmeans_layers=shared, kmeans_bits=tuple(kmeans_bits), blocks=blocks)  # fmt: skip
 
     # -- JSON --------------------------------------------------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -234,6 +251,7 @@ class SearchSpace:
         found.update({f"recovery:{n}": list(options) for n, options in self.recovery.items()})
         found.update({f"sparsity:{n}": list(self.sparsity) for n in self.sparse_layers})
         found.update({f"kmeans:{n}": list(self.kmeans_bits) for n in self.kmeans_layers})
+        found.update({f"drop:{n}": [False, True] for n in self.blocks})
         return found
 
     def default_recovery(self) -> dict[str, Any]:
@@ -255,7 +273,8 @@ class SearchSpace:
                       int8={n: bool(params[f"int8:{tied.get(n, n)}"]) for n in self.int8_layers},
                       recovery={n: params[f"recovery:{n}"] for n in self.recovery},
                       sparsity={n: float(params[f"sparsity:{n}"]) for n in self.sparse_layers},
-                      kmeans={n: int(params[f"kmeans:{n}"]) for n in self.kmeans_layers})  # fmt: skip
+                      kmeans={n: int(params[f"kmeans:{n}"]) for n in self.kmeans_layers},
+                      drop={n: bool(params[f"drop:{n}"]) for n in self.blocks})  # fmt: skip
 
     def uniform(self, keep_ratio: float = 1.0, int8: bool = False) -> Policy:
         """The same keep ratio for every group (nearest option) and one precision for every layer."""
@@ -264,12 +283,12 @@ class SearchSpace:
                       **self._weights())  # fmt: skip
 
     def _weights(self, least: bool = False) -> dict[str, dict[str, Any]]:
-        """Every sparsity and k-means choice at its default (dense, not clustered), or with ``least`` at the most
-        compressing option (the highest sparsity, the fewest bits)."""
+        """Every sparsity, k-means and depth choice at its default (dense, not clustered, kept), or with ``least`` at
+        the most compressing option (the highest sparsity, the fewest bits, dropped)."""
         sparsity = max(self.sparsity, default=0.0) if least else 0.0
         bits = min((b for b in self.kmeans_bits if b > 0), default=0) if least else 0
         return {"sparsity": dict.fromkeys(self.sparse_layers, sparsity),
-                "kmeans": dict.fromkeys(self.kmeans_layers, bits)}
+                "kmeans": dict.fromkeys(self.kmeans_layers, bits), "drop": dict.fromkeys(self.blocks, least)}
 
     def dense(self) -> Policy:
         return self.uniform(1.0, False)
@@ -289,7 +308,8 @@ class SearchSpace:
 
     def smallest(self, int8: bool = True) -> Policy:
         """Fewest channels everywhere, every layer in ``int8`` (or float), the highest sparsity and fewest k-means
-        bits the space offers (they change the archive, not the graph the runtime runs)."""
+        bits the space offers (they change the archive, not the graph the runtime runs), every droppable block
+        dropped."""
         return Policy(keep={g.name: g.keep[0] for g in self.groups}, int8={n: int8 for n in self.int8_layers},
                       recovery=self.default_recovery(), **self._weights(least=True))  # fmt: skip
 
@@ -309,6 +329,7 @@ class SearchSpace:
         params.update({f"int8:{n}": rng.random() < share for n in self.int8_layers if n not in tied})
         params.update({f"recovery:{n}": rng.choice(options) for n, options in self.recovery.items()})
         params.update({k: rng.choice(v) for k, v in self.choices().items() if k.startswith(("sparsity:", "kmeans:"))})
+        params.update({f"drop:{n}": rng.random() >= level for n in self.blocks})  # fewer blocks at lower levels
         return self.policy(params)
 
     def all_policies(self) -> Iterable[Policy]:
@@ -322,20 +343,28 @@ class SearchSpace:
     # -- policies as technique configs -------------------------------------------------------------------------------
     def weight_configs(self, policy: Policy) -> tuple[MagnitudePruneConfig | None, KMeansConfig | None]:
         """The unstructured pruning and k-means configs that carry out ``policy``'s sparsity and k-means bits (None
-        where it chooses none; a layer in int8 is not clustered: :mod:`deepslim.search._choices`)."""
-        return _choices.magnitude_config(policy.sparsity), _choices.kmeans_config(policy.kmeans, policy.int8)
+        where it chooses none; a layer in int8 is not clustered: :mod:`deepslim.search._choices`; a layer in a dropped
+        block is gone)."""
+        sparsity, kmeans = _depth.alive(policy.sparsity, policy.drop), _depth.alive(policy.kmeans, policy.drop)
+        return _choices.magnitude_config(sparsity), _choices.kmeans_config(kmeans, policy.int8)
+
+    def depth_config(self, policy: Policy) -> BlockDropConfig | None:
+        """The block drop that carries out ``policy``'s depth (None: every block kept); it runs before the others."""
+        return _depth.depth_config(policy.drop)
 
     def configs(self, policy: Policy) -> tuple[ChannelPruneConfig | None, LinearQuantConfig | None]:
-        """The channel pruning and int8 configs that carry out ``policy`` (None where it does nothing)."""
+        """The channel pruning and int8 configs that carry out ``policy`` on the model its :meth:`depth_config` left
+        (None where it does nothing; groups and layers inside dropped blocks are gone)."""
         widths = {g.name: g.width for g in self.groups}
-        overrides = tuple((g, 1.0 - k / widths[g]) for g, k in policy.keep.items() if k < widths[g])
+        keep, int8 = _depth.alive(policy.keep, policy.drop), _depth.alive(policy.int8, policy.drop)
+        overrides = tuple((g, 1.0 - k / widths[g]) for g, k in keep.items() if k < widths[g])
         prune = ChannelPruneConfig(ratio=0.0, overrides=overrides) if overrides else None
-        floats: tuple[tuple[str, int | None], ...] = tuple((n, None) for n, q in policy.int8.items() if not q)
-        quant = LinearQuantConfig(bits=8, overrides=floats) if any(policy.int8.values()) else None
+        floats: tuple[tuple[str, int | None], ...] = tuple((n, None) for n, q in int8.items() if not q)
+        quant = LinearQuantConfig(bits=8, overrides=floats) if any(int8.values()) else None
         return prune, quant
 
 
-_OPTIONAL = ("tied", "sparse_layers", "sparsity", "kmeans_layers", "kmeans_bits")  # JSON keys written when present
+_OPTIONAL = ("tied", "sparse_layers", "sparsity", "kmeans_layers", "kmeans_bits", "blocks")  # written when present
 
 
 def _nearest(group: GroupChoice, keep_ratio: float) -> int:
@@ -346,9 +375,13 @@ def _nearest(group: GroupChoice, keep_ratio: float) -> int:
 
 def prune_policy(model: nn.Module, space: SearchSpace, policy: Policy, *, example_input: Any,
                  calib_data: Iterable[Any] | None = None) -> nn.Module:  # fmt: skip
-    """A pruned copy of ``model``: channels removed, then the chosen layers' smallest weights masked (unstructured
-    sparsity: the masks stay through recovery). Quantization comes after recovery (:func:`quantize_policy`)."""
+    """A pruned copy of ``model``: blocks dropped, channels removed (the dropped model's groups), then the chosen
+    layers' smallest weights masked (unstructured sparsity: the masks stay through recovery). Quantization comes after
+    recovery (:func:`quantize_policy`)."""
     net = copy.deepcopy(model)
+    depth = space.depth_config(policy)
+    if depth is not None:
+        prune_(net, depth, example_input=example_input)
     prune, _ = space.configs(policy)
     if prune is not None:
         prune_(net, prune, example_input=example_input, calib_data=calib_data)
