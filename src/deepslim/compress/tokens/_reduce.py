@@ -32,11 +32,11 @@ _PAD_FIRST, _NEVER = 3.0, -3.0  # beyond any cosine similarity in [-1, 1]
 def size_bias(size: torch.Tensor, dtype: torch.dtype, *, padding: bool = True) -> torch.Tensor:
     """Additive attention logits (B, 1, 1, T): log(size) for real tokens, the dtype's minimum for size 0 (masked).
     ``padding=False``: every size is > 0 (a ViT), so the bias is log(size) alone (two operators fewer)."""
+    shape = (-1, 1, 1, static_len(size))  # constants of an exported graph: one Reshape, no Shape operators
     if not padding:
-        return size.log().to(dtype)[:, None, None, :]
-    real = size > 0
-    bias = torch.where(real, size.clamp_min(1e-30).log(), torch.full_like(size, torch.finfo(dtype).min))
-    return bias.to(dtype)[:, None, None, :]
+        return size.log().to(dtype).reshape(shape)
+    bias = torch.where(size > 0, size.clamp_min(1e-30).log(), torch.finfo(dtype).min)
+    return bias.to(dtype).reshape(shape)
 
 
 def _ramp(t: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -64,10 +64,12 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
     that joined it. ``padding=False`` (every size > 0, as in a ViT) leaves out the padding rules' operators;
     ``unit=True``: the metric's rows are unit vectors already (:func:`merge_metric` ``"keys_states"``).
 
-    The graph is small on purpose (about 25 operators): one product for the similarities of set A (even positions)
-    to set B (odd positions), a quarter of all pairs, one top-k for the r sources, a cumulative sum for where every
-    token goes, and one product that sums the tokens (and their sizes, as an extra channel) into their
-    destinations: a scatter-add by index that every ONNX runtime runs.
+    The graph is small on purpose (about 25 operators, all but two of them on (B, T)-sized or (B, T - r, T)-sized
+    tensors): one product for the similarities of set A (even positions) to set B (odd positions), a quarter of
+    all pairs, one top-k for the r sources, a cumulative sum for where every token goes, and one product of the
+    tokens with their pooling weights (each output row holds the sizes of the tokens it absorbs, divided by their
+    sum): a weighted gather that every ONNX runtime runs. At batch 1 a merging layer's cost in ONNX Runtime is
+    mostly its operator count, not its arithmetic (BENCHMARKS, session 12).
 
     Where similarities tie exactly (duplicate tokens, a one-channel metric), which of the tied tokens merge is the
     top-k's choice, which PyTorch leaves unspecified (ONNX's TopK takes the lowest index): the merges equal the
@@ -82,46 +84,53 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
     if padding:
         scores = torch.where(size[:, None, 1::2] > 0, scores, _NEVER)  # never into padding
     node_max, node_idx = scores.max(dim=-1)  # (B, A): each A token's best partner in B
-    a = node_max.shape[1]
+    a = static_len(node_max)
     node_max = torch.where(torch.arange(a, device=x.device) == 0, 4 * _NEVER, node_max)  # CLS never merges
     if padding:  # padding A tokens go first, in position order (distinct values: every runtime picks the same)
         node_max = torch.where(size[:, 0::2] <= 0, _PAD_FIRST + _ramp(t, x.dtype, x.device)[:, 0::2], node_max)
-    src = 2 * node_max.topk(r, dim=-1).indices  # (B, r): the positions of the A tokens merged away
-    is_src = torch.zeros_like(size).scatter(1, src, 1.0)
-    rank = (1.0 - is_src).cumsum(dim=1) - 1.0  # each kept token's place in the output
-    partner = 2 * node_idx.gather(1, src // 2) + 1  # (B, r): their B tokens' positions
-    dest = rank.scatter(1, src, rank.gather(1, partner))  # a merged token goes where its partner goes
-    into = (dest[:, None, :] == torch.arange(t - r, device=x.device, dtype=x.dtype)[:, None]).to(x.dtype)
-    out = into @ torch.cat([x * size.unsqueeze(-1), size.unsqueeze(-1)], dim=-1)  # (B, T - r, C + 1): sums
-    new_size = out[..., -1]
-    return out[..., :-1] / new_size.clamp_min(1e-6).unsqueeze(-1), new_size
+    chosen = node_max.topk(r, dim=-1).indices  # (B, r): the A tokens merged away (their index in A)
+    src = 2 * chosen  # ... and their positions
+    place = torch.ones_like(size).scatter(1, src, 0.0).cumsum(dim=1)  # each kept token's place in the output, from 1
+    partner = 2 * node_idx.gather(1, chosen) + 1  # (B, r): their B tokens' positions
+    dest = place.scatter(1, src, place.gather(1, partner))  # a merged token goes where its partner goes
+    into = dest[:, None, :] == torch.arange(1, t - r + 1, device=x.device, dtype=x.dtype)[:, None]  # (B, T - r, T)
+    weight = torch.where(into, size[:, None, :], 0.0)  # each output's sizes of the tokens it absorbs
+    new_size = weight.sum(dim=-1)  # (B, T - r)
+    return (weight / new_size.clamp_min(1e-6).unsqueeze(-1)) @ x, new_size
 
 
-def merge_metric(kind: str, keys: torch.Tensor, normed: torch.Tensor | None) -> torch.Tensor:
+def merge_metric(kind: str, keys: torch.Tensor, normed: torch.Tensor | None,
+                 norm: torch.nn.LayerNorm | None = None) -> torch.Tensor:  # fmt: skip
     """What tokens are compared by when merging, (B, T, D), from the keys (B, H, T, Dh) and, for ``"keys_states"``,
-    the layer-normalized token states (B, T, C) before the norm's scale and shift. ``"keys"``: ToMe's keys averaged
-    over heads. ``"keys_states"``: every head's unit key and the normalized state side by side, weighted so that
-    the whole is a unit vector whose dot product with another token's is half the mean of their heads' key cosines
-    plus half their states' cosine. A layer-normalized state (mean 0, mean square 1 over its C channels) has length
-    sqrt(C) up to the norm's eps, so it is scaled by that constant rather than measured (two operators fewer).
-    Channels a zero scale removed (:func:`unaffine`) shorten it, and the similarity reads them as absent."""
+    the layer-normalized token states ``normed`` (B, T, C), or, with ``norm``, that LayerNorm's output, whose scale
+    and shift are undone here (:func:`unaffine`, with the metric's constant folded into its per-channel factor).
+    ``"keys"``: ToMe's keys averaged over heads. ``"keys_states"``: every head's unit key and the normalized state
+    side by side, weighted so that the whole is a unit vector whose dot product with another token's is half the
+    mean of their heads' key cosines plus half their states' cosine. A layer-normalized state (mean 0, mean square
+    1 over its C channels) has length sqrt(C) up to the norm's eps, so it is scaled by that constant rather than
+    measured (two operators fewer). Channels a zero scale removed read as absent."""
     if kind == "keys":
         return keys.mean(1)
     # internal invariants, not input checks: MergeTokensConfig validates the metric's name, and the encoders pass
     # the states whenever a plan needs them (LayerPlan.needs_states)
     assert kind == "keys_states", f"unknown merge metric {kind!r}"
     assert normed is not None, "the keys_states metric needs the normalized token states"
-    per_head = keys / (keys.norm(dim=-1, keepdim=True).clamp_min(1e-6) * math.sqrt(2 * static_len(keys)))
-    states = normed * (1.0 / math.sqrt(2 * static_len(normed, -1)))  # a normalized state's length is sqrt(C)
-    return torch.cat([per_head.transpose(1, 2).flatten(2), states], dim=-1)  # (B, T, H·Dh + C), unit length
+    t, heads, c = static_len(keys, 2), static_len(keys, 1), static_len(normed, -1)
+    per_head = keys / (keys.norm(dim=-1, keepdim=True).clamp_min(1e-6) * math.sqrt(2 * heads))
+    scale = 1.0 / math.sqrt(2 * c)  # a normalized state's length is sqrt(C)
+    states = normed * scale if norm is None else unaffine(normed, norm, scale=scale)
+    per_head = per_head.transpose(1, 2).reshape(-1, t, heads * static_len(keys, 3))  # (B, T, H·Dh)
+    return torch.cat([per_head, states], dim=-1)  # (B, T, H·Dh + C), unit length
 
 
-def unaffine(states: torch.Tensor, norm: torch.nn.LayerNorm) -> torch.Tensor:
-    """A LayerNorm's output (B, T, C) with its scale and shift undone: the normalized states (channels whose scale
-    is 0 carry nothing and read 0)."""
+def unaffine(states: torch.Tensor, norm: torch.nn.LayerNorm, *, scale: float = 1.0) -> torch.Tensor:
+    """A LayerNorm's output (B, T, C) with its scale and shift undone, times ``scale``: the normalized states
+    (channels whose scale is 0 carry nothing and read 0). The factor per channel depends on the weights only, so
+    an exported graph holds it as a constant: two elementwise operators on the states."""
     if norm.weight is None:
-        return states if norm.bias is None else states - norm.bias
-    inv = torch.where(norm.weight.abs() > 0, 1.0 / norm.weight, torch.zeros_like(norm.weight))
+        shifted = states if norm.bias is None else states - norm.bias
+        return shifted if scale == 1.0 else shifted * scale
+    inv = torch.where(norm.weight.abs() > 0, scale / norm.weight, torch.zeros_like(norm.weight))
     return (states - norm.bias if norm.bias is not None else states) * inv
 
 

@@ -24,8 +24,8 @@ from deepslim.compress.tokens._reduce import (
     prune_index,
     size_bias,
     soft_threshold,
+    static_len,
     threshold_index,
-    unaffine,
     uniform_share,
 )
 from deepslim.models.transformer import VisionTransformer
@@ -51,15 +51,22 @@ class LayerPlan:
         return self.keep_ratio < 1.0 or self.threshold is not None or self.r > 0
 
 
+def _heads(t: torch.Tensor, head_size: int) -> torch.Tensor:
+    """(B, T, H·D) -> (B, H, T, D), with T and H constants of an exported graph (no Shape operators per layer)."""
+    return t.view(-1, static_len(t), static_len(t, -1) // head_size, head_size).transpose(1, 2)
+
+
 def reduce_tokens(plan: LayerPlan, x: torch.Tensor, size: torch.Tensor, keys: torch.Tensor, probs: torch.Tensor, *,
-                  padding: bool = True, normed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                  padding: bool = True, normed: torch.Tensor | None = None,
+                  norm: nn.LayerNorm | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """One layer's reduction of x (B, T, C) and sizes (B, T); keys (B, H, T, D) and probs (B, H, T, T); ``normed``
-    (B, T, C): the layer-normalized states, for ``plan.metric == "keys_states"``.
+    (B, T, C): the layer-normalized states for ``plan.metric == "keys_states"``, or, with ``norm``, that LayerNorm's
+    output (:func:`~deepslim.compress.tokens._reduce.merge_metric` undoes its scale and shift).
     ``padding=False``: no token has size 0 (a ViT), so the merge needs no padding rules."""
     if plan.threshold is not None:  # learned token pruning: the count depends on the input (never with the others)
         kept, size = threshold_index(size, uniform_share(attention_received(probs, size), size), plan.threshold)
         return gather_tokens(x, kept), size
-    metric = merge_metric(plan.metric, keys, normed) if plan.r > 0 else None  # (B, T, D)
+    metric = merge_metric(plan.metric, keys, normed, norm) if plan.r > 0 else None  # (B, T, D)
     if plan.keep_ratio < 1.0:
         idx, size = prune_index(size, attention_received(probs, size), plan.keep_ratio)
         if idx is not None:
@@ -126,19 +133,17 @@ class BertTokenReduction(nn.Module):
                soft: tuple[SoftThresholds, int] | None = None,
                pool: bool = False) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
         sa = layer.attention.self
-        shape = (*x.shape[:-1], -1, sa.attention_head_size)
-        q, k, v = (p(x).view(shape).transpose(1, 2) for p in (sa.query, sa.key, sa.value))  # (B, H, T, D)
+        q, k, v = (_heads(p(x), sa.attention_head_size) for p in (sa.query, sa.key, sa.value))  # (B, H, T, D)
         logits = torch.matmul(q, k.transpose(2, 3)) * sa.scaling + size_bias(size, x.dtype)
         probs = F.softmax(logits, dim=-1)
         probs = F.dropout(probs, p=sa.dropout.p, training=sa.training)
-        ctx = torch.matmul(probs, v).transpose(1, 2).contiguous().reshape(*x.shape[:-1], -1)  # (B, T, C)
+        ctx = torch.matmul(probs, v).transpose(1, 2).reshape(-1, static_len(x), static_len(v, 1) * static_len(v, 3))
         h_in = h = layer.attention.output(ctx, x)
         size_in = size
         if soft is not None:
             share = uniform_share(attention_received(probs, size), size)
             size = soft_threshold(size, share, soft[0].threshold[soft[1]], soft[0].temperature)
-        normed = unaffine(h, layer.attention.output.LayerNorm) if plan.needs_states else None
-        h, size = reduce_tokens(plan, h, size, k, probs, normed=normed)
+        h, size = reduce_tokens(plan, h, size, k, probs, normed=h, norm=layer.attention.output.LayerNorm)
         left = None
         if pool:  # what left here: all states weighted by size, less those that stay
             left = ((h_in * size_in.unsqueeze(-1)).sum(1) - (h * size.unsqueeze(-1)).sum(1),
