@@ -162,3 +162,51 @@ def test_two_layers_with_identical_int8_codes_are_refused_as_indistinguishable_n
     assert set(_find_layers(model, {"a": codes}).keys()) == {"a"}  # one layer of these codes: found (twice, same)
     with pytest.raises(ExportError, match="layers a and b have identical int8 weight codes"):
         _find_layers(model, {"a": codes, "b": codes.copy()})
+
+
+def test_every_int8_layer_gets_the_time_of_the_node_onnx_runtime_ran_for_it(setup, tmp_path):
+    from deepslim.analysis.onnx_profile import time_onnx
+    from deepslim.search.int8_slices import layer_times
+
+    _, _, dense, slicer = setup
+    policy = replace(dense, keep={"0": 16, "3.conv1": 32})
+    slicer.write(policy, tmp_path / "p.onnx")
+    nodes = time_onnx(tmp_path / "p.onnx", input_shape=tuple(X.shape), runs=3, warmup=1).nodes
+    found = layer_times([(n.name, n.time_us / 1e3) for n in nodes], slicer.node_names())
+    assert set(found) == set(slicer.layers) == {"0", "3.conv1", "3.conv2", "6"}
+    assert all(ms > 0 for ms in found.values())
+    assert {n.op_type for n in nodes if any(n.name.startswith(slicer.node_names()[k]) for k in found)} <= {
+        "QLinearConv", "QGemm", "Conv", "Gemm", "MatMulInteger", "QLinearMatMul"}
+
+
+def test_a_fused_node_counts_for_the_layer_whose_node_name_is_its_longest_prefix():
+    from deepslim.search.int8_slices import layer_times
+
+    nodes = {"a": "node_Conv_4", "b": "node_Conv_48"}
+    executed = [("node_Conv_48_token_1", 1.0), ("node_Conv_4_token_2", 2.0), ("node_Conv_4", 0.5), ("Transpose", 9.0),
+                ("node_Conv_40", 7.0)]  # fmt: skip
+    assert layer_times(executed, nodes) == {"b": 1.0, "a": 2.5}
+
+
+def test_a_groups_time_per_mac_is_its_layers_time_over_their_macs_in_the_pruned_model(setup):
+    from deepslim.search.int8_slices import group_time_per_mac
+
+    net, space, dense, _ = setup
+    keys, groups = int8_layer_keys(net, X, space), group_layers(space)
+    policy = replace(dense, keep={"0": 16, "3.conv1": 48})
+    layers = {lp.name: lp.macs for lp in profile(prune_policy(net, space, policy, example_input=X), X).layers}
+    layer_ms = {"0": 3.0, "3.conv1": 2.0, "3.conv2": 1.0, "6": 0.5}
+    found = group_time_per_mac(layer_ms, keys, groups, policy)
+    # group "0": conv 0 and 3.conv2 out, 3.conv1 and the linear 6 in; group "3.conv1": 3.conv1 out, 3.conv2 in
+    assert found["0"] == pytest.approx(6.5 / sum(layers[n] for n in ("0", "3.conv1", "3.conv2", "6")))
+    assert found["3.conv1"] == pytest.approx(3.0 / (layers["3.conv1"] + layers["3.conv2"]))
+    assert group_time_per_mac({"6": 1.0}, keys, groups, policy)["3.conv1"] == 0.0  # no timed layer: no time
+
+
+def test_a_group_profile_gives_every_group_a_positive_time_per_mac(setup, tmp_path):
+    net, space, dense, slicer = setup
+    keys = int8_layer_keys(net, X, space)
+    found = slicer.group_profile(replace(dense, keep={"0": 16, "3.conv1": 32}), tmp_path / "g.onnx", keys,
+                                 input_shape=tuple(X.shape), runs=3)  # fmt: skip
+    assert set(found) == {"0", "3.conv1"} and all(v > 0 for v in found.values())
+    assert (tmp_path / "g.onnx").is_file()
