@@ -212,8 +212,8 @@ def run_search(dense: torch.nn.Module, data: Any, space: SearchSpace, table: Lat
     stamps: list[float] = []
     cpu: list[float] = []  # CPU seconds of this process and its children (the timer processes) at each trial
     extra = {"latency_model": args.latency_model} if args.latency_model and "latency_model" in SEARCH_KW else {}
-    extra.update({k: getattr(args, k) for k in ("proxy_steps", "temperature", "priors", "proxy_lr", "measure_repeats")
-                  if k in SEARCH_KW})  # fmt: skip
+    extra.update({k: getattr(args, k) for k in ("proxy_steps", "temperature", "priors", "proxy_lr", "measure_repeats",
+                                               "calibration_policies") if k in SEARCH_KW})  # fmt: skip
     t0, c0 = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as work:
         result = search(dense, data, space, ("accuracy", "latency"), f"latency={budget}x", trials=args.trials,
@@ -329,6 +329,9 @@ def main() -> None:
     p.add_argument("--proxy-lr", type=float, default=None, help="the proxy's peak learning rate (default: the lr)")
     p.add_argument("--measure-repeats", type=int, default=5,
                    help="measured latency model: runs of a trial measured within 15%% of the budget (median)")
+    p.add_argument("--calibration-policies", type=int, default=0,
+                   help="random policies (crowded toward the floor) the search's calibration measures beside its "
+                        "fixed ones; with 10 measured in all the node table is fitted in its sum and weight bytes")
     p.add_argument("--temperature", type=float, default=None,
                    help="finalists' and the final comparison's fine-tune distill from dense at this temperature")
     p.add_argument("--priors", action=argparse.BooleanOptionalAction, default=True,

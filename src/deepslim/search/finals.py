@@ -228,9 +228,11 @@ def table_report(table: LatencyTable, checked: Sequence[Candidate], latency_mode
            "dense_measured_ms": m.measured_latency_ms, "machine": table.key, "runtime": table.runtime,
            "threads": table.threads, "entries": len(table.entries), "measured_entries": table.measured,
            "scale": table.scale, "offset_ms": table.offset, "conversion_weight": table.change_weight,
-           "calibration_points": [list(p) for p in table.points]}  # fmt: skip
+           "calibration_points": [list(p) for p in table.points], "error_band": table.error_band,
+           "floor_check": (nodes if latency_model == "nodes" and nodes is not None else table).floor}  # fmt: skip
     if nodes is not None:
         doc["node_scale"], doc["node_offset_ms"] = nodes.scale, nodes.offset
+        doc["node_error_band"] = nodes.error_band
         doc["node_ms_per_weight_mib"] = nodes.weight_coef
         doc["node_entries"] = sum(1 for k in table.entries if k.startswith("node:"))
     return doc

@@ -8,12 +8,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
+from typing import Any
 
 from deepslim.errors import ConfigError, DeepSlimError
+from deepslim.search._timing import PairTimer, describe
 from deepslim.search.budget import UNIT_NAMES, Budget
 from deepslim.search.evaluate import Candidate, Evaluator
 from deepslim.search.finals import feasible
 from deepslim.search.latency import layer_keys
+from deepslim.search.node_table import weight_mb
 from deepslim.search.space import Policy, SearchSpace, prune_policy
 
 log = logging.getLogger(__name__)
@@ -27,24 +30,27 @@ def base(dense: Candidate, metric: str) -> float:
     return dense.value(metric)
 
 
-def _smallest(ev: Evaluator, budgets: tuple[Budget, ...]) -> dict[str, tuple[float, Policy]]:
-    """The least latency, size and energy any policy reaches, and a policy that reaches it: for latency the fewest
-    channels with, per layer, the precision the layer table times faster — or every layer int8 or float alike,
-    each predicted by the search's latency model (conversions between precisions make the per-layer choice not
-    always the best)."""
+def floor_policies(ev: Evaluator) -> list[Policy]:
+    """The policies that may be the fastest of the space: the fewest channels with, per layer, the precision the
+    layer table times faster, and every layer int8 or float alike (conversions between precisions make the per-layer
+    choice not always the best); duplicates dropped."""
     space, x = ev.space, ev.data.example_input
-    found: dict[str, tuple[float, Policy]] = {}
     least = space.smallest(False)
+    net = prune_policy(ev.model, space, least, example_input=x)
+    int8 = {}
+    for name, key in layer_keys(net, x, {}).items():
+        if name in least.int8:
+            int8[name] = ev.table.layer_ms([replace(key, int8=True)])[0] < ev.table.layer_ms([key])[0]
+    options = (replace(least, int8={**least.int8, **int8}), least, space.smallest(True))
+    return list({str(p.to_dict()): p for p in options}.values())
+
+
+def _smallest(ev: Evaluator, budgets: tuple[Budget, ...]) -> dict[str, tuple[float, Policy]]:
+    """The least latency, size and energy any policy reaches, and a policy that reaches it: for latency the least
+    prediction of the search's latency model over :func:`floor_policies`."""
+    found: dict[str, tuple[float, Policy]] = {}
     if any(b.metric == "latency" for b in budgets):
-        net = prune_policy(ev.model, space, least, example_input=x)
-        int8 = {}
-        for name, key in layer_keys(net, x, {}).items():
-            if name in least.int8:
-                fast = ev.table.layer_ms([replace(key, int8=True)])[0] < ev.table.layer_ms([key])[0]
-                int8[name] = fast
-        options = {str(p.to_dict()): p for p in (replace(least, int8={**least.int8, **int8}), least,
-                                                 space.smallest(True))}  # fmt: skip
-        found["latency"] = min(_predicted(ev, list(options.values())), key=lambda t: t[0])
+        found["latency"] = min(_predicted(ev, floor_policies(ev)), key=lambda t: t[0])
     for metric in ("size", "energy", "memory"):
         if any(b.metric == metric for b in budgets):
             found[metric] = ev.least(metric)
@@ -66,16 +72,80 @@ def _predicted(ev: Evaluator, policies: Sequence[Policy]) -> list[tuple[float, P
 
 
 def check_feasible(ev: Evaluator, budgets: tuple[Budget, ...], limits: dict[str, float], dense: Candidate) -> None:
-    unit = UNIT_NAMES
+    """Refuse (ConfigError, before any trial) a budget tighter than the space's smallest value, named in the message.
+    A latency table's floor predicted over the limit by no more than the table's error band (its largest relative
+    error on the calibration's points, at least 10 %) is measured end to end first (:func:`measure_floor`) and the
+    measurement decides; when it meets the limit the table is pinned through it (:func:`_pin`), else no policy
+    near the floor could be judged feasible."""
     for metric, (value, policy) in _smallest(ev, budgets).items():
-        if value > limits[metric]:
-            base_value = base(dense, metric)
-            frame = "" if metric != "latency" else (", measured end to end" if ev.latency_model == "measured" else
-                                                    f", as the {ev.latency_model[:-1]} table predicts it")
-            raise ConfigError(f"the {metric} budget {limits[metric]:.4g} {unit[metric]} is tighter than the smallest "
-                              f"policy in this space allows ({value:.4g} {unit[metric]}, {value / base_value:.2f}x of "
-                              f"dense{frame}: {_describe(ev.space, policy)}): loosen it to at least "
-                              f"{value / base_value:.2f}x or widen the space")  # fmt: skip
+        limit, base_value = limits[metric], base(dense, metric)
+        frame = "" if metric != "latency" else (", measured end to end" if ev.latency_model == "measured" else
+                                                f", as the {ev.latency_model[:-1]} table predicts it")
+        if metric == "latency" and limit < value <= limit * (1 + _model(ev).error_band):
+            measured = measure_floor(ev, policy, base_value)
+            if measured == measured:
+                model = _model(ev)
+                model.floor = {"policy": policy.to_dict(), "predicted_ms": value, "measured_ms": measured,
+                               "limit_ms": limit, "error_band": model.error_band, "pinned": False}  # fmt: skip
+                note = (f", measured end to end against dense, the median of {ev.measure_repeats} runs; the "
+                        f"{ev.latency_model[:-1]} table predicted {value / base_value:.2f}x")
+                value, frame = measured, note
+                if measured <= limit:
+                    model.floor["pinned"] = _pin(ev, policy, dense, measured)
+                    continue
+        if value > limit:
+            unit, times = UNIT_NAMES[metric], value / base_value
+            raise ConfigError(f"the {metric} budget {limit:.4g} {unit} is tighter than the smallest policy in this "
+                              f"space allows ({value:.4g} {unit}, {times:.2f}x of dense{frame}: "
+                              f"{_describe(ev.space, policy)}): loosen it to at least {times:.2f}x or widen the "
+                              "space")  # fmt: skip
+
+
+def _model(ev: Evaluator) -> Any:
+    """The table the search's latency model predicts with (the node table or the layer table)."""
+    return ev.nodes if ev.latency_model == "nodes" and ev.nodes is not None else ev.table
+
+
+def measure_floor(ev: Evaluator, policy: Policy, base_ms: float) -> float:
+    """``policy`` (unrecovered: latency follows the graph, not the weights) timed end to end against the dense model
+    as the measured latency model times a trial — interleaved pairs, ``ev.measure_repeats`` processes, the median
+    ratio — in the search's frame: ``base_ms`` × that ratio. NaN when the table cannot time whole models or the model
+    cannot be measured (the prediction then decides, as before)."""
+    if ev.latency_model == "measured" or not ev.table.end_to_end:
+        return float("nan")
+    net, _ = ev.model_and_keys(policy, "none")
+    try:
+        runs = describe(PairTimer(ev.table, ev.model, ev.data.example_input).runs(net, ev.measure_repeats))
+    except DeepSlimError as exc:
+        log.warning("the space's smallest policy could not be measured end to end: %s", exc)
+        return float("nan")
+    log.info("the space's smallest policy measured at %.3fx of dense (runs %s)", runs["median"],
+             ", ".join(f"{r:.3f}" for r in runs["ratios"]))  # fmt: skip
+    return base_ms * float(runs["median"])
+
+
+def _pin(ev: Evaluator, policy: Policy, dense: Candidate, measured: float) -> bool:
+    """Pin the search's latency table through the dense model (at its prediction: relative limits keep their meaning)
+    and the floor measured end to end, so that trials near the floor are judged by what the runtime does; a warning
+    when the table cannot be pinned (a line through both would not rise with the sums)."""
+    at = base(dense, "latency")
+    net, keys = ev.model_and_keys(policy, "none")
+    if ev.latency_model == "nodes" and ev.nodes is not None:
+        raw_d, raw_f = ev.node_raw(ev.space.dense(), ev.model), ev.node_raw(policy, net)
+        ok = raw_d is not None and raw_f is not None and ev.nodes.pin(
+            (raw_d, weight_mb(ev.model), at), (raw_f, weight_mb(net), measured))  # fmt: skip
+    else:
+        dense_keys = ev.model_and_keys(ev.space.dense(), "none")[1]
+        ok = ev.table.pin((_layer_raw(ev, dense_keys), at), (_layer_raw(ev, keys), measured))
+    if not ok:
+        log.warning("the latency table could not be pinned through the measured floor: trials near it are judged "
+                    "by the table's prediction")  # fmt: skip
+    return bool(ok)
+
+
+def _layer_raw(ev: Evaluator, keys: list[Any]) -> float:
+    layers, changes = ev.table.parts(keys)
+    return layers + ev.table.change_weight * changes
 
 
 def _describe(space: SearchSpace, policy: Policy) -> str:

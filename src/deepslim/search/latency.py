@@ -42,6 +42,7 @@ RUNTIMES = ("onnxruntime",)
 # The statistic of a timing's rounds × block runs: the minimum is the one a loaded machine moves least (two runs of
 # the same 45 ResNet-20 policies here agreed within 3.2% (p50) / 6.7% (p90) on minimums, 4.8% / 17% on medians).
 STAT = "min_ms"
+MIN_BAND = 0.10  # the least error band a calibrated table is trusted to (the issue's ±10 %)
 LayerTimer = Callable[[Sequence["LayerKey"]], list[float]]
 ModelTimer = Callable[[Sequence[tuple[nn.Module, Any]]], list[float]]
 
@@ -170,6 +171,8 @@ class LatencyTable:
         self.measured = 0  # entries this table measured (not read from the cache)
         self.scale, self.offset, self.change_weight = 1.0, 0.0, 1.0
         self.points: list[tuple[float, float]] = []  # (raw sum, measured) pairs the calibration was fitted to
+        self.error_band = MIN_BAND  # the largest relative error on the calibration's points, at least MIN_BAND
+        self.floor: dict[str, Any] | None = None  # the space's floor measured by the feasibility check (frame.py)
 
     def _load(self) -> dict[str, float]:
         if self.path is None or not self.path.is_file():
@@ -259,6 +262,19 @@ class LatencyTable:
         self.points, fitted = fit_line(points)
         if fitted is not None:
             self.scale, self.offset = fitted
+            self.error_band = _band([(self.scale * r + self.offset, m) for r, m in self.points])
+
+    def pin(self, dense: tuple[float, float], floor: tuple[float, float]) -> bool:
+        """Make the prediction the line through the dense model's and the space's floor's (raw, ms) points, both
+        measured end to end in the search's frame (raw: :meth:`parts` weighted as :meth:`predict_keys` weighs
+        them); False (nothing changed) unless its slope is positive."""
+        (rd, md), (rf, mf) = dense, floor
+        if abs(rf - rd) < 1e-12 or (mf - md) / (rf - rd) <= 0:
+            return False
+        self.scale = (mf - md) / (rf - rd)
+        self.offset = md - self.scale * rd
+        self.points = [(rd, md), (rf, mf)]
+        return True
 
     def calibrate_parts(self, points: Sequence[tuple[tuple[float, float], float]]) -> None:
         """Fit ``measured ≈ scale × (layers + change_weight × conversions) + offset`` to ((layers, conversions),
@@ -273,6 +289,8 @@ class LatencyTable:
             if scale > 0 and weight >= 0:
                 self.scale, self.change_weight, self.offset = float(scale), float(weight / scale), float(offset)
                 self.points = [(float(lay + ch), float(m)) for (lay, ch), m in good]
+                self.error_band = _band([(self.scale * (lay + self.change_weight * ch) + self.offset, m)
+                                         for (lay, ch), m in good])  # fmt: skip
                 return
         self.change_weight = 1.0
         self.calibrate([(lay + ch, m) for (lay, ch), m in good])
@@ -369,6 +387,11 @@ def fit_line(points: Sequence[tuple[float, float]]) -> tuple[list[tuple[float, f
         if scale > 0:
             return good, (float(scale), float(offset))
     return good, (1.0, float(np.mean(meas - raw)))
+
+
+def _band(pairs: Sequence[tuple[float, float]]) -> float:
+    """The largest relative error of (predicted, measured) pairs, at least :data:`MIN_BAND`."""
+    return max([MIN_BAND] + [abs(p / m - 1) for p, m in pairs if m > 0])
 
 
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:

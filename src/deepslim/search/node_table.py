@@ -37,7 +37,7 @@ import numpy as np
 from torch import nn
 
 from deepslim.errors import ConfigError, ExportError
-from deepslim.search.latency import LatencyTable, fit_line
+from deepslim.search.latency import MIN_BAND, LatencyTable, fit_line
 
 PREFIX = "node:"
 MIN_WEIGHT_POINTS = 10  # fewest measured models a line in the node sum and the weights' bytes is fitted to
@@ -90,6 +90,9 @@ class NodeTable:
         self.scale, self.offset = 1.0, 0.0
         self.weight_coef = 0.0  # ms per MiB of weights (:meth:`calibrate_weights`); 0: the node sum alone
         self.points: list[tuple[float, float]] = []
+        self.triples: list[tuple[float, float, float]] = []  # (sum, weight MiB, ms) the weight fit was made on
+        self.error_band = MIN_BAND  # the largest relative error on the calibration's points, at least MIN_BAND
+        self.floor: dict[str, Any] | None = None  # the space's floor measured by the feasibility check (frame.py)
 
     def _time(self, nodes: Sequence[Node], work: str, rounds: int, block: int) -> list[float]:
         doc = _child({"cmd": "time", "files": [[n["file"], n["feeds"]] for n in nodes], "threads": self.table.threads,
@@ -136,7 +139,7 @@ class NodeTable:
         if not (raw > 0 and measured > 0 and measured == measured):
             return
         self.scale, self.offset, self.weight_coef = measured / raw, 0.0, 0.0
-        self.points = [(float(raw), float(measured))]
+        self.points, self.error_band = [(float(raw), float(measured))], MIN_BAND
 
     def calibrate(self, points: Sequence[tuple[float, float]]) -> None:
         """Fit ``scale`` and ``offset`` to (raw, measured) pairs (:func:`deepslim.search.latency.fit_line`)."""
@@ -146,7 +149,7 @@ class NodeTable:
             self.weight_coef = 0.0
 
     def calibrate_weights(self, points: Sequence[tuple[float, float, float]], *, min_points: int = MIN_WEIGHT_POINTS,
-                          through: tuple[float, float, float] | None = None) -> bool:  # fmt: skip
+                          through: Sequence[float] | Sequence[Sequence[float]] | None = None) -> bool:  # fmt: skip
         """Fit ``scale × sum + weight_coef × weight MiB + offset`` to (raw sum, weight MiB, measured ms) triples by
         least squares; True when fitted. Why the weights: each node is timed alone, its weights warm in the cache,
         and a whole model streams all of its weights on every run; on MobileNetV2 0.5 at 28² the measured/sum ratio
@@ -158,7 +161,10 @@ class NodeTable:
         differences to it), so the dense model is predicted at its measured time and a relative budget (``0.5x``)
         means the same in the table's frame as on the runtime. Unconstrained, the fit put dense 9 % high on
         MobileNetV2 (session 11): 94 % of 50 fresh policies within ±10 % in milliseconds, 46 % as ratios to the
-        predicted dense; through dense, on the same measurements, 92 % in both."""
+        predicted dense; through dense, on the same measurements, 92 % in both. A list of triples: the plane passes
+        through each of them (two at most are useful: three fix it), e.g. dense and the space's floor measured end
+        to end (:meth:`pin`). Sets :attr:`error_band` to the largest relative error on ``points``, at least
+        :data:`MIN_BAND`."""
         if min_points < 3:
             raise ConfigError(f"min_points must be at least 3 (a line in two variables has 3 coefficients): "
                               f"got {min_points}")  # fmt: skip
@@ -173,11 +179,28 @@ class NodeTable:
                 good.append((raw, mb, ms))
         if len(good) < min_points:
             return False
-        coef = _plane(good) if through is None else _plane_through(good, _point(through))
+        coef = _plane(good) if through is None else _plane_through(good, _points(through))
         if coef is None or coef[0] <= 0:
             return False
         self.scale, self.weight_coef, self.offset = coef
-        self.points = [(r, m) for r, _, m in good]
+        self.points, self.triples = [(r, m) for r, _, m in good], good
+        self.error_band = max([MIN_BAND] + [abs(self.predict(r, w) / m - 1) for r, w, m in good if m > 0])
+        return True
+
+    def pin(self, dense: Sequence[float], floor: Sequence[float]) -> bool:
+        """Make the prediction pass through the dense model's and the space's floor's (sum, weight MiB, ms) points,
+        both measured end to end in the search's frame (:func:`deepslim.search.frame.check_feasible`): a weight fit
+        is refitted through both on its own points; an anchor or a line becomes the line in the sum through them.
+        Why: a floor the calibration over-predicts makes every policy near it look over a budget it meets. False
+        (nothing changed) when no such fit has a positive scale."""
+        d, f = _point(dense), _point(floor)
+        if self.weight_coef and self.triples:
+            return self.calibrate_weights(self.triples, through=[d, f], min_points=3)
+        if abs(f[0] - d[0]) < 1e-12 or (f[2] - d[2]) / (f[0] - d[0]) <= 0:
+            return False
+        self.scale = (f[2] - d[2]) / (f[0] - d[0])
+        self.offset, self.weight_coef = d[2] - self.scale * d[0], 0.0
+        self.points = [(d[0], d[2]), (f[0], f[2])]
         return True
 
 
@@ -198,12 +221,26 @@ def _plane(good: Sequence[tuple[float, float, float]]) -> tuple[float, float, fl
     return float(coef[0]), float(coef[1]), float(coef[2])
 
 
+def _points(through: Sequence[float] | Sequence[Sequence[float]]) -> list[tuple[float, float, float]]:
+    """One (sum, MiB, ms) triple or a list of them, checked."""
+    if len(through) and all(isinstance(p, Sequence) for p in through):
+        return [_point(p) for p in through]  # type: ignore[arg-type]
+    return [_point(through)]  # type: ignore[arg-type]
+
+
 def _plane_through(good: Sequence[tuple[float, float, float]],
-                   at: tuple[float, float, float]) -> tuple[float, float, float] | None:  # fmt: skip
-    """The same plane constrained to pass through ``at`` exactly: least squares on the differences, no intercept."""
-    r0, w0, m0 = at
-    a = np.array([[r - r0, w - w0] for r, w, _ in good])
-    if np.linalg.matrix_rank(a) < 2:
+                   at: Sequence[tuple[float, float, float]]) -> tuple[float, float, float] | None:  # fmt: skip
+    """The same plane constrained to pass through every point of ``at`` exactly: least squares under equality
+    constraints (the KKT system). One point: least squares on the differences to it, no intercept."""
+    a = np.array([[r, w, 1.0] for r, w, _ in good])
+    c = np.array([[r, w, 1.0] for r, w, _ in at])
+    if np.linalg.matrix_rank(np.vstack([a, c])) < 3 or np.linalg.matrix_rank(c) < len(at):
         return None
-    (scale, per_mib), *_ = np.linalg.lstsq(a, np.array([m - m0 for *_, m in good]), rcond=None)
-    return float(scale), float(per_mib), float(m0 - scale * r0 - per_mib * w0)
+    k = len(at)
+    kkt = np.block([[2 * a.T @ a, c.T], [c, np.zeros((k, k))]])
+    rhs = np.concatenate([2 * a.T @ np.array([m for *_, m in good]), np.array([m for *_, m in at])])
+    try:
+        sol = np.linalg.solve(kkt, rhs)
+    except np.linalg.LinAlgError:
+        return None
+    return float(sol[0]), float(sol[1]), float(sol[2])
