@@ -64,7 +64,7 @@ def probing_layer(metric: Metric) -> Callable[..., Any]:
     """``BertTokenReduction._layer`` with the merge comparing tokens by ``metric(locals)`` (merging only)."""
 
     def layer_step(layer: Any, plan: Any, x: torch.Tensor, size: torch.Tensor, soft: Any = None,
-                   pool: bool = False) -> tuple[torch.Tensor, torch.Tensor, None]:  # fmt: skip
+                   pool: bool = False, members: Any = None) -> tuple[torch.Tensor, torch.Tensor, None, None]:  # fmt: skip
         sa = layer.attention.self
         shape = (*x.shape[:-1], -1, sa.attention_head_size)
         q, k, v = (p(x).view(shape).transpose(1, 2) for p in (sa.query, sa.key, sa.value))
@@ -73,7 +73,7 @@ def probing_layer(metric: Metric) -> Callable[..., Any]:
         if plan.r > 0:
             h, size = bipartite_merge(h, size, metric({"q": q, "k": k, "v": v, "h": h, "x": x, "layer": layer}),
                                       plan.r)  # fmt: skip
-        return layer.output(layer.intermediate(h), h), size, None
+        return layer.output(layer.intermediate(h), h), size, None, None
 
     return layer_step
 

@@ -38,6 +38,7 @@ from deepslim.data.text_corpus import CorpusConfig, build_corpus
 from deepslim.models.hf import tokenize
 from deepslim.tasks.similarity import embedding_fidelity
 from deepslim.train.student import EncoderKDConfig, distill_encoder
+from deepslim.train.token_kd import distill_tokens
 from token_thresholds import full_length_texts
 from transformer_encoder import cpu_rows, export, ort_embed, prefixed
 
@@ -72,9 +73,11 @@ def distilled(teacher: torch.nn.Module, args: argparse.Namespace) -> tuple[torch
         return student.eval(), json.loads(prefixed(args.kd_from, ".json").read_text())
     merge_tokens_(student, config(args.kd, 128))
     ids, mask = kd_passages(teacher, args.kd_texts)
-    kd = EncoderKDConfig(cpu_seconds=args.kd_cpu, wall_seconds=args.kd_wall, lr=args.kd_lr, batch_size=16, seed=0)
+    kd = EncoderKDConfig(cpu_seconds=args.kd_cpu, wall_seconds=args.kd_wall, lr=args.kd_lr, batch_size=16, seed=0,
+                         hidden_weight=args.kd_hidden)  # fmt: skip
+    distill = distill_tokens if args.kd_targets == "tokens" else distill_encoder
     info: dict[str, Any] = {"variant": args.kd, "texts": len(ids), "kd_config": kd.to_dict(),
-                            "kd": distill_encoder(student, teacher, ids, mask, kd)}  # fmt: skip
+                            "targets": args.kd_targets, "kd": distill(student, teacher, ids, mask, kd)}  # fmt: skip
     student.reduction = None  # saved without the reduction module (it holds no weights)
     prefix = Path(args.json).with_suffix(".tome_kd")
     torch.save(student.state_dict(), prefixed(prefix, ".pt"))
@@ -136,6 +139,10 @@ def main() -> None:
     parser.add_argument("--kd-wall", type=float, default=None, help="also stop after this many wall seconds")
     parser.add_argument("--kd-lr", type=float, default=5e-5)
     parser.add_argument("--kd-texts", type=int, default=6000)
+    parser.add_argument("--kd-targets", choices=("embedding", "tokens"), default="embedding",
+                        help="embedding: the pooled embedding only (distill_encoder, session 11); tokens: also every "
+                             "merged token's members' mean teacher state at every layer (train.token_kd, session 12)")
+    parser.add_argument("--kd-hidden", type=float, default=1.0, help="weight of the token loss (--kd-targets tokens)")
     parser.add_argument("--kd-from", type=Path, default=None, help="reuse PREFIX.pt/.json of an earlier --kd run")
     args = parser.parse_args()
     result = run(args)

@@ -29,14 +29,14 @@ import torch
 _PAD_FIRST, _NEVER = 3.0, -3.0  # beyond any cosine similarity in [-1, 1]
 
 
-def size_bias(size: torch.Tensor, dtype: torch.dtype, *, padding: bool = True) -> torch.Tensor:
+def size_bias(size: torch.Tensor, dtype: torch.dtype, *, padding: bool = True, static: bool = True) -> torch.Tensor:
     """Additive attention logits (B, 1, 1, T): log(size) for real tokens, the dtype's minimum for size 0 (masked).
-    ``padding=False``: every size is > 0 (a ViT), so the bias is log(size) alone (two operators fewer)."""
-    shape = (-1, 1, 1, static_len(size))  # constants of an exported graph: one Reshape, no Shape operators
-    if not padding:
-        return size.log().to(dtype).reshape(shape)
-    bias = torch.where(size > 0, size.clamp_min(1e-30).log(), torch.finfo(dtype).min)
-    return bias.to(dtype).reshape(shape)
+    ``padding=False``: every size is > 0 (a ViT), so the bias is log(size) alone (two operators fewer).
+    ``static``: the token count is fixed for the input length (merging, ratio pruning), so an exported graph holds
+    the shape as a constant (one Reshape); threshold pruning's count depends on the text (``static=False``)."""
+    bias = torch.where(size > 0, size.clamp_min(1e-30).log(), torch.finfo(dtype).min) if padding else size.log()
+    bias = bias.to(dtype)
+    return bias.reshape(-1, 1, 1, static_len(size)) if static else bias[:, None, None, :]
 
 
 def _ramp(t: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

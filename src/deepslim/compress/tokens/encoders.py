@@ -51,9 +51,18 @@ class LayerPlan:
         return self.keep_ratio < 1.0 or self.threshold is not None or self.r > 0
 
 
-def _heads(t: torch.Tensor, head_size: int) -> torch.Tensor:
-    """(B, T, H·D) -> (B, H, T, D), with T and H constants of an exported graph (no Shape operators per layer)."""
+def _heads(t: torch.Tensor, head_size: int, dynamic: bool) -> torch.Tensor:
+    """(B, T, H·D) -> (B, H, T, D), with T and H constants of an exported graph (no Shape operators per layer)
+    unless the token count depends on the text (``dynamic``: threshold pruning)."""
+    if dynamic:
+        return t.unflatten(-1, (-1, head_size)).transpose(1, 2)
     return t.view(-1, static_len(t), static_len(t, -1) // head_size, head_size).transpose(1, 2)
+
+
+def _identity(x: torch.Tensor) -> torch.Tensor:
+    """(B, T, T): every input token is its own single member."""
+    t = static_len(x)
+    return torch.eye(t, dtype=x.dtype, device=x.device).expand(x.shape[0], t, t)
 
 
 def reduce_tokens(plan: LayerPlan, x: torch.Tensor, size: torch.Tensor, keys: torch.Tensor, probs: torch.Tensor, *,
@@ -98,6 +107,12 @@ class BertTokenReduction(nn.Module):
     counts as its value). ``pool_removed``: a token that leaves still counts in the mean pooling with its state
     at the layer it left (one extra pooled token carries their size-weighted mean), so the sentence embedding keeps
     every word.
+
+    With ``trace`` set (token-level distillation, :mod:`deepslim.train.token_kd`), ``traced`` holds after each
+    forward, per layer, its output states (B, T_l, C), their sizes (B, T_l) and their *members* (B, T_l, T): row
+    j is the share of token j's size that each input token makes up. Members are merged and gathered exactly as
+    the states are (a size-weighted mean of shares is the share of the merged token), so ``members @ states`` of
+    the unreduced model is each reduced token's target: the mean of the states of the input tokens it stands for.
     """
 
     def __init__(self, plans: list[LayerPlan], *, pool_removed: bool = False):
@@ -107,6 +122,8 @@ class BertTokenReduction(nn.Module):
         self.soft: SoftThresholds | None = None
         self.record = False
         self.kept: list[torch.Tensor] = []
+        self.trace = False
+        self.traced: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def forward(self, encoder: Any, input_ids: torch.Tensor,
                 attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
@@ -115,10 +132,15 @@ class BertTokenReduction(nn.Module):
         record = self.soft is not None or self.record
         self.kept, real = [], size.sum(dim=1).clamp_min(1.0)
         gone: tuple[torch.Tensor, torch.Tensor] | None = None  # (size-weighted sum of removed states, their size)
+        members = _identity(x) if self.trace else None
+        self.traced = []
+        dynamic = any(p.threshold is not None for p in self.plans)
         for i, (layer, plan) in enumerate(zip(encoder.encoder.layer, self.plans, strict=True)):
             soft = None if self.soft is None else (self.soft, i)
-            x, size, left = self._layer(layer, plan if soft is None else LayerPlan(), x, size, soft,
-                                        self.pool_removed)  # fmt: skip
+            x, size, left, members = self._layer(layer, plan if soft is None else LayerPlan(), x, size, soft,
+                                                 self.pool_removed, members, dynamic)  # fmt: skip
+            if members is not None:
+                self.traced.append((x, size, members))
             if left is not None:
                 gone = left if gone is None else (gone[0] + left[0], gone[1] + left[1])
             if record:
@@ -130,25 +152,34 @@ class BertTokenReduction(nn.Module):
 
     @staticmethod
     def _layer(layer: Any, plan: LayerPlan, x: torch.Tensor, size: torch.Tensor,
-               soft: tuple[SoftThresholds, int] | None = None,
-               pool: bool = False) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, torch.Tensor] | None]:
+               soft: tuple[SoftThresholds, int] | None = None, pool: bool = False,
+               members: torch.Tensor | None = None,
+               dynamic: bool = False) -> tuple[torch.Tensor, torch.Tensor, Any, torch.Tensor | None]:
+        """One layer: (states, sizes, what left for the pooling or None, members or None); ``dynamic``: the token
+        count depends on the text (threshold pruning), so the graph reads it instead of holding it as a constant."""
         sa = layer.attention.self
-        q, k, v = (_heads(p(x), sa.attention_head_size) for p in (sa.query, sa.key, sa.value))  # (B, H, T, D)
-        logits = torch.matmul(q, k.transpose(2, 3)) * sa.scaling + size_bias(size, x.dtype)
+        q, k, v = (_heads(p(x), sa.attention_head_size, dynamic) for p in (sa.query, sa.key, sa.value))  # (B, H, T, D)
+        logits = torch.matmul(q, k.transpose(2, 3)) * sa.scaling + size_bias(size, x.dtype, static=not dynamic)
         probs = F.softmax(logits, dim=-1)
         probs = F.dropout(probs, p=sa.dropout.p, training=sa.training)
-        ctx = torch.matmul(probs, v).transpose(1, 2).reshape(-1, static_len(x), static_len(v, 1) * static_len(v, 3))
+        ctx = torch.matmul(probs, v).transpose(1, 2)  # (B, T, H, D)
+        ctx = ctx.flatten(2) if dynamic else ctx.reshape(-1, static_len(x), static_len(v, 1) * static_len(v, 3))
         h_in = h = layer.attention.output(ctx, x)
         size_in = size
         if soft is not None:
             share = uniform_share(attention_received(probs, size), size)
             size = soft_threshold(size, share, soft[0].threshold[soft[1]], soft[0].temperature)
-        h, size = reduce_tokens(plan, h, size, k, probs, normed=h, norm=layer.attention.output.LayerNorm)
+        norm = layer.attention.output.LayerNorm
+        if members is None:
+            h, size = reduce_tokens(plan, h, size, k, probs, normed=h, norm=norm)
+        else:  # the members ride along as extra channels, merged and gathered with the states
+            both, size = reduce_tokens(plan, torch.cat([h, members], dim=-1), size, k, probs, normed=h, norm=norm)
+            h, members = both[..., : static_len(h, -1)], both[..., static_len(h, -1) :]
         left = None
         if pool:  # what left here: all states weighted by size, less those that stay
             left = ((h_in * size_in.unsqueeze(-1)).sum(1) - (h * size.unsqueeze(-1)).sum(1),
                     size_in.sum(1) - size.sum(1))  # fmt: skip
-        return layer.output(layer.intermediate(h), h), size, left
+        return layer.output(layer.intermediate(h), h), size, left, members
 
 
 class TokenVisionTransformer(VisionTransformer):
@@ -179,7 +210,8 @@ class TokenVisionTransformer(VisionTransformer):
         inner = attn.num_heads * attn.head_dim
         q, k, v = attn.qkv(block.ln1(x)).split(inner, dim=-1)
         q, k, v = (t.unflatten(-1, (attn.num_heads, attn.head_dim)).transpose(1, 2) for t in (q, k, v))
-        logits = torch.matmul(q, k.transpose(2, 3)) * attn.head_dim**-0.5 + size_bias(size, x.dtype, padding=padding)
+        bias = size_bias(size, x.dtype, padding=padding, static=not padding)  # padding: thresholds, dynamic counts
+        logits = torch.matmul(q, k.transpose(2, 3)) * attn.head_dim**-0.5 + bias
         probs = F.softmax(logits, dim=-1)  # (B, H, N, N)
         x = x + attn.proj(torch.matmul(probs, v).transpose(1, 2).flatten(2))
         normed = F.layer_norm(x, block.ln2.normalized_shape, eps=block.ln2.eps) if plan.needs_states else None

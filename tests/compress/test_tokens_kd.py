@@ -1,0 +1,104 @@
+"""Token-level distillation of a merging encoder (``deepslim.train.token_kd``): the members that a reduced token
+stands for are merged like the states, so their targets pool to the teacher's embedding; an unreduced student has
+no token loss; a short run lowers the loss; bad students are refused."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from deepslim.compress.tokens import MergeTokensConfig, PruneTokensConfig, merge_tokens_, prune_tokens_
+from deepslim.errors import ConfigError, UnsupportedModelError
+from deepslim.train.student import EncoderKDConfig
+from deepslim.train.token_kd import distill_tokens, token_targets_loss
+from tests.compress._minilm import minilm_batch
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    texts = ["A man plays a guitar on a busy street corner while the crowd listens.", "Birds sing at dawn.",
+             "The river flooded the fields after heavy rain last night, and the farmers lost their crops."]  # fmt: skip
+    return minilm_batch(texts, seq_len=24)
+
+
+def _teacher_states(model, ids, mask):
+    with torch.no_grad():
+        return tuple(model.encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True).hidden_states[1:])
+
+
+def _traced(model, ids, mask):
+    model.reduction.trace = True
+    with torch.no_grad():
+        emb = model(ids, mask)
+    traced, model.reduction.trace = model.reduction.traced, False
+    return emb, traced
+
+
+def test_members_are_shares_of_real_input_tokens_and_their_targets_pool_to_the_teachers_embedding(minilm):
+    teacher, ids, mask = minilm
+    student = merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=(4, 3, 2, 2, 1, 1), metric="keys_states"))
+    emb, traced = _traced(student, ids, mask)
+    assert torch.allclose(emb, student(ids, mask), atol=1e-6)  # tracing changes nothing computed
+    assert [s.shape[1] for s, _, _ in traced] == [20, 17, 15, 13, 12, 11]
+    t_states = _teacher_states(teacher, ids, mask)
+    for (_, size, members), t in zip(traced, t_states, strict=True):
+        real = size > 0
+        # each real token's members: shares >= 0 of real input tokens only, summing to 1 ...
+        assert (members >= -1e-6).all() and torch.allclose(members.sum(-1)[real], torch.ones(int(real.sum())))
+        assert (members[real] * (mask == 0).to(members.dtype)[:, None, :].expand_as(members)[real]).abs().max() < 1e-6
+        # ... with their sizes adding up to the real token count, so the size-weighted targets pool to the teacher
+        counted = (members * size.unsqueeze(-1)).sum(1)  # (B, T): how much of each input token is present
+        assert torch.allclose(counted, mask.to(counted.dtype), atol=1e-5)
+        pooled = ((members @ t) * size.unsqueeze(-1)).sum(1) / size.sum(1, keepdim=True)
+        want = (t * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+        assert torch.allclose(pooled, want, atol=1e-5)
+
+
+def test_an_unreduced_student_has_no_token_loss_and_a_merged_one_has_some(minilm):
+    teacher, ids, mask = minilm
+    t_states = _teacher_states(teacher, ids, mask)
+    same = merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=0))
+    assert float(token_targets_loss(_traced(same, ids, mask)[1], t_states)) < 1e-10
+    merged = merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=3, metric="keys_states"))
+    traced = _traced(merged, ids, mask)[1]
+    loss = float(token_targets_loss(traced, t_states))
+    assert loss > 1e-4
+    # a layer weight of 0 leaves that layer out: the last layer's term alone
+    last = float(token_targets_loss(traced, t_states, (0, 0, 0, 0, 0, 1)))
+    _, size, members = traced[-1]
+    target = members @ t_states[-1]
+    want = float(((traced[-1][0] - target) ** 2 * size[..., None]).sum() / (target**2 * size[..., None]).sum())
+    assert abs(last - want) < 1e-6 * max(1.0, want)
+    with pytest.raises(ConfigError, match="traced 6 layers"):
+        token_targets_loss(traced, t_states[:5])
+
+
+def test_a_short_token_distillation_brings_a_merged_and_pruned_student_closer_to_the_teacher(minilm):
+    teacher, ids, mask = minilm
+    student = merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=(3, 3, 2, 2, 2, 1), metric="keys_states"))
+    student = prune_tokens_(student, PruneTokensConfig(keep_ratio=(1.0, 1.0, 0.95, 1.0, 1.0, 1.0)))
+    with torch.no_grad():
+        ref, before = teacher(ids, mask), student(ids, mask)
+    info = distill_tokens(student, teacher, ids, mask, EncoderKDConfig(steps=6, lr=1e-5, batch_size=3,
+                                                                       cpu_seconds=None, warmup=0.0))  # fmt: skip
+    with torch.no_grad():
+        after = student(ids, mask)
+    assert info["steps"] == 6 and not student.training and student.reduction.trace is False
+    assert info["last_token_loss"] < info["first_token_loss"]
+    assert float(F.cosine_similarity(after, ref).mean()) > float(F.cosine_similarity(before, ref).mean())
+
+
+def test_students_without_token_reduction_or_of_another_depth_are_refused(minilm):
+    teacher, ids, mask = minilm
+    kd = EncoderKDConfig(steps=1, cpu_seconds=None)
+    with pytest.raises(UnsupportedModelError, match="token merging or pruning"):
+        distill_tokens(copy.deepcopy(teacher), teacher, ids, mask, kd)
+    merged = merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=2))
+    with pytest.raises(UnsupportedModelError, match="without token reduction"):
+        distill_tokens(merged, merged, ids, mask, kd)
+    from deepslim.compress.tokens import drop_layers_
+
+    shallow = drop_layers_(copy.deepcopy(merged), keep=[0, 2, 4])
+    with pytest.raises(ConfigError, match="3 layers and the teacher 6"):
+        distill_tokens(shallow, teacher, ids, mask, kd)
