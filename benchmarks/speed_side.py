@@ -7,6 +7,10 @@ dense int8 export in well under a second (:mod:`deepslim.search.int8_slices`) in
 calling thread's CPU time (``_cpu_timer.py``: on the loaded machine the wall-clock minimum of identical files moved
 by up to 3x). The final comparison times the toolkit's own exports of dense fp32, uniform (twice: the noise band) and
 the latency-aware policy, interleaved, wall clock and CPU time side by side.
+
+Session 12: ``--profile`` steers each round by ONNX Runtime's per-node profile of the current policy's cut file
+(each group's ms per MAC, :meth:`deepslim.search.int8_slices.Int8Slicer.group_profile`) instead of by probes, with
+exchanges that move several of the costliest groups down at once (``SpeedMovesConfig.multi``, ``shares``, ``reach``).
 """
 
 from __future__ import annotations
@@ -98,14 +102,30 @@ class SlicedTimer:
         return [first * r for r in paired_ratios(runs)]
 
 
+class SlicedProfiler:
+    """Each group's ms per MAC at a policy, from ONNX Runtime's per-node profile of the policy's cut file."""
+
+    def __init__(self, slicer: Any, keys: Any, work: Path, shape: list[int], runs: int) -> None:
+        self.slicer, self.keys, self.work, self.shape, self.runs = slicer, keys, work, tuple(shape), runs
+        self.profiles: list[dict[str, float]] = []
+
+    def __call__(self, policy: Policy) -> dict[str, float]:
+        path = self.work / f"profile{len(self.profiles)}.onnx"
+        found = self.slicer.group_profile(policy, path, self.keys, input_shape=self.shape, runs=self.runs)
+        self.profiles.append(found)
+        return found
+
+
 def speed_measured(*, rounds: int = 20, interleaves: int = 6, probe_rounds: int = 12, repeats: int = 3, copies: int = 2,
                    config: Any = None, work: Path = Path("/tmp/p11/files"),
-                   policy: dict[str, int] | None = None, steer: bool = False) -> dict[str, Any]:  # fmt: skip
+                   policy: dict[str, int] | None = None, steer: bool = False,
+                   profile_runs: int = 0) -> dict[str, Any]:  # fmt: skip
     """ResNet-18 224² (random weights): uniform 0.5 + int8 vs the policy of measured moves at the same MACs
     (:func:`deepslim.search.speed_moves.speed_moves` on files cut from the dense int8 export), then dense fp32,
     uniform (twice: two identical files give the noise band) and the moved policy exported by the toolkit and timed
     interleaved ``interleaves`` times. ``policy``: channel counts (per group; the rest as uniform) to compare instead
-    of steering, or with ``steer`` to steer from."""
+    of steering, or with ``steer`` to steer from. ``profile_runs``: steer by the group profile of each policy (that
+    many profiled runs), not by probes."""
     from deepslim.export import export_onnx
     from deepslim.search.int8_slices import Int8Slicer, group_layers, int8_layer_keys, policy_macs
     from deepslim.search.speed_moves import SpeedMoves, speed_moves
@@ -124,12 +144,13 @@ def speed_measured(*, rounds: int = 20, interleaves: int = 6, probe_rounds: int 
     slicer = Int8Slicer(work / "dense_int8.onnx", dense_int8, space)
     keys, groups = int8_layer_keys(model, x, space), group_layers(space)
     timer = SlicedTimer(slicer, work, list(x.shape), rounds=probe_rounds, block=2, repeats=repeats, copies=copies)
+    profiler = SlicedProfiler(slicer, keys, work, list(x.shape), profile_runs) if profile_runs else None
     setup_s = time.perf_counter() - t0
     limit = policy_macs(keys, groups, uniform)
     start = uniform if policy is None else replace(uniform, keep={**uniform.keep, **policy})
     if policy is None or steer:  # moves from uniform, or from the given policy, at no more MACs than uniform
         moved = speed_moves(space, start, macs=lambda p: policy_macs(keys, groups, p), time=timer, config=config,
-                            limit=limit)  # fmt: skip
+                            limit=limit, profile=profiler)  # fmt: skip
     else:  # a policy chosen elsewhere (measured candidates): only the final comparison
         moved = SpeedMoves(start, policy_macs(keys, groups, start), limit, ({"move": "given", "keep": policy},), 0)
     search_s, search_cpu_s = time.perf_counter() - t0, time.process_time() - c0 + timer.cpu_s
@@ -159,7 +180,8 @@ def speed_measured(*, rounds: int = 20, interleaves: int = 6, probe_rounds: int 
         rows[label]["vs_uniform_wall_min"] = [r["min_ms"][1] / r["min_ms"][k] for r in runs]
         rows[label]["vs_uniform_cpu_paired"] = [paired_ratios([r])[1] / paired_ratios([r])[k] for r in runs]
         rows[label]["vs_uniform_cpu_paired_all_runs"] = paired_ratios(runs)[1] / paired_ratios(runs)[k]
-    return {"model": "resnet18 224x224, random weights", "steer": "measured", "groups": len(space.groups),
+    return {"model": "resnet18 224x224, random weights", "groups": len(space.groups),
+            "steer": "measured, profile-steered" if profiler else "measured, probes",
             "moves": moved.to_dict(), "sliced_files": len(timer.files), "timer_batches": timer.batches,
             "setup_s": setup_s, "search_s": search_s, "search_cpu_s": search_cpu_s,
             "measure_s": time.perf_counter() - t1, "rounds": rounds, "interleaves": interleaves,
@@ -184,13 +206,16 @@ def main() -> None:
     p.add_argument("--work", default="/tmp/p11/files")
     p.add_argument("--policy", help="JSON {group: channels}: compare this policy, no steering")
     p.add_argument("--steer", action="store_true", help="with --policy: steer from it (MACs at most uniform's)")
+    p.add_argument("--profile", type=int, default=0, metavar="RUNS",
+                   help="steer by each policy's group profile (RUNS profiled runs), not by probes")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     load = Path("/proc/loadavg").read_text().split()[:3]
     config = SpeedMovesConfig.from_dict(json.loads(args.config))
     out = speed_measured(rounds=args.rounds, interleaves=args.interleaves, probe_rounds=args.probe_rounds,
                          repeats=args.repeats, copies=args.copies, config=config, work=Path(args.work),
-                         policy=json.loads(args.policy) if args.policy else None, steer=args.steer)  # fmt: skip
+                         policy=json.loads(args.policy) if args.policy else None, steer=args.steer,
+                         profile_runs=args.profile)  # fmt: skip
     out["loadavg_start_end"] = [load, Path("/proc/loadavg").read_text().split()[:3]]
     out["config"] = json.loads(args.config)
     with atomic_path(Path(args.json)) as tmp:
