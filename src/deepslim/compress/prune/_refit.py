@@ -64,6 +64,27 @@ def _capture(model: nn.Module, m: nn.Module, batches: Sequence[Any], inputs: boo
     return torch.cat(found)[:MAX_ROWS]
 
 
+def _recorder(seen: list[int], index: int) -> Callable[..., None]:
+    return lambda *_: seen.append(index)
+
+
+def forward_order(model: nn.Module, layers: Sequence[nn.Module], batch: Any,
+                  model_inputs: Callable[[Any], Any]) -> list[int]:  # fmt: skip
+    """Indices of ``layers`` in the order a forward pass on ``batch`` runs them (layers it does not run last, in
+    their given order). Blocks are found in module order, which need not be the order of computation: a BERT layer's
+    feed-forward block is the layer module itself, listed before the attention module inside it, yet runs after it."""
+    seen: list[int] = []
+    handles = [m.register_forward_pre_hook(_recorder(seen, i)) for i, m in enumerate(layers)]
+    try:
+        with inference_mode(model), torch.no_grad():
+            call_model(model, model_inputs(batch))
+    finally:
+        for h in handles:
+            h.remove()
+    order = list(dict.fromkeys(seen))
+    return order + [i for i in range(len(layers)) if i not in order]
+
+
 def targets(model: nn.Module, layers: Sequence[nn.Module], batches: Sequence[Any],
             model_inputs: Callable[[Any], Any]) -> list[torch.Tensor]:  # fmt: skip
     """The original outputs (rows, out) of each layer in ``layers`` on ``batches`` (before pruning)."""

@@ -354,10 +354,13 @@ def prune_heads_(model: nn.Module, config: HeadPruneConfig,
     blocks, result = plan_head_pruning(model, config, calib_data)
     pruned = [(b, p) for b, p in zip(blocks, result.blocks, strict=True) if p.keep < p.width]
     batches = list(_take(calib_data, config.batches)) if calib_data is not None and config.refit else []
+    if batches:  # refit in the order of computation: each block is fitted to inputs its predecessors repaired
+        pruned = [pruned[i] for i in _refit.forward_order(model, [b.output for b, _ in pruned], batches[0],
+                                                          _model_inputs)]  # fmt: skip
     wanted = _refit.targets(model, [b.output for b, _ in pruned], batches, _model_inputs) if batches else []
     for b, plan in pruned:
         apply_block(b, torch.tensor(plan.kept, dtype=torch.long))
-    for (b, _), target in zip(pruned, wanted, strict=False):  # in model order: later blocks see repaired inputs
+    for (b, _), target in zip(pruned, wanted, strict=False):
         residual = _refit.refit_(model, b.output, target, batches, _model_inputs)
         log.debug("refit %s.%s: relative residual %.4f", b.name, b.adapter.output, residual)
     before, after = result.heads()
