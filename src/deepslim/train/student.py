@@ -43,7 +43,9 @@ class EncoderKDConfig(Config):
     else evenly spaced ending at the last layer). ``warmup`` is the share of the budget with a linear warm-up.
     ``dropout``: keep the student's dropout active while it learns (off by default: the target is the teacher's
     deterministic function, and noise slows a short run down). ``relation_weight`` > 0 adds MiniLM's
-    self-attention and value-relation transfer of the last layer (:func:`relation_loss`; 0: off).
+    self-attention and value-relation transfer of the last layer (:func:`relation_loss`; 0: off); with
+    ``relation_heads`` > 0 instead MiniLMv2's query, key and value relations in that many relation heads on every
+    student layer and its mapped teacher layer (:func:`relation_heads_loss`: heads may differ in number).
 
     ``layer_weights``: one weight per student layer for its hidden-state term (the hidden loss is their weighted
     mean; None: equal; ``(0, 0, 1)``: the last layer's states only). ``skip_batches``: batches of the seeded stream
@@ -63,6 +65,7 @@ class EncoderKDConfig(Config):
     weight_decay: float = 0.01
     dropout: bool = False
     relation_weight: float = 0.0
+    relation_heads: int = 0
     layer_weights: tuple[float, ...] | None = None
     skip_batches: int = 0
     seed: int = 0
@@ -79,6 +82,9 @@ class EncoderKDConfig(Config):
             raise ConfigError("lr must be positive, batch_size >= 1, hidden_weight >= 0 and warmup in [0, 1)")
         if not self.relation_weight >= 0:
             raise ConfigError(f"relation_weight must be >= 0 (0: off), got {self.relation_weight}")
+        if isinstance(self.relation_heads, bool) or not isinstance(self.relation_heads, int) or self.relation_heads < 0:
+            raise ConfigError(f"relation_heads must be a whole number >= 0 (0: the last layer's attention heads), "
+                              f"got {self.relation_heads!r}")  # fmt: skip
         if self.layer_map is not None:
             object.__setattr__(self, "layer_map", tuple(int(i) for i in self.layer_map))
         if self.layer_weights is not None:
@@ -159,24 +165,34 @@ def _loss(s: Sequence[torch.Tensor], t: Sequence[torch.Tensor], mapping: Sequenc
     return emb + hidden_weight * hidden, float(emb.detach())
 
 
-class LastAttention:
-    """Captures the query, key and value projections of an encoder's last layer during a forward pass (the inputs of
-    MiniLM's relation transfer), whatever attention implementation runs."""
+class Attentions:
+    """Captures the query, key and value projections of the given layers of an encoder during a forward pass (the
+    inputs of MiniLM's relation transfer), whatever attention implementation runs; ``outs[i]`` holds layer
+    ``layers[i]``'s."""
 
-    def __init__(self, encoder: Any):
-        self.attn = encoder.encoder.layer[-1].attention.self
-        self.out: dict[str, torch.Tensor] = {}
+    def __init__(self, encoder: Any, layers: Sequence[int]):
+        self.attns = [encoder.encoder.layer[i].attention.self for i in layers]
+        self.outs: list[dict[str, torch.Tensor]] = [{} for _ in self.attns]
         self.handles: list[Any] = []
 
-    def __enter__(self) -> LastAttention:
-        for name in ("query", "key", "value"):
-            hook = (lambda n: lambda _m, _i, y: self.out.__setitem__(n, y))(name)
-            self.handles.append(getattr(self.attn, name).register_forward_hook(hook))
+    def __enter__(self) -> Attentions:
+        for attn, out in zip(self.attns, self.outs, strict=True):
+            for name in ("query", "key", "value"):
+                hook = (lambda o, n: lambda _m, _i, y: o.__setitem__(n, y))(out, name)
+                self.handles.append(getattr(attn, name).register_forward_hook(hook))
         return self
 
     def __exit__(self, *exc: object) -> None:
         for h in self.handles:
             h.remove()
+
+
+class LastAttention(Attentions):
+    """The query, key and value projections of an encoder's last layer (``out``) and its attention heads."""
+
+    def __init__(self, encoder: Any):
+        super().__init__(encoder, [-1])
+        self.attn, self.out = self.attns[0], self.outs[0]
 
     @property
     def heads(self) -> int:
@@ -209,11 +225,40 @@ def relation_loss(s: dict[str, torch.Tensor], t: dict[str, torch.Tensor], mask: 
     return total
 
 
+def relation_heads_loss(s: Sequence[dict[str, torch.Tensor]], t: Sequence[dict[str, torch.Tensor]],
+                        mask: torch.Tensor, heads: int) -> torch.Tensor:  # fmt: skip
+    """MiniLMv2's multi-head self-attention relation transfer (Wang et al., Findings of ACL 2021), per pair of layers
+    (student, mapped teacher): KL(teacher || student) of the query-query, key-key and value-value relations, each
+    projection split into ``heads`` relation heads whatever the attention heads are (a head-pruned layer has fewer
+    than its teacher: the relations are T × T either way), averaged over real query tokens, heads and layers."""
+    total = torch.zeros(())
+    for so, to in zip(s, t, strict=True):
+        for name in ("query", "key", "value"):
+            if so[name].shape[-1] % heads or to[name].shape[-1] % heads:
+                raise ConfigError(f"relation_heads={heads} must divide every layer's projection width (student "
+                                  f"{so[name].shape[-1]}, teacher {to[name].shape[-1]})")  # fmt: skip
+            lt = _log_relation(to[name], to[name], mask, heads)
+            kl = (lt.exp() * (lt - _log_relation(so[name], so[name], mask, heads))).sum(-1)  # (B, heads, T)
+            total = total + (kl * mask[:, None, :]).sum() / (mask.sum() * heads).clamp_min(1)
+    return total / (3 * max(1, len(s)))
+
+
 def spent_share(config: EncoderKDConfig, cpu: float, wall: float, step: int) -> float:
     """The share of the budget used: the largest of CPU time, wall time and steps over their bounds."""
     shares = [cpu / config.cpu_seconds if config.cpu_seconds else 0.0, wall / config.wall_seconds if
               config.wall_seconds else 0.0, step / config.steps if config.steps else 0.0]  # fmt: skip
     return max(shares)
+
+
+def _captured(encoder: Any, layers: Sequence[int], config: EncoderKDConfig) -> Attentions:
+    return Attentions(encoder, layers) if config.relation_heads else LastAttention(encoder)
+
+
+def _relations(s: Attentions, t: Attentions, mask: torch.Tensor, config: EncoderKDConfig) -> torch.Tensor:
+    if config.relation_heads:
+        return relation_heads_loss(s.outs, t.outs, mask, config.relation_heads)
+    assert isinstance(s, LastAttention) and isinstance(t, LastAttention)
+    return relation_loss(s.out, t.out, mask, s.heads, t.heads)
 
 
 def distill_encoder(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
@@ -246,18 +291,17 @@ def distill_encoder(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, m
             group["lr"] = config.lr * scale
         b_ids, b_mask = next(batches)
         relate = config.relation_weight > 0 and not reduced
-        with torch.no_grad(), LastAttention(t_enc) if relate else contextlib.nullcontext() as t_rel:
+        with torch.no_grad(), _captured(t_enc, mapping, config) if relate else contextlib.nullcontext() as t_rel:
             t = _states(t_enc, b_ids, b_mask)
         if reduced:
             loss = 1.0 - F.cosine_similarity(student(b_ids, b_mask), mean_pool(t[-1], b_mask), dim=-1).mean()
             emb = float(loss.detach())
         else:
-            with LastAttention(s_enc) if relate else contextlib.nullcontext() as s_rel:
+            with _captured(s_enc, range(n_s), config) if relate else contextlib.nullcontext() as s_rel:
                 s_states = _states(s_enc, b_ids, b_mask)
             loss, emb = _loss(s_states, t, mapping, b_mask, config.hidden_weight, config.layer_weights)
             if s_rel is not None and t_rel is not None:
-                loss = loss + config.relation_weight * relation_loss(s_rel.out, t_rel.out, b_mask.to(loss.dtype),
-                                                                     s_rel.heads, t_rel.heads)  # fmt: skip
+                loss = loss + config.relation_weight * _relations(s_rel, t_rel, b_mask.to(loss.dtype), config)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
