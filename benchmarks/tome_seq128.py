@@ -22,16 +22,19 @@ order reversed every round, median thread-CPU time and wall time) at batch 1 and
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import deepslim as ds
+import deepslim.compress.tokens.encoders as enc
 from _common import result_header, write_json_atomic
 from deepslim.compress.tokens import MergeTokensConfig, merge_tokens_
 from deepslim.data.text_corpus import CorpusConfig, build_corpus
@@ -50,7 +53,27 @@ SCHEDULES: dict[str, tuple[tuple[int, ...], str]] = {
     "ks_dec": ((24, 20, 16, 12, 8, 4), "keys_states"),
     "ks_dec2": ((20, 20, 16, 16, 12, 12), "keys_states"),
     "ks18": ((18,) * 6, "keys_states"),
+    "ks16_drop": ((16,) * 6, "keys_states"),  # a latency bound, not a method: the last r tokens dropped, no merge
 }
+DROP = "_drop"  # variants whose merge is replaced by dropping the last r tokens (no similarity, no merge graph)
+
+
+@contextlib.contextmanager
+def merge_replaced_by_drop() -> Iterator[None]:
+    """While exporting a ``*_drop`` variant: each layer keeps its first T - r tokens, computing no similarity and no
+    merge. Its latency is what the schedule's token counts alone would run at (its fidelity means nothing): the
+    gap to the merging file is what the merge's own operators cost in ONNX Runtime."""
+    saved = enc.bipartite_merge, enc.merge_metric
+
+    def drop(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r: int, **_: Any) -> Any:
+        keep = x.shape[1] - min(r, (x.shape[1] - 1) // 2)
+        return x[:, :keep], size[:, :keep]
+
+    enc.bipartite_merge, enc.merge_metric = drop, lambda kind, keys, *_: keys[:, 0]  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        enc.bipartite_merge, enc.merge_metric = saved
 
 
 def config(name: str, seq: int) -> MergeTokensConfig:
@@ -118,7 +141,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             files[seq] = {"ort_fp32": export(teacher, Path(work) / f"fp32-{seq}.onnx", seq)}
             for name, base in models.items():
                 model = merge_tokens_(copy.deepcopy(base), config(name, seq))
-                files[seq][name] = export(model, Path(work) / f"{name}-{seq}.onnx", seq)
+                with merge_replaced_by_drop() if name.endswith(DROP) else contextlib.nullcontext():
+                    files[seq][name] = export(model, Path(work) / f"{name}-{seq}.onnx", seq)
         set32, set128 = test_set(d32), test_set(d128)
         result["fidelity"] = {"passages128": fidelity(files[128], set128.ids, d128.info["pairs"]),
                               "full_length128": fidelity(files[128], full),
