@@ -12,7 +12,7 @@ full-length input relative to dense (QKV and output projections at the layer's i
 output, attention and the similarity product included): a guide to the speed, not a measurement.
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/tome_metric_probe.py [--json benchmarks/results/
-        transformer_encoder_session11_tome_probe.json]
+        transformer_encoder_session11_tome_probe.json] [--greedy 8 [--greedy-cost 2.1]]
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ import torch.nn.functional as F
 
 import deepslim as ds
 import deepslim.compress.tokens.encoders as enc
-from _common import result_header
+from _common import result_header, write_json_atomic
 from deepslim.compress.tokens import MergeTokensConfig, merge_tokens_
 from deepslim.compress.tokens._reduce import bipartite_merge, merge_metric, size_bias, unaffine
+from deepslim.models.hf import tokenize
 from deepslim.tasks.similarity import embedding_fidelity
 from token_thresholds import full_length_texts
 from transformer_encoder import docstring_sentences, passages
@@ -63,8 +64,8 @@ SCHEDULES = [(16,) * 6, (18,) * 6, (24, 20, 16, 12, 8, 4), (20, 20, 16, 16, 12, 
 def probing_layer(metric: Metric) -> Callable[..., Any]:
     """``BertTokenReduction._layer`` with the merge comparing tokens by ``metric(locals)`` (merging only)."""
 
-    def layer_step(layer: Any, plan: Any, x: torch.Tensor, size: torch.Tensor, soft: Any = None,
-                   pool: bool = False, members: Any = None) -> tuple[torch.Tensor, torch.Tensor, None, None]:  # fmt: skip
+    def layer_step(layer: Any, plan: Any, x: torch.Tensor, size: torch.Tensor, soft: Any = None, pool: bool = False,
+                   members: Any = None) -> tuple[torch.Tensor, torch.Tensor, None, None]:  # fmt: skip
         sa = layer.attention.self
         shape = (*x.shape[:-1], -1, sa.attention_head_size)
         q, k, v = (p(x).view(shape).transpose(1, 2) for p in (sa.query, sa.key, sa.value))
@@ -88,6 +89,48 @@ def cost(rs: tuple[int, ...], seq: int = 128, c: int = 384, sim: int = 768) -> f
         reduced += 4 * c * c * t + 2 * t * t * c + 8 * c * c * out + (t * t * sim / 4 + out * t * c if r else 0)
         t = out
     return dense / reduced
+
+
+def docstring_texts(teacher: torch.nn.Module, n: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` runs of 12 stdlib docstring sentences (the last ones of the list: held out of every distillation) cut
+    to exactly 128 real tokens: the greedy search's selection set (no padding to merge for free)."""
+    docs = docstring_sentences()
+    texts = [" ".join(docs[i : i + 12]) for i in range(len(docs) - 12 * n, len(docs), 12)]
+    ids, mask = tokenize(teacher, texts, seq_len=128)
+    full = mask.all(1)
+    return ids[full][:n], mask[full][:n]
+
+
+@torch.no_grad()
+def greedy(args: argparse.Namespace) -> dict[str, Any]:
+    """A merge schedule grown greedily (keys_states): from ``r = 8`` in every layer, add ``--greedy`` tokens to the
+    layer that loses the least mean cosine (on :func:`docstring_texts`) per unit of :func:`cost` gained, until the
+    cost reaches ``--greedy-cost``. Where the schedule's shape matters, the path shows it."""
+    torch.set_num_threads(1)
+    result = result_header("tome_metric_probe_greedy", 1) | {"load_before": os.getloadavg(), "step": args.greedy}
+    teacher = ds.load_model("all-minilm-l6-v2").eval()
+    ids, mask = docstring_texts(teacher)
+
+    def embed(model: torch.nn.Module) -> torch.Tensor:
+        return torch.cat([model(ids[i : i + 32], mask[i : i + 32]) for i in range(0, len(ids), 32)])
+
+    ref, seen = embed(teacher), {}
+
+    def fid(rs: tuple[int, ...]) -> float:
+        if rs not in seen:
+            model = merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=rs, metric="keys_states"))
+            seen[rs] = embedding_fidelity(embed(model), ref)["cosine_mean"]
+        return seen[rs]
+
+    rs, path = (8,) * 6, []
+    while cost(rs) < args.greedy_cost:
+        here_cost, here = cost(rs), fid(rs)
+        steps = [tuple(r + args.greedy * (j == i) for j, r in enumerate(rs)) for i in range(6)]
+        rs = min(steps, key=lambda c: max(here - fid(c), 1e-6) / (cost(c) - here_cost))
+        path.append({"r": list(rs), "cost": round(cost(rs), 3), "docstrings_full128": round(fid(rs), 4)})
+        print(path[-1], flush=True)
+    result |= {"path": path, "load_after": os.getloadavg()}
+    return result
 
 
 @torch.no_grad()
@@ -129,7 +172,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--json", default="benchmarks/results/transformer_encoder_session11_tome_probe.json")
+    parser.add_argument("--greedy", type=int, default=0, help="grow a schedule greedily by this many tokens a step")
+    parser.add_argument("--greedy-cost", type=float, default=2.1, help="... until its cost reaches this")
     args = parser.parse_args()
+    if args.greedy:
+        write_json_atomic(greedy(args), args.json)
+        return
     result = run(args)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
     for name, f in result["metrics_r16"].items():
