@@ -14,6 +14,10 @@ Steps, run one at a time on a shared machine (each writes a JSON; the pruned mod
         (then fidelity at seq 32 / 128 / held-out text); speed ``--from`` the saved model gives ONNX fidelity + speed
     python benchmarks/heads_prune.py measure --from /tmp/h11/kd
         PyTorch fidelity of a saved model again (seq 32, 128, held-out text)
+    python benchmarks/heads_prune.py kdprobe --policy "heads=1/3,ffn=0.4,calib=broad,refit=0" --cpu 120 \
+            --variants "lr=1.5e-4;lr=5e-4,batch_size=16"
+        short distillations of one pruned model (``--policy``, or a saved one ``--from``), one per variant
+        (EncoderKDConfig fields), each from the same weights on the same seeded batches under the same CPU budget
 
 A policy: ``heads`` / ``ffn`` / ``flops`` (HeadPruneConfig's head_ratio / ffn_ratio / flops_ratio; fractions like 1/3
 allowed), ``calib`` (``doc``: 512 stdlib docstring sentences at seq 32, what transformer_encoder.py uses; ``broad``:
@@ -236,13 +240,52 @@ def distill(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, he
     result["student"] = {k: v for k, v in info.items() if k != "kept"}
 
 
+def kd_spec(text: str) -> dict[str, Any]:
+    """``lr=5e-4,batch_size=16,layer_weights=1:1:2`` -> EncoderKDConfig keyword arguments (``:`` separates a tuple)."""
+    kw: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, value = part.partition("=")
+        if ":" in value:
+            kw[key] = tuple(float(v) for v in value.split(":"))
+        else:
+            number = float(Fraction(value))
+            kw[key] = int(number) if key in ("batch_size", "steps", "skip_batches") else number
+    return kw
+
+
+def kdprobe(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, held: Texts, data32: Any,
+            result: dict[str, Any]) -> None:  # fmt: skip
+    data128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
+    result["probes"] = {}
+    if args.from_:
+        base, result["pruned"] = load(teacher, Path(args.from_[0]))
+    else:
+        base, result["pruned"] = prune(teacher, args.policy, texts)
+        result["pruned"]["before"] = fidelity(base, teacher, held, data32)
+        print(json.dumps(result["pruned"]["before"]), flush=True)
+    result["pruned"].pop("kept", None)
+    for spec in filter(None, (v.strip() for v in args.variants.split(";"))):
+        student = copy.deepcopy(base)
+        student.encoder.embeddings.word_embeddings.weight.requires_grad_(not args.freeze_embeddings)
+        config = EncoderKDConfig(**({"cpu_seconds": args.cpu, "lr": args.lr, "seed": args.seed} | kd_spec(spec)))
+        w0, load0 = time.monotonic(), os.getloadavg()
+        kd = distill_encoder(student, teacher, texts[1], texts[2], config)
+        result["probes"][spec] = {"kd_config": config.to_dict(), "kd": kd, "after": fidelity(
+            student, teacher, held, data32, data128), "wall_s": round(time.monotonic() - w0, 1),
+            "load": [load0, os.getloadavg()]}  # fmt: skip
+        write_json_atomic(result, args.json)
+        print(spec, json.dumps(result["probes"][spec]["kd"]), json.dumps(result["probes"][spec]["after"]), flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("probe", "speed", "distill", "measure"))
+    parser.add_argument("mode", choices=("probe", "speed", "distill", "measure", "kdprobe"))
     parser.add_argument("--json", required=True)
     parser.add_argument("--out", default="/tmp/h11/probe", help="prefix of the saved models")
     parser.add_argument("--policies", default="heads=1/3,ffn=0.25", help="probe: policies separated by ;")
     parser.add_argument("--policy", default="heads=1/3,ffn=0.25", help="distill: one policy")
+    parser.add_argument("--variants", default="lr=1.5e-4", help="kdprobe: EncoderKDConfig fields per probe, "
+                        "separated by ;")
     parser.add_argument("--from", dest="from_", nargs="*", default=[], help="speed/measure: saved model prefixes")
     parser.add_argument("--seqs", default="32")
     parser.add_argument("--rounds", type=int, default=6)
@@ -272,6 +315,8 @@ def main() -> None:
                 print(json.dumps(result["probes"][-1]), flush=True)
         elif args.mode == "distill":
             distill(args, teacher, texts, held, data32, result)
+        elif args.mode == "kdprobe":
+            kdprobe(args, teacher, texts, held, data32, result)
         else:
             data128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
             student, info = load(teacher, Path(args.from_[0]))
