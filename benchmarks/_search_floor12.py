@@ -126,6 +126,7 @@ def main() -> None:
     ap.add_argument("--n-floor", type=int, default=14)
     ap.add_argument("--chunk", type=int, default=5)
     ap.add_argument("--pretrained", default=None)
+    ap.add_argument("--resume", action="store_true", help="keep OUT.json's rows and measure the policies after them")
     args = ap.parse_args()
     t0 = time.perf_counter()
     full = ds.load_data("fashion-mnist", seed=0, calib_size=256)
@@ -143,13 +144,22 @@ def main() -> None:
                            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
                            "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
                            "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "rows": []}  # fmt: skip
+    done = 0
+    if args.resume:  # the policies are drawn deterministically: the first len(rows) of them are measured
+        old = json.loads(Path(args.out).read_text())
+        doc["rows"], done = old["rows"], len(old["rows"])
+        doc["resumed"] = old.get("resumed", []) + [{"at_row": done, "utc": doc["started_utc"],
+                                                     "loadavg": doc["loadavg_before"]}]  # fmt: skip
+        doc["started_utc"], doc["loadavg_before"] = old["started_utc"], old["loadavg_before"]
     with tempfile.TemporaryDirectory() as work:
         shape = list(x.shape)
         dense_file = Path(work) / "dense.onnx"
         export_onnx(dense, dense_file, example_input=x)
         doc["dense"] = dense_row = {"raw_ms": nodes.raw_file(dense_file, shape), "weight_mb": weight_mb(dense),
                                     "macs": profile(dense, x).macs}  # fmt: skip
-        for start in range(0, len(order), args.chunk):
+        if args.resume:
+            dense_row["measured_ms"] = old["dense"]["measured_ms"]  # the frame: dense's ms in the first chunk
+        for start in range(done, len(order), args.chunk):
             built = []
             for k, (role, level, policy) in enumerate(order[start:start + args.chunk]):
                 path = Path(work) / f"m{k}.onnx"

@@ -55,11 +55,15 @@ PRETRAINED_ARCH = {
 }
 
 
-def load_pretrained(name: str, path: str, full: Any, min_accuracy: float) -> tuple[torch.nn.Module, dict[str, Any]]:
+def load_pretrained(name: str, path: str, full: Any, min_accuracy: float,
+                    arch: str = "session6") -> tuple[torch.nn.Module, dict[str, Any]]:  # fmt: skip
     """The dense ``name`` with the weights of ``path``, refused (SystemExit) unless it reproduces at least
     ``min_accuracy`` on the full test split of ``full``: a wrong architecture, normalization or file fails here,
-    before any search."""
-    net = PRETRAINED_ARCH.get(name, MODELS[name])()
+    before any search. ``arch``: "session6" builds :data:`PRETRAINED_ARCH`'s network where it has one (MobileNetV2
+    with a stride-2 stem, 1.75 M MACs at 28²), "train" the one ``_search_train.py`` trains (``small_input``: a
+    stride-1 stem, 23.1 M MACs) — their state dicts have the same keys and shapes, so only the accuracy check would
+    tell them apart."""
+    net = (PRETRAINED_ARCH.get(name, MODELS[name]) if arch == "session6" else MODELS[name])()
     net.load_state_dict(torch.load(path, weights_only=True))
     net.eval()
     acc = ds.evaluate(net, full, split="test").accuracy
@@ -74,7 +78,7 @@ def train_dense(name: str, data: Any, args: argparse.Namespace) -> tuple[torch.n
     benchmarks/_search_train.py) or with ``ds.fit`` (``fit``: Adam, the earlier sessions' setting); cached in
     ``--cache-dir`` keyed by the settings, so a rerun skips the training."""
     if args.pretrained:
-        return load_pretrained(name, args.pretrained, data, args.pretrained_min_accuracy)
+        return load_pretrained(name, args.pretrained, data, args.pretrained_min_accuracy, args.pretrained_arch)
     if args.dense_recipe == "converged":
         return train_converged(name, data, epochs=args.epochs, lr=args.train_lr, seed=0, cache=args.cache_dir or
                                tempfile.mkdtemp())  # fmt: skip
@@ -285,7 +289,10 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: st
             run = {"seed": seed, "limit_ms": result.limits["latency"], "loadavg_before": load0, "search_timing": timing,
                    "cost": result.cost, "dense": result.dense.to_dict() if result.dense else None,
                    "search_latency_table": result.latency_table,
-                   "pareto_feasible": [c.to_dict() for c in result.pareto]}  # fmt: skip
+                   "pareto_feasible": [c.to_dict() for c in result.pareto],
+                   "best": result.best.to_dict() if result.best else None,
+                   "uniform": result.uniform.to_dict() if result.uniform else None,
+                   "finalists": [c.to_dict() for c in result.finalists], "notes": list(result.notes)}  # fmt: skip
             runs.append(run)
             entry["budgets"][str(budget)] = runs
             save_json(out, path)
@@ -329,6 +336,9 @@ def main() -> None:
     p.add_argument("--proxy-lr", type=float, default=None, help="the proxy's peak learning rate (default: the lr)")
     p.add_argument("--measure-repeats", type=int, default=5,
                    help="measured latency model: runs of a trial measured within 15%% of the budget (median)")
+    p.add_argument("--pretrained-arch", choices=("session6", "train"), default="session6",
+                   help="the network --pretrained's weights belong to: session 6's (MobileNetV2 with a stride-2 stem) "
+                        "or _search_train.py's (small_input)")
     p.add_argument("--calibration-policies", type=int, default=0,
                    help="random policies (crowded toward the floor) the search's calibration measures beside its "
                         "fixed ones; with 10 measured in all the node table is fitted in its sum and weight bytes")
