@@ -99,15 +99,41 @@ def test_a_profile_that_misses_a_group_or_gives_a_negative_time_is_refused():
         speed_moves(SPACE, START, macs=macs, time=timer([]), profile=lambda p: {"a": 1.0, "b": -1.0, "c": 1, "d": 1})
 
 
-@pytest.mark.parametrize("field, bad", [("shares", ()), ("shares", (0.0,)), ("shares", (1.0,)), ("shares", ("0.1",)),
-                                        ("shares", (True,)), ("shares", 0.1), ("multi", 0), ("multi", 1.5),
-                                        ("reach", 0), ("reach", True)])  # fmt: skip
+BAD = [("shares", ()), ("shares", (0.0,)), ("shares", (1.0,)), ("shares", ("0.1",)), ("shares", (True,)),
+       ("shares", 0.1), ("multi", 0), ("multi", 1.5), ("reach", 0), ("reach", True), ("patience", -1),
+       ("patience", 1.5)]  # fmt: skip
+
+
+@pytest.mark.parametrize("field, bad", BAD)
 def test_bad_profile_settings_are_refused_by_name(field, bad):
     with pytest.raises(ConfigError, match=field):
         SpeedMovesConfig(**{field: bad})
 
 
 def test_the_profile_settings_round_trip_through_json_and_shares_given_as_a_list_become_a_tuple():
-    config = SpeedMovesConfig.from_dict({"shares": [0.1, 0.25], "multi": 6, "reach": 8})
+    config = SpeedMovesConfig.from_dict({"shares": [0.1, 0.25], "multi": 6, "reach": 8, "patience": 2})
     assert config.shares == (0.1, 0.25)
     assert SpeedMovesConfig.from_dict(config.to_dict()) == config
+
+
+def test_with_patience_a_round_whose_best_candidate_fails_is_followed_by_one_timing_the_next_best():
+    profile = {"a": 2.0 / 100, "b": 1.5 / 100, "c": 1.3 / 100, "d": 1.0 / 100}  # a's cost overstated: really 1.0
+    real = {"a": 1.0, "b": 1.5, "c": 1.3, "d": 1.0}
+    batches: list[list[Policy]] = []
+
+    def time(policies):
+        batches.append(list(policies))
+        return [1000.0 + sum(real[g] * k for g, k in p.keep.items()) for p in policies]
+
+    def run(patience: int):
+        config = SpeedMovesConfig(shares=(0.05,), multi=2, candidates=1, min_gain=0.005, rounds=2, patience=patience,
+                                  precision=False)  # fmt: skip
+        return speed_moves(SPACE, START, macs=macs, time=time, profile=lambda p: profile, config=config)
+
+    assert run(0).policy == START  # a down, refilled on d, predicted best: measured no faster; the moves stop
+    assert len(batches) == 1
+    batches.clear()
+    patient = run(1)
+    assert patient.policy.keep == {"a": 32, "b": 16, "c": 32, "d": 80}  # the next-best: b down, 8 ms faster
+    assert [e.get("move") for e in patient.log] == ["start", None, {"b": [32, 16], "d": [64, 80]}]
+    assert [b[1].keep["a"] for b in batches[:2]] == [16, 32]  # round 2 did not time a's move again

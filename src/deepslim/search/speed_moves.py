@@ -17,7 +17,9 @@ One round, from the current policy ``P`` (MACs at most ``limit``, by default the
    until nothing fits; kept when the MACs end
    within ``band`` below ``limit`` and the probes predict a gain. The ``candidates`` best predicted are timed beside
    ``P``, and the fastest is taken when it measures at least ``min_gain`` faster — with ``confirm``, again in a run
-   of the two alone (the fastest of several noisy timings is biased low) — else the moves stop.
+   of the two alone (the fastest of several noisy timings is biased low) — else the moves stop, or with
+   ``patience`` the next round times the next-best candidates not yet timed from ``P`` (up to ``patience`` rounds
+   in a row without a move).
 
 With a ``profile`` (each group's measured time per MAC at a policy: the runtime's per-node times over the MACs of
 the layers the group sets, :func:`deepslim.search.int8_slices.group_time_per_mac`), a round steers by it instead of
@@ -68,6 +70,7 @@ class SpeedMovesConfig(Config):
     min_gain: float = 0.01
     precision: bool = True
     confirm: bool = True
+    patience: int = 0
     multi: int = 4
     shares: tuple[float, ...] = (0.05, 0.1, 0.2)
     reach: int = 4
@@ -77,7 +80,7 @@ class SpeedMovesConfig(Config):
         if not shares or not all(not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < 1 for v in shares):
             raise ConfigError(f"shares is a non-empty list of shares in (0, 1), got {self.shares!r}")
         object.__setattr__(self, "shares", tuple(float(v) for v in self.shares))
-        for name, least in (("rounds", 0), ("candidates", 1), ("multi", 1), ("reach", 1)):
+        for name, least in (("rounds", 0), ("candidates", 1), ("patience", 0), ("multi", 1), ("reach", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(f"{name} must be a whole number >= {least}, got {value!r}")
@@ -114,6 +117,7 @@ class _Walk:
         self.options = {g.name: list(g.keep) for g in space.groups}
         self.macs, self.timer, self.limit = macs, time, limit
         self.timed = self.profiled = 0
+        self.tried: set[tuple[Any, ...]] = set()  # candidates timed from the current policy
 
     def step(self, p: Policy, group: str, steps: int) -> Policy | None:
         """``p`` with ``group`` moved ``steps`` grid steps (None off the grid)."""
@@ -160,6 +164,7 @@ def speed_moves(space: SearchSpace, start: Policy, *, macs: MacCounter, time: Po
         raise ConfigError(f"the start policy has {macs(start):,} MACs, more than the limit of {limit:,}")
     walk = _Walk(space, macs, time, limit)
     policy, entries = start, [{"move": "start", "macs": limit}]
+    misses = 0
     for r in range(config.rounds):
         if profile is None:
             moved = _exchange_round(walk, policy, config)
@@ -168,8 +173,12 @@ def speed_moves(space: SearchSpace, start: Policy, *, macs: MacCounter, time: Po
         entries.append({"round": r + 1, **moved[1]})
         log.info("speed moves round %d: %s", r + 1, entries[-1])
         if moved[0] is None:
-            break
-        policy = moved[0]
+            misses += 1
+            if misses > config.patience or "tried" not in moved[1]:
+                break
+            continue
+        policy, misses = moved[0], 0
+        walk.tried.clear()
     if config.precision:
         policy, floats = _precision(walk, policy, config)
         entries.extend(floats)
@@ -197,7 +206,7 @@ def _exchange_round(walk: _Walk, p: Policy, config: SpeedMovesConfig) -> tuple[P
     cands.sort(key=lambda c: (c[0], c[1]))
     doc: dict[str, Any] = {"probes": {f"{g}{'+' if s > 0 else '-'}": round(ratios[(g, s)], 4) for g, s in probes},
                            "candidates": len(cands)}  # fmt: skip
-    return _try(walk, p, cands[: config.candidates], config, doc)
+    return _try(walk, p, cands, config, doc)
 
 
 def _profile_round(walk: _Walk, p: Policy, config: SpeedMovesConfig,
@@ -224,7 +233,7 @@ def _profile_round(walk: _Walk, p: Policy, config: SpeedMovesConfig,
                 found.setdefault(tuple(q.keep.values()), (predicted, "+".join(down), q))
     cands = sorted(found.values(), key=lambda c: (c[0], c[1]))
     doc = {"profile_us_per_mmac": {g: round(v * 1e9, 3) for g, v in slope.items()}, "candidates": len(cands)}
-    return _try(walk, p, cands[: config.candidates], config, doc)
+    return _try(walk, p, cands, config, doc)
 
 
 def _shrink(walk: _Walk, p: Policy, groups: Sequence[str], macs: float) -> Policy:
@@ -244,8 +253,10 @@ def _shrink(walk: _Walk, p: Policy, groups: Sequence[str], macs: float) -> Polic
 
 def _try(walk: _Walk, p: Policy, chosen: list[tuple[float, str, Policy]], config: SpeedMovesConfig,
          doc: dict[str, Any]) -> tuple[Policy | None, dict[str, Any]]:  # fmt: skip
-    """The ``chosen`` candidates (predicted change, groups moved down, policy) timed beside ``p``; the fastest
-    taken when it gains ``min_gain`` (confirmed)."""
+    """The best ``candidates`` of ``chosen`` (predicted change, groups moved down, policy; ranked) not timed from
+    ``p`` before, timed beside ``p``; the fastest taken when it gains ``min_gain`` (confirmed)."""
+    chosen = [c for c in chosen if _key(c[2]) not in walk.tried][: config.candidates]
+    walk.tried.update(_key(c[2]) for c in chosen)
     if not chosen:
         return None, {**doc, "move": None}
     measured = walk.ratios(p, [c[2] for c in chosen])
@@ -309,6 +320,10 @@ def _precision(walk: _Walk, p: Policy, config: SpeedMovesConfig) -> tuple[Policy
         if not gained:
             return p, entries
         p = trials[best]
+
+
+def _key(p: Policy) -> tuple[Any, ...]:
+    return tuple(sorted(p.keep.items())), tuple(sorted(p.int8.items()))
 
 
 def _diff(p: Policy, q: Policy) -> dict[str, list[int]]:
