@@ -249,7 +249,7 @@ def kd_spec(text: str) -> dict[str, Any]:
             kw[key] = tuple(float(v) for v in value.split(":"))
         else:
             number = float(Fraction(value))
-            kw[key] = int(number) if key in ("batch_size", "steps", "skip_batches") else number
+            kw[key] = int(number) if key in ("batch_size", "steps", "skip_batches", "relation_heads") else number
     return kw
 
 
