@@ -137,3 +137,18 @@ def test_with_patience_a_round_whose_best_candidate_fails_is_followed_by_one_tim
     assert patient.policy.keep == {"a": 32, "b": 16, "c": 32, "d": 80}  # the next-best: b down, 8 ms faster
     assert [e.get("move") for e in patient.log] == ["start", None, {"b": [32, 16], "d": [64, 80]}]
     assert [b[1].keep["a"] for b in batches[:2]] == [16, 32]  # round 2 did not time a's move again
+
+
+def test_after_a_failed_round_the_groups_every_failed_candidate_moved_down_leave_the_costliest():
+    profile = {"a": 2.0 / 100, "b": 1.5 / 100, "c": 1.3 / 100, "d": 1.0 / 100}  # a ranked costliest: really 1.0
+    real = {"a": 1.0, "b": 1.5, "c": 1.3, "d": 1.0}
+
+    def time(policies):
+        return [1000.0 + sum(real[g] * k for g, k in p.keep.items()) for p in policies]
+
+    config = SpeedMovesConfig(shares=(0.05, 0.1), multi=1, candidates=2, min_gain=0.005, rounds=2, patience=1,
+                              precision=False)  # fmt: skip
+    result = speed_moves(SPACE, START, macs=macs, time=time, profile=lambda p: profile, config=config)
+    assert [t["down"] for t in result.log[1]["tried"]] == ["a"]  # only a's move: the costliest alone (multi 1)
+    assert [t["down"] for t in result.log[2]["tried"]] == ["b"]  # a left out after it failed: b, the next costliest
+    assert result.policy.keep == {"a": 32, "b": 16, "c": 32, "d": 80}

@@ -19,7 +19,9 @@ One round, from the current policy ``P`` (MACs at most ``limit``, by default the
    ``P``, and the fastest is taken when it measures at least ``min_gain`` faster — with ``confirm``, again in a run
    of the two alone (the fastest of several noisy timings is biased low) — else the moves stop, or with
    ``patience`` the next round times the next-best candidates not yet timed from ``P`` (up to ``patience`` rounds
-   in a row without a move).
+   in a row without a move); a profiled round then also leaves out of its costliest groups those that every
+   failed candidate moved down (the profile's average cost per MAC overstates a group whose layers have a fixed
+   cost: ResNet-18's layer-1 interiors ranked costliest and measured no faster going down, round after round).
 
 With a ``profile`` (each group's measured time per MAC at a policy: the runtime's per-node times over the MACs of
 the layers the group sets, :func:`deepslim.search.int8_slices.group_time_per_mac`), a round steers by it instead of
@@ -118,6 +120,7 @@ class _Walk:
         self.macs, self.timer, self.limit = macs, time, limit
         self.timed = self.profiled = 0
         self.tried: set[tuple[Any, ...]] = set()  # candidates timed from the current policy
+        self.blocked: set[str] = set()  # groups every failed candidate from the current policy moved down
 
     def step(self, p: Policy, group: str, steps: int) -> Policy | None:
         """``p`` with ``group`` moved ``steps`` grid steps (None off the grid)."""
@@ -179,6 +182,7 @@ def speed_moves(space: SearchSpace, start: Policy, *, macs: MacCounter, time: Po
             continue
         policy, misses = moved[0], 0
         walk.tried.clear()
+        walk.blocked.clear()
     if config.precision:
         policy, floats = _precision(walk, policy, config)
         entries.extend(floats)
@@ -218,7 +222,8 @@ def _profile_round(walk: _Walk, p: Policy, config: SpeedMovesConfig,
     if bad:
         raise ConfigError(f"the group profiler must give a time per MAC >= 0 for every group, got "
                           f"{slope.get(bad[0])!r} for {bad[0]!r}")  # fmt: skip
-    costly = sorted((g for g in walk.options if walk.step(p, g, -1) is not None), key=lambda g: (-slope[g], g))
+    movable = [g for g in walk.options if g not in walk.blocked and walk.step(p, g, -1) is not None]
+    costly = sorted(movable, key=lambda g: (-slope[g], g))
     costly = costly[: config.multi]
     downs = sorted({tuple(costly[:k]) for k in range(1, len(costly) + 1)} | {(g,) for g in costly})
     ceiling = {g: grid[min(len(grid) - 1, grid.index(p.keep[g]) + config.reach)] for g, grid in walk.options.items()}
@@ -265,6 +270,8 @@ def _try(walk: _Walk, p: Policy, chosen: list[tuple[float, str, Policy]], config
     best = min(range(len(chosen)), key=lambda i: measured[i])
     ratio = _confirmed(walk, p, chosen[best][2], measured[best], config)
     if ratio > 1 - config.min_gain:
+        downs = [{g for g in p.keep if c[2].keep[g] < p.keep[g]} for c in chosen]
+        walk.blocked |= set.intersection(*downs)
         return None, {**doc, "move": None, "confirmed": round(ratio, 4)}
     q = chosen[best][2]
     log.info("speed move %s: %.4f of the current policy's latency", _diff(p, q), ratio)
