@@ -53,6 +53,7 @@ SCHEDULES: dict[str, tuple[tuple[int, ...], str]] = {
     "ks_dec": ((24, 20, 16, 12, 8, 4), "keys_states"),
     "ks_dec2": ((20, 20, 16, 16, 12, 12), "keys_states"),
     "ks18": ((18,) * 6, "keys_states"),
+    "ks_mid": ((20, 16, 16, 16, 16, 16), "keys_states"),  # between ks16 and ks_dec2 in work removed (session 12)
     "ks16_drop": ((16,) * 6, "keys_states"),  # a latency bound, not a method: the last r tokens dropped, no merge
 }
 DROP = "_drop"  # variants whose merge is replaced by dropping the last r tokens (no similarity, no merge graph)
