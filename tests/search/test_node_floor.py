@@ -196,3 +196,18 @@ def test_the_error_band_is_the_largest_calibration_error_and_never_below_ten_per
     assert nodes.calibrate_weights(points)
     worst = max(abs(nodes.predict(r, w) / m - 1) for r, w, m in points)
     assert worst > MIN_BAND and nodes.error_band == pytest.approx(worst)
+
+
+def test_where_the_weight_bytes_follow_the_sums_the_plane_fails_and_the_line_through_dense_is_fitted():
+    nodes = fake_nodes(LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys]))
+    rng = np.random.default_rng(5)
+    sums = rng.uniform(0.05, 0.3, 12)
+    points = [(float(r), float(r) / 30, 1.7 * float(r) + 0.01) for r in sums]  # bytes ∝ sums: float policies only
+    dense = (0.35, 0.35 / 30, 1.7 * 0.35 + 0.01)
+    assert not nodes.calibrate_weights(points, through=dense)
+    assert nodes.calibrate_sum([(r, m) for r, _, m in points], through=(dense[0], dense[2]))
+    assert (nodes.scale, nodes.offset, nodes.weight_coef) == pytest.approx((1.7, 0.01, 0.0))
+    assert nodes.error_band == MIN_BAND
+    assert not nodes.calibrate_sum([(0.1, 2.0), (0.2, 1.0)], through=(0.3, 0.5))  # falling: refused, unchanged
+    assert nodes.scale == pytest.approx(1.7)
+

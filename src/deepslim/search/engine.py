@@ -313,7 +313,9 @@ def _calibrate_nodes(ev: Evaluator, policies: list[Policy], nets: list[nn.Module
     """With at least :data:`~deepslim.search.node_table.MIN_WEIGHT_POINTS` models measured, fit the node table as
     ``a·sum + b·weight MiB + c`` through the dense model's point (``policies[0]``; :meth:`NodeTable.calibrate_weights`:
     on MobileNetV2 the sums' error followed the weights' bytes, and through dense a relative budget keeps its
-    meaning); otherwise, or when that fit fails, anchor its scale to the dense model's measurement
+    meaning); when that fit fails, a line in the sum through dense (:meth:`NodeTable.calibrate_sum`: a prune-only
+    space, where the bytes follow the sums); with fewer points, or when both fail, anchor its scale to the dense
+    model's measurement
     (:meth:`NodeTable.anchor`: predictions in measured milliseconds, ratios unchanged — a line in the sum alone,
     fitted through the 7 default points, predicted worse than the plain sums)."""
     if ev.nodes is None:
@@ -325,8 +327,17 @@ def _calibrate_nodes(ev: Evaluator, policies: list[Policy], nets: list[nn.Module
         dense_ok = dense_raw is not None and measured[0] == measured[0]
         if ev.nodes.calibrate_weights(triples, through=triples[0] if dense_ok else None):
             return
+        if dense_ok and ev.nodes.calibrate_sum([(r, m) for r, _, m in triples], through=(triples[0][0], triples[0][2])):
+            log.warning("the node table's weight-bytes fit failed on %d points: a line in the node sum through the "
+                        "dense model instead", len(triples))  # fmt: skip
+            return
         log.warning("the node table's weight-bytes fit failed on %d points: anchored to the dense model instead",
                     len(triples))  # fmt: skip
+        if dense_raw is not None:
+            ev.nodes.anchor(dense_raw, measured[0])  # its band: its error on every point measured, not dense's alone
+            ev.nodes.error_band = max([ev.nodes.error_band] + [abs(ev.nodes.predict(r) / m - 1)
+                                                               for r, _, m in triples if m == m and m > 0])
+        return
     if dense_raw is not None:
         ev.nodes.anchor(dense_raw, measured[0])
 

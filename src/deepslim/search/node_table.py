@@ -187,6 +187,25 @@ class NodeTable:
         self.error_band = max([MIN_BAND] + [abs(self.predict(r, w) / m - 1) for r, w, m in good if m > 0])
         return True
 
+    def calibrate_sum(self, points: Sequence[tuple[float, float]], through: tuple[float, float]) -> bool:
+        """Fit ``scale × sum + offset`` to (raw sum, measured ms) pairs through the dense model's pair exactly (least
+        squares on the differences to it); True when fitted with a positive scale, else nothing changes. The weight
+        plane's fallback: where every policy is float (a prune-only space) the weight bytes follow the sums
+        (correlation 0.85 over 10 MobileNetV2 policies, session 12) and the plane's sum coefficient came out
+        negative, while this line predicted the near-floor policies within 10 % and the anchor 45–60 % high."""
+        r0, m0 = (float(v) for v in through)
+        good = [(float(r), float(m)) for r, m in points if m == m]
+        dr = np.array([r - r0 for r, _ in good])
+        if len(good) < 2 or float(dr @ dr) <= 0:
+            return False
+        scale = float(dr @ np.array([m - m0 for _, m in good]) / (dr @ dr))
+        if scale <= 0:
+            return False
+        self.scale, self.offset, self.weight_coef = scale, m0 - scale * r0, 0.0
+        self.points = good
+        self.error_band = max([MIN_BAND] + [abs(self.predict(r) / m - 1) for r, m in good if m > 0])
+        return True
+
     def pin(self, dense: Sequence[float], floor: Sequence[float]) -> bool:
         """Make the prediction pass through the dense model's and the space's floor's (sum, weight MiB, ms) points,
         both measured end to end in the search's frame (:func:`deepslim.search.frame.check_feasible`): a weight fit
