@@ -24,6 +24,7 @@ from deepslim.analysis.training import TrainingProfile, measure_peak_bytes, meas
 from deepslim.compress.coding import ArchiveInfo, archive_info, decode, encode
 from deepslim.compress.lowrank import FactorizeResult, SVDConfig, TuckerConfig, factorize_
 from deepslim.compress.prune import (
+    BlockDropConfig,
     ChannelPruneConfig,
     GradualPruner,
     HeadPruneConfig,
@@ -33,6 +34,7 @@ from deepslim.compress.prune import (
     Scope,
     bake_masks_,
     dependency_groups,
+    droppable_blocks,
     plan_channel_pruning,
     prune_,
     prune_heads_,
@@ -156,7 +158,8 @@ from deepslim.train.ondevice import (
 )
 
 __all__ = [
-    "ArchiveError", "ArchiveInfo", "AttentionAdapter", "BenchResult", "BinaryConfig", "Budget", "Calibration",
+    "ArchiveError", "ArchiveInfo", "AttentionAdapter", "BenchResult", "BinaryConfig", "BlockDropConfig", "Budget",
+    "Calibration",
     "ChannelPruneConfig", "CompactMaxPool2d", "CompareResult", "ConfigError", "CostEstimate", "DataBundle",
     "DataError", "DeepSlimError", "DeviceProfile", "DistillStage", "EncodeStage", "EncoderKDConfig", "EnergyTable",
     "EvalResult", "ExportError", "ExportResult", "ExportStage", "FFNAdapter", "FactorizeResult", "Fidelity",
@@ -170,7 +173,8 @@ __all__ = [
     "TrainStage", "TrainingProfile", "TuckerConfig", "UnknownNameError", "UnsupportedModelError",
     "UnsupportedOpError", "archive_info", "bake_masks_", "benchmark", "bias_only_", "check_table",
     "checkpoint_sequential_", "cluster_", "compare", "create_model", "decode", "dependency_groups", "distill",
-    "distill_ddp", "distill_encoder", "drop_layers_", "efficient_", "encode", "estimate_cost", "evaluate",
+    "distill_ddp", "distill_encoder", "droppable_blocks", "drop_layers_", "efficient_", "encode", "estimate_cost",
+    "evaluate",
     "example_input", "export_fused_int8", "export_onnx", "export_openvino", "factorize_", "fidelity",
     "finetune_ondevice", "fit", "fit_ddp", "fold_batchnorm_", "fused_int8_sensitivity", "get_device", "get_task",
     "get_technique", "interleave", "kept_shares", "learn_token_thresholds", "list_datasets", "list_devices",
