@@ -54,7 +54,7 @@ def test_the_plan_names_every_block_and_the_refit_and_summary_are_logged_per_blo
     import re
 
     model = _vit()
-    config = hp.HeadPruneConfig(head_ratio=0.34, ffn_ratio=0.5)
+    config = hp.HeadPruneConfig(head_ratio=0.34, ffn_ratio=0.5, refit=True)
     _, plan = hp.plan_head_pruning(model, config, [torch.randn(4, 3, 8, 8)])
     assert [b.name for b in plan.blocks] == ["blocks.0.attn", "blocks.0.mlp"]
     with caplog.at_level(logging.DEBUG, logger="deepslim.compress.prune.heads"):

@@ -38,7 +38,8 @@ def test_prune_heads_refits_the_attention_output_before_the_feed_forward_output(
 
     monkeypatch.setattr(_refit, "refit_", spy)
     calib = [tuple(torch.cat([t, t.roll(1, 0)]) for t in x)]
-    hp.prune_heads_(model, hp.HeadPruneConfig(head_ratio=0.5, ffn_ratio=0.5, round_to=4), calib_data=calib)
+    hp.prune_heads_(model, hp.HeadPruneConfig(head_ratio=0.5, ffn_ratio=0.5, round_to=4, refit=True),
+                     calib_data=calib)
     layer0 = model.model.bert.encoder.layer[0]
     assert fitted[:2] == [layer0.attention.output.dense, layer0.output.dense]
     assert len(fitted) == 2 * len(model.model.bert.encoder.layer)

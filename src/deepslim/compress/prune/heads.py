@@ -70,11 +70,12 @@ class HeadPruneConfig(Config):
     ``round_to`` hidden units stay per layer), else each layer loses the same share. ``round_to``: hidden units are
     kept in multiples of it (vector-unit friendly). ``ignore``: attention or feed-forward modules (names or ``re:``
     patterns) kept whole. ``batches``: calibration batches read (sensitivity, refit); ``probes``: random projections
-    per batch. ``refit``: with calib_data, each pruned block's output projection is then refitted by least squares to
-    the original block's outputs (:mod:`._refit`), in seconds. Measure it against ``refit=False``: on
-    all-MiniLM-L6-v2 (heads 1/3 + FFN 0.4, 256 broad-corpus texts) it made the pruned model worse, cosine 0.864
-    without and 0.639 with (BENCHMARKS.md session 12; perhaps because the fit weighs every token's raw output
-    alike, while each token passes a LayerNorm next, and a few tokens carry BERT's outsized activations).
+    per batch. ``refit`` (off by default): with calib_data, each pruned block's output projection is then refitted by
+    least squares to the original block's outputs (:mod:`._refit`), in seconds. Measure it against ``refit=False``
+    before using it: on all-MiniLM-L6-v2 (heads 1/3 + FFN 0.4, 256 broad-corpus texts) it made the pruned model
+    worse, cosine 0.864 without and 0.639 with (BENCHMARKS.md session 12; perhaps because the fit weighs every
+    token's raw output alike, while each token passes a LayerNorm next, and a few tokens carry BERT's outsized
+    activations).
     """
 
     head_ratio: float = 0.0
@@ -86,7 +87,7 @@ class HeadPruneConfig(Config):
     ignore: tuple[str, ...] = ()
     batches: int = 8
     probes: int = 2
-    refit: bool = True
+    refit: bool = False
 
     def __post_init__(self) -> None:
         for what in ("head_ratio", "ffn_ratio", "flops_ratio"):
