@@ -3,6 +3,7 @@ stands for are merged like the states, so their targets pool to the teacher's em
 no token loss; a short run lowers the loss; bad students are refused."""
 
 import copy
+import re
 
 import pytest
 import torch
@@ -102,3 +103,16 @@ def test_students_without_token_reduction_or_of_another_depth_are_refused(minilm
     shallow = drop_layers_(copy.deepcopy(merged), keep=[0, 2, 4])
     with pytest.raises(ConfigError, match="3 layers and the teacher 6"):
         distill_tokens(shallow, teacher, ids, mask, kd)
+
+
+def test_layer_weights_of_another_length_and_settings_distill_tokens_does_not_use_are_refused_by_name(minilm):
+    teacher, ids, mask = minilm
+    merged = merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=2))
+    with pytest.raises(ConfigError, match="layer_weights has 2 weights, the student 6 layers"):
+        distill_tokens(merged, teacher, ids, mask, EncoderKDConfig(steps=1, cpu_seconds=None, layer_weights=(1, 1)))
+    for kw, name in ((dict(relation_weight=1.0, relation_heads=4), "relation_weight=1.0, relation_heads=4"),
+                     (dict(layer_map=(0, 1, 2, 3, 4, 5)), "layer_map=(0, 1, 2, 3, 4, 5)")):  # fmt: skip
+        with pytest.raises(ConfigError, match=re.escape(f"does not use {name}")) as refused:
+            distill_tokens(merged, teacher, ids, mask, EncoderKDConfig(steps=1, cpu_seconds=None, **kw))
+        assert "\n" not in str(refused.value)
+    assert merged.reduction.trace is False  # refused before any training step

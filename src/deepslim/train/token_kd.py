@@ -10,7 +10,7 @@ error of the token states, averaged over the layers (or weighted by ``layer_weig
 
 The budget, learning-rate schedule and batches are those of :func:`deepslim.train.student.distill_encoder`
 (:class:`~deepslim.train.student.EncoderKDConfig`); ``layer_map`` and the relation transfers do not apply (the
-student is the teacher's own architecture with fewer tokens).
+student is the teacher's own architecture with fewer tokens): a config that sets them is refused.
 """
 
 from __future__ import annotations
@@ -65,6 +65,14 @@ def distill_tokens(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, ma
     if n_s != n_t:
         raise ConfigError(f"the student has {n_s} layers and the teacher {n_t}: token distillation maps layer to "
                           f"layer (drop layers with distill_encoder's layer_map instead)")  # fmt: skip
+    if config.layer_weights is not None and len(config.layer_weights) != n_s:
+        raise ConfigError(f"layer_weights has {len(config.layer_weights)} weights, the student {n_s} layers: "
+                          f"give one per layer")  # fmt: skip
+    unused = [f"{name}={getattr(config, name)!r}" for name in ("layer_map", "relation_weight", "relation_heads")
+              if getattr(config, name) not in (None, 0)]  # fmt: skip
+    if unused:
+        raise ConfigError(f"distill_tokens does not use {', '.join(unused)} (the student maps layer to layer and "
+                          f"learns token states, not relations): leave it unset or use distill_encoder")  # fmt: skip
     teacher.eval()
     student.train(config.dropout)
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.lr,
