@@ -85,3 +85,12 @@ def test_a_head_pruned_student_distils_with_relations_on_every_layer(teacher, mo
     assert len(seen) == 3 and seen[0] == (len(layers), widths, [teacher_width] * len(layers))
     assert all(w < teacher_width for w in widths)
     assert not any(layer.attention.self.query._forward_hooks for layer in layers)  # the capture hooks are gone
+
+
+def test_relation_heads_without_a_relation_weight_is_refused_rather_than_ignored():
+    with pytest.raises(ConfigError, match="relation_heads needs relation_weight > 0"):
+        student_mod.EncoderKDConfig(steps=1, relation_heads=4)
+    with pytest.raises(ConfigError, match="relation_heads=2, relation_weight=0.0"):
+        student_mod.EncoderKDConfig(steps=1, relation_heads=2, relation_weight=0.0)
+    assert student_mod.EncoderKDConfig(steps=1, relation_heads=4, relation_weight=0.5).relation_heads == 4
+    assert student_mod.EncoderKDConfig(steps=1, relation_weight=0.5).relation_heads == 0  # the last layer's MiniLM

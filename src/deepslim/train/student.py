@@ -45,7 +45,8 @@ class EncoderKDConfig(Config):
     deterministic function, and noise slows a short run down). ``relation_weight`` > 0 adds MiniLM's
     self-attention and value-relation transfer of the last layer (:func:`relation_loss`; 0: off); with
     ``relation_heads`` > 0 instead MiniLMv2's query, key and value relations in that many relation heads on every
-    student layer and its mapped teacher layer (:func:`relation_heads_loss`: heads may differ in number).
+    student layer and its mapped teacher layer (:func:`relation_heads_loss`: heads may differ in number; it needs
+    ``relation_weight`` > 0, the weight of that term).
 
     ``layer_weights``: one weight per student layer for its hidden-state term (the hidden loss is their weighted
     mean; None: equal; ``(0, 0, 1)``: the last layer's states only). ``skip_batches``: batches of the seeded stream
@@ -85,6 +86,9 @@ class EncoderKDConfig(Config):
         if isinstance(self.relation_heads, bool) or not isinstance(self.relation_heads, int) or self.relation_heads < 0:
             raise ConfigError(f"relation_heads must be a whole number >= 0 (0: the last layer's attention heads), "
                               f"got {self.relation_heads!r}")  # fmt: skip
+        if self.relation_heads > 0 and not self.relation_weight > 0:
+            raise ConfigError(f"relation_heads needs relation_weight > 0 (the relation term's weight), got relation_"
+                              f"heads={self.relation_heads}, relation_weight={self.relation_weight}")  # fmt: skip
         if self.layer_map is not None:
             object.__setattr__(self, "layer_map", tuple(int(i) for i in self.layer_map))
         if self.layer_weights is not None:
@@ -265,8 +269,8 @@ def distill_encoder(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, m
                     config: EncoderKDConfig) -> dict[str, Any]:  # fmt: skip
     """Train ``student`` in place on the token ids/mask of distillation texts; returns what the run did (steps,
     CPU seconds, the embedding loss at the start and over the last tenth). A student with token reduction
-    (:mod:`deepslim.compress.tokens`) learns the embeddings only, on full-length batches: the distillation of the
-    token-reduced model, so that its weights adapt to the merged or pruned tokens."""
+    (:mod:`deepslim.compress.tokens`) learns the embeddings only here, on full-length batches; to have each merged
+    or pruned token learn its own teacher states as well, use :func:`deepslim.train.token_kd.distill_tokens`."""
     s_enc, t_enc = _encoder(student, "student"), _encoder(teacher, "teacher")
     n_s, n_t = len(s_enc.encoder.layer), len(t_enc.encoder.layer)
     mapping = config.layer_map if config.layer_map is not None else layer_map(n_s, n_t)
