@@ -58,6 +58,19 @@ def test_the_depth_choices_are_the_droppable_blocks_and_round_trip_as_data():
         SearchSpace.from_model(trained(), digits().example_input, kinds=("deep",))
 
 
+def test_a_single_string_of_names_is_refused_not_split_into_characters():
+    with pytest.raises(ConfigError, match=r"blocks is a list of names, got the string 'layer1.0' \(write \['layer1"):
+        SearchSpace(groups=(), int8_layers=(), blocks="layer1.0")
+    for name in ("sparse_layers", "kmeans_layers", "int8_layers"):
+        with pytest.raises(ConfigError, match=f"{name} is a list of names, got the string 'fc'"):
+            SearchSpace(**{"groups": (), "int8_layers": (), name: "fc"})
+    doc = SearchSpace(groups=(), int8_layers=(), blocks=("ab",)).to_dict()
+    assert SearchSpace.from_dict(doc).blocks == ("ab",)
+    for key in ("blocks", "int8_layers"):
+        with pytest.raises(ConfigError, match=f"{key} is a list of names, got the string 'ab'"):
+            SearchSpace.from_dict({**doc, key: "ab"})
+
+
 def test_a_dropped_block_takes_its_groups_and_layers_out_of_the_channel_and_int8_configs():
     net, x = trained(), digits().example_input
     space = _space(net)

@@ -149,8 +149,9 @@ class SearchSpace:
         object.__setattr__(self, "recovery", ordered)
         if ordered and "hpo" not in self.kinds:
             object.__setattr__(self, "kinds", (*self.kinds, "hpo"))
+        object.__setattr__(self, "int8_layers", _names(self.int8_layers, "int8_layers"))
         self._weight_choices()
-        object.__setattr__(self, "blocks", tuple(self.blocks))
+        object.__setattr__(self, "blocks", _names(self.blocks, "blocks"))
         if self.blocks and "depth" not in self.kinds:
             object.__setattr__(self, "kinds", (*self.kinds, "depth"))
         stray = [n for t in self.tied for n in t if n not in self.int8_layers]
@@ -162,7 +163,7 @@ class SearchSpace:
         for layers, options, kind, default, check in (
                 ("sparse_layers", "sparsity", "sparsity", _choices.DEFAULT_SPARSITY, _choices.check_sparsity),
                 ("kmeans_layers", "kmeans_bits", "kmeans", _choices.DEFAULT_KMEANS_BITS, _choices.check_kmeans_bits)):
-            names = tuple(getattr(self, layers))
+            names = _names(getattr(self, layers), layers)
             object.__setattr__(self, layers, names)
             found = check(getattr(self, options) or (default if names else ()))
             object.__setattr__(self, options, found if names else ())
@@ -226,9 +227,10 @@ class SearchSpace:
         try:
             groups = tuple(GroupChoice(g["name"], int(g["width"]), tuple(int(k) for k in g["keep"]),
                                        g.get("description", "")) for g in doc["groups"])  # fmt: skip
-            extra: dict[str, Any] = {n: tuple(tuple(v) if isinstance(v, list) else v for v in doc[n])
+            extra: dict[str, Any] = {n: doc[n] if isinstance(doc[n], str) else  # a string: __post_init__ refuses it
+                                     tuple(tuple(v) if isinstance(v, list) else v for v in doc[n])
                                      for n in _OPTIONAL if n in doc}  # fmt: skip
-            return cls(groups=groups, int8_layers=tuple(doc["int8_layers"]), kinds=tuple(doc["kinds"]),
+            return cls(groups=groups, int8_layers=doc["int8_layers"], kinds=tuple(doc["kinds"]),
                        round_to=int(doc["round_to"]), recovery=doc.get("recovery", {}), **extra)  # fmt: skip
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise ConfigError(f"malformed search space: {exc}") from None
@@ -365,6 +367,13 @@ class SearchSpace:
 
 
 _OPTIONAL = ("tied", "sparse_layers", "sparsity", "kmeans_layers", "kmeans_bits", "blocks")  # written when present
+
+
+def _names(given: Any, what: str) -> tuple[str, ...]:
+    """``given`` as a tuple of names; a single string is refused (a tuple of it would hold its characters)."""
+    if isinstance(given, str):
+        raise ConfigError(f"{what} is a list of names, got the string {given!r} (write [{given!r}] for one name)")
+    return tuple(given)
 
 
 def _nearest(group: GroupChoice, keep_ratio: float) -> int:
