@@ -6,6 +6,7 @@ as candidates. Split out of the engine so that its ``search`` reads as the steps
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from deepslim.errors import ConfigError
@@ -16,6 +17,7 @@ from deepslim.search.budget import OBJECTIVES
 from deepslim.search.evaluate import Candidate, Evaluator
 from deepslim.search.finals import feasible as _feasible
 from deepslim.search.finals import rank as _rank
+from deepslim.search.frame import FRAME_ATTR
 from deepslim.search.space import Policy, SearchSpace
 
 
@@ -33,6 +35,22 @@ def open_study(space: SearchSpace, objectives: tuple[str, ...], url: str | None,
     if settings is not None:
         _judging.check(study, name, settings)
     return study
+
+
+def recorded_frame(url: str | None, out_dir: Any, name: str, space: SearchSpace,
+                   objectives: tuple[str, ...]) -> dict[str, Any] | None:  # fmt: skip
+    """The latency frame (:func:`deepslim.search.frame.table_state`) recorded by study ``name`` of this space, if
+    it exists: read before the study is opened, so that a refused budget creates no study."""
+    if url is None and (out_dir is None or not (Path(out_dir) / st.DEFAULT_JOURNAL).is_file()):
+        return None
+    try:
+        study = st._optuna().load_study(study_name=name, storage=st.open_storage(url, out_dir=out_dir))
+    except KeyError:
+        return None
+    attrs = study.user_attrs
+    if attrs.get(st.SPACE_ATTR) != fingerprint(space, objectives):
+        return None  # another space: opening the study refuses it
+    return attrs.get(FRAME_ATTR)
 
 
 def fingerprint(space: SearchSpace, objectives: Sequence[str]) -> str:

@@ -158,8 +158,11 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
                    nodes=nodes, accept_low_fidelity=accept_low_fidelity, proxy_steps=proxy_steps,
                    temperature=temperature, proxy_lr=proxy_lr, measure_repeats=measure_repeats,
                    calibration_policies=calibration_policies)  # fmt: skip
-    dense, limits, family = _judging_frame(ev, budgets, uniform_ratios)
+    recorded = _study.recorded_frame(storage, out_dir, study_name, space, objectives)
+    dense, limits, family = _judging_frame(ev, budgets, uniform_ratios, recorded)
     study = _study.open_study(space, objectives, storage, out_dir, study_name, _judging.settings(ev))
+    if recorded is None:
+        study.set_user_attr(_frame.FRAME_ATTR, _frame.table_state(ev))
     job: dict[str, Any] = {"strategy": strategy, "seed": seed, "trials": trials, "check_every": check_every,
                            "evaluator": wk.evaluator_settings(ev)}  # fmt: skip
     if workers > 1:
@@ -238,11 +241,12 @@ def _space(model: nn.Module, x: Any, space: SearchSpace | Sequence[str], objecti
     return space
 
 
-def _judging_frame(ev: Evaluator, budgets: tuple[Budget, ...],
-                   ratios: Sequence[float] | None) -> tuple[Candidate, dict[str, float], tuple[Candidate, ...]]:
-    """The frame every trial is judged in: the dense candidate (the table calibrated on it), the budgets' absolute
-    limits (an infeasible budget refused here, before any trial) and the uniform family judged in it."""
-    dense = calibrate_table(ev)
+def _judging_frame(ev: Evaluator, budgets: tuple[Budget, ...], ratios: Sequence[float] | None,
+                   recorded: dict[str, Any] | None = None) -> tuple[Candidate, dict[str, float], tuple[Candidate, ...]]:
+    """The frame every trial is judged in: the dense candidate (the table calibrated on it, or, resuming a study,
+    the calibration and floor check it recorded: ``recorded``), the budgets' absolute limits (an infeasible budget
+    refused here, before any trial) and the uniform family judged in it."""
+    dense = calibrate_table(ev, recorded)
     limits = {b.metric: b.limit(_frame.base(dense, b.metric)) for b in budgets}
     ev.latency_limit = limits.get("latency")  # the measured model repeats the runs of policies near it
     _frame.check_feasible(ev, budgets, limits, dense)
@@ -285,13 +289,17 @@ def _data(data: Any, options: Mapping[str, Any] | None) -> tuple[str | None, Any
     return None, data
 
 
-def calibrate_table(ev: Evaluator) -> Candidate:
+def calibrate_table(ev: Evaluator, recorded: dict[str, Any] | None = None) -> Candidate:
     """Measure the dense model, the smallest policies, a few random mixed ones and ``ev.calibration_policies`` more
     (random, crowded toward the fewest channels: :func:`calibration_set`; then also every policy the feasibility
     check may take for the floor, :func:`frame.floor_policies`) end to end, fit the layer table to them and
     calibrate the node table (:func:`_calibrate_nodes`); the dense candidate (measured end to end, predicted by the
-    evaluator's latency model and, where there is one, by the other table too)."""
+    evaluator's latency model and, where there is one, by the other table too). ``recorded``: a study's
+    :func:`frame.table_state`, put back instead of measuring (a resumed study judges with its first run's table)."""
     space, x = ev.space, ev.data.example_input
+    if recorded is not None:
+        _frame.restore_tables(ev, recorded)
+        return ev.evaluate(space.dense(), recovery="none", measure=ev.table.end_to_end)
     policies = calibration_set(space, ev.calibration_policies)
     if ev.calibration_policies:  # the floor the feasibility check judges is a point of the fit, not extrapolated
         known = {str(p.to_dict()) for p in policies}

@@ -82,16 +82,19 @@ def check_feasible(ev: Evaluator, budgets: tuple[Budget, ...], limits: dict[str,
         frame = "" if metric != "latency" else (", measured end to end" if ev.latency_model == "measured" else
                                                 f", as the {ev.latency_model[:-1]} table predicts it")
         if metric == "latency" and limit < value <= limit * (1 + _model(ev).error_band):
-            measured = measure_floor(ev, policy, base_value)
+            model, recorded = _model(ev), _model(ev).floor  # recorded: restored from the study on resume
+            fresh = recorded is None or recorded.get("policy") != policy.to_dict()
+            measured = measure_floor(ev, policy, base_value) if fresh else float(recorded["measured_ms"])
             if measured == measured:
-                model = _model(ev)
-                model.floor = {"policy": policy.to_dict(), "predicted_ms": value, "measured_ms": measured,
-                               "limit_ms": limit, "error_band": model.error_band, "pinned": False}  # fmt: skip
+                if fresh:
+                    model.floor = {"policy": policy.to_dict(), "predicted_ms": value, "measured_ms": measured,
+                                   "limit_ms": limit, "error_band": model.error_band, "pinned": False}  # fmt: skip
                 note = (f", measured end to end against dense, the median of {ev.measure_repeats} runs; the "
                         f"{ev.latency_model[:-1]} table predicted {value / base_value:.2f}x")
                 value, frame = measured, note
                 if measured <= limit:
-                    model.floor["pinned"] = _pin(ev, policy, dense, measured)
+                    if fresh:
+                        model.floor["pinned"] = _pin(ev, policy, dense, measured)
                     continue
         if value > limit:
             unit, times = UNIT_NAMES[metric], value / base_value
@@ -99,6 +102,31 @@ def check_feasible(ev: Evaluator, budgets: tuple[Budget, ...], limits: dict[str,
                               f"space allows ({value:.4g} {unit}, {times:.2f}x of dense{frame}: "
                               f"{_describe(ev.space, policy)}): loosen it to at least {times:.2f}x or widen the "
                               "space")  # fmt: skip
+
+
+FRAME_ATTR = "latency_frame"  # the study's user attribute: the tables' calibration and the floor check's result
+_FIELDS = {"layers": ("scale", "offset", "change_weight", "error_band", "points"),
+           "nodes": ("scale", "offset", "weight_coef", "error_band", "points", "triples")}  # fmt: skip
+
+
+def table_state(ev: Evaluator) -> dict[str, Any]:
+    """What rebuilds the search's latency frame: both tables' calibration (after the floor check's pin, if any)
+    and the floor check's result (:func:`check_feasible`); recorded in the study once, when it is created."""
+    tables = {"layers": ev.table, "nodes": ev.nodes}
+    state: dict[str, Any] = {key: {f: getattr(t, f) for f in _FIELDS[key]} for key, t in tables.items() if t}
+    return {**state, "floor": _model(ev).floor}
+
+
+def restore_tables(ev: Evaluator, state: dict[str, Any]) -> None:
+    """Put back a recorded :func:`table_state`: a resumed study judges with the table its first run judged with,
+    and the floor check reuses the recorded measurement instead of measuring again (a noisy re-measurement just
+    over the limit would refuse a study that already ran trials, or pin it on another scale)."""
+    for key, table in (("layers", ev.table), ("nodes", ev.nodes)):
+        if table is not None and key in state:
+            for f in _FIELDS[key]:
+                v = state[key][f]
+                setattr(table, f, [tuple(p) for p in v] if f in ("points", "triples") else float(v))
+    _model(ev).floor = state.get("floor")
 
 
 def _model(ev: Evaluator) -> Any:
