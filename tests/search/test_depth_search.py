@@ -17,7 +17,7 @@ from deepslim.search.evaluate import Evaluator, _shape
 from deepslim.search.recipe import policy_recipe
 from deepslim.search.space import Policy, SearchSpace, prune_policy
 from tests.compress.test_depth import Residual, tiny_resnet
-from tests.search._tiny import FAST, digits, fake_table
+from tests.search._tiny import FAST, digits, fake_table, tiny_net
 
 KINDS = ("prune", "int8", "depth")
 
@@ -167,3 +167,15 @@ def test_the_samplers_treat_a_dropped_block_as_a_lowering():
     assert up == [(False, False, False)]
     evolution = EvolutionSampler(space, population_size=2, tournament_size=1)
     assert _lower_options(evolution, (False, True, False), 1) == [] and _lower_options(evolution, dense, 2) == [True]
+
+
+def test_kind_depth_on_a_model_without_a_droppable_block_warns_with_why(caplog):
+    with caplog.at_level("WARNING", logger="deepslim.search._depth"):
+        space = SearchSpace.from_model(tiny_net(), digits().example_input, kinds=KINDS)
+    assert space.blocks == () and space.size == SearchSpace.from_model(
+        tiny_net(), digits().example_input, kinds=("prune", "int8")).size  # fmt: skip
+    assert "kind 'depth': Sequential has no droppable residual block (0: its output" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="deepslim.search._depth"):
+        assert _space(trained()).blocks == ("3", "4", "6")
+    assert "no droppable" not in caplog.text

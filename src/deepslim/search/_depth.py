@@ -11,20 +11,30 @@ k-means bits are left out of the configs (they would name a layer that is gone).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
 from torch import nn
 
 from deepslim.compress.prune import BlockDropConfig
-from deepslim.compress.prune.depth import droppable_blocks, inside
+from deepslim.compress.prune.depth import examine_blocks, inside
 
 V = TypeVar("V")
+log = logging.getLogger(__name__)
 
 
 def blocks_of(model: nn.Module, example_input: Any) -> tuple[str, ...]:
-    """The droppable blocks of ``model``: the space's depth choices, in model order."""
-    return tuple(droppable_blocks(model, example_input))
+    """The droppable blocks of ``model``: the space's depth choices, in model order. None found is logged as a
+    warning with why not (the kind was asked for and adds nothing, as "prune" adds nothing without channel groups)."""
+    found = examine_blocks(model, example_input)
+    blocks = tuple(name for name, why in found.items() if why is None)
+    if not blocks:
+        why = "; ".join(f"{name}: {reason}" for name, reason in list(found.items())[:3]) + ("; …" if len(found) > 3
+                                                                                             else "")  # fmt: skip
+        log.warning("kind 'depth': %s has no droppable residual block (%s), so the space has no depth choice",
+                    type(model).__name__, why or "no child of an nn.Sequential")  # fmt: skip
+    return blocks
 
 
 def dropped(drop: Mapping[str, bool]) -> tuple[str, ...]:
