@@ -57,6 +57,19 @@ def fake_table() -> LatencyTable:
 FAST = {"finetune_epochs": 0, "top_k": 1, "uniform_ratios": (1.0, 0.5)}  # search() settings of the tiny tests
 
 
+def exhaustive_optimum(net: nn.Module, data, space: SearchSpace, ratio: float):
+    """The oracle of the exhaustive-search tests: every policy of ``space`` judged alike (the fake table, no
+    recovery), the latency limit ``ratio`` x dense, the policies within it, and the most accurate of those (fewer ms
+    on a tie). Returns (limit, judged, feasible, expected)."""
+    from deepslim.search.evaluate import Evaluator
+
+    ev = Evaluator(net, data, space, fake_table())
+    limit = ratio * ev.evaluate(space.dense(), recovery="none").latency_ms
+    judged = [ev.evaluate(p) for p in space.all_policies()]
+    feasible = [c for c in judged if c.latency_ms <= limit]
+    return limit, judged, feasible, min(feasible, key=lambda c: (-c.accuracy, c.latency_ms))
+
+
 def small_space(net: nn.Module) -> SearchSpace:
     """Channel counts 4 or 8 in both groups and the second convolution int8 or float: 8 policies."""
     full = SearchSpace.from_model(net, digits().example_input, keep_ratios=(1.0, 0.5), round_to=2)

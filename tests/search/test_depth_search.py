@@ -17,7 +17,7 @@ from deepslim.search.evaluate import Evaluator, _shape
 from deepslim.search.recipe import policy_recipe
 from deepslim.search.space import Policy, SearchSpace, prune_policy
 from tests.compress.test_depth import Residual, tiny_resnet
-from tests.search._tiny import FAST, digits, fake_table, tiny_net
+from tests.search._tiny import FAST, digits, exhaustive_optimum, fake_table, tiny_net
 
 KINDS = ("prune", "int8", "depth")
 
@@ -103,12 +103,7 @@ def test_a_latency_search_finds_the_exact_optimum_including_dropped_blocks(tmp_p
     space = SearchSpace(groups=(), int8_layers=("5.conv2",), blocks=("3", "4", "6"))  # 16 policies
     result = search(net, data, space, ("accuracy", "latency"), "latency=0.75x", trials=space.size, strategy="grid",
                     out_dir=tmp_path, latency_table=fake_table(), **FAST)  # fmt: skip
-    # the oracle: every policy judged alike, the most accurate within budget (fewer ms on a tie)
-    ev = Evaluator(net, data, space, fake_table())
-    limit = 0.75 * ev.evaluate(space.dense(), recovery="none").latency_ms
-    judged = [ev.evaluate(p) for p in space.all_policies()]
-    feasible = [c for c in judged if c.latency_ms <= limit]
-    expected = min(feasible, key=lambda c: (-c.accuracy, c.latency_ms))
+    limit, judged, feasible, expected = exhaustive_optimum(net, data, space, 0.75)
     assert len(result.trials) == space.size == 16 and 0 < len(feasible) < len(judged)
     assert result.best.policy == expected.policy and result.best.latency_ms <= limit
     assert any(expected.policy.drop.values())  # the budget is met only by dropping a block

@@ -8,7 +8,7 @@ from deepslim.errors import ConfigError
 from deepslim.search import search
 from deepslim.search.evaluate import Evaluator
 from deepslim.search.recipe import policy_recipe
-from tests.search._tiny import FAST, digits, fake_table, small_space, trained_net
+from tests.search._tiny import FAST, digits, exhaustive_optimum, fake_table, small_space, trained_net
 
 optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
 
@@ -19,12 +19,7 @@ def test_search_finds_the_exact_optimum_under_a_latency_budget(tmp_path):
     space = small_space(net)
     result = search(net, data, space, ("accuracy", "latency"), "latency=0.6x", trials=space.size, strategy="grid",
                     out_dir=tmp_path, latency_table=fake_table(), **FAST)  # fmt: skip
-    # the oracle: every policy judged alike, the most accurate within budget (fewer ms on a tie)
-    ev = Evaluator(net, data, space, fake_table())
-    limit = 0.6 * ev.evaluate(space.dense(), recovery="none").latency_ms
-    judged = [ev.evaluate(p) for p in space.all_policies()]
-    feasible = [c for c in judged if c.latency_ms <= limit]
-    expected = min(feasible, key=lambda c: (-c.accuracy, c.latency_ms))
+    limit, judged, feasible, expected = exhaustive_optimum(net, data, space, 0.6)
     assert len(result.trials) == space.size == 8
     assert result.limits["latency"] == pytest.approx(limit)
     assert result.best.policy == expected.policy
