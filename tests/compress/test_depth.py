@@ -175,6 +175,37 @@ def test_count_drops_the_blocks_that_change_their_input_least():
     assert drop_blocks_(copy.deepcopy(net), BlockDropConfig(blocks=("3",), count=1), X) == ["3", "4"]
 
 
+class Nest(nn.Module):
+    """A residual block made of two residual blocks: three droppable blocks, one inside another."""
+
+    def __init__(self, ch: int) -> None:
+        super().__init__()
+        self.body = nn.Sequential(Residual(ch), Residual(ch))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def test_count_picks_no_block_that_contains_or_lies_inside_a_named_or_picked_one(monkeypatch):
+    from deepslim.compress.prune import depth as depth_mod
+
+    torch.manual_seed(0)
+    net = _stats(nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), Nest(8), Residual(8), nn.AdaptiveAvgPool2d(1),
+                               nn.Flatten(), nn.Linear(8, 10)))  # fmt: skip
+    assert droppable_blocks(net, X) == ["1", "2", "1.body.0", "1.body.1"]
+    scores = {"1": 0.1, "1.body.1": 0.2, "2": 0.3}  # the parent of the named block would be the least important
+    monkeypatch.setattr(depth_mod, "_importance", lambda model, names, *_: {n: scores.get(n, 0.5) for n in names})
+    named = drop_blocks_(copy.deepcopy(net), BlockDropConfig(blocks=("1.body.0",), count=1), X)
+    assert named == ["1.body.0", "1.body.1"]  # not "1": it holds the named block
+    dropped = drop_blocks_(copy.deepcopy(net), BlockDropConfig(count=2), X)
+    assert dropped == ["1", "2"]  # "1.body.1" lies inside "1", picked first: skipped for the next, in model order
+    with pytest.raises(ConfigError, match="count 3 asks for more blocks than the 2 droppable ones left that do not "
+                                          "contain one another: 1, 2"):  # fmt: skip
+        drop_blocks_(copy.deepcopy(net), BlockDropConfig(count=3), X)
+    # a named block inside another named one goes with it
+    assert drop_blocks_(copy.deepcopy(net), BlockDropConfig(blocks=("1.body.0", "1")), X) == ["1"]
+
+
 def test_naming_a_block_that_is_not_droppable_lists_the_droppable_ones():
     with pytest.raises(ConfigError, match=r"block '5' is not droppable \(its output \(2, 16, 4, 4\) is not its input's "
                                           r"shape \(2, 8, 8, 8\)\); droppable blocks: 3, 4, 6"):  # fmt: skip

@@ -52,7 +52,11 @@ class BlockDropConfig(Config):
     """Replace residual blocks by ``nn.Identity``: the ``blocks`` named (module names, e.g. ``layer1.2``), then the
     ``count`` droppable blocks of least importance among the rest — the least relative change ``|y - x| / |x|``
     they make to their input on the calibration data (or the example input); a block that barely changes its input
-    costs least to skip. Naming a block that is not droppable is a ``ConfigError`` that lists the droppable ones."""
+    costs least to skip. Naming a block that is not droppable is a ``ConfigError`` that lists the droppable ones.
+
+    Nested droppable blocks (a residual block made of residual blocks): a named block inside another named one goes
+    with it (only the outer one is returned); ``count`` picks blocks that neither contain nor lie inside a named
+    block or one another, so that it always drops ``count`` more blocks than those named."""
 
     blocks: tuple[str, ...] = ()
     count: int = 0
@@ -96,15 +100,23 @@ def drop_blocks_(model: nn.Module, config: BlockDropConfig, example_input: Any,
             why = f" ({found[name]})" if name in found else " (no child of an nn.Sequential has that name)"
             raise ConfigError(f"block {name!r} is not droppable{why}; droppable blocks: "
                               f"{', '.join(droppable) or 'none'}")  # fmt: skip
-    rest = [n for n in droppable if n not in config.blocks and not _inside_any(n, config.blocks)]
+    rest = [n for n in droppable if not _overlaps(n, config.blocks)]
     if config.count > len(rest):
         raise ConfigError(f"count {config.count} asks for more blocks than the {len(rest)} droppable ones left: "
                           f"{', '.join(rest) or 'none'}")  # fmt: skip
     chosen = set(config.blocks)
     if config.count:
         scores = _importance(model, rest, example_input, calib_data)
-        chosen |= set(sorted(rest, key=lambda n: (scores[n], rest.index(n)))[: config.count])
-    dropped = [n for n in droppable if n in chosen and not _inside_any(n, chosen - {n})]
+        picked: list[str] = []
+        for name in sorted(rest, key=lambda n: (scores[n], rest.index(n))):
+            if len(picked) < config.count and not _overlaps(name, picked):
+                picked.append(name)
+        if len(picked) < config.count:
+            raise ConfigError(f"count {config.count} asks for more blocks than the {len(picked)} droppable ones left "
+                              f"that do not contain one another: {', '.join(picked)}")  # fmt: skip
+        chosen |= set(picked)
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    dropped = sorted((n for n in chosen if not _inside_any(n, chosen - {n})), key=order.__getitem__)
     for name in dropped:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, nn.Identity())
@@ -119,6 +131,11 @@ def inside(name: str, blocks: Iterable[str]) -> bool:
 
 def _inside_any(name: str, blocks: Iterable[str]) -> bool:
     return any(name.startswith(b + ".") for b in blocks)
+
+
+def _overlaps(name: str, blocks: Iterable[str]) -> bool:
+    """Whether block ``name`` is one of ``blocks``, lies inside one or contains one."""
+    return any(name == b or name.startswith(b + ".") or b.startswith(name + ".") for b in blocks)
 
 
 def _candidates(model: nn.Module) -> list[tuple[str, nn.Module]]:
