@@ -132,13 +132,29 @@ def test_a_floor_predicted_beyond_the_tables_band_is_refused_without_measuring_i
     dense = calibrate_table(ev)
     pred, _, _ = floor_of(ev, dense)
     before = len(calls)
-    budget = pred / (1 + MIN_BAND) / 1.01
+    budget = pred / (1 + ev.nodes.error_band) / 1.01
     from deepslim.search.budget import Budget
 
     with pytest.raises(ConfigError, match="as the node table predicts it"):
         frame.check_feasible(ev, (Budget("latency", budget, relative=True),),
                              {"latency": budget * frame.base(dense, "latency")}, dense)  # fmt: skip
     assert len(calls) == before and ev.nodes.floor is None
+
+
+def test_the_default_calibrations_band_covers_its_measured_floor_so_an_over_predicted_floor_is_measured():
+    ev = evaluator(1.3)  # calibration_policies=0: 7 points at most, the node table anchored to dense
+    dense = calibrate_table(ev)
+    pred, true, policy = floor_of(ev, dense)
+    measured_ratio = true**1.3
+    assert pred / measured_ratio - 1 > MIN_BAND  # over-predicted by more than the old flat band
+    assert ev.nodes.error_band >= pred / measured_ratio - 1 - 1e-9 and len(ev.nodes.points) > 1
+    budget = pred / 1.2  # the floor measures within it; the prediction alone says 20 % over
+    assert measured_ratio < budget
+    from deepslim.search.budget import Budget
+
+    base = frame.base(dense, "latency")
+    frame.check_feasible(ev, (Budget("latency", budget, relative=True),), {"latency": budget * base}, dense)
+    assert ev.nodes.floor["pinned"] and ev.nodes.floor["measured_ms"] == pytest.approx(measured_ratio * base)
 
 
 A, B, C = 1.3, 40.0, -0.02  # a scripted plane: ms = A × sum + B × MiB + C

@@ -325,14 +325,15 @@ def _calibrate_nodes(ev: Evaluator, policies: list[Policy], nets: list[nn.Module
     space, where the bytes follow the sums); with fewer points, or when both fail, anchor its scale to the dense
     model's measurement
     (:meth:`NodeTable.anchor`: predictions in measured milliseconds, ratios unchanged — a line in the sum alone,
-    fitted through the 7 default points, predicted worse than the plain sums)."""
+    fitted through the 7 default points, predicted worse than the plain sums). The anchor's error band is its
+    largest relative error on every point measured (the floor among them: a floor it over-predicts is measured by
+    the feasibility check, not refused on the prediction), at least 10 %."""
     if ev.nodes is None:
         return
-    dense_raw = ev.node_raw(policies[0], nets[0])
+    raws = [ev.node_raw(p, net) for p, net in zip(policies, nets, strict=True)]
+    triples = [(r, weight_mb(net), m) for r, net, m in zip(raws, nets, measured, strict=True) if r is not None]
+    dense_ok = raws[0] is not None and measured[0] == measured[0]
     if sum(1 for m in measured if m == m) >= MIN_WEIGHT_POINTS:
-        raws = [dense_raw] + [ev.node_raw(p, net) for p, net in zip(policies[1:], nets[1:], strict=True)]
-        triples = [(r, weight_mb(net), m) for r, net, m in zip(raws, nets, measured, strict=True) if r is not None]
-        dense_ok = dense_raw is not None and measured[0] == measured[0]
         if ev.nodes.calibrate_weights(triples, through=triples[0] if dense_ok else None):
             return
         if dense_ok and ev.nodes.calibrate_sum([(r, m) for r, _, m in triples], through=(triples[0][0], triples[0][2])):
@@ -341,13 +342,11 @@ def _calibrate_nodes(ev: Evaluator, policies: list[Policy], nets: list[nn.Module
             return
         log.warning("the node table's weight-bytes fit failed on %d points: anchored to the dense model instead",
                     len(triples))  # fmt: skip
-        if dense_raw is not None:
-            ev.nodes.anchor(dense_raw, measured[0])  # its band: its error on every point measured, not dense's alone
-            ev.nodes.error_band = max([ev.nodes.error_band] + [abs(ev.nodes.predict(r) / m - 1)
-                                                               for r, _, m in triples if m == m and m > 0])
-        return
-    if dense_raw is not None:
-        ev.nodes.anchor(dense_raw, measured[0])
+    if raws[0] is not None:
+        ev.nodes.anchor(raws[0], measured[0])
+        ev.nodes.points = [(r, m) for r, _, m in triples]
+        ev.nodes.error_band = max([ev.nodes.error_band] + [abs(ev.nodes.predict(r) / m - 1)
+                                                           for r, _, m in triples if m == m and m > 0])  # fmt: skip
 
 
 _calibrate = calibrate_table  # the name benchmarks/search.py imports
