@@ -227,3 +227,20 @@ def test_where_the_weight_bytes_follow_the_sums_the_plane_fails_and_the_line_thr
     assert not nodes.calibrate_sum([(0.1, 2.0), (0.2, 1.0)], through=(0.3, 0.5))  # falling: refused, unchanged
     assert nodes.scale == pytest.approx(1.7)
 
+
+
+def test_the_floor_in_words_names_the_dropped_blocks_and_counts_only_the_layers_outside_them():
+    from deepslim.compress.prune.depth import inside
+    from tests.compress.test_depth import tiny_resnet
+
+    net = tiny_resnet()
+    space = SearchSpace.from_model(net, digits().example_input, kinds=("prune", "int8", "depth"),
+                                   keep_ratios=(1.0, 0.5), round_to=2)  # fmt: skip
+    words = frame._describe(space, space.smallest(True))
+    live = [n for n in space.int8_layers if not inside(n, space.blocks)]
+    assert 0 < len(live) < len(space.int8_layers)  # some layers are gone with their blocks
+    n = len(space.blocks)
+    assert words.startswith(f"{n} of {n} residual blocks dropped, ")
+    assert f", {len(live)} of {len(live)} layers int8" in words
+    width = sum(g.width for g in space.groups if not inside(g.name, space.blocks))
+    assert f"{width // 2} of {width} channels kept" in words

@@ -11,6 +11,7 @@ from dataclasses import replace
 from typing import Any
 
 from deepslim.errors import ConfigError, DeepSlimError
+from deepslim.search import _depth
 from deepslim.search._timing import PairTimer, describe
 from deepslim.search.budget import UNIT_NAMES, Budget
 from deepslim.search.evaluate import Candidate, Evaluator
@@ -177,19 +178,25 @@ def _layer_raw(ev: Evaluator, keys: list[Any]) -> float:
 
 
 def _describe(space: SearchSpace, policy: Policy) -> str:
-    """A policy in words: its channels kept, layers in int8 and, where the space has them, sparse and k-means
-    layers."""
-    kept = sum(policy.keep.values())
-    total = sum(g.width for g in space.groups)
-    q = sum(1 for v in policy.int8.values() if v)
-    words = f"{kept} of {total} channels kept, {q} of {len(space.int8_layers)} layers int8"
-    sparse = [s for s in policy.sparsity.values() if s > 0]
+    """A policy in words: where the space has depth choices the residual blocks dropped, then its channels kept,
+    layers in int8 and, where the space has them, sparse and k-means layers — counting only the groups and layers
+    outside the dropped blocks (those inside are gone with them)."""
+    drop = policy.drop
+    widths = _depth.alive({g.name: g.width for g in space.groups}, drop)
+    int8_layers = _depth.alive(dict.fromkeys(space.int8_layers), drop)
+    kept = sum(_depth.alive(policy.keep, drop).values())
+    q = sum(1 for v in _depth.alive(policy.int8, drop).values() if v)
+    words = f"{kept} of {sum(widths.values())} channels kept, {q} of {len(int8_layers)} layers int8"
+    if space.blocks:
+        words = f"{len(_depth.dropped(drop))} of {len(space.blocks)} residual blocks dropped, " + words
+    sparse = [s for s in _depth.alive(policy.sparsity, drop).values() if s > 0]
     if space.sparse_layers:
-        words += f", {len(sparse)} of {len(space.sparse_layers)} layers sparse" + (
+        words += f", {len(sparse)} of {len(_depth.alive(dict.fromkeys(space.sparse_layers), drop))} layers sparse" + (
             f" (up to {max(sparse):g})" if sparse else "")  # fmt: skip
-    shared = [b for n, b in policy.kmeans.items() if b > 0 and not policy.int8.get(n, False)]
+    live = _depth.alive(policy.kmeans, drop)
+    shared = [b for n, b in live.items() if b > 0 and not policy.int8.get(n, False)]
     if space.kmeans_layers:
-        words += f", {len(shared)} of {len(space.kmeans_layers)} layers k-means" + (
+        words += f", {len(shared)} of {len(_depth.alive(dict.fromkeys(space.kmeans_layers), drop))} layers k-means" + (
             f" ({min(shared)} bits or more)" if shared else "")  # fmt: skip
     return words
 
