@@ -244,3 +244,23 @@ def test_the_floor_in_words_names_the_dropped_blocks_and_counts_only_the_layers_
     assert f", {len(live)} of {len(live)} layers int8" in words
     width = sum(g.width for g in space.groups if not inside(g.name, space.blocks))
     assert f"{width // 2} of {width} channels kept" in words
+
+
+def test_a_pin_keeps_the_calibrations_points_and_makes_the_band_the_pinned_tables_error_on_them():
+    ev = evaluator(1.3)
+    dense = calibrate_table(ev)
+    pred, _, _ = floor_of(ev, dense)
+    points, band = list(ev.nodes.points), ev.nodes.error_band
+    from deepslim.search.budget import Budget
+
+    base = frame.base(dense, "latency")
+    frame.check_feasible(ev, (Budget("latency", pred / 1.2, relative=True),), {"latency": pred / 1.2 * base}, dense)
+    assert ev.nodes.floor["pinned"] and ev.nodes.points == points and len(points) > 2
+    worst = max(abs(ev.nodes.predict(r) / m - 1) for r, m in points)
+    assert ev.nodes.error_band == pytest.approx(max(MIN_BAND, worst)) and ev.nodes.error_band < band
+    table = LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys])
+    table.calibrate([(1.0, 1.5), (2.0, 3.3), (0.5, 0.6), (1.5, 2.1)])
+    before = list(table.points)
+    assert table.pin((2.0, 3.3), (0.5, 0.6)) and table.points == before
+    assert table.error_band == pytest.approx(max(MIN_BAND, *(abs((table.scale * r + table.offset) / m - 1)
+                                                             for r, m in before)))  # fmt: skip

@@ -345,8 +345,7 @@ def _calibrate_nodes(ev: Evaluator, policies: list[Policy], nets: list[nn.Module
     if raws[0] is not None:
         ev.nodes.anchor(raws[0], measured[0])
         ev.nodes.points = [(r, m) for r, _, m in triples]
-        ev.nodes.error_band = max([ev.nodes.error_band] + [abs(ev.nodes.predict(r) / m - 1)
-                                                           for r, _, m in triples if m == m and m > 0])  # fmt: skip
+        ev.nodes.error_band = ev.nodes.sum_band()
 
 
 _calibrate = calibrate_table  # the name benchmarks/search.py imports

@@ -267,13 +267,14 @@ class LatencyTable:
     def pin(self, dense: tuple[float, float], floor: tuple[float, float]) -> bool:
         """Make the prediction the line through the dense model's and the space's floor's (raw, ms) points, both
         measured end to end in the search's frame (raw: :meth:`parts` weighted as :meth:`predict_keys` weighs
-        them); False (nothing changed) unless its slope is positive."""
+        them); False (nothing changed) unless its slope is positive. The calibration's :attr:`points` stay (the pin
+        is in ``floor``) and :attr:`error_band` becomes the pinned line's error on them."""
         (rd, md), (rf, mf) = dense, floor
         if abs(rf - rd) < 1e-12 or (mf - md) / (rf - rd) <= 0:
             return False
         self.scale = (mf - md) / (rf - rd)
         self.offset = md - self.scale * rd
-        self.points = [(rd, md), (rf, mf)]
+        self.error_band = _band([(self.scale * r + self.offset, m) for r, m in self.points])
         return True
 
     def calibrate_parts(self, points: Sequence[tuple[tuple[float, float], float]]) -> None:
@@ -288,7 +289,7 @@ class LatencyTable:
             (scale, weight, offset), *_ = np.linalg.lstsq(a, meas, rcond=None)
             if scale > 0 and weight >= 0:
                 self.scale, self.change_weight, self.offset = float(scale), float(weight / scale), float(offset)
-                self.points = [(float(lay + ch), float(m)) for (lay, ch), m in good]
+                self.points = [(float(lay + self.change_weight * ch), float(m)) for (lay, ch), m in good]
                 self.error_band = _band([(self.scale * (lay + self.change_weight * ch) + self.offset, m)
                                          for (lay, ch), m in good])  # fmt: skip
                 return

@@ -203,15 +203,21 @@ class NodeTable:
             return False
         self.scale, self.offset, self.weight_coef = scale, m0 - scale * r0, 0.0
         self.points = good
-        self.error_band = max([MIN_BAND] + [abs(self.predict(r) / m - 1) for r, m in good if m > 0])
+        self.error_band = self.sum_band()
         return True
+
+    def sum_band(self) -> float:
+        """The largest relative error of the line in the sum (no weight term) on :attr:`points`, at least
+        :data:`MIN_BAND`."""
+        return max([MIN_BAND] + [abs(self.predict(r) / m - 1) for r, m in self.points if m == m and m > 0])
 
     def pin(self, dense: Sequence[float], floor: Sequence[float]) -> bool:
         """Make the prediction pass through the dense model's and the space's floor's (sum, weight MiB, ms) points,
         both measured end to end in the search's frame (:func:`deepslim.search.frame.check_feasible`): a weight fit
         is refitted through both on its own points; an anchor or a line becomes the line in the sum through them.
         Why: a floor the calibration over-predicts makes every policy near it look over a budget it meets. False
-        (nothing changed) when no such fit has a positive scale."""
+        (nothing changed) when no such fit has a positive scale. The calibration's :attr:`points` stay (the pin
+        is in ``floor``) and :attr:`error_band` becomes the pinned fit's error on them."""
         d, f = _point(dense), _point(floor)
         if self.weight_coef and self.triples:
             return self.calibrate_weights(self.triples, through=[d, f], min_points=3)
@@ -219,7 +225,7 @@ class NodeTable:
             return False
         self.scale = (f[2] - d[2]) / (f[0] - d[0])
         self.offset, self.weight_coef = d[2] - self.scale * d[0], 0.0
-        self.points = [(d[0], d[2]), (f[0], f[2])]
+        self.error_band = self.sum_band()
         return True
 
 
