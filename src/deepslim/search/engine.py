@@ -137,7 +137,9 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     first end-to-end run meets the latency budget (or misses it by at most 15%) is run ``measure_repeats`` times in
     all, judged by the median ratio to dense (its runs are in the candidate's ``measured_runs``). A study records
     how its trials are judged (``proxy_steps``, ``proxy_lr``, ``temperature``, ``latency_model``) and refuses to be
-    resumed with other values: its trials would be compared on two scales. ``priors``:
+    resumed with other values: its trials would be compared on two scales; it also records the latency frame (the
+    tables' calibration, the floor check and its pin: :func:`frame.table_state`), which a resumed search puts back
+    instead of measuring again (workers on another machine kind calibrate their own table, unpinned). ``priors``:
     where the space has groups of two or more roles (expansion, bottleneck, plain) and a latency budget, a new study
     first tries role-structured policies — each role kept wide in turn, the others at the widest ratio that meets the
     budget (:func:`frame.structured_priors`); not for ``strategy="grid"``, which tries every policy anyway.
