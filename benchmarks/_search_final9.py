@@ -1,7 +1,9 @@
 """Re-run a search benchmark's final recovery in a fresh process: ``best`` and ``uniform`` of a
-benchmarks/search.py result, each fine-tuned as its final comparison does (1 epoch distilled from the dense model at
-T = 4, Adam lr 1e-3, cosine; recovery seeds given) and scored on the 10,000 test images, with a checksum of the
-weights so that two seeds giving one accuracy can be told apart from one model (issue 14, session 9)::
+benchmarks/search.py result, each fine-tuned as its final comparison does (the result's settings: fine-tune epochs,
+distillation temperature, the search's training subset; recovery seeds given) and scored on the 10,000 test images,
+with a checksum of the weights so that two seeds giving one accuracy can be told apart from one model (issue 14,
+session 9; session 12: any model and space of the result, the dense model from ``--pretrained`` or from
+_search_train.py's cache)::
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/_search_final9.py RESULT.json 0.3 0,1,2 OUT.json
 """
@@ -19,7 +21,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import deepslim as ds  # noqa: E402
-from _search_train import subset_bundle  # noqa: E402
+from _search_train import MODELS, recipe_key, subset_bundle  # noqa: E402
 from deepslim.search import LatencyTable, SearchSpace  # noqa: E402
 from deepslim.search.evaluate import Evaluator  # noqa: E402
 from deepslim.search.space import Policy  # noqa: E402
@@ -31,14 +33,20 @@ def setup(result: str, budget: str, cache_dir: str | None = None) -> tuple[Any, 
     the search's data subset, the dense model, the space, the latency table)."""
     doc_in = json.loads(Path(result).read_text())
     settings = doc_in["settings"]
-    run = doc_in["models"]["mobilenet_v2"]["budgets"][budget][0]
+    (name,) = doc_in["models"]  # one model per result file
+    run = doc_in["models"][name]["budgets"][budget][0]
     torch.set_num_threads(1)
     full = ds.load_data("fashion-mnist", seed=0, calib_size=settings["calib_size"])
     data = subset_bundle(full, settings["search_n_train"] or None, settings["search_n_val"] or None)
-    dense = PRETRAINED_ARCH["mobilenet_v2"]()
-    dense.load_state_dict(torch.load(settings["pretrained"], weights_only=True))
+    if settings["pretrained"]:  # a checkpoint given with --pretrained (session 6's architecture)
+        dense, weights = PRETRAINED_ARCH[name](), Path(settings["pretrained"])
+    else:  # the dense model _search_train.py trained into --cache-dir
+        key = recipe_key(settings["epochs"], settings.get("train_lr", 0.1), 0)
+        dense, weights = MODELS[name](), Path(settings["cache_dir"]) / f"dense-{name}-{key}.pt"
+    dense.load_state_dict(torch.load(weights, weights_only=True))
     dense.eval()
-    space = SearchSpace.from_model(dense, data.example_input, round_to=settings["round_to"], kinds=("prune",))
+    kinds = tuple(settings.get("space", "prune").split(","))
+    space = SearchSpace.from_model(dense, data.example_input, round_to=settings["round_to"], kinds=kinds)
     table = LatencyTable(threads=1, cache_dir=cache_dir or settings["cache_dir"])
     return settings, run, full, data, dense, space, table
 
