@@ -116,7 +116,7 @@ def drop_blocks_(model: nn.Module, config: BlockDropConfig, example_input: Any,
                               f"that do not contain one another: {', '.join(picked)}")  # fmt: skip
         chosen |= set(picked)
     order = {name: i for i, (name, _) in enumerate(model.named_modules())}
-    dropped = sorted((n for n in chosen if not _inside_any(n, chosen - {n})), key=order.__getitem__)
+    dropped = sorted((n for n in chosen if not inside(n, chosen - {n})), key=order.__getitem__)
     for name in dropped:
         parent, _, child = name.rpartition(".")
         setattr(model.get_submodule(parent), child, nn.Identity())
@@ -127,10 +127,6 @@ def drop_blocks_(model: nn.Module, config: BlockDropConfig, example_input: Any,
 def inside(name: str, blocks: Iterable[str]) -> bool:
     """Whether module ``name`` is one of ``blocks`` or lies inside one of them."""
     return any(name == b or name.startswith(b + ".") for b in blocks)
-
-
-def _inside_any(name: str, blocks: Iterable[str]) -> bool:
-    return any(name.startswith(b + ".") for b in blocks)
 
 
 def _overlaps(name: str, blocks: Iterable[str]) -> bool:
