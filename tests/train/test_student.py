@@ -106,6 +106,24 @@ def test_a_token_merging_student_distils_on_full_length_batches(teacher):
     assert info["last_loss"] < 0.9 * info["first_loss"]  # the merged model fits the teacher better on its batch
 
 
+@pytest.mark.parametrize("setting", [{"layer_map": (0, 1, 2, 3)}, {"layer_weights": (1, 1, 1, 1)},
+                                     {"relation_weight": 1.0}, {"relation_weight": 1.0, "relation_heads": 2},
+                                     {"hidden_weight": 2.0}])  # fmt: skip
+def test_a_token_merging_student_refuses_the_settings_it_would_ignore_by_name(teacher, setting):
+    from deepslim.compress.tokens import MergeTokensConfig, merge_tokens_
+
+    ids, mask = _texts(8)
+    student = merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=2))
+    before = [p.detach().clone() for p in student.parameters()]
+    name = next(iter(setting)) if "relation_heads" not in setting else "relation_weight"
+    with pytest.raises(ConfigError, match=rf"ignore {name}=.*distill_tokens"):
+        distill_encoder(student, teacher, ids, mask, EncoderKDConfig(steps=2, cpu_seconds=None, lr=1e-2, **setting))
+    assert all(torch.equal(a, b) for a, b in zip(before, student.parameters(), strict=True))  # refused, not trained
+    # the embeddings-only setting it honours runs (hidden_weight 0, as the default 1.0 does above)
+    info = distill_encoder(student, teacher, ids, mask, EncoderKDConfig(steps=1, cpu_seconds=None, hidden_weight=0.0))
+    assert info["steps"] == 1
+
+
 def test_bad_budgets_maps_and_models_are_refused(teacher):
     ids, mask = _texts(8)
     with pytest.raises(ConfigError, match="budget"):

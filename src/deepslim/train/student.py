@@ -265,13 +265,31 @@ def _relations(s: Attentions, t: Attentions, mask: torch.Tensor, config: Encoder
     return relation_loss(s.out, t.out, mask, s.heads, t.heads)
 
 
+def _refuse_token_settings(config: EncoderKDConfig) -> None:
+    """A token-reducing student learns the pooled embedding only here (its token states differ in number from the
+    teacher's): a setting of the hidden-state or relation terms would be ignored, so it is refused instead.
+    ``hidden_weight`` at its default (1.0) or 0 is taken as unset (the default cannot be told from a value given)."""
+    unused = [f"{name}={getattr(config, name)!r}" for name in ("layer_map", "layer_weights", "relation_weight")
+              if getattr(config, name) not in (None, 0)]  # fmt: skip
+    if config.hidden_weight not in (0.0, EncoderKDConfig.hidden_weight):
+        unused.append(f"hidden_weight={config.hidden_weight!r}")
+    if unused:
+        raise ConfigError(f"distill_encoder learns only the embeddings of a token-reducing student and would "
+                          f"ignore {', '.join(unused)}: leave it unset, or use token_kd.distill_tokens")  # fmt: skip
+
+
 def distill_encoder(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
                     config: EncoderKDConfig) -> dict[str, Any]:  # fmt: skip
     """Train ``student`` in place on the token ids/mask of distillation texts; returns what the run did (steps,
     CPU seconds, the embedding loss at the start and over the last tenth). A student with token reduction
     (:mod:`deepslim.compress.tokens`) learns the embeddings only here, on full-length batches; to have each merged
-    or pruned token learn its own teacher states as well, use :func:`deepslim.train.token_kd.distill_tokens`."""
+    or pruned token learn its own teacher states as well, use :func:`deepslim.train.token_kd.distill_tokens`; the
+    settings of the terms such a student cannot use here (``layer_map``, ``layer_weights``, ``relation_weight``,
+    a ``hidden_weight`` other than 0 or its default) are refused with a ConfigError rather than ignored."""
     s_enc, t_enc = _encoder(student, "student"), _encoder(teacher, "teacher")
+    reduced = getattr(student, "reduction", None) is not None  # token states differ in number: embeddings only
+    if reduced:
+        _refuse_token_settings(config)
     n_s, n_t = len(s_enc.encoder.layer), len(t_enc.encoder.layer)
     mapping = config.layer_map if config.layer_map is not None else layer_map(n_s, n_t)
     if len(mapping) != n_s or not all(0 <= j < n_t for j in mapping):
@@ -282,7 +300,6 @@ def distill_encoder(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, m
     student.train(config.dropout)  # eval mode switches dropout off (attention dropout reads the module's mode too)
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.lr,
                             weight_decay=config.weight_decay)  # fmt: skip
-    reduced = getattr(student, "reduction", None) is not None  # token states differ in number: embeddings only
     batches = length_batches(ids, mask, config.batch_size, seed=config.seed, trim=not reduced,
                              skip=config.skip_batches)  # fmt: skip
     c0, w0, losses, step = time.process_time(), time.monotonic(), [], 0
@@ -294,7 +311,7 @@ def distill_encoder(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, m
         for group in opt.param_groups:
             group["lr"] = config.lr * scale
         b_ids, b_mask = next(batches)
-        relate = config.relation_weight > 0 and not reduced
+        relate = config.relation_weight > 0
         with torch.no_grad(), _captured(t_enc, mapping, config) if relate else contextlib.nullcontext() as t_rel:
             t = _states(t_enc, b_ids, b_mask)
         if reduced:
