@@ -16,7 +16,15 @@ order reversed every round, median thread-CPU time and wall time) at batch 1 and
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/tome_seq128.py \\
         [--json benchmarks/results/transformer_encoder_session11_tome.json] [--variants keys16,ks16,ks_dec]
-        [--rounds 6] [--kd ks_dec2 --kd-cpu 600 [--kd-wall S] [--kd-lr 5e-5] | --kd-from PREFIX]
+        [--rounds 6] [--kd ks_dec2 --kd-cpu 600 [--kd-wall S] [--kd-lr 5e-5] [--kd-init PREFIX]
+        [--kd-monitor 300] | --kd-from PREFIX]
+
+``--kd-init PREFIX`` continues a saved ``--kd`` student of the same variant (a warm restart: fresh optimizer moments,
+a new warm-up and cosine schedule) on the batches its chain has not drawn yet; ``chain`` in its JSON counts the
+batches and CPU seconds of every run so far. ``--kd-monitor S`` (with ``--kd-targets tokens``) measures the student
+in PyTorch every S training CPU seconds on the 72 passages and the 32 full-length texts (cosine to the unmerged
+model's embeddings; held out from training, not used to pick anything) and saves its weights so far as
+``PREFIX.partial.pt``.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ import argparse
 import contextlib
 import copy
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator
@@ -43,7 +52,7 @@ from deepslim.tasks.similarity import embedding_fidelity
 from deepslim.train.student import EncoderKDConfig, distill_encoder
 from deepslim.train.token_kd import distill_tokens
 from token_thresholds import full_length_texts
-from transformer_encoder import cpu_rows, export, ort_embed, prefixed
+from transformer_encoder import chain, cpu_rows, export, ort_embed, prefixed
 
 # name: (tokens merged after each layer at sequence 128, metric)
 SCHEDULES: dict[str, tuple[tuple[int, ...], str]] = {
@@ -95,18 +104,52 @@ def distilled(teacher: torch.nn.Module, args: argparse.Namespace) -> tuple[torch
     if args.kd_from is not None:
         student.load_state_dict(torch.load(prefixed(args.kd_from, ".pt")))
         return student.eval(), json.loads(prefixed(args.kd_from, ".json").read_text())
+    info: dict[str, Any] = {"variant": args.kd}
+    if args.kd_init is not None:
+        before = json.loads(prefixed(args.kd_init, ".json").read_text())
+        if before["variant"] != args.kd:
+            raise SystemExit(f"--kd-init {args.kd_init} is a {before['variant']} student, not {args.kd}")
+        student.load_state_dict(torch.load(prefixed(args.kd_init, ".pt")))
+        info |= {"init": str(args.kd_init), "chain_before": chain(before)}
     merge_tokens_(student, config(args.kd, 128))
     ids, mask = kd_passages(teacher, args.kd_texts)
     kd = EncoderKDConfig(cpu_seconds=args.kd_cpu, wall_seconds=args.kd_wall, lr=args.kd_lr, batch_size=16, seed=0,
-                         hidden_weight=args.kd_hidden)  # fmt: skip
-    distill = distill_tokens if args.kd_targets == "tokens" else distill_encoder
-    info: dict[str, Any] = {"variant": args.kd, "texts": len(ids), "kd_config": kd.to_dict(),
-                            "targets": args.kd_targets, "kd": distill(student, teacher, ids, mask, kd)}  # fmt: skip
-    student.reduction = None  # saved without the reduction module (it holds no weights)
+                         hidden_weight=args.kd_hidden,
+                         skip_batches=int(info.get("chain_before", {}).get("stream_batches", 0)))  # fmt: skip
+    info |= {"texts": len(ids), "kd_config": kd.to_dict(), "targets": args.kd_targets}
     prefix = Path(args.json).with_suffix(".tome_kd")
+    if args.kd_targets == "tokens":
+        watch = held_out_monitor(teacher, prefixed(prefix, ".partial.pt")) if args.kd_monitor else None
+        info["kd"] = distill_tokens(student, teacher, ids, mask, kd, monitor=watch,
+                                    monitor_every=args.kd_monitor or 300.0)  # fmt: skip
+    else:
+        info["kd"] = distill_encoder(student, teacher, ids, mask, kd)
+    info["chain"] = chain(info)
+    student.reduction = None  # saved without the reduction module (it holds no weights)
     torch.save(student.state_dict(), prefixed(prefix, ".pt"))
     prefixed(prefix, ".json").write_text(json.dumps(info, indent=1) + "\n")
     return student.eval(), info
+
+
+def held_out_monitor(teacher: torch.nn.Module, partial: Path) -> Any:
+    """A ``distill_tokens`` monitor: the student's (PyTorch) cosine mean / min to the unmerged model's embeddings on
+    the 72 passages at sequence 128 and on the 32 full-length texts; it also saves the student's weights."""
+    d128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
+    sets = {"passages128": test_set(d128).ids, "full_length128": full_length_texts(teacher)}
+    with torch.no_grad():
+        refs = {k: teacher(ids, (ids != 0).long()) for k, ids in sets.items()}
+
+    def watch(student: torch.nn.Module) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for k, ids in sets.items():
+            cos = torch.nn.functional.cosine_similarity(student(ids, (ids != 0).long()).double(), refs[k].double())
+            out |= {f"{k}_mean": round(float(cos.mean()), 4), f"{k}_min": round(float(cos.min()), 4)}
+        reduction, student.reduction = student.reduction, None  # type: ignore[assignment]
+        torch.save(student.state_dict(), partial)
+        student.reduction = reduction  # type: ignore[assignment]
+        return out
+
+    return watch
 
 
 def fidelity(files: dict[str, Path], ids: torch.Tensor, pairs: Any = ()) -> dict[str, dict[str, float]]:
@@ -168,8 +211,13 @@ def main() -> None:
                         help="embedding: the pooled embedding only (distill_encoder, session 11); tokens: also every "
                              "merged token's members' mean teacher state at every layer (train.token_kd, session 12)")
     parser.add_argument("--kd-hidden", type=float, default=1.0, help="weight of the token loss (--kd-targets tokens)")
+    parser.add_argument("--kd-init", type=Path, default=None,
+                        help="continue a saved --kd student PREFIX.pt/.json (same variant; warm restart)")  # fmt: skip
+    parser.add_argument("--kd-monitor", type=float, default=0.0,
+                        help="--kd-targets tokens: held-out cosine every S training CPU-s (0: off)")  # fmt: skip
     parser.add_argument("--kd-from", type=Path, default=None, help="reuse PREFIX.pt/.json of an earlier --kd run")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # the distillation's progress
     result = run(args)
     write_json_atomic(result, args.json)
     for row in result["rows"]:

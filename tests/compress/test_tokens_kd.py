@@ -116,3 +116,27 @@ def test_layer_weights_of_another_length_and_settings_distill_tokens_does_not_us
             distill_tokens(merged, teacher, ids, mask, EncoderKDConfig(steps=1, cpu_seconds=None, **kw))
         assert "\n" not in str(refused.value)
     assert merged.reduction.trace is False  # refused before any training step
+
+
+def test_a_monitor_sees_the_student_in_eval_mode_untraced_at_the_start_and_end_and_its_time_is_not_charged(minilm):
+    teacher, ids, mask = minilm
+    student = merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=2, metric="keys_states"))
+    with torch.no_grad():
+        ref = teacher(ids, mask)
+    seen = []
+
+    def watch(model):
+        seen.append((model.training, model.reduction.trace, torch.is_grad_enabled()))
+        return {"cos": float(F.cosine_similarity(model(ids, mask), ref).mean())}
+
+    kd = EncoderKDConfig(steps=4, lr=1e-5, batch_size=3, cpu_seconds=None, warmup=0.0)
+    info = distill_tokens(student, teacher, ids, mask, kd, monitor=watch, monitor_every=1e-9)
+    # every step passes 1e-9 CPU seconds: a call before the first step and after each step, none twice
+    assert [m["step"] for m in info["monitored"]] == [0, 1, 2, 3, 4]
+    assert seen == [(False, False, False)] * 5 and not student.training and student.reduction.trace is False
+    with torch.no_grad():
+        assert info["monitored"][-1]["cos"] == pytest.approx(float(F.cosine_similarity(student(ids, mask), ref).mean()))
+    assert info["cpu_s"] >= 0 and info["monitor_cpu_s"] >= 0 and "monitored" not in distill_tokens(
+        student, teacher, ids, mask, kd)  # fmt: skip
+    with pytest.raises(ConfigError, match="monitor_every is the CPU seconds between monitor calls"):
+        distill_tokens(student, teacher, ids, mask, kd, monitor=watch, monitor_every=0)

@@ -10,7 +10,10 @@ error of the token states, averaged over the layers (or weighted by ``layer_weig
 
 The budget, learning-rate schedule and batches are those of :func:`deepslim.train.student.distill_encoder`
 (:class:`~deepslim.train.student.EncoderKDConfig`); ``layer_map`` and the relation transfers do not apply (the
-student is the teacher's own architecture with fewer tokens): a config that sets them is refused.
+student is the teacher's own architecture with fewer tokens): a config that sets them is refused. A ``monitor``
+(the student in eval mode -> numbers, e.g. its fidelity on held-out text) is called at the start, every
+``monitor_every`` CPU seconds of training and at the end; its CPU time is not charged to the CPU budget (its wall
+time is: a wall-clock bound keeps its deadline).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -50,11 +54,16 @@ def token_targets_loss(traced: list[tuple[torch.Tensor, torch.Tensor, torch.Tens
     return torch.stack(terms).sum() / sum(weights)
 
 
+Monitor = Callable[[nn.Module], dict[str, float]]
+
+
 def distill_tokens(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
-                   config: EncoderKDConfig) -> dict[str, Any]:  # fmt: skip
+                   config: EncoderKDConfig, *, monitor: Monitor | None = None,
+                   monitor_every: float = 300.0) -> dict[str, Any]:  # fmt: skip
     """Train a token-reducing ``student`` (a :class:`SentenceEncoder` with merging or ratio pruning installed, the
     teacher's depth) in place on token ids/mask (full length: the merge counts are fixed); returns what the run did
-    (steps, CPU seconds, the embedding loss at the start and over the last tenth, the token loss likewise)."""
+    (steps, CPU seconds, the embedding loss at the start and over the last tenth, the token loss likewise, and
+    ``monitored``: the monitor's numbers with the step and training CPU seconds of each call)."""
     reduction = getattr(student, "reduction", None)
     if not isinstance(student, SentenceEncoder) or reduction is None or not hasattr(reduction, "trace"):
         raise UnsupportedModelError("distill_tokens trains a SentenceEncoder with token merging or pruning "
@@ -73,6 +82,9 @@ def distill_tokens(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, ma
     if unused:
         raise ConfigError(f"distill_tokens does not use {', '.join(unused)} (the student maps layer to layer and "
                           f"learns token states, not relations): leave it unset or use distill_encoder")  # fmt: skip
+    if monitor is not None and not monitor_every > 0:
+        raise ConfigError(f"monitor_every is the CPU seconds between monitor calls: give a positive number, "
+                          f"got {monitor_every!r}")  # fmt: skip
     teacher.eval()
     student.train(config.dropout)
     opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.lr,
@@ -81,9 +93,30 @@ def distill_tokens(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, ma
     c0, w0, step = time.process_time(), time.monotonic(), 0
     emb_losses: list[float] = []
     tok_losses: list[float] = []
+    monitored: list[dict[str, float]] = []
+    paused = [0.0]  # the monitor's CPU seconds, not charged to the budget
+
+    def cpu() -> float:
+        return time.process_time() - c0 - paused[0]
+
+    def check() -> None:
+        if monitor is None:
+            return
+        c1, at = time.process_time(), cpu()
+        reduction.trace = False
+        student.eval()
+        with torch.no_grad():
+            numbers = monitor(student)
+        student.train(config.dropout)
+        reduction.trace, reduction.traced = True, []
+        monitored.append({"step": step, "cpu_s": round(at, 1), **numbers})
+        log.info("step %d  cpu %.0fs  monitor %s", step, at, numbers)
+        paused[0] += time.process_time() - c1
+
     reduction.trace = True
     try:
-        while (frac := spent_share(config, time.process_time() - c0, time.monotonic() - w0, step)) < 1.0:
+        check()
+        while (frac := spent_share(config, cpu(), time.monotonic() - w0, step)) < 1.0:
             scale = frac / config.warmup if frac < config.warmup else 0.5 * (1 + math.cos(math.pi * frac))
             for group in opt.param_groups:
                 group["lr"] = config.lr * scale
@@ -101,14 +134,21 @@ def distill_tokens(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, ma
             tok_losses.append(float(tok.detach()))
             step += 1
             if step % 10 == 0:
-                log.info("step %d  cpu %.0fs  embedding loss %.4f  token loss %.4f", step, time.process_time() - c0,
-                         emb_losses[-1], tok_losses[-1])  # fmt: skip
+                log.info("step %d  cpu %.0fs  embedding loss %.4f  token loss %.4f", step, cpu(), emb_losses[-1],
+                         tok_losses[-1])  # fmt: skip
+            if monitor is not None and cpu() >= monitor_every * len(monitored):
+                check()
+        if monitor is not None and (not monitored or monitored[-1]["step"] != step):
+            check()
     finally:
         reduction.trace, reduction.traced = False, []
     student.eval()
     tail = max(1, len(emb_losses) // 10)
-    return {"steps": step, "cpu_s": round(time.process_time() - c0, 1), "wall_s": round(time.monotonic() - w0, 1),
+    out = {"steps": step, "cpu_s": round(cpu(), 1), "wall_s": round(time.monotonic() - w0, 1),
             "first_loss": emb_losses[0] if emb_losses else None,
             "last_loss": sum(emb_losses[-tail:]) / tail if emb_losses else None,
             "first_token_loss": tok_losses[0] if tok_losses else None,
             "last_token_loss": sum(tok_losses[-tail:]) / tail if tok_losses else None}  # fmt: skip
+    if monitor is not None:
+        out |= {"monitored": monitored, "monitor_cpu_s": round(paused[0], 1)}
+    return out
