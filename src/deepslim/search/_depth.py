@@ -48,6 +48,13 @@ def depth_config(drop: Mapping[str, bool]) -> BlockDropConfig | None:
     return BlockDropConfig(blocks=gone) if gone else None
 
 
+def settled(values: Mapping[str, V], drop: Mapping[str, bool], fill: Mapping[str, V]) -> dict[str, V]:
+    """``values`` with each entry named by a layer (or group) inside a dropped block set to its value in ``fill``
+    (the canonical one): the policy builds the same model either way, since :func:`alive` leaves it out."""
+    gone = dropped(drop)
+    return {name: fill.get(name, v) if gone and inside(name, gone) else v for name, v in values.items()}
+
+
 def alive(values: Mapping[str, V], drop: Mapping[str, bool]) -> dict[str, V]:
     """``values`` without the entries named by a layer (or group) inside a dropped block."""
     gone = dropped(drop)

@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 WATTS_PER_CORE = 15.0  # assumed power of one busy CPU core, for the search's energy estimate (not measured)
 STUDY = "deepslim-search"
+REPEAT_ATTR = "repeat_of"  # a trial's user attr (and its measurement's extra): the earlier trial it repeats
 FLOOR_LEVELS = 0.1  # calibration levels (0: fewest channels, 1: all) measured in float, as the floor is
 
 
@@ -178,11 +179,11 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     _run_trials(study, ev, objectives, limits, job, counted=counted, on_trial=on_trial, workers=workers,
                 threads=threads, storage=storage, out_dir=out_dir)  # fmt: skip
     done = _study.completed(study, limits)
-    front = _front(done, objectives)
+    front = _front(done, objectives, space)
     finals = final_round(ev, front, [c for c in family if c.feasible], objectives, budgets, limits, top_k=top_k,
                          repeats=remeasure_repeats, front=front)  # fmt: skip
     best, notes = best_or_uniform(finals, objectives)
-    cost = _cost(len(done), started, cpu0)
+    cost = _cost(len(done), started, cpu0, repeated=sum(REPEAT_ATTR in c.measurement.extra for c in done))
     where = storage or f"journal:{Path(out_dir or '.') / st.DEFAULT_JOURNAL}"
     return SearchResult(space=space, objectives=objectives, budgets=budgets, limits=limits, dense=dense, best=best,
                         uniform=finals.uniform, pareto=finals.pareto, trials=tuple(done), uniform_family=family,
@@ -274,9 +275,12 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _cost(n: int, started: float, cpu0: float) -> dict[str, float]:
+def _cost(n: int, started: float, cpu0: float, repeated: int = 0) -> dict[str, float]:
+    """What the search cost: ``trials`` completed, of which ``trials_repeated`` re-used an earlier trial's judgement
+    (the same model: :func:`first_judged`) and ``trials_evaluated`` were judged; wall and CPU seconds, energy."""
     cpu = _cpu_seconds() - cpu0
-    return {"trials": n, "wall_s": time.perf_counter() - started, "cpu_s": cpu,
+    return {"trials": n, "trials_evaluated": n - repeated, "trials_repeated": repeated,
+            "wall_s": time.perf_counter() - started, "cpu_s": cpu,
             "energy_kwh": cpu * WATTS_PER_CORE / 3.6e6, "watts_per_core_assumed": WATTS_PER_CORE}  # fmt: skip
 
 
@@ -383,11 +387,17 @@ def trial_objective(ev: Evaluator, objectives: tuple[str, ...], limits: dict[str
 
     def objective(trial: Any) -> list[float]:
         policy = ev.space.policy({k: trial.suggest_categorical(k, v) for k, v in choices.items()})
-        measure = (check_every > 0 and ev.table.end_to_end and trial.number % check_every == 0
-                   and ev.latency_model != "measured")  # measured trials are their own end-to-end check
-        cand = ev.evaluate(policy, measure=measure, trial=trial.number)
-        # every trial is judged by the prediction (one frame for all); a measurement is the table's check
-        cand = _feasible(replace(cand, latency_ms=float(cand.measurement.extra["predicted_latency_ms"])), limits)
+        first = first_judged(trial, ev.space, policy)
+        if first is not None:  # the same model as an earlier trial: its judgement, recorded as a repeat of it
+            trial.set_user_attr(REPEAT_ATTR, first.trial)
+            m = replace(first.measurement, extra={**first.measurement.extra, REPEAT_ATTR: first.trial})
+            cand = _feasible(replace(first, policy=policy, measurement=m, trial=trial.number), limits)
+        else:
+            measure = (check_every > 0 and ev.table.end_to_end and trial.number % check_every == 0
+                       and ev.latency_model != "measured")  # measured trials are their own end-to-end check
+            cand = ev.evaluate(policy, measure=measure, trial=trial.number)
+            # every trial is judged by the prediction (one frame for all); a measurement is the table's check
+            cand = _feasible(replace(cand, latency_ms=float(cand.measurement.extra["predicted_latency_ms"])), limits)
         trial.set_user_attr("candidate", cand.to_dict())
         violations = {m: cand.value(m) - lim for m, lim in limits.items()}
         trial.set_user_attr("constraints", list(violations.values()) or [0.0])
@@ -401,11 +411,27 @@ def trial_objective(ev: Evaluator, objectives: tuple[str, ...], limits: dict[str
     return objective
 
 
-def _front(done: Sequence[Candidate], objectives: tuple[str, ...]) -> tuple[Candidate, ...]:
+def first_judged(trial: Any, space: SearchSpace, policy: Policy) -> Candidate | None:
+    """The candidate of the earliest completed trial of ``trial``'s study (not itself a repeat) whose policy builds
+    the same model as ``policy`` — the same canonical form (:meth:`SearchSpace.canonical`: policies that differ only
+    inside dropped blocks, or not at all); None when there is none. Why: the latency cache already took such policies
+    for one model, but the accuracy proxy fine-tuned each again (~11 CPU-s a trial on ResNet-20)."""
+    from optuna.trial import TrialState
+
+    key = space.canonical(policy).params()
+    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        doc = t.user_attrs.get("candidate")
+        if doc is not None and REPEAT_ATTR not in t.user_attrs and \
+                space.canonical(Policy.from_dict(doc["policy"])).params() == key:  # fmt: skip
+            return Candidate.from_dict(doc)
+    return None
+
+
+def _front(done: Sequence[Candidate], objectives: tuple[str, ...], space: SearchSpace) -> tuple[Candidate, ...]:
     feasible = [c for c in done if c.feasible]
     points = [[_finite(c.value(o), o) for o in objectives] for c in feasible]
     idx = pareto(points, [OBJECTIVES[o][0] for o in objectives])
     unique: dict[str, Candidate] = {}
     for c in sorted((feasible[i] for i in idx), key=lambda c: _rank(c, objectives)):
-        unique.setdefault(str(sorted(c.policy.params().items())), c)
+        unique.setdefault(str(sorted(space.canonical(c.policy).params().items())), c)  # one model once
     return tuple(unique.values())

@@ -315,6 +315,16 @@ class SearchSpace:
         return Policy(keep={g.name: g.keep[0] for g in self.groups}, int8={n: int8 for n in self.int8_layers},
                       recovery=self.default_recovery(), **self._weights(least=True))  # fmt: skip
 
+    def canonical(self, policy: Policy) -> Policy:
+        """``policy`` with every choice inside a dropped block at the dense policy's value (all channels, float,
+        dense, not clustered). The configs leave those choices out (:meth:`configs`), so two policies with one
+        canonical form build one model: a search judges it once (a repeated trial reuses the first's judgement)."""
+        if not any(policy.drop.values()):
+            return policy
+        dense = self.dense()
+        return replace(policy, **{name: _depth.settled(getattr(policy, name), policy.drop, getattr(dense, name))
+                                  for name in ("keep", "int8", "sparsity", "kmeans")})  # fmt: skip
+
     def sample(self, rng: random.Random) -> Policy:
         return self.policy({k: rng.choice(v) for k, v in self.choices().items()})
 

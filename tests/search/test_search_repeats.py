@@ -1,0 +1,59 @@
+"""Repeated policies: two policies that differ only in choices inside a dropped block build one model (the configs
+leave those choices out), so they share one canonical form and a search judges that model once — a later trial of it
+re-uses the first one's judgement and says which trial it repeats; the cost counts evaluated and repeated trials."""
+
+import pytest
+import torch
+
+from deepslim.search.evaluate import Evaluator, _shape
+from deepslim.search.space import SearchSpace, prune_policy
+from tests.search._tiny import FAST, digits, fake_table
+from tests.search.test_depth_search import _space, trained
+
+
+def test_policies_that_differ_only_inside_a_dropped_block_have_one_canonical_form_and_build_one_model():
+    net, x = trained(), digits().example_input
+    space = _space(net)
+    dense = space.dense().params()
+    a = space.policy({**dense, "drop:4": True, "keep:4.conv1": 4, "int8:4.conv2": True, "int8:0": True})
+    b = space.policy({**dense, "drop:4": True, "int8:0": True})  # a, but block 4's own choices at the dense values
+    outside = space.policy({**dense, "drop:4": True, "keep:4.conv1": 4, "int8:0": False})  # differs outside too
+    assert a != b and space.canonical(a) == space.canonical(b) == b
+    assert space.canonical(outside) != space.canonical(a)
+    assert space.canonical(a).keep["4.conv1"] == 8 and space.canonical(a).int8["0"] is True  # kept block untouched
+    kept = space.policy({**dense, "keep:4.conv1": 4})  # block 4 not dropped: its choices count
+    assert space.canonical(kept) == kept and space.canonical(kept) != space.canonical(space.dense())
+    assert _shape(a) == _shape(b) != _shape(outside)  # the latency cache's key agrees
+    built_a, built_b = (prune_policy(net, space, p, example_input=x) for p in (a, b))
+    assert built_a.state_dict().keys() == built_b.state_dict().keys()
+    for k, v in built_a.state_dict().items():
+        assert torch.equal(v, built_b.state_dict()[k]), k
+
+
+def test_a_search_judges_a_repeated_canonical_policy_once_and_records_the_repeat(tmp_path, monkeypatch):
+    pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    from deepslim.search import search
+
+    judged: list[dict] = []
+    evaluate = Evaluator.evaluate
+
+    def counting(self, policy, **kwargs):
+        if kwargs.get("trial") is not None:
+            judged.append(policy.to_dict())
+        return evaluate(self, policy, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "evaluate", counting)
+    # 4 policies: block 4 kept or dropped x its layer 4.conv2 int8 or float; dropped, the int8 choice says nothing
+    space = SearchSpace(groups=(), int8_layers=("4.conv2",), blocks=("4",))
+    result = search(trained(), digits(), space, ("accuracy", "latency"), "latency=0.95x", trials=4, strategy="grid",
+                    out_dir=tmp_path, latency_table=fake_table(), **FAST)  # fmt: skip
+    assert len(result.trials) == 4 and len(judged) == 3
+    assert result.cost["trials"] == 4 and result.cost["trials_evaluated"] == 3 and result.cost["trials_repeated"] == 1
+    gone = [c for c in result.trials if c.policy.drop["4"]]
+    first, repeat = sorted(gone, key=lambda c: c.trial or 0)
+    assert "repeat_of" not in first.measurement.extra and repeat.measurement.extra["repeat_of"] == first.trial
+    assert repeat.policy != first.policy and repeat.accuracy == first.accuracy
+    assert repeat.latency_ms == first.latency_ms
+    kept = [c for c in result.trials if not c.policy.drop["4"]]
+    assert all("repeat_of" not in c.measurement.extra for c in kept)  # differing outside a dropped block: judged
+    assert sum(c.policy.drop["4"] for c in result.pareto) <= 1  # one model is one point of the front
