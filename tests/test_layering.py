@@ -17,7 +17,8 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "deepslim"
 # (``import deepslim``: the public API, which re-exports every layer) sits just below the CLI.
 ORDER = ["models", "data|tasks", "analysis", "compress", "train", "export", "search", "pipeline", "report", "api",
          "cli|__main__"]  # fmt: skip
-UTILITIES = {"_version", "_preprocessing", "errors", "config", "techniques", "_io", "_modes", "_memory", "_threads"}
+UTILITIES = {"_version", "_preprocessing", "errors", "config", "techniques", "_io", "_modes", "_memory", "_threads",
+             "_hooks"}  # fmt: skip
 RANK = {name: i for i, names in enumerate(ORDER) for name in names.split("|")}
 
 # (importing module, imported module): known upward or private imports, to be removed (issue 13 unless noted).

@@ -19,27 +19,32 @@ class _Stream(IterableDataset):
         yield from torch.randn(5, 3)
 
 
+def _hooks(model):
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
 def test_a_hint_layer_that_does_not_exist_is_refused_by_name():
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU())
-    with pytest.raises(ConfigError, match=r"^hint layer 'body' is not a layer of the student$"):
-        distill._Capture(model, ["0", "body"], "student")
-    cap = distill._Capture(model, ["0", "1"], "teacher")  # every name present: no error, one hook each
-    assert len(cap.handles) == 2
-    cap.close()
+    refused = r"^hint layer 'body' is not a layer of the student$"
+    with pytest.raises(ConfigError, match=refused), distill._captured(model, ["0", "body"], "student"):
+        pass
+    assert _hooks(model) == 0  # refused before any hook was registered
+    with distill._captured(model, ["0", "1"], "teacher"):  # every name present: no error, one hook each
+        assert _hooks(model) == 2
+    assert _hooks(model) == 0
 
 
 def test_capture_records_a_tensor_output_and_the_first_item_of_a_tuple():
     lstm = nn.LSTM(3, 4, batch_first=True)  # returns (output, (h, c))
     model = nn.ModuleDict({"lstm": lstm, "fc": nn.Linear(4, 2)})
-    cap = distill._Capture(model, ["lstm", "fc"], "student")
     x = torch.randn(2, 5, 3)
-    out, _ = lstm(x)
-    y = model["fc"](out)
-    assert isinstance(cap.out["lstm"], torch.Tensor) and torch.equal(cap.out["lstm"], out)  # not (h, c)
-    assert torch.equal(cap.out["fc"], y)
-    cap.close()
+    with distill._captured(model, ["lstm", "fc"], "student") as captured:
+        out, _ = lstm(x)
+        y = model["fc"](out)
+    assert isinstance(captured["lstm"], torch.Tensor) and torch.equal(captured["lstm"], out)  # not (h, c)
+    assert torch.equal(captured["fc"], y)
     lstm(x)  # hooks removed: nothing recorded any more
-    assert torch.equal(cap.out["lstm"], out)
+    assert torch.equal(captured["lstm"], out)
 
 
 def test_has_targets_looks_at_the_first_batch_and_an_empty_loader_has_none():

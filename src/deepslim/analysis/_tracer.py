@@ -19,6 +19,7 @@ from torch.nn.utils import parametrize
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
+from deepslim._hooks import hooked
 from deepslim._modes import inference_mode
 from deepslim.analysis._liveness import Step
 from deepslim.analysis._ops import MAC_HANDLERS, OpKind, classify, is_depthwise, op_name
@@ -184,22 +185,16 @@ def run(model: nn.Module, example: Example, tracer: Tracer, mode: FakeTensorMode
     """One forward of ``model`` under ``tracer`` (and a fake-tensor ``mode``), with hooks naming the running layer."""
     args, kwargs = _as_call(example)
     tracer.activations.update(storage_key(t) for t in tensors((args, kwargs)))
-    handles = []
-    for mod_name, mod in model.named_modules():
-        if isinstance(mod, parametrize.ParametrizationList):
-            # deployment stores the decoded weight (or decodes it once): its computation is not inference work
-            handles.append(mod.register_forward_pre_hook(lambda m, a: _decoding(tracer, 1)))
-            handles.append(mod.register_forward_hook(lambda m, a, o: _decoding(tracer, -1)))
-        if owner_name(mod_name) != mod_name:
-            continue  # a parametrization's operators belong to its layer
-        handles.append(mod.register_forward_pre_hook(lambda m, a, n=mod_name: _enter(tracer, n)))
-        handles.append(mod.register_forward_hook(lambda m, a, o, n=mod_name: _leave(tracer, n, o)))
-    try:
-        with inference_mode(model), torch.no_grad(), mode or contextlib.nullcontext(), tracer:
-            return model(*args, **kwargs)
-    finally:
-        for h in handles:
-            h.remove()
+    modules = list(model.named_modules())
+    # deployment stores the decoded weight (or decodes it once): its computation is not inference work
+    decoders = [(n, m) for n, m in modules if isinstance(m, parametrize.ParametrizationList)]
+    decoding = hooked(decoders, pre=lambda _: lambda m, a: _decoding(tracer, 1),
+                      forward=lambda _: lambda m, a, o: _decoding(tracer, -1))  # fmt: skip
+    owners = [(n, m) for n, m in modules if owner_name(n) == n]  # a parametrization's operators belong to its layer
+    naming = hooked(owners, pre=lambda n: lambda m, a: _enter(tracer, n),
+                    forward=lambda n: lambda m, a, o: _leave(tracer, n, o))  # fmt: skip
+    with decoding, naming, inference_mode(model), torch.no_grad(), mode or contextlib.nullcontext(), tracer:
+        return model(*args, **kwargs)
 
 
 def _as_call(example: Example) -> tuple[tuple[Any, ...], dict[str, Any]]:

@@ -21,6 +21,7 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from deepslim._hooks import hooked
 from deepslim.analysis._tracer import Example, _as_call, owner_name, storage_bytes, storage_key, tensors
 from deepslim.analysis._training_peak import OpRecord, activation_peak
 from deepslim.analysis._training_rules import saved_by
@@ -233,18 +234,11 @@ def trace_saved(model: nn.Module, example: Example, tracer: SavedTracer, mode: A
     """One training-mode forward of ``model`` with gradients enabled, under ``tracer`` (and a fake-tensor ``mode``)."""
     args, kwargs = _as_call(example)
     tracer.inputs = {storage_key(t): storage_bytes(t) for t in tensors((args, kwargs))}
-    handles = []
-    for name, mod in model.named_modules():
-        if owner_name(name) != name:
-            continue
-        handles.append(mod.register_forward_pre_hook(lambda m, a, n=name: _enter(tracer, m, n, a)))
-        handles.append(mod.register_forward_hook(lambda m, a, o, n=name: _leave(tracer, m, n, a, o)))
-    try:
-        with torch.enable_grad(), mode or contextlib.nullcontext(), tracer:
-            return tensors(model(*args, **kwargs))
-    finally:
-        for h in handles:
-            h.remove()
+    owners = [(n, m) for n, m in model.named_modules() if owner_name(n) == n]
+    with (hooked(owners, pre=lambda n: lambda m, a: _enter(tracer, m, n, a),
+                 forward=lambda n: lambda m, a, o: _leave(tracer, m, n, a, o)),
+          torch.enable_grad(), mode or contextlib.nullcontext(), tracer):  # fmt: skip
+        return tensors(model(*args, **kwargs))
 
 
 def _enter(tracer: SavedTracer, module: nn.Module, name: str, inputs: tuple[Any, ...]) -> None:

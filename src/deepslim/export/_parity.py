@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepslim._hooks import hooked
 from deepslim.errors import ExportError
 
 # ONNX Runtime's integer kernels for layers with weights, as they appear in its optimized graph
@@ -81,13 +82,8 @@ def _worst_layer(model: nn.Module, path: Path, x: Inputs) -> str:
 
         return hook
 
-    hooks = [targets[n].register_forward_hook(keep(n)) for n in by_weight]
-    try:
-        with torch.no_grad():
-            model(*x)
-    finally:
-        for h in hooks:
-            h.remove()
+    with hooked({n: targets[n] for n in by_weight}, forward=keep), torch.no_grad():
+        model(*x)
     probe = onnx.load(str(path))
     known = {o.name for o in probe.graph.output}
     probe.graph.output.extend(onnx.helper.make_empty_tensor_value_info(t) for t in by_weight.values() if t not in known)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from deepslim._hooks import hooked
 from deepslim._io import atomic_path
 from deepslim.errors import ConfigError, ExportError
 
@@ -91,7 +92,6 @@ def layer_keys(model: nn.Module, example_input: Any, int8: Mapping[str, bool]) -
     """Each convolution and linear layer of a float ``model`` (by name) as the runtime will run it; ``int8`` says
     which will be quantized. Layers called more than once keep their first call's shape."""
     found: dict[str, LayerKey] = {}
-    hooks = []
 
     def record(name: str) -> Callable[..., None]:
         def hook(m: nn.Module, args: tuple[Any, ...], _out: Any) -> None:
@@ -100,19 +100,13 @@ def layer_keys(model: nn.Module, example_input: Any, int8: Mapping[str, bool]) -
 
         return hook
 
-    for name, m in model.named_modules():
-        if type(m) in (nn.Conv1d, nn.Conv2d, nn.Linear) and not isinstance(m.padding if hasattr(m, "padding") else 0,
-                                                                             str):  # fmt: skip
-            hooks.append(m.register_forward_hook(record(name)))
-    try:
-        with torch.no_grad():
-            was = model.training
-            model.eval()
-            model(*(example_input if isinstance(example_input, tuple) else (example_input,)))
-            model.train(was)
-    finally:
-        for h in hooks:
-            h.remove()
+    layers = {name: m for name, m in model.named_modules()
+              if type(m) in (nn.Conv1d, nn.Conv2d, nn.Linear) and not isinstance(getattr(m, "padding", 0), str)}
+    with hooked(layers, forward=record), torch.no_grad():
+        was = model.training
+        model.eval()
+        model(*(example_input if isinstance(example_input, tuple) else (example_input,)))
+        model.train(was)
     return found
 
 

@@ -13,9 +13,10 @@ Distillation is a recovery step: after pruning or quantization, the uncompressed
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepslim._hooks import hooked
 from deepslim._modes import inference_mode
 from deepslim.config import Config, freeze_overrides
 from deepslim.data import DataBundle, Preprocessing
@@ -70,26 +72,23 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return alpha * soft + (1.0 - alpha) * hard
 
 
-class _Capture:
-    """Forward hooks recording the outputs of named layers."""
+@contextlib.contextmanager
+def _captured(model: nn.Module, names: Sequence[str], role: str) -> Iterator[dict[str, torch.Tensor]]:
+    """The outputs of the named layers of ``model`` (the ``role``'s) in each forward run inside the block."""
+    modules = dict(model.named_modules())
+    missing = [n for n in names if n not in modules]
+    if missing:
+        raise ConfigError(f"hint layer {missing[0]!r} is not a layer of the {role}")
+    out: dict[str, torch.Tensor] = {}
 
-    def __init__(self, model: nn.Module, names: Sequence[str], role: str):
-        modules = dict(model.named_modules())
-        missing = [n for n in names if n not in modules]
-        if missing:
-            raise ConfigError(f"hint layer {missing[0]!r} is not a layer of the {role}")
-        self.out: dict[str, torch.Tensor] = {}
-        self.handles = [modules[n].register_forward_hook(self._hook(n)) for n in names]
-
-    def _hook(self, name: str) -> Callable[..., None]:
+    def keep(name: str) -> Callable[..., None]:
         def hook(_m: nn.Module, _args: Any, output: Any) -> None:
-            self.out[name] = output[0] if isinstance(output, tuple) else output
+            out[name] = output[0] if isinstance(output, tuple) else output
 
         return hook
 
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
+    with hooked({n: modules[n] for n in names}, forward=keep):
+        yield out
 
 
 def _regressor(student_out: torch.Tensor, teacher_out: torch.Tensor) -> nn.Module:
@@ -131,21 +130,16 @@ def distill(student: nn.Module, teacher: nn.Module, data: DataBundle, config: KD
     # the loop feeds the student its own preprocessing; the teacher's inputs are converted from that
     student_pre = model_preprocessing(student) or data.preprocessing
     to_teacher = _teacher_inputs(teacher, student_pre, data.preprocessing)
-    s_cap = _Capture(student, list(hints), "student")
-    try:
-        t_cap = _Capture(teacher, list(hints.values()), "teacher")
-    except BaseException:  # a misspelt teacher layer (or anything else): the student's hooks must not stay behind
-        s_cap.close()
-        raise
     regressors = nn.ModuleDict()
-    try:
+    with (_captured(student, list(hints), "student") as s_feats,
+          _captured(teacher, list(hints.values()), "teacher") as t_feats):  # fmt: skip
         if hints:  # size the regressors from one batch
             x0 = input_adapter(student, data.preprocessing)(data.example_input)
             with torch.no_grad(), inference_mode(student):
                 call_model(student, x0)
                 call_model(teacher, to_teacher(x0))
             for i, (s_name, t_name) in enumerate(hints.items()):
-                regressors[str(i)] = _regressor(s_cap.out[s_name], t_cap.out[t_name])
+                regressors[str(i)] = _regressor(s_feats[s_name], t_feats[t_name])
 
         def loss(inputs: Inputs, target: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
             with torch.no_grad():
@@ -153,8 +147,8 @@ def distill(student: nn.Module, teacher: nn.Module, data: DataBundle, config: KD
             out = task.forward(student, inputs)
             total = task.distill_loss(out, t_out, target, temperature=config.temperature, alpha=config.alpha)
             for i, (s_name, t_name) in enumerate(hints.items()):
-                ref = t_cap.out[t_name].detach()
-                pred = _match(regressors[str(i)](s_cap.out[s_name]), ref)
+                ref = t_feats[t_name].detach()
+                pred = _match(regressors[str(i)](s_feats[s_name]), ref)
                 total = total + config.hint_weight * F.mse_loss(pred, ref)
             return total, out
 
@@ -171,9 +165,6 @@ def distill(student: nn.Module, teacher: nn.Module, data: DataBundle, config: KD
                           restore_best=restore_best, hooks=hooks, on_epoch=on_epoch, checkpoint=checkpoint,
                           extra_params=list(regressors.parameters()), task=task, validate=validate,
                           threads=threads)  # fmt: skip
-    finally:
-        s_cap.close()
-        t_cap.close()
 
 
 def _teacher_inputs(teacher: nn.Module, student_pre: Preprocessing | None,

@@ -15,6 +15,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from deepslim._hooks import hooked
 from deepslim._modes import inference_mode
 from deepslim.config import Config, Overrides, freeze_overrides, lookup, skip_only, unmatched
 from deepslim.errors import ConfigError
@@ -259,13 +260,9 @@ def _positions(model: nn.Module, layers: dict[str, nn.Module], x: torch.Tensor |
         found.setdefault(name, (inp.numel() // channels[0] // batch, out.numel() // channels[1] // batch))
         # a forward hook must return None, or it replaces the layer's output
 
-    hooks = [m.register_forward_hook(lambda mod, a, out, n=n: record(n, mod, a[0], out)) for n, m in layers.items()]
-    try:
-        with inference_mode(model), torch.no_grad():
-            model(x)
-    finally:
-        for h in hooks:
-            h.remove()
+    with (hooked(layers, forward=lambda n: lambda mod, a, out: record(n, mod, a[0], out)), inference_mode(model),
+          torch.no_grad()):  # fmt: skip
+        model(x)
     return found
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepslim._hooks import hooked
 from deepslim._modes import inference_mode
 from deepslim.compress.quantize._inputs import batch_inputs
 from deepslim.compress.quantize.observers import Calibration
@@ -238,14 +239,9 @@ def channel_stats(model: nn.Module, layers: Iterable[str], calib_data: Iterable[
 
         return record
 
-    handles = [modules[n].register_forward_pre_hook(hook(n)) for n in watched]
-    try:
-        with inference_mode(model), torch.no_grad():
-            for batch in calib_data:
-                model(*batch_inputs(model, batch, inputs))
-    finally:
-        for h in handles:
-            h.remove()
+    with hooked({n: modules[n] for n in watched}, pre=hook), inference_mode(model), torch.no_grad():
+        for batch in calib_data:
+            model(*batch_inputs(model, batch, inputs))
     return amax
 
 

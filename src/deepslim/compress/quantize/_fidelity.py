@@ -21,9 +21,10 @@ in dB. The layers with the lowest SQNR are named in the error with the ways out.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +32,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
+from deepslim._hooks import hooked
 from deepslim._modes import inference_mode
 from deepslim.compress.quantize._inputs import batch_inputs, batch_target
 from deepslim.data import LOADER_TASK_ATTR
@@ -166,17 +168,19 @@ class LayerNoise:
     the same input), accumulated over the batches run while installed."""
 
     def __init__(self, layers: Mapping[str, nn.Module], points: Mapping[str, nn.Module] | None = None) -> None:
+        self.layers, self.points = layers, points or {}
+        self.signal: dict[str, float] = dict.fromkeys([*layers, *self.points], 0.0)
+        self.noise: dict[str, float] = dict.fromkeys([*layers, *self.points], 0.0)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[LayerNoise]:
+        """The hooks, for the block: the batches run inside it are measured."""
         from deepslim.compress.quantize.linear import float_class
 
-        points = points or {}
-        self.signal: dict[str, float] = dict.fromkeys([*layers, *points], 0.0)
-        self.noise: dict[str, float] = dict.fromkeys([*layers, *points], 0.0)
-        self.handles = []
-        for name, m in layers.items():
-            plain = float_class(type(m))
-            self.handles.append(m.register_forward_hook(self._hook(name, plain)))
-        for name, p in points.items():  # a point's noise: its output against its input
-            self.handles.append(p.register_forward_hook(self._hook(name, None)))
+        layer = hooked(self.layers, forward=lambda n: self._hook(n, float_class(type(self.layers[n]))))
+        point = hooked(self.points, forward=lambda n: self._hook(n, None))  # its output against its input
+        with layer, point:
+            yield self
 
     def _hook(self, name: str, plain: Any) -> Any:
         def hook(m: nn.Module, args: tuple[Any, ...], out: Any) -> None:
@@ -187,10 +191,6 @@ class LayerNoise:
             self.noise[name] += float((out.detach().double() - ref).pow(2).sum())
 
         return hook
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
 
     def worst(self, n: int = 5) -> tuple[tuple[str, float], ...]:
         db = {k: _db(self.signal[k], self.noise[k]) for k in self.signal if self.signal[k] > 0}
@@ -208,11 +208,8 @@ def measure(model: nn.Module, layers: Mapping[str, nn.Module], batches: list[tup
             min_agreement: float, points: Mapping[str, nn.Module] | None = None) -> Fidelity:  # fmt: skip
     """The quantized ``model``'s fidelity to the recorded float outputs ``ref`` (see the module docstring);
     ``points`` (label -> activation point) are measured beside the layers."""
-    noise = LayerNoise(layers, points)
-    try:
+    with LayerNoise(layers, points).installed() as noise:
         got, got_cls = outputs(model, batches)
-    finally:
-        noise.remove()
     cos, agree, rows = compare(ref, got, ref_cls, got_cls)
     passed = cos >= min_cosine and (agree is None or agree >= min_agreement)
     rows = rows or sum(_rows(xs) for xs in batches)

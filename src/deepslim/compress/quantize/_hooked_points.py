@@ -22,6 +22,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
+from deepslim._hooks import hooked
 from deepslim._modes import inference_mode
 
 log = logging.getLogger(__name__)
@@ -68,19 +69,16 @@ def _probe(model: nn.Module, example: tuple[Any, ...]) -> set[str]:
     """The modules called exactly once, returning one tensor, on ``example`` (the ones a hook can quantize)."""
     calls: dict[str, int] = {}
     tensor: dict[str, bool] = {}
-    handles = []
-    for name, m in model.named_modules():
-        def hook(mod: nn.Module, args: Any, out: Any, name: str = name) -> None:
+
+    def count(name: str) -> Any:
+        def hook(mod: nn.Module, args: Any, out: Any) -> None:
             calls[name] = calls.get(name, 0) + 1
             tensor[name] = isinstance(out, torch.Tensor)
 
-        handles.append(m.register_forward_hook(hook))
-    try:
-        with inference_mode(model), torch.no_grad():
-            model(*example)
-    finally:
-        for h in handles:
-            h.remove()
+        return hook
+
+    with hooked(model.named_modules(), forward=count), inference_mode(model), torch.no_grad():
+        model(*example)
     return {n for n, c in calls.items() if c == 1 and tensor.get(n) and n}
 
 

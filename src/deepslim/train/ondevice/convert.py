@@ -15,6 +15,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from deepslim._hooks import hooked
 from deepslim.analysis import Example, as_call
 from deepslim.analysis.training import rebatch
 from deepslim.errors import ConfigError
@@ -217,15 +218,12 @@ def _block_shapes(model: nn.Module, targets: dict[str, nn.Module],
             shapes[name] = ((args[0].shape[1], args[0].shape[2]), (out.shape[1], out.shape[2]))
         return record
 
-    handles = [m.register_forward_hook(hook(n)) for n, m in targets.items()]
     modes = {m: m.training for m in model.modules()}
     try:  # one sample, in eval mode (no statistics updated), for real: a fake-tensor run costs seconds here
-        with torch.no_grad():
+        with hooked(targets, forward=hook), torch.no_grad():
             args, kwargs = as_call(rebatch(example, 1))
             model.eval()(*args, **kwargs)
     finally:
-        for h in handles:
-            h.remove()
         for m, mode in modes.items():
             m.training = mode
     return shapes

@@ -1,0 +1,152 @@
+"""deepslim._hooks.hooked: hooks for one block, gone afterwards even when the forward raises — and every measurement
+that runs the user's model once with hooks leaves none behind when that forward fails (the user's own hooks stay)."""
+
+from __future__ import annotations
+
+import importlib
+
+import pytest
+import torch
+from torch import nn
+
+from deepslim import LinearQuantConfig, quantize_
+from deepslim._hooks import hooked
+from deepslim.analysis._tracer import Tracer, run
+from deepslim.analysis._training_trace import SavedTracer, trace_saved
+from deepslim.compress.quantize import _dynamic, _fidelity, _hooked_points
+from deepslim.compress.quantize._fidelity import LayerNoise
+from deepslim.errors import ConfigError
+from deepslim.search.latency import layer_keys
+from deepslim.train.ondevice.convert import _block_shapes
+
+lowrank = importlib.import_module("deepslim.compress.lowrank")
+distill = importlib.import_module("deepslim.train.distill")  # the module (deepslim.train.distill is the function)
+
+
+X = torch.randn(2, 3, 8, 8)
+
+
+class Boom(nn.Module):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("boom")
+
+
+def _model(boom: bool = True, quantized: bool = False) -> nn.Sequential:
+    """A small conv net; ``boom``: its last layer raises; ``quantized``: int8 (the layers the fidelity check hooks)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    if quantized:
+        quantize_(model, LinearQuantConfig(bits=8), calib_data=[(X,)])
+    if boom:
+        model.append(Boom())
+    return model
+
+
+def _count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+def test_the_hooks_run_in_the_block_pre_before_forward_with_their_module_names_and_are_gone_after():
+    model = _model(boom=False)
+    calls: list[tuple[str, str]] = []
+    with hooked({"0": model[0], "3": model[3]}, pre=lambda n: lambda m, a: calls.append(("pre", n)),
+                forward=lambda n: lambda m, a, o: calls.append(("forward", n))):  # fmt: skip
+        assert _count(model) == 4
+        model(X)
+    assert calls == [("pre", "0"), ("forward", "0"), ("pre", "3"), ("forward", "3")]
+    model(X)
+    assert len(calls) == 4 and _count(model) == 0
+
+
+def test_named_modules_pairs_work_like_a_mapping():
+    model = _model(boom=False)
+    seen: list[str] = []
+    with hooked(model.named_modules(), forward=lambda n: lambda m, a, o: seen.append(n)):
+        model(X)
+    assert seen == ["0", "1", "2", "3", ""]  # every module, the model itself ("") last to finish
+    assert _count(model) == 0
+
+
+def test_a_raising_forward_leaves_no_hooks_and_the_users_own_hook_stays():
+    model = _model()
+    mine = model[3].register_forward_hook(lambda m, a, o: None)
+    ran: list[str] = []
+    with pytest.raises(RuntimeError, match="boom"), hooked(dict(model.named_children()),
+                                                          pre=lambda n: lambda m, a: ran.append(n)):  # fmt: skip
+        model(X)
+    assert ran == ["0", "1", "2", "3", "4"]  # the hooks were there up to the failing layer
+    assert _count(model) == 1 and list(model[3]._forward_hooks) == [mine.id]
+
+
+def test_a_failing_registration_removes_the_hooks_already_registered():
+    model = _model(boom=False)
+
+    def factory(name: str):
+        if name == "3":
+            raise ValueError("no hook for 3")
+        return lambda m, a, o: None
+
+    with pytest.raises(ValueError, match="no hook for 3"), hooked(dict(model.named_children()), forward=factory):
+        pass
+    assert _count(model) == 0
+
+
+def _channel_stats(model: nn.Sequential, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_dynamic, "ffn_pairs", lambda model, layers: [("0", "3")])  # a "feed-forward block"
+    _dynamic.channel_stats(model, ["0", "3"], [(X,)], 1)
+
+
+def _fidelity_measure(model: nn.Sequential, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fidelity.measure(model, {"3": model[3]}, [(X,)], [], [], 0.99, 0.9, points={"p": model[1]})
+
+
+def _captured(model: nn.Sequential, monkeypatch: pytest.MonkeyPatch) -> None:
+    with distill._captured(model, ["0", "3"], "student"):
+        model(X)
+
+
+SITES = {
+    "search.latency.layer_keys": lambda model, mp: layer_keys(model, X, {}),
+    "lowrank._positions": lambda model, mp: lowrank._positions(model, {"0": model[0], "3": model[3]}, X),
+    "quantize._hooked_points._probe": lambda model, mp: _hooked_points._probe(model, (X,)),
+    "quantize._dynamic.channel_stats": _channel_stats,
+    "quantize._fidelity.measure": _fidelity_measure,
+    "analysis._tracer.run": lambda model, mp: run(model, X, Tracer(set())),
+    "analysis._training_trace.trace_saved": lambda model, mp: trace_saved(model, X, SavedTracer(set())),
+    "train.distill._captured": _captured,
+    "train.ondevice.convert._block_shapes": lambda model, mp: _block_shapes(model, {"0": model[0]}, X),
+}
+
+
+@pytest.mark.parametrize("site", SITES)
+def test_a_measurement_whose_forward_raises_leaves_no_hooks_on_the_users_model(site, monkeypatch):
+    model = _model(quantized="fidelity" in site)
+    model[0].register_forward_pre_hook(lambda m, a: None)  # the user's own: it must stay
+    before = _count(model)
+    with pytest.raises(RuntimeError, match="boom"):
+        SITES[site](model, monkeypatch)
+    assert _count(model) == before >= 1
+
+
+def test_a_hook_that_refuses_the_model_leaves_no_hooks_either():
+    model = _model(boom=False)
+    with pytest.raises(ConfigError, match="does not map a 4-D image tensor"):
+        _block_shapes(model, {"3": model[3]}, X)  # the hook itself raises: a linear layer is no image block
+    assert _count(model) == 0
+
+
+def test_layer_noise_measures_only_while_installed():
+    model = _model(boom=False, quantized=True)
+    before = _count(model)
+    noise = LayerNoise({"3": model[3]}, {"relu": model[1]})
+    with noise.installed():
+        assert _count(model) == before + 2
+        model(X)
+    assert noise.signal["3"] > 0 and noise.noise["3"] > 0  # int8 against its float output on the same input
+    with torch.no_grad():
+        y = model[0](X).double()  # the ReLU's input; as a "point", its output is measured against it
+    assert noise.signal["relu"] == pytest.approx(float(y.pow(2).sum()))
+    assert noise.noise["relu"] == pytest.approx(float(y.clamp(max=0).pow(2).sum())) and noise.noise["relu"] > 0
+    signal = dict(noise.signal)
+    model(X)
+    assert noise.signal == signal and _count(model) == before
