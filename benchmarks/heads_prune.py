@@ -21,7 +21,9 @@ Steps, run one at a time on a shared machine (each writes a JSON; the pruned mod
 
 A policy: ``heads`` / ``ffn`` / ``flops`` (HeadPruneConfig's head_ratio / ffn_ratio / flops_ratio; fractions like 1/3
 allowed), ``calib`` (``doc``: 512 stdlib docstring sentences at seq 32, what transformer_encoder.py uses; ``broad``:
-512 texts of the broad distillation mix), ``batches``, ``refit`` (0/1). Distillation text is never the evaluation set.
+512 texts of the broad distillation mix), ``batches``, ``refit`` (0/1), ``global`` (0: every layer loses the same
+share of heads and of hidden units; 1, the default: ranked across layers). Distillation text is never the
+evaluation set.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ from transformer_encoder import (
     prefixed,
 )
 
-KEYS = {"heads": "head_ratio", "ffn": "ffn_ratio", "flops": "flops_ratio", "batches": "batches", "refit": "refit"}
+KEYS = {"heads": "head_ratio", "ffn": "ffn_ratio", "flops": "flops_ratio", "batches": "batches", "refit": "refit",
+        "global": "global_ranking"}
 
 
 def parse_policy(text: str) -> tuple[HeadPruneConfig, str]:
@@ -67,7 +70,7 @@ def parse_policy(text: str) -> tuple[HeadPruneConfig, str]:
             calib = value
         elif key in ("batches",):
             kw[KEYS[key]] = int(value)
-        elif key == "refit":
+        elif key in ("refit", "global"):
             kw[KEYS[key]] = bool(int(value))
         else:
             kw[KEYS[key]] = float(Fraction(value))
