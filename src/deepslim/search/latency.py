@@ -17,13 +17,16 @@ The layer timer and the end-to-end timer are plain callables, so tests give dete
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -156,8 +159,9 @@ class LatencyTable:
         self.timer = timer or (lambda keys: time_layers(keys, threads=threads))
         self.model_timer = model_timer if timer is None and model_timer is None else model_timer
         self._runs: Callable[[Sequence[tuple[nn.Module, Any]], int], list[list[float]]] | None = None
+        self.kept = KeptFiles()  # the files of the last end-to-end measurement, for the node table
         if timer is None and model_timer is None:
-            self.model_timer = lambda pairs: time_models(pairs, threads=threads)
+            self.model_timer = lambda pairs: time_models(pairs, threads=threads, keep=self.kept)
             self._runs = lambda pairs, runs: time_models_runs(pairs, runs, threads=threads)
         self.key = machine_key(runtime, threads) if timer is None else "custom"
         self.path = None if timer is not None else Path(cache_dir or default_cache_dir()) / f"{self.key}.json"
@@ -334,37 +338,106 @@ def time_layers(keys: Sequence[LayerKey], *, threads: int = 1, rounds: int = 5, 
         return _run_timer(files, threads, rounds, block)
 
 
-def time_models(pairs: Sequence[tuple[nn.Module, Any]], *, threads: int = 1, rounds: int = 10,
-                block: int = 5) -> list[float]:  # fmt: skip
+def export_model(model: nn.Module, path: Path, example_input: Any) -> None:
+    """The toolkit's export (:func:`deepslim.export.export_onnx`: quantized layers as their integer graph), which
+    the end-to-end timer and the node table both time."""
+    from deepslim.export import export_onnx
+
+    export_onnx(model, path, example_input=example_input)
+
+
+class KeptFiles:
+    """The files of a table's last end-to-end measurement (:func:`time_models`), kept for the node table: the
+    calibration and :func:`check_table` time each model end to end and sum its nodes
+    (:meth:`~deepslim.search.node_table.NodeTable.raw_model`), and one export of it is enough — the export is most
+    of what a model costs there (16–33 s for a MobileNetV2 at load 1–3, session 8). A file is taken at most once,
+    by the same model object, unchanged in structure (:func:`_structure`: the exported graph's nodes depend on the
+    modules, tensor shapes and settings, not on weight values), for the same input shape; the next measurement
+    removes what was not taken, and so does the table going away."""
+
+    def __init__(self) -> None:
+        self._dir: str | None = None
+        self._batches = 0
+        self._files: dict[int, tuple[weakref.ref[nn.Module], tuple[Any, ...], Path]] = {}
+
+    def fresh(self) -> Path:
+        """A new directory for the next measurement's files (the previous ones removed)."""
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="deepslim-e2e-")
+            weakref.finalize(self, shutil.rmtree, self._dir, True)
+        self._files.clear()
+        for old in Path(self._dir).iterdir():
+            shutil.rmtree(old, ignore_errors=True)
+        self._batches += 1
+        return Path(self._dir) / str(self._batches)
+
+    def keep(self, model: nn.Module, shape: Sequence[int], path: Path) -> None:
+        self._files[id(model)] = (weakref.ref(model), _structure(model, shape), path)
+
+    def take(self, model: nn.Module, shape: Sequence[int]) -> Path | None:
+        """The kept file of ``model`` at input ``shape`` (the caller removes its folder when done), else None."""
+        ref, structure, path = self._files.pop(id(model), (None, None, None))
+        if path is None or ref is None or ref() is not model or structure != _structure(model, shape):
+            if path is not None:
+                shutil.rmtree(path.parent, ignore_errors=True)
+            return None
+        return path
+
+
+def _structure(model: nn.Module, shape: Sequence[int]) -> tuple[Any, ...]:
+    """What an exported graph's nodes depend on: the input shape, each module's type and plain settings (bits, a
+    dynamic flag, …) and each tensor's name, shape and dtype."""
+    plain = (bool, int, float, str, type(None))
+    modules = tuple((name, type(m).__qualname__, tuple(sorted((k, v) for k, v in vars(m).items()
+                                                              if isinstance(v, plain) and k != "training"
+                                                              and not k.startswith("_"))))
+                    for name, m in model.named_modules())  # fmt: skip
+    tensors = tuple((k, tuple(t.shape), str(t.dtype)) for k, t in model.state_dict(keep_vars=True).items()
+                    if isinstance(t, torch.Tensor))  # fmt: skip
+    return tuple(shape), modules, tensors
+
+
+def time_models(pairs: Sequence[tuple[nn.Module, Any]], *, threads: int = 1, rounds: int = 10, block: int = 5,
+                keep: KeptFiles | None = None) -> list[float]:  # fmt: skip
     """Whole models timed in ONNX Runtime, interleaved (one run of :func:`time_models_runs`)."""
-    return time_models_runs(pairs, 1, threads=threads, rounds=rounds, block=block)[0]
+    return time_models_runs(pairs, 1, threads=threads, rounds=rounds, block=block, keep=keep)[0]
 
 
 def time_models_runs(pairs: Sequence[tuple[nn.Module, Any]], runs: int, *, threads: int = 1, rounds: int = 10,
-                     block: int = 5) -> list[list[float]]:  # fmt: skip
+                     block: int = 5, keep: KeptFiles | None = None) -> list[list[float]]:  # fmt: skip
     """Whole models (quantized ones as their integer graphs) exported once and timed in ONNX Runtime, interleaved,
     in ``runs`` processes one after another (one list of times per run); NaN for a model the export refuses (logged:
-    a check is skipped, the search goes on)."""
-    from deepslim.errors import DeepSlimError
-    from deepslim.export import export_onnx
-
-    with tempfile.TemporaryDirectory() as work:
+    a check is skipped, the search goes on). ``keep``: the files stay there for the node table (:class:`KeptFiles`)."""
+    with contextlib.ExitStack() as stack:
+        work = keep.fresh() if keep is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         files, index = [], []
         for i, (model, x) in enumerate(pairs):
-            path = Path(work) / f"model{i}.onnx"
-            try:
-                export_onnx(model, path, example_input=x)
-            except DeepSlimError as exc:
-                log.warning("end-to-end latency not measured: %s", exc)
+            path = _export_for_timer(model, x, work / f"model{i}" / "model.onnx")
+            if path is None:
                 continue
             files.append((str(path), list(x.shape)))
             index.append(i)
+            if keep is not None:
+                keep.keep(model, x.shape, path)
         results = [_run_timer(files, threads, rounds, block) if files else [] for _ in range(max(1, runs))]
     out = []
     for times in results:
         found = dict(zip(index, times, strict=True))
         out.append([found.get(i, float("nan")) for i in range(len(pairs))])
     return out
+
+
+def _export_for_timer(model: nn.Module, x: Any, path: Path) -> Path | None:
+    """``model`` exported at ``path`` (its folder made); None, logged, when the export refuses it."""
+    from deepslim.errors import DeepSlimError
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        export_model(model, path, x)
+    except DeepSlimError as exc:
+        log.warning("end-to-end latency not measured: %s", exc)
+        return None
+    return path
 
 
 # -- how good the table is ---------------------------------------------------------------------------------------------
@@ -456,9 +529,10 @@ def check_table(model: nn.Module, space: Any, table: LatencyTable, *, example_in
         macs = profile(net, example_input).macs
         pairs.append((quantize_policy(net, space, policy, calib_data=calib_data), example_input))
         rows.append({"policy": policy.to_dict(), "predicted_ms": predicted, "macs": macs})
-        if nodes is not None:
-            raw = nodes.raw_model(pairs[-1][0], example_input)  # with a weight term, the model's weight bytes too
-            weighted = getattr(nodes, "weight_coef", 0.0)
-            rows[-1]["node_predicted_ms"] = nodes.predict_model(raw, pairs[-1][0]) if weighted else nodes.predict(raw)
     measured = table.measure(pairs) or []
+    if nodes is not None:  # after the measurement: the node sums read the files it exported
+        for row, (quantized, _) in zip(rows, pairs, strict=True):
+            raw = nodes.raw_model(quantized, example_input)  # with a weight term, the model's weight bytes too
+            weighted = getattr(nodes, "weight_coef", 0.0)
+            row["node_predicted_ms"] = nodes.predict_model(raw, quantized) if weighted else nodes.predict(raw)
     return TableCheck(tuple({**r, "measured_ms": m} for r, m in zip(rows, measured, strict=True) if m == m))

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -37,7 +38,7 @@ import numpy as np
 from torch import nn
 
 from deepslim.errors import ConfigError, ExportError
-from deepslim.search.latency import MIN_BAND, LatencyTable, fit_line
+from deepslim.search.latency import MIN_BAND, LatencyTable, export_model, fit_line
 
 PREFIX = "node:"
 MIN_WEIGHT_POINTS = 10  # fewest measured models a line in the node sum and the weights' bytes is fitted to
@@ -45,12 +46,6 @@ Node = dict[str, str]  # {"key", "op", "file", "feeds"}
 Splitter = Callable[[str, Sequence[int], str], list[Node]]
 NodeTimer = Callable[[Sequence[Node], str], list[float]]
 Exporter = Callable[[nn.Module, Path, Any], None]
-
-
-def _export(model: nn.Module, path: Path, example_input: Any) -> None:
-    from deepslim.export import export_onnx
-
-    export_onnx(model, path, example_input=example_input)
 
 
 def weight_mb(model: nn.Module) -> float:
@@ -83,7 +78,7 @@ class NodeTable:
         threads = table.threads
         self.table = table
         self.custom = any(f is not None for f in (splitter, timer, exporter))  # fakes stay in this process
-        self.exporter = exporter or _export
+        self.exporter = exporter or export_model
         self.splitter = splitter or (lambda path, shape, work: _child(
             {"cmd": "split", "model": path, "shape": list(shape), "threads": threads, "work": work})["nodes"])
         self.timer = timer or (lambda nodes, work: self._time(nodes, work, rounds, block))
@@ -112,7 +107,15 @@ class NodeTable:
         return float(sum(self.table.entries[PREFIX + n["key"]] for n in nodes))
 
     def raw_model(self, model: nn.Module, example_input: Any) -> float:
-        """The summed node entries of ``model`` (quantized layers as their integer graph), exported here."""
+        """The summed node entries of ``model`` (quantized layers as their integer graph): the file the table's last
+        end-to-end measurement wrote of it (:class:`~deepslim.search.latency.KeptFiles`), else exported here."""
+        shape = tuple(example_input.shape)
+        kept = self.table.kept.take(model, shape) if self.exporter is export_model else None
+        if kept is not None:
+            try:
+                return self.raw_file(kept, shape)
+            finally:
+                shutil.rmtree(kept.parent, ignore_errors=True)
         with tempfile.TemporaryDirectory() as work:
             path = Path(work) / "model.onnx"
             self.exporter(model, path, example_input)
