@@ -121,3 +121,15 @@ def test_the_table_check_exports_each_model_once_and_predicts_every_row_from_the
                         policies=3, nodes=nodes)  # fmt: skip
     assert len(log["exported"]) == 3 and log["split"] == log["timed"]
     assert len(check.rows) == 3 and all(r["node_predicted_ms"] > 0 for r in check.rows)
+
+
+def test_the_table_checks_names_are_importable_from_latency_as_before():
+    import importlib
+
+    from deepslim.search import table_check
+
+    search = importlib.import_module("deepslim.search")  # the package (deepslim.search is also the function)
+
+    for name in ("TableCheck", "check_table", "kendall_tau"):
+        assert getattr(latency, name) is getattr(table_check, name) is getattr(search, name)
+    assert table_check.kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)  # 2 concordant pairs, 1 discordant

@@ -6,8 +6,9 @@ other layers measured with it; the times are cached on disk per machine and runt
 version, threads), so a second search on the same machine measures nothing it has seen. A policy's predicted latency
 is the sum of its layers' entries, mapped through ``scale × sum + offset`` fitted to end-to-end measurements of whole
 models (what the table leaves out: activations, pooling, additions, the runtime's fusions and per-run overhead).
-:func:`check_table` measures random policies end to end and reports the table's error and rank correlation beside
-the MAC count's (the proxy other tools optimise): at 0.29× the MACs MobileNetV2 ran at 0.49× the latency here.
+:func:`~deepslim.search.table_check.check_table` measures random policies end to end and reports the table's error
+and rank correlation beside the MAC count's (the proxy other tools optimise): at 0.29× the MACs MobileNetV2 ran at
+0.49× the latency here.
 Layer sums miss what ONNX Runtime does to a mixed int8/float graph (float convolutions next to integer ones leave
 NCHWc, transposes and conversions where the precision changes); :mod:`deepslim.search.node_table` times the nodes of
 the optimized graph itself, and ``check_table(..., nodes=...)`` reports both.
@@ -39,6 +40,9 @@ from torch import nn
 from deepslim._hooks import hooked
 from deepslim._io import atomic_path
 from deepslim.errors import ConfigError, ExportError
+from deepslim.search.table_check import TableCheck as TableCheck  # the check's names stay importable from here
+from deepslim.search.table_check import check_table as check_table
+from deepslim.search.table_check import kendall_tau as kendall_tau
 
 log = logging.getLogger(__name__)
 
@@ -348,7 +352,7 @@ def export_model(model: nn.Module, path: Path, example_input: Any) -> None:
 
 class KeptFiles:
     """The files of a table's last end-to-end measurement (:func:`time_models`), kept for the node table: the
-    calibration and :func:`check_table` time each model end to end and sum its nodes
+    calibration and :func:`~deepslim.search.table_check.check_table` time each model end to end and sum its nodes
     (:meth:`~deepslim.search.node_table.NodeTable.raw_model`), and one export of it is enough — the export is most
     of what a model costs there (16–33 s for a MobileNetV2 at load 1–3, session 8). A file is taken at most once,
     by the same model object, unchanged in structure (:func:`_structure`: the exported graph's nodes depend on the
@@ -460,79 +464,3 @@ def fit_line(points: Sequence[tuple[float, float]]) -> tuple[list[tuple[float, f
 def _band(pairs: Sequence[tuple[float, float]]) -> float:
     """The largest relative error of (predicted, measured) pairs, at least :data:`MIN_BAND`."""
     return max([MIN_BAND] + [abs(p / m - 1) for p, m in pairs if m > 0])
-
-
-def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
-    """Kendall's rank correlation (tau-a: ties count as neither concordant nor discordant)."""
-    n = len(a)
-    if n < 2 or len(b) != n:
-        return float("nan")
-    score = 0.0
-    for i in range(n):
-        for j in range(i + 1, n):
-            score += float(np.sign(a[i] - a[j]) * np.sign(b[i] - b[j]))
-    return score / (n * (n - 1) / 2)
-
-
-@dataclass(frozen=True)
-class TableCheck:
-    """Predicted vs measured end-to-end latency over some policies: relative error (p50, p90, share within ±10%)
-    and Kendall's tau of the table and of the MAC count against the measurements."""
-
-    rows: tuple[dict[str, Any], ...]  # {"predicted_ms", "measured_ms", "macs", optional "node_/layer_predicted_ms"}
-
-    @property
-    def errors(self) -> list[float]:
-        return [abs(r["predicted_ms"] - r["measured_ms"]) / r["measured_ms"] for r in self.rows]
-
-    def to_dict(self) -> dict[str, Any]:
-        meas = [r["measured_ms"] for r in self.rows]
-        macs = [float(r["macs"]) for r in self.rows]
-        layers = _accuracy([r["predicted_ms"] for r in self.rows], meas)
-        mac_tau = kendall_tau(macs, meas) if len(meas) >= 2 else None
-        doc: dict[str, Any] = {"points": len(self.rows), **layers, "mac_proxy_kendall_tau": mac_tau}
-        for name in ("layer", "node"):  # each table's own accuracy, where it predicted every row
-            if self.rows and all(f"{name}_predicted_ms" in r for r in self.rows):
-                doc[f"{name}_table"] = _accuracy([r[f"{name}_predicted_ms"] for r in self.rows], meas)
-        return {**doc, "rows": list(self.rows)}
-
-
-def _accuracy(pred: Sequence[float], meas: Sequence[float]) -> dict[str, float | None]:
-    """Relative error (p50, p90, share within ±10%) and Kendall's tau of predictions against measurements."""
-    errs = [abs(p - m) / m for p, m in zip(pred, meas, strict=True)]
-    if not errs:
-        return {"error_p50": None, "error_p90": None, "within_10pct": None, "kendall_tau": None}
-    return {"error_p50": float(np.percentile(errs, 50)), "error_p90": float(np.percentile(errs, 90)),
-            "within_10pct": float(np.mean([e <= 0.10 for e in errs])),
-            "kendall_tau": kendall_tau(pred, meas) if len(errs) >= 2 else None}  # fmt: skip
-
-
-def check_table(model: nn.Module, space: Any, table: LatencyTable, *, example_input: Any, calib_data: Any,
-                policies: int = 50, seed: int = 0, nodes: Any = None, spread: bool = False) -> TableCheck:  # fmt: skip
-    """Measure ``policies`` random policies of ``space`` end to end (interleaved) beside the table's predictions
-    (and, with ``nodes``, a :class:`~deepslim.search.node_table.NodeTable`, beside the node-level ones).
-    ``spread``: policies drawn at levels evenly spread from the fewest channels to all
-    (:meth:`~deepslim.search.space.SearchSpace.sample_at`), so they span the space's latencies."""
-    import random
-
-    from deepslim.analysis import profile
-    from deepslim.search.space import prune_policy, quantize_policy
-
-    if not table.end_to_end:
-        raise ConfigError("this latency table has no end-to-end timer to check it against")
-    rng = random.Random(seed)
-    rows, pairs = [], []
-    for i in range(policies):
-        policy = space.sample_at(rng, i / max(policies - 1, 1)) if spread else space.sample(rng)
-        net = prune_policy(model, space, policy, example_input=example_input, calib_data=calib_data)
-        predicted = table.predict(net, example_input, policy.int8)
-        macs = profile(net, example_input).macs
-        pairs.append((quantize_policy(net, space, policy, calib_data=calib_data), example_input))
-        rows.append({"policy": policy.to_dict(), "predicted_ms": predicted, "macs": macs})
-    measured = table.measure(pairs) or []
-    if nodes is not None:  # after the measurement: the node sums read the files it exported
-        for row, (quantized, _) in zip(rows, pairs, strict=True):
-            raw = nodes.raw_model(quantized, example_input)  # with a weight term, the model's weight bytes too
-            weighted = getattr(nodes, "weight_coef", 0.0)
-            row["node_predicted_ms"] = nodes.predict_model(raw, quantized) if weighted else nodes.predict(raw)
-    return TableCheck(tuple({**r, "measured_ms": m} for r, m in zip(rows, measured, strict=True) if m == m))
