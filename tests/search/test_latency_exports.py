@@ -1,4 +1,4 @@
-"""A model timed end to end and then summed node by node is exported once (latency.KeptFiles): the calibration and
+"""A model timed end to end and then summed node by node is exported once (_ort_timing.KeptFiles): the calibration and
 the table check read the end-to-end timer's file for the node sums; a model changed since, another input shape or
 a node table with its own exporter export again. The exporter and the timers are fakes that count."""
 
@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 import deepslim.export
-from deepslim.search import latency
+from deepslim.search import _ort_timing, latency
 from deepslim.search.engine import calibrate_table
 from deepslim.search.evaluate import Evaluator
 from deepslim.search.latency import LatencyTable, check_table
@@ -42,7 +42,7 @@ def fakes(tmp_path, monkeypatch):
         return fake_split_layers(path, shape, work)
 
     monkeypatch.setattr(deepslim.export, "export_onnx", export)
-    monkeypatch.setattr(latency, "_run_timer", run_timer)
+    monkeypatch.setattr(_ort_timing, "_run_timer", run_timer)
     table = LatencyTable(cache_dir=tmp_path)
     return table, NodeTable(table, splitter=split, timer=fake_node_timer), log
 
@@ -123,7 +123,7 @@ def test_the_table_check_exports_each_model_once_and_predicts_every_row_from_the
     assert len(check.rows) == 3 and all(r["node_predicted_ms"] > 0 for r in check.rows)
 
 
-def test_the_table_checks_names_are_importable_from_latency_as_before():
+def test_the_names_moved_out_of_latency_are_importable_from_it_as_before():
     import importlib
 
     from deepslim.search import table_check
@@ -132,4 +132,6 @@ def test_the_table_checks_names_are_importable_from_latency_as_before():
 
     for name in ("TableCheck", "check_table", "kendall_tau"):
         assert getattr(latency, name) is getattr(table_check, name) is getattr(search, name)
+    for name in ("STAT", "KeptFiles", "_run_timer", "export_model", "time_layers", "time_models", "time_models_runs"):
+        assert getattr(latency, name) is getattr(_ort_timing, name)  # benchmarks import them from latency
     assert table_check.kendall_tau([1, 2, 3], [1, 3, 2]) == pytest.approx(1 / 3)  # 2 concordant pairs, 1 discordant

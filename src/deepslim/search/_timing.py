@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 from deepslim.errors import DeepSlimError, ExportError
-from deepslim.search.latency import LatencyTable, _run_timer
+from deepslim.search._ort_timing import _run_timer
+from deepslim.search.latency import LatencyTable
 
 log = logging.getLogger(__name__)
 

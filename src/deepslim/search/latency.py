@@ -18,16 +18,10 @@ The layer timer and the end-to-end timer are plain callables, so tests give dete
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import os
-import shutil
-import subprocess
-import sys
-import tempfile
-import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,7 +33,14 @@ from torch import nn
 
 from deepslim._hooks import hooked
 from deepslim._io import atomic_path
-from deepslim.errors import ConfigError, ExportError
+from deepslim.errors import ConfigError
+from deepslim.search._ort_timing import STAT as STAT  # the real timers' names stay importable from here
+from deepslim.search._ort_timing import KeptFiles as KeptFiles
+from deepslim.search._ort_timing import _run_timer as _run_timer
+from deepslim.search._ort_timing import export_model as export_model
+from deepslim.search._ort_timing import time_layers as time_layers
+from deepslim.search._ort_timing import time_models as time_models
+from deepslim.search._ort_timing import time_models_runs as time_models_runs
 from deepslim.search.table_check import TableCheck as TableCheck  # the check's names stay importable from here
 from deepslim.search.table_check import check_table as check_table
 from deepslim.search.table_check import kendall_tau as kendall_tau
@@ -47,9 +48,6 @@ from deepslim.search.table_check import kendall_tau as kendall_tau
 log = logging.getLogger(__name__)
 
 RUNTIMES = ("onnxruntime",)
-# The statistic of a timing's rounds × block runs: the minimum is the one a loaded machine moves least (two runs of
-# the same 45 ResNet-20 policies here agreed within 3.2% (p50) / 6.7% (p90) on minimums, 4.8% / 17% on medians).
-STAT = "min_ms"
 MIN_BAND = 0.10  # the least error band a calibrated table is trusted to (the issue's ±10 %)
 LayerTimer = Callable[[Sequence["LayerKey"]], list[float]]
 ModelTimer = Callable[[Sequence[tuple[nn.Module, Any]]], list[float]]
@@ -311,137 +309,6 @@ class LatencyTable:
         if self._runs is not None:
             return self._runs(pairs, runs)
         return [self.model_timer(pairs) for _ in range(runs)]
-
-
-# -- the real timers: ONNX Runtime in a process of its own -------------------------------------------------------------
-
-def _run_timer(files: list[tuple[str, list[int]]], threads: int, rounds: int, block: int) -> list[float]:
-    cmd = json.dumps({"files": files, "threads": threads, "rounds": rounds, "block": block})
-    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    script = str(Path(__file__).with_name("_timer.py"))  # run as a script: the child imports no deepslim
-    proc = subprocess.run([sys.executable, script], input=cmd, capture_output=True, text=True,
-                          env=env, check=False)  # fmt: skip
-    if proc.returncode != 0:
-        tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-        raise ExportError(f"the latency timer failed: {tail}")
-    return [float(t) for t in json.loads(proc.stdout)[STAT]]
-
-
-def time_layers(keys: Sequence[LayerKey], *, threads: int = 1, rounds: int = 5, block: int = 5) -> list[float]:
-    """Each layer as its own ONNX graph, timed in ONNX Runtime (one process for the batch, interleaved)."""
-    import onnx
-
-    from deepslim.search._layer_onnx import layer_graph
-
-    with tempfile.TemporaryDirectory() as work:
-        files = []
-        for i, key in enumerate(keys):
-            path = Path(work) / f"layer{i}.onnx"
-            onnx.save(layer_graph(key), str(path))
-            files.append((str(path), list(key.in_shape)))
-        return _run_timer(files, threads, rounds, block)
-
-
-def export_model(model: nn.Module, path: Path, example_input: Any) -> None:
-    """The toolkit's export (:func:`deepslim.export.export_onnx`: quantized layers as their integer graph), which
-    the end-to-end timer and the node table both time."""
-    from deepslim.export import export_onnx
-
-    export_onnx(model, path, example_input=example_input)
-
-
-class KeptFiles:
-    """The files of a table's last end-to-end measurement (:func:`time_models`), kept for the node table: the
-    calibration and :func:`~deepslim.search.table_check.check_table` time each model end to end and sum its nodes
-    (:meth:`~deepslim.search.node_table.NodeTable.raw_model`), and one export of it is enough — the export is most
-    of what a model costs there (16–33 s for a MobileNetV2 at load 1–3, session 8). A file is taken at most once,
-    by the same model object, unchanged in structure (:func:`_structure`: the exported graph's nodes depend on the
-    modules, tensor shapes and settings, not on weight values), for the same input shape; the next measurement
-    removes what was not taken, and so does the table going away."""
-
-    def __init__(self) -> None:
-        self._dir: str | None = None
-        self._batches = 0
-        self._files: dict[int, tuple[weakref.ref[nn.Module], tuple[Any, ...], Path]] = {}
-
-    def fresh(self) -> Path:
-        """A new directory for the next measurement's files (the previous ones removed)."""
-        if self._dir is None:
-            self._dir = tempfile.mkdtemp(prefix="deepslim-e2e-")
-            weakref.finalize(self, shutil.rmtree, self._dir, True)
-        self._files.clear()
-        for old in Path(self._dir).iterdir():
-            shutil.rmtree(old, ignore_errors=True)
-        self._batches += 1
-        return Path(self._dir) / str(self._batches)
-
-    def keep(self, model: nn.Module, shape: Sequence[int], path: Path) -> None:
-        self._files[id(model)] = (weakref.ref(model), _structure(model, shape), path)
-
-    def take(self, model: nn.Module, shape: Sequence[int]) -> Path | None:
-        """The kept file of ``model`` at input ``shape`` (the caller removes its folder when done), else None."""
-        ref, structure, path = self._files.pop(id(model), (None, None, None))
-        if path is None or ref is None or ref() is not model or structure != _structure(model, shape):
-            if path is not None:
-                shutil.rmtree(path.parent, ignore_errors=True)
-            return None
-        return path
-
-
-def _structure(model: nn.Module, shape: Sequence[int]) -> tuple[Any, ...]:
-    """What an exported graph's nodes depend on: the input shape, each module's type and plain settings (bits, a
-    dynamic flag, …) and each tensor's name, shape and dtype."""
-    plain = (bool, int, float, str, type(None))
-    modules = tuple((name, type(m).__qualname__, tuple(sorted((k, v) for k, v in vars(m).items()
-                                                              if isinstance(v, plain) and k != "training"
-                                                              and not k.startswith("_"))))
-                    for name, m in model.named_modules())  # fmt: skip
-    tensors = tuple((k, tuple(t.shape), str(t.dtype)) for k, t in model.state_dict(keep_vars=True).items()
-                    if isinstance(t, torch.Tensor))  # fmt: skip
-    return tuple(shape), modules, tensors
-
-
-def time_models(pairs: Sequence[tuple[nn.Module, Any]], *, threads: int = 1, rounds: int = 10, block: int = 5,
-                keep: KeptFiles | None = None) -> list[float]:  # fmt: skip
-    """Whole models timed in ONNX Runtime, interleaved (one run of :func:`time_models_runs`)."""
-    return time_models_runs(pairs, 1, threads=threads, rounds=rounds, block=block, keep=keep)[0]
-
-
-def time_models_runs(pairs: Sequence[tuple[nn.Module, Any]], runs: int, *, threads: int = 1, rounds: int = 10,
-                     block: int = 5, keep: KeptFiles | None = None) -> list[list[float]]:  # fmt: skip
-    """Whole models (quantized ones as their integer graphs) exported once and timed in ONNX Runtime, interleaved,
-    in ``runs`` processes one after another (one list of times per run); NaN for a model the export refuses (logged:
-    a check is skipped, the search goes on). ``keep``: the files stay there for the node table (:class:`KeptFiles`)."""
-    with contextlib.ExitStack() as stack:
-        work = keep.fresh() if keep is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        files, index = [], []
-        for i, (model, x) in enumerate(pairs):
-            path = _export_for_timer(model, x, work / f"model{i}" / "model.onnx")
-            if path is None:
-                continue
-            files.append((str(path), list(x.shape)))
-            index.append(i)
-            if keep is not None:
-                keep.keep(model, x.shape, path)
-        results = [_run_timer(files, threads, rounds, block) if files else [] for _ in range(max(1, runs))]
-    out = []
-    for times in results:
-        found = dict(zip(index, times, strict=True))
-        out.append([found.get(i, float("nan")) for i in range(len(pairs))])
-    return out
-
-
-def _export_for_timer(model: nn.Module, x: Any, path: Path) -> Path | None:
-    """``model`` exported at ``path`` (its folder made); None, logged, when the export refuses it."""
-    from deepslim.errors import DeepSlimError
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        export_model(model, path, x)
-    except DeepSlimError as exc:
-        log.warning("end-to-end latency not measured: %s", exc)
-        return None
-    return path
 
 
 # -- how good the table is ---------------------------------------------------------------------------------------------

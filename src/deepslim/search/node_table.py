@@ -38,7 +38,8 @@ import numpy as np
 from torch import nn
 
 from deepslim.errors import ConfigError, ExportError
-from deepslim.search.latency import MIN_BAND, LatencyTable, export_model, fit_line
+from deepslim.search._ort_timing import export_model
+from deepslim.search.latency import MIN_BAND, LatencyTable, fit_line
 
 PREFIX = "node:"
 MIN_WEIGHT_POINTS = 10  # fewest measured models a line in the node sum and the weights' bytes is fitted to
@@ -108,7 +109,7 @@ class NodeTable:
 
     def raw_model(self, model: nn.Module, example_input: Any) -> float:
         """The summed node entries of ``model`` (quantized layers as their integer graph): the file the table's last
-        end-to-end measurement wrote of it (:class:`~deepslim.search.latency.KeptFiles`), else exported here."""
+        end-to-end measurement wrote of it (:class:`~deepslim.search._ort_timing.KeptFiles`), else exported here."""
         shape = tuple(example_input.shape)
         kept = self.table.kept.take(model, shape) if self.exporter is export_model else None
         if kept is not None:
