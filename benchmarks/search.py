@@ -249,7 +249,9 @@ def _progress(c: Any, stamps: list[float], cpu: list[float]) -> None:
     cpu.append(_cpu_s())
     kept, dropped = sum(c.policy.keep.values()), sum(c.policy.drop.values())
     print(f"{time.strftime('%H:%M:%S')} trial {c.trial}: {kept} channels, {dropped} blocks dropped, accuracy "
-          f"{c.accuracy}, {c.latency_ms:.4f} ms, feasible {c.feasible}", file=sys.stderr, flush=True)
+          f"{c.accuracy}, {c.latency_ms:.4f} ms, feasible {c.feasible}"
+          + (f" (repeat of trial {c.measurement.extra['repeat_of']})" if "repeat_of" in c.measurement.extra else ""),
+          file=sys.stderr, flush=True)  # fmt: skip
 
 
 def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: str | None) -> None:
