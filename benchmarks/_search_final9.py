@@ -6,10 +6,15 @@ session 9; session 12: any model and space of the result, the dense model from `
 _search_train.py's cache)::
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/_search_final9.py RESULT.json 0.3 0,1,2 OUT.json
+
+Session 13: ``--front-trial N`` recovers the search's Pareto-front trial N in place of ``best`` (a front policy the
+finals passed over, judged alike), and ``--interleaves K`` then times dense, it and uniform (the last seed's models)
+interleaved in ONNX Runtime, K runs of ``--rounds`` rounds: the ratios of one frame.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -24,6 +29,7 @@ import deepslim as ds  # noqa: E402
 from _search_train import MODELS, recipe_key, subset_bundle  # noqa: E402
 from deepslim.search import LatencyTable, SearchSpace  # noqa: E402
 from deepslim.search.evaluate import Evaluator  # noqa: E402
+from deepslim.search.latency import time_models  # noqa: E402
 from deepslim.search.space import Policy  # noqa: E402
 from search import PRETRAINED_ARCH  # noqa: E402
 
@@ -52,25 +58,61 @@ def setup(result: str, budget: str, cache_dir: str | None = None) -> tuple[Any, 
 
 
 def main() -> None:
-    result, budget, seeds, out = sys.argv[1], sys.argv[2], [int(s) for s in sys.argv[3].split(",")], Path(sys.argv[4])
-    settings, run, full, data, dense, space, table = setup(result, budget)
-    doc: dict = {"source": result, "budget": budget, "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
+    p = argparse.ArgumentParser(description="re-run a search benchmark's final recovery in a fresh process")
+    p.add_argument("result"), p.add_argument("budget"), p.add_argument("seeds"), p.add_argument("out")
+    p.add_argument("--front-trial", type=int, default=None, help="recover this Pareto-front trial instead of best")
+    p.add_argument("--interleaves", type=int, default=0, help="timing runs of dense, searched, uniform (0: none)")
+    p.add_argument("--rounds", type=int, default=20)
+    args = p.parse_args()
+    seeds, out = [int(s) for s in args.seeds.split(",")], Path(args.out)
+    settings, run, full, data, dense, space, table = setup(args.result, args.budget)
+    doc: dict = {"source": args.result, "budget": args.budget, "front_trial": args.front_trial,
+                 "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
                  "started": time.strftime("%H:%M:%S"), "rows": {}}  # fmt: skip
+    nets = {"dense": dense}
     for label in ("best", "uniform"):
-        policy = Policy.from_dict(run["final"][label]["policy"])
+        policy = Policy.from_dict(_policy_doc(run, label, args.front_trial))
         rows = doc["rows"].setdefault(label, [])
         for seed in seeds:
             t0 = time.perf_counter()
             ev = Evaluator(dense, data, space, table, finetune_epochs=settings["finetune_epochs"], seed=seed,
                            temperature=settings["temperature"])  # fmt: skip
             net, _ = ev.build(policy, "finetune")
+            nets[label] = net
             rows.append({"seed": seed, "test_accuracy": ds.evaluate(net, full, split="test").accuracy,
                          "val_accuracy": ds.evaluate(net, data, split="val").accuracy,
                          "weight_checksum": float(sum(p.detach().double().abs().sum() for p in net.parameters())),
                          "seconds": time.perf_counter() - t0})  # fmt: skip
             out.write_text(json.dumps(doc, indent=1))
+    if args.interleaves:
+        doc["timing"] = timing(nets, full.example_input, args.interleaves, args.rounds)
     doc["loadavg_after"], doc["finished"] = Path("/proc/loadavg").read_text().split()[:3], time.strftime("%H:%M:%S")
     out.write_text(json.dumps(doc, indent=1))
+
+
+def _policy_doc(run: dict[str, Any], label: str, front_trial: int | None) -> dict[str, Any]:
+    """The policy recovered as ``label``: the result's final one, or for "best" the front's trial ``front_trial``."""
+    if label == "uniform" or front_trial is None:
+        return run["final"][label]["policy"]
+    found = [c["policy"] for c in run["pareto_feasible"] if c["trial"] == front_trial]
+    if not found:
+        front = [c["trial"] for c in run["pareto_feasible"]]
+        raise SystemExit(f"trial {front_trial} is not on the result's front: {front}")
+    return found[0]
+
+
+def timing(nets: dict[str, Any], x: Any, interleaves: int, rounds: int) -> dict[str, Any]:
+    """The models timed interleaved, ``interleaves`` runs: each one's ms per run, ratio to dense and searched over
+    uniform run by run (with the load average before each run)."""
+    runs, loads = [], []
+    for _ in range(interleaves):
+        loads.append(Path("/proc/loadavg").read_text().split()[:3])
+        runs.append(time_models([(n, x) for n in nets.values()], threads=1, rounds=rounds))
+    ms = {label: [r[i] for r in runs] for i, label in enumerate(nets)}
+    found: dict[str, Any] = {"ms": ms, "loadavg": loads}
+    found["ratio_to_dense"] = {k: [a / b for a, b in zip(v, ms["dense"], strict=True)] for k, v in ms.items()}
+    found["searched_over_uniform"] = [a / b for a, b in zip(ms["best"], ms["uniform"], strict=True)]
+    return found
 
 
 if __name__ == "__main__":
