@@ -63,18 +63,20 @@ def test_the_node_sum_of_a_model_just_timed_reads_its_file_and_removes_it(fakes)
 def test_a_model_changed_since_its_measurement_or_another_input_shape_is_exported_again(fakes):
     table, nodes, log = fakes
     x = digits().example_input
-    pruned, flagged, other_shape, untouched = (trained_net() for _ in range(4))
-    table.measure([(m, x) for m in (pruned, flagged, other_shape, untouched)])
+    pruned, flagged, strided, other_shape, untouched = (trained_net() for _ in range(5))
+    table.measure([(m, x) for m in (pruned, flagged, strided, other_shape, untouched)])
     pruned[8] = nn.Linear(32, 5)  # a smaller head: another graph
     flagged[8].bits = 4  # a setting the export reads
+    strided[3].stride, strided[3].padding = (2, 2), (0, 0)  # same weights, tuple settings: another graph
     files = list(log["timed"])
     nodes.raw_model(pruned, x)
     nodes.raw_model(flagged, x)
+    nodes.raw_model(strided, x)
     nodes.raw_model(other_shape, torch.cat([x, x]))
-    assert len(log["exported"]) == 4 + 3 and not set(log["split"]) & set(files)
-    assert not Path(files[0]).exists()  # a stale file is removed, not kept
+    assert len(log["exported"]) == 5 + 4 and not set(log["split"]) & set(files)
+    assert not Path(files[0]).exists() and not Path(files[2]).exists()  # a stale file is removed, not kept
     nodes.raw_model(untouched, x)
-    assert len(log["exported"]) == 7 and log["split"][-1] == files[3]
+    assert len(log["exported"]) == 9 and log["split"][-1] == files[4]
 
 
 def test_the_next_measurement_removes_the_files_not_taken(fakes):

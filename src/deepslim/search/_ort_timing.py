@@ -110,15 +110,28 @@ class KeptFiles:
 
 def _structure(model: nn.Module, shape: Sequence[int]) -> tuple[Any, ...]:
     """What an exported graph's nodes depend on: the input shape, each module's type and plain settings (bits, a
-    dynamic flag, …) and each tensor's name, shape and dtype."""
-    plain = (bool, int, float, str, type(None))
-    modules = tuple((name, type(m).__qualname__, tuple(sorted((k, v) for k, v in vars(m).items()
-                                                              if isinstance(v, plain) and k != "training"
-                                                              and not k.startswith("_"))))
-                    for name, m in model.named_modules())  # fmt: skip
+    dynamic flag, a conv's stride and padding tuples, …) and each tensor's name, shape and dtype."""
+    modules = tuple((name, type(m).__qualname__, _settings(m)) for name, m in model.named_modules())
     tensors = tuple((k, tuple(t.shape), str(t.dtype)) for k, t in model.state_dict(keep_vars=True).items()
                     if isinstance(t, torch.Tensor))  # fmt: skip
     return tuple(shape), modules, tensors
+
+
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def _settings(module: nn.Module) -> tuple[tuple[str, Any], ...]:
+    """``module``'s public plain settings, sorted by name: plain values, and tuples or lists of them (a conv's stride,
+    padding, dilation) as tuples."""
+    found: list[tuple[str, Any]] = []
+    for k, v in vars(module).items():
+        if k.startswith("_") or k == "training":
+            continue
+        if isinstance(v, _PLAIN):
+            found.append((k, v))
+        elif isinstance(v, (tuple, list)) and all(isinstance(i, _PLAIN) for i in v):
+            found.append((k, tuple(v)))
+    return tuple(sorted(found))
 
 
 def time_models(pairs: Sequence[tuple[nn.Module, Any]], *, threads: int = 1, rounds: int = 10, block: int = 5,
