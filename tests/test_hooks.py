@@ -4,6 +4,7 @@ that runs the user's model once with hooks leaves none behind when that forward 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,6 +17,7 @@ from deepslim.analysis._training_trace import SavedTracer, trace_saved
 from deepslim.compress.quantize import _dynamic, _fidelity, _hooked_points
 from deepslim.compress.quantize._fidelity import LayerNoise
 from deepslim.errors import ConfigError
+from deepslim.export import _parity
 from deepslim.search.latency import layer_keys
 from deepslim.train.ondevice.convert import _block_shapes
 
@@ -100,6 +102,18 @@ def _fidelity_measure(model: nn.Sequential, monkeypatch: pytest.MonkeyPatch) -> 
     _fidelity.measure(model, {"3": model[3]}, [(X,)], [], [], 0.99, 0.9, points={"p": model[1]})
 
 
+def _worst_layer(model: nn.Sequential, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The parity check's worst-layer probe; a graph whose Conv and Gemm read layers 0 and 3's weights stands in for
+    the exported file (the forward raises before the file is read again)."""
+    import onnx
+    from onnx import helper
+
+    graph = helper.make_graph([helper.make_node("Conv", ["x", "0.weight"], ["conv"]),
+                               helper.make_node("Gemm", ["flat", "3.weight"], ["y"])], "fake", [], [])  # fmt: skip
+    monkeypatch.setattr(onnx, "load", lambda path: helper.make_model(graph))
+    _parity._worst_layer(model, Path("unread.onnx"), (X,))
+
+
 def _captured(model: nn.Sequential, monkeypatch: pytest.MonkeyPatch) -> None:
     with distill._captured(model, ["0", "3"], "student"):
         model(X)
@@ -115,6 +129,7 @@ SITES = {
     "analysis._training_trace.trace_saved": lambda model, mp: trace_saved(model, X, SavedTracer(set())),
     "train.distill._captured": _captured,
     "train.ondevice.convert._block_shapes": lambda model, mp: _block_shapes(model, {"0": model[0]}, X),
+    "export._parity._worst_layer": _worst_layer,
 }
 
 
