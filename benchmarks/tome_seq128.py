@@ -146,7 +146,7 @@ def held_out_monitor(teacher: torch.nn.Module, partial: Path) -> Any:
             out |= {f"{k}_mean": round(float(cos.mean()), 4), f"{k}_min": round(float(cos.min()), 4)}
         reduction, student.reduction = student.reduction, None  # type: ignore[assignment]
         torch.save(student.state_dict(), partial)
-        student.reduction = reduction  # type: ignore[assignment]
+        student.reduction = reduction
         return out
 
     return watch
