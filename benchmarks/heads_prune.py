@@ -18,6 +18,9 @@ Steps, run one at a time on a shared machine (each writes a JSON; the pruned mod
             --variants "lr=1.5e-4;lr=5e-4,batch_size=16"
         short distillations of one pruned model (``--policy``, or a saved one ``--from``), one per variant
         (EncoderKDConfig fields), each from the same weights on the same seeded batches under the same CPU budget
+    python benchmarks/heads_prune.py staged --policy "heads=1/3,calib=broad" --then "ffn=0.35,calib=broad" \
+            --cpu 600 --split 0.33 --lr 5e-4 --out /tmp/h13/staged
+        gradual pruning in one budget: the heads, distillation, then the hidden units ranked on the distilled student
 
 A policy: ``heads`` / ``ffn`` / ``flops`` (HeadPruneConfig's head_ratio / ffn_ratio / flops_ratio; fractions like 1/3
 allowed), ``calib`` (``doc``: 512 stdlib docstring sentences at seq 32, what transformer_encoder.py uses; ``broad``:
@@ -243,6 +246,36 @@ def distill(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, he
     result["student"] = {k: v for k, v in info.items() if k != "kept"}
 
 
+def staged(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, held: Texts, data32: Any,
+           result: dict[str, Any]) -> None:  # fmt: skip
+    """Gradual pruning inside one CPU budget: ``--policy`` (the heads), distil ``--split`` of ``--cpu``, then
+    ``--then`` (the hidden units) ranked on the partly distilled student, distil the rest on the batches a single
+    run would draw next (a warm restart of the schedule). The kept units are composed, so ``load`` reads the result."""
+    student, info = prune(teacher, args.policy, texts)
+    info["before"] = fidelity(student, teacher, held, data32)
+    student.encoder.embeddings.word_embeddings.weight.requires_grad_(not args.freeze_embeddings)
+    first = EncoderKDConfig(cpu_seconds=args.cpu * args.split, lr=args.lr, seed=args.seed)
+    info["kd1"] = distill_encoder(student, teacher, texts[1], texts[2], first)
+    info["middle"] = fidelity(student, teacher, held, data32)
+    kept = info.pop("kept")
+    c0 = time.process_time()
+    second, calib = parse_policy(args.then)
+    plan = prune_heads_(student, second, calibration(student, texts, calib))
+    info["prune2_cpu_s"] = round(time.process_time() - c0, 1)
+    info["kept"] = {b.name: [kept[b.name][i] for i in b.kept] for b in plan.blocks}
+    info["heads_per_layer"] = [b.keep for b in plan.blocks if b.unit == "heads"]
+    info["ffn_per_layer"] = [b.keep for b in plan.blocks if b.unit == "hidden units"]
+    info["pruned2"] = fidelity(student, teacher, held, data32)
+    rest = args.cpu - info["kd1"]["cpu_s"] - info["prune2_cpu_s"]
+    config = EncoderKDConfig(cpu_seconds=rest, lr=args.lr, seed=args.seed, skip_batches=info["kd1"]["steps"])
+    info["kd_config"] = config.to_dict() | {"freeze_word_embeddings": args.freeze_embeddings, "then": args.then}
+    info["kd"] = distill_encoder(student, teacher, texts[1], texts[2], config)
+    data128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
+    info["after"] = fidelity(student, teacher, held, data32, data128)
+    save(student, info, Path(args.out))
+    result["student"] = {k: v for k, v in info.items() if k != "kept"}
+
+
 def kd_spec(text: str) -> dict[str, Any]:
     """``lr=5e-4,batch_size=16,layer_weights=1:1:2`` -> EncoderKDConfig keyword arguments (``:`` separates a tuple)."""
     kw: dict[str, Any] = {}
@@ -282,7 +315,7 @@ def kdprobe(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, he
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("probe", "speed", "distill", "measure", "kdprobe"))
+    parser.add_argument("mode", choices=("probe", "speed", "distill", "measure", "kdprobe", "staged"))
     parser.add_argument("--json", required=True)
     parser.add_argument("--out", default="/tmp/h11/probe", help="prefix of the saved models")
     parser.add_argument("--policies", default="heads=1/3,ffn=0.25", help="probe: policies separated by ;")
@@ -294,6 +327,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--optimize", default="32", help="sequence lengths at which ORT transformer-optimizer fp32 "
                         "files are timed too (comma-separated; empty: none)")
+    parser.add_argument("--then", default="ffn=0.35,calib=broad", help="staged: the second pruning")
+    parser.add_argument("--split", type=float, default=1 / 3, help="staged: the share of --cpu before --then "
+                        "(the second pruning's CPU time comes out of the rest)")
     parser.add_argument("--cpu", type=float, default=600.0)
     parser.add_argument("--wall", type=float, default=None)
     parser.add_argument("--lr", type=float, default=1.5e-4)
@@ -320,6 +356,8 @@ def main() -> None:
             distill(args, teacher, texts, held, data32, result)
         elif args.mode == "kdprobe":
             kdprobe(args, teacher, texts, held, data32, result)
+        elif args.mode == "staged":
+            staged(args, teacher, texts, held, data32, result)
         else:
             data128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
             student, info = load(teacher, Path(args.from_[0]))
