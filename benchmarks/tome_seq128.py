@@ -21,7 +21,8 @@ order reversed every round, median thread-CPU time and wall time) at batch 1 and
 
 ``--kd-init PREFIX`` continues a saved ``--kd`` student of the same variant (a warm restart: fresh optimizer moments,
 a new warm-up and cosine schedule) on the batches its chain has not drawn yet; ``chain`` in its JSON counts the
-batches and CPU seconds of every run so far. ``--kd-monitor S`` (with ``--kd-targets tokens``) measures the student
+batches and CPU seconds of every run so far and the stream they come from (text count, batch size, seed: a
+``--kd-init`` of another stream is refused). ``--kd-monitor S`` (with ``--kd-targets tokens``) measures the student
 in PyTorch every S training CPU seconds on the 72 passages and the 32 full-length texts (cosine to the unmerged
 model's embeddings; held out from training, not used to pick anything) and saves its weights so far as
 ``PREFIX.partial.pt``.
@@ -45,6 +46,7 @@ import torch
 import deepslim as ds
 import deepslim.compress.tokens.encoders as enc
 from _common import result_header, write_json_atomic
+from deepslim._io import atomic_path
 from deepslim.compress.tokens import MergeTokensConfig, merge_tokens_
 from deepslim.data.text_corpus import CorpusConfig, build_corpus
 from deepslim.models.hf import tokenize
@@ -99,24 +101,40 @@ def kd_passages(teacher: torch.nn.Module, n: int) -> tuple[torch.Tensor, torch.T
     return ids[long][:n], mask[long][:n]
 
 
+KD_STREAM = {"batch_size": 16, "seed": 0}  # the distillation's batch stream, with the texts
+
+
+def stream(info: dict[str, Any]) -> dict[str, int]:
+    """What decides a saved student's batch stream: its text count, batch size and seed (a run that continues its
+    chain skips the batches drawn so far, so it must draw from the same stream)."""
+    return {"texts": int(info["texts"]), **{k: int(info["kd_config"][k]) for k in KD_STREAM}}
+
+
 def distilled(teacher: torch.nn.Module, args: argparse.Namespace) -> tuple[torch.nn.Module, dict[str, Any]]:
     student = copy.deepcopy(teacher)
     if args.kd_from is not None:
         student.load_state_dict(torch.load(prefixed(args.kd_from, ".pt")))
         return student.eval(), json.loads(prefixed(args.kd_from, ".json").read_text())
     info: dict[str, Any] = {"variant": args.kd}
+    ids, mask = kd_passages(teacher, args.kd_texts)
+    info["texts"] = len(ids)
+    skip = 0
     if args.kd_init is not None:
         before = json.loads(prefixed(args.kd_init, ".json").read_text())
         if before["variant"] != args.kd:
             raise SystemExit(f"--kd-init {args.kd_init} is a {before['variant']} student, not {args.kd}")
+        # the batches to skip are those of the chain's stream: continuing it needs the same texts, batch size, seed
+        was, now = before.get("chain", {}).get("stream", stream(before)), {"texts": len(ids), **KD_STREAM}
+        if was != now:
+            raise SystemExit(f"--kd-init {args.kd_init} drew its batches from another stream ({was}), this run "
+                             f"from {now}: give the same --kd-texts")  # fmt: skip
         student.load_state_dict(torch.load(prefixed(args.kd_init, ".pt")))
         info |= {"init": str(args.kd_init), "chain_before": chain(before)}
+        skip = int(info["chain_before"]["stream_batches"])
     merge_tokens_(student, config(args.kd, 128))
-    ids, mask = kd_passages(teacher, args.kd_texts)
-    kd = EncoderKDConfig(cpu_seconds=args.kd_cpu, wall_seconds=args.kd_wall, lr=args.kd_lr, batch_size=16, seed=0,
-                         hidden_weight=args.kd_hidden,
-                         skip_batches=int(info.get("chain_before", {}).get("stream_batches", 0)))  # fmt: skip
-    info |= {"texts": len(ids), "kd_config": kd.to_dict(), "targets": args.kd_targets}
+    kd = EncoderKDConfig(cpu_seconds=args.kd_cpu, wall_seconds=args.kd_wall, lr=args.kd_lr,
+                         hidden_weight=args.kd_hidden, skip_batches=skip, **KD_STREAM)  # fmt: skip
+    info |= {"kd_config": kd.to_dict(), "targets": args.kd_targets}
     prefix = Path(args.json).with_suffix(".tome_kd")
     if args.kd_targets == "tokens":
         watch = held_out_monitor(teacher, prefixed(prefix, ".partial.pt")) if args.kd_monitor else None
@@ -124,7 +142,7 @@ def distilled(teacher: torch.nn.Module, args: argparse.Namespace) -> tuple[torch
                                     monitor_every=args.kd_monitor or 300.0)  # fmt: skip
     else:
         info["kd"] = distill_encoder(student, teacher, ids, mask, kd)
-    info["chain"] = chain(info)
+    info["chain"] = chain(info) | {"stream": stream(info)}
     student.reduction = None  # saved without the reduction module (it holds no weights)
     torch.save(student.state_dict(), prefixed(prefix, ".pt"))
     prefixed(prefix, ".json").write_text(json.dumps(info, indent=1) + "\n")
@@ -145,7 +163,8 @@ def held_out_monitor(teacher: torch.nn.Module, partial: Path) -> Any:
             cos = torch.nn.functional.cosine_similarity(student(ids, (ids != 0).long()).double(), refs[k].double())
             out |= {f"{k}_mean": round(float(cos.mean()), 4), f"{k}_min": round(float(cos.min()), 4)}
         reduction, student.reduction = student.reduction, None  # type: ignore[assignment]
-        torch.save(student.state_dict(), partial)
+        with atomic_path(partial) as tmp:  # an interrupt while saving leaves the last complete weights
+            torch.save(student.state_dict(), tmp)
         student.reduction = reduction
         return out
 
@@ -217,6 +236,10 @@ def main() -> None:
                         help="--kd-targets tokens: held-out cosine every S training CPU-s (0: off)")  # fmt: skip
     parser.add_argument("--kd-from", type=Path, default=None, help="reuse PREFIX.pt/.json of an earlier --kd run")
     args = parser.parse_args()
+    if args.kd_monitor and args.kd_targets != "tokens":
+        parser.error("--kd-monitor needs --kd-targets tokens (distill_encoder has no monitor)")
+    if args.kd_init is not None and args.kd_from is not None:
+        parser.error("--kd-init continues a distillation and --kd-from reuses one without distilling: give one")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # the distillation's progress
     result = run(args)
     write_json_atomic(result, args.json)
