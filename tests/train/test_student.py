@@ -108,17 +108,29 @@ def test_a_token_merging_student_distils_on_full_length_batches(teacher):
 
 @pytest.mark.parametrize("setting", [{"layer_map": (0, 1, 2, 3)}, {"layer_weights": (1, 1, 1, 1)},
                                      {"relation_weight": 1.0}, {"relation_weight": 1.0, "relation_heads": 2},
-                                     {"hidden_weight": 2.0}])  # fmt: skip
+                                     {"hidden_weight": 2.0},
+                                     {"hidden_weight": 2.0, "layer_map": (0, 1, 2, 3)}])  # fmt: skip
 def test_a_token_merging_student_refuses_the_settings_it_would_ignore_by_name(teacher, setting):
     from deepslim.compress.tokens import MergeTokensConfig, merge_tokens_
+    from deepslim.train.token_kd import distill_tokens
 
     ids, mask = _texts(8)
     student = merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=2))
     before = [p.detach().clone() for p in student.parameters()]
-    name = next(iter(setting)) if "relation_heads" not in setting else "relation_weight"
-    with pytest.raises(ConfigError, match=rf"ignore {name}=.*distill_tokens"):
-        distill_encoder(student, teacher, ids, mask, EncoderKDConfig(steps=2, cpu_seconds=None, lr=1e-2, **setting))
+    config = EncoderKDConfig(steps=1, cpu_seconds=None, lr=1e-2, **setting)
+    with pytest.raises(ConfigError, match="would ignore") as refused:
+        distill_encoder(student, teacher, ids, mask, config)
+    assert all(f"{name}=" in str(refused.value) for name in setting)  # every refused setting, by name
     assert all(torch.equal(a, b) for a, b in zip(before, student.parameters(), strict=True))  # refused, not trained
+    # the advice holds: distill_tokens is offered exactly when it honours every refused setting
+    offered = "distill_tokens" in str(refused.value)
+    assert offered == (set(setting) <= {"layer_weights", "hidden_weight"}), str(refused.value)
+    if offered:
+        assert distill_tokens(copy.deepcopy(student), teacher, ids, mask, config)["steps"] == 1
+    else:
+        assert "no trainer of a token-reducing student uses it" in str(refused.value)
+        with pytest.raises(ConfigError, match="distill_tokens does not use"):
+            distill_tokens(copy.deepcopy(student), teacher, ids, mask, config)
     # the embeddings-only setting it honours runs (hidden_weight 0, as the default 1.0 does above)
     info = distill_encoder(student, teacher, ids, mask, EncoderKDConfig(steps=1, cpu_seconds=None, hidden_weight=0.0))
     assert info["steps"] == 1

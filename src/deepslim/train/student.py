@@ -265,17 +265,28 @@ def _relations(s: Attentions, t: Attentions, mask: torch.Tensor, config: Encoder
     return relation_loss(s.out, t.out, mask, s.heads, t.heads)
 
 
+_TOKEN_KD_SETTINGS = ("layer_weights", "hidden_weight")
+"""The settings of the hidden-state term that :func:`deepslim.train.token_kd.distill_tokens` honours for a
+token-reducing student (it refuses ``layer_map``, ``relation_weight`` and ``relation_heads``)."""
+
+
 def _refuse_token_settings(config: EncoderKDConfig) -> None:
     """A token-reducing student learns the pooled embedding only here (its token states differ in number from the
-    teacher's): a setting of the hidden-state or relation terms would be ignored, so it is refused instead.
-    ``hidden_weight`` at its default (1.0) or 0 is taken as unset (the default cannot be told from a value given)."""
-    unused = [f"{name}={getattr(config, name)!r}" for name in ("layer_map", "layer_weights", "relation_weight")
-              if getattr(config, name) not in (None, 0)]  # fmt: skip
+    teacher's): a setting of the hidden-state or relation terms would be ignored, so it is refused instead — pointing
+    to token_kd.distill_tokens only when that trainer honours every refused setting. ``hidden_weight`` at its default
+    (1.0) or 0 is taken as unset (the default cannot be told from a value given)."""
+    names = [name for name in ("layer_map", "layer_weights", "relation_weight", "relation_heads")
+             if getattr(config, name) not in (None, 0)]  # fmt: skip
     if config.hidden_weight not in (0.0, EncoderKDConfig.hidden_weight):
-        unused.append(f"hidden_weight={config.hidden_weight!r}")
-    if unused:
-        raise ConfigError(f"distill_encoder learns only the embeddings of a token-reducing student and would "
-                          f"ignore {', '.join(unused)}: leave it unset, or use token_kd.distill_tokens")  # fmt: skip
+        names.append("hidden_weight")
+    if not names:
+        return
+    unused = ", ".join(f"{name}={getattr(config, name)!r}" for name in names)
+    nowhere = [name for name in names if name not in _TOKEN_KD_SETTINGS]
+    advice = (f"leave {', '.join(nowhere)} unset (no trainer of a token-reducing student uses it)" if nowhere else
+              "leave it unset, or use token_kd.distill_tokens")  # fmt: skip
+    raise ConfigError(f"distill_encoder learns only the embeddings of a token-reducing student and would ignore "
+                      f"{unused}: {advice}")  # fmt: skip
 
 
 def distill_encoder(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, mask: torch.Tensor,
