@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -14,12 +15,14 @@ from deepslim import LinearQuantConfig, quantize_
 from deepslim._hooks import hooked
 from deepslim.analysis._tracer import Tracer, run
 from deepslim.analysis._training_trace import SavedTracer, trace_saved
+from deepslim.compress.prune import _refit
 from deepslim.compress.quantize import _dynamic, _fidelity, _hooked_points
 from deepslim.compress.quantize._fidelity import LayerNoise
 from deepslim.errors import ConfigError
 from deepslim.export import _parity
 from deepslim.search.latency import layer_keys
 from deepslim.train.ondevice.convert import _block_shapes
+from deepslim.train.student import Attentions
 
 lowrank = importlib.import_module("deepslim.compress.lowrank")
 distill = importlib.import_module("deepslim.train.distill")  # the module (deepslim.train.distill is the function)
@@ -119,6 +122,20 @@ def _captured(model: nn.Sequential, monkeypatch: pytest.MonkeyPatch) -> None:
         model(X)
 
 
+def _encoder(**projections: nn.Module) -> SimpleNamespace:
+    """An encoder as Attentions reads one: a single layer whose self-attention holds the given projections."""
+    attn = nn.Module()
+    for name, m in projections.items():
+        setattr(attn, name, m)
+    return SimpleNamespace(encoder=SimpleNamespace(layer=[SimpleNamespace(attention=SimpleNamespace(self=attn))]))
+
+
+def _attentions(model: nn.Sequential, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Relation distillation's query/key/value capture, with layers 0, 3 and the ReLU standing in for them."""
+    with Attentions(_encoder(query=model[0], key=model[3], value=model[1]), [0]):
+        model(X)
+
+
 SITES = {
     "search.latency.layer_keys": lambda model, mp: layer_keys(model, X, {}),
     "lowrank._positions": lambda model, mp: lowrank._positions(model, {"0": model[0], "3": model[3]}, X),
@@ -130,6 +147,11 @@ SITES = {
     "train.distill._captured": _captured,
     "train.ondevice.convert._block_shapes": lambda model, mp: _block_shapes(model, {"0": model[0]}, X),
     "export._parity._worst_layer": _worst_layer,
+    # the capture hooks sit on the raising layer itself: an earlier one would stop the forward before it
+    "compress.prune._refit.targets": lambda model, mp: _refit.targets(model, [model[4]], [X], lambda b: b),
+    "compress.prune._refit.forward_order": lambda model, mp: _refit.forward_order(model, [model[0], model[3]], X,
+                                                                                  lambda b: b),  # fmt: skip
+    "train.student.Attentions": _attentions,
 }
 
 
@@ -141,6 +163,30 @@ def test_a_measurement_whose_forward_raises_leaves_no_hooks_on_the_users_model(s
     with pytest.raises(RuntimeError, match="boom"):
         SITES[site](model, monkeypatch)
     assert _count(model) == before >= 1
+
+
+def test_the_refit_capture_hooks_pre_and_forward_on_one_module_and_leaves_none():
+    model = _model(boom=False)
+    model[0].register_forward_pre_hook(lambda m, a: None)  # the user's own: it must stay
+    inputs = _refit._capture(model, model[3], [X], True, lambda b: b)
+    (outputs,) = _refit.targets(model, [model[3]], [X], lambda b: b)
+    with torch.no_grad():
+        assert torch.allclose(inputs, model[:3](X).double()) and torch.allclose(outputs, model(X).double())
+    assert _count(model) == 1
+    assert _refit.forward_order(model, [model[3], model[0]], X, lambda b: b) == [1, 0] and _count(model) == 1
+
+
+def test_attentions_capture_each_projection_and_a_missing_one_registers_nothing():
+    model = _model(boom=False)
+    with Attentions(_encoder(query=model[0], key=model[3], value=model[1]), [0]) as captured:
+        assert _count(model) == 3
+        model(X)
+    assert _count(model) == 0
+    out = captured.outs[0]
+    assert out["query"].shape == (2, 4, 6, 6) and out["value"].shape == (2, 4, 6, 6) and out["key"].shape == (2, 5)
+    with pytest.raises(AttributeError, match="value"), Attentions(_encoder(query=model[0], key=model[3]), [0]):
+        pass  # query and key are found before value is missed: neither may keep a hook
+    assert _count(model) == 0
 
 
 def test_a_hook_that_refuses_the_model_leaves_no_hooks_either():

@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepslim._hooks import ForwardHook, hooked
 from deepslim.config import Config
 from deepslim.errors import ConfigError, UnsupportedModelError
 from deepslim.models.hf import SentenceEncoder, mean_pool
@@ -177,18 +178,22 @@ class Attentions:
     def __init__(self, encoder: Any, layers: Sequence[int]):
         self.attns = [encoder.encoder.layer[i].attention.self for i in layers]
         self.outs: list[dict[str, torch.Tensor]] = [{} for _ in self.attns]
-        self.handles: list[Any] = []
+        self._hooks = contextlib.ExitStack()
+
+    def _hook(self, key: str) -> ForwardHook:
+        """The hook of projection ``key`` ("<index in layers>.<query|key|value>"): it keeps that output in outs."""
+        i, name = key.split(".")
+        out = self.outs[int(i)]
+        return lambda _m, _i, y: out.__setitem__(name, y)
 
     def __enter__(self) -> Attentions:
-        for attn, out in zip(self.attns, self.outs, strict=True):
-            for name in ("query", "key", "value"):
-                hook = (lambda o, n: lambda _m, _i, y: o.__setitem__(n, y))(out, name)
-                self.handles.append(getattr(attn, name).register_forward_hook(hook))
+        projections = {f"{i}.{name}": getattr(attn, name) for i, attn in enumerate(self.attns)
+                       for name in ("query", "key", "value")}  # fmt: skip
+        self._hooks.enter_context(hooked(projections, forward=self._hook))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for h in self.handles:
-            h.remove()
+        self._hooks.close()
 
 
 class LastAttention(Attentions):

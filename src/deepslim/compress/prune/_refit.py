@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from deepslim._hooks import hooked
 from deepslim._modes import inference_mode
 from deepslim.models.adapters import layer_kind, weight_of
 from deepslim.tasks import call_model
@@ -51,16 +52,11 @@ def _capture(model: nn.Module, m: nn.Module, batches: Sequence[Any], inputs: boo
         found.append(_rows(out.detach(), current[0]).double().cpu())
         raise _Stop
 
-    handles = [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
-    try:
-        with inference_mode(model), torch.no_grad():
-            for batch in batches:
-                current[0] = model_inputs(batch)
-                with contextlib.suppress(_Stop):
-                    call_model(model, current[0])
-    finally:
-        for h in handles:
-            h.remove()
+    with hooked({"": m}, pre=lambda _: pre, forward=lambda _: post), inference_mode(model), torch.no_grad():
+        for batch in batches:
+            current[0] = model_inputs(batch)
+            with contextlib.suppress(_Stop):
+                call_model(model, current[0])
     return torch.cat(found)[:MAX_ROWS]
 
 
@@ -74,13 +70,9 @@ def forward_order(model: nn.Module, layers: Sequence[nn.Module], batch: Any,
     their given order). Blocks are found in module order, which need not be the order of computation: a BERT layer's
     feed-forward block is the layer module itself, listed before the attention module inside it, yet runs after it."""
     seen: list[int] = []
-    handles = [m.register_forward_pre_hook(_recorder(seen, i)) for i, m in enumerate(layers)]
-    try:
-        with inference_mode(model), torch.no_grad():
-            call_model(model, model_inputs(batch))
-    finally:
-        for h in handles:
-            h.remove()
+    with (hooked({str(i): m for i, m in enumerate(layers)}, pre=lambda name: _recorder(seen, int(name))),
+          inference_mode(model), torch.no_grad()):  # fmt: skip
+        call_model(model, model_inputs(batch))
     order = list(dict.fromkeys(seen))
     return order + [i for i in range(len(layers)) if i not in order]
 
