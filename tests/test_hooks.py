@@ -25,6 +25,7 @@ from deepslim.train.ondevice.convert import _block_shapes
 from deepslim.train.student import Attentions
 
 lowrank = importlib.import_module("deepslim.compress.lowrank")
+depth = importlib.import_module("deepslim.compress.prune.depth")
 distill = importlib.import_module("deepslim.train.distill")  # the module (deepslim.train.distill is the function)
 
 
@@ -152,6 +153,8 @@ SITES = {
     "compress.prune._refit.forward_order": lambda model, mp: _refit.forward_order(model, [model[0], model[3]], X,
                                                                                   lambda b: b),  # fmt: skip
     "train.student.Attentions": _attentions,
+    "compress.prune.depth._io_shapes": lambda model, mp: depth._io_shapes(model, X),
+    "compress.prune.depth._importance": lambda model, mp: depth._importance(model, ["1"], X, [(X, None)]),
 }
 
 

@@ -31,6 +31,7 @@ import torch.fx as fx
 import torch.nn.functional as F
 from torch import nn
 
+from deepslim._hooks import hooked
 from deepslim._modes import inference_mode
 from deepslim.config import Config
 from deepslim.errors import ConfigError
@@ -155,14 +156,9 @@ def _io_shapes(model: nn.Module, example_input: Any) -> dict[str, list[tuple[Sha
 
         return record
 
-    handles = [block.register_forward_hook(hook(name)) for name, block in _candidates(model)]
     args = example_input if isinstance(example_input, tuple) else (example_input,)
-    try:
-        with inference_mode(model), torch.no_grad():
-            model(*args)
-    finally:
-        for h in handles:
-            h.remove()
+    with hooked(_candidates(model), forward=hook), inference_mode(model), torch.no_grad():
+        model(*args)
     return calls
 
 
@@ -244,15 +240,10 @@ def _importance(model: nn.Module, names: list[str], example_input: Any,
         if len(batches) == _IMPORTANCE_BATCHES:
             break
     batches = batches or [example_input]
-    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
-    try:
-        with inference_mode(model), torch.no_grad():
-            for x in batches:
-                if isinstance(x, Mapping):  # a tokenized batch
-                    model(**x)
-                else:
-                    model(*(x if isinstance(x, tuple) else (x,)))
-    finally:
-        for h in handles:
-            h.remove()
+    with hooked([(n, model.get_submodule(n)) for n in names], forward=hook), inference_mode(model), torch.no_grad():
+        for x in batches:
+            if isinstance(x, Mapping):  # a tokenized batch
+                model(**x)
+            else:
+                model(*(x if isinstance(x, tuple) else (x,)))
     return {n: s / len(batches) for n, s in sums.items()}
