@@ -57,3 +57,30 @@ def test_a_search_judges_a_repeated_canonical_policy_once_and_records_the_repeat
     kept = [c for c in result.trials if not c.policy.drop["4"]]
     assert all("repeat_of" not in c.measurement.extra for c in kept)  # differing outside a dropped block: judged
     assert sum(c.policy.drop["4"] for c in result.pareto) <= 1  # one model is one point of the front
+
+
+def test_a_repeat_of_a_checked_trial_is_not_a_second_point_of_the_latency_tables_check(tmp_path):
+    """check_every=1: every judged trial is measured end to end; the repeat is not measured, so its record carries
+    no measured latency of its own (it says which trial it repeats) and the table's check holds each model once."""
+    pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    from deepslim.search import search
+    from deepslim.search.latency import LatencyTable
+    from tests.search._tiny import fake_ms
+
+    def model_timer(pairs):  # deterministic end-to-end "measurement": 1 ms per 10k parameters
+        return [sum(p.numel() for p in m.parameters()) / 1e4 for m, _ in pairs]
+
+    table = LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys], model_timer=model_timer)
+    space = SearchSpace(groups=(), int8_layers=("4.conv2",), blocks=("4",))
+    result = search(trained(), digits(), space, ("accuracy", "latency"), "latency=0.95x", trials=4, strategy="grid",
+                    out_dir=tmp_path, latency_table=table, check_every=1, **FAST)  # fmt: skip
+    assert result.cost["trials_repeated"] == 1
+    (repeat,) = [c for c in result.trials if "repeat_of" in c.measurement.extra]
+    first = next(c for c in result.trials if c.trial == repeat.measurement.extra["repeat_of"])
+    assert first.measurement.measured_latency_ms is not None  # the first was checked end to end
+    assert repeat.measurement.measured_latency_ms is None and repeat.measurement.runtime is None
+    assert repeat.latency_ms == first.latency_ms  # both judged by the prediction
+    rows = [row["trial"] for row in result.latency_table["rows"] if row["trial"] is not None]
+    remeasured = [c.trial for c in result.finalists]  # a finalist's re-measurement is a point of its own
+    assert sorted(set(rows)) == sorted(c.trial for c in result.trials if c is not repeat) == [0, 1, 2]
+    assert all(rows.count(t) == 1 + remeasured.count(t) for t in (0, 1, 2))  # each measured model once

@@ -390,7 +390,9 @@ def trial_objective(ev: Evaluator, objectives: tuple[str, ...], limits: dict[str
         first = first_judged(trial, ev.space, policy)
         if first is not None:  # the same model as an earlier trial: its judgement, recorded as a repeat of it
             trial.set_user_attr(REPEAT_ATTR, first.trial)
-            m = replace(first.measurement, extra={**first.measurement.extra, REPEAT_ATTR: first.trial})
+            # not measured end to end itself: the first trial's measurement is one point of the table's check
+            m = replace(first.measurement, measured_latency_ms=None, runtime=None,
+                        extra={**first.measurement.extra, REPEAT_ATTR: first.trial})  # fmt: skip
             cand = _feasible(replace(first, policy=policy, measurement=m, trial=trial.number), limits)
         else:
             measure = (check_every > 0 and ev.table.end_to_end and trial.number % check_every == 0
