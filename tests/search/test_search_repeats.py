@@ -57,6 +57,16 @@ def test_a_search_judges_a_repeated_canonical_policy_once_and_records_the_repeat
     kept = [c for c in result.trials if not c.policy.drop["4"]]
     assert all("repeat_of" not in c.measurement.extra for c in kept)  # differing outside a dropped block: judged
     assert sum(c.policy.drop["4"] for c in result.pareto) <= 1  # one model is one point of the front
+    # search.json reports the model each policy builds; a choice sampled inside the dropped block only as sampled
+    doc = result.to_dict()
+    docs = {d["trial"]: d for d in doc["trials"]}
+    assert docs[repeat.trial]["policy"] == docs[first.trial]["policy"] == space.canonical(first.policy).to_dict()
+    for c in result.trials:
+        inside = c.policy.drop["4"] and c.policy.int8["4.conv2"]  # int8 chosen for a layer that was dropped
+        assert docs[c.trial].get("policy_sampled") == (c.policy.to_dict() if inside else None)
+    assert sum("policy_sampled" in d for d in doc["trials"]) == 1
+    for d in (doc["best"], *doc["pareto"], *doc["finalists"], *doc["trials"]):
+        assert not (d["policy"]["drop"]["4"] and d["policy"]["int8"]["4.conv2"])
 
 
 def test_a_repeat_of_a_checked_trial_is_not_a_second_point_of_the_latency_tables_check(tmp_path):

@@ -75,16 +75,29 @@ class SearchResult:
     notes: tuple[str, ...] = ()  # finalists passed over (over budget when re-measured), uniform returned as best
 
     def to_dict(self) -> dict[str, Any]:
+        """The result as JSON. Each candidate's ``policy`` is the model it builds (:meth:`SearchSpace.canonical`:
+        choices inside a dropped block at the dense values); where the trial sampled other values there, they are
+        kept as ``policy_sampled``. ``cost``'s trial counts cover the whole (maybe resumed) study, its ``cpu_s`` and
+        ``wall_s`` this call."""
+
         def cand(c: Candidate | None) -> dict[str, Any] | None:
-            return c.to_dict() if c is not None else None
+            if c is None:
+                return None
+            doc = c.to_dict()
+            built = self.space.canonical(c.policy)
+            if built != c.policy:
+                doc["policy"], doc["policy_sampled"] = built.to_dict(), doc["policy"]
+            return doc
+
+        def cands(cs: Sequence[Candidate]) -> list[dict[str, Any] | None]:
+            return [cand(c) for c in cs]
 
         return {"objectives": list(self.objectives), "budget": [b.to_dict() for b in self.budgets],
                 "limits": dict(self.limits), "dense": cand(self.dense), "uniform": cand(self.uniform),
-                "best": cand(self.best), "pareto": [c.to_dict() for c in self.pareto],
-                "trials": [c.to_dict() for c in self.trials],
-                "uniform_family": [c.to_dict() for c in self.uniform_family],
+                "best": cand(self.best), "pareto": cands(self.pareto), "trials": cands(self.trials),
+                "uniform_family": cands(self.uniform_family),
                 "latency_table": self.latency_table, "cost": dict(self.cost), "study": dict(self.study),
-                "finalists": [c.to_dict() for c in self.finalists], "notes": list(self.notes),
+                "finalists": cands(self.finalists), "notes": list(self.notes),
                 "space": self.space.to_dict()}  # fmt: skip
 
 
@@ -277,7 +290,8 @@ def _cpu_seconds() -> float:
 
 def _cost(n: int, started: float, cpu0: float, repeated: int = 0) -> dict[str, float]:
     """What the search cost: ``trials`` completed, of which ``trials_repeated`` re-used an earlier trial's judgement
-    (the same model: :func:`first_judged`) and ``trials_evaluated`` were judged; wall and CPU seconds, energy."""
+    (the same model: :func:`first_judged`) and ``trials_evaluated`` were judged — counted over the whole study, a
+    resumed one's earlier calls included; wall and CPU seconds and energy of this call alone."""
     cpu = _cpu_seconds() - cpu0
     return {"trials": n, "trials_evaluated": n - repeated, "trials_repeated": repeated,
             "wall_s": time.perf_counter() - started, "cpu_s": cpu,
