@@ -144,8 +144,10 @@ def distilled(teacher: torch.nn.Module, args: argparse.Namespace) -> tuple[torch
         info["kd"] = distill_encoder(student, teacher, ids, mask, kd)
     info["chain"] = chain(info) | {"stream": stream(info)}
     student.reduction = None  # saved without the reduction module (it holds no weights)
-    torch.save(student.state_dict(), prefixed(prefix, ".pt"))
-    prefixed(prefix, ".json").write_text(json.dumps(info, indent=1) + "\n")
+    with atomic_path(prefixed(prefix, ".pt")) as tmp:  # an interrupt leaves no half-written weights
+        torch.save(student.state_dict(), tmp)
+    with atomic_path(prefixed(prefix, ".json")) as tmp:
+        tmp.write_text(json.dumps(info, indent=1) + "\n")
     return student.eval(), info
 
 
