@@ -270,9 +270,15 @@ def _relations(s: Attentions, t: Attentions, mask: torch.Tensor, config: Encoder
     return relation_loss(s.out, t.out, mask, s.heads, t.heads)
 
 
-_TOKEN_KD_SETTINGS = ("layer_weights", "hidden_weight")
-"""The settings of the hidden-state term that :func:`deepslim.train.token_kd.distill_tokens` honours for a
-token-reducing student (it refuses ``layer_map``, ``relation_weight`` and ``relation_heads``)."""
+TOKEN_STUDENT_UNUSED = ("layer_map", "relation_weight", "relation_heads")
+"""Settings no trainer of a token-reducing student uses: :func:`deepslim.train.token_kd.distill_tokens` maps layer to
+layer and learns token states, not relations (it honours ``layer_weights`` and ``hidden_weight``); both trainers
+refuse them."""
+
+
+def set_settings(config: EncoderKDConfig, names: Sequence[str]) -> list[str]:
+    """Those of ``names`` that ``config`` sets (neither None nor 0)."""
+    return [name for name in names if getattr(config, name) not in (None, 0)]
 
 
 def _refuse_token_settings(config: EncoderKDConfig) -> None:
@@ -280,14 +286,13 @@ def _refuse_token_settings(config: EncoderKDConfig) -> None:
     teacher's): a setting of the hidden-state or relation terms would be ignored, so it is refused instead — pointing
     to token_kd.distill_tokens only when that trainer honours every refused setting. ``hidden_weight`` at its default
     (1.0) or 0 is taken as unset (the default cannot be told from a value given)."""
-    names = [name for name in ("layer_map", "layer_weights", "relation_weight", "relation_heads")
-             if getattr(config, name) not in (None, 0)]  # fmt: skip
+    names = set_settings(config, ("layer_map", "layer_weights", "relation_weight", "relation_heads"))
     if config.hidden_weight not in (0.0, EncoderKDConfig.hidden_weight):
         names.append("hidden_weight")
     if not names:
         return
     unused = ", ".join(f"{name}={getattr(config, name)!r}" for name in names)
-    nowhere = [name for name in names if name not in _TOKEN_KD_SETTINGS]
+    nowhere = [name for name in names if name in TOKEN_STUDENT_UNUSED]
     advice = (f"leave {', '.join(nowhere)} unset (no trainer of a token-reducing student uses it)" if nowhere else
               "leave it unset, or use token_kd.distill_tokens")  # fmt: skip
     raise ConfigError(f"distill_encoder learns only the embeddings of a token-reducing student and would ignore "

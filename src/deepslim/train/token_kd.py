@@ -30,7 +30,13 @@ from torch import nn
 
 from deepslim.errors import ConfigError, UnsupportedModelError
 from deepslim.models.hf import SentenceEncoder, mean_pool
-from deepslim.train.student import EncoderKDConfig, length_batches, spent_share
+from deepslim.train.student import (
+    TOKEN_STUDENT_UNUSED,
+    EncoderKDConfig,
+    length_batches,
+    set_settings,
+    spent_share,
+)
 
 log = logging.getLogger(__name__)
 
@@ -77,8 +83,7 @@ def distill_tokens(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, ma
     if config.layer_weights is not None and len(config.layer_weights) != n_s:
         raise ConfigError(f"layer_weights has {len(config.layer_weights)} weights, the student {n_s} layers: "
                           f"give one per layer")  # fmt: skip
-    unused = [f"{name}={getattr(config, name)!r}" for name in ("layer_map", "relation_weight", "relation_heads")
-              if getattr(config, name) not in (None, 0)]  # fmt: skip
+    unused = [f"{name}={getattr(config, name)!r}" for name in set_settings(config, TOKEN_STUDENT_UNUSED)]
     if unused:
         raise ConfigError(f"distill_tokens does not use {', '.join(unused)} (the student maps layer to layer and "
                           f"learns token states, not relations): leave it unset or use distill_encoder")  # fmt: skip
