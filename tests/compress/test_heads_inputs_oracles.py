@@ -46,7 +46,26 @@ def test_sensitivity_refuses_a_model_without_floating_point_outputs_and_an_empty
     with pytest.raises(ConfigError, match=r"^sensitivity importance needs calib_data with at least one batch of "
                                           r"model inputs$"):  # fmt: skip
         hp.sensitivity(model, blocks, [])
-    assert all(not m._forward_hooks for m in model.modules())  # the gates are removed either way
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())  # gates removed
+
+
+def test_a_gate_that_cannot_be_installed_leaves_none_of_the_others_on_the_model(monkeypatch):
+    model = _vit()
+    blocks, _ = hp.find_blocks(model)
+    assert len(blocks) == 2  # the first block's gate goes on before the second one's fails
+
+    def refuse(*_args, **_kw):
+        raise RuntimeError("no hooks on this module")
+
+    monkeypatch.setattr(blocks[1].output, "register_forward_pre_hook", refuse)
+    with pytest.raises(RuntimeError, match="no hooks on this module"):
+        hp.sensitivity(model, blocks, [torch.randn(2, 3, 8, 8)])
+    assert not blocks[0].output._forward_pre_hooks
+    before = model(torch.ones(1, 3, 8, 8))
+    monkeypatch.undo()
+    scores = hp.sensitivity(model, blocks, [torch.randn(2, 3, 8, 8)])
+    assert [len(s) for s in scores] == [b.units for b in blocks]
+    torch.testing.assert_close(model(torch.ones(1, 3, 8, 8)), before)  # nothing left behind either time
 
 
 def test_the_plan_names_every_block_and_the_refit_and_summary_are_logged_per_block(caplog):

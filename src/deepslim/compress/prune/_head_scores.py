@@ -6,13 +6,13 @@ output change when a unit is gated off, estimated with random projections), and 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 from torch.utils._pytree import tree_leaves
 
+from deepslim._hooks import hooked
 from deepslim._modes import inference_mode
 from deepslim.errors import ConfigError
 from deepslim.tasks import call_model
@@ -21,27 +21,14 @@ if TYPE_CHECKING:
     from deepslim.compress.prune.heads import Block
 
 
-@dataclass
-class _Gates:
-    """One gate per unit on the input of each block's output projection (1.0: the model unchanged)."""
-
-    blocks: list[Block]
-    values: list[torch.Tensor]
-    handles: list[Any]
-
-    @classmethod
-    def install(cls, blocks: list[Block]) -> _Gates:
-        values, handles = [], []
-        for b in blocks:
-            p = next(b.output.parameters())
-            gate = torch.ones(b.units, dtype=p.dtype, device=p.device, requires_grad=True)
-            values.append(gate)
-            handles.append(b.output.register_forward_pre_hook(_gate_hook(gate, b.unit_width)))
-        return cls(blocks, values, handles)
-
-    def remove(self) -> None:
-        for h in self.handles:
-            h.remove()
+def _gates(blocks: list[Block]) -> list[torch.Tensor]:
+    """One gate per unit on the input of each block's output projection (1.0: the model unchanged), in the dtype
+    and on the device of that projection."""
+    out = []
+    for b in blocks:
+        p = next(b.output.parameters())
+        out.append(torch.ones(b.units, dtype=p.dtype, device=p.device, requires_grad=True))
+    return out
 
 
 def _gate_hook(gate: torch.Tensor, width: int) -> Any:
@@ -63,26 +50,25 @@ def _model_inputs(batch: Any) -> Any:
 def sensitivity(model: nn.Module, blocks: list[Block], calib_data: Iterable[Any], *, batches: int = 8,
                 probes: int = 2, seed: int = 0) -> list[torch.Tensor]:  # fmt: skip
     """Per block, Σ over samples of ‖∂outputs/∂gate_u‖² for each unit (random-projection estimate)."""
-    gates = _Gates.install(blocks)
+    gates = _gates(blocks)
     scores = [torch.zeros(b.units) for b in blocks]
     gen = torch.Generator().manual_seed(seed)
     seen = 0
-    try:
-        with inference_mode(model):
-            for batch in _take(calib_data, batches):
-                outs = [t for t in tree_leaves(call_model(model, _model_inputs(batch)))
-                        if isinstance(t, torch.Tensor) and t.is_floating_point()]  # fmt: skip
-                if not outs:
-                    raise ConfigError("sensitivity needs a model with floating-point outputs")
-                for k in range(probes):
-                    probe = torch.stack([(torch.randn(t.shape, generator=gen).to(t) * t).sum() for t in outs]).sum()
-                    grads = torch.autograd.grad(probe, gates.values, retain_graph=k + 1 < probes, allow_unused=True)
-                    for s, g in zip(scores, grads, strict=True):
-                        if g is not None:
-                            s += g.detach().float().cpu().pow(2) / probes
-                seen += 1
-    finally:
-        gates.remove()
+    outputs = {str(i): b.output for i, b in enumerate(blocks)}
+    # hooked removes every gate it installed on the way out, also when installing one of them fails part-way
+    with hooked(outputs, pre=lambda i: _gate_hook(gates[int(i)], blocks[int(i)].unit_width)), inference_mode(model):
+        for batch in _take(calib_data, batches):
+            outs = [t for t in tree_leaves(call_model(model, _model_inputs(batch)))
+                    if isinstance(t, torch.Tensor) and t.is_floating_point()]  # fmt: skip
+            if not outs:
+                raise ConfigError("sensitivity needs a model with floating-point outputs")
+            for k in range(probes):
+                probe = torch.stack([(torch.randn(t.shape, generator=gen).to(t) * t).sum() for t in outs]).sum()
+                grads = torch.autograd.grad(probe, gates, retain_graph=k + 1 < probes, allow_unused=True)
+                for s, g in zip(scores, grads, strict=True):
+                    if g is not None:
+                        s += g.detach().float().cpu().pow(2) / probes
+            seen += 1
     if not seen:
         raise ConfigError("sensitivity importance needs calib_data with at least one batch of model inputs")
     return scores
