@@ -29,7 +29,16 @@ from _common import result_header, write_json_atomic
 from deepslim.compress.tokens import drop_layers_
 from deepslim.tasks.similarity import sentence_fidelity
 from deepslim.train.student import EncoderKDConfig, distill_encoder
-from transformer_encoder import STUDENT_KEEP, _save, chain, distill_texts, heldout_fidelity, prefixed
+from transformer_encoder import (
+    STUDENT_KEEP,
+    _save,
+    chain,
+    continued_chain,
+    distill_texts,
+    heldout_fidelity,
+    prefixed,
+    student_stream,
+)
 
 PROBES: dict[str, dict[str, Any]] = {
     "control": {"hidden_weight": 1.0},  # session 10's loss: embeddings + hidden states of layers 0, 3, 5
@@ -42,14 +51,15 @@ PROBES: dict[str, dict[str, Any]] = {
 def probe(name: str, teacher: torch.nn.Module, init: Path, texts: Any, args: argparse.Namespace) -> tuple[Any, dict]:
     student = drop_layers_(copy.deepcopy(teacher), STUDENT_KEEP)
     student.load_state_dict(torch.load(prefixed(init, ".pt")))
-    before = chain(json.loads(prefixed(init, ".json").read_text()))
+    stream = student_stream("broad", args.seed, texts, EncoderKDConfig.batch_size)
+    before = continued_chain(init, stream)  # refused unless the saved chain drew from this stream
     spec = {"lr": args.lr} | PROBES[name]
     config = EncoderKDConfig(cpu_seconds=None, steps=args.steps, layer_map=tuple(STUDENT_KEEP), seed=args.seed,
                              skip_batches=int(before["stream_batches"]), **spec)  # fmt: skip
     info: dict[str, Any] = {"keep": STUDENT_KEEP, "probe": name, "init": str(init), "chain_before": before,
                             "config": config.to_dict()}  # fmt: skip
     info["kd"] = distill_encoder(student, teacher, texts[1], texts[2], config)
-    info["chain"] = chain(info)
+    info["chain"] = chain(info) | {"stream": stream}
     return student.eval(), info
 
 

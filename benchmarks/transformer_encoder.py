@@ -199,28 +199,49 @@ def chain(info: dict) -> dict[str, float]:
             "cpu_s": round(before["cpu_s"] + kd["cpu_s"], 1), "runs": before.get("runs", 0) + 1}
 
 
+def student_stream(corpus: str, seed: int, texts: Texts, batch_size: int) -> dict[str, Any]:
+    """What decides a 3-layer student's batch stream: the distillation text (corpus, seed, count), the batch size
+    and the seed of the batch order (a run that continues its chain skips the batches drawn so far, so it must draw
+    from the same stream)."""
+    return {"corpus": corpus, "seed": seed, "texts": len(texts[1]), "batch_size": batch_size}
+
+
+def continued_chain(init: Path, now: dict[str, Any]) -> dict[str, float]:
+    """The chain of the saved student ``init`` (PREFIX), refused unless it drew its batches from the stream ``now``
+    (skipping another stream's batch count would neither continue it nor start afresh); a student saved before its
+    chain recorded its stream is refused too."""
+    before = json.loads(prefixed(init, ".json").read_text())
+    was = before.get("chain", {}).get("stream")
+    if was != now:
+        drew = f"drew its batches from another stream ({was})" if was else "records no batch stream"
+        raise SystemExit(f"the saved student {init} {drew}, this run from {now}: continue it on the same text "
+                         f"(corpus and seed) and batch size")  # fmt: skip
+    return chain(before)
+
+
 def student3(teacher: torch.nn.Module, args: argparse.Namespace, texts: Texts,
              load: Path | None) -> tuple[Any, dict]:  # fmt: skip
     """Layers 0, 3 and 5 kept (the three whose embeddings start closest to the teacher's, session 4), each
     learning the output of the teacher layer it stands for, plus the embeddings. ``--student-init PREFIX``
     continues a saved student (a warm restart: fresh optimizer moments and schedule) on the batches its chain has
-    not drawn yet."""
+    not drawn yet; one of another batch stream is refused."""
     student = drop_layers_(copy.deepcopy(teacher), STUDENT_KEEP)
     if load is not None:
         student.load_state_dict(torch.load(prefixed(load, ".pt")))
         return student.eval(), json.loads(prefixed(load, ".json").read_text())
     info: dict[str, Any] = {"keep": STUDENT_KEEP}
+    stream = student_stream(args.corpus, args.seed, texts, EncoderKDConfig.batch_size)
     if args.student_init is not None:
+        info["chain_before"] = continued_chain(args.student_init, stream)
         student.load_state_dict(torch.load(prefixed(args.student_init, ".pt")))
         info["init"] = str(args.student_init)
-        info["chain_before"] = chain(json.loads(prefixed(args.student_init, ".json").read_text()))
     weights = tuple(float(w) for w in args.student_layer_weights.split(",")) if args.student_layer_weights else None
     info["kd"] = distill_encoder(student, teacher, texts[1], texts[2], _kd(
         args, "student", layer_map=tuple(STUDENT_KEEP), relation_weight=args.student_relation,
         hidden_weight=args.student_hidden, layer_weights=weights,
         skip_batches=int(info.get("chain_before", {}).get("stream_batches", 0))))  # fmt: skip
     info |= {"relation_weight": args.student_relation, "hidden_weight": args.student_hidden, "layer_weights": weights}
-    info["chain"] = chain(info)
+    info["chain"] = chain(info) | {"stream": stream}
     _save(student, info, Path(args.json).with_suffix(".student3"))
     return student.eval(), info
 

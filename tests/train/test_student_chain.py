@@ -1,0 +1,55 @@
+"""benchmarks/transformer_encoder.py's 3-layer student chain: a continued run (``--student-init``) skips the batches
+its chain drew only when it draws from the same stream (text, seed, batch size); a saved student of another stream,
+or one that records none, is refused before its weights are loaded."""
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+pytest.importorskip("transformers", reason="Hugging Face encoders need the transformers package")
+
+from tests.train._bert import bert_teacher, random_texts  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return bert_teacher(tmp_path_factory.mktemp("bert"), 6)  # student3 keeps layers 0, 3 and 5
+
+
+def _args(out: Path, init: Path | None = None, seed: int = 0) -> argparse.Namespace:
+    return argparse.Namespace(json=str(out / "run.json"), corpus="broad", seed=seed, student_init=init,
+                              student_cpu=0.3, student_lr=1e-3, wall=None, student_relation=0.0, student_hidden=1.0,
+                              student_layer_weights=None)  # fmt: skip
+
+
+def test_a_continued_student_skips_its_chain_only_on_the_same_batch_stream(teacher, tmp_path):
+    import transformer_encoder as te
+
+    texts = ([], *random_texts(48, 10, 3))
+    (tmp_path / "a").mkdir()
+    _, first = te.student3(teacher, _args(tmp_path / "a"), texts, None)
+    assert first["chain"]["stream"] == {"corpus": "broad", "seed": 0, "texts": 48, "batch_size": 32}
+    prefix = tmp_path / "a" / "run.student3"
+    (tmp_path / "b").mkdir()
+    _, second = te.student3(teacher, _args(tmp_path / "b", prefix), texts, None)
+    assert second["kd"]["skip_batches"] == first["kd"]["steps"] == second["chain_before"]["stream_batches"]
+    assert second["chain"]["stream_batches"] == first["kd"]["steps"] + second["kd"]["steps"]
+    assert second["chain"]["runs"] == 2
+
+    with pytest.raises(SystemExit, match=r"drew its batches from another stream \(.*'seed': 0.*this run from .*"
+                                         r"'seed': 1"):  # fmt: skip
+        te.student3(teacher, _args(tmp_path / "b", prefix, seed=1), texts, None)
+    fewer = ([], texts[1][:40], texts[2][:40])
+    with pytest.raises(SystemExit, match=r"another stream .*'texts': 48.*'texts': 40"):
+        te.student3(teacher, _args(tmp_path / "b", prefix), fewer, None)
+
+    old = json.loads(te.prefixed(prefix, ".json").read_text())
+    del old["chain"]["stream"]  # saved before the chain recorded its stream
+    te.prefixed(prefix, ".json").write_text(json.dumps(old))
+    with pytest.raises(SystemExit, match=r"records no batch stream"):
+        te.student3(teacher, _args(tmp_path / "b", prefix), texts, None)
+    assert json.loads((tmp_path / "b" / "run.student3.json").read_text())["chain"]["runs"] == 2  # nothing over it
