@@ -220,7 +220,7 @@ def run_search(dense: torch.nn.Module, data: Any, space: SearchSpace, table: Lat
                                                "calibration_policies") if k in SEARCH_KW})  # fmt: skip
     t0, c0 = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as work:
-        result = search(dense, data, space, ("accuracy", "latency"), f"latency={budget}x", trials=args.trials,
+        result = search(dense, data, space, tuple(args.objectives.split(",")), f"latency={budget}x", trials=args.trials,
                         strategy=args.strategy, seed=seed, out_dir=work, latency_table=table,
                         finetune_epochs=args.finetune_epochs, top_k=args.top_k, uniform_ratios=args.uniform_ratios,
                         on_trial=lambda c: _progress(c, stamps, cpu), **extra)  # fmt: skip
@@ -315,6 +315,9 @@ def main() -> None:
     p.add_argument("--seeds", default="0")
     p.add_argument("--trials", type=int, default=40)
     p.add_argument("--strategy", default="tpe")
+    p.add_argument("--objectives", default="accuracy,latency",
+                   help="the search's objectives; 'accuracy' alone: a focused search, latency the budget only "
+                        "(single-objective TPE with the budget as each trial's constraint)")
     p.add_argument("--n-train", type=int, default=0, help="training + validation images (0: all 60,000)")
     p.add_argument("--n-test", type=int, default=0, help="test images (0: all 10,000)")
     p.add_argument("--epochs", type=int, default=10, help="dense training epochs")

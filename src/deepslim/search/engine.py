@@ -192,7 +192,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     _run_trials(study, ev, objectives, limits, job, counted=counted, on_trial=on_trial, workers=workers,
                 threads=threads, storage=storage, out_dir=out_dir)  # fmt: skip
     done = _study.completed(study, limits)
-    front = _front(done, objectives, space)
+    front = _front(done, objectives, space, top_k)
     finals = final_round(ev, front, [c for c in family if c.feasible], objectives, budgets, limits, top_k=top_k,
                          repeats=remeasure_repeats, front=front)  # fmt: skip
     best, notes = best_or_uniform(finals, objectives)
@@ -443,11 +443,18 @@ def first_judged(trial: Any, space: SearchSpace, policy: Policy) -> Candidate | 
     return None
 
 
-def _front(done: Sequence[Candidate], objectives: tuple[str, ...], space: SearchSpace) -> tuple[Candidate, ...]:
+def _front(done: Sequence[Candidate], objectives: tuple[str, ...], space: SearchSpace,
+           top_k: int = 1) -> tuple[Candidate, ...]:  # fmt: skip
+    """The feasible candidates the finals choose from, best first, each model once: the Pareto front; with a single
+    objective the best ``2 × top_k`` models (the front of one objective is its best point alone, which would leave
+    the finals one finalist; twice ``top_k`` lets them pass over one found over budget when re-measured). Equal
+    ranks go to the lower latency."""
     feasible = [c for c in done if c.feasible]
-    points = [[_finite(c.value(o), o) for o in objectives] for c in feasible]
-    idx = pareto(points, [OBJECTIVES[o][0] for o in objectives])
+    if len(objectives) > 1:
+        points = [[_finite(c.value(o), o) for o in objectives] for c in feasible]
+        feasible = [feasible[i] for i in pareto(points, [OBJECTIVES[o][0] for o in objectives])]
     unique: dict[str, Candidate] = {}
-    for c in sorted((feasible[i] for i in idx), key=lambda c: _rank(c, objectives)):
+    for c in sorted(feasible, key=lambda c: (_rank(c, objectives), _finite(c.latency_ms, "latency"))):
         unique.setdefault(str(sorted(space.canonical(c.policy).params().items())), c)  # one model once
-    return tuple(unique.values())
+    ranked = tuple(unique.values())
+    return ranked if len(objectives) > 1 else ranked[: max(1, 2 * top_k)]

@@ -1,0 +1,93 @@
+"""A focused search: accuracy the one objective, latency a budget (``objectives=("accuracy",)``, ``latency=0.45x``).
+TPE then ranks trials by accuracy alone and reads the budget as each trial's constraint (Optuna's
+``Trial.set_constraint``: infeasible trials go to the sampler's "bad" side), an infeasible trial is never a finalist,
+the finals recover ``top_k`` searched policies (the front of one objective is a single point; the finals' pool is
+the best ``2 × top_k`` feasible models) and the uniform baseline is re-measured in the same interleaved runs."""
+
+import pytest
+
+from deepslim.analysis.measurement import Measurement
+from deepslim.search.engine import _front
+from deepslim.search.evaluate import Candidate
+from deepslim.search.latency import LatencyTable
+from deepslim.search.space import SearchSpace
+from tests.search._tiny import digits, fake_ms, params_ms
+from tests.search.test_depth_search import _space, trained
+
+
+def _cand(space: SearchSpace, trial: int, accuracy: float, ms: float, feasible: bool, **params: bool) -> Candidate:
+    policy = space.policy({**space.dense().params(), **params})
+    m = Measurement(params=1, nonzero_params=1, macs=1, weight_bytes=1, accuracy=accuracy)
+    return Candidate(policy, m, ms, feasible=feasible, trial=trial)
+
+
+def test_with_one_objective_the_finals_pool_is_the_best_feasible_models_each_once_infeasible_never():
+    space = SearchSpace(groups=(), int8_layers=("a", "x.b", "c"), blocks=("x",))
+    done = [_cand(space, 0, 0.99, 2.0, False),  # the most accurate, over budget
+            _cand(space, 1, 0.90, 1.0, True, **{"int8:a": True}),
+            _cand(space, 2, 0.95, 1.0, True, **{"drop:x": True}),
+            _cand(space, 3, 0.95, 0.9, True, **{"drop:x": True, "int8:x.b": True}),  # trial 2's model
+            _cand(space, 4, 0.93, 0.8, True, **{"int8:x.b": True}),
+            _cand(space, 5, 0.93, 0.7, True, **{"int8:c": True}),  # ties trial 4: the faster first
+            _cand(space, 6, 0.80, 0.5, True, **{"int8:a": True, "int8:x.b": True})]  # fmt: skip
+    assert [c.trial for c in _front(done, ("accuracy",), space, top_k=2)] == [3, 5, 4, 1]
+    assert [c.trial for c in _front(done, ("accuracy",), space, top_k=1)] == [3, 5]
+    # two objectives: the Pareto front (every point on it, each model once), whatever top_k
+    two = _front(done, ("accuracy", "latency"), space, top_k=1)
+    assert [c.trial for c in two] == [3, 5, 6]
+
+
+@pytest.fixture(scope="module")
+def focused(tmp_path_factory):
+    pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    from deepslim.search import search
+
+    net = trained()
+    # trials judged by the end-to-end timer the finals re-measure with (deterministic): one frame throughout
+    table = LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys], model_timer=params_ms)
+    out = tmp_path_factory.mktemp("focused")
+    result = search(net, digits(), _space(net), ("accuracy",), "latency=0.45x", trials=12, strategy="tpe",
+                    out_dir=out, latency_table=table, latency_model="measured", finetune_epochs=0, top_k=2,
+                    uniform_ratios=(1.0, 0.5))  # fmt: skip
+    return result, out
+
+
+def test_a_focused_tpe_study_has_one_direction_and_every_trial_carries_its_budget_as_a_constraint(focused):
+    import optuna
+
+    from deepslim.search import storage as st
+
+    result, out = focused
+    study = optuna.load_study(study_name="deepslim-search", storage=st.open_storage(None, out_dir=out))
+    assert study.directions == [optuna.study.StudyDirection.MAXIMIZE]
+    limit = result.limits["latency"]
+    by_number = {c.trial: c for c in result.trials}
+    trials = study.get_trials(states=(optuna.trial.TrialState.COMPLETE,))
+    assert len(trials) == 12
+    for t in trials:  # what TPE's split reads (FrozenTrial.constraints): > 0 over budget
+        assert t.constraints == pytest.approx({"latency": by_number[t.number].latency_ms - limit})
+        assert t.values == [by_number[t.number].accuracy]
+    over = [c for c in result.trials if not c.feasible]
+    assert over and all(c.latency_ms > limit for c in over)  # the budget binds: some trials are infeasible
+
+
+def test_a_focused_search_recovers_top_k_searched_finalists_and_the_uniform_one_in_the_same_runs(focused):
+    result, _ = focused
+    feasible = sorted((c for c in result.trials if c.feasible), key=lambda c: (-(c.accuracy or 0.0), c.latency_ms))
+    pool: list[int] = []
+    seen: set[str] = set()
+    for c in feasible:
+        key = str(sorted(result.space.canonical(c.policy).params().items()))
+        if key not in seen:
+            seen.add(key)
+            pool.append(c.trial)
+    assert [c.trial for c in result.pareto] == pool[:4]  # 2 x top_k, best first, each model once
+    searched = [c for c in result.finalists if c.trial is not None]
+    assert [c.trial for c in searched] == pool[:2]  # top_k of them (none re-measured over budget here)
+    uniform = [c for c in result.finalists if c.trial is None]
+    assert len(uniform) == 1 and result.uniform is not None
+    # searched and uniform finalists timed in one set of interleaved runs, against one dense time
+    assert {c.remeasured["dense_measured_ms"] for c in result.finalists} == {result.uniform.remeasured[
+        "dense_measured_ms"]}  # fmt: skip
+    assert result.best is not None and result.best.feasible
+    assert result.best.accuracy == max(c.accuracy for c in result.finalists if c.feasible)
