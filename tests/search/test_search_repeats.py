@@ -94,3 +94,81 @@ def test_a_repeat_of_a_checked_trial_is_not_a_second_point_of_the_latency_tables
     remeasured = [c.trial for c in result.finalists]  # a finalist's re-measurement is a point of its own
     assert sorted(set(rows)) == sorted(c.trial for c in result.trials if c is not repeat) == [0, 1, 2]
     assert all(rows.count(t) == 1 + remeasured.count(t) for t in (0, 1, 2))  # each measured model once
+
+
+class _Study:
+    """The part of an Optuna study the index reads: completed trials with user attrs."""
+
+    def __init__(self):
+        self.trials = []
+
+    def add(self, number, policy, **attrs):
+        from types import SimpleNamespace
+
+        from deepslim.analysis.measurement import Measurement
+        from deepslim.search.evaluate import Candidate
+
+        m = Measurement(params=1, nonzero_params=1, macs=1, weight_bytes=1, accuracy=number / 10)
+        doc = Candidate(policy, m, 1.0, trial=number).to_dict()
+        self.trials.append(SimpleNamespace(number=number, user_attrs={"candidate": doc, **attrs}))
+
+    def get_trials(self, deepcopy, states):
+        return list(self.trials)
+
+
+def test_the_index_of_judged_models_canonicalizes_each_trial_once_and_keeps_the_earliest_judged(monkeypatch):
+    from deepslim.search.engine import JudgedModels
+
+    calls = []
+    canonical = SearchSpace.canonical
+
+    def counting(self, policy):
+        calls.append(policy)
+        return canonical(self, policy)
+
+    monkeypatch.setattr(SearchSpace, "canonical", counting)
+    space = SearchSpace(groups=(), int8_layers=("4.conv2", "0"), blocks=("4",))
+    dense = space.dense().params()
+    gone = space.policy({**dense, "drop:4": True})
+    gone_int8 = space.policy({**dense, "drop:4": True, "int8:4.conv2": True})  # the same model as ``gone``
+    study, index = _Study(), JudgedModels(space)
+    assert index.first(study, gone) is None
+    study.add(0, space.policy({**dense, "int8:0": True}))
+    study.add(1, gone_int8, repeat_of=5)  # a repeat itself: never the one repeated
+    study.add(3, gone_int8)
+    study.add(2, gone)  # completed after trial 3 (a worker): the earlier number still wins
+    study.add(5, gone)  # judged by a worker that had not seen trial 2 complete
+    for _ in range(5):
+        found = index.first(study, gone_int8)
+        assert found is not None and found.trial == 2 and found.accuracy == 0.2
+    assert len(calls) == 1 + 4 + 5  # each query once, each judged trial once: not every trial again per query
+    study.add(6, space.dense())  # completed since the last look: it joins the index
+    assert index.first(study, space.dense()).trial == 6
+    assert index.first(study, space.policy({**dense, "int8:4.conv2": True})) is None  # block kept: another model
+
+
+def test_a_resumed_search_finds_a_repeat_of_a_trial_its_earlier_call_judged(tmp_path, monkeypatch):
+    pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    from deepslim.search import search
+
+    judged: list[int] = []
+    evaluate = Evaluator.evaluate
+
+    def counting(self, policy, **kwargs):
+        if kwargs.get("trial") is not None:
+            judged.append(kwargs["trial"])
+        return evaluate(self, policy, **kwargs)
+
+    monkeypatch.setattr(Evaluator, "evaluate", counting)
+    space = SearchSpace(groups=(), int8_layers=("4.conv2",), blocks=("4",))
+    # seed 0's grid order: both block-4-dropped policies last (trials 2 and 3): the first call judges trial 2, the
+    # resumed call (a new objective, a new index) meets its twin as trial 3
+    first = search(trained(), digits(), space, ("accuracy", "latency"), "latency=0.95x", trials=3, strategy="grid",
+                   out_dir=tmp_path, latency_table=fake_table(), **FAST)  # fmt: skip
+    assert first.cost["trials_repeated"] == 0 and judged == [0, 1, 2]
+    assert [c.policy.drop["4"] for c in sorted(first.trials, key=lambda c: c.trial or 0)] == [False, False, True]
+    again = search(trained(), digits(), space, ("accuracy", "latency"), "latency=0.95x", trials=4, strategy="grid",
+                   out_dir=tmp_path, latency_table=fake_table(), **FAST)  # fmt: skip
+    assert judged == [0, 1, 2] and again.cost["trials"] == 4 and again.cost["trials_repeated"] == 1
+    (repeat,) = [c for c in again.trials if "repeat_of" in c.measurement.extra]
+    assert repeat.trial == 3 and repeat.measurement.extra["repeat_of"] == 2 and repeat.policy.drop["4"]

@@ -36,13 +36,16 @@ from deepslim.search.budget import (
     pareto,
     uses,
 )
+from deepslim.search.calibration import FLOOR_LEVELS as FLOOR_LEVELS  # re-exported
+from deepslim.search.calibration import calibrate_table
+from deepslim.search.calibration import calibration_set as calibration_set  # re-exported
 from deepslim.search.evaluate import Candidate, Evaluator, resolve_latency_model
 from deepslim.search.finals import best_or_uniform, final_round, search_table_report
 from deepslim.search.finals import feasible as _feasible
 from deepslim.search.finals import finite as _finite
 from deepslim.search.finals import rank as _rank
 from deepslim.search.latency import LatencyTable
-from deepslim.search.node_table import MIN_WEIGHT_POINTS, NodeTable, weight_mb
+from deepslim.search.node_table import NodeTable
 from deepslim.search.space import DEFAULT_KEEP_RATIOS, KINDS, Policy, SearchSpace
 from deepslim.search.strategies import STRATEGIES, make_sampler
 
@@ -51,7 +54,6 @@ log = logging.getLogger(__name__)
 WATTS_PER_CORE = 15.0  # assumed power of one busy CPU core, for the search's energy estimate (not measured)
 STUDY = "deepslim-search"
 REPEAT_ATTR = "repeat_of"  # a trial's user attr (and its measurement's extra): the earlier trial it repeats
-FLOOR_LEVELS = 0.1  # calibration levels (0: fewest channels, 1: all) measured in float, as the floor is
 
 
 @dataclass(frozen=True)
@@ -290,7 +292,7 @@ def _cpu_seconds() -> float:
 
 def _cost(n: int, started: float, cpu0: float, repeated: int = 0) -> dict[str, float]:
     """What the search cost: ``trials`` completed, of which ``trials_repeated`` re-used an earlier trial's judgement
-    (the same model: :func:`first_judged`) and ``trials_evaluated`` were judged — counted over the whole study, a
+    (the same model: :class:`JudgedModels`) and ``trials_evaluated`` were judged — counted over the whole study, a
     resumed one's earlier calls included; wall and CPU seconds and energy of this call alone."""
     cpu = _cpu_seconds() - cpu0
     return {"trials": n, "trials_evaluated": n - repeated, "trials_repeated": repeated,
@@ -309,99 +311,16 @@ def _data(data: Any, options: Mapping[str, Any] | None) -> tuple[str | None, Any
     return None, data
 
 
-def calibrate_table(ev: Evaluator, recorded: dict[str, Any] | None = None) -> Candidate:
-    """Measure the dense model, the smallest policies, a few random mixed ones and ``ev.calibration_policies`` more
-    (random, crowded toward the fewest channels: :func:`calibration_set`; then also every policy the feasibility
-    check may take for the floor, :func:`frame.floor_policies`) end to end, fit the layer table to them and
-    calibrate the node table (:func:`_calibrate_nodes`); the dense candidate (measured end to end, predicted by the
-    evaluator's latency model and, where there is one, by the other table too). ``recorded``: a study's
-    :func:`frame.table_state`, put back instead of measuring (a resumed study judges with its first run's table)."""
-    space, x = ev.space, ev.data.example_input
-    if recorded is not None:
-        _frame.restore_tables(ev, recorded)
-        return ev.evaluate(space.dense(), recovery="none", measure=ev.table.end_to_end)
-    policies = calibration_set(space, ev.calibration_policies)
-    if ev.calibration_policies:  # the floor the feasibility check judges is a point of the fit, not extrapolated
-        known = {str(p.to_dict()) for p in policies}
-        policies += [p for p in _frame.floor_policies(ev) if str(p.to_dict()) not in known]
-    if ev.table.end_to_end:
-        pairs, parts = [], []
-        for p in policies:
-            net, keys = ev.model_and_keys(p, "none")
-            parts.append(ev.table.parts(keys))
-            pairs.append((net, x))
-        measured = ev.table.measure(pairs) or []
-        ev.table.calibrate_parts(list(zip(parts, measured, strict=True)))
-        if ev.nodes is not None and measured:
-            _calibrate_nodes(ev, policies, [n for n, _ in pairs], measured)
-    return ev.evaluate(space.dense(), recovery="none", measure=ev.table.end_to_end)
-
-
-def _calibrate_nodes(ev: Evaluator, policies: list[Policy], nets: list[nn.Module], measured: list[float]) -> None:
-    """With at least :data:`~deepslim.search.node_table.MIN_WEIGHT_POINTS` models measured, fit the node table as
-    ``a·sum + b·weight MiB + c`` through the dense model's point (``policies[0]``; :meth:`NodeTable.calibrate_weights`:
-    on MobileNetV2 the sums' error followed the weights' bytes, and through dense a relative budget keeps its
-    meaning); when that fit fails, a line in the sum through dense (:meth:`NodeTable.calibrate_sum`: a prune-only
-    space, where the bytes follow the sums); with fewer points, or when both fail, anchor its scale to the dense
-    model's measurement
-    (:meth:`NodeTable.anchor`: predictions in measured milliseconds, ratios unchanged — a line in the sum alone,
-    fitted through the 7 default points, predicted worse than the plain sums). The anchor's error band is its
-    largest relative error on every point measured (the floor among them: a floor it over-predicts is measured by
-    the feasibility check, not refused on the prediction), at least 10 %."""
-    if ev.nodes is None:
-        return
-    raws = [ev.node_raw(p, net) for p, net in zip(policies, nets, strict=True)]
-    triples = [(r, weight_mb(net), m) for r, net, m in zip(raws, nets, measured, strict=True) if r is not None]
-    dense_ok = raws[0] is not None and measured[0] == measured[0]
-    if sum(1 for m in measured if m == m) >= MIN_WEIGHT_POINTS:
-        if ev.nodes.calibrate_weights(triples, through=triples[0] if dense_ok else None):
-            return
-        if dense_ok and ev.nodes.calibrate_sum([(r, m) for r, _, m in triples], through=(triples[0][0], triples[0][2])):
-            log.warning("the node table's weight-bytes fit failed on %d points: a line in the node sum through the "
-                        "dense model instead", len(triples))  # fmt: skip
-            return
-        log.warning("the node table's weight-bytes fit failed on %d points: anchored to the dense model instead",
-                    len(triples))  # fmt: skip
-    if raws[0] is not None:
-        ev.nodes.anchor(raws[0], measured[0])
-        ev.nodes.points = [(r, m) for r, _, m in triples]
-        ev.nodes.error_band = ev.nodes.sum_band()
-
-
-_calibrate = calibrate_table  # the name benchmarks/search.py imports
-
-
-def calibration_set(space: SearchSpace, extra: int) -> list[Policy]:
-    """The policies :func:`calibrate_table` measures: the dense model first, the fewest channels (float; with int8
-    layers also all int8, uniform 0.5 in int8 and three random policies), then ``extra`` random policies
-    (:meth:`SearchSpace.sample_at`) at levels ``(i / (extra - 1))²``: level 0 (the floor's neighbours) included and
-    a third of them within the lowest tenth of the levels, those in float like the fewest-channel policy. Why
-    crowded there: a budget near the space's floor is where a fit decides feasibility, and evenly spread levels with
-    random precisions left it extrapolated below the policies it was fitted on (session 11: the smallest MobileNetV2
-    policy predicted at 0.31x of dense, such policies measured at 0.25-0.30x)."""
-    import random
-
-    policies = [space.dense(), space.smallest(False)]
-    if space.int8_layers:
-        rng = random.Random("calibration")  # not the stream check_table(seed=0) samples from
-        policies += [space.smallest(True), space.uniform(0.5, True)] + [space.sample(rng) for _ in range(3)]
-    spread = random.Random("calibration-spread")
-    for i in range(extra):
-        level = (i / max(extra - 1, 1)) ** 2
-        p = space.sample_at(spread, level)
-        policies.append(replace(p, int8=dict.fromkeys(p.int8, False)) if level <= FLOOR_LEVELS else p)
-    return policies
-
-
 def trial_objective(ev: Evaluator, objectives: tuple[str, ...], limits: dict[str, float], check_every: int,
                     on_trial: Callable[[Candidate], None] | None = None) -> Callable[[Any], list[float]]:  # fmt: skip
     """One trial, as every worker runs it: the sampled policy judged (measured end to end every ``check_every``
     trials), its candidate and budget excesses recorded on the trial; the objective values."""
     choices = ev.space.choices()
+    judged = JudgedModels(ev.space)
 
     def objective(trial: Any) -> list[float]:
         policy = ev.space.policy({k: trial.suggest_categorical(k, v) for k, v in choices.items()})
-        first = first_judged(trial, ev.space, policy)
+        first = judged.first(trial.study, policy)
         if first is not None:  # the same model as an earlier trial: its judgement, recorded as a repeat of it
             trial.set_user_attr(REPEAT_ATTR, first.trial)
             # not measured end to end itself: the first trial's measurement is one point of the table's check
@@ -427,20 +346,42 @@ def trial_objective(ev: Evaluator, objectives: tuple[str, ...], limits: dict[str
     return objective
 
 
-def first_judged(trial: Any, space: SearchSpace, policy: Policy) -> Candidate | None:
-    """The candidate of the earliest completed trial of ``trial``'s study (not itself a repeat) whose policy builds
-    the same model as ``policy`` — the same canonical form (:meth:`SearchSpace.canonical`: policies that differ only
-    inside dropped blocks, or not at all); None when there is none. Why: the latency cache already took such policies
-    for one model, but the accuracy proxy fine-tuned each again (~11 CPU-s a trial on ResNet-20)."""
-    from optuna.trial import TrialState
+class JudgedModels:
+    """The study's completed trials that were judged themselves (not repeats), indexed by the model each builds
+    (:func:`model_key`: the canonical form of its policy, :meth:`SearchSpace.canonical` — policies that differ only
+    inside dropped blocks, or not at all, build one model). Each trial's policy is canonicalized once, when the
+    index first reads it; the lookup this replaces canonicalized every completed trial again on each new trial.
+    Trials completed since the last look (by this process, by workers sharing the storage, or by the earlier calls of
+    a resumed search) join the index at the next :meth:`first`. Why: the latency cache already took such policies for
+    one model, but the accuracy proxy fine-tuned each again (~11 CPU-s a trial on ResNet-20)."""
 
-    key = space.canonical(policy).params()
-    for t in trial.study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-        doc = t.user_attrs.get("candidate")
-        if doc is not None and REPEAT_ATTR not in t.user_attrs and \
-                space.canonical(Policy.from_dict(doc["policy"])).params() == key:  # fmt: skip
-            return Candidate.from_dict(doc)
-    return None
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        self._first: dict[str, tuple[int, dict[str, Any]]] = {}  # model key -> (trial number, candidate doc)
+        self._read: set[int] = set()
+
+    def first(self, study: Any, policy: Policy) -> Candidate | None:
+        """The candidate of the earliest completed trial of ``study`` (not a repeat) that builds ``policy``'s
+        model; None when there is none."""
+        from optuna.trial import TrialState
+
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.number in self._read:
+                continue
+            self._read.add(t.number)
+            doc = t.user_attrs.get("candidate")
+            if doc is None or REPEAT_ATTR in t.user_attrs:
+                continue
+            key = model_key(self.space, Policy.from_dict(doc["policy"]))
+            if key not in self._first or self._first[key][0] > t.number:
+                self._first[key] = (t.number, doc)
+        found = self._first.get(model_key(self.space, policy))
+        return Candidate.from_dict(found[1]) if found is not None else None
+
+
+def model_key(space: SearchSpace, policy: Policy) -> str:
+    """The key of the model ``policy`` builds: its canonical form's choices, sorted."""
+    return str(sorted(space.canonical(policy).params().items()))
 
 
 def _front(done: Sequence[Candidate], objectives: tuple[str, ...], space: SearchSpace,
@@ -455,6 +396,6 @@ def _front(done: Sequence[Candidate], objectives: tuple[str, ...], space: Search
         feasible = [feasible[i] for i in pareto(points, [OBJECTIVES[o][0] for o in objectives])]
     unique: dict[str, Candidate] = {}
     for c in sorted(feasible, key=lambda c: (_rank(c, objectives), _finite(c.latency_ms, "latency"))):
-        unique.setdefault(str(sorted(space.canonical(c.policy).params().items())), c)  # one model once
+        unique.setdefault(model_key(space, c.policy), c)  # one model once
     ranked = tuple(unique.values())
     return ranked if len(objectives) > 1 else ranked[: max(1, 2 * top_k)]
