@@ -17,7 +17,8 @@ Steps, run one at a time on a shared machine (each writes a JSON; the pruned mod
     python benchmarks/heads_prune.py kdprobe --policy "heads=1/3,ffn=0.4,calib=broad,refit=0" --cpu 120 \
             --variants "lr=1.5e-4;lr=5e-4,batch_size=16"
         short distillations of one pruned model (``--policy``, or a saved one ``--from``), one per variant
-        (EncoderKDConfig fields), each from the same weights on the same seeded batches under the same CPU budget
+        (EncoderKDConfig fields, and ``passages``: the share of packed 128-token passages added to the text, see
+        ``with_passages``), each from the same weights on the same seeded batches under the same CPU budget
     python benchmarks/heads_prune.py staged --policy "heads=1/3,calib=broad" --then "ffn=0.35,calib=broad" \
             --cpu 600 --split 0.33 --lr 5e-4 --out /tmp/h13/staged
         gradual pruning in one budget: the heads, distillation, then the hidden units ranked on the distilled student
@@ -92,6 +93,30 @@ def calibration(teacher: torch.nn.Module, texts: Texts, which: str, n: int = 512
         width = int(mask[i : i + 32].sum(1).max())
         out.append({"input_ids": ids[i : i + 32, :width], "attention_mask": mask[i : i + 32, :width]})
     return out
+
+
+def with_passages(texts: Texts, share: float, seed: int = 0) -> Texts:
+    """``texts`` plus packed passages making ``share`` of the whole: runs of consecutive training texts (in a seeded
+    order) joined into one ``[CLS] … [SEP]`` row as long as the rows allow (WordPiece splits at whitespace, so this
+    is what tokenizing the texts joined by spaces gives, cut at the width). The texts stay first (the calibration
+    reads texts[1][:512]); no new text, only long inputs, which the mix has few of."""
+    docs, ids, mask = texts
+    if not 0 <= share < 1:
+        raise SystemExit(f"the passage share must be in [0, 1), got {share}")
+    n, width = round(share * len(ids) / (1 - share)), ids.shape[1]
+    lengths = mask.sum(1).tolist()
+    rows, run = [], []
+    for i in torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed + 13)).tolist():
+        run += ids[i, 1 : lengths[i] - 1].tolist()
+        if len(run) >= width - 2:
+            rows.append([int(ids[i, 0]), *run[: width - 2], int(ids[i, lengths[i] - 1])])
+            run = []
+            if len(rows) == n:
+                break
+    if len(rows) < n:
+        raise SystemExit(f"{len(ids)} texts make {len(rows)} passages of {width} tokens, not {n}: lower the share")
+    packed = torch.tensor(rows, dtype=ids.dtype).reshape(n, width)
+    return docs, torch.cat([ids, packed]), torch.cat([mask, torch.ones_like(packed, dtype=mask.dtype)])
 
 
 def prune(teacher: torch.nn.Module, policy: str, texts: Texts) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -237,8 +262,10 @@ def distill(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, he
     if args.freeze_embeddings:
         student.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
     config = EncoderKDConfig(cpu_seconds=args.cpu, lr=args.lr, wall_seconds=args.wall, seed=args.seed)
-    info["kd_config"] = config.to_dict() | {"freeze_word_embeddings": args.freeze_embeddings}
-    info["kd"] = distill_encoder(student, teacher, texts[1], texts[2], config)
+    info["kd_config"] = config.to_dict() | {"freeze_word_embeddings": args.freeze_embeddings,
+                                            "passages": args.passages}  # fmt: skip
+    kd_texts = with_passages(texts, args.passages, args.seed) if args.passages else texts
+    info["kd"] = distill_encoder(student, teacher, kd_texts[1], kd_texts[2], config) | {"texts": len(kd_texts[1])}
     save(student, info, Path(args.out))
     data128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
     info["after"] = fidelity(student, teacher, held, data32, data128)
@@ -291,26 +318,42 @@ def kd_spec(text: str) -> dict[str, Any]:
 
 def kdprobe(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, held: Texts, data32: Any,
             result: dict[str, Any]) -> None:  # fmt: skip
+    """Every variant on every pruned model (``--policy``, or each saved ``--from``; with several, the probes are
+    keyed ``PREFIX: variant``)."""
     data128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
-    result["probes"] = {}
+    result["probes"], bases = {}, {}
     if args.from_:
-        base, result["pruned"] = load(teacher, Path(args.from_[0]))
+        bases = {str(p): load(teacher, Path(p)) for p in args.from_}
     else:
-        base, result["pruned"] = prune(teacher, args.policy, texts)
-        result["pruned"]["before"] = fidelity(base, teacher, held, data32)
-        print(json.dumps(result["pruned"]["before"]), flush=True)
-    result["pruned"].pop("kept", None)
-    for spec in filter(None, (v.strip() for v in args.variants.split(";"))):
-        student = copy.deepcopy(base)
-        student.encoder.embeddings.word_embeddings.weight.requires_grad_(not args.freeze_embeddings)
-        config = EncoderKDConfig(**({"cpu_seconds": args.cpu, "lr": args.lr, "seed": args.seed} | kd_spec(spec)))
-        w0, load0 = time.monotonic(), os.getloadavg()
-        kd = distill_encoder(student, teacher, texts[1], texts[2], config)
-        result["probes"][spec] = {"kd_config": config.to_dict(), "kd": kd, "after": fidelity(
-            student, teacher, held, data32, data128), "wall_s": round(time.monotonic() - w0, 1),
-            "load": [load0, os.getloadavg()]}  # fmt: skip
-        write_json_atomic(result, args.json)
-        print(spec, json.dumps(result["probes"][spec]["kd"]), json.dumps(result["probes"][spec]["after"]), flush=True)
+        bases[""] = prune(teacher, args.policy, texts)
+        bases[""][1]["before"] = fidelity(bases[""][0], teacher, held, data32)
+        print(json.dumps(bases[""][1]["before"]), flush=True)
+    for info in (b[1] for b in bases.values()):
+        info.pop("kept", None)
+    result["pruned"] = bases[""][1] if "" in bases else {k: b[1] for k, b in bases.items()}
+    for name, (base, _) in bases.items():
+        for spec in filter(None, (v.strip() for v in args.variants.split(";"))):
+            key = f"{name}: {spec}" if len(bases) > 1 else spec
+            student, result["probes"][key] = probe_one(args, base, teacher, texts, spec)
+            result["probes"][key]["after"] = fidelity(student, teacher, held, data32, data128)
+            write_json_atomic(result, args.json)
+            print(key, json.dumps(result["probes"][key]["kd"]), json.dumps(result["probes"][key]["after"]),
+                  flush=True)  # fmt: skip
+
+
+def probe_one(args: argparse.Namespace, base: torch.nn.Module, teacher: torch.nn.Module, texts: Texts,
+              spec: str) -> tuple[torch.nn.Module, dict[str, Any]]:  # fmt: skip
+    """One short distillation of a copy of ``base``: (the distilled copy, what the run did)."""
+    student = copy.deepcopy(base)
+    student.encoder.embeddings.word_embeddings.weight.requires_grad_(not args.freeze_embeddings)
+    kw = kd_spec(spec)
+    share = kw.pop("passages", 0.0)
+    config = EncoderKDConfig(**({"cpu_seconds": args.cpu, "lr": args.lr, "seed": args.seed} | kw))
+    kd_texts = with_passages(texts, share, args.seed) if share else texts
+    w0, load0 = time.monotonic(), os.getloadavg()
+    kd = distill_encoder(student, teacher, kd_texts[1], kd_texts[2], config) | {"texts": len(kd_texts[1])}
+    return student, {"kd_config": config.to_dict() | {"passages": share}, "kd": kd,
+                     "wall_s": round(time.monotonic() - w0, 1), "load": [load0, os.getloadavg()]}  # fmt: skip
 
 
 def main() -> None:
@@ -334,6 +377,8 @@ def main() -> None:
     parser.add_argument("--wall", type=float, default=None)
     parser.add_argument("--lr", type=float, default=1.5e-4)
     parser.add_argument("--freeze-embeddings", type=int, default=1)
+    parser.add_argument("--passages", type=float, default=0.0, help="distill: the share of packed 128-token "
+                        "passages added to the distillation text (kdprobe: the variant key passages=)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     result = result_header("heads_prune", 1) | {"mode": args.mode, "argv": vars(args) | {"from_": args.from_}}
