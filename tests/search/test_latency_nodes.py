@@ -10,7 +10,7 @@ import pytest
 from deepslim.search import SearchSpace, check_table
 from deepslim.search._layer_onnx import layer_graph
 from deepslim.search.latency import STAT, LatencyTable, LayerKey, TableCheck
-from deepslim.search.node_table import PREFIX, NodeTable
+from deepslim.search.node_table import GRAPH_NODE, PREFIX, NodeTable
 from tests.search._tiny import digits, fake_ms, tiny_net
 
 
@@ -36,6 +36,52 @@ def test_a_model_costs_the_sum_of_its_nodes_and_each_distinct_node_is_timed_once
     assert calls == [["Conv:a", "Relu:bb"]]
     assert table.entries[PREFIX + "Relu:bb"] == 7.0 and table.measured == 2
     assert nodes.raw_file("other.onnx", (1, 1, 8, 8)) == 19 and len(calls) == 1  # nothing new to time
+
+
+def test_each_node_of_a_graph_adds_the_measured_cost_of_one_more_node_once_timed_and_cached(tmp_path):
+    """An entry is its one-node graph less a trivial one-node graph, so each node's own dispatch inside a whole graph
+    is left out: the prediction adds :data:`GRAPH_NODE` (a fake deterministic 0.25 ms here) once per node, measured
+    once per cache."""
+    splitter, timer, calls = _fake_nodes(["Conv:a", "Relu:bb", "Conv:a", "QuantizeLinear:q"])
+    measured: list[str] = []
+
+    def graph_node(work):
+        measured.append(work)
+        return 0.25
+
+    table = LatencyTable(cache_dir=tmp_path)
+    nodes = NodeTable(table, splitter=splitter, timer=timer, graph_node=graph_node)
+    assert nodes.raw_file("m.onnx", (1, 4)) == 6 + 7 + 6 + 16 + 4 * 0.25
+    assert len(measured) == 1 and table.entries[GRAPH_NODE] == 0.25 and table.measured == 3 + 1
+    assert nodes.raw_file("m.onnx", (1, 4)) == 35 + 1.0 and len(measured) == 1  # cached: measured once
+    again = NodeTable(LatencyTable(cache_dir=tmp_path), splitter=splitter, timer=timer, graph_node=graph_node)
+    assert again.raw_file("m.onnx", (1, 4)) == 36.0 and len(measured) == 1 and again.table.measured == 0
+    assert nodes.custom and NodeTable(LatencyTable(), splitter=splitter, timer=timer).graph_node is None
+
+
+def test_the_real_timers_spread_their_rounds_over_the_window(tmp_path):
+    """``_timer.py`` and ``_node_timer.py`` idle between rounds so that the last starts ``window_s`` after the first
+    (a minimum then comes from outside a slow stretch of a shared machine)."""
+    import time
+
+    import onnx
+
+    from deepslim.search._node_timer import time_nodes
+    from deepslim.search._timer import time_files
+
+    key = LayerKey("conv2d", (1, 4, 6, 6), 4, (3, 3), (1, 1), (1, 1), (1, 1))
+    path = tmp_path / "layer.onnx"
+    onnx.save(layer_graph(key), str(path))
+    np.savez(tmp_path / "feeds.npz", input=np.zeros((1, 4, 6, 6), np.float32))
+    for window in (0.0, 0.6):
+        t0 = time.perf_counter()
+        doc = time_files([(str(path), [1, 4, 6, 6])], threads=1, rounds=3, block=1, window_s=window)
+        t1 = time.perf_counter()
+        nodes = time_nodes([(str(path), str(tmp_path / "feeds.npz"))], threads=1, rounds=3, block=1,
+                           work=str(tmp_path), window_s=window)  # fmt: skip
+        t2 = time.perf_counter()
+        assert t1 - t0 >= window and t2 - t1 >= window
+        assert doc["min_ms"][0] > 0 and nodes["min_ms"][0] > 0 and nodes["graph_node_ms"] >= 0
 
 
 def test_node_entries_share_the_layer_tables_cache_file(tmp_path):
@@ -71,7 +117,7 @@ def test_split_writes_every_optimized_node_with_its_real_inputs_and_times_them(t
     path = tmp_path / "layer.onnx"
     onnx.save(layer_graph(key), str(path))
     table = LatencyTable(timer=lambda keys: [0.0] * len(keys))
-    nodes = NodeTable(table, rounds=1, block=1)
+    nodes = NodeTable(table, rounds=1, block=1, window_s=0.0)
     found = nodes.splitter(str(path), [1, 8, 6, 6], str(tmp_path))
     ops = [n["op"] for n in found]
     assert "QLinearConv" in ops and "Conv" not in ops
@@ -82,7 +128,10 @@ def test_split_writes_every_optimized_node_with_its_real_inputs_and_times_them(t
     assert out.dtype == np.uint8 and out.size == 8 * 6 * 6 and 8 in out.shape  # NHWC or NCHW: 8 channels
     raw = nodes.raw_file(path, [1, 8, 6, 6])
     assert raw >= 0.0 and all(k.startswith(PREFIX) for k in table.entries) and table.measured == len(set(
-        n["key"] for n in found))  # fmt: skip
+        n["key"] for n in found)) + 1  # fmt: skip
+    per_node = table.entries[GRAPH_NODE]  # one more Identity node in a graph: a fraction of a microsecond to a few
+    assert 0.0 < per_node < 0.02 and raw == pytest.approx(sum(table.entries[PREFIX + n["key"]] for n in found)
+                                                          + per_node * len(found))  # fmt: skip
 
 
 def test_check_table_reports_the_node_tables_accuracy_beside_the_layer_tables_and_the_macs():

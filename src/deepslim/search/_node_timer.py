@@ -11,8 +11,11 @@ types and shapes, not weight values. Imports only numpy, onnx and onnxruntime.
 
 stdin: ``{"cmd": "split", "model": PATH, "shape": [...], "threads": n, "work": DIR}`` ->
 ``{"nodes": [{"key", "op", "file", "feeds"}, ...]}``; ``{"cmd": "time", "files": [[model, feeds], ...],
-"threads": n, "rounds": r, "block": b}`` -> ``{"min_ms": [...], "median_ms": [...], "overhead_ms": t}`` (the time
-of one run of a trivial graph, which every one-node timing includes once and a whole graph only once in all).
+"threads": n, "rounds": r, "block": b, "window_s": w}`` -> ``{"min_ms": [...], "median_ms": [...], "overhead_ms": t,
+"graph_node_ms": d}`` (``t``: one run of a trivial one-node graph, which every one-node timing includes once and a
+whole graph only once in all; ``d``: what one more node costs inside a graph, which the subtraction of ``t`` takes
+off every entry). Runs use IO binding (inputs and outputs bound once), as nodes inside a graph exchange no Python
+arrays.
 """
 
 from __future__ import annotations
@@ -83,32 +86,70 @@ def split(model: str, shape: list[int], threads: int, work: str) -> dict[str, An
     return {"nodes": nodes}
 
 
-def time_nodes(files: list[tuple[str, str]], *, threads: int, rounds: int, block: int, work: str) -> dict[str, Any]:
-    import numpy as np
+CHAIN = 65  # Identity nodes in the graph whose time, less the trivial graph's, gives one more node's cost in a graph
+
+
+def _trivial(path: str, nodes: int) -> None:
+    """A chain of ``nodes`` Identity nodes on a 1-element float tensor, written at ``path``."""
     import onnx
     from onnx import TensorProto, helper
 
-    trivial = os.path.join(work, "trivial.onnx")
-    io = [helper.make_tensor_value_info(n, TensorProto.FLOAT, [1]) for n in ("x", "y")]
-    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "trivial", io[:1], io[1:])
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), trivial)
-    runs = [(_session(trivial, threads, False), {"x": np.zeros(1, np.float32)})]
+    names = ["x"] + [f"t{i}" for i in range(1, nodes)] + ["y"]
+    chain = [helper.make_node("Identity", [a], [b]) for a, b in zip(names[:-1], names[1:], strict=True)]
+    graph = helper.make_graph(chain, "trivial", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])  # fmt: skip
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+
+
+def _bound(sess: Any, feed: dict[str, Any]) -> Any:
+    """``sess``'s inputs and outputs bound once (IO binding): a run then converts no array to or from Python, as a
+    node inside a whole graph does not — with plain ``run`` each timing carried that conversion, and a node's
+    outputs' copy, which the trivial graph's one-element tensors do not cancel."""
+    import numpy as np
+    import onnxruntime as ort
+
+    binding = sess.io_binding()
+    for name, value in feed.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
+    for out, value in zip(sess.get_outputs(), sess.run(None, feed), strict=True):
+        binding.bind_ortvalue_output(out.name, ort.OrtValue.ortvalue_from_numpy(np.empty_like(value)))
+    return binding
+
+
+def time_nodes(files: list[tuple[str, str]], *, threads: int, rounds: int, block: int, work: str,
+               window_s: float = 0.0) -> dict[str, Any]:  # fmt: skip
+    """Each one-node file timed (minimum over ``rounds`` × ``block`` runs, rounds spread over ``window_s`` seconds,
+    as ``_timer.py`` spreads them), the trivial graph's time (``overhead_ms``) and one more node's cost inside a
+    graph (``graph_node_ms``: a chain of :data:`CHAIN` Identity nodes less the one-node trivial graph, per node) —
+    what each node of a whole graph pays on top of its entry, since an entry is its one-node graph's time less the
+    trivial graph's, which includes one node."""
+    import numpy as np
+
+    chain = [os.path.join(work, "trivial.onnx"), os.path.join(work, "chain.onnx")]
+    _trivial(chain[0], 1)
+    _trivial(chain[1], CHAIN)
+    runs = [(s, _bound(s, {"x": np.zeros(1, np.float32)})) for s in (_session(f, threads, False) for f in chain)]
     for model, feeds in files:
         with np.load(feeds) as data:
-            runs.append((_session(model, threads, False), {k: data[k] for k in data.files}))
-    for sess, feed in runs:
+            sess = _session(model, threads, False)
+            runs.append((sess, _bound(sess, {k: data[k] for k in data.files})))
+    for sess, binding in runs:
         for _ in range(2):  # warm-up
-            sess.run(None, feed)
+            sess.run_with_iobinding(binding)
     times: list[list[float]] = [[] for _ in runs]
+    start = time.perf_counter()
     for r in range(rounds):
+        if window_s > 0 and r > 0:  # the last round starts window_s after the first
+            time.sleep(max(0.0, start + window_s * r / (rounds - 1) - time.perf_counter()))
         for i in (range(len(runs)) if r % 2 == 0 else reversed(range(len(runs)))):
-            sess, feed = runs[i]
+            sess, binding = runs[i]
             for _ in range(block):
                 t0 = time.perf_counter()
-                sess.run(None, feed)
+                sess.run_with_iobinding(binding)
                 times[i].append((time.perf_counter() - t0) * 1e3)
     mins = [float(np.min(t)) for t in times]
-    return {"overhead_ms": mins[0], "min_ms": mins[1:], "median_ms": [float(np.median(t)) for t in times[1:]]}
+    return {"overhead_ms": mins[0], "graph_node_ms": max(0.0, (mins[1] - mins[0]) / (CHAIN - 1)), "min_ms": mins[2:],
+            "median_ms": [float(np.median(t)) for t in times[2:]]}  # fmt: skip
 
 
 def main() -> None:
@@ -117,7 +158,8 @@ def main() -> None:
         result = split(cmd["model"], cmd["shape"], cmd.get("threads", 1), cmd["work"])
     else:
         result = time_nodes([(m, f) for m, f in cmd["files"]], threads=cmd.get("threads", 1),
-                            rounds=cmd.get("rounds", 5), block=cmd.get("block", 5), work=cmd["work"])  # fmt: skip
+                            rounds=cmd.get("rounds", 5), block=cmd.get("block", 5), work=cmd["work"],
+                            window_s=float(cmd.get("window_s", 0.0)))  # fmt: skip
     json.dump(result, sys.stdout)
 
 

@@ -1,9 +1,15 @@
 """Time ONNX files in ONNX Runtime in a process of its own, interleaved: ``python PATH/TO/_timer.py``.
 
-Reads ``{"files": [[path, [input shape]], ...], "threads": n, "rounds": r, "block": b}`` as JSON on stdin and
-writes ``{"min_ms": [...], "p10_ms": [...], "median_ms": [...], "p90_ms": [...]}``: every file gets ``rounds``
-blocks of ``block`` runs, the files taken in turn (the order reversed every other round), so that drift of a shared
-machine hits all of them alike. Imports only numpy and onnxruntime.
+Reads ``{"files": [[path, [input shape]], ...], "threads": n, "rounds": r, "block": b, "window_s": w}`` as JSON on
+stdin and writes ``{"min_ms": [...], "p10_ms": [...], "median_ms": [...], "p90_ms": [...]}``: every file gets
+``rounds`` blocks of ``block`` runs, the files taken in turn (the order reversed every other round), so that drift of
+a shared machine hits all of them alike, and the rounds spread over at least ``w`` seconds (idle between them).
+
+Why the window: on the shared 2-core machine (session 14) every model ran 1.3–1.7x slower for stretches of seconds
+(whatever shares the cores), and not by one factor for all (a small float MobileNetV2 1.6x, the dense one 1.35x,
+so a ratio to dense moved 10–25 %): a timing of ~1 s fell wholly inside or outside such a stretch, and its minimum
+was in either frame. Rounds spread over a few seconds let the minimum of every file come from the undisturbed
+stretches. Imports only numpy and onnxruntime.
 """
 
 from __future__ import annotations
@@ -14,7 +20,15 @@ import time
 from typing import Any
 
 
-def time_files(files: list[tuple[str, list[int]]], *, threads: int, rounds: int, block: int) -> dict[str, Any]:
+def pace(start: float, r: int, rounds: int, window_s: float) -> None:
+    """Before round ``r`` of ``rounds``: sleep until its share of ``window_s`` seconds (counted from ``start``) has
+    passed, so that the last round starts ``window_s`` after the first."""
+    if window_s > 0 and r > 0 and rounds > 1:
+        time.sleep(max(0.0, start + window_s * r / (rounds - 1) - time.perf_counter()))
+
+
+def time_files(files: list[tuple[str, list[int]]], *, threads: int, rounds: int, block: int,
+               window_s: float = 0.0) -> dict[str, Any]:  # fmt: skip
     import numpy as np
     import onnxruntime as ort
 
@@ -29,7 +43,9 @@ def time_files(files: list[tuple[str, list[int]]], *, threads: int, rounds: int,
             sess.run(None, feed)
         runs.append((sess, feed))
     times: list[list[float]] = [[] for _ in files]
+    start = time.perf_counter()
     for r in range(rounds):
+        pace(start, r, rounds, window_s)
         order = range(len(files)) if r % 2 == 0 else reversed(range(len(files)))
         for i in order:
             sess, feed = runs[i]
@@ -45,7 +61,8 @@ def time_files(files: list[tuple[str, list[int]]], *, threads: int, rounds: int,
 def main() -> None:
     cmd = json.load(sys.stdin)
     result = time_files([(p, s) for p, s in cmd["files"]], threads=cmd.get("threads", 1),
-                        rounds=cmd.get("rounds", 5), block=cmd.get("block", 5))  # fmt: skip
+                        rounds=cmd.get("rounds", 5), block=cmd.get("block", 5),
+                        window_s=float(cmd.get("window_s", 0.0)))  # fmt: skip
     json.dump(result, sys.stdout)
 
 

@@ -38,14 +38,16 @@ import numpy as np
 from torch import nn
 
 from deepslim.errors import ConfigError, ExportError
-from deepslim.search._ort_timing import export_model
+from deepslim.search._ort_timing import WINDOW_S, export_model
 from deepslim.search.latency import MIN_BAND, LatencyTable, fit_line
 
 PREFIX = "node:"
+GRAPH_NODE = PREFIX + "(one more node in a graph)"  # the entry of what each node of a whole graph adds to the sum
 MIN_WEIGHT_POINTS = 10  # fewest measured models a line in the node sum and the weights' bytes is fitted to
 Node = dict[str, str]  # {"key", "op", "file", "feeds"}
 Splitter = Callable[[str, Sequence[int], str], list[Node]]
 NodeTimer = Callable[[Sequence[Node], str], list[float]]
+GraphNodeTimer = Callable[[str], float]  # work dir -> ms one more node costs inside a graph
 Exporter = Callable[[nn.Module, Path, Any], None]
 
 
@@ -75,37 +77,58 @@ class NodeTable:
     """Node-level latencies (see the module docstring), stored in ``table``'s entries and cache file."""
 
     def __init__(self, table: LatencyTable, *, splitter: Splitter | None = None, timer: NodeTimer | None = None,
-                 exporter: Exporter | None = None, rounds: int = 5, block: int = 5) -> None:  # fmt: skip
+                 exporter: Exporter | None = None, graph_node: GraphNodeTimer | None = None, rounds: int = 5,
+                 block: int = 5, window_s: float = WINDOW_S) -> None:  # fmt: skip
         threads = table.threads
         self.table = table
-        self.custom = any(f is not None for f in (splitter, timer, exporter))  # fakes stay in this process
+        self.custom = any(f is not None for f in (splitter, timer, exporter, graph_node))  # fakes stay in this process
         self.exporter = exporter or export_model
         self.splitter = splitter or (lambda path, shape, work: _child(
             {"cmd": "split", "model": path, "shape": list(shape), "threads": threads, "work": work})["nodes"])
-        self.timer = timer or (lambda nodes, work: self._time(nodes, work, rounds, block))
+        self.timer = timer or (lambda nodes, work: self._time(nodes, work, rounds, block, window_s))
+        # What one more node costs inside a graph (:meth:`raw_file`); custom node fakes without it count nothing.
+        self.graph_node: GraphNodeTimer | None = graph_node
+        if graph_node is None and not self.custom:
+            self.graph_node = lambda work: float(_child(
+                {"cmd": "time", "files": [], "threads": threads, "rounds": 2 * rounds, "block": block,
+                 "window_s": window_s, "work": work})["graph_node_ms"])  # fmt: skip
         self.scale, self.offset = 1.0, 0.0
         self.weight_coef = 0.0  # ms per MiB of weights (:meth:`calibrate_weights`); 0: the node sum alone
         self.points: list[tuple[float, float]] = []
         self.triples: list[tuple[float, float, float]] = []  # (sum, weight MiB, ms) the weight fit was made on
         self.error_band = MIN_BAND  # the largest relative error on the calibration's points, at least MIN_BAND
         self.floor: dict[str, Any] | None = None  # the space's floor measured by the feasibility check (frame.py)
+        self.last_nodes = 0  # the node count of the last file summed (:meth:`raw_file`)
 
-    def _time(self, nodes: Sequence[Node], work: str, rounds: int, block: int) -> list[float]:
+    def _time(self, nodes: Sequence[Node], work: str, rounds: int, block: int, window_s: float) -> list[float]:
         doc = _child({"cmd": "time", "files": [[n["file"], n["feeds"]] for n in nodes], "threads": self.table.threads,
-                      "rounds": rounds, "block": block, "work": work})  # fmt: skip
+                      "rounds": rounds, "block": block, "window_s": window_s, "work": work})  # fmt: skip
         return [max(0.0, t - doc["overhead_ms"]) for t in doc["min_ms"]]
 
     def raw_file(self, path: str | Path, shape: Sequence[int]) -> float:
-        """The summed node entries of an ONNX file (timing the nodes the table lacks, in one batch)."""
+        """The summed node entries of an ONNX file (timing the nodes the table lacks, in one batch), plus
+        :data:`GRAPH_NODE`'s entry per node: an entry is its one-node graph's time less a trivial one-node graph's,
+        so every node's own dispatch inside a graph is taken off with the trivial graph's — measured once as a chain
+        of Identity nodes in a graph of their own (:attr:`graph_node`), cached like the nodes. Why: a mixed int8 /
+        float policy has 2–3× the dense model's nodes (every precision change adds quantize, dequantize, transpose
+        and reorder nodes: 147 nodes against 57 on MobileNetV2 0.5, session 14), each costing ~0.3–0.6 µs there
+        beyond its entry."""
         with tempfile.TemporaryDirectory() as work:
             nodes = self.splitter(str(path), list(shape), work)
             missing = {PREFIX + n["key"]: n for n in nodes if PREFIX + n["key"] not in self.table.entries}
+            before = self.table.measured
             if missing:
                 times = self.timer(list(missing.values()), work)
                 self.table.entries.update({k: float(t) for k, t in zip(missing, times, strict=True)})
                 self.table.measured += len(missing)
+            if GRAPH_NODE not in self.table.entries and self.graph_node is not None:
+                self.table.entries[GRAPH_NODE] = float(self.graph_node(work))
+                self.table.measured += 1
+            if self.table.measured != before:
                 self.table._save()
-        return float(sum(self.table.entries[PREFIX + n["key"]] for n in nodes))
+        per_node = self.table.entries.get(GRAPH_NODE, 0.0)
+        self.last_nodes = len(nodes)
+        return float(sum(self.table.entries[PREFIX + n["key"]] for n in nodes) + per_node * len(nodes))
 
     def raw_model(self, model: nn.Module, example_input: Any) -> float:
         """The summed node entries of ``model`` (quantized layers as their integer graph): the file the table's last
