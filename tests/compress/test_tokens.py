@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import deepslim as ds
 from deepslim.compress.tokens import (
@@ -82,6 +83,50 @@ def test_merging_removes_padding_before_any_real_token():
     assert int(real.sum()) == 5 and torch.allclose(new_size.sum(), torch.tensor(5.0))
     kept = out[real]  # the five real tokens, untouched (merged only with size-0 padding)
     assert all(any(torch.allclose(k, t, atol=1e-6) for t in x[0, :5]) for k in kept)
+
+
+def test_cls_never_merges_even_when_its_size_is_zero():
+    g = torch.Generator().manual_seed(2)
+    x, metric = torch.randn(1, 9, 4, generator=g), torch.randn(1, 9, 4, generator=g)
+    size = torch.tensor([[0.0, 1, 1, 1, 1, 1, 0, 0, 0]])  # CLS (size 0) would otherwise go first, as padding does
+    out, new_size = bipartite_merge(x, size, metric, r=3)
+    real_cls = size.clone()
+    real_cls[0, 0] = 1.0
+    want, want_size = bipartite_merge(x, real_cls, metric, r=3)  # CLS never merges here: the same merges
+    assert new_size[0, 0] == 0 and torch.equal(new_size[:, 1:], want_size[:, 1:])
+    assert torch.allclose(out[:, 1:], want[:, 1:])
+
+
+class _Merge(torch.nn.Module):
+    def __init__(self, r, padding):
+        super().__init__()
+        self.r, self.padding = r, padding
+
+    def forward(self, x, size, metric):
+        return bipartite_merge(x, size, metric, self.r, padding=self.padding, unit=True)
+
+
+@pytest.mark.parametrize("padding", [True, False])
+def test_the_exported_merge_computes_no_shapes_and_onnx_runtime_agrees_at_another_batch(padding, tmp_path):
+    import onnx
+    import onnxruntime as ort
+
+    g = torch.Generator().manual_seed(3)
+    x, metric = torch.randn(3, 20, 6, generator=g), F.normalize(torch.randn(3, 20, 5, generator=g), dim=-1)
+    size = torch.randint(1, 3, (3, 20), generator=g).float()
+    if padding:
+        size[1, 13:] = 0.0
+    path = tmp_path / "merge.onnx"
+    names = ["x", "size", "metric"]
+    torch.onnx.export(_Merge(6, padding), (x[:1], size[:1], metric[:1]), str(path), dynamo=False, opset_version=17,
+                      input_names=names, dynamic_axes={k: {0: "b"} for k in names})  # fmt: skip
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert not ops & {"Shape", "ConstantOfShape", "Expand"}  # token counts are constants; no shape arithmetic
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = sess.run(None, {"x": x.numpy(), "size": size.numpy(), "metric": metric.numpy()})
+    want = bipartite_merge(x, size, metric, 6, padding=padding, unit=True)
+    assert torch.allclose(torch.from_numpy(got[0]), want[0], atol=1e-5)
+    assert torch.equal(torch.from_numpy(got[1]), want[1])
 
 
 def test_pruning_keeps_cls_and_the_most_attended_tokens_in_order():

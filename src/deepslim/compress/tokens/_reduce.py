@@ -64,12 +64,13 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
     that joined it. ``padding=False`` (every size > 0, as in a ViT) leaves out the padding rules' operators;
     ``unit=True``: the metric's rows are unit vectors already (:func:`merge_metric` ``"keys_states"``).
 
-    The graph is small on purpose (about 25 operators, all but two of them on (B, T)-sized or (B, T - r, T)-sized
-    tensors): one product for the similarities of set A (even positions) to set B (odd positions), a quarter of
-    all pairs, one top-k for the r sources, a cumulative sum for where every token goes, and one product of the
-    tokens with their pooling weights (each output row holds the sizes of the tokens it absorbs, divided by their
-    sum): a weighted gather that every ONNX runtime runs. At batch 1 a merging layer's cost in ONNX Runtime is
-    mostly its operator count, not its arithmetic (BENCHMARKS, session 12).
+    The graph is small on purpose (30 operators in ONNX Runtime after its optimizations, none of them computing a
+    shape; all but two on (B, T)-sized or (B, T - r, T)-sized tensors): one product for the similarities of set A
+    (even positions) to set B (odd positions), a quarter of all pairs, one top-k for the r sources, a cumulative
+    sum for where every token goes, and one product of the tokens with their pooling weights (each output row
+    holds the sizes of the tokens it absorbs, divided by their sum): a weighted gather that every ONNX runtime
+    runs. The two products are about half of its time at batch 1 and most of it at batch 32; the other operators
+    cost 1-25 us each at batch 1 (BENCHMARKS, session 14).
 
     Where similarities tie exactly (duplicate tokens, a one-channel metric), which of the tied tokens merge is the
     top-k's choice, which PyTorch leaves unspecified (ONNX's TopK takes the lowest index): the merges equal the
@@ -81,22 +82,37 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
         return x, size
     m = metric if unit else metric / metric.norm(dim=-1, keepdim=True).clamp_min(1e-6)
     scores = m[:, 0::2] @ m[:, 1::2].transpose(1, 2)  # (B, A, B) cosine similarities
+    every = size[:, None, :]  # (B, 1, T): the sizes as every output row sees them (also the padding rule's)
     if padding:
-        scores = torch.where(size[:, None, 1::2] > 0, scores, _NEVER)  # never into padding
+        scores = torch.where(every[..., 1::2] > 0, scores, _NEVER)  # never into padding
     node_max, node_idx = scores.max(dim=-1)  # (B, A): each A token's best partner in B
-    a = static_len(node_max)
-    node_max = torch.where(torch.arange(a, device=x.device) == 0, 4 * _NEVER, node_max)  # CLS never merges
-    if padding:  # padding A tokens go first, in position order (distinct values: every runtime picks the same)
-        node_max = torch.where(size[:, 0::2] <= 0, _PAD_FIRST + _ramp(t, x.dtype, x.device)[:, 0::2], node_max)
-    chosen = node_max.topk(r, dim=-1).indices  # (B, r): the A tokens merged away (their index in A)
-    src = 2 * chosen  # ... and their positions
-    place = torch.ones_like(size).scatter(1, src, 0.0).cumsum(dim=1)  # each kept token's place in the output, from 1
-    partner = 2 * node_idx.gather(1, chosen) + 1  # (B, r): their B tokens' positions
-    dest = place.scatter(1, src, place.gather(1, partner))  # a merged token goes where its partner goes
+    # one comparison for two rules: CLS never merges, and padding A tokens go first, in position order (distinct
+    # values: every runtime picks the same). A token keeps its score where its size is above the floor
+    floor, first = _cls_and_padding_rules(static_len(node_max), t, x.dtype, x.device, padding)
+    node_max = torch.where((size[:, 0::2] if padding else node_max) > floor, node_max, first)
+    top = node_max.topk(r, dim=-1)  # (B, r): the A tokens merged away (their index in A)
+    src = 2 * top.indices  # ... and their positions
+    # each kept token's place in the output, from 1 (ones and zeros shaped as size and the sources by a clamp: one
+    # operator each, where ones_like / a scattered scalar cost two)
+    place = size.clamp(1.0, 1.0).scatter(1, src, top.values.clamp(0.0, 0.0)).cumsum(dim=1)
+    partner = place[:, 1::2].gather(1, node_idx.gather(1, top.indices))  # (B, r): their B tokens' places
+    dest = place.scatter(1, src, partner)  # a merged token goes where its partner goes
     into = dest[:, None, :] == torch.arange(1, t - r + 1, device=x.device, dtype=x.dtype)[:, None]  # (B, T - r, T)
-    weight = torch.where(into, size[:, None, :], 0.0)  # each output's sizes of the tokens it absorbs
+    weight = torch.where(into, every, 0.0)  # each output's sizes of the tokens it absorbs
     new_size = weight.sum(dim=-1)  # (B, T - r)
     return (weight / new_size.clamp_min(1e-6).unsqueeze(-1)) @ x, new_size
+
+
+def _cls_and_padding_rules(a: int, t: int, dtype: torch.dtype, device: torch.device,
+                           padding: bool) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """Constants (A,) of :func:`bipartite_merge` for set A's best scores: a token whose size (with ``padding``; the
+    score itself without) is above ``floor`` keeps its score, the others take ``first``. CLS's floor is +inf and
+    its value below any similarity (it never merges); padding (size 0) takes values above any similarity that fall
+    with the position. Without padding rules every other floor is -inf (every score stays)."""
+    rest = torch.full((a - 1,), 0.0 if padding else -math.inf, dtype=dtype, device=device)
+    floor = torch.cat([torch.full((1,), math.inf, dtype=dtype, device=device), rest])
+    later = _PAD_FIRST + _ramp(t, dtype, device)[0, 2::2] if padding else rest
+    return floor, torch.cat([torch.full((1,), 4 * _NEVER, dtype=dtype, device=device), later])
 
 
 def merge_metric(kind: str, keys: torch.Tensor, normed: torch.Tensor | None,
