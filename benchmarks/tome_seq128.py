@@ -17,7 +17,7 @@ order reversed every round, median thread-CPU time and wall time) at batch 1 and
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/tome_seq128.py \\
         [--json benchmarks/results/transformer_encoder_session11_tome.json] [--variants keys16,ks16,ks_dec]
         [--rounds 6] [--kd ks_dec2 --kd-cpu 600 [--kd-wall S] [--kd-lr 5e-5] [--kd-init PREFIX]
-        [--kd-monitor 300] | --kd-from PREFIX]
+        [--kd-monitor 300] | --kd-from PREFIX] [--profile 40]
 
 ``--kd-init PREFIX`` continues a saved ``--kd`` student of the same variant (a warm restart: fresh optimizer moments,
 a new warm-up and cosine schedule) on the batches its chain has not drawn yet; ``chain`` in its JSON counts the
@@ -26,6 +26,12 @@ batches and CPU seconds of every run so far and the stream they come from (text 
 in PyTorch every S training CPU seconds on the 72 passages and the 32 full-length texts (cosine to the unmerged
 model's embeddings; held out from training, not used to pick anything) and saves its weights so far as
 ``PREFIX.partial.pt``.
+
+``--profile N`` also runs ONNX Runtime's per-node profiler (1 thread) on every sequence-128 file, N runs at batch 1
+and N // 8 at batch 32, and sums each node's median time by what it computes (``profile`` in the JSON): the
+merge (``bipartite_merge``) and its similarity metric (``merge_metric``), exported under their own scopes for this,
+the q/k/v and attention-output projections, attention's own products and softmax, the feed-forward blocks,
+residual adds and LayerNorms, the rest. Profiled times are wall times per node: read them as shares.
 """
 
 from __future__ import annotations
@@ -54,7 +60,7 @@ from deepslim.tasks.similarity import embedding_fidelity
 from deepslim.train.student import EncoderKDConfig, distill_encoder
 from deepslim.train.token_kd import distill_tokens
 from token_thresholds import full_length_texts
-from transformer_encoder import chain, cpu_rows, export, ort_embed, prefixed
+from transformer_encoder import chain, cpu_rows, export, ort_embed, prefixed, speed_ids
 
 # name: (tokens merged after each layer at sequence 128, metric)
 SCHEDULES: dict[str, tuple[tuple[int, ...], str]] = {
@@ -86,6 +92,101 @@ def merge_replaced_by_drop() -> Iterator[None]:
         yield
     finally:
         enc.bipartite_merge, enc.merge_metric = saved
+
+
+class _Scoped(torch.nn.Module):
+    """Calls a merge function under a module of its own, so that its exported nodes carry the module's name."""
+
+    def __init__(self, fn: Any):
+        super().__init__()
+        self.fn = fn
+
+    def forward(self, *args: Any, **kw: Any) -> Any:
+        return self.fn(*args, **kw)
+
+
+@contextlib.contextmanager
+def merge_scoped(model: torch.nn.Module) -> Iterator[None]:
+    """While exporting for ``--profile``: the merge's nodes are named ``.../tome_merge/...`` and the metric's
+    ``.../tome_metric/...`` (the computation is unchanged)."""
+    saved = enc.bipartite_merge, enc.merge_metric
+    merge, metric = _Scoped(saved[0]), _Scoped(saved[1])
+    model.add_module("tome_merge", merge)
+    model.add_module("tome_metric", metric)
+    enc.bipartite_merge, enc.merge_metric = merge, metric
+    try:
+        yield
+    finally:
+        enc.bipartite_merge, enc.merge_metric = saved
+
+
+def node_kind(name: str, op: str, ffn_out: set[str]) -> str:
+    """What an ONNX node of a (merging) BERT encoder computes, from its name and operator."""
+    if "tome_merge" in name or "tome_metric" in name:
+        return "merge" if "tome_merge" in name else "metric"
+    if "embeddings" in name:
+        return "embeddings"
+    scope = name.rsplit("/", 1)[0]
+    if "intermediate" in name or op in ("BiasGelu", "Gelu") or scope in ffn_out:
+        return "ffn"
+    if any(k in name for k in ("/query", "/key", "/value")) or "/output/dense" in name:
+        return "attn_proj"
+    if op in ("MatMul", "FusedMatMul", "Softmax", "Transpose", "Reshape"):
+        return "attn_core"
+    return "residual_ln" if op in ("Add", "LayerNormalization", "SkipLayerNormalization") else "other"
+
+
+def ffn_output_scopes(path: Path) -> set[str]:
+    """The scopes of the feed-forward blocks' output projections (``.../output/dense[_k]``) of an exported file:
+    those fed by the intermediate block (the attention's output projection has the same module name)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    producer = {o: n.name for n in graph.node for o in n.output}
+    return {n.name.rsplit("/", 1)[0] for n in graph.node if n.op_type == "MatMul" and "/output/dense" in n.name
+            and "intermediate" in producer.get(n.input[0], "")}  # fmt: skip
+
+
+def profile(files: dict[str, Path], seq: int, runs: int) -> dict[str, Any]:
+    """Per-node ORT profile (1 thread, no spinning) at batch 1 (``runs``) and 32 (``runs // 8``, at least 2): each
+    node's median time summed by :func:`node_kind`, in ms, with the node counts and the load average."""
+    import numpy as np
+    import onnxruntime as ort
+
+    out: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as work:
+        for batch, n in ((1, runs), (32, max(2, runs // 8))):
+            feed = {"input_ids": speed_ids(batch, seq).numpy()}
+            for name, path in files.items():
+                opts = ort.SessionOptions()
+                opts.intra_op_num_threads, opts.inter_op_num_threads = 1, 1
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+                opts.enable_profiling, opts.profile_file_prefix = True, str(Path(work) / f"{name}-{batch}")
+                sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+                for _ in range(n + 2):
+                    sess.run(None, feed)
+                events = json.loads(Path(sess.end_profiling()).read_text())
+                times: dict[str, list[float]] = {}
+                ops: dict[str, str] = {}
+                for e in events:
+                    if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+                        node = e["name"].removesuffix("_kernel_time")
+                        times.setdefault(node, []).append(e["dur"] / 1e3)
+                        ops[node] = e["args"].get("op_name", "")
+                ffn_out = ffn_output_scopes(path)
+                ms: dict[str, float] = {}
+                count: dict[str, int] = {}
+                for node, t in times.items():
+                    kind = node_kind(node, ops[node], ffn_out)
+                    ms[kind] = ms.get(kind, 0.0) + float(np.median(t[2:] or t))
+                    count[kind] = count.get(kind, 0) + 1
+                total = sum(ms.values())
+                out[f"{name}_b{batch}"] = {
+                    "runs": n, "load": os.getloadavg(), "nodes": len(times), "node_median_sum_ms": round(total, 3),
+                    "ms": {k: round(v, 3) for k, v in sorted(ms.items(), key=lambda kv: -kv[1])},
+                    "share": {k: round(v / total, 4) for k, v in ms.items()}, "node_counts": count,
+                }  # fmt: skip
+    return out
 
 
 def config(name: str, seq: int) -> MergeTokensConfig:
@@ -214,6 +315,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                               "sentences32": fidelity(files[32], set32.ids, d32.info["pairs"])}  # fmt: skip
         fid = result["fidelity"]["passages128"]
         result["rows"] = cpu_rows(files[128], fid, {}, 128, args.rounds)
+        if args.profile:
+            scoped = {"ort_fp32": files[128]["ort_fp32"]}
+            for name, base in models.items():
+                if name.endswith(DROP):
+                    continue
+                model = merge_tokens_(copy.deepcopy(base), config(name, 128))
+                with merge_scoped(model):
+                    scoped[name] = export(model, Path(work) / f"{name}-scoped.onnx", 128)
+            result["profile"] = profile(scoped, 128, args.profile)
     result["load_after"] = os.getloadavg()
     return result
 
@@ -237,6 +347,8 @@ def main() -> None:
     parser.add_argument("--kd-monitor", type=float, default=0.0,
                         help="--kd-targets tokens: held-out cosine every S training CPU-s (0: off)")  # fmt: skip
     parser.add_argument("--kd-from", type=Path, default=None, help="reuse PREFIX.pt/.json of an earlier --kd run")
+    parser.add_argument("--profile", type=int, default=0,
+                        help="also profile each s128 file per node: N runs at batch 1, N // 8 at 32 (0: off)")
     args = parser.parse_args()
     if args.kd_monitor and args.kd_targets != "tokens":
         parser.error("--kd-monitor needs --kd-targets tokens (distill_encoder has no monitor)")
@@ -253,6 +365,8 @@ def main() -> None:
               f"nn {f['nn_agreement']:.3f} rho {f['spearman']:.3f} | full {full['cosine_mean']:.4f}/"
               f"{full['cosine_min']:.4f} | s32 {s32['cosine_mean']:.4f}/{s32['cosine_min']:.4f}")
     print("kd:", json.dumps(result.get("kd", {}).get("kd")))
+    for key, prof in result.get("profile", {}).items():
+        print(f"profile {key:14s} {prof['node_median_sum_ms']:9.2f} ms", json.dumps(prof["share"]))
     print("load before/after:", result["load_before"], result["load_after"])
 
 
