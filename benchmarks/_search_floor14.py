@@ -26,7 +26,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import deepslim as ds  # noqa: E402
-from _search_floor12 import build, summary  # noqa: E402
+from _search_floor12 import build, judge, summary  # noqa: E402
 from deepslim._io import atomic_path  # noqa: E402
 from deepslim.analysis import profile  # noqa: E402
 from deepslim.export import export_onnx  # noqa: E402
@@ -60,12 +60,28 @@ def view(rows: list[dict[str, Any]], raw: str, measured: str) -> list[dict[str, 
     return [{**r, "raw_ms": r[raw], "measured_ms": r[measured]} for r in rows]
 
 
+def knee_summary(rows: list[dict[str, Any]], dense: dict[str, Any]) -> dict[str, Any]:
+    """The weight term with a knee (``calibrate_weights(..., knee=True)``), fitted through dense on the calibration
+    points as floor12's summary fits the plane, judged on the rest."""
+    calib = [r for r in rows if r["role"] == "calibration"]
+    judged = [r for r in rows if r["role"] != "calibration"]
+    nodes = NodeTable(LatencyTable(threads=1, cache_dir=None), timer=lambda n, w: [])  # the fit only
+    at = (dense["raw_ms"], dense["weight_mb"], dense["measured_ms"])
+    if not judged or not nodes.calibrate_weights([(r["raw_ms"], r["weight_mb"], r["measured_ms"]) for r in calib],
+                                                 through=at, knee=True):  # fmt: skip
+        return {}
+    return {"scale": nodes.scale, "ms_per_mib": nodes.weight_coef, "knee_mib": nodes.weight_knee,
+            "offset_ms": nodes.offset, **judge([nodes.predict(r["raw_ms"], r["weight_mb"]) for r in judged],
+                                               dense["measured_ms"], judged, dense["measured_ms"])}  # fmt: skip
+
+
 def summaries(rows: list[dict[str, Any]], dense: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for name, raw in (("table_session14", "raw_ms"), ("table_session13", "raw_old_ms"),
                       ("table_session14_no_node_term", "raw_entries_ms")):  # fmt: skip
         for truth, meas in (("window", "measured_ms"), ("unspread", "measured_unspread_ms")):
             out[f"{name}__vs_{truth}"] = summary(view(rows, raw, meas), view([dense], raw, meas)[0])
+            out[f"{name}__vs_{truth}"]["knee"] = knee_summary(view(rows, raw, meas), view([dense], raw, meas)[0])
     return out
 
 

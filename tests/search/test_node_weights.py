@@ -158,3 +158,26 @@ def test_a_model_in_int8_weighs_less_than_in_float():
     int8 = [m for m in q.modules() if getattr(m, "bits", None) == 8]  # the policy's layer and those tied to it
     assert q[3] in int8
     assert weight_mb(fp) - weight_mb(q) == pytest.approx(sum(m.weight.numel() * 3 for m in int8) / 2**20)
+
+
+def test_a_knee_in_the_weights_is_found_on_scripted_points_and_kept_by_a_pin():
+    """Scripted: measured = 1.1 × sum + 0.05 × max(0, MiB − 0.7) + 0.01 (weights below 0.7 MiB cost nothing beyond
+    their nodes). ``knee=True`` recovers the knee (on the grid: 0 to the largest 2.8 MiB in 40 steps) and predicts
+    exactly; the plane in all the MiB (the default) does not; a pin through dense and a floor keeps the knee."""
+    rng = np.random.default_rng(1)
+    sizes = [2.8] + [float(w) for w in rng.uniform(0.05, 2.5, 13)]
+    points = [(float(r), w, 1.1 * r + 0.05 * max(0.0, w - 0.7) + 0.01) for r, w in
+              zip(rng.uniform(0.05, 0.4, 14), sizes, strict=True)]  # fmt: skip
+    dense = points[0]
+    plane = fake_nodes(LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys]))
+    assert plane.calibrate_weights(points, through=dense) and plane.weight_knee == 0.0
+    assert max(abs(plane.predict(r, w) / m - 1) for r, w, m in points) > 0.01
+    nodes = fake_nodes(LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys]))
+    assert nodes.calibrate_weights(points, through=dense, knee=True)
+    assert nodes.weight_knee == pytest.approx(0.7)
+    assert (nodes.scale, nodes.weight_coef, nodes.offset) == pytest.approx((1.1, 0.05, 0.01), rel=1e-6, abs=1e-9)
+    assert all(nodes.predict(r, w) == pytest.approx(m, rel=1e-9) for r, w, m in points)
+    assert nodes.predict(0.2, 0.3) == pytest.approx(1.1 * 0.2 + 0.01)  # below the knee: no weight term
+    floor = (0.03, 0.05, 0.05)  # measured above the scripted line: the pin moves the fit, the knee stays
+    assert nodes.pin(dense[:3], floor) and nodes.weight_knee == pytest.approx(0.7)
+    assert nodes.predict(*floor[:2]) == pytest.approx(floor[2]) and nodes.predict(*dense[:2]) == pytest.approx(dense[2])

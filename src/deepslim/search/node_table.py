@@ -94,6 +94,7 @@ class NodeTable:
                  "window_s": window_s, "work": work})["graph_node_ms"])  # fmt: skip
         self.scale, self.offset = 1.0, 0.0
         self.weight_coef = 0.0  # ms per MiB of weights (:meth:`calibrate_weights`); 0: the node sum alone
+        self.weight_knee = 0.0  # MiB of weights that cost nothing beyond their nodes' entries (``knee``); 0: all do
         self.points: list[tuple[float, float]] = []
         self.triples: list[tuple[float, float, float]] = []  # (sum, weight MiB, ms) the weight fit was made on
         self.error_band = MIN_BAND  # the largest relative error on the calibration's points, at least MIN_BAND
@@ -152,7 +153,7 @@ class NodeTable:
             return self.scale * raw + self.offset
         if weights is None:
             raise ConfigError("this node table's calibration has a weight term: pass the model's weight_mb()")
-        return self.scale * raw + self.weight_coef * weights + self.offset
+        return self.scale * raw + self.weight_coef * max(0.0, weights - self.weight_knee) + self.offset
 
     def predict_model(self, raw: float, model: nn.Module) -> float:
         """:meth:`predict` for ``model`` (its weight bytes counted only when the calibration has a weight term)."""
@@ -176,7 +177,8 @@ class NodeTable:
             self.weight_coef = 0.0
 
     def calibrate_weights(self, points: Sequence[tuple[float, float, float]], *, min_points: int = MIN_WEIGHT_POINTS,
-                          through: Sequence[float] | Sequence[Sequence[float]] | None = None) -> bool:  # fmt: skip
+                          through: Sequence[float] | Sequence[Sequence[float]] | None = None,
+                          knee: bool | float = False) -> bool:  # fmt: skip
         """Fit ``scale × sum + weight_coef × weight MiB + offset`` to (raw sum, weight MiB, measured ms) triples by
         least squares; True when fitted. Why the weights: each node is timed alone, its weights warm in the cache,
         and a whole model streams all of its weights on every run; on MobileNetV2 0.5 at 28² the measured/sum ratio
@@ -191,7 +193,16 @@ class NodeTable:
         predicted dense; through dense, on the same measurements, 92 % in both. A list of triples: the plane passes
         through each of them (two at most are useful: three fix it), e.g. dense and the space's floor measured end
         to end (:meth:`pin`). Sets :attr:`error_band` to the largest relative error on ``points``, at least
-        :data:`MIN_BAND`."""
+        :data:`MIN_BAND`.
+
+        ``knee``: the weight term counts only the MiB beyond :attr:`weight_knee` (``max(0, MiB − knee)``) — False: 0
+        (every MiB, the plane above); a number: that knee; True: the knee among 41 evenly spaced from 0 to the
+        points' largest size whose fit has the least root-mean-square relative error on ``points``. Why: with the
+        session-14 node sums (IO-bound, the per-node term added) a MobileNetV2 0.5 policy's measured time was its
+        plain sum within a few µs up to ~0.75 MiB of weights, and beyond that grew by ~35–50 µs per MiB (the dense
+        model: 93 µs over its sum at 2.6 MiB) — each node is timed with its weights warm in the cache, a whole
+        model streams them once they no longer fit; a plane in all the MiB over-predicted the float policies near
+        the floor (0.2–0.5 MiB) by 10–17 %."""
         if min_points < 3:
             raise ConfigError(f"min_points must be at least 3 (a line in two variables has 3 coefficients): "
                               f"got {min_points}")  # fmt: skip
@@ -206,10 +217,22 @@ class NodeTable:
                 good.append((raw, mb, ms))
         if len(good) < min_points:
             return False
-        coef = _plane(good) if through is None else _plane_through(good, _points(through))
-        if coef is None or coef[0] <= 0:
+        at = None if through is None else _points(through)
+        top = max(w for _, w, _ in good + (at or []))
+        knees = [float(k) for k in np.linspace(0.0, top, 41)] if knee is True else [float(knee or 0.0)]
+        best: tuple[float, float, tuple[float, float, float]] | None = None
+        for k in knees:
+            cut = [(r, max(0.0, w - k), m) for r, w, m in good]
+            coef = _plane(cut) if at is None else _plane_through(cut, [(r, max(0.0, w - k), m) for r, w, m in at])
+            if coef is None or coef[0] <= 0:
+                continue
+            rms = float(np.sqrt(np.mean([((coef[0] * r + coef[1] * w + coef[2]) / m - 1) ** 2 for r, w, m in cut
+                                         if m > 0] or [0.0])))  # fmt: skip
+            if best is None or rms < best[0]:
+                best = (rms, k, coef)
+        if best is None:
             return False
-        self.scale, self.weight_coef, self.offset = coef
+        _, self.weight_knee, (self.scale, self.weight_coef, self.offset) = best
         self.points, self.triples = [(r, m) for r, _, m in good], good
         self.error_band = max([MIN_BAND] + [abs(self.predict(r, w) / m - 1) for r, w, m in good if m > 0])
         return True
@@ -247,7 +270,7 @@ class NodeTable:
         is in ``floor``) and :attr:`error_band` becomes the pinned fit's error on them."""
         d, f = _point(dense), _point(floor)
         if self.weight_coef and self.triples:
-            return self.calibrate_weights(self.triples, through=[d, f], min_points=3)
+            return self.calibrate_weights(self.triples, through=[d, f], min_points=3, knee=self.weight_knee)
         if abs(f[0] - d[0]) < 1e-12 or (f[2] - d[2]) / (f[0] - d[0]) <= 0:
             return False
         self.scale = (f[2] - d[2]) / (f[0] - d[0])
