@@ -128,7 +128,9 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     policies measured end to end, plus ``calibration_policies`` random ones: with 10 or more, the node table is fitted
     in its sum and the model's weight bytes (:meth:`NodeTable.calibrate_weights`), else anchored to the dense model.
     Relative budgets, the feasibility
-    check and the uniform family are judged in the same frame. The Pareto front is then re-measured end to end with
+    check and the uniform family are judged in the same frame. The Pareto front (with one objective, a focused
+    search such as ``("accuracy",)`` under a latency budget: the best ``2 × top_k`` feasible models, :func:`_front`)
+    is then re-measured end to end with
     the dense model (a front policy over its budget there is not made a finalist), and the ``top_k`` best remaining
     candidates and the best uniform policy are fine-tuned for ``finetune_epochs`` (as the written recipe does; with
     zero epochs, their batch norms are re-estimated instead, as the recipe's ``recalibrate`` stage does) and
