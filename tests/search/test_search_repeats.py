@@ -30,24 +30,36 @@ def test_policies_that_differ_only_inside_a_dropped_block_have_one_canonical_for
         assert torch.equal(v, built_b.state_dict()[k]), k
 
 
-def test_a_search_judges_a_repeated_canonical_policy_once_and_records_the_repeat(tmp_path, monkeypatch):
-    pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
-    from deepslim.search import search
-
-    judged: list[dict] = []
+def _judged_trials(monkeypatch) -> list[tuple]:
+    """(policy, trial number) of every trial the evaluator judges from now on (a repeat is not judged)."""
+    calls: list[tuple] = []
     evaluate = Evaluator.evaluate
 
     def counting(self, policy, **kwargs):
         if kwargs.get("trial") is not None:
-            judged.append(policy.to_dict())
+            calls.append((policy, kwargs["trial"]))
         return evaluate(self, policy, **kwargs)
 
     monkeypatch.setattr(Evaluator, "evaluate", counting)
-    # 4 policies: block 4 kept or dropped x its layer 4.conv2 int8 or float; dropped, the int8 choice says nothing
+    return calls
+
+
+def _grid_search(out, trials: int, **settings):
+    """A grid search of the 4 policies block 4 kept or dropped x its layer 4.conv2 int8 or float (dropped, the int8
+    choice says nothing: two of them build one model), fake latencies unless ``settings`` give a table."""
+    from deepslim.search import search
+
     space = SearchSpace(groups=(), int8_layers=("4.conv2",), blocks=("4",))
-    result = search(trained(), digits(), space, ("accuracy", "latency"), "latency=0.95x", trials=4, strategy="grid",
-                    out_dir=tmp_path, latency_table=fake_table(), **FAST)  # fmt: skip
-    assert len(result.trials) == 4 and len(judged) == 3
+    return search(trained(), digits(), space, ("accuracy", "latency"), "latency=0.95x", trials=trials,
+                  strategy="grid", out_dir=out, **{"latency_table": fake_table(), **FAST, **settings})  # fmt: skip
+
+
+def test_a_search_judges_a_repeated_canonical_policy_once_and_records_the_repeat(tmp_path, monkeypatch):
+    pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    calls = _judged_trials(monkeypatch)
+    result = _grid_search(tmp_path, 4)
+    space = result.space
+    assert len(result.trials) == 4 and len(calls) == 3
     assert result.cost["trials"] == 4 and result.cost["trials_evaluated"] == 3 and result.cost["trials_repeated"] == 1
     gone = [c for c in result.trials if c.policy.drop["4"]]
     first, repeat = sorted(gone, key=lambda c: c.trial or 0)
@@ -73,7 +85,6 @@ def test_a_repeat_of_a_checked_trial_is_not_a_second_point_of_the_latency_tables
     """check_every=1: every judged trial is measured end to end; the repeat is not measured, so its record carries
     no measured latency of its own (it says which trial it repeats) and the table's check holds each model once."""
     pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
-    from deepslim.search import search
     from deepslim.search.latency import LatencyTable
     from tests.search._tiny import fake_ms
 
@@ -81,9 +92,7 @@ def test_a_repeat_of_a_checked_trial_is_not_a_second_point_of_the_latency_tables
         return [sum(p.numel() for p in m.parameters()) / 1e4 for m, _ in pairs]
 
     table = LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys], model_timer=model_timer)
-    space = SearchSpace(groups=(), int8_layers=("4.conv2",), blocks=("4",))
-    result = search(trained(), digits(), space, ("accuracy", "latency"), "latency=0.95x", trials=4, strategy="grid",
-                    out_dir=tmp_path, latency_table=table, check_every=1, **FAST)  # fmt: skip
+    result = _grid_search(tmp_path, 4, latency_table=table, check_every=1)
     assert result.cost["trials_repeated"] == 1
     (repeat,) = [c for c in result.trials if "repeat_of" in c.measurement.extra]
     first = next(c for c in result.trials if c.trial == repeat.measurement.extra["repeat_of"])
@@ -149,26 +158,13 @@ def test_the_index_of_judged_models_canonicalizes_each_trial_once_and_keeps_the_
 
 def test_a_resumed_search_finds_a_repeat_of_a_trial_its_earlier_call_judged(tmp_path, monkeypatch):
     pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
-    from deepslim.search import search
-
-    judged: list[int] = []
-    evaluate = Evaluator.evaluate
-
-    def counting(self, policy, **kwargs):
-        if kwargs.get("trial") is not None:
-            judged.append(kwargs["trial"])
-        return evaluate(self, policy, **kwargs)
-
-    monkeypatch.setattr(Evaluator, "evaluate", counting)
-    space = SearchSpace(groups=(), int8_layers=("4.conv2",), blocks=("4",))
+    calls = _judged_trials(monkeypatch)
     # seed 0's grid order: both block-4-dropped policies last (trials 2 and 3): the first call judges trial 2, the
     # resumed call (a new objective, a new index) meets its twin as trial 3
-    first = search(trained(), digits(), space, ("accuracy", "latency"), "latency=0.95x", trials=3, strategy="grid",
-                   out_dir=tmp_path, latency_table=fake_table(), **FAST)  # fmt: skip
-    assert first.cost["trials_repeated"] == 0 and judged == [0, 1, 2]
+    first = _grid_search(tmp_path, 3)
+    assert first.cost["trials_repeated"] == 0 and [t for _, t in calls] == [0, 1, 2]
     assert [c.policy.drop["4"] for c in sorted(first.trials, key=lambda c: c.trial or 0)] == [False, False, True]
-    again = search(trained(), digits(), space, ("accuracy", "latency"), "latency=0.95x", trials=4, strategy="grid",
-                   out_dir=tmp_path, latency_table=fake_table(), **FAST)  # fmt: skip
-    assert judged == [0, 1, 2] and again.cost["trials"] == 4 and again.cost["trials_repeated"] == 1
+    again = _grid_search(tmp_path, 4)
+    assert [t for _, t in calls] == [0, 1, 2] and again.cost["trials"] == 4 and again.cost["trials_repeated"] == 1
     (repeat,) = [c for c in again.trials if "repeat_of" in c.measurement.extra]
     assert repeat.trial == 3 and repeat.measurement.extra["repeat_of"] == 2 and repeat.policy.drop["4"]
