@@ -71,7 +71,9 @@ Texts = tuple[list[str], torch.Tensor, torch.Tensor]  # docstring sentences, tok
 # its units: s32 0.805 before distillation, ranked: 0.897): the least FFN share whose weakest ORT cell kept a margin
 # over 1.3x (FFN 0.35: 1.41x; 0.3: 1.32-1.35x, 0.25: 1.24x; session 13, H), and more of the teacher left to distil
 # from than 0.4 (s32 0.885 against 0.864 right after pruning). No least-squares refit: on MiniLM it lowered the
-# pruned model's cosine from 0.864 to 0.639 (s32, session 12, H)
+# pruned model's cosine from 0.864 to 0.639 (s32, session 12, H). More heads for fewer hidden units at the same speed
+# does not beat it: 5/12 of the heads + FFN 0.3 distilled 600 CPU-s reached s32 0.9725 / s128 0.9431 (this one 0.971 /
+# 0.944) at the same speed (1.45-1.53x in two runs, side by side); half the heads cost s128 (session 14, H)
 HEADS = HeadPruneConfig(head_ratio=1 / 3, ffn_ratio=0.35, refit=False)
 
 
