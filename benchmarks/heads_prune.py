@@ -22,6 +22,8 @@ Steps, run one at a time on a shared machine (each writes a JSON; the pruned mod
     python benchmarks/heads_prune.py staged --policy "heads=1/3,calib=broad" --then "ffn=0.35,calib=broad" \
             --cpu 600 --split 0.33 --lr 5e-4 --out /tmp/h13/staged
         gradual pruning in one budget: the heads, distillation, then the hidden units ranked on the distilled student
+    python benchmarks/heads_prune.py lengths [--passages 0.05]
+        token counts of the distillation text, of the batches a run draws from it and of the evaluation sets
 
 A policy: ``heads`` / ``ffn`` / ``flops`` (HeadPruneConfig's head_ratio / ffn_ratio / flops_ratio; fractions like 1/3
 allowed), ``calib`` (``doc``: 512 stdlib docstring sentences at seq 32, what transformer_encoder.py uses; ``broad``:
@@ -104,12 +106,12 @@ def with_passages(texts: Texts, share: float, seed: int = 0) -> Texts:
     if not 0 <= share < 1:
         raise SystemExit(f"the passage share must be in [0, 1), got {share}")
     n, width = round(share * len(ids) / (1 - share)), ids.shape[1]
-    lengths = mask.sum(1).tolist()
+    counts = mask.sum(1).tolist()
     rows, run = [], []
     for i in torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed + 13)).tolist():
-        run += ids[i, 1 : lengths[i] - 1].tolist()
+        run += ids[i, 1 : counts[i] - 1].tolist()
         if len(run) >= width - 2:
-            rows.append([int(ids[i, 0]), *run[: width - 2], int(ids[i, lengths[i] - 1])])
+            rows.append([int(ids[i, 0]), *run[: width - 2], int(ids[i, counts[i] - 1])])
             run = []
             if len(rows) == n:
                 break
@@ -356,9 +358,32 @@ def probe_one(args: argparse.Namespace, base: torch.nn.Module, teacher: torch.nn
                      "wall_s": round(time.monotonic() - w0, 1), "load": [load0, os.getloadavg()]}  # fmt: skip
 
 
+def lengths(texts: Texts, data32: Any, args: argparse.Namespace) -> dict[str, Any]:
+    """Token counts of the distillation text (``--passages`` added), of the batches a 1,200-step run draws from it
+    (batch 32, dynamic padding) and of the evaluation sets: how often the student sees an input as long as the
+    sequence-128 passages."""
+    from deepslim.train.student import length_batches
+
+    ids, mask = with_passages(texts, args.passages, args.seed)[1:] if args.passages else texts[1:]
+    stream = length_batches(ids, mask, 32, seed=args.seed)
+    widths = torch.tensor([next(stream)[0].shape[1] for _ in range(1200)], dtype=torch.float)
+    data128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
+
+    def summary(n: torch.Tensor) -> dict[str, Any]:
+        n = n.float()
+        return {"n": len(n), "mean": round(float(n.mean()), 2), "min": int(n.min()), "max": int(n.max()),
+                "quantiles": {q: int(n.quantile(q)) for q in (0.1, 0.5, 0.9, 0.99)},
+                "share_ge": {t: round(float((n >= t).float().mean()), 4) for t in (32, 64, 100)}}  # fmt: skip
+
+    return {"texts": summary(mask.sum(1)), "batch_widths": summary(widths),
+            "token_share_of_batches_ge_64": round(float(widths[widths >= 64].sum() / widths.sum()), 4),
+            "eval_seq32": summary((getattr(data32.test.dataset, "ids") != 0).sum(1)),  # noqa: B009
+            "eval_seq128": summary((getattr(data128.test.dataset, "ids") != 0).sum(1))}  # noqa: B009
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("probe", "speed", "distill", "measure", "kdprobe", "staged"))
+    parser.add_argument("mode", choices=("probe", "speed", "distill", "measure", "kdprobe", "staged", "lengths"))
     parser.add_argument("--json", required=True)
     parser.add_argument("--out", default="/tmp/h11/probe", help="prefix of the saved models")
     parser.add_argument("--policies", default="heads=1/3,ffn=0.25", help="probe: policies separated by ;")
@@ -403,6 +428,8 @@ def main() -> None:
             kdprobe(args, teacher, texts, held, data32, result)
         elif args.mode == "staged":
             staged(args, teacher, texts, held, data32, result)
+        elif args.mode == "lengths":
+            result["lengths"] = lengths(texts, data32, args)
         else:
             data128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
             student, info = load(teacher, Path(args.from_[0]))
