@@ -234,6 +234,7 @@ def table_report(table: LatencyTable, checked: Sequence[Candidate], latency_mode
         doc["node_scale"], doc["node_offset_ms"] = nodes.scale, nodes.offset
         doc["node_error_band"] = nodes.error_band
         doc["node_ms_per_weight_mib"] = nodes.weight_coef
+        doc["node_weight_knee_mib"] = nodes.weight_knee
         doc["node_entries"] = sum(1 for k in table.entries if k.startswith("node:"))
     return doc
 

@@ -107,7 +107,8 @@ def check_feasible(ev: Evaluator, budgets: tuple[Budget, ...], limits: dict[str,
 
 FRAME_ATTR = "latency_frame"  # the study's user attribute: the tables' calibration and the floor check's result
 _FIELDS = {"layers": ("scale", "offset", "change_weight", "error_band", "points"),
-           "nodes": ("scale", "offset", "weight_coef", "error_band", "points", "triples")}  # fmt: skip
+           "nodes": ("scale", "offset", "weight_coef", "weight_knee", "error_band", "points", "triples")}  # fmt: skip
+_ADDED = {"weight_knee": 0.0}  # fields recorded since a later version: a frame without one had the default
 
 
 def table_state(ev: Evaluator) -> dict[str, Any]:
@@ -125,7 +126,7 @@ def restore_tables(ev: Evaluator, state: dict[str, Any]) -> None:
     for key, table in (("layers", ev.table), ("nodes", ev.nodes)):
         if table is not None and key in state:
             for f in _FIELDS[key]:
-                v = state[key][f]
+                v = state[key].get(f, _ADDED[f]) if f in _ADDED else state[key][f]
                 setattr(table, f, [tuple(p) for p in v] if f in ("points", "triples") else float(v))
     _model(ev).floor = state.get("floor")
 
