@@ -62,8 +62,8 @@ def record_context(study: Any, space: SearchSpace, objectives: tuple[str, ...], 
                    ev: Evaluator, job: dict[str, Any]) -> None:  # fmt: skip
     """What a worker joining the study needs to judge trials alike (issue 15): the space, the objectives, the
     absolute limits, the latency tables' machine key and calibration (the layer table's, and the node table's scale,
-    offset, weight term and its knee), and the search's settings (``job``: the evaluator's, with its latency model; with workers, also the
-    model file and the data spec, :func:`deepslim.search.workers.describe_job`)."""
+    offset, weight term and its knee), and the search's settings (``job``: the evaluator's, with its latency model;
+    with workers, also the model file and the data spec, :func:`deepslim.search.workers.describe_job`)."""
     table, nodes = ev.table, ev.nodes
     study.set_user_attr(wk.JOB_ATTR, {**job, "space": space.to_dict(), "objectives": list(objectives),
                                       "limits": dict(limits), "table": {"machine": table.key,

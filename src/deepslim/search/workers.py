@@ -284,7 +284,7 @@ def worker_evaluator(net: nn.Module, bundle: Any, space: Any, table: LatencyTabl
         ev.nodes.scale = float(job["table"].get("node_scale", 1.0))
         ev.nodes.offset = float(job["table"].get("node_offset_ms", 0.0))
         ev.nodes.weight_coef = float(job["table"].get("node_weight_coef", 0.0))
-        ev.nodes.weight_knee = float(job["table"].get("node_weight_knee_mib", 0.0))  # MiB: no rescale on another machine
+        ev.nodes.weight_knee = float(job["table"].get("node_weight_knee_mib", 0.0))  # MiB: _calibrate_here keeps it
     if table.key != job["table"]["machine"]:
         _calibrate_here(ev, job)
     return ev
