@@ -101,19 +101,24 @@ def _trivial(path: str, nodes: int) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
 
 
-def _bound(sess: Any, feed: dict[str, Any]) -> Any:
+def _bound(sess: Any, feed: dict[str, Any]) -> tuple[Any, list[Any]]:
     """``sess``'s inputs and outputs bound once (IO binding): a run then converts no array to or from Python, as a
     node inside a whole graph does not — with plain ``run`` each timing carried that conversion, and a node's
-    outputs' copy, which the trivial graph's one-element tensors do not cancel."""
+    outputs' copy, which the trivial graph's one-element tensors do not cancel. Returns the binding and the bound
+    values, which the caller keeps as long as it runs the binding: a CPU OrtValue made from a numpy array points
+    into the array (the OrtValue holds it), and the binding of some ONNX Runtime releases holds no reference to what
+    is bound (1.32's does) — there a run would read and write freed memory."""
     import numpy as np
     import onnxruntime as ort
 
-    binding = sess.io_binding()
+    binding, values = sess.io_binding(), []
     for name, value in feed.items():
-        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value))
+        values.append(ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(value)))
+        binding.bind_ortvalue_input(name, values[-1])
     for out, value in zip(sess.get_outputs(), sess.run(None, feed), strict=True):
-        binding.bind_ortvalue_output(out.name, ort.OrtValue.ortvalue_from_numpy(np.empty_like(value)))
-    return binding
+        values.append(ort.OrtValue.ortvalue_from_numpy(np.empty_like(value)))
+        binding.bind_ortvalue_output(out.name, values[-1])
+    return binding, values
 
 
 def time_nodes(files: list[tuple[str, str]], *, threads: int, rounds: int, block: int, work: str,
@@ -128,12 +133,13 @@ def time_nodes(files: list[tuple[str, str]], *, threads: int, rounds: int, block
     chain = [os.path.join(work, "trivial.onnx"), os.path.join(work, "chain.onnx")]
     _trivial(chain[0], 1)
     _trivial(chain[1], CHAIN)
+    # (session, (binding, its bound values)): the values live as long as ``runs`` (see :func:`_bound`)
     runs = [(s, _bound(s, {"x": np.zeros(1, np.float32)})) for s in (_session(f, threads, False) for f in chain)]
     for model, feeds in files:
         with np.load(feeds) as data:
             sess = _session(model, threads, False)
             runs.append((sess, _bound(sess, {k: data[k] for k in data.files})))
-    for sess, binding in runs:
+    for sess, (binding, _) in runs:
         for _ in range(2):  # warm-up
             sess.run_with_iobinding(binding)
     times: list[list[float]] = [[] for _ in runs]
@@ -142,7 +148,7 @@ def time_nodes(files: list[tuple[str, str]], *, threads: int, rounds: int, block
         if window_s > 0 and r > 0:  # the last round starts window_s after the first
             time.sleep(max(0.0, start + window_s * r / (rounds - 1) - time.perf_counter()))
         for i in (range(len(runs)) if r % 2 == 0 else reversed(range(len(runs)))):
-            sess, binding = runs[i]
+            sess, (binding, _) = runs[i]
             for _ in range(block):
                 t0 = time.perf_counter()
                 sess.run_with_iobinding(binding)
