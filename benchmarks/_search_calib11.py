@@ -9,6 +9,10 @@ measured latency is ``dense's time in the first chunk × its ratio to dense in i
 between chunks cancels. The JSON is rewritten after every chunk (partial results survive)::
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/_search_calib11.py OUT.json CACHE_DIR [n_calib n_judge chunk]
+
+Timed back to back (``window_s=0.0`` pinned, for the end-to-end timings and the table's entries): the protocol of
+the recorded numbers; session 14 spread the tables' rounds over a window by default; its node timer also binds
+inputs and outputs (IO binding), which this script does not undo (the cache key changed with it).
 """
 
 from __future__ import annotations
@@ -93,7 +97,7 @@ def main() -> None:
     dense.eval()
     x = full.example_input
     space = SearchSpace.from_model(dense, x, round_to=8, kinds=("prune", "int8"))
-    table = LatencyTable(threads=1, cache_dir=cache)
+    table = LatencyTable(threads=1, cache_dir=cache, window_s=0.0)
     nodes = NodeTable(table)
     rng = random.Random("session11-fresh-calibration")  # not check_table's stream (seed 0) nor the search's
     n = n_calib + n_judge
@@ -124,7 +128,7 @@ def main() -> None:
                 built.append((str(path), {"role": role, "level": level_i / (n - 1), "policy": policy.to_dict(),
                                           "macs": macs, "raw_ms": nodes.raw_file(path, shape), "weight_mb": mb,
                                           "int8_layers": sum(policy.int8.values())}))  # fmt: skip
-            times = _run_timer([(str(dense_file), shape)] + [(p, shape) for p, _ in built], 1, 10, 5)
+            times = _run_timer([(str(dense_file), shape)] + [(p, shape) for p, _ in built], 1, 10, 5, 0.0)
             dense_row.setdefault("measured_ms", times[0])
             for (_, row), t in zip(built, times[1:], strict=True):
                 row.update(chunk=start // chunk, chunk_dense_ms=times[0], absolute_ms=t,

@@ -13,6 +13,10 @@ chunks with the dense model (one timer process per chunk, 10 rounds × 5 runs); 
 the first chunk × its ratio to dense in its own chunk. The JSON is rewritten after every chunk::
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/_search_floor12.py OUT.json CACHE_DIR [--n-extra 13]
+
+Timed back to back (``window_s=0.0`` pinned, for the end-to-end timings and the table's entries): the protocol of
+the recorded numbers; session 14 spread the tables' rounds over a window by default; its node timer also binds
+inputs and outputs (IO binding), which this script does not undo (the cache key changed with it).
 """
 
 from __future__ import annotations
@@ -136,7 +140,7 @@ def main() -> None:
     dense.eval()
     x = full.example_input
     space = SearchSpace.from_model(dense, x, round_to=8, kinds=("prune", "int8"))
-    nodes = NodeTable(LatencyTable(threads=1, cache_dir=args.cache))
+    nodes = NodeTable(LatencyTable(threads=1, cache_dir=args.cache, window_s=0.0))
     order = policies(space, args.n_extra, args.n_spread, args.n_floor)
     smallest = str(space.smallest(False).to_dict())
     doc: dict[str, Any] = {"command": " ".join(sys.argv), "weights": args.pretrained or "random initial weights",
@@ -169,7 +173,7 @@ def main() -> None:
                                           "floor": str(policy.to_dict()) == smallest,
                                           "channels": sum(policy.keep.values()),
                                           "int8_layers": sum(policy.int8.values())}))  # fmt: skip
-            times = _run_timer([(str(dense_file), shape)] + [(p, shape) for p, _ in built], 1, 10, 5)
+            times = _run_timer([(str(dense_file), shape)] + [(p, shape) for p, _ in built], 1, 10, 5, 0.0)
             dense_row.setdefault("measured_ms", times[0])
             for (_, row), t in zip(built, times[1:], strict=True):
                 row.update(chunk=start // args.chunk, chunk_dense_ms=times[0], absolute_ms=t, ratio=t / times[0],

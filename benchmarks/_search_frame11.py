@@ -16,6 +16,9 @@ Conditions per policy (ratio policy / dense, each pair in the same run):
   finals do, with either export;
 - ``alone_tk_none``: each file alone in its own process (dense and the policy alternating): one model per process,
   as a deployment runs it.
+
+Timed back to back (``window_s=0.0`` pinned): the protocol of the recorded numbers (session 14's timer can spread
+its rounds over a window).
 """
 
 from __future__ import annotations
@@ -85,20 +88,20 @@ def one_rep(files: dict[str, str], fronts: list[str], shape: list[int]) -> dict[
     out: dict[str, dict[str, float]] = {}
 
     def pair(cond: str, a: str, b: str, p: str) -> None:
-        t = _run_timer([(files[a], shape), (files[b], shape)], 1, *PAIR)
+        t = _run_timer([(files[a], shape), (files[b], shape)], 1, *PAIR, 0.0)
         out.setdefault(cond, {})[p] = t[1] / t[0]
 
     for p in fronts:
         pair("pair_ts_steps", "dense_ts_none", f"{p}_ts_steps", p)
         pair("pair_ts_none", "dense_ts_none", f"{p}_ts_none", p)
         pair("pair_tk_none", "dense_tk_none", f"{p}_tk_none", p)
-        d0 = _run_timer([(files["dense_tk_none"], shape)], 1, *PAIR)[0]
-        t = _run_timer([(files[f"{p}_tk_none"], shape)], 1, *PAIR)[0]
-        d1 = _run_timer([(files["dense_tk_none"], shape)], 1, *PAIR)[0]
+        d0 = _run_timer([(files["dense_tk_none"], shape)], 1, *PAIR, 0.0)[0]
+        t = _run_timer([(files[f"{p}_tk_none"], shape)], 1, *PAIR, 0.0)[0]
+        d1 = _run_timer([(files["dense_tk_none"], shape)], 1, *PAIR, 0.0)[0]
         out.setdefault("alone_tk_none", {})[p] = t / ((d0 + d1) / 2)
     for kind in ("tk", "ts"):
         names = ["dense", *fronts, "uniform"]
-        times = _run_timer([(files[f"{n}_{kind}_none"], shape) for n in names], 1, *MULTI)
+        times = _run_timer([(files[f"{n}_{kind}_none"], shape) for n in names], 1, *MULTI, 0.0)
         out[f"multi_{kind}_none"] = {n: times[i] / times[0] for i, n in enumerate(names) if n != "dense"}
         out[f"multi_{kind}_none_dense_ms"] = {"dense": times[0]}
     return out

@@ -10,6 +10,9 @@ models exported by the fast TorchScript path (:mod:`deepslim.search._timing`) an
 files timed in one interleaved run (``RUNS`` runs), and the seconds each export took::
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/_search_proxy9.py /tmp/o6/fashion_mnv2_050_full_e10.pt OUT.json
+
+Timed back to back (``window_s=0.0`` pinned): the protocol of the recorded numbers (session 14's timer can spread
+its rounds over a window).
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ def timings(doc: dict, dense: torch.nn.Module, nets: dict, x: torch.Tensor) -> N
         for name in nets:
             fd, td = files["dense"]
             fp, tp = files[name]
-            runs = [_run_timer([(f, shape) for f in (fd, fp, td, tp)], 1, 10, 5) for _ in range(RUNS)]
+            runs = [_run_timer([(f, shape) for f in (fd, fp, td, tp)], 1, 10, 5, 0.0) for _ in range(RUNS)]
             doc["rows"][name]["timing"] = {"fast_ratio": [r[1] / r[0] for r in runs],
                                            "toolkit_ratio": [r[3] / r[2] for r in runs], "ms": runs}  # fmt: skip
 

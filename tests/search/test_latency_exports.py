@@ -31,7 +31,7 @@ def fakes(tmp_path, monkeypatch):
         log["exported"].append(model)
         fake_export(model, Path(path), example_input)
 
-    def run_timer(files, threads, rounds, block):
+    def run_timer(files, threads, rounds, block, window_s=0.0):
         if all(Path(f).name.startswith("layer") for f, _ in files):  # the layer table's one-layer graphs
             return [0.01] * len(files)
         log["timed"] += [f for f, _ in files]

@@ -1,9 +1,10 @@
 """What a study records about how its trials were judged, so that a resumed search judges the rest alike.
 
 A study's fingerprint covers its space and objectives (workers must match it); how a trial is *judged* — the proxy's
-fine-tune steps and learning rate, the distillation temperature, the latency model — is recorded beside it and
-checked when the same command resumes the study: resumed with other values, a search would rank accuracies after 80
-and after 40 proxy steps (or latencies predicted and measured) as if they were one scale.
+fine-tune steps and learning rate, the distillation temperature, the latency model and how the latency table's
+entries are timed (:func:`deepslim.search.latency.timing`) — is recorded beside it and checked when the same command
+resumes the study: resumed with other values, a search would rank accuracies after 80 and after 40 proxy steps (or
+latencies predicted and measured, or node sums timed two ways, with the frame fitted to one) as if they were one scale.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ def settings(ev: Evaluator) -> dict[str, Any]:
     """How ``ev`` judges a trial, beyond the space: the settings a resumed study must share with the one that judged
     its earlier trials (else accuracies after 80 and 40 proxy steps, say, would be ranked together)."""
     return {"proxy_steps": ev.proxy_steps, "proxy_lr": (ev.proxy_lr or ev.lr) if ev.proxy_steps else None,
-            "temperature": ev.temperature, "latency_model": ev.latency_model}  # fmt: skip
+            "temperature": ev.temperature, "latency_model": ev.latency_model, "timing": ev.table.timing}  # fmt: skip
 
 
 def check(study: Any, name: str, settings: dict[str, Any]) -> None:
@@ -35,6 +36,10 @@ def check(study: Any, name: str, settings: dict[str, Any]) -> None:
         study.set_user_attr(ATTR, settings)
         return
     for key, value in settings.items():
+        if key not in recorded and value is not None:
+            raise ConfigError(f"study {name!r} records no {key} (an older deepslim judged its trials; this one has "
+                              f"{key}={value!r}): resume it with the deepslim that created it, or start a new study "
+                              "(another out_dir or study name)")  # fmt: skip
         if recorded.get(key) != value:
             raise ConfigError(f"study {name!r} judged its trials with {key}={recorded.get(key)!r}; this search has "
                               f"{key}={value!r}: resume it with the same {key} (its trials would otherwise be "

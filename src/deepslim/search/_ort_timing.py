@@ -33,14 +33,20 @@ log = logging.getLogger(__name__)
 # The statistic of a timing's rounds × block runs: the minimum is the one a loaded machine moves least (two runs of
 # the same 45 ResNet-20 policies here agreed within 3.2% (p50) / 6.7% (p90) on minimums, 4.8% / 17% on medians).
 STAT = "min_ms"
-# Seconds every timing's rounds are spread over (``_timer.py``, ``_node_timer.py``): on the shared 2-core machine every
-# model ran 1.3–1.7x slower for stretches of seconds, not by one factor for all (ratios to dense moved 10–25 %), and a
-# timing of ~1 s caught either frame (session 14); spread over 3 s, the minimum comes from the undisturbed stretches.
+# Seconds a latency table's cached entries (layers: :func:`time_layers`; nodes: ``node_table``) spread their rounds over
+# (``_timer.py``, ``_node_timer.py``): on the shared 2-core machine every model ran 1.3–1.7x slower for stretches of
+# seconds, not by one factor for all (ratios to dense moved 10–25 %), and a timing of ~1 s caught either frame
+# (session 14); spread over 3 s, the minimum comes from the undisturbed stretches. An entry is timed once per cache, so
+# the 3 s are paid once per batch of new entries. End-to-end timings (checks, calibration, finals, the ``measured``
+# latency model's pair runs: :func:`time_models_runs`, ``_timing.PairTimer``) are repeated per model or per trial and
+# spread over nothing unless asked (``window_s``): 3 s each would add 15 s to a ``measured`` trial of 5 runs.
 WINDOW_S = 3.0
 
 
 def _run_timer(files: list[tuple[str, list[int]]], threads: int, rounds: int, block: int,
-               window_s: float = WINDOW_S) -> list[float]:  # fmt: skip
+               window_s: float = 0.0) -> list[float]:  # fmt: skip
+    """``files`` timed in one ``_timer.py`` process (``rounds`` × ``block`` runs each, interleaved, the rounds spread
+    over ``window_s`` seconds; 0: back to back): each file's :data:`STAT`."""
     cmd = json.dumps({"files": files, "threads": threads, "rounds": rounds, "block": block, "window_s": window_s})
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     script = str(Path(__file__).with_name("_timer.py"))  # run as a script: the child imports no deepslim
@@ -52,8 +58,10 @@ def _run_timer(files: list[tuple[str, list[int]]], threads: int, rounds: int, bl
     return [float(t) for t in json.loads(proc.stdout)[STAT]]
 
 
-def time_layers(keys: Sequence[LayerKey], *, threads: int = 1, rounds: int = 5, block: int = 5) -> list[float]:
-    """Each layer as its own ONNX graph, timed in ONNX Runtime (one process for the batch, interleaved)."""
+def time_layers(keys: Sequence[LayerKey], *, threads: int = 1, rounds: int = 5, block: int = 5,
+                window_s: float = WINDOW_S) -> list[float]:  # fmt: skip
+    """Each layer as its own ONNX graph, timed in ONNX Runtime (one process for the batch, interleaved, the rounds
+    spread over ``window_s`` seconds: :data:`WINDOW_S`, as the table's cached entries are)."""
     import onnx
 
     from deepslim.search._layer_onnx import layer_graph
@@ -64,7 +72,7 @@ def time_layers(keys: Sequence[LayerKey], *, threads: int = 1, rounds: int = 5, 
             path = Path(work) / f"layer{i}.onnx"
             onnx.save(layer_graph(key), str(path))
             files.append((str(path), list(key.in_shape)))
-        return _run_timer(files, threads, rounds, block)
+        return _run_timer(files, threads, rounds, block, window_s)
 
 
 def export_model(model: nn.Module, path: Path, example_input: Any) -> None:
@@ -140,16 +148,18 @@ def _settings(module: nn.Module) -> tuple[tuple[str, Any], ...]:
 
 
 def time_models(pairs: Sequence[tuple[nn.Module, Any]], *, threads: int = 1, rounds: int = 10, block: int = 5,
-                keep: KeptFiles | None = None) -> list[float]:  # fmt: skip
+                keep: KeptFiles | None = None, window_s: float = 0.0) -> list[float]:  # fmt: skip
     """Whole models timed in ONNX Runtime, interleaved (one run of :func:`time_models_runs`)."""
-    return time_models_runs(pairs, 1, threads=threads, rounds=rounds, block=block, keep=keep)[0]
+    return time_models_runs(pairs, 1, threads=threads, rounds=rounds, block=block, keep=keep, window_s=window_s)[0]
 
 
 def time_models_runs(pairs: Sequence[tuple[nn.Module, Any]], runs: int, *, threads: int = 1, rounds: int = 10,
-                     block: int = 5, keep: KeptFiles | None = None) -> list[list[float]]:  # fmt: skip
+                     block: int = 5, keep: KeptFiles | None = None,
+                     window_s: float = 0.0) -> list[list[float]]:  # fmt: skip
     """Whole models (quantized ones as their integer graphs) exported once and timed in ONNX Runtime, interleaved,
-    in ``runs`` processes one after another (one list of times per run); NaN for a model the export refuses (logged:
-    a check is skipped, the search goes on). ``keep``: the files stay there for the node table (:class:`KeptFiles`)."""
+    in ``runs`` processes one after another (one list of times per run; each run's rounds spread over ``window_s``
+    seconds, 0 by default: see :data:`WINDOW_S`); NaN for a model the export refuses (logged: a check is skipped, the
+    search goes on). ``keep``: the files stay there for the node table (:class:`KeptFiles`)."""
     with contextlib.ExitStack() as stack:
         work = keep.fresh() if keep is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         files, index = [], []
@@ -161,7 +171,8 @@ def time_models_runs(pairs: Sequence[tuple[nn.Module, Any]], runs: int, *, threa
             index.append(i)
             if keep is not None:
                 keep.keep(model, x.shape, path)
-        results = [_run_timer(files, threads, rounds, block) if files else [] for _ in range(max(1, runs))]
+        results = [_run_timer(files, threads, rounds, block, window_s) if files else []
+                   for _ in range(max(1, runs))]  # fmt: skip
     out = []
     for times in results:
         found = dict(zip(index, times, strict=True))

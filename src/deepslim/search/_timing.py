@@ -102,12 +102,15 @@ class PairTimer:
     """Times models against one reference model (the dense one), interleaved in the same run: ``runs(net, n)`` gives
     ``n`` (reference ms, net ms) pairs, each run a process of its own. On the real ONNX Runtime table the reference is
     exported once (kept in a private directory removed with the timer) and each model once per call; with custom
-    timers the table's own ``measure`` times the pair."""
+    timers the table's own ``measure`` times the pair. ``window_s``: the seconds each run's rounds spread over (None:
+    the table's ``model_window_s``, 0 by default — a trial makes up to ``measure_repeats`` runs, and 3 s each would
+    add 15 s to it; see :data:`deepslim.search._ort_timing.WINDOW_S`)."""
 
     def __init__(self, table: LatencyTable, reference: nn.Module, x: torch.Tensor, *, rounds: int = 10,
-                 block: int = 5) -> None:  # fmt: skip
+                 block: int = 5, window_s: float | None = None) -> None:  # fmt: skip
         self.table, self.reference, self.x = table, reference, x
         self.rounds, self.block = rounds, block
+        self.window_s = table.model_window_s if window_s is None else float(window_s)
         self.exports: dict[str, int] = {}  # exporter -> files written (what the timing cost)
         self._dir: str | None = None
         self._ref_file: str | None = None
@@ -157,7 +160,7 @@ class PairTimer:
 
     def _time(self, files: Sequence[str]) -> list[float]:
         shape = list(self.x.shape)
-        return _run_timer([(f, shape) for f in files], self.table.threads, self.rounds, self.block)
+        return _run_timer([(f, shape) for f in files], self.table.threads, self.rounds, self.block, self.window_s)
 
 
 def describe(found: Sequence[tuple[float, float]]) -> dict[str, Any]:

@@ -35,6 +35,7 @@ from deepslim._hooks import hooked
 from deepslim._io import atomic_path
 from deepslim.errors import ConfigError
 from deepslim.search._ort_timing import STAT as STAT  # the real timers' names stay importable from here
+from deepslim.search._ort_timing import WINDOW_S as WINDOW_S
 from deepslim.search._ort_timing import KeptFiles as KeptFiles
 from deepslim.search._ort_timing import _run_timer as _run_timer
 from deepslim.search._ort_timing import export_model as export_model
@@ -49,6 +50,12 @@ log = logging.getLogger(__name__)
 
 RUNTIMES = ("onnxruntime",)
 MIN_BAND = 0.10  # the least error band a calibrated table is trusted to (the issue's ±10 %)
+# How the real timers time a table's entries: part of the cache file's key (:func:`machine_key`) and of what a resumed
+# study must share (``_judging.settings``), so that entries timed another way are neither read back nor judged as if
+# timed this way. Session 14 changed it (node entries through IO binding, plus the cost of one more node in a graph
+# per node, :data:`~deepslim.search.node_table.GRAPH_NODE`; rounds spread over a window): caches and studies of
+# before carry no tag, match none, and are re-measured (caches) or refused (studies). Change it with the protocol.
+TIMING = "iobind+graph-node"
 LayerTimer = Callable[[Sequence["LayerKey"]], list[float]]
 ModelTimer = Callable[[Sequence[tuple[nn.Module, Any]]], list[float]]
 
@@ -124,8 +131,14 @@ def _key(m: nn.Module, shape: tuple[int, ...], int8: bool) -> LayerKey:
                     m.groups, m.bias is not None, int8)  # fmt: skip
 
 
-def machine_key(runtime: str = "onnxruntime", threads: int = 1) -> str:
-    """What a latency table is valid for: this CPU model and core count, the runtime's version, the threads."""
+def timing(window_s: float = WINDOW_S) -> str:
+    """The timing protocol of a table whose entries spread their rounds over ``window_s`` seconds (:data:`TIMING`)."""
+    return f"{TIMING}|window={window_s:g}"
+
+
+def machine_key(runtime: str = "onnxruntime", threads: int = 1, window_s: float = WINDOW_S) -> str:
+    """What a latency table is valid for: this CPU model and core count, the runtime's version, the threads, and how
+    its entries are timed (:func:`timing`)."""
     from deepslim.analysis.calibrate import cpu_name
 
     cpu = cpu_name()
@@ -134,7 +147,7 @@ def machine_key(runtime: str = "onnxruntime", threads: int = 1) -> str:
         import onnxruntime
 
         version = onnxruntime.__version__
-    text = f"{cpu}|{os.cpu_count()}|{runtime}-{version}|threads={threads}|{STAT}"
+    text = f"{cpu}|{os.cpu_count()}|{runtime}-{version}|threads={threads}|{STAT}|{timing(window_s)}"
     return f"{runtime}-{version}-t{threads}-{hashlib.sha256(text.encode()).hexdigest()[:12]}"
 
 
@@ -148,24 +161,36 @@ class LatencyTable:
 
     ``timer`` (layer keys -> milliseconds) and ``model_timer`` ((model, example input) pairs -> milliseconds) replace
     the ONNX Runtime measurements; ``model_timer=None`` with a custom ``timer`` means no end-to-end measurement.
+    ``window_s``: the seconds the real timers spread the rounds of the cached entries over (layers here, nodes in
+    :class:`~deepslim.search.node_table.NodeTable`; :data:`WINDOW_S` = 3 s, paid once per batch of new entries; part
+    of the cache key). ``model_window_s``: the same for end-to-end timings (checks, calibration, finals, the
+    ``measured`` latency model's pair runs), which are repeated per model or trial: 0 (back to back) unless asked.
     """
 
     def __init__(self, *, runtime: str = "onnxruntime", threads: int = 1,
-                 cache_dir: str | os.PathLike[str] | None = None,
-                 timer: LayerTimer | None = None, model_timer: ModelTimer | None = None) -> None:  # fmt: skip
+                 cache_dir: str | os.PathLike[str] | None = None, timer: LayerTimer | None = None,
+                 model_timer: ModelTimer | None = None, window_s: float = WINDOW_S,
+                 model_window_s: float = 0.0) -> None:  # fmt: skip
         if runtime not in RUNTIMES:
             raise ConfigError(f"unknown runtime {runtime!r} for latency tables; choose one of {', '.join(RUNTIMES)}")
         if threads < 1:
             raise ConfigError(f"threads must be >= 1, got {threads}")
+        for name, value in (("window_s", window_s), ("model_window_s", model_window_s)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+                raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
         self.runtime, self.threads = runtime, threads
-        self.timer = timer or (lambda keys: time_layers(keys, threads=threads))
+        self.window_s, self.model_window_s = float(window_s), float(model_window_s)
+        self.timing = timing(self.window_s)  # how the entries are timed (what a resumed study must share)
+        self.timer = timer or (lambda keys: time_layers(keys, threads=threads, window_s=self.window_s))
         self.model_timer = model_timer if timer is None and model_timer is None else model_timer
         self._runs: Callable[[Sequence[tuple[nn.Module, Any]], int], list[list[float]]] | None = None
         self.kept = KeptFiles()  # the files of the last end-to-end measurement, for the node table
         if timer is None and model_timer is None:
-            self.model_timer = lambda pairs: time_models(pairs, threads=threads, keep=self.kept)
-            self._runs = lambda pairs, runs: time_models_runs(pairs, runs, threads=threads)
-        self.key = machine_key(runtime, threads) if timer is None else "custom"
+            self.model_timer = lambda pairs: time_models(pairs, threads=threads, keep=self.kept,
+                                                         window_s=self.model_window_s)  # fmt: skip
+            self._runs = lambda pairs, runs: time_models_runs(pairs, runs, threads=threads,
+                                                              window_s=self.model_window_s)  # fmt: skip
+        self.key = machine_key(runtime, threads, self.window_s) if timer is None else "custom"
         self.path = None if timer is not None else Path(cache_dir or default_cache_dir()) / f"{self.key}.json"
         self.entries: dict[str, float] = self._load()
         self.measured = 0  # entries this table measured (not read from the cache)

@@ -38,7 +38,7 @@ import numpy as np
 from torch import nn
 
 from deepslim.errors import ConfigError, ExportError
-from deepslim.search._ort_timing import WINDOW_S, export_model
+from deepslim.search._ort_timing import export_model
 from deepslim.search.latency import MIN_BAND, LatencyTable, fit_line
 
 PREFIX = "node:"
@@ -74,12 +74,20 @@ def _child(cmd: dict[str, Any]) -> dict[str, Any]:
 
 
 class NodeTable:
-    """Node-level latencies (see the module docstring), stored in ``table``'s entries and cache file."""
+    """Node-level latencies (see the module docstring), stored in ``table``'s entries and cache file. The real timer
+    spreads each batch's rounds over ``window_s`` seconds (None: the table's ``window_s``, 3 s by default, which its
+    cache key records; another window is refused on a table with a cache file, whose entries would mix two)."""
 
     def __init__(self, table: LatencyTable, *, splitter: Splitter | None = None, timer: NodeTimer | None = None,
                  exporter: Exporter | None = None, graph_node: GraphNodeTimer | None = None, rounds: int = 5,
-                 block: int = 5, window_s: float = WINDOW_S) -> None:  # fmt: skip
+                 block: int = 5, window_s: float | None = None) -> None:  # fmt: skip
         threads = table.threads
+        if window_s is None:
+            window_s = table.window_s
+        elif table.path is not None and window_s != table.window_s:
+            raise ConfigError(f"the node table's window_s={window_s:g} differs from its latency table's "
+                              f"({table.window_s:g}), which keys the cache file: give the LatencyTable that "
+                              "window_s")  # fmt: skip
         self.table = table
         self.custom = any(f is not None for f in (splitter, timer, exporter, graph_node))  # fakes stay in this process
         self.exporter = exporter or export_model
