@@ -4,10 +4,12 @@ TPE then ranks trials by accuracy alone and reads the budget as each trial's con
 the finals recover ``top_k`` searched policies (the front of one objective is a single point; the finals' pool is
 the best ``2 × top_k`` feasible models) and the uniform baseline is re-measured in the same interleaved runs."""
 
+from dataclasses import replace
+
 import pytest
 
 from deepslim.analysis.measurement import Measurement
-from deepslim.search.engine import _front
+from deepslim.search.engine import _front, _reported_front
 from deepslim.search.evaluate import Candidate
 from deepslim.search.latency import LatencyTable
 from deepslim.search.space import SearchSpace
@@ -35,6 +37,33 @@ def test_with_one_objective_the_finals_pool_is_the_best_feasible_models_each_onc
     # two objectives: the Pareto front (every point on it, each model once), whatever top_k
     two = _front(done, ("accuracy", "latency"), space, top_k=1)
     assert [c.trial for c in two] == [3, 5, 6]
+
+
+def _monotone(front) -> bool:
+    """Latency up => accuracy up: what a line drawn through the points as a front claims."""
+    by_latency = sorted(front, key=lambda c: c.latency_ms)
+    return all(a.accuracy < b.accuracy for a, b in zip(by_latency, by_latency[1:], strict=False))
+
+
+def test_with_one_objective_pareto_is_the_accuracy_latency_front_and_the_finals_pool_is_kept_apart():
+    """The pool [3, 5, 4, 1] is no front (trial 3 at 0.95 is slower than trial 5 at 0.93, trial 1 at 0.90 slower
+    still): ``pareto`` is the feasible trials' accuracy-latency front, the pool's entries as the finals returned them
+    (re-measured), and the pool is ``finals_pool`` (review R14 LOW 5)."""
+    space = SearchSpace(groups=(), int8_layers=("a", "x.b", "c"), blocks=("x",))
+    done = [_cand(space, 0, 0.99, 2.0, False), _cand(space, 1, 0.90, 1.0, True, **{"int8:a": True}),
+            _cand(space, 3, 0.95, 0.9, True, **{"drop:x": True, "int8:x.b": True}),
+            _cand(space, 4, 0.93, 0.8, True, **{"int8:x.b": True}),
+            _cand(space, 5, 0.93, 0.7, True, **{"int8:c": True}),
+            _cand(space, 6, 0.80, 0.5, True, **{"int8:a": True, "int8:x.b": True})]  # fmt: skip
+    pool = _front(done, ("accuracy",), space, top_k=2)
+    assert [c.trial for c in pool] == [3, 5, 4, 1] and not _monotone(pool)
+    remeasured = tuple(replace(c, remeasured={"verdict": "within"}) for c in pool)
+    pareto, finals_pool = _reported_front(done, ("accuracy",), space, remeasured)
+    assert [c.trial for c in pareto] == [3, 5, 6] and _monotone(pareto)
+    assert [c.remeasured for c in pareto] == [{"verdict": "within"}, {"verdict": "within"}, None]
+    assert finals_pool == remeasured
+    two, none = _reported_front(done, ("accuracy", "latency"), space, remeasured)  # two objectives: the pool is it
+    assert two == remeasured and none == ()
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +110,12 @@ def test_a_focused_search_recovers_top_k_searched_finalists_and_the_uniform_one_
         if key not in seen:
             seen.add(key)
             pool.append(c.trial)
-    assert [c.trial for c in result.pareto] == pool[:4]  # 2 x top_k, best first, each model once
+    assert [c.trial for c in result.finals_pool] == pool[:4]  # 2 x top_k, best first, each model once
+    assert result.pareto and _monotone(result.pareto) and all(c.feasible for c in result.pareto)
+    assert pool[0] in {c.trial for c in result.pareto}  # the most accurate feasible model is on the front
+    doc = result.to_dict()
+    assert [c["trial"] for c in doc["finals_pool"]] == pool[:4]
+    assert [c["trial"] for c in doc["pareto"]] == [c.trial for c in result.pareto]
     searched = [c for c in result.finalists if c.trial is not None]
     assert [c.trial for c in searched] == pool[:2]  # top_k of them (none re-measured over budget here)
     uniform = [c for c in result.finalists if c.trial is None]

@@ -7,7 +7,7 @@ import subprocess
 
 import pytest
 
-from deepslim.report.search_html import search_report_html, write_search_report
+from deepslim.report.search_html import front_line, search_report_html, write_search_report
 
 
 def cand(trial, acc, ms, keep, int8, feasible=True, measured=None):
@@ -120,3 +120,24 @@ def test_the_selected_policys_bars_show_its_sparsity_and_kmeans_bits(tmp_path):
     bars = dom[dom.index('id="bars"'):dom.index('id="pred"')]
     assert ">sparsity 0.75<" in bars and ">k-means 4 bits<" in bars  # fc: float, clustered
     assert "k-means 6 bits" not in bars and "sparsity 0<" not in bars  # conv1 is int8 (not clustered); fc dense
+
+
+def _pool_doc():
+    """A single-objective search.json as session 14 first wrote it: the finals' pool under ``pareto`` (the pool of
+    test_search_focus: trial 3 at 0.95 slower than trial 5 at 0.93, trial 1 at 0.90 slower still)."""
+    doc = search_doc()
+    pool = [cand(3, 0.95, 0.9, 8, True), cand(5, 0.93, 0.7, 8, False), cand(4, 0.93, 0.8, 4, True),
+            cand(1, 0.90, 1.0, 4, False)]  # fmt: skip
+    doc.update(objectives=["accuracy"], pareto=pool, trials=pool)
+    return doc
+
+
+def test_only_a_front_is_drawn_as_a_line_whatever_pareto_holds(tmp_path):
+    doc = _pool_doc()
+    assert front_line(doc, "latency_ms") == [1, 0]  # trials 5 then 3; 4 (as accurate as 5, slower) and 1 beaten
+    assert front_line(search_doc(), "latency_ms") == [1, 0]  # a real front: every point, by latency
+    dom = _dom_in_chromium(doc, tmp_path)
+    front = dom[dom.index('id="front"'):dom.index('id="bars"')]
+    xy = [tuple(map(float, p.split(","))) for p in re.search(r'<polyline points="([^"]+)"', front).group(1).split()]
+    assert len(xy) == 2 and xy[0][0] < xy[1][0] and xy[0][1] > xy[1][1]  # right is slower, up (smaller y) is better
+    assert front.count("<circle") == 4 + 2 + 3  # 4 trials, the 2 front points, dense, uniform, best

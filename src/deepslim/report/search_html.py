@@ -1,7 +1,8 @@
 """A search's report: one self-contained HTML page (no network) with the interactive Pareto front.
 
 Every trial is a point (accuracy against the search's other objective: latency, archive size, energy or peak
-activation memory, each labelled with its unit, bytes as bytes); the Pareto front is joined by a line, the uniform
+activation memory, each labelled with its unit, bytes as bytes); the Pareto front is joined by a line (only its
+entries no other beats on the two axes drawn, :func:`front_line`), the uniform
 family (one keep ratio everywhere) is drawn on the same axes, and the dense model, the chosen policy and the uniform
 baseline are marked. Hovering a point shows its policy and measurement, clicking selects it: its per-layer policy is
 drawn as bars (channels kept per group, int8 or float per layer, sparsity and k-means bits where chosen). A second
@@ -118,7 +119,7 @@ function front() {
   const lim = A.limit;
   if (lim) el('line', {x1: sx[0](lim), x2: sx[0](lim), y1: M.t, y2: H - M.b, stroke: '#c33',
     'stroke-dasharray': '4 3'}, svg);
-  const pf = D.pareto.filter(shown).sort((a, b) => X(a) - X(b));
+  const pf = D.front_line.map(i => D.pareto[i]);
   if (pf.length > 1) el('polyline', {points: pf.map(c => `${sx[0](X(c))},${sy[0](c.accuracy)}`).join(' '),
     fill: 'none', stroke: '#4a7ab5', 'stroke-width': 1.5}, svg);
   const dot = (r, fill) => ({attrs: (x, y) => ({cx: x, cy: y, r: r, fill: fill, 'fill-opacity': 0.8})});
@@ -168,6 +169,22 @@ def axis(doc: dict[str, Any]) -> dict[str, Any]:
             "limit": (doc.get("limits") or {}).get(metric)}  # fmt: skip
 
 
+def front_line(doc: dict[str, Any], key: str) -> list[int]:
+    """The entries of ``doc["pareto"]`` the page joins by a line, by ``key`` (the horizontal axis) ascending: those
+    no other entry beats on both axes (accuracy up, ``key`` down). Only a front is drawn as one: a search of three
+    objectives has front points that lose on these two, and a single-objective search.json written before session
+    14's fix holds the finals' pool (the best models by accuracy, a slower one among them) under ``pareto``."""
+    shown = [(c[key], c["accuracy"], i) for i, c in enumerate(doc.get("pareto") or [])
+             if c and c.get("accuracy") is not None and c.get(key) is not None]  # fmt: skip
+    line: list[int] = []
+    best = float("-inf")
+    for _, acc, i in sorted(shown, key=lambda t: (t[0], -t[1])):
+        if acc > best:
+            line.append(i)
+            best = acc
+    return line
+
+
 def _cell(value: Any, unit: str) -> str:
     if value is None:
         return "n/a"
@@ -203,7 +220,9 @@ def search_report_html(doc: dict[str, Any], *, title: str = "deepslim search") -
         model = "node" if lt.get("latency_model") == "nodes" else "layer"
         table_line = (f"{model} table: relative error p90 {lt['error_p90']:.1%}, Kendall τ {tau('kendall_tau')} "
                       f"(MAC count: τ {tau('mac_proxy_kendall_tau')}) over {lt['points']} measurements")
-    data = json.dumps({**doc, "axis": axis(doc)}, default=str).replace("</", "<\\/")
+    drawn = axis(doc)
+    data = json.dumps({**doc, "axis": drawn, "front_line": front_line(doc, drawn["key"])},
+                      default=str).replace("</", "<\\/")  # fmt: skip
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title><style>{_STYLE}</style></head>
 <body><h1>{html.escape(title)}</h1>

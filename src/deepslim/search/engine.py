@@ -67,7 +67,7 @@ class SearchResult:
     dense: Candidate
     best: Candidate | None  # the chosen policy, fine-tuned and re-measured
     uniform: Candidate | None  # the best uniform policy within budget, recovered and re-measured alike
-    pareto: tuple[Candidate, ...]
+    pareto: tuple[Candidate, ...]  # the feasible trials' front (:func:`_reported_front`), pool entries re-measured
     trials: tuple[Candidate, ...]
     uniform_family: tuple[Candidate, ...]
     latency_table: dict[str, Any]
@@ -75,6 +75,7 @@ class SearchResult:
     study: dict[str, Any] = field(default_factory=dict)
     finalists: tuple[Candidate, ...] = ()  # every re-measured finalist (searched, then uniform), see finals.py
     notes: tuple[str, ...] = ()  # finalists passed over (over budget when re-measured), uniform returned as best
+    finals_pool: tuple[Candidate, ...] = ()  # one objective: what the finals chose from, re-measured (:func:`_front`)
 
     def to_dict(self) -> dict[str, Any]:
         """The result as JSON. Each candidate's ``policy`` is the model it builds (:meth:`SearchSpace.canonical`:
@@ -99,7 +100,7 @@ class SearchResult:
                 "best": cand(self.best), "pareto": cands(self.pareto), "trials": cands(self.trials),
                 "uniform_family": cands(self.uniform_family),
                 "latency_table": self.latency_table, "cost": dict(self.cost), "study": dict(self.study),
-                "finalists": cands(self.finalists), "notes": list(self.notes),
+                "finalists": cands(self.finalists), "finals_pool": cands(self.finals_pool), "notes": list(self.notes),
                 "space": self.space.to_dict()}  # fmt: skip
 
 
@@ -129,8 +130,9 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     in its sum and the model's weight bytes (:meth:`NodeTable.calibrate_weights`), else anchored to the dense model.
     Relative budgets, the feasibility
     check and the uniform family are judged in the same frame. The Pareto front (with one objective, a focused
-    search such as ``("accuracy",)`` under a latency budget: the best ``2 × top_k`` feasible models, :func:`_front`)
-    is then re-measured end to end with
+    search such as ``("accuracy",)`` under a latency budget: the finals' pool, the best ``2 × top_k`` feasible
+    models, :func:`_front`, reported as ``finals_pool``, while ``pareto`` is the feasible trials' accuracy–latency
+    front) is then re-measured end to end with
     the dense model (a front policy over its budget there is not made a finalist), and the ``top_k`` best remaining
     candidates and the best uniform policy are fine-tuned for ``finetune_epochs`` (as the written recipe does; with
     zero epochs, their batch norms are re-estimated instead, as the recipe's ``recalibrate`` stage does) and
@@ -200,12 +202,13 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     finals = final_round(ev, front, [c for c in family if c.feasible], objectives, budgets, limits, top_k=top_k,
                          repeats=remeasure_repeats, front=front)  # fmt: skip
     best, notes = best_or_uniform(finals, objectives)
+    pareto, pool = _reported_front(done, objectives, space, finals.pareto)
     cost = _cost(len(done), started, cpu0, repeated=sum(REPEAT_ATTR in c.measurement.extra for c in done))
     where = storage or f"journal:{Path(out_dir or '.') / st.DEFAULT_JOURNAL}"
     return SearchResult(space=space, objectives=objectives, budgets=budgets, limits=limits, dense=dense, best=best,
-                        uniform=finals.uniform, pareto=finals.pareto, trials=tuple(done), uniform_family=family,
+                        uniform=finals.uniform, pareto=pareto, trials=tuple(done), uniform_family=family,
                         latency_table=search_table_report(ev, dense, done, family, finals), cost=cost,
-                        finalists=finals.finalists, notes=tuple(notes),
+                        finalists=finals.finalists, notes=tuple(notes), finals_pool=pool,
                         study={"name": study_name, "strategy": strategy, "seed": seed, "workers": workers,
                                "threads": threads, "storage": st.redact(where), "device": device,
                                "latency_model": model_name})  # fmt: skip
@@ -401,3 +404,17 @@ def _front(done: Sequence[Candidate], objectives: tuple[str, ...], space: Search
         unique.setdefault(model_key(space, c.policy), c)  # one model once
     ranked = tuple(unique.values())
     return ranked if len(objectives) > 1 else ranked[: max(1, 2 * top_k)]
+
+
+def _reported_front(done: Sequence[Candidate], objectives: tuple[str, ...], space: SearchSpace,
+                    pool: Sequence[Candidate]) -> tuple[tuple[Candidate, ...], tuple[Candidate, ...]]:  # fmt: skip
+    """The result's ``pareto`` and ``finals_pool`` from the finals' re-measured pool. With two or more objectives
+    the pool is the front (no separate pool). With one, the pool (the best ``2 × top_k``) is no front: a more
+    accurate model in it may be slower than a less accurate one; ``pareto`` is then the feasible trials' front in
+    that objective and the other of accuracy and latency (accuracy up, latency down), its pool entries
+    re-measured."""
+    if len(objectives) > 1:
+        return tuple(pool), ()
+    axes = (objectives[0], "latency" if objectives[0] == "accuracy" else "accuracy")
+    again = {c.trial: c for c in pool}
+    return tuple(again.get(c.trial, c) for c in _front(done, axes, space)), tuple(pool)
