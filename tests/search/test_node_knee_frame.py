@@ -78,3 +78,20 @@ def test_the_table_report_records_the_knee():
     doc = table_report(ev.table, [], "nodes", dense, ev.nodes)
     assert doc["node_weight_knee_mib"] == pytest.approx(0.7)
     assert doc["node_ms_per_weight_mib"] == pytest.approx(ev.nodes.weight_coef)
+
+
+def test_a_worker_times_with_the_windows_the_search_recorded(tmp_path):
+    """A table with non-default timing windows: its workers build theirs with the same windows, so they share its
+    cache key (and entries) instead of measuring a table of their own under another protocol."""
+    from deepslim.search.latency import LatencyTable
+
+    ev, _ = _kneed()
+    parent = LatencyTable(cache_dir=tmp_path, window_s=1.5, model_window_s=0.25)
+    ev.table = parent
+    study = _Study()
+    _study.record_context(study, ev.space, ("accuracy", "latency"), {}, ev,
+                          {"evaluator": wk.evaluator_settings(ev), "runtime": "onnxruntime", "threads": 1})  # fmt: skip
+    job = study.user_attrs[wk.JOB_ATTR]
+    table = wk._worker_table(job, study, None, str(tmp_path))
+    assert (table.window_s, table.model_window_s) == (1.5, 0.25)
+    assert table.key == parent.key

@@ -61,12 +61,14 @@ def fingerprint(space: SearchSpace, objectives: Sequence[str]) -> str:
 def record_context(study: Any, space: SearchSpace, objectives: tuple[str, ...], limits: dict[str, float],
                    ev: Evaluator, job: dict[str, Any]) -> None:  # fmt: skip
     """What a worker joining the study needs to judge trials alike (issue 15): the space, the objectives, the
-    absolute limits, the latency tables' machine key and calibration (the layer table's, and the node table's scale,
-    offset, weight term and its knee), and the search's settings (``job``: the evaluator's, with its latency model;
-    with workers, also the model file and the data spec, :func:`deepslim.search.workers.describe_job`)."""
+    absolute limits, the latency tables' machine key, timing windows and calibration (the layer table's, and the
+    node table's scale, offset, weight term and its knee), and the search's settings (``job``: the evaluator's,
+    with its latency model; with workers, also the model file and the data spec,
+    :func:`deepslim.search.workers.describe_job`)."""
     table, nodes = ev.table, ev.nodes
     study.set_user_attr(wk.JOB_ATTR, {**job, "space": space.to_dict(), "objectives": list(objectives),
                                       "limits": dict(limits), "table": {"machine": table.key,
+                                      "window_s": table.window_s, "model_window_s": table.model_window_s,
                                       "scale": table.scale, "offset_ms": table.offset,
                                       "conversion_weight": table.change_weight,
                                       "node_scale": nodes.scale if nodes else 1.0,

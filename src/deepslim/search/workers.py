@@ -32,7 +32,7 @@ from torch import nn
 
 from deepslim.errors import ConfigError, DeepSlimError
 from deepslim.search import storage as st
-from deepslim.search.latency import LatencyTable
+from deepslim.search.latency import WINDOW_S, LatencyTable
 
 log = logging.getLogger(__name__)
 
@@ -328,15 +328,18 @@ def _worker_table(job: dict[str, Any], study: Any, timer: str | None, cache_dir:
     """The latency table this worker judges trials with: the study's entries and calibration when this machine is
     of the study's kind, else this machine's own table (calibrated later)."""
     recorded = job["table"]
+    window_s = float(recorded.get("window_s", WINDOW_S))  # time as the study does (its cache key holds the window)
+    model_window_s = float(recorded.get("model_window_s", 0.0))
     if job.get("timer"):
         if timer != job["timer"]:
             raise ConfigError(f"the study measures latency with the custom timer {job['timer']}: pass --timer "
                               f"{job['timer']} to run that code here")  # fmt: skip
         model_timer = _import(job["model_timer"]) if job.get("model_timer") else None
         table = LatencyTable(runtime=job["runtime"], threads=job["threads"], timer=_import(job["timer"]),
-                             model_timer=model_timer)  # fmt: skip
+                             model_timer=model_timer, window_s=window_s, model_window_s=model_window_s)  # fmt: skip
     else:
-        table = LatencyTable(runtime=job["runtime"], threads=job["threads"], cache_dir=cache_dir)
+        table = LatencyTable(runtime=job["runtime"], threads=job["threads"], cache_dir=cache_dir, window_s=window_s,
+                             model_window_s=model_window_s)  # fmt: skip
     if table.key == recorded["machine"]:
         table.entries.update(shared_entries(study, table.key))  # layer and node entries alike
         table.scale, table.offset = recorded["scale"], recorded["offset_ms"]
