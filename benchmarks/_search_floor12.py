@@ -96,6 +96,16 @@ def summary(rows: list[dict[str, Any]], dense: dict[str, Any]) -> dict[str, Any]
     return out
 
 
+def save(doc: dict[str, Any], out: str, t0: float, chunk: int, summary_doc: dict[str, Any]) -> None:
+    """After a chunk: the load, the seconds so far and ``summary_doc`` into ``doc``, written to ``out`` whole."""
+    doc["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
+    doc["seconds"] = time.perf_counter() - t0
+    doc["summary"] = summary_doc
+    with atomic_path(out) as tmp:
+        Path(tmp).write_text(json.dumps(doc, indent=1))
+    print(time.strftime("%H:%M:%S"), f"chunk {chunk}: {len(doc['rows'])} rows", file=sys.stderr, flush=True)
+
+
 def build(dense: torch.nn.Module, space: SearchSpace, policy: Any, x: Any, calib: Any,
           path: Path, low_fidelity: bool) -> tuple[int, float]:  # fmt: skip
     net = prune_policy(dense, space, policy, example_input=x, calib_data=calib)
@@ -180,13 +190,7 @@ def main() -> None:
                            measured_ms=dense_row["measured_ms"] * t / times[0],
                            loadavg=Path("/proc/loadavg").read_text().split()[:3])  # fmt: skip
                 doc["rows"].append(row)
-            doc["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
-            doc["seconds"] = time.perf_counter() - t0
-            doc["summary"] = summary(doc["rows"], dense_row)
-            with atomic_path(args.out) as tmp:
-                Path(tmp).write_text(json.dumps(doc, indent=1))
-            print(time.strftime("%H:%M:%S"), f"chunk {start // args.chunk}: {len(doc['rows'])} rows",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            save(doc, args.out, t0, start // args.chunk, summary(doc["rows"], dense_row))
 
 
 if __name__ == "__main__":

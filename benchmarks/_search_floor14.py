@@ -28,8 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import deepslim as ds  # noqa: E402
-from _search_floor12 import build, judge, summary  # noqa: E402
-from deepslim._io import atomic_path  # noqa: E402
+from _search_floor12 import build, judge, save, summary  # noqa: E402
 from deepslim.analysis import profile  # noqa: E402
 from deepslim.errors import ExportError  # noqa: E402
 from deepslim.export import export_onnx  # noqa: E402
@@ -153,13 +152,7 @@ def main() -> None:
                            measured_unspread_ms=dense_row["measured_unspread_ms"] * u / unspread[0],
                            loadavg=Path("/proc/loadavg").read_text().split()[:3])  # fmt: skip
                 doc["rows"].append(row)
-            doc["loadavg_after"] = Path("/proc/loadavg").read_text().split()[:3]
-            doc["seconds"] = time.perf_counter() - t0
-            doc["summary"] = summaries(doc["rows"], dense_row)
-            with atomic_path(args.out) as tmp:
-                Path(tmp).write_text(json.dumps(doc, indent=1))
-            print(time.strftime("%H:%M:%S"), f"chunk {start // args.chunk}: {len(doc['rows'])} rows",
-                  file=sys.stderr, flush=True)  # fmt: skip
+            save(doc, args.out, t0, start // args.chunk, summaries(doc["rows"], dense_row))
 
 
 if __name__ == "__main__":
