@@ -207,10 +207,10 @@ class NodeTable:
         (every MiB, the plane above); a number: that knee; True: the knee among 41 evenly spaced from 0 to the
         points' largest size whose fit has the least root-mean-square relative error on ``points``. Why: with the
         session-14 node sums (IO-bound, the per-node term added) a MobileNetV2 0.5 policy's measured time was its
-        plain sum within a few µs up to ~0.75 MiB of weights, and beyond that grew by ~35–50 µs per MiB (the dense
+        plain sum within −18…+12 µs up to ~0.75 MiB of weights, and beyond that grew by ~35–50 µs per MiB (the dense
         model: 93 µs over its sum at 2.6 MiB) — each node is timed with its weights warm in the cache, a whole
         model streams them once they no longer fit; a plane in all the MiB over-predicted the float policies near
-        the floor (0.2–0.5 MiB) by 10–17 %."""
+        the floor of 0.35–0.5 MiB by 10–17 %."""
         if min_points < 3:
             raise ConfigError(f"min_points must be at least 3 (a line in two variables has 3 coefficients): "
                               f"got {min_points}")  # fmt: skip
