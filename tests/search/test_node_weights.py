@@ -181,3 +181,29 @@ def test_a_knee_in_the_weights_is_found_on_scripted_points_and_kept_by_a_pin():
     floor = (0.03, 0.05, 0.05)  # measured above the scripted line: the pin moves the fit, the knee stays
     assert nodes.pin(dense[:3], floor) and nodes.weight_knee == pytest.approx(0.7)
     assert nodes.predict(*floor[:2]) == pytest.approx(floor[2]) and nodes.predict(*dense[:2]) == pytest.approx(dense[2])
+
+
+def test_a_search_calibrated_on_timings_with_a_knee_in_the_weights_finds_it_and_predicts_a_held_out_policy():
+    """The search's calibration fits the weight term's knee (session 14: on MobileNetV2 the weights cost time only
+    beyond ~0.75 MiB): timings scripted with a knee halfway up the calibration sizes give that knee back exactly and
+    the held-out policy its scripted time; the plane without a knee could not (it misses that policy)."""
+    first, _ = evaluator(5)
+    calibrate_table(first)
+    top = max(w for _, w, _ in first.nodes.triples)
+    knee = top * 20 / 40  # one of the 41 knees the fit tries
+
+    def kneed(oracle):
+        return lambda pairs: [A * oracle.raw_model(m, x) + B * max(0.0, weight_mb(m) - knee) + C for m, x in pairs]
+
+    net, data = trained_net(), digits()
+    oracle = fake_nodes(LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys]))
+    table = LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys], model_timer=kneed(oracle))
+    ev = Evaluator(net, data, small_space(net), table, latency_model="nodes", nodes=fake_nodes(table),
+                   calibration_policies=5)  # fmt: skip
+    calibrate_table(ev)
+    assert ev.nodes.weight_knee == pytest.approx(knee, rel=1e-9)
+    assert (ev.nodes.scale, ev.nodes.weight_coef, ev.nodes.offset) == pytest.approx((A, B, C), rel=1e-6, abs=1e-9)
+    policy = ev.space.policy({"keep:0": 4, "keep:3": 8, "int8:3": True})
+    model, _ = ev.model_and_keys(policy, "none")
+    expected = A * oracle.raw_model(model, digits().example_input) + B * max(0.0, weight_mb(model) - knee) + C
+    assert ev.evaluate(policy, recovery="none").latency_ms == pytest.approx(expected, rel=1e-6)

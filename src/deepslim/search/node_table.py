@@ -236,7 +236,7 @@ class NodeTable:
                 continue
             rms = float(np.sqrt(np.mean([((coef[0] * r + coef[1] * w + coef[2]) / m - 1) ** 2 for r, w, m in cut
                                          if m > 0] or [0.0])))  # fmt: skip
-            if best is None or rms < best[0]:
+            if best is None or rms < best[0] - 1e-9:  # a tie (below the least size every knee fits alike): the least
                 best = (rms, k, coef)
         if best is None:
             return False
