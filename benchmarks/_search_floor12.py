@@ -131,6 +131,24 @@ def policies(space: SearchSpace, n_extra: int, n_spread: int, n_floor: int) -> l
     return calib + judged
 
 
+def record_chunk(doc: dict[str, Any], rows: list[dict[str, Any]], chunk: int, dense_row: dict[str, Any],
+                 timings: dict[str, list[float]]) -> None:
+    """One chunk's end-to-end times into its ``rows``, then the rows into ``doc``. ``timings``: per protocol suffix
+    (``""``, ``"_unspread"``), the times of dense then ``rows``' models: the chunk's dense time, each model's time,
+    its ratio to that dense time and that ratio in the first chunk's frame (dense's ``measured{suffix}_ms``, set by
+    the first chunk)."""
+    load = Path("/proc/loadavg").read_text().split()[:3]
+    for suffix, times in timings.items():
+        dense_row.setdefault(f"measured{suffix}_ms", times[0])
+        for row, t in zip(rows, times[1:], strict=True):
+            row.update({f"chunk_dense{suffix}_ms": times[0], f"absolute{suffix}_ms": t,
+                        f"ratio{suffix}": t / times[0],
+                        f"measured{suffix}_ms": dense_row[f"measured{suffix}_ms"] * t / times[0]})  # fmt: skip
+    for row in rows:
+        row.update(chunk=chunk, loadavg=load)
+        doc["rows"].append(row)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
@@ -184,12 +202,7 @@ def main() -> None:
                                           "channels": sum(policy.keep.values()),
                                           "int8_layers": sum(policy.int8.values())}))  # fmt: skip
             times = _run_timer([(str(dense_file), shape)] + [(p, shape) for p, _ in built], 1, 10, 5, 0.0)
-            dense_row.setdefault("measured_ms", times[0])
-            for (_, row), t in zip(built, times[1:], strict=True):
-                row.update(chunk=start // args.chunk, chunk_dense_ms=times[0], absolute_ms=t, ratio=t / times[0],
-                           measured_ms=dense_row["measured_ms"] * t / times[0],
-                           loadavg=Path("/proc/loadavg").read_text().split()[:3])  # fmt: skip
-                doc["rows"].append(row)
+            record_chunk(doc, [row for _, row in built], start // args.chunk, dense_row, {"": times})
             save(doc, args.out, t0, start // args.chunk, summary(doc["rows"], dense_row))
 
 

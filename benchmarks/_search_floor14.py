@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
 
 import deepslim as ds  # noqa: E402
-from _search_floor12 import build, judge, save, summary  # noqa: E402
+from _search_floor12 import build, judge, record_chunk, save, summary  # noqa: E402
 from deepslim.analysis import profile  # noqa: E402
 from deepslim.errors import ExportError  # noqa: E402
 from deepslim.export import export_onnx  # noqa: E402
@@ -143,15 +143,8 @@ def main() -> None:
             files = [(str(dense_file), list(x.shape))] + [(p, list(x.shape)) for p, _ in built]
             spread = _run_timer(files, 1, 10, 5, args.window)
             unspread = _run_timer(files, 1, 10, 5, 0.0)
-            dense_row.setdefault("measured_ms", spread[0])
-            dense_row.setdefault("measured_unspread_ms", unspread[0])
-            for (_, row), t, u in zip(built, spread[1:], unspread[1:], strict=True):
-                row.update(chunk=start // args.chunk, chunk_dense_ms=spread[0], absolute_ms=t, ratio=t / spread[0],
-                           measured_ms=dense_row["measured_ms"] * t / spread[0], chunk_dense_unspread_ms=unspread[0],
-                           absolute_unspread_ms=u, ratio_unspread=u / unspread[0],
-                           measured_unspread_ms=dense_row["measured_unspread_ms"] * u / unspread[0],
-                           loadavg=Path("/proc/loadavg").read_text().split()[:3])  # fmt: skip
-                doc["rows"].append(row)
+            record_chunk(doc, [row for _, row in built], start // args.chunk, dense_row,
+                         {"": spread, "_unspread": unspread})  # fmt: skip
             save(doc, args.out, t0, start // args.chunk, summaries(doc["rows"], dense_row))
 
 

@@ -1,11 +1,11 @@
 """``deepslim search``: per-layer pruning and precision under a measured budget (issue 14).
 
-Writes ``OUT/search.json`` (budget, dense, uniform, best, pareto, recipe, latency_table, cost), ``OUT/search.html``
-(the interactive Pareto front) and ``OUT/recipe.yaml``
-(the chosen policy as an ordinary recipe: ``deepslim compress MODEL --recipe OUT/recipe.yaml`` rebuilds it), both
-atomically and only when the search completes; the study itself lives in ``OUT/study.journal`` (or ``--storage``),
-so an interrupted search (Ctrl-C) resumes with the same command. ``--workers N`` runs the trials on N worker
-processes (``deepslim worker``, which other machines start by hand on the same ``--storage``).
+Writes ``OUT/search.json`` (budget, dense, uniform, best, pareto, finals_pool, recipe, latency_table, cost),
+``OUT/search.html`` (the interactive Pareto front) and ``OUT/recipe.yaml`` (the chosen policy as an ordinary
+recipe: ``deepslim compress MODEL --recipe OUT/recipe.yaml`` rebuilds it), both atomically and only when the search
+completes; the study itself lives in ``OUT/study.journal`` (or ``--storage``), so an interrupted search (Ctrl-C)
+resumes with the same command. ``--workers N`` runs the trials on N worker processes (``deepslim worker``, which
+other machines start by hand on the same ``--storage``).
 """
 
 from __future__ import annotations
