@@ -95,3 +95,15 @@ def test_a_worker_times_with_the_windows_the_search_recorded(tmp_path):
     table = wk._worker_table(job, study, None, str(tmp_path))
     assert (table.window_s, table.model_window_s) == (1.5, 0.25)
     assert table.key == parent.key
+
+
+def test_the_table_report_counts_node_entries_without_the_graph_node_term():
+    """The per-node graph term (GRAPH_NODE) is cached among the node entries but is not a node: the report counts
+    the nodes alone and gives the term its own field."""
+    from deepslim.search.node_table import GRAPH_NODE, PREFIX
+
+    ev, dense = _kneed()
+    ev.table.entries.update({PREFIX + "a": 0.01, PREFIX + "b": 0.02, GRAPH_NODE: 0.0003})
+    nodes = sum(1 for k in ev.table.entries if k.startswith(PREFIX)) - 1
+    doc = table_report(ev.table, [], "nodes", dense, ev.nodes)
+    assert doc["node_entries"] == nodes and doc["node_graph_ms"] == 0.0003
