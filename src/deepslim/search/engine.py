@@ -16,7 +16,7 @@ import os
 import resource
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,14 +46,18 @@ from deepslim.search.finals import finite as _finite
 from deepslim.search.finals import rank as _rank
 from deepslim.search.latency import LatencyTable
 from deepslim.search.node_table import NodeTable
-from deepslim.search.space import DEFAULT_KEEP_RATIOS, KINDS, Policy, SearchSpace
-from deepslim.search.strategies import STRATEGIES, make_sampler
+from deepslim.search.space import DEFAULT_KEEP_RATIOS, KINDS, SearchSpace
+from deepslim.search.strategies import IGNORE_VALUES_OVER_BUDGET, STRATEGIES, make_sampler
+from deepslim.search.trials import REPEAT_ATTR as REPEAT_ATTR  # re-exported
+from deepslim.search.trials import UNRECOVERED_ATTR as UNRECOVERED_ATTR  # re-exported
+from deepslim.search.trials import JudgedModels as JudgedModels  # re-exported
+from deepslim.search.trials import model_key as model_key  # re-exported
+from deepslim.search.trials import trial_objective
 
 log = logging.getLogger(__name__)
 
 WATTS_PER_CORE = 15.0  # assumed power of one busy CPU core, for the search's energy estimate (not measured)
 STUDY = "deepslim-search"
-REPEAT_ATTR = "repeat_of"  # a trial's user attr (and its measurement's extra): the earlier trial it repeats
 
 
 @dataclass(frozen=True)
@@ -203,7 +207,8 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
                          repeats=remeasure_repeats, front=front)  # fmt: skip
     best, notes = best_or_uniform(finals, objectives)
     pareto, pool = _reported_front(done, objectives, space, finals.pareto)
-    cost = _cost(len(done), started, cpu0, repeated=sum(REPEAT_ATTR in c.measurement.extra for c in done))
+    cost = _cost(len(done), started, cpu0, repeated=sum(REPEAT_ATTR in c.measurement.extra for c in done),
+                 unrecovered=sum(c.recovery == "none" and REPEAT_ATTR not in c.measurement.extra for c in done))
     where = storage or f"journal:{Path(out_dir or '.') / st.DEFAULT_JOURNAL}"
     return SearchResult(space=space, objectives=objectives, budgets=budgets, limits=limits, dense=dense, best=best,
                         uniform=finals.uniform, pareto=pareto, trials=tuple(done), uniform_family=family,
@@ -283,7 +288,8 @@ def _run_trials(study: Any, ev: Evaluator, objectives: tuple[str, ...], limits: 
     """The queued trials, run here (the strategy's sampler on the study) or on ``workers`` local worker processes."""
     if workers == 1:
         study.sampler = make_sampler(job["strategy"], job["seed"], ev.space, job["trials"], offset=counted)
-        objective = trial_objective(ev, objectives, limits, job["check_every"], on_trial)
+        objective = trial_objective(ev, objectives, limits, job["check_every"], on_trial,
+                                    skip_over_budget=job["strategy"] in IGNORE_VALUES_OVER_BUDGET)  # fmt: skip
         st.run_queued_trials(study, objective, recoverable=(DeepSlimError,))
     else:
         url = storage or f"journal:{(Path(out_dir or '.') / st.DEFAULT_JOURNAL).resolve()}"
@@ -295,12 +301,14 @@ def _cpu_seconds() -> float:
     return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
 
 
-def _cost(n: int, started: float, cpu0: float, repeated: int = 0) -> dict[str, float]:
+def _cost(n: int, started: float, cpu0: float, repeated: int = 0, unrecovered: int = 0) -> dict[str, float]:
     """What the search cost: ``trials`` completed, of which ``trials_repeated`` re-used an earlier trial's judgement
-    (the same model: :class:`JudgedModels`) and ``trials_evaluated`` were judged — counted over the whole study, a
-    resumed one's earlier calls included; wall and CPU seconds and energy of this call alone."""
+    (the same model: :class:`JudgedModels`) and ``trials_evaluated`` were judged, ``trials_unrecovered`` of those
+    without the trials' recovery (over the latency budget: :func:`trials._unrecovered_over_budget`) — counted over the
+    whole study, a resumed one's earlier calls included; wall and CPU seconds and energy of this call alone."""
     cpu = _cpu_seconds() - cpu0
     return {"trials": n, "trials_evaluated": n - repeated, "trials_repeated": repeated,
+            "trials_unrecovered": unrecovered,
             "wall_s": time.perf_counter() - started, "cpu_s": cpu,
             "energy_kwh": cpu * WATTS_PER_CORE / 3.6e6, "watts_per_core_assumed": WATTS_PER_CORE}  # fmt: skip
 
@@ -314,79 +322,6 @@ def _data(data: Any, options: Mapping[str, Any] | None) -> tuple[str | None, Any
     if options:
         raise ConfigError("data_options apply to a dataset spec; the data given is already loaded")
     return None, data
-
-
-def trial_objective(ev: Evaluator, objectives: tuple[str, ...], limits: dict[str, float], check_every: int,
-                    on_trial: Callable[[Candidate], None] | None = None) -> Callable[[Any], list[float]]:  # fmt: skip
-    """One trial, as every worker runs it: the sampled policy judged (measured end to end every ``check_every``
-    trials), its candidate and budget excesses recorded on the trial; the objective values."""
-    choices = ev.space.choices()
-    judged = JudgedModels(ev.space)
-
-    def objective(trial: Any) -> list[float]:
-        policy = ev.space.policy({k: trial.suggest_categorical(k, v) for k, v in choices.items()})
-        first = judged.first(trial.study, policy)
-        if first is not None:  # the same model as an earlier trial: its judgement, recorded as a repeat of it
-            trial.set_user_attr(REPEAT_ATTR, first.trial)
-            # not measured end to end itself: the first trial's measurement is one point of the table's check
-            m = replace(first.measurement, measured_latency_ms=None, runtime=None,
-                        extra={**first.measurement.extra, REPEAT_ATTR: first.trial})  # fmt: skip
-            cand = _feasible(replace(first, policy=policy, measurement=m, trial=trial.number), limits)
-        else:
-            measure = (check_every > 0 and ev.table.end_to_end and trial.number % check_every == 0
-                       and ev.latency_model != "measured")  # measured trials are their own end-to-end check
-            cand = ev.evaluate(policy, measure=measure, trial=trial.number)
-            # every trial is judged by the prediction (one frame for all); a measurement is the table's check
-            cand = _feasible(replace(cand, latency_ms=float(cand.measurement.extra["predicted_latency_ms"])), limits)
-        trial.set_user_attr("candidate", cand.to_dict())
-        violations = {m: cand.value(m) - lim for m, lim in limits.items()}
-        trial.set_user_attr("constraints", list(violations.values()) or [0.0])
-        if hasattr(trial, "set_constraint"):
-            for metric, excess in violations.items():
-                trial.set_constraint(metric, excess)
-        if on_trial is not None:
-            on_trial(cand)
-        return [_finite(cand.value(o), o) for o in objectives]
-
-    return objective
-
-
-class JudgedModels:
-    """The study's completed trials that were judged themselves (not repeats), indexed by the model each builds
-    (:func:`model_key`: the canonical form of its policy, :meth:`SearchSpace.canonical` — policies that differ only
-    inside dropped blocks, or not at all, build one model). Each trial's policy is canonicalized once, when the
-    index first reads it; the lookup this replaces canonicalized every completed trial again on each new trial.
-    Trials completed since the last look (by this process, by workers sharing the storage, or by the earlier calls of
-    a resumed search) join the index at the next :meth:`first`. Why: the latency cache already took such policies for
-    one model, but the accuracy proxy fine-tuned each again (~11 CPU-s a trial on ResNet-20)."""
-
-    def __init__(self, space: SearchSpace) -> None:
-        self.space = space
-        self._first: dict[str, tuple[int, dict[str, Any]]] = {}  # model key -> (trial number, candidate doc)
-        self._read: set[int] = set()
-
-    def first(self, study: Any, policy: Policy) -> Candidate | None:
-        """The candidate of the earliest completed trial of ``study`` (not a repeat) that builds ``policy``'s
-        model; None when there is none."""
-        from optuna.trial import TrialState
-
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.number in self._read:
-                continue
-            self._read.add(t.number)
-            doc = t.user_attrs.get("candidate")
-            if doc is None or REPEAT_ATTR in t.user_attrs:
-                continue
-            key = model_key(self.space, Policy.from_dict(doc["policy"]))
-            if key not in self._first or self._first[key][0] > t.number:
-                self._first[key] = (t.number, doc)
-        found = self._first.get(model_key(self.space, policy))
-        return Candidate.from_dict(found[1]) if found is not None else None
-
-
-def model_key(space: SearchSpace, policy: Policy) -> str:
-    """The key of the model ``policy`` builds: its canonical form's choices, sorted."""
-    return str(sorted(space.canonical(policy).params().items()))
 
 
 def _front(done: Sequence[Candidate], objectives: tuple[str, ...], space: SearchSpace,

@@ -240,9 +240,10 @@ def run_worker(url: str | None, name: str, *, threads: int = 1, model: str | Non
     """
     from deepslim.data import load_data
     from deepslim.models import load_model
-    from deepslim.search import _study, engine
+    from deepslim.search import _study
     from deepslim.search.space import SearchSpace
-    from deepslim.search.strategies import make_sampler
+    from deepslim.search.strategies import IGNORE_VALUES_OVER_BUDGET, make_sampler
+    from deepslim.search.trials import trial_objective
 
     job = _wait_for_job(url, name, wait_s)
     space = SearchSpace.from_dict(job["space"])
@@ -255,7 +256,8 @@ def run_worker(url: str | None, name: str, *, threads: int = 1, model: str | Non
     salt = zlib.crc32(f"{st.this_process()}".encode())
     study.sampler = make_sampler(job["strategy"], job["seed"] + salt, space, job["trials"])
     known = set(table.entries)
-    objective = engine.trial_objective(ev, objectives, job["limits"], job["check_every"])
+    objective = trial_objective(ev, objectives, job["limits"], job["check_every"],
+                                skip_over_budget=job["strategy"] in IGNORE_VALUES_OVER_BUDGET)  # fmt: skip
 
     def run(trial: Any) -> list[float]:
         try:

@@ -1,0 +1,117 @@
+"""One trial of a search, as the search and every worker run it: the sampled policy judged — once per model
+(:class:`JudgedModels`: a policy that builds the model of an earlier trial re-uses its judgement, recorded as a
+repeat), without the trials' recovery when it is over a latency budget that no recovery can change
+(:func:`_unrecovered_over_budget`) — and its candidate, budget excesses and objective values recorded on the trial.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+from deepslim.search.evaluate import Candidate, Evaluator
+from deepslim.search.finals import feasible as _feasible
+from deepslim.search.finals import finite as _finite
+from deepslim.search.space import Policy, SearchSpace
+
+REPEAT_ATTR = "repeat_of"  # a trial's user attr (and its measurement's extra): the earlier trial it repeats
+UNRECOVERED_ATTR = "unrecovered"  # a trial's user attr: judged without recovery, over the latency budget
+
+
+def trial_objective(ev: Evaluator, objectives: tuple[str, ...], limits: dict[str, float], check_every: int,
+                    on_trial: Callable[[Candidate], None] | None = None, *,
+                    skip_over_budget: bool = False) -> Callable[[Any], list[float]]:  # fmt: skip
+    """One trial, as every worker runs it: the sampled policy judged (measured end to end every ``check_every``
+    trials), its candidate and budget excesses recorded on the trial; the objective values. ``skip_over_budget``
+    (a strategy that never reads the values of a trial over budget): a policy over the latency budget is judged
+    without the trials' recovery (:func:`_unrecovered_over_budget`)."""
+    choices = ev.space.choices()
+    judged = JudgedModels(ev.space)
+
+    def objective(trial: Any) -> list[float]:
+        policy = ev.space.policy({k: trial.suggest_categorical(k, v) for k, v in choices.items()})
+        first = judged.first(trial.study, policy)
+        if first is not None:  # the same model as an earlier trial: its judgement, recorded as a repeat of it
+            trial.set_user_attr(REPEAT_ATTR, first.trial)
+            # not measured end to end itself: the first trial's measurement is one point of the table's check
+            m = replace(first.measurement, measured_latency_ms=None, runtime=None,
+                        extra={**first.measurement.extra, REPEAT_ATTR: first.trial})  # fmt: skip
+            cand = _feasible(replace(first, policy=policy, measurement=m, trial=trial.number), limits)
+        else:
+            over = _unrecovered_over_budget(ev, policy, limits, trial.number) if skip_over_budget else None
+            if over is not None:
+                trial.set_user_attr(UNRECOVERED_ATTR, "over the latency budget: judged without the trials' recovery")
+                cand = over
+            else:
+                measure = (check_every > 0 and ev.table.end_to_end and trial.number % check_every == 0
+                           and ev.latency_model != "measured")  # measured trials are their own end-to-end check
+                cand = ev.evaluate(policy, measure=measure, trial=trial.number)
+            # every trial is judged by the prediction (one frame for all); a measurement is the table's check
+            cand = _feasible(replace(cand, latency_ms=float(cand.measurement.extra["predicted_latency_ms"])), limits)
+        trial.set_user_attr("candidate", cand.to_dict())
+        violations = {m: cand.value(m) - lim for m, lim in limits.items()}
+        trial.set_user_attr("constraints", list(violations.values()) or [0.0])
+        if hasattr(trial, "set_constraint"):
+            for metric, excess in violations.items():
+                trial.set_constraint(metric, excess)
+        if on_trial is not None:
+            on_trial(cand)
+        return [_finite(cand.value(o), o) for o in objectives]
+
+    return objective
+
+
+def _unrecovered_over_budget(ev: Evaluator, policy: Policy, limits: dict[str, float],
+                             number: int) -> Candidate | None:  # fmt: skip
+    """The policy judged without the trials' recovery (``recovery="none"``) when it is over a latency-only budget,
+    else None (judged as usual). Sound because no recovery can bring it within: every latency model predicts from
+    the graph alone (its layers, channels and precisions; the measured model caches its timing per graph), never
+    from the weights a recovery changes; and the strategies that ask for this never read the accuracy of a trial
+    over budget. Costs one build without recovery per trial; saves the proxy's fine-tune steps of each trial over
+    budget (ResNet-20 at 0.5×, session 14: 23 of 40 focused trials, ~12 s each)."""
+    if ev.trial_recovery in ("none", "bn") or set(limits) != {"latency"}:
+        return None
+    net, keys = ev.model_and_keys(policy, "none")
+    if ev.predictions(policy, net, keys)[ev.latency_model] <= limits["latency"]:
+        return None
+    cand, _ = ev.judge(policy, recovery="none", trial=number)
+    return cand
+
+
+class JudgedModels:
+    """The study's completed trials that were judged themselves (not repeats), indexed by the model each builds
+    (:func:`model_key`: the canonical form of its policy, :meth:`SearchSpace.canonical` — policies that differ only
+    inside dropped blocks, or not at all, build one model). Each trial's policy is canonicalized once, when the
+    index first reads it; the lookup this replaces canonicalized every completed trial again on each new trial.
+    Trials completed since the last look (by this process, by workers sharing the storage, or by the earlier calls of
+    a resumed search) join the index at the next :meth:`first`. Why: the latency cache already took such policies for
+    one model, but the accuracy proxy fine-tuned each again (~11 CPU-s a trial on ResNet-20)."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+        self._first: dict[str, tuple[int, dict[str, Any]]] = {}  # model key -> (trial number, candidate doc)
+        self._read: set[int] = set()
+
+    def first(self, study: Any, policy: Policy) -> Candidate | None:
+        """The candidate of the earliest completed trial of ``study`` (not a repeat) that builds ``policy``'s
+        model; None when there is none."""
+        from optuna.trial import TrialState
+
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.number in self._read:
+                continue
+            self._read.add(t.number)
+            doc = t.user_attrs.get("candidate")
+            if doc is None or REPEAT_ATTR in t.user_attrs:
+                continue
+            key = model_key(self.space, Policy.from_dict(doc["policy"]))
+            if key not in self._first or self._first[key][0] > t.number:
+                self._first[key] = (t.number, doc)
+        found = self._first.get(model_key(self.space, policy))
+        return Candidate.from_dict(found[1]) if found is not None else None
+
+
+def model_key(space: SearchSpace, policy: Policy) -> str:
+    """The key of the model ``policy`` builds: its canonical form's choices, sorted."""
+    return str(sorted(space.canonical(policy).params().items()))
