@@ -250,7 +250,8 @@ def _progress(c: Any, stamps: list[float], cpu: list[float]) -> None:
     kept, dropped = sum(c.policy.keep.values()), sum(c.policy.drop.values())
     print(f"{time.strftime('%H:%M:%S')} trial {c.trial}: {kept} channels, {dropped} blocks dropped, accuracy "
           f"{c.accuracy}, {c.latency_ms:.4f} ms, feasible {c.feasible}"
-          + (f" (repeat of trial {c.measurement.extra['repeat_of']})" if "repeat_of" in c.measurement.extra else ""),
+          + (f" (repeat of trial {c.measurement.extra['repeat_of']})" if "repeat_of" in c.measurement.extra else "")
+          + (" (not recovered: over the latency budget)" if c.recovery == "none" else ""),
           file=sys.stderr, flush=True)  # fmt: skip
 
 

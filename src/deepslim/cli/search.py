@@ -151,7 +151,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     def progress(c: Any) -> None:
         if show:
-            flag = "" if c.feasible else " (over budget)"
+            flag = "" if c.feasible else " (over budget, not recovered)" if c.recovery == "none" else " (over budget)"
             energy = f", energy {c.value('energy'):.4g} µJ" if device else ""
             err.print(f"trial {c.trial}: accuracy {c.accuracy:.4f}, latency {c.latency_ms:.3f} ms{energy}{flag}",
                       markup=False)  # fmt: skip
