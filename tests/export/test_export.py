@@ -118,8 +118,10 @@ def test_compare_is_fair_to_identical_models(tmp_path):
     res = ds.compare(path, path, threads=1, rounds=10)
     assert 0.75 < res.speedup < 1.33  # the same model, interleaved in two processes: no side is favoured
     assert res.a.runs == res.b.runs == 50 and res.a.peak_memory_bytes > 0
-    solo = ds.benchmark(path, threads=1, min_seconds=0.3)
-    assert 0.6 < solo.median_ms / res.a.median_ms < 1.6  # the interleaving harness does not distort
+    solo = ds.benchmark(path, threads=1, min_seconds=1.0)
+    # the interleaving harness does not distort: fast runs against fast runs (p10), since on a shared machine whole
+    # stretches of seconds run 1.3-1.7x slower and a median can fall in one (a CI run read 1.60 here at load ~3)
+    assert 0.6 < solo.p10_ms / res.a.p10_ms < 1.6
 
 
 def test_bench_errors(tmp_path):
