@@ -27,6 +27,11 @@ import sys
 import time
 from typing import Any
 
+if __package__:  # imported from the package (tests)
+    from deepslim.search._timer import pace
+else:  # run as a script: its directory is on the path, and the child imports no deepslim
+    from _timer import pace  # type: ignore[no-redef]
+
 
 def _session(path: str, threads: int, optimize: bool, save: str | None = None) -> Any:
     import onnxruntime as ort
@@ -145,8 +150,7 @@ def time_nodes(files: list[tuple[str, str]], *, threads: int, rounds: int, block
     times: list[list[float]] = [[] for _ in runs]
     start = time.perf_counter()
     for r in range(rounds):
-        if window_s > 0 and r > 0:  # the last round starts window_s after the first
-            time.sleep(max(0.0, start + window_s * r / (rounds - 1) - time.perf_counter()))
+        pace(start, r, rounds, window_s)  # as _timer.py spreads its rounds
         for i in (range(len(runs)) if r % 2 == 0 else reversed(range(len(runs)))):
             sess, (binding, _) = runs[i]
             for _ in range(block):
