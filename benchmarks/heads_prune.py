@@ -63,7 +63,7 @@ from transformer_encoder import (
 )
 
 KEYS = {"heads": "head_ratio", "ffn": "ffn_ratio", "flops": "flops_ratio", "batches": "batches", "refit": "refit",
-        "global": "global_ranking"}
+        "global": "global_ranking", "scale": "scale", "groups": "groups"}
 
 
 def parse_policy(text: str) -> tuple[HeadPruneConfig, str]:
@@ -74,9 +74,9 @@ def parse_policy(text: str) -> tuple[HeadPruneConfig, str]:
         key, _, value = part.partition("=")
         if key == "calib":
             calib = value
-        elif key in ("batches",):
+        elif key in ("batches", "groups"):
             kw[KEYS[key]] = int(value)
-        elif key in ("refit", "global"):
+        elif key in ("refit", "global", "scale"):
             kw[KEYS[key]] = bool(int(value))
         else:
             kw[KEYS[key]] = float(Fraction(value))
@@ -84,12 +84,23 @@ def parse_policy(text: str) -> tuple[HeadPruneConfig, str]:
 
 
 def calibration(teacher: torch.nn.Module, texts: Texts, which: str, n: int = 512) -> list[dict[str, torch.Tensor]]:
-    """Batches of 32 for importance and refit: docstring sentences at seq 32, or broad-mix texts cut to their
-    longest (texts[1:] are the mix's token ids and mask, in the mix's shuffled order)."""
+    """Batches of 32 for importance and refit: docstring sentences at seq 32 (``doc``), broad-mix texts cut to their
+    longest (``broad``; texts[1:] are the mix's token ids and mask, in the mix's shuffled order), 128-token passages
+    packed from the mix (``passages``, :func:`packed`), or ``mixed``: the first n/2 broad texts, then n/2 passages
+    (with the policy's ``groups=2`` each half is ranked on its own and the unit keeps its larger share)."""
     if which == "doc":
         ids, mask = tokenize(teacher, texts[0][:n], seq_len=32)
-    else:
+    elif which == "passages":
+        ids = packed(texts, n)
+        mask = torch.ones_like(ids, dtype=texts[2].dtype)
+    elif which == "mixed":
+        long = packed(texts, n // 2)
+        ids = torch.cat([texts[1][: n // 2], long])
+        mask = torch.cat([texts[2][: n // 2], torch.ones_like(long, dtype=texts[2].dtype)])
+    elif which == "broad":
         ids, mask = texts[1][:n], texts[2][:n]
+    else:
+        raise SystemExit(f"calib is doc, broad, passages or mixed, not {which!r}")
     out = []
     for i in range(0, n, 32):
         width = int(mask[i : i + 32].sum(1).max())
@@ -98,14 +109,21 @@ def calibration(teacher: torch.nn.Module, texts: Texts, which: str, n: int = 512
 
 
 def with_passages(texts: Texts, share: float, seed: int = 0) -> Texts:
-    """``texts`` plus packed passages making ``share`` of the whole: runs of consecutive training texts (in a seeded
-    order) joined into one ``[CLS] … [SEP]`` row as long as the rows allow (WordPiece splits at whitespace, so this
-    is what tokenizing the texts joined by spaces gives, cut at the width). The texts stay first (the calibration
-    reads texts[1][:512]); no new text, only long inputs, which the mix has few of."""
+    """``texts`` plus packed passages (:func:`packed`) making ``share`` of the whole. The texts stay first (the
+    calibration reads texts[1][:512]); no new text, only long inputs, which the mix has few of."""
     docs, ids, mask = texts
     if not 0 <= share < 1:
         raise SystemExit(f"the passage share must be in [0, 1), got {share}")
-    n, width = round(share * len(ids) / (1 - share)), ids.shape[1]
+    rows = packed(texts, round(share * len(ids) / (1 - share)), seed)
+    return docs, torch.cat([ids, rows]), torch.cat([mask, torch.ones_like(rows, dtype=mask.dtype)])
+
+
+def packed(texts: Texts, n: int, seed: int = 0) -> torch.Tensor:
+    """``n`` rows of token ids as wide as the texts' rows: runs of consecutive training texts (in a seeded order)
+    joined into one ``[CLS] … [SEP]`` row as long as the rows allow (WordPiece splits at whitespace, so this is what
+    tokenizing the texts joined by spaces gives, cut at the width)."""
+    _, ids, mask = texts
+    width = ids.shape[1]
     counts = mask.sum(1).tolist()
     rows, run = [], []
     for i in torch.randperm(len(ids), generator=torch.Generator().manual_seed(seed + 13)).tolist():
@@ -117,8 +135,7 @@ def with_passages(texts: Texts, share: float, seed: int = 0) -> Texts:
                 break
     if len(rows) < n:
         raise SystemExit(f"{len(ids)} texts make {len(rows)} passages of {width} tokens, not {n}: lower the share")
-    packed = torch.tensor(rows, dtype=ids.dtype).reshape(n, width)
-    return docs, torch.cat([ids, packed]), torch.cat([mask, torch.ones_like(packed, dtype=mask.dtype)])
+    return torch.tensor(rows, dtype=ids.dtype).reshape(n, width)
 
 
 def prune(teacher: torch.nn.Module, policy: str, texts: Texts) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -416,9 +433,10 @@ def main() -> None:
         data32 = ds.load_data("sentences", seq_len=32, train_size=64)
         if args.mode == "probe":
             result["probes"] = []
+            data128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
             for i, policy in enumerate(p for p in args.policies.split(";") if p.strip()):
                 student, info = prune(teacher, policy, texts)
-                info["fidelity"] = fidelity(student, teacher, held, data32)
+                info["fidelity"] = fidelity(student, teacher, held, data32, data128)
                 save(student, info, Path(f"{args.out}-{i}"))
                 result["probes"].append({k: v for k, v in info.items() if k != "kept"})
                 print(json.dumps(result["probes"][-1]), flush=True)

@@ -44,3 +44,20 @@ def test_passages_are_whole_runs_of_training_texts_added_after_them():
         used.add(text)
     with pytest.raises(SystemExit, match=r"^60 texts make \d+ passages of 9 tokens, not 60: lower the share$"):
         heads_prune.with_passages((docs, ids, mask), 0.5)
+
+
+def test_mixed_calibration_is_the_first_half_of_the_texts_then_as_many_packed_passages_in_batches_of_32():
+    import heads_prune
+
+    docs, ids, mask = _texts(300, 9)
+    batches = heads_prune.calibration(None, (docs, ids, mask), "mixed", n=128)
+    assert len(batches) == 4 and all(len(b["input_ids"]) == 32 for b in batches)
+    for b, start in zip(batches[:2], (0, 32), strict=True):  # texts, cut to the batch's longest (7 tokens)
+        assert b["input_ids"].shape[1] == 7
+        assert torch.equal(b["input_ids"], ids[start : start + 32, :7])
+        assert torch.equal(b["attention_mask"], mask[start : start + 32, :7])
+    long = torch.cat([b["input_ids"] for b in batches[2:]])
+    assert torch.equal(long, heads_prune.packed((docs, ids, mask), 64))  # passages, full width, no padding
+    assert all((b["attention_mask"] == 1).all() for b in batches[2:])
+    with pytest.raises(SystemExit, match=r"^calib is doc, broad, passages or mixed, not 'long'$"):
+        heads_prune.calibration(None, (docs, ids, mask), "long")

@@ -48,12 +48,15 @@ def _model_inputs(batch: Any) -> Any:
 
 
 def sensitivity(model: nn.Module, blocks: list[Block], calib_data: Iterable[Any], *, batches: int = 8,
-                probes: int = 2, seed: int = 0) -> list[torch.Tensor]:  # fmt: skip
-    """Per block, Σ over samples of ‖∂outputs/∂gate_u‖² for each unit (random-projection estimate)."""
+                probes: int = 2, seed: int = 0, groups: int = 1) -> list[torch.Tensor]:  # fmt: skip
+    """Per block, Σ over samples of ‖∂outputs/∂gate_u‖² for each unit (random-projection estimate).
+
+    ``groups`` > 1: the batches read fall into that many consecutive runs of (nearly) equal length, e.g. short texts
+    then long passages; each run's sums are divided by their total over all units, and each unit keeps its largest
+    share over the runs — a unit that one kind of input needs is kept even if the other kinds outnumber it."""
     gates = _gates(blocks)
-    scores = [torch.zeros(b.units) for b in blocks]
+    per_batch: list[list[torch.Tensor]] = []
     gen = torch.Generator().manual_seed(seed)
-    seen = 0
     outputs = {str(i): b.output for i, b in enumerate(blocks)}
     # hooked removes every gate it installed on the way out, also when installing one of them fails part-way
     with hooked(outputs, pre=lambda i: _gate_hook(gates[int(i)], blocks[int(i)].unit_width)), inference_mode(model):
@@ -62,16 +65,38 @@ def sensitivity(model: nn.Module, blocks: list[Block], calib_data: Iterable[Any]
                     if isinstance(t, torch.Tensor) and t.is_floating_point()]  # fmt: skip
             if not outs:
                 raise ConfigError("sensitivity needs a model with floating-point outputs")
+            scores = [torch.zeros(b.units) for b in blocks]
             for k in range(probes):
                 probe = torch.stack([(torch.randn(t.shape, generator=gen).to(t) * t).sum() for t in outs]).sum()
                 grads = torch.autograd.grad(probe, gates, retain_graph=k + 1 < probes, allow_unused=True)
                 for s, g in zip(scores, grads, strict=True):
                     if g is not None:
                         s += g.detach().float().cpu().pow(2) / probes
-            seen += 1
-    if not seen:
+            per_batch.append(scores)
+    if not per_batch:
         raise ConfigError("sensitivity importance needs calib_data with at least one batch of model inputs")
-    return scores
+    return _combine(per_batch, groups)
+
+
+def _combine(per_batch: list[list[torch.Tensor]], groups: int) -> list[torch.Tensor]:
+    """Sum of the batches' scores (``groups`` 1), or each unit's largest normalized share over ``groups`` runs."""
+    if groups > len(per_batch):
+        raise ConfigError(f"groups={groups} runs of calibration batches need at least {groups} batches; "
+                          f"calib_data gave {len(per_batch)}")  # fmt: skip
+    runs = [[torch.stack(unit).sum(0) for unit in zip(*part, strict=True)]
+            for part in _split(per_batch, groups)]  # fmt: skip
+    if groups == 1:
+        return runs[0]
+    totals = [max(float(sum(s.sum() for s in run)), 1e-30) for run in runs]
+    shares = [[s / total for s in run] for run, total in zip(runs, totals, strict=True)]
+    return [torch.stack(unit).amax(0) for unit in zip(*shares, strict=True)]
+
+
+def _split(items: list[Any], parts: int) -> list[list[Any]]:
+    """``items`` in ``parts`` consecutive runs whose lengths differ by at most one (the longer ones first)."""
+    size, extra = divmod(len(items), parts)
+    bounds = [i * size + min(i, extra) for i in range(parts + 1)]
+    return [items[a:b] for a, b in zip(bounds, bounds[1:], strict=False)]
 
 
 def _take(data: Iterable[Any], n: int) -> Iterator[Any]:

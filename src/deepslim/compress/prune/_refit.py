@@ -104,3 +104,53 @@ def refit_(model: nn.Module, layer: nn.Module, target: torch.Tensor, batches: Se
             bias.copy_(solution[k].to(bias))
     residual = (x @ solution - target).norm() / target.norm().clamp_min(1e-12)
     return float(residual)
+
+
+def _space(target: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Where ``scale_`` measures the error: each token's row centred (a LayerNorm next removes its mean) and each
+    feature divided by the target's spread in it, so that BERT's few outsized features do not outweigh the rest."""
+    centred = target - target.mean(1, keepdim=True)
+    spread = centred.std(0)
+    inv = 1.0 / spread.clamp_min(1e-3 * float(spread.mean()) + 1e-12)
+    return lambda t: (t - t.mean(-1, keepdim=True)) * inv
+
+
+def _blocksum(t: torch.Tensor, width: int) -> torch.Tensor:
+    """(k·width, k·width) -> (k, k), or (k·width,) -> (k,): sums over each unit's ``width`` features."""
+    k = t.shape[0] // width
+    return t.reshape(k, width, k, width).sum((1, 3)) if t.ndim == 2 else t.reshape(k, width).sum(1)
+
+
+def scale_(model: nn.Module, layer: nn.Module, target: torch.Tensor, batches: Sequence[Any],
+           model_inputs: Callable[[Any], Any], width: int,
+           ridge: float = 1e-3) -> tuple[torch.Tensor, float]:  # fmt: skip
+    """Mask tuning (Kwon et al., NeurIPS 2022): one scale per kept unit — ``width`` consecutive input features of
+    ``layer`` — fitted by least squares so that the pruned model's output of ``layer`` matches ``target``, the error
+    measured in :func:`_space`; the scales multiply the unit's columns of the weight. A few unknowns per block (one
+    per head or hidden unit) instead of the whole matrix. ``ridge`` (times the mean diagonal) pulls each scale
+    towards 1 (the unit as it was). Returns (the scales, the relative residual in that space after the fit).
+
+    With X the inputs, M the weight's columns mapped into the space and E the target less the bias there, the
+    normal equations are G m = r with G = blocksum((XᵀX) ⊙ (MᵀM)) and r = blocksum(Σ_tokens X ⊙ (E M)): no
+    (tokens × units × features) array is formed."""
+    x = _capture(model, layer, batches, True, model_inputs)  # (N, k·width)
+    kind = layer_kind(layer)
+    weight = weight_of(layer)
+    w = weight.detach().double().cpu()
+    w = w if kind is None or kind.in_dim == 1 else w.T  # (out, in)
+    bias = getattr(layer, "bias", None)
+    b = bias.detach().double().cpu() if isinstance(bias, torch.Tensor) else torch.zeros(w.shape[0], dtype=w.dtype)
+    space = _space(target)
+    m_cols = space(w.T).T  # (out, in): each column is linear in the output, so the space maps it like a row
+    e = space(target - b)  # (N, out)
+    gram = _blocksum((x.T @ x) * (m_cols.T @ m_cols), width)
+    rhs = _blocksum((x * (e @ m_cols)).sum(0), width)
+    ones = torch.ones(len(gram), dtype=gram.dtype)
+    lam = ridge * float(gram.diagonal().mean())
+    scales = ones + torch.linalg.solve(gram + lam * torch.eye(len(gram), dtype=gram.dtype), rhs - gram @ ones)
+    energy = float(e.pow(2).sum())
+    left = float(scales @ gram @ scales - 2 * scales @ rhs) + energy
+    with torch.no_grad():
+        per_feature = scales.repeat_interleave(width).to(weight)
+        weight.mul_(per_feature if kind is None or kind.in_dim == 1 else per_feature[:, None])
+    return scales.float(), max(left, 0.0) ** 0.5 / max(energy, 1e-30) ** 0.5

@@ -75,7 +75,11 @@ class HeadPruneConfig(Config):
     before using it: on all-MiniLM-L6-v2 (heads 1/3 + FFN 0.4, 256 broad-corpus texts) it made the pruned model
     worse, cosine 0.864 without and 0.639 with (BENCHMARKS.md session 12; perhaps because the fit weighs every
     token's raw output alike, while each token passes a LayerNorm next, and a few tokens carry BERT's outsized
-    activations).
+    activations). ``scale`` (off by default; not with ``refit``): with calib_data, one scale per kept head and hidden
+    unit fitted by least squares instead, block after block in the order of computation, the error measured per
+    token centred and per feature standardized (:func:`._refit.scale_`, Kwon et al.'s mask tuning). ``groups`` > 1:
+    the calibration batches fall into that many consecutive runs (e.g. short texts, then long passages) and each unit
+    is ranked by its largest normalized sensitivity over the runs (:func:`._head_scores.sensitivity`).
     """
 
     head_ratio: float = 0.0
@@ -88,6 +92,8 @@ class HeadPruneConfig(Config):
     batches: int = 8
     probes: int = 2
     refit: bool = False
+    scale: bool = False
+    groups: int = 1
 
     def __post_init__(self) -> None:
         for what in ("head_ratio", "ffn_ratio", "flops_ratio"):
@@ -98,7 +104,9 @@ class HeadPruneConfig(Config):
         if self.flops_ratio > 0 and (self.importance is not HeadImportance.SENSITIVITY or not self.global_ranking):
             raise ConfigError("flops_ratio ranks heads and hidden units together by sensitivity: it needs "
                               "importance='sensitivity' and global_ranking=True (or set flops_ratio=0)")  # fmt: skip
-        for what in ("round_to", "batches", "probes"):
+        if self.refit and self.scale:
+            raise ConfigError("refit and scale both repair the output projections: choose one")
+        for what in ("round_to", "batches", "probes", "groups"):
             if isinstance(getattr(self, what), bool) or not isinstance(getattr(self, what), int) or \
                     getattr(self, what) < 1:  # fmt: skip
                 raise ConfigError(f"{what} must be an integer >= 1, got {getattr(self, what)!r}")
@@ -286,7 +294,8 @@ def plan_head_pruning(model: nn.Module, config: HeadPruneConfig,
             raise ConfigError("importance='sensitivity' needs calib_data (batches of model inputs); or use "
                               "importance='magnitude'")  # fmt: skip
         scores = dict(zip(map(id, chosen), sensitivity(model, chosen, calib_data, batches=config.batches,
-                                                       probes=config.probes), strict=True))  # fmt: skip
+                                                       probes=config.probes, groups=config.groups),
+                          strict=True))  # fmt: skip
     else:
         scores = dict(zip(map(id, chosen), magnitude(chosen), strict=True))
     keep: dict[int, int] = {}
@@ -357,7 +366,8 @@ def prune_heads_(model: nn.Module, config: HeadPruneConfig,
     """
     blocks, result = plan_head_pruning(model, config, calib_data)
     pruned = [(b, p) for b, p in zip(blocks, result.blocks, strict=True) if p.keep < p.width]
-    batches = list(_take(calib_data, config.batches)) if calib_data is not None and config.refit else []
+    repair = config.refit or config.scale
+    batches = list(_take(calib_data, config.batches)) if calib_data is not None and repair else []
     if batches:  # refit in the order of computation: each block is fitted to inputs its predecessors repaired
         pruned = [pruned[i] for i in _refit.forward_order(model, [b.output for b, _ in pruned], batches[0],
                                                           _model_inputs)]  # fmt: skip
@@ -365,8 +375,12 @@ def prune_heads_(model: nn.Module, config: HeadPruneConfig,
     for b, plan in pruned:
         apply_block(b, torch.tensor(plan.kept, dtype=torch.long))
     for (b, _), target in zip(pruned, wanted, strict=False):
-        residual = _refit.refit_(model, b.output, target, batches, _model_inputs)
-        log.debug("refit %s.%s: relative residual %.4f", b.name, b.adapter.output, residual)
+        if config.scale:
+            residual = _refit.scale_(model, b.output, target, batches, _model_inputs, b.unit_width)[1]
+        else:
+            residual = _refit.refit_(model, b.output, target, batches, _model_inputs)
+        log.debug("%s %s.%s: relative residual %.4f", "scale" if config.scale else "refit", b.name,
+                  b.adapter.output, residual)  # fmt: skip
     before, after = result.heads()
     log.info("head pruning: %d -> %d heads\n%s", before, after, result)
     return result
