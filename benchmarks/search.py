@@ -248,8 +248,9 @@ def _progress(c: Any, stamps: list[float], cpu: list[float]) -> None:
     stamps.append(time.perf_counter())
     cpu.append(_cpu_s())
     kept, dropped = sum(c.policy.keep.values()), sum(c.policy.drop.values())
+    acc = "not judged" if c.accuracy is None else c.accuracy
     print(f"{time.strftime('%H:%M:%S')} trial {c.trial}: {kept} channels, {dropped} blocks dropped, accuracy "
-          f"{c.accuracy}, {c.latency_ms:.4f} ms, feasible {c.feasible}"
+          f"{acc}, {c.latency_ms:.4f} ms, feasible {c.feasible}"
           + (f" (repeat of trial {c.measurement.extra['repeat_of']})" if "repeat_of" in c.measurement.extra else "")
           + (" (not recovered: over the latency budget)" if c.recovery == "none" else ""),
           file=sys.stderr, flush=True)  # fmt: skip

@@ -330,17 +330,31 @@ class Evaluator:
         start = time.perf_counter()
         recovery = recovery or self.trial_recovery
         net, keys = self.model_and_keys(policy, recovery)
+        cand = self.candidate(policy, net, keys, recovery=recovery, split=split, trial=trial, both=both, full=full,
+                              started=start)  # fmt: skip
+        return cand, net
+
+    def candidate(self, policy: Policy, net: nn.Module, keys: list[LayerKey], *, recovery: str,
+                  split: str | None = None, trial: int | None = None, both: bool = False, full: bool = False,
+                  score: bool = True, started: float | None = None) -> Candidate:  # fmt: skip
+        """The candidate of ``net``, ``policy`` already built with ``recovery`` (:meth:`model_and_keys`; its
+        ``keys``): measured as :meth:`judge` measures it. ``score=False`` leaves its accuracy unjudged (None, no
+        evaluation on the split): for a trial over a latency budget whose accuracy no strategy reads
+        (:func:`deepslim.search.trials._unrecovered_over_budget`). ``started``: when its build began (its
+        ``seconds``)."""
+        start = time.perf_counter() if started is None else started
         preds = self.predictions(policy, net, keys, both=both)
         full = full or self.device is not None or self.memory
         m = measure_model(net, self.data, split=split or self.split, archive=self.archive,
-                          macs=None if full else sum(k.macs for k in keys), device=self.device)  # fmt: skip
+                          macs=None if full else sum(k.macs for k in keys), device=self.device,
+                          score=score)  # fmt: skip
         predicted = preds[self.latency_model]
         extra = {**m.extra, "predicted_latency_ms": predicted, "latency_model": self.latency_model,
                  **{f"{name.removesuffix('s')}_predicted_ms": ms for name, ms in preds.items()}}  # fmt: skip
         if _shape(policy) in self._runs:  # the measured model's runs: ratios to dense, median, band
             extra["measured_runs"] = self._runs[_shape(policy)]
         m = replace(m, extra=extra, seconds=time.perf_counter() - start, threads=self.table.threads)
-        return Candidate(policy, m, predicted, trial=trial, recovery=recovery), net
+        return Candidate(policy, m, predicted, trial=trial, recovery=recovery)
 
 
 def _shape(policy: Policy) -> str:
@@ -376,32 +390,35 @@ def with_measured(cand: Candidate, ms: float | None, runtime: str) -> Candidate:
 
 
 def measure_model(net: nn.Module, data: Any, *, split: str = "val", archive: bool = False,
-                  macs: int | None = None, device: str | None = None) -> Measurement:  # fmt: skip
+                  macs: int | None = None, device: str | None = None, score: bool = True) -> Measurement:  # fmt: skip
     """Size, work, task metric on ``split`` and (optionally) archive bytes of ``net`` — no measured latency. With
     ``macs`` given, the profiler (a traced run) is skipped: parameters and weight bytes are counted from the
-    modules. ``device`` (with the profiler) adds the cost model's energy and roofline latency on that device."""
+    modules. ``device`` (with the profiler) adds the cost model's energy and roofline latency on that device.
+    ``score=False``: no evaluation; accuracy, metric and its value are None (not measured) and ``split`` absent."""
     from deepslim.train import evaluate
 
-    result = evaluate(net, data, split=split)
+    scores: dict[str, Any] = {}  # not scored: accuracy, metric and its value stay None
+    if score:
+        result = evaluate(net, data, split=split)
+        scores = {"accuracy": result.accuracy, "metric": result.metric, "metric_value": float(result.value)}
+    extra = {"split": split} if score else {}
     if macs is not None:
         params = [p for p in net.parameters()]
         weight_bytes = sum(module_weight_bytes(m, list(m.parameters(recurse=False))) for m in net.modules())
         return Measurement(params=sum(p.numel() for p in params), macs=macs, weight_bytes=weight_bytes,
-                           nonzero_params=sum(int(p.count_nonzero()) for p in params), accuracy=result.accuracy,
-                           metric=result.metric, metric_value=float(result.value),
+                           nonzero_params=sum(int(p.count_nonzero()) for p in params), **scores,
                            archive_bytes=len(_encode(net, data)) if archive else None, load_average=os.getloadavg(),
-                           extra={"split": split, "macs_counted": "conv/linear"})  # fmt: skip
+                           extra={**extra, "macs_counted": "conv/linear"})  # fmt: skip
     prof = profile(net, data.example_input, device=device)
     archive_bytes = len(_encode(net, data)) if archive else None
     cost = prof.cost if device is not None else None
     return Measurement(params=prof.params, nonzero_params=prof.nonzero_params, macs=prof.macs,
-                       weight_bytes=prof.weight_bytes, accuracy=result.accuracy, metric=result.metric,
-                       metric_value=float(result.value), archive_bytes=archive_bytes,
+                       weight_bytes=prof.weight_bytes, **scores, archive_bytes=archive_bytes,
                        peak_activation_bytes=prof.peak_activation_bytes, load_average=os.getloadavg(),
                        device=device if cost is not None else None,
                        estimated_latency_ms=cost.latency_ms if cost is not None else None,
                        estimated_energy_uj=cost.energy_uj if cost is not None else None,
-                       extra={"split": split})  # fmt: skip
+                       extra=extra)  # fmt: skip
 
 
 def _encode(net: nn.Module, data: Any) -> bytes:

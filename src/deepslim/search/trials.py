@@ -1,11 +1,13 @@
 """One trial of a search, as the search and every worker run it: the sampled policy judged — once per model
 (:class:`JudgedModels`: a policy that builds the model of an earlier trial re-uses its judgement, recorded as a
-repeat), without the trials' recovery when it is over a latency budget that no recovery can change
-(:func:`_unrecovered_over_budget`) — and its candidate, budget excesses and objective values recorded on the trial.
+repeat), without the trials' recovery and its accuracy unjudged when it is over a latency budget that no recovery
+can change (:func:`_unrecovered_over_budget`) — and its candidate, budget excesses and objective values recorded on
+the trial.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -64,19 +66,22 @@ def trial_objective(ev: Evaluator, objectives: tuple[str, ...], limits: dict[str
 
 def _unrecovered_over_budget(ev: Evaluator, policy: Policy, limits: dict[str, float],
                              number: int) -> Candidate | None:  # fmt: skip
-    """The policy judged without the trials' recovery (``recovery="none"``) when it is over a latency-only budget,
-    else None (judged as usual). Sound because no recovery can bring it within: every latency model predicts from
-    the graph alone (its layers, channels and precisions; the measured model caches its timing per graph), never
-    from the weights a recovery changes; and the strategies that ask for this never read the accuracy of a trial
-    over budget. Costs one build without recovery per trial; saves the proxy's fine-tune steps of each trial over
-    budget (ResNet-20 at 0.5×, session 14: 23 of 40 focused trials, ~12 s each)."""
+    """The policy judged without the trials' recovery (``recovery="none"``) and without its accuracy (None: not
+    judged) when it is over a latency-only budget, else None (judged as usual). Sound because no recovery can bring
+    it within: every latency model predicts from the graph alone (its layers, channels and precisions; the measured
+    model caches its timing per graph), never from the weights a recovery changes; and the strategies that ask for
+    this never read the accuracy of a trial over budget. Optuna is told the worst value (-inf accuracy, through
+    :func:`~deepslim.search.finals.finite`) beside the positive budget excess: constrained TPE splits infeasible
+    trials by their excess alone and NSGA-II ranks every feasible trial above them, so the value is never read.
+    Costs one build without recovery per trial; saves the proxy's fine-tune steps (ResNet-20 at 0.5×, session 14:
+    23 of 40 focused trials, ~12 s each) and the evaluation on the validation split."""
     if ev.trial_recovery in ("none", "bn") or set(limits) != {"latency"}:
         return None
+    started = time.perf_counter()
     net, keys = ev.model_and_keys(policy, "none")
     if ev.predictions(policy, net, keys)[ev.latency_model] <= limits["latency"]:
         return None
-    cand, _ = ev.judge(policy, recovery="none", trial=number)
-    return cand
+    return ev.candidate(policy, net, keys, recovery="none", trial=number, score=False, started=started)
 
 
 class JudgedModels:
