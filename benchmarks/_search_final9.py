@@ -10,6 +10,12 @@ _search_train.py's cache)::
 Session 13: ``--front-trial N`` recovers the search's Pareto-front trial N in place of ``best`` (a front policy the
 finals passed over, judged alike), and ``--interleaves K`` then times dense, it and uniform (the last seed's models)
 interleaved in ONNX Runtime, K runs of ``--rounds`` rounds: the ratios of one frame.
+
+Session 15: ``--finalists`` recovers every searched finalist of the result instead (its trial numbers are the
+labels) and scores each on three sets: the search's validation images (what the finals chose on), the held-out
+rest of the validation split (``select_accuracy``: images neither the proxy, the recovery nor the dense model's
+training saw, five times as many with the usual ``--search-n-val 1000``) and the test split — whether more
+held-out images would have ordered the finalists as their test accuracies do.
 """
 
 from __future__ import annotations
@@ -63,9 +69,15 @@ def main() -> None:
     p.add_argument("--front-trial", type=int, default=None, help="recover this Pareto-front trial instead of best")
     p.add_argument("--interleaves", type=int, default=0, help="timing runs of dense, searched, uniform (0: none)")
     p.add_argument("--rounds", type=int, default=20)
+    p.add_argument("--finalists", action="store_true",
+                   help="recover every searched finalist; score each on the search's val, the held-out rest of the "
+                        "val split and the test split")  # fmt: skip
     args = p.parse_args()
     seeds, out = [int(s) for s in args.seeds.split(",")], Path(args.out)
     settings, run, full, data, dense, space, table = setup(args.result, args.budget)
+    if args.finalists:
+        finalists(args.result, run, settings, full, data, dense, space, table, seeds, out)
+        return
     doc: dict = {"source": args.result, "budget": args.budget, "front_trial": args.front_trial,
                  "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
                  "started": time.strftime("%H:%M:%S"), "rows": {}}  # fmt: skip
@@ -88,6 +100,48 @@ def main() -> None:
         doc["timing"] = timing(nets, full.example_input, args.interleaves, args.rounds)
     doc["loadavg_after"], doc["finished"] = Path("/proc/loadavg").read_text().split()[:3], time.strftime("%H:%M:%S")
     out.write_text(json.dumps(doc, indent=1))
+
+
+def finalists(source: str, run: dict[str, Any], settings: dict[str, Any], full: Any, data: Any, dense: Any,
+              space: Any, table: Any, seeds: list[int], out: Path) -> None:  # fmt: skip
+    """Every searched finalist of ``run`` recovered with each seed (as the finals recover it: the result's fine-tune
+    settings; seed = the search's seed reproduces the finals' own model) and scored on the search's val images, the
+    held-out rest of the val split and the test split; written to ``out`` after each."""
+    held_out = _held_out_val(full, data)
+    doc: dict[str, Any] = {"source": source, "finalists": True, "select_images": len(held_out.dataset),
+                           "val_images": len(data.val.dataset), "loadavg_before": Path("/proc/loadavg").read_text()
+                           .split()[:3], "started": time.strftime("%H:%M:%S"), "rows": {}}  # fmt: skip
+    for cand in (c for c in run["finalists"] if c["trial"] is not None):
+        rows = doc["rows"].setdefault(str(cand["trial"]), [])
+        for seed in seeds:
+            t0 = time.perf_counter()
+            ev = Evaluator(dense, data, space, table, finetune_epochs=settings["finetune_epochs"], seed=seed,
+                           temperature=settings["temperature"])  # fmt: skip
+            net, _ = ev.build(Policy.from_dict(cand["policy"]), "finetune")
+            rows.append({"seed": seed, "finals_val_accuracy": cand["accuracy"],
+                         "val_accuracy": ds.evaluate(net, data, split="val").accuracy,
+                         "select_accuracy": ds.evaluate(net, held_out).accuracy,
+                         "test_accuracy": ds.evaluate(net, full, split="test").accuracy,
+                         "seconds": time.perf_counter() - t0})  # fmt: skip
+            out.write_text(json.dumps(doc, indent=1))
+    doc["loadavg_after"], doc["finished"] = Path("/proc/loadavg").read_text().split()[:3], time.strftime("%H:%M:%S")
+    out.write_text(json.dumps(doc, indent=1))
+
+
+def _held_out_val(full: Any, data: Any) -> Any:
+    """The validation images of ``full`` that the search's validation subset (``data.val``) left out, as a loader
+    with the same preprocessing: images the search never judged on (nor trained on: they are not training images)."""
+    from torch.utils.data import DataLoader, Subset
+
+    from deepslim.data import LOADER_PREPROCESSING_ATTR
+
+    used = set(getattr(data.val.dataset, "indices", range(len(full.val.dataset))))
+    rest = [i for i in range(len(full.val.dataset)) if i not in used]
+    if not rest:
+        raise SystemExit("the search judged on the whole validation split: no held-out images are left")
+    loader = DataLoader(Subset(full.val.dataset, rest), batch_size=full.val.batch_size, shuffle=False)
+    setattr(loader, LOADER_PREPROCESSING_ATTR, getattr(full.val, LOADER_PREPROCESSING_ATTR, None))
+    return loader
 
 
 def _policy_doc(run: dict[str, Any], label: str, front_trial: int | None) -> dict[str, Any]:
