@@ -55,7 +55,9 @@ MIN_BAND = 0.10  # the least error band a calibrated table is trusted to (the is
 # timed this way. Session 14 changed it (node entries through IO binding, plus the cost of one more node in a graph
 # per node, :data:`~deepslim.search.node_table.GRAPH_NODE`; rounds spread over a window): caches and studies of
 # before carry no tag, match none, and are re-measured (caches) or refused (studies). Change it with the protocol.
-TIMING = "iobind+graph-node"
+# Session 15: a batch of new node entries timed twice and again where its timings disagree or its canaries read slow
+# (:meth:`~deepslim.search.node_table.NodeTable._timed`), so entries timed once in a slow stretch are not read back.
+TIMING = "iobind+graph-node+twins"
 LayerTimer = Callable[[Sequence["LayerKey"]], list[float]]
 ModelTimer = Callable[[Sequence[tuple[nn.Module, Any]]], list[float]]
 

@@ -30,6 +30,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +44,9 @@ from deepslim.search.latency import MIN_BAND, LatencyTable, fit_line
 
 PREFIX = "node:"
 GRAPH_NODE = PREFIX + "(one more node in a graph)"  # the entry of what each node of a whole graph adds to the sum
+TWIN_TOLERANCE = 0.10  # relative difference two timings of a node (or a batch's canaries and their entries) may show
+CANARIES = 4  # cached nodes of the same model timed with each new batch, to tell a batch timed in a slow stretch
+GAP_S = 1.0  # seconds between two timings of a batch by the real timer (each spreads its rounds over window_s)
 MIN_WEIGHT_POINTS = 10  # fewest measured models a line in the node sum and the weights' bytes is fitted to
 Node = dict[str, str]  # {"key", "op", "file", "feeds"}
 Splitter = Callable[[str, Sequence[int], str], list[Node]]
@@ -76,11 +80,18 @@ def _child(cmd: dict[str, Any]) -> dict[str, Any]:
 class NodeTable:
     """Node-level latencies (see the module docstring), stored in ``table``'s entries and cache file. The real timer
     spreads each batch's rounds over ``window_s`` seconds (None: the table's ``window_s``, 3 s by default, which its
-    cache key records; another window is refused on a table with a cache file, whose entries would mix two)."""
+    cache key records; another window is refused on a table with a cache file, whose entries would mix two). A batch
+    of new entries is timed ``twins`` times ``gap_s`` apart, and again (``retries``) where the timings disagree or the
+    batch's ``canaries`` read slow (:meth:`_timed`); ``twins=1, retries=0``: once, session 14's protocol."""
 
     def __init__(self, table: LatencyTable, *, splitter: Splitter | None = None, timer: NodeTimer | None = None,
                  exporter: Exporter | None = None, graph_node: GraphNodeTimer | None = None, rounds: int = 5,
-                 block: int = 5, window_s: float | None = None) -> None:  # fmt: skip
+                 block: int = 5, window_s: float | None = None, twins: int = 2, retries: int = 2,
+                 tolerance: float = TWIN_TOLERANCE, canaries: int = CANARIES,
+                 gap_s: float | None = None) -> None:  # fmt: skip
+        if twins < 1 or retries < 0 or canaries < 0 or not 0 < tolerance < 1:
+            raise ConfigError(f"a node table needs twins >= 1, retries >= 0, canaries >= 0 and 0 < tolerance < 1: got "
+                              f"{twins}, {retries}, {canaries}, {tolerance}")  # fmt: skip
         threads = table.threads
         if window_s is None:
             window_s = table.window_s
@@ -90,6 +101,12 @@ class NodeTable:
                               "window_s")  # fmt: skip
         self.table = table
         self.custom = any(f is not None for f in (splitter, timer, exporter, graph_node))  # fakes stay in this process
+        # How a batch of new entries is timed (:meth:`_timed`): ``twins`` timings, ``retries`` more where they
+        # disagree or the batch's canaries read slow, ``gap_s`` seconds apart (None: 1 s, none for custom timers).
+        self.twins, self.retries, self.tolerance, self.canaries = twins, retries, float(tolerance), canaries
+        self.gap_s = (0.0 if self.custom else GAP_S) if gap_s is None else float(gap_s)
+        self.timings = 0  # timer calls made for new entries (twins and re-timings; see :meth:`_timed`)
+        self.lowered = 0  # cached entries a later batch's canary timing found slow and lowered
         self.exporter = exporter or export_model
         self.splitter = splitter or (lambda path, shape, work: _child(
             {"cmd": "split", "model": path, "shape": list(shape), "threads": threads, "work": work})["nodes"])
@@ -127,17 +144,60 @@ class NodeTable:
             missing = {PREFIX + n["key"]: n for n in nodes if PREFIX + n["key"] not in self.table.entries}
             before = self.table.measured
             if missing:
-                times = self.timer(list(missing.values()), work)
+                known = {PREFIX + n["key"]: n for n in nodes if PREFIX + n["key"] not in missing}
+                canaries = sorted(known, key=lambda k: -self.table.entries[k])[: self.canaries]
+                times = self._timed(list(missing.values()), [known[k] for k in canaries], work)
                 self.table.entries.update({k: float(t) for k, t in zip(missing, times, strict=True)})
                 self.table.measured += len(missing)
             if GRAPH_NODE not in self.table.entries and self.graph_node is not None:
-                self.table.entries[GRAPH_NODE] = float(self.graph_node(work))
+                self.table.entries[GRAPH_NODE] = min(float(self._spaced(self.graph_node, work))
+                                                     for _ in range(self.twins))  # fmt: skip
                 self.table.measured += 1
             if self.table.measured != before:
                 self.table._save()
         per_node = self.table.entries.get(GRAPH_NODE, 0.0)
         self.last_nodes = len(nodes)
         return float(sum(self.table.entries[PREFIX + n["key"]] for n in nodes) + per_node * len(nodes))
+
+    def _spaced(self, call: Callable[..., Any], *args: Any) -> Any:
+        """``call(*args)`` after :attr:`gap_s` seconds' pause, unless it is the table's first timing."""
+        if self.timings and self.gap_s > 0:
+            time.sleep(self.gap_s)
+        self.timings += 1
+        return call(*args)
+
+    def _timed(self, new: list[Node], canaries: list[Node], work: str) -> list[float]:
+        """Entries for the ``new`` nodes, robust to a slow stretch of the machine: the batch (with ``canaries``, nodes
+        of the same model already in the table, the largest) is timed :attr:`twins` times, :attr:`gap_s` apart, and
+        each node keeps its fastest timing; a node whose two fastest timings differ by more than :attr:`tolerance`
+        (or 1 µs) is timed again, and so is the whole batch while its canaries read more than :attr:`tolerance`
+        slower in sum than their entries — :attr:`retries` times at most. A canary read faster than its entry by
+        more than the tolerance lowers the entry (it was timed in a slow stretch). Why: on the shared 2-core machine
+        a batch timed once over 3 s fell wholly in a stretch of 1.3–1.7× (session 14, run 3: node sums 16 % off the
+        three runs' median at p90, the float floor policies' sums 12–19 µs high), which moved every policy that
+        shares the batch's nodes."""
+        batch = new + canaries
+        cached = [self.table.entries[PREFIX + c["key"]] for c in canaries]
+        seen: list[list[float]] = [[] for _ in batch]
+        todo = list(range(len(batch)))
+        for attempt in range(self.twins + self.retries):
+            got = self._spaced(self.timer, [batch[i] for i in todo], work)
+            for i, t in zip(todo, got, strict=True):
+                seen[i].append(float(t))
+            if attempt + 1 < self.twins:
+                continue
+            best = [min(t) for t in seen]
+            slow = bool(canaries) and sum(best[len(new):]) > (1 + self.tolerance) * sum(cached)
+            todo = [i for i in range(len(new)) if slow or not _agree(seen[i], self.tolerance)]
+            if not todo:
+                break
+            todo += list(range(len(new), len(batch)))
+        best = [min(t) for t in seen]
+        for c, t, old in zip(canaries, best[len(new):], cached, strict=True):
+            if t * (1 + self.tolerance) < old:
+                self.table.entries[PREFIX + c["key"]] = t
+                self.lowered += 1
+        return best[: len(new)]
 
     def raw_model(self, model: nn.Module, example_input: Any) -> float:
         """The summed node entries of ``model`` (quantized layers as their integer graph): the file the table's last
@@ -285,6 +345,15 @@ class NodeTable:
         self.offset, self.weight_coef = d[2] - self.scale * d[0], 0.0
         self.error_band = self.sum_band()
         return True
+
+
+def _agree(times: Sequence[float], tolerance: float) -> bool:
+    """Whether a node's two fastest timings agree: within ``tolerance`` of the faster, or within 1 µs (a node of a
+    few µs, where the trivial graph's subtraction moves an entry by a fraction of a µs)."""
+    if len(times) < 2:
+        return False
+    a, b = sorted(times)[:2]
+    return b - a <= max(tolerance * a, 1e-3)
 
 
 def _point(p: Sequence[float]) -> tuple[float, float, float]:
