@@ -1,9 +1,12 @@
 """Search strategies: the Optuna sampler behind each ``strategy=`` name of :func:`deepslim.search.search`.
 
-``tpe`` and ``nsga2`` are Optuna's; ``random`` samples uniformly; ``grid`` queues every policy once (the engine
-enqueues them, the sampler only fills gaps); ``evolution`` (regularized evolution) and ``greedy`` (NetAdapt-style
-descent) are deepslim's own (:mod:`deepslim.search.samplers`), whose state is the study itself. Every sampler
-respects the budget constraints that trials record.
+``tpe`` and ``nsga2`` are Optuna's; ``tpe-multivariate`` is TPE modelling the choices jointly (Optuna's
+``multivariate=True, group=True``: independent TPE learns each choice apart, not which combinations fit a budget —
+ResNet-20's focused searches at 0.5×, session 14, spent 21 and 23 of 40 trials over it); ``random`` samples
+uniformly; ``grid`` queues every policy once (the engine enqueues them, the sampler only fills gaps); ``evolution``
+(regularized evolution) and ``greedy`` (NetAdapt-style descent) are deepslim's own
+(:mod:`deepslim.search.samplers`), whose state is the study itself. Every sampler respects the budget constraints
+that trials record.
 """
 
 from __future__ import annotations
@@ -15,12 +18,12 @@ from typing import Any
 from deepslim.search import storage as st
 from deepslim.search.space import SearchSpace
 
-STRATEGIES = ("tpe", "nsga2", "random", "grid", "evolution", "greedy")
+STRATEGIES = ("tpe", "tpe-multivariate", "nsga2", "random", "grid", "evolution", "greedy")
 # strategies whose proposals never read the objective values of a trial over budget (Optuna's TPE and NSGA-II rank
 # such trials by their constraint excess alone; random and grid read nothing): their trials over a latency budget
 # need no recovery (trials.trial_objective). Greedy does read them (the accuracy a step down costs), and evolution's
 # tournaments are left as they are.
-IGNORE_VALUES_OVER_BUDGET = ("tpe", "nsga2", "random", "grid")
+IGNORE_VALUES_OVER_BUDGET = ("tpe", "tpe-multivariate", "nsga2", "random", "grid")
 
 
 def evolution_sizes(trials: int) -> tuple[int, int]:
@@ -47,8 +50,9 @@ def make_sampler(strategy: str, seed: int, space: SearchSpace, trials: int, *, o
     given = {} if hasattr(optuna.trial.Trial, "set_constraint") else {"constraints_func": constraints}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if strategy == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, trials),
+        if strategy in ("tpe", "tpe-multivariate"):
+            joint = {"multivariate": True, "group": True} if strategy == "tpe-multivariate" else {}
+            return optuna.samplers.TPESampler(seed=seed, n_startup_trials=min(10, trials), **joint,
                                               **given)  # fmt: skip
         if strategy == "nsga2":
             return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, min(50, trials // 4)),
