@@ -37,7 +37,7 @@ from deepslim.search import LatencyTable, SearchSpace  # noqa: E402
 from deepslim.search.evaluate import Evaluator  # noqa: E402
 from deepslim.search.latency import time_models  # noqa: E402
 from deepslim.search.space import Policy  # noqa: E402
-from search import PRETRAINED_ARCH  # noqa: E402
+from search import PRETRAINED_ARCH, held_out_val  # noqa: E402
 
 
 def setup(result: str, budget: str, cache_dir: str | None = None) -> tuple[Any, ...]:
@@ -81,7 +81,7 @@ def main() -> None:
     doc: dict = {"source": args.result, "budget": args.budget, "front_trial": args.front_trial,
                  "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
                  "started": time.strftime("%H:%M:%S"), "rows": {}}  # fmt: skip
-    nets = {"dense": dense}
+    nets, held_out = {"dense": dense}, held_out_val(full, data)
     for label in ("best", "uniform"):
         policy = Policy.from_dict(_policy_doc(run, label, args.front_trial))
         rows = doc["rows"].setdefault(label, [])
@@ -93,6 +93,7 @@ def main() -> None:
             nets[label] = net
             rows.append({"seed": seed, "test_accuracy": ds.evaluate(net, full, split="test").accuracy,
                          "val_accuracy": ds.evaluate(net, data, split="val").accuracy,
+                         "select_accuracy": None if held_out is None else ds.evaluate(net, held_out).accuracy,
                          "weight_checksum": float(sum(p.detach().double().abs().sum() for p in net.parameters())),
                          "seconds": time.perf_counter() - t0})  # fmt: skip
             out.write_text(json.dumps(doc, indent=1))
@@ -107,7 +108,9 @@ def finalists(source: str, run: dict[str, Any], settings: dict[str, Any], full: 
     """Every searched finalist of ``run`` recovered with each seed (as the finals recover it: the result's fine-tune
     settings; seed = the search's seed reproduces the finals' own model) and scored on the search's val images, the
     held-out rest of the val split and the test split; written to ``out`` after each."""
-    held_out = _held_out_val(full, data)
+    held_out = held_out_val(full, data)
+    if held_out is None:
+        raise SystemExit("the search judged on the whole validation split: no held-out images are left")
     doc: dict[str, Any] = {"source": source, "finalists": True, "select_images": len(held_out.dataset),
                            "val_images": len(data.val.dataset), "loadavg_before": Path("/proc/loadavg").read_text()
                            .split()[:3], "started": time.strftime("%H:%M:%S"), "rows": {}}  # fmt: skip
@@ -126,22 +129,6 @@ def finalists(source: str, run: dict[str, Any], settings: dict[str, Any], full: 
             out.write_text(json.dumps(doc, indent=1))
     doc["loadavg_after"], doc["finished"] = Path("/proc/loadavg").read_text().split()[:3], time.strftime("%H:%M:%S")
     out.write_text(json.dumps(doc, indent=1))
-
-
-def _held_out_val(full: Any, data: Any) -> Any:
-    """The validation images of ``full`` that the search's validation subset (``data.val``) left out, as a loader
-    with the same preprocessing: images the search never judged on (nor trained on: they are not training images)."""
-    from torch.utils.data import DataLoader, Subset
-
-    from deepslim.data import LOADER_PREPROCESSING_ATTR
-
-    used = set(getattr(data.val.dataset, "indices", range(len(full.val.dataset))))
-    rest = [i for i in range(len(full.val.dataset)) if i not in used]
-    if not rest:
-        raise SystemExit("the search judged on the whole validation split: no held-out images are left")
-    loader = DataLoader(Subset(full.val.dataset, rest), batch_size=full.val.batch_size, shuffle=False)
-    setattr(loader, LOADER_PREPROCESSING_ATTR, getattr(full.val, LOADER_PREPROCESSING_ATTR, None))
-    return loader
 
 
 def _policy_doc(run: dict[str, Any], label: str, front_trial: int | None) -> dict[str, Any]:

@@ -96,6 +96,23 @@ def train_dense(name: str, data: Any, args: argparse.Namespace) -> tuple[torch.n
     return net.eval(), {}
 
 
+def held_out_val(full: Any, data: Any) -> Any:
+    """The validation images of ``full`` that the search's validation subset (``data.val``) left out, as a loader
+    with the same preprocessing: images the search never judged on (nor trained on: they are not training images);
+    None when the search judged on the whole validation split."""
+    from torch.utils.data import DataLoader, Subset
+
+    from deepslim.data import LOADER_PREPROCESSING_ATTR
+
+    used = set(getattr(data.val.dataset, "indices", range(len(full.val.dataset))))
+    rest = [i for i in range(len(full.val.dataset)) if i not in used]
+    if not rest:
+        return None
+    loader = DataLoader(Subset(full.val.dataset, rest), batch_size=full.val.batch_size, shuffle=False)
+    setattr(loader, LOADER_PREPROCESSING_ATTR, getattr(full.val, LOADER_PREPROCESSING_ATTR, None))
+    return loader
+
+
 def final_comparison(dense: torch.nn.Module, data: Any, full: Any, space: SearchSpace, table: LatencyTable,
                      result: Any, args: argparse.Namespace, save: Any = None) -> dict[str, Any]:  # fmt: skip
     """``best`` and ``uniform`` of a search, each fine-tuned alike (the search's recovery: ``--finetune-epochs`` at
@@ -104,6 +121,7 @@ def final_comparison(dense: torch.nn.Module, data: Any, full: Any, space: Search
     ``save(rows)`` is called after every fine-tune, so a run stopped early keeps the seeds it finished."""
     rows: dict[str, Any] = {}
     nets: list[tuple[str, torch.nn.Module]] = [("dense", dense)]
+    held_out = held_out_val(full, data)  # the val images the search did not judge on (select_accuracy)
     for label in ("best", "uniform"):
         cand = getattr(result, label)
         policy = cand.policy if cand is not None else uniform_floor(space, args) if label == "uniform" else None
@@ -121,6 +139,8 @@ def final_comparison(dense: torch.nn.Module, data: Any, full: Any, space: Search
                            temperature=args.temperature)  # fmt: skip
             net, _ = ev.build(policy, "finetune")
             row["seeds"].append({"seed": seed, "test_accuracy": ds.evaluate(net, full, split="test").accuracy,
+                                 "val_accuracy": ds.evaluate(net, data, split="val").accuracy,
+                                 "select_accuracy": None if held_out is None else ds.evaluate(net, held_out).accuracy,
                                  "seconds": time.perf_counter() - t0})  # fmt: skip
             rows[label] = row
             if save is not None:
