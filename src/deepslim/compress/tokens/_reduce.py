@@ -64,13 +64,14 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
     that joined it. ``padding=False`` (every size > 0, as in a ViT) leaves out the padding rules' operators;
     ``unit=True``: the metric's rows are unit vectors already (:func:`merge_metric` ``"keys_states"``).
 
-    The graph is small on purpose (30 operators in ONNX Runtime after its optimizations, none of them computing a
+    The graph is small on purpose (31 operators in ONNX Runtime after its optimizations, none of them computing a
     shape; all but two on (B, T)-sized or (B, T - r, T)-sized tensors): one product for the similarities of set A
     (even positions) to set B (odd positions), a quarter of all pairs, one top-k for the r sources, a cumulative
     sum for where every token goes, and one product of the tokens with their pooling weights (each output row
     holds the sizes of the tokens it absorbs, divided by their sum): a weighted gather that every ONNX runtime
     runs. The two products are about half of its time at batch 1 and most of it at batch 32; the other operators
-    cost 1-25 us each at batch 1 (BENCHMARKS, session 14).
+    cost 1-25 us each at batch 1 (BENCHMARKS, session 14). The weights are the comparison, cast, times the sizes:
+    a broadcasting Where on that (T - r) x T matrix made the merge ~7 % slower in ONNX Runtime (session 15).
 
     Where similarities tie exactly (duplicate tokens, a one-channel metric), which of the tied tokens merge is the
     top-k's choice, which PyTorch leaves unspecified (ONNX's TopK takes the lowest index): the merges equal the
@@ -98,7 +99,7 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
     partner = place[:, 1::2].gather(1, node_idx.gather(1, top.indices))  # (B, r): their B tokens' places
     dest = place.scatter(1, src, partner)  # a merged token goes where its partner goes
     into = dest[:, None, :] == torch.arange(1, t - r + 1, device=x.device, dtype=x.dtype)[:, None]  # (B, T - r, T)
-    weight = torch.where(into, every, 0.0)  # each output's sizes of the tokens it absorbs
+    weight = into.to(every.dtype) * every  # each output's sizes of the tokens it absorbs
     new_size = weight.sum(dim=-1)  # (B, T - r)
     return (weight / new_size.clamp_min(1e-6).unsqueeze(-1)) @ x, new_size
 
