@@ -22,7 +22,8 @@ order reversed every round, median thread-CPU time and wall time) at batch 1 and
 ``--kd-init PREFIX`` continues a saved ``--kd`` student of the same variant (a warm restart: fresh optimizer moments,
 a new warm-up and cosine schedule) on the batches its chain has not drawn yet; ``chain`` in its JSON counts the
 batches and CPU seconds of every run so far and the stream they come from (text count, batch size, seed: a
-``--kd-init`` of another stream is refused). ``--kd-monitor S`` (with ``--kd-targets tokens``) measures the student
+``--kd-init`` of another stream is refused; one of another variant too, unless ``--kd-init-other``: the weights
+continue under this run's schedule). ``--kd-monitor S`` (with ``--kd-targets tokens``) measures the student
 in PyTorch every S training CPU seconds on the 72 passages and the 32 full-length texts (cosine to the unmerged
 model's embeddings; held out from training, not used to pick anything) and saves its weights so far as
 ``PREFIX.partial.pt``.
@@ -72,6 +73,11 @@ SCHEDULES: dict[str, tuple[tuple[int, ...], str]] = {
     "ks18": ((18,) * 6, "keys_states"),
     "ks_mid": ((20, 16, 16, 16, 16, 16), "keys_states"),  # between ks16 and ks_dec2 in work removed (session 12)
     "ks16_drop": ((16,) * 6, "keys_states"),  # a latency bound, not a method: the last r tokens dropped, no merge
+    # fewer merge steps for about ks16's work removed (session 15): each step's fixed cost is paid fewer times
+    "ks16_5": ((16, 16, 16, 16, 16, 0), "keys_states"),  # ks16 without its last merge
+    "ks19_5": ((19, 16, 16, 16, 16, 0), "keys_states"),  # ... that merge's tokens moved to the first layer
+    "ks18_4": ((18, 18, 18, 18, 0, 0), "keys_states"),  # layers 0-3 only, ks16's work removed
+    "ks20_4": ((20, 20, 16, 16, 0, 0), "keys_states"),  # layers 0-3 only, a little more
 }
 DROP = "_drop"  # variants whose merge is replaced by dropping the last r tokens (no similarity, no merge graph)
 
@@ -222,15 +228,16 @@ def distilled(teacher: torch.nn.Module, args: argparse.Namespace) -> tuple[torch
     skip = 0
     if args.kd_init is not None:
         before = json.loads(prefixed(args.kd_init, ".json").read_text())
-        if before["variant"] != args.kd:
-            raise SystemExit(f"--kd-init {args.kd_init} is a {before['variant']} student, not {args.kd}")
+        if before["variant"] != args.kd and not args.kd_init_other:
+            raise SystemExit(f"--kd-init {args.kd_init} is a {before['variant']} student, not {args.kd} (give "
+                             f"--kd-init-other to continue it under {args.kd}'s schedule)")  # fmt: skip
         # the batches to skip are those of the chain's stream: continuing it needs the same texts, batch size, seed
         was, now = before.get("chain", {}).get("stream", stream(before)), {"texts": len(ids), **KD_STREAM}
         if was != now:
             raise SystemExit(f"--kd-init {args.kd_init} drew its batches from another stream ({was}), this run "
                              f"from {now}: give the same --kd-texts")  # fmt: skip
         student.load_state_dict(torch.load(prefixed(args.kd_init, ".pt")))
-        info |= {"init": str(args.kd_init), "chain_before": chain(before)}
+        info |= {"init": str(args.kd_init), "init_variant": before["variant"], "chain_before": chain(before)}
         skip = int(info["chain_before"]["stream_batches"])
     merge_tokens_(student, config(args.kd, 128))
     kd = EncoderKDConfig(cpu_seconds=args.kd_cpu, wall_seconds=args.kd_wall, lr=args.kd_lr,
@@ -344,6 +351,8 @@ def main() -> None:
     parser.add_argument("--kd-hidden", type=float, default=1.0, help="weight of the token loss (--kd-targets tokens)")
     parser.add_argument("--kd-init", type=Path, default=None,
                         help="continue a saved --kd student PREFIX.pt/.json (same variant; warm restart)")  # fmt: skip
+    parser.add_argument("--kd-init-other", action="store_true",
+                        help="--kd-init may be a student of another schedule (it continues under --kd's)")
     parser.add_argument("--kd-monitor", type=float, default=0.0,
                         help="--kd-targets tokens: held-out cosine every S training CPU-s (0: off)")  # fmt: skip
     parser.add_argument("--kd-from", type=Path, default=None, help="reuse PREFIX.pt/.json of an earlier --kd run")
