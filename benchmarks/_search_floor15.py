@@ -1,0 +1,202 @@
+"""The node table near the floor, session 15: robustness to slow stretches. Session 13's 69 MobileNetV2 policies (19
+calibration + 50 judged, read from its JSON), each node sum taken twice on fresh caches — the session-15 node table
+(a batch of new entries timed as twins, again where they disagree or its canaries read slow:
+``NodeTable._timed``) and the session-14 one (``twins=1, retries=0``: each batch timed once) — the order of the two
+alternating by model; each chunk of 5 timed end to end beside dense (rounds spread over 3 s), and a chunk whose
+dense reads more than 8 % above the chunks' median re-timed (``table_check.steady_chunks``: the chunks before the
+newest after each chunk, so a re-timing comes at least one chunk's exports later; all of them at the end, 5 s
+after the last timing), its files kept for it. Every predictor (the weight plane with the knee through dense,
+fitted on the 19 calibration points as the search fits it) is judged against the re-timed measurement and against
+each chunk's first timing (session 14's protocol), so the two tables and the two protocols are compared on one
+run. ``benchmarks/_search_floor12.py`` holds the export and the judging. The exported files can be kept across
+runs (``--models DIR``, built once with ``--build-only``): the node caches and every timing are fresh in each run::
+
+    OMP_NUM_THREADS=1 python benchmarks/_search_floor15.py OUT.json CACHE_DIR [--models DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+import deepslim as ds  # noqa: E402
+from _search_floor12 import build, save, summary  # noqa: E402
+from _search_floor14 import knee_summary, view  # noqa: E402
+from deepslim.analysis import profile  # noqa: E402
+from deepslim.errors import ExportError  # noqa: E402
+from deepslim.export import export_onnx  # noqa: E402
+from deepslim.search import LatencyTable, SearchSpace  # noqa: E402
+from deepslim.search.latency import _run_timer  # noqa: E402
+from deepslim.search.node_table import NodeTable, weight_mb  # noqa: E402
+from deepslim.search.space import Policy  # noqa: E402
+from deepslim.search.table_check import steady_chunks  # noqa: E402
+from search import PRETRAINED_ARCH  # noqa: E402
+
+POLICIES = "benchmarks/results/search_session13_floor_table_quiet.json"
+WINDOW_S = 3.0
+FINAL_GAP_S = 5.0  # seconds before each re-timing of the final pass (the last chunk was timed just before it)
+
+
+class Sums:
+    """The two node tables, their sums of one file and the seconds each spent (its cost per cache)."""
+
+    def __init__(self, cache: Path) -> None:
+        self.tables = {"s15": NodeTable(LatencyTable(threads=1, cache_dir=cache / "session15")),
+                       "s14": NodeTable(LatencyTable(threads=1, cache_dir=cache / "session14"), twins=1,
+                                        retries=0, canaries=0)}  # fmt: skip
+        self.seconds = dict.fromkeys(self.tables, 0.0)
+        self.count = 0
+
+    def __call__(self, path: Path, shape: list[int]) -> dict[str, Any]:
+        order = list(self.tables) if self.count % 2 == 0 else list(reversed(self.tables))
+        self.count += 1
+        out: dict[str, Any] = {}
+        for name in order:
+            t0 = time.perf_counter()
+            out[f"raw_{name}_ms"] = self.tables[name].raw_file(path, shape)
+            self.seconds[name] += time.perf_counter() - t0
+        out["raw_ms"], out["nodes"] = out["raw_s15_ms"], self.tables["s15"].last_nodes
+        return out
+
+    def cost(self) -> dict[str, Any]:
+        return {name: {"seconds": self.seconds[name], "timer_calls": t.timings, "entries": t.table.measured,
+                       "lowered_by_canaries": t.lowered} for name, t in self.tables.items()}  # fmt: skip
+
+
+def built_file(folder: Path, i: int, dense: torch.nn.Module, space: SearchSpace, policy: Policy, x: Any,
+               calib: Any) -> tuple[Path, dict[str, Any]]:  # fmt: skip
+    """Policy ``i``'s exported file in ``folder`` and its MACs and weight MiB (or why the export refused it), built
+    once: the export is deterministic (random weights from seed 0, the same calibration data), and the
+    exports were most of a run's time (~25 s a policy at load 4–6, 69 policies)."""
+    path, meta = folder / f"p{i}.onnx", folder / f"p{i}.json"
+    if not meta.is_file():
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            macs, mb = build(dense, space, policy, x, calib, path, True)
+            info: dict[str, Any] = {"macs": macs, "weight_mb": mb}
+        except ExportError as exc:
+            info = {"why": str(exc)}
+        meta.write_text(json.dumps({**info, "policy": policy.to_dict()}))
+    return path, json.loads(meta.read_text())
+
+
+def frame(doc: dict[str, Any], chunks: list[list[float]], first: list[list[float]], tries: list[int]) -> None:
+    """Every row's measured times from its chunk: ``measured_ms`` = its ratio to its chunk's dense (the chunk's kept
+    timing) × the chunks' median dense; ``measured_first_ms`` = its ratio in the chunk's first timing × the first
+    chunk's first dense (session 14's frame)."""
+    dense = doc["dense"]
+    dense["measured_ms"] = float(np.median([c[0] for c in chunks]))
+    dense["measured_first_ms"] = first[0][0]
+    for row in doc["rows"]:
+        c, k = row["chunk"], row["index_in_chunk"]
+        kept, once = chunks[c], first[c]
+        row.update(chunk_dense_ms=kept[0], chunk_dense_first_ms=once[0], absolute_ms=kept[k + 1],
+                   absolute_first_ms=once[k + 1], ratio=kept[k + 1] / kept[0], ratio_first=once[k + 1] / once[0],
+                   measured_ms=dense["measured_ms"] * kept[k + 1] / kept[0],
+                   measured_first_ms=dense["measured_first_ms"] * once[k + 1] / once[0],
+                   chunk_timings=tries[c])  # fmt: skip
+
+
+def summaries(rows: list[dict[str, Any]], dense: dict[str, Any]) -> dict[str, Any]:
+    """Each table's sums against each protocol's measurement: the plane through dense and the knee (the search's)."""
+    out = {}
+    for name in ("s15", "s14"):
+        for truth, meas in (("retimed", "measured_ms"), ("first", "measured_first_ms")):
+            v, d = view(rows, f"raw_{name}_ms", meas), view([dense], f"raw_{name}_ms", meas)[0]
+            out[f"table_{name}__vs_{truth}"] = {**summary(v, d), "knee": knee_summary(v, d)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("out")
+    ap.add_argument("cache")
+    ap.add_argument("--chunk", type=int, default=5)
+    ap.add_argument("--limit", type=int, default=None, help="only the first N policies (a smoke run)")
+    ap.add_argument("--models", default=None, help="a folder keeping each policy's exported file across runs")
+    ap.add_argument("--build-only", action="store_true", help="export the policies into --models, time nothing")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    full = ds.load_data("fashion-mnist", seed=0, calib_size=256)
+    torch.manual_seed(0)  # random weights, the same each run (latency does not depend on them; int8 parity does)
+    dense = PRETRAINED_ARCH["mobilenet_v2"]().eval()
+    x = full.example_input
+    shape = list(x.shape)
+    space = SearchSpace.from_model(dense, x, round_to=8, kinds=("prune", "int8"))
+    smallest = str(space.smallest(False).to_dict())
+    rows = json.loads(Path(POLICIES).read_text())["rows"]
+    order = [(r["role"], r["level"], Policy.from_dict(r["policy"])) for r in rows][: args.limit]
+    if args.build_only:
+        for i, (_, _, policy) in enumerate(order):
+            built_file(Path(args.models), i, dense, space, policy, x, full.calib)
+        return
+    sums = Sums(Path(args.cache))
+    doc: dict[str, Any] = {"command": " ".join(sys.argv), "weights": "random initial weights", "policies": POLICIES,
+                           "model": "mobilenet_v2 0.5, 28x28, prune+int8 space, round_to 8", "window_s": WINDOW_S,
+                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                           "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
+                           "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "rows": []}  # fmt: skip
+    chunks: list[list[float]] = []
+    first: list[list[float]] = []
+    files: list[list[tuple[str, list[int]]]] = []
+    retime_s = [0.0]
+    with tempfile.TemporaryDirectory() as work:
+        dense_file = Path(work) / "dense.onnx"
+        export_onnx(dense, dense_file, example_input=x)
+        doc["dense"] = dense_row = {**sums(dense_file, shape), "weight_mb": weight_mb(dense),
+                                    "macs": profile(dense, x).macs}  # fmt: skip
+
+        def retime(i: int, gap: float = 0.0) -> list[float]:
+            time.sleep(gap)
+            t = time.perf_counter()
+            got = _run_timer(files[i], 1, 10, 5, WINDOW_S)
+            retime_s[0] += time.perf_counter() - t
+            doc.setdefault("retimings", []).append({"chunk": i, "dense_ms": got[0], "kept_dense_ms": chunks[i][0],
+                                                    "utc": time.strftime("%H:%M:%S", time.gmtime()),
+                                                    "loadavg": Path("/proc/loadavg").read_text().split()[:3]})
+            return got
+
+        tries: list[int] = []
+        for start in range(0, len(order), args.chunk):
+            c = len(chunks)
+            built = []
+            for k, (role, level, policy) in enumerate(order[start:start + args.chunk]):
+                path, meta = built_file(Path(args.models or work), start + k, dense, space, policy, x, full.calib)
+                if "why" in meta:  # random weights: an int8 policy may fail the export's parity check
+                    doc.setdefault("skipped", []).append({"role": role, "policy": policy.to_dict(), "why": meta["why"]})
+                    continue
+                macs, mb = meta["macs"], meta["weight_mb"]
+                built.append((str(path), {"role": role, "level": level, "policy": policy.to_dict(), "macs": macs,
+                                          **sums(path, shape), "weight_mb": mb,
+                                          "floor": str(policy.to_dict()) == smallest,
+                                          "channels": sum(policy.keep.values()),
+                                          "int8_layers": sum(policy.int8.values())}))  # fmt: skip
+            files.append([(str(dense_file), shape)] + [(p, shape) for p, _ in built])
+            chunks.append(_run_timer(files[c], 1, 10, 5, WINDOW_S))
+            first.append(list(chunks[c]))
+            load = Path("/proc/loadavg").read_text().split()[:3]
+            for k, (_, row) in enumerate(built):
+                doc["rows"].append({**row, "chunk": c, "index_in_chunk": k, "loadavg": load})
+            tries = steady_chunks(chunks, retime, tries=tries, eligible=range(c))  # the newest waits for the next
+            frame(doc, chunks, first, tries)
+            save(doc, args.out, t0, c, summaries(doc["rows"], dense_row))
+        tries = steady_chunks(chunks, lambda i: retime(i, FINAL_GAP_S), tries=tries)
+        frame(doc, chunks, first, tries)
+        doc["cost"] = {"node_tables": sums.cost(), "retimed_chunks": sum(t > 1 for t in tries),
+                       "retimings": sum(t - 1 for t in tries), "retiming_seconds": retime_s[0]}  # fmt: skip
+        save(doc, args.out, t0, len(chunks), summaries(doc["rows"], dense_row))
+
+
+if __name__ == "__main__":
+    main()
