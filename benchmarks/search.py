@@ -238,6 +238,8 @@ def run_search(dense: torch.nn.Module, data: Any, space: SearchSpace, table: Lat
     extra = {"latency_model": args.latency_model} if args.latency_model and "latency_model" in SEARCH_KW else {}
     extra.update({k: getattr(args, k) for k in ("proxy_steps", "temperature", "priors", "proxy_lr", "measure_repeats",
                                                "calibration_policies") if k in SEARCH_KW})  # fmt: skip
+    if args.select_held_out:  # the finals choose on the val images the trials were not judged on
+        extra["select"] = held_out_val(args.full_data, data)
     t0, c0 = time.perf_counter(), time.process_time()
     with tempfile.TemporaryDirectory() as work:
         result = search(dense, data, space, tuple(args.objectives.split(",")), f"latency={budget}x", trials=args.trials,
@@ -281,6 +283,7 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: st
     full = ds.load_data("fashion-mnist", n_train=n_train, n_test=args.n_test or None, seed=0,
                         calib_size=args.calib_size)  # fmt: skip
     t0 = time.perf_counter()
+    args.full_data = full  # held_out_val's source (--select-held-out)
     dense, record = train_dense(name, full, args)
     data = subset_bundle(full, args.search_n_train or None, args.search_n_val or None)
     entry: dict[str, Any] = {"train_s": time.perf_counter() - t0, "dense_training": record,
@@ -388,6 +391,9 @@ def main() -> None:
     p.add_argument("--speed-moves", type=int, default=12, help="channel moves at most (speed-only)")
     p.add_argument("--speed-steer", choices=("nodes", "layers", "measured"), default="nodes",
                    help="speed-only steering: the node or layer table, or measured end-to-end timings (speed_side.py)")
+    p.add_argument("--select-held-out", action="store_true",
+                   help="the finals score and choose the recovered finalists on the val images the trials were not "
+                        "judged on (the rest of the val split; search(select=...))")  # fmt: skip
     p.add_argument("--json", default=None)
     args = p.parse_args()
     args.budgets = [float(b) for b in args.budgets.split(",")]

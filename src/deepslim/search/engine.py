@@ -120,7 +120,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
            latency_model: str | None = None, node_table: NodeTable | None = None,
            remeasure_repeats: int = 3, accept_low_fidelity: bool = False, proxy_steps: int = 0,
            temperature: float | None = None, priors: bool = True, proxy_lr: float | None = None,
-           measure_repeats: int = 5, calibration_policies: int = 0) -> SearchResult:  # fmt: skip
+           measure_repeats: int = 5, calibration_policies: int = 0, select: Any = None) -> SearchResult:  # fmt: skip
     """Search per-layer channel counts and precisions of ``model`` on ``data`` (a DataBundle) for ``objectives``
     under ``budget`` with ``trials`` Optuna trials of ``strategy`` (tpe, tpe-multivariate, nsga2, random, grid,
     evolution, greedy).
@@ -168,9 +168,14 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     where the space has groups of two or more roles (expansion, bottleneck, plain) and a latency budget, a new study
     first tries role-structured policies — each role kept wide in turn, the others at the widest ratio that meets the
     budget (:func:`frame.structured_priors`); not for ``strategy="grid"``, which tries every policy anyway.
+    ``select``: a loader of held-out images (prepared as ``data``'s validation split, none of them in it): the
+    recovered finalists, searched and uniform, are scored there and chosen by that score (their ``val_accuracy`` on
+    the trials' images kept beside it) — more images than the trials are judged on, and none that chose a
+    recovery's best epoch.
     An infeasible budget, an unknown objective, strategy or runtime is a ConfigError before any trial runs.
     """
     started, cpu0 = time.perf_counter(), _cpu_seconds()
+    _check_select(select)
     objectives, budgets, device = _check_arguments(
         objectives, budget, strategy=strategy, trials=trials, device=device, space=space, proxy_steps=proxy_steps,
         finetune_epochs=finetune_epochs, workers=workers, threads=threads)  # fmt: skip
@@ -205,7 +210,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     done = _study.completed(study, limits)
     front = _front(done, objectives, space, top_k)
     finals = final_round(ev, front, [c for c in family if c.feasible], objectives, budgets, limits, top_k=top_k,
-                         repeats=remeasure_repeats, front=front)  # fmt: skip
+                         repeats=remeasure_repeats, front=front, select=select)  # fmt: skip
     best, notes = best_or_uniform(finals, objectives)
     pareto, pool = _reported_front(done, objectives, space, finals.pareto)
     cost = _cost(len(done), started, cpu0, repeated=sum(REPEAT_ATTR in c.measurement.extra for c in done),
@@ -240,6 +245,15 @@ def _check_arguments(objectives: Sequence[str], budget: Budget | str | Sequence[
     if workers < 1 or threads < 1:
         raise ConfigError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
     return objectives, budgets, device
+
+
+def _check_select(select: Any) -> None:
+    """``select`` is None or a loader: a bundle would be scored on its test split, which must stay unseen."""
+    from deepslim.data import DataBundle
+
+    if isinstance(select, DataBundle | str | os.PathLike) or (select is not None and not hasattr(select, "__iter__")):
+        raise ConfigError(f"select takes a loader of held-out images (e.g. a DataLoader over validation images the "
+                          f"search does not judge on), got {type(select).__name__}")  # fmt: skip
 
 
 def _latency_model(model: nn.Module, data: Any, table: LatencyTable, name: str | None, node_table: NodeTable | None,
