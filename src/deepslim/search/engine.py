@@ -122,7 +122,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
            temperature: float | None = None, priors: bool = True, proxy_lr: float | None = None,
            measure_repeats: int = 5, calibration_policies: int = 0, select: Any = None) -> SearchResult:  # fmt: skip
     """Search per-layer channel counts and precisions of ``model`` on ``data`` (a DataBundle) for ``objectives``
-    under ``budget`` with ``trials`` Optuna trials of ``strategy`` (tpe, tpe-multivariate, nsga2, random, grid,
+    under ``budget`` with ``trials`` Optuna trials of ``strategy`` (tpe, nsga2, random, grid, tpe-multivariate,
     evolution, greedy).
 
     ``space``: a :class:`SearchSpace` or the kinds to build one from ("prune", "int8", "hpo", and for a size

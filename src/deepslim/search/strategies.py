@@ -18,7 +18,7 @@ from typing import Any
 from deepslim.search import storage as st
 from deepslim.search.space import SearchSpace
 
-STRATEGIES = ("tpe", "tpe-multivariate", "nsga2", "random", "grid", "evolution", "greedy")
+STRATEGIES = ("tpe", "nsga2", "random", "grid", "tpe-multivariate", "evolution", "greedy")
 # strategies whose proposals never read the objective values of a trial over budget (Optuna's TPE and NSGA-II rank
 # such trials by their constraint excess alone; random and grid read nothing): their trials over a latency budget
 # need no recovery (trials.trial_objective). Greedy does read them (the accuracy a step down costs), and evolution's
