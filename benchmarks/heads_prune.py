@@ -439,6 +439,7 @@ def main() -> None:
                 info["fidelity"] = fidelity(student, teacher, held, data32, data128)
                 save(student, info, Path(f"{args.out}-{i}"))
                 result["probes"].append({k: v for k, v in info.items() if k != "kept"})
+                write_json_atomic(result, args.json)
                 print(json.dumps(result["probes"][-1]), flush=True)
         elif args.mode == "distill":
             distill(args, teacher, texts, held, data32, result)

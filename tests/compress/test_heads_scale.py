@@ -8,7 +8,7 @@ from torch import nn
 
 from deepslim.compress.prune import _refit
 from deepslim.compress.prune import heads as hp
-from deepslim.compress.prune._head_scores import _combine, _split
+from deepslim.compress.prune._head_scores import _combine, _model_inputs, _split
 from deepslim.errors import ConfigError
 from tests import _hf_models as hf
 
@@ -107,3 +107,42 @@ def test_prune_heads_scales_each_pruned_projection_in_the_order_of_computation(m
     head_width = layer0.attention.self.attention_head_size
     assert fitted[:2] == [(layer0.attention.output.dense, head_width), (layer0.output.dense, 1)]
     assert len(fitted) == 2 * len(model.model.bert.encoder.layer)
+
+
+class _Residual(nn.Module):
+    """x -> LayerNorm(proj(gelu(up(x))) + skip(x)): a post-norm block whose projection has 4 units of 3 inputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.up, self.proj, self.skip = nn.Linear(5, 12), nn.Linear(12, 8), nn.Linear(5, 8)
+        self.norm = nn.LayerNorm(8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.proj(nn.functional.gelu(self.up(x))) + self.skip(x))
+
+
+def test_scale_read_at_the_next_layer_norm_recovers_the_scales_that_made_its_input():
+    torch.manual_seed(4)
+    model = _Residual().double().eval()
+    with torch.no_grad():
+        model.norm.weight.uniform_(0.2, 3.0)
+    batches = [torch.randn(30, 5, dtype=torch.float64) for _ in range(2)]
+    assert _refit.next_norm(model, model.proj, batches[0], lambda b: b) is model.norm
+    assert _refit.next_norm(model, model.norm, batches[0], lambda b: b) is None
+    true = torch.tensor([1.5, 0.2, 1.0, 0.7], dtype=torch.float64)
+    with torch.no_grad():
+        target = torch.cat([nn.functional.linear(nn.functional.gelu(model.up(b)), model.proj.weight *
+                                                 true.repeat_interleave(3), model.proj.bias) + model.skip(b)
+                            for b in batches])  # fmt: skip
+    scales, residual = _refit.scale_(model, model.proj, target, batches, lambda b: b, width=3, ridge=0.0,
+                                     norm=model.norm)  # fmt: skip
+    torch.testing.assert_close(scales.double(), true, rtol=1e-6, atol=1e-6)
+    assert residual < 1e-5
+
+
+@needs_hf
+def test_bert_scales_are_read_at_each_blocks_own_layer_norm():
+    model, x = hf.build("bert")
+    layer0 = model.model.bert.encoder.layer[0]
+    assert _refit.next_norm(model, layer0.attention.output.dense, x, _model_inputs) is layer0.attention.output.LayerNorm
+    assert _refit.next_norm(model, layer0.output.dense, x, _model_inputs) is layer0.output.LayerNorm

@@ -368,22 +368,34 @@ def prune_heads_(model: nn.Module, config: HeadPruneConfig,
     pruned = [(b, p) for b, p in zip(blocks, result.blocks, strict=True) if p.keep < p.width]
     repair = config.refit or config.scale
     batches = list(_take(calib_data, config.batches)) if calib_data is not None and repair else []
-    if batches:  # refit in the order of computation: each block is fitted to inputs its predecessors repaired
-        pruned = [pruned[i] for i in _refit.forward_order(model, [b.output for b, _ in pruned], batches[0],
-                                                          _model_inputs)]  # fmt: skip
-    wanted = _refit.targets(model, [b.output for b, _ in pruned], batches, _model_inputs) if batches else []
-    for b, plan in pruned:
-        apply_block(b, torch.tensor(plan.kept, dtype=torch.long))
-    for (b, _), target in zip(pruned, wanted, strict=False):
-        if config.scale:
-            residual = _refit.scale_(model, b.output, target, batches, _model_inputs, b.unit_width)[1]
-        else:
-            residual = _refit.refit_(model, b.output, target, batches, _model_inputs)
-        log.debug("%s %s.%s: relative residual %.4f", "scale" if config.scale else "refit", b.name,
-                  b.adapter.output, residual)  # fmt: skip
+    if not batches:
+        for b, plan in pruned:
+            apply_block(b, torch.tensor(plan.kept, dtype=torch.long))
+    else:
+        _repaired_(model, pruned, batches, config.scale)
     before, after = result.heads()
     log.info("head pruning: %d -> %d heads\n%s", before, after, result)
     return result
+
+
+def _repaired_(model: nn.Module, pruned: list[tuple[Block, BlockPlan]], batches: list[Any], scale: bool) -> None:
+    """Prune, then refit each pruned output projection (``scale``: its units' scales) in the order of computation:
+    each block is fitted to inputs its predecessors repaired. The targets are read from the model before pruning:
+    the projection's outputs, or for ``scale`` the input of the normalization that runs next (where there is one)."""
+    pruned = [pruned[i] for i in _refit.forward_order(model, [b.output for b, _ in pruned], batches[0],
+                                                      _model_inputs)]  # fmt: skip
+    norms = [_refit.next_norm(model, b.output, batches[0], _model_inputs) if scale else None for b, _ in pruned]
+    wanted = _refit.targets(model, [n if n is not None else b.output for (b, _), n in zip(pruned, norms, strict=True)],
+                            batches, _model_inputs, inputs=[n is not None for n in norms])  # fmt: skip
+    for b, plan in pruned:
+        apply_block(b, torch.tensor(plan.kept, dtype=torch.long))
+    for (b, _), target, norm in zip(pruned, wanted, norms, strict=True):
+        if scale:
+            residual = _refit.scale_(model, b.output, target, batches, _model_inputs, b.unit_width, norm=norm)[1]
+        else:
+            residual = _refit.refit_(model, b.output, target, batches, _model_inputs)
+        log.debug("%s %s.%s: relative residual %.4f", "scale" if scale else "refit", b.name, b.adapter.output,
+                  residual)  # fmt: skip
 
 
 def head_blocks(model: nn.Module, config: HeadPruneConfig | None = None, example_input: Any = None) -> list[str]:
