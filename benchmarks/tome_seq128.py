@@ -17,7 +17,7 @@ order reversed every round, median thread-CPU time and wall time) at batch 1 and
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/tome_seq128.py \\
         [--json benchmarks/results/transformer_encoder_session11_tome.json] [--variants keys16,ks16,ks_dec]
         [--rounds 6] [--kd ks_dec2 --kd-cpu 600 [--kd-wall S] [--kd-lr 5e-5] [--kd-init PREFIX]
-        [--kd-monitor 300] | --kd-from PREFIX] [--profile 40]
+        [--kd-monitor 300] | --kd-from PREFIX [--kd-as NAME]] [--profile 40]
 
 ``--kd-init PREFIX`` continues a saved ``--kd`` student of the same variant (a warm restart: fresh optimizer moments,
 a new warm-up and cosine schedule) on the batches its chain has not drawn yet; ``chain`` in its JSON counts the
@@ -27,6 +27,9 @@ continue under this run's schedule). ``--kd-monitor S`` (with ``--kd-targets tok
 in PyTorch every S training CPU seconds on the 72 passages and the 32 full-length texts (cosine to the unmerged
 model's embeddings; held out from training, not used to pick anything) and saves its weights so far as
 ``PREFIX.partial.pt``.
+
+``--kd-as NAME`` (with ``--kd-from``) measures the saved student under NAME's schedule instead of its own, as
+``NAME_kd`` (the weights of one schedule's distillation under another: session 15's fewer merge steps).
 
 ``--profile N`` also runs ONNX Runtime's per-node profiler (1 thread) on every sequence-128 file, N runs at batch 1
 and N // 8 at batch 32, and sums each node's median time by what it computes (``profile`` in the JSON): the
@@ -301,10 +304,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     result["schedules"] = {n: {"r": list(SCHEDULES[n][0]), "metric": SCHEDULES[n][1]} for n in names}
     if args.kd or args.kd_from:
         student, result["kd"] = distilled(teacher, args)
-        base = result["kd"]["variant"]
+        base = args.kd_as or result["kd"]["variant"]  # --kd-as: a saved student under another schedule
         models[base + "_kd"] = student
         result["schedules"][base + "_kd"] = {"r": list(SCHEDULES[base][0]), "metric": SCHEDULES[base][1],
-                                             "distilled": True}  # fmt: skip
+                                             "distilled": True, "distilled_as": result["kd"]["variant"]}  # fmt: skip
     d32 = ds.load_data("sentences", seq_len=32, train_size=64)
     d128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
     full = full_length_texts(teacher)
@@ -356,11 +359,15 @@ def main() -> None:
     parser.add_argument("--kd-monitor", type=float, default=0.0,
                         help="--kd-targets tokens: held-out cosine every S training CPU-s (0: off)")  # fmt: skip
     parser.add_argument("--kd-from", type=Path, default=None, help="reuse PREFIX.pt/.json of an earlier --kd run")
+    parser.add_argument("--kd-as", choices=tuple(SCHEDULES), default=None,
+                        help="with --kd-from: measure the saved student under this schedule (as NAME_kd)")
     parser.add_argument("--profile", type=int, default=0,
                         help="also profile each s128 file per node: N runs at batch 1, N // 8 at 32 (0: off)")
     args = parser.parse_args()
     if args.kd_monitor and args.kd_targets != "tokens":
         parser.error("--kd-monitor needs --kd-targets tokens (distill_encoder has no monitor)")
+    if args.kd_as is not None and args.kd_from is None:
+        parser.error("--kd-as measures a saved student (--kd-from) under another schedule")
     if args.kd_init is not None and args.kd_from is not None:
         parser.error("--kd-init continues a distillation and --kd-from reuses one without distilling: give one")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # the distillation's progress
