@@ -103,3 +103,27 @@ def test_search_runs_to_success_writes_the_issues_keys_a_recipe_compress_rebuild
     assert len(_trials(out)) == TRIALS and again["cost"]["trials"] == TRIALS
     assert [t["trial"] for t in again["trials"]] == [t["trial"] for t in doc["trials"]]
     assert again["best"]["policy"] == best["policy"]
+
+
+def test_progress_names_trials_over_a_latency_budget_not_judged(tmp_path, capsys, fake_latency):
+    """With a proxy fine-tune and a latency-only budget, a trial over the budget is neither recovered nor scored
+    (its accuracy is None): the progress line says "n/a" for it instead of failing to format a number."""
+    code = main(["search", MODEL, "--data", "digits", "--budget", "latency=0.6x", "--objective", "accuracy",
+                 "--space", "prune", "--round-to", "2", "--trials", "6", "--strategy", "random", "--proxy-steps", "1",
+                 "--finetune-epochs", "1", "--top-k", "1", "--remeasure-repeats", "1", "--seed", "0",
+                 "--out", str(tmp_path / "out")])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0, err
+    unjudged = [line for line in err.splitlines() if "(over budget, not recovered)" in line]
+    assert unjudged and all("accuracy n/a," in line for line in unjudged)
+    judged = [line for line in err.splitlines() if line.startswith("trial ") and "over budget" not in line]
+    assert judged and all("accuracy n/a" not in line for line in judged)
+
+
+def test_the_strategy_help_names_every_strategy():
+    from deepslim.cli import build_parser
+    from deepslim.search.strategies import STRATEGIES
+
+    search_parser = build_parser()._subparsers._group_actions[0].choices["search"]  # type: ignore[union-attr]
+    (action,) = [a for a in search_parser._actions if "--strategy" in a.option_strings]
+    assert all(name in action.help.replace(",", " ").split() for name in STRATEGIES), action.help

@@ -46,7 +46,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "learning rate, epochs and distillation temperature), sparsity and kmeans (per-layer unstructured "
                    "sparsity and k-means bits: for --budget size / --objective size), comma-separated")  # fmt: skip
     p.add_argument("--trials", type=int, default=50, help="number of trials (default 50)")
-    p.add_argument("--strategy", default="tpe", help="tpe, nsga2, random, grid, evolution or greedy (default tpe)")
+    p.add_argument("--strategy", default="tpe",
+                   help="tpe, nsga2, random, grid, tpe-multivariate, evolution or greedy (default tpe)")
     p.add_argument("--device", help="device profile whose cost model estimates energy: host, rpi4, ... (default host "
                    "when energy is an objective or budget)")  # fmt: skip
     p.add_argument("--runtime", default="onnxruntime", help="runtime whose latency is searched (onnxruntime)")
@@ -153,7 +154,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         if show:
             flag = "" if c.feasible else " (over budget, not recovered)" if c.recovery == "none" else " (over budget)"
             energy = f", energy {c.value('energy'):.4g} µJ" if device else ""
-            err.print(f"trial {c.trial}: accuracy {c.accuracy:.4f}, latency {c.latency_ms:.3f} ms{energy}{flag}",
+            acc = "n/a" if c.accuracy is None else f"{c.accuracy:.4f}"  # None: over a latency budget, not judged
+            err.print(f"trial {c.trial}: accuracy {acc}, latency {c.latency_ms:.3f} ms{energy}{flag}",
                       markup=False)  # fmt: skip
 
     # with workers, the data travels as its spec: each worker loads it as this process did
