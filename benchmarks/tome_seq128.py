@@ -96,7 +96,7 @@ def merge_replaced_by_drop() -> Iterator[None]:
         keep = x.shape[1] - min(r, (x.shape[1] - 1) // 2)
         return x[:, :keep], size[:, :keep]
 
-    enc.bipartite_merge, enc.merge_metric = drop, lambda kind, keys, *_: keys[:, 0]  # type: ignore[assignment]
+    enc.bipartite_merge, enc.merge_metric = drop, lambda kind, keys, *_: keys[:, 0]
     try:
         yield
     finally:
@@ -200,7 +200,7 @@ def profile(files: dict[str, Path], seq: int, runs: int) -> dict[str, Any]:
 
 def config(name: str, seq: int) -> MergeTokensConfig:
     rs, metric = SCHEDULES[name.removesuffix("_kd")]
-    return MergeTokensConfig(r=tuple(r * seq // 128 for r in rs), metric=metric)  # type: ignore[arg-type]
+    return MergeTokensConfig(r=tuple(r * seq // 128 for r in rs), metric=metric)
 
 
 def kd_passages(teacher: torch.nn.Module, n: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -254,7 +254,7 @@ def distilled(teacher: torch.nn.Module, args: argparse.Namespace) -> tuple[torch
     else:
         info["kd"] = distill_encoder(student, teacher, ids, mask, kd)
     info["chain"] = chain(info) | {"stream": stream(info)}
-    student.reduction = None  # saved without the reduction module (it holds no weights)
+    student.reduction = None  # type: ignore[assignment]  # saved without the reduction module (it holds no weights)
     with atomic_path(prefixed(prefix, ".pt")) as tmp:  # an interrupt leaves no half-written weights
         torch.save(student.state_dict(), tmp)
     with atomic_path(prefixed(prefix, ".json")) as tmp:
