@@ -87,23 +87,35 @@ def summaries(rows: list[dict[str, Any]], dense: dict[str, Any]) -> dict[str, An
     return out
 
 
-def main() -> None:
+def parser() -> argparse.ArgumentParser:
+    """The arguments session 14's and 15's checks share: OUT.json, CACHE_DIR, --chunk, --limit."""
     ap = argparse.ArgumentParser()
     ap.add_argument("out")
     ap.add_argument("cache")
     ap.add_argument("--chunk", type=int, default=5)
     ap.add_argument("--limit", type=int, default=None, help="only the first N policies (a smoke run)")
-    ap.add_argument("--window", type=float, default=WINDOW_S, help="seconds the end-to-end timing's rounds spread over")
-    args = ap.parse_args()
-    t0 = time.perf_counter()
+    return ap
+
+
+def setup(limit: int | None) -> tuple[Any, torch.nn.Module, SearchSpace, str, list[tuple[str, float, Policy]]]:
+    """The data, the dense MobileNetV2 0.5 (random weights from seed 0), its prune + int8 space, the floor policy's
+    text and the first ``limit`` of session 13's policies as (role, level, policy)."""
     full = ds.load_data("fashion-mnist", seed=0, calib_size=256)
     torch.manual_seed(0)  # random weights, the same each run (latency does not depend on them; int8 parity does)
     dense = PRETRAINED_ARCH["mobilenet_v2"]().eval()
-    x = full.example_input
-    space = SearchSpace.from_model(dense, x, round_to=8, kinds=("prune", "int8"))
-    smallest = str(space.smallest(False).to_dict())
+    space = SearchSpace.from_model(dense, full.example_input, round_to=8, kinds=("prune", "int8"))
     rows = json.loads(Path(POLICIES).read_text())["rows"]
-    order = [(r["role"], r["level"], Policy.from_dict(r["policy"])) for r in rows][: args.limit]
+    order = [(r["role"], r["level"], Policy.from_dict(r["policy"])) for r in rows][:limit]
+    return full, dense, space, str(space.smallest(False).to_dict()), order
+
+
+def main() -> None:
+    ap = parser()
+    ap.add_argument("--window", type=float, default=WINDOW_S, help="seconds the end-to-end timing's rounds spread over")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    full, dense, space, smallest, order = setup(args.limit)
+    x = full.example_input
     new = NodeTable(LatencyTable(threads=1, cache_dir=Path(args.cache) / "session14"))
     doc: dict[str, Any] = {"command": " ".join(sys.argv), "weights": "random initial weights", "policies": POLICIES,
                            "model": "mobilenet_v2 0.5, 28x28, prune+int8 space, round_to 8", "window_s": args.window,

@@ -16,12 +16,12 @@ runs (``--models DIR``, built once with ``--build-only``): the node caches and e
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,33 +30,50 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import deepslim as ds  # noqa: E402
 from _search_floor12 import build, save, summary  # noqa: E402
-from _search_floor14 import knee_summary, view  # noqa: E402
+from _search_floor14 import POLICIES, knee_summary, parser, setup, view  # noqa: E402
 from deepslim.analysis import profile  # noqa: E402
 from deepslim.errors import ExportError  # noqa: E402
 from deepslim.export import export_onnx  # noqa: E402
 from deepslim.search import LatencyTable, SearchSpace  # noqa: E402
 from deepslim.search.latency import _run_timer  # noqa: E402
-from deepslim.search.node_table import NodeTable, weight_mb  # noqa: E402
+from deepslim.search.node_table import GRAPH_NODE, Node, NodeTable, weight_mb  # noqa: E402
 from deepslim.search.space import Policy  # noqa: E402
 from deepslim.search.table_check import steady_chunks  # noqa: E402
-from search import PRETRAINED_ARCH  # noqa: E402
 
-POLICIES = "benchmarks/results/search_session13_floor_table_quiet.json"
 WINDOW_S = 3.0
 FINAL_GAP_S = 5.0  # seconds before each re-timing of the final pass (the last chunk was timed just before it)
 
 
 class Sums:
-    """The two node tables, their sums of one file and the seconds each spent (its cost per cache)."""
+    """The node tables, their sums of one file and the seconds each spent (its cost per cache). The session-15
+    table's first timing of each node is logged too (``raw_once_ms``: the sum had each batch been timed once, over
+    the twin's half window): session 14's table at no extra timing, where its own (``s14``) is left out."""
 
-    def __init__(self, cache: Path) -> None:
-        self.tables = {"s15": NodeTable(LatencyTable(threads=1, cache_dir=cache / "session15")),
-                       "s14": NodeTable(LatencyTable(threads=1, cache_dir=cache / "session14"), twins=1,
-                                        retries=0, canaries=0)}  # fmt: skip
+    def __init__(self, cache: Path, names: Sequence[str]) -> None:
+        made = {"s15": lambda: NodeTable(LatencyTable(threads=1, cache_dir=cache / "session15")),
+                "s14": lambda: NodeTable(LatencyTable(threads=1, cache_dir=cache / "session14"), twins=1,
+                                         retries=0, canaries=0)}  # fmt: skip
+        self.tables = {name: made[name]() for name in names}
         self.seconds = dict.fromkeys(self.tables, 0.0)
         self.count = 0
+        self.once: dict[str, float] = {}  # node key -> its first timing in the session-15 table
+        self.keys: list[str] = []  # the node keys of the last file the session-15 table split
+        table = self.tables["s15"]
+        timer, splitter = table.timer, table.splitter
+
+        def logged_timer(nodes: Sequence[Node], work: str) -> list[float]:
+            times = timer(nodes, work)
+            for n, t in zip(nodes, times, strict=True):
+                self.once.setdefault(n["key"], float(t))
+            return times
+
+        def logged_splitter(path: str, shape: Sequence[int], work: str) -> list[Node]:
+            nodes = splitter(path, shape, work)
+            self.keys = [n["key"] for n in nodes]
+            return nodes
+
+        table.timer, table.splitter = logged_timer, logged_splitter
 
     def __call__(self, path: Path, shape: list[int]) -> dict[str, Any]:
         order = list(self.tables) if self.count % 2 == 0 else list(reversed(self.tables))
@@ -66,6 +83,8 @@ class Sums:
             t0 = time.perf_counter()
             out[f"raw_{name}_ms"] = self.tables[name].raw_file(path, shape)
             self.seconds[name] += time.perf_counter() - t0
+        per_node = self.tables["s15"].table.entries.get(GRAPH_NODE, 0.0)
+        out["raw_once_ms"] = sum(self.once[k] for k in self.keys) + per_node * len(self.keys)
         out["raw_ms"], out["nodes"] = out["raw_s15_ms"], self.tables["s15"].last_nodes
         return out
 
@@ -111,7 +130,7 @@ def frame(doc: dict[str, Any], chunks: list[list[float]], first: list[list[float
 def summaries(rows: list[dict[str, Any]], dense: dict[str, Any]) -> dict[str, Any]:
     """Each table's sums against each protocol's measurement: the plane through dense and the knee (the search's)."""
     out = {}
-    for name in ("s15", "s14"):
+    for name in [n for n in ("s15", "s14", "once") if f"raw_{n}_ms" in dense]:
         for truth, meas in (("retimed", "measured_ms"), ("first", "measured_first_ms")):
             v, d = view(rows, f"raw_{name}_ms", meas), view([dense], f"raw_{name}_ms", meas)[0]
             out[f"table_{name}__vs_{truth}"] = {**summary(v, d), "knee": knee_summary(v, d)}
@@ -119,29 +138,20 @@ def summaries(rows: list[dict[str, Any]], dense: dict[str, Any]) -> dict[str, An
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("out")
-    ap.add_argument("cache")
-    ap.add_argument("--chunk", type=int, default=5)
-    ap.add_argument("--limit", type=int, default=None, help="only the first N policies (a smoke run)")
+    ap = parser()
     ap.add_argument("--models", default=None, help="a folder keeping each policy's exported file across runs")
+    ap.add_argument("--tables", default="s15,s14", help="node tables timed: s15 (always) and s14")
     ap.add_argument("--build-only", action="store_true", help="export the policies into --models, time nothing")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    full = ds.load_data("fashion-mnist", seed=0, calib_size=256)
-    torch.manual_seed(0)  # random weights, the same each run (latency does not depend on them; int8 parity does)
-    dense = PRETRAINED_ARCH["mobilenet_v2"]().eval()
+    full, dense, space, smallest, order = setup(args.limit)
     x = full.example_input
     shape = list(x.shape)
-    space = SearchSpace.from_model(dense, x, round_to=8, kinds=("prune", "int8"))
-    smallest = str(space.smallest(False).to_dict())
-    rows = json.loads(Path(POLICIES).read_text())["rows"]
-    order = [(r["role"], r["level"], Policy.from_dict(r["policy"])) for r in rows][: args.limit]
     if args.build_only:
         for i, (_, _, policy) in enumerate(order):
             built_file(Path(args.models), i, dense, space, policy, x, full.calib)
         return
-    sums = Sums(Path(args.cache))
+    sums = Sums(Path(args.cache), args.tables.split(","))
     doc: dict[str, Any] = {"command": " ".join(sys.argv), "weights": "random initial weights", "policies": POLICIES,
                            "model": "mobilenet_v2 0.5, 28x28, prune+int8 space, round_to 8", "window_s": WINDOW_S,
                            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
