@@ -73,7 +73,10 @@ Texts = tuple[list[str], torch.Tensor, torch.Tensor]  # docstring sentences, tok
 # from than 0.4 (s32 0.885 against 0.864 right after pruning). No least-squares refit: on MiniLM it lowered the
 # pruned model's cosine from 0.864 to 0.639 (s32, session 12, H). More heads for fewer hidden units at the same speed
 # does not beat it: 5/12 of the heads + FFN 0.3 distilled 600 CPU-s reached s32 0.9725 / s128 0.9431 (this one 0.971 /
-# 0.944) at the same speed (1.45-1.53x in two runs, side by side); half the heads cost s128 (session 14, H)
+# 0.944) at the same speed (1.45-1.53x in two runs, side by side); half the heads cost s128 (session 14, H). Neither
+# per-unit scales fitted at each LayerNorm (scale=True: s32 0.886 -> 0.894, s128 0.763 -> 0.804 right after pruning,
+# but 0.953 / 0.899 against 0.957 / 0.905 unscaled after 120 CPU-s of distillation) nor importance calibrated on half
+# 128-token passages (s128 +0.004, s32 -0.009 after 120 CPU-s) helps once distilled (session 15, H)
 HEADS = HeadPruneConfig(head_ratio=1 / 3, ffn_ratio=0.35, refit=False)
 
 
