@@ -95,10 +95,13 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
     src = 2 * top.indices  # ... and their positions
     # each kept token's place in the output, from 1 (ones and zeros shaped as size and the sources by a clamp: one
     # operator each, where ones_like / a scattered scalar cost two)
-    place = size.clamp(1.0, 1.0).scatter(1, src, top.values.clamp(0.0, 0.0)).cumsum(dim=1)
+    # places are counted in float32 for half-precision tokens: bfloat16 holds integers only up to 256 (float16
+    # 2,048), beyond which tokens would land in the wrong rows; .to() of the same dtype adds nothing to the graph
+    at = torch.float32 if x.dtype in (torch.bfloat16, torch.float16) else x.dtype
+    place = size.to(at).clamp(1.0, 1.0).scatter(1, src, top.values.to(at).clamp(0.0, 0.0)).cumsum(dim=1)
     partner = place[:, 1::2].gather(1, node_idx.gather(1, top.indices))  # (B, r): their B tokens' places
     dest = place.scatter(1, src, partner)  # a merged token goes where its partner goes
-    into = dest[:, None, :] == torch.arange(1, t - r + 1, device=x.device, dtype=x.dtype)[:, None]  # (B, T - r, T)
+    into = dest[:, None, :] == torch.arange(1, t - r + 1, device=x.device, dtype=at)[:, None]  # (B, T - r, T)
     weight = into.to(every.dtype) * every  # each output's sizes of the tokens it absorbs
     new_size = weight.sum(dim=-1)  # (B, T - r)
     return (weight / new_size.clamp_min(1e-6).unsqueeze(-1)) @ x, new_size
