@@ -26,9 +26,12 @@ Steps, run one at a time on a shared machine (each writes a JSON; the pruned mod
         token counts of the distillation text, of the batches a run draws from it and of the evaluation sets
 
 A policy: ``heads`` / ``ffn`` / ``flops`` (HeadPruneConfig's head_ratio / ffn_ratio / flops_ratio; fractions like 1/3
-allowed), ``calib`` (``doc``: 512 stdlib docstring sentences at seq 32, what transformer_encoder.py uses; ``broad``:
-512 texts of the broad distillation mix), ``batches``, ``refit`` (0/1), ``global`` (0: every layer loses the same
-share of heads and of hidden units; 1, the default: ranked across layers). Distillation text is never the
+allowed), ``calib`` (``doc``: 512 stdlib docstring sentences at seq 32; ``broad``: 512 texts of the broad
+distillation mix, what transformer_encoder.py uses; ``passages``: 512 packed 128-token passages of the mix;
+``mixed``: 256 broad texts, then 256 passages), ``batches`` (of 32; 8 by default, so ``mixed`` needs 16),
+``refit`` (0/1), ``scale`` (0/1: per-unit scales fitted at each LayerNorm), ``groups`` (runs of calibration batches
+ranked apart, each unit keeping its largest share), ``global`` (0: every layer loses the same share of heads and of
+hidden units; 1, the default: ranked across layers). Distillation text is never the
 evaluation set.
 """
 
