@@ -146,3 +146,27 @@ def test_bert_scales_are_read_at_each_blocks_own_layer_norm():
     layer0 = model.model.bert.encoder.layer[0]
     assert _refit.next_norm(model, layer0.attention.output.dense, x, _model_inputs) is layer0.attention.output.LayerNorm
     assert _refit.next_norm(model, layer0.output.dense, x, _model_inputs) is layer0.output.LayerNorm
+
+
+def test_what_cannot_be_honoured_is_refused_not_ignored():
+    """groups only splits a sensitivity's runs; a repair needs calibration batches; groups must see the runs the
+    caller built (a loader longer than ``batches`` would be cut inside its last run). Review R15 L1/L2."""
+    with pytest.raises(ConfigError, match=r"^groups=2 splits the sensitivity's calibration runs: it needs "
+                                          r"importance='sensitivity', got 'magnitude'$"):  # fmt: skip
+        hp.HeadPruneConfig(head_ratio=0.5, importance="magnitude", groups=2)
+    model = nn.Sequential(nn.Linear(4, 4))
+    with pytest.raises(ConfigError, match=r"^groups=2 splits the batches read into runs, but batches=4 reads only "
+                                          r"the first 4 of calib_data's 6: set batches >= 6$"):  # fmt: skip
+        hp.sensitivity(model, [], [torch.ones(1, 4)] * 6, batches=4, groups=2)
+
+
+@needs_hf
+def test_a_repair_without_calibration_batches_is_refused_before_the_model_changes():
+    model, _ = hf.build("bert")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for given in (None, []):
+        with pytest.raises(ConfigError, match=r"^scale=True repairs the pruned blocks on calibration batches: give "
+                                              r"calib_data \(batches of model inputs\)$"):  # fmt: skip
+            hp.prune_heads_(model, hp.HeadPruneConfig(head_ratio=0.5, importance="magnitude", scale=True), given)
+    after = model.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)

@@ -5,7 +5,7 @@ output change when a unit is gated off, estimated with random projections), and 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -54,6 +54,10 @@ def sensitivity(model: nn.Module, blocks: list[Block], calib_data: Iterable[Any]
     ``groups`` > 1: the batches read fall into that many consecutive runs of (nearly) equal length, e.g. short texts
     then long passages; each run's sums are divided by their total over all units, and each unit keeps its largest
     share over the runs — a unit that one kind of input needs is kept even if the other kinds outnumber it."""
+    known = len(calib_data) if isinstance(calib_data, Sized) else None
+    if groups > 1 and known is not None and known > batches:
+        raise ConfigError(f"groups={groups} splits the batches read into runs, but batches={batches} reads only the "
+                          f"first {batches} of calib_data's {known}: set batches >= {known}")  # fmt: skip
     gates = _gates(blocks)
     per_batch: list[list[torch.Tensor]] = []
     gen = torch.Generator().manual_seed(seed)

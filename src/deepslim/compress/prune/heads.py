@@ -111,6 +111,9 @@ class HeadPruneConfig(Config):
                               "importance='sensitivity' and global_ranking=True (or set flops_ratio=0)")  # fmt: skip
         if self.refit and self.scale:
             raise ConfigError("refit and scale both repair the output projections: choose one")
+        if self.groups > 1 and self.importance is not HeadImportance.SENSITIVITY:
+            raise ConfigError(f"groups={self.groups} splits the sensitivity's calibration runs: it needs "
+                              f"importance='sensitivity', got {self.importance.value!r}")  # fmt: skip
         for what in ("round_to", "batches", "probes", "groups"):
             if isinstance(getattr(self, what), bool) or not isinstance(getattr(self, what), int) or \
                     getattr(self, what) < 1:  # fmt: skip
@@ -373,6 +376,10 @@ def prune_heads_(model: nn.Module, config: HeadPruneConfig,
     pruned = [(b, p) for b, p in zip(blocks, result.blocks, strict=True) if p.keep < p.width]
     repair = config.refit or config.scale
     batches = list(_take(calib_data, config.batches)) if calib_data is not None and repair else []
+    if repair and not batches:
+        what = "refit" if config.refit else "scale"
+        raise ConfigError(f"{what}=True repairs the pruned blocks on calibration batches: give calib_data (batches "
+                          "of model inputs)")  # fmt: skip
     if not batches:
         for b, plan in pruned:
             apply_block(b, torch.tensor(plan.kept, dtype=torch.long))
