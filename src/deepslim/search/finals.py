@@ -76,12 +76,8 @@ def final_round(ev: Evaluator, searched: Sequence[Candidate], uniform: Sequence[
     latency = next((b for b in budgets if b.metric == "latency"), None)
     on_front = _front_docs(ev, front, repeats, latency, limits)
     pareto = tuple(_on_front(c, on_front.get(_key(c.policy))) for c in front)
-    baseline = sorted(uniform, key=lambda c: rank(c, objectives))[:1]
-    # a searched trial of the uniform policy (a new study's warm start) is recovered once, as the uniform finalist:
-    # its slot goes to the next searched policy (session 15: trial 0 took one of a focused search's three)
-    searched = [c for c in searched if _key(c.policy) not in {_key(u.policy) for u in baseline}]
     picked, skipped = _confirmed(sorted(searched, key=lambda c: rank(c, objectives)), on_front, top_k)
-    pools = [picked, baseline]
+    pools = [picked, sorted(uniform, key=lambda c: rank(c, objectives))[:1]]
     chosen = [c for pool in pools for c in pool]
     if not chosen:
         return Finals(None, None, (), tuple(skipped), (), pareto)
