@@ -219,6 +219,11 @@ def _lower_options(sampler: PolicySampler, key: Key, i: int) -> list[Any]:
     return _choices.lower(name, opts, key[i])  # more sparsity, fewer k-means bits; [] for the recovery's choices
 
 
+def _scored(j: Judged) -> bool:
+    """Whether every objective of ``j`` was measured (not the -inf of a trial over budget left unjudged)."""
+    return all(math.isfinite(v) for v in j.values)
+
+
 class GreedySampler(PolicySampler):
     """NetAdapt-style descent from the dense policy, then a climb around the best policy within budget (see the
     module docstring). ``min_loss``: the accuracy drop below which a step counts as free (the metric's resolution).
@@ -236,7 +241,7 @@ class GreedySampler(PolicySampler):
         step = self.descend(history)
         if step is not None:
             return step
-        within = [j for j in history.judged if j.excess == 0]
+        within = [j for j in history.judged if j.excess == 0 and _scored(j)]
         if within:
             best = min(within, key=history.order)
             for n in self.moves(best.key):
@@ -245,8 +250,10 @@ class GreedySampler(PolicySampler):
         return self.random_untried(history, rng)
 
     def descend(self, history: History) -> Key | None:
-        """The next policy the descent needs judged, or None once it has met the budget (or cannot go on)."""
-        done = {j.key: j for j in history.judged}
+        """The next policy the descent needs judged, or None once it has met the budget (or cannot go on). A trial
+        recorded without its accuracy (a study of a strategy that leaves trials over budget unjudged, resumed with
+        greedy) is no step: its -inf would read as a step that costs nothing, and being tried it is never judged."""
+        done = {j.key: j for j in history.judged if _scored(j)}
         unbudgeted = all(v == 0.0 for j in history.judged for v in j.violations)
         cur = self.dense
         while True:
