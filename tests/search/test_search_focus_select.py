@@ -29,6 +29,7 @@ def test_the_finalists_are_scored_and_chosen_on_the_held_out_images(tmp_path):
     assert len(result.finalists) == 3  # two searched (top_k=2) and the uniform one
     for c in result.finalists:
         assert c.measurement.extra["select_images"] == len(held_out.dataset)
+        assert c.measurement.extra["split"] == "select"  # its accuracy is on the held-out images, not on val
         assert 0.0 <= c.measurement.extra["val_accuracy"] <= 1.0
     assert any(c.accuracy != c.measurement.extra["val_accuracy"] for c in result.finalists)  # really re-scored
     searched = [c for c in result.finalists[:2] if c.feasible]
@@ -36,6 +37,7 @@ def test_the_finalists_are_scored_and_chosen_on_the_held_out_images(tmp_path):
                                                                                           *result.finalists[2:]])
     trials = {c.trial: c for c in result.trials}
     assert all("select_images" not in trials[c.trial].measurement.extra for c in result.finalists[:2])
+    assert result.dense.measurement.extra["split"] == "val"  # not re-scored: compared with the finalists' val_accuracy
 
 
 @pytest.mark.parametrize("given", [digits(), "val"])

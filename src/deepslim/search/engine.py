@@ -171,7 +171,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     ``select``: a loader of held-out images (prepared as ``data``'s validation split, none of them in it): the
     recovered finalists, searched and uniform, are scored there and chosen by that score (their ``val_accuracy`` on
     the trials' images kept beside it) — more images than the trials are judged on, and none that chose a
-    recovery's best epoch.
+    recovery's best epoch. The dense model keeps its accuracy on the validation split.
     An infeasible budget, an unknown objective, strategy or runtime is a ConfigError before any trial runs.
     """
     started, cpu0 = time.perf_counter(), _cpu_seconds()

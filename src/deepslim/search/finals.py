@@ -94,15 +94,17 @@ def final_round(ev: Evaluator, searched: Sequence[Candidate], uniform: Sequence[
 
 
 def rescored(c: Candidate, net: Any, select: Any, task: Any) -> Candidate:
-    """``c`` with the accuracy (and task metric) of its recovered model ``net`` on the held-out ``select`` images;
-    the accuracy on the trials' validation images kept as ``extra["val_accuracy"]``. Why: a finalist's choice on the
-    trials' validation images (1,000 on ResNet-20) did not order the finalists as their test accuracies (session 14),
-    and those images also chose each recovery's best epoch."""
+    """``c`` with the accuracy (and task metric) of its recovered model ``net`` on the held-out ``select`` images
+    (``extra["split"]`` says ``"select"``); the accuracy on the trials' validation images kept as
+    ``extra["val_accuracy"]``. Why: a finalist's choice on the trials' validation images (1,000 on ResNet-20) did
+    not order the finalists as their test accuracies (session 14), and those images also chose each recovery's best
+    epoch. The dense model is not re-scored: its accuracy stays on the trials' validation images, so compare a
+    finalist's ``val_accuracy`` with it, not its ``accuracy``."""
     from deepslim.train import evaluate
 
     found = evaluate(net, select, task=task)
     m = c.measurement
-    extra = {**m.extra, "val_accuracy": m.accuracy, "select_images": found.samples}
+    extra = {**m.extra, "split": "select", "val_accuracy": m.accuracy, "select_images": found.samples}
     return replace(c, measurement=replace(m, accuracy=found.accuracy, metric_value=float(found.value), extra=extra))
 
 
