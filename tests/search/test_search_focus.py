@@ -125,3 +125,34 @@ def test_a_focused_search_recovers_top_k_searched_finalists_and_the_uniform_one_
         "dense_measured_ms"]}  # fmt: skip
     assert result.best is not None and result.best.feasible
     assert result.best.accuracy == max(c.accuracy for c in result.finalists if c.feasible)
+
+
+class _StubEvaluator:
+    """What final_round asks of an evaluator, without models: no end-to-end timer (the predictions decide), and
+    each recovery returns the candidate with the accuracy scripted for its trial."""
+
+    table = type("Table", (), {"end_to_end": False, "runtime": "stub"})()
+
+    def __init__(self, accuracy):
+        self.accuracy, self.recovered = accuracy, []
+
+    def model_and_keys(self, policy, recovery):
+        return None, []
+
+    def judge(self, policy, *, recovery, trial, both, full):
+        self.recovered.append(trial)
+        m = Measurement(params=1, nonzero_params=1, macs=1, weight_bytes=1, accuracy=self.accuracy[trial])
+        return Candidate(policy, m, 1.0, trial=trial, recovery=recovery), None
+
+
+def test_when_the_only_searched_trial_within_budget_is_the_uniform_warm_start_no_note_says_none_met_it():
+    from deepslim.search.finals import best_or_uniform, final_round
+
+    space = SearchSpace(groups=(), int8_layers=("a", "x.b", "c"), blocks=("x",))
+    uniform = _cand(space, None, 0.90, 1.0, True, **{"int8:a": True, "int8:x.b": True, "int8:c": True})
+    searched = [replace(uniform, trial=0)]  # a new study's warm start: the uniform policy, within budget
+    ev = _StubEvaluator({None: 0.90, 0: 0.90})
+    finals = final_round(ev, searched, [uniform], ("accuracy",), (), {}, top_k=2, front=searched)
+    best, notes = best_or_uniform(finals, ("accuracy",))
+    assert best is not None and best.policy == uniform.policy
+    assert not any("no searched policy met the budget" in n for n in notes)  # trial 0 did meet it (review R15 L4)
