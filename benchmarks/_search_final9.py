@@ -121,7 +121,7 @@ def finalists(source: str, run: dict[str, Any], settings: dict[str, Any], full: 
             ev = Evaluator(dense, data, space, table, finetune_epochs=settings["finetune_epochs"], seed=seed,
                            temperature=settings["temperature"])  # fmt: skip
             net, _ = ev.build(Policy.from_dict(cand["policy"]), "finetune")
-            rows.append({"seed": seed, "finals_val_accuracy": cand["accuracy"],
+            rows.append({"seed": seed, "finals_val_accuracy": finals_val_accuracy(cand),
                          "val_accuracy": ds.evaluate(net, data, split="val").accuracy,
                          "select_accuracy": ds.evaluate(net, held_out).accuracy,
                          "test_accuracy": ds.evaluate(net, full, split="test").accuracy,
@@ -129,6 +129,12 @@ def finalists(source: str, run: dict[str, Any], settings: dict[str, Any], full: 
             out.write_text(json.dumps(doc, indent=1))
     doc["loadavg_after"], doc["finished"] = Path("/proc/loadavg").read_text().split()[:3], time.strftime("%H:%M:%S")
     out.write_text(json.dumps(doc, indent=1))
+
+
+def finals_val_accuracy(cand: dict[str, Any]) -> float | None:
+    """A finalist's accuracy on the search's validation images as its search.json records it: ``accuracy``, or, when
+    the finals scored it on held-out images (``--select-held-out``), the ``val_accuracy`` kept beside that score."""
+    return cand.get("measurement", {}).get("extra", {}).get("val_accuracy", cand["accuracy"])
 
 
 def _policy_doc(run: dict[str, Any], label: str, front_trial: int | None) -> dict[str, Any]:

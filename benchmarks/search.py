@@ -99,12 +99,19 @@ def train_dense(name: str, data: Any, args: argparse.Namespace) -> tuple[torch.n
 def held_out_val(full: Any, data: Any) -> Any:
     """The validation images of ``full`` that the search's validation subset (``data.val``) left out, as a loader
     with the same preprocessing: images the search never judged on (nor trained on: they are not training images);
-    None when the search judged on the whole validation split."""
+    None when the search judged on the whole validation split. ``data.val`` is that split itself or a ``Subset`` of
+    ``full.val``'s dataset (``subset_bundle``): its indices are positions in that dataset, so a subset of anything
+    else (a ``Subset`` inside ``full.val``, say) is refused rather than read as if it were (ConfigError)."""
     from torch.utils.data import DataLoader, Subset
 
     from deepslim.data import LOADER_PREPROCESSING_ATTR
 
-    used = set(getattr(data.val.dataset, "indices", range(len(full.val.dataset))))
+    if data.val is full.val:
+        return None
+    if getattr(data.val.dataset, "dataset", None) is not full.val.dataset:
+        raise ConfigError("held_out_val: the search's validation loader is not a Subset of the full validation "
+                          "split's dataset (subset_bundle makes one): its indices would name other images")  # fmt: skip
+    used = set(data.val.dataset.indices)
     rest = [i for i in range(len(full.val.dataset)) if i not in used]
     if not rest:
         return None
