@@ -129,3 +129,15 @@ def test_search_json_and_its_report_carry_a_trial_not_judged_as_null(tpe):
     assert not any(c["accuracy"] is None for c in doc["pareto"] + doc["finals_pool"])  # never among the chosen
     page = search_report_html(doc)
     assert '"accuracy": null' in page and "NaN" not in page.split("<script")[0]
+
+
+def test_the_guide_lists_every_strategy_that_leaves_trials_over_budget_unrecovered():
+    import re
+    from pathlib import Path
+
+    from deepslim.search.strategies import IGNORE_VALUES_OVER_BUDGET
+
+    text = " ".join((Path(__file__).parents[2] / "docs" / "search.md").read_text().split())
+    listed = re.search(r"never reads the accuracy of a trial over budget \(([^;]*);", text)
+    assert listed is not None
+    assert set(re.findall(r"`([\w-]+)`", listed.group(1))) == set(IGNORE_VALUES_OVER_BUDGET)
