@@ -110,7 +110,11 @@ class NodeTable:
         # The real timer's trivial-graph times, one per process: its times are gross, and :meth:`_timed` takes off
         # the least of these (a custom timer's times are net: nothing recorded, nothing taken off).
         self.overheads: list[float] = []
-        self.lowered = 0  # cached entries a later batch's canary timing found slow and lowered
+        # Canaries read faster than their entries by more than the tolerance (key -> the least such net time):
+        # noted, never applied during a search (its frame summed the entries as they were); :meth:`lower_entries`
+        # applies them, an explicit maintenance call between searches.
+        self.faster: dict[str, float] = {}
+        self.lowered = 0  # cached entries :meth:`lower_entries` lowered
         self.exporter = exporter or export_model
         self.splitter = splitter or (lambda path, shape, work: _child(
             {"cmd": "split", "model": path, "shape": list(shape), "threads": threads, "work": work})["nodes"])
@@ -178,8 +182,11 @@ class NodeTable:
         each node keeps its fastest timing; the whole batch is timed again when the twins' sums differ by more than
         :attr:`tolerance` or while its canaries read more than :attr:`tolerance` slower in sum than their entries,
         and a node far from its twin (its two fastest timings more than twice the tolerance and 2 µs apart) is timed
-        again — :attr:`retries` times at most. A canary read faster than its entry by
-        more than the tolerance lowers the entry (it was timed in a slow stretch). Why: on the shared 2-core machine
+        again — :attr:`retries` times at most. A canary read faster than its entry by more than the tolerance
+        (its entry was timed in a slow stretch) is noted in :attr:`faster` and its entry kept: a search's dense
+        sum, limits, calibration and earlier trials' sums were made with it, and a resumed study re-sums dense from
+        the cache (lowering entries mid-search judged one budget in two frames, and let shared nodes, timed most
+        often, drift low: review R15 M1). Why the twins: on the shared 2-core machine
         a batch timed once over 3 s fell wholly in a stretch of 1.3–1.7× (session 14, run 3: node sums 16 % off the
         three runs' median at p90, the float floor policies' sums 12–19 µs high), which moved every policy that
         shares the batch's nodes."""
@@ -205,10 +212,26 @@ class NodeTable:
             todo += list(range(len(new), len(batch)))
         net = [max(0.0, min(t) - self._overhead()) for t in seen]
         for c, t in zip(canaries, net[len(new):], strict=True):
-            if t * (1 + self.tolerance) < self.table.entries[PREFIX + c["key"]]:
-                self.table.entries[PREFIX + c["key"]] = t
-                self.lowered += 1
+            key = PREFIX + c["key"]
+            if t * (1 + self.tolerance) < self.table.entries[key]:
+                self.faster[key] = min(t, self.faster.get(key, t))
         return net[: len(new)]
+
+    def lower_entries(self) -> int:
+        """Lower each cached entry that a canary read faster than by more than the tolerance (:attr:`faster`) to that
+        reading, save the cache and return how many changed (:attr:`lowered` counts them). Never called by a search:
+        an explicit maintenance step between searches (the next search calibrates on the lowered entries; a study
+        recorded before is judged against a cache that changed under it)."""
+        changed = 0
+        for key, t in self.faster.items():
+            if t < self.table.entries.get(key, float("inf")):
+                self.table.entries[key] = t
+                changed += 1
+        self.faster.clear()
+        if changed:
+            self.table._save()
+        self.lowered += changed
+        return changed
 
     def _overhead(self) -> float:
         """The least trivial-graph time of the real timer's processes so far (0 for a custom timer). Why the least,
