@@ -108,14 +108,16 @@ def held_out_val(full: Any, data: Any) -> Any:
 
     if data.val is full.val:
         return None
-    if getattr(data.val.dataset, "dataset", None) is not full.val.dataset:
+    source: Any = full.val.dataset
+    parent: Any = getattr(data.val.dataset, "dataset", None)  # a Subset's dataset
+    if parent is not source:
         raise ConfigError("held_out_val: the search's validation loader is not a Subset of the full validation "
                           "split's dataset (subset_bundle makes one): its indices would name other images")  # fmt: skip
     used = set(data.val.dataset.indices)
-    rest = [i for i in range(len(full.val.dataset)) if i not in used]
+    rest = [i for i in range(len(source)) if i not in used]
     if not rest:
         return None
-    loader = DataLoader(Subset(full.val.dataset, rest), batch_size=full.val.batch_size, shuffle=False)
+    loader = DataLoader(Subset(source, rest), batch_size=full.val.batch_size, shuffle=False)
     setattr(loader, LOADER_PREPROCESSING_ATTR, getattr(full.val, LOADER_PREPROCESSING_ATTR, None))
     return loader
 
