@@ -20,7 +20,7 @@ from deepslim.errors import ConfigError
 if TYPE_CHECKING:
     from deepslim.search.latency import LatencyTable
 
-CHUNK_TOLERANCE = 0.08  # how far above the chunks' median a chunk's reference may read before the chunk is re-timed
+CHUNK_TOLERANCE = 0.08  # how far above the chunks' lower median a chunk's reference may read before it is re-timed
 
 
 def kendall_tau(a: Sequence[float], b: Sequence[float]) -> float:
@@ -73,7 +73,10 @@ def steady_chunks(chunks: list[list[float]], retime: Callable[[int], list[float]
                   eligible: Sequence[int] | None = None) -> list[int]:  # fmt: skip
     """Re-time the chunks whose reference reads slow, in place: ``chunks[i]`` holds chunk ``i``'s times, the
     reference model's (the same model in every chunk) first. While a chunk's reference reads more than
-    ``tolerance`` above the median of the chunks' references, the slowest such chunk is timed again
+    ``tolerance`` above the lower median of the chunks' references (of an even count, the lower middle one: with
+    two chunks the faster, with four of which two read slow the faster pair's slower — the plain median, their
+    mean, let a chunk read 17 % slow beside one other go unchecked: review R15 L5; more than half the chunks slow
+    still set the frame), the slowest such chunk is timed again
     (``retime(i)``), ``retries`` times at most each, and keeps the timing whose reference read fastest. ``tries``
     (each chunk's timings so far, updated) and ``eligible`` (the chunks that may be re-timed; all by default) let a
     caller judge the chunks as they come. Returns ``tries``. Why: on the shared 2-core machine a chunk timed in a
@@ -86,7 +89,7 @@ def steady_chunks(chunks: list[list[float]], retime: Callable[[int], list[float]
         refs = [c[0] for c in chunks if c and c[0] == c[0]]
         if not refs:
             return tries
-        ref = float(np.median(refs))
+        ref = float(np.percentile(refs, 50, method="lower"))
         slow = [i for i in allowed if chunks[i] and chunks[i][0] > (1 + tolerance) * ref and tries[i] <= retries]
         if not slow:
             return tries
