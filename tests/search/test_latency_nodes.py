@@ -127,10 +127,10 @@ def test_split_writes_every_optimized_node_with_its_real_inputs_and_times_them(t
         out = sess.run(None, {k: feeds[k] for k in feeds.files})[0]
     assert out.dtype == np.uint8 and out.size == 8 * 6 * 6 and 8 in out.shape  # NHWC or NCHW: 8 channels
     raw = nodes.raw_file(path, [1, 8, 6, 6])
-    assert raw >= 0.0 and all(k.startswith(PREFIX) for k in table.entries) and table.measured == len(set(
+    assert raw >= 0.0 and all(k.startswith(nodes.prefix) for k in table.entries) and table.measured == len(set(
         n["key"] for n in found)) + 1  # fmt: skip
-    per_node = table.entries[GRAPH_NODE]  # one more Identity node in a graph: a fraction of a microsecond to a few
-    assert 0.0 < per_node < 0.02 and raw == pytest.approx(sum(table.entries[PREFIX + n["key"]] for n in found)
+    per_node = table.entries[nodes.graph_key]  # one more Identity node in a graph: a fraction of a microsecond to a few
+    assert 0.0 < per_node < 0.02 and raw == pytest.approx(sum(table.entries[nodes.prefix + n["key"]] for n in found)
                                                           + per_node * len(found))  # fmt: skip
 
 

@@ -8,7 +8,7 @@ import pytest
 
 from deepslim.errors import ConfigError
 from deepslim.search.latency import LatencyTable
-from deepslim.search.node_table import GRAPH_NODE, PREFIX, NodeTable
+from deepslim.search.node_table import GRAPH_NODE, PREFIX, NodeTable, node_prefix
 
 TRUE_MS = {"Conv:a": 0.040, "Conv:b": 0.020, "Relu:c": 0.004, "Conv:d": 0.030, "Add:e": 0.006}
 
@@ -60,7 +60,7 @@ def test_a_batch_whose_twins_both_fall_in_a_slow_stretch_is_caught_by_its_canari
                           canaries=0)  # fmt: skip
     no_canary.raw_file("m1", (1, 4))
     no_canary.raw_file("m2", (1, 4))
-    assert no_canary.table.entries[PREFIX + "Conv:b"] == pytest.approx(0.030)  # without canaries: the stretch stays
+    assert no_canary.table.entries[no_canary.prefix + "Conv:b"] == pytest.approx(0.030)  # stretch stays
 
 
 def test_a_canary_read_faster_than_its_entry_is_noted_not_applied_mid_search_and_lowered_only_when_asked():
@@ -74,7 +74,7 @@ def test_a_canary_read_faster_than_its_entry_is_noted_not_applied_mid_search_and
     assert first == pytest.approx(0.060)  # both twins in the stretch
     assert nodes.raw_file("m2", (1, 4)) == pytest.approx(0.060 + 0.030)  # summed in the frame m1 was summed in
     assert nodes.raw_file("m1", (1, 4)) == first  # re-summed after the canary: the same frame
-    assert nodes.lowered == 0 and nodes.faster == {PREFIX + "Conv:a": pytest.approx(0.040)}
+    assert nodes.lowered == 0 and nodes.faster == {nodes.prefix + "Conv:a": pytest.approx(0.040)}
     assert nodes.lower_entries() == 1 and nodes.lowered == 1 and nodes.faster == {}
     assert nodes.raw_file("m1", (1, 4)) == pytest.approx(0.040)
 
@@ -122,3 +122,17 @@ def test_the_trivial_graphs_least_time_is_taken_off_each_nodes_least_gross_time_
     splitter, _, _ = _fakes({"m": ["Conv:a"]}, slow=set())
     nodes = NodeTable(LatencyTable(timer=lambda keys: [0.0] * len(keys)), splitter=splitter, timer=timer)
     assert nodes.raw_file("m", (1, 4)) == pytest.approx(0.040)  # each process's own: min(0.032, 0.040) = 0.032
+
+
+def test_entries_timed_with_other_settings_are_keyed_apart_and_not_read_by_a_default_table():
+    """A table timing once (session 14's protocol) caught its batch in a slow stretch; a default table on the same
+    cache must time the node itself, not read the once-timed entry as twin-timed (review R15 L6)."""
+    splitter, timer, calls = _fakes({"m": ["Conv:a"]}, slow={0})
+    shared = LatencyTable(timer=lambda keys: [0.0] * len(keys))
+    once = NodeTable(shared, splitter=splitter, timer=timer, twins=1, retries=0)
+    assert once.raw_file("m", (1, 4)) == pytest.approx(0.060)
+    assert shared.entries == {"node[twins=1,retries=0]:Conv:a": pytest.approx(0.060)}
+    default = NodeTable(shared, splitter=splitter, timer=timer)
+    assert default.raw_file("m", (1, 4)) == pytest.approx(0.040) and len(calls) == 3  # its own twins
+    assert once.raw_file("m", (1, 4)) == pytest.approx(0.060) and len(calls) == 3  # each reads its own entry
+    assert node_prefix(twins=2, tolerance=0.1) == PREFIX and node_prefix(tolerance=0.2) == "node[tolerance=0.2]:"

@@ -46,6 +46,10 @@ PREFIX = "node:"
 GRAPH_NODE = PREFIX + "(one more node in a graph)"  # the entry of what each node of a whole graph adds to the sum
 TWIN_TOLERANCE = 0.10  # relative difference two timings of a node (or a batch's canaries and their entries) may show
 CANARIES = 4  # cached nodes of the same model timed with each new batch, to tell a batch timed in a slow stretch
+# The protocol NodeTable's defaults time entries with (rounds, block, twins, retries, tolerance, canaries): entries
+# timed otherwise are keyed apart in the cache (:func:`node_prefix`), so neither protocol reads the other's entries.
+DEFAULTS: dict[str, float] = {"rounds": 5, "block": 5, "twins": 2, "retries": 2, "tolerance": TWIN_TOLERANCE,
+                              "canaries": CANARIES}  # fmt: skip
 GAP_S = 1.0  # seconds between two timings of a batch by the real timer (each spreads its rounds over window_s)
 MIN_WEIGHT_POINTS = 10  # fewest measured models a line in the node sum and the weights' bytes is fitted to
 Node = dict[str, str]  # {"key", "op", "file", "feeds"}
@@ -66,6 +70,15 @@ def weight_mb(model: nn.Module) -> float:
     return total / 2**20
 
 
+def node_prefix(**settings: float) -> str:
+    """The prefix of the cache keys of node entries timed with ``settings`` (:data:`DEFAULTS` for those not given):
+    :data:`PREFIX` for the defaults, else the settings that differ in brackets (``node[twins=1,retries=0]:``). Why:
+    the cache file's key records the window only, and a table timed once (``twins=1, retries=0``: session 14's
+    protocol) wrote its entries where default tables read them as twin-timed (review R15 L6)."""
+    other = {k: settings[k] for k in DEFAULTS if k in settings and float(settings[k]) != float(DEFAULTS[k])}
+    return PREFIX if not other else "node[" + ",".join(f"{k}={v:g}" for k, v in other.items()) + "]:"
+
+
 def _child(cmd: dict[str, Any]) -> dict[str, Any]:
     script = str(Path(__file__).with_name("_node_timer.py"))  # run as a script: the child imports no deepslim
     env = {**os.environ, "OMP_NUM_THREADS": str(cmd.get("threads", 1))}
@@ -83,7 +96,8 @@ class NodeTable:
     cache key records; another window is refused on a table with a cache file, whose entries would mix two). A batch
     of new entries is timed ``twins`` times ``gap_s`` apart, each timing over ``window_s / twins``, and again
     (``retries``) where the timings disagree or the batch's ``canaries`` read slow (:meth:`_timed`); ``twins=1,
-    retries=0``: once over the whole window, session 14's protocol."""
+    retries=0``: once over the whole window, session 14's protocol. Entries timed with settings other than
+    :data:`DEFAULTS` are cached under their own keys (:func:`node_prefix`)."""
 
     def __init__(self, table: LatencyTable, *, splitter: Splitter | None = None, timer: NodeTimer | None = None,
                  exporter: Exporter | None = None, graph_node: GraphNodeTimer | None = None, rounds: int = 5,
@@ -105,6 +119,10 @@ class NodeTable:
         # How a batch of new entries is timed (:meth:`_timed`): ``twins`` timings, ``retries`` more where they
         # disagree or the batch's canaries read slow, ``gap_s`` seconds apart (None: 1 s, none for custom timers).
         self.twins, self.retries, self.tolerance, self.canaries = twins, retries, float(tolerance), canaries
+        # where this protocol's entries live in the cache (another protocol's are neither read nor overwritten)
+        self.prefix = node_prefix(rounds=rounds, block=block, twins=twins, retries=retries, tolerance=tolerance,
+                                  canaries=canaries)  # fmt: skip
+        self.graph_key = self.prefix + GRAPH_NODE[len(PREFIX):]
         self.gap_s = (0.0 if self.custom else GAP_S) if gap_s is None else float(gap_s)
         self.timings = 0  # timer calls made for new entries (twins and re-timings; see :meth:`_timed`)
         # The real timer's trivial-graph times, one per process: its times are gross, and :meth:`_timed` takes off
@@ -151,23 +169,23 @@ class NodeTable:
         beyond its entry."""
         with tempfile.TemporaryDirectory() as work:
             nodes = self.splitter(str(path), list(shape), work)
-            missing = {PREFIX + n["key"]: n for n in nodes if PREFIX + n["key"] not in self.table.entries}
+            missing = {self.prefix + n["key"]: n for n in nodes if self.prefix + n["key"] not in self.table.entries}
             before = self.table.measured
             if missing:
-                known = {PREFIX + n["key"]: n for n in nodes if PREFIX + n["key"] not in missing}
+                known = {self.prefix + n["key"]: n for n in nodes if self.prefix + n["key"] not in missing}
                 canaries = sorted(known, key=lambda k: -self.table.entries[k])[: self.canaries]
                 times = self._timed(list(missing.values()), [known[k] for k in canaries], work)
                 self.table.entries.update({k: float(t) for k, t in zip(missing, times, strict=True)})
                 self.table.measured += len(missing)
-            if GRAPH_NODE not in self.table.entries and self.graph_node is not None:
-                self.table.entries[GRAPH_NODE] = min(float(self._spaced(self.graph_node, work))
+            if self.graph_key not in self.table.entries and self.graph_node is not None:
+                self.table.entries[self.graph_key] = min(float(self._spaced(self.graph_node, work))
                                                      for _ in range(self.twins))  # fmt: skip
                 self.table.measured += 1
             if self.table.measured != before:
                 self.table._save()
-        per_node = self.table.entries.get(GRAPH_NODE, 0.0)
+        per_node = self.table.entries.get(self.graph_key, 0.0)
         self.last_nodes = len(nodes)
-        return float(sum(self.table.entries[PREFIX + n["key"]] for n in nodes) + per_node * len(nodes))
+        return float(sum(self.table.entries[self.prefix + n["key"]] for n in nodes) + per_node * len(nodes))
 
     def _spaced(self, call: Callable[..., Any], *args: Any) -> Any:
         """``call(*args)`` after :attr:`gap_s` seconds' pause, unless it is the table's first timing."""
@@ -192,7 +210,7 @@ class NodeTable:
         shares the batch's nodes."""
         batch = new + canaries
         # compared gross, as timed: the least trivial-graph time seen is taken off at the end (below)
-        cached = [self.table.entries[PREFIX + c["key"]] + self._overhead() for c in canaries]
+        cached = [self.table.entries[self.prefix + c["key"]] + self._overhead() for c in canaries]
         seen: list[list[float]] = [[] for _ in batch]
         todo = list(range(len(batch)))
         for attempt in range(self.twins + self.retries):
@@ -212,7 +230,7 @@ class NodeTable:
             todo += list(range(len(new), len(batch)))
         net = [max(0.0, min(t) - self._overhead()) for t in seen]
         for c, t in zip(canaries, net[len(new):], strict=True):
-            key = PREFIX + c["key"]
+            key = self.prefix + c["key"]
             if t * (1 + self.tolerance) < self.table.entries[key]:
                 self.faster[key] = min(t, self.faster.get(key, t))
         return net[: len(new)]
