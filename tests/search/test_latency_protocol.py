@@ -150,3 +150,29 @@ def test_the_node_timer_keeps_what_it_binds_alive_when_the_binding_does_not(tmp_
                           text=True, check=False, env={**os.environ, "OMP_NUM_THREADS": "1"})  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-500:]
     assert proc.stdout.split("\n")[:2] == ["[2.0]", "1"]
+
+
+def test_a_session_14_study_judged_by_the_layer_table_resumes_and_one_judged_by_the_node_table_is_refused():
+    """Session 15 changed how node entries are timed (twins), not layer entries: a study records the protocol of
+    the entries that judged it, set by the search's frame (frame.check_feasible), so a session-14 study judged by
+    the layer table resumes while one judged by the node table is refused (review R15 L9)."""
+    from deepslim.search import frame
+
+    def fake(keys):
+        return [fake_ms(k) for k in keys]
+
+    layers = _evaluator(LatencyTable(timer=fake))
+    frame.check_feasible(layers, (), {}, None)  # type: ignore[arg-type]  # no budget: the frame's timing alone
+    session14 = {**_judging.settings(layers), "timing": f"iobind+graph-node|window={WINDOW_S:g}"}
+    assert _judging.settings(layers) == session14
+    _judging.check(_study_with_a_trial(session14), "layers14", _judging.settings(layers))
+    net, table = trained_net(), LatencyTable(timer=fake)
+    nodes = Evaluator(net, digits(), small_space(net), table, latency_model="nodes",
+                      nodes=NodeTable(table, timer=lambda n, w: [0.0] * len(n)))  # fmt: skip
+    frame.check_feasible(nodes, (), {}, None)  # type: ignore[arg-type]
+    assert _judging.settings(nodes)["timing"] == f"iobind+graph-node+twins|window={WINDOW_S:g}"
+    with pytest.raises(ConfigError, match=r"judged its trials with timing='iobind\+graph-node\|window=3'"):
+        _judging.check(_study_with_a_trial({**session14, "latency_model": "nodes"}), "nodes14",
+                       _judging.settings(nodes))  # fmt: skip
+    once = NodeTable(nodes.table, timer=lambda n, w: [0.0] * len(n), twins=1, retries=0)
+    assert once.timing == f"iobind+graph-node+twins|window={WINDOW_S:g}|node[twins=1,retries=0]"

@@ -57,7 +57,12 @@ MIN_BAND = 0.10  # the least error band a calibrated table is trusted to (the is
 # before carry no tag, match none, and are re-measured (caches) or refused (studies). Change it with the protocol.
 # Session 15: a batch of new node entries timed twice and again where its timings disagree or its canaries read slow
 # (:meth:`~deepslim.search.node_table.NodeTable._timed`), so entries timed once in a slow stretch are not read back.
+# The cache file's key carries TIMING; a study records the protocol of the entries that judged it (review R15 L9):
+# LAYER_TIMING where the layer table (or an end-to-end measurement) judged, whose entries are timed as in session 14,
+# so such a study of session 14 still resumes, and the node table's (:attr:`NodeTable.timing
+# <deepslim.search.node_table.NodeTable.timing>`: TIMING, plus its settings where not the defaults) where it judged.
 TIMING = "iobind+graph-node+twins"
+LAYER_TIMING = "iobind+graph-node"
 LayerTimer = Callable[[Sequence["LayerKey"]], list[float]]
 ModelTimer = Callable[[Sequence[tuple[nn.Module, Any]]], list[float]]
 
@@ -133,9 +138,9 @@ def _key(m: nn.Module, shape: tuple[int, ...], int8: bool) -> LayerKey:
                     m.groups, m.bias is not None, int8)  # fmt: skip
 
 
-def timing(window_s: float = WINDOW_S) -> str:
+def timing(window_s: float = WINDOW_S, protocol: str = TIMING) -> str:
     """The timing protocol of a table whose entries spread their rounds over ``window_s`` seconds (:data:`TIMING`)."""
-    return f"{TIMING}|window={window_s:g}"
+    return f"{protocol}|window={window_s:g}"
 
 
 def machine_key(runtime: str = "onnxruntime", threads: int = 1, window_s: float = WINDOW_S) -> str:
@@ -182,7 +187,9 @@ class LatencyTable:
                 raise ConfigError(f"{name} must be a number of seconds >= 0, got {value!r}")
         self.runtime, self.threads = runtime, threads
         self.window_s, self.model_window_s = float(window_s), float(model_window_s)
-        self.timing = timing(self.window_s)  # how the entries are timed (what a resumed study must share)
+        # How the entries that judged a search's trials were timed (what a resumed study must share): the layer
+        # entries' protocol; the search's frame (frame.check_feasible) puts the node table's here where it judges.
+        self.timing = timing(self.window_s, LAYER_TIMING)
         self.timer = timer or (lambda keys: time_layers(keys, threads=threads, window_s=self.window_s))
         self.model_timer = model_timer if timer is None and model_timer is None else model_timer
         self._runs: Callable[[Sequence[tuple[nn.Module, Any]], int], list[list[float]]] | None = None

@@ -40,7 +40,7 @@ from torch import nn
 
 from deepslim.errors import ConfigError, ExportError
 from deepslim.search._ort_timing import export_model
-from deepslim.search.latency import MIN_BAND, LatencyTable, fit_line
+from deepslim.search.latency import MIN_BAND, LatencyTable, fit_line, timing
 
 PREFIX = "node:"
 GRAPH_NODE = PREFIX + "(one more node in a graph)"  # the entry of what each node of a whole graph adds to the sum
@@ -123,6 +123,8 @@ class NodeTable:
         self.prefix = node_prefix(rounds=rounds, block=block, twins=twins, retries=retries, tolerance=tolerance,
                                   canaries=canaries)  # fmt: skip
         self.graph_key = self.prefix + GRAPH_NODE[len(PREFIX):]
+        # how this table's entries are timed: what a study it judged records (``_judging.settings``, via the frame)
+        self.timing = timing(window_s) + ("" if self.prefix == PREFIX else "|" + self.prefix[:-1])
         self.gap_s = (0.0 if self.custom else GAP_S) if gap_s is None else float(gap_s)
         self.timings = 0  # timer calls made for new entries (twins and re-timings; see :meth:`_timed`)
         # The real timer's trivial-graph times, one per process: its times are gross, and :meth:`_timed` takes off
