@@ -4,6 +4,8 @@ chunk's measurements. The end-to-end timer is a fake deterministic one with chos
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from deepslim.search import SearchSpace, check_table
@@ -80,3 +82,30 @@ def test_a_slow_chunk_is_retimed_beside_one_other_chunk_or_when_half_the_chunks_
     chunks = [[r, 2.0] for r in refs]
     assert steady_chunks(chunks, lambda i: [1.0, 2.0]) == tries
     assert [c[0] for c in chunks] == [1.0] * len(refs)
+
+
+def test_the_dense_reference_is_exported_once_for_every_chunks_timing(tmp_path, monkeypatch):
+    """The real end-to-end timer exports each model it times; the reference timed beside each of three chunks was
+    exported three times (10 more exports for 50 policies); now once, its file copied into each chunk's timing."""
+    from deepslim.search import _ort_timing
+
+    net, data = tiny_net(), digits()
+    space = SearchSpace.from_model(net, data.example_input, keep_ratios=(0.25, 0.5, 0.75, 1.0), round_to=1)
+    exported: list[int] = []
+
+    def export(model, path, x):
+        exported.append(id(model))
+        path.write_text(f"model {id(model)}")
+
+    def run_timer(files, threads, rounds, block, window_s):
+        assert all(Path(f).read_text().startswith("model ") for f, _ in files)  # every file there, copies too
+        return [1.0] * len(files)
+
+    monkeypatch.setattr(_ort_timing, "export_model", export)
+    monkeypatch.setattr(_ort_timing, "_run_timer", run_timer)
+    table = LatencyTable(cache_dir=tmp_path)
+    table.timer = lambda keys: [fake_ms(k) for k in keys]
+    check = check_table(net, space, table, example_input=data.example_input, calib_data=data.calib, policies=6,
+                        chunk=2, seed=3)  # fmt: skip
+    assert len(check.rows) == 6 and exported.count(id(net)) == 1 and len(exported) == 7
+    assert table.once is None

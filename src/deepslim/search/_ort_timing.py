@@ -147,24 +147,64 @@ def _settings(module: nn.Module) -> tuple[tuple[str, Any], ...]:
     return tuple(sorted(found))
 
 
+class ExportedOnce:
+    """One model (at one input shape) exported once and copied wherever a timing wants it: a reference timed beside
+    every chunk of a check (:func:`deepslim.search.table_check.check_table`: 10 more exports for 50 policies
+    otherwise). A context manager: its file is removed on exit. :attr:`exports` counts the exports made."""
+
+    def __init__(self, model: nn.Module, x: Any) -> None:
+        self.model, self.shape = model, tuple(x.shape)
+        self.exports = 0
+        self._dir: str | None = None
+        self._file: Path | None = None
+
+    def __enter__(self) -> ExportedOnce:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._dir is not None:
+            shutil.rmtree(self._dir, ignore_errors=True)
+        self._dir = self._file = None
+
+    def holds(self, model: nn.Module, x: Any) -> bool:
+        return model is self.model and tuple(x.shape) == self.shape
+
+    def export(self, model: nn.Module, x: Any, path: Path) -> Path | None:
+        """The model's file copied to ``path``'s folder (exported on the first call); None when the export refuses
+        it (logged once)."""
+        if self._dir is None:
+            self._dir = tempfile.mkdtemp(prefix="deepslim-once-")
+            self._file = _export_for_timer(model, x, Path(self._dir) / "export" / path.name)
+            self.exports += 1
+        if self._file is None:
+            return None
+        shutil.copytree(self._file.parent, path.parent, dirs_exist_ok=True)
+        return path.parent / self._file.name
+
+
 def time_models(pairs: Sequence[tuple[nn.Module, Any]], *, threads: int = 1, rounds: int = 10, block: int = 5,
-                keep: KeptFiles | None = None, window_s: float = 0.0) -> list[float]:  # fmt: skip
+                keep: KeptFiles | None = None, window_s: float = 0.0,
+                once: ExportedOnce | None = None) -> list[float]:  # fmt: skip
     """Whole models timed in ONNX Runtime, interleaved (one run of :func:`time_models_runs`)."""
-    return time_models_runs(pairs, 1, threads=threads, rounds=rounds, block=block, keep=keep, window_s=window_s)[0]
+    return time_models_runs(pairs, 1, threads=threads, rounds=rounds, block=block, keep=keep, window_s=window_s,
+                            once=once)[0]  # fmt: skip
 
 
 def time_models_runs(pairs: Sequence[tuple[nn.Module, Any]], runs: int, *, threads: int = 1, rounds: int = 10,
-                     block: int = 5, keep: KeptFiles | None = None,
-                     window_s: float = 0.0) -> list[list[float]]:  # fmt: skip
+                     block: int = 5, keep: KeptFiles | None = None, window_s: float = 0.0,
+                     once: ExportedOnce | None = None) -> list[list[float]]:  # fmt: skip
     """Whole models (quantized ones as their integer graphs) exported once and timed in ONNX Runtime, interleaved,
     in ``runs`` processes one after another (one list of times per run; each run's rounds spread over ``window_s``
     seconds, 0 by default: see :data:`WINDOW_S`); NaN for a model the export refuses (logged: a check is skipped, the
-    search goes on). ``keep``: the files stay there for the node table (:class:`KeptFiles`)."""
+    search goes on). ``keep``: the files stay there for the node table (:class:`KeptFiles`). ``once``: its model is
+    copied from its one export, not exported again (:class:`ExportedOnce`)."""
     with contextlib.ExitStack() as stack:
         work = keep.fresh() if keep is not None else Path(stack.enter_context(tempfile.TemporaryDirectory()))
         files, index = [], []
         for i, (model, x) in enumerate(pairs):
-            path = _export_for_timer(model, x, work / f"model{i}" / "model.onnx")
+            dest = work / f"model{i}" / "model.onnx"
+            path = once.export(model, x, dest) if once is not None and once.holds(model, x) else \
+                _export_for_timer(model, x, dest)
             if path is None:
                 continue
             files.append((str(path), list(x.shape)))

@@ -36,6 +36,7 @@ from deepslim._io import atomic_path
 from deepslim.errors import ConfigError
 from deepslim.search._ort_timing import STAT as STAT  # the real timers' names stay importable from here
 from deepslim.search._ort_timing import WINDOW_S as WINDOW_S
+from deepslim.search._ort_timing import ExportedOnce as ExportedOnce
 from deepslim.search._ort_timing import KeptFiles as KeptFiles
 from deepslim.search._ort_timing import _run_timer as _run_timer
 from deepslim.search._ort_timing import export_model as export_model
@@ -194,9 +195,10 @@ class LatencyTable:
         self.model_timer = model_timer if timer is None and model_timer is None else model_timer
         self._runs: Callable[[Sequence[tuple[nn.Module, Any]], int], list[list[float]]] | None = None
         self.kept = KeptFiles()  # the files of the last end-to-end measurement, for the node table
+        self.once: ExportedOnce | None = None  # a model the real timer copies from one export (check_table's dense)
         if timer is None and model_timer is None:
             self.model_timer = lambda pairs: time_models(pairs, threads=threads, keep=self.kept,
-                                                         window_s=self.model_window_s)  # fmt: skip
+                                                         window_s=self.model_window_s, once=self.once)  # fmt: skip
             self._runs = lambda pairs, runs: time_models_runs(pairs, runs, threads=threads,
                                                               window_s=self.model_window_s)  # fmt: skip
         self.key = machine_key(runtime, threads, self.window_s) if timer is None else "custom"

@@ -16,6 +16,7 @@ import numpy as np
 from torch import nn
 
 from deepslim.errors import ConfigError
+from deepslim.search._ort_timing import ExportedOnce
 
 if TYPE_CHECKING:
     from deepslim.search.latency import LatencyTable
@@ -110,8 +111,8 @@ def check_table(model: nn.Module, space: Any, table: LatencyTable, *, example_in
 
     Timed ``chunk`` policies at a time beside ``model`` (the reference); a chunk whose reference reads slow is
     timed again (:func:`steady_chunks`, ``retries``), and a policy's measured time is its ratio to its chunk's
-    reference times the median reference. Cost: ``model`` exported and timed once more per chunk (10 more
-    exports for 50 policies), and a slow chunk exported and timed again. ``chunk=0``: all in one timing, no
+    reference times the median reference. Cost: ``model`` timed once more per chunk (exported once, its file
+    copied into each chunk's timing), and a slow chunk exported and timed again. ``chunk=0``: all in one timing, no
     reference (the check before session 15)."""
     import random
 
@@ -157,11 +158,17 @@ def _chunked(rows: list[dict[str, Any]], pairs: list[tuple[nn.Module, Any]], tab
     def timed(i: int) -> list[float]:
         return list(table.measure([reference, *pairs[starts[i]:starts[i] + chunk]]) or [])
 
-    chunks = []
-    for i, start in enumerate(starts):
-        chunks.append(timed(i))
-        _node_sums(rows[start:start + chunk], pairs[start:start + chunk], nodes, reference[1])
-    tries = steady_chunks(chunks, timed, retries=retries)
+    chunks: list[list[float]] = []
+    before = table.once
+    with ExportedOnce(*reference) as once:  # the reference exported once for every chunk's timing
+        table.once = once
+        try:
+            for i, start in enumerate(starts):
+                chunks.append(timed(i))
+                _node_sums(rows[start:start + chunk], pairs[start:start + chunk], nodes, reference[1])
+            tries = steady_chunks(chunks, timed, retries=retries)
+        finally:
+            table.once = before
     refs = [c[0] for c in chunks if c[0] == c[0]]
     ref = float(np.median(refs)) if refs else float("nan")
     measured = []
