@@ -162,14 +162,14 @@ def test_a_session_14_study_judged_by_the_layer_table_resumes_and_one_judged_by_
         return [fake_ms(k) for k in keys]
 
     layers = _evaluator(LatencyTable(timer=fake))
-    frame.check_feasible(layers, (), {}, None)  # type: ignore[arg-type]  # no budget: the frame's timing alone
+    frame.check_feasible(layers, (), {}, None)  # no budget: the frame's timing alone
     session14 = {**_judging.settings(layers), "timing": f"iobind+graph-node|window={WINDOW_S:g}"}
     assert _judging.settings(layers) == session14
     _judging.check(_study_with_a_trial(session14), "layers14", _judging.settings(layers))
     net, table = trained_net(), LatencyTable(timer=fake)
     nodes = Evaluator(net, digits(), small_space(net), table, latency_model="nodes",
                       nodes=NodeTable(table, timer=lambda n, w: [0.0] * len(n)))  # fmt: skip
-    frame.check_feasible(nodes, (), {}, None)  # type: ignore[arg-type]
+    frame.check_feasible(nodes, (), {}, None)
     assert _judging.settings(nodes)["timing"] == f"iobind+graph-node+twins|window={WINDOW_S:g}"
     with pytest.raises(ConfigError, match=r"judged its trials with timing='iobind\+graph-node\|window=3'"):
         _judging.check(_study_with_a_trial({**session14, "latency_model": "nodes"}), "nodes14",
