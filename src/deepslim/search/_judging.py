@@ -21,7 +21,15 @@ def settings(ev: Evaluator) -> dict[str, Any]:
     """How ``ev`` judges a trial, beyond the space: the settings a resumed study must share with the one that judged
     its earlier trials (else accuracies after 80 and 40 proxy steps, say, would be ranked together)."""
     return {"proxy_steps": ev.proxy_steps, "proxy_lr": (ev.proxy_lr or ev.lr) if ev.proxy_steps else None,
-            "temperature": ev.temperature, "latency_model": ev.latency_model, "timing": ev.table.timing}  # fmt: skip
+            "temperature": ev.temperature, "latency_model": ev.latency_model, "timing": judged_timing(ev)}  # fmt: skip
+
+
+def judged_timing(ev: Evaluator) -> str:
+    """The timing protocol of the entries that judge ``ev``'s latencies: the node table's where the latency model is
+    "nodes", else the layer table's (whose protocol session 15 left as it was). Why not always the node table's: its
+    change (twins) refused every session-14 study, those judged by the layer table or end to end too, whose judging
+    it does not touch (review R15 L9)."""
+    return ev.nodes.timing if ev.latency_model == "nodes" and ev.nodes is not None else ev.table.timing
 
 
 def check(study: Any, name: str, settings: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from deepslim.search._timing import PairTimer, describe
 from deepslim.search.budget import UNIT_NAMES, Budget
 from deepslim.search.evaluate import Candidate, Evaluator
 from deepslim.search.finals import feasible
-from deepslim.search.latency import LAYER_TIMING, layer_keys, timing
+from deepslim.search.latency import layer_keys
 from deepslim.search.node_table import weight_mb
 from deepslim.search.space import Policy, SearchSpace, prune_policy
 
@@ -72,24 +72,12 @@ def _predicted(ev: Evaluator, policies: Sequence[Policy]) -> list[tuple[float, P
     return found
 
 
-def judged_timing(ev: Evaluator) -> str:
-    """Put in ``ev.table.timing`` (what a study records and a resumed one must share: ``_judging.settings``) the
-    timing protocol of the entries that judge this search's latencies and return it: the node table's where the
-    search's latency model is "nodes", else the layer table's (whose protocol session 15 left as it was). Why: the
-    node protocol's change (twins) refused every session-14 study, those judged by the layer table or end to end,
-    whose judging it does not touch, too (review R15 L9)."""
-    by_nodes = ev.nodes.timing if ev.latency_model == "nodes" and ev.nodes is not None else None
-    ev.table.timing = by_nodes or timing(ev.table.window_s, LAYER_TIMING)
-    return ev.table.timing
-
-
 def check_feasible(ev: Evaluator, budgets: tuple[Budget, ...], limits: dict[str, float], dense: Candidate) -> None:
     """Refuse (ConfigError, before any trial) a budget tighter than the space's smallest value, named in the message.
     A latency table's floor predicted over the limit by no more than the table's error band (its largest relative
     error on the calibration's points, at least 10 %) is measured end to end first (:func:`measure_floor`) and the
     measurement decides; when it meets the limit the table is pinned through it (:func:`_pin`), else no policy
-    near the floor could be judged feasible. Sets the frame's timing protocol first (:func:`judged_timing`)."""
-    judged_timing(ev)
+    near the floor could be judged feasible."""
     for metric, (value, policy) in _smallest(ev, budgets).items():
         limit, base_value = limits[metric], base(dense, metric)
         frame = "" if metric != "latency" else (", measured end to end" if ev.latency_model == "measured" else
