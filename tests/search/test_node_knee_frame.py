@@ -107,3 +107,17 @@ def test_the_table_report_counts_node_entries_without_the_graph_node_term():
     nodes = sum(1 for k in ev.table.entries if k.startswith(PREFIX)) - 1
     doc = table_report(ev.table, [], "nodes", dense, ev.nodes)
     assert doc["node_entries"] == nodes and doc["node_graph_ms"] == 0.0003
+
+
+def test_the_table_report_counts_the_entries_of_its_own_timing_protocol():
+    """A node table timed with other settings keys its entries under its own prefix (node_prefix): the report counts
+    those and reads its own graph term, not the default protocol's (which it reported before)."""
+    from deepslim.search.node_table import GRAPH_NODE, PREFIX, NodeTable, node_prefix
+
+    ev, dense = _kneed()
+    once = NodeTable(ev.table, timer=lambda nodes, work: [0.01] * len(nodes), twins=1, retries=0)
+    assert once.prefix == node_prefix(twins=1, retries=0) != PREFIX
+    ev.table.entries.update({PREFIX + "a": 0.01, GRAPH_NODE: 0.0003, once.prefix + "a": 0.02,
+                             once.prefix + "b": 0.03, once.graph_key: 0.0004})  # fmt: skip
+    doc = table_report(ev.table, [], "nodes", dense, once)
+    assert doc["node_entries"] == 2 and doc["node_graph_ms"] == 0.0004

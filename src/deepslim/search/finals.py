@@ -25,8 +25,6 @@ from typing import Any
 from deepslim.search.budget import OBJECTIVES, Budget
 from deepslim.search.evaluate import Candidate, Evaluator, with_measured
 from deepslim.search.latency import LatencyTable, TableCheck
-from deepslim.search.node_table import GRAPH_NODE
-from deepslim.search.node_table import PREFIX as NODE_PREFIX
 
 log = logging.getLogger(__name__)
 
@@ -256,8 +254,9 @@ def table_report(table: LatencyTable, checked: Sequence[Candidate], latency_mode
         doc["node_error_band"] = nodes.error_band
         doc["node_ms_per_weight_mib"] = nodes.weight_coef
         doc["node_weight_knee_mib"] = nodes.weight_knee
-        doc["node_entries"] = sum(1 for k in table.entries if k.startswith(NODE_PREFIX) and k != GRAPH_NODE)
-        doc["node_graph_ms"] = table.entries.get(GRAPH_NODE)  # what each node adds inside a graph (not a node)
+        # this table's protocol's entries only (another protocol's live under another prefix: node_table.node_prefix)
+        doc["node_entries"] = sum(1 for k in table.entries if k.startswith(nodes.prefix) and k != nodes.graph_key)
+        doc["node_graph_ms"] = table.entries.get(nodes.graph_key)  # what each node adds inside a graph (not a node)
     return doc
 
 

@@ -189,7 +189,7 @@ class LatencyTable:
         self.runtime, self.threads = runtime, threads
         self.window_s, self.model_window_s = float(window_s), float(model_window_s)
         # How the entries that judged a search's trials were timed (what a resumed study must share): the layer
-        # entries' protocol; the search's frame (frame.check_feasible) puts the node table's here where it judges.
+        # entries' protocol (``_judging.judged_timing`` records the node table's instead where it judges).
         self.timing = timing(self.window_s, LAYER_TIMING)
         self.timer = timer or (lambda keys: time_layers(keys, threads=threads, window_s=self.window_s))
         self.model_timer = model_timer if timer is None and model_timer is None else model_timer

@@ -123,7 +123,7 @@ class NodeTable:
         self.prefix = node_prefix(rounds=rounds, block=block, twins=twins, retries=retries, tolerance=tolerance,
                                   canaries=canaries)  # fmt: skip
         self.graph_key = self.prefix + GRAPH_NODE[len(PREFIX):]
-        # how this table's entries are timed: what a study it judged records (``_judging.settings``, via the frame)
+        # how this table's entries are timed: what a study it judged records (``_judging.judged_timing``)
         self.timing = timing(window_s) + ("" if self.prefix == PREFIX else "|" + self.prefix[:-1])
         self.gap_s = (0.0 if self.custom else GAP_S) if gap_s is None else float(gap_s)
         self.timings = 0  # timer calls made for new entries (twins and re-timings; see :meth:`_timed`)
