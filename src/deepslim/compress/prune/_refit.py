@@ -127,15 +127,23 @@ def next_norm(model: nn.Module, layer: nn.Module, batch: Any, model_inputs: Call
     """The first normalization (a module whose class name ends in ``LayerNorm`` or ``RMSNorm``) that a forward pass
     on ``batch`` runs after ``layer``, or None: on BERT the LayerNorm of ``layer``'s output plus the residual, on
     pre-norm models the next block's input norm; either way what the rest of the model reads."""
-    norms = {f"n{i}": m for i, m in enumerate(m for m in model.modules()
-                                               if type(m).__name__.endswith(("LayerNorm", "RMSNorm")))}  # fmt: skip
+    return next_norms(model, [layer], batch, model_inputs)[0]
+
+
+def next_norms(model: nn.Module, layers: Sequence[nn.Module], batch: Any,
+               model_inputs: Callable[[Any], Any]) -> list[nn.Module | None]:  # fmt: skip
+    """:func:`next_norm` of each of ``layers``, from one forward pass."""
+    norms = [m for m in model.modules() if type(m).__name__.endswith(("LayerNorm", "RMSNorm"))]
+    modules = {f"l{i}": m for i, m in enumerate(layers)} | {f"n{i}": m for i, m in enumerate(norms)}
     seen: list[str] = []
-    modules = {"layer": layer} | norms
     with (hooked(modules, pre=lambda name: lambda *_: seen.append(name)), inference_mode(model),
           torch.no_grad()):  # fmt: skip
         call_model(model, model_inputs(batch))
-    after = seen[seen.index("layer") + 1 :] if "layer" in seen else []
-    return next((modules[n] for n in after if modules[n] is not layer), None)
+    found: list[nn.Module | None] = []
+    for i, layer in enumerate(layers):
+        after = seen[seen.index(f"l{i}") + 1 :] if f"l{i}" in seen else []
+        found.append(next((modules[n] for n in after if n[0] == "n" and modules[n] is not layer), None))
+    return found
 
 
 def _norm_space(norm: nn.Module, target: torch.Tensor) -> tuple[Callable[[torch.Tensor], torch.Tensor], torch.Tensor]:

@@ -396,7 +396,8 @@ def _repaired_(model: nn.Module, pruned: list[tuple[Block, BlockPlan]], batches:
     the projection's outputs, or for ``scale`` the input of the normalization that runs next (where there is one)."""
     pruned = [pruned[i] for i in _refit.forward_order(model, [b.output for b, _ in pruned], batches[0],
                                                       _model_inputs)]  # fmt: skip
-    norms = [_refit.next_norm(model, b.output, batches[0], _model_inputs) if scale else None for b, _ in pruned]
+    norms = _refit.next_norms(model, [b.output for b, _ in pruned], batches[0], _model_inputs) if scale else \
+        [None] * len(pruned)
     wanted = _refit.targets(model, [n if n is not None else b.output for (b, _), n in zip(pruned, norms, strict=True)],
                             batches, _model_inputs, inputs=[n is not None for n in norms])  # fmt: skip
     for b, plan in pruned:
