@@ -156,15 +156,15 @@ def speed_measured(*, rounds: int = 20, interleaves: int = 6, probe_rounds: int 
     search_s, search_cpu_s = time.perf_counter() - t0, time.process_time() - c0 + timer.cpu_s
     (work / "moves.json").write_text(json.dumps(moved.to_dict(), indent=1))  # kept should the comparison fail
     rows, files = {}, []
-    for i, (label, policy) in enumerate((("dense fp32", space.dense()), ("uniform 0.5 + int8", uniform),
-                                         ("uniform 0.5 + int8 (again)", uniform),
-                                         ("latency-aware (measured moves)", moved.policy))):  # fmt: skip
-        net = prune_policy(model, space, policy, example_input=x)
-        found = list(layer_keys(net, x, policy.int8).values())
-        qnet = quantize_speed(copy.deepcopy(net), space, policy, calib)
-        rows[label] = {"policy": policy.to_dict(), "macs": sum(k.macs for k in found),
-                       "macs_from_keys": policy_macs(keys, groups, policy),
-                       "int8_layers": sum(policy.int8.values())}  # fmt: skip
+    for i, (label, final) in enumerate((("dense fp32", space.dense()), ("uniform 0.5 + int8", uniform),
+                                        ("uniform 0.5 + int8 (again)", uniform),
+                                        ("latency-aware (measured moves)", moved.policy))):  # fmt: skip
+        net = prune_policy(model, space, final, example_input=x)
+        found = list(layer_keys(net, x, final.int8).values())
+        qnet = quantize_speed(copy.deepcopy(net), space, final, calib)
+        rows[label] = {"policy": final.to_dict(), "macs": sum(k.macs for k in found),
+                       "macs_from_keys": policy_macs(keys, groups, final),
+                       "int8_layers": sum(final.int8.values())}  # fmt: skip
         export_onnx(qnet, work / f"final{i}.onnx", example_input=x)  # the toolkit's export, as deepslim ships it
         files.append((str(work / f"final{i}.onnx"), list(x.shape)))
     loads = [Path("/proc/loadavg").read_text().split()[0]]

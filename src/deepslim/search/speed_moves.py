@@ -46,6 +46,7 @@ callables: the benchmark times and profiles ONNX files cut from the dense model'
 from __future__ import annotations
 
 import logging
+import statistics
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
@@ -76,13 +77,17 @@ class SpeedMovesConfig(Config):
     multi: int = 4
     shares: tuple[float, ...] = (0.05, 0.1, 0.2)
     reach: int = 4
+    window: int = 0
+    confirms: int = 1
+    polish: int = 0
 
     def __post_init__(self) -> None:
         shares = self.shares if isinstance(self.shares, (list, tuple)) else ()
         if not shares or not all(not isinstance(v, bool) and isinstance(v, (int, float)) and 0 < v < 1 for v in shares):
             raise ConfigError(f"shares is a non-empty list of shares in (0, 1), got {self.shares!r}")
         object.__setattr__(self, "shares", tuple(float(v) for v in self.shares))
-        for name, least in (("rounds", 0), ("candidates", 1), ("patience", 0), ("multi", 1), ("reach", 1)):
+        for name, least in (("rounds", 0), ("candidates", 1), ("patience", 0), ("multi", 1), ("reach", 1),
+                            ("window", 0), ("confirms", 1), ("polish", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(f"{name} must be a whole number >= {least}, got {value!r}")
@@ -167,7 +172,7 @@ def speed_moves(space: SearchSpace, start: Policy, *, macs: MacCounter, time: Po
         raise ConfigError(f"the start policy has {macs(start):,} MACs, more than the limit of {limit:,}")
     walk = _Walk(space, macs, time, limit)
     policy, entries = start, [{"move": "start", "macs": limit}]
-    misses = 0
+    path, misses = [start], 0
     for r in range(config.rounds):
         if profile is None:
             moved = _exchange_round(walk, policy, config)
@@ -181,8 +186,12 @@ def speed_moves(space: SearchSpace, start: Policy, *, macs: MacCounter, time: Po
                 break
             continue
         policy, misses = moved[0], 0
+        path.append(policy)
         walk.tried.clear()
         walk.blocked.clear()
+    if config.polish and len(path) > 1:
+        policy, polished = _polish(walk, path, config)
+        entries.append(polished)
     if config.precision:
         policy, floats = _precision(walk, policy, config)
         entries.extend(floats)
@@ -223,9 +232,7 @@ def _profile_round(walk: _Walk, p: Policy, config: SpeedMovesConfig,
         raise ConfigError(f"the group profiler must give a time per MAC >= 0 for every group, got "
                           f"{slope.get(bad[0])!r} for {bad[0]!r}")  # fmt: skip
     movable = [g for g in walk.options if g not in walk.blocked and walk.step(p, g, -1) is not None]
-    costly = sorted(movable, key=lambda g: (-slope[g], g))
-    costly = costly[: config.multi]
-    downs = sorted({tuple(costly[:k]) for k in range(1, len(costly) + 1)} | {(g,) for g in costly})
+    downs = _down_sets(sorted(movable, key=lambda g: (-slope[g], g)), config)
     ceiling = {g: grid[min(len(grid) - 1, grid.index(p.keep[g]) + config.reach)] for g, grid in walk.options.items()}
     found: dict[tuple[int, ...], tuple[float, str, Policy]] = {}
     for share in config.shares:
@@ -239,6 +246,18 @@ def _profile_round(walk: _Walk, p: Policy, config: SpeedMovesConfig,
     cands = sorted(found.values(), key=lambda c: (c[0], c[1]))
     doc = {"profile_us_per_mmac": {g: round(v * 1e9, 3) for g, v in slope.items()}, "candidates": len(cands)}
     return _try(walk, p, cands, config, doc)
+
+
+def _down_sets(ranked: Sequence[str], config: SpeedMovesConfig) -> list[tuple[str, ...]]:
+    """The sets of groups a profiled round moves down together, from the movable groups ranked costliest first: the
+    ``multi`` costliest alone, the two costliest, …; with ``window``, also every run of 2 to ``multi`` groups next to
+    each other in the ranking among the ``window`` costliest (groups of a like cost per MAC, e.g. one stage's three
+    groups, down together even where a costlier group ranks above them)."""
+    top = list(ranked[: config.multi])
+    sets = {tuple(top[:k]) for k in range(1, len(top) + 1)} | {(g,) for g in top}
+    runs = list(ranked[: config.window])
+    sets |= {tuple(runs[i : i + k]) for k in range(2, config.multi + 1) for i in range(len(runs) - k + 1)}
+    return sorted(sets)
 
 
 def _shrink(walk: _Walk, p: Policy, groups: Sequence[str], macs: float) -> Policy:
@@ -268,7 +287,9 @@ def _try(walk: _Walk, p: Policy, chosen: list[tuple[float, str, Policy]], config
     doc["tried"] = [{"down": d, "keep": _diff(p, q), "predicted": round(e, 4), "measured": round(m, 4)}
                     for (e, d, q), m in zip(chosen, measured, strict=True)]  # fmt: skip
     best = min(range(len(chosen)), key=lambda i: measured[i])
-    ratio = _confirmed(walk, p, chosen[best][2], measured[best], config)
+    ratio, again = _confirmed(walk, p, chosen[best][2], measured[best], config)
+    if again:
+        doc["confirm_ratios"] = [round(r, 4) for r in again]
     if ratio > 1 - config.min_gain:
         downs = [{g for g in p.keep if c[2].keep[g] < p.keep[g]} for c in chosen]
         walk.blocked |= set.intersection(*downs)
@@ -278,11 +299,29 @@ def _try(walk: _Walk, p: Policy, chosen: list[tuple[float, str, Policy]], config
     return q, {**doc, "move": _diff(p, q), "ratio": round(ratio, 4), "macs": walk.macs(q)}
 
 
-def _confirmed(walk: _Walk, p: Policy, q: Policy, measured: float, config: SpeedMovesConfig) -> float:
-    """``q``'s ratio to ``p``: timed again beside ``p`` alone when it passed and ``confirm`` asks for it."""
+def _confirmed(walk: _Walk, p: Policy, q: Policy, measured: float,
+               config: SpeedMovesConfig) -> tuple[float, list[float]]:  # fmt: skip
+    """``q``'s ratio to ``p`` and the confirming ratios: when it passed and ``confirm`` asks for it, the median of
+    ``confirms`` fresh timings of the two alone (the first timing, the fastest of several, is left out: it is biased
+    low)."""
     if measured > 1 - config.min_gain or not config.confirm:
-        return measured
-    return walk.ratios(p, [q])[0]
+        return measured, []
+    again = [walk.ratios(p, [q])[0] for _ in range(config.confirms)]
+    return statistics.median(again), again
+
+
+def _polish(walk: _Walk, path: Sequence[Policy], config: SpeedMovesConfig) -> tuple[Policy, dict[str, Any]]:
+    """The start and the policy after each move (``path``) timed together ``polish`` times in fresh runs: the one
+    with the least median ratio to the start, when it gains ``min_gain`` (else the start) — a move confirmed in its
+    own round but not in a fresh run of the whole path is undone with the moves after it."""
+    runs = [walk.ratios(path[0], list(path[1:])) for _ in range(config.polish)]
+    medians = [statistics.median(r[i] for r in runs) for i in range(len(path) - 1)]
+    best = min(range(len(medians)), key=lambda i: (medians[i], -i))
+    kept = best + 1 if medians[best] <= 1 - config.min_gain else 0
+    entry = {"polish": [[round(r[i], 4) for r in runs] for i in range(len(medians))],
+             "medians": [round(m, 4) for m in medians], "kept_moves": kept, "of": len(path) - 1}  # fmt: skip
+    log.info("speed moves polish: medians %s, %d of %d moves kept", entry["medians"], kept, len(path) - 1)
+    return path[kept], entry
 
 
 def _slope_of(q: Policy, p: Policy, group: str, save: Mapping[str, float], cost: Mapping[str, float],
@@ -321,7 +360,7 @@ def _precision(walk: _Walk, p: Policy, config: SpeedMovesConfig) -> tuple[Policy
         trials = [replace(p, int8={**p.int8, n: False}) for n in layers]
         measured = walk.ratios(p, trials)
         best = min(range(len(layers)), key=lambda i: measured[i])
-        gained = _confirmed(walk, p, trials[best], measured[best], config) <= 1 - config.min_gain
+        gained = _confirmed(walk, p, trials[best], measured[best], config)[0] <= 1 - config.min_gain
         entries.append({"precision": {n: round(m, 4) for n, m in zip(layers, measured, strict=True)},
                         "move": f"{layers[best]} float" if gained else None})  # fmt: skip
         if not gained:
