@@ -34,7 +34,7 @@ from deepslim.errors import ExportError  # noqa: E402
 from deepslim.export import export_onnx  # noqa: E402
 from deepslim.search import LatencyTable, SearchSpace  # noqa: E402
 from deepslim.search.latency import _run_timer  # noqa: E402
-from deepslim.search.node_table import GRAPH_NODE, Node, NodeTable, weight_mb  # noqa: E402
+from deepslim.search.node_table import GRAPH_NODE, KNEE_BY, Node, NodeTable, weight_mb  # noqa: E402
 from deepslim.search.space import Policy  # noqa: E402
 from search import PRETRAINED_ARCH  # noqa: E402
 
@@ -62,17 +62,18 @@ def view(rows: list[dict[str, Any]], raw: str, measured: str) -> list[dict[str, 
     return [{**r, "raw_ms": r[raw], "measured_ms": r[measured]} for r in rows]
 
 
-def knee_summary(rows: list[dict[str, Any]], dense: dict[str, Any]) -> dict[str, Any]:
-    """The weight term with a knee (``calibrate_weights(..., knee=True)``), fitted through dense on the calibration
-    points as floor12's summary fits the plane, judged on the rest."""
+def knee_summary(rows: list[dict[str, Any]], dense: dict[str, Any], knee_by: str = KNEE_BY) -> dict[str, Any]:
+    """The weight term with a knee (``calibrate_weights(..., knee=True, knee_by=...)``; the search's choice by
+    default), fitted through dense on the calibration points as floor12's summary fits the plane, judged on the
+    rest."""
     calib = [r for r in rows if r["role"] == "calibration"]
     judged = [r for r in rows if r["role"] != "calibration"]
     nodes = NodeTable(LatencyTable(threads=1, cache_dir=None), timer=lambda n, w: [])  # the fit only
     at = (dense["raw_ms"], dense["weight_mb"], dense["measured_ms"])
     if not judged or not nodes.calibrate_weights([(r["raw_ms"], r["weight_mb"], r["measured_ms"]) for r in calib],
-                                                 through=at, knee=True):  # fmt: skip
+                                                 through=at, knee=True, knee_by=knee_by):  # fmt: skip
         return {}
-    return {"scale": nodes.scale, "ms_per_mib": nodes.weight_coef, "knee_mib": nodes.weight_knee,
+    return {"knee_by": knee_by, "scale": nodes.scale, "ms_per_mib": nodes.weight_coef, "knee_mib": nodes.weight_knee,
             "offset_ms": nodes.offset, **judge([nodes.predict(r["raw_ms"], r["weight_mb"]) for r in judged],
                                                dense["measured_ms"], judged, dense["measured_ms"])}  # fmt: skip
 

@@ -128,12 +128,14 @@ def frame(doc: dict[str, Any], chunks: list[list[float]], first: list[list[float
 
 
 def summaries(rows: list[dict[str, Any]], dense: dict[str, Any]) -> dict[str, Any]:
-    """Each table's sums against each protocol's measurement: the plane through dense and the knee (the search's)."""
+    """Each table's sums against each protocol's measurement: the plane through dense and the knee (the search's,
+    ``knee``; ``knee_rms``: the knee chosen in sample, sessions 14-15's fit, on the same points)."""
     out = {}
     for name in [n for n in ("s15", "s14", "once") if f"raw_{n}_ms" in dense]:
         for truth, meas in (("retimed", "measured_ms"), ("first", "measured_first_ms")):
             v, d = view(rows, f"raw_{name}_ms", meas), view([dense], f"raw_{name}_ms", meas)[0]
-            out[f"table_{name}__vs_{truth}"] = {**summary(v, d), "knee": knee_summary(v, d)}
+            out[f"table_{name}__vs_{truth}"] = {**summary(v, d), "knee": knee_summary(v, d),
+                                                "knee_rms": knee_summary(v, d, "rms")}  # fmt: skip
     return out
 
 
