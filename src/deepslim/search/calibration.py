@@ -54,8 +54,9 @@ def _calibrate_nodes(ev: Evaluator, policies: list[Policy], nets: list[nn.Module
     """With at least :data:`~deepslim.search.node_table.MIN_WEIGHT_POINTS` models measured, fit the node table as
     ``a·sum + b·max(0, weight MiB − knee) + c`` through the dense model's point (``policies[0]``;
     :meth:`NodeTable.calibrate_weights`: on MobileNetV2 the sums' error followed the weights' bytes beyond a knee
-    that the fit chooses on these points — session 14, 69 policies in three fresh runs: 94 / 84 / 72 % within ±10 %
-    with the knee against 78 / 72 / 68 % without — and through dense a relative budget keeps its meaning); when
+    that the fit chooses on these points, by the least worst error of each point left out of the fit since session
+    16 — session 14, 69 policies in three fresh runs: 94 / 84 / 72 % within ±10 % with the knee against 78 / 72 /
+    68 % without — and through dense a relative budget keeps its meaning); when
     that fit fails, a line in the sum through dense (:meth:`NodeTable.calibrate_sum`: a prune-only space, where the
     bytes follow the sums); with fewer points, or when both fail, anchor its scale to the dense model's measurement
     (:meth:`NodeTable.anchor`: predictions in measured milliseconds, ratios unchanged — a line in the sum alone,
