@@ -104,3 +104,26 @@ def test_the_polish_keeps_the_moves_that_a_fresh_run_confirms():
 def test_bad_steering_settings_are_refused_by_name(field, bad):
     with pytest.raises(ConfigError, match=field):
         SpeedMovesConfig(**{field: bad})
+
+
+def test_the_polish_also_undoes_a_precision_move_that_a_fresh_run_does_not_confirm():
+    start = Policy(keep=dict(START.keep), int8={"y": True})
+    seen = {"n": 0}
+
+    def time(policies: list[Policy]) -> list[float]:  # y in float: 1 % slower in truth, 5 % faster twice by luck
+        out = []
+        for p in policies:
+            floated = not p.int8["y"]
+            seen["n"] += floated
+            out.append(real_ms(p) * ((0.95 if seen["n"] <= 2 else 1.01) if floated else 1.0))
+        return out
+
+    def run(polish: int):
+        config = SpeedMovesConfig(rounds=0, min_gain=0.02, polish=polish)
+        seen["n"] = 0
+        return speed_moves(SPACE, start, macs=macs, time=time, profile=profile, config=config)
+
+    assert run(0).policy.int8 == {"y": False}
+    polished = run(3)
+    assert polished.policy == start
+    assert polished.log[-1]["kept_moves"] == 0 and polished.log[-1]["medians"] == [pytest.approx(1.01)]

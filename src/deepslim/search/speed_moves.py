@@ -36,6 +36,14 @@ needs one profiled run, not two timed files per group:
    (ResNet-18's layer 4 is three groups, each alone within the timing noise). Candidates are ranked by the
    profile's predicted change and timed, taken or not as above.
 
+Session 16: with ``window``, a profiled round also moves down together every run of 2 to ``multi`` groups next to
+each other in the cost ranking among the ``window`` costliest — one stage's groups (ResNet-18's layer 4) ranked
+below a group whose average cost per MAC overstates it (layer 1's interiors) were never moved down together before;
+``confirms``: a passing candidate is confirmed by the median of that many fresh timings beside ``P`` alone (one
+confirmation let gains of 1–3 % through or out by chance); ``polish``: after the rounds (and the precision pass), the start and the
+policy after each move are timed together that many times in fresh runs and the fastest by its median ratio to the start
+kept (the start when none gains ``min_gain``): the moves after it are undone.
+
 Rounds continue while a move passes. Then, with ``precision``, each int8 layer of the policy is timed in float
 (beside ``P``, MACs unchanged) and the fastest kept when it gains ``min_gain`` — whether a layer pays for its
 conversions at its position is measured, not assumed. The timer, the MAC counter and the profiler are plain
@@ -189,12 +197,12 @@ def speed_moves(space: SearchSpace, start: Policy, *, macs: MacCounter, time: Po
         path.append(policy)
         walk.tried.clear()
         walk.blocked.clear()
+    if config.precision:
+        policy, floats = _precision(walk, policy, config, path)
+        entries.extend(floats)
     if config.polish and len(path) > 1:
         policy, polished = _polish(walk, path, config)
         entries.append(polished)
-    if config.precision:
-        policy, floats = _precision(walk, policy, config)
-        entries.extend(floats)
     return SpeedMoves(policy, macs(policy), limit, tuple(entries), walk.timed, walk.profiled)
 
 
@@ -350,8 +358,10 @@ def _fill(walk: _Walk, p: Policy, fixed: Collection[str], cost: Mapping[str, flo
         p = min(steps, key=lambda s: (s[0], s[1]))[2]
 
 
-def _precision(walk: _Walk, p: Policy, config: SpeedMovesConfig) -> tuple[Policy, list[dict[str, Any]]]:
-    """Each int8 layer of ``p`` timed in float beside ``p``; the fastest kept while one gains ``min_gain``."""
+def _precision(walk: _Walk, p: Policy, config: SpeedMovesConfig,
+               path: list[Policy]) -> tuple[Policy, list[dict[str, Any]]]:  # fmt: skip
+    """Each int8 layer of ``p`` timed in float beside ``p``; the fastest kept while one gains ``min_gain`` (each
+    policy kept appended to ``path``)."""
     entries: list[dict[str, Any]] = []
     while True:
         layers = [n for n, q in p.int8.items() if q]
@@ -366,6 +376,7 @@ def _precision(walk: _Walk, p: Policy, config: SpeedMovesConfig) -> tuple[Policy
         if not gained:
             return p, entries
         p = trials[best]
+        path.append(p)
 
 
 def _key(p: Policy) -> tuple[Any, ...]:
