@@ -246,7 +246,7 @@ def run_search(dense: torch.nn.Module, data: Any, space: SearchSpace, table: Lat
     cpu: list[float] = []  # CPU seconds of this process and its children (the timer processes) at each trial
     extra = {"latency_model": args.latency_model} if args.latency_model and "latency_model" in SEARCH_KW else {}
     extra.update({k: getattr(args, k) for k in ("proxy_steps", "temperature", "priors", "proxy_lr", "measure_repeats",
-                                               "calibration_policies") if k in SEARCH_KW})  # fmt: skip
+                                               "calibration_policies", "repair") if k in SEARCH_KW})  # fmt: skip
     if args.select_held_out:  # the finals choose on the val images the trials were not judged on
         extra["select"] = held_out_val(args.full_data, data)
     t0, c0 = time.perf_counter(), time.process_time()
@@ -403,6 +403,9 @@ def main() -> None:
     p.add_argument("--select-held-out", action="store_true",
                    help="the finals score and choose the recovered finalists on the val images the trials were not "
                         "judged on (the rest of the val split; search(select=...))")  # fmt: skip
+    p.add_argument("--repair", action="store_true",
+                   help="a sampled policy over the latency budget is repaired onto the next trial slot "
+                        "(search(repair=True): int8, channels notched down until the layer table puts it within)")
     p.add_argument("--json", default=None)
     args = p.parse_args()
     args.budgets = [float(b) for b in args.budgets.split(",")]

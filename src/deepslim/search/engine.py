@@ -120,7 +120,8 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
            latency_model: str | None = None, node_table: NodeTable | None = None,
            remeasure_repeats: int = 3, accept_low_fidelity: bool = False, proxy_steps: int = 0,
            temperature: float | None = None, priors: bool = True, proxy_lr: float | None = None,
-           measure_repeats: int = 5, calibration_policies: int = 0, select: Any = None) -> SearchResult:  # fmt: skip
+           measure_repeats: int = 5, calibration_policies: int = 0, select: Any = None,
+           repair: bool = False) -> SearchResult:  # fmt: skip
     """Search per-layer channel counts and precisions of ``model`` on ``data`` (a DataBundle) for ``objectives``
     under ``budget`` with ``trials`` Optuna trials of ``strategy`` (tpe, nsga2, random, grid, tpe-multivariate,
     evolution, greedy).
@@ -172,6 +173,11 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     recovered finalists, searched and uniform, are scored there and chosen by that score (their ``val_accuracy`` on
     the trials' images kept beside it) — more images than the trials are judged on, and none that chose a
     recovery's best epoch. The dense model keeps its accuracy on the validation split.
+    ``repair`` (one process, a strategy that leaves trials over a latency budget unscored): a sampled policy over the
+    latency budget is repaired — its layers int8, its channel counts notched down, until the layer table's estimate
+    puts it within (:func:`trials.repaired`) — and the repaired policy takes the study's next empty trial slot, told
+    to the sampler as that trial's choices (``repair_of`` names the trial it repairs; the slots still number
+    ``trials``).
     An infeasible budget, an unknown objective, strategy or runtime is a ConfigError before any trial runs.
     """
     started, cpu0 = time.perf_counter(), _cpu_seconds()
@@ -179,6 +185,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     objectives, budgets, device = _check_arguments(
         objectives, budget, strategy=strategy, trials=trials, device=device, space=space, proxy_steps=proxy_steps,
         finetune_epochs=finetune_epochs, workers=workers, threads=threads)  # fmt: skip
+    _check_repair(repair, strategy, workers)
     table = latency_table or LatencyTable(runtime=runtime)
     model_name, nodes = _latency_model(model, data, table, latency_model, node_table, workers=workers,
                                        out_dir=out_dir, storage=storage)  # fmt: skip
@@ -196,7 +203,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     if recorded is None:
         study.set_user_attr(_frame.FRAME_ATTR, _frame.table_state(ev))
     job: dict[str, Any] = {"strategy": strategy, "seed": seed, "trials": trials, "check_every": check_every,
-                           "evaluator": wk.evaluator_settings(ev)}  # fmt: skip
+                           "repair": repair, "evaluator": wk.evaluator_settings(ev)}  # fmt: skip
     if workers > 1:
         job.update(wk.describe_job(model, spec or "", data_options or {}, out_dir, table, _frame.base(dense, "latency"),
                                    example_input=bundle.example_input))  # fmt: skip
@@ -245,6 +252,17 @@ def _check_arguments(objectives: Sequence[str], budget: Budget | str | Sequence[
     if workers < 1 or threads < 1:
         raise ConfigError(f"workers and threads must be >= 1, got workers={workers}, threads={threads}")
     return objectives, budgets, device
+
+
+def _check_repair(repair: bool, strategy: str, workers: int) -> None:
+    """``repair`` needs a strategy that leaves trials over budget unscored (the repair is made where such a trial is
+    found) and one process (a repair is written onto a queued slot, which another worker may be claiming)."""
+    if repair and strategy not in IGNORE_VALUES_OVER_BUDGET:
+        raise ConfigError(f"repair needs a strategy that leaves trials over a latency budget unscored "
+                          f"({', '.join(IGNORE_VALUES_OVER_BUDGET)}), got {strategy!r}")  # fmt: skip
+    if repair and workers > 1:
+        raise ConfigError("repair runs in one process (a repaired policy is written onto a queued trial slot that "
+                          "another worker may be claiming): use workers=1")  # fmt: skip
 
 
 def _check_select(select: Any) -> None:
@@ -304,7 +322,8 @@ def _run_trials(study: Any, ev: Evaluator, objectives: tuple[str, ...], limits: 
     if workers == 1:
         study.sampler = make_sampler(job["strategy"], job["seed"], ev.space, job["trials"], offset=counted)
         objective = trial_objective(ev, objectives, limits, job["check_every"], on_trial,
-                                    skip_over_budget=job["strategy"] in IGNORE_VALUES_OVER_BUDGET)  # fmt: skip
+                                    skip_over_budget=job["strategy"] in IGNORE_VALUES_OVER_BUDGET,
+                                    repair=bool(job.get("repair")))  # fmt: skip
         st.run_queued_trials(study, objective, recoverable=(DeepSlimError,))
     else:
         url = storage or f"journal:{(Path(out_dir or '.') / st.DEFAULT_JOURNAL).resolve()}"

@@ -315,6 +315,15 @@ class SearchSpace:
         return Policy(keep={g.name: g.keep[0] for g in self.groups}, int8={n: int8 for n in self.int8_layers},
                       recovery=self.default_recovery(), **self._weights(least=True))  # fmt: skip
 
+    def narrower(self, policy: Policy, notches: int, int8: bool | None = None) -> Policy:
+        """``policy`` with every group's channel count moved ``notches`` options down its grid (clamped at the
+        fewest) and, with ``int8`` given, every layer in that precision: the steps a repair of a policy over a
+        latency budget takes (:func:`deepslim.search.trials.repaired`)."""
+        keep = {g.name: g.keep[max(0, g.keep.index(policy.keep[g.name]) - notches)] if policy.keep[g.name] in g.keep
+                else policy.keep[g.name] for g in self.groups}  # fmt: skip
+        precision = dict(policy.int8) if int8 is None else dict.fromkeys(policy.int8, int8)
+        return replace(policy, keep=keep, int8=precision)
+
     def canonical(self, policy: Policy) -> Policy:
         """``policy`` with every choice inside a dropped block at the dense policy's value (all channels, float,
         dense, not clustered). The configs leave those choices out (:meth:`configs`), so two policies with one

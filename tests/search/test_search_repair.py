@@ -1,0 +1,119 @@
+"""A sampled policy over the latency budget repaired onto the next trial slot (``search(repair=True)``,
+:func:`trials.repaired`, :func:`trials.queue_repair`): its layers int8 and channel counts notched down until the
+layer table's estimate puts it within; the repaired policy is the next slot's fixed choices (the sampler is told it as
+that trial's), judged as every trial is, and the study still holds ``trials`` slots; resuming neither repeats nor
+mis-reads a trial."""
+
+import pytest
+
+from deepslim.errors import ConfigError
+from deepslim.search.evaluate import Evaluator
+from deepslim.search.latency import LatencyTable
+from deepslim.search.trials import REPAIR_ATTR, REPAIRED_ATTR, model_key, repaired
+from tests.search._tiny import digits, fake_ms, params_ms
+from tests.search.test_depth_search import _space, trained
+
+
+def _table() -> LatencyTable:
+    return LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys], model_timer=params_ms)
+
+
+def test_a_repaired_policy_meets_the_budget_on_the_fake_table_and_stays_near_the_sampled_one():
+    net = trained()
+    space = _space(net)
+    ev = Evaluator(net, digits(), space, _table(), latency_model="layers")
+    dense_ms = ev.build(space.dense(), "none")[1]
+    limit = 0.45 * dense_ms
+    policy = space.policy({**space.dense().params(), "drop:4": True})  # over: one block dropped, all float
+    own = ev.build(policy, "none")[1]
+    assert own > limit
+    fixed = repaired(ev, policy, own, limit)
+    assert fixed is not None and model_key(space, fixed) != model_key(space, policy)
+    assert ev.build(fixed, "none")[1] <= limit  # the layer model is the estimate here: within, as estimated
+    assert fixed.drop == policy.drop  # the blocks dropped stay as sampled
+    assert all(fixed.keep[g.name] <= policy.keep[g.name] for g in space.groups)
+    assert repaired(ev, policy, own, 0.01 * dense_ms) is None  # nothing in the space reaches 1 %: no repair
+
+
+def _search(out, trials: int, repair: bool = True, strategy: str = "tpe", latency_model: str = "measured"):
+    pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    from deepslim.search import search
+
+    net = trained()
+    return search(net, digits(), _space(net), ("accuracy",), "latency=0.45x", trials=trials, strategy=strategy,
+                  out_dir=out, latency_table=_table(), latency_model=latency_model, proxy_steps=2, finetune_epochs=0,
+                  top_k=1, uniform_ratios=(1.0, 0.5), repair=repair, seed=3)  # fmt: skip
+
+
+def _study(out):
+    import optuna
+
+    from deepslim.search import storage as st
+
+    return optuna.load_study(study_name="deepslim-search", storage=st.open_storage(None, out_dir=out))
+
+
+@pytest.fixture(scope="module")
+def repaired_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("repair")
+    return _search(out, 8, latency_model="layers"), out
+
+
+def test_an_over_budget_trial_hands_its_repair_to_the_next_slot_which_judges_it_as_its_own_choices(repaired_run):
+    result, out = repaired_run
+    trials = {t.number: t for t in _study(out).get_trials()}
+    by_trial = {c.trial: c for c in result.trials}
+    sources = [n for n, t in trials.items() if REPAIRED_ATTR in t.user_attrs]
+    assert sources  # the budget binds: some sampled trials went over and were repaired
+    for n in sources:
+        slot = trials[n].user_attrs[REPAIRED_ATTR]
+        assert slot > n and trials[slot].user_attrs[REPAIR_ATTR] == n
+        assert not by_trial[n].feasible and by_trial[n].accuracy is None  # the sample: over, unscored
+        assert by_trial[slot].policy.params() == trials[slot].params  # judged as the slot's own choices
+        assert by_trial[slot].measurement.extra[REPAIR_ATTR] == n
+        assert by_trial[slot].feasible and by_trial[slot].accuracy is not None  # within: scored
+        assert REPAIRED_ATTR not in trials[slot].user_attrs  # a repair is not repaired again
+    assert len(trials) == 8 and result.cost["trials"] == 8  # the slots still number ``trials``
+
+
+def test_with_the_layer_model_judging_every_repair_meets_the_budget(tmp_path_factory):
+    # the layer table is both the repair's estimate and the judge here: each repaired slot lands within budget (with
+    # the measured model the estimate scales the trial's own measurement and can miss; the benchmark counts them)
+    result = _search(tmp_path_factory.mktemp("layers"), 12, latency_model="layers")
+    repairs = [c for c in result.trials if REPAIR_ATTR in c.measurement.extra]
+    assert repairs and all(c.feasible and c.latency_ms <= result.limits["latency"] for c in repairs)
+    sources = {c.measurement.extra[REPAIR_ATTR] for c in repairs}
+    assert all(not c.feasible for c in result.trials if c.trial in sources)
+
+
+def test_a_resumed_repaired_study_neither_repeats_nor_misreads_a_trial(repaired_run, tmp_path_factory):
+    import shutil
+
+    _, out = repaired_run
+    copy = tmp_path_factory.mktemp("resume") / "study"
+    shutil.copytree(out, copy)
+    before = {t.number: (t.params, dict(t.user_attrs)) for t in _study(copy).get_trials()}
+    again = _search(copy, 8, latency_model="layers")  # the same call: nothing left to run
+    assert {t.number: (t.params, dict(t.user_attrs)) for t in _study(copy).get_trials()} == before
+    assert again.cost["trials"] == 8
+    more = _search(copy, 11, latency_model="layers")  # three more slots
+    after = {t.number: t for t in _study(copy).get_trials()}
+    assert {n: (after[n].params, dict(after[n].user_attrs)) for n in before} == before  # earlier trials unchanged
+    assert len(after) == 11 and more.cost["trials"] == 11
+    judged = [c for c in more.trials if "repeat_of" not in c.measurement.extra]
+    keys = [model_key(more.space, c.policy) for c in judged]
+    assert len(keys) == len(set(keys))  # no model judged twice
+    for c in more.trials:  # every candidate is its own trial's choices
+        assert c.policy.params() == after[c.trial].params
+
+
+def test_repair_is_refused_with_a_strategy_that_reads_trials_over_budget_or_with_workers(tmp_path):
+    from deepslim.search import search
+
+    net = trained()
+    with pytest.raises(ConfigError, match="repair needs"):
+        search(net, digits(), _space(net), ("accuracy",), "latency=0.45x", trials=2, strategy="greedy",
+               out_dir=tmp_path, latency_table=_table(), repair=True)  # fmt: skip
+    with pytest.raises(ConfigError, match="one process"):
+        search(net, digits(), _space(net), ("accuracy",), "latency=0.45x", trials=2, out_dir=tmp_path,
+               latency_table=_table(), repair=True, workers=2)  # fmt: skip
