@@ -81,6 +81,9 @@ SCHEDULES: dict[str, tuple[tuple[int, ...], str]] = {
     "ks19_5": ((19, 16, 16, 16, 16, 0), "keys_states"),  # ... that merge's tokens moved to the first layer
     "ks18_4": ((18, 18, 18, 18, 0, 0), "keys_states"),  # layers 0-3 only, ks16's work removed
     "ks20_4": ((20, 20, 16, 16, 0, 0), "keys_states"),  # layers 0-3 only, a little more
+    # the normalized states alone as the metric (session 16): the keys half is ~5 % of ks16's time at batch 1
+    "s16": ((16,) * 6, "states"),
+    "s16_5": ((16, 16, 16, 16, 16, 0), "states"),
 }
 DROP = "_drop"  # variants whose merge is replaced by dropping the last r tokens (no similarity, no merge graph)
 

@@ -81,15 +81,16 @@ def test_a_layer_dropped_student_exports_and_onnx_runtime_agrees_at_another_batc
     torch.testing.assert_close(_ort(path, ids, mask), want, rtol=0, atol=1e-5)  # batch 3, not 2
 
 
-def test_a_local_bert_merging_by_keys_and_states_exports_and_onnx_runtime_agrees(bert, tmp_path):
+@pytest.mark.parametrize("metric", ["keys_states", "states"])
+def test_a_local_bert_merging_by_keys_and_states_exports_and_onnx_runtime_agrees(bert, tmp_path, metric):
     model, ids, mask = bert
     with torch.no_grad():
         ref = model(ids, mask)
-        same = merge_tokens_(copy.deepcopy(model), MergeTokensConfig(r=0, metric="keys_states"))
+        same = merge_tokens_(copy.deepcopy(model), MergeTokensConfig(r=0, metric=metric))
         assert torch.equal(same(ids, mask), ref)  # r=0: the reducing encoder computes the original
-        pads = merge_tokens_(copy.deepcopy(model), MergeTokensConfig(r=(2, 1, 0), metric="keys_states"))
+        pads = merge_tokens_(copy.deepcopy(model), MergeTokensConfig(r=(2, 1, 0), metric=metric))
         torch.testing.assert_close(pads(ids[2:], mask[2:]), ref[2:], rtol=0, atol=1e-5)  # 11 pads: only pads merge
-        merged = merge_tokens_(copy.deepcopy(model), MergeTokensConfig(r=3, metric="keys_states"))
+        merged = merge_tokens_(copy.deepcopy(model), MergeTokensConfig(r=3, metric=metric))
         want, by_keys = merged(ids, mask), merge_tokens_(copy.deepcopy(model), MergeTokensConfig(r=3))(ids, mask)
     assert not torch.allclose(want, by_keys, atol=1e-4)  # the metric merged other pairs
     path = tmp_path / "ks.onnx"

@@ -38,6 +38,24 @@ def test_keys_states_similarity_is_half_the_mean_head_key_cosine_and_half_the_st
         merge_metric("keys_states", keys, None)
 
 
+def test_the_states_metric_is_the_normalized_state_alone_as_a_unit_vector_whatever_the_keys():
+    g = torch.Generator().manual_seed(5)
+    norm = torch.nn.LayerNorm(6)
+    with torch.no_grad():
+        norm.weight.copy_(torch.tensor([0.5, -2.0, 3.0, 1.0, 1.5, 4.0]))
+        norm.bias.copy_(torch.arange(6.0))
+        x = 3 * torch.randn(2, 4, 6, generator=g) + 1
+        out = norm(x)
+        m = merge_metric("states", torch.randn(2, 3, 4, 5, generator=g), out, norm)
+        other = merge_metric("states", torch.randn(2, 3, 4, 5, generator=g), out, norm)
+    assert m.shape == (2, 4, 6) and torch.equal(m, other)  # the keys play no part
+    assert torch.allclose(m.norm(dim=-1), torch.ones(2, 4), atol=1e-4)
+    want = F.layer_norm(x, (6,), eps=norm.eps)
+    assert abs(float(m[1, 0] @ m[1, 3]) - _cos(want[1, 0], want[1, 3])) < 1e-4
+    with pytest.raises(AssertionError, match="states metric needs the normalized token states"):
+        merge_metric("states", torch.randn(1, 2, 4, 5), None)
+
+
 def test_unaffine_undoes_a_layer_norms_scale_and_shift_and_reads_zero_where_the_scale_is_zero():
     norm = torch.nn.LayerNorm(6)
     with torch.no_grad():
@@ -138,4 +156,4 @@ def test_under_exact_ties_a_merge_still_joins_tokens_of_the_best_similarity_and_
 def test_the_metric_helper_refuses_an_unknown_kind_instead_of_computing_keys_and_states():
     keys, normed = torch.randn(1, 2, 5, 4), torch.randn(1, 5, 8)
     with pytest.raises(AssertionError, match="unknown merge metric"):
-        merge_metric("states", keys, normed)
+        merge_metric("values", keys, normed)

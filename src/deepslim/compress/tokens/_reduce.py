@@ -62,7 +62,7 @@ def bipartite_merge(x: torch.Tensor, size: torch.Tensor, metric: torch.Tensor, r
     """Merge ``r`` tokens of x (B, T, C) with sizes (B, T) by the similarity of ``metric`` (B, T, D): T -> T - r.
     The kept tokens stay in their order; a merged token is the size-weighted mean of its B token and the A tokens
     that joined it. ``padding=False`` (every size > 0, as in a ViT) leaves out the padding rules' operators;
-    ``unit=True``: the metric's rows are unit vectors already (:func:`merge_metric` ``"keys_states"``).
+    ``unit=True``: the metric's rows are unit vectors already (:func:`merge_metric` ``"keys_states"``, ``"states"``).
 
     The graph is small on purpose (31 operators in ONNX Runtime after its optimizations, none of them computing a
     shape; all but two on (B, T)-sized or (B, T - r, T)-sized tensors): one product for the similarities of set A
@@ -128,13 +128,17 @@ def merge_metric(kind: str, keys: torch.Tensor, normed: torch.Tensor | None,
     side by side, weighted so that the whole is a unit vector whose dot product with another token's is half the
     mean of their heads' key cosines plus half their states' cosine. A layer-normalized state (mean 0, mean square
     1 over its C channels) has length sqrt(C) up to the norm's eps, so it is scaled by that constant rather than
-    measured (two operators fewer). Channels a zero scale removed read as absent."""
+    measured (two operators fewer). Channels a zero scale removed read as absent. ``"states"``: the normalized
+    state alone, a unit vector (no per-head norms, no concatenation, a product C wide)."""
     if kind == "keys":
         return keys.mean(1)
     # internal invariants, not input checks: MergeTokensConfig validates the metric's name, and the encoders pass
     # the states whenever a plan needs them (LayerPlan.needs_states)
-    assert kind == "keys_states", f"unknown merge metric {kind!r}"
-    assert normed is not None, "the keys_states metric needs the normalized token states"
+    assert kind in ("keys_states", "states"), f"unknown merge metric {kind!r}"
+    assert normed is not None, f"the {kind} metric needs the normalized token states"
+    if kind == "states":
+        scale = 1.0 / math.sqrt(static_len(normed, -1))
+        return normed * scale if norm is None else unaffine(normed, norm, scale=scale)
     t, heads, c = static_len(keys, 2), static_len(keys, 1), static_len(normed, -1)
     per_head = keys / (keys.norm(dim=-1, keepdim=True).clamp_min(1e-6) * math.sqrt(2 * heads))
     scale = 1.0 / math.sqrt(2 * c)  # a normalized state's length is sqrt(C)

@@ -44,7 +44,7 @@ class LayerPlan:
     @property
     def needs_states(self) -> bool:
         """Whether the merge compares the layer-normalized token states (which the encoder then computes)."""
-        return self.r > 0 and self.metric == "keys_states"
+        return self.r > 0 and self.metric in ("keys_states", "states")
 
     @property
     def active(self) -> bool:
@@ -69,7 +69,7 @@ def reduce_tokens(plan: LayerPlan, x: torch.Tensor, size: torch.Tensor, keys: to
                   padding: bool = True, normed: torch.Tensor | None = None,
                   norm: nn.LayerNorm | None = None) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """One layer's reduction of x (B, T, C) and sizes (B, T); keys (B, H, T, D) and probs (B, H, T, T); ``normed``
-    (B, T, C): the layer-normalized states for ``plan.metric == "keys_states"``, or, with ``norm``, that LayerNorm's
+    (B, T, C): the layer-normalized states for ``plan.needs_states``, or, with ``norm``, that LayerNorm's
     output (:func:`~deepslim.compress.tokens._reduce.merge_metric` undoes its scale and shift).
     ``padding=False``: no token has size 0 (a ViT), so the merge needs no padding rules."""
     if plan.threshold is not None:  # learned token pruning: the count depends on the input (never with the others)
@@ -82,7 +82,7 @@ def reduce_tokens(plan: LayerPlan, x: torch.Tensor, size: torch.Tensor, keys: to
             x, size = gather_tokens(x, idx), size.gather(1, idx)
             metric = None if metric is None else gather_tokens(metric, idx)
     if metric is not None:
-        x, size = bipartite_merge(x, size, metric, plan.r, padding=padding, unit=plan.metric == "keys_states")
+        x, size = bipartite_merge(x, size, metric, plan.r, padding=padding, unit=plan.metric != "keys")
     return x, size
 
 
