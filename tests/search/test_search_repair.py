@@ -86,6 +86,15 @@ def test_with_the_layer_model_judging_every_repair_meets_the_budget(tmp_path_fac
     assert all(not c.feasible for c in result.trials if c.trial in sources)
 
 
+def test_with_the_measured_model_a_repair_is_judged_before_it_is_queued_so_it_lands_within(tmp_path_factory):
+    # the fake end-to-end timer counts parameters, so the layer table's int8 step (0.4x there) gains nothing
+    # measured: that step is judged over and the repair goes on to fewer channels
+    result = _search(tmp_path_factory.mktemp("measured"), 12)
+    repairs = [c for c in result.trials if REPAIR_ATTR in c.measurement.extra]
+    assert repairs and all(c.feasible for c in repairs)
+    assert all(c.recovery == "steps" and c.accuracy is not None for c in repairs)  # scored as trials within are
+
+
 def test_a_resumed_repaired_study_neither_repeats_nor_misreads_a_trial(repaired_run, tmp_path_factory):
     import shutil
 

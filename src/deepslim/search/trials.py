@@ -19,7 +19,8 @@ from deepslim.search.space import Policy, SearchSpace
 
 REPAIR_ATTR = "repair_of"  # a trial's user attr: the trial over the latency budget whose repaired policy it judges
 REPAIRED_ATTR = "repaired_into"  # a trial's user attr: the queued slot its repaired policy was written onto
-REPAIR_MARGIN = 0.05  # a repair is estimated this far under the limit: the trial's own measurement has noise
+REPAIR_MARGIN = 0.05  # a repair step is judged once the layer table's estimate puts it this far under the limit
+REPAIR_CHECKS = 3  # repair steps judged over the limit before a repair is given up
 REPEAT_ATTR = "repeat_of"  # a trial's user attr (and its measurement's extra): the earlier trial it repeats
 UNRECOVERED_ATTR = "unrecovered"  # a trial's user attr: judged without recovery, over the latency budget
 
@@ -98,17 +99,18 @@ def _unrecovered_over_budget(ev: Evaluator, policy: Policy, limits: dict[str, fl
     return ev.candidate(policy, net, keys, recovery="none", trial=number, score=False, started=started)
 
 
-def repaired(ev: Evaluator, policy: Policy, latency_ms: float, limit: float,
-             margin: float = REPAIR_MARGIN) -> Policy | None:  # fmt: skip
-    """A policy near ``policy`` (judged at ``latency_ms``, over ``limit``) that the search's latency model should
-    put within it, or None when none of the steps is estimated within: every layer int8, then the groups' channel
-    counts one option down their grids (:meth:`SearchSpace.narrower`) in the policy's precisions and all int8, two,
-    three notches... — the first step estimated at most ``limit`` × (1 − ``margin``). The estimate is
-    ``latency_ms`` scaled by the layer table's ratio of the two policies' predictions: it needs only the pruned
-    model's layer shapes (no recovery, no quantization, no run), and scaling the policy's own judgement keeps the
-    frame the latency model judged it in. The blocks a policy drops stay as sampled. Why: in the focused ResNet-20
-    searches 20-27 of 40 trials landed over the 0.5x budget, unscored, and the sampler learned only that they were
-    over; a repaired neighbour within it is a scored trial where the sampler was looking."""
+def repaired(ev: Evaluator, policy: Policy, latency_ms: float, limit: float, margin: float = REPAIR_MARGIN,
+             checks: int = REPAIR_CHECKS) -> Policy | None:  # fmt: skip
+    """A policy near ``policy`` (judged at ``latency_ms``, over ``limit``) that the search's latency model puts
+    within it, or None: the steps are every layer int8, then the groups' channel counts one option down their grids
+    (:meth:`SearchSpace.narrower`) in the policy's precisions and all int8, two, three notches...; a step estimated at
+    most ``limit`` × (1 − ``margin``) is judged by the search's latency model itself (unrecovered: latency follows
+    the graph; the measured model caches it, so the repaired trial re-uses that run) and returned when within; after
+    ``checks`` judged over, None. The estimate is ``latency_ms`` scaled by the layer table's ratio of the two
+    policies' predictions: it needs only the pruned model's layer shapes (no recovery, no quantization, no run).
+    The blocks a policy drops stay as sampled. Why: in the focused ResNet-20 searches 20-27 of 40 trials landed over
+    the 0.5x budget, unscored, and the sampler learned only that they were over; a repaired neighbour within it is a
+    scored trial where the sampler was looking."""
     from deepslim.errors import DeepSlimError
     from deepslim.search.latency import layer_keys
     from deepslim.search.space import prune_policy
@@ -132,11 +134,15 @@ def repaired(ev: Evaluator, policy: Policy, latency_ms: float, limit: float,
                 continue
             seen.add(key)
             try:
-                estimate = latency_ms * predicted(step) / own
-            except DeepSlimError:
-                continue
-            if estimate <= limit * (1 - margin):
-                return step
+                if latency_ms * predicted(step) / own > limit * (1 - margin):
+                    continue
+                if ev.build(step, "none")[1] <= limit:
+                    return step
+            except DeepSlimError:  # refused by the toolkit (its export, say), as a trial would be: the next step
+                pass
+            checks -= 1
+            if checks <= 0:
+                return None
     return None
 
 
