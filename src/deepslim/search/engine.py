@@ -307,6 +307,7 @@ def _judging_frame(ev: Evaluator, budgets: tuple[Budget, ...], ratios: Sequence[
     """The frame every trial is judged in: the dense candidate (the table calibrated on it, or, resuming a study,
     the calibration and floor check it recorded: ``recorded``), the budgets' absolute limits (an infeasible budget
     refused here, before any trial) and the uniform family judged in it."""
+    ev.settle_reference()  # the measured model's frame: a median of paired readings, not one start-up reading
     dense = calibrate_table(ev, recorded)
     limits = {b.metric: b.limit(_frame.base(dense, b.metric)) for b in budgets}
     ev.latency_limit = limits.get("latency")  # the measured model repeats the runs of policies near it

@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 RECOVERIES = ("none", "bn", "steps", "finetune")  # "steps": the trials' proxy, a short (distilled) fine-tune
 # what gives a policy's latency: the node-level table, the per-layer table, or the policy measured end to end
 LATENCY_MODELS = ("nodes", "layers", "measured")
+REFERENCE_RUNS = 3  # runs of the dense model against itself that set the measured model's frame (settle_reference)
 
 
 @dataclass(frozen=True)
@@ -215,18 +216,19 @@ class Evaluator:
 
     def measured_ms(self, policy: Policy, net: nn.Module) -> float:
         """``policy``'s latency measured end to end (the ``measured`` latency model), interleaved with the dense model
-        in the same run and expressed in the frame of the dense model's first measurement: ``dense_ms × policy /
-        dense``, so load that changes between trials moves both and cancels. Measured once per channel/precision
-        shape (:class:`~deepslim.search._timing.PairTimer`: the dense file exported once, float models with the fast
-        exporter); a policy whose first run says it meets ``latency_limit`` (or misses it by at most
-        ``repeat_margin``) is run ``measure_repeats`` times in all and judged by the median ratio. Why every
-        apparently feasible policy and not only those near the limit: one run could not separate policies ~10% apart
-        at load 3–4 (session 8), and a rare run reads a policy far faster than it is (session 10: two of 200 trials
-        at 0.24× dense whose runs otherwise give 0.30–0.34×); the search then prefers exactly those trials — the
-        larger, more accurate ones that seemed to fit — and every finalist failed its re-measurement. A policy far
-        over the limit is measured once: misjudging it only loses a candidate. Without a latency budget (latency an
-        objective only) every policy is measured once: the Pareto front then rests on single runs, and the finals'
-        re-measurement is what checks it. A model the runtime cannot run is refused as the trial's ExportError."""
+        in the same run and expressed in the frame of the dense model's reference (:meth:`settle_reference`, else its
+        first reading alone): ``dense_ms × policy / dense``, so load that changes between trials moves both and
+        cancels. Measured once per channel/precision shape (:class:`~deepslim.search._timing.PairTimer`: the dense
+        file exported once, float models with the fast exporter); a policy whose first run says it meets
+        ``latency_limit`` (or misses it by at most ``repeat_margin``) is run ``measure_repeats`` times in all and
+        judged by the median ratio. Why every apparently feasible policy and not only those near the limit: one run
+        could not separate policies ~10% apart at load 3–4 (session 8), and a rare run reads a policy far faster than
+        it is (session 10: two of 200 trials at 0.24× dense whose runs otherwise give 0.30–0.34×); the search then
+        prefers exactly those trials — the larger, more accurate ones that seemed to fit — and every finalist failed
+        its re-measurement. A policy far over the limit is measured once: misjudging it only loses a candidate.
+        Without a latency budget (latency an objective only) every policy is measured once: the Pareto front then
+        rests on single runs, and the finals' re-measurement is what checks it. A model the runtime cannot run is
+        refused as the trial's ExportError."""
         shape = _shape(policy)
         if shape in self._measured:
             return self._measured[shape]
@@ -253,6 +255,30 @@ class Evaluator:
         self._runs[shape] = runs
         self._measured[shape] = base * runs["median"]
         return self._measured[shape]
+
+    def settle_reference(self, runs: int = REFERENCE_RUNS) -> float | None:
+        """Set the measured model's frame (the dense model's milliseconds that every ratio to dense is scaled by,
+        and so a relative budget's limit) to the median of every reading of the dense model in ``runs`` runs of it
+        timed against itself, as trials' pairs are timed (interleaved, a process each), instead of the one reading
+        alone that :meth:`measured_ms` takes when nothing set it; the search's first step
+        (:func:`deepslim.search.engine._judging_frame`). Its value, or None for the other latency models or once
+        the frame is set. Why: one start-up reading set the frame (session 15: 0.854 ms where the paired runs read
+        dense at ~0.59), so a run's limit and every trial's milliseconds moved with it — not the feasible set (a
+        trial is judged by its median ratio to dense readings interleaved with it, the limit by the same factor),
+        but every reported millisecond, and the frame the floor check and the report compare in."""
+        dense = _shape(self.space.dense())
+        if self.latency_model != "measured" or dense in self._measured:
+            return None
+        if self._timer is None:
+            self._timer = PairTimer(self.table, self.model, self.data.example_input)
+        try:
+            found = self._timer.runs(self.model, runs)
+        except ExportError as exc:
+            raise ExportError(f"the dense model could not be measured end to end: {exc}") from exc
+        readings = sorted(t for pair in found for t in pair)
+        mid = len(readings) // 2
+        self._measured[dense] = readings[mid] if len(readings) % 2 else (readings[mid - 1] + readings[mid]) / 2
+        return self._measured[dense]
 
     def node_raw(self, policy: Policy, net: nn.Module) -> float | None:
         """The node table's plain sum (no calibration) for ``policy`` built as ``net``; None without a node table
