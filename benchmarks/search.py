@@ -283,8 +283,20 @@ def _progress(c: Any, stamps: list[float], cpu: list[float]) -> None:
     print(f"{time.strftime('%H:%M:%S')} trial {c.trial}: {kept} channels, {dropped} blocks dropped, accuracy "
           f"{acc}, {c.latency_ms:.4f} ms, feasible {c.feasible}"
           + (f" (repeat of trial {c.measurement.extra['repeat_of']})" if "repeat_of" in c.measurement.extra else "")
-          + (" (not recovered: over the latency budget)" if c.recovery == "none" else ""),
+          + (" (not recovered: over the latency budget)" if c.recovery == "none" else "")
+          + (f" (repair of trial {c.measurement.extra['repair_of']})" if "repair_of" in c.measurement.extra else ""),
           file=sys.stderr, flush=True)  # fmt: skip
+
+
+def _trial_row(c: Any) -> dict[str, Any]:
+    """One trial in brief: within budget or not, what it dropped and quantized, its proxy accuracy and latency, and
+    whether it repeats or repairs an earlier trial."""
+    extra = c.measurement.extra
+    runs = extra.get("measured_runs") or {}
+    return {"trial": c.trial, "feasible": c.feasible, "accuracy": c.accuracy, "latency_ms": c.latency_ms,
+            "ratio_to_dense": runs.get("median"), "blocks_dropped": sum(c.policy.drop.values()),
+            "int8": sum(c.policy.int8.values()), "channels": sum(c.policy.keep.values()), "recovery": c.recovery,
+            "repeat_of": extra.get("repeat_of"), "repair_of": extra.get("repair_of")}  # fmt: skip
 
 
 def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: str | None) -> None:
@@ -328,7 +340,8 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: st
                    "pareto_feasible": [c.to_dict() for c in result.pareto],
                    "best": result.best.to_dict() if result.best else None,
                    "uniform": result.uniform.to_dict() if result.uniform else None,
-                   "finalists": [c.to_dict() for c in result.finalists], "notes": list(result.notes)}  # fmt: skip
+                   "finalists": [c.to_dict() for c in result.finalists], "notes": list(result.notes),
+                   "trials": [_trial_row(c) for c in result.trials]}  # fmt: skip
             runs.append(run)
             entry["budgets"][str(budget)] = runs
             save_json(out, path)
