@@ -210,3 +210,33 @@ def test_a_group_profile_gives_every_group_a_positive_time_per_mac(setup, tmp_pa
                                  input_shape=tuple(X.shape), runs=3)  # fmt: skip
     assert set(found) == {"0", "3.conv1"} and all(v > 0 for v in found.values())
     assert (tmp_path / "g.onnx").is_file()
+
+
+def _optimized_ops(path) -> dict[str, int]:
+    """The op types of ONNX Runtime's optimized graph of ``path`` (one thread, every optimization) and their counts."""
+    import collections
+
+    import onnx
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads, opts.log_severity_level = 1, 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(path) + ".opt"
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return dict(collections.Counter(n.op_type for n in onnx.load(str(path) + ".opt").graph.node))
+
+
+def test_a_float_probe_runs_in_float_in_onnx_runtime_as_the_toolkits_mixed_export_does(setup, tmp_path):
+    # with only its weights dequantized, ONNX Runtime fused the layer back into a QLinearConv (session 16: the
+    # probe measured an int8 file, the toolkit's mixed export of the same policy ran 28 % slower)
+    net, space, dense, slicer = setup
+    policy = replace(dense, keep={"0": 16, "3.conv1": 32}, int8={**dense.int8, "3.conv2": False})
+    slicer.write(policy, tmp_path / "cut.onnx", floats=["3.conv2"])
+    slicer.write(replace(policy, int8=dense.int8), tmp_path / "int8.onnx")
+    _int8(net, space, policy, tmp_path / "toolkit.onnx")
+    cut, toolkit, int8 = (_optimized_ops(tmp_path / f) for f in ("cut.onnx", "toolkit.onnx", "int8.onnx"))
+    # the layer reads float, so the layer before it, whose output quantizer is gone, runs in float too, in both files
+    assert cut["QLinearConv"] == toolkit["QLinearConv"] == int8["QLinearConv"] - 2
+    assert cut.get("Conv", 0) + cut.get("FusedConv", 0) == toolkit.get("Conv", 0) + toolkit.get("FusedConv", 0) == 2
+    assert int8.get("Conv", 0) + int8.get("FusedConv", 0) == 0

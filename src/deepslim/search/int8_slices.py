@@ -9,8 +9,9 @@ a policy's file keeps the first ``k`` channels of each group: each weight's int8
 zero points and the int32 bias cut along the group's axis — the same nodes, the same quantizers, the policy's
 shapes. Which layers' outputs and inputs a group sets is read from the dependency graph's description of the group
 (``"conv1 out ⇒ bn1 ⇒ conv2 in (64 channels)"``). A layer the policy keeps float can be written with its weights
-dequantized (``floats``): ONNX Runtime then leaves that convolution out of its integer kernels — an approximation
-of the toolkit's mixed export (which also drops that layer's own input quantizer), for probing only.
+dequantized and its input read before its quantize-dequantize pair (``floats``), as the toolkit's mixed export
+drops that layer's input quantizer: ONNX Runtime then runs that convolution in float (with the weights alone
+dequantized it fused them back into an integer convolution — session 16) — an approximation for probing only.
 
 The files are for timing: the activations' quantization parameters are the dense model's, so the outputs are not
 the pruned model's (use ``prune_`` and ``export_onnx`` for a model to ship). The toolkit's export of the same policy
@@ -248,6 +249,14 @@ def _value_key(a: np.ndarray) -> tuple[tuple[int, ...], bytes]:
 def _dequantize(model: Any, w: _Weighted, arrays: dict[str, np.ndarray]) -> None:
     """The layer's weight (and bias) as float initializers in place of their DequantizeLinear nodes."""
     node = model.graph.node[w.node]
+    producer = {o: n for n in model.graph.node for o in n.output}
+    dq = producer.get(node.input[0])
+    q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
+    if q is not None and q.op_type == "QuantizeLinear":
+        # the float input, not its quantize-dequantize pair: ONNX Runtime would fuse the pair, the float weight and
+        # the next quantizer back into an integer convolution (session 16: the probe ran in int8); the toolkit's
+        # mixed export drops the layer's input quantizer too
+        node.input[0] = q.input[0]
     codes, scale, zero = (arrays[t] for t in w.weight)
     shape = [1] * codes.ndim
     shape[w.out_axis] = -1

@@ -40,9 +40,9 @@ Session 16: with ``window``, a profiled round also moves down together every run
 each other in the cost ranking among the ``window`` costliest — one stage's groups (ResNet-18's layer 4) ranked
 below a group whose average cost per MAC overstates it (layer 1's interiors) were never moved down together before;
 ``confirms``: a passing candidate is confirmed by the median of that many fresh timings beside ``P`` alone (one
-confirmation let gains of 1–3 % through or out by chance); ``polish``: after the rounds (and the precision pass), the start and the
-policy after each move are timed together that many times in fresh runs and the fastest by its median ratio to the start
-kept (the start when none gains ``min_gain``): the moves after it are undone.
+confirmation let gains of 1–3 % through or out by chance); ``polish``: after the rounds (and the precision pass),
+the start and the policy after each move are timed together that many times in fresh runs and the fastest by its
+median ratio to the start kept (the start when none gains ``min_gain``): the moves after it are undone.
 
 Rounds continue while a move passes. Then, with ``precision``, each int8 layer of the policy is timed in float
 (beside ``P``, MACs unchanged) and the fastest kept when it gains ``min_gain`` — whether a layer pays for its
@@ -370,9 +370,11 @@ def _precision(walk: _Walk, p: Policy, config: SpeedMovesConfig,
         trials = [replace(p, int8={**p.int8, n: False}) for n in layers]
         measured = walk.ratios(p, trials)
         best = min(range(len(layers)), key=lambda i: measured[i])
-        gained = _confirmed(walk, p, trials[best], measured[best], config)[0] <= 1 - config.min_gain
+        ratio, again = _confirmed(walk, p, trials[best], measured[best], config)
+        gained = ratio <= 1 - config.min_gain
         entries.append({"precision": {n: round(m, 4) for n, m in zip(layers, measured, strict=True)},
-                        "move": f"{layers[best]} float" if gained else None})  # fmt: skip
+                        "move": f"{layers[best]} float" if gained else None,
+                        **({"confirm_ratios": [round(r, 4) for r in again]} if again else {})})  # fmt: skip
         if not gained:
             return p, entries
         p = trials[best]
