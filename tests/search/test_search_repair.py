@@ -9,7 +9,7 @@ import pytest
 from deepslim.errors import ConfigError
 from deepslim.search.evaluate import Evaluator
 from deepslim.search.latency import LatencyTable
-from deepslim.search.trials import REPAIR_ATTR, REPAIRED_ATTR, model_key, repaired
+from deepslim.search.trials import REPAIR_ATTR, REPAIR_HEADROOM, REPAIRED_ATTR, model_key, repaired
 from tests.search._tiny import digits, fake_ms, params_ms
 from tests.search.test_depth_search import _space, trained
 
@@ -29,7 +29,7 @@ def test_a_repaired_policy_meets_the_budget_on_the_fake_table_and_stays_near_the
     assert own > limit
     fixed = repaired(ev, policy, own, limit)
     assert fixed is not None and model_key(space, fixed) != model_key(space, policy)
-    assert ev.build(fixed, "none")[1] <= limit  # the layer model is the estimate here: within, as estimated
+    assert ev.build(fixed, "none")[1] <= limit * (1 - REPAIR_HEADROOM)  # within, with room for the finals' noise
     assert fixed.drop == policy.drop  # the blocks dropped stay as sampled
     assert all(fixed.keep[g.name] <= policy.keep[g.name] for g in space.groups)
     assert repaired(ev, policy, own, 0.01 * dense_ms) is None  # nothing in the space reaches 1 %: no repair
@@ -81,7 +81,8 @@ def test_with_the_layer_model_judging_every_repair_meets_the_budget(tmp_path_fac
     # the measured model the estimate scales the trial's own measurement and can miss; the benchmark counts them)
     result = _search(tmp_path_factory.mktemp("layers"), 12, latency_model="layers")
     repairs = [c for c in result.trials if REPAIR_ATTR in c.measurement.extra]
-    assert repairs and all(c.feasible and c.latency_ms <= result.limits["latency"] for c in repairs)
+    assert repairs and all(c.feasible and c.latency_ms <= result.limits["latency"] * (1 - REPAIR_HEADROOM)
+                           for c in repairs)  # fmt: skip
     sources = {c.measurement.extra[REPAIR_ATTR] for c in repairs}
     assert all(not c.feasible for c in result.trials if c.trial in sources)
 
