@@ -11,6 +11,9 @@ the latency-aware policy, interleaved, wall clock and CPU time side by side.
 Session 12: ``--profile`` steers each round by ONNX Runtime's per-node profile of the current policy's cut file
 (each group's ms per MAC, :meth:`deepslim.search.int8_slices.Int8Slicer.group_profile`) instead of by probes, with
 exchanges that move several of the costliest groups down at once (``SpeedMovesConfig.multi``, ``shares``, ``reach``).
+Session 16: a stage's groups down together (``window``), confirmation by a median of fresh timings (``confirms``), the
+whole path timed again at the end (``polish``), e.g. ``--profile 20 --config '{"multi": 4, "shares": [0.05, 0.1, 0.2,
+0.3], "candidates": 8, "patience": 2, "window": 8, "confirms": 3, "polish": 3}'``.
 """
 
 from __future__ import annotations
