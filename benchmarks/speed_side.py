@@ -191,6 +191,22 @@ def speed_measured(*, rounds: int = 20, interleaves: int = 6, probe_rounds: int 
             "loadavg_before_after_measure": loads, "rows": rows}  # fmt: skip
 
 
+def side_by_side(files: dict[str, str], *, interleaves: int = 6, rounds: int = 20, copies: int = 2,
+                 shape: tuple[int, ...] = (1, 3, 224, 224)) -> dict[str, Any]:  # fmt: skip
+    """ONNX files (label -> path) timed side by side, interleaved (:func:`time_cpu`): each one's speed over the first
+    file's, CPU time paired round by round (pooled over the runs and per run) and wall-clock minimum per run."""
+    load = [Path("/proc/loadavg").read_text().split()[:3]]
+    runs = time_cpu([(f, list(shape)) for f in files.values()], interleaves, rounds, 2, copies)
+    load.append(Path("/proc/loadavg").read_text().split()[:3])
+    pooled, per_run = paired_ratios(runs), [paired_ratios([r]) for r in runs]
+    labels = list(enumerate(files))
+    return {"files": files, "loadavg_start_end": load, "interleaves": interleaves, "rounds": rounds,
+            "x_first_cpu_pooled": {k: pooled[0] / pooled[i] for i, k in labels},
+            "x_first_cpu_per_run": {k: [p[0] / p[i] for p in per_run] for i, k in labels},
+            "x_first_wall_min_per_run": {k: [r["min_ms"][0] / r["min_ms"][i] for r in runs] for i, k in labels},
+            "runs": runs}  # fmt: skip
+
+
 def main() -> None:
     import argparse
     import logging
@@ -211,7 +227,16 @@ def main() -> None:
     p.add_argument("--steer", action="store_true", help="with --policy: steer from it (MACs at most uniform's)")
     p.add_argument("--profile", type=int, default=0, metavar="RUNS",
                    help="steer by each policy's group profile (RUNS profiled runs), not by probes")
+    p.add_argument("--compare", nargs="+", metavar="LABEL=FILE",
+                   help="only time these ONNX files side by side (speed over the first), no steering")  # fmt: skip
     args = p.parse_args()
+    if args.compare:
+        pairs = [c.partition("=") for c in args.compare]
+        found = side_by_side({label: path for label, _, path in pairs}, interleaves=args.interleaves,
+                             rounds=args.rounds, copies=args.copies)  # fmt: skip
+        with atomic_path(Path(args.json)) as tmp:
+            tmp.write_text(json.dumps(found, indent=1))
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     load = Path("/proc/loadavg").read_text().split()[:3]
     config = SpeedMovesConfig.from_dict(json.loads(args.config))
