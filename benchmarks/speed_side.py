@@ -12,8 +12,9 @@ Session 12: ``--profile`` steers each round by ONNX Runtime's per-node profile o
 (each group's ms per MAC, :meth:`deepslim.search.int8_slices.Int8Slicer.group_profile`) instead of by probes, with
 exchanges that move several of the costliest groups down at once (``SpeedMovesConfig.multi``, ``shares``, ``reach``).
 Session 16: a stage's groups down together (``window``), confirmation by a median of fresh timings (``confirms``), the
-whole path timed again at the end (``polish``), e.g. ``--profile 20 --config '{"multi": 4, "shares": [0.05, 0.1, 0.2,
-0.3], "candidates": 8, "patience": 2, "window": 8, "confirms": 3, "polish": 3}'``.
+whole path timed again at the end (``polish``): session 16's runs gave ``--profile 20 --config '{"multi": 4, "shares":
+[0.05, 0.1, 0.2, 0.3], "candidates": 8, "patience": 2, "window": 8, "confirms": 3, "polish": 3}'``, which are now
+``SpeedMovesConfig()``'s defaults (``--config '{}'`` runs them).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ import pytest
 from deepslim.errors import ConfigError
 from deepslim.search.space import GroupChoice, Policy, SearchSpace
 from deepslim.search.speed_moves import SpeedMovesConfig, speed_moves
+from tests.search._speed_configs import legacy
 
 GRID = (16, 32, 48, 64)
 SPACE = SearchSpace(groups=tuple(GroupChoice(g, 64, GRID) for g in "abc"), int8_layers=("x", "y"))
@@ -39,7 +40,7 @@ def test_channels_move_from_the_group_where_a_mac_costs_most_to_where_it_costs_l
     # per 100 MACs: a costs 3 ms, b 1 ms, c 2 ms; exchanging a's step for b's saves 32 ms at 8,000 MACs
     timer = scripted({"a": 3.0, "b": 1.0, "c": 1.0}, {"x": 5.0, "y": -20.0})
     result = speed_moves(SPACE, START, macs=macs, time=timer,
-                         config=SpeedMovesConfig(probe_share=0.0, min_gain=0.01))  # fmt: skip
+                         config=legacy(probe_share=0.0, min_gain=0.01))  # fmt: skip
     assert result.policy.keep == {"a": 16, "b": 48, "c": 32}
     assert result.policy.int8 == {"x": True, "y": False}  # y measured faster in float, x slower
     assert result.macs == result.limit == 8000
@@ -55,7 +56,7 @@ def test_channels_move_from_the_group_where_a_mac_costs_most_to_where_it_costs_l
 def test_a_probe_takes_several_grid_steps_where_one_step_moves_too_few_macs():
     timer = scripted({"a": 3.0, "b": 1.0, "c": 1.0})
     speed_moves(SPACE, START, macs=macs, time=timer,
-                config=SpeedMovesConfig(probe_share=0.15, rounds=1, precision=False))  # fmt: skip
+                config=legacy(probe_share=0.15, rounds=1, precision=False))  # fmt: skip
     probes = timer.batches[0][1:]
     # 15 % of 8,000 MACs = 1,200: one step of a or b (1,600) is enough, c needs two (800 each) and has one up
     assert [p.keep for p in probes] == [
@@ -68,7 +69,7 @@ def test_the_moved_policy_never_has_more_macs_than_the_start_nor_fewer_than_the_
     rng = random.Random(seed)
     timer = scripted({g: rng.uniform(0.1, 5.0) for g in "abc"})
     start = Policy(keep={g: rng.choice(GRID[1:3]) for g in "abc"}, int8={"x": True, "y": True})
-    result = speed_moves(SPACE, start, macs=macs, time=timer, config=SpeedMovesConfig(probe_share=0.0, band=0.2))
+    result = speed_moves(SPACE, start, macs=macs, time=timer, config=legacy(probe_share=0.0, band=0.2))
     assert result.macs <= result.limit == macs(start)
     assert result.macs >= 0.8 * result.limit
     assert timer.batches[-1][0] == result.policy  # the result is the policy last timed as the reference
@@ -81,7 +82,7 @@ def test_a_limit_above_the_start_lets_the_moves_spend_the_macs_the_start_left():
     timer = scripted({"a": 3.0, "b": 1.0, "c": 1.0})
     start = Policy(keep={"a": 32, "b": 32, "c": 16}, int8={})  # 7,200 MACs
     result = speed_moves(SPACE, start, macs=macs, time=timer, limit=8000,
-                         config=SpeedMovesConfig(probe_share=0.0, precision=False))  # fmt: skip
+                         config=legacy(probe_share=0.0, precision=False))  # fmt: skip
     # a's step down (-1,600 MACs) refilled on b and c up to their probes (+1,600 and +800): 1144 -> 1128 ms
     assert result.policy.keep == {"a": 16, "b": 48, "c": 32}
     assert result.limit == result.macs == 8000
@@ -104,11 +105,11 @@ def test_bad_start_policies_timers_and_configs_are_refused_with_the_reason():
     with pytest.raises(ConfigError, match="one positive time per policy"):
         speed_moves(SPACE, START, macs=macs, time=lambda ps: [1.0])
     with pytest.raises(ConfigError, match="band is a share"):
-        SpeedMovesConfig(band=1.5)
+        legacy(band=1.5)
     for field, bad in (("candidates", 0), ("rounds", "6"), ("rounds", 2.5), ("rounds", True), ("candidates", None),
                        ("band", "0.01"), ("min_gain", None), ("precision", 1), ("confirm", "no")):  # fmt: skip
         with pytest.raises(ConfigError, match=field):
-            SpeedMovesConfig(**{field: bad})
+            legacy(**{field: bad})
 
 
 def test_a_move_that_passes_once_but_not_when_timed_again_is_not_taken():
@@ -122,15 +123,15 @@ def test_a_move_that_passes_once_but_not_when_timed_again_is_not_taken():
         return [100.0] + [90.0 if len(calls) == 2 else 100.0 for _ in policies[1:]]
 
     result = speed_moves(SPACE, START, macs=macs, time=lucky_once,
-                         config=SpeedMovesConfig(probe_share=0.0, precision=False))  # fmt: skip
+                         config=legacy(probe_share=0.0, precision=False))  # fmt: skip
     assert result.policy == START
     assert result.log[1]["confirmed"] == 1.0 and calls[2] == 2
     unconfirmed = speed_moves(SPACE, START, macs=macs, time=scripted({"a": 3.0, "b": 1.0, "c": 1.0}),
-                              config=SpeedMovesConfig(probe_share=0.0, precision=False, confirm=False))  # fmt: skip
+                              config=legacy(probe_share=0.0, precision=False, confirm=False))  # fmt: skip
     assert unconfirmed.timed == 7 + 2 + 6
 
 
 def test_the_config_round_trips_through_json():
-    config = SpeedMovesConfig(rounds=2, band=0.02, probe_share=0.05, candidates=3, min_gain=0.02, precision=False,
+    config = legacy(rounds=2, band=0.02, probe_share=0.05, candidates=3, min_gain=0.02, precision=False,
                               confirm=False)
     assert SpeedMovesConfig.from_dict(config.to_dict()) == config

@@ -10,6 +10,7 @@ import pytest
 from deepslim.errors import ConfigError
 from deepslim.search.space import GroupChoice, Policy, SearchSpace
 from deepslim.search.speed_moves import SpeedMovesConfig, speed_moves
+from tests.search._speed_configs import legacy
 
 NARROW, WIDE = (16, 32, 48, 64), tuple(range(16, 257, 16))
 SPACE = SearchSpace(groups=(*(GroupChoice(g, 64, NARROW) for g in "abc"), GroupChoice("d", 256, WIDE)),
@@ -44,7 +45,7 @@ def profiler(calls: list[Policy]):
 def test_three_groups_move_down_together_where_each_alone_gains_less_than_min_gain():
     batches: list[list[Policy]] = []
     calls: list[Policy] = []
-    config = SpeedMovesConfig(shares=(0.05, 0.3), multi=3, precision=False)
+    config = legacy(shares=(0.05, 0.3), multi=3, precision=False)
     result = speed_moves(SPACE, START, macs=macs, time=timer(batches), profile=profiler(calls), config=config)
     assert result.policy.keep == {"a": 16, "b": 16, "c": 16, "d": 112}
     assert result.macs == result.limit == macs(START)
@@ -59,16 +60,16 @@ def test_three_groups_move_down_together_where_each_alone_gains_less_than_min_ga
 
 def test_with_one_group_at_a_time_the_same_profile_finds_no_move_that_passes():
     result = speed_moves(SPACE, START, macs=macs, time=timer([]), profile=profiler([]),
-                         config=SpeedMovesConfig(shares=(0.05, 0.3), multi=1, precision=False))  # fmt: skip
+                         config=legacy(shares=(0.05, 0.3), multi=1, precision=False))  # fmt: skip
     assert result.policy == START
     assert result.log[1]["tried"][0]["measured"] == pytest.approx(1184.0 / 1188.8, abs=1e-4)  # 0.4 %: too little
 
 
 def test_the_refill_goes_no_further_than_reach_grid_steps_above_the_current_policy():
-    config = SpeedMovesConfig(shares=(0.3,), multi=3, reach=2, rounds=1, precision=False)
+    config = legacy(shares=(0.3,), multi=3, reach=2, rounds=1, precision=False)
     narrow = speed_moves(SPACE, START, macs=macs, time=timer([]), profile=profiler([]), config=config)
     assert narrow.policy == START  # 4,800 MACs freed, 3,200 refilled on d: outside the 1 % band
-    config = SpeedMovesConfig(shares=(0.3,), multi=3, reach=2, rounds=1, precision=False, band=0.15)
+    config = legacy(shares=(0.3,), multi=3, reach=2, rounds=1, precision=False, band=0.15)
     wide = speed_moves(SPACE, START, macs=macs, time=timer([]), profile=profiler([]), config=config)
     assert wide.policy.keep == {"a": 16, "b": 16, "c": 16, "d": 96}  # d two steps up, no further
     assert wide.macs == 14_400
@@ -84,7 +85,7 @@ def test_profiled_moves_never_exceed_the_limit_nor_fall_below_the_band(seed):
         return [500.0 + sum(costs[g] * k for g, k in p.keep.items()) for p in policies]
 
     result = speed_moves(SPACE, start, macs=macs, time=time, profile=lambda p: {g: c / 100 for g, c in costs.items()},
-                         config=SpeedMovesConfig(band=0.05, multi=rng.randint(1, 4), precision=False))  # fmt: skip
+                         config=legacy(band=0.05, multi=rng.randint(1, 4), precision=False))  # fmt: skip
     assert 0.95 * result.limit <= result.macs <= result.limit == macs(start) or result.policy == start
     assert time([result.policy])[0] <= time([start])[0]
     for entry in result.log[1:]:
@@ -107,7 +108,7 @@ BAD = [("shares", ()), ("shares", (0.0,)), ("shares", (1.0,)), ("shares", ("0.1"
 @pytest.mark.parametrize("field, bad", BAD)
 def test_bad_profile_settings_are_refused_by_name(field, bad):
     with pytest.raises(ConfigError, match=field):
-        SpeedMovesConfig(**{field: bad})
+        legacy(**{field: bad})
 
 
 def test_the_profile_settings_round_trip_through_json_and_shares_given_as_a_list_become_a_tuple():
@@ -126,7 +127,7 @@ def test_with_patience_a_round_whose_best_candidate_fails_is_followed_by_one_tim
         return [1000.0 + sum(real[g] * k for g, k in p.keep.items()) for p in policies]
 
     def run(patience: int):
-        config = SpeedMovesConfig(shares=(0.05,), multi=2, candidates=1, min_gain=0.005, rounds=2, patience=patience,
+        config = legacy(shares=(0.05,), multi=2, candidates=1, min_gain=0.005, rounds=2, patience=patience,
                                   precision=False)  # fmt: skip
         return speed_moves(SPACE, START, macs=macs, time=time, profile=lambda p: profile, config=config)
 
@@ -146,7 +147,7 @@ def test_after_a_failed_round_the_groups_every_failed_candidate_moved_down_leave
     def time(policies):
         return [1000.0 + sum(real[g] * k for g, k in p.keep.items()) for p in policies]
 
-    config = SpeedMovesConfig(shares=(0.05, 0.1), multi=1, candidates=2, min_gain=0.005, rounds=2, patience=1,
+    config = legacy(shares=(0.05, 0.1), multi=1, candidates=2, min_gain=0.005, rounds=2, patience=1,
                               precision=False)  # fmt: skip
     result = speed_moves(SPACE, START, macs=macs, time=time, profile=lambda p: profile, config=config)
     assert [t["down"] for t in result.log[1]["tried"]] == ["a"]  # only a's move: the costliest alone (multi 1)

@@ -10,6 +10,7 @@ import pytest
 from deepslim.errors import ConfigError
 from deepslim.search.space import GroupChoice, Policy, SearchSpace
 from deepslim.search.speed_moves import SpeedMovesConfig, speed_moves
+from tests.search._speed_configs import legacy
 
 GRID, STAGE = tuple(range(16, 257, 16)), (96, 112, 128)
 # f: a group whose profile overstates it (a fixed cost: ranked costliest, really the cheapest); x1-x3: one stage, each
@@ -39,7 +40,7 @@ def profile(p: Policy) -> dict[str, float]:
 
 
 def steer(time=exact, **settings) -> object:
-    config = SpeedMovesConfig(**{"shares": (0.1,), "multi": 3, "rounds": 1, "min_gain": 0.02, "precision": False,
+    config = legacy(**{"shares": (0.1,), "multi": 3, "rounds": 1, "min_gain": 0.02, "precision": False,
                                  **settings})  # fmt: skip
     return speed_moves(SPACE, START, macs=macs, time=time, profile=profile, config=config)
 
@@ -103,7 +104,7 @@ def test_the_polish_keeps_the_moves_that_a_fresh_run_confirms():
                                         ("polish", -1), ("polish", "2")])  # fmt: skip
 def test_bad_steering_settings_are_refused_by_name(field, bad):
     with pytest.raises(ConfigError, match=field):
-        SpeedMovesConfig(**{field: bad})
+        legacy(**{field: bad})
 
 
 def test_the_polish_also_undoes_a_precision_move_that_a_fresh_run_does_not_confirm():
@@ -119,7 +120,7 @@ def test_the_polish_also_undoes_a_precision_move_that_a_fresh_run_does_not_confi
         return out
 
     def run(polish: int):
-        config = SpeedMovesConfig(rounds=0, min_gain=0.02, polish=polish)
+        config = legacy(rounds=0, min_gain=0.02, polish=polish)
         seen["n"] = 0
         return speed_moves(SPACE, start, macs=macs, time=time, profile=profile, config=config)
 
@@ -127,3 +128,16 @@ def test_the_polish_also_undoes_a_precision_move_that_a_fresh_run_does_not_confi
     polished = run(3)
     assert polished.policy == start
     assert polished.log[-1]["kept_moves"] == 0 and polished.log[-1]["medians"] == [pytest.approx(1.01)]
+
+
+def test_the_defaults_are_session_16s_measured_settings_and_reach_the_optimum_the_old_ones_miss():
+    config = SpeedMovesConfig()
+    assert (config.rounds, config.candidates, config.patience, config.shares) == (8, 8, 2, (0.05, 0.1, 0.2, 0.3))
+    assert (config.window, config.confirms, config.polish, config.precision) == (8, 3, 3, True)
+    # the optimum at equal MACs: the whole stage at its floor, f (the cheapest per channel) kept, m refilled
+    best = {"f": 64, "x1": 96, "x2": 96, "x3": 96, "m": 224}
+    found = speed_moves(SPACE, START, macs=macs, time=exact, profile=profile)
+    assert found.policy.keep == best and found.macs == found.limit
+    assert found.log[1]["move"] == {"x1": [128, 96], "x2": [128, 96], "m": [128, 192]}  # the stage, in one move
+    old = speed_moves(SPACE, START, macs=macs, time=exact, profile=profile, config=legacy())
+    assert old.policy.keep["f"] == 32 and real_ms(old.policy) > real_ms(found.policy) + 6  # f's sets first

@@ -42,7 +42,8 @@ below a group whose average cost per MAC overstates it (layer 1's interiors) wer
 ``confirms``: a passing candidate is confirmed by the median of that many fresh timings beside ``P`` alone (one
 confirmation let gains of 1–3 % through or out by chance); ``polish``: after the rounds (and the precision pass),
 the start and the policy after each move are timed together that many times in fresh runs and the fastest by its
-median ratio to the start kept (the start when none gains ``min_gain``): the moves after it are undone.
+median ratio to the start kept (the start when none gains ``min_gain``): the moves after it are undone. The
+defaults are the settings of session 16's nine runs (1.104–1.137× uniform at equal MACs on ResNet-18, BENCHMARKS.md).
 
 Rounds continue while a move passes. Then, with ``precision``, each int8 layer of the policy is timed in float
 (beside ``P``, MACs unchanged) and the fastest kept when it gains ``min_gain`` — whether a layer pays for its
@@ -74,20 +75,20 @@ GroupProfiler = Callable[[Policy], Mapping[str, float]]  # each group's measured
 class SpeedMovesConfig(Config):
     """How far and how carefully :func:`speed_moves` moves (see the module docstring)."""
 
-    rounds: int = 6
+    rounds: int = 8
     band: float = 0.01
     probe_share: float = 0.02
-    candidates: int = 6
+    candidates: int = 8
     min_gain: float = 0.01
     precision: bool = True
     confirm: bool = True
-    patience: int = 0
+    patience: int = 2
     multi: int = 4
-    shares: tuple[float, ...] = (0.05, 0.1, 0.2)
+    shares: tuple[float, ...] = (0.05, 0.1, 0.2, 0.3)
     reach: int = 4
-    window: int = 0
-    confirms: int = 1
-    polish: int = 0
+    window: int = 8
+    confirms: int = 3
+    polish: int = 3
 
     def __post_init__(self) -> None:
         shares = self.shares if isinstance(self.shares, (list, tuple)) else ()
