@@ -96,7 +96,7 @@ def learned(teacher: torch.nn.Module, args: argparse.Namespace, out: Path) -> tu
     kd = EncoderKDConfig(cpu_seconds=args.cpu, lr=args.lr, batch_size=16)
     info = {"config": config.to_dict(), "kd_config": kd.to_dict(), "texts": len(ids),
             "kd": learn_token_thresholds(student, teacher, ids, mask, config, kd)}
-    reduction, student.reduction = student.reduction, None
+    reduction, student.reduction = student.reduction, None  # type: ignore[assignment]  # saved without it
     torch.save(student.state_dict(), prefixed(out, ".pt"))
     student.reduction = reduction
     prefixed(out, ".json").write_text(json.dumps(info, indent=1) + "\n")
@@ -127,7 +127,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                             ("b32_padded_passages128", [padded])):  # fmt: skip
             t = time_files(files, feeds, args.rounds if what.startswith("b1") else max(3, args.rounds))
             for k in ("wall_ms", "cpu_ms"):
-                t[f"speedup_{k}"] = round(t["ort_fp32"][k] / t["ltp"][k], 3)  # type: ignore[assignment]
+                t[f"speedup_{k}"] = round(t["ort_fp32"][k] / t["ltp"][k], 3)  # type: ignore[arg-type]
             result["timing"][what] = t
     result["load_average_after"] = os.getloadavg()
     return result

@@ -44,8 +44,8 @@ class MergeTokensConfig(Config):
     0.9377 with ``"keys"`` and 0.9799 with ``"keys_states"`` (BENCHMARKS, session 11), at the price of a similarity
     product 2·C wide instead of C/heads and a few elementwise operators per merging layer. ``"states"``: the
     normalized state alone (the keys half left out): 0.9727 there, and with r=16's token-distilled weights 0.9786
-    against 0.9846, but the keys half is ~5 % of that model's time in ONNX Runtime at batch 1 and ~10 % at batch
-    32 (session 16).
+    against 0.9846, but without the keys half that model ran a median 3 % faster in ONNX Runtime at batch 1 and
+    6 % at batch 32; distilled under it, r=(16, 16, 16, 16, 16, 0) keeps 0.9817 (BENCHMARKS, session 16).
     """
 
     r: int | tuple[int, ...] = 8
