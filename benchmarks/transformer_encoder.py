@@ -168,7 +168,7 @@ def head_pruned(teacher: torch.nn.Module, test: ds.DataBundle, args: argparse.Na
     ``HEADS``), then distil embeddings and per-layer hidden states under a CPU budget (``deepslim.train.student``,
     peak learning rate 5e-4, session 12's probes) with the word embeddings frozen (half the weights, never pruned)."""
     _, ids, mask = texts
-    student = copy.deepcopy(teacher)
+    student: Any = copy.deepcopy(teacher)  # a SentenceEncoder (its .encoder is read below)
     calib = []
     for i in range(0, 512, 32):
         width = int(mask[i : i + 32].sum(1).max())
@@ -255,7 +255,7 @@ def tome_distilled(teacher: torch.nn.Module, args: argparse.Namespace,
                    texts: Texts, load: Path | None) -> tuple[Any, dict]:  # fmt: skip
     """ToMe with r = 16 per layer at sequence 128, its weights distilled with the merging in place (embeddings
     only, on ~100-token docstring passages)."""
-    student = copy.deepcopy(teacher)
+    student: Any = copy.deepcopy(teacher)  # a SentenceEncoder (its .reduction is reset below)
     if load is not None:
         student.load_state_dict(torch.load(prefixed(load, ".pt")))
         return student.eval(), json.loads(prefixed(load, ".json").read_text())
@@ -349,7 +349,7 @@ def run(args: argparse.Namespace) -> dict:
 
 def measure(files: dict[str, Path], data: ds.DataBundle, seq: int, args: argparse.Namespace) -> list[dict]:
     """Fidelity of each ONNX file's embeddings to the fp32 file's, and latency interleaved at batch 1 and 32."""
-    rows = []
+    rows: list[dict] = []
     ids = getattr(data.test.dataset, "ids")  # noqa: B009 (the sentence set's token tensor)
     ref = ort_embed(files["ort_fp32"], ids)
     fid = {name: embedding_fidelity(ort_embed(path, ids), ref, pairs=data.info["pairs"])
