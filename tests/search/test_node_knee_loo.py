@@ -28,7 +28,7 @@ def truth(raw: float, mb: float) -> float:
 
 def fitted(**kw: object) -> NodeTable:
     nodes = NodeTable(LatencyTable(threads=1, cache_dir=None), timer=lambda nodes, work: [])
-    assert nodes.calibrate_weights(POINTS, through=DENSE, **{"knee": True, **kw})  # type: ignore[arg-type]
+    assert nodes.calibrate_weights(POINTS, through=DENSE, **{"knee": True, **kw})
     return nodes
 
 
