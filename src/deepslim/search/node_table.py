@@ -340,7 +340,10 @@ class NodeTable:
         runs of sessions 14–15 (same calibration points and measurements): 47 / 42 / 39 / 45 / 44 / 49 of 50 within
         ±10 % with ``"loo-max"`` against 47 / 42 / 36 / 46 / 43 / 35 in sample (leave-one-out RMS: 47 / 42 / 36 / 46 /
         41 / 37). The worst error left out, because the target is a tail (every policy within ±10 %), and a knee
-        that one point's own leverage makes look good in sample is exposed when that point is left out. Why the
+        that one point's own leverage makes look good in sample is exposed when that point is left out. Not a cure:
+        in session 16's four fresh runs it scored 44 / 45 / 41 / 39 against the in-sample choice's 45 / 46 / 38 / 42
+        on the same measurements, and its knee moved 0.46 → 1.65 MiB (over the eleven recorded runs 42.2 of 50 on
+        average against 40.8, least 29 against 29; ``benchmarks/_search_floor16.py``). Why the
         knee at all: with the
         session-14 node sums (IO-bound, the per-node term added) a MobileNetV2 0.5 policy's measured time was its
         plain sum within −18…+12 µs up to ~0.75 MiB of weights, and beyond that grew by ~35–50 µs per MiB (the dense
