@@ -22,6 +22,7 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -46,7 +47,7 @@ def load() -> str:
     return " ".join(Path("/proc/loadavg").read_text().split()[:3])
 
 
-def proxies(doc: dict, dense: torch.nn.Module, data: object, nets: dict) -> None:
+def proxies(doc: dict, dense: torch.nn.Module, data: object, nets: dict) -> Iterator[None]:
     small = copy.copy(data)
     batches = {}
     for steps, _ in VARIANTS:
@@ -97,7 +98,7 @@ def timings(doc: dict, dense: torch.nn.Module, nets: dict, x: torch.Tensor) -> N
     from deepslim.export import export_onnx
 
     with tempfile.TemporaryDirectory() as work:
-        files = {}
+        files: dict[str, tuple[str, str]] = {}  # name -> (fast export, toolkit export)
         for name, net in [("dense", dense), *nets.items()]:
             t0 = time.perf_counter()
             how = export_for_timing(net, x, Path(work) / f"{len(files)}f.onnx")

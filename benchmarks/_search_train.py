@@ -101,7 +101,7 @@ def train_converged(name: str, data: Any, *, epochs: int, lr: float = 0.1, seed:
     if final.is_file():
         net.load_state_dict(torch.load(final, weights_only=True))
         return net.eval(), json.loads(record_file.read_text()) if record_file.is_file() else {}
-    net = net.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs lack it
+    net = net.to(memory_format=torch.channels_last)
     decay = [p for n, p in net.named_parameters() if p.ndim > 1]
     rest = [p for n, p in net.named_parameters() if p.ndim <= 1]
     opt = torch.optim.SGD([{"params": decay, "weight_decay": 5e-4}, {"params": rest, "weight_decay": 0.0}],

@@ -168,7 +168,7 @@ def pt2(model: nn.Module, x: tuple, ref: list) -> str:
 
 def _coverage(model: nn.Module, ok: Callable[[torch.Tensor], bool], what: str, allow_skip: bool = False) -> str:
     targets = _targets(model)
-    missed = [n for n, m in targets.items() if not ok(m.weight.detach())]
+    missed = [n for n, m in targets.items() if not ok(_weight(m).detach())]
     if allow_skip:  # N:M names the layers it cannot shape (reduction dimension not a multiple of m)
         reachable = set(weight_layers(model))
         missed = [n for n in missed if n in reachable and _divisible(targets[n])]
@@ -177,10 +177,21 @@ def _coverage(model: nn.Module, ok: Callable[[torch.Tensor], bool], what: str, a
     return f"{len(targets)} layers"
 
 
+def _weight(m: nn.Module) -> torch.Tensor:
+    """The weight of a layer ``_targets`` found (linear-like or convolution: each has one)."""
+    w = m.weight
+    if not isinstance(w, torch.Tensor):
+        raise TypeError(f"{type(m).__name__} has no weight tensor")
+    return w
+
+
 def _divisible(m: nn.Module) -> bool:
     from deepslim.models.adapters import layer_kind
 
-    return m.weight.shape[layer_kind(m).in_dim] % 4 == 0
+    kind = layer_kind(m)
+    if kind is None:  # only asked about the layers weight_layers found, which all have a kind
+        raise TypeError(f"{type(m).__name__} is not a registered layer kind")
+    return _weight(m).shape[kind.in_dim] % 4 == 0
 
 
 def torch_pruning(model: nn.Module, x: tuple, ref: list) -> str:
@@ -255,7 +266,7 @@ def main() -> None:
     args = parser.parse_args()
     header = result_header("generality")
     models, techniques = args.models.split(","), args.techniques.split(",")
-    table = {m: {} for m in models}
+    table: dict[str, dict[str, dict]] = {m: {} for m in models}  # model -> technique -> cell
     for m in models:
         for t in techniques:
             table[m][t] = cell(m, t, args.limit_s)

@@ -52,7 +52,7 @@ import torch
 import deepslim as ds
 from _common import result_header, write_json_atomic
 from deepslim.compress.prune.heads import HeadPruneConfig, apply_block, find_blocks, prune_heads_
-from deepslim.models.hf import tokenize
+from deepslim.models.hf import SentenceEncoder, tokenize
 from deepslim.tasks.similarity import embedding_fidelity, sentence_fidelity
 from deepslim.train.student import EncoderKDConfig, distill_encoder
 from transformer_encoder import (
@@ -139,6 +139,13 @@ def packed(texts: Texts, n: int, seed: int = 0) -> torch.Tensor:
     if len(rows) < n:
         raise SystemExit(f"{len(ids)} texts make {len(rows)} passages of {width} tokens, not {n}: lower the share")
     return torch.tensor(rows, dtype=ids.dtype).reshape(n, width)
+
+
+def word_embeddings(model: torch.nn.Module) -> torch.Tensor:
+    """The word-embedding weight of ``model``, a SentenceEncoder (the MiniLM teacher or a copy of it)."""
+    if not isinstance(model, SentenceEncoder):
+        raise TypeError(f"expected a SentenceEncoder (a copy of the MiniLM teacher), got {type(model).__name__}")
+    return model.encoder.embeddings.word_embeddings.weight
 
 
 def prune(teacher: torch.nn.Module, policy: str, texts: Texts) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -282,7 +289,7 @@ def distill(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, he
     student, info = prune(teacher, args.policy, texts)
     info["before"] = fidelity(student, teacher, held, data32)
     if args.freeze_embeddings:
-        student.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
+        word_embeddings(student).requires_grad_(False)
     config = EncoderKDConfig(cpu_seconds=args.cpu, lr=args.lr, wall_seconds=args.wall, seed=args.seed)
     info["kd_config"] = config.to_dict() | {"freeze_word_embeddings": args.freeze_embeddings,
                                             "passages": args.passages}  # fmt: skip
@@ -302,7 +309,7 @@ def staged(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, hel
     run would draw next (a warm restart of the schedule). The kept units are composed, so ``load`` reads the result."""
     student, info = prune(teacher, args.policy, texts)
     info["before"] = fidelity(student, teacher, held, data32)
-    student.encoder.embeddings.word_embeddings.weight.requires_grad_(not args.freeze_embeddings)
+    word_embeddings(student).requires_grad_(not args.freeze_embeddings)
     first = EncoderKDConfig(cpu_seconds=args.cpu * args.split, lr=args.lr, seed=args.seed)
     info["kd1"] = distill_encoder(student, teacher, texts[1], texts[2], first)
     info["middle"] = fidelity(student, teacher, held, data32)
@@ -367,7 +374,7 @@ def probe_one(args: argparse.Namespace, base: torch.nn.Module, teacher: torch.nn
               spec: str) -> tuple[torch.nn.Module, dict[str, Any]]:  # fmt: skip
     """One short distillation of a copy of ``base``: (the distilled copy, what the run did)."""
     student = copy.deepcopy(base)
-    student.encoder.embeddings.word_embeddings.weight.requires_grad_(not args.freeze_embeddings)
+    word_embeddings(student).requires_grad_(not args.freeze_embeddings)
     kw = kd_spec(spec)
     share = kw.pop("passages", 0.0)
     config = EncoderKDConfig(**({"cpu_seconds": args.cpu, "lr": args.lr, "seed": args.seed} | kw))

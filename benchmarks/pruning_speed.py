@@ -38,6 +38,8 @@ def ours_at_macs(model: torch.nn.Module, x: torch.Tensor, target: int,
         if best is None or abs(macs - target) < abs(best[1] - target):
             best = (candidate, macs, mid)
         lo, hi = (mid, hi) if macs > target else (lo, mid)
+    if best is None:  # the loop above always runs, so this is a bug if reached
+        raise RuntimeError("ours_at_macs: the bisection produced no candidate")
     return best[0], best[2]
 
 

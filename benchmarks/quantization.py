@@ -72,7 +72,12 @@ def nncf_accuracy(model: torch.nn.Module, data: ds.DataBundle, tmp: Path, backen
 def with_outliers(model: torch.nn.Module, factor: float = 50.0) -> torch.nn.Module:
     """The same function with one activation channel ``factor`` times larger."""
     m = copy.deepcopy(model)
-    conv1, conv2 = m.features[0], m.features[2]
+    features = m.features
+    if not isinstance(features, torch.nn.Sequential):
+        raise TypeError(f"with_outliers expects a LeNet-5-like model with .features, got {type(model).__name__}")
+    conv1, conv2 = features[0], features[2]
+    if not (isinstance(conv1, torch.nn.Conv2d) and isinstance(conv2, torch.nn.Conv2d) and conv1.bias is not None):
+        raise TypeError("with_outliers expects features[0] (with a bias) and features[2] to be Conv2d layers")
     c = int(conv1.weight.detach().flatten(1).norm(dim=1).argmax())
     with torch.no_grad():
         conv1.weight[c] *= factor

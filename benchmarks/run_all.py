@@ -22,7 +22,7 @@ def main() -> int:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     failed = []
-    runs = [(name, RESULTS.get(name, name), []) for name in BENCHMARKS]
+    runs: list[tuple[str, str, list[str]]] = [(name, RESULTS.get(name, name), []) for name in BENCHMARKS]
     runs += [(name, f"{name}_fashion", ["--data", "fashion-mnist"]) for name in ALSO_FASHION]
     for name, result, extra in runs:
         print(f"== {result}", flush=True)

@@ -59,8 +59,11 @@ def study_stats(url: str, trials: int) -> dict[str, Any]:
     study = optuna.load_study(study_name="deepslim-search", storage=st.open_storage(url))
     done = [t for t in study.get_trials() if t.state.name == "COMPLETE"]
     slots = [t.system_attrs.get("failed_trial", t.number) for t in done]
-    start = min(t.datetime_start for t in done)
-    end = max(t.datetime_complete for t in done)
+    starts = [t.datetime_start for t in done if t.datetime_start is not None]
+    ends = [t.datetime_complete for t in done if t.datetime_complete is not None]
+    if len(starts) < len(done) or len(ends) < len(done):  # optuna stamps both on every COMPLETE trial
+        raise RuntimeError("a COMPLETE trial in the study lacks its start or completion time")
+    start, end = min(starts), max(ends)
     return {"completed": len(done), "failed": sum(t.state.name == "FAIL" for t in study.get_trials()),
             "trial_phase_s": (end - start).total_seconds(), "lost": trials - len(set(slots)),
             "run_twice": len(slots) - len(set(slots)),
@@ -93,7 +96,8 @@ def one_run(dense: torch.nn.Module, space: SearchSpace, table: LatencyTable, arg
     with tempfile.TemporaryDirectory() as work:
         url = f"journal:{Path(work) / 'study.journal'}"
         torch.set_num_threads(threads if workers == 1 else 1)
-        stop, killed = threading.Event(), []
+        stop = threading.Event()
+        killed: list[int] = []  # the number of the trial whose worker was killed
         killer = threading.Thread(target=kill_one_worker, args=(url, stop, killed), daemon=True)
         if kill:
             killer.start()
@@ -147,8 +151,8 @@ def main() -> None:
         runs["wall_ratio"] = runs["1x2"]["wall_s"] / runs["2x1"]["wall_s"]
         out["pairs"].append(runs)
         save_json(out, args.json)
-    ratios = [r["ratio"] for r in out["pairs"]]
-    out["throughput_ratio_median"] = statistics.median(ratios) if ratios else None
+    pair_ratios = [r["ratio"] for r in out["pairs"]]
+    out["throughput_ratio_median"] = statistics.median(pair_ratios) if pair_ratios else None
     args.trials = args.kill_trials
     out["kills"] = [one_run(dense, space, table, args, workers=2, threads=1, seed=50 + i, kill=True)
                     for i in range(args.kills)]  # fmt: skip

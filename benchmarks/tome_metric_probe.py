@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     test = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0).test.dataset
     full = full_length_texts(teacher)
     val_ids, val_mask = passages(teacher, docstring_sentences(), seed=5)
-    sets = {"docstrings128": (val_ids[-128:], val_mask[-128:]), "passages128": (test.ids, test.mask),  # type: ignore[attr-defined]
+    sets = {"docstrings128": (val_ids[-128:], val_mask[-128:]), "passages128": (test.ids, test.mask),
             "full_length128": (full, torch.ones_like(full))}  # fmt: skip
 
     def embed(model: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -158,10 +158,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         result["metrics_r16"] = {}
         for name, metric in METRICS.items():
-            enc.BertTokenReduction._layer = staticmethod(probing_layer(metric))  # type: ignore[method-assign,assignment]
+            enc.BertTokenReduction._layer = staticmethod(probing_layer(metric))
             result["metrics_r16"][name] = fidelity(merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=16)))
     finally:
-        enc.BertTokenReduction._layer = original  # type: ignore[method-assign]
+        enc.BertTokenReduction._layer = original
     result["schedules_keys_states"] = [
         {"r": list(rs), "cost": round(cost(rs), 3), **fidelity(merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(
             r=rs, metric="keys_states")))} for rs in SCHEDULES]  # fmt: skip
