@@ -54,7 +54,7 @@ from deepslim.compress.tokens import (
 )
 from deepslim.data.sentences import training_sentences, word_salad
 from deepslim.data.text_corpus import CorpusConfig, build_corpus
-from deepslim.models.hf import IdsOnly, tokenize, tokenizer_for
+from deepslim.models.hf import IdsOnly, SentenceEncoder, tokenize, tokenizer_for
 from deepslim.tasks.similarity import embed, embedding_fidelity, sentence_fidelity
 from deepslim.train.student import EncoderKDConfig, distill_encoder
 
@@ -161,6 +161,13 @@ def _save(student: torch.nn.Module, info: dict, prefix: Path) -> None:
     prefixed(prefix, ".json").write_text(json.dumps(info, indent=1, default=str) + "\n")
 
 
+def student_copy(teacher: torch.nn.Module) -> SentenceEncoder:
+    """A deep copy of ``teacher``, the SentenceEncoder every variant here starts from."""
+    if not isinstance(teacher, SentenceEncoder):
+        raise TypeError(f"the teacher is a SentenceEncoder (deepslim.load_model), got {type(teacher).__name__}")
+    return copy.deepcopy(teacher)
+
+
 def head_pruned(teacher: torch.nn.Module, test: ds.DataBundle, args: argparse.Namespace,
                 texts: Texts) -> tuple[Any, dict]:  # fmt: skip
     """Prune heads and hidden units (sensitivity of the embeddings on 512 texts of the distillation mix, cut to each
@@ -168,7 +175,7 @@ def head_pruned(teacher: torch.nn.Module, test: ds.DataBundle, args: argparse.Na
     ``HEADS``), then distil embeddings and per-layer hidden states under a CPU budget (``deepslim.train.student``,
     peak learning rate 5e-4, session 12's probes) with the word embeddings frozen (half the weights, never pruned)."""
     _, ids, mask = texts
-    student: Any = copy.deepcopy(teacher)  # a SentenceEncoder (its .encoder is read below)
+    student = student_copy(teacher)
     calib = []
     for i in range(0, 512, 32):
         width = int(mask[i : i + 32].sum(1).max())
@@ -255,7 +262,7 @@ def tome_distilled(teacher: torch.nn.Module, args: argparse.Namespace,
                    texts: Texts, load: Path | None) -> tuple[Any, dict]:  # fmt: skip
     """ToMe with r = 16 per layer at sequence 128, its weights distilled with the merging in place (embeddings
     only, on ~100-token docstring passages)."""
-    student: Any = copy.deepcopy(teacher)  # a SentenceEncoder (its .reduction is reset below)
+    student = student_copy(teacher)
     if load is not None:
         student.load_state_dict(torch.load(prefixed(load, ".pt")))
         return student.eval(), json.loads(prefixed(load, ".json").read_text())
