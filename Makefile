@@ -76,9 +76,12 @@ else
 		--jobs $(MUTATION_JOBS) --modules $(MODULES) $(if $(BATCH),--batch $(BATCH)) $(if $(FIRST),--first $(FIRST))
 endif
 
+# mypy twice: the package and tools (pyproject.toml's files), then the benchmark scripts from inside benchmarks/,
+# where each is a top-level module (they import each other by file name: `from _common import ...`)
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/mypy
+	cd benchmarks && ../$(BIN)/mypy --config-file ../pyproject.toml --explicit-package-bases --cache-dir ../.mypy_cache .
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache
