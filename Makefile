@@ -81,7 +81,8 @@ endif
 lint: install-test
 	$(BIN)/ruff check src tests benchmarks tools
 	$(BIN)/mypy
-	cd benchmarks && ../$(BIN)/mypy --config-file ../pyproject.toml --explicit-package-bases --cache-dir ../.mypy_cache .
+	cd benchmarks && $(abspath $(BIN))/mypy --config-file ../pyproject.toml --explicit-package-bases \
+		--cache-dir $(abspath .mypy_cache) .
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

@@ -76,3 +76,12 @@ def test_a_fixed_knee_ignores_knee_by_and_a_bad_choice_is_refused():
         assert nodes.weight_knee == 0.5
     with pytest.raises(ConfigError, match="loo-max"):
         fitted(knee_by="median")
+
+
+def test_a_bad_knee_by_is_refused_even_with_too_few_points_to_fit():
+    """The choice is checked before the data: five points (fewer than ``min_points``) still refuse an unknown
+    ``knee_by`` instead of returning False as if nothing were wrong (review R16 L2)."""
+    nodes = NodeTable(LatencyTable(threads=1, cache_dir=None), timer=lambda nodes, work: [])
+    assert nodes.calibrate_weights(POINTS[:5], knee=True) is False  # too few points: no fit, no error
+    with pytest.raises(ConfigError, match="knee_by must be one of"):
+        nodes.calibrate_weights(POINTS[:5], knee=True, knee_by="median")
