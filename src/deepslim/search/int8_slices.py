@@ -11,7 +11,12 @@ shapes. Which layers' outputs and inputs a group sets is read from the dependenc
 (``"conv1 out ⇒ bn1 ⇒ conv2 in (64 channels)"``). A layer the policy keeps float can be written with its weights
 dequantized and its input read before its quantize-dequantize pair (``floats``), as the toolkit's mixed export
 drops that layer's input quantizer: ONNX Runtime then runs that convolution in float (with the weights alone
-dequantized it fused them back into an integer convolution — session 16) — an approximation for probing only.
+dequantized it fused them back into an integer convolution — session 16). Where that pair had absorbed the ReLU
+after the layer before (see :func:`_rectify`) the float layer reads that layer's output through a Relu, and the pair
+nothing reads any more is dropped; a pair another node reads too (a residual addition's input) stays the layer's
+input, as in the toolkit's export. ONNX Runtime's optimized graph of such a probe then has the op counts of the
+toolkit's export of the same policy (``tests/search/test_int8_slices.py``: fused activations included) — the
+weights are the int8 codes dequantized, so the numbers only approximate the float layer's.
 
 The files are for timing: the activations' quantization parameters are the dense model's, so the outputs are not
 the pruned model's (use ``prune_`` and ``export_onnx`` for a model to ship). The toolkit's export of the same policy
@@ -141,6 +146,7 @@ class Int8Slicer:
                     arrays[t] = arrays[t][:cout]
             if name in floats:
                 _dequantize(model, w, arrays)
+        _rectify(model.graph, sorted(self.layers[n].node for n in floats), arrays)
         _drop_unused(model.graph)
         _flatten_any_width(model.graph, arrays)
         keep = {i for n in model.graph.node for i in n.input}
@@ -252,10 +258,12 @@ def _dequantize(model: Any, w: _Weighted, arrays: dict[str, np.ndarray]) -> None
     producer = {o: n for n in model.graph.node for o in n.output}
     dq = producer.get(node.input[0])
     q = producer.get(dq.input[0]) if dq is not None and dq.op_type == "DequantizeLinear" else None
-    if q is not None and q.op_type == "QuantizeLinear":
+    shared = dq is not None and any(dq.output[0] in n.input for k, n in enumerate(model.graph.node) if k != w.node)
+    if q is not None and q.op_type == "QuantizeLinear" and not shared:
         # the float input, not its quantize-dequantize pair: ONNX Runtime would fuse the pair, the float weight and
         # the next quantizer back into an integer convolution (session 16: the probe ran in int8); the toolkit's
-        # mixed export drops the layer's input quantizer too
+        # mixed export drops the layer's input quantizer too. A pair another node reads (a residual addition's
+        # input) is a quantization point of the toolkit's export as well, and its float layer reads it there
         node.input[0] = q.input[0]
     codes, scale, zero = (arrays[t] for t in w.weight)
     shape = [1] * codes.ndim
@@ -286,12 +294,54 @@ def _flatten_any_width(graph: Any, arrays: dict[str, np.ndarray]) -> None:
                         a.i = 0  # 0 copies the input's batch dimension
 
 
+def _rectify(graph: Any, nodes: list[int], arrays: Mapping[str, np.ndarray]) -> None:
+    """A float probe's layer (a node at an index of ``nodes``, reading past its input's quantize-dequantize pair)
+    reads the ReLU of a weighted layer's output where the pair it bypasses had absorbed that ReLU. The integer
+    export folds a ReLU after a layer into the layer's output quantizer (:mod:`deepslim.export.qdq`: a ReLU
+    between two identical quantizers of zero point 0 is dropped), so the int8 file's ``Conv → QuantizeLinear``
+    with an unsigned zero point 0 clips at 0 where the float model had ``Conv → Relu``; the toolkit's mixed export
+    keeps that ReLU before the float layer (ONNX Runtime fuses it: FusedConv(activation=Relu)). The pair's input
+    produced by anything else (a reshape, a pooling, an addition with its own quantizer) is read as it is. The one
+    case this reads differently from the toolkit: a layer with no ReLU after it whose calibrated output had no
+    negative value (zero point 0 too) — the probe then adds a fused ReLU the toolkit's export does not have."""
+    from onnx import helper
+
+    producer = {o: n for n in graph.node for o in n.output}
+    made: dict[str, Any] = {}  # the rectified tensor's source -> its Relu node
+    for node in (graph.node[i] for i in nodes):
+        src = producer.get(node.input[0])
+        if src is None or src.op_type not in WEIGHTED:
+            continue
+        zeros = [arrays.get(q.input[2]) if len(q.input) > 2 else None for q in graph.node
+                 if q.op_type == "QuantizeLinear" and q.input[0] == node.input[0]]  # fmt: skip
+        if not any(z is not None and z.dtype == np.uint8 and not z.any() for z in zeros):
+            continue
+        if node.input[0] not in made:
+            made[node.input[0]] = helper.make_node("Relu", [node.input[0]], [f"{node.input[0]}__relu"],
+                                                   name=f"{src.name}__relu")  # fmt: skip
+        node.input[0] = made[node.input[0]].output[0]
+    if made:  # each Relu right after its source's node: the graph stays in topological order
+        order = []
+        for n in graph.node:
+            order.append(n)
+            order.extend(made[o] for o in n.output if o in made)
+        copies = [type(n)() for n in order]
+        for c, n in zip(copies, order, strict=True):
+            c.CopyFrom(n)
+        del graph.node[:]
+        graph.node.extend(copies)
+
+
 def _drop_unused(graph: Any) -> None:
-    """Remove nodes none of whose outputs is read (a float probe's weight dequantization)."""
-    read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
-    dead = [n for n in graph.node if not any(o in read for o in n.output)]
-    for n in dead:
-        graph.node.remove(n)
+    """Remove nodes none of whose outputs is read, until none is left (a float probe's weight dequantization, and
+    the quantize-dequantize pair its input no longer passes: ONNX Runtime keeps and runs a pair nothing reads)."""
+    while True:
+        read = {i for n in graph.node for i in n.input} | {o.name for o in graph.output}
+        dead = [n for n in graph.node if not any(o in read for o in n.output)]
+        if not dead:
+            return
+        for n in dead:
+            graph.node.remove(n)
 
 
 def int8_layer_keys(model: nn.Module, example_input: Any, space: SearchSpace) -> dict[str, LayerKey]:
