@@ -89,7 +89,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input
     """
     from deepslim.compress.quantize import scores_are_classes
     from deepslim.export._dynamic_int8 import dynamic_layers, export_dynamic
-    from deepslim.export.qdq import float_copy, quantized_layers, write_qdq
+    from deepslim.export.qdq import float_copy, quantized_layers, requantized_floats, write_qdq
 
     dest = Path(path)
     if min_cosine is None:
@@ -123,6 +123,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input
         _write_metadata(tmp, model)
         err, cos, agree = _check_parity(model, tmp, inputs if dynamic else inputs[:1], min_cosine, min_agreement)
         integer = _integer_layers(tmp, layers, Path(work)) if layers else []
+        requantized = requantized_floats(tmp) if layers else []
     if not dynamic:
         warns.append("the model's export needs a fixed batch size: the file takes batches of "
                      f"{xs[0].shape[0]} only")  # fmt: skip
@@ -130,6 +131,11 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input
         floats = [n for n in layers if n not in integer]
         warns.append(f"{len(layers) - len(integer)} of {len(layers)} quantized layers run in float in ONNX Runtime "
                      f"(e.g. {floats[0]}): their inputs or outputs are not quantized in the graph")  # fmt: skip
+    if requantized:
+        warns.append(f"{len(requantized)} float layer(s) will run as per-tensor int8 in ONNX Runtime (e.g. "
+                     f"{requantized[0]}: it reads a quantized tensor and feeds a quantizer, and ONNX Runtime's "
+                     "WeightBiasQuantization quantizes such a layer's float weights); quantize it too for "
+                     "per-channel int8, or keep its neighbours in float")  # fmt: skip
     return ExportResult(dest, dest.stat().st_size, err, agree, "qdq-int8" if layers else "fp32", tuple(float_layers),
                         tuple(warns), cos, len(layers), len(integer), dynamic)  # fmt: skip
 

@@ -158,6 +158,41 @@ def write_qdq(fp32_path: Path, dest: Path, layers: dict[str, LayerQuant]) -> lis
     return left
 
 
+def requantized_floats(path: Path) -> list[str]:
+    """Float Conv/Gemm layers of the QDQ file at ``path`` that ONNX Runtime will run as per-tensor int8 anyway.
+
+    Its ``WeightBiasQuantization`` optimization (ONNX Runtime >= 1.20, every optimization level above none)
+    quantizes the float weight of a Conv, ConvTranspose or Gemm whose input comes from a DequantizeLinear with one
+    scale and whose output reaches a QuantizeLinear along a path without branches (through Relu or Clip only): the
+    layer then runs on an integer kernel with symmetric per-tensor int8 weights, coarser than the per-channel
+    int8 the layer would have had quantized. That happens to a float layer that reads a quantized tensor shared with
+    an int8 layer (a residual stream) and feeds an int8 layer. Names are the layers' weights without ``.weight``."""
+    import onnx
+
+    g = _Graph(onnx.load(str(path)))
+    found = []
+    for node in g.model.graph.node:
+        if node.op_type not in ("Conv", "ConvTranspose", "Gemm") or len(node.input) < 2:
+            continue
+        src = g.producer.get(node.input[0])
+        weight = g.inits.get(node.input[1])
+        if src is None or src.op_type != "DequantizeLinear" or weight is None or weight.data_type != 1:
+            continue
+        scale = g.constant(src.input[1]) if len(src.input) > 1 else None
+        if scale is None or scale.size != 1:
+            continue
+        out = node
+        while len(out.output) == 1 and len(users := g.consumers.get(out.output[0], [])) == 1 \
+                and out.output[0] not in g.outputs:  # fmt: skip
+            out = users[0]
+            if out.op_type == "QuantizeLinear":
+                found.append(node.input[1].removesuffix(".weight"))
+                break
+            if out.op_type not in ("Relu", "Clip"):
+                break
+    return found
+
+
 def _match_layers(g: _Graph, layers: dict[str, LayerQuant]) -> tuple[dict[str, _Match], list[str]]:
     """Each quantized layer's weight initializer and Conv/Gemm/MatMul nodes; and the layers that stay float."""
     candidates: dict[str, list[Any]] = {}
