@@ -127,3 +127,18 @@ def test_the_strategy_help_names_every_strategy():
     search_parser = build_parser()._subparsers._group_actions[0].choices["search"]  # type: ignore[union-attr]
     (action,) = [a for a in search_parser._actions if "--strategy" in a.option_strings]
     assert all(name in action.help.replace(",", " ").split() for name in STRATEGIES), action.help
+
+
+def test_repair_on_the_command_line_repairs_over_budget_trials_onto_later_slots(tmp_path, capsys, fake_latency):
+    """``--repair``: a sampled trial over the latency budget hands its repaired policy to a later slot; the progress
+    line names the trial it repairs, and the repair is within the budget; ``--repair`` with workers is refused."""
+    args = ["search", MODEL, "--data", "digits", "--budget", "latency=0.6x", "--objective", "accuracy",
+            "--space", "prune", "--round-to", "2", "--trials", "8", "--strategy", "random", "--proxy-steps", "1",
+            "--finetune-epochs", "1", "--top-k", "1", "--remeasure-repeats", "1", "--seed", "0"]  # fmt: skip
+    code = main([*args, "--repair", "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 0, err
+    repairs = [line for line in err.splitlines() if "(repair of trial " in line]
+    assert repairs and all("over budget" not in line for line in repairs)
+    assert main([*args, "--repair", "--workers", "2", "--out", str(tmp_path / "w")]) == 2
+    assert "repair" in capsys.readouterr().err

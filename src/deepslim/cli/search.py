@@ -79,6 +79,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=None,
                    help="the finalists' fine-tune (and the recipe's) distills from the dense model at this temperature")
     p.add_argument("--top-k", type=int, default=3, help="finalists fine-tuned and re-measured (default 3)")
+    p.add_argument("--repair", action="store_true",
+                   help="a sampled policy over a latency budget is repaired (all int8, channels notched down until "
+                        "the latency model puts it under the limit) onto the next trial slot; one worker, a strategy "
+                        "that leaves over-budget trials unscored (tpe, tpe-multivariate, nsga2, random)")
     p.add_argument("--storage", help="Optuna storage: journal:PATH, postgresql://..., sqlite:///PATH "
                    "(default: a journal file in --out)")  # fmt: skip
     p.add_argument("--workers", type=positive_int, default=1, metavar="N",
@@ -153,6 +157,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     def progress(c: Any) -> None:
         if show:
             flag = "" if c.feasible else " (over budget, not recovered)" if c.recovery == "none" else " (over budget)"
+            if "repair_of" in c.measurement.extra:
+                flag += f" (repair of trial {c.measurement.extra['repair_of']})"
             energy = f", energy {c.value('energy'):.4g} µJ" if device else ""
             acc = "n/a" if c.accuracy is None else f"{c.accuracy:.4f}"  # None: over a latency budget, not judged
             err.print(f"trial {c.trial}: accuracy {acc}, latency {c.latency_ms:.3f} ms{energy}{flag}",
@@ -168,7 +174,7 @@ def cmd_search(args: argparse.Namespace) -> int:
                     remeasure_repeats=args.remeasure_repeats, accept_low_fidelity=args.accept_low_fidelity,
                     proxy_steps=args.proxy_steps, temperature=args.temperature,
                     proxy_lr=args.proxy_lr, measure_repeats=args.measure_repeats,
-                    calibration_policies=args.calibration_policies)  # fmt: skip
+                    calibration_policies=args.calibration_policies, repair=args.repair)  # fmt: skip
     doc = result.to_dict()
     recipe_path = outdir / "recipe.yaml"
     if result.best is not None:
