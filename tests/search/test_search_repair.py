@@ -8,6 +8,7 @@ import pytest
 
 from deepslim.errors import ConfigError
 from deepslim.search.evaluate import Evaluator
+from deepslim.search.frame import FRAME_ATTR, restore_tables
 from deepslim.search.latency import LatencyTable
 from deepslim.search.trials import REPAIR_ATTR, REPAIR_HEADROOM, REPAIRED_ATTR, model_key, repaired
 from tests.search._tiny import digits, fake_ms, params_ms
@@ -65,15 +66,55 @@ def test_an_over_budget_trial_hands_its_repair_to_the_next_slot_which_judges_it_
     by_trial = {c.trial: c for c in result.trials}
     sources = [n for n, t in trials.items() if REPAIRED_ATTR in t.user_attrs]
     assert sources  # the budget binds: some sampled trials went over and were repaired
+    ev = Evaluator(trained(), digits(), result.space, _table(), latency_model="layers")
+    restore_tables(ev, _study(out).user_attrs[FRAME_ATTR])  # the search's frame
+
+    def repair_of(n):  # the repaired policy of trial n, as the search made it
+        over = by_trial[n]
+        return repaired(ev, over.policy, over.measurement.extra["predicted_latency_ms"], result.limits["latency"])
+
     for n in sources:
         slot = trials[n].user_attrs[REPAIRED_ATTR]
         assert slot > n and trials[slot].user_attrs[REPAIR_ATTR] == n
         assert not by_trial[n].feasible and by_trial[n].accuracy is None  # the sample: over, unscored
         assert by_trial[slot].policy.params() == trials[slot].params  # judged as the slot's own choices
+        assert trials[slot].params == trials[slot].system_attrs["fixed_params"] == repair_of(n).params()  # the repair
         assert by_trial[slot].measurement.extra[REPAIR_ATTR] == n
         assert by_trial[slot].feasible and by_trial[slot].accuracy is not None  # within: scored
         assert REPAIRED_ATTR not in trials[slot].user_attrs  # a repair is not repaired again
     assert len(trials) == 8 and result.cost["trials"] == 8  # the slots still number ``trials``
+
+
+def test_a_repair_never_takes_the_waiting_retry_of_a_failed_trial():
+    # a retry (storage.release_dead_trials, Optuna's retry callback) waits with the failed trial's parameters, which
+    # Optuna answers the slot's suggestions from: a repair written there would run the retried policy instead
+    optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    from deepslim.search import storage as st
+    from deepslim.search.trials import queue_repair
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    space = _space(trained())
+    choices = space.choices()
+    study = optuna.create_study(directions=["maximize"])
+    st.add_trial_slots(study, 3)
+
+    def run(trial):
+        return space.policy({k: trial.suggest_categorical(k, v) for k, v in choices.items()})
+
+    failed = run(st.claim_trial(study))
+    assert st.release_dead_trials(study) == [0]  # this process left it running: failed, its retry queued last
+    for _ in range(2):  # the two empty slots run
+        trial = st.claim_trial(study)
+        run(trial)
+        study.tell(trial, 0.5)
+    fix = space.narrower(space.dense(), 1, True)
+    assert queue_repair(study, 2, fix) is None  # only the retry waits: no empty slot
+    st.add_trial_slots(study, 1)
+    assert queue_repair(study, 2, fix) == 4  # the empty slot after the retry
+    retry = st.claim_trial(study)
+    assert retry.number == 3 and run(retry).params() == failed.params() and REPAIR_ATTR not in retry.user_attrs
+    slot = st.claim_trial(study)
+    assert slot.number == 4 and run(slot).params() == fix.params() and slot.user_attrs[REPAIR_ATTR] == 2
 
 
 def test_with_the_layer_model_judging_every_repair_meets_the_budget(tmp_path_factory):
@@ -117,12 +158,15 @@ def test_a_resumed_repaired_study_neither_repeats_nor_misreads_a_trial(repaired_
         assert c.policy.params() == after[c.trial].params
 
 
-def test_repair_is_refused_with_a_strategy_that_reads_trials_over_budget_or_with_workers(tmp_path):
+def test_repair_is_refused_with_a_strategy_that_reads_trials_over_budget_with_grid_or_with_workers(tmp_path):
     from deepslim.search import search
 
     net = trained()
     with pytest.raises(ConfigError, match="repair needs"):
         search(net, digits(), _space(net), ("accuracy",), "latency=0.45x", trials=2, strategy="greedy",
+               out_dir=tmp_path, latency_table=_table(), repair=True)  # fmt: skip
+    with pytest.raises(ConfigError, match="sampled strategy: 'grid' queues every slot"):  # no empty slot, no repair
+        search(net, digits(), _space(net), ("accuracy",), "latency=0.45x", trials=2, strategy="grid",
                out_dir=tmp_path, latency_table=_table(), repair=True)  # fmt: skip
     with pytest.raises(ConfigError, match="one process"):
         search(net, digits(), _space(net), ("accuracy",), "latency=0.45x", trials=2, out_dir=tmp_path,

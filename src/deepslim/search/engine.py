@@ -260,6 +260,9 @@ def _check_repair(repair: bool, strategy: str, workers: int) -> None:
     if repair and strategy not in IGNORE_VALUES_OVER_BUDGET:
         raise ConfigError(f"repair needs a strategy that leaves trials over a latency budget unscored "
                           f"({', '.join(IGNORE_VALUES_OVER_BUDGET)}), got {strategy!r}")  # fmt: skip
+    if repair and strategy == "grid":
+        raise ConfigError("repair needs a sampled strategy: 'grid' queues every slot with its policy, so no empty "
+                          "slot is left to take a repair")  # fmt: skip
     if repair and workers > 1:
         raise ConfigError("repair runs in one process (a repaired policy is written onto a queued trial slot that "
                           "another worker may be claiming): use workers=1")  # fmt: skip
@@ -307,7 +310,8 @@ def _judging_frame(ev: Evaluator, budgets: tuple[Budget, ...], ratios: Sequence[
     """The frame every trial is judged in: the dense candidate (the table calibrated on it, or, resuming a study,
     the calibration and floor check it recorded: ``recorded``), the budgets' absolute limits (an infeasible budget
     refused here, before any trial) and the uniform family judged in it."""
-    ev.settle_reference()  # the measured model's frame: a median of paired readings, not one start-up reading
+    # the measured model's frame: a median of paired readings, not one start-up reading; a resumed study's own
+    ev.settle_reference(recorded=_frame.recorded_reference(ev, recorded))
     dense = calibrate_table(ev, recorded)
     limits = {b.metric: b.limit(_frame.base(dense, b.metric)) for b in budgets}
     ev.latency_limit = limits.get("latency")  # the measured model repeats the runs of policies near it

@@ -256,7 +256,12 @@ class Evaluator:
         self._measured[shape] = base * runs["median"]
         return self._measured[shape]
 
-    def settle_reference(self, runs: int = REFERENCE_RUNS) -> float | None:
+    def reference(self) -> float | None:
+        """The measured model's frame (the dense model's milliseconds) once set, else None (and for the other
+        latency models): what a study records (:func:`deepslim.search.frame.table_state`)."""
+        return self._measured.get(_shape(self.space.dense())) if self.latency_model == "measured" else None
+
+    def settle_reference(self, runs: int = REFERENCE_RUNS, recorded: float | None = None) -> float | None:
         """Set the measured model's frame (the dense model's milliseconds that every ratio to dense is scaled by,
         and so a relative budget's limit) to the median of every reading of the dense model in ``runs`` runs of it
         timed against itself, as trials' pairs are timed (interleaved, a process each), instead of the one reading
@@ -265,9 +270,15 @@ class Evaluator:
         the frame is set. Why: one start-up reading set the frame (session 15: 0.854 ms where the paired runs read
         dense at ~0.59), so a run's limit and every trial's milliseconds moved with it — not the feasible set (a
         trial is judged by its median ratio to dense readings interleaved with it, the limit by the same factor),
-        but every reported millisecond, and the frame the floor check and the report compare in."""
+        but every reported millisecond, and the frame the floor check and the report compare in. ``recorded``: a
+        resumed study's frame (:meth:`reference` as its first run recorded it), kept instead of timing dense again
+        (None returned): its earlier trials' milliseconds and its limit are in that frame, and a frame settled under
+        other load would re-judge them against a limit moved by the load's ratio (review R16 H1)."""
         dense = _shape(self.space.dense())
         if self.latency_model != "measured" or dense in self._measured:
+            return None
+        if recorded is not None:
+            self._measured[dense] = float(recorded)
             return None
         if self._timer is None:
             self._timer = PairTimer(self.table, self.model, self.data.example_input)

@@ -108,6 +108,7 @@ def check_feasible(ev: Evaluator, budgets: tuple[Budget, ...], limits: dict[str,
 FRAME_ATTR = "latency_frame"  # the study's user attribute: the tables' calibration and the floor check's result
 _FIELDS = {"layers": ("scale", "offset", "change_weight", "error_band", "points"),
            "nodes": ("scale", "offset", "weight_coef", "weight_knee", "error_band", "points", "triples")}  # fmt: skip
+MEASURED_FIELD = "measured_dense_ms"  # the measured model's frame in table_state (Evaluator.reference)
 _ADDED = {"weight_knee": 0.0}  # fields recorded since a later version: a frame without one had the default
 
 
@@ -116,7 +117,24 @@ def table_state(ev: Evaluator) -> dict[str, Any]:
     and the floor check's result (:func:`check_feasible`); recorded in the study once, when it is created."""
     tables = {"layers": ev.table, "nodes": ev.nodes}
     state: dict[str, Any] = {key: {f: getattr(t, f) for f in _FIELDS[key]} for key, t in tables.items() if t}
+    if ev.reference() is not None:  # the measured model's frame: the dense model's settled milliseconds
+        state[MEASURED_FIELD] = ev.reference()
     return {**state, "floor": _model(ev).floor}
+
+
+def recorded_reference(ev: Evaluator, state: dict[str, Any] | None) -> float | None:
+    """The measured model's frame a resumed study recorded (:func:`table_state`), for
+    :meth:`Evaluator.settle_reference` to keep; None for a new study or another latency model, and for a study
+    recorded without it (an older deepslim), with a warning: its frame is measured again, under today's load, so its
+    earlier trials' milliseconds may be judged against a limit in another frame."""
+    if state is None or ev.latency_model != "measured":
+        return None
+    if MEASURED_FIELD not in state:
+        log.warning("this study recorded no dense reference for the measured latency model (an older deepslim): its "
+                    "frame is measured again, so the limit in ms moves with the load since its first run and its "
+                    "earlier trials are judged against it")  # fmt: skip
+        return None
+    return float(state[MEASURED_FIELD])
 
 
 def restore_tables(ev: Evaluator, state: dict[str, Any]) -> None:

@@ -162,11 +162,21 @@ def queue_repair(study: Any, number: int, policy: Policy) -> int | None:
     if any(t.params == params or t.system_attrs.get("fixed_params") == params for t in trials):
         return None
     for t in sorted(trials, key=lambda t: t.number):
-        if t.state == TrialState.WAITING and not t.system_attrs.get("fixed_params"):
+        if _empty_slot(t):
             storage.set_trial_system_attr(t._trial_id, "fixed_params", params)
             storage.set_trial_user_attr(t._trial_id, REPAIR_ATTR, number)
             return int(t.number)
     return None
+
+
+def _empty_slot(t: Any) -> bool:
+    """Whether queued trial ``t`` is an empty slot (its choices still to come from the sampler): waiting, without
+    parameters or fixed parameters, and not the retry of a failed trial (which holds that trial's parameters:
+    Optuna answers its suggestions from them, so a repair written there would never run, review R16 M1)."""
+    from optuna.trial import TrialState
+
+    return (t.state == TrialState.WAITING and not t.params and not t.system_attrs.get("fixed_params")
+            and "failed_trial" not in t.system_attrs)  # fmt: skip
 
 
 class JudgedModels:
