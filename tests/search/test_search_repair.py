@@ -1,8 +1,8 @@
 """A sampled policy over the latency budget repaired onto the next trial slot (``search(repair=True)``,
-:func:`trials.repaired`, :func:`trials.queue_repair`): its layers int8 and channel counts notched down until the
-layer table's estimate puts it within; the repaired policy is the next slot's fixed choices (the sampler is told it as
-that trial's), judged as every trial is, and the study still holds ``trials`` slots; resuming neither repeats nor
-mis-reads a trial."""
+:func:`trials.repaired`, :func:`trials.queue_repair`): its layers int8 and channel counts notched down until a step
+the search's latency model judges lies 3 % within; the repaired policy is the next empty slot's fixed choices (the
+sampler is told it as that trial's; never a failed trial's waiting retry), judged as every trial is, and the study
+still holds ``trials`` slots; resuming neither repeats nor mis-reads a trial; ``grid`` is refused."""
 
 import pytest
 

@@ -173,11 +173,12 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     recovered finalists, searched and uniform, are scored there and chosen by that score (their ``val_accuracy`` on
     the trials' images kept beside it) — more images than the trials are judged on, and none that chose a
     recovery's best epoch. The dense model keeps its accuracy on the validation split.
-    ``repair`` (one process, a strategy that leaves trials over a latency budget unscored): a sampled policy over the
-    latency budget is repaired — its layers int8, its channel counts notched down, until the layer table's estimate
-    puts it within (:func:`trials.repaired`) — and the repaired policy takes the study's next empty trial slot, told
-    to the sampler as that trial's choices (``repair_of`` names the trial it repairs; the slots still number
-    ``trials``).
+    ``repair`` (one process, a strategy that leaves trials over a latency budget unscored, not ``grid``): a sampled
+    policy over the latency budget is repaired — its layers int8, its channel counts notched down, each step the layer
+    table's estimate puts within judged by the search's latency model and kept only at least
+    :data:`trials.REPAIR_HEADROOM` (3 %) under the limit (:func:`trials.repaired`) — and the repaired policy takes the
+    study's next empty trial slot (never a failed trial's waiting retry), told to the sampler as that trial's choices
+    (``repair_of`` names the trial it repairs; the slots still number ``trials``).
     An infeasible budget, an unknown objective, strategy or runtime is a ConfigError before any trial runs.
     """
     started, cpu0 = time.perf_counter(), _cpu_seconds()
@@ -256,7 +257,8 @@ def _check_arguments(objectives: Sequence[str], budget: Budget | str | Sequence[
 
 def _check_repair(repair: bool, strategy: str, workers: int) -> None:
     """``repair`` needs a strategy that leaves trials over budget unscored (the repair is made where such a trial is
-    found) and one process (a repair is written onto a queued slot, which another worker may be claiming)."""
+    found), not ``grid`` (its slots all hold their policies: no empty one for a repair) and one process (a repair is
+    written onto a queued slot, which another worker may be claiming)."""
     if repair and strategy not in IGNORE_VALUES_OVER_BUDGET:
         raise ConfigError(f"repair needs a strategy that leaves trials over a latency budget unscored "
                           f"({', '.join(IGNORE_VALUES_OVER_BUDGET)}), got {strategy!r}")  # fmt: skip
