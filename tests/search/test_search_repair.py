@@ -171,3 +171,20 @@ def test_repair_is_refused_with_a_strategy_that_reads_trials_over_budget_with_gr
     with pytest.raises(ConfigError, match="one process"):
         search(net, digits(), _space(net), ("accuracy",), "latency=0.45x", trials=2, out_dir=tmp_path,
                latency_table=_table(), repair=True, workers=2)  # fmt: skip
+
+
+def test_repair_is_refused_where_no_trial_would_be_left_unrecovered_to_repair(tmp_path):
+    """Repairs are made on trials skipped without recovery over a latency-only budget: with batch-norm recovery
+    (no proxy steps) or a size budget beside latency no trial is skipped, so ``repair`` would silently do nothing
+    (review R2 M1) — refused before any trial, naming what it needs."""
+    from deepslim.search import search
+
+    net = trained()
+    with pytest.raises(ConfigError, match="proxy_steps > 0.*got recovery 'bn' and budgets latency$"):
+        search(net, digits(), _space(net), ("accuracy",), "latency=0.45x", trials=2, out_dir=tmp_path / "a",
+               latency_table=_table(), latency_model="layers", repair=True)  # fmt: skip
+    with pytest.raises(ConfigError, match="latency as the only budget; got recovery 'steps' and budgets latency, size"):
+        search(net, digits(), _space(net), ("accuracy",), ["latency=0.45x", "size=1MB"], trials=2,
+               out_dir=tmp_path / "b", latency_table=_table(), latency_model="layers", repair=True,
+               proxy_steps=1)  # fmt: skip
+    assert not (tmp_path / "a").exists() or not any((tmp_path / "a").iterdir())  # refused before the study

@@ -81,8 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top-k", type=int, default=3, help="finalists fine-tuned and re-measured (default 3)")
     p.add_argument("--repair", action="store_true",
                    help="a sampled policy over a latency budget is repaired (all int8, channels notched down until "
-                        "the latency model puts it under the limit) onto the next trial slot; one worker, a strategy "
-                        "that leaves over-budget trials unscored (tpe, tpe-multivariate, nsga2, random)")
+                        "the latency model puts it under the limit) onto the next trial slot; needs --proxy-steps N "
+                        "(or the hpo space), latency as the only budget, one worker and a sampled strategy (tpe, "
+                        "tpe-multivariate, nsga2, random)")
     p.add_argument("--storage", help="Optuna storage: journal:PATH, postgresql://..., sqlite:///PATH "
                    "(default: a journal file in --out)")  # fmt: skip
     p.add_argument("--workers", type=positive_int, default=1, metavar="N",
@@ -129,6 +130,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     from deepslim.search.evaluate import LATENCY_MODELS
     from deepslim.search.recipe import policy_recipe
     from deepslim.search.strategies import STRATEGIES
+    from deepslim.search.trials import REPAIR_ATTR
 
     if args.strategy not in STRATEGIES:  # every name is checked before the data and model are loaded
         raise ConfigError(f"unknown strategy {args.strategy!r}; choose one of {', '.join(STRATEGIES)}")
@@ -157,8 +159,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     def progress(c: Any) -> None:
         if show:
             flag = "" if c.feasible else " (over budget, not recovered)" if c.recovery == "none" else " (over budget)"
-            if "repair_of" in c.measurement.extra:
-                flag += f" (repair of trial {c.measurement.extra['repair_of']})"
+            if REPAIR_ATTR in c.measurement.extra:
+                flag += f" (repair of trial {c.measurement.extra[REPAIR_ATTR]})"
             energy = f", energy {c.value('energy'):.4g} µJ" if device else ""
             acc = "n/a" if c.accuracy is None else f"{c.accuracy:.4f}"  # None: over a latency budget, not judged
             err.print(f"trial {c.trial}: accuracy {acc}, latency {c.latency_ms:.3f} ms{energy}{flag}",

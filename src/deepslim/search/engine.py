@@ -198,6 +198,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
                    nodes=nodes, accept_low_fidelity=accept_low_fidelity, proxy_steps=proxy_steps,
                    temperature=temperature, proxy_lr=proxy_lr, measure_repeats=measure_repeats,
                    calibration_policies=calibration_policies)  # fmt: skip
+    _check_repair_applies(repair, ev, budgets)
     recorded = _study.recorded_frame(storage, out_dir, study_name, space, objectives)
     dense, limits, family = _judging_frame(ev, budgets, uniform_ratios, recorded)
     study = _study.open_study(space, objectives, storage, out_dir, study_name, _judging.settings(ev))
@@ -268,6 +269,17 @@ def _check_repair(repair: bool, strategy: str, workers: int) -> None:
     if repair and workers > 1:
         raise ConfigError("repair runs in one process (a repaired policy is written onto a queued trial slot that "
                           "another worker may be claiming): use workers=1")  # fmt: skip
+
+
+def _check_repair_applies(repair: bool, ev: Evaluator, budgets: Sequence[Budget]) -> None:
+    """``repair`` acts on trials left unrecovered over a latency-only budget (:func:`trials._unrecovered_over_budget`):
+    with batch-norm recovery only (no ``proxy_steps``, no hpo space) or a budget beside latency no trial is, and a
+    repair would silently never happen."""
+    metrics = sorted({b.metric for b in budgets})
+    if repair and (ev.trial_recovery == "bn" or metrics != ["latency"]):
+        raise ConfigError("repair acts on trials left unrecovered over a latency-only budget: it needs a trial "
+                          "recovery to skip (proxy_steps > 0, or the hpo space) and latency as the only budget; got "
+                          f"recovery {ev.trial_recovery!r} and budgets {', '.join(metrics) or 'none'}")  # fmt: skip
 
 
 def _check_select(select: Any) -> None:
