@@ -1,6 +1,6 @@
 """A float layer that ONNX Runtime would run as per-tensor int8 anyway is named in the export's warnings.
 
-ONNX Runtime's WeightBiasQuantization (>= 1.20) quantizes the float weights of a Conv whose input is dequantized
+ONNX Runtime's WeightBiasQuantization (1.22 and later) quantizes the float weights of a Conv whose input is dequantized
 (one scale) and whose output reaches a quantizer without branching: a layer kept in float that reads a quantized
 tensor shared with an int8 layer and feeds an int8 layer runs on an integer kernel with per-tensor weights. The
 oracle is ONNX Runtime's own optimized graph: it has one integer kernel more than the quantized layers exactly
@@ -31,6 +31,19 @@ class Shared(nn.Module):
         return self.c(torch.relu(self.b(t))) + self.d(t)
 
 
+class PoolAfter(Shared):
+    """As Shared, with a max pool between b's ReLU and c: ONNX Runtime moves c's quantizer up across it (review R2
+    M2: the first rule stopped at the pool and missed b)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.p = nn.MaxPool2d(2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        t = torch.relu(self.a(x))
+        return self.c(self.p(torch.relu(self.b(t)))) + self.p(self.d(t))
+
+
 class Chain(nn.Module):
     """a (int8) -> b (float) -> c (int8): b reads a's output alone, unquantized."""
 
@@ -52,7 +65,7 @@ def _integer_kernels(path, tmp_path) -> int:
     return sum(n.op_type == "QLinearConv" for n in onnx.load(str(tmp_path / "optimized.onnx")).graph.node)
 
 
-@pytest.mark.parametrize(("cls", "requantized"), [(Shared, ["b"]), (Chain, [])])
+@pytest.mark.parametrize(("cls", "requantized"), [(Shared, ["b"]), (PoolAfter, ["b"]), (Chain, [])])
 def test_a_float_layer_onnx_runtime_requantizes_is_named_and_only_that_one(cls, requantized, tmp_path):
     torch.manual_seed(0)
     model = cls().eval()

@@ -123,7 +123,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input
         _write_metadata(tmp, model)
         err, cos, agree = _check_parity(model, tmp, inputs if dynamic else inputs[:1], min_cosine, min_agreement)
         integer = _integer_layers(tmp, layers, Path(work)) if layers else []
-        requantized = requantized_floats(tmp) if layers else []
+        requantized = requantized_floats(tmp) if layers and _quantizes_float_weights() else []
     if not dynamic:
         warns.append("the model's export needs a fixed batch size: the file takes batches of "
                      f"{xs[0].shape[0]} only")  # fmt: skip
@@ -138,6 +138,15 @@ def export_onnx(model: nn.Module, path: str | os.PathLike[str], *, example_input
                      "per-channel int8, or keep its neighbours in float")  # fmt: skip
     return ExportResult(dest, dest.stat().st_size, err, agree, "qdq-int8" if layers else "fp32", tuple(float_layers),
                         tuple(warns), cos, len(layers), len(integer), dynamic)  # fmt: skip
+
+
+def _quantizes_float_weights() -> bool:
+    """Whether the installed ONNX Runtime quantizes a float Conv/Gemm between quantizers itself (its
+    WeightBiasQuantization, in this form since 1.22)."""
+    import onnxruntime as ort
+
+    major, minor = (int(v) for v in ort.__version__.split(".")[:2])
+    return (major, minor) >= (1, 22)
 
 
 def _as_inputs(x: Any) -> Inputs:

@@ -35,6 +35,8 @@ from deepslim.errors import ExportError
 # ops a quantizer can move across (they commute with it, and 0 stays 0)
 TRANSPARENT = {"Relu", "Clip", "MaxPool", "Reshape", "Flatten", "Identity", "Squeeze", "Unsqueeze"}
 INTEGER_OPS = {"Conv", "Gemm", "MatMul"}
+# ops a quantizer reaches a float layer across when ONNX Runtime decides to quantize the layer's weights itself
+PROPAGATED = {"Relu", "Clip", "MaxPool", "Reshape", "Flatten", "Squeeze", "Unsqueeze", "Transpose", "Identity"}
 
 
 @dataclass(frozen=True)
@@ -161,9 +163,10 @@ def write_qdq(fp32_path: Path, dest: Path, layers: dict[str, LayerQuant]) -> lis
 def requantized_floats(path: Path) -> list[str]:
     """Float Conv/Gemm layers of the QDQ file at ``path`` that ONNX Runtime will run as per-tensor int8 anyway.
 
-    Its ``WeightBiasQuantization`` optimization (ONNX Runtime >= 1.20, every optimization level above none)
+    Its ``WeightBiasQuantization`` optimization (ONNX Runtime 1.22 and later; every optimization level above none)
     quantizes the float weight of a Conv, ConvTranspose or Gemm whose input comes from a DequantizeLinear with one
-    scale and whose output reaches a QuantizeLinear along a path without branches (through Relu or Clip only): the
+    scale and whose output reaches a QuantizeLinear along a path without branches (through Relu or Clip; ONNX
+    Runtime first moves a quantizer up across max pooling, reshapes and transposes, so through those too): the
     layer then runs on an integer kernel with symmetric per-tensor int8 weights, coarser than the per-channel
     int8 the layer would have had quantized. That happens to a float layer that reads a quantized tensor shared with
     an int8 layer (a residual stream) and feeds an int8 layer. Names are the layers' weights without ``.weight``."""
@@ -188,7 +191,7 @@ def requantized_floats(path: Path) -> list[str]:
             if out.op_type == "QuantizeLinear":
                 found.append(node.input[1].removesuffix(".weight"))
                 break
-            if out.op_type not in ("Relu", "Clip"):
+            if out.op_type not in PROPAGATED:
                 break
     return found
 
