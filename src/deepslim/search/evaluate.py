@@ -20,6 +20,7 @@ import copy
 import logging
 import math
 import os
+import statistics
 import time
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -286,9 +287,7 @@ class Evaluator:
             found = self._timer.runs(self.model, runs)
         except ExportError as exc:
             raise ExportError(f"the dense model could not be measured end to end: {exc}") from exc
-        readings = sorted(t for pair in found for t in pair)
-        mid = len(readings) // 2
-        self._measured[dense] = readings[mid] if len(readings) % 2 else (readings[mid - 1] + readings[mid]) / 2
+        self._measured[dense] = statistics.median(t for pair in found for t in pair)
         return self._measured[dense]
 
     def node_raw(self, policy: Policy, net: nn.Module) -> float | None:

@@ -44,8 +44,8 @@ confirmation let gains of 1–3 % through or out by chance); ``polish``: after t
 the start and the policy after each move are timed together that many times in fresh runs and the fastest by its
 median ratio to the start kept (the start when none gains ``min_gain``): the moves after it are undone. The
 defaults are the settings of session 16's runs: nine with them set by hand (1.104–1.137× uniform at equal MACs on
-ResNet-18; five of the nine with the precision pass off), three with the defaults themselves (1.125–1.130×;
-BENCHMARKS.md).
+ResNet-18; five of the nine with the precision pass off), six with the defaults themselves (1.125–1.160×, three of
+them after the float probe's graph was made the toolkit's; BENCHMARKS.md).
 
 Rounds continue while a move passes. Then, with ``precision``, each int8 layer of the policy is timed in float
 (beside ``P``, MACs unchanged) and the fastest kept when it gains ``min_gain`` — whether a layer pays for its

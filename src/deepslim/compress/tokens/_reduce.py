@@ -26,6 +26,8 @@ import warnings
 
 import torch
 
+from deepslim.compress.tokens.config import STATE_METRICS
+
 _PAD_FIRST, _NEVER = 3.0, -3.0  # beyond any cosine similarity in [-1, 1]
 
 
@@ -134,7 +136,7 @@ def merge_metric(kind: str, keys: torch.Tensor, normed: torch.Tensor | None,
         return keys.mean(1)
     # internal invariants, not input checks: MergeTokensConfig validates the metric's name, and the encoders pass
     # the states whenever a plan needs them (LayerPlan.needs_states)
-    assert kind in ("keys_states", "states"), f"unknown merge metric {kind!r}"
+    assert kind in STATE_METRICS, f"unknown merge metric {kind!r}"
     assert normed is not None, f"the {kind} metric needs the normalized token states"
     if kind == "states":
         scale = 1.0 / math.sqrt(static_len(normed, -1))

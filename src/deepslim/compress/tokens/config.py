@@ -29,6 +29,7 @@ def expand(value: Any, layers: int, name: str) -> tuple[Any, ...]:
 
 MergeMetric = Literal["keys", "keys_states", "states"]
 METRICS: tuple[str, ...] = ("keys", "keys_states", "states")
+STATE_METRICS = ("keys_states", "states")  # the metrics that compare the layer-normalized token states
 
 
 @dataclass(frozen=True, kw_only=True)

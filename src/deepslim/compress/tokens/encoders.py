@@ -28,6 +28,7 @@ from deepslim.compress.tokens._reduce import (
     threshold_index,
     uniform_share,
 )
+from deepslim.compress.tokens.config import STATE_METRICS
 from deepslim.models.transformer import VisionTransformer
 
 
@@ -44,7 +45,7 @@ class LayerPlan:
     @property
     def needs_states(self) -> bool:
         """Whether the merge compares the layer-normalized token states (which the encoder then computes)."""
-        return self.r > 0 and self.metric in ("keys_states", "states")
+        return self.r > 0 and self.metric in STATE_METRICS
 
     @property
     def active(self) -> bool:
