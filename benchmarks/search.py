@@ -313,8 +313,10 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: st
     out["models"][name] = entry
     table = LatencyTable(threads=1, cache_dir=args.cache_dir)
     x = data.example_input
-    space = SearchSpace.from_model(dense, x, round_to=args.round_to, kinds=tuple(args.space.split(",")))
-    entry["space"] = {"groups": len(space.groups), "int8_layers": len(space.int8_layers), "policies": space.size}
+    space = SearchSpace.from_model(dense, x, round_to=args.round_to, kinds=tuple(args.space.split(",")),
+                                   tie_int8=args.tie_int8)  # fmt: skip
+    entry["space"] = {"groups": len(space.groups), "int8_layers": len(space.int8_layers), "policies": space.size,
+                      "int8_choices": sum(k.startswith("int8:") for k in space.choices()), "tie_int8": args.tie_int8}
     if args.feasibility:
         entry["feasibility"] = feasibility(dense, data, space, table, args.final_rounds)
         save_json(out, path)
@@ -416,6 +418,9 @@ def main() -> None:
     p.add_argument("--select-held-out", action="store_true",
                    help="the finals score and choose the recovered finalists on the val images the trials were not "
                         "judged on (the rest of the val split; search(select=...))")  # fmt: skip
+    p.add_argument("--tie-int8", type=int, default=0, metavar="N",
+                   help="int8 layers whose names share their first N dot-separated parts choose their precision "
+                        "together (1: ResNet stages; default 0: each layer alone)")  # fmt: skip
     p.add_argument("--repair", action="store_true",
                    help="a sampled policy over the latency budget is repaired onto the next trial slot "
                         "(search(repair=True): int8, channels notched down until the layer table puts it within)")

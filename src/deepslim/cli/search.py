@@ -45,6 +45,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--space", default="prune,int8", help="what to search: prune, int8, hpo (the fine-tune's "
                    "learning rate, epochs and distillation temperature), sparsity and kmeans (per-layer unstructured "
                    "sparsity and k-means bits: for --budget size / --objective size), comma-separated")  # fmt: skip
+    p.add_argument("--tie-int8", type=nonneg_int, default=0, metavar="N",
+                   help="int8 layers whose names share their first N dot-separated parts (1: a ResNet's stages, 2: "
+                        "its blocks) choose int8 or float together: fewer precision mixes to draw (default 0: each "
+                        "layer alone)")  # fmt: skip
     p.add_argument("--trials", type=int, default=50, help="number of trials (default 50)")
     p.add_argument("--strategy", default="tpe",
                    help="tpe, nsga2, random, grid, tpe-multivariate, evolution or greedy (default tpe)")
@@ -150,7 +154,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         raise ConfigError(f"{outdir} is a file; --out names a directory")
     data = load_data(args.data, seed=args.seed)
     model = load(args, data).eval()
-    space = SearchSpace.from_model(model, data.example_input, kinds=kinds, round_to=args.round_to)
+    space = SearchSpace.from_model(model, data.example_input, kinds=kinds, round_to=args.round_to,
+                                   tie_int8=args.tie_int8)  # fmt: skip
     show = not (args.quiet or args.json)
     if show:
         err.print(f"searching {space.size:,} policies ({len(space.groups)} channel groups, {len(space.int8_layers)} "

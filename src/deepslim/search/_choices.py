@@ -124,3 +124,35 @@ def qkv_trios(model: nn.Module, layers: Iterable[str]) -> tuple[tuple[str, ...],
     precision once (review L7: a split trio is a model the export refuses)."""
     names = set(layers)
     return tuple(trio for trio in attention_trios(model) if set(trio) <= names)
+
+
+def prefix_ties(layers: Sequence[str], parts: int) -> tuple[tuple[str, ...], ...]:
+    """The int8 ``layers`` grouped by the first ``parts`` dot-separated parts of their names (0: none grouped), each
+    group of two or more one choice: ``parts=1`` ties a ResNet's stages (``layer2.0.conv1`` ... ``layer2.2.conv2``),
+    ``parts=2`` its blocks. Why: per layer, a ResNet-20 space has 2^20 precision mixes and a sampler draws mostly
+    float-heavy ones; at a tight latency budget those land over it (session 16, 0.5x: 15-19 of 24-28 sampled trials
+    over, every winner all int8), and per stage the mixes are 2^5 — the sampler learns a stage's precision at once."""
+    if isinstance(parts, bool) or not isinstance(parts, int) or parts < 0:
+        raise ConfigError(f"tie_int8 is the number of name parts that group int8 layers (0: none), got {parts!r}")
+    if parts == 0:
+        return ()
+    found: dict[str, list[str]] = {}
+    for name in layers:
+        found.setdefault(".".join(name.split(".")[:parts]), []).append(name)
+    return tuple(tuple(group) for group in found.values() if len(group) > 1)
+
+
+def merge_ties(layers: Sequence[str], *ties: Iterable[Sequence[str]]) -> tuple[tuple[str, ...], ...]:
+    """The groups of ``ties`` merged where they share a layer (a fused attention's trio inside a tied stage joins
+    it), each in the order of ``layers``, ordered by their first layer."""
+    owner: dict[str, int] = {}
+    groups: list[set[str]] = []
+    for group in (g for tie in ties for g in tie):
+        joined = {owner[n] for n in group if n in owner}
+        merged = set(group).union(*(groups[i] for i in joined))
+        for i in joined:
+            groups[i] = set()
+        groups.append(merged)
+        owner.update(dict.fromkeys(merged, len(groups) - 1))
+    order = {n: i for i, n in enumerate(layers)}
+    return tuple(sorted((tuple(sorted(g, key=order.__getitem__)) for g in groups if g), key=lambda g: order[g[0]]))

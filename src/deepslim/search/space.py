@@ -14,7 +14,8 @@ fine-tune's learning rate and epochs and a distillation temperature (None: fine-
 then carries its own values (:attr:`Policy.recovery`); each option list's first value is the default that the dense
 and uniform policies use. Kinds ``"sparsity"`` and ``"kmeans"`` add, per weighted layer, an unstructured sparsity
 and k-means bits (weight sharing): choices for the size (archive bytes) objective (:mod:`deepslim.search._choices`).
-The query, key and value layers of a fused attention share one int8 choice (``tied``). Kind ``"depth"`` adds, per
+The query, key and value layers of a fused attention share one int8 choice (``tied``); so, on request
+(``tie_int8``), do the layers of one stage or block. Kind ``"depth"`` adds, per
 droppable residual block, keep or drop (:mod:`deepslim.search._depth`): dropped before the channels are pruned.
 """
 
@@ -177,14 +178,18 @@ class SearchSpace:
                    keep_ratios: Sequence[float] = DEFAULT_KEEP_RATIOS, round_to: int = 8,
                    recovery: Mapping[str, Sequence[Any]] | None = None,
                    sparsity: Sequence[float] = _choices.DEFAULT_SPARSITY,
-                   kmeans_bits: Sequence[int] = _choices.DEFAULT_KMEANS_BITS) -> SearchSpace:  # fmt: skip
+                   kmeans_bits: Sequence[int] = _choices.DEFAULT_KMEANS_BITS,
+                   tie_int8: int = 0) -> SearchSpace:  # fmt: skip
         """The space of ``model``: ``kinds`` "prune" (channel counts near ``keep_ratios`` of each group's width,
         multiples of ``round_to``), "int8" (each quantizable layer int8 or float; a fused attention's query, key and
         value together), "hpo" (the recovery's hyper-parameters: ``recovery``'s options, by default
         :data:`DEFAULT_RECOVERY`; ``recovery`` given alone adds them too), "sparsity" (each prunable layer's
         unstructured sparsity, one of ``sparsity``) and/or "kmeans" (each weighted layer's k-means bits, one of
         ``kmeans_bits``; 0: not clustered) — those two for the size objective — and "depth" (each droppable residual
-        block kept or dropped)."""
+        block kept or dropped). ``tie_int8`` > 0: the int8 layers whose names share their first ``tie_int8``
+        dot-separated parts choose their precision together (1: a ResNet's stages, 2: its blocks;
+        :func:`~deepslim.search._choices.prefix_ties`) — kept as the space's ``tied`` groups, so plain data."""
+        _choices.prefix_ties((), tie_int8)  # a bad tie_int8 refused before the model is traced
         bad = [k for k in kinds if k not in ALL_KINDS]
         if bad or not kinds:
             raise ConfigError(f"unknown search space kind {bad[0] if bad else ''!r}; choose from "
@@ -205,8 +210,11 @@ class SearchSpace:
         shared = tuple(n for n, (m, _) in weight_layers(model).items() if isinstance(m, tuple(QUANTIZABLE))) \
             if "kmeans" in kinds else ()  # fmt: skip
         blocks = _depth.blocks_of(model, example_input) if "depth" in kinds else ()
+        tied = _choices.qkv_trios(model, layers)
+        if _choices.prefix_ties(layers, tie_int8):
+            tied = _choices.merge_ties(layers, tied, _choices.prefix_ties(layers, tie_int8))
         return cls(groups=groups, int8_layers=layers, kinds=tuple(kinds), round_to=round_to, recovery=recovery or {},
-                   tied=_choices.qkv_trios(model, layers), sparse_layers=sparse, sparsity=tuple(sparsity),
+                   tied=tied, sparse_layers=sparse, sparsity=tuple(sparsity),
                    kmeans_layers=shared, kmeans_bits=tuple(kmeans_bits), blocks=blocks)  # fmt: skip
 
     # -- JSON --------------------------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ the trial.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -37,6 +37,7 @@ def trial_objective(ev: Evaluator, objectives: tuple[str, ...], limits: dict[str
     as every trial is — unless this trial is itself a repair."""
     choices = ev.space.choices()
     judged = JudgedModels(ev.space)
+    learnt: list[float] = []  # the repairs' judged / estimated latencies so far (:func:`repaired`)
 
     def objective(trial: Any) -> list[float]:
         policy = ev.space.policy({k: trial.suggest_categorical(k, v) for k, v in choices.items()})
@@ -54,8 +55,8 @@ def trial_objective(ev: Evaluator, objectives: tuple[str, ...], limits: dict[str
                 cand = over
                 if repair and REPAIR_ATTR not in trial.user_attrs:
                     fixed = repaired(ev, policy, float(over.measurement.extra["predicted_latency_ms"]),
-                                     limits["latency"])  # fmt: skip
-                    slot = queue_repair(trial.study, trial.number, fixed) if fixed is not None else None
+                                     limits["latency"], learnt=learnt)  # fmt: skip
+                    slot = queue_repair(trial.study, trial.number, fixed, choices) if fixed is not None else None
                     if slot is not None:
                         trial.set_user_attr(REPAIRED_ATTR, slot)
             else:
@@ -101,7 +102,8 @@ def _unrecovered_over_budget(ev: Evaluator, policy: Policy, limits: dict[str, fl
 
 
 def repaired(ev: Evaluator, policy: Policy, latency_ms: float, limit: float, margin: float = REPAIR_MARGIN,
-             checks: int = REPAIR_CHECKS, headroom: float = REPAIR_HEADROOM) -> Policy | None:  # fmt: skip
+             checks: int = REPAIR_CHECKS, headroom: float = REPAIR_HEADROOM,
+             learnt: list[float] | None = None) -> Policy | None:  # fmt: skip
     """A policy near ``policy`` (judged at ``latency_ms``, over ``limit``) that the search's latency model puts within
     it, or None: the steps are every layer int8, then the groups' channel counts one option down their grids
     (:meth:`SearchSpace.narrower`) in the policy's precisions and all int8, two, three notches...; a step estimated
@@ -113,7 +115,15 @@ def repaired(ev: Evaluator, policy: Policy, latency_ms: float, limit: float, mar
     ratio of the two policies' predictions: it needs only the pruned model's layer shapes (no recovery, no
     quantization, no run). The blocks a policy drops stay as sampled. Why: in the focused ResNet-20 searches 20-27 of
     40 trials landed over the 0.5x budget, unscored, and the sampler learned only that they were over; a repaired
-    neighbour within it is a scored trial where the sampler was looking."""
+    neighbour within it is a scored trial where the sampler was looking.
+
+    ``learnt`` (the search keeps one per process): each judged step's judged / estimated latency is appended, and the
+    estimate is scaled by their median so far. The layer table's ratio of two policies errs one way for a while:
+    with the measured model it put all-int8 steps at few channels too fast (session 16, run 2: 5 sampled policies
+    over the budget, every step it put within judged over, no repair), so the same three checks went on the steps
+    it misjudged again."""
+    import statistics
+
     from deepslim.errors import DeepSlimError
     from deepslim.search.latency import layer_keys
     from deepslim.search.space import prune_policy
@@ -137,9 +147,13 @@ def repaired(ev: Evaluator, policy: Policy, latency_ms: float, limit: float, mar
                 continue
             seen.add(key)
             try:
-                if latency_ms * predicted(step) / own > limit * (1 - margin):
+                estimate = latency_ms * predicted(step) / own
+                if estimate * (statistics.median(learnt) if learnt else 1.0) > limit * (1 - margin):
                     continue
-                if ev.build(step, "none")[1] <= limit * (1 - headroom):
+                judged = ev.build(step, "none")[1]
+                if learnt is not None and estimate > 0:
+                    learnt.append(judged / estimate)
+                if judged <= limit * (1 - headroom):
                     return step
             except DeepSlimError:  # refused by the toolkit (its export, say), as a trial would be: the next step
                 pass
@@ -149,14 +163,18 @@ def repaired(ev: Evaluator, policy: Policy, latency_ms: float, limit: float, mar
     return None
 
 
-def queue_repair(study: Any, number: int, policy: Policy) -> int | None:
+def queue_repair(study: Any, number: int, policy: Policy, choices: Mapping[str, Any] | None = None) -> int | None:
     """Write ``policy`` onto the study's first queued empty trial slot (its fixed parameters: the sampler is told
     the repaired policy as that trial's choices, and the slot stays one of the search's ``trials``), marked as the
     repair of trial ``number``; the slot's number, or None when no empty slot is left or a trial already holds
-    these choices (a retried trial repairs again to the same policy: it is judged once)."""
+    these choices (a retried trial repairs again to the same policy: it is judged once). ``choices``: the space's
+    (:meth:`SearchSpace.choices`); the parameters written are those a trial suggests — a tied layer's follower is
+    none, and a completed trial's parameters, compared here, never hold it."""
     from optuna.trial import TrialState
 
     storage, params = study._storage, policy.params()
+    if choices is not None:
+        params = {k: v for k, v in params.items() if k in choices}
     states = (TrialState.WAITING, TrialState.RUNNING, TrialState.COMPLETE)
     trials = storage.get_all_trials(study._study_id, deepcopy=False, states=states)
     if any(t.params == params or t.system_attrs.get("fixed_params") == params for t in trials):

@@ -1,0 +1,97 @@
+"""A space whose int8 choices are tied per stage or block (``SearchSpace.from_model(..., tie_int8=N)``: fewer
+precision mixes for the sampler to draw over the budget), and the repair with it: the repaired slot holds only the
+choices a trial suggests; and the repair's estimate learnt from the steps it judged (``repaired(..., learnt=)``)."""
+
+import json
+
+import pytest
+
+from deepslim.errors import ConfigError
+from deepslim.search import SearchSpace
+from deepslim.search.evaluate import Evaluator
+from deepslim.search.space import prune_policy
+from deepslim.search.trials import REPAIR_HEADROOM, repaired
+from tests.search._tiny import digits, params_ms
+from tests.search.test_depth_search import KINDS, trained
+from tests.search.test_search_repair import _table
+
+
+def _tied(parts: int) -> SearchSpace:
+    net = trained()
+    return SearchSpace.from_model(net, digits().example_input, kinds=KINDS, keep_ratios=(1.0, 0.5), round_to=2,
+                                  tie_int8=parts)  # fmt: skip
+
+
+def test_int8_tied_by_name_prefix_is_one_choice_per_block_and_round_trips_as_data():
+    per_layer, tied = _tied(0), _tied(1)
+    assert per_layer.tied == () and len(per_layer.int8_layers) == 11
+    # the tiny ResNet's blocks 3, 4 and 6 (two convolutions each) and 5 (two and a projection) tie; 0 and 9 alone
+    assert tied.tied == (("3.conv1", "3.conv2"), ("4.conv1", "4.conv2"), ("5.conv1", "5.conv2", "5.proj"),
+                         ("6.conv1", "6.conv2"))  # fmt: skip
+    int8 = [k for k in tied.choices() if k.startswith("int8:")]
+    assert int8 == ["int8:0", "int8:3.conv1", "int8:4.conv1", "int8:5.conv1", "int8:6.conv1", "int8:9"]
+    assert tied.size * 2 ** (11 - 6) == per_layer.size  # 11 precision choices become 6
+    assert SearchSpace.from_dict(json.loads(json.dumps(tied.to_dict()))) == tied
+    policy = tied.policy({**{k: v[-1] for k, v in tied.choices().items()}, "int8:5.conv1": True, "int8:3.conv1": False})
+    assert policy.int8["5.proj"] and policy.int8["5.conv2"] and not policy.int8["3.conv2"]
+    with pytest.raises(ConfigError, match="splits the int8 choice"):
+        tied.policy({**tied.dense().params(), "int8:5.conv1": True})  # its followers float: a split stage
+    assert _tied(9).tied == ()  # no two names share nine parts: every layer alone
+
+
+@pytest.mark.parametrize("bad", [-1, "1", True, 1.0])
+def test_a_bad_tie_int8_is_refused_in_one_line(bad):
+    with pytest.raises(ConfigError, match="tie_int8 is the number of name parts"):
+        SearchSpace.from_model(trained(), digits().example_input, tie_int8=bad)
+
+
+def test_a_repair_in_a_tied_space_is_written_as_the_suggested_choices_and_not_queued_twice():
+    optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    from deepslim.search import storage as st
+    from deepslim.search.trials import queue_repair
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    space = _tied(1)
+    choices = space.choices()
+    study = optuna.create_study(directions=["maximize"])
+    st.add_trial_slots(study, 3)
+    fix = space.narrower(space.dense(), 1, True)
+    assert queue_repair(study, 0, fix, choices) == 0
+    trial = st.claim_trial(study)
+    assert space.policy({k: trial.suggest_categorical(k, v) for k, v in choices.items()}) == fix
+    study.tell(trial, 0.5)
+    assert set(study.trials[0].system_attrs["fixed_params"]) == set(choices)  # no follower written
+    # the same repaired policy again (a retried trial repairs alike): a completed trial holds its choices already;
+    # with the followers written it would not compare equal to the completed trial's parameters and be queued again
+    assert queue_repair(study, 1, fix, choices) is None
+
+
+def test_the_repair_estimate_learns_from_the_steps_it_judged():
+    # the judge counts parameters (int8 gains nothing there) while the layer table's estimate puts int8 at 0.4x: the
+    # all-int8 steps are estimated within and judged over. One check: unlearnt, every repair spends it on such a step
+    # and gives up; after one repair has judged such steps the estimate is scaled by what they measured, the int8
+    # steps are passed over and the check goes to a narrower step that is within.
+    net = trained()
+    space = _tied(0)
+    ev = Evaluator(net, digits(), space, _table(), latency_model="layers")
+    judged = {"n": 0}
+
+    def build(policy, recovery):
+        judged["n"] += 1
+        model = prune_policy(net, space, policy, example_input=digits().example_input)
+        return model, params_ms([(model, None)])[0]
+
+    ev.build = build  # type: ignore[method-assign]
+    dense_ms = build(space.dense(), "none")[1]
+    policy = space.policy({**space.dense().params(), "drop:4": True})
+    own = build(policy, "none")[1]
+    limit = 0.6 * dense_ms
+    assert own > limit
+    assert repaired(ev, policy, own, limit, checks=1) is None  # the one check spent on an int8 step judged over
+    learnt: list[float] = []
+    first = repaired(ev, policy, own, limit, learnt=learnt)  # three checks: learns the int8 steps' error
+    assert first is not None and learnt and max(learnt) > 1.2
+    judged["n"] = 0
+    fixed = repaired(ev, policy, own, limit, checks=1, learnt=learnt)
+    assert fixed is not None and build(fixed, "none")[1] <= limit * (1 - REPAIR_HEADROOM)
+    assert fixed.drop == policy.drop
