@@ -109,21 +109,6 @@ def test_a_node_table_refuses_settings_that_cannot_time_a_batch(bad):
         NodeTable(LatencyTable(timer=lambda keys: [0.0] * len(keys)), timer=lambda n, w: [], **bad)
 
 
-def test_the_trivial_graphs_least_time_is_taken_off_each_nodes_least_gross_time_not_each_processs_own():
-    """The real timer's times are gross, each process also timing the trivial graph (``overheads``). The first twin's
-    trivial graph read slow (10 µs against 2): taken off that process's own times, its entries would read 8 µs low
-    and be the least; the least gross time less the least overhead is the node's true 40 µs."""
-    nodes: NodeTable
-
-    def timer(batch, work):
-        nodes.overheads.append([0.010, 0.002][len(nodes.overheads) % 2])
-        return [TRUE_MS[n["key"]] + 0.002 for n in batch]  # gross: the node and one trivial run
-
-    splitter, _, _ = _fakes({"m": ["Conv:a"]}, slow=set())
-    nodes = NodeTable(LatencyTable(timer=lambda keys: [0.0] * len(keys)), splitter=splitter, timer=timer)
-    assert nodes.raw_file("m", (1, 4)) == pytest.approx(0.040)  # each process's own: min(0.032, 0.040) = 0.032
-
-
 def test_entries_timed_with_other_settings_are_keyed_apart_and_not_read_by_a_default_table():
     """A table timing once (session 14's protocol) caught its batch in a slow stretch; a default table on the same
     cache must time the node itself, not read the once-timed entry as twin-timed (review R15 L6)."""

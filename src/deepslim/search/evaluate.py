@@ -130,6 +130,7 @@ class Evaluator:
     calibration_policies: int = 0  # random spread policies the calibration measures beside its fixed ones (engine)
     nodes: NodeTable | None = None  # stays in this process: workers build their own (workers.evaluator_settings)
     _node_raw: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
+    _node_keys: dict[str, list[str]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _measured: dict[str, float] = field(default_factory=dict, init=False, repr=False, compare=False)
     _runs: dict[str, dict[str, Any]] = field(default_factory=dict, init=False, repr=False, compare=False)
     _timer: PairTimer | None = field(default=None, init=False, repr=False, compare=False)
@@ -207,6 +208,7 @@ class Evaluator:
             try:
                 if shape not in self._node_raw:
                     self._node_raw[shape] = self.nodes.raw_model(net, self.data.example_input)
+                    self._node_keys[shape] = list(self.nodes.last_keys)
             except DeepSlimError as exc:
                 if self.latency_model == "nodes":
                     raise
@@ -298,6 +300,22 @@ class Evaluator:
         if "nodes" not in self.predictions(policy, net, [], both=True):
             return None
         return self._node_raw[_shape(policy)]
+
+    def resum_nodes(self) -> int:
+        """Re-sum every policy's node entries summed so far from its recorded node keys (:meth:`NodeTable.sum_keys`),
+        after the node table's entries changed (:meth:`NodeTable.lower_entries`, in the calibration before its fit);
+        the number of sums that moved. A sum without recorded keys is dropped, to be summed again when asked."""
+        if self.nodes is None:
+            return 0
+        moved = 0
+        for shape in list(self._node_raw):
+            if shape not in self._node_keys:
+                del self._node_raw[shape]
+                continue
+            raw = self.nodes.sum_keys(self._node_keys[shape])
+            moved += raw != self._node_raw[shape]
+            self._node_raw[shape] = raw
+        return moved
 
     def recovery_of(self, policy: Policy) -> dict[str, Any]:
         """The recovery ``policy`` gets when fine-tuned: ``finetune_epochs``, ``lr`` and ``temperature`` (None: no

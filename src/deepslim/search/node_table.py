@@ -133,8 +133,8 @@ class NodeTable:
         self.timing = timing(window_s) + ("" if self.prefix == PREFIX else "|" + self.prefix[:-1])
         self.gap_s = (0.0 if self.custom else GAP_S) if gap_s is None else float(gap_s)
         self.timings = 0  # timer calls made for new entries (twins and re-timings; see :meth:`_timed`)
-        # The real timer's trivial-graph times, one per process: its times are gross, and :meth:`_timed` takes off
-        # the least of these (a custom timer's times are net: nothing recorded, nothing taken off).
+        # The real timer's trivial-graph times, one per process: its times are gross, and :meth:`_timed` takes each
+        # process's own off its times (a custom timer's times are net: nothing recorded, nothing taken off).
         self.overheads: list[float] = []
         # Canaries read faster than their entries by more than the tolerance (key -> the least such net time):
         # noted, never applied during a search (its frame summed the entries as they were); :meth:`lower_entries`
@@ -160,6 +160,7 @@ class NodeTable:
         self.error_band = MIN_BAND  # the largest relative error on the calibration's points, at least MIN_BAND
         self.floor: dict[str, Any] | None = None  # the space's floor measured by the feasibility check (frame.py)
         self.last_nodes = 0  # the node count of the last file summed (:meth:`raw_file`)
+        self.last_keys: list[str] = []  # its node keys, without the prefix (:meth:`sum_keys` re-sums them)
 
     def _time(self, nodes: Sequence[Node], work: str, rounds: int, block: int, window_s: float) -> list[float]:
         doc = _child({"cmd": "time", "files": [[n["file"], n["feeds"]] for n in nodes], "threads": self.table.threads,
@@ -191,9 +192,16 @@ class NodeTable:
                 self.table.measured += 1
             if self.table.measured != before:
                 self.table._save()
-        per_node = self.table.entries.get(self.graph_key, 0.0)
+        self.last_keys = [n["key"] for n in nodes]
         self.last_nodes = len(nodes)
-        return float(sum(self.table.entries[self.prefix + n["key"]] for n in nodes) + per_node * len(nodes))
+        return self.sum_keys(self.last_keys)
+
+    def sum_keys(self, keys: Sequence[str]) -> float:
+        """The summed entries of the nodes keyed ``keys`` (a file's, as :attr:`last_keys` recorded it), plus
+        :data:`GRAPH_NODE`'s entry per node: :meth:`raw_file`'s sum without splitting the file again, e.g. after
+        :meth:`lower_entries` (the calibration re-sums its models so)."""
+        per_node = self.table.entries.get(self.graph_key, 0.0)
+        return float(sum(self.table.entries[self.prefix + k] for k in keys) + per_node * len(keys))
 
     def _spaced(self, call: Callable[..., Any], *args: Any) -> Any:
         """``call(*args)`` after :attr:`gap_s` seconds' pause, unless it is the table's first timing."""
@@ -204,39 +212,42 @@ class NodeTable:
 
     def _timed(self, new: list[Node], canaries: list[Node], work: str) -> list[float]:
         """Entries for the ``new`` nodes, robust to a slow stretch of the machine: the batch (with ``canaries``, nodes
-        of the same model already in the table, the largest) is timed :attr:`twins` times, :attr:`gap_s` apart, and
-        each node keeps its fastest timing; the whole batch is timed again when the twins' sums differ by more than
-        :attr:`tolerance` or while its canaries read more than :attr:`tolerance` slower in sum than their entries,
-        and a node far from its twin (its two fastest timings more than twice the tolerance and 2 µs apart) is timed
-        again — :attr:`retries` times at most. A canary read faster than its entry by more than the tolerance
-        (its entry was timed in a slow stretch) is noted in :attr:`faster` and its entry kept: a search's dense
-        sum, limits, calibration and earlier trials' sums were made with it, and a resumed study re-sums dense from
-        the cache (lowering entries mid-search judged one budget in two frames, and let shared nodes, timed most
-        often, drift low: review R15 M1). Why the twins: on the shared 2-core machine
-        a batch timed once over 3 s fell wholly in a stretch of 1.3–1.7× (session 14, run 3: node sums 16 % off the
-        three runs' median at p90, the float floor policies' sums 12–19 µs high), which moved every policy that
-        shares the batch's nodes."""
+        of the same model already in the table, the largest) is timed :attr:`twins` times, :attr:`gap_s` apart; the
+        whole batch is timed again when the twins' sums differ by more than :attr:`tolerance` or while its canaries
+        read more than :attr:`tolerance` slower in sum than their entries, and a node far from its twin (its two
+        fastest timings more than twice the tolerance and 2 µs apart) is timed again — :attr:`retries` times at most.
+        The entries come from one timing (:meth:`_net`). A canary read faster than its entry by more than the
+        tolerance (its entry was timed in a slow stretch) is noted in :attr:`faster` and its entry kept: a search's
+        dense sum, limits, calibration and earlier trials' sums were made with it, and a resumed study re-sums dense
+        from the cache (lowering entries mid-search judged one budget in two frames, and let shared nodes, timed
+        most often, drift low: review R15 M1); the calibration applies the notes before it fits
+        (:meth:`lower_entries`). Why the twins: on the shared 2-core machine a batch timed once over 3 s fell wholly
+        in a stretch of 1.3–1.7× (session 14, run 3: node sums 16 % off the three runs' median at p90, the float
+        floor policies' sums 12–19 µs high), which moved every policy that shares the batch's nodes."""
         batch = new + canaries
-        # compared gross, as timed: the least trivial-graph time seen is taken off at the end (below)
-        cached = [self.table.entries[self.prefix + c["key"]] + self._overhead() for c in canaries]
-        seen: list[list[float]] = [[] for _ in batch]
+        spare = range(len(new), len(batch))
+        entries = sum(self.table.entries[self.prefix + c["key"]] for c in canaries)
+        runs: list[tuple[dict[int, float], float]] = []  # each timing: {batch index: gross ms}, its trivial graph's ms
         todo = list(range(len(batch)))
         for attempt in range(self.twins + self.retries):
+            before = len(self.overheads)
             got = self._spaced(self.timer, [batch[i] for i in todo], work)
-            for i, t in zip(todo, got, strict=True):
-                seen[i].append(float(t))
+            own = self.overheads[-1] if len(self.overheads) > before else 0.0  # a custom timer's times are net
+            runs.append(({i: float(t) for i, t in zip(todo, got, strict=True)}, own))
             if attempt + 1 < self.twins:
                 continue
-            best = [min(t) for t in seen]
-            slow = bool(canaries) and sum(best[len(new):]) > (1 + self.tolerance) * sum(cached)
-            if attempt + 1 == self.twins > 1:  # the twins' sums over the batch: one of them in a slow stretch
-                totals = [sum(t[a] for t in seen) for a in range(self.twins)]
+            # each timing's canaries net of its own process's trivial graph (every timing times all of them)
+            slow = bool(canaries) and min(sum(r[i] for i in spare) - len(canaries) * o
+                                          for r, o in runs) > (1 + self.tolerance) * entries  # fmt: skip
+            if attempt + 1 == self.twins > 1:  # the twins' net sums over the batch: one of them in a slow stretch
+                totals = [sum(r.values()) - len(r) * o for r, o in runs]
                 slow = slow or max(totals) > (1 + self.tolerance) * min(totals)
-            todo = [i for i in range(len(new)) if slow or not _agree(seen[i], 2 * self.tolerance)]
+            todo = [i for i in range(len(new))
+                    if slow or not _agree([r[i] - o for r, o in runs if i in r], 2 * self.tolerance)]  # fmt: skip
             if not todo:
                 break
-            todo += list(range(len(new), len(batch)))
-        net = [max(0.0, min(t) - self._overhead()) for t in seen]
+            todo += list(spare)
+        net = _net(runs, len(batch), len(new))
         for c, t in zip(canaries, net[len(new):], strict=True):
             key = self.prefix + c["key"]
             if t * (1 + self.tolerance) < self.table.entries[key]:
@@ -245,8 +256,12 @@ class NodeTable:
 
     def lower_entries(self) -> int:
         """Lower each cached entry that a canary read faster than by more than the tolerance (:attr:`faster`) to that
-        reading, save the cache and return how many changed (:attr:`lowered` counts them). Never called by a search:
-        an explicit maintenance step between searches (the next search calibrates on the lowered entries; a study
+        reading, save the cache and return how many changed (:attr:`lowered` counts them). A search calls it once,
+        in its calibration after every calibration model is summed and before the fit, and re-sums those models
+        (:func:`deepslim.search.calibration._calibrate_nodes`): the frame is not fixed yet, and the first batch, the
+        dense model's on a fresh cache, has no canaries of its own — a slow stretch over both twins (session 16's
+        first run: dense summed 213 µs against 104–115 µs) was noted by later batches and applied by nothing. Never
+        during the search that follows (review R15 M1); between searches, an explicit maintenance step (a study
         recorded before is judged against a cache that changed under it)."""
         changed = 0
         for key, t in self.faster.items():
@@ -258,13 +273,6 @@ class NodeTable:
             self.table._save()
         self.lowered += changed
         return changed
-
-    def _overhead(self) -> float:
-        """The least trivial-graph time of the real timer's processes so far (0 for a custom timer). Why the least,
-        taken off each node's least gross time, and not each process's own: an entry is a difference, and the
-        least of differences favours a process whose trivial graph read slow — session 15's first run, which took
-        each process's own, summed the dense model's 57 nodes at 48 µs against 126 µs from their first timings."""
-        return min(self.overheads, default=0.0)
 
     def raw_model(self, model: nn.Module, example_input: Any) -> float:
         """The summed node entries of ``model`` (quantized layers as their integer graph): the file the table's last
@@ -440,6 +448,31 @@ def _agree(times: Sequence[float], tolerance: float) -> bool:
         return False
     a, b = sorted(times)[:2]
     return b - a <= max(tolerance * a, 2e-3)
+
+
+def _net(runs: Sequence[tuple[dict[int, float], float]], size: int, new: int) -> list[float]:
+    """A batch's net times from its timings (each ``({batch index: gross ms}, that process's trivial-graph ms)``):
+    every node from the one timing of the whole batch whose net sum (its gross times less its own trivial graph's,
+    per node) is least; a new node (of the first ``new``) timed again without the rest of the batch (far from its
+    twin) from the timing where its net time is least. Why one process: the trivial graph's time differs between
+    processes, and the nodes' gross times with it — a per-process overhead every one-node run of that process pays
+    (session 17, 8 processes timing the same 67 and 146 nodes: trivial graphs 3.0–3.3 and 2.8–4.9 µs, each
+    process's median node shift following them, correlation 0.77 and 0.96), so an entry is a difference within one
+    process. Session 16 took each node's least gross time over the processes less the least trivial graph of any
+    process so far, which left the gap between overheads in every entry (up to 0.7–1.3 µs a node; the twin sums 10 %
+    above the first timings' for 28–49 of 70 models in runs 1, 2 and 4); session 15's first run took each node's
+    least difference, node by node, which picks for each node the process whose trivial graph read slow (the dense
+    model summed at 48 µs against 126). One timing per batch: the least of two sums, not of a difference per node."""
+    whole = [(r, o) for r, o in runs if len(r) == size]
+    base, own = min(whole, key=lambda run: sum(run[0].values()) - size * run[1])
+    alone = {i for r, _ in runs if len(r) < size for i in r if i < new}
+    net = []
+    for i in range(size):
+        if i in alone:
+            net.append(min(r[i] - o for r, o in runs if i in r))
+        else:
+            net.append(base[i] - own)
+    return [max(0.0, t) for t in net]
 
 
 def _point(p: Sequence[float]) -> tuple[float, float, float]:

@@ -1,0 +1,220 @@
+"""The node table near the floor, session 17: each batch's entries from one timer process, less its own trivial graph
+(``node_table._net``), and the calibration's canary notes applied before the fit (``NodeTable.lower_entries`` after
+the 19 calibration models are summed, those re-summed). Session 13's 69 MobileNetV2 policies (19 calibration + 50
+judged) on a fresh cache, each chunk of 5 timed end to end beside dense and re-timed where its dense reads slow, as
+``_search_floor15.py`` does. Every timer call of the node table is logged (each node's gross time and the process's
+trivial graph), so the same timings also give, without timing anything again:
+
+- ``s16``: session 16's entries (each node's least gross time over its batch's timings less the least trivial graph
+  of every process so far), no canary notes applied;
+- ``s17_kept``: this session's entries before the notes were applied (item 2 off);
+- ``s17_gross``: the timing chosen by its least gross sum instead of its least net sum.
+
+Each is judged as the search fits (the plane through dense with the knee, on the 19 calibration points) against the
+re-timed measurements. The log is written beside ``OUT.json`` (``OUT.log.json``)::
+
+    OMP_NUM_THREADS=1 python benchmarks/_search_floor17.py OUT.json CACHE_DIR [--models DIR]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _search_floor12 import save, summary  # noqa: E402
+from _search_floor14 import POLICIES, knee_summary, parser, setup, view  # noqa: E402
+from _search_floor15 import FINAL_GAP_S, WINDOW_S, built_file, frame  # noqa: E402
+from deepslim.analysis import profile  # noqa: E402
+from deepslim.export import export_onnx  # noqa: E402
+from deepslim.search import LatencyTable  # noqa: E402
+from deepslim.search.latency import _run_timer  # noqa: E402
+from deepslim.search.node_table import Node, NodeTable, _net, weight_mb  # noqa: E402
+from deepslim.search.table_check import steady_chunks  # noqa: E402
+
+VARIANTS = ("s17", "s17_kept", "s16", "s17_gross")
+
+
+class Logged:
+    """The session-17 node table on ``cache``, every timer call and batch logged (:meth:`replay` re-derives the
+    other estimators' entries from the log)."""
+
+    def __init__(self, cache: Path) -> None:
+        self.nodes = NodeTable(LatencyTable(threads=1, cache_dir=cache / "session17"))
+        self.calls: list[dict[str, Any]] = []  # {"keys", "gross_ms", "overhead_ms"} per timer call
+        self.batches: list[dict[str, Any]] = []  # {"new", "canaries", "calls": [first, end), "net_ms"}
+        self.seconds = 0.0
+        self.before: dict[str, float] | None = None  # the entries before lower_entries (None: not yet called)
+        timer, timed = self.nodes.timer, self.nodes._timed
+
+        def logged_timer(batch: Sequence[Node], work: str) -> list[float]:
+            times = timer(batch, work)
+            self.calls.append({"keys": [n["key"] for n in batch], "gross_ms": [float(t) for t in times],
+                               "overhead_ms": self.nodes.overheads[-1]})  # fmt: skip
+            return times
+
+        def logged_timed(new: list[Node], canaries: list[Node], work: str) -> list[float]:
+            first = len(self.calls)
+            net = timed(new, canaries, work)
+            self.batches.append({"new": [n["key"] for n in new], "canaries": [n["key"] for n in canaries],
+                                 "calls": [first, len(self.calls)], "net_ms": net})  # fmt: skip
+            return net
+
+        self.nodes.timer, self.nodes._timed = logged_timer, logged_timed  # type: ignore[method-assign]
+
+    def __call__(self, path: Path, shape: list[int]) -> dict[str, Any]:
+        t0 = time.perf_counter()
+        raw = self.nodes.raw_file(path, shape)
+        self.seconds += time.perf_counter() - t0
+        return {"raw_ms": raw, "nodes": self.nodes.last_nodes, "node_keys": list(self.nodes.last_keys)}
+
+    def lower(self) -> int:
+        """Apply the canaries' notes once, as the search's calibration does before its fit."""
+        self.before = dict(self.nodes.table.entries)
+        return self.nodes.lower_entries()
+
+    def replay(self) -> dict[str, dict[str, float]]:
+        """Each variant's entries (node key without prefix -> ms) from the logged timings."""
+        prefix = self.nodes.prefix
+        now = {k[len(prefix):]: v for k, v in self.nodes.table.entries.items() if k.startswith(prefix)}
+        kept = {**now, **{k[len(prefix):]: v for k, v in (self.before or {}).items() if k.startswith(prefix)}}
+        s16: dict[str, float] = {}
+        gross: dict[str, float] = {}
+        overheads: list[float] = []
+        for b in self.batches:
+            calls = self.calls[b["calls"][0]:b["calls"][1]]
+            overheads += [c["overhead_ms"] for c in calls]
+            batch = b["new"] + b["canaries"]
+            runs = [({batch.index(k): t for k, t in zip(c["keys"], c["gross_ms"], strict=True)}, c["overhead_ms"])
+                    for c in calls]  # fmt: skip
+            for i, k in enumerate(b["new"]):
+                s16[k] = max(0.0, min(r[i] for r, _ in runs if i in r) - min(overheads))
+            for k, t in zip(b["new"], _net_by_gross(runs, len(batch), len(b["new"]))[: len(b["new"])], strict=True):
+                gross[k] = t
+        graph = self.nodes.graph_key[len(prefix):]
+        for table in (s16, gross):
+            table[graph] = now[graph]
+        return {"s17": now, "s17_kept": kept, "s16": s16, "s17_gross": gross}
+
+
+def _net_by_gross(runs: list[tuple[dict[int, float], float]], size: int, new: int) -> list[float]:
+    """:func:`node_table._net` with the whole batch's timing chosen by its least gross sum (its trivial graph
+    unseen)."""
+    whole = [run for run in runs if len(run[0]) == size]
+    base = min(whole, key=lambda run: sum(run[0].values()))
+    return _net([base] + [run for run in runs if len(run[0]) < size], size, new)
+
+
+def resum(rows: list[dict[str, Any]], entries: dict[str, dict[str, float]], graph: str) -> None:
+    """Each variant's sum of every row's node keys (``raw_<variant>_ms``)."""
+    for name, table in entries.items():
+        for row in rows:
+            keys = row["node_keys"]
+            row[f"raw_{name}_ms"] = sum(table[k] for k in keys) + table.get(graph, 0.0) * len(keys)
+
+
+def summaries(rows: list[dict[str, Any]], dense: dict[str, Any]) -> dict[str, Any]:
+    """Each variant's sums with the plane through dense and the knee (the search's fit), against the re-timed
+    measurements; the plain summary for the live table."""
+    out: dict[str, Any] = {"table_s17__vs_retimed": summary(rows, dense)}
+    for name in [n for n in VARIANTS if f"raw_{n}_ms" in dense]:
+        v, d = view(rows, f"raw_{name}_ms", "measured_ms"), view([dense], f"raw_{name}_ms", "measured_ms")[0]
+        out[f"knee_{name}"] = knee_summary(v, d)
+        out[f"knee_rms_{name}"] = knee_summary(v, d, "rms")
+    return out
+
+
+def main() -> None:
+    ap = parser()
+    ap.add_argument("--models", default=None, help="a folder keeping each policy's exported file across runs")
+    args = ap.parse_args()
+    t0 = time.perf_counter()
+    full, dense, space, smallest, order = setup(args.limit)
+    x = full.example_input
+    shape = list(x.shape)
+    table = Logged(Path(args.cache))
+    n_calib = sum(role == "calibration" for role, _, _ in order)
+    doc: dict[str, Any] = {"command": " ".join(sys.argv), "weights": "random initial weights", "policies": POLICIES,
+                           "model": "mobilenet_v2 0.5, 28x28, prune+int8 space, round_to 8", "window_s": WINDOW_S,
+                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+                           "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
+                           "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "rows": []}  # fmt: skip
+    chunks: list[list[float]] = []
+    first: list[list[float]] = []
+    files: list[list[tuple[str, list[int]]]] = []
+    retime_s = [0.0]
+    seen = 0  # calibration policies summed (or refused by the export)
+    with tempfile.TemporaryDirectory() as work:
+        dense_file = Path(work) / "dense.onnx"
+        export_onnx(dense, dense_file, example_input=x)
+        doc["dense"] = dense_row = {**table(dense_file, shape), "weight_mb": weight_mb(dense),
+                                    "macs": profile(dense, x).macs}  # fmt: skip
+
+        def retime(i: int, gap: float = 0.0) -> list[float]:
+            time.sleep(gap)
+            t = time.perf_counter()
+            got = _run_timer(files[i], 1, 10, 5, WINDOW_S)
+            retime_s[0] += time.perf_counter() - t
+            doc.setdefault("retimings", []).append({"chunk": i, "dense_ms": got[0], "kept_dense_ms": chunks[i][0],
+                                                    "utc": time.strftime("%H:%M:%S", time.gmtime()),
+                                                    "loadavg": Path("/proc/loadavg").read_text().split()[:3]})
+            return got
+
+        tries: list[int] = []
+        for start in range(0, len(order), args.chunk):
+            c = len(chunks)
+            built = []
+            for k, (role, level, policy) in enumerate(order[start:start + args.chunk]):
+                path, meta = built_file(Path(args.models or work), start + k, dense, space, policy, x, full.calib)
+                if "why" in meta:
+                    doc.setdefault("skipped", []).append({"role": role, "policy": policy.to_dict(), "why": meta["why"]})
+                    seen += role == "calibration"
+                    continue
+                built.append((str(path), {"role": role, "level": level, "policy": policy.to_dict(),
+                                          "macs": meta["macs"], **table(path, shape), "weight_mb": meta["weight_mb"],
+                                          "floor": str(policy.to_dict()) == smallest,
+                                          "channels": sum(policy.keep.values()),
+                                          "int8_layers": sum(policy.int8.values())}))  # fmt: skip
+                seen += role == "calibration"
+                if seen == n_calib and table.before is None:  # the search's calibration, before its fit
+                    doc["lowered_after_calibration"] = table.lower()
+            files.append([(str(dense_file), shape)] + [(p, shape) for p, _ in built])
+            chunks.append(_run_timer(files[c], 1, 10, 5, WINDOW_S))
+            first.append(list(chunks[c]))
+            load = Path("/proc/loadavg").read_text().split()[:3]
+            for k, (_, row) in enumerate(built):
+                doc["rows"].append({**row, "chunk": c, "index_in_chunk": k, "loadavg": load})
+            tries = steady_chunks(chunks, retime, tries=tries, eligible=range(c))
+            frame(doc, chunks, first, tries)
+            resum(doc["rows"] + [dense_row], table.replay(), table.nodes.graph_key[len(table.nodes.prefix):])
+            for row in doc["rows"] + [dense_row]:
+                row["raw_ms"] = row["raw_s17_ms"]  # the cache's sums now: what the search's frame holds
+            save(doc, args.out, t0, c, summaries(doc["rows"], dense_row))
+        tries = steady_chunks(chunks, lambda i: retime(i, FINAL_GAP_S), tries=tries)
+        frame(doc, chunks, first, tries)
+        doc["cost"] = {"node_table": {"seconds": table.seconds, "timer_calls": table.nodes.timings,
+                                      "entries": table.nodes.table.measured,
+                                      "canaries_read_fast_after_calibration": len(table.nodes.faster)},
+                       "retimed_chunks": sum(t > 1 for t in tries), "retimings": sum(t - 1 for t in tries),
+                       "retiming_seconds": retime_s[0]}  # fmt: skip
+        save(doc, args.out, t0, len(chunks), summaries(doc["rows"], dense_row))
+        Path(args.out).with_suffix(".log.json").write_text(json.dumps({"calls": table.calls,
+                                                                       "batches": table.batches}))
+    for name in VARIANTS:
+        k = doc["summary"].get(f"knee_{name}", {})
+        if k:
+            print(f"{name:10s} knee {k['knee_mib']:.2f} within {k['ms']['within_10pct_count']}/{k['ms']['points']} "
+                  f"p50 {k['ms']['p50'] * 100:.1f} p90 {k['ms']['p90'] * 100:.1f} tau {k['kendall_tau']:.3f}")
+    s = doc["summary"]["table_s17__vs_retimed"]
+    print("MAC tau", s.get("mac_proxy_kendall_tau"))
+
+
+if __name__ == "__main__":
+    main()

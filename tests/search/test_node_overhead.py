@@ -1,0 +1,108 @@
+"""A node entry is a difference within one timer process: its gross time less that process's own trivial graph
+(NodeTable._timed, node_table._net), and the calibration applies its canaries' notes before it fits
+(NodeTable.lower_entries, Evaluator.resum_nodes). The timers are fakes: each call is one "process" whose every
+one-node run, the trivial graph's included, pays that process's overhead."""
+
+from __future__ import annotations
+
+import pytest
+
+from deepslim.search import calibration
+from deepslim.search.evaluate import Evaluator, _shape
+from deepslim.search.latency import LatencyTable
+from deepslim.search.node_table import GRAPH_NODE, PREFIX, NodeTable
+from tests.search._tiny import digits, fake_node_timer, fake_nodes, params_ms, small_space, trained_net
+
+TRUE_MS = {"Conv:a": 0.040, "Conv:b": 0.020, "Relu:c": 0.004, "Add:e": 0.006}
+MODELS = {"m1": ["Conv:a", "Relu:c"], "m2": ["Conv:a", "Conv:b", "Add:e"]}
+
+
+def _table(overheads: list[float]) -> NodeTable:
+    """A node table whose timer call ``i`` runs in a process of overhead ``overheads[i]`` ms (the last repeats)."""
+    nodes: NodeTable
+
+    def splitter(path, shape, work):
+        return [{"key": k, "op": k.split(":")[0], "file": "", "feeds": ""} for k in MODELS[path]]
+
+    def timer(batch, work):
+        own = overheads[min(len(nodes.overheads), len(overheads) - 1)]
+        nodes.overheads.append(own)  # what the real timer records: this process's trivial graph
+        return [TRUE_MS[n["key"]] + own for n in batch]  # gross
+
+    nodes = NodeTable(LatencyTable(timer=lambda keys: [0.0] * len(keys)), splitter=splitter, timer=timer)
+    return nodes
+
+
+@pytest.mark.parametrize("order", [("m1", "m2"), ("m2", "m1")])
+def test_entries_do_not_carry_the_gap_between_two_processes_trivial_graphs(order):
+    """The first model's twins run in processes of 2 µs overhead, the second's in processes of 5 µs. Each entry less
+    its own process's trivial graph is the node's true time in either order; the least trivial graph of all the
+    processes so far (session 16) would leave 3 µs in each of the later batch's entries when it came second."""
+    nodes = _table([0.002, 0.002, 0.005])
+    sums = {m: nodes.raw_file(m, (1, 4)) for m in order}
+    assert sums == pytest.approx({m: sum(TRUE_MS[k] for k in MODELS[m]) for m in MODELS}, abs=1e-12)
+    entries = {k[len(PREFIX):]: v for k, v in nodes.table.entries.items() if k != GRAPH_NODE}
+    assert entries == pytest.approx(TRUE_MS, abs=1e-12)
+    assert nodes.timings == 4 and nodes.faster == {}  # twins agreed, the canary read its entry: no re-timing
+
+
+def test_a_batch_takes_every_entry_from_the_one_twin_whose_net_sum_is_least():
+    """Twin 1 runs in a 6 µs process and reads Relu:c 1 µs slow; twin 2 in a 2 µs process reads Conv:a 4 % slow (both
+    within the twins' agreement). Twin 1's net sum is the least (45 against 45.6 µs): both entries come from it
+    (40 and 5 µs), not each node's least difference (40 + 4) nor its least gross time less the least trivial
+    graph (41.6 + 4, session 16)."""
+    nodes = _table([0.006, 0.002])
+    base = nodes.timer
+
+    def timer(batch, work):
+        got = base(batch, work)
+        extra = {1: {"Relu:c": 0.001}, 2: {"Conv:a": 0.0016}}[len(nodes.overheads)]
+        return [t + extra.get(n["key"], 0.0) for n, t in zip(batch, got, strict=True)]
+
+    nodes.timer = timer
+    assert nodes.raw_file("m1", (1, 4)) == pytest.approx(0.045, abs=1e-12)
+    assert nodes.table.entries[PREFIX + "Relu:c"] == pytest.approx(0.005, abs=1e-12) and nodes.timings == 2
+
+
+def _slow_first(factor: float):
+    """The fake node timer whose first two calls (the dense model's twins, on a fresh cache) read ``factor`` slow."""
+    calls = [0]
+
+    def timer(nodes, work):
+        calls[0] += 1
+        f = factor if calls[0] <= 2 else 1.0
+        return [f * t for t in fake_node_timer(nodes, work)]
+
+    return timer
+
+
+def test_the_calibration_lowers_what_its_canaries_read_faster_and_fits_on_the_resummed_models():
+    """The dense model's batch, the first on a fresh cache and without canaries, falls in a slow stretch (both twins
+    1.5x). Later calibration models time dense's first convolution and its classifier as canaries at their true
+    times: the calibration lowers those entries and re-sums the models it summed before it anchors, so the frame's
+    dense sum is the cache's."""
+    net, data = trained_net(), digits()
+    x = data.example_input
+    table = LatencyTable(timer=lambda keys: [0.0] * len(keys), model_timer=lambda pairs: [3 * ms for ms in
+                                                                                           params_ms(pairs)])
+    nodes = fake_nodes(table)
+    nodes.timer = _slow_first(1.5)
+    ev = Evaluator(net, data, small_space(net), table, latency_model="nodes", nodes=nodes)
+    policies = [ev.space.dense(), ev.space.policy({"keep:0": 8, "keep:3": 4, "int8:3": False}),
+                ev.space.policy({"keep:0": 4, "keep:3": 8, "int8:3": False})]
+    nets = [ev.model_and_keys(p, "none")[0] for p in policies]
+    measured = three_us_per_parameter([(n, x) for n in nets])
+    calibration._calibrate_nodes(ev, policies, nets, measured)
+    shared = ["Conv2d:[[8, 1, 3, 3]]", "Linear:[[10, 32]]"]  # dense's, timed later as canaries (its 8x8 conv: never)
+    assert nodes.lowered == 2 and nodes.faster == {}
+    assert [nodes.table.entries[PREFIX + k] for k in shared] == pytest.approx(fake_node_timer(
+        [{"key": k} for k in shared], ""))  # fmt: skip
+    dense = ev.node_raw(policies[0], nets[0])
+    assert dense == pytest.approx(nodes.sum_keys(ev._node_keys[_shape(policies[0])]))  # re-summed from the cache
+    assert nodes.scale == pytest.approx(measured[0] / dense)  # anchored on the re-summed dense model
+    fresh = fake_nodes(LatencyTable(timer=lambda keys: [0.0] * len(keys)))
+    assert dense < fresh.raw_model(nets[0], x) * 1.5 - 1e-9  # the stretch's dense sum is gone from the frame
+
+
+def three_us_per_parameter(pairs):
+    return [3 * ms for ms in params_ms(pairs)]
