@@ -109,6 +109,45 @@ def _integer_layers(path: Path, layers: dict[str, Any], nodes: dict[str, str]) -
     return sum(1 for n in layers if n in done or n.rsplit(".", 1)[0] in done)
 
 
+def plain_layer_norms(path: Path) -> int:
+    """Rewrite every ``SkipLayerNormalization`` of the ONNX file at ``path`` (in place) as ``Add(input, skip)``, then
+    ``Add(bias)``, then the standard ``LayerNormalization``; returns how many. The same arithmetic in the same order,
+    ~9x less time: ONNX Runtime's CPU ``SkipLayerNormalization`` (1.32) is a scalar loop with a division per element
+    (10 ns per element here, 20-24 % of the int8 file's time at every batch and length), its ``LayerNormalization``
+    is vectorized (1.1 ns). The bias is added after the skip so that ONNX Runtime's session optimizer, whose
+    ``SkipLayerNormFusion`` needs the normalization's ``Add`` to join two 3-D tensors, does not fuse it back (one
+    without a bias it may). A node whose mean or inverse-deviation output is read is left as it is."""
+    import onnx
+    from onnx import helper
+
+    model = onnx.load(str(path))
+    if max((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), default=0) < 17:
+        return 0  # no LayerNormalization before opset 17
+    read = {i for n in model.graph.node for i in n.input} | {o.name for o in model.graph.output}
+    nodes, done = [], 0
+    for n in model.graph.node:
+        outs = list(n.output) + [""] * (4 - len(n.output))
+        if n.op_type != "SkipLayerNormalization" or read & set(outs[1:3]) - {""}:
+            nodes.append(n)
+            continue
+        ins = list(n.input) + [""] * (5 - len(n.input))
+        eps = next((a.f for a in n.attribute if a.name == "epsilon"), 1e-12)
+        base = outs[0]  # the new names carry its scope: the profiler's blocks find the layer in them
+        total = outs[3] or f"{base}_sum"
+        added = f"{base}_skip" if ins[4] else total
+        nodes.append(helper.make_node("Add", ins[:2], [added], name=f"{base}_add"))
+        if ins[4]:
+            nodes.append(helper.make_node("Add", [added, ins[4]], [total], name=f"{base}_bias"))
+        nodes.append(helper.make_node("LayerNormalization", [total, ins[2]] + ([ins[3]] if ins[3] else []),
+                                      [base], name=f"{base}_norm", axis=-1, epsilon=eps))  # fmt: skip
+        done += 1
+    if done:
+        del model.graph.node[:]
+        model.graph.node.extend(nodes)
+        onnx.save(model, str(path))
+    return done
+
+
 def export_dynamic(model: nn.Module, dest: Path, xs: tuple[torch.Tensor, ...], inputs: list[tuple[torch.Tensor, ...]],
                    opset: int, min_cosine: float, min_agreement: float) -> ExportResult:  # fmt: skip
     """Write the fused dynamic-int8 file of ``model`` at ``dest`` and check it against ``model`` on ``inputs``."""
