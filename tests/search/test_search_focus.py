@@ -133,8 +133,8 @@ class _StubEvaluator:
 
     table = type("Table", (), {"end_to_end": False, "runtime": "stub"})()
 
-    def __init__(self, accuracy):
-        self.accuracy, self.recovered = accuracy, []
+    def __init__(self, accuracy, space):
+        self.accuracy, self.recovered, self.space = accuracy, [], space
 
     def model_and_keys(self, policy, recovery):
         return None, []
@@ -151,8 +151,29 @@ def test_when_the_only_searched_trial_within_budget_is_the_uniform_warm_start_no
     space = SearchSpace(groups=(), int8_layers=("a", "x.b", "c"), blocks=("x",))
     uniform = _cand(space, None, 0.90, 1.0, True, **{"int8:a": True, "int8:x.b": True, "int8:c": True})
     searched = [replace(uniform, trial=0)]  # a new study's warm start: the uniform policy, within budget
-    ev = _StubEvaluator({None: 0.90, 0: 0.90})
+    ev = _StubEvaluator({None: 0.90, 0: 0.90}, space)
     finals = final_round(ev, searched, [uniform], ("accuracy",), (), {}, top_k=2, front=searched)
     best, notes = best_or_uniform(finals, ("accuracy",))
     assert best is not None and best.policy == uniform.policy
+    assert ev.recovered == [None]  # trial 0 builds the uniform finalist's model: recovered once, as that
     assert not any("no searched policy met the budget" in n for n in notes)  # trial 0 did meet it (review R15 L4)
+    assert "the best searched policy within budget is the uniform policy (the search's trial 0 builds it too): it " \
+           "is best" in notes
+
+
+def test_a_searched_trial_of_the_uniform_policy_is_recovered_once_and_its_finalist_slot_goes_to_the_next():
+    # session 15, run 1: trial 0 (the uniform warm start) took one of three searched finalist slots, recovered twice
+    from deepslim.search.finals import best_or_uniform, final_round
+
+    space = SearchSpace(groups=(), int8_layers=("a", "x.b", "c"), blocks=("x",))
+    uniform = _cand(space, None, 0.90, 1.0, True, **{"int8:a": True, "int8:x.b": True, "int8:c": True})
+    searched = [replace(uniform, trial=0, measurement=replace(uniform.measurement, accuracy=0.93)),  # the warm start
+                _cand(space, 1, 0.92, 1.0, True, **{"int8:a": True}),
+                _cand(space, 2, 0.91, 1.0, True, **{"drop:x": True}),
+                _cand(space, 3, 0.89, 1.0, True, **{"int8:c": True})]  # fmt: skip
+    ev = _StubEvaluator({None: 0.90, 0: 0.90, 1: 0.925, 2: 0.905, 3: 0.93}, space)
+    finals = final_round(ev, searched, [uniform], ("accuracy",), (), {}, top_k=2, front=searched)
+    assert ev.recovered == [1, 2, None]  # not [0, 1, None]: the uniform model once, two searched ones
+    assert finals.uniform_trials == (0,)
+    best, _ = best_or_uniform(finals, ("accuracy",))
+    assert best.trial == 1 and [c.trial for c in finals.finalists] == [1, 2, None]

@@ -41,6 +41,7 @@ class Finals:
     notes: tuple[str, ...]  # what the choice skipped, and why
     dense_ms: tuple[float, ...]  # the dense model's time in each run (the yardstick of relative budgets)
     pareto: tuple[Candidate, ...] = ()  # the Pareto front, each entry with its re-measurement
+    uniform_trials: tuple[int, ...] = ()  # searched trials that build the uniform finalist's model (judged as it)
 
 
 def finite(value: float, objective: str) -> float:
@@ -67,18 +68,26 @@ def final_round(ev: Evaluator, searched: Sequence[Candidate], uniform: Sequence[
     """Re-measure the ``front`` (the Pareto front's trials, their models unrecovered: latency depends on the graph,
     not on the weights) with the dense model, then recover the ``top_k`` best of ``searched`` that this did not find
     ``over`` their budget, and the best of ``uniform``, as the recipe does, re-measure them alike (module docstring)
-    and choose: the best searched finalist that meets its budget, and the best uniform one alike. The front is
-    returned with its verdicts (``pareto``); a searched candidate passed over before recovery gets a note.
+    and choose: the best searched finalist that meets its budget, and the best uniform one alike. A searched
+    candidate that builds the uniform finalist's model (the search's uniform warm start, a trial like any) is left
+    out of the ``top_k``: it is recovered and judged as the uniform finalist anyway, and would take the slot of a
+    searched one (session 15, run 1: trial 0, the uniform policy, was one of the three searched finalists and was
+    recovered twice). The front is returned with its verdicts (``pareto``); a searched candidate passed over before
+    recovery gets a note.
     ``select`` (a loader of held-out images): the recovered finalists are scored there (:func:`rescored`) and
     chosen by that score."""
     latency = next((b for b in budgets if b.metric == "latency"), None)
     on_front = _front_docs(ev, front, repeats, latency, limits)
     pareto = tuple(_on_front(c, on_front.get(_key(c.policy))) for c in front)
+    base = sorted(uniform, key=lambda c: rank(c, objectives))[:1]
+    model = ev.space.canonical(base[0].policy) if base else None
+    twins = tuple(c.trial for c in searched if c.trial is not None and ev.space.canonical(c.policy) == model)
+    searched = [c for c in searched if c.trial not in twins]
     picked, skipped = _confirmed(sorted(searched, key=lambda c: rank(c, objectives)), on_front, top_k)
-    pools = [picked, sorted(uniform, key=lambda c: rank(c, objectives))[:1]]
+    pools = [picked, base]
     chosen = [c for pool in pools for c in pool]
     if not chosen:
-        return Finals(None, None, (), tuple(skipped), (), pareto)
+        return Finals(None, None, (), tuple(skipped), (), pareto, twins)
     judged = [ev.judge(c.policy, recovery="finetune", trial=c.trial, both=True, full=True) for c in chosen]
     if select is not None:
         judged = [(rescored(cand, net, select, ev.data.task), net) for cand, net in judged]
@@ -88,7 +97,7 @@ def final_round(ev: Evaluator, searched: Sequence[Candidate], uniform: Sequence[
     n = len(pools[0])
     best, notes = choose(finals[:n], objectives, "searched")
     base, more = choose(finals[n:], objectives, "uniform")
-    return Finals(best, base, tuple(finals), tuple(skipped + notes + more), tuple(dense_ms), pareto)
+    return Finals(best, base, tuple(finals), tuple(skipped + notes + more), tuple(dense_ms), pareto, twins)
 
 
 def rescored(c: Candidate, net: Any, select: Any, task: Any) -> Candidate:
@@ -266,8 +275,14 @@ def best_or_uniform(finals: Finals, objectives: tuple[str, ...]) -> tuple[Candid
     best, uniform, notes = finals.best, finals.uniform, list(finals.notes)
     if uniform is not None and (best is None or (uniform.policy != best.policy
                                                  and rank(uniform, objectives) < rank(best, objectives))):
-        notes.append("the uniform policy ranks above every searched finalist after the same recovery: it is best"
-                     if best is not None else "no searched policy met the budget: the best uniform policy is best")
+        twin = f" (the search's trial {finals.uniform_trials[0]} builds it too)" if finals.uniform_trials else ""
+        if best is not None:
+            notes.append(f"the uniform policy ranks above every searched finalist after the same recovery: it is "
+                         f"best{twin}")  # fmt: skip
+        elif twin and uniform.feasible:  # its searched twin was left out of the finalists, not over the budget
+            notes.append(f"the best searched policy within budget is the uniform policy{twin}: it is best")
+        else:
+            notes.append("no searched policy met the budget: the best uniform policy is best")
         best = uniform
     return best, notes
 
