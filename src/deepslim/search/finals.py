@@ -79,12 +79,12 @@ def final_round(ev: Evaluator, searched: Sequence[Candidate], uniform: Sequence[
     latency = next((b for b in budgets if b.metric == "latency"), None)
     on_front = _front_docs(ev, front, repeats, latency, limits)
     pareto = tuple(_on_front(c, on_front.get(_key(c.policy))) for c in front)
-    base = sorted(uniform, key=lambda c: rank(c, objectives))[:1]
-    model = ev.space.canonical(base[0].policy) if base else None
+    baseline = sorted(uniform, key=lambda c: rank(c, objectives))[:1]
+    model = ev.space.canonical(baseline[0].policy) if baseline else None
     twins = tuple(c.trial for c in searched if c.trial is not None and ev.space.canonical(c.policy) == model)
     searched = [c for c in searched if c.trial not in twins]
     picked, skipped = _confirmed(sorted(searched, key=lambda c: rank(c, objectives)), on_front, top_k)
-    pools = [picked, base]
+    pools = [picked, baseline]
     chosen = [c for pool in pools for c in pool]
     if not chosen:
         return Finals(None, None, (), tuple(skipped), (), pareto, twins)
