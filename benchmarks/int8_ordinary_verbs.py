@@ -12,7 +12,9 @@ Latency: one ORT session per file, 1 intra-op thread (as ``transformer_encoder.p
 round-robin with the order reversed every round, median thread CPU time (and wall time) per run at batch 1 and 32
 on full-length token ids.
 Beside it, the same verbs with ``split_inputs=2`` (those two channels computed in fp32 instead: session 7's file)
-and ``scale_inputs=0`` (only the GELU split). The load average is recorded before and after.
+and ``scale_inputs=0`` (only the GELU split), and the default model's file as sessions 9-16 wrote it
+(``ds_verbs_skipln``: ONNX Runtime's ``SkipLayerNormalization`` kept, not rewritten as Add + LayerNormalization).
+The load average is recorded before and after.
 
     OMP_NUM_THREADS=1 nice -n 5 python benchmarks/int8_ordinary_verbs.py [--rounds 6] [--seqs 32,128]
         [--json benchmarks/results/int8_ordinary_verbs.json]
@@ -28,6 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 import torch
@@ -134,6 +137,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                calib_data=data[seq].train)  # fmt: skip
             result["export"][f"seq{seq}"] = {**r.to_dict(), "cpu_s": round(time.process_time() - c0, 1)}
             files["ds_verbs_int8"] = r.path
+            with mock.patch("deepslim.export._dynamic_int8.plain_layer_norms", return_value=0):  # session 16's file
+                r = ds.export_onnx(model, Path(work) / f"skipln-{seq}.onnx", example_input=(ids[:2], mask[:2]),
+                                   calib_data=data[seq].train)  # fmt: skip
+            result["export"][f"ds_verbs_skipln_seq{seq}"], files["ds_verbs_skipln"] = r.to_dict(), r.path
             for k in others:
                 r = ds.export_onnx(models[k], Path(work) / f"{k}-{seq}.onnx", example_input=(ids[:2], mask[:2]),
                                    calib_data=data[seq].train)  # fmt: skip
