@@ -216,7 +216,7 @@ class NodeTable:
         whole batch is timed again when the twins' sums differ by more than :attr:`tolerance` or while its canaries
         read more than :attr:`tolerance` slower in sum than their entries, and a node far from its twin (its two
         fastest timings more than twice the tolerance and 2 µs apart) is timed again — :attr:`retries` times at most.
-        The entries come from one timing (:meth:`_net`). A canary read faster than its entry by more than the
+        The entries come from one timing (:func:`_net`). A canary read faster than its entry by more than the
         tolerance (its entry was timed in a slow stretch) is noted in :attr:`faster` and its entry kept: a search's
         dense sum, limits, calibration and earlier trials' sums were made with it, and a resumed study re-sums dense
         from the cache (lowering entries mid-search judged one budget in two frames, and let shared nodes, timed
@@ -452,24 +452,27 @@ def _agree(times: Sequence[float], tolerance: float) -> bool:
 
 def _net(runs: Sequence[tuple[dict[int, float], float]], size: int, new: int) -> list[float]:
     """A batch's net times from its timings (each ``({batch index: gross ms}, that process's trivial-graph ms)``):
-    every node from the one timing of the whole batch whose net sum (its gross times less its own trivial graph's,
-    per node) is least; a new node (of the first ``new``) timed again without the rest of the batch (far from its
-    twin) from the timing where its net time is least. Why one process: the trivial graph's time differs between
-    processes, and the nodes' gross times with it — a per-process overhead every one-node run of that process pays
-    (session 17, 8 processes timing the same 67 and 146 nodes: trivial graphs 3.0–3.3 and 2.8–4.9 µs, each
-    process's median node shift following them, correlation 0.77 and 0.96), so an entry is a difference within one
-    process. Session 16 took each node's least gross time over the processes less the least trivial graph of any
-    process so far, which left the gap between overheads in every entry (up to 0.7–1.3 µs a node; the twin sums 10 %
-    above the first timings' for 28–49 of 70 models in runs 1, 2 and 4); session 15's first run took each node's
-    least difference, node by node, which picks for each node the process whose trivial graph read slow (the dense
-    model summed at 48 µs against 126). One timing per batch: the least of two sums, not of a difference per node."""
+    every node from the one timing of the whole batch whose summed gross time is least, less that process's own
+    trivial graph; a new node (of the first ``new``) timed again without the rest of the batch (far from its twin)
+    from the timing where its gross time is least, less that timing's own. Why one process: the trivial graph's time
+    differs between processes, and the nodes' gross times with it — a per-process overhead every one-node run of the
+    process pays (session 17's first two fresh runs: over ~150 timings of a batch each, a timing's trivial-graph gap
+    to its batch's median and its nodes' median shift correlated 0.92 / 0.93, slope 1.4 / 1.1), so an entry is a
+    difference within one process. Session 16 took each node's least gross time over the processes less the least
+    trivial graph of any process so far, which left the gap between overheads in every entry (up to 0.7–1.3 µs a
+    node). Why chosen by the gross sum: a trivial graph sometimes reads slow alone (in ~1–5 timings a run above
+    its own fastest node's gross time by 20 %), and the least net sum then picks that process — session 17's third
+    run summed the dense model at 48 µs against 111–119 µs so (session 15's first run took each node's least
+    difference, the same pick node by node: dense at 48 µs against 126). The gross sum does not see the trivial
+    graph's reading; a slow one in the process it picks still lowers that batch's entries."""
     whole = [(r, o) for r, o in runs if len(r) == size]
-    base, own = min(whole, key=lambda run: sum(run[0].values()) - size * run[1])
+    base, own = min(whole, key=lambda run: sum(run[0].values()))
     alone = {i for r, _ in runs if len(r) < size for i in r if i < new}
     net = []
     for i in range(size):
         if i in alone:
-            net.append(min(r[i] - o for r, o in runs if i in r))
+            gross, off = min(((r[i], o) for r, o in runs if i in r), key=lambda pair: pair[0])
+            net.append(gross - off)
         else:
             net.append(base[i] - own)
     return [max(0.0, t) for t in net]
