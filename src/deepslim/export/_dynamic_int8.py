@@ -114,9 +114,9 @@ def plain_layer_norms(path: Path) -> int:
     ``Add(bias)``, then the standard ``LayerNormalization``; returns how many. The same sums in the same order, ~3x
     less time: ONNX Runtime's CPU ``SkipLayerNormalization`` (1.32) is a scalar loop with a division per element (7 ns
     per element on this machine, 20-24 % of all-MiniLM-L6-v2's int8 file at every batch and length), the three
-    vectorized nodes 1.9-2.5 ns (session 17). The bias is added after the skip so that ONNX Runtime's session optimizer, whose
-    ``SkipLayerNormFusion`` needs the normalization's ``Add`` to join two 3-D tensors, does not fuse it back (one
-    without a bias it may). A node whose mean or inverse-deviation output is read is left as it is."""
+    vectorized nodes 1.9-2.5 ns (session 17). The bias is added after the skip so that ONNX Runtime's session
+    optimizer, whose ``SkipLayerNormFusion`` needs the normalization's ``Add`` to join two 3-D tensors, does not fuse
+    it back (one without a bias it may). A node whose mean or inverse-deviation output is read is left as it is."""
     import onnx
     from onnx import helper
 
