@@ -176,7 +176,7 @@ def _quantize(fused: Path, out: Path, exclude: list[str], *, only: list[str] | N
     from deepslim.export._dynamic_int8 import plain_layer_norms
 
     with step("rewriting SkipLayerNormalization as Add + LayerNormalization"):
-        plain_layer_norms(out)  # ONNX Runtime 1.32's CPU SkipLayerNormalization: ~3x the time of Add + LayerNormalization
+        plain_layer_norms(out)  # ORT 1.32's CPU SkipLayerNormalization: ~3x the time of Add + LayerNormalization
 
 
 def _run(path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
