@@ -1,0 +1,124 @@
+"""Session 17's floor-check runs re-derived offline from their timer logs (``OUT.log.json`` of
+``benchmarks/_search_floor17.py``), no new timing: each run's node entries with another estimator — ``gross`` (the
+library's: each batch from the timing with the least gross sum, less its own trivial graph), ``net`` (the least net
+sum: runs 1-3's live choice), ``s16`` (session 16's: each node's least gross time less the least trivial graph seen)
+— with or without the calibration's canary notes applied (``+low``), judged as the search fits (the plane through
+dense with the knee, on the 19 calibration points); then each policy's sum off its median over the runs. Reads each
+run's node cache (its command's CACHE_DIR) for the per-node graph term::
+
+    python benchmarks/_search_table17.py benchmarks/results/search_session17_floor{,2,3,4,5,6}.json
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from _search_floor14 import knee_summary, view  # noqa: E402
+from deepslim.search.node_table import _net  # noqa: E402
+
+GRAPH = "(one more node in a graph)"
+WAYS = (("gross", True), ("gross", False), ("net", True), ("net", False), ("s16", False))
+
+
+def choose(runs: list[tuple[dict[int, float], float]], size: int, new: int, by: str) -> list[float]:
+    whole = [run for run in runs if len(run[0]) == size]
+    if by == "net":
+        base = min(whole, key=lambda run: sum(run[0].values()) - size * run[1])
+    else:
+        base = min(whole, key=lambda run: sum(run[0].values()))
+    return _net([base] + [run for run in runs if len(run[0]) < size], size, new)
+
+
+def replay(d: dict[str, Any], log: dict[str, Any], by: str, lower: bool) -> tuple[dict[Any, float], int | None]:
+    """Every row's sum (and dense's) with estimator ``by``; the notes of the calibration's canaries applied before
+    the first batch of a judged policy when ``lower``."""
+    cache = json.loads(Path(glob.glob(d["command"].split()[2] + "/session17/*.json")[0]).read_text())["entries"]
+    g = [v for k, v in cache.items() if k.endswith(GRAPH)][0]
+    calib_keys = set(d["dense"]["node_keys"])
+    for r in d["rows"]:
+        if r["role"] == "calibration":
+            calib_keys |= set(r["node_keys"])
+    e: dict[str, float] = {}
+    faster: dict[str, float] = {}
+    lowered: int | None = None
+    overheads: list[float] = []
+    for b in log["batches"]:
+        if lowered is None and any(k not in calib_keys for k in b["new"]):
+            lowered = 0
+            for k, t in faster.items() if lower else ():
+                if t < e[k]:
+                    e[k] = t
+                    lowered += 1
+        calls = log["calls"][b["calls"][0]:b["calls"][1]]
+        batch = b["new"] + b["canaries"]
+        runs = [({batch.index(k): t for k, t in zip(c["keys"], c["gross_ms"], strict=True)}, c["overhead_ms"])
+                for c in calls]  # fmt: skip
+        overheads += [c["overhead_ms"] for c in calls]
+        if by == "s16":
+            for i, k in enumerate(b["new"]):
+                e[k] = max(0.0, min(r[i] for r, _ in runs if i in r) - min(overheads))
+            continue
+        net = choose(runs, len(batch), len(b["new"]), by)
+        e.update(zip(b["new"], net, strict=False))
+        if lowered is None:
+            for k, t in zip(b["canaries"], net[len(b["new"]):], strict=True):
+                if t * 1.1 < e[k]:
+                    faster[k] = min(t, faster.get(k, t))
+    rows: list[tuple[Any, dict[str, Any]]] = [("dense", d["dense"]), *enumerate(d["rows"])]
+    return {name: sum(e[k] for k in r["node_keys"]) + g * len(r["node_keys"]) for name, r in rows}, lowered
+
+
+def judge(d: dict[str, Any], sums: dict[Any, float]) -> dict[str, Any]:
+    rows = [dict(r, v=sums[i]) for i, r in enumerate(d["rows"])]
+    dense = dict(d["dense"], v=sums["dense"])
+    return knee_summary(view(rows, "v", "measured_ms"), view([dense], "v", "measured_ms")[0])
+
+
+def spread(files: list[str]) -> dict[str, tuple[float, float, float, int]]:
+    """Per way: each policy's sum off its median over the runs (p50 / p90 / max %), and the measured times'."""
+    docs = [json.loads(Path(f).read_text()) for f in files]
+    logs = [json.loads(Path(f).with_suffix(".log.json").read_text()) for f in files]
+    out = {}
+    for by, lower in (("gross", True), ("net", False), ("s16", False), ("measured", False)):
+        table = []
+        for d, log in zip(docs, logs, strict=True):
+            sums = replay(d, log, by, lower)[0] if by != "measured" else {}
+            table.append({json.dumps(r["policy"], sort_keys=True): sums[i] if sums else r["measured_ms"]
+                          for i, r in enumerate(d["rows"])})  # fmt: skip
+        common = [k for k in table[0] if all(k in t for t in table)]
+        a = np.array([[t[k] for t in table] for k in common])
+        dev = np.abs(a / np.median(a, axis=1, keepdims=True) - 1) * 100
+        out[by + ("+low" if lower else "")] = (float(np.percentile(dev, 50)), float(np.percentile(dev, 90)),
+                                               float(dev.max()), len(common))  # fmt: skip
+    return out
+
+
+def main() -> None:
+    for f in sys.argv[1:]:
+        d = json.loads(Path(f).read_text())
+        log = json.loads(Path(f).with_suffix(".log.json").read_text())
+        print(Path(f).name)
+        for by, lower in WAYS:
+            sums, low = replay(d, log, by, lower)
+            k = judge(d, sums)
+            ms, nf = k["ms"], k["near_floor_ratio_to_dense"]
+            live = max(abs(sums[i] / r["raw_s17_ms"] - 1) for i, r in enumerate(d["rows"])) * 100
+            print(f"   {by}{'+low' if lower else ''}: {ms['within_10pct_count']} of {ms['points']} within 10 %, "
+                  f"p50 {ms['p50'] * 100:.1f} p90 {ms['p90'] * 100:.1f} max {ms['max'] * 100:.1f} %, near floor "
+                  f"{nf['within_10pct_count']}/{nf['points']}, tau {k['kendall_tau']:.3f}, knee {k['knee_mib']:.2f}, "
+                  f"dense {sums['dense'] * 1e3:.0f} us (lowered {low}; off the live sums by {live:.2f} % at most)")
+    if len(sys.argv) > 2:
+        for name, v in spread(sys.argv[1:]).items():
+            print(f"spread {name:10s} p50 {v[0]:.1f} p90 {v[1]:.1f} max {v[2]:.1f} % over {v[3]} policies")
+
+
+if __name__ == "__main__":
+    main()
