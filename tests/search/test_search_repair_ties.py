@@ -61,9 +61,49 @@ def test_a_repair_in_a_tied_space_is_written_as_the_suggested_choices_and_not_qu
     assert space.policy({k: trial.suggest_categorical(k, v) for k, v in choices.items()}) == fix
     study.tell(trial, 0.5)
     assert set(study.trials[0].system_attrs["fixed_params"]) == set(choices)  # no follower written
-    # the same repaired policy again (a retried trial repairs alike): a completed trial holds its choices already;
-    # with the followers written it would not compare equal to the completed trial's parameters and be queued again
+    # the same repaired policy again (a retried trial repairs alike): the completed trial holds it already
     assert queue_repair(study, 1, fix, choices) is None
+
+
+def test_a_repair_to_a_policy_a_sampled_trial_ran_is_not_queued_again():
+    # a completed trial the sampler drew holds only the suggested parameters (no fixed ones): the repair compares
+    # its own parameters without the tied layers' followers to them (review R17 L2)
+    optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    from optuna.distributions import CategoricalDistribution
+
+    from deepslim.search import storage as st
+    from deepslim.search.trials import queue_repair
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    space = _tied(1)
+    choices = space.choices()
+    fix = space.narrower(space.dense(), 1, True)
+    study = optuna.create_study(directions=["maximize"])
+    params = {k: v for k, v in fix.params().items() if k in choices}
+    kinds = {k: CategoricalDistribution(choices[k]) for k in params}
+    study.add_trial(optuna.trial.create_trial(params=params, distributions=kinds, values=[0.5]))
+    st.add_trial_slots(study, 2)
+    assert len(params) < len(fix.params())  # the space ties layers: the policy's own parameters hold followers
+    assert queue_repair(study, 7, fix, choices) is None
+    assert all(not t.system_attrs.get("fixed_params") for t in study.trials[1:])
+
+
+def test_a_repair_to_a_policy_still_waiting_in_the_queue_is_not_queued_again():
+    # a prior (or warm start) is enqueued with the parameters a trial suggests, as the repair writes its own: a repair
+    # to the same policy finds it waiting and is not written onto a second slot (review R17 L1)
+    optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    from deepslim.search import _study
+    from deepslim.search.trials import queue_repair
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    space = _tied(1)
+    choices = space.choices()
+    fix = space.narrower(space.dense(), 1, True)
+    study = optuna.create_study(directions=["maximize"])
+    assert _study.queue_trials(study, space, ("accuracy",), 3, "tpe", 0, priors=[fix]) == 0
+    assert len(study.trials) == 3 and not any(t.system_attrs.get("fixed_params") for t in study.trials[1:])
+    assert queue_repair(study, 5, fix, choices) is None
+    assert all(not t.system_attrs.get("fixed_params") for t in study.trials[1:])
 
 
 def test_the_repair_estimate_learns_from_the_steps_it_judged():

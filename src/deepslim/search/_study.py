@@ -89,18 +89,20 @@ def queue_trials(study: Any, space: SearchSpace, objectives: tuple[str, ...], tr
     counted = [t for t in study.get_trials(deepcopy=False)
                if t.state in (state.COMPLETE, state.WAITING, state.RUNNING) or "error" in t.user_attrs]  # fmt: skip
     missing = max(0, trials - len(counted))
+    choices = space.choices()
     if strategy == "grid":  # every policy once, in a seeded order: the slots are the policies not yet tried
         queue_grid(study, space, counted, missing, seed)
         missing = 0
     elif not study.get_trials(deepcopy=False):  # a new study starts from the best uniform policies within budget
         queued: set[str] = set()
         for c in sorted((c for c in warm if c.feasible), key=lambda c: _rank(c, objectives))[: min(3, missing // 4)]:
-            study.enqueue_trial(c.policy.params(), skip_if_exists=False)
-            queued.add(str(sorted(c.policy.params().items())))
+            study.enqueue_trial(suggested(c.policy, choices), skip_if_exists=False)
+            queued.add(str(sorted(suggested(c.policy, choices).items())))
             missing -= 1
-        for policy in [p for p in priors if str(sorted(p.params().items())) not in queued][: max(0, trials // 3)]:
+        for params in [q for q in (suggested(p, choices) for p in priors)
+                       if str(sorted(q.items())) not in queued][: max(0, trials // 3)]:  # fmt: skip
             if missing > 0:
-                study.enqueue_trial(policy.params(), skip_if_exists=False)
+                study.enqueue_trial(params, skip_if_exists=False)
                 missing -= 1
     st.add_trial_slots(study, missing)
     return len(counted)
@@ -112,10 +114,19 @@ def queue_grid(study: Any, space: SearchSpace, counted: Sequence[Any], missing: 
 
     tried = {str(sorted(t.params.items())) for t in counted if t.params}
     tried |= {str(sorted(t.system_attrs.get("fixed_params", {}).items())) for t in counted}
-    grid = [p.params() for p in space.all_policies()]
+    choices = space.choices()
+    grid = [suggested(p, choices) for p in space.all_policies()]
     random.Random(seed).shuffle(grid)
     for params in [p for p in grid if str(sorted(p.items())) not in tried][:missing]:
         study.enqueue_trial(params, skip_if_exists=False)
+
+
+def suggested(policy: Policy, choices: dict[str, Any]) -> dict[str, Any]:
+    """``policy``'s parameters that a trial suggests (``choices``: :meth:`SearchSpace.choices`): a tied int8 layer's
+    follower left out, as in a sampled trial's parameters and a repair's fixed ones
+    (:func:`deepslim.search.trials.queue_repair`), so that a queued policy compares equal to either (review R17 L1:
+    enqueued with its followers, a warm start still waiting was queued again by a repair to the same policy)."""
+    return {k: v for k, v in policy.params().items() if k in choices}
 
 
 def completed(study: Any, limits: dict[str, float]) -> list[Candidate]:
