@@ -33,15 +33,19 @@ def base(dense: Candidate, metric: str) -> float:
 
 def floor_policies(ev: Evaluator) -> list[Policy]:
     """The policies that may be the fastest of the space: the fewest channels with, per layer, the precision the
-    layer table times faster, and every layer int8 or float alike (conversions between precisions make the per-layer
-    choice not always the best); duplicates dropped."""
+    layer table times faster (per tied group, :attr:`SearchSpace.tied`, the precision its layers' summed times
+    favour: the space chooses it once, review R17 L4), and every layer int8 or float alike (conversions between
+    precisions make the per-layer choice not always the best); duplicates dropped."""
     space, x = ev.space, ev.data.example_input
     least = space.smallest(False)
     net = prune_policy(ev.model, space, least, example_input=x)
-    int8 = {}
+    lead = space.followers()
+    gain: dict[str, float] = {}  # per choice (a tied group's first layer): float's time less int8's
     for name, key in layer_keys(net, x, {}).items():
         if name in least.int8:
-            int8[name] = ev.table.layer_ms([replace(key, int8=True)])[0] < ev.table.layer_ms([key])[0]
+            saved = ev.table.layer_ms([key])[0] - ev.table.layer_ms([replace(key, int8=True)])[0]
+            gain[lead.get(name, name)] = gain.get(lead.get(name, name), 0.0) + saved
+    int8 = {n: gain[lead.get(n, n)] > 0 for n in least.int8 if lead.get(n, n) in gain}
     options = (replace(least, int8={**least.int8, **int8}), least, space.smallest(True))
     return list({str(p.to_dict()): p for p in options}.values())
 
