@@ -5,9 +5,11 @@ one-node run, the trivial graph's included, pays that process's overhead."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from deepslim.search import calibration
+from deepslim.search import calibration, frame
 from deepslim.search.evaluate import Evaluator, _shape
 from deepslim.search.latency import LatencyTable
 from deepslim.search.node_table import GRAPH_NODE, PREFIX, NodeTable
@@ -96,14 +98,52 @@ def test_the_calibration_lowers_what_its_canaries_read_faster_and_fits_on_the_re
     measured = three_us_per_parameter([(n, x) for n in nets])
     calibration._calibrate_nodes(ev, policies, nets, measured)
     shared = ["Conv2d:[[8, 1, 3, 3]]", "Linear:[[10, 32]]"]  # dense's, timed later as canaries (its 8x8 conv: never)
+    true = fake_node_timer([{"key": k} for k in shared], "")
     assert nodes.lowered == 2 and nodes.faster == {}
-    assert [nodes.table.entries[PREFIX + k] for k in shared] == pytest.approx(fake_node_timer(
-        [{"key": k} for k in shared], ""))  # fmt: skip
+    assert nodes.study_entries == pytest.approx({PREFIX + k: t for k, t in zip(shared, true, strict=True)})
+    assert [nodes.table.entries[PREFIX + k] for k in shared] == pytest.approx([1.5 * t for t in true])  # cache kept
     dense = ev.node_raw(policies[0], nets[0])
-    assert dense == pytest.approx(nodes.sum_keys(ev._node_keys[_shape(policies[0])]))  # re-summed from the cache
+    assert dense == pytest.approx(nodes.sum_keys(ev._node_keys[_shape(policies[0])]))  # re-summed, this study's
     assert nodes.scale == pytest.approx(measured[0] / dense)  # anchored on the re-summed dense model
     fresh = fake_nodes(LatencyTable(timer=lambda keys: [0.0] * len(keys)))
     assert dense < fresh.raw_model(nets[0], x) * 1.5 - 1e-9  # the stretch's dense sum is gone from the frame
+    state = frame.table_state(ev)  # the study's frame records its own entries; resumed, it sums dense as before
+    again = fake_nodes(table)
+    resumed = Evaluator(net, data, small_space(net), table, latency_model="nodes", nodes=again)
+    frame.restore_tables(resumed, json.loads(json.dumps(state)))  # as the study's storage gives it back
+    assert again.study_entries == nodes.study_entries and resumed.node_raw(policies[0], nets[0]) == dense
+
+
+def test_a_study_calibrating_on_a_shared_cache_does_not_move_the_sums_of_a_study_recorded_on_it_before(tmp_path):
+    """Review R17 M1: study A's dense batch falls in a slow stretch (66 µs); study B, later on the same cache file,
+    times Conv:a as a canary at its true time and its calibration lowers it. The lowering is B's alone (in its
+    frame, not in the file), so A resumed re-sums dense at the 66 µs its frame was fitted on, not 46 µs, while B's
+    own sums use the lowered entry."""
+    cache = tmp_path / "machine.json"
+
+    def table(slow_calls: int = 0) -> NodeTable:
+        latency = LatencyTable(timer=lambda keys: [0.0] * len(keys))
+        latency.path, latency.entries = cache, {}
+        latency.entries = latency._load()  # a real timer's table: the shared cache file
+        calls = [0]
+        true = {"Conv:a": 0.040, "Conv:b": 0.020, "Relu:c": 0.004, "Add:e": 0.006}
+        models = {"dense": ["Conv:a", "Relu:c"], "other": ["Conv:a", "Conv:b", "Add:e"]}
+
+        def timer(batch, work):
+            calls[0] += 1
+            return [(1.5 if calls[0] <= slow_calls else 1.0) * true[n["key"]] for n in batch]
+
+        return NodeTable(latency, timer=timer, splitter=lambda path, shape, work: [
+            {"key": k, "op": k, "file": "", "feeds": ""} for k in models[path]])  # fmt: skip
+
+    dense_a = table(slow_calls=2).raw_file("dense", (1,))
+    b = table()
+    other = b.raw_file("other", (1,))
+    assert b.lower_entries() == 1
+    assert dense_a == pytest.approx(0.066) and table().raw_file("dense", (1,)) == dense_a  # A resumed: 66 µs
+    assert json.loads(cache.read_text())["entries"][PREFIX + "Conv:a"] == pytest.approx(0.060)  # the file: as timed
+    assert b.study_entries == {PREFIX + "Conv:a": pytest.approx(0.040)}
+    assert b.sum_keys(b.last_keys) == pytest.approx(other - 0.020)  # B's own sums: the lowered entry
 
 
 def three_us_per_parameter(pairs):

@@ -67,11 +67,13 @@ def _calibrate_nodes(ev: Evaluator, policies: list[Policy], nets: list[nn.Module
     Before the fit, the entries the calibration's canaries read faster than by more than the tolerance are lowered
     (:meth:`NodeTable.lower_entries`) and the models re-summed (:meth:`Evaluator.resum_nodes`): the first batch, the
     dense model's on a fresh cache, has no canaries of its own, and a slow stretch over both of its twins moved the
-    whole frame (session 16's first run: dense summed 213 µs against 104–115 µs)."""
+    whole frame (session 16's first run: dense summed 213 µs against 104–115 µs). Lowered for this study only
+    (:attr:`NodeTable.study_entries`, recorded in its frame): the shared cache, from which other studies re-sum
+    their dense models on resume, is not written (review R17 M1)."""
     if ev.nodes is None:
         return
     raws = [ev.node_raw(p, net) for p, net in zip(policies, nets, strict=True)]
-    lowered = ev.nodes.lower_entries()  # canaries read earlier batches' entries slow: applied before the fit
+    lowered = ev.nodes.lower_entries()  # canaries read earlier entries slow: applied, in this study, before the fit
     if lowered:
         log.info("the node table lowered %d entries its canaries read faster; %d calibration sums moved", lowered,
                  ev.resum_nodes())  # fmt: skip

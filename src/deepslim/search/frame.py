@@ -111,9 +111,12 @@ def check_feasible(ev: Evaluator, budgets: tuple[Budget, ...], limits: dict[str,
 
 FRAME_ATTR = "latency_frame"  # the study's user attribute: the tables' calibration and the floor check's result
 _FIELDS = {"layers": ("scale", "offset", "change_weight", "error_band", "points"),
-           "nodes": ("scale", "offset", "weight_coef", "weight_knee", "error_band", "points", "triples")}  # fmt: skip
+           "nodes": ("scale", "offset", "weight_coef", "weight_knee", "error_band", "points", "triples",
+                     "study_entries")}  # fmt: skip
 MEASURED_FIELD = "measured_dense_ms"  # the measured model's frame in table_state (Evaluator.reference)
-_ADDED = {"weight_knee": 0.0}  # fields recorded since a later version: a frame without one had the default
+# fields recorded since a later version: a frame without one had the default (study_entries: the node entries the
+# calibration lowered for this study alone, NodeTable.lower_entries; review R17 M1)
+_ADDED: dict[str, Any] = {"weight_knee": 0.0, "study_entries": {}}
 
 
 def table_state(ev: Evaluator) -> dict[str, Any]:
@@ -149,7 +152,8 @@ def restore_tables(ev: Evaluator, state: dict[str, Any]) -> None:
         if table is not None and key in state:
             for f in _FIELDS[key]:
                 v = state[key].get(f, _ADDED[f]) if f in _ADDED else state[key][f]
-                setattr(table, f, [tuple(p) for p in v] if f in ("points", "triples") else float(v))
+                setattr(table, f, [tuple(p) for p in v] if f in ("points", "triples") else
+                        {str(k): float(t) for k, t in v.items()} if f == "study_entries" else float(v))
     _model(ev).floor = state.get("floor")
 
 

@@ -137,10 +137,14 @@ class NodeTable:
         # process's own off its times (a custom timer's times are net: nothing recorded, nothing taken off).
         self.overheads: list[float] = []
         # Canaries read faster than their entries by more than the tolerance (key -> the least such net time):
-        # noted, never applied during a search (its frame summed the entries as they were); :meth:`lower_entries`
-        # applies them, an explicit maintenance call between searches.
+        # noted, never applied after a search's calibration (its frame summed the entries as they were); the
+        # calibration applies them before its fit (:meth:`lower_entries`), into :attr:`study_entries`.
         self.faster: dict[str, float] = {}
-        self.lowered = 0  # cached entries :meth:`lower_entries` lowered
+        # This study's own entries (key -> ms): those its calibration lowered (:meth:`lower_entries`), summed instead
+        # of the shared cache's, never saved to it, and recorded in the study's frame (``frame.table_state``), which
+        # puts them back on resume: another study on the same cache keeps the entries its frame was summed from.
+        self.study_entries: dict[str, float] = {}
+        self.lowered = 0  # entries :meth:`lower_entries` lowered
         self.exporter = exporter or export_model
         self.splitter = splitter or (lambda path, shape, work: _child(
             {"cmd": "split", "model": path, "shape": list(shape), "threads": threads, "work": work})["nodes"])
@@ -182,7 +186,7 @@ class NodeTable:
             before = self.table.measured
             if missing:
                 known = {self.prefix + n["key"]: n for n in nodes if self.prefix + n["key"] not in missing}
-                canaries = sorted(known, key=lambda k: -self.table.entries[k])[: self.canaries]
+                canaries = sorted(known, key=lambda k: -self._entry(k))[: self.canaries]
                 times = self._timed(list(missing.values()), [known[k] for k in canaries], work)
                 self.table.entries.update({k: float(t) for k, t in zip(missing, times, strict=True)})
                 self.table.measured += len(missing)
@@ -201,7 +205,11 @@ class NodeTable:
         :data:`GRAPH_NODE`'s entry per node: :meth:`raw_file`'s sum without splitting the file again, e.g. after
         :meth:`lower_entries` (the calibration re-sums its models so)."""
         per_node = self.table.entries.get(self.graph_key, 0.0)
-        return float(sum(self.table.entries[self.prefix + k] for k in keys) + per_node * len(keys))
+        return float(sum(self._entry(self.prefix + k) for k in keys) + per_node * len(keys))
+
+    def _entry(self, key: str) -> float:
+        """The entry this study sums for ``key`` (prefixed): its own (:attr:`study_entries`), else the cache's."""
+        return self.study_entries.get(key, self.table.entries[key])
 
     def _spaced(self, call: Callable[..., Any], *args: Any) -> Any:
         """``call(*args)`` after :attr:`gap_s` seconds' pause, unless it is the table's first timing."""
@@ -220,13 +228,13 @@ class NodeTable:
         tolerance (its entry was timed in a slow stretch) is noted in :attr:`faster` and its entry kept: a search's
         dense sum, limits, calibration and earlier trials' sums were made with it, and a resumed study re-sums dense
         from the cache (lowering entries mid-search judged one budget in two frames, and let shared nodes, timed
-        most often, drift low: review R15 M1); the calibration applies the notes before it fits
-        (:meth:`lower_entries`). Why the twins: on the shared 2-core machine a batch timed once over 3 s fell wholly
-        in a stretch of 1.3–1.7× (session 14, run 3: node sums 16 % off the three runs' median at p90, the float
-        floor policies' sums 12–19 µs high), which moved every policy that shares the batch's nodes."""
+        most often, drift low: review R15 M1); the calibration applies the notes before it fits, to this study's
+        entries only (:meth:`lower_entries`). Why the twins: on the shared 2-core machine a batch timed once over 3 s
+        fell wholly in a stretch of 1.3–1.7× (session 14, run 3: node sums 16 % off the three runs' median at p90,
+        the float floor policies' sums 12–19 µs high), which moved every policy that shares the batch's nodes."""
         batch = new + canaries
         spare = range(len(new), len(batch))
-        entries = sum(self.table.entries[self.prefix + c["key"]] for c in canaries)
+        entries = sum(self._entry(self.prefix + c["key"]) for c in canaries)
         runs: list[tuple[dict[int, float], float]] = []  # each timing: {batch index: gross ms}, its trivial graph's ms
         todo = list(range(len(batch)))
         for attempt in range(self.twins + self.retries):
@@ -250,26 +258,34 @@ class NodeTable:
         net = _net(runs, len(batch), len(new))
         for c, t in zip(canaries, net[len(new):], strict=True):
             key = self.prefix + c["key"]
-            if t * (1 + self.tolerance) < self.table.entries[key]:
+            if t * (1 + self.tolerance) < self._entry(key):
                 self.faster[key] = min(t, self.faster.get(key, t))
         return net[: len(new)]
 
-    def lower_entries(self) -> int:
-        """Lower each cached entry that a canary read faster than by more than the tolerance (:attr:`faster`) to that
-        reading, save the cache and return how many changed (:attr:`lowered` counts them). A search calls it once,
-        in its calibration after every calibration model is summed and before the fit, and re-sums those models
+    def lower_entries(self, *, save: bool = False) -> int:
+        """Lower each entry that a canary read faster than by more than the tolerance (:attr:`faster`) to that
+        reading and return how many changed (:attr:`lowered` counts them). A search calls it once, in its calibration
+        after every calibration model is summed and before the fit, and re-sums those models
         (:func:`deepslim.search.calibration._calibrate_nodes`): the frame is not fixed yet, and the first batch, the
         dense model's on a fresh cache, has no canaries of its own — a slow stretch over both twins (session 16's
         first run: dense summed 213 µs against 104–115 µs) was noted by later batches and applied by nothing. Never
-        during the search that follows (review R15 M1); between searches, an explicit maintenance step (a study
-        recorded before is judged against a cache that changed under it)."""
+        during the search that follows (review R15 M1).
+
+        Who may save: by default (``save=False``) the lowered values go to :attr:`study_entries`, this study's own,
+        in memory and in its recorded frame — the shared cache (``~/.cache/deepslim/latency`` by default, keyed per
+        operator and shape, so read by other models' studies) is not written, since a study recorded earlier
+        re-sums its dense model from it when resumed and would be judged against limits fitted on other sums (review
+        R17 M1: 66 → 46 µs); and a concurrent process's next save would write its old value back. ``save=True``
+        lowers the shared cache's entries and saves them: only for a maintenance step outside any search, on a
+        cache no recorded study will resume on."""
+        target = self.table.entries if save else self.study_entries
         changed = 0
         for key, t in self.faster.items():
-            if t < self.table.entries.get(key, float("inf")):
-                self.table.entries[key] = t
+            if key in self.table.entries and t < (self.table.entries[key] if save else self._entry(key)):
+                target[key] = t
                 changed += 1
         self.faster.clear()
-        if changed:
+        if changed and save:
             self.table._save()
         self.lowered += changed
         return changed
