@@ -170,9 +170,46 @@ def test_a_session_14_study_judged_by_the_layer_table_resumes_and_one_judged_by_
     nodes = Evaluator(net, digits(), small_space(net), table, latency_model="nodes",
                       nodes=NodeTable(table, timer=lambda n, w: [0.0] * len(n)))  # fmt: skip
     frame.check_feasible(nodes, (), {}, None)
-    assert _judging.settings(nodes)["timing"] == f"iobind+graph-node+twins|window={WINDOW_S:g}"
+    assert _judging.settings(nodes)["timing"] == f"iobind+graph-node+twins+own-overhead|window={WINDOW_S:g}"
     with pytest.raises(ConfigError, match=r"judged its trials with timing='iobind\+graph-node\|window=3'"):
         _judging.check(_study_with_a_trial({**session14, "latency_model": "nodes"}), "nodes14",
                        _judging.settings(nodes))  # fmt: skip
     once = NodeTable(nodes.table, timer=lambda n, w: [0.0] * len(n), twins=1, retries=0)
-    assert once.timing == f"iobind+graph-node+twins|window={WINDOW_S:g}|node[twins=1,retries=0]"
+    assert once.timing == f"iobind+graph-node+twins+own-overhead|window={WINDOW_S:g}|node[twins=1,retries=0]"
+
+
+def test_node_entries_cached_and_studies_judged_before_the_per_process_overhead_are_not_served_or_resumed(tmp_path):
+    """Session 17 changed what a node entry is (one process's gross time less its own trivial graph, not each node's
+    least gross time less the least trivial graph of any process) and the protocol tag with it (review R17 M2): a
+    session-16 cache file's node entries are timed again, not served, and a study the node table judged then is
+    refused on resume; one the layer table judged (whose entries did not change) still resumes."""
+    import onnxruntime
+
+    from deepslim.analysis.calibrate import cpu_name
+
+    version, tag = onnxruntime.__version__, f"iobind+graph-node+twins|window={WINDOW_S:g}"  # session 15-16's
+    text = f"{cpu_name()}|{os.cpu_count()}|onnxruntime-{version}|threads=1|{STAT}|{tag}"
+    old = tmp_path / f"onnxruntime-{version}-t1-{hashlib.sha256(text.encode()).hexdigest()[:12]}.json"
+    old.write_text(json.dumps({"machine": old.stem, "entries": {PREFIX + "Conv:a": 0.5}}))
+    table = LatencyTable(cache_dir=tmp_path)
+    assert table.path != old and table.entries == {}
+    timed: list[str] = []
+
+    def timer(batch, work):
+        timed.extend(n["key"] for n in batch)
+        return [0.04] * len(batch)
+
+    nodes = NodeTable(table, timer=timer, splitter=lambda path, shape, work: [
+        {"key": "Conv:a", "op": "Conv", "file": "", "feeds": ""}])  # fmt: skip
+    assert nodes.raw_file("m", (1, 4)) == pytest.approx(0.04) and timed == ["Conv:a", "Conv:a"]  # twins, not 0.5
+    assert json.loads(old.read_text())["entries"] == {PREFIX + "Conv:a": 0.5}  # the old file is left alone
+    fake = LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys])
+    net = trained_net()
+    judged = Evaluator(net, digits(), small_space(net), fake, latency_model="nodes",
+                       nodes=NodeTable(fake, timer=lambda n, w: [0.0] * len(n)))  # fmt: skip
+    session16 = {**_judging.settings(judged), "timing": tag}
+    with pytest.raises(ConfigError, match=r"judged its trials with timing='iobind\+graph-node\+twins\|window=3'"):
+        _judging.check(_study_with_a_trial(session16), "nodes16", _judging.settings(judged))
+    layers = _evaluator(fake)
+    _judging.check(_study_with_a_trial(_judging.settings(layers)), "layers16", _judging.settings(layers))
+    assert _judging.settings(layers)["timing"] == f"iobind+graph-node|window={WINDOW_S:g}"  # unchanged since 14

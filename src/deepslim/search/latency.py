@@ -62,7 +62,11 @@ MIN_BAND = 0.10  # the least error band a calibrated table is trusted to (the is
 # LAYER_TIMING where the layer table (or an end-to-end measurement) judged, whose entries are timed as in session 14,
 # so such a study of session 14 still resumes, and the node table's (:attr:`NodeTable.timing
 # <deepslim.search.node_table.NodeTable.timing>`: TIMING, plus its settings where not the defaults) where it judged.
-TIMING = "iobind+graph-node+twins"
+# Session 17: a node entry is one timer process's gross time less that process's own trivial graph (node_table._net),
+# no longer each node's least gross time less the least trivial graph of any process (which left the gap between the
+# processes' overheads in every entry): older caches are re-measured and studies the node table judged are refused on
+# resume (their frames were fitted on the other entries; review R17 M2).
+TIMING = "iobind+graph-node+twins+own-overhead"
 LAYER_TIMING = "iobind+graph-node"
 LayerTimer = Callable[[Sequence["LayerKey"]], list[float]]
 ModelTimer = Callable[[Sequence[tuple[nn.Module, Any]]], list[float]]
