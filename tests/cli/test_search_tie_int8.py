@@ -35,3 +35,12 @@ def test_a_negative_tie_int8_is_a_usage_error(capsys, tmp_path):
     with pytest.raises(SystemExit) as exit_:
         main(["search", "lenet5", "--data", "digits", "--out", str(tmp_path / "s"), "--tie-int8", "-1"])
     assert exit_.value.code == 2 and "--tie-int8" in capsys.readouterr().err
+
+
+def test_tie_int8_with_a_space_without_int8_is_a_one_line_usage_error(capsys, tmp_path):
+    argv = ["search", "lenet5", "--data", "digits", "--space", "prune", "--budget", "latency=0.5x", "--trials", "1",
+            "--out", str(tmp_path / "s"), "--tie-int8", "1"]  # fmt: skip
+    assert main(argv) == 2
+    said = capsys.readouterr().err.strip()
+    assert "no int8" in said and "tie_int8=1" in said and len(said.splitlines()) == 1
+    assert not (tmp_path / "s").exists()  # refused before the search starts

@@ -45,6 +45,22 @@ def test_a_bad_tie_int8_is_refused_in_one_line(bad):
         SearchSpace.from_model(trained(), digits().example_input, tie_int8=bad)
 
 
+def test_a_tie_int8_without_int8_in_the_space_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match=r"tie_int8=2 ties int8 choices, but the space's kinds \(prune\) have no"):
+        SearchSpace.from_model(trained(), digits().example_input, kinds=("prune",), tie_int8=2)
+    assert SearchSpace.from_model(trained(), digits().example_input, kinds=("prune",), tie_int8=0).tied == ()
+
+
+def test_resuming_a_study_with_another_tie_int8_names_the_space_options(tmp_path):
+    pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    from deepslim.search import _study
+    from deepslim.search.storage import StorageError
+
+    _study.open_study(_tied(0), ("accuracy",), None, tmp_path, "s")
+    with pytest.raises(StorageError, match=r"searches another space .*\(--space, --tie-int8, --round-to\)"):
+        _study.open_study(_tied(1), ("accuracy",), None, tmp_path, "s")
+
+
 def test_a_repair_in_a_tied_space_is_written_as_the_suggested_choices_and_not_queued_twice():
     optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
     from deepslim.search import storage as st

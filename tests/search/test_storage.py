@@ -147,8 +147,9 @@ def test_the_default_storage_is_a_journal_in_the_output_directory_and_resumes(tm
 def test_joining_a_study_of_another_space_or_version_is_refused(tmp_path, monkeypatch):
     url = f"journal:{tmp_path / 's.log'}"
     create_study_once(url, "s", ["minimize"], metadata={"space_fingerprint": FP})
-    with pytest.raises(StorageError, match="searches another space"):
+    with pytest.raises(StorageError, match="searches another space") as refused:
         join_study(url, "s", space_fingerprint=space_fingerprint({"x": [0, 1]}))
+    assert "--tie-int8" in str(refused.value) and "\n" not in str(refused.value)
     with pytest.raises(StorageError, match="no study 'other' in this storage"):
         join_study(url, "other", space_fingerprint=FP)
     monkeypatch.setattr("deepslim._version.__version__", "9.9.9")

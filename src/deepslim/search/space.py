@@ -194,6 +194,9 @@ class SearchSpace:
         if bad or not kinds:
             raise ConfigError(f"unknown search space kind {bad[0] if bad else ''!r}; choose from "
                               f"{', '.join(ALL_KINDS)}")  # fmt: skip
+        if tie_int8 and "int8" not in kinds:  # it would tie nothing: said, not ignored (review R17 L5.3)
+            raise ConfigError(f"tie_int8={tie_int8} ties int8 choices, but the space's kinds ({', '.join(kinds)}) have "
+                              f"no int8: add int8 to them or leave tie_int8 at 0")  # fmt: skip
         if any(not 0.0 < r <= 1.0 for r in keep_ratios) or not keep_ratios:
             raise ConfigError(f"keep ratios must be in (0, 1], got {list(keep_ratios)}")
         if round_to < 1:

@@ -249,7 +249,8 @@ def _check_compatible(study: Any, name: str, fingerprint: str) -> None:
     attrs = study.user_attrs
     if attrs.get(SPACE_ATTR) != fingerprint:
         raise StorageError(f"study {name!r} searches another space (fingerprint {attrs.get(SPACE_ATTR)}, this "
-                           f"worker's {fingerprint}): start workers with the same model, data and space")  # fmt: skip
+                           f"run's {fingerprint}): resume it, or join it as a worker, with the same model, data, "
+                           f"objectives and space options (--space, --tie-int8, --round-to)")  # fmt: skip
 
 
 def add_trial_slots(study: Any, count: int) -> None:
