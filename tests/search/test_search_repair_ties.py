@@ -61,17 +61,21 @@ def test_resuming_a_study_with_another_tie_int8_names_the_space_options(tmp_path
         _study.open_study(_tied(1), ("accuracy",), None, tmp_path, "s")
 
 
-def test_a_repair_in_a_tied_space_is_written_as_the_suggested_choices_and_not_queued_twice():
+def _repairing():
+    """Optuna, the space tied per stage, its choices, a repaired policy (a notch narrower, all int8) and an empty
+    study."""
     optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    space = _tied(1)
+    return optuna, space, space.choices(), space.narrower(space.dense(), 1, True), optuna.create_study()
+
+
+def test_a_repair_in_a_tied_space_is_written_as_the_suggested_choices_and_not_queued_twice():
+    _, space, choices, fix, study = _repairing()
     from deepslim.search import storage as st
     from deepslim.search.trials import queue_repair
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    space = _tied(1)
-    choices = space.choices()
-    study = optuna.create_study(directions=["maximize"])
     st.add_trial_slots(study, 3)
-    fix = space.narrower(space.dense(), 1, True)
     assert queue_repair(study, 0, fix, choices) == 0
     trial = st.claim_trial(study)
     assert space.policy({k: trial.suggest_categorical(k, v) for k, v in choices.items()}) == fix
@@ -84,17 +88,12 @@ def test_a_repair_in_a_tied_space_is_written_as_the_suggested_choices_and_not_qu
 def test_a_repair_to_a_policy_a_sampled_trial_ran_is_not_queued_again():
     # a completed trial the sampler drew holds only the suggested parameters (no fixed ones): the repair compares
     # its own parameters without the tied layers' followers to them (review R17 L2)
-    optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    optuna, _, choices, fix, study = _repairing()
     from optuna.distributions import CategoricalDistribution
 
     from deepslim.search import storage as st
     from deepslim.search.trials import queue_repair
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    space = _tied(1)
-    choices = space.choices()
-    fix = space.narrower(space.dense(), 1, True)
-    study = optuna.create_study(directions=["maximize"])
     params = {k: v for k, v in fix.params().items() if k in choices}
     kinds = {k: CategoricalDistribution(choices[k]) for k in params}
     study.add_trial(optuna.trial.create_trial(params=params, distributions=kinds, values=[0.5]))
@@ -107,15 +106,10 @@ def test_a_repair_to_a_policy_a_sampled_trial_ran_is_not_queued_again():
 def test_a_repair_to_a_policy_still_waiting_in_the_queue_is_not_queued_again():
     # a prior (or warm start) is enqueued with the parameters a trial suggests, as the repair writes its own: a repair
     # to the same policy finds it waiting and is not written onto a second slot (review R17 L1)
-    optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    _, space, choices, fix, study = _repairing()
     from deepslim.search import _study
     from deepslim.search.trials import queue_repair
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    space = _tied(1)
-    choices = space.choices()
-    fix = space.narrower(space.dense(), 1, True)
-    study = optuna.create_study(directions=["maximize"])
     assert _study.queue_trials(study, space, ("accuracy",), 3, "tpe", 0, priors=[fix]) == 0
     assert len(study.trials) == 3 and not any(t.system_attrs.get("fixed_params") for t in study.trials[1:])
     assert queue_repair(study, 5, fix, choices) is None
