@@ -21,7 +21,7 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +139,76 @@ def summaries(rows: list[dict[str, Any]], dense: dict[str, Any]) -> dict[str, An
     return out
 
 
+def new_doc() -> dict[str, Any]:
+    """A run's document before its rows: the command, the model and policies, the load and time it started at."""
+    return {"command": " ".join(sys.argv), "weights": "random initial weights", "policies": POLICIES,
+            "model": "mobilenet_v2 0.5, 28x28, prune+int8 space, round_to 8", "window_s": WINDOW_S,
+            "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+            "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
+            "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "rows": []}  # fmt: skip
+
+
+def time_chunks(doc: dict[str, Any], args: Any, setup_: tuple[Any, ...], work: str,
+                sums: Callable[[Path, list[int]], dict[str, Any]], chunked: Callable[[int], None],
+                summed: Callable[[str], None] = lambda role: None) -> tuple[list[int], float]:  # fmt: skip
+    """This session's protocol, also ``_search_floor17.py``'s: the dense model exported into ``work`` and summed
+    (``sums(file, shape)``: the node tables' fields of a row, into ``doc["dense"]``), then the policies of ``setup_``
+    (:func:`_search_floor14.setup`'s) in chunks of ``args.chunk``: each built once (:func:`built_file`, in
+    ``args.models`` when given), summed, a row in ``doc["rows"]`` (or in ``doc["skipped"]`` where the export refuses
+    it) and ``summed(role)`` after it; each chunk timed end to end beside dense, the earlier chunks whose dense reads
+    slow re-timed (``steady_chunks``), every row's measurement framed (:func:`frame`) and ``chunked(chunk)`` called
+    (the caller saves); a final re-timing pass, :data:`FINAL_GAP_S` apart. Each chunk's timing count and the
+    re-timings' seconds."""
+    full, dense, space, smallest, order = setup_
+    x = full.example_input
+    shape = list(x.shape)
+    chunks: list[list[float]] = []
+    first: list[list[float]] = []
+    files: list[list[tuple[str, list[int]]]] = []
+    retime_s = [0.0]
+    dense_file = Path(work) / "dense.onnx"
+    export_onnx(dense, dense_file, example_input=x)
+    doc["dense"] = {**sums(dense_file, shape), "weight_mb": weight_mb(dense), "macs": profile(dense, x).macs}
+
+    def retime(i: int, gap: float = 0.0) -> list[float]:
+        time.sleep(gap)
+        t = time.perf_counter()
+        got = _run_timer(files[i], 1, 10, 5, WINDOW_S)
+        retime_s[0] += time.perf_counter() - t
+        doc.setdefault("retimings", []).append({"chunk": i, "dense_ms": got[0], "kept_dense_ms": chunks[i][0],
+                                                "utc": time.strftime("%H:%M:%S", time.gmtime()),
+                                                "loadavg": Path("/proc/loadavg").read_text().split()[:3]})
+        return got
+
+    tries: list[int] = []
+    for start in range(0, len(order), args.chunk):
+        c = len(chunks)
+        built = []
+        for k, (role, level, policy) in enumerate(order[start:start + args.chunk]):
+            path, meta = built_file(Path(args.models or work), start + k, dense, space, policy, x, full.calib)
+            if "why" in meta:  # random weights: an int8 policy may fail the export's parity check
+                doc.setdefault("skipped", []).append({"role": role, "policy": policy.to_dict(), "why": meta["why"]})
+            else:
+                built.append((str(path), {"role": role, "level": level, "policy": policy.to_dict(),
+                                          "macs": meta["macs"], **sums(path, shape), "weight_mb": meta["weight_mb"],
+                                          "floor": str(policy.to_dict()) == smallest,
+                                          "channels": sum(policy.keep.values()),
+                                          "int8_layers": sum(policy.int8.values())}))  # fmt: skip
+            summed(role)
+        files.append([(str(dense_file), shape)] + [(p, shape) for p, _ in built])
+        chunks.append(_run_timer(files[c], 1, 10, 5, WINDOW_S))
+        first.append(list(chunks[c]))
+        load = Path("/proc/loadavg").read_text().split()[:3]
+        for k, (_, row) in enumerate(built):
+            doc["rows"].append({**row, "chunk": c, "index_in_chunk": k, "loadavg": load})
+        tries = steady_chunks(chunks, retime, tries=tries, eligible=range(c))  # the newest waits for the next
+        frame(doc, chunks, first, tries)
+        chunked(c)
+    tries = steady_chunks(chunks, lambda i: retime(i, FINAL_GAP_S), tries=tries)
+    frame(doc, chunks, first, tries)
+    return tries, retime_s[0]
+
+
 def main() -> None:
     ap = parser()
     ap.add_argument("--models", default=None, help="a folder keeping each policy's exported file across runs")
@@ -146,68 +216,19 @@ def main() -> None:
     ap.add_argument("--build-only", action="store_true", help="export the policies into --models, time nothing")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    full, dense, space, smallest, order = setup(args.limit)
-    x = full.example_input
-    shape = list(x.shape)
+    full, dense, space, smallest, order = setup_ = setup(args.limit)
     if args.build_only:
         for i, (_, _, policy) in enumerate(order):
-            built_file(Path(args.models), i, dense, space, policy, x, full.calib)
+            built_file(Path(args.models), i, dense, space, policy, full.example_input, full.calib)
         return
     sums = Sums(Path(args.cache), args.tables.split(","))
-    doc: dict[str, Any] = {"command": " ".join(sys.argv), "weights": "random initial weights", "policies": POLICIES,
-                           "model": "mobilenet_v2 0.5, 28x28, prune+int8 space, round_to 8", "window_s": WINDOW_S,
-                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                           "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
-                           "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "rows": []}  # fmt: skip
-    chunks: list[list[float]] = []
-    first: list[list[float]] = []
-    files: list[list[tuple[str, list[int]]]] = []
-    retime_s = [0.0]
+    doc = new_doc()
     with tempfile.TemporaryDirectory() as work:
-        dense_file = Path(work) / "dense.onnx"
-        export_onnx(dense, dense_file, example_input=x)
-        doc["dense"] = dense_row = {**sums(dense_file, shape), "weight_mb": weight_mb(dense),
-                                    "macs": profile(dense, x).macs}  # fmt: skip
-
-        def retime(i: int, gap: float = 0.0) -> list[float]:
-            time.sleep(gap)
-            t = time.perf_counter()
-            got = _run_timer(files[i], 1, 10, 5, WINDOW_S)
-            retime_s[0] += time.perf_counter() - t
-            doc.setdefault("retimings", []).append({"chunk": i, "dense_ms": got[0], "kept_dense_ms": chunks[i][0],
-                                                    "utc": time.strftime("%H:%M:%S", time.gmtime()),
-                                                    "loadavg": Path("/proc/loadavg").read_text().split()[:3]})
-            return got
-
-        tries: list[int] = []
-        for start in range(0, len(order), args.chunk):
-            c = len(chunks)
-            built = []
-            for k, (role, level, policy) in enumerate(order[start:start + args.chunk]):
-                path, meta = built_file(Path(args.models or work), start + k, dense, space, policy, x, full.calib)
-                if "why" in meta:  # random weights: an int8 policy may fail the export's parity check
-                    doc.setdefault("skipped", []).append({"role": role, "policy": policy.to_dict(), "why": meta["why"]})
-                    continue
-                macs, mb = meta["macs"], meta["weight_mb"]
-                built.append((str(path), {"role": role, "level": level, "policy": policy.to_dict(), "macs": macs,
-                                          **sums(path, shape), "weight_mb": mb,
-                                          "floor": str(policy.to_dict()) == smallest,
-                                          "channels": sum(policy.keep.values()),
-                                          "int8_layers": sum(policy.int8.values())}))  # fmt: skip
-            files.append([(str(dense_file), shape)] + [(p, shape) for p, _ in built])
-            chunks.append(_run_timer(files[c], 1, 10, 5, WINDOW_S))
-            first.append(list(chunks[c]))
-            load = Path("/proc/loadavg").read_text().split()[:3]
-            for k, (_, row) in enumerate(built):
-                doc["rows"].append({**row, "chunk": c, "index_in_chunk": k, "loadavg": load})
-            tries = steady_chunks(chunks, retime, tries=tries, eligible=range(c))  # the newest waits for the next
-            frame(doc, chunks, first, tries)
-            save(doc, args.out, t0, c, summaries(doc["rows"], dense_row))
-        tries = steady_chunks(chunks, lambda i: retime(i, FINAL_GAP_S), tries=tries)
-        frame(doc, chunks, first, tries)
+        tries, retime_s = time_chunks(doc, args, setup_, work, sums, lambda c: save(
+            doc, args.out, t0, c, summaries(doc["rows"], doc["dense"])))  # fmt: skip
         doc["cost"] = {"node_tables": sums.cost(), "retimed_chunks": sum(t > 1 for t in tries),
-                       "retimings": sum(t - 1 for t in tries), "retiming_seconds": retime_s[0]}  # fmt: skip
-        save(doc, args.out, t0, len(chunks), summaries(doc["rows"], dense_row))
+                       "retimings": sum(t - 1 for t in tries), "retiming_seconds": retime_s}  # fmt: skip
+        save(doc, args.out, t0, len(tries), summaries(doc["rows"], doc["dense"]))
 
 
 if __name__ == "__main__":

@@ -21,7 +21,6 @@ re-timed measurements. The log is written beside ``OUT.json`` (``OUT.log.json``)
 from __future__ import annotations
 
 import json
-import os
 import sys
 import tempfile
 import time
@@ -32,14 +31,10 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _search_floor12 import save, summary  # noqa: E402
-from _search_floor14 import POLICIES, knee_summary, parser, setup, view  # noqa: E402
-from _search_floor15 import FINAL_GAP_S, WINDOW_S, built_file, frame  # noqa: E402
-from deepslim.analysis import profile  # noqa: E402
-from deepslim.export import export_onnx  # noqa: E402
+from _search_floor14 import knee_summary, parser, setup, view  # noqa: E402
+from _search_floor15 import new_doc, time_chunks  # noqa: E402
 from deepslim.search import LatencyTable  # noqa: E402
-from deepslim.search.latency import _run_timer  # noqa: E402
-from deepslim.search.node_table import Node, NodeTable, _net, weight_mb  # noqa: E402
-from deepslim.search.table_check import steady_chunks  # noqa: E402
+from deepslim.search.node_table import Node, NodeTable, _net  # noqa: E402
 
 VARIANTS = ("s17", "s17_kept", "s16", "s17_net")
 
@@ -53,7 +48,7 @@ class Logged:
         self.calls: list[dict[str, Any]] = []  # {"keys", "gross_ms", "overhead_ms"} per timer call
         self.batches: list[dict[str, Any]] = []  # {"new", "canaries", "calls": [first, end), "net_ms"}
         self.seconds = 0.0
-        self.before: dict[str, float] | None = None  # the entries before lower_entries (None: not yet called)
+        self.applied = False  # whether lower_entries was called (the notes go to the study's own entries)
         timer, timed = self.nodes.timer, self.nodes._timed
 
         def logged_timer(batch: Sequence[Node], work: str) -> list[float]:
@@ -69,7 +64,7 @@ class Logged:
                                  "calls": [first, len(self.calls)], "net_ms": net})  # fmt: skip
             return net
 
-        self.nodes.timer, self.nodes._timed = logged_timer, logged_timed  # type: ignore[method-assign]
+        self.nodes.timer, self.nodes._timed = logged_timer, logged_timed
 
     def __call__(self, path: Path, shape: list[int]) -> dict[str, Any]:
         t0 = time.perf_counter()
@@ -79,14 +74,14 @@ class Logged:
 
     def lower(self) -> int:
         """Apply the canaries' notes once, as the search's calibration does before its fit."""
-        self.before = dict(self.nodes.table.entries)
+        self.applied = True
         return self.nodes.lower_entries()
 
     def replay(self) -> dict[str, dict[str, float]]:
         """Each variant's entries (node key without prefix -> ms) from the logged timings."""
         prefix = self.nodes.prefix
-        now = {k[len(prefix):]: v for k, v in self.nodes.table.entries.items() if k.startswith(prefix)}
-        kept = {**now, **{k[len(prefix):]: v for k, v in (self.before or {}).items() if k.startswith(prefix)}}
+        kept = {k[len(prefix):]: v for k, v in self.nodes.table.entries.items() if k.startswith(prefix)}  # the cache
+        now = {**kept, **{k[len(prefix):]: v for k, v in self.nodes.study_entries.items()}}  # the study's
         s16: dict[str, float] = {}
         by_net: dict[str, float] = {}
         overheads: list[float] = []
@@ -138,75 +133,31 @@ def main() -> None:
     ap.add_argument("--models", default=None, help="a folder keeping each policy's exported file across runs")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    full, dense, space, smallest, order = setup(args.limit)
-    x = full.example_input
-    shape = list(x.shape)
+    setup_ = setup(args.limit)
     table = Logged(Path(args.cache))
-    n_calib = sum(role == "calibration" for role, _, _ in order)
-    doc: dict[str, Any] = {"command": " ".join(sys.argv), "weights": "random initial weights", "policies": POLICIES,
-                           "model": "mobilenet_v2 0.5, 28x28, prune+int8 space, round_to 8", "window_s": WINDOW_S,
-                           "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-                           "loadavg_before": Path("/proc/loadavg").read_text().split()[:3],
-                           "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "rows": []}  # fmt: skip
-    chunks: list[list[float]] = []
-    first: list[list[float]] = []
-    files: list[list[tuple[str, list[int]]]] = []
-    retime_s = [0.0]
-    seen = 0  # calibration policies summed (or refused by the export)
+    n_calib = sum(role == "calibration" for role, _, _ in setup_[4])
+    doc = new_doc()
+    seen = [0]  # calibration policies summed (or refused by the export)
+
+    def summed(role: str) -> None:
+        seen[0] += role == "calibration"
+        if seen[0] == n_calib and not table.applied:  # the search's calibration, before its fit
+            doc["lowered_after_calibration"] = table.lower()
+
+    def chunked(c: int) -> None:
+        resum(doc["rows"] + [doc["dense"]], table.replay(), table.nodes.graph_key[len(table.nodes.prefix):])
+        for row in doc["rows"] + [doc["dense"]]:
+            row["raw_ms"] = row["raw_s17_ms"]  # the study's sums now (its own lowered entries): its frame's
+        save(doc, args.out, t0, c, summaries(doc["rows"], doc["dense"]))
+
     with tempfile.TemporaryDirectory() as work:
-        dense_file = Path(work) / "dense.onnx"
-        export_onnx(dense, dense_file, example_input=x)
-        doc["dense"] = dense_row = {**table(dense_file, shape), "weight_mb": weight_mb(dense),
-                                    "macs": profile(dense, x).macs}  # fmt: skip
-
-        def retime(i: int, gap: float = 0.0) -> list[float]:
-            time.sleep(gap)
-            t = time.perf_counter()
-            got = _run_timer(files[i], 1, 10, 5, WINDOW_S)
-            retime_s[0] += time.perf_counter() - t
-            doc.setdefault("retimings", []).append({"chunk": i, "dense_ms": got[0], "kept_dense_ms": chunks[i][0],
-                                                    "utc": time.strftime("%H:%M:%S", time.gmtime()),
-                                                    "loadavg": Path("/proc/loadavg").read_text().split()[:3]})
-            return got
-
-        tries: list[int] = []
-        for start in range(0, len(order), args.chunk):
-            c = len(chunks)
-            built = []
-            for k, (role, level, policy) in enumerate(order[start:start + args.chunk]):
-                path, meta = built_file(Path(args.models or work), start + k, dense, space, policy, x, full.calib)
-                if "why" in meta:
-                    doc.setdefault("skipped", []).append({"role": role, "policy": policy.to_dict(), "why": meta["why"]})
-                    seen += role == "calibration"
-                    continue
-                built.append((str(path), {"role": role, "level": level, "policy": policy.to_dict(),
-                                          "macs": meta["macs"], **table(path, shape), "weight_mb": meta["weight_mb"],
-                                          "floor": str(policy.to_dict()) == smallest,
-                                          "channels": sum(policy.keep.values()),
-                                          "int8_layers": sum(policy.int8.values())}))  # fmt: skip
-                seen += role == "calibration"
-                if seen == n_calib and table.before is None:  # the search's calibration, before its fit
-                    doc["lowered_after_calibration"] = table.lower()
-            files.append([(str(dense_file), shape)] + [(p, shape) for p, _ in built])
-            chunks.append(_run_timer(files[c], 1, 10, 5, WINDOW_S))
-            first.append(list(chunks[c]))
-            load = Path("/proc/loadavg").read_text().split()[:3]
-            for k, (_, row) in enumerate(built):
-                doc["rows"].append({**row, "chunk": c, "index_in_chunk": k, "loadavg": load})
-            tries = steady_chunks(chunks, retime, tries=tries, eligible=range(c))
-            frame(doc, chunks, first, tries)
-            resum(doc["rows"] + [dense_row], table.replay(), table.nodes.graph_key[len(table.nodes.prefix):])
-            for row in doc["rows"] + [dense_row]:
-                row["raw_ms"] = row["raw_s17_ms"]  # the cache's sums now: what the search's frame holds
-            save(doc, args.out, t0, c, summaries(doc["rows"], dense_row))
-        tries = steady_chunks(chunks, lambda i: retime(i, FINAL_GAP_S), tries=tries)
-        frame(doc, chunks, first, tries)
+        tries, retime_s = time_chunks(doc, args, setup_, work, table, chunked, summed)
         doc["cost"] = {"node_table": {"seconds": table.seconds, "timer_calls": table.nodes.timings,
                                       "entries": table.nodes.table.measured,
                                       "canaries_read_fast_after_calibration": len(table.nodes.faster)},
                        "retimed_chunks": sum(t > 1 for t in tries), "retimings": sum(t - 1 for t in tries),
-                       "retiming_seconds": retime_s[0]}  # fmt: skip
-        save(doc, args.out, t0, len(chunks), summaries(doc["rows"], dense_row))
+                       "retiming_seconds": retime_s}  # fmt: skip
+        save(doc, args.out, t0, len(tries), summaries(doc["rows"], doc["dense"]))
         Path(args.out).with_suffix(".log.json").write_text(json.dumps({"calls": table.calls,
                                                                        "batches": table.batches}))
     for name in VARIANTS:
