@@ -73,6 +73,21 @@ def test_a_worker_rebuilds_the_node_table_with_the_knee_the_search_recorded():
     assert _predictions(worker.nodes) == pytest.approx(_predictions(ev.nodes), rel=1e-12)
 
 
+def test_a_worker_sums_the_node_entries_the_search_lowered_in_its_study():
+    """The calibration's lowered entries live in the study (not the shared cache): a worker on the same machine kind
+    sums them too, or its trials would be predicted on other entries than the dense model, the limits and the fit
+    (review R2 17 H1)."""
+    ev, _ = _kneed()
+    key = next(k for k in ev.table.entries if k.startswith(ev.nodes.prefix))
+    ev.nodes.study_entries[key] = ev.table.entries[key] / 2  # as lower_entries() leaves it: this study's own
+    study = _Study()
+    _study.record_context(study, ev.space, ("accuracy", "latency"), {}, ev,
+                          {"evaluator": wk.evaluator_settings(ev), "dense_predicted_ms": 1.0})  # fmt: skip
+    worker = wk.worker_evaluator(ev.model, digits(), ev.space, ev.table, study.user_attrs[wk.JOB_ATTR])
+    assert worker.nodes.study_entries == ev.nodes.study_entries
+    assert worker.nodes._entry(key) == ev.nodes._entry(key) == ev.table.entries[key] / 2
+
+
 def test_the_table_report_records_the_knee():
     ev, dense = _kneed()
     doc = table_report(ev.table, [], "nodes", dense, ev.nodes)
@@ -121,3 +136,12 @@ def test_the_table_report_counts_the_entries_of_its_own_timing_protocol():
                              once.prefix + "b": 0.03, once.graph_key: 0.0004})  # fmt: skip
     doc = table_report(ev.table, [], "nodes", dense, once)
     assert doc["node_entries"] == 2 and doc["node_graph_ms"] == 0.0004
+
+
+def test_a_new_study_does_not_inherit_the_entries_another_study_lowered_on_the_same_node_table():
+    """``search(node_table=...)`` twice in one process: the second study's calibration starts its own lowered
+    entries empty instead of summing (and recording as its own) the first study's (review R2 17 L2)."""
+    ev = evaluator(1.3)
+    ev.nodes.study_entries["node:another-study"] = 0.001
+    calibrate_table(ev)
+    assert "node:another-study" not in ev.nodes.study_entries

@@ -62,8 +62,8 @@ def record_context(study: Any, space: SearchSpace, objectives: tuple[str, ...], 
                    ev: Evaluator, job: dict[str, Any]) -> None:  # fmt: skip
     """What a worker joining the study needs to judge trials alike (issue 15): the space, the objectives, the
     absolute limits, the latency tables' machine key, timing windows and calibration (the layer table's, and the
-    node table's scale, offset, weight term and its knee), and the search's settings (``job``: the evaluator's,
-    with its latency model; with workers, also the model file and the data spec,
+    node table's scale, offset, weight term, its knee and the entries its calibration lowered), and the search's
+    settings (``job``: the evaluator's, with its latency model; with workers, also the model file and the data spec,
     :func:`deepslim.search.workers.describe_job`)."""
     table, nodes = ev.table, ev.nodes
     study.set_user_attr(wk.JOB_ATTR, {**job, "space": space.to_dict(), "objectives": list(objectives),
@@ -74,7 +74,8 @@ def record_context(study: Any, space: SearchSpace, objectives: tuple[str, ...], 
                                       "node_scale": nodes.scale if nodes else 1.0,
                                       "node_offset_ms": nodes.offset if nodes else 0.0,
                                       "node_weight_coef": nodes.weight_coef if nodes else 0.0,
-                                      "node_weight_knee_mib": nodes.weight_knee if nodes else 0.0}})  # fmt: skip
+                                      "node_weight_knee_mib": nodes.weight_knee if nodes else 0.0,
+                                      "node_study_entries": dict(nodes.study_entries) if nodes else {}}})  # fmt: skip
 
 
 def queue_trials(study: Any, space: SearchSpace, objectives: tuple[str, ...], trials: int, strategy: str, seed: int,

@@ -33,6 +33,8 @@ def calibrate_table(ev: Evaluator, recorded: dict[str, Any] | None = None) -> Ca
     if recorded is not None:
         _frame.restore_tables(ev, recorded)
         return ev.evaluate(space.dense(), recovery="none", measure=ev.table.end_to_end)
+    if ev.nodes is not None:  # a new study's own lowered entries start empty (a node table may serve one before)
+        ev.nodes.study_entries = {}
     policies = calibration_set(space, ev.calibration_policies)
     if ev.calibration_policies:  # the floor the feasibility check judges is a point of the fit, not extrapolated
         known = {str(p.to_dict()) for p in policies}

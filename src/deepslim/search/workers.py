@@ -272,8 +272,9 @@ def run_worker(url: str | None, name: str, *, threads: int = 1, model: str | Non
 
 def worker_evaluator(net: nn.Module, bundle: Any, space: Any, table: LatencyTable, job: dict[str, Any]) -> Any:
     """The evaluator a worker judges trials with: the search's settings (its latency model among them), a node table
-    on this worker's table with the search's calibration when it judged with nodes, and this machine's own
-    calibration scaled to the study's when the worker runs on another machine kind."""
+    on this worker's table with the search's calibration when it judged with nodes (with the entries the search's
+    calibration lowered, on the same machine kind), and this machine's own calibration scaled to the study's when the
+    worker runs on another machine kind."""
     from deepslim.search.evaluate import Evaluator
 
     nodes = None
@@ -289,6 +290,8 @@ def worker_evaluator(net: nn.Module, bundle: Any, space: Any, table: LatencyTabl
         ev.nodes.weight_knee = float(job["table"].get("node_weight_knee_mib", 0.0))  # MiB: _calibrate_here keeps it
     if table.key != job["table"]["machine"]:
         _calibrate_here(ev, job)
+    elif ev.nodes is not None:  # the entries the search's calibration lowered (its study's own, not the cache's)
+        ev.nodes.study_entries = {str(k): float(v) for k, v in job["table"].get("node_study_entries", {}).items()}
     return ev
 
 
