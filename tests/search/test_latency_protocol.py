@@ -208,8 +208,9 @@ def test_node_entries_cached_and_studies_judged_before_the_per_process_overhead_
     judged = Evaluator(net, digits(), small_space(net), fake, latency_model="nodes",
                        nodes=NodeTable(fake, timer=lambda n, w: [0.0] * len(n)))  # fmt: skip
     session16 = {**_judging.settings(judged), "timing": tag}
-    with pytest.raises(ConfigError, match=r"judged its trials with timing='iobind\+graph-node\+twins\|window=3'"):
+    with pytest.raises(ConfigError, match=r"judged its trials with timing='iobind\+graph-node\+twins\|window=3'") as e:
         _judging.check(_study_with_a_trial(session16), "nodes16", _judging.settings(judged))
+    assert "resume it with the deepslim that timed it" in str(e.value) and "\n" not in str(e.value)
     layers = _evaluator(fake)
     _judging.check(_study_with_a_trial(_judging.settings(layers)), "layers16", _judging.settings(layers))
     assert _judging.settings(layers)["timing"] == f"iobind+graph-node|window={WINDOW_S:g}"  # unchanged since 14

@@ -49,6 +49,8 @@ def check(study: Any, name: str, settings: dict[str, Any]) -> None:
                               f"{key}={value!r}): resume it with the deepslim that created it, or start a new study "
                               "(another out_dir or study name)")  # fmt: skip
         if recorded.get(key) != value:
+            advice = (f"resume it with the deepslim that timed it (this one times {key}={value!r}: no option gives "
+                      "the other)" if key == "timing" else f"resume it with the same {key}")  # review R2 17 L1
             raise ConfigError(f"study {name!r} judged its trials with {key}={recorded.get(key)!r}; this search has "
-                              f"{key}={value!r}: resume it with the same {key} (its trials would otherwise be "
-                              "ranked on two scales), or start a new study (another out_dir or study name)")
+                              f"{key}={value!r}: {advice} (its trials would otherwise be ranked on two scales), or "
+                              "start a new study (another out_dir or study name)")  # fmt: skip
