@@ -81,8 +81,8 @@ def slot_of(trial):
     return trial.number if retried is None else retried
 
 
-def new_study(url, name, trials):
-    study = create_study_once(url, name, ["minimize"], metadata={"space_fingerprint": FP, "model": "tiny"}, **FAST)
+def new_study(url, name, trials, storage=FAST):
+    study = create_study_once(url, name, ["minimize"], metadata={"space_fingerprint": FP, "model": "tiny"}, **storage)
     add_trial_slots(study, trials)
     return study
 
@@ -90,7 +90,10 @@ def new_study(url, name, trials):
 @pytest.mark.parametrize("backend", ["postgresql", "journal"])
 def test_four_workers_on_one_study_finish_exactly_the_queued_trials(backend, request, tmp_path):
     url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"journal:{tmp_path / 's.log'}"
-    new_study(url, "four", 24)  # the tables and the study exist before any worker starts (optuna#1092)
+    # the tables and the study exist before any worker starts (optuna#1092); the study records PATIENT's heartbeat,
+    # which its workers adopt (join_study): created with FAST, a live worker's trial was once retried after 2 s at
+    # load ~2 (session 17: 25 trials for 24 slots), PATIENT given to the workers alone having no effect
+    new_study(url, "four", 24, storage=PATIENT)
     assert start_workers(url, "four", 4, storage=PATIENT) == [0, 0, 0, 0]
     trials = optuna.load_study(study_name="four", storage=open_storage(url, **FAST)).get_trials()
     assert sorted(t.number for t in trials) == list(range(24))  # nothing lost, nothing run twice, none extra
