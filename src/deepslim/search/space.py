@@ -213,9 +213,9 @@ class SearchSpace:
         shared = tuple(n for n, (m, _) in weight_layers(model).items() if isinstance(m, tuple(QUANTIZABLE))) \
             if "kmeans" in kinds else ()  # fmt: skip
         blocks = _depth.blocks_of(model, example_input) if "depth" in kinds else ()
-        tied = _choices.qkv_trios(model, layers)
-        if _choices.prefix_ties(layers, tie_int8):
-            tied = _choices.merge_ties(layers, tied, _choices.prefix_ties(layers, tie_int8))
+        tied, stages = _choices.qkv_trios(model, layers), _choices.prefix_ties(layers, tie_int8)
+        if stages:
+            tied = _choices.merge_ties(layers, tied, stages)
         return cls(groups=groups, int8_layers=layers, kinds=tuple(kinds), round_to=round_to, recovery=recovery or {},
                    tied=tied, sparse_layers=sparse, sparsity=tuple(sparsity),
                    kmeans_layers=shared, kmeans_bits=tuple(kmeans_bits), blocks=blocks)  # fmt: skip
