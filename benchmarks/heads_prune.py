@@ -17,8 +17,9 @@ Steps, run one at a time on a shared machine (each writes a JSON; the pruned mod
     python benchmarks/heads_prune.py kdprobe --policy "heads=1/3,ffn=0.4,calib=broad,refit=0" --cpu 120 \
             --variants "lr=1.5e-4;lr=5e-4,batch_size=16"
         short distillations of one pruned model (``--policy``, or a saved one ``--from``), one per variant
-        (EncoderKDConfig fields, and ``passages``: the share of packed 128-token passages added to the text, see
-        ``with_passages``), each from the same weights on the same seeded batches under the same CPU budget
+        (EncoderKDConfig fields, e.g. ``precision=bf16``, and ``passages``: the share of packed 128-token passages
+        added to the text, see ``with_passages``), each from the same weights on the same seeded batches under the
+        same CPU budget; ``--precision bf16``: every variant's passes under CPU autocast bfloat16 unless it says
     python benchmarks/heads_prune.py staged --policy "heads=1/3,calib=broad" --then "ffn=0.35,calib=broad" \
             --cpu 600 --split 0.33 --lr 5e-4 --out /tmp/h13/staged
         gradual pruning in one budget: the heads, distillation, then the hidden units ranked on the distilled student
@@ -290,7 +291,8 @@ def distill(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, he
     info["before"] = fidelity(student, teacher, held, data32)
     if args.freeze_embeddings:
         word_embeddings(student).requires_grad_(False)
-    config = EncoderKDConfig(cpu_seconds=args.cpu, lr=args.lr, wall_seconds=args.wall, seed=args.seed)
+    config = EncoderKDConfig(cpu_seconds=args.cpu, lr=args.lr, wall_seconds=args.wall, seed=args.seed,
+                             precision=args.precision)  # fmt: skip
     info["kd_config"] = config.to_dict() | {"freeze_word_embeddings": args.freeze_embeddings,
                                             "passages": args.passages}  # fmt: skip
     kd_texts = with_passages(texts, args.passages, args.seed) if args.passages else texts
@@ -310,7 +312,7 @@ def staged(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, hel
     student, info = prune(teacher, args.policy, texts)
     info["before"] = fidelity(student, teacher, held, data32)
     word_embeddings(student).requires_grad_(not args.freeze_embeddings)
-    first = EncoderKDConfig(cpu_seconds=args.cpu * args.split, lr=args.lr, seed=args.seed)
+    first = EncoderKDConfig(cpu_seconds=args.cpu * args.split, lr=args.lr, seed=args.seed, precision=args.precision)
     info["kd1"] = distill_encoder(student, teacher, texts[1], texts[2], first)
     info["middle"] = fidelity(student, teacher, held, data32)
     kept = info.pop("kept")
@@ -323,7 +325,8 @@ def staged(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, hel
     info["ffn_per_layer"] = [b.keep for b in plan.blocks if b.unit == "hidden units"]
     info["pruned2"] = fidelity(student, teacher, held, data32)
     rest = args.cpu - info["kd1"]["cpu_s"] - info["prune2_cpu_s"]
-    config = EncoderKDConfig(cpu_seconds=rest, lr=args.lr, seed=args.seed, skip_batches=info["kd1"]["steps"])
+    config = EncoderKDConfig(cpu_seconds=rest, lr=args.lr, seed=args.seed, skip_batches=info["kd1"]["steps"],
+                             precision=args.precision)  # fmt: skip
     info["kd_config"] = config.to_dict() | {"freeze_word_embeddings": args.freeze_embeddings, "then": args.then}
     info["kd"] = distill_encoder(student, teacher, texts[1], texts[2], config)
     data128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
@@ -333,11 +336,14 @@ def staged(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, hel
 
 
 def kd_spec(text: str) -> dict[str, Any]:
-    """``lr=5e-4,batch_size=16,layer_weights=1:1:2`` -> EncoderKDConfig keyword arguments (``:`` separates a tuple)."""
+    """``lr=5e-4,batch_size=16,layer_weights=1:1:2,precision=bf16`` -> EncoderKDConfig keyword arguments (``:``
+    separates a tuple; ``precision`` stays a word)."""
     kw: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = part.partition("=")
-        if ":" in value:
+        if key == "precision":
+            kw[key] = value
+        elif ":" in value:
             kw[key] = tuple(float(v) for v in value.split(":"))
         else:
             number = float(Fraction(value))
@@ -377,7 +383,8 @@ def probe_one(args: argparse.Namespace, base: torch.nn.Module, teacher: torch.nn
     word_embeddings(student).requires_grad_(not args.freeze_embeddings)
     kw = kd_spec(spec)
     share = kw.pop("passages", 0.0)
-    config = EncoderKDConfig(**({"cpu_seconds": args.cpu, "lr": args.lr, "seed": args.seed} | kw))
+    config = EncoderKDConfig(**({"cpu_seconds": args.cpu, "lr": args.lr, "seed": args.seed,
+                                 "precision": args.precision} | kw))  # fmt: skip
     kd_texts = with_passages(texts, share, args.seed) if share else texts
     w0, load0 = time.monotonic(), os.getloadavg()
     kd = distill_encoder(student, teacher, kd_texts[1], kd_texts[2], config) | {"texts": len(kd_texts[1])}
@@ -431,6 +438,9 @@ def main() -> None:
     parser.add_argument("--freeze-embeddings", type=int, default=1)
     parser.add_argument("--passages", type=float, default=0.0, help="distill: the share of packed 128-token "
                         "passages added to the distillation text (kdprobe: the variant key passages=)")
+    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"), help="distill/kdprobe/staged: "
+                        "the distillation passes' arithmetic (EncoderKDConfig.precision; kdprobe: a variant's "
+                        "precision= overrides it)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     result = result_header("heads_prune", 1) | {"mode": args.mode, "argv": vars(args) | {"from_": args.from_}}

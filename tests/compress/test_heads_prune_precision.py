@@ -1,0 +1,51 @@
+"""benchmarks/heads_prune.py's distillation precision: ``--precision`` reaches every distillation's EncoderKDConfig
+(and so the JSON that records it), a kdprobe variant's ``precision=`` overrides it, and it is parsed as a word."""
+
+import argparse
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+pytest.importorskip("transformers", reason="the benchmark imports the Hugging Face adapters")
+
+
+def test_variant_precision_is_a_word_beside_numbers_and_tuples():
+    import heads_prune
+
+    assert heads_prune.kd_spec("lr=5e-4,precision=bf16,steps=219,layer_weights=1:2") == {
+        "lr": 5e-4, "precision": "bf16", "steps": 219, "layer_weights": (1.0, 2.0)}  # fmt: skip
+
+
+@pytest.mark.parametrize(("flag", "spec", "expected"), [("fp32", "lr=5e-4", "fp32"), ("bf16", "lr=5e-4", "bf16"),
+                                                        ("fp32", "precision=bf16", "bf16"),
+                                                        ("bf16", "precision=fp32", "fp32")])  # fmt: skip
+def test_kdprobe_runs_and_records_the_flag_unless_the_variant_names_one(monkeypatch, flag, spec, expected):
+    import heads_prune
+
+    seen = []
+
+    def fake_distill(student, teacher, ids, mask, config):
+        seen.append(config)
+        return {"steps": 1, "cpu_s": 0.0}
+
+    monkeypatch.setattr(heads_prune, "distill_encoder", fake_distill)
+    monkeypatch.setattr(heads_prune, "word_embeddings", lambda m: m.weight)
+    args = argparse.Namespace(cpu=120.0, lr=1e-3, seed=0, freeze_embeddings=1, precision=flag)
+    texts = (["doc"], torch.ones(4, 3, dtype=torch.long), torch.ones(4, 3, dtype=torch.long))
+    _, info = heads_prune.probe_one(args, torch.nn.Linear(2, 2), None, texts, spec)
+    assert [c.precision for c in seen] == [expected]
+    assert info["kd_config"]["precision"] == expected
+
+
+def test_an_unknown_precision_is_refused_in_one_line(monkeypatch):
+    import heads_prune
+    from deepslim.errors import ConfigError
+
+    monkeypatch.setattr(heads_prune, "word_embeddings", lambda m: m.weight)
+    args = argparse.Namespace(cpu=120.0, lr=1e-3, seed=0, freeze_embeddings=1, precision="fp32")
+    texts = (["doc"], torch.ones(4, 3, dtype=torch.long), torch.ones(4, 3, dtype=torch.long))
+    with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, got 'fp16'"):
+        heads_prune.probe_one(args, torch.nn.Linear(2, 2), None, texts, "precision=fp16")
