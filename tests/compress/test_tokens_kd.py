@@ -14,6 +14,7 @@ from deepslim.compress.tokens import MergeTokensConfig, PruneTokensConfig, merge
 from deepslim.errors import ConfigError, UnsupportedModelError
 from deepslim.train.student import EncoderKDConfig
 from deepslim.train.token_kd import distill_tokens, token_targets_loss
+from tests._autocast import autocast_seen
 from tests.compress._minilm import minilm_batch
 
 
@@ -76,19 +77,24 @@ def test_an_unreduced_student_has_no_token_loss_and_a_merged_one_has_some(minilm
         token_targets_loss(traced, t_states[:5])
 
 
-def test_a_short_token_distillation_brings_a_merged_and_pruned_student_closer_to_the_teacher(minilm):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_a_short_token_distillation_brings_a_merged_and_pruned_student_closer_to_the_teacher(minilm, precision):
+    """Also under bf16 autocast (``precision="bf16"``): the weights stay float32 and the run still learns."""
     teacher, ids, mask = minilm
     student = merge_tokens_(copy.deepcopy(teacher), MergeTokensConfig(r=(3, 3, 2, 2, 2, 1), metric="keys_states"))
     student = prune_tokens_(student, PruneTokensConfig(keep_ratio=(1.0, 1.0, 0.95, 1.0, 1.0, 1.0)))
     with torch.no_grad():
         ref, before = teacher(ids, mask), student(ids, mask)
-    info = distill_tokens(student, teacher, ids, mask, EncoderKDConfig(steps=6, lr=1e-5, batch_size=3,
-                                                                       cpu_seconds=None, warmup=0.0))  # fmt: skip
+    config = EncoderKDConfig(steps=6, lr=1e-5, batch_size=3, cpu_seconds=None, warmup=0.0, precision=precision)
+    with autocast_seen(student=student.encoder.embeddings, teacher=teacher.encoder.embeddings) as seen:
+        info = distill_tokens(student, teacher, ids, mask, config)
+    assert seen == {"student": [precision == "bf16"] * 6, "teacher": [precision == "bf16"] * 6}, seen
     with torch.no_grad():
         after = student(ids, mask)
     assert info["steps"] == 6 and not student.training and student.reduction.trace is False
     assert info["last_token_loss"] < info["first_token_loss"]
     assert float(F.cosine_similarity(after, ref).mean()) > float(F.cosine_similarity(before, ref).mean())
+    assert all(p.dtype == torch.float32 for p in student.parameters())
 
 
 def test_students_without_token_reduction_or_of_another_depth_are_refused(minilm):

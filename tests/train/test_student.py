@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from deepslim.errors import ConfigError, UnsupportedModelError
+from tests._autocast import autocast_seen
 from tests.train._bert import bert_teacher, random_texts
 
 transformers = pytest.importorskip("transformers", reason="Hugging Face encoders need the transformers package")
@@ -162,7 +163,10 @@ def test_bf16_distillation_keeps_float32_weights_and_recovers_like_fp32(teacher)
         student = copy.deepcopy(damaged)
         config = EncoderKDConfig(lr=3e-3, cpu_seconds=None, steps=30, batch_size=16, precision=precision,
                                  relation_weight=1.0)  # fmt: skip
-        info = distill_encoder(student, teacher, ids, mask, config)
+        first = {"student": student.encoder.encoder.layer[0], "teacher": teacher.encoder.encoder.layer[0]}
+        with autocast_seen(**first) as seen:
+            info = distill_encoder(student, teacher, ids, mask, config)
+        assert seen == {"student": [precision == "bf16"] * 30, "teacher": [precision == "bf16"] * 30}, seen
         assert info["steps"] == 30 and info["last_loss"] < info["first_loss"]
         assert all(p.dtype == torch.float32 for p in student.parameters())
         after[precision] = _cosine(student, teacher, ids, mask)

@@ -33,6 +33,7 @@ from deepslim.models.hf import SentenceEncoder, mean_pool
 from deepslim.train.student import (
     TOKEN_STUDENT_UNUSED,
     EncoderKDConfig,
+    autocast,
     length_batches,
     set_settings,
     spent_share,
@@ -54,6 +55,7 @@ def token_targets_loss(traced: list[tuple[torch.Tensor, torch.Tensor, torch.Tens
     for (states, size, members), teacher, w in zip(traced, teacher_states, weights, strict=True):
         if w == 0:
             continue
+        states, size, members, teacher = states.float(), size.float(), members.float(), teacher.float()
         target = members @ teacher  # (B, T_l, C): the mean teacher state of each token's members
         s = size.unsqueeze(-1)
         terms.append(w * ((states - target) ** 2 * s).sum() / ((target**2) * s).sum().clamp_min(1e-9))
@@ -126,10 +128,12 @@ def distill_tokens(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, ma
             for group in opt.param_groups:
                 group["lr"] = config.lr * scale
             b_ids, b_mask = next(batches)
-            with torch.no_grad():
+            with torch.no_grad(), autocast(config):
                 out = teacher.encoder(input_ids=b_ids, attention_mask=b_mask, output_hidden_states=True)
                 t_states = tuple(out.hidden_states[1:])
-            emb = 1.0 - F.cosine_similarity(student(b_ids, b_mask), mean_pool(t_states[-1], b_mask), dim=-1).mean()
+            with autocast(config):
+                pooled = student(b_ids, b_mask)
+            emb = 1.0 - F.cosine_similarity(pooled.float(), mean_pool(t_states[-1].float(), b_mask), dim=-1).mean()
             tok = token_targets_loss(reduction.traced, t_states, config.layer_weights)
             loss = emb + config.hidden_weight * tok if config.hidden_weight > 0 else emb
             opt.zero_grad(set_to_none=True)
