@@ -17,14 +17,17 @@ def _signature(model):
 
 class PhasedTimer:
     """1 µs per parameter; once ``late`` is set (after the last trial), the model with signature ``slow`` runs 3x
-    slower: its runs during the trials all read it fast, the later ones as it is."""
+    slower: its runs during the trials all read it fast, the later ones as it is — or, with ``stretch``, only the
+    first ``stretch`` runs after the trials (a loaded stretch of the machine that passes)."""
 
-    def __init__(self, slow=None):
-        self.slow, self.late, self.sizes = slow, False, []
+    def __init__(self, slow=None, stretch=None):
+        self.slow, self.stretch, self.late, self.sizes, self.after = slow, stretch, False, [], 0
 
     def __call__(self, pairs):
         self.sizes.append(len(pairs))
-        return [t * (3.0 if self.late and _signature(m) == self.slow else 1.0)
+        self.after += self.late
+        loaded = self.late and (self.stretch is None or self.after <= self.stretch)
+        return [t * (3.0 if loaded and _signature(m) == self.slow else 1.0)
                 for t, (m, _) in zip(params_ms(pairs), pairs, strict=True)]  # fmt: skip
 
 
@@ -53,22 +56,46 @@ def plain(tmp_path_factory):
     return _search(tmp_path_factory.mktemp("plain"), timer), timer
 
 
-def test_a_front_policy_that_read_fast_in_its_trial_but_is_over_later_is_not_made_a_finalist(tmp_path, plain):
+def _winner(plain):
+    """The policy the plain search returns and its model's signature (the one a phased timer slows down)."""
     first = plain[0]
     assert first.best is not None and first.best.trial is not None and not first.notes  # a searched policy wins
     net, data = trained_net(), digits()
     fast = first.best.policy
-    slow = _signature(Evaluator(net, data, small_space(net), fake_table()).model_and_keys(fast, "none")[0])
-    second = _search(tmp_path / "b", PhasedTimer(slow))
+    return fast, _signature(Evaluator(net, data, small_space(net), fake_table()).model_and_keys(fast, "none")[0])
+
+
+def test_a_front_policy_that_read_fast_in_its_trial_but_is_over_later_is_not_made_a_finalist(tmp_path, plain):
+    fast, slow = _winner(plain)
+    timer = PhasedTimer(slow)
+    second = _search(tmp_path / "b", timer)
     trial = next(c.trial for c in second.trials if c.policy == fast)
     on_front = next(c for c in second.pareto if c.policy == fast)
     assert on_front.remeasured["verdict"] == "over" and not on_front.feasible
+    first, again = on_front.remeasured["readings"]  # over twice: re-measured once more before it was dropped
+    assert first["verdict"] == again["verdict"] == "over" and len(on_front.remeasured["repeats_ms"]) == 6
+    assert timer.sizes[-9:-3] == [1 + len(second.pareto)] * 3 + [2] * 3  # the second reading: it and dense alone
     assert all(c.policy != fast for c in second.finalists)  # never fine-tuned: it could only have been passed over
     assert second.best is not None and second.best.trial is not None and second.best.policy != fast
     assert second.best.remeasured["verdict"] != "over"
     assert any(n.startswith(f"searched trial {trial} (ranked 1 on the front) is over budget when re-measured: ")
                and n.endswith("beyond the noise band: not recovered as a finalist") for n in second.notes)
     assert not any("uniform policy is best" in n for n in second.notes)
+    assert any("two readings) against" in n for n in second.notes)
+
+
+def test_a_front_policy_over_in_one_loaded_re_measurement_and_within_in_the_next_is_kept(tmp_path, plain):
+    """Session 17, run 2: the front's four best policies read over in one loaded re-measurement and were passed over;
+    a policy over once is re-measured once more, and kept (judged on both readings) when the second is within."""
+    fast, slow = _winner(plain)
+    second = _search(tmp_path / "b", PhasedTimer(slow, stretch=3))  # only the front's first three runs are loaded
+    on_front = next(c for c in second.pareto if c.policy == fast)
+    first, again = on_front.remeasured["readings"]
+    assert first["verdict"] == "over" and again["verdict"] == "meets"
+    assert on_front.remeasured["verdict"] == "within noise" and on_front.feasible
+    assert on_front.remeasured["repeats_ms"] == first["repeats_ms"] + again["repeats_ms"]
+    assert second.best is not None and second.best.policy == fast and not second.notes  # recovered and returned
+    assert all("readings" not in c.remeasured for c in second.finalists)  # the finalists' runs: none over
 
 
 def test_the_front_is_timed_apart_from_the_finalists_each_run_with_the_dense_model_first(plain):
@@ -78,3 +105,4 @@ def test_the_front_is_timed_apart_from_the_finalists_each_run_with_the_dense_mod
     assert finals_calls[3:] == [1 + len(result.finalists)] * 3
     assert all(c.remeasured is not None for c in result.pareto)
     assert len(result.latency_table["dense_remeasured_ms"]) == 3
+

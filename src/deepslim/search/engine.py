@@ -218,7 +218,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
                 threads=threads, storage=storage, out_dir=out_dir)  # fmt: skip
     done = _study.completed(study, limits)
     front = _front(done, objectives, space, top_k)
-    finals = final_round(ev, front, [c for c in family if c.feasible], objectives, budgets, limits, top_k=top_k,
+    finals = final_round(ev, front, family, objectives, budgets, limits, top_k=top_k,
                          repeats=remeasure_repeats, front=front, select=select)  # fmt: skip
     best, notes = best_or_uniform(finals, objectives)
     pareto, pool = _reported_front(done, objectives, space, finals.pareto)

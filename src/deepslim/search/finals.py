@@ -10,7 +10,9 @@ recovery) and re-measured the same way with the dense model. A finalist's measur
 latency is its minimum over the runs; its noise band is the minimum and maximum; its budget, for a relative budget
 (``latency=0.5x``), is that fraction of the dense model *measured in the same run*, and for an absolute one the limit
 itself. The verdict compares run by run: ``meets`` (every run within budget), ``within noise`` (some runs within,
-some over: the budget lies inside the noise band) or ``over`` (every run over: beyond the noise band). A finalist
+some over: the budget lies inside the noise band) or ``over`` (every run over: beyond the noise band). A model read
+``over`` (front or finalist) is timed once more, beside the dense model again, and judged on both readings together
+(``readings`` keeps each), so one loaded stretch of the shared machine cannot pass over the best policies. A finalist
 ``over`` its budget is never returned: the next finalist that meets it is, and the result says so (``notes``).
 Without an end-to-end timer the finalists keep their predicted latencies and the predicted-frame limits decide.
 """
@@ -67,7 +69,8 @@ def final_round(ev: Evaluator, searched: Sequence[Candidate], uniform: Sequence[
                 front: Sequence[Candidate] = (), select: Any = None) -> Finals:  # fmt: skip
     """Re-measure the ``front`` (the Pareto front's trials, their models unrecovered: latency depends on the graph,
     not on the weights) with the dense model, then recover the ``top_k`` best of ``searched`` that this did not find
-    ``over`` their budget, and the best of ``uniform``, as the recipe does, re-measure them alike (module docstring)
+    ``over`` their budget, and the best of ``uniform`` within budget (none within: its fastest, :func:`_baseline`),
+    as the recipe does, re-measure them alike (module docstring)
     and choose: the best searched finalist that meets its budget, and the best uniform one alike. A searched
     candidate that builds the uniform finalist's model (the search's uniform warm start, a trial like any) is left
     out of the ``top_k``: it is recovered and judged as the uniform finalist anyway, and would take the slot of a
@@ -79,11 +82,12 @@ def final_round(ev: Evaluator, searched: Sequence[Candidate], uniform: Sequence[
     latency = next((b for b in budgets if b.metric == "latency"), None)
     on_front = _front_docs(ev, front, repeats, latency, limits)
     pareto = tuple(_on_front(c, on_front.get(_key(c.policy))) for c in front)
-    baseline = sorted(uniform, key=lambda c: rank(c, objectives))[:1]
+    baseline, skipped = _baseline(uniform, objectives, limits)
     model = ev.space.canonical(baseline[0].policy) if baseline else None
     twins = tuple(c.trial for c in searched if c.trial is not None and ev.space.canonical(c.policy) == model)
     searched = [c for c in searched if c.trial not in twins]
-    picked, skipped = _confirmed(sorted(searched, key=lambda c: rank(c, objectives)), on_front, top_k)
+    picked, passed = _confirmed(sorted(searched, key=lambda c: rank(c, objectives)), on_front, top_k)
+    skipped += passed
     pools = [picked, baseline]
     chosen = [c for pool in pools for c in pool]
     if not chosen:
@@ -91,13 +95,29 @@ def final_round(ev: Evaluator, searched: Sequence[Candidate], uniform: Sequence[
     judged = [ev.judge(c.policy, recovery="finetune", trial=c.trial, both=True, full=True) for c in chosen]
     if select is not None:
         judged = [(rescored(cand, net, select, ev.data.task), net) for cand, net in judged]
-    runs, dense_ms = _remeasure(ev, [net for _, net in judged], repeats)
-    docs = [verdict([run[i] for run in runs], dense_ms, latency, limits.get("latency")) for i in range(len(judged))]
+    docs, dense_ms = _verdicts(ev, [net for _, net in judged], repeats, latency, limits)
     finals = [_judged(cand, doc, limits, ev.table.runtime) for (cand, _), doc in zip(judged, docs, strict=True)]
     n = len(pools[0])
     best, notes = choose(finals[:n], objectives, "searched")
     base, more = choose(finals[n:], objectives, "uniform")
     return Finals(best, base, tuple(finals), tuple(skipped + notes + more), tuple(dense_ms), pareto, twins)
+
+
+def _baseline(family: Sequence[Candidate], objectives: tuple[str, ...],
+              limits: dict[str, float]) -> tuple[list[Candidate], list[str]]:  # fmt: skip
+    """The uniform finalist: the best-ranked member of the uniform ``family`` within budget in the search's frame;
+    when none is and a latency budget is set, the fastest member, which only the finals' re-measurement judges (a note
+    says so). Why: a member at the budget's edge can read over at the search's start and within later (session 17:
+    ResNet-20's keep 0.25 + int8, the space's fastest uniform policy, was judged over 0.5x dense at the start in 2 of
+    3 runs and within 0.5x in the finals of the third), and without it the search had no baseline of its own."""
+    within = sorted((c for c in family if c.feasible), key=lambda c: rank(c, objectives))[:1]
+    if within or not family or limits.get("latency") is None:
+        return within, []
+    fastest = min(family, key=lambda c: finite(c.latency_ms, "latency"))
+    note = (f"no uniform policy was within budget in the search's frame: the fastest ({fastest.latency_ms:.4g} ms "
+            f"against {limits['latency']:.4g} ms) is the uniform finalist, judged by its re-measurement")
+    log.warning("%s", note)
+    return [fastest], [note]
 
 
 def rescored(c: Candidate, net: Any, select: Any, task: Any) -> Candidate:
@@ -127,9 +147,34 @@ def _front_docs(ev: Evaluator, front: Sequence[Candidate], repeats: int, latency
     if not policies:
         return {}
     nets = [ev.model_and_keys(p, "none")[0] for p in policies.values()]
-    runs, dense_ms = _remeasure(ev, nets, repeats)
-    docs = [verdict([run[i] for run in runs], dense_ms, latency, limits.get("latency")) for i in range(len(nets))]
+    docs, _ = _verdicts(ev, nets, repeats, latency, limits)
     return {k: d for k, d in zip(policies, docs, strict=True) if d is not None}
+
+
+def _verdicts(ev: Evaluator, nets: Sequence[Any], repeats: int, latency: Budget | None,
+              limits: dict[str, float]) -> tuple[list[dict[str, Any] | None], list[float]]:  # fmt: skip
+    """Each model's re-measurement (:func:`verdict`) and the dense model's time in each run. A model found ``over``
+    is timed once more, in ``repeats`` further runs with the dense model re-read beside it, and judged on all its runs
+    together: ``over`` only when every run of both readings is over (both readings kept, ``readings``). Why: one
+    loaded stretch of the shared machine can move the models and the dense model unequally (session 17, run 2: the
+    front's four best policies, 0.43-0.48x dense in their trials, all read ~0.55x in one re-measurement and were
+    passed over; the run returned a policy at 0.79x uniform's time)."""
+    runs, dense_ms = _remeasure(ev, nets, repeats)
+    bound = limits.get("latency")
+    docs = [verdict([run[i] for run in runs], dense_ms, latency, bound) for i in range(len(nets))]
+    again = [i for i, d in enumerate(docs) if d is not None and d["verdict"] == VERDICTS[2]]
+    if not again:
+        return docs, dense_ms
+    more, dense_more = _remeasure(ev, [nets[i] for i in again], repeats)
+    for j, i in enumerate(again):
+        second = verdict([run[j] for run in more], dense_more, latency, bound)
+        if second is None:
+            continue
+        both = verdict([run[i] for run in runs] + [run[j] for run in more], dense_ms + dense_more, latency, bound)
+        docs[i] = {**(both or second), "readings": [docs[i], second]}
+        log.info("a model read over budget, re-measured once more: %s, judged on both readings %s",
+                 second["verdict"], (both or second)["verdict"])  # fmt: skip
+    return docs, dense_ms
 
 
 def _confirmed(ordered: Sequence[Candidate], docs: dict[str, dict[str, Any]],
@@ -233,7 +278,8 @@ def _why(c: Candidate) -> str:
     if doc is None or doc.get("budget_ms") is None or doc["verdict"] != "over":
         return "(as predicted, or on another budgeted metric)"
     lo, hi = doc["band_ms"]
-    return (f"when re-measured: {doc['measured_ms']:.4g} ms (noise band {lo:.4g}-{hi:.4g} ms) against "
+    twice = ", two readings" if doc.get("readings") else ""
+    return (f"when re-measured: {doc['measured_ms']:.4g} ms (noise band {lo:.4g}-{hi:.4g} ms{twice}) against "
             f"{doc['budget_ms']:.4g} ms, beyond the noise band")
 
 
