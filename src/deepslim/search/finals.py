@@ -109,7 +109,8 @@ def _baseline(family: Sequence[Candidate], objectives: tuple[str, ...],
     when none is and a latency budget is set, the fastest member, which only the finals' re-measurement judges (a note
     says so). Why: a member at the budget's edge can read over at the search's start and within later (session 17:
     ResNet-20's keep 0.25 + int8, the space's fastest uniform policy, was judged over 0.5x dense at the start in 2 of
-    3 runs, and its budget lay inside its noise band in the finals of the other), and without it the search had no baseline of its own."""
+    3 runs, and its budget lay inside its noise band in the finals of the other), and without it the search had no
+    baseline of its own."""
     within = sorted((c for c in family if c.feasible), key=lambda c: rank(c, objectives))[:1]
     if within or not family or limits.get("latency") is None:
         return within, []
