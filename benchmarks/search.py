@@ -340,6 +340,7 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: st
                    "cost": result.cost, "dense": result.dense.to_dict() if result.dense else None,
                    "search_latency_table": result.latency_table,
                    "pareto_feasible": [c.to_dict() for c in result.pareto],
+                   "finals_pool": [c.to_dict() for c in result.finals_pool],  # one objective: re-measured, by rank
                    "best": result.best.to_dict() if result.best else None,
                    "uniform": result.uniform.to_dict() if result.uniform else None,
                    "finalists": [c.to_dict() for c in result.finalists], "notes": list(result.notes),
