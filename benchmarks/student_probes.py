@@ -1,8 +1,9 @@
-"""Short paired probes that continue a saved 3-layer all-MiniLM-L6-v2 student under different distillation losses,
-to choose the loss of a long continuation from measurements instead of guesses.
+"""Short paired probes of a 3-layer all-MiniLM-L6-v2 student under different distillation settings (the loss, the
+learning rate, the arithmetic of the passes), to choose those of a long run from measurements instead of guesses.
 
-Every probe starts from the same saved student (``--init PREFIX``, as written by ``transformer_encoder.py``), draws
-the same batches (the ones its chain has not drawn yet: ``EncoderKDConfig.skip_batches``) for the same number of
+Every probe starts from the same student — a saved one (``--init PREFIX``, as written by ``transformer_encoder.py``),
+continued on the batches its chain has not drawn yet (``EncoderKDConfig.skip_batches``), or without ``--init`` a
+fresh one (teacher layers 0, 3 and 5, the stream from its start) — draws the same batches for the same number of
 steps, and is measured on the built-in sentences (sequence 32 and 128 passages) and on held-out distillation text.
 A step budget (not CPU seconds) makes the probes exactly paired on a loaded machine; their CPU seconds are recorded.
 Each probe's student is saved (``PREFIX.<probe>.student3.pt/.json``) so the best one can be continued with
@@ -10,6 +11,8 @@ Each probe's student is saved (``PREFIX.<probe>.student3.pt/.json``) so the best
 
     python benchmarks/student_probes.py --init /tmp/t10s/full_student3.student3 --steps 160 \\
         --json benchmarks/results/transformer_encoder_session11_student_probes.json [--probes control,emb,last]
+    python benchmarks/student_probes.py --steps 150 --probes fp32,bf16 \
+        --json benchmarks/results/transformer_encoder_session18_student_probes.json  # fresh student, fp32 vs bf16
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import logging
 import os
 import time
 from pathlib import Path
@@ -45,19 +49,26 @@ PROBES: dict[str, dict[str, Any]] = {
     "emb": {"hidden_weight": 0.0},  # the sentence embeddings only
     "last": {"hidden_weight": 1.0, "layer_weights": (0.0, 0.0, 1.0)},  # embeddings + the last layer's states
     "lr4": {"hidden_weight": 1.0, "lr": 4e-4},  # session 10's loss, twice the peak learning rate
+    "fp32": {"hidden_weight": 1.0, "precision": "fp32"},  # session 10's loss, float32 passes (= control)
+    "bf16": {"hidden_weight": 1.0, "precision": "bf16"},  # session 10's loss, passes under CPU autocast bfloat16
 }
+FRESH = {"stream_batches": 0, "cpu_s": 0.0, "runs": 0}  # the chain before a fresh student's first run
 
 
-def probe(name: str, teacher: torch.nn.Module, init: Path, texts: Any, args: argparse.Namespace) -> tuple[Any, dict]:
+def probe(name: str, teacher: torch.nn.Module, init: Path | None, texts: Any,
+          args: argparse.Namespace) -> tuple[Any, dict]:  # fmt: skip
+    """Probe ``name`` from the saved student ``init`` (None: a fresh one) on the batches its chain has not drawn."""
     student = drop_layers_(copy.deepcopy(teacher), STUDENT_KEEP)
-    student.load_state_dict(torch.load(prefixed(init, ".pt")))
     stream = student_stream("broad", args.seed, texts, EncoderKDConfig.batch_size)
-    before = continued_chain(init, stream)  # refused unless the saved chain drew from this stream
+    before = dict(FRESH)
+    if init is not None:
+        student.load_state_dict(torch.load(prefixed(init, ".pt")))
+        before = continued_chain(init, stream)  # refused unless the saved chain drew from this stream
     spec = {"lr": args.lr} | PROBES[name]
     config = EncoderKDConfig(cpu_seconds=None, steps=args.steps, layer_map=tuple(STUDENT_KEEP), seed=args.seed,
                              skip_batches=int(before["stream_batches"]), **spec)  # fmt: skip
-    info: dict[str, Any] = {"keep": STUDENT_KEEP, "probe": name, "init": str(init), "chain_before": before,
-                            "config": config.to_dict()}  # fmt: skip
+    info: dict[str, Any] = {"keep": STUDENT_KEEP, "probe": name, "init": str(init) if init else None,
+                            "chain_before": before, "config": config.to_dict()}  # fmt: skip
     info["kd"] = distill_encoder(student, teacher, texts[1], texts[2], config)
     info["chain"] = chain(info) | {"stream": stream}
     return student.eval(), info
@@ -65,19 +76,24 @@ def probe(name: str, teacher: torch.nn.Module, init: Path, texts: Any, args: arg
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--init", type=Path, required=True, help="the saved student to continue (PREFIX)")
+    parser.add_argument("--init", type=Path, default=None,
+                        help="the saved student to continue (PREFIX); without it a fresh 3-layer student")
     parser.add_argument("--steps", type=int, default=160)
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--seed", type=int, default=0, help="the seed of the chain being continued")
     parser.add_argument("--probes", default="control,emb,last", help=f"comma-separated, of {', '.join(PROBES)}")
     parser.add_argument("--json", default="benchmarks/results/transformer_encoder_session11_student_probes.json")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # the distillation's progress
+    names = args.probes.split(",")
+    if unknown := [name for name in names if name not in PROBES]:
+        raise SystemExit(f"unknown probe(s) {', '.join(unknown)}: choose from {', '.join(PROBES)}")
     result = result_header("transformers", 1) | {"load_before": os.getloadavg(), "probes": {}}
     teacher = ds.load_model("all-minilm-l6-v2").eval()
     data32 = ds.load_data("sentences", seq_len=32, train_size=2048)
     data128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
     texts, held, result["distill_corpus"] = distill_texts(teacher, "broad", seed=args.seed)
-    for name in args.probes.split(","):
+    for name in names:
         w0, load0 = time.monotonic(), os.getloadavg()
         student, info = probe(name, teacher, args.init, texts, args)
         info |= {"test_fidelity_torch_seq32": sentence_fidelity(student, teacher, data32),

@@ -16,7 +16,7 @@ numbers noisy.
         [--variants ort_opt_int8,ds_fused_int8,ds_fused_int8_all,ds_mixed_int8,ds_split_in,tome,tome_big,prune,tome_kd,
                     student3,heads]
         [--heads-cpu 600] [--student-cpu 900] [--tome-cpu 900] [--heads-from PREFIX] [--student-from PREFIX]
-        [--tome-from PREFIX]
+        [--tome-from PREFIX] [--student-precision {fp32,bf16}]
 
 The int8 variants (``ort_opt_int8``, ``ds_*``) are built in ``_fused_int8.py``. Distilled models are saved next to
 the JSON (``.heads.pt``/``.json`` and alike) and reused with ``--*-from``, so a long distillation and the measurement
@@ -29,6 +29,7 @@ import argparse
 import ast
 import copy
 import json
+import logging
 import os
 import random
 import re
@@ -56,7 +57,7 @@ from deepslim.data.sentences import training_sentences, word_salad
 from deepslim.data.text_corpus import CorpusConfig, build_corpus
 from deepslim.models.hf import IdsOnly, SentenceEncoder, tokenize, tokenizer_for
 from deepslim.tasks.similarity import embed, embedding_fidelity, sentence_fidelity
-from deepslim.train.student import EncoderKDConfig, distill_encoder
+from deepslim.train.student import PRECISIONS, EncoderKDConfig, distill_encoder
 
 THREADS = 1
 SEQS = (32, 128)
@@ -250,9 +251,10 @@ def student3(teacher: torch.nn.Module, args: argparse.Namespace, texts: Texts,
     weights = tuple(float(w) for w in args.student_layer_weights.split(",")) if args.student_layer_weights else None
     info["kd"] = distill_encoder(student, teacher, texts[1], texts[2], _kd(
         args, "student", layer_map=tuple(STUDENT_KEEP), relation_weight=args.student_relation,
-        hidden_weight=args.student_hidden, layer_weights=weights,
+        hidden_weight=args.student_hidden, layer_weights=weights, precision=args.student_precision,
         skip_batches=int(info.get("chain_before", {}).get("stream_batches", 0))))  # fmt: skip
-    info |= {"relation_weight": args.student_relation, "hidden_weight": args.student_hidden, "layer_weights": weights}
+    info |= {"relation_weight": args.student_relation, "hidden_weight": args.student_hidden, "layer_weights": weights,
+             "precision": args.student_precision}  # fmt: skip
     info["chain"] = chain(info) | {"stream": stream}
     _save(student, info, Path(args.json).with_suffix(".student3"))
     return student.eval(), info
@@ -431,6 +433,9 @@ def main() -> None:
                         help="hidden-state loss weight of the 3-layer student (0: embeddings only)")
     parser.add_argument("--student-layer-weights", default=None,
                         help="per student layer weights of its hidden-state loss, e.g. 0,0,1 (default equal)")
+    parser.add_argument("--student-precision", choices=PRECISIONS, default="fp32",
+                        help="arithmetic of the 3-layer student's distillation passes (bf16: CPU autocast bfloat16; "
+                             "weights, optimizer and loss stay float32)")  # fmt: skip
     parser.add_argument("--student-init", type=Path, default=None,
                         help="continue a saved 3-layer student (PREFIX.pt/.json): warm restart on unseen batches")
     parser.add_argument("--corpus", choices=("broad", "mix6"), default="broad",
@@ -449,6 +454,7 @@ def main() -> None:
         parser.add_argument(f"--{what}-from", type=Path, default=None,
                             help="reuse a distilled model saved by an earlier run (PREFIX.pt and PREFIX.json)")
     args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # the distillation's progress
     result = run(args)
     write_json_atomic(result, args.json)
     for row in result["rows"]:

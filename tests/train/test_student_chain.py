@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
 pytest.importorskip("transformers", reason="Hugging Face encoders need the transformers package")
@@ -20,10 +21,10 @@ def teacher(tmp_path_factory):
     return bert_teacher(tmp_path_factory.mktemp("bert"), 6)  # student3 keeps layers 0, 3 and 5
 
 
-def _args(out: Path, init: Path | None = None, seed: int = 0) -> argparse.Namespace:
+def _args(out: Path, init: Path | None = None, seed: int = 0, precision: str = "fp32") -> argparse.Namespace:
     return argparse.Namespace(json=str(out / "run.json"), corpus="broad", seed=seed, student_init=init,
                               student_cpu=0.3, student_lr=1e-3, wall=None, student_relation=0.0, student_hidden=1.0,
-                              student_layer_weights=None)  # fmt: skip
+                              student_layer_weights=None, student_precision=precision)  # fmt: skip
 
 
 def test_a_continued_student_skips_its_chain_only_on_the_same_batch_stream(teacher, tmp_path):
@@ -53,3 +54,26 @@ def test_a_continued_student_skips_its_chain_only_on_the_same_batch_stream(teach
     with pytest.raises(SystemExit, match=r"records no batch stream"):
         te.student3(teacher, _args(tmp_path / "b", prefix), texts, None)
     assert json.loads((tmp_path / "b" / "run.student3.json").read_text())["chain"]["runs"] == 2  # nothing over it
+
+
+def test_the_student_precision_reaches_the_distillation_and_its_record(teacher, tmp_path, monkeypatch):
+    """``--student-precision bf16`` runs the distillation's passes in bfloat16 (the config distill_encoder gets) and
+    is recorded with the student (the run's JSON and the saved PREFIX.json)."""
+    import transformer_encoder as te
+
+    seen, real = [], te.distill_encoder
+
+    def spy(student, teacher, ids, mask, config):
+        seen.append(config)
+        return real(student, teacher, ids, mask, config)
+
+    monkeypatch.setattr(te, "distill_encoder", spy)
+    texts = ([], *random_texts(48, 10, 3))
+    for precision in ("bf16", "fp32"):
+        (tmp_path / precision).mkdir()
+        student, info = te.student3(teacher, _args(tmp_path / precision, precision=precision), texts, None)
+        assert info["precision"] == precision and info["kd"]["steps"] >= 1
+        saved = json.loads((tmp_path / precision / "run.student3.json").read_text())
+        assert saved["precision"] == precision
+        assert all(p.dtype == torch.float32 for p in student.parameters())  # weights stay float32
+    assert [c.precision for c in seen] == ["bf16", "fp32"]

@@ -1,0 +1,44 @@
+"""benchmarks/student_probes.py: a probe without ``--init`` starts a fresh 3-layer student (teacher layers 0, 3 and 5)
+on the stream's first batches with an empty chain; one with ``--init`` continues the saved student on the batches its
+chain has not drawn; the precision probes pass their arithmetic to the distillation."""
+
+import argparse
+import copy
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+pytest.importorskip("transformers", reason="Hugging Face encoders need the transformers package")
+
+from tests.train._bert import bert_teacher, random_texts  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    return bert_teacher(tmp_path_factory.mktemp("bert"), 6)  # the student keeps layers 0, 3 and 5
+
+
+def test_a_fresh_probe_starts_the_chain_and_a_continued_one_skips_it(teacher, tmp_path):
+    import student_probes as sp
+    import transformer_encoder as te
+
+    texts = ([], *random_texts(48, 10, 3))
+    args = argparse.Namespace(steps=3, lr=1e-3, seed=0)
+    student, info = sp.probe("bf16", teacher, None, texts, args)
+    assert info["init"] is None and info["chain_before"] == sp.FRESH
+    assert info["config"]["precision"] == "bf16" and info["kd"]["skip_batches"] == 0
+    assert info["chain"]["stream_batches"] == 3 and info["chain"]["runs"] == 1
+    assert all(p.dtype == torch.float32 for p in student.parameters())
+    start = sp.drop_layers_(copy.deepcopy(teacher), sp.STUDENT_KEEP).state_dict()
+    fresh, _ = sp.probe("fp32", teacher, None, texts, argparse.Namespace(steps=1, lr=1e-12, seed=0))
+    assert all(torch.allclose(fresh.state_dict()[k], v, atol=1e-6) for k, v in start.items())  # the teacher's layers
+    assert not all(torch.allclose(student.state_dict()[k], v, atol=1e-6) for k, v in start.items())  # 3 steps moved
+
+    prefix = tmp_path / "p.student3"
+    te._save(student, info, prefix)
+    _, more = sp.probe("fp32", teacher, prefix, texts, args)
+    assert more["config"]["precision"] == "fp32" and more["init"] == str(prefix)
+    assert more["kd"]["skip_batches"] == 3 and more["chain"]["stream_batches"] == 6 and more["chain"]["runs"] == 2
