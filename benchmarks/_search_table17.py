@@ -4,7 +4,8 @@ library's: each batch from the timing with the least gross sum, less its own tri
 sum: runs 1-3's live choice), ``s16`` (session 16's: each node's least gross time less the least trivial graph seen)
 — with or without the calibration's canary notes applied (``+low``), judged as the search fits (the plane through
 dense with the knee, on the 19 calibration points); then each policy's sum off its median over the runs. Reads each
-run's node cache (its command's CACHE_DIR) for the per-node graph term::
+run's node cache (its command's CACHE_DIR) for the per-node graph term, unless the log records it (``graph_ms``: a
+log packed by ``_search_table18.py --pack``, read as ``OUT.log.json.gz``)::
 
     python benchmarks/_search_table17.py benchmarks/results/search_session17_floor{,2,3,4,5,6}.json
 """
@@ -12,8 +13,10 @@ run's node cache (its command's CACHE_DIR) for the per-node graph term::
 from __future__ import annotations
 
 import glob
+import gzip
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +29,29 @@ from deepslim.search.node_table import _net  # noqa: E402
 
 GRAPH = "(one more node in a graph)"
 WAYS = (("gross", True), ("gross", False), ("net", True), ("net", False), ("s16", False))
+Runs = list[tuple[dict[int, float], float]]  # a batch's timings: ({batch index: gross ms}, its trivial graph's ms)
+# more estimators by name (``runs, batch size, new nodes -> net times``), e.g. _search_table18.py's
+CHOOSERS: dict[str, Callable[[Runs, int, int], list[float]]] = {}
 
 
-def choose(runs: list[tuple[dict[int, float], float]], size: int, new: int, by: str) -> list[float]:
+def load(f: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A run's result and its timer log (``OUT.log.json``, else ``OUT.log.json.gz``)."""
+    log = Path(f).with_suffix(".log.json")
+    text = log.read_text() if log.is_file() else gzip.decompress(Path(f"{log}.gz").read_bytes()).decode()
+    return json.loads(Path(f).read_text()), json.loads(text)
+
+
+def graph_ms(d: dict[str, Any], log: dict[str, Any]) -> float:
+    """The run's per-node graph entry: recorded in a packed log, else read from the run's node cache."""
+    if "graph_ms" in log:
+        return float(log["graph_ms"])
+    cache = json.loads(Path(glob.glob(d["command"].split()[2] + "/session17/*.json")[0]).read_text())["entries"]
+    return float([v for k, v in cache.items() if k.endswith(GRAPH)][0])
+
+
+def choose(runs: Runs, size: int, new: int, by: str) -> list[float]:
+    if by in CHOOSERS:
+        return CHOOSERS[by](runs, size, new)
     whole = [run for run in runs if len(run[0]) == size]
     if by == "net":
         base = min(whole, key=lambda run: sum(run[0].values()) - size * run[1])
@@ -40,22 +63,32 @@ def choose(runs: list[tuple[dict[int, float], float]], size: int, new: int, by: 
 def replay(d: dict[str, Any], log: dict[str, Any], by: str, lower: bool) -> tuple[dict[Any, float], int | None]:
     """Every row's sum (and dense's) with estimator ``by``; the notes of the calibration's canaries applied before
     the first batch of a judged policy when ``lower``."""
-    cache = json.loads(Path(glob.glob(d["command"].split()[2] + "/session17/*.json")[0]).read_text())["entries"]
-    g = [v for k, v in cache.items() if k.endswith(GRAPH)][0]
+    e, _, lowered = entries(d, log, by, lower)
+    g = graph_ms(d, log)
+    rows: list[tuple[Any, dict[str, Any]]] = [("dense", d["dense"]), *enumerate(d["rows"])]
+    return {name: sum(e[k] for k in r["node_keys"]) + g * len(r["node_keys"]) for name, r in rows}, lowered
+
+
+def entries(d: dict[str, Any], log: dict[str, Any], by: str,
+            lower: bool) -> tuple[dict[str, float], dict[str, int], int | None]:  # fmt: skip
+    """:func:`replay`'s node entries (key -> ms), the batch each came from (its index in the log; a lowered entry:
+    the batch whose canary lowered it) and how many the notes lowered."""
     calib_keys = set(d["dense"]["node_keys"])
     for r in d["rows"]:
         if r["role"] == "calibration":
             calib_keys |= set(r["node_keys"])
     e: dict[str, float] = {}
+    src: dict[str, int] = {}
     faster: dict[str, float] = {}
+    noted: dict[str, int] = {}
     lowered: int | None = None
     overheads: list[float] = []
-    for b in log["batches"]:
+    for n, b in enumerate(log["batches"]):
         if lowered is None and any(k not in calib_keys for k in b["new"]):
             lowered = 0
             for k, t in faster.items() if lower else ():
                 if t < e[k]:
-                    e[k] = t
+                    e[k], src[k] = t, noted[k]
                     lowered += 1
         calls = log["calls"][b["calls"][0]:b["calls"][1]]
         batch = b["new"] + b["canaries"]
@@ -64,16 +97,16 @@ def replay(d: dict[str, Any], log: dict[str, Any], by: str, lower: bool) -> tupl
         overheads += [c["overhead_ms"] for c in calls]
         if by == "s16":
             for i, k in enumerate(b["new"]):
-                e[k] = max(0.0, min(r[i] for r, _ in runs if i in r) - min(overheads))
+                e[k], src[k] = max(0.0, min(r[i] for r, _ in runs if i in r) - min(overheads)), n
             continue
         net = choose(runs, len(batch), len(b["new"]), by)
         e.update(zip(b["new"], net, strict=False))
+        src.update(dict.fromkeys(b["new"], n))
         if lowered is None:
             for k, t in zip(b["canaries"], net[len(b["new"]):], strict=True):
-                if t * 1.1 < e[k]:
-                    faster[k] = min(t, faster.get(k, t))
-    rows: list[tuple[Any, dict[str, Any]]] = [("dense", d["dense"]), *enumerate(d["rows"])]
-    return {name: sum(e[k] for k in r["node_keys"]) + g * len(r["node_keys"]) for name, r in rows}, lowered
+                if t * 1.1 < e[k] and t <= faster.get(k, t):
+                    faster[k], noted[k] = t, n
+    return e, src, lowered
 
 
 def judge(d: dict[str, Any], sums: dict[Any, float]) -> dict[str, Any]:
@@ -84,8 +117,7 @@ def judge(d: dict[str, Any], sums: dict[Any, float]) -> dict[str, Any]:
 
 def spread(files: list[str]) -> dict[str, tuple[float, float, float, int]]:
     """Per way: each policy's sum off its median over the runs (p50 / p90 / max %), and the measured times'."""
-    docs = [json.loads(Path(f).read_text()) for f in files]
-    logs = [json.loads(Path(f).with_suffix(".log.json").read_text()) for f in files]
+    docs, logs = zip(*(load(f) for f in files), strict=True)
     out = {}
     for by, lower in (("gross", True), ("net", False), ("s16", False), ("measured", False)):
         table = []
@@ -103,8 +135,7 @@ def spread(files: list[str]) -> dict[str, tuple[float, float, float, int]]:
 
 def main() -> None:
     for f in sys.argv[1:]:
-        d = json.loads(Path(f).read_text())
-        log = json.loads(Path(f).with_suffix(".log.json").read_text())
+        d, log = load(f)
         print(Path(f).name)
         for by, lower in WAYS:
             sums, low = replay(d, log, by, lower)
