@@ -13,6 +13,10 @@ new timing. Three parts:
 - **Where the misses come from**: each run judged again with each policy's measured time replaced by its median over
   the runs given (the fit on the run's own measurements, then on the medians too), and with each policy's sum
   replaced by its median over the runs.
+- **Slow batches**: the batches whose chosen timing's trivial graph reads more than :data:`SLOW_MS` above the median
+  of every trivial graph the run's table had timed so far (a slow stretch of the machine, which a search could tell
+  as it times), and how many of them, and of the others, hold an entry more than :data:`FAR_MS` above that node's
+  median over the runs.
 - **The misses** (outside ±10 %) of each run: the policy's sum and measurement against its median over the runs, and
   the node entry furthest from its median over the runs, with the batch it came from and that batch's timings'
   trivial graphs.
@@ -42,6 +46,8 @@ from deepslim.search.node_table import _net  # noqa: E402
 
 GAP_MS = 1e-3  # how far (ms) a timing's trivial graph may read from the others' before ``guard`` / ``agree`` act
 WAYS = ("gross", "shift", "guard", "agree")
+SLOW_MS = 0.5e-3  # a slow batch: its chosen timing's trivial graph this far above the run's median so far
+FAR_MS = 5e-3  # an entry this far above its node's median over the runs
 
 
 def _whole(runs: Runs, size: int) -> tuple[tuple[dict[int, float], float], Runs]:
@@ -143,6 +149,24 @@ def misses(d: dict[str, Any], log: dict[str, Any], sums: dict[Any, float], med_s
     return out
 
 
+def slow_batches(log: dict[str, Any], e: dict[str, float], src: dict[str, int],
+                 med_entry: dict[str, float]) -> tuple[int, int, int, int]:  # fmt: skip
+    """(slow batches, those holding an entry more than :data:`FAR_MS` above its median over the runs, the other
+    batches, those of them holding one) of a run (see the module docstring)."""
+    seen: list[float] = []
+    counts = [0, 0, 0, 0]
+    for n, b in enumerate(log["batches"]):
+        size = len(b["new"]) + len(b["canaries"])
+        calls = log["calls"][b["calls"][0]:b["calls"][1]]
+        seen += [c["overhead_ms"] for c in calls]
+        chosen = min((c for c in calls if len(c["keys"]) == size), key=lambda c: sum(c["gross_ms"]))
+        slow = chosen["overhead_ms"] - float(np.median(seen)) > SLOW_MS
+        far = any(e[k] - med_entry[k] > FAR_MS for k in b["new"] if src.get(k) == n)
+        counts[0 if slow else 2] += 1
+        counts[1 if slow else 3] += far
+    return counts[0], counts[1], counts[2], counts[3]
+
+
 def pack(files: list[str]) -> None:
     for f in files:
         d, log = load(f)
@@ -179,6 +203,10 @@ def main() -> None:
         print(f"{name:48s} {' '.join(map(str, counts))} (sum {sum(counts)})")
     ents = [entries(d, log, "gross", True)[0] for d, log in runs]
     med_entry = {k: float(np.median([e[k] for e in ents if k in e])) for k in set().union(*ents)}
+    slow = [slow_batches(log, *entries(d, log, "gross", True)[:2], med_entry) for d, log in runs]
+    print(f"slow batches (holding an entry > {FAR_MS * 1e3:g} us above its median): "
+          f"{' '.join(f'{a} ({b})' for a, b, _, _ in slow)}; the others: "
+          f"{' '.join(f'{c} ({x})' for _, _, c, x in slow)}")
     for f, (d, log), s in zip(files, runs, sums, strict=True):
         lines = misses(d, log, s, med_sum, med_ms, med_entry)
         print(f"{Path(f).stem}: {len(lines)} outside ±10 %")
