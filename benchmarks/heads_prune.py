@@ -23,6 +23,9 @@ Steps, run one at a time on a shared machine (each writes a JSON; the pruned mod
     python benchmarks/heads_prune.py staged --policy "heads=1/3,calib=broad" --then "ffn=0.35,calib=broad" \
             --cpu 600 --split 0.33 --lr 5e-4 --out /tmp/h13/staged
         gradual pruning in one budget: the heads, distillation, then the hidden units ranked on the distilled student
+    python benchmarks/heads_prune.py steptime --from /tmp/h14/p-0 --variants "precision=fp32;precision=bf16" \
+            --rounds 3 --steps-each 10
+        CPU seconds per distillation step for each setting, interleaved on the same batches
     python benchmarks/heads_prune.py lengths [--passages 0.05]
         token counts of the distillation text, of the batches a run draws from it and of the evaluation sets
 
@@ -392,6 +395,35 @@ def probe_one(args: argparse.Namespace, base: torch.nn.Module, teacher: torch.nn
                      "wall_s": round(time.monotonic() - w0, 1), "load": [load0, os.getloadavg()]}  # fmt: skip
 
 
+def steptime(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts) -> dict[str, Any]:
+    """CPU seconds per distillation step of the saved model ``--from`` for each precision and batch size
+    (``--variants``: ``;``-separated kd_spec settings, e.g. ``precision=bf16,batch_size=64``): ``--rounds`` rounds,
+    each running every setting ``--steps-each`` steps from a fresh copy on the first batches of the seeded stream
+    (the same batches for every setting of a batch size), the settings' order reversed every other round; the
+    median of the rounds. Process CPU time (one thread: the thread's own). The first round warms up and is dropped."""
+    import statistics
+
+    base, _ = load(teacher, Path(args.from_[0]))
+    specs = [v.strip() for v in args.variants.split(";") if v.strip()]
+    times: dict[str, list[float]] = {spec: [] for spec in specs}
+    for r in range(args.rounds + 1):
+        for spec in specs if r % 2 == 0 else specs[::-1]:
+            student = copy.deepcopy(base)
+            word_embeddings(student).requires_grad_(not args.freeze_embeddings)
+            kw = {"lr": args.lr, "seed": args.seed, "precision": args.precision} | kd_spec(spec)
+            config = EncoderKDConfig(**(kw | {"cpu_seconds": None, "steps": args.steps_each}))
+            kd = distill_encoder(student, teacher, texts[1], texts[2], config)
+            if r > 0:
+                times[spec].append(kd["cpu_s"] / kd["steps"])
+    out = {}
+    for spec, t in times.items():
+        batch = kd_spec(spec).get("batch_size", 32)
+        out[spec] = {"cpu_s_per_step": round(statistics.median(t), 4), "rounds": [round(x, 4) for x in t],
+                     "cpu_ms_per_text": round(1000 * statistics.median(t) / batch, 3)}  # fmt: skip
+        print(spec, json.dumps(out[spec]), flush=True)
+    return out
+
+
 def lengths(texts: Texts, data32: Any, args: argparse.Namespace) -> dict[str, Any]:
     """Token counts of the distillation text (``--passages`` added), of the batches a 1,200-step run draws from it
     (batch 32, dynamic padding) and of the evaluation sets: how often the student sees an input as long as the
@@ -417,7 +449,8 @@ def lengths(texts: Texts, data32: Any, args: argparse.Namespace) -> dict[str, An
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("mode", choices=("probe", "speed", "distill", "measure", "kdprobe", "staged", "lengths"))
+    parser.add_argument("mode", choices=("probe", "speed", "distill", "measure", "kdprobe", "staged", "lengths",
+                                         "steptime"))  # fmt: skip
     parser.add_argument("--json", required=True)
     parser.add_argument("--out", default="/tmp/h11/probe", help="prefix of the saved models")
     parser.add_argument("--policies", default="heads=1/3,ffn=0.25", help="probe: policies separated by ;")
@@ -442,6 +475,7 @@ def main() -> None:
                         "the distillation passes' arithmetic (EncoderKDConfig.precision; kdprobe: a variant's "
                         "precision= overrides it)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--steps-each", type=int, default=10, help="steptime: steps per setting and round")
     args = parser.parse_args()
     result = result_header("heads_prune", 1) | {"mode": args.mode, "argv": vars(args) | {"from_": args.from_}}
     c0, w0 = time.process_time(), time.monotonic()
@@ -467,6 +501,8 @@ def main() -> None:
             kdprobe(args, teacher, texts, held, data32, result)
         elif args.mode == "staged":
             staged(args, teacher, texts, held, data32, result)
+        elif args.mode == "steptime":
+            result["steptime"] = steptime(args, teacher, texts)
         elif args.mode == "lengths":
             result["lengths"] = lengths(texts, data32, args)
         else:

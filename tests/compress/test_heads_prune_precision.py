@@ -49,3 +49,27 @@ def test_an_unknown_precision_is_refused_in_one_line(monkeypatch):
     texts = (["doc"], torch.ones(4, 3, dtype=torch.long), torch.ones(4, 3, dtype=torch.long))
     with pytest.raises(ConfigError, match="precision must be one of fp32, bf16, got 'fp16'"):
         heads_prune.probe_one(args, torch.nn.Linear(2, 2), None, texts, "precision=fp16")
+
+
+def test_steptime_runs_every_setting_each_round_in_alternating_order_and_drops_the_warm_up(monkeypatch):
+    import heads_prune
+
+    calls = []
+
+    def fake_distill(student, teacher, ids, mask, config):
+        calls.append((config.precision, config.batch_size, config.steps, config.cpu_seconds))
+        cost = {("fp32", 32): 0.5, ("bf16", 32): 0.4, ("bf16", 64): 0.5}[(config.precision, config.batch_size)]
+        return {"steps": config.steps, "cpu_s": cost * config.steps * (3 if len(calls) <= 3 else 1)}  # warm-up slow
+
+    monkeypatch.setattr(heads_prune, "distill_encoder", fake_distill)
+    monkeypatch.setattr(heads_prune, "word_embeddings", lambda m: m.weight)
+    monkeypatch.setattr(heads_prune, "load", lambda teacher, prefix: (torch.nn.Linear(2, 2), {}))
+    args = argparse.Namespace(from_=["/x"], variants="precision=fp32;precision=bf16;precision=bf16,batch_size=64",
+                              rounds=2, steps_each=5, lr=1e-3, seed=0, precision="fp32", freeze_embeddings=1)
+    texts = (["doc"], torch.ones(4, 3, dtype=torch.long), torch.ones(4, 3, dtype=torch.long))
+    out = heads_prune.steptime(args, None, texts)
+    order = [(p, b) for p, b, _, _ in calls]
+    assert order[3:6] == [("bf16", 64), ("bf16", 32), ("fp32", 32)] and order[6:] == order[:3]
+    assert all(steps == 5 and cpu is None for _, _, steps, cpu in calls)
+    assert out["precision=fp32"]["cpu_s_per_step"] == 0.5 and out["precision=bf16"]["cpu_s_per_step"] == 0.4
+    assert out["precision=bf16,batch_size=64"]["cpu_ms_per_text"] == pytest.approx(7.812, abs=1e-3)
