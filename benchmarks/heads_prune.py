@@ -295,7 +295,7 @@ def distill(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, he
     if args.freeze_embeddings:
         word_embeddings(student).requires_grad_(False)
     config = EncoderKDConfig(cpu_seconds=args.cpu, lr=args.lr, wall_seconds=args.wall, seed=args.seed,
-                             precision=args.precision)  # fmt: skip
+                             precision=args.precision, batch_size=args.batch_size)  # fmt: skip
     info["kd_config"] = config.to_dict() | {"freeze_word_embeddings": args.freeze_embeddings,
                                             "passages": args.passages}  # fmt: skip
     kd_texts = with_passages(texts, args.passages, args.seed) if args.passages else texts
@@ -475,6 +475,7 @@ def main() -> None:
                         "the distillation passes' arithmetic (EncoderKDConfig.precision; kdprobe: a variant's "
                         "precision= overrides it)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--batch-size", type=int, default=32, help="distill: texts per step")
     parser.add_argument("--steps-each", type=int, default=10, help="steptime: steps per setting and round")
     args = parser.parse_args()
     result = result_header("heads_prune", 1) | {"mode": args.mode, "argv": vars(args) | {"from_": args.from_}}
