@@ -172,7 +172,9 @@ def autocast(config: EncoderKDConfig) -> contextlib.AbstractContextManager[Any]:
 def _loss(s: Sequence[torch.Tensor], t: Sequence[torch.Tensor], mapping: Sequence[int], mask: torch.Tensor,
           hidden_weight: float, layer_weights: Sequence[float] | None = None) -> tuple[torch.Tensor, float]:
     """(embedding loss + hidden_weight · mean relative hidden MSE over real tokens (weighted by ``layer_weights``
-    per student layer when given), the embedding loss alone); computed in float32 whatever the states' dtype."""
+    per student layer when given), the embedding loss alone); computed in float32 whatever the states' dtype. The
+    cast is a guard only: under bf16 autocast the hidden states come out float32 already (each layer's residual add
+    promotes them), so today it copies nothing; states of another dtype would be cast here."""
     s, t = [x.float() for x in s], [x.float() for x in t]
     emb = 1.0 - F.cosine_similarity(mean_pool(s[-1], mask), mean_pool(t[-1], mask), dim=-1).mean()
     if hidden_weight == 0 or len(s) != len(mapping):
