@@ -177,22 +177,3 @@ def test_a_searched_trial_of_the_uniform_policy_is_recovered_once_and_its_finali
     assert finals.uniform_trials == (0,)
     best, _ = best_or_uniform(finals, ("accuracy",))
     assert best.trial == 1 and [c.trial for c in finals.finalists] == [1, 2, None]
-
-
-def test_with_no_uniform_policy_within_budget_in_the_frame_the_fastest_is_still_the_uniform_finalist():
-    # session 17: ResNet-20's fastest uniform policy (keep 0.25 + int8) read over 0.5x dense at the search's start in
-    # 2 of 3 runs, and the search then had no uniform finalist: no baseline of its own
-    from deepslim.search.finals import final_round
-
-    space = SearchSpace(groups=(), int8_layers=("a", "x.b", "c"), blocks=("x",))
-    family = [_cand(space, None, 0.95, 3.0, False),  # keep 1.0 float, over
-              _cand(space, None, 0.90, 2.2, False, **{"int8:a": True, "int8:x.b": True, "int8:c": True})]  # at edge
-    searched = [_cand(space, 1, 0.92, 1.5, True, **{"drop:x": True})]
-    ev = _StubEvaluator({None: 0.90, 1: 0.92}, space)  # a recovered model is judged at 1.0 ms: within 2.0
-    finals = final_round(ev, searched, family, ("accuracy",), (), {"latency": 2.0}, top_k=2, front=searched)
-    assert ev.recovered == [1, None]  # the uniform finalist recovered, though none was within budget at first
-    assert finals.uniform is not None and finals.uniform.policy == family[1].policy and finals.uniform.feasible
-    assert finals.notes == ("no uniform policy was within budget in the search's frame: the fastest (2.2 ms against "
-                            "2 ms) is the uniform finalist, judged by its re-measurement",)
-    assert final_round(ev, searched, family[:1] + [replace(family[1], feasible=True)], ("accuracy",), (),
-                       {"latency": 2.0}, top_k=2, front=searched).notes == ()  # one within: no note, it is taken
