@@ -204,12 +204,29 @@ def load_heads(teacher: torch.nn.Module, prefix: Path) -> tuple[Any, dict]:
     return student.eval(), {k: v for k, v in info.items() if k != "kept"}
 
 
-def chain(info: dict) -> dict[str, float]:
+def run_precision(info: dict) -> str:
+    """The arithmetic of a saved run's distillation passes: recorded beside it (``student3``), or in its
+    EncoderKDConfig (student_probes' ``config``, tome_seq128's ``kd_config``); a run saved before bf16 existed
+    (session 18) ran in float32."""
+    for where in (info, info.get("config", {}), info.get("kd_config", {})):
+        if "precision" in where:
+            return str(where["precision"])
+    return "fp32"
+
+
+def chain(info: dict) -> dict[str, Any]:
     """What a saved student's training chain has used so far: the batches drawn from the seeded stream (a run that
-    continues it skips them) and the distillation CPU seconds, over every run of the chain."""
+    continues it skips them) and the distillation CPU seconds, over every run of the chain, in all and per
+    precision (``cpu_s_by_precision``: a bf16 step costs ~1.5x fewer CPU seconds than an fp32 one, so chains are
+    compared by CPU budget only at the same mix). A chain recorded before the split was all float32: bf16 came
+    in session 18, and no run continued a chain in that session before this record."""
     kd, before = info["kd"], info.get("chain_before", {"stream_batches": 0, "cpu_s": 0.0})
+    by = dict(before.get("cpu_s_by_precision", {"fp32": before["cpu_s"]} if before["cpu_s"] else {}))
+    precision = run_precision(info)
+    by[precision] = round(by.get(precision, 0.0) + kd["cpu_s"], 1)
     return {"stream_batches": before["stream_batches"] + kd["steps"],
-            "cpu_s": round(before["cpu_s"] + kd["cpu_s"], 1), "runs": before.get("runs", 0) + 1}
+            "cpu_s": round(before["cpu_s"] + kd["cpu_s"], 1), "cpu_s_by_precision": by,
+            "runs": before.get("runs", 0) + 1}  # fmt: skip
 
 
 def student_stream(corpus: str, seed: int, texts: Texts, batch_size: int) -> dict[str, Any]:
@@ -219,7 +236,7 @@ def student_stream(corpus: str, seed: int, texts: Texts, batch_size: int) -> dic
     return {"corpus": corpus, "seed": seed, "texts": len(texts[1]), "batch_size": batch_size}
 
 
-def continued_chain(init: Path, now: dict[str, Any]) -> dict[str, float]:
+def continued_chain(init: Path, now: dict[str, Any]) -> dict[str, Any]:
     """The chain of the saved student ``init`` (PREFIX), refused unless it drew its batches from the stream ``now``
     (skipping another stream's batch count would neither continue it nor start afresh); a student saved before its
     chain recorded its stream is refused too."""

@@ -1,6 +1,7 @@
 """benchmarks/transformer_encoder.py's 3-layer student chain: a continued run (``--student-init``) skips the batches
 its chain drew only when it draws from the same stream (text, seed, batch size); a saved student of another stream,
-or one that records none, is refused before its weights are loaded."""
+or one that records none, is refused before its weights are loaded; the chain's CPU seconds are kept per precision
+as well, summed over a chain that mixes them."""
 
 import argparse
 import json
@@ -77,3 +78,35 @@ def test_the_student_precision_reaches_the_distillation_and_its_record(teacher, 
         assert saved["precision"] == precision
         assert all(p.dtype == torch.float32 for p in student.parameters())  # weights stay float32
     assert [c.precision for c in seen] == ["bf16", "fp32"]
+
+
+def test_a_chain_that_mixes_precisions_keeps_their_cpu_seconds_apart(teacher, tmp_path):
+    """fp32, then bf16, then fp32 again on the same chain: ``cpu_s`` is the sum of the three runs and
+    ``cpu_s_by_precision`` splits it by the arithmetic each run used (read back from each saved student)."""
+    import transformer_encoder as te
+
+    texts, runs, prefix = ([], *random_texts(48, 10, 3)), [], None
+    for i, precision in enumerate(("fp32", "bf16", "fp32")):
+        (tmp_path / str(i)).mkdir()
+        _, info = te.student3(teacher, _args(tmp_path / str(i), prefix, precision=precision), texts, None)
+        runs.append(info["kd"]["cpu_s"])
+        prefix = tmp_path / str(i) / "run.student3"
+    saved = json.loads(te.prefixed(prefix, ".json").read_text())["chain"]
+    assert saved["runs"] == 3 and saved["cpu_s"] == pytest.approx(sum(runs), abs=0.15)
+    assert saved["cpu_s_by_precision"] == {"fp32": pytest.approx(runs[0] + runs[2], abs=0.15),
+                                           "bf16": pytest.approx(runs[1], abs=0.05)}  # fmt: skip
+    assert runs[1] > 0 and runs[0] + runs[2] > 0
+
+
+def test_a_chain_saved_before_the_precision_split_counts_as_float32():
+    """Records of sessions before 18 have no ``cpu_s_by_precision`` and no precision: all float32. A probe's
+    precision is read from its config, tome_seq128's from its kd_config."""
+    import transformer_encoder as te
+
+    old = {"kd": {"steps": 5, "cpu_s": 2.0}, "chain_before": {"stream_batches": 10, "cpu_s": 7.5, "runs": 1}}
+    assert te.chain(old) == {"stream_batches": 15, "cpu_s": 9.5, "cpu_s_by_precision": {"fp32": 9.5}, "runs": 2}
+    probe = {"kd": {"steps": 3, "cpu_s": 1.0}, "config": {"precision": "bf16"},
+             "chain_before": te.chain(old)}  # fmt: skip
+    assert te.chain(probe)["cpu_s_by_precision"] == {"fp32": 9.5, "bf16": 1.0}
+    assert te.run_precision({"kd_config": {"precision": "bf16"}}) == "bf16" and te.run_precision({}) == "fp32"
+    assert te.chain({"kd": {"steps": 1, "cpu_s": 0.5}})["cpu_s_by_precision"] == {"fp32": 0.5}  # a first run
