@@ -74,7 +74,7 @@ def probe(name: str, teacher: torch.nn.Module, init: Path | None, texts: Any,
     return student.eval(), info
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--init", type=Path, default=None,
                         help="the saved student to continue (PREFIX); without it a fresh 3-layer student")
@@ -83,11 +83,11 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0, help="the seed of the chain being continued")
     parser.add_argument("--probes", default="control,emb,last", help=f"comma-separated, of {', '.join(PROBES)}")
     parser.add_argument("--json", default="benchmarks/results/transformer_encoder_session11_student_probes.json")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # the distillation's progress
+    args = parser.parse_args(argv)
     names = args.probes.split(",")
     if unknown := [name for name in names if name not in PROBES]:
-        raise SystemExit(f"unknown probe(s) {', '.join(unknown)}: choose from {', '.join(PROBES)}")
+        parser.error(f"unknown probe(s) {', '.join(unknown)}: choose from {', '.join(PROBES)}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")  # the distillation's progress
     result = result_header("transformers", 1) | {"load_before": os.getloadavg(), "probes": {}}
     teacher = ds.load_model("all-minilm-l6-v2").eval()
     data32 = ds.load_data("sentences", seq_len=32, train_size=2048)

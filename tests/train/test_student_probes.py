@@ -1,6 +1,7 @@
 """benchmarks/student_probes.py: a probe without ``--init`` starts a fresh 3-layer student (teacher layers 0, 3 and 5)
 on the stream's first batches with an empty chain; one with ``--init`` continues the saved student on the batches its
-chain has not drawn; the precision probes pass their arithmetic to the distillation."""
+chain has not drawn; the precision probes pass their arithmetic to the distillation; an unknown probe is a usage
+error (exit status 2) before anything loads."""
 
 import argparse
 import copy
@@ -42,3 +43,14 @@ def test_a_fresh_probe_starts_the_chain_and_a_continued_one_skips_it(teacher, tm
     _, more = sp.probe("fp32", teacher, prefix, texts, args)
     assert more["config"]["precision"] == "fp32" and more["init"] == str(prefix)
     assert more["kd"]["skip_batches"] == 3 and more["chain"]["stream_batches"] == 6 and more["chain"]["runs"] == 2
+    assert more["chain"]["cpu_s_by_precision"].keys() <= {"bf16", "fp32"}  # each run under its own precision
+    assert sum(more["chain"]["cpu_s_by_precision"].values()) == pytest.approx(more["chain"]["cpu_s"], abs=0.15)
+
+
+def test_an_unknown_probe_is_a_usage_error(monkeypatch, capsys):
+    import student_probes as sp
+
+    monkeypatch.setattr(sp.ds, "load_model", lambda *a, **k: pytest.fail("the teacher was loaded"))
+    with pytest.raises(SystemExit) as exit_:
+        sp.main(["--probes", "fp32,fp16", "--json", "/nonexistent/x.json"])
+    assert exit_.value.code == 2 and "unknown probe(s) fp16: choose from control" in capsys.readouterr().err
