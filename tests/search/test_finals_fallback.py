@@ -31,19 +31,26 @@ def _searched():
 
 
 class _TimedStub(_StubEvaluator):
-    """The stub with an end-to-end timer: each model (here its policy's name) takes the scripted ``ms`` in every run;
-    the dense model 4 ms."""
+    """The stub with an end-to-end timer: each model (here its policy's name) takes the scripted ``ms`` in every run
+    (a tuple: its first reading's, then the later readings'); the dense model 4 ms."""
 
     data = SimpleNamespace(example_input=None)
 
     def __init__(self, accuracy, space, ms):
         super().__init__(accuracy, space)
         self.ms, self.runs = {**ms, str(space.dense().params()): 4.0}, []
+        self.read: dict[str, int] = {}
         self.table = SimpleNamespace(end_to_end=True, runtime="stub", measure_runs=self._runs)
 
     def _runs(self, pairs, repeats):
         self.runs.append([net for net, _ in pairs])
-        return [[self.ms[net] for net, _ in pairs] for _ in range(repeats)]
+        times = [self._ms(net) for net, _ in pairs]
+        return [times for _ in range(repeats)]
+
+    def _ms(self, net):
+        ms, n = self.ms[net], self.read.get(net, 0)
+        self.read[net] = n + 1
+        return ms if isinstance(ms, float) else ms[min(n, 1)]
 
     def model_and_keys(self, policy, recovery):
         return str(policy.params()), []
@@ -85,6 +92,16 @@ def test_the_fastest_uniform_policy_over_again_when_re_measured_twice_is_not_ret
     assert finals.notes[-1] == "no uniform finalist met the budget when re-measured: none is returned"
 
 
+def test_the_fastest_uniform_policy_over_when_first_re_measured_and_within_on_the_re_reading_is_kept_with_a_note():
+    ev, family, searched = _timed((2.3, 1.5))  # median of its six runs against 2 ms: (1.5 + 2.3) / 2 / 2 = 0.95
+    finals = final_round(ev, searched, family, ("accuracy",), BUDGETS, LIMIT, top_k=2, front=searched)
+    uniform = finals.uniform
+    assert uniform is not None and uniform.remeasured["verdict"] == "within noise" and uniform.feasible
+    assert uniform.latency_ms == pytest.approx(1.9) and uniform.remeasured["median_of_budget"] == pytest.approx(0.95)
+    assert finals.notes[-1] == ("uniform finalist the uniform policy (after recovery) was read over budget, and met "
+                                "it on the re-reading: its runs' median 0.95x its budget over 6 runs")  # fmt: skip
+
+
 def test_no_uniform_policy_is_recovered_when_the_family_fails_another_budget():
     # review R18 M2: both members over the size budget; recovering the fastest would waste a fine-tune
     ev, family, searched = _timed(1.8)
@@ -92,6 +109,20 @@ def test_no_uniform_policy_is_recovered_when_the_family_fails_another_budget():
     big[1] = replace(big[1], latency_ms=1.2)  # within latency even: only the size budget fails
     finals = final_round(ev, searched, big, ("accuracy",), BUDGETS + (Budget("size", 5),), {**LIMIT, "size": 5},
                          top_k=2, front=searched)  # fmt: skip
+    assert ev.recovered == [1] and finals.uniform is None and finals.notes == ()
+    ev, family, searched = _timed(1.8)
+    mixed = [family[0], big[1]]  # the fastest over the size budget; the next (3 ms) within it: that one stands in
+    finals = final_round(ev, searched, mixed, ("accuracy",), BUDGETS + (Budget("size", 5),), {**LIMIT, "size": 5},
+                         top_k=2, front=searched)  # fmt: skip
+    assert ev.recovered == [1, None] and finals.finalists[-1].policy == family[0].policy
+    assert finals.notes[0].startswith("no uniform policy was within budget in the search's frame: the fastest (3 ms ")
+
+
+def test_a_uniform_policy_marked_infeasible_though_within_every_budget_is_not_taken_for_a_latency_fallback():
+    # the fallback is for a latency over its limit: its note ("the fastest (1.2 ms against 2 ms)") would contradict it
+    ev, family, searched = _timed(1.8)
+    odd = [family[0], replace(family[1], latency_ms=1.2)]  # infeasible for another reason than the budgets
+    finals = final_round(ev, searched, odd, ("accuracy",), BUDGETS, LIMIT, top_k=2, front=searched)
     assert ev.recovered == [1] and finals.uniform is None and finals.notes == ()
 
 

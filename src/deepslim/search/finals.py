@@ -104,8 +104,9 @@ def final_round(ev: Evaluator, searched: Sequence[Candidate], uniform: Sequence[
     n = len(pools[0])
     best, notes = choose(finals[:n], objectives, "searched")
     base, more = choose(finals[n:], objectives, "uniform")
-    reread = [_met_again(c, "searched" if i < n else "uniform", "after recovery") for i, c in enumerate(finals)]
-    notes += [note for note in reread if note]
+    again = [_met_again(c, f"{'searched' if i < n else 'uniform'} finalist", "after recovery") for i, c in
+             enumerate(finals)]  # fmt: skip
+    notes += [note for note in again if note]
     return Finals(best, base, tuple(finals), tuple(skipped + notes + more), tuple(dense_ms), pareto, twins)
 
 
