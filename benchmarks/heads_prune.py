@@ -315,7 +315,8 @@ def staged(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, hel
     student, info = prune(teacher, args.policy, texts)
     info["before"] = fidelity(student, teacher, held, data32)
     word_embeddings(student).requires_grad_(not args.freeze_embeddings)
-    first = EncoderKDConfig(cpu_seconds=args.cpu * args.split, lr=args.lr, seed=args.seed, precision=args.precision)
+    first = EncoderKDConfig(cpu_seconds=args.cpu * args.split, lr=args.lr, seed=args.seed, precision=args.precision,
+                            batch_size=args.batch_size)  # fmt: skip
     info["kd1"] = distill_encoder(student, teacher, texts[1], texts[2], first)
     info["middle"] = fidelity(student, teacher, held, data32)
     kept = info.pop("kept")
@@ -329,7 +330,7 @@ def staged(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, hel
     info["pruned2"] = fidelity(student, teacher, held, data32)
     rest = args.cpu - info["kd1"]["cpu_s"] - info["prune2_cpu_s"]
     config = EncoderKDConfig(cpu_seconds=rest, lr=args.lr, seed=args.seed, skip_batches=info["kd1"]["steps"],
-                             precision=args.precision)  # fmt: skip
+                             precision=args.precision, batch_size=args.batch_size)  # fmt: skip
     info["kd_config"] = config.to_dict() | {"freeze_word_embeddings": args.freeze_embeddings, "then": args.then}
     info["kd"] = distill_encoder(student, teacher, texts[1], texts[2], config)
     data128 = ds.load_data("sentences", seq_len=128, passages=True, train_size=64, salad=0.0)
@@ -387,7 +388,7 @@ def probe_one(args: argparse.Namespace, base: torch.nn.Module, teacher: torch.nn
     kw = kd_spec(spec)
     share = kw.pop("passages", 0.0)
     config = EncoderKDConfig(**({"cpu_seconds": args.cpu, "lr": args.lr, "seed": args.seed,
-                                 "precision": args.precision} | kw))  # fmt: skip
+                                 "precision": args.precision, "batch_size": args.batch_size} | kw))  # fmt: skip
     kd_texts = with_passages(texts, share, args.seed) if share else texts
     w0, load0 = time.monotonic(), os.getloadavg()
     kd = distill_encoder(student, teacher, kd_texts[1], kd_texts[2], config) | {"texts": len(kd_texts[1])}
@@ -400,7 +401,9 @@ def steptime(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts) -
     (``--variants``: ``;``-separated kd_spec settings, e.g. ``precision=bf16,batch_size=64``): ``--rounds`` rounds,
     each running every setting ``--steps-each`` steps from a fresh copy on the first batches of the seeded stream
     (the same batches for every setting of a batch size), the settings' order reversed every other round; the
-    median of the rounds. Process CPU time (one thread: the thread's own). The first round warms up and is dropped."""
+    median of the rounds. Process CPU time of the whole distill_encoder call (one thread: the thread's own), read
+    here: the run's own ``cpu_s`` is rounded to 0.1 s, 12.5 ms a step at 8 steps. The first round warms up and is
+    dropped. ``--precision`` and ``--batch-size`` are the settings' defaults."""
     import statistics
 
     base, _ = load(teacher, Path(args.from_[0]))
@@ -410,18 +413,25 @@ def steptime(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts) -
         for spec in specs if r % 2 == 0 else specs[::-1]:
             student = copy.deepcopy(base)
             word_embeddings(student).requires_grad_(not args.freeze_embeddings)
-            kw = {"lr": args.lr, "seed": args.seed, "precision": args.precision} | kd_spec(spec)
-            config = EncoderKDConfig(**(kw | {"cpu_seconds": None, "steps": args.steps_each}))
+            config = steptime_config(args, spec)
+            c0 = time.process_time()
             kd = distill_encoder(student, teacher, texts[1], texts[2], config)
             if r > 0:
-                times[spec].append(kd["cpu_s"] / kd["steps"])
+                times[spec].append((time.process_time() - c0) / kd["steps"])
     out = {}
     for spec, t in times.items():
-        batch = kd_spec(spec).get("batch_size", 32)
+        batch = steptime_config(args, spec).batch_size
         out[spec] = {"cpu_s_per_step": round(statistics.median(t), 4), "rounds": [round(x, 4) for x in t],
                      "cpu_ms_per_text": round(1000 * statistics.median(t) / batch, 3)}  # fmt: skip
         print(spec, json.dumps(out[spec]), flush=True)
     return out
+
+
+def steptime_config(args: argparse.Namespace, spec: str) -> EncoderKDConfig:
+    """A steptime setting: ``--lr``, ``--seed``, ``--precision`` and ``--batch-size`` unless ``spec`` names them,
+    ``--steps-each`` steps, no CPU bound."""
+    kw = {"lr": args.lr, "seed": args.seed, "precision": args.precision, "batch_size": args.batch_size}
+    return EncoderKDConfig(**(kw | kd_spec(spec) | {"cpu_seconds": None, "steps": args.steps_each}))
 
 
 def lengths(texts: Texts, data32: Any, args: argparse.Namespace) -> dict[str, Any]:
@@ -447,7 +457,7 @@ def lengths(texts: Texts, data32: Any, args: argparse.Namespace) -> dict[str, An
             "eval_seq128": summary((getattr(data128.test.dataset, "ids") != 0).sum(1))}  # noqa: B009
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("mode", choices=("probe", "speed", "distill", "measure", "kdprobe", "staged", "lengths",
                                          "steptime"))  # fmt: skip
@@ -475,9 +485,12 @@ def main() -> None:
                         "the distillation passes' arithmetic (EncoderKDConfig.precision; kdprobe: a variant's "
                         "precision= overrides it)")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=32, help="distill: texts per step")
+    parser.add_argument("--batch-size", type=int, default=32, help="distill/staged/kdprobe/steptime: texts per "
+                        "step (a kdprobe or steptime setting's batch_size= overrides it)")
     parser.add_argument("--steps-each", type=int, default=10, help="steptime: steps per setting and round")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.mode in ("measure", "steptime") and not args.from_:
+        parser.error(f"{args.mode} needs --from PREFIX (the saved model)")
     result = result_header("heads_prune", 1) | {"mode": args.mode, "argv": vars(args) | {"from_": args.from_}}
     c0, w0 = time.process_time(), time.monotonic()
     teacher = ds.load_model("all-minilm-l6-v2").eval()
