@@ -43,7 +43,10 @@ def test_a_fresh_probe_starts_the_chain_and_a_continued_one_skips_it(teacher, tm
     _, more = sp.probe("fp32", teacher, prefix, texts, args)
     assert more["config"]["precision"] == "fp32" and more["init"] == str(prefix)
     assert more["kd"]["skip_batches"] == 3 and more["chain"]["stream_batches"] == 6 and more["chain"]["runs"] == 2
-    assert more["chain"]["cpu_s_by_precision"].keys() <= {"bf16", "fp32"}  # each run under its own precision
+    by = more["chain"]["cpu_s_by_precision"]  # each run under its own precision: the bf16 one, then the fp32 one
+    assert by.keys() == {"bf16", "fp32"}
+    assert by["bf16"] == pytest.approx(info["kd"]["cpu_s"], abs=0.15)
+    assert by["fp32"] == pytest.approx(more["kd"]["cpu_s"], abs=0.15)
     assert sum(more["chain"]["cpu_s_by_precision"].values()) == pytest.approx(more["chain"]["cpu_s"], abs=0.15)
 
 
