@@ -60,13 +60,19 @@ def test_the_loss_is_zero_for_identical_states_and_relative_mse_otherwise():
     assert abs(emb) < 1e-6 and abs(float(loss) - 0.5) < 1e-5
 
 
-def test_distillation_recovers_a_damaged_student_within_its_step_budget(teacher):
-    ids, mask = _texts()
+def _damaged(teacher):
+    """A copy of the teacher with layer 2's parameters perturbed (seeded)."""
     student = copy.deepcopy(teacher)
     torch.manual_seed(1)
     with torch.no_grad():
         for p in student.encoder.encoder.layer[2].parameters():
             p.add_(0.3 * torch.randn_like(p))
+    return student
+
+
+def test_distillation_recovers_a_damaged_student_within_its_step_budget(teacher):
+    ids, mask = _texts()
+    student = _damaged(teacher)
     before = _cosine(student, teacher, ids, mask)
     info = distill_encoder(student, teacher, ids, mask, EncoderKDConfig(lr=3e-3, cpu_seconds=None, steps=30,
                                                                           batch_size=16))  # fmt: skip
@@ -152,11 +158,7 @@ def test_bf16_distillation_keeps_float32_weights_and_recovers_like_fp32(teacher)
     """precision="bf16" runs the passes under CPU autocast: the student's weights stay float32, the loss is finite
     and the damaged layer recovers nearly as far as in float32 on the same batches (an oracle run beside it)."""
     ids, mask = _texts()
-    damaged = copy.deepcopy(teacher)
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in damaged.encoder.encoder.layer[2].parameters():
-            p.add_(0.3 * torch.randn_like(p))
+    damaged = _damaged(teacher)
     before = _cosine(damaged, teacher, ids, mask)
     after = {}
     for precision in ("fp32", "bf16"):
