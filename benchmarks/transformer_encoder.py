@@ -218,8 +218,9 @@ def chain(info: dict) -> dict[str, Any]:
     """What a saved student's training chain has used so far: the batches drawn from the seeded stream (a run that
     continues it skips them) and the distillation CPU seconds, over every run of the chain, in all and per
     precision (``cpu_s_by_precision``: a bf16 step costs ~1.5x fewer CPU seconds than an fp32 one, so chains are
-    compared by CPU budget only at the same mix). A chain recorded before the split was all float32: bf16 came
-    in session 18, and no run continued a chain in that session before this record."""
+    compared by CPU budget only at the same mix). A chain recorded without the split is counted as float32: bf16
+    came in session 18, and that session's two bf16 chains saved before the split (/tmp/s18/main.student3,
+    cont.student3) had it written into their records by hand (all bf16)."""
     kd, before = info["kd"], info.get("chain_before", {"stream_batches": 0, "cpu_s": 0.0})
     by = dict(before.get("cpu_s_by_precision", {"fp32": before["cpu_s"]} if before["cpu_s"] else {}))
     precision = run_precision(info)

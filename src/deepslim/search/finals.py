@@ -186,8 +186,8 @@ def _verdicts(ev: Evaluator, nets: Sequence[Any], repeats: int, latency: Budget 
         if second is None:
             continue
         first = docs[i]
-        both = reread(first, second, latency, bound) if first is not None else second
-        docs[i] = both
+        assert first is not None  # only measured docs read over are re-read
+        docs[i] = both = reread(first, second, latency, bound)
         log.info("a model read over budget, re-measured once more: %s, judged on both readings %s",
                  second["verdict"], both["verdict"])  # fmt: skip
     return docs, dense_ms
