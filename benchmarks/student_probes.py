@@ -5,7 +5,8 @@ Every probe starts from the same student — a saved one (``--init PREFIX``, as 
 continued on the batches its chain has not drawn yet (``EncoderKDConfig.skip_batches``), or without ``--init`` a
 fresh one (teacher layers 0, 3 and 5, the stream from its start) — draws the same batches for the same number of
 steps, and is measured on the built-in sentences (sequence 32 and 128 passages) and on held-out distillation text.
-A step budget (not CPU seconds) makes the probes exactly paired on a loaded machine; their CPU seconds are recorded.
+A step budget (not CPU seconds; ``--cpu`` sets one) makes the probes exactly paired on a loaded machine; their CPU
+seconds are recorded.
 Each probe's student is saved (``PREFIX.<probe>.student3.pt/.json``) so the best one can be continued with
 ``transformer_encoder.py --student-init``.
 
@@ -13,6 +14,12 @@ Each probe's student is saved (``PREFIX.<probe>.student3.pt/.json``) so the best
         --json benchmarks/results/transformer_encoder_session11_student_probes.json [--probes control,emb,last]
     python benchmarks/student_probes.py --steps 150 --probes fp32,bf16 \
         --json benchmarks/results/transformer_encoder_session18_student_probes.json  # fresh student, fp32 vs bf16
+    python benchmarks/student_probes.py --init /tmp/s18/cont.student3 --cpu 300 --lr 1e-4 --probes bf16,p10,p25 \
+        --json benchmarks/results/transformer_encoder_session19_student_probes.json  # packed passages, equal CPU
+
+A probe with packed 128-token passages (``p05``, ``p10``, ``p25``) draws from the text plus those rows, so its batches
+differ from the others' beyond the first; such probes are compared under ``--cpu`` (equal CPU seconds, as a long run
+would spend them) rather than equal steps.
 """
 
 from __future__ import annotations
@@ -40,6 +47,7 @@ from transformer_encoder import (
     continued_chain,
     distill_texts,
     heldout_fidelity,
+    plus_passages,
     prefixed,
     student_stream,
 )
@@ -51,6 +59,10 @@ PROBES: dict[str, dict[str, Any]] = {
     "lr4": {"hidden_weight": 1.0, "lr": 4e-4},  # session 10's loss, twice the peak learning rate
     "fp32": {"hidden_weight": 1.0, "precision": "fp32"},  # session 10's loss, float32 passes (= control)
     "bf16": {"hidden_weight": 1.0, "precision": "bf16"},  # session 10's loss, passes under CPU autocast bfloat16
+    # bf16 with packed 128-token passages added, this share of the distillation text (session 19: s128)
+    "p05": {"hidden_weight": 1.0, "precision": "bf16", "passages": 0.05},
+    "p10": {"hidden_weight": 1.0, "precision": "bf16", "passages": 0.1},
+    "p25": {"hidden_weight": 1.0, "precision": "bf16", "passages": 0.25},
 }
 FRESH = {"stream_batches": 0, "cpu_s": 0.0, "runs": 0}  # the chain before a fresh student's first run
 
@@ -59,17 +71,21 @@ def probe(name: str, teacher: torch.nn.Module, init: Path | None, texts: Any,
           args: argparse.Namespace) -> tuple[Any, dict]:  # fmt: skip
     """Probe ``name`` from the saved student ``init`` (None: a fresh one) on the batches its chain has not drawn."""
     student = drop_layers_(copy.deepcopy(teacher), STUDENT_KEEP)
-    stream = student_stream("broad", args.seed, texts, EncoderKDConfig.batch_size)
+    spec = {"lr": args.lr} | PROBES[name]
+    share = float(spec.pop("passages", 0.0))
+    stream = student_stream("broad", args.seed, texts, EncoderKDConfig.batch_size, share)
     before = dict(FRESH)
     if init is not None:
         student.load_state_dict(torch.load(prefixed(init, ".pt")))
-        before = continued_chain(init, stream)  # refused unless the saved chain drew from this stream
-    spec = {"lr": args.lr} | PROBES[name]
-    config = EncoderKDConfig(cpu_seconds=None, steps=args.steps, layer_map=tuple(STUDENT_KEEP), seed=args.seed,
-                             skip_batches=int(before["stream_batches"]), **spec)  # fmt: skip
+        before = continued_chain(init, stream)  # refused unless the saved chain drew from this stream's text
+    cpu = getattr(args, "cpu", None)
+    config = EncoderKDConfig(cpu_seconds=cpu, steps=None if cpu else args.steps, layer_map=tuple(STUDENT_KEEP),
+                             seed=args.seed, skip_batches=int(before["stream_batches"]), **spec)  # fmt: skip
+    kd_texts = plus_passages(texts, share, args.seed)
     info: dict[str, Any] = {"keep": STUDENT_KEEP, "probe": name, "init": str(init) if init else None,
-                            "chain_before": before, "config": config.to_dict()}  # fmt: skip
-    info["kd"] = distill_encoder(student, teacher, texts[1], texts[2], config)
+                            "chain_before": before, "config": config.to_dict(), "passages": share,
+                            "passage_rows": len(kd_texts[1]) - len(texts[1])}  # fmt: skip
+    info["kd"] = distill_encoder(student, teacher, kd_texts[1], kd_texts[2], config)
     info["chain"] = chain(info) | {"stream": stream}
     return student.eval(), info
 
@@ -79,6 +95,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--init", type=Path, default=None,
                         help="the saved student to continue (PREFIX); without it a fresh 3-layer student")
     parser.add_argument("--steps", type=int, default=160)
+    parser.add_argument("--cpu", type=float, default=None,
+                        help="a CPU-second budget per probe instead of --steps (probes with passages draw longer "
+                             "batches: compare them at equal CPU)")  # fmt: skip
     parser.add_argument("--lr", type=float, default=2e-4)
     parser.add_argument("--seed", type=int, default=0, help="the seed of the chain being continued")
     parser.add_argument("--probes", default="control,emb,last", help=f"comma-separated, of {', '.join(PROBES)}")

@@ -146,6 +146,25 @@ def passages(teacher: torch.nn.Module, docs: list[str], seed: int = 2) -> tuple[
     return tokenize(teacher, out, seq_len=128)
 
 
+def plus_passages(texts: Texts, share: float, seed: int = 0) -> Texts:
+    """``texts`` plus packed 128-token passages made of runs of them, ``share`` of the whole (``share`` 0: ``texts``
+    as they are): heads_prune's :func:`heads_prune.with_passages` (session 14), imported here when asked for
+    (heads_prune imports this module)."""
+    if not share:
+        return texts
+    from heads_prune import with_passages as packed_in
+
+    return packed_in(texts, share, seed)
+
+
+def passage_share(text: str) -> float:
+    """``--student-passages``: a share in [0, 1) (argparse turns the refusal into a usage error, exit 2)."""
+    share = float(text)
+    if not 0 <= share < 1:
+        raise argparse.ArgumentTypeError(f"the passage share must be in [0, 1), got {text}")
+    return share
+
+
 def _kd(args: argparse.Namespace, what: str, **kw: Any) -> EncoderKDConfig:
     return EncoderKDConfig(cpu_seconds=getattr(args, f"{what}_cpu"), lr=getattr(args, f"{what}_lr"),
                            wall_seconds=args.wall, seed=args.seed, **kw)  # fmt: skip
@@ -220,30 +239,41 @@ def chain(info: dict) -> dict[str, Any]:
     precision (``cpu_s_by_precision``: a bf16 step costs ~1.5x fewer CPU seconds than an fp32 one, so chains are
     compared by CPU budget only at the same mix). A chain recorded without the split is counted as float32: bf16
     came in session 18, and that session's two bf16 chains saved before the split (/tmp/s18/main.student3,
-    cont.student3) had it written into their records by hand (all bf16)."""
+    cont.student3) had it written into their records by hand (all bf16). ``passages_by_run``: each run's share of
+    packed 128-token passages (``--student-passages``; a run recorded without it had none)."""
     kd, before = info["kd"], info.get("chain_before", {"stream_batches": 0, "cpu_s": 0.0})
     by = dict(before.get("cpu_s_by_precision", {"fp32": before["cpu_s"]} if before["cpu_s"] else {}))
     precision = run_precision(info)
     by[precision] = round(by.get(precision, 0.0) + kd["cpu_s"], 1)
+    runs = before.get("runs", 0)
+    shares = [*before.get("passages_by_run", [0.0] * runs), float(info.get("passages", 0.0))]
     return {"stream_batches": before["stream_batches"] + kd["steps"],
             "cpu_s": round(before["cpu_s"] + kd["cpu_s"], 1), "cpu_s_by_precision": by,
-            "runs": before.get("runs", 0) + 1}  # fmt: skip
+            "runs": runs + 1, "passages_by_run": shares}  # fmt: skip
 
 
-def student_stream(corpus: str, seed: int, texts: Texts, batch_size: int) -> dict[str, Any]:
-    """What decides a 3-layer student's batch stream: the distillation text (corpus, seed, count), the batch size
-    and the seed of the batch order (a run that continues its chain skips the batches drawn so far, so it must draw
-    from the same stream)."""
-    return {"corpus": corpus, "seed": seed, "texts": len(texts[1]), "batch_size": batch_size}
+def student_stream(corpus: str, seed: int, texts: Texts, batch_size: int, passages: float = 0.0) -> dict[str, Any]:
+    """What decides a 3-layer student's batch stream: the distillation text (corpus, seed, count: ``texts`` before
+    any passages), the batch size, the seed of the batch order (a run that continues its chain skips the batches
+    drawn so far, so it must draw from the same stream) and the share of packed passages added (recorded when > 0)."""
+    stream = {"corpus": corpus, "seed": seed, "texts": len(texts[1]), "batch_size": batch_size}
+    return stream | ({"passages": passages} if passages else {})
+
+
+def _text_stream(stream: dict[str, Any]) -> dict[str, Any]:
+    """A batch stream's record without its share of passages: what a continued chain must share."""
+    return {k: v for k, v in stream.items() if k != "passages"}
 
 
 def continued_chain(init: Path, now: dict[str, Any]) -> dict[str, Any]:
     """The chain of the saved student ``init`` (PREFIX), refused unless it drew its batches from the stream ``now``
     (skipping another stream's batch count would neither continue it nor start afresh); a student saved before its
-    chain recorded its stream is refused too."""
+    chain recorded its stream is refused too. A run that changes only the share of packed passages continues the
+    chain: its text is the same plus (or minus) long rows made of that text, and it skips as many batches of its own
+    stream as the chain has drawn (every text of the mix has been drawn as often either way, give or take a pass)."""
     before = json.loads(prefixed(init, ".json").read_text())
     was = before.get("chain", {}).get("stream")
-    if was != now:
+    if was is None or _text_stream(was) != _text_stream(now):
         drew = f"drew its batches from another stream ({was})" if was else "records no batch stream"
         raise SystemExit(f"the saved student {init} {drew}, this run from {now}: continue it on the same text "
                          f"(corpus and seed) and batch size")  # fmt: skip
@@ -260,14 +290,17 @@ def student3(teacher: torch.nn.Module, args: argparse.Namespace, texts: Texts,
     if load is not None:
         student.load_state_dict(torch.load(prefixed(load, ".pt")))
         return student.eval(), json.loads(prefixed(load, ".json").read_text())
-    info: dict[str, Any] = {"keep": STUDENT_KEEP}
-    stream = student_stream(args.corpus, args.seed, texts, EncoderKDConfig.batch_size)
+    share = args.student_passages
+    info: dict[str, Any] = {"keep": STUDENT_KEEP, "passages": share}
+    stream = student_stream(args.corpus, args.seed, texts, EncoderKDConfig.batch_size, share)
     if args.student_init is not None:
         info["chain_before"] = continued_chain(args.student_init, stream)
         student.load_state_dict(torch.load(prefixed(args.student_init, ".pt")))
         info["init"] = str(args.student_init)
     weights = tuple(float(w) for w in args.student_layer_weights.split(",")) if args.student_layer_weights else None
-    info["kd"] = distill_encoder(student, teacher, texts[1], texts[2], _kd(
+    kd_texts = plus_passages(texts, share, args.seed)
+    info["passage_rows"] = len(kd_texts[1]) - len(texts[1])
+    info["kd"] = distill_encoder(student, teacher, kd_texts[1], kd_texts[2], _kd(
         args, "student", layer_map=tuple(STUDENT_KEEP), relation_weight=args.student_relation,
         hidden_weight=args.student_hidden, layer_weights=weights, precision=args.student_precision,
         skip_batches=int(info.get("chain_before", {}).get("stream_batches", 0))))  # fmt: skip
@@ -454,6 +487,9 @@ def main() -> None:
     parser.add_argument("--student-precision", choices=PRECISIONS, default="fp32",
                         help="arithmetic of the 3-layer student's distillation passes (bf16: CPU autocast bfloat16; "
                              "weights, optimizer and loss stay float32)")  # fmt: skip
+    parser.add_argument("--student-passages", type=passage_share, default=0.0,
+                        help="share of packed 128-token passages (runs of the distillation texts) added to the 3-layer "
+                             "student's distillation text (session 14: long inputs the broad mix has few of)")
     parser.add_argument("--student-init", type=Path, default=None,
                         help="continue a saved 3-layer student (PREFIX.pt/.json): warm restart on unseen batches")
     parser.add_argument("--corpus", choices=("broad", "mix6"), default="broad",

@@ -22,10 +22,12 @@ def teacher(tmp_path_factory):
     return bert_teacher(tmp_path_factory.mktemp("bert"), 6)  # student3 keeps layers 0, 3 and 5
 
 
-def _args(out: Path, init: Path | None = None, seed: int = 0, precision: str = "fp32") -> argparse.Namespace:
+def _args(out: Path, init: Path | None = None, seed: int = 0, precision: str = "fp32",
+          passages: float = 0.0) -> argparse.Namespace:  # fmt: skip
     return argparse.Namespace(json=str(out / "run.json"), corpus="broad", seed=seed, student_init=init,
                               student_cpu=0.3, student_lr=1e-3, wall=None, student_relation=0.0, student_hidden=1.0,
-                              student_layer_weights=None, student_precision=precision)  # fmt: skip
+                              student_layer_weights=None, student_precision=precision,
+                              student_passages=passages)  # fmt: skip
 
 
 def test_a_continued_student_skips_its_chain_only_on_the_same_batch_stream(teacher, tmp_path):
@@ -104,9 +106,50 @@ def test_a_chain_saved_before_the_precision_split_counts_as_float32():
     import transformer_encoder as te
 
     old = {"kd": {"steps": 5, "cpu_s": 2.0}, "chain_before": {"stream_batches": 10, "cpu_s": 7.5, "runs": 1}}
-    assert te.chain(old) == {"stream_batches": 15, "cpu_s": 9.5, "cpu_s_by_precision": {"fp32": 9.5}, "runs": 2}
+    assert te.chain(old) == {"stream_batches": 15, "cpu_s": 9.5, "cpu_s_by_precision": {"fp32": 9.5}, "runs": 2,
+                             "passages_by_run": [0.0, 0.0]}  # fmt: skip
     probe = {"kd": {"steps": 3, "cpu_s": 1.0}, "config": {"precision": "bf16"},
              "chain_before": te.chain(old)}  # fmt: skip
     assert te.chain(probe)["cpu_s_by_precision"] == {"fp32": 9.5, "bf16": 1.0}
     assert te.run_precision({"kd_config": {"precision": "bf16"}}) == "bf16" and te.run_precision({}) == "fp32"
     assert te.chain({"kd": {"steps": 1, "cpu_s": 0.5}})["cpu_s_by_precision"] == {"fp32": 0.5}  # a first run
+
+
+def test_packed_passages_reach_the_distillation_and_a_changed_share_continues_the_chain(teacher, tmp_path, monkeypatch):
+    """``--student-passages 0.25`` adds packed rows (a quarter of the text the distillation gets, full 10-token rows
+    after the texts), recorded in the run, its stream and the chain's ``passages_by_run``; a continuation without
+    passages continues that chain (skipping the batches it drew) and records its own share."""
+    import transformer_encoder as te
+
+    seen, real = [], te.distill_encoder
+
+    def spy(student, teacher, ids, mask, config):
+        seen.append((ids, mask, config))
+        return real(student, teacher, ids, mask, config)
+
+    monkeypatch.setattr(te, "distill_encoder", spy)
+    texts = ([], *random_texts(48, 10, 3))
+    (tmp_path / "a").mkdir()
+    _, first = te.student3(teacher, _args(tmp_path / "a", passages=0.25), texts, None)
+    ids, mask, _ = seen[0]
+    assert first["passages"] == 0.25 and first["passage_rows"] == 16 and len(ids) == 64  # 16 of 64: a quarter
+    assert torch.equal(ids[:48], texts[1]) and torch.equal(mask[:48], texts[2]) and bool(mask[48:].all())
+    assert first["chain"]["stream"] == {"corpus": "broad", "seed": 0, "texts": 48, "batch_size": 32, "passages": 0.25}
+    assert first["chain"]["passages_by_run"] == [0.25]
+    (tmp_path / "b").mkdir()
+    _, second = te.student3(teacher, _args(tmp_path / "b", tmp_path / "a" / "run.student3"), texts, None)
+    assert len(seen[1][0]) == 48 and second["passage_rows"] == 0
+    assert second["kd"]["skip_batches"] == first["kd"]["steps"]
+    assert second["chain"]["passages_by_run"] == [0.25, 0.0] and "passages" not in second["chain"]["stream"]
+
+
+def test_a_passage_share_outside_zero_to_one_is_a_usage_error(monkeypatch, capsys):
+    import transformer_encoder as te
+
+    texts = ([], torch.ones(2, 3), torch.ones(2, 3))
+    assert te.passage_share("0.1") == 0.1 and te.plus_passages(texts, 0.0) is texts  # share 0: the text as it is
+    monkeypatch.setattr(te.ds, "load_model", lambda *a, **k: pytest.fail("the teacher was loaded"))
+    monkeypatch.setattr(sys, "argv", ["transformer_encoder.py", "--student-passages", "1", "--json", "/nonexistent"])
+    with pytest.raises(SystemExit) as exit_:
+        te.main()
+    assert exit_.value.code == 2 and "the passage share must be in [0, 1), got 1" in capsys.readouterr().err

@@ -50,6 +50,28 @@ def test_a_fresh_probe_starts_the_chain_and_a_continued_one_skips_it(teacher, tm
     assert sum(more["chain"]["cpu_s_by_precision"].values()) == pytest.approx(more["chain"]["cpu_s"], abs=0.15)
 
 
+def test_a_passage_probe_adds_packed_rows_and_a_cpu_budget_replaces_the_steps(teacher, monkeypatch):
+    """``p25``: bf16 with packed passages a quarter of the text the distillation gets (recorded, and in the chain);
+    ``--cpu`` gives each probe a CPU-second budget and no step bound."""
+    import student_probes as sp
+
+    seen, real = [], sp.distill_encoder
+
+    def spy(student, teacher, ids, mask, config):
+        seen.append((len(ids), config))
+        return real(student, teacher, ids, mask, config)
+
+    monkeypatch.setattr(sp, "distill_encoder", spy)
+    texts = ([], *random_texts(48, 10, 3))
+    _, info = sp.probe("p25", teacher, None, texts, argparse.Namespace(steps=2, lr=1e-3, seed=0, cpu=None))
+    assert seen[0][0] == 64 and info["passage_rows"] == 16 and info["passages"] == 0.25
+    assert info["config"]["precision"] == "bf16" and info["kd"]["steps"] == 2
+    assert info["chain"]["passages_by_run"] == [0.25] and info["chain"]["stream"]["passages"] == 0.25
+    _, timed = sp.probe("bf16", teacher, None, texts, argparse.Namespace(steps=2, lr=1e-3, seed=0, cpu=0.2))
+    assert seen[1][0] == 48 and seen[1][1].cpu_seconds == 0.2 and seen[1][1].steps is None
+    assert timed["passage_rows"] == 0 and timed["chain"]["passages_by_run"] == [0.0]
+
+
 def test_an_unknown_probe_is_a_usage_error(monkeypatch, capsys):
     import student_probes as sp
 
