@@ -16,7 +16,7 @@ numbers noisy.
         [--variants ort_opt_int8,ds_fused_int8,ds_fused_int8_all,ds_mixed_int8,ds_split_in,tome,tome_big,prune,tome_kd,
                     student3,heads]
         [--heads-cpu 600] [--student-cpu 900] [--tome-cpu 900] [--heads-from PREFIX] [--student-from PREFIX]
-        [--tome-from PREFIX] [--student-precision {fp32,bf16}]
+        [--tome-from PREFIX] [--student-precision {fp32,bf16}] [--student-passages SHARE] [--student-init PREFIX]
 
 The int8 variants (``ort_opt_int8``, ``ds_*``) are built in ``_fused_int8.py``. Distilled models are saved next to
 the JSON (``.heads.pt``/``.json`` and alike) and reused with ``--*-from``, so a long distillation and the measurement
@@ -79,6 +79,10 @@ Texts = tuple[list[str], torch.Tensor, torch.Tensor]  # docstring sentences, tok
 # but 0.953 / 0.899 against 0.957 / 0.905 unscaled after 120 CPU-s of distillation) nor importance calibrated on half
 # 128-token passages (s128 +0.004, s32 -0.009 after 120 CPU-s) helps once distilled (session 15, H)
 HEADS = HeadPruneConfig(head_ratio=1 / 3, ffn_ratio=0.35, refit=False)
+# the head-pruned student's distillation passes under CPU autocast bfloat16 in batches of 64 (session 18, H): at batch
+# 32 bf16 bought no steps on the pruned model, at 64 it bought 1.37x fp32's; 600 CPU-s gave 1/3 + FFN 0.35 s32 0.9720
+# / s128 0.9447 (session 13, fp32 batch 32: 0.971 / 0.944) and 5/12 + FFN 0.3 0.9740 / 0.9447
+HEADS_KD: dict[str, Any] = {"precision": "bf16", "batch_size": 64}
 
 
 def docstring_sentences() -> list[str]:
@@ -193,7 +197,8 @@ def head_pruned(teacher: torch.nn.Module, test: ds.DataBundle, args: argparse.Na
     """Prune heads and hidden units (sensitivity of the embeddings on 512 texts of the distillation mix, cut to each
     batch's longest: +0.106 cosine before any distillation over 512 docstring sentences, session 11; no refit, see
     ``HEADS``), then distil embeddings and per-layer hidden states under a CPU budget (``deepslim.train.student``,
-    peak learning rate 5e-4, session 12's probes) with the word embeddings frozen (half the weights, never pruned)."""
+    peak learning rate 5e-4, session 12's probes; ``HEADS_KD``: bf16 passes, batches of 64) with the word embeddings
+    frozen (half the weights, never pruned)."""
     _, ids, mask = texts
     student = student_copy(teacher)
     calib = []
@@ -206,7 +211,9 @@ def head_pruned(teacher: torch.nn.Module, test: ds.DataBundle, args: argparse.Na
                             "heads": plan.heads(), "kept": {b.name: list(b.kept) for b in plan.blocks},
                             "before32": sentence_fidelity(student, teacher, test)}  # fmt: skip
     student.encoder.embeddings.word_embeddings.weight.requires_grad_(False)
-    info["kd"] = distill_encoder(student, teacher, ids, mask, _kd(args, "heads"))
+    config = _kd(args, "heads", **HEADS_KD)
+    info["kd_config"] = config.to_dict()
+    info["kd"] = distill_encoder(student, teacher, ids, mask, config)
     _save(student, info, Path(args.json).with_suffix(".heads"))
     return student.eval(), info
 
@@ -390,7 +397,7 @@ def run(args: argparse.Namespace) -> dict:
     if "prune" in chosen:
         variants["prune"] = lambda s: prune_tokens_(copy.deepcopy(teacher), PruneTokensConfig(keep_ratio=KEEP[s]))
     result["settings"] = {"tome_r": TOME_R, "tome_kd_r": TOME_KD_R, "prune_keep_ratio": KEEP, "threads": THREADS,
-                          "heads": HEADS.to_dict(), "student_keep": STUDENT_KEEP}  # fmt: skip
+                          "heads": HEADS.to_dict(), "heads_kd": HEADS_KD, "student_keep": STUDENT_KEEP}  # fmt: skip
     result["rows"] = []
     if args.distill_only:
         result["load_after"] = os.getloadavg()
@@ -484,9 +491,10 @@ def main() -> None:
                         help="hidden-state loss weight of the 3-layer student (0: embeddings only)")
     parser.add_argument("--student-layer-weights", default=None,
                         help="per student layer weights of its hidden-state loss, e.g. 0,0,1 (default equal)")
-    parser.add_argument("--student-precision", choices=PRECISIONS, default="fp32",
-                        help="arithmetic of the 3-layer student's distillation passes (bf16: CPU autocast bfloat16; "
-                             "weights, optimizer and loss stay float32)")  # fmt: skip
+    parser.add_argument("--student-precision", choices=PRECISIONS, default="bf16",
+                        help="arithmetic of the 3-layer student's distillation passes (bf16, the default since session "
+                             "19: CPU autocast bfloat16, 1.7x the steps per CPU-second at the same fidelity per step, "
+                             "session 18; weights, optimizer and loss stay float32)")  # fmt: skip
     parser.add_argument("--student-passages", type=passage_share, default=0.0,
                         help="share of packed 128-token passages (runs of the distillation texts) added to the 3-layer "
                              "student's distillation text (session 14: long inputs the broad mix has few of)")
