@@ -61,6 +61,12 @@ class EncoderKDConfig(Config):
     ``precision``: ``"fp32"`` (default) or ``"bf16"`` — the teacher's and the student's forward and backward passes
     under ``torch.autocast`` in bfloat16 (the weights, the optimizer and the loss stay float32). On a CPU with AMX
     or AVX512-BF16 each step costs less CPU time, so a CPU-time budget buys more steps; elsewhere bf16 may be slower.
+
+    ``fused`` (default True): AdamW's update as one fused kernel over all the student's weights (torch's
+    ``fused=True``, on CPU and CUDA weights; elsewhere the per-tensor loop) — the same algorithm, rounded
+    differently. The per-tensor loop's update over the 11.7 M word-embedding weights was ~40 % of a 3-layer MiniLM
+    student's bf16 step here; fused, a step costs 1.5–1.9× fewer CPU-seconds (batch 32), 1.3–1.4× on the full depth
+    at batch 64 (session 19). ``fused=False`` reproduces the runs made before it step for step.
     """
 
     lr: float = 1e-4
@@ -79,6 +85,7 @@ class EncoderKDConfig(Config):
     skip_batches: int = 0
     seed: int = 0
     precision: str = "fp32"
+    fused: bool = True
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -160,6 +167,16 @@ def layer_map(student_layers: int, teacher_layers: int) -> tuple[int, ...]:
 def _states(encoder: Any, ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, ...]:
     out = encoder(input_ids=ids, attention_mask=mask, output_hidden_states=True)
     return tuple(out.hidden_states[1:])  # one per layer, (B, T, H)
+
+
+def adamw(params: Any, config: EncoderKDConfig) -> torch.optim.AdamW:
+    """AdamW over ``params`` (tensors or parameter groups) at ``config``'s learning rate and weight decay, fused into
+    one kernel when ``config.fused`` and every tensor lives on a CPU or CUDA device (the devices torch's fused AdamW
+    supports; elsewhere the per-tensor loop)."""
+    groups = list(params)
+    tensors = [t for g in groups for t in (g["params"] if isinstance(g, dict) else [g])]
+    fused = config.fused and all(t.device.type in ("cpu", "cuda") for t in tensors)
+    return torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay, fused=fused or None)
 
 
 def autocast(config: EncoderKDConfig) -> contextlib.AbstractContextManager[Any]:
@@ -340,8 +357,7 @@ def distill_encoder(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, m
         raise ConfigError(f"layer_weights needs one weight per student layer ({n_s}), got {config.layer_weights}")
     teacher.eval()
     student.train(config.dropout)  # eval mode switches dropout off (attention dropout reads the module's mode too)
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.lr,
-                            weight_decay=config.weight_decay)  # fmt: skip
+    opt = adamw([p for p in student.parameters() if p.requires_grad], config)
     batches = length_batches(ids, mask, config.batch_size, seed=config.seed, trim=not reduced,
                              skip=config.skip_batches)  # fmt: skip
     c0, w0, losses, step = time.process_time(), time.monotonic(), [], 0

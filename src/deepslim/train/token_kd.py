@@ -33,6 +33,7 @@ from deepslim.models.hf import SentenceEncoder, mean_pool
 from deepslim.train.student import (
     TOKEN_STUDENT_UNUSED,
     EncoderKDConfig,
+    adamw,
     autocast,
     length_batches,
     set_settings,
@@ -94,8 +95,7 @@ def distill_tokens(student: nn.Module, teacher: nn.Module, ids: torch.Tensor, ma
                           f"got {monitor_every!r}")  # fmt: skip
     teacher.eval()
     student.train(config.dropout)
-    opt = torch.optim.AdamW([p for p in student.parameters() if p.requires_grad], lr=config.lr,
-                            weight_decay=config.weight_decay)  # fmt: skip
+    opt = adamw([p for p in student.parameters() if p.requires_grad], config)
     batches = length_batches(ids, mask, config.batch_size, seed=config.seed, trim=False, skip=config.skip_batches)
     c0, w0, step = time.process_time(), time.monotonic(), 0
     emb_losses: list[float] = []

@@ -32,7 +32,7 @@ from deepslim.compress.tokens.verbs import layer_plans, prune_tokens_
 from deepslim.config import Config
 from deepslim.errors import ConfigError, UnsupportedModelError
 from deepslim.models.hf import SentenceEncoder
-from deepslim.train.student import EncoderKDConfig, length_batches, spent_share
+from deepslim.train.student import EncoderKDConfig, adamw, length_batches, spent_share
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def learn_token_thresholds(student: nn.Module, teacher: nn.Module, ids: torch.Te
         groups.append({"params": [p for p in encoder.encoder.parameters() if p.requires_grad], "lr": kd.lr})
     for g in groups:
         g["base_lr"] = g["lr"]
-    opt = torch.optim.AdamW(groups, weight_decay=kd.weight_decay)
+    opt = adamw(groups, kd)  # each group's own lr; kd's weight decay where a group sets none
     teacher.eval()
     student.train(kd.dropout)
     batches = length_batches(ids, mask, kd.batch_size, seed=kd.seed)
