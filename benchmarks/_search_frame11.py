@@ -107,12 +107,21 @@ def one_rep(files: dict[str, str], fronts: list[str], shape: list[int]) -> dict[
     return out
 
 
-def finals_ratios(doc: dict[str, Any], latency_table: dict[str, Any]) -> list[float]:
-    """A re-measured model's time over the dense model's in each of its runs: the dense runs its verdict kept
-    (``dense_repeats_ms``, both readings of a model read twice), else (files before session 18) the finals' dense
-    runs, which were then its only ones."""
-    dense = doc.get("dense_repeats_ms") or latency_table["dense_remeasured_ms"]
-    return [r / d for r, d in zip(doc["repeats_ms"], dense, strict=True)]
+def finals_ratios(doc: dict[str, Any], latency_table: dict[str, Any],
+                  finalist: bool = False) -> tuple[list[float], bool]:  # fmt: skip
+    """A re-measured model's time over the dense model's in each of its runs, and whether those dense runs are its
+    own. Its own: the dense runs its verdict kept (``dense_repeats_ms``, both readings of a model read twice), or,
+    in files before session 18, the finals' dense runs (``dense_remeasured_ms``) for a ``finalist``, timed with it.
+    A front entry of such a file was timed in the front's own runs (since session 11), whose dense times the file
+    does not keep: its runs over the median of the finals' dense runs, flagged not its own (review R2 18 L3). A run
+    not measured (null in the JSON, either time) is left out (L5)."""
+    reps, dense = doc["repeats_ms"], doc.get("dense_repeats_ms")
+    own = bool(dense) or finalist
+    if not dense:
+        dense = latency_table["dense_remeasured_ms"]
+        if not finalist:
+            dense = [statistics.median(d for d in dense if d is not None)] * len(reps)
+    return [r / d for r, d in zip(reps, dense, strict=True) if r is not None and d is not None], own
 
 
 def main() -> None:
@@ -129,7 +138,8 @@ def main() -> None:
                            "recorded": {f"t{c['trial']}": {
                                "search_median": c["measurement"]["extra"]["measured_runs"]["median"],
                                "search_ratios": c["measurement"]["extra"]["measured_runs"]["ratios"],
-                               "finals_ratios": finals_ratios(c["remeasured"], run["search_latency_table"]),
+                               **dict(zip(("finals_ratios", "finals_dense_own"),
+                                          finals_ratios(c["remeasured"], run["search_latency_table"]), strict=True)),
                                "verdict": c["remeasured"]["verdict"],
                                "tail": c["policy"]["keep"].get("features.18.0"),
                                "channels": sum(c["policy"]["keep"].values())} for c in run["pareto_feasible"]}}

@@ -86,7 +86,35 @@ def test_the_frame_benchmark_reads_each_model_s_own_dense_runs_from_a_twice_read
 
     first = verdict([0.6, 0.6, 0.6], [1.0, 1.0, 1.0], HALF, 0.5)
     both = reread(first, verdict([0.45, 0.9, 0.9], [1.0, 2.0, 2.0], HALF, 0.5), HALF, 0.5)
-    table = {"dense_remeasured_ms": [1.2, 1.2, 1.2]}  # the finalists' runs: not this model's second reading
-    assert finals_ratios(both, table) == pytest.approx([0.6, 0.6, 0.6, 0.45, 0.45, 0.45])
-    old = {"repeats_ms": [0.6, 0.6, 0.6]}  # a file before session 18: the finals' dense runs were its own
-    assert finals_ratios(old, table) == pytest.approx([0.5, 0.5, 0.5])
+    table = {"dense_remeasured_ms": [1.2, 1.0, 1.4]}  # the finalists' runs: not this model's second reading
+    assert finals_ratios(both, table) == (pytest.approx([0.6, 0.6, 0.6, 0.45, 0.45, 0.45]), True)
+    old = {"repeats_ms": [0.6, 0.6, 0.6]}  # a file before session 18: a finalist was timed in the finals' runs
+    assert finals_ratios(old, table, finalist=True) == (pytest.approx([0.5, 0.6, 0.6 / 1.4]), True)
+    # a front entry there was timed in the front's own runs, which the file does not keep: the finals' dense
+    # median, flagged not its own (review R2 18 L3)
+    assert finals_ratios(old, table) == (pytest.approx([0.5, 0.5, 0.5]), False)
+
+
+def test_a_failed_dense_run_written_as_null_still_recomputes_the_verdict_from_the_json():
+    # review R2 18 L5: the search writes NaN as null; a verdict (and a re-reading) recomputed from its own record
+    # and the frame benchmark's ratios leave that run out
+    import json
+
+    from deepslim.cli.search import _clean
+
+    sys.path.insert(0, str(Path(__file__).parents[2] / "benchmarks"))
+    first = verdict([0.6, 0.62, 0.61], [1.0, float("nan"), 1.1], HALF, 0.5)
+    second = verdict([0.36, 0.35, float("nan")], [1.0, 1.02, float("nan")], HALF, 0.5)
+    both = reread(first, second, HALF, 0.5)
+    assert first["dense_measured_ms"] == 1.0 and first["verdict"] == "over" and both["verdict"] == "over"
+    docs = json.loads(json.dumps(_clean({"first": first, "second": second})))
+    assert docs["first"]["dense_repeats_ms"][1] is None and docs["second"]["repeats_ms"][2] is None
+    for name, doc in (("first", first), ("second", second)):
+        again = verdict(docs[name]["repeats_ms"], docs[name]["dense_repeats_ms"], HALF, 0.5)
+        assert {k: again[k] for k in ("verdict", "measured_ms", "budget_ms", "dense_measured_ms")} == {
+            k: doc[k] for k in ("verdict", "measured_ms", "budget_ms", "dense_measured_ms")}
+    assert reread(docs["first"], docs["second"], HALF, 0.5)["verdict"] == "over"
+    pytest.importorskip("onnx", reason="benchmarks/_search_frame11.py exports ONNX")
+    from _search_frame11 import finals_ratios
+
+    assert finals_ratios(docs["first"], {}) == (pytest.approx([0.6, 0.61 / 1.1]), True)

@@ -118,8 +118,8 @@ def test_a_repair_to_a_policy_still_waiting_in_the_queue_is_not_queued_again():
 
 def test_the_repair_estimate_learns_from_the_steps_it_judged():
     # the judge counts parameters (int8 gains nothing there) while the layer table's estimate puts int8 at 0.4x: the
-    # all-int8 steps are estimated within and judged over. One check: unlearnt, every repair spends it on such a step
-    # and gives up; after one repair has judged such steps the estimate is scaled by what they measured, the int8
+    # int8 steps are estimated within and judged over. One check: unlearnt, every repair spends it on such a step
+    # and gives up; after one repair has judged such a step the estimate is scaled by what it measured, the int8
     # steps are passed over and the check goes to a narrower step that is within.
     net = trained()
     space = _tied(0)
@@ -139,8 +139,8 @@ def test_the_repair_estimate_learns_from_the_steps_it_judged():
     assert own > limit
     assert repaired(ev, policy, own, limit, checks=1) is None  # the one check spent on an int8 step judged over
     learnt: list[float] = []
-    first = repaired(ev, policy, own, limit, learnt=learnt)  # three checks: learns the int8 steps' error
-    assert first is not None and learnt and max(learnt) > 1.2
+    assert repaired(ev, policy, own, limit, checks=1, learnt=learnt) is None  # the same, and it learns that error
+    assert len(learnt) == 1 and learnt[0] > 1.2
     judged["n"] = 0
     fixed = repaired(ev, policy, own, limit, checks=1, learnt=learnt)
     assert fixed is not None and build(fixed, "none")[1] <= limit * (1 - REPAIR_HEADROOM)

@@ -13,30 +13,29 @@ itself. The verdict compares run by run: ``meets`` (every run within budget), ``
 some over: the budget lies inside the noise band) or ``over`` (every run over: beyond the noise band). A model read
 ``over`` (front or finalist) is timed once more, beside the dense model again, and kept (``within noise``) only
 when the re-reading meets its budget in every run and the dense model read no more than 10 % slower there than in
-the first reading (:func:`reread`; ``readings`` keeps each reading, a note says when it passes only so), so one
-loaded stretch of the models' runs cannot pass over the best policies, and a dense model loaded through the
-re-reading cannot pass a model truly over. Every verdict keeps the dense model's time in each of its runs
-(``dense_repeats_ms``): it recomputes from its own record. A finalist ``over`` its budget is never returned: the next
-finalist that meets it is, and the result says so (``notes``). Without an end-to-end timer the finalists keep their
-predicted latencies and the predicted-frame limits decide.
+the first reading (:func:`~deepslim.search._verdicts.reread`; ``readings`` keeps each reading, a note says when
+it passes only so), so one loaded stretch of the models' runs cannot pass over the best policies, and a dense model
+loaded through the re-reading cannot pass a model truly over. Every verdict keeps the dense model's time in each of
+its runs (``dense_repeats_ms``): it recomputes from its own record (a run not measured: NaN, null in JSON;
+:mod:`deepslim.search._verdicts` holds the verdict and re-reading rules). A finalist ``over`` its budget is never
+returned: the next finalist that meets it is, and the result says so (``notes``). Without an end-to-end timer the
+finalists keep their predicted latencies and the predicted-frame limits decide.
 """
 
 from __future__ import annotations
 
 import logging
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from deepslim.search._verdicts import DENSE_STEADY, VERDICTS, reread, verdict
 from deepslim.search.budget import OBJECTIVES, Budget
 from deepslim.search.evaluate import Candidate, Evaluator, with_measured
 from deepslim.search.latency import LatencyTable, TableCheck
 
 log = logging.getLogger(__name__)
 
-VERDICTS = ("meets", "within noise", "over")
-DENSE_STEADY = 1.1  # a re-reading whose dense model read slower than this times the first's passes no model
 
 
 @dataclass(frozen=True)
@@ -259,82 +258,6 @@ def _remeasure(ev: Evaluator, nets: Sequence[Any], repeats: int) -> tuple[list[l
     pairs = [(dense, x), *((net, x) for net in nets)]
     measured = ev.table.measure_runs(pairs, max(1, repeats)) or []
     return [[float(t) for t in times[1:]] for times in measured], [float(times[0]) for times in measured]
-
-
-def verdict(reps: Sequence[float], dense: Sequence[float], budget: Budget | None,
-            limit: float | None) -> dict[str, Any] | None:  # fmt: skip
-    """The re-measurement of one finalist: its measured latency (the minimum over runs), the noise band (minimum and
-    maximum), the budget in milliseconds (relative budgets: of the dense model in the same run) and the verdict
-    (module docstring); None when no run measured it."""
-    pairs = _pairs(reps, dense)
-    if not pairs:
-        return None
-    measured = [r for r, _ in pairs]
-    doc: dict[str, Any] = {"measured_ms": min(measured), "band_ms": [min(measured), max(measured)],
-                           "repeats_ms": list(reps), "dense_repeats_ms": list(dense),
-                           "dense_measured_ms": min(dense) if dense else None}  # fmt: skip
-    if budget is None or limit is None:
-        return {**doc, "budget_ms": None, "budget_band_ms": None, "verdict": "meets", "within_budget": True}
-    per = _run_budgets(pairs, budget, limit)
-    within = [r <= b * (1 + 1e-9) for (r, _), b in zip(pairs, per, strict=True)]
-    result = VERDICTS[0] if all(within) else VERDICTS[1] if any(within) else VERDICTS[2]
-    return {**doc, "budget_ms": min(per) if budget.relative else limit, "budget_band_ms": [min(per), max(per)],
-            "verdict": result, "within_budget": result != "over"}  # fmt: skip
-
-
-def reread(first: dict[str, Any], second: dict[str, Any], budget: Budget | None,
-           limit: float | None) -> dict[str, Any]:  # fmt: skip
-    """A model read ``over`` (``first``) and timed once more (``second``): ``within noise`` (kept) only when
-    ``second`` measured and met its budget in every run (each against its own run's dense model) and, for a relative
-    budget, the dense model's median in ``second`` is at most :data:`DENSE_STEADY` times its median in ``first``;
-    else ``over``. Its time, the dense model's and the budget are ``second``'s (the minimum of its runs, the same
-    estimator as every other model's); ``repeats_ms``/``dense_repeats_ms`` hold both readings' runs, ``readings``
-    each reading, ``median_of_budget`` the median of all the runs' shares of their budgets, ``reread_max_of_budget``
-    the re-reading's largest share and ``dense_change`` the dense medians' ratio (the last three for the notes). Why
-    not the median of both readings (session 18's first rule): a load that moved the models' runs through the first
-    reading passed over a model not well inside its budget (session 17, run 2: policies at 0.43-0.48x dense against
-    0.5x read ~0.55x), and a dense model loaded through the whole
-    re-reading lowered every share of it alike and passed a model truly over. Under run noise alone this rule keeps a
-    model truly over its budget as often as the median did (review R2 18's simulation, docs/search.md)."""
-    if budget is None or limit is None:
-        return second
-    reps = first["repeats_ms"] + second["repeats_ms"]
-    dense = _dense_runs(first) + _dense_runs(second)
-    pairs = _pairs(reps, dense)
-    per = _run_budgets(pairs, budget, limit)
-    share = statistics.median(r / b for (r, _), b in zip(pairs, per, strict=True))
-    change = _dense_change(first, second)
-    again = _pairs(second["repeats_ms"], second["dense_repeats_ms"])
-    worst = max((r / b for (r, _), b in zip(again, _run_budgets(again, budget, limit), strict=True)), default=None)
-    complete = len(again) == len(second["repeats_ms"])  # a run not measured is not a run within
-    steady = not budget.relative or change is None or change <= DENSE_STEADY * (1 + 1e-9)
-    result = VERDICTS[1] if second["verdict"] == VERDICTS[0] and complete and steady else VERDICTS[2]
-    return {**second, "repeats_ms": reps, "dense_repeats_ms": dense, "median_of_budget": share,
-            "reread_max_of_budget": worst, "dense_change": change, "verdict": result,
-            "within_budget": result != VERDICTS[2], "readings": [first, second]}  # fmt: skip
-
-
-def _dense_change(first: dict[str, Any], second: dict[str, Any]) -> float | None:
-    """The dense model's median in ``second`` over its median in ``first`` (None when either has no dense run)."""
-    medians = [[d for d in _dense_runs(doc) if d == d] for doc in (first, second)]
-    if not all(medians):
-        return None
-    return statistics.median(medians[1]) / statistics.median(medians[0])
-
-
-def _dense_runs(doc: dict[str, Any]) -> list[float]:
-    return list(doc.get("dense_repeats_ms") or [float("nan")] * len(doc["repeats_ms"]))
-
-
-def _pairs(reps: Sequence[float], dense: Sequence[float]) -> list[tuple[float, float]]:
-    """Each measured run's (model, dense) times; NaN dense where the run had none."""
-    return [(r, d) for r, d in zip(reps, dense or [float("nan")] * len(reps), strict=True) if r == r]
-
-
-def _run_budgets(pairs: Sequence[tuple[float, float]], budget: Budget, limit: float) -> list[float]:
-    """Each run's budget in ms: of the dense model in that run (relative budgets), else the limit itself."""
-    per = [budget.value * d if budget.relative else limit for _, d in pairs]
-    return [b if b == b else limit for b in per]  # a run without the dense model: the search's own limit
 
 
 def choose(finals: Sequence[Candidate], objectives: tuple[str, ...], what: str) -> tuple[Candidate | None, list[str]]:

@@ -7,8 +7,10 @@ the trial.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -22,6 +24,7 @@ REPAIRED_ATTR = "repaired_into"  # a trial's user attr: the queued slot its repa
 REPAIR_MARGIN = 0.05  # a repair step is judged once the layer table's estimate puts it this far under the limit
 REPAIR_CHECKS = 3  # repair steps judged over the limit before a repair is given up
 REPAIR_HEADROOM = 0.03  # a repair step is kept when judged this far under the limit (the finals re-measure it)
+REPAIR_MIXES = 64  # a repair tries every mix of a policy's float precision units when they make at most this many
 REPEAT_ATTR = "repeat_of"  # a trial's user attr (and its measurement's extra): the earlier trial it repeats
 UNRECOVERED_ATTR = "unrecovered"  # a trial's user attr: judged without recovery, over the latency budget
 
@@ -105,17 +108,22 @@ def repaired(ev: Evaluator, policy: Policy, latency_ms: float, limit: float, mar
              checks: int = REPAIR_CHECKS, headroom: float = REPAIR_HEADROOM,
              learnt: list[float] | None = None) -> Policy | None:  # fmt: skip
     """A policy near ``policy`` (judged at ``latency_ms``, over ``limit``) that the search's latency model puts within
-    it, or None: the steps are every layer int8, then the groups' channel counts one option down their grids
-    (:meth:`SearchSpace.narrower`) in the policy's precisions and all int8, two, three notches...; a step estimated
-    at most ``limit`` × (1 − ``margin``) is judged by the search's latency model itself (unrecovered: latency follows
-    the graph; the measured model caches it, so the repaired trial re-uses that run) and returned when at most
-    ``limit`` × (1 − ``headroom``); after ``checks`` judged over that, None. The headroom: a repair is the first step
-    within, so it lies near the limit, where the finals' re-measurement passes a policy over (session 16, run 1: the
-    best trial, a repair, re-measured 2 % over the limit). The estimate is ``latency_ms`` scaled by the layer table's
-    ratio of the two policies' predictions: it needs only the pruned model's layer shapes (no recovery, no
-    quantization, no run). The blocks a policy drops stay as sampled. Why: in the focused ResNet-20 searches 20-27 of
-    40 trials landed over the 0.5x budget, unscored, and the sampler learned only that they were over; a repaired
-    neighbour within it is a scored trial where the sampler was looking.
+    it, or None. The steps, lightest first: the groups' channel counts as sampled, then one option down their grids
+    (:meth:`SearchSpace.narrower`), two, three notches...; at each notch every mix of the policy's float precision
+    units turned int8 (:func:`precision_steps`: a unit is a layer, or a tied group of them). At one notch the steps
+    estimated at most ``limit`` × (1 − ``margin``) are judged by the search's latency model itself (unrecovered:
+    latency follows the graph; the measured model caches it, so the repaired trial re-uses that run) in the order of
+    their estimates, the highest (the least slack) first, and the first judged at most ``limit`` × (1 − ``headroom``)
+    is returned; after ``checks`` judged over that, None. The headroom: a repair lies near the limit, where the
+    finals' re-measurement passes a policy over (session 16, run 1: the best trial, a repair, re-measured 2 % over the
+    limit). The estimate is ``latency_ms`` scaled by the layer table's ratio of the two policies' predictions: it
+    needs only the pruned model's layer shapes (no recovery, no quantization, no run). The blocks a policy drops stay
+    as sampled. Why repair: in the focused ResNet-20 searches 20-27 of 40 trials landed over the 0.5x budget,
+    unscored, and the sampler learned only that they were over; a repaired neighbour within it is a scored trial where
+    the sampler was looking. Why the least slack first (session 19): the first step was every layer int8, which took
+    every over-budget sample of session 18's seed-5 run from 1.03-1.20x the limit to 0.56-0.70x; such a repair keeps
+    the sample's channels and blocks at a fraction of the time, leads the pool on its proxy and leaves the budget
+    unspent (that run's winner, trial 36 at 1.10x repaired to 0.69x, ended +0.12 pp over uniform).
 
     ``learnt`` (the search keeps one per process): each judged step's judged / estimated latency is appended, and the
     estimate is scaled by their median so far. The layer table's ratio of two policies errs one way for a while:
@@ -138,29 +146,56 @@ def repaired(ev: Evaluator, policy: Policy, latency_ms: float, limit: float, mar
     if not own > 0:
         return None
     seen = {model_key(ev.space, policy)}
-    precisions: tuple[bool | None, ...] = (None, True) if ev.space.int8_layers else (None,)
     for notches in range(1 + max((len(g.keep) for g in ev.space.groups), default=0)):
-        for int8 in precisions:
-            step = ev.space.narrower(policy, notches, int8)
+        steps: list[tuple[float, Policy]] = []
+        for step in precision_steps(ev.space, ev.space.narrower(policy, notches), predicted):
             key = model_key(ev.space, step)
             if key in seen:
                 continue
             seen.add(key)
+            with contextlib.suppress(DeepSlimError):  # refused by the toolkit (its export, say), as a trial would be
+                steps.append((latency_ms * predicted(step) / own, step))
+        for estimate, step in sorted(steps, key=lambda s: -s[0]):  # the least slack first
+            if estimate * (statistics.median(learnt) if learnt else 1.0) > limit * (1 - margin):
+                continue
             try:
-                estimate = latency_ms * predicted(step) / own
-                if estimate * (statistics.median(learnt) if learnt else 1.0) > limit * (1 - margin):
-                    continue
                 judged = ev.build(step, "none")[1]
                 if learnt is not None and estimate > 0:
                     learnt.append(judged / estimate)
                 if judged <= limit * (1 - headroom):
                     return step
-            except DeepSlimError:  # refused by the toolkit (its export, say), as a trial would be: the next step
+            except DeepSlimError:
                 pass
             checks -= 1
             if checks <= 0:
                 return None
     return None
+
+
+def precision_steps(space: SearchSpace, policy: Policy, predicted: Callable[[Policy], float],
+                    most: int = REPAIR_MIXES) -> list[Policy]:  # fmt: skip
+    """``policy`` with mixes of its float precision units turned int8 (a unit: an int8 layer with the layers tied
+    to it, :meth:`SearchSpace.followers`, while one of them is alive in ``policy``), the policy itself first: every
+    mix when there are at most ``most`` of them; else the policy, each unit alone, and the units added one at a time
+    in the order of what each saves alone (``predicted``), ending at every layer int8."""
+    from deepslim.search import _depth
+
+    leaders = space.followers()
+    alive = _depth.alive(policy.int8, policy.drop)
+    units: dict[str, list[str]] = {}
+    for name in space.int8_layers:
+        units.setdefault(leaders.get(name, name), []).append(name)
+    floats = [members for lead, members in units.items()  # a tied unit lives while any of its layers does
+              if any(n in alive for n in members) and not policy.int8[lead]]
+
+    def turned(chosen: Sequence[list[str]]) -> Policy:
+        return replace(policy, int8={**policy.int8, **{n: True for members in chosen for n in members}})
+
+    if 2 ** len(floats) <= most:
+        return [turned(mix) for k in range(len(floats) + 1) for mix in itertools.combinations(floats, k)]
+    alone = [turned([u]) for u in floats]
+    order = [u for _, u in sorted(zip((predicted(p) for p in alone), range(len(floats)), strict=True))]
+    return [policy, *alone, *(turned([floats[i] for i in order[:k]]) for k in range(2, len(floats) + 1))]
 
 
 def queue_repair(study: Any, number: int, policy: Policy, choices: Mapping[str, Any] | None = None) -> int | None:
