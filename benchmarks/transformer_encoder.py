@@ -307,10 +307,11 @@ def student3(teacher: torch.nn.Module, args: argparse.Namespace, texts: Texts,
     weights = tuple(float(w) for w in args.student_layer_weights.split(",")) if args.student_layer_weights else None
     kd_texts = plus_passages(texts, share, args.seed)
     info["passage_rows"] = len(kd_texts[1]) - len(texts[1])
-    info["kd"] = distill_encoder(student, teacher, kd_texts[1], kd_texts[2], _kd(
-        args, "student", layer_map=tuple(STUDENT_KEEP), relation_weight=args.student_relation,
-        hidden_weight=args.student_hidden, layer_weights=weights, precision=args.student_precision,
-        skip_batches=int(info.get("chain_before", {}).get("stream_batches", 0))))  # fmt: skip
+    config = _kd(args, "student", layer_map=tuple(STUDENT_KEEP), relation_weight=args.student_relation,
+                 hidden_weight=args.student_hidden, layer_weights=weights, precision=args.student_precision,
+                 skip_batches=int(info.get("chain_before", {}).get("stream_batches", 0)))  # fmt: skip
+    info["kd_config"] = config.to_dict()  # the whole recipe (e.g. the optimizer: fused AdamW since session 19)
+    info["kd"] = distill_encoder(student, teacher, kd_texts[1], kd_texts[2], config)
     info |= {"relation_weight": args.student_relation, "hidden_weight": args.student_hidden, "layer_weights": weights,
              "precision": args.student_precision}  # fmt: skip
     info["chain"] = chain(info) | {"stream": stream}

@@ -136,6 +136,7 @@ def test_packed_passages_reach_the_distillation_and_a_changed_share_continues_th
     assert torch.equal(ids[:48], texts[1]) and torch.equal(mask[:48], texts[2]) and bool(mask[48:].all())
     assert first["chain"]["stream"] == {"corpus": "broad", "seed": 0, "texts": 48, "batch_size": 32, "passages": 0.25}
     assert first["chain"]["passages_by_run"] == [0.25]
+    assert first["kd_config"]["precision"] == "fp32" and first["kd_config"]["skip_batches"] == 0
     (tmp_path / "b").mkdir()
     _, second = te.student3(teacher, _args(tmp_path / "b", tmp_path / "a" / "run.student3"), texts, None)
     assert len(seen[1][0]) == 48 and second["passage_rows"] == 0
