@@ -286,6 +286,23 @@ def speed(args: argparse.Namespace, teacher: torch.nn.Module, result: dict[str, 
                     same = embedding_fidelity(ort_embed(files[name + "_opt"], ids), ort_embed(files[name], ids))
                     result["fused"][f"{name}_opt@{seq}"]["cosine_to_plain_min"] = round(same["cosine_min"], 6)
             result["rows"] += cpu_rows(files, fid, {}, seq, args.rounds)
+    result["summary"] = speed_summary(result["rows"], result["students"])
+    print(json.dumps(result["summary"]), flush=True)
+
+
+def speed_summary(rows: list[dict[str, Any]], students: dict[str, str]) -> dict[str, Any]:
+    """Per saved model (keyed by its prefix): the thread-CPU speed-up over the teacher's ORT fp32 file in every
+    (sequence, batch) cell timed, the wall ratio beside it, and the weakest cell (what a speed target is judged on)."""
+    out: dict[str, Any] = {}
+    for name, prefix in students.items():
+        cells = {f"s{r['seq']}_b{r['batch']}": r for r in rows if r["variant"] == name}
+        if not cells:
+            raise ValueError(f"no timed rows for {name} ({prefix})")
+        low = min(cells, key=lambda c: cells[c]["speedup_vs_ort_fp32"])
+        out[prefix] = {"speedup": {c: r["speedup_vs_ort_fp32"] for c, r in cells.items()},
+                       "speedup_wall": {c: r["speedup_wall"] for c, r in cells.items()},
+                       "weakest": {"cell": low, "speedup": cells[low]["speedup_vs_ort_fp32"]}}  # fmt: skip
+    return out
 
 
 def distill(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, held: Texts, data32: Any,
