@@ -246,8 +246,10 @@ def chain(info: dict) -> dict[str, Any]:
     precision (``cpu_s_by_precision``: a bf16 step costs ~1.5x fewer CPU seconds than an fp32 one, so chains are
     compared by CPU budget only at the same mix). A chain recorded without the split is counted as float32: bf16
     came in session 18, and that session's two bf16 chains saved before the split (/tmp/s18/main.student3,
-    cont.student3) had it written into their records by hand (all bf16). ``passages_by_run``: each run's share of
-    packed 128-token passages (``--student-passages``; a run recorded without it had none)."""
+    cont.student3) had it written into their records by hand (all bf16) — in ``chain`` only, so a continuation
+    starts from the saved ``chain`` (:func:`continued_chain`), not from ``chain_before`` recomputed.
+    ``passages_by_run``: each run's share of packed 128-token passages (``--student-passages``; a run recorded
+    without it had none)."""
     kd, before = info["kd"], info.get("chain_before", {"stream_batches": 0, "cpu_s": 0.0})
     by = dict(before.get("cpu_s_by_precision", {"fp32": before["cpu_s"]} if before["cpu_s"] else {}))
     precision = run_precision(info)
@@ -284,7 +286,7 @@ def continued_chain(init: Path, now: dict[str, Any]) -> dict[str, Any]:
         drew = f"drew its batches from another stream ({was})" if was else "records no batch stream"
         raise SystemExit(f"the saved student {init} {drew}, this run from {now}: continue it on the same text "
                          f"(corpus and seed) and batch size")  # fmt: skip
-    return chain(before)
+    return {k: v for k, v in before["chain"].items() if k != "stream"}  # as saved (not recomputed: see chain())
 
 
 def student3(teacher: torch.nn.Module, args: argparse.Namespace, texts: Texts,

@@ -154,3 +154,20 @@ def test_a_passage_share_outside_zero_to_one_is_a_usage_error(monkeypatch, capsy
     with pytest.raises(SystemExit) as exit_:
         te.main()
     assert exit_.value.code == 2 and "the passage share must be in [0, 1), got 1" in capsys.readouterr().err
+
+
+def test_a_continuation_starts_from_the_saved_chain_not_a_recomputed_one(tmp_path):
+    """Session 18's bf16 chains had their precision split written by hand into ``chain`` (their ``chain_before``
+    has none, which chain() would count as float32): a continuation takes the saved chain as it is."""
+    import transformer_encoder as te
+
+    stream = {"corpus": "broad", "seed": 0, "texts": 48, "batch_size": 32}
+    saved = {"kd": {"steps": 5, "cpu_s": 2.0}, "precision": "bf16",
+             "chain_before": {"stream_batches": 10, "cpu_s": 7.5, "runs": 1},
+             "chain": {"stream_batches": 15, "cpu_s": 9.5, "runs": 2, "stream": stream,
+                       "cpu_s_by_precision": {"bf16": 9.5}}}  # fmt: skip
+    te.prefixed(tmp_path / "s.student3", ".json").write_text(json.dumps(saved))
+    before = te.continued_chain(tmp_path / "s.student3", stream | {"passages": 0.1})
+    assert before == {"stream_batches": 15, "cpu_s": 9.5, "runs": 2, "cpu_s_by_precision": {"bf16": 9.5}}
+    nxt = te.chain({"kd": {"steps": 3, "cpu_s": 1.0}, "precision": "bf16", "passages": 0.1, "chain_before": before})
+    assert nxt["cpu_s_by_precision"] == {"bf16": 10.5} and nxt["passages_by_run"] == [0.0, 0.0, 0.1]
