@@ -51,7 +51,7 @@ def test_a_fresh_probe_starts_the_chain_and_a_continued_one_skips_it(teacher, tm
 
 
 def test_a_passage_probe_adds_packed_rows_and_a_cpu_budget_replaces_the_steps(teacher, monkeypatch):
-    """``p25``: bf16 with packed passages a quarter of the text the distillation gets (recorded, and in the chain);
+    """``p10``: bf16 with packed passages a tenth of the text the distillation gets (recorded, and in the chain);
     ``--cpu`` gives each probe a CPU-second budget and no step bound."""
     import student_probes as sp
 
@@ -63,10 +63,10 @@ def test_a_passage_probe_adds_packed_rows_and_a_cpu_budget_replaces_the_steps(te
 
     monkeypatch.setattr(sp, "distill_encoder", spy)
     texts = ([], *random_texts(48, 10, 3))
-    _, info = sp.probe("p25", teacher, None, texts, argparse.Namespace(steps=2, lr=1e-3, seed=0, cpu=None))
-    assert seen[0][0] == 64 and info["passage_rows"] == 16 and info["passages"] == 0.25
+    _, info = sp.probe("p10", teacher, None, texts, argparse.Namespace(steps=2, lr=1e-3, seed=0, cpu=None))
+    assert seen[0][0] == 53 and info["passage_rows"] == 5 and info["passages"] == 0.1  # 5 of 53: a tenth
     assert info["config"]["precision"] == "bf16" and info["kd"]["steps"] == 2
-    assert info["chain"]["passages_by_run"] == [0.25] and info["chain"]["stream"]["passages"] == 0.25
+    assert info["chain"]["passages_by_run"] == [0.1] and info["chain"]["stream"]["passages"] == 0.1
     _, timed = sp.probe("bf16", teacher, None, texts, argparse.Namespace(steps=2, lr=1e-3, seed=0, cpu=0.2))
     assert seen[1][0] == 48 and seen[1][1].cpu_seconds == 0.2 and seen[1][1].steps is None
     assert timed["passage_rows"] == 0 and timed["chain"]["passages_by_run"] == [0.0]
@@ -79,3 +79,34 @@ def test_an_unknown_probe_is_a_usage_error(monkeypatch, capsys):
     with pytest.raises(SystemExit) as exit_:
         sp.main(["--probes", "fp32,fp16", "--json", "/nonexistent/x.json"])
     assert exit_.value.code == 2 and "unknown probe(s) fp16: choose from control" in capsys.readouterr().err
+
+
+def test_each_probe_is_written_before_the_next_runs(monkeypatch, tmp_path):
+    """A probe that fails (session 19's p25 asked for more passages than the text packs into) keeps the JSON of
+    those before it."""
+    import json
+
+    import student_probes as sp
+
+    class Model:
+        def eval(self):
+            return self
+
+    def fake_probe(name, teacher, init, texts, args):
+        if name == "p10":
+            raise SystemExit("111914 texts make 14445 passages of 128 tokens, not 37305: lower the share")
+        return Model(), {"kd": {"steps": 1}}
+
+    monkeypatch.setattr(sp.ds, "load_model", lambda *a, **k: Model())
+    monkeypatch.setattr(sp.ds, "load_data", lambda *a, **k: None)
+    monkeypatch.setattr(sp, "distill_texts", lambda *a, **k: (None, None, {"corpus": "broad"}))
+    monkeypatch.setattr(sp, "probe", fake_probe)
+    monkeypatch.setattr(sp, "sentence_fidelity", lambda *a: {"cosine_mean": 0.95})
+    monkeypatch.setattr(sp, "heldout_fidelity", lambda *a: {"cosine_mean": 0.94})
+    monkeypatch.setattr(sp, "_save", lambda *a: None)
+    out = tmp_path / "probes.json"
+    with pytest.raises(SystemExit, match="lower the share"):
+        sp.main(["--probes", "bf16,p10", "--json", str(out)])
+    written = json.loads(out.read_text())
+    assert list(written["probes"]) == ["bf16"]
+    assert written["probes"]["bf16"]["test_fidelity_torch_seq32"]["cosine_mean"] == 0.95
