@@ -183,3 +183,30 @@ def test_a_search_with_no_uniform_policy_within_budget_in_its_frame_still_has_a_
     assert uniform.latency_ms == pytest.approx(fastest.latency_ms / 1.02)
     assert any(n.startswith("no uniform policy was within budget in the search's frame: the fastest") for n in
                result.notes)  # fmt: skip
+
+
+class _PerRunStub(_TimedStub):
+    """The timed stub with a model's time given run by run (a list: the finals' runs in order)."""
+
+    def _runs(self, pairs, repeats):
+        self.runs.append([net for net, _ in pairs])
+        return [[self.ms[net][i] if isinstance(self.ms[net], list) else self._ms(net) for net, _ in pairs]
+                for i in range(repeats)]  # fmt: skip
+
+
+@pytest.mark.parametrize(("runs", "kept"), [([1.8, 2.4, 2.4], False), ([1.8, 1.9, 1.7], True)])
+def test_the_uniform_fallback_is_kept_only_when_every_run_of_its_re_measurement_meets(runs, kept):
+    # session 19, run 1: keep 1.0 + int8, over in the search's frame, was kept "within noise" on one run of three
+    # and read over 0.5x in every final timing; as any model read over (rule B) it is kept only when all runs meet
+    family, searched = _family(), _searched()
+    ms = {str(searched[0].policy.params()): 1.5, str(family[1].policy.params()): runs}
+    ev = _PerRunStub({None: 0.90, 1: 0.92}, SPACE, ms)
+    finals = final_round(ev, searched, family, ("accuracy",), BUDGETS, LIMIT, top_k=2, front=searched)
+    assert ev.recovered == [1, None]
+    doc = finals.finalists[-1].remeasured
+    assert doc["repeats_ms"] == runs
+    if kept:
+        assert doc["verdict"] == "meets" and finals.uniform is not None and finals.uniform.policy == family[1].policy
+    else:
+        assert doc["verdict"] == "over" and "first_reading" in doc and finals.uniform is None
+        assert any("uniform finalist" in n and "over budget" in n for n in finals.notes)
