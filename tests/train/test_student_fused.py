@@ -53,6 +53,9 @@ def test_every_distillation_builds_its_adamw_fused_unless_told_not_to(teacher, m
 
 def test_the_default_is_fused_and_a_device_without_the_kernel_gets_the_loop():
     assert student_mod.EncoderKDConfig().fused is True
+    for bad in ("false", 0, None):
+        with pytest.raises(student_mod.ConfigError, match="fused must be True or False"):
+            student_mod.EncoderKDConfig(fused=bad)
     config = student_mod.EncoderKDConfig(lr=2e-3, weight_decay=0.05)
     cpu = torch.nn.Parameter(torch.ones(3))
     opt = student_mod.adamw([cpu], config)
@@ -63,6 +66,10 @@ def test_the_default_is_fused_and_a_device_without_the_kernel_gets_the_loop():
     opt = student_mod.adamw(groups, config)
     assert [(g["lr"], g["weight_decay"]) for g in opt.param_groups] == [(0.5, 0.0), (2e-3, 0.05)]
     assert opt.defaults["fused"] is True
+
+
+def _largest_change(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    return max(float((x - y).detach().abs().max()) for x, y in zip(a.parameters(), b.parameters(), strict=True))
 
 
 def test_the_fused_update_follows_the_loops_weights_and_losses(teacher):
@@ -77,8 +84,7 @@ def test_the_fused_update_follows_the_loops_weights_and_losses(teacher):
                                              fused=fused)  # fmt: skip
         infos.append(student_mod.distill_encoder(student, teacher, ids, mask, config))
         students.append(student)
-    moved = max(float((a - b).detach().abs().max()) for a, b in zip(students[0].parameters(), teacher.parameters()))
-    apart = max(float((a - b).detach().abs().max()) for a, b in zip(students[0].parameters(), students[1].parameters()))
+    moved, apart = _largest_change(students[0], teacher), _largest_change(students[0], students[1])
     assert moved > 1e-3 and apart < 0.01 * moved, (moved, apart)
     assert infos[0]["first_loss"] == pytest.approx(infos[1]["first_loss"], rel=1e-6)
     assert infos[0]["last_loss"] == pytest.approx(infos[1]["last_loss"], rel=1e-3)
