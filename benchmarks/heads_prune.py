@@ -56,6 +56,7 @@ import torch
 import deepslim as ds
 from _common import result_header, write_json_atomic
 from deepslim.compress.prune.heads import HeadPruneConfig, apply_block, find_blocks, prune_heads_
+from deepslim.errors import ConfigError
 from deepslim.models.hf import SentenceEncoder, tokenize
 from deepslim.tasks.similarity import embedding_fidelity, sentence_fidelity
 from deepslim.train.student import EncoderKDConfig, distill_encoder
@@ -357,13 +358,17 @@ def staged(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, hel
 
 
 def kd_spec(text: str) -> dict[str, Any]:
-    """``lr=5e-4,batch_size=16,layer_weights=1:1:2,precision=bf16`` -> EncoderKDConfig keyword arguments (``:``
-    separates a tuple; ``precision`` stays a word)."""
+    """``lr=5e-4,batch_size=16,layer_weights=1:1:2,precision=bf16,fused=false`` -> EncoderKDConfig keyword arguments
+    (``:`` separates a tuple; ``precision`` stays a word; ``fused`` and ``dropout`` are true or false)."""
     kw: dict[str, Any] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):
         key, _, value = part.partition("=")
         if key == "precision":
             kw[key] = value
+        elif key in ("fused", "dropout"):
+            if value.lower() not in ("true", "false"):
+                raise ConfigError(f"{key} must be true or false, got {value!r}")
+            kw[key] = value.lower() == "true"
         elif ":" in value:
             kw[key] = tuple(float(v) for v in value.split(":"))
         else:

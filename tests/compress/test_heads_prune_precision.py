@@ -19,6 +19,11 @@ def test_variant_precision_is_a_word_beside_numbers_and_tuples():
 
     assert heads_prune.kd_spec("lr=5e-4,precision=bf16,steps=219,layer_weights=1:2") == {
         "lr": 5e-4, "precision": "bf16", "steps": 219, "layer_weights": (1.0, 2.0)}  # fmt: skip
+    assert heads_prune.kd_spec("fused=false,dropout=True") == {"fused": False, "dropout": True}
+    from deepslim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fused must be true or false, got '0'"):
+        heads_prune.kd_spec("fused=0")
 
 
 @pytest.mark.parametrize(("flag", "spec", "expected"), [("fp32", "lr=5e-4", "fp32"), ("bf16", "lr=5e-4", "bf16"),
