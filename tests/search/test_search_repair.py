@@ -10,7 +10,15 @@ from deepslim.errors import ConfigError
 from deepslim.search.evaluate import Evaluator
 from deepslim.search.frame import FRAME_ATTR, restore_tables
 from deepslim.search.latency import LatencyTable
-from deepslim.search.trials import REPAIR_ATTR, REPAIR_HEADROOM, REPAIRED_ATTR, model_key, repaired
+from deepslim.search.trials import (
+    REPAIR_ATTR,
+    REPAIR_HEADROOM,
+    REPAIR_RULE,
+    REPAIR_RULE_ATTR,
+    REPAIRED_ATTR,
+    model_key,
+    repaired,
+)
 from tests.search._tiny import digits, fake_ms, params_ms
 from tests.search.test_depth_search import _space, trained
 
@@ -80,6 +88,8 @@ def test_an_over_budget_trial_hands_its_repair_to_the_next_slot_which_judges_it_
         assert by_trial[slot].policy.params() == trials[slot].params  # judged as the slot's own choices
         assert trials[slot].params == trials[slot].system_attrs["fixed_params"] == repair_of(n).params()  # the repair
         assert by_trial[slot].measurement.extra[REPAIR_ATTR] == n
+        assert trials[slot].user_attrs[REPAIR_RULE_ATTR] == REPAIR_RULE  # which rule made it (review R19 L8)
+        assert by_trial[slot].measurement.extra[REPAIR_RULE_ATTR] == REPAIR_RULE  # and the search's JSON says so
         assert by_trial[slot].feasible and by_trial[slot].accuracy is not None  # within: scored
         assert REPAIRED_ATTR not in trials[slot].user_attrs  # a repair is not repaired again
     assert len(trials) == 8 and result.cost["trials"] == 8  # the slots still number ``trials``
@@ -156,6 +166,27 @@ def test_a_resumed_repaired_study_neither_repeats_nor_misreads_a_trial(repaired_
     assert len(keys) == len(set(keys))  # no model judged twice
     for c in more.trials:  # every candidate is its own trial's choices
         assert c.policy.params() == after[c.trial].params
+
+
+def test_a_resumed_study_says_which_repairs_were_queued_before_the_rule_was_recorded(repaired_run, tmp_path_factory):
+    import shutil
+
+    from deepslim.search.trials import REPAIR_RULE_UNRECORDED
+
+    result, out = repaired_run
+    copy = tmp_path_factory.mktemp("rule") / "study"
+    shutil.copytree(out, copy)
+    study = _study(copy)
+    old = result.space.narrower(result.space.dense(), 1, True)  # a slot as older code queued a repair: no rule
+    params = {k: v for k, v in old.params().items() if k in result.space.choices()}
+    study.enqueue_trial(params, skip_if_exists=False)
+    slot = max(t.number for t in study.get_trials())
+    study._storage.set_trial_user_attr(study.get_trials()[slot]._trial_id, REPAIR_ATTR, 0)
+    more = _search(copy, slot + 1, latency_model="layers")
+    rules = {c.trial: c.measurement.extra.get(REPAIR_RULE_ATTR) for c in more.trials if REPAIR_ATTR in
+             c.measurement.extra}  # fmt: skip
+    assert rules[slot] == REPAIR_RULE_UNRECORDED  # review R19 L8: a resumed study's JSON tells the rules apart
+    assert {r for n, r in rules.items() if n != slot} == {REPAIR_RULE}
 
 
 def test_repair_is_refused_with_a_strategy_that_reads_trials_over_budget_with_grid_or_with_workers(tmp_path):

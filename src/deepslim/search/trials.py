@@ -26,6 +26,11 @@ REPAIR_MARGIN = 0.05  # a repair step is judged once the layer table's estimate 
 REPAIR_CHECKS = 3  # repair steps judged over the limit before a repair is given up
 REPAIR_HEADROOM = 0.03  # a repair step is kept when judged this far under the limit (the finals re-measure it)
 REPAIR_MIXES = 64  # a repair tries every mix of a policy's float precision units when they make at most this many
+REPAIR_RULE_ATTR = "repair_rule"  # a repaired trial's user attr (and its candidate's extra): the rule that made it
+REPAIR_RULE = (f"lightest change: per notch the mixes of float precision units (every one up to {REPAIR_MIXES}), "
+               f"least slack first; margin {REPAIR_MARGIN}, headroom {REPAIR_HEADROOM}, checks {REPAIR_CHECKS}")
+REPAIR_RULE_UNRECORDED = ("unrecorded: queued before repairs recorded their rule (session 18's: every layer int8 "
+                          "first)")
 REPEAT_ATTR = "repeat_of"  # a trial's user attr (and its measurement's extra): the earlier trial it repeats
 UNRECOVERED_ATTR = "unrecovered"  # a trial's user attr: judged without recovery, over the latency budget
 
@@ -70,7 +75,8 @@ def trial_objective(ev: Evaluator, objectives: tuple[str, ...], limits: dict[str
             # every trial is judged by the prediction (one frame for all); a measurement is the table's check
             cand = _feasible(replace(cand, latency_ms=float(cand.measurement.extra["predicted_latency_ms"])), limits)
         if REPAIR_ATTR in trial.user_attrs:  # the repaired policy of an earlier trial: said in its candidate
-            extra = {**cand.measurement.extra, REPAIR_ATTR: trial.user_attrs[REPAIR_ATTR]}
+            rule = trial.user_attrs.get(REPAIR_RULE_ATTR, REPAIR_RULE_UNRECORDED)  # a resumed study mixes rules
+            extra = {**cand.measurement.extra, REPAIR_ATTR: trial.user_attrs[REPAIR_ATTR], REPAIR_RULE_ATTR: rule}
             cand = replace(cand, measurement=replace(cand.measurement, extra=extra))
         trial.set_user_attr("candidate", cand.to_dict())
         violations = {m: cand.value(m) - lim for m, lim in limits.items()}
@@ -223,7 +229,10 @@ def queue_repair(study: Any, number: int, policy: Policy, choices: Mapping[str, 
     """Write ``policy`` onto the study's first queued empty trial slot (its fixed parameters: the sampler is told
     the repaired policy as that trial's choices, and the slot stays one of the search's ``trials``), marked as the
     repair of trial ``number``; the slot's number, or None when no empty slot is left or a trial already holds
-    these choices (a retried trial repairs again to the same policy: it is judged once). ``choices``: the space's
+    these choices (a retried trial repairs again to the same policy: it is judged once). The slot also records
+    :data:`REPAIR_RULE` (``repair_rule``), which its candidate carries into the search's JSON: a study resumed
+    across a change of the repair tells its repairs apart (one queued before the rule was recorded reads
+    :data:`REPAIR_RULE_UNRECORDED`). ``choices``: the space's
     (:meth:`SearchSpace.choices`); the parameters written are those a trial suggests — a tied layer's follower is
     none, and a completed trial's parameters, compared here, never hold it."""
     from optuna.trial import TrialState
@@ -239,6 +248,7 @@ def queue_repair(study: Any, number: int, policy: Policy, choices: Mapping[str, 
         if _empty_slot(t):
             storage.set_trial_system_attr(t._trial_id, "fixed_params", params)
             storage.set_trial_user_attr(t._trial_id, REPAIR_ATTR, number)
+            storage.set_trial_user_attr(t._trial_id, REPAIR_RULE_ATTR, REPAIR_RULE)  # review R19 L8
             return int(t.number)
     return None
 
