@@ -84,8 +84,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the finalists' fine-tune (and the recipe's) distills from the dense model at this temperature")
     p.add_argument("--top-k", type=int, default=3, help="finalists fine-tuned and re-measured (default 3)")
     p.add_argument("--repair", action="store_true",
-                   help="a sampled policy over a latency budget is repaired (all int8, channels notched down until "
-                        "the latency model puts it under the limit) onto the next trial slot; needs --proxy-steps N "
+                   help="a sampled policy over a latency budget is repaired onto the next trial slot: the lightest "
+                        "change the latency model puts under the limit (its channels as sampled, then notched down; "
+                        "at each notch the mixes of its float layers turned int8, the least slack first; the rule is "
+                        "recorded on the slot as repair_rule); needs --proxy-steps N "
                         "(or the hpo space), latency as the only budget, one worker and a sampled strategy (tpe, "
                         "tpe-multivariate, nsga2, random)")
     p.add_argument("--storage", help="Optuna storage: journal:PATH, postgresql://..., sqlite:///PATH "

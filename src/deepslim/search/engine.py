@@ -174,11 +174,13 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     the trials' images kept beside it) — more images than the trials are judged on, and none that chose a
     recovery's best epoch. The dense model keeps its accuracy on the validation split.
     ``repair`` (one process, a strategy that leaves trials over a latency budget unscored, not ``grid``): a sampled
-    policy over the latency budget is repaired — its layers int8, its channel counts notched down, each step the layer
-    table's estimate puts within judged by the search's latency model and kept only at least
-    :data:`trials.REPAIR_HEADROOM` (3 %) under the limit (:func:`trials.repaired`) — and the repaired policy takes the
-    study's next empty trial slot (never a failed trial's waiting retry), told to the sampler as that trial's choices
-    (``repair_of`` names the trial it repairs; the slots still number ``trials``).
+    policy over the latency budget is repaired — the lightest change within budget: its channel counts as sampled,
+    then notched down, at each notch the mixes of its float precision units turned int8; the steps the layer table's
+    estimate puts within are judged by the search's latency model, the least slack first, and one is kept only at
+    least :data:`trials.REPAIR_HEADROOM` (3 %) under the limit (:func:`trials.repaired`) — and the repaired policy
+    takes the study's next empty trial slot (never a failed trial's waiting retry), told to the sampler as that
+    trial's choices (``repair_of`` names the trial it repairs, ``repair_rule`` the rule that made it; the slots still
+    number ``trials``).
     An infeasible budget, an unknown objective, strategy or runtime is a ConfigError before any trial runs.
     """
     started, cpu0 = time.perf_counter(), _cpu_seconds()
