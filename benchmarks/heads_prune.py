@@ -513,6 +513,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.mode in ("measure", "steptime") and not args.from_:
         parser.error(f"{args.mode} needs --from PREFIX (the saved model)")
+    if args.mode in ("kdprobe", "steptime"):
+        for spec in filter(None, (v.strip() for v in args.variants.split(";"))):
+            try:  # every variant checked before any work: a bad one is refused in one line (exit 2), not later
+                kw = kd_spec(spec)
+                kw.pop("passages", None)
+                EncoderKDConfig(**({"cpu_seconds": args.cpu, "precision": args.precision} | kw))
+            except (ConfigError, ValueError, TypeError, ZeroDivisionError) as exc:
+                parser.error(f"--variants {spec!r}: {exc}")
     result = result_header("heads_prune", 1) | {"mode": args.mode, "argv": vars(args) | {"from_": args.from_}}
     c0, w0 = time.process_time(), time.monotonic()
     teacher = ds.load_model("all-minilm-l6-v2").eval()

@@ -101,3 +101,16 @@ def test_a_mode_that_reads_a_saved_model_refuses_to_start_without_from(monkeypat
     with pytest.raises(SystemExit) as exit_:
         heads_prune.main([mode, "--json", "/nonexistent/x.json"])
     assert exit_.value.code == 2 and f"{mode} needs --from PREFIX" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variants", ["lr=5e-4;fused=maybe", "precision=fp16", "lr=abc", "bogus=1"])
+def test_a_bad_variant_is_refused_in_one_line_before_any_work(monkeypatch, capsys, variants):
+    """Every ``--variants`` entry is parsed and checked before the teacher is loaded: exit 2 with the entry named."""
+    import heads_prune
+
+    monkeypatch.setattr(heads_prune.ds, "load_model", lambda *a, **k: pytest.fail("work started before the check"))
+    with pytest.raises(SystemExit) as exit_:
+        heads_prune.main(["kdprobe", "--json", "/dev/null", "--variants", variants])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "--variants" in err and variants.split(";")[-1] in err, err
