@@ -70,6 +70,23 @@ def reread(first: dict[str, Any], second: dict[str, Any], budget: Budget | None,
             "within_budget": result != VERDICTS[2], "readings": [first, second]}  # fmt: skip
 
 
+def rejected(first: dict[str, Any], second: dict[str, Any], budget: Budget, limit: float) -> list[str]:
+    """Why :func:`reread` judges ``second`` (a model read over in ``first``, timed again) ``over``: each of its
+    runs not measured, each run over its own run's budget, and the dense model's change past :data:`DENSE_STEADY`
+    (relative budgets); empty when it keeps the model."""
+    reps, dense = _runs(second["repeats_ms"]), _dense_runs(second)
+    why = []
+    for run, (r, d) in enumerate(zip(reps, dense, strict=True), 1):
+        if r != r:
+            why.append(f"run {run} not measured")
+        elif r > (b := _run_budgets([(r, d)], budget, limit)[0]) * (1 + 1e-9):
+            why.append(f"run {run} at {r / b:.3g}x its budget")
+    change = _dense_change(first, second)
+    if budget.relative and change is not None and change > DENSE_STEADY * (1 + 1e-9):
+        why.append(f"the dense model at {change:.3g}x its median in the first reading, over {DENSE_STEADY:.3g}x")
+    return why
+
+
 def _dense_change(first: dict[str, Any], second: dict[str, Any]) -> float | None:
     """The dense model's median in ``second`` over its median in ``first`` (None when either has no dense run)."""
     medians = [[d for d in _dense_runs(doc) if d == d] for doc in (first, second)]
