@@ -424,7 +424,9 @@ def main() -> None:
                         "together (1: ResNet stages; default 0: each layer alone)")  # fmt: skip
     p.add_argument("--repair", action="store_true",
                    help="a sampled policy over the latency budget is repaired onto the next trial slot "
-                        "(search(repair=True): int8, channels notched down until the layer table puts it within)")
+                        "(search(repair=True)): the lightest change the search's latency model puts under the limit "
+                        "(its channels as sampled, then notched down; at each notch the mixes of its float layers "
+                        "turned int8, the least slack first; trials.REPAIR_RULE)")  # fmt: skip
     p.add_argument("--json", default=None)
     args = p.parse_args()
     args.budgets = [float(b) for b in args.budgets.split(",")]

@@ -29,8 +29,8 @@ REPAIR_MIXES = 64  # a repair tries every mix of a policy's float precision unit
 REPAIR_RULE_ATTR = "repair_rule"  # a repaired trial's user attr (and its candidate's extra): the rule that made it
 REPAIR_RULE = (f"lightest change: per notch the mixes of float precision units (every one up to {REPAIR_MIXES}), "
                f"least slack first; margin {REPAIR_MARGIN}, headroom {REPAIR_HEADROOM}, checks {REPAIR_CHECKS}")
-REPAIR_RULE_UNRECORDED = ("unrecorded: queued before repairs recorded their rule (session 18's: every layer int8 "
-                          "first)")
+# not "every layer int8 first": session 19's own runs queued lightest-change repairs before the record (review R2 19 L2)
+REPAIR_RULE_UNRECORDED = "unrecorded: queued before session 19 recorded each repair's rule"
 REPEAT_ATTR = "repeat_of"  # a trial's user attr (and its measurement's extra): the earlier trial it repeats
 UNRECOVERED_ATTR = "unrecovered"  # a trial's user attr: judged without recovery, over the latency budget
 
@@ -148,7 +148,10 @@ def repaired(ev: Evaluator, policy: Policy, latency_ms: float, limit: float, mar
     from deepslim.search.space import prune_policy
 
     x = ev.data.example_input
-    pruned: dict[str, Any] = {}  # the pruned model of each notch: its precision mixes differ only in ``int8``
+    # the current notch's pruned model, or the toolkit's refusal of it: its precision mixes differ only in ``int8``;
+    # one notch's at a time (review R2 19 L4: every notch's model was held to the end, and a refusal pruned again
+    # for each mix)
+    pruned: dict[str, Any] = {}
     estimates: dict[str, float] = {}  # model key -> the table's prediction (a unit alone is ordered, then judged)
 
     def predicted(p: Policy) -> float:
@@ -156,8 +159,14 @@ def repaired(ev: Evaluator, policy: Policy, latency_ms: float, limit: float, mar
         if key not in estimates:
             shape = str(sorted(replace(p, int8={}).params().items()))  # pruning reads no int8 choice
             if shape not in pruned:
-                pruned[shape] = prune_policy(ev.model, ev.space, p, example_input=x)
-            estimates[key] = float(ev.table.predict_keys(list(layer_keys(pruned[shape], x, p.int8).values())))
+                pruned.clear()
+                try:
+                    pruned[shape] = prune_policy(ev.model, ev.space, p, example_input=x)
+                except DeepSlimError as refused:
+                    pruned[shape] = refused
+            if isinstance(net := pruned[shape], DeepSlimError):
+                raise net
+            estimates[key] = float(ev.table.predict_keys(list(layer_keys(net, x, p.int8).values())))
         return estimates[key]
 
     own = predicted(policy)
@@ -231,8 +240,9 @@ def queue_repair(study: Any, number: int, policy: Policy, choices: Mapping[str, 
     repair of trial ``number``; the slot's number, or None when no empty slot is left or a trial already holds
     these choices (a retried trial repairs again to the same policy: it is judged once). The slot also records
     :data:`REPAIR_RULE` (``repair_rule``), which its candidate carries into the search's JSON: a study resumed
-    across a change of the repair tells its repairs apart (one queued before the rule was recorded reads
-    :data:`REPAIR_RULE_UNRECORDED`). ``choices``: the space's
+    across a change of the repair tells the recorded rule's repairs from older ones (one queued before the rule was
+    recorded reads :data:`REPAIR_RULE_UNRECORDED`, which names no rule: both the all-int8-first rule and session
+    19's first lightest-change runs queued such slots). ``choices``: the space's
     (:meth:`SearchSpace.choices`); the parameters written are those a trial suggests — a tied layer's follower is
     none, and a completed trial's parameters, compared here, never hold it."""
     from optuna.trial import TrialState
