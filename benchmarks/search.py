@@ -290,13 +290,14 @@ def _progress(c: Any, stamps: list[float], cpu: list[float]) -> None:
 
 def _trial_row(c: Any) -> dict[str, Any]:
     """One trial in brief: within budget or not, what it dropped and quantized, its proxy accuracy and latency, and
-    whether it repeats or repairs an earlier trial."""
+    whether it repeats or repairs an earlier trial (and for a repair, the rule that made it)."""
     extra = c.measurement.extra
     runs = extra.get("measured_runs") or {}
     return {"trial": c.trial, "feasible": c.feasible, "accuracy": c.accuracy, "latency_ms": c.latency_ms,
             "ratio_to_dense": runs.get("median"), "blocks_dropped": sum(c.policy.drop.values()),
             "int8": sum(c.policy.int8.values()), "channels": sum(c.policy.keep.values()), "recovery": c.recovery,
-            "repeat_of": extra.get("repeat_of"), "repair_of": extra.get("repair_of")}  # fmt: skip
+            "repeat_of": extra.get("repeat_of"), "repair_of": extra.get("repair_of"),
+            "repair_rule": extra.get("repair_rule")}  # fmt: skip
 
 
 def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: str | None) -> None:
