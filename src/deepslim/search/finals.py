@@ -37,7 +37,6 @@ from deepslim.search.latency import LatencyTable, TableCheck
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Finals:
     """The re-measured finalists and what was chosen from them."""
