@@ -10,14 +10,18 @@ from __future__ import annotations
 import contextlib
 import itertools
 import math
+import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
+from deepslim.errors import DeepSlimError
+from deepslim.search import _depth
 from deepslim.search.evaluate import Candidate, Evaluator
 from deepslim.search.finals import feasible as _feasible
 from deepslim.search.finals import finite as _finite
+from deepslim.search.latency import layer_keys
 from deepslim.search.space import Policy, SearchSpace
 
 REPAIR_ATTR = "repair_of"  # a trial's user attr: the trial over the latency budget whose repaired policy it judges
@@ -141,11 +145,7 @@ def repaired(ev: Evaluator, policy: Policy, latency_ms: float, limit: float, mar
     Each notch's channels are pruned once and each model's estimate is made once: the mixes at one notch differ
     only in ``int8``, which pruning never reads (review R19 L3: a rebuild per mix took an unsuccessful repair on the
     tiny tied ResNet from 4 prunings to 64)."""
-    import statistics
-
-    from deepslim.errors import DeepSlimError
-    from deepslim.search.latency import layer_keys
-    from deepslim.search.space import prune_policy
+    from deepslim.search.space import prune_policy  # looked up per repair (tests count its calls on the module)
 
     x = ev.data.example_input
     # the current notch's pruned model, or the toolkit's refusal of it: its precision mixes differ only in ``int8``;
@@ -206,8 +206,6 @@ def precision_steps(space: SearchSpace, policy: Policy, predicted: Callable[[Pol
     mix when there are at most ``most`` of them; else the policy, each unit alone, and the units added one at a time
     in the order of what each saves alone (``predicted``; a unit whose prediction the toolkit refuses, last:
     :func:`repaired` skips its step as it skips every refused step), ending at every layer int8."""
-    from deepslim.search import _depth
-
     leaders = space.followers()
     alive = _depth.alive(policy.int8, policy.drop)
     units: dict[str, list[str]] = {}
@@ -221,8 +219,6 @@ def precision_steps(space: SearchSpace, policy: Policy, predicted: Callable[[Pol
 
     if 2 ** len(floats) <= most:
         return [turned(mix) for k in range(len(floats) + 1) for mix in itertools.combinations(floats, k)]
-    from deepslim.errors import DeepSlimError
-
     def saves(p: Policy) -> float:  # a unit whose step the toolkit refuses goes last (its step is skipped later)
         try:
             return predicted(p)
