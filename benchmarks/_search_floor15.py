@@ -39,7 +39,7 @@ from deepslim.search import LatencyTable, SearchSpace  # noqa: E402
 from deepslim.search.latency import _run_timer  # noqa: E402
 from deepslim.search.node_table import GRAPH_NODE, Node, NodeTable, weight_mb  # noqa: E402
 from deepslim.search.space import Policy  # noqa: E402
-from deepslim.search.table_check import steady_chunks  # noqa: E402
+from deepslim.search.table_check import AGREE_TOLERANCE, agreed_ratios, chunk_ratios, reading_spread, steady_chunks  # noqa: E402
 
 WINDOW_S = 3.0
 FINAL_GAP_S = 5.0  # seconds before each re-timing of the final pass (the last chunk was timed just before it)
@@ -148,17 +148,56 @@ def new_doc() -> dict[str, Any]:
             "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime()), "rows": []}  # fmt: skip
 
 
+def frame_agreed(doc: dict[str, Any], readings: list[list[list[float]]], ratios: list[list[float]]) -> None:
+    """Session 20's truth beside the old one (:func:`frame`, left as it was): ``measured_agreed_ms`` = the row's
+    agreed ratio (:func:`~deepslim.search.table_check.agreed_ratios`) × the median dense reference of both passes'
+    kept timings; ``ratio_readings`` = its ratios in every timing of its chunk (the first pass's kept one first),
+    ``reading_spread`` = how far its first two are apart. ``doc["noise_band"]``: that spread over the rows."""
+    dense = doc["dense"]
+    dense["measured_agreed_ms"] = float(np.median([t[0] for r in readings for t in r[:2]]))
+    for row in doc["rows"]:
+        c, k = row["chunk"], row["index_in_chunk"]
+        row["ratio_readings"] = [chunk_ratios(t)[k] for t in readings[c]]
+        row["reading_spread"] = reading_spread(row["ratio_readings"][:2])
+        row["measured_agreed_ms"] = dense["measured_agreed_ms"] * ratios[c][k]
+    spread = [row["reading_spread"] for row in doc["rows"]]
+    doc["noise_band"] = {"p50": float(np.percentile(spread, 50)), "p90": float(np.percentile(spread, 90)),
+                         "max": max(spread), "over_tolerance": sum(s > AGREE_TOLERANCE for s in spread),
+                         "tolerance": AGREE_TOLERANCE, "chunks_timed_again": sum(len(r) > 2 for r in readings),
+                         "dense_second_over_first": float(np.median([r[1][0] / r[0][0] for r in readings])),
+                         }  # fmt: skip
+
+
+def second_pass(doc: dict[str, Any], chunks: list[list[float]], timing: Callable[..., list[float]]) -> None:
+    """Every chunk timed again after the first pass (the chunks in reverse order, each chunk's policies reversed
+    in its timer process), a second-pass reference that reads slow against both passes' re-timed
+    (``steady_chunks``), a policy whose two ratios disagree timed a third time (``agreed_ratios``), framed by
+    :func:`frame_agreed`."""
+    n = len(chunks)
+    both: list[list[float]] = [list(c) for c in chunks] + [[] for _ in chunks]
+    for i in reversed(range(n)):
+        both[n + i] = timing(i, backwards=True, why="second pass")
+    more = steady_chunks(both, lambda i: timing(i - n, gap=FINAL_GAP_S, why="second pass, dense slow"),
+                         eligible=range(n, 2 * n))[n:]  # fmt: skip
+    readings = [[both[i], both[n + i]] for i in range(n)]
+    ratios = agreed_ratios(readings, lambda i: timing(i, gap=FINAL_GAP_S, why="readings disagree"))
+    doc["second_pass_timings"] = [m + len(r) - 2 for m, r in zip(more, readings, strict=True)]
+    frame_agreed(doc, readings, ratios)
+
+
 def time_chunks(doc: dict[str, Any], args: Any, setup_: tuple[Any, ...], work: str,
                 sums: Callable[[Path, list[int]], dict[str, Any]], chunked: Callable[[int], None],
-                summed: Callable[[str], None] = lambda role: None) -> tuple[list[int], float]:  # fmt: skip
+                summed: Callable[[str], None] = lambda role: None,
+                passes: int = 1) -> tuple[list[int], float]:  # fmt: skip
     """This session's protocol, also ``_search_floor17.py``'s: the dense model exported into ``work`` and summed
     (``sums(file, shape)``: the node tables' fields of a row, into ``doc["dense"]``), then the policies of ``setup_``
     (:func:`_search_floor14.setup`'s) in chunks of ``args.chunk``: each built once (:func:`built_file`, in
     ``args.models`` when given), summed, a row in ``doc["rows"]`` (or in ``doc["skipped"]`` where the export refuses
     it) and ``summed(role)`` after it; each chunk timed end to end beside dense, the earlier chunks whose dense reads
     slow re-timed (``steady_chunks``), every row's measurement framed (:func:`frame`) and ``chunked(chunk)`` called
-    (the caller saves); a final re-timing pass, :data:`FINAL_GAP_S` apart. Each chunk's timing count and the
-    re-timings' seconds."""
+    (the caller saves); a final re-timing pass, :data:`FINAL_GAP_S` apart. ``passes=2`` (session 20): then every
+    chunk timed again (:func:`second_pass`), the rows' ``measured_agreed_ms`` beside their ``measured_ms``. Each
+    chunk's timing count (of the first pass) and the re-timings' seconds (the second pass's too)."""
     full, dense, space, smallest, order = setup_
     x = full.example_input
     shape = list(x.shape)
@@ -170,12 +209,15 @@ def time_chunks(doc: dict[str, Any], args: Any, setup_: tuple[Any, ...], work: s
     export_onnx(dense, dense_file, example_input=x)
     doc["dense"] = {**sums(dense_file, shape), "weight_mb": weight_mb(dense), "macs": profile(dense, x).macs}
 
-    def retime(i: int, gap: float = 0.0) -> list[float]:
+    def retime(i: int, gap: float = 0.0, backwards: bool = False, why: str = "first pass, dense slow") -> list[float]:
         time.sleep(gap)
         t = time.perf_counter()
-        got = _run_timer(files[i], 1, 10, 5, WINDOW_S)
+        own = files[i][:1] + files[i][:0:-1] if backwards else files[i]
+        got = _run_timer(own, 1, 10, 5, WINDOW_S)
+        got = got[:1] + got[:0:-1] if backwards else got
         retime_s[0] += time.perf_counter() - t
         doc.setdefault("retimings", []).append({"chunk": i, "dense_ms": got[0], "kept_dense_ms": chunks[i][0],
+                                                "why": why, "times_ms": got,
                                                 "utc": time.strftime("%H:%M:%S", time.gmtime()),
                                                 "loadavg": Path("/proc/loadavg").read_text().split()[:3]})
         return got
@@ -206,6 +248,9 @@ def time_chunks(doc: dict[str, Any], args: Any, setup_: tuple[Any, ...], work: s
         chunked(c)
     tries = steady_chunks(chunks, lambda i: retime(i, FINAL_GAP_S), tries=tries)
     frame(doc, chunks, first, tries)
+    doc["first_pass_ms"] = [list(c) for c in first]
+    if passes == 2:
+        second_pass(doc, chunks, retime)
     return tries, retime_s[0]
 
 

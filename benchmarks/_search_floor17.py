@@ -117,18 +117,44 @@ def resum(rows: list[dict[str, Any]], entries: dict[str, dict[str, float]], grap
             row[f"raw_{name}_ms"] = sum(table[k] for k in keys) + table.get(graph, 0.0) * len(keys)
 
 
-def summaries(rows: list[dict[str, Any]], dense: dict[str, Any]) -> dict[str, Any]:
-    """Each variant's sums with the plane through dense and the knee (the search's fit), against the re-timed
-    measurements; the plain summary for the live table."""
-    out: dict[str, Any] = {"table_s17__vs_retimed": summary(rows, dense)}
-    for name in [n for n in VARIANTS if f"raw_{n}_ms" in dense]:
-        v, d = view(rows, f"raw_{name}_ms", "measured_ms"), view([dense], f"raw_{name}_ms", "measured_ms")[0]
-        out[f"knee_{name}"] = knee_summary(v, d)
-        out[f"knee_rms_{name}"] = knee_summary(v, d, "rms")
+TRUTHS = {"retimed": "measured_ms"}  # each truth's name -> the rows' field (session 20 adds its agreed one)
+
+
+def summaries(rows: list[dict[str, Any]], dense: dict[str, Any],
+              truths: dict[str, str] | None = None) -> dict[str, Any]:  # fmt: skip
+    """Each variant's sums with the plane through dense and the knee (the search's fit, fitted and judged on the
+    same truth), against each truth (``knee_<variant>`` against the re-timed measurements, ``knee_<variant>__<truth>``
+    against another); the plain summary for the live table (``table_s17__vs_<truth>``)."""
+    out: dict[str, Any] = {}
+    for truth, field in (truths or TRUTHS).items():
+        if field not in dense:
+            continue
+        tail = "" if truth == "retimed" else f"__{truth}"
+        out[f"table_s17__vs_{truth}"] = summary(view(rows, "raw_ms", field), view([dense], "raw_ms", field)[0])
+        for name in [n for n in VARIANTS if f"raw_{n}_ms" in dense]:
+            v, d = view(rows, f"raw_{name}_ms", field), view([dense], f"raw_{name}_ms", field)[0]
+            out[f"knee_{name}{tail}"] = knee_summary(v, d)
+            out[f"knee_rms_{name}{tail}"] = knee_summary(v, d, "rms")
     return out
 
 
-def main() -> None:
+def report(doc: dict[str, Any], truths: dict[str, str]) -> None:
+    """Each variant's knee, count within ±10 %, p50, p90 and τ against each truth, and the MAC proxy's τ."""
+    for truth in truths:
+        tail = "" if truth == "retimed" else f"__{truth}"
+        for name in VARIANTS:
+            k = doc["summary"].get(f"knee_{name}{tail}", {})
+            if k:
+                print(f"{truth:8s} {name:10s} knee {k['knee_mib']:.2f} within {k['ms']['within_10pct_count']}/"
+                      f"{k['ms']['points']} p50 {k['ms']['p50'] * 100:.1f} p90 {k['ms']['p90'] * 100:.1f} "
+                      f"tau {k['kendall_tau']:.3f}")  # fmt: skip
+        print(f"{truth:8s} MAC tau", doc["summary"].get(f"table_s17__vs_{truth}", {}).get("mac_proxy_kendall_tau"))
+
+
+def main(passes: int = 1, truths: dict[str, str] | None = None) -> None:
+    """The run (``passes=2``: every chunk timed twice, ``_search_floor15.second_pass``), judged against
+    ``truths``."""
+    truths = truths or TRUTHS
     ap = parser()
     ap.add_argument("--models", default=None, help="a folder keeping each policy's exported file across runs")
     args = ap.parse_args()
@@ -148,25 +174,20 @@ def main() -> None:
         resum(doc["rows"] + [doc["dense"]], table.replay(), table.nodes.graph_key[len(table.nodes.prefix):])
         for row in doc["rows"] + [doc["dense"]]:
             row["raw_ms"] = row["raw_s17_ms"]  # the study's sums now (its own lowered entries): its frame's
-        save(doc, args.out, t0, c, summaries(doc["rows"], doc["dense"]))
+        save(doc, args.out, t0, c, summaries(doc["rows"], doc["dense"], truths))
 
     with tempfile.TemporaryDirectory() as work:
-        tries, retime_s = time_chunks(doc, args, setup_, work, table, chunked, summed)
+        tries, retime_s = time_chunks(doc, args, setup_, work, table, chunked, summed, passes)
         doc["cost"] = {"node_table": {"seconds": table.seconds, "timer_calls": table.nodes.timings,
                                       "entries": table.nodes.table.measured,
-                                      "canaries_read_fast_after_calibration": len(table.nodes.faster)},
+                                      "canaries_read_fast_after_calibration": len(table.nodes.faster),
+                                      "slow_batches_timed_again": table.nodes.slow_batches},
                        "retimed_chunks": sum(t > 1 for t in tries), "retimings": sum(t - 1 for t in tries),
                        "retiming_seconds": retime_s}  # fmt: skip
-        save(doc, args.out, t0, len(tries), summaries(doc["rows"], doc["dense"]))
+        save(doc, args.out, t0, len(tries), summaries(doc["rows"], doc["dense"], truths))
         Path(args.out).with_suffix(".log.json").write_text(json.dumps({"calls": table.calls,
                                                                        "batches": table.batches}))
-    for name in VARIANTS:
-        k = doc["summary"].get(f"knee_{name}", {})
-        if k:
-            print(f"{name:10s} knee {k['knee_mib']:.2f} within {k['ms']['within_10pct_count']}/{k['ms']['points']} "
-                  f"p50 {k['ms']['p50'] * 100:.1f} p90 {k['ms']['p90'] * 100:.1f} tau {k['kendall_tau']:.3f}")
-    s = doc["summary"]["table_s17__vs_retimed"]
-    print("MAC tau", s.get("mac_proxy_kendall_tau"))
+    report(doc, truths)
 
 
 if __name__ == "__main__":
