@@ -1,10 +1,12 @@
-"""The finals' verdict on one re-measured model and the rule for a model read over and timed once more
-(:func:`verdict`, :func:`reread`; split off :mod:`deepslim.search.finals`, whose docstring gives the protocol). A
-verdict recomputes from its own record, the JSON's too: a run not measured (NaN, written as null) counts as no run.
+"""The finals' verdict on one re-measured model, the rule for a model read over and timed once more, and the rule
+that chooses among the finalists within budget (:func:`verdict`, :func:`reread`, :func:`headroom`; split off
+:mod:`deepslim.search.finals`, whose docstring gives the protocol). A verdict recomputes from its own record, the
+JSON's too: a run not measured (NaN, written as null) counts as no run.
 """
 
 from __future__ import annotations
 
+import logging
 import statistics
 from collections.abc import Sequence
 from typing import Any
@@ -12,6 +14,8 @@ from typing import Any
 from deepslim.search.budget import Budget
 
 VERDICTS = ("meets", "within noise", "over")
+log = logging.getLogger(__name__)
+
 DENSE_STEADY = 1.1  # a re-reading whose dense model read slower than this times the first's passes no model
 
 
@@ -114,3 +118,69 @@ def _run_budgets(pairs: Sequence[tuple[float, float]], budget: Budget, limit: fl
     """Each run's budget in ms: of the dense model in that run (relative budgets), else the limit itself."""
     per = [budget.value * d if budget.relative else limit for _, d in pairs]
     return [b if b == b else limit for b in per]  # a run without the dense model: the search's own limit
+
+
+NEAR_BUDGET = 0.85  # a finalist whose re-measured runs' median is at least this share of its budget is near it
+LEAD_SE = 1.0  # a finalist far under its budget outranks one near it only with a lead over this many standard errors
+FINALS_RULE = (f"headroom: the best-ranked finalist, if under {NEAR_BUDGET:g}x its budget (the median of its "
+               f"re-measured runs' shares), gives way to the best-ranked finalist at {NEAR_BUDGET:g}-1x whose "
+               f"accuracy is at most {LEAD_SE:g} standard error (sqrt(p(1-p)/n), p the leader's accuracy, n the "
+               "images scored) below it")  # fmt: skip
+
+
+def budget_share(doc: dict[str, Any], budget: Budget | None, limit: float | None) -> float | None:
+    """The median over ``doc``'s measured runs of each run's time over that run's budget (relative budgets: of its
+    own run's dense model); None without a budget or a measured run."""
+    if budget is None or limit is None:
+        return None
+    pairs = _pairs(_runs(doc["repeats_ms"]), _dense_runs(doc))
+    if not pairs:
+        return None
+    return statistics.median(r / b for (r, _), b in zip(pairs, _run_budgets(pairs, budget, limit), strict=True))
+
+
+def headroom(ordered: Sequence[Any], images: Any) -> tuple[Any, dict[str, Any]]:
+    """The finalist to return from the feasible finalists ``ordered`` best first (candidates whose ``remeasured``
+    doc holds ``budget_share``), by :data:`FINALS_RULE`, and a record of the choice (``leader``, ``chosen``, their
+    accuracies and shares, the ``lead_pp`` and ``se_pp``, ``images``, ``applied``). ``images(c)``: how many images
+    ``c``'s accuracy was scored on (None: unknown, and the rule does not act). Why: the finalists' accuracies after
+    a 2-epoch recovery are read on 1,000 validation images (a standard error of ~0.9 pp at 92 %), and the finals
+    took the best of them whatever budget it left unspent: session 17's run 2 and session 18's seed 5 returned
+    policies read at 0.37x and 0.35x dense in the finals (0.5x allowed) while a finalist at 0.44x and 0.43x scored
+    0.1 and 0.4 pp below them (search_session17_focus_05_mv_tie_s2.json, search_session18_..._s5.json); a model
+    near its budget keeps more of the dense model's capacity."""
+    leader = ordered[0] if ordered else None
+    record: dict[str, Any] = {"rule": FINALS_RULE, "leader": None, "chosen": None, "applied": False}
+    if leader is None:
+        return None, record
+    share, acc, n = _share(leader), leader.accuracy, images(leader)
+    record.update(leader=leader.trial, chosen=leader.trial, leader_accuracy=acc, leader_share=share, images=n)
+    if share is None or share >= NEAR_BUDGET or acc is None or acc != acc or not n:
+        return leader, record
+    se = (acc * (1 - acc) / n) ** 0.5
+    near = next((c for c in ordered[1:] if (s := _share(c)) is not None and NEAR_BUDGET <= s <= 1 + 1e-9
+                 and c.accuracy is not None and acc - c.accuracy <= LEAD_SE * se + 1e-12), None)  # fmt: skip
+    record["se_pp"] = 100 * se
+    if near is None:
+        return leader, record
+    record.update(chosen=near.trial, chosen_accuracy=near.accuracy, chosen_share=_share(near), applied=True,
+                  lead_pp=100 * (acc - near.accuracy))  # fmt: skip
+    return near, record
+
+
+def headroom_note(choice: dict[str, Any] | None) -> str | None:
+    """The note for a choice the headroom rule changed (:func:`headroom`'s record), logged; None when it did not."""
+    if choice is None or not choice["applied"]:
+        return None
+    c = choice
+    note = (f"searched finalist trial {c['leader']} (accuracy {c['leader_accuracy']:.4g}, {c['leader_share']:.3g}x its "
+            f"budget) leads trial {c['chosen']} ({c['chosen_accuracy']:.4g}, {c['chosen_share']:.3g}x) by "
+            f"{c['lead_pp']:.2g} pp, within {c['se_pp']:.2g} pp (one standard error on {c['images']} images): trial "
+            f"{c['chosen']}, nearer the budget, is returned")  # fmt: skip
+    log.warning("%s", note)
+    return note
+
+
+def _share(c: Any) -> float | None:
+    doc = c.remeasured
+    return None if doc is None else doc.get("budget_share")

@@ -80,6 +80,7 @@ class SearchResult:
     finalists: tuple[Candidate, ...] = ()  # every re-measured finalist (searched, then uniform), see finals.py
     notes: tuple[str, ...] = ()  # finalists passed over (over budget when re-measured), uniform returned as best
     finals_pool: tuple[Candidate, ...] = ()  # one objective: what the finals chose from, re-measured (:func:`_front`)
+    finals_choice: dict[str, Any] | None = None  # how the searched finalist was chosen (_verdicts.FINALS_RULE)
 
     def to_dict(self) -> dict[str, Any]:
         """The result as JSON. Each candidate's ``policy`` is the model it builds (:meth:`SearchSpace.canonical`:
@@ -105,6 +106,7 @@ class SearchResult:
                 "uniform_family": cands(self.uniform_family),
                 "latency_table": self.latency_table, "cost": dict(self.cost), "study": dict(self.study),
                 "finalists": cands(self.finalists), "finals_pool": cands(self.finals_pool), "notes": list(self.notes),
+                "finals_choice": self.finals_choice,
                 "space": self.space.to_dict()}  # fmt: skip
 
 
@@ -230,7 +232,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     return SearchResult(space=space, objectives=objectives, budgets=budgets, limits=limits, dense=dense, best=best,
                         uniform=finals.uniform, pareto=pareto, trials=tuple(done), uniform_family=family,
                         latency_table=search_table_report(ev, dense, done, family, finals), cost=cost,
-                        finalists=finals.finalists, notes=tuple(notes), finals_pool=pool,
+                        finalists=finals.finalists, notes=tuple(notes), finals_pool=pool, finals_choice=finals.choice,
                         study={"name": study_name, "strategy": strategy, "seed": seed, "workers": workers,
                                "threads": threads, "storage": st.redact(where), "device": device,
                                "latency_model": model_name})  # fmt: skip

@@ -18,8 +18,11 @@ it passes only so), so one loaded stretch of the models' runs cannot pass over t
 loaded through the re-reading cannot pass a model truly over. Every verdict keeps the dense model's time in each of
 its runs (``dense_repeats_ms``): it recomputes from its own record (a run not measured: NaN, null in JSON;
 :mod:`deepslim.search._verdicts` holds the verdict and re-reading rules). A finalist ``over`` its budget is never
-returned: the next finalist that meets it is, and the result says so (``notes``). Without an end-to-end timer the
-finalists keep their predicted latencies and the predicted-frame limits decide.
+returned: the next finalist that meets it is, and the result says so (``notes``). Among the searched finalists
+within budget, the best-ranked one far under its budget gives way to one near it unless its accuracy leads by more
+than a standard error of the images it was scored on (:data:`~deepslim.search._verdicts.FINALS_RULE`; ``choice``
+records it). Without an end-to-end timer the finalists keep their predicted latencies and the predicted-frame limits
+decide.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+from deepslim.search import _verdicts as rules
 from deepslim.search._verdicts import DENSE_STEADY, VERDICTS, rejected, reread, verdict
 from deepslim.search.budget import OBJECTIVES, Budget
 from deepslim.search.evaluate import Candidate, Evaluator, with_measured
@@ -48,6 +52,8 @@ class Finals:
     dense_ms: tuple[float, ...]  # the dense model's time in each run (the yardstick of relative budgets)
     pareto: tuple[Candidate, ...] = ()  # the Pareto front, each entry with its re-measurement
     uniform_trials: tuple[int, ...] = ()  # searched trials that build the uniform finalist's model (judged as it)
+    leader: Candidate | None = None  # the best-ranked searched finalist within budget (``best`` unless headroom)
+    choice: dict[str, Any] | None = None  # how ``best`` was chosen (:func:`~deepslim.search._verdicts.headroom`)
 
 
 def finite(value: float, objective: str) -> float:
@@ -106,16 +112,33 @@ def final_round(ev: Evaluator, searched: Sequence[Candidate], uniform: Sequence[
     unmeasured = fallback and first is None
     if first is not None:
         docs[n] = _fallback_verdict(first, baseline[0].latency_ms, latency, limits)
+    docs = [doc if doc is None else {**doc, "budget_share": rules.budget_share(doc, latency, limits.get("latency"))}
+            for doc in docs]  # fmt: skip
     finals = [_judged(cand, doc, limits, ev.table.runtime) for (cand, _), doc in zip(judged, docs, strict=True)]
     if unmeasured:  # only its re-measurement could judge it (review R19 L4: this raised a TypeError)
         finals[n] = replace(finals[n], feasible=False)
         skipped.append(_unmeasured_fallback(finals[n]))
-    best, notes = choose(finals[:n], objectives, "searched")
+    leader, notes = choose(finals[:n], objectives, "searched")
+    ordered = [c for c in sorted(finals[:n], key=lambda c: rank(c, objectives)) if c.feasible]
+    best, choice = rules.headroom(ordered, lambda c: _images(ev, c)) if objectives[0] == "accuracy" else (leader, None)
+    notes += [note for note in [rules.headroom_note(choice)] if note]
     base, more = choose(finals[n:], objectives, "uniform")
     again = [_met_again(c, f"{'searched' if i < n else 'uniform'} finalist", "after recovery") for i, c in
              enumerate(finals)]  # fmt: skip
     notes += [note for note in again if note]
-    return Finals(best, base, tuple(finals), tuple(skipped + notes + more), tuple(dense_ms), pareto, twins)
+    return Finals(best, base, tuple(finals), tuple(skipped + notes + more), tuple(dense_ms), pareto, twins, leader,
+                  choice)  # fmt: skip
+
+
+def _images(ev: Evaluator, c: Candidate) -> int | None:
+    """How many images ``c``'s accuracy was scored on: the held-out ``select`` images, else the evaluator's split."""
+    if "select_images" in c.measurement.extra:
+        return int(c.measurement.extra["select_images"])
+    loader = getattr(getattr(ev, "data", None), getattr(ev, "split", "val"), None)
+    try:
+        return len(loader.dataset)  # type: ignore[union-attr]
+    except (AttributeError, TypeError):
+        return None
 
 
 def _baseline(family: Sequence[Candidate], objectives: tuple[str, ...], limits: dict[str, float],
@@ -378,11 +401,14 @@ def table_report(table: LatencyTable, checked: Sequence[Candidate], latency_mode
 
 
 def best_or_uniform(finals: Finals, objectives: tuple[str, ...]) -> tuple[Candidate | None, list[str]]:
-    """The returned policy: the best searched finalist, or the uniform one when it ranks above it after the same
-    recovery (uniform policies are in the space too: the search never reports less than the baseline); the notes."""
+    """The returned policy: the chosen searched finalist, or the uniform one when it ranks above every searched
+    finalist within budget after the same recovery (above the best-ranked, ``leader``, also where the headroom rule
+    returns another; uniform policies are in the space too: the search never reports less than the baseline); the
+    notes."""
     best, uniform, notes = finals.best, finals.uniform, list(finals.notes)
-    if uniform is not None and (best is None or (uniform.policy != best.policy
-                                                 and rank(uniform, objectives) < rank(best, objectives))):
+    top = finals.leader if finals.leader is not None else best  # it must rank above every searched finalist
+    if uniform is not None and (best is None or top is None or (uniform.policy != best.policy
+                                                                and rank(uniform, objectives) < rank(top, objectives))):
         twin = f" (the search's trial {finals.uniform_trials[0]} builds it too)" if finals.uniform_trials else ""
         if best is not None:
             notes.append(f"the uniform policy ranks above every searched finalist after the same recovery: it is "
