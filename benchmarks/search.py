@@ -127,7 +127,11 @@ def final_comparison(dense: torch.nn.Module, data: Any, full: Any, space: Search
     """``best`` and ``uniform`` of a search, each fine-tuned alike (the search's recovery: ``--finetune-epochs`` at
     its lr) with every recovery seed, scored on the full test split; then timed interleaved with the dense model
     (``--interleaves`` runs of ``--final-rounds`` rounds: the minimum, and the min..max band across interleaves).
-    ``save(rows)`` is called after every fine-tune, so a run stopped early keeps the seeds it finished."""
+    ``save(rows)`` is called after every fine-tune, so a run stopped early keeps the seeds it finished. When ``best``
+    is the uniform policy (the search returned it) it is recovered and timed once, and ``uniform`` is that row
+    (``same_model_as_best``). With ``--test-finalists N`` every other finalist of the finals is then recovered with
+    the first N recovery seeds and scored on the test split too (``finalists``: what the searched finalists would
+    have given)."""
     rows: dict[str, Any] = {}
     nets: list[tuple[str, torch.nn.Module]] = [("dense", dense)]
     held_out = held_out_val(full, data)  # the val images the search did not judge on (select_accuracy)
@@ -137,28 +141,17 @@ def final_comparison(dense: torch.nn.Module, data: Any, full: Any, space: Search
         if policy is None:
             rows[label] = None
             continue
+        if label == "uniform" and rows.get("best") and space.canonical(policy) == space.canonical(result.best.policy):
+            rows["uniform"] = {**rows["best"], "same_model_as_best": True}  # not recovered and timed twice
+            continue
         m = cand.measurement if cand is not None else None
         row: dict[str, Any] = {"policy": policy.to_dict(), "search_measured_ms": m and m.measured_latency_ms,
                                "search_predicted_ms": m and m.extra.get("predicted_latency_ms"),
                                "macs": m and m.macs, "search_remeasured": getattr(cand, "remeasured", None),
                                "uniform_floor": cand is None, "seeds": []}  # fmt: skip
-        for seed in args.recovery_seeds:
-            t0 = time.perf_counter()
-            ev = Evaluator(dense, data, space, table, finetune_epochs=args.finetune_epochs, seed=seed,
-                           temperature=args.temperature)  # fmt: skip
-            net, _ = ev.build(policy, "finetune")
-            row["seeds"].append({"seed": seed, "test_accuracy": ds.evaluate(net, full, split="test").accuracy,
-                                 "val_accuracy": ds.evaluate(net, data, split="val").accuracy,
-                                 "select_accuracy": None if held_out is None else ds.evaluate(net, held_out).accuracy,
-                                 "seconds": time.perf_counter() - t0})  # fmt: skip
-            rows[label] = row
-            if save is not None:
-                save(rows)
-        accs = [r["test_accuracy"] for r in row["seeds"]]
-        row["test_accuracy_mean"] = sum(accs) / len(accs)
-        row["test_accuracy_spread"] = [min(accs), max(accs)]
         rows[label] = row
-        nets.append((label, net))
+        nets.append((label, recovered(dense, data, full, space, table, policy, args.recovery_seeds, args, row,
+                                      held_out, lambda: save(rows) if save is not None else None)))  # fmt: skip
     runs = [time_models([(n, full.example_input) for _, n in nets], threads=1, rounds=args.final_rounds)
             for _ in range(args.interleaves)]  # fmt: skip
     for i, (label, _) in enumerate(nets):
@@ -168,6 +161,8 @@ def final_comparison(dense: torch.nn.Module, data: Any, full: Any, space: Search
             rows["dense"] = timing
         else:
             rows[label].update(timing)
+    if (rows.get("uniform") or {}).get("same_model_as_best"):
+        rows["uniform"] = {**rows["best"], "same_model_as_best": True}
     limit = result.limits["latency"]
     for label in ("best", "uniform"):
         if rows.get(label):
@@ -183,7 +178,53 @@ def final_comparison(dense: torch.nn.Module, data: Any, full: Any, space: Search
         pair = [a / b for a, b in zip(rows["best"]["interleaves_ms"], rows["uniform"]["interleaves_ms"], strict=True)]
         rows["searched_over_uniform"] = {"runs": pair, "median": sorted(pair)[len(pair) // 2],
                                          "band": [min(pair), max(pair)]}  # fmt: skip
+    if args.test_finalists:
+        test_finalists(dense, data, full, space, table, result, args, rows, held_out, save)
     return rows
+
+
+def recovered(dense: torch.nn.Module, data: Any, full: Any, space: SearchSpace, table: LatencyTable, policy: Any,
+              seeds: list[int], args: argparse.Namespace, row: dict[str, Any], held_out: Any,
+              saved: Any) -> torch.nn.Module:  # fmt: skip
+    """``policy`` fine-tuned as the search recovers (``--finetune-epochs``) with each of ``seeds``, scored on the
+    test, val and held-out val images into ``row["seeds"]`` (``saved()`` after each); the last seed's model."""
+    for seed in seeds:
+        t0 = time.perf_counter()
+        ev = Evaluator(dense, data, space, table, finetune_epochs=args.finetune_epochs, seed=seed,
+                       temperature=args.temperature)  # fmt: skip
+        net, _ = ev.build(policy, "finetune")
+        row["seeds"].append({"seed": seed, "test_accuracy": ds.evaluate(net, full, split="test").accuracy,
+                             "val_accuracy": ds.evaluate(net, data, split="val").accuracy,
+                             "select_accuracy": None if held_out is None else ds.evaluate(net, held_out).accuracy,
+                             "seconds": time.perf_counter() - t0})  # fmt: skip
+        saved()
+    accs = [r["test_accuracy"] for r in row["seeds"]]
+    row["test_accuracy_mean"] = sum(accs) / len(accs)
+    row["test_accuracy_spread"] = [min(accs), max(accs)]
+    return net
+
+
+def test_finalists(dense: torch.nn.Module, data: Any, full: Any, space: SearchSpace, table: LatencyTable,
+                   result: Any, args: argparse.Namespace, rows: dict[str, Any], held_out: Any,
+                   save: Any) -> None:  # fmt: skip
+    """``--test-finalists N``: every finalist of the search's finals (searched and uniform) that is not the model of
+    ``best`` or ``uniform``, recovered with the first N recovery seeds and scored on the test split, into
+    ``rows["finalists"]`` with its finals' accuracy, verdict and budget share (what a run's other finalists would
+    have given: session 19's run 1 returned the uniform policy, and its searched finalists were never tested)."""
+    tested = [space.canonical(c.policy) for c in (result.best, result.uniform) if c is not None]
+    rows["finalists"] = []
+    for c in result.finalists:
+        if space.canonical(c.policy) in tested:
+            continue
+        tested.append(space.canonical(c.policy))
+        doc = c.remeasured or {}
+        row: dict[str, Any] = {"trial": c.trial, "policy": c.policy.to_dict(), "finals_accuracy": c.accuracy,
+                               "feasible": c.feasible, "verdict": doc.get("verdict"),
+                               "budget_share": doc.get("budget_share"), "macs": c.measurement.macs,
+                               "seeds": []}  # fmt: skip
+        rows["finalists"].append(row)
+        recovered(dense, data, full, space, table, c.policy, args.recovery_seeds[: args.test_finalists], args, row,
+                  held_out, lambda: save(rows) if save is not None else None)  # fmt: skip
 
 
 def uniform_floor(space: SearchSpace, args: argparse.Namespace) -> Any:
@@ -345,6 +386,7 @@ def run_model(name: str, args: argparse.Namespace, out: dict[str, Any], path: st
                    "best": result.best.to_dict() if result.best else None,
                    "uniform": result.uniform.to_dict() if result.uniform else None,
                    "finalists": [c.to_dict() for c in result.finalists], "notes": list(result.notes),
+                   "finals_choice": result.finals_choice,
                    "trials": [_trial_row(c) for c in result.trials]}  # fmt: skip
             runs.append(run)
             entry["budgets"][str(budget)] = runs
@@ -428,6 +470,9 @@ def main() -> None:
                         "(search(repair=True)): the lightest change the search's latency model puts under the limit "
                         "(its channels as sampled, then notched down; at each notch the mixes of its float layers "
                         "turned int8, the least slack first; trials.REPAIR_RULE)")  # fmt: skip
+    p.add_argument("--test-finalists", type=int, default=0, metavar="N",
+                   help="also recover every other finalist of the finals with the first N recovery seeds and score it "
+                        "on the test split (default 0: only best and uniform)")  # fmt: skip
     p.add_argument("--json", default=None)
     args = p.parse_args()
     args.budgets = [float(b) for b in args.budgets.split(",")]
