@@ -32,6 +32,7 @@ REPAIR_HEADROOM = 0.03  # a repair step is kept when judged this far under the l
 REPAIR_MIXES = 64  # a repair tries every mix of a policy's float precision units when they make at most this many
 REPAIR_RULE_ATTR = "repair_rule"  # a repaired trial's user attr (and its candidate's extra): the rule that made it
 REPAIR_RULE = (f"lightest change: per notch the mixes of float precision units (every one up to {REPAIR_MIXES}), "
+               "an all-int8 policy's groups notched one at a time first, "
                f"least slack first; margin {REPAIR_MARGIN}, headroom {REPAIR_HEADROOM}, checks {REPAIR_CHECKS}")
 # not "every layer int8 first": session 19's own runs queued lightest-change repairs before the record (review R2 19 L2)
 REPAIR_RULE_UNRECORDED = "unrecorded: queued before session 19 recorded each repair's rule"
@@ -175,7 +176,8 @@ def repaired(ev: Evaluator, policy: Policy, latency_ms: float, limit: float, mar
     seen = {model_key(ev.space, policy)}
     for notches in range(1 + max((len(g.keep) for g in ev.space.groups), default=0)):
         steps: list[tuple[float, Policy]] = []
-        for step in precision_steps(ev.space, ev.space.narrower(policy, notches), predicted):
+        for step in (s for shape in notch_shapes(ev.space, policy, notches)
+                     for s in precision_steps(ev.space, shape, predicted)):  # fmt: skip
             key = model_key(ev.space, step)
             if key in seen:
                 continue
@@ -199,6 +201,33 @@ def repaired(ev: Evaluator, policy: Policy, latency_ms: float, limit: float, mar
     return None
 
 
+def notch_shapes(space: SearchSpace, policy: Policy, notches: int) -> list[Policy]:
+    """The channel counts a repair tries at ``notches``: every group that many options down its grid
+    (:meth:`SearchSpace.narrower`); for a policy with no float precision unit alive (every live layer int8: no
+    precision step left), first each group alone one notch further than ``notches - 1``. Why (session 19): a repair
+    of an all-int8 sample notched every group at once, 248 -> 120 and 224 -> 120 channels (176 -> 112), far under
+    the limit where one group a notch narrower may have been enough."""
+    base = space.narrower(policy, notches)
+    if notches == 0 or _float_units(space, policy):
+        return [base]
+    before = space.narrower(policy, notches - 1)
+    alone = [replace(before, keep={**before.keep, g.name: base.keep[g.name]}) for g in space.groups
+             if base.keep[g.name] != before.keep[g.name]]  # fmt: skip
+    return [*alone, base]
+
+
+def _float_units(space: SearchSpace, policy: Policy) -> list[list[str]]:
+    """``policy``'s float precision units alive: each an int8 layer with the layers tied to it
+    (:meth:`SearchSpace.followers`), alive while one of them is, float where its leader is."""
+    leaders = space.followers()
+    alive = _depth.alive(policy.int8, policy.drop)
+    units: dict[str, list[str]] = {}
+    for name in space.int8_layers:
+        units.setdefault(leaders.get(name, name), []).append(name)
+    return [members for lead, members in units.items()  # a tied unit lives while any of its layers does
+            if any(n in alive for n in members) and not policy.int8[lead]]  # fmt: skip
+
+
 def precision_steps(space: SearchSpace, policy: Policy, predicted: Callable[[Policy], float],
                     most: int = REPAIR_MIXES) -> list[Policy]:  # fmt: skip
     """``policy`` with mixes of its float precision units turned int8 (a unit: an int8 layer with the layers tied
@@ -206,13 +235,7 @@ def precision_steps(space: SearchSpace, policy: Policy, predicted: Callable[[Pol
     mix when there are at most ``most`` of them; else the policy, each unit alone, and the units added one at a time
     in the order of what each saves alone (``predicted``; a unit whose prediction the toolkit refuses, last:
     :func:`repaired` skips its step as it skips every refused step), ending at every layer int8."""
-    leaders = space.followers()
-    alive = _depth.alive(policy.int8, policy.drop)
-    units: dict[str, list[str]] = {}
-    for name in space.int8_layers:
-        units.setdefault(leaders.get(name, name), []).append(name)
-    floats = [members for lead, members in units.items()  # a tied unit lives while any of its layers does
-              if any(n in alive for n in members) and not policy.int8[lead]]
+    floats = _float_units(space, policy)
 
     def turned(chosen: Sequence[list[str]]) -> Policy:
         return replace(policy, int8={**policy.int8, **{n: True for members in chosen for n in members}})
