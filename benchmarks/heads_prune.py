@@ -312,8 +312,9 @@ def distill(args: argparse.Namespace, teacher: torch.nn.Module, texts: Texts, he
     info["before"] = fidelity(student, teacher, held, data32)
     if args.freeze_embeddings:
         word_embeddings(student).requires_grad_(False)
-    config = EncoderKDConfig(cpu_seconds=args.cpu, lr=args.lr, wall_seconds=args.wall, seed=args.seed,
-                             precision=args.precision, batch_size=args.batch_size)  # fmt: skip
+    given = {"cpu_seconds": args.cpu, "lr": args.lr, "wall_seconds": args.wall, "seed": args.seed,
+             "precision": args.precision, "batch_size": args.batch_size}  # fmt: skip
+    config = EncoderKDConfig(**(given | kd_spec(args.kd)))
     info["kd_config"] = config.to_dict() | {"freeze_word_embeddings": args.freeze_embeddings,
                                             "passages": args.passages}  # fmt: skip
     kd_texts = with_passages(texts, args.passages, args.seed) if args.passages else texts
@@ -494,6 +495,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--optimize", default="32", help="sequence lengths at which ORT transformer-optimizer fp32 "
                         "files are timed too (comma-separated; empty: none)")
+    parser.add_argument("--kd", default="", help="distill: more EncoderKDConfig fields, as a kdprobe variant "
+                        "(e.g. warmup=0.02,layer_weights=1:1:1:1:2:4); they override --lr, --batch-size and the rest")
     parser.add_argument("--then", default="ffn=0.35,calib=broad", help="staged: the second pruning")
     parser.add_argument("--split", type=float, default=1 / 3, help="staged: the share of --cpu before --then "
                         "(the second pruning's CPU time comes out of the rest)")
@@ -513,14 +516,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.mode in ("measure", "steptime") and not args.from_:
         parser.error(f"{args.mode} needs --from PREFIX (the saved model)")
-    if args.mode in ("kdprobe", "steptime"):
-        for spec in filter(None, (v.strip() for v in args.variants.split(";"))):
+    if args.mode in ("kdprobe", "steptime", "distill"):
+        specs = [args.kd] if args.mode == "distill" else args.variants.split(";")
+        for spec in filter(None, (v.strip() for v in specs)):
             try:  # every variant checked before any work: a bad one is refused in one line (exit 2), not later
                 kw = kd_spec(spec)
-                kw.pop("passages", None)
+                if args.mode != "distill":  # distill's passages are --passages
+                    kw.pop("passages", None)
                 EncoderKDConfig(**({"cpu_seconds": args.cpu, "precision": args.precision} | kw))
             except (ConfigError, ValueError, TypeError, ZeroDivisionError) as exc:
-                parser.error(f"--variants {spec!r}: {exc}")
+                parser.error(f"{'--kd' if args.mode == 'distill' else '--variants'} {spec!r}: {exc}")
     result = result_header("heads_prune", 1) | {"mode": args.mode, "argv": vars(args) | {"from_": args.from_}}
     c0, w0 = time.process_time(), time.monotonic()
     teacher = ds.load_model("all-minilm-l6-v2").eval()
