@@ -2,8 +2,16 @@
 
 Each node is a layer. MACs follow the PyTorch profiler's conventions (:mod:`deepslim.analysis._ops`): Conv,
 ConvTranspose, Gemm and MatMul and their integer forms (QLinearConv, ConvInteger, QLinearMatMul, MatMulInteger) carry
-MACs; every other standard operator carries none. Operators that carry MACs the profiler cannot count yet (recurrent
-layers, Einsum, fused attention) and operators from custom domains are refused unless ``strict=False``.
+MACs; every other standard operator carries none. ONNX Runtime's own operators (``com.microsoft``) that its optimizer
+and quantizer write are counted from their specs: the fused attention (Attention, QAttention: the Q/K/V projection,
+QKᵀ and PV), FusedMatMul, QGemm, DynamicQuantizeMatMul and the like; the normalizations and activations it fuses carry
+none. Operators that carry MACs the profiler cannot count (recurrent layers, Einsum, ONNX's own Attention, any other
+``com.microsoft`` operator) and operators from custom domains are refused unless ``strict=False``.
+
+Shapes come from ONNX shape inference, which stops at ``com.microsoft`` operators and at the Reshapes of an exported
+transformer: every tensor it leaves without a concrete shape is then measured in one ONNX Runtime run of a copy of the
+file at the given input shape. A MAC-carrying node whose shapes are still unknown is refused (``strict``) or counted
+as zero with a warning, never silently.
 
 :func:`time_onnx` measures instead of counting: ONNX Runtime's own profiler times every node it runs, and
 :mod:`deepslim.analysis.blocks` maps the nodes back to the model's blocks and to attention / FFN / embeddings / other.
@@ -22,10 +30,16 @@ from deepslim.analysis.blocks import TimeProfile, label_nodes, node_times, run_t
 from deepslim.analysis.profile import LayerProfile, Profile
 from deepslim.errors import ConfigError, ModelLoadError, UnsupportedOpError
 
-# op type -> index of the weight input, for convolution-like and matrix-product nodes
-_CONV = {"Conv": 1, "ConvInteger": 1, "QLinearConv": 3, "ConvTranspose": 1}
-_MATMUL = {"MatMul": (0, 1), "MatMulInteger": (0, 1), "QLinearMatMul": (0, 3), "Gemm": (0, 1)}  # (A, B) inputs
-_UNCOUNTED_MAC_OPS = {"Einsum", "LSTM", "GRU", "RNN", "Attention", "MultiHeadAttention", "DeformConv"}
+_UNCOUNTED_MAC_OPS = {"Einsum", "LSTM", "GRU", "RNN", "Attention", "DeformConv"}  # standard operators
+# ONNX Runtime's operators without MACs: normalizations, activations, element-wise and data movement
+_CONTRIB_FREE = {"BiasAdd", "BiasDropout", "BiasGelu", "BiasSoftmax", "BiasSplitGelu", "BitmaskBiasDropout",
+                 "BitmaskDropout", "DequantizeLinear", "EmbedLayerNormalization", "ExpandDims", "FastGelu", "GatherND",
+                 "Gelu", "GemmaRotaryEmbedding", "GroupNorm", "MaxpoolWithMask", "MulInteger", "NhwcMaxPool", "Pad",
+                 "QEmbedLayerNormalization", "QLinearAdd", "QLinearAveragePool", "QLinearConcat",
+                 "QLinearGlobalAveragePool", "QLinearLeakyRelu", "QLinearMul", "QLinearReduceMean", "QLinearSigmoid",
+                 "QLinearSoftmax", "QLinearWhere", "QuantizeLinear", "QuickGelu", "Range", "ReduceSumInteger",
+                 "RemovePadding", "RestorePadding", "RotaryEmbedding", "SkipGroupNorm", "SkipLayerNormalization",
+                 "SkipSimplifiedLayerNormalization", "Trilu", "Unique"}  # fmt: skip
 _SHAPE_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze", "Shape", "Size", "Constant", "Identity", "Transpose",
               "Slice", "Gather", "Split", "Concat", "Expand", "ConstantOfShape", "Range", "Cast", "CastLike",
               "QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "Tile", "Pad", "GatherElements",
@@ -48,32 +62,55 @@ def profile_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, ...] |
         raise ModelLoadError(f"{path} is not a readable ONNX model: {exc}") from exc
     if not model.graph.node:  # an empty file parses as an empty protobuf message
         raise ModelLoadError(f"{path} holds no ONNX graph (an empty or truncated file?)")
-    graph = model.graph
-    inits = {t.name: t for t in graph.initializer}
-    inputs = [i for i in graph.input if i.name not in inits]
+    inits = {t.name: t for t in model.graph.initializer}
+    inputs = [i for i in model.graph.input if i.name not in inits]
     notes = _fix_input_shapes(inputs, input_shape, path)
-    try:
-        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
-    except Exception as exc:
-        raise ModelLoadError(f"{path}: ONNX shape inference failed: {exc}") from exc
-    info = _value_infos(inferred.graph)
-    for t in inits.values():
-        info[t.name] = (tuple(t.dims), t.data_type)
+    info, measured = _shapes(model, inits, path)
+    layers, steps, uncounted, unshaped = _layers(model.graph.node, info, inits)
+    warnings = (*notes, *(measured if unshaped else ()))  # why ONNX Runtime could not measure them
+    if uncounted or unshaped:
+        parts = ([f"cannot count ONNX operator {_listed(uncounted)}"] if uncounted else []) + (
+            [f"no shape known for {_listed(unshaped)}"] if unshaped else [])  # fmt: skip
+        if strict:
+            raise UnsupportedOpError("; ".join(parts) + "; pass strict=False (CLI: --allow-unknown-ops) to count it "
+                                     "as zero MACs")  # fmt: skip
+        warnings = (*warnings, *(f"counted as zero MACs: {p.removeprefix('cannot count ONNX operator ')}"
+                                 for p in parts))  # fmt: skip
+    in_sizes = {i.name: _nbytes(info, i.name) for i in inputs}
+    peak = peak_live_bytes(steps, in_sizes, [o.name for o in model.graph.output])
+    shapes = cast(tuple[tuple[int, ...], ...], tuple(tuple(info.get(i.name, ((), 1))[0]) for i in inputs))
+    return Profile.from_layers(path.name, shapes, tuple(layers), peak, source="onnx", warnings=warnings)
 
-    def nbytes(name: str) -> int:
-        shape, dtype = info.get(name, ((), 1))
-        dims = _known(shape)
-        return math.prod(dims) * _ITEMSIZE.get(dtype, 4) if dims is not None else 0
 
+def _listed(nodes: dict[str, str]) -> str:
+    return ", ".join(f"{op} (node {n})" for op, n in nodes.items())
+
+
+def _nbytes(info: dict[str, Any], name: str) -> int:
+    shape, dtype = info.get(name, ((), 1))
+    dims = _known(shape)
+    return math.prod(dims) * _ITEMSIZE.get(dtype, 4) if dims is not None else 0
+
+
+def _layers(nodes: Any, info: dict[str, Any], inits: dict[str, Any]
+            ) -> tuple[list[LayerProfile], list[Step], dict[str, str], dict[str, str]]:  # fmt: skip
+    """One layer and one liveness step per node; the operators that cannot be counted and the nodes whose shapes are
+    unknown (operator -> first node, ``node: tensor`` for the latter)."""
     layers: list[LayerProfile] = []
     steps: list[Step] = []
-    unknown: dict[str, str] = {}
+    uncounted: dict[str, str] = {}
+    unshaped: dict[str, str] = {}
     seen_weights: set[str] = set()
-    for idx, node in enumerate(inferred.graph.node):
+    for idx, node in enumerate(nodes):
         name = node.name or f"{node.op_type}_{idx}"
-        macs = _node_macs(node, info)
+        op = f"{node.domain + '.' if node.domain else ''}{node.op_type}"
+        try:
+            macs = _node_macs(node, info)
+        except _Unshaped as exc:
+            unshaped.setdefault(op, f"{name}: tensor {exc}")
+            macs = 0
         if macs is None:
-            unknown.setdefault(f"{node.domain + '.' if node.domain else ''}{node.op_type}", name)
+            uncounted.setdefault(op, name)
             macs = 0
         weights = [i for i in node.input if i in inits and i not in seen_weights]
         seen_weights.update(weights)
@@ -86,25 +123,57 @@ def profile_onnx(path: str | os.PathLike[str], *, input_shape: tuple[int, ...] |
             name=name, type=node.op_type, calls=1,
             params=(n_params := sum(math.prod(inits[w].dims) for w in weights if inits[w].data_type != 7)),
             nonzero_params=n_params,
-            weight_bytes=sum(nbytes(w) for w in weights), macs=macs, other_ops=other,
-            input_bytes=0 if free else sum(nbytes(i) for i in acts_in),
-            output_bytes=0 if free else sum(nbytes(o) for o in node.output if o),
+            weight_bytes=sum(_nbytes(info, w) for w in weights), macs=macs, other_ops=other,
+            input_bytes=0 if free else sum(_nbytes(info, i) for i in acts_in),
+            output_bytes=0 if free else sum(_nbytes(info, o) for o in node.output if o),
             output_shape=_known(out_shape),
             dtype=_DTYPE.get(weight_dtypes[0], "fp32") if weight_dtypes else "fp32",
         ))  # fmt: skip
-        steps.append(Step(reads=set(acts_in), writes={o: nbytes(o) for o in node.output if o}))
-    warnings: tuple[str, ...] = notes
-    if unknown:
-        listed = ", ".join(f"{op} (node {n})" for op, n in unknown.items())
-        if strict:
-            raise UnsupportedOpError(f"cannot count ONNX operator {listed}; pass strict=False "
-                                     "(CLI: --allow-unknown-ops) to count it as zero MACs")  # fmt: skip
-        warnings = (*notes, f"counted as zero MACs: {listed}")
-    in_sizes = {i.name: nbytes(i.name) for i in inputs}
-    peak = peak_live_bytes(steps, in_sizes, [o.name for o in inferred.graph.output])
-    # a symbolic input dimension stays as its name, as ONNX writes it
-    shapes = cast(tuple[tuple[int, ...], ...], tuple(tuple(info[i.name][0]) for i in inputs))
-    return Profile.from_layers(path.name, shapes, tuple(layers), peak, source="onnx", warnings=warnings)
+        steps.append(Step(reads=set(acts_in), writes={o: _nbytes(info, o) for o in node.output if o}))
+    return layers, steps, uncounted, unshaped
+
+
+def _shapes(model: Any, inits: dict[str, Any], path: Path) -> tuple[dict[str, Any], tuple[str, ...]]:
+    """Shape and element type of every tensor: ONNX shape inference, then one ONNX Runtime run for the tensors it
+    leaves without concrete dims (a note when that run fails)."""
+    import onnx
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
+    except Exception as exc:
+        raise ModelLoadError(f"{path}: ONNX shape inference failed: {exc}") from exc
+    info = _value_infos(inferred.graph)
+    for t in inits.values():
+        info[t.name] = (tuple(t.dims), t.data_type)
+    open_ = [o for n in model.graph.node for o in n.output if o and (o not in info or _known(info[o][0]) is None)]
+    if not open_:
+        return info, ()
+    try:
+        info.update(_run_shapes(model, open_))
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        return info, (f"ONNX Runtime could not run the file to measure {len(open_)} tensor shapes that ONNX shape "
+                      f"inference left open ({reason})",)  # fmt: skip
+    return info, ()
+
+
+def _run_shapes(model: Any, names: list[str]) -> dict[str, tuple[tuple[int, ...], int]]:
+    """The shapes of ``names`` in one ONNX Runtime run of a copy of ``model`` that outputs them (no graph
+    optimizations, so every tensor is computed as written); inputs as :func:`time_onnx` makes them."""
+    import onnx
+    import onnxruntime as ort
+
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    del probe.graph.output[:]
+    probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = 1, 1, 3
+    sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    values = sess.run(None, _default_feeds(sess, None, 1, Path("the file")))
+    return {n: (tuple(v.shape), onnx.helper.np_dtype_to_tensor_dtype(v.dtype)) for n, v in zip(names, values,
+                                                                                          strict=True)}  # fmt: skip
 
 
 def _fix_input_shapes(inputs: list[Any], input_shape: tuple[int, ...] | None, path: Path) -> tuple[str, ...]:
@@ -138,6 +207,8 @@ def _value_infos(graph: Any) -> dict[str, tuple[tuple[int | str, ...], int]]:
     out = {}
     for v in (*graph.input, *graph.value_info, *graph.output):
         t = v.type.tensor_type
+        if not t.HasField("shape"):  # a type without a shape says nothing about the shape (a scalar has one)
+            continue
         out[v.name] = (tuple(d.dim_value if d.dim_value else (d.dim_param or "?") for d in t.shape.dim), t.elem_type)
     return out
 
@@ -153,25 +224,104 @@ def _numel(info: dict[str, Any], name: str) -> int:
     return math.prod(shape) if all(isinstance(d, int) for d in shape) else 0
 
 
-def _node_macs(node: Any, info: dict[str, Any]) -> int | None:
-    """MACs of one node, 0 for operators without MACs, None for ones that have MACs the profiler cannot count."""
-    op = node.op_type
-    if node.domain not in ("", "ai.onnx", "com.microsoft") or op in _UNCOUNTED_MAC_OPS:
+class _Unshaped(Exception):
+    """A tensor that a node's MAC count needs has no known shape (its name is the message)."""
+
+
+def _dims(info: dict[str, Any], name: str) -> tuple[int, ...]:
+    dims = _known(info[name][0]) if name in info else None
+    if dims is None:
+        raise _Unshaped(name)
+    return dims
+
+
+def _attr(node: Any, name: str, default: Any) -> Any:
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), default)
+
+
+def _given(node: Any, index: int) -> bool:
+    return len(node.input) > index and bool(node.input[index])
+
+
+def _conv(w: int) -> Any:
+    """Conv-like nodes, weight input ``w`` (M, C/group, k...): MACs = output elements x C/group x kernel (the input's
+    elements for a transposed convolution, whose weight is (C, M/group, k...)); NHWC forms produce as many."""
+
+    def count(node: Any, info: dict[str, Any]) -> int:
+        weight = _dims(info, node.input[w])
+        per_output = weight[1] * math.prod(weight[2:])
+        side = node.input[0] if node.op_type == "ConvTranspose" else node.output[0]
+        return math.prod(_dims(info, side)) * per_output
+
+    return count
+
+
+def _product(node: Any, info: dict[str, Any]) -> int:
+    """A matrix product with A first, as numpy.matmul: MACs = output elements x A's last dimension."""
+    k = _dims(info, node.input[0])[-1]
+    return math.prod(_dims(info, node.output[0])) * k
+
+
+def _gemm(node: Any, info: dict[str, Any]) -> int:
+    a = _dims(info, node.input[0])
+    return math.prod(_dims(info, node.output[0])) * (a[0] if _attr(node, "transA", 0) else a[-1])
+
+
+def _fused_matmul(node: Any, info: dict[str, Any]) -> int:
+    """FusedMatMul / TransposeMatMul: transBatchA moves A's first dimension next to its last (A becomes
+    (a1, ..., a0, an)), then transA swaps the last two, so the summed dimension is an, a0 or a(n-1)."""
+    a = _dims(info, node.input[0])
+    trans, batch = _attr(node, "transA", 0), _attr(node, "transBatchA", 0) and len(a) > 2
+    k = a[-1] if not trans else a[0] if batch else a[-2] if len(a) > 1 else a[0]
+    return math.prod(_dims(info, node.output[0])) * k
+
+
+def _matmul_nbits(node: Any, info: dict[str, Any]) -> int:
+    return math.prod(_dims(info, node.output[0])) * int(_attr(node, "K", 0))
+
+
+def _attention(node: Any, info: dict[str, Any]) -> int | None:
+    """Attention / QAttention: input (B, S, D) times the packed Q/K/V weight (D, q + k + v), then QKᵀ (B·S·S·q) and
+    PV (B·S·S·v), as the PyTorch profiler counts attention. With a past state the key length is not S: refused."""
+    if _given(node, 8 if node.op_type == "QAttention" else 4):
         return None
-    if op in _CONV:
-        w_shape = info[node.input[_CONV[op]]][0]
-        kernel = math.prod(w_shape[2:])
-        if op == "ConvTranspose":
-            return _numel(info, node.input[0]) * w_shape[1] * kernel
-        return _numel(info, node.output[0]) * w_shape[1] * kernel
-    if op in _MATMUL:
-        a_shape = info[node.input[_MATMUL[op][0]]][0]
-        if op == "Gemm":
-            trans_a = next((a.i for a in node.attribute if a.name == "transA"), 0)
-            k = a_shape[0] if trans_a else a_shape[1]
-            return _numel(info, node.output[0]) * k
-        return _numel(info, node.output[0]) * a_shape[-1]
-    return 0
+    batch, seq, width = _dims(info, node.input[0])
+    packed = _dims(info, node.input[1])[1]
+    q, _, v = _attr(node, "qkv_hidden_sizes", None) or [packed // 3] * 3
+    return batch * seq * width * packed + batch * seq * seq * (q + v)
+
+
+def _multi_head_attention(node: Any, info: dict[str, Any]) -> int | None:
+    """MultiHeadAttention on projected (B, S, q) queries and (B, L, ·) keys and values: QKᵀ and PV, B·S·L·(q + v).
+    Packed Q/K/V, 4-D keys and past states are refused."""
+    if not (_given(node, 1) and _given(node, 2)) or any(_given(node, i) for i in (6, 7)):
+        return None
+    query, key, value = (_dims(info, node.input[i]) for i in range(3))
+    if not len(query) == len(key) == len(value) == 3:
+        return None
+    return query[0] * query[1] * key[1] * (query[2] + value[2])
+
+
+_STANDARD = {"Conv": _conv(1), "ConvInteger": _conv(1), "QLinearConv": _conv(3), "ConvTranspose": _conv(1),
+             "MatMul": _product, "MatMulInteger": _product, "QLinearMatMul": _product, "Gemm": _gemm}  # fmt: skip
+_CONTRIB = {"Attention": _attention, "QAttention": _attention, "MultiHeadAttention": _multi_head_attention,
+            "FusedMatMul": _fused_matmul, "TransposeMatMul": _fused_matmul, "FusedGemm": _gemm, "QGemm": _gemm,
+            "DynamicQuantizeMatMul": _product, "MatMulIntegerToFloat": _product, "MatMulInteger16": _product,
+            "GemmFastGelu": _product, "MatMulNBits": _matmul_nbits, "FusedConv": _conv(1), "NhwcConv": _conv(1),
+            "NhwcFusedConv": _conv(1), "QLinearConv": _conv(3)}  # fmt: skip
+
+
+def _node_macs(node: Any, info: dict[str, Any]) -> int | None:
+    """MACs of one node, 0 for operators without MACs, None for ones that have MACs the profiler cannot count;
+    raises _Unshaped when a shape the count needs is unknown."""
+    op, domain = node.op_type, node.domain or ""
+    if domain in ("", "ai.onnx"):
+        return None if op in _UNCOUNTED_MAC_OPS else _STANDARD[op](node, info) if op in _STANDARD else 0
+    if domain == "com.microsoft":
+        return 0 if op in _CONTRIB_FREE else _CONTRIB[op](node, info) if op in _CONTRIB else None
+    return None
 
 
 _FEED_DTYPES = {"tensor(float)": "float32", "tensor(double)": "float64", "tensor(float16)": "float16",

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 from rich.table import Table
 
 from deepslim.cli._common import add_model_args, default_input, load, out, parse_shape
-from deepslim.errors import ConfigError
+from deepslim.errors import ConfigError, UnsupportedOpError
 
 if TYPE_CHECKING:
     from deepslim.analysis.blocks import TimeProfile
@@ -49,7 +49,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
         return _training(args, shape)
     timed = _timed(args, shape)
     if args.model.endswith(".onnx"):
-        prof = profile(args.model, device=args.device, strict=not args.allow_unknown_ops, input_shape=shape)
+        try:
+            prof = profile(args.model, device=args.device, strict=not args.allow_unknown_ops, input_shape=shape)
+        except UnsupportedOpError as exc:
+            if timed is None:
+                raise
+            return _timed_only(args, timed, str(exc))
     else:
         model = load(args)
         prof = profile(model, device=args.device, strict=not args.allow_unknown_ops, input_shape=shape,
@@ -86,6 +91,19 @@ def _timed(args: argparse.Namespace, shape: tuple[int, ...] | None) -> TimeProfi
     from deepslim.analysis.onnx_profile import time_onnx
 
     return time_onnx(args.model, input_shape=shape, runs=args.runs, threads=args.time_threads)
+
+
+def _timed_only(args: argparse.Namespace, timed: TimeProfile, refusal: str) -> int:
+    """``profile FILE --time`` when the count refuses: the measured view, and one line saying what was not counted."""
+    line = f"MACs not counted: {refusal}"
+    if args.json:
+        print(json.dumps({"measured": timed.to_dict(), "not_counted": refusal}, indent=2))
+    elif not out.is_terminal:
+        print(f"{timed}\n{line}")
+    else:
+        _print_timed(timed)
+        out.print(line, markup=False)
+    return 0
 
 
 def _print_timed(timed: TimeProfile) -> None:
