@@ -14,9 +14,10 @@ import deepslim as ds
 from deepslim.analysis.onnx_profile import time_onnx
 from deepslim.cli import main
 from deepslim.compress.quantize import QuantMixin
+from tests.export.test_int8_dynamic_verbs import _local_bert
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-transformers = pytest.importorskip("transformers", reason="Hugging Face encoders need the transformers package")
+pytest.importorskip("transformers", reason="Hugging Face encoders need the transformers package")
 pytest.importorskip("onnxruntime")
 
 B, T, H, I = 1, 12, 32, 64  # batch, tokens, width, feed-forward width
@@ -26,13 +27,7 @@ B, T, H, I = 1, 12, 32, 64  # batch, tokens, width, feed-forward width
 def files(tmp_path_factory):
     """A 2-layer config-built BERT loaded through ``hf:PATH``, its int8 twin, and both exported files."""
     path = tmp_path_factory.mktemp("bert")
-    config = transformers.BertConfig(vocab_size=120, hidden_size=H, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=I, max_position_embeddings=40)  # fmt: skip
-    torch.manual_seed(0)
-    transformers.BertModel(config, add_pooling_layer=False).save_pretrained(path / "bert")
-    (path / "bert" / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] +
-                                                       [f"w{i}" for i in range(115)]))  # fmt: skip
-    model = ds.load_model(f"hf:{path / 'bert'}").eval()
+    model = _local_bert(path / "bert")  # hidden 32, 4 heads, feed-forward 64, 2 layers
     gen = torch.Generator().manual_seed(0)
     calib = [(torch.randint(5, 120, (4, T), generator=gen), torch.ones(4, T, dtype=torch.long)) for _ in range(2)]
     int8 = ds.quantize_(copy.deepcopy(model), ds.LinearQuantConfig(bits=8), calib_data=calib)
@@ -68,6 +63,8 @@ def test_the_fused_int8_bert_counts_its_attention_and_linear_layers(files):
                 B * T * (len(m.split_in) * m.out_features if m.split_in is not None else 0)
                 for m in int8.modules() if isinstance(m, QuantMixin))  # fmt: skip
     assert split > 0 and ds.profile(int8, _example()).macs - counted.macs == split
+    three = ds.profile(q_file, input_shape=(3, T))  # the mask's batch is named as the ids' batch: it follows
+    assert three.macs == 3 * counted.macs and three.warnings == ()
 
 
 def test_the_cli_profiles_and_times_the_fused_int8_file(files, capsys):

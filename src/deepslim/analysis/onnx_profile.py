@@ -169,7 +169,7 @@ def _run_shapes(model: Any, names: list[str]) -> dict[str, tuple[tuple[int, ...]
     probe.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names)
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = 1, 1, 3
+    opts.intra_op_num_threads, opts.inter_op_num_threads, opts.log_severity_level = 1, 1, 4  # fatal only
     sess = ort.InferenceSession(probe.SerializeToString(), opts, providers=["CPUExecutionProvider"])
     values = sess.run(None, _default_feeds(sess, None, 1, Path("the file")))
     return {n: (tuple(v.shape), onnx.helper.np_dtype_to_tensor_dtype(v.dtype)) for n, v in zip(names, values,
@@ -177,21 +177,27 @@ def _run_shapes(model: Any, names: list[str]) -> dict[str, tuple[tuple[int, ...]
 
 
 def _fix_input_shapes(inputs: list[Any], input_shape: tuple[int, ...] | None, path: Path) -> tuple[str, ...]:
-    """Give every input concrete dims: ``input_shape`` for the first; a free leading (batch) dim becomes 1.
+    """Give every input concrete dims: ``input_shape`` for the first, and the same size to every dimension of another
+    input that bears the same symbolic name (a mask's ``batch``); a free leading (batch) dim left becomes 1.
 
     deepslim exports every file with a free batch dimension, so batch 1 is the default a user means; any other
     symbolic dim (a sequence length, an image size) must be given.
     """
     notes = []
+    named: dict[str, int] = {}
     for k, value in enumerate(inputs):
         dims = value.type.tensor_type.shape.dim
         if k == 0 and input_shape is not None:
             if len(input_shape) != len(dims):
                 raise ConfigError(f"{path}: input {value.name!r} has {len(dims)} dimensions; "
                                   f"--input-shape gave {len(input_shape)}")  # fmt: skip
+            named = {d.dim_param: int(size) for d, size in zip(dims, input_shape, strict=True) if d.dim_param}
             for d, size in zip(dims, input_shape, strict=True):
                 d.ClearField("dim_param")
                 d.dim_value = int(size)
+        for d in dims:
+            if d.dim_param in named:
+                d.dim_value = named[d.dim_param]  # clears dim_param (one of the two)
         if len(dims) > 1 and not dims[0].dim_value:
             notes.append(f"input {value.name!r}: free batch dimension {dims[0].dim_param or '?'!r} profiled at 1")
             dims[0].ClearField("dim_param")
