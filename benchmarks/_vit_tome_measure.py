@@ -93,9 +93,34 @@ def measure_accuracy(models: dict[str, nn.Module], x: np.ndarray, y: np.ndarray,
     out["load_average_stages"]["after_accuracy"] = os.getloadavg()
 
 
+def cpu_timing(files: dict[str, Path], x: np.ndarray, out: dict[str, Any], *, repeats: int, rounds: int,
+               batches: tuple[int, ...], save: Callable[[], None]) -> None:  # fmt: skip
+    """ORT time of every file by the calling thread's CPU time (``_cpu_timer.py``, 1 thread; for a loaded machine,
+    where wall time counts the preempted time): ``repeats`` processes per batch, one after another, the sessions
+    created in reverse order every other one; per file each process's median and the speed-up over the dense file
+    paired by round (``speed_side.paired_ratios``)."""
+    from speed_side import paired_ratios, time_cpu
+
+    names = list(files)
+    for b in batches:
+        load = os.getloadavg()
+        runs = time_cpu([(str(files[k]), [b, *x.shape[1:]]) for k in names], repeats, rounds, block=3)
+        ratios = paired_ratios(runs)
+        dense = ratios[names.index("dense")]
+        for i, k in enumerate(names):
+            per = [run["cpu_median_ms"][i] for run in runs]
+            out["variants"][k][f"ort_cpu_b{b}"] = {"cpu_median_ms": per, "speedup_vs_dense": dense / ratios[i],
+                                                  "images_per_s": b * 1000 / statistics.median(per)}  # fmt: skip
+        out["load_average_stages"][f"cpu_b{b}"] = [load, os.getloadavg()]
+        log.info("ORT thread CPU batch %d: %s", b, {k: out["variants"][k][f"ort_cpu_b{b}"] for k in names})
+        save()
+
+
 def measure_timing(models: dict[str, nn.Module], x: np.ndarray, files: dict[str, Path], out: dict[str, Any], *,
-                   rounds: int, threads: int, batches: tuple[int, ...], save: Callable[[], None]) -> None:  # fmt: skip
-    """Interleaved ORT and eager throughput of every variant, then the block view of the dense and merged files."""
+                   rounds: int, threads: int, batches: tuple[int, ...], save: Callable[[], None],
+                   cpu_repeats: int = 0) -> None:  # fmt: skip
+    """Interleaved ORT and eager throughput of every variant (``cpu_repeats``: also by thread CPU time,
+    :func:`cpu_timing`), then the block view of the dense and merged files."""
     for b in batches:
         res = ds.interleave({k: str(p) for k, p in files.items()}, example_input=torch.from_numpy(x[:b]),
                             threads=threads, rounds=rounds, block=3)  # fmt: skip
@@ -105,6 +130,8 @@ def measure_timing(models: dict[str, nn.Module], x: np.ndarray, files: dict[str,
         log.info("ORT batch %d: %s", b, {k: round(r.median_ms, 3) for k, r in res.items()})
         out["load_average_stages"][f"after_ort_b{b}"] = os.getloadavg()
         save()
+    if cpu_repeats:
+        cpu_timing(files, x, out, repeats=cpu_repeats, rounds=rounds, batches=batches, save=save)
     torch.set_num_threads(threads)
     for b in batches:
         eager = eager_throughput(models, torch.from_numpy(x[:b]), rounds=max(3, rounds // 2))

@@ -13,10 +13,12 @@ timed round-robin in this process; the medians are compared. The dense and merge
 node (:func:`deepslim.analysis.onnx_profile.time_onnx`): attention / FFN / embeddings / other per block.
 ``--stage timing`` times files exported from untrained weights when no trained model is cached yet (same graphs,
 same shapes, so the same cost in ORT's dense kernels); ``--stage accuracy`` measures the trained variants in PyTorch.
-The load average is recorded before, between stages and after: the machine is shared.
+The load average is recorded before, between stages and after: the machine is shared. ``--cpu-repeats N`` also
+times every file by the calling thread's CPU time (``_cpu_timer.py``, N processes per batch; session 20), the
+measure to use when the load is above the 2 cores.
 
     python benchmarks/vit_tome.py [--steps 500] [--cache PATH] [--json benchmarks/results/vit_tome.json]
-        [--stage all|train|accuracy|timing] [--rounds 10] [--n-test N]
+        [--stage all|train|accuracy|timing] [--rounds 10] [--n-test N] [--cpu-repeats 3]
 """
 
 from __future__ import annotations
@@ -112,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                         "else untrained ones: the graphs and their cost are the same)")
     p.add_argument("--rounds", type=int, default=10, help="interleaved timing rounds")
     p.add_argument("--n-test", type=int, help="test images (default: all 10,000; fewer only for a smoke run)")
+    p.add_argument("--cpu-repeats", type=int, default=0,
+                   help="also time ORT by thread CPU time: this many processes per batch (0: off)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     out = result_header("vit_tome", THREADS)
@@ -137,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
             measure_accuracy(models, x, y, files, out, save=lambda: save_json(out, args.json))
         if files is not None:
             measure_timing(models, x, files, out, rounds=args.rounds, threads=THREADS, batches=BATCHES,
-                           save=lambda: save_json(out, args.json))  # fmt: skip
+                           save=lambda: save_json(out, args.json), cpu_repeats=args.cpu_repeats)  # fmt: skip
     write_result(out, args.json, echo=False)
     return 0
 
