@@ -130,6 +130,20 @@ def test_onnx_runtimes_matrix_products_count_output_times_the_summed_dimension(t
     assert ds.profile(path).layer("prod").macs == 5 * 6 * 8
 
 
+def test_a_fused_convolution_counts_what_the_convolution_and_relu_it_replaces_count(tmp_path):
+    rng = np.random.default_rng(0)
+    w, b = rng.standard_normal([4, 3, 3, 3]).astype(np.float32), rng.standard_normal(4).astype(np.float32)
+    fused = _save(tmp_path / "f.onnx", [helper.make_node("FusedConv", ["x", "w", "b"], ["y"], name="conv",
+                                                         domain="com.microsoft", activation="Relu")],
+                  [("x", [1, 3, 8, 8])], ["y"], [("w", w), ("b", b)])  # fmt: skip
+    plain = _save(tmp_path / "p.onnx", [helper.make_node("Conv", ["x", "w", "b"], ["c"], name="conv"),
+                                        helper.make_node("Relu", ["c"], ["y"])],
+                  [("x", [1, 3, 8, 8])], ["y"], [("w", w), ("b", b)], opsets=())  # fmt: skip
+    x = rng.standard_normal([1, 3, 8, 8]).astype(np.float32)
+    assert np.allclose(_run(fused, x=x), _run(plain, x=x), atol=1e-5)
+    assert ds.profile(fused).layer("conv").macs == ds.profile(plain).layer("conv").macs == 4 * 6 * 6 * 27
+
+
 def test_an_onnx_runtime_operator_it_cannot_count_is_refused_by_name_and_its_normalizations_cost_no_macs(tmp_path):
     ln = _save(tmp_path / "ln.onnx", [helper.make_node("SkipLayerNormalization", ["x", "s", "g", "b"], ["y"],
                                                        name="skip_ln", domain="com.microsoft")],
