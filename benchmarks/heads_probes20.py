@@ -9,6 +9,10 @@ Each variant is a ``heads_prune.py kdprobe`` variant (EncoderKDConfig fields, ``
 draws the same seeded batches under the same CPU budget (``heads_prune.probe_one``). The betas reach the optimizer
 through :func:`optimizer`, which wraps ``deepslim.train.student.adamw`` for the call: the library is not changed to
 probe a setting first.
+
+    python benchmarks/heads_probes20.py distill --betas 0.9:0.98 --policy "heads=1/3,ffn=0.3,calib=broad,refit=0" \
+        --cpu 600 --lr 5e-4 --precision bf16 --batch-size 64 --out /tmp/h20/kd --json ...
+        ``heads_prune.py distill`` with those betas (recorded in the JSON's kd_config)
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +28,7 @@ from typing import Any
 
 import deepslim as ds
 import deepslim.train.student as student_kd
+import heads_prune
 from _common import result_header, write_json_atomic
 from deepslim.errors import ConfigError
 from deepslim.train.student import EncoderKDConfig
@@ -69,7 +75,36 @@ def optimizer(extra: dict[str, Any]) -> Iterator[None]:
         student_kd.adamw = original
 
 
+def distill(argv: list[str]) -> None:
+    """``heads_probes20.py distill --betas B1:B2 ARGS``: ``heads_prune.py distill ARGS`` with those AdamW betas,
+    recorded in the result JSON beside its kd_config."""
+    parser = argparse.ArgumentParser(description="heads_prune.py distill with AdamW betas")
+    parser.add_argument("--betas", required=True, help="B1:B2")
+    known, rest = parser.parse_known_args(argv[1:])
+    try:
+        extra = split_spec(f"betas={known.betas}")[1]
+    except ConfigError as exc:
+        parser.error(str(exc))
+    with optimizer(extra):
+        heads_prune.main(["distill", *rest])
+    out = Path(vars(heads_prune_args(rest))["json"])
+    result = json.loads(out.read_text())
+    result["student"]["kd_config"]["betas"] = list(extra["betas"])
+    write_json_atomic(result, str(out))
+
+
+def heads_prune_args(rest: list[str]) -> argparse.Namespace:
+    """The ``--json`` of a heads_prune.py command line."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--json", required=True)
+    return parser.parse_known_args(rest)[0]
+
+
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["distill"]:
+        distill(argv)
+        return
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--from", dest="from_", required=True, help="the saved pruned model's prefix")
     parser.add_argument("--variants", required=True, help="kdprobe variants (and betas=B1:B2), separated by ;")

@@ -49,3 +49,24 @@ def test_the_distillations_adamw_takes_the_betas_inside_and_the_default_after():
             opt.step()
     assert torch.allclose(weight.detach(), oracle.detach(), atol=1e-6)
     assert not torch.allclose(weight.detach(), plain.detach(), atol=1e-3)
+
+
+def test_distill_runs_heads_prune_distill_with_the_betas_and_records_them(monkeypatch, tmp_path):
+    import deepslim.train.student as student_kd
+    import heads_probes20
+    from deepslim.train.student import EncoderKDConfig
+
+    out, calls = tmp_path / "kd.json", []
+
+    def fake_main(argv):
+        opt = student_kd.adamw([torch.nn.Parameter(torch.ones(1))], EncoderKDConfig(cpu_seconds=1.0))
+        calls.append((argv, opt.param_groups[0]["betas"]))
+        out.write_text('{"student": {"kd_config": {"lr": 0.0005}}}')
+
+    monkeypatch.setattr(heads_probes20.heads_prune, "main", fake_main)
+    heads_probes20.main(["distill", "--betas", "0.9:0.98", "--cpu", "600", "--json", str(out)])
+    assert calls == [(["distill", "--cpu", "600", "--json", str(out)], (0.9, 0.98))]
+    assert heads_probes20.json.loads(out.read_text())["student"]["kd_config"] == {"lr": 0.0005, "betas": [0.9, 0.98]}
+    with pytest.raises(SystemExit):
+        heads_probes20.main(["distill", "--betas", "0.9", "--json", str(out)])
+    assert len(calls) == 1  # a bad --betas stops before the distillation
