@@ -123,6 +123,16 @@ def test_hf_path_loads_a_local_vit_directory(tmp_path):
         assert torch.allclose(model(x), ref(pixel_values=x).last_hidden_state[:, 0], atol=1e-6)
 
 
+def test_an_hf_vit_refuses_images_of_the_wrong_shape_in_one_line(tmp_path):
+    save_tiny_vit(tmp_path)
+    model = hf.load_hf(tmp_path).eval()
+    for bad in (torch.randn(1, 1, 16, 16), torch.randn(3, 16, 16)):  # one channel for three; no batch axis
+        with pytest.raises(DataError, match=r"do not fit the model: it takes \(batch, 3, height, width\)"):
+            model(bad)
+    with pytest.raises(DataError, match="resize the images to 16x16"):
+        model(torch.randn(1, 3, 32, 32))
+
+
 def test_a_directory_missing_files_names_them(tmp_path):
     _tiny_bert(tmp_path, with_tokenizer=False)
     with pytest.raises(ModelLoadError, match=r"vocab.txt \(the tokenizer\)"):

@@ -247,14 +247,10 @@ def profile(model: nn.Module | str | os.PathLike[str], example_input: Example | 
 
 
 def _default_example(model: nn.Module, input_shape: tuple[int, ...] | None) -> torch.Tensor:
-    from deepslim.models import ARCH_ATTR, get_model_entry, recorded_example_input
+    from deepslim.models import input_of_shape, recorded_example_input
 
-    arch = getattr(model, ARCH_ATTR, None)
     if input_shape is not None:
-        if arch is not None and get_model_entry(arch["name"]).task == "text":
-            vocab = get_model_entry(arch["name"]).resolve(arch["options"]).get("vocab_size", 2)
-            return torch.randint(0, vocab, tuple(input_shape))
-        return torch.randn(*input_shape)
+        return input_of_shape(model, input_shape)
     recorded = recorded_example_input(model)  # a file's recorded input shape, else the zoo entry's
     if recorded is None:
         raise ConfigError("example_input is required for a model that is not from the zoo and records no input "

@@ -141,12 +141,13 @@ def prepare(args: argparse.Namespace) -> tuple[nn.Module, torch.Tensor, Any]:
     """The model (sized for the data when it is a zoo architecture, and carrying the data's preprocessing), its
     example input, and the data (or None)."""
     from deepslim.data import load_data
+    from deepslim.models import input_of_shape
 
     data = load_data(args.data) if args.data else None
     model = load(args, data)
     x: torch.Tensor | None
     if args.input_shape is not None:
-        x = torch.randn(*parse_shape(args.input_shape))
+        x = input_of_shape(model, parse_shape(args.input_shape))  # token ids for a model of token ids
     elif data is not None:
         x = data.example_input
     else:

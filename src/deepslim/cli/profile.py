@@ -122,15 +122,15 @@ def _print_timed(timed: TimeProfile) -> None:
 
 def _training(args: argparse.Namespace, shape: tuple[int, ...] | None) -> int:
     """``profile --training``: the memory of one training step, per layer and in total; fits on ``--device``?"""
-    import torch
 
     from deepslim.analysis import human
     from deepslim.analysis.training import training_profile
+    from deepslim.models import input_of_shape
 
     if args.model.endswith(".onnx"):
         raise ConfigError("profile --training needs a PyTorch model (zoo name, .pt, .pt2, file.py:factory), not ONNX")
     model = load(args)
-    x = torch.randn(*shape) if shape else default_input(model)
+    x = input_of_shape(model, shape) if shape else default_input(model)
     if x is None:
         raise ConfigError(f"{args.model} is not a zoo model, so its input shape is unknown: give --input-shape")
     uncovered: dict[str, str] = {}

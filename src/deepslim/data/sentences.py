@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from deepslim.data._bundle import DataBundle
 from deepslim.data._registry import register_dataset
 from deepslim.errors import ConfigError, DataError
+from deepslim.models.hf import load_tokenizer
 from deepslim.tasks import Embedding
 
 PAIRS: tuple[tuple[str, str], ...] = (
@@ -263,14 +264,9 @@ def _default_tokenizer_dir() -> Path:
 
 
 def _tokenizer(directory: Path) -> Any:
-    os.environ["HF_HUB_OFFLINE"] = "1"
-    try:
-        from transformers import AutoTokenizer
-    except ImportError as exc:
-        raise DataError("tokenizing the sentences needs the 'transformers' package") from exc
     if not any((directory / f).is_file() for f in ("tokenizer.json", "vocab.txt")):
         raise DataError(f"{directory} holds no tokenizer (tokenizer.json or vocab.txt)")
-    return AutoTokenizer.from_pretrained(str(directory), local_files_only=True)
+    return load_tokenizer(directory)  # offline; a cut or empty file is a one-line ModelLoadError
 
 
 def _tokenize(tok: Any, texts: list[str], seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -281,7 +277,15 @@ def _tokenize(tok: Any, texts: list[str], seq_len: int) -> tuple[torch.Tensor, t
 def word_salad(tok: Any, n: int, *, seed: int = 0, words: tuple[int, int] = (6, 24)) -> list[str]:
     """``n`` strings of random whole words from the tokenizer's vocabulary: distillation text that covers the
     words a template generator never uses (the student learns the teacher's map over the vocabulary)."""
+    if n < 1:
+        return []
     vocab = [w for w in tok.convert_ids_to_tokens(range(1996, min(12000, len(tok)))) if w.isalpha()]
+    if not vocab:  # not BERT-uncased's layout (words from id 1996 on): any whole word that is not a special token
+        special = set(tok.all_special_tokens)
+        vocab = [w for w in tok.convert_ids_to_tokens(range(len(tok))) if w.isalpha() and w not in special]
+    if not vocab:
+        raise DataError(f"the tokenizer's vocabulary of {len(tok)} tokens holds no whole words for the word-salad "
+                        "distillation texts; pass salad=0")  # fmt: skip
     rng = random.Random(seed)
     return [" ".join(rng.choices(vocab, k=rng.randint(*words))) for _ in range(n)]
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import tempfile
 import warnings
 from collections.abc import Iterable, Mapping
@@ -22,7 +23,7 @@ from torch import nn
 
 from deepslim._io import atomic_path
 from deepslim._modes import inference_mode
-from deepslim.errors import ExportError
+from deepslim.errors import DeepSlimError, ExportError
 from deepslim.export._parity import (  # noqa: F401  (run_onnx, ort_session, INTEGER_KERNELS, _worst_layer: re-exported)
     INTEGER_KERNELS,
     _check_parity,
@@ -281,6 +282,9 @@ def _dynamic_shapes(model: nn.Module, specs: list[Any]) -> tuple[Any, ...]:
     return tuple(out + rest)
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def _export(model: nn.Module, xs: Inputs, path: Path, opset: int) -> bool:
     """Write the ONNX file; True when its batch dimension is dynamic (the default; a fixed one is the fallback).
 
@@ -288,6 +292,13 @@ def _export(model: nn.Module, xs: Inputs, path: Path, opset: int) -> bool:
     """
     from deepslim.compress.quantize import exporting
 
+    try:  # an input the model itself refuses (a sequence past its positions) is that one-line error, not an exporter's
+        with torch.no_grad():
+            model(*xs)
+    except DeepSlimError:
+        raise
+    except Exception:  # noqa: BLE001  (the exporters below say what fails, in their own words)
+        log.debug("the model failed on the example input before export", exc_info=True)
     errors = []
     # the exporter warns about torchvision operators it cannot register; deepslim uses none
     logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
@@ -311,7 +322,8 @@ def _export(model: nn.Module, xs: Inputs, path: Path, opset: int) -> bool:
                                   verbose=False, **names, **extra)  # fmt: skip
             return dynamic
         except Exception as exc:  # both exporters raise many types
-            errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {str(exc).strip().splitlines()[0]}")
+            first = _ANSI.sub("", (str(exc).strip().splitlines() or [type(exc).__name__])[0])  # no terminal colours
+            errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {first}")
             log.debug("ONNX export (dynamo=%s, dynamic=%s) failed", dynamo, dynamic, exc_info=True)
     raise ExportError(f"ONNX export failed: {'; '.join(errors[::2])}")
 

@@ -154,6 +154,19 @@ def example_input(name: str, batch_size: int = 1, **options: Any) -> torch.Tenso
     return entry.example(batch_size, **entry.resolve(options))
 
 
+def input_of_shape(model: nn.Module, shape: tuple[int, ...]) -> torch.Tensor:
+    """An input of ``shape`` for ``model`` (the CLI's ``--input-shape``): token ids where the model takes them (its
+    own ``input_for_shape``, as an ``hf:`` BERT has, or a text zoo entry's vocabulary), else float normals."""
+    make = getattr(model, "input_for_shape", None)
+    if callable(make):
+        return make(tuple(shape))
+    arch = getattr(model, ARCH_ATTR, None)
+    if arch is not None and get_model_entry(arch["name"]).task == "text":
+        vocab = get_model_entry(arch["name"]).resolve(arch.get("options", {})).get("vocab_size", 2)
+        return torch.randint(0, vocab, tuple(shape))
+    return torch.randn(*shape)
+
+
 def recorded_example_input(model: nn.Module, batch_size: int | None = None) -> torch.Tensor | None:
     """An input for ``model`` from what it records: the input shape a file stored, else its zoo entry; or None.
 

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from deepslim.errors import DataError, ModelLoadError, UnsupportedModelError
+from deepslim.errors import ConfigError, DataError, ModelLoadError, UnsupportedModelError
 from deepslim.models._registry import register_model
 
 _MINILM_PAPER = "Reimers & Gurevych, Sentence-BERT, EMNLP 2019; Wang et al., MiniLM, NeurIPS 2020"
@@ -102,6 +102,19 @@ class SentenceEncoder(nn.Module):
         # reduction(encoder, input_ids, attention_mask) -> (token states, token sizes as pooling weights)
         self.reduction: nn.Module | None = None
 
+    def input_for_shape(self, shape: tuple[int, ...]) -> torch.Tensor:
+        """An example input of ``shape`` (the CLI's ``--input-shape B,T``): (B, T) token ids drawn from the
+        vocabulary (seeded), every token attended."""
+        if len(shape) != 2:
+            raise ConfigError(f"this encoder takes token ids of shape (batch, tokens), e.g. --input-shape 1,32; got "
+                              f"{','.join(map(str, shape))}")  # fmt: skip
+        check_length(shape[1], self.max_positions)
+        vocab = int(getattr(getattr(self.encoder, "config", None), "vocab_size", 0) or 0)
+        if vocab < 1:
+            raise UnsupportedModelError(f"{type(self.encoder).__name__} has no config.vocab_size to draw ids from; "
+                                        "give --data instead of --input-shape")  # fmt: skip
+        return torch.randint(0, vocab, shape, generator=torch.Generator().manual_seed(0))
+
     def forward(self, input_ids: torch.Tensor | Mapping[str, torch.Tensor],
                 attention_mask: torch.Tensor | None = None) -> torch.Tensor:  # fmt: skip
         """``input_ids``, ``attention_mask``: (B, T), T <= max_positions. A batch of ``load_data("sentences")`` (a
@@ -132,6 +145,10 @@ class ImageEncoder(nn.Module):
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         # pixel_values: (B, C, H, W); the patch grid is the token sequence, so its size must be the positions'
         config = getattr(self.model, "config", None)
+        channels = getattr(config, "num_channels", None)
+        if channels is not None and (pixel_values.dim() != 4 or pixel_values.shape[1] != channels):
+            raise DataError(f"images of shape {tuple(pixel_values.shape)} do not fit the model: it takes (batch, "
+                            f"{channels}, height, width)")  # fmt: skip
         size = getattr(config, "image_size", None)
         if size is not None:
             want = tuple(size) if isinstance(size, (tuple, list)) else (int(size), int(size))
@@ -256,6 +273,12 @@ def _tokenizer(path: str) -> Any:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ModelLoadError(f"the tokenizer files in {path} cannot be read ({type(exc).__name__}: {first}); copy the "
                              "model's tokenizer.json or vocab.txt there again (save_pretrained writes them)") from exc
+
+
+def load_tokenizer(directory: str | os.PathLike[str]) -> Any:
+    """The Hugging Face tokenizer in ``directory`` (offline), checked by encoding one word: a cut or empty file is a
+    one-line ModelLoadError naming the directory, not the parser's own exception."""
+    return _tokenizer(str(directory))
 
 
 def tokenizer_for(model: nn.Module | str | os.PathLike[str]) -> Any:

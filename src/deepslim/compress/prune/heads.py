@@ -255,6 +255,23 @@ def find_blocks(model: nn.Module, ignore: tuple[str, ...] = ()) -> tuple[list[Bl
     return blocks, skipped
 
 
+def _no_attention(model: nn.Module, head_ratio: float) -> str:
+    """Why head pruning cannot start: no adapter recognised an attention module (their class names are read), with the
+    modules that look like one by shape: three linear layers of one input width (queries, keys, values) or one that
+    triples its width (the three fused)."""
+    like = []
+    for name, m in model.named_modules():
+        linears = [c for c in m.children() if isinstance(c, nn.Linear)]
+        widths = [c.in_features for c in linears]
+        if any(c.out_features == 3 * c.in_features for c in linears) or (
+                len(widths) >= 3 and max(widths.count(w) for w in widths) >= 3):  # fmt: skip
+            like.append(f"{name or '(the model)'} ({type(m).__qualname__})")
+    hint = f"; modules shaped like one: {', '.join(like[:3])}{' …' if len(like) > 3 else ''}" if like else ""
+    return (f"head_ratio={head_ratio} but no attention module of {type(model).__name__} is described by an adapter"
+            f"{hint}; register its class with deepslim.models.adapters.register_attention_adapter(cls, "
+            "AttentionAdapter(...))")
+
+
 def magnitude(blocks: list[Block]) -> list[torch.Tensor]:
     """Per unit: ‖output-projection columns‖ × ‖value rows‖ (heads) or ‖input rows‖ (hidden units)."""
     scores = []
@@ -289,6 +306,8 @@ def plan_head_pruning(model: nn.Module, config: HeadPruneConfig,
                       calib_data: Iterable[Any] | None = None) -> tuple[list[Block], HeadPruneResult]:  # fmt: skip
     """Which heads and hidden units each block keeps (most important first), without changing the model."""
     blocks, skipped = find_blocks(model, config.ignore)
+    if config.head_ratio > 0 and not skipped and not any(b.is_attention for b in blocks):
+        raise UnsupportedModelError(_no_attention(model, config.head_ratio))
     kinds = [(True, config.head_ratio), (False, config.ffn_ratio)]
     chosen = [b for b in blocks if config.flops_ratio > 0 or any(b.is_attention == att and r > 0 for att, r in kinds)]
     if not chosen:
