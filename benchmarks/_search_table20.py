@@ -3,7 +3,9 @@ truths — ``retimed`` (the old one: each policy's single reading, its chunk re-
 and ``agreed`` (each chunk timed twice, a third time where a policy's two ratios disagree; the lower of two or the
 median of three) — each fitted and judged on its own truth (the search's fit: the plane through dense with the
 loo-max knee on the 19 calibration points, judged on the 50); the noise band between the two passes; the node
-table's slow batches timed again; and each policy's measured time off its median over the runs given, per truth::
+table's slow batches timed again; each policy's measured time off its median over the runs given, per truth; and
+other truths replayed from each row's ratio readings (:data:`READINGS`: the first alone, the second alone, the lower
+of the two, their mean, the least of all), framed by the agreed dense, each fitted and judged as above::
 
     python benchmarks/_search_table20.py benchmarks/results/search_session20_floor*[0-9].json
 """
@@ -12,12 +14,35 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _search_floor14 import knee_summary, view  # noqa: E402
+
 TRUTHS = (("retimed", "", "measured_ms"), ("agreed", "__agreed", "measured_agreed_ms"))
+
+
+READINGS: dict[str, Callable[[list[float]], float]] = {
+    "first": lambda r: r[0], "second": lambda r: r[1], "lower of two": lambda r: min(r[:2]),
+    "mean of two": lambda r: (r[0] + r[1]) / 2, "agreed": lambda r: float(np.percentile(r, 50, method="lower")),
+    "least of all": min}  # fmt: skip
+
+
+def replayed(d: dict[str, Any]) -> str:
+    """Each :data:`READINGS` truth's count within ±10 % of the judged (its knee), the fit on the same truth."""
+    frame = d["dense"]["measured_agreed_ms"]
+    dense = view([d["dense"]], "raw_s17_ms", "measured_agreed_ms")[0]
+    out = []
+    for name, pick in READINGS.items():
+        rows = [{**r, "raw_ms": r["raw_s17_ms"], "measured_ms": frame * pick(r["ratio_readings"])} for r in d["rows"]]
+        k = knee_summary(rows, dense)
+        out.append(f"{name} {k['ms']['within_10pct_count']} (knee {k['knee_mib']:.2f})")
+    return "replayed truths: " + "; ".join(out)
 
 
 def row(d: dict[str, Any], truth: str, tail: str) -> str:
@@ -40,7 +65,7 @@ def run_lines(f: str, d: dict[str, Any]) -> list[str]:
             f"{band['dense_second_over_first']:.3f}; first-pass chunks re-timed {cost['retimed_chunks']}; "
             f"slow batches timed again {cost['node_table'].get('slow_batches_timed_again')}; timer calls "
             f"{cost['node_table']['timer_calls']}; notes lowered {d.get('lowered_after_calibration')}")  # fmt: skip
-    return [head, *(row(d, truth, tail) for truth, tail, _ in TRUTHS)]
+    return [head, *(row(d, truth, tail) for truth, tail, _ in TRUTHS), replayed(d)]
 
 
 def off_median(docs: list[dict[str, Any]], field: str) -> list[float]:
