@@ -50,3 +50,14 @@ def test_head_pruning_without_a_described_attention_module_names_the_lookalikes(
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))  # untouched
     result = prune_heads_(model, ds.HeadPruneConfig(ffn_ratio=0.5, importance="magnitude"))  # no heads asked: fine
     assert model.encoder.layer[0].intermediate.dense.out_features == 16 and result.heads() == (0, 0)
+
+
+def test_ignoring_some_layers_still_refuses_but_ignoring_every_attention_prunes_the_ffn():
+    model = _bert_with_user_attention()
+    with pytest.raises(UnsupportedModelError, match=r"shaped like one: encoder.layer.0.attention \(Wrapped\); regi"):
+        prune_heads_(model, ds.HeadPruneConfig(head_ratio=0.5, ffn_ratio=0.5, importance="magnitude",
+                                               ignore=("encoder.layer.1",)))  # fmt: skip
+    every = ("encoder.layer.0.attention", "encoder.layer.1.attention")  # the user's own choice: heads stay
+    result = prune_heads_(model, ds.HeadPruneConfig(head_ratio=0.5, ffn_ratio=0.5, importance="magnitude",
+                                                    ignore=every))  # fmt: skip
+    assert result.heads() == (0, 0) and model.encoder.layer[1].intermediate.dense.out_features == 16

@@ -255,21 +255,31 @@ def find_blocks(model: nn.Module, ignore: tuple[str, ...] = ()) -> tuple[list[Bl
     return blocks, skipped
 
 
-def _no_attention(model: nn.Module, head_ratio: float) -> str:
-    """Why head pruning cannot start: no adapter recognised an attention module (their class names are read), with the
-    modules that look like one by shape: three linear layers of one input width (queries, keys, values) or one that
-    triples its width (the three fused)."""
+def _refuse_without_attention(model: nn.Module, head_ratio: float, ignore: tuple[str, ...]) -> None:
+    """Head pruning found no attention module to prune: refuse, naming the modules shaped like one — three linear
+    layers of one input width (queries, keys, values) or one that triples its width (the three fused) — unless the
+    user ignored the attention on purpose (every such module, or a described one, matched by ``ignore``, itself or
+    through a parent)."""
+
+    def ignored(name: str) -> bool:
+        parts = name.split(".")
+        return any(matches(p, ".".join(parts[:i])) for p in ignore for i in range(1, len(parts) + 1))
+
     like = []
     for name, m in model.named_modules():
         linears = [c for c in m.children() if isinstance(c, nn.Linear)]
         widths = [c.in_features for c in linears]
         if any(c.out_features == 3 * c.in_features for c in linears) or (
                 len(widths) >= 3 and max(widths.count(w) for w in widths) >= 3):  # fmt: skip
-            like.append(f"{name or '(the model)'} ({type(m).__qualname__})")
-    hint = f"; modules shaped like one: {', '.join(like[:3])}{' …' if len(like) > 3 else ''}" if like else ""
-    return (f"head_ratio={head_ratio} but no attention module of {type(model).__name__} is described by an adapter"
-            f"{hint}; register its class with deepslim.models.adapters.register_attention_adapter(cls, "
-            "AttentionAdapter(...))")
+            like.append((name, type(m).__qualname__))
+    described = [n for n, m in model.named_modules() if attention_adapter(m) is not None]
+    left = [f"{n or '(the model)'} ({cls})" for n, cls in like if not ignored(n)]
+    if not left and any(ignored(n) for n in described + [n for n, _ in like]):
+        return  # the attention is ignored on purpose: only the feed-forward blocks are pruned
+    hint = f"; modules shaped like one: {', '.join(left[:3])}{' …' if len(left) > 3 else ''}" if left else ""
+    raise UnsupportedModelError(
+        f"head_ratio={head_ratio} but no attention module of {type(model).__name__} is described by an adapter{hint}; "
+        "register its class with deepslim.models.adapters.register_attention_adapter(cls, AttentionAdapter(...))")
 
 
 def magnitude(blocks: list[Block]) -> list[torch.Tensor]:
@@ -306,8 +316,8 @@ def plan_head_pruning(model: nn.Module, config: HeadPruneConfig,
                       calib_data: Iterable[Any] | None = None) -> tuple[list[Block], HeadPruneResult]:  # fmt: skip
     """Which heads and hidden units each block keeps (most important first), without changing the model."""
     blocks, skipped = find_blocks(model, config.ignore)
-    if config.head_ratio > 0 and not skipped and not any(b.is_attention for b in blocks):
-        raise UnsupportedModelError(_no_attention(model, config.head_ratio))
+    if config.head_ratio > 0 and not any(b.is_attention for b in blocks):
+        _refuse_without_attention(model, config.head_ratio, config.ignore)
     kinds = [(True, config.head_ratio), (False, config.ffn_ratio)]
     chosen = [b for b in blocks if config.flops_ratio > 0 or any(b.is_attention == att and r > 0 for att, r in kinds)]
     if not chosen:
