@@ -32,7 +32,7 @@ REPAIR_HEADROOM = 0.03  # a repair step is kept when judged this far under the l
 REPAIR_MIXES = 64  # a repair tries every mix of a policy's float precision units when they make at most this many
 REPAIR_RULE_ATTR = "repair_rule"  # a repaired trial's user attr (and its candidate's extra): the rule that made it
 REPAIR_RULE = (f"lightest change: per notch the mixes of float precision units (every one up to {REPAIR_MIXES}), "
-               "an all-int8 policy's groups notched one at a time first, "
+               f"an all-int8 policy's groups notched one at a time first (on {REPAIR_CHECKS} checks of their own), "
                f"least slack first; margin {REPAIR_MARGIN}, headroom {REPAIR_HEADROOM}, checks {REPAIR_CHECKS}")
 # not "every layer int8 first": session 19's own runs queued lightest-change repairs before the record (review R2 19 L2)
 REPAIR_RULE_UNRECORDED = "unrecorded: queued before session 19 recorded each repair's rule"
@@ -126,7 +126,11 @@ def repaired(ev: Evaluator, policy: Policy, latency_ms: float, limit: float, mar
     estimated at most ``limit`` × (1 − ``margin``) are judged by the search's latency model itself (unrecovered:
     latency follows the graph; the measured model caches it, so the repaired trial re-uses that run) in the order of
     their estimates, the highest (the least slack) first, and the first judged at most ``limit`` × (1 − ``headroom``)
-    is returned; after ``checks`` judged over that, None. The headroom: a repair lies near the limit, where the
+    is returned; after ``checks`` judged over that, None. The shapes of an all-int8 policy with one group alone
+    narrower (:func:`notch_shapes`) are judged on ``checks`` of their own, never the every-group shapes' (review R20
+    M1: they are the steps nearest the limit, the likeliest judged over, and three of them spent every check before
+    the every-group notch that session 19's rule returned was judged); once theirs are spent they are skipped. The
+    headroom: a repair lies near the limit, where the
     finals' re-measurement passes a policy over (session 16, run 1: the best trial, a repair, re-measured 2 % over the
     limit). The estimate is ``latency_ms`` scaled by the layer table's ratio of the two policies' predictions: it
     needs only the pruned model's layer shapes (no recovery, no quantization, no run). The blocks a policy drops stay
@@ -174,18 +178,22 @@ def repaired(ev: Evaluator, policy: Policy, latency_ms: float, limit: float, mar
     if not own > 0:
         return None
     seen = {model_key(ev.space, policy)}
+    alone_checks = checks  # the one-group-alone shapes' own checks (review R20 M1)
     for notches in range(1 + max((len(g.keep) for g in ev.space.groups), default=0)):
-        steps: list[tuple[float, Policy]] = []
-        for step in (s for shape in notch_shapes(ev.space, policy, notches)
-                     for s in precision_steps(ev.space, shape, predicted)):  # fmt: skip
-            key = model_key(ev.space, step)
-            if key in seen:
-                continue
-            seen.add(key)
-            with contextlib.suppress(DeepSlimError):  # refused by the toolkit (its export, say), as a trial would be
-                steps.append((latency_ms * predicted(step) / own, step))
-        for estimate, step in sorted(steps, key=lambda s: -s[0]):  # the least slack first
+        steps: list[tuple[float, bool, Policy]] = []  # (estimate, a one-group-alone shape, the step)
+        shapes = notch_shapes(ev.space, policy, notches)
+        for i, shape in enumerate(shapes):
+            for step in precision_steps(ev.space, shape, predicted):
+                key = model_key(ev.space, step)
+                if key in seen:
+                    continue
+                seen.add(key)
+                with contextlib.suppress(DeepSlimError):  # refused by the toolkit (its export, say), as a trial is
+                    steps.append((latency_ms * predicted(step) / own, i < len(shapes) - 1, step))
+        for estimate, alone, step in sorted(steps, key=lambda s: -s[0]):  # the least slack first
             if estimate * (statistics.median(learnt) if learnt else 1.0) > limit * (1 - margin):
+                continue
+            if alone and alone_checks <= 0:
                 continue
             try:
                 judged = ev.build(step, "none")[1]
@@ -195,6 +203,9 @@ def repaired(ev: Evaluator, policy: Policy, latency_ms: float, limit: float, mar
                     return step
             except DeepSlimError:
                 pass
+            if alone:
+                alone_checks -= 1
+                continue
             checks -= 1
             if checks <= 0:
                 return None

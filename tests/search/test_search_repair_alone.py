@@ -1,0 +1,30 @@
+"""The one-group-alone shapes of an all-int8 repair are judged on checks of their own (review R20 M1): with every
+alone shape judged over the limit, the every-group notch that session 19's rule returned is still judged and
+returned (before: three alone shapes judged over spent the repair's three checks, and it gave up)."""
+
+from deepslim.search.trials import REPAIR_CHECKS, REPAIR_HEADROOM, notch_shapes, repaired
+from tests.search.test_search_repair_notch import _all_int8
+
+
+def test_alone_shapes_judged_over_leave_the_every_group_notch_its_checks():
+    space, ev, policy = _all_int8()
+    real = ev.build
+    ms = lambda p: real(p, "none")[1]  # noqa: E731
+    own = ms(policy)
+    limit = own * 0.99  # as the notch test: the policy just over its limit
+    alone = notch_shapes(space, policy, 1)[:-1]
+    every = space.narrower(policy, 1)
+    assert len(alone) > REPAIR_CHECKS and ms(every) <= limit * (1 - REPAIR_HEADROOM)
+    over = {str(a.keep) for a in alone}
+    judged: list[str] = []
+
+    def build(p, how):  # every alone shape judged 1 % over the limit (a table error on them), the rest as measured
+        net, t = real(p, how)
+        judged.append(str(p.keep))
+        return (net, limit * 1.01) if str(p.keep) in over else (net, t)
+
+    ev.build = build
+    fixed = repaired(ev, policy, own, limit)
+    assert fixed is not None and fixed == every  # before: None
+    assert sum(k in over for k in judged) == REPAIR_CHECKS  # the alone shapes' own checks, then skipped
+    assert judged[-1] == str(every.keep)
