@@ -105,3 +105,50 @@ def test_the_table_check_refuses_a_pass_count_other_than_one_or_two():
     with pytest.raises(ConfigError, match="passes=3"):
         check_table(net, space, table, example_input=data.example_input, calib_data=data.calib, policies=2,
                     passes=3)  # fmt: skip
+
+
+def test_a_second_pass_run_wholly_in_a_slow_stretch_is_timed_again_against_both_passes_references():
+    """Review R20 L2: the second pass's three timings all read 1.2x slow, reference and policies alike. Judged only
+    against each other, its references agree and nothing is re-timed, and they pull the median reference (the
+    frame) 10 % high; judged against both passes' (as the floor check's second_pass does), each second-pass chunk
+    is timed again and the measurements are the steady ones."""
+    net, data, space = _setup()
+    calls: list[int] = []
+
+    def model_timer(pairs):
+        calls.append(len(pairs))
+        times = params_ms(pairs)
+        return [t * 1.2 for t in times] if 4 <= len(calls) <= 6 else times
+
+    truth = LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys], model_timer=params_ms)
+    plain = check_table(net, space, truth, example_input=data.example_input, calib_data=data.calib, policies=6,
+                        chunk=2, seed=3, passes=2)  # fmt: skip
+    table = LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys], model_timer=model_timer)
+    twice = check_table(net, space, table, example_input=data.example_input, calib_data=data.calib, policies=6,
+                        chunk=2, seed=3, passes=2)  # fmt: skip
+    assert len(calls) == 3 + 3 + 3  # every second-pass chunk timed once more
+    assert [r["chunk_timings"] for r in twice.rows] == [3] * 6
+    assert [r["measured_ms"] for r in twice.rows] == pytest.approx([r["measured_ms"] for r in plain.rows])
+
+
+def test_with_two_passes_each_row_keeps_its_first_pass_reading_beside_the_agreed_truth():
+    """Review R20 L2: the row's measured_ms is the agreed truth; measured_first_pass_ms is what passes=1 reports
+    for the same first pass, here the policy read 1.3x slow in it."""
+    net, data, space = _setup()
+    calls: list[int] = []
+
+    def model_timer(pairs):
+        calls.append(len(pairs))
+        times = params_ms(pairs)
+        return times[:2] + [times[2] * 1.3] if len(calls) == 2 else times
+
+    table = LatencyTable(timer=lambda keys: [fake_ms(k) for k in keys], model_timer=model_timer)
+    once = check_table(net, space, table, example_input=data.example_input, calib_data=data.calib, policies=6,
+                       chunk=2, seed=3)  # fmt: skip
+    calls.clear()
+    twice = check_table(net, space, table, example_input=data.example_input, calib_data=data.calib, policies=6,
+                        chunk=2, seed=3, passes=2)  # fmt: skip
+    first = [r["measured_first_pass_ms"] for r in twice.rows]
+    assert first == pytest.approx([r["measured_ms"] for r in once.rows])
+    assert first[3] == pytest.approx(1.3 * twice.rows[3]["measured_ms"])
+    assert "measured_first_pass_ms" not in once.rows[0]
