@@ -53,6 +53,7 @@ DEFAULTS: dict[str, float] = {"rounds": 5, "block": 5, "twins": 2, "retries": 2,
 GAP_S = 1.0  # seconds between two timings of a batch by the real timer (each spreads its rounds over window_s)
 SLOW_BATCH_MS = 0.5e-3  # a batch whose chosen timing's trivial graph reads this far above the table's median so far
 SLOW_PAUSE_S = 10.0  # is timed once more after this pause (:meth:`NodeTable._timed`)
+SLOW_BATCH_EARLIER = 4  # that median over the earlier batches' trivial graphs once there are this many (_slow_batch)
 MIN_WEIGHT_POINTS = 10  # fewest measured models a line in the node sum and the weights' bytes is fitted to
 # How calibrate_weights(knee=True) chooses the knee: by the worst error of each point left out of the fit (session 16),
 # or by the in-sample RMS relative error (sessions 14-15; see NodeTable.calibrate_weights). "loo-max" was chosen on
@@ -243,6 +244,7 @@ class NodeTable:
         entries = sum(self._entry(self.prefix + c["key"]) for c in canaries)
         runs: list[tuple[dict[int, float], float]] = []  # each timing: {batch index: gross ms}, its trivial graph's ms
         todo = list(range(len(batch)))
+        start = len(self.overheads)  # the trivial graphs timed before this batch (:func:`_slow_batch`)
         for attempt in range(self.twins + self.retries):
             before = len(self.overheads)
             got = self._spaced(self.timer, [batch[i] for i in todo], work)
@@ -261,7 +263,7 @@ class NodeTable:
             if not todo:
                 break
             todo += list(spare)
-        if _slow_batch(runs, len(batch), self.overheads):
+        if _slow_batch(runs, len(batch), self.overheads, len(self.overheads) - start):
             time.sleep(self.slow_pause_s)
             before = len(self.overheads)
             got = self._spaced(self.timer, batch, work)
@@ -479,19 +481,25 @@ def _agree(times: Sequence[float], tolerance: float) -> bool:
     return b - a <= max(tolerance * a, 2e-3)
 
 
-def _slow_batch(runs: Sequence[tuple[dict[int, float], float]], size: int, overheads: Sequence[float]) -> bool:
+def _slow_batch(runs: Sequence[tuple[dict[int, float], float]], size: int, overheads: Sequence[float],
+                own: int) -> bool:  # fmt: skip
     """Whether a batch's chosen timing (of the whole batch, the least gross sum: :func:`_net`) ran in a process
-    whose trivial graph read more than :data:`SLOW_BATCH_MS` above the median of every trivial graph the table has
-    timed so far (``overheads``, the batch's own included; none recorded: a custom timer's, never slow). Why: over
+    whose trivial graph read more than :data:`SLOW_BATCH_MS` above the median of the trivial graphs the table timed
+    before this batch, once there are :data:`SLOW_BATCH_EARLIER` of them, else of all it has timed so far, the
+    batch's own included (``overheads``: every one so far, the last ``own`` this batch's; none recorded: a custom
+    timer's, never slow). Why not the batch's own: with 2–4 overheads in all, their median follows the batch itself,
+    so a slow early batch was never timed again (review R20 L6). Why: over
     sessions 17–18's 13 runs, 26 of 780 batches read so, and 8 of them held an entry more than 5 µs above its
     median over the runs (1.5–1.7× on a depthwise convolution), against 1 of the other 754 batches; the twins and
     their retries 1 s apart read the same stretch (session 18 run 5's batch 59: 5.6–5.8 µs in all four timings,
     the table's median 3.3 µs)."""
     if not overheads:
         return False
+    earlier = overheads[: len(overheads) - own]
+    frame = earlier if len(earlier) >= SLOW_BATCH_EARLIER else overheads
     whole = [(r, o) for r, o in runs if len(r) == size]
-    _, own = min(whole, key=lambda run: sum(run[0].values()))
-    return own - float(np.median(overheads)) > SLOW_BATCH_MS
+    _, chosen = min(whole, key=lambda run: sum(run[0].values()))
+    return chosen - float(np.median(frame)) > SLOW_BATCH_MS
 
 
 def _net(runs: Sequence[tuple[dict[int, float], float]], size: int, new: int) -> list[float]:
