@@ -5,7 +5,8 @@ median of three) — each fitted and judged on its own truth (the search's fit: 
 loo-max knee on the 19 calibration points, judged on the 50); the noise band between the two passes; the node
 table's slow batches timed again; each policy's measured time off its median over the runs given, per truth; and
 other truths replayed from each row's ratio readings (:data:`READINGS`: the first alone, the second alone, the lower
-of the two, their mean, the least of all), framed by the agreed dense, each fitted and judged as above::
+of the two, their mean, the least of all), framed by the agreed dense, each fitted and judged as above. A run still
+in progress (its saved document has no ``noise_band`` yet) is named as unfinished and left out (review R20 L1)::
 
     python benchmarks/_search_table20.py benchmarks/results/search_session20_floor*[0-9].json
 """
@@ -77,9 +78,19 @@ def off_median(docs: list[dict[str, Any]], field: str) -> list[float]:
     return [abs(v / float(np.median(vs)) - 1) for vs in by.values() if len(vs) > 1 for v in vs]
 
 
+def finished(files: list[str]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The runs that finished (their documents have a ``noise_band``) and their documents; each other named as
+    unfinished on a line of its own: ``_search_floor20.py`` saves its document while it runs."""
+    done = [(f, json.loads(Path(f).read_text())) for f in files]
+    for f, d in done:
+        if "noise_band" not in d:
+            print(f"{Path(f).name}: unfinished (no noise_band yet), left out")
+    kept = [(f, d) for f, d in done if "noise_band" in d]
+    return [f for f, _ in kept], [d for _, d in kept]
+
+
 def main() -> None:
-    files = sys.argv[1:]
-    docs = [json.loads(Path(f).read_text()) for f in files]
+    files, docs = finished(sys.argv[1:])
     print("| truth | within ±10 % of 50 | p50 / p90 / max | near floor | Kendall τ | knee (MiB) | MAC τ |")
     print("|---|---|---|---|---|---|---|")
     for f, d in zip(files, docs, strict=True):

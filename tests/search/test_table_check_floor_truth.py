@@ -57,3 +57,19 @@ def test_a_second_pass_reference_reading_slow_against_the_first_pass_is_timed_ag
     assert sorted(i for i, why in calls if why == "second pass, dense slow") == [0, 1, 2]
     assert [r["ratio_readings"][1] for r in doc["rows"]] == pytest.approx([2.0, 3.0, 4.0])
     assert doc["second_pass_timings"] == [2, 2, 2]
+
+
+def test_the_session_20_table_names_an_unfinished_floor_run_and_leaves_it_out(tmp_path, monkeypatch, capsys):
+    """Review R20 L1: _search_floor20.py saves its document while it runs, without noise_band or cost yet; the
+    table's documented glob picks such a file up (was: KeyError 'noise_band')."""
+    import json
+
+    import _search_table20
+
+    running = tmp_path / "search_session20_floor4.json"
+    running.write_text(json.dumps({"started_utc": "20:00", "rows": [{"policy": {}, "measured_ms": 1.0}]}))
+    monkeypatch.setattr(sys, "argv", ["_search_table20.py", str(running)])
+    _search_table20.main()
+    out = capsys.readouterr().out
+    assert "search_session20_floor4.json: unfinished (no noise_band yet), left out" in out
+    assert _search_table20.finished([str(running)]) == ([], [])
