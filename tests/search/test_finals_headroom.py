@@ -77,14 +77,23 @@ def test_the_best_ranked_finalist_near_its_budget_is_returned_as_before():
     assert NEAR_BUDGET > 1.68 / 2 and far.best.trial == 1 and not far.choice["applied"]
 
 
-def test_the_uniform_policy_must_rank_above_the_best_ranked_searched_finalist_to_be_returned():
-    # the uniform policy scores between the leader (0.925, far) and the near finalist returned (0.924)
+def test_the_uniform_policy_is_returned_when_it_ranks_above_the_finalist_headroom_chose():
+    # the uniform policy (0.975x its budget) scores between the leader (0.925, far) and the near finalist chosen
+    # (0.924): it is returned (review R20 M2: compared with the leader, trial 2 was returned, below the baseline)
     finals = _finals({1: 0.925, 2: 0.924, 3: 0.910}, {1: 1.48, 2: 1.74, 3: 1.9}, uniform=(0.9245, 1.95))
-    best, _ = best_or_uniform(finals, ("accuracy",))
-    assert best is not None and best.trial == 2
+    assert finals.best is not None and finals.best.trial == 2 and finals.leader.trial == 1
+    best, notes = best_or_uniform(finals, ("accuracy",))
+    assert best is not None and best.trial is None and best.accuracy == pytest.approx(0.9245)
+    assert notes[-1] == ("the uniform policy ranks above trial 2, the searched finalist the headroom rule chose, "
+                         "after the same recovery (not above trial 1, which that rule passed over): it is best")
+    # above the leader too: above every searched finalist
     finals = _finals({1: 0.925, 2: 0.924, 3: 0.910}, {1: 1.48, 2: 1.74, 3: 1.9}, uniform=(0.926, 1.95))
     best, notes = best_or_uniform(finals, ("accuracy",))
     assert best is not None and best.trial is None and notes[-1].startswith("the uniform policy ranks above every")
+    # below the chosen finalist: the chosen one is returned
+    finals = _finals({1: 0.925, 2: 0.924, 3: 0.910}, {1: 1.48, 2: 1.74, 3: 1.9}, uniform=(0.9235, 1.95))
+    best, notes = best_or_uniform(finals, ("accuracy",))
+    assert best is not None and best.trial == 2 and not any("uniform policy ranks" in n for n in notes)
 
 
 def test_the_budget_share_is_the_median_of_each_run_over_its_own_runs_budget():

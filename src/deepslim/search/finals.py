@@ -401,16 +401,21 @@ def table_report(table: LatencyTable, checked: Sequence[Candidate], latency_mode
 
 
 def best_or_uniform(finals: Finals, objectives: tuple[str, ...]) -> tuple[Candidate | None, list[str]]:
-    """The returned policy: the chosen searched finalist, or the uniform one when it ranks above every searched
-    finalist within budget after the same recovery (above the best-ranked, ``leader``, also where the headroom rule
-    returns another; uniform policies are in the space too: the search never reports less than the baseline); the
-    notes."""
+    """The returned policy: the chosen searched finalist, or the uniform one when it ranks above that finalist
+    within budget after the same recovery (uniform policies are in the space too: the search never reports less than
+    the baseline); the notes. Where the headroom rule chose a finalist below the best-ranked one (``leader``), the
+    uniform policy is compared with the chosen one, the finalist actually returned (review R20 M2: compared with the
+    leader, a uniform policy scoring between the two was passed over for a finalist less accurate than it)."""
     best, uniform, notes = finals.best, finals.uniform, list(finals.notes)
-    top = finals.leader if finals.leader is not None else best  # it must rank above every searched finalist
-    if uniform is not None and (best is None or top is None or (uniform.policy != best.policy
-                                                                and rank(uniform, objectives) < rank(top, objectives))):
+    if uniform is not None and (best is None or (uniform.policy != best.policy
+                                                 and rank(uniform, objectives) < rank(best, objectives))):
         twin = f" (the search's trial {finals.uniform_trials[0]} builds it too)" if finals.uniform_trials else ""
-        if best is not None:
+        top = finals.leader  # ranked above ``best`` only where the headroom rule chose another
+        if best is not None and top is not None and rank(uniform, objectives) >= rank(top, objectives):
+            notes.append(f"the uniform policy ranks above {_name(best)}, the searched finalist the headroom rule "
+                         f"chose, after the same recovery (not above {_name(top)}, which that rule passed over): it "
+                         f"is best{twin}")  # fmt: skip
+        elif best is not None:
             notes.append(f"the uniform policy ranks above every searched finalist after the same recovery: it is "
                          f"best{twin}")  # fmt: skip
         elif twin and uniform.feasible:  # its searched twin was left out of the finalists, not over the budget
