@@ -142,7 +142,8 @@ def final_comparison(dense: torch.nn.Module, data: Any, full: Any, space: Search
             rows[label] = None
             continue
         if label == "uniform" and rows.get("best") and space.canonical(policy) == space.canonical(result.best.policy):
-            rows["uniform"] = {**rows["best"], "same_model_as_best": True}  # not recovered and timed twice
+            # not recovered and timed twice; the floor comparator (no uniform finalist) said as such (review R20 L5)
+            rows["uniform"] = {**rows["best"], "same_model_as_best": True, "uniform_floor": cand is None}
             continue
         m = cand.measurement if cand is not None else None
         row: dict[str, Any] = {"policy": policy.to_dict(), "search_measured_ms": m and m.measured_latency_ms,
@@ -162,7 +163,8 @@ def final_comparison(dense: torch.nn.Module, data: Any, full: Any, space: Search
         else:
             rows[label].update(timing)
     if (rows.get("uniform") or {}).get("same_model_as_best"):
-        rows["uniform"] = {**rows["best"], "same_model_as_best": True}
+        floor = rows["uniform"]["uniform_floor"]  # the comparator, not best's flag (review R20 L5)
+        rows["uniform"] = {**rows["best"], "same_model_as_best": True, "uniform_floor": floor}
     limit = result.limits["latency"]
     for label in ("best", "uniform"):
         if rows.get(label):
@@ -475,6 +477,8 @@ def main() -> None:
                         "on the test split (default 0: only best and uniform)")  # fmt: skip
     p.add_argument("--json", default=None)
     args = p.parse_args()
+    if args.test_finalists < 0:  # review R20 L4: -1 ran every recovery seed but the last
+        p.error(f"--test-finalists must be 0 or more recovery seeds, not {args.test_finalists}")
     args.budgets = [float(b) for b in args.budgets.split(",")]
     args.seeds = [int(s) for s in args.seeds.split(",")]
     args.recovery_seeds = [int(s) for s in args.recovery_seeds.split(",") if s]
