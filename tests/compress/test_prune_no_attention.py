@@ -61,3 +61,17 @@ def test_ignoring_some_layers_still_refuses_but_ignoring_every_attention_prunes_
     result = prune_heads_(model, ds.HeadPruneConfig(head_ratio=0.5, ffn_ratio=0.5, importance="magnitude",
                                                     ignore=every))  # fmt: skip
     assert result.heads() == (0, 0) and model.encoder.layer[1].intermediate.dense.out_features == 16
+
+
+def test_described_attention_all_ignored_prunes_the_ffn_whatever_else_is_shaped_like_attention():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=32, max_position_embeddings=20)  # fmt: skip
+    torch.manual_seed(0)
+    model = nn.Module()
+    model.bert = transformers.BertModel(config, add_pooling_layer=False).eval()
+    model.a, model.b, model.c = nn.Linear(16, 2), nn.Linear(16, 3), nn.Linear(16, 5)  # three task heads, not attention
+    ignore = (r"re:bert\.encoder\.layer\.\d\.attention.*",)  # every attention module, on purpose
+    result = prune_heads_(model, ds.HeadPruneConfig(head_ratio=0.5, ffn_ratio=0.5, importance="magnitude",
+                                                    ignore=ignore))  # fmt: skip
+    assert result.heads() == (0, 0) and model.bert.encoder.layer[0].intermediate.dense.out_features == 16

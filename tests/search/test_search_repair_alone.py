@@ -28,3 +28,14 @@ def test_alone_shapes_judged_over_leave_the_every_group_notch_its_checks():
     assert fixed is not None and fixed == every  # before: None
     assert sum(k in over for k in judged) == REPAIR_CHECKS  # the alone shapes' own checks, then skipped
     assert judged[-1] == str(every.keep)
+
+
+def test_a_notch_where_one_group_narrows_is_the_every_group_shape_only():
+    space, _, policy = _all_int8()
+    first, *rest = space.groups
+    floor = space.narrower(policy, 99)  # every group at its narrowest option
+    only = policy.__class__(**{**policy.__dict__, "keep": {**floor.keep, first.name: policy.keep[first.name]}})
+    shapes = notch_shapes(space, only, 1)
+    assert shapes == [space.narrower(only, 1)]  # before: [x, x], x counted as an alone shape and skipped once spent
+    assert shapes[0].keep[first.name] != only.keep[first.name]
+    assert len(notch_shapes(space, policy, 1)) > 2  # several groups narrowing: the alone shapes, then every group

@@ -258,8 +258,8 @@ def find_blocks(model: nn.Module, ignore: tuple[str, ...] = ()) -> tuple[list[Bl
 def _refuse_without_attention(model: nn.Module, head_ratio: float, ignore: tuple[str, ...]) -> None:
     """Head pruning found no attention module to prune: refuse, naming the modules shaped like one — three linear
     layers of one input width (queries, keys, values) or one that triples its width (the three fused) — unless the
-    user ignored the attention on purpose (every such module, or a described one, matched by ``ignore``, itself or
-    through a parent)."""
+    user ignored the attention on purpose (the model's described attention modules, all of them ignored; or, with none
+    described, every module shaped like one matched by ``ignore``, itself or through a parent)."""
 
     def ignored(name: str) -> bool:
         parts = name.split(".")
@@ -272,10 +272,11 @@ def _refuse_without_attention(model: nn.Module, head_ratio: float, ignore: tuple
         if any(c.out_features == 3 * c.in_features for c in linears) or (
                 len(widths) >= 3 and max(widths.count(w) for w in widths) >= 3):  # fmt: skip
             like.append((name, type(m).__qualname__))
-    described = [n for n, m in model.named_modules() if attention_adapter(m) is not None]
+    if any(attention_adapter(m) is not None for m in model.modules()):
+        return  # described attention modules, every one ignored on purpose: only the feed-forward blocks are pruned
     left = [f"{n or '(the model)'} ({cls})" for n, cls in like if not ignored(n)]
-    if not left and any(ignored(n) for n in described + [n for n, _ in like]):
-        return  # the attention is ignored on purpose: only the feed-forward blocks are pruned
+    if like and not left:
+        return  # every module shaped like attention ignored on purpose
     hint = f"; modules shaped like one: {', '.join(left[:3])}{' …' if len(left) > 3 else ''}" if left else ""
     raise UnsupportedModelError(
         f"head_ratio={head_ratio} but no attention module of {type(model).__name__} is described by an adapter{hint}; "
