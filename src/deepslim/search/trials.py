@@ -255,6 +255,7 @@ def precision_steps(space: SearchSpace, policy: Policy, predicted: Callable[[Pol
 
     if 2 ** len(floats) <= most:
         return [turned(mix) for k in range(len(floats) + 1) for mix in itertools.combinations(floats, k)]
+
     def saves(p: Policy) -> float:  # a unit whose step the toolkit refuses goes last (its step is skipped later)
         try:
             return predicted(p)
