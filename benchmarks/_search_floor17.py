@@ -181,7 +181,8 @@ def main(passes: int = 1, truths: dict[str, str] | None = None) -> None:
         doc["cost"] = {"node_table": {"seconds": table.seconds, "timer_calls": table.nodes.timings,
                                       "entries": table.nodes.table.measured,
                                       "canaries_read_fast_after_calibration": len(table.nodes.faster),
-                                      "slow_batches_timed_again": table.nodes.slow_batches},
+                                      "slow_batches_timed_again": table.nodes.slow_batches,
+                                      "low_trivial_batches": table.nodes.low_batches},
                        "retimed_chunks": sum(t > 1 for t in tries), "retimings": sum(t - 1 for t in tries),
                        "retiming_seconds": retime_s}  # fmt: skip
         save(doc, args.out, t0, len(tries), summaries(doc["rows"], doc["dense"], truths))

@@ -32,6 +32,9 @@ WAYS = (("gross", True), ("gross", False), ("net", True), ("net", False), ("s16"
 Runs = list[tuple[dict[int, float], float]]  # a batch's timings: ({batch index: gross ms}, its trivial graph's ms)
 # more estimators by name (``runs, batch size, new nodes -> net times``), e.g. _search_table18.py's
 CHOOSERS: dict[str, Callable[[Runs, int, int], list[float]]] = {}
+# estimators that also read the trivial graphs the run timed before the batch (``..., earlier -> net times``), e.g.
+# _search_table21.py's rules against the table's median so far, as ``node_table._slow_batch`` reads it
+SEEN_CHOOSERS: dict[str, Callable[[Runs, int, int, list[float]], list[float]]] = {}
 
 
 def load(f: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -42,14 +45,25 @@ def load(f: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
 
 
 def graph_ms(d: dict[str, Any], log: dict[str, Any]) -> float:
-    """The run's per-node graph entry: recorded in a packed log, else read from the run's node cache."""
+    """The run's per-node graph entry: recorded in a packed log, else read from the run's node cache, else (the cache
+    is gone: session 17's unpacked logs after /tmp was cleared) derived from the dense row — its live sum of the
+    least-gross entries before the notes (``raw_s17_gross_ms`` where the run recorded it, else ``raw_s17_kept_ms``)
+    less those entries replayed, per node; on session 18's and 20's packed logs this gives the recorded entry."""
     if "graph_ms" in log:
         return float(log["graph_ms"])
-    cache = json.loads(Path(glob.glob(d["command"].split()[2] + "/session17/*.json")[0]).read_text())["entries"]
-    return float([v for k, v in cache.items() if k.endswith(GRAPH)][0])
+    found = glob.glob(d["command"].split()[2] + "/session17/*.json")
+    if found:
+        cache = json.loads(Path(found[0]).read_text())["entries"]
+        return float([v for k, v in cache.items() if k.endswith(GRAPH)][0])
+    dense = d["dense"]
+    e = entries(d, log, "gross", False)[0]
+    live = dense.get("raw_s17_gross_ms", dense["raw_s17_kept_ms"])
+    return (live - sum(e[k] for k in dense["node_keys"])) / len(dense["node_keys"])
 
 
-def choose(runs: Runs, size: int, new: int, by: str) -> list[float]:
+def choose(runs: Runs, size: int, new: int, by: str, earlier: list[float] | None = None) -> list[float]:
+    if by in SEEN_CHOOSERS:
+        return SEEN_CHOOSERS[by](runs, size, new, earlier or [])
     if by in CHOOSERS:
         return CHOOSERS[by](runs, size, new)
     whole = [run for run in runs if len(run[0]) == size]
@@ -94,12 +108,13 @@ def entries(d: dict[str, Any], log: dict[str, Any], by: str,
         batch = b["new"] + b["canaries"]
         runs = [({batch.index(k): t for k, t in zip(c["keys"], c["gross_ms"], strict=True)}, c["overhead_ms"])
                 for c in calls]  # fmt: skip
+        earlier = list(overheads)
         overheads += [c["overhead_ms"] for c in calls]
         if by == "s16":
             for i, k in enumerate(b["new"]):
                 e[k], src[k] = max(0.0, min(r[i] for r, _ in runs if i in r) - min(overheads)), n
             continue
-        net = choose(runs, len(batch), len(b["new"]), by)
+        net = choose(runs, len(batch), len(b["new"]), by, earlier)
         e.update(zip(b["new"], net, strict=False))
         src.update(dict.fromkeys(b["new"], n))
         if lowered is None:

@@ -64,7 +64,8 @@ def run_lines(f: str, d: dict[str, Any]) -> list[str]:
             f"{band['max'] * 100:.1f} %, {band['over_tolerance']} rows over {band['tolerance']:.0%}, "
             f"{band['chunks_timed_again']} chunks timed a third time, second-pass dense / first "
             f"{band['dense_second_over_first']:.3f}; first-pass chunks re-timed {cost['retimed_chunks']}; "
-            f"slow batches timed again {cost['node_table'].get('slow_batches_timed_again')}; timer calls "
+            f"slow batches timed again {cost['node_table'].get('slow_batches_timed_again')}; low trivial graphs "
+            f"replaced {cost['node_table'].get('low_trivial_batches')}; timer calls "
             f"{cost['node_table']['timer_calls']}; notes lowered {d.get('lowered_after_calibration')}")  # fmt: skip
     return [head, *(row(d, truth, tail) for truth, tail, _ in TRUTHS), replayed(d)]
 

@@ -39,6 +39,7 @@ import numpy as np
 from torch import nn
 
 from deepslim.errors import ConfigError, ExportError
+from deepslim.search._batch_timing import _agree, _low_trivial, _net, _slow_batch
 from deepslim.search._ort_timing import export_model
 from deepslim.search.latency import MIN_BAND, LatencyTable, fit_line, timing
 
@@ -51,9 +52,7 @@ CANARIES = 4  # cached nodes of the same model timed with each new batch, to tel
 DEFAULTS: dict[str, float] = {"rounds": 5, "block": 5, "twins": 2, "retries": 2, "tolerance": TWIN_TOLERANCE,
                               "canaries": CANARIES}  # fmt: skip
 GAP_S = 1.0  # seconds between two timings of a batch by the real timer (each spreads its rounds over window_s)
-SLOW_BATCH_MS = 0.5e-3  # a batch whose chosen timing's trivial graph reads this far above the table's median so far
-SLOW_PAUSE_S = 10.0  # is timed once more after this pause (:meth:`NodeTable._timed`)
-SLOW_BATCH_EARLIER = 4  # that median over the earlier batches' trivial graphs once there are this many (_slow_batch)
+SLOW_PAUSE_S = 10.0  # a slow batch (_batch_timing._slow_batch) is timed once more after this pause (NodeTable._timed)
 MIN_WEIGHT_POINTS = 10  # fewest measured models a line in the node sum and the weights' bytes is fitted to
 # How calibrate_weights(knee=True) chooses the knee: by the worst error of each point left out of the fit (session 16),
 # or by the in-sample RMS relative error (sessions 14-15; see NodeTable.calibrate_weights). "loo-max" was chosen on
@@ -137,6 +136,7 @@ class NodeTable:
         self.gap_s = (0.0 if self.custom else GAP_S) if gap_s is None else float(gap_s)
         self.slow_pause_s = 0.0 if self.custom else SLOW_PAUSE_S  # before a slow batch's extra timing
         self.slow_batches = 0  # batches timed once more for a slow trivial graph (:meth:`_timed`)
+        self.low_batches = 0  # batches whose chosen trivial graph read low, the others' taken off (_low_trivial)
         self.timings = 0  # timer calls made for new entries (twins and re-timings; see :meth:`_timed`)
         # The real timer's trivial-graph times, one per process: its times are gross, and :meth:`_timed` takes each
         # process's own off its times (a custom timer's times are net: nothing recorded, nothing taken off).
@@ -238,7 +238,9 @@ class NodeTable:
         fell wholly in a stretch of 1.3–1.7× (session 14, run 3: node sums 16 % off the three runs' median at p90,
         the float floor policies' sums 12–19 µs high), which moved every policy that shares the batch's nodes.
         A batch whose chosen timing ran in a slow process (:func:`_slow_batch`) is timed once more after
-        :data:`SLOW_PAUSE_S`: the twins and their 1 s retries fall in the same stretch."""
+        :data:`SLOW_PAUSE_S`: the twins and their 1 s retries fall in the same stretch. One whose chosen timing's
+        trivial graph read low against two or more other timings of the batch (:func:`_low_trivial`) has theirs,
+        carried into its process, taken off its entries (:attr:`low_batches` counts them)."""
         batch = new + canaries
         spare = range(len(new), len(batch))
         entries = sum(self._entry(self.prefix + c["key"]) for c in canaries)
@@ -271,6 +273,7 @@ class NodeTable:
                          self.overheads[-1] if len(self.overheads) > before else 0.0))  # fmt: skip
             self.slow_batches += 1
         net = _net(runs, len(batch), len(new))
+        self.low_batches += _low_trivial(runs, len(batch)) is not None
         for c, t in zip(canaries, net[len(new):], strict=True):
             key = self.prefix + c["key"]
             if t * (1 + self.tolerance) < self._entry(key):
@@ -469,65 +472,6 @@ class NodeTable:
         self.offset, self.weight_coef = d[2] - self.scale * d[0], 0.0
         self.error_band = self.sum_band()
         return True
-
-
-def _agree(times: Sequence[float], tolerance: float) -> bool:
-    """Whether a node's two fastest timings agree: within ``tolerance`` of the faster, or within 2 µs (a node of a
-    few µs, where the trivial graph's subtraction moves an entry by a fraction of a µs; a smoke run at load 4–6
-    re-timed 12 of 18 batches with 10 % and 1 µs per node)."""
-    if len(times) < 2:
-        return False
-    a, b = sorted(times)[:2]
-    return b - a <= max(tolerance * a, 2e-3)
-
-
-def _slow_batch(runs: Sequence[tuple[dict[int, float], float]], size: int, overheads: Sequence[float],
-                own: int) -> bool:  # fmt: skip
-    """Whether a batch's chosen timing (of the whole batch, the least gross sum: :func:`_net`) ran in a process
-    whose trivial graph read more than :data:`SLOW_BATCH_MS` above the median of the trivial graphs the table timed
-    before this batch, once there are :data:`SLOW_BATCH_EARLIER` of them, else of all it has timed so far, the
-    batch's own included (``overheads``: every one so far, the last ``own`` this batch's; none recorded: a custom
-    timer's, never slow). Why not the batch's own: with 2–4 overheads in all, their median follows the batch itself,
-    so a slow early batch was never timed again (review R20 L6). Why: over
-    sessions 17–18's 13 runs, 26 of 780 batches read so, and 8 of them held an entry more than 5 µs above its
-    median over the runs (1.5–1.7× on a depthwise convolution), against 1 of the other 754 batches; the twins and
-    their retries 1 s apart read the same stretch (session 18 run 5's batch 59: 5.6–5.8 µs in all four timings,
-    the table's median 3.3 µs)."""
-    if not overheads:
-        return False
-    earlier = overheads[: len(overheads) - own]
-    frame = earlier if len(earlier) >= SLOW_BATCH_EARLIER else overheads
-    whole = [(r, o) for r, o in runs if len(r) == size]
-    _, chosen = min(whole, key=lambda run: sum(run[0].values()))
-    return chosen - float(np.median(frame)) > SLOW_BATCH_MS
-
-
-def _net(runs: Sequence[tuple[dict[int, float], float]], size: int, new: int) -> list[float]:
-    """A batch's net times from its timings (each ``({batch index: gross ms}, that process's trivial-graph ms)``):
-    every node from the one timing of the whole batch whose summed gross time is least, less that process's own
-    trivial graph; a new node (of the first ``new``) timed again without the rest of the batch (far from its twin)
-    from the timing where its gross time is least, less that timing's own. Why one process: the trivial graph's time
-    differs between processes, and the nodes' gross times with it — a per-process overhead every one-node run of the
-    process pays (session 17's first two fresh runs: over ~150 timings of a batch each, a timing's trivial-graph gap
-    to its batch's median and its nodes' median shift correlated 0.92 / 0.93, slope 1.4 / 1.1), so an entry is a
-    difference within one process. Session 16 took each node's least gross time over the processes less the least
-    trivial graph of any process so far, which left the gap between overheads in every entry (up to 0.7–1.3 µs a
-    node). Why chosen by the gross sum: a trivial graph sometimes reads slow alone (in ~1–5 timings a run above
-    its own fastest node's gross time by 20 %), and the least net sum then picks that process — session 17's third
-    run summed the dense model at 48 µs against 111–119 µs so (session 15's first run took each node's least
-    difference, the same pick node by node: dense at 48 µs against 126). The gross sum does not see the trivial
-    graph's reading; a slow one in the process it picks still lowers that batch's entries."""
-    whole = [(r, o) for r, o in runs if len(r) == size]
-    base, own = min(whole, key=lambda run: sum(run[0].values()))
-    alone = {i for r, _ in runs if len(r) < size for i in r if i < new}
-    net = []
-    for i in range(size):
-        if i in alone:
-            gross, off = min(((r[i], o) for r, o in runs if i in r), key=lambda pair: pair[0])
-            net.append(gross - off)
-        else:
-            net.append(base[i] - own)
-    return [max(0.0, t) for t in net]
 
 
 def _point(p: Sequence[float]) -> tuple[float, float, float]:
