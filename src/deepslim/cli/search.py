@@ -49,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="int8 layers whose names share their first N dot-separated parts (1: a ResNet's stages, 2: "
                         "its blocks) choose int8 or float together: fewer precision mixes to draw (default 0: each "
                         "layer alone)")  # fmt: skip
-    p.add_argument("--trials", type=int, default=50, help="number of trials (default 50)")
+    p.add_argument("--trials", type=positive_int, default=50, help="number of trials (default 50)")
     p.add_argument("--strategy", default="tpe",
                    help="tpe, nsga2, random, grid, tpe-multivariate, evolution or greedy (default tpe)")
     p.add_argument("--device", help="device profile whose cost model estimates energy: host, rpi4, ... (default host "

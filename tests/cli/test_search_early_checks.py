@@ -1,0 +1,23 @@
+"""``deepslim search`` refuses what it can before it loads any data or model (issue 14's audit, session 21): a
+trial count below one (at argparse time, like ``--workers``), a missing Optuna, and a default journal in ``--out``
+that cannot be written (as an explicit ``--storage`` already was). The model and data named here do not exist, so
+any of these checks that came after loading would be reported as "unknown model/data" instead."""
+
+import pytest
+
+from deepslim.cli import main
+
+
+def run(capsys, *argv):
+    code = main(["search", "no-such-model", "--data", "no-such-data", *argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+@pytest.mark.parametrize("trials", ["0", "-3"])
+def test_a_trial_count_below_one_is_a_usage_error(capsys, tmp_path, trials):
+    with pytest.raises(SystemExit) as exit_:
+        run(capsys, "--out", str(tmp_path / "s"), "--trials", trials)
+    assert exit_.value.code == 2
+    assert f"--trials: expected a whole number >= 1, got '{trials}'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
