@@ -3,6 +3,8 @@ trial count below one (at argparse time, like ``--workers``), a missing Optuna, 
 that cannot be written (as an explicit ``--storage`` already was). The model and data named here do not exist, so
 any of these checks that came after loading would be reported as "unknown model/data" instead."""
 
+import sys
+
 import pytest
 
 from deepslim.cli import main
@@ -20,4 +22,12 @@ def test_a_trial_count_below_one_is_a_usage_error(capsys, tmp_path, trials):
         run(capsys, "--out", str(tmp_path / "s"), "--trials", trials)
     assert exit_.value.code == 2
     assert f"--trials: expected a whole number >= 1, got '{trials}'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_missing_optuna_is_reported_before_loading_anything(capsys, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now raises ImportError
+    code, out, err = run(capsys, "--out", str(tmp_path / "s"), "--budget", "latency=0.5x")
+    assert code == 2 and out == ""
+    assert "searching needs Optuna: pip install 'deepslim[search]'" in err and "no-such" not in err
     assert not (tmp_path / "s").exists()

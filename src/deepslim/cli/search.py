@@ -146,10 +146,11 @@ def cmd_search(args: argparse.Namespace) -> int:
     objectives = list(check_objectives(_objectives(args, budgets)))
     device = check_device(args.device, objectives, budgets)
     table = LatencyTable(runtime=args.runtime, threads=args.threads, cache_dir=args.cache_dir)
-    if args.storage:  # a wrong host, port or password fails now, before the data and model are loaded
-        from deepslim.search.storage import open_storage
+    from deepslim.search import storage as st
 
-        open_storage(args.storage)
+    st._optuna()  # a missing Optuna is said now, not after the data load and the latency table's calibration
+    if args.storage:  # a wrong host, port or password fails now, before the data and model are loaded
+        st.open_storage(args.storage)
     kinds = tuple(k.strip() for k in args.space.split(",") if k.strip())
     outdir = Path(args.out)
     if outdir.exists() and not outdir.is_dir():
