@@ -31,3 +31,19 @@ def test_a_missing_optuna_is_reported_before_loading_anything(capsys, tmp_path, 
     assert code == 2 and out == ""
     assert "searching needs Optuna: pip install 'deepslim[search]'" in err and "no-such" not in err
     assert not (tmp_path / "s").exists()
+
+
+def test_an_out_where_the_default_journal_cannot_be_written_fails_before_loading_anything(capsys, tmp_path):
+    pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    (tmp_path / "afile").write_text("")
+    code, out, err = run(capsys, "--out", str(tmp_path / "afile" / "sub"))
+    assert code == 2 and out == ""
+    assert f"cannot open the journal file {tmp_path / 'afile' / 'sub' / 'study.journal'}: Not a directory" in err
+    assert "no-such" not in err
+
+
+def test_the_early_journal_check_leaves_nothing_behind(capsys, tmp_path):
+    pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+    code, _, err = run(capsys, "--out", str(tmp_path / "new" / "deeper"))
+    assert code == 2 and "no-such" in err  # refused at the model or data, after the journal check passed
+    assert list(tmp_path.iterdir()) == []  # the check made the directories and the file, then removed them

@@ -149,12 +149,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     from deepslim.search import storage as st
 
     st._optuna()  # a missing Optuna is said now, not after the data load and the latency table's calibration
-    if args.storage:  # a wrong host, port or password fails now, before the data and model are loaded
-        st.open_storage(args.storage)
     kinds = tuple(k.strip() for k in args.space.split(",") if k.strip())
     outdir = Path(args.out)
     if outdir.exists() and not outdir.is_dir():
         raise ConfigError(f"{outdir} is a file; --out names a directory")
+    if args.storage:  # a wrong host, port or password fails now, before the data and model are loaded
+        st.open_storage(args.storage)
+    else:  # and so does an --out where the default journal cannot be written
+        st.check_journal(outdir / st.DEFAULT_JOURNAL)
     data = load_data(args.data, seed=args.seed)
     model = load(args, data).eval()
     space = SearchSpace.from_model(model, data.example_input, kinds=kinds, round_to=args.round_to,

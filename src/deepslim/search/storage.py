@@ -107,6 +107,27 @@ def _journal(path: str) -> Any:
         raise StorageError(f"cannot open the journal file {file}: {exc.strerror or exc}") from exc
 
 
+def check_journal(path: str | os.PathLike[str]) -> None:
+    """Fail now, with the reason, where the journal file ``path`` cannot be created or appended to (``--out`` under
+    a file, or on a file system that refuses it) -- without leaving anything behind: the directories and the file
+    made to find out are removed again, so a search refused later (an infeasible budget) writes nothing."""
+    file = Path(path).expanduser()
+    missing = [d for d in (file.parent, *file.parent.parents) if not d.exists()]  # deepest first
+    try:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            file.unlink()
+        except FileExistsError:  # a study to resume: it must take appends
+            os.close(os.open(file, os.O_WRONLY | os.O_APPEND))
+    except OSError as exc:
+        raise StorageError(f"cannot open the journal file {file}: {exc.strerror or exc}") from exc
+    finally:
+        for made in missing:
+            with contextlib.suppress(OSError):
+                made.rmdir()
+
+
 def _check_postgresql(url: str) -> None:
     """Connect once, with a short timeout: a wrong host, port, database or password fails now, with the reason."""
     try:
