@@ -1,6 +1,8 @@
-"""The search report page: self-contained, and its script draws the front and selects the best policy (headless
-Chromium)."""
+"""The search report page: self-contained, and its script draws the front, selects the best policy, shows a hovered
+point's policy and measurement and selects a clicked one (headless Chromium)."""
 
+import html
+import json
 import re
 import shutil
 import subprocess
@@ -141,3 +143,112 @@ def test_only_a_front_is_drawn_as_a_line_whatever_pareto_holds(tmp_path):
     xy = [tuple(map(float, p.split(","))) for p in re.search(r'<polyline points="([^"]+)"', front).group(1).split()]
     assert len(xy) == 2 and xy[0][0] < xy[1][0] and xy[0][1] > xy[1][1]  # right is slower, up (smaller y) is better
     assert front.count("<circle") == 4 + 2 + 3  # 4 trials, the 2 front points, dense, uniform, best
+
+
+# Runs after the page's own script: hit-tests the middle of the front's point SELECTOR (the element a real pointer
+# there would reach), sends it what a mouse sends (mouseover, mousemove, then mouseleave; click), and writes what the
+# page shows after each step into <pre id="probe"> for --dump-dom.
+_PROBE = r"""<script>
+(function () {
+  const out = {};
+  try {
+    const n = document.querySelector(SELECTOR);
+    n.scrollIntoView({block: 'center'});
+    const r = n.getBoundingClientRect(), x = r.left + r.width / 2, y = r.top + r.height / 2;
+    const hit = document.elementFromPoint(x, y);
+    out.hit = hit === n;
+    const send = (t, type) => t.dispatchEvent(new MouseEvent(type, {bubbles: type !== 'mouseleave', cancelable: true,
+      view: window, clientX: x, clientY: y}));
+    const tip = document.getElementById('tip');
+    send(hit, 'mouseover'); send(hit, 'mousemove');
+    out.tip_display = getComputedStyle(tip).display; out.tip = tip.textContent;
+    send(hit, 'mouseleave');
+    out.tip_display_after_leave = getComputedStyle(tip).display;
+    out.bars_before = [...document.querySelectorAll('#bars text')].map(e => e.textContent);
+    send(hit, 'mousedown'); send(hit, 'mouseup'); send(hit, 'click');
+    out.clicked_selected = n.classList.contains('sel');
+    out.selected = document.querySelectorAll('#front .sel').length;
+    out.chosen = document.getElementById('chosen').textContent;
+    out.bars = [...document.querySelectorAll('#bars text')].map(e => e.textContent);
+    out.bar_widths = [...document.querySelectorAll('#bars rect')].map(e => Number(e.getAttribute('width')));
+  } catch (e) { out.error = String(e); }
+  const pre = document.createElement('pre'); pre.id = 'probe'; pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+})();
+</script></body>"""
+
+
+def _hover_and_click(doc, selector, tmp_path):
+    """What the page shows when a pointer hovers, leaves, then clicks the front's point ``selector``, in headless
+    Chromium (skips without it): the probe's record (``tip``, ``chosen``, ``bars`` …)."""
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        pytest.skip("Chromium is not installed")
+    path = tmp_path / "search.html"
+    write_search_report(doc, path)
+    page = path.read_text(encoding="utf-8")
+    assert page.count("</body>") == 1
+    path.write_text(page.replace("</body>", _PROBE.replace("SELECTOR", json.dumps(selector))), encoding="utf-8")
+    dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1000,800",
+                          "--dump-dom", path.as_uri()], capture_output=True, text=True, timeout=120,
+                         check=True).stdout  # fmt: skip
+    probe = json.loads(html.unescape(re.search(r'<pre id="probe">(.*?)</pre>', dom, re.S).group(1)))
+    assert "error" not in probe, probe
+    return probe
+
+
+def test_hovering_a_point_shows_its_policy_and_measurement_and_clicking_selects_it(tmp_path):
+    probe = _hover_and_click(search_doc(), '#front [data-label="trial"][data-trial="3"]', tmp_path)
+    assert probe["hit"]  # a pointer at the point's middle reaches the point
+    assert probe["tip_display"] == "block" and probe["tip_display_after_leave"] == "none"
+    tip = probe["tip"].split("\n")
+    assert tip[:3] == ["trial (trial 3)", "accuracy 0.6000", "latency 0.4500 ms (predicted)"]
+    assert "MACs 450000" in tip and "within budget: yes" in tip and "  conv1: 4" in tip
+    assert tip[-1] == "int8 layers: none"
+    # before the click the best (trial 1: 8 channels, conv1 int8) is drawn; after it, trial 3's policy
+    assert "8 / 16 channels" in probe["bars_before"] and probe["bars_before"].count("int8") == 1
+    assert probe["clicked_selected"] and probe["selected"] == 1 and probe["chosen"] == "trial (trial 3)"
+    assert "4 / 16 channels" in probe["bars"] and "8 / 16 channels" not in probe["bars"]
+    assert probe["bars"].count("float") == 2 and "int8" not in probe["bars"]
+    assert probe["bar_widths"][0] == pytest.approx(300 * 4 / 16)
+
+
+def _depth_hpo_doc():
+    """A search over depth and the recovery (kinds depth, hpo): trial 5 drops block layer1.0 (its group and layers
+    keep the dense values, as a canonical policy does) and keeps layer1.1 at 8 channels, with its own recovery."""
+    doc = search_doc()
+    doc["space"] = {"groups": [{"name": "layer1.0.conv1", "width": 16, "keep": [8, 16]},
+                               {"name": "layer1.1.conv1", "width": 16, "keep": [8, 16]}],
+                    "int8_layers": ["conv1", "layer1.0.conv1", "layer1.1.conv1", "fc"],
+                    "blocks": ["layer1.0", "layer1.1"],
+                    "recovery": {"lr": [1e-3, 3e-3], "finetune_epochs": [1, 2], "temperature": [None, 4.0]}}
+    c = cand(5, 0.75, 0.35, 8, False)
+    c["policy"] = {"keep": {"layer1.0.conv1": 16, "layer1.1.conv1": 8},
+                   "int8": {"conv1": True, "layer1.0.conv1": True, "layer1.1.conv1": False, "fc": False},
+                   "recovery": {"lr": 0.003, "finetune_epochs": 2, "temperature": None},
+                   "sparsity": {"layer1.0.conv1": 0.5, "layer1.1.conv1": 0.0},
+                   "drop": {"layer1.0": True, "layer1.1": False}}
+    doc["trials"].append(c)
+    return doc
+
+
+def test_a_dropped_block_and_the_searched_recovery_are_shown_on_hover_and_in_the_bars(tmp_path):
+    probe = _hover_and_click(_depth_hpo_doc(), '#front [data-label="trial"][data-trial="5"]', tmp_path)
+    tip = probe["tip"].split("\n")
+    assert "blocks dropped: layer1.0 (1 of 2)" in tip
+    assert "recovery: lr 0.003, finetune_epochs 2, temperature none (labels only)" in tip
+    assert "  layer1.0.conv1: dropped" in tip and "  layer1.1.conv1: 8" in tip
+    assert tip[-1] == "int8 layers: conv1"  # layer1.0.conv1's int8 went with its block
+    assert probe["chosen"] == "trial (trial 5)"
+    bars, widths = probe["bars"], probe["bar_widths"]
+    # rows: the 2 blocks, the 2 groups, the 4 layers (no sparsity row: layer1.0.conv1's lies in the dropped block)
+    assert bars[:6] == ["layer1.0", "dropped", "layer1.1", "kept", "layer1.0.conv1", "dropped (block layer1.0)"]
+    assert bars[6:8] == ["layer1.1.conv1", "8 / 16 channels"] and "16 / 16 channels" not in bars
+    assert bars[8:16] == ["conv1", "int8", "layer1.0.conv1", "dropped", "layer1.1.conv1", "float", "fc", "float"]
+    assert not any(b.startswith("sparsity") for b in bars)
+    assert bars[-1] == "recovery: lr 0.003, finetune_epochs 2, temperature none (labels only)"
+    assert widths == [0, 300, 0, 150, 150, 0, 300, 300]
+    # a policy without depth or recovery choices says nothing of either
+    plain = _hover_and_click(_depth_hpo_doc(), '#front [data-label="trial"][data-trial="3"]', tmp_path)
+    assert not any(t.startswith(("blocks dropped", "recovery")) for t in plain["tip"].split("\n"))
+    assert "layer1.0" in plain["bars"] and plain["bars"][1] == "kept"  # the space's blocks: all kept

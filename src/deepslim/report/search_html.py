@@ -5,7 +5,9 @@ activation memory, each labelled with its unit, bytes as bytes); the Pareto fron
 entries no other beats on the two axes drawn, :func:`front_line`), the uniform
 family (one keep ratio everywhere) is drawn on the same axes, and the dense model, the chosen policy and the uniform
 baseline are marked. Hovering a point shows its policy and measurement, clicking selects it: its per-layer policy is
-drawn as bars (channels kept per group, int8 or float per layer, sparsity and k-means bits where chosen). A second
+drawn as bars (residual blocks kept or dropped, channels kept per group, int8 or float per layer, sparsity and k-means
+bits where chosen; a group or layer inside a dropped block drawn as dropped, whatever value the policy carries for it)
+and the recovery's searched hyper-parameters (kind ``hpo``) are written beside them and in the hover text. A second
 plot sets the latency table's predictions against the end-to-end measurements. The page reads the search's JSON
 (``search.json``) embedded in it; plain SVG and a few lines of JavaScript, like the run report.
 """
@@ -56,10 +58,17 @@ function axes(svg, sx, sy, xl, yl, unit) {
     transform: `rotate(-90 14 ${(M.t + H - M.b) / 2})`}, svg); t.textContent = yl;
 }
 const tip = document.getElementById('tip');
+function dropped(c) { return Object.entries(c.policy.drop || {}).filter(([, v]) => v).map(([k]) => k); }
+function inside(name, blocks) { return blocks.some(b => name === b || name.startsWith(b + '.')); }
+function recovery(c) { return Object.entries(c.policy.recovery || {}).map(([k, v]) => `${k} ` +
+  (v === null ? (k === 'temperature' ? 'none (labels only)' : 'none') : v)).join(', '); }
 function describe(c, label) {
-  const m = c.measurement || {};
-  const keep = Object.entries(c.policy.keep || {}).map(([k, v]) => `  ${k}: ${v}`).join('\n');
-  const q = Object.entries(c.policy.int8 || {}).filter(([, v]) => v).map(([k]) => k).join(', ') || 'none';
+  const m = c.measurement || {}, p = c.policy, gone = dropped(c);
+  const keep = Object.entries(p.keep || {}).map(([k, v]) => `  ${k}: ${inside(k, gone) ? 'dropped' : v}`)
+    .join('\n');
+  const q = Object.entries(p.int8 || {}).filter(([k, v]) => v && !inside(k, gone)).map(([k]) => k).join(', ')
+    || 'none';
+  const rec = recovery(c);
   return `${label}${c.trial !== null && c.trial !== undefined ? ' (trial ' + c.trial + ')' : ''}\n` +
     `accuracy ${c.accuracy === null ? 'n/a' : c.accuracy.toFixed(4)}\nlatency ${c.latency_ms.toFixed(4)} ms` +
     (c.measured_latency_ms ? ` (measured ${c.measured_latency_ms.toFixed(4)})` : ' (predicted)') +
@@ -67,8 +76,11 @@ function describe(c, label) {
     (c.energy_uj != null ? `\nenergy ${c.energy_uj.toPrecision(4)} µJ (estimated)` : '') +
     (c.peak_activation_bytes != null ? `\npeak activation memory ${c.peak_activation_bytes.toLocaleString('en')} B`
       : '') +
-    `\nMACs ${m.macs}\nwithin budget: ${c.feasible ? 'yes' : 'no'}\nchannels kept:\n${keep || '  (none searched)'}` +
-    `\nint8 layers: ${q}`;
+    `\nMACs ${m.macs}\nwithin budget: ${c.feasible ? 'yes' : 'no'}` +
+    (p.drop ? `\nblocks dropped: ${gone.length ? gone.join(', ') : 'none'} (${gone.length} of ` +
+      `${Object.keys(p.drop).length})` : '') +
+    (rec ? `\nrecovery: ${rec}` : '') +
+    `\nchannels kept:\n${keep || '  (none searched)'}\nint8 layers: ${q}`;
 }
 let selected = null;
 function select(c, node, label) {
@@ -80,30 +92,38 @@ function bars(c) {
   const svg = document.getElementById('bars'); svg.innerHTML = '';
   const groups = (D.space.groups || []);
   const layers = (D.space.int8_layers || []);
-  const rows = groups.map(g => ({name: g.name, frac: (c.policy.keep[g.name] || g.width) / g.width,
-    text: `${c.policy.keep[g.name]} / ${g.width}`}));
+  const gone = dropped(c), out = n => gone.find(b => inside(n, [b]));
+  const blocks = (D.space.blocks || Object.keys(c.policy.drop || {})).map(b => gone.includes(b)
+    ? {name: b, frac: 0, text: 'dropped', fill: '#999'} : {name: b, frac: 1, text: 'kept', fill: '#4a7ab5'});
+  const rows = groups.map(g => out(g.name) ? {name: g.name, frac: 0, text: `dropped (block ${out(g.name)})`}
+    : {name: g.name, frac: (c.policy.keep[g.name] ?? g.width) / g.width,
+      text: `${c.policy.keep[g.name] ?? g.width} / ${g.width} channels`});
   const q8 = c.policy.int8 || {};
-  const extra = [...Object.entries(c.policy.sparsity || {}).filter(([, v]) => v > 0).map(([n, v]) =>
+  const extra = [...Object.entries(c.policy.sparsity || {}).filter(([n, v]) => v > 0 && !out(n)).map(([n, v]) =>
       ({name: n, frac: 1 - v, text: `sparsity ${v}`, fill: '#6a9f58'})),
-    ...Object.entries(c.policy.kmeans || {}).filter(([n, v]) => v > 0 && !q8[n]).map(([n, v]) =>
+    ...Object.entries(c.policy.kmeans || {}).filter(([n, v]) => v > 0 && !q8[n] && !out(n)).map(([n, v]) =>
       ({name: n, frac: v / 8, text: `k-means ${v} bits`, fill: '#8e6bb0'}))];
+  const rec = recovery(c);
   const h = 18, y0 = 10;
-  svg.setAttribute('height', y0 + (rows.length + layers.length + extra.length + 3) * h + 10);
-  rows.forEach((r, i) => { const y = y0 + i * h;
-    el('text', {x: 170, y: y + 12, 'font-size': 11, 'text-anchor': 'end'}, svg).textContent = r.name;
-    el('rect', {x: 175, y: y + 2, width: 300 * r.frac, height: h - 5, fill: '#4a7ab5'}, svg);
-    el('text', {x: 480 + 0 * r.frac, y: y + 12, 'font-size': 11}, svg).textContent = r.text + ' channels'; });
-  layers.forEach((n, j) => { const y = y0 + (rows.length + 1 + j) * h; const q = c.policy.int8[n];
-    el('text', {x: 170, y: y + 12, 'font-size': 11, 'text-anchor': 'end'}, svg).textContent = n;
-    el('rect', {x: 175, y: y + 2, width: q ? 150 : 300, height: h - 5, fill: q ? '#d9822b' : '#999'}, svg);
-    el('text', {x: 480, y: y + 12, 'font-size': 11}, svg).textContent = q ? 'int8' : 'float'; });
-  extra.forEach((r, j) => { const y = y0 + (rows.length + layers.length + 2 + j) * h;
-    el('text', {x: 170, y: y + 12, 'font-size': 11, 'text-anchor': 'end'}, svg).textContent = r.name;
-    el('rect', {x: 175, y: y + 2, width: 300 * r.frac, height: h - 5, fill: r.fill}, svg);
-    el('text', {x: 480, y: y + 12, 'font-size': 11}, svg).textContent = r.text; });
+  let y = y0;
+  const row = (name, frac, fill, text) => {
+    el('text', {x: 170, y: y + 12, 'font-size': 11, 'text-anchor': 'end'}, svg).textContent = name;
+    el('rect', {x: 175, y: y + 2, width: 300 * frac, height: h - 5, fill: fill}, svg);
+    el('text', {x: 480, y: y + 12, 'font-size': 11}, svg).textContent = text; y += h; };
+  blocks.forEach(r => row(r.name, r.frac, r.fill, r.text)); if (blocks.length) y += h;
+  rows.forEach(r => row(r.name, r.frac, '#4a7ab5', r.text));
+  y += h;
+  layers.forEach(n => { const q = q8[n], b = out(n);
+    row(n, b ? 0 : q ? 0.5 : 1, q ? '#d9822b' : '#999', b ? 'dropped' : q ? 'int8' : 'float'); });
+  if (extra.length) y += h;
+  extra.forEach(r => row(r.name, r.frac, r.fill, r.text));
+  if (rec) { y += h; el('text', {x: 175, y: y + 12, 'font-size': 11}, svg).textContent = `recovery: ${rec}`;
+    y += h; }
+  svg.setAttribute('height', y + 10);
 }
 function point(svg, c, x, y, opts, label) {
-  const n = el(opts.shape || 'circle', {class: 'pt', ...opts.attrs(x, y)}, svg);
+  const n = el(opts.shape || 'circle', {class: 'pt', 'data-label': label, 'data-trial': c.trial ?? '',
+    ...opts.attrs(x, y)}, svg);
   n.addEventListener('mousemove', e => { tip.style.display = 'block'; tip.textContent = describe(c, label);
     tip.style.left = (e.clientX + 14) + 'px'; tip.style.top = (e.clientY + 10) + 'px'; });
   n.addEventListener('mouseleave', () => { tip.style.display = 'none'; });
