@@ -29,6 +29,7 @@ import hashlib
 import json
 import logging
 import os
+import signal
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -99,12 +100,71 @@ def _journal(path: str) -> Any:
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         # an open lock (fcntl-free: O_EXCL on a lock file) works on local and network file systems alike
-        backend = optuna.storages.journal.JournalFileBackend(
-            str(file), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(file))
-        )
+        lock = _SignalSafeLock(optuna.storages.journal.JournalFileOpenLock(str(file)))
+        backend = optuna.storages.journal.JournalFileBackend(str(file), lock_obj=lock)
         return optuna.storages.JournalStorage(backend)
     except OSError as exc:
         raise StorageError(f"cannot open the journal file {file}: {exc.strerror or exc}") from exc
+
+
+class _SignalSafeLock:
+    """Optuna's journal lock (a lock file made with O_EXCL) with stop signals held from before it is taken until it
+    is released, then raised: Optuna releases it in a ``finally``, but a Ctrl-C landing between the lock file's
+    creation and that ``try`` left it behind (1 of 6 live interrupts, right after a trial's line, while its result
+    was written), and the next search waited Optuna's 30-s grace before breaking it. A second signal while the
+    first is held (a write stuck behind another process's lock) is raised at once."""
+
+    def __init__(self, lock: Any) -> None:
+        self._lock = lock
+        self._held: _HeldSignals | None = None
+
+    def acquire(self) -> bool:
+        self._held = _HeldSignals()
+        try:
+            return bool(self._lock.acquire())
+        except BaseException:
+            self._deliver()
+            raise
+
+    def release(self) -> None:
+        try:
+            self._lock.release()
+        finally:
+            self._deliver()
+
+    def _deliver(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            held.deliver()
+
+
+class _HeldSignals:
+    """SIGINT, SIGTERM and SIGHUP recorded instead of handled (where Python handles them, in the main thread) until
+    :meth:`deliver` puts their handlers back and calls them for what came meanwhile."""
+
+    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+    def __init__(self) -> None:
+        self._handlers: dict[int, Any] = {}
+        self._pending: list[tuple[int, Any]] = []
+        if threading.current_thread() is not threading.main_thread():
+            return  # signals are handled in the main thread only
+        for sig in self.SIGNALS:
+            if callable(signal.getsignal(sig)):
+                self._handlers[sig] = signal.signal(sig, self._hold)
+
+    def _hold(self, signum: int, frame: Any) -> None:
+        self._pending.append((signum, frame))
+        if len(self._pending) > 1:
+            self.deliver()
+
+    def deliver(self) -> None:
+        handlers, self._handlers = self._handlers, {}
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        pending, self._pending = self._pending, []
+        for signum, frame in pending:
+            handlers[signum](signum, frame)
 
 
 def check_journal(path: str | os.PathLike[str]) -> None:
