@@ -1,7 +1,8 @@
 """The search's Optuna study (:mod:`deepslim.search.engine`): opened with the space's fingerprint and how its trials
 are judged, its trial slots queued (a new study starts with the best uniform policies and the structured priors;
-``grid`` queues every untried policy), the context a worker needs recorded on it, and its completed trials read back
-as candidates. Split out of the engine so that its ``search`` reads as the steps it takes."""
+``grid`` queues every untried policy, so it is refused on a space of more than :data:`GRID_MAX_POLICIES`), the context
+a worker needs recorded on it, and its completed trials read back as candidates. Split out of the engine so that its
+``search`` reads as the steps it takes."""
 
 from __future__ import annotations
 
@@ -20,6 +21,11 @@ from deepslim.search.finals import rank as _rank
 from deepslim.search.frame import FRAME_ATTR
 from deepslim.search.space import Policy, SearchSpace
 
+# ``grid`` lists every policy of the space (:func:`queue_grid`) whatever the trials: a bound on that list's memory.
+# ResNet-20's prune+int8 space (1.8e11 policies) grew past 3 GB in 4 minutes (session 21 audit, M1); 10,000 small
+# dicts are a few MB, and exhaustive search is meant for small spaces.
+GRID_MAX_POLICIES = 10_000
+
 
 def open_study(space: SearchSpace, objectives: tuple[str, ...], url: str | None, out_dir: Any, name: str,
                settings: dict[str, Any] | None = None) -> Any:  # fmt: skip
@@ -35,6 +41,15 @@ def open_study(space: SearchSpace, objectives: tuple[str, ...], url: str | None,
     if settings is not None:
         _judging.check(study, name, settings)
     return study
+
+
+def check_grid(space: SearchSpace, strategy: str) -> None:
+    """``grid`` on a space of more than :data:`GRID_MAX_POLICIES` policies is refused (before anything is timed):
+    :func:`queue_grid` lists them all."""
+    if strategy == "grid" and space.size > GRID_MAX_POLICIES:
+        raise ConfigError(f"strategy 'grid' lists every policy of the space, and this one holds {space.size:,} "
+                          f"(grid's cap: {GRID_MAX_POLICIES:,}): use a sampled strategy (tpe, random, evolution) "
+                          "or a smaller space (fewer kinds or keep ratios, a larger round_to)")  # fmt: skip
 
 
 def recorded_frame(url: str | None, out_dir: Any, name: str, space: SearchSpace,

@@ -183,7 +183,9 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     takes the study's next empty trial slot (never a failed trial's waiting retry), told to the sampler as that
     trial's choices (``repair_of`` names the trial it repairs, ``repair_rule`` the rule that made it; the slots still
     number ``trials``).
-    An infeasible budget, an unknown objective, strategy or runtime is a ConfigError before any trial runs.
+    An infeasible budget, an unknown objective, strategy or runtime is a ConfigError before any trial runs; so,
+    before anything is timed, is ``grid`` on a space of more than :data:`_study.GRID_MAX_POLICIES` policies (it lists
+    them all).
     """
     started, cpu0 = time.perf_counter(), _cpu_seconds()
     _check_select(select)
@@ -196,6 +198,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
                                        out_dir=out_dir, storage=storage)  # fmt: skip
     spec, bundle = _data(data, data_options)
     space = _space(model, bundle.example_input, space, objectives, budgets)
+    _study.check_grid(space, strategy)
     ev = Evaluator(model, bundle, space, table, archive=uses("size", objectives, budgets),
                    memory=uses("memory", objectives, budgets),
                    finetune_epochs=finetune_epochs, lr=lr, seed=seed, device=device, latency_model=model_name,

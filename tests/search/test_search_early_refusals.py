@@ -1,0 +1,39 @@
+"""Searches refused before anything is timed (issue 14 audit, session 21): ``grid`` on a space too large to list. Each
+uses a latency table whose timer fails the test if called, so "before any timing" is checked, not assumed."""
+
+import pytest
+
+from deepslim.errors import ConfigError
+from deepslim.search import _study, search
+from deepslim.search.latency import LatencyTable
+from deepslim.search.space import GroupChoice, SearchSpace
+from tests.search._tiny import FAST, digits, small_space, trained_net
+
+pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
+
+
+def untimed_table() -> LatencyTable:
+    def timer(keys):
+        raise AssertionError(f"timed {len(keys)} layers before the refusal")
+
+    return LatencyTable(timer=timer)
+
+
+def test_grid_on_a_space_larger_than_its_cap_is_refused_before_any_timing(tmp_path):
+    counts = tuple(range(1, 17))
+    space = SearchSpace(groups=tuple(GroupChoice(g, 16, counts) for g in "abcde"), int8_layers=("x",))
+    assert space.size == 2 * 16**5 > _study.GRID_MAX_POLICIES
+    with pytest.raises(ConfigError, match=r"strategy 'grid' lists every policy of the space, and this one holds "
+                                          r"2,097,152 \(grid's cap: 10,000\): use a sampled strategy"):  # fmt: skip
+        search(trained_net(), digits(), space, budget="latency=0.6x", trials=3, strategy="grid", out_dir=tmp_path,
+               latency_table=untimed_table(), **FAST)  # fmt: skip
+    assert not any(tmp_path.iterdir())  # no study either
+
+
+def test_the_grid_cap_counts_the_tiny_space_it_refuses(tmp_path, monkeypatch):
+    """The cap is checked against the space searched (the tiny net's 8 policies), not a constant message."""
+    monkeypatch.setattr(_study, "GRID_MAX_POLICIES", 7)
+    net = trained_net()
+    with pytest.raises(ConfigError, match=r"this one holds 8 \(grid's cap: 7\)"):
+        search(net, digits(), small_space(net), budget="latency=0.6x", trials=8, strategy="grid", out_dir=tmp_path,
+               latency_table=untimed_table(), **FAST)  # fmt: skip
