@@ -1,7 +1,9 @@
-"""Searches refused before anything is timed (issue 14 audit, session 21): ``grid`` on a space too large to list. Each
-uses a latency table whose timer fails the test if called, so "before any timing" is checked, not assumed."""
+"""Searches refused before anything is timed (issue 14 audit, session 21): ``grid`` on a space too large to list, and a
+space with nothing to choose. Each uses a latency table whose timer fails the test if called, so "before any timing"
+is checked, not assumed."""
 
 import pytest
+from torch import nn
 
 from deepslim.errors import ConfigError
 from deepslim.search import _study, search
@@ -36,4 +38,27 @@ def test_the_grid_cap_counts_the_tiny_space_it_refuses(tmp_path, monkeypatch):
     net = trained_net()
     with pytest.raises(ConfigError, match=r"this one holds 8 \(grid's cap: 7\)"):
         search(net, digits(), small_space(net), budget="latency=0.6x", trials=8, strategy="grid", out_dir=tmp_path,
+               latency_table=untimed_table(), **FAST)  # fmt: skip
+
+
+@pytest.mark.parametrize(("net", "kinds", "lacks"), [
+    (nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ("prune",),
+     r"prune: no channel group with two or more channel counts \(round_to=8\)"),
+    (nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ("prune", "depth"),
+     r"prune: no channel group .*; depth: no residual block that can be dropped"),
+    (nn.Sequential(nn.Flatten(), nn.ReLU()), ("prune", "int8"),
+     r"prune: no channel group .*; int8: no layer that can be quantized"),
+])  # fmt: skip
+def test_a_space_with_nothing_to_choose_is_refused_before_any_timing(tmp_path, net, kinds, lacks):
+    with pytest.raises(ConfigError, match=r"^nothing to search: the space holds one policy, the model's own; the "
+                                          rf"model has {lacks}: add other kinds"):  # fmt: skip
+        search(net.eval(), digits(), kinds, budget="latency=0.9x", trials=2, strategy="random", out_dir=tmp_path,
+               latency_table=untimed_table(), **FAST)  # fmt: skip
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_recovery_with_one_option_per_choice_is_nothing_to_search(tmp_path):
+    space = SearchSpace(groups=(), int8_layers=(), recovery={"lr": [2e-3]})
+    with pytest.raises(ConfigError, match=r"hpo: no recovery choice with two or more options"):
+        search(trained_net(), digits(), space, budget="latency=0.9x", trials=2, out_dir=tmp_path,
                latency_table=untimed_table(), **FAST)  # fmt: skip

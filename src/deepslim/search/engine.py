@@ -184,8 +184,8 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     trial's choices (``repair_of`` names the trial it repairs, ``repair_rule`` the rule that made it; the slots still
     number ``trials``).
     An infeasible budget, an unknown objective, strategy or runtime is a ConfigError before any trial runs; so,
-    before anything is timed, is ``grid`` on a space of more than :data:`_study.GRID_MAX_POLICIES` policies (it lists
-    them all).
+    before anything is timed, are a space with nothing to choose (one policy: the model's own) and ``grid`` on a
+    space of more than :data:`_study.GRID_MAX_POLICIES` policies (it lists them all).
     """
     started, cpu0 = time.perf_counter(), _cpu_seconds()
     _check_select(select)
@@ -316,9 +316,15 @@ def _latency_model(model: nn.Module, data: Any, table: LatencyTable, name: str |
 
 def _space(model: nn.Module, x: Any, space: SearchSpace | Sequence[str], objectives: tuple[str, ...],
            budgets: tuple[Budget, ...]) -> SearchSpace:  # fmt: skip
-    """``space``, or the space of those kinds built from ``model``; weight-only choices need a size objective."""
+    """``space``, or the space of those kinds built from ``model``; a space of one policy (nothing to choose) is
+    refused, and weight-only choices need a size objective."""
     if not isinstance(space, SearchSpace):
         space = SearchSpace.from_model(model, x, kinds=tuple(space))
+    lacking = space.lacking()
+    if lacking is not None:
+        raise ConfigError(f"nothing to search: the space holds one policy, the model's own; the model has {lacking}: "
+                          "add other kinds to the space (prune, int8, hpo, depth; sparsity, kmeans with a size "
+                          "objective) or search another model")  # fmt: skip
     if (space.sparse_layers or space.kmeans_layers) and not uses("size", objectives, budgets):
         raise ConfigError("the space's unstructured sparsity / k-means choices only make the archive smaller (they "
                           "cost accuracy and no latency): add the size objective or a size budget (--objective size, "

@@ -252,6 +252,17 @@ class SearchSpace:
         """How many policies the space holds."""
         return math.prod(len(options) for options in self.choices().values())
 
+    def lacking(self) -> str | None:
+        """Where the space holds a single policy (the model's own: nothing to search), what its kinds found none of
+        (e.g. "prune: no channel group with two or more channel counts (round_to=8)"); None where it has a choice."""
+        if self.size > 1:
+            return None
+        lacks = {"prune": f"no channel group with two or more channel counts (round_to={self.round_to})",
+                 "int8": "no layer that can be quantized", "hpo": "no recovery choice with two or more options",
+                 "sparsity": "no layer that can be pruned", "kmeans": "no layer that can be clustered",
+                 "depth": "no residual block that can be dropped"}  # fmt: skip
+        return "; ".join(f"{kind}: {lacks[kind]}" for kind in self.kinds if kind in lacks) or "no kind to search"
+
     def followers(self) -> dict[str, str]:
         """Each tied int8 layer but the first of its group, and the layer whose choice it follows."""
         return {n: t[0] for t in self.tied for n in t[1:]}
