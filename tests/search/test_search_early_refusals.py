@@ -1,6 +1,6 @@
-"""Searches refused before anything is timed (issue 14 audit, session 21): ``grid`` on a space too large to list, and a
-space with nothing to choose. Each uses a latency table whose timer fails the test if called, so "before any timing"
-is checked, not assumed."""
+"""Searches refused before anything is timed (issue 14 audit, session 21): ``grid`` on a space too large to list, a
+space with nothing to choose, and a study resumed under another budget. Each uses a latency table whose timer fails
+the test if called, so "before any timing" is checked, not assumed."""
 
 import pytest
 from torch import nn
@@ -9,7 +9,7 @@ from deepslim.errors import ConfigError
 from deepslim.search import _study, search
 from deepslim.search.latency import LatencyTable
 from deepslim.search.space import GroupChoice, SearchSpace
-from tests.search._tiny import FAST, digits, small_space, trained_net
+from tests.search._tiny import FAST, digits, fake_table, small_space, trained_net
 
 pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
 
@@ -62,3 +62,20 @@ def test_a_recovery_with_one_option_per_choice_is_nothing_to_search(tmp_path):
     with pytest.raises(ConfigError, match=r"hpo: no recovery choice with two or more options"):
         search(trained_net(), digits(), space, budget="latency=0.9x", trials=2, out_dir=tmp_path,
                latency_table=untimed_table(), **FAST)  # fmt: skip
+
+
+def test_a_study_resumed_under_another_budget_is_refused_naming_both(tmp_path):
+    net, data = trained_net(), digits()
+    space = small_space(net)
+    first = search(net, data, space, ("accuracy", "latency"), "latency=0.8x", trials=2, strategy="random", seed=1,
+                   out_dir=tmp_path, latency_table=fake_table(), **FAST)  # fmt: skip
+    assert len(first.trials) == 2
+    for other in ("latency=1.2x", ("latency=0.8x", "size=1MB"), None):
+        with pytest.raises(ConfigError, match=r"study 'deepslim-search' was searched under the budget latency=0\.8x; "
+                                              r"this search has (latency=1\.2x|latency=0\.8x, size=1e\+06B|no "
+                                              r"budget): resume it with the same budget"):  # fmt: skip
+            search(net, data, space, ("accuracy", "latency"), other, trials=3, strategy="random", seed=1,
+                   out_dir=tmp_path, latency_table=untimed_table(), **FAST)  # fmt: skip
+    again = search(net, data, space, ("accuracy", "latency"), "latency=0.8x", trials=3, strategy="random", seed=1,
+                   out_dir=tmp_path, latency_table=fake_table(), **FAST)  # fmt: skip
+    assert len(again.trials) == 3 and again.limits == first.limits  # the same budget resumes as before

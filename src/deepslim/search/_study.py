@@ -1,8 +1,8 @@
 """The search's Optuna study (:mod:`deepslim.search.engine`): opened with the space's fingerprint and how its trials
 are judged, its trial slots queued (a new study starts with the best uniform policies and the structured priors;
 ``grid`` queues every untried policy, so it is refused on a space of more than :data:`GRID_MAX_POLICIES`), the context
-a worker needs recorded on it, and its completed trials read back as candidates. Split out of the engine so that its
-``search`` reads as the steps it takes."""
+a worker needs recorded on it (a resume under another budget refused), and its completed trials read back as
+candidates. Split out of the engine so that its ``search`` reads as the steps it takes."""
 
 from __future__ import annotations
 
@@ -14,17 +14,17 @@ from deepslim.errors import ConfigError
 from deepslim.search import _judging
 from deepslim.search import storage as st
 from deepslim.search import workers as wk
-from deepslim.search.budget import OBJECTIVES
+from deepslim.search.budget import OBJECTIVES, Budget
 from deepslim.search.evaluate import Candidate, Evaluator
 from deepslim.search.finals import feasible as _feasible
 from deepslim.search.finals import rank as _rank
-from deepslim.search.frame import FRAME_ATTR
 from deepslim.search.space import Policy, SearchSpace
 
 # ``grid`` lists every policy of the space (:func:`queue_grid`) whatever the trials: a bound on that list's memory.
 # ResNet-20's prune+int8 space (1.8e11 policies) grew past 3 GB in 4 minutes (session 21 audit, M1); 10,000 small
 # dicts are a few MB, and exhaustive search is meant for small spaces.
 GRID_MAX_POLICIES = 10_000
+BUDGET_KEY = "budget"  # the job's record (:data:`workers.JOB_ATTR`) of the budgets a study's trials were judged under
 
 
 def open_study(space: SearchSpace, objectives: tuple[str, ...], url: str | None, out_dir: Any, name: str,
@@ -52,20 +52,45 @@ def check_grid(space: SearchSpace, strategy: str) -> None:
                           "or a smaller space (fewer kinds or keep ratios, a larger round_to)")  # fmt: skip
 
 
-def recorded_frame(url: str | None, out_dir: Any, name: str, space: SearchSpace,
-                   objectives: tuple[str, ...]) -> dict[str, Any] | None:  # fmt: skip
-    """The latency frame (:func:`deepslim.search.frame.table_state`) recorded by study ``name`` of this space, if
-    it exists: read before the study is opened, so that a refused budget creates no study."""
+def recorded(url: str | None, out_dir: Any, name: str, space: SearchSpace,
+             objectives: tuple[str, ...]) -> dict[str, Any]:  # fmt: skip
+    """The user attributes of study ``name`` of this space (its latency frame,
+    :func:`deepslim.search.frame.table_state`, and its job, :func:`record_context`), empty where there is none: read
+    before the study is opened, so that a refused budget creates no study."""
     if url is None and (out_dir is None or not (Path(out_dir) / st.DEFAULT_JOURNAL).is_file()):
-        return None
+        return {}
     try:
         study = st._optuna().load_study(study_name=name, storage=st.open_storage(url, out_dir=out_dir))
     except KeyError:
-        return None
+        return {}
     attrs = study.user_attrs
     if attrs.get(st.SPACE_ATTR) != fingerprint(space, objectives):
-        return None  # another space: opening the study refuses it
-    return attrs.get(FRAME_ATTR)
+        return {}  # another space: opening the study refuses it
+    return dict(attrs)
+
+
+def check_budget(attrs: dict[str, Any], budgets: Sequence[Budget], name: str) -> None:
+    """Refuse to resume a study (its user attributes: :func:`recorded`) under budgets other than those it recorded:
+    the budget decided which trials were recovered and scored (one over a tighter limit is left unscored) and which
+    are feasible, so a looser one would call trials feasible that were never judged. A study that recorded no budget
+    (written before session 21) is not checked."""
+    job = attrs.get(wk.JOB_ATTR)
+    if not isinstance(job, dict) or BUDGET_KEY not in job:
+        return
+    before, now = job[BUDGET_KEY], [b.to_dict() for b in budgets]
+    if _budget_key(before) != _budget_key(now):
+        raise ConfigError(f"study {name!r} was searched under the budget {_budget_text(before)}; this search has "
+                          f"{_budget_text(now)}: resume it with the same budget (its trials were scored or left "
+                          "unscored against the first), or start a new study (another out_dir or study "
+                          "name)")  # fmt: skip
+
+
+def _budget_key(budgets: Sequence[dict[str, Any]]) -> list[tuple[str, float, bool]]:
+    return sorted((str(b["metric"]), float(b["value"]), bool(b["relative"])) for b in budgets)
+
+
+def _budget_text(budgets: Sequence[dict[str, Any]]) -> str:
+    return ", ".join(str(b.get("text", b["metric"])) for b in sorted(budgets, key=lambda b: b["metric"])) or "no budget"
 
 
 def fingerprint(space: SearchSpace, objectives: Sequence[str]) -> str:
@@ -76,7 +101,8 @@ def fingerprint(space: SearchSpace, objectives: Sequence[str]) -> str:
 def record_context(study: Any, space: SearchSpace, objectives: tuple[str, ...], limits: dict[str, float],
                    ev: Evaluator, job: dict[str, Any]) -> None:  # fmt: skip
     """What a worker joining the study needs to judge trials alike (issue 15): the space, the objectives, the
-    absolute limits, the latency tables' machine key, timing windows and calibration (the layer table's, and the
+    absolute limits (the budgets they come from are in ``job``: a resume under others is refused,
+    :func:`check_budget`), the latency tables' machine key, timing windows and calibration (the layer table's, and the
     node table's scale, offset, weight term, its knee and the entries its calibration lowered), and the search's
     settings (``job``: the evaluator's, with its latency model; with workers, also the model file and the data spec,
     :func:`deepslim.search.workers.describe_job`)."""

@@ -164,8 +164,9 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     ``proxy_lr`` is the proxy's peak learning rate (default ``lr``). With ``latency_model="measured"`` a trial whose
     first end-to-end run meets the latency budget (or misses it by at most 15%) is run ``measure_repeats`` times in
     all, judged by the median ratio to dense (its runs are in the candidate's ``measured_runs``). A study records
-    how its trials are judged (``proxy_steps``, ``proxy_lr``, ``temperature``, ``latency_model``) and refuses to be
-    resumed with other values: its trials would be compared on two scales; it also records the latency frame (the
+    how its trials are judged (``proxy_steps``, ``proxy_lr``, ``temperature``, ``latency_model``) and its budget, and
+    refuses to be resumed with other values: its trials would be compared on two scales (or, under another budget,
+    called feasible without having been scored); it also records the latency frame (the
     tables' calibration, the floor check and its pin: :func:`frame.table_state`), which a resumed search puts back
     instead of measuring again (workers on another machine kind calibrate their own table, unpinned). ``priors``:
     where the space has groups of two or more roles (expansion, bottleneck, plain) and a latency budget, a new study
@@ -184,8 +185,9 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     trial's choices (``repair_of`` names the trial it repairs, ``repair_rule`` the rule that made it; the slots still
     number ``trials``).
     An infeasible budget, an unknown objective, strategy or runtime is a ConfigError before any trial runs; so,
-    before anything is timed, are a space with nothing to choose (one policy: the model's own) and ``grid`` on a
-    space of more than :data:`_study.GRID_MAX_POLICIES` policies (it lists them all).
+    before anything is timed, are a space with nothing to choose (one policy: the model's own), ``grid`` on a space
+    of more than :data:`_study.GRID_MAX_POLICIES` policies (it lists them all) and a study resumed under another
+    budget.
     """
     started, cpu0 = time.perf_counter(), _cpu_seconds()
     _check_select(select)
@@ -206,13 +208,15 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
                    temperature=temperature, proxy_lr=proxy_lr, measure_repeats=measure_repeats,
                    calibration_policies=calibration_policies)  # fmt: skip
     _check_repair_applies(repair, ev, budgets)
-    recorded = _study.recorded_frame(storage, out_dir, study_name, space, objectives)
-    dense, limits, family = _judging_frame(ev, budgets, uniform_ratios, recorded)
+    recorded = _study.recorded(storage, out_dir, study_name, space, objectives)
+    _study.check_budget(recorded, budgets, study_name)
+    dense, limits, family = _judging_frame(ev, budgets, uniform_ratios, recorded.get(_frame.FRAME_ATTR))
     study = _study.open_study(space, objectives, storage, out_dir, study_name, _judging.settings(ev))
-    if recorded is None:
+    if recorded.get(_frame.FRAME_ATTR) is None:
         study.set_user_attr(_frame.FRAME_ATTR, _frame.table_state(ev))
     job: dict[str, Any] = {"strategy": strategy, "seed": seed, "trials": trials, "check_every": check_every,
-                           "repair": repair, "evaluator": wk.evaluator_settings(ev)}  # fmt: skip
+                           "repair": repair, "evaluator": wk.evaluator_settings(ev),
+                           _study.BUDGET_KEY: [b.to_dict() for b in budgets]}  # fmt: skip
     if workers > 1:
         job.update(wk.describe_job(model, spec or "", data_options or {}, out_dir, table, _frame.base(dense, "latency"),
                                    example_input=bundle.example_input))  # fmt: skip
