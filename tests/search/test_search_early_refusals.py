@@ -1,6 +1,8 @@
 """Searches refused before anything is timed (issue 14 audit, session 21): ``grid`` on a space too large to list, a
-space with nothing to choose, and a study resumed under another budget. Each uses a latency table whose timer fails
-the test if called, so "before any timing" is checked, not assumed."""
+space with nothing to choose, a study resumed under another budget, and a missing Optuna. Each uses a latency table
+whose timer fails the test if called, so "before any timing" is checked, not assumed."""
+
+import sys
 
 import pytest
 from torch import nn
@@ -79,3 +81,12 @@ def test_a_study_resumed_under_another_budget_is_refused_naming_both(tmp_path):
     again = search(net, data, space, ("accuracy", "latency"), "latency=0.8x", trials=3, strategy="random", seed=1,
                    out_dir=tmp_path, latency_table=fake_table(), **FAST)  # fmt: skip
     assert len(again.trials) == 3 and again.limits == first.limits  # the same budget resumes as before
+
+
+def test_a_missing_optuna_is_said_before_any_timing(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` now raises ImportError
+    net = trained_net()
+    with pytest.raises(ConfigError, match=r"^searching needs Optuna: pip install 'deepslim\[search\]'$"):
+        search(net, digits(), small_space(net), budget="latency=0.9x", trials=2, out_dir=tmp_path,
+               latency_table=untimed_table(), **FAST)  # fmt: skip
+    assert not any(tmp_path.iterdir())

@@ -185,9 +185,9 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
     trial's choices (``repair_of`` names the trial it repairs, ``repair_rule`` the rule that made it; the slots still
     number ``trials``).
     An infeasible budget, an unknown objective, strategy or runtime is a ConfigError before any trial runs; so,
-    before anything is timed, are a space with nothing to choose (one policy: the model's own), ``grid`` on a space
-    of more than :data:`_study.GRID_MAX_POLICIES` policies (it lists them all) and a study resumed under another
-    budget.
+    before anything is timed, are a missing Optuna, a space with nothing to choose (one policy: the model's own),
+    ``grid`` on a space of more than :data:`_study.GRID_MAX_POLICIES` policies (it lists them all) and a study resumed
+    under another budget.
     """
     started, cpu0 = time.perf_counter(), _cpu_seconds()
     _check_select(select)
@@ -195,6 +195,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
         objectives, budget, strategy=strategy, trials=trials, device=device, space=space, proxy_steps=proxy_steps,
         finetune_epochs=finetune_epochs, workers=workers, threads=threads)  # fmt: skip
     _check_repair(repair, strategy, workers)
+    st._optuna()  # a missing Optuna is said now, not after the calibration
     table = latency_table or LatencyTable(runtime=runtime)
     model_name, nodes = _latency_model(model, data, table, latency_model, node_table, workers=workers,
                                        out_dir=out_dir, storage=storage)  # fmt: skip
