@@ -43,17 +43,19 @@ def test_the_grid_cap_counts_the_tiny_space_it_refuses(tmp_path, monkeypatch):
                latency_table=untimed_table(), **FAST)  # fmt: skip
 
 
-@pytest.mark.parametrize(("net", "kinds", "lacks"), [
+@pytest.mark.parametrize(("net", "kinds", "lacks", "others"), [
     (nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ("prune",),
-     r"prune: no channel group with two or more channel counts \(round_to=8\)"),
+     r"prune: no channel group with two or more channel counts \(round_to=8\)",
+     r"int8, hpo, sparsity \(with a size objective\), kmeans \(with a size objective\), depth"),
     (nn.Sequential(nn.Flatten(), nn.Linear(64, 10)), ("prune", "depth"),
-     r"prune: no channel group .*; depth: no residual block that can be dropped"),
+     r"prune: no channel group .*; depth: no residual block that can be dropped", r"int8, hpo, sparsity .*, kmeans .*"),
     (nn.Sequential(nn.Flatten(), nn.ReLU()), ("prune", "int8"),
-     r"prune: no channel group .*; int8: no layer that can be quantized"),
+     r"prune: no channel group .*; int8: no layer that can be quantized", r"hpo, sparsity .*, kmeans .*, depth"),
 ])  # fmt: skip
-def test_a_space_with_nothing_to_choose_is_refused_before_any_timing(tmp_path, net, kinds, lacks):
+def test_a_space_with_nothing_to_choose_is_refused_before_any_timing(tmp_path, net, kinds, lacks, others):
     with pytest.raises(ConfigError, match=r"^nothing to search: the space holds one policy, the model's own; the "
-                                          rf"model has {lacks}: add other kinds"):  # fmt: skip
+                                          rf"model has {lacks}: add other kinds to the space \({others}\) or search "
+                                          r"another model$"):  # fmt: skip
         search(net.eval(), digits(), kinds, budget="latency=0.9x", trials=2, strategy="random", out_dir=tmp_path,
                latency_table=untimed_table(), **FAST)  # fmt: skip
     assert not any(tmp_path.iterdir())

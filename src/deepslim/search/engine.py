@@ -46,7 +46,7 @@ from deepslim.search.finals import finite as _finite
 from deepslim.search.finals import rank as _rank
 from deepslim.search.latency import LatencyTable
 from deepslim.search.node_table import NodeTable
-from deepslim.search.space import DEFAULT_KEEP_RATIOS, KINDS, SearchSpace
+from deepslim.search.space import ALL_KINDS, DEFAULT_KEEP_RATIOS, KINDS, SearchSpace
 from deepslim.search.strategies import IGNORE_VALUES_OVER_BUDGET, STRATEGIES, make_sampler
 from deepslim.search.trials import REPEAT_ATTR as REPEAT_ATTR  # re-exported
 from deepslim.search.trials import UNRECOVERED_ATTR as UNRECOVERED_ATTR  # re-exported
@@ -327,9 +327,10 @@ def _space(model: nn.Module, x: Any, space: SearchSpace | Sequence[str], objecti
         space = SearchSpace.from_model(model, x, kinds=tuple(space))
     lacking = space.lacking()
     if lacking is not None:
+        others = [k + (" (with a size objective)" if k in ("sparsity", "kmeans") else "") for k in ALL_KINDS
+                  if k not in space.kinds]  # fmt: skip
         raise ConfigError(f"nothing to search: the space holds one policy, the model's own; the model has {lacking}: "
-                          "add other kinds to the space (prune, int8, hpo, depth; sparsity, kmeans with a size "
-                          "objective) or search another model")  # fmt: skip
+                          f"add other kinds to the space ({', '.join(others)}) or search another model")  # fmt: skip
     if (space.sparse_layers or space.kmeans_layers) and not uses("size", objectives, budgets):
         raise ConfigError("the space's unstructured sparsity / k-means choices only make the archive smaller (they "
                           "cost accuracy and no latency): add the size objective or a size budget (--objective size, "
