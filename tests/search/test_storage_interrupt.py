@@ -12,6 +12,7 @@ import pytest
 
 from deepslim.cli._common import Terminated, _on_stop_signal
 from deepslim.search import storage as st
+from deepslim.search._journal_file import SignalSafeLock
 
 optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not installed")
 
@@ -83,3 +84,35 @@ def test_a_second_signal_while_the_lock_is_held_interrupts_at_once(tmp_path, han
     with pytest.raises(KeyboardInterrupt):
         optuna.create_study(storage=st.open_storage(None, out_dir=tmp_path), study_name="s")
     assert after_second == [] and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+class _FakeLock:
+    def acquire(self):
+        return True
+
+    def release(self):
+        pass
+
+
+@pytest.mark.parametrize("order", ["out of order", "in order"])
+def test_two_locks_released_in_any_order_hold_a_signal_until_the_last_and_then_give_the_handler_back(
+        handlers, order):  # fmt: skip
+    """Review R1 (session 21): a holder per lock, each putting back "the handler before it", left the second lock's
+    holder installed for good when the first lock was released first, and every later Ctrl-C was swallowed."""
+    got = []
+
+    def handler(signum, frame):
+        got.append(signum)
+
+    signal.signal(signal.SIGINT, handler)
+    a, b = SignalSafeLock(_FakeLock()), SignalSafeLock(_FakeLock())
+    a.acquire()
+    b.acquire()
+    first, last = (a, b) if order == "out of order" else (b, a)
+    first.release()
+    signal.raise_signal(signal.SIGINT)
+    assert got == []  # still held: the other lock is taken
+    last.release()
+    assert got == [signal.SIGINT] and signal.getsignal(signal.SIGINT) is handler
+    signal.raise_signal(signal.SIGINT)  # and a later Ctrl-C is handled at once
+    assert got == [signal.SIGINT, signal.SIGINT]

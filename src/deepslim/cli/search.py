@@ -148,7 +148,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     table = LatencyTable(runtime=args.runtime, threads=args.threads, cache_dir=args.cache_dir)
     from deepslim.search import storage as st
 
-    st._optuna()  # a missing Optuna is said now, not after the data load and the latency table's calibration
+    st.require_optuna()  # a missing Optuna is said now, not after the data load and the calibration
     kinds = tuple(k.strip() for k in args.space.split(",") if k.strip())
     outdir = Path(args.out)
     if outdir.exists() and not outdir.is_dir():

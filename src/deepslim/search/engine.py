@@ -195,7 +195,7 @@ def search(model: nn.Module, data: Any, space: SearchSpace | Sequence[str] = KIN
         objectives, budget, strategy=strategy, trials=trials, device=device, space=space, proxy_steps=proxy_steps,
         finetune_epochs=finetune_epochs, workers=workers, threads=threads)  # fmt: skip
     _check_repair(repair, strategy, workers)
-    st._optuna()  # a missing Optuna is said now, not after the calibration
+    st.require_optuna()  # a missing Optuna is said now, not after the calibration
     table = latency_table or LatencyTable(runtime=runtime)
     model_name, nodes = _latency_model(model, data, table, latency_model, node_table, workers=workers,
                                        out_dir=out_dir, storage=storage)  # fmt: skip

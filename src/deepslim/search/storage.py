@@ -29,7 +29,6 @@ import hashlib
 import json
 import logging
 import os
-import signal
 import threading
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +37,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from deepslim.errors import ConfigError, DeepSlimError
+from deepslim.search._journal_file import SignalSafeLock, probe_journal
 from deepslim.search._process import holder_dead, this_process
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,12 @@ POLL_S = 1.0  # how often an idle worker looks again while other workers' trials
 
 class StorageError(DeepSlimError):
     """A study storage that cannot be opened, or a study a worker must not join."""
+
+
+def require_optuna() -> None:
+    """Fail now, saying what to install, where Optuna (the ``search`` extra) is missing: a search checks this before
+    its slow start (data, model, the latency table's calibration)."""
+    _optuna()
 
 
 def _optuna() -> Any:
@@ -100,71 +106,11 @@ def _journal(path: str) -> Any:
     try:
         file.parent.mkdir(parents=True, exist_ok=True)
         # an open lock (fcntl-free: O_EXCL on a lock file) works on local and network file systems alike
-        lock = _SignalSafeLock(optuna.storages.journal.JournalFileOpenLock(str(file)))
+        lock = SignalSafeLock(optuna.storages.journal.JournalFileOpenLock(str(file)))
         backend = optuna.storages.journal.JournalFileBackend(str(file), lock_obj=lock)
         return optuna.storages.JournalStorage(backend)
     except OSError as exc:
-        raise StorageError(f"cannot open the journal file {file}: {exc.strerror or exc}") from exc
-
-
-class _SignalSafeLock:
-    """Optuna's journal lock (a lock file made with O_EXCL) with stop signals held from before it is taken until it
-    is released, then raised: Optuna releases it in a ``finally``, but a Ctrl-C landing between the lock file's
-    creation and that ``try`` left it behind (1 of 6 live interrupts, right after a trial's line, while its result
-    was written), and the next search waited Optuna's 30-s grace before breaking it. A second signal while the
-    first is held (a write stuck behind another process's lock) is raised at once."""
-
-    def __init__(self, lock: Any) -> None:
-        self._lock = lock
-        self._held: _HeldSignals | None = None
-
-    def acquire(self) -> bool:
-        self._held = _HeldSignals()
-        try:
-            return bool(self._lock.acquire())
-        except BaseException:
-            self._deliver()
-            raise
-
-    def release(self) -> None:
-        try:
-            self._lock.release()
-        finally:
-            self._deliver()
-
-    def _deliver(self) -> None:
-        held, self._held = self._held, None
-        if held is not None:
-            held.deliver()
-
-
-class _HeldSignals:
-    """SIGINT, SIGTERM and SIGHUP recorded instead of handled (where Python handles them, in the main thread) until
-    :meth:`deliver` puts their handlers back and calls them for what came meanwhile."""
-
-    SIGNALS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
-
-    def __init__(self) -> None:
-        self._handlers: dict[int, Any] = {}
-        self._pending: list[tuple[int, Any]] = []
-        if threading.current_thread() is not threading.main_thread():
-            return  # signals are handled in the main thread only
-        for sig in self.SIGNALS:
-            if callable(signal.getsignal(sig)):
-                self._handlers[sig] = signal.signal(sig, self._hold)
-
-    def _hold(self, signum: int, frame: Any) -> None:
-        self._pending.append((signum, frame))
-        if len(self._pending) > 1:
-            self.deliver()
-
-    def deliver(self) -> None:
-        handlers, self._handlers = self._handlers, {}
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler)
-        pending, self._pending = self._pending, []
-        for signum, frame in pending:
-            handlers[signum](signum, frame)
+        raise _unopenable(file, exc) from exc
 
 
 def check_journal(path: str | os.PathLike[str]) -> None:
@@ -172,20 +118,14 @@ def check_journal(path: str | os.PathLike[str]) -> None:
     a file, or on a file system that refuses it) -- without leaving anything behind: the directories and the file
     made to find out are removed again, so a search refused later (an infeasible budget) writes nothing."""
     file = Path(path).expanduser()
-    missing = [d for d in (file.parent, *file.parent.parents) if not d.exists()]  # deepest first
     try:
-        file.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.close(os.open(file, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
-            file.unlink()
-        except FileExistsError:  # a study to resume: it must take appends
-            os.close(os.open(file, os.O_WRONLY | os.O_APPEND))
+        probe_journal(file)
     except OSError as exc:
-        raise StorageError(f"cannot open the journal file {file}: {exc.strerror or exc}") from exc
-    finally:
-        for made in missing:
-            with contextlib.suppress(OSError):
-                made.rmdir()
+        raise _unopenable(file, exc) from exc
+
+
+def _unopenable(file: Path, exc: OSError) -> StorageError:
+    return StorageError(f"cannot open the journal file {file}: {exc.strerror or exc}")
 
 
 def _check_postgresql(url: str) -> None:
