@@ -11,9 +11,11 @@ its handling and the journal are real, and the run takes seconds instead of the 
 the tiny net)."""
 
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -24,6 +26,7 @@ optuna = pytest.importorskip("optuna", reason="the search extra (optuna) is not 
 ROOT = Path(__file__).resolve().parents[2]
 MODEL = f"{Path(__file__).with_name('_tiny.py')}:trained_net"
 TRIALS = 8
+DEADLINE_S = 120  # for the child to reach its second trial line, then again to exit after the Ctrl-C
 CHILD = """
 import importlib, sys
 from deepslim.cli import main
@@ -65,23 +68,49 @@ def _numbers(stderr: str) -> list[int]:
     return [int(line.split(":")[0].split()[1]) for line in stderr.splitlines() if line.startswith("trial ")]
 
 
+def _stderr_lines(proc: subprocess.Popen) -> queue.Queue:
+    """The child's stderr, line by line, then None at its end: read by a thread, so the test can wait with a deadline
+    (a child that stalls without exiting fails the test instead of hanging the suite)."""
+    lines: queue.Queue = queue.Queue()
+    stream = proc.stderr
+    assert stream is not None
+
+    def read() -> None:
+        for line in stream:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=read, daemon=True).start()
+    return lines
+
+
+def _next_line(proc: subprocess.Popen, lines: queue.Queue, deadline: float, seen: list[str]) -> str | None:
+    try:
+        return lines.get(timeout=max(0.0, deadline - time.monotonic()))
+    except queue.Empty:
+        proc.kill()
+        pytest.fail(f"the search child neither went on nor exited for {DEADLINE_S} s; its stderr:\n{''.join(seen)}")
+
+
 def test_ctrl_c_leaves_a_study_the_same_command_resumes_without_repeating_a_finished_trial(tmp_path):
     out = tmp_path / "s"
     proc = subprocess.Popen(_command(out), cwd=tmp_path, env=ENV, preexec_fn=_default_sigint,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
-    seen = []
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    seen: list[str] = []
     try:
-        for line in proc.stderr:
+        lines, deadline = _stderr_lines(proc), time.monotonic() + DEADLINE_S
+        signalled = False
+        while (line := _next_line(proc, lines, deadline, seen)) is not None:
             seen.append(line)
             # right after the second trial's line: the first is recorded, the second's result is being written
-            if sum(seen_line.startswith("trial ") for seen_line in seen) == 2:
+            if not signalled and sum(seen_line.startswith("trial ") for seen_line in seen) == 2:
                 proc.send_signal(signal.SIGINT)
-                break
-        rest, _ = proc.communicate(timeout=120)[::-1]
+                signalled, deadline = True, time.monotonic() + DEADLINE_S
+        proc.wait(timeout=max(0.0, deadline - time.monotonic()))
     finally:
         if proc.poll() is None:
             proc.kill()
-    err = "".join(seen) + rest
+    err = "".join(seen)
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "deepslim: interrupted; temporary files removed, earlier outputs left as " \
                                            "they were"
