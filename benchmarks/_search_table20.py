@@ -52,7 +52,7 @@ def row(d: dict[str, Any], truth: str, tail: str) -> str:
     ms, near = k["ms"], k["near_floor_ratio_to_dense"]
     return (f"| {truth} | **{ms['within_10pct_count']}** ({ms['within_10pct_count'] / ms['points']:.0%}) | "
             f"{ms['p50'] * 100:.1f} / {ms['p90'] * 100:.1f} / {ms['max'] * 100:.1f} % | "
-            f"{near['within_10pct_count']} of {near['points']} | {k['kendall_tau']:.3f} | {k['knee_mib']:.2f} | "
+            f"{near.get('within_10pct_count', 0)} of {near['points']} | {k['kendall_tau']:.3f} | {k['knee_mib']:.2f} | "
             f"{s['mac_proxy_kendall_tau']:.3f} |")  # fmt: skip
 
 
