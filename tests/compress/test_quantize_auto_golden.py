@@ -5,12 +5,14 @@ the code before ``auto`` (commit 0d941f3's parent, run from ``git archive`` with
 
 The main oracle runs in the same process: ``auto`` gives the same bits as an explicit ``calibration="minmax"``. The
 goldens are SHA-256 digests (first 16 hex digits) of the state dict (sorted names, dtype, shape, bytes) and of the
-output on a fixed batch; float bits depend on the torch/transformers build (and the CPU's kernels), so they are
-checked only under the versions they were recorded with. A deliberate change to static calibration changes them:
-re-record with ``_fingerprint`` and say why in the commit."""
+output on a fixed batch; float bits depend on the torch/transformers build and on the CPU's kernels (the same code
+gives other bits on an AMD EPYC than on an Intel Sapphire Rapids with AMX), so they are checked only under the
+versions and on the kind of CPU they were recorded on. A deliberate change to static calibration changes them:
+re-record with ``_fingerprint`` on each kind of CPU and say why in the commit."""
 
 import functools
 import hashlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -18,12 +20,23 @@ import torch
 import deepslim as ds
 from tests.export.test_int8_dynamic_verbs import _Net  # the same small convnet with a real batch norm
 
-GOLDEN = {  # name -> (state digest, output digest), recorded from 0d941f3^ (LinearQuantConfig(bits=8): minmax then)
-    "hf-bert": ("9a609f93045b8f38", "94c72cbb484e78cb"),
-    "net": ("91fbee45aa6d867d", "1a195301ac9deceb"),
-    "resnet20": ("1d42df5ffd234756", "27f2f0056aacebde"),
-    "vit_tiny": ("7604fe8a9b34b143", "6c7822c04f6cfb2c"),
+# CPU kind -> name -> (state digest, output digest). Intel: recorded from 0d941f3^ (LinearQuantConfig(bits=8): minmax
+# then); AMD: recorded in session 21 at 720c44e, whose static calibration is 0d941f3^'s (the Intel digests held there).
+GOLDEN = {
+    "GenuineIntel+amx": {
+        "hf-bert": ("9a609f93045b8f38", "94c72cbb484e78cb"),
+        "net": ("91fbee45aa6d867d", "1a195301ac9deceb"),
+        "resnet20": ("1d42df5ffd234756", "27f2f0056aacebde"),
+        "vit_tiny": ("7604fe8a9b34b143", "6c7822c04f6cfb2c"),
+    },
+    "AuthenticAMD": {
+        "hf-bert": ("9a609f93045b8f38", "f113223d5800778c"),
+        "net": ("91fbee45aa6d867d", "32be95e9ec60a0e9"),
+        "resnet20": ("1d42df5ffd234756", "cf8b803a69a18f2e"),
+        "vit_tiny": ("838c0bc358fdc086", "3e6eae57b161bb7b"),
+    },
 }
+NAMES = sorted(GOLDEN["GenuineIntel+amx"])
 RECORDED_WITH = {"torch": "2.13.0", "transformers": "5.24.0"}  # the goldens' float bits hold for these builds only
 
 
@@ -76,28 +89,41 @@ def _fingerprint(name, calibration=None):
     return _digest(sorted(model.state_dict().items())), _digest([("output", out)])
 
 
+def _cpu_kind():
+    """The CPU's vendor, with "+amx" where it has AMX tiles (/proc/cpuinfo; "" where it cannot be read)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return ""
+    vendor = next((line.split(":", 1)[1].strip() for line in text.splitlines() if line.startswith("vendor_id")), "")
+    return vendor + ("+amx" if " amx_tile" in text else "")
+
+
 def _versions_differ(name):
-    """Why the goldens of ``name`` cannot be compared here (another torch or transformers build), or None."""
+    """Why the goldens of ``name`` cannot be compared here (another torch or transformers build, or a kind of CPU
+    none was recorded on), or None."""
     have = {"torch": torch.__version__.split("+")[0]}
     if name == "hf-bert":
         have["transformers"] = pytest.importorskip("transformers").__version__
     differ = [f"{k} {v} (recorded with {RECORDED_WITH[k]})" for k, v in have.items() if v != RECORDED_WITH[k]]
+    if _cpu_kind() not in GOLDEN:
+        differ.append(f"CPU {_cpu_kind() or 'unknown'} (recorded on {', '.join(GOLDEN)})")
     return ", ".join(differ) or None
 
 
-@pytest.mark.parametrize("name", sorted(GOLDEN))
+@pytest.mark.parametrize("name", NAMES)
 def test_auto_quantizes_a_model_that_is_not_an_encoder_bit_for_bit_as_minmax_does(name):
     if name == "hf-bert":
         pytest.importorskip("transformers")
     assert _fingerprint(name) == _fingerprint(name, "minmax")  # and the report says minmax
 
 
-@pytest.mark.parametrize("name", sorted(GOLDEN))
+@pytest.mark.parametrize("name", NAMES)
 def test_auto_quantizes_a_model_that_is_not_an_encoder_bit_for_bit_as_before_auto_existed(name):
     differ = _versions_differ(name)
     if differ:
-        pytest.skip(f"golden digests are float bits of another build: {differ}")
-    assert _fingerprint(name) == GOLDEN[name]
+        pytest.skip(f"golden digests are float bits of another build or CPU: {differ}")
+    assert _fingerprint(name) == GOLDEN[_cpu_kind()][name]
 
 
 def test_the_fingerprint_tells_another_calibration_apart():
