@@ -23,6 +23,14 @@ LOW_TRIVIAL_OTHERS = 2  # is judged against at least this many other timings of 
 Runs = Sequence[tuple[dict[int, float], float]]
 
 
+def _chosen(runs: Runs, size: int) -> tuple[list[tuple[dict[int, float], float]], dict[int, float], float]:
+    """The batch's timings of every node (``size`` of them) and, among them, the chosen one — the least summed gross
+    time (why: :func:`_net`) — as its times and its process's trivial graph."""
+    whole = [(r, o) for r, o in runs if len(r) == size]
+    base, own = min(whole, key=lambda run: sum(run[0].values()))
+    return whole, base, own
+
+
 def _agree(times: Sequence[float], tolerance: float) -> bool:
     """Whether a node's two fastest timings agree: within ``tolerance`` of the faster, or within 2 µs (a node of a
     few µs, where the trivial graph's subtraction moves an entry by a fraction of a µs; a smoke run at load 4–6
@@ -48,8 +56,7 @@ def _slow_batch(runs: Runs, size: int, overheads: Sequence[float], own: int) -> 
         return False
     earlier = overheads[: len(overheads) - own]
     frame = earlier if len(earlier) >= SLOW_BATCH_EARLIER else overheads
-    whole = [(r, o) for r, o in runs if len(r) == size]
-    _, chosen = min(whole, key=lambda run: sum(run[0].values()))
+    _, _, chosen = _chosen(runs, size)
     return chosen - float(np.median(frame)) > SLOW_BATCH_MS
 
 
@@ -71,8 +78,7 @@ def _net(runs: Runs, size: int, new: int, *, low: bool = True) -> list[float]:
     trivial graph reads low against the batch's other timings (:func:`_low_trivial`), theirs, carried into its
     process, is taken off instead, from every node taken from that timing (``low=False``: its own, the estimator of
     sessions 17–20, which ``benchmarks/_search_table21.py`` replays beside it)."""
-    whole = [(r, o) for r, o in runs if len(r) == size]
-    base, own = min(whole, key=lambda run: sum(run[0].values()))
+    _, base, own = _chosen(runs, size)
     carried = _low_trivial(runs, size) if low else None
     if carried is not None:
         own = carried
@@ -103,8 +109,7 @@ def _low_trivial(runs: Runs, size: int) -> float | None:
     runs) and lifts that run from 20 to 41 of 50 (18 → 41 against session 20's agreed truth), no other run changing.
     A low reading against the table's median so far (the mirror of :func:`_slow_batch`) does not see it: the
     earlier batches' median was 3.28 µs."""
-    whole = [(r, o) for r, o in runs if len(r) == size]
-    base, own = min(whole, key=lambda run: sum(run[0].values()))
+    whole, base, own = _chosen(runs, size)
     others = [(r, o) for r, o in whole if r is not base]
     if len(others) < LOW_TRIVIAL_OTHERS:
         return None
